@@ -1,0 +1,4 @@
+// Benchmark entry point (`npm run bench`): runs every benchmark in turn.
+import { benchNar } from "./nar.js";
+
+await benchNar();

@@ -1,0 +1,84 @@
+// nixoci cache push --to file:///DIR [--sign-key FILE] [--compression xz|zstd|bzip2|none] [--store URL] PATH...
+// Copies the closure of PATH... into a binary cache directory that `nix copy --from` accepts.
+import { readFileSync } from "node:fs";
+import { parseSecretKey } from "../nix/signature.js";
+import { computeClosure } from "../store/closure.js";
+import { BinaryCacheWriter } from "../store/cache-writer.js";
+import { parseCompression } from "../util/compression.js";
+import { NixociError } from "../util/errors.js";
+import { intOption, needPositionals, parse, UsageError } from "./args.js";
+import { formatBytes, Progress } from "./progress.js";
+import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
+
+const USAGE =
+  "nixoci cache push --to file:///DIR [--sign-key FILE] [--compression xz|zstd|bzip2|br|none] [--store URL] [-j N] [--quiet] PATH...";
+
+export async function cacheCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub !== "push") {
+    if (sub === undefined || sub === "--help" || sub === "-h") {
+      process.stdout.write(`usage: ${USAGE}\n`);
+      return sub === undefined ? 2 : 0;
+    }
+    throw new UsageError(`unknown cache command ${JSON.stringify(sub)}\nusage: ${USAGE}`);
+  }
+  const { values, positionals } = parse(
+    rest,
+    {
+      to: { type: "string" },
+      "sign-key": { type: "string" },
+      compression: { type: "string", default: "xz" },
+      store: { type: "string" },
+      jobs: { type: "string", short: "j" },
+      quiet: { type: "boolean", short: "q" },
+    },
+    USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`usage: ${USAGE}\n`);
+    return 0;
+  }
+  needPositionals(positionals, 1, USAGE);
+  if (!values.to) throw new UsageError(`missing --to file:///DIR\nusage: ${USAGE}`);
+  const compression = parseCompression(values.compression!, "--compression");
+  if (compression === "gzip") throw new NixociError("--compression", "gzip is not a NAR compression Nix reads");
+  let signKey;
+  if (values["sign-key"]) {
+    const file = values["sign-key"];
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (err) {
+      throw new NixociError(file, `cannot read secret key: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    signKey = parseSecretKey(text, file);
+  }
+  const store = await openStore(values.store, trustOptions([], true));
+  const progress = new Progress(values.quiet);
+  try {
+    const roots = positionals.map((p) => resolveStorePathArg(p, store));
+    const closure = await computeClosure(store, roots);
+    let done = 0;
+    let bytes = 0;
+    const writer = new BinaryCacheWriter(values.to, store.storeDir, {
+      compression,
+      signKey,
+      parallelism: intOption(values.jobs, "jobs", 2),
+      onEvent: (e) => {
+        done++;
+        if (e.type === "pushed") {
+          bytes += e.fileSize ?? 0;
+          progress.line(`pushed ${e.path} (${formatBytes(e.fileSize ?? 0)})`);
+        }
+        progress.update(`[${done}/${closure.size} paths, ${formatBytes(bytes)} written]`);
+      },
+    });
+    const result = await writer.push(store, closure);
+    progress.done();
+    progress.line(`pushed ${result.pushed.length} paths (${formatBytes(bytes)}), ${result.skipped.length} already in ${values.to}`);
+    return 0;
+  } finally {
+    progress.done();
+    store.close();
+  }
+}

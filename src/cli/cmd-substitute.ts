@@ -1,0 +1,71 @@
+// nixoci substitute --from URL... [--trusted-public-key K]... [--no-check-sigs] [--store-dir DIR] [-j N] PATH...
+// Realises PATH... and their closures into a store directory from binary caches (or other local stores).
+// Paths already valid in the target are kept; the sources are tried in order of their priority.
+import { resolve } from "node:path";
+import { parseStorePath, toStorePathPrefix, DEFAULT_STORE_DIR } from "../nix/store-path.js";
+import { LocalStore } from "../store/local-store.js";
+import type { Store } from "../store/store.js";
+import { Substituter } from "../store/substituter.js";
+import { intOption, needPositionals, parse, UsageError } from "./args.js";
+import { formatBytes, Progress } from "./progress.js";
+import { openStore, trustOptions } from "./stores.js";
+
+const USAGE =
+  "nixoci substitute --from URL [--from URL]... [--trusted-public-key K]... [--no-check-sigs] [--store-dir DIR] [-j N] [--quiet] PATH...";
+
+export async function substituteCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      from: { type: "string", multiple: true },
+      "trusted-public-key": { type: "string", multiple: true },
+      "no-check-sigs": { type: "boolean" },
+      "store-dir": { type: "string", default: DEFAULT_STORE_DIR },
+      jobs: { type: "string", short: "j" },
+      quiet: { type: "boolean", short: "q" },
+    },
+    USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`usage: ${USAGE}\n`);
+    return 0;
+  }
+  needPositionals(positionals, 1, USAGE);
+  if (!values.from?.length) throw new UsageError(`missing --from URL\nusage: ${USAGE}`);
+  const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
+  const targetDir = resolve(values["store-dir"]!);
+  const target = new LocalStore({ dir: targetDir });
+  // Sources are store URLs: binary caches, or local store directories (e.g. --from /nix/store to copy
+  // from this machine's store before downloading).
+  const sources: Store[] = [];
+  for (const url of values.from) sources.push(await openStore(url, trust));
+  const progress = new Progress(values.quiet);
+  try {
+    const paths = positionals.map((p) =>
+      p.startsWith(target.storeDir + "/") ? toStorePathPrefix(p, target.storeDir, p).path : parseStorePath(p, target.storeDir, p).path,
+    );
+    let copied = 0;
+    let bytes = 0;
+    const substituter = new Substituter(target, sources, {
+      parallelism: intOption(values.jobs, "jobs", 4),
+      onEvent: (e) => {
+        if (e.type === "copying") progress.line(`copying path '${e.path}' from '${e.from}'...`);
+        if (e.type === "failed") progress.line(`warning: copying '${e.path}' from '${e.from}' failed: ${e.error}`);
+        if (e.type === "copied") {
+          copied++;
+          bytes += e.narSize;
+          progress.update(`[${copied} paths copied, ${formatBytes(bytes)}]`);
+        }
+      },
+    });
+    const result = await substituter.realise(paths);
+    progress.done();
+    progress.line(`${result.copied.length} paths copied (${formatBytes(bytes)}), ${result.present.length} already present`);
+    process.stdout.write(paths.map((p) => p + "\n").join(""));
+    return 0;
+  } finally {
+    progress.done();
+    target.close();
+    sources.forEach((s) => s.close());
+  }
+}

@@ -1,0 +1,66 @@
+// Turning CLI arguments into stores and store paths: `--store URL`, trusted keys (flags plus Nix's own
+// configuration, as an experienced Nix user expects), and PATH arguments that may be symlinks into the
+// store (./result) or paths inside a store path.
+import { readFileSync, realpathSync } from "node:fs";
+import { join } from "node:path";
+import { parsePublicKey, type PublicKey } from "../nix/signature.js";
+import { DEFAULT_STORE_DIR, parseStorePath, toStorePathPrefix } from "../nix/store-path.js";
+import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
+import { LocalStore } from "../store/local-store.js";
+import type { Store } from "../store/store.js";
+import { NixociError } from "../util/errors.js";
+
+export function isCacheUrl(url: string): boolean {
+  return /^(file|https?):\/\//.test(url);
+}
+
+/** `--store`: a binary cache URL, or a local store directory (default /nix/store with Nix's database). */
+export async function openStore(url: string | undefined, trust: TrustOptions): Promise<Store> {
+  if (url && isCacheUrl(url)) return BinaryCacheStore.open(url, trust);
+  if (url === undefined || url === "" || url === "local" || url === "auto") return new LocalStore();
+  if (url.startsWith("local?root=")) return new LocalStore({ dir: join(url.slice("local?root=".length), "nix/store") });
+  return new LocalStore({ dir: url });
+}
+
+/** Keys from `--trusted-public-key` flags, plus trusted-public-keys from nix.conf when it is readable. */
+export function trustOptions(flags: string[] | undefined, allowUnsigned: boolean | undefined): TrustOptions {
+  const texts = [...(flags ?? []), ...nixConfKeys()];
+  const trustedKeys: PublicKey[] = [];
+  for (const t of texts) trustedKeys.push(parsePublicKey(t, "--trusted-public-key"));
+  return { trustedKeys, allowUnsigned: Boolean(allowUnsigned) };
+}
+
+function nixConfKeys(): string[] {
+  const file = join(process.env.NIX_CONF_DIR ?? "/etc/nix", "nix.conf");
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return [];
+  }
+  const keys: string[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^\s*(?:extra-)?trusted-public-keys\s*=(.*)$/.exec(line.replace(/#.*/, ""));
+    if (m) keys.push(...m[1].trim().split(/\s+/).filter(Boolean));
+  }
+  return keys;
+}
+
+/**
+ * A PATH argument as a store path. A string inside the store names the store path it belongs to; anything
+ * else is a local file (typically a `result` symlink) that must resolve into the local store directory.
+ */
+export function resolveStorePathArg(arg: string, store: Store): string {
+  const storeDir = store.storeDir;
+  if (arg.startsWith(storeDir + "/")) return toStorePathPrefix(arg, storeDir, arg).path;
+  let real: string;
+  try {
+    real = realpathSync(arg);
+  } catch {
+    throw new NixociError(arg, "not a store path, and no such file to resolve into the store");
+  }
+  const localDir = store instanceof LocalStore ? store.realDir : DEFAULT_STORE_DIR;
+  if (!real.startsWith(localDir + "/")) throw new NixociError(arg, `resolves to ${real}, which is not in ${localDir}`);
+  const base = real.slice(localDir.length + 1).split("/")[0];
+  return parseStorePath(`${storeDir}/${base}`, storeDir, arg).path;
+}

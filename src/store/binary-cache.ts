@@ -1,0 +1,133 @@
+// A binary cache (file:// or http(s)://) read the way Nix reads one: nix-cache-info for the store dir and
+// priority, <hashpart>.narinfo for metadata (signatures checked against trusted keys unless the caller
+// explicitly allows unsigned paths), nar/... for the compressed NAR, decompressed and verified as a stream.
+import type { Readable } from "node:stream";
+import { parseCacheInfo, type CacheInfo } from "../nix/cache-info.js";
+import { parseHash } from "../nix/hash.js";
+import { parseNarInfo, type NarInfo } from "../nix/narinfo.js";
+import { checkSignatures, pathFingerprint, type PublicKey } from "../nix/signature.js";
+import { DEFAULT_STORE_DIR, makeFixedOutputPath, parseStorePath } from "../nix/store-path.js";
+import { decompressStream, parseCompression } from "../util/compression.js";
+import { NixociError } from "../util/errors.js";
+import { openTransport, type CacheTransport } from "./cache-transport.js";
+import { NarVerifier } from "./nar-verify.js";
+import type { PathInfo } from "./path-info.js";
+import type { Store } from "./store.js";
+
+export interface TrustOptions {
+  /** Keys whose signatures make a path trusted. */
+  trustedKeys: PublicKey[];
+  /** Accept paths without a valid signature by a trusted key (Nix's require-sigs = false). */
+  allowUnsigned?: boolean;
+}
+
+export class BinaryCacheStore implements Store {
+  private constructor(
+    readonly url: string,
+    private readonly transport: CacheTransport,
+    private readonly info: CacheInfo,
+    private readonly trust: TrustOptions,
+  ) {}
+
+  static async open(url: string, trust: TrustOptions, storeDir = DEFAULT_STORE_DIR): Promise<BinaryCacheStore> {
+    const transport = openTransport(url);
+    const text = await transport.getText("nix-cache-info");
+    const info = text === undefined ? { storeDir, wantMassQuery: false, priority: 50 } : parseCacheInfo(text, `${url}/nix-cache-info`);
+    if (info.storeDir !== storeDir) {
+      throw new NixociError(`${url}/nix-cache-info`, `cache is for store ${info.storeDir}, not ${storeDir}`);
+    }
+    return new BinaryCacheStore(url.replace(/\/+$/, ""), transport, info, trust);
+  }
+
+  get storeDir(): string {
+    return this.info.storeDir;
+  }
+
+  get priority(): number {
+    return this.info.priority;
+  }
+
+  /** The narinfo of a path, validated and trust-checked; undefined when the cache does not have it. */
+  async queryNarInfo(path: string): Promise<NarInfo | undefined> {
+    const sp = parseStorePath(path, this.storeDir);
+    const name = `${sp.hashPart}.narinfo`;
+    const text = await this.transport.getText(name);
+    if (text === undefined) return undefined;
+    const input = `${this.url}/${name}`;
+    const narInfo = parseNarInfo(text, { input, storeDir: this.storeDir, expectedHashPart: sp.hashPart });
+    if (narInfo.storePath !== path) {
+      throw new NixociError(input, `StorePath ${narInfo.storePath} does not match the requested ${path}`);
+    }
+    return narInfo;
+  }
+
+  async queryPathInfo(path: string): Promise<PathInfo | undefined> {
+    const narInfo = await this.queryNarInfo(path);
+    if (!narInfo) return undefined;
+    const input = `${this.url}/${parseStorePath(path, this.storeDir).hashPart}.narinfo`;
+    const info = narInfoToPathInfo(narInfo, this.storeDir);
+    const problem = this.untrustedReason(info);
+    if (problem && !this.trust.allowUnsigned) throw new NixociError(input, problem);
+    return info;
+  }
+
+  /** Why a path is not trusted, or undefined when it is (a trusted signature, or a verifiable CA claim). */
+  private untrustedReason(info: PathInfo): string | undefined {
+    if (isVerifiablyContentAddressed(info, this.storeDir)) return undefined;
+    const fingerprint = pathFingerprint(info.path, info.narHash, info.narSize, info.references);
+    return checkSignatures(fingerprint, info.sigs, this.trust.trustedKeys);
+  }
+
+  async narFromPath(info: PathInfo): Promise<Readable> {
+    if (!info.download) throw new NixociError(info.path, "no NAR URL known for this path");
+    const { url, compression } = info.download;
+    const input = `${this.url}/${url}`;
+    const raw = await this.transport.getStream(url);
+    if (!raw) throw new NixociError(input, "NAR file is missing from the cache");
+    const verifier = new NarVerifier(info.narHash, info.narSize, input);
+    const decompress = decompressStream(parseCompression(compression, input), input);
+    raw.on("error", (err: Error) => decompress.destroy(err));
+    decompress.on("error", (err) => verifier.destroy(err));
+    verifier.on("close", () => {
+      raw.destroy();
+      decompress.destroy();
+    });
+    return raw.pipe(decompress).pipe(verifier);
+  }
+
+  close(): void {}
+}
+
+export function narInfoToPathInfo(n: NarInfo, storeDir: string): PathInfo {
+  const info: PathInfo = {
+    path: n.storePath,
+    narHash: n.narHash,
+    narSize: n.narSize,
+    references: n.references.map((r) => `${storeDir}/${r}`).sort(),
+    sigs: n.sigs,
+    download: { url: n.url, compression: n.compression, fileHash: n.fileHash, fileSize: n.fileSize },
+  };
+  if (n.deriver) info.deriver = `${storeDir}/${n.deriver}`;
+  if (n.ca) info.ca = n.ca;
+  return info;
+}
+
+/**
+ * A path needs no signature when its name is provably derived from its contents. Only a recursive sha256
+ * fixed-output claim is checked here: the path must follow from the claim and the claimed hash must be the
+ * NarHash, which the download is verified against, so the bytes cannot differ from what the name promises.
+ */
+function isVerifiablyContentAddressed(info: PathInfo, storeDir: string): boolean {
+  const m = /^fixed:r:(sha256:[0-9a-z]+)$/.exec(info.ca ?? "");
+  if (!m) return false;
+  try {
+    const hash = parseHash(m[1], info.path, "sha256");
+    if (!hash.equals(info.narHash)) return false;
+    const name = parseStorePath(info.path, storeDir).name;
+    const refs = info.references.filter((r) => r !== info.path);
+    const expected = makeFixedOutputPath({ name, recursive: true, hash, references: refs, storeDir });
+    return expected.path === info.path;
+  } catch {
+    return false;
+  }
+}

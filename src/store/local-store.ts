@@ -1,0 +1,139 @@
+// A store directory on this machine: /nix/store with Nix's database, a chroot-style ROOT/nix/store with
+// ROOT/nix/var/nix/db, or any directory nixoci substitutes into (metadata in its .nixoci sidecar).
+// Store paths keep their logical store directory (/nix/store) while the bytes live under `realDir`.
+import { existsSync, lstatSync } from "node:fs";
+import { lutimes, mkdir, rename } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { dumpPath } from "../nix/nar-writer.js";
+import { restoreNar } from "../nix/nar-restore.js";
+import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
+import { removeTree, tempSibling } from "../util/fs.js";
+import { NarVerifier } from "./nar-verify.js";
+import { NixDb } from "./nix-db.js";
+import type { PathInfo } from "./path-info.js";
+import { SidecarDb } from "./sidecar-db.js";
+import type { Store } from "./store.js";
+
+export const DEFAULT_NIX_DB = "/nix/var/nix/db/db.sqlite";
+
+/** Where Nix keeps the database for a store directory: /nix/var/nix/db, or ROOT/nix/var/nix/db. */
+export function nixDbFor(realDir: string): string | undefined {
+  const candidates = realDir === DEFAULT_STORE_DIR ? [DEFAULT_NIX_DB] : [join(realDir, "..", "var/nix/db/db.sqlite")];
+  return candidates.find((f) => existsSync(f));
+}
+
+export class LocalStore implements Store {
+  readonly priority = 0;
+  readonly realDir: string;
+  readonly storeDir: string;
+  private readonly nixDb?: NixDb;
+  private readonly sidecar: SidecarDb;
+
+  constructor(opts: { dir?: string; storeDir?: string; dbFile?: string | null } = {}) {
+    this.realDir = resolve(opts.dir ?? DEFAULT_STORE_DIR);
+    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
+    const dbFile = opts.dbFile === null ? undefined : (opts.dbFile ?? nixDbFor(this.realDir));
+    if (dbFile) this.nixDb = new NixDb(dbFile);
+    this.sidecar = new SidecarDb(this.realDir, this.storeDir);
+  }
+
+  get url(): string {
+    return this.realDir;
+  }
+
+  /** Where a store path's bytes are on disk. */
+  realPath(path: string): string {
+    return join(this.realDir, parseStorePath(path, this.storeDir).baseName);
+  }
+
+  private exists(path: string): boolean {
+    try {
+      lstatSync(this.realPath(path));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async queryPathInfo(path: string): Promise<PathInfo | undefined> {
+    parseStorePath(path, this.storeDir);
+    const info = this.nixDb?.queryPathInfo(path) ?? this.sidecar.queryPathInfo(path);
+    return info && this.exists(path) ? info : undefined;
+  }
+
+  /** The closure from the database in one query when there is one; undefined means "walk it yourself". */
+  closureFast(path: string): string[] | undefined {
+    if (!this.nixDb) return undefined;
+    const paths = this.nixDb.closure(path);
+    return paths.length ? paths : undefined;
+  }
+
+  async narFromPath(info: PathInfo): Promise<Readable> {
+    const verifier = new NarVerifier(info.narHash, info.narSize, info.path);
+    const source = dumpPath(this.realPath(info.path));
+    source.on("error", (err) => verifier.destroy(err));
+    return source.pipe(verifier);
+  }
+
+  /**
+   * Adds a path from its NAR: restored under a temporary name, checked to the last byte (the NAR stream
+   * fails at its end on a hash or size mismatch), then renamed into place and registered. A crash or bad
+   * input at any point leaves no partial path behind.
+   */
+  async addPath(info: PathInfo, nar: Readable, input = info.path): Promise<void> {
+    if (await this.queryPathInfo(info.path)) return;
+    const sp = parseStorePath(info.path, this.storeDir);
+    const final = join(this.realDir, sp.baseName);
+    await mkdir(this.realDir, { recursive: true });
+    // Named by hash part only: a full base name plus a suffix can exceed the 255-byte name limit.
+    const tmp = tempSibling(this.realDir, sp.hashPart);
+    // The restorer stops reading at the NAR's closing parenthesis; keep the iterator open (no `return`)
+    // so the rest of the stream can be drained and the verifier's end-of-stream checks run before commit.
+    const it = nar[Symbol.asyncIterator]();
+    const view: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => ({ next: () => it.next() }) };
+    try {
+      await restoreNar(view, tmp, { input, canonicalize: true });
+      for (let r = await it.next(); !r.done; r = await it.next());
+    } catch (err) {
+      nar.destroy();
+      await removeTree(tmp);
+      throw err;
+    }
+    await this.commit(tmp, final, info);
+  }
+
+  private async commit(tmp: string, final: string, info: PathInfo): Promise<void> {
+    try {
+      await rename(tmp, final);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "EEXIST" && code !== "ENOTEMPTY") {
+        await removeTree(tmp);
+        throw err;
+      }
+      if (await this.queryPathInfo(info.path)) {
+        await removeTree(tmp); // another process finished the same path first
+        return;
+      }
+      // Left over from an interrupted run (no metadata): move it out of the way, then take its place.
+      const stale = tempSibling(this.realDir, `${parseStorePath(info.path, this.storeDir).hashPart}.stale`);
+      await rename(final, stale);
+      await removeTree(stale);
+      await rename(tmp, final);
+    }
+    await lutimes(final, 1, 1).catch(() => undefined); // keep the canonical mtime the rename may touch
+    if (this.nixDb) this.nixDb.register(info);
+    else this.sidecar.register(info);
+  }
+
+  close(): void {
+    this.nixDb?.close();
+  }
+}
+
+/** Copies a NAR stream into a sink (e.g. stdout) with the store's verification applied. */
+export async function copyNar(store: Store, info: PathInfo, sink: NodeJS.WritableStream): Promise<void> {
+  await pipeline(await store.narFromPath(info), sink);
+}

@@ -1,0 +1,185 @@
+// Binary caches made by the real Nix (`nix copy --to file://...`, each compression, signed) are read and
+// verified by nixoci, over file:// and over HTTP; caches nixoci writes are accepted by Nix with signature
+// checking on; substitution into a store directory reproduces the exact NARs.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { buildFixtures, generateCacheKey, makeNixCache } from "../support/fixtures.js";
+import { run, runText, nixCmd } from "../support/run.js";
+import { nixoci, nixociOk } from "../support/cli.js";
+
+const fx = buildFixtures();
+const closure = runText("nix-store", ["-qR", fx.all]).split("\n").sort();
+const work = mkdtempSync(join(tmpdir(), "nixoci-cache-test-"));
+const key = generateCacheKey("test-cache-1", work);
+const otherKey = generateCacheKey("other-cache-1", work);
+after(() => {
+  run("chmod", ["-R", "u+w", work]);
+  rmSync(work, { recursive: true, force: true });
+});
+
+const COMPRESSIONS = ["xz", "zstd", "bzip2", "none"] as const;
+
+function dumpEquals(realDir: string, path: string): boolean {
+  const restored = join(realDir, path.slice("/nix/store/".length));
+  return run("nix-store", ["--dump", restored]).equals(run("nix-store", ["--dump", path]));
+}
+
+for (const compression of COMPRESSIONS) {
+  test(`reads and verifies a signed ${compression} cache written by nix copy`, () => {
+    const dir = join(work, `nix-${compression}`);
+    const url = makeNixCache({ paths: [fx.all], dir, compression, secretKeyFile: key.secretKeyFile });
+    const trust = ["--trusted-public-key", key.publicKey];
+
+    assert.equal(nixociOk(["closure", "--store", url, ...trust, fx.all]).text, closure.join("\n") + "\n");
+    const infos = JSON.parse(nixociOk(["path-info", "--json", "--store", url, ...trust, ...closure]).text);
+    const local = JSON.parse(nixociOk(["path-info", "--json", ...closure]).text);
+    for (const [i, info] of infos.entries()) {
+      assert.equal(info.narHash, local[i].narHash);
+      assert.equal(info.narSize, local[i].narSize);
+      assert.deepEqual(info.references, local[i].references);
+      assert.equal(info.compression, compression);
+    }
+
+    const storeDir = join(work, `store-${compression}`);
+    const r = nixociOk(["substitute", "--from", url, ...trust, "--store-dir", storeDir, fx.all]);
+    assert.equal(r.text, fx.all + "\n");
+    for (const path of closure) assert.ok(dumpEquals(storeDir, path), `${path} restored from ${compression}`);
+    assert.deepEqual(readdirSync(storeDir).filter((n) => n.startsWith(".") && n !== ".nixoci"), []);
+    // Everything is present now: a second run copies nothing.
+    const again = nixociOk(["substitute", "--from", url, ...trust, "--store-dir", storeDir, fx.all]);
+    assert.match(again.stderr, /0 paths copied/);
+    // The substituted directory is itself a store nixoci can read.
+    assert.equal(nixociOk(["closure", "--store", storeDir, fx.all]).text, closure.join("\n") + "\n");
+  });
+}
+
+test("signatures are checked by default: untrusted or missing keys fail, --no-check-sigs allows", () => {
+  const url = makeNixCache({ paths: [fx.hello], dir: join(work, "signed"), compression: "xz", secretKeyFile: key.secretKeyFile });
+  const unsignedUrl = makeNixCache({ paths: [fx.hello], dir: join(work, "unsigned"), compression: "xz" });
+  const dest = join(work, "sig-store");
+  let r = nixoci(["substitute", "--from", url, "--trusted-public-key", otherKey.publicKey, "--store-dir", dest, fx.hello]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /narinfo.*(signature|trusted)/);
+  r = nixoci(["substitute", "--from", unsignedUrl, "--trusted-public-key", key.publicKey, "--store-dir", dest, fx.hello]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /signature/);
+  assert.ok(!existsSync(join(dest, fx.hello.slice(11))), "nothing substituted from an untrusted cache");
+  nixociOk(["substitute", "--from", unsignedUrl, "--no-check-sigs", "--store-dir", dest, fx.hello]);
+  assert.ok(dumpEquals(dest, fx.hello));
+});
+
+test("nix copy --from accepts a cache nixoci wrote, with signature checking on", () => {
+  for (const compression of COMPRESSIONS) {
+    const dir = join(work, `ours-${compression}`);
+    nixociOk(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, "--compression", compression, fx.all]);
+    const narinfos = readdirSync(dir).filter((n) => n.endsWith(".narinfo"));
+    assert.equal(narinfos.length, closure.length);
+    // Nix checks every signature and every NAR's hash against its narinfo.
+    nixCmd([
+      "store", "verify", "--store", `file://${dir}`, "--option", "trusted-public-keys", key.publicKey, "-r", fx.all,
+    ]);
+    // And copies the closure into a fresh chroot store, requiring signatures.
+    const root = join(work, `nixroot-${compression}`);
+    nixCmd([
+      "copy", "--from", `file://${dir}`, "--to", root, "--option", "trusted-public-keys", key.publicKey,
+      "--option", "require-sigs", "true", fx.all,
+    ]);
+    for (const path of closure) assert.ok(dumpEquals(join(root, "nix/store"), path), `${path} via nix copy (${compression})`);
+    // A second push skips everything.
+    const again = nixociOk(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, fx.all]);
+    assert.match(again.stderr, /pushed 0 paths/);
+  }
+});
+
+test("nix store verify rejects our cache under a key it does not trust (the check can fail)", () => {
+  const dir = join(work, "ours-xz");
+  assert.throws(() =>
+    nixCmd(["store", "verify", "--store", `file://${dir}`, "--option", "trusted-public-keys", otherKey.publicKey, "-r", fx.all]),
+  );
+});
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function serveDirectory(dir: string): Promise<{ url: string; proc: ChildProcess }> {
+  const port = await freePort();
+  const proc = spawn("python3", ["-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, String(port)], {
+    stdio: "ignore",
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    try {
+      if ((await fetch(`${url}/nix-cache-info`)).ok) return { url, proc };
+    } catch {
+      /* not up yet */
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  proc.kill();
+  throw new Error("http server did not start");
+}
+
+test("reads a binary cache over HTTP (a real static web server)", async () => {
+  const dir = join(work, "http-cache");
+  makeNixCache({ paths: [fx.all], dir, compression: "zstd", secretKeyFile: key.secretKeyFile });
+  const { url, proc } = await serveDirectory(dir);
+  try {
+    const trust = ["--trusted-public-key", key.publicKey];
+    const res = await runAsync(["closure", "--store", url, ...trust, fx.all]);
+    assert.equal(res.text, closure.join("\n") + "\n");
+    const dest = join(work, "http-store");
+    await runAsync(["substitute", "--from", url, ...trust, "--store-dir", dest, fx.all]);
+    for (const path of closure) assert.ok(dumpEquals(dest, path));
+    const missing = await runAsync(["path-info", "--store", url, ...trust, "/nix/store/00000000000000000000000000000000-absent"], 1);
+    assert.match(missing.stderr, /not valid/);
+  } finally {
+    proc.kill();
+  }
+});
+
+/** The CLI without blocking the event loop (the HTTP server is a child of this process). */
+function runAsync(args: string[], expectStatus = 0): Promise<{ text: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [join(import.meta.dirname ?? "", "../../../bin/nixoci.js"), ...args]);
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    child.on("close", (code) =>
+      code === expectStatus ? resolve({ text: out, stderr: err }) : reject(new Error(`exit ${code}: ${err}`)),
+    );
+  });
+}
+
+test("substitutes into the real Nix store and registers the paths so Nix sees them valid", () => {
+  // A fresh path (random nonce) that references a fixture, cached by nix, then deleted from the store.
+  const nonce = Math.random().toString(36).slice(2);
+  const expr = `derivation { name = "subst-victim"; nonce = "${nonce}"; system = builtins.currentSystem;
+    builder = "/bin/sh"; args = ["-c" "echo \${builtins.storePath "${fx.busybox}"}/bin/sh > $out"]; }`;
+  const victim = runText("nix-build", ["--no-out-link", "-E", expr]);
+  const expectedHash = runText("nix-store", ["-q", "--hash", victim]);
+  const dir = join(work, "victim-cache");
+  const url = makeNixCache({ paths: [victim], dir, compression: "xz", secretKeyFile: key.secretKeyFile });
+  run("nix-store", ["--delete", victim]);
+  assert.ok(!existsSync(victim));
+  nixociOk(["substitute", "--from", url, "--trusted-public-key", key.publicKey, victim]);
+  // Nix itself now considers it valid, with the right hash and references, and its contents verify.
+  run("nix-store", ["--check-validity", victim]);
+  assert.equal(runText("nix-store", ["-q", "--hash", victim]), expectedHash);
+  assert.equal(runText("nix-store", ["-q", "--references", victim]), fx.busybox);
+  run("nix-store", ["--verify-path", victim]);
+  assert.equal(readFileSync(victim, "utf8"), `${fx.busybox}/bin/sh\n`);
+  run("nix-store", ["--delete", victim]);
+});

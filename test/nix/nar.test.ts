@@ -1,0 +1,211 @@
+// dumpPath against the reference vectors and against the real `nix-store --dump`.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PassThrough, Writable } from "node:stream";
+import { dumpPath, dumpPathTo, narHashOfPath } from "../../src/nix/nar-writer.js";
+import { nix32Encode } from "../../src/nix/nix32.js";
+import { NixociError } from "../../src/util/errors.js";
+import { buildStorePath, collect, makeTree, nixDump } from "./nar-fixtures.js";
+
+let work: string;
+before(() => {
+  work = fs.mkdtempSync(join(tmpdir(), "nixoci-nar-test-"));
+});
+after(() => {
+  execFileSync("chmod", ["-R", "u+w", work]);
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+const sha256nix32 = (b: Buffer) => nix32Encode(createHash("sha256").update(b).digest());
+
+test("reference vectors", async () => {
+  const f = join(work, "hi");
+  fs.writeFileSync(f, "hi\n");
+  assert.equal(sha256nix32(await collect(dumpPath(f))), "1xmr8jicvzszfzpz46g37mlpvbzjl2wpwvl2b05psipssyp1sm8h");
+
+  const l = join(work, "bin-link");
+  fs.symlinkSync("/bin", l);
+  assert.equal(sha256nix32(await collect(dumpPath(l))), "0z2mdmkd43l0ijdxfbj1y8vzli15yh9b09n3a3rrygmjshbyypsw");
+
+  const e = join(work, "empty");
+  fs.writeFileSync(e, "");
+  const eNar = await collect(dumpPath(e));
+  assert.equal(eNar.length, 112);
+  assert.equal(sha256nix32(eNar), "0ip26j2h11n1kgkz36rl4akv694yz65hr72q4kv4b3lxcbi65b3p");
+
+  const d = join(work, "empty-dir");
+  fs.mkdirSync(d);
+  const dNar = await collect(dumpPath(d));
+  assert.equal(dNar.length, 96);
+  assert.equal(sha256nix32(dNar), "0sjjj9z1dhilhpc8pq4154czrb79z9cm044jvn75kxcjv6v5l2m5");
+});
+
+test("dumpPath equals nix-store --dump on an awkward tree (sorting, symlinks, modes, sizes, non-UTF-8 names)", async () => {
+  const root = join(work, "tree");
+  makeTree(root, { nonUtf8: true, big: true });
+  const ours = await collect(dumpPath(root));
+  const nix = nixDump(root);
+  assert.equal(ours.length, nix.length);
+  assert.ok(ours.equals(nix), "NAR bytes differ from nix-store --dump");
+});
+
+test("dumpPath equals nix-store --dump for single files, executables and symlinks at the root", async () => {
+  const cases: [string, () => void][] = [
+    ["plain", () => fs.writeFileSync(join(work, "plain"), "x".repeat(1000))],
+    ["exec", () => fs.writeFileSync(join(work, "exec"), "#!/bin/sh\n", { mode: 0o700 })],
+    ["group-x", () => fs.writeFileSync(join(work, "group-x"), "x", { mode: 0o610 })],
+    ["dangling", () => fs.symlinkSync("nowhere", join(work, "dangling"))],
+  ];
+  for (const [name, make] of cases) {
+    make();
+    const p = join(work, name);
+    assert.ok((await collect(dumpPath(p))).equals(nixDump(p)), name);
+  }
+});
+
+test("dumpPath equals nix-store --dump on real store paths", async () => {
+  const built = buildStorePath(work);
+  const paths = [built];
+  // And whatever else is in the store (other tests' outputs), up to a few.
+  for (const name of fs.readdirSync("/nix/store").sort().slice(0, 12)) {
+    if (name.startsWith(".") || name.endsWith(".lock")) continue;
+    paths.push(join("/nix/store", name));
+  }
+  for (const p of paths) {
+    let nix: Buffer;
+    try {
+      nix = nixDump(p);
+    } catch {
+      continue; // vanished (garbage-collected by another test) or unreadable
+    }
+    assert.ok((await collect(dumpPath(p))).equals(nix), p);
+  }
+});
+
+test("narHashOfPath matches the sha256 and size of nix-store --dump", async () => {
+  const root = join(work, "tree-hash");
+  makeTree(root, { big: true });
+  const nix = nixDump(root);
+  const { narHash, narSize } = await narHashOfPath(root);
+  assert.equal(narSize, nix.length);
+  assert.ok(narHash.equals(createHash("sha256").update(nix).digest()));
+});
+
+test("dumpPath streams in large chunks with bounded size", async () => {
+  const root = join(work, "tree-chunks");
+  makeTree(root, { big: true });
+  const sizes: number[] = [];
+  // 'data' events show the chunks as pushed (async iteration would merge buffered chunks).
+  await new Promise<void>((resolve, reject) =>
+    dumpPath(root)
+      .on("data", (c: Buffer) => sizes.push(c.length))
+      .on("end", resolve)
+      .on("error", reject),
+  );
+  const total = sizes.reduce((a, b) => a + b, 0);
+  assert.ok(Math.max(...sizes) <= 1 << 20, `largest chunk ${Math.max(...sizes)}`);
+  // 5 MB plus ~650 small files: a handful of ~1 MiB chunks, not thousands of tiny ones.
+  assert.ok(sizes.length <= Math.ceil(total / (1 << 20)) + 4, `${sizes.length} chunks for ${total} bytes`);
+});
+
+test("dumpPath respects backpressure: a slow consumer does not make it read ahead", async () => {
+  const f = join(work, "big-backpressure");
+  fs.writeFileSync(f, Buffer.alloc(40 << 20, 1));
+  const stream = dumpPath(f);
+  // Read one chunk, then wait: the stream must not have buffered the whole file.
+  const it = stream[Symbol.asyncIterator]();
+  await it.next();
+  await new Promise((r) => setTimeout(r, 50));
+  assert.ok(stream.readableLength <= 2 << 20, `buffered ${stream.readableLength} bytes`);
+  stream.destroy();
+});
+
+test("dumpPathTo writes to file streams, other writables and, with end: false, leaves the sink open", async () => {
+  const root = join(work, "tree-to");
+  makeTree(root, {});
+  const expected = nixDump(root);
+
+  const out = join(work, "out.nar");
+  await dumpPathTo(root, fs.createWriteStream(out));
+  assert.ok(fs.readFileSync(out).equals(expected));
+
+  const pass = new PassThrough();
+  const got = collect(pass);
+  await dumpPathTo(root, pass);
+  assert.ok((await got).equals(expected));
+
+  // Two NARs back to back into one file stream.
+  const both = join(work, "both.nar");
+  const ws = fs.createWriteStream(both);
+  await dumpPathTo(root, ws, { end: false });
+  await dumpPathTo(root, ws, { end: false });
+  await new Promise<void>((resolve) => ws.end(resolve));
+  assert.ok(fs.readFileSync(both).equals(Buffer.concat([expected, expected])));
+});
+
+test("dumpPathTo keeps the chunks it hands to a sink intact until they are written", async () => {
+  // A slow writable that compares each chunk when its write completes with a copy taken at write time.
+  const root = join(work, "tree-slow");
+  makeTree(root, { big: true });
+  const parts: Buffer[] = [];
+  const sink = new Writable({
+    highWaterMark: 1 << 24,
+    write(chunk: Buffer, _enc, cb) {
+      const copy = Buffer.from(chunk);
+      setTimeout(() => {
+        assert.ok(copy.equals(chunk), "chunk changed before its write completed");
+        parts.push(copy);
+        cb();
+      }, 1);
+    },
+  });
+  await dumpPathTo(root, sink);
+  assert.ok(Buffer.concat(parts).equals(nixDump(root)));
+});
+
+test("sockets, FIFOs and missing paths are errors naming the path", async () => {
+  const d = join(work, "special");
+  fs.mkdirSync(d);
+  const fifo = join(d, "fifo");
+  execFileSync("mkfifo", [fifo]);
+  await assert.rejects(collect(dumpPath(d)), (e: unknown) => {
+    assert.ok(e instanceof NixociError);
+    assert.equal(e.message, `${fifo}: cannot be put in a NAR: it is a FIFO`);
+    return true;
+  });
+  fs.unlinkSync(fifo);
+
+  const sockPath = join(d, "sock");
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(sockPath, resolve));
+  try {
+    await assert.rejects(collect(dumpPath(d)), new RegExp(`^NixociError: ${sockPath}: .*a socket`));
+    await assert.rejects(narHashOfPath(d), /a socket/);
+    await assert.rejects(dumpPathTo(d, fs.createWriteStream(join(work, "sock.nar"))), /a socket/);
+  } finally {
+    server.close();
+  }
+
+  const missing = join(work, "does-not-exist");
+  await assert.rejects(collect(dumpPath(missing)), (e: unknown) => {
+    assert.ok(e instanceof NixociError);
+    assert.equal(e.message, `${missing}: cannot lstat (ENOENT)`);
+    return true;
+  });
+});
+
+test("an unreadable file is an error naming it", async (t) => {
+  if (process.getuid?.() === 0) {
+    t.skip("root can read anything");
+    return;
+  }
+  const f = join(work, "unreadable");
+  fs.writeFileSync(f, "x", { mode: 0o000 });
+  await assert.rejects(collect(dumpPath(f)), /unreadable: cannot open \(EACCES\)/);
+});

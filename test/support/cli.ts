@@ -1,0 +1,30 @@
+// Runs the built nixoci CLI as a user would (a separate process, no shell) and captures everything.
+import { spawnSync } from "node:child_process";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../../..");
+const BIN = join(ROOT, "bin/nixoci.js");
+
+export interface CliResult {
+  status: number | null;
+  stdout: Buffer;
+  stderr: string;
+  text: string;
+}
+
+export function nixoci(args: string[], opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {}): CliResult {
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    input: opts.input,
+    env: { ...process.env, ...opts.env },
+    maxBuffer: 1 << 30,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString(), text: r.stdout.toString() };
+}
+
+/** Runs nixoci and fails with its stderr when it does not exit 0. */
+export function nixociOk(args: string[], opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {}): CliResult {
+  const r = nixoci(args, opts);
+  if (r.status !== 0) throw new Error(`nixoci ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
+  return r;
+}

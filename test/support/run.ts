@@ -1,0 +1,49 @@
+// Runs external programs (nix, nix-store, xz...) for tests: no shell, output captured, failures loud.
+import { execFileSync } from "node:child_process";
+
+export interface RunOptions {
+  /** Bytes or text fed to the program's stdin (default: none, stdin is empty). */
+  input?: Buffer | string;
+  /** Extra environment variables, merged over process.env. */
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+/** Runs `cmd args...` (no shell) and returns its stdout; throws an Error with the exit status and stderr on failure. */
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Buffer {
+  try {
+    return execFileSync(cmd, args, {
+      input: opts.input ?? "",
+      env: { ...process.env, ...opts.env },
+      cwd: opts.cwd,
+      maxBuffer: 1 << 30,
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & {
+      status?: number | null;
+      signal?: string | null;
+      stderr?: Buffer;
+    };
+    const how =
+      err.code === "ENOENT"
+        ? "not found"
+        : err.signal
+          ? `killed by ${err.signal}`
+          : err.status != null
+            ? `exited with status ${err.status}`
+            : err.message;
+    const stderr = err.stderr?.toString().trim();
+    throw new Error(`${cmd} ${args.join(" ")}: ${how}${stderr ? `\n${stderr}` : ""}`, { cause: e });
+  }
+}
+
+/** Like run, with stdout decoded as UTF-8 and trimmed. */
+export function runText(cmd: string, args: string[], opts: RunOptions = {}): string {
+  return run(cmd, args, opts).toString("utf8").trim();
+}
+
+/** Runs `nix --extra-experimental-features nix-command ARGS...` and returns its stdout. */
+export function nixCmd(args: string[], opts: RunOptions = {}): Buffer {
+  return run("nix", ["--extra-experimental-features", "nix-command", ...args], opts);
+}
