@@ -22,26 +22,35 @@ export async function openStore(url: string | undefined, trust: TrustOptions): P
   return new LocalStore({ dir: url });
 }
 
-/** Keys from `--trusted-public-key` flags, plus trusted-public-keys from nix.conf when it is readable. */
+/** Nix's built-in default for trusted-public-keys, used when nix.conf does not set the option. */
+const NIX_DEFAULT_KEYS = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="];
+
+/**
+ * Keys from `--trusted-public-key` flags, plus what Nix itself would trust: trusted-public-keys from
+ * nix.conf, or Nix's default (cache.nixos.org) when nix.conf does not set it.
+ */
 export function trustOptions(flags: string[] | undefined, allowUnsigned: boolean | undefined): TrustOptions {
-  const texts = [...(flags ?? []), ...nixConfKeys()];
+  const texts = [...(flags ?? []), ...(nixConfKeys() ?? NIX_DEFAULT_KEYS)];
   const trustedKeys: PublicKey[] = [];
   for (const t of texts) trustedKeys.push(parsePublicKey(t, "--trusted-public-key"));
   return { trustedKeys, allowUnsigned: Boolean(allowUnsigned) };
 }
 
-function nixConfKeys(): string[] {
+/** trusted-public-keys (and extra-trusted-public-keys) from nix.conf; undefined when it sets neither. */
+function nixConfKeys(): string[] | undefined {
   const file = join(process.env.NIX_CONF_DIR ?? "/etc/nix", "nix.conf");
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch {
-    return [];
+    return undefined;
   }
-  const keys: string[] = [];
+  let keys: string[] | undefined;
   for (const line of text.split("\n")) {
-    const m = /^\s*(?:extra-)?trusted-public-keys\s*=(.*)$/.exec(line.replace(/#.*/, ""));
-    if (m) keys.push(...m[1].trim().split(/\s+/).filter(Boolean));
+    const m = /^\s*(extra-)?trusted-public-keys\s*=(.*)$/.exec(line.replace(/#.*/, ""));
+    if (!m) continue;
+    const found = m[2].trim().split(/\s+/).filter(Boolean);
+    keys = m[1] ? [...(keys ?? NIX_DEFAULT_KEYS), ...found] : found;
   }
   return keys;
 }

@@ -94,7 +94,8 @@ export async function restoreNar(
   const modeIsExact = new Map<number, boolean>();
 
   const where = (path: readonly string[]) => (path.length === 0 ? tmp : `${tmp}/${path.join("/")}`);
-  const what = (path: readonly string[]) => (path.length === 0 ? "the root" : quote(path.join("/")));
+  const what = (kind: string, path: readonly string[]) =>
+    path.length === 0 ? `the root ${kind}` : `${kind} ${quote(path.join("/"))}`;
 
   /** Finalises the directories that are complete once an entry at depth `depth` appears. */
   const finishDirs = (depth: number) => {
@@ -116,7 +117,7 @@ export async function restoreNar(
       try {
         fs.mkdirSync(p, 0o700);
       } catch (e) {
-        throw fail(`cannot create directory ${what(path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot create ${what("directory", path)} (${errnoCode(e)})`, e);
       }
       if (path.length === 0) created = true;
       openDirs.push({ path: p, depth: path.length });
@@ -130,7 +131,7 @@ export async function restoreNar(
         if (path.length === 0) created = true;
         if (canonical) fs.lutimesSync(p, 1, 1);
       } catch (e) {
-        throw fail(`cannot create symlink ${what(path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot create ${what("symlink", path)} (${errnoCode(e)})`, e);
       }
     },
 
@@ -141,7 +142,7 @@ export async function restoreNar(
       try {
         fd = fs.openSync(p, FILE_FLAGS, mode);
       } catch (e) {
-        throw fail(`cannot create file ${what(path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot create ${what("file", path)} (${errnoCode(e)})`, e);
       }
       if (path.length === 0) created = true;
       for await (const chunk of contents) {
@@ -150,7 +151,7 @@ export async function restoreNar(
           try {
             off += fs.writeSync(fd, chunk, off, chunk.length - off);
           } catch (e) {
-            throw fail(`cannot write file ${what(path)} (${errnoCode(e)})`, e);
+            throw fail(`cannot write ${what("file", path)} (${errnoCode(e)})`, e);
           }
         }
       }
@@ -167,7 +168,7 @@ export async function restoreNar(
         if (!exact) fs.fchmodSync(f, mode);
         if (canonical) fs.futimesSync(f, 1, 1);
       } catch (e) {
-        throw fail(`cannot set the mode of file ${what(path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot set the mode of ${what("file", path)} (${errnoCode(e)})`, e);
       } finally {
         fs.closeSync(f);
       }

@@ -4,7 +4,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -22,6 +22,7 @@ after(() => {
   rmSync(work, { recursive: true, force: true });
 });
 
+// What `cache push` offers; reading is also tested with br (Nix writes it, slowly).
 const COMPRESSIONS = ["xz", "zstd", "bzip2", "none"] as const;
 
 function dumpEquals(realDir: string, path: string): boolean {
@@ -29,7 +30,7 @@ function dumpEquals(realDir: string, path: string): boolean {
   return run("nix-store", ["--dump", restored]).equals(run("nix-store", ["--dump", path]));
 }
 
-for (const compression of COMPRESSIONS) {
+for (const compression of [...COMPRESSIONS, "br"] as const) {
   test(`reads and verifies a signed ${compression} cache written by nix copy`, () => {
     const dir = join(work, `nix-${compression}`);
     const url = makeNixCache({ paths: [fx.all], dir, compression, secretKeyFile: key.secretKeyFile });
@@ -71,6 +72,27 @@ test("signatures are checked by default: untrusted or missing keys fail, --no-ch
   assert.ok(!existsSync(join(dest, fx.hello.slice(11))), "nothing substituted from an untrusted cache");
   nixociOk(["substitute", "--from", unsignedUrl, "--no-check-sigs", "--store-dir", dest, fx.hello]);
   assert.ok(dumpEquals(dest, fx.hello));
+});
+
+test("a content-addressed path (fixed:r:sha256) needs no signature; its name must follow from its NarHash", () => {
+  const src = join(work, "ca-src");
+  run("mkdir", ["-p", join(src, "sub")]);
+  writeFileSync(join(src, "sub", "file"), `content-addressed ${Math.random()}\n`);
+  const caPath = runText("nix-store", ["--add-fixed", "--recursive", "sha256", src]);
+  const dir = join(work, "ca-cache");
+  const url = makeNixCache({ paths: [caPath], dir, compression: "xz" });
+  const narinfo = join(dir, `${caPath.slice(11, 43)}.narinfo`);
+  assert.match(readFileSync(narinfo, "utf8"), /^CA: fixed:r:sha256:/m);
+  assert.doesNotMatch(readFileSync(narinfo, "utf8"), /^Sig:/m);
+  const dest = join(work, "ca-store");
+  nixociOk(["substitute", "--from", url, "--trusted-public-key", key.publicKey, "--store-dir", dest, caPath]);
+  assert.ok(dumpEquals(dest, caPath));
+  // A CA claim that does not match the path is no excuse for a missing signature.
+  writeFileSync(narinfo, readFileSync(narinfo, "utf8").replace(/^CA: fixed:r:sha256:.*$/m, "CA: fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"));
+  const r = nixoci(["path-info", "--store", url, "--trusted-public-key", key.publicKey, caPath]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /signature/);
+  run("nix-store", ["--delete", caPath]);
 });
 
 test("nix copy --from accepts a cache nixoci wrote, with signature checking on", () => {

@@ -1,0 +1,87 @@
+// NAR listings against the ".ls" files Nix writes (nix copy --to 'file://...?write-nar-listing=true').
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { listNar, serializeNarListing, type NarListing } from "../../src/nix/nar-listing.js";
+import { NixociError } from "../../src/util/errors.js";
+import {
+  buildStoreFile,
+  buildStorePath,
+  chunked,
+  dir,
+  file,
+  MAGIC,
+  nar,
+  nixDump,
+  nixListing,
+  symlink,
+} from "./nar-fixtures.js";
+
+let work: string;
+before(() => {
+  work = fs.mkdtempSync(join(tmpdir(), "nixoci-listing-test-"));
+});
+after(() => {
+  execFileSync("chmod", ["-R", "u+w", work]);
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+test("listing of a store path equals Nix's .ls, byte for byte", async () => {
+  for (const storePath of [buildStorePath(work), buildStoreFile(work)]) {
+    const cache = fs.mkdtempSync(join(work, "cache-"));
+    const expected = nixListing(storePath, cache);
+    const listing = await listNar(chunked(nixDump(storePath), 100), { input: storePath });
+    assert.equal(serializeNarListing(listing), expected);
+    assert.deepEqual(JSON.parse(serializeNarListing(listing)), JSON.parse(expected));
+    assert.deepEqual(listing, JSON.parse(expected));
+  }
+});
+
+test("listing nodes and offsets", async () => {
+  const bytes = nar(MAGIC, dir(["bin", dir(["sh", file("#!/bin/sh\n", true)])], ["l", symlink("bin/sh")], ["z", file("")]));
+  const listing = await listNar([bytes], { input: "x" });
+  const expected: NarListing = {
+    version: 1,
+    root: {
+      type: "directory",
+      entries: {
+        bin: {
+          type: "directory",
+          entries: { sh: { type: "regular", size: 10, executable: true, narOffset: bytes.indexOf("#!/bin/sh") } },
+        },
+        l: { type: "symlink", target: "bin/sh" },
+        // Empty contents: the offset is right after the size, before the three closing ")" (file, entry, root).
+        z: { type: "regular", size: 0, narOffset: bytes.length - 3 * 16 },
+      },
+    },
+  };
+  assert.deepEqual(listing, expected);
+});
+
+test("serialization keeps NAR (bytewise) order for integer-like names and handles __proto__", async () => {
+  const bytes = nar(
+    MAGIC,
+    dir(["10", file("a")], ["9", file("b")], ["B", file("")], ["__proto__", dir()], ["a", file("")], ["Ä", file("")]),
+  );
+  const listing = await listNar([bytes], { input: "x" });
+  const json = serializeNarListing(listing);
+  const names = [...json.matchAll(/"([^"]+)":\{"type"/g)].map((m) => m[1]);
+  assert.deepEqual(names, ["root", "10", "9", "B", "__proto__", "a", "Ä"]);
+  const parsed = JSON.parse(json);
+  assert.deepEqual(Object.keys(parsed.root.entries).sort(), ["10", "9", "B", "__proto__", "a", "Ä"].sort());
+  assert.equal(parsed.root.entries["__proto__"].type, "directory");
+  assert.equal(Object.getPrototypeOf(listing.root), Object.prototype);
+  const root = listing.root as { entries: Record<string, unknown> };
+  assert.ok(Object.prototype.hasOwnProperty.call(root.entries, "__proto__"));
+  assert.equal(Object.getPrototypeOf(root.entries), Object.prototype);
+});
+
+test("listNar rejects malformed NARs like parseNar", async () => {
+  await assert.rejects(
+    listNar([nar(MAGIC, dir(["b", file("")], ["a", file("")]))], { input: "bad.nar" }),
+    (e: unknown) => e instanceof NixociError && /^bad\.nar: NAR at byte \d+: .*not sorted/.test(e.message),
+  );
+});
