@@ -1,26 +1,31 @@
 // NAR benchmark: our dumpPath/restoreNar against `nix-store --dump`/`--restore` on the same tree.
 //
-// A deterministic tree of about 280 MB (a few 10-50 MB files, thousands of 1-64 KiB files in nested
-// directories, symlinks, executables, empty files and directories) is generated once and cached under
+// A deterministic tree (a 290 MB NAR: 10-50 MB files, 4000 files of 1-64 KiB in nested directories,
+// symlinks, executables, empty files and directories) is generated once and cached under
 // os.tmpdir()/nixoci-bench-tree. Each measurement runs 3 times; the table shows medians and the ratio
-// ours / nix-store. "in-process" runs in this process (no Node start-up); "child" starts a fresh node
-// process per run, as the CLI would, and reports that process's peak RSS. Before timing, the bench checks
-// that our dump is byte-identical (same SHA-256) to nix-store's, and that our restore dumps back to it.
+// ours / nix-store (nix-store always runs as a process, output to /dev/null, input from the NAR file).
+//   dump, in-proc.          dumpPathTo(tree, createWriteStream("/dev/null")) in this process
+//   dump, in-proc., pipe()  pipeline(dumpPath(tree), createWriteStream("/dev/null")) in this process
+//   dump, child             a fresh node process running dumpPathTo(tree, process.stdout) > /dev/null
+//   restore, ...            restoreNar(createReadStream(nar), dest), in this process or in a fresh one,
+//                           into os.tmpdir() and, if available, a tmpfs (/dev/shm)
+// Child rows include Node's start-up (printed separately) and report the child's peak RSS. Before timing,
+// the bench checks that our dump is byte-identical (same SHA-256) to nix-store's, and that our restore
+// dumps back to it: speed bought with wrong output would be worthless.
 import { execFileSync, spawnSync } from "node:child_process";
 import { createCipheriv } from "node:crypto";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import { dumpPath, dumpPathTo, narHashOfPath } from "../src/nix/nar-writer.js";
 import { restoreNar } from "../src/nix/nar-restore.js";
 
 const TREE_VERSION = "v1";
 const RUNS = 3;
 
-const writerUrl = pathToFileURL(fileURLToPath(new URL("../src/nix/nar-writer.js", import.meta.url))).href;
-const restoreUrl = pathToFileURL(fileURLToPath(new URL("../src/nix/nar-restore.js", import.meta.url))).href;
+const writerUrl = new URL("../src/nix/nar-writer.js", import.meta.url).href;
+const restoreUrl = new URL("../src/nix/nar-restore.js", import.meta.url).href;
 
 /** Deterministic pseudo-random bytes: an AES-128-CTR keystream. */
 class Bytes {
@@ -93,7 +98,12 @@ async function time(f: () => unknown): Promise<number> {
   return performance.now() - t0;
 }
 
-function spawnTimed(cmd: string, args: string[], stdin: number | "ignore", stdout: number | "ignore"): number {
+function spawnTimed(
+  cmd: string,
+  args: string[],
+  stdin: number | "ignore",
+  stdout: number | "ignore",
+): number {
   const t0 = performance.now();
   const r = spawnSync(cmd, args, { stdio: [stdin, stdout, "pipe"] });
   const ms = performance.now() - t0;
@@ -102,7 +112,11 @@ function spawnTimed(cmd: string, args: string[], stdin: number | "ignore", stdou
 }
 
 /** Runs a node child process with `script` (an ES module body); returns its wall time and peak RSS (KiB). */
-function nodeChild(script: string, args: string[], stdout: number | "ignore"): { ms: number; rssKiB: number } {
+function nodeChild(
+  script: string,
+  args: string[],
+  stdout: number | "ignore",
+): { ms: number; rssKiB: number } {
   const t0 = performance.now();
   const r = spawnSync(process.execPath, ["--input-type=module", "-e", script, ...args], {
     stdio: ["ignore", stdout, "pipe"],
@@ -178,22 +192,27 @@ export async function benchNar(): Promise<void> {
       }
       cleanup();
     }
-    rows.push({ what, nixMs: median(nixMs), oursMs: median(oursMs), rssKiB: rss.length ? Math.max(...rss) : undefined });
+    rows.push({
+      what,
+      nixMs: median(nixMs),
+      oursMs: median(oursMs),
+      rssKiB: rss.length ? Math.max(...rss) : undefined,
+    });
   };
 
   // --- dump ---
   await measure(
-    "dump, in-process",
+    "dump, in-proc.",
     () => spawnTimed("nix-store", ["--dump", tree], "ignore", devNull),
     () => time(() => dumpPathTo(tree, fs.createWriteStream("/dev/null"))),
   );
   await measure(
-    "dump, in-proc., pipe",
+    "dump, in-proc., pipe()",
     () => spawnTimed("nix-store", ["--dump", tree], "ignore", devNull),
     () => time(() => pipeline(dumpPath(tree), fs.createWriteStream("/dev/null"))),
   );
   await measure(
-    "dump, child node",
+    "dump, child",
     () => spawnTimed("nix-store", ["--dump", tree], "ignore", devNull),
     () =>
       nodeChild(
@@ -205,50 +224,65 @@ export async function benchNar(): Promise<void> {
       ),
   );
 
-  // --- restore ---
-  const dest = join(work, "out");
-  const narFd = () => fs.openSync(nar, "r");
-  await measure(
-    "restore, in-process",
-    () => {
-      const fd = narFd();
+  // --- restore --- into os.tmpdir() (usually a disk, where writeback dominates) and, if there is one,
+  // into a tmpfs (/dev/shm), where the CPU cost of the restore itself shows.
+  const targets: [string, string][] = [["", work]];
+  let shm: string | undefined;
+  try {
+    shm = fs.mkdtempSync("/dev/shm/nixoci-bench-restore-");
+    targets.push([", tmpfs", shm]);
+  } catch {
+    // no tmpfs
+  }
+  for (const [label, dir] of targets) {
+    const dest = join(dir, "out");
+    const nixRestore = () => {
+      const fd = fs.openSync(nar, "r");
       try {
         return spawnTimed("nix-store", ["--restore", dest], fd, "ignore");
       } finally {
         fs.closeSync(fd);
       }
-    },
-    () =>
-      time(() => restoreNar(fs.createReadStream(nar, { highWaterMark: 1 << 20 }), dest, { input: nar })),
-    () => rmTree(dest),
-  );
-  await measure(
-    "restore, child node",
-    () => {
-      const fd = narFd();
-      try {
-        return spawnTimed("nix-store", ["--restore", dest], fd, "ignore");
-      } finally {
-        fs.closeSync(fd);
-      }
-    },
-    () =>
-      nodeChild(
-        `import { restoreNar } from ${JSON.stringify(restoreUrl)};
-         import { createReadStream } from "node:fs";
-         await restoreNar(createReadStream(process.argv[1], { highWaterMark: 1 << 20 }), process.argv[2], { input: "nar" });
-         ${REPORT_RSS}`,
-        [nar, dest],
-        "ignore",
-      ),
-    () => rmTree(dest),
-  );
+    };
+    await measure(
+      `restore${label}, in-proc.`,
+      nixRestore,
+      () =>
+        time(() => restoreNar(fs.createReadStream(nar, { highWaterMark: 1 << 20 }), dest, { input: nar })),
+      () => rmTree(dest),
+    );
+    await measure(
+      `restore${label}, child`,
+      nixRestore,
+      () =>
+        nodeChild(
+          `import { restoreNar } from ${JSON.stringify(restoreUrl)};
+           import { createReadStream } from "node:fs";
+           const source = createReadStream(process.argv[1], { highWaterMark: 1 << 20 });
+           await restoreNar(source, process.argv[2], { input: "nar" });
+           ${REPORT_RSS}`,
+          [nar, dest],
+          "ignore",
+        ),
+      () => rmTree(dest),
+    );
+  }
+  if (shm) rmTree(shm);
+
+  // What a child pays before doing any work: Node's start-up and loading our module.
+  const startup: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    startup.push(nodeChild(`await import(${JSON.stringify(writerUrl)}); ${REPORT_RSS}`, [], "ignore").ms);
+  }
+
   fs.closeSync(devNull);
   rmTree(work);
 
-  console.log(`\nmedian of ${RUNS} runs`);
   console.log(
-    "operation".padEnd(22) +
+    `\nmedian of ${RUNS} runs; a child node process spends ${median(startup).toFixed(0)} ms starting up`,
+  );
+  console.log(
+    "operation".padEnd(26) +
       "nix-store".padStart(11) +
       "nixoci".padStart(11) +
       "ratio".padStart(8) +
@@ -256,7 +290,7 @@ export async function benchNar(): Promise<void> {
   );
   for (const r of rows) {
     console.log(
-      r.what.padEnd(22) +
+      r.what.padEnd(26) +
         `${r.nixMs.toFixed(0)} ms`.padStart(11) +
         `${r.oursMs.toFixed(0)} ms`.padStart(11) +
         `${(r.oursMs / r.nixMs).toFixed(2)}x`.padStart(8) +

@@ -3,7 +3,10 @@
 # Nix for a machine without network: no sandbox, no substituters. Safe to run again and again.
 set -euo pipefail
 
-packages=(nix-bin busybox-static xz-utils zstd bzip2)
+# nix: the reference for Nix formats; busybox-static: runnable test closures; xz/zstd/bzip2: NAR compressions;
+# containerd, runc, docker.io, docker-registry, skopeo, umoci: the runtimes, registry and clients images are
+# checked with; pigz and python3: benchmark baselines and a static web server for HTTP caches.
+packages=(nix-bin busybox-static xz-utils zstd bzip2 containerd runc docker.io docker-registry skopeo umoci pigz python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

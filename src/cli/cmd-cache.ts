@@ -41,7 +41,8 @@ export async function cacheCommand(argv: string[]): Promise<number> {
   needPositionals(positionals, 1, USAGE);
   if (!values.to) throw new UsageError(`missing --to file:///DIR\nusage: ${USAGE}`);
   const compression = parseCompression(values.compression!, "--compression");
-  if (compression === "gzip") throw new NixociError("--compression", "gzip is not a NAR compression Nix reads");
+  if (compression === "gzip")
+    throw new NixociError("--compression", "gzip is not a NAR compression Nix reads");
   let signKey;
   if (values["sign-key"]) {
     const file = values["sign-key"];
@@ -49,7 +50,10 @@ export async function cacheCommand(argv: string[]): Promise<number> {
     try {
       text = readFileSync(file, "utf8");
     } catch (err) {
-      throw new NixociError(file, `cannot read secret key: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new NixociError(
+        file,
+        `cannot read secret key: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
     }
     signKey = parseSecretKey(text, file);
   }
@@ -75,7 +79,9 @@ export async function cacheCommand(argv: string[]): Promise<number> {
     });
     const result = await writer.push(store, closure);
     progress.done();
-    progress.line(`pushed ${result.pushed.length} paths (${formatBytes(bytes)}), ${result.skipped.length} already in ${values.to}`);
+    progress.line(
+      `pushed ${result.pushed.length} paths (${formatBytes(bytes)}), ${result.skipped.length} already in ${values.to}`,
+    );
     return 0;
   } finally {
     progress.done();

@@ -10,7 +10,11 @@ const USAGE = "nixoci closure [--store URL] [--trusted-public-key K]... [--no-ch
 export async function closureCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
-    { store: { type: "string" }, "trusted-public-key": { type: "string", multiple: true }, "no-check-sigs": { type: "boolean" } },
+    {
+      store: { type: "string" },
+      "trusted-public-key": { type: "string", multiple: true },
+      "no-check-sigs": { type: "boolean" },
+    },
     USAGE,
   );
   if (values.help) {
@@ -18,7 +22,10 @@ export async function closureCommand(argv: string[]): Promise<number> {
     return 0;
   }
   needPositionals(positionals, 1, USAGE);
-  const store = await openStore(values.store, trustOptions(values["trusted-public-key"], values["no-check-sigs"]));
+  const store = await openStore(
+    values.store,
+    trustOptions(values["trusted-public-key"], values["no-check-sigs"]),
+  );
   try {
     const roots = positionals.map((p) => resolveStorePathArg(p, store));
     const paths = new Set<string>();
@@ -29,7 +36,12 @@ export async function closureCommand(argv: string[]): Promise<number> {
     } else {
       for (const p of (await computeClosure(store, roots)).keys()) paths.add(p);
     }
-    process.stdout.write([...paths].sort().map((p) => p + "\n").join(""));
+    process.stdout.write(
+      [...paths]
+        .sort()
+        .map((p) => p + "\n")
+        .join(""),
+    );
     return 0;
   } finally {
     store.close();

@@ -22,7 +22,10 @@ export async function pathInfoCommand(argv: string[]): Promise<number> {
   );
   if (values.help) return usage();
   needPositionals(positionals, 1, USAGE);
-  const store = await openStore(values.store, trustOptions(values["trusted-public-key"], values["no-check-sigs"]));
+  const store = await openStore(
+    values.store,
+    trustOptions(values["trusted-public-key"], values["no-check-sigs"]),
+  );
   try {
     const paths = positionals.map((p) => resolveStorePathArg(p, store));
     let infos: (PathInfo | { path: string; valid: false })[];
@@ -30,7 +33,9 @@ export async function pathInfoCommand(argv: string[]): Promise<number> {
       const closure = await computeClosure(store, paths);
       infos = [...closure.values()].sort((a, b) => (a.path < b.path ? -1 : 1));
     } else {
-      infos = await Promise.all(paths.map(async (path) => (await store.queryPathInfo(path)) ?? { path, valid: false as const }));
+      infos = await Promise.all(
+        paths.map(async (path) => (await store.queryPathInfo(path)) ?? { path, valid: false as const }),
+      );
     }
     const invalid = infos.filter((i): i is { path: string; valid: false } => "valid" in i);
     if (values.json) {
@@ -49,6 +54,8 @@ export async function pathInfoCommand(argv: string[]): Promise<number> {
 }
 
 function usage(): number {
-  process.stdout.write(`usage: ${USAGE}\nPrints the metadata of store paths (as \`nix path-info\`; --json in its JSON shape).\n`);
+  process.stdout.write(
+    `usage: ${USAGE}\nPrints the metadata of store paths (as \`nix path-info\`; --json in its JSON shape).\n`,
+  );
   return 0;
 }

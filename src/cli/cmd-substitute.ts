@@ -42,7 +42,9 @@ export async function substituteCommand(argv: string[]): Promise<number> {
   const progress = new Progress(values.quiet);
   try {
     const paths = positionals.map((p) =>
-      p.startsWith(target.storeDir + "/") ? toStorePathPrefix(p, target.storeDir, p).path : parseStorePath(p, target.storeDir, p).path,
+      p.startsWith(target.storeDir + "/")
+        ? toStorePathPrefix(p, target.storeDir, p).path
+        : parseStorePath(p, target.storeDir, p).path,
     );
     let copied = 0;
     let bytes = 0;
@@ -50,7 +52,8 @@ export async function substituteCommand(argv: string[]): Promise<number> {
       parallelism: intOption(values.jobs, "jobs", 4),
       onEvent: (e) => {
         if (e.type === "copying") progress.line(`copying path '${e.path}' from '${e.from}'...`);
-        if (e.type === "failed") progress.line(`warning: copying '${e.path}' from '${e.from}' failed: ${e.error}`);
+        if (e.type === "failed")
+          progress.line(`warning: copying '${e.path}' from '${e.from}' failed: ${e.error}`);
         if (e.type === "copied") {
           copied++;
           bytes += e.narSize;
@@ -60,7 +63,9 @@ export async function substituteCommand(argv: string[]): Promise<number> {
     });
     const result = await substituter.realise(paths);
     progress.done();
-    progress.line(`${result.copied.length} paths copied (${formatBytes(bytes)}), ${result.present.length} already present`);
+    progress.line(
+      `${result.copied.length} paths copied (${formatBytes(bytes)}), ${result.present.length} already present`,
+    );
     process.stdout.write(paths.map((p) => p + "\n").join(""));
     return 0;
   } finally {

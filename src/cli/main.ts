@@ -59,7 +59,8 @@ export async function main(argv: string[]): Promise<number> {
 function describe(err: unknown): string {
   if (err instanceof NixociError || err instanceof UsageError) return err.message;
   const e = err as NodeJS.ErrnoException;
-  if (e && typeof e.code === "string" && e.path) return `${e.path}: ${e.code === "ENOENT" ? "no such file or directory" : e.message}`;
+  if (e && typeof e.code === "string" && e.path)
+    return `${e.path}: ${e.code === "ENOENT" ? "no such file or directory" : e.message}`;
   if (process.env.NIXOCI_DEBUG && e?.stack) return e.stack;
   return e?.message ?? String(err);
 }

@@ -18,7 +18,8 @@ export function isCacheUrl(url: string): boolean {
 export async function openStore(url: string | undefined, trust: TrustOptions): Promise<Store> {
   if (url && isCacheUrl(url)) return BinaryCacheStore.open(url, trust);
   if (url === undefined || url === "" || url === "local" || url === "auto") return new LocalStore();
-  if (url.startsWith("local?root=")) return new LocalStore({ dir: join(url.slice("local?root=".length), "nix/store") });
+  if (url.startsWith("local?root="))
+    return new LocalStore({ dir: join(url.slice("local?root=".length), "nix/store") });
   return new LocalStore({ dir: url });
 }
 
@@ -69,7 +70,8 @@ export function resolveStorePathArg(arg: string, store: Store): string {
     throw new NixociError(arg, "not a store path, and no such file to resolve into the store");
   }
   const localDir = store instanceof LocalStore ? store.realDir : DEFAULT_STORE_DIR;
-  if (!real.startsWith(localDir + "/")) throw new NixociError(arg, `resolves to ${real}, which is not in ${localDir}`);
+  if (!real.startsWith(localDir + "/"))
+    throw new NixociError(arg, `resolves to ${real}, which is not in ${localDir}`);
   const base = real.slice(localDir.length + 1).split("/")[0];
   return parseStorePath(`${storeDir}/${base}`, storeDir, arg).path;
 }

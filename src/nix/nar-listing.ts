@@ -47,7 +47,9 @@ export async function listNar(
       file(path, executable, size, _contents, narOffset) {
         add(
           path,
-          executable ? { type: "regular", size, executable: true, narOffset } : { type: "regular", size, narOffset },
+          executable
+            ? { type: "regular", size, executable: true, narOffset }
+            : { type: "regular", size, narOffset },
         );
       },
     },

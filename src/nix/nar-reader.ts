@@ -229,7 +229,9 @@ class NarParser {
     if (hi !== 0 || lo > max) this.tooLong(r.offset, hi, lo, max, what);
     const total = lo + padding(lo);
     if (r.avail < 8 + total) return null;
-    if (!isZero(b, p + 8 + lo, p + 8 + total)) throw r.fail(r.offset + 8 + lo, `non-zero padding after ${what}`);
+    if (!isZero(b, p + 8 + lo, p + 8 + total)) {
+      throw r.fail(r.offset + 8 + lo, `non-zero padding after ${what}`);
+    }
     r.advance(8 + total);
     return b.subarray(p + 8, p + 8 + lo);
   }
@@ -318,7 +320,9 @@ class NarParser {
       if (tag === "executable") {
         const valueAt = r.offset;
         const value = await this.str(NAR_MAX_TAG, W_EXEC);
-        if (value.length !== 0) throw r.fail(valueAt, `executable marker has non-empty value ${quote(value)}`);
+        if (value.length !== 0) {
+          throw r.fail(valueAt, `executable marker has non-empty value ${quote(value)}`);
+        }
         executable = true;
         at = r.offset;
         tag = await this.tag();
@@ -361,7 +365,9 @@ class NarParser {
     const pad = padding(size);
     const padAt = r.offset;
     if (r.avail >= pad) {
-      if (!isZero(r.peek(), r.position, r.position + pad)) throw r.fail(padAt, "non-zero padding after file contents");
+      if (!isZero(r.peek(), r.position, r.position + pad)) {
+        throw r.fail(padAt, "non-zero padding after file contents");
+      }
       r.advance(pad);
     } else if (!isZero(await r.read(pad, "in the padding of file contents"))) {
       throw r.fail(padAt, "non-zero padding after file contents");

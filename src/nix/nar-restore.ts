@@ -55,6 +55,14 @@ function forceRemove(path: string): void {
   }
 }
 
+/** ".<name>.tmp-<random>", with <name> shortened if needed to keep within the 255-byte limit of names. */
+function tempName(name: string): string {
+  const suffix = `.tmp-${randomBytes(6).toString("hex")}`;
+  let base = name;
+  while (Buffer.byteLength(`.${base}${suffix}`) > 255) base = base.slice(0, -1);
+  return `.${base}${suffix}`;
+}
+
 function exists(path: string): boolean {
   try {
     fs.lstatSync(path);
@@ -86,7 +94,7 @@ export async function restoreNar(
     throw fail(`cannot check whether it exists (${errnoCode(e)})`, e);
   }
 
-  const tmp = `${dirname(destPath)}/.${basename(destPath)}.tmp-${randomBytes(6).toString("hex")}`;
+  const tmp = `${dirname(destPath)}/${tempName(basename(destPath))}`;
   let created = false;
   let fd: number | null = null;
   // Directories not yet finalised (made read-only and given their mtime), innermost last.
@@ -105,7 +113,10 @@ export async function restoreNar(
         if (canonical) fs.utimesSync(top.path, 1, 1);
         fs.chmodSync(top.path, canonical ? 0o555 : 0o755);
       } catch (e) {
-        throw fail(`cannot set the mode of directory ${quote(top.path.slice(tmp.length + 1))} (${errnoCode(e)})`, e);
+        throw fail(
+          `cannot set the mode of directory ${quote(top.path.slice(tmp.length + 1))} (${errnoCode(e)})`,
+          e,
+        );
       }
     }
   };

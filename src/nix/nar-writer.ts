@@ -6,6 +6,8 @@
 // loop for about as long as reading 1 MiB from disk; that is much faster than one thread-pool round trip per
 // lstat/open/read/close when a tree has thousands of small files. Memory stays bounded: files are never read
 // whole, the only per-tree state is the sorted entry names of the directories on the current path.
+// dumpPathTo and narHashOfPath, which know when a chunk has been consumed, recycle a few batch buffers
+// instead of allocating a new one per chunk (see BufferPool).
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { Readable, type Writable } from "node:stream";
@@ -62,7 +64,9 @@ const S_IFREG = fs.constants.S_IFREG;
 const S_IFDIR = fs.constants.S_IFDIR;
 const S_IFLNK = fs.constants.S_IFLNK;
 const S_IXUSR = fs.constants.S_IXUSR;
-const OPEN_FLAGS = fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0);
+// O_NOFOLLOW and O_NONBLOCK: if the file was replaced by a symlink or a FIFO since lstat(), fail (or read
+// nothing and report that the file shrank) instead of following the link or blocking for ever.
+const OPEN_FLAGS = fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0) | (fs.constants.O_NONBLOCK ?? 0);
 
 interface DirFrame {
   path: Buffer;
@@ -113,7 +117,7 @@ export class NarProducer {
 
   /**
    * With `allocate`, every chunk starts at the beginning of a buffer obtained from it (BATCH_BYTES long), so
-   * a caller that knows when a chunk has been consumed can recycle its buffer (see NarBufferPool). Without
+   * a caller that knows when a chunk has been consumed can recycle its buffer (see BufferPool). Without
    * it, chunks are carved from fresh buffers and stay valid for ever.
    */
   constructor(
@@ -371,7 +375,12 @@ class BufferPool {
  * descriptor and keep no reference), so the chunk's buffer can be reused.
  */
 function releasesChunks(sink: Writable): boolean {
-  return sink instanceof fs.WriteStream || sink instanceof Socket || sink === process.stdout || sink === process.stderr;
+  return (
+    sink instanceof fs.WriteStream ||
+    sink instanceof Socket ||
+    sink === process.stdout ||
+    sink === process.stderr
+  );
 }
 
 /** Waits for 'drain'; rejects if the sink fails or closes first. */
@@ -401,13 +410,16 @@ function drained(sink: Writable): Promise<void> {
 }
 
 /**
- * Writes the NAR of `path` to `sink`, respecting backpressure. The sink is ended afterwards unless
- * `opts.end` is false (so several NARs or other data can go to the same sink). For file streams, sockets and
+ * Writes the NAR of `path` to `sink`, respecting backpressure, and resolves once every chunk is written. The
+ * sink is ended afterwards unless `opts.end` is false (so several NARs or other data can go to the same sink)
+ * or it is process.stdout/stderr. For file streams, sockets and
  * process.stdout/stderr the batch buffers are recycled once written, which makes this faster than piping
  * dumpPath(path) into them.
  */
 export async function dumpPathTo(path: string, sink: Writable, opts: { end?: boolean } = {}): Promise<void> {
-  const end = opts.end ?? true;
+  // process.stdout/stderr are never ended (once ended, Node neither finishes them again nor lets a later
+  // end() settle); all writes have completed when the promise resolves all the same.
+  const end = (opts.end ?? true) && sink !== process.stdout && sink !== process.stderr;
   if (!releasesChunks(sink)) {
     await pipeline(dumpPath(path), sink, { end });
     return;
@@ -433,7 +445,9 @@ export async function dumpPathTo(path: string, sink: Writable, opts: { end?: boo
   const failed = () =>
     writeError ??
     sink.errored ??
-    (sink.destroyed || sink.writableEnded ? new Error("the NAR sink closed before the NAR was written") : null);
+    (sink.destroyed || sink.writableEnded
+      ? new Error("the NAR sink closed before the NAR was written")
+      : null);
   try {
     for (;;) {
       const err = failed();

@@ -29,10 +29,17 @@ export class BinaryCacheStore implements Store {
     private readonly trust: TrustOptions,
   ) {}
 
-  static async open(url: string, trust: TrustOptions, storeDir = DEFAULT_STORE_DIR): Promise<BinaryCacheStore> {
+  static async open(
+    url: string,
+    trust: TrustOptions,
+    storeDir = DEFAULT_STORE_DIR,
+  ): Promise<BinaryCacheStore> {
     const transport = openTransport(url);
     const text = await transport.getText("nix-cache-info");
-    const info = text === undefined ? { storeDir, wantMassQuery: false, priority: 50 } : parseCacheInfo(text, `${url}/nix-cache-info`);
+    const info =
+      text === undefined
+        ? { storeDir, wantMassQuery: false, priority: 50 }
+        : parseCacheInfo(text, `${url}/nix-cache-info`);
     if (info.storeDir !== storeDir) {
       throw new NixociError(`${url}/nix-cache-info`, `cache is for store ${info.storeDir}, not ${storeDir}`);
     }

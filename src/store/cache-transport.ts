@@ -39,7 +39,8 @@ class FileTransport implements CacheTransport {
 
   private file(name: string): string {
     const file = resolve(this.root, name);
-    if (!file.startsWith(this.root + sep)) throw new NixociError(`${this.url}/${name}`, "name escapes the cache");
+    if (!file.startsWith(this.root + sep))
+      throw new NixociError(`${this.url}/${name}`, "name escapes the cache");
     return file;
   }
 

@@ -50,12 +50,18 @@ export class BinaryCacheWriter {
     await mkdir(join(this.dir, "nar"), { recursive: true });
     const infoFile = join(this.dir, "nix-cache-info");
     if (!(await exists(infoFile))) {
-      await writeFileAtomic(infoFile, serializeCacheInfo({ storeDir: this.storeDir, wantMassQuery: true, priority: 40 }));
+      await writeFileAtomic(
+        infoFile,
+        serializeCacheInfo({ storeDir: this.storeDir, wantMassQuery: true, priority: 40 }),
+      );
     }
   }
 
   /** Pushes the given paths (normally a whole closure) from `source`, references first; skips present ones. */
-  async push(source: Store, infos: ReadonlyMap<string, PathInfo>): Promise<{ pushed: string[]; skipped: string[] }> {
+  async push(
+    source: Store,
+    infos: ReadonlyMap<string, PathInfo>,
+  ): Promise<{ pushed: string[]; skipped: string[] }> {
     await this.init();
     const limiter = new Limiter(this.opts.parallelism ?? 2);
     const pushed: string[] = [];
@@ -111,7 +117,12 @@ export class BinaryCacheWriter {
       },
     });
     try {
-      await pipeline(await source.narFromPath(info), compressStream(compression), measure, createWriteStream(tmp, { flags: "wx" }));
+      await pipeline(
+        await source.narFromPath(info),
+        compressStream(compression),
+        measure,
+        createWriteStream(tmp, { flags: "wx" }),
+      );
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
@@ -122,7 +133,10 @@ export class BinaryCacheWriter {
 
     const sigs = [...info.sigs];
     if (this.opts.signKey) {
-      const sig = signFingerprint(this.opts.signKey, pathFingerprint(info.path, info.narHash, info.narSize, info.references));
+      const sig = signFingerprint(
+        this.opts.signKey,
+        pathFingerprint(info.path, info.narHash, info.narSize, info.references),
+      );
       if (!sigs.includes(sig)) sigs.push(sig);
     }
     const narInfo: NarInfo = {

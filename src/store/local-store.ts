@@ -20,7 +20,8 @@ export const DEFAULT_NIX_DB = "/nix/var/nix/db/db.sqlite";
 
 /** Where Nix keeps the database for a store directory: /nix/var/nix/db, or ROOT/nix/var/nix/db. */
 export function nixDbFor(realDir: string): string | undefined {
-  const candidates = realDir === DEFAULT_STORE_DIR ? [DEFAULT_NIX_DB] : [join(realDir, "..", "var/nix/db/db.sqlite")];
+  const candidates =
+    realDir === DEFAULT_STORE_DIR ? [DEFAULT_NIX_DB] : [join(realDir, "..", "var/nix/db/db.sqlite")];
   return candidates.find((f) => existsSync(f));
 }
 

@@ -31,7 +31,12 @@ export class NarVerifier extends Transform {
 
   override _flush(done: TransformCallback): void {
     if (this.size !== this.expectedSize) {
-      done(new NixociError(this.input, `NAR size mismatch: NarSize is ${this.expectedSize}, got ${this.size} bytes`));
+      done(
+        new NixociError(
+          this.input,
+          `NAR size mismatch: NarSize is ${this.expectedSize}, got ${this.size} bytes`,
+        ),
+      );
       return;
     }
     const got = new Hash(this.expectedHash.algo, this.hasher.digest());

@@ -80,7 +80,10 @@ export class NixDb {
       try {
         this.writable = new Database(this.file, { fileMustExist: true, timeout: 60_000 });
       } catch (err) {
-        throw new NixociError(this.file, `cannot open Nix store database for writing: ${(err as Error).message}`);
+        throw new NixociError(
+          this.file,
+          `cannot open Nix store database for writing: ${(err as Error).message}`,
+        );
       }
     }
     const db = this.writable;
@@ -103,7 +106,8 @@ export class NixDb {
       const insertRef = db.prepare("insert or ignore into Refs (referrer, reference) values (?, ?)");
       for (const ref of info.references) {
         const id = ref === info.path ? Number(lastInsertRowid) : idOf.get(ref)?.id;
-        if (id === undefined) throw new NixociError(info.path, `cannot register: reference ${ref} is not valid`);
+        if (id === undefined)
+          throw new NixociError(info.path, `cannot register: reference ${ref} is not valid`);
         insertRef.run(lastInsertRowid, id);
       }
     }).immediate();

@@ -40,7 +40,8 @@ export class SidecarDb {
       throw new NixociError(file, "corrupt metadata: not JSON");
     }
     if (j.path !== path) return undefined; // a hash-part collision with another name: not this path
-    const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x) => typeof x === "string") : []);
+    const strings = (v: unknown): string[] =>
+      Array.isArray(v) ? v.filter((x) => typeof x === "string") : [];
     const info: PathInfo = {
       path,
       narHash: parseHash(String(j.narHash), file, "sha256"),

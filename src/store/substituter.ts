@@ -36,7 +36,10 @@ export class Substituter {
     private readonly opts: { parallelism?: number; onEvent?: (e: SubstituteEvent) => void } = {},
   ) {
     // Stable sort: equal priorities keep the caller's order.
-    this.sources = sources.map((s, i) => ({ s, i })).sort((a, b) => a.s.priority - b.s.priority || a.i - b.i).map((x) => x.s);
+    this.sources = sources
+      .map((s, i) => ({ s, i }))
+      .sort((a, b) => a.s.priority - b.s.priority || a.i - b.i)
+      .map((x) => x.s);
   }
 
   private emit(e: SubstituteEvent): void {

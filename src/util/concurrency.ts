@@ -5,7 +5,8 @@ export class Limiter {
   private readonly waiting: Array<() => void> = [];
 
   constructor(readonly limit: number) {
-    if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`concurrency limit must be >= 1: ${limit}`);
+    if (!Number.isInteger(limit) || limit < 1)
+      throw new RangeError(`concurrency limit must be >= 1: ${limit}`);
   }
 
   async run<T>(job: () => Promise<T>): Promise<T> {
@@ -21,7 +22,11 @@ export class Limiter {
 }
 
 /** Maps over items with at most `limit` concurrent calls; results keep the input order. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
   const limiter = new Limiter(limit);
   return Promise.all(items.map((item) => limiter.run(() => fn(item))));
 }

@@ -14,6 +14,7 @@ export class NixociError extends Error {
 
 /** Collapses whitespace so an error message (which may quote untrusted input) stays on one line. */
 export function oneLine(s: string): string {
+  // eslint-disable-next-line no-control-regex -- replacing control characters is the point
   return s.replace(/[\r\n\t]+/g, " ").replace(/[\x00-\x1f\x7f]/g, "?");
 }
 

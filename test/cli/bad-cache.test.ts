@@ -2,7 +2,17 @@
 // non-zero exit, and leaves nothing behind in the target store directory.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync, existsSync } from "node:fs";
+import {
+  cpSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+  statSync,
+  existsSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildFixtures, generateCacheKey, makeNixCache } from "../support/fixtures.js";
@@ -17,7 +27,12 @@ after(() => {
 });
 const key = generateCacheKey("bad-cache-1", work);
 const pristine = join(work, "pristine");
-makeNixCache({ paths: [fx.greeting, fx.hello], dir: pristine, compression: "xz", secretKeyFile: key.secretKeyFile });
+makeNixCache({
+  paths: [fx.greeting, fx.hello],
+  dir: pristine,
+  compression: "xz",
+  secretKeyFile: key.secretKeyFile,
+});
 const target = fx.greeting;
 const hashPart = target.slice("/nix/store/".length, "/nix/store/".length + 32);
 
@@ -36,15 +51,37 @@ const replaceLine = (text: string, key: string, value: string | null): string =>
     .map((l) => (l.startsWith(`${key}:`) ? `${key}: ${value}` : l))
     .join("\n");
 
-const narFile = (dir: string, narinfo: string): string => join(dir, /^URL: (.*)$/m.exec(readFileSync(narinfo, "utf8"))![1]);
-const edit = (narinfo: string, f: (t: string) => string): void => writeFileSync(narinfo, f(readFileSync(narinfo, "utf8")));
+const narFile = (dir: string, narinfo: string): string =>
+  join(dir, /^URL: (.*)$/m.exec(readFileSync(narinfo, "utf8"))![1]);
+const edit = (narinfo: string, f: (t: string) => string): void =>
+  writeFileSync(narinfo, f(readFileSync(narinfo, "utf8")));
 
 const CASES: Case[] = [
-  { name: "missing NarHash", mutate: (_d, n) => edit(n, (t) => replaceLine(t, "NarHash", null)), error: /narinfo.*NarHash/ },
-  { name: "missing URL", mutate: (_d, n) => edit(n, (t) => replaceLine(t, "URL", null)), error: /narinfo.*URL/ },
-  { name: "missing StorePath", mutate: (_d, n) => edit(n, (t) => replaceLine(t, "StorePath", null)), error: /narinfo.*StorePath/ },
-  { name: "NarSize not a number", mutate: (_d, n) => edit(n, (t) => replaceLine(t, "NarSize", "12x")), error: /narinfo.*NarSize/ },
-  { name: "malformed NarHash", mutate: (_d, n) => edit(n, (t) => replaceLine(t, "NarHash", "sha256:xyz")), error: /narinfo.*(NarHash|hash)/ },
+  {
+    name: "missing NarHash",
+    mutate: (_d, n) => edit(n, (t) => replaceLine(t, "NarHash", null)),
+    error: /narinfo.*NarHash/,
+  },
+  {
+    name: "missing URL",
+    mutate: (_d, n) => edit(n, (t) => replaceLine(t, "URL", null)),
+    error: /narinfo.*URL/,
+  },
+  {
+    name: "missing StorePath",
+    mutate: (_d, n) => edit(n, (t) => replaceLine(t, "StorePath", null)),
+    error: /narinfo.*StorePath/,
+  },
+  {
+    name: "NarSize not a number",
+    mutate: (_d, n) => edit(n, (t) => replaceLine(t, "NarSize", "12x")),
+    error: /narinfo.*NarSize/,
+  },
+  {
+    name: "malformed NarHash",
+    mutate: (_d, n) => edit(n, (t) => replaceLine(t, "NarHash", "sha256:xyz")),
+    error: /narinfo.*(NarHash|hash)/,
+  },
   {
     name: "StorePath of another path",
     mutate: (_d, n) => edit(n, (t) => replaceLine(t, "StorePath", fx.hello)),
@@ -57,7 +94,8 @@ const CASES: Case[] = [
   },
   {
     name: "corrupted signature bytes",
-    mutate: (_d, n) => edit(n, (t) => t.replace(/^(Sig: bad-cache-1:)(.)/m, (_m, p, c) => p + (c === "A" ? "B" : "A"))),
+    mutate: (_d, n) =>
+      edit(n, (t) => t.replace(/^(Sig: bad-cache-1:)(.)/m, (_m, p, c) => p + (c === "A" ? "B" : "A"))),
     error: /narinfo.*signature/,
   },
   {
@@ -68,7 +106,10 @@ const CASES: Case[] = [
   {
     name: "NarHash that does not match the NAR",
     unsigned: true,
-    mutate: (_d, n) => edit(n, (t) => replaceLine(t, "NarHash", "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s")),
+    mutate: (_d, n) =>
+      edit(n, (t) =>
+        replaceLine(t, "NarHash", "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"),
+      ),
     error: /nar.*hash mismatch/i,
   },
   {
@@ -102,7 +143,11 @@ const CASES: Case[] = [
     mutate: (_d, n) => edit(n, (t) => replaceLine(t, "URL", "../../../../etc/passwd")),
     error: /narinfo.*URL/,
   },
-  { name: "unknown compression", mutate: (_d, n) => edit(n, (t) => replaceLine(t, "Compression", "lzma9")), error: /lzma9/ },
+  {
+    name: "unknown compression",
+    mutate: (_d, n) => edit(n, (t) => replaceLine(t, "Compression", "lzma9")),
+    error: /lzma9/,
+  },
   {
     name: "cache for another store dir",
     mutate: (d) => writeFileSync(join(d, "nix-cache-info"), "StoreDir: /gnu/store\n"),
@@ -117,9 +162,14 @@ for (const [i, c] of CASES.entries()) {
     c.mutate(dir, join(dir, `${hashPart}.narinfo`));
     const storeDir = join(work, `store-${i}`);
     const args = ["substitute", "--from", `file://${dir}`, "--store-dir", storeDir, target];
-    const r = nixoci(c.unsigned ? [...args, "--no-check-sigs"] : [...args, "--trusted-public-key", key.publicKey]);
+    const r = nixoci(
+      c.unsigned ? [...args, "--no-check-sigs"] : [...args, "--trusted-public-key", key.publicKey],
+    );
     assert.equal(r.status, 1, `${c.name}: exit ${r.status}, stderr ${r.stderr}`);
-    const lines = r.stderr.trim().split("\n").filter((l) => l.startsWith("nixoci:"));
+    const lines = r.stderr
+      .trim()
+      .split("\n")
+      .filter((l) => l.startsWith("nixoci:"));
     assert.equal(lines.length, 1, `${c.name}: one error line, got ${r.stderr}`);
     assert.match(lines[0], c.error, c.name);
     assert.ok(!/\n\s+at /.test(r.stderr), `${c.name}: no stack trace`);

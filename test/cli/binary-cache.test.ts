@@ -50,7 +50,10 @@ for (const compression of [...COMPRESSIONS, "br"] as const) {
     const r = nixociOk(["substitute", "--from", url, ...trust, "--store-dir", storeDir, fx.all]);
     assert.equal(r.text, fx.all + "\n");
     for (const path of closure) assert.ok(dumpEquals(storeDir, path), `${path} restored from ${compression}`);
-    assert.deepEqual(readdirSync(storeDir).filter((n) => n.startsWith(".") && n !== ".nixoci"), []);
+    assert.deepEqual(
+      readdirSync(storeDir).filter((n) => n.startsWith(".") && n !== ".nixoci"),
+      [],
+    );
     // Everything is present now: a second run copies nothing.
     const again = nixociOk(["substitute", "--from", url, ...trust, "--store-dir", storeDir, fx.all]);
     assert.match(again.stderr, /0 paths copied/);
@@ -60,13 +63,36 @@ for (const compression of [...COMPRESSIONS, "br"] as const) {
 }
 
 test("signatures are checked by default: untrusted or missing keys fail, --no-check-sigs allows", () => {
-  const url = makeNixCache({ paths: [fx.hello], dir: join(work, "signed"), compression: "xz", secretKeyFile: key.secretKeyFile });
+  const url = makeNixCache({
+    paths: [fx.hello],
+    dir: join(work, "signed"),
+    compression: "xz",
+    secretKeyFile: key.secretKeyFile,
+  });
   const unsignedUrl = makeNixCache({ paths: [fx.hello], dir: join(work, "unsigned"), compression: "xz" });
   const dest = join(work, "sig-store");
-  let r = nixoci(["substitute", "--from", url, "--trusted-public-key", otherKey.publicKey, "--store-dir", dest, fx.hello]);
+  let r = nixoci([
+    "substitute",
+    "--from",
+    url,
+    "--trusted-public-key",
+    otherKey.publicKey,
+    "--store-dir",
+    dest,
+    fx.hello,
+  ]);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /narinfo.*(signature|trusted)/);
-  r = nixoci(["substitute", "--from", unsignedUrl, "--trusted-public-key", key.publicKey, "--store-dir", dest, fx.hello]);
+  r = nixoci([
+    "substitute",
+    "--from",
+    unsignedUrl,
+    "--trusted-public-key",
+    key.publicKey,
+    "--store-dir",
+    dest,
+    fx.hello,
+  ]);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /signature/);
   assert.ok(!existsSync(join(dest, fx.hello.slice(11))), "nothing substituted from an untrusted cache");
@@ -88,7 +114,13 @@ test("a content-addressed path (fixed:r:sha256) needs no signature; its name mus
   nixociOk(["substitute", "--from", url, "--trusted-public-key", key.publicKey, "--store-dir", dest, caPath]);
   assert.ok(dumpEquals(dest, caPath));
   // A CA claim that does not match the path is no excuse for a missing signature.
-  writeFileSync(narinfo, readFileSync(narinfo, "utf8").replace(/^CA: fixed:r:sha256:.*$/m, "CA: fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"));
+  writeFileSync(
+    narinfo,
+    readFileSync(narinfo, "utf8").replace(
+      /^CA: fixed:r:sha256:.*$/m,
+      "CA: fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s",
+    ),
+  );
   const r = nixoci(["path-info", "--store", url, "--trusted-public-key", key.publicKey, caPath]);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /signature/);
@@ -98,22 +130,59 @@ test("a content-addressed path (fixed:r:sha256) needs no signature; its name mus
 test("nix copy --from accepts a cache nixoci wrote, with signature checking on", () => {
   for (const compression of COMPRESSIONS) {
     const dir = join(work, `ours-${compression}`);
-    nixociOk(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, "--compression", compression, fx.all]);
+    nixociOk([
+      "cache",
+      "push",
+      "--to",
+      `file://${dir}`,
+      "--sign-key",
+      key.secretKeyFile,
+      "--compression",
+      compression,
+      fx.all,
+    ]);
     const narinfos = readdirSync(dir).filter((n) => n.endsWith(".narinfo"));
     assert.equal(narinfos.length, closure.length);
     // Nix checks every signature and every NAR's hash against its narinfo.
     nixCmd([
-      "store", "verify", "--store", `file://${dir}`, "--option", "trusted-public-keys", key.publicKey, "-r", fx.all,
+      "store",
+      "verify",
+      "--store",
+      `file://${dir}`,
+      "--option",
+      "trusted-public-keys",
+      key.publicKey,
+      "-r",
+      fx.all,
     ]);
     // And copies the closure into a fresh chroot store, requiring signatures.
     const root = join(work, `nixroot-${compression}`);
     nixCmd([
-      "copy", "--from", `file://${dir}`, "--to", root, "--option", "trusted-public-keys", key.publicKey,
-      "--option", "require-sigs", "true", fx.all,
+      "copy",
+      "--from",
+      `file://${dir}`,
+      "--to",
+      root,
+      "--option",
+      "trusted-public-keys",
+      key.publicKey,
+      "--option",
+      "require-sigs",
+      "true",
+      fx.all,
     ]);
-    for (const path of closure) assert.ok(dumpEquals(join(root, "nix/store"), path), `${path} via nix copy (${compression})`);
+    for (const path of closure)
+      assert.ok(dumpEquals(join(root, "nix/store"), path), `${path} via nix copy (${compression})`);
     // A second push skips everything.
-    const again = nixociOk(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, fx.all]);
+    const again = nixociOk([
+      "cache",
+      "push",
+      "--to",
+      `file://${dir}`,
+      "--sign-key",
+      key.secretKeyFile,
+      fx.all,
+    ]);
     assert.match(again.stderr, /pushed 0 paths/);
   }
 });
@@ -121,7 +190,17 @@ test("nix copy --from accepts a cache nixoci wrote, with signature checking on",
 test("nix store verify rejects our cache under a key it does not trust (the check can fail)", () => {
   const dir = join(work, "ours-xz");
   assert.throws(() =>
-    nixCmd(["store", "verify", "--store", `file://${dir}`, "--option", "trusted-public-keys", otherKey.publicKey, "-r", fx.all]),
+    nixCmd([
+      "store",
+      "verify",
+      "--store",
+      `file://${dir}`,
+      "--option",
+      "trusted-public-keys",
+      otherKey.publicKey,
+      "-r",
+      fx.all,
+    ]),
   );
 });
 
@@ -137,9 +216,13 @@ async function freePort(): Promise<number> {
 
 async function serveDirectory(dir: string): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
-  const proc = spawn("python3", ["-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, String(port)], {
-    stdio: "ignore",
-  });
+  const proc = spawn(
+    "python3",
+    ["-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, String(port)],
+    {
+      stdio: "ignore",
+    },
+  );
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     try {
@@ -164,7 +247,10 @@ test("reads a binary cache over HTTP (a real static web server)", async () => {
     const dest = join(work, "http-store");
     await runAsync(["substitute", "--from", url, ...trust, "--store-dir", dest, fx.all]);
     for (const path of closure) assert.ok(dumpEquals(dest, path));
-    const missing = await runAsync(["path-info", "--store", url, ...trust, "/nix/store/00000000000000000000000000000000-absent"], 1);
+    const missing = await runAsync(
+      ["path-info", "--store", url, ...trust, "/nix/store/00000000000000000000000000000000-absent"],
+      1,
+    );
     assert.match(missing.stderr, /not valid/);
   } finally {
     proc.kill();
@@ -174,7 +260,10 @@ test("reads a binary cache over HTTP (a real static web server)", async () => {
 /** The CLI without blocking the event loop (the HTTP server is a child of this process). */
 function runAsync(args: string[], expectStatus = 0): Promise<{ text: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(import.meta.dirname ?? "", "../../../bin/nixoci.js"), ...args]);
+    const child = spawn(process.execPath, [
+      join(import.meta.dirname ?? "", "../../../bin/nixoci.js"),
+      ...args,
+    ]);
     let out = "";
     let err = "";
     child.stdout.on("data", (d) => (out += d));

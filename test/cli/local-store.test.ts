@@ -37,7 +37,10 @@ test("path-info --json: NarHash, NarSize, references and deriver equal Nix's", (
     assert.equal(o.path, path);
     const expectedHash = parseHash(runText("nix-store", ["-q", "--hash", path]));
     assert.ok(parseHash(String(o.narHash)).equals(expectedHash), `narHash of ${path}`);
-    assert.deepEqual(o.references, runText("nix-store", ["-q", "--references", path]).split("\n").filter(Boolean).sort());
+    assert.deepEqual(
+      o.references,
+      runText("nix-store", ["-q", "--references", path]).split("\n").filter(Boolean).sort(),
+    );
     const n = nix.find((x) => x.path === path)!;
     assert.equal(o.narSize, n.narSize);
     assert.equal(o.narHash, n.narHash);
@@ -52,7 +55,9 @@ test("path-info accepts a result symlink and a path inside a store path; -r give
     symlinkSync(fx.hello, join(dir, "result"));
     assert.equal(nixociOk(["path-info", join(dir, "result")]).text, fx.hello + "\n");
     assert.equal(nixociOk(["path-info", `${fx.hello}/bin/hello`]).text, fx.hello + "\n");
-    const rec = nixociOk(["path-info", "-r", join(dir, "result")]).text.trim().split("\n");
+    const rec = nixociOk(["path-info", "-r", join(dir, "result")])
+      .text.trim()
+      .split("\n");
     assert.deepEqual(rec, runText("nix-store", ["-qR", fx.hello]).split("\n").sort());
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -91,12 +96,19 @@ test("nar ls prints Nix's .ls listing", () => {
   const file = join(dir, "tree.nar");
   writeFileSync(file, nar);
   const nix = JSON.parse(nixCmd(["nar", "ls", "--json", "-R", file, "/"]).toString());
-  assert.deepEqual(JSON.parse(nixociOk(["nar", "ls", file]).text), ours, "file and stdin give the same listing");
+  assert.deepEqual(
+    JSON.parse(nixociOk(["nar", "ls", file]).text),
+    ours,
+    "file and stdin give the same listing",
+  );
   rmSync(dir, { recursive: true, force: true });
   const strip = (n: Record<string, unknown>): unknown => {
     if (n.type === "directory") {
       const entries = n.entries as Record<string, Record<string, unknown>>;
-      return { type: "directory", entries: Object.fromEntries(Object.entries(entries).map(([k, v]) => [k, strip(v)])) };
+      return {
+        type: "directory",
+        entries: Object.fromEntries(Object.entries(entries).map(([k, v]) => [k, strip(v)])),
+      };
     }
     const { narOffset: _o, ...rest } = n;
     return rest;

@@ -86,10 +86,19 @@ export function badNars(): BadNar[] {
     add("nonzero-padding-contents", b, "non-zero padding after file contents", contentsAt + 3);
   }
   {
-    const b = nar(MAGIC, "(", "type", "regular", "contents", u64(3), new Raw(Buffer.from("hi\n\0\0\0\0\0")), ")");
+    const b = nar(
+      MAGIC,
+      "(",
+      "type",
+      "regular",
+      "contents",
+      u64(3),
+      new Raw(Buffer.from("hi\n\0\0\0\0\0")),
+      ")",
+    );
     const tagAt = b.indexOf("type") - 8;
     b[tagAt + 8 + 5] = 7; // padding of "type"
-    add("nonzero-padding-tag", b, 'non-zero padding after the tag', tagAt + 8 + 4);
+    add("nonzero-padding-tag", b, "non-zero padding after the tag", tagAt + 8 + 4);
   }
   {
     const b = nar(MAGIC, "(", "type", "regular", "contents", "hi\n", "executable", "", ")");
@@ -125,7 +134,12 @@ export function badNars(): BadNar[] {
   add("non-utf8-name", nar(MAGIC, dir([Buffer.from([0x61, 0xff]), file("x")])), "not valid UTF-8", nameAt);
   {
     const b = nar(MAGIC, dir(["b", file("x")], ["a", file("y")]));
-    add("unsorted-entries", b, 'entry name "a" is not after "b": entries are not sorted', b.lastIndexOf("a\0\0") - 8);
+    add(
+      "unsorted-entries",
+      b,
+      'entry name "a" is not after "b": entries are not sorted',
+      b.lastIndexOf("a\0\0") - 8,
+    );
   }
   {
     const b = nar(MAGIC, dir(["B", file("x")], ["a", file("y")], ["Z", file("z")]));
@@ -139,25 +153,70 @@ export function badNars(): BadNar[] {
     const b = nar(MAGIC, dir(["x", symlink("/etc")], ["x", dir(["passwd", file("pwned")])]));
     add("symlink-then-same-name-directory", b, 'duplicate entry name "x"', b.lastIndexOf("x\0\0") - 8);
   }
-  add("long-name", nar(MAGIC, dir(["n".repeat(256), file("x")])), "256 bytes long, more than the limit of 255", nameAt);
+  add(
+    "long-name",
+    nar(MAGIC, dir(["n".repeat(256), file("x")])),
+    "256 bytes long, more than the limit of 255",
+    nameAt,
+  );
   // Symlink targets: the target string starts after magic, "(", "type", "symlink", "target".
   const targetAt = 24 + 4 * 16;
   add("empty-target", nar(MAGIC, symlink("")), "symlink target is empty", targetAt);
-  add("long-target", nar(MAGIC, symlink("/" + "t".repeat(4095))), "4096 bytes long, more than the limit of 4095", targetAt);
+  add(
+    "long-target",
+    nar(MAGIC, symlink("/" + "t".repeat(4095))),
+    "4096 bytes long, more than the limit of 4095",
+    targetAt,
+  );
   add("nul-target", nar(MAGIC, symlink("/bin\0/sh")), "symlink target", targetAt);
-  add("huge-tag-length", nar(MAGIC, u64(1n << 40n)), "1099511627776 bytes long, more than the limit of 32", 24);
-  add("huge-type-length", nar(MAGIC, "(", "type", u64(0xffffffffffffffffn)), "18446744073709551615 bytes long, more than the limit of 32", 56);
-  add("huge-name-length", nar(MAGIC, "(", "type", "directory", "entry", "(", "name", u64(1n << 33n)), "limit of 255", nameAt);
-  add("huge-target-length", nar(MAGIC, "(", "type", "symlink", "target", u64(1n << 62n)), "limit of 4095", targetAt);
-  add("huge-file-size", nar(MAGIC, "(", "type", "regular", "contents", u64(1n << 60n)), "is too large", 24 + 64);
+  add(
+    "huge-tag-length",
+    nar(MAGIC, u64(1n << 40n)),
+    "1099511627776 bytes long, more than the limit of 32",
+    24,
+  );
+  add(
+    "huge-type-length",
+    nar(MAGIC, "(", "type", u64(0xffffffffffffffffn)),
+    "18446744073709551615 bytes long, more than the limit of 32",
+    56,
+  );
+  add(
+    "huge-name-length",
+    nar(MAGIC, "(", "type", "directory", "entry", "(", "name", u64(1n << 33n)),
+    "limit of 255",
+    nameAt,
+  );
+  add(
+    "huge-target-length",
+    nar(MAGIC, "(", "type", "symlink", "target", u64(1n << 62n)),
+    "limit of 4095",
+    targetAt,
+  );
+  add(
+    "huge-file-size",
+    nar(MAGIC, "(", "type", "regular", "contents", u64(1n << 60n)),
+    "is too large",
+    24 + 64,
+  );
   {
     const b = nar(MAGIC, file("x".repeat(100)));
-    add("truncated-contents", b.subarray(0, b.length - 70), "truncated NAR: input ends in file contents", b.length - 70);
+    add(
+      "truncated-contents",
+      b.subarray(0, b.length - 70),
+      "truncated NAR: input ends in file contents",
+      b.length - 70,
+    );
   }
   {
     const b = nar(MAGIC, dir(["a", file("x")], ["b", file("y")]));
     const cut = b.lastIndexOf("b\0\0") - 8 + 4; // in the middle of the length of the name "b"
-    add("truncated-string-length", b.subarray(0, cut), "truncated NAR: input ends in the length of the entry name", cut);
+    add(
+      "truncated-string-length",
+      b.subarray(0, cut),
+      "truncated NAR: input ends in the length of the entry name",
+      cut,
+    );
   }
   {
     const b = nar(MAGIC, dir(["a", file("x")]));
@@ -201,7 +260,8 @@ export function pseudoRandom(n: number, seed: number): Buffer {
  */
 export function makeTree(root: string, opts: { nonUtf8?: boolean; big?: boolean } = {}): void {
   fs.mkdirSync(root);
-  const w = (rel: string, data: string | Buffer, mode = 0o644) => fs.writeFileSync(join(root, rel), data, { mode });
+  const w = (rel: string, data: string | Buffer, mode = 0o644) =>
+    fs.writeFileSync(join(root, rel), data, { mode });
   for (const name of ["B", "a", "_", "Ä", "Z", "ä", "10", "9", "-", "~", "a b", "__proto__", "constructor"]) {
     w(name, `file ${name}\n`);
   }
@@ -268,7 +328,9 @@ export function buildStorePath(workDir: string, name = "nixoci-nar-test"): strin
       ''];
     }`,
   );
-  const out = execFileSync("nix-build", ["--no-out-link", ...NIX_OPTS, expr], { stdio: ["ignore", "pipe", "pipe"] });
+  const out = execFileSync("nix-build", ["--no-out-link", ...NIX_OPTS, expr], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   return out.toString().trim().split("\n").pop()!;
 }
 
@@ -284,7 +346,9 @@ export function buildStoreFile(workDir: string): string {
       args = ["-c" "printf 'single file\\\\n' > $out"];
     }`,
   );
-  const out = execFileSync("nix-build", ["--no-out-link", ...NIX_OPTS, expr], { stdio: ["ignore", "pipe", "pipe"] });
+  const out = execFileSync("nix-build", ["--no-out-link", ...NIX_OPTS, expr], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   return out.toString().trim().split("\n").pop()!;
 }
 

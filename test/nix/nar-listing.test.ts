@@ -41,7 +41,10 @@ test("listing of a store path equals Nix's .ls, byte for byte", async () => {
 });
 
 test("listing nodes and offsets", async () => {
-  const bytes = nar(MAGIC, dir(["bin", dir(["sh", file("#!/bin/sh\n", true)])], ["l", symlink("bin/sh")], ["z", file("")]));
+  const bytes = nar(
+    MAGIC,
+    dir(["bin", dir(["sh", file("#!/bin/sh\n", true)])], ["l", symlink("bin/sh")], ["z", file("")]),
+  );
   const listing = await listNar([bytes], { input: "x" });
   const expected: NarListing = {
     version: 1,
@@ -50,7 +53,9 @@ test("listing nodes and offsets", async () => {
       entries: {
         bin: {
           type: "directory",
-          entries: { sh: { type: "regular", size: 10, executable: true, narOffset: bytes.indexOf("#!/bin/sh") } },
+          entries: {
+            sh: { type: "regular", size: 10, executable: true, narOffset: bytes.indexOf("#!/bin/sh") },
+          },
         },
         l: { type: "symlink", target: "bin/sh" },
         // Empty contents: the offset is right after the size, before the three closing ")" (file, entry, root).
@@ -64,7 +69,14 @@ test("listing nodes and offsets", async () => {
 test("serialization keeps NAR (bytewise) order for integer-like names and handles __proto__", async () => {
   const bytes = nar(
     MAGIC,
-    dir(["10", file("a")], ["9", file("b")], ["B", file("")], ["__proto__", dir()], ["a", file("")], ["Ä", file("")]),
+    dir(
+      ["10", file("a")],
+      ["9", file("b")],
+      ["B", file("")],
+      ["__proto__", dir()],
+      ["a", file("")],
+      ["Ä", file("")],
+    ),
   );
   const listing = await listNar([bytes], { input: "x" });
   const json = serializeNarListing(listing);

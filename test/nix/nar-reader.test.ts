@@ -19,7 +19,14 @@ function recorder(events: Event[]): NarHandler {
     async file(path, executable, size, contents, narOffset) {
       const parts: Buffer[] = [];
       for await (const c of contents) parts.push(Buffer.from(c));
-      events.push(["file", path.join("/"), executable, size, Buffer.concat(parts).toString("latin1"), narOffset]);
+      events.push([
+        "file",
+        path.join("/"),
+        executable,
+        size,
+        Buffer.concat(parts).toString("latin1"),
+        narOffset,
+      ]);
     },
   };
 }
@@ -71,23 +78,35 @@ test("parseNar accepts a Readable and Uint8Array chunks, and skips contents the 
     file: (p, x, size) => void seen.push(`f:${p.join("/")}:${x}:${size}`),
   };
   await parseNar(Readable.from([new Uint8Array(SAMPLE)]), handler, { input: "sample" });
-  assert.deepEqual(seen, ["d:", "d:bin", "f:bin/sh:true:10", "d:empty", "f:f:false:41", "l:link:../f", "f:z:false:0"]);
+  assert.deepEqual(seen, [
+    "d:",
+    "d:bin",
+    "f:bin/sh:true:10",
+    "d:empty",
+    "f:f:false:41",
+    "l:link:../f",
+    "f:z:false:0",
+  ]);
 });
 
 test("parseNar lets a handler read part of the contents; the rest is skipped", async () => {
   const big = Buffer.alloc(100_000, 7);
   const bytes = nar(MAGIC, dir(["a", file(big)], ["b", file("after")]));
   const got: string[] = [];
-  await parseNar(chunked(bytes, 4096), {
-    directory() {},
-    symlink() {},
-    async file(path, _x, _size, contents) {
-      for await (const c of contents) {
-        got.push(`${path[0]}:${c.length}`);
-        break;
-      }
+  await parseNar(
+    chunked(bytes, 4096),
+    {
+      directory() {},
+      symlink() {},
+      async file(path, _x, _size, contents) {
+        for await (const c of contents) {
+          got.push(`${path[0]}:${c.length}`);
+          break;
+        }
+      },
     },
-  }, { input: "partial" });
+    { input: "partial" },
+  );
   assert.equal(got.length, 2);
   assert.match(got[0], /^a:\d+$/);
   assert.ok(Number(got[0].slice(2)) <= 4096);
@@ -97,13 +116,17 @@ test("parseNar lets a handler read part of the contents; the rest is skipped", a
 test("reading contents after the handler returned fails instead of returning other bytes", async () => {
   let saved: AsyncIterable<Buffer> | undefined;
   const bytes = nar(MAGIC, dir(["a", file("x".repeat(50))], ["b", file("y")]));
-  await parseNar([bytes], {
-    directory() {},
-    symlink() {},
-    file(path, _x, _s, contents) {
-      if (path[0] === "a") saved = contents;
+  await parseNar(
+    [bytes],
+    {
+      directory() {},
+      symlink() {},
+      file(path, _x, _s, contents) {
+        if (path[0] === "a") saved = contents;
+      },
     },
-  }, { input: "late" });
+    { input: "late" },
+  );
   await assert.rejects(async () => {
     for await (const c of saved!) void c;
   }, /read after the handler returned/);
@@ -127,9 +150,17 @@ test("parseNar stops after the root node: trailing bytes are not read", async ()
 test("handler errors propagate unchanged", async () => {
   const boom = new Error("boom");
   await assert.rejects(
-    parseNar([SAMPLE], { directory() {}, symlink() {}, file() {
-      throw boom;
-    } }, { input: "x" }),
+    parseNar(
+      [SAMPLE],
+      {
+        directory() {},
+        symlink() {},
+        file() {
+          throw boom;
+        },
+      },
+      { input: "x" },
+    ),
     (e) => e === boom,
   );
 });
@@ -139,13 +170,28 @@ test("maxDepth is configurable and 63 levels are fine by default", async () => {
   for (let i = 0; i < 63; i++) node = dir(["d", node]);
   const ok = nar(MAGIC, node);
   await parseNar([ok], recorder([]), { input: "deep" });
-  await assert.rejects(parseNar([ok], recorder([]), { input: "deep", maxDepth: 10 }), /nested more than 9 deep/);
+  await assert.rejects(
+    parseNar([ok], recorder([]), { input: "deep", maxDepth: 10 }),
+    /nested more than 9 deep/,
+  );
 });
 
 test("names are compared bytewise and may be any UTF-8", async () => {
   const events: Event[] = [];
   await parseNar(
-    [nar(MAGIC, dir(["10", file("")], ["9", file("")], ["B", file("")], ["a", file("")], ["Ä", file("")], ["ä", file("")]))],
+    [
+      nar(
+        MAGIC,
+        dir(
+          ["10", file("")],
+          ["9", file("")],
+          ["B", file("")],
+          ["a", file("")],
+          ["Ä", file("")],
+          ["ä", file("")],
+        ),
+      ),
+    ],
     recorder(events),
     { input: "names" },
   );
@@ -156,7 +202,9 @@ test("names are compared bytewise and may be any UTF-8", async () => {
 });
 
 test("limits are inclusive: 255-byte names and 4095-byte targets are accepted", async () => {
-  await parseNar([nar(MAGIC, dir(["n".repeat(255), symlink("/" + "t".repeat(4094))]))], recorder([]), { input: "x" });
+  await parseNar([nar(MAGIC, dir(["n".repeat(255), symlink("/" + "t".repeat(4094))]))], recorder([]), {
+    input: "x",
+  });
 });
 
 for (const bad of badNars()) {
@@ -171,7 +219,10 @@ for (const bad of badNars()) {
             e.message.startsWith(`corpus/${bad.name}.nar: NAR at byte ${bad.offset}: `),
             `chunk size ${size}: wrong input/offset in: ${e.message}`,
           );
-          assert.ok(e.message.includes(bad.problem), `chunk size ${size}: expected "${bad.problem}" in: ${e.message}`);
+          assert.ok(
+            e.message.includes(bad.problem),
+            `chunk size ${size}: expected "${bad.problem}" in: ${e.message}`,
+          );
           assert.ok(!e.message.includes("\n"));
           return true;
         },
@@ -186,5 +237,8 @@ test("a huge declared length is rejected as soon as the length is read", async (
   const huge = Buffer.alloc(8);
   huge.writeBigUInt64LE(1n << 40n);
   const head = nar(MAGIC, "(", "type", "directory", "entry", "(", "name");
-  await assert.rejects(parseNar([head, huge], recorder([]), { input: "h" }), /1099511627776 bytes long, more than the limit of 255/);
+  await assert.rejects(
+    parseNar([head, huge], recorder([]), { input: "h" }),
+    /1099511627776 bytes long, more than the limit of 255/,
+  );
 });

@@ -218,6 +218,13 @@ test("symlinks in the NAR are never followed while restoring", async () => {
   assert.deepEqual(fs.readdirSync(victim), []);
 });
 
+test("a destination with a long name (like a store path's) still gets a temporary sibling", async () => {
+  const parent = freshDir();
+  const name = "0".repeat(32) + "-" + "n".repeat(211);
+  await restoreNar([nar(MAGIC, dir(["f", file("x")]))], join(parent, name), { input: "x" });
+  assert.deepEqual(fs.readdirSync(parent), [name]);
+});
+
 test("a missing parent directory is an error naming the destination", async () => {
   const dest = join(work, "no-such-parent", "out");
   await assert.rejects(restoreNar([nar(MAGIC, file("x"))], dest, { input: "x" }), (e: unknown) => {

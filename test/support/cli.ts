@@ -13,7 +13,10 @@ export interface CliResult {
   text: string;
 }
 
-export function nixoci(args: string[], opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {}): CliResult {
+export function nixoci(
+  args: string[],
+  opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {},
+): CliResult {
   const r = spawnSync(process.execPath, [BIN, ...args], {
     input: opts.input,
     env: { ...process.env, ...opts.env },
@@ -23,7 +26,10 @@ export function nixoci(args: string[], opts: { input?: Buffer | string; env?: No
 }
 
 /** Runs nixoci and fails with its stderr when it does not exit 0. */
-export function nixociOk(args: string[], opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {}): CliResult {
+export function nixociOk(
+  args: string[],
+  opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {},
+): CliResult {
   const r = nixoci(args, opts);
   if (r.status !== 0) throw new Error(`nixoci ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
   return r;
