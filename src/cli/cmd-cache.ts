@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { parseSecretKey } from "../nix/signature.js";
 import { computeClosure } from "../store/closure.js";
+import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { BinaryCacheWriter } from "../store/cache-writer.js";
 import { parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
@@ -10,14 +11,16 @@ import { intOption, needPositionals, parse, UsageError } from "./args.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
+const GC_USAGE = "nixoci cache gc [--cache-dir DIR] [--keep-images N] [--keep-days N]";
 const USAGE =
   "nixoci cache push --to file:///DIR [--sign-key FILE] [--compression xz|zstd|bzip2|br|none] [--store URL] [-j N] [--quiet] PATH...";
 
 export async function cacheCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
+  if (sub === "gc") return gcCommand(rest);
   if (sub !== "push") {
     if (sub === undefined || sub === "--help" || sub === "-h") {
-      process.stdout.write(`usage: ${USAGE}\n`);
+      process.stdout.write(`usage: ${USAGE}\n       ${GC_USAGE}\n`);
       return sub === undefined ? 2 : 0;
     }
     throw new UsageError(`unknown cache command ${JSON.stringify(sub)}\nusage: ${USAGE}`);
@@ -87,4 +90,28 @@ export async function cacheCommand(argv: string[]): Promise<number> {
     progress.done();
     store.close();
   }
+}
+
+/** Drops layer-cache blobs that no recently built image uses. */
+async function gcCommand(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    { "cache-dir": { type: "string" }, "keep-images": { type: "string" }, "keep-days": { type: "string" } },
+    GC_USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(
+      `usage: ${GC_USAGE}\nKeeps the blobs of the N most recent images (default 20) and of images built in the last D days (default 7).\n`,
+    );
+    return 0;
+  }
+  const cache = new LayerCache(values["cache-dir"] ?? defaultCacheDir());
+  const r = await cache.gc({
+    keepImages: intOption(values["keep-images"], "keep-images", 20, 0),
+    keepDays: intOption(values["keep-days"], "keep-days", 7, 0),
+  });
+  process.stdout.write(
+    `kept ${r.keptImages} images, forgot ${r.removedImages}; removed ${r.removedBlobs} blobs (${formatBytes(r.freedBytes)})\n`,
+  );
+  return 0;
 }

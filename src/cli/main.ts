@@ -1,18 +1,17 @@
 // Entry point of the nixoci CLI: one module per command; errors from bad input print as one line.
 import { UsageError } from "./args.js";
-import { cacheCommand } from "./cmd-cache.js";
-import { closureCommand } from "./cmd-closure.js";
-import { narCommand } from "./cmd-nar.js";
-import { pathInfoCommand } from "./cmd-path-info.js";
-import { substituteCommand } from "./cmd-substitute.js";
 import { NixociError } from "../util/errors.js";
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
-  "path-info": pathInfoCommand,
-  closure: closureCommand,
-  nar: narCommand,
-  cache: cacheCommand,
-  substitute: substituteCommand,
+type Command = (argv: string[]) => Promise<number>;
+
+// Loaded on demand: a command pays only for its own modules (start-up time matters for `nar dump` in scripts).
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  build: async () => (await import("./cmd-build.js")).buildCommand,
+  "path-info": async () => (await import("./cmd-path-info.js")).pathInfoCommand,
+  closure: async () => (await import("./cmd-closure.js")).closureCommand,
+  nar: async () => (await import("./cmd-nar.js")).narCommand,
+  cache: async () => (await import("./cmd-cache.js")).cacheCommand,
+  substitute: async () => (await import("./cmd-substitute.js")).substituteCommand,
 };
 
 const HELP = `nixoci: Nix closures for the container ecosystem
@@ -20,10 +19,11 @@ const HELP = `nixoci: Nix closures for the container ecosystem
 usage: nixoci COMMAND [OPTIONS] [ARGS]
 
 commands:
+  build       build a layered OCI image from Nix store paths and write it to outputs
   path-info   metadata of store paths (local store or binary cache)
   closure     the closure of store paths, one per line, sorted
   nar         dump, restore and list NAR archives
-  cache       push store paths into a binary cache
+  cache       push store paths into a binary cache; garbage-collect the layer cache
   substitute  realise store paths from binary caches into a store directory
 
 Run \`nixoci COMMAND --help\` for a command's options.
@@ -39,8 +39,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write("nixoci 0.1.0\n");
     return 0;
   }
-  const run = COMMANDS[command];
-  if (!run) {
+  const load = COMMANDS[command];
+  if (!load) {
     process.stderr.write(`nixoci: unknown command ${JSON.stringify(command)}\n${HELP}`);
     return 2;
   }
@@ -49,6 +49,7 @@ export async function main(argv: string[]): Promise<number> {
     if (err.code === "EPIPE") process.exit(0);
   });
   try {
+    const run = await load();
     return await run(rest);
   } catch (err) {
     process.stderr.write(`nixoci: ${describe(err)}\n`);

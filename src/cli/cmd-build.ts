@@ -1,0 +1,256 @@
+// nixoci build: Nix closures to layered, reproducible OCI images, written to every output asked for.
+import { availableParallelism } from "node:os";
+import { buildImage, type BuildEvent, type LayerReport } from "../image/build.js";
+import { defaultCacheDir } from "../image/layer-cache.js";
+import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
+import type { LayeringStrategy } from "../image/types.js";
+import { parseOutputRef, writeOutput, type OutputRef } from "../oci/outputs.js";
+import type { LayerCompression } from "../oci/media-types.js";
+import { buildNixAttrs } from "../resolve/installables.js";
+import { LocalStore } from "../store/local-store.js";
+import type { Store } from "../store/store.js";
+import { NixociError, quote } from "../util/errors.js";
+import { intOption, parse, UsageError } from "./args.js";
+import { formatBytes, Progress } from "./progress.js";
+import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
+
+const USAGE = `nixoci build [INSTALLABLE...] [-f FILE.nix -A ATTR...] [--spec FILE]
+    [--entrypoint CMD] [--cmd CMD] [--env K=V]... [--workdir DIR] [--user U] [--expose PORT]... [--label K=V]...
+    [--arch ARCH] [--os OS] [--created TIME] [--tag NAME[:TAG]]...
+    [--layering size|popularity|nixery] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
+    [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--store DIR]
+    [--no-cache] [--cache-dir DIR] [-j N] [-o|--output DEST]... [--creds USER:PASS] [--insecure] [--json] [-q]
+  DEST: oci:DIR[:TAG]  oci-archive:FILE[:TAG]  docker-archive:FILE[:NAME:TAG]  docker://HOST/NAME[:TAG]  - (docker-archive on stdout)`;
+
+const LAYERINGS: LayeringStrategy[] = ["size", "popularity", "nixery"];
+const COMPRESSIONS: LayerCompression[] = ["gzip", "zstd", "none"];
+
+/** `--entrypoint`/`--cmd`: a JSON array, or words separated by spaces. */
+function commandList(value: string, flag: string): string[] {
+  if (value.trim().startsWith("[")) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(value);
+    } catch {
+      throw new NixociError(flag, `malformed JSON array ${quote(value)}`);
+    }
+    if (!Array.isArray(parsed) || parsed.some((x) => typeof x !== "string"))
+      throw new NixociError(flag, "must be a JSON array of strings");
+    return parsed as string[];
+  }
+  return value.split(/\s+/).filter(Boolean);
+}
+
+function keyValues(values: string[] | undefined, flag: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values ?? []) {
+    const i = v.indexOf("=");
+    if (i <= 0) throw new NixociError(flag, `${quote(v)} is not KEY=VALUE`);
+    out[v.slice(0, i)] = v.slice(i + 1);
+  }
+  return out;
+}
+
+export async function buildCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      file: { type: "string", short: "f" },
+      attr: { type: "string", short: "A", multiple: true },
+      spec: { type: "string" },
+      entrypoint: { type: "string" },
+      cmd: { type: "string" },
+      env: { type: "string", short: "e", multiple: true },
+      workdir: { type: "string" },
+      user: { type: "string" },
+      expose: { type: "string", multiple: true },
+      label: { type: "string", multiple: true },
+      arch: { type: "string" },
+      os: { type: "string" },
+      created: { type: "string" },
+      tag: { type: "string", short: "t", multiple: true },
+      layering: { type: "string" },
+      "max-layers": { type: "string" },
+      compression: { type: "string" },
+      "compression-level": { type: "string" },
+      substituter: { type: "string", multiple: true },
+      "trusted-public-key": { type: "string", multiple: true },
+      "no-check-sigs": { type: "boolean" },
+      store: { type: "string" },
+      "no-cache": { type: "boolean" },
+      "cache-dir": { type: "string" },
+      jobs: { type: "string", short: "j" },
+      output: { type: "string", short: "o", multiple: true },
+      creds: { type: "string" },
+      insecure: { type: "boolean" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+    },
+    USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`usage: ${USAGE}\n`);
+    return 0;
+  }
+
+  // The spec file first, then flags on top of it.
+  const fromFile = values.spec ? readSpecFile(values.spec) : {};
+  const spec: ImageSpec = { ...emptySpec(), ...fromFile };
+  if (values.entrypoint !== undefined) spec.entrypoint = commandList(values.entrypoint, "--entrypoint");
+  if (values.cmd !== undefined) spec.cmd = commandList(values.cmd, "--cmd");
+  if (values.env) spec.env = [...spec.env, ...values.env];
+  if (values.workdir !== undefined) spec.workdir = values.workdir;
+  if (values.user !== undefined) spec.user = values.user;
+  if (values.expose) spec.expose = [...spec.expose, ...values.expose];
+  if (values.label) spec.labels = { ...spec.labels, ...keyValues(values.label, "--label") };
+  if (values.arch) spec.arch = values.arch;
+  if (values.os) spec.os = values.os;
+  if (values.created) spec.created = values.created;
+  if (values.tag) spec.tags = [...spec.tags, ...values.tag];
+  if (values.substituter) spec.substituters = [...spec.substituters, ...values.substituter];
+  if (values["trusted-public-key"])
+    spec.trustedPublicKeys = [...spec.trustedPublicKeys, ...values["trusted-public-key"]];
+  validateSpec(spec, values.spec ?? "build");
+
+  const layering = (values.layering ?? spec.layering ?? "size") as LayeringStrategy;
+  if (!LAYERINGS.includes(layering))
+    throw new UsageError(`--layering must be one of ${LAYERINGS.join(", ")}`);
+  const compression = (values.compression ?? spec.compression ?? "gzip") as LayerCompression;
+  if (!COMPRESSIONS.includes(compression))
+    throw new UsageError(`--compression must be one of ${COMPRESSIONS.join(", ")}`);
+  const maxLayers = intOption(values["max-layers"], "max-layers", spec.maxLayers ?? 100, 2);
+  const level =
+    values["compression-level"] !== undefined
+      ? intOption(values["compression-level"], "compression-level", 0, 0)
+      : spec.compressionLevel;
+
+  const outputs: OutputRef[] = [...(values.output ?? []), ...positionals.filter((p) => p === "-")].map((o) =>
+    parseOutputRef(o),
+  );
+  const stdoutTaken = outputs.some((o) => o.kind === "docker-archive" && o.file === "-");
+  const installables = positionals.filter((p) => p !== "-");
+
+  const trust = trustOptions(spec.trustedPublicKeys, values["no-check-sigs"]);
+  const store = new LocalStore(values.store ? { dir: values.store } : {});
+  const substituters: Store[] = [];
+  const progress = new Progress(values.quiet || (values.json && !process.stderr.isTTY));
+  try {
+    for (const url of spec.substituters) substituters.push(await openStore(url, trust));
+    const roots: string[] = [];
+    if (values.file) roots.push(...(await buildNixAttrs(values.file, values.attr ?? [])));
+    else if (values.attr?.length) throw new UsageError("-A needs -f FILE.nix");
+    for (const p of [...spec.packages, ...installables]) roots.push(resolveStorePathArg(p, store));
+    const uniqueRoots = [...new Set(roots)];
+
+    const counts = { reused: 0, built: 0, builtBytes: 0, planned: 0, uploaded: 0, uploadedBytes: 0 };
+    const status = () =>
+      `[${counts.reused + counts.built}/${counts.planned} layers: ${counts.reused} reused, ${counts.built} built (${formatBytes(counts.builtBytes)})` +
+      (counts.uploaded ? `, ${counts.uploaded} uploaded (${formatBytes(counts.uploadedBytes)})` : "") +
+      "]";
+    const onEvent = (e: BuildEvent) => {
+      if (e.type === "substitute" && e.event.type === "copying")
+        progress.line(`copying path '${e.event.path}' from '${e.event.from}'...`);
+      if (e.type === "warning") progress.line(`warning: ${e.message}`);
+      if (e.type === "planned") {
+        counts.planned = e.layers;
+        progress.line(`planned ${e.layers} layers for ${e.paths} store paths (${formatBytes(e.narSize)})`);
+      }
+      if (e.type === "layer") {
+        const r = e.report;
+        if (r.status === "built") {
+          counts.built++;
+          counts.builtBytes += r.size;
+        } else counts.reused++;
+        progress.line(
+          `layer ${e.index + 1}: ${r.status} ${r.digest.slice(0, 19)} ${formatBytes(r.size)} (${r.paths.length ? `${r.paths.length} store paths` : "customisation"})`,
+        );
+      }
+      progress.update(status());
+    };
+
+    const result = await buildImage({
+      roots: uniqueRoots,
+      spec,
+      store,
+      substituters,
+      layering,
+      maxLayers,
+      compression,
+      compressionLevel: level,
+      cacheDir: values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir()),
+      parallelism: intOption(values.jobs, "jobs", availableParallelism()),
+      onEvent,
+    });
+    try {
+      // --tag NAME[:TAG] names the image where an output does not: the tag for oci layouts and registries,
+      // NAME:TAG for docker-archive's RepoTags (so `docker load` tags it).
+      const [defaultName, defaultTag] = splitImageName(spec.tags[0] ?? repositoryName(uniqueRoots[0]));
+      const uploaded = new Set<string>();
+      const outputReports: Record<string, unknown>[] = [];
+      for (const [i, ref] of outputs.entries()) {
+        const label = (values.output ?? [])[i] ?? "-";
+        const named =
+          ref.kind === "docker-archive" && ref.name === undefined ? { ...ref, name: defaultName } : ref;
+        const r = await writeOutput(result.image, named, {
+          creds: values.creds,
+          insecure: values.insecure,
+          defaultTag,
+          onEvent: (ev: unknown) => {
+            const e = ev as { type?: string; digest?: string; size?: number };
+            if (e.type === "uploaded" && e.digest) {
+              counts.uploaded++;
+              counts.uploadedBytes += e.size ?? 0;
+              progress.update(status());
+            }
+          },
+        });
+        r.uploaded?.forEach((d) => uploaded.add(d));
+        outputReports.push({ output: label, ...r });
+        progress.line(
+          `wrote ${label}${r.uploaded ? ` (${r.uploaded.length} blobs uploaded, ${r.skipped?.length ?? 0} already there${r.mounted?.length ? `, ${r.mounted.length} mounted` : ""})` : ""}`,
+        );
+      }
+      progress.done();
+      const summary = {
+        manifestDigest: result.image.manifest.digest,
+        configDigest: result.image.config.digest,
+        layers: result.layers.map((l: LayerReport) => ({
+          digest: l.digest,
+          diffId: l.diffId,
+          size: l.size,
+          mediaType: l.mediaType,
+          paths: l.paths,
+          status: l.status,
+          uploaded: uploaded.has(l.digest),
+        })),
+        outputs: outputReports,
+      };
+      if (values.json)
+        (stdoutTaken ? process.stderr : process.stdout).write(JSON.stringify(summary, null, 2) + "\n");
+      else if (!stdoutTaken) process.stdout.write(result.image.manifest.digest + "\n");
+      return 0;
+    } finally {
+      await result.cleanup();
+    }
+  } finally {
+    progress.done();
+    store.close();
+    substituters.forEach((s) => s.close());
+  }
+}
+
+/** An image name from a store path's name ("hello-2.12" -> "hello-2.12"), lowercased into the registry's alphabet. */
+function repositoryName(storePath: string): string {
+  const name = storePath
+    .slice(storePath.indexOf("-") + 1)
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]+/g, "-");
+  return name.replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, "") || "image";
+}
+
+/** "name:tag" -> [name, tag]; a colon inside a registry host's port ("host:5000/name") is not a tag. */
+function splitImageName(ref: string): [string, string] {
+  const slash = ref.lastIndexOf("/");
+  const colon = ref.lastIndexOf(":");
+  return colon > slash ? [ref.slice(0, colon), ref.slice(colon + 1)] : [ref, "latest"];
+}

@@ -1,0 +1,205 @@
+// `nixoci build`'s core, shared by the CLI, the registry and the BuildKit frontend: a closure in, an image out.
+//   roots -> (substitute what is missing) -> closure -> layer plan -> layers (cache hit, or one-pass build,
+//   in parallel) -> customisation layer -> config + manifest -> BuiltImage
+import { availableParallelism } from "node:os";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Descriptor } from "../oci/descriptor.js";
+import type { Digest } from "../oci/digest.js";
+import type { BuiltImage } from "../oci/image.js";
+import { OCI_CONFIG, OCI_MANIFEST, type LayerCompression } from "../oci/media-types.js";
+import { computeClosure } from "../store/closure.js";
+import type { LocalStore } from "../store/local-store.js";
+import type { PathInfo } from "../store/path-info.js";
+import type { Store } from "../store/store.js";
+import { Substituter, type SubstituteEvent } from "../store/substituter.js";
+import { Limiter } from "../util/concurrency.js";
+import { NixociError } from "../util/errors.js";
+import { removeTree } from "../util/fs.js";
+import { imageConfigJson, manifestJson } from "./config.js";
+import { customisationLayer } from "./customisation.js";
+import { buildLayerBlob, DEFAULT_GZIP_LEVEL } from "./layer-builder.js";
+import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
+import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
+import { planLayers } from "./layering.js";
+import type { ImageSpec } from "./spec.js";
+import { NIX_STORE_PATH_ANNOTATION, type LayeringStrategy } from "./types.js";
+
+export interface BuildOptions {
+  /** Store paths the image is made of (its packages), in priority order for the symlink farm. */
+  roots: string[];
+  spec: ImageSpec;
+  /** Where the closure lives (and where missing paths are substituted to). */
+  store: LocalStore;
+  /** Binary caches to substitute missing paths from. */
+  substituters?: Store[];
+  layering: LayeringStrategy;
+  maxLayers: number;
+  compression: LayerCompression;
+  compressionLevel?: number;
+  /** The layer cache directory; undefined means a throw-away cache (--no-cache). */
+  cacheDir?: string;
+  parallelism?: number;
+  onEvent?: (e: BuildEvent) => void;
+}
+
+export type LayerStatus = "reused" | "built";
+
+export interface LayerReport {
+  digest: Digest;
+  diffId: Digest;
+  size: number;
+  mediaType: string;
+  paths: string[];
+  status: LayerStatus;
+}
+
+export type BuildEvent =
+  | { type: "substitute"; event: SubstituteEvent }
+  | { type: "planned"; layers: number; paths: number; narSize: number }
+  | { type: "layer"; index: number; report: LayerReport }
+  | { type: "warning"; message: string };
+
+export interface BuildResult {
+  image: BuiltImage;
+  layers: LayerReport[];
+  closure: Map<string, PathInfo>;
+  /** Removes the throw-away cache of a --no-cache build, once the outputs are written. */
+  cleanup(): Promise<void>;
+}
+
+function compressionLevel(opts: BuildOptions): number | undefined {
+  if (opts.compressionLevel !== undefined) return opts.compressionLevel;
+  return opts.compression === "gzip" ? DEFAULT_GZIP_LEVEL : undefined;
+}
+
+export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
+  const { store, spec } = opts;
+  if (opts.maxLayers < 2)
+    throw new NixociError("--max-layers", "must be at least 2 (one store layer and the customisation layer)");
+  if (!opts.roots.length)
+    throw new NixociError(
+      "build",
+      "nothing to put in the image: give store paths, -f FILE -A ATTR, or packages in the spec",
+    );
+  const emit = (e: BuildEvent) => opts.onEvent?.(e);
+
+  if (opts.substituters?.length) {
+    await new Substituter(store, opts.substituters, {
+      onEvent: (event) => emit({ type: "substitute", event }),
+    }).realise(opts.roots);
+  }
+  const closure = await computeClosure(store, opts.roots).catch((err: Error) => {
+    throw opts.substituters?.length
+      ? err
+      : new NixociError(
+          err instanceof NixociError ? err.input : "build",
+          `${err.message.replace(/^[^:]*: /, "")} (no --substituter given to fetch it)`,
+        );
+  });
+  const plan = planLayers(opts.layering, { roots: opts.roots, infos: closure }, opts.maxLayers - 1);
+  emit({
+    type: "planned",
+    layers: plan.length + 1,
+    paths: closure.size,
+    narSize: [...closure.values()].reduce((n, i) => n + i.narSize, 0),
+  });
+
+  const tempCache = opts.cacheDir ? undefined : await mkdtemp(join(tmpdir(), "nixoci-nocache-"));
+  const cache = new LayerCache(opts.cacheDir ?? tempCache!);
+  const level = compressionLevel(opts);
+  const limiter = new Limiter(opts.parallelism ?? Math.max(1, availableParallelism()));
+
+  const cachedOrBuilt = async (
+    identity: string,
+    paths: string[],
+    makeTar: () => import("node:stream").Readable,
+  ): Promise<LayerReport> => {
+    const hit = await cache.lookup(identity);
+    if (hit) return { ...hit, paths, status: "reused" };
+    const blob = await buildLayerBlob(makeTar(), {
+      compression: opts.compression,
+      level,
+      blobs: cache.blobs,
+    });
+    const record: CachedLayer = { ...blob, paths };
+    await cache.record(identity, record);
+    return { ...record, status: "built" };
+  };
+
+  try {
+    const storeLayers = plan.map((layer, index) =>
+      limiter.run(async () => {
+        const identity = layerIdentity({
+          kind: "store-paths",
+          tar: TAR_FORMAT_VERSION,
+          compression: opts.compression,
+          level: level ?? null,
+          paths: layer.paths.map((p) => [p, closure.get(p)!.narHash.toString("nix32")]),
+        });
+        const report = await cachedOrBuilt(identity, layer.paths, () =>
+          storePathsTar(layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) }))),
+        );
+        emit({ type: "layer", index, report });
+        return report;
+      }),
+    );
+
+    const custom = customisationLayer({
+      packages: opts.roots.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
+      closure: [...closure.keys()].map((p) => ({ storePath: p, realPath: store.realPath(p) })),
+      user: spec.user,
+    });
+    for (const message of custom.warnings) emit({ type: "warning", message });
+    const customIdentity = layerIdentity({
+      kind: "customisation",
+      tar: TAR_FORMAT_VERSION,
+      compression: opts.compression,
+      level: level ?? null,
+      entries: custom.entries.map((e) =>
+        "content" in e ? { ...e, content: e.content.toString("base64") } : e,
+      ),
+    });
+    const customLayer = limiter.run(async () => {
+      const report = await cachedOrBuilt(customIdentity, [], () => treeTar(custom.entries));
+      emit({ type: "layer", index: plan.length, report });
+      return report;
+    });
+
+    const layers = await Promise.all([...storeLayers, customLayer]);
+    const descriptors: Descriptor[] = layers.map((l) => {
+      const d: Descriptor = { mediaType: l.mediaType, digest: l.digest, size: l.size };
+      if (l.paths.length)
+        d.annotations = Object.fromEntries(l.paths.map((p, i) => [`${NIX_STORE_PATH_ANNOTATION}.${i}`, p]));
+      return d;
+    });
+    const diffIds = layers.map((l) => l.diffId);
+    const configBytes = imageConfigJson(spec, diffIds, custom.env);
+    const config = await cache.blobs.putBytes(configBytes);
+    const manifestBytes = manifestJson(config, descriptors);
+    const manifest = await cache.blobs.putBytes(manifestBytes);
+    if (opts.cacheDir)
+      await cache.recordImage(manifest.digest, [config.digest, ...layers.map((l) => l.digest)]);
+
+    const image: BuiltImage = {
+      blobs: cache.blobs,
+      manifest: { ...manifest, bytes: manifestBytes, mediaType: OCI_MANIFEST },
+      config: { ...config, bytes: configBytes, mediaType: OCI_CONFIG },
+      layers: descriptors,
+      diffIds,
+      platform: { architecture: spec.arch, os: spec.os },
+    };
+    return {
+      image,
+      layers,
+      closure,
+      cleanup: async () => {
+        if (tempCache) await removeTree(tempCache);
+      },
+    };
+  } catch (err) {
+    if (tempCache) await removeTree(tempCache);
+    throw err;
+  }
+}

@@ -1,0 +1,175 @@
+// The customisation layer on top of the store layers: what makes a Nix closure feel like a normal image.
+// - a symlink farm at / of the requested packages' top-level directories, merged like Nix's buildEnv
+//   (a directory only one package has is one symlink; shared ones become real directories of links);
+// - /tmp (1777), /usr/bin/env when the closure has an env, /etc/passwd and /etc/group with root and the
+//   configured user; and SSL_CERT_FILE when the closure has a CA bundle.
+import { lstatSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import type { TreeEntry } from "./layer-tar.js";
+
+interface LinkNode {
+  kind: "link";
+  target: string; // absolute path inside the image (/nix/store/...)
+  realPath: string; // where it is on this machine, to expand it when another package shares the name
+  isDir: boolean;
+}
+interface DirNode {
+  kind: "dir";
+  mode: number;
+  children: Map<string, Node>;
+}
+interface FileNode {
+  kind: "file";
+  mode: number;
+  content: Buffer;
+}
+type Node = LinkNode | DirNode | FileNode;
+
+/** Top-level names a package cannot take over: they belong to the store or to this layer. */
+const RESERVED = new Set(["nix", "tmp", "proc", "sys", "dev"]);
+
+export interface CustomisationInput {
+  /** Requested packages, in order: earlier ones win file collisions (as in buildEnv's priority). */
+  packages: { storePath: string; realPath: string }[];
+  /** Every closure path with where it is on this machine, to find env and CA bundles. */
+  closure: { storePath: string; realPath: string }[];
+  user?: string;
+}
+
+export interface Customisation {
+  entries: TreeEntry[];
+  env: string[];
+  warnings: string[];
+}
+
+const CA_BUNDLES = [
+  "etc/ssl/certs/ca-bundle.crt",
+  "etc/ssl/certs/ca-certificates.crt",
+  "etc/pki/tls/certs/ca-bundle.crt",
+];
+
+export function customisationLayer(input: CustomisationInput): Customisation {
+  const root: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
+  const warnings: string[] = [];
+
+  const isDirectory = (real: string): boolean => {
+    try {
+      return statSync(real).isDirectory(); // follows links: a linked directory merges like a directory
+    } catch {
+      return false;
+    }
+  };
+
+  const merge = (dir: DirNode, target: string, real: string, top: boolean): void => {
+    for (const name of readdirSync(real).sort()) {
+      if (top && RESERVED.has(name)) continue;
+      const childTarget = `${target}/${name}`;
+      const childReal = join(real, name);
+      const isDir = isDirectory(childReal);
+      const existing = dir.children.get(name);
+      if (!existing) {
+        dir.children.set(name, { kind: "link", target: childTarget, realPath: childReal, isDir });
+      } else if (isDir && existing.kind === "link" && existing.isDir) {
+        const expanded: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
+        merge(expanded, existing.target, existing.realPath, false);
+        merge(expanded, childTarget, childReal, false);
+        dir.children.set(name, expanded);
+      } else if (isDir && existing.kind === "dir") {
+        merge(existing, childTarget, childReal, false);
+      } else {
+        warnings.push(`collision: ${childTarget} is shadowed by an earlier package`);
+      }
+    }
+  };
+
+  for (const pkg of input.packages) {
+    if (isDirectory(pkg.realPath)) merge(root, pkg.storePath, pkg.realPath, true);
+  }
+
+  /** A directory at `path` in the farm, expanding a symlinked directory into real links when needed. */
+  const ensureDir = (path: string[]): DirNode => {
+    let dir = root;
+    for (const name of path) {
+      let child = dir.children.get(name);
+      if (child?.kind === "link" && child.isDir) {
+        const expanded: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
+        merge(expanded, child.target, child.realPath, false);
+        child = expanded;
+        dir.children.set(name, expanded);
+      } else if (!child || child.kind !== "dir") {
+        if (child) warnings.push(`/${path.join("/")} replaces a package's file with a directory`);
+        child = { kind: "dir", mode: 0o755, children: new Map() };
+        dir.children.set(name, child);
+      }
+      dir = child;
+    }
+    return dir;
+  };
+
+  root.children.set("tmp", { kind: "dir", mode: 0o1777, children: new Map() });
+
+  const env: string[] = [];
+  const findInClosure = (rel: string): string | undefined => {
+    const sorted = [...input.closure].sort((a, b) => (a.storePath < b.storePath ? -1 : 1));
+    for (const p of sorted) {
+      try {
+        lstatSync(join(p.realPath, rel));
+        return `${p.storePath}/${rel}`;
+      } catch {
+        /* not in this path */
+      }
+    }
+    return undefined;
+  };
+  const envBinary = findInClosure("bin/env");
+  if (envBinary) {
+    const usrBin = ensureDir(["usr", "bin"]);
+    if (!usrBin.children.has("env"))
+      usrBin.children.set("env", { kind: "link", target: envBinary, realPath: "", isDir: false });
+  }
+  for (const rel of CA_BUNDLES) {
+    const bundle = findInClosure(rel);
+    if (bundle) {
+      env.push(`SSL_CERT_FILE=${bundle}`);
+      break;
+    }
+  }
+
+  const etc = ensureDir(["etc"]);
+  const { passwd, group } = accounts(input.user);
+  etc.children.set("passwd", { kind: "file", mode: 0o644, content: Buffer.from(passwd) });
+  etc.children.set("group", { kind: "file", mode: 0o644, content: Buffer.from(group) });
+
+  const entries: TreeEntry[] = [];
+  const emit = (dir: DirNode, prefix: string): void => {
+    for (const name of [...dir.children.keys()].sort()) {
+      const node = dir.children.get(name)!;
+      const path = prefix ? `${prefix}/${name}` : name;
+      if (node.kind === "dir") {
+        entries.push({ path, type: "directory", mode: node.mode });
+        emit(node, path);
+      } else if (node.kind === "file")
+        entries.push({ path, type: "file", mode: node.mode, content: node.content });
+      else entries.push({ path, type: "symlink", target: node.target });
+    }
+  };
+  emit(root, "");
+  return { entries, env, warnings };
+}
+
+/** /etc/passwd and /etc/group: root, plus the configured user (NAME or UID, optionally :GROUP or :GID). */
+function accounts(user?: string): { passwd: string; group: string } {
+  let passwd = "root:x:0:0:root:/root:/bin/sh\n";
+  let group = "root:x:0:\n";
+  if (!user) return { passwd, group };
+  const [u, g] = user.split(":");
+  const numeric = (s: string): boolean => /^\d+$/.test(s);
+  if (u === "root" || u === "0") return { passwd, group };
+  const uid = numeric(u) ? Number(u) : 1000;
+  const name = numeric(u) ? `user${uid}` : u;
+  const gid = g === undefined ? uid : numeric(g) ? Number(g) : uid;
+  const groupName = g === undefined || numeric(g) ? name : g;
+  passwd += `${name}:x:${uid}:${gid}:${name}:/tmp:/bin/sh\n`;
+  if (gid !== 0) group += `${groupName}:x:${gid}:\n`;
+  return { passwd, group };
+}

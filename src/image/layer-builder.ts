@@ -1,0 +1,113 @@
+// Builds a layer blob in one pass over its tar stream: tar bytes -> sha256 (diff_id) -> compressor -> blob
+// store, which hashes the compressed bytes (the digest) while writing them under a temporary name and renames
+// the file to its digest at the end. Memory stays bounded by the streams' buffers.
+//
+// gzip runs in-process on zlib (libuv's thread pool, so several layers compress on several cores) with the
+// gzip header's mtime 0, no file name and the OS byte fixed to 3 (Unix) whatever platform zlib was built for.
+// zstd runs the zstd tool (multi-threaded mode, whose output does not depend on the thread count).
+import { createHash } from "node:crypto";
+import { Transform, type Duplex, type Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import zlib from "node:zlib";
+import type { BlobStore, BlobWriter } from "../oci/blob-store.js";
+import type { Digest } from "../oci/digest.js";
+import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
+import { compressStream } from "../util/compression.js";
+import { NixociError } from "../util/errors.js";
+
+export interface LayerBlob {
+  /** sha256 of the blob as stored (compressed). */
+  digest: Digest;
+  /** sha256 of the uncompressed tar (the config's rootfs.diff_ids entry). */
+  diffId: Digest;
+  /** Size of the blob in bytes. */
+  size: number;
+  mediaType: string;
+  /** Size of the uncompressed tar in bytes. */
+  uncompressedSize: number;
+}
+
+export interface BuildLayerOptions {
+  compression: LayerCompression;
+  /** gzip 0-9 (default 6), zstd 1-22 (default 3); ignored for "none". */
+  level?: number;
+  blobs: BlobStore;
+}
+
+/** Default gzip level: zlib's (and docker's, GNU gzip's) default. */
+export const DEFAULT_GZIP_LEVEL = 6;
+
+/** Writes one layer into the blob store and returns its descriptors. The tar stream is consumed (or destroyed). */
+export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise<LayerBlob> {
+  let compressor: Duplex[] = [];
+  let writer: BlobWriter;
+  try {
+    compressor = compressorStages(opts.compression, opts.level);
+    writer = await opts.blobs.writer();
+  } catch (err) {
+    // Nothing runs yet: release the source (and a spawned compressor).
+    for (const s of [tar, ...compressor]) s.destroy();
+    throw err;
+  }
+  const diff = createHash("sha256");
+  let uncompressedSize = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      diff.update(chunk);
+      uncompressedSize += chunk.length;
+      done(null, chunk);
+    },
+  });
+  const compressed = compressor.length > 0;
+  try {
+    // Uncompressed: the blob store's own hash is the diff_id.
+    await pipeline([tar, ...(compressed ? [tap, ...compressor] : []), writer.stream]);
+    const ref = await writer.commit();
+    return {
+      digest: ref.digest,
+      diffId: compressed ? `sha256:${diff.digest("hex")}` : ref.digest,
+      size: ref.size,
+      mediaType: layerMediaType(opts.compression),
+      uncompressedSize: compressed ? uncompressedSize : ref.size,
+    };
+  } catch (err) {
+    await writer.abort();
+    throw err;
+  }
+}
+
+/** The compressor as a chain of streams (empty for "none"); validates the level. */
+function compressorStages(compression: LayerCompression, level: number | undefined): Duplex[] {
+  switch (compression) {
+    case "none":
+      return [];
+    case "zstd":
+      return [compressStream("zstd", { level, input: "layer zstd compressor" })];
+    case "gzip": {
+      const l = level ?? DEFAULT_GZIP_LEVEL;
+      if (!Number.isInteger(l) || l < 0 || l > 9) {
+        throw new NixociError("compression level", `${l} is out of range for gzip (0..9)`);
+      }
+      return [zlib.createGzip({ level: l, chunkSize: 128 * 1024 }), gzipOsFixer()];
+    }
+    default:
+      throw new NixociError("layer compression", `unsupported compression ${String(compression)}`);
+  }
+}
+
+const GZIP_OS_OFFSET = 9;
+const GZIP_OS_UNIX = 3;
+
+/** Sets the gzip header's OS byte to Unix (zlib writes the code of the platform it was built for). */
+function gzipOsFixer(): Transform {
+  let offset = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      if (offset <= GZIP_OS_OFFSET && offset + chunk.length > GZIP_OS_OFFSET) {
+        chunk[GZIP_OS_OFFSET - offset] = GZIP_OS_UNIX;
+      }
+      offset += chunk.length;
+      done(null, chunk);
+    },
+  });
+}

@@ -1,0 +1,194 @@
+// The image specification: what `nixoci build` flags and `--spec FILE` (JSON or YAML) say about the image.
+// Both are parsed into one validated value; flags override the file. Unknown keys in a spec file are errors,
+// so a typo does not silently build a different image.
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { NixociError, quote } from "../util/errors.js";
+
+export interface ImageSpec {
+  packages: string[];
+  entrypoint?: string[];
+  cmd?: string[];
+  env: string[];
+  workdir?: string;
+  user?: string;
+  expose: string[];
+  labels: Record<string, string>;
+  arch: string;
+  os: string;
+  created: string;
+  tags: string[];
+  substituters: string[];
+  trustedPublicKeys: string[];
+  layering?: string;
+  maxLayers?: number;
+  compression?: string;
+  compressionLevel?: number;
+}
+
+export const DEFAULT_CREATED = "1970-01-01T00:00:01Z";
+
+/** Go/OCI architecture names from Node's. */
+export function defaultArch(): string {
+  const map: Record<string, string> = {
+    x64: "amd64",
+    arm64: "arm64",
+    arm: "arm",
+    ia32: "386",
+    ppc64: "ppc64le",
+    s390x: "s390x",
+    riscv64: "riscv64",
+  };
+  return map[process.arch] ?? process.arch;
+}
+
+export function emptySpec(): ImageSpec {
+  return {
+    packages: [],
+    env: [],
+    expose: [],
+    labels: {},
+    arch: defaultArch(),
+    os: "linux",
+    created: DEFAULT_CREATED,
+    tags: [],
+    substituters: [],
+    trustedPublicKeys: [],
+  };
+}
+
+const KEYS = new Set([
+  "packages",
+  "entrypoint",
+  "cmd",
+  "env",
+  "workdir",
+  "workingDir",
+  "user",
+  "expose",
+  "exposedPorts",
+  "labels",
+  "arch",
+  "architecture",
+  "os",
+  "created",
+  "tag",
+  "tags",
+  "substituters",
+  "trustedPublicKeys",
+  "trusted-public-keys",
+  "layering",
+  "maxLayers",
+  "max-layers",
+  "compression",
+  "compressionLevel",
+  "compression-level",
+]);
+
+/** Reads a spec file: JSON when it parses as JSON, YAML otherwise (YAML is a superset anyway). */
+export function readSpecFile(file: string): Partial<ImageSpec> {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new NixociError(
+      file,
+      `cannot read spec file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+  let doc: unknown;
+  try {
+    doc = file.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new NixociError(
+      file,
+      `not valid ${file.endsWith(".json") ? "JSON" : "YAML"}: ${(err as Error).message.split("\n")[0]}`,
+    );
+  }
+  return specFromObject(doc, file);
+}
+
+/** Validates a parsed spec document (also used by the BuildKit frontend and the registry). */
+export function specFromObject(doc: unknown, input: string): Partial<ImageSpec> {
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc))
+    throw new NixociError(input, "spec must be a mapping of keys to values");
+  const o = doc as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!KEYS.has(k)) throw new NixociError(input, `unknown key ${quote(k)}`);
+  const str = (k: string, v: unknown): string => {
+    if (typeof v !== "string") throw new NixociError(input, `${k} must be a string`);
+    return v;
+  };
+  const strList = (k: string, v: unknown): string[] => {
+    if (typeof v === "string") return [v];
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "string" && typeof x !== "number")) {
+      throw new NixociError(input, `${k} must be a list of strings`);
+    }
+    return v.map(String);
+  };
+  const int = (k: string, v: unknown): number => {
+    if (typeof v !== "number" || !Number.isInteger(v))
+      throw new NixociError(input, `${k} must be an integer`);
+    return v;
+  };
+  const spec: Partial<ImageSpec> = {};
+  const pick = (...names: string[]): unknown => names.map((n) => o[n]).find((v) => v !== undefined);
+  if (o.packages !== undefined) spec.packages = strList("packages", o.packages);
+  if (o.entrypoint !== undefined) spec.entrypoint = strList("entrypoint", o.entrypoint);
+  if (o.cmd !== undefined) spec.cmd = strList("cmd", o.cmd);
+  if (o.env !== undefined) {
+    if (typeof o.env === "object" && o.env !== null && !Array.isArray(o.env)) {
+      spec.env = Object.entries(o.env as Record<string, unknown>).map(([k, v]) => `${k}=${String(v)}`);
+    } else spec.env = strList("env", o.env);
+  }
+  const workdir = pick("workdir", "workingDir");
+  if (workdir !== undefined) spec.workdir = str("workdir", workdir);
+  if (o.user !== undefined) spec.user = str("user", typeof o.user === "number" ? String(o.user) : o.user);
+  const expose = pick("expose", "exposedPorts");
+  if (expose !== undefined) spec.expose = strList("expose", expose);
+  if (o.labels !== undefined) {
+    if (typeof o.labels !== "object" || o.labels === null || Array.isArray(o.labels))
+      throw new NixociError(input, "labels must be a mapping");
+    spec.labels = Object.fromEntries(
+      Object.entries(o.labels as Record<string, unknown>).map(([k, v]) => [k, String(v)]),
+    );
+  }
+  const arch = pick("arch", "architecture");
+  if (arch !== undefined) spec.arch = str("arch", arch);
+  if (o.os !== undefined) spec.os = str("os", o.os);
+  if (o.created !== undefined)
+    spec.created = str("created", o.created instanceof Date ? o.created.toISOString() : o.created);
+  const tags = pick("tags", "tag");
+  if (tags !== undefined) spec.tags = strList("tags", tags);
+  if (o.substituters !== undefined) spec.substituters = strList("substituters", o.substituters);
+  const keys = pick("trustedPublicKeys", "trusted-public-keys");
+  if (keys !== undefined) spec.trustedPublicKeys = strList("trustedPublicKeys", keys);
+  if (o.layering !== undefined) spec.layering = str("layering", o.layering);
+  const maxLayers = pick("maxLayers", "max-layers");
+  if (maxLayers !== undefined) spec.maxLayers = int("maxLayers", maxLayers);
+  if (o.compression !== undefined) spec.compression = str("compression", o.compression);
+  const level = pick("compressionLevel", "compression-level");
+  if (level !== undefined) spec.compressionLevel = int("compressionLevel", level);
+  return spec;
+}
+
+/** Checks values whose syntax the image config fixes: env entries, ports, the creation time. */
+export function validateSpec(spec: ImageSpec, input = "spec"): ImageSpec {
+  for (const e of spec.env) {
+    if (!/^[^=\s]+=/.test(e)) throw new NixociError(input, `env entry ${quote(e)} is not NAME=VALUE`);
+  }
+  for (const p of spec.expose) {
+    if (!/^\d{1,5}(\/(tcp|udp|sctp))?$/.test(p) || Number(p.split("/")[0]) > 65535) {
+      throw new NixociError(input, `exposed port ${quote(p)} is not PORT[/tcp|udp|sctp]`);
+    }
+  }
+  if (Number.isNaN(Date.parse(spec.created)) || !/^\d{4}-\d{2}-\d{2}T/.test(spec.created)) {
+    throw new NixociError(input, `created ${quote(spec.created)} is not an RFC 3339 time`);
+  }
+  if (!/^[a-z0-9_]+$/.test(spec.arch))
+    throw new NixociError(input, `architecture ${quote(spec.arch)} is malformed`);
+  if (!/^[a-z0-9_]+$/.test(spec.os)) throw new NixociError(input, `os ${quote(spec.os)} is malformed`);
+  if (spec.user !== undefined && !/^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$/.test(spec.user)) {
+    throw new NixociError(input, `user ${quote(spec.user)} is not NAME[:GROUP] or UID[:GID]`);
+  }
+  return spec;
+}

@@ -1,0 +1,11 @@
+// The layer plan: which store paths go into which layer, bottom layer first. Produced by a layering
+// strategy from the closure graph; consumed by the layer builder and written into layer annotations.
+export type LayeringStrategy = "size" | "popularity" | "nixery";
+
+export interface PlannedLayer {
+  /** Store paths in this layer, sorted. */
+  paths: string[];
+}
+
+/** Annotation key naming a layer's store paths (the key nix-snapshotter reads): `<prefix>.<i>` = path. */
+export const NIX_STORE_PATH_ANNOTATION = "containerd.io/snapshot/nix-store-path";

@@ -1,0 +1,122 @@
+// A content-addressed blob store: blobs/sha256/<hex>, the OCI layout's own shape, so a layout directory can
+// serve as a blob store and the layer cache's blobs can be hard-linked or copied into a layout as they are.
+// Blobs are written under a temporary name and renamed to their digest once it is known (and checked when it
+// was expected), so a reader never sees a partial or wrong blob.
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { Readable } from "node:stream";
+import { NixociError } from "../util/errors.js";
+import { tempSibling, writeFileAtomic } from "../util/fs.js";
+import { digestHex, sha256Digest, type Digest } from "./digest.js";
+
+export interface BlobRef {
+  digest: Digest;
+  size: number;
+}
+
+/** A blob being written: pipe bytes into `stream`, then `commit()` (or `abort()` on failure). */
+export interface BlobWriter {
+  readonly stream: Writable;
+  /** Renames the blob into place; fails (and removes it) when `expected` is given and differs. */
+  commit(expected?: Digest): Promise<BlobRef>;
+  abort(): Promise<void>;
+}
+
+export class BlobStore {
+  readonly blobDir: string;
+
+  constructor(readonly root: string) {
+    this.blobDir = join(root, "blobs", "sha256");
+  }
+
+  path(digest: Digest): string {
+    return join(this.blobDir, digestHex(digest));
+  }
+
+  async size(digest: Digest): Promise<number | undefined> {
+    try {
+      return (await stat(this.path(digest))).size;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async has(digest: Digest): Promise<boolean> {
+    return (await this.size(digest)) !== undefined;
+  }
+
+  open(digest: Digest, range?: { start: number; end: number }): Readable {
+    return createReadStream(this.path(digest), { highWaterMark: 1 << 20, ...range });
+  }
+
+  async putBytes(data: Buffer | string): Promise<BlobRef> {
+    const digest = sha256Digest(data);
+    const size = Buffer.byteLength(data);
+    if (!(await this.has(digest))) {
+      await mkdir(this.blobDir, { recursive: true });
+      await writeFileAtomic(this.path(digest), data);
+    }
+    return { digest, size };
+  }
+
+  async writer(): Promise<BlobWriter> {
+    await mkdir(this.blobDir, { recursive: true });
+    const tmp = tempSibling(this.blobDir, "upload");
+    const hasher = createHash("sha256");
+    let size = 0;
+    const file = createWriteStream(tmp, { flags: "wx" });
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        hasher.update(chunk);
+        size += chunk.length;
+        if (!file.write(chunk)) file.once("drain", () => done());
+        else done();
+      },
+      final(done) {
+        file.end(done);
+      },
+      destroy(err, done) {
+        file.destroy();
+        done(err);
+      },
+    });
+    let finished = false;
+    const store = this;
+    return {
+      stream,
+      async commit(expected?: Digest): Promise<BlobRef> {
+        if (!stream.writableFinished)
+          await new Promise<void>((r, j) => stream.once("finish", r).once("error", j));
+        await new Promise<void>((r) => (file.closed ? r() : file.once("close", () => r())));
+        finished = true;
+        const digest: Digest = `sha256:${hasher.digest("hex")}`;
+        if (expected && expected !== digest) {
+          await rm(tmp, { force: true });
+          throw new NixociError(expected, `blob content has digest ${digest}`);
+        }
+        await rename(tmp, store.path(digest));
+        return { digest, size };
+      },
+      async abort(): Promise<void> {
+        if (!finished) stream.destroy();
+        await rm(tmp, { force: true });
+      },
+    };
+  }
+
+  /** Copies a stream into the store (verified when `expected` is given). */
+  async putStream(source: Readable, expected?: Digest): Promise<BlobRef> {
+    const w = await this.writer();
+    try {
+      await pipeline(source, w.stream);
+      return await w.commit(expected);
+    } catch (err) {
+      await w.abort();
+      throw err;
+    }
+  }
+}

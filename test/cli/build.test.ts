@@ -1,0 +1,278 @@
+// nixoci build against the real tools: images of a real Nix closure run under containerd + runc and dockerd,
+// every output is read by skopeo/umoci, pushes interoperate with docker-registry, builds are deterministic
+// and incremental (only changed layers are built), and bad input leaves no partial output.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  lstatSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { mkdtempSync } from "node:fs";
+import { buildFixtures, generateCacheKey, makeNixCache, PACKAGES_NIX } from "../support/fixtures.js";
+import { run, runText } from "../support/run.js";
+import { nixoci, nixociOk } from "../support/cli.js";
+import {
+  startContainerd,
+  startDockerd,
+  startRegistry,
+  type Containerd,
+  type Dockerd,
+  type Registry,
+} from "../support/daemons.js";
+
+const fx = buildFixtures();
+const work = mkdtempSync(join(tmpdir(), "nixoci-build-test-"));
+const cacheDir = join(work, "cache");
+const GREETING = "Hello from nixoci!";
+let registry: Registry;
+let containerd: Containerd;
+let dockerd: Dockerd;
+
+before(async () => {
+  [registry, containerd, dockerd] = await Promise.all([startRegistry(), startContainerd(), startDockerd()]);
+});
+after(async () => {
+  await Promise.allSettled([registry?.stop(), containerd?.stop(), dockerd?.stop()]);
+  run("chmod", ["-R", "u+w", work]);
+  rmSync(work, { recursive: true, force: true });
+});
+
+interface Summary {
+  manifestDigest: string;
+  layers: {
+    digest: string;
+    diffId: string;
+    size: number;
+    paths: string[];
+    status: string;
+    uploaded: boolean;
+  }[];
+  outputs: { output: string; uploaded?: string[]; skipped?: string[] }[];
+}
+
+function build(args: string[], opts: { cache?: string } = {}): Summary {
+  const r = nixociOk(["build", "--json", "-q", "--cache-dir", opts.cache ?? cacheDir, ...args]);
+  return JSON.parse(r.text) as Summary;
+}
+
+const helloArgs = ["--entrypoint", "/bin/hello", fx.hello];
+
+test("an OCI layout of hello: skopeo and umoci read it; the rootfs is exactly the closure plus the farm", () => {
+  const layout = join(work, "layout");
+  const s = build([...helloArgs, "--output", `oci:${layout}:v1`]);
+  assert.match(s.manifestDigest, /^sha256:[0-9a-f]{64}$/);
+  const inspect = JSON.parse(runText("skopeo", ["inspect", `oci:${layout}:v1`]));
+  assert.equal(inspect.Digest, s.manifestDigest);
+  assert.equal(inspect.Layers.length, s.layers.length);
+
+  const bundle = join(work, "bundle");
+  run("umoci", ["unpack", "--rootless", "--image", `${layout}:v1`, bundle]);
+  const rootfs = join(bundle, "rootfs");
+  const closure = runText("nix-store", ["-qR", fx.hello]).split("\n").sort();
+  assert.deepEqual(readdirSync(join(rootfs, "nix/store")).sort(), closure.map((p) => p.slice(11)).sort());
+  for (const p of closure) {
+    assert.ok(
+      run("nix-store", ["--dump", join(rootfs, p)]).equals(run("nix-store", ["--dump", p])),
+      `${p} intact in the image`,
+    );
+  }
+  // The symlink farm: /bin points into hello's bin (a directory only hello has at top level... or merged).
+  const bin = join(rootfs, "bin");
+  const binHello = lstatSync(bin).isSymbolicLink()
+    ? join(readlinkSync(bin), "hello")
+    : readlinkSync(join(bin, "hello"));
+  assert.ok(binHello.startsWith(fx.hello), `/bin/hello -> ${binHello}`);
+  assert.equal((lstatSync(join(rootfs, "tmp")).mode & 0o7777).toString(8), "1777");
+  assert.match(readFileSync(join(rootfs, "etc/passwd"), "utf8"), /^root:x:0:0:/);
+  // Every store layer names its paths in annotations, as nix-snapshotter reads them.
+  const manifest = JSON.parse(readFileSync(join(layout, "blobs/sha256", s.manifestDigest.slice(7)), "utf8"));
+  const annotated = manifest.layers.flatMap((l: { annotations?: Record<string, string> }) =>
+    Object.values(l.annotations ?? {}),
+  );
+  assert.deepEqual(annotated.sort(), closure);
+});
+
+test("runs under containerd + runc (oci-archive import) and dockerd (docker-archive on stdout)", () => {
+  const archive = join(work, "hello.oci.tar");
+  build([...helloArgs, "-o", `oci-archive:${archive}:latest`]);
+  containerd.ctr(["images", "import", "--base-name", "nixoci/hello", "--digests", archive]);
+  const images = containerd.ctr(["images", "ls", "-q"]).toString().trim().split("\n");
+  const ref = images.find((i) => i.startsWith("nixoci/hello"))!;
+  assert.ok(ref, `imported: ${images.join(",")}`);
+  const out = containerd.ctr(["run", "--rm", ref, "hello-ctr"]).toString();
+  assert.equal(out.trim(), GREETING);
+
+  const stream = nixociOk([
+    "build",
+    "-q",
+    "--cache-dir",
+    cacheDir,
+    ...helloArgs,
+    "--tag",
+    "nixoci-hello:test",
+    "-",
+  ]).stdout;
+  dockerd.docker(["load"], { input: stream });
+  assert.equal(
+    dockerd.docker(["run", "--rm", "--network", "none", "nixoci-hello:test"]).toString().trim(),
+    GREETING,
+  );
+});
+
+test("push to docker-registry; ctr pulls it back and runs it; skopeo copies it; a second push uploads nothing", () => {
+  const ref = `${registry.host}/nixoci/hello:v1`;
+  const first = build([...helloArgs, "-o", `docker://${ref}`]);
+  assert.ok(first.outputs[0].uploaded!.length > 0);
+  containerd.ctr(["images", "pull", "--plain-http", ref]);
+  assert.equal(containerd.ctr(["run", "--rm", ref, "hello-pulled"]).toString().trim(), GREETING);
+  const copied = join(work, "copied");
+  run("skopeo", ["copy", "--src-tls-verify=false", `docker://${ref}`, `oci:${copied}:x`]);
+  assert.equal(JSON.parse(runText("skopeo", ["inspect", `oci:${copied}:x`])).Digest, first.manifestDigest);
+  const second = build([...helloArgs, "-o", `docker://${ref}`]);
+  assert.equal(second.manifestDigest, first.manifestDigest);
+  assert.deepEqual(second.outputs[0].uploaded, []);
+  assert.ok(second.layers.every((l) => l.status === "reused"));
+});
+
+test("deterministic: other cache dirs, parallelism and layering runs give identical digests", () => {
+  const a = build(["-j", "1", ...helloArgs, fx.tree], { cache: join(work, "cache-a") });
+  const b = build(["-j", "4", ...helloArgs, fx.tree], { cache: join(work, "cache-b") });
+  assert.equal(a.manifestDigest, b.manifestDigest);
+  assert.deepEqual(
+    a.layers.map((l) => l.digest),
+    b.layers.map((l) => l.digest),
+  );
+  const c = nixociOk(["build", "--no-cache", "--json", "-q", ...helloArgs, fx.tree]);
+  assert.equal(JSON.parse(c.text).manifestDigest, a.manifestDigest);
+});
+
+test("after one package changes, only the layers holding changed paths are built", () => {
+  const base = build(["--max-layers", "20", "--entrypoint", "/bin/hello", fx.all]);
+  const changedHello = runText("nix-build", [
+    "--no-out-link",
+    PACKAGES_NIX,
+    "-A",
+    "hello",
+    "--argstr",
+    "greetingText",
+    "Changed!",
+  ]);
+  const changedGreeting = runText("nix-store", ["-q", "--references", changedHello])
+    .split("\n")
+    .find((p) => p.endsWith("-greeting"))!;
+  const next = build(["--max-layers", "20", "--entrypoint", "/bin/hello", changedHello, fx.all]);
+  const built = next.layers.filter((l) => l.status === "built");
+  const builtPaths = built.flatMap((l) => l.paths);
+  assert.ok(
+    builtPaths.includes(changedHello) && builtPaths.includes(changedGreeting),
+    "changed paths are in built layers",
+  );
+  const baseDigests = new Set(base.layers.map((l) => l.digest));
+  for (const l of next.layers.filter((x) => x.status === "reused")) assert.ok(baseDigests.has(l.digest));
+  // Unchanged store paths that shared no layer with changed ones were not re-tarred.
+  assert.ok(
+    next.layers.filter((l) => l.status === "reused").length >= base.layers.length - 3,
+    JSON.stringify(built.map((l) => l.paths)),
+  );
+});
+
+test("bad input: clear errors, non-zero exit, no partial output", () => {
+  const out = join(work, "bad-out");
+  mkdirSync(out, { recursive: true });
+  const specFile = join(work, "bad.yaml");
+  writeFileSync(specFile, "entrypoint: [/bin/hello\nbogus: 1\n");
+  const unknownKey = join(work, "unknown.json");
+  writeFileSync(unknownKey, JSON.stringify({ entrypiont: ["/bin/hello"] }));
+  const cases: [string[], RegExp][] = [
+    [
+      ["/nix/store/00000000000000000000000000000000-missing", "-o", `oci:${out}/a`],
+      /00000000000000000000000000000000-missing/,
+    ],
+    [["--spec", specFile, fx.hello, "-o", `oci:${out}/b`], /bad\.yaml/],
+    [["--spec", unknownKey, fx.hello, "-o", `oci:${out}/c`], /unknown\.json.*entrypiont/],
+    [[fx.hello, "-o", "nonsense:foo"], /nonsense:foo/],
+    [[fx.hello, "-o", "docker://"], /docker:\/\//],
+    [[fx.hello, "-o", `docker://${registry.host}/UPPER/case:x`], /UPPER/],
+    [[fx.hello, "--env", "NOEQUALS", "-o", `oci:${out}/d`], /NOEQUALS/],
+    [[fx.hello, "--created", "yesterday", "-o", `oci:${out}/e`], /yesterday/],
+    [[fx.hello, "--layering", "random", "-o", `oci:${out}/f`], /layering/],
+    [[fx.hello, "-o", `docker://127.0.0.1:1/nixoci/hello:x`], /127\.0\.0\.1:1/],
+    [[fx.hello, "--compression", "lzma", "-o", `oci:${out}/g`], /compression/],
+    [[fx.hello, "--max-layers", "1", "-o", `oci:${out}/h`], /max-layers/],
+  ];
+  for (const [args, pattern] of cases) {
+    const r = nixoci(["build", "--cache-dir", cacheDir, ...args]);
+    assert.notEqual(r.status, 0, `nixoci build ${args.join(" ")} should fail`);
+    assert.match(r.stderr, pattern, `nixoci build ${args.join(" ")}: ${r.stderr}`);
+    assert.ok(!/\n\s+at /.test(r.stderr), `no stack trace: ${r.stderr}`);
+  }
+  assert.deepEqual(readdirSync(out), [], "no partial outputs");
+});
+
+test("paths missing locally come from --substituter caches (signed); unsigned or unreachable caches fail", () => {
+  const nonce = Math.random().toString(36).slice(2);
+  const expr = `derivation { name = "build-victim"; nonce = "${nonce}"; system = builtins.currentSystem;
+    builder = "/bin/sh"; args = ["-c" "export PATH=/bin:/usr/bin; mkdir -p $out/bin; printf '#!\${builtins.storePath "${fx.busybox}"}/bin/sh\\necho substituted\\n' > $out/bin/victim; chmod +x $out/bin/victim"]; }`;
+  const victim = runText("nix-build", ["--no-out-link", "-E", expr]);
+  const key = generateCacheKey("build-test-1", work);
+  const signed = makeNixCache({
+    paths: [victim],
+    dir: join(work, "victim-signed"),
+    compression: "zstd",
+    secretKeyFile: key.secretKeyFile,
+  });
+  const unsigned = makeNixCache({ paths: [victim], dir: join(work, "victim-unsigned"), compression: "xz" });
+  run("nix-store", ["--delete", victim]);
+  const out = join(work, "victim-out");
+  const trust = ["--trusted-public-key", key.publicKey];
+  const attempts: [string[], RegExp][] = [
+    [[], /build-victim.*not valid.*--substituter/],
+    [["--substituter", unsigned, ...trust], /signature/],
+    [["--substituter", "http://127.0.0.1:1", ...trust], /127\.0\.0\.1:1/],
+  ];
+  for (const [extra, pattern] of attempts) {
+    const r = nixoci([
+      "build",
+      "--cache-dir",
+      cacheDir,
+      ...extra,
+      "--entrypoint",
+      "/bin/victim",
+      victim,
+      "-o",
+      `oci:${out}:x`,
+    ]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, pattern);
+    assert.ok(!existsSync(out), "no output written");
+    assert.ok(!existsSync(victim), "nothing substituted");
+  }
+  const s = build([
+    "--substituter",
+    signed,
+    ...trust,
+    "--entrypoint",
+    "/bin/victim",
+    victim,
+    "-o",
+    `oci-archive:${out}.tar`,
+  ]);
+  assert.ok(s.layers.some((l) => l.paths.includes(victim)));
+  containerd.ctr(["images", "import", "--base-name", "nixoci/victim", "--digests", `${out}.tar`]);
+  const ref = containerd
+    .ctr(["images", "ls", "-q"])
+    .toString()
+    .trim()
+    .split("\n")
+    .find((i) => i.startsWith("nixoci/victim"))!;
+  assert.equal(containerd.ctr(["run", "--rm", ref, "victim"]).toString().trim(), "substituted");
+  run("nix-store", ["--delete", victim]);
+});
