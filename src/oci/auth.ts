@@ -239,6 +239,9 @@ export class RegistryAuth {
       this.bearer = { realm: bearer.params.realm, service: bearer.params.service };
       const extra = bearer.params.scope ? bearer.params.scope.split(" ").filter(Boolean) : [];
       const all = [...scopes, ...extra];
+      // A token we sent was refused (expired, or too narrow): never retry with it.
+      this.tokens.delete(RegistryAuth.key(scopes));
+      this.tokens.delete(RegistryAuth.key(all));
       const token = await this.token(all, input);
       // The request is retried with `scopes`: remember the token under both keys.
       const expires = this.tokens.get(RegistryAuth.key(all))?.expires ?? Date.now() + 60_000;

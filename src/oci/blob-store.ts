@@ -85,7 +85,7 @@ export class BlobStore {
       },
     });
     let finished = false;
-    const store = this;
+    const pathOf = (d: Digest) => this.path(d);
     return {
       stream,
       async commit(expected?: Digest): Promise<BlobRef> {
@@ -98,7 +98,7 @@ export class BlobStore {
           await rm(tmp, { force: true });
           throw new NixociError(expected, `blob content has digest ${digest}`);
         }
-        await rename(tmp, store.path(digest));
+        await rename(tmp, pathOf(digest));
         return { digest, size };
       },
       async abort(): Promise<void> {
