@@ -5,8 +5,9 @@ set -euo pipefail
 
 # nix: the reference for Nix formats; busybox-static: runnable test closures; xz/zstd/bzip2: NAR compressions;
 # containerd, runc, docker.io, docker-registry, skopeo, umoci: the runtimes, registry and clients images are
-# checked with; pigz and python3: benchmark baselines and a static web server for HTTP caches.
-packages=(nix-bin busybox-static xz-utils zstd bzip2 containerd runc docker.io docker-registry skopeo umoci pigz python3)
+# checked with; pigz and python3: benchmark baselines and a static web server for HTTP caches;
+# apache2-utils: htpasswd for registry authentication tests.
+packages=(nix-bin busybox-static xz-utils zstd bzip2 containerd runc docker.io docker-registry skopeo umoci pigz python3 apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,7 +13,6 @@ import type { Readable } from "node:stream";
 import { NixociError, oneLine, quote } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
 import { RegistryAuth, resolveCredentials } from "./auth.js";
-import type { Digest } from "./digest.js";
 import { isDigest } from "./digest.js";
 import type { BuiltImage } from "./image.js";
 
@@ -339,14 +338,24 @@ export class RegistryClient {
     if (Number.isSafeInteger(v) && v > this.minChunk) this.minChunk = v;
   }
 
-  /** Uploads a blob from a file into an upload session; monolithic or chunked by size. */
+  /**
+   * Uploads a blob (a file, streamed; or bytes) into an upload session: one PUT up to `monolithicLimit`,
+   * else PATCH chunks with Content-Range and a closing PUT.
+   */
   async uploadBlob(
     session: URL,
-    file: string,
+    source: string | Buffer,
     digest: string,
     size: number,
     opts: { monolithicLimit: number; chunkSize: number; signal?: AbortSignal; onSent?: (n: number) => void },
   ): Promise<void> {
+    const file = typeof source === "string" ? source : undefined;
+    const slice = (start: number, end: number): Buffer | (() => Readable) =>
+      end < start
+        ? Buffer.alloc(0)
+        : file
+          ? () => createReadStream(file, { start, end, highWaterMark: 1 << 20 })
+          : (source as Buffer).subarray(start, end + 1);
     const what = `blob upload of ${digest}`;
     let location = session;
     if (size > opts.monolithicLimit) {
@@ -362,7 +371,7 @@ export class RegistryClient {
               "Content-Length": String(end - start + 1),
               "Content-Range": `${start}-${end}`,
             },
-            body: () => createReadStream(file, { start, end, highWaterMark: 1 << 20 }),
+            body: slice(start, end),
             signal: opts.signal,
             onSent: (n) => opts.onSent?.(start + n),
           },
@@ -391,7 +400,7 @@ export class RegistryClient {
         {
           method: "PUT",
           headers: { "Content-Type": "application/octet-stream", "Content-Length": String(size) },
-          body: () => createReadStream(file, { highWaterMark: 1 << 20 }),
+          body: slice(0, size - 1),
           signal: opts.signal,
           onSent: opts.onSent,
         },
@@ -506,25 +515,23 @@ export async function pushImage(
   const reference = target.digest ?? target.tag ?? "latest";
   const emit = opts.onEvent ?? (() => undefined);
 
-  // Every blob the manifest names, once each, with the file it is read from.
-  const blobs: Array<{ digest: string; size: number; file: string }> = [];
+  // Every blob the manifest names, once each, with the file it is read from (the config may come from its
+  // bytes when the store lacks it).
+  const blobs: Array<{ digest: string; size: number; source: string | Buffer }> = [];
   const seen = new Set<string>();
   for (const d of [{ digest: image.config.digest, size: image.config.size }, ...image.layers]) {
     if (seen.has(d.digest)) continue;
     seen.add(d.digest);
     if (!isDigest(d.digest)) throw new NixociError(input, `malformed blob digest ${quote(d.digest)}`);
+    const path = image.blobs.path(d.digest);
     const size = await image.blobs.size(d.digest);
-    if (size === undefined)
-      throw new NixociError(
-        image.blobs.path(d.digest as Digest),
-        "blob to push is missing from the blob store",
-      );
-    if (size !== d.size)
-      throw new NixociError(
-        image.blobs.path(d.digest as Digest),
-        `blob has ${size} bytes, the manifest says ${d.size}`,
-      );
-    blobs.push({ digest: d.digest, size: d.size, file: image.blobs.path(d.digest as Digest) });
+    if (size === undefined && d.digest === image.config.digest) {
+      blobs.push({ digest: d.digest, size: d.size, source: image.config.bytes });
+      continue;
+    }
+    if (size === undefined) throw new NixociError(path, "blob to push is missing from the blob store");
+    if (size !== d.size) throw new NixociError(path, `blob has ${size} bytes, the manifest says ${d.size}`);
+    blobs.push({ digest: d.digest, size: d.size, source: path });
   }
 
   const recordFile =
@@ -570,7 +577,7 @@ export async function pushImage(
       }
       session ??= await client.startUpload(signal);
       emit({ type: "blob-upload-start", digest: b.digest, size: b.size });
-      await client.uploadBlob(session, b.file, b.digest, b.size, {
+      await client.uploadBlob(session, b.source, b.digest, b.size, {
         monolithicLimit,
         chunkSize,
         signal,

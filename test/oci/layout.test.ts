@@ -1,7 +1,7 @@
 // OCI image layout output, read back by the real skopeo and umoci.
 import { test, describe, before } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BlobStore } from "../../src/oci/blob-store.js";
 import { digestHex, type Digest } from "../../src/oci/digest.js";
@@ -129,6 +129,28 @@ describe("OCI image layout", () => {
       const a = statSync(join(dir, "blobs/sha256", digestHex(l.digest as Digest)));
       const b = statSync(image.blobs.path(l.digest as Digest));
       assert.equal(a.ino, b.ino);
+    }
+  });
+
+  test("across filesystems the blobs are copied", async (t) => {
+    const shm = "/dev/shm";
+    if (!existsSync(shm) || statSync(shm).dev === statSync(image.blobs.root).dev) {
+      t.skip("no second filesystem (/dev/shm) here");
+      return;
+    }
+    const base = mkdtempSync(join(shm, "nixoci-layout-"));
+    try {
+      const dir = join(base, "layout");
+      await writeOciLayout(image, dir, "v1");
+      for (const l of image.layers) {
+        const p = join(dir, "blobs/sha256", digestHex(l.digest as Digest));
+        assert.notEqual(statSync(p).ino, statSync(image.blobs.path(l.digest as Digest)).ino);
+        assert.ok(readFileSync(p).equals(readFileSync(image.blobs.path(l.digest as Digest))));
+      }
+      const info = JSON.parse(runText("skopeo", ["inspect", `oci:${dir}:v1`])) as { Digest: string };
+      assert.equal(info.Digest, image.manifest.digest);
+    } finally {
+      rmSync(base, { recursive: true, force: true });
     }
   });
 

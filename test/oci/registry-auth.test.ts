@@ -257,21 +257,26 @@ describe("token (Bearer) authentication", () => {
     assert.equal(info.Digest, image.manifest.digest);
   });
 
-  test("a cross-repository mount asks for a token with pull on the source too", { timeout: 60_000 }, async () => {
-    const r = await pushImage(
-      image,
-      { registry: front.host, repository: "nixoci/tok-copy", tag: "v1" },
-      { creds: `${USER}:${PASSWORD}`, pushRecord: false, mountFrom: ["nixoci/tok"] },
-    );
-    assert.equal(r.mounted.length, 1 + image.layers.length);
-    assert.ok(
-      front.tokenRequests.some(
-        (t) =>
-          t.scopes.includes("repository:nixoci/tok-copy:pull,push") && t.scopes.includes("repository:nixoci/tok:pull"),
-      ),
-      JSON.stringify(front.tokenRequests),
-    );
-  });
+  test(
+    "a cross-repository mount asks for a token with pull on the source too",
+    { timeout: 60_000 },
+    async () => {
+      const r = await pushImage(
+        image,
+        { registry: front.host, repository: "nixoci/tok-copy", tag: "v1" },
+        { creds: `${USER}:${PASSWORD}`, pushRecord: false, mountFrom: ["nixoci/tok"] },
+      );
+      assert.equal(r.mounted.length, 1 + image.layers.length);
+      assert.ok(
+        front.tokenRequests.some(
+          (t) =>
+            t.scopes.includes("repository:nixoci/tok-copy:pull,push") &&
+            t.scopes.includes("repository:nixoci/tok:pull"),
+        ),
+        JSON.stringify(front.tokenRequests),
+      );
+    },
+  );
 
   test("a refused token request names the failure", { timeout: 60_000 }, async () => {
     await assert.rejects(

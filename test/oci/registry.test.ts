@@ -1,8 +1,10 @@
 // Pushing to the real docker-registry 2.8, read back with skopeo.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { BlobStore } from "../../src/oci/blob-store.js";
+import type { Digest } from "../../src/oci/digest.js";
 import type { BuiltImage } from "../../src/oci/image.js";
 import { parseOutputRef, writeOutput } from "../../src/oci/outputs.js";
 import { pushImage, RegistryClient, type PushEvent } from "../../src/oci/registry-client.js";
@@ -171,6 +173,20 @@ describe("push to docker-registry", () => {
     assert.deepEqual(r2.mounted, [image.layers[0].digest]);
     assert.equal(r2.uploaded.length, 2); // config and the hello layer
     assert.equal(inspect(`docker://${registry.host}/nixoci/dst2:v1`).Digest, other.manifest.digest);
+  });
+
+  test("the config is pushed from its bytes when the store lacks it", { timeout: 60_000 }, async () => {
+    const store = new BlobStore(makeTempDir("oci-no-config"));
+    mkdirSync(store.blobDir, { recursive: true });
+    for (const l of image.layers)
+      linkSync(image.blobs.path(l.digest as Digest), store.path(l.digest as Digest));
+    const r = await pushImage(
+      { ...image, blobs: store },
+      { registry: registry.host, repository: "nixoci/config-bytes", tag: "v1" },
+      { pushRecord: false },
+    );
+    assert.ok(r.uploaded.includes(image.config.digest));
+    assert.equal(inspect(`docker://${registry.host}/nixoci/config-bytes:v1`).Digest, image.manifest.digest);
   });
 
   test("push by digest", { timeout: 60_000 }, async () => {

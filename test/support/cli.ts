@@ -1,10 +1,16 @@
 // Runs the built nixoci CLI as a user would (a separate process, no shell) and captures everything.
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../../..");
 const BIN = join(ROOT, "bin/nixoci.js");
+
+// A private XDG cache for this test process: builds and pushes never touch the user's ~/.cache/nixoci.
+const XDG_CACHE_HOME = mkdtempSync(join(tmpdir(), "nixoci-test-xdg-"));
+process.on("exit", () => rmSync(XDG_CACHE_HOME, { recursive: true, force: true }));
 
 export interface CliResult {
   status: number | null;
@@ -19,7 +25,7 @@ export function nixoci(
 ): CliResult {
   const r = spawnSync(process.execPath, [BIN, ...args], {
     input: opts.input,
-    env: { ...process.env, ...opts.env },
+    env: { ...process.env, XDG_CACHE_HOME, ...opts.env },
     maxBuffer: 1 << 30,
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString(), text: r.stdout.toString() };
