@@ -2,3 +2,4 @@
 import { benchNar } from "./nar.js";
 
 await benchNar();
+await (await import("./build.js")).benchBuild();

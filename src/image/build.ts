@@ -14,7 +14,7 @@ import type { LocalStore } from "../store/local-store.js";
 import type { PathInfo } from "../store/path-info.js";
 import type { Store } from "../store/store.js";
 import { Substituter, type SubstituteEvent } from "../store/substituter.js";
-import { Limiter } from "../util/concurrency.js";
+import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
 import { removeTree } from "../util/fs.js";
 import { imageConfigJson, manifestJson } from "./config.js";
@@ -24,7 +24,7 @@ import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
 import type { ImageSpec } from "./spec.js";
-import { NIX_STORE_PATH_ANNOTATION, type LayeringStrategy } from "./types.js";
+import { NIX_STORE_PATH_ANNOTATION, type LayeringStrategy, type PlannedLayer } from "./types.js";
 
 export interface BuildOptions {
   /** Store paths the image is made of (its packages), in priority order for the symlink farm. */
@@ -74,6 +74,29 @@ function compressionLevel(opts: BuildOptions): number | undefined {
   return opts.compression === "gzip" ? DEFAULT_GZIP_LEVEL : undefined;
 }
 
+/** Requested packages below this NAR size count as "small roots" (see planStoreLayers). */
+const SMALL_ROOT = 1 << 20;
+
+/**
+ * The layering strategy's plan, with one refinement: small requested packages (wrappers, scripts, profiles:
+ * the top of an application's closure, which changes on every rebuild) go into a layer of their own on top,
+ * so a change to them does not re-tar the unrelated paths a strategy grouped them with. Big roots stay
+ * where the strategy put them.
+ */
+export function planStoreLayers(
+  strategy: LayeringStrategy,
+  roots: string[],
+  closure: ReadonlyMap<string, PathInfo>,
+  limit: number,
+): PlannedLayer[] {
+  const small = new Set(roots.filter((r) => (closure.get(r)?.narSize ?? Infinity) < SMALL_ROOT));
+  if (!small.size || limit < 2) return planLayers(strategy, { roots, infos: closure }, limit);
+  const plan = planLayers(strategy, { roots, infos: closure }, limit - 1)
+    .map((l) => ({ paths: l.paths.filter((p) => !small.has(p)) }))
+    .filter((l) => l.paths.length);
+  return [...plan, { paths: [...small].sort() }];
+}
+
 export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   const { store, spec } = opts;
   if (opts.maxLayers < 2)
@@ -98,7 +121,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           `${err.message.replace(/^[^:]*: /, "")} (no --substituter given to fetch it)`,
         );
   });
-  const plan = planLayers(opts.layering, { roots: opts.roots, infos: closure }, opts.maxLayers - 1);
+  const plan = planStoreLayers(opts.layering, opts.roots, closure, opts.maxLayers - 1);
   emit({
     type: "planned",
     layers: plan.length + 1,
@@ -111,40 +134,58 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   const level = compressionLevel(opts);
   const limiter = new Limiter(opts.parallelism ?? Math.max(1, availableParallelism()));
 
+  // Cache lookups run freely; only builds take one of the limiter's slots. Builds are queued biggest first
+  // (by NAR size) so a large changed layer does not start last and leave a core idle at the end.
+  const pendingBuilds: { size: number; start: () => void }[] = [];
+  let scheduled = false;
+  const scheduleBuild = <T>(size: number, job: () => Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      pendingBuilds.push({ size, start: () => limiter.run(job).then(resolve, reject) });
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(() => {
+          pendingBuilds.sort((a, b) => b.size - a.size).forEach((b) => b.start());
+          pendingBuilds.length = 0;
+          scheduled = false;
+        });
+      }
+    });
   const cachedOrBuilt = async (
     identity: string,
     paths: string[],
+    narSize: number,
     makeTar: () => import("node:stream").Readable,
   ): Promise<LayerReport> => {
     const hit = await cache.lookup(identity);
     if (hit) return { ...hit, paths, status: "reused" };
-    const blob = await buildLayerBlob(makeTar(), {
-      compression: opts.compression,
-      level,
-      blobs: cache.blobs,
+    return scheduleBuild(narSize, async () => {
+      const blob = await buildLayerBlob(makeTar(), {
+        compression: opts.compression,
+        level,
+        blobs: cache.blobs,
+      });
+      const record: CachedLayer = { ...blob, paths };
+      await cache.record(identity, record);
+      return { ...record, status: "built" as const };
     });
-    const record: CachedLayer = { ...blob, paths };
-    await cache.record(identity, record);
-    return { ...record, status: "built" };
   };
 
   try {
-    const storeLayers = plan.map((layer, index) =>
-      limiter.run(async () => {
-        const identity = layerIdentity({
-          kind: "store-paths",
-          tar: TAR_FORMAT_VERSION,
-          compression: opts.compression,
-          level: level ?? null,
-          paths: layer.paths.map((p) => [p, closure.get(p)!.narHash.toString("nix32")]),
-        });
-        const report = await cachedOrBuilt(identity, layer.paths, () =>
-          storePathsTar(layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) }))),
-        );
-        emit({ type: "layer", index, report });
-        return report;
-      }),
-    );
+    const storeLayers = plan.map(async (layer, index) => {
+      const identity = layerIdentity({
+        kind: "store-paths",
+        tar: TAR_FORMAT_VERSION,
+        compression: opts.compression,
+        level: level ?? null,
+        paths: layer.paths.map((p) => [p, closure.get(p)!.narHash.toString("nix32")]),
+      });
+      const narSize = layer.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0);
+      const report = await cachedOrBuilt(identity, layer.paths, narSize, () =>
+        storePathsTar(layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) }))),
+      );
+      emit({ type: "layer", index, report });
+      return report;
+    });
 
     const custom = customisationLayer({
       packages: opts.roots.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
@@ -161,13 +202,13 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         "content" in e ? { ...e, content: e.content.toString("base64") } : e,
       ),
     });
-    const customLayer = limiter.run(async () => {
-      const report = await cachedOrBuilt(customIdentity, [], () => treeTar(custom.entries));
+    const customLayer = (async () => {
+      const report = await cachedOrBuilt(customIdentity, [], 0, () => treeTar(custom.entries));
       emit({ type: "layer", index: plan.length, report });
       return report;
-    });
+    })();
 
-    const layers = await Promise.all([...storeLayers, customLayer]);
+    const layers = await allSettledOrThrow([...storeLayers, customLayer]);
     const descriptors: Descriptor[] = layers.map((l) => {
       const d: Descriptor = { mediaType: l.mediaType, digest: l.digest, size: l.size };
       if (l.paths.length)

@@ -7,6 +7,7 @@ import { constants, createReadStream, createWriteStream } from "node:fs";
 import { copyFile, link, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
+import { mapLimit } from "../util/concurrency.js";
 import { NixociError, quote } from "../util/errors.js";
 import { tempSibling } from "../util/fs.js";
 import type { Descriptor } from "./descriptor.js";
@@ -212,7 +213,7 @@ export async function writeOciLayout(image: BuiltImage, dir: string, tag?: strin
     const existing = await readIndex(dir);
     const blobDir = join(dir, "blobs", "sha256");
     await mkdir(blobDir, { recursive: true });
-    for (const b of imageBlobs(image)) await placeBlob(image, blobDir, b);
+    await mapLimit(imageBlobs(image), 8, (b) => placeBlob(image, blobDir, b));
     await fsyncPath(blobDir, true);
     if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))
       await writeDurable(join(dir, "oci-layout"), OCI_LAYOUT_FILE);

@@ -16,7 +16,7 @@ import { serializeNarInfo, type NarInfo } from "../nix/narinfo.js";
 import { pathFingerprint, signFingerprint, type SecretKey } from "../nix/signature.js";
 import { parseStorePath } from "../nix/store-path.js";
 import { compressStream, compressionExtension, type Compression } from "../util/compression.js";
-import { Limiter } from "../util/concurrency.js";
+import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
 import { tempSibling, writeFileAtomic } from "../util/fs.js";
 import { referencesFirst } from "./closure.js";
@@ -88,9 +88,7 @@ export class BinaryCacheWriter {
       }
       return p;
     };
-    const results = await Promise.allSettled(ordered.map(pushOne));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
-    if (failed) throw failed.reason;
+    await allSettledOrThrow(ordered.map(pushOne));
     return { pushed: pushed.sort(), skipped: skipped.sort() };
   }
 

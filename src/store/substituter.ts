@@ -3,7 +3,7 @@
 // before any NAR moves; paths are then copied with bounded parallelism, each only after its references, and
 // each atomically (see LocalStore.addPath). A source that fails for one path is followed by the next.
 import { NixociError } from "../util/errors.js";
-import { Limiter } from "../util/concurrency.js";
+import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import type { LocalStore } from "./local-store.js";
 import type { PathInfo } from "./path-info.js";
 import type { Store } from "./store.js";
@@ -119,9 +119,7 @@ export class Substituter {
       }
       return p;
     };
-    const results = await Promise.allSettled([...plans.keys()].sort().map(realise));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
-    if (failed) throw failed.reason;
+    await allSettledOrThrow([...plans.keys()].sort().map(realise));
   }
 
   /** Copies one path from its best source, falling back to the other sources on failure. */

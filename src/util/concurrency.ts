@@ -21,6 +21,17 @@ export class Limiter {
   }
 }
 
+/**
+ * Awaits every promise, then throws the first rejection if there was one. Unlike Promise.all it never
+ * returns while work is still running, so a caller cleaning up after a failure does not race the rest.
+ */
+export async function allSettledOrThrow<T>(promises: readonly Promise<T>[]): Promise<T[]> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failed) throw failed.reason;
+  return results.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
 /** Maps over items with at most `limit` concurrent calls; results keep the input order. */
 export async function mapLimit<T, R>(
   items: readonly T[],
@@ -28,5 +39,5 @@ export async function mapLimit<T, R>(
   fn: (item: T) => Promise<R>,
 ): Promise<R[]> {
   const limiter = new Limiter(limit);
-  return Promise.all(items.map((item) => limiter.run(() => fn(item))));
+  return allSettledOrThrow(items.map((item) => limiter.run(() => fn(item))));
 }
