@@ -54,6 +54,7 @@ let
     loader=$(ls ${bash-unwrapped}/lib/ld-linux* | head -n 1)
     printf '#!${busybox}/bin/sh\nexec %s --library-path ${bash-unwrapped}/lib ${bash-unwrapped}/bin/bash "$@"\n' "$loader" > $out/bin/bash
     chmod 0555 $out/bin/bash
+    ln -s bash $out/bin/sh
   '';
 in
 builtins.listToAttrs (map (name: { inherit name; value = applet name; }) applets)

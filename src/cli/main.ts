@@ -12,6 +12,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   nar: async () => (await import("./cmd-nar.js")).narCommand,
   cache: async () => (await import("./cmd-cache.js")).cacheCommand,
   substitute: async () => (await import("./cmd-substitute.js")).substituteCommand,
+  serve: async () => (await import("./cmd-serve.js")).serveCommand,
 };
 
 const HELP = `nixoci: Nix closures for the container ecosystem
@@ -25,6 +26,7 @@ commands:
   nar         dump, restore and list NAR archives
   cache       push store paths into a binary cache; garbage-collect the layer cache
   substitute  realise store paths from binary caches into a store directory
+  serve       an on-demand registry of Nix package images that is also a Nix binary cache
 
 Run \`nixoci COMMAND --help\` for a command's options.
 `;

@@ -1,0 +1,284 @@
+// nixoci serve: the on-demand registry. A thin adapter: the distribution API over filesystem storage, Nix
+// package names resolved and built by the same pipeline as `nixoci build` (layers land in the registry's own
+// blob store), the local store served as a Nix binary cache, and health, metrics, logs and a help page.
+import { readdirSync, readFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { parseSecretKey } from "../nix/signature.js";
+import type { LayeringStrategy } from "../image/types.js";
+import type { LayerCompression } from "../oci/media-types.js";
+import { parseAuthSpec } from "../registry/auth.js";
+import { binaryCacheRoutes } from "../registry/binary-cache-endpoint.js";
+import { createLogger, parseLogLevel } from "../registry/logging.js";
+import { registryMetrics } from "../registry/metrics.js";
+import { NixImageSource, type NixImageEvent, type NixImageRecord } from "../registry/nix-images.js";
+import { opsRoutes, requestObserver, type RecentImage } from "../registry/ops.js";
+import { createRegistryServer } from "../registry/server.js";
+import { RegistryStorage } from "../registry/storage.js";
+import { createResolver } from "../resolve/resolver.js";
+import { LocalStore } from "../store/local-store.js";
+import type { Store } from "../store/store.js";
+import { NixociError } from "../util/errors.js";
+import { intOption, parse, UsageError } from "./args.js";
+import { openStore, trustOptions } from "./stores.js";
+
+const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
+    [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] [--substituter URL]... [--trusted-public-key K]...
+    [--no-check-sigs] [--meta NAME=PKG,PKG...]... [--arch ARCH]
+    [--layering nixery|size|popularity] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
+    [--build-timeout SECONDS] [--max-builds N] [--max-queue N]
+    [--sign-key FILE] [--cache-compression zstd|xz|none] [--no-binary-cache]
+    [--auth htpasswd:FILE|tokens:FILE] [--auth-pull] [--public-host HOST] [--log-level debug|info|warn|error|silent]`;
+
+/** The state directory: $XDG_STATE_HOME/nixoci, or ~/.local/state/nixoci. */
+function defaultStorage(): string {
+  return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "nixoci", "registry");
+}
+
+function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(s) ?? /^()()(\d+)$/.exec(s);
+  if (!m || Number(m[3]) > 65535)
+    throw new UsageError(`--listen must be ADDR:PORT or PORT, got ${JSON.stringify(s)}`);
+  return { host: m[1] || m[2] || "127.0.0.1", port: Number(m[3]) };
+}
+
+function parseMeta(values: string[] | undefined): Record<string, string[]> | undefined {
+  if (!values?.length) return undefined;
+  const meta: Record<string, string[]> = {};
+  for (const v of values) {
+    const i = v.indexOf("=");
+    if (i <= 0) throw new UsageError(`--meta must be NAME=PKG,PKG..., got ${JSON.stringify(v)}`);
+    meta[v.slice(0, i)] = v
+      .slice(i + 1)
+      .split(",")
+      .filter(Boolean);
+  }
+  return meta;
+}
+
+/** Images the server has built, from its manifest cache, newest first (for the page at /). */
+function recordedImages(root: string): RecentImage[] {
+  const dir = join(root, "nix-images");
+  const out: RecentImage[] = [];
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith(".json"));
+  } catch {
+    return out;
+  }
+  for (const n of names) {
+    try {
+      const r = JSON.parse(readFileSync(join(dir, n), "utf8")) as NixImageRecord;
+      out.push({
+        name: r.packages.join("/"),
+        tag: r.revision,
+        digest: r.digest,
+        builtAt: r.createdAt,
+        packages: r.paths,
+      });
+    } catch {
+      /* a record being written or corrupt: not worth listing */
+    }
+  }
+  return out.sort((a, b) => (a.builtAt < b.builtAt ? 1 : -1));
+}
+
+export async function serveCommand(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      listen: { type: "string", default: "127.0.0.1:5000" },
+      storage: { type: "string" },
+      store: { type: "string" },
+      "nix-file": { type: "string" },
+      nixpkgs: { type: "string" },
+      flake: { type: "string" },
+      index: { type: "string" },
+      substituter: { type: "string", multiple: true },
+      "trusted-public-key": { type: "string", multiple: true },
+      "no-check-sigs": { type: "boolean" },
+      meta: { type: "string", multiple: true },
+      arch: { type: "string" },
+      layering: { type: "string" },
+      "max-layers": { type: "string" },
+      compression: { type: "string" },
+      "compression-level": { type: "string" },
+      "build-timeout": { type: "string" },
+      "max-builds": { type: "string" },
+      "max-queue": { type: "string" },
+      "sign-key": { type: "string" },
+      "cache-compression": { type: "string" },
+      "no-binary-cache": { type: "boolean" },
+      auth: { type: "string" },
+      "auth-pull": { type: "boolean" },
+      "public-host": { type: "string" },
+      "log-level": { type: "string", default: "info" },
+    },
+    USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`usage: ${USAGE}\n`);
+    return 0;
+  }
+  const { host, port } = parseListen(values.listen!);
+  const level = parseLogLevel(values["log-level"]!);
+  if (!level) throw new UsageError(`--log-level must be debug, info, warn, error or silent`);
+  const logger = createLogger({ level });
+  const layering = values.layering as LayeringStrategy | undefined;
+  if (layering && !["size", "popularity", "nixery"].includes(layering))
+    throw new UsageError("--layering must be size, popularity or nixery");
+  const compression = values.compression as LayerCompression | undefined;
+  if (compression && !["gzip", "zstd", "none"].includes(compression))
+    throw new UsageError("--compression must be gzip, zstd or none");
+  const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
+  if (!["zstd", "xz", "none"].includes(cacheCompression))
+    throw new UsageError("--cache-compression must be zstd, xz or none");
+  let signKey;
+  if (values["sign-key"]) {
+    let text: string;
+    try {
+      text = readFileSync(values["sign-key"], "utf8");
+    } catch (err) {
+      throw new NixociError(
+        values["sign-key"],
+        `cannot read secret key: ${(err as NodeJS.ErrnoException).code}`,
+      );
+    }
+    signKey = parseSecretKey(text, values["sign-key"]);
+  }
+
+  const storageDir = values.storage ?? defaultStorage();
+  const storage = new RegistryStorage(storageDir);
+  const store = new LocalStore(values.store ? { dir: values.store } : {});
+  const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
+  const substituters: Store[] = [];
+  for (const url of values.substituter ?? []) substituters.push(await openStore(url, trust));
+  const resolver = await createResolver({
+    nixFile: values["nix-file"],
+    nixpkgs: values.nixpkgs,
+    flake: values.flake,
+    indexFile: values.index,
+    store,
+    substituters,
+  });
+
+  const metrics = registryMetrics();
+  const onImageEvent = (e: NixImageEvent) => {
+    if (e.type === "cache-hit") metrics.imageCache.inc({ result: "hit" });
+    if (e.type === "cache-miss") metrics.imageCache.inc({ result: "miss" });
+    if (e.type === "coalesced") metrics.imageCache.inc({ result: "coalesced" });
+    if (e.type === "build-start") metrics.buildsInProgress.inc();
+    if (e.type === "build-done" || e.type === "build-failed") {
+      metrics.buildsInProgress.dec();
+      metrics.imageBuilds.inc({ result: e.type === "build-done" ? "success" : "failure" });
+      if (e.seconds !== undefined) metrics.imageBuildDuration.observe({}, e.seconds);
+    }
+    const fields = {
+      key: e.key.slice(0, 16),
+      repo: e.repo,
+      packages: e.packages,
+      revision: e.revision,
+      arch: e.arch,
+      seconds: e.seconds,
+      error: e.error,
+    };
+    if (e.type === "build-failed" || e.type === "rejected") logger.warn(e.type, fields);
+    else logger.info(e.type, fields);
+  };
+  const source = new NixImageSource({
+    storage,
+    resolver,
+    store,
+    metaPackages: parseMeta(values.meta),
+    defaultArch: values.arch,
+    layering,
+    maxLayers: values["max-layers"] ? intOption(values["max-layers"], "max-layers", 100, 2) : undefined,
+    compression,
+    compressionLevel: values["compression-level"]
+      ? intOption(values["compression-level"], "compression-level", 0, 0)
+      : undefined,
+    buildTimeoutMs: values["build-timeout"]
+      ? intOption(values["build-timeout"], "build-timeout", 600) * 1000
+      : undefined,
+    maxConcurrentBuilds: values["max-builds"] ? intOption(values["max-builds"], "max-builds", 2) : undefined,
+    maxQueuedBuilds: values["max-queue"] ? intOption(values["max-queue"], "max-queue", 32, 0) : undefined,
+    onEvent: onImageEvent,
+  });
+
+  const routes = [];
+  if (!values["no-binary-cache"]) {
+    routes.push(
+      binaryCacheRoutes({
+        store,
+        signKey,
+        compression: cacheCompression,
+        onServed: (bytes) => metrics.binaryCacheBytes.inc({}, bytes),
+        onError: (err, path) => logger.error("binary cache error", { path, error: (err as Error).message }),
+      }),
+    );
+  }
+  routes.push(
+    opsRoutes({
+      metrics,
+      health: () => ({ ok: true, details: { builds: source.activeBuilds } }),
+      recentImages: () => recordedImages(storageDir),
+      host: values["public-host"],
+      publicKey: signKey?.publicKey.toString(),
+      binaryCache: !values["no-binary-cache"],
+    }),
+  );
+  const server = createRegistryServer({
+    storage,
+    manifestSource: source,
+    auth: values.auth ? parseAuthSpec(values.auth, { requirePull: Boolean(values["auth-pull"]) }) : undefined,
+    routes,
+    onRequest: requestObserver({ metrics, logger }),
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (err) =>
+      reject(new NixociError(values.listen!, `cannot listen: ${(err as Error).message}`)),
+    );
+    server.listen(port, host, () => resolve());
+  });
+  const addr = server.address();
+  const bound =
+    typeof addr === "object" && addr
+      ? `${addr.address.includes(":") ? `[${addr.address}]` : addr.address}:${addr.port}`
+      : values.listen;
+  logger.info("listening", {
+    address: bound,
+    storage: storageDir,
+    resolver: resolver.description,
+    binaryCache: !values["no-binary-cache"],
+  });
+
+  // Graceful shutdown: stop accepting, let requests in flight (and the builds they wait for) finish for a
+  // while, then exit. Blobs are only ever renamed into place complete, so an abandoned build leaves nothing
+  // half-written visible.
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        logger.warn("second signal: exiting now", { signal });
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info("shutting down", { signal, builds: source.activeBuilds });
+      const grace = setTimeout(() => {
+        logger.warn("grace period over: abandoning requests in flight", {});
+        server.closeAllConnections();
+      }, 30_000);
+      grace.unref();
+      server.close(() => {
+        clearTimeout(grace);
+        store.close();
+        logger.info("stopped", {});
+        resolve(0);
+      });
+      server.closeIdleConnections();
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+  });
+}

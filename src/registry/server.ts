@@ -1,0 +1,194 @@
+// The HTTP server of `nixoci serve`: extra routes first (binary cache endpoint, /metrics, /healthz...), then the
+// distribution API (distribution.ts) behind auth. Every registry response carries
+// Docker-Distribution-API-Version; errors are the spec's JSON; anything unexpected is a 500 UNKNOWN whose cause
+// goes to onRequest (never to the client). Oversized request headers are refused by Node's parser (431).
+import * as http from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import { oneLine } from "../util/errors.js";
+import type { RegistryAuth } from "./auth.js";
+import { checkMethod, Distribution, parseRoute, routeAccess, routeName, type Route } from "./distribution.js";
+import { RegistryError } from "./errors.js";
+import type { ManifestSource } from "./manifest-source.js";
+import type { RegistryStorage } from "./storage.js";
+
+export interface RequestInfo {
+  method: string;
+  path: string;
+  route: string;
+  status: number;
+  bytes: number;
+  durationMs: number;
+  repo?: string;
+  error?: string;
+}
+
+export interface RegistryServerOptions {
+  storage: RegistryStorage;
+  manifestSource?: ManifestSource;
+  auth?: RegistryAuth;
+  /** Extra handlers tried before the registry routes (binary cache endpoint, /metrics, /healthz, / page). Return true when handled. */
+  routes?: ((req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>)[];
+  /** Called once per finished request (for logs and metrics). */
+  onRequest?: (info: RequestInfo) => void;
+  /** Largest request head in bytes (default 16 KiB); bigger ones get 431. */
+  maxHeaderSize?: number;
+}
+
+export const DEFAULT_MAX_HEADER_SIZE = 16 << 10;
+/** Upload sessions untouched this long are removed (checked hourly). */
+const UPLOAD_MAX_AGE_MS = 24 * 3600_000;
+
+function errorMessage(err: unknown): string {
+  return oneLine(err instanceof Error ? err.message : String(err));
+}
+
+/** A registry error response (or, once the response has started, a cut connection). */
+function sendError(req: IncomingMessage, res: ServerResponse, err: unknown): string {
+  const re =
+    err instanceof RegistryError ? err : new RegistryError(500, "UNKNOWN", "internal server error");
+  const note = err instanceof RegistryError ? err.code : `internal: ${errorMessage(err)}`;
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return note;
+  }
+  const body = re.body();
+  const headers: Record<string, string> = {
+    ...re.headers,
+    "Content-Type": "application/json; charset=utf-8",
+    "Content-Length": String(body.length),
+  };
+  // A request body still on its way (an upload refused early): do not read it, close after answering.
+  if (!req.complete) headers.Connection = "close";
+  res.writeHead(re.status, headers);
+  res.end(body);
+  return note;
+}
+
+export function createRegistryServer(opts: RegistryServerOptions): http.Server {
+  const dist = new Distribution(opts.storage, opts.manifestSource);
+  const auth = opts.auth;
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const started = performance.now();
+    const method = req.method ?? "GET";
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    const path = q < 0 ? url : url.slice(0, q);
+    const info: { route: string; repo?: string; error?: string } = { route: "other" };
+
+    // Bytes of response body sent, for onRequest.
+    let bytes = 0;
+    const count = (chunk: unknown): void => {
+      if (method === "HEAD" || chunk === undefined || chunk === null || typeof chunk === "function") return;
+      bytes += typeof chunk === "string" ? Buffer.byteLength(chunk) : (chunk as Uint8Array).length;
+    };
+    const write = res.write;
+    const end = res.end;
+    res.write = function (this: ServerResponse, chunk: unknown, ...rest: unknown[]) {
+      count(chunk);
+      return (write as (...a: unknown[]) => boolean).call(this, chunk, ...rest);
+    } as typeof res.write;
+    res.end = function (this: ServerResponse, chunk?: unknown, ...rest: unknown[]) {
+      count(chunk);
+      return (end as (...a: unknown[]) => ServerResponse).call(this, chunk, ...rest);
+    } as typeof res.end;
+    let reported = false;
+    const report = (): void => {
+      if (reported) return;
+      reported = true;
+      if (!res.writableFinished) info.error ??= "aborted";
+      try {
+        opts.onRequest?.({
+          method,
+          path,
+          route: info.route,
+          status: res.statusCode,
+          bytes,
+          durationMs: performance.now() - started,
+          ...(info.repo !== undefined ? { repo: info.repo } : {}),
+          ...(info.error !== undefined ? { error: info.error } : {}),
+        });
+      } catch {
+        // a failing observer must not break the server
+      }
+    };
+    res.once("finish", report);
+    res.once("close", report);
+
+    let route: Route | undefined;
+    try {
+      for (const r of opts.routes ?? []) {
+        if (await r(req, res)) {
+          info.route = "extra";
+          return;
+        }
+      }
+      route = parseRoute(path);
+      if (!route) throw new RegistryError(404, "NOT_FOUND", "not found");
+      res.setHeader("Docker-Distribution-API-Version", "registry/2.0");
+      info.route = routeName(route, method);
+      if ("name" in route) info.repo = route.name;
+      checkMethod(route, method);
+      if (route.kind === "token") {
+        if (!auth?.handleTokenRequest) throw new RegistryError(404, "NOT_FOUND", "this registry has no token endpoint");
+        await auth.handleTokenRequest(req, res);
+        return;
+      }
+      if (auth) {
+        if (route.kind === "base") await (auth.checkLogin ? auth.checkLogin(req) : auth.check(req, "pull", undefined));
+        const access = routeAccess(route, method);
+        if (access) await auth.check(req, access.action, access.repo);
+      }
+      const query = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));
+      await dist.handle(req, res, route, {
+        query,
+        authorize: async (action, repo) => {
+          if (auth) await auth.check(req, action, repo);
+        },
+      });
+    } catch (err) {
+      if (route === undefined && err instanceof RegistryError && path.startsWith("/v2"))
+        res.setHeader("Docker-Distribution-API-Version", "registry/2.0");
+      info.error = sendError(req, res, err);
+    }
+  };
+
+  const server = http.createServer(
+    {
+      maxHeaderSize: opts.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE,
+      // Blob uploads may take long: no limit on the whole request, only on its head and on idle sockets.
+      requestTimeout: 0,
+      headersTimeout: 60_000,
+      keepAliveTimeout: 5_000,
+    },
+    (req, res) => void handle(req, res),
+  );
+  server.setTimeout(600_000, (socket) => socket.destroy());
+
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const code = err.code ?? "";
+    let status = 400;
+    if (code === "HPE_HEADER_OVERFLOW") status = 431;
+    else if (code === "ERR_HTTP_REQUEST_TIMEOUT") status = 408;
+    if (code === "ECONNRESET" || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
+    );
+    try {
+      opts.onRequest?.({ method: "", path: "", route: "client-error", status, bytes: 0, durationMs: 0, error: code });
+    } catch {
+      // ignore
+    }
+  });
+
+  const purge = setInterval(() => {
+    opts.storage.purgeUploads(UPLOAD_MAX_AGE_MS).catch(() => undefined);
+  }, 3600_000);
+  purge.unref();
+  server.on("close", () => clearInterval(purge));
+  return server;
+}

@@ -1,0 +1,231 @@
+// NixEvalResolver against the real nix: a Nix file (packages.nix), a nixpkgs-like git checkout (pinned commits
+// through builtins.fetchGit, offline), a local path: flake; unknown names, revisions, the system argument, and
+// killing nix on abort and timeout.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { hashNixSources, NixEvalResolver, runProcess } from "../../src/resolve/nix-eval.js";
+import { RevisionUnavailableError, UnknownPackageError } from "../../src/resolve/resolver.js";
+import { NixociError } from "../../src/util/errors.js";
+import { buildFixtures, makeTempDir, PACKAGES_NIX } from "../support/fixtures.js";
+import { runText } from "../support/run.js";
+
+const fx = buildFixtures();
+const work = makeTempDir("nix-eval");
+
+function git(dir: string, ...args: string[]): string {
+  return runText("git", ["-C", dir, "-c", "user.email=t@example.org", "-c", "user.name=t", ...args]);
+}
+
+test("resolves attributes of a Nix file to the store paths nix-build gives", async () => {
+  const r = new NixEvalResolver({ nixFile: PACKAGES_NIX });
+  const revision = await r.currentRevision();
+  assert.match(revision, /^[0-9a-f]{20}$/);
+  assert.equal(await r.servesRevision(revision), true);
+  assert.equal(await r.servesRevision("0123456789abcdef0123"), false);
+  const paths = await r.resolve(["hello", "busybox", "hello"], { revision, arch: "amd64" });
+  assert.deepEqual(paths.sort(), [fx.busybox, fx.hello].sort());
+  // Cached existence answers: a second resolve gives the same.
+  assert.deepEqual((await r.resolve(["busybox"], { revision, arch: "amd64" })).sort(), [fx.busybox]);
+});
+
+test("unknown attributes (and attributes that are not derivations) are all named", async () => {
+  const dir = join(work, "nonpkg");
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, "pkgs.nix");
+  writeFileSync(
+    file,
+    `let p = import ${PACKAGES_NIX} { }; in p // { lib = { x = 1; }; notAnything = 3; broken = throw "gone"; nested = { hello = p.hello; }; }\n`,
+  );
+  const r = new NixEvalResolver({ nixFile: file });
+  const revision = await r.currentRevision();
+  await assert.rejects(
+    r.resolve(["hello", "nope", "lib", "notAnything", "broken", "zz-missing", "Bad Name!"], {
+      revision,
+      arch: "amd64",
+    }),
+    (err: unknown) => {
+      assert.ok(err instanceof UnknownPackageError);
+      assert.deepEqual(err.packages, ["Bad Name!", "broken", "lib", "nope", "notAnything", "zz-missing"]);
+      assert.match(err.message, /unknown packages: .*nope/);
+      return true;
+    },
+  );
+  // Attribute paths reach nested packages.
+  assert.deepEqual(await r.resolve(["nested.hello"], { revision, arch: "amd64" }), [fx.hello]);
+  await assert.rejects(
+    r.resolve(["nested.nope"], { revision, arch: "amd64" }),
+    (e: unknown) => e instanceof UnknownPackageError && e.packages[0] === "nested.nope",
+  );
+});
+
+test("the revision follows the file and the files it imports by relative path", async () => {
+  const dir = join(work, "revs");
+  mkdirSync(join(dir, "lib"), { recursive: true });
+  copyFileSync(PACKAGES_NIX, join(dir, "lib", "packages.nix"));
+  writeFileSync(join(dir, "lib", "default.nix"), "import ./packages.nix\n");
+  writeFileSync(join(dir, "default.nix"), "{ system ? null }: import ./lib { }\n");
+  const r = new NixEvalResolver({ nixFile: dir, revisionCacheMs: 0 });
+  const r1 = await r.currentRevision();
+  assert.equal(r1, await hashNixSources(join(dir, "default.nix")));
+  assert.deepEqual(await r.resolve(["greeting"], { revision: r1, arch: "amd64" }), [fx.greeting]);
+
+  // An imported file changes: a new revision, and the old one is no longer served.
+  const pkgs = readFileSync(join(dir, "lib", "packages.nix"), "utf8");
+  writeFileSync(join(dir, "lib", "packages.nix"), pkgs.replace("Hello from nixoci!", "Changed greeting"));
+  const r2 = await r.currentRevision();
+  assert.notEqual(r2, r1);
+  assert.equal(await r.servesRevision(r1), false);
+  await assert.rejects(r.resolve(["greeting"], { revision: r1, arch: "amd64" }), RevisionUnavailableError);
+  const [changed] = await r.resolve(["greeting"], { revision: r2, arch: "amd64" });
+  assert.notEqual(changed, fx.greeting);
+  assert.equal(readFileSync(join(changed, "share/greeting.txt"), "utf8"), "Changed greeting\n");
+
+  // The top file itself changes.
+  writeFileSync(join(dir, "default.nix"), "{ system ? null }: import ./lib { } # edited\n");
+  assert.notEqual(await r.currentRevision(), r2);
+});
+
+test("a function of system is called with the architecture's Nix system", async () => {
+  const file = join(work, "system.nix");
+  writeFileSync(
+    file,
+    `{ system ? "unset", other ? "x" }: {
+       which = derivation { name = "which-system-\${builtins.substring 0 6 (builtins.hashString "sha256" "${Math.random()}")}";
+         inherit system; builder = "/bin/sh"; args = [ "-c" "echo \${system} > $out" ]; };
+     }\n`,
+  );
+  const r = new NixEvalResolver({ nixFile: file });
+  const revision = await r.currentRevision();
+  const [p] = await r.resolve(["which"], { revision, arch: "amd64" });
+  assert.equal(readFileSync(p, "utf8"), "x86_64-linux\n");
+  // arm64 asks for aarch64-linux: the attribute exists, but this machine cannot build it.
+  await assert.rejects(r.resolve(["which"], { revision, arch: "arm64" }), (err: unknown) => {
+    assert.ok(err instanceof NixociError && !(err instanceof UnknownPackageError));
+    assert.match(err.message, /build failed.*aarch64-linux/);
+    return true;
+  });
+  await assert.rejects(r.resolve(["which"], { revision, arch: "mips" }), /no Nix system/);
+});
+
+test("a nixpkgs git checkout: latest is HEAD, any commit can be pinned (fetchGit, offline)", async () => {
+  const dir = join(work, "nixpkgs");
+  mkdirSync(dir, { recursive: true });
+  git(dir, "init", "-q");
+  copyFileSync(PACKAGES_NIX, join(dir, "default.nix"));
+  git(dir, "add", ".");
+  git(dir, "commit", "-qm", "one");
+  const first = git(dir, "rev-parse", "HEAD");
+  writeFileSync(
+    join(dir, "default.nix"),
+    readFileSync(PACKAGES_NIX, "utf8").replace("Hello from nixoci!", "Second commit"),
+  );
+  git(dir, "commit", "-qam", "two");
+  const second = git(dir, "rev-parse", "HEAD");
+
+  const r = new NixEvalResolver({ nixpkgs: dir, revisionCacheMs: 0 });
+  assert.equal(await r.currentRevision(), second);
+  assert.equal(await r.servesRevision(first), true);
+  assert.equal(await r.servesRevision("f".repeat(40)), false);
+  assert.equal(await r.servesRevision("latest"), false);
+  const [pinned] = await r.resolve(["greeting"], { revision: first, arch: "amd64" });
+  assert.equal(pinned, fx.greeting);
+  const [head] = await r.resolve(["greeting"], { revision: second, arch: "amd64" });
+  assert.equal(readFileSync(join(head, "share/greeting.txt"), "utf8"), "Second commit\n");
+  await assert.rejects(
+    r.resolve(["greeting"], { revision: "f".repeat(40), arch: "amd64" }),
+    RevisionUnavailableError,
+  );
+  // Uncommitted changes are not part of any revision.
+  writeFileSync(join(dir, "default.nix"), 'throw "uncommitted"\n');
+  assert.deepEqual(await r.resolve(["greeting"], { revision: second, arch: "amd64" }), [head]);
+});
+
+test("a tree without git uses .git-revision, and says so when it has none", async () => {
+  const dir = join(work, "channel");
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(PACKAGES_NIX, join(dir, "default.nix"));
+  const r = new NixEvalResolver({ nixpkgs: dir, revisionCacheMs: 0 });
+  await assert.rejects(r.currentRevision(), /neither a git checkout nor a tree with a \.git-revision/);
+  writeFileSync(join(dir, ".git-revision"), "abc123def\n");
+  assert.equal(await r.currentRevision(), "abc123def");
+  assert.deepEqual(await r.resolve(["hello"], { revision: "abc123def", arch: "amd64" }), [fx.hello]);
+});
+
+test("a local path: flake: packages.<system>, revision from its NAR hash", async () => {
+  const dir = join(work, "flake");
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(PACKAGES_NIX, join(dir, "packages.nix"));
+  writeFileSync(
+    join(dir, "flake.nix"),
+    `{ outputs = { self }: { packages.x86_64-linux = import ./packages.nix { }; }; }\n`,
+  );
+  const r = new NixEvalResolver({ flake: `path:${dir}`, revisionCacheMs: 0 });
+  const revision = await r.currentRevision();
+  assert.match(revision, /^nar-[0-9a-f]{32}$/);
+  assert.deepEqual(await r.resolve(["hello"], { revision, arch: "amd64" }), [fx.hello]);
+  await assert.rejects(
+    r.resolve(["hello", "nope"], { revision, arch: "amd64" }),
+    (e: unknown) => e instanceof UnknownPackageError && e.packages.join() === "nope",
+  );
+  // arm64 has no packages in this flake.
+  await assert.rejects(
+    r.resolve(["hello"], { revision, arch: "arm64" }),
+    (e: unknown) => e instanceof UnknownPackageError,
+  );
+  writeFileSync(join(dir, "flake.nix"), readFileSync(join(dir, "flake.nix"), "utf8") + "# changed\n");
+  assert.notEqual(await r.currentRevision(), revision);
+});
+
+function slowFile(seconds: number): string {
+  const file = join(work, `slow-${Math.random().toString(36).slice(2)}.nix`);
+  writeFileSync(
+    file,
+    `{ slow = derivation { name = "slow"; nonce = "${Math.random()}"; system = builtins.currentSystem;
+       builder = "/bin/sh"; args = [ "-c" "/bin/sleep ${seconds}; echo > $out" ]; }; }\n`,
+  );
+  return file;
+}
+
+function sleepers(): string {
+  try {
+    return execFileSync("pgrep", ["-f", "^/bin/sleep 37"]).toString().trim();
+  } catch {
+    return "";
+  }
+}
+
+test("an abort kills nix and its builder promptly", async () => {
+  const r = new NixEvalResolver({ nixFile: slowFile(37) });
+  const revision = await r.currentRevision();
+  const controller = new AbortController();
+  const started = Date.now();
+  setTimeout(() => controller.abort(), 1500);
+  await assert.rejects(
+    r.resolve(["slow"], { revision, arch: "amd64", signal: controller.signal }),
+    /build cancelled/,
+  );
+  assert.ok(Date.now() - started < 10_000, "aborted within seconds");
+  // Nix's builder (sleep) is gone too.
+  for (let i = 0; i < 50 && sleepers(); i++) await new Promise((res) => setTimeout(res, 100));
+  assert.equal(sleepers(), "");
+});
+
+test("a timeout stops the evaluation/build with a clear error", async () => {
+  const r = new NixEvalResolver({ nixFile: slowFile(38), timeoutMs: 1000 });
+  const revision = await r.currentRevision();
+  const started = Date.now();
+  await assert.rejects(r.resolve(["slow"], { revision, arch: "amd64" }), /build timed out after 1 s/);
+  assert.ok(Date.now() - started < 10_000);
+});
+
+test("runProcess: no shell, failures are one line naming the program", async () => {
+  assert.equal(await runProcess("/bin/echo", ["$HOME; ls"]), "$HOME; ls\n");
+  await assert.rejects(runProcess("nixoci-no-such-program", []), /nixoci-no-such-program is not installed/);
+  await assert.rejects(
+    runProcess("/bin/sh", ["-c", "echo 'error: first\nsecond' >&2; exit 3"], { what: "thing" }),
+    /thing failed \(exit 3\): error: first$/,
+  );
+});
