@@ -60,7 +60,7 @@ function parseMeta(values: string[] | undefined): Record<string, string[]> | und
 function recordedImages(root: string): RecentImage[] {
   const dir = join(root, "nix-images");
   const out: RecentImage[] = [];
-  let names: string[] = [];
+  let names: string[];
   try {
     names = readdirSync(dir).filter((n) => n.endsWith(".json"));
   } catch {

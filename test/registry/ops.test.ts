@@ -285,9 +285,23 @@ async function serveOps(opts: OpsRoutesOptions): Promise<string> {
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
-async function get(url: string, init: RequestInit = {}): Promise<{ status: number; headers: Headers; text: string }> {
-  const r = await fetch(url, init);
-  return { status: r.status, headers: r.headers, text: await r.text() };
+/** A request with node:http (fetch cannot set Host). */
+function get(
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: init.method ?? "GET", headers: init.headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString("utf8") }),
+      );
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end(init.body);
+  });
 }
 
 /**
@@ -330,7 +344,7 @@ test("/healthz answers 200 or 503 as health() says", async () => {
   });
   let r = await get(`${base}/healthz`);
   assert.equal(r.status, 200);
-  assert.match(r.headers.get("content-type")!, /^application\/json/);
+  assert.match(r.headers["content-type"]!, /^application\/json/);
   assert.deepEqual(JSON.parse(r.text), { status: "ok" });
   healthy = false;
   r = await get(`${base}/healthz`);
@@ -359,7 +373,7 @@ test("/metrics serves the registry's metrics; other methods are 405; other paths
   observe({ method: "GET", path: "/v2/", route: "base", status: 200, bytes: 2, durationMs: 1 });
   let r = await get(`${base}/metrics`);
   assert.equal(r.status, 200);
-  assert.equal(r.headers.get("content-type"), METRICS_CONTENT_TYPE);
+  assert.equal(r.headers["content-type"], METRICS_CONTENT_TYPE);
   const fams = parseExposition(r.text);
   assert.equal(
     sampleValue(fams.get("nixoci_http_requests_total"), "nixoci_http_requests_total", {
@@ -403,8 +417,8 @@ test("the index page explains pulling and the binary cache, lists images, and es
   });
   const r = await get(`${base}/`, { headers: { Host: "registry.example:5000" } });
   assert.equal(r.status, 200);
-  assert.equal(r.headers.get("content-type"), "text/html; charset=utf-8");
-  assert.match(r.headers.get("content-security-policy")!, /default-src 'none'/);
+  assert.equal(r.headers["content-type"], "text/html; charset=utf-8");
+  assert.match(r.headers["content-security-policy"]!, /default-src 'none'/);
   const html = r.text;
   checkHtml(html);
   assert.ok(!html.includes("<script"), "no script element");
