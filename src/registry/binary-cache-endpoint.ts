@@ -26,12 +26,11 @@ import { join } from "node:path";
 import { PassThrough, Transform, type Readable, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { serializeCacheInfo } from "../nix/cache-info.js";
-import { listNar } from "../nix/nar-listing.js";
-import { serializeNarListing } from "../nix/nar-listing.js";
+import { listNar, serializeNarListing } from "../nix/nar-listing.js";
 import { serializeNarInfo, type NarInfo } from "../nix/narinfo.js";
 import { pathFingerprint, signFingerprint, type SecretKey } from "../nix/signature.js";
 import { parseStorePath } from "../nix/store-path.js";
-import { LocalStore, nixDbFor } from "../store/local-store.js";
+import { nixDbFor, type LocalStore } from "../store/local-store.js";
 import type { PathInfo } from "../store/path-info.js";
 import { SidecarDb } from "../store/sidecar-db.js";
 import { compressStream, compressionExtension } from "../util/compression.js";
@@ -212,7 +211,10 @@ function clientGone(): Error {
 }
 
 /** A single "bytes=N-" / "bytes=N-M" / "bytes=-N" range within `size`; null: unsatisfiable; undefined: ignore. */
-function parseRange(header: string | undefined, size: number): { start: number; end: number } | null | undefined {
+function parseRange(
+  header: string | undefined,
+  size: number,
+): { start: number; end: number } | null | undefined {
   if (header === undefined) return undefined;
   const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
   if (!m || (m[1] === "" && m[2] === "")) return undefined; // several ranges or garbage: send it all
@@ -230,10 +232,13 @@ function parseRange(header: string | undefined, size: number): { start: number; 
 export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHandler {
   const { store } = opts;
   const compression = opts.compression ?? "zstd";
-  if (!(compression in { none: 1, zstd: 1, xz: 1 })) {
+  if (!["none", "zstd", "xz"].includes(compression)) {
     throw new Error(`binary cache: unsupported compression ${JSON.stringify(compression)}`);
   }
   const priority = opts.priority ?? 30;
+  if (!Number.isInteger(priority) || priority < -(2 ** 31) || priority >= 2 ** 31) {
+    throw new Error(`binary cache: priority must be an integer, got ${priority}`);
+  }
   const dbFile = opts.dbFile === null ? undefined : (opts.dbFile ?? nixDbFor(store.realDir));
   const resolver = new HashPartResolver(store, dbFile);
   const cacheInfo = serializeCacheInfo({ storeDir: store.storeDir, wantMassQuery: true, priority });
@@ -421,6 +426,7 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
       // side: our own failures reach this point with the response still open).
       if (!res.destroyed) opts.onError?.(err, path);
       if (!res.headersSent && !res.destroyed) {
+        for (const name of res.getHeaderNames()) res.removeHeader(name); // the NAR's, set but not sent
         send(req, res, 500, "text/plain; charset=utf-8", "internal error\n", { "Cache-Control": "no-store" });
       } else if (!res.writableEnded) {
         res.destroy();

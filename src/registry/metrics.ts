@@ -97,7 +97,9 @@ abstract class Metric<S> {
 }
 
 function sample(name: string, labels: string[], value: number): string {
-  return labels.length ? `${name}{${labels.join(",")}} ${formatValue(value)}` : `${name} ${formatValue(value)}`;
+  return labels.length
+    ? `${name}{${labels.join(",")}} ${formatValue(value)}`
+    : `${name} ${formatValue(value)}`;
 }
 
 export class Counter extends Metric<{ v: number }> {
@@ -274,11 +276,9 @@ export class RegistryMetrics extends Metrics {
     "Time from request to the end of the response.",
     ["route"],
   );
-  readonly httpResponseBytes = this.counter(
-    "nixoci_http_response_bytes_total",
-    "Response body bytes sent.",
-    ["route"],
-  );
+  readonly httpResponseBytes = this.counter("nixoci_http_response_bytes_total", "Response body bytes sent.", [
+    "route",
+  ]);
   readonly imageBuilds = this.counter("nixoci_image_builds_total", "Images built, by result.", ["result"])
     .init({ result: "success" })
     .init({ result: "failure" });

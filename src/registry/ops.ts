@@ -56,7 +56,8 @@ const SECURITY_HEADERS = {
   "Cache-Control": "no-store",
 };
 
-const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const PAGE_CSP =
+  "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const STYLE = `
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -249,14 +250,19 @@ export function opsRoutes(opts: OpsRoutesOptions): OpsHandler {
       req,
       res,
       200,
-      { "Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY" },
+      {
+        "Content-Type": "text/html; charset=utf-8",
+        "Content-Security-Policy": PAGE_CSP,
+        "X-Frame-Options": "DENY",
+      },
       html,
     );
   };
 
   const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = {
     "/healthz": healthz,
-    "/metrics": (req, res) => send(req, res, 200, { "Content-Type": METRICS_CONTENT_TYPE }, opts.metrics.render()),
+    "/metrics": (req, res) =>
+      send(req, res, 200, { "Content-Type": METRICS_CONTENT_TYPE }, opts.metrics.render()),
     "/": index,
   };
 
@@ -267,7 +273,13 @@ export function opsRoutes(opts: OpsRoutesOptions): OpsHandler {
     const route = Object.hasOwn(routes, path) ? routes[path] : undefined;
     if (!route) return false;
     if (req.method !== "GET" && req.method !== "HEAD") {
-      send(req, res, 405, { "Content-Type": "text/plain; charset=utf-8", Allow: "GET, HEAD" }, "method not allowed\n");
+      send(
+        req,
+        res,
+        405,
+        { "Content-Type": "text/plain; charset=utf-8", Allow: "GET, HEAD" },
+        "method not allowed\n",
+      );
       return true;
     }
     route(req, res);
@@ -279,7 +291,10 @@ export function opsRoutes(opts: OpsRoutesOptions): OpsHandler {
  * The server's `onRequest` callback that feeds both the request metrics and the request log: pass it as
  * createRegistryServer's onRequest (either part may be left out).
  */
-export function requestObserver(opts: { metrics?: RegistryMetrics; logger?: Logger }): (info: RequestInfo) => void {
+export function requestObserver(opts: {
+  metrics?: RegistryMetrics;
+  logger?: Logger;
+}): (info: RequestInfo) => void {
   return (info) => {
     try {
       opts.metrics?.observeRequest(info);

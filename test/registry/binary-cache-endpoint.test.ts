@@ -12,7 +12,10 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { Hash } from "../../src/nix/hash.js";
 import { dumpPath, narHashOfPath } from "../../src/nix/nar-writer.js";
-import { binaryCacheRoutes, type BinaryCacheRoutesOptions } from "../../src/registry/binary-cache-endpoint.js";
+import {
+  binaryCacheRoutes,
+  type BinaryCacheRoutesOptions,
+} from "../../src/registry/binary-cache-endpoint.js";
 import { parseNarInfo } from "../../src/nix/narinfo.js";
 import { parsePublicKey, parseSecretKey } from "../../src/nix/signature.js";
 import { BinaryCacheStore } from "../../src/store/binary-cache.js";
@@ -181,7 +184,10 @@ for (const compression of ["zstd", "xz", "none"] as const) {
     const dest = join(work, `dest-${compression}`);
     await nixAsync(["copy", "--from", s.url, "--to", dest, ...trustArgs(key.publicKey), fx.all]);
     for (const p of closure) {
-      assert.ok(dumpOf(join(dest, "nix/store"), p).equals(run("nix-store", ["--dump", p])), `${p} copied exactly`);
+      assert.ok(
+        dumpOf(join(dest, "nix/store"), p).equals(run("nix-store", ["--dump", p])),
+        `${p} copied exactly`,
+      );
     }
     // The copied paths are registered and valid in the destination store.
     const copied = runText("nix-store", ["--store", dest, "-qR", fx.all]).split("\n").sort();
@@ -196,7 +202,10 @@ test("nix path-info --store http://... agrees with the local store and shows our
   const remote = JSON.parse(
     await nixAsync(["path-info", "--json", "-r", "--store", s.url, fx.all]),
   ) as Record<string, unknown>[];
-  const local = JSON.parse(nixCmd(["path-info", "--json", "-r", fx.all]).toString()) as Record<string, unknown>[];
+  const local = JSON.parse(nixCmd(["path-info", "--json", "-r", fx.all]).toString()) as Record<
+    string,
+    unknown
+  >[];
   const byPath = new Map(local.map((i) => [i.path as string, i]));
   assert.equal(remote.length, closure.length);
   for (const info of remote) {
@@ -205,10 +214,15 @@ test("nix path-info --store http://... agrees with the local store and shows our
     for (const field of ["narHash", "narSize", "references", "deriver", "ca"]) {
       assert.deepEqual(info[field], l[field], `${info.path}: ${field}`);
     }
-    const narHash = (await systemStore.queryPathInfo(info.path as string))!.narHash.toString("nix32").slice(7);
+    const narHash = (await systemStore.queryPathInfo(info.path as string))!.narHash
+      .toString("nix32")
+      .slice(7);
     assert.equal(info.url, `nar/${hashPart(info.path as string)}-${narHash}.nar.zst`);
     const sigs = info.signatures as string[];
-    assert.ok(sigs.some((x) => x.startsWith("nixoci-serve-test-1:")), "signed by our key");
+    assert.ok(
+      sigs.some((x) => x.startsWith("nixoci-serve-test-1:")),
+      "signed by our key",
+    );
   }
   // Uncompressed: the download hash and size are the NAR's.
   const plain = await serve({ compression: "none" });
@@ -233,7 +247,15 @@ test("with a wrong trusted key nix copy fails", async () => {
   // Unsigned (no key configured): refused with signatures required, too.
   const unsigned = await serve({ signKey: undefined });
   await assert.rejects(
-    nixAsync(["copy", "--from", unsigned.url, "--to", join(work, "dest-unsigned"), ...trustArgs(key.publicKey), fx.hello]),
+    nixAsync([
+      "copy",
+      "--from",
+      unsigned.url,
+      "--to",
+      join(work, "dest-unsigned"),
+      ...trustArgs(key.publicKey),
+      fx.hello,
+    ]),
     /lacks a valid signature/,
   );
 });
@@ -252,7 +274,9 @@ test("nixoci's BinaryCacheStore reads the endpoint and verifies every NAR", asyn
       for await (const c of await cache.narFromPath(info)) chunks.push(c as Buffer);
       assert.ok(Buffer.concat(chunks).equals(run("nix-store", ["--dump", p])), `${p} (${compression})`);
     }
-    const untrusting = await BinaryCacheStore.open(s.url, { trustedKeys: [parsePublicKey(otherKey.publicKey)] });
+    const untrusting = await BinaryCacheStore.open(s.url, {
+      trustedKeys: [parsePublicKey(otherKey.publicKey)],
+    });
     await assert.rejects(untrusting.queryPathInfo(fx.hello), /trusted/);
   }
 });
@@ -353,7 +377,16 @@ test("malformed and unknown names are 404s, other methods 405, and the server ke
     assert.equal(await rawStatus(s.port, `/nix-cache-info`, method), 405, method);
   }
   // Not ours: left to the next route (the test server answers 418).
-  for (const target of ["/", "/v2/", "/metrics", "/foo/bar.narinfo", "/../../etc/passwd.narinfo", `/${h}.narinfo/`, "/nix-cache-info/x", "http://x/nix-cache-info"]) {
+  for (const target of [
+    "/",
+    "/v2/",
+    "/metrics",
+    "/foo/bar.narinfo",
+    "/../../etc/passwd.narinfo",
+    `/${h}.narinfo/`,
+    "/nix-cache-info/x",
+    "http://x/nix-cache-info",
+  ]) {
     assert.equal(await rawStatus(s.port, target), 418, target);
   }
   assert.equal((await request(`${s.url}/nix-cache-info`)).status, 200);
@@ -378,7 +411,13 @@ test("a store without Nix's database (nixoci's sidecar) is served; unregistered 
   const bigNar = await narHashOfPath(bigSrc);
   const big = `/nix/store/${"1".repeat(32)}-big-random`;
   await side.addPath(
-    { path: big, narHash: new Hash("sha256", bigNar.narHash), narSize: bigNar.narSize, references: [], sigs: [] },
+    {
+      path: big,
+      narHash: new Hash("sha256", bigNar.narHash),
+      narSize: bigNar.narSize,
+      references: [],
+      sigs: [],
+    },
     dumpPath(bigSrc),
   );
   const s = await serve({ store: side, dbFile: null, compression: "zstd" });
@@ -440,16 +479,25 @@ test("a store without Nix's database (nixoci's sidecar) is served; unregistered 
   for (const suffix of ["", ".zst", ".xz"]) {
     const r = await request(`${s.url}/${sfInfo.url.replace(/\.zst$/, "")}${suffix}`);
     assert.equal(r.status, 500, `tampered small ${suffix || "uncompressed"} NAR`);
+    assert.match(String(r.headers["content-type"]), /^text\/plain/);
+    assert.equal(r.headers["content-range"], undefined);
   }
   const bigInfo = await narUrlOf(big);
   const restoreBig = tamper(join(dir, big.slice("/nix/store/".length), "data.bin"));
   for (const suffix of ["", ".zst"]) {
     const r = await request(`${s.url}/${bigInfo.url.replace(/\.zst$/, "")}${suffix}`);
     assert.equal(r.status, 200);
-    assert.equal(r.complete, false, `tampered large ${suffix || "uncompressed"} NAR response must be aborted`);
+    assert.equal(
+      r.complete,
+      false,
+      `tampered large ${suffix || "uncompressed"} NAR response must be aborted`,
+    );
     if (suffix === "") assert.ok(r.body.length < bigInfo.narSize);
   }
-  assert.ok(s.errors.length >= 5 && s.errors.every((e) => /NAR hash mismatch/.test(String(e))), String(s.errors));
+  assert.ok(
+    s.errors.length >= 5 && s.errors.every((e) => /NAR hash mismatch/.test(String(e))),
+    String(s.errors),
+  );
   // The listing is refused as well.
   s.errors.length = 0;
   assert.equal((await request(`${s.url}/${hashPart(sf)}.ls`)).status, 500);
