@@ -3,3 +3,4 @@ import { benchNar } from "./nar.js";
 
 await benchNar();
 await (await import("./build.js")).benchBuild();
+await (await import("./serve.js")).benchServe();
