@@ -11,8 +11,8 @@
 // Challenges: with htpasswd only, `Basic realm="nixoci"`. With a tokens file, `Bearer realm="<this
 // server>/v2/token",service="nixoci",scope="repository:NAME:pull[,push]"`: docker, skopeo, containerd and
 // nixoci's pusher then fetch a token from GET /v2/token with Basic credentials (an htpasswd user, or any user
-// name with a token as the password; none for an anonymous pull token when pulls need no auth) and send it as
-// Bearer. Issued tokens are HMAC-signed by a key made at startup (so they end with the process), last 15
+// name with a token as the password; none for an anonymous token, which counts as no credentials) and send it
+// as Bearer. Issued tokens are HMAC-signed by a key made at startup (so they end with the process), last 15
 // minutes, and carry the access of the credentials (pull, or pull and push), never more than the scope asked.
 //
 // Pulls need credentials only with requirePull; a push always needs push access (401 without credentials or
@@ -42,7 +42,7 @@ type Access = "pull" | "push";
 
 type Identity =
   | { kind: "anonymous" }
-  | { kind: "user"; name: string; access: Access; anonymousToken?: boolean }
+  | { kind: "user"; name: string; access: Access }
   | { kind: "bad"; bearer: boolean; why: string };
 
 export const TOKEN_LIFETIME_S = 900;
@@ -199,7 +199,11 @@ class SpecAuth implements RegistryAuth {
     const given = Buffer.from(m[2], "base64url");
     if (given.length !== mac.length || !timingSafeEqual(given, mac)) return undefined;
     try {
-      const p = JSON.parse(Buffer.from(m[1], "base64url").toString("utf8")) as { s?: unknown; a?: unknown; e?: unknown };
+      const p = JSON.parse(Buffer.from(m[1], "base64url").toString("utf8")) as {
+        s?: unknown;
+        a?: unknown;
+        e?: unknown;
+      };
       if (typeof p.e !== "number" || p.e * 1000 < Date.now()) return undefined;
       if (typeof p.s !== "string" || (p.a !== "pull" && p.a !== "push")) return undefined;
       return { sub: p.s, access: p.a };
@@ -221,16 +225,20 @@ class SpecAuth implements RegistryAuth {
       const password = text.slice(i + 1);
       if (user === "" && password === "") return { kind: "anonymous" };
       const access = await this.password(user, password);
-      return access ? { kind: "user", name: user, access } : { kind: "bad", bearer: false, why: "invalid credentials" };
+      return access
+        ? { kind: "user", name: user, access }
+        : { kind: "bad", bearer: false, why: "invalid credentials" };
     }
     if (m && scheme === "bearer") {
       const issued = this.verifyIssued(m[2]);
       if (issued)
         return issued.sub === ""
-          ? { kind: "user", name: "", access: "pull", anonymousToken: true }
+          ? { kind: "anonymous" }
           : { kind: "user", name: issued.sub, access: issued.access };
       const access = this.staticToken(m[2]);
-      return access ? { kind: "user", name: "token", access } : { kind: "bad", bearer: true, why: "invalid token" };
+      return access
+        ? { kind: "user", name: "token", access }
+        : { kind: "bad", bearer: true, why: "invalid token" };
     }
     return { kind: "bad", bearer: false, why: "unsupported authorization scheme" };
   }
@@ -243,7 +251,8 @@ class SpecAuth implements RegistryAuth {
     const fwd = req.headers["x-forwarded-proto"];
     const proto = fwd === "https" || fwd === "http" ? fwd : "http";
     const parts = [`realm="${proto}://${host}/v2/token"`, `service="${SERVICE}"`];
-    if (repo !== undefined) parts.push(`scope="repository:${repo}:${action === "push" ? "pull,push" : "pull"}"`);
+    if (repo !== undefined)
+      parts.push(`scope="repository:${repo}:${action === "push" ? "pull,push" : "pull"}"`);
     else if (action === "pull") parts.push(`scope="registry:catalog:*"`);
     if (error) parts.push(`error="${error}"`);
     return `Bearer ${parts.join(",")}`;
@@ -267,22 +276,34 @@ class SpecAuth implements RegistryAuth {
     const who = await this.identify(req);
     if (who.kind === "anonymous") throw this.unauthorized(req, action, repo, "authentication required");
     if (who.kind === "bad")
-      throw this.unauthorized(req, action, repo, `authentication failed: ${who.why}`, who.bearer ? "invalid_token" : undefined);
+      throw this.unauthorized(
+        req,
+        action,
+        repo,
+        `authentication failed: ${who.why}`,
+        who.bearer ? "invalid_token" : undefined,
+      );
     if (action === "push" && who.access !== "push") {
-      if (who.anonymousToken)
-        throw this.unauthorized(req, action, repo, "authentication required", "insufficient_scope");
-      throw new RegistryError(403, "DENIED", "requested access to the resource is denied (pull-only credentials)", [
-        { Type: "repository", Name: repo, Action: action },
-      ]);
+      throw new RegistryError(
+        403,
+        "DENIED",
+        "requested access to the resource is denied (pull-only credentials)",
+        [{ Type: "repository", Name: repo, Action: action }],
+      );
     }
   }
 
   async checkLogin(req: IncomingMessage): Promise<void> {
     const who = await this.identify(req);
-    if (who.kind === "anonymous" || (who.kind === "user" && who.anonymousToken && this.requirePull))
-      throw this.unauthorized(req, "pull", undefined, "authentication required");
+    if (who.kind === "anonymous") throw this.unauthorized(req, "pull", undefined, "authentication required");
     if (who.kind === "bad")
-      throw this.unauthorized(req, "pull", undefined, `authentication failed: ${who.why}`, who.bearer ? "invalid_token" : undefined);
+      throw this.unauthorized(
+        req,
+        "pull",
+        undefined,
+        `authentication failed: ${who.why}`,
+        who.bearer ? "invalid_token" : undefined,
+      );
   }
 
   // ---- the token endpoint ----
@@ -291,24 +312,23 @@ class SpecAuth implements RegistryAuth {
     const query = new URLSearchParams((req.url ?? "").split("?")[1] ?? "");
     const scopes = query.getAll("scope").flatMap((s) => s.split(" ").filter(Boolean));
     // Push is granted only when asked for (a scope with push or *), and only to credentials that have it.
-    const wantsPush = scopes.length === 0 || scopes.some((s) => /:(?:[^:]*,)?(?:push|\*)(?:,[^:]*)?$/.test(s));
+    const wantsPush =
+      scopes.length === 0 || scopes.some((s) => /:(?:[^:]*,)?(?:push|\*)(?:,[^:]*)?$/.test(s));
     const who = await this.identify(req);
     let sub: string;
     let access: Access;
-    if (who.kind === "user" && !who.anonymousToken) {
+    if (who.kind === "user") {
       sub = who.name || "token";
       access = who.access === "push" && wantsPush ? "push" : "pull";
-    } else if (who.kind === "anonymous" && !this.requirePull) {
+    } else if (who.kind === "anonymous") {
+      // An anonymous token, as public token servers give: it pulls where pulls are open, and with it the
+      // registry itself answers 401 UNAUTHORIZED, which docker does not retry (a refused token request it does).
       sub = "";
       access = "pull";
     } else {
-      throw new RegistryError(
-        401,
-        "UNAUTHORIZED",
-        who.kind === "bad" ? `authentication failed: ${who.why}` : "authentication required",
-        undefined,
-        { "WWW-Authenticate": `Basic realm="${BASIC_REALM}"` },
-      );
+      throw new RegistryError(401, "UNAUTHORIZED", `authentication failed: ${who.why}`, undefined, {
+        "WWW-Authenticate": `Basic realm="${BASIC_REALM}"`,
+      });
     }
     const token = this.issue(sub, access);
     const body = Buffer.from(

@@ -58,7 +58,9 @@ export function requestDigest(s: string | null | undefined, what = "digest"): Di
   const kind = classifyDigest(s);
   if (kind === "sha256") return s as Digest;
   if (kind === "unsupported")
-    throw new RegistryError(400, "UNSUPPORTED", "digest algorithm not supported (sha256 only)", { digest: s });
+    throw new RegistryError(400, "UNSUPPORTED", "digest algorithm not supported (sha256 only)", {
+      digest: s,
+    });
   throw new RegistryError(400, "DIGEST_INVALID", `invalid ${what}`, { digest: s });
 }
 
@@ -157,7 +159,8 @@ function descriptor(x: unknown, where: string): ParsedDescriptor {
     d.urls = x.urls as string[];
   }
   d.foreign =
-    (mediaType === DOCKER_FOREIGN_GZIP || mediaType.startsWith("application/vnd.oci.image.layer.nondistributable")) &&
+    (mediaType === DOCKER_FOREIGN_GZIP ||
+      mediaType.startsWith("application/vnd.oci.image.layer.nondistributable")) &&
     (d.urls?.length ?? 0) > 0;
   if (x.platform !== undefined) {
     const p = x.platform;
@@ -184,7 +187,8 @@ export function parseManifest(bytes: Buffer, mediaType: string): ParsedManifest 
     throw invalid("manifest is not valid JSON");
   }
   if (!isObject(json)) throw invalid("manifest is not a JSON object");
-  if (json.schemaVersion !== 2) throw invalid("schemaVersion must be 2", { schemaVersion: json.schemaVersion });
+  if (json.schemaVersion !== 2)
+    throw invalid("schemaVersion must be 2", { schemaVersion: json.schemaVersion });
   if (json.mediaType !== undefined && json.mediaType !== mediaType)
     throw invalid("the manifest's mediaType does not match its Content-Type", {
       mediaType: json.mediaType,
@@ -235,12 +239,21 @@ export function negotiate(
   mediaType: string,
   accept: string[],
 ): { as: "as-is" } | { as: "docker"; to: string } | { as: "reject" } {
-  if (accept.length === 0 || accept.includes("*/*") || accept.includes("application/*") || accept.includes(mediaType))
+  if (
+    accept.length === 0 ||
+    accept.includes("*/*") ||
+    accept.includes("application/*") ||
+    accept.includes(mediaType)
+  )
     return { as: "as-is" };
-  if (mediaType === OCI_MANIFEST && accept.includes(DOCKER_MANIFEST)) return { as: "docker", to: DOCKER_MANIFEST };
+  if (mediaType === OCI_MANIFEST && accept.includes(DOCKER_MANIFEST))
+    return { as: "docker", to: DOCKER_MANIFEST };
   if (mediaType === OCI_INDEX && accept.includes(DOCKER_MANIFEST_LIST))
     return { as: "docker", to: DOCKER_MANIFEST_LIST };
-  if ((mediaType === OCI_MANIFEST || mediaType === OCI_INDEX) && accept.some((t) => DOCKER_SCHEMA2_TYPES.has(t)))
+  if (
+    (mediaType === OCI_MANIFEST || mediaType === OCI_INDEX) &&
+    accept.some((t) => DOCKER_SCHEMA2_TYPES.has(t))
+  )
     return { as: "reject" };
   return { as: "as-is" };
 }
@@ -262,7 +275,8 @@ function withOptional<T extends Record<string, unknown>>(o: T, extra: Record<str
 export function ociManifestToDocker(bytes: Buffer): Buffer {
   const m = parseManifest(bytes, OCI_MANIFEST);
   const config = m.blobs[0];
-  if (m.json.artifactType !== undefined) throw new NotConvertible("the manifest is an artifact, not an image");
+  if (m.json.artifactType !== undefined)
+    throw new NotConvertible("the manifest is an artifact, not an image");
   if (config.mediaType !== OCI_CONFIG && config.mediaType !== DOCKER_CONFIG)
     throw new NotConvertible(`the config is ${config.mediaType}, not an image config`);
   const layers = m.blobs.slice(1).map((l) => {
@@ -274,7 +288,10 @@ export function ociManifestToDocker(bytes: Buffer): Buffer {
       throw new NotConvertible(
         `layer ${l.digest} is ${l.mediaType}; Docker schema 2 describes gzip-compressed layers only`,
       );
-    return withOptional({ mediaType, size: l.size, digest: l.digest }, { urls: l.urls, annotations: l.annotations });
+    return withOptional(
+      { mediaType, size: l.size, digest: l.digest },
+      { urls: l.urls, annotations: l.annotations },
+    );
   });
   const out = withOptional(
     {
@@ -305,14 +322,18 @@ export async function ociIndexToDocker(
   for (const d of m.manifests) {
     if (!d.platform) throw new NotConvertible(`index entry ${d.digest} has no platform`);
     let child: { mediaType: string; digest: Digest; size: number };
-    if (d.mediaType === DOCKER_MANIFEST) child = { mediaType: DOCKER_MANIFEST, digest: d.digest, size: d.size };
+    if (d.mediaType === DOCKER_MANIFEST)
+      child = { mediaType: DOCKER_MANIFEST, digest: d.digest, size: d.size };
     else if (d.mediaType === OCI_MANIFEST) child = { mediaType: DOCKER_MANIFEST, ...(await convertChild(d)) };
     else throw new NotConvertible(`index entry ${d.digest} is ${d.mediaType}`);
     manifests.push(withOptional(child, { platform: d.platform, annotations: d.annotations }));
   }
   return Buffer.from(
     JSON.stringify(
-      withOptional({ schemaVersion: 2, mediaType: DOCKER_MANIFEST_LIST, manifests }, { annotations: m.annotations }),
+      withOptional(
+        { schemaVersion: 2, mediaType: DOCKER_MANIFEST_LIST, manifests },
+        { annotations: m.annotations },
+      ),
     ),
   );
 }
@@ -339,7 +360,8 @@ export function parseRange(
   }
   const start = Number(m[1]);
   const end = m[2] === "" ? Infinity : Number(m[2]);
-  if (!Number.isSafeInteger(start) || (m[2] !== "" && !Number.isSafeInteger(end)) || end < start) return undefined;
+  if (!Number.isSafeInteger(start) || (m[2] !== "" && !Number.isSafeInteger(end)) || end < start)
+    return undefined;
   if (start >= size) return "unsatisfiable";
   return { start, end: Math.min(end, size - 1) };
 }
@@ -382,11 +404,13 @@ export function parseRoute(path: string): Route | undefined {
   let m: RegExpExecArray | null;
   let route: Route;
   if ((m = /^(.+)\/blobs\/uploads\/?$/.exec(rest))) route = { kind: "upload-start", name: m[1] };
-  else if ((m = /^(.+)\/blobs\/uploads\/([^/]+)$/.exec(rest))) route = { kind: "upload", name: m[1], uuid: m[2] };
+  else if ((m = /^(.+)\/blobs\/uploads\/([^/]+)$/.exec(rest)))
+    route = { kind: "upload", name: m[1], uuid: m[2] };
   else if ((m = /^(.+)\/manifests\/([^/]+)$/.exec(rest)))
     route = { kind: "manifest", name: m[1], reference: m[2] };
   else if ((m = /^(.+)\/blobs\/([^/]+)$/.exec(rest))) route = { kind: "blob", name: m[1], digest: m[2] };
-  else if ((m = /^(.+)\/referrers\/([^/]+)$/.exec(rest))) route = { kind: "referrers", name: m[1], digest: m[2] };
+  else if ((m = /^(.+)\/referrers\/([^/]+)$/.exec(rest)))
+    route = { kind: "referrers", name: m[1], digest: m[2] };
   else if ((m = /^(.+)\/tags\/list$/.exec(rest))) route = { kind: "tags", name: m[1] };
   else return { kind: "unknown" };
   checkName(route.name);
@@ -432,7 +456,8 @@ export function routeAccess(
 ): { action: "pull" | "push"; repo: string | undefined } | undefined {
   if (route.kind === "base" || route.kind === "token" || route.kind === "unknown") return undefined;
   if (route.kind === "catalog") return { action: "pull", repo: undefined };
-  const push = !(method === "GET" || method === "HEAD") || route.kind === "upload" || route.kind === "upload-start";
+  const push =
+    !(method === "GET" || method === "HEAD") || route.kind === "upload" || route.kind === "upload-start";
   return { action: push ? "push" : "pull", repo: route.name };
 }
 
@@ -506,7 +531,9 @@ function paginate(
   let list = last !== null ? items.filter((t) => t > last) : items;
   if (nRaw === null) return { page: list };
   if (!/^\d{1,9}$/.test(nRaw))
-    throw new RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", { n: nRaw });
+    throw new RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", {
+      n: nRaw,
+    });
   const n = Number(nRaw);
   if (list.length <= n) return { page: list };
   list = list.slice(0, n);
@@ -554,14 +581,26 @@ export class Distribution {
 
   private async catalog(res: ServerResponse, ctx: HandlerContext): Promise<void> {
     const { page, link } = paginate(await this.storage.listRepositories(), ctx.query, "/v2/_catalog");
-    sendBytes(res, 200, JSON_TYPE, Buffer.from(JSON.stringify({ repositories: page })), link ? { Link: link } : {});
+    sendBytes(
+      res,
+      200,
+      JSON_TYPE,
+      Buffer.from(JSON.stringify({ repositories: page })),
+      link ? { Link: link } : {},
+    );
   }
 
   private async tags(res: ServerResponse, name: string, ctx: HandlerContext): Promise<void> {
     if (!(await this.storage.hasRepository(name)))
       throw new RegistryError(404, "NAME_UNKNOWN", "repository name not known to registry", { name });
     const { page, link } = paginate(await this.storage.listTags(name), ctx.query, `/v2/${name}/tags/list`);
-    sendBytes(res, 200, JSON_TYPE, Buffer.from(JSON.stringify({ name, tags: page })), link ? { Link: link } : {});
+    sendBytes(
+      res,
+      200,
+      JSON_TYPE,
+      Buffer.from(JSON.stringify({ name, tags: page })),
+      link ? { Link: link } : {},
+    );
   }
 
   // ---- manifests ----
@@ -570,7 +609,8 @@ export class Distribution {
   private readReference(name: string, reference: string): string {
     if (reference.includes(":")) {
       const kind = classifyDigest(reference);
-      if (kind === "invalid") throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: reference });
+      if (kind === "invalid")
+        throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: reference });
       if (kind === "unsupported")
         throw new RegistryError(404, "MANIFEST_UNKNOWN", "manifest unknown to registry", { name, reference });
       return reference;
@@ -612,22 +652,34 @@ export class Distribution {
     if (!m) return undefined;
     const digest = sha256Digest(m.bytes);
     if (digest !== m.digest || (isDigest(reference) && reference !== digest))
-      throw new Error(`manifest source answered ${name}:${reference} with bytes of digest ${digest} (said ${m.digest})`);
+      throw new Error(
+        `manifest source answered ${name}:${reference} with bytes of digest ${digest} (said ${m.digest})`,
+      );
     await this.storage.adoptManifest(name, m);
     return m;
   }
 
   /** The manifest to serve for the client's Accept list (a stored Docker conversion when needed). */
-  private async negotiated(name: string, m: StoredManifest, accept: string[], res: ServerResponse): Promise<StoredManifest> {
+  private async negotiated(
+    name: string,
+    m: StoredManifest,
+    accept: string[],
+    res: ServerResponse,
+  ): Promise<StoredManifest> {
     const n = negotiate(m.mediaType, accept);
     if (n.as === "as-is") return m;
     const reject = (why: string): RegistryError =>
-      new RegistryError(404, "MANIFEST_UNKNOWN", `${m.mediaType} manifest found, but the Accept header does not allow it`, {
-        digest: m.digest,
-        mediaType: m.mediaType,
-        accept,
-        reason: why,
-      });
+      new RegistryError(
+        404,
+        "MANIFEST_UNKNOWN",
+        `${m.mediaType} manifest found, but the Accept header does not allow it`,
+        {
+          digest: m.digest,
+          mediaType: m.mediaType,
+          accept,
+          reason: why,
+        },
+      );
     if (n.as === "reject") return Promise.reject(reject("no conversion to the accepted types"));
     try {
       let bytes: Buffer;
@@ -649,7 +701,12 @@ export class Distribution {
     }
   }
 
-  private async getManifest(req: IncomingMessage, res: ServerResponse, name: string, reference: string): Promise<void> {
+  private async getManifest(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    reference: string,
+  ): Promise<void> {
     const ref = this.readReference(name, reference);
     const method = req.method === "HEAD" ? "HEAD" : "GET";
     const accept = parseAccept(req.headers.accept);
@@ -664,12 +721,22 @@ export class Distribution {
     sendBytes(res, 200, m.mediaType, m.bytes, headers);
   }
 
-  private async putManifest(req: IncomingMessage, res: ServerResponse, name: string, reference: string): Promise<void> {
+  private async putManifest(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    reference: string,
+  ): Promise<void> {
     if (reference.includes(":")) requestDigest(reference, "manifest digest");
-    else if (!isValidTag(reference)) throw new RegistryError(400, "MANIFEST_INVALID", "invalid tag", { tag: reference });
+    else if (!isValidTag(reference))
+      throw new RegistryError(400, "MANIFEST_INVALID", "invalid tag", { tag: reference });
     const contentType = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
     if (!contentType)
-      throw new RegistryError(400, "MANIFEST_INVALID", "Content-Type is required (the manifest's media type)");
+      throw new RegistryError(
+        400,
+        "MANIFEST_INVALID",
+        "Content-Type is required (the manifest's media type)",
+      );
     const bytes = await readBody(req, MAX_MANIFEST_SIZE);
     const digest = await this.storage.putManifest(name, reference, bytes, contentType);
     const headers: Record<string, string> = {
@@ -693,22 +760,41 @@ export class Distribution {
     sendEmpty(res, 202);
   }
 
-  private async referrers(res: ServerResponse, name: string, digestRaw: string, ctx: HandlerContext): Promise<void> {
+  private async referrers(
+    res: ServerResponse,
+    name: string,
+    digestRaw: string,
+    ctx: HandlerContext,
+  ): Promise<void> {
     const kind = classifyDigest(digestRaw);
-    if (kind === "invalid") throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: digestRaw });
+    if (kind === "invalid")
+      throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: digestRaw });
     if (!(await this.storage.hasRepository(name)))
       throw new RegistryError(404, "NAME_UNKNOWN", "repository name not known to registry", { name });
     const artifactType = ctx.query.get("artifactType") ?? undefined;
-    const manifests = kind === "sha256" ? await this.storage.referrers(name, digestRaw as Digest, artifactType) : [];
+    const manifests =
+      kind === "sha256" ? await this.storage.referrers(name, digestRaw as Digest, artifactType) : [];
     const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests }));
-    sendBytes(res, 200, OCI_INDEX, body, artifactType !== undefined ? { "OCI-Filters-Applied": "artifactType" } : {});
+    sendBytes(
+      res,
+      200,
+      OCI_INDEX,
+      body,
+      artifactType !== undefined ? { "OCI-Filters-Applied": "artifactType" } : {},
+    );
   }
 
   // ---- blobs ----
 
-  private async getBlob(req: IncomingMessage, res: ServerResponse, name: string, digestRaw: string): Promise<void> {
+  private async getBlob(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    digestRaw: string,
+  ): Promise<void> {
     const kind = classifyDigest(digestRaw);
-    if (kind === "invalid") throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: digestRaw });
+    if (kind === "invalid")
+      throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: digestRaw });
     const unknown = new RegistryError(404, "BLOB_UNKNOWN", "blob unknown to registry", { digest: digestRaw });
     if (kind !== "sha256") throw unknown;
     const digest = digestRaw as Digest;
@@ -730,9 +816,15 @@ export class Distribution {
       if (etagMatches(req.headers["if-none-match"], digest)) return sendEmpty(res, 304, headers);
       const range = parseRange(req.headers.range, size);
       if (range === "unsatisfiable")
-        throw new RegistryError(416, "RANGE_INVALID", "requested range not satisfiable", { size }, {
-          "Content-Range": `bytes */${size}`,
-        });
+        throw new RegistryError(
+          416,
+          "RANGE_INVALID",
+          "requested range not satisfiable",
+          { size },
+          {
+            "Content-Range": `bytes */${size}`,
+          },
+        );
       const start = range?.start ?? 0;
       const end = range?.end ?? size - 1;
       res.writeHead(range ? 206 : 200, {
@@ -755,7 +847,8 @@ export class Distribution {
 
   private async deleteBlob(res: ServerResponse, name: string, digestRaw: string): Promise<void> {
     const kind = classifyDigest(digestRaw);
-    if (kind === "invalid") throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: digestRaw });
+    if (kind === "invalid")
+      throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: digestRaw });
     if (kind !== "sha256" || !(await this.storage.unlinkBlob(name, digestRaw as Digest)))
       throw new RegistryError(404, "BLOB_UNKNOWN", "blob unknown to registry", { digest: digestRaw });
     sendEmpty(res, 202);
@@ -779,14 +872,25 @@ export class Distribution {
     if (header === undefined) return { length };
     const r = parseContentRange(header);
     const bad = (why: string): RegistryError =>
-      new RegistryError(416, "BLOB_UPLOAD_INVALID", why, { contentRange: header }, size !== undefined ? { Range: uploadRange(size) } : {});
+      new RegistryError(
+        416,
+        "BLOB_UPLOAD_INVALID",
+        why,
+        { contentRange: header },
+        size !== undefined ? { Range: uploadRange(size) } : {},
+      );
     if (!r) throw bad("invalid Content-Range (expected <start>-<end>)");
     if (length !== undefined && length !== r.end - r.start + 1)
       throw bad("Content-Range does not match Content-Length");
     return { offset: r.start, length: r.end - r.start + 1 };
   }
 
-  private async startUpload(req: IncomingMessage, res: ServerResponse, name: string, ctx: HandlerContext): Promise<void> {
+  private async startUpload(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    ctx: HandlerContext,
+  ): Promise<void> {
     const mount = ctx.query.get("mount");
     const from = ctx.query.get("from");
     const digestParam = ctx.query.get("digest");
@@ -795,7 +899,11 @@ export class Distribution {
       if (from !== null && isValidName(from) && from !== name) {
         await ctx.authorize("pull", from);
         if (await this.storage.mountBlob(name, digest, from)) return this.created(res, name, digest);
-      } else if (from === name && (await this.storage.blobs.has(digest)) && (await this.storage.blobLinked(name, digest)))
+      } else if (
+        from === name &&
+        (await this.storage.blobs.has(digest)) &&
+        (await this.storage.blobLinked(name, digest))
+      )
         return this.created(res, name, digest);
     }
     if (digestParam !== null && mount === null) {
@@ -815,7 +923,12 @@ export class Distribution {
     sendEmpty(res, 202, this.uploadHeaders(name, up.uuid, 0));
   }
 
-  private async patchUpload(req: IncomingMessage, res: ServerResponse, name: string, uuid: string): Promise<void> {
+  private async patchUpload(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    uuid: string,
+  ): Promise<void> {
     const before = await this.storage.uploadStatus(name, uuid);
     const { offset, length } = this.chunkRange(req, before.size);
     if (offset !== undefined && offset !== before.size)

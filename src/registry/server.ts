@@ -43,15 +43,18 @@ function errorMessage(err: unknown): string {
   return oneLine(err instanceof Error ? err.message : String(err));
 }
 
-/** A registry error response (or, once the response has started, a cut connection). */
+/**
+ * A registry error response; once the response has started, or when the client is gone (an upload cut off), the
+ * connection is cut instead (reported as status 499, "aborted"). Returns the note for onRequest.
+ */
 function sendError(req: IncomingMessage, res: ServerResponse, err: unknown): string {
-  const re =
-    err instanceof RegistryError ? err : new RegistryError(500, "UNKNOWN", "internal server error");
-  const note = err instanceof RegistryError ? err.code : `internal: ${errorMessage(err)}`;
-  if (res.headersSent || res.destroyed) {
+  if (res.headersSent || res.destroyed || req.socket.destroyed) {
+    if (!res.headersSent) res.statusCode = 499;
     res.destroy();
-    return note;
+    return `aborted: ${errorMessage(err)}`;
   }
+  const re = err instanceof RegistryError ? err : new RegistryError(500, "UNKNOWN", "internal server error");
+  const note = err instanceof RegistryError ? err.code : `internal: ${errorMessage(err)}`;
   const body = re.body();
   const headers: Record<string, string> = {
     ...re.headers,
@@ -124,19 +127,26 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
           return;
         }
       }
-      route = parseRoute(path);
+      try {
+        route = parseRoute(path);
+      } catch (err) {
+        info.route = "invalid-name";
+        throw err;
+      }
       if (!route) throw new RegistryError(404, "NOT_FOUND", "not found");
       res.setHeader("Docker-Distribution-API-Version", "registry/2.0");
       info.route = routeName(route, method);
       if ("name" in route) info.repo = route.name;
       checkMethod(route, method);
       if (route.kind === "token") {
-        if (!auth?.handleTokenRequest) throw new RegistryError(404, "NOT_FOUND", "this registry has no token endpoint");
+        if (!auth?.handleTokenRequest)
+          throw new RegistryError(404, "NOT_FOUND", "this registry has no token endpoint");
         await auth.handleTokenRequest(req, res);
         return;
       }
       if (auth) {
-        if (route.kind === "base") await (auth.checkLogin ? auth.checkLogin(req) : auth.check(req, "pull", undefined));
+        if (route.kind === "base")
+          await (auth.checkLogin ? auth.checkLogin(req) : auth.check(req, "pull", undefined));
         const access = routeAccess(route, method);
         if (access) await auth.check(req, access.action, access.repo);
       }
@@ -162,7 +172,9 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       headersTimeout: 60_000,
       keepAliveTimeout: 5_000,
     },
-    (req, res) => void handle(req, res),
+    (req, res) => {
+      handle(req, res).catch(() => res.destroy());
+    },
   );
   server.setTimeout(600_000, (socket) => socket.destroy());
 
@@ -179,7 +191,15 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
     );
     try {
-      opts.onRequest?.({ method: "", path: "", route: "client-error", status, bytes: 0, durationMs: 0, error: code });
+      opts.onRequest?.({
+        method: "",
+        path: "",
+        route: "client-error",
+        status,
+        bytes: 0,
+        durationMs: 0,
+        error: code,
+      });
     } catch {
       // ignore
     }

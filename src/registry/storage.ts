@@ -153,9 +153,10 @@ export class RegistryStorage {
 
   /** The repository's tags, sorted. */
   async listTags(repo: string): Promise<string[]> {
+    const dir = join(this.repoDir(repo), "_manifests", "tags");
     let names: string[];
     try {
-      names = await readdir(join(this.repoDir(repo), "_manifests", "tags"));
+      names = await readdir(dir);
     } catch {
       return [];
     }
@@ -204,6 +205,7 @@ export class RegistryStorage {
 
   /** A manifest by tag or digest (undefined when the repository does not have it). */
   async getManifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+    this.repoDir(repo);
     let digest: Digest;
     if (isDigest(reference)) digest = reference;
     else {
@@ -223,7 +225,9 @@ export class RegistryStorage {
   private async readManifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
     let mediaType: string;
     try {
-      const rec = JSON.parse(await readFile(this.revisionPath(repo, digest), "utf8")) as { mediaType?: unknown };
+      const rec = JSON.parse(await readFile(this.revisionPath(repo, digest), "utf8")) as {
+        mediaType?: unknown;
+      };
       if (typeof rec.mediaType !== "string") return undefined;
       mediaType = rec.mediaType;
     } catch {
@@ -265,9 +269,14 @@ export class RegistryStorage {
       if (b.foreign) continue;
       const size = await this.blobs.size(b.digest);
       if (size === undefined)
-        throw new RegistryError(400, "MANIFEST_BLOB_UNKNOWN", "manifest references a blob unknown to registry", {
-          digest: b.digest,
-        });
+        throw new RegistryError(
+          400,
+          "MANIFEST_BLOB_UNKNOWN",
+          "manifest references a blob unknown to registry",
+          {
+            digest: b.digest,
+          },
+        );
       if (size !== b.size)
         throw new RegistryError(400, "MANIFEST_INVALID", "manifest gives a blob a size it does not have", {
           digest: b.digest,
@@ -279,9 +288,14 @@ export class RegistryStorage {
       if (await exists(this.revisionPath(repo, c.digest))) continue;
       const size = await this.blobs.size(c.digest);
       if (size === undefined)
-        throw new RegistryError(400, "MANIFEST_BLOB_UNKNOWN", "index references a manifest unknown to registry", {
-          digest: c.digest,
-        });
+        throw new RegistryError(
+          400,
+          "MANIFEST_BLOB_UNKNOWN",
+          "index references a manifest unknown to registry",
+          {
+            digest: c.digest,
+          },
+        );
       if (size !== c.size)
         throw new RegistryError(400, "MANIFEST_INVALID", "index gives a manifest a size it does not have", {
           digest: c.digest,
@@ -289,7 +303,9 @@ export class RegistryStorage {
           actual: size,
         });
       if (!MANIFEST_MEDIA_TYPES.has(c.mediaType))
-        throw new RegistryError(400, "MANIFEST_INVALID", "index entry is not a manifest", { digest: c.digest });
+        throw new RegistryError(400, "MANIFEST_INVALID", "index entry is not a manifest", {
+          digest: c.digest,
+        });
       await this.writeRevision(repo, c.digest, c.mediaType);
     }
     await this.record(repo, { digest, mediaType, bytes }, m);
@@ -318,7 +334,11 @@ export class RegistryStorage {
     await this.record(repo, m, parsed);
   }
 
-  private async record(repo: string, m: StoredManifest, parsed?: ReturnType<typeof parseManifest>): Promise<void> {
+  private async record(
+    repo: string,
+    m: StoredManifest,
+    parsed?: ReturnType<typeof parseManifest>,
+  ): Promise<void> {
     if (!(await this.blobs.has(m.digest))) await this.blobs.putBytes(m.bytes);
     for (const b of parsed?.blobs ?? []) if (!b.foreign) await this.linkBlob(repo, b.digest);
     if (parsed?.subject) {
@@ -343,6 +363,7 @@ export class RegistryStorage {
    * False when there was nothing to delete.
    */
   async deleteManifest(repo: string, reference: string): Promise<boolean> {
+    this.repoDir(repo);
     if (!isDigest(reference)) {
       if (!isValidTag(reference)) return false;
       const file = this.tagPath(repo, reference);
@@ -500,7 +521,11 @@ export class RegistryStorage {
    * Verifies the upload against `expected` and moves it into the blob store (linked to the repository). On a
    * mismatch the session is removed and 400 DIGEST_INVALID thrown: nothing becomes visible.
    */
-  async finishUpload(repo: string, uuid: string, expected: Digest): Promise<{ digest: Digest; size: number }> {
+  async finishUpload(
+    repo: string,
+    uuid: string,
+    expected: Digest,
+  ): Promise<{ digest: Digest; size: number }> {
     return this.serial(uuid, async () => {
       const st = await this.uploadStatus(repo, uuid);
       const state = await this.hashAt(uuid, st.size);

@@ -38,7 +38,11 @@ const PULL_TOKEN = "pull-token-0123456789abcdef";
 
 // (Helpers as in distribution.test.ts: the server runs in this process, so clients run asynchronously.)
 
-function exec(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: Buffer } = {}): Promise<string> {
+function exec(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; input?: Buffer } = {},
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = execFile(
       cmd,
@@ -59,7 +63,10 @@ interface TestServer {
 }
 
 async function startServer(opts: Partial<RegistryServerOptions>): Promise<TestServer> {
-  const server = createRegistryServer({ ...opts, storage: new RegistryStorage(makeTempDir("registry-auth-root")) });
+  const server = createRegistryServer({
+    ...opts,
+    storage: new RegistryStorage(makeTempDir("registry-auth-root")),
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   return {
     host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
@@ -88,21 +95,24 @@ function request(
   return new Promise((resolve, reject) => {
     const headers = { ...opts.headers };
     if (opts.body !== undefined) headers["Content-Length"] ??= String(Buffer.byteLength(opts.body));
-    const req = http.request({ host: hostname, port: Number(port), method, path, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const body = Buffer.concat(chunks);
-        let json: unknown;
-        try {
-          json = JSON.parse(body.toString("utf8"));
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
-      });
-      res.on("error", reject);
-    });
+    const req = http.request(
+      { host: hostname, port: Number(port), method, path, headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const body = Buffer.concat(chunks);
+          let json: unknown;
+          try {
+            json = JSON.parse(body.toString("utf8"));
+          } catch {
+            json = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
+        });
+        res.on("error", reject);
+      },
+    );
     req.on("error", reject);
     req.end(opts.body);
   });
@@ -166,8 +176,14 @@ describe("htpasswd (Basic), pulls open", () => {
     assert.equal(root.status, 401);
     assert.equal(root.headers["www-authenticate"], 'Basic realm="nixoci"');
     assert.equal(code(root), "UNAUTHORIZED");
-    assert.equal((await request(srv.host, "GET", "/v2/", { headers: { Authorization: basic(USER, PASSWORD) } })).status, 200);
-    assert.equal((await request(srv.host, "GET", "/v2/", { headers: { Authorization: basic(USER, "wrong") } })).status, 401);
+    assert.equal(
+      (await request(srv.host, "GET", "/v2/", { headers: { Authorization: basic(USER, PASSWORD) } })).status,
+      200,
+    );
+    assert.equal(
+      (await request(srv.host, "GET", "/v2/", { headers: { Authorization: basic(USER, "wrong") } })).status,
+      401,
+    );
 
     const anon = await request(srv.host, "POST", "/v2/auth/img/blobs/uploads/");
     assert.equal(anon.status, 401);
@@ -246,37 +262,43 @@ describe("htpasswd (Basic), pulls need auth", () => {
     await Promise.all([srv?.stop(), containerd?.stop()]);
   });
 
-  test("anonymous and wrong-password pulls: 401; skopeo and ctr with credentials", { timeout: 180_000 }, async () => {
-    for (const path of ["/v2/private/img/manifests/v1", "/v2/private/img/tags/list", "/v2/_catalog"]) {
-      const res = await request(srv.host, "GET", path);
-      assert.equal(res.status, 401, path);
-      assert.equal(code(res), "UNAUTHORIZED");
-      assert.equal(res.headers["www-authenticate"], 'Basic realm="nixoci"');
-      const wrong = await request(srv.host, "GET", path, { headers: { Authorization: basic(USER, "x") } });
-      assert.equal(wrong.status, 401, path);
-      const ok = await request(srv.host, "GET", path, { headers: { Authorization: basic(USER, PASSWORD) } });
-      assert.equal(ok.status, 200, path);
-    }
-    await assert.rejects(
-      exec("skopeo", ["inspect", "--tls-verify=false", `docker://${srv.host}/private/img:v1`]),
-      /401|unauthorized|authentication required/i,
-    );
-    const info = JSON.parse(
-      await exec("skopeo", [
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        `${USER}:${PASSWORD}`,
-        `docker://${srv.host}/private/img:v1`,
-      ]),
-    ) as { Digest: string };
-    assert.equal(info.Digest, image.manifest.digest);
-    const ref = `${srv.host}/private/img:v1`;
-    const ctr = (args: string[]): Promise<string> => exec("ctr", ["-a", containerd.address, ...args]);
-    await assert.rejects(ctr(["images", "pull", "--plain-http", ref]));
-    await ctr(["images", "pull", "--plain-http", "--user", `${USER}:${PASSWORD}`, ref]);
-    assert.equal(await ctr(["run", "--rm", ref, "nixoci-auth-ctr"]), "private\n");
-  });
+  test(
+    "anonymous and wrong-password pulls: 401; skopeo and ctr with credentials",
+    { timeout: 180_000 },
+    async () => {
+      for (const path of ["/v2/private/img/manifests/v1", "/v2/private/img/tags/list", "/v2/_catalog"]) {
+        const res = await request(srv.host, "GET", path);
+        assert.equal(res.status, 401, path);
+        assert.equal(code(res), "UNAUTHORIZED");
+        assert.equal(res.headers["www-authenticate"], 'Basic realm="nixoci"');
+        const wrong = await request(srv.host, "GET", path, { headers: { Authorization: basic(USER, "x") } });
+        assert.equal(wrong.status, 401, path);
+        const ok = await request(srv.host, "GET", path, {
+          headers: { Authorization: basic(USER, PASSWORD) },
+        });
+        assert.equal(ok.status, 200, path);
+      }
+      await assert.rejects(
+        exec("skopeo", ["inspect", "--tls-verify=false", `docker://${srv.host}/private/img:v1`]),
+        /401|unauthorized|authentication required/i,
+      );
+      const info = JSON.parse(
+        await exec("skopeo", [
+          "inspect",
+          "--tls-verify=false",
+          "--creds",
+          `${USER}:${PASSWORD}`,
+          `docker://${srv.host}/private/img:v1`,
+        ]),
+      ) as { Digest: string };
+      assert.equal(info.Digest, image.manifest.digest);
+      const ref = `${srv.host}/private/img:v1`;
+      const ctr = (args: string[]): Promise<string> => exec("ctr", ["-a", containerd.address, ...args]);
+      await assert.rejects(ctr(["images", "pull", "--plain-http", ref]));
+      await ctr(["images", "pull", "--plain-http", "--user", `${USER}:${PASSWORD}`, ref]);
+      assert.equal(await ctr(["run", "--rm", ref, "nixoci-auth-ctr"]), "private\n");
+    },
+  );
 });
 
 describe("tokens and the token endpoint", () => {
@@ -306,29 +328,55 @@ describe("tokens and the token endpoint", () => {
     assert.equal(ch.params.service, "nixoci");
     const push = await request(srv.host, "POST", "/v2/tok/img/blobs/uploads/");
     assert.equal(push.status, 401);
-    assert.equal(parseChallenges(String(push.headers["www-authenticate"]))[0].params.scope, "repository:tok/img:pull,push");
+    assert.equal(
+      parseChallenges(String(push.headers["www-authenticate"]))[0].params.scope,
+      "repository:tok/img:pull,push",
+    );
     const pull = await request(srv.host, "GET", "/v2/tok/img/manifests/v1");
-    assert.equal(parseChallenges(String(pull.headers["www-authenticate"]))[0].params.scope, "repository:tok/img:pull");
+    assert.equal(
+      parseChallenges(String(pull.headers["www-authenticate"]))[0].params.scope,
+      "repository:tok/img:pull",
+    );
 
     const bearer = (t: string): Record<string, string> => ({ Authorization: `Bearer ${t}` });
     const up = await request(srv.host, "POST", "/v2/tok/img/blobs/uploads/", { headers: bearer(PUSH_TOKEN) });
     assert.equal(up.status, 202);
-    assert.equal((await request(srv.host, "DELETE", String(up.headers.location), { headers: bearer(PUSH_TOKEN) })).status, 204);
-    const denied = await request(srv.host, "POST", "/v2/tok/img/blobs/uploads/", { headers: bearer(PULL_TOKEN) });
+    assert.equal(
+      (await request(srv.host, "DELETE", String(up.headers.location), { headers: bearer(PUSH_TOKEN) }))
+        .status,
+      204,
+    );
+    const denied = await request(srv.host, "POST", "/v2/tok/img/blobs/uploads/", {
+      headers: bearer(PULL_TOKEN),
+    });
     assert.equal(denied.status, 403);
     assert.equal(code(denied), "DENIED");
-    const bad = await request(srv.host, "GET", "/v2/tok/img/tags/list", { headers: bearer("not-a-token-at-all") });
+    const bad = await request(srv.host, "GET", "/v2/tok/img/tags/list", {
+      headers: bearer("not-a-token-at-all"),
+    });
     assert.equal(bad.status, 401);
     assert.match(String(bad.headers["www-authenticate"]), /error="invalid_token"/);
     // A token as the password of Basic credentials (what docker login stores) works too.
-    assert.equal((await request(srv.host, "GET", "/v2/", { headers: { Authorization: basic("ci", PULL_TOKEN) } })).status, 200);
+    assert.equal(
+      (await request(srv.host, "GET", "/v2/", { headers: { Authorization: basic("ci", PULL_TOKEN) } }))
+        .status,
+      200,
+    );
   });
 
   test("the token endpoint", { timeout: 60_000 }, async () => {
-    const tokenFor = async (auth: string | undefined, scope: string): Promise<{ status: number; token?: string }> => {
-      const res = await request(srv.host, "GET", `/v2/token?service=nixoci&scope=${encodeURIComponent(scope)}`, {
-        headers: auth ? { Authorization: auth } : {},
-      });
+    const tokenFor = async (
+      auth: string | undefined,
+      scope: string,
+    ): Promise<{ status: number; token?: string }> => {
+      const res = await request(
+        srv.host,
+        "GET",
+        `/v2/token?service=nixoci&scope=${encodeURIComponent(scope)}`,
+        {
+          headers: auth ? { Authorization: auth } : {},
+        },
+      );
       const j = res.json as { token?: string; access_token?: string; expires_in?: number } | undefined;
       if (res.status === 200) {
         assert.equal(j?.token, j?.access_token);
@@ -336,7 +384,13 @@ describe("tokens and the token endpoint", () => {
       }
       return { status: res.status, token: j?.token };
     };
-    assert.equal((await tokenFor(undefined, "repository:tok/img:pull")).status, 401, "pulls need auth here");
+    // Anonymous: a token that counts as no credentials (pulls need auth here).
+    const anon = await tokenFor(undefined, "repository:tok/img:pull");
+    assert.equal(anon.status, 200);
+    const anonPull = await request(srv.host, "GET", "/v2/tok/img/tags/list", {
+      headers: { Authorization: `Bearer ${anon.token}` },
+    });
+    assert.equal(anonPull.status, 401);
     assert.equal((await tokenFor(basic(USER, "wrong"), "repository:tok/img:pull")).status, 401);
     const pushTok = await tokenFor(basic(USER, PASSWORD), "repository:tok/img:pull,push");
     assert.equal(pushTok.status, 200);
@@ -363,12 +417,19 @@ describe("tokens and the token endpoint", () => {
     // A tampered token is refused.
     const t = String(pushTok.token);
     const tampered = t.slice(0, -2) + (t.endsWith("AA") ? "BB" : "AA");
-    assert.equal((await request(srv.host, "GET", "/v2/", { headers: { Authorization: `Bearer ${tampered}` } })).status, 401);
+    assert.equal(
+      (await request(srv.host, "GET", "/v2/", { headers: { Authorization: `Bearer ${tampered}` } })).status,
+      401,
+    );
   });
 
   test("our pusher and skopeo go through the token endpoint", { timeout: 120_000 }, async () => {
     await assert.rejects(
-      pushImage(image, { registry: srv.host, repository: "tok/img", tag: "v1" }, { pushRecord: false, creds: `ci:${PULL_TOKEN}` }),
+      pushImage(
+        image,
+        { registry: srv.host, repository: "tok/img", tag: "v1" },
+        { pushRecord: false, creds: `ci:${PULL_TOKEN}` },
+      ),
       /DENIED/,
     );
     const r = await pushImage(
@@ -384,39 +445,58 @@ describe("tokens and the token endpoint", () => {
     );
     assert.equal(r2.mounted.length, 3);
     const info = JSON.parse(
-      await exec("skopeo", ["inspect", "--tls-verify=false", "--creds", `ci:${PULL_TOKEN}`, `docker://${srv.host}/tok/img:v1`]),
+      await exec("skopeo", [
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        `ci:${PULL_TOKEN}`,
+        `docker://${srv.host}/tok/img:v1`,
+      ]),
     ) as { Digest: string };
     assert.equal(info.Digest, image.manifest.digest);
-    await assert.rejects(exec("skopeo", ["inspect", "--tls-verify=false", `docker://${srv.host}/tok/img:v1`]));
+    await assert.rejects(
+      exec("skopeo", ["inspect", "--tls-verify=false", `docker://${srv.host}/tok/img:v1`]),
+    );
   });
 
-  test("docker login, push and pull; anonymous docker pull where pulls are open", { timeout: 300_000 }, async () => {
-    const docker = (args: string[], input?: string): Promise<string> =>
-      exec(DOCKER_CLI, ["-H", `unix://${dockerd.host}`, ...args], {
-        env: { DOCKER_CONFIG: join(dirname(dockerd.host), "cli") },
-        input: input === undefined ? undefined : Buffer.from(input),
-      });
-    const file = join(makeTempDir("registry-auth-docker"), "img.tar");
-    await writeDockerArchive(image, file, ["nixoci/token:v1"]);
-    await docker(["load", "-i", file]);
-    const ref = `${srv.host}/docker/tok:v1`;
-    await docker(["tag", "nixoci/token:v1", ref]);
-    await assert.rejects(docker(["push", ref]), /no basic auth credentials|unauthorized|authentication required/i);
-    await assert.rejects(docker(["login", "-u", USER, "--password-stdin", srv.host], "wrong"));
-    await docker(["login", "-u", USER, "--password-stdin", srv.host], PASSWORD);
-    await docker(["push", ref]);
-    await docker(["rmi", ref]);
-    await docker(["pull", ref]);
-    assert.equal(await docker(["run", "--rm", "--network", "none", ref]), "token\n");
-    await docker(["logout", srv.host]);
+  test(
+    "docker login, push and pull; anonymous docker pull where pulls are open",
+    { timeout: 300_000 },
+    async () => {
+      const docker = (args: string[], input?: string): Promise<string> =>
+        exec(DOCKER_CLI, ["-H", `unix://${dockerd.host}`, ...args], {
+          env: { DOCKER_CONFIG: join(dirname(dockerd.host), "cli") },
+          input: input === undefined ? undefined : Buffer.from(input),
+        });
+      const file = join(makeTempDir("registry-auth-docker"), "img.tar");
+      await writeDockerArchive(image, file, ["nixoci/token:v1"]);
+      await docker(["load", "-i", file]);
+      const ref = `${srv.host}/docker/tok:v1`;
+      await docker(["tag", "nixoci/token:v1", ref]);
+      // Refused at once (docker retries a refused token request for a minute, not a 401 of the registry).
+      const t0 = Date.now();
+      await assert.rejects(docker(["push", ref]), /unauthorized|authentication required/i);
+      assert.ok(Date.now() - t0 < 20_000, "docker gave up without retrying");
+      await assert.rejects(docker(["login", "-u", USER, "--password-stdin", srv.host], "wrong"));
+      await docker(["login", "-u", USER, "--password-stdin", srv.host], PASSWORD);
+      await docker(["push", ref]);
+      await docker(["rmi", ref]);
+      await docker(["pull", ref]);
+      assert.equal(await docker(["run", "--rm", "--network", "none", ref]), "token\n");
+      await docker(["logout", srv.host]);
 
-    // Tokens only, pulls open: docker pulls anonymously (with an anonymous token), cannot push.
-    await pushImage(image, { registry: open.host, repository: "open/img", tag: "v1" }, { pushRecord: false, creds: `x:${PUSH_TOKEN}` });
-    const openRef = `${open.host}/open/img:v1`;
-    await docker(["pull", openRef]);
-    assert.equal(await docker(["run", "--rm", "--network", "none", openRef]), "token\n");
-    await docker(["tag", "nixoci/token:v1", `${open.host}/open/other:v1`]);
-    await assert.rejects(docker(["push", `${open.host}/open/other:v1`]));
-    assert.equal((await request(open.host, "GET", "/v2/open/img/manifests/v1")).status, 200);
-  });
+      // Tokens only, pulls open: docker pulls anonymously (with an anonymous token), cannot push.
+      await pushImage(
+        image,
+        { registry: open.host, repository: "open/img", tag: "v1" },
+        { pushRecord: false, creds: `x:${PUSH_TOKEN}` },
+      );
+      const openRef = `${open.host}/open/img:v1`;
+      await docker(["pull", openRef]);
+      assert.equal(await docker(["run", "--rm", "--network", "none", openRef]), "token\n");
+      await docker(["tag", "nixoci/token:v1", `${open.host}/open/other:v1`]);
+      await assert.rejects(docker(["push", `${open.host}/open/other:v1`]));
+      assert.equal((await request(open.host, "GET", "/v2/open/img/manifests/v1")).status, 200);
+    },
+  );
 });

@@ -36,7 +36,11 @@ import {
 } from "../../src/registry/distribution.js";
 import { RegistryError } from "../../src/registry/errors.js";
 import type { ManifestSource } from "../../src/registry/manifest-source.js";
-import { createRegistryServer, type RegistryServerOptions, type RequestInfo } from "../../src/registry/server.js";
+import {
+  createRegistryServer,
+  type RegistryServerOptions,
+  type RequestInfo,
+} from "../../src/registry/server.js";
 import { RegistryStorage } from "../../src/registry/storage.js";
 import {
   DOCKER_CLI,
@@ -122,23 +126,26 @@ function request(
   return new Promise((resolve, reject) => {
     const headers = { ...opts.headers };
     if (opts.body !== undefined) headers["Content-Length"] ??= String(Buffer.byteLength(opts.body));
-    const req = http.request({ host: hostname, port: Number(port), method, path, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const body = Buffer.concat(chunks);
-        const out: Res = { status: res.statusCode ?? 0, headers: res.headers, body };
-        try {
-          out.json = JSON.parse(body.toString("utf8"));
-          const errs = (out.json as { errors?: Array<{ code?: string }> }).errors;
-          if (Array.isArray(errs)) out.code = errs[0]?.code;
-        } catch {
-          // not JSON
-        }
-        resolve(out);
-      });
-      res.on("error", reject);
-    });
+    const req = http.request(
+      { host: hostname, port: Number(port), method, path, headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const body = Buffer.concat(chunks);
+          const out: Res = { status: res.statusCode ?? 0, headers: res.headers, body };
+          try {
+            out.json = JSON.parse(body.toString("utf8"));
+            const errs = (out.json as { errors?: Array<{ code?: string }> }).errors;
+            if (Array.isArray(errs)) out.code = errs[0]?.code;
+          } catch {
+            // not JSON
+          }
+          resolve(out);
+        });
+        res.on("error", reject);
+      },
+    );
     req.on("error", reject);
     req.end(opts.body);
   });
@@ -155,8 +162,17 @@ async function postBlob(host: string, repo: string, bytes: Buffer): Promise<Dige
   return digest;
 }
 
-async function putManifest(host: string, repo: string, ref: string, bytes: Buffer, mediaType: string): Promise<Res> {
-  return request(host, "PUT", `/v2/${repo}/manifests/${ref}`, { body: bytes, headers: { "Content-Type": mediaType } });
+async function putManifest(
+  host: string,
+  repo: string,
+  ref: string,
+  bytes: Buffer,
+  mediaType: string,
+): Promise<Res> {
+  return request(host, "PUT", `/v2/${repo}/manifests/${ref}`, {
+    body: bytes,
+    headers: { "Content-Type": mediaType },
+  });
 }
 
 /** Every file in the blob store is named by its content's digest, and no temporary file is left. */
@@ -166,7 +182,9 @@ function checkBlobDir(root: string): string[] {
   const names = readdirSync(dir);
   for (const name of names) {
     assert.match(name, /^[a-f0-9]{64}$/, `stray file in the blob store: ${name}`);
-    const hex = createHash("sha256").update(readFileSync(join(dir, name))).digest("hex");
+    const hex = createHash("sha256")
+      .update(readFileSync(join(dir, name)))
+      .digest("hex");
     assert.equal(hex, name, `blob ${name} has the wrong content`);
   }
   return names;
@@ -219,10 +237,10 @@ test("digests, ranges, Accept and routes", () => {
   assert.equal(parseContentRange("bogus"), null);
   assert.equal(parseContentRange("9-1"), null);
 
-  assert.deepEqual(parseAccept("application/json; q=0.5, Application/Vnd.Docker.Distribution.Manifest.V2+json"), [
-    "application/json",
-    DOCKER_MANIFEST,
-  ]);
+  assert.deepEqual(
+    parseAccept("application/json; q=0.5, Application/Vnd.Docker.Distribution.Manifest.V2+json"),
+    ["application/json", DOCKER_MANIFEST],
+  );
   assert.deepEqual(negotiate(OCI_MANIFEST, []), { as: "as-is" });
   assert.deepEqual(negotiate(OCI_MANIFEST, [OCI_MANIFEST, DOCKER_MANIFEST]), { as: "as-is" });
   assert.deepEqual(negotiate(OCI_MANIFEST, [DOCKER_MANIFEST, DOCKER_MANIFEST_LIST]), {
@@ -232,13 +250,26 @@ test("digests, ranges, Accept and routes", () => {
   assert.deepEqual(negotiate(OCI_INDEX, [DOCKER_MANIFEST]), { as: "reject" });
   assert.deepEqual(negotiate(DOCKER_MANIFEST, [OCI_MANIFEST]), { as: "as-is" });
 
-  assert.deepEqual(parseRoute("/v2/a/b/manifests/latest"), { kind: "manifest", name: "a/b", reference: "latest" });
-  assert.deepEqual(parseRoute("/v2/x/blobs/blobs/sha256:1"), { kind: "blob", name: "x/blobs", digest: "sha256:1" });
+  assert.deepEqual(parseRoute("/v2/a/b/manifests/latest"), {
+    kind: "manifest",
+    name: "a/b",
+    reference: "latest",
+  });
+  assert.deepEqual(parseRoute("/v2/x/blobs/blobs/sha256:1"), {
+    kind: "blob",
+    name: "x/blobs",
+    digest: "sha256:1",
+  });
   assert.deepEqual(parseRoute("/v2/a/blobs/uploads/"), { kind: "upload-start", name: "a" });
   assert.deepEqual(parseRoute("/v2/a/blobs/uploads/u"), { kind: "upload", name: "a", uuid: "u" });
   assert.equal(parseRoute("/metrics"), undefined);
   assert.deepEqual(parseRoute("/v2/a/nothing"), { kind: "unknown" });
-  for (const bad of ["/v2/a/../b/tags/list", "/v2/%2e%2e/tags/list", "/v2/a//b/tags/list", "/v2//a/tags/list"])
+  for (const bad of [
+    "/v2/a/../b/tags/list",
+    "/v2/%2e%2e/tags/list",
+    "/v2/a//b/tags/list",
+    "/v2//a/tags/list",
+  ])
     assert.throws(
       () => parseRoute(bad),
       (e: unknown) => e instanceof RegistryError && e.status === 404 && e.code === "NAME_UNKNOWN",
@@ -248,6 +279,53 @@ test("digests, ranges, Accept and routes", () => {
     () => parseRoute("/v2/Upper/tags/list"),
     (e: unknown) => e instanceof RegistryError && e.status === 400 && e.code === "NAME_INVALID",
   );
+});
+
+describe("RegistryStorage API", () => {
+  test("a manifest whose blobs were built into the blob store (the layer cache) is put and served", async () => {
+    const storage = new RegistryStorage(makeTempDir("registry-storage"));
+    const image = await makeImage({ blobs: storage.blobs });
+    assert.equal(await storage.hasRepository("nix/hello"), false);
+    const digest = await storage.putManifest("nix/hello", "v1", image.manifest.bytes, OCI_MANIFEST);
+    assert.equal(digest, image.manifest.digest);
+    assert.equal(await storage.hasRepository("nix/hello"), true);
+    for (const l of image.layers)
+      assert.equal(await storage.blobLinked("nix/hello", l.digest as Digest), true);
+    assert.deepEqual(await storage.getManifest("nix/hello", "v1"), {
+      digest,
+      mediaType: OCI_MANIFEST,
+      bytes: image.manifest.bytes,
+    });
+    assert.deepEqual(await storage.listTags("nix/hello"), ["v1"]);
+    assert.deepEqual(await storage.listRepositories(), ["nix/hello"]);
+    await assert.rejects(storage.getManifest("../x", "v1"), RegistryError);
+    await assert.rejects(
+      storage.putManifest("nix/other", "v1", Buffer.from("{}"), "text/plain"),
+      (e: unknown) => e instanceof RegistryError && e.code === "MANIFEST_INVALID",
+    );
+    assert.equal(await storage.getManifest("nix/hello", "nope"), undefined);
+  });
+
+  test("an upload goes on in another process (the running hash is rebuilt); old sessions are purged", async () => {
+    const root = makeTempDir("registry-storage-up");
+    const a = new RegistryStorage(root);
+    const up = await a.startUpload("x/y");
+    const { Readable } = await import("node:stream");
+    await a.appendUpload("x/y", up.uuid, Readable.from([Buffer.from("hello ")]), { offset: 0 });
+    const b = new RegistryStorage(root);
+    await assert.rejects(
+      b.appendUpload("x/y", up.uuid, Readable.from([Buffer.from("x")]), { offset: 0 }),
+      (e: unknown) => e instanceof RegistryError && e.status === 416,
+    );
+    await b.appendUpload("x/y", up.uuid, Readable.from([Buffer.from("world")]), { offset: 6 });
+    const done = await b.finishUpload("x/y", up.uuid, sha256Digest("hello world"));
+    assert.deepEqual(done, { digest: sha256Digest("hello world"), size: 11 });
+    assert.equal(readFileSync(b.blobs.path(done.digest), "utf8"), "hello world");
+    await b.startUpload("x/y");
+    assert.equal(await b.purgeUploads(60_000), 0);
+    assert.equal(await b.purgeUploads(-1), 1);
+    assert.deepEqual(uploadsLeft(root), []);
+  });
 });
 
 // ---- the server with real clients ----
@@ -274,7 +352,11 @@ describe("nixoci serve: distribution API", () => {
   });
 
   test("pushImage (monolithic), skopeo inspects and copies back", { timeout: 120_000 }, async () => {
-    const r = await pushImage(image, { registry: srv.host, repository: "hello/src", tag: "v1" }, { pushRecord: false });
+    const r = await pushImage(
+      image,
+      { registry: srv.host, repository: "hello/src", tag: "v1" },
+      { pushRecord: false },
+    );
     assert.equal(r.manifestDigest, image.manifest.digest);
     assert.equal(r.uploaded.length, 3);
     const info = JSON.parse(
@@ -293,13 +375,20 @@ describe("nixoci serve: distribution API", () => {
       `docker://${srv.host}/hello/src:v1`,
       `oci:${out}:v1`,
     ]);
-    const index = JSON.parse(readFileSync(join(out, "index.json"), "utf8")) as { manifests: Array<{ digest: string }> };
+    const index = JSON.parse(readFileSync(join(out, "index.json"), "utf8")) as {
+      manifests: Array<{ digest: string }>;
+    };
     assert.equal(index.manifests[0].digest, image.manifest.digest);
     for (const l of image.layers)
-      assert.deepEqual(readFileSync(join(out, "blobs/sha256", l.digest.slice(7))), readFileSync(image.blobs.path(l.digest as Digest)));
+      assert.deepEqual(
+        readFileSync(join(out, "blobs/sha256", l.digest.slice(7))),
+        readFileSync(image.blobs.path(l.digest as Digest)),
+      );
 
     // The manifest as stored: exact bytes and headers.
-    const m = await request(srv.host, "GET", "/v2/hello/src/manifests/v1", { headers: { Accept: OCI_MANIFEST } });
+    const m = await request(srv.host, "GET", "/v2/hello/src/manifests/v1", {
+      headers: { Accept: OCI_MANIFEST },
+    });
     assert.equal(m.status, 200);
     assert.deepEqual(m.body, image.manifest.bytes);
     assert.equal(m.headers["content-type"], OCI_MANIFEST);
@@ -375,7 +464,11 @@ describe("nixoci serve: distribution API", () => {
     assert.equal(r.uploaded.length, 0);
     // Not in `from`: a normal upload session starts instead.
     const layer = image.layers[0].digest;
-    const res = await request(srv.host, "POST", `/v2/mount/other/blobs/uploads/?mount=${layer}&from=nothing/here`);
+    const res = await request(
+      srv.host,
+      "POST",
+      `/v2/mount/other/blobs/uploads/?mount=${layer}&from=nothing/here`,
+    );
     assert.equal(res.status, 202);
     assert.match(String(res.headers.location), /^\/v2\/mount\/other\/blobs\/uploads\/[0-9a-f-]{36}$/);
     assert.equal(res.headers.range, "0-0");
@@ -399,7 +492,12 @@ describe("nixoci serve: distribution API", () => {
       await exec("skopeo", ["inspect", "--tls-verify=false", `docker://${srv.host}/skopeo/pushed:v1`]),
     ) as { Digest: string };
     assert.equal(info.Digest, image.manifest.digest);
-    const raw = await exec("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${srv.host}/skopeo/pushed:v1`]);
+    const raw = await exec("skopeo", [
+      "inspect",
+      "--raw",
+      "--tls-verify=false",
+      `docker://${srv.host}/skopeo/pushed:v1`,
+    ]);
     assert.equal(raw, image.manifest.bytes.toString());
     const out = join(makeTempDir("registry-skopeo-back"), "layout");
     await exec("skopeo", [
@@ -413,87 +511,114 @@ describe("nixoci serve: distribution API", () => {
     assert.equal(readFileSync(join(out, "..", "bundle/rootfs/hello.txt"), "utf8"), "hello from nixoci\n");
   });
 
-  test("OCI manifests and indexes as Docker schema 2 for Docker-only clients", { timeout: 60_000 }, async () => {
-    await pushImage(image, { registry: srv.host, repository: "conv/img", tag: "v1" }, { pushRecord: false });
-    const docker = await request(srv.host, "GET", "/v2/conv/img/manifests/v1", {
-      headers: { Accept: `${DOCKER_MANIFEST}, ${DOCKER_MANIFEST_LIST}` },
-    });
-    assert.equal(docker.status, 200);
-    assert.equal(docker.headers["content-type"], DOCKER_MANIFEST);
-    const dm = docker.json as {
-      mediaType: string;
-      config: { mediaType: string; digest: string; size: number };
-      layers: Array<{ mediaType: string; digest: string; size: number }>;
-    };
-    assert.equal(dm.mediaType, DOCKER_MANIFEST);
-    assert.deepEqual(dm.config, { mediaType: DOCKER_CONFIG, size: image.config.size, digest: image.config.digest });
-    assert.deepEqual(
-      dm.layers,
-      image.layers.map((l) => ({ mediaType: DOCKER_LAYER_GZIP, size: l.size, digest: l.digest })),
-    );
-    const dd = sha256Digest(docker.body);
-    assert.equal(docker.headers["docker-content-digest"], dd);
-    // Stored: GET by its digest works (for any client), and the OCI original is still served to OCI clients.
-    const byDigest = await request(srv.host, "GET", `/v2/conv/img/manifests/${dd}`);
-    assert.equal(byDigest.status, 200);
-    assert.deepEqual(byDigest.body, docker.body);
-    assert.equal(byDigest.headers["content-type"], DOCKER_MANIFEST);
-    const oci = await request(srv.host, "GET", "/v2/conv/img/manifests/v1", {
-      headers: { Accept: `${OCI_MANIFEST}, ${DOCKER_MANIFEST}` },
-    });
-    assert.deepEqual(oci.body, image.manifest.bytes);
-    const anyType = await request(srv.host, "GET", "/v2/conv/img/manifests/v1", { headers: { Accept: "*/*" } });
-    assert.deepEqual(anyType.body, image.manifest.bytes);
+  test(
+    "OCI manifests and indexes as Docker schema 2 for Docker-only clients",
+    { timeout: 60_000 },
+    async () => {
+      await pushImage(
+        image,
+        { registry: srv.host, repository: "conv/img", tag: "v1" },
+        { pushRecord: false },
+      );
+      const docker = await request(srv.host, "GET", "/v2/conv/img/manifests/v1", {
+        headers: { Accept: `${DOCKER_MANIFEST}, ${DOCKER_MANIFEST_LIST}` },
+      });
+      assert.equal(docker.status, 200);
+      assert.equal(docker.headers["content-type"], DOCKER_MANIFEST);
+      const dm = docker.json as {
+        mediaType: string;
+        config: { mediaType: string; digest: string; size: number };
+        layers: Array<{ mediaType: string; digest: string; size: number }>;
+      };
+      assert.equal(dm.mediaType, DOCKER_MANIFEST);
+      assert.deepEqual(dm.config, {
+        mediaType: DOCKER_CONFIG,
+        size: image.config.size,
+        digest: image.config.digest,
+      });
+      assert.deepEqual(
+        dm.layers,
+        image.layers.map((l) => ({ mediaType: DOCKER_LAYER_GZIP, size: l.size, digest: l.digest })),
+      );
+      const dd = sha256Digest(docker.body);
+      assert.equal(docker.headers["docker-content-digest"], dd);
+      // Stored: GET by its digest works (for any client), and the OCI original is still served to OCI clients.
+      const byDigest = await request(srv.host, "GET", `/v2/conv/img/manifests/${dd}`);
+      assert.equal(byDigest.status, 200);
+      assert.deepEqual(byDigest.body, docker.body);
+      assert.equal(byDigest.headers["content-type"], DOCKER_MANIFEST);
+      const oci = await request(srv.host, "GET", "/v2/conv/img/manifests/v1", {
+        headers: { Accept: `${OCI_MANIFEST}, ${DOCKER_MANIFEST}` },
+      });
+      assert.deepEqual(oci.body, image.manifest.bytes);
+      const anyType = await request(srv.host, "GET", "/v2/conv/img/manifests/v1", {
+        headers: { Accept: "*/*" },
+      });
+      assert.deepEqual(anyType.body, image.manifest.bytes);
 
-    // An index with a platform: a manifest list whose entry is the converted manifest.
-    const index = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: OCI_INDEX,
-        manifests: [
-          {
-            mediaType: OCI_MANIFEST,
-            digest: image.manifest.digest,
-            size: image.manifest.size,
-            platform: { architecture: "amd64", os: "linux" },
-          },
-        ],
-      }),
-    );
-    assert.equal((await putManifest(srv.host, "conv/img", "multi", index, OCI_INDEX)).status, 201);
-    const list = await request(srv.host, "GET", "/v2/conv/img/manifests/multi", {
-      headers: { Accept: `${DOCKER_MANIFEST}, ${DOCKER_MANIFEST_LIST}` },
-    });
-    assert.equal(list.status, 200);
-    assert.equal(list.headers["content-type"], DOCKER_MANIFEST_LIST);
-    assert.deepEqual((list.json as { manifests: unknown[] }).manifests, [
-      { mediaType: DOCKER_MANIFEST, digest: dd, size: docker.body.length, platform: { architecture: "amd64", os: "linux" } },
-    ]);
-    const onlyManifest = await request(srv.host, "GET", "/v2/conv/img/manifests/multi", {
-      headers: { Accept: DOCKER_MANIFEST },
-    });
-    assert.equal(onlyManifest.status, 404);
-    assert.equal(onlyManifest.code, "MANIFEST_UNKNOWN");
+      // An index with a platform: a manifest list whose entry is the converted manifest.
+      const index = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_INDEX,
+          manifests: [
+            {
+              mediaType: OCI_MANIFEST,
+              digest: image.manifest.digest,
+              size: image.manifest.size,
+              platform: { architecture: "amd64", os: "linux" },
+            },
+          ],
+        }),
+      );
+      assert.equal((await putManifest(srv.host, "conv/img", "multi", index, OCI_INDEX)).status, 201);
+      const list = await request(srv.host, "GET", "/v2/conv/img/manifests/multi", {
+        headers: { Accept: `${DOCKER_MANIFEST}, ${DOCKER_MANIFEST_LIST}` },
+      });
+      assert.equal(list.status, 200);
+      assert.equal(list.headers["content-type"], DOCKER_MANIFEST_LIST);
+      assert.deepEqual((list.json as { manifests: unknown[] }).manifests, [
+        {
+          mediaType: DOCKER_MANIFEST,
+          digest: dd,
+          size: docker.body.length,
+          platform: { architecture: "amd64", os: "linux" },
+        },
+      ]);
+      const onlyManifest = await request(srv.host, "GET", "/v2/conv/img/manifests/multi", {
+        headers: { Accept: DOCKER_MANIFEST },
+      });
+      assert.equal(onlyManifest.status, 404);
+      assert.equal(onlyManifest.code, "MANIFEST_UNKNOWN");
 
-    // Uncompressed layers have no Docker schema 2 form: 404 with the reason.
-    const tar = Buffer.alloc(1024);
-    const layerDigest = await postBlob(srv.host, "conv/plain", tar);
-    const cfg = Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [layerDigest] } }));
-    const cfgDigest = await postBlob(srv.host, "conv/plain", cfg);
-    const plain = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: OCI_MANIFEST,
-        config: { mediaType: OCI_CONFIG, digest: cfgDigest, size: cfg.length },
-        layers: [{ mediaType: OCI_LAYER, digest: layerDigest, size: tar.length }],
-      }),
-    );
-    assert.equal((await putManifest(srv.host, "conv/plain", "v1", plain, OCI_MANIFEST)).status, 201);
-    const refused = await request(srv.host, "GET", "/v2/conv/plain/manifests/v1", { headers: { Accept: DOCKER_MANIFEST } });
-    assert.equal(refused.status, 404);
-    assert.equal(refused.code, "MANIFEST_UNKNOWN");
-    assert.match(JSON.stringify(refused.json), /gzip-compressed layers only/);
-  });
+      // Uncompressed layers have no Docker schema 2 form: 404 with the reason.
+      const tar = Buffer.alloc(1024);
+      const layerDigest = await postBlob(srv.host, "conv/plain", tar);
+      const cfg = Buffer.from(
+        JSON.stringify({
+          architecture: "amd64",
+          os: "linux",
+          rootfs: { type: "layers", diff_ids: [layerDigest] },
+        }),
+      );
+      const cfgDigest = await postBlob(srv.host, "conv/plain", cfg);
+      const plain = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_MANIFEST,
+          config: { mediaType: OCI_CONFIG, digest: cfgDigest, size: cfg.length },
+          layers: [{ mediaType: OCI_LAYER, digest: layerDigest, size: tar.length }],
+        }),
+      );
+      assert.equal((await putManifest(srv.host, "conv/plain", "v1", plain, OCI_MANIFEST)).status, 201);
+      const refused = await request(srv.host, "GET", "/v2/conv/plain/manifests/v1", {
+        headers: { Accept: DOCKER_MANIFEST },
+      });
+      assert.equal(refused.status, 404);
+      assert.equal(refused.code, "MANIFEST_UNKNOWN");
+      assert.match(JSON.stringify(refused.json), /gzip-compressed layers only/);
+    },
+  );
 
   test("tags/list and _catalog pagination", async () => {
     const repo = "paging/tags";
@@ -511,7 +636,10 @@ describe("nixoci serve: distribution API", () => {
     const p3 = await request(srv.host, "GET", `/v2/${repo}/tags/list?n=2&last=t4`);
     assert.deepEqual(p3.json, { name: repo, tags: ["t5"] });
     assert.equal(p3.headers.link, undefined);
-    assert.deepEqual((await request(srv.host, "GET", `/v2/${repo}/tags/list?n=0`)).json, { name: repo, tags: [] });
+    assert.deepEqual((await request(srv.host, "GET", `/v2/${repo}/tags/list?n=0`)).json, {
+      name: repo,
+      tags: [],
+    });
 
     const cat = await request(srv.host, "GET", "/v2/_catalog");
     const repos = (cat.json as { repositories: string[] }).repositories;
@@ -529,10 +657,19 @@ describe("nixoci serve: distribution API", () => {
     assert.equal((await request(srv.host, "DELETE", `/v2/${repo}/manifests/a`)).status, 202);
     assert.equal((await request(srv.host, "GET", `/v2/${repo}/manifests/a`)).code, "MANIFEST_UNKNOWN");
     assert.equal((await request(srv.host, "GET", `/v2/${repo}/manifests/b`)).status, 200);
-    assert.equal((await request(srv.host, "DELETE", `/v2/${repo}/manifests/${image.manifest.digest}`)).status, 202);
+    assert.equal(
+      (await request(srv.host, "DELETE", `/v2/${repo}/manifests/${image.manifest.digest}`)).status,
+      202,
+    );
     assert.equal((await request(srv.host, "GET", `/v2/${repo}/manifests/b`)).status, 404);
-    assert.equal((await request(srv.host, "GET", `/v2/${repo}/manifests/${image.manifest.digest}`)).status, 404);
-    assert.deepEqual((await request(srv.host, "GET", `/v2/${repo}/tags/list`)).json, { name: repo, tags: [] });
+    assert.equal(
+      (await request(srv.host, "GET", `/v2/${repo}/manifests/${image.manifest.digest}`)).status,
+      404,
+    );
+    assert.deepEqual((await request(srv.host, "GET", `/v2/${repo}/tags/list`)).json, {
+      name: repo,
+      tags: [],
+    });
     const layer = image.layers[1].digest;
     assert.equal((await request(srv.host, "DELETE", `/v2/${repo}/blobs/${layer}`)).status, 202);
     assert.equal((await request(srv.host, "HEAD", `/v2/${repo}/blobs/${layer}`)).status, 404);
@@ -577,141 +714,254 @@ describe("nixoci serve: distribution API", () => {
         },
       ],
     });
-    const filtered = await request(srv.host, "GET", `/v2/${repo}/referrers/${image.manifest.digest}?artifactType=x/y`);
+    const filtered = await request(
+      srv.host,
+      "GET",
+      `/v2/${repo}/referrers/${image.manifest.digest}?artifactType=x/y`,
+    );
     assert.deepEqual((filtered.json as { manifests: unknown[] }).manifests, []);
     assert.equal(filtered.headers["oci-filters-applied"], "artifactType");
     assert.equal((await request(srv.host, "GET", `/v2/${repo}/referrers/${ZERO}`)).status, 200);
     assert.equal((await request(srv.host, "GET", `/v2/${repo}/referrers/sha256:bad`)).status, 400);
   });
 
-  test("malformed requests: statuses and codes, never 500, nothing left behind", { timeout: 60_000 }, async () => {
-    const repo = "bad/req";
-    await pushImage(image, { registry: srv.host, repository: repo, tag: "v1" }, { pushRecord: false });
-    const blobsBefore = checkBlobDir(srv.root);
-    const layer = image.layers[0];
-    const manifest = (o: Record<string, unknown>): Buffer =>
-      Buffer.from(
-        JSON.stringify({
-          schemaVersion: 2,
-          mediaType: OCI_MANIFEST,
-          config: { mediaType: OCI_CONFIG, digest: image.config.digest, size: image.config.size },
-          layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
-          ...o,
-        }),
+  test(
+    "malformed requests: statuses and codes, never 500, nothing left behind",
+    { timeout: 60_000 },
+    async () => {
+      const repo = "bad/req";
+      await pushImage(image, { registry: srv.host, repository: repo, tag: "v1" }, { pushRecord: false });
+      const blobsBefore = checkBlobDir(srv.root);
+      const layer = image.layers[0];
+      const manifest = (o: Record<string, unknown>): Buffer =>
+        Buffer.from(
+          JSON.stringify({
+            schemaVersion: 2,
+            mediaType: OCI_MANIFEST,
+            config: { mediaType: OCI_CONFIG, digest: image.config.digest, size: image.config.size },
+            layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
+            ...o,
+          }),
+        );
+      const missing = manifest({ layers: [{ mediaType: layer.mediaType, digest: ZERO, size: 3 }] });
+      const wrongSize = manifest({
+        layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size + 1 }],
+      });
+      type Case = [
+        string,
+        string,
+        number,
+        string | undefined,
+        { headers?: Record<string, string>; body?: Buffer | string }?,
+      ];
+      const cases: Case[] = [
+        ["GET", "/v2/Upper/manifests/latest", 400, "NAME_INVALID"],
+        ["GET", `/v2/${"a".repeat(256)}/tags/list`, 400, "NAME_INVALID"],
+        ["GET", "/v2/a/../b/manifests/latest", 404, "NAME_UNKNOWN"],
+        ["GET", "/v2/../../etc/manifests/latest", 404, "NAME_UNKNOWN"],
+        ["GET", "/v2/%2e%2e/%2e%2e/manifests/latest", 404, "NAME_UNKNOWN"],
+        ["GET", "/v2/a%2f..%2fb/blobs/" + ZERO, 404, "NAME_UNKNOWN"],
+        ["GET", "/v2/a//b/manifests/latest", 404, "NAME_UNKNOWN"],
+        ["GET", "/v2//a/tags/list", 404, "NAME_UNKNOWN"],
+        [
+          "PUT",
+          "/v2/a/./b/manifests/latest",
+          404,
+          "NAME_UNKNOWN",
+          { body: "{}", headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        ["GET", `/v2/${repo}/blobs/sha256:xyz`, 400, "DIGEST_INVALID"],
+        ["GET", `/v2/${repo}/blobs/sha256:${"A".repeat(64)}`, 400, "DIGEST_INVALID"],
+        ["GET", `/v2/${repo}/blobs/sha256:..%2f..%2fetc`, 400, "DIGEST_INVALID"],
+        ["GET", `/v2/${repo}/blobs/md5:d41d8cd98f00b204e9800998ecf8427e`, 404, "BLOB_UNKNOWN"],
+        ["GET", `/v2/${repo}/blobs/sha512:${"a".repeat(64)}`, 400, "DIGEST_INVALID"],
+        ["GET", `/v2/${repo}/blobs/sha512:${"a".repeat(128)}`, 404, "BLOB_UNKNOWN"],
+        ["HEAD", `/v2/${repo}/blobs/${ZERO}`, 404, undefined],
+        ["GET", `/v2/${repo}/blobs/${ZERO}`, 404, "BLOB_UNKNOWN"],
+        ["GET", `/v2/${repo}/manifests/sha256:xyz`, 400, "DIGEST_INVALID"],
+        ["GET", `/v2/${repo}/manifests/${ZERO}`, 404, "MANIFEST_UNKNOWN"],
+        ["GET", `/v2/${repo}/manifests/-bad`, 404, "MANIFEST_UNKNOWN"],
+        ["GET", `/v2/${repo}/manifests/${"t".repeat(129)}`, 404, "MANIFEST_UNKNOWN"],
+        ["GET", `/v2/${repo}/manifests/nope`, 404, "MANIFEST_UNKNOWN"],
+        ["GET", "/v2/no/such/repo/manifests/v1", 404, "MANIFEST_UNKNOWN"],
+        ["GET", "/v2/no/such/repo/tags/list", 404, "NAME_UNKNOWN"],
+        ["GET", `/v2/${repo}/tags/list?n=abc`, 400, "PAGINATION_NUMBER_INVALID"],
+        ["GET", `/v2/${repo}/tags/list?n=-1`, 400, "PAGINATION_NUMBER_INVALID"],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/-bad`,
+          400,
+          "MANIFEST_INVALID",
+          { body: image.manifest.bytes, headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          400,
+          "MANIFEST_INVALID",
+          { body: "{not json", headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: image.manifest.bytes }],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          400,
+          "MANIFEST_INVALID",
+          { body: image.manifest.bytes, headers: { "Content-Type": DOCKER_MANIFEST } },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          400,
+          "MANIFEST_INVALID",
+          {
+            body: image.manifest.bytes,
+            headers: { "Content-Type": "application/vnd.docker.distribution.manifest.v1+prettyjws" },
+          },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          400,
+          "MANIFEST_INVALID",
+          { body: manifest({ schemaVersion: 1 }), headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          400,
+          "MANIFEST_INVALID",
+          {
+            body: manifest({ config: { digest: "sha256:xyz", size: 1, mediaType: OCI_CONFIG } }),
+            headers: { "Content-Type": OCI_MANIFEST },
+          },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          400,
+          "MANIFEST_BLOB_UNKNOWN",
+          { body: missing, headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          400,
+          "MANIFEST_INVALID",
+          { body: wrongSize, headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/${ZERO}`,
+          400,
+          "DIGEST_INVALID",
+          { body: image.manifest.bytes, headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/sha256:xyz`,
+          400,
+          "DIGEST_INVALID",
+          { body: image.manifest.bytes, headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        [
+          "PUT",
+          `/v2/${repo}/manifests/v2`,
+          413,
+          "SIZE_INVALID",
+          { body: Buffer.alloc((4 << 20) + 1, 32), headers: { "Content-Type": OCI_MANIFEST } },
+        ],
+        ["GET", `/v2/${repo}/blobs/uploads/${randomUUID()}`, 404, "BLOB_UPLOAD_UNKNOWN"],
+        ["GET", `/v2/${repo}/blobs/uploads/not-a-uuid`, 404, "BLOB_UPLOAD_UNKNOWN"],
+        ["PATCH", `/v2/${repo}/blobs/uploads/..%2f..%2fblobs`, 404, "BLOB_UPLOAD_UNKNOWN", { body: "x" }],
+        ["DELETE", `/v2/${repo}/blobs/uploads/${randomUUID()}`, 404, "BLOB_UPLOAD_UNKNOWN"],
+        ["POST", `/v2/${repo}/blobs/uploads/?digest=sha256:xyz`, 400, "DIGEST_INVALID", { body: "abc" }],
+        ["POST", `/v2/${repo}/blobs/uploads/?digest=${ZERO}`, 400, "DIGEST_INVALID", { body: "abc" }],
+        [
+          "POST",
+          `/v2/${repo}/blobs/uploads/?digest=sha512:${"a".repeat(128)}`,
+          400,
+          "UNSUPPORTED",
+          { body: "abc" },
+        ],
+        ["POST", `/v2/${repo}/blobs/uploads/?mount=sha256:xyz&from=hello/src`, 400, "DIGEST_INVALID"],
+        ["POST", `/v2/${repo}/manifests/v1`, 405, "UNSUPPORTED"],
+        ["GET", `/v2/${repo}/nothing/here`, 404, "NOT_FOUND"],
+        ["GET", "/v2/token", 404, "NOT_FOUND"],
+        ["GET", "/elsewhere", 404, "NOT_FOUND"],
+      ];
+      const failures: string[] = [];
+      for (const [method, path, status, code, opts] of cases) {
+        const res = await request(srv.host, method, path, opts);
+        if (res.status !== status || (method !== "HEAD" && res.code !== code))
+          failures.push(
+            `${method} ${path.slice(0, 80)}: ${res.status} ${res.code ?? ""} (expected ${status} ${code ?? ""})`,
+          );
+        if (method !== "HEAD") assert.match(String(res.headers["content-type"]), /^application\/json/, path);
+      }
+      assert.deepEqual(failures, []);
+      assert.ok(
+        srv.requests.every((r) => r.status < 500),
+        "no 500",
       );
-    const missing = manifest({ layers: [{ mediaType: layer.mediaType, digest: ZERO, size: 3 }] });
-    const wrongSize = manifest({ layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size + 1 }] });
-    type Case = [string, string, number, string | undefined, { headers?: Record<string, string>; body?: Buffer | string }?];
-    const cases: Case[] = [
-      ["GET", "/v2/Upper/manifests/latest", 400, "NAME_INVALID"],
-      ["GET", `/v2/${"a".repeat(256)}/tags/list`, 400, "NAME_INVALID"],
-      ["GET", "/v2/a/../b/manifests/latest", 404, "NAME_UNKNOWN"],
-      ["GET", "/v2/../../etc/manifests/latest", 404, "NAME_UNKNOWN"],
-      ["GET", "/v2/%2e%2e/%2e%2e/manifests/latest", 404, "NAME_UNKNOWN"],
-      ["GET", "/v2/a%2f..%2fb/blobs/" + ZERO, 404, "NAME_UNKNOWN"],
-      ["GET", "/v2/a//b/manifests/latest", 404, "NAME_UNKNOWN"],
-      ["GET", "/v2//a/tags/list", 404, "NAME_UNKNOWN"],
-      ["PUT", "/v2/a/./b/manifests/latest", 404, "NAME_UNKNOWN", { body: "{}", headers: { "Content-Type": OCI_MANIFEST } }],
-      ["GET", `/v2/${repo}/blobs/sha256:xyz`, 400, "DIGEST_INVALID"],
-      ["GET", `/v2/${repo}/blobs/sha256:${"A".repeat(64)}`, 400, "DIGEST_INVALID"],
-      ["GET", `/v2/${repo}/blobs/sha256:..%2f..%2fetc`, 400, "DIGEST_INVALID"],
-      ["GET", `/v2/${repo}/blobs/md5:d41d8cd98f00b204e9800998ecf8427e`, 404, "BLOB_UNKNOWN"],
-      ["GET", `/v2/${repo}/blobs/sha512:${"a".repeat(64)}`, 400, "DIGEST_INVALID"],
-      ["GET", `/v2/${repo}/blobs/sha512:${"a".repeat(128)}`, 404, "BLOB_UNKNOWN"],
-      ["HEAD", `/v2/${repo}/blobs/${ZERO}`, 404, undefined],
-      ["GET", `/v2/${repo}/blobs/${ZERO}`, 404, "BLOB_UNKNOWN"],
-      ["GET", `/v2/${repo}/manifests/sha256:xyz`, 400, "DIGEST_INVALID"],
-      ["GET", `/v2/${repo}/manifests/${ZERO}`, 404, "MANIFEST_UNKNOWN"],
-      ["GET", `/v2/${repo}/manifests/-bad`, 404, "MANIFEST_UNKNOWN"],
-      ["GET", `/v2/${repo}/manifests/${"t".repeat(129)}`, 404, "MANIFEST_UNKNOWN"],
-      ["GET", `/v2/${repo}/manifests/nope`, 404, "MANIFEST_UNKNOWN"],
-      ["GET", "/v2/no/such/repo/manifests/v1", 404, "MANIFEST_UNKNOWN"],
-      ["GET", "/v2/no/such/repo/tags/list", 404, "NAME_UNKNOWN"],
-      ["GET", `/v2/${repo}/tags/list?n=abc`, 400, "PAGINATION_NUMBER_INVALID"],
-      ["GET", `/v2/${repo}/tags/list?n=-1`, 400, "PAGINATION_NUMBER_INVALID"],
-      ["PUT", `/v2/${repo}/manifests/-bad`, 400, "MANIFEST_INVALID", { body: image.manifest.bytes, headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: "{not json", headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: image.manifest.bytes }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: image.manifest.bytes, headers: { "Content-Type": DOCKER_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: image.manifest.bytes, headers: { "Content-Type": "application/vnd.docker.distribution.manifest.v1+prettyjws" } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: manifest({ schemaVersion: 1 }), headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: manifest({ config: { digest: "sha256:xyz", size: 1, mediaType: OCI_CONFIG } }), headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_BLOB_UNKNOWN", { body: missing, headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 400, "MANIFEST_INVALID", { body: wrongSize, headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/${ZERO}`, 400, "DIGEST_INVALID", { body: image.manifest.bytes, headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/sha256:xyz`, 400, "DIGEST_INVALID", { body: image.manifest.bytes, headers: { "Content-Type": OCI_MANIFEST } }],
-      ["PUT", `/v2/${repo}/manifests/v2`, 413, "SIZE_INVALID", { body: Buffer.alloc((4 << 20) + 1, 32), headers: { "Content-Type": OCI_MANIFEST } }],
-      ["GET", `/v2/${repo}/blobs/uploads/${randomUUID()}`, 404, "BLOB_UPLOAD_UNKNOWN"],
-      ["GET", `/v2/${repo}/blobs/uploads/not-a-uuid`, 404, "BLOB_UPLOAD_UNKNOWN"],
-      ["PATCH", `/v2/${repo}/blobs/uploads/..%2f..%2fblobs`, 404, "BLOB_UPLOAD_UNKNOWN", { body: "x" }],
-      ["DELETE", `/v2/${repo}/blobs/uploads/${randomUUID()}`, 404, "BLOB_UPLOAD_UNKNOWN"],
-      ["POST", `/v2/${repo}/blobs/uploads/?digest=sha256:xyz`, 400, "DIGEST_INVALID", { body: "abc" }],
-      ["POST", `/v2/${repo}/blobs/uploads/?digest=${ZERO}`, 400, "DIGEST_INVALID", { body: "abc" }],
-      ["POST", `/v2/${repo}/blobs/uploads/?digest=sha512:${"a".repeat(128)}`, 400, "UNSUPPORTED", { body: "abc" }],
-      ["POST", `/v2/${repo}/blobs/uploads/?mount=sha256:xyz&from=hello/src`, 400, "DIGEST_INVALID"],
-      ["POST", `/v2/${repo}/manifests/v1`, 405, "UNSUPPORTED"],
-      ["GET", `/v2/${repo}/nothing/here`, 404, "NOT_FOUND"],
-      ["GET", "/v2/token", 404, "NOT_FOUND"],
-      ["GET", "/elsewhere", 404, "NOT_FOUND"],
-    ];
-    const failures: string[] = [];
-    for (const [method, path, status, code, opts] of cases) {
-      const res = await request(srv.host, method, path, opts);
-      if (res.status !== status || (method !== "HEAD" && res.code !== code))
-        failures.push(`${method} ${path.slice(0, 80)}: ${res.status} ${res.code ?? ""} (expected ${status} ${code ?? ""})`);
-      if (method !== "HEAD") assert.match(String(res.headers["content-type"]), /^application\/json/, path);
-    }
-    assert.deepEqual(failures, []);
-    assert.ok(srv.requests.every((r) => r.status < 500), "no 500");
 
-    // Uploads: out-of-order chunks, wrong digests.
-    const loc = await uploadStart(srv.host, repo);
-    let res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "5-9" } });
-    assert.equal(res.status, 416);
-    assert.equal(res.code, "BLOB_UPLOAD_INVALID");
-    assert.equal(res.headers.range, "0-0");
-    res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "bogus" } });
-    assert.equal(res.status, 416);
-    res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "0-9" } });
-    assert.equal(res.status, 416, "Content-Range longer than the body");
-    res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "0-4" } });
-    assert.equal(res.status, 202);
-    assert.equal(res.headers.range, "0-4");
-    res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "0-4" } });
-    assert.equal(res.status, 416, "the same chunk again");
-    assert.equal(res.headers.range, "0-4");
-    res = await request(srv.host, "PATCH", loc, { body: " world" }); // streamed: no Content-Range
-    assert.equal(res.status, 202);
-    assert.equal(res.headers.range, "0-10");
-    res = await request(srv.host, "GET", loc);
-    assert.equal(res.status, 204);
-    assert.equal(res.headers.range, "0-10");
-    // Another repository cannot use the session.
-    assert.equal((await request(srv.host, "GET", loc.replace(repo, "other/repo"))).code, "BLOB_UPLOAD_UNKNOWN");
-    assert.equal((await request(srv.host, "PUT", withQuery(loc, "digest=sha256:xyz"))).code, "DIGEST_INVALID");
-    assert.equal((await request(srv.host, "PUT", loc)).code, "DIGEST_INVALID");
-    // Wrong digest: 400, the session is gone, nothing visible.
-    const wrong = sha256Digest("something else");
-    res = await request(srv.host, "PUT", withQuery(loc, `digest=${wrong}`));
-    assert.equal(res.status, 400);
-    assert.equal(res.code, "DIGEST_INVALID");
-    assert.equal((await request(srv.host, "GET", loc)).code, "BLOB_UPLOAD_UNKNOWN");
-    for (const d of [wrong, sha256Digest("hello world")])
-      assert.equal((await request(srv.host, "HEAD", `/v2/${repo}/blobs/${d}`)).status, 404);
+      // Uploads: out-of-order chunks, wrong digests.
+      const loc = await uploadStart(srv.host, repo);
+      let res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "5-9" } });
+      assert.equal(res.status, 416);
+      assert.equal(res.code, "BLOB_UPLOAD_INVALID");
+      assert.equal(res.headers.range, "0-0");
+      res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "bogus" } });
+      assert.equal(res.status, 416);
+      res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "0-9" } });
+      assert.equal(res.status, 416, "Content-Range longer than the body");
+      res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "0-4" } });
+      assert.equal(res.status, 202);
+      assert.equal(res.headers.range, "0-4");
+      res = await request(srv.host, "PATCH", loc, { body: "hello", headers: { "Content-Range": "0-4" } });
+      assert.equal(res.status, 416, "the same chunk again");
+      assert.equal(res.headers.range, "0-4");
+      res = await request(srv.host, "PATCH", loc, { body: " world" }); // streamed: no Content-Range
+      assert.equal(res.status, 202);
+      assert.equal(res.headers.range, "0-10");
+      res = await request(srv.host, "GET", loc);
+      assert.equal(res.status, 204);
+      assert.equal(res.headers.range, "0-10");
+      // Another repository cannot use the session.
+      assert.equal(
+        (await request(srv.host, "GET", loc.replace(repo, "other/repo"))).code,
+        "BLOB_UPLOAD_UNKNOWN",
+      );
+      assert.equal(
+        (await request(srv.host, "PUT", withQuery(loc, "digest=sha256:xyz"))).code,
+        "DIGEST_INVALID",
+      );
+      assert.equal((await request(srv.host, "PUT", loc)).code, "DIGEST_INVALID");
+      // Wrong digest: 400, the session is gone, nothing visible.
+      const wrong = sha256Digest("something else");
+      res = await request(srv.host, "PUT", withQuery(loc, `digest=${wrong}`));
+      assert.equal(res.status, 400);
+      assert.equal(res.code, "DIGEST_INVALID");
+      assert.equal((await request(srv.host, "GET", loc)).code, "BLOB_UPLOAD_UNKNOWN");
+      for (const d of [wrong, sha256Digest("hello world")])
+        assert.equal((await request(srv.host, "HEAD", `/v2/${repo}/blobs/${d}`)).status, 404);
 
-    // A monolithic PUT with a body whose digest is wrong.
-    const loc2 = await uploadStart(srv.host, repo);
-    res = await request(srv.host, "PUT", withQuery(loc2, `digest=${wrong}`), { body: Buffer.alloc(100_000, 7) });
-    assert.equal(res.code, "DIGEST_INVALID");
-    // A cancelled session.
-    const loc3 = await uploadStart(srv.host, repo);
-    await request(srv.host, "PATCH", loc3, { body: "partial" });
-    assert.equal((await request(srv.host, "DELETE", loc3)).status, 204);
-    assert.equal((await request(srv.host, "DELETE", loc3)).code, "BLOB_UPLOAD_UNKNOWN");
+      // A monolithic PUT with a body whose digest is wrong.
+      const loc2 = await uploadStart(srv.host, repo);
+      res = await request(srv.host, "PUT", withQuery(loc2, `digest=${wrong}`), {
+        body: Buffer.alloc(100_000, 7),
+      });
+      assert.equal(res.code, "DIGEST_INVALID");
+      // A cancelled session.
+      const loc3 = await uploadStart(srv.host, repo);
+      await request(srv.host, "PATCH", loc3, { body: "partial" });
+      assert.equal((await request(srv.host, "DELETE", loc3)).status, 204);
+      assert.equal((await request(srv.host, "DELETE", loc3)).code, "BLOB_UPLOAD_UNKNOWN");
 
-    assert.deepEqual(checkBlobDir(srv.root).sort(), blobsBefore.sort(), "no new blob after failures");
-    assert.deepEqual(uploadsLeft(srv.root), []);
-  });
+      assert.deepEqual(checkBlobDir(srv.root).sort(), blobsBefore.sort(), "no new blob after failures");
+      assert.deepEqual(uploadsLeft(srv.root), []);
+    },
+  );
 
   test("an interrupted chunk is cut off again; the session goes on", { timeout: 30_000 }, async () => {
     const repo = "interrupted/up";
@@ -738,7 +988,10 @@ describe("nixoci serve: distribution API", () => {
     }
     assert.equal(st?.headers.range, "0-0");
     const data = Buffer.alloc(5000, 9);
-    assert.equal((await request(srv.host, "PATCH", loc, { body: data, headers: { "Content-Range": "0-4999" } })).status, 202);
+    assert.equal(
+      (await request(srv.host, "PATCH", loc, { body: data, headers: { "Content-Range": "0-4999" } })).status,
+      202,
+    );
     const res = await request(srv.host, "PUT", withQuery(loc, `digest=${sha256Digest(data)}`));
     assert.equal(res.status, 201);
     assert.equal(res.headers["docker-content-digest"], sha256Digest(data));
@@ -767,7 +1020,11 @@ describe("nixoci serve: distribution API", () => {
     checkBlobDir(srv.root);
     for (const repository of ["conc/a", "conc/b"]) {
       const info = JSON.parse(
-        await exec("skopeo", ["inspect", "--tls-verify=false", `docker://${srv.host}/${repository}:t0`]).catch(() =>
+        await exec("skopeo", [
+          "inspect",
+          "--tls-verify=false",
+          `docker://${srv.host}/${repository}:t0`,
+        ]).catch(() =>
           exec("skopeo", ["inspect", "--tls-verify=false", `docker://${srv.host}/${repository}:t3`]),
         ),
       ) as { Digest: string };
@@ -795,7 +1052,8 @@ describe("nixoci serve: manifest source", () => {
           await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
           return undefined;
         }
-        if (repo !== "nix/hello" || (reference !== "latest" && reference !== image.manifest.digest)) return undefined;
+        if (repo !== "nix/hello" || (reference !== "latest" && reference !== image.manifest.digest))
+          return undefined;
         return { digest: image.manifest.digest, mediaType: OCI_MANIFEST, bytes: image.manifest.bytes };
       },
     };
@@ -811,7 +1069,10 @@ describe("nixoci serve: manifest source", () => {
     assert.deepEqual(res.body, image.manifest.bytes);
     assert.deepEqual(calls, [{ repo: "nix/hello", reference: "latest", method: "GET" }]);
     // By digest it is now in the storage; the tag is asked again (the source decides what a tag means).
-    assert.equal((await request(srv.host, "HEAD", `/v2/nix/hello/manifests/${image.manifest.digest}`)).status, 200);
+    assert.equal(
+      (await request(srv.host, "HEAD", `/v2/nix/hello/manifests/${image.manifest.digest}`)).status,
+      200,
+    );
     assert.equal(calls.length, 1);
     assert.equal((await request(srv.host, "HEAD", "/v2/nix/hello/manifests/latest")).status, 200);
     assert.deepEqual(calls[1], { repo: "nix/hello", reference: "latest", method: "HEAD" });
@@ -826,27 +1087,33 @@ describe("nixoci serve: manifest source", () => {
     await exec("umoci", ["unpack", "--rootless", "--image", `${out}:latest`, join(out, "..", "bundle")]);
     assert.equal(readFileSync(join(out, "..", "bundle/rootfs/hello.txt"), "utf8"), "from the source\n");
     // Docker-only clients get the conversion of a source's manifest too.
-    const d = await request(srv.host, "GET", "/v2/nix/hello/manifests/latest", { headers: { Accept: DOCKER_MANIFEST } });
+    const d = await request(srv.host, "GET", "/v2/nix/hello/manifests/latest", {
+      headers: { Accept: DOCKER_MANIFEST },
+    });
     assert.equal(d.headers["content-type"], DOCKER_MANIFEST);
   });
 
-  test("not handled: 404; errors pass through; the signal follows the client", { timeout: 30_000 }, async () => {
-    const nf = await request(srv.host, "GET", "/v2/nix/unknown/manifests/latest");
-    assert.equal(nf.status, 404);
-    assert.equal(nf.code, "MANIFEST_UNKNOWN");
-    const busy = await request(srv.host, "GET", "/v2/nix/busy/manifests/latest");
-    assert.equal(busy.status, 429);
-    assert.equal(busy.code, "TOOMANYREQUESTS");
-    const [hostname, port] = srv.host.split(":");
-    const req = http.request({ host: hostname, port: Number(port), path: "/v2/nix/slow/manifests/latest" });
-    req.on("error", () => undefined);
-    req.end();
-    for (let i = 0; i < 50 && !slowSignal; i++) await new Promise((r) => setTimeout(r, 50));
-    assert.ok(slowSignal && !slowSignal.aborted);
-    req.destroy();
-    for (let i = 0; i < 50 && !slowSignal.aborted; i++) await new Promise((r) => setTimeout(r, 50));
-    assert.ok(slowSignal.aborted, "the source's signal is aborted when the client goes away");
-  });
+  test(
+    "not handled: 404; errors pass through; the signal follows the client",
+    { timeout: 30_000 },
+    async () => {
+      const nf = await request(srv.host, "GET", "/v2/nix/unknown/manifests/latest");
+      assert.equal(nf.status, 404);
+      assert.equal(nf.code, "MANIFEST_UNKNOWN");
+      const busy = await request(srv.host, "GET", "/v2/nix/busy/manifests/latest");
+      assert.equal(busy.status, 429);
+      assert.equal(busy.code, "TOOMANYREQUESTS");
+      const [hostname, port] = srv.host.split(":");
+      const req = http.request({ host: hostname, port: Number(port), path: "/v2/nix/slow/manifests/latest" });
+      req.on("error", () => undefined);
+      req.end();
+      for (let i = 0; i < 50 && !slowSignal; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(slowSignal && !slowSignal.aborted);
+      req.destroy();
+      for (let i = 0; i < 50 && !slowSignal.aborted; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(slowSignal.aborted, "the source's signal is aborted when the client goes away");
+    },
+  );
 });
 
 describe("nixoci serve with docker and containerd", () => {
@@ -923,7 +1190,12 @@ describe("compared with docker-registry 2.8", () => {
   async function both(
     f: (host: string) => Promise<Res>,
     headers: string[] = [],
-  ): Promise<[{ status: number; code?: string; h: Record<string, unknown> }, { status: number; code?: string; h: Record<string, unknown> }]> {
+  ): Promise<
+    [
+      { status: number; code?: string; h: Record<string, unknown> },
+      { status: number; code?: string; h: Record<string, unknown> },
+    ]
+  > {
     const pick = (r: Res): { status: number; code?: string; h: Record<string, unknown> } => ({
       status: r.status,
       code: r.code,
@@ -949,7 +1221,11 @@ describe("compared with docker-registry 2.8", () => {
       ["GET unknown tag", (h) => request(h, "GET", "/v2/cmp/img/manifests/nope"), []],
       ["tags of unknown repo", (h) => request(h, "GET", "/v2/no/repo/tags/list"), []],
       ["manifest of unknown repo", (h) => request(h, "GET", "/v2/no/repo/manifests/v1"), []],
-      ["HEAD blob", (h) => request(h, "HEAD", `/v2/cmp/img/blobs/${layer.digest}`), ["content-length", "docker-content-digest"]],
+      [
+        "HEAD blob",
+        (h) => request(h, "HEAD", `/v2/cmp/img/blobs/${layer.digest}`),
+        ["content-length", "docker-content-digest"],
+      ],
       ["HEAD unknown blob", (h) => request(h, "HEAD", `/v2/cmp/img/blobs/${ZERO}`), []],
       ["GET unknown blob", (h) => request(h, "GET", `/v2/cmp/img/blobs/${ZERO}`), []],
       [
@@ -963,13 +1239,19 @@ describe("compared with docker-registry 2.8", () => {
         async (h) => {
           const loc = await uploadStart(h, "cmp/img");
           const p = await request(h, "PATCH", loc, { body: "hello" });
-          return request(h, "GET", new URL(String(p.headers.location), `http://${h}`).pathname + new URL(String(p.headers.location), `http://${h}`).search);
+          return request(
+            h,
+            "GET",
+            new URL(String(p.headers.location), `http://${h}`).pathname +
+              new URL(String(p.headers.location), `http://${h}`).search,
+          );
         },
         ["range"],
       ],
       [
         "PUT wrong digest",
-        async (h) => request(h, "PUT", withQuery(await uploadStart(h, "cmp/img"), `digest=${ZERO}`), { body: "abc" }),
+        async (h) =>
+          request(h, "PUT", withQuery(await uploadStart(h, "cmp/img"), `digest=${ZERO}`), { body: "abc" }),
         [],
       ],
       [
@@ -1010,7 +1292,8 @@ describe("compared with docker-registry 2.8", () => {
       }
       // docker-registry answers with absolute Locations; ours are relative (both allowed).
       if (typeof b.h.location === "string") b.h.location = new URL(b.h.location).pathname;
-      if (JSON.stringify(a) !== JSON.stringify(b)) diffs.push(`${name}: ours ${JSON.stringify(a)} docker-registry ${JSON.stringify(b)}`);
+      if (JSON.stringify(a) !== JSON.stringify(b))
+        diffs.push(`${name}: ours ${JSON.stringify(a)} docker-registry ${JSON.stringify(b)}`);
     }
     for (const d of diffs) t.diagnostic(d);
     assert.deepEqual(diffs, []);
@@ -1023,7 +1306,10 @@ describe("compared with docker-registry 2.8", () => {
       [
         "PATCH out of order",
         async (h) =>
-          request(h, "PATCH", await uploadStart(h, "cmp/img"), { body: "hello", headers: { "Content-Range": "10-14" } }),
+          request(h, "PATCH", await uploadStart(h, "cmp/img"), {
+            body: "hello",
+            headers: { "Content-Range": "10-14" },
+          }),
         "416 BLOB_UPLOAD_INVALID",
         "202 (2.8 ignores the chunk's start)",
       ],
@@ -1039,9 +1325,24 @@ describe("compared with docker-registry 2.8", () => {
         "200 (one tag and a Link)",
         "200 (every tag: 2.8 pages only the catalog)",
       ],
-      ["bad digest in a blob path", (h) => request(h, "GET", "/v2/cmp/img/blobs/sha256:xyz"), "400 DIGEST_INVALID", "400 DIGEST_INVALID"],
-      ["uppercase name", (h) => request(h, "GET", "/v2/Cmp/img/manifests/v1"), "400 NAME_INVALID", "404 MANIFEST_UNKNOWN"],
-      ["dot-dot name", (h) => request(h, "GET", "/v2/cmp/../img/manifests/v1"), "404 NAME_UNKNOWN", "301 (a redirect to the cleaned path)"],
+      [
+        "bad digest in a blob path",
+        (h) => request(h, "GET", "/v2/cmp/img/blobs/sha256:xyz"),
+        "400 DIGEST_INVALID",
+        "400 DIGEST_INVALID",
+      ],
+      [
+        "uppercase name",
+        (h) => request(h, "GET", "/v2/Cmp/img/manifests/v1"),
+        "400 NAME_INVALID",
+        "404 MANIFEST_UNKNOWN",
+      ],
+      [
+        "dot-dot name",
+        (h) => request(h, "GET", "/v2/cmp/../img/manifests/v1"),
+        "404 NAME_UNKNOWN",
+        "301 (a redirect to the cleaned path)",
+      ],
       [
         "OCI manifest to a Docker-only client",
         (h) => request(h, "GET", "/v2/cmp/img/manifests/v1", { headers: { Accept: DOCKER_MANIFEST } }),
@@ -1050,7 +1351,10 @@ describe("compared with docker-registry 2.8", () => {
       ],
       [
         "blob range out of bounds",
-        (h) => request(h, "GET", `/v2/cmp/img/blobs/${layer.digest}`, { headers: { Range: `bytes=${layer.size}-` } }),
+        (h) =>
+          request(h, "GET", `/v2/cmp/img/blobs/${layer.digest}`, {
+            headers: { Range: `bytes=${layer.size}-` },
+          }),
         "416 RANGE_INVALID",
         "416 with the blob's Content-Length and a shorter text body (clients see a truncated response)",
       ],
