@@ -103,6 +103,9 @@ export class BlobStore {
       },
       async abort(): Promise<void> {
         if (!finished) stream.destroy();
+        // The file may still be opening: removing it before the open completes would leave it behind.
+        file.destroy();
+        if (!file.closed) await new Promise<void>((r) => file.once("close", () => r()));
         await rm(tmp, { force: true });
       },
     };

@@ -147,15 +147,28 @@ test("images of 1, 5 and 20 packages: skopeo inspects and copies them; layers ar
   assert.equal(a.Digest, b.Digest);
 });
 
-test("ctr pulls over plain HTTP and runs the image; docker pulls and runs it", () => {
-  const ref = `${server.host}/hello/bash:latest`;
-  containerd.ctr(["images", "pull", "--plain-http", ref]);
+test("ctr and docker pull images of 1, 5 and 20 packages and run them", () => {
+  for (const pkgs of [["hello"], ["hello", "grep", "sed", "awk", "bash"], TWENTY]) {
+    const ref = `${server.host}/${pkgs.join("/")}:latest`;
+    containerd.ctr(["images", "pull", "--plain-http", ref]);
+    const id = `serve-${pkgs.length}`;
+    assert.equal(
+      containerd.ctr(["run", "--rm", ref, id, "/bin/hello"]).toString().trim(),
+      "Hello from a Nix image served by nixoci!",
+    );
+    dockerd.docker(["pull", ref]);
+    assert.equal(
+      dockerd.docker(["run", "--rm", "--network", "none", ref, "/bin/hello"]).toString().trim(),
+      "Hello from a Nix image served by nixoci!",
+    );
+  }
+  const bashRef = `${server.host}/hello/bash:latest`;
+  containerd.ctr(["images", "pull", "--plain-http", bashRef]);
   assert.equal(
-    containerd.ctr(["run", "--rm", ref, "serve-hello", "/bin/hello"]).toString().trim(),
-    "Hello from a Nix image served by nixoci!",
-  );
-  assert.equal(
-    containerd.ctr(["run", "--rm", ref, "serve-bash", "/bin/bash", "-c", "echo $((6*7))"]).toString().trim(),
+    containerd
+      .ctr(["run", "--rm", bashRef, "serve-bash", "/bin/bash", "-c", "echo $((6*7))"])
+      .toString()
+      .trim(),
     "42",
   );
   dockerd.docker(["pull", `${server.host}/shell/hello`]);
