@@ -1,6 +1,7 @@
 // nixoci cache push --to file:///DIR [--sign-key FILE] [--compression xz|zstd|bzip2|none] [--store URL] PATH...
 // Copies the closure of PATH... into a binary cache directory that `nix copy --from` accepts.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { parseSecretKey } from "../nix/signature.js";
 import { computeClosure } from "../store/closure.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
@@ -105,7 +106,12 @@ async function gcCommand(argv: string[]): Promise<number> {
     );
     return 0;
   }
-  const cache = new LayerCache(values["cache-dir"] ?? defaultCacheDir());
+  const dir = values["cache-dir"] ?? defaultCacheDir();
+  // A registry's storage shares this layout but also holds pushed blobs no built image records: never gc it.
+  if (existsSync(join(dir, "repositories"))) {
+    throw new NixociError(dir, "is a registry storage directory (nixoci serve --storage), not a layer cache");
+  }
+  const cache = new LayerCache(dir);
   const r = await cache.gc({
     keepImages: intOption(values["keep-images"], "keep-images", 20, 0),
     keepDays: intOption(values["keep-days"], "keep-days", 7, 0),

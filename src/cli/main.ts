@@ -13,6 +13,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   cache: async () => (await import("./cmd-cache.js")).cacheCommand,
   substitute: async () => (await import("./cmd-substitute.js")).substituteCommand,
   serve: async () => (await import("./cmd-serve.js")).serveCommand,
+  snapshotter: async () => (await import("./cmd-snapshotter.js")).snapshotterCommand,
 };
 
 const HELP = `nixoci: Nix closures for the container ecosystem
@@ -27,6 +28,7 @@ commands:
   cache       push store paths into a binary cache; garbage-collect the layer cache
   substitute  realise store paths from binary caches into a store directory
   serve       an on-demand registry of Nix package images that is also a Nix binary cache
+  snapshotter a containerd proxy snapshotter (overlay behaviour; Nix store composition in progress)
 
 Run \`nixoci COMMAND --help\` for a command's options.
 `;

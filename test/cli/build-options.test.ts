@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import {
   existsSync,
   lstatSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   readlinkSync,
@@ -16,7 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildFixtures, PACKAGES_NIX } from "../support/fixtures.js";
 import { run, runText } from "../support/run.js";
-import { nixociOk } from "../support/cli.js";
+import { nixoci, nixociOk } from "../support/cli.js";
 import { startContainerd, type Containerd } from "../support/daemons.js";
 
 const fx = buildFixtures();
@@ -208,4 +209,10 @@ test("cache gc keeps what recent images use and drops the rest", () => {
   );
   assert.ok(build(["--entrypoint", "/bin/hello", fx.tree], cache).layers.some((l) => l.status === "built"));
   assert.ok(existsSync(join(cache, "layers")));
+  // A registry storage directory is refused: its pushed blobs are recorded by no image.
+  const storage = join(work, "registry-storage");
+  mkdirSync(join(storage, "repositories"), { recursive: true });
+  const r = nixoci(["cache", "gc", "--cache-dir", storage]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /registry storage/);
 });

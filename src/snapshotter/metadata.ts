@@ -1,0 +1,239 @@
+// Durable snapshot metadata for `nixoci snapshotter`: one SQLite database (WAL, synchronous=FULL) under the
+// snapshotter's root. A snapshot is a row: numeric id (names its directory, never reused), key (an active or
+// view snapshot's key, a committed snapshot's name), kind, parent (a committed snapshot), labels, created and
+// updated times, and for committed snapshots the disk usage measured at commit. Every change is one
+// transaction, so a killed snapshotter restarts with exactly the snapshots it had acknowledged.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+
+export type SnapshotKind = "active" | "view" | "committed";
+
+export interface SnapshotRecord {
+  id: number;
+  key: string;
+  kind: SnapshotKind;
+  /** The parent's name (a committed snapshot), or undefined. */
+  parent?: string;
+  parentId?: number;
+  labels: Record<string, string>;
+  /** Milliseconds since the epoch. */
+  created: number;
+  updated: number;
+  /** Disk usage recorded at commit (committed snapshots only). */
+  size?: number;
+  inodes?: number;
+}
+
+export type SnapshotErrorCode = "not-found" | "already-exists" | "failed-precondition" | "invalid-argument";
+
+/** An error containerd understands: the server maps `code` to the matching gRPC status. */
+export class SnapshotError extends Error {
+  readonly code: SnapshotErrorCode;
+  constructor(code: SnapshotErrorCode, message: string) {
+    super(message);
+    this.name = "SnapshotError";
+    this.code = code;
+  }
+}
+
+interface Row {
+  id: number;
+  key: string;
+  kind: string;
+  parent_id: number | null;
+  parent_key: string | null;
+  labels: string;
+  created: number;
+  updated: number;
+  size: number | null;
+  inodes: number | null;
+}
+
+const SELECT = `SELECT s.id, s.key, s.kind, s.parent_id, p.key AS parent_key, s.labels, s.created, s.updated,
+  s.size, s.inodes FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id`;
+
+function toRecord(r: Row): SnapshotRecord {
+  const rec: SnapshotRecord = {
+    id: r.id,
+    key: r.key,
+    kind: r.kind as SnapshotKind,
+    labels: JSON.parse(r.labels) as Record<string, string>,
+    created: r.created,
+    updated: r.updated,
+  };
+  if (r.parent_id !== null) {
+    rec.parentId = r.parent_id;
+    rec.parent = r.parent_key ?? undefined;
+  }
+  if (r.size !== null) rec.size = r.size;
+  if (r.inodes !== null) rec.inodes = r.inodes;
+  return rec;
+}
+
+function checkLabels(labels: Record<string, string>): void {
+  for (const [k, v] of Object.entries(labels)) {
+    if (!k) throw new SnapshotError("invalid-argument", "label key must not be empty");
+    if (Buffer.byteLength(k) + Buffer.byteLength(v) > 4096)
+      throw new SnapshotError(
+        "invalid-argument",
+        `label ${JSON.stringify(k.slice(0, 64))}: key and value exceed 4096 bytes`,
+      );
+  }
+}
+
+export class MetadataStore {
+  readonly file: string;
+  private readonly db: Database.Database;
+
+  constructor(root: string) {
+    mkdirSync(root, { recursive: true, mode: 0o700 });
+    this.file = join(root, "metadata.db");
+    this.db = new Database(this.file, { timeout: 10_000 });
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("synchronous = FULL");
+    this.db.pragma("foreign_keys = ON");
+    this.db.exec(`CREATE TABLE IF NOT EXISTS snapshots (
+      id INTEGER PRIMARY KEY AUTOINCREMENT,
+      key TEXT NOT NULL UNIQUE,
+      kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
+      parent_id INTEGER REFERENCES snapshots(id),
+      labels TEXT NOT NULL DEFAULT '{}',
+      created INTEGER NOT NULL,
+      updated INTEGER NOT NULL,
+      size INTEGER,
+      inodes INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);`);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  /** Runs `fn` in one write transaction (rolled back if it throws). */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  get(key: string): SnapshotRecord | undefined {
+    const row = this.db.prepare(`${SELECT} WHERE s.key = ?`).get(key) as Row | undefined;
+    return row && toRecord(row);
+  }
+
+  getById(id: number): SnapshotRecord | undefined {
+    const row = this.db.prepare(`${SELECT} WHERE s.id = ?`).get(id) as Row | undefined;
+    return row && toRecord(row);
+  }
+
+  mustGet(key: string): SnapshotRecord {
+    const rec = this.get(key);
+    if (!rec) throw new SnapshotError("not-found", `snapshot ${JSON.stringify(key)} does not exist`);
+    return rec;
+  }
+
+  /** The ancestors of `rec`, nearest first. */
+  ancestors(rec: SnapshotRecord): SnapshotRecord[] {
+    const out: SnapshotRecord[] = [];
+    let next = rec.parentId;
+    while (next !== undefined) {
+      const p = this.getById(next);
+      if (!p) throw new Error(`metadata: snapshot ${rec.key}: ancestor id ${next} is missing`);
+      out.push(p);
+      next = p.parentId;
+      if (out.length > 100_000) throw new Error(`metadata: snapshot ${rec.key}: parent cycle`);
+    }
+    return out;
+  }
+
+  list(): SnapshotRecord[] {
+    return (this.db.prepare(`${SELECT} ORDER BY s.id`).all() as Row[]).map(toRecord);
+  }
+
+  ids(): Set<number> {
+    return new Set((this.db.prepare(`SELECT id FROM snapshots`).all() as { id: number }[]).map((r) => r.id));
+  }
+
+  /** Adds an active or view snapshot; the parent, if any, must be committed. Call inside a transaction. */
+  create(
+    kind: "active" | "view",
+    key: string,
+    parent: string | undefined,
+    labels: Record<string, string>,
+  ): SnapshotRecord {
+    if (!key) throw new SnapshotError("invalid-argument", "snapshot key must not be empty");
+    checkLabels(labels);
+    if (this.get(key))
+      throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(key)} already exists`);
+    let parentId: number | null = null;
+    if (parent) {
+      const p = this.get(parent);
+      if (!p)
+        throw new SnapshotError("not-found", `parent snapshot ${JSON.stringify(parent)} does not exist`);
+      if (p.kind !== "committed")
+        throw new SnapshotError(
+          "invalid-argument",
+          `parent ${JSON.stringify(parent)} is not a committed snapshot`,
+        );
+      parentId = p.id;
+    }
+    const now = Date.now();
+    const info = this.db
+      .prepare(
+        `INSERT INTO snapshots (key, kind, parent_id, labels, created, updated) VALUES (?, ?, ?, ?, ?, ?)`,
+      )
+      .run(key, kind, parentId, JSON.stringify(labels), now, now);
+    return this.getById(Number(info.lastInsertRowid))!;
+  }
+
+  /**
+   * Turns the active snapshot `key` into the committed snapshot `name` (same id, so the same directory); its
+   * labels become `labels`. Call inside a transaction.
+   */
+  commit(
+    key: string,
+    name: string,
+    labels: Record<string, string>,
+    usage: { size: number; inodes: number },
+  ): SnapshotRecord {
+    if (!name) throw new SnapshotError("invalid-argument", "committed snapshot name must not be empty");
+    checkLabels(labels);
+    const rec = this.mustGet(key);
+    if (rec.kind !== "active")
+      throw new SnapshotError("failed-precondition", `snapshot ${JSON.stringify(key)} is not active`);
+    if (this.get(name))
+      throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(name)} already exists`);
+    const now = Date.now();
+    this.db
+      .prepare(
+        `UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?, updated = ?, size = ?, inodes = ?
+         WHERE id = ?`,
+      )
+      .run(name, JSON.stringify(labels), now, now, usage.size, usage.inodes, rec.id);
+    return this.getById(rec.id)!;
+  }
+
+  /** Deletes `key`; fails when other snapshots name it as parent. Call inside a transaction. */
+  remove(key: string): SnapshotRecord {
+    const rec = this.mustGet(key);
+    const child = this.db.prepare(`SELECT key FROM snapshots WHERE parent_id = ? LIMIT 1`).get(rec.id) as
+      { key: string } | undefined;
+    if (child)
+      throw new SnapshotError(
+        "failed-precondition",
+        `cannot remove snapshot ${JSON.stringify(key)}: ${JSON.stringify(child.key)} is its child`,
+      );
+    this.db.prepare(`DELETE FROM snapshots WHERE id = ?`).run(rec.id);
+    return rec;
+  }
+
+  /** Replaces the labels of `key` and bumps its updated time. Call inside a transaction. */
+  setLabels(key: string, labels: Record<string, string>): SnapshotRecord {
+    checkLabels(labels);
+    const rec = this.mustGet(key);
+    this.db
+      .prepare(`UPDATE snapshots SET labels = ?, updated = ? WHERE id = ?`)
+      .run(JSON.stringify(labels), Date.now(), rec.id);
+    return this.getById(rec.id)!;
+  }
+}

@@ -1,0 +1,394 @@
+// The overlay snapshotter behind `nixoci snapshotter`, with containerd's overlay snapshotter's semantics:
+// ROOT/snapshots/<id>/fs is a snapshot's contents (the overlay upper dir of an active snapshot), <id>/work its
+// overlay work dir (active snapshots only). Mounts:
+//   - no parent: a bind mount of its own fs (rw for active, ro for a view);
+//   - active with parents: overlay with lowerdir = the parents' fs (nearest first), upperdir, workdir;
+//   - view with one parent: a read-only bind mount of the parent's fs; with more: a read-only overlay.
+// Commit turns an active snapshot into a committed one (same id and directory) and records its disk usage.
+// Metadata lives in MetadataStore; a directory without metadata (a crash between the two, a Remove whose
+// deletion was cut short) is removed by Cleanup.
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  chownSync,
+  readdirSync,
+} from "node:fs";
+import { lstat, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { MetadataStore, SnapshotError, type SnapshotKind, type SnapshotRecord } from "./metadata.js";
+
+export interface Mount {
+  type: string;
+  source: string;
+  options: string[];
+}
+
+export interface SnapshotInfo {
+  name: string;
+  parent: string;
+  kind: SnapshotKind;
+  created: number;
+  updated: number;
+  labels: Record<string, string>;
+}
+
+export interface Usage {
+  size: number;
+  inodes: number;
+}
+
+export interface OverlayOptions {
+  root: string;
+  /** Add `index=off` to overlay options (default: when the kernel's overlay module has an `index` parameter). */
+  indexOff?: boolean;
+}
+
+/** A tiny async mutex: mutations of metadata and directories happen one at a time. */
+class Lock {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T> | T): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.catch(() => undefined);
+    return next;
+  }
+}
+
+/** Disk usage like containerd's fs.DiskUsage: 512-byte blocks and inodes of each distinct inode under dir. */
+export async function diskUsage(dir: string): Promise<Usage> {
+  const seen = new Set<string>();
+  let size = 0;
+  const visit = async (p: string): Promise<void> => {
+    const st = await lstat(p);
+    const id = `${st.dev}:${st.ino}`;
+    if (!seen.has(id)) {
+      seen.add(id);
+      size += st.blocks * 512;
+    }
+    if (st.isDirectory()) {
+      for (const name of await readdir(p)) await visit(join(p, name));
+    }
+  };
+  await visit(dir);
+  return { size, inodes: seen.size };
+}
+
+/** Mount points at or under dir (from /proc/self/mountinfo). */
+export function mountPointsUnder(dir: string): string[] {
+  const out: string[] = [];
+  let text: string;
+  try {
+    text = readFileSync("/proc/self/mountinfo", "utf8");
+  } catch {
+    return out;
+  }
+  for (const line of text.split("\n")) {
+    const f = line.split(" ");
+    if (f.length < 5) continue;
+    const mp = f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (mp === dir || mp.startsWith(dir + "/")) out.push(mp);
+  }
+  return out;
+}
+
+export class OverlaySnapshotter {
+  readonly root: string;
+  readonly metadata: MetadataStore;
+  private readonly snapshotsDir: string;
+  private readonly indexOff: boolean;
+  private readonly lock = new Lock();
+
+  constructor(opts: OverlayOptions) {
+    this.root = opts.root;
+    mkdirSync(this.root, { recursive: true, mode: 0o700 });
+    this.snapshotsDir = join(this.root, "snapshots");
+    mkdirSync(this.snapshotsDir, { recursive: true, mode: 0o700 });
+    this.metadata = new MetadataStore(this.root);
+    this.indexOff = opts.indexOff ?? existsSync("/sys/module/overlay/parameters/index");
+  }
+
+  close(): void {
+    this.metadata.close();
+  }
+
+  fsPath(id: number): string {
+    return join(this.snapshotsDir, String(id), "fs");
+  }
+
+  workPath(id: number): string {
+    return join(this.snapshotsDir, String(id), "work");
+  }
+
+  prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    return this.create("active", key, parent, labels);
+  }
+
+  view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    return this.create("view", key, parent, labels);
+  }
+
+  private create(
+    kind: "active" | "view",
+    key: string,
+    parent: string,
+    labels: Record<string, string>,
+  ): Promise<Mount[]> {
+    return this.lock.run(() => {
+      let tmp: string | undefined;
+      try {
+        const rec = this.metadata.transaction(() => {
+          const r = this.metadata.create(kind, key, parent || undefined, labels);
+          tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
+          mkdirSync(join(tmp, "fs"), { mode: 0o755 });
+          if (kind === "active") mkdirSync(join(tmp, "work"), { mode: 0o711 });
+          if (r.parentId !== undefined) {
+            // Like containerd: the new upper dir takes the owner of the parent's root.
+            const st = statSync(this.fsPath(r.parentId));
+            chownSync(join(tmp, "fs"), st.uid, st.gid);
+          }
+          const dest = join(this.snapshotsDir, String(r.id));
+          // A directory left by a crash before its row was committed carries no data anyone needs.
+          if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
+          renameSync(tmp, dest);
+          tmp = undefined;
+          return r;
+        });
+        return this.mountsOf(rec);
+      } finally {
+        if (tmp) rmSync(tmp, { recursive: true, force: true });
+      }
+    });
+  }
+
+  mounts(key: string): Mount[] {
+    return this.mountsOf(this.metadata.mustGet(key));
+  }
+
+  private mountsOf(rec: SnapshotRecord): Mount[] {
+    const parents = this.metadata.ancestors(rec);
+    if (parents.length === 0) {
+      return [
+        { type: "bind", source: this.fsPath(rec.id), options: [rec.kind === "view" ? "ro" : "rw", "rbind"] },
+      ];
+    }
+    const options: string[] = [];
+    if (this.indexOff) options.push("index=off");
+    if (rec.kind === "active") {
+      options.push(`workdir=${this.workPath(rec.id)}`, `upperdir=${this.fsPath(rec.id)}`);
+    } else if (parents.length === 1) {
+      return [{ type: "bind", source: this.fsPath(parents[0].id), options: ["ro", "rbind"] }];
+    }
+    options.push(`lowerdir=${parents.map((p) => this.fsPath(p.id)).join(":")}`);
+    return [{ type: "overlay", source: "overlay", options }];
+  }
+
+  async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
+    const before = this.metadata.mustGet(key);
+    if (before.kind !== "active")
+      throw new SnapshotError("failed-precondition", `snapshot ${JSON.stringify(key)} is not active`);
+    const usage = await diskUsage(this.fsPath(before.id));
+    await this.lock.run(() => {
+      this.metadata.transaction(() => {
+        const rec = this.metadata.get(key);
+        if (!rec || rec.id !== before.id)
+          throw new SnapshotError("not-found", `snapshot ${JSON.stringify(key)} does not exist`);
+        this.metadata.commit(key, name, labels, usage);
+      });
+    });
+  }
+
+  async remove(key: string): Promise<void> {
+    const gone = await this.lock.run(() => {
+      const rec = this.metadata.transaction(() => this.metadata.remove(key));
+      // Out of the way at once; deleted below (and by Cleanup if this process dies first).
+      const dir = join(this.snapshotsDir, String(rec.id));
+      const rmDir = join(this.snapshotsDir, `rm-${rec.id}`);
+      try {
+        renameSync(dir, rmDir);
+        return rmDir;
+      } catch {
+        return dir;
+      }
+    });
+    await this.removeDir(gone);
+  }
+
+  private async removeDir(dir: string): Promise<void> {
+    if (mountPointsUnder(dir).length) throw new Error(`${dir}: still has mounts; not removing it`);
+    await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+  }
+
+  stat(key: string): SnapshotInfo {
+    return toInfo(this.metadata.mustGet(key));
+  }
+
+  /**
+   * Updates labels: with no field paths, replaces all of them; `labels` replaces all; `labels.K` sets or (when
+   * absent from `info.labels`) deletes one. Other fields are immutable.
+   */
+  update(key: string, labels: Record<string, string>, paths: string[]): Promise<SnapshotInfo> {
+    return this.lock.run(() =>
+      toInfo(
+        this.metadata.transaction(() => {
+          const rec = this.metadata.mustGet(key);
+          let next: Record<string, string>;
+          if (paths.length === 0) next = { ...labels };
+          else {
+            next = { ...rec.labels };
+            for (const p of paths) {
+              if (p === "labels") next = { ...labels };
+              else if (p.startsWith("labels.")) {
+                const k = p.slice("labels.".length);
+                if (Object.hasOwn(labels, k)) next[k] = labels[k];
+                else delete next[k];
+              } else
+                throw new SnapshotError(
+                  "invalid-argument",
+                  `cannot update ${JSON.stringify(p)} of snapshot ${JSON.stringify(key)}`,
+                );
+            }
+          }
+          return this.metadata.setLabels(key, next);
+        }),
+      ),
+    );
+  }
+
+  /** Disk usage: measured now for active and view snapshots, as recorded at commit for committed ones. */
+  async usage(key: string): Promise<Usage> {
+    const rec = this.metadata.mustGet(key);
+    if (rec.kind === "committed" && rec.size !== undefined)
+      return { size: rec.size, inodes: rec.inodes ?? 0 };
+    return diskUsage(this.fsPath(rec.id));
+  }
+
+  list(filters: string[] = []): SnapshotInfo[] {
+    const preds = filters.filter((f) => f.trim()).map(parseFilter);
+    const all = this.metadata.list().map(toInfo);
+    return preds.length ? all.filter((i) => preds.some((p) => p(i))) : all;
+  }
+
+  /** Removes directories under ROOT/snapshots that no snapshot owns. Returns the names removed. */
+  cleanup(): Promise<string[]> {
+    return this.lock.run(async () => {
+      const ids = this.metadata.ids();
+      const removed: string[] = [];
+      for (const name of readdirSync(this.snapshotsDir)) {
+        if (/^\d+$/.test(name) && ids.has(Number(name))) continue;
+        await this.removeDir(join(this.snapshotsDir, name));
+        removed.push(name);
+      }
+      return removed;
+    });
+  }
+}
+
+function toInfo(rec: SnapshotRecord): SnapshotInfo {
+  return {
+    name: rec.key,
+    parent: rec.parent ?? "",
+    kind: rec.kind,
+    created: rec.created,
+    updated: rec.updated,
+    labels: rec.labels,
+  };
+}
+
+// ---- containerd's filter syntax (the subset that applies to snapshots) ----
+// A filter is selectors joined by commas (all must match); a selector is a field path (name, parent, kind,
+// labels.KEY; path components may be "quoted") alone (present and non-empty) or followed by ==, != or ~= (a
+// regular expression) and a value (bare, "quoted" or /regexp/).
+
+type Pred = (i: SnapshotInfo) => boolean;
+
+function fieldValue(info: SnapshotInfo, path: string[]): string | undefined {
+  switch (path[0]) {
+    case "name":
+      return path.length === 1 ? info.name : undefined;
+    case "parent":
+      return path.length === 1 ? info.parent : undefined;
+    case "kind":
+      return path.length === 1 ? info.kind : undefined;
+    case "labels": {
+      const k = path.slice(1).join(".");
+      return Object.hasOwn(info.labels, k) ? info.labels[k] : undefined;
+    }
+    default:
+      return undefined;
+  }
+}
+
+export function parseFilter(src: string): Pred {
+  let i = 0;
+  const bad = (why: string): never => {
+    throw new SnapshotError("invalid-argument", `filter ${JSON.stringify(src)}: ${why} at ${i}`);
+  };
+  const skipWs = (): void => {
+    while (i < src.length && /\s/.test(src[i])) i++;
+  };
+  const quoted = (q: string): string => {
+    i++;
+    let out = "";
+    while (i < src.length && src[i] !== q) {
+      if (src[i] === "\\" && i + 1 < src.length) i++;
+      out += src[i++];
+    }
+    if (src[i] !== q) bad("unterminated quote");
+    i++;
+    return out;
+  };
+  const component = (): string => {
+    skipWs();
+    if (src[i] === '"') return quoted('"');
+    const m = /^[A-Za-z0-9_\-/]+/.exec(src.slice(i));
+    if (!m) return bad("expected a field name");
+    i += m[0].length;
+    return m[0];
+  };
+  const value = (): string => {
+    skipWs();
+    if (src[i] === '"') return quoted('"');
+    if (src[i] === "/") return quoted("/");
+    const m = /^[^,\s"]+/.exec(src.slice(i));
+    if (!m) return bad("expected a value");
+    i += m[0].length;
+    return m[0];
+  };
+  const selectors: Pred[] = [];
+  for (;;) {
+    const path = [component()];
+    while (src[i] === ".") {
+      i++;
+      path.push(component());
+    }
+    skipWs();
+    const op = /^(==|!=|~=)/.exec(src.slice(i))?.[0];
+    if (op) {
+      i += 2;
+      const v = value();
+      if (op === "==") selectors.push((x) => fieldValue(x, path) === v);
+      else if (op === "!=") selectors.push((x) => fieldValue(x, path) !== v);
+      else {
+        let re: RegExp;
+        try {
+          re = new RegExp(v);
+        } catch {
+          return bad("bad regular expression");
+        }
+        selectors.push((x) => {
+          const f = fieldValue(x, path);
+          return f !== undefined && re.test(f);
+        });
+      }
+    } else selectors.push((x) => !!fieldValue(x, path));
+    skipWs();
+    if (i >= src.length) break;
+    if (src[i] !== ",") bad("expected ','");
+    i++;
+  }
+  return (x) => selectors.every((s) => s(x));
+}
