@@ -1,15 +1,20 @@
 // nixoci snapshotter: a containerd proxy snapshotter (snapshots v1 over gRPC on a unix socket) with durable
-// metadata under --root. For now every layer is handled like containerd's overlay snapshotter; --store,
-// --substituter and --trusted-public-key are accepted and kept in the options for the Nix-aware layers.
+// metadata under --root. Ordinary layers are handled like containerd's overlay snapshotter; layers whose
+// labels name their store paths are taken from --store (default /nix/store), substituting missing paths from
+// --substituter caches (signatures checked against --trusted-public-key plus nix.conf's keys), then held as
+// hard links to the store (--nix-layers link/auto) or composed with bind mounts (bind); see
+// snapshotter/nix-layers.ts.
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { createLogger, parseLogLevel } from "../registry/logging.js";
 import { serveSnapshots } from "../snapshotter/server.js";
-import { OverlaySnapshotter } from "../snapshotter/overlay.js";
+import { NixSnapshotter, type NixLayerMode } from "../snapshotter/nix-layers.js";
+import { LocalStore } from "../store/local-store.js";
 import { parse, UsageError } from "./args.js";
+import { trustOptions } from "./stores.js";
 
 const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] [--substituter URL]... [--trusted-public-key K]...
-    [--log-level debug|info|warn|error|silent]`;
+    [--nix-layers auto|link|bind] [--log-level debug|info|warn|error|silent]`;
 
 export interface SnapshotterOptions {
   address: string;
@@ -17,6 +22,8 @@ export interface SnapshotterOptions {
   store?: string;
   substituters: string[];
   trustedPublicKeys: string[];
+  /** How nix layers hold their store paths (see NixSnapshotterOptions.nixLayers). */
+  nixLayers: NixLayerMode;
 }
 
 export function parseSnapshotterArgs(
@@ -31,11 +38,20 @@ export function parseSnapshotterArgs(
       substituter: { type: "string", multiple: true },
       "trusted-public-key": { type: "string", multiple: true },
       "log-level": { type: "string" },
+      "nix-layers": { type: "string" },
     },
     USAGE,
   );
   if (values.help)
-    return { help: true, address: "", root: "", substituters: [], trustedPublicKeys: [], logLevel: "info" };
+    return {
+      help: true,
+      address: "",
+      root: "",
+      substituters: [],
+      trustedPublicKeys: [],
+      nixLayers: "auto",
+      logLevel: "info",
+    };
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\nusage: ${USAGE}`);
   if (!values.address) throw new UsageError(`--address is required\nusage: ${USAGE}`);
@@ -45,6 +61,9 @@ export function parseSnapshotterArgs(
     throw new UsageError(
       `--address ${JSON.stringify(values.address)}: a unix socket path must be at most 107 bytes`,
     );
+  const nixLayers = values["nix-layers"] ?? "auto";
+  if (nixLayers !== "auto" && nixLayers !== "link" && nixLayers !== "bind")
+    throw new UsageError(`--nix-layers: expected auto, link or bind, not ${JSON.stringify(nixLayers)}`);
   const logLevel = values["log-level"] ?? "info";
   if (!parseLogLevel(logLevel))
     throw new UsageError(`--log-level: unknown level ${JSON.stringify(logLevel)}`);
@@ -55,6 +74,7 @@ export function parseSnapshotterArgs(
     store: values.store ? resolve(values.store) : undefined,
     substituters: values.substituter ?? [],
     trustedPublicKeys: values["trusted-public-key"] ?? [],
+    nixLayers,
     logLevel,
   };
 }
@@ -66,12 +86,24 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const log = createLogger({ level: parseLogLevel(opts.logLevel) });
-  const sn = new OverlaySnapshotter({ root: opts.root });
+  const trust = trustOptions(opts.trustedPublicKeys, false);
+  const store = new LocalStore(opts.store ? { dir: opts.store } : {});
+  const sn = new NixSnapshotter({
+    root: opts.root,
+    store,
+    substituters: opts.substituters,
+    trust,
+    log,
+    nixLayers: opts.nixLayers,
+  });
   let running;
   try {
+    // Compositions left by a killed predecessor that are incomplete or whose snapshot is gone.
+    await sn.unmountStale();
     running = await serveSnapshots(sn, opts.address, log);
   } catch (err) {
     sn.close();
+    store.close();
     throw err;
   }
   log.info("listening", {
@@ -93,6 +125,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
         .catch((err: unknown) => log.error("stop", { error: err }))
         .finally(() => {
           sn.close();
+          store.close();
           process.off("SIGTERM", onSignal);
           process.off("SIGINT", onSignal);
           log.info("stopped");

@@ -104,7 +104,12 @@ export class MetadataStore {
       size INTEGER,
       inodes INTEGER
     );
-    CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);`);
+    CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
+    CREATE TABLE IF NOT EXISTS nix_layers (
+      id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
+      paths TEXT NOT NULL,
+      linked INTEGER NOT NULL DEFAULT 0
+    );`);
   }
 
   close(): void {
@@ -225,6 +230,23 @@ export class MetadataStore {
       );
     this.db.prepare(`DELETE FROM snapshots WHERE id = ?`).run(rec.id);
     return rec;
+  }
+
+  /**
+   * Records the store paths a committed nix layer stands for (see nix-layers.ts), and whether its fs holds
+   * them as hard links (else: mountpoints to bind them onto). Call inside a transaction.
+   */
+  setNixLayer(id: number, paths: string[], linked: boolean): void {
+    this.db
+      .prepare(`INSERT OR REPLACE INTO nix_layers (id, paths, linked) VALUES (?, ?, ?)`)
+      .run(id, JSON.stringify(paths), linked ? 1 : 0);
+  }
+
+  /** The store paths of a nix layer, or undefined for an ordinary snapshot. */
+  nixLayer(id: number): { paths: string[]; linked: boolean } | undefined {
+    const row = this.db.prepare(`SELECT paths, linked FROM nix_layers WHERE id = ?`).get(id) as
+      { paths: string; linked: number } | undefined;
+    return row ? { paths: JSON.parse(row.paths) as string[], linked: row.linked === 1 } : undefined;
   }
 
   /** Replaces the labels of `key` and bumps its updated time. Call inside a transaction. */

@@ -49,7 +49,7 @@ export interface OverlayOptions {
 }
 
 /** A tiny async mutex: mutations of metadata and directories happen one at a time. */
-class Lock {
+export class Lock {
   private tail: Promise<unknown> = Promise.resolve();
   run<T>(fn: () => Promise<T> | T): Promise<T> {
     const next = this.tail.then(fn, fn);
@@ -98,9 +98,9 @@ export function mountPointsUnder(dir: string): string[] {
 export class OverlaySnapshotter {
   readonly root: string;
   readonly metadata: MetadataStore;
-  private readonly snapshotsDir: string;
+  protected readonly snapshotsDir: string;
   private readonly indexOff: boolean;
-  private readonly lock = new Lock();
+  protected readonly lock = new Lock();
 
   constructor(opts: OverlayOptions) {
     this.root = opts.root;
@@ -164,11 +164,11 @@ export class OverlaySnapshotter {
     });
   }
 
-  mounts(key: string): Mount[] {
-    return this.mountsOf(this.metadata.mustGet(key));
+  mounts(key: string): Promise<Mount[]> {
+    return Promise.resolve().then(() => this.mountsOf(this.metadata.mustGet(key)));
   }
 
-  private mountsOf(rec: SnapshotRecord): Mount[] {
+  protected mountsOf(rec: SnapshotRecord): Mount[] {
     const parents = this.metadata.ancestors(rec);
     if (parents.length === 0) {
       return [
@@ -217,7 +217,7 @@ export class OverlaySnapshotter {
     await this.removeDir(gone);
   }
 
-  private async removeDir(dir: string): Promise<void> {
+  protected async removeDir(dir: string): Promise<void> {
     if (mountPointsUnder(dir).length) throw new Error(`${dir}: still has mounts; not removing it`);
     await rm(dir, { recursive: true, force: true, maxRetries: 3 });
   }

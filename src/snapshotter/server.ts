@@ -95,7 +95,7 @@ export function snapshotsHandlers(sn: OverlaySnapshotter, log: Logger): grpc.Unt
     View: unary("View", async (r) => ({
       mounts: await sn.view(str(r.key), str(r.parent), labelsOf(r.labels)),
     })),
-    Mounts: unary("Mounts", (r) => ({ mounts: sn.mounts(str(r.key)) })),
+    Mounts: unary("Mounts", async (r) => ({ mounts: await sn.mounts(str(r.key)) })),
     Commit: unary("Commit", async (r) => {
       await sn.commit(str(r.name), str(r.key), labelsOf(r.labels));
       return {};
