@@ -187,168 +187,183 @@ async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T>): 
   }
 }
 
-describe("CRI PullImage through containerd 1.6 with the nixoci snapshotter", () => {
-  let dir: string;
-  let registry: Registry | undefined;
-  let sn: Snapshotter | undefined;
-  let containerd: Containerd | undefined;
-  let cri: CriImageClient | undefined;
-  let ref: string;
-  let manifestDigest: string;
-  let layers: { digest: string; annotations?: Record<string, string> }[];
+for (const withStore of [false, true])
+  describe(`CRI PullImage through containerd 1.6 with the nixoci snapshotter (${withStore ? "store present" : "empty store"})`, () => {
+    let dir: string;
+    let registry: Registry | undefined;
+    let sn: Snapshotter | undefined;
+    let containerd: Containerd | undefined;
+    let cri: CriImageClient | undefined;
+    let ref: string;
+    let manifestDigest: string;
+    let layers: { digest: string; annotations?: Record<string, string> }[];
 
-  before(
-    async () => {
-      // Unix socket paths are limited to 107 bytes: a short temp dir.
-      dir = mkdtempSync(join("/tmp", "nixoci-cri-"));
-      const fx = buildFixtures();
-      registry = await startRegistry();
-      ref = `${registry.host}/nixoci/hello:v1`;
-      const layout = join(dir, "oci");
-      manifestDigest = nixociOk([
-        "build",
-        "--entrypoint",
-        "/bin/hello",
-        fx.hello,
-        "-o",
-        `docker://${ref}`,
-        "-o",
-        `oci:${layout}:v1`,
-        "-q",
-      ])
-        .text.trim()
-        .split("\n")
-        .pop()!;
-      const manifest = JSON.parse(readBlob(layout, manifestDigest)) as {
-        layers: { digest: string; annotations?: Record<string, string> }[];
-      };
-      layers = manifest.layers;
-      // An empty store: no layer's paths are present, so every Prepare is an ordinary one (logged with its labels)
-      // and every layer is downloaded. With the fixtures' store (/nix/store) the snapshotter answers the store
-      // layers' Prepares with ALREADY_EXISTS instead, and containerd fetches neither their blobs nor unpacks them.
-      const store = join(dir, "empty-store");
-      mkdirSync(store, { recursive: true });
-      sn = await startSnapshotter(dir, store);
-      mkdirSync(join(dir, "cni-bin"));
-      mkdirSync(join(dir, "cni-conf"));
-      containerd = await startContainerd({
-        proxyPlugins: { nixoci: { type: "snapshot", address: sn.socket } },
-        criConfig: criConfig({ dir, registryHost: registry.host, snapshotter: "nixoci" }),
-      });
-      cri = criImageClient(containerd.address);
-      // The CRI plugin registers its services with containerd's gRPC server at start; ImageFsInfo answers once
-      // the plugin's snapshot syncer has run.
-      await until("CRI ImageFsInfo", 30_000, () => cri!.imageFsInfo({}, { timeoutMs: 5000 }));
-    },
-    { timeout: 240_000 },
-  );
+    before(
+      async () => {
+        // Unix socket paths are limited to 107 bytes: a short temp dir.
+        dir = mkdtempSync(join("/tmp", "nixoci-cri-"));
+        const fx = buildFixtures();
+        registry = await startRegistry();
+        ref = `${registry.host}/nixoci/hello:v1`;
+        const layout = join(dir, "oci");
+        manifestDigest = nixociOk([
+          "build",
+          "--entrypoint",
+          "/bin/hello",
+          fx.hello,
+          "-o",
+          `docker://${ref}`,
+          "-o",
+          `oci:${layout}:v1`,
+          "-q",
+        ])
+          .text.trim()
+          .split("\n")
+          .pop()!;
+        const manifest = JSON.parse(readBlob(layout, manifestDigest)) as {
+          layers: { digest: string; annotations?: Record<string, string> }[];
+        };
+        layers = manifest.layers;
+        // An empty store: no layer's paths are present, so every Prepare is an ordinary one (logged with its labels)
+        // and every layer is downloaded. With the fixtures' store (/nix/store) the snapshotter answers the store
+        // layers' Prepares with ALREADY_EXISTS instead, and containerd fetches neither their blobs nor unpacks them.
+        const store = withStore ? "/nix/store" : join(dir, "empty-store");
+        if (!withStore) mkdirSync(store, { recursive: true });
+        sn = await startSnapshotter(dir, store);
+        mkdirSync(join(dir, "cni-bin"));
+        mkdirSync(join(dir, "cni-conf"));
+        containerd = await startContainerd({
+          proxyPlugins: { nixoci: { type: "snapshot", address: sn.socket } },
+          criConfig: criConfig({ dir, registryHost: registry.host, snapshotter: "nixoci" }),
+        });
+        cri = criImageClient(containerd.address);
+        // The CRI plugin registers its services with containerd's gRPC server at start; ImageFsInfo answers once
+        // the plugin's snapshot syncer has run.
+        await until("CRI ImageFsInfo", 30_000, () => cri!.imageFsInfo({}, { timeoutMs: 5000 }));
+      },
+      { timeout: 240_000 },
+    );
 
-  after(async () => {
-    cri?.close();
-    await containerd?.stop();
-    await stopSnapshotter(sn);
-    await registry?.stop();
-    if (dir) {
-      for (const mp of mountsUnder(dir)) {
-        try {
-          execFileSync("umount", ["-l", mp], { stdio: "ignore", timeout: 10_000 });
-        } catch {
-          // leave it
+    after(async () => {
+      cri?.close();
+      await containerd?.stop();
+      await stopSnapshotter(sn);
+      await registry?.stop();
+      if (dir) {
+        for (const mp of mountsUnder(dir)) {
+          try {
+            execFileSync("umount", ["-l", mp], { stdio: "ignore", timeout: 10_000 });
+          } catch {
+            // leave it
+          }
         }
+        if (!process.env.NIXOCI_KEEP_TMP && !mountsUnder(dir).length)
+          rmSync(dir, { recursive: true, force: true });
       }
-      if (!process.env.NIXOCI_KEEP_TMP && !mountsUnder(dir).length)
-        rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    });
 
-  test(
-    "PullImage hands the layer annotations to Prepare; status, list, run and remove",
-    { timeout: 240_000 },
-    async () => {
-      const storeLayers = layers.filter((l) =>
-        Object.keys(l.annotations ?? {}).some((k) => k.startsWith("containerd.io/snapshot/nix-store-path.")),
-      );
-      assert.ok(storeLayers.length >= 1, "the image has store layers annotated with their paths");
+    test(
+      "PullImage hands the layer annotations to Prepare; status, list, run and remove",
+      { timeout: 240_000 },
+      async () => {
+        const storeLayers = layers.filter((l) =>
+          Object.keys(l.annotations ?? {}).some((k) =>
+            k.startsWith("containerd.io/snapshot/nix-store-path."),
+          ),
+        );
+        assert.ok(storeLayers.length >= 1, "the image has store layers annotated with their paths");
 
-      const registryLogStart = registry!.log().split("\n").length - 1;
-      const pulled = await cri!.pullImage({ image: { image: ref } }, { timeoutMs: 120_000 });
-      assert.match(pulled.image_ref, /^sha256:[0-9a-f]{64}$/);
+        const registryLogStart = registry!.log().split("\n").length - 1;
+        const pulled = await cri!.pullImage({ image: { image: ref } }, { timeoutMs: 120_000 });
+        assert.match(pulled.image_ref, /^sha256:[0-9a-f]{64}$/);
 
-      // What the registry served (today every layer is downloaded; the snapshotter will avoid those downloads).
-      const served = registryRequests(registry!, registryLogStart).filter((l) => /^(GET|HEAD) /.test(l));
-      console.log(`registry requests during PullImage:\n${served.join("\n")}`);
-      const blobGets = served.filter((l) => /^GET \/v2\/nixoci\/hello\/blobs\//.test(l));
-      console.log(
-        `layer blobs fetched: ${layers.filter((l) => blobGets.some((g) => g.includes(l.digest))).length}/${layers.length}`,
-      );
-
-      // Prepare of every store layer carried its annotations as labels, plus containerd.io/snapshot.ref.
-      const rpcs = rpcLines(sn!);
-      const prepares = rpcs.filter((r) => r.method === "Prepare");
-      const commits = rpcs.filter((r) => r.method === "Commit");
-      console.log("snapshotter Prepare/Commit during PullImage:");
-      for (const r of [...prepares, ...commits])
+        // What the registry served (today every layer is downloaded; the snapshotter will avoid those downloads).
+        const served = registryRequests(registry!, registryLogStart).filter((l) => /^(GET|HEAD) /.test(l));
+        console.log(`registry requests during PullImage:\n${served.join("\n")}`);
+        const blobGets = served.filter((l) => /^GET \/v2\/nixoci\/hello\/blobs\//.test(l));
         console.log(
-          JSON.stringify({
-            method: r.method,
-            key: r.key,
-            parent: r.parent,
-            name: r.name,
-            code: r.code,
-            labels: r.labels,
-          }),
+          `layer blobs fetched: ${layers.filter((l) => blobGets.some((g) => g.includes(l.digest))).length}/${layers.length}`,
         );
-      for (const layer of storeLayers) {
-        const want = Object.entries(layer.annotations!).filter(([k]) =>
-          k.startsWith("containerd.io/snapshot/"),
+
+        if (withStore) {
+          // The store holds every path: the snapshotter commits those layers from the store and containerd never
+          // asks the registry for their blobs; only the customisation layer (and config) are downloaded.
+          for (const layer of storeLayers) {
+            assert.ok(
+              !blobGets.some((g) => g.includes(layer.digest)),
+              `store layer ${layer.digest} was not fetched`,
+            );
+          }
+          assert.ok(blobGets.length >= 1, "the customisation layer and config are fetched");
+        }
+
+        // Prepare of every store layer carried its annotations as labels, plus containerd.io/snapshot.ref.
+        const rpcs = rpcLines(sn!);
+        const prepares = rpcs.filter((r) => r.method === "Prepare");
+        const commits = rpcs.filter((r) => r.method === "Commit");
+        console.log("snapshotter Prepare/Commit during PullImage:");
+        for (const r of [...prepares, ...commits])
+          console.log(
+            JSON.stringify({
+              method: r.method,
+              key: r.key,
+              parent: r.parent,
+              name: r.name,
+              code: r.code,
+              labels: r.labels,
+            }),
+          );
+        for (const layer of withStore ? [] : storeLayers) {
+          const want = Object.entries(layer.annotations!).filter(([k]) =>
+            k.startsWith("containerd.io/snapshot/"),
+          );
+          const p = prepares.find((r) => want.every(([k, v]) => r.labels?.[k] === v));
+          assert.ok(p, `a Prepare with the labels of layer ${layer.digest}: ${JSON.stringify(want)}`);
+          assert.match(p.labels!["containerd.io/snapshot.ref"] ?? "", /^sha256:[0-9a-f]{64}$/);
+          // With snapshot annotations enabled the CRI plugin also names the layer, the manifest and the image.
+          assert.equal(p.labels!["containerd.io/snapshot/cri.layer-digest"], layer.digest);
+          assert.equal(p.labels!["containerd.io/snapshot/cri.manifest-digest"], manifestDigest);
+          assert.equal(p.labels!["containerd.io/snapshot/cri.image-ref"], ref);
+          // Commit of the same key carries the same labels.
+          const c = commits.find((r) => r.key === p.key);
+          assert.ok(c, `a Commit of ${p.key}`);
+          for (const [k, v] of want) assert.equal(c.labels?.[k], v, k);
+          assert.match(
+            p.key ?? "",
+            new RegExp(`^${NS}/\\d+/extract-`),
+            "containerd's metadata layer names the key",
+          );
+        }
+
+        // ImageStatus and ListImages show it; ImageFsInfo answers.
+        const st = await cri!.imageStatus({ image: { image: ref } });
+        assert.ok(st.image, "ImageStatus finds the pulled image");
+        assert.equal(st.image.id, pulled.image_ref);
+        assert.ok(st.image.repo_tags.includes(ref), JSON.stringify(st.image.repo_tags));
+        assert.ok(
+          st.image.repo_digests.includes(`${registry!.host}/nixoci/hello@${manifestDigest}`),
+          JSON.stringify(st.image.repo_digests),
         );
-        const p = prepares.find((r) => want.every(([k, v]) => r.labels?.[k] === v));
-        assert.ok(p, `a Prepare with the labels of layer ${layer.digest}: ${JSON.stringify(want)}`);
-        assert.match(p.labels!["containerd.io/snapshot.ref"] ?? "", /^sha256:[0-9a-f]{64}$/);
-        // With snapshot annotations enabled the CRI plugin also names the layer, the manifest and the image.
-        assert.equal(p.labels!["containerd.io/snapshot/cri.layer-digest"], layer.digest);
-        assert.equal(p.labels!["containerd.io/snapshot/cri.manifest-digest"], manifestDigest);
-        assert.equal(p.labels!["containerd.io/snapshot/cri.image-ref"], ref);
-        // Commit of the same key carries the same labels.
-        const c = commits.find((r) => r.key === p.key);
-        assert.ok(c, `a Commit of ${p.key}`);
-        for (const [k, v] of want) assert.equal(c.labels?.[k], v, k);
-        assert.match(
-          p.key ?? "",
-          new RegExp(`^${NS}/\\d+/extract-`),
-          "containerd's metadata layer names the key",
-        );
-      }
+        assert.ok(st.image.size > 0);
+        const listed = await cri!.listImages({});
+        assert.ok(listed.images.some((i) => i.id === pulled.image_ref && i.repo_tags.includes(ref)));
+        const fs = await cri!.imageFsInfo({});
+        assert.ok(fs.image_filesystems.length >= 1);
 
-      // ImageStatus and ListImages show it; ImageFsInfo answers.
-      const st = await cri!.imageStatus({ image: { image: ref } });
-      assert.ok(st.image, "ImageStatus finds the pulled image");
-      assert.equal(st.image.id, pulled.image_ref);
-      assert.ok(st.image.repo_tags.includes(ref), JSON.stringify(st.image.repo_tags));
-      assert.ok(
-        st.image.repo_digests.includes(`${registry!.host}/nixoci/hello@${manifestDigest}`),
-        JSON.stringify(st.image.repo_digests),
-      );
-      assert.ok(st.image.size > 0);
-      const listed = await cri!.listImages({});
-      assert.ok(listed.images.some((i) => i.id === pulled.image_ref && i.repo_tags.includes(ref)));
-      const fs = await cri!.imageFsInfo({});
-      assert.ok(fs.image_filesystems.length >= 1);
+        // The image runs through the snapshotter from containerd's k8s.io namespace.
+        const out = containerd!
+          .ctr(["-n", NS, "run", "--snapshotter", "nixoci", "--rm", ref, `nixoci-cri-${withStore ? 2 : 1}`])
+          .toString();
+        assert.equal(out, "Hello from nixoci!\n");
 
-      // The image runs through the snapshotter from containerd's k8s.io namespace.
-      const out = containerd!
-        .ctr(["-n", NS, "run", "--snapshotter", "nixoci", "--rm", ref, "nixoci-cri-1"])
-        .toString();
-      assert.equal(out, "Hello from nixoci!\n");
-
-      // RemoveImage removes it (by id); ImageStatus then has no image; a second RemoveImage is not an error.
-      await cri!.removeImage({ image: { image: pulled.image_ref } });
-      assert.equal((await cri!.imageStatus({ image: { image: ref } })).image, null);
-      assert.ok(!(await cri!.listImages({})).images.some((i) => i.id === pulled.image_ref));
-      await cri!.removeImage({ image: { image: pulled.image_ref } });
-    },
-  );
-});
+        // RemoveImage removes it (by id); ImageStatus then has no image; a second RemoveImage is not an error.
+        await cri!.removeImage({ image: { image: pulled.image_ref } });
+        assert.equal((await cri!.imageStatus({ image: { image: ref } })).image, null);
+        assert.ok(!(await cri!.listImages({})).images.some((i) => i.id === pulled.image_ref));
+        await cri!.removeImage({ image: { image: pulled.image_ref } });
+      },
+    );
+  });
 
 /** A blob of an OCI layout by digest. */
 function readBlob(layout: string, digest: string): string {
