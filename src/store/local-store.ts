@@ -5,7 +5,6 @@ import { existsSync, lstatSync } from "node:fs";
 import { lutimes, mkdir, rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { dumpPath } from "../nix/nar-writer.js";
 import { restoreNar } from "../nix/nar-restore.js";
 import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
@@ -132,9 +131,4 @@ export class LocalStore implements Store {
   close(): void {
     this.nixDb?.close();
   }
-}
-
-/** Copies a NAR stream into a sink (e.g. stdout) with the store's verification applied. */
-export async function copyNar(store: Store, info: PathInfo, sink: NodeJS.WritableStream): Promise<void> {
-  await pipeline(await store.narFromPath(info), sink);
 }
