@@ -100,6 +100,8 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
   try {
     // Compositions left by a killed predecessor that are incomplete or whose snapshot is gone.
     await sn.unmountStale();
+    // GC roots as the metadata says (a predecessor killed mid-change, snapshots removed meanwhile).
+    await sn.syncGcRoots();
     running = await serveSnapshots(sn, opts.address, log);
   } catch (err) {
     sn.close();

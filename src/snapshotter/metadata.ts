@@ -109,7 +109,13 @@ export class MetadataStore {
       id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
       paths TEXT NOT NULL,
       linked INTEGER NOT NULL DEFAULT 0
-    );`);
+    );
+    CREATE TABLE IF NOT EXISTS gc_roots (
+      name TEXT NOT NULL,
+      id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+      PRIMARY KEY (name, id)
+    );
+    CREATE INDEX IF NOT EXISTS gc_roots_id ON gc_roots(id);`);
   }
 
   close(): void {
@@ -247,6 +253,56 @@ export class MetadataStore {
     const row = this.db.prepare(`SELECT paths, linked FROM nix_layers WHERE id = ?`).get(id) as
       { paths: string; linked: number } | undefined;
     return row ? { paths: JSON.parse(row.paths) as string[], linked: row.linked === 1 } : undefined;
+  }
+
+  /**
+   * Records that the nix layer `id` needs the GC root `name` (see gcroots.ts); the row goes with the snapshot.
+   * Call inside a transaction.
+   */
+  addGcRoot(name: string, id: number): void {
+    this.db.prepare(`INSERT OR IGNORE INTO gc_roots (name, id) VALUES (?, ?)`).run(name, id);
+  }
+
+  /** The GC roots the snapshot `id` holds. */
+  gcRootsOf(id: number): string[] {
+    return (
+      this.db.prepare(`SELECT name FROM gc_roots WHERE id = ? ORDER BY name`).all(id) as { name: string }[]
+    ).map((r) => r.name);
+  }
+
+  /** Every GC root some snapshot holds, with the union of its nix layers' store paths. */
+  gcRoots(): Map<string, Set<string>> {
+    const rows = this.db
+      .prepare(`SELECT g.name, n.paths FROM gc_roots g JOIN nix_layers n ON n.id = g.id ORDER BY g.name`)
+      .all() as { name: string; paths: string }[];
+    const out = new Map<string, Set<string>>();
+    for (const r of rows) {
+      let set = out.get(r.name);
+      if (!set) out.set(r.name, (set = new Set()));
+      for (const p of JSON.parse(r.paths) as string[]) set.add(p);
+    }
+    return out;
+  }
+
+  /** The union of the store paths of the nix layers that hold GC root `name` (empty: nobody holds it). */
+  gcRootPaths(name: string): Set<string> {
+    const rows = this.db
+      .prepare(`SELECT n.paths FROM gc_roots g JOIN nix_layers n ON n.id = g.id WHERE g.name = ?`)
+      .all(name) as { paths: string }[];
+    const out = new Set<string>();
+    for (const r of rows) for (const p of JSON.parse(r.paths) as string[]) out.add(p);
+    return out;
+  }
+
+  /** Nix layers that hold no GC root (made before gc_roots existed). */
+  nixLayersWithoutRoot(): number[] {
+    return (
+      this.db
+        .prepare(
+          `SELECT n.id FROM nix_layers n WHERE NOT EXISTS (SELECT 1 FROM gc_roots g WHERE g.id = n.id)`,
+        )
+        .all() as { id: number }[]
+    ).map((r) => r.id);
   }
 
   /** Replaces the labels of `key` and bumps its updated time. Call inside a transaction. */

@@ -26,6 +26,11 @@
 //
 // Prepares made by containerd's unpacker (they carry containerd.io/snapshot.ref, or an extract- key) keep the
 // plain overlay mounts, as the diff applier wants.
+//
+// GC roots (gcroots.ts): a nix layer's paths are linked into its image's root (one per manifest digest, else
+// one per layer) before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
+// another image's manifest digest makes that image's root hold it too. Remove drops the links of roots no
+// snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
 import { execFile } from "node:child_process";
 import {
   chmodSync,
@@ -52,6 +57,7 @@ import type { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { Limiter } from "../util/concurrency.js";
+import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
 import { SnapshotError, type SnapshotRecord } from "./metadata.js";
 import {
   diskUsage,
@@ -220,6 +226,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly mountLimit: number;
   private readonly mode: NixLayerMode;
   private sources?: Promise<Store[]>;
+  readonly gcRoots: GcRoots;
 
   constructor(opts: NixSnapshotterOptions) {
     super(opts);
@@ -229,6 +236,38 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.log = opts.log;
     this.mountLimit = opts.mountParallelism ?? 16;
     this.mode = opts.nixLayers ?? "auto";
+    this.gcRoots = new GcRoots(gcRootsDir(this.root, this.store), this.store.storeDir);
+  }
+
+  /**
+   * Makes the GC roots directory match the metadata (startup, Cleanup): nix layers made before roots existed
+   * get theirs, every root holds exactly its layers' paths, orphans go. Returns the orphans removed.
+   */
+  syncGcRoots(): Promise<string[]> {
+    return this.lock.run(() => {
+      const backfill = this.metadata.nixLayersWithoutRoot();
+      if (backfill.length)
+        this.metadata.transaction(() => {
+          for (const id of backfill) {
+            const rec = this.metadata.getById(id);
+            if (rec) this.metadata.addGcRoot(gcRootName(rec.labels, rec.key), id);
+          }
+        });
+      const removed = this.gcRoots.syncAll(this.metadata.gcRoots());
+      if (removed.length) this.log?.info("removed orphan gc roots", { dir: this.gcRoots.dir, removed });
+      return removed;
+    });
+  }
+
+  /** Makes the committed nix layer `rec` hold the root its `labels` name (under this.lock). */
+  private holdRoot(rec: SnapshotRecord, labels: Record<string, string>): void {
+    const layer = this.metadata.nixLayer(rec.id);
+    if (!layer) return;
+    const name = gcRootName(labels, rec.key);
+    if (this.metadata.gcRootsOf(rec.id).includes(name)) return;
+    this.gcRoots.add(name, layer.paths);
+    this.metadata.transaction(() => this.metadata.addGcRoot(name, rec.id));
+    this.log?.info("gc root held", { root: name, snapshot: rec.key, paths: layer.paths.length });
   }
 
   /**
@@ -279,7 +318,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
   override async cleanup(): Promise<string[]> {
     await this.unmountStale();
-    return super.cleanup();
+    const removed = await super.cleanup();
+    for (const name of await this.syncGcRoots()) removed.push(`gcroots/${name}`);
+    return removed;
   }
 
   override async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
@@ -313,7 +354,16 @@ export class NixSnapshotter extends OverlaySnapshotter {
         rmSync(this.markerPath(rec.id), { force: true });
         await unmountAll(join(this.snapshotsDir, String(rec.id)));
       }
+      const roots = this.metadata.gcRootsOf(rec.id);
       await super.remove(key);
+      if (roots.length)
+        await this.lock.run(() => {
+          for (const name of roots) {
+            const paths = this.metadata.gcRootPaths(name);
+            this.gcRoots.sync(name, paths);
+            if (!paths.size) this.log?.info("gc root dropped", { root: name, snapshot: key });
+          }
+        });
     });
   }
 
@@ -358,7 +408,14 @@ export class NixSnapshotter extends OverlaySnapshotter {
     paths: string[],
   ): Promise<boolean> {
     const existing = this.metadata.get(ref);
-    if (existing) return existing.kind === "committed";
+    if (existing) {
+      if (existing.kind !== "committed") return false;
+      await this.lock.run(() => {
+        const now = this.metadata.get(ref);
+        if (now?.id === existing.id) this.holdRoot(now, labels);
+      });
+      return true;
+    }
     const mode = this.layerMode();
     if (!mode) {
       this.log?.info("nix layer: the store is on another filesystem (use --nix-layers bind); unpacking", {
@@ -429,20 +486,21 @@ export class NixSnapshotter extends OverlaySnapshotter {
       const usage = await diskUsage(fs);
       return await this.lock.run(() => {
         const existing = this.metadata.get(ref);
-        if (existing) return existing.kind === "committed";
+        if (existing) {
+          if (existing.kind === "committed") this.holdRoot(existing, labels);
+          return existing.kind === "committed";
+        }
+        // The paths are rooted before the layer that needs them is recorded (a crash in between leaves links
+        // that startup or Cleanup removes).
+        const rootName = gcRootName(labels, ref);
+        this.gcRoots.add(rootName, paths);
         const tmpKey = `\u0000nix-layer ${ref}`;
-        this.metadata.transaction(() => {
-          const rec = this.metadata.create("active", tmpKey, parent || undefined, {});
-          if (rec.parentId !== undefined) {
-            const pst = statSync(this.fsPath(rec.parentId));
-            chownSync(fs, pst.uid, pst.gid);
-          }
-          const committed = this.metadata.commit(tmpKey, ref, labels, usage);
-          this.metadata.setNixLayer(committed.id, paths, linked);
-          const dest = join(this.snapshotsDir, String(rec.id));
-          if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
-          renameSync(tmp, dest);
-        });
+        try {
+          this.commitNixLayer(tmpKey, ref, parent, labels, usage, paths, linked, rootName, tmp, fs);
+        } catch (err) {
+          this.gcRoots.sync(rootName, this.metadata.gcRootPaths(rootName)); // only what others hold
+          throw err;
+        }
         this.log?.info("nix layer: committed from the store", {
           ref,
           paths: paths.length,
@@ -454,6 +512,34 @@ export class NixSnapshotter extends OverlaySnapshotter {
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }
+  }
+
+  /** Records the nix layer `ref` (its directory built at `tmp`) and the GC root it holds, in one transaction. */
+  private commitNixLayer(
+    tmpKey: string,
+    ref: string,
+    parent: string,
+    labels: Record<string, string>,
+    usage: { size: number; inodes: number },
+    paths: string[],
+    linked: boolean,
+    rootName: string,
+    tmp: string,
+    fs: string,
+  ): void {
+    this.metadata.transaction(() => {
+      const rec = this.metadata.create("active", tmpKey, parent || undefined, {});
+      if (rec.parentId !== undefined) {
+        const pst = statSync(this.fsPath(rec.parentId));
+        chownSync(fs, pst.uid, pst.gid);
+      }
+      const committed = this.metadata.commit(tmpKey, ref, labels, usage);
+      this.metadata.setNixLayer(committed.id, paths, linked);
+      this.metadata.addGcRoot(rootName, committed.id);
+      const dest = join(this.snapshotsDir, String(rec.id));
+      if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
+      renameSync(tmp, dest);
+    });
   }
 
   /** The store paths of every bind-mode nix-layer ancestor of `rec`, deduplicated (nearest layer first). */

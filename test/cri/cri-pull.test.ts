@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
 import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
+import { gcRootsDir } from "../../src/snapshotter/gcroots.js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import {
   mountsUnder,
@@ -250,6 +251,11 @@ for (const withStore of [false, true])
       await stopSnapshotter(sn);
       await registry?.stop();
       if (dir) {
+        // The snapshotter's GC roots (for --store /nix/store they live under /nix/var/nix/gcroots).
+        rmSync(gcRootsDir(join(dir, "root"), { realDir: "/nix/store", storeDir: "/nix/store" }), {
+          recursive: true,
+          force: true,
+        });
         for (const mp of mountsUnder(dir)) {
           try {
             execFileSync("umount", ["-l", mp], { stdio: "ignore", timeout: 10_000 });

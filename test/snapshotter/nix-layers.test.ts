@@ -22,6 +22,7 @@ import {
 import { basename, dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
+import { gcRootsDir } from "../../src/snapshotter/gcroots.js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, generateCacheKey, makeNixCache, type FixtureAttr } from "../support/fixtures.js";
@@ -150,6 +151,11 @@ const dump = (p: string): Buffer =>
   execFileSync("nix-store", ["--dump", p], { maxBuffer: 256 << 20, timeout: 60_000 });
 
 async function removeDir(dir: string): Promise<void> {
+  // The snapshotter's GC roots (for --store /nix/store they live under /nix/var/nix/gcroots).
+  rmSync(gcRootsDir(join(dir, "root"), { realDir: "/nix/store", storeDir: "/nix/store" }), {
+    recursive: true,
+    force: true,
+  });
   for (const mp of mountsUnder(dir)) await run("umount", ["-l", mp]).catch(() => undefined);
   if (!mountsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
 }
