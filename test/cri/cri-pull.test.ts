@@ -9,25 +9,20 @@
 // deadlock anything; every wait is bounded and `after` stops everything.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import type * as grpc from "@grpc/grpc-js";
 import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
-import { gcRootsDir } from "../../src/snapshotter/gcroots.js";
-import { snapshotsClient } from "../../src/snapshotter/grpc.js";
-import {
-  mountsUnder,
-  startContainerd,
-  startRegistry,
-  type Containerd,
-  type Registry,
-} from "../support/daemons.js";
+import { startContainerd, startRegistry, type Containerd, type Registry } from "../support/daemons.js";
 import { buildFixtures } from "../support/fixtures.js";
-import { nixociOk, ROOT } from "../support/cli.js";
+import { nixociOk } from "../support/cli.js";
+import {
+  removeSnapshotterDir,
+  startSnapshotter,
+  stopSnapshotter,
+  type Snapshotter,
+} from "../support/snapshotter.js";
 
-const BIN = join(ROOT, "bin/nixoci.js");
 const NS = "k8s.io";
 
 /**
@@ -61,84 +56,9 @@ function criConfig(opts: { dir: string; registryHost: string; snapshotter: strin
   ].join("\n");
 }
 
-interface Snapshotter {
-  child: ChildProcess;
-  socket: string;
-  logFile: string;
-}
-
-function exited(c: ChildProcess): boolean {
-  return c.exitCode !== null || c.signalCode !== null;
-}
-
-function tail(file: string, n = 30): string {
-  try {
-    return readFileSync(file, "utf8").split("\n").slice(-n).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-const children = new Set<ChildProcess>();
-process.on("exit", () => {
-  for (const c of children) if (!exited(c)) c.kill("SIGKILL");
-});
-
-/** `nixoci snapshotter` as a child process at debug level; waits (at most 15 s) until its socket answers. */
-async function startSnapshotter(dir: string, store: string): Promise<Snapshotter> {
-  const socket = join(dir, "sn.sock");
-  const logFile = join(dir, "snapshotter.log");
-  const fd = openSync(logFile, "a");
-  const child = spawn(
-    process.execPath,
-    [
-      BIN,
-      "snapshotter",
-      "--address",
-      socket,
-      "--root",
-      join(dir, "root"),
-      "--store",
-      store,
-      "--log-level",
-      "debug",
-    ],
-    { stdio: ["ignore", fd, fd] },
-  );
-  closeSync(fd);
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (exited(child)) throw new Error(`snapshotter exited early:\n${tail(logFile)}`);
-    if (existsSync(socket)) {
-      const c = snapshotsClient(socket);
-      const code = await new Promise<number>((resolve) =>
-        (c.Stat as (r: object, o: object, cb: (e: grpc.ServiceError | null) => void) => void).call(
-          c,
-          { key: "\u0000probe" },
-          { deadline: Date.now() + 2000 },
-          (e) => resolve(e ? e.code : 0),
-        ),
-      );
-      c.close();
-      if (code === 5) return { child, socket, logFile };
-    }
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`snapshotter not ready after 15 s:\n${tail(logFile)}`);
-    }
-    await sleep(100);
-  }
-}
-
-async function stopSnapshotter(sn: Snapshotter | undefined): Promise<void> {
-  if (!sn || exited(sn.child)) return;
-  sn.child.kill("SIGTERM");
-  const deadline = Date.now() + 10_000;
-  while (!exited(sn.child) && Date.now() < deadline) await sleep(50);
-  if (!exited(sn.child)) sn.child.kill("SIGKILL");
-}
+/** The snapshotter at debug level (Prepare/Commit labels are logged) over the given store. */
+const startStoreSnapshotter = (dir: string, store: string): Promise<Snapshotter> =>
+  startSnapshotter(dir, ["--store", store]);
 
 interface RpcLine {
   msg: string;
@@ -230,7 +150,7 @@ for (const withStore of [false, true])
         // layers' Prepares with ALREADY_EXISTS instead, and containerd fetches neither their blobs nor unpacks them.
         const store = withStore ? "/nix/store" : join(dir, "empty-store");
         if (!withStore) mkdirSync(store, { recursive: true });
-        sn = await startSnapshotter(dir, store);
+        sn = await startStoreSnapshotter(dir, store);
         mkdirSync(join(dir, "cni-bin"));
         mkdirSync(join(dir, "cni-conf"));
         containerd = await startContainerd({
@@ -250,22 +170,7 @@ for (const withStore of [false, true])
       await containerd?.stop();
       await stopSnapshotter(sn);
       await registry?.stop();
-      if (dir) {
-        // The snapshotter's GC roots (for --store /nix/store they live under /nix/var/nix/gcroots).
-        rmSync(gcRootsDir(join(dir, "root"), { realDir: "/nix/store", storeDir: "/nix/store" }), {
-          recursive: true,
-          force: true,
-        });
-        for (const mp of mountsUnder(dir)) {
-          try {
-            execFileSync("umount", ["-l", mp], { stdio: "ignore", timeout: 10_000 });
-          } catch {
-            // leave it
-          }
-        }
-        if (!process.env.NIXOCI_KEEP_TMP && !mountsUnder(dir).length)
-          rmSync(dir, { recursive: true, force: true });
-      }
+      if (dir) await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
     });
 
     test(

@@ -5,123 +5,29 @@
 // it; Cleanup removes an orphan. The snapshotter runs as a child process, as containerd would talk to it.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  symlinkSync,
-} from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, symlinkSync } from "node:fs";
 import { basename, join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { createHash, randomBytes } from "node:crypto";
-import type * as grpc from "@grpc/grpc-js";
 import { gcRootsDir, MANIFEST_DIGEST_LABEL } from "../../src/snapshotter/gcroots.js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, type FixtureAttr } from "../support/fixtures.js";
+import {
+  REF_LABEL,
+  rpc,
+  startSnapshotter,
+  STORE_PATH_LABEL,
+  stopSnapshotter,
+  tail,
+  type Client,
+  type Snapshotter,
+} from "../support/snapshotter.js";
 
-const CMD_MODULE = new URL("../../src/cli/cmd-snapshotter.js", import.meta.url).pathname;
-const LAUNCH = `import(${JSON.stringify(CMD_MODULE)}).then((m) => m.snapshotterCommand(process.argv.slice(1))).then(
-  (code) => { process.exitCode = code; },
-  (err) => { process.stderr.write(String(err && err.stack || err) + "\\n"); process.exitCode = 1; })`;
+const REF = REF_LABEL;
+const SP = STORE_PATH_LABEL;
 
-const REF = "containerd.io/snapshot.ref";
-const SP = "containerd.io/snapshot/nix-store-path.";
-
-interface Snapshotter {
-  child: ChildProcess;
-  socket: string;
-  root: string;
-  logFile: string;
-}
-type Client = grpc.Client & Record<string, unknown>;
-type Reply = Record<string, unknown> & { err?: number; details?: string };
-
-const children = new Set<ChildProcess>();
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.signalCode !== null;
-
-function tail(file: string): string {
-  try {
-    return readFileSync(file, "utf8").split("\n").slice(-30).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-function rpc(client: Client, method: string, req: object): Promise<Reply> {
-  const fn = client[method] as (
-    req: object,
-    opts: object,
-    cb: (e: grpc.ServiceError | null, r: Reply) => void,
-  ) => void;
-  return new Promise((resolve) =>
-    fn.call(client, req, { deadline: Date.now() + 30_000 }, (e, r) =>
-      resolve(e ? { err: e.code, details: e.details } : r),
-    ),
-  );
-}
-
-async function startSnapshotter(dir: string, extra: string[]): Promise<Snapshotter> {
-  const socket = join(dir, "sn.sock");
-  const root = join(dir, "root");
-  const logFile = join(dir, "snapshotter.log");
-  const fd = openSync(logFile, "a");
-  const child = spawn(
-    process.execPath,
-    [
-      "--input-type=module",
-      "-e",
-      LAUNCH,
-      "--",
-      "--address",
-      socket,
-      "--root",
-      root,
-      "--log-level",
-      "debug",
-      ...extra,
-    ],
-    { stdio: ["ignore", fd, fd] },
-  );
-  closeSync(fd);
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (exited(child)) throw new Error(`snapshotter exited early:\n${tail(logFile)}`);
-    if (existsSync(socket)) {
-      const c = snapshotsClient(socket);
-      try {
-        if ((await rpc(c, "Stat", { key: "\u0000probe" })).err === 5) return { child, socket, root, logFile };
-      } finally {
-        c.close();
-      }
-    }
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`snapshotter not ready after 15 s:\n${tail(logFile)}`);
-    }
-    await sleep(100);
-  }
-}
-
-async function killSnapshotter(sn: Snapshotter | undefined): Promise<void> {
-  if (!sn || exited(sn.child)) return;
-  sn.child.kill("SIGKILL");
-  const deadline = Date.now() + 10_000;
-  while (!exited(sn.child) && Date.now() < deadline) await sleep(20);
-}
+const killSnapshotter = (sn: Snapshotter | undefined): Promise<void> => stopSnapshotter(sn, "SIGKILL");
 
 function nixLabels(ref: string, paths: string[], manifest?: string): Record<string, string> {
   const labels: Record<string, string> = { [REF]: ref };

@@ -5,14 +5,12 @@
 // mount behind. The snapshotter runs as a child process, as containerd would talk to it.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import {
-  closeSync,
   existsSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
-  openSync,
   readdirSync,
   readFileSync,
   readlinkSync,
@@ -20,145 +18,31 @@ import {
   writeFileSync,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import type * as grpc from "@grpc/grpc-js";
-import { gcRootsDir } from "../../src/snapshotter/gcroots.js";
+import {} from "../../src/snapshotter/gcroots.js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, generateCacheKey, makeNixCache, type FixtureAttr } from "../support/fixtures.js";
+import {
+  REF_LABEL,
+  removeSnapshotterDir,
+  rpc,
+  runAsync,
+  startSnapshotter,
+  STORE_PATH_LABEL,
+  stopSnapshotter,
+  tail,
+  type Client,
+  type Reply,
+  type Snapshotter,
+} from "../support/snapshotter.js";
 
-const CMD_MODULE = new URL("../../src/cli/cmd-snapshotter.js", import.meta.url).pathname;
-const LAUNCH = `import(${JSON.stringify(CMD_MODULE)}).then((m) => m.snapshotterCommand(process.argv.slice(1))).then(
-  (code) => { process.exitCode = code; },
-  (err) => { process.stderr.write(String(err && err.stack || err) + "\\n"); process.exitCode = 1; })`;
-
-const REF = "containerd.io/snapshot.ref";
-const SP = "containerd.io/snapshot/nix-store-path.";
-
-interface Snapshotter {
-  child: ChildProcess;
-  socket: string;
-  root: string;
-  logFile: string;
-}
-type Client = grpc.Client & Record<string, unknown>;
-type Reply = Record<string, unknown> & { err?: number; details?: string };
-
-const children = new Set<ChildProcess>();
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.signalCode !== null;
-
-async function waitExit(c: ChildProcess, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!exited(c) && Date.now() < deadline) await sleep(20);
-  return exited(c);
-}
-
-function tail(file: string): string {
-  try {
-    return readFileSync(file, "utf8").split("\n").slice(-30).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-function rpc(client: Client, method: string, req: object): Promise<Reply> {
-  const fn = client[method] as (
-    req: object,
-    opts: object,
-    cb: (e: grpc.ServiceError | null, r: Reply) => void,
-  ) => void;
-  return new Promise((resolve) =>
-    fn.call(client, req, { deadline: Date.now() + 30_000 }, (e, r) =>
-      resolve(e ? { err: e.code, details: e.details } : r),
-    ),
-  );
-}
-
-/** Starts the snapshotter with `extra` arguments and waits (at most 15 s) until its socket answers. */
-async function startSnapshotter(
-  dir: string,
-  extra: string[],
-  env: NodeJS.ProcessEnv = process.env,
-): Promise<Snapshotter> {
-  const socket = join(dir, "sn.sock");
-  const root = join(dir, "root");
-  const logFile = join(dir, "snapshotter.log");
-  const fd = openSync(logFile, "a");
-  const child = spawn(
-    process.execPath,
-    [
-      "--input-type=module",
-      "-e",
-      LAUNCH,
-      "--",
-      "--address",
-      socket,
-      "--root",
-      root,
-      "--log-level",
-      "debug",
-      ...extra,
-    ],
-    { stdio: ["ignore", fd, fd], env },
-  );
-  closeSync(fd);
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (exited(child)) throw new Error(`snapshotter exited early:\n${tail(logFile)}`);
-    if (existsSync(socket)) {
-      const c = snapshotsClient(socket);
-      try {
-        if ((await rpc(c, "Stat", { key: "\u0000probe" })).err === 5) return { child, socket, root, logFile };
-      } finally {
-        c.close();
-      }
-    }
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`snapshotter not ready after 15 s:\n${tail(logFile)}`);
-    }
-    await sleep(100);
-  }
-}
-
-async function stopSnapshotter(
-  sn: Snapshotter | undefined,
-  signal: NodeJS.Signals = "SIGTERM",
-): Promise<void> {
-  if (!sn || exited(sn.child)) return;
-  sn.child.kill(signal);
-  if (!(await waitExit(sn.child, 10_000))) {
-    sn.child.kill("SIGKILL");
-    await waitExit(sn.child, 5000);
-  }
-}
-
-function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 256 << 20 }, (err, stdout, stderr) =>
-      err ? reject(new Error(`${cmd} ${args.join(" ")}: ${err.message}\n${stderr}`)) : resolve(stdout),
-    ),
-  );
-}
+const REF = REF_LABEL;
+const SP = STORE_PATH_LABEL;
+const run = runAsync;
+const removeDir = removeSnapshotterDir;
 
 const dump = (p: string): Buffer =>
   execFileSync("nix-store", ["--dump", p], { maxBuffer: 256 << 20, timeout: 60_000 });
-
-async function removeDir(dir: string): Promise<void> {
-  // The snapshotter's GC roots (for --store /nix/store they live under /nix/var/nix/gcroots).
-  rmSync(gcRootsDir(join(dir, "root"), { realDir: "/nix/store", storeDir: "/nix/store" }), {
-    recursive: true,
-    force: true,
-  });
-  for (const mp of mountsUnder(dir)) await run("umount", ["-l", mp]).catch(() => undefined);
-  if (!mountsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
-}
 
 /** Runs `args` with runc in a bundle whose rootfs is an rbind mount of `source` (as containerd 1.6 mounts it). */
 async function runcRun(source: string, work: string, args: string[]): Promise<string> {

@@ -4,18 +4,7 @@
 // the snapshotter, so an in-process server would deadlock.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn, type ChildProcess } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
@@ -24,121 +13,27 @@ import { writeOciArchive } from "../../src/oci/archive.js";
 import { mountsUnder, startContainerd, type Containerd } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { makeImage } from "../oci/make-image.js";
-
-const CMD_MODULE = new URL("../../src/cli/cmd-snapshotter.js", import.meta.url).pathname;
-const LAUNCH = `import(${JSON.stringify(CMD_MODULE)}).then((m) => m.snapshotterCommand(process.argv.slice(1))).then(
-  (code) => { process.exitCode = code; },
-  (err) => { process.stderr.write(String(err && err.stack || err) + "\\n"); process.exitCode = 1; })`;
-
-interface Snapshotter {
-  child: ChildProcess;
-  socket: string;
-  root: string;
-  logFile: string;
-}
-
-const children = new Set<ChildProcess>();
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-function exited(c: ChildProcess): boolean {
-  return c.exitCode !== null || c.signalCode !== null;
-}
-
-async function waitExit(c: ChildProcess, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!exited(c) && Date.now() < deadline) await sleep(20);
-  return exited(c);
-}
-
-function tail(file: string): string {
-  try {
-    return readFileSync(file, "utf8").split("\n").slice(-30).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-/** Starts the snapshotter and waits (at most 15 s) until its socket answers. */
-async function startSnapshotter(dir: string): Promise<Snapshotter> {
-  const socket = join(dir, "sn.sock");
-  const root = join(dir, "root");
-  const logFile = join(dir, "snapshotter.log");
-  const fd = openSync(logFile, "a");
-  const child = spawn(
-    process.execPath,
-    [
-      "--input-type=module",
-      "-e",
-      LAUNCH,
-      "--",
-      "--address",
-      socket,
-      "--root",
-      root,
-      "--log-level",
-      "debug",
-      "--store",
-      "/nix/store",
-      "--substituter",
-      "file:///nonexistent",
-    ],
-    { stdio: ["ignore", fd, fd] },
-  );
-  closeSync(fd);
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  const sn = { child, socket, root, logFile };
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (exited(child)) throw new Error(`snapshotter exited early:\n${tail(logFile)}`);
-    if (existsSync(socket)) {
-      const c = snapshotsClient(socket);
-      try {
-        const r = await rpc(c, "Stat", { key: "\u0000probe" });
-        if (r.err === 5) return sn;
-      } finally {
-        c.close();
-      }
-    }
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`snapshotter not ready after 15 s:\n${tail(logFile)}`);
-    }
-    await sleep(100);
-  }
-}
-
-async function stopSnapshotter(
-  sn: Snapshotter | undefined,
-  signal: NodeJS.Signals = "SIGTERM",
-): Promise<void> {
-  if (!sn || exited(sn.child)) return;
-  sn.child.kill(signal);
-  if (!(await waitExit(sn.child, 10_000))) {
-    sn.child.kill("SIGKILL");
-    await waitExit(sn.child, 5000);
-  }
-}
-
-type Reply = Record<string, unknown> & { err?: number; details?: string };
+import {
+  removeSnapshotterDir,
+  rpc as rpcCall,
+  runAsync,
+  shortTempDir,
+  startSnapshotter,
+  stopSnapshotter,
+  tail,
+  type Client,
+  type Reply,
+  type Snapshotter,
+} from "../support/snapshotter.js";
 
 /** One unary call with a 10 s deadline; errors come back as {err: code, details}. */
-function rpc(client: grpc.Client & Record<string, unknown>, method: string, req: object): Promise<Reply> {
-  const fn = client[method] as (
-    req: object,
-    opts: object,
-    cb: (e: grpc.ServiceError | null, r: Reply) => void,
-  ) => void;
-  return new Promise((resolve) =>
-    fn.call(client, req, { deadline: Date.now() + 10_000 }, (e, r) =>
-      resolve(e ? { err: e.code, details: e.details } : r),
-    ),
-  );
-}
+const rpc = (client: Client, method: string, req: object): Promise<Reply> =>
+  rpcCall(client, method, req, 10_000);
 
-async function list(client: grpc.Client & Record<string, unknown>, filters: string[] = []): Promise<Reply[]> {
+const startOverlaySnapshotter = (dir: string): Promise<Snapshotter> =>
+  startSnapshotter(dir, ["--store", "/nix/store", "--substituter", "file:///nonexistent"]);
+
+async function list(client: Client, filters: string[] = []): Promise<Reply[]> {
   const fn = client.List as (req: object, opts: object) => grpc.ClientReadableStream<{ info: Reply[] }>;
   const stream = fn.call(client, { filters }, { deadline: Date.now() + 10_000 });
   const out: Reply[] = [];
@@ -150,23 +45,8 @@ async function list(client: grpc.Client & Record<string, unknown>, filters: stri
   return out;
 }
 
-function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { timeout: timeoutMs }, (err, stdout, stderr) =>
-      err ? reject(new Error(`${cmd} ${args.join(" ")}: ${err.message}\n${stderr}`)) : resolve(stdout),
-    ),
-  );
-}
-
-function shortTempDir(prefix: string): string {
-  // Unix socket paths are limited to 107 bytes.
-  return mkdtempSync(join("/tmp", `nixoci-${prefix}-`));
-}
-
-async function removeDir(dir: string): Promise<void> {
-  for (const mp of mountsUnder(dir)) await run("umount", ["-l", mp]).catch(() => undefined);
-  if (!mountsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
-}
+const run = runAsync;
+const removeDir = removeSnapshotterDir;
 
 describe("snapshotter gRPC API", () => {
   let dir: string;
@@ -174,7 +54,7 @@ describe("snapshotter gRPC API", () => {
   let client: grpc.Client & Record<string, unknown>;
   before(async () => {
     dir = shortTempDir("sn-api");
-    sn = await startSnapshotter(dir);
+    sn = await startOverlaySnapshotter(dir);
     client = snapshotsClient(sn.socket);
   });
   after(async () => {
@@ -320,7 +200,7 @@ describe("snapshotter gRPC API", () => {
       const snaps = join(dir, "root", "snapshots");
       mkdirSync(join(snaps, "99999", "fs"), { recursive: true });
       mkdirSync(join(snaps, "new-crashed", "fs"), { recursive: true });
-      sn = await startSnapshotter(dir);
+      sn = await startOverlaySnapshotter(dir);
       client = snapshotsClient(sn.socket);
       assert.deepEqual(await list(client), before);
       assert.equal((await rpc(client, "Cleanup", {})).err, undefined);
@@ -358,7 +238,7 @@ describe("snapshotter under containerd 1.6", () => {
     const image = await makeImage();
     archive = join(makeTempDir("sn-archive"), "image.tar");
     await writeOciArchive(image, archive, "v1");
-    sn = await startSnapshotter(dir);
+    sn = await startOverlaySnapshotter(dir);
     containerd = await startContainerd({
       proxyPlugins: { nixoci: { type: "snapshot", address: sn.socket } },
     });
@@ -412,7 +292,7 @@ describe("snapshotter under containerd 1.6", () => {
       );
 
       await stopSnapshotter(sn, "SIGKILL");
-      sn = await startSnapshotter(dir);
+      sn = await startOverlaySnapshotter(dir);
       client = snapshotsClient(sn.socket);
       assert.deepEqual((await list(client)).map((i) => i.name).sort(), backend.map((i) => i.name).sort());
       client.close();
