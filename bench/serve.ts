@@ -30,11 +30,10 @@ import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import * as fs from "node:fs";
 import * as http from "node:http";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { startRegistry, type Registry } from "../test/support/daemons.js";
+import { freePort, startRegistry, type Registry } from "../test/support/daemons.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
 const EXAMPLES = fileURLToPath(new URL("../../examples/packages.nix", import.meta.url));
@@ -105,17 +104,6 @@ function rmTree(path: string): void {
     // missing, or nothing to change
   }
   fs.rmSync(path, { recursive: true, force: true });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 interface Response {

@@ -1,8 +1,7 @@
 // nixoci cache push --to file:///DIR [--sign-key FILE] [--compression xz|zstd|bzip2|none] [--store URL] PATH...
 // Copies the closure of PATH... into a binary cache directory that `nix copy --from` accepts.
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { parseSecretKey } from "../nix/signature.js";
 import { computeClosure } from "../store/closure.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { BinaryCacheWriter } from "../store/cache-writer.js";
@@ -10,7 +9,7 @@ import { parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { intOption, needPositionals, parse, UsageError } from "./args.js";
 import { formatBytes, Progress } from "./progress.js";
-import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
+import { openStore, readSecretKeyFile, resolveStorePathArg, trustOptions } from "./stores.js";
 
 const GC_USAGE = "nixoci cache gc [--cache-dir DIR] [--keep-images N] [--keep-days N]";
 const USAGE =
@@ -47,20 +46,7 @@ export async function cacheCommand(argv: string[]): Promise<number> {
   const compression = parseCompression(values.compression!, "--compression");
   if (compression === "gzip")
     throw new NixociError("--compression", "gzip is not a NAR compression Nix reads");
-  let signKey;
-  if (values["sign-key"]) {
-    const file = values["sign-key"];
-    let text: string;
-    try {
-      text = readFileSync(file, "utf8");
-    } catch (err) {
-      throw new NixociError(
-        file,
-        `cannot read secret key: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-      );
-    }
-    signKey = parseSecretKey(text, file);
-  }
+  const signKey = values["sign-key"] ? readSecretKeyFile(values["sign-key"]) : undefined;
   const store = await openStore(values.store, trustOptions([], true));
   const progress = new Progress(values.quiet);
   try {

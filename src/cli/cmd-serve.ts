@@ -4,7 +4,6 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { parseSecretKey } from "../nix/signature.js";
 import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../registry/auth.js";
@@ -20,7 +19,7 @@ import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
 import { intOption, parse, UsageError } from "./args.js";
-import { openStore, trustOptions } from "./stores.js";
+import { openStore, readSecretKeyFile, trustOptions } from "./stores.js";
 
 const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
     [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] [--substituter URL]... [--trusted-public-key K]...
@@ -133,19 +132,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
     throw new UsageError("--cache-compression must be zstd, xz or none");
-  let signKey;
-  if (values["sign-key"]) {
-    let text: string;
-    try {
-      text = readFileSync(values["sign-key"], "utf8");
-    } catch (err) {
-      throw new NixociError(
-        values["sign-key"],
-        `cannot read secret key: ${(err as NodeJS.ErrnoException).code}`,
-      );
-    }
-    signKey = parseSecretKey(text, values["sign-key"]);
-  }
+  const signKey = values["sign-key"] ? readSecretKeyFile(values["sign-key"]) : undefined;
 
   const storageDir = values.storage ?? defaultStorage();
   const storage = new RegistryStorage(storageDir);

@@ -3,7 +3,7 @@
 // store (./result) or paths inside a store path.
 import { readFileSync, realpathSync } from "node:fs";
 import { join } from "node:path";
-import { parsePublicKey, type PublicKey } from "../nix/signature.js";
+import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "../nix/signature.js";
 import { DEFAULT_STORE_DIR, parseStorePath, toStorePathPrefix } from "../nix/store-path.js";
 import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
 import { LocalStore } from "../store/local-store.js";
@@ -74,4 +74,18 @@ export function resolveStorePathArg(arg: string, store: Store): string {
     throw new NixociError(arg, `resolves to ${real}, which is not in ${localDir}`);
   const base = real.slice(localDir.length + 1).split("/")[0];
   return parseStorePath(`${storeDir}/${base}`, storeDir, arg).path;
+}
+
+/** A `--sign-key FILE`: Nix's secret key format, read and checked, with errors naming the file. */
+export function readSecretKeyFile(file: string): SecretKey {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new NixociError(
+      file,
+      `cannot read secret key: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+  return parseSecretKey(text, file);
 }

@@ -4,7 +4,7 @@
 // WWW-Authenticate challenge: Basic -> the request is retried with the credentials; Bearer realm,service,scope ->
 // a token is fetched from the realm (with the credentials, when there are any) and cached per scope set.
 import { execFile } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readJsonFile } from "../util/fs.js";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
@@ -78,19 +78,9 @@ export async function dockerConfigCredentials(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<Credentials | undefined> {
   const file = dockerConfigPath(env);
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw new NixociError(file, `cannot read: ${(err as Error).message}`);
-  }
-  let cfg: DockerConfigFile;
-  try {
-    cfg = JSON.parse(text) as DockerConfigFile;
-  } catch {
-    throw new NixociError(file, "is not valid JSON");
-  }
+  const parsed = await readJsonFile(file);
+  if (parsed === undefined) return undefined;
+  const cfg = parsed as DockerConfigFile;
   if (typeof cfg !== "object" || cfg === null) throw new NixociError(file, "is not a JSON object");
   const wanted = configKeys(registry);
   for (const [key, entry] of Object.entries(cfg.auths ?? {})) {

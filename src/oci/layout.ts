@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { mapLimit } from "../util/concurrency.js";
 import { NixociError, quote } from "../util/errors.js";
-import { tempSibling } from "../util/fs.js";
+import { readJsonFile, tempSibling } from "../util/fs.js";
 import type { Descriptor } from "./descriptor.js";
 import { digestHex, isDigest, type Digest } from "./digest.js";
 import type { BuiltImage } from "./image.js";
@@ -153,19 +153,9 @@ async function placeBlob(
 /** Reads an existing index.json (undefined when there is none); rejects what is not an OCI index. */
 export async function readIndex(dir: string): Promise<OciIndex | undefined> {
   const file = join(dir, "index.json");
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw new NixociError(file, `cannot read: ${(err as Error).message}`);
-  }
-  let j: OciIndex;
-  try {
-    j = JSON.parse(text) as OciIndex;
-  } catch {
-    throw new NixociError(file, "is not valid JSON");
-  }
+  const parsed = await readJsonFile(file);
+  if (parsed === undefined) return undefined;
+  const j = parsed as OciIndex;
   if (typeof j !== "object" || j === null || j.schemaVersion !== 2 || !Array.isArray(j.manifests))
     throw new NixociError(file, "is not an OCI image index (schemaVersion 2 with a manifests array)");
   return j;

@@ -1,5 +1,6 @@
 // Filesystem helpers shared by the writers: atomic file writes and removal of read-only trees.
-import { chmod, lstat, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, lstat, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { NixociError } from "./errors.js";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 
@@ -38,4 +39,20 @@ export async function removeTree(path: string): Promise<void> {
     for (const name of await readdir(path)) await removeTree(join(path, name));
   }
   await rm(path, { recursive: true, force: true });
+}
+
+/** A JSON file's parsed value, or undefined when the file does not exist; other failures name the file. */
+export async function readJsonFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new NixociError(file, `cannot read: ${(err as Error).message}`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new NixociError(file, "is not valid JSON");
+  }
 }

@@ -5,12 +5,12 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildFixtures, generateCacheKey, makeNixCache } from "../support/fixtures.js";
 import { run, runText, nixCmd } from "../support/run.js";
 import { nixoci, nixociOk } from "../support/cli.js";
+import { freePort } from "../support/daemons.js";
 
 const fx = buildFixtures();
 const closure = runText("nix-store", ["-qR", fx.all]).split("\n").sort();
@@ -203,16 +203,6 @@ test("nix store verify rejects our cache under a key it does not trust (the chec
     ]),
   );
 });
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function serveDirectory(dir: string): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();

@@ -5,13 +5,18 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateCacheKey } from "../support/fixtures.js";
 import { run, runText, nixCmd } from "../support/run.js";
 import { nixociOk, ROOT } from "../support/cli.js";
-import { startContainerd, startDockerd, type Containerd, type Dockerd } from "../support/daemons.js";
+import {
+  freePort,
+  startContainerd,
+  startDockerd,
+  type Containerd,
+  type Dockerd,
+} from "../support/daemons.js";
 
 const EXAMPLES = join(ROOT, "examples/packages.nix");
 const work = mkdtempSync(join(tmpdir(), "nixoci-serve-test-"));
@@ -42,16 +47,6 @@ const TWENTY = [
 let server: { proc: ChildProcess; host: string; log: () => string };
 let containerd: Containerd;
 let dockerd: Dockerd;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function startServe(extra: string[] = []): Promise<typeof server> {
   const port = await freePort();
