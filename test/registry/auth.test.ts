@@ -2,10 +2,7 @@
 // and real clients (our pusher, skopeo, ctr, docker login/push/pull).
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import * as http from "node:http";
-import type { AddressInfo } from "node:net";
 import { dirname, join } from "node:path";
 import { parseChallenges } from "../../src/oci/auth.js";
 import { writeDockerArchive } from "../../src/oci/archive.js";
@@ -14,8 +11,6 @@ import { writeOciLayout } from "../../src/oci/layout.js";
 import { OCI_MANIFEST } from "../../src/oci/media-types.js";
 import { pushImage } from "../../src/oci/registry-client.js";
 import { parseAuthSpec, parseHtpasswd, parseTokens } from "../../src/registry/auth.js";
-import { createRegistryServer, type RegistryServerOptions } from "../../src/registry/server.js";
-import { RegistryStorage } from "../../src/registry/storage.js";
 import { NixociError } from "../../src/util/errors.js";
 import {
   DOCKER_CLI,
@@ -27,6 +22,7 @@ import {
 } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { makeImage } from "../oci/make-image.js";
+import { exec, request, startServer, type TestServer } from "../support/registry-server.js";
 
 process.env.XDG_CACHE_HOME = makeTempDir("registry-auth-xdg");
 process.env.DOCKER_CONFIG = makeTempDir("registry-auth-no-docker-config");
@@ -35,88 +31,6 @@ const USER = "alice";
 const PASSWORD = "s3cret:with:colons";
 const PUSH_TOKEN = "push-token-0123456789abcdef";
 const PULL_TOKEN = "pull-token-0123456789abcdef";
-
-// (Helpers as in distribution.test.ts: the server runs in this process, so clients run asynchronously.)
-
-function exec(
-  cmd: string,
-  args: string[],
-  opts: { env?: NodeJS.ProcessEnv; input?: Buffer } = {},
-): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      cmd,
-      args,
-      { env: { ...process.env, ...opts.env }, maxBuffer: 1 << 28, timeout: 300_000, encoding: "buffer" },
-      (err, stdout, stderr) => {
-        if (err) reject(new Error(`${cmd} ${args.join(" ")}: ${err.message}\n${stderr.toString()}`));
-        else resolve(stdout.toString());
-      },
-    );
-    child.stdin?.end(opts.input ?? Buffer.alloc(0));
-  });
-}
-
-interface TestServer {
-  host: string;
-  stop(): Promise<void>;
-}
-
-async function startServer(opts: Partial<RegistryServerOptions>): Promise<TestServer> {
-  const server = createRegistryServer({
-    ...opts,
-    storage: new RegistryStorage(makeTempDir("registry-auth-root")),
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
-
-interface Res {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-  json?: unknown;
-}
-
-function request(
-  host: string,
-  method: string,
-  path: string,
-  opts: { headers?: Record<string, string>; body?: Buffer | string } = {},
-): Promise<Res> {
-  const [hostname, port] = host.split(":");
-  return new Promise((resolve, reject) => {
-    const headers = { ...opts.headers };
-    if (opts.body !== undefined) headers["Content-Length"] ??= String(Buffer.byteLength(opts.body));
-    const req = http.request(
-      { host: hostname, port: Number(port), method, path, headers, agent: false },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => {
-          const body = Buffer.concat(chunks);
-          let json: unknown;
-          try {
-            json = JSON.parse(body.toString("utf8"));
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
-        });
-        res.on("error", reject);
-      },
-    );
-    req.on("error", reject);
-    req.end(opts.body);
-  });
-}
 
 const basic = (user: string, password: string): string =>
   "Basic " + Buffer.from(`${user}:${password}`).toString("base64");
