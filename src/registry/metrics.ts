@@ -247,17 +247,9 @@ export class Metrics {
   }
 }
 
-/** What the registry server reports per request (its `onRequest` callback). */
-export interface RequestInfo {
-  method: string;
-  path: string;
-  route: string;
-  status: number;
-  bytes: number;
-  durationMs: number;
-  repo?: string;
-  error?: unknown;
-}
+/** What the registry server reports per request (its `onRequest` callback); defined by the server. */
+export type { RequestInfo } from "./server.js";
+import type { RequestInfo } from "./server.js";
 
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 

@@ -20,7 +20,8 @@ export interface RequestInfo {
   bytes: number;
   durationMs: number;
   repo?: string;
-  error?: string;
+  /** A one-line cause (the server reports strings; other reporters may pass an Error). */
+  error?: unknown;
 }
 
 export interface RegistryServerOptions {
