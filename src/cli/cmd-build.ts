@@ -20,7 +20,8 @@ const USAGE = `nixoci build [INSTALLABLE...] [-f FILE.nix -A ATTR...] [--spec FI
     [--layering size|popularity|nixery] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
     [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--store DIR]
     [--no-cache] [--cache-dir DIR] [-j N] [-o|--output DEST]... [--creds USER:PASS] [--insecure] [--json] [-q]
-  DEST: oci:DIR[:TAG]  oci-archive:FILE[:TAG]  docker-archive:FILE[:NAME:TAG]  docker://HOST/NAME[:TAG]  - (docker-archive on stdout)`;
+  DEST: oci:DIR[:TAG]  oci-archive:FILE[:TAG]  docker-archive:FILE[:NAME:TAG]  docker://HOST/NAME[:TAG]  - (docker-archive on stdout)
+        nix:[NAME] (an image description in the Nix store; its store path is printed after the digest)`;
 
 const LAYERINGS: LayeringStrategy[] = ["size", "popularity", "nixery"];
 const COMPRESSIONS: LayerCompression[] = ["gzip", "zstd", "none"];
@@ -187,6 +188,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
       const [defaultName, defaultTag] = splitImageName(spec.tags[0] ?? repositoryName(uniqueRoots[0]));
       const uploaded = new Set<string>();
       const outputReports: Record<string, unknown>[] = [];
+      const storePaths: string[] = [];
       for (const [i, ref] of outputs.entries()) {
         const label = (values.output ?? [])[i] ?? "-";
         const named =
@@ -195,6 +197,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
           creds: values.creds,
           insecure: values.insecure,
           defaultTag,
+          store,
           onEvent: (ev: unknown) => {
             const e = ev as { type?: string; digest?: string; size?: number };
             if (e.type === "uploaded" && e.digest) {
@@ -206,8 +209,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
         });
         r.uploaded?.forEach((d) => uploaded.add(d));
         outputReports.push({ output: label, ...r });
+        if (r.storePath) storePaths.push(r.storePath);
         progress.line(
-          `wrote ${label}${r.uploaded ? ` (${r.uploaded.length} blobs uploaded, ${r.skipped?.length ?? 0} already there${r.mounted?.length ? `, ${r.mounted.length} mounted` : ""})` : ""}`,
+          `wrote ${label}${r.storePath ? ` ${r.storePath} (pods: image: ${r.reference})` : ""}${r.uploaded ? ` (${r.uploaded.length} blobs uploaded, ${r.skipped?.length ?? 0} already there${r.mounted?.length ? `, ${r.mounted.length} mounted` : ""})` : ""}`,
         );
       }
       progress.done();
@@ -227,7 +231,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
       };
       if (values.json)
         (stdoutTaken ? process.stderr : process.stdout).write(JSON.stringify(summary, null, 2) + "\n");
-      else if (!stdoutTaken) process.stdout.write(result.image.manifest.digest + "\n");
+      else if (!stdoutTaken)
+        // The digest, then the store path of each nix: output (what `nixoci k8s pod` and pod specs take).
+        process.stdout.write([result.image.manifest.digest, ...storePaths].join("\n") + "\n");
       return 0;
     } finally {
       await result.cleanup();

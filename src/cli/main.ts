@@ -14,6 +14,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   substitute: async () => (await import("./cmd-substitute.js")).substituteCommand,
   serve: async () => (await import("./cmd-serve.js")).serveCommand,
   snapshotter: async () => (await import("./cmd-snapshotter.js")).snapshotterCommand,
+  "image-service": async () => (await import("./cmd-image-service.js")).imageServiceCommand,
+  k8s: async () => (await import("./cmd-k8s.js")).k8sCommand,
 };
 
 const HELP = `nixoci: Nix closures for the container ecosystem
@@ -28,7 +30,9 @@ commands:
   cache       push store paths into a binary cache; garbage-collect the layer cache
   substitute  realise store paths from binary caches into a store directory
   serve       an on-demand registry of Nix package images that is also a Nix binary cache
-  snapshotter a containerd proxy snapshotter (overlay behaviour; Nix store composition in progress)
+  snapshotter a containerd proxy snapshotter that composes Nix layers from the store instead of downloading them
+  image-service  a CRI image service: nix:0/nix/store/... images from the store, the rest proxied to containerd
+  k8s         k8s pod: a Pod manifest whose image is a nix:0 reference (no registry)
 
 Run \`nixoci COMMAND --help\` for a command's options.
 `;

@@ -6,12 +6,16 @@
 //                                 last '/', as in Docker references
 //   -                             docker-archive on standard output
 //   docker://HOST/NAME[:TAG|@DIGEST]  a registry push (HOST is required: no implicit Docker Hub)
+//   nix:[NAME]                    an image description in the local Nix store (oci/nix-image.ts), named NAME
+//                                 (default nixoci-image); pods use it as nix:0/nix/store/<hash>-NAME
 // Repository names and tags are checked with the OCI distribution grammar.
 import { NixociError, quote } from "../util/errors.js";
 import { writeDockerArchive, writeOciArchive } from "./archive.js";
 import { isDigest } from "./digest.js";
 import type { BuiltImage } from "./image.js";
 import { writeOciLayout } from "./layout.js";
+import { checkNixImageName, nixImageRef, writeNixImage } from "./nix-image.js";
+import type { LocalStore } from "../store/local-store.js";
 import { pushImage, type PushEvent } from "./registry-client.js";
 
 export type { PushEvent } from "./registry-client.js";
@@ -20,7 +24,8 @@ export type OutputRef =
   | { kind: "oci"; dir: string; tag?: string }
   | { kind: "oci-archive"; file: string; tag?: string }
   | { kind: "docker-archive"; file: string; name?: string; tag?: string } // "-" file = stdout
-  | { kind: "docker"; registry: string; repository: string; tag?: string; digest?: string };
+  | { kind: "docker"; registry: string; repository: string; tag?: string; digest?: string }
+  | { kind: "nix"; name?: string };
 
 /** Repository path components (OCI distribution spec). */
 export const REPOSITORY_RE = /^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$/;
@@ -30,7 +35,7 @@ const DOMAIN_RE =
   /^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$/;
 const MAX_NAME_LENGTH = 255;
 
-const TRANSPORTS = "oci:, oci-archive:, docker-archive:, docker:// or -";
+const TRANSPORTS = "oci:, oci-archive:, docker-archive:, docker://, nix: or -";
 
 /** True when the first path component of a reference is a registry host (Docker's rule). */
 function looksLikeHost(component: string): boolean {
@@ -171,6 +176,10 @@ export function parseOutputRef(s: string): OutputRef {
         out.repository = `library/${r.repository}`;
       return out;
     }
+    case "nix":
+      if (body === "") return { kind: "nix" };
+      checkNixImageName(body, s);
+      return { kind: "nix", name: body };
     default:
       if (!/^[A-Za-z][A-Za-z0-9-]*$/.test(transport))
         throw new NixociError(s, `no transport (expected ${TRANSPORTS})`);
@@ -190,6 +199,8 @@ export function formatOutputRef(ref: OutputRef): string {
       return `docker-archive:${ref.file}${ref.name !== undefined ? `:${ref.name}` : ""}${ref.tag !== undefined ? `:${ref.tag}` : ""}`;
     case "docker":
       return `docker://${ref.registry}/${ref.repository}${ref.digest ? `@${ref.digest}` : ref.tag !== undefined ? `:${ref.tag}` : ""}`;
+    case "nix":
+      return `nix:${ref.name ?? ""}`;
   }
 }
 
@@ -203,13 +214,22 @@ export interface OutputOptions {
   onEvent?: (e: PushEvent) => void;
   /** Repositories of the same registry that may already hold the blobs (tried as cross-repository mounts). */
   mountFrom?: string[];
+  /** The local store nix: outputs are written into. */
+  store?: LocalStore;
 }
 
 export async function writeOutput(
   image: BuiltImage,
   ref: OutputRef,
   opts: OutputOptions = {},
-): Promise<{ manifestDigest: string; uploaded?: string[]; skipped?: string[]; mounted?: string[] }> {
+): Promise<{
+  manifestDigest: string;
+  uploaded?: string[];
+  skipped?: string[];
+  mounted?: string[];
+  storePath?: string;
+  reference?: string;
+}> {
   if (opts.defaultTag !== undefined) checkTag("default tag", opts.defaultTag);
   switch (ref.kind) {
     case "oci":
@@ -219,6 +239,11 @@ export async function writeOutput(
     case "docker-archive": {
       const tags = ref.name !== undefined ? [`${ref.name}:${ref.tag ?? opts.defaultTag ?? "latest"}`] : [];
       return { manifestDigest: await writeDockerArchive(image, ref.file, tags) };
+    }
+    case "nix": {
+      if (!opts.store) throw new NixociError("nix:", "no local store to write the image description into");
+      const storePath = await writeNixImage(image, opts.store, ref.name, opts.defaultTag);
+      return { manifestDigest: image.manifest.digest, storePath, reference: nixImageRef(storePath) };
     }
     case "docker": {
       const r = await pushImage(

@@ -1,9 +1,11 @@
 // The containerd.services.snapshots.v1.Snapshots gRPC service over an OverlaySnapshotter, on a unix socket.
 // Errors carry the gRPC codes containerd's errdefs.FromGRPC turns back into its own: NOT_FOUND,
 // ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT; anything else is INTERNAL.
-import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../registry/logging.js";
+import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
+
+export type { RunningServer } from "../util/grpc-unix.js";
 import { snapshotsService, toTimestamp, type InfoMessage, type SnapshotKindName } from "./grpc.js";
 import { SnapshotError } from "./metadata.js";
 import type { OverlaySnapshotter, SnapshotInfo } from "./overlay.js";
@@ -134,47 +136,9 @@ export function snapshotsHandlers(sn: OverlaySnapshotter, log: Logger): grpc.Unt
   };
 }
 
-export interface RunningServer {
-  server: grpc.Server;
-  address: string;
-  /** Stops accepting calls, waits up to graceMs for running ones, then closes every connection. */
-  stop(graceMs?: number): Promise<void>;
-}
-
 /** Serves the Snapshots service on the unix socket `address` (a stale socket file there is replaced). */
-export async function serveSnapshots(
-  sn: OverlaySnapshotter,
-  address: string,
-  log: Logger,
-): Promise<RunningServer> {
-  if (existsSync(address)) {
-    if (!lstatSync(address).isSocket()) throw new Error(`${address}: exists and is not a socket`);
-    unlinkSync(address);
-  }
-  const server = new grpc.Server({ "grpc.max_receive_message_length": 16 << 20 });
-  server.addService(snapshotsService().service, snapshotsHandlers(sn, log));
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix:${address}`, grpc.ServerCredentials.createInsecure(), (err) =>
-      err ? reject(err) : resolve(),
-    ),
+export function serveSnapshots(sn: OverlaySnapshotter, address: string, log: Logger): Promise<RunningServer> {
+  return serveOnUnixSocket(address, (server) =>
+    server.addService(snapshotsService().service, snapshotsHandlers(sn, log)),
   );
-  let stopped: Promise<void> | undefined;
-  const stop = (graceMs = 5000): Promise<void> =>
-    (stopped ??= new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        server.forceShutdown();
-        resolve();
-      }, graceMs);
-      server.tryShutdown(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    }).then(() => {
-      try {
-        unlinkSync(address);
-      } catch {
-        // already gone
-      }
-    }));
-  return { server, address, stop };
 }

@@ -1,0 +1,105 @@
+// nixoci image-service: a CRI runtime.v1.ImageService on a unix socket (kubelet's --image-service-endpoint) that
+// loads `nix:0/nix/store/...` image descriptions from the Nix store into containerd's k8s.io namespace and
+// forwards every other reference and call to containerd's own CRI (cri/image-service.ts).
+// Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
+import { resolve } from "node:path";
+import { NixImageService } from "../cri/image-service.js";
+import { createLogger, parseLogLevel } from "../registry/logging.js";
+import { LocalStore } from "../store/local-store.js";
+import type { Store } from "../store/store.js";
+import { parse, UsageError } from "./args.js";
+import { openStore, trustOptions } from "./stores.js";
+
+const USAGE = `nixoci image-service --address SOCK --containerd SOCK [--snapshotter NAME] [--namespace NS] [--store DIR]
+    [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--log-level debug|info|warn|error|silent]`;
+
+/** A unix socket path (resolved), checked against the 107-byte limit. */
+function socketPath(flag: string, value: string | undefined): string {
+  if (!value) throw new UsageError(`--${flag} is required\nusage: ${USAGE}`);
+  const p = resolve(value);
+  if (Buffer.byteLength(p) > 107)
+    throw new UsageError(`--${flag} ${JSON.stringify(value)}: a unix socket path must be at most 107 bytes`);
+  return p;
+}
+
+export async function imageServiceCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      address: { type: "string" },
+      containerd: { type: "string" },
+      snapshotter: { type: "string" },
+      namespace: { type: "string" },
+      store: { type: "string" },
+      substituter: { type: "string", multiple: true },
+      "trusted-public-key": { type: "string", multiple: true },
+      "no-check-sigs": { type: "boolean" },
+      "log-level": { type: "string" },
+    },
+    USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`usage: ${USAGE}\n`);
+    return 0;
+  }
+  if (positionals.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\nusage: ${USAGE}`);
+  const address = socketPath("address", values.address);
+  const containerd = socketPath("containerd", values.containerd);
+  const level = parseLogLevel(values["log-level"] ?? "info");
+  if (!level) throw new UsageError(`--log-level: unknown level ${JSON.stringify(values["log-level"])}`);
+  const namespace = values.namespace ?? "k8s.io";
+  if (!/^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/.test(namespace))
+    throw new UsageError(`--namespace: invalid containerd namespace ${JSON.stringify(namespace)}`);
+  const log = createLogger({ level });
+  const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
+  const store = new LocalStore(values.store ? { dir: resolve(values.store) } : {});
+  const substituters: Store[] = [];
+  for (const url of values.substituter ?? []) substituters.push(await openStore(url, trust));
+  const service = new NixImageService({
+    containerd,
+    snapshotter: values.snapshotter ?? "nixoci",
+    namespace,
+    store,
+    substituters,
+    log,
+  });
+  let running;
+  try {
+    running = await service.serve(address);
+  } catch (err) {
+    service.close();
+    store.close();
+    throw err;
+  }
+  log.info("listening", {
+    address,
+    containerd,
+    snapshotter: values.snapshotter ?? "nixoci",
+    namespace,
+    pid: process.pid,
+  });
+  const srv = running;
+  return new Promise<number>((done) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) return;
+      stopping = true;
+      log.info("stopping", { signal });
+      void srv
+        .stop(5000)
+        .catch((err: unknown) => log.error("stop", { error: err }))
+        .finally(() => {
+          service.close();
+          store.close();
+          substituters.forEach((s) => s.close());
+          process.off("SIGTERM", onSignal);
+          process.off("SIGINT", onSignal);
+          log.info("stopped");
+          done(0);
+        });
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}

@@ -1,0 +1,230 @@
+// `nixoci image-service`: a Kubernetes CRI runtime.v1.ImageService (kubelet's --image-service-endpoint) in front
+// of containerd's CRI plugin. PullImage of a `nix:0/nix/store/<hash>-<name>[:tag]` reference loads the image
+// description at that store path (substituting it, with its closure, from the configured binary caches when it
+// is missing) into containerd's namespace without any registry (cri/nix-import.ts), under the name
+// `nix:0/nix/store/<hash>-<name>:latest`, which is how containerd's CRI plugin normalises the reference, so its
+// ImageStatus, ListImages and RemoveImage answer for it. Every other call and reference is forwarded to
+// containerd's CRI as raw bytes (fields this proto does not declare pass through untouched), with the caller's
+// deadline and its status codes.
+import * as grpc from "@grpc/grpc-js";
+import { ContainerdClient } from "../containerd/api.js";
+import { NIX_IMAGE_REF_PREFIX, parseNixImageRef, readNixImage } from "../oci/nix-image.js";
+import type { Logger } from "../registry/logging.js";
+import type { LocalStore } from "../store/local-store.js";
+import type { Store } from "../store/store.js";
+import { Substituter } from "../store/substituter.js";
+import { NixociError } from "../util/errors.js";
+import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
+import { criImageClient, criImageService, type CriImageClient, type PullImageRequest } from "./grpc.js";
+import { importNixImage } from "./nix-import.js";
+
+export interface ImageServiceOptions {
+  /** containerd's main gRPC socket (its CRI plugin and its API are both served there). */
+  containerd: string;
+  /** The snapshotter containerd's CRI plugin unpacks into (nixoci's proxy snapshotter's name). */
+  snapshotter: string;
+  /** containerd namespace of the CRI plugin. */
+  namespace?: string;
+  store: LocalStore;
+  /** Binary caches a missing description (and its closure) is substituted from. */
+  substituters?: Store[];
+  log: Logger;
+  /** How long PullImage waits for the CRI plugin to list a loaded image (default 15 s). */
+  visibleTimeoutMs?: number;
+}
+
+const SERVICE = "/runtime.v1.ImageService/";
+const METHODS = ["ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"] as const;
+const identity = (b: Buffer): Buffer => b;
+
+type Handler = grpc.handleUnaryCall<Buffer, Buffer>;
+
+/** The name containerd's CRI plugin looks a nix reference up by (a Docker reference, tag defaulting to latest). */
+export function criImageName(storePath: string): string {
+  return `${NIX_IMAGE_REF_PREFIX}${storePath}:latest`;
+}
+
+export class NixImageService {
+  private readonly upstream: grpc.Client;
+  private readonly cri: CriImageClient;
+  private readonly containerd: ContainerdClient;
+  private readonly inflight = new Map<string, Promise<string>>();
+  private readonly namespace: string;
+
+  constructor(private readonly opts: ImageServiceOptions) {
+    this.namespace = opts.namespace ?? "k8s.io";
+    this.upstream = new grpc.Client(`unix:${opts.containerd}`, grpc.credentials.createInsecure());
+    this.cri = criImageClient(opts.containerd);
+    this.containerd = new ContainerdClient(opts.containerd, this.namespace);
+  }
+
+  close(): void {
+    this.upstream.close();
+    this.cri.close();
+    this.containerd.close();
+  }
+
+  serve(address: string): Promise<RunningServer> {
+    return serveOnUnixSocket(address, (server) => server.addService(this.definition(), this.handlers()));
+  }
+
+  /** The service with raw-bytes (de)serializers: requests are decoded only where nixoci needs to look. */
+  private definition(): grpc.ServiceDefinition {
+    const def: Record<string, grpc.MethodDefinition<Buffer, Buffer>> = {};
+    for (const m of METHODS)
+      def[m] = {
+        path: SERVICE + m,
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: identity,
+        requestDeserialize: identity,
+        responseSerialize: identity,
+        responseDeserialize: identity,
+        originalName: m,
+      };
+    return def;
+  }
+
+  private handlers(): grpc.UntypedServiceImplementation {
+    const out: Record<string, Handler> = {};
+    for (const m of METHODS) out[m] = (call, cb) => this.forward(m, call, cb);
+    out.PullImage = (call, cb) => void this.pullImage(call, cb);
+    return out;
+  }
+
+  /** Sends the request's bytes to containerd's CRI and its answer (or status) back. */
+  private forward(
+    method: string,
+    call: grpc.ServerUnaryCall<Buffer, Buffer>,
+    cb: grpc.sendUnaryData<Buffer>,
+  ): void {
+    const deadline = call.getDeadline();
+    this.upstream.makeUnaryRequest(
+      SERVICE + method,
+      identity,
+      identity,
+      call.request,
+      call.metadata.clone(),
+      { deadline: deadline === Infinity ? Date.now() + 600_000 : deadline },
+      (err, res) => {
+        if (err) this.opts.log.debug("cri call failed", { method, code: err.code, error: err.details });
+        cb(err, res);
+      },
+    );
+  }
+
+  private async pullImage(
+    call: grpc.ServerUnaryCall<Buffer, Buffer>,
+    cb: grpc.sendUnaryData<Buffer>,
+  ): Promise<void> {
+    const svc = criImageService().service.PullImage;
+    let req: PullImageRequest;
+    try {
+      req = svc.requestDeserialize(call.request) as PullImageRequest;
+    } catch {
+      cb({ code: grpc.status.INVALID_ARGUMENT, details: "malformed PullImageRequest" });
+      return;
+    }
+    const ref = req.image?.image ?? "";
+    if (!ref.startsWith(`${NIX_IMAGE_REF_PREFIX}/`)) {
+      this.forward("PullImage", call, cb);
+      return;
+    }
+    const start = performance.now();
+    try {
+      const id = await this.pullNix(ref);
+      this.opts.log.info("pulled", { image: ref, id, ms: Math.round(performance.now() - start) });
+      cb(null, svc.responseSerialize({ image_ref: id }) as Buffer);
+    } catch (err) {
+      const { code, details } = statusOf(err);
+      this.opts.log.warn("pull failed", { image: ref, code: grpc.status[code], error: details });
+      cb({ code, details });
+    }
+  }
+
+  /** Loads the description `ref` names (once at a time per store path); returns the image ID. */
+  pullNix(ref: string): Promise<string> {
+    let storePath: string;
+    try {
+      storePath = parseNixImageRef(ref, this.opts.store.storeDir);
+    } catch (err) {
+      return Promise.reject(new StatusError(grpc.status.INVALID_ARGUMENT, (err as Error).message));
+    }
+    let p = this.inflight.get(storePath);
+    if (!p) {
+      p = this.load(storePath).finally(() => this.inflight.delete(storePath));
+      this.inflight.set(storePath, p);
+    }
+    return p;
+  }
+
+  private async load(storePath: string): Promise<string> {
+    const { store } = this.opts;
+    if (!(await store.queryPathInfo(storePath))) {
+      const sources = this.opts.substituters ?? [];
+      if (sources.length) {
+        try {
+          await new Substituter(store, sources, { parallelism: 8 }).realise([storePath]);
+        } catch (err) {
+          throw new StatusError(
+            grpc.status.NOT_FOUND,
+            `${storePath}: not in the store and not substitutable: ${(err as Error).message}`,
+          );
+        }
+      }
+      if (!(await store.queryPathInfo(storePath)))
+        throw new StatusError(
+          grpc.status.NOT_FOUND,
+          `${storePath}: not in the store${sources.length ? "" : " (and no --substituter)"}`,
+        );
+    }
+    let image;
+    try {
+      image = await readNixImage(storePath, store.realPath(storePath), store.storeDir);
+    } catch (err) {
+      throw new StatusError(grpc.status.FAILED_PRECONDITION, (err as Error).message);
+    }
+    const name = criImageName(storePath);
+    const result = await importNixImage(image, name, {
+      containerd: this.containerd,
+      snapshotter: this.opts.snapshotter,
+      store,
+      log: this.opts.log,
+    });
+    await this.waitVisible(name);
+    return result.id;
+  }
+
+  /** containerd's CRI plugin learns of the image record from an event: wait (bounded) until it lists it. */
+  private async waitVisible(name: string): Promise<void> {
+    const until = Date.now() + (this.opts.visibleTimeoutMs ?? 15_000);
+    for (;;) {
+      const r = await this.cri.imageStatus({ image: { image: name } }, { timeoutMs: 10_000 });
+      if (r.image) return;
+      if (Date.now() > until)
+        throw new StatusError(
+          grpc.status.UNAVAILABLE,
+          `${name}: loaded into containerd, but its CRI plugin does not list it`,
+        );
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+class StatusError extends Error {
+  constructor(
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function statusOf(err: unknown): { code: grpc.status; details: string } {
+  if (err instanceof StatusError) return { code: err.code, details: err.message };
+  const e = err as { code?: unknown; details?: string; message?: string };
+  if (typeof e?.code === "number" && typeof e.details === "string")
+    return { code: e.code, details: e.details };
+  if (err instanceof NixociError) return { code: grpc.status.FAILED_PRECONDITION, details: err.message };
+  return { code: grpc.status.INTERNAL, details: e?.message ?? String(err) };
+}

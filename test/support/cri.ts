@@ -1,0 +1,424 @@
+// Shared pieces for tests that drive containerd 1.6's CRI plugin with nixoci's proxy snapshotter.
+//
+// - criConfig: the CRI section (snapshotter = nixoci, snapshot annotations on, plain-HTTP mirror, private CNI dirs).
+// - startCriStack: a docker-registry, a `nixoci snapshotter` and containerd with the CRI plugin, all child
+//   processes on loopback / unix sockets under one short temp dir, plus a CRI ImageService client; `stop()`
+//   ends everything by pid and removes the dir (and the snapshotter's GC roots under /nix/var for /nix/store).
+// - pushNixociImage: `nixoci build ... -o docker://REGISTRY/REPO:TAG -o oci:LAYOUT` and what the manifest says.
+// - pushModifiedImage / layoutImage: push a variant of a built image (e.g. with changed layer annotations).
+// - log readers (rpcLines for the snapshotter's rpc log, registryRequests / blobGets for the registry's access
+//   log), listSnapshots (the snapshotter's own List), chainIds, and the bounded poller `until`.
+//
+// Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
+import { BlobStore } from "../../src/oci/blob-store.js";
+import type { Digest } from "../../src/oci/digest.js";
+import type { BuiltImage } from "../../src/oci/image.js";
+import { pushImage } from "../../src/oci/registry-client.js";
+import { snapshotsClient } from "../../src/snapshotter/grpc.js";
+import { nixociOk } from "./cli.js";
+import { startContainerd, startRegistry, type Containerd, type Registry } from "./daemons.js";
+import { removeSnapshotterDir, startSnapshotter, stopSnapshotter, type Snapshotter } from "./snapshotter.js";
+
+/** The containerd namespace of CRI images and containers. */
+export const CRI_NAMESPACE = "k8s.io";
+/** The proxy plugin name the stack registers the snapshotter under. */
+export const SNAPSHOTTER_NAME = "nixoci";
+
+/**
+ * The CRI section for containerd 1.6.20 (appended by startContainerd, which then leaves the CRI plugin enabled).
+ * Found by trying: the plugin starts with no settings at all (a missing CNI config is only logged as an error,
+ * and only matters for pod networking; the streaming server defaults to 127.0.0.1 on a random port; the
+ * sandbox image is only used by RunPodSandbox). What matters here:
+ * - `.containerd` `snapshotter`: the proxy plugin's name; CRI pulls unpack into it.
+ * - `.containerd` `disable_snapshot_annotations = false` (1.6's default is true): then the CRI plugin adds the
+ *   `containerd.io/snapshot/cri.*` labels (layer digest, image ref, manifest digest, remaining layers). At the
+ *   `[plugins."io.containerd.grpc.v1.cri"]` level the key has no effect. The layer descriptors' own
+ *   `containerd.io/snapshot/...` annotations (nix-store-path.<i>) reach Prepare either way.
+ * - A registry mirror with an `http://` endpoint: plain HTTP for the registry. (For 127.0.0.1 and localhost
+ *   1.6's CRI already defaults to http, so loopback pulls work without it; other hosts need it.)
+ * - CNI directories in the temp dir (`DIR/cni-bin`, `DIR/cni-conf`), so nothing system-wide is read.
+ */
+export function criConfig(opts: { dir: string; registryHost: string; snapshotter: string }): string {
+  const q = (s: string): string => JSON.stringify(s);
+  return [
+    `[plugins."io.containerd.grpc.v1.cri"]`,
+    `  stream_server_address = "127.0.0.1"`,
+    `  stream_server_port = "0"`,
+    `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
+    `    snapshotter = ${q(opts.snapshotter)}`,
+    `    disable_snapshot_annotations = false`,
+    `  [plugins."io.containerd.grpc.v1.cri".cni]`,
+    `    bin_dir = ${q(join(opts.dir, "cni-bin"))}`,
+    `    conf_dir = ${q(join(opts.dir, "cni-conf"))}`,
+    `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${q(opts.registryHost)}]`,
+    `    endpoint = [${q(`http://${opts.registryHost}`)}]`,
+  ].join("\n");
+}
+
+/** Retries fn until it resolves, at most timeoutMs (every intervalMs); then throws its last error with `what`. */
+export async function until<T>(
+  what: string,
+  timeoutMs: number,
+  fn: () => Promise<T> | T,
+  intervalMs = 200,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline)
+        throw new Error(`${what}: not done after ${timeoutMs / 1000} s: ${String(err)}`, { cause: err });
+      await sleep(intervalMs);
+    }
+  }
+}
+
+// ---- the stack ----
+
+export interface CriStack {
+  /** The short temp dir holding the snapshotter (sn.sock, root/, snapshotter.log) and the CNI dirs. */
+  dir: string;
+  registry: Registry;
+  /** The running snapshotter (replaced by restartSnapshotter). */
+  sn: Snapshotter;
+  containerd: Containerd;
+  /** runtime.v1.ImageService on containerd's main socket. */
+  cri: CriImageClient;
+  /** The snapshotter's arguments besides --address/--root/--log-level (given to every restart). */
+  snapshotterArgs: string[];
+  /**
+   * Stops the snapshotter with `signal` (SIGKILL: no cleanup at all) and starts it again on the same --root,
+   * socket and log file (appended).
+   */
+  restartSnapshotter(signal?: NodeJS.Signals): Promise<Snapshotter>;
+  /** `ctr -n k8s.io run --snapshotter nixoci --rm REF ID [ARGS...]`; its stdout. */
+  run(ref: string, id: string, args?: string[]): string;
+  /** `ctr -n k8s.io ARGS...`; its stdout. */
+  ctr(args: string[]): string;
+  /** Stops everything (idempotent) and removes the dir unless NIXOCI_KEEP_TMP is set. */
+  stop(): Promise<void>;
+}
+
+export interface CriStackOptions {
+  /**
+   * The snapshotter's extra arguments (e.g. `--store DIR`, `--substituter URL`), or a function of the stack's
+   * dir that may also prepare files there (a store, a cache) before the snapshotter starts.
+   */
+  snapshotterArgs: string[] | ((dir: string) => string[] | Promise<string[]>);
+  /** Temp dir name prefix (default "cri"): /tmp/nixoci-PREFIX-XXXXXX. */
+  prefix?: string;
+}
+
+/**
+ * A registry, a snapshotter and containerd (CRI enabled, snapshotter = nixoci, snapshot annotations on), all
+ * child processes, and a CRI client; resolves once CRI ImageFsInfo answers (bounded). On failure everything
+ * already started is stopped.
+ */
+export async function startCriStack(opts: CriStackOptions): Promise<CriStack> {
+  // Unix socket paths are limited to 107 bytes: a short temp dir.
+  const dir = mkdtempSync(join("/tmp", `nixoci-${opts.prefix ?? "cri"}-`));
+  let registry: Registry | undefined;
+  let sn: Snapshotter | undefined;
+  let containerd: Containerd | undefined;
+  let cri: CriImageClient | undefined;
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopped ??= (async () => {
+      cri?.close();
+      await containerd?.stop();
+      await stopSnapshotter(sn);
+      await registry?.stop();
+      await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
+    })());
+  try {
+    const snapshotterArgs =
+      typeof opts.snapshotterArgs === "function" ? await opts.snapshotterArgs(dir) : opts.snapshotterArgs;
+    registry = await startRegistry();
+    sn = await startSnapshotter(dir, snapshotterArgs);
+    mkdirSync(join(dir, "cni-bin"));
+    mkdirSync(join(dir, "cni-conf"));
+    containerd = await startContainerd({
+      proxyPlugins: { [SNAPSHOTTER_NAME]: { type: "snapshot", address: sn.socket } },
+      criConfig: criConfig({ dir, registryHost: registry.host, snapshotter: SNAPSHOTTER_NAME }),
+    });
+    cri = criImageClient(containerd.address);
+    // The CRI plugin registers its services with containerd's gRPC server at start; ImageFsInfo answers once
+    // the plugin's snapshot syncer has run.
+    const c = cri;
+    await until("CRI ImageFsInfo", 30_000, () => c.imageFsInfo({}, { timeoutMs: 5000 }));
+    const stack: CriStack = {
+      dir,
+      registry,
+      sn,
+      containerd,
+      cri,
+      snapshotterArgs,
+      async restartSnapshotter(signal: NodeJS.Signals = "SIGKILL") {
+        await stopSnapshotter(stack.sn, signal);
+        stack.sn = sn = await startSnapshotter(dir, snapshotterArgs);
+        return stack.sn;
+      },
+      run: (ref, id, args = []) =>
+        stack.containerd
+          .ctr(["-n", CRI_NAMESPACE, "run", "--snapshotter", SNAPSHOTTER_NAME, "--rm", ref, id, ...args])
+          .toString(),
+      ctr: (args) => stack.containerd.ctr(["-n", CRI_NAMESPACE, ...args]).toString(),
+      stop,
+    };
+    return stack;
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
+  }
+}
+
+// ---- images ----
+
+export interface LayerDescriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+}
+
+export interface PushedImage {
+  /** REGISTRY/REPO:TAG */
+  ref: string;
+  /** REGISTRY/REPO */
+  repository: string;
+  manifestDigest: string;
+  /** The manifest's layers, bottom first. */
+  layers: LayerDescriptor[];
+  /** The config's rootfs.diff_ids, bottom first. */
+  diffIds: string[];
+  /** The OCI layout the image was also written to (tag "v1"... as given). */
+  layout: string;
+  tag: string;
+}
+
+/** The layer-descriptor annotation prefix naming a nix layer's store paths. */
+export const NIX_STORE_PATH_ANNOTATION = "containerd.io/snapshot/nix-store-path.";
+
+/** The store paths a layer's annotations name (empty for an ordinary layer). */
+export function layerStorePaths(layer: LayerDescriptor): string[] {
+  return Object.entries(layer.annotations ?? {})
+    .filter(([k]) => k.startsWith(NIX_STORE_PATH_ANNOTATION))
+    .map(([, v]) => v);
+}
+
+/** A blob of an OCI layout by digest, as text. */
+export function readBlob(layout: string, digest: string): string {
+  const [alg, hex] = digest.split(":");
+  return readFileSync(join(layout, "blobs", alg, hex), "utf8");
+}
+
+function describeLayout(
+  layout: string,
+  manifestDigest: string,
+): { layers: LayerDescriptor[]; diffIds: string[] } {
+  const manifest = JSON.parse(readBlob(layout, manifestDigest)) as {
+    config: { digest: string };
+    layers: LayerDescriptor[];
+  };
+  const config = JSON.parse(readBlob(layout, manifest.config.digest)) as { rootfs: { diff_ids: string[] } };
+  return { layers: manifest.layers, diffIds: config.rootfs.diff_ids };
+}
+
+/**
+ * `nixoci build [--entrypoint E] INSTALLABLES... -o docker://REGISTRY/REPO:TAG -o oci:WORKDIR/oci-REPO:TAG`
+ * (a separate process), then what the manifest and config say.
+ */
+export function pushNixociImage(
+  registry: Registry,
+  opts: { installables: string[]; repo: string; tag?: string; entrypoint?: string; workDir: string },
+): PushedImage {
+  const tag = opts.tag ?? "v1";
+  const repository = `${registry.host}/${opts.repo}`;
+  const ref = `${repository}:${tag}`;
+  const layout = join(opts.workDir, `oci-${opts.repo.replace(/\//g, "_")}`);
+  const manifestDigest = nixociOk([
+    "build",
+    ...(opts.entrypoint ? ["--entrypoint", opts.entrypoint] : []),
+    ...opts.installables,
+    "-o",
+    `docker://${ref}`,
+    "-o",
+    `oci:${layout}:${tag}`,
+    "-q",
+  ])
+    .text.trim()
+    .split("\n")
+    .pop()!;
+  return { ref, repository, manifestDigest, layout, tag, ...describeLayout(layout, manifestDigest) };
+}
+
+/** A pushed image's layout as a BuiltImage (blobs read from the layout), e.g. to push a variant of it. */
+export function layoutImage(image: PushedImage): BuiltImage {
+  const manifestBytes = Buffer.from(readBlob(image.layout, image.manifestDigest));
+  const manifest = JSON.parse(manifestBytes.toString()) as {
+    mediaType: string;
+    config: { mediaType: string; digest: Digest; size: number };
+    layers: BuiltImage["layers"];
+  };
+  const configBytes = Buffer.from(readBlob(image.layout, manifest.config.digest));
+  const config = JSON.parse(configBytes.toString()) as {
+    architecture: string;
+    os: string;
+    rootfs: { diff_ids: Digest[] };
+  };
+  return {
+    blobs: new BlobStore(image.layout),
+    manifest: {
+      digest: image.manifestDigest as Digest,
+      size: manifestBytes.length,
+      bytes: manifestBytes,
+      mediaType: manifest.mediaType,
+    },
+    config: { ...manifest.config, bytes: configBytes, mediaType: manifest.config.mediaType },
+    layers: manifest.layers,
+    diffIds: config.rootfs.diff_ids,
+    platform: { architecture: config.architecture, os: config.os },
+  };
+}
+
+/** Pushes a BuiltImage to REGISTRY/REPO:TAG (in-process HTTP client; no push record). */
+export async function pushBuilt(
+  registry: Registry,
+  image: BuiltImage,
+  repo: string,
+  tag = "v1",
+): Promise<{ ref: string; manifestDigest: string }> {
+  await pushImage(image, { registry: registry.host, repository: repo, tag }, { pushRecord: false });
+  return { ref: `${registry.host}/${repo}:${tag}`, manifestDigest: image.manifest.digest };
+}
+
+/**
+ * Pushes a variant of `image` whose layer i's annotations are replaced by `annotations(i, old)` (undefined keeps
+ * them); the blobs are the same, so only the manifest (and its digest) differ. Returns the new ref and digest.
+ */
+export async function pushModifiedImage(
+  registry: Registry,
+  image: PushedImage,
+  repo: string,
+  annotations: (index: number, old: Record<string, string> | undefined) => Record<string, string> | undefined,
+): Promise<{ ref: string; manifestDigest: string; layers: LayerDescriptor[] }> {
+  const built = layoutImage(image);
+  const manifest = JSON.parse(built.manifest.bytes.toString()) as { layers: LayerDescriptor[] };
+  manifest.layers = manifest.layers.map((l, i) => {
+    const a = annotations(i, l.annotations);
+    const { annotations: _old, ...rest } = l;
+    return a && Object.keys(a).length ? { ...rest, annotations: a } : { ...rest };
+  });
+  const bytes = Buffer.from(JSON.stringify(manifest));
+  const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
+  const variant: BuiltImage = {
+    ...built,
+    manifest: { ...built.manifest, bytes, size: bytes.length, digest },
+    layers: manifest.layers as BuiltImage["layers"],
+  };
+  const r = await pushBuilt(registry, variant, repo);
+  return { ...r, layers: manifest.layers };
+}
+
+/** The chain IDs of a stack of diff IDs (what containerd names committed snapshots after), bottom first. */
+export function chainIds(diffIds: string[]): string[] {
+  const out: string[] = [];
+  for (const d of diffIds) {
+    const prev = out[out.length - 1];
+    out.push(prev ? `sha256:${createHash("sha256").update(`${prev} ${d}`).digest("hex")}` : d);
+  }
+  return out;
+}
+
+// ---- logs ----
+
+export interface RpcLine {
+  msg: string;
+  method?: string;
+  key?: string;
+  parent?: string;
+  name?: string;
+  code?: string;
+  error?: string;
+  level?: string;
+  labels?: Record<string, string>;
+}
+
+/** The snapshotter's "rpc" log lines (JSON), from byte offset `fromByte` of its log file. */
+export function rpcLines(sn: Snapshotter, fromByte = 0): RpcLine[] {
+  const out: RpcLine[] = [];
+  for (const line of readFileSync(sn.logFile).subarray(fromByte).toString("utf8").split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      const r = JSON.parse(line) as RpcLine;
+      if (r.msg === "rpc") out.push(r);
+    } catch {
+      // not ours
+    }
+  }
+  return out;
+}
+
+/** The current size of the snapshotter's log (an offset for rpcLines). */
+export function logSize(sn: Snapshotter): number {
+  return readFileSync(sn.logFile).length;
+}
+
+/** How many lines the registry's log has now (an offset for registryRequests). */
+export function registryLogLines(reg: Registry): number {
+  return reg.log().split("\n").length - 1;
+}
+
+/** "METHOD /v2/... STATUS" for each request docker-registry's access log recorded from line `fromLine`. */
+export function registryRequests(reg: Registry, fromLine = 0): string[] {
+  const out: string[] = [];
+  for (const line of reg.log().split("\n").slice(fromLine)) {
+    const m = /"(GET|HEAD|PUT|POST|PATCH|DELETE) (\/v2\/\S*) HTTP\/[\d.]+" (\d{3})/.exec(line);
+    if (m) out.push(`${m[1]} ${m[2]} ${m[3]}`);
+  }
+  return out;
+}
+
+/** The blob digests the registry served with GET (any repository) from line `fromLine`. */
+export function blobGets(reg: Registry, fromLine = 0): string[] {
+  return registryRequests(reg, fromLine)
+    .map((l) => /^GET \/v2\/\S+\/blobs\/(sha256:[0-9a-f]{64}) 2\d\d$/.exec(l)?.[1])
+    .filter((d): d is string => d !== undefined);
+}
+
+// ---- the snapshotter's own view ----
+
+export interface SnapshotInfo {
+  name: string;
+  parent: string;
+  /** "VIEW" | "ACTIVE" | "COMMITTED" (or the enum number, depending on the loader). */
+  kind: string;
+  labels: Record<string, string>;
+}
+
+/** Every snapshot the snapshotter itself lists (its List stream), with a deadline. */
+export function listSnapshots(socket: string, timeoutMs = 15_000): Promise<SnapshotInfo[]> {
+  const client = snapshotsClient(socket);
+  const list = client.List as (req: object, opts: object) => NodeJS.ReadableStream;
+  return new Promise<SnapshotInfo[]>((resolve, reject) => {
+    const out: SnapshotInfo[] = [];
+    const stream = list.call(client, {}, { deadline: Date.now() + timeoutMs });
+    stream.on("data", (msg: { info?: Array<Partial<SnapshotInfo> & { kind?: unknown }> }) => {
+      for (const i of msg.info ?? [])
+        out.push({
+          name: i.name ?? "",
+          parent: i.parent ?? "",
+          kind: String(i.kind ?? ""),
+          labels: i.labels ?? {},
+        });
+    });
+    stream.on("error", reject);
+    stream.on("end", () => resolve(out));
+  }).finally(() => client.close());
+}
