@@ -23,7 +23,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parse as parseYaml } from "yaml";
 import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
 import { criImageName } from "../../src/cri/image-service.js";
-import { buildFixtures } from "../support/fixtures.js";
+import { buildFixtures, generateCacheKey } from "../support/fixtures.js";
 import { nixoci, nixociOk, ROOT } from "../support/cli.js";
 import { runText } from "../support/run.js";
 import { mountsUnder } from "../support/daemons.js";
@@ -270,6 +270,63 @@ describe("nixoci image-service: nix:0 references from the store through containe
       assert.match(out, /Hello from nixoci!/);
     } finally {
       await other.stop();
+    }
+  });
+
+  test("a description missing from the store is substituted from a signed binary cache", async () => {
+    // Its own description (another name), pushed to a cache, then deleted from the store.
+    const out = nixociOk([
+      "build",
+      "-q",
+      "--entrypoint",
+      `${fx.hello}/bin/hello`,
+      fx.hello,
+      "-o",
+      "nix:nixoci-test-subst",
+    ]).text.trim();
+    const desc = out.split("\n").pop()!;
+    const keys = generateCacheKey("imgsvc-test", join(stack.dir, "keys"));
+    const other = generateCacheKey("imgsvc-other", join(stack.dir, "keys"));
+    const cache = join(stack.dir, "cache");
+    nixociOk(["cache", "push", "--to", `file://${cache}`, "--sign-key", keys.secretKeyFile, "-q", desc]);
+    runText("nix-store", ["--delete", desc]);
+    assert.ok(!existsSync(desc));
+    // A cache signed by a key the service does not trust: NOT_FOUND, naming why.
+    const untrusted = await startImageService(stack.dir, "untrusted", [
+      "--containerd",
+      stack.containerd.address,
+      "--substituter",
+      `file://${cache}`,
+      "--trusted-public-key",
+      other.publicKey,
+    ]);
+    try {
+      const e = await grpcCode(untrusted.client.pullImage({ image: { image: `nix:0${desc}` } }));
+      assert.equal(e.code, 5, e.details);
+      assert.match(e.details, /not substitutable.*signature/i);
+      assert.ok(!existsSync(desc));
+    } finally {
+      await untrusted.stop();
+    }
+    const subst = await startImageService(stack.dir, "subst", [
+      "--containerd",
+      stack.containerd.address,
+      "--substituter",
+      `file://${cache}`,
+      "--trusted-public-key",
+      keys.publicKey,
+    ]);
+    try {
+      const pulled = await subst.client.pullImage(
+        { image: { image: `nix:0${desc}` } },
+        { timeoutMs: 120_000 },
+      );
+      assert.match(pulled.image_ref, /^sha256:/);
+      runText("nix-store", ["--verify-path", desc]);
+      const outRun = stack.run(criImageName(desc), "imgsvc-subst");
+      assert.match(outRun, /Hello from nixoci!/);
+    } finally {
+      await subst.stop();
     }
   });
 
