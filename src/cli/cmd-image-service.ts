@@ -7,11 +7,12 @@ import { NixImageService } from "../cri/image-service.js";
 import { createLogger, parseLogLevel } from "../registry/logging.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
+import { parseListenAddress, serveOps, type OpsServer } from "../util/ops-http.js";
 import { parse, UsageError } from "./args.js";
 import { openStore, trustOptions } from "./stores.js";
 
 const USAGE = `nixoci image-service --address SOCK --containerd SOCK [--snapshotter NAME] [--namespace NS] [--store DIR]
-    [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--log-level debug|info|warn|error|silent]`;
+    [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--metrics-address HOST:PORT] [--log-level debug|info|warn|error|silent]`;
 
 /** A unix socket path (resolved), checked against the 107-byte limit. */
 function socketPath(flag: string, value: string | undefined): string {
@@ -35,6 +36,7 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
       "trusted-public-key": { type: "string", multiple: true },
       "no-check-sigs": { type: "boolean" },
       "log-level": { type: "string" },
+      "metrics-address": { type: "string" },
     },
     USAGE,
   );
@@ -51,6 +53,12 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
   const namespace = values.namespace ?? "k8s.io";
   if (!/^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/.test(namespace))
     throw new UsageError(`--namespace: invalid containerd namespace ${JSON.stringify(namespace)}`);
+  if (values["metrics-address"] !== undefined)
+    try {
+      parseListenAddress(values["metrics-address"]);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
   const log = createLogger({ level });
   const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   const store = new LocalStore(values.store ? { dir: resolve(values.store) } : {});
@@ -65,9 +73,16 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
     log,
   });
   let running;
+  let ops: OpsServer | undefined;
   try {
     running = await service.serve(address);
+    if (values["metrics-address"])
+      ops = await serveOps(values["metrics-address"], {
+        metrics: service.metrics,
+        health: () => service.health(),
+      });
   } catch (err) {
+    await running?.stop(0);
     service.close();
     store.close();
     throw err;
@@ -77,6 +92,7 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
     containerd,
     snapshotter: values.snapshotter ?? "nixoci",
     namespace,
+    metrics: ops?.address,
     pid: process.pid,
   });
   const srv = running;
@@ -86,8 +102,7 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info("stopping", { signal });
-      void srv
-        .stop(5000)
+      void Promise.all([srv.stop(5000), ops?.close()])
         .catch((err: unknown) => log.error("stop", { error: err }))
         .finally(() => {
           service.close();

@@ -15,6 +15,7 @@ import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { NixociError } from "../util/errors.js";
 import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
+import { Metrics } from "../util/metrics.js";
 import { criImageClient, criImageService, type CriImageClient, type PullImageRequest } from "./grpc.js";
 import { importNixImage } from "./nix-import.js";
 
@@ -44,7 +45,37 @@ export function criImageName(storePath: string): string {
   return `${NIX_IMAGE_REF_PREFIX}${storePath}:latest`;
 }
 
+/** What /metrics reports for the image service. */
+export class ImageServiceMetrics extends Metrics {
+  readonly calls = this.counter(
+    "nixoci_cri_calls_total",
+    "CRI ImageService calls answered, by method and gRPC code.",
+    ["method", "code"],
+  );
+  readonly callDuration = this.histogram("nixoci_cri_call_duration_seconds", "Time to answer a CRI call.", [
+    "method",
+  ]);
+  readonly nixPulls = this.counter(
+    "nixoci_nix_image_pulls_total",
+    "PullImage calls for nix:0 references, by result.",
+    ["result"],
+  )
+    .init({ result: "success" })
+    .init({ result: "failure" });
+  readonly nixLayers = this.counter(
+    "nixoci_nix_image_layers_total",
+    'Layers of loaded nix:0 images by how they got there: "present", "fromStore" (the snapshotter), "applied" (a blob), "generated" (a tar made from the store).',
+    ["source"],
+  );
+
+  observe(method: string, code: grpc.status, startMs: number): void {
+    this.calls.inc({ method, code: grpc.status[code] ?? String(code) });
+    this.callDuration.observe({ method }, (performance.now() - startMs) / 1000);
+  }
+}
+
 export class NixImageService {
+  readonly metrics = new ImageServiceMetrics();
   private readonly upstream: grpc.Client;
   private readonly cri: CriImageClient;
   private readonly containerd: ContainerdClient;
@@ -87,9 +118,28 @@ export class NixImageService {
 
   private handlers(): grpc.UntypedServiceImplementation {
     const out: Record<string, Handler> = {};
-    for (const m of METHODS) out[m] = (call, cb) => this.forward(m, call, cb);
-    out.PullImage = (call, cb) => void this.pullImage(call, cb);
+    for (const m of METHODS) out[m] = (call, cb) => this.forward(m, call, this.observed(m, cb));
+    out.PullImage = (call, cb) => void this.pullImage(call, this.observed("PullImage", cb));
     return out;
+  }
+
+  /** `cb`, counting the call's outcome and duration. */
+  private observed(method: string, cb: grpc.sendUnaryData<Buffer>): grpc.sendUnaryData<Buffer> {
+    const start = performance.now();
+    return (err, value) => {
+      this.metrics.observe(method, err ? (err.code ?? grpc.status.UNKNOWN) : grpc.status.OK, start);
+      cb(err, value);
+    };
+  }
+
+  /** Undefined when containerd's CRI answers, else what is wrong (for /healthz). */
+  async health(): Promise<string | undefined> {
+    try {
+      await this.cri.imageFsInfo({}, { timeoutMs: 3000 });
+      return undefined;
+    } catch (err) {
+      return `containerd CRI at ${this.opts.containerd} does not answer: ${(err as grpc.ServiceError).details ?? String(err)}`;
+    }
   }
 
   /** Sends the request's bytes to containerd's CRI and its answer (or status) back. */
@@ -133,9 +183,11 @@ export class NixImageService {
     const start = performance.now();
     try {
       const id = await this.pullNix(ref);
+      this.metrics.nixPulls.inc({ result: "success" });
       this.opts.log.info("pulled", { image: ref, id, ms: Math.round(performance.now() - start) });
       cb(null, svc.responseSerialize({ image_ref: id }) as Buffer);
     } catch (err) {
+      this.metrics.nixPulls.inc({ result: "failure" });
       const { code, details } = statusOf(err);
       this.opts.log.warn("pull failed", { image: ref, code: grpc.status[code], error: details });
       cb({ code, details });
@@ -191,6 +243,7 @@ export class NixImageService {
       store,
       log: this.opts.log,
     });
+    for (const [source, n] of Object.entries(result.layers)) if (n) this.metrics.nixLayers.inc({ source }, n);
     await this.waitVisible(name);
     return result.id;
   }

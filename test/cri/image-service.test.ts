@@ -26,7 +26,7 @@ import { criImageName } from "../../src/cri/image-service.js";
 import { buildFixtures, generateCacheKey } from "../support/fixtures.js";
 import { nixoci, nixociOk, ROOT } from "../support/cli.js";
 import { runText } from "../support/run.js";
-import { mountsUnder } from "../support/daemons.js";
+import { freePort, mountsUnder } from "../support/daemons.js";
 import { CRI_NAMESPACE, pushNixociImage, startCriStack, type CriStack } from "../support/cri.js";
 import { exited, tail, waitExit } from "../support/snapshotter.js";
 
@@ -84,6 +84,7 @@ describe("nixoci image-service: nix:0 references from the store through containe
   let fx: ReturnType<typeof buildFixtures>;
   let description: string;
   let ref: string;
+  let metricsPort: number;
 
   before(async () => {
     fx = buildFixtures();
@@ -100,11 +101,14 @@ describe("nixoci image-service: nix:0 references from the store through containe
     assert.match(description, /^\/nix\/store\/[0-9a-z]{32}-nixoci-test-hello$/);
     ref = `nix:0${description}`;
     stack = await startCriStack({ snapshotterArgs: [], prefix: "imgsvc" });
+    metricsPort = await freePort();
     svc = await startImageService(stack.dir, "is", [
       "--containerd",
       stack.containerd.address,
       "--snapshotter",
       "nixoci",
+      "--metrics-address",
+      `127.0.0.1:${metricsPort}`,
     ]);
   });
 
@@ -328,6 +332,21 @@ describe("nixoci image-service: nix:0 references from the store through containe
     } finally {
       await subst.stop();
     }
+  });
+
+  test("/healthz and /metrics on --metrics-address", async () => {
+    const get = async (path: string): Promise<{ status: number; body: string }> => {
+      const r = await fetch(`http://127.0.0.1:${metricsPort}${path}`);
+      return { status: r.status, body: await r.text() };
+    };
+    assert.deepEqual(await get("/healthz"), { status: 200, body: "ok\n" });
+    const m = (await get("/metrics")).body;
+    assert.match(m, /nixoci_nix_image_pulls_total\{result="success"\} [1-9]/);
+    assert.match(m, /nixoci_nix_image_pulls_total\{result="failure"\} [1-9]/);
+    assert.match(m, /nixoci_cri_calls_total\{method="ImageStatus",code="OK"\} [1-9]/);
+    assert.match(m, /nixoci_cri_calls_total\{method="PullImage",code="INVALID_ARGUMENT"\} [1-9]/);
+    assert.match(m, /nixoci_nix_image_layers_total\{source="fromStore"\} [1-9]/);
+    assert.equal((await get("/nope")).status, 404);
   });
 
   test("nixoci k8s pod prints a pod spec with the nix:0 reference and no registry", () => {
