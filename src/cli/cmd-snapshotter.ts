@@ -2,8 +2,9 @@
 // metadata under --root. Ordinary layers are handled like containerd's overlay snapshotter; layers whose
 // labels name their store paths are taken from --store (default /nix/store), substituting missing paths from
 // --substituter caches (signatures checked against --trusted-public-key plus nix.conf's keys), then held as
-// hard links to the store (--nix-layers link/auto) or composed with bind mounts (bind); see
-// snapshotter/nix-layers.ts.
+// hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
+// stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
+// or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { createLogger, parseLogLevel } from "../registry/logging.js";
@@ -14,7 +15,7 @@ import { parse, UsageError } from "./args.js";
 import { trustOptions } from "./stores.js";
 
 const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] [--substituter URL]... [--trusted-public-key K]...
-    [--nix-layers auto|link|bind] [--log-level debug|info|warn|error|silent]`;
+    [--nix-layers auto|link|metacopy|bind] [--log-level debug|info|warn|error|silent]`;
 
 export interface SnapshotterOptions {
   address: string;
@@ -24,6 +25,12 @@ export interface SnapshotterOptions {
   trustedPublicKeys: string[];
   /** How nix layers hold their store paths (see NixSnapshotterOptions.nixLayers). */
   nixLayers: NixLayerMode;
+}
+
+const NIX_LAYER_MODES: readonly string[] = ["auto", "link", "metacopy", "bind"] satisfies NixLayerMode[];
+
+function isNixLayerMode(s: string): s is NixLayerMode {
+  return NIX_LAYER_MODES.includes(s);
 }
 
 export function parseSnapshotterArgs(
@@ -62,8 +69,10 @@ export function parseSnapshotterArgs(
       `--address ${JSON.stringify(values.address)}: a unix socket path must be at most 107 bytes`,
     );
   const nixLayers = values["nix-layers"] ?? "auto";
-  if (nixLayers !== "auto" && nixLayers !== "link" && nixLayers !== "bind")
-    throw new UsageError(`--nix-layers: expected auto, link or bind, not ${JSON.stringify(nixLayers)}`);
+  if (!isNixLayerMode(nixLayers))
+    throw new UsageError(
+      `--nix-layers: expected auto, link, metacopy or bind, not ${JSON.stringify(nixLayers)}`,
+    );
   const logLevel = values["log-level"] ?? "info";
   if (!parseLogLevel(logLevel))
     throw new UsageError(`--log-level: unknown level ${JSON.stringify(logLevel)}`);

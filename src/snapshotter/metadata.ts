@@ -3,6 +3,8 @@
 // view snapshot's key, a committed snapshot's name), kind, parent (a committed snapshot), labels, created and
 // updated times, and for committed snapshots the disk usage measured at commit. Every change is one
 // transaction, so a killed snapshotter restarts with exactly the snapshots it had acknowledged.
+// Schema changes are additive migrations run at open (e.g. nix_layers.mode, which superseded the `linked`
+// flag: older rows get 'link' or 'bind' from it), so a database written by an older nixoci keeps working.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -24,6 +26,9 @@ export interface SnapshotRecord {
   size?: number;
   inodes?: number;
 }
+
+/** How a nix layer's fs holds its store paths (see nix-layers.ts). */
+export type NixLayerKind = "link" | "bind" | "metacopy";
 
 export type SnapshotErrorCode = "not-found" | "already-exists" | "failed-precondition" | "invalid-argument";
 
@@ -108,7 +113,8 @@ export class MetadataStore {
     CREATE TABLE IF NOT EXISTS nix_layers (
       id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
       paths TEXT NOT NULL,
-      linked INTEGER NOT NULL DEFAULT 0
+      linked INTEGER NOT NULL DEFAULT 0,
+      mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy'))
     );
     CREATE TABLE IF NOT EXISTS gc_roots (
       name TEXT NOT NULL,
@@ -116,6 +122,18 @@ export class MetadataStore {
       PRIMARY KEY (name, id)
     );
     CREATE INDEX IF NOT EXISTS gc_roots_id ON gc_roots(id);`);
+    this.migrate();
+  }
+
+  /** Brings a database made by an older nixoci up to this schema (idempotent). */
+  private migrate(): void {
+    const cols = this.db.prepare(`PRAGMA table_info(nix_layers)`).all() as { name: string }[];
+    if (!cols.some((c) => c.name === "mode"))
+      this.transaction(() => {
+        this.db
+          .exec(`ALTER TABLE nix_layers ADD COLUMN mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy'));
+          UPDATE nix_layers SET mode = CASE linked WHEN 1 THEN 'link' ELSE 'bind' END;`);
+      });
   }
 
   close(): void {
@@ -239,20 +257,22 @@ export class MetadataStore {
   }
 
   /**
-   * Records the store paths a committed nix layer stands for (see nix-layers.ts), and whether its fs holds
-   * them as hard links (else: mountpoints to bind them onto). Call inside a transaction.
+   * Records the store paths a committed nix layer stands for (see nix-layers.ts) and how its fs holds them.
+   * `linked` is still written for an older nixoci reading this database. Call inside a transaction.
    */
-  setNixLayer(id: number, paths: string[], linked: boolean): void {
+  setNixLayer(id: number, paths: string[], mode: NixLayerKind): void {
     this.db
-      .prepare(`INSERT OR REPLACE INTO nix_layers (id, paths, linked) VALUES (?, ?, ?)`)
-      .run(id, JSON.stringify(paths), linked ? 1 : 0);
+      .prepare(`INSERT OR REPLACE INTO nix_layers (id, paths, linked, mode) VALUES (?, ?, ?, ?)`)
+      .run(id, JSON.stringify(paths), mode === "link" ? 1 : 0, mode);
   }
 
-  /** The store paths of a nix layer, or undefined for an ordinary snapshot. */
-  nixLayer(id: number): { paths: string[]; linked: boolean } | undefined {
-    const row = this.db.prepare(`SELECT paths, linked FROM nix_layers WHERE id = ?`).get(id) as
-      { paths: string; linked: number } | undefined;
-    return row ? { paths: JSON.parse(row.paths) as string[], linked: row.linked === 1 } : undefined;
+  /** The store paths of a nix layer and how it holds them, or undefined for an ordinary snapshot. */
+  nixLayer(id: number): { paths: string[]; mode: NixLayerKind } | undefined {
+    const row = this.db.prepare(`SELECT paths, linked, mode FROM nix_layers WHERE id = ?`).get(id) as
+      { paths: string; linked: number; mode: string | null } | undefined;
+    if (!row) return undefined;
+    const mode = (row.mode ?? (row.linked === 1 ? "link" : "bind")) as NixLayerKind;
+    return { paths: JSON.parse(row.paths) as string[], mode };
   }
 
   /**

@@ -13,6 +13,21 @@
 //   links to the store's files (directories recreated, symlinks copied). Containers get containerd's ordinary
 //   overlay mounts, which containerd 1.6 mounts and unmounts itself; overlay copy-up keeps the store unchanged,
 //   and the links keep a running container's files even if the store path is garbage-collected.
+// - metacopy (auto's choice when they do not, e.g. a store on a SAN or NFS share, and the probe below passes):
+//   fs/nix/store/<basename> is a metadata-only copy of the store path (layer-tree.ts, metacopy.ts): directories
+//   recreated, symlinks copied, each regular file a sparse stub of the same size, mode, owner and mtime with
+//   the xattrs trusted.overlay.metacopy (empty) and trusted.overlay.redirect = "/<basename>/<path inside>".
+//   Mounts of any snapshot whose chain holds such a layer (containers, views, the unpacker's Prepares above it,
+//   so the diff applier reads real content) are one ordinary overlay with the store's real directory appended
+//   as a data-only lower layer ("lowerdir=A:B::/nix/store", Linux >= 6.5) and metacopy=on,redirect_dir=on; a
+//   one-parent view is the read-only overlay "lowerdir=PARENT::STORE" (no upper dir) instead of a bind mount.
+//   containerd 1.6 mounts and unmounts it itself, it shows exactly the closure's files (reads go to the store's
+//   files), and it works across filesystems. Unlike link mode, a running container's files go if their store
+//   path is garbage-collected (the GC roots below prevent that). Auto mode probes support once, on first need
+//   (a tiny such mount under ROOT/snapshots, logged). Limit: the options are absolute paths and must stay
+//   under the kernel's 4 KiB page; containerd 1.6 shortens over-long overlay options only when all lowerdirs
+//   share a prefix, which the "::STORE" entry defeats, so a chain can hold about 3900 / (len(ROOT) + 18)
+//   layers (about 120 with ROOT=/var/lib/nixoci, about 60 with a 50-byte ROOT); deeper images fail to mount.
 // - bind: fs/nix/store/<basename> is an empty mountpoint (dir, or empty file; a symlink store path is copied,
 //   since a bind mount would follow it). containerd 1.6 has no Mount.Target, so Mounts of an active snapshot or
 //   view above such a layer composes the root filesystem at ROOT/snapshots/<id>/rootfs: the overlay (or, for a
@@ -22,10 +37,12 @@
 //   unmounts it before deleting, startup and Cleanup unmount incomplete or orphaned ones. Caveat: containerd
 //   1.6 unmounts rootfs mounts it makes with plain umount(2), which fails (EBUSY) on the nested binds, so
 //   `ctr run` (its temporary mount for /etc/group) fails and leaks a mount; hence auto mode never picks bind
-//   and, with the store on another filesystem, lets containerd download the layer instead.
+//   and, with the store on another filesystem and no metacopy support, lets containerd download the layer.
 //
 // Prepares made by containerd's unpacker (they carry containerd.io/snapshot.ref, or an extract- key) keep the
-// plain overlay mounts, as the diff applier wants.
+// plain overlay mounts (plus the data-only store layer above a metacopy layer), as the diff applier wants.
+//
+// Layer trees are built in a worker thread (layer-tree.ts), so the server answers other calls meanwhile.
 //
 // GC roots (gcroots.ts): a nix layer's paths are linked into its image's root (one per manifest digest, else
 // one per layer) before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
@@ -33,11 +50,7 @@
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
 import { execFile } from "node:child_process";
 import {
-  chmodSync,
   chownSync,
-  linkSync,
-  readdirSync,
-  utimesSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -49,6 +62,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
+import { rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { parseStorePath } from "../nix/store-path.js";
 import type { Logger } from "../registry/logging.js";
@@ -58,12 +72,15 @@ import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { Limiter } from "../util/concurrency.js";
 import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
-import { SnapshotError, type SnapshotRecord } from "./metadata.js";
+import { buildTrees, type TreeJob } from "./layer-tree.js";
+import { METACOPY_OPTIONS, probeMetacopy, setStubXattrs } from "./metacopy.js";
+import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
 import {
   diskUsage,
   Lock,
   mountPointsUnder,
   OverlaySnapshotter,
+  type DataLayer,
   type Mount,
   type OverlayOptions,
 } from "./overlay.js";
@@ -81,25 +98,15 @@ export interface NixSnapshotterOptions extends OverlayOptions {
   mountParallelism?: number;
   /**
    * How a nix layer holds its store paths: "link" (a tree of hard links to the store's files: containers get
-   * plain overlay mounts, which containerd 1.6 mounts and unmounts itself), "bind" (mountpoints, composed
-   * with read-only bind mounts), or "auto" (default: link when the store and ROOT share a filesystem).
+   * plain overlay mounts, which containerd 1.6 mounts and unmounts itself), "metacopy" (overlay metacopy stubs
+   * redirecting into the store as a data-only lower layer: one plain overlay mount too, across filesystems),
+   * "bind" (mountpoints, composed with read-only bind mounts), or "auto" (default: link when the store and ROOT
+   * share a filesystem, else metacopy when the kernel supports it, else the layer is downloaded).
    */
   nixLayers?: NixLayerMode;
 }
 
-export type NixLayerMode = "auto" | "link" | "bind";
-
-/** Replicates the tree at `src` under `dst`: directories (modes kept), hard links to files, symlinks copied. */
-function linkTree(src: string, dst: string): void {
-  const st = lstatSync(src);
-  if (st.isSymbolicLink()) symlinkSync(readlinkSync(src), dst);
-  else if (st.isDirectory()) {
-    mkdirSync(dst);
-    for (const name of readdirSync(src)) linkTree(join(src, name), join(dst, name));
-    chmodSync(dst, st.mode & 0o7777);
-    utimesSync(dst, st.atime, st.mtime);
-  } else linkSync(src, dst);
-}
+export type NixLayerMode = "auto" | NixLayerKind;
 
 /** The store paths named by `containerd.io/snapshot/nix-store-path.<i>` labels, in index order, deduplicated. */
 export function storePathsFromLabels(labels: Record<string, string>): string[] {
@@ -226,6 +233,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly mountLimit: number;
   private readonly mode: NixLayerMode;
   private sources?: Promise<Store[]>;
+  private metacopyProbe?: Promise<boolean>;
   readonly gcRoots: GcRoots;
 
   constructor(opts: NixSnapshotterOptions) {
@@ -271,17 +279,39 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * How a new nix layer holds its paths: "link", "bind", or undefined when it cannot (auto mode with the store
-   * on another filesystem: the layer is downloaded, since bind compositions trip containerd 1.6's own
-   * non-recursive unmounts of the rootfs it mounts, e.g. `ctr run`'s temporary mount).
+   * How a new nix layer holds its paths, or undefined when it cannot (auto mode with the store on another
+   * filesystem and no metacopy support: the layer is downloaded, since bind compositions trip containerd 1.6's
+   * own non-recursive unmounts of the rootfs it mounts, e.g. `ctr run`'s temporary mount).
    */
-  private layerMode(): "link" | "bind" | undefined {
+  private async layerMode(): Promise<NixLayerKind | undefined> {
     if (this.mode !== "auto") return this.mode;
     try {
-      return statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev ? "link" : undefined;
+      if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return "link";
     } catch {
       return undefined;
     }
+    return (await this.metacopySupported()) ? "metacopy" : undefined;
+  }
+
+  /** Whether overlay metacopy with data-only layers works here: probed once, on first need, and logged. */
+  metacopySupported(): Promise<boolean> {
+    this.metacopyProbe ??= probeMetacopy(this.snapshotsDir).then((error) => {
+      if (error)
+        this.log?.warn("overlay metacopy unsupported; nix layers across filesystems are downloaded", {
+          error,
+        });
+      else this.log?.info("overlay metacopy with data-only layers supported");
+      return !error;
+    });
+    return this.metacopyProbe;
+  }
+
+  /** The store as a data-only lower layer when a metacopy nix layer is among `parents`. */
+  protected override dataLayer(_rec: SnapshotRecord, parents: SnapshotRecord[]): DataLayer | undefined {
+    for (const p of parents)
+      if (this.metadata.nixLayer(p.id)?.mode === "metacopy")
+        return { dir: this.store.realDir, options: METACOPY_OPTIONS };
+    return undefined;
   }
 
   rootfsPath(id: number): string {
@@ -416,9 +446,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
       });
       return true;
     }
-    const mode = this.layerMode();
+    const mode = await this.layerMode();
     if (!mode) {
-      this.log?.info("nix layer: the store is on another filesystem (use --nix-layers bind); unpacking", {
+      this.log?.info("nix layer: the store is on another filesystem and metacopy is unsupported; unpacking", {
         ref,
       });
       return false;
@@ -455,7 +485,35 @@ export class NixSnapshotter extends OverlaySnapshotter {
       });
       return false;
     }
-    return this.createNixLayer(ref, parent, labels, paths, mode === "link");
+    return this.createNixLayer(ref, parent, labels, paths, mode);
+  }
+
+  /**
+   * Builds the layer's fs at `fs` (in a worker thread: the server keeps answering meanwhile). Returns its file
+   * count (files replicated; 0 for bind mode).
+   */
+  private async buildLayerFs(fs: string, paths: string[], mode: NixLayerKind): Promise<number> {
+    const storeDir = join(fs, this.store.storeDir.replace(/^\/+/, ""));
+    mkdirSync(storeDir, { recursive: true, mode: 0o755 });
+    const jobs: TreeJob[] = [];
+    for (const p of paths) {
+      const base = parseStorePath(p, this.store.storeDir).baseName;
+      const real = this.store.realPath(p);
+      const target = join(storeDir, base);
+      // A symlink store path is copied in every mode: overlay would not redirect it, a bind mount follow it.
+      if (mode === "link" || mode === "metacopy")
+        jobs.push({ kind: mode === "link" ? "link" : "stub", src: real, dst: target, redirect: `/${base}` });
+      else {
+        const st = lstatSync(real);
+        if (st.isDirectory()) mkdirSync(target, { mode: 0o555 });
+        else if (st.isSymbolicLink()) symlinkSync(readlinkSync(real), target);
+        else writeFileSync(target, "", { mode: 0o444 });
+      }
+    }
+    if (!jobs.length) return 0;
+    const built = await buildTrees(fs, jobs);
+    if (mode === "metacopy") await setStubXattrs(fs, built.stubs);
+    return built.counts.files;
   }
 
   private async createNixLayer(
@@ -463,26 +521,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
     parent: string,
     labels: Record<string, string>,
     paths: string[],
-    linked: boolean,
+    mode: NixLayerKind,
   ): Promise<boolean> {
-    // The mountpoints, built before taking the lock (they need no metadata).
+    // The layer's tree, built before taking the lock (it needs no metadata).
     const start = performance.now();
     const tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
     try {
       const fs = join(tmp, "fs");
-      const storeRel = this.store.storeDir.replace(/^\/+/, "");
-      const storeDir = join(fs, storeRel);
-      mkdirSync(storeDir, { recursive: true, mode: 0o755 });
-      for (const p of paths) {
-        const base = parseStorePath(p, this.store.storeDir).baseName;
-        const real = this.store.realPath(p);
-        const target = join(storeDir, base);
-        const st = lstatSync(real);
-        if (linked) linkTree(real, target);
-        else if (st.isDirectory()) mkdirSync(target, { mode: 0o555 });
-        else if (st.isSymbolicLink()) symlinkSync(readlinkSync(real), target);
-        else writeFileSync(target, "", { mode: 0o444 });
-      }
+      const files = await this.buildLayerFs(fs, paths, mode);
+      const buildMs = Math.round(performance.now() - start);
       const usage = await diskUsage(fs);
       return await this.lock.run(() => {
         const existing = this.metadata.get(ref);
@@ -496,7 +543,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
         this.gcRoots.add(rootName, paths);
         const tmpKey = `\u0000nix-layer ${ref}`;
         try {
-          this.commitNixLayer(tmpKey, ref, parent, labels, usage, paths, linked, rootName, tmp, fs);
+          this.commitNixLayer(tmpKey, ref, parent, labels, usage, paths, mode, rootName, tmp, fs);
         } catch (err) {
           this.gcRoots.sync(rootName, this.metadata.gcRootPaths(rootName)); // only what others hold
           throw err;
@@ -504,13 +551,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
         this.log?.info("nix layer: committed from the store", {
           ref,
           paths: paths.length,
-          linked,
+          mode,
+          files,
+          buildMs,
           ms: Math.round(performance.now() - start),
         });
         return true;
       });
     } finally {
-      rmSync(tmp, { recursive: true, force: true });
+      await rm(tmp, { recursive: true, force: true });
     }
   }
 
@@ -522,7 +571,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     labels: Record<string, string>,
     usage: { size: number; inodes: number },
     paths: string[],
-    linked: boolean,
+    mode: NixLayerKind,
     rootName: string,
     tmp: string,
     fs: string,
@@ -534,7 +583,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
         chownSync(fs, pst.uid, pst.gid);
       }
       const committed = this.metadata.commit(tmpKey, ref, labels, usage);
-      this.metadata.setNixLayer(committed.id, paths, linked);
+      this.metadata.setNixLayer(committed.id, paths, mode);
       this.metadata.addGcRoot(rootName, committed.id);
       const dest = join(this.snapshotsDir, String(rec.id));
       if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
@@ -547,7 +596,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const out = new Set<string>();
     for (const a of this.metadata.ancestors(rec)) {
       const layer = this.metadata.nixLayer(a.id);
-      if (layer && !layer.linked) for (const p of layer.paths) out.add(p);
+      if (layer?.mode === "bind") for (const p of layer.paths) out.add(p);
     }
     return [...out];
   }
@@ -587,7 +636,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const parents = this.metadata.ancestors(rec);
     // Paths relative to the snapshots directory keep long chains under the kernel's one-page option limit.
     const rel = (id: number, sub: string): string => `${id}/${sub}`;
-    if (rec.kind === "view" && parents.length === 1) {
+    const data = this.dataLayer(rec, parents);
+    if (rec.kind === "view" && parents.length === 1 && !data) {
       await run("mount", ["--bind", "-o", "ro", this.fsPath(parents[0].id), rootfs]);
     } else {
       const options: string[] = [];
@@ -595,7 +645,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
       if (plain.options.includes("index=off")) options.push("index=off");
       if (rec.kind === "active")
         options.push(`workdir=${rel(rec.id, "work")}`, `upperdir=${rel(rec.id, "fs")}`);
-      options.push(`lowerdir=${parents.map((p) => rel(p.id, "fs")).join(":")}`);
+      const lower = parents.map((p) => rel(p.id, "fs")).join(":");
+      options.push(`lowerdir=${data ? `${lower}::${data.dir}` : lower}`, ...(data?.options ?? []));
       if (rec.kind === "view") options.push("ro");
       await run("mount", ["-t", "overlay", "overlay", "-o", options.join(","), rootfs], this.snapshotsDir);
     }

@@ -4,6 +4,11 @@
 //   - no parent: a bind mount of its own fs (rw for active, ro for a view);
 //   - active with parents: overlay with lowerdir = the parents' fs (nearest first), upperdir, workdir;
 //   - view with one parent: a read-only bind mount of the parent's fs; with more: a read-only overlay.
+// A subclass may add a data-only lower layer (dataLayer: overlayfs "::DIR", Linux >= 6.5) with its options;
+// then a one-parent view is an overlay too (lowerdir=PARENT::DIR, no upper dir: read-only).
+// Paths in the options are absolute, like containerd's overlay snapshotter's: containerd 1.6 shortens
+// options near the 4 KiB page limit by making lowerdirs relative to their common prefix, which a data-only
+// layer (an empty entry, then a path elsewhere) defeats (see nix-layers.ts for what that limits).
 // Commit turns an active snapshot into a committed one (same id and directory) and records its disk usage.
 // Metadata lives in MetadataStore; a directory without metadata (a crash between the two, a Remove whose
 // deletion was cut short) is removed by Cleanup.
@@ -40,6 +45,12 @@ export interface SnapshotInfo {
 export interface Usage {
   size: number;
   inodes: number;
+}
+
+/** An overlayfs data-only lower layer: `dir` goes after "::" in lowerdir, `options` with it. */
+export interface DataLayer {
+  dir: string;
+  options: string[];
 }
 
 export interface OverlayOptions {
@@ -99,7 +110,7 @@ export class OverlaySnapshotter {
   readonly root: string;
   readonly metadata: MetadataStore;
   protected readonly snapshotsDir: string;
-  private readonly indexOff: boolean;
+  protected readonly indexOff: boolean;
   protected readonly lock = new Lock();
 
   constructor(opts: OverlayOptions) {
@@ -168,6 +179,14 @@ export class OverlaySnapshotter {
     return Promise.resolve().then(() => this.mountsOf(this.metadata.mustGet(key)));
   }
 
+  /**
+   * A data-only lower layer the overlay of `rec` (whose ancestors are `parents`) needs, with the mount options
+   * it takes; none by default.
+   */
+  protected dataLayer(_rec: SnapshotRecord, _parents: SnapshotRecord[]): DataLayer | undefined {
+    return undefined;
+  }
+
   protected mountsOf(rec: SnapshotRecord): Mount[] {
     const parents = this.metadata.ancestors(rec);
     if (parents.length === 0) {
@@ -175,14 +194,16 @@ export class OverlaySnapshotter {
         { type: "bind", source: this.fsPath(rec.id), options: [rec.kind === "view" ? "ro" : "rw", "rbind"] },
       ];
     }
+    const data = this.dataLayer(rec, parents);
     const options: string[] = [];
     if (this.indexOff) options.push("index=off");
     if (rec.kind === "active") {
       options.push(`workdir=${this.workPath(rec.id)}`, `upperdir=${this.fsPath(rec.id)}`);
-    } else if (parents.length === 1) {
+    } else if (parents.length === 1 && !data) {
       return [{ type: "bind", source: this.fsPath(parents[0].id), options: ["ro", "rbind"] }];
     }
-    options.push(`lowerdir=${parents.map((p) => this.fsPath(p.id)).join(":")}`);
+    const lower = parents.map((p) => this.fsPath(p.id)).join(":");
+    options.push(`lowerdir=${data ? `${lower}::${data.dir}` : lower}`, ...(data?.options ?? []));
     return [{ type: "overlay", source: "overlay", options }];
   }
 

@@ -1,0 +1,121 @@
+// Building a nix layer's tree (fs/nix/store/<basename> per store path) without blocking the event loop: the
+// gRPC server keeps answering while a closure of thousands of files is replicated. The work runs in a
+// worker thread (layer-tree-worker.ts) with plain synchronous syscalls: fs.promises would free the event loop
+// too, but pays two thread hops per call (a stub takes six calls), which measured several times slower.
+//
+// Two shapes (see nix-layers.ts): link (hard links to the store's files) and stub (metadata-only copies for
+// overlayfs data-only lower layers: each regular file a sparse file of the same size, mode, owner and mtime,
+// returned in `stubs` for one setfattr run afterwards, see metacopy.ts). Directories are recreated with the
+// source's mode and mtime (set after their children, which would bump the mtime); symlinks are copied; owners
+// are kept when they differ from this process's (a single-user Nix store is not owned by root).
+import {
+  chmodSync,
+  closeSync,
+  fchmodSync,
+  fchownSync,
+  ftruncateSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  symlinkSync,
+  utimesSync,
+  type Stats,
+} from "node:fs";
+import { join, relative } from "node:path";
+import { Worker } from "node:worker_threads";
+
+/** A stub's overlay xattrs: its path relative to the layer's fs and the redirect into the data-only layer. */
+export interface StubEntry {
+  path: string;
+  redirect: string;
+}
+
+export interface TreeCounts {
+  files: number;
+  dirs: number;
+  symlinks: number;
+}
+
+/** One store path to replicate: `src` (the store's real path) as `dst`; stubs redirect to `redirect`/... */
+export interface TreeJob {
+  kind: "link" | "stub";
+  src: string;
+  dst: string;
+  /** The stub tree's redirect base, "/<basename>" (stub jobs only). */
+  redirect?: string;
+}
+
+export interface TreeResult {
+  stubs: StubEntry[];
+  counts: TreeCounts;
+}
+
+/** Runs `jobs` synchronously (in the worker); stub paths come out relative to `fsRoot`. */
+export function buildTreesSync(fsRoot: string, jobs: TreeJob[]): TreeResult {
+  const uid = process.getuid?.() ?? 0;
+  const gid = process.getgid?.() ?? 0;
+  const out: TreeResult = { stubs: [], counts: { files: 0, dirs: 0, symlinks: 0 } };
+  const otherOwner = (st: Stats): boolean => st.uid !== uid || st.gid !== gid;
+
+  const stub = (dst: string, st: Stats, redirect: string): void => {
+    const fd = openSync(dst, "wx", st.mode & 0o777);
+    try {
+      if (st.size) ftruncateSync(fd, st.size);
+      if (otherOwner(st)) fchownSync(fd, st.uid, st.gid);
+      fchmodSync(fd, st.mode & 0o7777); // open's mode went through the umask, chown clears setuid bits
+      futimesSync(fd, st.atime, st.mtime);
+    } finally {
+      closeSync(fd);
+    }
+    out.stubs.push({ path: relative(fsRoot, dst), redirect });
+  };
+
+  const copy = (kind: TreeJob["kind"], src: string, dst: string, redirect: string): void => {
+    const st = lstatSync(src);
+    if (st.isSymbolicLink()) {
+      out.counts.symlinks++;
+      symlinkSync(readlinkSync(src), dst);
+      if (otherOwner(st)) lchownSync(dst, st.uid, st.gid);
+    } else if (st.isDirectory()) {
+      out.counts.dirs++;
+      mkdirSync(dst);
+      for (const name of readdirSync(src))
+        copy(kind, join(src, name), join(dst, name), `${redirect}/${name}`);
+      if (otherOwner(st)) lchownSync(dst, st.uid, st.gid);
+      chmodSync(dst, st.mode & 0o7777);
+      utimesSync(dst, st.atime, st.mtime);
+    } else {
+      out.counts.files++;
+      if (kind === "link") linkSync(src, dst);
+      else stub(dst, st, redirect);
+    }
+  };
+
+  for (const j of jobs) copy(j.kind, j.src, j.dst, j.redirect ?? "");
+  return out;
+}
+
+/** Runs `jobs` in a worker thread: the event loop stays free meanwhile. */
+export function buildTrees(fsRoot: string, jobs: TreeJob[]): Promise<TreeResult> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL("./layer-tree-worker.js", import.meta.url), {
+      workerData: { fsRoot, jobs },
+      // Not the parent's flags: e.g. `node --input-type=module -e ...` (how tests start the snapshotter) would
+      // make the worker refuse its file.
+      execArgv: [],
+    });
+    let result: TreeResult | undefined;
+    let failure: Error | undefined;
+    worker.once("message", (m: TreeResult) => (result = m));
+    worker.once("error", (err) => (failure = err));
+    worker.once("exit", (code) => {
+      if (result) resolve(result);
+      else reject(failure ?? new Error(`layer tree worker exited with code ${code}`));
+    });
+  });
+}

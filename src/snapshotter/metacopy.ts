@@ -1,0 +1,100 @@
+// Overlayfs metacopy stubs for nix layers in metacopy mode (see nix-layers.ts): a stub is a sparse file with
+// the store file's size and metadata and two xattrs, `trusted.overlay.metacopy` (empty: "my data is
+// elsewhere") and `trusted.overlay.redirect` (where, as an absolute path within the data-only lower layer, i.e.
+// the store directory mounted after "::"). Needs overlayfs data-only lower layers (Linux >= 6.5) and
+// CAP_SYS_ADMIN for trusted.* xattrs.
+//
+// Node cannot set xattrs, so one `setfattr --restore=-` (Debian's attr package) per layer sets all of them
+// from a dump in getfattr's format on its stdin: `# file: PATH` lines (setfattr turns a backslash and three
+// octal digits back into that byte, so every byte outside printable ASCII, the space and the backslash are
+// written that way), then `name=0sBASE64` lines (a bare `name` for an empty value), then a blank line.
+import { execFile } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { StubEntry } from "./layer-tree.js";
+import { mountPointsUnder } from "./overlay.js";
+
+export const METACOPY_XATTR = "trusted.overlay.metacopy";
+export const REDIRECT_XATTR = "trusted.overlay.redirect";
+/** Options that make an overlay follow metacopy stubs into its data-only lower layers. */
+export const METACOPY_OPTIONS = ["metacopy=on", "redirect_dir=on"];
+
+/** `p` as setfattr reads it back from a `# file:` line. */
+export function escapeDumpPath(p: string): string {
+  let out = "";
+  for (const b of Buffer.from(p, "utf8")) {
+    out +=
+      b <= 0x20 || b >= 0x7f || b === 0x5c ? `\\${b.toString(8).padStart(3, "0")}` : String.fromCharCode(b);
+  }
+  return out;
+}
+
+/** The setfattr dump giving each stub its two overlay xattrs. */
+export function stubXattrDump(stubs: StubEntry[]): Buffer {
+  const parts: string[] = [];
+  for (const s of stubs) {
+    const redirect = Buffer.from(s.redirect, "utf8").toString("base64");
+    // The empty metacopy value as a bare name: attr 2.5.1 drops a "NAME=0s" (empty base64) line in the dump's
+    // first entry.
+    parts.push(`# file: ${escapeDumpPath(s.path)}\n${METACOPY_XATTR}\n${REDIRECT_XATTR}=0s${redirect}\n\n`);
+  }
+  return Buffer.from(parts.join(""), "utf8");
+}
+
+/** Sets the stubs' xattrs in one setfattr process; stub paths are relative to `cwd`. */
+export function setStubXattrs(cwd: string, stubs: StubEntry[]): Promise<void> {
+  if (!stubs.length) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const child = execFile(
+      "setfattr",
+      ["--restore=-"],
+      { cwd, timeout: 300_000, maxBuffer: 16 << 20 },
+      (err, _o, stderr) =>
+        err ? reject(new Error(`setfattr --restore: ${String(stderr).trim() || err.message}`)) : resolve(),
+    );
+    child.stdin?.on("error", () => undefined); // an early exit is reported by the callback
+    child.stdin?.end(stubXattrDump(stubs));
+  });
+}
+
+function run(cmd: string, args: string[], cwd: string): Promise<void> {
+  return new Promise((resolve, reject) =>
+    execFile(cmd, args, { cwd, timeout: 30_000 }, (err, _o, stderr) =>
+      err ? reject(new Error(`${cmd}: ${String(stderr).trim() || err.message}`)) : resolve(),
+    ),
+  );
+}
+
+/**
+ * Whether overlay mounts with a metacopy stub redirecting into a data-only lower layer work here: a tiny mount
+ * in a temporary directory under `parent` (removed afterwards; a leftover is an orphan Cleanup removes), read
+ * back through the stub. Resolves to undefined when supported, else to why not.
+ */
+export async function probeMetacopy(parent: string): Promise<string | undefined> {
+  const dir = mkdtempSync(join(parent, "metacopy-probe-"));
+  const content = "nixoci metacopy probe\n";
+  let mounted = false;
+  try {
+    for (const d of ["data/p", "meta", "upper", "work", "mnt"]) mkdirSync(join(dir, d), { recursive: true });
+    writeFileSync(join(dir, "data/p/f"), content);
+    writeFileSync(join(dir, "meta/f"), "");
+    truncateSync(join(dir, "meta/f"), content.length);
+    await setStubXattrs(dir, [{ path: "meta/f", redirect: "/p/f" }]);
+    const options = [
+      "lowerdir=meta::data",
+      "upperdir=upper",
+      "workdir=work",
+      "index=off",
+      ...METACOPY_OPTIONS,
+    ];
+    await run("mount", ["-t", "overlay", "overlay", "-o", options.join(","), "mnt"], dir);
+    mounted = true;
+    const got = readFileSync(join(dir, "mnt/f"), "utf8");
+    return got === content ? undefined : "a stub read back without its data";
+  } catch (err) {
+    return (err as Error).message;
+  } finally {
+    if (mounted) await run("umount", ["mnt"], dir).catch(() => undefined);
+    if (!mountPointsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
+  }
+}
