@@ -72,6 +72,8 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
     substituters,
     log,
   });
+  const swept = await store.sweepTemporaries();
+  if (swept.length) log.info("removed abandoned store temporaries", { store: store.realDir, removed: swept });
   let running;
   let ops: OpsServer | undefined;
   try {

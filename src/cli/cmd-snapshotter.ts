@@ -107,6 +107,10 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
   });
   let running;
   try {
+    // Temporaries a killed predecessor left in the store (a substitution cut short).
+    const swept = await store.sweepTemporaries();
+    if (swept.length)
+      log.info("removed abandoned store temporaries", { store: store.realDir, removed: swept });
     // Compositions left by a killed predecessor that are incomplete or whose snapshot is gone.
     await sn.unmountStale();
     // GC roots as the metadata says (a predecessor killed mid-change, snapshots removed meanwhile).

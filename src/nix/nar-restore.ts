@@ -9,10 +9,10 @@
 //
 // The filesystem calls are synchronous: each is one short operation (an open, a write of one chunk of the
 // source), far cheaper than a thread-pool round trip per call for trees with thousands of small files.
-import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
+import { tempSuffix } from "../util/fs.js";
 import { parseNar, type NarHandler, type NarSource } from "./nar-reader.js";
 
 export interface RestoreNarOptions {
@@ -55,9 +55,9 @@ function forceRemove(path: string): void {
   }
 }
 
-/** ".<name>.tmp-<random>", with <name> shortened if needed to keep within the 255-byte limit of names. */
+/** ".<name>.tmp-<pid>-<random>", <name> shortened if needed to keep within the 255-byte limit of names. */
 function tempName(name: string): string {
-  const suffix = `.tmp-${randomBytes(6).toString("hex")}`;
+  const suffix = tempSuffix();
   let base = name;
   while (Buffer.byteLength(`.${base}${suffix}`) > 255) base = base.slice(0, -1);
   return `.${base}${suffix}`;

@@ -286,6 +286,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private async layerMode(): Promise<NixLayerKind | undefined> {
     if (this.mode !== "auto") return this.mode;
     try {
+      // A store directory that does not exist yet (an empty chroot store) is made, as substitution would.
+      mkdirSync(this.store.realDir, { recursive: true });
       if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return "link";
     } catch {
       return undefined;

@@ -2,13 +2,13 @@
 // ROOT/nix/var/nix/db, or any directory nixoci substitutes into (metadata in its .nixoci sidecar).
 // Store paths keep their logical store directory (/nix/store) while the bytes live under `realDir`.
 import { existsSync, lstatSync } from "node:fs";
-import { lutimes, mkdir, rename } from "node:fs/promises";
+import { lutimes, mkdir, readdir, rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { dumpPath } from "../nix/nar-writer.js";
 import { restoreNar } from "../nix/nar-restore.js";
 import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
-import { removeTree, tempSibling } from "../util/fs.js";
+import { isAbandonedTemp, removeTree, tempSibling } from "../util/fs.js";
 import { NarVerifier } from "./nar-verify.js";
 import { NixDb } from "./nix-db.js";
 import type { PathInfo } from "./path-info.js";
@@ -126,6 +126,27 @@ export class LocalStore implements Store {
     await lutimes(final, 1, 1).catch(() => undefined); // keep the canonical mtime the rename may touch
     if (this.nixDb) this.nixDb.register(info);
     else this.sidecar.register(info);
+  }
+
+  /**
+   * Removes what killed writers left in the store directory: dot-named temporaries of addPath and the NAR
+   * restorer (".<hash>....tmp-<pid>-<random>") whose process is gone. Live writers' temporaries are kept.
+   * Daemons call this at startup. Returns the names removed.
+   */
+  async sweepTemporaries(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.realDir);
+    } catch {
+      return [];
+    }
+    const removed: string[] = [];
+    for (const name of names) {
+      if (!/^\.+[0-9a-df-np-sv-z]{32}/.test(name) || !isAbandonedTemp(name)) continue;
+      await removeTree(join(this.realDir, name));
+      removed.push(name);
+    }
+    return removed;
   }
 
   close(): void {

@@ -4,9 +4,31 @@ import { NixociError } from "./errors.js";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 
+/**
+ * The suffix of names for work in progress: ".tmp-<pid>-<random>". The writer's pid lets a later sweep tell the
+ * leftovers of a killed process from another live process's work (see isAbandonedTemp).
+ */
+export function tempSuffix(): string {
+  return `.tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
+}
+
 /** A sibling name for work in progress; dot-prefixed so listings and globbing skip it. */
 export function tempSibling(dir: string, base: string): string {
-  return join(dir, `.${base}.tmp-${randomBytes(6).toString("hex")}`);
+  return join(dir, `.${base}${tempSuffix()}`);
+}
+
+/** True for a name tempSuffix() made whose writer process no longer exists (a crash or a SIGKILL left it). */
+export function isAbandonedTemp(name: string): boolean {
+  const m = /\.tmp-(\d+)-[0-9a-f]{12}$/.exec(name);
+  if (!m) return false;
+  const pid = Number(m[1]);
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false; // alive (or not ours to signal): keep
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ESRCH";
+  }
 }
 
 /** Writes a file under a temporary name and renames it into place, so readers never see a partial file. */

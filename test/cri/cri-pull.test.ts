@@ -9,108 +9,26 @@
 // deadlock anything; every wait is bounded and `after` stops everything.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
-import { startContainerd, startRegistry, type Containerd, type Registry } from "../support/daemons.js";
+import type { CriImageClient } from "../../src/cri/grpc.js";
+import type { Containerd, Registry } from "../support/daemons.js";
 import { buildFixtures } from "../support/fixtures.js";
-import { nixociOk } from "../support/cli.js";
 import {
-  removeSnapshotterDir,
-  startSnapshotter,
-  stopSnapshotter,
-  type Snapshotter,
-} from "../support/snapshotter.js";
+  CRI_NAMESPACE,
+  pushNixociImage,
+  registryRequests,
+  rpcLines,
+  startCriStack,
+  type CriStack,
+} from "../support/cri.js";
+import type { Snapshotter } from "../support/snapshotter.js";
 
-const NS = "k8s.io";
-
-/**
- * The CRI section for containerd 1.6.20 (appended by startContainerd, which then leaves the CRI plugin enabled).
- * Found by trying: the plugin starts with no settings at all (a missing CNI config is only logged as an error,
- * and only matters for pod networking; the streaming server defaults to 127.0.0.1 on a random port; the
- * sandbox image is only used by RunPodSandbox). What matters here:
- * - `.containerd` `snapshotter`: the proxy plugin's name; CRI pulls unpack into it.
- * - `.containerd` `disable_snapshot_annotations = false` (1.6's default is true): then the CRI plugin adds the
- *   `containerd.io/snapshot/cri.*` labels (layer digest, image ref, manifest digest, remaining layers). At the
- *   `[plugins."io.containerd.grpc.v1.cri"]` level the key has no effect. The layer descriptors' own
- *   `containerd.io/snapshot/...` annotations (nix-store-path.<i>) reach Prepare either way.
- * - A registry mirror with an `http://` endpoint: plain HTTP for the registry. (For 127.0.0.1 and localhost
- *   1.6's CRI already defaults to http, so loopback pulls work without it; other hosts need it.)
- * - CNI directories in the temp dir, so nothing system-wide is read.
- */
-function criConfig(opts: { dir: string; registryHost: string; snapshotter: string }): string {
-  const q = (s: string): string => JSON.stringify(s);
-  return [
-    `[plugins."io.containerd.grpc.v1.cri"]`,
-    `  stream_server_address = "127.0.0.1"`,
-    `  stream_server_port = "0"`,
-    `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
-    `    snapshotter = ${q(opts.snapshotter)}`,
-    `    disable_snapshot_annotations = false`,
-    `  [plugins."io.containerd.grpc.v1.cri".cni]`,
-    `    bin_dir = ${q(join(opts.dir, "cni-bin"))}`,
-    `    conf_dir = ${q(join(opts.dir, "cni-conf"))}`,
-    `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${q(opts.registryHost)}]`,
-    `    endpoint = [${q(`http://${opts.registryHost}`)}]`,
-  ].join("\n");
-}
-
-/** The snapshotter at debug level (Prepare/Commit labels are logged) over the given store. */
-const startStoreSnapshotter = (dir: string, store: string): Promise<Snapshotter> =>
-  startSnapshotter(dir, ["--store", store]);
-
-interface RpcLine {
-  msg: string;
-  method?: string;
-  key?: string;
-  parent?: string;
-  name?: string;
-  code?: string;
-  labels?: Record<string, string>;
-}
-
-function rpcLines(sn: Snapshotter): RpcLine[] {
-  const out: RpcLine[] = [];
-  for (const line of readFileSync(sn.logFile, "utf8").split("\n")) {
-    if (!line.startsWith("{")) continue;
-    try {
-      const r = JSON.parse(line) as RpcLine;
-      if (r.msg === "rpc") out.push(r);
-    } catch {
-      // not ours
-    }
-  }
-  return out;
-}
-
-/** "METHOD /v2/... STATUS" for each request docker-registry's access log recorded. */
-function registryRequests(reg: Registry, fromLine = 0): string[] {
-  const out: string[] = [];
-  for (const line of reg.log().split("\n").slice(fromLine)) {
-    const m = /"(GET|HEAD|PUT|POST|PATCH|DELETE) (\/v2\/\S*) HTTP\/[\d.]+" (\d{3})/.exec(line);
-    if (m) out.push(`${m[1]} ${m[2]} ${m[3]}`);
-  }
-  return out;
-}
-
-/** Retries fn until it resolves, at most timeoutMs; the last error is thrown with `what`. */
-async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline)
-        throw new Error(`${what}: not ready after ${timeoutMs / 1000} s: ${String(err)}`, { cause: err });
-      await sleep(200);
-    }
-  }
-}
+const NS = CRI_NAMESPACE;
 
 for (const withStore of [false, true])
   describe(`CRI PullImage through containerd 1.6 with the nixoci snapshotter (${withStore ? "store present" : "empty store"})`, () => {
-    let dir: string;
+    let stack: CriStack | undefined;
     let registry: Registry | undefined;
     let sn: Snapshotter | undefined;
     let containerd: Containerd | undefined;
@@ -121,56 +39,32 @@ for (const withStore of [false, true])
 
     before(
       async () => {
-        // Unix socket paths are limited to 107 bytes: a short temp dir.
-        dir = mkdtempSync(join("/tmp", "nixoci-cri-"));
         const fx = buildFixtures();
-        registry = await startRegistry();
-        ref = `${registry.host}/nixoci/hello:v1`;
-        const layout = join(dir, "oci");
-        manifestDigest = nixociOk([
-          "build",
-          "--entrypoint",
-          "/bin/hello",
-          fx.hello,
-          "-o",
-          `docker://${ref}`,
-          "-o",
-          `oci:${layout}:v1`,
-          "-q",
-        ])
-          .text.trim()
-          .split("\n")
-          .pop()!;
-        const manifest = JSON.parse(readBlob(layout, manifestDigest)) as {
-          layers: { digest: string; annotations?: Record<string, string> }[];
-        };
-        layers = manifest.layers;
         // An empty store: no layer's paths are present, so every Prepare is an ordinary one (logged with its labels)
         // and every layer is downloaded. With the fixtures' store (/nix/store) the snapshotter answers the store
         // layers' Prepares with ALREADY_EXISTS instead, and containerd fetches neither their blobs nor unpacks them.
-        const store = withStore ? "/nix/store" : join(dir, "empty-store");
-        if (!withStore) mkdirSync(store, { recursive: true });
-        sn = await startStoreSnapshotter(dir, store);
-        mkdirSync(join(dir, "cni-bin"));
-        mkdirSync(join(dir, "cni-conf"));
-        containerd = await startContainerd({
-          proxyPlugins: { nixoci: { type: "snapshot", address: sn.socket } },
-          criConfig: criConfig({ dir, registryHost: registry.host, snapshotter: "nixoci" }),
+        stack = await startCriStack({
+          prefix: "cri",
+          snapshotterArgs: (dir) => {
+            if (withStore) return ["--store", "/nix/store"];
+            mkdirSync(join(dir, "empty-store"));
+            return ["--store", join(dir, "empty-store")];
+          },
         });
-        cri = criImageClient(containerd.address);
-        // The CRI plugin registers its services with containerd's gRPC server at start; ImageFsInfo answers once
-        // the plugin's snapshot syncer has run.
-        await until("CRI ImageFsInfo", 30_000, () => cri!.imageFsInfo({}, { timeoutMs: 5000 }));
+        ({ registry, sn, containerd, cri } = stack);
+        const image = pushNixociImage(stack.registry, {
+          installables: [fx.hello],
+          entrypoint: "/bin/hello",
+          repo: "nixoci/hello",
+          workDir: stack.dir,
+        });
+        ({ ref, manifestDigest, layers } = image);
       },
       { timeout: 240_000 },
     );
 
     after(async () => {
-      cri?.close();
-      await containerd?.stop();
-      await stopSnapshotter(sn);
-      await registry?.stop();
-      if (dir) await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
+      await stack?.stop();
     });
 
     test(
@@ -275,9 +169,3 @@ for (const withStore of [false, true])
       },
     );
   });
-
-/** A blob of an OCI layout by digest. */
-function readBlob(layout: string, digest: string): string {
-  const [alg, hex] = digest.split(":");
-  return readFileSync(join(layout, "blobs", alg, hex), "utf8");
-}

@@ -7,7 +7,7 @@
 // - pushNixociImage: `nixoci build ... -o docker://REGISTRY/REPO:TAG -o oci:LAYOUT` and what the manifest says.
 // - pushModifiedImage / layoutImage: push a variant of a built image (e.g. with changed layer annotations).
 // - log readers (rpcLines for the snapshotter's rpc log, registryRequests / blobGets for the registry's access
-//   log), listSnapshots (the snapshotter's own List), chainIds, and the bounded poller `until`.
+//   log), listSnapshots (the snapshotter's own List), chainIds / isChainSnapshot, and the bounded poller `until`.
 //
 // Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
 import { createHash } from "node:crypto";
@@ -324,6 +324,15 @@ export async function pushModifiedImage(
   };
   const r = await pushBuilt(registry, variant, repo);
   return { ...r, layers: manifest.layers };
+}
+
+/**
+ * Whether a snapshotter-side snapshot name is the committed snapshot of chain ID `chain`: containerd names the
+ * snapshots it commits NAMESPACE/N/CHAIN; the nix layers the snapshotter commits itself (Prepare answered
+ * ALREADY_EXISTS) are named after the `containerd.io/snapshot.ref` label, i.e. CHAIN.
+ */
+export function isChainSnapshot(name: string, chain: string): boolean {
+  return name === chain || name.endsWith(`/${chain}`);
 }
 
 /** The chain IDs of a stack of diff IDs (what containerd names committed snapshots after), bottom first. */
