@@ -4,3 +4,4 @@ import { benchNar } from "./nar.js";
 await benchNar();
 await (await import("./build.js")).benchBuild();
 await (await import("./serve.js")).benchServe();
+await (await import("./cri.js")).benchCri();

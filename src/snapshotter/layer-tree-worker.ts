@@ -1,7 +1,12 @@
-// The worker thread behind layer-tree.ts buildTrees: builds the trees its workerData names and posts the
-// result back (an exception ends the thread with an "error" event instead).
-import { parentPort, workerData } from "node:worker_threads";
+// The worker thread behind layer-tree.ts buildTrees: a long-lived thread that builds the trees each message
+// names and answers with the result (or the error) under the message's id.
+import { parentPort } from "node:worker_threads";
 import { buildTreesSync, type TreeJob } from "./layer-tree.js";
 
-const { fsRoot, jobs } = workerData as { fsRoot: string; jobs: TreeJob[] };
-parentPort?.postMessage(buildTreesSync(fsRoot, jobs));
+parentPort?.on("message", (m: { id: number; fsRoot: string; jobs: TreeJob[] }) => {
+  try {
+    parentPort?.postMessage({ id: m.id, result: buildTreesSync(m.fsRoot, m.jobs) });
+  } catch (err) {
+    parentPort?.postMessage({ id: m.id, error: (err as Error).message ?? String(err) });
+  }
+});

@@ -53,13 +53,29 @@ export interface TreeJob {
 export interface TreeResult {
   stubs: StubEntry[];
   counts: TreeCounts;
+  /** What the tree occupies, as the overlay snapshotter's du would count it (computed while building, so the
+   * layer needs no second walk): allocated bytes of distinct inodes, and the number of distinct inodes. */
+  usage: { size: number; inodes: number };
 }
 
 /** Runs `jobs` synchronously (in the worker); stub paths come out relative to `fsRoot`. */
 export function buildTreesSync(fsRoot: string, jobs: TreeJob[]): TreeResult {
   const uid = process.getuid?.() ?? 0;
   const gid = process.getgid?.() ?? 0;
-  const out: TreeResult = { stubs: [], counts: { files: 0, dirs: 0, symlinks: 0 } };
+  const out: TreeResult = {
+    stubs: [],
+    counts: { files: 0, dirs: 0, symlinks: 0 },
+    usage: { size: 0, inodes: 0 },
+  };
+  const linked = new Set<string>(); // hard-linked inodes, counted once
+  const account = (blocks: number, inode?: string): void => {
+    if (inode !== undefined) {
+      if (linked.has(inode)) return;
+      linked.add(inode);
+    }
+    out.usage.size += blocks * 512;
+    out.usage.inodes++;
+  };
   const otherOwner = (st: Stats): boolean => st.uid !== uid || st.gid !== gid;
 
   const stub = (dst: string, st: Stats, redirect: string): void => {
@@ -79,10 +95,12 @@ export function buildTreesSync(fsRoot: string, jobs: TreeJob[]): TreeResult {
     const st = lstatSync(src);
     if (st.isSymbolicLink()) {
       out.counts.symlinks++;
+      account(0);
       symlinkSync(readlinkSync(src), dst);
       if (otherOwner(st)) lchownSync(dst, st.uid, st.gid);
     } else if (st.isDirectory()) {
       out.counts.dirs++;
+      account(st.blocks);
       mkdirSync(dst);
       for (const name of readdirSync(src))
         copy(kind, join(src, name), join(dst, name), `${redirect}/${name}`);
@@ -91,8 +109,13 @@ export function buildTreesSync(fsRoot: string, jobs: TreeJob[]): TreeResult {
       utimesSync(dst, st.atime, st.mtime);
     } else {
       out.counts.files++;
-      if (kind === "link") linkSync(src, dst);
-      else stub(dst, st, redirect);
+      if (kind === "link") {
+        linkSync(src, dst);
+        account(st.blocks, `${st.dev}:${st.ino}`);
+      } else {
+        stub(dst, st, redirect);
+        account(0); // sparse: no blocks
+      }
     }
   };
 
@@ -100,22 +123,55 @@ export function buildTreesSync(fsRoot: string, jobs: TreeJob[]): TreeResult {
   return out;
 }
 
-/** Runs `jobs` in a worker thread: the event loop stays free meanwhile. */
-export function buildTrees(fsRoot: string, jobs: TreeJob[]): Promise<TreeResult> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL("./layer-tree-worker.js", import.meta.url), {
-      workerData: { fsRoot, jobs },
+/**
+ * The one long-lived worker (started on first use: a thread start costs tens of milliseconds, which a
+ * per-layer worker paid for every one-path layer). Jobs queue on it in order; it is unref'd while idle so it
+ * never keeps the process alive.
+ */
+class TreeWorker {
+  private worker?: Worker;
+  private nextId = 0;
+  private readonly pending = new Map<number, { resolve(r: TreeResult): void; reject(e: Error): void }>();
+
+  private start(): Worker {
+    const w = new Worker(new URL("./layer-tree-worker.js", import.meta.url), {
       // Not the parent's flags: e.g. `node --input-type=module -e ...` (how tests start the snapshotter) would
       // make the worker refuse its file.
       execArgv: [],
     });
-    let result: TreeResult | undefined;
-    let failure: Error | undefined;
-    worker.once("message", (m: TreeResult) => (result = m));
-    worker.once("error", (err) => (failure = err));
-    worker.once("exit", (code) => {
-      if (result) resolve(result);
-      else reject(failure ?? new Error(`layer tree worker exited with code ${code}`));
+    w.on("message", (m: { id: number; result?: TreeResult; error?: string }) => {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.result) p.resolve(m.result);
+      else p.reject(new Error(m.error ?? "layer tree worker failed"));
+      if (!this.pending.size) w.unref();
     });
-  });
+    const fail = (err: Error): void => {
+      if (this.worker === w) this.worker = undefined;
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    };
+    w.on("error", fail);
+    w.on("exit", (code) => fail(new Error(`layer tree worker exited with code ${code}`)));
+    return w;
+  }
+
+  run(fsRoot: string, jobs: TreeJob[]): Promise<TreeResult> {
+    this.worker ??= this.start();
+    const w = this.worker;
+    const id = this.nextId++;
+    return new Promise<TreeResult>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      w.ref();
+      w.postMessage({ id, fsRoot, jobs });
+    });
+  }
+}
+
+const treeWorker = new TreeWorker();
+
+/** Runs `jobs` in the worker thread: the event loop stays free meanwhile. */
+export function buildTrees(fsRoot: string, jobs: TreeJob[]): Promise<TreeResult> {
+  return treeWorker.run(fsRoot, jobs);
 }

@@ -96,7 +96,10 @@ export class MetadataStore {
     this.file = join(root, "metadata.db");
     this.db = new Database(this.file, { timeout: 10_000 });
     this.db.pragma("journal_mode = WAL");
-    this.db.pragma("synchronous = FULL");
+    // NORMAL in WAL mode: a commit survives the process being killed (the WAL is written before it returns) and
+    // only a power loss can drop the last commits, which the directory renames they describe would not have
+    // survived either. FULL's fsync per commit cost ~10 ms per layer of a 100-layer pull on a slow disk.
+    this.db.pragma("synchronous = NORMAL");
     this.db.pragma("foreign_keys = ON");
     this.db.exec(`CREATE TABLE IF NOT EXISTS snapshots (
       id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -492,9 +492,13 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
   /**
    * Builds the layer's fs at `fs` (in a worker thread: the server keeps answering meanwhile). Returns its file
-   * count (files replicated; 0 for bind mode).
+   * count (files replicated; 0 for bind mode) and disk usage.
    */
-  private async buildLayerFs(fs: string, paths: string[], mode: NixLayerKind): Promise<number> {
+  private async buildLayerFs(
+    fs: string,
+    paths: string[],
+    mode: NixLayerKind,
+  ): Promise<{ files: number; usage: { size: number; inodes: number } }> {
     const storeDir = join(fs, this.store.storeDir.replace(/^\/+/, ""));
     mkdirSync(storeDir, { recursive: true, mode: 0o755 });
     const jobs: TreeJob[] = [];
@@ -512,10 +516,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
         else writeFileSync(target, "", { mode: 0o444 });
       }
     }
-    if (!jobs.length) return 0;
+    if (!jobs.length) return { files: 0, usage: await diskUsage(fs) };
     const built = await buildTrees(fs, jobs);
     if (mode === "metacopy") await setStubXattrs(fs, built.stubs);
-    return built.counts.files;
+    // The store directory's ancestors (nix/, nix/store/) and fs itself count too.
+    const extra = this.store.storeDir.split("/").filter(Boolean).length + 1;
+    return {
+      files: built.counts.files,
+      usage: { size: built.usage.size, inodes: built.usage.inodes + extra },
+    };
   }
 
   private async createNixLayer(
@@ -530,9 +539,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
     try {
       const fs = join(tmp, "fs");
-      const files = await this.buildLayerFs(fs, paths, mode);
+      const { files, usage } = await this.buildLayerFs(fs, paths, mode);
       const buildMs = Math.round(performance.now() - start);
-      const usage = await diskUsage(fs);
       return await this.lock.run(() => {
         const existing = this.metadata.get(ref);
         if (existing) {

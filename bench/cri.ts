@@ -1,0 +1,485 @@
+// CRI benchmark: the time from a CRI PullImage to the container's first output, through containerd 1.6.20's CRI
+// plugin with the nixoci snapshotter (store present: nix layers are committed from /nix/store, not downloaded)
+// side by side with containerd's own overlayfs snapshotter (every layer pulled from the registry and unpacked).
+//
+// Daemons (all child processes on loopback / unix sockets with private temp dirs, stopped by pid at the end,
+// also on error; test/support/daemons.ts and snapshotter.ts):
+//   - docker-registry 2.8 holding the images, pushed by `node bin/nixoci.js build ... -o docker://HOST/NAME:v1`
+//     (a private --cache-dir); its access log says which blobs each pull fetched;
+//   - `nixoci snapshotter --store /nix/store --log-level warn` (link mode: store and temp dir share a filesystem);
+//   - containerd A: CRI `snapshotter = "nixoci"` (the proxy plugin), `disable_snapshot_annotations = false`;
+//   - containerd B: CRI `snapshotter = "overlayfs"` (containerd's built-in one);
+//   both with a registry mirror `http://HOST` for the registry.
+//
+// One timed run, on either side: CRI PullImage (src/cri/grpc.ts against containerd's socket), then
+// `ctr -n k8s.io run --rm --snapshotter X REF ID` until its first output line ("Hello from nixoci!", checked;
+// then it must exit 0). Then the image is removed through CRI RemoveImage (containerd deletes it synchronously
+// and runs its GC) and the next run waits until containerd's k8s.io namespace holds no content and no snapshot,
+// and the snapshotter's snapshot directory is empty: every run starts from a fresh state.
+//
+//   1. A closure of at least 200 MB of store paths (bench/fixtures/closure.nix `top`, the closure bench/build.ts
+//      uses, plus the test fixtures' `hello` as the entrypoint): one untimed warm-up run per side, then RUNS
+//      runs per side, interleaved (the order alternates); medians and the ratio nixoci / overlayfs (goal
+//      <= 0.1x), with the registry's blob GETs per pull.
+//   2. The extra cost per 1,000 store paths: two images of many small store paths
+//      (bench/fixtures/many-paths.nix: ~100 and ~2,100 paths in the closure, `hello` again the entrypoint),
+//      PATH_RUNS runs per image and side, interleaved; (t_large - t_small) / (Δpaths / 1000) of the medians.
+// Nothing about time is asserted; failures (a pull error, no output, a wrong line) throw.
+// Knobs for looking into it: NIXOCI_BENCH_CRI_RUNS=N (runs per series), NIXOCI_BENCH_CRI_LOG=info|debug (the
+// snapshotter's log level; default warn), NIXOCI_BENCH_CRI_NIX_LAYERS=MODE (its --nix-layers; default: its own
+// default, auto), NIXOCI_KEEP_TMP=1 (keep the temp dir with the daemons' logs).
+import { execFileSync, spawn } from "node:child_process";
+import * as fs from "node:fs";
+import { join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { criImageClient, type CriImageClient } from "../src/cri/grpc.js";
+import { startContainerd, startRegistry, type Containerd, type Registry } from "../test/support/daemons.js";
+import { buildFixtures } from "../test/support/fixtures.js";
+import {
+  removeSnapshotterDir,
+  startSnapshotter,
+  stopSnapshotter,
+  type Snapshotter,
+} from "../test/support/snapshotter.js";
+
+const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
+const CLOSURE_NIX = fileURLToPath(new URL("../../bench/fixtures/closure.nix", import.meta.url));
+const MANY_PATHS_NIX = fileURLToPath(new URL("../../bench/fixtures/many-paths.nix", import.meta.url));
+const NS = "k8s.io";
+const EXPECTED_LINE = "Hello from nixoci!";
+
+const RUNS_OVERRIDE = Number(process.env.NIXOCI_BENCH_CRI_RUNS) || undefined;
+const RUNS = RUNS_OVERRIDE ?? 5;
+const PATH_RUNS = RUNS_OVERRIDE ?? 3;
+/** Small store paths in the two many-paths images (their closures add `top`, and hello's 3 paths). */
+const FEW_PATHS = 96;
+const MANY_PATHS = 2096;
+
+/** Goal from the issue. */
+const GOAL_VS_OVERLAYFS = 0.1;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+const ratio = (x: number) => `${x.toFixed(2)}x`;
+const mb = (bytes: number) => `${(bytes / 1e6).toFixed(0)} MB`;
+const verdict = (ok: boolean) => (ok ? "ok" : "MISSED");
+
+// ---- fixtures and images ----
+
+/** nix-build with an out-link (a GC root under /tmp, kept between runs, so the store caches the closure). */
+function nixBuild(file: string, attr: string, outLink: string, extra: string[] = []): string {
+  return execFileSync("nix-build", ["--max-jobs", "2", file, "-A", attr, "--out-link", outLink, ...extra], {
+    stdio: ["ignore", "pipe", "inherit"],
+  })
+    .toString()
+    .trim();
+}
+
+function closureOf(paths: string[]): { paths: string[]; narSize: number } {
+  const closure = execFileSync("nix-store", ["--query", "--requisites", ...paths], { maxBuffer: 64 << 20 })
+    .toString()
+    .split("\n")
+    .filter(Boolean);
+  const narSize = execFileSync("nix-store", ["--query", "--size", ...closure], { maxBuffer: 64 << 20 })
+    .toString()
+    .split("\n")
+    .filter(Boolean)
+    .reduce((n, s) => n + Number(s), 0);
+  return { paths: closure, narSize };
+}
+
+interface Image {
+  name: string;
+  ref: string;
+  paths: number;
+  narSize: number;
+  layers: { digest: string; size: number; paths: string[] }[];
+  manifestDigest: string;
+}
+
+/** `nixoci build --json` of the packages with /bin/hello as entrypoint, pushed to the registry. */
+function buildImage(registry: Registry, cacheDir: string, name: string, packages: string[]): Image {
+  const ref = `${registry.host}/bench/${name}:v1`;
+  const out = execFileSync(
+    process.execPath,
+    [
+      NIXOCI,
+      "build",
+      "-q",
+      "--json",
+      "--cache-dir",
+      cacheDir,
+      "--entrypoint",
+      "/bin/hello",
+      ...packages,
+      "-o",
+      `docker://${ref}`,
+    ],
+    { stdio: ["ignore", "pipe", "inherit"], maxBuffer: 256 << 20 },
+  ).toString();
+  const summary = JSON.parse(out) as {
+    manifestDigest: string;
+    layers: { digest: string; size: number; paths: string[] }[];
+  };
+  const closure = closureOf(packages);
+  return {
+    name,
+    ref,
+    paths: closure.paths.length,
+    narSize: closure.narSize,
+    layers: summary.layers,
+    manifestDigest: summary.manifestDigest,
+  };
+}
+
+// ---- daemons ----
+
+/** The CRI section for containerd 1.6.20 (see test/cri/cri-pull.test.ts for why each key is there). */
+function criConfig(dir: string, registryHost: string, snapshotter: string): string {
+  const q = (s: string): string => JSON.stringify(s);
+  return [
+    `[plugins."io.containerd.grpc.v1.cri"]`,
+    `  stream_server_address = "127.0.0.1"`,
+    `  stream_server_port = "0"`,
+    `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
+    `    snapshotter = ${q(snapshotter)}`,
+    `    disable_snapshot_annotations = false`,
+    `  [plugins."io.containerd.grpc.v1.cri".cni]`,
+    `    bin_dir = ${q(join(dir, "cni-bin"))}`,
+    `    conf_dir = ${q(join(dir, "cni-conf"))}`,
+    `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${q(registryHost)}]`,
+    `    endpoint = [${q(`http://${registryHost}`)}]`,
+  ].join("\n");
+}
+
+interface Side {
+  name: string;
+  snapshotter: string;
+  containerd: Containerd;
+  cri: CriImageClient;
+  /** Directories that must be empty after an image is removed (the snapshotter's own snapshots). */
+  snapshotDir: string;
+}
+
+async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T> | T): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline)
+        throw new Error(`${what}: not done after ${timeoutMs / 1000} s: ${String(err)}`, { cause: err });
+      await sleep(100);
+    }
+  }
+}
+
+async function startSide(
+  dir: string,
+  name: string,
+  snapshotter: string,
+  registry: Registry,
+  proxy?: Snapshotter,
+): Promise<Side> {
+  const cniDir = join(dir, `cni-${name}`);
+  fs.mkdirSync(join(cniDir, "cni-bin"), { recursive: true });
+  fs.mkdirSync(join(cniDir, "cni-conf"), { recursive: true });
+  const containerd = await startContainerd({
+    proxyPlugins: proxy ? { [snapshotter]: { type: "snapshot", address: proxy.socket } } : undefined,
+    criConfig: criConfig(cniDir, registry.host, snapshotter),
+  });
+  const cri = criImageClient(containerd.address);
+  try {
+    await until("CRI ImageFsInfo", 30_000, () => cri.imageFsInfo({}, { timeoutMs: 5000 }));
+  } catch (err) {
+    cri.close();
+    await containerd.stop();
+    throw err;
+  }
+  const snapshotDir = proxy
+    ? join(proxy.root, "snapshots")
+    : join(containerd.root, "io.containerd.snapshotter.v1.overlayfs", "snapshots");
+  return { name, snapshotter, containerd, cri, snapshotDir };
+}
+
+// ---- one run ----
+
+interface Sample {
+  pullMs: number;
+  runMs: number;
+  totalMs: number;
+  blobGets: number;
+  layerGets: number;
+  bytes: number;
+}
+
+/** Blob GETs in docker-registry's access log from byte `from` on: count, bytes, and how many were layers. */
+function blobGets(
+  registry: Registry,
+  from: number,
+  image: Image,
+): { n: number; layers: number; bytes: number } {
+  const log = fs.readFileSync(join(registry.dir, "registry.log")).subarray(from).toString();
+  const layerDigests = new Set(image.layers.map((l) => l.digest));
+  let n = 0;
+  let layers = 0;
+  let bytes = 0;
+  for (const m of log.matchAll(/"GET \/v2\/\S+\/blobs\/(sha256:[0-9a-f]{64}) HTTP\/[\d.]+" (\d{3}) (\d+)/g)) {
+    if (!m[2].startsWith("2")) continue;
+    n++;
+    bytes += Number(m[3]);
+    if (layerDigests.has(m[1])) layers++;
+  }
+  return { n, layers, bytes };
+}
+
+/** Runs `ctr ... run --rm`; resolves at its first stdout line with the time, then checks line and exit. */
+function runToFirstLine(
+  side: Side,
+  image: Image,
+  id: string,
+): Promise<{ firstLineAt: number; done: Promise<void> }> {
+  return new Promise((resolveFirst, rejectFirst) => {
+    const args = ["-a", side.containerd.address, "-n", NS, "run", "--rm"];
+    args.push("--snapshotter", side.snapshotter, image.ref, id);
+    const child = spawn("ctr", args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    let first = false;
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    let settle!: (e?: Error) => void;
+    const done = new Promise<void>((res, rej) => (settle = (e) => (e ? rej(e) : res())));
+    done.catch(() => undefined); // observed by the caller once the first line arrived
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (!first && out.includes("\n")) {
+        first = true;
+        resolveFirst({ firstLineAt: performance.now(), done });
+      }
+    });
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    child.on("error", (e) => (first ? settle(e) : rejectFirst(e)));
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      const line = out.split("\n")[0];
+      const problem =
+        code !== 0
+          ? `exited with ${code ?? signal}`
+          : line !== EXPECTED_LINE
+            ? `printed ${JSON.stringify(out)}, expected ${JSON.stringify(EXPECTED_LINE)}`
+            : undefined;
+      const e = problem ? new Error(`ctr ${args.join(" ")}: ${problem}: ${err.trim()}`) : undefined;
+      if (!first) rejectFirst(e ?? new Error(`ctr ${args.join(" ")}: no output: ${err.trim()}`));
+      else settle(e);
+    });
+  });
+}
+
+/** The k8s.io namespace holds no content and no snapshot, and the snapshotter's directory is empty. */
+function assertClean(side: Side): void {
+  const content = side.containerd.ctr(["-n", NS, "content", "ls", "-q"]).toString().trim();
+  if (content) throw new Error(`content left: ${content.split("\n").length} blobs`);
+  const snaps = side.containerd
+    .ctr(["-n", NS, "snapshots", "--snapshotter", side.snapshotter, "ls"])
+    .toString()
+    .trim()
+    .split("\n")
+    .slice(1)
+    .filter(Boolean);
+  if (snaps.length) throw new Error(`snapshots left: ${snaps.length}`);
+  const left = fs.existsSync(side.snapshotDir) ? fs.readdirSync(side.snapshotDir) : [];
+  if (left.length) throw new Error(`${side.snapshotDir} still holds ${left.length} snapshots`);
+}
+
+let runId = 0;
+
+async function pullAndRun(side: Side, registry: Registry, image: Image): Promise<Sample> {
+  await until(`${side.name}: a clean state before pulling ${image.name}`, 60_000, () => assertClean(side));
+  const logFrom = fs.statSync(join(registry.dir, "registry.log")).size;
+  const t0 = performance.now();
+  const pulled = await side.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: 300_000 });
+  const t1 = performance.now();
+  const id = `nixoci-bench-${process.pid}-${runId++}`;
+  const { firstLineAt, done } = await runToFirstLine(side, image, id);
+  await done;
+  const gets = blobGets(registry, logFrom, image);
+  await side.cri.removeImage({ image: { image: pulled.image_ref } }, { timeoutMs: 120_000 });
+  return {
+    pullMs: t1 - t0,
+    runMs: firstLineAt - t1,
+    totalMs: firstLineAt - t0,
+    blobGets: gets.n,
+    layerGets: gets.layers,
+    bytes: gets.bytes,
+  };
+}
+
+/** `runs` samples per side, interleaved (the order alternates from run to run). */
+async function series(
+  sides: Side[],
+  registry: Registry,
+  image: Image,
+  runs: number,
+): Promise<Map<Side, Sample[]>> {
+  const out = new Map<Side, Sample[]>(sides.map((s) => [s, []]));
+  for (let run = 0; run < runs; run++) {
+    const order = run % 2 === 0 ? sides : [...sides].reverse();
+    for (const side of order) out.get(side)!.push(await pullAndRun(side, registry, image));
+  }
+  return out;
+}
+
+// ---- report ----
+
+function describeImage(image: Image): string {
+  const nix = image.layers.filter((l) => l.paths.length > 0).length;
+  const bytes = image.layers.reduce((n, l) => n + l.size, 0);
+  return (
+    `${image.paths} store paths, ${mb(image.narSize)} of NAR; ${image.layers.length} layers ` +
+    `(${nix} of store paths + the customisation layer), ${mb(bytes)} gzip`
+  );
+}
+
+function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side): void {
+  const b = median(samples.get(baseline)!.map((s) => s.totalMs));
+  console.log(
+    "snapshotter".padEnd(12) +
+      "pull".padStart(9) +
+      "run".padStart(9) +
+      "total".padStart(9) +
+      "vs overlayfs".padStart(14) +
+      "  blobs GET (layers) / MB".padEnd(27) +
+      "  totals of each run".padEnd(40) +
+      "goal",
+  );
+  for (const [side, xs] of samples) {
+    const total = median(xs.map((s) => s.totalMs));
+    const gets = xs[xs.length - 1];
+    const isBase = side === baseline;
+    console.log(
+      side.name.padEnd(12) +
+        sec(median(xs.map((s) => s.pullMs))).padStart(9) +
+        sec(median(xs.map((s) => s.runMs))).padStart(9) +
+        sec(total).padStart(9) +
+        ratio(total / b).padStart(14) +
+        `  ${gets.blobGets} (${gets.layerGets}/${image.layers.length}) / ${(gets.bytes / 1e6).toFixed(1)}`.padEnd(
+          27,
+        ) +
+        `  ${xs.map((s) => (s.totalMs / 1000).toFixed(2)).join(" ")}`.padEnd(40) +
+        (isBase ? "" : `<= ${GOAL_VS_OVERLAYFS}x overlayfs: ${verdict(total / b <= GOAL_VS_OVERLAYFS)}`),
+    );
+  }
+}
+
+export async function benchCri(): Promise<void> {
+  const started = performance.now();
+  const rootsDir = "/tmp/nixoci-bench-closure"; // shared with bench/build.ts
+  fs.mkdirSync(rootsDir, { recursive: true });
+  const fx = buildFixtures();
+  const top = nixBuild(CLOSURE_NIX, "top", join(rootsDir, "top"));
+  const few = nixBuild(MANY_PATHS_NIX, "top", join(rootsDir, `many-paths-${FEW_PATHS}`), [
+    "--argstr",
+    "count",
+    String(FEW_PATHS),
+  ]);
+  const many = nixBuild(MANY_PATHS_NIX, "top", join(rootsDir, `many-paths-${MANY_PATHS}`), [
+    "--argstr",
+    "count",
+    String(MANY_PATHS),
+  ]);
+
+  // Unix socket paths are limited to 107 bytes: a short temp dir.
+  const dir = fs.mkdtempSync(join("/tmp", "nixoci-bench-cri-"));
+  let registry: Registry | undefined;
+  let sn: Snapshotter | undefined;
+  const sides: Side[] = [];
+  try {
+    registry = await startRegistry();
+    const t0 = performance.now();
+    const cache = join(dir, "cache");
+    const big = buildImage(registry, cache, "big", [top, fx.hello]);
+    const small = buildImage(registry, cache, "paths-few", [few, fx.hello]);
+    const large = buildImage(registry, cache, "paths-many", [many, fx.hello]);
+    const setupMs = performance.now() - t0;
+    if (big.narSize < 200e6) throw new Error(`the big image has only ${mb(big.narSize)} of store paths`);
+
+    sn = await startSnapshotter(dir, [
+      "--store",
+      "/nix/store",
+      "--log-level",
+      process.env.NIXOCI_BENCH_CRI_LOG ?? "warn",
+      ...(process.env.NIXOCI_BENCH_CRI_NIX_LAYERS
+        ? ["--nix-layers", process.env.NIXOCI_BENCH_CRI_NIX_LAYERS]
+        : []),
+    ]);
+    const nixSide = await startSide(dir, "nixoci", "nixoci", registry, sn);
+    sides.push(nixSide);
+    const overlaySide = await startSide(dir, "overlayfs", "overlayfs", registry);
+    sides.push(overlaySide);
+
+    // 1. the big image
+    for (const side of sides) await pullAndRun(side, registry, big); // warm-up, untimed
+    const bigSamples = await series(sides, registry, big, RUNS);
+    console.log(
+      `\n1. CRI PullImage -> first output line of \`ctr -n ${NS} run --rm --snapshotter X\`: an image of ` +
+        `${describeImage(big)} (bench/fixtures/closure.nix; building and pushing the 3 images took ` +
+        `${sec(setupMs)}); fresh state per run, after one warm-up run each; median of ${RUNS}, interleaved`,
+    );
+    printTable(big, bigSamples, overlaySide);
+
+    // 2. per 1,000 store paths
+    const smallSamples = new Map<Side, Sample[]>(sides.map((s) => [s, []]));
+    const largeSamples = new Map<Side, Sample[]>(sides.map((s) => [s, []]));
+    for (let run = 0; run < PATH_RUNS; run++) {
+      const order = run % 2 === 0 ? sides : [...sides].reverse();
+      for (const side of order) {
+        smallSamples.get(side)!.push(await pullAndRun(side, registry, small));
+        largeSamples.get(side)!.push(await pullAndRun(side, registry, large));
+      }
+    }
+    const deltaK = (large.paths - small.paths) / 1000;
+    console.log(
+      `\n2. extra cost per 1,000 store paths (bench/fixtures/many-paths.nix): ${small.paths} vs ` +
+        `${large.paths} store paths (${small.layers.length} and ${large.layers.length} layers; ` +
+        `${mb(small.narSize)} and ${mb(large.narSize)} of NAR); pull -> first output, median of ${PATH_RUNS}`,
+    );
+    console.log(
+      "snapshotter".padEnd(12) +
+        `${small.paths} paths`.padStart(12) +
+        `${large.paths} paths`.padStart(13) +
+        "per 1,000 paths".padStart(17) +
+        "  blobs GET (layers), few / many",
+    );
+    for (const side of sides) {
+      const s = smallSamples.get(side)!;
+      const l = largeSamples.get(side)!;
+      const ts = median(s.map((x) => x.totalMs));
+      const tl = median(l.map((x) => x.totalMs));
+      const g = (xs: Sample[]) => `${xs[xs.length - 1].blobGets} (${xs[xs.length - 1].layerGets})`;
+      console.log(
+        side.name.padEnd(12) +
+          sec(ts).padStart(12) +
+          sec(tl).padStart(13) +
+          sec((tl - ts) / deltaK).padStart(17) +
+          `  ${g(s)} / ${g(l)}`,
+      );
+    }
+    console.log(`\nCRI benchmark: ${sec(performance.now() - started)} in all`);
+  } finally {
+    for (const side of sides) {
+      side.cri.close();
+      await side.containerd.stop();
+    }
+    await stopSnapshotter(sn);
+    await registry?.stop();
+    await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
+    if (process.env.NIXOCI_KEEP_TMP) console.log(`kept ${dir}`);
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await benchCri();
