@@ -16,6 +16,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   snapshotter: async () => (await import("./cmd-snapshotter.js")).snapshotterCommand,
   "image-service": async () => (await import("./cmd-image-service.js")).imageServiceCommand,
   k8s: async () => (await import("./cmd-k8s.js")).k8sCommand,
+  frontend: async () => (await import("./cmd-frontend.js")).frontendCommand,
 };
 
 const HELP = `nixoci: Nix closures for the container ecosystem
@@ -33,6 +34,7 @@ commands:
   snapshotter a containerd proxy snapshotter that composes Nix layers from the store instead of downloading them
   image-service  a CRI image service: nix:0/nix/store/... images from the store, the rest proxied to containerd
   k8s         k8s pod: a Pod manifest whose image is a nix:0 reference (no registry)
+  frontend    the BuildKit frontend (run by BuildKit; \`# syntax=\` its image) and its build steps
 
 Run \`nixoci COMMAND --help\` for a command's options.
 `;

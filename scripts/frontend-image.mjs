@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// Builds nixoci's BuildKit frontend image with nixoci itself, from a Nix closure holding Node.js and nixoci:
+//   node scripts/frontend-image.mjs [--tag NAME:TAG] -o DEST...    (DEST as for `nixoci build -o`)
+// On these machines the closure is made of this machine's binaries packaged as store paths (`nix-store --add`,
+// so no nix build runs): the node executable, the xz/zstd/bzip2 programs, the shared libraries they load (with the dynamic loader; the
+// image's symlink farm puts them at /lib64 and /lib/x86_64-linux-gnu, where the unmodified executable looks for
+// them), and nixoci (bin/, dist/src, proto/, package.json and the production node_modules). The image's
+// entrypoint runs `nixoci frontend`; its labels tell BuildKit to give it no network (it needs none: its steps
+// run as ExecOps). Prints the four store paths, then what `nixoci build` prints. Run `npm run build` first.
+// A nixpkgs user builds the same closure from pkgs.nodejs and a nixoci package instead (see the README).
+import { execFileSync } from "node:child_process";
+import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, dirname, join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const args = process.argv.slice(2);
+const run = (cmd, argv, opts = {}) => execFileSync(cmd, argv, { encoding: "utf8", ...opts });
+
+const work = mkdtempSync(join(tmpdir(), "nixoci-frontend-image-"));
+try {
+  // 1. node, as a store path of its own.
+  const node = realpathSync(process.execPath);
+  const nodeDir = join(work, "nodejs");
+  mkdirSync(join(nodeDir, "bin"), { recursive: true });
+  copyFileSync(node, join(nodeDir, "bin", "node"));
+  chmodSync(join(nodeDir, "bin", "node"), 0o555);
+
+  // The compressors nixoci streams binary-cache NARs through (xz, zstd, bzip2), as a store path of their own.
+  const toolsDir = join(work, "compression-tools");
+  mkdirSync(join(toolsDir, "bin"), { recursive: true });
+  const tools = ["xz", "zstd", "bzip2"].map((t) => realpathSync(run("which", [t]).trim()));
+  for (const t of tools) {
+    copyFileSync(t, join(toolsDir, "bin", basename(t)));
+    chmodSync(join(toolsDir, "bin", basename(t)), 0o555);
+  }
+
+  // 2. the libraries they load, where the executables' loader and search path expect them.
+  const libsDir = join(work, "node-runtime-libs");
+  const ldd = [node, ...tools].map((b) => run("ldd", [b])).join("\n");
+  for (const line of ldd.split("\n")) {
+    const m = /^\s*(?:(\S+) => )?(\/\S+) \(0x/.exec(line);
+    if (!m) continue;
+    const path = m[2];
+    const real = realpathSync(path);
+    // The loader at its absolute name (/lib64/ld-linux-x86-64.so.2), libraries under lib/<triplet>/.
+    const dest = m[1] ? join(libsDir, "lib", basename(dirname(path)), m[1]) : join(libsDir, path.slice(1));
+    mkdirSync(dirname(dest), { recursive: true });
+    copyFileSync(real, dest);
+    chmodSync(dest, 0o555);
+  }
+
+  // 3. nixoci with its production dependencies.
+  const pkgDir = join(work, "nixoci");
+  for (const p of ["bin", "dist/src", "proto", "package.json"])
+    cpSync(join(root, p), join(pkgDir, p), { recursive: true });
+  const prod = run("npm", ["ls", "--omit=dev", "--parseable", "--all"], { cwd: root })
+    .trim()
+    .split("\n")
+    .filter((p) => p !== root);
+  for (const p of prod) cpSync(p, join(pkgDir, relative(root, p)), { recursive: true, dereference: false });
+
+  const add = (dir) => run("nix-store", ["--add", dir]).trim();
+  const libs = add(libsDir);
+  const nodePath = add(nodeDir);
+  const toolsPath = add(toolsDir);
+  const nixoci = add(pkgDir);
+  process.stdout.write(`${libs}\n${nodePath}\n${toolsPath}\n${nixoci}\n`);
+
+  // 4. the image, built by nixoci.
+  const out = run(
+    process.execPath,
+    [
+      join(root, "bin/nixoci.js"),
+      "build",
+      "-q",
+      libs,
+      nodePath,
+      toolsPath,
+      nixoci,
+      "--entrypoint",
+      JSON.stringify([`${nodePath}/bin/node`, `${nixoci}/bin/nixoci.js`, "frontend"]),
+      "--label",
+      "moby.buildkit.frontend.network.none=true",
+      "--label",
+      "org.opencontainers.image.title=nixoci BuildKit frontend",
+      ...args,
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  process.stdout.write(out);
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}

@@ -1,0 +1,111 @@
+// nixoci frontend: the BuildKit gateway frontend (no arguments: BuildKit runs it with the gateway API on
+// stdin/stdout, see buildkit/frontend.ts), and the steps it runs inside BuildKit's ExecOps:
+//   nixoci frontend plan --out FILE [--layering L] [--max-layers N] --from URL... [--trusted-public-key K]... PATH...
+//   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH...
+//   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
+import { readFile, writeFile } from "node:fs/promises";
+import { buildWithGateway, frontendOpts, stdioStream } from "../buildkit/frontend.js";
+import { Gateway } from "../buildkit/gateway.js";
+import { customStep, fetchStep, openCaches, planStep, type Plan } from "../buildkit/steps.js";
+import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
+import type { LayeringStrategy } from "../image/types.js";
+import { intOption, parse, UsageError } from "./args.js";
+import { trustOptions } from "./stores.js";
+
+const USAGE = `nixoci frontend                      (run by BuildKit: the gateway API on stdin/stdout)
+  nixoci frontend plan --out FILE [--layering size|popularity|nixery] [--max-layers N] --from URL... [--trusted-public-key K]... [--no-check-sigs] PATH...
+  nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... [--no-check-sigs] PATH...
+  nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]`;
+
+const LAYERINGS = ["size", "popularity", "nixery"];
+
+async function gatewayMode(): Promise<number> {
+  const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
+  const gateway = new Gateway(stdioStream(), log);
+  try {
+    await buildWithGateway({ opts: frontendOpts(process.env), gateway, log });
+  } catch (err) {
+    const message = (err as Error).message ?? String(err);
+    log(`nixoci frontend: ${message}`);
+    // The error goes back through the gateway, so the build fails with it; the process still exits 0.
+    await gateway
+      .return({ error: message })
+      .catch((e: Error) => log(`nixoci frontend: Return: ${e.message}`));
+  }
+  // Exit without closing the connection first: BuildKit treats the gateway connection closing while the
+  // frontend process still runs as a crash ("frontend grpc server closed unexpectedly"), overriding Return.
+  process.exit(0);
+}
+
+export async function frontendCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === undefined) return gatewayMode();
+  if (sub === "--help" || sub === "-h") {
+    process.stdout.write(`usage: ${USAGE}\n`);
+    return 0;
+  }
+  const { values, positionals } = parse(
+    rest,
+    {
+      out: { type: "string" },
+      from: { type: "string", multiple: true },
+      "trusted-public-key": { type: "string", multiple: true },
+      "no-check-sigs": { type: "boolean" },
+      layering: { type: "string" },
+      "max-layers": { type: "string" },
+      plan: { type: "string" },
+      layers: { type: "string" },
+      meta: { type: "string" },
+      user: { type: "string" },
+    },
+    USAGE,
+  );
+  const need = (v: string | undefined, flag: string): string => {
+    if (!v) throw new UsageError(`--${flag} is required\nusage: ${USAGE}`);
+    return v;
+  };
+  const trust = () => trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
+  switch (sub) {
+    case "plan": {
+      const layering = values.layering ?? "popularity";
+      if (!LAYERINGS.includes(layering)) throw new UsageError(`--layering: expected ${LAYERINGS.join(", ")}`);
+      const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
+      try {
+        const plan = await planStep({
+          roots: positionals,
+          caches,
+          layering: layering as LayeringStrategy,
+          maxLayers: intOption(values["max-layers"], "max-layers", 100, 2),
+        });
+        await writeFile(need(values.out, "out"), JSON.stringify(plan));
+        process.stderr.write(`planned ${plan.layers.length} store layers\n`);
+      } finally {
+        caches.close();
+      }
+      return 0;
+    }
+    case "fetch": {
+      const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
+      try {
+        await fetchStep(positionals, caches, need(values.out, "out"));
+      } finally {
+        caches.close();
+      }
+      return 0;
+    }
+    case "custom": {
+      const plan = JSON.parse(await readFile(need(values.plan, "plan"), "utf8")) as Plan;
+      const r = await customStep({
+        plan,
+        layersDir: need(values.layers, "layers"),
+        out: need(values.out, "out"),
+        user: values.user,
+      });
+      await writeFile(need(values.meta, "meta"), JSON.stringify(r));
+      for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown frontend step ${JSON.stringify(sub)}\nusage: ${USAGE}`);
+  }
+}

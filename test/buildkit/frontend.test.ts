@@ -1,0 +1,211 @@
+// nixoci's BuildKit frontend with Debian's dockerd 20.10 (embedded BuildKit v0.8), driven through the Engine API
+// (`POST /build?version=2` with a tar context; the CLI has no buildx). The frontend image is built by nixoci from
+// this machine's node + nixoci (scripts/frontend-image.mjs) and loaded into dockerd; a spec whose first line is
+// `# syntax=nixoci-frontend:test` then builds an image whose store paths come from an HTTP binary cache
+// (`nixoci serve` over /nix/store, signed) reached through the build's host network (`networkmode=host`).
+// Checked: the image runs and prints what it should, it has one layer per planned layer plus the customisation
+// layer, a rebuild with nothing changed is fully cached, and bad specs fail the build with a clear message.
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { decode } from "../../src/buildkit/protos.js";
+import { buildFixtures, generateCacheKey } from "../support/fixtures.js";
+import { ROOT } from "../support/cli.js";
+import { freePort, startDockerd, type Dockerd } from "../support/daemons.js";
+
+const FRONTEND = "nixoci-frontend:test";
+
+interface Vertex {
+  digest: string;
+  name: string;
+  cached: boolean;
+  error: string;
+  completed: unknown;
+}
+
+interface BuildResult {
+  status: number;
+  error?: string;
+  imageId?: string;
+  vertices: Map<string, Vertex>;
+  log: string;
+}
+
+/** POST /v1.41/build?version=2 with `context` (a directory, sent as a tar); the progress stream decoded. */
+function dockerBuild(d: Dockerd, context: string, params: Record<string, string>): Promise<BuildResult> {
+  const tar = execFileSync("tar", ["-C", context, "-cf", "-", "."]);
+  const qs = new URLSearchParams({ version: "2", ...params }).toString();
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        socketPath: d.host,
+        method: "POST",
+        path: `/v1.41/build?${qs}`,
+        headers: { "content-type": "application/x-tar", "content-length": tar.length },
+        timeout: 600_000,
+      },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => (text += c));
+        res.on("end", () => {
+          const out: BuildResult = { status: res.statusCode ?? 0, vertices: new Map(), log: "" };
+          for (const line of text.split("\n")) {
+            if (!line.trim()) continue;
+            let j: { id?: string; aux?: unknown; error?: string; stream?: string; message?: string };
+            try {
+              j = JSON.parse(line) as typeof j;
+            } catch {
+              out.log += line + "\n";
+              continue;
+            }
+            if (j.error) out.error = j.error;
+            if (j.message) out.error ??= j.message;
+            if (j.stream) out.log += j.stream;
+            if (j.id === "moby.image.id") out.imageId = (j.aux as { ID: string }).ID;
+            if (j.id === "moby.buildkit.trace" && typeof j.aux === "string") {
+              const st = decode<{ vertexes: Vertex[]; logs: Array<{ msg: Buffer }> }>(
+                "moby.buildkit.v1.StatusResponse",
+                Buffer.from(j.aux, "base64"),
+              );
+              for (const v of st.vertexes) out.vertices.set(v.digest, v); // the last state wins
+              for (const l of st.logs) out.log += l.msg.toString("utf8");
+            }
+          }
+          resolve(out);
+        });
+      },
+    );
+    req.on("error", reject);
+    req.end(tar);
+  });
+}
+
+describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
+  let d: Dockerd;
+  let dir: string;
+  let serve: ChildProcess | undefined;
+  let cacheUrl: string;
+  let publicKey: string;
+  let fx: ReturnType<typeof buildFixtures>;
+
+  before(async () => {
+    fx = buildFixtures();
+    dir = mkdtempSync(join(tmpdir(), "nixoci-frontend-test-"));
+    d = await startDockerd();
+    // The frontend image, built by nixoci, loaded into dockerd.
+    const archive = join(dir, "frontend.tar");
+    execFileSync(
+      process.execPath,
+      [join(ROOT, "scripts/frontend-image.mjs"), "--tag", FRONTEND, "-o", `docker-archive:${archive}`],
+      { stdio: ["ignore", "ignore", "inherit"] },
+    );
+    d.docker(["load", "-i", archive]);
+    // A signed HTTP binary cache of this machine's store.
+    const keys = generateCacheKey("frontend-test", join(dir, "keys"));
+    publicKey = keys.publicKey;
+    const port = await freePort();
+    cacheUrl = `http://127.0.0.1:${port}`;
+    serve = spawn(
+      process.execPath,
+      [
+        join(ROOT, "bin/nixoci.js"),
+        "serve",
+        "--listen",
+        `127.0.0.1:${port}`,
+        "--storage",
+        join(dir, "storage"),
+        "--sign-key",
+        keys.secretKeyFile,
+        "--log-level",
+        "warn",
+      ],
+      { stdio: ["ignore", "ignore", "inherit"] },
+    );
+    for (let i = 0; ; i++) {
+      const ok = await fetch(`${cacheUrl}/nix-cache-info`).then(
+        (r) => r.ok,
+        () => false,
+      );
+      if (ok) break;
+      if (i > 150) throw new Error("nixoci serve did not start");
+      await sleep(100);
+    }
+  });
+
+  after(async () => {
+    serve?.kill("SIGTERM");
+    await d?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  function context(name: string, spec: string): string {
+    const c = join(dir, name);
+    mkdirSync(c, { recursive: true });
+    writeFileSync(join(c, "nixoci.yaml"), `# syntax=${FRONTEND}\n${spec}`);
+    return c;
+  }
+
+  const helloSpec = (): string =>
+    [
+      `packages: [${JSON.stringify(fx.hello)}]`,
+      `entrypoint: [${JSON.stringify(`${fx.hello}/bin/hello`)}]`,
+      `substituters: [${JSON.stringify(cacheUrl)}]`,
+      `trustedPublicKeys: [${JSON.stringify(publicKey)}]`,
+      "",
+    ].join("\n");
+
+  test("a spec builds an image that runs; one layer per planned layer; a rebuild is cached", async () => {
+    const ctx = context("hello", helloSpec());
+    const r = await dockerBuild(d, ctx, { dockerfile: "nixoci.yaml", t: "nixtest:1", networkmode: "host" });
+    assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}\n${d.log().slice(-4000)}`);
+    assert.ok(r.imageId, r.log);
+    const out = d.docker(["run", "--rm", "--network", "none", "nixtest:1"]).toString();
+    assert.match(out, /Hello from nixoci!/);
+    const inspect = JSON.parse(d.docker(["image", "inspect", "nixtest:1"]).toString()) as Array<{
+      RootFS: { Layers: string[] };
+    }>;
+    const closure = execFileSync("nix-store", ["-qR", fx.hello]).toString().trim().split("\n");
+    const layers = inspect[0].RootFS.Layers.length;
+    assert.ok(layers >= 2 && layers <= closure.length + 1, `${layers} layers for ${closure.length} paths`);
+    const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+    assert.equal(fetches.length, layers - 1, "one fetch step per store layer");
+
+    const again = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:2",
+      networkmode: "host",
+    });
+    assert.equal(again.error, undefined, again.error);
+    const steps = [...again.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch"));
+    assert.ok(steps.length >= 1);
+    assert.ok(
+      steps.every((v) => v.cached),
+      `fetch steps re-ran: ${steps.filter((v) => !v.cached).map((v) => v.name)}`,
+    );
+  });
+
+  test("a malformed spec fails the build with the file named", async () => {
+    const ctx = context("bad", "packages: [1, 2\n");
+    const r = await dockerBuild(d, ctx, { dockerfile: "nixoci.yaml", t: "nixtest:bad", networkmode: "host" });
+    assert.ok(r.error, "the build failed");
+    assert.match(r.error, /nixoci\.yaml/);
+  });
+
+  test("an unreachable cache fails the build with the cache named", async () => {
+    const port = await freePort();
+    const ctx = context("unreachable", helloSpec().replace(cacheUrl, `http://127.0.0.1:${port}`));
+    const r = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:unreach",
+      networkmode: "host",
+    });
+    assert.ok(r.error, "the build failed");
+    assert.match(r.error + r.log, new RegExp(`127\\.0\\.0\\.1:${port}`));
+  });
+});
