@@ -54,6 +54,7 @@ export function parseSpecText(text: string, filename: string): ImageSpec {
   } catch (err) {
     throw new Error(
       `${filename}: not valid ${filename.endsWith(".json") ? "JSON" : "YAML"}: ${(err as Error).message}`,
+      { cause: err },
     );
   }
   const spec = { ...emptySpec(), ...specFromObject(doc, filename) };
@@ -100,7 +101,9 @@ export async function buildWithGateway({ opts, gateway, log }: FrontendRun): Pro
   try {
     text = (await gateway.readFile(ctxRef, filename)).toString("utf8");
   } catch (err) {
-    throw new Error(`${filename}: not found in the build context (${(err as Error).message})`);
+    throw new Error(`${filename}: not found in the build context (${(err as Error).message})`, {
+      cause: err,
+    });
   }
   if (filename.endsWith(".nix"))
     throw new Error(
