@@ -116,7 +116,8 @@ export async function buildWithGateway({ opts, gateway, log }: FrontendRun): Pro
     ...spec.substituters.flatMap((u) => ["--from", u]),
     ...spec.trustedPublicKeys.flatMap((k) => ["--trusted-public-key", k]),
   ];
-  const layering = spec.layering ?? "popularity";
+  // nixoci build's defaults, so both make the same layers (and diff_ids) from the same spec.
+  const layering = spec.layering ?? "size";
   const maxLayers = spec.maxLayers ?? 100;
   const planned = exec({
     args: [

@@ -67,7 +67,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
   const trust = () => trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   switch (sub) {
     case "plan": {
-      const layering = values.layering ?? "popularity";
+      const layering = values.layering ?? "size";
       if (!LAYERINGS.includes(layering)) throw new UsageError(`--layering: expected ${LAYERINGS.join(", ")}`);
       const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
       try {

@@ -1,12 +1,16 @@
 // Deterministic layer tars: the same store paths (or tree entries) give the same bytes on any machine, whatever
 // the readdir order, the file system's modes, timestamps and owners, or the Node version.
 //
-// Format: POSIX ustar headers, with a PAX extended header ('x') in front of an entry only when the entry does not
-// fit ustar: a name that is longer than 100 bytes and cannot be split into prefix (155) + name (100) at a "/",
-// a link target longer than 100 bytes, a non-ASCII name or target, or a size of 8 GiB or more. PAX headers
-// hold only path, linkpath, size (and hdrcharset=BINARY when a value is not UTF-8), never atime/ctime/mtime.
+// Format (version 2): byte for byte what Go's archive/tar writes for the same entries when docker's and
+// containerd's archive packages export a layer (Format PAX, file-type bits in the mode field, times truncated to
+// seconds), so a layer BuildKit in dockerd exports for the same files (nixoci's frontend) has the same diff_id.
+// POSIX ustar headers, with a PAX extended header ('x', named "<dir>/PaxHeaders.0/<base>") in front of an entry
+// only when the entry does not fit ustar: a name that is longer than 100 bytes and cannot be split into prefix
+// (155) + name (100) at a "/", a link target longer than 100 bytes, a name or target that is not ASCII, or a size
+// of 8 GiB or more. PAX headers hold only path, linkpath and size, never times.
 //
-// Every header: mtime 1 (1970-01-01T00:00:01Z), uid/gid 0, uname/gname "root", devmajor/devminor 0.
+// Every header: mtime 1 (1970-01-01T00:00:01Z), uid/gid 0, uname/gname "root", devmajor/devminor 0, and the mode
+// with its S_IF* type bits (040555 for a store directory).
 // Names are relative ("nix/store/<hash>-foo/bin/sh"), directories end in "/": the form `docker save`, BuildKit
 // and GNU tar write and every reader (Go's archive/tar in docker/containerd, umoci, GNU tar) extracts under the
 // root without a warning. (nixpkgs' streamLayeredImage writes absolute names, which readers strip.)
@@ -27,7 +31,7 @@ import { posix } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
 
 /** Bump when the bytes produced for the same input change (it is part of a layer's cache identity). */
-export const TAR_FORMAT_VERSION = 1;
+export const TAR_FORMAT_VERSION = 2;
 
 /** The mtime of every entry: 1970-01-01T00:00:01Z (as nixpkgs and nix2container write). */
 export const TAR_MTIME = 1;
@@ -293,9 +297,15 @@ interface EntryHeader {
   gid?: number;
 }
 
+/** ASCII as Go's archive/tar sees it: no byte >= 0x80 and no NUL (control characters are ASCII). */
 function isAscii(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i++) if (b[i] > 0x7e || b[i] < 0x20) return false;
+  for (let i = 0; i < b.length; i++) if (b[i] >= 0x80 || b[i] === 0) return false;
   return true;
+}
+
+/** Go's toASCII: the bytes that are ASCII (multi-byte UTF-8 sequences and invalid bytes are dropped). */
+function toAscii(b: Buffer): Buffer {
+  return isAscii(b) ? b : Buffer.from(b.filter((c) => c < 0x80 && c !== 0));
 }
 
 /** Splits a name into ustar prefix (<= 155) and name (<= 100) at a "/", or undefined when impossible. */
@@ -310,13 +320,6 @@ function splitName(name: Buffer): { prefix: Buffer; name: Buffer } | undefined {
   return undefined;
 }
 
-/** A printable ASCII stand-in for a field that a PAX record carries in full. */
-function fallback(b: Buffer, max: number): Buffer {
-  const out = Buffer.from(b.subarray(0, max));
-  for (let i = 0; i < out.length; i++) if (out[i] > 0x7e || out[i] < 0x20) out[i] = 0x5f; // '_'
-  return out;
-}
-
 function paxRecord(key: string, value: Buffer): Buffer {
   const body = Buffer.concat([Buffer.from(` ${key}=`), value, Buffer.from("\n")]);
   let len = body.length + 1;
@@ -324,13 +327,19 @@ function paxRecord(key: string, value: Buffer): Buffer {
   return Buffer.concat([Buffer.from(String(len)), body]);
 }
 
-function isUtf8(b: Buffer): boolean {
-  return Buffer.from(b.toString("utf8"), "utf8").equals(b);
-}
-
 function writeOctal(buf: Buffer, off: number, width: number, value: number): void {
   buf.write(value.toString(8).padStart(width - 1, "0"), off, width - 1, "latin1");
   buf[off + width - 1] = 0;
+}
+
+/** The file-type bits Go's FileInfoHeader (as docker's archive package fills them) puts in the mode field. */
+const TYPE_BITS: Record<number, number> = { [0x30]: 0o100000, [0x32]: 0o120000, [0x35]: 0o040000 };
+
+function checksum(buf: Buffer, off: number): void {
+  buf.fill(0x20, off + 148, off + 156); // spaces while summing
+  let sum = 0;
+  for (let i = off; i < off + BLOCK; i++) sum += buf[i];
+  buf.write(sum.toString(8).padStart(6, "0") + "\0 ", off + 148, 8, "latin1");
 }
 
 /** Writes one 512-byte ustar header at `off` (the caller has zeroed it). */
@@ -341,75 +350,98 @@ function writeUstar(
   uid: number,
   gid: number,
 ): void {
-  h.name.copy(buf, off);
-  writeOctal(buf, off + 100, 8, h.mode);
+  h.name.copy(buf, off, 0, 100);
+  writeOctal(buf, off + 100, 8, h.mode | (TYPE_BITS[h.type] ?? 0));
   writeOctal(buf, off + 108, 8, uid);
   writeOctal(buf, off + 116, 8, gid);
   writeOctal(buf, off + 124, 12, h.size);
   writeOctal(buf, off + 136, 12, TAR_MTIME);
-  buf.fill(0x20, off + 148, off + 156); // checksum: spaces while summing
   buf[off + 156] = h.type;
-  h.linkname.copy(buf, off + 157);
+  h.linkname.copy(buf, off + 157, 0, 100);
   buf.write("ustar\x0000", off + 257, 8, "latin1");
   buf.write(uid === 0 ? OWNER_NAME : "", off + 265, 32, "latin1");
   buf.write(gid === 0 ? OWNER_NAME : "", off + 297, 32, "latin1");
   writeOctal(buf, off + 329, 8, 0);
   writeOctal(buf, off + 337, 8, 0);
   h.prefix.copy(buf, off + 345);
-  let sum = 0;
-  for (let i = off; i < off + BLOCK; i++) sum += buf[i];
-  buf.write(sum.toString(8).padStart(6, "0") + "\0 ", off + 148, 8, "latin1");
+  checksum(buf, off);
 }
 
-const PAX_HEADER_NAME = Buffer.from("././@PaxHeader");
+/**
+ * The name of the PAX extended header Go's archive/tar writes for `name`: "<dir>/PaxHeaders.0/<base>" (path.Join
+ * of path.Split's parts, so a directory's is "<dir>/PaxHeaders.0"), in ASCII, cut to 100 bytes, no trailing "/".
+ */
+function paxHeaderName(name: Buffer): Buffer {
+  let end = name.length;
+  while (end > 0 && name[end - 1] === 0x2f) end--;
+  const trimmed = name.subarray(0, end);
+  const slash = trimmed.lastIndexOf(0x2f);
+  const file = name[name.length - 1] === 0x2f ? EMPTY : trimmed.subarray(slash + 1);
+  const dir = name[name.length - 1] === 0x2f ? trimmed : slash >= 0 ? trimmed.subarray(0, slash) : EMPTY;
+  const parts = [dir, Buffer.from("PaxHeaders.0"), file].filter((p) => p.length);
+  let out = toAscii(Buffer.from(parts.map((p) => p.toString("latin1")).join("/"), "latin1")).subarray(0, 100);
+  while (out.length && out[out.length - 1] === 0x2f) out = out.subarray(0, -1);
+  return out;
+}
+
+/** A PAX extended header block as Go writes it: mode, uid, gid and mtime 0, no owner names or device fields. */
+function writePaxHeader(buf: Buffer, off: number, name: Buffer, size: number): void {
+  name.copy(buf, off, 0, 100);
+  writeOctal(buf, off + 100, 8, 0);
+  writeOctal(buf, off + 108, 8, 0);
+  writeOctal(buf, off + 116, 8, 0);
+  writeOctal(buf, off + 124, 12, size);
+  writeOctal(buf, off + 136, 12, 0);
+  buf[off + 156] = PAX;
+  buf.write("ustar\x0000", off + 257, 8, "latin1");
+  checksum(buf, off);
+}
+
 const EMPTY = Buffer.alloc(0);
 
-/** The bytes of an entry's header: [PAX header + records +] ustar header; a multiple of 512 bytes. */
+/**
+ * The bytes of an entry's header, exactly as Go's archive/tar (Format PAX, as docker's and containerd's archive
+ * packages write layers) encodes it: a plain ustar header (name split into prefix + name when longer than 100)
+ * whenever the entry fits one; otherwise a PAX header with the records ustar cannot hold, sorted by key (path
+ * for a name over 100 bytes or not ASCII, linkpath likewise, size from 8 GiB), then a ustar header with the
+ * name and link target in ASCII cut to 100 bytes and no prefix. A multiple of 512 bytes.
+ */
 function encodeHeader(h: EntryHeader): Buffer {
   const size = h.size ?? 0;
   const linkname = h.linkname ?? EMPTY;
   const uid = h.uid ?? 0;
   const gid = h.gid ?? 0;
-  const records: Buffer[] = [];
-  let split = isAscii(h.name) ? splitName(h.name) : undefined;
+  const split = isAscii(h.name) ? splitName(h.name) : undefined;
   const linkFits = linkname.length <= 100 && isAscii(linkname);
   const sizeFits = size <= MAX_OCTAL_SIZE;
-  if (!split || !linkFits || !sizeFits) {
-    if ((!split && !isUtf8(h.name)) || (!linkFits && !isUtf8(linkname))) {
-      records.push(paxRecord("hdrcharset", Buffer.from("BINARY")));
-    }
-    if (!linkFits) records.push(paxRecord("linkpath", linkname));
-    if (!split) records.push(paxRecord("path", h.name));
-    if (!sizeFits) records.push(paxRecord("size", Buffer.from(String(size))));
-  }
-  if (!split) {
-    const f = fallback(h.name, 255);
-    split = splitName(f) ?? { prefix: EMPTY, name: f.subarray(0, 100) };
-  }
-  const ustar = {
-    name: split.name,
-    prefix: split.prefix,
-    type: h.type,
-    mode: h.mode,
-    size: sizeFits ? size : 0,
-    linkname: linkFits ? linkname : fallback(linkname, 100),
-  };
-  if (!records.length) {
+  if (split && linkFits && sizeFits) {
     const buf = Buffer.alloc(BLOCK);
-    writeUstar(buf, 0, ustar, uid, gid);
+    writeUstar(
+      buf,
+      0,
+      { name: split.name, prefix: split.prefix, type: h.type, mode: h.mode, size, linkname },
+      uid,
+      gid,
+    );
     return buf;
   }
+  const records: Buffer[] = []; // in key order: linkpath, path, size
+  if (!linkFits) records.push(paxRecord("linkpath", linkname));
+  if (h.name.length > 100 || !isAscii(h.name)) records.push(paxRecord("path", h.name));
+  if (!sizeFits) records.push(paxRecord("size", Buffer.from(String(size))));
   const pax = Buffer.concat(records);
   const paxBlocks = Math.ceil(pax.length / BLOCK) * BLOCK;
   const buf = Buffer.alloc(BLOCK + paxBlocks + BLOCK);
-  writeUstar(
-    buf,
-    0,
-    { name: PAX_HEADER_NAME, prefix: EMPTY, type: PAX, mode: 0o644, size: pax.length, linkname: EMPTY },
-    uid,
-    gid,
-  );
+  writePaxHeader(buf, 0, paxHeaderName(h.name), pax.length);
   pax.copy(buf, BLOCK);
+  const ustar = {
+    name: toAscii(h.name).subarray(0, 100),
+    prefix: EMPTY,
+    type: h.type,
+    mode: h.mode,
+    size: sizeFits ? size : 0,
+    linkname: toAscii(linkname).subarray(0, 100),
+  };
   writeUstar(buf, BLOCK + paxBlocks, ustar, uid, gid);
   return buf;
 }

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { decode } from "../../src/buildkit/protos.js";
 import { buildFixtures, generateCacheKey } from "../support/fixtures.js";
-import { ROOT } from "../support/cli.js";
+import { nixociOk, ROOT } from "../support/cli.js";
 import { freePort, startDockerd, type Dockerd } from "../support/daemons.js";
 
 const FRONTEND = "nixoci-frontend:test";
@@ -175,6 +175,22 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
     assert.ok(layers >= 2 && layers <= closure.length + 1, `${layers} layers for ${closure.length} paths`);
     const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
     assert.equal(fetches.length, layers - 1, "one fetch step per store layer");
+    // `nixoci build` of the same spec makes the same layers, byte for byte: the same diff_ids.
+    const summary = JSON.parse(
+      nixociOk([
+        "build",
+        "--spec",
+        join(ctx, "nixoci.yaml"),
+        "-q",
+        "--json",
+        "-o",
+        `oci:${join(dir, "oci")}:x`,
+      ]).text,
+    ) as { layers: Array<{ diffId: string }> };
+    assert.deepEqual(
+      inspect[0].RootFS.Layers,
+      summary.layers.map((l) => l.diffId),
+    );
 
     const again = await dockerBuild(d, ctx, {
       dockerfile: "nixoci.yaml",
