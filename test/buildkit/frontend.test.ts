@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { decode } from "../../src/buildkit/protos.js";
-import { buildFixtures, generateCacheKey } from "../support/fixtures.js";
+import { buildFixtures, GC_ROOTS_DIR, generateCacheKey, PACKAGES_NIX } from "../support/fixtures.js";
 import { nixociOk, ROOT } from "../support/cli.js";
 import { freePort, startDockerd, type Dockerd } from "../support/daemons.js";
 
@@ -204,6 +204,44 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
       steps.every((v) => v.cached),
       `fetch steps re-ran: ${steps.filter((v) => !v.cached).map((v) => v.name)}`,
     );
+  });
+
+  test("after one package changed, only the fetch steps of the changed layers run again", async () => {
+    // The same packages with another greeting: greeting and hello change, busybox does not.
+    const changed = execFileSync("nix-build", [
+      PACKAGES_NIX,
+      "-A",
+      "hello",
+      "--argstr",
+      "greetingText",
+      "Changed by the frontend test",
+      "--out-link",
+      join(GC_ROOTS_DIR, "frontend-changed-hello"),
+    ])
+      .toString()
+      .trim();
+    const ctx = context("changed", helloSpec().split(fx.hello).join(changed));
+    const r = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:changed",
+      networkmode: "host",
+    });
+    assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+    const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+    const executed = fetches.filter((v) => !v.cached).map((v) => v.name);
+    const cached = fetches.filter((v) => v.cached).map((v) => v.name);
+    // busybox's layer is cached; the layers of the two changed paths are fetched again.
+    assert.ok(
+      cached.some((n) => n.includes("busybox")),
+      `cached: ${cached.join(", ")}`,
+    );
+    assert.ok(executed.length >= 1 && executed.length <= 2, `executed: ${executed.join(", ")}`);
+    assert.ok(
+      executed.every((n) => /greeting|hello/.test(n)),
+      `executed: ${executed.join(", ")}`,
+    );
+    const out = d.docker(["run", "--rm", "--network", "none", "nixtest:changed"]).toString();
+    assert.match(out, /Changed by the frontend test/);
   });
 
   test("a malformed spec fails the build with the file named", async () => {
