@@ -19,8 +19,11 @@ import { parse as parseYaml } from "yaml";
 import { runtimeConfig } from "../image/config.js";
 import { emptySpec, specFromObject, validateSpec, type ImageSpec } from "../image/spec.js";
 import { Gateway } from "./gateway.js";
-import { copy, exec, source, type NetMode, type Output, type State } from "./llb.js";
-import type { Plan } from "./steps.js";
+import { copy, exec, mkfile, source, type NetMode, type Output, type State } from "./llb.js";
+import { closureFromNixJson, PLAN_VERSION, type Plan } from "./steps.js";
+import { planStoreLayers } from "../image/build.js";
+import type { LayeringStrategy } from "../image/types.js";
+import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 
 export const DEFAULT_FILENAME = "nixoci.yaml";
 
@@ -75,15 +78,192 @@ export interface FrontendRun {
   log: (msg: string) => void;
 }
 
-export async function buildWithGateway({ opts, gateway, log }: FrontendRun): Promise<void> {
+/** The store layers to make, and how each one's tree is produced (an ExecOp output holding OUT/nix/store/...). */
+interface LayerSource {
+  plan: Plan;
+  /** The plan as a file at plan.json (mounted into the customisation step). */
+  planState: Output;
+  fetch(paths: string[], name: string): Output;
+}
+
+const NIX_CACHE_ID = "nixoci-nix-store";
+
+/**
+ * A build file of store paths from binary caches (a nixoci spec): the closure and layer plan come from an
+ * ExecOp of this frontend (narinfos only), each layer from a fetch ExecOp keyed by its paths and caches.
+ */
+async function specLayers(
+  run: FrontendRun,
+  spec: ImageSpec,
+  image: Output,
+  network: NetMode,
+): Promise<LayerSource> {
+  const cacheArgs = [
+    ...spec.substituters.flatMap((u) => ["--from", u]),
+    ...spec.trustedPublicKeys.flatMap((k) => ["--trusted-public-key", k]),
+  ];
+  // nixoci build's defaults, so both make the same layers (and diff_ids) from the same spec.
+  const planned = exec({
+    args: [
+      ...selfCommand(),
+      "plan",
+      "--out",
+      "/out/plan.json",
+      "--layering",
+      spec.layering ?? "size",
+      "--max-layers",
+      String(spec.maxLayers ?? 100),
+      ...cacheArgs,
+      ...spec.packages,
+    ],
+    env: STEP_ENV,
+    mounts: [
+      { dest: "/", state: image, readonly: true },
+      { dest: "/out", state: undefined },
+    ],
+    network,
+    name: `nixoci: plan the layers of ${spec.packages.length} packages`,
+  })["/out"];
+  const planRef = await run.gateway.solve(planned);
+  const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
+  return {
+    plan,
+    planState: planned,
+    fetch: (paths, name) =>
+      exec({
+        args: [...selfCommand(), "fetch", "--out", "/out", ...cacheArgs, ...paths],
+        env: STEP_ENV,
+        mounts: [
+          { dest: "/", state: image, readonly: true },
+          { dest: "/out", state: undefined },
+        ],
+        network,
+        name,
+      })["/out"],
+  };
+}
+
+// Runs in the toolchain image with the build's Nix cache mounted at /nix: seeds the cache from the image's own
+// /nix the first time (an image that keeps nix in /nix, like nixos/nix, would otherwise lose it under the
+// mount), builds the file (attribute $2 when given), and writes the roots and the closure's path infos.
+const NIX_BUILD_SCRIPT = `set -eu
+file="$1"; attr="$2"
+if [ ! -e /nix/store ] && [ -d /toolchain/nix ]; then cp -a /toolchain/nix/. /nix/; fi
+if [ -n "$attr" ]; then nix-build "$file" -A "$attr" --no-out-link > /out/roots
+else nix-build "$file" --no-out-link > /out/roots; fi
+nix --extra-experimental-features nix-command path-info --json -r $(cat /out/roots) > /out/closure.json`;
+
+/**
+ * A Nix file: built with nix in the toolchain image, with a persistent cache mount for /nix (nothing is rebuilt
+ * or downloaded again between builds); then one ExecOp per layer copies that layer's paths out of the cache.
+ */
+async function nixLayers(
+  run: FrontendRun,
+  filename: string,
+  context: Output,
+  image: Output,
+  network: NetMode,
+  spec: ImageSpec,
+): Promise<LayerSource> {
+  const toolchainRef = run.opts.get("build-arg:toolchain") ?? DEFAULT_TOOLCHAIN;
+  const toolchain = source(
+    `docker-image://${normalizeImageRef(toolchainRef)}`,
+    {},
+    `nix toolchain ${toolchainRef}`,
+  );
+  let env = ["PATH=/usr/local/bin:/usr/bin:/bin:/nix/var/nix/profiles/default/bin"];
+  try {
+    const cfg = JSON.parse(
+      (await run.gateway.resolveImageConfig(normalizeImageRef(toolchainRef))).config.toString(),
+    ) as {
+      config?: { Env?: string[] };
+    };
+    if (cfg.config?.Env?.length) env = cfg.config.Env;
+  } catch (err) {
+    run.log(
+      `nixoci frontend: ${toolchainRef}: no image config (${(err as Error).message}); using a default PATH`,
+    );
+  }
+  const attr = run.opts.get("build-arg:attr") ?? "";
+  const built = exec({
+    args: ["/bin/sh", "-c", NIX_BUILD_SCRIPT, "sh", `/ctx/${filename}`, attr],
+    env: [...env, "HOME=/tmp", "TMPDIR=/tmp"],
+    mounts: [
+      { dest: "/", state: toolchain },
+      { dest: "/toolchain", state: toolchain, readonly: true },
+      { dest: "/ctx", state: context, readonly: true },
+      { dest: "/nix", state: undefined, cacheId: NIX_CACHE_ID },
+      { dest: "/out", state: undefined },
+    ],
+    network,
+    name: `nix-build ${filename}${attr ? ` -A ${attr}` : ""}`,
+  })["/out"];
+  const ref = await run.gateway.solve(built);
+  const roots = (await run.gateway.readFile(ref, "roots")).toString("utf8").split("\n").filter(Boolean);
+  const closure = closureFromNixJson(
+    JSON.parse((await run.gateway.readFile(ref, "closure.json")).toString("utf8")),
+    DEFAULT_STORE_DIR,
+  );
+  const layers = planStoreLayers(
+    (spec.layering ?? "size") as LayeringStrategy,
+    roots,
+    closure,
+    (spec.maxLayers ?? 100) - 1,
+  ).map((l) => ({ paths: l.paths, narSize: l.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0) }));
+  const plan: Plan = { version: PLAN_VERSION, roots, layers, storeDir: DEFAULT_STORE_DIR };
+  run.log(
+    `nixoci frontend: ${filename}: ${roots.length} roots, ${closure.size} paths, ${layers.length} store layers`,
+  );
+  return {
+    plan,
+    planState: mkfile(
+      undefined,
+      "/plan.json",
+      Buffer.from(JSON.stringify(plan)),
+      0o644,
+      "nixoci: layer plan",
+    ),
+    fetch: (paths, name) =>
+      exec({
+        args: [...selfCommand(), "copy", "--from", "/cache/store", "--out", "/out", ...paths],
+        env: STEP_ENV,
+        mounts: [
+          { dest: "/", state: image, readonly: true },
+          { dest: "/cache", state: undefined, cacheId: NIX_CACHE_ID },
+          { dest: "/out", state: undefined },
+        ],
+        network: "none",
+        name,
+      })["/out"],
+  };
+}
+
+/** Image config and layering options of a Nix file, from build args (entrypoint, cmd, env, workdir, user, ...). */
+export function specFromBuildArgs(opts: Map<string, string>): ImageSpec {
+  const doc: Record<string, unknown> = {};
+  const arg = (k: string): string | undefined => opts.get(`build-arg:${k}`);
+  const list = (v: string): string[] =>
+    v.trim().startsWith("[") ? (JSON.parse(v) as string[]) : v.split(/\s+/).filter(Boolean);
+  for (const k of ["entrypoint", "cmd"]) if (arg(k) !== undefined) doc[k] = list(arg(k)!);
+  if (arg("env") !== undefined) doc.env = arg("env")!.split(",").filter(Boolean);
+  for (const k of ["workdir", "user", "layering"]) if (arg(k) !== undefined) doc[k] = arg(k);
+  if (arg("max-layers") !== undefined) doc.maxLayers = Number(arg("max-layers"));
+  return validateSpec({ ...emptySpec(), ...specFromObject(doc, "build args") }, "build args");
+}
+
+export const DEFAULT_TOOLCHAIN = "nixos/nix";
+
+export async function buildWithGateway(run: FrontendRun): Promise<void> {
+  const { opts, gateway, log } = run;
   await gateway.ping();
   const filename = opts.get("filename") ?? DEFAULT_FILENAME;
   const self = opts.get("source") ?? opts.get("cmdline");
   if (!self) throw new Error("BuildKit did not say which image this frontend runs from (opt source)");
-  const image: State = source(`docker-image://${normalizeImageRef(self)}`, {}, `nixoci frontend ${self}`);
+  const image = source(`docker-image://${normalizeImageRef(self)}`, {}, `nixoci frontend ${self}`);
   const network: NetMode = (opts.get("force-network-mode") as NetMode | undefined) ?? "default";
 
-  // The build context: dockerd hands the request's tar body over as an http source.
+  // The build context: dockerd hands the request's tar body over as an http source, which can be fetched only
+  // once; these ops are byte for byte the ones the Dockerfile frontend already solved, so BuildKit reuses them.
   const ctxUrl = opts.get("context");
   let context: Output;
   if (ctxUrl && /^https?:\/\//.test(ctxUrl)) {
@@ -105,59 +285,22 @@ export async function buildWithGateway({ opts, gateway, log }: FrontendRun): Pro
       cause: err,
     });
   }
-  if (filename.endsWith(".nix"))
-    throw new Error(
-      `${filename}: building Nix files is not supported by this frontend version yet; use a nixoci spec`,
-    );
-  const spec = parseSpecText(text.replace(/^# syntax=.*\n/, ""), filename);
-  log(`nixoci frontend: ${filename}: ${spec.packages.length} packages, ${spec.substituters.length} caches`);
 
-  const cacheArgs = [
-    ...spec.substituters.flatMap((u) => ["--from", u]),
-    ...spec.trustedPublicKeys.flatMap((k) => ["--trusted-public-key", k]),
-  ];
-  // nixoci build's defaults, so both make the same layers (and diff_ids) from the same spec.
-  const layering = spec.layering ?? "size";
-  const maxLayers = spec.maxLayers ?? 100;
-  const planned = exec({
-    args: [
-      ...selfCommand(),
-      "plan",
-      "--out",
-      "/out/plan.json",
-      "--layering",
-      layering,
-      "--max-layers",
-      String(maxLayers),
-      ...cacheArgs,
-      ...spec.packages,
-    ],
-    env: STEP_ENV,
-    mounts: [
-      { dest: "/", state: image, readonly: true },
-      { dest: "/out", state: undefined },
-    ],
-    network,
-    name: `nixoci: plan the layers of ${spec.packages.length} packages`,
-  });
-  const planRef = await gateway.solve(planned["/out"]);
-  const plan = JSON.parse((await gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
+  const isNix = filename.endsWith(".nix");
+  const spec = isNix ? specFromBuildArgs(opts) : parseSpecText(text.replace(/^# syntax=.*\n/, ""), filename);
+  if (!isNix)
+    log(`nixoci frontend: ${filename}: ${spec.packages.length} packages, ${spec.substituters.length} caches`);
+  const layers = isNix
+    ? await nixLayers(run, filename, context, image, network, spec)
+    : await specLayers(run, spec, image, network);
 
   let chain: State;
   const fetched: Output[] = [];
+  const { plan } = layers;
   for (const [i, layer] of plan.layers.entries()) {
     const names = layer.paths.map((p) => p.slice(p.indexOf("-") + 1));
     const label = `${names.slice(0, 3).join(" ")}${names.length > 3 ? ` +${names.length - 3}` : ""}`;
-    const out = exec({
-      args: [...selfCommand(), "fetch", "--out", "/out", ...cacheArgs, ...layer.paths],
-      env: STEP_ENV,
-      mounts: [
-        { dest: "/", state: image, readonly: true },
-        { dest: "/out", state: undefined },
-      ],
-      network,
-      name: `nixoci: fetch layer ${i + 1}/${plan.layers.length + 1}: ${label}`,
-    })["/out"];
+    const out = layers.fetch(layer.paths, `nixoci: fetch layer ${i + 1}/${plan.layers.length + 1}: ${label}`);
     fetched.push(out);
     chain = copy(out, "/", chain, "/", { contents: true }, `nixoci: layer ${i + 1}: ${label}`);
   }
@@ -175,9 +318,10 @@ export async function buildWithGateway({ opts, gateway, log }: FrontendRun): Pro
       "/meta/custom.json",
       ...(spec.user !== undefined ? ["--user", spec.user] : []),
     ],
+    env: STEP_ENV,
     mounts: [
       { dest: "/", state: image, readonly: true },
-      { dest: "/plan", state: planned["/out"], readonly: true },
+      { dest: "/plan", state: layers.planState, readonly: true },
       ...fetched.map((f, i) => ({ dest: `/layers/${i}`, state: f, readonly: true })),
       { dest: "/out", state: undefined },
       { dest: "/meta", state: undefined },

@@ -9,7 +9,9 @@
 //   custom: the customisation layer (symlink farm, /etc/passwd, ...) from the fetched layers, written as a tree.
 import { chmod, lstat, lutimes, mkdir, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { parseHash } from "../nix/hash.js";
 import { restoreNar } from "../nix/nar-restore.js";
+import { dumpPath } from "../nix/nar-writer.js";
 import { parseStorePath } from "../nix/store-path.js";
 import { planStoreLayers } from "../image/build.js";
 import { customisationLayer } from "../image/customisation.js";
@@ -104,6 +106,55 @@ export async function fetchStep(paths: string[], caches: CacheChain, out: string
     await chmod(d, 0o755);
     await utimes(d, MTIME, MTIME);
   }
+}
+
+/**
+ * Copies exactly `paths` from a store directory mounted at `from` (the build's Nix cache mount, whose store is
+ * /nix/store) into OUT/nix/store as canonical trees (a NAR dump and restore: no hard links, mtime 1).
+ */
+export async function copyStep(
+  paths: string[],
+  from: string,
+  out: string,
+  storeDir = "/nix/store",
+): Promise<void> {
+  const dest = join(out, storeDir);
+  await mkdir(dest, { recursive: true, mode: 0o755 });
+  await mapLimit(paths, 4, async (p) => {
+    const sp = parseStorePath(p, storeDir);
+    await restoreNar(dumpPath(join(from, sp.baseName)), join(dest, sp.baseName), {
+      input: sp.path,
+      canonicalize: true,
+    });
+  });
+  const parts = storeDir.split("/").filter(Boolean);
+  for (let i = parts.length; i >= 1; i--) {
+    const d = join(out, ...parts.slice(0, i));
+    await chmod(d, 0o755);
+    await utimes(d, MTIME, MTIME);
+  }
+}
+
+/** `nix path-info --json -r` output as the closure map the layer planner takes. */
+export function closureFromNixJson(json: unknown, storeDir: string): Map<string, PathInfo> {
+  if (!Array.isArray(json)) throw new NixociError("nix path-info", "expected a JSON array");
+  const out = new Map<string, PathInfo>();
+  for (const e of json as Array<{
+    path?: unknown;
+    narHash?: unknown;
+    narSize?: unknown;
+    references?: unknown;
+  }>) {
+    const path = parseStorePath(String(e.path), storeDir).path;
+    out.set(path, {
+      path,
+      narHash: parseHash(String(e.narHash), path),
+      narSize: Number(e.narSize),
+      references: Array.isArray(e.references) ? e.references.map(String) : [],
+      sigs: [],
+    });
+  }
+  return out;
 }
 
 /** Writes tree entries (a customisation layer) under `out`, with the metadata nixoci's tar gives them. */

@@ -6,7 +6,14 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { buildWithGateway, frontendOpts, stdioStream } from "../buildkit/frontend.js";
 import { Gateway } from "../buildkit/gateway.js";
-import { customStep, fetchStep, openCaches, planStep, type Plan } from "../buildkit/steps.js";
+import {
+  copyStep,
+  customStep,
+  fetchStep,
+  openCaches,
+  planStep,
+  type Plan,
+} from "../buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { intOption, parse, UsageError } from "./args.js";
@@ -15,7 +22,8 @@ import { trustOptions } from "./stores.js";
 const USAGE = `nixoci frontend                      (run by BuildKit: the gateway API on stdin/stdout)
   nixoci frontend plan --out FILE [--layering size|popularity|nixery] [--max-layers N] --from URL... [--trusted-public-key K]... [--no-check-sigs] PATH...
   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... [--no-check-sigs] PATH...
-  nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]`;
+  nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
+  nixoci frontend copy --from DIR --out DIR PATH...        (from a store directory, e.g. the build's Nix cache)`;
 
 const LAYERINGS = ["size", "popularity", "nixery"];
 
@@ -91,6 +99,10 @@ export async function frontendCommand(argv: string[]): Promise<number> {
       } finally {
         caches.close();
       }
+      return 0;
+    }
+    case "copy": {
+      await copyStep(positionals, need(values.from?.[0], "from"), need(values.out, "out"));
       return 0;
     }
     case "custom": {
