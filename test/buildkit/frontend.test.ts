@@ -244,6 +244,89 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
     assert.match(out, /Changed by the frontend test/);
   });
 
+  describe("Nix files, built with nix inside BuildKit", () => {
+    const TOOLCHAIN = "nixoci-nix:test";
+    const nixFile = (body: string): string =>
+      [
+        `# syntax=${FRONTEND}`,
+        "let",
+        '  sh = args: derivation { name = args.name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" args.script ]; };',
+        '  busybox = sh { name = "busybox"; script = "mkdir -p $out/bin && cp /bin/busybox $out/bin/busybox && ln -s busybox $out/bin/sh"; };',
+        body,
+        "",
+      ].join("\n");
+    const helloNix = nixFile(
+      [
+        `  hello = sh { name = "hello-nix"; script = "mkdir -p $out/bin && printf '#!\${busybox}/bin/sh\\necho Hello from a Nix file\\n' > $out/bin/hello && chmod +x $out/bin/hello"; };`,
+        "in { inherit hello busybox; }",
+      ].join("\n"),
+    );
+    const nixBuild = (name: string, text: string, args: Record<string, string>) => {
+      const c = join(dir, name);
+      mkdirSync(c, { recursive: true });
+      writeFileSync(join(c, "default.nix"), text);
+      return dockerBuild(d, c, {
+        dockerfile: "default.nix",
+        t: `nixfile:${name}`,
+        networkmode: "host",
+        buildargs: JSON.stringify({ toolchain: TOOLCHAIN, ...args }),
+      });
+    };
+
+    before(() => {
+      execFileSync(
+        process.execPath,
+        [
+          join(ROOT, "scripts/nix-toolchain-image.mjs"),
+          "--tag",
+          TOOLCHAIN,
+          "--docker-host",
+          `unix://${d.host}`,
+        ],
+        { stdio: ["ignore", "ignore", "inherit"] },
+      );
+    });
+
+    test("a Nix file builds an image that runs; a rebuild runs nothing again", async () => {
+      const r = await nixBuild("hello", helloNix, { attr: "hello", entrypoint: '["/bin/hello"]' });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      const out = d.docker(["run", "--rm", "--network", "none", "nixfile:hello"]).toString();
+      assert.match(out, /Hello from a Nix file/);
+      const layers = (
+        JSON.parse(d.docker(["image", "inspect", "nixfile:hello"]).toString()) as Array<{
+          RootFS: { Layers: string[] };
+        }>
+      )[0].RootFS.Layers;
+      const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+      assert.equal(
+        fetches.length,
+        layers.length - 1,
+        "one copy step per store layer, plus the customisation layer",
+      );
+
+      const again = await nixBuild("hello", helloNix, { attr: "hello", entrypoint: '["/bin/hello"]' });
+      assert.equal(again.error, undefined, again.error);
+      const steps = [...again.vertices.values()].filter((v) => /^(nix-build|nixoci: fetch)/.test(v.name));
+      assert.ok(steps.length >= 2, steps.map((v) => v.name).join(", "));
+      assert.ok(
+        steps.every((v) => v.cached),
+        `re-ran: ${steps
+          .filter((v) => !v.cached)
+          .map((v) => v.name)
+          .join(", ")}`,
+      );
+    });
+
+    test("an unknown attribute and an evaluation error fail the build with nix's message", async () => {
+      const unknown = await nixBuild("unknown", helloNix, { attr: "nope" });
+      assert.ok(unknown.error, "the build failed");
+      assert.match(unknown.error + unknown.log, /attribute 'nope'/);
+      const broken = await nixBuild("broken", nixFile("  x = ;\nin { }"), {});
+      assert.ok(broken.error, "the build failed");
+      assert.match(broken.error + broken.log, /default\.nix:\d+/);
+    });
+  });
+
   test("a malformed spec fails the build with the file named", async () => {
     const ctx = context("bad", "packages: [1, 2\n");
     const r = await dockerBuild(d, ctx, { dockerfile: "nixoci.yaml", t: "nixtest:bad", networkmode: "host" });
