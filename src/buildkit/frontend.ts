@@ -149,8 +149,16 @@ async function specLayers(
 const NIX_BUILD_SCRIPT = `set -eu
 file="$1"; attr="$2"
 if [ ! -e /nix/store ] && [ -d /toolchain/nix ]; then cp -a /toolchain/nix/. /nix/; fi
-if [ -n "$attr" ]; then nix-build "$file" -A "$attr" --no-out-link > /out/roots
-else nix-build "$file" --no-out-link > /out/roots; fi
+case "$file" in
+*/flake.nix)
+  # A flake: the attribute of its packages (default: default), built from a copy of the context in the store.
+  installable="path:\${file%/flake.nix}#\${attr:-default}"
+  nix --extra-experimental-features "nix-command flakes" build --no-link --no-write-lock-file "$installable"
+  nix --extra-experimental-features "nix-command flakes" path-info --no-write-lock-file "$installable" > /out/roots ;;
+*)
+  if [ -n "$attr" ]; then nix-build "$file" -A "$attr" --no-out-link > /out/roots
+  else nix-build "$file" --no-out-link > /out/roots; fi ;;
+esac
 nix --extra-experimental-features nix-command path-info --json -r $(cat /out/roots) > /out/closure.json`;
 
 /**

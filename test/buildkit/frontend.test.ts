@@ -16,7 +16,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { decode } from "../../src/buildkit/protos.js";
 import { buildFixtures, GC_ROOTS_DIR, generateCacheKey, PACKAGES_NIX } from "../support/fixtures.js";
 import { nixociOk, ROOT } from "../support/cli.js";
-import { freePort, startDockerd, type Dockerd } from "../support/daemons.js";
+import { freePort, startDockerd, startRegistry, type Dockerd } from "../support/daemons.js";
 
 const FRONTEND = "nixoci-frontend:test";
 
@@ -317,6 +317,34 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
       );
     });
 
+    test("a flake.nix builds its packages.<system>.<attr>", async () => {
+      const c = join(dir, "flake");
+      mkdirSync(c, { recursive: true });
+      writeFileSync(
+        join(c, "flake.nix"),
+        [
+          `# syntax=${FRONTEND}`,
+          "{",
+          "  outputs = { self }: let",
+          '    sh = args: derivation { name = args.name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" args.script ]; };',
+          '    busybox = sh { name = "busybox"; script = "mkdir -p $out/bin && cp /bin/busybox $out/bin/busybox && ln -s busybox $out/bin/sh"; };',
+          `    hello = sh { name = "hello-flake"; script = "mkdir -p $out/bin && printf '#!\${busybox}/bin/sh\\necho Hello from a flake\\n' > $out/bin/hello && chmod +x $out/bin/hello"; };`,
+          "  in { packages.x86_64-linux.default = hello; };",
+          "}",
+          "",
+        ].join("\n"),
+      );
+      const r = await dockerBuild(d, c, {
+        dockerfile: "flake.nix",
+        t: "nixfile:flake",
+        networkmode: "host",
+        buildargs: JSON.stringify({ toolchain: TOOLCHAIN, entrypoint: "/bin/hello" }),
+      });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      const out = d.docker(["run", "--rm", "--network", "none", "nixfile:flake"]).toString();
+      assert.match(out, /Hello from a flake/);
+    });
+
     test("an unknown attribute and an evaluation error fail the build with nix's message", async () => {
       const unknown = await nixBuild("unknown", helloNix, { attr: "nope" });
       assert.ok(unknown.error, "the build failed");
@@ -325,6 +353,55 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
       assert.ok(broken.error, "the build failed");
       assert.match(broken.error + broken.log, /default\.nix:\d+/);
     });
+  });
+
+  test("the frontend image also runs from a registry (# syntax=HOST/NAME:TAG)", async () => {
+    const registry = await startRegistry();
+    try {
+      const ref = `${registry.host}/nixoci-frontend:pushed`;
+      execFileSync(process.execPath, [join(ROOT, "scripts/frontend-image.mjs"), "-o", `docker://${ref}`], {
+        stdio: ["ignore", "ignore", "inherit"],
+      });
+      const c = join(dir, "from-registry");
+      mkdirSync(c, { recursive: true });
+      writeFileSync(join(c, "nixoci.yaml"), `# syntax=${ref}\n${helloSpec()}`);
+      const r = await dockerBuild(d, c, {
+        dockerfile: "nixoci.yaml",
+        t: "nixtest:registry",
+        networkmode: "host",
+      });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      assert.match(
+        d.docker(["run", "--rm", "--network", "none", "nixtest:registry"]).toString(),
+        /Hello from nixoci!/,
+      );
+      assert.match(
+        registry.log(),
+        /(GET|HEAD) \/v2\/nixoci-frontend\/manifests\/pushed/,
+        registry
+          .log()
+          .split("\n")
+          .filter((l) => l.includes("/v2/"))
+          .join("\n"),
+      );
+    } finally {
+      await registry.stop();
+    }
+  });
+
+  test("a store path the caches do not have fails the build naming it", async () => {
+    const missing = `/nix/store/${"0".repeat(32)}-not-in-any-cache`;
+    const ctx = context(
+      "missing",
+      helloSpec().replace(`packages: [${JSON.stringify(fx.hello)}]`, `packages: ["${missing}"]`),
+    );
+    const r = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:missing",
+      networkmode: "host",
+    });
+    assert.ok(r.error, "the build failed");
+    assert.match(r.error + r.log, new RegExp(missing.replace(/[/.]/g, "\\$&")));
   });
 
   test("a malformed spec fails the build with the file named", async () => {
