@@ -83,6 +83,9 @@ try {
       JSON.stringify([`${nodePath}/bin/node`, `${nixoci}/bin/nixoci.js`, "frontend"]),
       "--label",
       "moby.buildkit.frontend.network.none=true",
+      // It takes the build context as a frontend input when its caller offers one (newer Dockerfile frontends).
+      "--label",
+      "moby.buildkit.frontend.caps=moby.buildkit.frontend.inputs",
       "--label",
       "org.opencontainers.image.title=nixoci BuildKit frontend",
       ...args,

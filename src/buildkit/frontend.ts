@@ -19,7 +19,7 @@ import { parse as parseYaml } from "yaml";
 import { runtimeConfig } from "../image/config.js";
 import { emptySpec, specFromObject, validateSpec, type ImageSpec } from "../image/spec.js";
 import { Gateway } from "./gateway.js";
-import { copy, exec, mkfile, source, type NetMode, type Output, type State } from "./llb.js";
+import { copy, exec, fromDefinition, mkfile, source, type NetMode, type Output, type State } from "./llb.js";
 import { closureFromNixJson, PLAN_VERSION, type Plan } from "./steps.js";
 import { planStoreLayers } from "../image/build.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -273,8 +273,13 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   // The build context: dockerd hands the request's tar body over as an http source, which can be fetched only
   // once; these ops are byte for byte the ones the Dockerfile frontend already solved, so BuildKit reuses them.
   const ctxUrl = opts.get("context");
+  const inputs = await gateway.inputs().catch(() => ({}) as Record<string, { def: Buffer[] }>);
   let context: Output;
-  if (ctxUrl && /^https?:\/\//.test(ctxUrl)) {
+  const given = inputs.context ? fromDefinition(inputs.context) : undefined;
+  if (given) {
+    // Passed by the caller (a Dockerfile frontend forwarding here, since the image offers the inputs cap).
+    context = given;
+  } else if (ctxUrl && /^https?:\/\//.test(ctxUrl)) {
     const http = source(ctxUrl, { "http.filename": "context" }, "[internal] load remote build context");
     context = copy(http, "/context", undefined, "/", { unpack: true }, "unpack the build context");
   } else {

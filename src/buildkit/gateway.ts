@@ -81,6 +81,20 @@ export class Gateway {
     return res.Data;
   }
 
+  /**
+   * The definitions the caller passed as frontend inputs (a Dockerfile frontend forwarding to this one passes its
+   * "context" and "dockerfile" when the image's caps label offers moby.buildkit.frontend.inputs).
+   */
+  async inputs(): Promise<Record<string, { def: Buffer[] }>> {
+    const res = await this.call<{ Definitions: Record<string, { def: Buffer[] }> }>(
+      "Inputs",
+      "moby.buildkit.v1.frontend.InputsRequest",
+      "moby.buildkit.v1.frontend.InputsResponse",
+      {},
+    );
+    return res.Definitions ?? {};
+  }
+
   /** The image config of `ref` as BuildKit resolves it (a local image first, then its registry). */
   async resolveImageConfig(ref: string): Promise<{ digest: string; config: Buffer }> {
     const res = await this.call<{ Digest: string; Config: Buffer }>(

@@ -4,7 +4,7 @@
 // the same way (BuildKit's cache keys follow from it). Only what the frontend uses is modelled: sources, exec
 // ops with bind/cache mounts, and file ops (copy, mkdir, mkfile, rm).
 import { createHash } from "node:crypto";
-import { encode } from "./protos.js";
+import { decode, encode } from "./protos.js";
 
 /** One output of a vertex; `undefined` stands for scratch (the empty filesystem). */
 export interface Output {
@@ -199,6 +199,30 @@ export function mkfile(onto: State, path: string, data: Buffer, mode = 0o644, na
     mkfile: { path, mode, data, timestamp: -1 },
   };
   return { vertex: vertex(inputs, { file: { actions: [action] } }, { name }), index: 0 };
+}
+
+/**
+ * A state from a marshalled definition someone else made (a frontend input): its ops, unchanged, become
+ * vertices of this graph; the state is what its terminal op points at.
+ */
+export function fromDefinition(def: { def: Buffer[] }): State {
+  const byDigest = new Map<string, Vertex>();
+  let root: State;
+  def.def.forEach((bytes, i) => {
+    const op = decode<{ inputs: Array<{ digest: string; index: number }> }>("pb.Op", bytes);
+    const inputs = op.inputs.map((x) => {
+      const v = byDigest.get(x.digest);
+      if (!v) throw new Error(`input definition: op ${i} refers to an unknown op ${x.digest}`);
+      return { vertex: v, index: Number(x.index) };
+    });
+    if (i === def.def.length - 1) {
+      root = inputs[0];
+      return;
+    }
+    const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+    byDigest.set(digest, { digest, bytes: Buffer.from(bytes), inputs });
+  });
+  return root;
 }
 
 /**
