@@ -6,14 +6,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { buildWithGateway, frontendOpts, stdioStream } from "../buildkit/frontend.js";
 import { Gateway } from "../buildkit/gateway.js";
-import {
-  copyStep,
-  customStep,
-  fetchStep,
-  openCaches,
-  planStep,
-  type Plan,
-} from "../buildkit/steps.js";
+import { copyStep, customStep, fetchStep, openCaches, planStep, type Plan } from "../buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { intOption, parse, UsageError } from "./args.js";
