@@ -317,6 +317,24 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
       );
     });
 
+    test("after the Nix file changed one package, only that package's layer is copied again", async () => {
+      const changed = helloNix.replace("Hello from a Nix file", "Hello from a changed Nix file");
+      const r = await nixBuild("hello", changed, { attr: "hello", entrypoint: '["/bin/hello"]' });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+      const executed = fetches.filter((v) => !v.cached).map((v) => v.name);
+      assert.ok(
+        fetches.some((v) => v.cached && v.name.includes("busybox")),
+        fetches.map((v) => v.name).join(", "),
+      );
+      assert.deepEqual(executed.length, 1, `executed: ${executed.join(", ")}`);
+      assert.match(executed[0], /hello-nix/);
+      assert.match(
+        d.docker(["run", "--rm", "--network", "none", "nixfile:hello"]).toString(),
+        /Hello from a changed Nix file/,
+      );
+    });
+
     test("a flake.nix builds its packages.<system>.<attr>", async () => {
       const c = join(dir, "flake");
       mkdirSync(c, { recursive: true });
