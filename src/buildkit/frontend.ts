@@ -261,6 +261,21 @@ export function specFromBuildArgs(opts: Map<string, string>): ImageSpec {
 
 export const DEFAULT_TOOLCHAIN = "nixos/nix";
 
+/**
+ * Which kind of build file this is: by name (*.nix is a Nix file; *.json, *.yaml, *.yml a spec), else by
+ * content (what `docker build` names Dockerfile): a spec is a JSON or YAML mapping, anything else Nix.
+ */
+export function buildFileKind(filename: string, text: string): "nix" | "spec" {
+  if (filename.endsWith(".nix")) return "nix";
+  if (/\.(json|ya?ml)$/.test(filename)) return "spec";
+  try {
+    const doc = parseYaml(text) as unknown;
+    return typeof doc === "object" && doc !== null && !Array.isArray(doc) ? "spec" : "nix";
+  } catch {
+    return "nix";
+  }
+}
+
 export async function buildWithGateway(run: FrontendRun): Promise<void> {
   const { opts, gateway, log } = run;
   await gateway.ping();
@@ -299,7 +314,7 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     });
   }
 
-  const isNix = filename.endsWith(".nix");
+  const isNix = buildFileKind(filename, text) === "nix";
   const spec = isNix ? specFromBuildArgs(opts) : parseSpecText(text.replace(/^# syntax=.*\n/, ""), filename);
   if (!isNix)
     log(`nixoci frontend: ${filename}: ${spec.packages.length} packages, ${spec.substituters.length} caches`);

@@ -5,6 +5,21 @@ import { test, describe } from "node:test";
 import assert from "node:assert/strict";
 import { copy, definition, exec, fromDefinition, mkfile, source } from "../../src/buildkit/llb.js";
 import { decode } from "../../src/buildkit/protos.js";
+import { buildFileKind } from "../../src/buildkit/frontend.js";
+
+describe("build files", () => {
+  test("the kind comes from the name, else from the content", () => {
+    assert.equal(buildFileKind("default.nix", "packages: []"), "nix");
+    assert.equal(buildFileKind("nixoci.yaml", "{ x = 1; }"), "spec");
+    assert.equal(buildFileKind("Dockerfile", "# syntax=x\npackages: [/nix/store/a-b]\n"), "spec");
+    assert.equal(buildFileKind("Dockerfile", '{"packages": []}'), "spec");
+    assert.equal(
+      buildFileKind("Dockerfile", "# syntax=x\n{ pkgs ? import <nixpkgs> {} }: pkgs.hello\n"),
+      "nix",
+    );
+    assert.equal(buildFileKind("Dockerfile", "let x = 1; in x"), "nix");
+  });
+});
 
 describe("LLB", () => {
   test("an http source and its unpacking copy are the Dockerfile frontend's bytes", () => {
