@@ -9,6 +9,7 @@ import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { parseListenAddress, serveOps, type OpsServer } from "../util/ops-http.js";
 import { parse, UsageError } from "./args.js";
+import { runUntilSignal } from "./daemon.js";
 import { openStore, trustOptions } from "./stores.js";
 
 const USAGE = `nixoci image-service --address SOCK --containerd SOCK [--snapshotter NAME] [--namespace NS] [--store DIR]
@@ -98,25 +99,13 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
     pid: process.pid,
   });
   const srv = running;
-  return new Promise<number>((done) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals): void => {
-      if (stopping) return;
-      stopping = true;
-      log.info("stopping", { signal });
-      void Promise.all([srv.stop(5000), ops?.close()])
-        .catch((err: unknown) => log.error("stop", { error: err }))
-        .finally(() => {
-          service.close();
-          store.close();
-          substituters.forEach((s) => s.close());
-          process.off("SIGTERM", onSignal);
-          process.off("SIGINT", onSignal);
-          log.info("stopped");
-          done(0);
-        });
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-  });
+  return runUntilSignal(
+    log,
+    () => Promise.all([srv.stop(5000), ops?.close()]),
+    () => {
+      service.close();
+      store.close();
+      substituters.forEach((s) => s.close());
+    },
+  );
 }

@@ -12,6 +12,7 @@ import { serveSnapshots } from "../snapshotter/server.js";
 import { NixSnapshotter, type NixLayerMode } from "../snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
 import { parse, UsageError } from "./args.js";
+import { runUntilSignal } from "./daemon.js";
 import { trustOptions } from "./stores.js";
 
 const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] [--substituter URL]... [--trusted-public-key K]...
@@ -129,25 +130,12 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     pid: process.pid,
   });
   const srv = running;
-  return new Promise<number>((done) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals): void => {
-      if (stopping) return;
-      stopping = true;
-      log.info("stopping", { signal });
-      void srv
-        .stop(5000)
-        .catch((err: unknown) => log.error("stop", { error: err }))
-        .finally(() => {
-          sn.close();
-          store.close();
-          process.off("SIGTERM", onSignal);
-          process.off("SIGINT", onSignal);
-          log.info("stopped");
-          done(0);
-        });
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-  });
+  return runUntilSignal(
+    log,
+    () => srv.stop(5000),
+    () => {
+      sn.close();
+      store.close();
+    },
+  );
 }
