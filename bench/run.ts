@@ -5,3 +5,4 @@ await benchNar();
 await (await import("./build.js")).benchBuild();
 await (await import("./serve.js")).benchServe();
 await (await import("./cri.js")).benchCri();
+await (await import("./frontend.js")).benchFrontend();

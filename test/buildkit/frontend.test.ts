@@ -7,89 +7,26 @@
 // layer, a rebuild with nothing changed is fully cached, and bad specs fail the build with a clear message.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import { decode } from "../../src/buildkit/protos.js";
-import { buildFixtures, GC_ROOTS_DIR, generateCacheKey, PACKAGES_NIX } from "../support/fixtures.js";
+import {
+  dockerBuild,
+  loadFrontendImage,
+  startBinaryCacheServer,
+  type BinaryCacheServer,
+} from "../support/buildkit.js";
+import { buildFixtures, GC_ROOTS_DIR, PACKAGES_NIX } from "../support/fixtures.js";
 import { nixociOk, ROOT } from "../support/cli.js";
 import { freePort, startDockerd, startRegistry, type Dockerd } from "../support/daemons.js";
 
 const FRONTEND = "nixoci-frontend:test";
 
-interface Vertex {
-  digest: string;
-  name: string;
-  cached: boolean;
-  error: string;
-  completed: unknown;
-}
-
-interface BuildResult {
-  status: number;
-  error?: string;
-  imageId?: string;
-  vertices: Map<string, Vertex>;
-  log: string;
-}
-
-/** POST /v1.41/build?version=2 with `context` (a directory, sent as a tar); the progress stream decoded. */
-function dockerBuild(d: Dockerd, context: string, params: Record<string, string>): Promise<BuildResult> {
-  const tar = execFileSync("tar", ["-C", context, "-cf", "-", "."]);
-  const qs = new URLSearchParams({ version: "2", ...params }).toString();
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        socketPath: d.host,
-        method: "POST",
-        path: `/v1.41/build?${qs}`,
-        headers: { "content-type": "application/x-tar", "content-length": tar.length },
-        timeout: 600_000,
-      },
-      (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (c: string) => (text += c));
-        res.on("end", () => {
-          const out: BuildResult = { status: res.statusCode ?? 0, vertices: new Map(), log: "" };
-          for (const line of text.split("\n")) {
-            if (!line.trim()) continue;
-            let j: { id?: string; aux?: unknown; error?: string; stream?: string; message?: string };
-            try {
-              j = JSON.parse(line) as typeof j;
-            } catch {
-              out.log += line + "\n";
-              continue;
-            }
-            if (j.error) out.error = j.error;
-            if (j.message) out.error ??= j.message;
-            if (j.stream) out.log += j.stream;
-            if (j.id === "moby.image.id") out.imageId = (j.aux as { ID: string }).ID;
-            if (j.id === "moby.buildkit.trace" && typeof j.aux === "string") {
-              const st = decode<{ vertexes: Vertex[]; logs: Array<{ msg: Buffer }> }>(
-                "moby.buildkit.v1.StatusResponse",
-                Buffer.from(j.aux, "base64"),
-              );
-              for (const v of st.vertexes) out.vertices.set(v.digest, v); // the last state wins
-              for (const l of st.logs) out.log += l.msg.toString("utf8");
-            }
-          }
-          resolve(out);
-        });
-      },
-    );
-    req.on("error", reject);
-    req.end(tar);
-  });
-}
-
 describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
   let d: Dockerd;
   let dir: string;
-  let serve: ChildProcess | undefined;
+  let cache: BinaryCacheServer | undefined;
   let cacheUrl: string;
   let publicKey: string;
   let fx: ReturnType<typeof buildFixtures>;
@@ -98,48 +35,15 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
     fx = buildFixtures();
     dir = mkdtempSync(join(tmpdir(), "nixoci-frontend-test-"));
     d = await startDockerd();
-    // The frontend image, built by nixoci, loaded into dockerd.
-    const archive = join(dir, "frontend.tar");
-    execFileSync(
-      process.execPath,
-      [join(ROOT, "scripts/frontend-image.mjs"), "--tag", FRONTEND, "-o", `docker-archive:${archive}`],
-      { stdio: ["ignore", "ignore", "inherit"] },
-    );
-    d.docker(["load", "-i", archive]);
-    // A signed HTTP binary cache of this machine's store.
-    const keys = generateCacheKey("frontend-test", join(dir, "keys"));
-    publicKey = keys.publicKey;
-    const port = await freePort();
-    cacheUrl = `http://127.0.0.1:${port}`;
-    serve = spawn(
-      process.execPath,
-      [
-        join(ROOT, "bin/nixoci.js"),
-        "serve",
-        "--listen",
-        `127.0.0.1:${port}`,
-        "--storage",
-        join(dir, "storage"),
-        "--sign-key",
-        keys.secretKeyFile,
-        "--log-level",
-        "warn",
-      ],
-      { stdio: ["ignore", "ignore", "inherit"] },
-    );
-    for (let i = 0; ; i++) {
-      const ok = await fetch(`${cacheUrl}/nix-cache-info`).then(
-        (r) => r.ok,
-        () => false,
-      );
-      if (ok) break;
-      if (i > 150) throw new Error("nixoci serve did not start");
-      await sleep(100);
-    }
+    // The frontend image, built by nixoci, loaded into dockerd; a signed HTTP binary cache of this store.
+    loadFrontendImage(d, FRONTEND, dir);
+    cache = await startBinaryCacheServer(dir, "frontend-test");
+    cacheUrl = cache.url;
+    publicKey = cache.publicKey;
   });
 
   after(async () => {
-    serve?.kill("SIGTERM");
+    cache?.stop();
     await d?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });

@@ -1,0 +1,363 @@
+// BuildKit frontend benchmark: the same closure made into an image in one private dockerd 20.10 (embedded
+// BuildKit v0.8) three ways, side by side, cold and after one package changed:
+//
+//   frontend    POST /v1.41/build?version=2 of a tar context holding nixoci.yaml (`# syntax=nixoci-frontend:bench`,
+//               packages = the closure's top, substituters = a signed `nixoci serve` binary cache on loopback,
+//               reached through `networkmode=host`); time to the image id in the progress stream. The frontend
+//               image is built by scripts/frontend-image.mjs and `docker load`ed (untimed).
+//   nixoci      `nixoci build --spec nixoci.yaml -o docker-archive:FILE` (store paths read from the local
+//               /nix/store; a fresh --cache-dir for the cold run, the same one after the change) followed by
+//               `docker load -i FILE`; time of both (each printed too).
+//   Dockerfile  `FROM scratch` + `COPY nix /nix` with the closure staged into the context as nix/store/...
+//               (`cp -a` of `nix-store -qR`, untimed, re-staged for the changed closure), built by the same
+//               POST /build?version=2 with BuildKit's default Dockerfile frontend; the context's tar is streamed
+//               to dockerd inside the timed part (as `docker build` would send it).
+//
+// Cold: before each cold run every bench image is removed and `docker builder prune -af` empties BuildKit's
+// cache (the frontend image stays). After the change: the changed closure (bench/fixtures/closure.nix with
+// `--argstr changed 1`: 5 store paths differ) right after the cold run, with what the cold run left.
+// The binary cache is warmed once (untimed: every narinfo and NAR fetched), so that the cold runs do not also
+// pay for `nixoci serve` compressing NARs on first request. Series interleaved, RUNS runs each (medians).
+// Executed / cached steps: the BuildKit vertices of the progress stream (for the frontend, its `nixoci: fetch`
+// and `nixoci: layer` copy steps and all vertices; for the Dockerfile, every vertex); layers: `docker image
+// inspect`'s RootFS.Layers. Nothing about time is asserted; a failed build throws (a BuildKit flightcontrol/runc
+// error is retried once, and reported). Knobs: NIXOCI_BENCH_FRONTEND_RUNS=N (default 3).
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  dockerBuild,
+  loadFrontendImage,
+  startBinaryCacheServer,
+  type BinaryCacheServer,
+  type BuildVertex,
+} from "../test/support/buildkit.js";
+import { startDockerd, type Dockerd } from "../test/support/daemons.js";
+
+const RUNS = Number(process.env.NIXOCI_BENCH_FRONTEND_RUNS ?? 3);
+const ROOT = fileURLToPath(new URL("../..", import.meta.url));
+const NIXOCI = join(ROOT, "bin/nixoci.js");
+const FIXTURE = join(ROOT, "bench/fixtures/closure.nix");
+const FRONTEND = "nixoci-frontend:bench";
+
+/** A build's result as the series use it: it must have succeeded (a failure throws with its log). */
+interface BuildResult {
+  ms: number;
+  imageId: string;
+  vertices: BuildVertex[];
+}
+
+async function build(d: Dockerd, context: string, params: Record<string, string>): Promise<BuildResult> {
+  const r = await dockerBuild(d, context, params);
+  if (r.error || !r.imageId)
+    throw new Error(`build of ${context} failed (${r.status}): ${r.error}\n${r.log.slice(-3000)}`);
+  return { ms: r.ms, imageId: r.imageId, vertices: [...r.vertices.values()] };
+}
+
+interface Sample {
+  ms: number;
+  /** For nixoci: [build, load] ms. */
+  parts?: [number, number];
+  layers: number;
+  steps: string;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+const ratio = (x: number) => `${x.toFixed(2)}x`;
+
+function nixBuild(outLink: string, extra: string[]): string {
+  return execFileSync(
+    "nix-build",
+    ["--max-jobs", "2", FIXTURE, "-A", "top", "--out-link", outLink, ...extra],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  )
+    .toString()
+    .trim();
+}
+
+function requisites(top: string): string[] {
+  return execFileSync("nix-store", ["--query", "--requisites", top]).toString().split("\n").filter(Boolean);
+}
+
+function narSize(paths: string[]): number {
+  return execFileSync("nix-store", ["--query", "--size", ...paths])
+    .toString()
+    .split("\n")
+    .filter(Boolean)
+    .reduce((n, s) => n + Number(s), 0);
+}
+
+function layersOf(d: Dockerd, ref: string): number {
+  const inspect = JSON.parse(d.docker(["image", "inspect", ref]).toString()) as Array<{
+    RootFS: { Layers: string[] };
+  }>;
+  return inspect[0].RootFS.Layers.length;
+}
+
+/** "executed / cached" of the vertices `pick` selects. */
+function steps(vertices: BuildVertex[], pick: (v: BuildVertex) => boolean): string {
+  const vs = vertices.filter(pick);
+  return `${vs.filter((v) => !v.cached).length} / ${vs.filter((v) => v.cached).length}`;
+}
+
+const isFetch = (v: BuildVertex) => v.name.startsWith("nixoci: fetch");
+const isCopy = (v: BuildVertex) => v.name.startsWith("nixoci: layer ");
+
+/** Fetches every path's narinfo and NAR from the binary cache once (4 at a time), so that it has them ready. */
+async function warmCache(cacheUrl: string, paths: string[]): Promise<void> {
+  const queue = [...paths];
+  const worker = async () => {
+    for (let p = queue.shift(); p; p = queue.shift()) {
+      const hash = p.slice("/nix/store/".length, "/nix/store/".length + 32);
+      const info = await fetch(`${cacheUrl}/${hash}.narinfo`);
+      if (!info.ok) throw new Error(`${cacheUrl}/${hash}.narinfo: ${info.status}`);
+      const url = /^URL: (.*)$/m.exec(await info.text())?.[1];
+      if (!url) throw new Error(`${hash}.narinfo has no URL`);
+      const nar = await fetch(`${cacheUrl}/${url}`);
+      if (!nar.ok) throw new Error(`${cacheUrl}/${url}: ${nar.status}`);
+      await nar.arrayBuffer();
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+}
+
+/** Every bench image removed, BuildKit's cache emptied; the frontend image stays. */
+function makeCold(d: Dockerd): void {
+  const refs = d
+    .docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+    .toString()
+    .split("\n")
+    .filter((r) => r && r !== FRONTEND && !r.startsWith("<none>"));
+  if (refs.length) d.docker(["image", "rm", "-f", ...refs]);
+  const dangling = d.docker(["image", "ls", "-q", "--filter", "dangling=true"]).toString().split("\n");
+  if (dangling.some(Boolean)) d.docker(["image", "rm", "-f", ...dangling.filter(Boolean)]);
+  d.docker(["builder", "prune", "-af"]);
+}
+
+/** A context directory holding nixoci.yaml for `top`. */
+function specContext(dir: string, top: string, cacheUrl: string, publicKey: string): string {
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(
+    join(dir, "nixoci.yaml"),
+    [
+      `# syntax=${FRONTEND}`,
+      `packages: [${JSON.stringify(top)}]`,
+      `entrypoint: [${JSON.stringify(`${top}/bin/bench-app`)}]`,
+      `substituters: [${JSON.stringify(cacheUrl)}]`,
+      `trustedPublicKeys: [${JSON.stringify(publicKey)}]`,
+      "",
+    ].join("\n"),
+  );
+  return dir;
+}
+
+/** A context with the closure's files at nix/store/... and a two-line Dockerfile. */
+function dockerfileContext(dir: string, paths: string[]): string {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(join(dir, "nix/store"), { recursive: true });
+  execFileSync("cp", ["-a", ...paths, join(dir, "nix/store")]);
+  fs.writeFileSync(join(dir, "Dockerfile"), "FROM scratch\nCOPY nix /nix\n");
+  return dir;
+}
+
+export async function benchFrontend(): Promise<void> {
+  const started = performance.now();
+  const rootsDir = "/tmp/nixoci-bench-closure"; // shared with bench/build.ts and bench/cri.ts
+  fs.mkdirSync(rootsDir, { recursive: true });
+  const base = nixBuild(join(rootsDir, "top"), []);
+  const changed = nixBuild(join(rootsDir, "top-changed"), ["--argstr", "changed", "1"]);
+  const basePaths = requisites(base);
+  const changedPaths = requisites(changed);
+  const before = new Set(basePaths);
+  const differing = changedPaths.filter((p) => !before.has(p));
+
+  const dir = fs.mkdtempSync(join("/tmp", "nixoci-bench-frontend-"));
+  let d: Dockerd | undefined;
+  let cache: BinaryCacheServer | undefined;
+  try {
+    const t0 = performance.now();
+    d = await startDockerd();
+    const dk = d;
+    loadFrontendImage(dk, FRONTEND, dir);
+    cache = await startBinaryCacheServer(dir, "frontend-bench");
+    const cacheUrl = cache.url;
+    const keys = { publicKey: cache.publicKey };
+
+    const specBase = specContext(join(dir, "spec-base"), base, cacheUrl, keys.publicKey);
+    const specChanged = specContext(join(dir, "spec-changed"), changed, cacheUrl, keys.publicKey);
+    const retries: string[] = [];
+    // BuildKit v0.8 sometimes fails a build of many concurrent steps on a loaded machine with "flightcontrol:
+    // exceeded retry timeout" / "runc run failed: container process is already dead" (moby/buildkit#1822):
+    // such a build is run again once (from a cold state again if it was a cold one), and said so.
+    const withRetry = async (what: string, cold: boolean, build: () => Promise<BuildResult>) => {
+      try {
+        return await build();
+      } catch (err) {
+        const msg = (err as Error).message;
+        if (!/flightcontrol: exceeded retry timeout|runc run failed/.test(msg)) throw err;
+        retries.push(
+          `${what}: ${/flightcontrol: exceeded retry timeout/.test(msg) ? "flightcontrol" : "runc"}`,
+        );
+        if (cold) makeCold(dk);
+        return await build();
+      }
+    };
+    const fe = (ctx: string, tag: string, cold: boolean) =>
+      withRetry(tag, cold, () => build(dk, ctx, { dockerfile: "nixoci.yaml", t: tag, networkmode: "host" }));
+    // Warm-up (untimed): the binary cache compresses every NAR once (as a populated cache would have them).
+    await warmCache(cacheUrl, [...new Set([...basePaths, ...changedPaths])]);
+    const setupMs = performance.now() - t0;
+
+    const series = {
+      frontendCold: [] as Sample[],
+      frontendChanged: [] as Sample[],
+      nixociCold: [] as Sample[],
+      nixociChanged: [] as Sample[],
+      dockerfileCold: [] as Sample[],
+      dockerfileChanged: [] as Sample[],
+    };
+    let stageMs = 0;
+
+    const frontendPair = async (run: number) => {
+      makeCold(dk);
+      const c = await fe(specBase, `bench-frontend:cold-${run}`, true);
+      series.frontendCold.push({
+        ms: c.ms,
+        layers: layersOf(dk, `bench-frontend:cold-${run}`),
+        steps: `${steps(c.vertices, isFetch)} fetch steps (copy steps: ${steps(c.vertices, isCopy)}; all vertices: ${steps(c.vertices, () => true)})`,
+      });
+      const w = await fe(specChanged, `bench-frontend:changed-${run}`, false);
+      series.frontendChanged.push({
+        ms: w.ms,
+        layers: layersOf(dk, `bench-frontend:changed-${run}`),
+        steps: `${steps(w.vertices, isFetch)} fetch steps (copy steps: ${steps(w.vertices, isCopy)}; all vertices: ${steps(w.vertices, () => true)})`,
+      });
+    };
+
+    const nixociPair = (run: number) => {
+      makeCold(dk);
+      const cache = join(dir, `nixoci-cache-${run}`);
+      const one = (ctx: string, tag: string, layout: string): Sample => {
+        const file = join(dir, `${layout}.tar`);
+        const a = performance.now();
+        const out = execFileSync(process.execPath, [
+          NIXOCI,
+          "build",
+          "-q",
+          "--json",
+          "--cache-dir",
+          cache,
+          "--spec",
+          join(ctx, "nixoci.yaml"),
+          "-o",
+          `docker-archive:${file}:${tag}`,
+        ]);
+        const b = performance.now();
+        dk.docker(["load", "-i", file]);
+        const e = performance.now();
+        fs.rmSync(file);
+        const layers = (JSON.parse(out.toString()) as { layers: Array<{ status: string }> }).layers;
+        const built = layers.filter((l) => l.status === "built").length;
+        return {
+          ms: e - a,
+          parts: [b - a, e - b],
+          layers: layersOf(dk, tag),
+          steps: `${built} / ${layers.length - built} layers`,
+        };
+      };
+      series.nixociCold.push(one(specBase, `bench-nixoci:cold-${run}`, `cold-${run}`));
+      series.nixociChanged.push(one(specChanged, `bench-nixoci:changed-${run}`, `changed-${run}`));
+      fs.rmSync(cache, { recursive: true, force: true });
+    };
+
+    const dockerfilePair = async (run: number) => {
+      makeCold(dk);
+      const ctx = join(dir, "dockerfile-context");
+      let s = performance.now();
+      dockerfileContext(ctx, basePaths);
+      stageMs += performance.now() - s;
+      const c = await withRetry("Dockerfile cold", true, () =>
+        build(dk, ctx, { t: `bench-dockerfile:cold-${run}` }),
+      );
+      series.dockerfileCold.push({
+        ms: c.ms,
+        layers: layersOf(dk, `bench-dockerfile:cold-${run}`),
+        steps: steps(c.vertices, () => true),
+      });
+      s = performance.now();
+      dockerfileContext(ctx, changedPaths);
+      stageMs += performance.now() - s;
+      const w = await withRetry("Dockerfile changed", false, () =>
+        build(dk, ctx, { t: `bench-dockerfile:changed-${run}` }),
+      );
+      series.dockerfileChanged.push({
+        ms: w.ms,
+        layers: layersOf(dk, `bench-dockerfile:changed-${run}`),
+        steps: steps(w.vertices, () => true),
+      });
+      fs.rmSync(ctx, { recursive: true, force: true });
+    };
+
+    const pairs = [frontendPair, nixociPair, dockerfilePair];
+    for (let run = 0; run < RUNS; run++) {
+      const order = run % 2 === 0 ? pairs : [...pairs].reverse();
+      for (const pair of order) await pair(run);
+    }
+
+    console.log(
+      `\nBuildKit frontend: bench/fixtures/closure.nix, ${basePaths.length} store paths, ` +
+        `${mb(narSize(basePaths))} NAR; changed variant: ${differing.length} store paths differ ` +
+        `(${mb(narSize(differing))} NAR); dockerd 20.10 (BuildKit v0.8), one daemon; median of ${RUNS}, ` +
+        `interleaved (setup: frontend image, binary cache warmed: ${sec(setupMs)}; staging the Dockerfile ` +
+        `contexts with cp -a, untimed: ${sec(stageMs / (2 * RUNS))} each)`,
+    );
+    const dfCold = median(series.dockerfileCold.map((s) => s.ms));
+    const dfChanged = median(series.dockerfileChanged.map((s) => s.ms));
+    const nxCold = median(series.nixociCold.map((s) => s.ms));
+    const nxChanged = median(series.nixociChanged.map((s) => s.ms));
+    console.log(
+      "series".padEnd(34) +
+        "time".padStart(9) +
+        "vs Dockerfile".padStart(15) +
+        "vs nixoci".padStart(11) +
+        "layers".padStart(8) +
+        "  executed / cached",
+    );
+    const line = (what: string, xs: Sample[], df: number, nx: number, what2 = "") => {
+      const ms = median(xs.map((s) => s.ms));
+      const last = xs[xs.length - 1];
+      const parts = xs[0].parts
+        ? ` (build ${sec(median(xs.map((s) => s.parts![0])))} + load ${sec(median(xs.map((s) => s.parts![1])))})`
+        : "";
+      console.log(
+        what.padEnd(34) +
+          sec(ms).padStart(9) +
+          ratio(ms / df).padStart(15) +
+          ratio(ms / nx).padStart(11) +
+          String(last.layers).padStart(8) +
+          `  ${last.steps}${what2}${parts}`,
+      );
+    };
+    line("frontend, cold", series.frontendCold, dfCold, nxCold);
+    line("frontend, 1 package changed", series.frontendChanged, dfChanged, nxChanged);
+    line("nixoci build + docker load, cold", series.nixociCold, dfCold, nxCold, " built / reused");
+    line("nixoci build + load, 1 changed", series.nixociChanged, dfChanged, nxChanged, " built / reused");
+    line("Dockerfile COPY, cold", series.dockerfileCold, dfCold, nxCold, " vertices");
+    line("Dockerfile COPY, 1 changed", series.dockerfileChanged, dfChanged, nxChanged, " vertices");
+    if (retries.length) console.log(`\nbuilds run again after a BuildKit error: ${retries.join(", ")}`);
+    console.log(`\nfrontend benchmark: ${sec(performance.now() - started)} in all`);
+  } finally {
+    cache?.stop();
+    await d?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await benchFrontend();

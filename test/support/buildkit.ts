@@ -1,0 +1,157 @@
+// Driving dockerd's BuildKit the way the docker CLI without buildx cannot: `POST /v1.41/build?version=2` with the
+// context streamed as a tar, and the progress stream decoded (its "moby.buildkit.trace" lines carry BuildKit
+// StatusResponse protobufs: the last state of each vertex tells cached from executed steps). Also the pieces a
+// frontend test or benchmark needs: nixoci's frontend image loaded into a dockerd, and a signed HTTP binary cache
+// of this machine's store (`nixoci serve`). Shared by test/buildkit and bench/frontend.ts.
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { rmSync } from "node:fs";
+import { request } from "node:http";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { decode } from "../../src/buildkit/protos.js";
+import { ROOT } from "./cli.js";
+import { freePort, type Dockerd } from "./daemons.js";
+import { generateCacheKey } from "./fixtures.js";
+
+export interface BuildVertex {
+  digest: string;
+  name: string;
+  cached: boolean;
+  error: string;
+  completed: unknown;
+}
+
+export interface BuildResult {
+  status: number;
+  /** The build's error message (undefined when it succeeded). */
+  error?: string;
+  imageId?: string;
+  /** The last state of each vertex, by digest. */
+  vertices: Map<string, BuildVertex>;
+  /** Step output and stream lines. */
+  log: string;
+  ms: number;
+}
+
+/** POST /v1.41/build?version=2 with `context` (a directory) as a streamed tar; never rejects for a failed build. */
+export function dockerBuild(
+  d: Dockerd,
+  context: string,
+  params: Record<string, string>,
+  timeoutMs = 900_000,
+): Promise<BuildResult> {
+  const qs = new URLSearchParams({ version: "2", ...params }).toString();
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    const tar = spawn("tar", ["-C", context, "-cf", "-", "."], { stdio: ["ignore", "pipe", "inherit"] });
+    const req = request(
+      {
+        socketPath: d.host,
+        method: "POST",
+        path: `/v1.41/build?${qs}`,
+        headers: { "content-type": "application/x-tar" },
+        timeout: timeoutMs,
+      },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => (text += c));
+        res.on("end", () => {
+          const out: BuildResult = {
+            status: res.statusCode ?? 0,
+            vertices: new Map(),
+            log: "",
+            ms: performance.now() - t0,
+          };
+          for (const line of text.split("\n")) {
+            if (!line.trim()) continue;
+            let j: { id?: string; aux?: unknown; error?: string; stream?: string; message?: string };
+            try {
+              j = JSON.parse(line) as typeof j;
+            } catch {
+              out.log += line + "\n";
+              continue;
+            }
+            if (j.error) out.error = j.error;
+            if (j.message) out.error ??= j.message;
+            if (j.stream) out.log += j.stream;
+            if (j.id === "moby.image.id") out.imageId = (j.aux as { ID: string }).ID;
+            if (j.id === "moby.buildkit.trace" && typeof j.aux === "string") {
+              const st = decode<{ vertexes: BuildVertex[]; logs: Array<{ msg: Buffer }> }>(
+                "moby.buildkit.v1.StatusResponse",
+                Buffer.from(j.aux, "base64"),
+              );
+              for (const v of st.vertexes) out.vertices.set(v.digest, v);
+              for (const l of st.logs) out.log += l.msg.toString("utf8");
+            }
+          }
+          if (out.status !== 200) out.error ??= `HTTP ${out.status}`;
+          resolve(out);
+        });
+      },
+    );
+    req.on("timeout", () =>
+      req.destroy(new Error(`build of ${context}: no answer after ${timeoutMs / 1000} s`)),
+    );
+    req.on("error", reject);
+    tar.on("error", reject);
+    tar.stdout.pipe(req);
+  });
+}
+
+/** nixoci's frontend image (scripts/frontend-image.mjs), built and loaded into `d` as `tag`. */
+export function loadFrontendImage(d: Dockerd, tag: string, workDir: string): void {
+  const archive = join(workDir, "frontend.tar");
+  execFileSync(
+    process.execPath,
+    [join(ROOT, "scripts/frontend-image.mjs"), "--tag", tag, "-o", `docker-archive:${archive}`],
+    {
+      stdio: ["ignore", "ignore", "inherit"],
+    },
+  );
+  d.docker(["load", "-i", archive]);
+  rmSync(archive, { force: true });
+}
+
+export interface BinaryCacheServer {
+  url: string;
+  publicKey: string;
+  stop(): void;
+}
+
+/** `nixoci serve` over this machine's store as a signed binary cache on 127.0.0.1 (ready when it answers). */
+export async function startBinaryCacheServer(workDir: string, keyName: string): Promise<BinaryCacheServer> {
+  const keys = generateCacheKey(keyName, join(workDir, "keys"));
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      join(ROOT, "bin/nixoci.js"),
+      "serve",
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--storage",
+      join(workDir, "storage"),
+      "--sign-key",
+      keys.secretKeyFile,
+      "--log-level",
+      "warn",
+    ],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  const stop = (): void => void child.kill("SIGTERM");
+  for (let i = 0; ; i++) {
+    const ok = await fetch(`${url}/nix-cache-info`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) break;
+    if (i > 150 || child.exitCode !== null) {
+      stop();
+      throw new Error("nixoci serve did not start");
+    }
+    await sleep(100);
+  }
+  return { url, publicKey: keys.publicKey, stop };
+}
