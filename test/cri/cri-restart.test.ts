@@ -27,6 +27,7 @@ import {
   until,
   type CriStack,
   type PushedImage,
+  stopStackLeavingNoMounts,
 } from "../support/cri.js";
 import { mountsUnder } from "../support/daemons.js";
 import {
@@ -82,12 +83,7 @@ describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
     { timeout: 240_000 },
   );
 
-  after(async () => {
-    if (!stack) return;
-    const dirs = [stack.dir, stack.containerd.root];
-    await stack.stop();
-    for (const d of dirs) assert.deepEqual(mountsUnder(d), [], `no mount left under ${d}`);
-  });
+  after(() => stopStackLeavingNoMounts(stack));
 
   /** Starts a pull, kills the snapshotter when `trigger` says so (polled every 5 ms), checks the pull fails. */
   async function killDuringPull(ref: string, trigger: () => boolean, what: string): Promise<void> {

@@ -19,8 +19,8 @@ import {
   startCriStack,
   type CriStack,
   type PushedImage,
+  stopStackLeavingNoMounts,
 } from "../support/cri.js";
-import { mountsUnder } from "../support/daemons.js";
 import {
   buildFixtures,
   generateCacheKey,
@@ -75,12 +75,7 @@ describe("CRI PullImage substitutes a path missing from the snapshotter's store"
     { timeout: 240_000 },
   );
 
-  after(async () => {
-    if (!stack) return;
-    const dirs = [stack.dir, stack.containerd.root];
-    await stack.stop();
-    for (const d of dirs) assert.deepEqual(mountsUnder(d), [], `no mount left under ${d}`);
-  });
+  after(() => stopStackLeavingNoMounts(stack));
 
   test(
     "no blob of a store layer is fetched; the missing path is now valid in the store; the image runs",

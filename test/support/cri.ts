@@ -10,6 +10,7 @@
 //   log), listSnapshots (the snapshotter's own List), chainIds / isChainSnapshot, and the bounded poller `until`.
 //
 // Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
+import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -21,7 +22,7 @@ import type { BuiltImage } from "../../src/oci/image.js";
 import { pushImage } from "../../src/oci/registry-client.js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { nixociOk } from "./cli.js";
-import { startContainerd, startRegistry, type Containerd, type Registry } from "./daemons.js";
+import { mountsUnder, startContainerd, startRegistry, type Containerd, type Registry } from "./daemons.js";
 import { removeSnapshotterDir, startSnapshotter, stopSnapshotter, type Snapshotter } from "./snapshotter.js";
 
 /** The containerd namespace of CRI images and containers. */
@@ -430,4 +431,12 @@ export function listSnapshots(socket: string, timeoutMs = 15_000): Promise<Snaps
     stream.on("error", reject);
     stream.on("end", () => resolve(out));
   }).finally(() => client.close());
+}
+
+/** Stops the stack (when there is one) and checks nothing stays mounted under its dir or containerd's root. */
+export async function stopStackLeavingNoMounts(stack: CriStack | undefined): Promise<void> {
+  if (!stack) return;
+  const dirs = [stack.dir, stack.containerd.root];
+  await stack.stop();
+  for (const d of dirs) assert.deepEqual(mountsUnder(d), [], `no mount left under ${d}`);
 }
