@@ -9,6 +9,8 @@
 import { resolve } from "node:path";
 import { createLogger, parseLogLevel } from "../registry/logging.js";
 import { serveSnapshots } from "../snapshotter/server.js";
+import { SnapshotterMetrics } from "../snapshotter/metrics.js";
+import { parseListenAddress, serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
 import { parse, UsageError } from "./args.js";
@@ -16,7 +18,7 @@ import { runUntilSignal } from "./daemon.js";
 import { trustOptions } from "./stores.js";
 
 const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] [--substituter URL]... [--trusted-public-key K]...
-    [--nix-layers auto|link|metacopy|bind] [--log-level debug|info|warn|error|silent]`;
+    [--nix-layers auto|link|metacopy|bind] [--metrics-address HOST:PORT] [--log-level debug|info|warn|error|silent]`;
 
 export interface SnapshotterOptions {
   address: string;
@@ -26,6 +28,8 @@ export interface SnapshotterOptions {
   trustedPublicKeys: string[];
   /** How nix layers hold their store paths (see NixSnapshotterOptions.nixLayers). */
   nixLayers: NixLayerMode;
+  /** HOST:PORT for /healthz and /metrics. */
+  metricsAddress?: string;
 }
 
 const NIX_LAYER_MODES: readonly string[] = ["auto", "link", "metacopy", "bind"] satisfies NixLayerMode[];
@@ -47,6 +51,7 @@ export function parseSnapshotterArgs(
       "trusted-public-key": { type: "string", multiple: true },
       "log-level": { type: "string" },
       "nix-layers": { type: "string" },
+      "metrics-address": { type: "string" },
     },
     USAGE,
   );
@@ -74,6 +79,12 @@ export function parseSnapshotterArgs(
     throw new UsageError(
       `--nix-layers: expected auto, link, metacopy or bind, not ${JSON.stringify(nixLayers)}`,
     );
+  if (values["metrics-address"] !== undefined)
+    try {
+      parseListenAddress(values["metrics-address"]);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
   const logLevel = values["log-level"] ?? "info";
   if (!parseLogLevel(logLevel))
     throw new UsageError(`--log-level: unknown level ${JSON.stringify(logLevel)}`);
@@ -85,6 +96,7 @@ export function parseSnapshotterArgs(
     substituters: values.substituter ?? [],
     trustedPublicKeys: values["trusted-public-key"] ?? [],
     nixLayers,
+    metricsAddress: values["metrics-address"],
     logLevel,
   };
 }
@@ -98,7 +110,9 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
   const log = createLogger({ level: parseLogLevel(opts.logLevel) });
   const trust = trustOptions(opts.trustedPublicKeys, false);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
+  const metrics = new SnapshotterMetrics();
   const sn = new NixSnapshotter({
+    metrics,
     root: opts.root,
     store,
     substituters: opts.substituters,
@@ -107,6 +121,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     nixLayers: opts.nixLayers,
   });
   let running;
+  let ops: OpsServer | undefined;
   try {
     // Temporaries a killed predecessor left in the store (a substitution cut short).
     const swept = await store.sweepTemporaries();
@@ -116,8 +131,21 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     await sn.unmountStale();
     // GC roots as the metadata says (a predecessor killed mid-change, snapshots removed meanwhile).
     await sn.syncGcRoots();
-    running = await serveSnapshots(sn, opts.address, log);
+    running = await serveSnapshots(sn, opts.address, log, metrics);
+    if (opts.metricsAddress)
+      ops = await serveOps(opts.metricsAddress, {
+        metrics,
+        health: async () => {
+          try {
+            sn.metadata.ping();
+            return undefined;
+          } catch (err) {
+            return `metadata database: ${(err as Error).message}`;
+          }
+        },
+      });
   } catch (err) {
+    await running?.stop(0);
     sn.close();
     store.close();
     throw err;
@@ -127,12 +155,13 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     root: opts.root,
     store: opts.store,
     substituters: opts.substituters.length ? opts.substituters : undefined,
+    metrics: ops?.address,
     pid: process.pid,
   });
   const srv = running;
   return runUntilSignal(
     log,
-    () => srv.stop(5000),
+    () => Promise.all([srv.stop(5000), ops?.close()]),
     () => {
       sn.close();
       store.close();

@@ -139,6 +139,11 @@ export class MetadataStore {
       });
   }
 
+  /** Throws when the database cannot be read (for /healthz). */
+  ping(): void {
+    this.db.prepare("SELECT count(*) FROM snapshots").get();
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }

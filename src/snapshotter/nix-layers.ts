@@ -72,6 +72,7 @@ import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { Limiter } from "../util/concurrency.js";
 import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
+import type { SnapshotterMetrics } from "./metrics.js";
 import { buildTrees, type TreeJob } from "./layer-tree.js";
 import { METACOPY_OPTIONS, probeMetacopy, setStubXattrs } from "./metacopy.js";
 import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
@@ -94,6 +95,8 @@ export interface NixSnapshotterOptions extends OverlayOptions {
   substituters?: string[];
   trust?: TrustOptions;
   log?: Logger;
+  /** Counters for --metrics-address. */
+  metrics?: SnapshotterMetrics;
   /** Concurrent mount(8) processes while composing (default 16). */
   mountParallelism?: number;
   /**
@@ -235,6 +238,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private sources?: Promise<Store[]>;
   private metacopyProbe?: Promise<boolean>;
   readonly gcRoots: GcRoots;
+  readonly metrics?: SnapshotterMetrics;
 
   constructor(opts: NixSnapshotterOptions) {
     super(opts);
@@ -244,6 +248,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.log = opts.log;
     this.mountLimit = opts.mountParallelism ?? 16;
     this.mode = opts.nixLayers ?? "auto";
+    this.metrics = opts.metrics;
     this.gcRoots = new GcRoots(gcRootsDir(this.root, this.store), this.store.storeDir);
   }
 
@@ -453,13 +458,16 @@ export class NixSnapshotter extends OverlaySnapshotter {
       this.log?.info("nix layer: the store is on another filesystem and metacopy is unsupported; unpacking", {
         ref,
       });
+      this.metrics?.nixLayerFallbacks.inc({ reason: "unsupported" });
       return false;
     }
     if (!this.checkPaths(paths)) {
       this.log?.warn("nix layer: bad store path label; unpacking the layer", { ref });
+      this.metrics?.nixLayerFallbacks.inc({ reason: "bad-label" });
       return false;
     }
     let missing = await this.missing(paths);
+    let substitutionFailed = false;
     if (missing.length && this.substituterUrls.length) {
       const start = performance.now();
       try {
@@ -471,7 +479,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
           paths: missing.length,
           ms: Math.round(performance.now() - start),
         });
+        this.metrics?.substitutedPaths.inc({}, missing.length);
       } catch (err) {
+        substitutionFailed = true;
         this.log?.warn("nix layer: substitution failed; unpacking the layer", {
           ref,
           error: (err as Error).message,
@@ -485,6 +495,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
         missing: missing.length,
         first: missing[0],
       });
+      this.metrics?.nixLayerFallbacks.inc({ reason: substitutionFailed ? "substitution-failed" : "missing" });
       return false;
     }
     return this.createNixLayer(ref, parent, labels, paths, mode);
@@ -558,6 +569,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
           this.gcRoots.sync(rootName, this.metadata.gcRootPaths(rootName)); // only what others hold
           throw err;
         }
+        this.metrics?.nixLayers.inc({ mode });
         this.log?.info("nix layer: committed from the store", {
           ref,
           paths: paths.length,

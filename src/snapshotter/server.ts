@@ -8,6 +8,7 @@ import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
 export type { RunningServer } from "../util/grpc-unix.js";
 import { snapshotsService, toTimestamp, type InfoMessage, type SnapshotKindName } from "./grpc.js";
 import { SnapshotError } from "./metadata.js";
+import type { SnapshotterMetrics } from "./metrics.js";
 import type { OverlaySnapshotter, SnapshotInfo } from "./overlay.js";
 
 const CODES: Record<SnapshotError["code"], grpc.status> = {
@@ -51,7 +52,11 @@ const labelsOf = (v: unknown): Record<string, string> =>
 /** Methods logged at debug level (containerd calls them often); the rest at info. */
 const QUIET = new Set(["Stat", "Mounts", "List", "Usage"]);
 
-export function snapshotsHandlers(sn: OverlaySnapshotter, log: Logger): grpc.UntypedServiceImplementation {
+export function snapshotsHandlers(
+  sn: OverlaySnapshotter,
+  log: Logger,
+  metrics?: SnapshotterMetrics,
+): grpc.UntypedServiceImplementation {
   const unary =
     (method: string, fn: (req: Req) => Promise<unknown> | unknown): grpc.handleUnaryCall<Req, unknown> =>
     (call, callback) => {
@@ -73,6 +78,7 @@ export function snapshotsHandlers(sn: OverlaySnapshotter, log: Logger): grpc.Unt
               fields.labels = req.labels;
             if (QUIET.has(method)) log.debug("rpc", fields);
             else log.info("rpc", fields);
+            metrics?.observe(method, grpc.status.OK, start);
             callback(null, res);
           },
           (err: unknown) => {
@@ -86,6 +92,7 @@ export function snapshotsHandlers(sn: OverlaySnapshotter, log: Logger): grpc.Unt
             if (status.code === grpc.status.INTERNAL) log.error("rpc", fields);
             else if (QUIET.has(method)) log.debug("rpc", fields);
             else log.info("rpc", fields);
+            metrics?.observe(method, status.code ?? grpc.status.INTERNAL, start);
             callback(status, null);
           },
         );
@@ -126,10 +133,12 @@ export function snapshotsHandlers(sn: OverlaySnapshotter, log: Logger): grpc.Unt
         for (let i = 0; i < infos.length; i += LIST_BATCH)
           call.write({ info: infos.slice(i, i + LIST_BATCH) });
         log.debug("rpc", { method: "List", count: infos.length, ms: Math.round(performance.now() - start) });
+        metrics?.observe("List", grpc.status.OK, start);
         call.end();
       } catch (err) {
         const status = grpcError(err);
         log.warn("rpc", { method: "List", code: grpc.status[status.code ?? 13], error: status.details });
+        metrics?.observe("List", status.code ?? grpc.status.INTERNAL, start);
         call.emit("error", status);
       }
     }) as grpc.handleServerStreamingCall<Req, unknown>,
@@ -137,8 +146,13 @@ export function snapshotsHandlers(sn: OverlaySnapshotter, log: Logger): grpc.Unt
 }
 
 /** Serves the Snapshots service on the unix socket `address` (a stale socket file there is replaced). */
-export function serveSnapshots(sn: OverlaySnapshotter, address: string, log: Logger): Promise<RunningServer> {
+export function serveSnapshots(
+  sn: OverlaySnapshotter,
+  address: string,
+  log: Logger,
+  metrics?: SnapshotterMetrics,
+): Promise<RunningServer> {
   return serveOnUnixSocket(address, (server) =>
-    server.addService(snapshotsService().service, snapshotsHandlers(sn, log)),
+    server.addService(snapshotsService().service, snapshotsHandlers(sn, log, metrics)),
   );
 }

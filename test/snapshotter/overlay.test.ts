@@ -10,7 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { writeOciArchive } from "../../src/oci/archive.js";
-import { mountsUnder, startContainerd, type Containerd } from "../support/daemons.js";
+import { freePort, mountsUnder, startContainerd, type Containerd } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { makeImage } from "../oci/make-image.js";
 import {
@@ -47,6 +47,32 @@ async function list(client: Client, filters: string[] = []): Promise<Reply[]> {
 
 const run = runAsync;
 const removeDir = removeSnapshotterDir;
+
+describe("snapshotter --metrics-address", () => {
+  test("/healthz answers ok and /metrics counts RPCs by method and code", async () => {
+    const dir = shortTempDir("sn-metrics");
+    const port = await freePort();
+    const sn = await startSnapshotter(dir, ["--metrics-address", `127.0.0.1:${port}`]);
+    const client = snapshotsClient(sn.socket);
+    try {
+      assert.equal((await rpc(client, "Prepare", { key: "m1" })).err, undefined);
+      assert.equal((await rpc(client, "Prepare", { key: "m1" })).err, 6);
+      const get = async (path: string) => {
+        const r = await fetch(`http://127.0.0.1:${port}${path}`);
+        return { status: r.status, body: await r.text() };
+      };
+      assert.deepEqual(await get("/healthz"), { status: 200, body: "ok\n" });
+      const m = (await get("/metrics")).body;
+      assert.match(m, /nixoci_snapshotter_rpcs_total\{method="Prepare",code="OK"\} 1\n/);
+      assert.match(m, /nixoci_snapshotter_rpcs_total\{method="Prepare",code="ALREADY_EXISTS"\} 1\n/);
+      assert.match(m, /nixoci_snapshotter_rpc_duration_seconds_count\{method="Prepare"\} 2\n/);
+    } finally {
+      client.close();
+      await stopSnapshotter(sn);
+      await removeDir(dir);
+    }
+  });
+});
 
 describe("snapshotter gRPC API", () => {
   let dir: string;
