@@ -18,6 +18,7 @@ import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
 import { Metrics } from "../util/metrics.js";
 import { criImageClient, criImageService, type CriImageClient, type PullImageRequest } from "./grpc.js";
 import { importNixImage } from "./nix-import.js";
+import { defaultArch } from "../image/spec.js";
 
 export interface ImageServiceOptions {
   /** containerd's main gRPC socket (its CRI plugin and its API are both served there). */
@@ -236,6 +237,13 @@ export class NixImageService {
     } catch (err) {
       throw new StatusError(grpc.status.FAILED_PRECONDITION, (err as Error).message);
     }
+    // containerd's CRI plugin only lists images for this node's platform: say so instead of timing out.
+    const arch = defaultArch();
+    if (image.platform.os !== "linux" || image.platform.architecture !== arch)
+      throw new StatusError(
+        grpc.status.FAILED_PRECONDITION,
+        `${storePath}: the image is for ${image.platform.os}/${image.platform.architecture}, this node is linux/${arch}`,
+      );
     const name = criImageName(storePath);
     const result = await importNixImage(image, name, {
       containerd: this.containerd,

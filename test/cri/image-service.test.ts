@@ -210,6 +210,12 @@ describe("nixoci image-service: nix:0 references from the store through containe
     );
     const corrupt = runText("nix-store", ["--add", d]).trim();
     await bad(`nix:0${corrupt}`, 9, /corrupt image description: manifest blob .* is missing/);
+    // An image for another architecture: refused up front (the CRI plugin would never list it).
+    const arm = nixociOk(["build", "-q", "--arch", "arm64", fx.greeting, "-o", "nix:nixoci-test-arm64"])
+      .text.trim()
+      .split("\n")
+      .pop()!;
+    await bad(`nix:0${arm}`, 9, /for linux\/arm64, this node is linux\//);
     // Nothing was left mounted by the failed pulls.
     assert.deepEqual(
       mountsUnder(stack.dir).filter((m) => !m.includes("/root/")),
