@@ -6,9 +6,13 @@
 // ImageStatus, ListImages and RemoveImage answer for it. Every other call and reference is forwarded to
 // containerd's CRI as raw bytes (fields this proto does not declare pass through untouched), with the caller's
 // deadline and its status codes.
+import { execFile } from "node:child_process";
+import { mkdtemp, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { ContainerdClient } from "../containerd/api.js";
-import { NIX_IMAGE_REF_PREFIX, parseNixImageRef, readNixImage } from "../oci/nix-image.js";
+import { NIX_IMAGE_REF_PREFIX, parseNixImageRef, readNixImage, type NixImage } from "../oci/nix-image.js";
 import type { Logger } from "../registry/logging.js";
 import type { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
@@ -231,12 +235,25 @@ export class NixImageService {
           `${storePath}: not in the store${sources.length ? "" : " (and no --substituter)"}`,
         );
     }
-    let image;
+    // A description is a directory; a regular file is an OCI archive (`nixoci build -o oci-archive:`, or
+    // nix-snapshotter's image tarballs), unpacked into a temporary layout first.
+    const real = store.realPath(storePath);
+    const unpacked = (await stat(real)).isFile() ? await unpackOciArchive(storePath, real) : undefined;
     try {
-      image = await readNixImage(storePath, store.realPath(storePath), store.storeDir);
-    } catch (err) {
-      throw new StatusError(grpc.status.FAILED_PRECONDITION, (err as Error).message);
+      let image;
+      try {
+        image = await readNixImage(storePath, unpacked ?? real, store.storeDir);
+      } catch (err) {
+        throw new StatusError(grpc.status.FAILED_PRECONDITION, (err as Error).message);
+      }
+      return await this.importImage(storePath, image);
+    } finally {
+      if (unpacked) await rm(unpacked, { recursive: true, force: true });
     }
+  }
+
+  private async importImage(storePath: string, image: NixImage): Promise<string> {
+    const { store } = this.opts;
     // containerd's CRI plugin only lists images for this node's platform: say so instead of timing out.
     const arch = defaultArch();
     if (image.platform.os !== "linux" || image.platform.architecture !== arch)
@@ -270,6 +287,45 @@ export class NixImageService {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
+}
+
+/**
+ * Extracts the OCI archive `file` into a new temporary directory (regular files and directories only: any other
+ * member, or a name with "..", makes it a corrupt description); returns the directory.
+ */
+async function unpackOciArchive(storePath: string, file: string): Promise<string> {
+  const run = (args: string[]): Promise<string> =>
+    new Promise((resolve, reject) =>
+      execFile("tar", args, { maxBuffer: 64 << 20 }, (err, stdout, stderr) =>
+        err ? reject(new Error(String(stderr).trim() || err.message)) : resolve(stdout),
+      ),
+    );
+  let listing: string;
+  try {
+    listing = await run(["-tvf", file]);
+  } catch (err) {
+    throw new StatusError(
+      grpc.status.FAILED_PRECONDITION,
+      `${storePath}: not a tar archive: ${(err as Error).message}`,
+    );
+  }
+  for (const line of listing.split("\n").filter(Boolean))
+    if (!/^[-d]/.test(line) || /(^|\/)\.\.(\/|$)/.test(line))
+      throw new StatusError(
+        grpc.status.FAILED_PRECONDITION,
+        `${storePath}: corrupt image archive: unexpected member ${JSON.stringify(line.slice(0, 200))}`,
+      );
+  const dir = await mkdtemp(join(tmpdir(), "nixoci-archive-"));
+  try {
+    await run(["-xf", file, "-C", dir, "--no-same-owner", "--no-same-permissions"]);
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw new StatusError(
+      grpc.status.FAILED_PRECONDITION,
+      `${storePath}: cannot unpack: ${(err as Error).message}`,
+    );
+  }
+  return dir;
 }
 
 class StatusError extends Error {

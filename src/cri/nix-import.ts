@@ -74,8 +74,9 @@ export async function importNixImage(
     const manifestLabels: Record<string, string> = {
       "containerd.io/gc.ref.content.config": image.config.digest,
     };
+    // Store layers' blobs (when the description has them) are written only if a layer must be applied from one.
     for (const [i, layer] of image.layers.entries()) {
-      if (!layer.blobFile) continue;
+      if (!layer.blobFile || layer.storePaths.length) continue;
       await containerd.writeContent(
         layer.descriptor.digest,
         layer.descriptor.size,
@@ -90,10 +91,14 @@ export async function importNixImage(
       manifestLabels,
     );
 
+    const lateBlobs: Record<string, string> = {};
     for (const [i, layer] of image.layers.entries()) {
       const how = await unpackLayer(image, layer, chains[i], i ? chains[i - 1] : "", opts);
       counts[how]++;
+      if (how === "applied" && layer.storePaths.length)
+        lateBlobs[`containerd.io/gc.ref.content.l.${i}`] = layer.descriptor.digest;
     }
+    if (Object.keys(lateBlobs).length) await containerd.updateContentLabels(image.manifest.digest, lateBlobs);
     const top = chains[chains.length - 1];
     if (top)
       await containerd.updateContentLabels(image.config.digest, {
@@ -132,6 +137,14 @@ async function unpackLayer(
     let how: "applied" | "generated";
     let applied: DescriptorMessage;
     if (layer.blobFile) {
+      // A blob layer, or a store layer whose blob the description carries (an OCI archive as a store path):
+      // applied as it is (a nix-snapshotter image's nix layer holds only mountpoints, not the store contents).
+      if (layer.storePaths.length)
+        await containerd.writeContent(
+          layer.descriptor.digest,
+          layer.descriptor.size,
+          createReadStream(layer.blobFile),
+        );
       applied = await containerd.apply(descriptorMessage(layer.descriptor), mounts);
       how = "applied";
     } else {

@@ -110,7 +110,7 @@ export interface NixImageLayer {
   diffId: Digest;
   /** Store paths of a store layer (its blob is not in the description); empty for a blob layer. */
   storePaths: string[];
-  /** The blob's file in the description (blob layers only). */
+  /** The blob's file in the description (always for blob layers; for store layers when the layout has it). */
   blobFile?: string;
 }
 
@@ -223,9 +223,10 @@ export async function readNixImage(storePath: string, realPath: string, storeDir
       const storePaths = layerStorePaths(descriptor);
       for (const p of storePaths) parseStorePath(p, storeDir, `layer ${i} store path`);
       const layer: NixImageLayer = { descriptor, diffId: diffIds[i] as Digest, storePaths };
-      if (!storePaths.length) {
-        const file = blobPath(descriptor.digest);
-        const bst = await stat(file).catch(() => undefined);
+      // A blob layer's blob must be there; a store layer's may be (a full OCI layout or archive).
+      const file = blobPath(descriptor.digest);
+      const bst = await stat(file).catch(() => undefined);
+      if (bst?.isFile() || !storePaths.length) {
         if (!bst?.isFile()) throw new Error(`layer ${i} blob ${descriptor.digest} is missing`);
         if (bst.size !== descriptor.size)
           throw new Error(`layer ${i} blob has ${bst.size} bytes, the manifest says ${descriptor.size}`);

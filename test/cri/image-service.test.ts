@@ -223,6 +223,44 @@ describe("nixoci image-service: nix:0 references from the store through containe
     );
   });
 
+  test("an OCI archive in the store (nix-snapshotter's image tarballs) loads too, store layers from the store", async () => {
+    const work = mkdtempSync(join(stack.dir, "archive-"));
+    const tarFile = join(work, "hello-oci.tar");
+    nixociOk([
+      "build",
+      "-q",
+      "--entrypoint",
+      `${fx.hello}/bin/hello`,
+      fx.hello,
+      "-o",
+      `oci-archive:${tarFile}`,
+    ]);
+    const archive = runText("nix-store", ["--add", tarFile]).trim();
+    const from = readFileSync(svc.logFile, "utf8").length;
+    const pulled = await svc.client.pullImage(
+      { image: { image: `nix:0${archive}` } },
+      { timeoutMs: 120_000 },
+    );
+    assert.match(pulled.image_ref, /^sha256:/);
+    const line = readFileSync(svc.logFile, "utf8")
+      .slice(from)
+      .split("\n")
+      .find((l) => l.includes('"nix image loaded"'));
+    assert.ok(line, "loaded");
+    const counts = JSON.parse(line) as { fromStore: number; present: number; generated: number };
+    assert.equal(counts.generated, 0);
+    assert.ok(counts.fromStore + counts.present >= 1, line);
+    assert.match(stack.run(criImageName(archive), "imgsvc-archive"), /Hello from nixoci!/);
+    // Not a tar at all: a clear error.
+    writeFileSync(join(work, "junk.tar"), "not a tar archive\n");
+    const junk = runText("nix-store", ["--add", join(work, "junk.tar")]).trim();
+    const e = await grpcCode(
+      svc.client.pullImage({ image: { image: `nix:0${junk}` } }, { timeoutMs: 30_000 }),
+    );
+    assert.equal(e.code, 9, e.details);
+    assert.match(e.details, /not a tar archive|corrupt image/);
+  });
+
   test("RemoveImage of a nix:0 image removes it from CRI", async () => {
     await svc.client.pullImage({ image: { image: ref } });
     await svc.client.removeImage({ image: { image: ref } });
