@@ -64,6 +64,10 @@ export function parseSpecText(text: string, filename: string): ImageSpec {
   return validateSpec(spec, filename);
 }
 
+function sessionAttrs(sessionId: string | undefined): Record<string, string> {
+  return sessionId ? { "local.session": sessionId } : {};
+}
+
 /** The environment of the frontend's steps: its image's symlink farm has the compressors in /bin. */
 const STEP_ENV = ["PATH=/bin:/usr/bin"];
 
@@ -74,6 +78,8 @@ function selfCommand(): string[] {
 
 export interface FrontendRun {
   opts: Map<string, string>;
+  /** BUILDKIT_SESSION_ID: the client session local sources are read through (empty for dockerd's tar body). */
+  sessionId?: string;
   gateway: Gateway;
   log: (msg: string) => void;
 }
@@ -298,13 +304,28 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     const http = source(ctxUrl, { "http.filename": "context" }, "[internal] load remote build context");
     context = copy(http, "/context", undefined, "/", { unpack: true }, "unpack the build context");
   } else {
+    // The client's directories through its session (`DOCKER_BUILDKIT=1 docker build`, buildctl --local).
     context = source(
       "local://context",
-      { "local.sharedkeyhint": "context", "local.unique": "nixoci" },
-      "load build context",
+      { ...sessionAttrs(run.sessionId), "local.sharedkeyhint": "context" },
+      "[internal] load build context",
     );
   }
-  const ctxRef = await gateway.solve(context);
+  // The build file: from the client's "dockerfile" directory in a session build (it may lie outside the
+  // context), else from the context.
+  const buildFileState =
+    !given && !(ctxUrl && /^https?:\/\//.test(ctxUrl)) && run.sessionId
+      ? source(
+          "local://dockerfile",
+          {
+            ...sessionAttrs(run.sessionId),
+            "local.followpaths": JSON.stringify([filename]),
+            "local.sharedkeyhint": filename,
+          },
+          "[internal] load build definition",
+        )
+      : context;
+  const ctxRef = await gateway.solve(buildFileState);
   let text: string;
   try {
     text = (await gateway.readFile(ctxRef, filename)).toString("utf8");

@@ -24,7 +24,12 @@ async function gatewayMode(): Promise<number> {
   const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
   const gateway = new Gateway(stdioStream(), log);
   try {
-    await buildWithGateway({ opts: frontendOpts(process.env), gateway, log });
+    await buildWithGateway({
+      opts: frontendOpts(process.env),
+      sessionId: process.env.BUILDKIT_SESSION_ID || undefined,
+      gateway,
+      log,
+    });
   } catch (err) {
     const message = (err as Error).message ?? String(err);
     log(`nixoci frontend: ${message}`);

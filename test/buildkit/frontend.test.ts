@@ -7,7 +7,7 @@
 // layer, a rebuild with nothing changed is fully cached, and bad specs fail the build with a clear message.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,7 +19,7 @@ import {
 } from "../support/buildkit.js";
 import { buildFixtures, GC_ROOTS_DIR, PACKAGES_NIX } from "../support/fixtures.js";
 import { nixociOk, ROOT } from "../support/cli.js";
-import { freePort, startDockerd, startRegistry, type Dockerd } from "../support/daemons.js";
+import { DOCKER_CLI, freePort, startDockerd, startRegistry, type Dockerd } from "../support/daemons.js";
 
 const FRONTEND = "nixoci-frontend:test";
 
@@ -107,6 +107,34 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
     assert.ok(
       steps.every((v) => v.cached),
       `fetch steps re-ran: ${steps.filter((v) => !v.cached).map((v) => v.name)}`,
+    );
+  });
+
+  test("`DOCKER_BUILDKIT=1 docker build` (the CLI's session: local context and build file) builds a spec", () => {
+    const ctx = context("cli", helloSpec());
+    const r = spawnSync(
+      DOCKER_CLI,
+      [
+        "-H",
+        `unix://${d.host}`,
+        "build",
+        "--network",
+        "host",
+        "-f",
+        join(ctx, "nixoci.yaml"),
+        "-t",
+        "nixtest:cli",
+        ctx,
+      ],
+      {
+        env: { ...process.env, DOCKER_BUILDKIT: "1", DOCKER_CONFIG: join(dir, "docker-cli") },
+        timeout: 300_000,
+      },
+    );
+    assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+    assert.match(
+      d.docker(["run", "--rm", "--network", "none", "nixtest:cli"]).toString(),
+      /Hello from nixoci!/,
     );
   });
 
@@ -236,6 +264,41 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
       assert.match(
         d.docker(["run", "--rm", "--network", "none", "nixfile:hello"]).toString(),
         /Hello from a changed Nix file/,
+      );
+    });
+
+    test("`DOCKER_BUILDKIT=1 docker build -f default.nix --build-arg ...` builds a Nix file", () => {
+      const c = join(dir, "cli-nix");
+      mkdirSync(c, { recursive: true });
+      writeFileSync(join(c, "default.nix"), helloNix);
+      const args = ["toolchain=" + TOOLCHAIN, "attr=hello", "entrypoint=/bin/hello"].flatMap((a) => [
+        "--build-arg",
+        a,
+      ]);
+      const r = spawnSync(
+        DOCKER_CLI,
+        [
+          "-H",
+          `unix://${d.host}`,
+          "build",
+          "--network",
+          "host",
+          "-f",
+          join(c, "default.nix"),
+          ...args,
+          "-t",
+          "nixfile:cli",
+          c,
+        ],
+        {
+          env: { ...process.env, DOCKER_BUILDKIT: "1", DOCKER_CONFIG: join(dir, "docker-cli") },
+          timeout: 300_000,
+        },
+      );
+      assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+      assert.match(
+        d.docker(["run", "--rm", "--network", "none", "nixfile:cli"]).toString(),
+        /Hello from a Nix file/,
       );
     });
 
