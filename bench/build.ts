@@ -21,6 +21,7 @@ import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { median, nixBuild } from "./common.js";
 
 const RUNS = 3;
 const FIXTURE = fileURLToPath(new URL("../../bench/fixtures/closure.nix", import.meta.url));
@@ -51,20 +52,7 @@ interface NixociRun {
   layers: LayerJson[];
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-function nixBuild(outLink: string, extra: string[]): string {
-  return execFileSync(
-    "nix-build",
-    ["--max-jobs", "2", FIXTURE, "-A", "top", "--out-link", outLink, ...extra],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  )
-    .toString()
-    .trim();
-}
+const nixBuildTop = (outLink: string, extra: string[]): string => nixBuild(FIXTURE, "top", outLink, extra);
 
 function closureOf(top: string): Closure {
   const paths = execFileSync("nix-store", ["--query", "--requisites", top])
@@ -89,8 +77,8 @@ function ensureClosures(): { base: Closure; changed: Closure } {
   const dir = join(tmpdir(), "nixoci-bench-closure");
   fs.mkdirSync(dir, { recursive: true });
   const t0 = performance.now();
-  const base = nixBuild(join(dir, "top"), []);
-  const changed = nixBuild(join(dir, "top-changed"), ["--argstr", "changed", "1"]);
+  const base = nixBuildTop(join(dir, "top"), []);
+  const changed = nixBuildTop(join(dir, "top-changed"), ["--argstr", "changed", "1"]);
   const s = (performance.now() - t0) / 1000;
   if (s > 2) console.log(`built the bench closures with nix-build in ${s.toFixed(1)} s`);
   return { base: closureOf(base), changed: closureOf(changed) };

@@ -42,6 +42,7 @@ import {
   stopSnapshotter,
   type Snapshotter,
 } from "../test/support/snapshotter.js";
+import { median, nixBuild } from "./common.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
 const CLOSURE_NIX = fileURLToPath(new URL("../../bench/fixtures/closure.nix", import.meta.url));
@@ -59,26 +60,12 @@ const MANY_PATHS = 2096;
 /** Goal from the issue. */
 const GOAL_VS_OVERLAYFS = 0.1;
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
 const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 const ratio = (x: number) => `${x.toFixed(2)}x`;
 const mb = (bytes: number) => `${(bytes / 1e6).toFixed(0)} MB`;
 const verdict = (ok: boolean) => (ok ? "ok" : "MISSED");
 
 // ---- fixtures and images ----
-
-/** nix-build with an out-link (a GC root under /tmp, kept between runs, so the store caches the closure). */
-function nixBuild(file: string, attr: string, outLink: string, extra: string[] = []): string {
-  return execFileSync("nix-build", ["--max-jobs", "2", file, "-A", attr, "--out-link", outLink, ...extra], {
-    stdio: ["ignore", "pipe", "inherit"],
-  })
-    .toString()
-    .trim();
-}
 
 function closureOf(paths: string[]): { paths: string[]; narSize: number } {
   const closure = execFileSync("nix-store", ["--query", "--requisites", ...paths], { maxBuffer: 64 << 20 })

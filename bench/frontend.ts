@@ -34,6 +34,7 @@ import {
   type BuildVertex,
 } from "../test/support/buildkit.js";
 import { startDockerd, type Dockerd } from "../test/support/daemons.js";
+import { median, nixBuild } from "./common.js";
 
 const RUNS = Number(process.env.NIXOCI_BENCH_FRONTEND_RUNS ?? 3);
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -63,24 +64,11 @@ interface Sample {
   steps: string;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
 const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
 const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 const ratio = (x: number) => `${x.toFixed(2)}x`;
 
-function nixBuild(outLink: string, extra: string[]): string {
-  return execFileSync(
-    "nix-build",
-    ["--max-jobs", "2", FIXTURE, "-A", "top", "--out-link", outLink, ...extra],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  )
-    .toString()
-    .trim();
-}
+const nixBuildTop = (outLink: string, extra: string[]): string => nixBuild(FIXTURE, "top", outLink, extra);
 
 function requisites(top: string): string[] {
   return execFileSync("nix-store", ["--query", "--requisites", top]).toString().split("\n").filter(Boolean);
@@ -171,8 +159,8 @@ export async function benchFrontend(): Promise<void> {
   const started = performance.now();
   const rootsDir = "/tmp/nixoci-bench-closure"; // shared with bench/build.ts and bench/cri.ts
   fs.mkdirSync(rootsDir, { recursive: true });
-  const base = nixBuild(join(rootsDir, "top"), []);
-  const changed = nixBuild(join(rootsDir, "top-changed"), ["--argstr", "changed", "1"]);
+  const base = nixBuildTop(join(rootsDir, "top"), []);
+  const changed = nixBuildTop(join(rootsDir, "top-changed"), ["--argstr", "changed", "1"]);
   const basePaths = requisites(base);
   const changedPaths = requisites(changed);
   const before = new Set(basePaths);
