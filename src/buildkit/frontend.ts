@@ -295,14 +295,24 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   // once; these ops are byte for byte the ones the Dockerfile frontend already solved, so BuildKit reuses them.
   const ctxUrl = opts.get("context");
   const inputs = await gateway.inputs().catch(() => ({}) as Record<string, { def: Buffer[] }>);
+  // The build file comes from the context, except in a session build: from the client's "dockerfile" directory
+  // (it may lie outside the context).
   let context: Output;
+  let buildFileState: Output;
   const given = inputs.context ? fromDefinition(inputs.context) : undefined;
   if (given) {
     // Passed by the caller (a Dockerfile frontend forwarding here, since the image offers the inputs cap).
-    context = given;
+    context = buildFileState = given;
   } else if (ctxUrl && /^https?:\/\//.test(ctxUrl)) {
     const http = source(ctxUrl, { "http.filename": "context" }, "[internal] load remote build context");
-    context = copy(http, "/context", undefined, "/", { unpack: true }, "unpack the build context");
+    context = buildFileState = copy(
+      http,
+      "/context",
+      undefined,
+      "/",
+      { unpack: true },
+      "unpack the build context",
+    );
   } else {
     // The client's directories through its session (`DOCKER_BUILDKIT=1 docker build`, buildctl --local).
     context = source(
@@ -310,11 +320,7 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
       { ...sessionAttrs(run.sessionId), "local.sharedkeyhint": "context" },
       "[internal] load build context",
     );
-  }
-  // The build file: from the client's "dockerfile" directory in a session build (it may lie outside the
-  // context), else from the context.
-  const buildFileState =
-    !given && !(ctxUrl && /^https?:\/\//.test(ctxUrl)) && run.sessionId
+    buildFileState = run.sessionId
       ? source(
           "local://dockerfile",
           {
@@ -325,6 +331,7 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
           "[internal] load build definition",
         )
       : context;
+  }
   const ctxRef = await gateway.solve(buildFileState);
   let text: string;
   try {

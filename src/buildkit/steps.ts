@@ -12,7 +12,8 @@ import { join } from "node:path";
 import { parseHash } from "../nix/hash.js";
 import { restoreNar } from "../nix/nar-restore.js";
 import { dumpPath } from "../nix/nar-writer.js";
-import { parseStorePath } from "../nix/store-path.js";
+import { parseStorePath, type StorePath } from "../nix/store-path.js";
+import type { Readable } from "node:stream";
 import { planStoreLayers } from "../image/build.js";
 import { customisationLayer } from "../image/customisation.js";
 import type { TreeEntry } from "../image/layer-tar.js";
@@ -86,46 +87,22 @@ export async function planStep(opts: {
 
 const MTIME = 1;
 
-/** Fetches exactly `paths` into OUT/<store dir>, canonical, each path verified against its narinfo. */
-export async function fetchStep(paths: string[], caches: CacheChain, out: string): Promise<void> {
-  const storeDir = join(out, caches.storeDir);
-  await mkdir(storeDir, { recursive: true, mode: 0o755 });
-  await mapLimit(paths, 4, async (p) => {
-    const sp = parseStorePath(p, caches.storeDir);
-    const info = await caches.queryPathInfo(sp.path);
-    if (!info) throw new NixociError(sp.path, `not in ${caches.url}`);
-    await restoreNar(await caches.narFromPath(info), join(storeDir, sp.baseName), {
-      input: sp.path,
-      canonicalize: true,
-    });
-  });
-  // The store directory's ancestors as nixoci's tars have them: 0755, mtime 1 (children first).
-  const parts = caches.storeDir.split("/").filter(Boolean);
-  for (let i = parts.length; i >= 1; i--) {
-    const d = join(out, ...parts.slice(0, i));
-    await chmod(d, 0o755);
-    await utimes(d, MTIME, MTIME);
-  }
-}
-
 /**
- * Copies exactly `paths` from a store directory mounted at `from` (the build's Nix cache mount, whose store is
- * /nix/store) into OUT/nix/store as canonical trees (a NAR dump and restore: no hard links, mtime 1).
+ * Restores exactly `paths` (not their references) under OUT/<store dir> as canonical trees (mtime 1, Nix's
+ * modes, no hard links), each path's NAR from `nar`; then gives the store directory's ancestors the metadata
+ * nixoci's tars have (0755, mtime 1; children first).
  */
-export async function copyStep(
+async function restorePaths(
   paths: string[],
-  from: string,
+  storeDir: string,
   out: string,
-  storeDir = "/nix/store",
+  nar: (path: StorePath) => Promise<Readable>,
 ): Promise<void> {
   const dest = join(out, storeDir);
   await mkdir(dest, { recursive: true, mode: 0o755 });
   await mapLimit(paths, 4, async (p) => {
     const sp = parseStorePath(p, storeDir);
-    await restoreNar(dumpPath(join(from, sp.baseName)), join(dest, sp.baseName), {
-      input: sp.path,
-      canonicalize: true,
-    });
+    await restoreNar(await nar(sp), join(dest, sp.baseName), { input: sp.path, canonicalize: true });
   });
   const parts = storeDir.split("/").filter(Boolean);
   for (let i = parts.length; i >= 1; i--) {
@@ -133,6 +110,23 @@ export async function copyStep(
     await chmod(d, 0o755);
     await utimes(d, MTIME, MTIME);
   }
+}
+
+/** Fetches exactly `paths` from the caches into OUT/<store dir>, each verified against its narinfo. */
+export function fetchStep(paths: string[], caches: CacheChain, out: string): Promise<void> {
+  return restorePaths(paths, caches.storeDir, out, async (sp) => {
+    const info = await caches.queryPathInfo(sp.path);
+    if (!info) throw new NixociError(sp.path, `not in ${caches.url}`);
+    return caches.narFromPath(info);
+  });
+}
+
+/**
+ * Copies exactly `paths` from a store directory mounted at `from` (the build's Nix cache mount, whose store is
+ * /nix/store) into OUT/nix/store (a NAR dump and restore).
+ */
+export function copyStep(paths: string[], from: string, out: string, storeDir = "/nix/store"): Promise<void> {
+  return restorePaths(paths, storeDir, out, async (sp) => dumpPath(join(from, sp.baseName)));
 }
 
 /** `nix path-info --json -r` output as the closure map the layer planner takes. */
