@@ -72,19 +72,28 @@ export function grpcCode(err: unknown): number | undefined {
 const DEFAULT_TIMEOUT_MS = 120_000;
 
 export class ContainerdClient {
-  private readonly clients: Record<string, RawClient> = {};
-  private lease?: string;
+  private readonly clients: Record<string, RawClient>;
 
+  /**
+   * `lease` and `clients` are for withLease's views: the same connections, with a lease header on every call
+   * (a view per lease, so concurrent imports never share or reset each other's lease).
+   */
   constructor(
     readonly socketPath: string,
     readonly namespace: string,
     private readonly timeoutMs = DEFAULT_TIMEOUT_MS,
+    clients?: Record<string, RawClient>,
+    private readonly lease?: string,
   ) {
-    const channel = `unix:${socketPath}`;
-    const creds = grpc.credentials.createInsecure();
-    for (const [name, Ctor] of Object.entries(services())) {
-      // One channel for all services (same address and options share a subchannel anyway).
-      this.clients[name] = new Ctor(channel, creds) as RawClient;
+    if (clients) this.clients = clients;
+    else {
+      this.clients = {};
+      const channel = `unix:${socketPath}`;
+      const creds = grpc.credentials.createInsecure();
+      for (const [name, Ctor] of Object.entries(services())) {
+        // One channel for all services (same address and options share a subchannel anyway).
+        this.clients[name] = new Ctor(channel, creds) as RawClient;
+      }
     }
   }
 
@@ -113,19 +122,18 @@ export class ContainerdClient {
   }
 
   /**
-   * Runs `fn` with a fresh lease (expiring after an hour should this process die) attached to every call, then
-   * deletes the lease: what `fn` wrote stays only if something else (the image record) references it.
+   * Runs `fn` with a client whose every call carries a fresh lease (expiring after an hour should this process
+   * die), then deletes the lease: what `fn` wrote stays only if something else (the image record) references it.
    */
-  async withLease<T>(fn: () => Promise<T>): Promise<T> {
+  async withLease<T>(fn: (leased: ContainerdClient) => Promise<T>): Promise<T> {
     const id = `nixoci-${Date.now()}-${randomBytes(4).toString("hex")}`;
     const expire = new Date(Date.now() + 3600_000).toISOString();
     await this.call("leases", "Create", { id, labels: { "containerd.io/gc.expire": expire } });
-    const previous = this.lease;
-    this.lease = id;
     try {
-      return await fn();
+      return await fn(
+        new ContainerdClient(this.socketPath, this.namespace, this.timeoutMs, this.clients, id),
+      );
     } finally {
-      this.lease = previous;
       await this.call("leases", "Delete", { id }).catch(() => undefined);
     }
   }

@@ -16,6 +16,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import type { ContainerdClient, DescriptorMessage } from "../containerd/api.js";
 import { ALREADY_EXISTS, grpcCode } from "../containerd/api.js";
+import { MANIFEST_DIGEST_LABEL, REF_LABEL } from "../containerd/labels.js";
 import { storePathsTar } from "../image/layer-tar.js";
 import { OCI_LAYER } from "../oci/media-types.js";
 import type { NixImage, NixImageLayer } from "../oci/nix-image.js";
@@ -23,8 +24,6 @@ import type { Logger } from "../registry/logging.js";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError } from "../util/errors.js";
 
-export const REF_LABEL = "containerd.io/snapshot.ref";
-export const MANIFEST_DIGEST_LABEL = "containerd.io/snapshot/cri.manifest-digest";
 export const CRI_IMAGE_LABEL = "io.cri-containerd.image";
 
 export interface ImportOptions {
@@ -66,10 +65,11 @@ export async function importNixImage(
   name: string,
   opts: ImportOptions,
 ): Promise<ImportResult> {
-  const { containerd, snapshotter } = opts;
+  const { snapshotter } = opts;
   const counts = { present: 0, fromStore: 0, applied: 0, generated: 0 };
   const chains = chainIds(image.layers.map((l) => l.diffId));
-  await containerd.withLease(async () => {
+  await opts.containerd.withLease(async (containerd) => {
+    const leased = { ...opts, containerd };
     await containerd.writeContent(image.config.digest, image.config.size, image.config.bytes);
     const manifestLabels: Record<string, string> = {
       "containerd.io/gc.ref.content.config": image.config.digest,
@@ -93,7 +93,7 @@ export async function importNixImage(
 
     const lateBlobs: Record<string, string> = {};
     for (const [i, layer] of image.layers.entries()) {
-      const how = await unpackLayer(image, layer, chains[i], i ? chains[i - 1] : "", opts);
+      const how = await unpackLayer(image, layer, chains[i], i ? chains[i - 1] : "", leased);
       counts[how]++;
       if (how === "applied" && layer.storePaths.length)
         lateBlobs[`containerd.io/gc.ref.content.l.${i}`] = layer.descriptor.digest;

@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { Hash } from "../nix/hash.js";
 import { narHashOfPath, dumpPath } from "../nix/nar-writer.js";
 import { makeContentAddressedPath, parseStorePath, validateStorePathName } from "../nix/store-path.js";
+import { storePathsFromAnnotations } from "../image/types.js";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { removeTree } from "../util/fs.js";
@@ -27,16 +28,11 @@ import { indexEntry, OCI_LAYOUT_FILE, REF_NAME_ANNOTATION } from "./layout.js";
 import { OCI_INDEX } from "./media-types.js";
 
 export const NIX_IMAGE_REF_PREFIX = "nix:0";
-export const STORE_PATH_ANNOTATION_PREFIX = "containerd.io/snapshot/nix-store-path.";
 export const DEFAULT_NIX_IMAGE_NAME = "nixoci-image";
 
 /** Store paths a layer descriptor names (its nix-store-path.<i> annotations, in index order). */
 export function layerStorePaths(d: { annotations?: Record<string, string> | null }): string[] {
-  const out: Array<[number, string]> = [];
-  for (const [k, v] of Object.entries(d.annotations ?? {}))
-    if (k.startsWith(STORE_PATH_ANNOTATION_PREFIX))
-      out.push([Number(k.slice(STORE_PATH_ANNOTATION_PREFIX.length)), v]);
-  return out.sort((a, b) => a[0] - b[0]).map((x) => x[1]);
+  return storePathsFromAnnotations(d.annotations ?? {});
 }
 
 /**

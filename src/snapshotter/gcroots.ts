@@ -34,7 +34,9 @@ import {
 } from "node:fs";
 import { basename, join, resolve } from "node:path";
 
-export const MANIFEST_DIGEST_LABEL = "containerd.io/snapshot/cri.manifest-digest";
+import { MANIFEST_DIGEST_LABEL } from "../containerd/labels.js";
+
+export { MANIFEST_DIGEST_LABEL } from "../containerd/labels.js";
 
 const NIX_STORE = "/nix/store";
 const NIX_GCROOTS = "/nix/var/nix/gcroots";

@@ -64,6 +64,8 @@ import {
 } from "node:fs";
 import { rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { REF_LABEL } from "../containerd/labels.js";
+import { storePathsFromAnnotations } from "../image/types.js";
 import { parseStorePath } from "../nix/store-path.js";
 import type { Logger } from "../registry/logging.js";
 import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
@@ -86,8 +88,7 @@ import {
   type OverlayOptions,
 } from "./overlay.js";
 
-export const REF_LABEL = "containerd.io/snapshot.ref";
-export const STORE_PATH_LABEL_PREFIX = "containerd.io/snapshot/nix-store-path.";
+export { REF_LABEL } from "../containerd/labels.js";
 
 export interface NixSnapshotterOptions extends OverlayOptions {
   store: LocalStore;
@@ -110,18 +111,6 @@ export interface NixSnapshotterOptions extends OverlayOptions {
 }
 
 export type NixLayerMode = "auto" | NixLayerKind;
-
-/** The store paths named by `containerd.io/snapshot/nix-store-path.<i>` labels, in index order, deduplicated. */
-export function storePathsFromLabels(labels: Record<string, string>): string[] {
-  const indexed: Array<[number, string]> = [];
-  for (const [k, v] of Object.entries(labels)) {
-    if (!k.startsWith(STORE_PATH_LABEL_PREFIX)) continue;
-    const i = Number(k.slice(STORE_PATH_LABEL_PREFIX.length));
-    indexed.push([Number.isFinite(i) ? i : Number.MAX_SAFE_INTEGER, v]);
-  }
-  indexed.sort((a, b) => a[0] - b[0]);
-  return [...new Set(indexed.map((x) => x[1]))];
-}
 
 function run(cmd: string, args: string[], cwd?: string): Promise<void> {
   return new Promise((resolve, reject) =>
@@ -362,7 +351,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
   override async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
     const ref = labels[REF_LABEL];
-    const paths = storePathsFromLabels(labels);
+    const paths = storePathsFromAnnotations(labels);
     if (ref && paths.length) {
       if (await this.tryNixLayer(ref, parent, labels, paths))
         throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(ref)} already exists`);
