@@ -31,7 +31,6 @@
 import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import { join, resolve } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { criImageClient, type CriImageClient } from "../src/cri/grpc.js";
 import { startContainerd, startRegistry, type Containerd, type Registry } from "../test/support/daemons.js";
@@ -43,6 +42,7 @@ import {
   type Snapshotter,
 } from "../test/support/snapshotter.js";
 import { median, nixBuild } from "./common.js";
+import { criConfig, until } from "../test/support/cri.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
 const CLOSURE_NIX = fileURLToPath(new URL("../../bench/fixtures/closure.nix", import.meta.url));
@@ -126,24 +126,6 @@ function buildImage(registry: Registry, cacheDir: string, name: string, packages
 
 // ---- daemons ----
 
-/** The CRI section for containerd 1.6.20 (see test/cri/cri-pull.test.ts for why each key is there). */
-function criConfig(dir: string, registryHost: string, snapshotter: string): string {
-  const q = (s: string): string => JSON.stringify(s);
-  return [
-    `[plugins."io.containerd.grpc.v1.cri"]`,
-    `  stream_server_address = "127.0.0.1"`,
-    `  stream_server_port = "0"`,
-    `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
-    `    snapshotter = ${q(snapshotter)}`,
-    `    disable_snapshot_annotations = false`,
-    `  [plugins."io.containerd.grpc.v1.cri".cni]`,
-    `    bin_dir = ${q(join(dir, "cni-bin"))}`,
-    `    conf_dir = ${q(join(dir, "cni-conf"))}`,
-    `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${q(registryHost)}]`,
-    `    endpoint = [${q(`http://${registryHost}`)}]`,
-  ].join("\n");
-}
-
 interface Side {
   name: string;
   snapshotter: string;
@@ -151,19 +133,6 @@ interface Side {
   cri: CriImageClient;
   /** Directories that must be empty after an image is removed (the snapshotter's own snapshots). */
   snapshotDir: string;
-}
-
-async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T> | T): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline)
-        throw new Error(`${what}: not done after ${timeoutMs / 1000} s: ${String(err)}`, { cause: err });
-      await sleep(100);
-    }
-  }
 }
 
 async function startSide(
@@ -178,11 +147,11 @@ async function startSide(
   fs.mkdirSync(join(cniDir, "cni-conf"), { recursive: true });
   const containerd = await startContainerd({
     proxyPlugins: proxy ? { [snapshotter]: { type: "snapshot", address: proxy.socket } } : undefined,
-    criConfig: criConfig(cniDir, registry.host, snapshotter),
+    criConfig: criConfig({ dir: cniDir, registryHost: registry.host, snapshotter }),
   });
   const cri = criImageClient(containerd.address);
   try {
-    await until("CRI ImageFsInfo", 30_000, () => cri.imageFsInfo({}, { timeoutMs: 5000 }));
+    await until("CRI ImageFsInfo", 30_000, () => cri.imageFsInfo({}, { timeoutMs: 5000 }), 100);
   } catch (err) {
     cri.close();
     await containerd.stop();
@@ -286,7 +255,12 @@ function assertClean(side: Side): void {
 let runId = 0;
 
 async function pullAndRun(side: Side, registry: Registry, image: Image): Promise<Sample> {
-  await until(`${side.name}: a clean state before pulling ${image.name}`, 60_000, () => assertClean(side));
+  await until(
+    `${side.name}: a clean state before pulling ${image.name}`,
+    60_000,
+    () => assertClean(side),
+    100,
+  );
   const logFrom = fs.statSync(join(registry.dir, "registry.log")).size;
   const t0 = performance.now();
   const pulled = await side.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: 300_000 });

@@ -13,6 +13,7 @@ import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, realpathSync, 
 import { tmpdir } from "node:os";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadedLibraries } from "./lib-ldd.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -38,14 +39,12 @@ try {
 
   // 2. the libraries they load, where the executables' loader and search path expect them.
   const libsDir = join(work, "node-runtime-libs");
-  const ldd = [node, ...tools].map((b) => run("ldd", [b])).join("\n");
-  for (const line of ldd.split("\n")) {
-    const m = /^\s*(?:(\S+) => )?(\/\S+) \(0x/.exec(line);
-    if (!m) continue;
-    const path = m[2];
+  for (const { soname, path } of [node, ...tools].flatMap(loadedLibraries)) {
     const real = realpathSync(path);
     // The loader at its absolute name (/lib64/ld-linux-x86-64.so.2), libraries under lib/<triplet>/.
-    const dest = m[1] ? join(libsDir, "lib", basename(dirname(path)), m[1]) : join(libsDir, path.slice(1));
+    const dest = soname
+      ? join(libsDir, "lib", basename(dirname(path)), soname)
+      : join(libsDir, path.slice(1));
     mkdirSync(dirname(dest), { recursive: true });
     copyFileSync(real, dest);
     chmodSync(dest, 0o555);

@@ -19,6 +19,7 @@
 // or substituters, with nix-command enabled; /etc/passwd and /etc/group (root, nobody; no nixbld);
 // /root (HOME) and /tmp (1777). ENV: PATH=/usr/bin:/bin HOME=/root USER=root; NIX_REMOTE unset (local store).
 import { execFileSync } from "node:child_process";
+import { loadedLibraries } from "./lib-ldd.mjs";
 import {
   chmodSync,
   copyFileSync,
@@ -137,13 +138,7 @@ try {
       elves.push(p);
     }
   }
-  for (const elf of elves) {
-    for (const line of run("ldd", [elf]).split("\n")) {
-      const m = /^\s*(?:(\S+) => )?(\/\S+) \(0x/.exec(line);
-      if (m) libs.add(m[2]);
-      else if (/not found/.test(line)) throw new Error(`${elf}: ${line.trim()}`);
-    }
-  }
+  for (const elf of elves) for (const { path } of loadedLibraries(elf)) libs.add(path);
   for (const lib of libs) if (!existsSync(dest(lib))) copyFile(lib, lib);
 
   // 3. busybox (static) with its applets in /bin, and /usr/bin/env for `#!/usr/bin/env` scripts.
