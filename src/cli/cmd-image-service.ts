@@ -7,22 +7,13 @@ import { NixImageService } from "../cri/image-service.js";
 import { createLogger, parseLogLevel } from "../registry/logging.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
-import { parseListenAddress, serveOps, type OpsServer } from "../util/ops-http.js";
+import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { parse, UsageError } from "./args.js";
-import { runUntilSignal } from "./daemon.js";
+import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { openStore, trustOptions } from "./stores.js";
 
 const USAGE = `nixoci image-service --address SOCK --containerd SOCK [--snapshotter NAME] [--namespace NS] [--store DIR]
     [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--metrics-address HOST:PORT] [--log-level debug|info|warn|error|silent]`;
-
-/** A unix socket path (resolved), checked against the 107-byte limit. */
-function socketPath(flag: string, value: string | undefined): string {
-  if (!value) throw new UsageError(`--${flag} is required\nusage: ${USAGE}`);
-  const p = resolve(value);
-  if (Buffer.byteLength(p) > 107)
-    throw new UsageError(`--${flag} ${JSON.stringify(value)}: a unix socket path must be at most 107 bytes`);
-  return p;
-}
 
 export async function imageServiceCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -47,19 +38,14 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
   }
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\nusage: ${USAGE}`);
-  const address = socketPath("address", values.address);
-  const containerd = socketPath("containerd", values.containerd);
+  const address = socketPathOption("address", values.address, USAGE);
+  const containerd = socketPathOption("containerd", values.containerd, USAGE);
   const level = parseLogLevel(values["log-level"] ?? "info");
   if (!level) throw new UsageError(`--log-level: unknown level ${JSON.stringify(values["log-level"])}`);
   const namespace = values.namespace ?? "k8s.io";
   if (!/^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/.test(namespace))
     throw new UsageError(`--namespace: invalid containerd namespace ${JSON.stringify(namespace)}`);
-  if (values["metrics-address"] !== undefined)
-    try {
-      parseListenAddress(values["metrics-address"]);
-    } catch (err) {
-      throw new UsageError((err as Error).message);
-    }
+  const metricsAddress = metricsAddressOption(values["metrics-address"]);
   const log = createLogger({ level });
   const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   const store = new LocalStore(values.store ? { dir: resolve(values.store) } : {});
@@ -79,8 +65,8 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
   let ops: OpsServer | undefined;
   try {
     running = await service.serve(address);
-    if (values["metrics-address"])
-      ops = await serveOps(values["metrics-address"], {
+    if (metricsAddress)
+      ops = await serveOps(metricsAddress, {
         metrics: service.metrics,
         health: () => service.health(),
       });

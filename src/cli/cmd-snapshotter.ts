@@ -10,11 +10,11 @@ import { resolve } from "node:path";
 import { createLogger, parseLogLevel } from "../registry/logging.js";
 import { serveSnapshots } from "../snapshotter/server.js";
 import { SnapshotterMetrics } from "../snapshotter/metrics.js";
-import { parseListenAddress, serveOps, type OpsServer } from "../util/ops-http.js";
+import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
 import { parse, UsageError } from "./args.js";
-import { runUntilSignal } from "./daemon.js";
+import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { trustOptions } from "./stores.js";
 
 const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] [--substituter URL]... [--trusted-public-key K]...
@@ -67,36 +67,26 @@ export function parseSnapshotterArgs(
     };
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\nusage: ${USAGE}`);
-  if (!values.address) throw new UsageError(`--address is required\nusage: ${USAGE}`);
+  const address = socketPathOption("address", values.address, USAGE);
   if (!values.root) throw new UsageError(`--root is required\nusage: ${USAGE}`);
-  // Unix socket paths are limited to 107 bytes.
-  if (Buffer.byteLength(resolve(values.address)) > 107)
-    throw new UsageError(
-      `--address ${JSON.stringify(values.address)}: a unix socket path must be at most 107 bytes`,
-    );
   const nixLayers = values["nix-layers"] ?? "auto";
   if (!isNixLayerMode(nixLayers))
     throw new UsageError(
       `--nix-layers: expected auto, link, metacopy or bind, not ${JSON.stringify(nixLayers)}`,
     );
-  if (values["metrics-address"] !== undefined)
-    try {
-      parseListenAddress(values["metrics-address"]);
-    } catch (err) {
-      throw new UsageError((err as Error).message);
-    }
+  const metricsAddress = metricsAddressOption(values["metrics-address"]);
   const logLevel = values["log-level"] ?? "info";
   if (!parseLogLevel(logLevel))
     throw new UsageError(`--log-level: unknown level ${JSON.stringify(logLevel)}`);
   return {
     help: false,
-    address: resolve(values.address),
+    address,
     root: resolve(values.root),
     store: values.store ? resolve(values.store) : undefined,
     substituters: values.substituter ?? [],
     trustedPublicKeys: values["trusted-public-key"] ?? [],
     nixLayers,
-    metricsAddress: values["metrics-address"],
+    metricsAddress,
     logLevel,
   };
 }
