@@ -20,8 +20,7 @@ import { runtimeConfig } from "../image/config.js";
 import { emptySpec, specFromObject, validateSpec, type ImageSpec } from "../image/spec.js";
 import { Gateway } from "./gateway.js";
 import { copy, exec, fromDefinition, mkfile, source, type NetMode, type Output, type State } from "./llb.js";
-import { closureFromNixJson, PLAN_VERSION, type Plan } from "./steps.js";
-import { planStoreLayers } from "../image/build.js";
+import { closureFromNixJson, planOfClosure, type Plan } from "./steps.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 
@@ -218,13 +217,14 @@ async function nixLayers(
     JSON.parse((await run.gateway.readFile(ref, "closure.json")).toString("utf8")),
     DEFAULT_STORE_DIR,
   );
-  const layers = planStoreLayers(
-    (spec.layering ?? "size") as LayeringStrategy,
+  const plan = planOfClosure(
     roots,
     closure,
-    (spec.maxLayers ?? 100) - 1,
-  ).map((l) => ({ paths: l.paths, narSize: l.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0) }));
-  const plan: Plan = { version: PLAN_VERSION, roots, layers, storeDir: DEFAULT_STORE_DIR };
+    (spec.layering ?? "size") as LayeringStrategy,
+    spec.maxLayers ?? 100,
+    DEFAULT_STORE_DIR,
+  );
+  const layers = plan.layers;
   run.log(
     `nixoci frontend: ${filename}: ${roots.length} roots, ${closure.size} paths, ${layers.length} store layers`,
   );

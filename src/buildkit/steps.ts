@@ -78,11 +78,22 @@ export async function planStep(opts: {
 }): Promise<Plan> {
   if (!opts.roots.length) throw new NixociError("packages", "the spec lists no packages");
   const closure = await computeClosure(opts.caches, opts.roots);
-  const layers = planStoreLayers(opts.layering, opts.roots, closure, opts.maxLayers - 1).map((l) => ({
+  return planOfClosure(opts.roots, closure, opts.layering, opts.maxLayers, opts.caches.storeDir);
+}
+
+/** The plan of a known closure: nixoci build's layer planning, each layer with its NAR size. */
+export function planOfClosure(
+  roots: string[],
+  closure: ReadonlyMap<string, PathInfo>,
+  layering: LayeringStrategy,
+  maxLayers: number,
+  storeDir: string,
+): Plan {
+  const layers = planStoreLayers(layering, roots, closure, maxLayers - 1).map((l) => ({
     paths: l.paths,
     narSize: l.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0),
   }));
-  return { version: PLAN_VERSION, roots: opts.roots, layers, storeDir: opts.caches.storeDir };
+  return { version: PLAN_VERSION, roots, layers, storeDir };
 }
 
 const MTIME = 1;
