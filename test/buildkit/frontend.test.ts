@@ -48,6 +48,13 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
+  /** `DOCKER_BUILDKIT=1 docker build --network host ARGS` with the docker 20.10 CLI against this dockerd. */
+  const cliBuild = (args: string[]) =>
+    spawnSync(DOCKER_CLI, ["-H", `unix://${d.host}`, "build", "--network", "host", ...args], {
+      env: { ...process.env, DOCKER_BUILDKIT: "1", DOCKER_CONFIG: join(dir, "docker-cli") },
+      timeout: 300_000,
+    });
+
   function context(name: string, spec: string): string {
     const c = join(dir, name);
     mkdirSync(c, { recursive: true });
@@ -112,25 +119,7 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
 
   test("`DOCKER_BUILDKIT=1 docker build` (the CLI's session: local context and build file) builds a spec", () => {
     const ctx = context("cli", helloSpec());
-    const r = spawnSync(
-      DOCKER_CLI,
-      [
-        "-H",
-        `unix://${d.host}`,
-        "build",
-        "--network",
-        "host",
-        "-f",
-        join(ctx, "nixoci.yaml"),
-        "-t",
-        "nixtest:cli",
-        ctx,
-      ],
-      {
-        env: { ...process.env, DOCKER_BUILDKIT: "1", DOCKER_CONFIG: join(dir, "docker-cli") },
-        timeout: 300_000,
-      },
-    );
+    const r = cliBuild(["-f", join(ctx, "nixoci.yaml"), "-t", "nixtest:cli", ctx]);
     assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
     assert.match(
       d.docker(["run", "--rm", "--network", "none", "nixtest:cli"]).toString(),
@@ -275,26 +264,7 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
         "--build-arg",
         a,
       ]);
-      const r = spawnSync(
-        DOCKER_CLI,
-        [
-          "-H",
-          `unix://${d.host}`,
-          "build",
-          "--network",
-          "host",
-          "-f",
-          join(c, "default.nix"),
-          ...args,
-          "-t",
-          "nixfile:cli",
-          c,
-        ],
-        {
-          env: { ...process.env, DOCKER_BUILDKIT: "1", DOCKER_CONFIG: join(dir, "docker-cli") },
-          timeout: 300_000,
-        },
-      );
+      const r = cliBuild(["-f", join(c, "default.nix"), ...args, "-t", "nixfile:cli", c]);
       assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
       assert.match(
         d.docker(["run", "--rm", "--network", "none", "nixfile:cli"]).toString(),

@@ -71,6 +71,14 @@ async function startImageService(dir: string, name: string, args: string[]): Pro
   }
 }
 
+/** `nixoci build ARGS -o nix:NAME`: the description's store path (the last line it prints). */
+function buildDescription(name: string, args: string[]): string {
+  return nixociOk(["build", "-q", ...args, "-o", `nix:${name}`])
+    .text.trim()
+    .split("\n")
+    .pop()!;
+}
+
 function grpcCode(p: Promise<unknown>): Promise<{ code: number; details: string }> {
   return p.then(
     () => assert.fail("expected a gRPC error"),
@@ -88,16 +96,7 @@ describe("nixoci image-service: nix:0 references from the store through containe
 
   before(async () => {
     fx = buildFixtures();
-    const out = nixociOk([
-      "build",
-      "-q",
-      "--entrypoint",
-      `${fx.hello}/bin/hello`,
-      fx.hello,
-      "-o",
-      "nix:nixoci-test-hello",
-    ]).text.trim();
-    description = out.split("\n").pop()!;
+    description = buildDescription("nixoci-test-hello", ["--entrypoint", `${fx.hello}/bin/hello`, fx.hello]);
     assert.match(description, /^\/nix\/store\/[0-9a-z]{32}-nixoci-test-hello$/);
     ref = `nix:0${description}`;
     stack = await startCriStack({ snapshotterArgs: [], prefix: "imgsvc" });
@@ -211,10 +210,7 @@ describe("nixoci image-service: nix:0 references from the store through containe
     const corrupt = runText("nix-store", ["--add", d]).trim();
     await bad(`nix:0${corrupt}`, 9, /corrupt image description: manifest blob .* is missing/);
     // An image for another architecture: refused up front (the CRI plugin would never list it).
-    const arm = nixociOk(["build", "-q", "--arch", "arm64", fx.greeting, "-o", "nix:nixoci-test-arm64"])
-      .text.trim()
-      .split("\n")
-      .pop()!;
+    const arm = buildDescription("nixoci-test-arm64", ["--arch", "arm64", fx.greeting]);
     await bad(`nix:0${arm}`, 9, /for linux\/arm64, this node is linux\//);
     // Nothing was left mounted by the failed pulls.
     assert.deepEqual(
@@ -323,16 +319,7 @@ describe("nixoci image-service: nix:0 references from the store through containe
 
   test("a description missing from the store is substituted from a signed binary cache", async () => {
     // Its own description (another name), pushed to a cache, then deleted from the store.
-    const out = nixociOk([
-      "build",
-      "-q",
-      "--entrypoint",
-      `${fx.hello}/bin/hello`,
-      fx.hello,
-      "-o",
-      "nix:nixoci-test-subst",
-    ]).text.trim();
-    const desc = out.split("\n").pop()!;
+    const desc = buildDescription("nixoci-test-subst", ["--entrypoint", `${fx.hello}/bin/hello`, fx.hello]);
     const keys = generateCacheKey("imgsvc-test", join(stack.dir, "keys"));
     const other = generateCacheKey("imgsvc-other", join(stack.dir, "keys"));
     const cache = join(stack.dir, "cache");
