@@ -22,7 +22,6 @@ import {
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
-import {} from "../../src/snapshotter/gcroots.js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { MetadataStore } from "../../src/snapshotter/metadata.js";
 import {
@@ -47,6 +46,7 @@ import {
   type Client,
   type Reply,
   type Snapshotter,
+  killAndCheckNoMounts,
 } from "../support/snapshotter.js";
 
 const REF = REF_LABEL;
@@ -114,15 +114,7 @@ describe("snapshotter nix layers", () => {
     sn = await startSnapshotter(dir, args);
     client = snapshotsClient(sn.socket);
   });
-  after(async () => {
-    client?.close();
-    await stopSnapshotter(sn, "SIGKILL");
-    if (dir) {
-      const left = mountsUnder(dir);
-      await removeDir(dir);
-      assert.deepEqual(left, [], "no mount left under the snapshotter's root");
-    }
-  });
+  after(() => killAndCheckNoMounts(client, sn, dir, "the snapshotter's root"));
 
   test(
     "a layer whose paths are in the store is committed from it; containers get a composed root",
@@ -332,15 +324,7 @@ describe("snapshotter nix layers: substitution", () => {
     ]);
     client = snapshotsClient(sn.socket);
   });
-  after(async () => {
-    client?.close();
-    await stopSnapshotter(sn, "SIGKILL");
-    if (dir) {
-      const left = mountsUnder(dir);
-      await removeDir(dir);
-      assert.deepEqual(left, [], "no mount left under the test directory");
-    }
-  });
+  after(() => killAndCheckNoMounts(client, sn, dir));
 
   test(
     "missing paths are substituted, then the layer is committed from the store",
@@ -385,15 +369,7 @@ describe("snapshotter nix layers: mount(8) fallback", () => {
     });
     client = snapshotsClient(sn.socket);
   });
-  after(async () => {
-    client?.close();
-    await stopSnapshotter(sn, "SIGKILL");
-    if (dir) {
-      const left = mountsUnder(dir);
-      await removeDir(dir);
-      assert.deepEqual(left, [], "no mount left under the test directory");
-    }
-  });
+  after(() => killAndCheckNoMounts(client, sn, dir));
 
   test("without the helper, compositions are the same", { timeout: 60_000 }, async () => {
     const paths = [fx.hello, fx.busybox, fx.greeting, fx["single-file"]];
@@ -423,15 +399,7 @@ describe("snapshotter nix layers: link mode", () => {
     sn = await startSnapshotter(dir, ["--store", "/nix/store", "--nix-layers", "link"]);
     client = snapshotsClient(sn.socket);
   });
-  after(async () => {
-    client?.close();
-    await stopSnapshotter(sn, "SIGKILL");
-    if (dir) {
-      const left = mountsUnder(dir);
-      await removeDir(dir);
-      assert.deepEqual(left, [], "no mount left under the test directory");
-    }
-  });
+  after(() => killAndCheckNoMounts(client, sn, dir));
 
   test(
     "the layer holds hard links to the store; containers get a plain overlay",

@@ -1,5 +1,6 @@
 // `nixoci snapshotter` as a child process for tests (containerd talks to it over a socket, and a synchronous
 // client in the same process would deadlock an in-process server), and a small gRPC call helper.
+import assert from "node:assert/strict";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
@@ -138,4 +139,22 @@ export async function removeSnapshotterDir(dir: string, keepFiles = false): Prom
   });
   for (const mp of mountsUnder(dir)) await runAsync("umount", ["-l", mp]).catch(() => undefined);
   if (!keepFiles && !mountsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * A nix-layer test's teardown: closes the client, SIGKILLs the snapshotter (nothing unmounts on the way out),
+ * removes `dir`, and fails when anything was still mounted under it.
+ */
+export async function killAndCheckNoMounts(
+  client: grpc.Client | undefined,
+  sn: Snapshotter | undefined,
+  dir: string | undefined,
+  what = "the test directory",
+): Promise<void> {
+  client?.close();
+  await stopSnapshotter(sn, "SIGKILL");
+  if (!dir) return;
+  const left = mountsUnder(dir);
+  await removeSnapshotterDir(dir);
+  assert.deepEqual(left, [], `no mount left under ${what}`);
 }
