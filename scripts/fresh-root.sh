@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The fresh-machine drill: proves the README's two commands on a brand-new Debian 12, not on this (long prepared)
+# machine. It makes a minimal Debian 12 root (`debootstrap --variant=minbase bookworm`, from the mirror apt is
+# configured with), copies in this machine's Node.js as the "already installed" Node, puts a clean clone of the
+# project's HEAD in /root/nixoci and, inside the root:
+#   1. the main job: `bash scripts/serve-example.sh`, until `skopeo` (installed as the README says a user would)
+#      inspects and copies shell/hello from it;
+#   2. the test command: `npm test` (its `npm ci` half runs from this machine in the root's copy of the project:
+#      the npm registry is reachable from here, not from inside the root).
+# Exits with the test command's status. CI runs this (.ci/run), so its verdict is a new machine's verdict.
+#
+#   bash scripts/fresh-root.sh [--main-job-only | --tests-only] [--keep] [--shell] [-- TEST-FILTER...]
+#
+# The pristine base is cached in $FRESH_ROOT_CACHE (default /var/cache/nixoci/fresh-root) and copied per run, so
+# only the first run pays for debootstrap (~70 s). Each run gets its own mount and PID namespaces: the root's binds
+# of /proc, /sys and /dev and every mount the tests make vanish with it, and every process started inside (servers,
+# daemons the tests leaked) is killed when the run ends. The copy is deleted unless --keep.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+project=$(cd "$here/.." && pwd)
+source "$here/lib-apt.sh"
+
+main_job=1 tests=1 keep=0 shell=0 filters=()
+while (($#)); do
+  case $1 in
+  --main-job-only) tests=0 ;;
+  --tests-only) main_job=0 ;;
+  --keep) keep=1 ;;
+  --shell) shell=1 ;;
+  --) shift && filters=("$@") && break ;;
+  *) echo "fresh-root: unknown argument '$1' (see the header of $0)" >&2 && exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" = 0 ] || { echo "fresh-root: must run as root (debootstrap, chroot, mounts)" >&2 && exit 2; }
+
+# The Debian mirror this machine's apt uses: deb822 sources first, then one-line sources.
+mirror=$(
+  {
+    awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null
+    awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
+  } | head -n1
+)
+[ -n "$mirror" ] || { echo "fresh-root: no bookworm mirror in /etc/apt/sources.list{,.d}" >&2 && exit 1; }
+
+apt_ensure debootstrap git
+cache=${FRESH_ROOT_CACHE:-/var/cache/nixoci/fresh-root}
+base=$cache/bookworm-minbase
+mkdir -p "$cache"
+if [ ! -f "$base/.mirror" ] || [ "$(cat "$base/.mirror")" != "$mirror" ]; then
+  echo "fresh-root: debootstrap --variant=minbase bookworm from $mirror into $base (once)" >&2
+  tmp=$(mktemp -d "$cache/.debootstrap.XXXXXX")
+  if ! debootstrap --variant=minbase bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1; then
+    tail -n 20 "$tmp.log" >&2
+    rm -rf "$tmp" "$tmp.log"
+    echo "fresh-root: debootstrap failed (log above)" >&2
+    exit 1
+  fi
+  rm -f "$tmp.log"
+  echo "$mirror" >"$tmp/.mirror"
+  rm -rf "$base" && mv "$tmp" "$base"
+fi
+
+work=$(mktemp -d /var/tmp/nixoci-fresh-root.XXXXXX)
+root=$work/root
+cleanup() {
+  status=$?
+  # Nothing is mounted here from this namespace (binds live in the run's own namespace); refuse to delete if
+  # something is, rather than deleting through a bind into the host's /dev.
+  if findmnt -rn -o TARGET | grep -q "^$work/"; then
+    echo "fresh-root: mounts remain under $work; not deleting it" >&2
+  elif ((keep)); then
+    echo "fresh-root: kept $root" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit $status
+}
+trap cleanup EXIT
+echo "fresh-root: copying the pristine base to $root" >&2
+cp -a "$base" "$root"
+rm -f "$root/.mirror"
+
+# What a new machine of this network has configured: name resolution and apt's sources and options.
+cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+rm -f "$root/etc/apt/sources.list"
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources /etc/apt/apt.conf.d/*; do
+  [ -f "$f" ] && cp "$f" "$root$f"
+done
+cp -a /etc/apt/auth.conf.d/. "$root/etc/apt/auth.conf.d/" 2>/dev/null || true
+
+# The "already installed" Node: this machine's nodejs package's files (node, npm, npx, headers), as installed.
+if dpkg-query -W nodejs >/dev/null 2>&1; then
+  dpkg -L nodejs | while read -r f; do
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    if [ -d "$f" ] && [ ! -L "$f" ]; then mkdir -p "$root$f"; else cp -a "$f" "$root$f"; fi
+  done
+else
+  node=$(command -v node)
+  cp "$node" "$root/usr/bin/node"
+fi
+[ -f /usr/etc/npmrc ] && mkdir -p "$root/usr/etc" && cp /usr/etc/npmrc "$root/usr/etc/npmrc"
+
+# A clean clone of the project (HEAD: commit what you want tested), its npm packages installed from here.
+git clone --quiet --no-hardlinks "$project" "$root/root/nixoci"
+echo "fresh-root: testing $(git -C "$root/root/nixoci" log -1 --format='%h %s')" >&2
+(cd "$root/root/nixoci" && npm ci --no-audit --no-fund --loglevel=error)
+
+# Inside the root. The README's commands, run as a user would, from the project directory.
+cat >"$root/root/drill.sh" <<'DRILL'
+set -euo pipefail
+cd /root/nixoci
+if [ "$MAIN_JOB" = 1 ]; then
+  echo "fresh-root: main job: bash scripts/serve-example.sh" >&2
+  # The README's LISTEN default, unless this machine's port 5000 is taken.
+  listen=127.0.0.1:5000
+  if node -e 'const s=require("net").createServer().once("error",()=>process.exit(1)).listen(5000,"127.0.0.1",()=>s.close())'; then :; else
+    listen=127.0.0.1:$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+  fi
+  LISTEN=$listen bash scripts/serve-example.sh >/root/serve.log 2>&1 &
+  serve=$!
+  # "then, from another shell": a user installs the client the README uses.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null 2>&1 ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; }
+  deadline=$((SECONDS + 900))
+  until skopeo inspect --tls-verify=false "docker://$listen/shell/hello" >/root/inspect.json 2>/root/inspect.err; do
+    if ! kill -0 "$serve" 2>/dev/null; then
+      echo "fresh-root: the main job exited before serving shell/hello; its output:" >&2
+      tail -n 40 /root/serve.log >&2
+      exit 1
+    fi
+    if ((SECONDS > deadline)); then
+      echo "fresh-root: shell/hello not served within 900 s; last skopeo error: $(tail -n1 /root/inspect.err)" >&2
+      tail -n 40 /root/serve.log >&2
+      exit 1
+    fi
+    sleep 2
+  done
+  skopeo copy --quiet --src-tls-verify=false "docker://$listen/shell/hello" oci:/root/hello-oci:latest
+  echo "fresh-root: main job OK: skopeo pulled shell/hello ($(grep -c '"sha256:' /root/inspect.json) digests in inspect)" >&2
+  kill "$serve"
+  wait "$serve" || true
+fi
+if [ "$TESTS" = 1 ]; then
+  echo "fresh-root: test command: npm test (npm ci ran from the host)" >&2
+  npm test -- "$@"
+fi
+DRILL
+
+# Own mount and PID namespaces: binds and test mounts are private to the run, and when its first process exits
+# the kernel kills every other process of the run.
+run_inside() {
+  unshare --mount --pid --fork --propagation private -- bash -c '
+    set -e
+    root=$1; shift
+    mount -t proc proc "$root/proc"
+    mount --rbind /sys "$root/sys"
+    mount --rbind /dev "$root/dev"
+    mount -t tmpfs -o mode=755 tmpfs "$root/run"
+    exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
+      PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin MAIN_JOB="$MAIN_JOB" TESTS="$TESTS" "$@"
+  ' fresh-root "$root" "$@"
+}
+export MAIN_JOB=$main_job TESTS=$tests
+if ((shell)); then
+  run_inside bash -l
+else
+  run_inside bash /root/drill.sh "${filters[@]}"
+fi
