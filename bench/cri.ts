@@ -42,7 +42,8 @@ import {
   type Snapshotter,
 } from "../test/support/snapshotter.js";
 import { median, nixBuild } from "./common.js";
-import { criConfig, until } from "../test/support/cri.js";
+import { criConfig } from "../test/support/cri.js";
+import { until } from "../test/support/poll.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
 const CLOSURE_NIX = fileURLToPath(new URL("../../bench/fixtures/closure.nix", import.meta.url));

@@ -24,11 +24,11 @@ import {
   pushNixociImage,
   rpcLines,
   startCriStack,
-  until,
   type CriStack,
   type PushedImage,
   stopStackLeavingNoMounts,
 } from "../support/cri.js";
+import { until } from "../support/poll.js";
 import { mountsUnder } from "../support/daemons.js";
 import {
   buildFixtures,

@@ -27,10 +27,10 @@ import {
   registryLogLines,
   rpcLines,
   startCriStack,
-  until,
   type CriStack,
   type PushedImage,
 } from "../support/cri.js";
+import { until } from "../support/poll.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { tail } from "../support/snapshotter.js";

@@ -28,10 +28,10 @@ import {
   layerStorePaths,
   pushNixociImage,
   startCriStack,
-  until,
   type CriStack,
   type PushedImage,
 } from "../support/cri.js";
+import { until } from "../support/poll.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, generateCacheKey, makeNixCache, type FixtureAttr } from "../support/fixtures.js";
 import {

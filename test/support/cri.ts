@@ -7,14 +7,14 @@
 // - pushNixociImage: `nixoci build ... -o docker://REGISTRY/REPO:TAG -o oci:LAYOUT` and what the manifest says.
 // - pushModifiedImage / layoutImage: push a variant of a built image (e.g. with changed layer annotations).
 // - log readers (rpcLines for the snapshotter's rpc log, registryRequests / blobGets for the registry's access
-//   log), listSnapshots (the snapshotter's own List), chainIds / isChainSnapshot, and the bounded poller `until`.
+//   log), listSnapshots (the snapshotter's own List), and chainIds / isChainSnapshot (the bounded poller
+//   `until` is in poll.ts).
 //
 // Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
 import { BlobStore } from "../../src/oci/blob-store.js";
 import type { Digest } from "../../src/oci/digest.js";
@@ -22,6 +22,7 @@ import type { BuiltImage } from "../../src/oci/image.js";
 import { pushImage } from "../../src/oci/registry-client.js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { nixociOk } from "./cli.js";
+import { until } from "./poll.js";
 import { mountsUnder, startContainerd, startRegistry, type Containerd, type Registry } from "./daemons.js";
 import { removeSnapshotterDir, startSnapshotter, stopSnapshotter, type Snapshotter } from "./snapshotter.js";
 
@@ -59,25 +60,6 @@ export function criConfig(opts: { dir: string; registryHost: string; snapshotter
     `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${q(opts.registryHost)}]`,
     `    endpoint = [${q(`http://${opts.registryHost}`)}]`,
   ].join("\n");
-}
-
-/** Retries fn until it resolves, at most timeoutMs (every intervalMs); then throws its last error with `what`. */
-export async function until<T>(
-  what: string,
-  timeoutMs: number,
-  fn: () => Promise<T> | T,
-  intervalMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline)
-        throw new Error(`${what}: not done after ${timeoutMs / 1000} s: ${String(err)}`, { cause: err });
-      await sleep(intervalMs);
-    }
-  }
 }
 
 // ---- the stack ----
