@@ -7,10 +7,12 @@ import * as fs from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { PassThrough, Writable } from "node:stream";
 import { dumpPath, dumpPathTo, narHashOfPath } from "../../src/nix/nar-writer.js";
 import { nix32Encode } from "../../src/nix/nix32.js";
 import { NixociError } from "../../src/util/errors.js";
+import { until } from "../support/poll.js";
 import { buildStorePath, collect, makeTree, nixDump } from "./nar-fixtures.js";
 
 let work: string;
@@ -126,11 +128,24 @@ test("dumpPath respects backpressure: a slow consumer does not make it read ahea
   const f = join(work, "big-backpressure");
   fs.writeFileSync(f, Buffer.alloc(40 << 20, 1));
   const stream = dumpPath(f);
-  // Read one chunk, then wait: the stream must not have buffered the whole file.
+  // Read one chunk at a time; after each, wait until the stream has refilled its buffer up to its high-water
+  // mark: it must stop there (about two 1 MiB chunks), not go on reading the 40 MB file ahead of the consumer.
   const it = stream[Symbol.asyncIterator]();
-  await it.next();
-  await new Promise((r) => setTimeout(r, 50));
-  assert.ok(stream.readableLength <= 2 << 20, `buffered ${stream.readableLength} bytes`);
+  for (let i = 0; i < 5; i++) {
+    const { done } = await it.next();
+    assert.equal(done, false);
+    await until(
+      `refill after chunk ${i + 1}`,
+      10_000,
+      () =>
+        assert.ok(stream.readableLength >= stream.readableHighWaterMark, `buffered ${stream.readableLength}`),
+      5,
+    );
+    assert.ok(
+      stream.readableLength <= 2 << 20,
+      `buffered ${stream.readableLength} bytes after chunk ${i + 1}`,
+    );
+  }
   stream.destroy();
 });
 
@@ -208,12 +223,63 @@ test("sockets, FIFOs and missing paths are errors naming the path", async () => 
   });
 });
 
-test("an unreadable file is an error naming it", async (t) => {
-  if (process.getuid?.() === 0) {
-    t.skip("root can read anything");
-    return;
+test("unreadable files and directories are errors naming them", async () => {
+  // Root reads anything, and the tests run as root: the dumps run in a child process as nobody (setpriv), on a
+  // tree nobody may not read. The child loads a copy of the compiled modules from a temp dir that nobody can
+  // traverse (the checkout may not be).
+  const base = fs.mkdtempSync(join(tmpdir(), "nixoci-nar-perm-"));
+  try {
+    fs.chmodSync(base, 0o755);
+    fs.cpSync(fileURLToPath(new URL("../../src", import.meta.url)), join(base, "dist/src"), {
+      recursive: true,
+    });
+    fs.writeFileSync(join(base, "package.json"), '{"type":"module"}\n');
+    fs.writeFileSync(
+      join(base, "probe.mjs"),
+      [
+        'import { dumpPath } from "./dist/src/nix/nar-writer.js";',
+        "const results = [];",
+        "for (const path of process.argv.slice(2)) {",
+        "  const chunks = [];",
+        "  try {",
+        "    for await (const c of dumpPath(path)) chunks.push(c);",
+        '    results.push({ path, nar: Buffer.concat(chunks).toString("base64") });',
+        "  } catch (e) {",
+        "    results.push({ path, error: `${e.name}: ${e.message}` });",
+        "  }",
+        "}",
+        "process.stdout.write(JSON.stringify({ uid: process.getuid(), results }));",
+      ].join("\n"),
+    );
+    const tree = join(base, "tree");
+    fs.mkdirSync(tree, { mode: 0o755 });
+    const readable = join(tree, "readable");
+    fs.writeFileSync(readable, "ok\n", { mode: 0o644 });
+    const unreadable = join(tree, "unreadable");
+    fs.writeFileSync(unreadable, "x", { mode: 0o000 });
+    const locked = join(tree, "locked-dir");
+    fs.mkdirSync(locked, { mode: 0o700 });
+    fs.writeFileSync(join(locked, "inside"), "y", { mode: 0o644 });
+    const inside = join(locked, "inside");
+
+    const asNobody =
+      process.getuid?.() === 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [];
+    const [cmd, ...args] = [...asNobody, process.execPath, join(base, "probe.mjs")];
+    const out = JSON.parse(
+      execFileSync(cmd, [...args, readable, unreadable, locked, inside, tree], { cwd: base }).toString(),
+    ) as { uid: number; results: { path: string; nar?: string; error?: string }[] };
+
+    assert.notEqual(out.uid, 0, "the probe ran unprivileged");
+    const [ok, file, dir, under, whole] = out.results;
+    // The same child reads what it may: the failures below are permissions, not a broken probe.
+    assert.equal(ok.error, undefined);
+    assert.ok(Buffer.from(ok.nar!, "base64").equals(nixDump(readable)));
+    assert.equal(file.error, `NixociError: ${unreadable}: cannot open (EACCES)`);
+    assert.equal(dir.error, `NixociError: ${locked}: cannot read directory (EACCES)`);
+    assert.equal(under.error, `NixociError: ${inside}: cannot lstat (EACCES)`);
+    // In a tree, the first unreadable entry in NAR order (locked-dir) stops the dump, named.
+    assert.equal(whole.error, `NixociError: ${locked}: cannot read directory (EACCES)`);
+  } finally {
+    fs.rmSync(base, { recursive: true, force: true });
   }
-  const f = join(work, "unreadable");
-  fs.writeFileSync(f, "x", { mode: 0o000 });
-  await assert.rejects(collect(dumpPath(f)), /unreadable: cannot open \(EACCES\)/);
 });
