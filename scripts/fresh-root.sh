@@ -37,8 +37,8 @@ done
 # The Debian mirror this machine's apt uses: deb822 sources first, then one-line sources.
 mirror=$(
   {
-    awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null
-    awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
+    awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+    awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
   } | head -n1
 )
 [ -n "$mirror" ] || { echo "fresh-root: no bookworm mirror in /etc/apt/sources.list{,.d}" >&2 && exit 1; }
@@ -120,8 +120,8 @@ if [ "$MAIN_JOB" = 1 ]; then
   LISTEN=$listen bash scripts/serve-example.sh >/root/serve.log 2>&1 &
   serve=$!
   # "then, from another shell": a user installs the client the README uses.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null 2>&1 ||
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; }
+  source scripts/lib-apt.sh
+  apt_ensure skopeo
   deadline=$((SECONDS + 900))
   until skopeo inspect --tls-verify=false "docker://$listen/shell/hello" >/root/inspect.json 2>/root/inspect.err; do
     if ! kill -0 "$serve" 2>/dev/null; then
