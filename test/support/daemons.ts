@@ -336,11 +336,6 @@ export function makeHtpasswdLine(user: string, password: string): string | undef
   return undefined;
 }
 
-/** True when startRegistry can set up htpasswd authentication here. */
-export function htpasswdAvailable(): boolean {
-  return makeHtpasswdLine("probe", "probe") !== undefined;
-}
-
 export async function startRegistry(
   opts: { htpasswd?: { user: string; password: string } } = {},
 ): Promise<Registry> {
