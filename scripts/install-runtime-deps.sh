@@ -5,8 +5,7 @@
 set -euo pipefail
 here=$(dirname "$0")
 source "$here/lib-apt.sh"
-# hostname: serve-example.sh names the cache key after the host; procps: ps/pkill for stopping daemons.
-apt_ensure nix-bin busybox-static xz-utils zstd bzip2 attr hostname procps
+apt_ensure nix-bin busybox-static xz-utils zstd bzip2 attr
 
 mkdir -p /etc/nix /nix/store /nix/var/nix/gcroots /nix/var/nix/profiles /nix/var/nix/temproots
 touch /etc/nix/nix.conf

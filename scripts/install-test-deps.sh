@@ -7,8 +7,9 @@ source "$here/lib-apt.sh"
 bash "$here/install-runtime-deps.sh"
 # containerd, runc, docker.io, docker-registry, skopeo, umoci: the runtimes, registry and clients images are
 # checked with; pigz and python3: benchmark baselines and a static web server for HTTP caches;
-# apache2-utils: htpasswd for registry authentication tests.
-apt_ensure containerd runc docker.io docker-registry skopeo umoci pigz python3 apache2-utils
+# apache2-utils: htpasswd for registry authentication tests; git: --nix-file sources in git repositories;
+# procps: pgrep, to find processes a test expects gone.
+apt_ensure containerd runc docker.io docker-registry skopeo umoci pigz python3 apache2-utils git procps
 
 # The tests compare against Nix's own behaviour, so pin the options they depend on.
 conf=/etc/nix/nix.conf

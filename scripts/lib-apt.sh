@@ -1,6 +1,7 @@
-# Sourced by the install scripts: installs the Debian packages given that are not installed yet. Waits (up to
-# 10 minutes) for another apt/dpkg run to let go of its lock rather than failing, as on a new machine where
-# unattended-upgrades or a second install may be running.
+# Sourced by the install scripts: installs the Debian packages given that are not installed yet.
+# On a new machine another apt run may hold apt's locks (unattended-upgrades, or the README's other command run
+# from a second shell): our own installers take turns on one lock file, and a lock held by anyone else is waited
+# for (dpkg's through DPkg::Lock::Timeout; the lists lock, which `apt-get update` does not wait for, by retrying).
 apt_ensure() {
   local missing=() p
   for p in "$@"; do
@@ -9,7 +10,15 @@ apt_ensure() {
   ((${#missing[@]})) || return 0
   echo "installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  local wait=(-o DPkg::Lock::Timeout=600)
-  apt-get "${wait[@]}" update -qq
-  apt-get "${wait[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  mkdir -p /run/lock
+  (
+    flock 9
+    local tries=0
+    until apt-get -o DPkg::Lock::Timeout=600 update -qq; do
+      ((++tries < 60)) || return 1
+      echo "apt-get update failed; retrying in 10 s (another apt run holding its lock?)" >&2
+      sleep 10
+    done
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  ) 9>/run/lock/nixoci-apt.lock
 }
