@@ -89,16 +89,24 @@ for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.l
 done
 cp -a /etc/apt/auth.conf.d/. "$root/etc/apt/auth.conf.d/" 2>/dev/null || true
 
-# The "already installed" Node: this machine's nodejs package's files (node, npm, npx, headers), as installed.
+# The "already installed" Node, as this machine has it: the nodejs package's files (node, headers) and the global
+# npm/corepack as they are now (npm upgrades itself in place, beyond the package's file list).
 if dpkg-query -W nodejs >/dev/null 2>&1; then
   dpkg -L nodejs | while read -r f; do
     [ -e "$f" ] || [ -L "$f" ] || continue
     if [ -d "$f" ] && [ ! -L "$f" ]; then mkdir -p "$root$f"; else cp -a "$f" "$root$f"; fi
   done
 else
-  node=$(command -v node)
-  cp "$node" "$root/usr/bin/node"
+  cp "$(command -v node)" "$root/usr/bin/node"
 fi
+npm_cli=$(readlink -f "$(command -v npm)") # .../lib/node_modules/npm/bin/npm-cli.js
+node_prefix=${npm_cli%/npm/bin/npm-cli.js}
+for d in "$node_prefix"/*; do
+  rm -rf "$root$d" && mkdir -p "$root$(dirname "$d")" && cp -a "$d" "$root$d"
+done
+for b in npm npx corepack; do
+  [ -L "/usr/bin/$b" ] && cp -a "/usr/bin/$b" "$root/usr/bin/$b"
+done
 [ -f /usr/etc/npmrc ] && mkdir -p "$root/usr/etc" && cp /usr/etc/npmrc "$root/usr/etc/npmrc"
 
 # A clean clone of the project (HEAD: commit what you want tested), its npm packages installed from here.
