@@ -9,6 +9,7 @@ import type { Readable } from "node:stream";
 import { storePathsTar, treeTar, TAR_FORMAT_VERSION, type TreeEntry } from "../../src/image/layer-tar.js";
 import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
+import { until } from "../support/poll.js";
 import { run, runText } from "../support/run.js";
 
 let fx: Record<FixtureAttr, string>;
@@ -309,11 +310,13 @@ describe("storePathsTar", () => {
     const stream = storePathsTar(inStore(closure(fx.all)));
     for await (const chunk of stream) {
       assert.ok((chunk as Buffer).length > 0);
+      // The first chunk ends inside a file (fx.all's closure has files larger than a chunk): it is open.
+      assert.ok(fds() > before, "a file of the walk is open mid-walk");
       break; // destroys the stream
     }
-    await new Promise((r) => setTimeout(r, 50));
     assert.ok(stream.destroyed);
-    assert.equal(fds(), before);
+    // The files close as the destruction completes: poll for it, bounded.
+    await until("the walk's files to be closed", 10_000, () => assert.equal(fds(), before), 10);
   });
 
   test("invalid input is rejected up front", () => {
