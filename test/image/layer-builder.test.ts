@@ -128,43 +128,4 @@ describe("buildLayerBlob", () => {
     }
     assert.ok(!fs.existsSync(blobs.blobDir) || fs.readdirSync(blobs.blobDir).length === 0);
   });
-
-  test("throughput on the fx.all closure, against tar --sort=name | gzip -6 (printed, not asserted)", async (t) => {
-    const blobs = freshStore();
-    const rounds = 3;
-    const time = async (f: () => Promise<unknown>) => {
-      let best = Infinity;
-      for (let i = 0; i < rounds; i++) {
-        const t0 = performance.now();
-        await f();
-        best = Math.min(best, performance.now() - t0);
-      }
-      return best;
-    };
-    let size = 0;
-    const tarOnly = await time(async () => {
-      size = 0;
-      for await (const chunk of storePathsTar(inStore(allPaths))) size += (chunk as Buffer).length;
-    });
-    const ours: Record<string, number> = {};
-    for (const compression of ["none", "gzip", "zstd"] as const) {
-      ours[compression] = await time(() =>
-        buildLayerBlob(storePathsTar(inStore(allPaths)), { compression, blobs }),
-      );
-    }
-    const rel = allPaths.map((p) => p.slice(1));
-    const gnu = await time(async () => {
-      run("bash", ["-c", 'tar -c --sort=name -C / "$@" | gzip -6 > /dev/null', "bash", ...rel]);
-    });
-    const gnuTar = await time(async () => {
-      run("bash", ["-c", 'tar -c --sort=name -C / "$@" > /dev/null', "bash", ...rel]);
-    });
-    const mbs = (ms: number) => `${((size / ms) * 1000) / 1e6}`.slice(0, 6) + " MB/s";
-    t.diagnostic(`fx.all closure: ${allPaths.length} paths, tar ${size} bytes; best of ${rounds}`);
-    t.diagnostic(`storePathsTar only: ${tarOnly.toFixed(1)} ms (${mbs(tarOnly)})`);
-    for (const [c, ms] of Object.entries(ours))
-      t.diagnostic(`buildLayerBlob ${c}: ${ms.toFixed(1)} ms (${mbs(ms)})`);
-    t.diagnostic(`GNU tar --sort=name > /dev/null: ${gnuTar.toFixed(1)} ms (${mbs(gnuTar)})`);
-    t.diagnostic(`GNU tar --sort=name | gzip -6: ${gnu.toFixed(1)} ms (${mbs(gnu)})`);
-  });
 });
