@@ -6,3 +6,5 @@ await (await import("./build.js")).benchBuild();
 await (await import("./serve.js")).benchServe();
 await (await import("./cri.js")).benchCri();
 await (await import("./frontend.js")).benchFrontend();
+await (await import("./layers.js")).benchLayers();
+await (await import("./limits.js")).benchLimits();

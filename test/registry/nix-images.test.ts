@@ -26,6 +26,7 @@ import {
 import { LocalStore } from "../../src/store/local-store.js";
 import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, makeTempDir, PACKAGES_NIX } from "../support/fixtures.js";
+import { until } from "../support/poll.js";
 
 const fx = buildFixtures();
 const work = makeTempDir("nix-images");
@@ -306,7 +307,16 @@ test("10 identical concurrent requests share one build", async () => {
       ctx(i % 3 ? "GET" : "HEAD"),
     ),
   );
-  await new Promise((res) => setTimeout(res, 100));
+  // All ten are in before the build may finish: one resolution at the gate, nine joined it.
+  await until(
+    "the requests to join one build",
+    10_000,
+    () => {
+      assert.equal(resolver.calls.length, 1);
+      assert.equal(count(events, "coalesced"), 9);
+    },
+    10,
+  );
   open();
   const results = await Promise.all(requests);
   assert.equal(new Set(results.map((r) => r!.digest)).size, 1);
@@ -324,7 +334,15 @@ test("a client that goes away does not cancel the build others wait for", async 
   const leaving = new AbortController();
   const first = source.resolve("single-file", "latest", ctx("GET", leaving.signal));
   const second = source.resolve("single-file", "latest", ctx());
-  await new Promise((res) => setTimeout(res, 50));
+  await until(
+    "both requests to wait for one build",
+    10_000,
+    () => {
+      assert.equal(resolver.calls.length, 1);
+      assert.equal(count(events, "coalesced"), 1);
+    },
+    10,
+  );
   leaving.abort(new Error("client disconnected"));
   await assert.rejects(first, /client disconnected/);
   open();
@@ -337,31 +355,38 @@ test("a client that goes away does not cancel the build others wait for", async 
   alone.abort(new Error("bye"));
   await assert.rejects(gone, /bye/);
   open();
-  for (let i = 0; i < 100 && count(events, "build-done") < 2; i++)
-    await new Promise((r) => setTimeout(r, 50));
+  await until(
+    "the abandoned build to finish",
+    10_000,
+    () => assert.equal(count(events, "build-done"), 2),
+    20,
+  );
   assert.ok(await source.resolve("symlink-path", "latest", ctx()));
   assert.equal(count(events, "cache-hit"), 1);
 });
 
-test("a build that hangs fails with 504 at the time limit, and frees its slot", async () => {
-  const { resolver, events, source } = setup({ buildTimeoutMs: 300, maxConcurrentBuilds: 1 });
-  resolver.gate = new Promise(() => undefined); // never resolves, ignores the abort signal
-  const started = Date.now();
-  await expectRegistryError(
-    source.resolve("hello", "latest", ctx()),
-    504,
-    "UNKNOWN",
-    /took longer than 0\.3 s/,
-  );
-  const took = Date.now() - started;
-  assert.ok(took >= 250 && took < 3000, `failed after ${took} ms`);
-  assert.equal(count(events, "build-failed"), 1);
-  assert.match(events.find((e) => e.type === "build-failed")!.error!, /took longer/);
-  // Not cached as a failure, and the slot is free: the next request builds again.
-  resolver.gate = undefined;
-  assert.ok(await source.resolve("hello", "latest", ctx()));
-  assert.equal(count(events, "build-done"), 1);
-});
+// The test's timeout is the liveness bound: the request must not hang with the build (how soon after the limit
+// it answers is measured in bench/limits.ts).
+test(
+  "a build that hangs fails with 504 at the time limit, and frees its slot",
+  { timeout: 30_000 },
+  async () => {
+    const { resolver, events, source } = setup({ buildTimeoutMs: 300, maxConcurrentBuilds: 1 });
+    resolver.gate = new Promise(() => undefined); // never resolves, ignores the abort signal
+    await expectRegistryError(
+      source.resolve("hello", "latest", ctx()),
+      504,
+      "UNKNOWN",
+      /took longer than 0\.3 s/,
+    );
+    assert.equal(count(events, "build-failed"), 1);
+    assert.match(events.find((e) => e.type === "build-failed")!.error!, /took longer/);
+    // Not cached as a failure, and the slot is free: the next request builds again.
+    resolver.gate = undefined;
+    assert.ok(await source.resolve("hello", "latest", ctx()));
+    assert.equal(count(events, "build-done"), 1);
+  },
+);
 
 test("beyond the queue: 429 TOOMANYREQUESTS; queued builds run when a slot frees", async () => {
   const { resolver, events, source } = setup({ maxConcurrentBuilds: 1, maxQueuedBuilds: 1 });
@@ -369,8 +394,12 @@ test("beyond the queue: 429 TOOMANYREQUESTS; queued builds run when a slot frees
   resolver.gate = new Promise((res) => (open = res));
   const a = source.resolve("hello", "latest", ctx()); // building
   const b = source.resolve("tree", "latest", ctx()); // queued
-  await new Promise((res) => setTimeout(res, 50));
-  assert.deepEqual(source.activeBuilds, { running: 1, queued: 1 });
+  await until(
+    "one build running and one queued",
+    10_000,
+    () => assert.deepEqual(source.activeBuilds, { running: 1, queued: 1 }),
+    10,
+  );
   await assert.rejects(source.resolve("greeting", "latest", ctx()), (e: unknown) => {
     assert.ok(e instanceof RegistryError);
     assert.equal(e.status, 429);
