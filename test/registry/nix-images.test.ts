@@ -381,10 +381,15 @@ test(
     );
     assert.equal(count(events, "build-failed"), 1);
     assert.match(events.find((e) => e.type === "build-failed")!.error!, /took longer/);
-    // Not cached as a failure, and the slot is free: the next request builds again.
-    resolver.gate = undefined;
-    assert.ok(await source.resolve("hello", "latest", ctx()));
-    assert.equal(count(events, "build-done"), 1);
+    assert.deepEqual(source.activeBuilds, { running: 0, queued: 0 });
+    // Not cached as a failure, and the slot is free: the next request starts a build of its own (with one slot
+    // it would wait for a held one). That build hangs too, so the outcome does not depend on whether this
+    // machine can build the image within the 0.3 s limit.
+    await expectRegistryError(source.resolve("hello", "latest", ctx()), 504, "UNKNOWN", /took longer/);
+    assert.equal(count(events, "build-start"), 2);
+    assert.equal(count(events, "build-failed"), 2);
+    assert.equal(resolver.calls.length, 2);
+    assert.deepEqual(source.activeBuilds, { running: 0, queued: 0 });
   },
 );
 
