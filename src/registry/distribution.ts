@@ -39,6 +39,19 @@ export function isValidTag(s: string): boolean {
 }
 
 /**
+ * The order of tag lists, and of their `n`/`last` paging: the spec's "lexical order (i.e. case-insensitive
+ * alphanumeric order)", comparing lowercased code units (tags are ASCII, so this is Unicode case folding, which
+ * maps to lowercase: "_" sorts before letters); tags equal but for case by plain code units ("A" < "a"), so the
+ * order is total and `last=X` continues after exactly X. Repository names are lowercase, so for them it is plain
+ * code-unit order.
+ */
+export function compareTags(a: string, b: string): number {
+  const [la, lb] = [a.toLowerCase(), b.toLowerCase()];
+  if (la !== lb) return la < lb ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
  * "sha256" for the digests this registry stores; "unsupported" for well-formed digests of other algorithms
  * (sha512, or unregistered ones such as md5); "invalid" for anything else (sha256 with a wrong length...).
  */
@@ -487,19 +500,57 @@ function sendBytes(
   res.end(body);
 }
 
-/** Reads a request body of at most `limit` bytes (413 SIZE_INVALID beyond). */
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * How much of a too-large request body is read (and thrown away) before its 413, and for how long. A server that
+ * answers and closes while the client is still sending resets the connection, and the client then usually sees
+ * EPIPE/ECONNRESET instead of the error; so the rest of a body is read first and the connection stays usable.
+ * Reading costs bandwidth and a connection, not memory; these bounds keep a client from holding either forever
+ * (a slow sender or an endless chunked body): beyond them the server answers and closes (Connection: close).
+ */
+const DRAIN_MAX_BYTES = 16 << 20;
+const DRAIN_MAX_MS = 30_000;
+
+/**
+ * Reads a request body of at most `limit` bytes. Beyond, 413 SIZE_INVALID once the body has ended (read to its
+ * end within DRAIN_MAX_BYTES and DRAIN_MAX_MS), or at once when its Content-Length is over DRAIN_MAX_BYTES: a
+ * body that could not be read to its end anyway is not worth reading at all.
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const tooLarge = new RegistryError(413, "SIZE_INVALID", "request body too large", { limit });
   const declared = Number(req.headers["content-length"]);
-  if (Number.isFinite(declared) && declared > limit)
-    throw new RegistryError(413, "SIZE_INVALID", "request body too large", { limit });
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > limit) throw new RegistryError(413, "SIZE_INVALID", "request body too large", { limit });
-    chunks.push(c);
-  }
-  return Buffer.concat(chunks);
+  if (Number.isFinite(declared) && declared > Math.max(limit, DRAIN_MAX_BYTES))
+    return Promise.reject(tooLarge);
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    let timer: NodeJS.Timeout | undefined;
+    let settled = false;
+    // Events, not `for await`: leaving that loop early destroys the request, and with it the connection.
+    const settle = (err?: Error): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      req.off("data", onData);
+      if (err) {
+        req.pause(); // not drained: the error response closes the connection (sendError)
+        reject(err);
+      } else resolve(Buffer.concat(chunks));
+    };
+    const onData = (c: Buffer): void => {
+      n += c.length;
+      if (n <= limit) {
+        chunks.push(c);
+        return;
+      }
+      chunks.length = 0; // over the limit: the rest is only read to its end
+      timer ??= setTimeout(() => settle(tooLarge), DRAIN_MAX_MS);
+      if (n > DRAIN_MAX_BYTES) settle(tooLarge);
+    };
+    req.on("data", onData);
+    req.once("end", () => settle(n > limit ? tooLarge : undefined));
+    req.once("error", (err) => settle(err));
+    req.once("close", () => settle(new Error("request aborted")));
+  });
 }
 
 function etagMatches(header: string | undefined, digest: string): boolean {
@@ -520,7 +571,10 @@ function uploadLocation(name: string, uuid: string): string {
   return `/v2/${name}/blobs/uploads/${uuid}`;
 }
 
-/** Pagination of tags/list and _catalog: `n` (limit) and `last` (exclusive start). */
+/**
+ * Pagination of tags/list and _catalog: `n` (limit) and `last` (exclusive start, in the order of compareTags,
+ * which `items` are sorted by; `last` need not be in the list).
+ */
 function paginate(
   items: string[],
   query: URLSearchParams,
@@ -528,7 +582,7 @@ function paginate(
 ): { page: string[]; link?: string } {
   const nRaw = query.get("n");
   const last = query.get("last");
-  let list = last !== null ? items.filter((t) => t > last) : items;
+  let list = last !== null ? items.filter((t) => compareTags(t, last) > 0) : items;
   if (nRaw === null) return { page: list };
   if (!/^\d{1,9}$/.test(nRaw))
     throw new RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", {
@@ -769,8 +823,9 @@ export class Distribution {
     const kind = classifyDigest(digestRaw);
     if (kind === "invalid")
       throw new RegistryError(400, "DIGEST_INVALID", "invalid digest", { digest: digestRaw });
-    if (!(await this.storage.hasRepository(name)))
-      throw new RegistryError(404, "NAME_UNKNOWN", "repository name not known to registry", { name });
+    // Also for a repository nothing was pushed to (yet): a registry with the referrers API must not answer it with
+    // 404, which clients read as "no referrers API" (and fall back to the tag schema). The name was validated by
+    // the route; storage.referrers only reads, so nothing is created for it.
     const artifactType = ctx.query.get("artifactType") ?? undefined;
     const manifests =
       kind === "sha256" ? await this.storage.referrers(name, digestRaw as Digest, artifactType) : [];

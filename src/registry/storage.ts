@@ -29,7 +29,7 @@ import { BlobStore } from "../oci/blob-store.js";
 import type { Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, sha256Digest, type Digest } from "../oci/digest.js";
 import { writeFileAtomic } from "../util/fs.js";
-import { isValidName, isValidTag, MANIFEST_MEDIA_TYPES, parseManifest } from "./distribution.js";
+import { compareTags, isValidName, isValidTag, MANIFEST_MEDIA_TYPES, parseManifest } from "./distribution.js";
 import { RegistryError } from "./errors.js";
 import type { StoredManifest } from "./manifest-source.js";
 
@@ -129,7 +129,7 @@ export class RegistryStorage {
     return (await exists(join(dir, "_manifests"))) || (await exists(join(dir, "_layers")));
   }
 
-  /** Every repository name, sorted. */
+  /** Every repository name, sorted (compareTags: the order the catalog pages in). */
   async listRepositories(): Promise<string[]> {
     const out: string[] = [];
     const walk = async (dir: string, prefix: string): Promise<void> => {
@@ -148,10 +148,10 @@ export class RegistryStorage {
       }
     };
     await walk(join(this.root, "repositories"), "");
-    return out.sort(compareBytes);
+    return out.sort(compareTags);
   }
 
-  /** The repository's tags, sorted. */
+  /** The repository's tags in the spec's order (compareTags: case-insensitive, then by code units). */
   async listTags(repo: string): Promise<string[]> {
     const dir = join(this.repoDir(repo), "_manifests", "tags");
     let names: string[];
@@ -160,7 +160,7 @@ export class RegistryStorage {
     } catch {
       return [];
     }
-    return names.filter(isValidTag).sort(compareBytes);
+    return names.filter(isValidTag).sort(compareTags);
   }
 
   // ---- blobs ----
@@ -604,8 +604,4 @@ export class RegistryStorage {
 /** The Range header of an upload of `size` bytes ("0-<last byte>", and "0-0" while empty, as docker-registry). */
 export function uploadRange(size: number): string {
   return `0-${Math.max(0, size - 1)}`;
-}
-
-function compareBytes(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -6,7 +6,7 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomUUID } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import * as http from "node:http";
 import { dirname, join } from "node:path";
 import { writeDockerArchive } from "../../src/oci/archive.js";
@@ -26,6 +26,7 @@ import {
 import { pushImage } from "../../src/oci/registry-client.js";
 import {
   classifyDigest,
+  compareTags,
   negotiate,
   parseAccept,
   parseContentRange,
@@ -46,6 +47,7 @@ import {
 } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { makeImage } from "../oci/make-image.js";
+import { until } from "../support/poll.js";
 import { exec, request, startServer, type Res, type TestServer } from "../support/registry-server.js";
 
 process.env.XDG_CACHE_HOME = makeTempDir("registry-xdg");
@@ -110,6 +112,86 @@ function withQuery(location: string, q: string): string {
 }
 
 const ZERO = `sha256:${"0".repeat(64)}`;
+
+/** Every page of a paged list, following the Link headers from `path`: [tags of each page, its Link]. */
+async function pages(host: string, path: string): Promise<Array<[string[], string | undefined]>> {
+  const out: Array<[string[], string | undefined]> = [];
+  for (let next: string | undefined = path; next !== undefined;) {
+    const res = await request(host, "GET", next);
+    assert.equal(res.status, 200, next);
+    const link = res.headers.link === undefined ? undefined : String(res.headers.link);
+    out.push([(res.json as { tags: string[] }).tags, link]);
+    next = link === undefined ? undefined : /^<([^>]+)>; rel="next"$/.exec(link)?.[1];
+    assert.ok(link === undefined || next !== undefined, `malformed Link: ${link}`);
+    assert.ok(out.length <= 100, "the Link headers do not end");
+  }
+  return out;
+}
+
+interface ChunkedSend {
+  /** The response, when one came. */
+  res?: Res;
+  /** Bytes of the body written (each chunk flushed with no error, the request still open). */
+  written: number;
+  /** An error on the client side (EPIPE, ECONNRESET...). */
+  error?: Error;
+}
+
+/** A response read to its end (undefined when the request closes first). */
+function responseOf(req: http.ClientRequest): Promise<Res | undefined> {
+  return new Promise((resolve) => {
+    req.once("close", () => resolve(undefined));
+    req.once("response", (r) => {
+      const chunks: Buffer[] = [];
+      r.on("data", (c: Buffer) => chunks.push(c));
+      r.on("error", () => resolve(undefined));
+      r.on("end", () => {
+        const body = Buffer.concat(chunks);
+        const res: Res = { status: r.statusCode ?? 0, headers: r.headers, body };
+        try {
+          res.json = JSON.parse(body.toString("utf8"));
+          res.code = (res.json as { errors?: Array<{ code?: string }> }).errors?.[0]?.code;
+        } catch {
+          // not JSON
+        }
+        resolve(res);
+      });
+    });
+  });
+}
+
+/**
+ * A request whose body is written in `chunks`, paced (each after the last was flushed, a few ms apart), so that a
+ * server answering early answers while the client is still sending; through `agent`. Writing stops when the
+ * request fails or is closed (as Node's client does once it has a response with Connection: close).
+ */
+async function sendInChunks(
+  host: string,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  chunks: Buffer[],
+  agent: http.Agent,
+): Promise<ChunkedSend> {
+  const [hostname, port] = host.split(":");
+  const req = http.request({ host: hostname, port: Number(port), method, path, headers, agent });
+  let error: Error | undefined;
+  req.on("error", (err) => (error ??= err));
+  const response = responseOf(req);
+  const closed = new Promise<Error>((resolve) => req.once("close", () => resolve(new Error("closed"))));
+  let written = 0;
+  for (const c of chunks) {
+    if (req.destroyed || error) break;
+    const err = await Promise.race([new Promise<Error | null | undefined>((r) => req.write(c, r)), closed]);
+    if (err || req.destroyed) break;
+    written += c.length;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  if (!req.destroyed && !error) req.end();
+  const res = await response;
+  await closed; // done with the connection: a keep-alive agent has it back
+  return { written, ...(res ? { res } : {}), ...(error ? { error } : {}) };
+}
 
 // ---- pure parts ----
 
@@ -868,37 +950,60 @@ describe("nixoci serve: distribution API", () => {
   test("an interrupted chunk is cut off again; the session goes on", { timeout: 30_000 }, async () => {
     const repo = "interrupted/up";
     const loc = await uploadStart(srv.host, repo);
+    const data = join(srv.root, "uploads", loc.split("/").pop() ?? "", "data");
+    const dataSize = (): number => (existsSync(data) ? statSync(data).size : -1);
     const [hostname, port] = srv.host.split(":");
-    await new Promise<void>((resolve) => {
-      const req = http.request({
-        host: hostname,
-        port: Number(port),
-        method: "PATCH",
-        path: loc,
-        headers: { "Content-Length": String(1 << 20), "Content-Range": `0-${(1 << 20) - 1}` },
-      });
+    const req = http.request({
+      host: hostname,
+      port: Number(port),
+      method: "PATCH",
+      path: loc,
+      headers: { "Content-Length": String(1 << 20), "Content-Range": `0-${(1 << 20) - 1}` },
+    });
+    const closed = new Promise<void>((resolve) => {
       req.on("error", () => resolve());
-      req.write(Buffer.alloc(200_000, 1), () => setTimeout(() => req.destroy(), 200));
       req.on("close", () => resolve());
     });
-    // The server notices the disconnect and rolls the chunk back.
-    let st: Res | undefined;
-    for (let i = 0; i < 50; i++) {
-      st = await request(srv.host, "GET", loc);
-      if (st.headers.range === "0-0") break;
-      await new Promise((r) => setTimeout(r, 100));
+    // Cut off once the server has written what was sent of the chunk.
+    req.write(Buffer.alloc(200_000, 1));
+    try {
+      await until(
+        "the server to write the start of the chunk",
+        10_000,
+        () => assert.equal(dataSize(), 200_000),
+        20,
+      );
+    } finally {
+      req.destroy();
     }
-    assert.equal(st?.headers.range, "0-0");
-    const data = Buffer.alloc(5000, 9);
+    await closed;
+    // The server notices the disconnect and rolls the chunk back.
+    const st = await until(
+      "the chunk to be rolled back",
+      10_000,
+      async () => {
+        const r = await request(srv.host, "GET", loc);
+        assert.equal(r.headers.range, "0-0");
+        assert.equal(dataSize(), 0);
+        return r;
+      },
+      20,
+    );
+    assert.equal(st.status, 204);
+    assert.equal(st.headers.range, "0-0");
+    const chunk = Buffer.alloc(5000, 9);
     assert.equal(
-      (await request(srv.host, "PATCH", loc, { body: data, headers: { "Content-Range": "0-4999" } })).status,
+      (await request(srv.host, "PATCH", loc, { body: chunk, headers: { "Content-Range": "0-4999" } })).status,
       202,
     );
-    const res = await request(srv.host, "PUT", withQuery(loc, `digest=${sha256Digest(data)}`));
+    const res = await request(srv.host, "PUT", withQuery(loc, `digest=${sha256Digest(chunk)}`));
     assert.equal(res.status, 201);
-    assert.equal(res.headers["docker-content-digest"], sha256Digest(data));
-    assert.equal(res.headers.location, `/v2/${repo}/blobs/${sha256Digest(data)}`);
-    assert.deepEqual((await request(srv.host, "GET", `/v2/${repo}/blobs/${sha256Digest(data)}`)).body, data);
+    assert.equal(res.headers["docker-content-digest"], sha256Digest(chunk));
+    assert.equal(res.headers.location, `/v2/${repo}/blobs/${sha256Digest(chunk)}`);
+    assert.deepEqual(
+      (await request(srv.host, "GET", `/v2/${repo}/blobs/${sha256Digest(chunk)}`)).body,
+      chunk,
+    );
     checkBlobDir(srv.root);
   });
 
@@ -932,6 +1037,183 @@ describe("nixoci serve: distribution API", () => {
       ) as { Digest: string };
       assert.equal(info.Digest, other.manifest.digest);
     }
+  });
+});
+
+describe("nixoci serve: what the spec requires and its conformance suite does not test", () => {
+  let srv: TestServer;
+  let image: BuiltImage;
+  before(async () => {
+    [srv, image] = await Promise.all([startServer(), makeImage()]);
+  });
+  after(async () => {
+    await srv?.stop();
+  });
+
+  test("compareTags: case-insensitive, then by code units", () => {
+    assert.deepEqual(["b", "A", "a", "C"].sort(compareTags), ["A", "a", "b", "C"]);
+    assert.deepEqual(["ab", "a_", "aB", "a.b", "a-b", "a0"].sort(compareTags), [
+      "a-b",
+      "a.b",
+      "a0",
+      "a_",
+      "aB",
+      "ab",
+    ]);
+    assert.equal(compareTags("v1", "v1"), 0);
+  });
+
+  test(
+    "tags/list is in case-insensitive lexical order, and so are n/last paging and Link",
+    { timeout: 60_000 },
+    async () => {
+      const repo = "order/tags";
+      await pushImage(image, { registry: srv.host, repository: repo, tag: "b" }, { pushRecord: false });
+      for (const t of ["A", "a", "C", "ab", "a_", "aB"])
+        assert.equal((await putManifest(srv.host, repo, t, image.manifest.bytes, OCI_MANIFEST)).status, 201);
+      // Code-unit order would be A C a aB a_ ab b.
+      const order = ["A", "a", "a_", "aB", "ab", "b", "C"];
+      const all = await request(srv.host, "GET", `/v2/${repo}/tags/list`);
+      assert.deepEqual(all.json, { name: repo, tags: order });
+      assert.equal(all.headers.link, undefined);
+
+      const base = `/v2/${repo}/tags/list`;
+      assert.deepEqual(
+        await pages(srv.host, `${base}?n=1`),
+        order.map((t, i) => [
+          [t],
+          i < order.length - 1 ? `<${base}?n=1&last=${encodeURIComponent(t)}>; rel="next"` : undefined,
+        ]),
+      );
+      assert.deepEqual(await pages(srv.host, `${base}?n=2`), [
+        [["A", "a"], `<${base}?n=2&last=a>; rel="next"`],
+        [["a_", "aB"], `<${base}?n=2&last=aB>; rel="next"`],
+        [["ab", "b"], `<${base}?n=2&last=b>; rel="next"`],
+        [["C"], undefined],
+      ]);
+      // `last` continues after exactly that string in the same order, whether or not it is a tag.
+      const after = async (last: string): Promise<unknown> =>
+        (await request(srv.host, "GET", `${base}?last=${encodeURIComponent(last)}`)).json;
+      assert.deepEqual(await after("a"), { name: repo, tags: ["a_", "aB", "ab", "b", "C"] });
+      assert.deepEqual(await after("B"), { name: repo, tags: ["b", "C"] });
+      assert.deepEqual(await after("Ab"), { name: repo, tags: ["aB", "ab", "b", "C"] });
+      assert.deepEqual(await after("c"), { name: repo, tags: [] });
+
+      // A real client: skopeo prints the tags as the registry lists them.
+      const listed = JSON.parse(
+        await exec("skopeo", ["list-tags", "--tls-verify=false", `docker://${srv.host}/${repo}`]),
+      ) as { Tags: string[] };
+      assert.deepEqual(listed.Tags, order);
+    },
+  );
+
+  test(
+    "a manifest over the size limit is read to its end before the 413; the connection stays usable",
+    { timeout: 60_000 },
+    async () => {
+      const repo = "big/manifest";
+      const limit = 4 << 20;
+      const body = Buffer.alloc(limit + (1 << 20), 32);
+      const chunks = Array.from({ length: body.length / (64 << 10) }, (_, i) =>
+        body.subarray(i * (64 << 10), (i + 1) * (64 << 10)),
+      );
+      for (const [what, headers] of [
+        ["with Content-Length", { "Content-Length": String(body.length) }],
+        ["chunked", { "Transfer-Encoding": "chunked" }],
+      ] as const) {
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+        try {
+          const put = await sendInChunks(
+            srv.host,
+            "PUT",
+            `/v2/${repo}/manifests/v1`,
+            { ...headers, "Content-Type": OCI_MANIFEST },
+            chunks,
+            agent,
+          );
+          assert.equal(
+            put.error,
+            undefined,
+            `${what}: the client failed while sending: ${put.error?.message}`,
+          );
+          assert.equal(put.written, body.length, `${what}: the whole body was sent`);
+          assert.ok(put.res, `${what}: no response`);
+          assert.equal(put.res.status, 413, what);
+          assert.match(String(put.res.headers["content-type"]), /^application\/json/);
+          assert.deepEqual(put.res.json, {
+            errors: [{ code: "SIZE_INVALID", message: "request body too large", detail: { limit } }],
+          });
+          assert.notEqual(put.res.headers.connection, "close", what);
+          // The server read the whole body: the next request on the same connection is understood.
+          const next = await new Promise<{ status: number; reused: boolean }>((resolve, reject) => {
+            const [hostname, port] = srv.host.split(":");
+            const req = http.get({ host: hostname, port: Number(port), path: "/v2/", agent }, (r) => {
+              r.resume();
+              r.on("end", () => resolve({ status: r.statusCode ?? 0, reused: req.reusedSocket }));
+            });
+            req.on("error", reject);
+          });
+          assert.deepEqual(next, { status: 200, reused: true }, what);
+        } finally {
+          agent.destroy();
+        }
+      }
+      const puts = srv.requests.filter((r) => r.route === "manifest.put" && r.repo === repo);
+      assert.deepEqual(
+        puts.map((r) => [r.status, r.error]),
+        [
+          [413, "SIZE_INVALID"],
+          [413, "SIZE_INVALID"],
+        ],
+      );
+      assert.equal((await request(srv.host, "GET", `/v2/${repo}/manifests/v1`)).status, 404);
+    },
+  );
+
+  test("a Content-Length over the drain bound gets its 413 at once, and the connection is closed", async () => {
+    const [hostname, port] = srv.host.split(":");
+    const req = http.request({
+      host: hostname,
+      port: Number(port),
+      method: "PUT",
+      path: "/v2/big/declared/manifests/v1",
+      headers: { "Content-Type": OCI_MANIFEST, "Content-Length": String(1 << 30) },
+      agent: false,
+    });
+    try {
+      const response = responseOf(req);
+      req.flushHeaders(); // the head only: the server answers without reading the body
+      const res = await response;
+      assert.ok(res, "no response");
+      assert.equal(res.status, 413);
+      assert.equal(res.headers.connection, "close");
+      assert.equal(res.code, "SIZE_INVALID");
+    } finally {
+      req.destroy();
+    }
+  });
+
+  test("referrers of a repository nothing was pushed to: 200 and an empty index, nothing created", async () => {
+    const expectEmpty = async (path: string, filtered = false): Promise<void> => {
+      const res = await request(srv.host, "GET", path);
+      assert.equal(res.status, 200, path);
+      assert.equal(res.headers["content-type"], OCI_INDEX);
+      assert.deepEqual(res.json, { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] });
+      assert.equal(res.headers["oci-filters-applied"], filtered ? "artifactType" : undefined);
+    };
+    await expectEmpty(`/v2/never/pushed/referrers/${ZERO}`);
+    await expectEmpty(`/v2/never/pushed/referrers/${image.manifest.digest}?artifactType=x/y`, true);
+    await expectEmpty(`/v2/never/pushed/referrers/sha512:${"a".repeat(128)}`);
+    const bad = await request(srv.host, "GET", `/v2/never/pushed/referrers/sha256:xyz`);
+    assert.equal(bad.status, 400);
+    assert.equal(bad.code, "DIGEST_INVALID");
+    const invalid = await request(srv.host, "GET", `/v2/Never/Pushed/referrers/${ZERO}`);
+    assert.equal(invalid.status, 400);
+    assert.equal(invalid.code, "NAME_INVALID");
+    assert.equal(existsSync(join(srv.root, "repositories", "never")), false);
+    assert.equal((await request(srv.host, "GET", "/v2/never/pushed/tags/list")).code, "NAME_UNKNOWN");
+    const cat = await request(srv.host, "GET", "/v2/_catalog");
+    assert.ok(!(cat.json as { repositories: string[] }).repositories.includes("never/pushed"));
   });
 });
 
@@ -1009,11 +1291,20 @@ describe("nixoci serve: manifest source", () => {
       const req = http.request({ host: hostname, port: Number(port), path: "/v2/nix/slow/manifests/latest" });
       req.on("error", () => undefined);
       req.end();
-      for (let i = 0; i < 50 && !slowSignal; i++) await new Promise((r) => setTimeout(r, 50));
-      assert.ok(slowSignal && !slowSignal.aborted);
+      const signal = await until(
+        "the source to be asked",
+        10_000,
+        () => {
+          const s = slowSignal;
+          assert.ok(s);
+          return s;
+        },
+        20,
+      );
+      assert.equal(signal.aborted, false);
       req.destroy();
-      for (let i = 0; i < 50 && !slowSignal.aborted; i++) await new Promise((r) => setTimeout(r, 50));
-      assert.ok(slowSignal.aborted, "the source's signal is aborted when the client goes away");
+      // The source's signal is aborted when the client goes away.
+      await until("the source's signal to be aborted", 10_000, () => assert.ok(signal.aborted), 20);
     },
   );
 });
