@@ -22,6 +22,7 @@ import { BinaryCacheStore } from "../../src/store/binary-cache.js";
 import { LocalStore } from "../../src/store/local-store.js";
 import { decompressBuffer } from "../../src/util/compression.js";
 import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir } from "../support/fixtures.js";
+import { until } from "../support/poll.js";
 import { nixCmd, run, runText } from "../support/run.js";
 
 const fx = buildFixtures();
@@ -59,6 +60,8 @@ interface Served {
   port: number;
   bytes: () => number;
   errors: unknown[];
+  /** Requests whose handling has not finished yet. */
+  pending: () => number;
   close: () => Promise<void>;
 }
 
@@ -70,6 +73,7 @@ after(async () => {
 
 async function serve(opts: Partial<BinaryCacheRoutesOptions> = {}): Promise<Served> {
   let bytes = 0;
+  let pending = 0;
   const errors: unknown[] = [];
   const routes = binaryCacheRoutes({
     store: systemStore,
@@ -79,18 +83,21 @@ async function serve(opts: Partial<BinaryCacheRoutesOptions> = {}): Promise<Serv
     ...opts,
   });
   const server = http.createServer((req, res) => {
-    routes(req, res).then(
-      (handled) => {
-        if (!handled) {
-          res.writeHead(418);
-          res.end("not the cache\n");
-        }
-      },
-      (err: unknown) => {
-        errors.push(err);
-        res.destroy();
-      },
-    );
+    pending++;
+    routes(req, res)
+      .finally(() => pending--)
+      .then(
+        (handled) => {
+          if (!handled) {
+            res.writeHead(418);
+            res.end("not the cache\n");
+          }
+        },
+        (err: unknown) => {
+          errors.push(err);
+          res.destroy();
+        },
+      );
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const port = (server.address() as AddressInfo).port;
@@ -99,6 +106,7 @@ async function serve(opts: Partial<BinaryCacheRoutesOptions> = {}): Promise<Serv
     port,
     bytes: () => bytes,
     errors,
+    pending: () => pending,
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
@@ -455,9 +463,17 @@ test("a store without Nix's database (nixoci's sidecar) is served; unregistered 
       req.on("error", (err) => (req.destroyed ? undefined : reject(err)));
     });
   }
-  await new Promise((r) => setTimeout(r, 300));
+  // Once the server has finished with both requests (bounded), no compressor is left and nothing was an error.
+  await until(
+    "the server to finish the abandoned requests and their compressors to end",
+    15_000,
+    () => {
+      assert.equal(s.pending(), 0, "requests still being handled");
+      assert.deepEqual(childCommands(), [], "no compressor left running");
+    },
+    20,
+  );
   assert.deepEqual(s.errors, []);
-  assert.deepEqual(childCommands(), [], "no compressor left running");
 
   // Change a file's bytes behind the store's back: the NAR fails verification and is never sent whole. The
   // last chunk is held back until the NAR is verified: a small NAR gets a 500, a large one (whose first
