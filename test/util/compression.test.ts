@@ -18,6 +18,7 @@ import {
 } from "../../src/util/compression.js";
 import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, makeNixCache, makeTempDir, nixNarExtension } from "../support/fixtures.js";
+import { until } from "../support/poll.js";
 import { run } from "../support/run.js";
 
 const MB = 1024 * 1024;
@@ -59,8 +60,12 @@ function children(): string[] {
 
 /** Waits (bounded) until this process has no children left; fails naming the leftovers. */
 async function assertNoChildren(): Promise<void> {
-  for (let i = 0; i < 100 && children().length; i++) await sleep(20);
-  assert.deepEqual(children(), [], "leftover child processes");
+  await until(
+    "the child processes to end",
+    10_000,
+    () => assert.deepEqual(children(), [], "leftover children"),
+    20,
+  );
 }
 
 function assertOneLineError(err: unknown, input: string, pattern: RegExp): true {
@@ -285,8 +290,8 @@ describe("processes", () => {
     test(`${c}: destroying the stream early kills the child`, async () => {
       const s = decompressStream(c, "early");
       s.write((await compressBuffer(c, random, { level: 1 })).subarray(0, 100_000));
-      await sleep(50);
-      assert.equal(children().length, 1, "one child while running");
+      // The decompressor waits for more input: one child, running.
+      await until("the decompressor child", 10_000, () => assert.equal(children().length, 1), 20);
       const closed = new Promise((resolve) => s.on("close", resolve));
       s.on("error", () => {});
       s.destroy();
