@@ -6,12 +6,12 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
 import { snapshotsClient } from "../../src/snapshotter/grpc.js";
 import { writeOciArchive } from "../../src/oci/archive.js";
 import { freePort, mountsUnder, startContainerd, type Containerd } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
+import { until } from "../support/poll.js";
 import { makeImage } from "../oci/make-image.js";
 import {
   removeSnapshotterDir,
@@ -326,18 +326,16 @@ describe("snapshotter under containerd 1.6", () => {
       // containerd's connection to the proxy is in reconnect backoff (calls fail fast with UNAVAILABLE, even
       // `ctr snapshots ls`) until it redials, within a few seconds: wait for that, bounded.
       const top = snaps.find((l) => l.split(" ").length === 3)!.split(" ")[0];
-      const deadline = Date.now() + 30_000;
-      let again: string[];
-      for (;;) {
-        try {
-          again = ctrSnapshots();
+      const again = await until(
+        "containerd to reach the restarted snapshotter",
+        30_000,
+        () => {
+          const listed = ctrSnapshots();
           ctr(["snapshots", "--snapshotter", "nixoci", "usage", top]);
-          break;
-        } catch (err) {
-          if (Date.now() > deadline) throw err;
-          await sleep(250);
-        }
-      }
+          return listed;
+        },
+        250,
+      );
       assert.deepEqual(again, snaps);
       assert.equal(
         ctr(["run", "--snapshotter", "nixoci", "--rm", ref, "nixoci-sn-2"]),
@@ -351,29 +349,27 @@ describe("snapshotter under containerd 1.6", () => {
       ctr(["snapshots", "--snapshotter", "nixoci", "rm", top]);
       ctr(["images", "rm", "--sync", ref]);
       // containerd's garbage collector removes the backend snapshots (Remove, children first, then Cleanup).
-      client = snapshotsClient(sn.socket);
+      const gcClient = snapshotsClient(sn.socket);
       try {
-        const gcDeadline = Date.now() + 30_000;
-        let left = await list(client);
-        while (left.length && Date.now() < gcDeadline) {
-          await sleep(250);
-          left = await list(client);
-        }
-        assert.deepEqual(left, [], "containerd's GC removed every backend snapshot");
+        await until(
+          "containerd's GC to remove every backend snapshot",
+          30_000,
+          async () => assert.deepEqual(await list(gcClient), []),
+          250,
+        );
       } finally {
-        client.close();
+        gcClient.close();
       }
       assert.deepEqual(ctrSnapshots(), []);
       assert.deepEqual(readdirSync(join(sn.root, "snapshots")), []);
       assert.deepEqual(mountsUnder(dir), []);
       assert.deepEqual(mountsUnder(dirname(containerd!.root)), [], "no container rootfs left mounted");
 
-      // SIGTERM while containerd still holds its connection: a prompt, clean exit.
+      // SIGTERM while containerd still holds its connection: a clean exit. stopSnapshotter's 10 s before a
+      // SIGKILL is the liveness bound (a SIGKILL leaves no exit code); bench/limits.ts measures how soon.
       const s = sn;
-      const t0 = Date.now();
       await stopSnapshotter(s, "SIGTERM");
       assert.equal(s.child.exitCode, 0, tail(s.logFile));
-      assert.ok(Date.now() - t0 < 8000, `stopped in ${Date.now() - t0} ms`);
     },
   );
 });
