@@ -156,16 +156,25 @@ fi
 DRILL
 
 # Own mount and PID namespaces: binds and test mounts are private to the run, and when its first process exits
-# the kernel kills every other process of the run.
+# the kernel kills every other process of the run. The root becomes the namespace's real root (pivot_root, not just
+# chroot), as / is on a machine: dockerd and runc remount / as a recursive slave (EINVAL unless it is a mount
+# point), and nix returns to its original mount namespace to run git for fetchGit — which, from a mere chroot,
+# would land in the host's /.
 run_inside() {
   unshare --mount --pid --fork --propagation private -- bash -c '
     set -e
     root=$1; shift
+    mount --bind "$root" "$root"
     mount -t proc proc "$root/proc"
     mount --rbind /sys "$root/sys"
     mount --rbind /dev "$root/dev"
     mount -t tmpfs -o mode=755 tmpfs "$root/run"
-    exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
+    old=$(mktemp -d "$root/.host-root.XXXXXX")
+    old=${old#"$root"}
+    cd "$root"
+    pivot_root . ".$old"
+    exec chroot . /bin/bash -c "umount -l \"\$1\" && rmdir \"\$1\" && shift && exec \"\$@\"" - "$old" \
+      /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
       PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin MAIN_JOB="$MAIN_JOB" TESTS="$TESTS" "$@"
   ' fresh-root "$root" "$@"
 }
