@@ -11,6 +11,7 @@ import { buildFixtures, generateCacheKey, makeNixCache } from "../support/fixtur
 import { run, runText, nixCmd } from "../support/run.js";
 import { nixoci, nixociOk } from "../support/cli.js";
 import { freePort } from "../support/daemons.js";
+import { until } from "../support/poll.js";
 
 const fx = buildFixtures();
 const closure = runText("nix-store", ["-qR", fx.all]).split("\n").sort();
@@ -214,16 +215,18 @@ async function serveDirectory(dir: string): Promise<{ url: string; proc: ChildPr
     },
   );
   const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`${url}/nix-cache-info`)).ok) return { url, proc };
-    } catch {
-      /* not up yet */
-    }
-    await new Promise((r) => setTimeout(r, 100));
+  try {
+    await until(
+      "the http server to answer",
+      30_000,
+      async () => assert.ok((await fetch(`${url}/nix-cache-info`)).ok, "GET /nix-cache-info failed"),
+      100,
+    );
+  } catch (err) {
+    proc.kill();
+    throw err;
   }
-  proc.kill();
-  throw new Error("http server did not start");
+  return { url, proc };
 }
 
 test("reads a binary cache over HTTP (a real static web server)", async () => {

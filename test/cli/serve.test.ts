@@ -8,6 +8,7 @@ import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateCacheKey } from "../support/fixtures.js";
+import { GiveUp, until } from "../support/poll.js";
 import { run, runText, nixCmd } from "../support/run.js";
 import { nixociOk, ROOT } from "../support/cli.js";
 import {
@@ -72,13 +73,21 @@ async function startServe(extra: string[] = []): Promise<typeof server> {
     { stdio: ["ignore", "ignore", "pipe"] },
   );
   proc.stderr!.on("data", (d) => (log += d));
-  for (let i = 0; i < 100; i++) {
-    if (log.includes('"msg":"listening"')) return { proc, host, log: () => log };
-    if (proc.exitCode !== null) break;
-    await new Promise((r) => setTimeout(r, 100));
+  try {
+    await until(
+      "nixoci serve to listen",
+      30_000,
+      () => {
+        if (proc.exitCode !== null) throw new GiveUp(`exited with ${proc.exitCode}`);
+        assert.ok(log.includes('"msg":"listening"'), "not listening yet");
+      },
+      100,
+    );
+  } catch (err) {
+    proc.kill("SIGKILL");
+    throw new Error(`nixoci serve did not start: ${String(err)}\n${log}`, { cause: err });
   }
-  proc.kill("SIGKILL");
-  throw new Error(`nixoci serve did not start: ${log}`);
+  return { proc, host, log: () => log };
 }
 
 async function stopServe(s: typeof server): Promise<number | null> {
