@@ -270,12 +270,12 @@ describe("nixoci image-service: nix:0 references from the store through containe
       join(stack.dir, "no-such.sock"),
     ]);
     try {
-      const start = Date.now();
+      // Promptly: a call that waited for containerd would end with DEADLINE_EXCEEDED (4) at its 30 s deadline,
+      // not UNAVAILABLE (bench/limits.ts measures how soon the answer comes).
       const e = await grpcCode(other.client.pullImage({ image: { image: ref } }, { timeoutMs: 30_000 }));
       assert.equal(e.code, 14, e.details); // UNAVAILABLE
       const e2 = await grpcCode(other.client.listImages({}, { timeoutMs: 30_000 }));
       assert.equal(e2.code, 14, e2.details);
-      assert.ok(Date.now() - start < 25_000, "answered before the deadline");
     } finally {
       await other.stop();
     }
