@@ -24,6 +24,10 @@
 //   2. The extra cost per 1,000 store paths: two images of many small store paths
 //      (bench/fixtures/many-paths.nix: ~100 and ~2,100 paths in the closure, `hello` again the entrypoint),
 //      PATH_RUNS runs per image and side, interleaved; (t_large - t_small) / (Δpaths / 1000) of the medians.
+//   3. The fallback: the image of 1. pushed again (same blobs, tag `bad-labels`) with every layer's
+//      nix-store-path annotations naming a store path that does not exist, so the snapshotter cannot make any
+//      layer from the store and containerd downloads and unpacks them all through it; RUNS runs on the nixoci
+//      side, against the overlayfs medians of 1.
 // Nothing about time is asserted; failures (a pull error, no output, a wrong line) throw.
 // Knobs for looking into it: NIXOCI_BENCH_CRI_RUNS=N (runs per series), NIXOCI_BENCH_CRI_LOG=info|debug (the
 // snapshotter's log level; default warn), NIXOCI_BENCH_CRI_NIX_LAYERS=MODE (its --nix-layers; default: its own
@@ -42,7 +46,7 @@ import {
   type Snapshotter,
 } from "../test/support/snapshotter.js";
 import { median, nixBuild } from "./common.js";
-import { criConfig } from "../test/support/cri.js";
+import { criConfig, NIX_STORE_PATH_ANNOTATION } from "../test/support/cri.js";
 import { until } from "../test/support/poll.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
@@ -50,6 +54,7 @@ const CLOSURE_NIX = fileURLToPath(new URL("../../bench/fixtures/closure.nix", im
 const MANY_PATHS_NIX = fileURLToPath(new URL("../../bench/fixtures/many-paths.nix", import.meta.url));
 const NS = "k8s.io";
 const EXPECTED_LINE = "Hello from nixoci!";
+const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 
 const RUNS_OVERRIDE = Number(process.env.NIXOCI_BENCH_CRI_RUNS) || undefined;
 const RUNS = RUNS_OVERRIDE ?? 5;
@@ -122,6 +127,47 @@ function buildImage(registry: Registry, cacheDir: string, name: string, packages
     narSize: closure.narSize,
     layers: summary.layers,
     manifestDigest: summary.manifestDigest,
+  };
+}
+
+/**
+ * `image` pushed again as REPO:TAG with its layers' nix-store-path annotations all naming a store path that does
+ * not exist (the blobs are the same: only the manifest is new).
+ */
+async function pushWithBadLabels(registry: Registry, image: Image, tag: string): Promise<Image> {
+  const repo = image.ref.slice(registry.host.length + 1, image.ref.lastIndexOf(":"));
+  const url = (ref: string) => `http://${registry.host}/v2/${repo}/manifests/${ref}`;
+  const got = await fetch(url(image.manifestDigest), {
+    headers: { Accept: `${OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json` },
+  });
+  if (!got.ok) throw new Error(`GET ${url(image.manifestDigest)}: ${got.status}`);
+  const manifest = (await got.json()) as {
+    mediaType: string;
+    layers: { annotations?: Record<string, string> }[];
+  };
+  const missing = `/nix/store/${"0".repeat(32)}-nixoci-bench-not-there`;
+  let spoilt = 0;
+  for (const layer of manifest.layers) {
+    for (const key of Object.keys(layer.annotations ?? {})) {
+      if (key.startsWith(NIX_STORE_PATH_ANNOTATION)) {
+        layer.annotations![key] = missing;
+        spoilt++;
+      }
+    }
+  }
+  if (!spoilt) throw new Error(`${image.ref}: no nix-store-path annotation to spoil`);
+  const put = await fetch(url(tag), {
+    method: "PUT",
+    headers: { "Content-Type": manifest.mediaType ?? OCI_MANIFEST },
+    body: JSON.stringify(manifest),
+  });
+  if (put.status !== 201) throw new Error(`PUT ${url(tag)}: ${put.status} ${await put.text()}`);
+  const manifestDigest = put.headers.get("Docker-Content-Digest")!;
+  return {
+    ...image,
+    name: `${image.name}-bad-labels`,
+    ref: `${registry.host}/${repo}:${tag}`,
+    manifestDigest,
   };
 }
 
@@ -307,7 +353,7 @@ function describeImage(image: Image): string {
   );
 }
 
-function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side): void {
+function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side, goal = true): void {
   const b = median(samples.get(baseline)!.map((s) => s.totalMs));
   console.log(
     "snapshotter".padEnd(12) +
@@ -333,7 +379,9 @@ function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side):
           27,
         ) +
         `  ${xs.map((s) => (s.totalMs / 1000).toFixed(2)).join(" ")}`.padEnd(40) +
-        (isBase ? "" : `<= ${GOAL_VS_OVERLAYFS}x overlayfs: ${verdict(total / b <= GOAL_VS_OVERLAYFS)}`),
+        (isBase || !goal
+          ? ""
+          : `<= ${GOAL_VS_OVERLAYFS}x overlayfs: ${verdict(total / b <= GOAL_VS_OVERLAYFS)}`),
     );
   }
 }
@@ -431,6 +479,23 @@ export async function benchCri(): Promise<void> {
           `  ${g(s)} / ${g(l)}`,
       );
     }
+
+    // 3. the fallback when the labels point nowhere
+    const bad = await pushWithBadLabels(registry, big, "bad-labels");
+    const badSide: Side = { ...nixSide, name: "nixoci/bad" };
+    await pullAndRun(badSide, registry, bad); // warm-up, untimed
+    const badSamples = await series([badSide], registry, bad, RUNS);
+    console.log(
+      `\n3. the image of 1. with every nix-store-path label naming a missing store path (nixoci/bad: the ` +
+        `snapshotter falls back to containerd downloading every layer); median of ${RUNS}`,
+    );
+    printTable(
+      bad,
+      new Map([...badSamples, [overlaySide, bigSamples.get(overlaySide)!]]),
+      overlaySide,
+      false,
+    );
+
     console.log(`\nCRI benchmark: ${sec(performance.now() - started)} in all`);
   } finally {
     for (const side of sides) {

@@ -166,9 +166,7 @@ describe("CRI scenarios through containerd 1.6 with the nixoci snapshotter over 
       );
       const regFrom = registryLogLines(s.registry);
       const logFrom = logSize(s.sn);
-      const started = Date.now();
       const pulled = await s.cri.pullImage({ image: { image: spoilt.ref } }, { timeoutMs: 120_000 });
-      console.log(`pull with bad labels: ${Date.now() - started} ms`);
       try {
         const fetched = blobGets(s.registry, regFrom);
         for (const i of [missingIdx, dotdotIdx])
