@@ -11,7 +11,7 @@ import type { BuiltImage } from "../../src/oci/image.js";
 import { parseOutputRef, writeOutput } from "../../src/oci/outputs.js";
 import { pushImage } from "../../src/oci/registry-client.js";
 import { NixociError } from "../../src/util/errors.js";
-import { startRegistry, type Registry } from "../support/daemons.js";
+import { makeHtpasswdLine, startRegistry, type Registry } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { runText } from "../support/run.js";
 import { makeImage } from "./make-image.js";
@@ -56,7 +56,13 @@ test("WWW-Authenticate parsing", () => {
   ]);
 });
 
-// startRegistry fails (and with it every test here) when htpasswd (apache2-utils) is missing.
+// A missing htpasswd is a failure, not a skip: this test fails, and so does startRegistry (cancelling the suite).
+test("htpasswd makes the bcrypt entries the Basic-auth registry needs", () => {
+  const line = makeHtpasswdLine(USER, PASSWORD);
+  assert.ok(line, "no bcrypt htpasswd entry could be made: install apache2-utils (htpasswd)");
+  assert.match(line, new RegExp(`^${USER}:\\$2[aby]\\$\\d{2}\\$`));
+});
+
 describe("htpasswd (Basic) registry", () => {
   let registry: Registry;
   let image: BuiltImage;
