@@ -132,8 +132,11 @@ test("dumpPath respects backpressure: a slow consumer does not make it read ahea
   // mark: it must stop there (about two 1 MiB chunks), not go on reading the 40 MB file ahead of the consumer.
   const it = stream[Symbol.asyncIterator]();
   for (let i = 0; i < 5; i++) {
-    const { done } = await it.next();
+    const { done, value } = await it.next();
     assert.equal(done, false);
+    // A read takes everything buffered (about two 1 MiB chunks) plus what the refill it starts pushes at once
+    // (one more): at most about 3 MiB, where a stream that read ahead would hand over the whole file.
+    assert.ok((value as Buffer).length <= 4 << 20, `read ${(value as Buffer).length} bytes at once`);
     await until(
       `refill after chunk ${i + 1}`,
       10_000,
