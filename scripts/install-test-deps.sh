@@ -24,3 +24,10 @@ set_option() {
 set_option sandbox false
 set_option substituters ""
 set_option require-sigs true
+
+# Kernel features the runtimes under test use. overlayfs is usually loaded on demand; where the module is not
+# loaded yet and cannot be (no kmod, as in a container), say so here rather than as a failure deep in a test.
+if ! grep -qw overlay /proc/filesystems; then
+  modprobe overlay 2>/dev/null || true
+  grep -qw overlay /proc/filesystems || { echo "install-test-deps: the kernel has no overlayfs (modprobe overlay)" >&2 && exit 1; }
+fi
