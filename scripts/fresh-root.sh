@@ -61,7 +61,15 @@ if [ ! -f "$base/.mirror" ] || [ "$(cat "$base/.mirror")" != "$mirror" ]; then
   rm -rf "$base" && mv "$tmp" "$base"
 fi
 
-work=$(mktemp -d /var/tmp/nixoci-fresh-root.XXXXXX)
+# Runs killed before their cleanup leave their copies: remove those whose run (the pid in the name) is gone.
+for old in /var/tmp/nixoci-fresh-root.*; do
+  [ -d "$old" ] || continue
+  pid=${old#/var/tmp/nixoci-fresh-root.}
+  pid=${pid%%.*}
+  [[ $pid =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null || continue
+  findmnt -rn -o TARGET | grep -q "^$old/" || rm -rf "$old"
+done
+work=$(mktemp -d "/var/tmp/nixoci-fresh-root.$$.XXXXXX")
 root=$work/root
 cleanup() {
   status=$?
@@ -77,6 +85,8 @@ cleanup() {
   exit $status
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 echo "fresh-root: copying the pristine base to $root" >&2
 cp -a "$base" "$root"
 rm -f "$root/.mirror"
