@@ -10,7 +10,7 @@ import type { Compression } from "../../src/util/compression.js";
 import { nixCmd, run, runText } from "./run.js";
 
 /** The repository root (this file runs as dist/test/support/fixtures.js). */
-function findRoot(): string {
+export function findRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
     if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "test/fixtures/packages.nix")))
