@@ -1,7 +1,7 @@
 // nixoci build: Nix closures to layered, reproducible OCI images, written to every output asked for.
 import { availableParallelism } from "node:os";
 import { buildImage, type BuildEvent, type LayerReport } from "../image/build.js";
-import { defaultCacheDir } from "../image/layer-cache.js";
+import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { parseOutputRef, writeOutput, type OutputRef } from "../oci/outputs.js";
@@ -169,6 +169,12 @@ export async function buildCommand(argv: string[]): Promise<number> {
       progress.update(status());
     };
 
+    // What killed builds left: half-written layers in the cache, and (for nix: outputs) descriptions cut short
+    // in the store directory. Only temporaries whose writer is gone go.
+    const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
+    if (cacheDir) await new LayerCache(cacheDir).sweepTemporaries();
+    if (outputs.some((o) => o.kind === "nix")) await store.sweepTemporaries();
+
     const result = await buildImage({
       roots: uniqueRoots,
       spec,
@@ -178,7 +184,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
       maxLayers,
       compression,
       compressionLevel: level,
-      cacheDir: values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir()),
+      cacheDir,
       parallelism: intOption(values.jobs, "jobs", availableParallelism()),
       onEvent,
     });

@@ -41,6 +41,8 @@ export async function substituteCommand(argv: string[]): Promise<number> {
   for (const url of values.from) sources.push(await openStore(url, trust));
   const progress = new Progress(values.quiet);
   try {
+    // What killed runs left in the target (paths restored under temporary names); a live writer's stay.
+    await target.sweepTemporaries();
     const paths = positionals.map((p) =>
       p.startsWith(target.storeDir + "/")
         ? toStorePathPrefix(p, target.storeDir, p).path

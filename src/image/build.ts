@@ -2,9 +2,6 @@
 //   roots -> (substitute what is missing) -> closure -> layer plan -> layers (cache hit, or one-pass build,
 //   in parallel) -> customisation layer -> config + manifest -> BuiltImage
 import { availableParallelism } from "node:os";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { Descriptor } from "../oci/descriptor.js";
 import type { Digest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
@@ -16,7 +13,7 @@ import type { Store } from "../store/store.js";
 import { Substituter, type SubstituteEvent } from "../store/substituter.js";
 import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
-import { removeTree } from "../util/fs.js";
+import { makeTempWorkDir, removeTree } from "../util/fs.js";
 import { imageConfigJson, manifestJson } from "./config.js";
 import { customisationLayer } from "./customisation.js";
 import { buildLayerBlob, DEFAULT_GZIP_LEVEL } from "./layer-builder.js";
@@ -129,7 +126,8 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     narSize: [...closure.values()].reduce((n, i) => n + i.narSize, 0),
   });
 
-  const tempCache = opts.cacheDir ? undefined : await mkdtemp(join(tmpdir(), "nixoci-nocache-"));
+  // Named after this process, so a later build removes it should this one be killed.
+  const tempCache = opts.cacheDir ? undefined : await makeTempWorkDir("nixoci-nocache");
   const cache = new LayerCache(opts.cacheDir ?? tempCache!);
   const level = compressionLevel(opts);
   const limiter = new Limiter(opts.parallelism ?? Math.max(1, availableParallelism()));

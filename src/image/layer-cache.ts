@@ -10,7 +10,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { BlobStore } from "../oci/blob-store.js";
 import { isDigest, type Digest } from "../oci/digest.js";
-import { writeFileAtomic } from "../util/fs.js";
+import { sweepAbandonedTemps, writeFileAtomic } from "../util/fs.js";
 import type { LayerBlob } from "./layer-builder.js";
 
 export function defaultCacheDir(): string {
@@ -36,6 +36,17 @@ export class LayerCache {
 
   private indexFile(identity: string): string {
     return join(this.dir, "layers", `${identity}.json`);
+  }
+
+  /**
+   * Removes what killed writers left in the cache (half-written blobs, index entries and image records under
+   * their temporary names; a live writer's stay). Returns the paths removed, relative to the cache directory.
+   */
+  async sweepTemporaries(): Promise<string[]> {
+    const removed: string[] = [];
+    for (const sub of ["blobs/sha256", "layers", "images"])
+      for (const name of await sweepAbandonedTemps(join(this.dir, sub))) removed.push(`${sub}/${name}`);
+    return removed;
   }
 
   /** The cached layer for an identity, if its blob is still there with the recorded size. */

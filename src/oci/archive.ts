@@ -3,13 +3,14 @@
 // [{Config, RepoTags, Layers}], the config as <hex>.json and each layer as <hex>.tar.gz, compressed layers being
 // accepted by every reader). The tars are deterministic (sorted names, mtime 1, uid/gid 0, fixed modes) and
 // streamed: layers go from the blob store to the output chunk by chunk. A file output is written under a
-// temporary name and renamed at the end, so a failure never leaves a partial archive; "-" streams to stdout.
+// temporary name and renamed at the end, so a failure never leaves a partial archive (a killed writer's temporary
+// goes with the next write of that file); "-" streams to stdout.
 import { constants, createReadStream, createWriteStream } from "node:fs";
 import { open, rename, rm, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { NixociError, quote } from "../util/errors.js";
-import { tempSibling } from "../util/fs.js";
+import { sweepAbandonedTemps, tempSibling } from "../util/fs.js";
 import { digestHex } from "./digest.js";
 import type { BuiltImage } from "./image.js";
 import { imageBlobs, indexEntry, OCI_LAYOUT_FILE, storeBlobPath } from "./layout.js";
@@ -138,7 +139,10 @@ async function writeAll(chunks: AsyncIterable<Buffer>, out: Writable | NodeJS.Wr
 async function writeTarFile(file: string, entries: TarEntry[]): Promise<void> {
   const st = await stat(file).catch(() => undefined);
   if (st?.isDirectory()) throw new NixociError(file, "is a directory");
-  const tmp = tempSibling(dirname(file), file.slice(file.lastIndexOf("/") + 1) || "archive");
+  const base = file.slice(file.lastIndexOf("/") + 1) || "archive";
+  // What killed writes of this file left beside it (temporaries of other files stay).
+  await sweepAbandonedTemps(dirname(file), (name) => name.startsWith(`.${base}.tmp-`));
+  const tmp = tempSibling(dirname(file), base);
   try {
     const out = createWriteStream(tmp, { flags: "wx", mode: 0o644 });
     try {

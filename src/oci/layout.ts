@@ -3,13 +3,15 @@
 // hard-linked from the image's blob store when it is on the same filesystem, else copied, and skipped when
 // present; each lands under a temporary name and is renamed into place. index.json is written last (atomically),
 // after every blob it names is durable, so an interrupted write never leaves an index pointing to missing blobs.
+// A new layout is written whole under a temporary sibling name and renamed into place. The temporaries of a
+// killed writer (their names carry its pid) go with the next write to the layout.
 import { constants, createReadStream, createWriteStream } from "node:fs";
 import { copyFile, link, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { mapLimit } from "../util/concurrency.js";
 import { NixociError, quote } from "../util/errors.js";
-import { readJsonFile, tempSibling } from "../util/fs.js";
+import { readJsonFile, removeTree, sweepAbandonedTemps, tempSibling } from "../util/fs.js";
 import type { Descriptor } from "./descriptor.js";
 import { digestHex, isDigest, type Digest } from "./digest.js";
 import type { BuiltImage } from "./image.js";
@@ -193,37 +195,42 @@ async function prepareLayoutDir(dir: string): Promise<void> {
     );
 }
 
+/** True when `dir` does not exist or is an empty directory: the layout is new. */
+async function isNewLayout(dir: string): Promise<boolean> {
+  const st = await stat(dir).catch(() => undefined);
+  if (!st) return true;
+  return st.isDirectory() && (await readdir(dir)).length === 0;
+}
+
 /**
  * Writes (or adds) the image to the OCI layout `dir`, tagged `tag` when given. Returns the manifest digest.
+ * A new layout (no directory, or an empty one) is written whole under a temporary sibling name and renamed into
+ * place, so it appears complete or not at all; an existing one gets its blobs first and its index.json last.
  */
 export async function writeOciLayout(image: BuiltImage, dir: string, tag?: string): Promise<string> {
   if (tag !== undefined && !TAG_RE.test(tag)) throw new NixociError(dir, `invalid tag ${quote(tag)}`);
   try {
-    await prepareLayoutDir(dir);
-    const existing = await readIndex(dir);
-    const blobDir = join(dir, "blobs", "sha256");
-    await mkdir(blobDir, { recursive: true });
-    await mapLimit(imageBlobs(image), 8, (b) => placeBlob(image, blobDir, b));
-    await fsyncPath(blobDir, true);
-    if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))
-      await writeDurable(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
-
-    const entry = indexEntry(image, tag);
-    const kept = (existing?.manifests ?? []).filter((m) => {
-      const name = m.annotations?.[REF_NAME_ANNOTATION];
-      if (tag !== undefined) return name !== tag;
-      // An untagged write replaces an untagged entry for the same manifest instead of duplicating it.
-      return !(name === undefined && m.digest === entry.digest);
-    });
-    const index: OciIndex = {
-      ...(existing ?? {}),
-      schemaVersion: 2,
-      mediaType: OCI_INDEX,
-      manifests: [...kept, entry],
-    };
-    await writeDurable(join(dir, "index.json"), JSON.stringify(index));
-    await fsyncPath(dir, true);
-    return image.manifest.digest;
+    const parent = dirname(resolve(dir));
+    const base = basename(resolve(dir));
+    // What killed writers of a new layout here left beside it.
+    await sweepAbandonedTemps(parent, (name) => name.startsWith(`.${base}.tmp-`));
+    if (await isNewLayout(dir)) {
+      await mkdir(parent, { recursive: true });
+      const tmp = tempSibling(parent, base);
+      try {
+        await mkdir(tmp);
+        await writeIntoLayout(image, tmp, tag);
+        await rename(tmp, dir); // replaces an empty directory
+        await fsyncPath(parent, true);
+        return image.manifest.digest;
+      } catch (err) {
+        await removeTree(tmp);
+        const code = (err as NodeJS.ErrnoException).code;
+        // Another writer made the layout meanwhile: add to it as to any existing layout.
+        if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
+      }
+    }
+    return await writeIntoLayout(image, dir, tag);
   } catch (err) {
     if (err instanceof NixociError) throw err;
     const e = err as NodeJS.ErrnoException;
@@ -231,4 +238,36 @@ export async function writeOciLayout(image: BuiltImage, dir: string, tag?: strin
       cause: err,
     });
   }
+}
+
+/** Adds the image to the layout `dir` (a new, empty directory or an existing layout) in place. */
+async function writeIntoLayout(image: BuiltImage, dir: string, tag?: string): Promise<string> {
+  await prepareLayoutDir(dir);
+  const existing = await readIndex(dir);
+  const blobDir = join(dir, "blobs", "sha256");
+  // What killed writers of this layout left: blobs, index.json and oci-layout under temporary names.
+  await sweepAbandonedTemps(dir);
+  await sweepAbandonedTemps(blobDir);
+  await mkdir(blobDir, { recursive: true });
+  await mapLimit(imageBlobs(image), 8, (b) => placeBlob(image, blobDir, b));
+  await fsyncPath(blobDir, true);
+  if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))
+    await writeDurable(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
+
+  const entry = indexEntry(image, tag);
+  const kept = (existing?.manifests ?? []).filter((m) => {
+    const name = m.annotations?.[REF_NAME_ANNOTATION];
+    if (tag !== undefined) return name !== tag;
+    // An untagged write replaces an untagged entry for the same manifest instead of duplicating it.
+    return !(name === undefined && m.digest === entry.digest);
+  });
+  const index: OciIndex = {
+    ...(existing ?? {}),
+    schemaVersion: 2,
+    mediaType: OCI_INDEX,
+    manifests: [...kept, entry],
+  };
+  await writeDurable(join(dir, "index.json"), JSON.stringify(index));
+  await fsyncPath(dir, true);
+  return image.manifest.digest;
 }

@@ -11,8 +11,7 @@
 // the config) when one is needed. A description is small (kilobytes), copies with `nix copy` together with its
 // closure, and is garbage-collected like any store path.
 import { createHash } from "node:crypto";
-import { mkdtemp, mkdir, readFile, stat, writeFile, copyFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile, stat, writeFile, copyFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Hash } from "../nix/hash.js";
 import { narHashOfPath, dumpPath } from "../nix/nar-writer.js";
@@ -20,7 +19,7 @@ import { makeContentAddressedPath, parseStorePath, validateStorePathName } from 
 import { storePathsFromAnnotations } from "../image/types.js";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError, quote } from "../util/errors.js";
-import { removeTree } from "../util/fs.js";
+import { makeTempWorkDir, removeTree } from "../util/fs.js";
 import type { Descriptor } from "./descriptor.js";
 import { digestHex, isDigest, type Digest } from "./digest.js";
 import type { BuiltImage } from "./image.js";
@@ -56,7 +55,8 @@ export async function writeNixImage(
   tag?: string,
 ): Promise<string> {
   checkNixImageName(name);
-  const tmp = await mkdtemp(join(tmpdir(), "nixoci-nix-image-"));
+  // Named after this process, so a later write removes it should this one be killed.
+  const tmp = await makeTempWorkDir("nixoci-nix-image");
   try {
     const dir = join(tmp, "image");
     const blobs = join(dir, "blobs", "sha256");

@@ -1,5 +1,6 @@
 // Filesystem helpers shared by the writers: atomic file writes and removal of read-only trees.
-import { chmod, lstat, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { NixociError } from "./errors.js";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
@@ -29,6 +30,43 @@ export function isAbandonedTemp(name: string): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "ESRCH";
   }
+}
+
+/**
+ * Removes the temporaries of writers that no longer run (isAbandonedTemp: files or trees) among the entries of
+ * `dir` (not recursive) that `only` accepts (default: every temporary). Best effort: what cannot be removed, or
+ * a directory that cannot be read, is left. Returns the names removed.
+ */
+export async function sweepAbandonedTemps(dir: string, only?: (name: string) => boolean): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    if ((only && !only(name)) || !isAbandonedTemp(name)) continue;
+    try {
+      await removeTree(join(dir, name));
+      removed.push(name);
+    } catch {
+      // removed meanwhile, or not ours to remove
+    }
+  }
+  return removed;
+}
+
+/**
+ * A new private directory for work in progress, `<os.tmpdir()>/<prefix>.tmp-<pid>-<random>`; first removes the
+ * ones with the same prefix that killed processes left (the caller removes its own when done).
+ */
+export async function makeTempWorkDir(prefix: string): Promise<string> {
+  const base = tmpdir();
+  await sweepAbandonedTemps(base, (name) => name.startsWith(`${prefix}.tmp-`));
+  const dir = join(base, `${prefix}${tempSuffix()}`);
+  await mkdir(dir, { mode: 0o700 });
+  return dir;
 }
 
 /** Writes a file under a temporary name and renames it into place, so readers never see a partial file. */
