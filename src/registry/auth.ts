@@ -15,27 +15,61 @@
 // as Bearer. Issued tokens are HMAC-signed by a key made at startup (so they end with the process), last 15
 // minutes, and carry the access of the credentials (pull, or pull and push), never more than the scope asked.
 //
-// Pulls need credentials only with requirePull; a push always needs push access (401 without credentials or
-// with wrong ones, 403 DENIED with pull-only ones). The API root (GET /v2/, docker login) answers 401 to
-// requests without valid credentials even when pulls are open: clients learn the challenge there (docker sends
-// credentials later only to registries whose /v2/ challenged it). Files are re-read when they change.
+// Which requests need credentials, and which access, is decided once for every route in access.ts (pulls and
+// every other read need them only with requirePull; a push always needs push access; the API root, GET /v2/ as
+// docker login asks it, always needs valid credentials: clients learn the challenge there). This file checks
+// them: 401 without credentials or with wrong ones, 403 DENIED with pull-only ones for a push. Files are re-read
+// when they change.
+//
+// Password checks (bcrypt, slow by design):
+//   - run in worker threads (bcrypt-pool.ts): requests that need none are served meanwhile;
+//   - a user name that is not in the file is checked against a dummy hash of the file's highest cost, so an
+//     unknown user fails as slowly as a wrong password;
+//   - verified credentials are remembered for a minute (at most 1000, keyed by an HMAC of user and password
+//     under a key made at startup; forgotten when the htpasswd file changes), and identical checks running at
+//     the same time share one comparison;
+//   - failed checks are counted per client address (failure-limit.ts): after 10 within a minute, that
+//     address's requests with credentials get 429 TOOMANYREQUESTS with Retry-After until the minute is over.
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import bcrypt from "bcryptjs";
 import { NixociError, quote } from "../util/errors.js";
+import { BcryptBusy, bcryptCompare } from "./bcrypt-pool.js";
 import { RegistryError } from "./errors.js";
+import { clientKey, FailureLimit } from "./failure-limit.js";
+
+/** What the server asks the auth to check (a closed decision of access.ts). */
+export interface CredentialCheck {
+  action: "pull" | "push";
+  /** The repository, for the challenge's scope and the error's detail. */
+  repo?: string;
+  /** "registry": the registry's own challenge (Basic, or Bearer with the token endpoint); "basic": Basic. */
+  challenge: "registry" | "basic";
+}
 
 export interface RegistryAuth {
-  /** throws RegistryError 401 with the right WWW-Authenticate header info, or 403 DENIED */
-  check(req: IncomingMessage, action: "pull" | "push", repo: string | undefined): Promise<void>;
+  /** Reads (pulls, the binary cache, the page, /metrics) need credentials too (--auth-pull). */
+  readonly requirePull: boolean;
   /**
-   * The API root (GET /v2/): 401 unless the request carries valid credentials, whatever the pull policy.
-   * Optional: without it the server uses check(req, "pull", undefined).
+   * Checks the request's credentials: throws RegistryError 401 (with its WWW-Authenticate challenge), 403 DENIED
+   * (pull-only credentials for a push) or 429 TOOMANYREQUESTS (too many failures from this client).
    */
-  checkLogin?(req: IncomingMessage): Promise<void>;
+  verify(req: IncomingMessage, check: CredentialCheck): Promise<void>;
   /** GET /v2/token (the token endpoint), when this auth offers one. */
   handleTokenRequest?(req: IncomingMessage, res: ServerResponse): Promise<void>;
+}
+
+export interface AuthOptions {
+  requirePull: boolean;
+  /** Failed credential checks allowed per client address per window (default 10 per 60 s); beyond, 429. */
+  maxFailures?: number;
+  failureWindowMs?: number;
+  /** Verified credentials are remembered this long (default 60 s), at most cacheSize (1000) of them. */
+  cacheTtlMs?: number;
+  cacheSize?: number;
+  /** How a password is compared with a bcrypt hash (default: in worker threads, bcrypt-pool.ts). */
+  compare?: (password: string, hash: string) => Promise<boolean>;
 }
 
 type Access = "pull" | "push";
@@ -49,6 +83,9 @@ export const TOKEN_LIFETIME_S = 900;
 const SERVICE = "nixoci";
 const BASIC_REALM = "nixoci";
 const BCRYPT_RE = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
+const BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/** The cost of the dummy hash when the file has no users (bcryptjs's default). */
+const DEFAULT_COST = 10;
 const TOKEN_RE = /^[\x21-\x7e]{8,4096}$/;
 
 /** A file re-read (at most every 2 s) when its mtime or size changes; a broken new version keeps the old one. */
@@ -56,6 +93,9 @@ class WatchedFile<T> {
   private value: T;
   private stamp: string;
   private checked = Date.now();
+
+  /** Called after a new version was read. */
+  onChange?: (value: T) => void;
 
   constructor(
     readonly path: string,
@@ -90,7 +130,9 @@ class WatchedFile<T> {
         this.value = this.parse(readFileSync(this.path, "utf8"), this.path);
       } catch {
         // keep serving with the previous version
+        return this.value;
       }
+      this.onChange?.(this.value);
     }
     return this.value;
   }
@@ -133,6 +175,61 @@ export function parseTokens(text: string, path = "tokens"): Map<string, Access> 
   return tokens;
 }
 
+/** The cost (log2 rounds) of a bcrypt hash. */
+export function bcryptCost(hash: string): number {
+  return bcrypt.getRounds(hash);
+}
+
+/** The cost the dummy hash has: the highest of the file's entries (so no user name fails faster than a real one). */
+export function dummyCost(users: ReadonlyMap<string, string>): number {
+  let cost = 0;
+  for (const hash of users.values()) cost = Math.max(cost, bcryptCost(hash));
+  return cost || DEFAULT_COST;
+}
+
+/**
+ * A bcrypt hash of `cost` that no password matches (random salt and digest): comparing with it costs what
+ * comparing with a real hash of that cost does.
+ */
+export function dummyHash(cost: number): string {
+  const chars = [...randomBytes(53)].map((b) => BCRYPT_ALPHABET[b & 63]).join("");
+  return `$2b$${String(cost).padStart(2, "0")}$${chars}`;
+}
+
+/** Verified credentials: a bounded map, oldest first, entries expiring after ttlMs. */
+class CredentialCache {
+  private readonly entries = new Map<string, { access: Access; until: number }>();
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly size: number,
+  ) {}
+
+  get(key: string): Access | undefined {
+    const e = this.entries.get(key);
+    if (!e) return undefined;
+    if (e.until <= Date.now()) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return e.access;
+  }
+
+  set(key: string, access: Access): void {
+    this.entries.delete(key);
+    while (this.entries.size >= this.size) {
+      const oldest = this.entries.keys().next();
+      if (oldest.done) break;
+      this.entries.delete(oldest.value);
+    }
+    this.entries.set(key, { access, until: Date.now() + this.ttlMs });
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+}
+
 function sha256(s: string | Buffer): Buffer {
   return createHash("sha256").update(s).digest();
 }
@@ -141,42 +238,84 @@ function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(sha256(a), sha256(b));
 }
 
+function tooMany(
+  seconds: number,
+  message = "too many failed authentication attempts from this address; retry later",
+): RegistryError {
+  return new RegistryError(429, "TOOMANYREQUESTS", message, undefined, { "Retry-After": String(seconds) });
+}
+
 function b64url(b: Buffer | string): string {
   return Buffer.from(b).toString("base64url");
 }
 
 class SpecAuth implements RegistryAuth {
   private readonly key = randomBytes(32);
-  /** sha256(user, password) -> expiry of a positive bcrypt check (bcrypt is slow by design). */
-  private readonly verified = new Map<string, number>();
-  private readonly dummyHash = bcrypt.hashSync("nixoci-dummy", 4);
+  /** Verified credentials, by HMAC(key, user, password); cleared when the htpasswd file changes. */
+  private readonly verified: CredentialCache;
+  /** Password checks in progress, by the same key: identical concurrent checks share one comparison. */
+  private readonly checking = new Map<string, Promise<boolean>>();
+  private readonly limit: FailureLimit;
+  private readonly compare: (password: string, hash: string) => Promise<boolean>;
+  private dummy: string;
+  readonly requirePull: boolean;
   readonly handleTokenRequest?: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
   constructor(
     private readonly htpasswd: WatchedFile<Map<string, string>> | undefined,
     private readonly tokens: WatchedFile<Map<string, Access>> | undefined,
-    private readonly requirePull: boolean,
+    opts: AuthOptions,
   ) {
+    this.requirePull = opts.requirePull;
+    this.verified = new CredentialCache(opts.cacheTtlMs ?? 60_000, opts.cacheSize ?? 1000);
+    this.limit = new FailureLimit({ max: opts.maxFailures, windowMs: opts.failureWindowMs });
+    this.compare = opts.compare ?? bcryptCompare;
+    this.dummy = dummyHash(dummyCost(htpasswd?.get() ?? new Map()));
+    if (htpasswd)
+      htpasswd.onChange = (users) => {
+        this.verified.clear();
+        this.dummy = dummyHash(dummyCost(users));
+      };
     if (tokens) this.handleTokenRequest = (req, res) => this.tokenEndpoint(req, res);
   }
 
   // ---- credentials ----
 
-  private async password(user: string, password: string): Promise<Access | undefined> {
-    const hash = this.htpasswd?.get().get(user);
-    if (hash !== undefined) {
-      const key = sha256(`${user}\0${password}\0${hash}`).toString("hex");
-      const until = this.verified.get(key);
-      if (until !== undefined && until > Date.now()) return "push";
-      if (await bcrypt.compare(password, hash)) {
-        if (this.verified.size > 1000) this.verified.clear();
-        this.verified.set(key, Date.now() + 60_000);
-        return "push";
-      }
-    } else if (this.htpasswd) {
-      await bcrypt.compare(password, this.dummyHash); // same work whether the user exists or not
+  /** The access of Basic credentials, or undefined; `client` is the limiter's key. */
+  private async password(user: string, password: string, client: string): Promise<Access | undefined> {
+    const token = this.staticToken(password);
+    if (token === "push" || !this.htpasswd) return token;
+    const users = this.htpasswd.get(); // first: a changed file clears the cache
+    const hash = users.get(user);
+    // A token as the password of a user name not in the file: no comparison (success tells nothing).
+    if (hash === undefined && token) return token;
+    const key = createHmac("sha256", this.key).update(`${user}\0${password}`).digest("base64");
+    if (hash !== undefined && this.verified.get(key)) return "push";
+    let check = this.checking.get(key);
+    if (!check) {
+      const wait = this.limit.begin(client);
+      if (wait !== undefined) throw tooMany(wait);
+      // An unknown user costs the same as a wrong password: a comparison at the file's highest cost.
+      check = this.compare(password, hash ?? this.dummy).then((ok) => ok && hash !== undefined);
+      this.checking.set(key, check);
+      const done = (): void => {
+        this.checking.delete(key);
+        this.limit.end(client);
+      };
+      check.then(done, done);
     }
-    return this.staticToken(password);
+    let ok: boolean;
+    try {
+      ok = await check;
+    } catch (err) {
+      if (err instanceof BcryptBusy) throw tooMany(1, "too many password checks waiting; retry later");
+      throw err;
+    }
+    if (ok) {
+      if (this.htpasswd.get() === users) this.verified.set(key, "push");
+      return "push";
+    }
+    return token;
   }
 
   private staticToken(token: string): Access | undefined {
@@ -212,9 +351,22 @@ class SpecAuth implements RegistryAuth {
     }
   }
 
+  /**
+   * Who sent the request. Credentials from a client with too many recent failures are refused unchecked (429),
+   * and every failure counts against the client.
+   */
   private async identify(req: IncomingMessage): Promise<Identity> {
     const h = req.headers.authorization;
-    if (!h) return { kind: "anonymous" };
+    if (!h || /^basic\s+(?:Og==)?\s*$/i.test(h)) return { kind: "anonymous" }; // none, or Basic ":"
+    const client = clientKey(req.socket.remoteAddress);
+    const wait = this.limit.blocked(client);
+    if (wait !== undefined) throw tooMany(wait);
+    const who = await this.credentials(h, client);
+    if (who.kind === "bad") this.limit.fail(client);
+    return who;
+  }
+
+  private async credentials(h: string, client: string): Promise<Identity> {
     const m = /^(\S+)\s+(\S*)\s*$/.exec(h);
     const scheme = m?.[1].toLowerCase();
     if (m && scheme === "basic") {
@@ -224,7 +376,7 @@ class SpecAuth implements RegistryAuth {
       const user = text.slice(0, i);
       const password = text.slice(i + 1);
       if (user === "" && password === "") return { kind: "anonymous" };
-      const access = await this.password(user, password);
+      const access = await this.password(user, password, client);
       return access
         ? { kind: "user", name: user, access }
         : { kind: "bad", bearer: false, why: "invalid credentials" };
@@ -258,52 +410,30 @@ class SpecAuth implements RegistryAuth {
     return `Bearer ${parts.join(",")}`;
   }
 
-  private unauthorized(
-    req: IncomingMessage,
-    action: Access,
-    repo: string | undefined,
-    message: string,
-    error?: string,
-  ): RegistryError {
-    const detail = repo !== undefined ? [{ Type: "repository", Name: repo, Action: action }] : undefined;
-    return new RegistryError(401, "UNAUTHORIZED", message, detail, {
-      "WWW-Authenticate": this.challenge(req, action, repo, error),
-    });
-  }
-
-  async check(req: IncomingMessage, action: Access, repo: string | undefined): Promise<void> {
-    if (action === "pull" && !this.requirePull) return;
+  async verify(req: IncomingMessage, check: CredentialCheck): Promise<void> {
+    const { action, repo } = check;
     const who = await this.identify(req);
-    if (who.kind === "anonymous") throw this.unauthorized(req, action, repo, "authentication required");
-    if (who.kind === "bad")
-      throw this.unauthorized(
-        req,
-        action,
-        repo,
-        `authentication failed: ${who.why}`,
-        who.bearer ? "invalid_token" : undefined,
-      );
-    if (action === "push" && who.access !== "push") {
-      throw new RegistryError(
-        403,
-        "DENIED",
-        "requested access to the resource is denied (pull-only credentials)",
-        [{ Type: "repository", Name: repo, Action: action }],
-      );
+    if (who.kind === "user") {
+      if (action === "push" && who.access !== "push")
+        throw new RegistryError(
+          403,
+          "DENIED",
+          "requested access to the resource is denied (pull-only credentials)",
+          [{ Type: "repository", Name: repo, Action: action }],
+        );
+      return;
     }
-  }
-
-  async checkLogin(req: IncomingMessage): Promise<void> {
-    const who = await this.identify(req);
-    if (who.kind === "anonymous") throw this.unauthorized(req, "pull", undefined, "authentication required");
-    if (who.kind === "bad")
-      throw this.unauthorized(
-        req,
-        "pull",
-        undefined,
-        `authentication failed: ${who.why}`,
-        who.bearer ? "invalid_token" : undefined,
-      );
+    const [message, error] =
+      who.kind === "anonymous"
+        ? ["authentication required", undefined]
+        : [`authentication failed: ${who.why}`, who.bearer ? "invalid_token" : undefined];
+    const detail = repo !== undefined ? [{ Type: "repository", Name: repo, Action: action }] : undefined;
+    throw new RegistryError(401, "UNAUTHORIZED", message, detail, {
+      "WWW-Authenticate":
+        check.challenge === "basic"
+          ? `Basic realm="${BASIC_REALM}"`
+          : this.challenge(req, action, repo, error),
+    });
   }
 
   // ---- the token endpoint ----
@@ -352,7 +482,7 @@ class SpecAuth implements RegistryAuth {
  * Parses `--auth SPEC` ("htpasswd:FILE", "tokens:FILE", or both joined with ","); reads and checks the files now
  * (NixociError on problems).
  */
-export function parseAuthSpec(spec: string, opts: { requirePull: boolean }): RegistryAuth {
+export function parseAuthSpec(spec: string, opts: AuthOptions): RegistryAuth {
   const parts = spec.split(/,(?=(?:htpasswd|tokens):)/);
   let htpasswd: WatchedFile<Map<string, string>> | undefined;
   let tokens: WatchedFile<Map<string, Access>> | undefined;
@@ -367,5 +497,5 @@ export function parseAuthSpec(spec: string, opts: { requirePull: boolean }): Reg
       tokens = new WatchedFile(m[2], parseTokens);
     }
   }
-  return new SpecAuth(htpasswd, tokens, opts.requirePull);
+  return new SpecAuth(htpasswd, tokens, opts);
 }

@@ -1,13 +1,15 @@
-// The HTTP server of `nixoci serve`: extra routes first (binary cache endpoint, /metrics, /healthz...), then the
-// distribution API (distribution.ts) behind auth. Every registry response carries
+// The HTTP server of `nixoci serve`: the distribution API (distribution.ts) under /v2, the extra routes (binary
+// cache endpoint, /metrics, /healthz, the page) everywhere else. Every request first goes through the one access
+// decision (access.ts), then the auth checks the credentials it asks for. Every registry response carries
 // Docker-Distribution-API-Version; errors are the spec's JSON; anything unexpected is a 500 UNKNOWN whose cause
-// goes to onRequest (never to the client). Oversized request headers are refused by Node's parser (431).
+// goes to onRequest (never to the client).
 import * as http from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { oneLine } from "../util/errors.js";
+import { decideAccess, decideRepoAccess, type AccessPolicy, type Decision } from "./access.js";
 import type { RegistryAuth } from "./auth.js";
-import { checkMethod, Distribution, parseRoute, routeAccess, routeName, type Route } from "./distribution.js";
+import { checkMethod, Distribution, parseRoute, routeName, type Route } from "./distribution.js";
 import { RegistryError } from "./errors.js";
 import type { ManifestSource } from "./manifest-source.js";
 import type { RegistryStorage } from "./storage.js";
@@ -28,7 +30,10 @@ export interface RegistryServerOptions {
   storage: RegistryStorage;
   manifestSource?: ManifestSource;
   auth?: RegistryAuth;
-  /** Extra handlers tried before the registry routes (binary cache endpoint, /metrics, /healthz, / page). Return true when handled. */
+  /**
+   * Handlers of the paths outside /v2 (binary cache endpoint, /metrics, /healthz, / page), tried in order once
+   * the access decision let the request through. Return true when handled; unhandled paths are 404s.
+   */
   routes?: ((req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>)[];
   /** Called once per finished request (for logs and metrics). */
   onRequest?: (info: RequestInfo) => void;
@@ -39,7 +44,6 @@ export interface RegistryServerOptions {
 export const DEFAULT_MAX_HEADER_SIZE = 16 << 10;
 /** Upload sessions untouched this long are removed (checked hourly). */
 const UPLOAD_MAX_AGE_MS = 24 * 3600_000;
-
 function errorMessage(err: unknown): string {
   return oneLine(err instanceof Error ? err.message : String(err));
 }
@@ -72,6 +76,7 @@ function sendError(req: IncomingMessage, res: ServerResponse, err: unknown): str
 export function createRegistryServer(opts: RegistryServerOptions): http.Server {
   const dist = new Distribution(opts.storage, opts.manifestSource);
   const auth = opts.auth;
+  const policy: AccessPolicy = { auth: auth !== undefined, requirePull: auth?.requirePull ?? false };
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const started = performance.now();
@@ -121,12 +126,20 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
     res.once("close", report);
 
     let route: Route | undefined;
+    const verify = async (d: Decision): Promise<void> => {
+      if (!d.open && auth) await auth.verify(req, d);
+    };
     try {
-      for (const r of opts.routes ?? []) {
-        if (await r(req, res)) {
-          info.route = "extra";
-          return;
+      if (path !== "/v2" && !path.startsWith("/v2/")) {
+        // Everything outside the registry API: the decision first, then the handlers.
+        await verify(decideAccess(method, path, undefined, policy));
+        for (const r of opts.routes ?? []) {
+          if (await r(req, res)) {
+            info.route = "extra";
+            return;
+          }
         }
+        throw new RegistryError(404, "NOT_FOUND", "not found");
       }
       try {
         route = parseRoute(path);
@@ -139,24 +152,17 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       info.route = routeName(route, method);
       if ("name" in route) info.repo = route.name;
       checkMethod(route, method);
+      await verify(decideAccess(method, path, route, policy));
       if (route.kind === "token") {
         if (!auth?.handleTokenRequest)
           throw new RegistryError(404, "NOT_FOUND", "this registry has no token endpoint");
         await auth.handleTokenRequest(req, res);
         return;
       }
-      if (auth) {
-        if (route.kind === "base")
-          await (auth.checkLogin ? auth.checkLogin(req) : auth.check(req, "pull", undefined));
-        const access = routeAccess(route, method);
-        if (access) await auth.check(req, access.action, access.repo);
-      }
       const query = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));
       await dist.handle(req, res, route, {
         query,
-        authorize: async (action, repo) => {
-          if (auth) await auth.check(req, action, repo);
-        },
+        authorize: (action, repo) => verify(decideRepoAccess(action, repo, policy)),
       });
     } catch (err) {
       if (route === undefined && err instanceof RegistryError && path.startsWith("/v2"))
