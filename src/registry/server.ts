@@ -3,6 +3,13 @@
 // decision (access.ts), then the auth checks the credentials it asks for. Every registry response carries
 // Docker-Distribution-API-Version; errors are the spec's JSON; anything unexpected is a 500 UNKNOWN whose cause
 // goes to onRequest (never to the client).
+//
+// Slow clients: request heads must arrive within 30 s (else 408; oversized ones get 431 from Node's parser);
+// a request body must keep coming: fewer than 16 KiB in 30 s while the server waits for it (nothing of it
+// buffered unread) ends the request with 408 and closes the connection, however long the body has been
+// flowing, so a body trickled byte by byte does not hold a connection for ever, while a large upload at any
+// useful speed takes as long as it needs. Idle connections close after 10 minutes (an on-demand build may keep
+// a request silent that long), idle keep-alive connections after 5 s.
 import * as http from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
@@ -39,11 +46,66 @@ export interface RegistryServerOptions {
   onRequest?: (info: RequestInfo) => void;
   /** Largest request head in bytes (default 16 KiB); bigger ones get 431. */
   maxHeaderSize?: number;
+  /**
+   * A request body must bring at least minBytes (default 16 KiB) every windowMs (default 30 s) while the server
+   * waits for it; else 408 and the connection is closed.
+   */
+  bodyProgress?: { windowMs: number; minBytes: number };
+  /** Time allowed for a request's head (default 30 s). */
+  headersTimeoutMs?: number;
 }
 
 export const DEFAULT_MAX_HEADER_SIZE = 16 << 10;
 /** Upload sessions untouched this long are removed (checked hourly). */
 const UPLOAD_MAX_AGE_MS = 24 * 3600_000;
+const BODY_PROGRESS = { windowMs: 30_000, minBytes: 16 << 10 };
+
+/**
+ * Ends a request whose body stalls: every windowMs, unless the body is complete, the socket must have brought
+ * minBytes more, or the server must be the one not reading (part of the body buffered, unread). Otherwise the
+ * client gets 408 (if nothing was answered yet) and the connection is closed.
+ */
+function watchBodyProgress(
+  req: IncomingMessage,
+  res: ServerResponse,
+  opts: { windowMs: number; minBytes: number },
+  onStall: () => void,
+): void {
+  const chunked = req.headers["transfer-encoding"] !== undefined;
+  if (req.complete || (!chunked && !(Number(req.headers["content-length"]) > 0))) return;
+  const socket = req.socket;
+  let last = socket.bytesRead;
+  const timer = setInterval(() => {
+    if (req.complete || socket.destroyed) {
+      clearInterval(timer);
+      return;
+    }
+    const read = socket.bytesRead;
+    const progressed = read - last >= opts.minBytes || req.readableLength > 0 || socket.isPaused();
+    last = read;
+    if (progressed) return;
+    clearInterval(timer);
+    onStall();
+    if (!res.headersSent) {
+      const body = new RegistryError(408, "UNKNOWN", "request body too slow").body();
+      res.writeHead(408, {
+        "Content-Type": "application/json; charset=utf-8",
+        "Content-Length": String(body.length),
+        Connection: "close",
+      });
+      res.end(body, () => socket.destroy());
+      // A client that does not read either: the socket goes anyway.
+      setTimeout(() => socket.destroy(), 1000).unref();
+    } else {
+      socket.destroy();
+    }
+  }, opts.windowMs);
+  timer.unref();
+  const stop = (): void => clearInterval(timer);
+  req.once("end", stop);
+  req.once("close", stop);
+}
+
 function errorMessage(err: unknown): string {
   return oneLine(err instanceof Error ? err.message : String(err));
 }
@@ -77,6 +139,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
   const dist = new Distribution(opts.storage, opts.manifestSource);
   const auth = opts.auth;
   const policy: AccessPolicy = { auth: auth !== undefined, requirePull: auth?.requirePull ?? false };
+  const bodyProgress = opts.bodyProgress ?? BODY_PROGRESS;
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const started = performance.now();
@@ -124,6 +187,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
     };
     res.once("finish", report);
     res.once("close", report);
+    watchBodyProgress(req, res, bodyProgress, () => (info.error = "request body too slow"));
 
     let route: Route | undefined;
     const verify = async (d: Decision): Promise<void> => {
@@ -174,9 +238,12 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
   const server = http.createServer(
     {
       maxHeaderSize: opts.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE,
-      // Blob uploads may take long: no limit on the whole request, only on its head and on idle sockets.
+      // Blob uploads may take long: no limit on the whole request; its head has headersTimeout, its body must
+      // keep coming (watchBodyProgress), idle sockets close (setTimeout below).
       requestTimeout: 0,
-      headersTimeout: 60_000,
+      headersTimeout: opts.headersTimeoutMs ?? 30_000,
+      // How often head timeouts are checked (Node's default is 30 s: a head could take up to twice its limit).
+      connectionsCheckingInterval: Math.min(5_000, opts.headersTimeoutMs ?? 30_000),
       keepAliveTimeout: 5_000,
     },
     (req, res) => {
