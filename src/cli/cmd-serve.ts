@@ -133,6 +133,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
   if (!["zstd", "xz", "none"].includes(cacheCompression))
     throw new UsageError("--cache-compression must be zstd, xz or none");
   const signKey = values["sign-key"] ? readSecretKeyFile(values["sign-key"]) : undefined;
+  // --auth-pull alone would leave everything open while looking closed.
+  if (values["auth-pull"] && !values.auth) throw new UsageError("--auth-pull needs --auth");
 
   const storageDir = values.storage ?? defaultStorage();
   const storage = new RegistryStorage(storageDir);
@@ -212,6 +214,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       host: values["public-host"],
       publicKey: signKey?.publicKey.toString(),
       binaryCache: !values["no-binary-cache"],
+      credentials: Boolean(values["auth-pull"]),
     }),
   );
   const server = createRegistryServer({

@@ -3,6 +3,8 @@
 //   GET /metrics   Prometheus text format 0.0.4
 //   GET /          a small self-contained HTML page: how to pull images, how images are named, how to use
 //                  the binary cache, and the images built recently
+// Who may ask for these is decided by the server with every other route (access.ts): /healthz is always open,
+// /metrics and the page need credentials with --auth-pull.
 // Everything shown on the page that did not come from this file is HTML-escaped (image names, tags, the host
 // taken from the request), and the page loads nothing from anywhere (a Content-Security-Policy says so).
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -36,6 +38,8 @@ export interface OpsRoutesOptions {
   scheme?: "http" | "https";
   /** At most this many recent images are listed (default 50). */
   maxRecent?: number;
+  /** Pulls and the binary cache need credentials (--auth-pull): the page says how to give them. */
+  credentials?: boolean;
 }
 
 export type OpsHandler = (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -96,6 +100,7 @@ export function renderIndexPage(opts: {
   publicKey?: string;
   binaryCache: boolean;
   scheme: "http" | "https";
+  credentials?: boolean;
 }): string {
   const { host, title } = opts;
   const plain = opts.scheme === "http";
@@ -128,6 +133,17 @@ export function renderIndexPage(opts: {
       `ctr images pull${plain ? " --plain-http" : ""} ${host}/shell/hello:latest`,
     ]),
   );
+  if (opts.credentials) {
+    parts.push(
+      `<p>Pulls need credentials: log in first (or pass them to each command).</p>`,
+      pre([
+        `docker login ${host}`,
+        `podman login${plain ? " --tls-verify=false" : ""} ${host}`,
+        `skopeo inspect --creds USER:PASSWORD${plain ? " --tls-verify=false" : ""} docker://${host}/shell/hello`,
+        `ctr images pull${plain ? " --plain-http" : ""} --user USER:PASSWORD ${host}/shell/hello:latest`,
+      ]),
+    );
+  }
   if (plain) {
     parts.push(
       `<p>This server speaks plain HTTP. Docker pulls from it when it is <code>localhost</code>, or when it is listed in <code>insecure-registries</code> in <code>/etc/docker/daemon.json</code>:</p>`,
@@ -159,6 +175,13 @@ export function renderIndexPage(opts: {
       `<p>or use it as a substituter (<code>/etc/nix/nix.conf</code>):</p>`,
       pre([`extra-substituters = ${base}`, `extra-trusted-public-keys = ${trust}`]),
     );
+    if (opts.credentials) {
+      const machine = host.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+      parts.push(
+        `<p>It needs credentials: Nix sends them from a netrc file (<code>netrc-file = /etc/nix/netrc</code> in <code>nix.conf</code>, or <code>--option netrc-file FILE</code>):</p>`,
+        pre([`machine ${machine} login USER password PASSWORD`]),
+      );
+    }
     if (opts.publicKey) {
       parts.push(`<p>Public key: <code>${escapeHtml(opts.publicKey)}</code></p>`);
     } else {
@@ -245,6 +268,7 @@ export function opsRoutes(opts: OpsRoutesOptions): OpsHandler {
       publicKey: opts.publicKey,
       binaryCache: opts.binaryCache ?? true,
       scheme: opts.scheme ?? "http",
+      credentials: opts.credentials,
     });
     send(
       req,
