@@ -8,3 +8,4 @@ await (await import("./cri.js")).benchCri();
 await (await import("./frontend.js")).benchFrontend();
 await (await import("./layers.js")).benchLayers();
 await (await import("./limits.js")).benchLimits();
+await (await import("./auth.js")).benchAuth();
