@@ -9,6 +9,7 @@ import { checkSignatures, pathFingerprint, type PublicKey } from "../nix/signatu
 import { DEFAULT_STORE_DIR, makeFixedOutputPath, parseStorePath } from "../nix/store-path.js";
 import { decompressStream, parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
+import { holdErrors } from "../util/streams.js";
 import { openTransport, type CacheTransport } from "./cache-transport.js";
 import { NarVerifier } from "./nar-verify.js";
 import type { PathInfo } from "./path-info.js";
@@ -89,17 +90,20 @@ export class BinaryCacheStore implements Store {
     if (!info.download) throw new NixociError(info.path, "no NAR URL known for this path");
     const { url, compression } = info.download;
     const input = `${this.url}/${url}`;
+    const codec = parseCompression(compression, input); // before the download: a throw must not leak it
     const raw = await this.transport.getStream(url);
     if (!raw) throw new NixociError(input, "NAR file is missing from the cache");
     const verifier = new NarVerifier(info.narHash, info.narSize, input);
-    const decompress = decompressStream(parseCompression(compression, input), input);
+    const decompress = decompressStream(codec, input);
     raw.on("error", (err: Error) => decompress.destroy(err));
     decompress.on("error", (err) => verifier.destroy(err));
     verifier.on("close", () => {
       raw.destroy();
       decompress.destroy();
     });
-    return raw.pipe(decompress).pipe(verifier);
+    // The bytes flow from here on, and the caller reads only after its own awaits (LocalStore.addPath: a
+    // lookup and a mkdir): a NAR that is short, empty or not valid compressed data fails the verifier first.
+    return holdErrors(raw.pipe(decompress).pipe(verifier));
   }
 
   close(): void {}

@@ -9,6 +9,7 @@ import { dumpPath } from "../nix/nar-writer.js";
 import { restoreNar } from "../nix/nar-restore.js";
 import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
 import { isAbandonedTemp, removeTree, tempSibling } from "../util/fs.js";
+import { holdErrors } from "../util/streams.js";
 import { NarVerifier } from "./nar-verify.js";
 import { NixDb } from "./nix-db.js";
 import type { PathInfo } from "./path-info.js";
@@ -74,7 +75,8 @@ export class LocalStore implements Store {
     const verifier = new NarVerifier(info.narHash, info.narSize, info.path);
     const source = dumpPath(this.realPath(info.path));
     source.on("error", (err) => verifier.destroy(err));
-    return source.pipe(verifier);
+    // Piping starts the dump now; the caller may await before reading (see Store.narFromPath).
+    return holdErrors(source.pipe(verifier));
   }
 
   /**
@@ -83,10 +85,23 @@ export class LocalStore implements Store {
    * input at any point leaves no partial path behind.
    */
   async addPath(info: PathInfo, nar: Readable, input = info.path): Promise<void> {
-    if (await this.queryPathInfo(info.path)) return;
+    // `nar` is read only after the awaits below; an error it meets before (a download that is short or not
+    // valid compressed data fails as soon as it ends) waits in the stream for the restore to report it.
+    holdErrors(nar);
+    let wanted: boolean;
+    try {
+      wanted = !(await this.queryPathInfo(info.path));
+      if (wanted) await mkdir(this.realDir, { recursive: true });
+    } catch (err) {
+      nar.destroy();
+      throw err;
+    }
+    if (!wanted) {
+      nar.destroy(); // already valid: release what feeds the NAR (a download, a decompressor)
+      return;
+    }
     const sp = parseStorePath(info.path, this.storeDir);
     const final = join(this.realDir, sp.baseName);
-    await mkdir(this.realDir, { recursive: true });
     // Named by hash part only: a full base name plus a suffix can exceed the 255-byte name limit.
     const tmp = tempSibling(this.realDir, sp.hashPart);
     // The restorer stops reading at the NAR's closing parenthesis; keep the iterator open (no `return`)

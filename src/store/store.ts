@@ -13,7 +13,11 @@ export interface Store {
   readonly priority: number;
   /** Metadata of a valid path, or undefined when the store does not have it. */
   queryPathInfo(path: string): Promise<PathInfo | undefined>;
-  /** The path's NAR, checked while streaming against info.narHash and info.narSize. */
+  /**
+   * The path's NAR, checked while streaming against info.narHash and info.narSize. The bytes may start to flow
+   * (and fail) before the caller reads: the stream keeps such an error for its reader (holdErrors), so read it
+   * with async iteration or pipeline(), or destroy it.
+   */
   narFromPath(info: PathInfo): Promise<Readable>;
   close(): void;
 }
