@@ -8,7 +8,13 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
-import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
+import {
+  buildFixtures,
+  generateCacheKey,
+  makeNixCache,
+  makeTempDir,
+  type FixtureAttr,
+} from "../support/fixtures.js";
 import { nixociOk } from "../support/cli.js";
 import { runText } from "../support/run.js";
 import { checkOciArchive, checkOciLayout, entries, privateTmpdir } from "../support/drill.js";
@@ -72,7 +78,15 @@ test("build -o oci: writes a new layout whole under a temporary name; a killed o
   const kept = [plant(work, tmpName("layout", process.pid), true), plant(work, tmpName("other", dead), true)];
   // An empty directory is a new layout too.
   mkdirSync(join(work, "empty"));
-  nixociOk(["build", "-q", fx.hello, "-o", `oci:${join(work, "layout")}:v1`, "-o", `oci:${join(work, "empty")}`]);
+  nixociOk([
+    "build",
+    "-q",
+    fx.hello,
+    "-o",
+    `oci:${join(work, "layout")}:v1`,
+    "-o",
+    `oci:${join(work, "empty")}`,
+  ]);
   assert.ok(!existsSync(join(work, gone)));
   assert.deepEqual(entries(work), [...kept, "empty", "layout"].sort());
   assert.ok(checkOciLayout(join(work, "layout"))?.has("v1"));
@@ -106,7 +120,9 @@ test("build --no-cache and -o nix: remove killed builds' work directories from T
   const storeTemp = plant("/nix/store", `.${"0".repeat(32)}.tmp-${dead}-0123456789ab`, true);
   try {
     const name = `nixoci-temps-${process.pid}`;
-    const r = nixociOk(["build", "-q", "--no-cache", fx.hello, "-o", `nix:${name}`], { env: { TMPDIR: tmp } });
+    const r = nixociOk(["build", "-q", "--no-cache", fx.hello, "-o", `nix:${name}`], {
+      env: { TMPDIR: tmp },
+    });
     const path = r.text.trim().split("\n").pop()!;
     assert.equal(basename(path).slice(33), name);
     runText("nix-store", ["--verify-path", path]);
