@@ -10,6 +10,7 @@ import type { Readable } from "node:stream";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { LOADER_OPTIONS, protoDir, type InfoMessage, type MountMessage } from "../snapshotter/grpc.js";
+import { holdErrors } from "../util/streams.js";
 
 export interface DescriptorMessage {
   media_type: string;
@@ -167,8 +168,18 @@ export class ContainerdClient {
     data: Buffer | Readable,
     labels: Record<string, string> = {},
   ): Promise<void> {
-    if (await this.contentInfo(digest)) {
-      if (!Buffer.isBuffer(data)) data.destroy();
+    // A stream is read only after a round trip to containerd: an early error of it (a blob file that cannot
+    // be opened) waits for the loop below instead of being an uncaught exception.
+    const source = Buffer.isBuffer(data) ? undefined : holdErrors(data);
+    let present: boolean;
+    try {
+      present = !!(await this.contentInfo(digest));
+    } catch (err) {
+      source?.destroy();
+      throw err;
+    }
+    if (present) {
+      source?.destroy();
       if (Object.keys(labels).length) await this.updateContentLabels(digest, labels);
       return;
     }

@@ -14,6 +14,7 @@ import type { Digest } from "../oci/digest.js";
 import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
 import { compressStream } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
+import { holdErrors } from "../util/streams.js";
 
 export interface LayerBlob {
   /** sha256 of the blob as stored (compressed). */
@@ -43,6 +44,9 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
   let writer: BlobWriter;
   try {
     compressor = compressorStages(opts.compression, opts.level);
+    // Read only once the writer is ready: a compressor that cannot start (zstd not installed) or a tar that
+    // fails early keeps its error for the pipeline below instead of throwing it as an uncaught exception.
+    for (const s of [tar, ...compressor]) holdErrors(s);
     writer = await opts.blobs.writer();
   } catch (err) {
     // Nothing runs yet: release the source (and a spawned compressor).

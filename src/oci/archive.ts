@@ -11,6 +11,7 @@ import { dirname } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { NixociError, quote } from "../util/errors.js";
 import { sweepAbandonedTemps, tempSibling } from "../util/fs.js";
+import { holdErrors } from "../util/streams.js";
 import { digestHex } from "./digest.js";
 import type { BuiltImage } from "./image.js";
 import { imageBlobs, indexEntry, OCI_LAYOUT_FILE, storeBlobPath } from "./layout.js";
@@ -144,12 +145,14 @@ async function writeTarFile(file: string, entries: TarEntry[]): Promise<void> {
   await sweepAbandonedTemps(dirname(file), (name) => name.startsWith(`.${base}.tmp-`));
   const tmp = tempSibling(dirname(file), base);
   try {
-    const out = createWriteStream(tmp, { flags: "wx", mode: 0o644 });
+    // writeAll and end's callback report its errors; a write still in flight when writeAll returns fails
+    // while neither listens, and would be an uncaught exception.
+    const out = holdErrors(createWriteStream(tmp, { flags: "wx", mode: 0o644 }));
     try {
       await writeAll(tarChunks(entries), out);
     } finally {
       await new Promise<void>((resolve, reject) => {
-        if (out.destroyed) return resolve();
+        if (out.destroyed) return out.errored ? reject(out.errored) : resolve();
         out.end((err?: Error | null) => (err ? reject(err) : resolve()));
       });
     }

@@ -68,6 +68,8 @@ function runHelper(helper: string, server: string): Promise<Credentials | undefi
         reject(new NixociError(prog, "answer is not JSON"));
       }
     });
+    // A helper may exit without reading its input (EPIPE here); the callback reports how it ended.
+    child.stdin?.on("error", () => undefined);
     child.stdin?.end(server);
   });
 }

@@ -11,6 +11,7 @@ import { pipeline } from "node:stream/promises";
 import type { Readable } from "node:stream";
 import { NixociError } from "../util/errors.js";
 import { tempSibling, writeFileAtomic } from "../util/fs.js";
+import { holdErrors } from "../util/streams.js";
 import { digestHex, sha256Digest, type Digest } from "./digest.js";
 
 export interface BlobRef {
@@ -84,6 +85,10 @@ export class BlobStore {
         done(err);
       },
     });
+    // The file's own errors (it cannot be created, a write fails: ENOSPC) fail the writer; without this
+    // listener they would be uncaught exceptions. The writer keeps an error from before it is piped into.
+    file.on("error", (err) => stream.destroy(err));
+    holdErrors(stream);
     let finished = false;
     const pathOf = (d: Digest) => this.path(d);
     return {
@@ -113,7 +118,15 @@ export class BlobStore {
 
   /** Copies a stream into the store (verified when `expected` is given). */
   async putStream(source: Readable, expected?: Digest): Promise<BlobRef> {
-    const w = await this.writer();
+    // Read only once the writer is ready (a mkdir): an early error of `source` waits for the pipeline.
+    holdErrors(source);
+    let w: BlobWriter;
+    try {
+      w = await this.writer();
+    } catch (err) {
+      source.destroy();
+      throw err;
+    }
     try {
       await pipeline(source, w.stream);
       return await w.commit(expected);

@@ -169,6 +169,8 @@ function perlBindRo(pairs: Array<[string, string]>, nr: number): Promise<void> {
       { timeout: 300_000 },
       (err, _o, stderr) => (err ? reject(new Error(String(stderr).trim() || err.message)) : resolve()),
     );
+    // perl dies at the first failed mount, unread pairs left behind: EPIPE here, reported by the callback.
+    child.stdin?.on("error", () => undefined);
     child.stdin?.end(Buffer.from(pairs.map(([s, t]) => `${s}\0${t}\0`).join("")));
   });
 }
