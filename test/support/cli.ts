@@ -1,5 +1,5 @@
 // Runs the built nixoci CLI as a user would (a separate process, no shell) and captures everything.
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -39,4 +39,26 @@ export function nixociOk(
   const r = nixoci(args, opts);
   if (r.status !== 0) throw new Error(`nixoci ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
   return r;
+}
+
+/**
+ * Like nixoci, without blocking this process: for a CLI that talks to a server running in the test process
+ * (spawnSync would stop that server from answering).
+ */
+export function nixociAsync(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, XDG_CACHE_HOME, ...opts.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on("data", (b: Buffer) => out.push(b));
+    child.stderr.on("data", (b: Buffer) => err.push(b));
+    child.on("error", reject);
+    child.on("close", (status) => {
+      const stdout = Buffer.concat(out);
+      resolve({ status, stdout, stderr: Buffer.concat(err).toString(), text: stdout.toString() });
+    });
+  });
 }
