@@ -5,6 +5,7 @@ import { spawnSync } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { nodeTestArgs } from "./node-test-args.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const install = spawnSync("bash", [join(root, "scripts/install-test-deps.sh")], { stdio: "inherit" });
@@ -27,7 +28,8 @@ if (!files.length) {
   console.error("run-tests: no test files found under dist/test (did the build run?)");
   process.exit(1);
 }
-const run = spawnSync(process.execPath, ["--test", "--test-reporter=spec", ...files], {
+// Each test file runs in its own process with test/support/harness.ts loaded: late uncaught errors fail it.
+const run = spawnSync(process.execPath, nodeTestArgs(root, files), {
   stdio: "inherit",
   cwd: root,
 });
