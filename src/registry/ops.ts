@@ -1,4 +1,4 @@
-// Operational endpoints of `nixoci serve`, tried before the registry's own routes:
+// Operational endpoints of `nixoci serve` (served for paths outside /v2):
 //   GET /healthz   200 {"status":"ok"} or 503 {"status":"unavailable"} (plus "details" when given)
 //   GET /metrics   Prometheus text format 0.0.4
 //   GET /          a small self-contained HTML page: how to pull images, how images are named, how to use
