@@ -116,7 +116,9 @@ test("serve: a pull of a path no cache can deliver is a 500, and the registry ke
       assert.equal((await fetch(`http://${host}/v2/`)).status, 200);
     });
     for (let attempt = 1; attempt <= 2; attempt++) {
-      const res = await fetch(`http://${host}/v2/${basename(target)}/manifests/latest`);
+      const res = await fetch(`http://${host}/v2/${basename(target)}/manifests/latest`).catch((err) => {
+        throw new Error(`attempt ${attempt}: ${String(err)}; serve's exit code ${proc.exitCode}:\n${log}`);
+      });
       const message = await res.text();
       assert.equal(res.status, 500, `attempt ${attempt}: ${message}\n${log}`);
       assert.equal((JSON.parse(message) as { errors: { code: string }[] }).errors[0].code, "UNKNOWN");
