@@ -34,6 +34,7 @@ import { nixDbFor, type LocalStore } from "../store/local-store.js";
 import type { PathInfo } from "../store/path-info.js";
 import { SidecarDb } from "../store/sidecar-db.js";
 import { compressStream, compressionExtension } from "../util/compression.js";
+import { requestedRange } from "./http-range.js";
 
 /** The compressions the endpoint produces on the fly. */
 export type ServedCompression = "none" | "zstd" | "xz";
@@ -210,25 +211,6 @@ function clientGone(): Error {
   return Object.assign(new Error("client closed the connection"), { code: "ERR_STREAM_PREMATURE_CLOSE" });
 }
 
-/** A single "bytes=N-" / "bytes=N-M" / "bytes=-N" range within `size`; null: unsatisfiable; undefined: ignore. */
-function parseRange(
-  header: string | undefined,
-  size: number,
-): { start: number; end: number } | null | undefined {
-  if (header === undefined) return undefined;
-  const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
-  if (!m || (m[1] === "" && m[2] === "")) return undefined; // several ranges or garbage: send it all
-  if (m[1] === "") {
-    const n = Number(m[2]);
-    if (n === 0) return null;
-    return { start: Math.max(size - n, 0), end: size - 1 };
-  }
-  const start = Number(m[1]);
-  const end = m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1);
-  if (start >= size || end < start) return null;
-  return { start, end };
-}
-
 export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHandler {
   const { store } = opts;
   const compression = opts.compression ?? "zstd";
@@ -324,8 +306,8 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     let range: { start: number; end: number } | undefined;
     if (kind === "none") {
       headers["Accept-Ranges"] = "bytes";
-      const r = parseRange(req.headers.range, info.narSize);
-      if (r === null) {
+      const r = requestedRange(req, info.narSize);
+      if (r === "unsatisfiable") {
         send(req, res, 416, "text/plain; charset=utf-8", "range not satisfiable\n", {
           "Content-Range": `bytes */${info.narSize}`,
         });

@@ -18,6 +18,7 @@ import {
 } from "../oci/media-types.js";
 import { RegistryError } from "./errors.js";
 import type { ManifestSource, StoredManifest } from "./manifest-source.js";
+import { requestedRange } from "./http-range.js";
 import { MAX_MANIFEST_SIZE, uploadRange, type RegistryStorage } from "./storage.js";
 
 // ---- names, tags, digests ----
@@ -353,31 +354,8 @@ export async function ociIndexToDocker(
 
 // ---- byte ranges ----
 
-/**
- * A Range header against a blob of `size` bytes: undefined = serve everything (absent, or a form this server
- * ignores: several ranges, other units, bad syntax, as RFC 9110 allows); "unsatisfiable" = 416; else the
- * inclusive byte range.
- */
-export function parseRange(
-  header: string | undefined,
-  size: number,
-): { start: number; end: number } | "unsatisfiable" | undefined {
-  if (!header) return undefined;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (m[1] === "" && m[2] === "")) return undefined;
-  if (m[1] === "") {
-    const n = Number(m[2]);
-    if (!Number.isSafeInteger(n)) return undefined;
-    if (n === 0 || size === 0) return "unsatisfiable";
-    return { start: Math.max(0, size - n), end: size - 1 };
-  }
-  const start = Number(m[1]);
-  const end = m[2] === "" ? Infinity : Number(m[2]);
-  if (!Number.isSafeInteger(start) || (m[2] !== "" && !Number.isSafeInteger(end)) || end < start)
-    return undefined;
-  if (start >= size) return "unsatisfiable";
-  return { start, end: Math.min(end, size - 1) };
-}
+// Read by http-range.ts (shared with the binary cache endpoint); exported here too for the tests.
+export { parseRange } from "./http-range.js";
 
 /** Content-Range of a PATCH/PUT chunk: "start-end" (inclusive), also "bytes start-end[/total]"; null if malformed. */
 export function parseContentRange(header: string): { start: number; end: number } | null {
@@ -869,7 +847,7 @@ export class Distribution {
         "Cache-Control": "max-age=31536000",
       };
       if (etagMatches(req.headers["if-none-match"], digest)) return sendEmpty(res, 304, headers);
-      const range = parseRange(req.headers.range, size);
+      const range = requestedRange(req, size, headers.ETag);
       if (range === "unsatisfiable")
         throw new RegistryError(
           416,
