@@ -243,13 +243,23 @@ export class RegistryStorage {
     }
     // A damaged file is not served under a digest it does not have.
     if (sha256Digest(bytes) !== digest) return undefined;
+    // Nor a blob that is no manifest of its recorded type (recorded by an index naming it before indexes'
+    // children were checked).
+    if (MANIFEST_MEDIA_TYPES.has(mediaType)) {
+      try {
+        parseManifest(bytes, mediaType);
+      } catch {
+        return undefined;
+      }
+    }
     return { digest, mediaType, bytes };
   }
 
   /**
    * Stores a manifest pushed under a tag or its digest. Checks that it is JSON of a supported type whose
    * mediaType (when present) is `mediaType`, that every blob it names (config, layers) is in the blob store with
-   * the size it says, and that an index's manifests are known (in the repository, or as blobs); then records it,
+   * the size it says, and that an index's manifests are manifests of the repository (400 MANIFEST_BLOB_UNKNOWN
+   * otherwise, as docker-registry answers), with the sizes it says; then records it,
    * links its blobs to the repository and points the tag at it (atomically, last).
    */
   async putManifest(repo: string, reference: string, bytes: Buffer, mediaType: string): Promise<Digest> {
@@ -285,28 +295,22 @@ export class RegistryStorage {
         });
     }
     for (const c of m.manifests) {
-      if (await exists(this.revisionPath(repo, c.digest))) continue;
-      const size = await this.blobs.size(c.digest);
-      if (size === undefined)
+      // A child must be a manifest of this repository: a blob that is not one (a config, a layer) would be
+      // served as a manifest once the index named it.
+      const child = await this.readManifest(repo, c.digest);
+      if (!child)
         throw new RegistryError(
           400,
           "MANIFEST_BLOB_UNKNOWN",
-          "index references a manifest unknown to registry",
-          {
-            digest: c.digest,
-          },
+          "index references a manifest unknown to the repository",
+          { digest: c.digest },
         );
-      if (size !== c.size)
+      if (child.bytes.length !== c.size)
         throw new RegistryError(400, "MANIFEST_INVALID", "index gives a manifest a size it does not have", {
           digest: c.digest,
           size: c.size,
-          actual: size,
+          actual: child.bytes.length,
         });
-      if (!MANIFEST_MEDIA_TYPES.has(c.mediaType))
-        throw new RegistryError(400, "MANIFEST_INVALID", "index entry is not a manifest", {
-          digest: c.digest,
-        });
-      await this.writeRevision(repo, c.digest, c.mediaType);
     }
     await this.record(repo, { digest, mediaType, bytes }, m);
     if (!refIsDigest) {
