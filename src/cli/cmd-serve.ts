@@ -25,7 +25,7 @@ const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
     [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] [--substituter URL]... [--trusted-public-key K]...
     [--no-check-sigs] [--meta NAME=PKG,PKG...]... [--arch ARCH]
     [--layering nixery|size|popularity] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
-    [--build-timeout SECONDS] [--max-builds N] [--max-queue N]
+    [--build-timeout SECONDS] [--max-builds N] [--max-queue N] [--upload-ttl SECONDS]
     [--sign-key FILE] [--cache-compression zstd|xz|none] [--no-binary-cache]
     [--auth htpasswd:FILE|tokens:FILE] [--auth-pull] [--public-host HOST] [--log-level debug|info|warn|error|silent]`;
 
@@ -105,6 +105,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "build-timeout": { type: "string" },
       "max-builds": { type: "string" },
       "max-queue": { type: "string" },
+      "upload-ttl": { type: "string" },
       "sign-key": { type: "string" },
       "cache-compression": { type: "string" },
       "no-binary-cache": { type: "boolean" },
@@ -137,8 +138,17 @@ export async function serveCommand(argv: string[]): Promise<number> {
   if (values["auth-pull"] && !values.auth) throw new UsageError("--auth-pull needs --auth");
 
   const storageDir = values.storage ?? defaultStorage();
-  const storage = new RegistryStorage(storageDir);
+  const storage = new RegistryStorage(storageDir, {
+    uploadTtlMs: values["upload-ttl"]
+      ? intOption(values["upload-ttl"], "upload-ttl", 3600) * 1000
+      : undefined,
+  });
   const store = new LocalStore(values.store ? { dir: values.store } : {});
+  // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
+  storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
+  const swept = await store.sweepTemporaries();
+  if (swept.length)
+    logger.info("removed abandoned store temporaries", { store: store.realDir, removed: swept });
   const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   const substituters: Store[] = [];
   for (const url of values.substituter ?? []) substituters.push(await openStore(url, trust));

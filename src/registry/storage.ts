@@ -9,6 +9,8 @@
 //   root/repositories/<name>/_manifests/tags/<tag>            the digest the tag points to
 //   root/repositories/<name>/_referrers/sha256/<subject hex>/<hex>  the descriptor of a manifest naming it as subject
 //   root/uploads/<uuid>/{info.json,data}                      blob uploads in progress
+//   root/nix-images, root/layers, root/images                 on-demand images (nix-images.ts) and the layer
+//                                                             cache's index (image/layer-cache.ts)
 //
 // Repository name components never start with "_" or ".", so the internal directories cannot collide with
 // names; every name, tag and digest is validated before it becomes a path. Small files are written under a
@@ -19,6 +21,12 @@
 // uploaded or mounted there, or a manifest stored there names it. Manifests may name any blob of the blob store
 // (putManifest checks the blob store, not the repository), so images built into the shared layer cache can be
 // recorded without copying anything.
+//
+// Upkeep (startMaintenance, run by `nixoci serve`): at start, the temporaries of writers that were killed
+// (".<name>.tmp-<pid>-<random>" whose pid is gone: a SIGKILLed build or push) are removed from every
+// directory above; upload sessions idle longer than the TTL (default 1 h) are removed at start and then every
+// quarter of the TTL. Sessions are resumable across restarts (the spec's chunked uploads), so they go by age,
+// not by restart.
 import { createHash, randomUUID, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
@@ -28,7 +36,7 @@ import { pipeline } from "node:stream/promises";
 import { BlobStore } from "../oci/blob-store.js";
 import type { Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, sha256Digest, type Digest } from "../oci/digest.js";
-import { writeFileAtomic } from "../util/fs.js";
+import { isAbandonedTemp, removeTree, writeFileAtomic } from "../util/fs.js";
 import { compareTags, isValidName, isValidTag, MANIFEST_MEDIA_TYPES, parseManifest } from "./distribution.js";
 import { RegistryError } from "./errors.js";
 import type { StoredManifest } from "./manifest-source.js";
@@ -45,6 +53,24 @@ export interface UploadStatus {
 export interface ReferrerDescriptor extends Descriptor {
   artifactType?: string;
 }
+
+export interface RegistryStorageOptions {
+  /** Upload sessions idle (no bytes received) longer than this are removed by the upkeep (default 1 h). */
+  uploadTtlMs?: number;
+}
+
+/** What one upkeep pass removed (relative to the storage root), or why it failed. */
+export interface MaintenanceReport {
+  /** Temporaries of writers that no longer run (the first pass only). */
+  temporaries: string[];
+  /** Upload sessions idle longer than the TTL. */
+  uploads: number;
+  error?: string;
+}
+
+export const DEFAULT_UPLOAD_TTL_MS = 3600_000;
+/** The directories of the storage root that writers put temporaries in (walked recursively by the sweep). */
+const WRITTEN_DIRS = ["blobs", "repositories", "uploads", "nix-images", "layers", "images"];
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** The largest manifest stored or read (the spec asks registries to accept at least 4 MiB). */
@@ -73,10 +99,15 @@ export class RegistryStorage {
   /** Running sha256 of each upload in progress (rebuilt from its data file after a restart). */
   private readonly hashes = new Map<string, { hash: Hash; size: number }>();
   private readonly locks = new Map<string, Promise<unknown>>();
+  readonly uploadTtlMs: number;
+  private upkeep?: NodeJS.Timeout;
 
-  constructor(root: string) {
+  constructor(root: string, opts: RegistryStorageOptions = {}) {
     this.root = root;
     this.blobs = new BlobStore(root);
+    this.uploadTtlMs = opts.uploadTtlMs ?? DEFAULT_UPLOAD_TTL_MS;
+    if (!(this.uploadTtlMs > 0))
+      throw new Error(`RegistryStorage: uploadTtlMs must be positive, got ${opts.uploadTtlMs}`);
   }
 
   // ---- paths (every argument validated first) ----
@@ -576,8 +607,25 @@ export class RegistryStorage {
     await rm(this.uploadDir(uuid), { recursive: true, force: true });
   }
 
-  /** Removes sessions started more than maxAgeMs ago (abandoned uploads); returns how many. */
-  async purgeUploads(maxAgeMs: number): Promise<number> {
+  /** When the session last changed (its start, or the last bytes received); 0 when unknown. */
+  private async uploadTouched(uuid: string): Promise<number> {
+    const dir = this.uploadDir(uuid);
+    let started: number;
+    try {
+      const info = JSON.parse(await readFile(join(dir, "info.json"), "utf8")) as { startedAt?: unknown };
+      started = typeof info.startedAt === "number" ? info.startedAt : 0;
+    } catch {
+      started = (await stat(dir).catch(() => undefined))?.mtimeMs ?? 0;
+    }
+    const touched = (await stat(join(dir, "data")).catch(() => undefined))?.mtimeMs ?? 0;
+    return Math.max(started, touched);
+  }
+
+  /**
+   * Removes sessions idle (nothing started or received) for more than maxAgeMs (default: the storage's upload
+   * TTL); returns how many. A chunk being received is waited for, and then keeps its session.
+   */
+  async purgeUploads(maxAgeMs: number = this.uploadTtlMs): Promise<number> {
     let names: string[];
     try {
       names = await readdir(join(this.root, "uploads"));
@@ -587,21 +635,83 @@ export class RegistryStorage {
     let n = 0;
     for (const uuid of names) {
       if (!UUID_RE.test(uuid)) continue;
-      const dir = this.uploadDir(uuid);
-      let started: number;
-      try {
-        const info = JSON.parse(await readFile(join(dir, "info.json"), "utf8")) as { startedAt?: unknown };
-        started = typeof info.startedAt === "number" ? info.startedAt : 0;
-      } catch {
-        started = (await stat(dir).catch(() => undefined))?.mtimeMs ?? 0;
-      }
-      const touched = (await stat(join(dir, "data")).catch(() => undefined))?.mtimeMs ?? 0;
-      if (Date.now() - Math.max(started, touched) > maxAgeMs) {
-        await this.serial(uuid, () => this.removeUpload(uuid));
-        n++;
-      }
+      if (Date.now() - (await this.uploadTouched(uuid)) <= maxAgeMs) continue;
+      const removed = await this.serial(uuid, async () => {
+        if (Date.now() - (await this.uploadTouched(uuid)) <= maxAgeMs) return false;
+        await this.removeUpload(uuid);
+        return true;
+      });
+      if (removed) n++;
     }
     return n;
+  }
+
+  /**
+   * Removes the temporaries (".<name>.tmp-<pid>-<random>", files or trees) that writers which no longer run
+   * left anywhere in the storage: a killed build's half-written layer in blobs/sha256, a killed push's
+   * info.json or tag being replaced. A live process's temporaries are kept (this process's and other ones',
+   * say a `nixoci build --cache-dir` writing into the same blob store). Returns the paths removed, relative
+   * to the root.
+   */
+  async sweepTemporaries(): Promise<string[]> {
+    const removed: string[] = [];
+    const walk = async (dir: string, rel: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch {
+        return; // not there (yet), or gone meanwhile
+      }
+      for (const e of entries) {
+        const path = join(dir, e.name);
+        const relPath = `${rel}/${e.name}`;
+        if (isAbandonedTemp(e.name)) {
+          await removeTree(path).then(
+            () => removed.push(relPath),
+            () => undefined, // removed meanwhile, or not ours to remove: left as it is
+          );
+        } else if (e.isDirectory()) await walk(path, relPath);
+      }
+    };
+    for (const d of WRITTEN_DIRS) await walk(join(this.root, d), d);
+    return removed;
+  }
+
+  /**
+   * Starts the upkeep (see the file comment): sweeps temporaries and purges idle upload sessions now, then
+   * purges every quarter of the upload TTL (at least every second, at most every 15 minutes). The timer does
+   * not keep the process alive; stopMaintenance() ends it. `onReport` hears of the first pass, and of every
+   * later one that removed something or failed.
+   */
+  startMaintenance(onReport?: (r: MaintenanceReport) => void): void {
+    if (this.upkeep) return;
+    const pass = async (first: boolean): Promise<void> => {
+      const r: MaintenanceReport = { temporaries: [], uploads: 0 };
+      try {
+        if (first) r.temporaries = await this.sweepTemporaries();
+        r.uploads = await this.purgeUploads();
+      } catch (err) {
+        r.error = err instanceof Error ? err.message : String(err);
+      }
+      if (first || r.error !== undefined || r.temporaries.length > 0 || r.uploads > 0) {
+        try {
+          onReport?.(r);
+        } catch {
+          // a failing observer must not stop the upkeep
+        }
+      }
+    };
+    let running = pass(true);
+    const every = Math.min(Math.max(this.uploadTtlMs / 4, 1000), 15 * 60_000);
+    this.upkeep = setInterval(() => {
+      running = running.then(() => pass(false));
+    }, every);
+    this.upkeep.unref();
+  }
+
+  stopMaintenance(): void {
+    clearInterval(this.upkeep);
+    this.upkeep = undefined;
   }
 }
 
