@@ -1,8 +1,9 @@
 // nixoci nar dump PATH | nar restore DEST | nar ls FILE
-import { createReadStream } from "node:fs";
+import { createReadStream, fstatSync } from "node:fs";
+import { constants as osConstants } from "node:os";
 import type { Readable } from "node:stream";
 import { listNar, serializeNarListing } from "../nix/nar-listing.js";
-import { restoreNar } from "../nix/nar-restore.js";
+import { restoreNar, sweepRestoreTemporaries } from "../nix/nar-restore.js";
 import { dumpPathTo } from "../nix/nar-writer.js";
 import { decompressStream, type Compression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
@@ -16,7 +17,8 @@ export async function narCommand(argv: string[]): Promise<number> {
   if (values.help || sub === undefined || sub === "--help" || sub === "-h") {
     process.stdout.write(
       `usage: ${USAGE}\n  dump     write the NAR of a file tree to stdout (bytes equal \`nix-store --dump\`)\n` +
-        `  restore  unpack a NAR from stdin into DEST (must not exist; written under a temporary name, then renamed)\n` +
+        `  restore  unpack a NAR from stdin into DEST (must not exist; written under a temporary name, then renamed;\n` +
+        `           SIGTERM, SIGINT or SIGHUP removes the temporary and exits 128+N)\n` +
         `  ls       print a NAR's listing as Nix's .ls JSON (FILE may be compressed: .xz .zst .bz2 .br .gz)\n`,
     );
     return sub === undefined ? 2 : 0;
@@ -28,9 +30,7 @@ export async function narCommand(argv: string[]): Promise<number> {
       await dumpPathTo(arg, process.stdout);
       return 0;
     case "restore":
-      // 1 MiB reads: process.stdin's 64 KiB chunks make restoring big NARs measurably slower.
-      await restoreNar(createReadStream("", { fd: 0, highWaterMark: 1 << 20 }), arg, { input: "stdin" });
-      return 0;
+      return restoreCommand(arg);
     case "ls": {
       const listing = await listNar(openNarFile(arg), { input: arg === "-" ? "stdin" : arg });
       process.stdout.write(serializeNarListing(listing) + "\n");
@@ -39,6 +39,51 @@ export async function narCommand(argv: string[]): Promise<number> {
     default:
       throw new UsageError(`unknown nar command ${JSON.stringify(sub)}\nusage: ${USAGE}`);
   }
+}
+
+const STOP_SIGNALS: NodeJS.Signals[] = ["SIGTERM", "SIGINT", "SIGHUP"];
+
+/**
+ * nar restore DEST: first removes what killed restores of DEST left beside it; on SIGTERM, SIGINT or SIGHUP
+ * removes its temporary tree and exits 128 + the signal's number, as a shell reports a process the signal
+ * ended.
+ */
+async function restoreCommand(dest: string): Promise<number> {
+  sweepRestoreTemporaries(dest);
+  const stop = new AbortController();
+  let caught: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    caught ??= signal;
+    stop.abort(new NixociError(dest, `restore interrupted by ${signal}`));
+  };
+  for (const s of STOP_SIGNALS) process.on(s, onSignal);
+  const input = stdinStream();
+  try {
+    await restoreNar(input, dest, { input: "stdin", signal: stop.signal });
+    return 0;
+  } catch (err) {
+    if (caught === undefined) throw err;
+    input.destroy(); // the temporary tree is gone: stop reading
+    return 128 + osConstants.signals[caught];
+  } finally {
+    for (const s of STOP_SIGNALS) process.off(s, onSignal);
+  }
+}
+
+/**
+ * Standard input as a stream. A regular file is read 1 MiB at a time (process.stdin's 64 KiB chunks make
+ * restoring big NARs measurably slower); a pipe, socket or terminal is read as process.stdin reads it, by the
+ * event loop: a read by a thread-pool thread (the file stream's) cannot be cancelled, and a pipe that nobody
+ * writes to would then keep an interrupted restore from exiting.
+ */
+function stdinStream(): Readable {
+  let regular = false;
+  try {
+    regular = fstatSync(0).isFile();
+  } catch {
+    // not open: process.stdin reports it
+  }
+  return regular ? createReadStream("", { fd: 0, highWaterMark: 1 << 20 }) : process.stdin;
 }
 
 const EXTENSIONS: [string, Compression][] = [

@@ -1,6 +1,9 @@
 // Unpacks a NAR onto the filesystem, like `nix-store --restore`, but all-or-nothing: the tree is built under a
-// temporary sibling of the destination (".<name>.tmp-<random>") and renamed into place only once the whole NAR
-// has been parsed and written; on any error the temporary tree is removed and nothing is left behind.
+// temporary sibling of the destination (".<name>.tmp-<pid>-<random>") and renamed into place only once the
+// whole NAR has been parsed and written; on any error, or when the caller aborts (`signal`: `nixoci nar
+// restore` on SIGTERM or SIGINT), the temporary tree is removed and nothing is left behind. What a killed
+// restorer (SIGKILL, a crash) left can be removed by sweepRestoreTemporaries (the temporary's name carries
+// the writer's pid).
 //
 // Safety: names come from the strict parser (no "", ".", "..", "/" or NUL, no duplicates), so every path we
 // create is a fresh name inside a directory we created. Files are created with O_CREAT|O_EXCL|O_NOFOLLOW,
@@ -12,7 +15,7 @@
 import * as fs from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
-import { tempSuffix } from "../util/fs.js";
+import { isAbandonedTemp, tempSuffix } from "../util/fs.js";
 import { parseNar, type NarHandler, type NarSource } from "./nar-reader.js";
 
 export interface RestoreNarOptions {
@@ -24,6 +27,11 @@ export interface RestoreNarOptions {
    * created.
    */
   canonicalize?: boolean;
+  /**
+   * Stops the restore: it rejects with the signal's reason at once (a read of the source in progress is not
+   * waited for) after removing the temporary tree.
+   */
+  signal?: AbortSignal;
 }
 
 const FILE_FLAGS =
@@ -63,6 +71,39 @@ function tempName(name: string): string {
   return `.${base}${suffix}`;
 }
 
+/**
+ * Removes the temporary trees that restores of `dest` by processes no longer running left beside it (a
+ * SIGKILL, a crash); live restorers' temporaries are kept. Returns the paths removed. Best effort: what
+ * cannot be removed is left.
+ */
+export function sweepRestoreTemporaries(dest: string): string[] {
+  const destPath = resolve(dest);
+  const dir = dirname(destPath);
+  const name = basename(destPath);
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const n of names) {
+    const m = /^\.(.*)\.tmp-\d+-[0-9a-f]{12}$/s.exec(n);
+    if (!m) continue;
+    // tempName shortens long names to fit 255 bytes: a prefix of the name then, in a name of (nearly) 255
+    // bytes.
+    if (m[1] !== name && !(m[1] !== "" && name.startsWith(m[1]) && Buffer.byteLength(n) > 251)) continue;
+    if (!isAbandonedTemp(n)) continue;
+    try {
+      forceRemove(`${dir}/${n}`);
+      removed.push(`${dir}/${n}`);
+    } catch {
+      // left for another time
+    }
+  }
+  return removed;
+}
+
 function exists(path: string): boolean {
   try {
     fs.lstatSync(path);
@@ -86,6 +127,10 @@ export async function restoreNar(
   const canonical = opts.canonicalize ?? false;
   const destPath = resolve(dest);
   const fail = (problem: string, e?: unknown) => new NixociError(dest, problem, { cause: e });
+  const signal = opts.signal;
+  signal?.throwIfAborted();
+  /** Throws once aborted: a handler resumed after the abort must not touch the (removed) tree again. */
+  const live = (): void => signal?.throwIfAborted();
 
   try {
     if (exists(destPath)) throw fail("already exists; refusing to restore a NAR over it");
@@ -123,6 +168,7 @@ export async function restoreNar(
 
   const handler: NarHandler = {
     directory(path) {
+      live();
       finishDirs(path.length);
       const p = where(path);
       try {
@@ -135,6 +181,7 @@ export async function restoreNar(
     },
 
     symlink(path, target) {
+      live();
       finishDirs(path.length);
       const p = where(path);
       try {
@@ -147,6 +194,7 @@ export async function restoreNar(
     },
 
     async file(path, executable, _size, contents) {
+      live();
       finishDirs(path.length);
       const p = where(path);
       const mode = executable ? (canonical ? 0o555 : 0o755) : canonical ? 0o444 : 0o644;
@@ -157,6 +205,7 @@ export async function restoreNar(
       }
       if (path.length === 0) created = true;
       for await (const chunk of contents) {
+        live();
         let off = 0;
         while (off < chunk.length) {
           try {
@@ -166,6 +215,7 @@ export async function restoreNar(
           }
         }
       }
+      live();
       const f = fd;
       fd = null;
       try {
@@ -186,8 +236,20 @@ export async function restoreNar(
     },
   };
 
+  let onAbort: (() => void) | undefined;
   try {
-    const { narSize } = await parseNar(source, handler, { input: opts.input });
+    const parsing = parseNar(source, handler, { input: opts.input });
+    let narSize: number;
+    if (!signal) ({ narSize } = await parsing);
+    else {
+      parsing.catch(() => undefined); // abandoned when aborted: its failure then is of no interest
+      const aborted = new Promise<never>((_, reject) => {
+        onAbort = () => reject(signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+      });
+      ({ narSize } = await Promise.race([parsing, aborted]));
+    }
+    live();
     finishDirs(0);
     if (exists(destPath)) throw fail("appeared while the NAR was being restored; not replacing it");
     try {
@@ -213,5 +275,7 @@ export async function restoreNar(
       }
     }
     throw e;
+  } finally {
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
   }
 }

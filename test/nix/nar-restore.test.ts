@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { restoreNar } from "../../src/nix/nar-restore.js";
 import { dumpPath } from "../../src/nix/nar-writer.js";
+import { until } from "../support/poll.js";
 import { NixociError } from "../../src/util/errors.js";
 import {
   badNars,
@@ -192,6 +193,40 @@ test("a failing source stream removes everything and passes its error on", async
     throw new Error("network down");
   }
   await assert.rejects(restoreNar(source(), join(parent, "out"), { input: "net" }), /network down/);
+  assert.deepEqual(fs.readdirSync(parent), []);
+});
+
+test("aborted while the source waits: rejects with the reason at once, and the tree is removed", async () => {
+  const parent = freshDir();
+  let resume: () => void = () => undefined;
+  const more = new Promise<void>((r) => (resume = r));
+  const whole = nar(
+    MAGIC,
+    dir(["a", file("small")], ["b", file(Buffer.alloc(1 << 20, 1))], ["c", file("late")]),
+  );
+  const cut = whole.length - (1 << 19);
+  async function* source() {
+    yield whole.subarray(0, cut); // into the middle of b
+    await more; // the source stalls until after the abort
+    yield whole.subarray(cut);
+  }
+  const stop = new AbortController();
+  const restoring = restoreNar(source(), join(parent, "out"), { input: "slow", signal: stop.signal });
+  await until("the temporary tree", 10_000, () => assert.equal(fs.readdirSync(parent).length, 1));
+  const tmp = join(parent, fs.readdirSync(parent)[0]);
+  await until("b being written", 10_000, () => assert.ok(fs.statSync(join(tmp, "b")).size > 0));
+  stop.abort(new Error("stop now"));
+  await assert.rejects(restoring, /stop now/);
+  assert.deepEqual(fs.readdirSync(parent), []);
+  resume(); // the abandoned parse stops at its next step
+  // Aborted before it starts: nothing is created.
+  await assert.rejects(
+    restoreNar(Buffer.from(whole), join(parent, "out"), {
+      input: "x",
+      signal: AbortSignal.abort(new Error("no")),
+    }),
+    /no/,
+  );
   assert.deepEqual(fs.readdirSync(parent), []);
 });
 
