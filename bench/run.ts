@@ -9,3 +9,4 @@ await (await import("./frontend.js")).benchFrontend();
 await (await import("./layers.js")).benchLayers();
 await (await import("./limits.js")).benchLimits();
 await (await import("./auth.js")).benchAuth();
+await (await import("./load.js")).benchLoad();

@@ -86,7 +86,7 @@ function median(xs: number[]): number {
 }
 
 /** The p-th percentile (0..100) by nearest rank. */
-function percentile(xs: number[], p: number): number {
+export function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
 }
@@ -97,7 +97,7 @@ const ratio = (x: number) => `${x.toFixed(2)}x`;
 const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
 const verdict = (ok: boolean) => (ok ? "ok" : "MISSED");
 
-function rmTree(path: string): void {
+export function rmTree(path: string): void {
   try {
     execFileSync("chmod", ["-R", "u+w", path], { stdio: "ignore" });
   } catch {
@@ -150,13 +150,14 @@ function get(
 
 // ---- nixoci serve as a child process ----
 
-interface Serve {
+export interface Serve {
   host: string;
   proc: ChildProcess;
   log(): string;
 }
 
-async function startServe(storage: string): Promise<Serve> {
+/** `nixoci serve` on a free loopback port with `--storage STORAGE --nix-file examples/packages.nix`, plus `extraArgs`. */
+export async function startServe(storage: string, extraArgs: string[] = []): Promise<Serve> {
   const port = await freePort();
   const host = `127.0.0.1:${port}`;
   const prof = process.env.NIXOCI_BENCH_CPU_PROF;
@@ -175,6 +176,7 @@ async function startServe(storage: string): Promise<Serve> {
       EXAMPLES,
       "--log-level",
       "warn",
+      ...extraArgs,
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
@@ -193,7 +195,7 @@ async function startServe(storage: string): Promise<Serve> {
 }
 
 /** SIGTERM by pid, then SIGKILL after 30 s. */
-async function stopServe(s: Serve): Promise<void> {
+export async function stopServe(s: Serve): Promise<void> {
   if (s.proc.exitCode !== null || s.proc.signalCode !== null) return;
   const exited = new Promise<void>((r) => s.proc.once("exit", () => r()));
   s.proc.kill("SIGTERM");
@@ -259,7 +261,7 @@ async function mirror(serve: Serve, registry: Registry, repo: string): Promise<I
 }
 
 /** Store paths of examples/packages.nix attributes (built if need be), in attribute order. */
-function storePaths(attrs: string[]): string[] {
+export function storePaths(attrs: string[]): string[] {
   return execFileSync("nix-build", ["--no-out-link", EXAMPLES, ...attrs.flatMap((a) => ["-A", a])], {
     stdio: ["ignore", "pipe", "pipe"],
   })
