@@ -10,7 +10,6 @@
 import { chmod, lstat, lutimes, mkdir, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseHash } from "../nix/hash.js";
-import { restoreNar } from "../nix/nar-restore.js";
 import { dumpPath } from "../nix/nar-writer.js";
 import { parseStorePath, type StorePath } from "../nix/store-path.js";
 import type { Readable } from "node:stream";
@@ -20,6 +19,7 @@ import type { TreeEntry } from "../image/layer-tar.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
 import { computeClosure } from "../store/closure.js";
+import { restoreVerifiedNar } from "../store/nar-verify.js";
 import type { PathInfo } from "../store/path-info.js";
 import type { Store } from "../store/store.js";
 import { mapLimit } from "../util/concurrency.js";
@@ -113,7 +113,8 @@ async function restorePaths(
   await mkdir(dest, { recursive: true, mode: 0o755 });
   await mapLimit(paths, 4, async (p) => {
     const sp = parseStorePath(p, storeDir);
-    await restoreNar(await nar(sp), join(dest, sp.baseName), { input: sp.path, canonicalize: true });
+    // Read to the end, or the verifier of a cache's NAR never checks its NarHash.
+    await restoreVerifiedNar(await nar(sp), join(dest, sp.baseName), { input: sp.path, canonicalize: true });
   });
   const parts = storeDir.split("/").filter(Boolean);
   for (let i = parts.length; i >= 1; i--) {

@@ -6,11 +6,10 @@ import { lutimes, mkdir, readdir, rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { dumpPath } from "../nix/nar-writer.js";
-import { restoreNar } from "../nix/nar-restore.js";
 import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
 import { isAbandonedTemp, removeTree, tempSibling } from "../util/fs.js";
 import { holdErrors } from "../util/streams.js";
-import { NarVerifier } from "./nar-verify.js";
+import { NarVerifier, restoreVerifiedNar } from "./nar-verify.js";
 import { NixDb } from "./nix-db.js";
 import type { PathInfo } from "./path-info.js";
 import { SidecarDb } from "./sidecar-db.js";
@@ -104,18 +103,7 @@ export class LocalStore implements Store {
     const final = join(this.realDir, sp.baseName);
     // Named by hash part only: a full base name plus a suffix can exceed the 255-byte name limit.
     const tmp = tempSibling(this.realDir, sp.hashPart);
-    // The restorer stops reading at the NAR's closing parenthesis; keep the iterator open (no `return`)
-    // so the rest of the stream can be drained and the verifier's end-of-stream checks run before commit.
-    const it = nar[Symbol.asyncIterator]();
-    const view: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => ({ next: () => it.next() }) };
-    try {
-      await restoreNar(view, tmp, { input, canonicalize: true });
-      for (let r = await it.next(); !r.done; r = await it.next());
-    } catch (err) {
-      nar.destroy();
-      await removeTree(tmp);
-      throw err;
-    }
+    await restoreVerifiedNar(nar, tmp, { input, canonicalize: true });
     await this.commit(tmp, final, info);
   }
 
