@@ -56,8 +56,6 @@ export interface RegistryServerOptions {
 }
 
 export const DEFAULT_MAX_HEADER_SIZE = 16 << 10;
-/** Upload sessions untouched this long are removed (checked hourly). */
-const UPLOAD_MAX_AGE_MS = 24 * 3600_000;
 const BODY_PROGRESS = { windowMs: 30_000, minBytes: 16 << 10 };
 
 /**
@@ -279,10 +277,6 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
     }
   });
 
-  const purge = setInterval(() => {
-    opts.storage.purgeUploads(UPLOAD_MAX_AGE_MS).catch(() => undefined);
-  }, 3600_000);
-  purge.unref();
-  server.on("close", () => clearInterval(purge));
+  // Idle upload sessions and dead writers' temporaries are the storage's upkeep (RegistryStorage, --upload-ttl).
   return server;
 }
