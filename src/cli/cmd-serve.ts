@@ -25,7 +25,7 @@ const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
     [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] [--substituter URL]... [--trusted-public-key K]...
     [--no-check-sigs] [--meta NAME=PKG,PKG...]... [--arch ARCH]
     [--layering nixery|size|popularity] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
-    [--build-timeout SECONDS] [--max-builds N] [--max-queue N] [--upload-ttl SECONDS]
+    [--build-timeout SECONDS] [--max-builds N] [--max-queue N] [--upload-ttl SECONDS] [--max-nar-streams N]
     [--sign-key FILE] [--cache-compression zstd|xz|none] [--no-binary-cache]
     [--auth htpasswd:FILE|tokens:FILE] [--auth-pull] [--public-host HOST] [--log-level debug|info|warn|error|silent]`;
 
@@ -104,6 +104,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "compression-level": { type: "string" },
       "build-timeout": { type: "string" },
       "max-builds": { type: "string" },
+      "max-nar-streams": { type: "string" },
       "max-queue": { type: "string" },
       "upload-ttl": { type: "string" },
       "sign-key": { type: "string" },
@@ -211,6 +212,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
         store,
         signKey,
         compression: cacheCompression,
+        maxNarStreams: values["max-nar-streams"]
+          ? intOption(values["max-nar-streams"], "max-nar-streams", 4)
+          : undefined,
         onServed: (bytes) => metrics.binaryCacheBytes.inc({}, bytes),
         onError: (err, path) => logger.error("binary cache error", { path, error: (err as Error).message }),
       }),

@@ -27,6 +27,12 @@ export interface BlobWriter {
   abort(): Promise<void>;
 }
 
+/**
+ * Read size for serving blobs: Node's default 64 KiB. Each concurrent download holds about two of these; 1 MiB
+ * chunks made 500 concurrent pullers hold ~1 GB in flight (server peak RSS 350-490 MB against 220-250 MB).
+ */
+export const BLOB_READ_CHUNK = 64 << 10;
+
 export class BlobStore {
   readonly blobDir: string;
 
@@ -51,7 +57,7 @@ export class BlobStore {
   }
 
   open(digest: Digest, range?: { start: number; end: number }): Readable {
-    return createReadStream(this.path(digest), { highWaterMark: 1 << 20, ...range });
+    return createReadStream(this.path(digest), { highWaterMark: BLOB_READ_CHUNK, ...range });
   }
 
   async putBytes(data: Buffer | string): Promise<BlobRef> {

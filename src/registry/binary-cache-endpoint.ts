@@ -22,6 +22,7 @@
 import Database from "better-sqlite3";
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { PassThrough, Transform, type Readable, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -34,6 +35,7 @@ import { nixDbFor, type LocalStore } from "../store/local-store.js";
 import type { PathInfo } from "../store/path-info.js";
 import { SidecarDb } from "../store/sidecar-db.js";
 import { compressStream, compressionExtension } from "../util/compression.js";
+import { Limiter } from "../util/concurrency.js";
 import { requestedRange } from "./http-range.js";
 
 /** The compressions the endpoint produces on the fly. */
@@ -54,6 +56,14 @@ export interface BinaryCacheRoutesOptions {
    * (`/nix/var/nix/db/db.sqlite`, or ROOT/nix/var/nix/db for ROOT/nix/store); null: only nixoci's sidecar.
    */
   dbFile?: string | null;
+  /**
+   * NAR bodies (and listings) produced at once (default 2 per CPU): each is a store dump and, mostly, a compressor
+   * process, so without a bound a crowd of clients starts a compressor each and every one gets slower (measured:
+   * 200 downloaders ran 145 zstd processes at once for no more throughput than 8). Beyond it requests wait.
+   */
+  maxNarStreams?: number;
+  /** Requests that may wait for a NAR stream (default 256); beyond, 503 with Retry-After, which Nix retries. */
+  maxQueuedNarStreams?: number;
   /** Called once per response body with the bytes written (all of them, or as many as got out). */
   onServed?: (bytes: number) => void;
   /** Called with unexpected errors (answered 500, or an aborted response once the body had started). */
@@ -223,6 +233,21 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
   }
   const dbFile = opts.dbFile === null ? undefined : (opts.dbFile ?? nixDbFor(store.realDir));
   const resolver = new HashPartResolver(store, dbFile);
+  const narStreams = new Limiter(opts.maxNarStreams ?? 2 * availableParallelism());
+  const maxQueued = opts.maxQueuedNarStreams ?? 256;
+  /** Runs `produce` in a NAR stream slot; 503 when too many wait, nothing when the client left meanwhile. */
+  const inNarSlot = async (req: IncomingMessage, res: ServerResponse, produce: () => Promise<void>) => {
+    if (narStreams.running >= narStreams.limit && narStreams.queued >= maxQueued) {
+      send(req, res, 503, "text/plain; charset=utf-8", "too many NAR downloads at once; retry\n", {
+        "Retry-After": "1",
+        "Cache-Control": "no-store",
+      });
+      return;
+    }
+    await narStreams.run(async () => {
+      if (!res.destroyed) await produce();
+    });
+  };
   const cacheInfo = serializeCacheInfo({ storeDir: store.storeDir, wantMassQuery: true, priority });
 
   const served = (bytes: number): void => {
@@ -383,13 +408,14 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
       if (!info || info.narHash.algo !== "sha256" || info.narHash.toString("nix32") !== `sha256:${narHash}`) {
         return notFound(req, res);
       }
-      return serveNar(req, res, info, EXT_TO_COMPRESSION[ext]);
+      if (req.method === "HEAD") return serveNar(req, res, info, EXT_TO_COMPRESSION[ext]);
+      return inNarSlot(req, res, () => serveNar(req, res, info, EXT_TO_COMPRESSION[ext]));
     }
     m = LS_RE.exec(path);
     if (m) {
       const info = await lookup(m[1]);
       if (!info) return notFound(req, res);
-      return serveListing(req, res, info);
+      return inNarSlot(req, res, () => serveListing(req, res, info));
     }
     notFound(req, res);
   };

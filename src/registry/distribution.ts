@@ -5,6 +5,7 @@
 import { open } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { pipeline } from "node:stream/promises";
+import { BLOB_READ_CHUNK } from "../oci/blob-store.js";
 import { isDigest, sha256Digest, type Digest } from "../oci/digest.js";
 import {
   DOCKER_CONFIG,
@@ -870,7 +871,7 @@ export class Distribution {
         res.end();
         return;
       }
-      const stream = fh.createReadStream({ start, end, highWaterMark: 1 << 20, autoClose: true });
+      const stream = fh.createReadStream({ start, end, highWaterMark: BLOB_READ_CHUNK, autoClose: true });
       fh = undefined; // the stream closes it
       await pipeline(stream, res);
     } finally {

@@ -242,7 +242,11 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       headersTimeout: opts.headersTimeoutMs ?? 30_000,
       // How often head timeouts are checked (Node's default is 30 s: a head could take up to twice its limit).
       connectionsCheckingInterval: Math.min(5_000, opts.headersTimeoutMs ?? 30_000),
-      keepAliveTimeout: 5_000,
+      // Longer than clients keep idle connections for reuse (Go's transport: 90 s), so the server is not the one
+      // to close a connection a client is just reusing: a request sent as the server closes is reset, and clients
+      // retry a GET but not an upload (measured: 296 resets in 60 s of 550 clients with 5 s, none with 65 s).
+      // Idle sockets still go (setTimeout below).
+      keepAliveTimeout: 95_000,
     },
     (req, res) => {
       handle(req, res).catch(() => res.destroy());

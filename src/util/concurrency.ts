@@ -9,6 +9,16 @@ export class Limiter {
       throw new RangeError(`concurrency limit must be >= 1: ${limit}`);
   }
 
+  /** Jobs running now. */
+  get running(): number {
+    return this.active;
+  }
+
+  /** Jobs waiting for a slot. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
   async run<T>(job: () => Promise<T>): Promise<T> {
     if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
     this.active++;

@@ -526,3 +526,46 @@ test("a store without Nix's database (nixoci's sidecar) is served; unregistered 
     assert.ok(r.complete);
   }
 });
+
+test("NAR bodies are bounded: one producing, one waiting, a third gets 503 with Retry-After; the waiting one is served next", async () => {
+  const dir = join(work, "bounded/nix/store");
+  mkdirSync(dir, { recursive: true });
+  const side = new LocalStore({ dir, dbFile: null });
+  after(() => side.close());
+  // Far larger than the socket and stream buffers, so a client that reads nothing holds its stream.
+  const src = join(work, "bounded-src");
+  mkdirSync(src);
+  writeFileSync(join(src, "data.bin"), randomBytes(48 << 20));
+  const { narHash, narSize } = await narHashOfPath(src);
+  const path = `/nix/store/${"2".repeat(32)}-bounded`;
+  await side.addPath(
+    { path, narHash: new Hash("sha256", narHash), narSize, references: [], sigs: [] },
+    dumpPath(src),
+  );
+  const s = await serve({ store: side, dbFile: null, maxNarStreams: 1, maxQueuedNarStreams: 1 });
+  const info = parseNarInfo((await request(`${s.url}/${hashPart(path)}.narinfo`)).body.toString(), {
+    input: "t",
+  });
+  const url = `${s.url}/${info.url.replace(/\.zst$/, "")}`;
+
+  const holder = await new Promise<http.IncomingMessage>((resolve, reject) => {
+    const req = http.get(url, (res) => {
+      res.pause();
+      resolve(res);
+    });
+    req.on("error", reject);
+  });
+  assert.equal(holder.statusCode, 200);
+  const second = request(url);
+  const third = request(url);
+  // Whichever of the two reached the queue second is refused at once; the other waits for the stream.
+  const refused = await Promise.race([second, third]);
+  assert.equal(refused.status, 503);
+  assert.equal(refused.headers["retry-after"], "1");
+  holder.resume();
+  const [b, c] = await Promise.all([second, third]);
+  const served = [b, c].find((r) => r.status !== 503)!;
+  assert.equal(served.status, 200);
+  assert.ok(served.body.equals(run("nix-store", ["--dump", src])), "the waiting request got the whole NAR");
+  assert.deepEqual(s.errors, []);
+});
