@@ -25,11 +25,13 @@ import {
   readlinkSync,
   statSync,
 } from "node:fs";
+import * as http from "node:http";
 import { join } from "node:path";
 import { ROOT } from "./cli.js";
+import { freePort } from "./daemons.js";
 import { makeTempDir } from "./fixtures.js";
 import { runText } from "./run.js";
-import { until } from "./poll.js";
+import { GiveUp, until } from "./poll.js";
 
 const BIN = join(ROOT, "bin/nixoci.js");
 
@@ -480,3 +482,106 @@ export function linkTarget(path: string): string | undefined {
     return undefined;
   }
 }
+
+// ---- nixoci serve as a child process ----
+
+export interface Serve {
+  proc: ChildProcess;
+  host: string;
+  pid: number;
+  /** Everything it logged (JSON lines on stderr). */
+  log(): string;
+  /** SIGKILL, and wait for the exit. */
+  kill(): Promise<void>;
+  /** SIGTERM (then SIGKILL after 35 s: its grace period is 30 s), and wait for the exit. */
+  stop(): Promise<void>;
+}
+
+/** `nixoci serve --listen 127.0.0.1:PORT --storage STORAGE ARGS...`; resolves once it logs "listening". */
+export async function startServe(
+  storage: string,
+  extra: string[] = [],
+  env?: NodeJS.ProcessEnv,
+): Promise<Serve> {
+  const port = await freePort();
+  const host = `127.0.0.1:${port}`;
+  const proc = spawnNixoci(["serve", "--listen", host, "--storage", storage, ...extra], { env });
+  let log = "";
+  proc.stdout!.resume();
+  proc.stderr!.on("data", (d: Buffer) => (log += d.toString()));
+  const gone = new Promise<void>((r) => proc.once("exit", () => r()));
+  const ended = (): boolean => proc.exitCode !== null || proc.signalCode !== null;
+  const waitGone = async (signal: NodeJS.Signals, ms: number): Promise<boolean> => {
+    if (ended()) return true;
+    proc.kill(signal);
+    let t: NodeJS.Timeout | undefined;
+    const r = await Promise.race([
+      gone.then(() => true),
+      new Promise<boolean>((res) => (t = setTimeout(res, ms, false))),
+    ]);
+    clearTimeout(t);
+    return r;
+  };
+  const serve: Serve = {
+    proc,
+    host,
+    pid: proc.pid ?? 0,
+    log: () => log,
+    kill: async () => void (await waitGone("SIGKILL", 10_000)),
+    stop: async () => {
+      if (!(await waitGone("SIGTERM", 35_000))) await waitGone("SIGKILL", 10_000);
+    },
+  };
+  try {
+    await until(
+      "nixoci serve to listen",
+      30_000,
+      () => {
+        if (ended()) throw new GiveUp(`exited ${proc.exitCode ?? proc.signalCode}: ${log}`);
+        assert.ok(log.includes('"msg":"listening"'), "not listening yet");
+      },
+      50,
+    );
+  } catch (err) {
+    await serve.kill();
+    throw err;
+  }
+  return serve;
+}
+
+export interface HttpResult {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** One HTTP request (no keep-alive); rejects on a connection error. */
+export function httpRequest(
+  host: string,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: Buffer,
+): Promise<HttpResult> {
+  const [hostname, port] = host.split(":");
+  return new Promise((resolve, reject) => {
+    const req = http.request({ hostname, port: Number(port), method, path, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
+      );
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+/** Media types a client accepts for manifests (OCI and Docker schema 2, images and indexes). */
+export const MANIFEST_ACCEPT = [
+  "application/vnd.oci.image.manifest.v1+json",
+  "application/vnd.oci.image.index.v1+json",
+  "application/vnd.docker.distribution.manifest.v2+json",
+  "application/vnd.docker.distribution.manifest.list.v2+json",
+].join(", ");
