@@ -133,7 +133,7 @@ export async function runTrials(
   }
   const counts = new Map<string, number>();
   for (const o of outcomes) {
-    const k = o.replace(/\s*\(.*$/, "");
+    const k = o.replace(/\s*[(;].*$/, "");
     counts.set(k, (counts.get(k) ?? 0) + 1);
   }
   console.log(

@@ -1,0 +1,407 @@
+// Fault drills for the node daemons, each in a CRI stack of its own (docker-registry, `nixoci snapshotter`,
+// containerd 1.6 with its CRI plugin; test/support/cri.ts), as test/cri/cri-restart.test.ts does for two fixed
+// points:
+// - the snapshotter SIGKILLed at random and early points of a CRI pull of a nixoci image whose store layers it
+//   substitutes into an empty store from a signed file:// cache (Prepare substituting and committing nix
+//   layers, containerd's Prepare/apply/Commit of the customisation layer). The pull fails or completes (within
+//   the liveness bound); restarted on the same --root, the pull run again completes and the image runs; every
+//   path in the store is complete; no temporary is left in the store or the root; nothing is mounted; once the
+//   image is removed containerd's GC leaves the snapshotter empty. Each trial starts from an empty store.
+// - `nixoci image-service` SIGKILLed at random and early points of a nix:0 PullImage: containerd has the image
+//   complete (it runs) or not at all; restarted, the pull completes and the image runs.
+// - containerd SIGKILLed in the middle of an image-service pull: the pull fails with UNAVAILABLE, and the image
+//   service stays up (answers the next call).
+import { test, describe, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, rmSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
+import { ROOT } from "../support/cli.js";
+import {
+  listSnapshots,
+  logSize,
+  pushNixociImage,
+  rpcLines,
+  startCriStack,
+  type CriStack,
+  stopStackLeavingNoMounts,
+} from "../support/cri.js";
+import { mountsUnder } from "../support/daemons.js";
+import {
+  buildFixtures,
+  generateCacheKey,
+  makeNixCache,
+  makeTempDir,
+  type FixtureAttr,
+} from "../support/fixtures.js";
+import { GiveUp, until } from "../support/poll.js";
+import { run } from "../support/run.js";
+import { exited, startSnapshotter, stopSnapshotter, tail, waitExit } from "../support/snapshotter.js";
+import {
+  entries,
+  killDaemon,
+  killPoints,
+  pidTemporaries,
+  privateTmpdir,
+  runNixociOk,
+  runTrials,
+} from "../support/drill.js";
+
+/** How long a pull whose daemon died may take to end (a liveness bound: the failure is a hang). */
+const END_BOUND_MS = 120_000;
+const GREETING = "Hello from nixoci!\n";
+
+let fx: Record<FixtureAttr, string>;
+before(
+  () => {
+    fx = buildFixtures();
+  },
+  { timeout: 240_000 },
+);
+
+/** The outcome of a pull promise, as text, bounded by END_BOUND_MS. */
+async function settle(p: Promise<unknown>, what: string): Promise<string> {
+  const timer = new AbortController();
+  const r = await Promise.race([
+    p.then(
+      () => "succeeded",
+      (err: { code?: number; details?: string; message?: string }) =>
+        `failed (${err.code ?? ""} ${err.details ?? err.message ?? String(err)})`.replace("( ", "("),
+    ),
+    sleep(END_BOUND_MS, "hung", { signal: timer.signal }).catch(() => "hung"),
+  ]);
+  timer.abort();
+  assert.notEqual(r, "hung", `${what} did not end within ${END_BOUND_MS / 1000} s`);
+  return r;
+}
+
+/** Retries a pull while containerd reconnects to a restarted daemon (bounded). */
+function pullAgain(cri: CriImageClient, ref: string): Promise<string> {
+  return until(
+    `the pull of ${ref} after the restart`,
+    90_000,
+    async () => (await cri.pullImage({ image: { image: ref } }, { timeoutMs: 60_000 })).image_ref,
+    500,
+  );
+}
+
+/**
+ * Removes every CRI image and every lease of the namespace (a killed pull's lease holds what it wrote for an
+ * hour); containerd's GC must then leave the snapshotter with no snapshot and its snapshots directory empty.
+ */
+async function removeEverything(s: CriStack): Promise<void> {
+  for (const img of (await s.cri.listImages({})).images)
+    await s.cri.removeImage({ image: { image: img.id } }, { timeoutMs: 60_000 });
+  for (const id of s.ctr(["leases", "ls", "-q"]).split("\n").filter(Boolean)) s.ctr(["leases", "rm", id]);
+  // A deletion schedules containerd's GC, and the snapshotter's Cleanup after it: poll.
+  await until(
+    "the snapshotter holds no snapshot",
+    60_000,
+    async () => {
+      const left = await listSnapshots(s.sn.socket);
+      if (left.length) throw new Error(left.map((i) => `${i.kind} ${i.name}`).join(", "));
+      assert.deepEqual(entries(join(s.sn.root, "snapshots")), [], "no snapshot directory left");
+    },
+    250,
+  );
+  assert.deepEqual(mountsUnder(s.dir), [], "nothing mounted under the stack's dir");
+  assert.deepEqual(mountsUnder(s.containerd.root), [], "nothing mounted under containerd's root");
+}
+
+/** containerd's snapshots all exist in the snapshotter; the snapshotter's parents all exist. */
+async function checkConsistent(s: CriStack): Promise<void> {
+  s.ctr(["snapshots", "--snapshotter", "nixoci", "usage"]);
+  const mine = await listSnapshots(s.sn.socket);
+  const names = new Set(mine.map((i) => i.name));
+  for (const i of mine)
+    if (i.parent) assert.ok(names.has(i.parent), `parent ${i.parent} of ${i.name} exists`);
+}
+
+describe("drill: the snapshotter SIGKILLed during a CRI pull (Prepare/Commit, substituting nix layers)", () => {
+  test(
+    "the pull ends; restarted, it pulls and runs; store paths complete; nothing left",
+    { timeout: 1_800_000 },
+    async () => {
+      let store = "";
+      const s = await startCriStack({
+        prefix: "drill-sn",
+        snapshotterArgs: (dir) => {
+          store = join(dir, "store");
+          mkdirSync(store);
+          const key = generateCacheKey("nixoci-drill-sn", join(dir, "keys"));
+          const cache = makeNixCache({
+            paths: [fx.hello, fx.big],
+            dir: join(dir, "cache"),
+            compression: "xz",
+            secretKeyFile: key.secretKeyFile,
+          });
+          return ["--store", store, "--substituter", cache, "--trusted-public-key", key.publicKey];
+        },
+      });
+      try {
+        const image = pushNixociImage(s.registry, {
+          installables: [fx.big, fx.hello],
+          entrypoint: "/bin/hello",
+          repo: "drill/sn",
+          workDir: makeTempDir("drill-sn-work"),
+        });
+        const storeEntries = (): string[] => entries(store).filter((n) => n !== ".nixoci");
+        /** Every path in the store directory is whole (its NAR equals /nix/store's). */
+        const checkStore = (): void => {
+          for (const n of storeEntries().filter((e) => !e.startsWith(".")))
+            assert.deepEqual(
+              run("nix-store", ["--dump", join(store, n)]),
+              run("nix-store", ["--dump", join("/nix/store", n)]),
+              `${n} is complete`,
+            );
+        };
+        /** From an empty store: the snapshotter stopped, the store emptied, started again. */
+        const emptyStore = async (): Promise<void> => {
+          await removeEverything(s);
+          await stopSnapshotter(s.sn, "SIGTERM");
+          rmSync(store, { recursive: true, force: true });
+          mkdirSync(store);
+          s.sn = await startSnapshotter(s.dir, s.snapshotterArgs);
+        };
+        let runs = 0;
+        const pullRun = async (): Promise<void> => {
+          await pullAgain(s.cri, image.ref);
+          assert.equal(s.run(image.ref, `drill-sn-${runs++}`), GREETING);
+        };
+
+        await emptyStore();
+        const t0 = performance.now();
+        await s.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: 120_000 });
+        const measured = Math.round(performance.now() - t0);
+        console.log(
+          `snapshotter: one CRI pull (substituting ${storeEntries().length} paths) takes ${measured} ms`,
+        );
+
+        await runTrials(
+          "snapshotter during a CRI pull",
+          killPoints("snapshotter", measured, { ciFixed: 1 }),
+          async (p) => {
+            await emptyStore();
+            const from = logSize(s.sn);
+            const t = performance.now();
+            const pull = settle(
+              s.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: END_BOUND_MS }),
+              "the pull",
+            );
+            await sleep(Math.max(0, t + p.ms - performance.now()));
+            const killed = s.sn.child.pid!;
+            s.sn.child.kill("SIGKILL");
+            const rpcs = rpcLines(s.sn, from).filter(
+              (r) => r.method === "Prepare" || r.method === "Commit",
+            ).length;
+            const atKill = storeEntries();
+            const outcome = await pull;
+            await until("the killed snapshotter to exit", 10_000, () => assert.ok(exited(s.sn.child)), 50);
+            checkStore();
+            s.sn = await startSnapshotter(s.dir, s.snapshotterArgs);
+            // The restarted snapshotter swept the killed one's store temporaries before it listened.
+            assert.deepEqual(
+              pidTemporaries(store, { depth: 1, pids: new Set([killed]) }),
+              [],
+              "store temporaries",
+            );
+            await pullRun();
+            checkStore();
+            for (const l of image.layers.flatMap((d) => Object.entries(d.annotations ?? {})))
+              if (l[0].startsWith("containerd.io/snapshot/nix-store-path."))
+                assert.ok(existsSync(join(store, basename(l[1]))), `${l[1]} is in the store`);
+            assert.deepEqual(pidTemporaries(store, { depth: 1 }), [], "no temporaries in the store");
+            assert.deepEqual(pidTemporaries(s.sn.root), [], "no temporaries in the snapshotter's root");
+            await checkConsistent(s);
+            return `killed after ${rpcs} Prepare/Commit calls, ${atKill.length} store entries; the pull ${outcome}`;
+          },
+        );
+        await removeEverything(s);
+      } finally {
+        // The stack stops the snapshotter it started; the ones started here since are stopped here.
+        await stopSnapshotter(s.sn);
+        await stopStackLeavingNoMounts(s);
+      }
+    },
+  );
+});
+
+interface ImageService {
+  child: ChildProcess;
+  client: CriImageClient;
+  logFile: string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** `nixoci image-service` as a child process; ready once its socket exists (bounded). */
+async function startImageService(
+  dir: string,
+  args: string[],
+  env?: NodeJS.ProcessEnv,
+): Promise<ImageService> {
+  const socket = join(dir, "is.sock");
+  const logFile = join(dir, "is.log");
+  rmSync(socket, { force: true }); // a SIGKILLed predecessor's
+  const fd = openSync(logFile, "a");
+  const child = spawn(
+    process.execPath,
+    [join(ROOT, "bin/nixoci.js"), "image-service", "--address", socket, "--log-level", "debug", ...args],
+    { stdio: ["ignore", fd, fd], env: { ...process.env, ...env } },
+  );
+  closeSync(fd);
+  const client = criImageClient(socket);
+  const stop = async (signal: NodeJS.Signals = "SIGTERM"): Promise<void> => {
+    client.close();
+    if (exited(child)) return;
+    child.kill(signal);
+    if (!(await waitExit(child, 10_000))) {
+      child.kill("SIGKILL");
+      await waitExit(child, 5000);
+    }
+  };
+  try {
+    await until(
+      "the image service to listen",
+      20_000,
+      () => {
+        if (exited(child)) throw new GiveUp(`exited:\n${tail(logFile)}`);
+        assert.ok(existsSync(socket) && /"listening"/.test(tail(logFile, 200)), "not listening yet");
+      },
+      50,
+    );
+  } catch (err) {
+    await stop("SIGKILL");
+    throw err;
+  }
+  return { child, client, logFile, stop };
+}
+
+describe("drill: nixoci image-service SIGKILLed during a nix:0 pull", () => {
+  test(
+    "containerd has the image whole or not at all; restarted, it pulls and runs",
+    { timeout: 1_800_000 },
+    async () => {
+      const name = `drill-is-${process.pid}`;
+      const r = await runNixociOk([
+        "build",
+        "-q",
+        "--entrypoint",
+        `${fx.hello}/bin/hello`,
+        fx.big,
+        fx.hello,
+        "-o",
+        `nix:${name}`,
+      ]);
+      const description = r.stdout.trim().split("\n").pop()!;
+      const ref = `nix:0${description}`;
+      const s = await startCriStack({ prefix: "drill-is", snapshotterArgs: [] });
+      const tmp = privateTmpdir("image-service");
+      const args = ["--containerd", s.containerd.address, "--snapshotter", "nixoci"];
+      let svc = await startImageService(s.dir, args, { TMPDIR: tmp });
+      let runs = 0;
+      try {
+        const t0 = performance.now();
+        await svc.client.pullImage({ image: { image: ref } }, { timeoutMs: 120_000 });
+        const measured = Math.round(performance.now() - t0);
+        console.log(`image-service: one nix:0 pull takes ${measured} ms`);
+        await runTrials(
+          "image-service during a pull",
+          killPoints("image-service", measured, { ciFixed: 1 }),
+          async (p) => {
+            await removeEverything(s);
+            const t = performance.now();
+            const pull = settle(
+              svc.client.pullImage({ image: { image: ref } }, { timeoutMs: END_BOUND_MS }),
+              "the pull",
+            );
+            await sleep(Math.max(0, t + p.ms - performance.now()));
+            svc.child.kill("SIGKILL");
+            const outcome = await pull;
+            await svc.stop();
+            // containerd has the image whole (it runs) or not at all.
+            const listed = (await s.cri.imageStatus({ image: { image: ref } })).image;
+            if (listed)
+              assert.equal(
+                s.run(`${ref}:latest`, `drill-is-${runs++}`),
+                GREETING,
+                "the image the killed pull left runs",
+              );
+            svc = await startImageService(s.dir, args, { TMPDIR: tmp });
+            const pulled = await svc.client.pullImage({ image: { image: ref } }, { timeoutMs: 120_000 });
+            assert.match(pulled.image_ref, /^sha256:/);
+            assert.equal(s.run(`${ref}:latest`, `drill-is-${runs++}`), GREETING);
+            await checkConsistent(s);
+            const leases = s.ctr(["leases", "ls", "-q"]).split("\n").filter(Boolean).length;
+            assert.deepEqual(entries(tmp), [], "nothing left in the image service's TMPDIR");
+            return `the pull ${outcome}; the image was ${listed ? "there" : "absent"}; ${leases} leases left`;
+          },
+        );
+        await removeEverything(s);
+      } finally {
+        await svc.stop();
+        await stopStackLeavingNoMounts(s);
+      }
+    },
+  );
+
+  test(
+    "containerd SIGKILLed mid-pull: UNAVAILABLE, and the image service stays up",
+    { timeout: 600_000 },
+    async () => {
+      const name = `drill-is-${process.pid}`;
+      const r = await runNixociOk([
+        "build",
+        "-q",
+        "--entrypoint",
+        `${fx.hello}/bin/hello`,
+        fx.big,
+        fx.hello,
+        "-o",
+        `nix:${name}`,
+      ]);
+      const ref = `nix:0${r.stdout.trim().split("\n").pop()!}`;
+      const s = await startCriStack({ prefix: "drill-ctrd", snapshotterArgs: [] });
+      const svc = await startImageService(s.dir, [
+        "--containerd",
+        s.containerd.address,
+        "--snapshotter",
+        "nixoci",
+      ]);
+      try {
+        const from = logSize(s.sn);
+        const pull = settle(
+          svc.client.pullImage({ image: { image: ref } }, { timeoutMs: END_BOUND_MS }),
+          "the pull",
+        );
+        // Mid-pull: once the first layer's Prepare reached the snapshotter.
+        await until(
+          "a Prepare of the pull",
+          60_000,
+          () => assert.ok(rpcLines(s.sn, from).some((l) => l.method === "Prepare")),
+          5,
+        );
+        await killDaemon("containerd", (a) => a.includes(join(dirname(s.containerd.root), "config.toml")));
+        const outcome = await pull;
+        console.log(`containerd killed mid-pull: the pull ${outcome}`);
+        assert.match(outcome, /^failed \(14 /, "UNAVAILABLE");
+        assert.ok(!exited(svc.child), "the image service is still running");
+        // It answers: a malformed reference is refused by the service itself, a pull with UNAVAILABLE again.
+        const bad = await svc.client
+          .pullImage({ image: { image: "nix:0/nix/store/../etc" } })
+          .catch((e: { code: number }) => e);
+        assert.equal((bad as { code: number }).code, 3, "INVALID_ARGUMENT");
+        const again = await settle(
+          svc.client.pullImage({ image: { image: ref } }, { timeoutMs: 30_000 }),
+          "a pull",
+        );
+        assert.match(again, /^failed \(14 /, "UNAVAILABLE while containerd is gone");
+        assert.ok(!exited(svc.child), "still running");
+      } finally {
+        await svc.stop();
+        await stopStackLeavingNoMounts(s);
+      }
+    },
+  );
+});
