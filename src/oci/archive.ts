@@ -167,9 +167,13 @@ async function writeTarFile(file: string, entries: TarEntry[]): Promise<void> {
     await rm(tmp, { force: true });
     if (err instanceof NixociError) throw err;
     const e = err as NodeJS.ErrnoException;
-    throw new NixociError(file, `cannot write the archive: ${e.code ? `${e.code} ` : ""}${e.message}`, {
-      cause: err,
-    });
+    throw new NixociError(
+      file,
+      `cannot write the archive: ${e.code && !e.message.startsWith(e.code) ? `${e.code} ` : ""}${e.message}`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 
@@ -251,9 +255,13 @@ export async function writeDockerArchive(
     } catch (err) {
       if (err instanceof NixociError) throw err;
       const e = err as NodeJS.ErrnoException;
-      throw new NixociError("stdout", `cannot write the archive: ${e.code ? `${e.code} ` : ""}${e.message}`, {
-        cause: err,
-      });
+      throw new NixociError(
+        "stdout",
+        `cannot write the archive: ${e.code && !e.message.startsWith(e.code) ? `${e.code} ` : ""}${e.message}`,
+        {
+          cause: err,
+        },
+      );
     }
   } else {
     await writeTarFile(fileOrStdout, entries);

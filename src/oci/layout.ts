@@ -234,9 +234,13 @@ export async function writeOciLayout(image: BuiltImage, dir: string, tag?: strin
   } catch (err) {
     if (err instanceof NixociError) throw err;
     const e = err as NodeJS.ErrnoException;
-    throw new NixociError(dir, `cannot write the OCI layout: ${e.code ?? ""} ${e.message}`.trim(), {
-      cause: err,
-    });
+    throw new NixociError(
+      dir,
+      `cannot write the OCI layout: ${e.code && !e.message.startsWith(e.code) ? `${e.code} ` : ""}${e.message}`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 
