@@ -22,6 +22,7 @@ import {
   checkOciLayout,
   checkRegistryImage,
   describeEnd,
+  drillTimeout,
   entries,
   finish,
   killDaemon,
@@ -106,32 +107,36 @@ describe("drill: nixoci build SIGKILLed while writing each kind of output", () =
     });
   }
 
-  test("-o oci:DIR:TAG: a new layout, or one holding another image", { timeout: 900_000 }, async () => {
-    const work = makeTempDir("drill-oci");
-    const template = join(work, "template");
-    await runNixociOk(
-      ["build", "-q", "--cache-dir", join(work, "c"), fx.greeting, "-o", `oci:${template}:old`],
-      { env: env() },
-    );
-    const old = checkOciLayout(template)!.get("old");
-    assert.ok(old);
-    await drill("build -o oci:", (i) => {
-      // Odd trials write a new layout (it appears whole or not at all), even ones add to an existing layout.
-      const fresh = i % 2 === 1;
-      const dir = join(work, `layout-${i}`);
-      if (!fresh) cpSync(template, dir, { recursive: true });
-      return {
-        output: `oci:${dir}:new`,
-        dirs: [dir, work],
-        check: () => {
-          const tags = checkOciLayout(dir);
-          if (fresh) assert.equal(tags === undefined, !existsSync(dir), "a new layout: absent or an index");
-          else assert.equal(tags?.get("old"), old, "the layout's other image is intact");
-          return tags?.get("new");
-        },
-      };
-    });
-  });
+  test(
+    "-o oci:DIR:TAG: a new layout, or one holding another image",
+    { timeout: drillTimeout(30_000) },
+    async () => {
+      const work = makeTempDir("drill-oci");
+      const template = join(work, "template");
+      await runNixociOk(
+        ["build", "-q", "--cache-dir", join(work, "c"), fx.greeting, "-o", `oci:${template}:old`],
+        { env: env() },
+      );
+      const old = checkOciLayout(template)!.get("old");
+      assert.ok(old);
+      await drill("build -o oci:", (i) => {
+        // Odd trials write a new layout (it appears whole or not at all), even ones add to an existing layout.
+        const fresh = i % 2 === 1;
+        const dir = join(work, `layout-${i}`);
+        if (!fresh) cpSync(template, dir, { recursive: true });
+        return {
+          output: `oci:${dir}:new`,
+          dirs: [dir, work],
+          check: () => {
+            const tags = checkOciLayout(dir);
+            if (fresh) assert.equal(tags === undefined, !existsSync(dir), "a new layout: absent or an index");
+            else assert.equal(tags?.get("old"), old, "the layout's other image is intact");
+            return tags?.get("new");
+          },
+        };
+      });
+    },
+  );
 
   /** An archive destination that already holds an older archive (which stays until the new one replaces it). */
   function archiveDestination(
@@ -162,7 +167,7 @@ describe("drill: nixoci build SIGKILLed while writing each kind of output", () =
     };
   }
 
-  test("-o oci-archive:FILE:TAG replacing an older archive", { timeout: 900_000 }, async () => {
+  test("-o oci-archive:FILE:TAG replacing an older archive", { timeout: drillTimeout(30_000) }, async () => {
     const work = makeTempDir("drill-oci-archive");
     const template = join(work, "old.tar");
     await runNixociOk(
@@ -180,44 +185,60 @@ describe("drill: nixoci build SIGKILLed while writing each kind of output", () =
     );
   });
 
-  test("-o docker-archive:FILE:NAME:TAG replacing an older archive", { timeout: 900_000 }, async () => {
-    const work = makeTempDir("drill-docker-archive");
-    const template = join(work, "old.tar");
-    await runNixociOk(
-      ["build", "-q", "--cache-dir", join(work, "c"), fx.greeting, "-o", `docker-archive:${template}:img:v1`],
-      { env: env() },
-    );
-    // checkDockerArchive gives the config digest; the build prints the manifest digest: map one to the other
-    // through the uninterrupted build's layout.
-    const configs = new Map<string, string>();
-    const read = (f: string): string | undefined => {
-      const config = checkDockerArchive(f);
-      return config === undefined ? undefined : (configs.get(config) ?? config);
-    };
-    const probe = join(work, "probe");
-    const r = await runNixociOk(buildArgs(join(work, "c"), `oci:${probe}:x`), { env: env() });
-    const manifest = r.stdout.split("\n")[0];
-    const m = JSON.parse(readFileSync(join(probe, "blobs/sha256", manifest.slice(7)), "utf8")) as {
-      config: { digest: string };
-    };
-    configs.set(m.config.digest, manifest);
-    await drill("build -o docker-archive:", (i) =>
-      archiveDestination(work, template, i, (f) => `docker-archive:${f}:img:v1`, read),
-    );
-  });
-
-  test("-o docker://REGISTRY/REPO:TAG (docker-registry 2.8 on loopback)", { timeout: 900_000 }, async () => {
-    await drill("build -o docker://", (i) => {
-      const repo = `drill/build-${i}`;
-      return {
-        output: `docker://${registry.host}/${repo}:v1`,
-        dirs: [],
-        check: () => checkRegistryImage(registry.host, repo, "v1"),
+  test(
+    "-o docker-archive:FILE:NAME:TAG replacing an older archive",
+    { timeout: drillTimeout(30_000) },
+    async () => {
+      const work = makeTempDir("drill-docker-archive");
+      const template = join(work, "old.tar");
+      await runNixociOk(
+        [
+          "build",
+          "-q",
+          "--cache-dir",
+          join(work, "c"),
+          fx.greeting,
+          "-o",
+          `docker-archive:${template}:img:v1`,
+        ],
+        { env: env() },
+      );
+      // checkDockerArchive gives the config digest; the build prints the manifest digest: map one to the other
+      // through the uninterrupted build's layout.
+      const configs = new Map<string, string>();
+      const read = (f: string): string | undefined => {
+        const config = checkDockerArchive(f);
+        return config === undefined ? undefined : (configs.get(config) ?? config);
       };
-    });
-  });
+      const probe = join(work, "probe");
+      const r = await runNixociOk(buildArgs(join(work, "c"), `oci:${probe}:x`), { env: env() });
+      const manifest = r.stdout.split("\n")[0];
+      const m = JSON.parse(readFileSync(join(probe, "blobs/sha256", manifest.slice(7)), "utf8")) as {
+        config: { digest: string };
+      };
+      configs.set(m.config.digest, manifest);
+      await drill("build -o docker-archive:", (i) =>
+        archiveDestination(work, template, i, (f) => `docker-archive:${f}:img:v1`, read),
+      );
+    },
+  );
 
-  test("-o nix:NAME (an image description in the Nix store)", { timeout: 900_000 }, async () => {
+  test(
+    "-o docker://REGISTRY/REPO:TAG (docker-registry 2.8 on loopback)",
+    { timeout: drillTimeout(30_000) },
+    async () => {
+      await drill("build -o docker://", (i) => {
+        const repo = `drill/build-${i}`;
+        return {
+          output: `docker://${registry.host}/${repo}:v1`,
+          dirs: [],
+          check: () => checkRegistryImage(registry.host, repo, "v1"),
+        };
+      });
+    },
+  );
+
+  test("-o nix:NAME (an image description in the Nix store)", { timeout: drillTimeout(30_000) }, async () => {
     const name = `nixoci-drill-${process.pid}`;
     let path: string | undefined;
     let narHash: string | undefined;

@@ -40,6 +40,7 @@ import { GiveUp, until } from "../support/poll.js";
 import { run } from "../support/run.js";
 import { exited, startSnapshotter, stopSnapshotter, tail, waitExit } from "../support/snapshotter.js";
 import {
+  drillTimeout,
   entries,
   killDaemon,
   killPoints,
@@ -122,7 +123,7 @@ async function checkConsistent(s: CriStack): Promise<void> {
 describe("drill: the snapshotter SIGKILLed during a CRI pull (Prepare/Commit, substituting nix layers)", () => {
   test(
     "the pull ends; restarted, it pulls and runs; store paths complete; nothing left",
-    { timeout: 1_800_000 },
+    { timeout: drillTimeout(90_000) },
     async () => {
       let store = "";
       const s = await startCriStack({
@@ -281,7 +282,7 @@ async function startImageService(
 describe("drill: nixoci image-service SIGKILLed during a nix:0 pull", () => {
   test(
     "containerd has the image whole or not at all; restarted, it pulls and runs",
-    { timeout: 1_800_000 },
+    { timeout: drillTimeout(90_000) },
     async () => {
       const name = `drill-is-${process.pid}`;
       const r = await runNixociOk([

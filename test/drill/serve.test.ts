@@ -19,8 +19,10 @@ import { until } from "../support/poll.js";
 import {
   checkBlobDir,
   checkRegistryImage,
+  drillTimeout,
   entries,
   finish,
+  type Finished,
   httpRequest,
   killPoints,
   LONG_DRILL,
@@ -28,7 +30,6 @@ import {
   pidTemporaries,
   runTrials,
   startServe,
-  type Finished,
 } from "../support/drill.js";
 
 // Defect F4 (issue 11, being fixed in src/registry/storage.ts and src/cli/cmd-serve.ts): the registry never
@@ -72,7 +73,7 @@ async function killAt(serve: { kill(): Promise<void> }, t0: number, ms: number):
 describe("drill: nixoci serve SIGKILLed during an on-demand build", () => {
   test(
     "restarted: nothing partial, the same GET builds the same image, temporaries swept",
-    { timeout: 900_000 },
+    { timeout: drillTimeout(30_000) },
     async () => {
       const work = makeTempDir("drill-serve-build");
       const name = basename(fx.all);
@@ -136,7 +137,7 @@ function skopeoCopy(from: string, to: string): Promise<Finished> {
 describe("drill: nixoci serve SIGKILLed during a push (skopeo copy)", () => {
   test(
     "restarted: what it had is served whole, the tag absent or complete, the push completes",
-    { timeout: 900_000 },
+    { timeout: drillTimeout(30_000) },
     async () => {
       const work = makeTempDir("drill-serve-push");
       // A new image for each push (its random layer differs in size, so in content): its blobs are uploaded, not

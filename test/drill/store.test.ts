@@ -25,6 +25,7 @@ import { run, runText } from "../support/run.js";
 import {
   assertNoTemporaries,
   describeEnd,
+  drillTimeout,
   entries,
   killPoints,
   LONG_DRILL,
@@ -57,7 +58,7 @@ before(
 describe("drill: nixoci nar restore SIGKILLed", () => {
   test(
     "DEST absent or equal to the source, the rerun completes, nothing left beside it",
-    { timeout: 900_000 },
+    { timeout: drillTimeout(30_000) },
     async () => {
       const work = makeTempDir("drill-nar");
       // A source tree with every node kind and a few MB: fixture trees, 16 MiB of incompressible bytes, 300 files.
@@ -103,62 +104,68 @@ describe("drill: nixoci nar restore SIGKILLed", () => {
 });
 
 describe("drill: nixoci substitute SIGKILLed (file:// binary cache, xz, into a temp --store-dir)", () => {
-  test("every path complete, the rerun completes, no temporaries", { timeout: 900_000 }, async () => {
-    const work = makeTempDir("drill-substitute");
-    const tmp = privateTmpdir("substitute");
-    const key = generateCacheKey("drill-substitute", join(work, "keys"));
-    const cache = makeNixCache({
-      paths: [fx.all],
-      dir: join(work, "cache"),
-      compression: "xz",
-      secretKeyFile: key.secretKeyFile,
-    });
-    const closure = runText("nix-store", ["-qR", fx.all]).split("\n");
-    const wantHash = new Map(closure.map((p) => [basename(p), dumpHash(p)]));
-    const args = (store: string): string[] => [
-      "substitute",
-      "-q",
-      "--from",
-      cache,
-      "--trusted-public-key",
-      key.publicKey,
-      "--store-dir",
-      store,
-      fx.all,
-    ];
-    const env = { TMPDIR: tmp };
-    /** Every store path in `store` is complete; returns how many the target's metadata says are valid. */
-    const check = async (store: string): Promise<number> => {
-      for (const n of entries(store)) {
-        if (n.startsWith(".")) continue;
-        assert.ok(wantHash.has(n), `${n}: a path of the closure`);
-        assert.equal(dumpHash(join(store, n)), wantHash.get(n), `${n} is complete`);
-      }
-      const info = await runNixoci(["path-info", "--json", "--store", store, ...closure]);
-      const valid = (JSON.parse(info.stdout) as Array<{ path: string; valid?: boolean }>).filter(
-        (i) => i.valid !== false,
-      );
-      for (const v of valid)
-        assert.ok(existsSync(join(store, basename(v.path))), `${v.path} valid and there`);
-      return valid.length;
-    };
+  test(
+    "every path complete, the rerun completes, no temporaries",
+    { timeout: drillTimeout(30_000) },
+    async () => {
+      const work = makeTempDir("drill-substitute");
+      const tmp = privateTmpdir("substitute");
+      const key = generateCacheKey("drill-substitute", join(work, "keys"));
+      const cache = makeNixCache({
+        paths: [fx.all],
+        dir: join(work, "cache"),
+        compression: "xz",
+        secretKeyFile: key.secretKeyFile,
+      });
+      const closure = runText("nix-store", ["-qR", fx.all]).split("\n");
+      const wantHash = new Map(closure.map((p) => [basename(p), dumpHash(p)]));
+      const args = (store: string): string[] => [
+        "substitute",
+        "-q",
+        "--from",
+        cache,
+        "--trusted-public-key",
+        key.publicKey,
+        "--store-dir",
+        store,
+        fx.all,
+      ];
+      const env = { TMPDIR: tmp };
+      /** Every store path in `store` is complete; returns how many the target's metadata says are valid. */
+      const check = async (store: string): Promise<number> => {
+        for (const n of entries(store)) {
+          if (n.startsWith(".")) continue;
+          assert.ok(wantHash.has(n), `${n}: a path of the closure`);
+          assert.equal(dumpHash(join(store, n)), wantHash.get(n), `${n} is complete`);
+        }
+        const info = await runNixoci(["path-info", "--json", "--store", store, ...closure]);
+        const valid = (JSON.parse(info.stdout) as Array<{ path: string; valid?: boolean }>).filter(
+          (i) => i.valid !== false,
+        );
+        for (const v of valid)
+          assert.ok(existsSync(join(store, basename(v.path))), `${v.path} valid and there`);
+        return valid.length;
+      };
 
-    const measured = await measure(args(join(work, "measured")), { env });
-    assert.equal(await check(join(work, "measured")), closure.length);
-    console.log(`substitute: one uninterrupted substitution of ${closure.length} paths takes ${measured} ms`);
-    await runTrials("substitute", killPoints("substitute", measured), async (p, i) => {
-      const store = join(work, `store-${i}`);
-      const r = await runNixociKilledAt(args(store), p.ms, { env });
-      const end = describeEnd(r);
-      assert.ok(r.signal === "SIGKILL" || r.code === 0, end);
-      const validAfterKill = await check(store);
-      await runNixociOk(args(store), { env });
-      assert.equal(await check(store), closure.length, "every path valid after the rerun");
-      assertNoTemporaries([store], "after the rerun");
-      assert.deepEqual(entries(tmp), [], "nothing left in TMPDIR");
-      return `${end} (${validAfterKill}/${closure.length} paths valid after the kill)`;
-    });
-  });
+      const measured = await measure(args(join(work, "measured")), { env });
+      assert.equal(await check(join(work, "measured")), closure.length);
+      console.log(
+        `substitute: one uninterrupted substitution of ${closure.length} paths takes ${measured} ms`,
+      );
+      await runTrials("substitute", killPoints("substitute", measured), async (p, i) => {
+        const store = join(work, `store-${i}`);
+        const r = await runNixociKilledAt(args(store), p.ms, { env });
+        const end = describeEnd(r);
+        assert.ok(r.signal === "SIGKILL" || r.code === 0, end);
+        const validAfterKill = await check(store);
+        await runNixociOk(args(store), { env });
+        assert.equal(await check(store), closure.length, "every path valid after the rerun");
+        assertNoTemporaries([store], "after the rerun");
+        assert.deepEqual(entries(tmp), [], "nothing left in TMPDIR");
+        return `${end} (${validAfterKill}/${closure.length} paths valid after the kill)`;
+      });
+    },
+  );
 });
 
 /**

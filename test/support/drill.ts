@@ -585,3 +585,8 @@ export const MANIFEST_ACCEPT = [
   "application/vnd.docker.distribution.manifest.v2+json",
   "application/vnd.docker.distribution.manifest.list.v2+json",
 ].join(", ");
+
+/** A drill test's timeout: 5 minutes plus `perTrialMs` for each of its trials (a liveness bound, not a speed check). */
+export function drillTimeout(perTrialMs: number): number {
+  return 300_000 + perTrialMs * (DRILL_TRIALS + FIXED_EARLY_MS.length);
+}
