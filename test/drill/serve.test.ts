@@ -25,17 +25,14 @@ import {
   type Finished,
   httpRequest,
   killPoints,
-  LONG_DRILL,
   MANIFEST_ACCEPT,
   pidTemporaries,
   runTrials,
   startServe,
 } from "../support/drill.js";
 
-// Defect F4 (issue 11, being fixed in src/registry/storage.ts and src/cli/cmd-serve.ts): the registry never
-// swept dead writers' temporaries (`.upload.tmp-<pid>-...` blobs and others) and kept stale upload sessions
-// (there was no --upload-ttl). Until the fix lands, only the long run (`npm run drill`) checks either.
-const CHECK_F4 = LONG_DRILL;
+// The sweep and the purge are issue 11's F4 fix (dde3899): before it, a killed server's temporaries (a build's
+// `.upload.tmp-<pid>-...` blobs and the like) stayed forever, and so did killed pushes' upload sessions.
 
 let fx: Record<FixtureAttr, string>;
 before(
@@ -55,7 +52,6 @@ function checkStorage(storage: string): void {
 
 /** After a restart: the temporaries of the killed server (`pid`) are swept (polled: the upkeep runs at start). */
 async function sweptOf(storage: string, pid: number): Promise<void> {
-  if (!CHECK_F4) return;
   await until(
     "the killed server's temporaries to be swept",
     30_000,
@@ -104,7 +100,7 @@ describe("drill: nixoci serve SIGKILLed during an on-demand build", () => {
           const outcome = await pending;
           const left = pidTemporaries(storage, { pids: new Set([s.pid]) }).length;
           checkStorage(storage);
-          const s2 = await startServe(storage, CHECK_F4 ? ["--upload-ttl", "1"] : []);
+          const s2 = await startServe(storage, ["--upload-ttl", "1"]);
           try {
             await sweptOf(storage, s.pid);
             const again = await get(s2.host);
@@ -112,7 +108,7 @@ describe("drill: nixoci serve SIGKILLed during an on-demand build", () => {
             assert.equal(again.headers["docker-content-digest"], digest, "the same image");
             assert.equal(checkRegistryImage(s2.host, name, "latest"), digest, "skopeo copies it whole");
             checkStorage(storage);
-            if (CHECK_F4) assert.deepEqual(pidTemporaries(storage), [], "no temporaries after the rebuild");
+            assert.deepEqual(pidTemporaries(storage), [], "no temporaries after the rebuild");
           } finally {
             await s2.stop();
           }
@@ -152,7 +148,7 @@ describe("drill: nixoci serve SIGKILLed during a push (skopeo copy)", () => {
         return `oci:${layout}:v1`;
       };
       const storage = join(work, "storage");
-      const args = CHECK_F4 ? ["--upload-ttl", "1"] : [];
+      const args = ["--upload-ttl", "1"];
       let s = await startServe(storage, args);
       try {
         const base = await skopeoCopy(await image(-1), `docker://${s.host}/base/img:v1`);
@@ -186,13 +182,11 @@ describe("drill: nixoci serve SIGKILLed during a push (skopeo copy)", () => {
           const again = await skopeoCopy(src, `docker://${s.host}/${repo}:v1`);
           assert.equal(again.code, 0, again.stderr);
           assert.ok(checkRegistryImage(s.host, repo, "v1"), "the push run again completes");
-          if (CHECK_F4) {
-            // Upload sessions the killed pushes left go once idle past the TTL (1 s here).
-            await until("stale upload sessions to be purged", 30_000, () =>
-              assert.deepEqual(entries(join(storage, "uploads")), []),
-            );
-            assert.deepEqual(pidTemporaries(storage), [], "no temporaries");
-          }
+          // Upload sessions the killed pushes left go once idle past the TTL (1 s here).
+          await until("stale upload sessions to be purged", 30_000, () =>
+            assert.deepEqual(entries(join(storage, "uploads")), []),
+          );
+          assert.deepEqual(pidTemporaries(storage), [], "no temporaries");
           return `${r.code === 0 ? "push finished before the kill" : "push failed"} (tag ${after ? "complete" : "absent"}; ${left})`;
         });
       } finally {

@@ -28,7 +28,6 @@ import {
   drillTimeout,
   entries,
   killPoints,
-  LONG_DRILL,
   measure,
   privateTmpdir,
   runNixoci,
@@ -36,9 +35,6 @@ import {
   runNixociOk,
   runTrials,
 } from "../support/drill.js";
-
-/** Whether the nar restore drill checks what killed restores left (see F5 below). */
-const CHECK_F5 = LONG_DRILL;
 
 /** sha256 (hex) of `nix-store --dump PATH`: the NAR of a tree, to compare trees with. */
 function dumpHash(path: string): string {
@@ -94,9 +90,8 @@ describe("drill: nixoci nar restore SIGKILLed", () => {
         }
         await runNixociOk(["nar", "restore", dest], { stdinFile: nar });
         assert.equal(dumpHash(dest), want, "after the rerun");
-        // Defect F5 (issue 11, being fixed in src/nix/nar-restore.ts and src/cli/cmd-nar.ts): a restore left the
-        // temporary trees of killed restores of DEST beside it. Until the fix lands, only `npm run drill` checks.
-        if (CHECK_F5) assertNoTemporaries([parent], "after the rerun");
+        // The next restore of DEST removes what killed restores of it left (issue 11's F5 fix, aeb416f).
+        assertNoTemporaries([parent], "after the rerun");
         return `${end}${complete ? " (tree already complete)" : ""}`;
       });
     },
