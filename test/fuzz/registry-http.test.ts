@@ -75,7 +75,12 @@ test("fuzz: generated requests get no 5xx, the server stays up, nothing is writt
       { numRuns: FUZZ_RUNS, interruptAfterTimeLimit: FUZZ_MS },
     );
     assert.equal((await request(server.host, "GET", "/v2/")).status, 200);
-    assert.deepEqual(readdirSync(parent), ["storage"], "entries beside the storage directory");
+    // The storage directory itself appears only once a request wrote something.
+    assert.deepEqual(
+      readdirSync(parent).filter((n) => n !== "storage"),
+      [],
+      "entries beside the storage directory",
+    );
   } finally {
     await server.stop();
   }
