@@ -17,6 +17,7 @@ import {
   OCI_LAYER_GZIP,
   OCI_MANIFEST,
 } from "../oci/media-types.js";
+import { detachedBody } from "../util/streams.js";
 import { RegistryError } from "./errors.js";
 import type { ManifestSource, StoredManifest } from "./manifest-source.js";
 import { requestedRange } from "./http-range.js";
@@ -945,7 +946,7 @@ export class Distribution {
       const digest = requestDigest(digestParam);
       const up = await this.storage.startUpload(name);
       try {
-        await this.storage.appendUpload(name, up.uuid, req, { length: this.chunkRange(req).length });
+        await this.storage.appendUpload(name, up.uuid, detachedBody(req), { length: this.chunkRange(req).length });
         await this.storage.finishUpload(name, up.uuid, digest);
       } catch (err) {
         await this.storage.cancelUpload(name, up.uuid);
@@ -973,7 +974,7 @@ export class Distribution {
         { offset, size: before.size },
         this.uploadHeaders(name, uuid, before.size),
       );
-    const st = await this.storage.appendUpload(name, uuid, req, { offset, length });
+    const st = await this.storage.appendUpload(name, uuid, detachedBody(req), { offset, length });
     sendEmpty(res, 202, this.uploadHeaders(name, uuid, st.size));
   }
 
@@ -988,7 +989,7 @@ export class Distribution {
     const digest = requestDigest(ctx.query.get("digest"));
     if (hasBody(req)) {
       const { offset, length } = this.chunkRange(req, before.size);
-      await this.storage.appendUpload(name, uuid, req, { offset, length });
+      await this.storage.appendUpload(name, uuid, detachedBody(req), { offset, length });
     }
     await this.storage.finishUpload(name, uuid, digest);
     this.created(res, name, digest);

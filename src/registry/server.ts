@@ -104,6 +104,12 @@ function watchBodyProgress(
   req.once("close", stop);
 }
 
+/** Out of space or quota where the registry writes: the client's push failed, the server is not broken. */
+function isStorageFull(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === "ENOSPC" || code === "EDQUOT";
+}
+
 function errorMessage(err: unknown): string {
   return oneLine(err instanceof Error ? err.message : String(err));
 }
@@ -118,16 +124,27 @@ function sendError(req: IncomingMessage, res: ServerResponse, err: unknown): str
     res.destroy();
     return `aborted: ${errorMessage(err)}`;
   }
-  const re = err instanceof RegistryError ? err : new RegistryError(500, "UNKNOWN", "internal server error");
-  const note = err instanceof RegistryError ? err.code : `internal: ${errorMessage(err)}`;
+  const full = isStorageFull(err);
+  const re =
+    err instanceof RegistryError
+      ? err
+      : full
+        ? new RegistryError(507, "UNKNOWN", "the registry's storage is full")
+        : new RegistryError(500, "UNKNOWN", "internal server error");
+  const note = err instanceof RegistryError ? err.code : `${full ? "storage full" : "internal"}: ${errorMessage(err)}`;
   const body = re.body();
   const headers: Record<string, string> = {
     ...re.headers,
     "Content-Type": "application/json; charset=utf-8",
     "Content-Length": String(body.length),
   };
-  // A request body still on its way (an upload refused early): do not read it, close after answering.
-  if (!req.complete) headers.Connection = "close";
+  // A request body still on its way. Refused (4xx): it is not read, the connection closes after the answer. A
+  // failure while the server was taking it (5xx: the disk filled mid-upload): the rest is read and dropped (the
+  // stall watchdog bounds it) so the client, still writing, is not reset before it reads the answer.
+  if (!req.complete) {
+    if (re.status < 500) headers.Connection = "close";
+    else req.resume();
+  }
   res.writeHead(re.status, headers);
   res.end(body);
   return note;

@@ -5,7 +5,7 @@
 // reading, so a stream created or received before an `await` — a NAR whose verifier finds it short as soon as
 // the download ends, a decompressor that rejects an empty file, a file that cannot be opened — can fail in the
 // gap, while its consumer still waits for a mkdir or a round trip.
-import type { Stream } from "node:stream";
+import { finished, PassThrough, type Readable, type Stream } from "node:stream";
 
 const ignore = (): void => undefined;
 
@@ -18,4 +18,26 @@ const ignore = (): void => undefined;
 export function holdErrors<T extends Stream>(stream: T): T {
   stream.on("error", ignore);
   return stream;
+}
+
+/**
+ * The body of `req` as a stream whose failure leaves `req` alone. A pipeline that fails while it writes a request
+ * body somewhere (a full disk) destroys every stream in it, and destroying the request destroys its socket: the
+ * client then sees a reset instead of the server's error answer. Here the request is only unpiped, and the rest
+ * of its body read and dropped, so the connection stays able to carry that answer (whoever answers must bound a
+ * body that stops coming). The request's own errors (the client gone) still reach the returned stream.
+ */
+export function detachedBody(req: Readable): Readable {
+  const body = new PassThrough();
+  req.on("error", (err) => body.destroy(err));
+  req.pipe(body);
+  finished(body, () => {
+    if (body.readableEnded) return;
+    req.unpipe(body);
+    req.resume();
+  });
+  req.once("close", () => {
+    if (!req.readableEnded) body.destroy(new Error("the client closed the connection before the body ended"));
+  });
+  return holdErrors(body);
 }

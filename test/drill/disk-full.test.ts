@@ -27,7 +27,6 @@ import {
   entries,
   finish,
   httpRequest,
-  LONG_DRILL,
   runNixoci,
   runNixociOk,
   startServe,
@@ -184,15 +183,11 @@ describe("drill: disk full (an 8 MiB tmpfs)", () => {
         blob,
       ).catch((err: Error) => ({ status: 0, headers: {}, body: Buffer.from(err.message) }));
       console.log(`monolithic PUT into a full storage: ${put.status} ${put.body.toString().slice(0, 300)}`);
-      // Defect (found by this drill; src/registry/, not fixed here): on ENOSPC while it receives an upload's body
-      // the registry resets the connection (its log: the PUT "aborted" with status 200, nothing sent) instead of
-      // answering a 5xx with a distribution error code; clients see "connection reset by peer". Until it is
-      // fixed, only `npm run drill` checks the answer.
-      if (LONG_DRILL) {
-        assert.ok(put.status >= 500 && put.status < 600, `a 5xx: ${put.status} ${put.body.toString()}`);
-        const body = JSON.parse(put.body.toString()) as { errors?: Array<{ code?: string }> };
-        assert.ok(body.errors?.[0]?.code, `a distribution error code: ${put.body.toString()}`);
-      } else assert.notEqual(put.status, 201, "the upload is not accepted");
+      // The registry's own answer: 507 with a distribution error body (it once reset the connection instead).
+      assert.equal(put.status, 507, `507: ${put.status} ${put.body.toString()}`);
+      const body = JSON.parse(put.body.toString()) as { errors?: Array<{ code?: string; message?: string }> };
+      assert.equal(body.errors?.[0]?.code, "UNKNOWN", put.body.toString());
+      assert.match(body.errors?.[0]?.message ?? "", /storage is full/);
 
       // The server stays up, serves what it had whole, and left nothing partial.
       assert.equal(s.proc.exitCode, null, "still running");
