@@ -946,7 +946,9 @@ export class Distribution {
       const digest = requestDigest(digestParam);
       const up = await this.storage.startUpload(name);
       try {
-        await this.storage.appendUpload(name, up.uuid, detachedBody(req), { length: this.chunkRange(req).length });
+        await this.storage.appendUpload(name, up.uuid, detachedBody(req), {
+          length: this.chunkRange(req).length,
+        });
         await this.storage.finishUpload(name, up.uuid, digest);
       } catch (err) {
         await this.storage.cancelUpload(name, up.uuid);

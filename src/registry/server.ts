@@ -131,7 +131,8 @@ function sendError(req: IncomingMessage, res: ServerResponse, err: unknown): str
       : full
         ? new RegistryError(507, "UNKNOWN", "the registry's storage is full")
         : new RegistryError(500, "UNKNOWN", "internal server error");
-  const note = err instanceof RegistryError ? err.code : `${full ? "storage full" : "internal"}: ${errorMessage(err)}`;
+  const note =
+    err instanceof RegistryError ? err.code : `${full ? "storage full" : "internal"}: ${errorMessage(err)}`;
   const body = re.body();
   const headers: Record<string, string> = {
     ...re.headers,

@@ -60,7 +60,11 @@ test("a body whose sink fails mid-way: the client gets the answer, the connectio
     assert.deepEqual(await put(port, agent, 8 << 20), { status: 507, body: "full" });
     assert.deepEqual(await put(port, agent, 1024), { status: 200, body: "stored" });
     assert.deepEqual(seen, ["ENOSPC"]);
-    assert.equal(sockets.size, 1, "the second request reused the connection: the rest of the body was drained");
+    assert.equal(
+      sockets.size,
+      1,
+      "the second request reused the connection: the rest of the body was drained",
+    );
   } finally {
     agent.destroy();
     server.close();
@@ -90,7 +94,12 @@ test("a client that goes away mid-body: the error reaches whoever reads the deta
   await new Promise((ok) => server.once("listening", ok));
   const { port } = server.address() as AddressInfo;
   try {
-    const req = http.request({ port, host: "127.0.0.1", method: "PUT", headers: { "Content-Length": 1 << 20 } });
+    const req = http.request({
+      port,
+      host: "127.0.0.1",
+      method: "PUT",
+      headers: { "Content-Length": 1 << 20 },
+    });
     req.on("error", () => undefined);
     req.write(Buffer.alloc(1024));
     await started;
