@@ -4,9 +4,10 @@
 import { createReadStream } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { resolve, sep } from "node:path";
-import { Readable } from "node:stream";
+import { Readable, Transform } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { NixociError } from "../util/errors.js";
+import { holdErrors } from "../util/streams.js";
 
 export interface CacheTransport {
   readonly url: string;
@@ -75,38 +76,92 @@ function isAbsent(err: unknown): boolean {
 }
 
 const RETRIES = 3;
-const TIMEOUT_MS = 60_000;
 
-class HttpTransport implements CacheTransport {
+/** How long a request may wait for the response head (connect included) before it counts as failed. */
+const HEAD_TIMEOUT_MS = 60_000;
+
+/**
+ * How long a response body may bring no byte before the download counts as stalled (Nix's
+ * `stalled-download-timeout`; it defaults to 300 s there). The environment variable of that name, in seconds,
+ * overrides it. A whole NAR may take as long as it needs while it keeps flowing.
+ */
+export function stalledDownloadTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.NIXOCI_STALLED_DOWNLOAD_TIMEOUT;
+  if (raw === undefined || raw === "") return 60_000;
+  const seconds = Number(raw);
+  if (!Number.isFinite(seconds) || seconds <= 0)
+    throw new NixociError(
+      "NIXOCI_STALLED_DOWNLOAD_TIMEOUT",
+      `not a positive number of seconds: ${JSON.stringify(raw)}`,
+    );
+  return seconds * 1000;
+}
+
+export interface HttpTransportOptions {
+  /** Longest wait for the response head (default 60 s). */
+  headTimeoutMs?: number;
+  /** Longest time without a byte of a response body (default stalledDownloadTimeoutMs()). */
+  stallTimeoutMs?: number;
+}
+
+/** Why a response body stopped, in words an operator can act on. */
+function bodyFailure(err: unknown, received: number, expected: number | undefined): string {
+  const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
+  const got = expected === undefined ? `${received} bytes` : `${received} of ${expected} bytes`;
+  if (/other side closed|terminated|ECONNRESET|socket/i.test(cause))
+    return `the cache closed the connection after ${got} (${cause})`;
+  return `download failed after ${got}: ${cause}`;
+}
+
+export class HttpTransport implements CacheTransport {
   private readonly base: string;
+  private readonly headTimeoutMs: number;
+  private readonly stallTimeoutMs: number;
 
-  constructor(readonly url: string) {
+  constructor(
+    readonly url: string,
+    opts: HttpTransportOptions = {},
+  ) {
     try {
       new URL(url);
     } catch {
       throw new NixociError(url, "malformed URL");
     }
     this.base = url.replace(/\/+$/, "");
+    this.headTimeoutMs = opts.headTimeoutMs ?? HEAD_TIMEOUT_MS;
+    this.stallTimeoutMs = opts.stallTimeoutMs ?? stalledDownloadTimeoutMs();
   }
 
-  /** One request with retries on network errors and 5xx (as Nix does); 404 and 403 mean absent. */
-  private async request(name: string, method: "GET" | "HEAD"): Promise<Response | undefined> {
+  /**
+   * One request with retries on network errors and 5xx (as Nix does); 404 and 403 mean absent. The head must
+   * come within headTimeoutMs; the body, returned as a stream, must bring a byte at least every stallTimeoutMs.
+   */
+  private async request(name: string, method: "GET" | "HEAD"): Promise<Readable | undefined> {
     const target = `${this.base}/${name}`;
     let lastError = "";
     for (let attempt = 0; attempt < RETRIES; attempt++) {
       if (attempt) await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
+      const abort = new AbortController();
+      const headTimer = setTimeout(
+        () => abort.abort(new Error(`no response within ${this.headTimeoutMs / 1000} s`)),
+        this.headTimeoutMs,
+      );
       let res: Response;
       try {
-        res = await fetch(target, { method, signal: AbortSignal.timeout(TIMEOUT_MS), redirect: "follow" });
+        res = await fetch(target, { method, signal: abort.signal, redirect: "follow" });
       } catch (err) {
-        lastError = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
+        lastError = abort.signal.aborted
+          ? String((abort.signal.reason as Error).message)
+          : ((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message);
         continue;
+      } finally {
+        clearTimeout(headTimer);
       }
       if (res.status === 404 || res.status === 403) {
         await res.body?.cancel();
         return undefined;
       }
-      if (res.ok) return res;
+      if (res.ok) return this.watchedBody(res, target, abort);
       await res.body?.cancel();
       lastError = `HTTP ${res.status} ${res.statusText}`;
       if (res.status < 500) break;
@@ -114,18 +169,64 @@ class HttpTransport implements CacheTransport {
     throw new NixociError(target, lastError || "request failed");
   }
 
+  /**
+   * The body of `res` as a stream that fails with an error naming `target` when the server closes early or sends
+   * nothing for stallTimeoutMs.
+   */
+  private watchedBody(res: Response, target: string, abort: AbortController): Readable {
+    const length = res.headers.get("content-length");
+    const expected = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
+    const web = res.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    const source = Readable.fromWeb(web as import("node:stream/web").ReadableStream<Uint8Array>);
+    let received = 0;
+    let stalled = false;
+    const stallMs = this.stallTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        stalled = true;
+        abort.abort();
+      }, stallMs);
+    };
+    const out = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        received += chunk.length;
+        arm();
+        done(null, chunk);
+      },
+    });
+    arm();
+    source.on("error", (err) => {
+      const why = stalled
+        ? `stalled: no data for ${stallMs / 1000} s after ${received}${expected === undefined ? "" : ` of ${expected}`} bytes`
+        : bodyFailure(err, received, expected);
+      out.destroy(new NixociError(target, why));
+    });
+    source.pipe(out);
+    // Whatever ends the stream, the timer goes with it; a reader that gives up cancels the download.
+    out.once("close", () => {
+      clearTimeout(timer);
+      if (!source.readableEnded) source.destroy();
+    });
+    return holdErrors(out);
+  }
+
   async getText(name: string): Promise<string | undefined> {
-    const res = await this.request(name, "GET");
-    return res ? await res.text() : undefined;
+    const body = await this.request(name, "GET");
+    if (!body) return undefined;
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString("utf8");
   }
 
   async has(name: string): Promise<boolean> {
-    return (await this.request(name, "HEAD")) !== undefined;
+    const body = await this.request(name, "HEAD");
+    body?.destroy();
+    return body !== undefined;
   }
 
   async getStream(name: string): Promise<Readable | undefined> {
-    const res = await this.request(name, "GET");
-    if (!res?.body) return undefined;
-    return Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
+    return this.request(name, "GET");
   }
 }

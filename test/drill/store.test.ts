@@ -5,8 +5,9 @@
 //   in the store directory is complete (its NAR equals the source's); the substitution run again completes
 //   with every path valid; no temporary is left in the store directory or TMPDIR.
 // - a dead upstream: an HTTP binary cache (a child process) SIGKILLs itself after sending half of a NAR:
-//   `nixoci substitute` fails with a one-line error naming what it was fetching (the test's timeout is the
-//   liveness bound) and leaves no partial path and no temporary.
+//   `nixoci substitute` fails with a one-line error naming the NAR's URL and saying the cache closed the
+//   connection, and leaves no partial path and no temporary; the same cache going silent instead (alive, the
+//   connection open) fails as "stalled" once NIXOCI_STALLED_DOWNLOAD_TIMEOUT passes.
 import { test, describe, before } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -164,13 +165,18 @@ describe("drill: nixoci substitute SIGKILLed (file:// binary cache, xz, into a t
 });
 
 /**
- * A binary cache over HTTP in a child process that serves `dir` and SIGKILLs itself after sending half of the
- * NAR file whose name contains `dieOn` (with the full Content-Length announced). Resolves with its URL.
+ * A binary cache over HTTP in a child process that serves `dir` and, after sending half of the NAR file whose
+ * name contains `dieOn` (with the full Content-Length announced), SIGKILLs itself (`how` "die") or sends nothing
+ * more and keeps the connection open (`how` "stall"). Resolves with its URL.
  */
-async function startDyingCache(dir: string, dieOn: string): Promise<{ url: string; exited: Promise<void> }> {
+async function startDyingCache(
+  dir: string,
+  dieOn: string,
+  how: "die" | "stall" = "die",
+): Promise<{ url: string; exited: Promise<void>; stop: () => void }> {
   const script = `
     const http = require("node:http"), fs = require("node:fs"), path = require("node:path");
-    const [dir, dieOn] = process.argv.slice(1);
+    const [dir, dieOn, how] = process.argv.slice(1);
     const srv = http.createServer((req, res) => {
       const file = path.join(dir, decodeURIComponent(req.url.split("?")[0]));
       if (!file.startsWith(dir + "/") || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
@@ -181,10 +187,14 @@ async function startDyingCache(dir: string, dieOn: string): Promise<{ url: strin
       res.writeHead(200, { "Content-Length": data.length });
       if (req.method === "HEAD") return res.end();
       if (!file.includes(dieOn)) return res.end(data);
-      res.write(data.subarray(0, data.length >> 1), () => setTimeout(() => process.kill(process.pid, "SIGKILL"), 50));
+      res.write(data.subarray(0, data.length >> 1), () => {
+        if (how === "die") setTimeout(() => process.kill(process.pid, "SIGKILL"), 50);
+      });
     });
     srv.listen(0, "127.0.0.1", () => console.log(srv.address().port));`;
-  const child = spawn(process.execPath, ["-e", script, dir, dieOn], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, ["-e", script, dir, dieOn, how], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
@@ -194,13 +204,17 @@ async function startDyingCache(dir: string, dieOn: string): Promise<{ url: strin
     assert.ok(m, "no port yet");
     return Number(m[1]);
   });
-  return { url: `http://127.0.0.1:${port}`, exited };
+  return { url: `http://127.0.0.1:${port}`, exited, stop: () => child.kill("SIGKILL") };
 }
 
-describe("drill: the binary cache dies in the middle of a NAR", () => {
-  for (const compression of ["none", "xz"] as const)
+describe("drill: the binary cache dies or goes silent in the middle of a NAR", () => {
+  for (const [how, compression] of [
+    ["die", "none"],
+    ["die", "xz"],
+    ["stall", "xz"],
+  ] as const)
     test(
-      `compression ${compression}: one-line error, exit 1, nothing partial left`,
+      `${how === "die" ? "killed" : "silent"}, compression ${compression}: one-line error, exit 1, nothing partial left`,
       { timeout: 300_000 },
       async () => {
         const work = makeTempDir("drill-dead-upstream");
@@ -211,41 +225,50 @@ describe("drill: the binary cache dies in the middle of a NAR", () => {
         // The NAR of `big` (3 MB): the narinfo names its file.
         const narinfo = readFileSync(join(cacheDir, `${basename(fx.big).slice(0, 32)}.narinfo`), "utf8");
         const narFile = /^URL: (\S+)$/m.exec(narinfo)![1];
-        const upstream = await startDyingCache(cacheDir, narFile);
+        const upstream = await startDyingCache(cacheDir, narFile, how);
         const store = join(work, "store");
-        const r = await runNixoci(
-          [
-            "substitute",
-            "-q",
-            "--from",
-            upstream.url,
-            "--trusted-public-key",
-            key.publicKey,
-            "--store-dir",
-            store,
-            fx.all,
-          ],
-          { env: { TMPDIR: tmp } },
-        );
-        await upstream.exited;
-        console.log(
-          `substitute from a cache that died mid-NAR (${compression}): exit ${r.code}: ${r.stderr.trim()}`,
-        );
-        assert.equal(r.code, 1, r.stderr);
-        const lines = r.stderr.trim().split("\n");
-        assert.equal(lines.length, 1, `one line: ${r.stderr}`);
-        assert.match(lines[0], /^nixoci: /);
-        assert.ok(
-          lines[0].includes(basename(fx.big)) || lines[0].includes(narFile),
-          `names the path: ${lines[0]}`,
-        );
-        // Paths that completed before the upstream died are whole; `big` and what needs it are not there.
-        for (const n of entries(store).filter((e) => !e.startsWith(".")))
-          assert.equal(dumpHash(join(store, n)), dumpHash(join("/nix/store", n)), `${n} is complete`);
-        assert.ok(!existsSync(join(store, basename(fx.big))), "the cut NAR's path is not there");
-        assert.ok(!existsSync(join(store, basename(fx.all))));
-        assertNoTemporaries([store], "after the failure");
-        assert.deepEqual(entries(tmp), [], "nothing left in TMPDIR");
+        try {
+          const r = await runNixoci(
+            [
+              "substitute",
+              "-q",
+              "--from",
+              upstream.url,
+              "--trusted-public-key",
+              key.publicKey,
+              "--store-dir",
+              store,
+              fx.all,
+            ],
+            { env: { TMPDIR: tmp, NIXOCI_STALLED_DOWNLOAD_TIMEOUT: "1" } },
+          );
+          if (how === "die") await upstream.exited;
+          console.log(
+            `substitute from a cache that ${how === "die" ? "died" : "went silent"} mid-NAR (${compression}): exit ${r.code}: ${r.stderr.trim()}`,
+          );
+          assert.equal(r.code, 1, r.stderr);
+          const lines = r.stderr.trim().split("\n");
+          assert.equal(lines.length, 1, `one line: ${r.stderr}`);
+          assert.ok(
+            lines[0].startsWith(`nixoci: ${fx.big}: cannot substitute: ${upstream.url}/${narFile}: `),
+            `names the path and the NAR's URL: ${lines[0]}`,
+          );
+          assert.match(
+            lines[0],
+            how === "die"
+              ? / the cache closed the connection after \d+ of \d+ bytes/
+              : / stalled: no data for 1 s after \d+ of \d+ bytes/,
+          );
+          // Paths that completed before the upstream failed are whole; `big` and what needs it are not there.
+          for (const n of entries(store).filter((e) => !e.startsWith(".")))
+            assert.equal(dumpHash(join(store, n)), dumpHash(join("/nix/store", n)), `${n} is complete`);
+          assert.ok(!existsSync(join(store, basename(fx.big))), "the cut NAR's path is not there");
+          assert.ok(!existsSync(join(store, basename(fx.all))));
+          assertNoTemporaries([store], "after the failure");
+          assert.deepEqual(entries(tmp), [], "nothing left in TMPDIR");
+        } finally {
+          upstream.stop();
+        }
       },
     );
 });
