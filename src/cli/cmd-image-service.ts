@@ -4,7 +4,7 @@
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { NixImageService } from "../cri/image-service.js";
-import { createLogger, parseLogLevel } from "../registry/logging.js";
+import { createLogger, parseLogLevel } from "../util/logger.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";

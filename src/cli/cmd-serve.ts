@@ -8,7 +8,7 @@ import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../registry/auth.js";
 import { binaryCacheRoutes } from "../registry/binary-cache-endpoint.js";
-import { createLogger, parseLogLevel } from "../registry/logging.js";
+import { createLogger, parseLogLevel } from "../util/logger.js";
 import { registryMetrics } from "../registry/metrics.js";
 import { NixImageSource, type NixImageEvent, type NixImageRecord } from "../registry/nix-images.js";
 import { opsRoutes, requestObserver, type RecentImage } from "../registry/ops.js";

@@ -7,7 +7,7 @@
 // or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
-import { createLogger, parseLogLevel } from "../registry/logging.js";
+import { createLogger, parseLogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../snapshotter/server.js";
 import { SnapshotterMetrics } from "../snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";

@@ -1,7 +1,7 @@
 // What nixoci's daemons (snapshotter, image service) share: their socket and metrics flags, and how they end: on SIGTERM or SIGINT they stop accepting calls and let
 // running ones finish (`stop`, bounded by the caller), release what they hold (`release`), log, and exit 0.
 import { resolve } from "node:path";
-import type { Logger } from "../registry/logging.js";
+import type { Logger } from "../util/logger.js";
 import { parseListenAddress } from "../util/ops-http.js";
 import { UsageError } from "./args.js";
 

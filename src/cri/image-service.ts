@@ -13,7 +13,7 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { ContainerdClient } from "../containerd/api.js";
 import { NIX_IMAGE_REF_PREFIX, parseNixImageRef, readNixImage, type NixImage } from "../oci/nix-image.js";
-import type { Logger } from "../registry/logging.js";
+import type { Logger } from "../util/logger.js";
 import type { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";

@@ -20,7 +20,7 @@ import { MANIFEST_DIGEST_LABEL, REF_LABEL } from "../containerd/labels.js";
 import { storePathsTar } from "../image/layer-tar.js";
 import { OCI_LAYER } from "../oci/media-types.js";
 import type { NixImage, NixImageLayer } from "../oci/nix-image.js";
-import type { Logger } from "../registry/logging.js";
+import type { Logger } from "../util/logger.js";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError } from "../util/errors.js";
 

@@ -8,7 +8,8 @@
 // Everything shown on the page that did not come from this file is HTML-escaped (image names, tags, the host
 // taken from the request), and the page loads nothing from anywhere (a Content-Security-Policy says so).
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { logRequest, type Logger } from "./logging.js";
+import type { Logger } from "../util/logger.js";
+import { logRequest } from "./request-log.js";
 import { METRICS_CONTENT_TYPE, type Metrics, type RegistryMetrics, type RequestInfo } from "./metrics.js";
 
 export interface RecentImage {

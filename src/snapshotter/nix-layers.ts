@@ -67,7 +67,7 @@ import { dirname, join } from "node:path";
 import { REF_LABEL } from "../containerd/labels.js";
 import { storePathsFromAnnotations } from "../image/types.js";
 import { parseStorePath } from "../nix/store-path.js";
-import type { Logger } from "../registry/logging.js";
+import type { Logger } from "../util/logger.js";
 import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
 import type { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";

@@ -2,7 +2,7 @@
 // Errors carry the gRPC codes containerd's errdefs.FromGRPC turns back into its own: NOT_FOUND,
 // ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT; anything else is INTERNAL.
 import * as grpc from "@grpc/grpc-js";
-import type { Logger } from "../registry/logging.js";
+import type { Logger } from "../util/logger.js";
 import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
 
 export type { RunningServer } from "../util/grpc-unix.js";

@@ -4,7 +4,8 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { createLogger, logRequest, parseLogLevel } from "../../src/registry/logging.js";
+import { createLogger, parseLogLevel } from "../../src/util/logger.js";
+import { logRequest } from "../../src/registry/request-log.js";
 import { Metrics, METRICS_CONTENT_TYPE, registryMetrics } from "../../src/registry/metrics.js";
 import { escapeHtml, opsRoutes, requestObserver, type OpsRoutesOptions } from "../../src/registry/ops.js";
 

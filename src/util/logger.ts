@@ -1,9 +1,9 @@
-// Structured logs: one JSON object per line (on stderr by default), for `nixoci serve`:
+// Structured logs: one JSON object per line (on stderr by default), for every daemon (serve, snapshotter,
+// image service):
 //   {"time":"2024-01-01T00:00:00.000Z","level":"info","msg":"request","method":"GET","path":"/v2/",...}
 // "time", "level" and "msg" come first and cannot be overridden by fields. Errors become
 // {"name","message"} (plus "code" when there is one); bigints become strings; values that cannot be written
 // (cycles, functions) are left out, so a log call never throws.
-import type { RequestInfo } from "./metrics.js";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 export type LogFields = Readonly<Record<string, unknown>>;
@@ -97,29 +97,4 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     };
   };
   return make({});
-}
-
-/** Request paths are untrusted and unbounded; logs keep the first this many characters. */
-const MAX_LOGGED_PATH = 512;
-
-/**
- * Logs one finished request as {"msg":"request","method","path","status","bytes","ms"} (plus "route",
- * "repo" and "error" when known): level "error" for 5xx, "info" otherwise.
- */
-export function logRequest(logger: Logger, info: RequestInfo): void {
-  const path = info.path.length > MAX_LOGGED_PATH ? `${info.path.slice(0, MAX_LOGGED_PATH)}…` : info.path;
-  const fields: Record<string, unknown> = {
-    method: info.method,
-    path,
-    status: info.status,
-    bytes: info.bytes,
-    ms: Math.round(info.durationMs * 1000) / 1000,
-    route: info.route,
-  };
-  if (info.repo !== undefined) fields.repo = info.repo;
-  if (info.error !== undefined && info.error !== null) {
-    fields.error = info.error instanceof Error ? info.error.message : String(info.error);
-  }
-  if (info.status >= 500) logger.error("request", fields);
-  else logger.info("request", fields);
 }
