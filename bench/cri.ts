@@ -36,7 +36,7 @@ import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { criImageClient, type CriImageClient } from "../src/cri/grpc.js";
+import { criImageClient, type CriImageClient } from "../src/proto/cri.js";
 import { startContainerd, startRegistry, type Containerd, type Registry } from "../test/support/daemons.js";
 import { buildFixtures } from "../test/support/fixtures.js";
 import {

@@ -16,13 +16,13 @@ import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { criImageClient } from "../src/cri/grpc.js";
+import { criImageClient } from "../src/proto/cri.js";
 import { OCI_MANIFEST } from "../src/oci/media-types.js";
 import { NixImageSource } from "../src/registry/nix-images.js";
 import { RegistryStorage } from "../src/registry/storage.js";
 import { NixEvalResolver } from "../src/resolve/nix-eval.js";
 import type { PackageResolver } from "../src/resolve/resolver.js";
-import { snapshotsClient } from "../src/snapshotter/grpc.js";
+import { snapshotsClient } from "../src/proto/containerd.js";
 import { LocalStore } from "../src/store/local-store.js";
 import { until } from "../test/support/poll.js";
 import {

@@ -4,7 +4,7 @@
 import type { Duplex } from "node:stream";
 import type { State } from "./llb.js";
 import { definition } from "./llb.js";
-import { decode, encode } from "./protos.js";
+import { decode, encode } from "../proto/buildkit.js";
 import { StdioGrpcClient } from "./stdio-grpc.js";
 
 const SERVICE = "/moby.buildkit.v1.frontend.LLBBridge/";

@@ -4,7 +4,7 @@
 // the same way (BuildKit's cache keys follow from it). Only what the frontend uses is modelled: sources, exec
 // ops with bind/cache mounts, and file ops (copy, mkdir, mkfile, rm).
 import { createHash } from "node:crypto";
-import { decode, encode } from "./protos.js";
+import { decode, encode } from "../proto/buildkit.js";
 
 /** One output of a vertex; `undefined` stands for scratch (the empty filesystem). */
 export interface Output {

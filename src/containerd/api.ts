@@ -5,11 +5,10 @@
 // then the image record. Every call carries the namespace header and, inside `withLease`, a lease header that
 // keeps the new content and snapshots from containerd's garbage collector until the image record holds them.
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
 import type { Readable } from "node:stream";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
-import { LOADER_OPTIONS, protoDir, type InfoMessage, type MountMessage } from "../snapshotter/grpc.js";
+import type { InfoMessage, MountMessage } from "../proto/containerd.js";
+import { loadGrpcPackage } from "../proto/load.js";
 import { holdErrors } from "../util/streams.js";
 
 export interface DescriptorMessage {
@@ -44,10 +43,8 @@ let cached: Record<string, ServiceCtor> | undefined;
 
 function services(): Record<string, ServiceCtor> {
   if (!cached) {
-    const dir = protoDir();
-    const files = ["content", "images", "diff", "leases", "snapshots"].map((f) => join(dir, `${f}.proto`));
-    const def = protoLoader.loadSync(files, { ...LOADER_OPTIONS, includeDirs: [dir] });
-    const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    const files = ["content", "images", "diff", "leases", "snapshots"].map((f) => `${f}.proto`);
+    const pkg = loadGrpcPackage("containerd", files) as unknown as {
       containerd: { services: Record<string, { v1: Record<string, ServiceCtor> }> };
     };
     const s = pkg.containerd.services;

@@ -20,7 +20,7 @@ import { Substituter } from "../store/substituter.js";
 import { NixociError } from "../util/errors.js";
 import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
 import { Metrics } from "../util/metrics.js";
-import { criImageClient, criImageService, type CriImageClient, type PullImageRequest } from "./grpc.js";
+import { criImageClient, criImageService, type CriImageClient, type PullImageRequest } from "../proto/cri.js";
 import { importNixImage } from "./nix-import.js";
 import { defaultArch } from "../image/spec.js";
 

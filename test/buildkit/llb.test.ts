@@ -4,7 +4,7 @@
 import { test, describe } from "node:test";
 import assert from "node:assert/strict";
 import { copy, definition, exec, fromDefinition, mkfile, source } from "../../src/buildkit/llb.js";
-import { decode } from "../../src/buildkit/protos.js";
+import { decode } from "../../src/proto/buildkit.js";
 import { buildFileKind } from "../../src/buildkit/frontend.js";
 
 describe("build files", () => {

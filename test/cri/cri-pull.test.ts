@@ -11,7 +11,7 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import type { CriImageClient } from "../../src/cri/grpc.js";
+import type { CriImageClient } from "../../src/proto/cri.js";
 import type { Containerd, Registry } from "../support/daemons.js";
 import { buildFixtures } from "../support/fixtures.js";
 import {

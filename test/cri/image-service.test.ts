@@ -21,7 +21,7 @@ import {
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parse as parseYaml } from "yaml";
-import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
+import { criImageClient, type CriImageClient } from "../../src/proto/cri.js";
 import { criImageName } from "../../src/cri/image-service.js";
 import { buildFixtures, generateCacheKey } from "../support/fixtures.js";
 import { nixoci, nixociOk, ROOT } from "../support/cli.js";

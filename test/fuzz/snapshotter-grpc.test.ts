@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 
 import fc from "fast-check";
-import { snapshotsClient } from "../../src/snapshotter/grpc.js";
+import { snapshotsClient } from "../../src/proto/containerd.js";
 import { mountsUnder } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { FUZZ_MS, FUZZ_RUNS } from "../support/fuzz.js";

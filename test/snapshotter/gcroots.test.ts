@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, 
 import { basename, join } from "node:path";
 import { createHash, randomBytes } from "node:crypto";
 import { gcRootsDir, MANIFEST_DIGEST_LABEL } from "../../src/snapshotter/gcroots.js";
-import { snapshotsClient } from "../../src/snapshotter/grpc.js";
+import { snapshotsClient } from "../../src/proto/containerd.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, type FixtureAttr } from "../support/fixtures.js";
 import {

@@ -22,7 +22,7 @@ import {
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
-import { snapshotsClient } from "../../src/snapshotter/grpc.js";
+import { snapshotsClient } from "../../src/proto/containerd.js";
 import { MetadataStore } from "../../src/snapshotter/metadata.js";
 import {
   layerStorePaths,

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type * as grpc from "@grpc/grpc-js";
-import { snapshotsClient } from "../../src/snapshotter/grpc.js";
+import { snapshotsClient } from "../../src/proto/containerd.js";
 import { writeOciArchive } from "../../src/oci/archive.js";
 import { freePort, mountsUnder, startContainerd, type Containerd } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";

@@ -8,7 +8,7 @@ import { rmSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { decode } from "../../src/buildkit/protos.js";
+import { decode } from "../../src/proto/buildkit.js";
 import { ROOT } from "./cli.js";
 import { freePort, type Dockerd } from "./daemons.js";
 import { generateCacheKey } from "./fixtures.js";

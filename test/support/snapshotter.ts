@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
 import { gcRootsDir } from "../../src/snapshotter/gcroots.js";
-import { snapshotsClient } from "../../src/snapshotter/grpc.js";
+import { snapshotsClient } from "../../src/proto/containerd.js";
 import { mountsUnder } from "./daemons.js";
 
 const CMD_MODULE = new URL("../../src/cli/cmd-snapshotter.js", import.meta.url).pathname;

@@ -3,23 +3,8 @@
 // names; uint64/int64 come back as numbers; unset message fields are null (ImageStatusResponse.image is null when
 // the image is not present). `criImageClient` is a promise-based client with a deadline on every call, for tests,
 // tools and the image service's proxy to containerd's CRI plugin (served on containerd's main gRPC socket).
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
-import { LOADER_OPTIONS } from "../snapshotter/grpc.js";
-
-/** proto/cri/api.proto at the package root. */
-export function criProtoFile(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const candidate = join(dir, "proto", "cri", "api.proto");
-    if (existsSync(candidate)) return candidate;
-    dir = dirname(dir);
-  }
-  throw new Error("nixoci: proto/cri/api.proto not found next to the installed package");
-}
+import { loadGrpcPackage } from "./load.js";
 
 export interface ImageSpec {
   image: string;
@@ -117,9 +102,7 @@ let cached: grpc.GrpcObject | undefined;
 
 function loaded(): grpc.GrpcObject {
   if (!cached) {
-    const file = criProtoFile();
-    const def = protoLoader.loadSync(file, { ...LOADER_OPTIONS, includeDirs: [dirname(file)] });
-    cached = grpc.loadPackageDefinition(def);
+    cached = loadGrpcPackage("cri", ["api.proto"]);
   }
   return cached;
 }

@@ -1,31 +1,7 @@
-// Loads nixoci's own minimal containerd protos (proto/containerd/*.proto) with @grpc/proto-loader. Google's
-// well-known types (Empty, Timestamp, FieldMask) come from protobufjs's built-in definitions, so no copy of them
-// is needed. Messages are plain objects: snake_case field names, enums as their names, int64 as numbers.
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+// containerd's snapshots API from nixoci's own minimal protos (proto/containerd): the service, a client, and the
+// message types the snapshotter and the containerd client share. Messages are plain objects (see LOADER_OPTIONS).
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
-
-/** The directory holding snapshots.proto and mount.proto: `proto/containerd` at the package root. */
-export function protoDir(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const candidate = join(dir, "proto", "containerd");
-    if (existsSync(join(candidate, "snapshots.proto"))) return candidate;
-    dir = dirname(dir);
-  }
-  throw new Error("nixoci: proto/containerd/snapshots.proto not found next to the installed package");
-}
-
-export const LOADER_OPTIONS: protoLoader.Options = {
-  keepCase: true,
-  longs: Number,
-  enums: String,
-  defaults: true,
-  arrays: true,
-  objects: true,
-};
+import { loadGrpcPackage } from "./load.js";
 
 export type SnapshotKindName = "UNKNOWN" | "VIEW" | "ACTIVE" | "COMMITTED";
 
@@ -54,9 +30,7 @@ let cached: grpc.GrpcObject | undefined;
 
 function loaded(): grpc.GrpcObject {
   if (!cached) {
-    const dir = protoDir();
-    const def = protoLoader.loadSync(join(dir, "snapshots.proto"), { ...LOADER_OPTIONS, includeDirs: [dir] });
-    cached = grpc.loadPackageDefinition(def);
+    cached = loadGrpcPackage("containerd", ["snapshots.proto"]);
   }
   return cached;
 }

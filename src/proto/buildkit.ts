@@ -1,27 +1,15 @@
 // BuildKit's message types from nixoci's own minimal protos (proto/buildkit), loaded with protobufjs so the
 // frontend can encode LLB itself (a vertex's digest is the sha256 of its exact bytes) and speak the gateway API
 // over its stdio. Field names are as in the .proto files (keepCase).
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import protobuf from "protobufjs";
-
-/** proto/buildkit at the package root. */
-export function buildkitProtoDir(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const candidate = join(dir, "proto", "buildkit");
-    if (existsSync(join(candidate, "gateway.proto"))) return candidate;
-    dir = dirname(dir);
-  }
-  throw new Error("nixoci: proto/buildkit/gateway.proto not found next to the installed package");
-}
+import { protoDir } from "./load.js";
 
 let root: protobuf.Root | undefined;
 
 function loaded(): protobuf.Root {
   if (!root) {
-    const dir = buildkitProtoDir();
+    const dir = protoDir("buildkit");
     const r = new protobuf.Root();
     r.resolvePath = (_origin, target) => join(dir, target);
     r.loadSync(["gateway.proto", "control.proto"], { keepCase: true });
