@@ -11,6 +11,7 @@ import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { intOption, parse, UsageError } from "./args.js";
+import { SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
@@ -18,7 +19,7 @@ const USAGE = `nixoci build [INSTALLABLE...] [-f FILE.nix -A ATTR...] [--spec FI
     [--entrypoint CMD] [--cmd CMD] [--env K=V]... [--workdir DIR] [--user U] [--expose PORT]... [--label K=V]...
     [--arch ARCH] [--os OS] [--created TIME] [--tag NAME[:TAG]]...
     [--layering size|popularity|nixery] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
-    [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--store DIR]
+    ${SUBSTITUTER_USAGE} [--store DIR]
     [--no-cache] [--cache-dir DIR] [-j N] [-o|--output DEST]... [--creds USER:PASS] [--insecure] [--json] [-q]
   DEST: oci:DIR[:TAG]  oci-archive:FILE[:TAG]  docker-archive:FILE[:NAME:TAG]  docker://HOST/NAME[:TAG]  - (docker-archive on stdout)
         nix:[NAME] (an image description in the Nix store; its store path is printed after the digest)`;
@@ -74,9 +75,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
       "max-layers": { type: "string" },
       compression: { type: "string" },
       "compression-level": { type: "string" },
-      substituter: { type: "string", multiple: true },
-      "trusted-public-key": { type: "string", multiple: true },
-      "no-check-sigs": { type: "boolean" },
+      ...SUBSTITUTER_FLAGS,
       store: { type: "string" },
       "no-cache": { type: "boolean" },
       "cache-dir": { type: "string" },

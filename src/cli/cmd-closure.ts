@@ -3,17 +3,17 @@
 import { computeClosure } from "../store/closure.js";
 import { LocalStore } from "../store/local-store.js";
 import { needPositionals, parse } from "./args.js";
+import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
-const USAGE = "nixoci closure [--store URL] [--trusted-public-key K]... [--no-check-sigs] PATH...";
+const USAGE = `nixoci closure [--store URL] ${TRUST_USAGE} PATH...`;
 
 export async function closureCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
     {
       store: { type: "string" },
-      "trusted-public-key": { type: "string", multiple: true },
-      "no-check-sigs": { type: "boolean" },
+      ...TRUST_FLAGS,
     },
     USAGE,
   );

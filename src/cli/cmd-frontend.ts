@@ -10,11 +10,12 @@ import { copyStep, customStep, fetchStep, openCaches, planStep, type Plan } from
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { intOption, parse, UsageError } from "./args.js";
+import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
 import { trustOptions } from "./stores.js";
 
 const USAGE = `nixoci frontend                      (run by BuildKit: the gateway API on stdin/stdout)
-  nixoci frontend plan --out FILE [--layering size|popularity|nixery] [--max-layers N] --from URL... [--trusted-public-key K]... [--no-check-sigs] PATH...
-  nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... [--no-check-sigs] PATH...
+  nixoci frontend plan --out FILE [--layering size|popularity|nixery] [--max-layers N] --from URL... ${TRUST_USAGE} PATH...
+  nixoci frontend fetch --out DIR --from URL... ${TRUST_USAGE} PATH...
   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
   nixoci frontend copy --from DIR --out DIR PATH...        (from a store directory, e.g. the build's Nix cache)`;
 
@@ -55,8 +56,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
     {
       out: { type: "string" },
       from: { type: "string", multiple: true },
-      "trusted-public-key": { type: "string", multiple: true },
-      "no-check-sigs": { type: "boolean" },
+      ...TRUST_FLAGS,
       layering: { type: "string" },
       "max-layers": { type: "string" },
       plan: { type: "string" },

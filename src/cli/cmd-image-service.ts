@@ -4,16 +4,23 @@
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { NixImageService } from "../cri/image-service.js";
-import { createLogger, parseLogLevel } from "../util/logger.js";
+import { createLogger } from "../util/logger.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { parse, UsageError } from "./args.js";
+import {
+  DAEMON_FLAGS,
+  DAEMON_USAGE,
+  logLevelOption,
+  SUBSTITUTER_FLAGS,
+  SUBSTITUTER_USAGE,
+} from "./shared-options.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { openStore, trustOptions } from "./stores.js";
 
 const USAGE = `nixoci image-service --address SOCK --containerd SOCK [--snapshotter NAME] [--namespace NS] [--store DIR]
-    [--substituter URL]... [--trusted-public-key K]... [--no-check-sigs] [--metrics-address HOST:PORT] [--log-level debug|info|warn|error|silent]`;
+    ${SUBSTITUTER_USAGE} ${DAEMON_USAGE}`;
 
 export async function imageServiceCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -24,11 +31,8 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
       snapshotter: { type: "string" },
       namespace: { type: "string" },
       store: { type: "string" },
-      substituter: { type: "string", multiple: true },
-      "trusted-public-key": { type: "string", multiple: true },
-      "no-check-sigs": { type: "boolean" },
-      "log-level": { type: "string" },
-      "metrics-address": { type: "string" },
+      ...SUBSTITUTER_FLAGS,
+      ...DAEMON_FLAGS,
     },
     USAGE,
   );
@@ -40,8 +44,7 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\nusage: ${USAGE}`);
   const address = socketPathOption("address", values.address, USAGE);
   const containerd = socketPathOption("containerd", values.containerd, USAGE);
-  const level = parseLogLevel(values["log-level"] ?? "info");
-  if (!level) throw new UsageError(`--log-level: unknown level ${JSON.stringify(values["log-level"])}`);
+  const level = logLevelOption(values["log-level"]);
   const namespace = values.namespace ?? "k8s.io";
   if (!/^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/.test(namespace))
     throw new UsageError(`--namespace: invalid containerd namespace ${JSON.stringify(namespace)}`);

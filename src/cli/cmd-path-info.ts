@@ -2,10 +2,10 @@
 import { computeClosure } from "../store/closure.js";
 import { pathInfoToJson, type PathInfo } from "../store/path-info.js";
 import { needPositionals, parse } from "./args.js";
+import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
-const USAGE =
-  "nixoci path-info [--json] [-r|--recursive] [-s|--size] [--store URL] [--trusted-public-key K]... [--no-check-sigs] PATH...";
+const USAGE = `nixoci path-info [--json] [-r|--recursive] [-s|--size] [--store URL] ${TRUST_USAGE} PATH...`;
 
 export async function pathInfoCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -15,8 +15,7 @@ export async function pathInfoCommand(argv: string[]): Promise<number> {
       recursive: { type: "boolean", short: "r" },
       size: { type: "boolean", short: "s" },
       store: { type: "string" },
-      "trusted-public-key": { type: "string", multiple: true },
-      "no-check-sigs": { type: "boolean" },
+      ...TRUST_FLAGS,
     },
     USAGE,
   );

@@ -8,7 +8,7 @@ import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../registry/auth.js";
 import { binaryCacheRoutes } from "../registry/binary-cache-endpoint.js";
-import { createLogger, parseLogLevel } from "../util/logger.js";
+import { createLogger } from "../util/logger.js";
 import { registryMetrics } from "../registry/metrics.js";
 import { NixImageSource, type NixImageEvent, type NixImageRecord } from "../registry/nix-images.js";
 import { opsRoutes, requestObserver, type RecentImage } from "../registry/ops.js";
@@ -19,11 +19,12 @@ import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
 import { intOption, parse, UsageError } from "./args.js";
+import { logLevelOption, SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
 import { openStore, readSecretKeyFile, trustOptions } from "./stores.js";
 
 const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
-    [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] [--substituter URL]... [--trusted-public-key K]...
-    [--no-check-sigs] [--meta NAME=PKG,PKG...]... [--arch ARCH]
+    [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] ${SUBSTITUTER_USAGE}
+    [--meta NAME=PKG,PKG...]... [--arch ARCH]
     [--layering nixery|size|popularity] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
     [--build-timeout SECONDS] [--max-builds N] [--max-queue N] [--upload-ttl SECONDS] [--max-nar-streams N]
     [--sign-key FILE] [--cache-compression zstd|xz|none] [--no-binary-cache]
@@ -93,9 +94,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       nixpkgs: { type: "string" },
       flake: { type: "string" },
       index: { type: "string" },
-      substituter: { type: "string", multiple: true },
-      "trusted-public-key": { type: "string", multiple: true },
-      "no-check-sigs": { type: "boolean" },
+      ...SUBSTITUTER_FLAGS,
       meta: { type: "string", multiple: true },
       arch: { type: "string" },
       layering: { type: "string" },
@@ -113,7 +112,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       auth: { type: "string" },
       "auth-pull": { type: "boolean" },
       "public-host": { type: "string" },
-      "log-level": { type: "string", default: "info" },
+      "log-level": { type: "string" },
     },
     USAGE,
   );
@@ -122,8 +121,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const { host, port } = parseListen(values.listen!);
-  const level = parseLogLevel(values["log-level"]!);
-  if (!level) throw new UsageError(`--log-level must be debug, info, warn, error or silent`);
+  const level = logLevelOption(values["log-level"]);
   const logger = createLogger({ level });
   const layering = values.layering as LayeringStrategy | undefined;
   if (layering && !["size", "popularity", "nixery"].includes(layering))

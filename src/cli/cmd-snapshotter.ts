@@ -7,18 +7,25 @@
 // or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
-import { createLogger, parseLogLevel } from "../util/logger.js";
+import { createLogger, type LogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../snapshotter/server.js";
 import { SnapshotterMetrics } from "../snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
 import { parse, UsageError } from "./args.js";
+import {
+  DAEMON_FLAGS,
+  DAEMON_USAGE,
+  logLevelOption,
+  SUBSTITUTER_FLAGS,
+  SUBSTITUTER_USAGE,
+} from "./shared-options.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { trustOptions } from "./stores.js";
 
-const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] [--substituter URL]... [--trusted-public-key K]...
-    [--nix-layers auto|link|metacopy|bind] [--metrics-address HOST:PORT] [--log-level debug|info|warn|error|silent]`;
+const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] ${SUBSTITUTER_USAGE}
+    [--nix-layers auto|link|metacopy|bind] ${DAEMON_USAGE}`;
 
 export interface SnapshotterOptions {
   address: string;
@@ -26,6 +33,8 @@ export interface SnapshotterOptions {
   store?: string;
   substituters: string[];
   trustedPublicKeys: string[];
+  /** --no-check-sigs: accept unsigned paths from the substituters. */
+  allowUnsigned: boolean;
   /** How nix layers hold their store paths (see NixSnapshotterOptions.nixLayers). */
   nixLayers: NixLayerMode;
   /** HOST:PORT for /healthz and /metrics. */
@@ -40,18 +49,16 @@ function isNixLayerMode(s: string): s is NixLayerMode {
 
 export function parseSnapshotterArgs(
   argv: string[],
-): SnapshotterOptions & { help: boolean; logLevel: string } {
+): SnapshotterOptions & { help: boolean; logLevel: LogLevel | "silent" } {
   const { values, positionals } = parse(
     argv,
     {
       address: { type: "string" },
       root: { type: "string" },
       store: { type: "string" },
-      substituter: { type: "string", multiple: true },
-      "trusted-public-key": { type: "string", multiple: true },
-      "log-level": { type: "string" },
+      ...SUBSTITUTER_FLAGS,
+      ...DAEMON_FLAGS,
       "nix-layers": { type: "string" },
-      "metrics-address": { type: "string" },
     },
     USAGE,
   );
@@ -62,6 +69,7 @@ export function parseSnapshotterArgs(
       root: "",
       substituters: [],
       trustedPublicKeys: [],
+      allowUnsigned: false,
       nixLayers: "auto",
       logLevel: "info",
     };
@@ -75,9 +83,7 @@ export function parseSnapshotterArgs(
       `--nix-layers: expected auto, link, metacopy or bind, not ${JSON.stringify(nixLayers)}`,
     );
   const metricsAddress = metricsAddressOption(values["metrics-address"]);
-  const logLevel = values["log-level"] ?? "info";
-  if (!parseLogLevel(logLevel))
-    throw new UsageError(`--log-level: unknown level ${JSON.stringify(logLevel)}`);
+  const logLevel = logLevelOption(values["log-level"]);
   return {
     help: false,
     address,
@@ -85,6 +91,7 @@ export function parseSnapshotterArgs(
     store: values.store ? resolve(values.store) : undefined,
     substituters: values.substituter ?? [],
     trustedPublicKeys: values["trusted-public-key"] ?? [],
+    allowUnsigned: values["no-check-sigs"] ?? false,
     nixLayers,
     metricsAddress,
     logLevel,
@@ -97,8 +104,8 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     process.stdout.write(`usage: ${USAGE}\n`);
     return 0;
   }
-  const log = createLogger({ level: parseLogLevel(opts.logLevel) });
-  const trust = trustOptions(opts.trustedPublicKeys, false);
+  const log = createLogger({ level: opts.logLevel });
+  const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
   const metrics = new SnapshotterMetrics();
   const sn = new NixSnapshotter({

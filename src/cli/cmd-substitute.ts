@@ -7,19 +7,18 @@ import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { intOption, needPositionals, parse, UsageError } from "./args.js";
+import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, trustOptions } from "./stores.js";
 
-const USAGE =
-  "nixoci substitute --from URL [--from URL]... [--trusted-public-key K]... [--no-check-sigs] [--store-dir DIR] [-j N] [--quiet] PATH...";
+const USAGE = `nixoci substitute --from URL [--from URL]... ${TRUST_USAGE} [--store-dir DIR] [-j N] [--quiet] PATH...`;
 
 export async function substituteCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
     argv,
     {
       from: { type: "string", multiple: true },
-      "trusted-public-key": { type: "string", multiple: true },
-      "no-check-sigs": { type: "boolean" },
+      ...TRUST_FLAGS,
       "store-dir": { type: "string", default: DEFAULT_STORE_DIR },
       jobs: { type: "string", short: "j" },
       quiet: { type: "boolean", short: "q" },

@@ -1,5 +1,6 @@
 // Entry point of the nixoci CLI: one module per command; errors from bad input print as one line.
 import { UsageError } from "./args.js";
+import { packageVersion } from "./shared-options.js";
 import { NixociError } from "../util/errors.js";
 
 type Command = (argv: string[]) => Promise<number>;
@@ -46,7 +47,7 @@ export async function main(argv: string[]): Promise<number> {
     return command === undefined ? 2 : 0;
   }
   if (command === "--version") {
-    process.stdout.write("nixoci 0.1.0\n");
+    process.stdout.write(`nixoci ${packageVersion()}\n`);
     return 0;
   }
   const load = COMMANDS[command];
