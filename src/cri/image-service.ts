@@ -19,6 +19,7 @@ import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { NixociError } from "../util/errors.js";
 import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
+import { GrpcCallMetrics } from "../util/grpc-metrics.js";
 import { Metrics } from "../util/metrics.js";
 import { criImageClient, criImageService, type CriImageClient, type PullImageRequest } from "../proto/cri.js";
 import { importNixImage } from "./nix-import.js";
@@ -52,21 +53,18 @@ export function criImageName(storePath: string): string {
 
 /** What /metrics reports for the image service. */
 export class ImageServiceMetrics extends Metrics {
-  readonly calls = this.counter(
-    "nixoci_cri_calls_total",
-    "CRI ImageService calls answered, by method and gRPC code.",
-    ["method", "code"],
-  );
-  readonly callDuration = this.histogram("nixoci_cri_call_duration_seconds", "Time to answer a CRI call.", [
-    "method",
-  ]);
+  readonly calls = new GrpcCallMetrics(this, {
+    calls: "nixoci_cri_calls_total",
+    callsHelp: "CRI ImageService calls answered, by method and gRPC code.",
+    duration: "nixoci_cri_call_duration_seconds",
+    durationHelp: "Time to answer a CRI call.",
+  });
   readonly nixPulls = this.counter(
     "nixoci_nix_image_pulls_total",
     "PullImage calls for nix:0 references, by result.",
     ["result"],
-  )
-    .init({ result: "success" })
-    .init({ result: "failure" });
+    [{ result: "success" }, { result: "failure" }],
+  );
   readonly nixLayers = this.counter(
     "nixoci_nix_image_layers_total",
     'Layers of loaded nix:0 images by how they got there: "present", "fromStore" (the snapshotter), "applied" (a blob), "generated" (a tar made from the store).',
@@ -74,8 +72,7 @@ export class ImageServiceMetrics extends Metrics {
   );
 
   observe(method: string, code: grpc.status, startMs: number): void {
-    this.calls.inc({ method, code: grpc.status[code] ?? String(code) });
-    this.callDuration.observe({ method }, (performance.now() - startMs) / 1000);
+    this.calls.observe(method, code, startMs);
   }
 }
 

@@ -27,9 +27,12 @@ export class RegistryMetrics extends Metrics {
   readonly httpResponseBytes = this.counter("nixoci_http_response_bytes_total", "Response body bytes sent.", [
     "route",
   ]);
-  readonly imageBuilds = this.counter("nixoci_image_builds_total", "Images built, by result.", ["result"])
-    .init({ result: "success" })
-    .init({ result: "failure" });
+  readonly imageBuilds = this.counter(
+    "nixoci_image_builds_total",
+    "Images built, by result.",
+    ["result"],
+    [{ result: "success" }, { result: "failure" }],
+  );
   readonly imageBuildDuration = this.histogram(
     "nixoci_image_build_duration_seconds",
     "Time to build an image.",
@@ -40,10 +43,8 @@ export class RegistryMetrics extends Metrics {
     "nixoci_image_cache_total",
     'Image requests by how they were served: "hit" (already built), "miss" (built now), "coalesced" (waited for a build in progress).',
     ["result"],
-  )
-    .init({ result: "hit" })
-    .init({ result: "miss" })
-    .init({ result: "coalesced" });
+    [{ result: "hit" }, { result: "miss" }, { result: "coalesced" }],
+  );
   readonly binaryCacheBytes = this.counter(
     "nixoci_binary_cache_bytes_total",
     "Bytes served by the Nix binary cache endpoint.",

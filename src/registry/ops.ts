@@ -287,7 +287,11 @@ export function opsRoutes(opts: OpsRoutesOptions): OpsHandler {
   const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = {
     "/healthz": healthz,
     "/metrics": (req, res) =>
-      send(req, res, 200, { "Content-Type": METRICS_CONTENT_TYPE }, opts.metrics.render()),
+      void opts.metrics.render().then(
+        (text) => send(req, res, 200, { "Content-Type": METRICS_CONTENT_TYPE }, text),
+        (err: Error) =>
+          send(req, res, 500, { "Content-Type": "text/plain; charset=utf-8" }, `${err.message}\n`),
+      ),
     "/": index,
   };
 

@@ -1,20 +1,17 @@
 // What `nixoci snapshotter --metrics-address` reports: every RPC by method and gRPC code with its duration, and
 // what became of the layers that name store paths (committed from the store, by mode; or unpacked, and why).
-import type * as grpc from "@grpc/grpc-js";
-import { status } from "@grpc/grpc-js";
+import { GrpcCallMetrics } from "../util/grpc-metrics.js";
 import { Metrics } from "../util/metrics.js";
 
 export type NixLayerFallback = "unsupported" | "bad-label" | "missing" | "substitution-failed";
 
 export class SnapshotterMetrics extends Metrics {
-  readonly rpcs = this.counter(
-    "nixoci_snapshotter_rpcs_total",
-    "Snapshots RPCs answered, by method and gRPC code.",
-    ["method", "code"],
-  );
-  readonly rpcDuration = this.histogram("nixoci_snapshotter_rpc_duration_seconds", "Time to answer an RPC.", [
-    "method",
-  ]);
+  readonly rpcs = new GrpcCallMetrics(this, {
+    calls: "nixoci_snapshotter_rpcs_total",
+    callsHelp: "Snapshots RPCs answered, by method and gRPC code.",
+    duration: "nixoci_snapshotter_rpc_duration_seconds",
+    durationHelp: "Time to answer an RPC.",
+  });
   readonly nixLayers = this.counter(
     "nixoci_snapshotter_nix_layers_total",
     "Layers naming store paths committed from the store, by how they hold the store (link, metacopy, bind).",
@@ -30,8 +27,7 @@ export class SnapshotterMetrics extends Metrics {
     "Store paths substituted from binary caches for nix layers.",
   );
 
-  observe(method: string, code: grpc.status, startMs: number): void {
-    this.rpcs.inc({ method, code: status[code] ?? String(code) });
-    this.rpcDuration.observe({ method }, (performance.now() - startMs) / 1000);
+  observe(method: string, code: number, startMs: number): void {
+    this.rpcs.observe(method, code, startMs);
   }
 }

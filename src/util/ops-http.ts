@@ -31,9 +31,16 @@ export async function serveOps(
       return;
     }
     if (path === "/metrics") {
-      const body = opts.metrics.render();
-      res.writeHead(200, { "content-type": METRICS_CONTENT_TYPE, "content-length": Buffer.byteLength(body) });
-      res.end(req.method === "HEAD" ? undefined : body);
+      opts.metrics.render().then(
+        (body) => {
+          res.writeHead(200, {
+            "content-type": METRICS_CONTENT_TYPE,
+            "content-length": Buffer.byteLength(body),
+          });
+          res.end(req.method === "HEAD" ? undefined : body);
+        },
+        (err: Error) => res.writeHead(500).end(`${err.message}\n`),
+      );
       return;
     }
     if (path === "/healthz") {
