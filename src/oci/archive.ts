@@ -16,8 +16,7 @@ import { digestHex } from "./digest.js";
 import type { BuiltImage } from "./image.js";
 import { imageBlobs, indexEntry, OCI_LAYOUT_FILE, storeBlobPath } from "./layout.js";
 import { OCI_INDEX, OCI_LAYER, OCI_LAYER_ZSTD } from "./media-types.js";
-
-const TAG_RE = /^[\w][\w.-]{0,127}$/;
+import { isValidTag } from "./reference.js";
 
 /** One archive member: a directory, or a file from bytes or from a file on disk. */
 export interface TarEntry {
@@ -199,7 +198,7 @@ export async function ociArchiveEntries(image: BuiltImage, tag?: string): Promis
 
 /** Writes an oci-archive (tar of an OCI image layout) to `file`. */
 export async function writeOciArchive(image: BuiltImage, file: string, tag?: string): Promise<string> {
-  if (tag !== undefined && !TAG_RE.test(tag)) throw new NixociError(file, `invalid tag ${quote(tag)}`);
+  if (tag !== undefined && !isValidTag(tag)) throw new NixociError(file, `invalid tag ${quote(tag)}`);
   await writeTarFile(file, await ociArchiveEntries(image, tag));
   return image.manifest.digest;
 }

@@ -16,11 +16,10 @@ import type { Descriptor } from "./descriptor.js";
 import { digestHex, isDigest, type Digest } from "./digest.js";
 import type { BuiltImage } from "./image.js";
 import { OCI_INDEX } from "./media-types.js";
+import { isValidTag } from "./reference.js";
 
 export const REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name";
 export const OCI_LAYOUT_FILE = '{"imageLayoutVersion":"1.0.0"}';
-
-const TAG_RE = /^[\w][\w.-]{0,127}$/;
 
 export interface OciIndex {
   schemaVersion: 2;
@@ -208,7 +207,7 @@ async function isNewLayout(dir: string): Promise<boolean> {
  * place, so it appears complete or not at all; an existing one gets its blobs first and its index.json last.
  */
 export async function writeOciLayout(image: BuiltImage, dir: string, tag?: string): Promise<string> {
-  if (tag !== undefined && !TAG_RE.test(tag)) throw new NixociError(dir, `invalid tag ${quote(tag)}`);
+  if (tag !== undefined && !isValidTag(tag)) throw new NixociError(dir, `invalid tag ${quote(tag)}`);
   try {
     const parent = dirname(resolve(dir));
     const base = basename(resolve(dir));

@@ -16,6 +16,7 @@ import type { BuiltImage } from "./image.js";
 import { writeOciLayout } from "./layout.js";
 import { checkNixImageName, nixImageRef, writeNixImage } from "./nix-image.js";
 import type { LocalStore } from "../store/local-store.js";
+import { MAX_NAME_LENGTH, NAME_RE, TAG_RE } from "./reference.js";
 import { pushImage, type PushEvent } from "./registry-client.js";
 
 export type { PushEvent } from "./registry-client.js";
@@ -27,13 +28,9 @@ export type OutputRef =
   | { kind: "docker"; registry: string; repository: string; tag?: string; digest?: string }
   | { kind: "nix"; name?: string };
 
-/** Repository path components (OCI distribution spec). */
-export const REPOSITORY_RE = /^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$/;
-export const TAG_RE = /^[\w][\w.-]{0,127}$/;
 /** A registry host as Docker references allow it: DNS name or IPv4, or [IPv6], with an optional port. */
 const DOMAIN_RE =
   /^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$/;
-const MAX_NAME_LENGTH = 255;
 
 const TRANSPORTS = "oci:, oci-archive:, docker-archive:, docker://, nix: or -";
 
@@ -57,7 +54,7 @@ function checkTag(ref: string, tag: string): string {
 
 function checkRepository(ref: string, repo: string): void {
   if (repo === "") throw new NixociError(ref, "empty repository name");
-  if (!REPOSITORY_RE.test(repo)) {
+  if (!NAME_RE.test(repo)) {
     const hint = repo.toLowerCase() !== repo ? " (repository names must be lowercase)" : "";
     throw new NixociError(
       ref,

@@ -19,7 +19,7 @@
 // with the token endpoint); every other route challenges with Basic, which is what Nix (a netrc file),
 // browsers and Prometheus (basic_auth) answer. Anything not named here falls in the last row: a route added
 // later is closed under --auth-pull unless it is added here as open.
-import type { Route } from "./distribution.js";
+import type { Route } from "./routes.js";
 
 export interface AccessPolicy {
   /** Credentials are checked at all (--auth). */

@@ -36,7 +36,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import bcrypt from "bcryptjs";
 import { NixociError, quote } from "../util/errors.js";
 import { BcryptBusy, bcryptCompare } from "./bcrypt-pool.js";
-import { RegistryError } from "./errors.js";
+import { registryError, type RegistryError } from "./errors.js";
 import { clientKey, FailureLimit } from "./failure-limit.js";
 
 /** What the server asks the auth to check (a closed decision of access.ts). */
@@ -242,7 +242,7 @@ function tooMany(
   seconds: number,
   message = "too many failed authentication attempts from this address; retry later",
 ): RegistryError {
-  return new RegistryError(429, "TOOMANYREQUESTS", message, undefined, { "Retry-After": String(seconds) });
+  return registryError("TOOMANYREQUESTS", { message, headers: { "Retry-After": String(seconds) } });
 }
 
 function b64url(b: Buffer | string): string {
@@ -415,12 +415,10 @@ class SpecAuth implements RegistryAuth {
     const who = await this.identify(req);
     if (who.kind === "user") {
       if (action === "push" && who.access !== "push")
-        throw new RegistryError(
-          403,
-          "DENIED",
-          "requested access to the resource is denied (pull-only credentials)",
-          [{ Type: "repository", Name: repo, Action: action }],
-        );
+        throw registryError("DENIED", {
+          message: "requested access to the resource is denied (pull-only credentials)",
+          detail: [{ Type: "repository", Name: repo, Action: action }],
+        });
       return;
     }
     const [message, error] =
@@ -428,11 +426,15 @@ class SpecAuth implements RegistryAuth {
         ? ["authentication required", undefined]
         : [`authentication failed: ${who.why}`, who.bearer ? "invalid_token" : undefined];
     const detail = repo !== undefined ? [{ Type: "repository", Name: repo, Action: action }] : undefined;
-    throw new RegistryError(401, "UNAUTHORIZED", message, detail, {
-      "WWW-Authenticate":
-        check.challenge === "basic"
-          ? `Basic realm="${BASIC_REALM}"`
-          : this.challenge(req, action, repo, error),
+    throw registryError("UNAUTHORIZED", {
+      message,
+      detail,
+      headers: {
+        "WWW-Authenticate":
+          check.challenge === "basic"
+            ? `Basic realm="${BASIC_REALM}"`
+            : this.challenge(req, action, repo, error),
+      },
     });
   }
 
@@ -456,8 +458,9 @@ class SpecAuth implements RegistryAuth {
       sub = "";
       access = "pull";
     } else {
-      throw new RegistryError(401, "UNAUTHORIZED", `authentication failed: ${who.why}`, undefined, {
-        "WWW-Authenticate": `Basic realm="${BASIC_REALM}"`,
+      throw registryError("UNAUTHORIZED", {
+        message: `authentication failed: ${who.why}`,
+        headers: { "WWW-Authenticate": `Basic realm="${BASIC_REALM}"` },
       });
     }
     const token = this.issue(sub, access);

@@ -11,6 +11,9 @@
 //   - a suffix range of an empty representation (satisfiable by 14.1.1, but no Content-Range can name it).
 // Positions of any length are accepted: a first position beyond 2^53 is still beyond the end (416), a last one
 // is cut to the end like any other.
+//
+// Also the ranges of blob uploads (the distribution spec's, not RFC 9110's): the Content-Range of a chunk pushed,
+// and the Range header that tells the client how much of an upload the registry has.
 import type { IncomingMessage } from "node:http";
 
 /** The inclusive byte range to send, "unsatisfiable" (answer 416), or undefined (send everything). */
@@ -66,4 +69,19 @@ export function requestedRange(req: IncomingMessage, size: number, etag?: string
   // A date validator needs a Last-Modified (these responses have none); an entity tag matches strongly only.
   if (ifRange !== undefined && (etag === undefined || String(ifRange).trim() !== etag)) return undefined;
   return parseRange(header, size);
+}
+
+/** Content-Range of a PATCH/PUT chunk: "start-end" (inclusive), also "bytes start-end[/total]"; null if malformed. */
+export function parseContentRange(header: string): { start: number; end: number } | null {
+  const m = /^(?:bytes[ =])?(\d+)-(\d+)(?:\/(?:\d+|\*))?$/.exec(header.trim());
+  if (!m) return null;
+  const start = Number(m[1]);
+  const end = Number(m[2]);
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start - 1) return null;
+  return { start, end };
+}
+
+/** The Range header of an upload of `size` bytes ("0-<last byte>", and "0-0" while empty, as docker-registry). */
+export function uploadRange(size: number): string {
+  return `0-${Math.max(0, size - 1)}`;
 }

@@ -29,7 +29,8 @@
 //     the manifest by tag; it never triggers a build.
 // An image, once built, is cached forever under (sorted packages, revision, architecture, layering strategy,
 // layer limit, compression): the same request is answered from the cache without resolving or building.
-import { RegistryError } from "./errors.js";
+import { isValidTag, NAME_COMPONENT_RE } from "../oci/reference.js";
+import { registryError, type RegistryError } from "./errors.js";
 
 /** Meta-packages when none are configured. */
 export const DEFAULT_META_PACKAGES: Readonly<Record<string, readonly string[]>> = Object.freeze({
@@ -46,11 +47,8 @@ export const ARCH_PREFIXES: Readonly<Record<string, string>> = Object.freeze({
   "aarch64-linux": "arm64",
 });
 
-/** One path component of a repository name (the distribution spec's grammar). */
-const COMPONENT_RE = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 /** A package name an expansion may give (attribute paths, store path base names, index keys). */
 const PACKAGE_RE = /^[A-Za-z0-9_][A-Za-z0-9._+'?=-]*$/;
-const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 
 export interface ImageRequest {
   /** OCI architecture (amd64, arm64, ...). */
@@ -60,8 +58,9 @@ export interface ImageRequest {
 }
 
 function invalid(repo: string, why: string): RegistryError {
-  return new RegistryError(400, "NAME_INVALID", `invalid image name ${JSON.stringify(repo)}: ${why}`, {
-    name: repo,
+  return registryError("NAME_INVALID", {
+    message: `invalid image name ${JSON.stringify(repo)}: ${why}`,
+    detail: { name: repo },
   });
 }
 
@@ -75,7 +74,7 @@ export function parseImageName(
 ): ImageRequest {
   const components = repo.split("/");
   for (const c of components) {
-    if (!COMPONENT_RE.test(c)) throw invalid(repo, `${JSON.stringify(c)} is not a valid name component`);
+    if (!NAME_COMPONENT_RE.test(c)) throw invalid(repo, `${JSON.stringify(c)} is not a valid name component`);
   }
   let arch = opts.defaultArch;
   if (components.length > 1 && Object.hasOwn(ARCH_PREFIXES, components[0])) {
@@ -106,9 +105,10 @@ export type ImageReference =
 export function parseImageReference(reference: string): ImageReference {
   if (reference === "latest") return { kind: "latest" };
   if (reference.includes(":")) return { kind: "digest", digest: reference };
-  if (!TAG_RE.test(reference))
-    throw new RegistryError(404, "MANIFEST_UNKNOWN", `invalid tag ${JSON.stringify(reference)}`, {
-      tag: reference,
+  if (!isValidTag(reference))
+    throw registryError("MANIFEST_UNKNOWN", {
+      message: `invalid tag ${JSON.stringify(reference)}`,
+      detail: { tag: reference },
     });
   return { kind: "revision", revision: reference };
 }

@@ -41,7 +41,7 @@ import { RevisionUnavailableError, UnknownPackageError, type PackageResolver } f
 import type { LocalStore } from "../store/local-store.js";
 import { oneLine } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
-import { RegistryError } from "./errors.js";
+import { RegistryError, registryError } from "./errors.js";
 import {
   DEFAULT_META_PACKAGES,
   parseImageName,
@@ -195,7 +195,7 @@ export class NixImageSource implements ManifestSource {
       if (this.running >= this.maxConcurrent && this.waiting.length >= this.maxQueued) {
         const message = `too many images are being built (${this.running} building, ${this.waiting.length} queued); try again later`;
         this.emit({ type: "rejected", ...base, error: message });
-        throw new RegistryError(429, "TOOMANYREQUESTS", message, undefined, { "Retry-After": "30" });
+        throw registryError("TOOMANYREQUESTS", { message, headers: { "Retry-After": "30" } });
       }
       this.emit({ type: "cache-miss", ...base });
       const promise = this.build(id, request, revision, repo);
@@ -292,11 +292,10 @@ export class NixImageSource implements ManifestSource {
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const limit = this.buildTimeoutMs / 1000;
-        const err = new RegistryError(
-          504,
-          "UNKNOWN",
-          `building the image ${repo} took longer than ${limit} s and was stopped; try again later (finished work is kept)`,
-        );
+        const err = registryError("UNKNOWN", {
+          status: 504,
+          message: `building the image ${repo} took longer than ${limit} s and was stopped; try again later (finished work is kept)`,
+        });
         controller.abort(err);
         reject(err);
       }, this.buildTimeoutMs);
@@ -376,17 +375,18 @@ export class NixImageSource implements ManifestSource {
     if (err instanceof RegistryError) return err;
     if (err instanceof UnknownPackageError) {
       const s = err.packages.length === 1 ? "" : "s";
-      return new RegistryError(404, "NAME_UNKNOWN", `unknown package${s}: ${err.packages.join(", ")}`, {
-        packages: err.packages,
-        source: this.resolver.description,
+      return registryError("NAME_UNKNOWN", {
+        message: `unknown package${s}: ${err.packages.join(", ")}`,
+        detail: { packages: err.packages, source: this.resolver.description },
       });
     }
     if (err instanceof RevisionUnavailableError)
-      return new RegistryError(404, "MANIFEST_UNKNOWN", `${oneLine(err.message)}`, {
-        revision: err.revision,
+      return registryError("MANIFEST_UNKNOWN", {
+        message: `${oneLine(err.message)}`,
+        detail: { revision: err.revision },
       });
     const message = oneLine(err instanceof Error ? err.message : String(err)).slice(0, 1000);
-    return new RegistryError(500, "UNKNOWN", `building the image ${repo} failed: ${message}`);
+    return registryError("UNKNOWN", { message: `building the image ${repo} failed: ${message}` });
   }
 
   private emit(e: NixImageEvent): void {

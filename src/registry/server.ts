@@ -16,9 +16,10 @@ import type { Duplex } from "node:stream";
 import { oneLine } from "../util/errors.js";
 import { decideAccess, decideRepoAccess, type AccessPolicy, type Decision } from "./access.js";
 import type { RegistryAuth } from "./auth.js";
-import { checkMethod, Distribution, parseRoute, routeName, type Route } from "./distribution.js";
-import { RegistryError } from "./errors.js";
+import { Distribution } from "./distribution.js";
+import { RegistryError, registryError } from "./errors.js";
 import type { ManifestSource } from "./manifest-source.js";
+import { checkMethod, parseRoute, routeName, type Route } from "./routes.js";
 import type { RegistryStorage } from "./storage.js";
 
 export interface RequestInfo {
@@ -85,7 +86,7 @@ function watchBodyProgress(
     clearInterval(timer);
     onStall();
     if (!res.headersSent) {
-      const body = new RegistryError(408, "UNKNOWN", "request body too slow").body();
+      const body = registryError("UNKNOWN", { status: 408, message: "request body too slow" }).body();
       res.writeHead(408, {
         "Content-Type": "application/json; charset=utf-8",
         "Content-Length": String(body.length),
@@ -129,8 +130,8 @@ function sendError(req: IncomingMessage, res: ServerResponse, err: unknown): str
     err instanceof RegistryError
       ? err
       : full
-        ? new RegistryError(507, "UNKNOWN", "the registry's storage is full")
-        : new RegistryError(500, "UNKNOWN", "internal server error");
+        ? registryError("UNKNOWN", { status: 507, message: "the registry's storage is full" })
+        : registryError("UNKNOWN");
   const note =
     err instanceof RegistryError ? err.code : `${full ? "storage full" : "internal"}: ${errorMessage(err)}`;
   const body = re.body();
@@ -219,7 +220,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
             return;
           }
         }
-        throw new RegistryError(404, "NOT_FOUND", "not found");
+        throw registryError("NOT_FOUND");
       }
       try {
         route = parseRoute(path);
@@ -227,7 +228,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
         info.route = "invalid-name";
         throw err;
       }
-      if (!route) throw new RegistryError(404, "NOT_FOUND", "not found");
+      if (!route) throw registryError("NOT_FOUND");
       res.setHeader("Docker-Distribution-API-Version", "registry/2.0");
       info.route = routeName(route, method);
       if ("name" in route) info.repo = route.name;
@@ -235,7 +236,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       await verify(decideAccess(method, path, route, policy));
       if (route.kind === "token") {
         if (!auth?.handleTokenRequest)
-          throw new RegistryError(404, "NOT_FOUND", "this registry has no token endpoint");
+          throw registryError("NOT_FOUND", { message: "this registry has no token endpoint" });
         await auth.handleTokenRequest(req, res);
         return;
       }

@@ -37,9 +37,11 @@ import { BlobStore } from "../oci/blob-store.js";
 import type { Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, sha256Digest, type Digest } from "../oci/digest.js";
 import { isAbandonedTemp, removeTree, writeFileAtomic } from "../util/fs.js";
-import { compareTags, isValidName, isValidTag, MANIFEST_MEDIA_TYPES, parseManifest } from "./distribution.js";
-import { RegistryError } from "./errors.js";
+import { compareTags, isValidName, isValidTag } from "../oci/reference.js";
+import { registryError, type RegistryError } from "./errors.js";
+import { uploadRange } from "./http-range.js";
 import type { StoredManifest } from "./manifest-source.js";
+import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, parseManifest } from "./manifests.js";
 
 export interface UploadStatus {
   uuid: string;
@@ -73,8 +75,6 @@ export const DEFAULT_UPLOAD_TTL_MS = 3600_000;
 const WRITTEN_DIRS = ["blobs", "repositories", "uploads", "nix-images", "layers", "images"];
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-/** The largest manifest stored or read (the spec asks registries to accept at least 4 MiB). */
-export const MAX_MANIFEST_SIZE = 4 << 20;
 
 function errno(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException)?.code;
@@ -90,7 +90,7 @@ async function exists(path: string): Promise<boolean> {
 }
 
 function uploadUnknown(uuid: string): RegistryError {
-  return new RegistryError(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", { uuid });
+  return registryError("BLOB_UPLOAD_UNKNOWN", { detail: { uuid } });
 }
 
 export class RegistryStorage {
@@ -113,8 +113,7 @@ export class RegistryStorage {
   // ---- paths (every argument validated first) ----
 
   private repoDir(repo: string): string {
-    if (!isValidName(repo))
-      throw new RegistryError(400, "NAME_INVALID", "invalid repository name", { name: repo });
+    if (!isValidName(repo)) throw registryError("NAME_INVALID", { detail: { name: repo } });
     return join(this.root, "repositories", ...repo.split("/"));
   }
 
@@ -123,7 +122,8 @@ export class RegistryStorage {
   }
 
   private tagPath(repo: string, tag: string): string {
-    if (!isValidTag(tag)) throw new RegistryError(400, "MANIFEST_INVALID", "invalid tag", { tag });
+    if (!isValidTag(tag))
+      throw registryError("MANIFEST_INVALID", { message: "invalid tag", detail: { tag } });
     return join(this.repoDir(repo), "_manifests", "tags", tag);
   }
 
@@ -298,31 +298,26 @@ export class RegistryStorage {
     const refIsDigest = isDigest(reference);
     if (!refIsDigest) this.tagPath(repo, reference);
     if (bytes.length > MAX_MANIFEST_SIZE)
-      throw new RegistryError(413, "SIZE_INVALID", "manifest too large", { limit: MAX_MANIFEST_SIZE });
+      throw registryError("SIZE_INVALID", {
+        status: 413,
+        message: "manifest too large",
+        detail: { limit: MAX_MANIFEST_SIZE },
+      });
     const m = parseManifest(bytes, mediaType);
     const digest = sha256Digest(bytes);
     if (refIsDigest && reference !== digest)
-      throw new RegistryError(400, "DIGEST_INVALID", "manifest digest did not match the reference", {
-        reference,
-        digest,
+      throw registryError("DIGEST_INVALID", {
+        message: "manifest digest did not match the reference",
+        detail: { reference, digest },
       });
     for (const b of m.blobs) {
       if (b.foreign) continue;
       const size = await this.blobs.size(b.digest);
-      if (size === undefined)
-        throw new RegistryError(
-          400,
-          "MANIFEST_BLOB_UNKNOWN",
-          "manifest references a blob unknown to registry",
-          {
-            digest: b.digest,
-          },
-        );
+      if (size === undefined) throw registryError("MANIFEST_BLOB_UNKNOWN", { detail: { digest: b.digest } });
       if (size !== b.size)
-        throw new RegistryError(400, "MANIFEST_INVALID", "manifest gives a blob a size it does not have", {
-          digest: b.digest,
-          size: b.size,
-          actual: size,
+        throw registryError("MANIFEST_INVALID", {
+          message: "manifest gives a blob a size it does not have",
+          detail: { digest: b.digest, size: b.size, actual: size },
         });
     }
     for (const c of m.manifests) {
@@ -330,17 +325,14 @@ export class RegistryStorage {
       // served as a manifest once the index named it.
       const child = await this.readManifest(repo, c.digest);
       if (!child)
-        throw new RegistryError(
-          400,
-          "MANIFEST_BLOB_UNKNOWN",
-          "index references a manifest unknown to the repository",
-          { digest: c.digest },
-        );
+        throw registryError("MANIFEST_BLOB_UNKNOWN", {
+          message: "index references a manifest unknown to the repository",
+          detail: { digest: c.digest },
+        });
       if (child.bytes.length !== c.size)
-        throw new RegistryError(400, "MANIFEST_INVALID", "index gives a manifest a size it does not have", {
-          digest: c.digest,
-          size: c.size,
-          actual: child.bytes.length,
+        throw registryError("MANIFEST_INVALID", {
+          message: "index gives a manifest a size it does not have",
+          detail: { digest: c.digest, size: c.size, actual: child.bytes.length },
         });
     }
     await this.record(repo, { digest, mediaType, bytes }, m);
@@ -516,13 +508,11 @@ export class RegistryStorage {
     return this.serial(uuid, async () => {
       const st = await this.uploadStatus(repo, uuid);
       if (opts.offset !== undefined && opts.offset !== st.size)
-        throw new RegistryError(
-          416,
-          "BLOB_UPLOAD_INVALID",
-          "chunk out of order: its range does not start at the end of the upload",
-          { offset: opts.offset, size: st.size },
-          { Range: uploadRange(st.size) },
-        );
+        throw registryError("BLOB_UPLOAD_INVALID", {
+          message: "chunk out of order: its range does not start at the end of the upload",
+          detail: { offset: opts.offset, size: st.size },
+          headers: { Range: uploadRange(st.size) },
+        });
       const state = await this.hashAt(uuid, st.size);
       const saved = state.hash.copy();
       const file = join(this.uploadDir(uuid), "data");
@@ -537,9 +527,9 @@ export class RegistryStorage {
       try {
         await pipeline(source, hasher, createWriteStream(file, { flags: "a" }));
         if (opts.length !== undefined && written !== opts.length)
-          throw new RegistryError(400, "SIZE_INVALID", "chunk length does not match its Content-Range", {
-            expected: opts.length,
-            received: written,
+          throw registryError("SIZE_INVALID", {
+            message: "chunk length does not match its Content-Range",
+            detail: { expected: opts.length, received: written },
           });
       } catch (err) {
         // Back to the state before this chunk.
@@ -568,10 +558,9 @@ export class RegistryStorage {
       const dir = this.uploadDir(uuid);
       if (digest !== expected) {
         await this.removeUpload(uuid);
-        throw new RegistryError(400, "DIGEST_INVALID", "provided digest did not match uploaded content", {
-          expected,
-          digest,
-          size: st.size,
+        throw registryError("DIGEST_INVALID", {
+          message: "provided digest did not match uploaded content",
+          detail: { expected, digest, size: st.size },
         });
       }
       if (!(await this.blobs.has(digest))) {
@@ -713,9 +702,4 @@ export class RegistryStorage {
     clearInterval(this.upkeep);
     this.upkeep = undefined;
   }
-}
-
-/** The Range header of an upload of `size` bytes ("0-<last byte>", and "0-0" while empty, as docker-registry). */
-export function uploadRange(size: number): string {
-  return `0-${Math.max(0, size - 1)}`;
 }

@@ -17,6 +17,7 @@
 import { readFile, stat } from "node:fs/promises";
 import { resolve as resolvePath } from "node:path";
 import { parseStorePath } from "../nix/store-path.js";
+import { isValidTag } from "../oci/reference.js";
 import type { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
@@ -24,7 +25,6 @@ import { NixociError, quote } from "../util/errors.js";
 import {
   archForName,
   RevisionUnavailableError,
-  TAG_RE,
   UnknownPackageError,
   type PackageResolver,
   type ResolveOptions,
@@ -47,7 +47,7 @@ export function parsePackageIndex(text: string, input: string, storeDir?: string
   const isObject = (v: unknown): v is Record<string, unknown> =>
     typeof v === "object" && v !== null && !Array.isArray(v);
   if (!isObject(doc)) throw new NixociError(input, "must be a JSON object");
-  if (typeof doc.revision !== "string" || !TAG_RE.test(doc.revision))
+  if (typeof doc.revision !== "string" || !isValidTag(doc.revision))
     throw new NixociError(input, `"revision" must be a string usable as a tag ([A-Za-z0-9_][A-Za-z0-9._-]*)`);
   if (!isObject(doc.packages)) throw new NixociError(input, `"packages" must be an object of architectures`);
   const packages = new Map<string, Map<string, string[]>>();

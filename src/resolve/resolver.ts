@@ -69,9 +69,6 @@ export class RevisionUnavailableError extends NixociError {
   }
 }
 
-/** What a tag must look like (the distribution spec's tag grammar); revisions are used as tags. */
-export const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
-
 const SYSTEMS: Record<string, string> = {
   amd64: "x86_64-linux",
   arm64: "aarch64-linux",

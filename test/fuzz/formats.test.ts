@@ -8,13 +8,10 @@ import { parseCacheInfo, serializeCacheInfo } from "../../src/nix/cache-info.js"
 import { Hash } from "../../src/nix/hash.js";
 import { parseNarInfo, serializeNarInfo, type NarInfo } from "../../src/nix/narinfo.js";
 import { parseStoreBaseName, parseStorePath } from "../../src/nix/store-path.js";
-import {
-  isValidName,
-  parseManifest,
-  parseRange,
-  parseRoute,
-  MANIFEST_MEDIA_TYPES,
-} from "../../src/registry/distribution.js";
+import { isValidName } from "../../src/oci/reference.js";
+import { parseRange } from "../../src/registry/http-range.js";
+import { MANIFEST_MEDIA_TYPES, parseManifest } from "../../src/registry/manifests.js";
+import { parseRoute } from "../../src/registry/routes.js";
 import { RegistryError } from "../../src/registry/errors.js";
 import { SnapshotError } from "../../src/snapshotter/metadata.js";
 import { parseFilter } from "../../src/snapshotter/overlay.js";

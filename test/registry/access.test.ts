@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { decideAccess, routeNeed, type AccessPolicy } from "../../src/registry/access.js";
 import { parseAuthSpec } from "../../src/registry/auth.js";
 import { binaryCacheRoutes, type BinaryCacheHandler } from "../../src/registry/binary-cache-endpoint.js";
-import { parseRoute } from "../../src/registry/distribution.js";
+import { parseRoute } from "../../src/registry/routes.js";
 import { registryMetrics } from "../../src/registry/metrics.js";
 import { opsRoutes } from "../../src/registry/ops.js";
 import { parseSecretKey } from "../../src/nix/signature.js";

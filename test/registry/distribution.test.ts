@@ -24,15 +24,10 @@ import {
   OCI_MANIFEST,
 } from "../../src/oci/media-types.js";
 import { pushImage } from "../../src/oci/registry-client.js";
-import {
-  classifyDigest,
-  compareTags,
-  negotiate,
-  parseAccept,
-  parseContentRange,
-  parseRange,
-  parseRoute,
-} from "../../src/registry/distribution.js";
+import { classifyDigest, compareTags } from "../../src/oci/reference.js";
+import { parseContentRange, parseRange } from "../../src/registry/http-range.js";
+import { negotiate, parseAccept } from "../../src/registry/negotiation.js";
+import { parseRoute } from "../../src/registry/routes.js";
 import { RegistryError } from "../../src/registry/errors.js";
 import type { ManifestSource } from "../../src/registry/manifest-source.js";
 import { RegistryStorage } from "../../src/registry/storage.js";

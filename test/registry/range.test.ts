@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { parseNarInfo } from "../../src/nix/narinfo.js";
 import { sha256Digest } from "../../src/oci/digest.js";
 import { binaryCacheRoutes, type BinaryCacheHandler } from "../../src/registry/binary-cache-endpoint.js";
-import { parseRange } from "../../src/registry/distribution.js";
+import { parseRange } from "../../src/registry/http-range.js";
 import { LocalStore } from "../../src/store/local-store.js";
 import { buildFixtures } from "../support/fixtures.js";
 import { request, startServer, type TestServer } from "../support/registry-server.js";
