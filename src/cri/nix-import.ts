@@ -16,7 +16,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import type { ContainerdClient, DescriptorMessage } from "../containerd/api.js";
 import { ALREADY_EXISTS, grpcCode } from "../containerd/api.js";
-import { MANIFEST_DIGEST_LABEL, REF_LABEL } from "../containerd/labels.js";
+import { MANIFEST_DIGEST_LABEL, REF_LABEL, SNAPSHOT_LABEL_PREFIX } from "../image/annotations.js";
 import { storePathsTar } from "../image/layer-tar.js";
 import { OCI_LAYER } from "../oci/media-types.js";
 import type { NixImage, NixImageLayer } from "../oci/nix-image.js";
@@ -124,7 +124,7 @@ async function unpackLayer(
     [MANIFEST_DIGEST_LABEL]: image.manifest.digest,
   };
   for (const [k, v] of Object.entries(layer.descriptor.annotations ?? {}))
-    if (k.startsWith("containerd.io/snapshot/")) labels[k] = v;
+    if (k.startsWith(SNAPSHOT_LABEL_PREFIX)) labels[k] = v;
   const key = `extract-${Date.now()}${randomBytes(4).toString("hex")} ${chain}`;
   let mounts;
   try {

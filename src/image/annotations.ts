@@ -1,7 +1,31 @@
-// Snapshot labels containerd's unpacker and CRI plugin set, which nixoci's snapshotter and image service both read
-// or write.
+// The vocabulary nixoci shares with containerd through images and snapshots, in one place: the layer annotations
+// that name a layer's store paths (written by the image builder, read by the snapshotter, which gets them as
+// snapshot labels), and the snapshot labels containerd's unpacker and CRI plugin set, which nixoci's snapshotter
+// and image service read or write.
+
+/** Labels containerd passes to snapshotters start with this (annotations with it become snapshot labels). */
+export const SNAPSHOT_LABEL_PREFIX = "containerd.io/snapshot/";
 
 /** The chain ID a Prepare is meant to become (containerd's remote-snapshot protocol). */
 export const REF_LABEL = "containerd.io/snapshot.ref";
 /** The manifest digest of the image a layer is unpacked for (CRI, with snapshot annotations enabled). */
 export const MANIFEST_DIGEST_LABEL = "containerd.io/snapshot/cri.manifest-digest";
+
+/** Annotation key naming a layer's store paths (the key nix-snapshotter reads): `<prefix>.<i>` = path. */
+export const NIX_STORE_PATH_ANNOTATION = "containerd.io/snapshot/nix-store-path";
+
+/**
+ * The store paths `<NIX_STORE_PATH_ANNOTATION>.<i>` keys name (layer annotations, or the snapshot labels
+ * containerd copies from them), in index order, deduplicated; a non-numeric index sorts last.
+ */
+export function storePathsFromAnnotations(annotations: Readonly<Record<string, string>>): string[] {
+  const prefix = `${NIX_STORE_PATH_ANNOTATION}.`;
+  const indexed: Array<[number, string]> = [];
+  for (const [k, v] of Object.entries(annotations)) {
+    if (!k.startsWith(prefix)) continue;
+    const i = Number(k.slice(prefix.length));
+    indexed.push([Number.isFinite(i) ? i : Number.MAX_SAFE_INTEGER, v]);
+  }
+  indexed.sort((a, b) => a[0] - b[0]);
+  return [...new Set(indexed.map((x) => x[1]))];
+}

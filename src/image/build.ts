@@ -21,7 +21,8 @@ import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
 import type { ImageSpec } from "./spec.js";
-import { NIX_STORE_PATH_ANNOTATION, type LayeringStrategy, type PlannedLayer } from "./types.js";
+import { NIX_STORE_PATH_ANNOTATION } from "./annotations.js";
+import type { LayeringStrategy, PlannedLayer } from "./types.js";
 
 export interface BuildOptions {
   /** Store paths the image is made of (its packages), in priority order for the symlink farm. */

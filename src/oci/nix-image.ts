@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { Hash } from "../nix/hash.js";
 import { narHashOfPath, dumpPath } from "../nix/nar-writer.js";
 import { makeContentAddressedPath, parseStorePath, validateStorePathName } from "../nix/store-path.js";
-import { storePathsFromAnnotations } from "../image/types.js";
+import { storePathsFromAnnotations } from "../image/annotations.js";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { makeTempWorkDir, removeTree } from "../util/fs.js";

@@ -34,9 +34,9 @@ import {
 } from "node:fs";
 import { basename, join, resolve } from "node:path";
 
-import { MANIFEST_DIGEST_LABEL } from "../containerd/labels.js";
+import { MANIFEST_DIGEST_LABEL } from "../image/annotations.js";
 
-export { MANIFEST_DIGEST_LABEL } from "../containerd/labels.js";
+export { MANIFEST_DIGEST_LABEL } from "../image/annotations.js";
 
 const NIX_STORE = "/nix/store";
 const NIX_GCROOTS = "/nix/var/nix/gcroots";

@@ -64,8 +64,7 @@ import {
 } from "node:fs";
 import { rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { REF_LABEL } from "../containerd/labels.js";
-import { storePathsFromAnnotations } from "../image/types.js";
+import { REF_LABEL, storePathsFromAnnotations } from "../image/annotations.js";
 import { parseStorePath } from "../nix/store-path.js";
 import type { Logger } from "../util/logger.js";
 import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
@@ -88,7 +87,7 @@ import {
   type OverlayOptions,
 } from "./overlay.js";
 
-export { REF_LABEL } from "../containerd/labels.js";
+export { REF_LABEL } from "../image/annotations.js";
 
 export interface NixSnapshotterOptions extends OverlayOptions {
   store: LocalStore;
