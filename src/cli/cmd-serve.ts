@@ -14,7 +14,7 @@ import { NixImageSource, type NixImageEvent, type NixImageRecord } from "../regi
 import { opsRoutes, requestObserver, type RecentImage } from "../registry/ops.js";
 import { createRegistryServer } from "../registry/server.js";
 import { RegistryStorage } from "../registry/storage.js";
-import { createResolver } from "../resolve/resolver.js";
+import { createResolver } from "../resolve/create-resolver.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";

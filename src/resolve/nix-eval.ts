@@ -24,8 +24,8 @@ import { readFile, realpath, stat } from "node:fs/promises";
 import { dirname, join, resolve as resolvePath } from "node:path";
 import { parseStorePath } from "../nix/store-path.js";
 import { NixociError, oneLine } from "../util/errors.js";
+import { Cached } from "./cached.js";
 import {
-  Cached,
   RevisionUnavailableError,
   systemForArch,
   UnknownPackageError,

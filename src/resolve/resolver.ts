@@ -5,9 +5,8 @@
 //   - PackageIndexResolver (package-index.ts): a JSON index of prebuilt store paths per architecture, realised
 //     from signed binary caches without the nix binary;
 //   - LiteralResolver (literal.ts): names that are store path base names ("<hash>-<name>"), taken as they are.
-// createResolver picks one from the serve options.
-import type { LocalStore } from "../store/local-store.js";
-import type { Store } from "../store/store.js";
+// This module holds what they share (the interface and its errors); create-resolver.ts picks one from the serve
+// options.
 import { NixociError } from "../util/errors.js";
 
 export interface ResolveOptions {
@@ -92,76 +91,4 @@ export function archForName(name: string): string | undefined {
   const bare = name.replace(/-linux$/, "");
   for (const [arch, system] of Object.entries(SYSTEMS)) if (system === `${bare}-linux`) return arch;
   return undefined;
-}
-
-/** A value computed at most once per `ttlMs` (concurrent callers share the computation; failures are not kept). */
-export class Cached<T> {
-  private value?: { at: number; promise: Promise<T> };
-
-  constructor(
-    private readonly ttlMs: number,
-    private readonly compute: () => Promise<T>,
-  ) {}
-
-  get(): Promise<T> {
-    const now = Date.now();
-    if (this.value && now - this.value.at < this.ttlMs) return this.value.promise;
-    const promise = this.compute();
-    const entry = { at: now, promise };
-    this.value = entry;
-    promise.catch(() => {
-      if (this.value === entry) this.value = undefined;
-    });
-    return promise;
-  }
-
-  invalidate(): void {
-    this.value = undefined;
-  }
-}
-
-export interface ResolverOptions {
-  /** A Nix file (or directory with default.nix): an attribute set of packages, or a function returning one. */
-  nixFile?: string;
-  /** A nixpkgs checkout (git repository, or a tree with .git-revision): `import PATH { system }`. */
-  nixpkgs?: string;
-  /** A flake reference; packages are its packages.<system> and legacyPackages.<system>. */
-  flake?: string;
-  /** A package index JSON file of prebuilt store paths, substituted from `substituters`. */
-  indexFile?: string;
-  /** The local store images are built from. */
-  store: LocalStore;
-  /** Binary caches (with their trust settings) for the index and literal resolvers. */
-  substituters?: Store[];
-  /** Limit for one evaluation+build by the nix binary (default: none; the registry applies its own). */
-  nixTimeoutMs?: number;
-}
-
-/**
- * The resolver the options ask for: at most one of nixFile, nixpkgs, flake and indexFile; none means
- * literal store path names.
- */
-export async function createResolver(opts: ResolverOptions): Promise<PackageResolver> {
-  const given = (["nixFile", "nixpkgs", "flake", "indexFile"] as const).filter((k) => opts[k] !== undefined);
-  if (given.length > 1)
-    throw new NixociError("serve", `give only one package source (got ${given.join(" and ")})`);
-  if (opts.indexFile !== undefined) {
-    const { PackageIndexResolver } = await import("./package-index.js");
-    return new PackageIndexResolver({
-      indexFile: opts.indexFile,
-      store: opts.store,
-      substituters: opts.substituters ?? [],
-    });
-  }
-  if (opts.nixFile !== undefined || opts.nixpkgs !== undefined || opts.flake !== undefined) {
-    const { NixEvalResolver } = await import("./nix-eval.js");
-    return new NixEvalResolver({
-      nixFile: opts.nixFile,
-      nixpkgs: opts.nixpkgs,
-      flake: opts.flake,
-      timeoutMs: opts.nixTimeoutMs,
-    });
-  }
-  const { LiteralResolver } = await import("./literal.js");
-  return new LiteralResolver({ store: opts.store, substituters: opts.substituters ?? [] });
 }
