@@ -27,34 +27,24 @@
 // directory above; upload sessions idle longer than the TTL (default 1 h) are removed at start and then every
 // quarter of the TTL. Sessions are resumable across restarts (the spec's chunked uploads), so they go by age,
 // not by restart.
-import { createHash, randomUUID, type Hash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
-import { Transform, type Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+//
+// This class is the facade the handlers, the on-demand images and the CLI use: repositories and blob links are
+// here; manifests (tags, revisions, referrers) are manifest-store.ts, uploads upload-store.ts, and the paths
+// of the tree above storage-layout.ts.
+import { readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
 import { BlobStore } from "../oci/blob-store.js";
-import type { Descriptor } from "../oci/descriptor.js";
-import { digestHex, isDigest, sha256Digest, type Digest } from "../oci/digest.js";
-import { isAbandonedTemp, removeTree, writeFileAtomic } from "../util/fs.js";
-import { compareTags, isValidName, isValidTag } from "../oci/reference.js";
-import { registryError, type RegistryError } from "./errors.js";
-import { uploadRange } from "./http-range.js";
+import type { Digest } from "../oci/digest.js";
+import { compareTags, isValidName } from "../oci/reference.js";
+import { isAbandonedTemp, removeTree } from "../util/fs.js";
 import type { StoredManifest } from "./manifest-source.js";
-import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, parseManifest } from "./manifests.js";
+import { ManifestStore, type ReferrerDescriptor } from "./manifest-store.js";
+import { exists, StorageLayout } from "./storage-layout.js";
+import { UploadStore, type UploadStatus } from "./upload-store.js";
 
-export interface UploadStatus {
-  uuid: string;
-  repo: string;
-  /** Bytes received so far. */
-  size: number;
-  startedAt: number;
-}
-
-/** A referrer as the referrers API lists it. */
-export interface ReferrerDescriptor extends Descriptor {
-  artifactType?: string;
-}
+export type { ReferrerDescriptor } from "./manifest-store.js";
+export type { UploadStatus } from "./upload-store.js";
 
 export interface RegistryStorageOptions {
   /** Upload sessions idle (no bytes received) longer than this are removed by the upkeep (default 1 h). */
@@ -74,32 +64,13 @@ export const DEFAULT_UPLOAD_TTL_MS = 3600_000;
 /** The directories of the storage root that writers put temporaries in (walked recursively by the sweep). */
 const WRITTEN_DIRS = ["blobs", "repositories", "uploads", "nix-images", "layers", "images"];
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
-function errno(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException)?.code;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function uploadUnknown(uuid: string): RegistryError {
-  return registryError("BLOB_UPLOAD_UNKNOWN", { detail: { uuid } });
-}
-
 export class RegistryStorage {
   readonly root: string;
   readonly blobs: BlobStore;
-  /** Running sha256 of each upload in progress (rebuilt from its data file after a restart). */
-  private readonly hashes = new Map<string, { hash: Hash; size: number }>();
-  private readonly locks = new Map<string, Promise<unknown>>();
   readonly uploadTtlMs: number;
+  private readonly layout: StorageLayout;
+  private readonly manifests: ManifestStore;
+  private readonly uploads: UploadStore;
   private upkeep?: NodeJS.Timeout;
 
   constructor(root: string, opts: RegistryStorageOptions = {}) {
@@ -108,55 +79,15 @@ export class RegistryStorage {
     this.uploadTtlMs = opts.uploadTtlMs ?? DEFAULT_UPLOAD_TTL_MS;
     if (!(this.uploadTtlMs > 0))
       throw new Error(`RegistryStorage: uploadTtlMs must be positive, got ${opts.uploadTtlMs}`);
-  }
-
-  // ---- paths (every argument validated first) ----
-
-  private repoDir(repo: string): string {
-    if (!isValidName(repo)) throw registryError("NAME_INVALID", { detail: { name: repo } });
-    return join(this.root, "repositories", ...repo.split("/"));
-  }
-
-  private revisionPath(repo: string, digest: Digest): string {
-    return join(this.repoDir(repo), "_manifests", "revisions", "sha256", digestHex(digest));
-  }
-
-  private tagPath(repo: string, tag: string): string {
-    if (!isValidTag(tag))
-      throw registryError("MANIFEST_INVALID", { message: "invalid tag", detail: { tag } });
-    return join(this.repoDir(repo), "_manifests", "tags", tag);
-  }
-
-  private layerLink(repo: string, digest: Digest): string {
-    return join(this.repoDir(repo), "_layers", "sha256", digestHex(digest));
-  }
-
-  private referrersDir(repo: string, subject: Digest): string {
-    return join(this.repoDir(repo), "_referrers", "sha256", digestHex(subject));
-  }
-
-  private uploadDir(uuid: string): string {
-    if (!UUID_RE.test(uuid)) throw uploadUnknown(uuid);
-    return join(this.root, "uploads", uuid);
-  }
-
-  /** Runs `f` after every earlier call for the same key (uploads are appended to one at a time). */
-  private async serial<T>(key: string, f: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve();
-    const run = prev.then(f, f);
-    const tail = run.catch(() => undefined);
-    this.locks.set(key, tail);
-    try {
-      return await run;
-    } finally {
-      if (this.locks.get(key) === tail) this.locks.delete(key);
-    }
+    this.layout = new StorageLayout(root);
+    this.manifests = new ManifestStore(this.layout, this.blobs);
+    this.uploads = new UploadStore(this.layout, this.blobs);
   }
 
   // ---- repositories ----
 
   async hasRepository(repo: string): Promise<boolean> {
-    const dir = this.repoDir(repo);
+    const dir = this.layout.repoDir(repo);
     return (await exists(join(dir, "_manifests"))) || (await exists(join(dir, "_layers")));
   }
 
@@ -183,37 +114,23 @@ export class RegistryStorage {
   }
 
   /** The repository's tags in the spec's order (compareTags: case-insensitive, then by code units). */
-  async listTags(repo: string): Promise<string[]> {
-    const dir = join(this.repoDir(repo), "_manifests", "tags");
-    let names: string[];
-    try {
-      names = await readdir(dir);
-    } catch {
-      return [];
-    }
-    return names.filter(isValidTag).sort(compareTags);
+  listTags(repo: string): Promise<string[]> {
+    return this.manifests.listTags(repo);
   }
 
   // ---- blobs ----
 
-  async linkBlob(repo: string, digest: Digest): Promise<void> {
-    const link = this.layerLink(repo, digest);
-    try {
-      await writeFile(link, "", { flag: "a" });
-    } catch (err) {
-      if (errno(err) !== "ENOENT") throw err;
-      await mkdir(dirname(link), { recursive: true });
-      await writeFile(link, "", { flag: "a" });
-    }
+  linkBlob(repo: string, digest: Digest): Promise<void> {
+    return this.layout.linkBlob(repo, digest);
   }
 
   async blobLinked(repo: string, digest: Digest): Promise<boolean> {
-    return exists(this.layerLink(repo, digest));
+    return exists(this.layout.layerLink(repo, digest));
   }
 
   /** Removes the blob from the repository (the blob store keeps it: other repositories and the layer cache share it). */
   async unlinkBlob(repo: string, digest: Digest): Promise<boolean> {
-    const link = this.layerLink(repo, digest);
+    const link = this.layout.layerLink(repo, digest);
     if (!(await exists(link))) return false;
     await rm(link, { force: true });
     return true;
@@ -232,408 +149,74 @@ export class RegistryStorage {
     return true;
   }
 
-  // ---- manifests ----
+  // ---- manifests (manifest-store.ts) ----
 
   /** A manifest by tag or digest (undefined when the repository does not have it). */
-  async getManifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
-    this.repoDir(repo);
-    let digest: Digest;
-    if (isDigest(reference)) digest = reference;
-    else {
-      if (!isValidTag(reference)) return undefined;
-      let text: string;
-      try {
-        text = (await readFile(this.tagPath(repo, reference), "utf8")).trim();
-      } catch {
-        return undefined;
-      }
-      if (!isDigest(text)) return undefined;
-      digest = text;
-    }
-    return this.readManifest(repo, digest);
+  getManifest(repo: string, reference: string): Promise<StoredManifest | undefined> {
+    return this.manifests.getManifest(repo, reference);
   }
 
-  private async readManifest(repo: string, digest: Digest): Promise<StoredManifest | undefined> {
-    let mediaType: string;
-    try {
-      const rec = JSON.parse(await readFile(this.revisionPath(repo, digest), "utf8")) as {
-        mediaType?: unknown;
-      };
-      if (typeof rec.mediaType !== "string") return undefined;
-      mediaType = rec.mediaType;
-    } catch {
-      return undefined;
-    }
-    let bytes: Buffer;
-    try {
-      const size = await this.blobs.size(digest);
-      if (size === undefined || size > MAX_MANIFEST_SIZE) return undefined;
-      bytes = await readFile(this.blobs.path(digest));
-    } catch {
-      return undefined;
-    }
-    // A damaged file is not served under a digest it does not have.
-    if (sha256Digest(bytes) !== digest) return undefined;
-    // Nor a blob that is no manifest of its recorded type (recorded by an index naming it before indexes'
-    // children were checked).
-    if (MANIFEST_MEDIA_TYPES.has(mediaType)) {
-      try {
-        parseManifest(bytes, mediaType);
-      } catch {
-        return undefined;
-      }
-    }
-    return { digest, mediaType, bytes };
+  /** Checks and stores a manifest pushed under a tag or its digest (ManifestStore.putManifest). */
+  putManifest(repo: string, reference: string, bytes: Buffer, mediaType: string): Promise<Digest> {
+    return this.manifests.putManifest(repo, reference, bytes, mediaType);
   }
 
-  /**
-   * Stores a manifest pushed under a tag or its digest. Checks that it is JSON of a supported type whose
-   * mediaType (when present) is `mediaType`, that every blob it names (config, layers) is in the blob store with
-   * the size it says, and that an index's manifests are manifests of the repository (400 MANIFEST_BLOB_UNKNOWN
-   * otherwise, as docker-registry answers), with the sizes it says; then records it,
-   * links its blobs to the repository and points the tag at it (atomically, last).
-   */
-  async putManifest(repo: string, reference: string, bytes: Buffer, mediaType: string): Promise<Digest> {
-    this.repoDir(repo);
-    const refIsDigest = isDigest(reference);
-    if (!refIsDigest) this.tagPath(repo, reference);
-    if (bytes.length > MAX_MANIFEST_SIZE)
-      throw registryError("SIZE_INVALID", {
-        status: 413,
-        message: "manifest too large",
-        detail: { limit: MAX_MANIFEST_SIZE },
-      });
-    const m = parseManifest(bytes, mediaType);
-    const digest = sha256Digest(bytes);
-    if (refIsDigest && reference !== digest)
-      throw registryError("DIGEST_INVALID", {
-        message: "manifest digest did not match the reference",
-        detail: { reference, digest },
-      });
-    for (const b of m.blobs) {
-      if (b.foreign) continue;
-      const size = await this.blobs.size(b.digest);
-      if (size === undefined) throw registryError("MANIFEST_BLOB_UNKNOWN", { detail: { digest: b.digest } });
-      if (size !== b.size)
-        throw registryError("MANIFEST_INVALID", {
-          message: "manifest gives a blob a size it does not have",
-          detail: { digest: b.digest, size: b.size, actual: size },
-        });
-    }
-    for (const c of m.manifests) {
-      // A child must be a manifest of this repository: a blob that is not one (a config, a layer) would be
-      // served as a manifest once the index named it.
-      const child = await this.readManifest(repo, c.digest);
-      if (!child)
-        throw registryError("MANIFEST_BLOB_UNKNOWN", {
-          message: "index references a manifest unknown to the repository",
-          detail: { digest: c.digest },
-        });
-      if (child.bytes.length !== c.size)
-        throw registryError("MANIFEST_INVALID", {
-          message: "index gives a manifest a size it does not have",
-          detail: { digest: c.digest, size: c.size, actual: child.bytes.length },
-        });
-    }
-    await this.record(repo, { digest, mediaType, bytes }, m);
-    if (!refIsDigest) {
-      const tagFile = this.tagPath(repo, reference);
-      await mkdir(dirname(tagFile), { recursive: true });
-      await writeFileAtomic(tagFile, digest);
-    }
-    return digest;
+  /** Records a manifest the server made or a manifest source produced, by digest, without the push checks. */
+  adoptManifest(repo: string, m: StoredManifest): Promise<void> {
+    return this.manifests.adoptManifest(repo, m);
   }
 
-  /**
-   * Records a manifest by digest without the checks of putManifest, linking what it names to the repository:
-   * for manifests the server made (Docker conversions) or that a manifest source produced.
-   */
-  async adoptManifest(repo: string, m: StoredManifest): Promise<void> {
-    if (sha256Digest(m.bytes) !== m.digest)
-      throw new Error(`adoptManifest: the bytes of ${m.digest} have digest ${sha256Digest(m.bytes)}`);
-    if (await exists(this.revisionPath(repo, m.digest))) return;
-    let parsed: ReturnType<typeof parseManifest> | undefined;
-    try {
-      parsed = parseManifest(m.bytes, m.mediaType);
-    } catch {
-      parsed = undefined; // an unusual type: recorded as it is
-    }
-    await this.record(repo, m, parsed);
-  }
-
-  private async record(
-    repo: string,
-    m: StoredManifest,
-    parsed?: ReturnType<typeof parseManifest>,
-  ): Promise<void> {
-    if (!(await this.blobs.has(m.digest))) await this.blobs.putBytes(m.bytes);
-    for (const b of parsed?.blobs ?? []) if (!b.foreign) await this.linkBlob(repo, b.digest);
-    if (parsed?.subject) {
-      const dir = this.referrersDir(repo, parsed.subject);
-      await mkdir(dir, { recursive: true });
-      const d: ReferrerDescriptor = { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length };
-      if (parsed.artifactType) d.artifactType = parsed.artifactType;
-      if (parsed.annotations) d.annotations = parsed.annotations;
-      await writeFileAtomic(join(dir, digestHex(m.digest)), JSON.stringify(d));
-    }
-    await this.writeRevision(repo, m.digest, m.mediaType);
-  }
-
-  private async writeRevision(repo: string, digest: Digest, mediaType: string): Promise<void> {
-    const file = this.revisionPath(repo, digest);
-    await mkdir(dirname(file), { recursive: true });
-    await writeFileAtomic(file, JSON.stringify({ mediaType }));
-  }
-
-  /**
-   * Deletes by digest (the manifest, every tag pointing at it, its referrer entry) or by tag (the tag only).
-   * False when there was nothing to delete.
-   */
-  async deleteManifest(repo: string, reference: string): Promise<boolean> {
-    this.repoDir(repo);
-    if (!isDigest(reference)) {
-      if (!isValidTag(reference)) return false;
-      const file = this.tagPath(repo, reference);
-      if (!(await exists(file))) return false;
-      await rm(file, { force: true });
-      return true;
-    }
-    const digest = reference;
-    const rev = this.revisionPath(repo, digest);
-    if (!(await exists(rev))) return false;
-    const m = await this.readManifest(repo, digest);
-    await rm(rev, { force: true });
-    for (const tag of await this.listTags(repo)) {
-      const file = this.tagPath(repo, tag);
-      const text = await readFile(file, "utf8").catch(() => "");
-      if (text.trim() === digest) await rm(file, { force: true });
-    }
-    if (m) {
-      try {
-        const subject = parseManifest(m.bytes, m.mediaType).subject;
-        if (subject) await rm(join(this.referrersDir(repo, subject), digestHex(digest)), { force: true });
-      } catch {
-        // nothing more to remove
-      }
-    }
-    return true;
+  /** Deletes by digest (the manifest, its tags, its referrer entry) or by tag; false when nothing was there. */
+  deleteManifest(repo: string, reference: string): Promise<boolean> {
+    return this.manifests.deleteManifest(repo, reference);
   }
 
   /** Manifests of the repository whose subject is `digest` (optionally only those of one artifact type). */
-  async referrers(repo: string, digest: Digest, artifactType?: string): Promise<ReferrerDescriptor[]> {
-    const dir = this.referrersDir(repo, digest);
-    let names: string[];
-    try {
-      names = await readdir(dir);
-    } catch {
-      return [];
-    }
-    const out: ReferrerDescriptor[] = [];
-    for (const name of names.sort()) {
-      if (!/^[a-f0-9]{64}$/.test(name)) continue;
-      if (!(await exists(this.revisionPath(repo, `sha256:${name}`)))) continue;
-      try {
-        const d = JSON.parse(await readFile(join(dir, name), "utf8")) as ReferrerDescriptor;
-        if (artifactType === undefined || d.artifactType === artifactType) out.push(d);
-      } catch {
-        // being written or damaged: skipped
-      }
-    }
-    return out;
+  referrers(repo: string, digest: Digest, artifactType?: string): Promise<ReferrerDescriptor[]> {
+    return this.manifests.referrers(repo, digest, artifactType);
   }
 
-  // ---- uploads ----
+  // ---- uploads (upload-store.ts) ----
 
   /** Starts an upload session for the repository. */
-  async startUpload(repo: string): Promise<UploadStatus> {
-    this.repoDir(repo);
-    const uuid = randomUUID();
-    const dir = this.uploadDir(uuid);
-    await mkdir(dir, { recursive: true });
-    const startedAt = Date.now();
-    await writeFile(join(dir, "data"), "", { flag: "wx" });
-    await writeFileAtomic(join(dir, "info.json"), JSON.stringify({ repo, startedAt }));
-    this.hashes.set(uuid, { hash: createHash("sha256"), size: 0 });
-    return { uuid, repo, size: 0, startedAt };
+  startUpload(repo: string): Promise<UploadStatus> {
+    return this.uploads.startUpload(repo);
   }
 
   /** The session's state; throws 404 BLOB_UPLOAD_UNKNOWN when there is none for this repository. */
-  async uploadStatus(repo: string, uuid: string): Promise<UploadStatus> {
-    const dir = this.uploadDir(uuid);
-    let info: { repo?: unknown; startedAt?: unknown };
-    let size: number;
-    try {
-      info = JSON.parse(await readFile(join(dir, "info.json"), "utf8")) as typeof info;
-      size = (await stat(join(dir, "data"))).size;
-    } catch {
-      throw uploadUnknown(uuid);
-    }
-    if (info.repo !== repo) throw uploadUnknown(uuid);
-    return { uuid, repo, size, startedAt: typeof info.startedAt === "number" ? info.startedAt : 0 };
+  uploadStatus(repo: string, uuid: string): Promise<UploadStatus> {
+    return this.uploads.uploadStatus(repo, uuid);
   }
 
-  /** The running hash at `size` bytes, rebuilt from the data file when this process has none. */
-  private async hashAt(uuid: string, size: number): Promise<{ hash: Hash; size: number }> {
-    const have = this.hashes.get(uuid);
-    if (have && have.size === size) return have;
-    const hash = createHash("sha256");
-    if (size === 0) {
-      const empty = { hash, size: 0 };
-      this.hashes.set(uuid, empty);
-      return empty;
-    }
-    let n = 0;
-    await pipeline(createReadStream(join(this.uploadDir(uuid), "data"), { end: size - 1 }), async (src) => {
-      for await (const c of src as AsyncIterable<Buffer>) {
-        hash.update(c);
-        n += c.length;
-      }
-    });
-    const state = { hash, size: n };
-    this.hashes.set(uuid, state);
-    return state;
-  }
-
-  /**
-   * Appends a chunk (streamed). `offset`, when given (Content-Range), must be the current size: else 416.
-   * A chunk that fails midway (the client went away) is cut off again, so the session stays consistent.
-   * Returns the new size.
-   */
-  async appendUpload(
+  /** Appends a chunk (streamed; 416 when `offset` is not the current size); returns the new size. */
+  appendUpload(
     repo: string,
     uuid: string,
     source: Readable,
     opts: { offset?: number; length?: number } = {},
   ): Promise<UploadStatus> {
-    return this.serial(uuid, async () => {
-      const st = await this.uploadStatus(repo, uuid);
-      if (opts.offset !== undefined && opts.offset !== st.size)
-        throw registryError("BLOB_UPLOAD_INVALID", {
-          message: "chunk out of order: its range does not start at the end of the upload",
-          detail: { offset: opts.offset, size: st.size },
-          headers: { Range: uploadRange(st.size) },
-        });
-      const state = await this.hashAt(uuid, st.size);
-      const saved = state.hash.copy();
-      const file = join(this.uploadDir(uuid), "data");
-      let written = 0;
-      const hasher = new Transform({
-        transform(chunk: Buffer, _enc, done) {
-          state.hash.update(chunk);
-          written += chunk.length;
-          done(null, chunk);
-        },
-      });
-      try {
-        await pipeline(source, hasher, createWriteStream(file, { flags: "a" }));
-        if (opts.length !== undefined && written !== opts.length)
-          throw registryError("SIZE_INVALID", {
-            message: "chunk length does not match its Content-Range",
-            detail: { expected: opts.length, received: written },
-          });
-      } catch (err) {
-        // Back to the state before this chunk.
-        await truncate(file, st.size).catch(() => undefined);
-        this.hashes.set(uuid, { hash: saved, size: st.size });
-        throw err;
-      }
-      state.size = st.size + written;
-      return { ...st, size: state.size };
-    });
+    return this.uploads.appendUpload(repo, uuid, source, opts);
   }
 
-  /**
-   * Verifies the upload against `expected` and moves it into the blob store (linked to the repository). On a
-   * mismatch the session is removed and 400 DIGEST_INVALID thrown: nothing becomes visible.
-   */
-  async finishUpload(
-    repo: string,
-    uuid: string,
-    expected: Digest,
-  ): Promise<{ digest: Digest; size: number }> {
-    return this.serial(uuid, async () => {
-      const st = await this.uploadStatus(repo, uuid);
-      const state = await this.hashAt(uuid, st.size);
-      const digest: Digest = `sha256:${state.hash.copy().digest("hex")}`;
-      const dir = this.uploadDir(uuid);
-      if (digest !== expected) {
-        await this.removeUpload(uuid);
-        throw registryError("DIGEST_INVALID", {
-          message: "provided digest did not match uploaded content",
-          detail: { expected, digest, size: st.size },
-        });
-      }
-      if (!(await this.blobs.has(digest))) {
-        await mkdir(this.blobs.blobDir, { recursive: true });
-        try {
-          await rename(join(dir, "data"), this.blobs.path(digest));
-        } catch (err) {
-          if (errno(err) !== "EXDEV") throw err;
-          await this.blobs.putStream(createReadStream(join(dir, "data")), digest);
-        }
-      }
-      await this.linkBlob(repo, digest);
-      await this.removeUpload(uuid);
-      return { digest, size: st.size };
-    });
+  /** Verifies the upload against `expected` and moves it into the blob store (400 DIGEST_INVALID on a mismatch). */
+  finishUpload(repo: string, uuid: string, expected: Digest): Promise<{ digest: Digest; size: number }> {
+    return this.uploads.finishUpload(repo, uuid, expected);
   }
 
   /** Cancels a session (false when there was none for this repository). */
-  async cancelUpload(repo: string, uuid: string): Promise<boolean> {
-    return this.serial(uuid, async () => {
-      try {
-        await this.uploadStatus(repo, uuid);
-      } catch {
-        return false;
-      }
-      await this.removeUpload(uuid);
-      return true;
-    });
-  }
-
-  private async removeUpload(uuid: string): Promise<void> {
-    this.hashes.delete(uuid);
-    await rm(this.uploadDir(uuid), { recursive: true, force: true });
-  }
-
-  /** When the session last changed (its start, or the last bytes received); 0 when unknown. */
-  private async uploadTouched(uuid: string): Promise<number> {
-    const dir = this.uploadDir(uuid);
-    let started: number;
-    try {
-      const info = JSON.parse(await readFile(join(dir, "info.json"), "utf8")) as { startedAt?: unknown };
-      started = typeof info.startedAt === "number" ? info.startedAt : 0;
-    } catch {
-      started = (await stat(dir).catch(() => undefined))?.mtimeMs ?? 0;
-    }
-    const touched = (await stat(join(dir, "data")).catch(() => undefined))?.mtimeMs ?? 0;
-    return Math.max(started, touched);
+  cancelUpload(repo: string, uuid: string): Promise<boolean> {
+    return this.uploads.cancelUpload(repo, uuid);
   }
 
   /**
    * Removes sessions idle (nothing started or received) for more than maxAgeMs (default: the storage's upload
    * TTL); returns how many. A chunk being received is waited for, and then keeps its session.
    */
-  async purgeUploads(maxAgeMs: number = this.uploadTtlMs): Promise<number> {
-    let names: string[];
-    try {
-      names = await readdir(join(this.root, "uploads"));
-    } catch {
-      return 0;
-    }
-    let n = 0;
-    for (const uuid of names) {
-      if (!UUID_RE.test(uuid)) continue;
-      if (Date.now() - (await this.uploadTouched(uuid)) <= maxAgeMs) continue;
-      const removed = await this.serial(uuid, async () => {
-        if (Date.now() - (await this.uploadTouched(uuid)) <= maxAgeMs) return false;
-        await this.removeUpload(uuid);
-        return true;
-      });
-      if (removed) n++;
-    }
-    return n;
+  purgeUploads(maxAgeMs: number = this.uploadTtlMs): Promise<number> {
+    return this.uploads.purgeUploads(maxAgeMs);
   }
+
+  // ---- upkeep ----
 
   /**
    * Removes the temporaries (".<name>.tmp-<pid>-<random>", files or trees) that writers which no longer run
