@@ -4,11 +4,12 @@
 // --nix-file examples/packages.nix --log-level warn`, ready when GET /healthz answers 200, stopped with
 // SIGTERM); docker-registry 2.8 is started by test/support/daemons.ts. Everything listens on 127.0.0.1 only.
 //
-//   1. skopeo pull of a cached image: the 20-package image (the same 20 packages as test/cli/serve.test.ts) is
-//      built by nixoci serve, then copied from it into docker-registry with skopeo, so both serve the same
-//      manifest and blob bytes (checked by digest). Then `skopeo copy --src-tls-verify=false
-//      docker://HOST/<20 packages>:latest oci:FRESH:x` from each, 5 runs interleaved (the order alternates
-//      from run to run) after one untimed pull each; medians and the ratio nixoci / registry (goal <= 1.1x).
+//   1. skopeo pull of a cached image: the 20-package image (TWENTY_PACKAGES of test/support/serve.ts, as in
+//      test/cli/serve.test.ts) is built by nixoci serve, then copied from it into docker-registry with skopeo,
+//      so both serve the same manifest and blob bytes (checked by digest). Then `skopeo copy
+//      --src-tls-verify=false docker://HOST/<20 packages>:latest oci:FRESH:x` from each, 5 runs interleaved
+//      (the order alternates from run to run) after one untimed pull each; medians and the ratio nixoci /
+//      registry (goal <= 1.1x).
 //   2. On-demand latency of an uncached image: per run, a fresh nixoci serve on a fresh --storage dir (its
 //      first request GET /v2/, untimed), then the timed GET of the 20-package manifest (OCI Accept) — which
 //      evaluates and nix-builds the packages (already in the store: nothing is really built) and builds the
@@ -34,6 +35,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort, startRegistry, type Registry } from "../test/support/daemons.js";
+import { TWENTY_PACKAGES as TWENTY } from "../test/support/serve.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
 const EXAMPLES = fileURLToPath(new URL("../../examples/packages.nix", import.meta.url));
@@ -50,29 +52,6 @@ const ROUND_LIMIT_MS = 180_000;
 
 /** Goals from the issue. */
 const GOAL_PULL_VS_REGISTRY = 1.1;
-
-const TWENTY = [
-  "awk",
-  "bash",
-  "cat",
-  "coreutils",
-  "cut",
-  "date",
-  "diff",
-  "find",
-  "grep",
-  "gzip",
-  "head",
-  "hello",
-  "less",
-  "ls",
-  "sed",
-  "sort",
-  "tail",
-  "tar",
-  "tr",
-  "wc",
-];
 
 /** 10 different package combinations (every other one with bash, whose layer is the largest). */
 const APPLETS = ["df", "du", "env", "free", "hostname", "md5sum", "ps", "sha256sum", "top", "uniq"];

@@ -8,8 +8,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildFixtures, generateCacheKey, makeNixCache } from "../support/fixtures.js";
-import { run, runText, nixCmd } from "../support/run.js";
-import { nixoci, nixociOk } from "../support/cli.js";
+import { run, runText, nixCmd, nixCopyRequiringSigs } from "../support/run.js";
+import { nixoci, nixociOk, type CliResult } from "../support/cli.js";
 import { freePort } from "../support/daemons.js";
 import { until } from "../support/poll.js";
 
@@ -128,81 +128,48 @@ test("a content-addressed path (fixed:r:sha256) needs no signature; its name mus
   run("nix-store", ["--delete", caPath]);
 });
 
+/** `nixoci cache push --to file://DIR --sign-key KEY ARGS...`: how these tests write a signed cache of ours. */
+function pushSigned(dir: string, args: string[]): CliResult {
+  return nixociOk(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, ...args]);
+}
+
+/** `nix store verify -r` of fx.all's closure in the cache at DIR, trusting only `publicKey`: Nix's own check. */
+function nixVerifyAll(dir: string, publicKey: string): void {
+  nixCmd([
+    "store",
+    "verify",
+    "--store",
+    `file://${dir}`,
+    "--option",
+    "trusted-public-keys",
+    publicKey,
+    "-r",
+    fx.all,
+  ]);
+}
+
 test("nix copy --from accepts a cache nixoci wrote, with signature checking on", () => {
   for (const compression of COMPRESSIONS) {
     const dir = join(work, `ours-${compression}`);
-    nixociOk([
-      "cache",
-      "push",
-      "--to",
-      `file://${dir}`,
-      "--sign-key",
-      key.secretKeyFile,
-      "--compression",
-      compression,
-      fx.all,
-    ]);
+    pushSigned(dir, ["--compression", compression, fx.all]);
     const narinfos = readdirSync(dir).filter((n) => n.endsWith(".narinfo"));
     assert.equal(narinfos.length, closure.length);
     // Nix checks every signature and every NAR's hash against its narinfo.
-    nixCmd([
-      "store",
-      "verify",
-      "--store",
-      `file://${dir}`,
-      "--option",
-      "trusted-public-keys",
-      key.publicKey,
-      "-r",
-      fx.all,
-    ]);
+    nixVerifyAll(dir, key.publicKey);
     // And copies the closure into a fresh chroot store, requiring signatures.
     const root = join(work, `nixroot-${compression}`);
-    nixCmd([
-      "copy",
-      "--from",
-      `file://${dir}`,
-      "--to",
-      root,
-      "--option",
-      "trusted-public-keys",
-      key.publicKey,
-      "--option",
-      "require-sigs",
-      "true",
-      fx.all,
-    ]);
+    nixCopyRequiringSigs(`file://${dir}`, root, key.publicKey, [fx.all]);
     for (const path of closure)
       assert.ok(dumpEquals(join(root, "nix/store"), path), `${path} via nix copy (${compression})`);
     // A second push skips everything.
-    const again = nixociOk([
-      "cache",
-      "push",
-      "--to",
-      `file://${dir}`,
-      "--sign-key",
-      key.secretKeyFile,
-      fx.all,
-    ]);
+    const again = pushSigned(dir, [fx.all]);
     assert.match(again.stderr, /pushed 0 paths/);
   }
 });
 
 test("nix store verify rejects our cache under a key it does not trust (the check can fail)", () => {
   const dir = join(work, "ours-xz");
-  assert.throws(() =>
-    nixCmd([
-      "store",
-      "verify",
-      "--store",
-      `file://${dir}`,
-      "--option",
-      "trusted-public-keys",
-      otherKey.publicKey,
-      "-r",
-      fx.all,
-    ]),
-  );
+  assert.throws(() => nixVerifyAll(dir, otherKey.publicKey));
 });
 
 async function serveDirectory(dir: string): Promise<{ url: string; proc: ChildProcess }> {

@@ -3,21 +3,15 @@
 // that destination (only a dead writer's: a running restore's temporary stays).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import { constants as osConstants } from "node:os";
 import { join } from "node:path";
 import { nixociOk, ROOT } from "../support/cli.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { until } from "../support/poll.js";
+import { deadPid } from "../support/run.js";
 import { dir, file, MAGIC, nar } from "../nix/nar-fixtures.js";
-
-/** A pid no process has (a child that already exited). */
-function deadPid(): number {
-  const r = spawnSync(process.execPath, ["-e", ""]);
-  assert.ok(r.pid && r.status === 0);
-  return r.pid;
-}
 
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   test(`${signal} in the middle of a NAR: the temporary tree is removed, exit 128+${osConstants.signals[signal]}`, async () => {

@@ -4,76 +4,35 @@
 // writer's temporary stays, and so does a fresh session, which a client can still finish after the restart.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { join } from "node:path";
 import { sha256Digest } from "../../src/oci/digest.js";
 import { ROOT } from "../support/cli.js";
-import { freePort } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { GiveUp, until } from "../support/poll.js";
 import { request } from "../support/registry-server.js";
+import { deadPid } from "../support/run.js";
+import { startNixociServe, type ServeProcess } from "../support/serve.js";
 
 const EXAMPLES = join(ROOT, "examples/packages.nix");
 
-interface Serve {
-  proc: ChildProcess;
-  host: string;
-  log: () => string;
-  exited: Promise<unknown>;
-}
-
-const running = new Set<Serve>();
+const running = new Set<ServeProcess>();
 after(async () => {
   for (const s of running) await kill(s, "SIGKILL");
 });
 
 /** `nixoci serve` in a process group of its own (a SIGKILL then takes its nix children too). */
-async function startServe(storage: string, args: string[] = []): Promise<Serve> {
-  const host = `127.0.0.1:${await freePort()}`;
-  let log = "";
-  const proc = spawn(
-    process.execPath,
-    [
-      join(ROOT, "bin/nixoci.js"),
-      "serve",
-      "--listen",
-      host,
-      "--storage",
-      storage,
-      "--no-binary-cache",
-      ...args,
-    ],
-    { stdio: ["ignore", "ignore", "pipe"], detached: true },
-  );
-  proc.stderr!.on("data", (d) => (log += d));
-  const exited = new Promise((resolve) => proc.once("exit", resolve));
-  const s: Serve = { proc, host, log: () => log, exited };
+async function startServe(storage: string, args: string[] = []): Promise<ServeProcess> {
+  const s = await startNixociServe(storage, ["--no-binary-cache", ...args], { detached: true });
   running.add(s);
-  await until(
-    "nixoci serve to listen",
-    30_000,
-    () => {
-      if (proc.exitCode !== null) throw new GiveUp(`exited with ${proc.exitCode}: ${log}`);
-      assert.ok(log.includes('"msg":"listening"'), "not listening yet");
-    },
-    50,
-  );
   return s;
 }
 
-async function kill(s: Serve, signal: NodeJS.Signals): Promise<void> {
+async function kill(s: ServeProcess, signal: NodeJS.Signals): Promise<void> {
   if (s.proc.exitCode === null && s.proc.signalCode === null) process.kill(-s.proc.pid!, signal);
   await s.exited;
   running.delete(s);
-}
-
-/** A pid no process has (a child that already exited). */
-function deadPid(): number {
-  const r = spawnSync(process.execPath, ["-e", ""]);
-  assert.ok(r.pid && r.status === 0);
-  return r.pid;
 }
 
 function tempName(base: string, pid: number): string {

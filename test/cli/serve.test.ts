@@ -2,92 +2,35 @@
 // skopeo, ctr and docker; pushed to by skopeo and nixoci build; used as a binary cache by nix itself.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateCacheKey } from "../support/fixtures.js";
-import { GiveUp, until } from "../support/poll.js";
-import { run, runText, nixCmd } from "../support/run.js";
+import { run, runText, nixCopyRequiringSigs } from "../support/run.js";
 import { nixociOk, ROOT } from "../support/cli.js";
-import {
-  freePort,
-  startContainerd,
-  startDockerd,
-  type Containerd,
-  type Dockerd,
-} from "../support/daemons.js";
+import { startContainerd, startDockerd, type Containerd, type Dockerd } from "../support/daemons.js";
+import { startNixociServe, TWENTY_PACKAGES, type ServeProcess } from "../support/serve.js";
 
 const EXAMPLES = join(ROOT, "examples/packages.nix");
 const work = mkdtempSync(join(tmpdir(), "nixoci-serve-test-"));
 const storage = join(work, "storage");
 const key = generateCacheKey("serve-test-1", work);
-const TWENTY = [
-  "awk",
-  "bash",
-  "cat",
-  "coreutils",
-  "cut",
-  "date",
-  "diff",
-  "find",
-  "grep",
-  "gzip",
-  "head",
-  "hello",
-  "less",
-  "ls",
-  "sed",
-  "sort",
-  "tail",
-  "tar",
-  "tr",
-  "wc",
-];
-let server: { proc: ChildProcess; host: string; log: () => string };
+let server: ServeProcess;
 let containerd: Containerd;
 let dockerd: Dockerd;
 
-async function startServe(extra: string[] = []): Promise<typeof server> {
-  const port = await freePort();
-  const host = `127.0.0.1:${port}`;
-  let log = "";
-  const proc = spawn(
-    process.execPath,
-    [
-      join(ROOT, "bin/nixoci.js"),
-      "serve",
-      "--listen",
-      host,
-      "--storage",
-      storage,
-      "--nix-file",
-      EXAMPLES,
-      "--meta",
-      "shell=bash,coreutils",
-      "--sign-key",
-      key.secretKeyFile,
-      ...extra,
-    ],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  proc.stderr!.on("data", (d) => (log += d));
-  try {
-    await until(
-      "nixoci serve to listen",
-      30_000,
-      () => {
-        if (proc.exitCode !== null) throw new GiveUp(`exited with ${proc.exitCode}`);
-        assert.ok(log.includes('"msg":"listening"'), "not listening yet");
-      },
-      100,
-    );
-  } catch (err) {
-    proc.kill("SIGKILL");
-    throw new Error(`nixoci serve did not start: ${String(err)}\n${log}`, { cause: err });
-  }
-  return { proc, host, log: () => log };
+/** The server the tests here share: the example packages, a `shell` meta-image, a signed binary cache. */
+function startServe(extra: string[] = []): Promise<ServeProcess> {
+  return startNixociServe(storage, [
+    "--nix-file",
+    EXAMPLES,
+    "--meta",
+    "shell=bash,coreutils",
+    "--sign-key",
+    key.secretKeyFile,
+    ...extra,
+  ]);
 }
 
 async function stopServe(s: typeof server): Promise<number | null> {
@@ -133,7 +76,7 @@ after(async () => {
 });
 
 test("images of 1, 5 and 20 packages: skopeo inspects and copies them; layers are shared", () => {
-  for (const pkgs of [["hello"], ["hello", "grep", "sed", "awk", "bash"], TWENTY]) {
+  for (const pkgs of [["hello"], ["hello", "grep", "sed", "awk", "bash"], TWENTY_PACKAGES]) {
     const ref = `docker://${server.host}/${pkgs.join("/")}:latest`;
     const inspect = JSON.parse(runText("skopeo", ["inspect", "--tls-verify=false", ref]));
     assert.equal(inspect.Labels["dev.nixoci.packages"], [...pkgs].sort().join(" "));
@@ -152,7 +95,7 @@ test("images of 1, 5 and 20 packages: skopeo inspects and copies them; layers ar
 });
 
 test("ctr and docker pull images of 1, 5 and 20 packages and run them", () => {
-  for (const pkgs of [["hello"], ["hello", "grep", "sed", "awk", "bash"], TWENTY]) {
+  for (const pkgs of [["hello"], ["hello", "grep", "sed", "awk", "bash"], TWENTY_PACKAGES]) {
     const ref = `${server.host}/${pkgs.join("/")}:latest`;
     containerd.ctr(["images", "pull", "--plain-http", ref]);
     const id = `serve-${pkgs.length}`;
@@ -279,39 +222,13 @@ test("pushes from skopeo and nixoci build; the binary cache endpoint serves nix 
     );
   }
   const root = join(work, "nixroot");
-  nixCmd([
-    "copy",
-    "--from",
-    `http://${server.host}`,
-    "--to",
-    root,
-    "--option",
-    "trusted-public-keys",
-    key.publicKey,
-    "--option",
-    "require-sigs",
-    "true",
-    hello,
-  ]);
+  nixCopyRequiringSigs(`http://${server.host}`, root, key.publicKey, [hello]);
   for (const p of runText("nix-store", ["-qR", hello]).split("\n")) {
     assert.ok(run("nix-store", ["--dump", join(root, p)]).equals(run("nix-store", ["--dump", p])), p);
   }
   const other = generateCacheKey("not-the-server-1", work);
   assert.throws(() =>
-    nixCmd([
-      "copy",
-      "--from",
-      `http://${server.host}`,
-      "--to",
-      join(work, "nixroot2"),
-      "--option",
-      "trusted-public-keys",
-      other.publicKey,
-      "--option",
-      "require-sigs",
-      "true",
-      hello,
-    ]),
+    nixCopyRequiringSigs(`http://${server.host}`, join(work, "nixroot2"), other.publicKey, [hello]),
   );
 });
 

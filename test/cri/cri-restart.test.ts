@@ -13,29 +13,25 @@
 //   that layer, and its Commit then finds the socket closed.
 import { test, describe, before } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readdirSync } from "node:fs";
-import { basename, join } from "node:path";
+import { readdirSync } from "node:fs";
+import { basename } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
+  checkSnapshotsConsistent,
   layerStorePaths,
   listSnapshots,
   logSize,
   pushBuilt,
   pushNixociImage,
   rpcLines,
-  startCriStack,
+  startSubstitutingStack,
   type CriStack,
   stopStackLeavingNoMounts,
+  untilSnapshotterEmpty,
 } from "../support/cri.js";
 import { until } from "../support/poll.js";
 import { mountsUnder } from "../support/daemons.js";
-import {
-  buildFixtures,
-  generateCacheKey,
-  makeNixCache,
-  makeTempDir,
-  type FixtureAttr,
-} from "../support/fixtures.js";
+import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { exited, tail } from "../support/snapshotter.js";
 import { makeImage } from "../oci/make-image.js";
 
@@ -56,26 +52,8 @@ describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
    * A stack of its own for one test: its snapshotter substitutes into an empty store (DIR/store) from a signed
    * file:// cache of fx.hello and fx.big.
    */
-  async function startKillStack(prefix: string): Promise<{ stack: CriStack; store: string }> {
-    let store = "";
-    const stack = await startCriStack({
-      prefix,
-      snapshotterArgs: (dir) => {
-        store = join(dir, "store");
-        // It must exist: auto mode compares its filesystem with --root's, and with no store directory yet it
-        // silently downloads nix layers instead of substituting into it.
-        mkdirSync(store);
-        const key = generateCacheKey("nixoci-cri-kill", join(dir, "keys"));
-        const cache = makeNixCache({
-          paths: [fx.hello, fx.big],
-          dir: join(dir, "cache"),
-          compression: "xz",
-          secretKeyFile: key.secretKeyFile,
-        });
-        return ["--store", store, "--substituter", cache, "--trusted-public-key", key.publicKey];
-      },
-    });
-    return { stack, store };
+  function startKillStack(prefix: string): Promise<{ stack: CriStack; store: string }> {
+    return startSubstitutingStack({ prefix, keyName: "nixoci-cri-kill", paths: [fx.hello, fx.big] });
   }
 
   /** Starts a pull, kills the snapshotter when `trigger` says so (polled every 5 ms), checks the pull fails. */
@@ -131,19 +109,10 @@ describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
     assert.equal(s.run(ref, id), want);
     assert.deepEqual(mountsUnder(s.dir), [], "nothing mounted under the snapshotter's dir");
     assert.deepEqual(mountsUnder(s.containerd.root), [], "nothing mounted under containerd's root");
-    await checkConsistent(s);
-    return pulled.image_ref;
-  }
-
-  /** containerd's snapshots all exist in the snapshotter; the snapshotter's parents all exist. */
-  async function checkConsistent(s: CriStack): Promise<void> {
-    // `ctr snapshots usage` asks the snapshotter (Usage) for every snapshot containerd's metadata has.
-    const usage = s.ctr(["snapshots", "--snapshotter", "nixoci", "usage"]);
+    // containerd's metadata has the image's snapshots, and they are consistent with the snapshotter's.
+    const usage = await checkSnapshotsConsistent(s);
     assert.ok(usage.split("\n").length > 1, usage);
-    const mine = await listSnapshots(s.sn.socket);
-    const names = new Set(mine.map((i) => i.name));
-    for (const i of mine)
-      if (i.parent) assert.ok(names.has(i.parent), `parent ${i.parent} of ${i.name} exists`);
+    return pulled.image_ref;
   }
 
   /** Removes every image CRI has; containerd's GC must then leave the snapshotter with no snapshot at all. */
@@ -153,15 +122,7 @@ describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
     const ids = new Set([pulled, ...(await s.cri.listImages({})).images.map((i) => i.id)]);
     for (const id of ids) await s.cri.removeImage({ image: { image: id } }, { timeoutMs: 60_000 });
     // A deletion schedules containerd's GC; the snapshotter cleanup runs in the background: poll.
-    await until(
-      "the snapshotter holds no snapshot",
-      60_000,
-      async () => {
-        const left = await listSnapshots(s.sn.socket);
-        if (left.length) throw new Error(left.map((i) => `${i.kind} ${i.name}`).join(", "));
-      },
-      250,
-    );
+    await untilSnapshotterEmpty(s.sn);
     assert.deepEqual(mountsUnder(s.dir), []);
   }
 

@@ -27,6 +27,7 @@ import {
   registryLogLines,
   rpcLines,
   startCriStack,
+  stopStackLeavingNoMounts,
   type CriStack,
   type PushedImage,
 } from "../support/cri.js";
@@ -59,14 +60,9 @@ describe("CRI scenarios through containerd 1.6 with the nixoci snapshotter over 
     { timeout: 240_000 },
   );
 
-  after(async () => {
-    if (!stack) return;
-    const dirs = [stack.dir, stack.containerd.root];
-    await stack.stop();
-    // Nothing may stay mounted under the snapshotter's or containerd's dirs (stop unmounts leftovers; check
-    // before that would race with containerd's own shutdown, so only report here).
-    for (const d of dirs) assert.deepEqual(mountsUnder(d), [], `no mount left under ${d}`);
-  });
+  // Nothing may stay mounted under the snapshotter's or containerd's dirs (stop unmounts leftovers; check
+  // before that would race with containerd's own shutdown, so only report here).
+  after(() => stopStackLeavingNoMounts(stack));
 
   /** The root directory of the image's GC root under the snapshotter's gcroots. */
   const rootDir = (manifestDigest: string): string =>

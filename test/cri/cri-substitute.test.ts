@@ -20,14 +20,9 @@ import {
   type CriStack,
   type PushedImage,
   stopStackLeavingNoMounts,
+  substituterArgs,
 } from "../support/cri.js";
-import {
-  buildFixtures,
-  generateCacheKey,
-  makeNixCache,
-  makeTempDir,
-  type FixtureAttr,
-} from "../support/fixtures.js";
+import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { nixCmd } from "../support/run.js";
 import { runAsync, tail } from "../support/snapshotter.js";
 
@@ -48,20 +43,10 @@ describe("CRI PullImage substitutes a path missing from the snapshotter's store"
           chroot = join(dir, "chroot");
           // hello's closure is hello, busybox and greeting: the store gets the last two.
           nixCmd(["copy", "--no-check-sigs", "--to", `local?root=${chroot}`, fx.busybox, fx.greeting]);
-          const key = generateCacheKey("nixoci-cri-sub", join(dir, "keys"));
-          const cache = makeNixCache({
-            paths: [fx.hello],
-            dir: join(dir, "cache"),
-            compression: "xz",
-            secretKeyFile: key.secretKeyFile,
-          });
           return [
             "--store",
             join(chroot, "nix/store"),
-            "--substituter",
-            cache,
-            "--trusted-public-key",
-            key.publicKey,
+            ...substituterArgs(dir, "nixoci-cri-sub", [fx.hello]),
           ];
         },
       });

@@ -17,25 +17,21 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, rmSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
+import { criImageClient, type CriImageClient } from "../../src/proto/cri.js";
 import { ROOT } from "../support/cli.js";
 import {
-  listSnapshots,
+  checkSnapshotsConsistent,
   logSize,
   pushNixociImage,
   rpcLines,
   startCriStack,
+  startSubstitutingStack,
   type CriStack,
   stopStackLeavingNoMounts,
+  untilSnapshotterEmpty,
 } from "../support/cri.js";
 import { mountsUnder } from "../support/daemons.js";
-import {
-  buildFixtures,
-  generateCacheKey,
-  makeNixCache,
-  makeTempDir,
-  type FixtureAttr,
-} from "../support/fixtures.js";
+import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { GiveUp, until } from "../support/poll.js";
 import { run } from "../support/run.js";
 import { exited, startSnapshotter, stopSnapshotter, tail, waitExit } from "../support/snapshotter.js";
@@ -78,6 +74,21 @@ async function settle(p: Promise<unknown>, what: string): Promise<string> {
   return r;
 }
 
+/** `nixoci build` of big and hello (entrypoint hello) into the store as nix:NAME: its nix:0 reference. */
+async function buildNixImage(): Promise<string> {
+  const r = await runNixociOk([
+    "build",
+    "-q",
+    "--entrypoint",
+    `${fx.hello}/bin/hello`,
+    fx.big,
+    fx.hello,
+    "-o",
+    `nix:drill-is-${process.pid}`,
+  ]);
+  return `nix:0${r.stdout.trim().split("\n").pop()!}`;
+}
+
 /** Retries a pull while containerd reconnects to a restarted daemon (bounded). */
 function pullAgain(cri: CriImageClient, ref: string): Promise<string> {
   return until(
@@ -97,27 +108,11 @@ async function removeEverything(s: CriStack): Promise<void> {
     await s.cri.removeImage({ image: { image: img.id } }, { timeoutMs: 60_000 });
   for (const id of s.ctr(["leases", "ls", "-q"]).split("\n").filter(Boolean)) s.ctr(["leases", "rm", id]);
   // A deletion schedules containerd's GC, and the snapshotter's Cleanup after it: poll.
-  await until(
-    "the snapshotter holds no snapshot",
-    60_000,
-    async () => {
-      const left = await listSnapshots(s.sn.socket);
-      if (left.length) throw new Error(left.map((i) => `${i.kind} ${i.name}`).join(", "));
-      assert.deepEqual(entries(join(s.sn.root, "snapshots")), [], "no snapshot directory left");
-    },
-    250,
+  await untilSnapshotterEmpty(s.sn, () =>
+    assert.deepEqual(entries(join(s.sn.root, "snapshots")), [], "no snapshot directory left"),
   );
   assert.deepEqual(mountsUnder(s.dir), [], "nothing mounted under the stack's dir");
   assert.deepEqual(mountsUnder(s.containerd.root), [], "nothing mounted under containerd's root");
-}
-
-/** containerd's snapshots all exist in the snapshotter; the snapshotter's parents all exist. */
-async function checkConsistent(s: CriStack): Promise<void> {
-  s.ctr(["snapshots", "--snapshotter", "nixoci", "usage"]);
-  const mine = await listSnapshots(s.sn.socket);
-  const names = new Set(mine.map((i) => i.name));
-  for (const i of mine)
-    if (i.parent) assert.ok(names.has(i.parent), `parent ${i.parent} of ${i.name} exists`);
 }
 
 describe("drill: the snapshotter SIGKILLed during a CRI pull (Prepare/Commit, substituting nix layers)", () => {
@@ -125,21 +120,10 @@ describe("drill: the snapshotter SIGKILLed during a CRI pull (Prepare/Commit, su
     "the pull ends; restarted, it pulls and runs; store paths complete; nothing left",
     { timeout: drillTimeout(90_000) },
     async () => {
-      let store = "";
-      const s = await startCriStack({
+      const { stack: s, store } = await startSubstitutingStack({
         prefix: "drill-sn",
-        snapshotterArgs: (dir) => {
-          store = join(dir, "store");
-          mkdirSync(store);
-          const key = generateCacheKey("nixoci-drill-sn", join(dir, "keys"));
-          const cache = makeNixCache({
-            paths: [fx.hello, fx.big],
-            dir: join(dir, "cache"),
-            compression: "xz",
-            secretKeyFile: key.secretKeyFile,
-          });
-          return ["--store", store, "--substituter", cache, "--trusted-public-key", key.publicKey];
-        },
+        keyName: "nixoci-drill-sn",
+        paths: [fx.hello, fx.big],
       });
       try {
         const image = pushNixociImage(s.registry, {
@@ -215,7 +199,7 @@ describe("drill: the snapshotter SIGKILLed during a CRI pull (Prepare/Commit, su
                 assert.ok(existsSync(join(store, basename(l[1]))), `${l[1]} is in the store`);
             assert.deepEqual(pidTemporaries(store, { depth: 1 }), [], "no temporaries in the store");
             assert.deepEqual(pidTemporaries(s.sn.root), [], "no temporaries in the snapshotter's root");
-            await checkConsistent(s);
+            await checkSnapshotsConsistent(s);
             return `killed after ${rpcs} Prepare/Commit calls, ${atKill.length} store entries; the pull ${outcome}`;
           },
         );
@@ -284,19 +268,7 @@ describe("drill: nixoci image-service SIGKILLed during a nix:0 pull", () => {
     "containerd has the image whole or not at all; restarted, it pulls and runs",
     { timeout: drillTimeout(90_000) },
     async () => {
-      const name = `drill-is-${process.pid}`;
-      const r = await runNixociOk([
-        "build",
-        "-q",
-        "--entrypoint",
-        `${fx.hello}/bin/hello`,
-        fx.big,
-        fx.hello,
-        "-o",
-        `nix:${name}`,
-      ]);
-      const description = r.stdout.trim().split("\n").pop()!;
-      const ref = `nix:0${description}`;
+      const ref = await buildNixImage();
       const s = await startCriStack({ prefix: "drill-is", snapshotterArgs: [] });
       const tmp = privateTmpdir("image-service");
       const args = ["--containerd", s.containerd.address, "--snapshotter", "nixoci"];
@@ -333,7 +305,7 @@ describe("drill: nixoci image-service SIGKILLed during a nix:0 pull", () => {
             const pulled = await svc.client.pullImage({ image: { image: ref } }, { timeoutMs: 120_000 });
             assert.match(pulled.image_ref, /^sha256:/);
             assert.equal(s.run(`${ref}:latest`, `drill-is-${runs++}`), GREETING);
-            await checkConsistent(s);
+            await checkSnapshotsConsistent(s);
             const leases = s.ctr(["leases", "ls", "-q"]).split("\n").filter(Boolean).length;
             assert.deepEqual(entries(tmp), [], "nothing left in the image service's TMPDIR");
             return `the pull ${outcome}; the image was ${listed ? "there" : "absent"}; ${leases} leases left`;
@@ -351,18 +323,7 @@ describe("drill: nixoci image-service SIGKILLed during a nix:0 pull", () => {
     "containerd SIGKILLed mid-pull: UNAVAILABLE, and the image service stays up",
     { timeout: 600_000 },
     async () => {
-      const name = `drill-is-${process.pid}`;
-      const r = await runNixociOk([
-        "build",
-        "-q",
-        "--entrypoint",
-        `${fx.hello}/bin/hello`,
-        fx.big,
-        fx.hello,
-        "-o",
-        `nix:${name}`,
-      ]);
-      const ref = `nix:0${r.stdout.trim().split("\n").pop()!}`;
+      const ref = await buildNixImage();
       const s = await startCriStack({ prefix: "drill-ctrd", snapshotterArgs: [] });
       const svc = await startImageService(s.dir, [
         "--containerd",

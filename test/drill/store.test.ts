@@ -14,13 +14,7 @@ import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
-import {
-  buildFixtures,
-  generateCacheKey,
-  makeNixCache,
-  makeTempDir,
-  type FixtureAttr,
-} from "../support/fixtures.js";
+import { buildFixtures, makeSignedNixCache, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { GiveUp, until } from "../support/poll.js";
 import { run, runText } from "../support/run.js";
 import {
@@ -35,6 +29,7 @@ import {
   runNixociKilledAt,
   runNixociOk,
   runTrials,
+  substituteArgs,
 } from "../support/drill.js";
 
 /** sha256 (hex) of `nix-store --dump PATH`: the NAR of a tree, to compare trees with. */
@@ -106,26 +101,10 @@ describe("drill: nixoci substitute SIGKILLed (file:// binary cache, xz, into a t
     async () => {
       const work = makeTempDir("drill-substitute");
       const tmp = privateTmpdir("substitute");
-      const key = generateCacheKey("drill-substitute", join(work, "keys"));
-      const cache = makeNixCache({
-        paths: [fx.all],
-        dir: join(work, "cache"),
-        compression: "xz",
-        secretKeyFile: key.secretKeyFile,
-      });
+      const { url: cache, key } = makeSignedNixCache(work, "drill-substitute", [fx.all]);
       const closure = runText("nix-store", ["-qR", fx.all]).split("\n");
       const wantHash = new Map(closure.map((p) => [basename(p), dumpHash(p)]));
-      const args = (store: string): string[] => [
-        "substitute",
-        "-q",
-        "--from",
-        cache,
-        "--trusted-public-key",
-        key.publicKey,
-        "--store-dir",
-        store,
-        fx.all,
-      ];
+      const args = (store: string): string[] => substituteArgs(cache, key.publicKey, store, [fx.all]);
       const env = { TMPDIR: tmp };
       /** Every store path in `store` is complete; returns how many the target's metadata says are valid. */
       const check = async (store: string): Promise<number> => {
@@ -219,29 +198,16 @@ describe("drill: the binary cache dies or goes silent in the middle of a NAR", (
       async () => {
         const work = makeTempDir("drill-dead-upstream");
         const tmp = privateTmpdir("dead-upstream");
-        const key = generateCacheKey("drill-dead", join(work, "keys"));
-        const cacheDir = join(work, "cache");
-        makeNixCache({ paths: [fx.all], dir: cacheDir, compression, secretKeyFile: key.secretKeyFile });
+        const { dir: cacheDir, key } = makeSignedNixCache(work, "drill-dead", [fx.all], compression);
         // The NAR of `big` (3 MB): the narinfo names its file.
         const narinfo = readFileSync(join(cacheDir, `${basename(fx.big).slice(0, 32)}.narinfo`), "utf8");
         const narFile = /^URL: (\S+)$/m.exec(narinfo)![1];
         const upstream = await startDyingCache(cacheDir, narFile, how);
         const store = join(work, "store");
         try {
-          const r = await runNixoci(
-            [
-              "substitute",
-              "-q",
-              "--from",
-              upstream.url,
-              "--trusted-public-key",
-              key.publicKey,
-              "--store-dir",
-              store,
-              fx.all,
-            ],
-            { env: { TMPDIR: tmp, NIXOCI_STALLED_DOWNLOAD_TIMEOUT: "1" } },
-          );
+          const r = await runNixoci(substituteArgs(upstream.url, key.publicKey, store, [fx.all]), {
+            env: { TMPDIR: tmp, NIXOCI_STALLED_DOWNLOAD_TIMEOUT: "1" },
+          });
           if (how === "die") await upstream.exited;
           console.log(
             `substitute from a cache that ${how === "die" ? "died" : "went silent"} mid-NAR (${compression}): exit ${r.code}: ${r.stderr.trim()}`,

@@ -5,26 +5,12 @@
 // store directory — while a live process's temporaries and unrelated names stay.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
-import {
-  buildFixtures,
-  generateCacheKey,
-  makeNixCache,
-  makeTempDir,
-  type FixtureAttr,
-} from "../support/fixtures.js";
+import { buildFixtures, makeSignedNixCache, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { nixociOk } from "../support/cli.js";
-import { runText } from "../support/run.js";
-import { checkOciArchive, checkOciLayout, entries, privateTmpdir } from "../support/drill.js";
-
-/** A pid no process has (a child that already exited). */
-function deadPid(): number {
-  const r = spawnSync(process.execPath, ["-e", ""]);
-  assert.ok(r.pid && r.status === 0);
-  return r.pid;
-}
+import { deadPid, runText } from "../support/run.js";
+import { checkOciArchive, checkOciLayout, entries, privateTmpdir, substituteArgs } from "../support/drill.js";
 
 let fx: Record<FixtureAttr, string>;
 let dead: number;
@@ -137,28 +123,12 @@ test("build --no-cache and -o nix: remove killed builds' work directories from T
 
 test("substitute removes what killed substitutions left in the target store directory", () => {
   const work = makeTempDir("temps-substitute");
-  const key = generateCacheKey("temps-test", join(work, "keys"));
-  const cache = makeNixCache({
-    paths: [fx.hello],
-    dir: join(work, "cache"),
-    compression: "xz",
-    secretKeyFile: key.secretKeyFile,
-  });
+  const { url: cache, key } = makeSignedNixCache(work, "temps-test", [fx.hello]);
   const store = join(work, "store");
   const hash = basename(fx.greeting).slice(0, 32);
   const gone = [plant(store, `.${hash}.tmp-${dead}-0123456789ab`, true)];
   const kept = [plant(store, `.${hash}.tmp-${process.pid}-0123456789ab`, true)];
-  nixociOk([
-    "substitute",
-    "-q",
-    "--from",
-    cache,
-    "--trusted-public-key",
-    key.publicKey,
-    "--store-dir",
-    store,
-    fx.hello,
-  ]);
+  nixociOk(substituteArgs(cache, key.publicKey, store, [fx.hello]));
   for (const n of gone) assert.ok(!existsSync(join(store, n)), `${n} removed`);
   for (const n of kept) assert.ok(existsSync(join(store, n)), `${n} kept`);
   assert.ok(existsSync(join(store, basename(fx.hello))));

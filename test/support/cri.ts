@@ -4,26 +4,28 @@
 // - startCriStack: a docker-registry, a `nixoci snapshotter` and containerd with the CRI plugin, all child
 //   processes on loopback / unix sockets under one short temp dir, plus a CRI ImageService client; `stop()`
 //   ends everything by pid and removes the dir (and the snapshotter's GC roots under /nix/var for /nix/store).
+// - startSubstitutingStack / substituterArgs: a stack whose snapshotter substitutes from a signed file:// cache.
 // - pushNixociImage: `nixoci build ... -o docker://REGISTRY/REPO:TAG -o oci:LAYOUT` and what the manifest says.
 // - pushModifiedImage / layoutImage: push a variant of a built image (e.g. with changed layer annotations).
 // - log readers (rpcLines for the snapshotter's rpc log, registryRequests / blobGets for the registry's access
 //   log), listSnapshots (the snapshotter's own List), and chainIds / isChainSnapshot (the bounded poller
-//   `until` is in poll.ts).
+//   `until` is in poll.ts), untilSnapshotterEmpty and checkSnapshotsConsistent (after removals and restarts).
 //
 // Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { criImageClient, type CriImageClient } from "../../src/cri/grpc.js";
+import { criImageClient, type CriImageClient } from "../../src/proto/cri.js";
 import { BlobStore } from "../../src/oci/blob-store.js";
 import type { Digest } from "../../src/oci/digest.js";
 import type { BuiltImage } from "../../src/oci/image.js";
 import { pushImage } from "../../src/oci/registry-client.js";
-import { snapshotsClient } from "../../src/snapshotter/grpc.js";
+import { snapshotsClient } from "../../src/proto/containerd.js";
 import { nixociOk } from "./cli.js";
 import { until } from "./poll.js";
 import { mountsUnder, startContainerd, startRegistry, type Containerd, type Registry } from "./daemons.js";
+import { makeSignedNixCache } from "./fixtures.js";
 import { removeSnapshotterDir, startSnapshotter, stopSnapshotter, type Snapshotter } from "./snapshotter.js";
 
 /** The containerd namespace of CRI images and containers. */
@@ -159,6 +161,38 @@ export async function startCriStack(opts: CriStackOptions): Promise<CriStack> {
     await stop().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * Signs `paths` into a file:// cache in DIR/cache (key `keyName` in DIR/keys): the snapshotter's arguments to
+ * substitute from it, for the tests whose snapshotter substitutes during a pull.
+ */
+export function substituterArgs(dir: string, keyName: string, paths: string[]): string[] {
+  const { url, key } = makeSignedNixCache(dir, keyName, paths);
+  return ["--substituter", url, "--trusted-public-key", key.publicKey];
+}
+
+/**
+ * A stack of its own whose snapshotter substitutes into an empty store (DIR/store) from a signed file:// cache
+ * of `paths`: what the snapshotter-kill tests and drills kill and restart it in.
+ */
+export async function startSubstitutingStack(opts: {
+  prefix: string;
+  keyName: string;
+  paths: string[];
+}): Promise<{ stack: CriStack; store: string }> {
+  let store = "";
+  const stack = await startCriStack({
+    prefix: opts.prefix,
+    snapshotterArgs: (dir) => {
+      store = join(dir, "store");
+      // It must exist: auto mode compares its filesystem with --root's, and with no store directory yet it
+      // silently downloads nix layers instead of substituting into it.
+      mkdirSync(store);
+      return ["--store", store, ...substituterArgs(dir, opts.keyName, opts.paths)];
+    },
+  });
+  return { stack, store };
 }
 
 // ---- images ----
@@ -413,6 +447,36 @@ export function listSnapshots(socket: string, timeoutMs = 15_000): Promise<Snaps
     stream.on("error", reject);
     stream.on("end", () => resolve(out));
   }).finally(() => client.close());
+}
+
+/**
+ * Polls (60 s) until the snapshotter lists no snapshot and `also` passes: after an image's removal containerd's
+ * GC, and the snapshotter's Cleanup after it, run in the background.
+ */
+export function untilSnapshotterEmpty(sn: Snapshotter, also?: () => void): Promise<void> {
+  return until(
+    "the snapshotter holds no snapshot",
+    60_000,
+    async () => {
+      const left = await listSnapshots(sn.socket);
+      if (left.length) throw new Error(left.map((i) => `${i.kind} ${i.name}`).join(", "));
+      also?.();
+    },
+    250,
+  );
+}
+
+/**
+ * After a killed and restarted snapshotter: containerd's snapshots all exist in the snapshotter (`ctr snapshots
+ * usage` asks it for each), and the snapshotter's parents all exist. Returns the usage table.
+ */
+export async function checkSnapshotsConsistent(s: CriStack): Promise<string> {
+  const usage = s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "usage"]);
+  const mine = await listSnapshots(s.sn.socket);
+  const names = new Set(mine.map((i) => i.name));
+  for (const i of mine)
+    if (i.parent) assert.ok(names.has(i.parent), `parent ${i.parent} of ${i.name} exists`);
+  return usage;
 }
 
 /** Stops the stack (when there is one) and checks nothing stays mounted under its dir or containerd's root. */

@@ -217,6 +217,24 @@ export function describeEnd(r: Finished): string {
   return `exited ${r.code ?? r.signal}: ${r.stderr.trim()}`;
 }
 
+/**
+ * `nixoci substitute -q --from CACHE --trusted-public-key KEY --store-dir STORE PATHS...`'s arguments: the
+ * substitution every store drill kills or checks.
+ */
+export function substituteArgs(from: string, publicKey: string, store: string, paths: string[]): string[] {
+  return [
+    "substitute",
+    "-q",
+    "--from",
+    from,
+    "--trusted-public-key",
+    publicKey,
+    "--store-dir",
+    store,
+    ...paths,
+  ];
+}
+
 /** Measures one uninterrupted run (ms); it must succeed. */
 export async function measure(args: string[], opts: SpawnOptions = {}): Promise<number> {
   const r = await runNixociOk(args, opts);

@@ -173,3 +173,19 @@ export function makeNixCache(opts: NixCacheOptions): string {
   nixCmd(["copy", "--to", `${url}?${params.join("&")}`, ...opts.paths]);
   return url;
 }
+
+/**
+ * A new key pair `keyName` in WORK/keys and a cache of `paths` signed with it in WORK/cache: the substitution
+ * tests and drills all start from one. Returns the cache's file:// URL, its directory and the key.
+ */
+export function makeSignedNixCache(
+  work: string,
+  keyName: string,
+  paths: string[],
+  compression: NixCacheCompression = "xz",
+): { url: string; dir: string; key: CacheKey } {
+  const key = generateCacheKey(keyName, join(work, "keys"));
+  const dir = join(work, "cache");
+  const url = makeNixCache({ paths, dir, compression, secretKeyFile: key.secretKeyFile });
+  return { url, dir, key };
+}

@@ -1,5 +1,6 @@
 // Runs external programs (nix, nix-store, xz...) for tests: no shell, output captured, failures loud.
-import { execFileSync } from "node:child_process";
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
 
 export interface RunOptions {
   /** Bytes or text fed to the program's stdin (default: none, stdin is empty). */
@@ -41,6 +42,25 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Buffer 
 /** Like run, with stdout decoded as UTF-8 and trimmed. */
 export function runText(cmd: string, args: string[], opts: RunOptions = {}): string {
   return run(cmd, args, opts).toString("utf8").trim();
+}
+
+/**
+ * `nix copy --from FROM --to TO PATHS...` trusting only `publicKey` and requiring signatures: Nix's own check
+ * that a cache's narinfos are signed by that key.
+ */
+export function nixCopyRequiringSigs(from: string, to: string, publicKey: string, paths: string[]): Buffer {
+  const trust = ["--option", "trusted-public-keys", publicKey, "--option", "require-sigs", "true"];
+  return nixCmd(["copy", "--from", from, "--to", to, ...trust, ...paths]);
+}
+
+/**
+ * A pid no process has (a child that already exited): the writer of a planted temporary that the next run must
+ * treat as dead.
+ */
+export function deadPid(): number {
+  const r = spawnSync(process.execPath, ["-e", ""]);
+  assert.ok(r.pid && r.status === 0);
+  return r.pid;
 }
 
 /** Runs `nix --extra-experimental-features nix-command ARGS...` and returns its stdout. */
