@@ -5,7 +5,6 @@
 // gzip runs in-process on zlib (libuv's thread pool, so several layers compress on several cores) with the
 // gzip header's mtime 0, no file name and the OS byte fixed to 3 (Unix) whatever platform zlib was built for.
 // zstd runs the zstd tool (multi-threaded mode, whose output does not depend on the thread count).
-import { createHash } from "node:crypto";
 import { Transform, type Duplex, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
@@ -14,6 +13,7 @@ import type { Digest } from "../oci/digest.js";
 import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
 import { compressStream } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
+import { HashingStream } from "../util/hashing-stream.js";
 import { holdErrors } from "../util/streams.js";
 
 export interface LayerBlob {
@@ -53,15 +53,7 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
     for (const s of [tar, ...compressor]) s.destroy();
     throw err;
   }
-  const diff = createHash("sha256");
-  let uncompressedSize = 0;
-  const tap = new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      diff.update(chunk);
-      uncompressedSize += chunk.length;
-      done(null, chunk);
-    },
-  });
+  const tap = new HashingStream();
   const compressed = compressor.length > 0;
   try {
     // Uncompressed: the blob store's own hash is the diff_id.
@@ -69,10 +61,10 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
     const ref = await writer.commit();
     return {
       digest: ref.digest,
-      diffId: compressed ? `sha256:${diff.digest("hex")}` : ref.digest,
+      diffId: compressed ? `sha256:${tap.hasher.digest("hex")}` : ref.digest,
       size: ref.size,
       mediaType: layerMediaType(opts.compression),
-      uncompressedSize: compressed ? uncompressedSize : ref.size,
+      uncompressedSize: compressed ? tap.size : ref.size,
     };
   } catch (err) {
     await writer.abort();

@@ -1,7 +1,6 @@
 // Hashes as Nix prints and parses them: "<algo>:<digest>" with the digest in nix32, base16 or base64 (which
 // one is told apart by its length), or SRI "<algo>-<base64>".
 import { createHash } from "node:crypto";
-import { Transform, type TransformCallback } from "node:stream";
 import { NixociError, quote } from "../util/errors.js";
 import { nix32Decode, nix32Encode, nix32Length } from "./nix32.js";
 
@@ -105,42 +104,4 @@ export function parseHash(s: string, input = "hash", expectedAlgo?: HashAlgo): H
     );
   }
   return new Hash(algo, digest);
-}
-
-/**
- * A pass-through stream that hashes (and counts) what flows through it, for hashing a NAR while it is being
- * written or downloaded. `hash()` and `size` are final once the stream has ended.
- */
-export class HashingStream extends Transform {
-  readonly algo: HashAlgo;
-  size = 0;
-  private readonly hasher: ReturnType<typeof createHash>;
-  private result: Hash | undefined;
-
-  constructor(algo: HashAlgo) {
-    super();
-    this.algo = algo;
-    this.hasher = createHash(algo);
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hasher.update(chunk);
-    this.size += chunk.length;
-    callback(null, chunk);
-  }
-
-  override _flush(callback: TransformCallback): void {
-    this.result = new Hash(this.algo, this.hasher.digest());
-    callback();
-  }
-
-  /** The hash of everything that went through; throws if the stream has not finished. */
-  hash(): Hash {
-    if (!this.result) throw new Error("HashingStream.hash() called before the stream finished");
-    return this.result;
-  }
-}
-
-export function createHashStream(algo: HashAlgo): HashingStream {
-  return new HashingStream(algo);
 }

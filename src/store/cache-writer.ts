@@ -2,11 +2,9 @@
 // <hashpart>.narinfo (signed with the given key). Each NAR is read once: it streams from the source store
 // through the compressor into a temporary file while the compressed bytes are hashed; the file is renamed
 // to its content address and the narinfo written last, so a reader never sees a narinfo without its NAR.
-import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import { serializeCacheInfo } from "../nix/cache-info.js";
@@ -19,6 +17,7 @@ import { compressStream, compressionExtension, type Compression } from "../util/
 import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
 import { tempSibling, writeFileAtomic } from "../util/fs.js";
+import { HashingStream } from "../util/hashing-stream.js";
 import { referencesFirst } from "./closure.js";
 import type { PathInfo } from "./path-info.js";
 import type { Store } from "./store.js";
@@ -105,15 +104,7 @@ export class BinaryCacheWriter {
     const { compression } = this.opts;
     const narDir = join(this.dir, "nar");
     const tmp = tempSibling(narDir, "upload");
-    const fileHasher = createHash("sha256");
-    let fileSize = 0;
-    const measure = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        fileHasher.update(chunk);
-        fileSize += chunk.length;
-        done(null, chunk);
-      },
-    });
+    const measure = new HashingStream();
     try {
       await pipeline(
         await source.narFromPath(info),
@@ -125,7 +116,7 @@ export class BinaryCacheWriter {
       await rm(tmp, { force: true });
       throw err;
     }
-    const fileHash = new Hash("sha256", fileHasher.digest());
+    const fileHash = new Hash("sha256", measure.hasher.digest());
     const narName = `nar/${nix32Encode(fileHash.digest)}.nar${compressionExtension(compression)}`;
     await rename(tmp, join(this.dir, narName));
 
@@ -142,7 +133,7 @@ export class BinaryCacheWriter {
       url: narName,
       compression,
       fileHash,
-      fileSize,
+      fileSize: measure.size,
       narHash: info.narHash,
       narSize: info.narSize,
       references: info.references.map((r) => parseStorePath(r, this.storeDir).baseName),
@@ -151,7 +142,7 @@ export class BinaryCacheWriter {
     if (info.deriver) narInfo.deriver = parseStorePath(info.deriver, this.storeDir).baseName;
     if (info.ca) narInfo.ca = info.ca;
     await writeFileAtomic(this.narInfoFile(info.path), serializeNarInfo(narInfo));
-    return fileSize;
+    return measure.size;
   }
 }
 

@@ -4,18 +4,9 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { randomBytes } from "node:crypto";
 import { NixociError } from "../../src/util/errors.js";
-import {
-  Hash,
-  createHashStream,
-  decodeBase64Strict,
-  hashSize,
-  parseHash,
-  type HashAlgo,
-} from "../../src/nix/hash.js";
+import { Hash, decodeBase64Strict, hashSize, parseHash, type HashAlgo } from "../../src/nix/hash.js";
 
 const ALGOS: HashAlgo[] = ["md5", "sha1", "sha256", "sha512"];
 const nix = (...args: string[]) =>
@@ -125,18 +116,4 @@ test("decodeBase64Strict", () => {
   for (const s of ["YQ=", "YR==", "Y Q==", "YWJj\n", "YW=j", "====", "Y==="]) {
     assert.throws(() => decodeBase64Strict(s, "test-input"), /^NixociError: test-input: /, s);
   }
-});
-
-test("createHashStream passes data through and hashes it", async () => {
-  const chunks = [randomBytes(100), randomBytes(5000), Buffer.alloc(0), randomBytes(3)];
-  const hs = createHashStream("sha256");
-  assert.throws(() => hs.hash());
-  const out: Buffer[] = [];
-  await pipeline(Readable.from(chunks), hs, async (source: AsyncIterable<Buffer>) => {
-    for await (const c of source) out.push(c);
-  });
-  const all = Buffer.concat(chunks);
-  assert.deepEqual(Buffer.concat(out), all);
-  assert.equal(hs.size, all.length);
-  assert.ok(hs.hash().equals(Hash.of("sha256", all)));
 });
