@@ -6,7 +6,12 @@ import type { Logger } from "../util/logger.js";
 import { serveOnUnixSocket, type RunningServer } from "../util/grpc-unix.js";
 
 export type { RunningServer } from "../util/grpc-unix.js";
-import { snapshotsService, toTimestamp, type InfoMessage, type SnapshotKindName } from "../proto/containerd.js";
+import {
+  snapshotsService,
+  toTimestamp,
+  type InfoMessage,
+  type SnapshotKindName,
+} from "../proto/containerd.js";
 import { SnapshotError } from "./metadata.js";
 import type { SnapshotterMetrics } from "./metrics.js";
 import type { OverlaySnapshotter, SnapshotInfo } from "./overlay.js";
