@@ -18,9 +18,9 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import bcrypt from "bcryptjs";
-import { parseAuthSpec, type AuthOptions } from "../src/registry/auth.js";
-import { createRegistryServer } from "../src/registry/server.js";
-import { RegistryStorage } from "../src/registry/storage.js";
+import { parseAuthSpec, type AuthOptions } from "../src/servers/registry/auth.js";
+import { createRegistryServer } from "../src/servers/registry/server.js";
+import { RegistryStorage } from "../src/servers/registry/storage.js";
 import { median } from "./common.js";
 
 const COST = 12;

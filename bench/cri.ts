@@ -11,7 +11,7 @@
 //   - containerd B: CRI `snapshotter = "overlayfs"` (containerd's built-in one);
 //   both with a registry mirror `http://HOST` for the registry.
 //
-// One timed run, on either side: CRI PullImage (src/cri/grpc.ts against containerd's socket), then
+// One timed run, on either side: CRI PullImage (src/proto/cri.ts against containerd's socket), then
 // `ctr -n k8s.io run --rm --snapshotter X REF ID` until its first output line ("Hello from nixoci!", checked;
 // then it must exit 0). Then the image is removed through CRI RemoveImage (containerd deletes it synchronously
 // and runs its GC) and the next run waits until containerd's k8s.io namespace holds no content and no snapshot,

@@ -4,7 +4,7 @@ import { buildImage, type BuildEvent, type LayerReport } from "../image/build.js
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
-import { parseOutputRef, writeOutput, type OutputRef } from "../oci/outputs.js";
+import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";

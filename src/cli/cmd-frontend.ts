@@ -4,9 +4,16 @@
 //   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH...
 //   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
 import { readFile, writeFile } from "node:fs/promises";
-import { buildWithGateway, frontendOpts, stdioStream } from "../buildkit/frontend.js";
-import { Gateway } from "../buildkit/gateway.js";
-import { copyStep, customStep, fetchStep, openCaches, planStep, type Plan } from "../buildkit/steps.js";
+import { buildWithGateway, frontendOpts, stdioStream } from "../servers/buildkit/frontend.js";
+import { Gateway } from "../servers/buildkit/gateway.js";
+import {
+  copyStep,
+  customStep,
+  fetchStep,
+  openCaches,
+  planStep,
+  type Plan,
+} from "../servers/buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { intOption, parse, UsageError } from "./args.js";

@@ -3,7 +3,7 @@
 // forwards every other reference and call to containerd's own CRI (cri/image-service.ts).
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
-import { NixImageService } from "../cri/image-service.js";
+import { NixImageService } from "../servers/cri/image-service.js";
 import { createLogger } from "../util/logger.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";

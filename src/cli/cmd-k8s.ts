@@ -3,7 +3,7 @@
 // a node's kubelet with `--image-service-endpoint` set to `nixoci image-service` loads it from the store.
 import { realpathSync } from "node:fs";
 import { stringify } from "yaml";
-import { NIX_IMAGE_REF_PREFIX, nixImageRef, parseNixImageRef, readNixImage } from "../oci/nix-image.js";
+import { NIX_IMAGE_REF_PREFIX, nixImageRef, parseNixImageRef, readNixImage } from "../outputs/nix-image.js";
 import { LocalStore } from "../store/local-store.js";
 import { parse, UsageError } from "./args.js";
 import { resolveStorePathArg } from "./stores.js";

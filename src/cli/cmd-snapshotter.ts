@@ -8,10 +8,10 @@
 // Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { createLogger, type LogLevel } from "../util/logger.js";
-import { serveSnapshots } from "../snapshotter/server.js";
-import { SnapshotterMetrics } from "../snapshotter/metrics.js";
+import { serveSnapshots } from "../servers/snapshotter/server.js";
+import { SnapshotterMetrics } from "../servers/snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
-import { NixSnapshotter, type NixLayerMode } from "../snapshotter/nix-layers.js";
+import { NixSnapshotter, type NixLayerMode } from "../servers/snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
 import { parse, UsageError } from "./args.js";
 import {

@@ -12,8 +12,8 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { writeOciLayout } from "../../src/oci/layout.js";
-import { makeImage } from "../oci/make-image.js";
+import { writeOciLayout } from "../../src/outputs/layout.js";
+import { makeImage } from "../support/make-image.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { until } from "../support/poll.js";
 import {

@@ -9,12 +9,12 @@ import { Hash } from "../../src/nix/hash.js";
 import { parseNarInfo, serializeNarInfo, type NarInfo } from "../../src/nix/narinfo.js";
 import { parseStoreBaseName, parseStorePath } from "../../src/nix/store-path.js";
 import { isValidName } from "../../src/oci/reference.js";
-import { parseRange } from "../../src/registry/http-range.js";
-import { MANIFEST_MEDIA_TYPES, parseManifest } from "../../src/registry/manifests.js";
-import { parseRoute } from "../../src/registry/routes.js";
-import { RegistryError } from "../../src/registry/errors.js";
-import { SnapshotError } from "../../src/snapshotter/metadata.js";
-import { parseFilter } from "../../src/snapshotter/overlay.js";
+import { parseRange } from "../../src/servers/registry/http-range.js";
+import { MANIFEST_MEDIA_TYPES, parseManifest } from "../../src/servers/registry/manifests.js";
+import { parseRoute } from "../../src/servers/registry/routes.js";
+import { RegistryError } from "../../src/servers/registry/errors.js";
+import { SnapshotError } from "../../src/servers/snapshotter/metadata.js";
+import { parseFilter } from "../../src/servers/snapshotter/overlay.js";
 import { NixociError } from "../../src/util/errors.js";
 import { fuzz, FUZZ_RUNS, mutated } from "../support/fuzz.js";
 

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import fc from "fast-check";
-import { RegistryStorage } from "../../src/registry/storage.js";
+import { RegistryStorage } from "../../src/servers/registry/storage.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { FUZZ_MS, FUZZ_RUNS, mutated } from "../support/fuzz.js";
 import { request, startServer } from "../support/registry-server.js";

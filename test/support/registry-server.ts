@@ -7,8 +7,8 @@ import {
   createRegistryServer,
   type RegistryServerOptions,
   type RequestInfo,
-} from "../../src/registry/server.js";
-import { RegistryStorage } from "../../src/registry/storage.js";
+} from "../../src/servers/registry/server.js";
+import { RegistryStorage } from "../../src/servers/registry/storage.js";
 import { makeTempDir } from "./fixtures.js";
 
 /** Runs a program without blocking this process (the registry under test runs here). */

@@ -6,7 +6,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } fr
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
-import { gcRootsDir } from "../../src/snapshotter/gcroots.js";
+import { gcRootsDir } from "../../src/servers/snapshotter/gcroots.js";
 import { snapshotsClient } from "../../src/proto/containerd.js";
 import { mountsUnder } from "./daemons.js";
 

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { cpSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { PassThrough, type Readable } from "node:stream";
-import { ContainerdClient } from "../../src/containerd/api.js";
+import { ContainerdClient } from "../../src/outputs/containerd-client.js";
 import { buildLayerBlob } from "../../src/image/layer-builder.js";
 import { treeTar } from "../../src/image/layer-tar.js";
 import { parsePublicKey } from "../../src/nix/signature.js";

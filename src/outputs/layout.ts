@@ -1,0 +1,276 @@
+// The OCI image layout writer: `oci-layout`, `blobs/sha256/<hex>` and `index.json`, in a new directory or added
+// to an existing layout (its other index entries are kept; an entry with the same tag is replaced). Blobs are
+// hard-linked from the image's blob store when it is on the same filesystem, else copied, and skipped when
+// present; each lands under a temporary name and is renamed into place. index.json is written last (atomically),
+// after every blob it names is durable, so an interrupted write never leaves an index pointing to missing blobs.
+// A new layout is written whole under a temporary sibling name and renamed into place. The temporaries of a
+// killed writer (their names carry its pid) go with the next write to the layout.
+import { constants, createReadStream, createWriteStream } from "node:fs";
+import { copyFile, link, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { mapLimit } from "../util/concurrency.js";
+import { NixociError, quote } from "../util/errors.js";
+import { readJsonFile, removeTree, sweepAbandonedTemps, tempSibling } from "../util/fs.js";
+import type { Descriptor } from "../oci/descriptor.js";
+import { digestHex, isDigest, type Digest } from "../oci/digest.js";
+import type { BuiltImage } from "../oci/image.js";
+import { OCI_INDEX } from "../oci/media-types.js";
+import { isValidTag } from "../oci/reference.js";
+
+export const REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name";
+export const OCI_LAYOUT_FILE = '{"imageLayoutVersion":"1.0.0"}';
+
+export interface OciIndex {
+  schemaVersion: 2;
+  mediaType?: string;
+  manifests: Descriptor[];
+  annotations?: Record<string, string>;
+  [key: string]: unknown;
+}
+
+/** The index.json entry for an image (tagged through the ref.name annotation when a tag is given). */
+export function indexEntry(image: BuiltImage, tag?: string): Descriptor {
+  const d: Descriptor = {
+    mediaType: image.manifest.mediaType,
+    digest: image.manifest.digest,
+    size: image.manifest.size,
+  };
+  if (tag !== undefined) d.annotations = { [REF_NAME_ANNOTATION]: tag };
+  d.platform = { architecture: image.platform.architecture, os: image.platform.os };
+  return d;
+}
+
+/** Every blob an image consists of: config, layers (each once) and the manifest. */
+export function imageBlobs(image: BuiltImage): Array<{ digest: Digest; size: number; bytes?: Buffer }> {
+  const out: Array<{ digest: Digest; size: number; bytes?: Buffer }> = [];
+  const seen = new Set<string>();
+  const add = (digest: string, size: number, bytes?: Buffer): void => {
+    if (seen.has(digest)) return;
+    if (!isDigest(digest)) throw new NixociError(image.blobs.root, `malformed blob digest ${quote(digest)}`);
+    seen.add(digest);
+    out.push({ digest, size, bytes });
+  };
+  add(image.config.digest, image.config.size, image.config.bytes);
+  for (const l of image.layers) add(l.digest, l.size);
+  add(image.manifest.digest, image.manifest.size, image.manifest.bytes);
+  return out;
+}
+
+/** Checks a blob of the image's store exists with its descriptor's size; returns its path. */
+export async function storeBlobPath(image: BuiltImage, digest: Digest, size: number): Promise<string> {
+  const path = image.blobs.path(digest);
+  let st;
+  try {
+    st = await stat(path);
+  } catch {
+    throw new NixociError(path, "blob is missing from the blob store");
+  }
+  if (st.size !== size) throw new NixociError(path, `blob has ${st.size} bytes, the manifest says ${size}`);
+  return path;
+}
+
+async function fsyncPath(path: string, dir = false): Promise<void> {
+  const fh = await open(path, dir ? constants.O_RDONLY | constants.O_DIRECTORY : constants.O_RDONLY);
+  try {
+    await fh.sync();
+  } catch (err) {
+    // Some filesystems refuse fsync on directories; the rename order still holds.
+    if (!dir) throw err;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function writeDurable(file: string, data: Buffer | string): Promise<void> {
+  const slash = file.lastIndexOf("/");
+  const tmp = tempSibling(file.slice(0, slash) || "/", file.slice(slash + 1));
+  try {
+    const fh = await open(tmp, "wx", 0o644);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, file);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** Puts one blob into blobDir (link, else copy, else the given bytes), unless it is already there. */
+async function placeBlob(
+  image: BuiltImage,
+  blobDir: string,
+  b: { digest: Digest; size: number; bytes?: Buffer },
+): Promise<"present" | "linked" | "copied"> {
+  const dest = join(blobDir, digestHex(b.digest));
+  const have = await stat(dest).catch(() => undefined);
+  if (have?.isFile() && have.size === b.size) return "present";
+  const tmp = tempSibling(blobDir, digestHex(b.digest));
+  try {
+    let how: "linked" | "copied" = "copied";
+    const src = b.bytes ? image.blobs.path(b.digest) : await storeBlobPath(image, b.digest, b.size);
+    const srcSt = b.bytes ? await stat(src).catch(() => undefined) : { size: b.size };
+    if (srcSt && srcSt.size === b.size) {
+      try {
+        await link(src, tmp);
+        how = "linked";
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (
+          code !== "EXDEV" &&
+          code !== "EPERM" &&
+          code !== "EMLINK" &&
+          code !== "ENOTSUP" &&
+          code !== "EACCES"
+        )
+          throw err;
+        await copyFile(src, tmp, constants.COPYFILE_EXCL);
+        await fsyncPath(tmp);
+      }
+    } else if (b.bytes) {
+      const fh = await open(tmp, "wx", 0o644);
+      try {
+        await fh.writeFile(b.bytes);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    } else {
+      await pipeline(createReadStream(src), createWriteStream(tmp, { flags: "wx" }));
+      await fsyncPath(tmp);
+    }
+    await rename(tmp, dest);
+    return how;
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** Reads an existing index.json (undefined when there is none); rejects what is not an OCI index. */
+export async function readIndex(dir: string): Promise<OciIndex | undefined> {
+  const file = join(dir, "index.json");
+  const parsed = await readJsonFile(file);
+  if (parsed === undefined) return undefined;
+  const j = parsed as OciIndex;
+  if (typeof j !== "object" || j === null || j.schemaVersion !== 2 || !Array.isArray(j.manifests))
+    throw new NixociError(file, "is not an OCI image index (schemaVersion 2 with a manifests array)");
+  return j;
+}
+
+async function prepareLayoutDir(dir: string): Promise<void> {
+  const st = await stat(dir).catch(() => undefined);
+  if (st && !st.isDirectory()) throw new NixociError(dir, "exists and is not a directory");
+  if (!st) {
+    await mkdir(dir, { recursive: true });
+    return;
+  }
+  let layout: string | undefined;
+  try {
+    layout = await readFile(join(dir, "oci-layout"), "utf8");
+  } catch {
+    layout = undefined;
+  }
+  if (layout === undefined) {
+    const names = (await readdir(dir)).filter((n) => !n.startsWith("."));
+    if (names.length)
+      throw new NixociError(dir, "exists, is not empty and is not an OCI image layout (no oci-layout)");
+    return;
+  }
+  let version: unknown;
+  try {
+    version = (JSON.parse(layout) as { imageLayoutVersion?: unknown }).imageLayoutVersion;
+  } catch {
+    throw new NixociError(join(dir, "oci-layout"), "is not valid JSON");
+  }
+  if (version !== "1.0.0")
+    throw new NixociError(
+      join(dir, "oci-layout"),
+      `unsupported imageLayoutVersion ${quote(String(version))}`,
+    );
+}
+
+/** True when `dir` does not exist or is an empty directory: the layout is new. */
+async function isNewLayout(dir: string): Promise<boolean> {
+  const st = await stat(dir).catch(() => undefined);
+  if (!st) return true;
+  return st.isDirectory() && (await readdir(dir)).length === 0;
+}
+
+/**
+ * Writes (or adds) the image to the OCI layout `dir`, tagged `tag` when given. Returns the manifest digest.
+ * A new layout (no directory, or an empty one) is written whole under a temporary sibling name and renamed into
+ * place, so it appears complete or not at all; an existing one gets its blobs first and its index.json last.
+ */
+export async function writeOciLayout(image: BuiltImage, dir: string, tag?: string): Promise<string> {
+  if (tag !== undefined && !isValidTag(tag)) throw new NixociError(dir, `invalid tag ${quote(tag)}`);
+  try {
+    const parent = dirname(resolve(dir));
+    const base = basename(resolve(dir));
+    // What killed writers of a new layout here left beside it.
+    await sweepAbandonedTemps(parent, (name) => name.startsWith(`.${base}.tmp-`));
+    if (await isNewLayout(dir)) {
+      await mkdir(parent, { recursive: true });
+      const tmp = tempSibling(parent, base);
+      try {
+        await mkdir(tmp);
+        await writeIntoLayout(image, tmp, tag);
+        await rename(tmp, dir); // replaces an empty directory
+        await fsyncPath(parent, true);
+        return image.manifest.digest;
+      } catch (err) {
+        await removeTree(tmp);
+        const code = (err as NodeJS.ErrnoException).code;
+        // Another writer made the layout meanwhile: add to it as to any existing layout.
+        if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
+      }
+    }
+    return await writeIntoLayout(image, dir, tag);
+  } catch (err) {
+    if (err instanceof NixociError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    throw new NixociError(
+      dir,
+      `cannot write the OCI layout: ${e.code && !e.message.startsWith(e.code) ? `${e.code} ` : ""}${e.message}`,
+      {
+        cause: err,
+      },
+    );
+  }
+}
+
+/** Adds the image to the layout `dir` (a new, empty directory or an existing layout) in place. */
+async function writeIntoLayout(image: BuiltImage, dir: string, tag?: string): Promise<string> {
+  await prepareLayoutDir(dir);
+  const existing = await readIndex(dir);
+  const blobDir = join(dir, "blobs", "sha256");
+  // What killed writers of this layout left: blobs, index.json and oci-layout under temporary names.
+  await sweepAbandonedTemps(dir);
+  await sweepAbandonedTemps(blobDir);
+  await mkdir(blobDir, { recursive: true });
+  await mapLimit(imageBlobs(image), 8, (b) => placeBlob(image, blobDir, b));
+  await fsyncPath(blobDir, true);
+  if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))
+    await writeDurable(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
+
+  const entry = indexEntry(image, tag);
+  const kept = (existing?.manifests ?? []).filter((m) => {
+    const name = m.annotations?.[REF_NAME_ANNOTATION];
+    if (tag !== undefined) return name !== tag;
+    // An untagged write replaces an untagged entry for the same manifest instead of duplicating it.
+    return !(name === undefined && m.digest === entry.digest);
+  });
+  const index: OciIndex = {
+    ...(existing ?? {}),
+    schemaVersion: 2,
+    mediaType: OCI_INDEX,
+    manifests: [...kept, entry],
+  };
+  await writeDurable(join(dir, "index.json"), JSON.stringify(index));
+  await fsyncPath(dir, true);
+  return image.manifest.digest;
+}

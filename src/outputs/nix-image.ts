@@ -1,0 +1,269 @@
+// Nix image descriptions: an OCI image as a Nix store path, for `nixoci build --output nix:[NAME]` and the CRI
+// image service's `nix:0/nix/store/<hash>-<name>` references.
+//
+// Format (version 1): the store path is a directory holding an OCI image layout, `oci-layout`, `index.json`
+// (one manifest, tagged through org.opencontainers.image.ref.name when the build had a tag) and
+// `blobs/sha256/<hex>` for the manifest, the config and every layer WITHOUT
+// `containerd.io/snapshot/nix-store-path.<i>` annotations (the customisation layer). The blobs of layers with
+// those annotations are left out: such a layer is exactly its store paths, which the description references
+// (its store references are the union of the annotated paths), so the store that holds the description holds
+// them too; a snapshotter composes them from the store, and `nixoci build` regenerates the same tar (diff_id in
+// the config) when one is needed. A description is small (kilobytes), copies with `nix copy` together with its
+// closure, and is garbage-collected like any store path.
+import { createHash } from "node:crypto";
+import { mkdir, readFile, stat, writeFile, copyFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Hash } from "../nix/hash.js";
+import { narHashOfPath, dumpPath } from "../nix/nar-writer.js";
+import { makeContentAddressedPath, parseStorePath, validateStorePathName } from "../nix/store-path.js";
+import { storePathsFromAnnotations } from "../image/annotations.js";
+import type { LocalStore } from "../store/local-store.js";
+import { NixociError, quote } from "../util/errors.js";
+import { makeTempWorkDir, removeTree } from "../util/fs.js";
+import type { Descriptor } from "../oci/descriptor.js";
+import { digestHex, isDigest, type Digest } from "../oci/digest.js";
+import type { BuiltImage } from "../oci/image.js";
+import { indexEntry, OCI_LAYOUT_FILE, REF_NAME_ANNOTATION } from "./layout.js";
+import { OCI_INDEX } from "../oci/media-types.js";
+
+export const NIX_IMAGE_REF_PREFIX = "nix:0";
+export const DEFAULT_NIX_IMAGE_NAME = "nixoci-image";
+
+/** Store paths a layer descriptor names (its nix-store-path.<i> annotations, in index order). */
+export function layerStorePaths(d: { annotations?: Record<string, string> | null }): string[] {
+  return storePathsFromAnnotations(d.annotations ?? {});
+}
+
+/**
+ * A description's store path name must also make `nix:0/<store dir>/<hash>-<name>` a valid Docker reference
+ * (containerd's CRI plugin parses it as one): lowercase letters and digits separated by '.', '_', '__' or '-'.
+ */
+export function checkNixImageName(name: string, input = "nix: output name"): void {
+  validateStorePathName(name, input);
+  if (!/^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$/.test(name))
+    throw new NixociError(
+      input,
+      `${quote(name)} is not usable in an image reference: lowercase letters and digits separated by '.', '_' or '-'`,
+    );
+}
+
+/** Writes the image's description into `store` (registered like any valid path); returns its store path. */
+export async function writeNixImage(
+  image: BuiltImage,
+  store: LocalStore,
+  name = DEFAULT_NIX_IMAGE_NAME,
+  tag?: string,
+): Promise<string> {
+  checkNixImageName(name);
+  // Named after this process, so a later write removes it should this one be killed.
+  const tmp = await makeTempWorkDir("nixoci-nix-image");
+  try {
+    const dir = join(tmp, "image");
+    const blobs = join(dir, "blobs", "sha256");
+    await mkdir(blobs, { recursive: true });
+    await writeFile(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
+    const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [indexEntry(image, tag)] };
+    await writeFile(join(dir, "index.json"), JSON.stringify(index));
+    await writeFile(join(blobs, digestHex(image.manifest.digest)), image.manifest.bytes);
+    await writeFile(join(blobs, digestHex(image.config.digest)), image.config.bytes);
+    const references = new Set<string>();
+    for (const layer of image.layers) {
+      const paths = layerStorePaths(layer);
+      if (paths.length) for (const p of paths) references.add(parseStorePath(p, store.storeDir).path);
+      else
+        await copyFile(
+          image.blobs.path(layer.digest as Digest),
+          join(blobs, digestHex(layer.digest as Digest)),
+        );
+    }
+    const { narHash, narSize } = await narHashOfPath(dir);
+    const hash = new Hash("sha256", narHash);
+    const sp = makeContentAddressedPath({
+      name,
+      narHash: hash,
+      references: [...references],
+      storeDir: store.storeDir,
+    });
+    await store.addPath(
+      {
+        path: sp.path,
+        narHash: hash,
+        narSize,
+        references: [...references].sort(),
+        sigs: [],
+      },
+      dumpPath(dir),
+    );
+    return sp.path;
+  } finally {
+    await removeTree(tmp);
+  }
+}
+
+export interface NixImageLayer {
+  descriptor: Descriptor;
+  /** The uncompressed tar's digest (the config's diff_id). */
+  diffId: Digest;
+  /** Store paths of a store layer (its blob is not in the description); empty for a blob layer. */
+  storePaths: string[];
+  /** The blob's file in the description (always for blob layers; for store layers when the layout has it). */
+  blobFile?: string;
+}
+
+export interface NixImage {
+  storePath: string;
+  tag?: string;
+  manifest: { digest: Digest; size: number; mediaType: string; bytes: Buffer };
+  config: { digest: Digest; size: number; mediaType: string; bytes: Buffer };
+  layers: NixImageLayer[];
+  platform: { architecture: string; os: string };
+}
+
+const MAX_JSON_BYTES = 4 << 20;
+
+async function readVerifiedBlob(file: string, digest: Digest, size: number, what: string): Promise<Buffer> {
+  if (size > MAX_JSON_BYTES) throw new Error(`${what} is ${size} bytes (limit ${MAX_JSON_BYTES})`);
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(file);
+  } catch {
+    throw new Error(`${what} blob ${digest} is missing`);
+  }
+  if (bytes.length !== size)
+    throw new Error(`${what} blob ${digest} has ${bytes.length} bytes, expected ${size}`);
+  if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== digest)
+    throw new Error(`${what} blob ${digest} does not match its digest`);
+  return bytes;
+}
+
+function parseJson(bytes: Buffer, what: string): Record<string, unknown> {
+  try {
+    const v = JSON.parse(bytes.toString("utf8")) as unknown;
+    if (typeof v === "object" && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new Error(`${what} is not a JSON object`);
+}
+
+function checkDescriptor(d: unknown, what: string): Descriptor & { digest: Digest } {
+  const x = d as Descriptor | null;
+  if (
+    typeof x !== "object" ||
+    x === null ||
+    typeof x.mediaType !== "string" ||
+    typeof x.digest !== "string" ||
+    !isDigest(x.digest) ||
+    !Number.isSafeInteger(x.size) ||
+    x.size < 0
+  )
+    throw new Error(`${what} is not a valid descriptor (mediaType, sha256 digest, size)`);
+  return x as Descriptor & { digest: Digest };
+}
+
+/**
+ * Reads and checks the description at `storePath` (its real location: `realPath`): layout, index, manifest and
+ * config (digests verified), layer store paths (parsed against `storeDir`), blob layers present with their
+ * sizes. Errors name the description and what is wrong with it.
+ */
+export async function readNixImage(storePath: string, realPath: string, storeDir: string): Promise<NixImage> {
+  try {
+    const st = await stat(realPath).catch(() => undefined);
+    if (!st) throw new Error("does not exist");
+    if (!st.isDirectory()) throw new Error("is not a directory (not a nixoci image description)");
+    const layout = await readFile(join(realPath, "oci-layout"), "utf8").catch(() => undefined);
+    if (layout === undefined) throw new Error("has no oci-layout file (not a nixoci image description)");
+    if (
+      (parseJson(Buffer.from(layout), "oci-layout") as { imageLayoutVersion?: unknown })
+        .imageLayoutVersion !== "1.0.0"
+    )
+      throw new Error("oci-layout: unsupported imageLayoutVersion");
+    const indexBytes = await readFile(join(realPath, "index.json")).catch(() => undefined);
+    if (!indexBytes) throw new Error("has no index.json");
+    if (indexBytes.length > MAX_JSON_BYTES) throw new Error("index.json is too large");
+    const index = parseJson(indexBytes, "index.json") as { manifests?: unknown };
+    if (!Array.isArray(index.manifests) || index.manifests.length === 0)
+      throw new Error("index.json lists no manifest");
+    const entry = checkDescriptor(index.manifests[0], "index.json manifests[0]");
+    const blobPath = (d: Digest): string => join(realPath, "blobs", "sha256", digestHex(d));
+    const manifestBytes = await readVerifiedBlob(
+      blobPath(entry.digest),
+      entry.digest,
+      entry.size,
+      "manifest",
+    );
+    const manifest = parseJson(manifestBytes, "manifest") as { config?: unknown; layers?: unknown };
+    const configDesc = checkDescriptor(manifest.config, "manifest config");
+    if (!Array.isArray(manifest.layers)) throw new Error("manifest has no layers array");
+    const configBytes = await readVerifiedBlob(
+      blobPath(configDesc.digest),
+      configDesc.digest,
+      configDesc.size,
+      "config",
+    );
+    const config = parseJson(configBytes, "config") as {
+      architecture?: unknown;
+      os?: unknown;
+      rootfs?: { diff_ids?: unknown };
+    };
+    const diffIds = config.rootfs?.diff_ids;
+    if (
+      !Array.isArray(diffIds) ||
+      diffIds.length !== manifest.layers.length ||
+      !diffIds.every((d) => isDigest(String(d)))
+    )
+      throw new Error("config rootfs.diff_ids does not match the manifest's layers");
+    const layers: NixImageLayer[] = [];
+    for (const [i, raw] of (manifest.layers as unknown[]).entries()) {
+      const descriptor = checkDescriptor(raw, `manifest layers[${i}]`);
+      const storePaths = layerStorePaths(descriptor);
+      for (const p of storePaths) parseStorePath(p, storeDir, `layer ${i} store path`);
+      const layer: NixImageLayer = { descriptor, diffId: diffIds[i] as Digest, storePaths };
+      // A blob layer's blob must be there; a store layer's may be (a full OCI layout or archive).
+      const file = blobPath(descriptor.digest);
+      const bst = await stat(file).catch(() => undefined);
+      if (bst?.isFile() || !storePaths.length) {
+        if (!bst?.isFile()) throw new Error(`layer ${i} blob ${descriptor.digest} is missing`);
+        if (bst.size !== descriptor.size)
+          throw new Error(`layer ${i} blob has ${bst.size} bytes, the manifest says ${descriptor.size}`);
+        layer.blobFile = file;
+      }
+      layers.push(layer);
+    }
+    const tag = entry.annotations?.[REF_NAME_ANNOTATION];
+    return {
+      storePath,
+      ...(tag !== undefined ? { tag } : {}),
+      manifest: { digest: entry.digest, size: entry.size, mediaType: entry.mediaType, bytes: manifestBytes },
+      config: {
+        digest: configDesc.digest,
+        size: configDesc.size,
+        mediaType: configDesc.mediaType,
+        bytes: configBytes,
+      },
+      layers,
+      platform: { architecture: String(config.architecture ?? ""), os: String(config.os ?? "") },
+    };
+  } catch (err) {
+    if (err instanceof NixociError) throw err;
+    throw new NixociError(storePath, `corrupt image description: ${(err as Error).message}`);
+  }
+}
+
+/** `nix:0/nix/store/<hash>-<name>[:tag]` -> the store path; anything else is not a nix image reference. */
+export function parseNixImageRef(ref: string, storeDir: string): string {
+  if (!ref.startsWith(`${NIX_IMAGE_REF_PREFIX}/`))
+    throw new NixociError(ref, `not a ${NIX_IMAGE_REF_PREFIX}/ reference`);
+  let path = ref.slice(NIX_IMAGE_REF_PREFIX.length);
+  const at = path.indexOf("@");
+  if (at >= 0) path = path.slice(0, at);
+  const lastSlash = path.lastIndexOf("/");
+  const colon = path.indexOf(":", lastSlash);
+  if (colon >= 0) path = path.slice(0, colon);
+  return parseStorePath(path, storeDir, ref).path;
+}
+
+/** The reference a pod spec uses for the description at `storePath`. */
+export function nixImageRef(storePath: string): string {
+  return `${NIX_IMAGE_REF_PREFIX}${storePath}`;
+}

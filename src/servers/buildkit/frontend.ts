@@ -1,0 +1,416 @@
+// `nixoci frontend`: a BuildKit gateway frontend (`# syntax=<nixoci frontend image>` as a build file's first line,
+// or BUILDKIT_SYNTAX). BuildKit runs the frontend image's entrypoint with its options in the environment and the
+// gateway API on stdin/stdout. For a nixoci spec (nixoci.json / .yaml: the fields of `nixoci build --spec`):
+//
+//   context  <- http://build-context-... (dockerd's tar body; unpacked by a FileOp copy) or local://context
+//   plan     =  ExecOp `nixoci frontend plan` (this same image): closure from the caches' narinfos + layer plan
+//   layer i  =  ExecOp `nixoci frontend fetch PATHS_i` -> a tree of exactly layer i's store paths, then a FileOp
+//               copy of it onto layer i-1: one snapshot, so one image layer, per planned layer, bottom first;
+//               a fetch step is cached by its paths alone, so a rebuild after one package changed fetches only
+//               the changed layers again
+//   custom   =  ExecOp `nixoci frontend custom` over the fetched layers (the symlink farm, /etc/passwd, ...),
+//               copied on top
+//   result   =  the last copy, with `containerimage.config` from the spec (dockerd fills in rootfs and history).
+//
+// Errors (a malformed spec, an unreachable cache, a missing path) are returned to BuildKit through the gateway,
+// so `docker build` prints them; the process then exits 0, as BuildKit expects after a Return.
+import { Duplex } from "node:stream";
+import { parse as parseYaml } from "yaml";
+import { runtimeConfig } from "../../image/config.js";
+import { emptySpec, specFromObject, validateSpec, type ImageSpec } from "../../image/spec.js";
+import { Gateway } from "./gateway.js";
+import { copy, exec, fromDefinition, mkfile, source, type NetMode, type Output, type State } from "./llb.js";
+import { closureFromNixJson, planOfClosure, type Plan } from "./steps.js";
+import type { LayeringStrategy } from "../../image/types.js";
+import { DEFAULT_STORE_DIR } from "../../nix/store-path.js";
+
+export const DEFAULT_FILENAME = "nixoci.yaml";
+
+/** BUILDKIT_FRONTEND_OPT_<i>=<key>=<value> -> key -> value. */
+export function frontendOpts(env: NodeJS.ProcessEnv): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [k, v] of Object.entries(env)) {
+    if (!k.startsWith("BUILDKIT_FRONTEND_OPT_") || v === undefined) continue;
+    const eq = v.indexOf("=");
+    if (eq > 0) out.set(v.slice(0, eq), v.slice(eq + 1));
+  }
+  return out;
+}
+
+/** A Docker reference as BuildKit's docker-image source wants it (docker.io/library/NAME:latest). */
+export function normalizeImageRef(ref: string): string {
+  let name = ref;
+  const first = name.split("/")[0];
+  if (!name.includes("/")) name = `docker.io/library/${name}`;
+  else if (!(first.includes(".") || first.includes(":") || first === "localhost")) name = `docker.io/${name}`;
+  const last = name.slice(name.lastIndexOf("/") + 1);
+  if (!last.includes(":") && !name.includes("@")) name += ":latest";
+  return name;
+}
+
+/** A spec file's text as an ImageSpec; errors name the file (and the line, for YAML). */
+export function parseSpecText(text: string, filename: string): ImageSpec {
+  let doc: unknown;
+  try {
+    doc = filename.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new Error(
+      `${filename}: not valid ${filename.endsWith(".json") ? "JSON" : "YAML"}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  const spec = { ...emptySpec(), ...specFromObject(doc, filename) };
+  return validateSpec(spec, filename);
+}
+
+function sessionAttrs(sessionId: string | undefined): Record<string, string> {
+  return sessionId ? { "local.session": sessionId } : {};
+}
+
+/** The environment of the frontend's steps: its image's symlink farm has the compressors in /bin. */
+const STEP_ENV = ["PATH=/bin:/usr/bin"];
+
+/** The frontend's own command line inside its image (node + nixoci.js), to run its steps as ExecOps. */
+function selfCommand(): string[] {
+  return [process.execPath, process.argv[1], "frontend"];
+}
+
+export interface FrontendRun {
+  opts: Map<string, string>;
+  /** BUILDKIT_SESSION_ID: the client session local sources are read through (empty for dockerd's tar body). */
+  sessionId?: string;
+  gateway: Gateway;
+  log: (msg: string) => void;
+}
+
+/** The store layers to make, and how each one's tree is produced (an ExecOp output holding OUT/nix/store/...). */
+interface LayerSource {
+  plan: Plan;
+  /** The plan as a file at plan.json (mounted into the customisation step). */
+  planState: Output;
+  fetch(paths: string[], name: string): Output;
+}
+
+const NIX_CACHE_ID = "nixoci-nix-store";
+
+/**
+ * A build file of store paths from binary caches (a nixoci spec): the closure and layer plan come from an
+ * ExecOp of this frontend (narinfos only), each layer from a fetch ExecOp keyed by its paths and caches.
+ */
+async function specLayers(
+  run: FrontendRun,
+  spec: ImageSpec,
+  image: Output,
+  network: NetMode,
+): Promise<LayerSource> {
+  const cacheArgs = [
+    ...spec.substituters.flatMap((u) => ["--from", u]),
+    ...spec.trustedPublicKeys.flatMap((k) => ["--trusted-public-key", k]),
+  ];
+  // nixoci build's defaults, so both make the same layers (and diff_ids) from the same spec.
+  const planned = exec({
+    args: [
+      ...selfCommand(),
+      "plan",
+      "--out",
+      "/out/plan.json",
+      "--layering",
+      spec.layering ?? "size",
+      "--max-layers",
+      String(spec.maxLayers ?? 100),
+      ...cacheArgs,
+      ...spec.packages,
+    ],
+    env: STEP_ENV,
+    mounts: [
+      { dest: "/", state: image, readonly: true },
+      { dest: "/out", state: undefined },
+    ],
+    network,
+    name: `nixoci: plan the layers of ${spec.packages.length} packages`,
+  })["/out"];
+  const planRef = await run.gateway.solve(planned);
+  const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
+  return {
+    plan,
+    planState: planned,
+    fetch: (paths, name) =>
+      exec({
+        args: [...selfCommand(), "fetch", "--out", "/out", ...cacheArgs, ...paths],
+        env: STEP_ENV,
+        mounts: [
+          { dest: "/", state: image, readonly: true },
+          { dest: "/out", state: undefined },
+        ],
+        network,
+        name,
+      })["/out"],
+  };
+}
+
+// Runs in the toolchain image with the build's Nix cache mounted at /nix: seeds the cache from the image's own
+// /nix the first time (an image that keeps nix in /nix, like nixos/nix, would otherwise lose it under the
+// mount), builds the file (attribute $2 when given), and writes the roots and the closure's path infos.
+const NIX_BUILD_SCRIPT = `set -eu
+file="$1"; attr="$2"
+if [ ! -e /nix/store ] && [ -d /toolchain/nix ]; then cp -a /toolchain/nix/. /nix/; fi
+case "$file" in
+*/flake.nix)
+  # A flake: the attribute of its packages (default: default), built from a copy of the context in the store.
+  installable="path:\${file%/flake.nix}#\${attr:-default}"
+  nix --extra-experimental-features "nix-command flakes" build --no-link --no-write-lock-file "$installable"
+  nix --extra-experimental-features "nix-command flakes" path-info --no-write-lock-file "$installable" > /out/roots ;;
+*)
+  if [ -n "$attr" ]; then nix-build "$file" -A "$attr" --no-out-link > /out/roots
+  else nix-build "$file" --no-out-link > /out/roots; fi ;;
+esac
+nix --extra-experimental-features nix-command path-info --json -r $(cat /out/roots) > /out/closure.json`;
+
+/**
+ * A Nix file: built with nix in the toolchain image, with a persistent cache mount for /nix (nothing is rebuilt
+ * or downloaded again between builds); then one ExecOp per layer copies that layer's paths out of the cache.
+ */
+async function nixLayers(
+  run: FrontendRun,
+  filename: string,
+  context: Output,
+  image: Output,
+  network: NetMode,
+  spec: ImageSpec,
+): Promise<LayerSource> {
+  const toolchainRef = run.opts.get("build-arg:toolchain") ?? DEFAULT_TOOLCHAIN;
+  const toolchain = source(
+    `docker-image://${normalizeImageRef(toolchainRef)}`,
+    {},
+    `nix toolchain ${toolchainRef}`,
+  );
+  let env = ["PATH=/usr/local/bin:/usr/bin:/bin:/nix/var/nix/profiles/default/bin"];
+  try {
+    const cfg = JSON.parse(
+      (await run.gateway.resolveImageConfig(normalizeImageRef(toolchainRef))).config.toString(),
+    ) as {
+      config?: { Env?: string[] };
+    };
+    if (cfg.config?.Env?.length) env = cfg.config.Env;
+  } catch (err) {
+    run.log(
+      `nixoci frontend: ${toolchainRef}: no image config (${(err as Error).message}); using a default PATH`,
+    );
+  }
+  const attr = run.opts.get("build-arg:attr") ?? "";
+  const built = exec({
+    args: ["/bin/sh", "-c", NIX_BUILD_SCRIPT, "sh", `/ctx/${filename}`, attr],
+    env: [...env, "HOME=/tmp", "TMPDIR=/tmp"],
+    mounts: [
+      { dest: "/", state: toolchain },
+      { dest: "/toolchain", state: toolchain, readonly: true },
+      { dest: "/ctx", state: context, readonly: true },
+      { dest: "/nix", state: undefined, cacheId: NIX_CACHE_ID },
+      { dest: "/out", state: undefined },
+    ],
+    network,
+    name: `nix-build ${filename}${attr ? ` -A ${attr}` : ""}`,
+  })["/out"];
+  const ref = await run.gateway.solve(built);
+  const roots = (await run.gateway.readFile(ref, "roots")).toString("utf8").split("\n").filter(Boolean);
+  const closure = closureFromNixJson(
+    JSON.parse((await run.gateway.readFile(ref, "closure.json")).toString("utf8")),
+    DEFAULT_STORE_DIR,
+  );
+  const plan = planOfClosure(
+    roots,
+    closure,
+    (spec.layering ?? "size") as LayeringStrategy,
+    spec.maxLayers ?? 100,
+    DEFAULT_STORE_DIR,
+  );
+  const layers = plan.layers;
+  run.log(
+    `nixoci frontend: ${filename}: ${roots.length} roots, ${closure.size} paths, ${layers.length} store layers`,
+  );
+  return {
+    plan,
+    planState: mkfile(
+      undefined,
+      "/plan.json",
+      Buffer.from(JSON.stringify(plan)),
+      0o644,
+      "nixoci: layer plan",
+    ),
+    fetch: (paths, name) =>
+      exec({
+        args: [...selfCommand(), "copy", "--from", "/cache/store", "--out", "/out", ...paths],
+        env: STEP_ENV,
+        mounts: [
+          { dest: "/", state: image, readonly: true },
+          { dest: "/cache", state: undefined, cacheId: NIX_CACHE_ID },
+          { dest: "/out", state: undefined },
+        ],
+        network: "none",
+        name,
+      })["/out"],
+  };
+}
+
+/** Image config and layering options of a Nix file, from build args (entrypoint, cmd, env, workdir, user, ...). */
+export function specFromBuildArgs(opts: Map<string, string>): ImageSpec {
+  const doc: Record<string, unknown> = {};
+  const arg = (k: string): string | undefined => opts.get(`build-arg:${k}`);
+  const list = (v: string): string[] =>
+    v.trim().startsWith("[") ? (JSON.parse(v) as string[]) : v.split(/\s+/).filter(Boolean);
+  for (const k of ["entrypoint", "cmd"]) if (arg(k) !== undefined) doc[k] = list(arg(k)!);
+  if (arg("env") !== undefined) doc.env = arg("env")!.split(",").filter(Boolean);
+  for (const k of ["workdir", "user", "layering"]) if (arg(k) !== undefined) doc[k] = arg(k);
+  if (arg("max-layers") !== undefined) doc.maxLayers = Number(arg("max-layers"));
+  return validateSpec({ ...emptySpec(), ...specFromObject(doc, "build args") }, "build args");
+}
+
+export const DEFAULT_TOOLCHAIN = "nixos/nix";
+
+/**
+ * Which kind of build file this is: by name (*.nix is a Nix file; *.json, *.yaml, *.yml a spec), else by
+ * content (what `docker build` names Dockerfile): a spec is a JSON or YAML mapping, anything else Nix.
+ */
+export function buildFileKind(filename: string, text: string): "nix" | "spec" {
+  if (filename.endsWith(".nix")) return "nix";
+  if (/\.(json|ya?ml)$/.test(filename)) return "spec";
+  try {
+    const doc = parseYaml(text) as unknown;
+    return typeof doc === "object" && doc !== null && !Array.isArray(doc) ? "spec" : "nix";
+  } catch {
+    return "nix";
+  }
+}
+
+export async function buildWithGateway(run: FrontendRun): Promise<void> {
+  const { opts, gateway, log } = run;
+  await gateway.ping();
+  const filename = opts.get("filename") ?? DEFAULT_FILENAME;
+  const self = opts.get("source") ?? opts.get("cmdline");
+  if (!self) throw new Error("BuildKit did not say which image this frontend runs from (opt source)");
+  const image = source(`docker-image://${normalizeImageRef(self)}`, {}, `nixoci frontend ${self}`);
+  const network: NetMode = (opts.get("force-network-mode") as NetMode | undefined) ?? "default";
+
+  // The build context: dockerd hands the request's tar body over as an http source, which can be fetched only
+  // once; these ops are byte for byte the ones the Dockerfile frontend already solved, so BuildKit reuses them.
+  const ctxUrl = opts.get("context");
+  const inputs = await gateway.inputs().catch(() => ({}) as Record<string, { def: Buffer[] }>);
+  // The build file comes from the context, except in a session build: from the client's "dockerfile" directory
+  // (it may lie outside the context).
+  let context: Output;
+  let buildFileState: Output;
+  const given = inputs.context ? fromDefinition(inputs.context) : undefined;
+  if (given) {
+    // Passed by the caller (a Dockerfile frontend forwarding here, since the image offers the inputs cap).
+    context = buildFileState = given;
+  } else if (ctxUrl && /^https?:\/\//.test(ctxUrl)) {
+    const http = source(ctxUrl, { "http.filename": "context" }, "[internal] load remote build context");
+    context = buildFileState = copy(
+      http,
+      "/context",
+      undefined,
+      "/",
+      { unpack: true },
+      "unpack the build context",
+    );
+  } else {
+    // The client's directories through its session (`DOCKER_BUILDKIT=1 docker build`, buildctl --local).
+    context = source(
+      "local://context",
+      { ...sessionAttrs(run.sessionId), "local.sharedkeyhint": "context" },
+      "[internal] load build context",
+    );
+    buildFileState = run.sessionId
+      ? source(
+          "local://dockerfile",
+          {
+            ...sessionAttrs(run.sessionId),
+            "local.followpaths": JSON.stringify([filename]),
+            "local.sharedkeyhint": filename,
+          },
+          "[internal] load build definition",
+        )
+      : context;
+  }
+  const ctxRef = await gateway.solve(buildFileState);
+  let text: string;
+  try {
+    text = (await gateway.readFile(ctxRef, filename)).toString("utf8");
+  } catch (err) {
+    throw new Error(`${filename}: not found in the build context (${(err as Error).message})`, {
+      cause: err,
+    });
+  }
+
+  const isNix = buildFileKind(filename, text) === "nix";
+  const spec = isNix ? specFromBuildArgs(opts) : parseSpecText(text.replace(/^# syntax=.*\n/, ""), filename);
+  if (!isNix)
+    log(`nixoci frontend: ${filename}: ${spec.packages.length} packages, ${spec.substituters.length} caches`);
+  const layers = isNix
+    ? await nixLayers(run, filename, context, image, network, spec)
+    : await specLayers(run, spec, image, network);
+
+  let chain: State;
+  const fetched: Output[] = [];
+  const { plan } = layers;
+  for (const [i, layer] of plan.layers.entries()) {
+    const names = layer.paths.map((p) => p.slice(p.indexOf("-") + 1));
+    const label = `${names.slice(0, 3).join(" ")}${names.length > 3 ? ` +${names.length - 3}` : ""}`;
+    const out = layers.fetch(layer.paths, `nixoci: fetch layer ${i + 1}/${plan.layers.length + 1}: ${label}`);
+    fetched.push(out);
+    chain = copy(out, "/", chain, "/", { contents: true }, `nixoci: layer ${i + 1}: ${label}`);
+  }
+  const custom = exec({
+    args: [
+      ...selfCommand(),
+      "custom",
+      "--plan",
+      "/plan/plan.json",
+      "--layers",
+      "/layers",
+      "--out",
+      "/out",
+      "--meta",
+      "/meta/custom.json",
+      ...(spec.user !== undefined ? ["--user", spec.user] : []),
+    ],
+    env: STEP_ENV,
+    mounts: [
+      { dest: "/", state: image, readonly: true },
+      { dest: "/plan", state: layers.planState, readonly: true },
+      ...fetched.map((f, i) => ({ dest: `/layers/${i}`, state: f, readonly: true })),
+      { dest: "/out", state: undefined },
+      { dest: "/meta", state: undefined },
+    ],
+    network: "none",
+    name: "nixoci: customisation layer",
+  });
+  chain = copy(
+    custom["/out"],
+    "/",
+    chain,
+    "/",
+    { contents: true },
+    `nixoci: layer ${plan.layers.length + 1}: customisation`,
+  );
+  const metaRef = await gateway.solve(custom["/meta"]);
+  const meta = JSON.parse((await gateway.readFile(metaRef, "custom.json")).toString("utf8")) as {
+    env: string[];
+  };
+  const resultRef = await gateway.solve(chain);
+  const config = {
+    architecture: spec.arch,
+    os: spec.os,
+    created: spec.created,
+    config: runtimeConfig(spec, meta.env),
+  };
+  await gateway.return({
+    ref: resultRef,
+    metadata: { "containerimage.config": Buffer.from(JSON.stringify(config)) },
+  });
+}
+
+/** stdin/stdout as the one Duplex the HTTP/2 client needs. */
+export function stdioStream(): Duplex {
+  return Duplex.from({ readable: process.stdin, writable: process.stdout });
+}

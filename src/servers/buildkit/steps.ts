@@ -1,0 +1,216 @@
+// The work of nixoci's BuildKit frontend that runs inside BuildKit's ExecOps (in the frontend's own image, with
+// the network the build allows), as `nixoci frontend plan|fetch|custom`. Each step writes only its outputs, so
+// BuildKit caches it by its inputs: a fetch step is keyed by its exact store paths and caches, so an unchanged
+// layer is never fetched again.
+//   plan:   the spec's closure from the binary caches' narinfos (no NAR downloaded) and the layer plan -> JSON;
+//   fetch:  exactly the given store paths (not their references) from the caches, signatures checked, NARs
+//           restored as canonical trees under OUT/nix/store (mtime 1, Nix's modes, no hard links), with OUT/nix
+//           and OUT/nix/store at 0755, mtime 1 -- the same entries nixoci's layer tar writes;
+//   custom: the customisation layer (symlink farm, /etc/passwd, ...) from the fetched layers, written as a tree.
+import { chmod, lstat, lutimes, mkdir, symlink, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { parseHash } from "../../nix/hash.js";
+import { dumpPath } from "../../nix/nar-writer.js";
+import { parseStorePath, type StorePath } from "../../nix/store-path.js";
+import type { Readable } from "node:stream";
+import { planStoreLayers } from "../../image/build.js";
+import { customisationLayer } from "../../image/customisation.js";
+import type { TreeEntry } from "../../image/layer-tar.js";
+import type { LayeringStrategy } from "../../image/types.js";
+import { BinaryCacheStore, type TrustOptions } from "../../store/binary-cache.js";
+import { computeClosure } from "../../store/closure.js";
+import { restoreVerifiedNar } from "../../store/nar-verify.js";
+import type { PathInfo } from "../../store/path-info.js";
+import type { Store } from "../../store/store.js";
+import { mapLimit } from "../../util/concurrency.js";
+import { NixociError } from "../../util/errors.js";
+
+export const PLAN_VERSION = 1;
+
+export interface Plan {
+  version: number;
+  /** The spec's packages, in order (the symlink farm's priority). */
+  roots: string[];
+  /** Store layers, bottom first. */
+  layers: Array<{ paths: string[]; narSize: number }>;
+  storeDir: string;
+}
+
+/** The first of `stores` that has each path (in order); a store path none has is an error naming the caches. */
+class CacheChain implements Store {
+  readonly url: string;
+  readonly priority = 0;
+  constructor(
+    private readonly stores: Store[],
+    readonly storeDir: string,
+  ) {
+    this.url = stores.map((s) => s.url).join(", ");
+  }
+  async queryPathInfo(path: string): Promise<PathInfo | undefined> {
+    for (const s of this.stores) {
+      const info = await s.queryPathInfo(path);
+      if (info) return info;
+    }
+    return undefined;
+  }
+  async narFromPath(info: PathInfo) {
+    for (const s of this.stores) if (await s.queryPathInfo(info.path)) return s.narFromPath(info);
+    throw new NixociError(info.path, `not in ${this.url}`);
+  }
+  close(): void {
+    this.stores.forEach((s) => s.close());
+  }
+}
+
+export async function openCaches(urls: string[], trust: TrustOptions, storeDir: string): Promise<CacheChain> {
+  if (!urls.length)
+    throw new NixociError("substituters", "the spec names no binary cache to take store paths from");
+  const stores: Store[] = [];
+  for (const url of urls) stores.push(await BinaryCacheStore.open(url, trust, storeDir));
+  return new CacheChain(stores, storeDir);
+}
+
+export async function planStep(opts: {
+  roots: string[];
+  caches: CacheChain;
+  layering: LayeringStrategy;
+  maxLayers: number;
+}): Promise<Plan> {
+  if (!opts.roots.length) throw new NixociError("packages", "the spec lists no packages");
+  const closure = await computeClosure(opts.caches, opts.roots);
+  return planOfClosure(opts.roots, closure, opts.layering, opts.maxLayers, opts.caches.storeDir);
+}
+
+/** The plan of a known closure: nixoci build's layer planning, each layer with its NAR size. */
+export function planOfClosure(
+  roots: string[],
+  closure: ReadonlyMap<string, PathInfo>,
+  layering: LayeringStrategy,
+  maxLayers: number,
+  storeDir: string,
+): Plan {
+  const layers = planStoreLayers(layering, roots, closure, maxLayers - 1).map((l) => ({
+    paths: l.paths,
+    narSize: l.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0),
+  }));
+  return { version: PLAN_VERSION, roots, layers, storeDir };
+}
+
+const MTIME = 1;
+
+/**
+ * Restores exactly `paths` (not their references) under OUT/<store dir> as canonical trees (mtime 1, Nix's
+ * modes, no hard links), each path's NAR from `nar`; then gives the store directory's ancestors the metadata
+ * nixoci's tars have (0755, mtime 1; children first).
+ */
+async function restorePaths(
+  paths: string[],
+  storeDir: string,
+  out: string,
+  nar: (path: StorePath) => Promise<Readable>,
+): Promise<void> {
+  const dest = join(out, storeDir);
+  await mkdir(dest, { recursive: true, mode: 0o755 });
+  await mapLimit(paths, 4, async (p) => {
+    const sp = parseStorePath(p, storeDir);
+    // Read to the end, or the verifier of a cache's NAR never checks its NarHash.
+    await restoreVerifiedNar(await nar(sp), join(dest, sp.baseName), { input: sp.path, canonicalize: true });
+  });
+  const parts = storeDir.split("/").filter(Boolean);
+  for (let i = parts.length; i >= 1; i--) {
+    const d = join(out, ...parts.slice(0, i));
+    await chmod(d, 0o755);
+    await utimes(d, MTIME, MTIME);
+  }
+}
+
+/** Fetches exactly `paths` from the caches into OUT/<store dir>, each verified against its narinfo. */
+export function fetchStep(paths: string[], caches: CacheChain, out: string): Promise<void> {
+  return restorePaths(paths, caches.storeDir, out, async (sp) => {
+    const info = await caches.queryPathInfo(sp.path);
+    if (!info) throw new NixociError(sp.path, `not in ${caches.url}`);
+    return caches.narFromPath(info);
+  });
+}
+
+/**
+ * Copies exactly `paths` from a store directory mounted at `from` (the build's Nix cache mount, whose store is
+ * /nix/store) into OUT/nix/store (a NAR dump and restore).
+ */
+export function copyStep(paths: string[], from: string, out: string, storeDir = "/nix/store"): Promise<void> {
+  return restorePaths(paths, storeDir, out, async (sp) => dumpPath(join(from, sp.baseName)));
+}
+
+/** `nix path-info --json -r` output as the closure map the layer planner takes. */
+export function closureFromNixJson(json: unknown, storeDir: string): Map<string, PathInfo> {
+  if (!Array.isArray(json)) throw new NixociError("nix path-info", "expected a JSON array");
+  const out = new Map<string, PathInfo>();
+  for (const e of json as Array<{
+    path?: unknown;
+    narHash?: unknown;
+    narSize?: unknown;
+    references?: unknown;
+  }>) {
+    const path = parseStorePath(String(e.path), storeDir).path;
+    out.set(path, {
+      path,
+      narHash: parseHash(String(e.narHash), path),
+      narSize: Number(e.narSize),
+      references: Array.isArray(e.references) ? e.references.map(String) : [],
+      sigs: [],
+    });
+  }
+  return out;
+}
+
+/** Writes tree entries (a customisation layer) under `out`, with the metadata nixoci's tar gives them. */
+export async function writeTree(entries: TreeEntry[], out: string): Promise<void> {
+  const dirs: Array<{ path: string; mode: number }> = [];
+  const norm = (p: string): string => p.replace(/^(\.\/|\/)+/, "");
+  for (const e of [...entries].sort((a, b) => (norm(a.path) < norm(b.path) ? -1 : 1))) {
+    const path = join(out, norm(e.path));
+    if (e.type === "directory") {
+      await mkdir(path, { recursive: true });
+      dirs.push({ path, mode: e.mode });
+    } else if (e.type === "file") {
+      await writeFile(path, e.content, { mode: e.mode });
+      await chmod(path, e.mode);
+      await utimes(path, MTIME, MTIME);
+    } else {
+      await symlink(e.target, path);
+      await lutimes(path, MTIME, MTIME);
+    }
+  }
+  // Modes and mtimes of directories last (writing their children changed the mtimes), deepest first.
+  for (const d of dirs.reverse()) {
+    await chmod(d.path, d.mode);
+    await utimes(d.path, MTIME, MTIME);
+  }
+}
+
+/**
+ * The customisation layer of `plan` (spec: packages' symlink farm, user), reading the packages from the fetched
+ * layers mounted under `layersDir/<i>`; writes the tree to `out` and returns the extra env (SSL_CERT_FILE).
+ */
+export async function customStep(opts: {
+  plan: Plan;
+  layersDir: string;
+  out: string;
+  user?: string;
+}): Promise<{ env: string[]; warnings: string[] }> {
+  const where = new Map<string, string>();
+  for (const [i, layer] of opts.plan.layers.entries())
+    for (const p of layer.paths) where.set(p, join(opts.layersDir, String(i), p));
+  for (const [p, real] of where)
+    if (!(await lstat(real).catch(() => undefined)))
+      throw new NixociError(p, "missing from the fetched layers");
+  const source = (p: string) => ({ storePath: p, realPath: where.get(p)! });
+  const custom = customisationLayer({
+    packages: opts.plan.roots.map(source),
+    closure: [...where.keys()].map(source),
+    user: opts.user,
+  });
+  await mkdir(opts.out, { recursive: true });
+  await writeTree(custom.entries, opts.out);
+  return { env: custom.env, warnings: custom.warnings };
+}

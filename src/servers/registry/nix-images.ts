@@ -1,0 +1,422 @@
+// Nix package images built on demand: the ManifestSource behind `docker pull HOST/shell/git/htop`.
+//
+// A request (repository, tag) becomes an image key: the sorted package list and architecture from the name
+// (image-names.ts), the resolver's revision for the tag (`latest` = current revision; other tags are pins),
+// and the build settings (layering strategy, layer limit, compression). Then:
+//   - cache: storage.root/nix-images/<sha256 of the key>.json = {digest, mediaType, packages, revision, arch,
+//     createdAt, ...}, written atomically and kept in memory too, so a cached image survives restarts and is
+//     answered (HEAD or GET) without resolving or building: only `latest` costs a revision check
+//     (resolver.currentRevision(), cached by the resolver for a few seconds).
+//   - miss: resolve the packages to store paths (building or substituting them), buildImage() with the
+//     registry's storage root as the layer cache directory, so layers and config land directly in the
+//     registry's blob store, where every image shares them; the manifest goes there too. The server then
+//     records the manifest by digest in the repository. Tags are never stored: `latest` must follow the
+//     revision, and the cache answers any tag cheaply.
+//   - single flight: concurrent requests for the same key (even under different names: git/htop, htop/git)
+//     share one build ("coalesced"). Different images build concurrently, at most maxConcurrentBuilds (2) at a
+//     time; at most maxQueuedBuilds (32) more wait for a slot, beyond that the answer is 429 TOOMANYREQUESTS
+//     (with Retry-After). A build runs to completion even when every client that asked has gone (a client's
+//     abort signal only stops its own wait), so the next pull is a cache hit.
+//   - limits: a build taking longer than buildTimeoutMs (10 min) fails with 504 UNKNOWN ("timed out"); its nix
+//     processes are killed and its slot freed. Work already done (nix builds, substituted paths, layers) is
+//     kept, so a retry continues from there. Failures are not cached.
+//   - errors: unknown packages -> 404 NAME_UNKNOWN naming all of them; a pinned revision the resolver cannot
+//     serve -> 404 MANIFEST_UNKNOWN naming it; a name that is not a package list -> 400 NAME_INVALID; a failed
+//     evaluation or build -> 500 UNKNOWN with a one-line cause. A repository with pushed content (tags) that
+//     is asked for a tag it lacks gets the server's usual 404 instead of the first two (undefined is returned).
+// The image: the packages' closure in store layers plus the customisation layer (a symlink farm of the
+// packages at /, /tmp, /etc/passwd...), PATH reaching /bin, labels dev.nixoci.packages and dev.nixoci.revision,
+// no entrypoint, and Cmd ["/bin/sh"] when one of the packages has bin/sh (otherwise no Cmd: `docker run IMAGE
+// CMD` names the program). Created is the epoch (reproducible): the same key gives the same digest anywhere.
+import { createHash } from "node:crypto";
+import { statSync } from "node:fs";
+import { mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { buildImage } from "../../image/build.js";
+import { defaultArch, emptySpec, type ImageSpec } from "../../image/spec.js";
+import type { LayeringStrategy } from "../../image/types.js";
+import { isDigest, type Digest } from "../../oci/digest.js";
+import type { LayerCompression } from "../../oci/media-types.js";
+import {
+  RevisionUnavailableError,
+  UnknownPackageError,
+  type PackageResolver,
+} from "../../resolve/resolver.js";
+import type { LocalStore } from "../../store/local-store.js";
+import { oneLine } from "../../util/errors.js";
+import { writeFileAtomic } from "../../util/fs.js";
+import { RegistryError, registryError } from "./errors.js";
+import {
+  DEFAULT_META_PACKAGES,
+  parseImageName,
+  parseImageReference,
+  type ImageRequest,
+} from "./image-names.js";
+import type { ManifestSource, StoredManifest } from "./manifest-source.js";
+import type { RegistryStorage } from "./storage.js";
+
+export type NixImageEventType =
+  "cache-hit" | "cache-miss" | "build-start" | "build-done" | "build-failed" | "coalesced" | "rejected";
+
+export interface NixImageEvent {
+  type: NixImageEventType;
+  /** The image key's id (sha256 hex of the key; also the cache file's name). */
+  key: string;
+  repo: string;
+  /** build-done/build-failed: seconds the build ran. */
+  seconds?: number;
+  /** build-failed/rejected: the one-line error. */
+  error?: string;
+  /** Package list, revision and architecture of the key. */
+  packages?: string[];
+  revision?: string;
+  arch?: string;
+}
+
+export interface NixImageSourceOptions {
+  storage: RegistryStorage;
+  resolver: PackageResolver;
+  store: LocalStore;
+  /** Meta-packages (name -> packages); default DEFAULT_META_PACKAGES ({ shell: [bashInteractive, coreutils] }). */
+  metaPackages?: Readonly<Record<string, readonly string[]>>;
+  /** Architecture of names without an architecture prefix; default this machine's. */
+  defaultArch?: string;
+  /** Default "nixery" (Nixery's grouping, which shares layers well across many images). */
+  layering?: LayeringStrategy;
+  /** Default 100 (store layers plus the customisation layer). */
+  maxLayers?: number;
+  /** Default gzip. */
+  compression?: LayerCompression;
+  compressionLevel?: number;
+  /** Default 10 minutes. */
+  buildTimeoutMs?: number;
+  /** Default 2. */
+  maxConcurrentBuilds?: number;
+  /** Builds waiting for a slot; default 32. Beyond that: 429 TOOMANYREQUESTS. */
+  maxQueuedBuilds?: number;
+  /** Layer-building parallelism inside one build (default: cores). */
+  parallelism?: number;
+  onEvent?: (e: NixImageEvent) => void;
+}
+
+/** What the cache file holds. */
+export interface NixImageRecord {
+  digest: Digest;
+  mediaType: string;
+  packages: string[];
+  revision: string;
+  arch: string;
+  layering: LayeringStrategy;
+  maxLayers: number;
+  compression: LayerCompression;
+  /** The resolved store paths (the image's roots). */
+  paths: string[];
+  createdAt: string;
+}
+
+interface Flight {
+  promise: Promise<StoredManifest>;
+}
+
+export const DEFAULT_BUILD_TIMEOUT_MS = 10 * 60 * 1000;
+
+export class NixImageSource implements ManifestSource {
+  private readonly storage: RegistryStorage;
+  private readonly resolver: PackageResolver;
+  private readonly metaPackages: Readonly<Record<string, readonly string[]>>;
+  private readonly defaultArch: string;
+  private readonly layering: LayeringStrategy;
+  private readonly maxLayers: number;
+  private readonly compression: LayerCompression;
+  private readonly buildTimeoutMs: number;
+  private readonly maxConcurrent: number;
+  private readonly maxQueued: number;
+  private readonly cacheDir: string;
+  /** Key id -> record and manifest bytes (recently used; the files are the truth). */
+  private readonly memory = new Map<string, { record: NixImageRecord; bytes: Buffer }>();
+  private readonly flights = new Map<string, Flight>();
+  private running = 0;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(private readonly opts: NixImageSourceOptions) {
+    this.storage = opts.storage;
+    this.resolver = opts.resolver;
+    this.metaPackages = opts.metaPackages ?? DEFAULT_META_PACKAGES;
+    this.defaultArch = opts.defaultArch ?? defaultArch();
+    this.layering = opts.layering ?? "nixery";
+    this.maxLayers = opts.maxLayers ?? 100;
+    this.compression = opts.compression ?? "gzip";
+    this.buildTimeoutMs = opts.buildTimeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS;
+    this.maxConcurrent = Math.max(1, opts.maxConcurrentBuilds ?? 2);
+    this.maxQueued = Math.max(0, opts.maxQueuedBuilds ?? 32);
+    this.cacheDir = join(this.storage.root, "nix-images");
+  }
+
+  /** Builds running and waiting for a slot (for metrics). */
+  get activeBuilds(): { running: number; queued: number } {
+    return { running: this.running, queued: this.waiting.length };
+  }
+
+  async resolve(
+    repo: string,
+    reference: string,
+    ctx: { method: "GET" | "HEAD"; accept: string[]; signal: AbortSignal },
+  ): Promise<StoredManifest | undefined> {
+    const ref = parseImageReference(reference);
+    // A digest the storage does not have for this repository was never served from it: nothing to build.
+    if (ref.kind === "digest") return undefined;
+    const request = parseImageName(repo, { metaPackages: this.metaPackages, defaultArch: this.defaultArch });
+
+    let revision: string;
+    try {
+      if (ref.kind === "latest") revision = await this.resolver.currentRevision();
+      else {
+        revision = ref.revision;
+        if (!(await this.resolver.servesRevision(revision)))
+          throw new RevisionUnavailableError(revision, `is not available from ${this.resolver.description}`);
+      }
+    } catch (err) {
+      if (err instanceof RevisionUnavailableError && (await this.isPushed(repo))) return undefined;
+      throw this.registryError(err, repo);
+    }
+
+    const key = this.keyOf(request, revision);
+    const id = createHash("sha256").update(key).digest("hex");
+    const base = { key: id, repo, packages: request.packages, revision, arch: request.arch };
+
+    let flight = this.flights.get(id);
+    if (!flight) {
+      const hit = await this.lookup(id);
+      if (hit) {
+        this.emit({ type: "cache-hit", ...base });
+        return hit;
+      }
+      flight = this.flights.get(id); // another request may have started it while we looked
+    }
+    if (flight) {
+      this.emit({ type: "coalesced", ...base });
+    } else {
+      if (this.running >= this.maxConcurrent && this.waiting.length >= this.maxQueued) {
+        const message = `too many images are being built (${this.running} building, ${this.waiting.length} queued); try again later`;
+        this.emit({ type: "rejected", ...base, error: message });
+        throw registryError("TOOMANYREQUESTS", { message, headers: { "Retry-After": "30" } });
+      }
+      this.emit({ type: "cache-miss", ...base });
+      const promise = this.build(id, request, revision, repo);
+      flight = { promise };
+      this.flights.set(id, flight);
+      const done = () => {
+        if (this.flights.get(id) === flight) this.flights.delete(id);
+      };
+      promise.then(done, done);
+    }
+    try {
+      return await waitFor(flight.promise, ctx.signal);
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === "NAME_UNKNOWN" && (await this.isPushed(repo)))
+        return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * A repository with pushed content (it has tags: images served from here are recorded by digest only), for
+   * which a name that is no package set, or a tag that is no revision, gets the usual 404 from the server.
+   */
+  private async isPushed(repo: string): Promise<boolean> {
+    return (await this.storage.listTags(repo)).length > 0;
+  }
+
+  /** The image key: everything that decides the image's bytes. */
+  private keyOf(request: ImageRequest, revision: string): string {
+    return JSON.stringify({
+      v: 1,
+      packages: request.packages,
+      revision,
+      arch: request.arch,
+      layering: this.layering,
+      maxLayers: this.maxLayers,
+      compression: this.compression,
+      compressionLevel: this.opts.compressionLevel ?? null,
+    });
+  }
+
+  private recordFile(id: string): string {
+    return join(this.cacheDir, `${id}.json`);
+  }
+
+  /** A cached image whose manifest blob is still in the blob store. */
+  private async lookup(id: string): Promise<StoredManifest | undefined> {
+    let entry = this.memory.get(id);
+    if (!entry) {
+      let record: NixImageRecord;
+      try {
+        record = JSON.parse(await readFile(this.recordFile(id), "utf8")) as NixImageRecord;
+      } catch {
+        return undefined;
+      }
+      if (typeof record !== "object" || record === null || !isDigest(String(record.digest))) return undefined;
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(this.storage.blobs.path(record.digest));
+      } catch {
+        return undefined; // garbage-collected: build it again
+      }
+      if (createHash("sha256").update(bytes).digest("hex") !== record.digest.slice(7)) return undefined;
+      entry = { record, bytes };
+      this.remember(id, entry);
+    } else if (!(await this.storage.blobs.has(entry.record.digest))) {
+      this.memory.delete(id);
+      return undefined;
+    }
+    return { digest: entry.record.digest, mediaType: entry.record.mediaType, bytes: entry.bytes };
+  }
+
+  private remember(id: string, entry: { record: NixImageRecord; bytes: Buffer }): void {
+    this.memory.delete(id);
+    this.memory.set(id, entry);
+    while (this.memory.size > 1000) this.memory.delete(this.memory.keys().next().value!);
+  }
+
+  /** Waits for a slot, then builds with the time limit. Waiters are rejected at the limit; the slot is freed. */
+  private async build(
+    id: string,
+    request: ImageRequest,
+    revision: string,
+    repo: string,
+  ): Promise<StoredManifest> {
+    if (this.running >= this.maxConcurrent) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.running++;
+    const base = { key: id, repo, packages: request.packages, revision, arch: request.arch };
+    const started = Date.now();
+    const seconds = () => (Date.now() - started) / 1000;
+    this.emit({ type: "build-start", ...base });
+    const controller = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const limit = this.buildTimeoutMs / 1000;
+        const err = registryError("UNKNOWN", {
+          status: 504,
+          message: `building the image ${repo} took longer than ${limit} s and was stopped; try again later (finished work is kept)`,
+        });
+        controller.abort(err);
+        reject(err);
+      }, this.buildTimeoutMs);
+    });
+    const work = this.buildImage(id, request, revision, controller.signal);
+    work.catch(() => undefined); // after a timeout nobody waits for it
+    try {
+      const result = await Promise.race([work, timeout]);
+      this.emit({ type: "build-done", ...base, seconds: seconds() });
+      return result;
+    } catch (err) {
+      const e = this.registryError(err, repo);
+      this.emit({ type: "build-failed", ...base, seconds: seconds(), error: e.message });
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      this.running--;
+      this.waiting.shift()?.();
+    }
+  }
+
+  private async buildImage(
+    id: string,
+    request: ImageRequest,
+    revision: string,
+    signal: AbortSignal,
+  ): Promise<StoredManifest> {
+    const roots = await this.resolver.resolve(request.packages, { revision, arch: request.arch, signal });
+    signal.throwIfAborted();
+    const { store } = this.opts;
+    const hasShell = roots.some((r) => {
+      try {
+        return statSync(join(store.realPath(r), "bin/sh")).isFile();
+      } catch {
+        return false;
+      }
+    });
+    const spec: ImageSpec = {
+      ...emptySpec(),
+      arch: request.arch,
+      labels: { "dev.nixoci.packages": request.packages.join(" "), "dev.nixoci.revision": revision },
+      ...(hasShell ? { cmd: ["/bin/sh"] } : {}),
+    };
+    const result = await buildImage({
+      roots,
+      spec,
+      store,
+      layering: this.layering,
+      maxLayers: this.maxLayers,
+      compression: this.compression,
+      compressionLevel: this.opts.compressionLevel,
+      cacheDir: this.storage.root,
+      parallelism: this.opts.parallelism,
+    });
+    await result.cleanup();
+    const { manifest } = result.image;
+    const record: NixImageRecord = {
+      digest: manifest.digest,
+      mediaType: manifest.mediaType,
+      packages: request.packages,
+      revision,
+      arch: request.arch,
+      layering: this.layering,
+      maxLayers: this.maxLayers,
+      compression: this.compression,
+      paths: roots,
+      createdAt: new Date().toISOString(),
+    };
+    await mkdir(this.cacheDir, { recursive: true });
+    await writeFileAtomic(this.recordFile(id), JSON.stringify(record, null, 2) + "\n");
+    this.remember(id, { record, bytes: manifest.bytes });
+    return { digest: manifest.digest, mediaType: manifest.mediaType, bytes: manifest.bytes };
+  }
+
+  /** The registry's answer for a failure while resolving or building `repo`. */
+  private registryError(err: unknown, repo: string): RegistryError {
+    if (err instanceof RegistryError) return err;
+    if (err instanceof UnknownPackageError) {
+      const s = err.packages.length === 1 ? "" : "s";
+      return registryError("NAME_UNKNOWN", {
+        message: `unknown package${s}: ${err.packages.join(", ")}`,
+        detail: { packages: err.packages, source: this.resolver.description },
+      });
+    }
+    if (err instanceof RevisionUnavailableError)
+      return registryError("MANIFEST_UNKNOWN", {
+        message: `${oneLine(err.message)}`,
+        detail: { revision: err.revision },
+      });
+    const message = oneLine(err instanceof Error ? err.message : String(err)).slice(0, 1000);
+    return registryError("UNKNOWN", { message: `building the image ${repo} failed: ${message}` });
+  }
+
+  private emit(e: NixImageEvent): void {
+    try {
+      this.opts.onEvent?.(e);
+    } catch {
+      // an event listener's failure is not the request's
+    }
+  }
+}
+
+/** The shared promise, or a rejection when this caller's client goes away (the shared work goes on). */
+function waitFor<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason ?? new Error("request aborted"));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason ?? new Error("request aborted"));
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
+}

@@ -1,0 +1,380 @@
+// nixoci's BuildKit frontend with Debian's dockerd 20.10 (embedded BuildKit v0.8), driven through the Engine API
+// (`POST /build?version=2` with a tar context; the CLI has no buildx). The frontend image is built by nixoci from
+// this machine's node + nixoci (scripts/frontend-image.mjs) and loaded into dockerd; a spec whose first line is
+// `# syntax=nixoci-frontend:test` then builds an image whose store paths come from an HTTP binary cache
+// (`nixoci serve` over /nix/store, signed) reached through the build's host network (`networkmode=host`).
+// Checked: the image runs and prints what it should, it has one layer per planned layer plus the customisation
+// layer, a rebuild with nothing changed is fully cached, and bad specs fail the build with a clear message.
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  dockerBuild,
+  loadFrontendImage,
+  startBinaryCacheServer,
+  type BinaryCacheServer,
+} from "../../support/buildkit.js";
+import { buildFixtures, GC_ROOTS_DIR, PACKAGES_NIX } from "../../support/fixtures.js";
+import { nixociOk, ROOT } from "../../support/cli.js";
+import { DOCKER_CLI, freePort, startDockerd, startRegistry, type Dockerd } from "../../support/daemons.js";
+
+const FRONTEND = "nixoci-frontend:test";
+
+describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
+  let d: Dockerd;
+  let dir: string;
+  let cache: BinaryCacheServer | undefined;
+  let cacheUrl: string;
+  let publicKey: string;
+  let fx: ReturnType<typeof buildFixtures>;
+
+  before(async () => {
+    fx = buildFixtures();
+    dir = mkdtempSync(join(tmpdir(), "nixoci-frontend-test-"));
+    d = await startDockerd();
+    // The frontend image, built by nixoci, loaded into dockerd; a signed HTTP binary cache of this store.
+    loadFrontendImage(d, FRONTEND, dir);
+    cache = await startBinaryCacheServer(dir, "frontend-test");
+    cacheUrl = cache.url;
+    publicKey = cache.publicKey;
+  });
+
+  after(async () => {
+    cache?.stop();
+    await d?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** `DOCKER_BUILDKIT=1 docker build --network host ARGS` with the docker 20.10 CLI against this dockerd. */
+  const cliBuild = (args: string[]) =>
+    spawnSync(DOCKER_CLI, ["-H", `unix://${d.host}`, "build", "--network", "host", ...args], {
+      env: { ...process.env, DOCKER_BUILDKIT: "1", DOCKER_CONFIG: join(dir, "docker-cli") },
+      timeout: 300_000,
+    });
+
+  function context(name: string, spec: string): string {
+    const c = join(dir, name);
+    mkdirSync(c, { recursive: true });
+    writeFileSync(join(c, "nixoci.yaml"), `# syntax=${FRONTEND}\n${spec}`);
+    return c;
+  }
+
+  const helloSpec = (): string =>
+    [
+      `packages: [${JSON.stringify(fx.hello)}]`,
+      `entrypoint: [${JSON.stringify(`${fx.hello}/bin/hello`)}]`,
+      `substituters: [${JSON.stringify(cacheUrl)}]`,
+      `trustedPublicKeys: [${JSON.stringify(publicKey)}]`,
+      "",
+    ].join("\n");
+
+  test("a spec builds an image that runs; one layer per planned layer; a rebuild is cached", async () => {
+    const ctx = context("hello", helloSpec());
+    const r = await dockerBuild(d, ctx, { dockerfile: "nixoci.yaml", t: "nixtest:1", networkmode: "host" });
+    assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}\n${d.log().slice(-4000)}`);
+    assert.ok(r.imageId, r.log);
+    const out = d.docker(["run", "--rm", "--network", "none", "nixtest:1"]).toString();
+    assert.match(out, /Hello from nixoci!/);
+    const inspect = JSON.parse(d.docker(["image", "inspect", "nixtest:1"]).toString()) as Array<{
+      RootFS: { Layers: string[] };
+    }>;
+    const closure = execFileSync("nix-store", ["-qR", fx.hello]).toString().trim().split("\n");
+    const layers = inspect[0].RootFS.Layers.length;
+    assert.ok(layers >= 2 && layers <= closure.length + 1, `${layers} layers for ${closure.length} paths`);
+    const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+    assert.equal(fetches.length, layers - 1, "one fetch step per store layer");
+    // `nixoci build` of the same spec makes the same layers, byte for byte: the same diff_ids.
+    const summary = JSON.parse(
+      nixociOk([
+        "build",
+        "--spec",
+        join(ctx, "nixoci.yaml"),
+        "-q",
+        "--json",
+        "-o",
+        `oci:${join(dir, "oci")}:x`,
+      ]).text,
+    ) as { layers: Array<{ diffId: string }> };
+    assert.deepEqual(
+      inspect[0].RootFS.Layers,
+      summary.layers.map((l) => l.diffId),
+    );
+
+    const again = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:2",
+      networkmode: "host",
+    });
+    assert.equal(again.error, undefined, again.error);
+    const steps = [...again.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch"));
+    assert.ok(steps.length >= 1);
+    assert.ok(
+      steps.every((v) => v.cached),
+      `fetch steps re-ran: ${steps.filter((v) => !v.cached).map((v) => v.name)}`,
+    );
+  });
+
+  test("`DOCKER_BUILDKIT=1 docker build` (the CLI's session: local context and build file) builds a spec", () => {
+    const ctx = context("cli", helloSpec());
+    const r = cliBuild(["-f", join(ctx, "nixoci.yaml"), "-t", "nixtest:cli", ctx]);
+    assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+    assert.match(
+      d.docker(["run", "--rm", "--network", "none", "nixtest:cli"]).toString(),
+      /Hello from nixoci!/,
+    );
+  });
+
+  test("after one package changed, only the fetch steps of the changed layers run again", async () => {
+    // The same packages with another greeting: greeting and hello change, busybox does not.
+    const changed = execFileSync("nix-build", [
+      PACKAGES_NIX,
+      "-A",
+      "hello",
+      "--argstr",
+      "greetingText",
+      "Changed by the frontend test",
+      "--out-link",
+      join(GC_ROOTS_DIR, "frontend-changed-hello"),
+    ])
+      .toString()
+      .trim();
+    const ctx = context("changed", helloSpec().split(fx.hello).join(changed));
+    const r = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:changed",
+      networkmode: "host",
+    });
+    assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+    const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+    const executed = fetches.filter((v) => !v.cached).map((v) => v.name);
+    const cached = fetches.filter((v) => v.cached).map((v) => v.name);
+    // busybox's layer is cached; the layers of the two changed paths are fetched again.
+    assert.ok(
+      cached.some((n) => n.includes("busybox")),
+      `cached: ${cached.join(", ")}`,
+    );
+    assert.ok(executed.length >= 1 && executed.length <= 2, `executed: ${executed.join(", ")}`);
+    assert.ok(
+      executed.every((n) => /greeting|hello/.test(n)),
+      `executed: ${executed.join(", ")}`,
+    );
+    const out = d.docker(["run", "--rm", "--network", "none", "nixtest:changed"]).toString();
+    assert.match(out, /Changed by the frontend test/);
+  });
+
+  describe("Nix files, built with nix inside BuildKit", () => {
+    const TOOLCHAIN = "nixoci-nix:test";
+    const nixFile = (body: string): string =>
+      [
+        `# syntax=${FRONTEND}`,
+        "let",
+        '  sh = args: derivation { name = args.name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" args.script ]; };',
+        '  busybox = sh { name = "busybox"; script = "mkdir -p $out/bin && cp /bin/busybox $out/bin/busybox && ln -s busybox $out/bin/sh"; };',
+        body,
+        "",
+      ].join("\n");
+    const helloNix = nixFile(
+      [
+        `  hello = sh { name = "hello-nix"; script = "mkdir -p $out/bin && printf '#!\${busybox}/bin/sh\\necho Hello from a Nix file\\n' > $out/bin/hello && chmod +x $out/bin/hello"; };`,
+        "in { inherit hello busybox; }",
+      ].join("\n"),
+    );
+    const nixBuild = (name: string, text: string, args: Record<string, string>) => {
+      const c = join(dir, name);
+      mkdirSync(c, { recursive: true });
+      writeFileSync(join(c, "default.nix"), text);
+      return dockerBuild(d, c, {
+        dockerfile: "default.nix",
+        t: `nixfile:${name}`,
+        networkmode: "host",
+        buildargs: JSON.stringify({ toolchain: TOOLCHAIN, ...args }),
+      });
+    };
+
+    before(() => {
+      execFileSync(
+        process.execPath,
+        [
+          join(ROOT, "scripts/nix-toolchain-image.mjs"),
+          "--tag",
+          TOOLCHAIN,
+          "--docker-host",
+          `unix://${d.host}`,
+        ],
+        { stdio: ["ignore", "ignore", "inherit"] },
+      );
+    });
+
+    test("a Nix file builds an image that runs; a rebuild runs nothing again", async () => {
+      const r = await nixBuild("hello", helloNix, { attr: "hello", entrypoint: '["/bin/hello"]' });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      const out = d.docker(["run", "--rm", "--network", "none", "nixfile:hello"]).toString();
+      assert.match(out, /Hello from a Nix file/);
+      const layers = (
+        JSON.parse(d.docker(["image", "inspect", "nixfile:hello"]).toString()) as Array<{
+          RootFS: { Layers: string[] };
+        }>
+      )[0].RootFS.Layers;
+      const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+      assert.equal(
+        fetches.length,
+        layers.length - 1,
+        "one copy step per store layer, plus the customisation layer",
+      );
+
+      const again = await nixBuild("hello", helloNix, { attr: "hello", entrypoint: '["/bin/hello"]' });
+      assert.equal(again.error, undefined, again.error);
+      const steps = [...again.vertices.values()].filter((v) => /^(nix-build|nixoci: fetch)/.test(v.name));
+      assert.ok(steps.length >= 2, steps.map((v) => v.name).join(", "));
+      assert.ok(
+        steps.every((v) => v.cached),
+        `re-ran: ${steps
+          .filter((v) => !v.cached)
+          .map((v) => v.name)
+          .join(", ")}`,
+      );
+    });
+
+    test("after the Nix file changed one package, only that package's layer is copied again", async () => {
+      const changed = helloNix.replace("Hello from a Nix file", "Hello from a changed Nix file");
+      const r = await nixBuild("hello", changed, { attr: "hello", entrypoint: '["/bin/hello"]' });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+      const executed = fetches.filter((v) => !v.cached).map((v) => v.name);
+      assert.ok(
+        fetches.some((v) => v.cached && v.name.includes("busybox")),
+        fetches.map((v) => v.name).join(", "),
+      );
+      assert.deepEqual(executed.length, 1, `executed: ${executed.join(", ")}`);
+      assert.match(executed[0], /hello-nix/);
+      assert.match(
+        d.docker(["run", "--rm", "--network", "none", "nixfile:hello"]).toString(),
+        /Hello from a changed Nix file/,
+      );
+    });
+
+    test("`DOCKER_BUILDKIT=1 docker build -f default.nix --build-arg ...` builds a Nix file", () => {
+      const c = join(dir, "cli-nix");
+      mkdirSync(c, { recursive: true });
+      writeFileSync(join(c, "default.nix"), helloNix);
+      const args = ["toolchain=" + TOOLCHAIN, "attr=hello", "entrypoint=/bin/hello"].flatMap((a) => [
+        "--build-arg",
+        a,
+      ]);
+      const r = cliBuild(["-f", join(c, "default.nix"), ...args, "-t", "nixfile:cli", c]);
+      assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+      assert.match(
+        d.docker(["run", "--rm", "--network", "none", "nixfile:cli"]).toString(),
+        /Hello from a Nix file/,
+      );
+    });
+
+    test("a flake.nix builds its packages.<system>.<attr>", async () => {
+      const c = join(dir, "flake");
+      mkdirSync(c, { recursive: true });
+      writeFileSync(
+        join(c, "flake.nix"),
+        [
+          `# syntax=${FRONTEND}`,
+          "{",
+          "  outputs = { self }: let",
+          '    sh = args: derivation { name = args.name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" args.script ]; };',
+          '    busybox = sh { name = "busybox"; script = "mkdir -p $out/bin && cp /bin/busybox $out/bin/busybox && ln -s busybox $out/bin/sh"; };',
+          `    hello = sh { name = "hello-flake"; script = "mkdir -p $out/bin && printf '#!\${busybox}/bin/sh\\necho Hello from a flake\\n' > $out/bin/hello && chmod +x $out/bin/hello"; };`,
+          "  in { packages.x86_64-linux.default = hello; };",
+          "}",
+          "",
+        ].join("\n"),
+      );
+      const r = await dockerBuild(d, c, {
+        dockerfile: "flake.nix",
+        t: "nixfile:flake",
+        networkmode: "host",
+        buildargs: JSON.stringify({ toolchain: TOOLCHAIN, entrypoint: "/bin/hello" }),
+      });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      const out = d.docker(["run", "--rm", "--network", "none", "nixfile:flake"]).toString();
+      assert.match(out, /Hello from a flake/);
+    });
+
+    test("an unknown attribute and an evaluation error fail the build with nix's message", async () => {
+      const unknown = await nixBuild("unknown", helloNix, { attr: "nope" });
+      assert.ok(unknown.error, "the build failed");
+      assert.match(unknown.error + unknown.log, /attribute 'nope'/);
+      const broken = await nixBuild("broken", nixFile("  x = ;\nin { }"), {});
+      assert.ok(broken.error, "the build failed");
+      assert.match(broken.error + broken.log, /default\.nix:\d+/);
+    });
+  });
+
+  test("the frontend image also runs from a registry (# syntax=HOST/NAME:TAG)", async () => {
+    const registry = await startRegistry();
+    try {
+      const ref = `${registry.host}/nixoci-frontend:pushed`;
+      execFileSync(process.execPath, [join(ROOT, "scripts/frontend-image.mjs"), "-o", `docker://${ref}`], {
+        stdio: ["ignore", "ignore", "inherit"],
+      });
+      const c = join(dir, "from-registry");
+      mkdirSync(c, { recursive: true });
+      writeFileSync(join(c, "nixoci.yaml"), `# syntax=${ref}\n${helloSpec()}`);
+      const r = await dockerBuild(d, c, {
+        dockerfile: "nixoci.yaml",
+        t: "nixtest:registry",
+        networkmode: "host",
+      });
+      assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+      assert.match(
+        d.docker(["run", "--rm", "--network", "none", "nixtest:registry"]).toString(),
+        /Hello from nixoci!/,
+      );
+      assert.match(
+        registry.log(),
+        /(GET|HEAD) \/v2\/nixoci-frontend\/manifests\/pushed/,
+        registry
+          .log()
+          .split("\n")
+          .filter((l) => l.includes("/v2/"))
+          .join("\n"),
+      );
+    } finally {
+      await registry.stop();
+    }
+  });
+
+  test("a store path the caches do not have fails the build naming it", async () => {
+    const missing = `/nix/store/${"0".repeat(32)}-not-in-any-cache`;
+    const ctx = context(
+      "missing",
+      helloSpec().replace(`packages: [${JSON.stringify(fx.hello)}]`, `packages: ["${missing}"]`),
+    );
+    const r = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:missing",
+      networkmode: "host",
+    });
+    assert.ok(r.error, "the build failed");
+    assert.match(r.error + r.log, new RegExp(missing.replace(/[/.]/g, "\\$&")));
+  });
+
+  test("a malformed spec fails the build with the file named", async () => {
+    const ctx = context("bad", "packages: [1, 2\n");
+    const r = await dockerBuild(d, ctx, { dockerfile: "nixoci.yaml", t: "nixtest:bad", networkmode: "host" });
+    assert.ok(r.error, "the build failed");
+    assert.match(r.error, /nixoci\.yaml/);
+  });
+
+  test("an unreachable cache fails the build with the cache named", async () => {
+    const port = await freePort();
+    const ctx = context("unreachable", helloSpec().replace(cacheUrl, `http://127.0.0.1:${port}`));
+    const r = await dockerBuild(d, ctx, {
+      dockerfile: "nixoci.yaml",
+      t: "nixtest:unreach",
+      networkmode: "host",
+    });
+    assert.ok(r.error, "the build failed");
+    assert.match(r.error + r.log, new RegExp(`127\\.0\\.0\\.1:${port}`));
+  });
+});

@@ -1,0 +1,554 @@
+// Image names (parseImageName corpus) and NixImageSource: images of fixture packages built on demand into a
+// RegistryStorage, cached across requests and restarts, single-flight, bounded (queue, time limit), and the
+// registry errors for unknown packages, revisions and failures. One end-to-end run with the real nix resolver.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { OCI_MANIFEST } from "../../../src/oci/media-types.js";
+import { RegistryError } from "../../../src/servers/registry/errors.js";
+import {
+  DEFAULT_META_PACKAGES,
+  parseImageName,
+  parseImageReference,
+} from "../../../src/servers/registry/image-names.js";
+import { NixImageSource, type NixImageEvent } from "../../../src/servers/registry/nix-images.js";
+import { createRegistryServer } from "../../../src/servers/registry/server.js";
+import { RegistryStorage } from "../../../src/servers/registry/storage.js";
+import { NixEvalResolver } from "../../../src/resolve/nix-eval.js";
+import {
+  UnknownPackageError,
+  type PackageResolver,
+  type ResolveOptions,
+} from "../../../src/resolve/resolver.js";
+import { LocalStore } from "../../../src/store/local-store.js";
+import { NixociError } from "../../../src/util/errors.js";
+import { buildFixtures, makeTempDir, PACKAGES_NIX } from "../../support/fixtures.js";
+import { until } from "../../support/poll.js";
+
+const fx = buildFixtures();
+const work = makeTempDir("nix-images");
+const store = new LocalStore();
+let dirs = 0;
+
+// ---- names ----
+
+const meta = { metaPackages: DEFAULT_META_PACKAGES, defaultArch: "amd64" };
+
+test("parseImageName: architecture prefix, meta-packages, order and duplicates", () => {
+  const cases: [string, { arch: string; packages: string[] }][] = [
+    ["hello", { arch: "amd64", packages: ["hello"] }],
+    ["git/htop", { arch: "amd64", packages: ["git", "htop"] }],
+    ["htop/git/git", { arch: "amd64", packages: ["git", "htop"] }],
+    ["shell", { arch: "amd64", packages: ["bashInteractive", "coreutils"] }],
+    ["shell/git/coreutils", { arch: "amd64", packages: ["bashInteractive", "coreutils", "git"] }],
+    ["arm64/git", { arch: "arm64", packages: ["git"] }],
+    ["aarch64/shell", { arch: "arm64", packages: ["bashInteractive", "coreutils"] }],
+    ["x86_64/git", { arch: "amd64", packages: ["git"] }],
+    ["amd64/git", { arch: "amd64", packages: ["git"] }],
+    ["x86_64-linux/git", { arch: "amd64", packages: ["git"] }],
+    // Only the first component, and only with packages after it, is an architecture.
+    ["arm64", { arch: "amd64", packages: ["arm64"] }],
+    ["git/arm64", { arch: "amd64", packages: ["arm64", "git"] }],
+    ["arm64/amd64", { arch: "arm64", packages: ["amd64"] }],
+    [
+      "python3packages.requests/a_b/c--d/e__f",
+      { arch: "amd64", packages: ["a_b", "c--d", "e__f", "python3packages.requests"] },
+    ],
+  ];
+  for (const [repo, want] of cases) assert.deepEqual(parseImageName(repo, meta), want, repo);
+  assert.deepEqual(parseImageName("git", { ...meta, defaultArch: "arm64" }), {
+    arch: "arm64",
+    packages: ["git"],
+  });
+
+  // Configured meta-packages replace the defaults (and can alias names with upper case).
+  const custom = {
+    metaPackages: { dev: ["gcc", "gnumake"], py: ["python3Packages.requests"] },
+    defaultArch: "amd64",
+  };
+  assert.deepEqual(parseImageName("dev/py/shell", custom).packages, [
+    "gcc",
+    "gnumake",
+    "python3Packages.requests",
+    "shell",
+  ]);
+  // Inherited object properties are not meta-packages.
+  assert.deepEqual(parseImageName("constructor/tostring", meta).packages, ["constructor", "tostring"]);
+
+  for (const bad of [
+    "",
+    "Git",
+    "git//htop",
+    "/git",
+    "git/",
+    "-git",
+    "git-",
+    "a..b",
+    "a___b",
+    "sp ace",
+    "a/../b",
+  ]) {
+    assert.throws(
+      () => parseImageName(bad, meta),
+      (e: unknown) => e instanceof RegistryError && e.status === 400 && e.code === "NAME_INVALID",
+      JSON.stringify(bad),
+    );
+  }
+  assert.throws(
+    () => parseImageName("x", { metaPackages: { x: ["ok", "not ok"] }, defaultArch: "amd64" }),
+    /meta-package x expands to the invalid name/,
+  );
+  assert.throws(
+    () => parseImageName("x", { metaPackages: { x: [] }, defaultArch: "amd64" }),
+    /names no packages/,
+  );
+});
+
+test("parseImageReference: latest, pinned revisions, digests", () => {
+  assert.deepEqual(parseImageReference("latest"), { kind: "latest" });
+  assert.deepEqual(parseImageReference("2026-11-29.1"), { kind: "revision", revision: "2026-11-29.1" });
+  const d = `sha256:${"a".repeat(64)}`;
+  assert.deepEqual(parseImageReference(d), { kind: "digest", digest: d });
+  assert.throws(
+    () => parseImageReference(".bad"),
+    (e: unknown) => e instanceof RegistryError && e.status === 404,
+  );
+});
+
+// ---- the source ----
+
+type Fx = ReturnType<typeof buildFixtures>;
+
+/** Fixture attributes as packages, with hooks to count, hold or fail resolutions. */
+class FakeResolver implements PackageResolver {
+  readonly description = "test fixtures";
+  revision = "rev1";
+  calls: string[][] = [];
+  gate?: Promise<void>;
+  fail?: Error;
+
+  async currentRevision(): Promise<string> {
+    return this.revision;
+  }
+
+  async servesRevision(revision: string): Promise<boolean> {
+    return revision === this.revision;
+  }
+
+  async resolve(packages: string[], opts: ResolveOptions): Promise<string[]> {
+    this.calls.push(packages);
+    if (opts.revision !== this.revision) throw new NixociError("fake", `revision ${opts.revision} is gone`);
+    if (this.gate) await this.gate;
+    if (this.fail) throw this.fail;
+    const unknown = packages.filter((p) => !Object.hasOwn(fx, p));
+    if (unknown.length) throw new UnknownPackageError(unknown);
+    return packages.map((p) => fx[p as keyof Fx]);
+  }
+}
+
+function setup(opts: Partial<ConstructorParameters<typeof NixImageSource>[0]> = {}) {
+  const root = join(work, `registry-${++dirs}`);
+  const storage = new RegistryStorage(root);
+  const resolver = new FakeResolver();
+  const events: NixImageEvent[] = [];
+  const make = (extra: Partial<ConstructorParameters<typeof NixImageSource>[0]> = {}) =>
+    new NixImageSource({
+      storage,
+      resolver,
+      store,
+      defaultArch: "amd64",
+      onEvent: (e) => events.push(e),
+      ...opts,
+      ...extra,
+    });
+  return { root, storage, resolver, events, source: make(), make };
+}
+
+const ctx = (method: "GET" | "HEAD" = "GET", signal = new AbortController().signal) => ({
+  method,
+  accept: [OCI_MANIFEST],
+  signal,
+});
+const count = (events: NixImageEvent[], type: NixImageEvent["type"]) =>
+  events.filter((e) => e.type === type).length;
+
+async function expectRegistryError(p: Promise<unknown>, status: number, code: string, message?: RegExp) {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(e instanceof RegistryError, `a RegistryError, got ${String(e)}`);
+    assert.equal(e.status, status);
+    assert.equal(e.code, code);
+    if (message) assert.match(e.message, message);
+    return true;
+  });
+}
+
+test("the first request builds into the registry's blob store; the next ones are cache hits", async () => {
+  const { root, storage, resolver, events, source, make } = setup();
+  const m = await source.resolve("hello/busybox", "latest", ctx());
+  assert.ok(m);
+  assert.equal(m.mediaType, OCI_MANIFEST);
+  assert.deepEqual(resolver.calls, [["busybox", "hello"]]);
+  assert.deepEqual(
+    events.map((e) => e.type),
+    ["cache-miss", "build-start", "build-done"],
+  );
+  assert.equal(events[0].key, events[2].key);
+  assert.deepEqual(events[0].packages, ["busybox", "hello"]);
+  assert.equal(events[0].revision, "rev1");
+  assert.ok(typeof events[2].seconds === "number");
+
+  // Every blob is in the storage's blob store; the record is on disk.
+  const manifest = JSON.parse(m.bytes.toString()) as {
+    config: { digest: `sha256:${string}` };
+    layers: { digest: `sha256:${string}`; annotations?: Record<string, string> }[];
+  };
+  for (const d of [m.digest, manifest.config.digest, ...manifest.layers.map((l) => l.digest)])
+    assert.ok(await storage.blobs.has(d), d);
+  const storePaths = manifest.layers.flatMap((l) => Object.values(l.annotations ?? {}));
+  assert.ok(
+    storePaths.includes(fx.hello) && storePaths.includes(fx.busybox) && storePaths.includes(fx.greeting),
+  );
+  const records = readdirSync(join(root, "nix-images"));
+  assert.equal(records.length, 1);
+  const record = JSON.parse(readFileSync(join(root, "nix-images", records[0]), "utf8"));
+  assert.equal(record.digest, m.digest);
+  assert.deepEqual(record.packages, ["busybox", "hello"]);
+  assert.equal(record.revision, "rev1");
+  assert.equal(record.arch, "amd64");
+  assert.ok(!Number.isNaN(Date.parse(record.createdAt)));
+
+  // The image config: /bin/sh is there (busybox), so it is the default command; labels name the contents.
+  const config = JSON.parse(readFileSync(storage.blobs.path(manifest.config.digest), "utf8"));
+  assert.equal(config.architecture, "amd64");
+  assert.deepEqual(config.config.Cmd, ["/bin/sh"]);
+  assert.equal(config.config.Entrypoint, undefined);
+  assert.equal(config.config.Labels["dev.nixoci.packages"], "busybox hello");
+  assert.equal(config.config.Labels["dev.nixoci.revision"], "rev1");
+
+  // What the server does with it: record it by digest in the repository, then serve it from there.
+  await storage.adoptManifest("hello/busybox", m);
+  assert.deepEqual((await storage.getManifest("hello/busybox", m.digest))?.bytes, m.bytes);
+
+  // Same request (GET and HEAD), same set in another order, with a duplicate: answered from the cache.
+  for (const [repo, method] of [
+    ["hello/busybox", "GET"],
+    ["hello/busybox", "HEAD"],
+    ["busybox/hello/hello", "GET"],
+  ] as const) {
+    const again = await source.resolve(repo, "latest", ctx(method));
+    assert.equal(again?.digest, m.digest);
+    assert.ok(again?.bytes.equals(m.bytes));
+  }
+  assert.equal(resolver.calls.length, 1);
+  assert.equal(count(events, "build-start"), 1);
+  assert.equal(count(events, "cache-hit"), 3);
+
+  // A restart: a new source on the same storage still hits, without resolving.
+  const restarted = make();
+  assert.equal((await restarted.resolve("hello/busybox", "latest", ctx()))?.digest, m.digest);
+  assert.equal(resolver.calls.length, 1);
+  assert.equal(count(events, "cache-hit"), 4);
+
+  // The pinned current revision is the same image as latest.
+  assert.equal((await restarted.resolve("busybox/hello", "rev1", ctx()))?.digest, m.digest);
+  assert.equal(resolver.calls.length, 1);
+
+  // Digest references never build: the server has what it recorded.
+  assert.equal(await source.resolve("hello/busybox", m.digest, ctx()), undefined);
+  assert.equal(await source.resolve("tree", `sha256:${"0".repeat(64)}`, ctx()), undefined);
+  assert.equal(resolver.calls.length, 1);
+});
+
+test("no Cmd without a shell; a new revision is a new image; old pins are 404", async () => {
+  const { storage, resolver, events, source } = setup();
+  const m1 = await source.resolve("greeting", "latest", ctx());
+  const manifest = JSON.parse(m1!.bytes.toString());
+  const config = JSON.parse(readFileSync(storage.blobs.path(manifest.config.digest), "utf8"));
+  assert.equal(config.config.Cmd, undefined);
+
+  resolver.revision = "rev2";
+  const m2 = await source.resolve("greeting", "latest", ctx());
+  assert.notEqual(m2!.digest, m1!.digest); // the revision label differs
+  assert.equal(count(events, "build-start"), 2);
+  await expectRegistryError(
+    source.resolve("greeting", "rev1", ctx()),
+    404,
+    "MANIFEST_UNKNOWN",
+    /revision rev1/,
+  );
+  // A different architecture is a different image.
+  await source.resolve("arm64/greeting", "latest", ctx());
+  assert.equal(count(events, "build-start"), 3);
+  assert.deepEqual(resolver.calls.at(-1), ["greeting"]);
+});
+
+test("a garbage-collected manifest blob is rebuilt", async () => {
+  const { storage, resolver, source, make } = setup();
+  const m = await source.resolve("tree", "latest", ctx());
+  rmSync(storage.blobs.path(m!.digest));
+  assert.equal((await source.resolve("tree", "latest", ctx()))?.digest, m!.digest);
+  assert.equal(resolver.calls.length, 2);
+  rmSync(storage.blobs.path(m!.digest));
+  assert.equal((await make().resolve("tree", "latest", ctx()))?.digest, m!.digest);
+  assert.equal(resolver.calls.length, 3);
+});
+
+test("10 identical concurrent requests share one build", async () => {
+  const { resolver, events, source } = setup();
+  let open!: () => void;
+  resolver.gate = new Promise((res) => (open = res));
+  const requests = Array.from({ length: 10 }, (_, i) =>
+    source.resolve(
+      i % 2 ? "self-ref/empty-file" : "empty-file/self-ref",
+      "latest",
+      ctx(i % 3 ? "GET" : "HEAD"),
+    ),
+  );
+  // All ten are in before the build may finish: one resolution at the gate, nine joined it.
+  await until(
+    "the requests to join one build",
+    10_000,
+    () => {
+      assert.equal(resolver.calls.length, 1);
+      assert.equal(count(events, "coalesced"), 9);
+    },
+    10,
+  );
+  open();
+  const results = await Promise.all(requests);
+  assert.equal(new Set(results.map((r) => r!.digest)).size, 1);
+  assert.equal(resolver.calls.length, 1);
+  assert.equal(count(events, "build-start"), 1);
+  assert.equal(count(events, "cache-miss"), 1);
+  assert.equal(count(events, "coalesced"), 9);
+  assert.equal(count(events, "build-done"), 1);
+});
+
+test("a client that goes away does not cancel the build others wait for", async () => {
+  const { resolver, events, source } = setup();
+  let open!: () => void;
+  resolver.gate = new Promise((res) => (open = res));
+  const leaving = new AbortController();
+  const first = source.resolve("single-file", "latest", ctx("GET", leaving.signal));
+  const second = source.resolve("single-file", "latest", ctx());
+  await until(
+    "both requests to wait for one build",
+    10_000,
+    () => {
+      assert.equal(resolver.calls.length, 1);
+      assert.equal(count(events, "coalesced"), 1);
+    },
+    10,
+  );
+  leaving.abort(new Error("client disconnected"));
+  await assert.rejects(first, /client disconnected/);
+  open();
+  assert.ok(await second);
+  assert.equal(count(events, "build-done"), 1);
+  // Even with nobody left waiting, a build finishes and is cached.
+  resolver.gate = new Promise((res) => (open = res));
+  const alone = new AbortController();
+  const gone = source.resolve("symlink-path", "latest", ctx("GET", alone.signal));
+  alone.abort(new Error("bye"));
+  await assert.rejects(gone, /bye/);
+  open();
+  await until(
+    "the abandoned build to finish",
+    10_000,
+    () => assert.equal(count(events, "build-done"), 2),
+    20,
+  );
+  assert.ok(await source.resolve("symlink-path", "latest", ctx()));
+  assert.equal(count(events, "cache-hit"), 1);
+});
+
+// The test's timeout is the liveness bound: the request must not hang with the build (how soon after the limit
+// it answers is measured in bench/limits.ts).
+test(
+  "a build that hangs fails with 504 at the time limit, and frees its slot",
+  { timeout: 30_000 },
+  async () => {
+    const { resolver, events, source } = setup({ buildTimeoutMs: 300, maxConcurrentBuilds: 1 });
+    resolver.gate = new Promise(() => undefined); // never resolves, ignores the abort signal
+    await expectRegistryError(
+      source.resolve("hello", "latest", ctx()),
+      504,
+      "UNKNOWN",
+      /took longer than 0\.3 s/,
+    );
+    assert.equal(count(events, "build-failed"), 1);
+    assert.match(events.find((e) => e.type === "build-failed")!.error!, /took longer/);
+    assert.deepEqual(source.activeBuilds, { running: 0, queued: 0 });
+    // Not cached as a failure, and the slot is free: the next request starts a build of its own (with one slot
+    // it would wait for a held one). That build hangs too, so the outcome does not depend on whether this
+    // machine can build the image within the 0.3 s limit.
+    await expectRegistryError(source.resolve("hello", "latest", ctx()), 504, "UNKNOWN", /took longer/);
+    assert.equal(count(events, "build-start"), 2);
+    assert.equal(count(events, "build-failed"), 2);
+    assert.equal(resolver.calls.length, 2);
+    assert.deepEqual(source.activeBuilds, { running: 0, queued: 0 });
+  },
+);
+
+test("beyond the queue: 429 TOOMANYREQUESTS; queued builds run when a slot frees", async () => {
+  const { resolver, events, source } = setup({ maxConcurrentBuilds: 1, maxQueuedBuilds: 1 });
+  let open!: () => void;
+  resolver.gate = new Promise((res) => (open = res));
+  const a = source.resolve("hello", "latest", ctx()); // building
+  const b = source.resolve("tree", "latest", ctx()); // queued
+  await until(
+    "one build running and one queued",
+    10_000,
+    () => assert.deepEqual(source.activeBuilds, { running: 1, queued: 1 }),
+    10,
+  );
+  await assert.rejects(source.resolve("greeting", "latest", ctx()), (e: unknown) => {
+    assert.ok(e instanceof RegistryError);
+    assert.equal(e.status, 429);
+    assert.equal(e.code, "TOOMANYREQUESTS");
+    assert.ok(e.headers["Retry-After"]);
+    return true;
+  });
+  // Joining a build that is already on its way is not a new build: no 429.
+  const b2 = source.resolve("tree", "latest", ctx());
+  assert.equal(count(events, "rejected"), 1);
+  assert.equal(count(events, "build-start"), 1);
+  open();
+  const [ma, mb, mb2] = await Promise.all([a, b, b2]);
+  assert.ok(ma && mb);
+  assert.equal(mb2!.digest, mb!.digest);
+  assert.equal(count(events, "build-start"), 2);
+  assert.deepEqual(source.activeBuilds, { running: 0, queued: 0 });
+});
+
+test("errors: unknown packages 404 NAME_UNKNOWN, bad names 400, failing builds 500 one line", async () => {
+  const { storage, resolver, source } = setup();
+  await expectRegistryError(
+    source.resolve("hello/nope/zzz", "latest", ctx()),
+    404,
+    "NAME_UNKNOWN",
+    /^unknown packages: nope, zzz$/,
+  );
+  await expectRegistryError(
+    source.resolve("nope", "latest", ctx()),
+    404,
+    "NAME_UNKNOWN",
+    /^unknown package: nope$/,
+  );
+  await expectRegistryError(source.resolve("Hello", "latest", ctx()), 400, "NAME_INVALID");
+  resolver.fail = new NixociError("/x/packages.nix", "build failed (exit 1): error: builder for 'x'\nfailed");
+  await expectRegistryError(
+    source.resolve("hello", "latest", ctx()),
+    500,
+    "UNKNOWN",
+    /^building the image hello failed: \/x\/packages.nix: build failed \(exit 1\): error: builder for 'x' failed$/,
+  );
+  // Failures are not cached.
+  resolver.fail = undefined;
+  const m = await source.resolve("hello", "latest", ctx());
+  assert.ok(m);
+
+  // A repository with pushed content (tags) asked for a tag it lacks: the server's usual 404 (undefined), not a
+  // package or revision error. Repositories served from the source have no tags, so they keep those errors.
+  await storage.putManifest("myapp", "v1", m.bytes, m.mediaType);
+  assert.equal(await source.resolve("myapp", "latest", ctx()), undefined);
+  assert.equal(await source.resolve("myapp", "v2", ctx()), undefined);
+  await storage.adoptManifest("hello", m);
+  await expectRegistryError(source.resolve("hello", "v2", ctx()), 404, "MANIFEST_UNKNOWN", /revision v2/);
+});
+
+test("end to end with the real nix resolver on packages.nix", async () => {
+  const root = join(work, "e2e");
+  const storage = new RegistryStorage(root);
+  const resolver = new NixEvalResolver({ nixFile: PACKAGES_NIX });
+  const events: NixImageEvent[] = [];
+  const source = new NixImageSource({
+    storage,
+    resolver,
+    store,
+    defaultArch: "amd64",
+    metaPackages: { shell: ["busybox"] },
+    onEvent: (e) => events.push(e),
+  });
+  const m = await source.resolve("shell/hello", "latest", ctx());
+  assert.ok(m);
+  const manifest = JSON.parse(m.bytes.toString());
+  const paths = manifest.layers.flatMap((l: { annotations?: Record<string, string> }) =>
+    Object.values(l.annotations ?? {}),
+  );
+  assert.deepEqual(paths.sort(), [fx.busybox, fx.greeting, fx.hello].sort());
+  const config = JSON.parse(readFileSync(storage.blobs.path(manifest.config.digest), "utf8"));
+  assert.deepEqual(config.config.Cmd, ["/bin/sh"]);
+  assert.equal(config.config.Labels["dev.nixoci.revision"], await resolver.currentRevision());
+  assert.equal((await source.resolve("hello/busybox", "latest", ctx("HEAD")))?.digest, m.digest);
+  assert.equal(count(events, "cache-hit"), 1);
+  // Pinned: the current revision works, anything else is 404 naming it.
+  assert.equal(
+    (await source.resolve("hello/shell", await resolver.currentRevision(), ctx()))?.digest,
+    m.digest,
+  );
+  await expectRegistryError(
+    source.resolve("hello", "not-a-revision", ctx()),
+    404,
+    "MANIFEST_UNKNOWN",
+    /not-a-revision/,
+  );
+  await expectRegistryError(
+    source.resolve("hello/no-such-package/nor-this", "latest", ctx()),
+    404,
+    "NAME_UNKNOWN",
+    /unknown packages: no-such-package, nor-this/,
+  );
+  assert.ok(existsSync(join(root, "nix-images")));
+});
+
+test("over HTTP: skopeo pulls a package image from the registry server, and sees the package errors", async () => {
+  const root = join(work, "http");
+  const storage = new RegistryStorage(root);
+  const events: NixImageEvent[] = [];
+  const source = new NixImageSource({
+    storage,
+    resolver: new NixEvalResolver({ nixFile: PACKAGES_NIX }),
+    store,
+    defaultArch: "amd64",
+    metaPackages: { shell: ["busybox"] },
+    onEvent: (e) => events.push(e),
+  });
+  const server = createRegistryServer({ storage, manifestSource: source });
+  await new Promise<void>((res) => server.listen(0, "127.0.0.1", res));
+  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    const skopeo = (args: string[]) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((res) => {
+        execFile("skopeo", args, (err, stdout, stderr) =>
+          res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+      });
+    const layout = join(work, "pulled");
+    const copy = await skopeo([
+      "copy",
+      "--src-tls-verify=false",
+      `docker://${host}/shell/hello:latest`,
+      `oci:${layout}:x`,
+    ]);
+    assert.equal(copy.code, 0, copy.stderr);
+    const inspect = JSON.parse((await skopeo(["inspect", `oci:${layout}:x`])).stdout);
+    assert.equal(inspect.Architecture, "amd64");
+    assert.equal(inspect.Labels["dev.nixoci.packages"], "busybox hello");
+    assert.equal(count(events, "build-done"), 1);
+    // Pulled again, under another name for the same set: no build.
+    const again = await skopeo(["inspect", "--tls-verify=false", `docker://${host}/hello/shell`]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(JSON.parse(again.stdout).Digest, inspect.Digest);
+    assert.equal(count(events, "build-start"), 1);
+    const unknown = await skopeo(["inspect", "--tls-verify=false", `docker://${host}/hello/no-such-thing`]);
+    assert.notEqual(unknown.code, 0);
+    assert.match(unknown.stderr, /unknown package: no-such-thing/);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((res) => server.close(res));
+  }
+});
