@@ -1,30 +1,18 @@
 // containerd's snapshots API from nixoci's own minimal protos (proto/containerd): the service, a client, and the
 // message types the snapshotter and the containerd client share. Messages are plain objects (see LOADER_OPTIONS).
 import * as grpc from "@grpc/grpc-js";
+import type { Info__Output } from "./generated/containerd/containerd/services/snapshots/v1/Info.js";
+import type { Kind__Output } from "./generated/containerd/containerd/services/snapshots/v1/Kind.js";
+import type { Mount__Output } from "./generated/containerd/containerd/types/Mount.js";
+import type { Timestamp__Output } from "./generated/containerd/google/protobuf/Timestamp.js";
 import { loadGrpcPackage } from "./load.js";
 
-export type SnapshotKindName = "UNKNOWN" | "VIEW" | "ACTIVE" | "COMMITTED";
-
-export interface MountMessage {
-  type: string;
-  source: string;
-  target?: string;
-  options: string[];
-}
-
-export interface TimestampMessage {
-  seconds: number;
-  nanos: number;
-}
-
-export interface InfoMessage {
-  name: string;
-  parent: string;
-  kind: SnapshotKindName;
-  created_at: TimestampMessage | null;
-  updated_at: TimestampMessage | null;
-  labels: Record<string, string>;
-}
+// Message types generated from the .proto files (scripts/gen-proto-types.mjs), under the names the code uses.
+export type SnapshotKindName = Kind__Output;
+/** A mount as the snapshotter answers it (target is optional: containerd fills it in). */
+export type MountMessage = Omit<Mount__Output, "target"> & Partial<Pick<Mount__Output, "target">>;
+export type TimestampMessage = Timestamp__Output;
+export type InfoMessage = Info__Output;
 
 let cached: grpc.GrpcObject | undefined;
 

@@ -4,81 +4,35 @@
 // the image is not present). `criImageClient` is a promise-based client with a deadline on every call, for tests,
 // tools and the image service's proxy to containerd's CRI plugin (served on containerd's main gRPC socket).
 import * as grpc from "@grpc/grpc-js";
+import type { ListImagesRequest } from "./generated/cri/runtime/v1/ListImagesRequest.js";
+import type { ListImagesResponse__Output as ListImagesResponse } from "./generated/cri/runtime/v1/ListImagesResponse.js";
+import type { ImageStatusRequest } from "./generated/cri/runtime/v1/ImageStatusRequest.js";
+import type { ImageStatusResponse__Output as ImageStatusResponse } from "./generated/cri/runtime/v1/ImageStatusResponse.js";
+import type { PullImageRequest } from "./generated/cri/runtime/v1/PullImageRequest.js";
+import type { PullImageResponse__Output as PullImageResponse } from "./generated/cri/runtime/v1/PullImageResponse.js";
+import type { RemoveImageRequest } from "./generated/cri/runtime/v1/RemoveImageRequest.js";
+import type { RemoveImageResponse__Output as RemoveImageResponse } from "./generated/cri/runtime/v1/RemoveImageResponse.js";
+import type { ImageFsInfoRequest } from "./generated/cri/runtime/v1/ImageFsInfoRequest.js";
+import type { ImageFsInfoResponse__Output as ImageFsInfoResponse } from "./generated/cri/runtime/v1/ImageFsInfoResponse.js";
 import { loadGrpcPackage } from "./load.js";
 
-export interface ImageSpec {
-  image: string;
-  annotations?: Record<string, string>;
-  user_specified_image?: string;
-  runtime_handler?: string;
-}
-
-export interface CriImage {
-  id: string;
-  repo_tags: string[];
-  repo_digests: string[];
-  size: number;
-  uid: { value: number } | null;
-  username: string;
-  spec: ImageSpec | null;
-  pinned: boolean;
-}
-
-export interface AuthConfig {
-  username?: string;
-  password?: string;
-  auth?: string;
-  server_address?: string;
-  identity_token?: string;
-  registry_token?: string;
-}
-
-export interface PodSandboxConfig {
-  metadata?: { name?: string; uid?: string; namespace?: string; attempt?: number };
-  hostname?: string;
-  log_directory?: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-}
-
-export interface FilesystemUsage {
-  timestamp: number;
-  fs_id: { mountpoint: string } | null;
-  used_bytes: { value: number } | null;
-  inodes_used: { value: number } | null;
-}
-
-export interface ListImagesRequest {
-  filter?: { image?: ImageSpec };
-}
-export interface ListImagesResponse {
-  images: CriImage[];
-}
-export interface ImageStatusRequest {
-  image: ImageSpec;
-  verbose?: boolean;
-}
-export interface ImageStatusResponse {
-  image: CriImage | null;
-  info: Record<string, string>;
-}
-export interface PullImageRequest {
-  image: ImageSpec;
-  auth?: AuthConfig;
-  sandbox_config?: PodSandboxConfig;
-}
-export interface PullImageResponse {
-  image_ref: string;
-}
-export interface RemoveImageRequest {
-  image: ImageSpec;
-}
-export type RemoveImageResponse = Record<string, never>;
-export type ImageFsInfoRequest = Record<string, never>;
-export interface ImageFsInfoResponse {
-  image_filesystems: FilesystemUsage[];
-  container_filesystems: FilesystemUsage[];
-}
+// Message types generated from api.proto (scripts/gen-proto-types.mjs): requests as a client may write them,
+// responses as they arrive (every field present, unset messages null).
+export type { ImageSpec } from "./generated/cri/runtime/v1/ImageSpec.js";
+export type { Image__Output as CriImage } from "./generated/cri/runtime/v1/Image.js";
+export type { AuthConfig } from "./generated/cri/runtime/v1/AuthConfig.js";
+export type { PodSandboxConfig } from "./generated/cri/runtime/v1/PodSandboxConfig.js";
+export type { FilesystemUsage__Output as FilesystemUsage } from "./generated/cri/runtime/v1/FilesystemUsage.js";
+export type { ListImagesRequest } from "./generated/cri/runtime/v1/ListImagesRequest.js";
+export type { ListImagesResponse__Output as ListImagesResponse } from "./generated/cri/runtime/v1/ListImagesResponse.js";
+export type { ImageStatusRequest } from "./generated/cri/runtime/v1/ImageStatusRequest.js";
+export type { ImageStatusResponse__Output as ImageStatusResponse } from "./generated/cri/runtime/v1/ImageStatusResponse.js";
+export type { PullImageRequest } from "./generated/cri/runtime/v1/PullImageRequest.js";
+export type { PullImageResponse__Output as PullImageResponse } from "./generated/cri/runtime/v1/PullImageResponse.js";
+export type { RemoveImageRequest } from "./generated/cri/runtime/v1/RemoveImageRequest.js";
+export type { RemoveImageResponse__Output as RemoveImageResponse } from "./generated/cri/runtime/v1/RemoveImageResponse.js";
+export type { ImageFsInfoRequest } from "./generated/cri/runtime/v1/ImageFsInfoRequest.js";
+export type { ImageFsInfoResponse__Output as ImageFsInfoResponse } from "./generated/cri/runtime/v1/ImageFsInfoResponse.js";
 
 /** Per-call options: a deadline (default 60 s) and request metadata. */
 export interface CallOptions {
