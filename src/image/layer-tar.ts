@@ -4,10 +4,8 @@
 // Format (version 2): byte for byte what Go's archive/tar writes for the same entries when docker's and
 // containerd's archive packages export a layer (Format PAX, file-type bits in the mode field, times truncated to
 // seconds), so a layer BuildKit in dockerd exports for the same files (nixoci's frontend) has the same diff_id.
-// POSIX ustar headers, with a PAX extended header ('x', named "<dir>/PaxHeaders.0/<base>") in front of an entry
-// only when the entry does not fit ustar: a name that is longer than 100 bytes and cannot be split into prefix
-// (155) + name (100) at a "/", a link target longer than 100 bytes, a name or target that is not ASCII, or a size
-// of 8 GiB or more. PAX headers hold only path, linkpath and size, never times.
+// POSIX ustar headers, with a PAX extended header in front of an entry only when it does not fit ustar (a long
+// or non-ASCII name or link target, a size of 8 GiB or more): tar-header.ts encodes them (TAR_FORMAT_GO_PAX).
 //
 // Every header: mtime 1 (1970-01-01T00:00:01Z), uid/gid 0, uname/gname "root", devmajor/devminor 0, and the mode
 // with its S_IF* type bits (040555 for a store directory).
@@ -29,13 +27,19 @@ import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { Readable } from "node:stream";
 import { posix } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
+import {
+  encodeTarHeader,
+  TAR_BLOCK as BLOCK,
+  TAR_DIR as DIR,
+  TAR_FILE as FILE,
+  TAR_FORMAT_GO_PAX,
+  TAR_SYMLINK as SYMLINK,
+  tarPadding,
+  type TarHeader,
+} from "./tar-header.js";
 
 /** Bump when the bytes produced for the same input change (it is part of a layer's cache identity). */
 export const TAR_FORMAT_VERSION = 2;
-
-/** The mtime of every entry: 1970-01-01T00:00:01Z (as nixpkgs and nix2container write). */
-export const TAR_MTIME = 1;
-const OWNER_NAME = "root";
 
 /** An entry of a customisation layer. `path` is relative to the image root ("etc/passwd", "/tmp" and "./tmp" alike). */
 export type TreeEntry =
@@ -260,7 +264,7 @@ function checkId(e: TreeEntry, id: number | undefined, what: string): number {
   return v;
 }
 
-function treeHeader(e: TreeEntry, name: Buffer): EntryHeader {
+function treeHeader(e: TreeEntry, name: Buffer): TarHeader {
   const uid = checkId(e, e.uid, "uid");
   const gid = checkId(e, e.gid, "gid");
   if (e.type === "symlink") {
@@ -278,175 +282,6 @@ function treeHeader(e: TreeEntry, name: Buffer): EntryHeader {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Header encoding
-
-const BLOCK = 512;
-const FILE = 0x30; // '0'
-const SYMLINK = 0x32; // '2'
-const DIR = 0x35; // '5'
-const PAX = 0x78; // 'x'
-const MAX_OCTAL_SIZE = 8 ** 11 - 1;
-
-interface EntryHeader {
-  name: Buffer;
-  type: number;
-  mode: number;
-  size?: number;
-  linkname?: Buffer;
-  uid?: number;
-  gid?: number;
-}
-
-/** ASCII as Go's archive/tar sees it: no byte >= 0x80 and no NUL (control characters are ASCII). */
-function isAscii(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i++) if (b[i] >= 0x80 || b[i] === 0) return false;
-  return true;
-}
-
-/** Go's toASCII: the bytes that are ASCII (multi-byte UTF-8 sequences and invalid bytes are dropped). */
-function toAscii(b: Buffer): Buffer {
-  return isAscii(b) ? b : Buffer.from(b.filter((c) => c < 0x80 && c !== 0));
-}
-
-/** Splits a name into ustar prefix (<= 155) and name (<= 100) at a "/", or undefined when impossible. */
-function splitName(name: Buffer): { prefix: Buffer; name: Buffer } | undefined {
-  if (name.length <= 100) return { prefix: Buffer.alloc(0), name };
-  // The name part must not be empty: do not split at a directory's trailing "/".
-  for (let i = Math.min(155, name.length - 2); i > 0; i--) {
-    if (name[i] !== 0x2f) continue;
-    if (name.length - i - 1 > 100) return undefined; // smaller i only makes the name part longer
-    return { prefix: name.subarray(0, i), name: name.subarray(i + 1) };
-  }
-  return undefined;
-}
-
-function paxRecord(key: string, value: Buffer): Buffer {
-  const body = Buffer.concat([Buffer.from(` ${key}=`), value, Buffer.from("\n")]);
-  let len = body.length + 1;
-  while (String(len).length + body.length !== len) len = String(len).length + body.length;
-  return Buffer.concat([Buffer.from(String(len)), body]);
-}
-
-function writeOctal(buf: Buffer, off: number, width: number, value: number): void {
-  buf.write(value.toString(8).padStart(width - 1, "0"), off, width - 1, "latin1");
-  buf[off + width - 1] = 0;
-}
-
-/** The file-type bits Go's FileInfoHeader (as docker's archive package fills them) puts in the mode field. */
-const TYPE_BITS: Record<number, number> = { [0x30]: 0o100000, [0x32]: 0o120000, [0x35]: 0o040000 };
-
-function checksum(buf: Buffer, off: number): void {
-  buf.fill(0x20, off + 148, off + 156); // spaces while summing
-  let sum = 0;
-  for (let i = off; i < off + BLOCK; i++) sum += buf[i];
-  buf.write(sum.toString(8).padStart(6, "0") + "\0 ", off + 148, 8, "latin1");
-}
-
-/** Writes one 512-byte ustar header at `off` (the caller has zeroed it). */
-function writeUstar(
-  buf: Buffer,
-  off: number,
-  h: { name: Buffer; prefix: Buffer; type: number; mode: number; size: number; linkname: Buffer },
-  uid: number,
-  gid: number,
-): void {
-  h.name.copy(buf, off, 0, 100);
-  writeOctal(buf, off + 100, 8, h.mode | (TYPE_BITS[h.type] ?? 0));
-  writeOctal(buf, off + 108, 8, uid);
-  writeOctal(buf, off + 116, 8, gid);
-  writeOctal(buf, off + 124, 12, h.size);
-  writeOctal(buf, off + 136, 12, TAR_MTIME);
-  buf[off + 156] = h.type;
-  h.linkname.copy(buf, off + 157, 0, 100);
-  buf.write("ustar\x0000", off + 257, 8, "latin1");
-  buf.write(uid === 0 ? OWNER_NAME : "", off + 265, 32, "latin1");
-  buf.write(gid === 0 ? OWNER_NAME : "", off + 297, 32, "latin1");
-  writeOctal(buf, off + 329, 8, 0);
-  writeOctal(buf, off + 337, 8, 0);
-  h.prefix.copy(buf, off + 345);
-  checksum(buf, off);
-}
-
-/**
- * The name of the PAX extended header Go's archive/tar writes for `name`: "<dir>/PaxHeaders.0/<base>" (path.Join
- * of path.Split's parts, so a directory's is "<dir>/PaxHeaders.0"), in ASCII, cut to 100 bytes, no trailing "/".
- */
-function paxHeaderName(name: Buffer): Buffer {
-  let end = name.length;
-  while (end > 0 && name[end - 1] === 0x2f) end--;
-  const trimmed = name.subarray(0, end);
-  const slash = trimmed.lastIndexOf(0x2f);
-  const file = name[name.length - 1] === 0x2f ? EMPTY : trimmed.subarray(slash + 1);
-  const dir = name[name.length - 1] === 0x2f ? trimmed : slash >= 0 ? trimmed.subarray(0, slash) : EMPTY;
-  const parts = [dir, Buffer.from("PaxHeaders.0"), file].filter((p) => p.length);
-  let out = toAscii(Buffer.from(parts.map((p) => p.toString("latin1")).join("/"), "latin1")).subarray(0, 100);
-  while (out.length && out[out.length - 1] === 0x2f) out = out.subarray(0, -1);
-  return out;
-}
-
-/** A PAX extended header block as Go writes it: mode, uid, gid and mtime 0, no owner names or device fields. */
-function writePaxHeader(buf: Buffer, off: number, name: Buffer, size: number): void {
-  name.copy(buf, off, 0, 100);
-  writeOctal(buf, off + 100, 8, 0);
-  writeOctal(buf, off + 108, 8, 0);
-  writeOctal(buf, off + 116, 8, 0);
-  writeOctal(buf, off + 124, 12, size);
-  writeOctal(buf, off + 136, 12, 0);
-  buf[off + 156] = PAX;
-  buf.write("ustar\x0000", off + 257, 8, "latin1");
-  checksum(buf, off);
-}
-
-const EMPTY = Buffer.alloc(0);
-
-/**
- * The bytes of an entry's header, exactly as Go's archive/tar (Format PAX, as docker's and containerd's archive
- * packages write layers) encodes it: a plain ustar header (name split into prefix + name when longer than 100)
- * whenever the entry fits one; otherwise a PAX header with the records ustar cannot hold, sorted by key (path
- * for a name over 100 bytes or not ASCII, linkpath likewise, size from 8 GiB), then a ustar header with the
- * name and link target in ASCII cut to 100 bytes and no prefix. A multiple of 512 bytes.
- */
-function encodeHeader(h: EntryHeader): Buffer {
-  const size = h.size ?? 0;
-  const linkname = h.linkname ?? EMPTY;
-  const uid = h.uid ?? 0;
-  const gid = h.gid ?? 0;
-  const split = isAscii(h.name) ? splitName(h.name) : undefined;
-  const linkFits = linkname.length <= 100 && isAscii(linkname);
-  const sizeFits = size <= MAX_OCTAL_SIZE;
-  if (split && linkFits && sizeFits) {
-    const buf = Buffer.alloc(BLOCK);
-    writeUstar(
-      buf,
-      0,
-      { name: split.name, prefix: split.prefix, type: h.type, mode: h.mode, size, linkname },
-      uid,
-      gid,
-    );
-    return buf;
-  }
-  const records: Buffer[] = []; // in key order: linkpath, path, size
-  if (!linkFits) records.push(paxRecord("linkpath", linkname));
-  if (h.name.length > 100 || !isAscii(h.name)) records.push(paxRecord("path", h.name));
-  if (!sizeFits) records.push(paxRecord("size", Buffer.from(String(size))));
-  const pax = Buffer.concat(records);
-  const paxBlocks = Math.ceil(pax.length / BLOCK) * BLOCK;
-  const buf = Buffer.alloc(BLOCK + paxBlocks + BLOCK);
-  writePaxHeader(buf, 0, paxHeaderName(h.name), pax.length);
-  pax.copy(buf, BLOCK);
-  const ustar = {
-    name: toAscii(h.name).subarray(0, 100),
-    prefix: EMPTY,
-    type: h.type,
-    mode: h.mode,
-    size: sizeFits ? size : 0,
-    linkname: toAscii(linkname).subarray(0, 100),
-  };
-  writeUstar(buf, BLOCK + paxBlocks, ustar, uid, gid);
-  return buf;
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // The stream
 
 const CHUNK = 1 << 20;
@@ -455,7 +290,7 @@ const CHUNK = 1 << 20;
 class Stopped extends Error {}
 
 interface TarOut {
-  entry(h: EntryHeader): Promise<void>;
+  entry(h: TarHeader): Promise<void>;
   content(content: Buffer): Promise<void>;
   fileData(fd: number, size: number, real: Buffer): Promise<void>;
   trailer(): Promise<void>;
@@ -535,15 +370,13 @@ class TarStream extends Readable implements TarOut {
   }
 
   #pad(len: number): void {
-    const rem = len % BLOCK;
-    if (rem) {
-      this.#buf.fill(0, this.#pos, this.#pos + BLOCK - rem);
-      this.#pos += BLOCK - rem;
-    }
+    const pad = tarPadding(len);
+    this.#buf.fill(0, this.#pos, this.#pos + pad);
+    this.#pos += pad;
   }
 
-  async entry(h: EntryHeader): Promise<void> {
-    const bytes = encodeHeader(h);
+  async entry(h: TarHeader): Promise<void> {
+    const bytes = encodeTarHeader(h, TAR_FORMAT_GO_PAX);
     await this.#room(bytes.length);
     this.#pos += bytes.copy(this.#buf, this.#pos);
   }

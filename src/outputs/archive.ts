@@ -13,6 +13,14 @@ import { NixociError, quote } from "../util/errors.js";
 import { sweepAbandonedTemps, tempSibling } from "../util/fs.js";
 import { holdErrors } from "../util/streams.js";
 import { digestHex } from "../oci/digest.js";
+import {
+  encodeTarHeader,
+  TAR_BLOCK,
+  TAR_DIR,
+  TAR_FILE,
+  TAR_FORMAT_USTAR,
+  tarPadding,
+} from "../image/tar-header.js";
 import type { BuiltImage } from "../oci/image.js";
 import { imageBlobs, indexEntry, OCI_LAYOUT_FILE, storeBlobPath } from "./layout.js";
 import { OCI_INDEX, OCI_LAYER, OCI_LAYER_ZSTD } from "../oci/media-types.js";
@@ -27,43 +35,19 @@ export interface TarEntry {
   path?: string;
 }
 
-const BLOCK = 512;
-const MTIME = 1;
-
-function octal(value: number, width: number): string {
-  return value.toString(8).padStart(width - 1, "0") + "\0";
-}
-
-/** A ustar header; sizes beyond 8 GiB use the base-256 form GNU tar and Go read. */
+/** A member's ustar header (tar-header.ts's plain format: what the archive readers take). */
 export function tarHeader(e: TarEntry): Buffer {
-  const h = Buffer.alloc(BLOCK);
-  const name = e.type === "dir" && !e.name.endsWith("/") ? e.name + "/" : e.name;
-  if (Buffer.byteLength(name) > 100) throw new Error(`tar member name too long: ${name}`);
-  h.write(name, 0, 100, "utf8");
-  h.write(octal(e.type === "dir" ? 0o755 : 0o644, 8), 100, "ascii");
-  h.write(octal(0, 8), 108, "ascii");
-  h.write(octal(0, 8), 116, "ascii");
-  const size = e.type === "dir" ? 0 : (e.size ?? 0);
-  if (size < 8 ** 11) h.write(octal(size, 12), 124, "ascii");
-  else {
-    h[124] = 0x80;
-    let v = BigInt(size);
-    for (let i = 135; i > 124; i--) {
-      h[i] = Number(v & 0xffn);
-      v >>= 8n;
-    }
-  }
-  h.write(octal(MTIME, 12), 136, "ascii");
-  h.write("        ", 148, "ascii");
-  h.write(e.type === "dir" ? "5" : "0", 156, "ascii");
-  h.write("ustar\0", 257, "ascii");
-  h.write("00", 263, "ascii");
-  h.write(octal(0, 8), 329, "ascii");
-  h.write(octal(0, 8), 337, "ascii");
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(sum.toString(8).padStart(6, "0") + "\0 ", 148, "ascii");
-  return h;
+  const dir = e.type === "dir";
+  const name = dir && !e.name.endsWith("/") ? e.name + "/" : e.name;
+  return encodeTarHeader(
+    {
+      name: Buffer.from(name),
+      type: dir ? TAR_DIR : TAR_FILE,
+      mode: dir ? 0o755 : 0o644,
+      size: dir ? 0 : e.size,
+    },
+    TAR_FORMAT_USTAR,
+  );
 }
 
 /** The tar byte stream of the entries, in the given order, ending with two zero blocks. */
@@ -87,10 +71,10 @@ export async function* tarChunks(entries: TarEntry[]): AsyncGenerator<Buffer> {
       if (n !== size)
         throw new NixociError(e.path, `blob changed while being archived (${n} bytes, expected ${size})`);
     }
-    const pad = (BLOCK - (size % BLOCK)) % BLOCK;
+    const pad = tarPadding(size);
     if (pad) yield Buffer.alloc(pad);
   }
-  yield Buffer.alloc(2 * BLOCK);
+  yield Buffer.alloc(2 * TAR_BLOCK);
 }
 
 function sortEntries(entries: TarEntry[]): TarEntry[] {

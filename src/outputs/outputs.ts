@@ -17,9 +17,9 @@ import { writeOciLayout } from "./layout.js";
 import { checkNixImageName, nixImageRef, writeNixImage } from "./nix-image.js";
 import type { LocalStore } from "../store/local-store.js";
 import { MAX_NAME_LENGTH, NAME_RE, TAG_RE } from "../oci/reference.js";
-import { pushImage, type PushEvent } from "./registry-client.js";
+import { pushImage, type PushEvent } from "./push.js";
 
-export type { PushEvent } from "./registry-client.js";
+export type { PushEvent } from "./push.js";
 
 export type OutputRef =
   | { kind: "oci"; dir: string; tag?: string }

@@ -6,10 +6,10 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { parseChallenges } from "../../src/outputs/auth.js";
+import { parseChallenges } from "../../src/outputs/registry-auth.js";
 import type { BuiltImage } from "../../src/oci/image.js";
 import { parseOutputRef, writeOutput } from "../../src/outputs/outputs.js";
-import { pushImage } from "../../src/outputs/registry-client.js";
+import { pushImage } from "../../src/outputs/push.js";
 import { NixociError } from "../../src/util/errors.js";
 import { makeHtpasswdLine, startRegistry, type Registry } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
@@ -304,7 +304,7 @@ test("docker config.json lookup ignores other hosts", async () => {
     join(dir, "config.json"),
     JSON.stringify({ auths: { "other.example:5000": { auth: b64("a:b") } } }),
   );
-  const { dockerConfigCredentials } = await import("../../src/outputs/auth.js");
+  const { dockerConfigCredentials } = await import("../../src/outputs/registry-auth.js");
   assert.equal(await dockerConfigCredentials("127.0.0.1:5000", { DOCKER_CONFIG: dir }), undefined);
   assert.deepEqual(await dockerConfigCredentials("other.example:5000", { DOCKER_CONFIG: dir }), {
     username: "a",

@@ -20,7 +20,7 @@ import { criImageClient, type CriImageClient } from "../../src/proto/cri.js";
 import { BlobStore } from "../../src/oci/blob-store.js";
 import type { Digest } from "../../src/oci/digest.js";
 import type { BuiltImage } from "../../src/oci/image.js";
-import { pushImage } from "../../src/outputs/registry-client.js";
+import { pushImage } from "../../src/outputs/push.js";
 import { snapshotsClient } from "../../src/proto/containerd.js";
 import { nixociOk } from "./cli.js";
 import { until } from "./poll.js";

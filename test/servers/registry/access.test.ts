@@ -18,7 +18,7 @@ import { registryMetrics } from "../../../src/servers/registry/metrics.js";
 import { opsRoutes } from "../../../src/servers/registry/ops.js";
 import { parseSecretKey } from "../../../src/nix/signature.js";
 import { LocalStore } from "../../../src/store/local-store.js";
-import { pushImage } from "../../../src/outputs/registry-client.js";
+import { pushImage } from "../../../src/outputs/push.js";
 import { makeHtpasswdLine } from "../../support/daemons.js";
 import { buildFixtures, generateCacheKey, makeTempDir } from "../../support/fixtures.js";
 import { runText } from "../../support/run.js";

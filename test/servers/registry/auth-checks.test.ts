@@ -19,7 +19,7 @@ import {
 } from "../../../src/servers/registry/auth.js";
 import { BcryptBusy, BcryptPool, bcryptCompare } from "../../../src/servers/registry/bcrypt-pool.js";
 import { clientKey, FailureLimit } from "../../../src/servers/registry/failure-limit.js";
-import { pushImage } from "../../../src/outputs/registry-client.js";
+import { pushImage } from "../../../src/outputs/push.js";
 import { makeTempDir } from "../../support/fixtures.js";
 import { until } from "../../support/poll.js";
 import { startServer, type Res, type TestServer } from "../../support/registry-server.js";

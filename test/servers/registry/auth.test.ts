@@ -4,12 +4,12 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { parseChallenges } from "../../../src/outputs/auth.js";
+import { parseChallenges } from "../../../src/outputs/registry-auth.js";
 import { writeDockerArchive } from "../../../src/outputs/archive.js";
 import type { BuiltImage } from "../../../src/oci/image.js";
 import { writeOciLayout } from "../../../src/outputs/layout.js";
 import { OCI_MANIFEST } from "../../../src/oci/media-types.js";
-import { pushImage } from "../../../src/outputs/registry-client.js";
+import { pushImage } from "../../../src/outputs/push.js";
 import { parseAuthSpec, parseHtpasswd, parseTokens } from "../../../src/servers/registry/auth.js";
 import { NixociError } from "../../../src/util/errors.js";
 import {

@@ -23,7 +23,7 @@ import {
   OCI_LAYER,
   OCI_MANIFEST,
 } from "../../../src/oci/media-types.js";
-import { pushImage } from "../../../src/outputs/registry-client.js";
+import { pushImage } from "../../../src/outputs/push.js";
 import { classifyDigest, compareTags } from "../../../src/oci/reference.js";
 import { parseContentRange, parseRange } from "../../../src/servers/registry/http-range.js";
 import { negotiate, parseAccept } from "../../../src/servers/registry/negotiation.js";

@@ -1,8 +1,11 @@
-// Registry credentials and authentication challenges. Credentials come from --creds USER:PASS or from Docker's
-// config.json ($DOCKER_CONFIG/config.json, else ~/.docker/config.json: `auths[host].auth` = base64 "user:pass",
-// or a credential helper named by `credHelpers[host]`/`credsStore`). A request answered 401 carries a
-// WWW-Authenticate challenge: Basic -> the request is retried with the credentials; Bearer realm,service,scope ->
-// a token is fetched from the realm (with the credentials, when there are any) and cached per scope set.
+// The registry client's credentials and authentication challenges (the registry server's own access control is
+// servers/registry/auth.ts). Kept apart from the session (registry-session.ts): nothing here touches the network
+// itself, tokens are fetched through the function the session hands in. Credentials come from --creds USER:PASS
+// or from Docker's config.json ($DOCKER_CONFIG/config.json, else ~/.docker/config.json: `auths[host].auth` =
+// base64 "user:pass", or a credential helper named by `credHelpers[host]`/`credsStore`). A request answered 401
+// carries a WWW-Authenticate challenge: Basic -> the request is retried with the credentials; Bearer
+// realm,service,scope -> a token is fetched from the realm (with the credentials, when there are any) and cached
+// per scope set.
 import { execFile } from "node:child_process";
 import { readJsonFile } from "../util/fs.js";
 import { homedir } from "node:os";
