@@ -5,11 +5,12 @@ import { createHash, randomUUID, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Transform, type Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { BlobStore } from "../../oci/blob-store.js";
 import type { Digest } from "../../oci/digest.js";
 import { writeFileAtomic } from "../../util/fs.js";
+import { HashingStream } from "../../util/hashing-stream.js";
 import { registryError, type RegistryError } from "./errors.js";
 import { uploadRange } from "./http-range.js";
 import { errno, type StorageLayout } from "./storage-layout.js";
@@ -128,20 +129,13 @@ export class UploadStore {
       const state = await this.hashAt(uuid, st.size);
       const saved = state.hash.copy();
       const file = join(this.uploadDir(uuid), "data");
-      let written = 0;
-      const hasher = new Transform({
-        transform(chunk: Buffer, _enc, done) {
-          state.hash.update(chunk);
-          written += chunk.length;
-          done(null, chunk);
-        },
-      });
+      const hasher = new HashingStream(state.hash);
       try {
         await pipeline(source, hasher, createWriteStream(file, { flags: "a" }));
-        if (opts.length !== undefined && written !== opts.length)
+        if (opts.length !== undefined && hasher.size !== opts.length)
           throw registryError("SIZE_INVALID", {
             message: "chunk length does not match its Content-Range",
-            detail: { expected: opts.length, received: written },
+            detail: { expected: opts.length, received: hasher.size },
           });
       } catch (err) {
         // Back to the state before this chunk.
@@ -149,7 +143,7 @@ export class UploadStore {
         this.hashes.set(uuid, { hash: saved, size: st.size });
         throw err;
       }
-      state.size = st.size + written;
+      state.size = st.size + hasher.size;
       return { ...st, size: state.size };
     });
   }
