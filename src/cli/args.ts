@@ -1,4 +1,5 @@
-// Argument parsing on top of Node's util.parseArgs, with usage errors that the CLI reports as exit code 2.
+// Argument parsing on top of Node's util.parseArgs, with usage errors that the CLI reports as one line and exit
+// code 2: what was wrong, a "did you mean" for a near-miss flag, and where the command's help is.
 import { parseArgs, type ParseArgsConfig } from "node:util";
 
 export class UsageError extends Error {
@@ -10,21 +11,98 @@ export class UsageError extends Error {
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
+/** "run 'nixoci CMD --help' for its options", CMD taken from the command's usage line. */
+export function helpHint(usage: string): string {
+  const cmd = /^nixoci ([a-z-]+)/.exec(usage)?.[1];
+  return cmd ? `run 'nixoci ${cmd} --help' for its options` : "run 'nixoci --help'";
+}
+
+/** Edit distance counting a swap of neighbours as one edit (the commonest typo), for "did you mean". */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[a.length][b.length];
+}
+
+/** The known word closest to `word` when it is close enough to be a typo (or a prefix of exactly one). */
+export function didYouMean(word: string, known: readonly string[]): string | undefined {
+  const prefixed = known.filter((k) => k.startsWith(word));
+  if (word.length >= 3 && prefixed.length === 1) return prefixed[0];
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const k of known) {
+    const d = distance(word, k);
+    if (d < bestDistance) [best, bestDistance] = [k, d];
+  }
+  return best !== undefined && bestDistance <= Math.max(1, Math.floor(best.length / 3)) ? best : undefined;
+}
+
+/**
+ * `--flag -3` as `--flag=-3`: parseArgs would otherwise call a negative number after a flag that takes a value
+ * "ambiguous", and the range check would never get to say what is wrong with it.
+ */
+function joinNegativeValues(argv: string[], options: Options): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = argv[i + 1];
+    const long = a.startsWith("--") ? a.slice(2) : undefined;
+    const short = /^-[A-Za-z]$/.test(a)
+      ? Object.keys(options).find((k) => options[k].short === a.slice(1))
+      : undefined;
+    const name = long ?? short;
+    if (name && options[name]?.type === "string" && next !== undefined && /^-\d/.test(next)) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
+/** parseArgs' error as one line in the CLI's words. */
+function parseErrorMessage(err: Error & { code?: string }, options: Options): string {
+  const quoted = /'([^']+)'/.exec(err.message)?.[1] ?? "";
+  const flag = quoted.split(" ")[0];
+  if (err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+    const names = Object.keys(options);
+    const guess = flag.startsWith("--") ? didYouMean(flag.slice(2).split("=")[0], names) : undefined;
+    return `unknown option ${flag}${guess ? ` (did you mean --${guess}?)` : ""}`;
+  }
+  if (err.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
+    if (/argument missing/.test(err.message)) return `option ${flag} needs a value`;
+    if (/does not take an argument/.test(err.message)) return `option ${flag} takes no value`;
+    return `option ${flag}: ${err.message.replace(/\.$/, "")}`;
+  }
+  if (err.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") return `unexpected argument ${quoted}`;
+  return err.message.split("\n")[0];
+}
+
 export function parse<O extends Options>(argv: string[], options: O, usage: string) {
+  const all: O & { help: { type: "boolean"; short: "h" } } = {
+    ...options,
+    help: { type: "boolean", short: "h" },
+  };
   try {
     return parseArgs({
-      args: argv,
-      options: { ...options, help: { type: "boolean", short: "h" } },
+      args: joinNegativeValues(argv, all),
+      options: all,
       allowPositionals: true,
       strict: true,
     });
   } catch (err) {
-    throw new UsageError(`${(err as Error).message}\nusage: ${usage}`);
+    throw new UsageError(`${parseErrorMessage(err as Error, all)}; ${helpHint(usage)}`);
   }
 }
 
 export function needPositionals(positionals: string[], min: number, usage: string, what = "PATH"): void {
-  if (positionals.length < min) throw new UsageError(`missing ${what}\nusage: ${usage}`);
+  if (positionals.length < min) throw new UsageError(`missing ${what}; ${helpHint(usage)}`);
 }
 
 export function intOption(value: string | undefined, name: string, fallback: number, min = 1): number {

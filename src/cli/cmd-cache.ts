@@ -7,7 +7,7 @@ import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { BinaryCacheWriter } from "../store/cache-writer.js";
 import { parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
-import { intOption, needPositionals, parse, UsageError } from "./args.js";
+import { helpHint, intOption, needPositionals, parse, UsageError } from "./args.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, readSecretKeyFile, resolveStorePathArg, trustOptions } from "./stores.js";
 
@@ -23,7 +23,7 @@ export async function cacheCommand(argv: string[]): Promise<number> {
       process.stdout.write(`usage: ${USAGE}\n       ${GC_USAGE}\n`);
       return sub === undefined ? 2 : 0;
     }
-    throw new UsageError(`unknown cache command ${JSON.stringify(sub)}\nusage: ${USAGE}`);
+    throw new UsageError(`unknown cache command ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
   }
   const { values, positionals } = parse(
     rest,
@@ -42,7 +42,7 @@ export async function cacheCommand(argv: string[]): Promise<number> {
     return 0;
   }
   needPositionals(positionals, 1, USAGE);
-  if (!values.to) throw new UsageError(`missing --to file:///DIR\nusage: ${USAGE}`);
+  if (!values.to) throw new UsageError(`missing --to file:///DIR; ${helpHint(USAGE)}`);
   const compression = parseCompression(values.compression!, "--compression");
   if (compression === "gzip")
     throw new NixociError("--compression", "gzip is not a NAR compression Nix reads");

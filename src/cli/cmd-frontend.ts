@@ -16,7 +16,7 @@ import {
 } from "../servers/buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import type { LayeringStrategy } from "../image/types.js";
-import { intOption, parse, UsageError } from "./args.js";
+import { helpHint, intOption, parse, UsageError } from "./args.js";
 import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
 import { trustOptions } from "./stores.js";
 
@@ -74,7 +74,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
     USAGE,
   );
   const need = (v: string | undefined, flag: string): string => {
-    if (!v) throw new UsageError(`--${flag} is required\nusage: ${USAGE}`);
+    if (!v) throw new UsageError(`--${flag} is required; ${helpHint(USAGE)}`);
     return v;
   };
   const trust = () => trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
@@ -123,6 +123,6 @@ export async function frontendCommand(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new UsageError(`unknown frontend step ${JSON.stringify(sub)}\nusage: ${USAGE}`);
+      throw new UsageError(`unknown frontend step ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
   }
 }

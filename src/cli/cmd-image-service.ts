@@ -8,7 +8,7 @@ import { createLogger } from "../util/logger.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
-import { parse, UsageError } from "./args.js";
+import { helpHint, parse, UsageError } from "./args.js";
 import {
   DAEMON_FLAGS,
   DAEMON_USAGE,
@@ -41,7 +41,7 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\nusage: ${USAGE}`);
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(USAGE)}`);
   const address = socketPathOption("address", values.address, USAGE);
   const containerd = socketPathOption("containerd", values.containerd, USAGE);
   const level = logLevelOption(values["log-level"]);

@@ -5,7 +5,7 @@ import { realpathSync } from "node:fs";
 import { stringify } from "yaml";
 import { NIX_IMAGE_REF_PREFIX, nixImageRef, parseNixImageRef, readNixImage } from "../outputs/nix-image.js";
 import { LocalStore } from "../store/local-store.js";
-import { parse, UsageError } from "./args.js";
+import { helpHint, parse, UsageError } from "./args.js";
 import { resolveStorePathArg } from "./stores.js";
 
 const USAGE = `nixoci k8s pod IMAGE [--name NAME] [--namespace NS] [--container NAME]
@@ -48,7 +48,8 @@ export async function k8sCommand(argv: string[]): Promise<number> {
     process.stdout.write(`usage: ${USAGE}\n`);
     return sub === undefined ? 2 : 0;
   }
-  if (sub !== "pod") throw new UsageError(`unknown k8s subcommand ${JSON.stringify(sub)}\nusage: ${USAGE}`);
+  if (sub !== "pod")
+    throw new UsageError(`unknown k8s subcommand ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
   const dash = rest.indexOf("--");
   const command = dash >= 0 ? rest.slice(dash + 1) : [];
   const { values, positionals } = parse(
@@ -68,7 +69,7 @@ export async function k8sCommand(argv: string[]): Promise<number> {
     process.stdout.write(`usage: ${USAGE}\n`);
     return 0;
   }
-  if (positionals.length !== 1) throw new UsageError(`expected one IMAGE\nusage: ${USAGE}`);
+  if (positionals.length !== 1) throw new UsageError(`expected one IMAGE; ${helpHint(USAGE)}`);
   const store = new LocalStore(values.store ? { dir: values.store } : {});
   try {
     const arg = positionals[0];

@@ -7,7 +7,7 @@ import { restoreNar, sweepRestoreTemporaries } from "../nix/nar-restore.js";
 import { dumpPathTo } from "../nix/nar-writer.js";
 import { decompressStream, type Compression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
-import { needPositionals, parse, UsageError } from "./args.js";
+import { helpHint, needPositionals, parse, UsageError } from "./args.js";
 
 const USAGE = "nixoci nar dump PATH > out.nar | nixoci nar restore DEST < in.nar | nixoci nar ls FILE|-";
 
@@ -37,7 +37,7 @@ export async function narCommand(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new UsageError(`unknown nar command ${JSON.stringify(sub)}\nusage: ${USAGE}`);
+      throw new UsageError(`unknown nar command ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
   }
 }
 

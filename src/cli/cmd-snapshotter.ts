@@ -13,7 +13,7 @@ import { SnapshotterMetrics } from "../servers/snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../servers/snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
-import { parse, UsageError } from "./args.js";
+import { helpHint, parse, UsageError } from "./args.js";
 import {
   DAEMON_FLAGS,
   DAEMON_USAGE,
@@ -74,9 +74,9 @@ export function parseSnapshotterArgs(
       logLevel: "info",
     };
   if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\nusage: ${USAGE}`);
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(USAGE)}`);
   const address = socketPathOption("address", values.address, USAGE);
-  if (!values.root) throw new UsageError(`--root is required\nusage: ${USAGE}`);
+  if (!values.root) throw new UsageError(`--root is required; ${helpHint(USAGE)}`);
   const nixLayers = values["nix-layers"] ?? "auto";
   if (!isNixLayerMode(nixLayers))
     throw new UsageError(

@@ -6,7 +6,7 @@ import { parseStorePath, toStorePathPrefix, DEFAULT_STORE_DIR } from "../nix/sto
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
-import { intOption, needPositionals, parse, UsageError } from "./args.js";
+import { helpHint, intOption, needPositionals, parse, UsageError } from "./args.js";
 import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, trustOptions } from "./stores.js";
@@ -30,7 +30,7 @@ export async function substituteCommand(argv: string[]): Promise<number> {
     return 0;
   }
   needPositionals(positionals, 1, USAGE);
-  if (!values.from?.length) throw new UsageError(`missing --from URL\nusage: ${USAGE}`);
+  if (!values.from?.length) throw new UsageError(`missing --from URL; ${helpHint(USAGE)}`);
   const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   const targetDir = resolve(values["store-dir"]!);
   const target = new LocalStore({ dir: targetDir });

@@ -72,11 +72,67 @@ test("--version prints the package version", () => {
   assert.equal(r.text, `nixoci ${version}\n`);
 });
 
-test("a bad option of a command is a usage error: exit 2, the message and that command's usage", () => {
+test("a bad option of a command is a usage error: exit 2, one line naming it and where the help is", () => {
   const r = nixoci(["closure", "--no-such-option"]);
   assert.equal(r.status, 2);
   assert.equal(r.text, "");
-  const lines = r.stderr.trim().split("\n");
-  assert.match(lines[0], /^nixoci: .*--no-such-option/);
-  assert.match(lines[1], /^usage: nixoci closure /);
+  assert.equal(
+    r.stderr,
+    "nixoci: unknown option --no-such-option; run 'nixoci closure --help' for its options\n",
+  );
+});
+
+test("near-miss flags and commands get a did-you-mean; values are checked, negative numbers included", () => {
+  const cases: Array<[string[], string]> = [
+    [
+      ["build", "--outptu", "oci:x"],
+      "nixoci: unknown option --outptu (did you mean --output?); run 'nixoci build --help' for its options",
+    ],
+    [
+      ["serve", "--storge", "x"],
+      "nixoci: unknown option --storge (did you mean --storage?); run 'nixoci serve --help' for its options",
+    ],
+    [
+      ["build", "--nocache"],
+      "nixoci: unknown option --nocache (did you mean --no-cache?); run 'nixoci build --help' for its options",
+    ],
+    [
+      ["build", "--max-layers", "-3", "/nix/store/x"],
+      'nixoci: --max-layers must be an integer >= 2, got "-3"',
+    ],
+    [
+      ["build", "--max-layers"],
+      "nixoci: option --max-layers needs a value; run 'nixoci build --help' for its options",
+    ],
+    [
+      ["build", "--json=yes"],
+      "nixoci: option --json takes no value; run 'nixoci build --help' for its options",
+    ],
+    [["closure"], "nixoci: missing PATH; run 'nixoci closure --help' for its options"],
+  ];
+  for (const [args, line] of cases) {
+    const r = nixoci(args);
+    assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.text, "", "nothing on stdout");
+    assert.equal(r.stderr, `${line}\n`, args.join(" "));
+  }
+  const r = nixoci(["biuld"]);
+  assert.equal(r.status, 2);
+  assert.equal(r.stderr.split("\n")[0], 'nixoci: unknown command "biuld" (did you mean build?)');
+});
+
+test("help COMMAND is COMMAND --help; -V and version print the version; the command list is aligned", () => {
+  for (const c of COMMANDS) assert.equal(nixoci(["help", c]).text, nixoci([c, "--help"]).text, c);
+  const unknown = nixoci(["help", "frobnicate"]);
+  assert.equal(unknown.status, 2);
+  assert.equal(unknown.stderr.split("\n")[0], 'nixoci: unknown command "frobnicate"');
+  const version = nixoci(["--version"]).text;
+  for (const flag of ["-V", "version"]) assert.equal(nixoci([flag]).text, version, flag);
+  const columns = new Set(
+    nixoci(["--help"])
+      .text.split("\n")
+      .filter((l) => /^ {2}[a-z]/.test(l))
+      .map((l) => /^ {2}[a-z0-9-]+ +/.exec(l)![0].length),
+  );
+  assert.equal(columns.size, 1, "every summary starts in the same column");
 });
