@@ -10,3 +10,4 @@ await (await import("./layers.js")).benchLayers();
 await (await import("./limits.js")).benchLimits();
 await (await import("./auth.js")).benchAuth();
 await (await import("./load.js")).benchLoad();
+await (await import("./mounts.js")).benchMounts();

@@ -3,11 +3,12 @@
 // worker thread (layer-tree-worker.ts) with plain synchronous syscalls: fs.promises would free the event loop
 // too, but pays two thread hops per call (a stub takes six calls), which measured several times slower.
 //
-// Two shapes (see nix-layers.ts): link (hard links to the store's files) and stub (metadata-only copies for
+// Two shapes (see nix-layer-modes/): link (hard links to the store's files) and stub (metadata-only copies for
 // overlayfs data-only lower layers: each regular file a sparse file of the same size, mode, owner and mtime,
-// returned in `stubs` for one setfattr run afterwards, see metacopy.ts). Directories are recreated with the
-// source's mode and mtime (set after their children, which would bump the mtime); symlinks are copied; owners
-// are kept when they differ from this process's (a single-user Nix store is not owned by root).
+// returned in `stubs` for one setfattr run afterwards, see nix-layer-modes/metacopy.ts). Directories are
+// recreated with the source's mode and mtime (set after their children, which would bump the mtime); symlinks
+// are copied; owners are kept when they differ from this process's (a single-user Nix store is not owned by
+// root).
 import {
   chmodSync,
   closeSync,

@@ -27,7 +27,7 @@ export interface SnapshotRecord {
   inodes?: number;
 }
 
-/** How a nix layer's fs holds its store paths (see nix-layers.ts). */
+/** How a nix layer's fs holds its store paths (see nix-layers.ts, nix-layer-modes/). */
 export type NixLayerKind = "link" | "bind" | "metacopy";
 
 export type SnapshotErrorCode = "not-found" | "already-exists" | "failed-precondition" | "invalid-argument";

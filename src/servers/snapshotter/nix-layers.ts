@@ -7,7 +7,8 @@
 // snapshot named after the ref is created (same parent) and Prepare answers ALREADY_EXISTS, so containerd
 // skips fetching and unpacking that layer. Otherwise the Prepare is an ordinary one and containerd unpacks the
 // layer's real bytes (nixoci images carry them). The layer's store paths are recorded in the metadata
-// (table nix_layers) with how its fs holds them (--nix-layers):
+// (table nix_layers) with how its fs holds them (--nix-layers; one module each under nix-layer-modes/, behind
+// layer-mode.ts's interface, auto's choice in auto.ts):
 //
 // - link (auto's choice when the store and ROOT share a filesystem): fs/nix/store/<basename> is a tree of hard
 //   links to the store's files (directories recreated, symlinks copied). Containers get containerd's ordinary
@@ -28,16 +29,13 @@
 //   under the kernel's 4 KiB page; containerd 1.6 shortens over-long overlay options only when all lowerdirs
 //   share a prefix, which the "::STORE" entry defeats, so a chain can hold about 3900 / (len(ROOT) + 18)
 //   layers (about 120 with ROOT=/var/lib/nixoci, about 60 with a 50-byte ROOT); deeper images fail to mount.
-// - bind: fs/nix/store/<basename> is an empty mountpoint (dir, or empty file; a symlink store path is copied,
-//   since a bind mount would follow it). containerd 1.6 has no Mount.Target, so Mounts of an active snapshot or
-//   view above such a layer composes the root filesystem at ROOT/snapshots/<id>/rootfs: the overlay (or, for a
-//   one-parent view, a read-only bind) of the chain, made private, then a read-only bind mount of every store
-//   path onto rootfs/nix/store/<basename>; the answer is one {bind, rootfs, [rbind, rw|ro]} mount. A
-//   composition is complete when ROOT/snapshots/<id>/composed exists (written last); Mounts reuses it, Remove
-//   unmounts it before deleting, startup and Cleanup unmount incomplete or orphaned ones. Caveat: containerd
-//   1.6 unmounts rootfs mounts it makes with plain umount(2), which fails (EBUSY) on the nested binds, so
-//   `ctr run` (its temporary mount for /etc/group) fails and leaks a mount; hence auto mode never picks bind
-//   and, with the store on another filesystem and no metacopy support, lets containerd download the layer.
+// - bind (nix-layer-modes/bind.ts): fs/nix/store/<basename> is an empty mountpoint. containerd 1.6 has no
+//   Mount.Target, so Mounts of an active snapshot or view above such a layer composes the root filesystem at
+//   ROOT/snapshots/<id>/rootfs (the chain's overlay plus a read-only bind mount of every store path, mounts.ts)
+//   and answers one {bind, rootfs, [rbind, rw|ro]} mount. Caveat: containerd 1.6 unmounts rootfs mounts it
+//   makes with plain umount(2), which fails (EBUSY) on the nested binds, so `ctr run` (its temporary mount for
+//   /etc/group) fails and leaks a mount; hence auto mode never picks bind and, with the store on another
+//   filesystem and no metacopy support, lets containerd download the layer.
 //
 // Prepares made by containerd's unpacker (they carry containerd.io/snapshot.ref, or an extract- key) keep the
 // plain overlay mounts (plus the data-only store layer above a metacopy layer), as the diff applier wants.
@@ -48,22 +46,9 @@
 // one per layer) before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
 // another image's manifest digest makes that image's root hold it too. Remove drops the links of roots no
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
-import { execFile } from "node:child_process";
-import {
-  chownSync,
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  mkdtempSync,
-  readlinkSync,
-  renameSync,
-  rmSync,
-  statSync,
-  symlinkSync,
-  writeFileSync,
-} from "node:fs";
+import { chownSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { REF_LABEL, storePathsFromAnnotations } from "../../image/annotations.js";
 import { parseStorePath } from "../../nix/store-path.js";
 import type { Logger } from "../../util/logger.js";
@@ -71,23 +56,17 @@ import { BinaryCacheStore, type TrustOptions } from "../../store/binary-cache.js
 import type { LocalStore } from "../../store/local-store.js";
 import type { Store } from "../../store/store.js";
 import { Substituter } from "../../store/substituter.js";
-import { Limiter } from "../../util/concurrency.js";
 import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
 import type { SnapshotterMetrics } from "./metrics.js";
-import { buildTrees, type TreeJob } from "./layer-tree.js";
-import { METACOPY_OPTIONS, probeMetacopy, setStubXattrs } from "./metacopy.js";
-import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
-import {
-  diskUsage,
-  Lock,
-  mountPointsUnder,
-  OverlaySnapshotter,
-  type DataLayer,
-  type Mount,
-  type OverlayOptions,
-} from "./overlay.js";
+import { SnapshotError, type SnapshotRecord } from "./metadata.js";
+import { ModeChooser } from "./nix-layer-modes/auto.js";
+import { BindCompositions } from "./nix-layer-modes/bind.js";
+import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
+import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
+import { OverlaySnapshotter, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
 
 export { REF_LABEL } from "../../image/annotations.js";
+export type { NixLayerMode } from "./nix-layer-modes/modes.js";
 
 export interface NixSnapshotterOptions extends OverlayOptions {
   store: LocalStore;
@@ -97,7 +76,7 @@ export interface NixSnapshotterOptions extends OverlayOptions {
   log?: Logger;
   /** Counters for --metrics-address. */
   metrics?: SnapshotterMetrics;
-  /** Concurrent mount(8) processes while composing (default 16). */
+  /** Concurrent mount(8) processes while composing, when bind mounts fall back to one per path (default 16). */
   mountParallelism?: number;
   /**
    * How a nix layer holds its store paths: "link" (a tree of hard links to the store's files: containers get
@@ -107,106 +86,6 @@ export interface NixSnapshotterOptions extends OverlayOptions {
    * share a filesystem, else metacopy when the kernel supports it, else the layer is downloaded).
    */
   nixLayers?: NixLayerMode;
-}
-
-export type NixLayerMode = "auto" | NixLayerKind;
-
-function run(cmd: string, args: string[], cwd?: string): Promise<void> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { cwd, timeout: 60_000 }, (err, _stdout, stderr) =>
-      err
-        ? reject(new Error(`${cmd} ${args.join(" ")}: ${String(stderr).trim() || err.message}`))
-        : resolve(),
-    ),
-  );
-}
-
-/**
- * Unmounts everything at and under `dir`: each top-most mount is detached with its whole subtree in one call
- * (MNT_DETACH; a composition's mounts are private, so nothing propagates), then checked gone.
- */
-export async function unmountAll(dir: string): Promise<void> {
-  const mps = mountPointsUnder(dir);
-  if (!mps.length) return;
-  const set = new Set(mps);
-  const top = [...set].filter((mp) => {
-    for (let p = dirname(mp); p.length >= dir.length && p !== dirname(p); p = dirname(p))
-      if (set.has(p)) return false;
-    return true;
-  });
-  for (const mp of top) await run("umount", ["-l", mp]).catch(() => undefined);
-  for (const mp of mountPointsUnder(dir).sort((a, b) => b.length - a.length))
-    await run("umount", ["-l", mp]).catch(() => undefined);
-  if (mountPointsUnder(dir).length) throw new Error(`${dir}: could not unmount everything under it`);
-}
-
-/** mount(2)'s syscall number per architecture, for the bind-mount helper. */
-const MOUNT_SYSCALL: Partial<Record<string, number>> = {
-  x64: 165,
-  arm64: 40,
-  riscv64: 40,
-  ia32: 21,
-  arm: 21,
-};
-
-// The helper: Debian's essential perl-base calling mount(2) directly, so a closure of thousands of paths takes
-// one process instead of one mount(8) per path. stdin: NUL-separated source, target pairs; each becomes a bind
-// mount, then a read-only remount of it (MS_BIND = 4096, MS_REMOUNT = 32, MS_RDONLY = 1).
-const BIND_RO_PERL = `
-my ($nr) = @ARGV; local $/ = "\\0"; my @f = <STDIN>; chomp @f;
-for (my $i = 0; $i + 1 < @f; $i += 2) {
-  my ($s, $t) = ($f[$i], $f[$i + 1]); my $none = "none";
-  syscall($nr + 0, $s, $t, $none, 4096, 0) == 0 or die "mount --bind $s $t: $!\\n";
-  syscall($nr + 0, $none, $t, $none, 4096 | 32 | 1, 0) == 0 or die "remount ro $t: $!\\n";
-}`;
-
-function perlBindRo(pairs: Array<[string, string]>, nr: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      "perl",
-      ["-e", BIND_RO_PERL, String(nr)],
-      { timeout: 300_000 },
-      (err, _o, stderr) => (err ? reject(new Error(String(stderr).trim() || err.message)) : resolve()),
-    );
-    // perl dies at the first failed mount, unread pairs left behind: EPIPE here, reported by the callback.
-    child.stdin?.on("error", () => undefined);
-    child.stdin?.end(Buffer.from(pairs.map(([s, t]) => `${s}\0${t}\0`).join("")));
-  });
-}
-
-let perlUsable: boolean | undefined;
-
-/**
- * Read-only bind mounts of each [source, target]: through the perl helper when it works here, else (or with
- * NIXOCI_NO_MOUNT_HELPER set) one `mount --bind -o ro` per pair.
- */
-export async function bindReadOnly(
-  pairs: Array<[string, string]>,
-  parallelism = 16,
-  onFallback?: (error: string) => void,
-): Promise<void> {
-  if (!pairs.length) return;
-  const nr = MOUNT_SYSCALL[process.arch];
-  if (nr !== undefined && perlUsable !== false && !process.env.NIXOCI_NO_MOUNT_HELPER) {
-    try {
-      await perlBindRo(pairs, nr);
-      perlUsable = true;
-      return;
-    } catch (err) {
-      if (perlUsable) throw err;
-      onFallback?.((err as Error).message);
-      perlUsable = false; // no perl, or a kernel that refuses: fall back for good (partial mounts are redone)
-    }
-  }
-  const limiter = new Limiter(parallelism);
-  await Promise.all(
-    pairs.map(([s, t]) =>
-      limiter.run(async () => {
-        if (mountPointsUnder(t).includes(t)) await run("umount", ["-l", t]);
-        await run("mount", ["--bind", "-o", "ro", s, t]);
-      }),
-    ),
-  );
 }
 
 /**
@@ -222,11 +101,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly substituterUrls: string[];
   private readonly trust: TrustOptions;
   private readonly log?: Logger;
-  private readonly composeLock = new Lock();
-  private readonly mountLimit: number;
-  private readonly mode: NixLayerMode;
+  private readonly modes: ModeChooser;
+  private readonly compositions: BindCompositions;
   private sources?: Promise<Store[]>;
-  private metacopyProbe?: Promise<boolean>;
   readonly gcRoots: GcRoots;
   readonly metrics?: SnapshotterMetrics;
 
@@ -236,9 +113,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.substituterUrls = opts.substituters ?? [];
     this.trust = opts.trust ?? { trustedKeys: [] };
     this.log = opts.log;
-    this.mountLimit = opts.mountParallelism ?? 16;
-    this.mode = opts.nixLayers ?? "auto";
     this.metrics = opts.metrics;
+    this.modes = new ModeChooser(opts.nixLayers ?? "auto", this.store, this.snapshotsDir, this.log);
+    this.compositions = new BindCompositions({
+      snapshotsDir: this.snapshotsDir,
+      metadata: this.metadata,
+      store: this.store,
+      mountParallelism: opts.mountParallelism ?? 16,
+      log: this.log,
+    });
     this.gcRoots = new GcRoots(gcRootsDir(this.root, this.store), this.store.storeDir);
   }
 
@@ -273,74 +156,19 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.log?.info("gc root held", { root: name, snapshot: rec.key, paths: layer.paths.length });
   }
 
-  /**
-   * How a new nix layer holds its paths, or undefined when it cannot (auto mode with the store on another
-   * filesystem and no metacopy support: the layer is downloaded, since bind compositions trip containerd 1.6's
-   * own non-recursive unmounts of the rootfs it mounts, e.g. `ctr run`'s temporary mount).
-   */
-  private async layerMode(): Promise<NixLayerKind | undefined> {
-    if (this.mode !== "auto") return this.mode;
-    try {
-      // A store directory that does not exist yet (an empty chroot store) is made, as substitution would.
-      mkdirSync(this.store.realDir, { recursive: true });
-      if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return "link";
-    } catch {
-      return undefined;
-    }
-    return (await this.metacopySupported()) ? "metacopy" : undefined;
-  }
-
-  /** Whether overlay metacopy with data-only layers works here: probed once, on first need, and logged. */
-  metacopySupported(): Promise<boolean> {
-    this.metacopyProbe ??= probeMetacopy(this.snapshotsDir).then((error) => {
-      if (error)
-        this.log?.warn("overlay metacopy unsupported; nix layers across filesystems are downloaded", {
-          error,
-        });
-      else this.log?.info("overlay metacopy with data-only layers supported");
-      return !error;
-    });
-    return this.metacopyProbe;
-  }
-
-  /** The store as a data-only lower layer when a metacopy nix layer is among `parents`. */
+  /** The store as a data-only lower layer when a nix layer among `parents` takes one (metacopy). */
   protected override dataLayer(_rec: SnapshotRecord, parents: SnapshotRecord[]): DataLayer | undefined {
-    for (const p of parents)
-      if (this.metadata.nixLayer(p.id)?.mode === "metacopy")
-        return { dir: this.store.realDir, options: METACOPY_OPTIONS };
+    for (const p of parents) {
+      const kind = this.metadata.nixLayer(p.id)?.mode;
+      const data = kind && layerMode(kind).dataLayer(this.store.realDir);
+      if (data) return data;
+    }
     return undefined;
   }
 
-  rootfsPath(id: number): string {
-    return join(this.snapshotsDir, String(id), "rootfs");
-  }
-
-  private markerPath(id: number): string {
-    return join(this.snapshotsDir, String(id), "composed");
-  }
-
   /** Unmounts compositions that are incomplete or belong to no active snapshot or view (startup, Cleanup). */
-  async unmountStale(): Promise<string[]> {
-    return this.composeLock.run(async () => {
-      const live = new Map<number, SnapshotRecord>();
-      for (const r of this.metadata.list()) if (r.kind !== "committed") live.set(r.id, r);
-      const dirs = new Set<string>();
-      for (const mp of mountPointsUnder(this.snapshotsDir)) {
-        const name = mp.slice(this.snapshotsDir.length + 1).split("/")[0];
-        if (name) dirs.add(name);
-      }
-      const done: string[] = [];
-      for (const name of dirs) {
-        const id = /^\d+$/.test(name) ? Number(name) : undefined;
-        const keep = id !== undefined && live.has(id) && existsSync(this.markerPath(id));
-        if (keep) continue;
-        if (id !== undefined) rmSync(this.markerPath(id), { force: true });
-        await unmountAll(join(this.snapshotsDir, name));
-        done.push(name);
-      }
-      if (done.length) this.log?.info("unmounted stale compositions", { snapshots: done });
-      return done;
-    });
+  unmountStale(): Promise<string[]> {
+    return this.compositions.unmountStale();
   }
 
   override async cleanup(): Promise<string[]> {
@@ -375,12 +203,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   override async remove(key: string): Promise<void> {
-    await this.composeLock.run(async () => {
+    await this.compositions.whileIdle(async () => {
       const rec = this.metadata.mustGet(key);
-      if (rec.kind !== "committed") {
-        rmSync(this.markerPath(rec.id), { force: true });
-        await unmountAll(join(this.snapshotsDir, String(rec.id)));
-      }
+      await this.compositions.release(rec);
       const roots = this.metadata.gcRootsOf(rec.id);
       await super.remove(key);
       if (roots.length)
@@ -443,7 +268,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       });
       return true;
     }
-    const mode = await this.layerMode();
+    const mode = await this.modes.choose();
     if (!mode) {
       this.log?.info("nix layer: the store is on another filesystem and metacopy is unsupported; unpacking", {
         ref,
@@ -492,40 +317,20 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * Builds the layer's fs at `fs` (in a worker thread: the server keeps answering meanwhile). Returns its file
-   * count (files replicated; 0 for bind mode) and disk usage.
+   * Builds the layer's fs at `fs` (tree copies in a worker thread: the server keeps answering meanwhile).
+   * Returns its file count (files replicated; 0 for bind mode) and disk usage.
    */
-  private async buildLayerFs(
-    fs: string,
-    paths: string[],
-    mode: NixLayerKind,
-  ): Promise<{ files: number; usage: { size: number; inodes: number } }> {
+  private async buildLayerFs(fs: string, paths: string[], mode: LayerMode): Promise<BuiltLayer> {
     const storeDir = join(fs, this.store.storeDir.replace(/^\/+/, ""));
     mkdirSync(storeDir, { recursive: true, mode: 0o755 });
-    const jobs: TreeJob[] = [];
-    for (const p of paths) {
-      const base = parseStorePath(p, this.store.storeDir).baseName;
-      const real = this.store.realPath(p);
-      const target = join(storeDir, base);
-      // A symlink store path is copied in every mode: overlay would not redirect it, a bind mount follow it.
-      if (mode === "link" || mode === "metacopy")
-        jobs.push({ kind: mode === "link" ? "link" : "stub", src: real, dst: target, redirect: `/${base}` });
-      else {
-        const st = lstatSync(real);
-        if (st.isDirectory()) mkdirSync(target, { mode: 0o555 });
-        else if (st.isSymbolicLink()) symlinkSync(readlinkSync(real), target);
-        else writeFileSync(target, "", { mode: 0o444 });
-      }
-    }
-    if (!jobs.length) return { files: 0, usage: await diskUsage(fs) };
-    const built = await buildTrees(fs, jobs);
-    if (mode === "metacopy") await setStubXattrs(fs, built.stubs);
-    // The store directory's ancestors (nix/, nix/store/) and fs itself count too.
-    const extra = this.store.storeDir.split("/").filter(Boolean).length + 1;
-    return {
-      files: built.counts.files,
-      usage: { size: built.usage.size, inodes: built.usage.inodes + extra },
-    };
+    return mode.build({
+      fs,
+      storeDir: this.store.storeDir,
+      paths: paths.map((p) => {
+        const baseName = parseStorePath(p, this.store.storeDir).baseName;
+        return { real: this.store.realPath(p), target: join(storeDir, baseName), baseName };
+      }),
+    });
   }
 
   private async createNixLayer(
@@ -533,7 +338,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     parent: string,
     labels: Record<string, string>,
     paths: string[],
-    mode: NixLayerKind,
+    mode: LayerMode,
   ): Promise<boolean> {
     // The layer's tree, built before taking the lock (it needs no metadata).
     const start = performance.now();
@@ -559,11 +364,11 @@ export class NixSnapshotter extends OverlaySnapshotter {
           this.gcRoots.sync(rootName, this.metadata.gcRootPaths(rootName)); // only what others hold
           throw err;
         }
-        this.metrics?.nixLayers.inc({ mode });
+        this.metrics?.nixLayers.inc({ mode: mode.kind });
         this.log?.info("nix layer: committed from the store", {
           ref,
           paths: paths.length,
-          mode,
+          mode: mode.kind,
           files,
           buildMs,
           ms: Math.round(performance.now() - start),
@@ -583,7 +388,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     labels: Record<string, string>,
     usage: { size: number; inodes: number },
     paths: string[],
-    mode: NixLayerKind,
+    mode: LayerMode,
     rootName: string,
     tmp: string,
     fs: string,
@@ -595,7 +400,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
         chownSync(fs, pst.uid, pst.gid);
       }
       const committed = this.metadata.commit(tmpKey, ref, labels, usage);
-      this.metadata.setNixLayer(committed.id, paths, mode);
+      this.metadata.setNixLayer(committed.id, paths, mode.kind);
       this.metadata.addGcRoot(rootName, committed.id);
       const dest = join(this.snapshotsDir, String(rec.id));
       if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
@@ -603,79 +408,20 @@ export class NixSnapshotter extends OverlaySnapshotter {
     });
   }
 
-  /** The store paths of every bind-mode nix-layer ancestor of `rec`, deduplicated (nearest layer first). */
-  private nixPathsOf(rec: SnapshotRecord): string[] {
+  /** The store paths of the ancestors of `rec` in a composing mode (bind), deduplicated, nearest first. */
+  private composedPathsOf(rec: SnapshotRecord): string[] {
     const out = new Set<string>();
     for (const a of this.metadata.ancestors(rec)) {
       const layer = this.metadata.nixLayer(a.id);
-      if (layer?.mode === "bind") for (const p of layer.paths) out.add(p);
+      if (layer && layerMode(layer.mode).composed) for (const p of layer.paths) out.add(p);
     }
     return [...out];
   }
 
   private async composedMounts(rec: SnapshotRecord, plain: Mount[]): Promise<Mount[]> {
     if (rec.kind === "committed") return plain;
-    const paths = this.nixPathsOf(rec);
+    const paths = this.composedPathsOf(rec);
     if (!paths.length) return plain;
-    const rootfs = this.rootfsPath(rec.id);
-    await this.composeLock.run(async () => {
-      const current = this.metadata.get(rec.key);
-      if (!current || current.id !== rec.id)
-        throw new SnapshotError("not-found", `snapshot ${JSON.stringify(rec.key)} does not exist`);
-      const marker = this.markerPath(rec.id);
-      if (existsSync(marker) && mountPointsUnder(rootfs).includes(rootfs)) return;
-      rmSync(marker, { force: true });
-      await unmountAll(rootfs);
-      const start = performance.now();
-      try {
-        await this.compose(rec, rootfs, paths);
-      } catch (err) {
-        await unmountAll(rootfs).catch(() => undefined);
-        throw err;
-      }
-      writeFileSync(marker, JSON.stringify({ rootfs, paths: paths.length }) + "\n");
-      this.log?.debug("composed", {
-        key: rec.key,
-        paths: paths.length,
-        ms: Math.round(performance.now() - start),
-      });
-    });
-    return [{ type: "bind", source: rootfs, options: ["rbind", rec.kind === "view" ? "ro" : "rw"] }];
-  }
-
-  private async compose(rec: SnapshotRecord, rootfs: string, paths: string[]): Promise<void> {
-    mkdirSync(rootfs, { recursive: true, mode: 0o755 });
-    const parents = this.metadata.ancestors(rec);
-    // Paths relative to the snapshots directory keep long chains under the kernel's one-page option limit.
-    const rel = (id: number, sub: string): string => `${id}/${sub}`;
-    const data = this.dataLayer(rec, parents);
-    if (rec.kind === "view" && parents.length === 1 && !data) {
-      await run("mount", ["--bind", "-o", "ro", this.fsPath(parents[0].id), rootfs]);
-    } else {
-      const options: string[] = [];
-      const plain = this.mountsOf(rec)[0];
-      if (plain.options.includes("index=off")) options.push("index=off");
-      if (rec.kind === "active")
-        options.push(`workdir=${rel(rec.id, "work")}`, `upperdir=${rel(rec.id, "fs")}`);
-      const lower = parents.map((p) => rel(p.id, "fs")).join(":");
-      options.push(`lowerdir=${data ? `${lower}::${data.dir}` : lower}`, ...(data?.options ?? []));
-      if (rec.kind === "view") options.push("ro");
-      await run("mount", ["-t", "overlay", "overlay", "-o", options.join(","), rootfs], this.snapshotsDir);
-    }
-    // Private: the store mounts below neither propagate out nor follow containerd's copies when unmounted.
-    await run("mount", ["--make-private", rootfs]);
-    const storeRel = this.store.storeDir.replace(/^\/+/, "");
-    const pairs: Array<[string, string]> = [];
-    for (const p of paths) {
-      const real = this.store.realPath(p);
-      if (lstatSync(real).isSymbolicLink()) continue; // the layer holds the symlink itself
-      const target = join(rootfs, storeRel, parseStorePath(p, this.store.storeDir).baseName);
-      if (!existsSync(target))
-        throw new Error(`${target}: no mountpoint for ${p} (was its nix layer unpacked instead?)`);
-      pairs.push([real, target]);
-    }
-    await bindReadOnly(pairs, this.mountLimit, (error) =>
-      this.log?.warn("bind-mount helper unusable; using mount(8) per store path", { error }),
-    );
+    return this.compositions.mounts(rec, this.mountsOf(rec, true)[0], paths);
   }
 }

@@ -16,7 +16,6 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
-  readFileSync,
   renameSync,
   rmSync,
   statSync,
@@ -26,6 +25,7 @@ import {
 import { lstat, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { MetadataStore, SnapshotError, type SnapshotKind, type SnapshotRecord } from "./metadata.js";
+import { mountPointsUnder } from "./mounts.js";
 
 export interface Mount {
   type: string;
@@ -86,24 +86,6 @@ export async function diskUsage(dir: string): Promise<Usage> {
   };
   await visit(dir);
   return { size, inodes: seen.size };
-}
-
-/** Mount points at or under dir (from /proc/self/mountinfo). */
-export function mountPointsUnder(dir: string): string[] {
-  const out: string[] = [];
-  let text: string;
-  try {
-    text = readFileSync("/proc/self/mountinfo", "utf8");
-  } catch {
-    return out;
-  }
-  for (const line of text.split("\n")) {
-    const f = line.split(" ");
-    if (f.length < 5) continue;
-    const mp = f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (mp === dir || mp.startsWith(dir + "/")) out.push(mp);
-  }
-  return out;
 }
 
 export class OverlaySnapshotter {
@@ -187,22 +169,23 @@ export class OverlaySnapshotter {
     return undefined;
   }
 
-  protected mountsOf(rec: SnapshotRecord): Mount[] {
+  /** `rec`'s mounts; with `relative`, their paths are relative to the snapshots directory. */
+  protected mountsOf(rec: SnapshotRecord, relative = false): Mount[] {
+    const fs = (id: number): string => (relative ? `${id}/fs` : this.fsPath(id));
     const parents = this.metadata.ancestors(rec);
     if (parents.length === 0) {
-      return [
-        { type: "bind", source: this.fsPath(rec.id), options: [rec.kind === "view" ? "ro" : "rw", "rbind"] },
-      ];
+      return [{ type: "bind", source: fs(rec.id), options: [rec.kind === "view" ? "ro" : "rw", "rbind"] }];
     }
     const data = this.dataLayer(rec, parents);
     const options: string[] = [];
     if (this.indexOff) options.push("index=off");
     if (rec.kind === "active") {
-      options.push(`workdir=${this.workPath(rec.id)}`, `upperdir=${this.fsPath(rec.id)}`);
+      const work = relative ? `${rec.id}/work` : this.workPath(rec.id);
+      options.push(`workdir=${work}`, `upperdir=${fs(rec.id)}`);
     } else if (parents.length === 1 && !data) {
-      return [{ type: "bind", source: this.fsPath(parents[0].id), options: ["ro", "rbind"] }];
+      return [{ type: "bind", source: fs(parents[0].id), options: ["ro", "rbind"] }];
     }
-    const lower = parents.map((p) => this.fsPath(p.id)).join(":");
+    const lower = parents.map((p) => fs(p.id)).join(":");
     options.push(`lowerdir=${data ? `${lower}::${data.dir}` : lower}`, ...(data?.options ?? []));
     return [{ type: "overlay", source: "overlay", options }];
   }

@@ -1,8 +1,11 @@
-// Overlayfs metacopy stubs for nix layers in metacopy mode (see nix-layers.ts): a stub is a sparse file with
-// the store file's size and metadata and two xattrs, `trusted.overlay.metacopy` (empty: "my data is
-// elsewhere") and `trusted.overlay.redirect` (where, as an absolute path within the data-only lower layer, i.e.
-// the store directory mounted after "::"). Needs overlayfs data-only lower layers (Linux >= 6.5) and
-// CAP_SYS_ADMIN for trusted.* xattrs.
+// Metacopy mode (--nix-layers metacopy; auto's choice across filesystems when probeMetacopy passes, see auto.ts
+// and nix-layers.ts): the layer's fs/nix/store/<basename> is a metadata-only copy of the store path, and the
+// overlays of snapshots above it take the store's real directory as a data-only lower layer.
+//
+// Overlayfs metacopy stubs: a stub is a sparse file with the store file's size and metadata and two xattrs,
+// `trusted.overlay.metacopy` (empty: "my data is elsewhere") and `trusted.overlay.redirect` (where, as an
+// absolute path within the data-only lower layer, i.e. the store directory mounted after "::"). Needs overlayfs
+// data-only lower layers (Linux >= 6.5) and CAP_SYS_ADMIN for trusted.* xattrs.
 //
 // Node cannot set xattrs, so one `setfattr --restore=-` (Debian's attr package) per layer sets all of them
 // from a dump in getfattr's format on its stdin: `# file: PATH` lines (setfattr turns a backslash and three
@@ -11,8 +14,9 @@
 import { execFile } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { StubEntry } from "./layer-tree.js";
-import { mountPointsUnder } from "./overlay.js";
+import type { StubEntry } from "../layer-tree.js";
+import { mount, mountPointsUnder, umount } from "../mounts.js";
+import { buildTreeLayer, type LayerMode } from "./layer-mode.js";
 
 export const METACOPY_XATTR = "trusted.overlay.metacopy";
 export const REDIRECT_XATTR = "trusted.overlay.redirect";
@@ -57,14 +61,6 @@ export function setStubXattrs(cwd: string, stubs: StubEntry[]): Promise<void> {
   });
 }
 
-function run(cmd: string, args: string[], cwd: string): Promise<void> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { cwd, timeout: 30_000 }, (err, _o, stderr) =>
-      err ? reject(new Error(`${cmd}: ${String(stderr).trim() || err.message}`)) : resolve(),
-    ),
-  );
-}
-
 /**
  * Whether overlay mounts with a metacopy stub redirecting into a data-only lower layer work here: a tiny mount
  * in a temporary directory under `parent` (removed afterwards; a leftover is an orphan Cleanup removes), read
@@ -87,14 +83,26 @@ export async function probeMetacopy(parent: string): Promise<string | undefined>
       "index=off",
       ...METACOPY_OPTIONS,
     ];
-    await run("mount", ["-t", "overlay", "overlay", "-o", options.join(","), "mnt"], dir);
+    await mount(["-t", "overlay", "overlay", "-o", options.join(","), "mnt"], dir);
     mounted = true;
     const got = readFileSync(join(dir, "mnt/f"), "utf8");
     return got === content ? undefined : "a stub read back without its data";
   } catch (err) {
     return (err as Error).message;
   } finally {
-    if (mounted) await run("umount", ["mnt"], dir).catch(() => undefined);
+    if (mounted) await umount(["mnt"], dir).catch(() => undefined);
     if (!mountPointsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
   }
 }
+
+export const metacopyMode: LayerMode = {
+  kind: "metacopy",
+  composed: false,
+  build: (layer) =>
+    buildTreeLayer(
+      layer,
+      layer.paths.map((p) => ({ kind: "stub", src: p.real, dst: p.target, redirect: `/${p.baseName}` })),
+      (built) => setStubXattrs(layer.fs, built.stubs),
+    ),
+  dataLayer: (storeRealDir) => ({ dir: storeRealDir, options: METACOPY_OPTIONS }),
+};

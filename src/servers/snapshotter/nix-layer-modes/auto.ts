@@ -1,0 +1,48 @@
+// Which mode a new nix layer is held in: the --nix-layers setting, or for auto (the default) link when the store
+// and ROOT share a filesystem, else metacopy when the kernel supports it (probed once, on first need, and
+// logged), else none: the layer is downloaded, since bind compositions trip containerd 1.6's own non-recursive
+// unmounts of the rootfs it mounts (e.g. `ctr run`'s temporary mount).
+import { mkdirSync, statSync } from "node:fs";
+import type { LocalStore } from "../../../store/local-store.js";
+import type { Logger } from "../../../util/logger.js";
+import type { LayerMode } from "./layer-mode.js";
+import { probeMetacopy } from "./metacopy.js";
+import { layerMode, type NixLayerMode } from "./modes.js";
+
+export class ModeChooser {
+  private metacopyProbe?: Promise<boolean>;
+
+  constructor(
+    private readonly setting: NixLayerMode,
+    private readonly store: LocalStore,
+    /** Where the layers go (the probe's mount too). */
+    private readonly snapshotsDir: string,
+    private readonly log?: Logger,
+  ) {}
+
+  /** The mode for a new nix layer, or undefined when it cannot be one. */
+  async choose(): Promise<LayerMode | undefined> {
+    if (this.setting !== "auto") return layerMode(this.setting);
+    try {
+      // A store directory that does not exist yet (an empty chroot store) is made, as substitution would.
+      mkdirSync(this.store.realDir, { recursive: true });
+      if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return layerMode("link");
+    } catch {
+      return undefined;
+    }
+    return (await this.metacopySupported()) ? layerMode("metacopy") : undefined;
+  }
+
+  /** Whether overlay metacopy with data-only layers works here: probed once, on first need, and logged. */
+  metacopySupported(): Promise<boolean> {
+    this.metacopyProbe ??= probeMetacopy(this.snapshotsDir).then((error) => {
+      if (error)
+        this.log?.warn("overlay metacopy unsupported; nix layers across filesystems are downloaded", {
+          error,
+        });
+      else this.log?.info("overlay metacopy with data-only layers supported");
+      return !error;
+    });
+    return this.metacopyProbe;
+  }
+}

@@ -1,0 +1,55 @@
+// The one interface behind --nix-layers: how a committed nix layer's fs holds its store paths (link.ts,
+// metacopy.ts, bind.ts; what each means for containers is told in nix-layers.ts), what the overlays of snapshots
+// above such a layer add, and whether containers above it need a composed root. auto.ts chooses one.
+import type { NixLayerKind } from "../metadata.js";
+import type { DataLayer, Usage } from "../overlay.js";
+import { buildTrees, type TreeJob, type TreeResult } from "../layer-tree.js";
+
+/** One store path of a new layer: where it really is, and where the layer's fs/nix/store/<baseName> goes. */
+export interface LayerPath {
+  real: string;
+  target: string;
+  baseName: string;
+}
+
+/** A new layer's fs (`fs/<storeDir>` made already) and the paths it is to hold. */
+export interface NewLayer {
+  fs: string;
+  /** The store's logical directory, e.g. /nix/store. */
+  storeDir: string;
+  paths: LayerPath[];
+}
+
+/** What building a layer gave: its files replicated (0 for none) and its disk usage. */
+export interface BuiltLayer {
+  files: number;
+  usage: Usage;
+}
+
+export interface LayerMode {
+  readonly kind: NixLayerKind;
+  /** Makes the new layer's fs hold its paths (the tree copies run in a worker thread). */
+  build(layer: NewLayer): Promise<BuiltLayer>;
+  /** The data-only lower layer the overlays of snapshots above such a layer take, if any. */
+  dataLayer(storeRealDir: string): DataLayer | undefined;
+  /** Whether containers and views above such a layer get a composed root (bind.ts) instead of the overlay. */
+  readonly composed: boolean;
+}
+
+/**
+ * Builds the trees of `jobs` (one per store path) into the layer's fs; `after` sees the result before the usage
+ * is counted. The usage adds the store directory's ancestors (nix/, nix/store/) and fs itself.
+ */
+export async function buildTreeLayer(
+  layer: NewLayer,
+  jobs: TreeJob[],
+  after?: (built: TreeResult) => Promise<void>,
+): Promise<BuiltLayer> {
+  const built = await buildTrees(layer.fs, jobs);
+  await after?.(built);
+  const extra = layer.storeDir.split("/").filter(Boolean).length + 1;
+  return {
+    files: built.counts.files,
+    usage: { size: built.usage.size, inodes: built.usage.inodes + extra },
+  };
+}
