@@ -10,7 +10,7 @@ import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
-import { intOption, parse, UsageError } from "./args.js";
+import { helpHint, intOption, parse, UsageError } from "./args.js";
 import { SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
@@ -127,6 +127,15 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const outputs: OutputRef[] = [...(values.output ?? []), ...positionals.filter((p) => p === "-")].map((o) =>
     parseOutputRef(o),
   );
+  // No destination: like `docker save` refusing a terminal, say what the choices are before any work, rather than
+  // build into the layer cache alone and exit 0 with an image nobody can use. --json alone is the explicit way to
+  // build into the cache and get the report.
+  if (!outputs.length && !values.json)
+    throw new UsageError(
+      "no output given: add -o DEST (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], " +
+        "docker://HOST/NAME[:TAG], nix:[NAME], or - for a docker-archive on stdout), or --json to build into the " +
+        `layer cache and print the report; ${helpHint(USAGE)}`,
+    );
   const stdoutTaken = outputs.some((o) => o.kind === "docker-archive" && o.file === "-");
   const installables = positionals.filter((p) => p !== "-");
 

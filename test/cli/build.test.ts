@@ -16,7 +16,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { mkdtempSync } from "node:fs";
-import { buildFixtures, generateCacheKey, makeNixCache, PACKAGES_NIX } from "../support/fixtures.js";
+import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir, PACKAGES_NIX } from "../support/fixtures.js";
 import { run, runText } from "../support/run.js";
 import { nixoci, nixociOk } from "../support/cli.js";
 import {
@@ -215,6 +215,27 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
     assert.ok(!/\n\s+at /.test(r.stderr), `no stack trace: ${r.stderr}`);
   }
   assert.deepEqual(readdirSync(out), [], "no partial outputs");
+});
+
+test("no -o and no --json: a usage error naming the choices, before any work, nothing on stdout", () => {
+  const cache = makeTempDir("build-no-output");
+  const r = nixoci(["build", "--cache-dir", cache, fx.hello]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.equal(r.text, "", "nothing on stdout");
+  assert.equal(
+    r.stderr,
+    "nixoci: no output given: add -o DEST (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], " +
+      "docker://HOST/NAME[:TAG], nix:[NAME], or - for a docker-archive on stdout), or --json to build into the layer " +
+      "cache and print the report; run 'nixoci build --help' for its options\n",
+  );
+  assert.deepEqual(readdirSync(cache), [], "no layer was built");
+  // --json alone is the explicit cache fill: it builds and reports.
+  const report = JSON.parse(nixociOk(["build", "--json", "-q", "--cache-dir", cache, fx.hello]).text) as {
+    layers: unknown[];
+    outputs: unknown[];
+  };
+  assert.ok(report.layers.length > 0);
+  assert.deepEqual(report.outputs, []);
 });
 
 test("paths missing locally come from --substituter caches (signed); unsigned or unreachable caches fail", () => {
