@@ -137,6 +137,13 @@ export async function buildCommand(argv: string[]): Promise<number> {
         `layer cache and print the report; ${helpHint(USAGE)}`,
     );
   const stdoutTaken = outputs.some((o) => o.kind === "docker-archive" && o.file === "-");
+  if (stdoutTaken && process.stdout.isTTY)
+    throw new UsageError(
+      "refusing to write a docker-archive to a terminal: redirect stdout (> image.tar, | docker load) or give " +
+        "-o docker-archive:FILE",
+    );
+  if (values["no-cache"] && values["cache-dir"] !== undefined)
+    throw new UsageError("--no-cache and --cache-dir contradict each other: give one");
   const installables = positionals.filter((p) => p !== "-");
 
   const trust = trustOptions(spec.trustedPublicKeys, values["no-check-sigs"]);

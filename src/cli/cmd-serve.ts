@@ -18,7 +18,8 @@ import { createResolver } from "../resolve/create-resolver.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
-import { intOption, parse, UsageError } from "./args.js";
+import { didYouMean, intOption, parse, UsageError } from "./args.js";
+import { ARCHITECTURES } from "../image/spec.js";
 import { logLevelOption, SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
 import { openStore, readSecretKeyFile, trustOptions } from "./stores.js";
 
@@ -129,6 +130,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const compression = values.compression as LayerCompression | undefined;
   if (compression && !["gzip", "zstd", "none"].includes(compression))
     throw new UsageError("--compression must be gzip, zstd or none");
+  if (values.arch !== undefined && !ARCHITECTURES.includes(values.arch)) {
+    const guess = didYouMean(values.arch, ARCHITECTURES);
+    throw new UsageError(
+      `--arch ${JSON.stringify(values.arch)} is not one of ${ARCHITECTURES.join(", ")}${guess ? ` (did you mean ${guess}?)` : ""}`,
+    );
+  }
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
     throw new UsageError("--cache-compression must be zstd, xz or none");

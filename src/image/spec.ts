@@ -3,6 +3,7 @@
 // so a typo does not silently build a different image.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { parseTaggedName } from "../oci/reference.js";
 import { NixociError, quote } from "../util/errors.js";
 
 export interface ImageSpec {
@@ -33,6 +34,24 @@ function parseYaml(text: string): unknown {
 }
 
 export const DEFAULT_CREATED = "1970-01-01T00:00:01Z";
+
+/** The architectures an OCI image config may name (Go's GOARCH values). */
+export const ARCHITECTURES: readonly string[] = [
+  "amd64",
+  "arm64",
+  "arm",
+  "386",
+  "ppc64le",
+  "ppc64",
+  "s390x",
+  "riscv64",
+  "loong64",
+  "mips64le",
+  "mips64",
+  "mipsle",
+  "mips",
+  "wasm",
+];
 
 /** Go/OCI architecture names from Node's. */
 export function defaultArch(): string {
@@ -190,8 +209,17 @@ export function validateSpec(spec: ImageSpec, input = "spec"): ImageSpec {
   if (Number.isNaN(Date.parse(spec.created)) || !/^\d{4}-\d{2}-\d{2}T/.test(spec.created)) {
     throw new NixociError(input, `created ${quote(spec.created)} is not an RFC 3339 time`);
   }
-  if (!/^[a-z0-9_]+$/.test(spec.arch))
-    throw new NixociError(input, `architecture ${quote(spec.arch)} is malformed`);
+  if (!ARCHITECTURES.includes(spec.arch))
+    throw new NixociError(
+      input,
+      `architecture ${quote(spec.arch)} is not one of ${ARCHITECTURES.join(", ")} (Go's names, as in OCI images)`,
+    );
+  for (const t of spec.tags)
+    if (!parseTaggedName(t))
+      throw new NixociError(
+        input,
+        `tag ${quote(t)} is not [HOST[:PORT]/]NAME[:TAG] (lowercase name components, a tag of A-Z a-z 0-9 _ . -)`,
+      );
   if (!/^[a-z0-9_]+$/.test(spec.os)) throw new NixociError(input, `os ${quote(spec.os)} is malformed`);
   if (spec.user !== undefined && !/^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$/.test(spec.user)) {
     throw new NixociError(input, `user ${quote(spec.user)} is not NAME[:GROUP] or UID[:GID]`);

@@ -24,6 +24,24 @@ export function isValidTag(s: string): boolean {
   return TAG_RE.test(s);
 }
 
+/** A registry host as a reference's first component: a dotted name or localhost, with an optional port. */
+const DOMAIN_RE =
+  /^(?:localhost|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+|[A-Za-z0-9-]+:\d+)(?::\d+)?$/;
+
+/**
+ * An image name as docker tags it, `[HOST[:PORT]/]NAME[:TAG]` (what `--tag` and docker-archive RepoTags take): the
+ * name and tag (default "latest"), or undefined when it does not follow the grammar.
+ */
+export function parseTaggedName(ref: string): { name: string; tag: string } | undefined {
+  const slash = ref.lastIndexOf("/");
+  const colon = ref.lastIndexOf(":");
+  const [name, tag] = colon > slash ? [ref.slice(0, colon), ref.slice(colon + 1)] : [ref, "latest"];
+  const parts = name.split("/");
+  const path = parts.length > 1 && DOMAIN_RE.test(parts[0]) ? parts.slice(1) : parts;
+  if (!isValidName(path.join("/")) || name.length > MAX_NAME_LENGTH || !isValidTag(tag)) return undefined;
+  return { name, tag };
+}
+
 /**
  * "sha256" for the digests this project stores; "unsupported" for well-formed digests of other algorithms
  * (sha512, or unregistered ones such as md5); "invalid" for anything else (sha256 with a wrong length...).

@@ -13,12 +13,19 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { mkdtempSync } from "node:fs";
-import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir, PACKAGES_NIX } from "../support/fixtures.js";
+import {
+  buildFixtures,
+  generateCacheKey,
+  makeNixCache,
+  makeTempDir,
+  PACKAGES_NIX,
+} from "../support/fixtures.js";
 import { run, runText } from "../support/run.js";
-import { nixoci, nixociOk } from "../support/cli.js";
+import { nixoci, nixociOk, ROOT } from "../support/cli.js";
 import {
   startContainerd,
   startDockerd,
@@ -207,6 +214,13 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
     [[fx.hello, "-o", `docker://127.0.0.1:1/nixoci/hello:x`], /127\.0\.0\.1:1/],
     [[fx.hello, "--compression", "lzma", "-o", `oci:${out}/g`], /compression/],
     [[fx.hello, "--max-layers", "1", "-o", `oci:${out}/h`], /max-layers/],
+    [
+      [fx.hello, "--tag", "Bad Name", "-o", `oci:${out}/i`],
+      /tag "Bad Name" is not \[HOST\[:PORT\]\/\]NAME\[:TAG\]/,
+    ],
+    [[fx.hello, "--tag", "ok/name:bad tag", "-o", `oci:${out}/i`], /tag "ok\/name:bad tag"/],
+    [[fx.hello, "--arch", "foo", "-o", `oci:${out}/j`], /architecture "foo" is not one of amd64, arm64/],
+    [["--no-cache", fx.hello, "-o", `oci:${out}/k`], /--no-cache and --cache-dir contradict each other/],
   ];
   for (const [args, pattern] of cases) {
     const r = nixoci(["build", "--cache-dir", cacheDir, ...args]);
@@ -236,6 +250,38 @@ test("no -o and no --json: a usage error naming the choices, before any work, no
   };
   assert.ok(report.layers.length > 0);
   assert.deepEqual(report.outputs, []);
+});
+
+test("-o - on a terminal is refused (a pty from script(1)); tags with a registry host and port are accepted", () => {
+  const cmd = [
+    process.execPath,
+    join(ROOT, "bin/nixoci.js"),
+    "build",
+    "--cache-dir",
+    cacheDir,
+    fx.hello,
+    "-o",
+    "-",
+  ];
+  // The command line is ours (test paths without quotes); script(1) runs it with stdout on a pseudo-terminal.
+  const r = spawnSync("script", ["-qec", cmd.map((a) => `'${a}'`).join(" "), "/dev/null"], {
+    encoding: "utf8",
+  });
+  assert.equal(r.status, 2, r.stdout + r.stderr);
+  assert.match(r.stdout, /refusing to write a docker-archive to a terminal: redirect stdout/);
+  const dir = makeTempDir("build-tags");
+  for (const tag of ["localhost:5000/team/app:v1", "registry.example:443/x", "plain", "a/b/c:1.0-rc_1"])
+    nixociOk([
+      "build",
+      "-q",
+      "--cache-dir",
+      cacheDir,
+      "--tag",
+      tag,
+      fx.hello,
+      "-o",
+      `oci:${dir}/${tag.length}`,
+    ]);
 });
 
 test("paths missing locally come from --substituter caches (signed); unsigned or unreachable caches fail", () => {

@@ -109,6 +109,11 @@ test("near-miss flags and commands get a did-you-mean; values are checked, negat
       "nixoci: option --json takes no value; run 'nixoci build --help' for its options",
     ],
     [["closure"], "nixoci: missing PATH; run 'nixoci closure --help' for its options"],
+    [
+      ["serve", "--arch", "amd46"],
+      'nixoci: --arch "amd46" is not one of amd64, arm64, arm, 386, ppc64le, ppc64, s390x, riscv64, loong64, ' +
+        "mips64le, mips64, mipsle, mips, wasm (did you mean amd64?)",
+    ],
   ];
   for (const [args, line] of cases) {
     const r = nixoci(args);
