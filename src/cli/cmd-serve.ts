@@ -2,6 +2,7 @@
 // package names resolved and built by the same pipeline as `nixoci build` (layers land in the registry's own
 // blob store), the local store served as a Nix binary cache, and health, metrics, logs and a help page.
 import { readdirSync, readFileSync } from "node:fs";
+import { rm, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import type { LayeringStrategy } from "../image/types.js";
@@ -18,6 +19,7 @@ import { createResolver } from "../resolve/create-resolver.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
+import { makeDirs } from "../util/fs.js";
 import { didYouMean, intOption, parse, UsageError } from "./args.js";
 import { ARCHITECTURES } from "../image/spec.js";
 import { logLevelOption, SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
@@ -32,6 +34,22 @@ const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
     [--auth htpasswd:FILE|tokens:FILE] [--auth-pull] [--public-host HOST] [--log-level debug|info|warn|error|silent]`;
 
 /** The state directory: $XDG_STATE_HOME/nixoci, or ~/.local/state/nixoci. */
+/** Creates `dir` if needed and proves a file can be written in it (then removes the probe). */
+async function checkWritableDir(dir: string, flag: string): Promise<void> {
+  const probe = join(dir, `.write-probe-${process.pid}`);
+  try {
+    await makeDirs(dir);
+    await writeFile(probe, "");
+    await rm(probe);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new NixociError(
+      dir,
+      `${flag}: cannot write here (${e.code ?? e.message}); give a writable directory`,
+    );
+  }
+}
+
 function defaultStorage(): string {
   return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "nixoci", "registry");
 }
@@ -144,14 +162,13 @@ export async function serveCommand(argv: string[]): Promise<number> {
   if (values["auth-pull"] && !values.auth) throw new UsageError("--auth-pull needs --auth");
 
   const storageDir = values.storage ?? defaultStorage();
+  await checkWritableDir(storageDir, "--storage");
   const storage = new RegistryStorage(storageDir, {
     uploadTtlMs: values["upload-ttl"]
       ? intOption(values["upload-ttl"], "upload-ttl", 3600) * 1000
       : undefined,
   });
   const store = new LocalStore(values.store ? { dir: values.store } : {});
-  // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
-  storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
   const swept = await store.sweepTemporaries();
   if (swept.length)
     logger.info("removed abandoned store temporaries", { store: store.realDir, removed: swept });
@@ -166,6 +183,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
     store,
     substituters,
   });
+  // Fail now, not at the first pull, on a package source that cannot be read (a missing --nix-file or --index, a
+  // nixpkgs path that is no checkout): its current revision is what every `latest` needs first.
+  await resolver.currentRevision();
+  // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
+  storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
 
   const metrics = registryMetrics();
   const onImageEvent = (e: NixImageEvent) => {

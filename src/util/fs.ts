@@ -1,9 +1,9 @@
 // Filesystem helpers shared by the writers: atomic file writes and removal of read-only trees.
-import { chmod, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { NixociError } from "./errors.js";
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 /**
  * The suffix of names for work in progress: ".tmp-<pid>-<random>". The writer's pid lets a later sweep tell the
@@ -114,5 +114,32 @@ export async function readJsonFile(file: string): Promise<unknown> {
     return JSON.parse(text) as unknown;
   } catch {
     throw new NixociError(file, "is not valid JSON");
+  }
+}
+
+/**
+ * `mkdir -p`, one level at a time: Node's `mkdir(dir, { recursive: true })` never returns for a directory whose
+ * parent exists but refuses entries with ENOENT (anything under /proc), where this fails with that ENOENT.
+ */
+export async function makeDirs(dir: string): Promise<void> {
+  try {
+    await mkdir(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return;
+    const parent = dirname(dir);
+    if (
+      code !== "ENOENT" ||
+      parent === dir ||
+      (await stat(parent).then(
+        () => true,
+        () => false,
+      ))
+    )
+      throw err;
+    await makeDirs(parent);
+    await mkdir(dir).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== "EEXIST") throw e;
+    });
   }
 }

@@ -381,7 +381,7 @@ export class NixImageSource implements ManifestSource {
       const s = err.packages.length === 1 ? "" : "s";
       return registryError("NAME_UNKNOWN", {
         message: `unknown package${s}: ${err.packages.join(", ")}`,
-        detail: { packages: err.packages, source: this.resolver.description },
+        detail: { packages: err.packages, source: redactServerPaths(this.resolver.description) },
       });
     }
     if (err instanceof RevisionUnavailableError)
@@ -389,7 +389,10 @@ export class NixImageSource implements ManifestSource {
         message: `${oneLine(err.message)}`,
         detail: { revision: err.revision },
       });
-    const message = oneLine(err instanceof Error ? err.message : String(err)).slice(0, 1000);
+    const message = redactServerPaths(oneLine(err instanceof Error ? err.message : String(err))).slice(
+      0,
+      1000,
+    );
     return registryError("UNKNOWN", { message: `building the image ${repo} failed: ${message}` });
   }
 
@@ -419,4 +422,12 @@ function waitFor<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
+}
+
+/**
+ * The cause of a failed build as a client may see it: the server's own file paths (its Nix file, storage, temporary
+ * directories) become "<server path>"; store paths stay, they are public by nature (the binary cache serves them).
+ */
+export function redactServerPaths(message: string): string {
+  return message.replace(/(?<![\w.~:/-])\/(?!nix\/store\/)[^\s'"`:,;()]+/g, "<server path>");
 }

@@ -444,7 +444,7 @@ test("errors: unknown packages 404 NAME_UNKNOWN, bad names 400, failing builds 5
     source.resolve("hello", "latest", ctx()),
     500,
     "UNKNOWN",
-    /^building the image hello failed: \/x\/packages.nix: build failed \(exit 1\): error: builder for 'x' failed$/,
+    /^building the image hello failed: <server path>: build failed \(exit 1\): error: builder for 'x' failed$/,
   );
   // Failures are not cached.
   resolver.fail = undefined;

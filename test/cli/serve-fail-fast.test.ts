@@ -1,0 +1,98 @@
+// `nixoci serve` refuses a configuration it cannot serve before it listens (issue 13, item 8), and a build that
+// fails reaches the client as the cause in the OCI error body, without the server's own paths (item 5).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ROOT } from "../support/cli.js";
+import { makeTempDir } from "../support/fixtures.js";
+import { startNixociServe } from "../support/serve.js";
+
+/** Runs serve to its end (it must end: a serve that listens instead is killed at 30 s and fails the test). */
+function serveExits(args: string[]): { status: number | null; stderr: string } {
+  const r = spawnSync(
+    process.execPath,
+    [join(ROOT, "bin/nixoci.js"), "serve", "--listen", "127.0.0.1:0", ...args],
+    { encoding: "utf8", timeout: 30_000 },
+  );
+  assert.equal(r.signal, null, `serve should have exited by itself; it logged:\n${r.stderr}`);
+  return { status: r.status, stderr: r.stderr };
+}
+
+test("a --nix-file that does not exist: one line naming it, exit 1, nothing listening", () => {
+  const dir = makeTempDir("serve-fail-fast");
+  const missing = join(dir, "missing.nix");
+  const r = serveExits(["--storage", join(dir, "storage"), "--nix-file", missing]);
+  assert.equal(r.status, 1);
+  assert.equal(r.stderr, `nixoci: ${missing}: no such Nix file\n`);
+});
+
+test("a --storage that cannot be written: one line naming it, exit 1", () => {
+  const r = serveExits(["--storage", "/proc/nixoci-nope"]);
+  assert.equal(r.status, 1);
+  assert.match(
+    r.stderr,
+    /^nixoci: \/proc\/nixoci-nope: --storage: cannot write here \(ENOENT\); give a writable directory\n$/,
+  );
+  const dir = makeTempDir("serve-fail-fast-ro");
+  const ro = join(dir, "ro");
+  mkdirSync(ro);
+  chmodSync(ro, 0o555);
+  // As root the mode alone does not stop writes: run it as nobody (setpriv), as a real unprivileged user would.
+  const r2 = spawnSync(
+    "setpriv",
+    [
+      "--reuid=nobody",
+      "--regid=nogroup",
+      "--clear-groups",
+      process.execPath,
+      join(ROOT, "bin/nixoci.js"),
+      "serve",
+      "--listen",
+      "127.0.0.1:0",
+      "--storage",
+      join(ro, "storage"),
+    ],
+    { encoding: "utf8", timeout: 30_000 },
+  );
+  assert.equal(r2.signal, null, r2.stderr);
+  assert.equal(r2.status, 1, r2.stderr);
+  assert.match(r2.stderr, /--storage: cannot write here \(EACCES\); give a writable directory\n$/);
+});
+
+test("a failed build: 500 with the cause in the error body; the server's paths redacted there and in details", async () => {
+  const dir = makeTempDir("serve-build-fails");
+  const nixFile = join(dir, "packages.nix");
+  writeFileSync(
+    nixFile,
+    `{
+      broken = throw "cannot open /srv/secret/credentials";
+      failing = derivation {
+        name = "failing"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "exit 1" ];
+      };
+    }\n`,
+  );
+  const s = await startNixociServe(join(dir, "storage"), ["--nix-file", nixFile]);
+  try {
+    const res = await fetch(`http://${s.host}/v2/failing/manifests/latest`);
+    assert.equal(res.status, 500);
+    const body = (await res.json()) as { errors: Array<{ code: string; message: string }> };
+    const { code, message } = body.errors[0];
+    assert.equal(code, "UNKNOWN");
+    assert.match(
+      message,
+      /^building the image failing failed: nix file <server path>: build failed .*failing\.drv/,
+    );
+    assert.ok(!message.includes(dir), `no server path: ${message}`);
+    // An attribute that throws is not a package: 404 NAME_UNKNOWN, whose detail names the source without its path.
+    const unknown = await fetch(`http://${s.host}/v2/broken/manifests/latest`);
+    assert.equal(unknown.status, 404);
+    const text = await unknown.text();
+    assert.match(text, /"source":"nix file <server path>"/);
+    assert.ok(!text.includes(dir), text);
+  } finally {
+    s.proc.kill("SIGTERM");
+    await s.exited;
+  }
+});
