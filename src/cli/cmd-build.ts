@@ -5,6 +5,7 @@ import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
+import { checkCacheDir, checkOutput } from "../outputs/preflight.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";
@@ -150,7 +151,12 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const store = new LocalStore(values.store ? { dir: values.store } : {});
   const substituters: Store[] = [];
   const progress = new Progress(values.quiet || (values.json && !process.stderr.isTTY));
+  const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
   try {
+    // Every destination and the layer cache are checked before any work: a registry that is down or an archive
+    // directory that does not exist is reported in a second, not after every layer was built.
+    for (const o of outputs) await checkOutput(o, { creds: values.creds, insecure: values.insecure, store });
+    if (cacheDir) await checkCacheDir(cacheDir);
     for (const url of spec.substituters) substituters.push(await openStore(url, trust));
     const roots: string[] = [];
     if (values.file) roots.push(...(await buildNixAttrs(values.file, values.attr ?? [])));
@@ -186,7 +192,6 @@ export async function buildCommand(argv: string[]): Promise<number> {
 
     // What killed builds left: half-written layers in the cache, and (for nix: outputs) descriptions cut short
     // in the store directory. Only temporaries whose writer is gone go.
-    const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
     if (cacheDir) await new LayerCache(cacheDir).sweepTemporaries();
     if (outputs.some((o) => o.kind === "nix")) await store.sweepTemporaries();
 

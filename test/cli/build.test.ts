@@ -284,6 +284,56 @@ test("-o - on a terminal is refused (a pty from script(1)); tags with a registry
     ]);
 });
 
+test("destinations and the layer cache are checked before any work; nothing on stdout when it fails", () => {
+  const cache = makeTempDir("build-preflight");
+  const dir = makeTempDir("build-preflight-out");
+  const cases: Array<[string[], string]> = [
+    [
+      ["--cache-dir", cache, fx.hello, "-o", `oci-archive:${dir}/missing/x.tar`],
+      `nixoci: oci-archive:${dir}/missing/x.tar: the directory ${dir}/missing does not exist; create it first or choose another path`,
+    ],
+    [
+      ["--cache-dir", cache, fx.hello, "-o", "docker://127.0.0.1:1/nixoci/hello:x"],
+      "nixoci: 127.0.0.1:1/nixoci/hello: registry check failed: connect ECONNREFUSED 127.0.0.1:1",
+    ],
+    [
+      ["--cache-dir", "/proc/nixoci-cache", fx.hello, "-o", `oci:${dir}/layout`],
+      "nixoci: /proc/nixoci-cache: cannot write the layer cache here (ENOENT); give --cache-dir DIR (a writable directory) or --no-cache",
+    ],
+  ];
+  for (const [args, line] of cases) {
+    const r = nixoci(["build", ...args]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.text, "", "nothing on stdout");
+    assert.equal(r.stderr, `${line}\n`);
+  }
+  assert.deepEqual(readdirSync(cache), [], "no layer was built");
+  assert.deepEqual(readdirSync(dir), [], "nothing written");
+  // -o nix: as a user who cannot write the store: the store and the fix are named (setpriv: nobody).
+  const r = spawnSync(
+    "setpriv",
+    [
+      "--reuid=nobody",
+      "--regid=nogroup",
+      "--clear-groups",
+      process.execPath,
+      join(ROOT, "bin/nixoci.js"),
+      "build",
+      "--no-cache",
+      fx.hello,
+      "-o",
+      "nix:",
+    ],
+    { encoding: "utf8" },
+  );
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stdout, "");
+  assert.equal(
+    r.stderr,
+    "nixoci: nix:: cannot write to the store /nix/store (EACCES): nix: outputs go into the store; run as its owner (root) or give --store DIR\n",
+  );
+});
+
 test("paths missing locally come from --substituter caches (signed); unsigned or unreachable caches fail", () => {
   const nonce = Math.random().toString(36).slice(2);
   const expr = `derivation { name = "build-victim"; nonce = "${nonce}"; system = builtins.currentSystem;
