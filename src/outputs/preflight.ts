@@ -77,7 +77,8 @@ export async function checkOutput(ref: OutputRef, opts: PreflightOptions = {}): 
       }
       return;
     }
-    case "docker": { // The API answers and takes the credentials (the same request the push begins with).
+    case "docker": {
+      // The API answers and takes the credentials (the same request the push begins with).
       const client = new RegistryClient(ref.registry, ref.repository, {
         creds: opts.creds,
         insecure: opts.insecure,
