@@ -2,7 +2,6 @@
 // package names resolved and built by the same pipeline as `nixoci build` (layers land in the registry's own
 // blob store), the local store served as a Nix binary cache, and health, metrics, logs and a help page.
 import { readdirSync, readFileSync } from "node:fs";
-import { rm, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import type { LayeringStrategy } from "../image/types.js";
@@ -19,7 +18,7 @@ import { createResolver } from "../resolve/create-resolver.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
-import { makeDirs } from "../util/fs.js";
+import { proveWritableDir } from "../util/fs.js";
 import { didYouMean, intOption, parse, UsageError } from "./args.js";
 import { ARCHITECTURES } from "../image/spec.js";
 import { logLevelOption, SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
@@ -33,14 +32,10 @@ const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
     [--sign-key FILE] [--cache-compression zstd|xz|none] [--no-binary-cache]
     [--auth htpasswd:FILE|tokens:FILE] [--auth-pull] [--public-host HOST] [--log-level debug|info|warn|error|silent]`;
 
-/** The state directory: $XDG_STATE_HOME/nixoci, or ~/.local/state/nixoci. */
-/** Creates `dir` if needed and proves a file can be written in it (then removes the probe). */
+/** `dir` can be created and written (else one line naming it and the flag). */
 async function checkWritableDir(dir: string, flag: string): Promise<void> {
-  const probe = join(dir, `.write-probe-${process.pid}`);
   try {
-    await makeDirs(dir);
-    await writeFile(probe, "");
-    await rm(probe);
+    await proveWritableDir(dir);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     throw new NixociError(
@@ -50,6 +45,7 @@ async function checkWritableDir(dir: string, flag: string): Promise<void> {
   }
 }
 
+/** The state directory: $XDG_STATE_HOME/nixoci, or ~/.local/state/nixoci. */
 function defaultStorage(): string {
   return join(process.env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "nixoci", "registry");
 }

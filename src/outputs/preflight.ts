@@ -2,11 +2,11 @@
 // directory does not exist should learn it in a second, not after all layers were built (issue 13). Each problem
 // is one NixociError naming the output and, where there is one, the fix. The layer cache is checked the same way.
 import { constants } from "node:fs";
-import { access, rm, stat, writeFile } from "node:fs/promises";
+import { access, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError } from "../util/errors.js";
-import { makeDirs } from "../util/fs.js";
+import { proveWritableDir } from "../util/fs.js";
 import { formatOutputRef, type OutputRef } from "./outputs.js";
 import { RegistryClient } from "./registry-session.js";
 
@@ -95,11 +95,8 @@ export async function checkOutput(ref: OutputRef, opts: PreflightOptions = {}): 
 
 /** The layer cache directory can be created and written (else the hint: another --cache-dir, or --no-cache). */
 export async function checkCacheDir(dir: string): Promise<void> {
-  const probe = resolve(dir, `.write-probe-${process.pid}`);
   try {
-    await makeDirs(dir);
-    await writeFile(probe, "");
-    await rm(probe);
+    await proveWritableDir(dir);
   } catch (err) {
     throw new NixociError(
       dir,

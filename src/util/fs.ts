@@ -143,3 +143,14 @@ export async function makeDirs(dir: string): Promise<void> {
     });
   }
 }
+
+/**
+ * Creates `dir` if needed and proves a file can be written in it (the probe is removed): a start-up or pre-build
+ * check, so a directory that cannot be used is reported before any work. Throws the errno error.
+ */
+export async function proveWritableDir(dir: string): Promise<void> {
+  const probe = join(dir, `.write-probe-${process.pid}`);
+  await makeDirs(dir);
+  await writeFile(probe, "");
+  await rm(probe);
+}
