@@ -7,28 +7,17 @@
 import { randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
 import * as grpc from "@grpc/grpc-js";
-import type { InfoMessage, MountMessage } from "../proto/containerd.js";
+import type {
+  ContentInfo,
+  DescriptorMessage,
+  ImageRecord,
+  InfoMessage,
+  MountMessage,
+} from "../proto/containerd.js";
 import { loadGrpcPackage } from "../proto/load.js";
 import { holdErrors } from "../util/streams.js";
 
-export interface DescriptorMessage {
-  media_type: string;
-  digest: string;
-  size: number;
-  annotations?: Record<string, string>;
-}
-
-export interface ContentInfo {
-  digest: string;
-  size: number;
-  labels: Record<string, string>;
-}
-
-export interface ImageRecord {
-  name: string;
-  labels: Record<string, string>;
-  target: DescriptorMessage | null;
-}
+export type { ContentInfo, DescriptorMessage, ImageRecord } from "../proto/containerd.js";
 
 type ServiceCtor = grpc.ServiceClientConstructor;
 type UnaryFn = (

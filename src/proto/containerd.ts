@@ -3,6 +3,9 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Info__Output } from "./generated/containerd/containerd/services/snapshots/v1/Info.js";
 import type { Kind__Output } from "./generated/containerd/containerd/services/snapshots/v1/Kind.js";
+import type { Info__Output as ContentInfo__Output } from "./generated/containerd/containerd/services/content/v1/Info.js";
+import type { Image__Output } from "./generated/containerd/containerd/services/images/v1/Image.js";
+import type { Descriptor__Output } from "./generated/containerd/containerd/types/Descriptor.js";
 import type { Mount__Output } from "./generated/containerd/containerd/types/Mount.js";
 import type { Timestamp__Output } from "./generated/containerd/google/protobuf/Timestamp.js";
 import { loadGrpcPackage } from "./load.js";
@@ -13,6 +16,13 @@ export type SnapshotKindName = Kind__Output;
 export type MountMessage = Omit<Mount__Output, "target"> & Partial<Pick<Mount__Output, "target">>;
 export type TimestampMessage = Timestamp__Output;
 export type InfoMessage = Info__Output;
+/** A content descriptor as the containerd client sends it (annotations optional) and receives it. */
+export type DescriptorMessage = Omit<Descriptor__Output, "annotations"> &
+  Partial<Pick<Descriptor__Output, "annotations">>;
+/** What the content service says about a blob (the fields the client reads). */
+export type ContentInfo = Pick<ContentInfo__Output, "digest" | "size" | "labels">;
+/** An image record of the images service (the fields the client writes and reads). */
+export type ImageRecord = Pick<Image__Output, "name" | "labels"> & { target: DescriptorMessage | null };
 
 let cached: grpc.GrpcObject | undefined;
 
