@@ -24,7 +24,7 @@ import {
   makeTempDir,
   PACKAGES_NIX,
 } from "../support/fixtures.js";
-import { run, runText } from "../support/run.js";
+import { nixociAsNobodyArgv, run, runText, withCheckoutForNobody } from "../support/run.js";
 import { nixoci, nixociOk, ROOT } from "../support/cli.js";
 import {
   startContainerd,
@@ -310,21 +310,10 @@ test("destinations and the layer cache are checked before any work; nothing on s
   assert.deepEqual(readdirSync(cache), [], "no layer was built");
   assert.deepEqual(readdirSync(dir), [], "nothing written");
   // -o nix: as a user who cannot write the store: the store and the fix are named (setpriv: nobody).
-  const r = spawnSync(
-    "setpriv",
-    [
-      "--reuid=nobody",
-      "--regid=nogroup",
-      "--clear-groups",
-      process.execPath,
-      join(ROOT, "bin/nixoci.js"),
-      "build",
-      "--no-cache",
-      fx.hello,
-      "-o",
-      "nix:",
-    ],
-    { encoding: "utf8" },
+  const r = withCheckoutForNobody(ROOT, (root) =>
+    spawnSync("setpriv", nixociAsNobodyArgv(root, ["build", "--no-cache", fx.hello, "-o", "nix:"]), {
+      encoding: "utf8",
+    }),
   );
   assert.equal(r.status, 1, r.stderr);
   assert.equal(r.stdout, "");

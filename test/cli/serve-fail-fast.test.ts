@@ -7,6 +7,7 @@ import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../support/cli.js";
 import { makeTempDir } from "../support/fixtures.js";
+import { nixociAsNobodyArgv, withCheckoutForNobody } from "../support/run.js";
 import { startNixociServe } from "../support/serve.js";
 
 /** Runs serve to its end (it must end: a serve that listens instead is killed at 30 s and fails the test). */
@@ -39,22 +40,13 @@ test("a --storage that cannot be written: one line naming it, exit 1", () => {
   const ro = join(dir, "ro");
   mkdirSync(ro);
   chmodSync(ro, 0o555);
-  // As root the mode alone does not stop writes: run it as nobody (setpriv), as a real unprivileged user would.
-  const r2 = spawnSync(
-    "setpriv",
-    [
-      "--reuid=nobody",
-      "--regid=nogroup",
-      "--clear-groups",
-      process.execPath,
-      join(ROOT, "bin/nixoci.js"),
-      "serve",
-      "--listen",
-      "127.0.0.1:0",
-      "--storage",
-      join(ro, "storage"),
-    ],
-    { encoding: "utf8", timeout: 30_000 },
+  // As root the mode alone does not stop writes: run it as nobody, as a real unprivileged user would.
+  const r2 = withCheckoutForNobody(ROOT, (root) =>
+    spawnSync(
+      "setpriv",
+      nixociAsNobodyArgv(root, ["serve", "--listen", "127.0.0.1:0", "--storage", join(ro, "storage")]),
+      { encoding: "utf8", timeout: 30_000 },
+    ),
   );
   assert.equal(r2.signal, null, r2.stderr);
   assert.equal(r2.status, 1, r2.stderr);

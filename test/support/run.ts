@@ -1,6 +1,9 @@
 // Runs external programs (nix, nix-store, xz...) for tests: no shell, output captured, failures loud.
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmdirSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 
 export interface RunOptions {
   /** Bytes or text fed to the program's stdin (default: none, stdin is empty). */
@@ -66,4 +69,40 @@ export function deadPid(): number {
 /** Runs `nix --extra-experimental-features nix-command ARGS...` and returns its stdout. */
 export function nixCmd(args: string[], opts: RunOptions = {}): Buffer {
   return run("nix", ["--extra-experimental-features", "nix-command", ...args], opts);
+}
+
+/**
+ * Runs `fn` with a path to this checkout that the unprivileged user nobody can read: the checkout itself when every
+ * directory above it lets others through, else a read-only bind mount of it under /tmp (CI's checkout lives under
+ * /root, mode 700), removed afterwards.
+ */
+export function withCheckoutForNobody<T>(root: string, fn: (visibleRoot: string) => T): T {
+  const blocked = (() => {
+    for (let d = dirname(root); ; d = dirname(d)) {
+      if ((statSync(d).mode & 0o001) === 0) return true;
+      if (d === dirname(d)) return false;
+    }
+  })();
+  if (!blocked) return fn(root);
+  const view = mkdtempSync(join(tmpdir(), "nixoci-checkout-"));
+  chmodSync(view, 0o755);
+  run("mount", ["--bind", "-o", "ro", root, view]);
+  try {
+    return fn(view);
+  } finally {
+    run("umount", [view]);
+    rmdirSync(view);
+  }
+}
+
+/** `nixoci ARGS` as the unprivileged user nobody (setpriv's argv), from a checkout nobody can read. */
+export function nixociAsNobodyArgv(root: string, args: string[]): string[] {
+  return [
+    "--reuid=nobody",
+    "--regid=nogroup",
+    "--clear-groups",
+    process.execPath,
+    join(root, "bin/nixoci.js"),
+    ...args,
+  ];
 }
