@@ -13,7 +13,7 @@
 //   that layer, and its Commit then finds the socket closed.
 import { test, describe, before } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
@@ -70,13 +70,21 @@ describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
     );
     let settled: string | undefined;
     void outcome.then((o) => (settled = o));
-    // Poll the trigger (a pull that ends first fails the test at once).
+    // Poll the trigger (a pull that ends first fails the test at once). When it fires, the snapshotter is frozen
+    // (SIGSTOP, confirmed in /proc) and the trigger asked again: a state seen a moment before the kill may be
+    // gone by then (a restore renamed into place), so the kill lands only on a frozen state the trigger holds
+    // for; otherwise the snapshotter resumes and the polling goes on.
     const deadline = Date.now() + 60_000;
-    while (!settled && !trigger()) {
+    for (;;) {
       assert.ok(Date.now() < deadline, `the trigger (${what}) did not fire within 60 s of the pull`);
+      assert.equal(settled, undefined, `the trigger (${what}) fired before the pull ended`);
+      if (trigger()) {
+        await freeze(s.sn.child.pid!);
+        if (trigger()) break;
+        s.sn.child.kill("SIGCONT");
+      }
       await sleep(5);
     }
-    assert.equal(settled, undefined, `the trigger (${what}) fired before the pull ended`);
     s.sn.child.kill("SIGKILL");
     const timer = new AbortController();
     const result = await Promise.race([
@@ -87,6 +95,23 @@ describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
     console.log(`killed the snapshotter (${what}); the pull ${result}`);
     assert.match(result, /^failed: /, "the pull fails once the snapshotter is gone");
     await until("the killed snapshotter to exit", 10_000, () => assert.ok(exited(s.sn.child)), 50);
+  }
+
+  /**
+   * Stops a process with SIGSTOP and waits until /proc says every thread of it is stopped (a thread finishes the
+   * system call it is in first: libuv's pool threads do the file system work, renames included).
+   */
+  async function freeze(pid: number): Promise<void> {
+    process.kill(pid, "SIGSTOP");
+    await until(
+      `process ${pid} to stop`,
+      10_000,
+      () => {
+        for (const tid of readdirSync(`/proc/${pid}/task`))
+          assert.match(readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8"), /^\d+ \(.*\) [Tt] /s);
+      },
+      1,
+    );
   }
 
   /**
