@@ -3,10 +3,10 @@
 // registry tries a cross-repository mount from one of them before uploading. The record only holds hints, so it
 // is bounded (a few repositories per digest, the most recent digests), a missing or damaged file reads as empty,
 // and it is replaced atomically.
-import { mkdir, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
-import { writeFileAtomic } from "../util/fs.js";
+import { makeDirs, writeFileAtomic } from "../util/fs.js";
 
 export interface PushRecordFile {
   version: 1;
@@ -47,6 +47,6 @@ export async function updatePushRecord(
   }
   const keys = Object.keys(reg);
   for (const k of keys.slice(0, Math.max(0, keys.length - RECORD_MAX_DIGESTS))) delete reg[k];
-  await mkdir(dirname(file), { recursive: true });
+  await makeDirs(dirname(file));
   await writeFileAtomic(file, JSON.stringify(rec));
 }

@@ -3,7 +3,7 @@
 // through the compressor into a temporary file while the compressed bytes are hashed; the file is renamed
 // to its content address and the narinfo written last, so a reader never sees a narinfo without its NAR.
 import { createWriteStream } from "node:fs";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
@@ -16,7 +16,7 @@ import { parseStorePath } from "../nix/store-path.js";
 import { compressStream, compressionExtension, type Compression } from "../util/compression.js";
 import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
-import { tempSibling, writeFileAtomic } from "../util/fs.js";
+import { makeDirs, tempSibling, writeFileAtomic } from "../util/fs.js";
 import { HashingStream } from "../util/hashing-stream.js";
 import { referencesFirst } from "./closure.js";
 import type { PathInfo } from "./path-info.js";
@@ -46,7 +46,7 @@ export class BinaryCacheWriter {
   }
 
   private async init(): Promise<void> {
-    await mkdir(join(this.dir, "nar"), { recursive: true });
+    await makeDirs(join(this.dir, "nar"));
     const infoFile = join(this.dir, "nix-cache-info");
     if (!(await exists(infoFile))) {
       await writeFileAtomic(

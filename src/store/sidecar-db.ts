@@ -2,12 +2,13 @@
 // shared store): one JSON file per valid path under <dir>/.nixoci/info/, in `nix path-info --json`'s shape.
 // A path is valid when both its directory entry and its info file exist; the info file is written last
 // (temp name, then rename), so a crash never leaves a path that looks valid but is incomplete.
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { parseHash } from "../nix/hash.js";
 import { parseStorePath } from "../nix/store-path.js";
 import { NixociError } from "../util/errors.js";
+import { makeDirsSync } from "../util/fs.js";
 import { pathInfoToJson, type PathInfo } from "./path-info.js";
 
 export class SidecarDb {
@@ -56,7 +57,7 @@ export class SidecarDb {
   }
 
   register(info: PathInfo): void {
-    mkdirSync(this.dir, { recursive: true });
+    makeDirsSync(this.dir);
     const file = this.fileFor(info.path);
     const tmp = `${file}.tmp-${randomBytes(6).toString("hex")}`;
     const record = pathInfoToJson({ ...info, download: undefined });

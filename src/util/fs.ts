@@ -1,21 +1,20 @@
 // Filesystem helpers shared by the writers: atomic file writes and removal of read-only trees.
+import { mkdirSync, statSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { NixociError } from "./errors.js";
-import { randomBytes } from "node:crypto";
+import { fsError } from "./fs-errors.js";
+import { noteTemporary, tempSuffix } from "./temporaries.js";
 import { dirname, join } from "node:path";
 
-/**
- * The suffix of names for work in progress: ".tmp-<pid>-<random>". The writer's pid lets a later sweep tell the
- * leftovers of a killed process from another live process's work (see isAbandonedTemp).
- */
-export function tempSuffix(): string {
-  return `.tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
-}
+export { tempSuffix } from "./temporaries.js";
 
-/** A sibling name for work in progress; dot-prefixed so listings and globbing skip it. */
+/**
+ * A sibling name for work in progress; dot-prefixed so listings and globbing skip it. Noted (util/temporaries.ts),
+ * so a command interrupted by a signal removes it.
+ */
 export function tempSibling(dir: string, base: string): string {
-  return join(dir, `.${base}${tempSuffix()}`);
+  return noteTemporary(join(dir, `.${base}${tempSuffix()}`));
 }
 
 /** True for a name tempSuffix() made whose writer process no longer exists (a crash or a SIGKILL left it). */
@@ -64,12 +63,17 @@ export async function sweepAbandonedTemps(dir: string, only?: (name: string) => 
 export async function makeTempWorkDir(prefix: string): Promise<string> {
   const base = tmpdir();
   await sweepAbandonedTemps(base, (name) => name.startsWith(`${prefix}.tmp-`));
-  const dir = join(base, `${prefix}${tempSuffix()}`);
-  await mkdir(dir, { mode: 0o700 });
+  const dir = noteTemporary(join(base, `${prefix}${tempSuffix()}`));
+  await mkdir(dir, { mode: 0o700 }).catch((err) => {
+    throw fsError(base, err, "cannot create a work directory");
+  });
   return dir;
 }
 
-/** Writes a file under a temporary name and renames it into place, so readers never see a partial file. */
+/**
+ * Writes a file under a temporary name and renames it into place, so readers never see a partial file. A failure
+ * names `file` (a FileSystemError, with the errno code), never the temporary.
+ */
 export async function writeFileAtomic(file: string, data: string | Buffer): Promise<void> {
   const slash = file.lastIndexOf("/");
   const tmp = tempSibling(file.slice(0, slash) || "/", file.slice(slash + 1));
@@ -78,7 +82,7 @@ export async function writeFileAtomic(file: string, data: string | Buffer): Prom
     await rename(tmp, file);
   } catch (err) {
     await rm(tmp, { force: true });
-    throw err;
+    throw fsError(file, err, "cannot write");
   }
 }
 
@@ -118,12 +122,13 @@ export async function readJsonFile(file: string): Promise<unknown> {
 }
 
 /**
- * `mkdir -p`, one level at a time: Node's `mkdir(dir, { recursive: true })` never returns for a directory whose
- * parent exists but refuses entries with ENOENT (anything under /proc), where this fails with that ENOENT.
+ * `mkdir -p`, one level at a time: Node's `mkdir(dir, { recursive: true })` (and mkdirSync's) never returns for a
+ * directory whose parent exists but refuses entries with ENOENT (anything under /proc), where this fails with that
+ * ENOENT. `mode` is for every directory it creates (before the umask), as with mkdir -p -m.
  */
-export async function makeDirs(dir: string): Promise<void> {
+export async function makeDirs(dir: string, mode?: number): Promise<void> {
   try {
-    await mkdir(dir);
+    await mkdir(dir, mode);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EEXIST") return;
@@ -137,11 +142,43 @@ export async function makeDirs(dir: string): Promise<void> {
       ))
     )
       throw err;
-    await makeDirs(parent);
-    await mkdir(dir).catch((e: NodeJS.ErrnoException) => {
+    await makeDirs(parent, mode);
+    await mkdir(dir, mode).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== "EEXIST") throw e;
     });
   }
+}
+
+/** makeDirs for synchronous code (start-up, SQLite-backed metadata): the same steps, the same errors. */
+export function makeDirsSync(dir: string, mode?: number): void {
+  try {
+    mkdirSync(dir, mode);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return;
+    const parent = dirname(dir);
+    if (code !== "ENOENT" || parent === dir || statSync(parent, { throwIfNoEntry: false })) throw err;
+    makeDirsSync(parent, mode);
+    try {
+      mkdirSync(dir, mode);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+  }
+}
+
+/** The owner of `path` by name ("root", a name from /etc/passwd, else "uid N"); undefined when it cannot be seen. */
+export async function ownerName(path: string): Promise<string | undefined> {
+  let uid: number;
+  try {
+    uid = (await stat(path)).uid;
+  } catch {
+    return undefined;
+  }
+  if (uid === 0) return "root";
+  const passwd = await readFile("/etc/passwd", "utf8").catch(() => "");
+  const entry = passwd.split("\n").find((l) => l.split(":")[2] === String(uid));
+  return entry ? entry.split(":")[0] : `uid ${uid}`;
 }
 
 /**
@@ -149,7 +186,7 @@ export async function makeDirs(dir: string): Promise<void> {
  * check, so a directory that cannot be used is reported before any work. Throws the errno error.
  */
 export async function proveWritableDir(dir: string): Promise<void> {
-  const probe = join(dir, `.write-probe-${process.pid}`);
+  const probe = noteTemporary(join(dir, `.write-probe-${process.pid}`));
   await makeDirs(dir);
   await writeFile(probe, "");
   await rm(probe);

@@ -7,7 +7,7 @@
 //           restored as canonical trees under OUT/nix/store (mtime 1, Nix's modes, no hard links), with OUT/nix
 //           and OUT/nix/store at 0755, mtime 1 -- the same entries nixoci's layer tar writes;
 //   custom: the customisation layer (symlink farm, /etc/passwd, ...) from the fetched layers, written as a tree.
-import { chmod, lstat, lutimes, mkdir, symlink, utimes, writeFile } from "node:fs/promises";
+import { chmod, lstat, lutimes, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseHash } from "../../nix/hash.js";
 import { dumpPath } from "../../nix/nar-writer.js";
@@ -24,6 +24,7 @@ import type { PathInfo } from "../../store/path-info.js";
 import type { Store } from "../../store/store.js";
 import { mapLimit } from "../../util/concurrency.js";
 import { NixociError } from "../../util/errors.js";
+import { makeDirs } from "../../util/fs.js";
 
 export const PLAN_VERSION = 1;
 
@@ -110,7 +111,7 @@ async function restorePaths(
   nar: (path: StorePath) => Promise<Readable>,
 ): Promise<void> {
   const dest = join(out, storeDir);
-  await mkdir(dest, { recursive: true, mode: 0o755 });
+  await makeDirs(dest, 0o755);
   await mapLimit(paths, 4, async (p) => {
     const sp = parseStorePath(p, storeDir);
     // Read to the end, or the verifier of a cache's NAR never checks its NarHash.
@@ -170,7 +171,7 @@ export async function writeTree(entries: TreeEntry[], out: string): Promise<void
   for (const e of [...entries].sort((a, b) => (norm(a.path) < norm(b.path) ? -1 : 1))) {
     const path = join(out, norm(e.path));
     if (e.type === "directory") {
-      await mkdir(path, { recursive: true });
+      await makeDirs(path);
       dirs.push({ path, mode: e.mode });
     } else if (e.type === "file") {
       await writeFile(path, e.content, { mode: e.mode });
@@ -210,7 +211,7 @@ export async function customStep(opts: {
     closure: [...where.keys()].map(source),
     user: opts.user,
   });
-  await mkdir(opts.out, { recursive: true });
+  await makeDirs(opts.out);
   await writeTree(custom.entries, opts.out);
   return { env: custom.env, warnings: custom.warnings };
 }

@@ -2,13 +2,13 @@
 // referrers (the manifests naming another as their subject). A push is checked (every blob it names is in the
 // blob store with its size; an index's children are manifests of the repository) before it is recorded, its
 // blobs linked and its tag pointed at it (last, atomically); what is read back is checked against its digest.
-import { mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { readdir, readFile, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { BlobStore } from "../../oci/blob-store.js";
 import type { Descriptor } from "../../oci/descriptor.js";
 import { digestHex, isDigest, sha256Digest, type Digest } from "../../oci/digest.js";
 import { compareTags, isValidTag } from "../../oci/reference.js";
-import { writeFileAtomic } from "../../util/fs.js";
+import { makeDirs, writeFileAtomic } from "../../util/fs.js";
 import { registryError } from "./errors.js";
 import type { StoredManifest } from "./manifest-source.js";
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, parseManifest } from "./manifests.js";
@@ -141,7 +141,7 @@ export class ManifestStore {
     await this.record(repo, { digest, mediaType, bytes }, m);
     if (!refIsDigest) {
       const tagFile = this.layout.tagPath(repo, reference);
-      await mkdir(dirname(tagFile), { recursive: true });
+      await makeDirs(dirname(tagFile));
       await writeFileAtomic(tagFile, digest);
     }
     return digest;
@@ -173,7 +173,7 @@ export class ManifestStore {
     for (const b of parsed?.blobs ?? []) if (!b.foreign) await this.layout.linkBlob(repo, b.digest);
     if (parsed?.subject) {
       const dir = this.layout.referrersDir(repo, parsed.subject);
-      await mkdir(dir, { recursive: true });
+      await makeDirs(dir);
       const d: ReferrerDescriptor = { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length };
       if (parsed.artifactType) d.artifactType = parsed.artifactType;
       if (parsed.annotations) d.annotations = parsed.annotations;
@@ -184,7 +184,7 @@ export class ManifestStore {
 
   private async writeRevision(repo: string, digest: Digest, mediaType: string): Promise<void> {
     const file = this.layout.revisionPath(repo, digest);
-    await mkdir(dirname(file), { recursive: true });
+    await makeDirs(dirname(file));
     await writeFileAtomic(file, JSON.stringify({ mediaType }));
   }
 

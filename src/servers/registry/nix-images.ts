@@ -30,7 +30,7 @@
 // CMD` names the program). Created is the epoch (reproducible): the same key gives the same digest anywhere.
 import { createHash } from "node:crypto";
 import { statSync } from "node:fs";
-import { mkdir, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { buildImage } from "../../image/build.js";
 import { defaultArch, emptySpec, type ImageSpec } from "../../image/spec.js";
@@ -44,7 +44,7 @@ import {
 } from "../../resolve/resolver.js";
 import type { LocalStore } from "../../store/local-store.js";
 import { oneLine } from "../../util/errors.js";
-import { writeFileAtomic } from "../../util/fs.js";
+import { makeDirs, writeFileAtomic } from "../../util/fs.js";
 import { RegistryError, registryError } from "./errors.js";
 import {
   DEFAULT_META_PACKAGES,
@@ -368,7 +368,7 @@ export class NixImageSource implements ManifestSource {
       paths: roots,
       createdAt: new Date().toISOString(),
     };
-    await mkdir(this.cacheDir, { recursive: true });
+    await makeDirs(this.cacheDir);
     await writeFileAtomic(this.recordFile(id), JSON.stringify(record, null, 2) + "\n");
     this.remember(id, { record, bytes: manifest.bytes });
     return { digest: manifest.digest, mediaType: manifest.mediaType, bytes: manifest.bytes };

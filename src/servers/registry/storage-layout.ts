@@ -1,11 +1,12 @@
 // The on-disk layout of the registry storage (the tree is drawn in storage.ts): the path of every repository
 // file, each name, tag and digest validated before it becomes a path, and the file operations the stores share
 // (does a file exist, link a blob to a repository).
-import { mkdir, stat, writeFile } from "node:fs/promises";
+import { stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { digestHex, type Digest } from "../../oci/digest.js";
 import { isValidName, isValidTag } from "../../oci/reference.js";
 import { registryError } from "./errors.js";
+import { makeDirs } from "../../util/fs.js";
 
 export function errno(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException)?.code;
@@ -55,7 +56,7 @@ export class StorageLayout {
       await writeFile(link, "", { flag: "a" });
     } catch (err) {
       if (errno(err) !== "ENOENT") throw err;
-      await mkdir(dirname(link), { recursive: true });
+      await makeDirs(dirname(link));
       await writeFile(link, "", { flag: "a" });
     }
   }

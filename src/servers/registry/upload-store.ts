@@ -3,13 +3,13 @@
 // resumable), and that become a blob only once their digest is verified. Idle sessions are purged by age.
 import { createHash, randomUUID, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { readdir, readFile, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { BlobStore } from "../../oci/blob-store.js";
 import type { Digest } from "../../oci/digest.js";
-import { writeFileAtomic } from "../../util/fs.js";
+import { makeDirs, writeFileAtomic } from "../../util/fs.js";
 import { HashingStream } from "../../util/hashing-stream.js";
 import { registryError, type RegistryError } from "./errors.js";
 import { uploadRange } from "./http-range.js";
@@ -62,7 +62,7 @@ export class UploadStore {
     this.layout.repoDir(repo);
     const uuid = randomUUID();
     const dir = this.uploadDir(uuid);
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
     const startedAt = Date.now();
     await writeFile(join(dir, "data"), "", { flag: "wx" });
     await writeFileAtomic(join(dir, "info.json"), JSON.stringify({ repo, startedAt }));
@@ -170,7 +170,7 @@ export class UploadStore {
         });
       }
       if (!(await this.blobs.has(digest))) {
-        await mkdir(this.blobs.blobDir, { recursive: true });
+        await makeDirs(this.blobs.blobDir);
         try {
           await rename(join(dir, "data"), this.blobs.path(digest));
         } catch (err) {

@@ -24,7 +24,6 @@ import { createHash } from "node:crypto";
 import {
   existsSync,
   lstatSync,
-  mkdirSync,
   readdirSync,
   readlinkSync,
   renameSync,
@@ -35,6 +34,7 @@ import {
 import { basename, join, resolve } from "node:path";
 
 import { MANIFEST_DIGEST_LABEL } from "../../image/annotations.js";
+import { makeDirsSync } from "../../util/fs.js";
 
 export { MANIFEST_DIGEST_LABEL } from "../../image/annotations.js";
 
@@ -84,7 +84,7 @@ export class GcRoots {
   add(name: string, paths: Iterable<string>): void {
     if (!ROOT_NAME.test(name)) throw new Error(`gc root: bad name ${JSON.stringify(name)}`);
     const dir = join(this.dir, name);
-    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    makeDirsSync(dir, 0o755);
     for (const p of paths) {
       const link = join(dir, basename(p));
       const target = this.linkTarget(p);
@@ -122,7 +122,7 @@ export class GcRoots {
   syncAll(desired: Map<string, Set<string>>): string[] {
     const removed: string[] = [];
     if (!desired.size && !existsSync(this.dir)) return removed;
-    mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    makeDirsSync(this.dir, 0o755);
     for (const entry of readdirSync(this.dir)) {
       if (desired.has(entry) && lstatSync(join(this.dir, entry)).isDirectory()) continue;
       rmSync(join(this.dir, entry), { recursive: true, force: true });

@@ -5,9 +5,9 @@
 // transaction, so a killed snapshotter restarts with exactly the snapshots it had acknowledged.
 // Schema changes are additive migrations run at open (e.g. nix_layers.mode, which superseded the `linked`
 // flag: older rows get 'link' or 'bind' from it), so a database written by an older nixoci keeps working.
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import { makeDirsSync } from "../../util/fs.js";
 
 export type SnapshotKind = "active" | "view" | "committed";
 
@@ -92,7 +92,7 @@ export class MetadataStore {
   private readonly db: Database.Database;
 
   constructor(root: string) {
-    mkdirSync(root, { recursive: true, mode: 0o700 });
+    makeDirsSync(root, 0o700);
     this.file = join(root, "metadata.db");
     this.db = new Database(this.file, { timeout: 10_000 });
     this.db.pragma("journal_mode = WAL");

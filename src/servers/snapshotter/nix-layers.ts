@@ -46,7 +46,7 @@
 // one per layer) before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
 // another image's manifest digest makes that image's root hold it too. Remove drops the links of roots no
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
-import { chownSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, renameSync, rmSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { REF_LABEL, storePathsFromAnnotations } from "../../image/annotations.js";
@@ -64,6 +64,7 @@ import { BindCompositions } from "./nix-layer-modes/bind.js";
 import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
 import { OverlaySnapshotter, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
+import { makeDirsSync } from "../../util/fs.js";
 
 export { REF_LABEL } from "../../image/annotations.js";
 export type { NixLayerMode } from "./nix-layer-modes/modes.js";
@@ -322,7 +323,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
    */
   private async buildLayerFs(fs: string, paths: string[], mode: LayerMode): Promise<BuiltLayer> {
     const storeDir = join(fs, this.store.storeDir.replace(/^\/+/, ""));
-    mkdirSync(storeDir, { recursive: true, mode: 0o755 });
+    makeDirsSync(storeDir, 0o755);
     return mode.build({
       fs,
       storeDir: this.store.storeDir,

@@ -26,6 +26,7 @@ import { lstat, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { MetadataStore, SnapshotError, type SnapshotKind, type SnapshotRecord } from "./metadata.js";
 import { mountPointsUnder } from "./mounts.js";
+import { makeDirsSync } from "../../util/fs.js";
 
 export interface Mount {
   type: string;
@@ -97,9 +98,9 @@ export class OverlaySnapshotter {
 
   constructor(opts: OverlayOptions) {
     this.root = opts.root;
-    mkdirSync(this.root, { recursive: true, mode: 0o700 });
+    makeDirsSync(this.root, 0o700);
     this.snapshotsDir = join(this.root, "snapshots");
-    mkdirSync(this.snapshotsDir, { recursive: true, mode: 0o700 });
+    makeDirsSync(this.snapshotsDir, 0o700);
     this.metadata = new MetadataStore(this.root);
     this.indexOff = opts.indexOff ?? existsSync("/sys/module/overlay/parameters/index");
   }

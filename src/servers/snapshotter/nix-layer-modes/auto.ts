@@ -2,12 +2,13 @@
 // and ROOT share a filesystem, else metacopy when the kernel supports it (probed once, on first need, and
 // logged), else none: the layer is downloaded, since bind compositions trip containerd 1.6's own non-recursive
 // unmounts of the rootfs it mounts (e.g. `ctr run`'s temporary mount).
-import { mkdirSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import type { LocalStore } from "../../../store/local-store.js";
 import type { Logger } from "../../../util/logger.js";
 import type { LayerMode } from "./layer-mode.js";
 import { probeMetacopy } from "./metacopy.js";
 import { layerMode, type NixLayerMode } from "./modes.js";
+import { makeDirsSync } from "../../../util/fs.js";
 
 export class ModeChooser {
   private metacopyProbe?: Promise<boolean>;
@@ -25,7 +26,7 @@ export class ModeChooser {
     if (this.setting !== "auto") return layerMode(this.setting);
     try {
       // A store directory that does not exist yet (an empty chroot store) is made, as substitution would.
-      mkdirSync(this.store.realDir, { recursive: true });
+      makeDirsSync(this.store.realDir);
       if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return layerMode("link");
     } catch {
       return undefined;

@@ -15,6 +15,7 @@ import { SnapshotError, type MetadataStore, type SnapshotRecord } from "../metad
 import { bindReadOnly, mount, mountPointsUnder, unmountAll } from "../mounts.js";
 import { diskUsage, Lock, type Mount } from "../overlay.js";
 import type { LayerMode } from "./layer-mode.js";
+import { makeDirsSync } from "../../../util/fs.js";
 
 export const bindMode: LayerMode = {
   kind: "bind",
@@ -88,7 +89,7 @@ export class BindCompositions {
 
   private async compose(rec: SnapshotRecord, rootfs: string, base: Mount, paths: string[]): Promise<void> {
     const { snapshotsDir, store } = this.opts;
-    mkdirSync(rootfs, { recursive: true, mode: 0o755 });
+    makeDirsSync(rootfs, 0o755);
     const ro = rec.kind === "view";
     if (base.type === "bind")
       await mount(["--bind", ...(ro ? ["-o", "ro"] : []), base.source, rootfs], snapshotsDir);

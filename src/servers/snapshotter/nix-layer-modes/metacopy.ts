@@ -12,11 +12,12 @@
 // octal digits back into that byte, so every byte outside printable ASCII, the space and the backslash are
 // written that way), then `name=0sBASE64` lines (a bare `name` for an empty value), then a blank line.
 import { execFile } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { StubEntry } from "../layer-tree.js";
 import { mount, mountPointsUnder, umount } from "../mounts.js";
 import { buildTreeLayer, type LayerMode } from "./layer-mode.js";
+import { makeDirsSync } from "../../../util/fs.js";
 
 export const METACOPY_XATTR = "trusted.overlay.metacopy";
 export const REDIRECT_XATTR = "trusted.overlay.redirect";
@@ -71,7 +72,7 @@ export async function probeMetacopy(parent: string): Promise<string | undefined>
   const content = "nixoci metacopy probe\n";
   let mounted = false;
   try {
-    for (const d of ["data/p", "meta", "upper", "work", "mnt"]) mkdirSync(join(dir, d), { recursive: true });
+    for (const d of ["data/p", "meta", "upper", "work", "mnt"]) makeDirsSync(join(dir, d));
     writeFileSync(join(dir, "data/p/f"), content);
     writeFileSync(join(dir, "meta/f"), "");
     truncateSync(join(dir, "meta/f"), content.length);

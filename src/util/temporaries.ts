@@ -1,0 +1,69 @@
+// Names for work in progress, and what an interrupted command removes. Writers put files and trees under a
+// temporary name (".<name>.tmp-<pid>-<random>") and rename them into place when complete. A command that stops on
+// a signal (the CLI's interrupt handling) asks this module for every temporary name this process handed out and
+// removes what is still there, so a Ctrl-C leaves nothing half-written; what a SIGKILL leaves carries the dead
+// writer's pid and goes with the next sweep of that directory (util/fs.ts isAbandonedTemp).
+import { randomBytes } from "node:crypto";
+import { chmodSync, lstatSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+
+/**
+ * The suffix of names for work in progress: ".tmp-<pid>-<random>". The writer's pid lets a later sweep tell the
+ * leftovers of a killed process from another live process's work (see isAbandonedTemp).
+ */
+export function tempSuffix(): string {
+  return `.tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
+}
+
+// Only commands that remove their temporaries on a signal track them (a server hands out names without end).
+let tracked: Set<string> | undefined;
+
+/** From now on, remember every temporary name handed out (noteTemporary), for removeTemporariesSync. */
+export function trackTemporaries(): void {
+  tracked ??= new Set();
+}
+
+/** Remembers `path` (a temporary file or tree this process is about to create) when tracking; returns it. */
+export function noteTemporary(path: string): string {
+  tracked?.add(path);
+  return path;
+}
+
+/** Removes a tree, making its directories writable first (store paths are read-only, 0555, once complete). */
+function removeTreeSync(path: string): void {
+  try {
+    if (lstatSync(path).isDirectory()) {
+      chmodSync(path, 0o700);
+      for (const name of readdirSync(path)) removeTreeSync(join(path, name));
+    }
+  } catch {
+    // gone already, or not ours to change: rmSync reports what matters
+  }
+  rmSync(path, { recursive: true, force: true });
+}
+
+/**
+ * Removes every noted temporary that still exists; for a signal handler that exits next (synchronous: no other
+ * code of this process runs meanwhile). A tree is first renamed to a new temporary name and removed there: a
+ * rename of it into place that a pool thread is doing right now then either happened (the tree is complete where
+ * it belongs and stays) or fails, and the removal never eats into a tree that just became the real thing. A file
+ * is unlinked, which is atomic the same way. Best effort; returns the paths removed.
+ */
+export function removeTemporariesSync(): string[] {
+  const removed: string[] = [];
+  for (const path of tracked ?? []) {
+    let victim = path;
+    try {
+      if (lstatSync(path).isDirectory()) {
+        victim = join(dirname(path), `.${basename(path).replace(/^\.+/, "").slice(0, 200)}${tempSuffix()}`);
+        renameSync(path, victim);
+      }
+      removeTreeSync(victim);
+      removed.push(path);
+    } catch {
+      // already renamed into place or removed: nothing to do
+    }
+  }
+  tracked?.clear();
+  return removed;
+}
