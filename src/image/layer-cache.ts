@@ -5,12 +5,12 @@
 // recent images use.
 import { createHash } from "node:crypto";
 import { readdir, readFile, rm, stat, utimes } from "node:fs/promises";
-import { mkdir } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { BlobStore } from "../oci/blob-store.js";
 import { isDigest, type Digest } from "../oci/digest.js";
-import { sweepAbandonedTemps, writeFileAtomic } from "../util/fs.js";
+import { makeDirs, sweepAbandonedTemps, writeFileAtomic } from "../util/fs.js";
+import { fsError } from "../util/fs-errors.js";
 import type { LayerBlob } from "./layer-builder.js";
 
 export function defaultCacheDir(): string {
@@ -63,18 +63,27 @@ export class LayerCache {
   }
 
   async record(identity: string, layer: CachedLayer): Promise<void> {
-    await mkdir(join(this.dir, "layers"), { recursive: true });
-    await writeFileAtomic(this.indexFile(identity), JSON.stringify(layer) + "\n");
+    const file = this.indexFile(identity);
+    try {
+      await makeDirs(join(this.dir, "layers"));
+      await writeFileAtomic(file, JSON.stringify(layer) + "\n");
+    } catch (err) {
+      throw fsError(file, err, "cannot record the layer");
+    }
   }
 
   /** Remembers which blobs an image uses; the file's mtime is the image's last use. */
   async recordImage(manifest: Digest, blobs: Digest[]): Promise<void> {
     const dir = join(this.dir, "images");
-    await mkdir(dir, { recursive: true });
     const file = join(dir, `${manifest.slice(7)}.json`);
-    await writeFileAtomic(file, JSON.stringify({ manifest, blobs }) + "\n");
-    const now = new Date();
-    await utimes(file, now, now);
+    try {
+      await makeDirs(dir);
+      await writeFileAtomic(file, JSON.stringify({ manifest, blobs }) + "\n");
+      const now = new Date();
+      await utimes(file, now, now);
+    } catch (err) {
+      throw fsError(file, err, "cannot record the image");
+    }
   }
 
   /**

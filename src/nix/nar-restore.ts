@@ -16,6 +16,8 @@ import * as fs from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
 import { isAbandonedTemp, tempSuffix } from "../util/fs.js";
+import { errnoCode, errnoWords, FileSystemError } from "../util/fs-errors.js";
+import { noteTemporary } from "../util/temporaries.js";
 import { parseNar, type NarHandler, type NarSource } from "./nar-reader.js";
 
 export interface RestoreNarOptions {
@@ -32,15 +34,15 @@ export interface RestoreNarOptions {
    * waited for) after removing the temporary tree.
    */
   signal?: AbortSignal;
+  /**
+   * What file-system errors name instead of `dest`: a caller restoring under a temporary name of its own (a store
+   * path being added) names the path the user knows.
+   */
+  shownAs?: string;
 }
 
 const FILE_FLAGS =
   fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | (fs.constants.O_NOFOLLOW ?? 0);
-
-function errnoCode(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  return typeof err?.code === "string" ? err.code : String(err?.message ?? e);
-}
 
 /** Removes a tree we created, making its directories writable first (they may already be read-only). */
 function forceRemove(path: string): void {
@@ -126,7 +128,14 @@ export async function restoreNar(
 ): Promise<{ narSize: number }> {
   const canonical = opts.canonicalize ?? false;
   const destPath = resolve(dest);
-  const fail = (problem: string, e?: unknown) => new NixociError(dest, problem, { cause: e });
+  const shown = opts.shownAs ?? dest;
+  // A failed system call carries its errno code (a caller maps EACCES or ENOSPC to its own advice).
+  const fail = (problem: string, e?: unknown): NixociError => {
+    const code = errnoCode(e);
+    return code
+      ? new FileSystemError(shown, code, problem, { cause: e })
+      : new NixociError(shown, problem, { cause: e });
+  };
   const signal = opts.signal;
   signal?.throwIfAborted();
   /** Throws once aborted: a handler resumed after the abort must not touch the (removed) tree again. */
@@ -136,10 +145,10 @@ export async function restoreNar(
     if (exists(destPath)) throw fail("already exists; refusing to restore a NAR over it");
   } catch (e) {
     if (e instanceof NixociError) throw e;
-    throw fail(`cannot check whether it exists (${errnoCode(e)})`, e);
+    throw fail(`cannot check whether it exists (${errnoWords(e)})`, e);
   }
 
-  const tmp = `${dirname(destPath)}/${tempName(basename(destPath))}`;
+  const tmp = noteTemporary(`${dirname(destPath)}/${tempName(basename(destPath))}`);
   let created = false;
   let fd: number | null = null;
   // Directories not yet finalised (made read-only and given their mtime), innermost last.
@@ -159,7 +168,7 @@ export async function restoreNar(
         fs.chmodSync(top.path, canonical ? 0o555 : 0o755);
       } catch (e) {
         throw fail(
-          `cannot set the mode of directory ${quote(top.path.slice(tmp.length + 1))} (${errnoCode(e)})`,
+          `cannot set the mode of directory ${quote(top.path.slice(tmp.length + 1))} (${errnoWords(e)})`,
           e,
         );
       }
@@ -174,7 +183,7 @@ export async function restoreNar(
       try {
         fs.mkdirSync(p, 0o700);
       } catch (e) {
-        throw fail(`cannot create ${what("directory", path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot create ${what("directory", path)} (${errnoWords(e)})`, e);
       }
       if (path.length === 0) created = true;
       openDirs.push({ path: p, depth: path.length });
@@ -189,7 +198,7 @@ export async function restoreNar(
         if (path.length === 0) created = true;
         if (canonical) fs.lutimesSync(p, 1, 1);
       } catch (e) {
-        throw fail(`cannot create ${what("symlink", path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot create ${what("symlink", path)} (${errnoWords(e)})`, e);
       }
     },
 
@@ -201,7 +210,7 @@ export async function restoreNar(
       try {
         fd = fs.openSync(p, FILE_FLAGS, mode);
       } catch (e) {
-        throw fail(`cannot create ${what("file", path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot create ${what("file", path)} (${errnoWords(e)})`, e);
       }
       if (path.length === 0) created = true;
       for await (const chunk of contents) {
@@ -211,7 +220,7 @@ export async function restoreNar(
           try {
             off += fs.writeSync(fd, chunk, off, chunk.length - off);
           } catch (e) {
-            throw fail(`cannot write ${what("file", path)} (${errnoCode(e)})`, e);
+            throw fail(`cannot write ${what("file", path)} (${errnoWords(e)})`, e);
           }
         }
       }
@@ -229,7 +238,7 @@ export async function restoreNar(
         if (!exact) fs.fchmodSync(f, mode);
         if (canonical) fs.futimesSync(f, 1, 1);
       } catch (e) {
-        throw fail(`cannot set the mode of ${what("file", path)} (${errnoCode(e)})`, e);
+        throw fail(`cannot set the mode of ${what("file", path)} (${errnoWords(e)})`, e);
       } finally {
         fs.closeSync(f);
       }
@@ -255,7 +264,7 @@ export async function restoreNar(
     try {
       fs.renameSync(tmp, destPath);
     } catch (e) {
-      throw fail(`cannot move the restored tree into place (${errnoCode(e)})`, e);
+      throw fail(`cannot move the restored tree into place (${errnoWords(e)})`, e);
     }
     return { narSize };
   } catch (e) {

@@ -4,13 +4,14 @@
 // was expected), so a reader never sees a partial or wrong blob.
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Readable } from "node:stream";
 import { NixociError } from "../util/errors.js";
-import { tempSibling, writeFileAtomic } from "../util/fs.js";
+import { fsError } from "../util/fs-errors.js";
+import { makeDirs, tempSibling, writeFileAtomic } from "../util/fs.js";
 import { holdErrors } from "../util/streams.js";
 import { digestHex, sha256Digest, type Digest } from "./digest.js";
 
@@ -32,6 +33,8 @@ export interface BlobWriter {
  * chunks made 500 concurrent pullers hold ~1 GB in flight (server peak RSS 350-490 MB against 220-250 MB).
  */
 export const BLOB_READ_CHUNK = 64 << 10;
+
+const CANNOT_WRITE = "cannot write a blob";
 
 export class BlobStore {
   readonly blobDir: string;
@@ -64,15 +67,20 @@ export class BlobStore {
     const digest = sha256Digest(data);
     const size = Buffer.byteLength(data);
     if (!(await this.has(digest))) {
-      await mkdir(this.blobDir, { recursive: true });
+      await makeDirs(this.blobDir).catch((err) => {
+        throw fsError(this.blobDir, err, CANNOT_WRITE);
+      });
       await writeFileAtomic(this.path(digest), data);
     }
     return { digest, size };
   }
 
   async writer(): Promise<BlobWriter> {
-    await mkdir(this.blobDir, { recursive: true });
-    const tmp = tempSibling(this.blobDir, "upload");
+    const blobDir = this.blobDir;
+    await makeDirs(blobDir).catch((err) => {
+      throw fsError(blobDir, err, CANNOT_WRITE);
+    });
+    const tmp = tempSibling(blobDir, "upload");
     const hasher = createHash("sha256");
     let size = 0;
     const file = createWriteStream(tmp, { flags: "wx" });
@@ -92,8 +100,9 @@ export class BlobStore {
       },
     });
     // The file's own errors (it cannot be created, a write fails: ENOSPC) fail the writer; without this
-    // listener they would be uncaught exceptions. The writer keeps an error from before it is piped into.
-    file.on("error", (err) => stream.destroy(err));
+    // listener they would be uncaught exceptions. The writer keeps an error from before it is piped into. They
+    // name the blob directory: the temporary's name means nothing to whoever reads the message.
+    file.on("error", (err) => stream.destroy(fsError(blobDir, err, CANNOT_WRITE)));
     holdErrors(stream);
     let finished = false;
     const pathOf = (d: Digest) => this.path(d);
@@ -109,7 +118,10 @@ export class BlobStore {
           await rm(tmp, { force: true });
           throw new NixociError(expected, `blob content has digest ${digest}`);
         }
-        await rename(tmp, pathOf(digest));
+        await rename(tmp, pathOf(digest)).catch(async (err) => {
+          await rm(tmp, { force: true });
+          throw fsError(blobDir, err, CANNOT_WRITE);
+        });
         return { digest, size };
       },
       async abort(): Promise<void> {

@@ -11,6 +11,7 @@ import { dirname } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { NixociError, quote } from "../util/errors.js";
 import { sweepAbandonedTemps, tempSibling } from "../util/fs.js";
+import { fsError } from "../util/fs-errors.js";
 import { holdErrors } from "../util/streams.js";
 import { digestHex } from "../oci/digest.js";
 import {
@@ -148,15 +149,8 @@ async function writeTarFile(file: string, entries: TarEntry[]): Promise<void> {
     await rename(tmp, file);
   } catch (err) {
     await rm(tmp, { force: true });
-    if (err instanceof NixociError) throw err;
-    const e = err as NodeJS.ErrnoException;
-    throw new NixociError(
-      file,
-      `cannot write the archive: ${e.code && !e.message.startsWith(e.code) ? `${e.code} ` : ""}${e.message}`,
-      {
-        cause: err,
-      },
-    );
+    // Named after the archive: the temporary is gone, and its name means nothing to whoever reads this.
+    throw fsError(file, err, "cannot write the archive");
   }
 }
 
@@ -236,15 +230,7 @@ export async function writeDockerArchive(
     try {
       await writeAll(tarChunks(entries), out);
     } catch (err) {
-      if (err instanceof NixociError) throw err;
-      const e = err as NodeJS.ErrnoException;
-      throw new NixociError(
-        "stdout",
-        `cannot write the archive: ${e.code && !e.message.startsWith(e.code) ? `${e.code} ` : ""}${e.message}`,
-        {
-          cause: err,
-        },
-      );
+      throw fsError("stdout", err, "cannot write the archive");
     }
   } else {
     await writeTarFile(fileOrStdout, entries);

@@ -11,7 +11,8 @@ import { basename, dirname, join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { mapLimit } from "../util/concurrency.js";
 import { NixociError, quote } from "../util/errors.js";
-import { readJsonFile, removeTree, sweepAbandonedTemps, tempSibling } from "../util/fs.js";
+import { makeDirs, readJsonFile, removeTree, sweepAbandonedTemps, tempSibling } from "../util/fs.js";
+import { fsError } from "../util/fs-errors.js";
 import type { Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, type Digest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
@@ -166,7 +167,7 @@ async function prepareLayoutDir(dir: string): Promise<void> {
   const st = await stat(dir).catch(() => undefined);
   if (st && !st.isDirectory()) throw new NixociError(dir, "exists and is not a directory");
   if (!st) {
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
     return;
   }
   let layout: string | undefined;
@@ -214,7 +215,7 @@ export async function writeOciLayout(image: BuiltImage, dir: string, tag?: strin
     // What killed writers of a new layout here left beside it.
     await sweepAbandonedTemps(parent, (name) => name.startsWith(`.${base}.tmp-`));
     if (await isNewLayout(dir)) {
-      await mkdir(parent, { recursive: true });
+      await makeDirs(parent);
       const tmp = tempSibling(parent, base);
       try {
         await mkdir(tmp);
@@ -231,15 +232,8 @@ export async function writeOciLayout(image: BuiltImage, dir: string, tag?: strin
     }
     return await writeIntoLayout(image, dir, tag);
   } catch (err) {
-    if (err instanceof NixociError) throw err;
-    const e = err as NodeJS.ErrnoException;
-    throw new NixociError(
-      dir,
-      `cannot write the OCI layout: ${e.code && !e.message.startsWith(e.code) ? `${e.code} ` : ""}${e.message}`,
-      {
-        cause: err,
-      },
-    );
+    // Named after the layout: the temporaries (a new layout's tree, blobs, index.json) mean nothing to a user.
+    throw fsError(dir, err, "cannot write the OCI layout");
   }
 }
 
@@ -251,7 +245,7 @@ async function writeIntoLayout(image: BuiltImage, dir: string, tag?: string): Pr
   // What killed writers of this layout left: blobs, index.json and oci-layout under temporary names.
   await sweepAbandonedTemps(dir);
   await sweepAbandonedTemps(blobDir);
-  await mkdir(blobDir, { recursive: true });
+  await makeDirs(blobDir);
   await mapLimit(imageBlobs(image), 8, (b) => placeBlob(image, blobDir, b));
   await fsyncPath(blobDir, true);
   if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))

@@ -11,7 +11,8 @@
 // the config) when one is needed. A description is small (kilobytes), copies with `nix copy` together with its
 // closure, and is garbage-collected like any store path.
 import { createHash } from "node:crypto";
-import { mkdir, readFile, stat, writeFile, copyFile } from "node:fs/promises";
+import { readFile, stat, writeFile, copyFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Hash } from "../nix/hash.js";
 import { narHashOfPath, dumpPath } from "../nix/nar-writer.js";
@@ -19,7 +20,8 @@ import { makeContentAddressedPath, parseStorePath, validateStorePathName } from 
 import { storePathsFromAnnotations } from "../image/annotations.js";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError, quote } from "../util/errors.js";
-import { makeTempWorkDir, removeTree } from "../util/fs.js";
+import { makeDirs, makeTempWorkDir, removeTree } from "../util/fs.js";
+import { fsError } from "../util/fs-errors.js";
 import type { Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, type Digest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
@@ -55,28 +57,22 @@ export async function writeNixImage(
   tag?: string,
 ): Promise<string> {
   checkNixImageName(name);
+  // The description is assembled in TMPDIR; a failure there names TMPDIR, not the work directory (a temporary).
+  const assembling = (err: unknown) => fsError(tmpdir(), err, "cannot assemble the image description");
   // Named after this process, so a later write removes it should this one be killed.
-  const tmp = await makeTempWorkDir("nixoci-nix-image");
+  const tmp = await makeTempWorkDir("nixoci-nix-image").catch((err) => {
+    throw assembling(err);
+  });
   try {
     const dir = join(tmp, "image");
-    const blobs = join(dir, "blobs", "sha256");
-    await mkdir(blobs, { recursive: true });
-    await writeFile(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
-    const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [indexEntry(image, tag)] };
-    await writeFile(join(dir, "index.json"), JSON.stringify(index));
-    await writeFile(join(blobs, digestHex(image.manifest.digest)), image.manifest.bytes);
-    await writeFile(join(blobs, digestHex(image.config.digest)), image.config.bytes);
+    await assemble(image, dir, tag).catch((err) => {
+      throw assembling(err);
+    });
     const references = new Set<string>();
-    for (const layer of image.layers) {
-      const paths = layerStorePaths(layer);
-      if (paths.length) for (const p of paths) references.add(parseStorePath(p, store.storeDir).path);
-      else
-        await copyFile(
-          image.blobs.path(layer.digest as Digest),
-          join(blobs, digestHex(layer.digest as Digest)),
-        );
-    }
+    for (const layer of image.layers)
+      for (const p of layerStorePaths(layer)) references.add(parseStorePath(p, store.storeDir).path);
     const { narHash, narSize } = await narHashOfPath(dir);
+
     const hash = new Hash("sha256", narHash);
     const sp = makeContentAddressedPath({
       name,
@@ -98,6 +94,35 @@ export async function writeNixImage(
   } finally {
     await removeTree(tmp);
   }
+}
+
+/** The description's layout in `dir`: oci-layout, index.json, the manifest, the config and the blob layers. */
+async function assemble(image: BuiltImage, dir: string, tag: string | undefined): Promise<void> {
+  const blobs = join(dir, "blobs", "sha256");
+  await makeDirs(blobs);
+  await writeFile(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
+  const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [indexEntry(image, tag)] };
+  await writeFile(join(dir, "index.json"), JSON.stringify(index));
+  await writeFile(join(blobs, digestHex(image.manifest.digest)), image.manifest.bytes);
+  await writeFile(join(blobs, digestHex(image.config.digest)), image.config.bytes);
+  for (const layer of image.layers)
+    if (!layerStorePaths(layer).length)
+      await copyFile(
+        image.blobs.path(layer.digest as Digest),
+        join(blobs, digestHex(layer.digest as Digest)),
+      );
+}
+
+/**
+ * The error for a store a nix: output cannot write into (the pre-build check and a write that fails say the same):
+ * the output, the store, the problem in words and the fix.
+ */
+export function storeNotWritable(output: string, dir: string, problem: string, owner: string): NixociError {
+  return new NixociError(
+    output,
+    `cannot write to the store ${dir} (${problem}): nix: outputs go into the store; run as its owner (${owner})` +
+      " or give --store DIR",
+  );
 }
 
 export interface NixImageLayer {

@@ -10,11 +10,13 @@
 //                                 (default nixoci-image); pods use it as nix:0/nix/store/<hash>-NAME
 // Repository names and tags are checked with the OCI distribution grammar.
 import { NixociError, quote } from "../util/errors.js";
+import { errnoWords, FileSystemError, isInside, PERMISSION } from "../util/fs-errors.js";
+import { ownerName } from "../util/fs.js";
 import { writeDockerArchive, writeOciArchive } from "./archive.js";
 import { isDigest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
 import { writeOciLayout } from "./layout.js";
-import { checkNixImageName, nixImageRef, writeNixImage } from "./nix-image.js";
+import { checkNixImageName, nixImageRef, storeNotWritable, writeNixImage } from "./nix-image.js";
 import type { LocalStore } from "../store/local-store.js";
 import { MAX_NAME_LENGTH, NAME_RE, TAG_RE } from "../oci/reference.js";
 import { pushImage, type PushEvent } from "./push.js";
@@ -238,8 +240,19 @@ export async function writeOutput(
       return { manifestDigest: await writeDockerArchive(image, ref.file, tags) };
     }
     case "nix": {
-      if (!opts.store) throw new NixociError("nix:", "no local store to write the image description into");
-      const storePath = await writeNixImage(image, opts.store, ref.name, opts.defaultTag);
+      const store = opts.store;
+      if (!store) throw new NixociError("nix:", "no local store to write the image description into");
+      const storePath = await writeNixImage(image, store, ref.name, opts.defaultTag).catch(async (err) => {
+        // The store refused the path (the pre-build check passed, the store changed since): the same advice.
+        if (err instanceof FileSystemError && PERMISSION.has(err.code) && isInside(err.path, store.realDir))
+          throw storeNotWritable(
+            formatOutputRef(ref),
+            store.realDir,
+            errnoWords(err),
+            (await ownerName(store.realDir)) ?? "root",
+          );
+        throw err;
+      });
       return { manifestDigest: image.manifest.digest, storePath, reference: nixImageRef(storePath) };
     }
     case "docker": {

@@ -3,10 +3,13 @@
 // is one NixociError naming the output and, where there is one, the fix. The layer cache is checked the same way.
 import { constants } from "node:fs";
 import { access, stat } from "node:fs/promises";
-import { dirname, resolve } from "node:path";
+import { tmpdir } from "node:os";
+import { dirname, relative, resolve } from "node:path";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError } from "../util/errors.js";
-import { proveWritableDir } from "../util/fs.js";
+import { ownerName, proveWritableDir } from "../util/fs.js";
+import { errnoCode, errnoWords, FileSystemError, isInside, NO_SPACE, PERMISSION } from "../util/fs-errors.js";
+import { storeNotWritable } from "./nix-image.js";
 import { formatOutputRef, type OutputRef } from "./outputs.js";
 import { RegistryClient } from "./registry-session.js";
 
@@ -16,8 +19,6 @@ export interface PreflightOptions {
   store?: LocalStore;
 }
 
-const errnoOf = (err: unknown): string => (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-
 /** `dir` exists as a directory this process may create entries in. */
 async function writableDir(dir: string, output: string, fix: string): Promise<void> {
   try {
@@ -25,8 +26,7 @@ async function writableDir(dir: string, output: string, fix: string): Promise<vo
     await access(dir, constants.W_OK | constants.X_OK);
   } catch (err) {
     if (err instanceof NixociError) throw err;
-    const code = errnoOf(err);
-    const what = code === "ENOENT" ? "does not exist" : `cannot be written (${code})`;
+    const what = errnoCode(err) === "ENOENT" ? "does not exist" : `cannot be written (${errnoWords(err)})`;
     throw new NixociError(output, `the directory ${dir} ${what}; ${fix}`);
   }
 }
@@ -69,11 +69,7 @@ export async function checkOutput(ref: OutputRef, opts: PreflightOptions = {}): 
       try {
         await access(dir, constants.W_OK);
       } catch (err) {
-        throw new NixociError(
-          output,
-          `cannot write to the store ${dir} (${errnoOf(err)}): nix: outputs go into the store; run as its owner (root)` +
-            " or give --store DIR",
-        );
+        throw storeNotWritable(output, dir, errnoWords(err), (await ownerName(dir)) ?? "root");
       }
       return;
     }
@@ -93,14 +89,45 @@ export async function checkOutput(ref: OutputRef, opts: PreflightOptions = {}): 
   }
 }
 
+const OTHER_CACHE = "give --cache-dir DIR (a writable directory) or --no-cache";
+
 /** The layer cache directory can be created and written (else the hint: another --cache-dir, or --no-cache). */
 export async function checkCacheDir(dir: string): Promise<void> {
   try {
     await proveWritableDir(dir);
   } catch (err) {
-    throw new NixociError(
-      dir,
-      `cannot write the layer cache here (${errnoOf(err)}); give --cache-dir DIR (a writable directory) or --no-cache`,
-    );
+    throw new NixociError(dir, `cannot write the layer cache here (${errnoWords(err)}); ${OTHER_CACHE}`);
   }
+}
+
+/**
+ * A failure of the build itself in words with the fix, when it is the layer cache's (`cacheDir`; undefined: the
+ * throw-away cache of --no-cache, in TMPDIR) that the user can do something about: a cache that refuses writes
+ * (made by another user, read-only) or a full file system. Anything else is returned as it is.
+ */
+export function layerCacheError(cacheDir: string | undefined, err: unknown): unknown {
+  if (!(err instanceof FileSystemError)) return err;
+  const dir = cacheDir ?? tmpdir();
+  if (!isInside(err.path, dir)) return err;
+  const words = errnoWords(err);
+  const where = resolve(err.path) === resolve(dir) ? "" : ` in ${relative(resolve(dir), resolve(err.path))}`;
+  if (!cacheDir) {
+    const fix = NO_SPACE.has(err.code)
+      ? "set TMPDIR to a directory with room, or drop --no-cache"
+      : PERMISSION.has(err.code)
+        ? "set TMPDIR to a writable directory"
+        : undefined;
+    return fix
+      ? new NixociError(dir, `cannot write the layers of a --no-cache build here (${words}); ${fix}`)
+      : err;
+  }
+  if (PERMISSION.has(err.code))
+    return new NixociError(dir, `cannot write the layer cache (${words}${where}); ${OTHER_CACHE}`);
+  if (NO_SPACE.has(err.code))
+    return new NixociError(
+      dir,
+      `cannot write the layer cache (${words}); free space (nixoci cache gc removes what recent images do not use), ` +
+        "or give --cache-dir DIR elsewhere or --no-cache",
+    );
+  return err;
 }

@@ -2,12 +2,13 @@
 // ROOT/nix/var/nix/db, or any directory nixoci substitutes into (metadata in its .nixoci sidecar).
 // Store paths keep their logical store directory (/nix/store) while the bytes live under `realDir`.
 import { existsSync, lstatSync } from "node:fs";
-import { lutimes, mkdir, readdir, rename } from "node:fs/promises";
+import { lutimes, readdir, rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { dumpPath } from "../nix/nar-writer.js";
 import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
-import { isAbandonedTemp, removeTree, tempSibling } from "../util/fs.js";
+import { isAbandonedTemp, makeDirs, removeTree, tempSibling } from "../util/fs.js";
+import { fsError } from "../util/fs-errors.js";
 import { holdErrors } from "../util/streams.js";
 import { NarVerifier, restoreVerifiedNar } from "./nar-verify.js";
 import { NixDb } from "./nix-db.js";
@@ -90,7 +91,10 @@ export class LocalStore implements Store {
     let wanted: boolean;
     try {
       wanted = !(await this.queryPathInfo(info.path));
-      if (wanted) await mkdir(this.realDir, { recursive: true });
+      if (wanted)
+        await makeDirs(this.realDir).catch((err) => {
+          throw fsError(this.realDir, err, "cannot create the store directory");
+        });
     } catch (err) {
       nar.destroy();
       throw err;
@@ -103,8 +107,11 @@ export class LocalStore implements Store {
     const final = join(this.realDir, sp.baseName);
     // Named by hash part only: a full base name plus a suffix can exceed the 255-byte name limit.
     const tmp = tempSibling(this.realDir, sp.hashPart);
-    await restoreVerifiedNar(nar, tmp, { input, canonicalize: true });
-    await this.commit(tmp, final, info);
+    // Errors name the path being added, not the temporary it is restored under.
+    await restoreVerifiedNar(nar, tmp, { input, canonicalize: true, shownAs: final });
+    await this.commit(tmp, final, info).catch((err) => {
+      throw fsError(final, err, "cannot add the path to the store");
+    });
   }
 
   private async commit(tmp: string, final: string, info: PathInfo): Promise<void> {

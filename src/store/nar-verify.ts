@@ -59,7 +59,7 @@ export class NarVerifier extends Transform {
 export async function restoreVerifiedNar(
   nar: Readable,
   dest: string,
-  opts: { input: string; canonicalize?: boolean },
+  opts: { input: string; canonicalize?: boolean; shownAs?: string },
 ): Promise<void> {
   // Keep the iterator open (no `return` when the restorer stops) so the rest can be drained through it.
   const it = nar[Symbol.asyncIterator]();

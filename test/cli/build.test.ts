@@ -298,7 +298,7 @@ test("destinations and the layer cache are checked before any work; nothing on s
     ],
     [
       ["--cache-dir", "/proc/nixoci-cache", fx.hello, "-o", `oci:${dir}/layout`],
-      "nixoci: /proc/nixoci-cache: cannot write the layer cache here (ENOENT); give --cache-dir DIR (a writable directory) or --no-cache",
+      "nixoci: /proc/nixoci-cache: cannot write the layer cache here (no such file or directory); give --cache-dir DIR (a writable directory) or --no-cache",
     ],
   ];
   for (const [args, line] of cases) {
@@ -319,7 +319,7 @@ test("destinations and the layer cache are checked before any work; nothing on s
   assert.equal(r.stdout, "");
   assert.equal(
     r.stderr,
-    "nixoci: nix:: cannot write to the store /nix/store (EACCES): nix: outputs go into the store; run as its owner (root) or give --store DIR\n",
+    "nixoci: nix:: cannot write to the store /nix/store (permission denied): nix: outputs go into the store; run as its owner (root) or give --store DIR\n",
   );
 });
 
