@@ -18,6 +18,7 @@ import { createResolver } from "../resolve/create-resolver.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
+import { errnoWords } from "../util/fs-errors.js";
 import { proveWritableDir } from "../util/fs.js";
 import { didYouMean, intOption, parse, UsageError } from "./args.js";
 import { ARCHITECTURES } from "../image/spec.js";
@@ -37,11 +38,7 @@ async function checkWritableDir(dir: string, flag: string): Promise<void> {
   try {
     await proveWritableDir(dir);
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    throw new NixociError(
-      dir,
-      `${flag}: cannot write here (${e.code ?? e.message}); give a writable directory`,
-    );
+    throw new NixociError(dir, `${flag}: cannot write here (${errnoWords(err)}); give a writable directory`);
   }
 }
 

@@ -2,6 +2,7 @@
 import { didYouMean, UsageError } from "./args.js";
 import { packageVersion } from "./shared-options.js";
 import { NixociError } from "../util/errors.js";
+import { describeSystemError } from "../util/fs-errors.js";
 
 type Command = (argv: string[]) => Promise<number>;
 
@@ -86,11 +87,15 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * One line for any error: ours are worded already; a failed system call nobody worded names its path (never a
+ * temporary's) and the problem in words; anything else is a bug, its message (NIXOCI_DEBUG=1: its stack).
+ */
 function describe(err: unknown): string {
   if (err instanceof NixociError || err instanceof UsageError) return err.message;
-  const e = err as NodeJS.ErrnoException;
-  if (e && typeof e.code === "string" && e.path)
-    return `${e.path}: ${e.code === "ENOENT" ? "no such file or directory" : e.message}`;
+  const system = describeSystemError(err);
+  if (system) return system;
+  const e = err as Error | undefined;
   if (process.env.NIXOCI_DEBUG && e?.stack) return e.stack;
   return e?.message ?? String(err);
 }

@@ -27,6 +27,7 @@ import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { Readable } from "node:stream";
 import { posix } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
+import { errnoWords } from "../util/fs-errors.js";
 import {
   encodeTarHeader,
   TAR_BLOCK as BLOCK,
@@ -136,8 +137,7 @@ function checkStorePaths(paths: StorePathSource[]): StorePathSource[] {
 const SLASH = Buffer.from("/");
 
 function fsError(real: Buffer, what: string, err: unknown): NixociError {
-  const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-  return new NixociError(real.toString(), `cannot ${what} (${code})`, { cause: err });
+  return new NixociError(real.toString(), `cannot ${what} (${errnoWords(err)})`, { cause: err });
 }
 
 function unsupported(real: Buffer, kind: string): NixociError {

@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { parseTaggedName } from "../oci/reference.js";
 import { NixociError, quote } from "../util/errors.js";
+import { errnoWords } from "../util/fs-errors.js";
 
 export interface ImageSpec {
   packages: string[];
@@ -116,10 +117,7 @@ export function readSpecFile(file: string): Partial<ImageSpec> {
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
-    throw new NixociError(
-      file,
-      `cannot read spec file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-    );
+    throw new NixociError(file, `cannot read spec file: ${errnoWords(err)}`);
   }
   let doc: unknown;
   try {

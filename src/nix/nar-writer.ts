@@ -15,6 +15,7 @@ import { Socket } from "node:net";
 import { finished, pipeline } from "node:stream/promises";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { NixociError } from "../util/errors.js";
+import { errnoWords } from "../util/fs-errors.js";
 
 /** Output batch size: each chunk of the stream is up to this many bytes. */
 const BATCH_BYTES = 1 << 20;
@@ -97,9 +98,7 @@ function fileTypeName(mode: number): string {
 }
 
 function fsError(path: Buffer | string, what: string, e: unknown): NixociError {
-  const err = e as NodeJS.ErrnoException;
-  const detail = err && typeof err.code === "string" ? err.code : String(err?.message ?? err);
-  return new NixociError(path.toString(), `cannot ${what} (${detail})`, { cause: e });
+  return new NixociError(path.toString(), `cannot ${what} (${errnoWords(e)})`, { cause: e });
 }
 
 /**

@@ -34,7 +34,7 @@ test("a --storage that cannot be written: one line naming it, exit 1", () => {
   assert.equal(r.status, 1);
   assert.match(
     r.stderr,
-    /^nixoci: \/proc\/nixoci-nope: --storage: cannot write here \(ENOENT\); give a writable directory\n$/,
+    /^nixoci: \/proc\/nixoci-nope: --storage: cannot write here \(no such file or directory\); give a writable directory\n$/,
   );
   const dir = makeTempDir("serve-fail-fast-ro");
   const ro = join(dir, "ro");
@@ -50,7 +50,7 @@ test("a --storage that cannot be written: one line naming it, exit 1", () => {
   );
   assert.equal(r2.signal, null, r2.stderr);
   assert.equal(r2.status, 1, r2.stderr);
-  assert.match(r2.stderr, /--storage: cannot write here \(EACCES\); give a writable directory\n$/);
+  assert.match(r2.stderr, /--storage: cannot write here \(permission denied\); give a writable directory\n$/);
 });
 
 test("a failed build: 500 with the cause in the error body; the server's paths redacted there and in details", async () => {

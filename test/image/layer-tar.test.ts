@@ -275,7 +275,7 @@ describe("storePathsTar", () => {
       collect(storePathsTar(inStore([join(store, "44444444444444444444444444444444-missing")]))),
       {
         name: "NixociError",
-        message: /cannot read the store path \(ENOENT\)/,
+        message: /cannot read the store path \(no such file or directory\)/,
       },
     );
   });

@@ -221,7 +221,7 @@ test("sockets, FIFOs and missing paths are errors naming the path", async () => 
   const missing = join(work, "does-not-exist");
   await assert.rejects(collect(dumpPath(missing)), (e: unknown) => {
     assert.ok(e instanceof NixociError);
-    assert.equal(e.message, `${missing}: cannot lstat (ENOENT)`);
+    assert.equal(e.message, `${missing}: cannot lstat (no such file or directory)`);
     return true;
   });
 });
@@ -277,11 +277,11 @@ test("unreadable files and directories are errors naming them", async () => {
     // The same child reads what it may: the failures below are permissions, not a broken probe.
     assert.equal(ok.error, undefined);
     assert.ok(Buffer.from(ok.nar!, "base64").equals(nixDump(readable)));
-    assert.equal(file.error, `NixociError: ${unreadable}: cannot open (EACCES)`);
-    assert.equal(dir.error, `NixociError: ${locked}: cannot read directory (EACCES)`);
-    assert.equal(under.error, `NixociError: ${inside}: cannot lstat (EACCES)`);
+    assert.equal(file.error, `NixociError: ${unreadable}: cannot open (permission denied)`);
+    assert.equal(dir.error, `NixociError: ${locked}: cannot read directory (permission denied)`);
+    assert.equal(under.error, `NixociError: ${inside}: cannot lstat (permission denied)`);
     // In a tree, the first unreadable entry in NAR order (locked-dir) stops the dump, named.
-    assert.equal(whole.error, `NixociError: ${locked}: cannot read directory (EACCES)`);
+    assert.equal(whole.error, `NixociError: ${locked}: cannot read directory (permission denied)`);
   } finally {
     fs.rmSync(base, { recursive: true, force: true });
   }
