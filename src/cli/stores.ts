@@ -1,14 +1,15 @@
 // Turning CLI arguments into stores and store paths: `--store URL`, trusted keys (flags plus Nix's own
 // configuration, as an experienced Nix user expects), and PATH arguments that may be symlinks into the
 // store (./result) or paths inside a store path.
-import { readFileSync, realpathSync } from "node:fs";
-import { join } from "node:path";
+import { lstatSync, readFileSync, readlinkSync, realpathSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "../nix/signature.js";
 import { DEFAULT_STORE_DIR, parseStorePath, toStorePathPrefix } from "../nix/store-path.js";
 import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
+import { errnoCode, errnoWords } from "../util/fs-errors.js";
 
 export function isCacheUrl(url: string): boolean {
   return /^(file|https?):\/\//.test(url);
@@ -63,17 +64,59 @@ function nixConfKeys(): string[] | undefined {
 export function resolveStorePathArg(arg: string, store: Store): string {
   const storeDir = store.storeDir;
   if (arg.startsWith(storeDir + "/")) return toStorePathPrefix(arg, storeDir, arg).path;
+  const localDir = store instanceof LocalStore ? store.realDir : DEFAULT_STORE_DIR;
   let real: string;
   try {
     real = realpathSync(arg);
-  } catch {
-    throw new NixociError(arg, "not a store path, and no such file to resolve into the store");
+  } catch (err) {
+    // A symlink whose target is gone: a `result` whose store path was garbage-collected is the usual one.
+    const missing = missingLinkTarget(arg);
+    if (missing === undefined)
+      throw new NixociError(
+        arg,
+        errnoCode(err) === "ENOENT"
+          ? "not a store path, and no such file to resolve into the store"
+          : `cannot resolve it into the store (${errnoWords(err)})`,
+      );
+    for (const dir of new Set([storeDir, localDir]))
+      if (missing.startsWith(dir + "/")) {
+        const path = `${dir}/${missing.slice(dir.length + 1).split("/")[0]}`;
+        throw new NixociError(
+          arg,
+          `points to ${path}, which is not in the store (garbage-collected? rebuild it, e.g. with nix-build)`,
+        );
+      }
+    throw new NixociError(arg, `is a symlink to ${missing}, which does not exist`);
   }
-  const localDir = store instanceof LocalStore ? store.realDir : DEFAULT_STORE_DIR;
   if (!real.startsWith(localDir + "/"))
     throw new NixociError(arg, `resolves to ${real}, which is not in ${localDir}`);
   const base = real.slice(localDir.length + 1).split("/")[0];
   return parseStorePath(`${storeDir}/${base}`, storeDir, arg).path;
+}
+
+/**
+ * For a chain of symlinks that ends nowhere, the target that does not exist (absolute); undefined when `arg` is
+ * not such a chain (it does not exist itself, or something else is wrong with it).
+ */
+function missingLinkTarget(arg: string): string | undefined {
+  let path = resolve(arg);
+  for (let hops = 0; hops < 40; hops++) {
+    let target: string;
+    try {
+      if (!lstatSync(path).isSymbolicLink()) return undefined;
+      target = readlinkSync(path);
+    } catch {
+      return undefined;
+    }
+    const next = resolve(dirname(path), target);
+    try {
+      if (!lstatSync(next, { throwIfNoEntry: false })) return next;
+    } catch {
+      return undefined; // not a missing target: a directory on the way cannot be read, or is a file
+    }
+    path = next;
+  }
+  return undefined;
 }
 
 /** A `--sign-key FILE`: Nix's secret key format, read and checked, with errors naming the file. */
@@ -82,10 +125,7 @@ export function readSecretKeyFile(file: string): SecretKey {
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
-    throw new NixociError(
-      file,
-      `cannot read secret key: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-    );
+    throw new NixociError(file, `cannot read secret key: ${errnoWords(err)}`);
   }
   return parseSecretKey(text, file);
 }
