@@ -1,7 +1,10 @@
 // Nix's store database (db.sqlite, schema 10), through better-sqlite3. Reads use a read-only handle: SQLite's
-// WAL gives consistent snapshots without Nix's locks. Registering substituted paths (so Nix itself sees them
+// WAL gives consistent snapshots without Nix's locks. (A user who may not write beside the database reads a copy
+// of it in memory while no Nix process has it open: such a handle cannot create the WAL's index.) Registering substituted paths (so Nix itself sees them
 // as valid) opens a second, writable handle only when needed and writes rows the way Nix does.
 import Database from "better-sqlite3";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { basename, dirname } from "node:path";
 import { parseHash } from "../nix/hash.js";
 import { NixociError } from "../util/errors.js";
 import type { PathInfo } from "./path-info.js";
@@ -18,35 +21,102 @@ interface ValidPathRow {
   ca: string | null;
 }
 
+/** The read statements, prepared on one read handle. */
+interface Reader {
+  db: Database.Database;
+  byPath: Database.Statement<[string], ValidPathRow>;
+  refs: Database.Statement<[number], { path: string }>;
+  closureOf: Database.Statement<[string], { path: string }>;
+  /** For a copy in memory (see snapshot): the database file as it was copied, to notice a change. */
+  copied?: FileState;
+}
+
+interface FileState {
+  ino: number;
+  size: number;
+  mtimeMs: number;
+}
+
+const fileState = (file: string): FileState | undefined => {
+  const st = statSync(file, { throwIfNoEntry: false });
+  return st && { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+};
+
+const sameState = (a: FileState | undefined, b: FileState | undefined): boolean =>
+  a !== undefined && b !== undefined && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs;
+
+/**
+ * SQLite's answers when a read-only handle cannot create the WAL's index (db.sqlite-shm) because the directory is
+ * not writable: a user other than the store's owner, at a moment no Nix process has the database open (the last
+ * one to close it removes the index).
+ */
+const NO_WAL_INDEX = new Set(["SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN", "SQLITE_READONLY_CANTINIT"]);
+
 export class NixDb {
-  private readonly db: Database.Database;
-  private readonly byPath: Database.Statement<[string], ValidPathRow>;
-  private readonly refs: Database.Statement<[number], { path: string }>;
-  private readonly closureOf: Database.Statement<[string], { path: string }>;
+  private reader: Reader;
 
   constructor(readonly file: string) {
+    this.reader = this.open();
+  }
+
+  /**
+   * A read handle on the file; for a user who cannot write beside a database no Nix process has open, a copy of
+   * it in memory instead (see snapshot).
+   */
+  private open(): Reader {
+    let db: Database.Database | undefined;
     try {
-      this.db = new Database(file, { readonly: true, fileMustExist: true });
+      db = new Database(this.file, { readonly: true, fileMustExist: true });
+      return prepare(db);
     } catch (err) {
-      throw new NixociError(file, `cannot open Nix store database: ${(err as Error).message}`);
+      db?.close();
+      const code = (err as { code?: unknown }).code;
+      if (typeof code === "string" && NO_WAL_INDEX.has(code) && fileState(this.file))
+        return this.snapshot(err);
+      throw new NixociError(this.file, `cannot open Nix store database: ${(err as Error).message}`);
     }
-    this.byPath = this.db.prepare("select * from ValidPaths where path = ?");
-    this.refs = this.db.prepare(
-      "select v.path as path from Refs r join ValidPaths v on r.reference = v.id where r.referrer = ?",
-    );
-    // The closure in one query: SQLite walks the Refs graph itself (UNION drops repeats, so cycles end).
-    this.closureOf = this.db.prepare(
-      `with recursive closure(id) as (
-         select id from ValidPaths where path = ?
-         union select r.reference from Refs r join closure c on r.referrer = c.id)
-       select v.path as path from closure c join ValidPaths v on v.id = c.id`,
+  }
+
+  /**
+   * The database read whole into memory: with no db.sqlite-wal beside it, every committed transaction is in the
+   * file itself, so a copy taken while the file does not change (its inode, size and mtime the same before and
+   * after, still no WAL) is a consistent snapshot. The copy is marked as a rollback-journal database (header bytes
+   * 18 and 19: 1, not WAL's 2), which is what lets SQLite open it in memory. Queries check the file again first
+   * (reader()): a WAL that appeared means a read handle works now, a changed file means a new copy.
+   */
+  private snapshot(cause: unknown): Reader {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (existsSync(`${this.file}-wal`)) break;
+      const before = fileState(this.file);
+      const bytes = readFileSync(this.file);
+      if (!sameState(before, fileState(this.file)) || existsSync(`${this.file}-wal`)) continue;
+      if (bytes.length >= 20 && bytes[18] === 2 && bytes[19] === 2) bytes[18] = bytes[19] = 1;
+      return { ...prepare(new Database(bytes, { readonly: true })), copied: before };
+    }
+    throw new NixociError(
+      this.file,
+      `cannot read Nix store database as this user: SQLite needs to create ${basename(this.file)}-shm in ` +
+        `${dirname(this.file)}, which only its owner can write, and Nix is writing the database right now; ` +
+        `try again (${(cause as Error).message})`,
     );
   }
 
+  /** The current read handle: a copy in memory is replaced when the file changed or a read handle works again. */
+  private current(): Reader {
+    const r = this.reader;
+    if (!r.copied) return r;
+    if (!existsSync(`${this.file}-wal`) && sameState(r.copied, fileState(this.file))) return r;
+    const next = this.open();
+    r.db.close();
+    this.reader = next;
+    return next;
+  }
+
   queryPathInfo(path: string): PathInfo | undefined {
-    const row = this.byPath.get(path);
+    const reader = this.current();
+    const row = reader.byPath.get(path);
     if (!row) return undefined;
-    const references = this.refs
+    const references = reader.refs
       .all(row.id)
       .map((r) => r.path)
       .sort();
@@ -66,7 +136,9 @@ export class NixDb {
 
   /** All paths reachable from `path` (itself included); empty when `path` is not valid. */
   closure(path: string): string[] {
-    return this.closureOf.all(path).map((r) => r.path);
+    return this.current()
+      .closureOf.all(path)
+      .map((r) => r.path);
   }
 
   private writable?: Database.Database;
@@ -114,7 +186,25 @@ export class NixDb {
   }
 
   close(): void {
-    this.db.close();
+    this.reader.db.close();
     this.writable?.close();
   }
+}
+
+/** The read statements on `db` (preparing the first reads the schema: where a handle that cannot read fails). */
+function prepare(db: Database.Database): Reader {
+  return {
+    db,
+    byPath: db.prepare("select * from ValidPaths where path = ?"),
+    refs: db.prepare(
+      "select v.path as path from Refs r join ValidPaths v on r.reference = v.id where r.referrer = ?",
+    ),
+    // The closure in one query: SQLite walks the Refs graph itself (UNION drops repeats, so cycles end).
+    closureOf: db.prepare(
+      `with recursive closure(id) as (
+         select id from ValidPaths where path = ?
+         union select r.reference from Refs r join closure c on r.referrer = c.id)
+       select v.path as path from closure c join ValidPaths v on v.id = c.id`,
+    ),
+  };
 }
