@@ -5,7 +5,7 @@ import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
-import { checkCacheDir, checkOutput } from "../outputs/preflight.js";
+import { checkCacheDir, checkOutput, layerCacheError } from "../outputs/preflight.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";
@@ -13,6 +13,7 @@ import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { helpHint, intOption, parse, UsageError } from "./args.js";
 import { SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
+import { removeTemporariesOnSignals } from "./interrupt.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
@@ -152,6 +153,8 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const substituters: Store[] = [];
   const progress = new Progress(values.quiet || (values.json && !process.stderr.isTTY));
   const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
+  // Ctrl-C or SIGTERM from here on leaves no half-written layer, archive, layout or store path behind.
+  const uninstall = removeTemporariesOnSignals(() => progress.done());
   try {
     // Every destination and the layer cache are checked before any work: a registry that is down or an archive
     // directory that does not exist is reported in a second, not after every layer was built.
@@ -207,6 +210,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
       cacheDir,
       parallelism: intOption(values.jobs, "jobs", availableParallelism()),
       onEvent,
+    }).catch((err) => {
+      // A layer cache that refuses writes or is full: say so, with the flags that avoid it.
+      throw layerCacheError(cacheDir, err);
     });
     try {
       // --tag NAME[:TAG] names the image where an output does not: the tag for oci layouts and registries,
@@ -268,6 +274,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
     progress.done();
     store.close();
     substituters.forEach((s) => s.close());
+    uninstall();
   }
 }
 

@@ -19,23 +19,31 @@ export interface CliResult {
   text: string;
 }
 
-export function nixoci(
-  args: string[],
-  opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {},
-): CliResult {
+export interface CliOptions {
+  input?: Buffer | string;
+  env?: NodeJS.ProcessEnv;
+  /** The working directory (relative arguments such as ./result are relative to it). */
+  cwd?: string;
+  /**
+   * A bound for a run that must not hang (a regression that would otherwise block the whole file): past it the
+   * process is killed and the result says so (status null).
+   */
+  timeoutMs?: number;
+}
+
+export function nixoci(args: string[], opts: CliOptions = {}): CliResult {
   const r = spawnSync(process.execPath, [BIN, ...args], {
     input: opts.input,
     env: { ...process.env, XDG_CACHE_HOME, ...opts.env },
+    cwd: opts.cwd,
+    timeout: opts.timeoutMs,
     maxBuffer: 1 << 30,
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString(), text: r.stdout.toString() };
 }
 
 /** Runs nixoci and fails with its stderr when it does not exit 0. */
-export function nixociOk(
-  args: string[],
-  opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv } = {},
-): CliResult {
+export function nixociOk(args: string[], opts: CliOptions = {}): CliResult {
   const r = nixoci(args, opts);
   if (r.status !== 0) throw new Error(`nixoci ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
   return r;

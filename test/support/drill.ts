@@ -269,6 +269,24 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+/**
+ * Stops a process with SIGSTOP and waits until /proc says every thread of it is stopped (a thread finishes the
+ * system call it is in first: libuv's pool threads do the file system work, renames included). A signal sent to it
+ * now stays pending until SIGCONT, so it lands on the state the caller sees.
+ */
+export async function freeze(pid: number): Promise<void> {
+  process.kill(pid, "SIGSTOP");
+  await until(
+    `process ${pid} to stop`,
+    10_000,
+    () => {
+      for (const tid of readdirSync(`/proc/${pid}/task`))
+        assert.match(readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8"), /^\d+ \(.*\) [Tt] /s);
+    },
+    1,
+  );
+}
+
 /** SIGKILLs a daemon found by its command line (exactly one must match) and waits until it is gone. */
 export async function killDaemon(what: string, match: (argv: string[]) => boolean): Promise<number> {
   const pids = pidsOf(match);
