@@ -158,7 +158,7 @@ test("a layer cache the user cannot write: the cache, the problem in words, and 
   assert.deepEqual(readdirSync(out), ["img.tar"], "no second archive, no temporary");
 });
 
-test("a full file system (a 2 MiB tmpfs): the cache or TMPDIR, 'no space left on device', and what to do", () => {
+test("a full file system (a 2 MiB tmpfs): the cache, TMPDIR or output, 'no space left on device', what to do", () => {
   const mnt = join(makeTempDir("fs-errors-full"), "tmpfs");
   mkdirSync(mnt);
   run("mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt]);
@@ -193,7 +193,22 @@ test("a full file system (a 2 MiB tmpfs): the cache or TMPDIR, 'no space left on
         `nixoci: ${tmp}: cannot write the layers of a --no-cache build here (no space left on device); set TMPDIR to a directory with room, or drop --no-cache`,
       ],
     ]);
+    // Outputs on it (the layer cache elsewhere): the output is named, not the temporary it was written under.
+    const cache = makeTempDir("fs-errors-full-cache");
+    assertFails([
+      [
+        "an archive on a full file system",
+        () => nixoci(["build", "-q", "--cache-dir", cache, fx.big, "-o", `oci-archive:${mnt}/c.tar`]),
+        `nixoci: ${mnt}/c.tar: cannot write the archive: no space left on device`,
+      ],
+      [
+        "a new OCI layout on a full file system",
+        () => nixoci(["build", "-q", "--cache-dir", cache, fx.big, "-o", `oci:${mnt}/layout`]),
+        `nixoci: ${mnt}/layout: cannot write the OCI layout: no space left on device`,
+      ],
+    ]);
     assert.deepEqual(readdirSync(out), [], "no archive, no temporary");
+    assert.deepEqual(readdirSync(mnt).sort(), ["cache", "tmp"], "no archive or layout, no temporary");
     assert.deepEqual(pidTemporaries(mnt), [], "no temporary in the cache or TMPDIR");
     assert.deepEqual(readdirSync(tmp), [], "the --no-cache work directory is gone");
   } finally {
