@@ -64,10 +64,15 @@ export async function* tarChunks(entries: TarEntry[]): AsyncGenerator<Buffer> {
     } else if (e.path) {
       let n = 0;
       const s: Readable = createReadStream(e.path, { highWaterMark: 1 << 20 });
-      for await (const chunk of s as AsyncIterable<Buffer>) {
-        n += chunk.length;
-        if (n > size) break;
-        yield chunk;
+      try {
+        for await (const chunk of s as AsyncIterable<Buffer>) {
+          n += chunk.length;
+          if (n > size) break;
+          yield chunk;
+        }
+      } catch (err) {
+        // A source that cannot be read is named as such, not as the archive being written.
+        throw fsError(e.path, err, "cannot read the blob");
       }
       if (n !== size)
         throw new NixociError(e.path, `blob changed while being archived (${n} bytes, expected ${size})`);

@@ -170,7 +170,10 @@ describe("docker-archive", () => {
     ]) {
       await assert.rejects(write(), (err: unknown) => {
         assert.ok(err instanceof NixociError, String(err));
-        assert.match(err.message, /EISDIR/);
+        assert.equal(
+          err.message,
+          `${store.path(image.layers[1].digest as Digest)}: cannot read the blob: is a directory`,
+        );
         return true;
       });
       assert.equal(readFileSync(file, "utf8"), "old archive");
