@@ -91,16 +91,11 @@ export class FileSystemError extends NixociError {
 }
 
 /**
- * `err` as an error naming `path`: "PATH: DOING: PROBLEM[; FIX]". A NixociError (already worded) passes through
- * unchanged; so does an error that is not a failed system call (a bug, a stream's own error), but for the
- * temporaries its message may name. `fix` may depend on the errno code.
+ * `err` as an error naming `path` (shown without temporaries): "PATH: DOING: PROBLEM", a FileSystemError for a
+ * failed system call. A NixociError (already worded) passes through unchanged; any other error keeps its message,
+ * but for the temporaries it may name.
  */
-export function fsError(
-  path: string,
-  err: unknown,
-  doing: string,
-  fix?: string | ((code: string) => string | undefined),
-): Error {
+export function fsError(path: string, err: unknown, doing: string): Error {
   if (err instanceof NixociError) return err;
   const shown = withoutTemporaries(path);
   const code = errnoCode(err);
@@ -110,10 +105,7 @@ export function fsError(
       cause: err,
     });
   }
-  const hint = typeof fix === "function" ? fix(code) : fix;
-  return new FileSystemError(shown, code, `${doing}: ${errnoWords(err)}${hint ? `; ${hint}` : ""}`, {
-    cause: err,
-  });
+  return new FileSystemError(shown, code, `${doing}: ${errnoWords(err)}`, { cause: err });
 }
 
 /** What a failed system call was doing, as a user reads it. */

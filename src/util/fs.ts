@@ -1,4 +1,5 @@
-// Filesystem helpers shared by the writers: atomic file writes and removal of read-only trees.
+// Filesystem helpers shared by the writers: temporaries' names, atomic file writes, removal of read-only trees and
+// mkdir -p that returns under /proc.
 import { mkdirSync, statSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -149,6 +150,15 @@ export async function makeDirs(dir: string, mode?: number): Promise<void> {
   }
 }
 
+const exists = (path: string): boolean => {
+  try {
+    statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 /** makeDirs for synchronous code (start-up, SQLite-backed metadata): the same steps, the same errors. */
 export function makeDirsSync(dir: string, mode?: number): void {
   try {
@@ -157,7 +167,7 @@ export function makeDirsSync(dir: string, mode?: number): void {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EEXIST") return;
     const parent = dirname(dir);
-    if (code !== "ENOENT" || parent === dir || statSync(parent, { throwIfNoEntry: false })) throw err;
+    if (code !== "ENOENT" || parent === dir || exists(parent)) throw err;
     makeDirsSync(parent, mode);
     try {
       mkdirSync(dir, mode);
