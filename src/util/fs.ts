@@ -125,7 +125,9 @@ export async function readJsonFile(file: string): Promise<unknown> {
 /**
  * `mkdir -p`, one level at a time: Node's `mkdir(dir, { recursive: true })` (and mkdirSync's) never returns for a
  * directory whose parent exists but refuses entries with ENOENT (anything under /proc), where this fails with that
- * ENOENT. `mode` is for every directory it creates (before the umask), as with mkdir -p -m.
+ * ENOENT. After an ENOENT the parent is made (unless it exists) and the mkdir tried once more: a parent that exists
+ * by then may have been made by a concurrent makeDirs (two uploads starting at once), and a second ENOENT with the
+ * parent there is the refusal. `mode` is for every directory it creates (before the umask), as with mkdir -p -m.
  */
 export async function makeDirs(dir: string, mode?: number): Promise<void> {
   try {
@@ -134,16 +136,12 @@ export async function makeDirs(dir: string, mode?: number): Promise<void> {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EEXIST") return;
     const parent = dirname(dir);
-    if (
-      code !== "ENOENT" ||
-      parent === dir ||
-      (await stat(parent).then(
-        () => true,
-        () => false,
-      ))
-    )
-      throw err;
-    await makeDirs(parent, mode);
+    if (code !== "ENOENT" || parent === dir) throw err;
+    const parentExists = await stat(parent).then(
+      () => true,
+      () => false,
+    );
+    if (!parentExists) await makeDirs(parent, mode);
     await mkdir(dir, mode).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== "EEXIST") throw e;
     });
@@ -167,8 +165,8 @@ export function makeDirsSync(dir: string, mode?: number): void {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EEXIST") return;
     const parent = dirname(dir);
-    if (code !== "ENOENT" || parent === dir || exists(parent)) throw err;
-    makeDirsSync(parent, mode);
+    if (code !== "ENOENT" || parent === dir) throw err;
+    if (!exists(parent)) makeDirsSync(parent, mode);
     try {
       mkdirSync(dir, mode);
     } catch (e) {
