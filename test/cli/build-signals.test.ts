@@ -133,7 +133,12 @@ test("SIGTERM and SIGINT while a --no-cache build waits on stdout: its work dire
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
       child.once("exit", (code, sig) => resolve({ code, signal: sig })),
     );
-    await first;
+    await Promise.race([
+      first,
+      exited.then((end) =>
+        assert.fail(`the build ended before writing stdout: ${JSON.stringify({ ...end, stderr })}`),
+      ),
+    ]);
     child.stdout!.pause();
     assert.deepEqual(
       readdirSync(tmp).map((n) => n.replace(/\.tmp-\d+-[0-9a-f]{12}$/, ".tmp-PID-X")),
