@@ -1,7 +1,8 @@
 // Nix's store database (db.sqlite, schema 10), through better-sqlite3. Reads use a read-only handle: SQLite's
 // WAL gives consistent snapshots without Nix's locks. (A user who may not write beside the database reads a copy
-// of it in memory while no Nix process has it open: such a handle cannot create the WAL's index.) Registering substituted paths (so Nix itself sees them
-// as valid) opens a second, writable handle only when needed and writes rows the way Nix does.
+// of it in memory while no Nix process has it open: such a handle cannot create the WAL's index.) Registering
+// substituted paths (so Nix itself sees them as valid) opens a second, writable handle only when needed and writes
+// rows the way Nix does.
 import Database from "better-sqlite3";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname } from "node:path";
@@ -82,7 +83,7 @@ export class NixDb {
    * file itself, so a copy taken while the file does not change (its inode, size and mtime the same before and
    * after, still no WAL) is a consistent snapshot. The copy is marked as a rollback-journal database (header bytes
    * 18 and 19: 1, not WAL's 2), which is what lets SQLite open it in memory. Queries check the file again first
-   * (reader()): a WAL that appeared means a read handle works now, a changed file means a new copy.
+   * (current()): a WAL that appeared means a read handle works now, a changed file means a new copy.
    */
   private snapshot(cause: unknown): Reader {
     for (let attempt = 0; attempt < 5; attempt++) {
@@ -96,7 +97,7 @@ export class NixDb {
     throw new NixociError(
       this.file,
       `cannot read Nix store database as this user: SQLite needs to create ${basename(this.file)}-shm in ` +
-        `${dirname(this.file)}, which only its owner can write, and Nix is writing the database right now; ` +
+        `${dirname(this.file)}, which this user cannot write, and Nix is writing the database right now; ` +
         `try again (${(cause as Error).message})`,
     );
   }
