@@ -1,6 +1,7 @@
 // Argument parsing on top of Node's util.parseArgs, with usage errors that the CLI reports as one line and exit
 // code 2: what was wrong, a "did you mean" for a near-miss flag, and where the command's help is.
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { helpText, parseOptions, type CommandHelp } from "./help-format.js";
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -11,10 +12,15 @@ export class UsageError extends Error {
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
-/** "run 'nixoci CMD --help' for its options", CMD taken from the command's usage line. */
-export function helpHint(usage: string): string {
-  const cmd = /^nixoci ([a-z-]+)/.exec(usage)?.[1];
-  return cmd ? `run 'nixoci ${cmd} --help' for its options` : "run 'nixoci --help'";
+/** "run 'nixoci CMD --help' for its options". */
+export function helpHint(help: CommandHelp): string {
+  return `run 'nixoci ${help.name} --help' for its options`;
+}
+
+/** Prints a command's help on stdout; returns the exit code 0. */
+export function printHelp(help: CommandHelp): number {
+  process.stdout.write(helpText(help));
+  return 0;
 }
 
 /** Edit distance counting a swap of neighbours as one edit (the commonest typo), for "did you mean". */
@@ -84,11 +90,12 @@ function parseErrorMessage(err: Error & { code?: string }, options: Options): st
   return err.message.split("\n")[0];
 }
 
-export function parse<O extends Options>(argv: string[], options: O, usage: string) {
-  const all: O & { help: { type: "boolean"; short: "h" } } = {
-    ...options,
+/** Parses a command's arguments by its flag table; a usage error names the problem and where the help is. */
+export function parse<H extends CommandHelp>(argv: string[], help: H) {
+  const all = {
+    ...parseOptions(help.flags),
     help: { type: "boolean", short: "h" },
-  };
+  } as H["flags"] & { help: { type: "boolean"; short: "h" } };
   try {
     return parseArgs({
       args: joinNegativeValues(argv, all),
@@ -97,12 +104,12 @@ export function parse<O extends Options>(argv: string[], options: O, usage: stri
       strict: true,
     });
   } catch (err) {
-    throw new UsageError(`${parseErrorMessage(err as Error, all)}; ${helpHint(usage)}`);
+    throw new UsageError(`${parseErrorMessage(err as Error, all)}; ${helpHint(help)}`);
   }
 }
 
-export function needPositionals(positionals: string[], min: number, usage: string, what = "PATH"): void {
-  if (positionals.length < min) throw new UsageError(`missing ${what}; ${helpHint(usage)}`);
+export function needPositionals(positionals: string[], min: number, help: CommandHelp, what = "PATH"): void {
+  if (positionals.length < min) throw new UsageError(`missing ${what}; ${helpHint(help)}`);
 }
 
 export function intOption(value: string | undefined, name: string, fallback: number, min = 1): number {

@@ -11,19 +11,10 @@ import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
-import { helpHint, intOption, parse, UsageError } from "./args.js";
-import { SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
+import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
+import { BUILD } from "./help-texts.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
-
-const USAGE = `nixoci build [INSTALLABLE...] [-f FILE.nix -A ATTR...] [--spec FILE]
-    [--entrypoint CMD] [--cmd CMD] [--env K=V]... [--workdir DIR] [--user U] [--expose PORT]... [--label K=V]...
-    [--arch ARCH] [--os OS] [--created TIME] [--tag NAME[:TAG]]...
-    [--layering size|popularity|nixery] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
-    ${SUBSTITUTER_USAGE} [--store DIR]
-    [--no-cache] [--cache-dir DIR] [-j N] [-o|--output DEST]... [--creds USER:PASS] [--insecure] [--json] [-q]
-  DEST: oci:DIR[:TAG]  oci-archive:FILE[:TAG]  docker-archive:FILE[:NAME:TAG]  docker://HOST/NAME[:TAG]  - (docker-archive on stdout)
-        nix:[NAME] (an image description in the Nix store; its store path is printed after the digest)`;
 
 const LAYERINGS: LayeringStrategy[] = ["size", "popularity", "nixery"];
 const COMPRESSIONS: LayerCompression[] = ["gzip", "zstd", "none"];
@@ -55,44 +46,8 @@ function keyValues(values: string[] | undefined, flag: string): Record<string, s
 }
 
 export async function buildCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    argv,
-    {
-      file: { type: "string", short: "f" },
-      attr: { type: "string", short: "A", multiple: true },
-      spec: { type: "string" },
-      entrypoint: { type: "string" },
-      cmd: { type: "string" },
-      env: { type: "string", short: "e", multiple: true },
-      workdir: { type: "string" },
-      user: { type: "string" },
-      expose: { type: "string", multiple: true },
-      label: { type: "string", multiple: true },
-      arch: { type: "string" },
-      os: { type: "string" },
-      created: { type: "string" },
-      tag: { type: "string", short: "t", multiple: true },
-      layering: { type: "string" },
-      "max-layers": { type: "string" },
-      compression: { type: "string" },
-      "compression-level": { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      store: { type: "string" },
-      "no-cache": { type: "boolean" },
-      "cache-dir": { type: "string" },
-      jobs: { type: "string", short: "j" },
-      output: { type: "string", short: "o", multiple: true },
-      creds: { type: "string" },
-      insecure: { type: "boolean" },
-      json: { type: "boolean" },
-      quiet: { type: "boolean", short: "q" },
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
+  const { values, positionals } = parse(argv, BUILD);
+  if (values.help) return printHelp(BUILD);
 
   // The spec file first, then flags on top of it.
   const fromFile = values.spec ? readSpecFile(values.spec) : {};
@@ -135,7 +90,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
     throw new UsageError(
       "no output given: add -o DEST (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], " +
         "docker://HOST/NAME[:TAG], nix:[NAME], or - for a docker-archive on stdout), or --json to build into the " +
-        `layer cache and print the report; ${helpHint(USAGE)}`,
+        `layer cache and print the report; ${helpHint(BUILD)}`,
     );
   const stdoutTaken = outputs.some((o) => o.kind === "docker-archive" && o.file === "-");
   if (stdoutTaken && process.stdout.isTTY)

@@ -8,42 +8,19 @@ import { createLogger } from "../util/logger.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
-import { helpHint, parse, UsageError } from "./args.js";
-import {
-  DAEMON_FLAGS,
-  DAEMON_USAGE,
-  logLevelOption,
-  SUBSTITUTER_FLAGS,
-  SUBSTITUTER_USAGE,
-} from "./shared-options.js";
+import { helpHint, parse, printHelp, UsageError } from "./args.js";
+import { IMAGE_SERVICE } from "./help-texts.js";
+import { logLevelOption } from "./shared-options.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { openStore, trustOptions } from "./stores.js";
 
-const USAGE = `nixoci image-service --address SOCK --containerd SOCK [--snapshotter NAME] [--namespace NS] [--store DIR]
-    ${SUBSTITUTER_USAGE} ${DAEMON_USAGE}`;
-
 export async function imageServiceCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    argv,
-    {
-      address: { type: "string" },
-      containerd: { type: "string" },
-      snapshotter: { type: "string" },
-      namespace: { type: "string" },
-      store: { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      ...DAEMON_FLAGS,
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
+  const { values, positionals } = parse(argv, IMAGE_SERVICE);
+  if (values.help) return printHelp(IMAGE_SERVICE);
   if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(USAGE)}`);
-  const address = socketPathOption("address", values.address, USAGE);
-  const containerd = socketPathOption("containerd", values.containerd, USAGE);
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(IMAGE_SERVICE)}`);
+  const address = socketPathOption("address", values.address, IMAGE_SERVICE);
+  const containerd = socketPathOption("containerd", values.containerd, IMAGE_SERVICE);
   const level = logLevelOption(values["log-level"]);
   const namespace = values.namespace ?? "k8s.io";
   if (!/^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/.test(namespace))

@@ -19,18 +19,11 @@ import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
 import { proveWritableDir } from "../util/fs.js";
-import { didYouMean, intOption, parse, UsageError } from "./args.js";
+import { didYouMean, intOption, parse, printHelp, UsageError } from "./args.js";
 import { ARCHITECTURES } from "../image/spec.js";
-import { logLevelOption, SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
+import { logLevelOption } from "./shared-options.js";
+import { SERVE } from "./help-texts.js";
 import { openStore, readSecretKeyFile, trustOptions } from "./stores.js";
-
-const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
-    [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] ${SUBSTITUTER_USAGE}
-    [--meta NAME=PKG,PKG...]... [--arch ARCH]
-    [--layering nixery|size|popularity] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
-    [--build-timeout SECONDS] [--max-builds N] [--max-queue N] [--upload-ttl SECONDS] [--max-nar-streams N]
-    [--sign-key FILE] [--cache-compression zstd|xz|none] [--no-binary-cache]
-    [--auth htpasswd:FILE|tokens:FILE] [--auth-pull] [--public-host HOST] [--log-level debug|info|warn|error|silent]`;
 
 /** `dir` can be created and written (else one line naming it and the flag). */
 async function checkWritableDir(dir: string, flag: string): Promise<void> {
@@ -99,43 +92,9 @@ function recordedImages(root: string): RecentImage[] {
 }
 
 export async function serveCommand(argv: string[]): Promise<number> {
-  const { values } = parse(
-    argv,
-    {
-      listen: { type: "string", default: "127.0.0.1:5000" },
-      storage: { type: "string" },
-      store: { type: "string" },
-      "nix-file": { type: "string" },
-      nixpkgs: { type: "string" },
-      flake: { type: "string" },
-      index: { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      meta: { type: "string", multiple: true },
-      arch: { type: "string" },
-      layering: { type: "string" },
-      "max-layers": { type: "string" },
-      compression: { type: "string" },
-      "compression-level": { type: "string" },
-      "build-timeout": { type: "string" },
-      "max-builds": { type: "string" },
-      "max-nar-streams": { type: "string" },
-      "max-queue": { type: "string" },
-      "upload-ttl": { type: "string" },
-      "sign-key": { type: "string" },
-      "cache-compression": { type: "string" },
-      "no-binary-cache": { type: "boolean" },
-      auth: { type: "string" },
-      "auth-pull": { type: "boolean" },
-      "public-host": { type: "string" },
-      "log-level": { type: "string" },
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  const { host, port } = parseListen(values.listen!);
+  const { values } = parse(argv, SERVE);
+  if (values.help) return printHelp(SERVE);
+  const { host, port } = parseListen(values.listen ?? "127.0.0.1:5000");
   const level = logLevelOption(values["log-level"]);
   const logger = createLogger({ level });
   const layering = values.layering as LayeringStrategy | undefined;

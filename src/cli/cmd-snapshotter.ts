@@ -13,19 +13,11 @@ import { SnapshotterMetrics } from "../servers/snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../servers/snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
-import { helpHint, parse, UsageError } from "./args.js";
-import {
-  DAEMON_FLAGS,
-  DAEMON_USAGE,
-  logLevelOption,
-  SUBSTITUTER_FLAGS,
-  SUBSTITUTER_USAGE,
-} from "./shared-options.js";
+import { helpHint, parse, printHelp, UsageError } from "./args.js";
+import { logLevelOption } from "./shared-options.js";
+import { SNAPSHOTTER } from "./help-texts.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { trustOptions } from "./stores.js";
-
-const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] ${SUBSTITUTER_USAGE}
-    [--nix-layers auto|link|metacopy|bind] ${DAEMON_USAGE}`;
 
 export interface SnapshotterOptions {
   address: string;
@@ -50,18 +42,7 @@ function isNixLayerMode(s: string): s is NixLayerMode {
 export function parseSnapshotterArgs(
   argv: string[],
 ): SnapshotterOptions & { help: boolean; logLevel: LogLevel | "silent" } {
-  const { values, positionals } = parse(
-    argv,
-    {
-      address: { type: "string" },
-      root: { type: "string" },
-      store: { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      ...DAEMON_FLAGS,
-      "nix-layers": { type: "string" },
-    },
-    USAGE,
-  );
+  const { values, positionals } = parse(argv, SNAPSHOTTER);
   if (values.help)
     return {
       help: true,
@@ -74,9 +55,9 @@ export function parseSnapshotterArgs(
       logLevel: "info",
     };
   if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(USAGE)}`);
-  const address = socketPathOption("address", values.address, USAGE);
-  if (!values.root) throw new UsageError(`--root is required; ${helpHint(USAGE)}`);
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(SNAPSHOTTER)}`);
+  const address = socketPathOption("address", values.address, SNAPSHOTTER);
+  if (!values.root) throw new UsageError(`--root is required; ${helpHint(SNAPSHOTTER)}`);
   const nixLayers = values["nix-layers"] ?? "auto";
   if (!isNixLayerMode(nixLayers))
     throw new UsageError(
@@ -100,10 +81,7 @@ export function parseSnapshotterArgs(
 
 export async function snapshotterCommand(argv: string[]): Promise<number> {
   const opts = parseSnapshotterArgs(argv);
-  if (opts.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
+  if (opts.help) return printHelp(SNAPSHOTTER);
   const log = createLogger({ level: opts.logLevel });
   const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
