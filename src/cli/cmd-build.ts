@@ -1,6 +1,6 @@
 // nixoci build: Nix closures to layered, reproducible OCI images, written to every output asked for.
 import { availableParallelism } from "node:os";
-import { buildImage, type BuildEvent, type LayerReport } from "../image/build.js";
+import { buildImage, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -13,7 +13,8 @@ import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { BUILD } from "./help-texts.js";
-import { formatBytes, Progress } from "./progress.js";
+import { BuildProgress } from "./build-progress.js";
+import { Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
 const LAYERINGS: LayeringStrategy[] = ["size", "popularity", "nixery"];
@@ -106,6 +107,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const store = new LocalStore(values.store ? { dir: values.store } : {});
   const substituters: Store[] = [];
   const progress = new Progress(values.quiet || (values.json && !process.stderr.isTTY));
+  const report = new BuildProgress(progress);
   const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
   try {
     // Every destination and the layer cache are checked before any work: a registry that is down or an archive
@@ -118,32 +120,6 @@ export async function buildCommand(argv: string[]): Promise<number> {
     else if (values.attr?.length) throw new UsageError("-A needs -f FILE.nix");
     for (const p of [...spec.packages, ...installables]) roots.push(resolveStorePathArg(p, store));
     const uniqueRoots = [...new Set(roots)];
-
-    const counts = { reused: 0, built: 0, builtBytes: 0, planned: 0, uploaded: 0, uploadedBytes: 0 };
-    const status = () =>
-      `[${counts.reused + counts.built}/${counts.planned} layers: ${counts.reused} reused, ${counts.built} built (${formatBytes(counts.builtBytes)})` +
-      (counts.uploaded ? `, ${counts.uploaded} uploaded (${formatBytes(counts.uploadedBytes)})` : "") +
-      "]";
-    const onEvent = (e: BuildEvent) => {
-      if (e.type === "substitute" && e.event.type === "copying")
-        progress.line(`copying path '${e.event.path}' from '${e.event.from}'...`);
-      if (e.type === "warning") progress.line(`warning: ${e.message}`);
-      if (e.type === "planned") {
-        counts.planned = e.layers;
-        progress.line(`planned ${e.layers} layers for ${e.paths} store paths (${formatBytes(e.narSize)})`);
-      }
-      if (e.type === "layer") {
-        const r = e.report;
-        if (r.status === "built") {
-          counts.built++;
-          counts.builtBytes += r.size;
-        } else counts.reused++;
-        progress.line(
-          `layer ${e.index + 1}: ${r.status} ${r.digest.slice(0, 19)} ${formatBytes(r.size)} (${r.paths.length ? `${r.paths.length} store paths` : "customisation"})`,
-        );
-      }
-      progress.update(status());
-    };
 
     // What killed builds left: half-written layers in the cache, and (for nix: outputs) descriptions cut short
     // in the store directory. Only temporaries whose writer is gone go.
@@ -161,41 +137,38 @@ export async function buildCommand(argv: string[]): Promise<number> {
       compressionLevel: level,
       cacheDir,
       parallelism: intOption(values.jobs, "jobs", availableParallelism()),
-      onEvent,
+      onEvent: (e) => report.onBuildEvent(e),
     });
     try {
       // --tag NAME[:TAG] names the image where an output does not: the tag for oci layouts and registries,
       // NAME:TAG for docker-archive's RepoTags (so `docker load` tags it).
       const [defaultName, defaultTag] = splitImageName(spec.tags[0] ?? repositoryName(uniqueRoots[0]));
       const uploaded = new Set<string>();
+      const pushed = outputs.some((o) => o.kind === "docker");
       const outputReports: Record<string, unknown>[] = [];
       const storePaths: string[] = [];
       for (const [i, ref] of outputs.entries()) {
         const label = (values.output ?? [])[i] ?? "-";
         const named =
           ref.kind === "docker-archive" && ref.name === undefined ? { ...ref, name: defaultName } : ref;
+        report.writing(label, result, ref.kind === "docker");
         const r = await writeOutput(result.image, named, {
           creds: values.creds,
           insecure: values.insecure,
           defaultTag,
           store,
-          onEvent: (ev: unknown) => {
-            const e = ev as { type?: string; digest?: string; size?: number };
-            if (e.type === "uploaded" && e.digest) {
-              counts.uploaded++;
-              counts.uploadedBytes += e.size ?? 0;
-              progress.update(status());
-            }
-          },
+          onEvent: (e) => report.onPushEvent(e),
         });
         r.uploaded?.forEach((d) => uploaded.add(d));
         outputReports.push({ output: label, ...r });
         if (r.storePath) storePaths.push(r.storePath);
-        progress.line(
-          `wrote ${label}${r.storePath ? ` ${r.storePath} (pods: image: ${r.reference})` : ""}${r.uploaded ? ` (${r.uploaded.length} blobs uploaded, ${r.skipped?.length ?? 0} already there${r.mounted?.length ? `, ${r.mounted.length} mounted` : ""})` : ""}`,
-        );
+        report.wrote(label, r);
       }
       progress.done();
+      // The digest reaches stderr when stdout carries the archive: in the summary, or alone under -q.
+      const digest = result.image.manifest.digest;
+      progress.line(report.summary(digest, result.layers, pushed ? uploaded : undefined));
+      if (stdoutTaken && values.quiet && !values.json) process.stderr.write(`${digest}\n`);
       const summary = {
         manifestDigest: result.image.manifest.digest,
         configDigest: result.image.config.digest,
