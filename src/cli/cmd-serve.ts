@@ -21,8 +21,9 @@ import { NixociError } from "../util/errors.js";
 import { proveWritableDir } from "../util/fs.js";
 import { didYouMean, intOption, parse, printHelp, UsageError } from "./args.js";
 import { ARCHITECTURES } from "../image/spec.js";
-import { logLevelOption } from "./shared-options.js";
+import { logFormatOption, logLevelOption, packageVersion } from "./shared-options.js";
 import { SERVE } from "./help-texts.js";
+import { serveBanner } from "./serve-banner.js";
 import { openStore, readSecretKeyFile, trustOptions } from "./stores.js";
 
 /** `dir` can be created and written (else one line naming it and the flag). */
@@ -96,7 +97,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
   if (values.help) return printHelp(SERVE);
   const { host, port } = parseListen(values.listen ?? "127.0.0.1:5000");
   const level = logLevelOption(values["log-level"]);
-  const logger = createLogger({ level });
+  const logger = createLogger({ level, format: logFormatOption(values["log-format"]) });
   const layering = values.layering as LayeringStrategy | undefined;
   if (layering && !["size", "popularity", "nixery"].includes(layering))
     throw new UsageError("--layering must be size, popularity or nixery");
@@ -140,7 +141,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
   });
   // Fail now, not at the first pull, on a package source that cannot be read (a missing --nix-file or --index, a
   // nixpkgs path that is no checkout): its current revision is what every `latest` needs first.
-  await resolver.currentRevision();
+  const revision = await resolver.currentRevision();
   // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
   storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
 
@@ -231,7 +232,25 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const bound =
     typeof addr === "object" && addr
       ? `${addr.address.includes(":") ? `[${addr.address}]` : addr.address}:${addr.port}`
-      : values.listen;
+      : `${host}:${port}`;
+  // A person at a terminal gets the banner; the "listening" record is written in any case (it is the log's).
+  if (process.stderr.isTTY) {
+    const wildcard = typeof addr === "object" && addr !== null && ["0.0.0.0", "::"].includes(addr.address);
+    process.stderr.write(
+      serveBanner({
+        version: packageVersion(),
+        address: bound,
+        host: values["public-host"] ?? (wildcard ? `127.0.0.1:${port}` : bound),
+        resolver: resolver.description,
+        revision,
+        storage: storageDir,
+        store: store.realDir,
+        binaryCache: !values["no-binary-cache"],
+        publicKey: signKey?.publicKey.toString(),
+        auth: values.auth ? (values["auth-pull"] ? "all" : "push") : undefined,
+      }),
+    );
+  }
   logger.info("listening", {
     address: bound,
     storage: storageDir,

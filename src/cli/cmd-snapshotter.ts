@@ -5,16 +5,16 @@
 // hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
 // or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
-// Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
+// Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
-import { createLogger, type LogLevel } from "../util/logger.js";
+import { createLogger, type LogFormat, type LogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../servers/snapshotter/server.js";
 import { SnapshotterMetrics } from "../servers/snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../servers/snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
 import { helpHint, parse, printHelp, UsageError } from "./args.js";
-import { logLevelOption } from "./shared-options.js";
+import { logFormatOption, logLevelOption } from "./shared-options.js";
 import { SNAPSHOTTER } from "./help-texts.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { trustOptions } from "./stores.js";
@@ -41,7 +41,7 @@ function isNixLayerMode(s: string): s is NixLayerMode {
 
 export function parseSnapshotterArgs(
   argv: string[],
-): SnapshotterOptions & { help: boolean; logLevel: LogLevel | "silent" } {
+): SnapshotterOptions & { help: boolean; logLevel: LogLevel | "silent"; logFormat: LogFormat } {
   const { values, positionals } = parse(argv, SNAPSHOTTER);
   if (values.help)
     return {
@@ -53,6 +53,7 @@ export function parseSnapshotterArgs(
       allowUnsigned: false,
       nixLayers: "auto",
       logLevel: "info",
+      logFormat: "json",
     };
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(SNAPSHOTTER)}`);
@@ -65,6 +66,7 @@ export function parseSnapshotterArgs(
     );
   const metricsAddress = metricsAddressOption(values["metrics-address"]);
   const logLevel = logLevelOption(values["log-level"]);
+  const logFormat = logFormatOption(values["log-format"]);
   return {
     help: false,
     address,
@@ -76,13 +78,14 @@ export function parseSnapshotterArgs(
     nixLayers,
     metricsAddress,
     logLevel,
+    logFormat,
   };
 }
 
 export async function snapshotterCommand(argv: string[]): Promise<number> {
   const opts = parseSnapshotterArgs(argv);
   if (opts.help) return printHelp(SNAPSHOTTER);
-  const log = createLogger({ level: opts.logLevel });
+  const log = createLogger({ level: opts.logLevel, format: opts.logFormat });
   const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
   const metrics = new SnapshotterMetrics();

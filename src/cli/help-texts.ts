@@ -434,6 +434,7 @@ export const SERVE = {
     },
     "auth-pull": { type: "boolean", help: "every read needs credentials too (only /healthz stays open)" },
     "log-level": DAEMON_FLAGS["log-level"],
+    "log-format": DAEMON_FLAGS["log-format"],
   },
   examples: [
     [

@@ -1,7 +1,13 @@
 // Flags that several commands take, declared once with their help (see help-format.ts): trust (which signatures
 // binary caches must carry), substituters, and the daemons' log and metrics flags.
 import { readFileSync } from "node:fs";
-import { parseLogLevel, type LogLevel } from "../util/logger.js";
+import {
+  defaultLogFormat,
+  parseLogFormat,
+  parseLogLevel,
+  type LogFormat,
+  type LogLevel,
+} from "../util/logger.js";
 import { UsageError } from "./args.js";
 import type { FlagTable } from "./help-format.js";
 
@@ -30,7 +36,7 @@ export const SUBSTITUTER_FLAGS = {
   ...TRUST_FLAGS,
 } as const satisfies FlagTable;
 
-/** A daemon's `--log-level` and `--metrics-address` (health and metrics over HTTP). */
+/** A daemon's `--log-level`, `--log-format` and `--metrics-address` (health and metrics over HTTP). */
 export const DAEMON_FLAGS = {
   "metrics-address": {
     type: "string",
@@ -43,6 +49,12 @@ export const DAEMON_FLAGS = {
     help: "the least important log lines written to stderr",
     byDefault: "info",
   },
+  "log-format": {
+    type: "string",
+    value: "text|json",
+    help: "log lines for people (time, level, message, key=value) or one JSON object a line",
+    byDefault: "text when stderr is a terminal, else json",
+  },
 } as const satisfies FlagTable;
 
 /** `--log-level` (default info), a usage error when it is not a level. */
@@ -53,6 +65,14 @@ export function logLevelOption(value: string | undefined): LogLevel | "silent" {
       `--log-level: unknown level ${JSON.stringify(value)} (debug, info, warn, error or silent)`,
     );
   return level;
+}
+
+/** `--log-format` (default text when stderr is a terminal, else json), a usage error when it is not a format. */
+export function logFormatOption(value: string | undefined): LogFormat {
+  if (value === undefined) return defaultLogFormat(process.stderr);
+  const format = parseLogFormat(value);
+  if (!format) throw new UsageError(`--log-format: unknown format ${JSON.stringify(value)} (text or json)`);
+  return format;
 }
 
 /** The version in the package's package.json (two directories above dist/src/cli, and above src/cli). */
