@@ -42,7 +42,8 @@ export interface ServeProcess {
 
 /**
  * `nixoci serve --listen 127.0.0.1:PORT --storage STORAGE ARGS...` on a free port (`detached`: in a process
- * group of its own); resolves once it logs "listening" (30 s), else SIGKILLs it and throws with its log.
+ * group of its own); resolves once it logs "listening" (30 s; as JSON or text), else SIGKILLs it and throws with its
+ * log.
  */
 export async function startNixociServe(
   storage: string,
@@ -64,7 +65,8 @@ export async function startNixociServe(
       30_000,
       () => {
         if (proc.exitCode !== null) throw new GiveUp(`exited with ${proc.exitCode}`);
-        assert.ok(log.includes('"msg":"listening"'), "not listening yet");
+        // A JSON "listening" record, or its text line (--log-format text).
+        assert.ok(log.includes('"msg":"listening"') || / INFO {2}listening /.test(log), "not listening yet");
       },
       50,
     );

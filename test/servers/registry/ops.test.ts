@@ -311,6 +311,52 @@ test("logs are one JSON object per line with time, level and msg first", () => {
   assert.ok((long.path as string).length < 600);
 });
 
+test("request lines in text: method, path, status, duration, client, user agent (clipped, quoted, escaped)", () => {
+  const lines: string[] = [];
+  const now = () => new Date(2024, 4, 6, 7, 8, 9);
+  const log = createLogger({
+    level: "debug",
+    format: "text",
+    stream: { write: (s: string) => lines.push(s) },
+    now,
+  });
+  const ua = `evil\u009b2J ${"x".repeat(300)}`;
+  logRequest(log, {
+    method: "GET",
+    path: "/v2/x/blobs/sha256:ab",
+    route: "blob",
+    status: 200,
+    bytes: 5,
+    durationMs: 1234.5,
+    client: "::1",
+    userAgent: ua,
+  });
+  logRequest(log, {
+    method: "",
+    path: "",
+    route: "client-error",
+    status: 400,
+    bytes: 0,
+    durationMs: 0,
+    error: "HPE_INVALID_METHOD",
+  });
+  logRequest(log, {
+    method: "",
+    path: "",
+    route: "tls-probe",
+    status: 400,
+    bytes: 0,
+    durationMs: 0,
+    error: "HPE_INVALID_METHOD",
+    client: "10.1.2.3",
+  });
+  assert.deepEqual(lines, [
+    `07:08:09 INFO  GET /v2/x/blobs/sha256:ab 200 1235ms ::1 "evil\\u009b2J ${"x".repeat(248)}…"\n`,
+    "07:08:09 INFO  - - 400 0.0ms - - error=HPE_INVALID_METHOD\n",
+    "07:08:09 DEBUG client 10.1.2.3 spoke TLS to a plain-HTTP listener (docker's first try; clients need insecure-registries or --tls-verify=false)\n",
+  ]);
+});
+
 // --- The routes, on a real HTTP server. ---
 
 const servers: http.Server[] = [];
