@@ -53,7 +53,7 @@ export const DAEMON_FLAGS = {
     type: "string",
     value: "text|json",
     help: "log lines for people (time, level, message, key=value) or one JSON object a line",
-    byDefault: "text when stderr is a terminal, else json",
+    byDefault: "text on a terminal, else json",
   },
 } as const satisfies FlagTable;
 
