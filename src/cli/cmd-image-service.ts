@@ -1,7 +1,8 @@
 // nixoci image-service: a CRI runtime.v1.ImageService on a unix socket (kubelet's --image-service-endpoint) that
 // loads `nix:0/nix/store/...` image descriptions from the Nix store into containerd's k8s.io namespace and
 // forwards every other reference and call to containerd's own CRI (cri/image-service.ts).
-// Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
+// Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
+// stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { NixImageService } from "../servers/cri/image-service.js";
 import { createLogger } from "../util/logger.js";

@@ -5,7 +5,8 @@
 // hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
 // or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
-// Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
+// Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
+// stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { createLogger, type LogFormat, type LogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../servers/snapshotter/server.js";

@@ -12,7 +12,7 @@ function clip(s: string, max: number): string {
 
 /** Milliseconds for people: a tenth below 10 ms, whole ones above. */
 function humanMs(ms: number): string {
-  return ms < 10 ? `${(Math.round(ms * 10) / 10).toFixed(1)}ms` : `${Math.round(ms)}ms`;
+  return ms < 10 ? `${ms.toFixed(1)}ms` : `${Math.round(ms)}ms`;
 }
 
 /**
