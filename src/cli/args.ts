@@ -1,6 +1,7 @@
 // Argument parsing on top of Node's util.parseArgs, with usage errors that the CLI reports as one line and exit
 // code 2: what was wrong, a "did you mean" for a near-miss flag, and where the command's help is.
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { didYouMean } from "../util/did-you-mean.js";
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -17,32 +18,8 @@ export function helpHint(usage: string): string {
   return cmd ? `run 'nixoci ${cmd} --help' for its options` : "run 'nixoci --help'";
 }
 
-/** Edit distance counting a swap of neighbours as one edit (the commonest typo), for "did you mean". */
-function distance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) =>
-    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
-  );
-  for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++) {
-      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
-        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
-    }
-  return d[a.length][b.length];
-}
-
-/** The known word closest to `word` when it is close enough to be a typo (or a prefix of exactly one). */
-export function didYouMean(word: string, known: readonly string[]): string | undefined {
-  const prefixed = known.filter((k) => k.startsWith(word));
-  if (word.length >= 3 && prefixed.length === 1) return prefixed[0];
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const k of known) {
-    const d = distance(word, k);
-    if (d < bestDistance) [best, bestDistance] = [k, d];
-  }
-  return best !== undefined && bestDistance <= Math.max(1, Math.floor(best.length / 3)) ? best : undefined;
-}
+/** Moved to util (serve's package-name errors use it too); still exported here for the commands. */
+export { didYouMean };
 
 /**
  * `--flag -3` as `--flag=-3`: parseArgs would otherwise call a negative number after a flag that takes a value
