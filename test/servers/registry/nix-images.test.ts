@@ -129,6 +129,7 @@ class FakeResolver implements PackageResolver {
   calls: string[][] = [];
   gate?: Promise<void>;
   fail?: Error;
+  arches = ["amd64", "arm64"];
 
   async currentRevision(): Promise<string> {
     return this.revision;
@@ -146,6 +147,18 @@ class FakeResolver implements PackageResolver {
     const unknown = packages.filter((p) => !Object.hasOwn(fx, p));
     if (unknown.length) throw new UnknownPackageError(unknown);
     return packages.map((p) => fx[p as keyof Fx]);
+  }
+
+  async missingPackages(packages: string[]): Promise<string[]> {
+    return packages.filter((p) => !Object.hasOwn(fx, p)).sort();
+  }
+
+  async packageNames(): Promise<string[]> {
+    return Object.keys(fx).sort();
+  }
+
+  async architectures(): Promise<string[]> {
+    return this.arches;
   }
 }
 
