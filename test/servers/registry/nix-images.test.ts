@@ -443,14 +443,39 @@ test("errors: unknown packages 404 NAME_UNKNOWN, bad names 400, failing builds 5
     source.resolve("hello/nope/zzz", "latest", ctx()),
     404,
     "NAME_UNKNOWN",
-    /^unknown packages: nope, zzz$/,
+    /^unknown packages "nope", "zzz"$/,
   );
   await expectRegistryError(
     source.resolve("nope", "latest", ctx()),
     404,
     "NAME_UNKNOWN",
-    /^unknown package: nope$/,
+    /^unknown package "nope"$/,
   );
+  // A near miss of a name the set has, among those a repository name can spell (and the meta-packages).
+  await assert.rejects(source.resolve("helo/grenting/shel", "latest", ctx()), (e: unknown) => {
+    assert.ok(e instanceof RegistryError);
+    assert.equal(e.code, "NAME_UNKNOWN");
+    assert.equal(
+      e.message,
+      'unknown packages "grenting" (did you mean greeting?), "helo" (did you mean hello?), "shel" (did you mean shell?)',
+    );
+    assert.deepEqual(e.detail, {
+      packages: ["grenting", "helo", "shel"],
+      suggestions: { grenting: "greeting", helo: "hello", shel: "shell" },
+      source: "test fixtures",
+    });
+    return true;
+  });
+  // An architecture the resolver gives no packages for: 404 naming it, before anything is resolved.
+  resolver.arches = ["amd64"];
+  const calls = resolver.calls.length;
+  await expectRegistryError(
+    source.resolve("arm64/hello", "latest", ctx()),
+    404,
+    "NAME_UNKNOWN",
+    /^this server builds no images for arm64 \(it builds for amd64\)$/,
+  );
+  assert.equal(resolver.calls.length, calls);
   await expectRegistryError(source.resolve("Hello", "latest", ctx()), 400, "NAME_INVALID");
   resolver.fail = new NixociError("/x/packages.nix", "build failed (exit 1): error: builder for 'x'\nfailed");
   await expectRegistryError(
@@ -513,7 +538,7 @@ test("end to end with the real nix resolver on packages.nix", async () => {
     source.resolve("hello/no-such-package/nor-this", "latest", ctx()),
     404,
     "NAME_UNKNOWN",
-    /unknown packages: no-such-package, nor-this/,
+    /^unknown packages "no-such-package", "nor-this"$/,
   );
   assert.ok(existsSync(join(root, "nix-images")));
 });
@@ -559,7 +584,7 @@ test("over HTTP: skopeo pulls a package image from the registry server, and sees
     assert.equal(count(events, "build-start"), 1);
     const unknown = await skopeo(["inspect", "--tls-verify=false", `docker://${host}/hello/no-such-thing`]);
     assert.notEqual(unknown.code, 0);
-    assert.match(unknown.stderr, /unknown package: no-such-thing/);
+    assert.match(unknown.stderr, /name unknown: unknown package \\"no-such-thing\\""\n$/);
   } finally {
     server.closeAllConnections();
     await new Promise((res) => server.close(res));
