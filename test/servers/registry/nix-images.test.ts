@@ -498,6 +498,62 @@ test("errors: unknown packages 404 NAME_UNKNOWN, bad names 400, failing builds 5
   await expectRegistryError(source.resolve("hello", "v2", ctx()), 404, "MANIFEST_UNKNOWN", /revision v2/);
 });
 
+test("tags lists: the tags a name pulls by, without resolving it; pushed tags too; 404 as its pull", async () => {
+  const { storage, resolver, source } = setup();
+  const server = createRegistryServer({ storage, manifestSource: source });
+  await new Promise<void>((res) => server.listen(0, "127.0.0.1", res));
+  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const get = async (path: string) => {
+    const res = await fetch(`http://${host}${path}`);
+    return { status: res.status, link: res.headers.get("link"), json: (await res.json()) as unknown };
+  };
+  try {
+    assert.deepEqual(await get("/v2/hello/busybox/tags/list"), {
+      status: 200,
+      link: null,
+      json: { name: "hello/busybox", tags: ["latest", "rev1"] },
+    });
+    assert.deepEqual(resolver.calls, []);
+    // A package name pushed to: its pushed tags and the ones it pulls by.
+    const m = await source.resolve("hello", "latest", ctx());
+    await storage.putManifest("hello", "v1", m!.bytes, m!.mediaType);
+    assert.deepEqual((await get("/v2/hello/tags/list")).json, {
+      name: "hello",
+      tags: ["latest", "rev1", "v1"],
+    });
+    assert.deepEqual(await get("/v2/hello/tags/list?n=1"), {
+      status: 200,
+      link: '</v2/hello/tags/list?n=1&last=latest>; rel="next"',
+      json: { name: "hello", tags: ["latest"] },
+    });
+    // A pushed repository that is no package: its own tags.
+    await storage.putManifest("myapp", "v1", m!.bytes, m!.mediaType);
+    assert.deepEqual((await get("/v2/myapp/tags/list")).json, { name: "myapp", tags: ["v1"] });
+    // A name that would not resolve: the 404 its pull gets.
+    const unknown = await get("/v2/helo/tags/list");
+    assert.equal(unknown.status, 404);
+    assert.deepEqual(unknown.json, (await get("/v2/helo/manifests/latest")).json);
+    assert.deepEqual(unknown.json, {
+      errors: [
+        {
+          code: "NAME_UNKNOWN",
+          message: 'unknown package "helo" (did you mean hello?)',
+          detail: { packages: ["helo"], suggestions: { helo: "hello" }, source: "test fixtures" },
+        },
+      ],
+    });
+    // A new revision: rev1 no longer pulls (this resolver serves only its current one), so it is no tag.
+    resolver.revision = "rev2";
+    assert.deepEqual((await get("/v2/hello/tags/list")).json, {
+      name: "hello",
+      tags: ["latest", "rev2", "v1"],
+    });
+  } finally {
+    server.closeAllConnections();
+    await new Promise((res) => server.close(res));
+  }
+});
+
 test("end to end with the real nix resolver on packages.nix", async () => {
   const root = join(work, "e2e");
   const storage = new RegistryStorage(root);
