@@ -9,7 +9,8 @@
 //   - the FIRST component may name the architecture: amd64 or x86_64, arm64 or aarch64 (also the Nix systems
 //     x86_64-linux, aarch64-linux): `HOST/arm64/git` is git for arm64. Only with at least one package after
 //     it; anywhere else, or alone, it is a package name. Without it the image is for the server's default
-//     architecture (the host's);
+//     architecture (the host's). An architecture the resolver gives no packages for (Nix cannot build for it)
+//     is a 404 (nix-images.ts), and the page at / offers only the others;
 //   - meta-packages expand to several packages: the built-in `shell` is a usable interactive shell, a shell and
 //     the core utilities: bashInteractive + coreutils where the package set has them, else the alternatives in
 //     BUILTIN_META_PACKAGES (meta-packages.ts settles them against the set when the server starts). They are
