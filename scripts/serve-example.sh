@@ -21,4 +21,4 @@ if [ ! -f "$state/cache-key.sec" ]; then
 fi
 echo "serve-example: starting nixoci serve on $listen, storage $state/registry; binary cache public key: $(cat "$state/cache-key.pub")" >&2
 exec node bin/nixoci.js serve --listen "$listen" --storage "$state/registry" \
-  --nix-file examples/packages.nix --meta shell=bash,coreutils --sign-key "$state/cache-key.sec" "$@"
+  --nix-file examples/packages.nix --sign-key "$state/cache-key.sec" "$@"

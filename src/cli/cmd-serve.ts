@@ -15,12 +15,15 @@ import { opsRoutes, requestObserver, type RecentImage } from "../servers/registr
 import { createRegistryServer } from "../servers/registry/server.js";
 import { RegistryStorage } from "../servers/registry/storage.js";
 import { createResolver } from "../resolve/create-resolver.js";
+import { describeUnknownPackages } from "../resolve/resolver.js";
+import { prefixArchitectures } from "../servers/registry/image-names.js";
+import { settleMetaPackages } from "../servers/registry/meta-packages.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
 import { proveWritableDir } from "../util/fs.js";
 import { didYouMean, intOption, parse, printHelp, UsageError } from "./args.js";
-import { ARCHITECTURES } from "../image/spec.js";
+import { ARCHITECTURES, defaultArch } from "../image/spec.js";
 import { logFormatOption, logLevelOption, packageVersion } from "./shared-options.js";
 import { SERVE } from "./help-texts.js";
 import { serveBanner } from "./serve-banner.js";
@@ -142,6 +145,34 @@ export async function serveCommand(argv: string[]): Promise<number> {
   // Fail now, not at the first pull, on a package source that cannot be read (a missing --nix-file or --index, a
   // nixpkgs path that is no checkout): its current revision is what every `latest` needs first.
   const revision = await resolver.currentRevision();
+  // An --arch the package set has nothing for would fail every pull; so would a --meta naming packages it lacks.
+  const arch = values.arch ?? defaultArch();
+  const architectures = await resolver.architectures();
+  if (architectures && !architectures.includes(arch)) {
+    const problem = `${resolver.description} gives no packages for ${arch} here (only for ${architectures.join(", ") || "no architecture"})`;
+    if (values.arch !== undefined)
+      throw new UsageError(
+        `--arch ${arch}: ${problem}; give one of those (Nix builds for its system, extra-platforms and builders)`,
+      );
+    logger.warn("no packages for this machine's architecture: give --arch", { problem });
+  }
+  const settled = await settleMetaPackages(resolver, { user: parseMeta(values.meta), revision, arch });
+  const bad = settled.unknown[0];
+  if (bad)
+    throw new UsageError(
+      `--meta ${bad.name}=${bad.packages.join(",")}: ${describeUnknownPackages(bad.missing, bad.suggestions)} in ${resolver.description}; give --meta ${bad.name}=PKG,... with packages it has`,
+    );
+  // The built-in meta-packages as the set allows (meta-packages.ts): worth a line in the log either way.
+  for (const f of settled.fallbacks)
+    logger.info(`meta-package ${f.name} falls back to packages the set has`, {
+      packages: f.packages,
+      lacking: f.missing,
+    });
+  for (const off of settled.off)
+    logger.warn(`meta-package ${off.name} is off: the set has none of its packages`, {
+      lacking: off.missing,
+      fix: `--meta ${off.name}=PKG,...`,
+    });
   // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
   storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
 
@@ -172,8 +203,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     storage,
     resolver,
     store,
-    metaPackages: parseMeta(values.meta),
-    defaultArch: values.arch,
+    metaPackages: settled.metaPackages,
+    defaultArch: arch,
     layering,
     maxLayers: values["max-layers"] ? intOption(values["max-layers"], "max-layers", 100, 2) : undefined,
     compression,
@@ -212,6 +243,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
       publicKey: signKey?.publicKey.toString(),
       binaryCache: !values["no-binary-cache"],
       credentials: Boolean(values["auth-pull"]),
+      naming: {
+        metaPackages: settled.metaPackages,
+        prefixArchitectures: architectures ? prefixArchitectures(architectures) : [],
+        defaultArch: arch,
+      },
     }),
   );
   const server = createRegistryServer({

@@ -380,8 +380,8 @@ export const SERVE = {
       type: "string",
       multiple: true,
       value: "NAME=PKG,PKG…",
-      help: "a name that stands for several packages",
-      byDefault: "shell=bashInteractive,coreutils",
+      help: "a name that stands for several packages (added to the built-in shell, or replacing it)",
+      byDefault: "shell=bashInteractive,coreutils, or what the set has of bash, busybox",
       section: "images",
     },
     arch: {

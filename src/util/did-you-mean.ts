@@ -1,6 +1,7 @@
-// "Did you mean …?" for a near-miss word: flags, commands, spec keys, package names.
+// "Did you mean ...?" for a word that is not one of the known ones: an unknown flag (the CLI), an unknown package
+// name (serve's pulls and its --meta check).
 
-/** Edit distance counting a swap of neighbours as one edit (the commonest typo), for "did you mean". */
+/** Edit distance counting a swap of neighbours as one edit (the commonest typo). */
 function distance(a: string, b: string): number {
   const d = Array.from({ length: a.length + 1 }, (_, i) =>
     Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
@@ -21,6 +22,8 @@ export function didYouMean(word: string, known: readonly string[]): string | und
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const k of known) {
+    // The distance is at least the difference in length: a package set has tens of thousands of names.
+    if (Math.abs(k.length - word.length) >= bestDistance) continue;
     const d = distance(word, k);
     if (d < bestDistance) [best, bestDistance] = [k, d];
   }

@@ -519,6 +519,11 @@ test("the index page explains pulling and the binary cache, lists images, and es
     title: `nixoci & <friends>`,
     packagesHelp: `Packages come from nixpkgs <unstable> & "friends".\n\nSecond paragraph.`,
     publicKey: "cache.example-1:AAAA+/BBBB=",
+    naming: {
+      metaPackages: { shell: ["bash", "coreutils"], py: ["python3Packages.requests", evil] },
+      prefixArchitectures: ["amd64", "arm64"],
+      defaultArch: "amd64",
+    },
   });
   const r = await get(`${base}/`, { headers: { Host: "registry.example:5000" } });
   assert.equal(r.status, 200);
@@ -542,6 +547,9 @@ test("the index page explains pulling and the binary cache, lists images, and es
     "registry.example:5000/shell/hello:latest",
     "hello bash",
     "sha256:abababababab",
+    "is a meta-package: a shell and the core utilities (here <code>bash</code>, <code>coreutils</code>)",
+    `<li>Meta-packages stand for several packages: <code>py</code> (<code>python3Packages.requests</code>, <code>${escapeHtml(evil)}</code>).</li>`,
+    "<li>An architecture prefix builds for another platform: <code>registry.example:5000/arm64/shell/hello</code> (<code>amd64</code>, <code>arm64</code>); without one, the server's own (<code>amd64</code>).</li>",
   ]) {
     assert.ok(html.includes(needle), `page mentions ${needle}`);
   }
@@ -563,7 +571,10 @@ test("the index page explains pulling and the binary cache, lists images, and es
   const f = await get(`${fixed}/`);
   assert.equal(f.status, 200);
   checkHtml(f.text);
-  assert.ok(f.text.includes("docker pull nix.example/shell/hello"));
+  // Told nothing about the names that work there, the page offers no meta-package and no prefix.
+  assert.ok(f.text.includes("docker pull nix.example/hello\n"));
+  assert.ok(!f.text.includes("shell"));
+  assert.ok(!f.text.includes("architecture prefix"));
   assert.ok(!f.text.includes("--plain-http"), "no plain-HTTP advice for an https registry");
   assert.ok(!f.text.includes("nix-command copy"), "no binary cache section when it is not served");
   assert.ok(f.text.includes("None yet."));
