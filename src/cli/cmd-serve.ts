@@ -156,23 +156,13 @@ export async function serveCommand(argv: string[]): Promise<number> {
       );
     logger.warn("no packages for this machine's architecture: give --arch", { problem });
   }
+  const resolverGiven = Boolean(values["nix-file"] ?? values.nixpkgs ?? values.flake ?? values.index);
   const settled = await settleMetaPackages(resolver, { user: parseMeta(values.meta), revision, arch });
   const bad = settled.unknown[0];
   if (bad)
     throw new UsageError(
       `--meta ${bad.name}=${bad.packages.join(",")}: ${describeUnknownPackages(bad.missing, bad.suggestions)} in ${resolver.description}; give --meta ${bad.name}=PKG,... with packages it has`,
     );
-  // The built-in meta-packages as the set allows (meta-packages.ts): worth a line in the log either way.
-  for (const f of settled.fallbacks)
-    logger.info(`meta-package ${f.name} falls back to packages the set has`, {
-      packages: f.packages,
-      lacking: f.missing,
-    });
-  for (const off of settled.off)
-    logger.warn(`meta-package ${off.name} is off: the set has none of its packages`, {
-      lacking: off.missing,
-      fix: `--meta ${off.name}=PKG,...`,
-    });
   // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
   storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
 
@@ -293,6 +283,19 @@ export async function serveCommand(argv: string[]): Promise<number> {
     resolver: resolver.description,
     binaryCache: !values["no-binary-cache"],
   });
+  // The built-in meta-packages as the set allows (meta-packages.ts), after the banner so a terminal shows them
+  // under it. With no package source names are store paths, and a meta-package has nothing to stand for.
+  for (const f of settled.fallbacks)
+    logger.info(`meta-package ${f.name} falls back to packages the set has`, {
+      packages: f.packages,
+      lacking: f.missing,
+    });
+  if (resolverGiven)
+    for (const off of settled.off)
+      logger.warn(`meta-package ${off.name} is off: the set has none of its packages`, {
+        lacking: off.missing,
+        fix: `--meta ${off.name}=PKG,...`,
+      });
 
   // Graceful shutdown: stop accepting, let requests in flight (and the builds they wait for) finish for a
   // while, then exit. Blobs are only ever renamed into place complete, so an abandoned build leaves nothing

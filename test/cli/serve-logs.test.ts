@@ -280,6 +280,7 @@ test("on a terminal (script(1)): a start-up banner with the real address, the re
   assert.deepEqual(lines.slice(0, banner.length), banner);
   assert.deepEqual(textWithoutUpkeep(textLines(lines.slice(banner.length).join("\n"))), [
     `T INFO  listening address=${host} storage=${storage} resolver="nix file ${EXAMPLES}" binaryCache=true`,
+    'T INFO  meta-package shell falls back to packages the set has packages=["bash","coreutils"] lacking=["bashInteractive"]',
     'T INFO  GET /v2/ 200 Nms 127.0.0.1 "docker/24.0.7 go/go1.20.10"',
     'T INFO  shutting down signal=SIGTERM builds={"running":0,"queued":0}',
     "T INFO  stopped",
