@@ -52,6 +52,9 @@ async function imageSourceLimit(work: string): Promise<void> {
     currentRevision: async () => "r1",
     servesRevision: async (r: string) => r === "r1",
     resolve: () => new Promise<string[]>(() => undefined), // never settles, ignores the abort signal
+    missingPackages: async () => [],
+    packageNames: async () => undefined,
+    architectures: async () => undefined,
   };
   const store = new LocalStore();
   const xs: number[] = [];

@@ -156,6 +156,23 @@ if [ "$MAIN_JOB" = 1 ]; then
   done
   skopeo copy --quiet --src-tls-verify=false "docker://$listen/shell/hello" oci:/root/hello-oci:latest
   echo "fresh-root: main job OK: skopeo pulled shell/hello ($(grep -c '"sha256:' /root/inspect.json) digests in inspect)" >&2
+  # The README's client lines that need no daemon (skopeo, nix), as written: only the port may differ.
+  awk '/<!-- readme-check:/ {f = 1; next} f && /^```sh/ {g = 1; next} g && /^```/ {exit} g {print}' README.md |
+    sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | grep -E '^(skopeo|nix) ' | sed "s/127\.0\.0\.1:5000/$listen/g" >/root/readme-lines.sh
+  if [ "$(wc -l </root/readme-lines.sh)" -lt 2 ]; then
+    echo "fresh-root: the README's skopeo and nix lines were not found after its readme-check marker" >&2
+    exit 1
+  fi
+  while IFS= read -r line; do
+    echo "fresh-root: README: $line" >&2
+    if ! bash -ec "$line" >/root/readme.out 2>&1; then
+      echo "fresh-root: the README's line failed:" >&2
+      tail -n 20 /root/readme.out >&2
+      exit 1
+    fi
+  done </root/readme-lines.sh
+  ls copy-store/nix/store | grep -q -- '-hello$' || { echo "fresh-root: nix copy left no hello in ./copy-store" >&2; exit 1; }
+  echo "fresh-root: the README's skopeo and nix copy lines work as written" >&2
   kill "$serve"
   wait "$serve" || true
 fi

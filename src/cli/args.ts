@@ -1,6 +1,10 @@
 // Argument parsing on top of Node's util.parseArgs, with usage errors that the CLI reports as one line and exit
 // code 2: what was wrong, a "did you mean" for a near-miss flag, and where the command's help is.
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { didYouMean } from "../util/did-you-mean.js";
+import { helpText, parseOptions, type CommandHelp } from "./help-format.js";
+
+export { didYouMean };
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -11,37 +15,15 @@ export class UsageError extends Error {
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
-/** "run 'nixoci CMD --help' for its options", CMD taken from the command's usage line. */
-export function helpHint(usage: string): string {
-  const cmd = /^nixoci ([a-z-]+)/.exec(usage)?.[1];
-  return cmd ? `run 'nixoci ${cmd} --help' for its options` : "run 'nixoci --help'";
+/** "run 'nixoci CMD --help' for its options". */
+export function helpHint(help: CommandHelp): string {
+  return `run 'nixoci ${help.name} --help' for its options`;
 }
 
-/** Edit distance counting a swap of neighbours as one edit (the commonest typo), for "did you mean". */
-function distance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) =>
-    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
-  );
-  for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++) {
-      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
-        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
-    }
-  return d[a.length][b.length];
-}
-
-/** The known word closest to `word` when it is close enough to be a typo (or a prefix of exactly one). */
-export function didYouMean(word: string, known: readonly string[]): string | undefined {
-  const prefixed = known.filter((k) => k.startsWith(word));
-  if (word.length >= 3 && prefixed.length === 1) return prefixed[0];
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const k of known) {
-    const d = distance(word, k);
-    if (d < bestDistance) [best, bestDistance] = [k, d];
-  }
-  return best !== undefined && bestDistance <= Math.max(1, Math.floor(best.length / 3)) ? best : undefined;
+/** Prints a command's help on stdout; returns the exit code 0. */
+export function printHelp(help: CommandHelp): number {
+  process.stdout.write(helpText(help));
+  return 0;
 }
 
 /**
@@ -84,11 +66,12 @@ function parseErrorMessage(err: Error & { code?: string }, options: Options): st
   return err.message.split("\n")[0];
 }
 
-export function parse<O extends Options>(argv: string[], options: O, usage: string) {
-  const all: O & { help: { type: "boolean"; short: "h" } } = {
-    ...options,
+/** Parses a command's arguments by its flag table; a usage error names the problem and where the help is. */
+export function parse<H extends CommandHelp>(argv: string[], help: H) {
+  const all = {
+    ...parseOptions(help.flags),
     help: { type: "boolean", short: "h" },
-  };
+  } as H["flags"] & { help: { type: "boolean"; short: "h" } };
   try {
     return parseArgs({
       args: joinNegativeValues(argv, all),
@@ -97,12 +80,12 @@ export function parse<O extends Options>(argv: string[], options: O, usage: stri
       strict: true,
     });
   } catch (err) {
-    throw new UsageError(`${parseErrorMessage(err as Error, all)}; ${helpHint(usage)}`);
+    throw new UsageError(`${parseErrorMessage(err as Error, all)}; ${helpHint(help)}`);
   }
 }
 
-export function needPositionals(positionals: string[], min: number, usage: string, what = "PATH"): void {
-  if (positionals.length < min) throw new UsageError(`missing ${what}; ${helpHint(usage)}`);
+export function needPositionals(positionals: string[], min: number, help: CommandHelp, what = "PATH"): void {
+  if (positionals.length < min) throw new UsageError(`missing ${what}; ${helpHint(help)}`);
 }
 
 export function intOption(value: string | undefined, name: string, fallback: number, min = 1): number {

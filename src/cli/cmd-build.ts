@@ -1,6 +1,6 @@
 // nixoci build: Nix closures to layered, reproducible OCI images, written to every output asked for.
 import { availableParallelism } from "node:os";
-import { buildImage, type BuildEvent, type LayerReport } from "../image/build.js";
+import { buildImage, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -11,20 +11,12 @@ import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
-import { helpHint, intOption, parse, UsageError } from "./args.js";
-import { SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
+import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
+import { BUILD } from "./help-texts.js";
+import { BuildProgress } from "./build-progress.js";
 import { removeTemporariesOnSignals } from "./interrupt.js";
-import { formatBytes, Progress } from "./progress.js";
+import { Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
-
-const USAGE = `nixoci build [INSTALLABLE...] [-f FILE.nix -A ATTR...] [--spec FILE]
-    [--entrypoint CMD] [--cmd CMD] [--env K=V]... [--workdir DIR] [--user U] [--expose PORT]... [--label K=V]...
-    [--arch ARCH] [--os OS] [--created TIME] [--tag NAME[:TAG]]...
-    [--layering size|popularity|nixery] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
-    ${SUBSTITUTER_USAGE} [--store DIR]
-    [--no-cache] [--cache-dir DIR] [-j N] [-o|--output DEST]... [--creds USER:PASS] [--insecure] [--json] [-q]
-  DEST: oci:DIR[:TAG]  oci-archive:FILE[:TAG]  docker-archive:FILE[:NAME:TAG]  docker://HOST/NAME[:TAG]  - (docker-archive on stdout)
-        nix:[NAME] (an image description in the Nix store; its store path is printed after the digest)`;
 
 const LAYERINGS: LayeringStrategy[] = ["size", "popularity", "nixery"];
 const COMPRESSIONS: LayerCompression[] = ["gzip", "zstd", "none"];
@@ -56,44 +48,8 @@ function keyValues(values: string[] | undefined, flag: string): Record<string, s
 }
 
 export async function buildCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    argv,
-    {
-      file: { type: "string", short: "f" },
-      attr: { type: "string", short: "A", multiple: true },
-      spec: { type: "string" },
-      entrypoint: { type: "string" },
-      cmd: { type: "string" },
-      env: { type: "string", short: "e", multiple: true },
-      workdir: { type: "string" },
-      user: { type: "string" },
-      expose: { type: "string", multiple: true },
-      label: { type: "string", multiple: true },
-      arch: { type: "string" },
-      os: { type: "string" },
-      created: { type: "string" },
-      tag: { type: "string", short: "t", multiple: true },
-      layering: { type: "string" },
-      "max-layers": { type: "string" },
-      compression: { type: "string" },
-      "compression-level": { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      store: { type: "string" },
-      "no-cache": { type: "boolean" },
-      "cache-dir": { type: "string" },
-      jobs: { type: "string", short: "j" },
-      output: { type: "string", short: "o", multiple: true },
-      creds: { type: "string" },
-      insecure: { type: "boolean" },
-      json: { type: "boolean" },
-      quiet: { type: "boolean", short: "q" },
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
+  const { values, positionals } = parse(argv, BUILD);
+  if (values.help) return printHelp(BUILD);
 
   // The spec file first, then flags on top of it.
   const fromFile = values.spec ? readSpecFile(values.spec) : {};
@@ -136,7 +92,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
     throw new UsageError(
       "no output given: add -o DEST (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], " +
         "docker://HOST/NAME[:TAG], nix:[NAME], or - for a docker-archive on stdout), or --json to build into the " +
-        `layer cache and print the report; ${helpHint(USAGE)}`,
+        `layer cache and print the report; ${helpHint(BUILD)}`,
     );
   const stdoutTaken = outputs.some((o) => o.kind === "docker-archive" && o.file === "-");
   if (stdoutTaken && process.stdout.isTTY)
@@ -152,6 +108,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const store = new LocalStore(values.store ? { dir: values.store } : {});
   const substituters: Store[] = [];
   const progress = new Progress(values.quiet || (values.json && !process.stderr.isTTY));
+  const report = new BuildProgress(progress);
   const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
   // Ctrl-C or SIGTERM from here on leaves no half-written layer, archive, layout or store path behind.
   const uninstall = removeTemporariesOnSignals(() => progress.done());
@@ -166,32 +123,6 @@ export async function buildCommand(argv: string[]): Promise<number> {
     else if (values.attr?.length) throw new UsageError("-A needs -f FILE.nix");
     for (const p of [...spec.packages, ...installables]) roots.push(resolveStorePathArg(p, store));
     const uniqueRoots = [...new Set(roots)];
-
-    const counts = { reused: 0, built: 0, builtBytes: 0, planned: 0, uploaded: 0, uploadedBytes: 0 };
-    const status = () =>
-      `[${counts.reused + counts.built}/${counts.planned} layers: ${counts.reused} reused, ${counts.built} built (${formatBytes(counts.builtBytes)})` +
-      (counts.uploaded ? `, ${counts.uploaded} uploaded (${formatBytes(counts.uploadedBytes)})` : "") +
-      "]";
-    const onEvent = (e: BuildEvent) => {
-      if (e.type === "substitute" && e.event.type === "copying")
-        progress.line(`copying path '${e.event.path}' from '${e.event.from}'...`);
-      if (e.type === "warning") progress.line(`warning: ${e.message}`);
-      if (e.type === "planned") {
-        counts.planned = e.layers;
-        progress.line(`planned ${e.layers} layers for ${e.paths} store paths (${formatBytes(e.narSize)})`);
-      }
-      if (e.type === "layer") {
-        const r = e.report;
-        if (r.status === "built") {
-          counts.built++;
-          counts.builtBytes += r.size;
-        } else counts.reused++;
-        progress.line(
-          `layer ${e.index + 1}: ${r.status} ${r.digest.slice(0, 19)} ${formatBytes(r.size)} (${r.paths.length ? `${r.paths.length} store paths` : "customisation"})`,
-        );
-      }
-      progress.update(status());
-    };
 
     // What killed builds left: half-written layers in the cache, and (for nix: outputs) descriptions cut short
     // in the store directory. Only temporaries whose writer is gone go.
@@ -209,7 +140,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
       compressionLevel: level,
       cacheDir,
       parallelism: intOption(values.jobs, "jobs", availableParallelism()),
-      onEvent,
+      onEvent: (e) => report.onBuildEvent(e),
     }).catch((err) => {
       // A layer cache that refuses writes or is full: say so, with the flags that avoid it.
       throw layerCacheError(cacheDir, err);
@@ -219,34 +150,31 @@ export async function buildCommand(argv: string[]): Promise<number> {
       // NAME:TAG for docker-archive's RepoTags (so `docker load` tags it).
       const [defaultName, defaultTag] = splitImageName(spec.tags[0] ?? repositoryName(uniqueRoots[0]));
       const uploaded = new Set<string>();
+      const pushed = outputs.some((o) => o.kind === "docker");
       const outputReports: Record<string, unknown>[] = [];
       const storePaths: string[] = [];
       for (const [i, ref] of outputs.entries()) {
         const label = (values.output ?? [])[i] ?? "-";
         const named =
           ref.kind === "docker-archive" && ref.name === undefined ? { ...ref, name: defaultName } : ref;
+        report.writing(label, result, ref.kind === "docker");
         const r = await writeOutput(result.image, named, {
           creds: values.creds,
           insecure: values.insecure,
           defaultTag,
           store,
-          onEvent: (ev: unknown) => {
-            const e = ev as { type?: string; digest?: string; size?: number };
-            if (e.type === "uploaded" && e.digest) {
-              counts.uploaded++;
-              counts.uploadedBytes += e.size ?? 0;
-              progress.update(status());
-            }
-          },
+          onEvent: (e) => report.onPushEvent(e),
         });
         r.uploaded?.forEach((d) => uploaded.add(d));
         outputReports.push({ output: label, ...r });
         if (r.storePath) storePaths.push(r.storePath);
-        progress.line(
-          `wrote ${label}${r.storePath ? ` ${r.storePath} (pods: image: ${r.reference})` : ""}${r.uploaded ? ` (${r.uploaded.length} blobs uploaded, ${r.skipped?.length ?? 0} already there${r.mounted?.length ? `, ${r.mounted.length} mounted` : ""})` : ""}`,
-        );
+        report.wrote(label, r);
       }
       progress.done();
+      // The digest reaches stderr when stdout carries the archive: in the summary, or alone under -q.
+      const digest = result.image.manifest.digest;
+      progress.line(report.summary(digest, result.layers, pushed ? uploaded : undefined));
+      if (stdoutTaken && values.quiet && !values.json) process.stderr.write(`${digest}\n`);
       const summary = {
         manifestDigest: result.image.manifest.digest,
         configDigest: result.image.config.digest,

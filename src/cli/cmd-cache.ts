@@ -7,43 +7,26 @@ import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { BinaryCacheWriter } from "../store/cache-writer.js";
 import { parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
-import { helpHint, intOption, needPositionals, parse, UsageError } from "./args.js";
+import { helpHint, intOption, needPositionals, parse, printHelp, UsageError } from "./args.js";
+import { CACHE, CACHE_GC, CACHE_PUSH } from "./help-texts.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, readSecretKeyFile, resolveStorePathArg, trustOptions } from "./stores.js";
-
-const GC_USAGE = "nixoci cache gc [--cache-dir DIR] [--keep-images N] [--keep-days N]";
-const USAGE =
-  "nixoci cache push --to file:///DIR [--sign-key FILE] [--compression xz|zstd|bzip2|br|none] [--store URL] [-j N] [--quiet] PATH...";
 
 export async function cacheCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === "gc") return gcCommand(rest);
   if (sub !== "push") {
     if (sub === undefined || sub === "--help" || sub === "-h") {
-      process.stdout.write(`usage: ${USAGE}\n       ${GC_USAGE}\n`);
+      printHelp(CACHE);
       return sub === undefined ? 2 : 0;
     }
-    throw new UsageError(`unknown cache command ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
+    throw new UsageError(`unknown cache command ${JSON.stringify(sub)}; ${helpHint(CACHE)}`);
   }
-  const { values, positionals } = parse(
-    rest,
-    {
-      to: { type: "string" },
-      "sign-key": { type: "string" },
-      compression: { type: "string", default: "xz" },
-      store: { type: "string" },
-      jobs: { type: "string", short: "j" },
-      quiet: { type: "boolean", short: "q" },
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  needPositionals(positionals, 1, USAGE);
-  if (!values.to) throw new UsageError(`missing --to file:///DIR; ${helpHint(USAGE)}`);
-  const compression = parseCompression(values.compression!, "--compression");
+  const { values, positionals } = parse(rest, CACHE_PUSH);
+  if (values.help) return printHelp(CACHE_PUSH);
+  needPositionals(positionals, 1, CACHE_PUSH);
+  if (!values.to) throw new UsageError(`missing --to file:///DIR; ${helpHint(CACHE_PUSH)}`);
+  const compression = parseCompression(values.compression ?? "xz", "--compression");
   if (compression === "gzip")
     throw new NixociError("--compression", "gzip is not a NAR compression Nix reads");
   const signKey = values["sign-key"] ? readSecretKeyFile(values["sign-key"]) : undefined;
@@ -81,17 +64,8 @@ export async function cacheCommand(argv: string[]): Promise<number> {
 
 /** Drops layer-cache blobs that no recently built image uses. */
 async function gcCommand(argv: string[]): Promise<number> {
-  const { values } = parse(
-    argv,
-    { "cache-dir": { type: "string" }, "keep-images": { type: "string" }, "keep-days": { type: "string" } },
-    GC_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(
-      `usage: ${GC_USAGE}\nKeeps the blobs of the N most recent images (default 20) and of images built in the last D days (default 7).\n`,
-    );
-    return 0;
-  }
+  const { values } = parse(argv, CACHE_GC);
+  if (values.help) return printHelp(CACHE_GC);
   const dir = values["cache-dir"] ?? defaultCacheDir();
   // A registry's storage shares this layout but also holds pushed blobs no built image records: never gc it.
   if (existsSync(join(dir, "repositories"))) {

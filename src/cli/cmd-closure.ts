@@ -2,26 +2,14 @@
 // Prints every path in the closure of PATH..., one per line, sorted.
 import { computeClosure } from "../store/closure.js";
 import { LocalStore } from "../store/local-store.js";
-import { needPositionals, parse } from "./args.js";
-import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
+import { needPositionals, parse, printHelp } from "./args.js";
+import { CLOSURE } from "./help-texts.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
-const USAGE = `nixoci closure [--store URL] ${TRUST_USAGE} PATH...`;
-
 export async function closureCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    argv,
-    {
-      store: { type: "string" },
-      ...TRUST_FLAGS,
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  needPositionals(positionals, 1, USAGE);
+  const { values, positionals } = parse(argv, CLOSURE);
+  if (values.help) return printHelp(CLOSURE);
+  needPositionals(positionals, 1, CLOSURE);
   const store = await openStore(
     values.store,
     trustOptions(values["trusted-public-key"], values["no-check-sigs"]),

@@ -16,15 +16,9 @@ import {
 } from "../servers/buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import type { LayeringStrategy } from "../image/types.js";
-import { helpHint, intOption, parse, UsageError } from "./args.js";
-import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
+import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
+import { FRONTEND } from "./help-texts.js";
 import { trustOptions } from "./stores.js";
-
-const USAGE = `nixoci frontend                      (run by BuildKit: the gateway API on stdin/stdout)
-  nixoci frontend plan --out FILE [--layering size|popularity|nixery] [--max-layers N] --from URL... ${TRUST_USAGE} PATH...
-  nixoci frontend fetch --out DIR --from URL... ${TRUST_USAGE} PATH...
-  nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
-  nixoci frontend copy --from DIR --out DIR PATH...        (from a store directory, e.g. the build's Nix cache)`;
 
 const LAYERINGS = ["size", "popularity", "nixery"];
 
@@ -54,27 +48,10 @@ async function gatewayMode(): Promise<number> {
 export async function frontendCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === undefined) return gatewayMode();
-  if (sub === "--help" || sub === "-h") {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  const { values, positionals } = parse(
-    rest,
-    {
-      out: { type: "string" },
-      from: { type: "string", multiple: true },
-      ...TRUST_FLAGS,
-      layering: { type: "string" },
-      "max-layers": { type: "string" },
-      plan: { type: "string" },
-      layers: { type: "string" },
-      meta: { type: "string" },
-      user: { type: "string" },
-    },
-    USAGE,
-  );
+  if (sub === "--help" || sub === "-h") return printHelp(FRONTEND);
+  const { values, positionals } = parse(rest, FRONTEND);
   const need = (v: string | undefined, flag: string): string => {
-    if (!v) throw new UsageError(`--${flag} is required; ${helpHint(USAGE)}`);
+    if (!v) throw new UsageError(`--${flag} is required; ${helpHint(FRONTEND)}`);
     return v;
   };
   const trust = () => trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
@@ -123,6 +100,6 @@ export async function frontendCommand(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new UsageError(`unknown frontend step ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
+      throw new UsageError(`unknown frontend step ${JSON.stringify(sub)}; ${helpHint(FRONTEND)}`);
   }
 }

@@ -1,55 +1,34 @@
 // nixoci image-service: a CRI runtime.v1.ImageService on a unix socket (kubelet's --image-service-endpoint) that
 // loads `nix:0/nix/store/...` image descriptions from the Nix store into containerd's k8s.io namespace and
 // forwards every other reference and call to containerd's own CRI (cri/image-service.ts).
-// Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
+// Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
+// stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
 import { NixImageService } from "../servers/cri/image-service.js";
 import { createLogger } from "../util/logger.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
-import { helpHint, parse, UsageError } from "./args.js";
-import {
-  DAEMON_FLAGS,
-  DAEMON_USAGE,
-  logLevelOption,
-  SUBSTITUTER_FLAGS,
-  SUBSTITUTER_USAGE,
-} from "./shared-options.js";
+import { helpHint, parse, printHelp, UsageError } from "./args.js";
+import { IMAGE_SERVICE } from "./help-texts.js";
+import { logFormatOption, logLevelOption } from "./shared-options.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { openStore, trustOptions } from "./stores.js";
 
-const USAGE = `nixoci image-service --address SOCK --containerd SOCK [--snapshotter NAME] [--namespace NS] [--store DIR]
-    ${SUBSTITUTER_USAGE} ${DAEMON_USAGE}`;
-
 export async function imageServiceCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    argv,
-    {
-      address: { type: "string" },
-      containerd: { type: "string" },
-      snapshotter: { type: "string" },
-      namespace: { type: "string" },
-      store: { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      ...DAEMON_FLAGS,
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
+  const { values, positionals } = parse(argv, IMAGE_SERVICE);
+  if (values.help) return printHelp(IMAGE_SERVICE);
   if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(USAGE)}`);
-  const address = socketPathOption("address", values.address, USAGE);
-  const containerd = socketPathOption("containerd", values.containerd, USAGE);
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(IMAGE_SERVICE)}`);
+  const address = socketPathOption("address", values.address, IMAGE_SERVICE);
+  const containerd = socketPathOption("containerd", values.containerd, IMAGE_SERVICE);
   const level = logLevelOption(values["log-level"]);
+  const format = logFormatOption(values["log-format"]);
   const namespace = values.namespace ?? "k8s.io";
   if (!/^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/.test(namespace))
     throw new UsageError(`--namespace: invalid containerd namespace ${JSON.stringify(namespace)}`);
   const metricsAddress = metricsAddressOption(values["metrics-address"]);
-  const log = createLogger({ level });
+  const log = createLogger({ level, format });
   const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   const store = new LocalStore(values.store ? { dir: resolve(values.store) } : {});
   const substituters: Store[] = [];

@@ -5,13 +5,9 @@ import { realpathSync } from "node:fs";
 import { stringify } from "yaml";
 import { NIX_IMAGE_REF_PREFIX, nixImageRef, parseNixImageRef, readNixImage } from "../outputs/nix-image.js";
 import { LocalStore } from "../store/local-store.js";
-import { helpHint, parse, UsageError } from "./args.js";
+import { helpHint, parse, printHelp, UsageError } from "./args.js";
+import { K8S_POD } from "./help-texts.js";
 import { resolveStorePathArg } from "./stores.js";
-
-const USAGE = `nixoci k8s pod IMAGE [--name NAME] [--namespace NS] [--container NAME]
-    [--image-pull-policy IfNotPresent|Always|Never] [--restart-policy Always|OnFailure|Never] [--store DIR]
-    [--json] [-- COMMAND [ARG...]]
-  IMAGE: an image description's store path (or a symlink to it, like ./result) or its nix:0/... reference`;
 
 /** A DNS-1123 label (pod and container names): lowercase alphanumerics and '-', at most 63 characters. */
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -45,31 +41,16 @@ function oneOf(flag: string, value: string | undefined, allowed: string[]): stri
 export async function k8sCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === undefined || sub === "--help" || sub === "-h") {
-    process.stdout.write(`usage: ${USAGE}\n`);
+    printHelp(K8S_POD);
     return sub === undefined ? 2 : 0;
   }
   if (sub !== "pod")
-    throw new UsageError(`unknown k8s subcommand ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
+    throw new UsageError(`unknown k8s subcommand ${JSON.stringify(sub)}; ${helpHint(K8S_POD)}`);
   const dash = rest.indexOf("--");
   const command = dash >= 0 ? rest.slice(dash + 1) : [];
-  const { values, positionals } = parse(
-    dash >= 0 ? rest.slice(0, dash) : rest,
-    {
-      name: { type: "string" },
-      namespace: { type: "string" },
-      container: { type: "string" },
-      "image-pull-policy": { type: "string" },
-      "restart-policy": { type: "string" },
-      store: { type: "string" },
-      json: { type: "boolean" },
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length !== 1) throw new UsageError(`expected one IMAGE; ${helpHint(USAGE)}`);
+  const { values, positionals } = parse(dash >= 0 ? rest.slice(0, dash) : rest, K8S_POD);
+  if (values.help) return printHelp(K8S_POD);
+  if (positionals.length !== 1) throw new UsageError(`expected one IMAGE; ${helpHint(K8S_POD)}`);
   const store = new LocalStore(values.store ? { dir: values.store } : {});
   try {
     const arg = positionals[0];

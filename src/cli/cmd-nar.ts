@@ -7,23 +7,17 @@ import { restoreNar, sweepRestoreTemporaries } from "../nix/nar-restore.js";
 import { dumpPathTo } from "../nix/nar-writer.js";
 import { decompressStream, type Compression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
-import { helpHint, needPositionals, parse, UsageError } from "./args.js";
-
-const USAGE = "nixoci nar dump PATH > out.nar | nixoci nar restore DEST < in.nar | nixoci nar ls FILE|-";
+import { helpHint, needPositionals, parse, printHelp, UsageError } from "./args.js";
+import { NAR } from "./help-texts.js";
 
 export async function narCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  const { values, positionals } = parse(rest, {}, USAGE);
+  const { values, positionals } = parse(rest, NAR);
   if (values.help || sub === undefined || sub === "--help" || sub === "-h") {
-    process.stdout.write(
-      `usage: ${USAGE}\n  dump     write the NAR of a file tree to stdout (bytes equal \`nix-store --dump\`)\n` +
-        `  restore  unpack a NAR from stdin into DEST (must not exist; written under a temporary name, then renamed;\n` +
-        `           SIGTERM, SIGINT or SIGHUP removes the temporary and exits 128+N)\n` +
-        `  ls       print a NAR's listing as Nix's .ls JSON (FILE may be compressed: .xz .zst .bz2 .br .gz)\n`,
-    );
+    printHelp(NAR);
     return sub === undefined ? 2 : 0;
   }
-  needPositionals(positionals, 1, USAGE, sub === "restore" ? "DEST" : sub === "ls" ? "FILE" : "PATH");
+  needPositionals(positionals, 1, NAR, sub === "restore" ? "DEST" : sub === "ls" ? "FILE" : "PATH");
   const arg = positionals[0];
   switch (sub) {
     case "dump":
@@ -37,7 +31,7 @@ export async function narCommand(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new UsageError(`unknown nar command ${JSON.stringify(sub)}; ${helpHint(USAGE)}`);
+      throw new UsageError(`unknown nar command ${JSON.stringify(sub)}; ${helpHint(NAR)}`);
   }
 }
 

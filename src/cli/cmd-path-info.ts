@@ -1,26 +1,14 @@
 // nixoci path-info [--json] [-r] [-s] [--store URL] [--trusted-public-key K]... [--no-check-sigs] PATH...
 import { computeClosure } from "../store/closure.js";
 import { pathInfoToJson, type PathInfo } from "../store/path-info.js";
-import { needPositionals, parse } from "./args.js";
-import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
+import { needPositionals, parse, printHelp } from "./args.js";
+import { PATH_INFO } from "./help-texts.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
-const USAGE = `nixoci path-info [--json] [-r|--recursive] [-s|--size] [--store URL] ${TRUST_USAGE} PATH...`;
-
 export async function pathInfoCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    argv,
-    {
-      json: { type: "boolean" },
-      recursive: { type: "boolean", short: "r" },
-      size: { type: "boolean", short: "s" },
-      store: { type: "string" },
-      ...TRUST_FLAGS,
-    },
-    USAGE,
-  );
-  if (values.help) return usage();
-  needPositionals(positionals, 1, USAGE);
+  const { values, positionals } = parse(argv, PATH_INFO);
+  if (values.help) return printHelp(PATH_INFO);
+  needPositionals(positionals, 1, PATH_INFO);
   const store = await openStore(
     values.store,
     trustOptions(values["trusted-public-key"], values["no-check-sigs"]),
@@ -50,11 +38,4 @@ export async function pathInfoCommand(argv: string[]): Promise<number> {
   } finally {
     store.close();
   }
-}
-
-function usage(): number {
-  process.stdout.write(
-    `usage: ${USAGE}\nPrints the metadata of store paths (as \`nix path-info\`; --json in its JSON shape).\n`,
-  );
-  return 0;
 }

@@ -15,23 +15,20 @@ import { opsRoutes, requestObserver, type RecentImage } from "../servers/registr
 import { createRegistryServer } from "../servers/registry/server.js";
 import { RegistryStorage } from "../servers/registry/storage.js";
 import { createResolver } from "../resolve/create-resolver.js";
+import { describeUnknownPackages } from "../resolve/resolver.js";
+import { prefixArchitectures } from "../servers/registry/image-names.js";
+import { settleMetaPackages } from "../servers/registry/meta-packages.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
 import { errnoWords } from "../util/fs-errors.js";
 import { proveWritableDir } from "../util/fs.js";
-import { didYouMean, intOption, parse, UsageError } from "./args.js";
-import { ARCHITECTURES } from "../image/spec.js";
-import { logLevelOption, SUBSTITUTER_FLAGS, SUBSTITUTER_USAGE } from "./shared-options.js";
+import { didYouMean, intOption, parse, printHelp, UsageError } from "./args.js";
+import { ARCHITECTURES, defaultArch } from "../image/spec.js";
+import { logFormatOption, logLevelOption, packageVersion } from "./shared-options.js";
+import { SERVE } from "./help-texts.js";
+import { serveBanner } from "./serve-banner.js";
 import { openStore, readSecretKeyFile, trustOptions } from "./stores.js";
-
-const USAGE = `nixoci serve [--listen ADDR:PORT] [--storage DIR] [--store DIR]
-    [--nix-file FILE | --nixpkgs PATH | --flake REF | --index FILE] ${SUBSTITUTER_USAGE}
-    [--meta NAME=PKG,PKG...]... [--arch ARCH]
-    [--layering nixery|size|popularity] [--max-layers N] [--compression gzip|zstd|none] [--compression-level N]
-    [--build-timeout SECONDS] [--max-builds N] [--max-queue N] [--upload-ttl SECONDS] [--max-nar-streams N]
-    [--sign-key FILE] [--cache-compression zstd|xz|none] [--no-binary-cache]
-    [--auth htpasswd:FILE|tokens:FILE] [--auth-pull] [--public-host HOST] [--log-level debug|info|warn|error|silent]`;
 
 /** `dir` can be created and written (else one line naming it and the flag). */
 async function checkWritableDir(dir: string, flag: string): Promise<void> {
@@ -96,45 +93,11 @@ function recordedImages(root: string): RecentImage[] {
 }
 
 export async function serveCommand(argv: string[]): Promise<number> {
-  const { values } = parse(
-    argv,
-    {
-      listen: { type: "string", default: "127.0.0.1:5000" },
-      storage: { type: "string" },
-      store: { type: "string" },
-      "nix-file": { type: "string" },
-      nixpkgs: { type: "string" },
-      flake: { type: "string" },
-      index: { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      meta: { type: "string", multiple: true },
-      arch: { type: "string" },
-      layering: { type: "string" },
-      "max-layers": { type: "string" },
-      compression: { type: "string" },
-      "compression-level": { type: "string" },
-      "build-timeout": { type: "string" },
-      "max-builds": { type: "string" },
-      "max-nar-streams": { type: "string" },
-      "max-queue": { type: "string" },
-      "upload-ttl": { type: "string" },
-      "sign-key": { type: "string" },
-      "cache-compression": { type: "string" },
-      "no-binary-cache": { type: "boolean" },
-      auth: { type: "string" },
-      "auth-pull": { type: "boolean" },
-      "public-host": { type: "string" },
-      "log-level": { type: "string" },
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  const { host, port } = parseListen(values.listen!);
+  const { values } = parse(argv, SERVE);
+  if (values.help) return printHelp(SERVE);
+  const { host, port } = parseListen(values.listen ?? "127.0.0.1:5000");
   const level = logLevelOption(values["log-level"]);
-  const logger = createLogger({ level });
+  const logger = createLogger({ level, format: logFormatOption(values["log-format"]) });
   const layering = values.layering as LayeringStrategy | undefined;
   if (layering && !["size", "popularity", "nixery"].includes(layering))
     throw new UsageError("--layering must be size, popularity or nixery");
@@ -178,7 +141,25 @@ export async function serveCommand(argv: string[]): Promise<number> {
   });
   // Fail now, not at the first pull, on a package source that cannot be read (a missing --nix-file or --index, a
   // nixpkgs path that is no checkout): its current revision is what every `latest` needs first.
-  await resolver.currentRevision();
+  const revision = await resolver.currentRevision();
+  // An --arch the package set has nothing for would fail every pull; so would a --meta naming packages it lacks.
+  const arch = values.arch ?? defaultArch();
+  const architectures = await resolver.architectures();
+  if (architectures && !architectures.includes(arch)) {
+    const problem = `${resolver.description} gives no packages for ${arch} here (only for ${architectures.join(", ") || "no architecture"})`;
+    if (values.arch !== undefined)
+      throw new UsageError(
+        `--arch ${arch}: ${problem}; give one of those (Nix builds for its system, extra-platforms and builders)`,
+      );
+    logger.warn("no packages for this machine's architecture: give --arch", { problem });
+  }
+  const resolverGiven = Boolean(values["nix-file"] ?? values.nixpkgs ?? values.flake ?? values.index);
+  const settled = await settleMetaPackages(resolver, { user: parseMeta(values.meta), revision, arch });
+  const bad = settled.unknown[0];
+  if (bad)
+    throw new UsageError(
+      `--meta ${bad.name}=${bad.packages.join(",")}: ${describeUnknownPackages(bad.missing, bad.suggestions)} in ${resolver.description}; give --meta ${bad.name}=PKG,... with packages it has`,
+    );
   // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
   storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
 
@@ -209,8 +190,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     storage,
     resolver,
     store,
-    metaPackages: parseMeta(values.meta),
-    defaultArch: values.arch,
+    metaPackages: settled.metaPackages,
+    defaultArch: arch,
     layering,
     maxLayers: values["max-layers"] ? intOption(values["max-layers"], "max-layers", 100, 2) : undefined,
     compression,
@@ -249,6 +230,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
       publicKey: signKey?.publicKey.toString(),
       binaryCache: !values["no-binary-cache"],
       credentials: Boolean(values["auth-pull"]),
+      naming: {
+        metaPackages: settled.metaPackages,
+        prefixArchitectures: architectures ? prefixArchitectures(architectures) : [],
+        defaultArch: arch,
+      },
     }),
   );
   const server = createRegistryServer({
@@ -269,13 +255,44 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const bound =
     typeof addr === "object" && addr
       ? `${addr.address.includes(":") ? `[${addr.address}]` : addr.address}:${addr.port}`
-      : values.listen;
+      : `${host}:${port}`;
+  // A person at a terminal gets the banner; the "listening" record is written in any case (it is the log's).
+  if (process.stderr.isTTY) {
+    const wildcard = typeof addr === "object" && addr !== null && ["0.0.0.0", "::"].includes(addr.address);
+    process.stderr.write(
+      serveBanner({
+        version: packageVersion(),
+        address: bound,
+        host: values["public-host"] ?? (wildcard ? `127.0.0.1:${port}` : bound),
+        resolver: resolver.description,
+        revision,
+        storage: storageDir,
+        store: store.realDir,
+        binaryCache: !values["no-binary-cache"],
+        publicKey: signKey?.publicKey.toString(),
+        auth: values.auth ? (values["auth-pull"] ? "all" : "push") : undefined,
+      }),
+    );
+  }
   logger.info("listening", {
     address: bound,
     storage: storageDir,
     resolver: resolver.description,
     binaryCache: !values["no-binary-cache"],
   });
+  // The built-in meta-packages as the set allows (meta-packages.ts), after the banner so a terminal shows them
+  // under it. With no package source names are store paths, and a meta-package has nothing to stand for.
+  for (const f of settled.fallbacks)
+    logger.info(`meta-package ${f.name} falls back to packages the set has`, {
+      packages: f.packages,
+      lacking: f.missing,
+    });
+  if (resolverGiven)
+    for (const off of settled.off)
+      logger.warn(`meta-package ${off.name} is off: the set has none of its packages`, {
+        lacking: off.missing,
+        fix: `--meta ${off.name}=PKG,...`,
+      });
 
   // Graceful shutdown: stop accepting, let requests in flight (and the builds they wait for) finish for a
   // while, then exit. Blobs are only ever renamed into place complete, so an abandoned build leaves nothing

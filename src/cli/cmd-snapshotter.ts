@@ -5,27 +5,20 @@
 // hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
 // or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
-// Logs are JSON lines on stderr. SIGTERM or SIGINT: stop accepting calls, finish running ones (bounded), exit 0.
+// Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
+// stop accepting calls, finish running ones (bounded), exit 0.
 import { resolve } from "node:path";
-import { createLogger, type LogLevel } from "../util/logger.js";
+import { createLogger, type LogFormat, type LogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../servers/snapshotter/server.js";
 import { SnapshotterMetrics } from "../servers/snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../servers/snapshotter/nix-layers.js";
 import { LocalStore } from "../store/local-store.js";
-import { helpHint, parse, UsageError } from "./args.js";
-import {
-  DAEMON_FLAGS,
-  DAEMON_USAGE,
-  logLevelOption,
-  SUBSTITUTER_FLAGS,
-  SUBSTITUTER_USAGE,
-} from "./shared-options.js";
+import { helpHint, parse, printHelp, UsageError } from "./args.js";
+import { logFormatOption, logLevelOption } from "./shared-options.js";
+import { SNAPSHOTTER } from "./help-texts.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { trustOptions } from "./stores.js";
-
-const USAGE = `nixoci snapshotter --address SOCK --root DIR [--store DIR] ${SUBSTITUTER_USAGE}
-    [--nix-layers auto|link|metacopy|bind] ${DAEMON_USAGE}`;
 
 export interface SnapshotterOptions {
   address: string;
@@ -49,19 +42,8 @@ function isNixLayerMode(s: string): s is NixLayerMode {
 
 export function parseSnapshotterArgs(
   argv: string[],
-): SnapshotterOptions & { help: boolean; logLevel: LogLevel | "silent" } {
-  const { values, positionals } = parse(
-    argv,
-    {
-      address: { type: "string" },
-      root: { type: "string" },
-      store: { type: "string" },
-      ...SUBSTITUTER_FLAGS,
-      ...DAEMON_FLAGS,
-      "nix-layers": { type: "string" },
-    },
-    USAGE,
-  );
+): SnapshotterOptions & { help: boolean; logLevel: LogLevel | "silent"; logFormat: LogFormat } {
+  const { values, positionals } = parse(argv, SNAPSHOTTER);
   if (values.help)
     return {
       help: true,
@@ -72,11 +54,12 @@ export function parseSnapshotterArgs(
       allowUnsigned: false,
       nixLayers: "auto",
       logLevel: "info",
+      logFormat: "json",
     };
   if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(USAGE)}`);
-  const address = socketPathOption("address", values.address, USAGE);
-  if (!values.root) throw new UsageError(`--root is required; ${helpHint(USAGE)}`);
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(SNAPSHOTTER)}`);
+  const address = socketPathOption("address", values.address, SNAPSHOTTER);
+  if (!values.root) throw new UsageError(`--root is required; ${helpHint(SNAPSHOTTER)}`);
   const nixLayers = values["nix-layers"] ?? "auto";
   if (!isNixLayerMode(nixLayers))
     throw new UsageError(
@@ -84,6 +67,7 @@ export function parseSnapshotterArgs(
     );
   const metricsAddress = metricsAddressOption(values["metrics-address"]);
   const logLevel = logLevelOption(values["log-level"]);
+  const logFormat = logFormatOption(values["log-format"]);
   return {
     help: false,
     address,
@@ -95,16 +79,14 @@ export function parseSnapshotterArgs(
     nixLayers,
     metricsAddress,
     logLevel,
+    logFormat,
   };
 }
 
 export async function snapshotterCommand(argv: string[]): Promise<number> {
   const opts = parseSnapshotterArgs(argv);
-  if (opts.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  const log = createLogger({ level: opts.logLevel });
+  if (opts.help) return printHelp(SNAPSHOTTER);
+  const log = createLogger({ level: opts.logLevel, format: opts.logFormat });
   const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
   const metrics = new SnapshotterMetrics();

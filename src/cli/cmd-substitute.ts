@@ -6,33 +6,18 @@ import { parseStorePath, toStorePathPrefix, DEFAULT_STORE_DIR } from "../nix/sto
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
-import { helpHint, intOption, needPositionals, parse, UsageError } from "./args.js";
-import { TRUST_FLAGS, TRUST_USAGE } from "./shared-options.js";
+import { helpHint, intOption, needPositionals, parse, printHelp, UsageError } from "./args.js";
+import { SUBSTITUTE } from "./help-texts.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, trustOptions } from "./stores.js";
 
-const USAGE = `nixoci substitute --from URL [--from URL]... ${TRUST_USAGE} [--store-dir DIR] [-j N] [--quiet] PATH...`;
-
 export async function substituteCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    argv,
-    {
-      from: { type: "string", multiple: true },
-      ...TRUST_FLAGS,
-      "store-dir": { type: "string", default: DEFAULT_STORE_DIR },
-      jobs: { type: "string", short: "j" },
-      quiet: { type: "boolean", short: "q" },
-    },
-    USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`usage: ${USAGE}\n`);
-    return 0;
-  }
-  needPositionals(positionals, 1, USAGE);
-  if (!values.from?.length) throw new UsageError(`missing --from URL; ${helpHint(USAGE)}`);
+  const { values, positionals } = parse(argv, SUBSTITUTE);
+  if (values.help) return printHelp(SUBSTITUTE);
+  needPositionals(positionals, 1, SUBSTITUTE);
+  if (!values.from?.length) throw new UsageError(`missing --from URL; ${helpHint(SUBSTITUTE)}`);
   const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
-  const targetDir = resolve(values["store-dir"]!);
+  const targetDir = resolve(values["store-dir"] ?? DEFAULT_STORE_DIR);
   const target = new LocalStore({ dir: targetDir });
   // Sources are store URLs: binary caches, or local store directories (e.g. --from /nix/store to copy
   // from this machine's store before downloading).

@@ -4,10 +4,11 @@ import { resolve } from "node:path";
 import type { Logger } from "../util/logger.js";
 import { parseListenAddress } from "../util/ops-http.js";
 import { helpHint, UsageError } from "./args.js";
+import type { CommandHelp } from "./help-format.js";
 
 /** A required unix socket path flag, resolved and checked against the 107-byte limit of socket paths. */
-export function socketPathOption(flag: string, value: string | undefined, usage: string): string {
-  if (!value) throw new UsageError(`--${flag} is required; ${helpHint(usage)}`);
+export function socketPathOption(flag: string, value: string | undefined, help: CommandHelp): string {
+  if (!value) throw new UsageError(`--${flag} is required; ${helpHint(help)}`);
   const p = resolve(value);
   if (Buffer.byteLength(p) > 107)
     throw new UsageError(`--${flag} ${JSON.stringify(value)}: a unix socket path must be at most 107 bytes`);

@@ -1,5 +1,18 @@
 // Entry point of the nixoci CLI: one module per command; errors from bad input print as one line.
 import { didYouMean, UsageError } from "./args.js";
+import {
+  BUILD,
+  CACHE,
+  CLOSURE,
+  FRONTEND,
+  IMAGE_SERVICE,
+  K8S_POD,
+  NAR,
+  PATH_INFO,
+  SERVE,
+  SNAPSHOTTER,
+  SUBSTITUTE,
+} from "./help-texts.js";
 import { packageVersion } from "./shared-options.js";
 import { NixociError } from "../util/errors.js";
 import { describeSystemError } from "../util/fs-errors.js";
@@ -23,24 +36,18 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
 
 /** The commands with their one-line summaries, in the order the help lists them. */
 const SUMMARIES: Array<[string, string]> = [
-  ["build", "build a layered OCI image from Nix store paths and write it to outputs"],
-  ["path-info", "metadata of store paths (local store or binary cache)"],
-  ["closure", "the closure of store paths, one per line, sorted"],
-  ["nar", "dump, restore and list NAR archives"],
-  ["cache", "push store paths into a binary cache; garbage-collect the layer cache"],
-  ["substitute", "realise store paths from binary caches into a store directory"],
-  ["serve", "an on-demand registry of Nix package images that is also a Nix binary cache"],
-  [
-    "snapshotter",
-    "a containerd proxy snapshotter that composes Nix layers from the store instead of downloading them",
-  ],
-  [
-    "image-service",
-    "a CRI image service: nix:0/nix/store/... images from the store, the rest proxied to containerd",
-  ],
-  ["k8s", "k8s pod: a Pod manifest whose image is a nix:0 reference (no registry)"],
-  ["frontend", "the BuildKit frontend (run by BuildKit; `# syntax=` its image) and its build steps"],
-];
+  BUILD,
+  PATH_INFO,
+  CLOSURE,
+  NAR,
+  CACHE,
+  SUBSTITUTE,
+  SERVE,
+  SNAPSHOTTER,
+  IMAGE_SERVICE,
+  K8S_POD,
+  FRONTEND,
+].map((h) => [h.name.split(" ")[0], h.summary]);
 const WIDTH = Math.max(...SUMMARIES.map(([c]) => c.length)) + 2;
 
 const HELP = `nixoci: Nix closures for the container ecosystem
@@ -50,7 +57,13 @@ usage: nixoci COMMAND [OPTIONS] [ARGS]
 commands:
 ${SUMMARIES.map(([c, summary]) => `  ${c.padEnd(WIDTH)}${summary}`).join("\n")}
 
-Run \`nixoci help COMMAND\` (or \`nixoci COMMAND --help\`) for a command's options; \`nixoci --version\` for the version.
+examples:
+  nixoci build ./result -o oci:./image:latest         # an OCI layout of ./result's closure
+  nixoci build ./result -o - | docker load            # straight into docker
+  nixoci serve --nix-file examples/packages.nix       # a registry that builds images of package names
+
+Run \`nixoci help COMMAND\` (or \`nixoci COMMAND --help\`) for a command's options and examples;
+\`nixoci --version\` for the version.
 `;
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,30 +1,61 @@
-// Flags that several commands take, declared once with their usage text: trust (which signatures binary caches
-// must carry), substituters, and the daemons' log and metrics flags. A command spreads the declarations into its
-// parse() options and puts the usage fragment into its USAGE line, so the flags and their help cannot drift.
+// Flags that several commands take, declared once with their help (see help-format.ts): trust (which signatures
+// binary caches must carry), substituters, and the daemons' log and metrics flags.
 import { readFileSync } from "node:fs";
-import { parseLogLevel, type LogLevel } from "../util/logger.js";
+import {
+  defaultLogFormat,
+  parseLogFormat,
+  parseLogLevel,
+  type LogFormat,
+  type LogLevel,
+} from "../util/logger.js";
 import { UsageError } from "./args.js";
+import type { FlagTable } from "./help-format.js";
 
 /** `--trusted-public-key K` (repeatable) and `--no-check-sigs`. */
 export const TRUST_FLAGS = {
-  "trusted-public-key": { type: "string", multiple: true },
-  "no-check-sigs": { type: "boolean" },
-} as const;
-export const TRUST_USAGE = "[--trusted-public-key K]... [--no-check-sigs]";
+  "trusted-public-key": {
+    type: "string",
+    multiple: true,
+    value: "K",
+    help: "trust signatures by this key (NAME:BASE64), besides nix.conf's trusted-public-keys",
+  },
+  "no-check-sigs": {
+    type: "boolean",
+    help: "accept unsigned paths from binary caches (hashes are still checked)",
+  },
+} as const satisfies FlagTable;
 
 /** `--substituter URL` (repeatable) with the trust flags its caches are checked against. */
 export const SUBSTITUTER_FLAGS = {
-  substituter: { type: "string", multiple: true },
+  substituter: {
+    type: "string",
+    multiple: true,
+    value: "URL",
+    help: "a binary cache to fetch store paths missing from the store",
+  },
   ...TRUST_FLAGS,
-} as const;
-export const SUBSTITUTER_USAGE = `[--substituter URL]... ${TRUST_USAGE}`;
+} as const satisfies FlagTable;
 
-/** A daemon's `--log-level` and `--metrics-address` (health and metrics over HTTP). */
+/** A daemon's `--log-level`, `--log-format` and `--metrics-address` (health and metrics over HTTP). */
 export const DAEMON_FLAGS = {
-  "log-level": { type: "string" },
-  "metrics-address": { type: "string" },
-} as const;
-export const DAEMON_USAGE = "[--metrics-address HOST:PORT] [--log-level debug|info|warn|error|silent]";
+  "metrics-address": {
+    type: "string",
+    value: "HOST:PORT",
+    help: "serve GET /healthz and Prometheus GET /metrics here",
+  },
+  "log-level": {
+    type: "string",
+    value: "debug|info|warn|error|silent",
+    help: "the least important log lines written to stderr",
+    byDefault: "info",
+  },
+  "log-format": {
+    type: "string",
+    value: "text|json",
+    help: "log lines for people (time, level, message, key=value) or one JSON object a line",
+    byDefault: "text on a terminal, else json",
+  },
+} as const satisfies FlagTable;
 
 /** `--log-level` (default info), a usage error when it is not a level. */
 export function logLevelOption(value: string | undefined): LogLevel | "silent" {
@@ -34,6 +65,14 @@ export function logLevelOption(value: string | undefined): LogLevel | "silent" {
       `--log-level: unknown level ${JSON.stringify(value)} (debug, info, warn, error or silent)`,
     );
   return level;
+}
+
+/** `--log-format` (default text when stderr is a terminal, else json), a usage error when it is not a format. */
+export function logFormatOption(value: string | undefined): LogFormat {
+  if (value === undefined) return defaultLogFormat(process.stderr);
+  const format = parseLogFormat(value);
+  if (!format) throw new UsageError(`--log-format: unknown format ${JSON.stringify(value)} (text or json)`);
+  return format;
 }
 
 /** The version in the package's package.json (two directories above dist/src/cli, and above src/cli). */

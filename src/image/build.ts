@@ -53,10 +53,18 @@ export interface LayerReport {
   status: LayerStatus;
 }
 
+// Layer events carry the layer's index in the image (the customisation layer is the last); builds run in
+// parallel, so they come in any order. narSize is the layer's store paths' NAR size (0 for the customisation
+// layer): about the bytes its tar has, which is what "layer-progress" counts.
 export type BuildEvent =
   | { type: "substitute"; event: SubstituteEvent }
   | { type: "planned"; layers: number; paths: number; narSize: number }
-  | { type: "layer"; index: number; report: LayerReport }
+  /** A layer the cache lacks starts building. */
+  | { type: "layer-start"; index: number; paths: string[]; narSize: number }
+  /** Tar bytes of a building layer read so far. */
+  | { type: "layer-progress"; index: number; bytes: number }
+  /** A layer is ready: reused from the cache or built. */
+  | { type: "layer"; index: number; report: LayerReport; narSize: number }
   | { type: "warning"; message: string };
 
 export interface BuildResult {
@@ -150,23 +158,29 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       }
     });
   const cachedOrBuilt = async (
+    index: number,
     identity: string,
     paths: string[],
     narSize: number,
     makeTar: () => import("node:stream").Readable,
   ): Promise<LayerReport> => {
     const hit = await cache.lookup(identity);
-    if (hit) return { ...hit, paths, status: "reused" };
-    return scheduleBuild(narSize, async () => {
-      const blob = await buildLayerBlob(makeTar(), {
-        compression: opts.compression,
-        level,
-        blobs: cache.blobs,
-      });
-      const record: CachedLayer = { ...blob, paths };
-      await cache.record(identity, record);
-      return { ...record, status: "built" as const };
-    });
+    const report: LayerReport = hit
+      ? { ...hit, paths, status: "reused" }
+      : await scheduleBuild(narSize, async () => {
+          emit({ type: "layer-start", index, paths, narSize });
+          const blob = await buildLayerBlob(makeTar(), {
+            compression: opts.compression,
+            level,
+            blobs: cache.blobs,
+            onTarBytes: (bytes) => emit({ type: "layer-progress", index, bytes }),
+          });
+          const record: CachedLayer = { ...blob, paths };
+          await cache.record(identity, record);
+          return { ...record, status: "built" as const };
+        });
+    emit({ type: "layer", index, report, narSize });
+    return report;
   };
 
   try {
@@ -179,11 +193,9 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         paths: layer.paths.map((p) => [p, closure.get(p)!.narHash.toString("nix32")]),
       });
       const narSize = layer.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0);
-      const report = await cachedOrBuilt(identity, layer.paths, narSize, () =>
+      return cachedOrBuilt(index, identity, layer.paths, narSize, () =>
         storePathsTar(layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) }))),
       );
-      emit({ type: "layer", index, report });
-      return report;
     });
 
     const custom = customisationLayer({
@@ -201,11 +213,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         "content" in e ? { ...e, content: e.content.toString("base64") } : e,
       ),
     });
-    const customLayer = (async () => {
-      const report = await cachedOrBuilt(customIdentity, [], 0, () => treeTar(custom.entries));
-      emit({ type: "layer", index: plan.length, report });
-      return report;
-    })();
+    const customLayer = cachedOrBuilt(plan.length, customIdentity, [], 0, () => treeTar(custom.entries));
 
     const layers = await allSettledOrThrow([...storeLayers, customLayer]);
     const descriptors: Descriptor[] = layers.map((l) => {

@@ -33,6 +33,8 @@ export interface BuildLayerOptions {
   /** gzip 0-9 (default 6), zstd 1-22 (default 3); ignored for "none". */
   level?: number;
   blobs: BlobStore;
+  /** Told the running count of tar bytes read, as they flow: progress for whoever watches the build. */
+  onTarBytes?: (total: number) => void;
 }
 
 /** Default gzip level: zlib's (and docker's, GNU gzip's) default. */
@@ -57,7 +59,8 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
   const compressed = compressor.length > 0;
   try {
     // Uncompressed: the blob store's own hash is the diff_id.
-    await pipeline([tar, ...(compressed ? [tap, ...compressor] : []), writer.stream]);
+    const counter = opts.onTarBytes ? [countingStage(opts.onTarBytes)] : [];
+    await pipeline([tar, ...counter, ...(compressed ? [tap, ...compressor] : []), writer.stream]);
     const ref = await writer.commit();
     return {
       digest: ref.digest,
@@ -89,6 +92,18 @@ function compressorStages(compression: LayerCompression, level: number | undefin
     default:
       throw new NixociError("layer compression", `unsupported compression ${String(compression)}`);
   }
+}
+
+/** Passes chunks on unchanged, telling `onBytes` the total so far. */
+function countingStage(onBytes: (total: number) => void): Transform {
+  let total = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      total += chunk.length;
+      onBytes(total);
+      done(null, chunk);
+    },
+  });
 }
 
 const GZIP_OS_OFFSET = 9;

@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { parseTaggedName } from "../oci/reference.js";
+import { didYouMean } from "../util/did-you-mean.js";
 import { NixociError, quote } from "../util/errors.js";
 import { errnoWords } from "../util/fs-errors.js";
 
@@ -136,7 +137,11 @@ export function specFromObject(doc: unknown, input: string): Partial<ImageSpec> 
   if (typeof doc !== "object" || doc === null || Array.isArray(doc))
     throw new NixociError(input, "spec must be a mapping of keys to values");
   const o = doc as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!KEYS.has(k)) throw new NixociError(input, `unknown key ${quote(k)}`);
+  for (const k of Object.keys(o))
+    if (!KEYS.has(k)) {
+      const guess = didYouMean(k, [...KEYS]);
+      throw new NixociError(input, `unknown key ${quote(k)}${guess ? ` (did you mean ${guess}?)` : ""}`);
+    }
   const str = (k: string, v: unknown): string => {
     if (typeof v !== "string") throw new NixociError(input, `${k} must be a string`);
     return v;

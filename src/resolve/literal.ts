@@ -29,11 +29,21 @@ export class LiteralResolver implements PackageResolver {
   async resolve(packages: string[], opts: ResolveOptions): Promise<string[]> {
     const names = [...new Set(packages)].sort();
     if (!names.length) throw new NixociError(this.description, "no packages requested");
+    const unknown = await this.missingPackages(names, opts);
+    if (unknown.length) throw new UnknownPackageError(unknown, this.description);
+    const roots = names.map((n) => parseStoreBaseName(n, this.opts.store.storeDir).path);
+    const substituters = this.opts.substituters ?? [];
+    if (substituters.length) await new Substituter(this.opts.store, substituters).realise(roots);
+    return roots;
+  }
+
+  /** Names that are no store path base name, or whose path neither the store nor a binary cache has. */
+  async missingPackages(packages: string[], opts: ResolveOptions): Promise<string[]> {
     const { store } = this.opts;
     const substituters = this.opts.substituters ?? [];
-    const paths = new Map<string, string>();
     const unknown: string[] = [];
-    for (const name of names) {
+    for (const name of [...new Set(packages)].sort()) {
+      opts.signal?.throwIfAborted();
       let path: string;
       try {
         path = parseStoreBaseName(name, store.storeDir).path;
@@ -41,10 +51,6 @@ export class LiteralResolver implements PackageResolver {
         unknown.push(name);
         continue;
       }
-      paths.set(name, path);
-    }
-    for (const [name, path] of paths) {
-      opts.signal?.throwIfAborted();
       if (await store.queryPathInfo(path)) continue;
       let found = false;
       for (const s of substituters) {
@@ -59,9 +65,16 @@ export class LiteralResolver implements PackageResolver {
       }
       if (!found) unknown.push(name);
     }
-    if (unknown.length) throw new UnknownPackageError(unknown, this.description);
-    const roots = [...paths.values()];
-    if (substituters.length) await new Substituter(store, substituters).realise(roots);
-    return roots;
+    return unknown;
+  }
+
+  /** The store is no list of names worth suggesting from. */
+  async packageNames(_opts: ResolveOptions): Promise<undefined> {
+    return undefined;
+  }
+
+  /** Store paths are whatever they were built for: the name's architecture prefix only labels the image. */
+  async architectures(): Promise<undefined> {
+    return undefined;
   }
 }

@@ -25,7 +25,9 @@ import { dirname, join, resolve as resolvePath } from "node:path";
 import { parseStorePath } from "../nix/store-path.js";
 import { NixociError, oneLine } from "../util/errors.js";
 import { Cached } from "./cached.js";
+import { nixSystems } from "./nix-systems.js";
 import {
+  archForName,
   RevisionUnavailableError,
   systemForArch,
   UnknownPackageError,
@@ -34,7 +36,7 @@ import {
 } from "./resolver.js";
 
 const EXPR = `
-{ source, kind, system, rev ? "", names ? "" }:
+{ source, kind, system, rev ? "", names ? "", list ? "" }:
 let
   root =
     if kind == "file" then import source
@@ -57,7 +59,8 @@ let
       let v = find pkgs (attrPath name); in builtins.isAttrs v && (v.type or null) == "derivation");
     in r.success && r.value;
 in
-if names == "" then pkgs
+if list != "" then builtins.attrNames pkgs
+else if names == "" then pkgs
 else builtins.filter (name: !isPackage name) (builtins.fromJSON names)
 `;
 
@@ -98,6 +101,9 @@ export class NixEvalResolver implements PackageResolver {
   private readonly revision: Cached<{ revision: string; target: EvalTarget }>;
   /** revision \0 system -> name -> is a package; a few recent revisions only. */
   private readonly known = new Map<string, Map<string, boolean>>();
+  /** revision \0 system -> the package set's attribute names; a few recent revisions only. */
+  private readonly names = new Map<string, Promise<string[]>>();
+  private platforms?: Promise<string[] | undefined>;
 
   constructor(private readonly opts: NixEvalOptions) {
     const given = [opts.nixFile, opts.nixpkgs, opts.flake].filter((x) => x !== undefined);
@@ -139,50 +145,12 @@ export class NixEvalResolver implements PackageResolver {
     const names = [...new Set(packages)].sort();
     if (!names.length) throw new NixociError(this.description, "no packages requested");
     const system = systemForArch(opts.arch);
-    const bad = names.filter((n) => !ATTR_PATH_RE.test(n));
     const target = await this.targetFor(opts.revision);
 
     // 1. Which names are packages (cached per revision and system).
-    const cacheKey = `${opts.revision}\0${system}`;
-    let known = this.known.get(cacheKey);
-    const unchecked = names.filter((n) => !bad.includes(n) && known?.get(n) === undefined);
-    if (unchecked.length) {
-      const stdout = await this.run(
-        this.opts.nixInstantiate ?? "nix-instantiate",
-        [
-          ...(target.flake ? EXPERIMENTAL : []),
-          "--eval",
-          "--strict",
-          "--json",
-          "-E",
-          EXPR,
-          ...target.args,
-          "--argstr",
-          "system",
-          system,
-          "--argstr",
-          "names",
-          JSON.stringify(unchecked),
-        ],
-        { signal: opts.signal, timeoutMs: this.opts.timeoutMs, what: "evaluation" },
-      );
-      let missing: unknown;
-      try {
-        missing = JSON.parse(stdout);
-      } catch {
-        throw new NixociError(this.description, `nix-instantiate printed no JSON list: ${oneLine(stdout)}`);
-      }
-      if (!Array.isArray(missing)) throw new NixociError(this.description, "nix-instantiate printed no list");
-      if (!known) {
-        known = new Map();
-        this.known.set(cacheKey, known);
-        while (this.known.size > 8) this.known.delete(this.known.keys().next().value!);
-      }
-      if (known.size > 10_000) known.clear();
-      for (const n of unchecked) known.set(n, !missing.includes(n));
-    }
-    const unknown = [...bad, ...names.filter((n) => known?.get(n) === false)];
+    const unknown = await this.unknownAmong(names, target, opts);
     if (unknown.length) throw new UnknownPackageError(unknown, this.description);
+    const known = this.known.get(`${opts.revision}\0${system}`);
 
     // 2. Build (or find) them.
     let stdout: string;
@@ -228,6 +196,97 @@ export class NixEvalResolver implements PackageResolver {
         );
     }
     return paths;
+  }
+
+  async missingPackages(packages: string[], opts: ResolveOptions): Promise<string[]> {
+    const names = [...new Set(packages)].sort();
+    if (!names.length) return [];
+    return this.unknownAmong(names, await this.targetFor(opts.revision), opts);
+  }
+
+  async packageNames(opts: ResolveOptions): Promise<string[]> {
+    const key = `${opts.revision}\0${systemForArch(opts.arch)}`;
+    let names = this.names.get(key);
+    if (!names) {
+      const target = await this.targetFor(opts.revision);
+      names = this.evaluate(target, opts, ["--argstr", "list", "1"]).then((out) => {
+        const list: unknown = JSON.parse(out);
+        if (!Array.isArray(list) || list.some((n) => typeof n !== "string"))
+          throw new NixociError(this.description, "nix-instantiate printed no list of names");
+        return list as string[];
+      });
+      this.names.set(key, names);
+      while (this.names.size > 4) this.names.delete(this.names.keys().next().value!);
+      names.catch(() => this.names.get(key) === names && this.names.delete(key));
+    }
+    return names;
+  }
+
+  /**
+   * Nix's own answer to which systems it builds for: `system`, `extra-platforms`, and the systems of the remote
+   * machines in `builders` (read once: nix.conf rarely changes under a running server).
+   */
+  architectures(): Promise<string[] | undefined> {
+    this.platforms ??= this.run(this.opts.nix ?? "nix", [...EXPERIMENTAL, "show-config", "--json"], {
+      timeoutMs: 60_000,
+      what: "nix show-config",
+    }).then(
+      async (out) => {
+        const systems = await nixSystems(out);
+        return [...new Set(systems.map(archForName).filter((a) => a !== undefined))].sort();
+      },
+      // A nix without the nix command (only nix-build and nix-instantiate): it cannot tell.
+      () => undefined,
+    );
+    return this.platforms;
+  }
+
+  /** The sorted names among `names` (sorted, unique) that are no package, evaluated once per revision and system. */
+  private async unknownAmong(names: string[], target: EvalTarget, opts: ResolveOptions): Promise<string[]> {
+    const system = systemForArch(opts.arch);
+    const bad = names.filter((n) => !ATTR_PATH_RE.test(n));
+    const cacheKey = `${opts.revision}\0${system}`;
+    let known = this.known.get(cacheKey);
+    const unchecked = names.filter((n) => !bad.includes(n) && known?.get(n) === undefined);
+    if (unchecked.length) {
+      const stdout = await this.evaluate(target, opts, ["--argstr", "names", JSON.stringify(unchecked)]);
+      let missing: unknown;
+      try {
+        missing = JSON.parse(stdout);
+      } catch {
+        throw new NixociError(this.description, `nix-instantiate printed no JSON list: ${oneLine(stdout)}`);
+      }
+      if (!Array.isArray(missing)) throw new NixociError(this.description, "nix-instantiate printed no list");
+      if (!known) {
+        known = new Map();
+        this.known.set(cacheKey, known);
+        while (this.known.size > 8) this.known.delete(this.known.keys().next().value!);
+      }
+      if (known.size > 10_000) known.clear();
+      for (const n of unchecked) known.set(n, !missing.includes(n));
+    }
+    return [...bad, ...names.filter((n) => known?.get(n) === false)].sort();
+  }
+
+  /** `nix-instantiate --eval --strict --json` of EXPR for the target and system, with `args` added. */
+  private evaluate(target: EvalTarget, opts: ResolveOptions, args: string[]): Promise<string> {
+    return this.run(
+      this.opts.nixInstantiate ?? "nix-instantiate",
+      [
+        ...(target.flake ? EXPERIMENTAL : []),
+        "--eval",
+        "--strict",
+        "--json",
+        "-E",
+        EXPR,
+        ...target.args,
+        "--argstr",
+        "system",
+        systemForArch(opts.arch),
+        ...args,
+      ],
+      { signal: opts.signal, timeoutMs: this.opts.timeoutMs, what: "evaluation" },
+    );
   }
 
   /** The EXPR arguments for a revision: the current one, or (git) a pinned commit. */

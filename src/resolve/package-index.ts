@@ -124,16 +124,34 @@ export class PackageIndexResolver implements PackageResolver {
     return revision === (await this.currentRevision());
   }
 
-  async resolve(packages: string[], opts: ResolveOptions): Promise<string[]> {
+  /** The index's table for the revision (which must be the index's) and architecture; undefined when it has none. */
+  private async table(opts: ResolveOptions): Promise<Map<string, string[]> | undefined> {
     const index = await this.index();
     if (opts.revision !== index.revision)
       throw new RevisionUnavailableError(
         opts.revision,
         `not available from ${this.description} (current revision: ${index.revision})`,
       );
+    return index.packages.get(opts.arch);
+  }
+
+  async missingPackages(packages: string[], opts: ResolveOptions): Promise<string[]> {
+    const table = await this.table(opts);
+    return [...new Set(packages)].filter((n) => !table?.has(n)).sort();
+  }
+
+  async packageNames(opts: ResolveOptions): Promise<string[]> {
+    return [...((await this.table(opts))?.keys() ?? [])].sort();
+  }
+
+  async architectures(): Promise<string[]> {
+    return [...(await this.index()).packages.keys()].sort();
+  }
+
+  async resolve(packages: string[], opts: ResolveOptions): Promise<string[]> {
+    const table = await this.table(opts);
     const names = [...new Set(packages)].sort();
     if (!names.length) throw new NixociError(this.description, "no packages requested");
-    const table = index.packages.get(opts.arch);
     const unknown = names.filter((n) => !table?.has(n));
     if (unknown.length) throw new UnknownPackageError(unknown, `${this.description} for ${opts.arch}`);
     const paths = [...new Set(names.flatMap((n) => table!.get(n)!))];

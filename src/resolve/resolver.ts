@@ -7,6 +7,7 @@
 //   - LiteralResolver (literal.ts): names that are store path base names ("<hash>-<name>"), taken as they are.
 // This module holds what they share (the interface and its errors); create-resolver.ts picks one from the serve
 // options.
+import { didYouMean } from "../util/did-you-mean.js";
 import { NixociError } from "../util/errors.js";
 
 export interface ResolveOptions {
@@ -40,6 +41,23 @@ export interface PackageResolver {
    * anything else (evaluation or build failures, a revision that is no longer available).
    */
   resolve(packages: string[], opts: ResolveOptions): Promise<string[]>;
+  /**
+   * The names among `packages` that the package set does not have for that revision and architecture, sorted
+   * (empty when it has them all), found without building or substituting anything: what `resolve` would call
+   * unknown. For serve's start-up check of meta-packages and for tags lists of names not built yet.
+   */
+  missingPackages(packages: string[], opts: ResolveOptions): Promise<string[]>;
+  /**
+   * The names the package set has for that revision and architecture (attribute names of a Nix package set,
+   * an index's keys), for "did you mean"; undefined when they cannot be listed (literal store paths).
+   */
+  packageNames(opts: ResolveOptions): Promise<string[] | undefined>;
+  /**
+   * The OCI architectures it can give packages for (a Nix resolver: Nix's system, extra-platforms and remote
+   * builders' systems; an index: its architectures); undefined when it cannot tell (literal store paths are
+   * whatever they were built for).
+   */
+  architectures(): Promise<string[] | undefined>;
 }
 
 /** Some requested package names do not exist in the package set; `packages` lists all of them, sorted. */
@@ -55,6 +73,43 @@ export class UnknownPackageError extends NixociError {
     this.name = "UnknownPackageError";
     this.packages = sorted;
   }
+}
+
+/**
+ * Unknown names with their "did you mean", as errors show them: `unknown package "helo" (did you mean hello?)`,
+ * `unknown packages "helo" (did you mean hello?), "zzz"`.
+ */
+export function describeUnknownPackages(
+  packages: readonly string[],
+  suggestions: Readonly<Record<string, string>> = {},
+): string {
+  const named = packages.map((p) =>
+    Object.hasOwn(suggestions, p)
+      ? `${JSON.stringify(p)} (did you mean ${suggestions[p]}?)`
+      : JSON.stringify(p),
+  );
+  return `${packages.length === 1 ? "unknown package" : "unknown packages"} ${named.join(", ")}`;
+}
+
+/**
+ * For each unknown name that is a near miss of a known one, that name; else, for a variant of a known package
+ * (nixpkgs' bashInteractive, gitFull, python3Minimal), the longest known name it starts with (bash, git, python3).
+ */
+export function suggestPackages(
+  unknown: readonly string[],
+  known: readonly string[] | undefined,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!known?.length) return out;
+  for (const name of unknown) {
+    let guess = didYouMean(name, known);
+    if (guess === undefined)
+      for (const k of known)
+        if (k.length >= 3 && k.length < name.length && name.startsWith(k) && k.length > (guess?.length ?? 0))
+          guess = k;
+    if (guess !== undefined && guess !== name) out[name] = guess;
+  }
+  return out;
 }
 
 /** A pinned revision the resolver cannot (or no longer) serve. */

@@ -204,7 +204,10 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
       /00000000000000000000000000000000-missing/,
     ],
     [["--spec", specFile, fx.hello, "-o", `oci:${out}/b`], /bad\.yaml/],
-    [["--spec", unknownKey, fx.hello, "-o", `oci:${out}/c`], /unknown\.json.*entrypiont/],
+    [
+      ["--spec", unknownKey, fx.hello, "-o", `oci:${out}/c`],
+      /unknown\.json: unknown key "entrypiont" \(did you mean entrypoint\?\)\n/,
+    ],
     [[fx.hello, "-o", "nonsense:foo"], /nonsense:foo/],
     [[fx.hello, "-o", "docker://"], /docker:\/\//],
     [[fx.hello, "-o", `docker://${registry.host}/UPPER/case:x`], /UPPER/],

@@ -1,21 +1,23 @@
-// `nixoci serve` refuses a configuration it cannot serve before it listens (issue 13, item 8), and a build that
-// fails reaches the client as the cause in the OCI error body, without the server's own paths (item 5).
+// `nixoci serve` refuses a configuration it cannot serve before it listens (issue 13, items 8 and 1: a --meta
+// naming packages the set lacks, an --arch Nix does not build for), and a build that fails reaches the client as
+// the cause in the OCI error body, without the server's own paths (item 5).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { defaultArch } from "../../src/image/spec.js";
 import { ROOT } from "../support/cli.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { nixociAsNobodyArgv, withCheckoutForNobody } from "../support/run.js";
 import { startNixociServe } from "../support/serve.js";
 
 /** Runs serve to its end (it must end: a serve that listens instead is killed at 30 s and fails the test). */
-function serveExits(args: string[]): { status: number | null; stderr: string } {
+function serveExits(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stderr: string } {
   const r = spawnSync(
     process.execPath,
     [join(ROOT, "bin/nixoci.js"), "serve", "--listen", "127.0.0.1:0", ...args],
-    { encoding: "utf8", timeout: 30_000 },
+    { encoding: "utf8", timeout: 30_000, env: { ...process.env, ...env } },
   );
   assert.equal(r.signal, null, `serve should have exited by itself; it logged:\n${r.stderr}`);
   return { status: r.status, stderr: r.stderr };
@@ -27,6 +29,48 @@ test("a --nix-file that does not exist: one line naming it, exit 1, nothing list
   const r = serveExits(["--storage", join(dir, "storage"), "--nix-file", missing]);
   assert.equal(r.status, 1);
   assert.equal(r.stderr, `nixoci: ${missing}: no such Nix file\n`);
+});
+
+test("a --meta naming packages the set lacks: one line naming it, did you mean, the fix; exit 2", () => {
+  const dir = makeTempDir("serve-fail-fast-meta");
+  const examples = join(ROOT, "examples/packages.nix");
+  const serve = (...metas: string[]) =>
+    serveExits([
+      "--storage",
+      join(dir, "storage"),
+      "--nix-file",
+      examples,
+      ...metas.flatMap((m) => ["--meta", m]),
+    ]);
+  // What scripts/serve-example.sh's --meta used to hide: nixpkgs' bashInteractive is this set's bash.
+  assert.deepEqual(serve("shell=bashInteractive,coreutils"), {
+    status: 2,
+    stderr:
+      `nixoci: --meta shell=bashInteractive,coreutils: unknown package "bashInteractive" (did you mean bash?) ` +
+      `in nix file ${examples}; give --meta shell=PKG,... with packages it has\n`,
+  });
+  assert.deepEqual(serve("tools=grep", "dev=bash,corutils,gerp,zzz"), {
+    status: 2,
+    stderr:
+      `nixoci: --meta dev=bash,corutils,gerp,zzz: unknown packages "corutils" (did you mean coreutils?), ` +
+      `"gerp" (did you mean grep?), "zzz" in nix file ${examples}; give --meta dev=PKG,... with packages it has\n`,
+  });
+});
+
+test("an --arch Nix does not build for: one line naming it and what it builds for; exit 2", () => {
+  const dir = makeTempDir("serve-fail-fast-arch");
+  const examples = join(ROOT, "examples/packages.nix");
+  const own = defaultArch();
+  const other = own === "amd64" ? "arm64" : "amd64";
+  const r = serveExits(["--storage", join(dir, "storage"), "--nix-file", examples, "--arch", other], {
+    NIX_CONFIG: "extra-platforms =\nbuilders =",
+  });
+  assert.deepEqual(r, {
+    status: 2,
+    stderr:
+      `nixoci: --arch ${other}: nix file ${examples} gives no packages for ${other} here (only for ${own}); ` +
+      `give one of those (Nix builds for its system, extra-platforms and builders)\n`,
+  });
 });
 
 test("a --storage that cannot be written: one line naming it, exit 1", () => {

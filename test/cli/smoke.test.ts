@@ -135,7 +135,9 @@ test("help COMMAND is COMMAND --help; -V and version print the version; the comm
   for (const flag of ["-V", "version"]) assert.equal(nixoci([flag]).text, version, flag);
   const columns = new Set(
     nixoci(["--help"])
-      .text.split("\n")
+      .text.split("\ncommands:\n")[1]
+      .split("\n\n")[0]
+      .split("\n")
       .filter((l) => /^ {2}[a-z]/.test(l))
       .map((l) => /^ {2}[a-z0-9-]+ +/.exec(l)![0].length),
   );

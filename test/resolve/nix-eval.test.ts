@@ -6,7 +6,9 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { defaultArch } from "../../src/image/spec.js";
 import { hashNixSources, NixEvalResolver, runProcess } from "../../src/resolve/nix-eval.js";
+import { nixSystems } from "../../src/resolve/nix-systems.js";
 import { RevisionUnavailableError, UnknownPackageError } from "../../src/resolve/resolver.js";
 import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, makeTempDir, PACKAGES_NIX } from "../support/fixtures.js";
@@ -241,6 +243,61 @@ test("a timeout stops the evaluation/build with a clear error", { timeout: 60_00
   const revision = await r.currentRevision();
   await assert.rejects(r.resolve(["slow"], { revision, arch: "amd64" }), /build timed out after 1 s/);
   await until("the builder to be gone", 15_000, () => assert.equal(running(slow.builder), ""), 50);
+});
+
+test("missingPackages evaluates without building; packageNames lists the set's attributes", async () => {
+  const dir = join(work, "missing");
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, "pkgs.nix");
+  writeFileSync(
+    file,
+    `(import ${PACKAGES_NIX} { }) // {
+      failing = derivation { name = "failing"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "exit 1" ]; };
+      lib = { x = 1; };
+    }\n`,
+  );
+  const r = new NixEvalResolver({ nixFile: file });
+  const opts = { revision: await r.currentRevision(), arch: "amd64" };
+  // `failing` is a package (its build would fail, but nothing is built); lib is no package.
+  assert.deepEqual(await r.missingPackages(["failing", "hello", "nope", "lib", "Bad Name!"], opts), [
+    "Bad Name!",
+    "lib",
+    "nope",
+  ]);
+  assert.deepEqual(await r.missingPackages([], opts), []);
+  const names = await r.packageNames(opts);
+  for (const n of ["busybox", "failing", "hello", "lib"]) assert.ok(names.includes(n), n);
+  assert.ok(!names.includes("nope"));
+  await assert.rejects(r.missingPackages(["hello"], { ...opts, revision: "gone" }), RevisionUnavailableError);
+});
+
+test("architectures: what Nix builds for, its system, extra-platforms and remote builders' systems", async () => {
+  const saved = process.env.NIX_CONFIG;
+  const machines = join(work, "machines");
+  writeFileSync(machines, "# a comment\nssh://arm aarch64-linux /key 4\nssh://local - /key\n");
+  try {
+    process.env.NIX_CONFIG = "extra-platforms =\nbuilders =";
+    assert.deepEqual(await new NixEvalResolver({ nixFile: PACKAGES_NIX }).architectures(), [defaultArch()]);
+    process.env.NIX_CONFIG = `extra-platforms = i686-linux\nbuilders = @${machines}`;
+    assert.deepEqual(
+      await new NixEvalResolver({ nixFile: PACKAGES_NIX }).architectures(),
+      [...new Set([defaultArch(), "386", "arm64"])].sort(),
+    );
+  } finally {
+    if (saved === undefined) delete process.env.NIX_CONFIG;
+    else process.env.NIX_CONFIG = saved;
+  }
+  // Older nix prints plain values; builders may be inline, `;`-separated.
+  assert.deepEqual(
+    await nixSystems(
+      JSON.stringify({
+        system: "x86_64-linux",
+        "extra-platforms": "i686-linux x86_64-v2-linux",
+        builders: "ssh://a aarch64-linux,riscv64-linux; ssh://b",
+      }),
+    ),
+    ["x86_64-linux", "i686-linux", "x86_64-v2-linux", "aarch64-linux", "riscv64-linux"],
+  );
 });
 
 test("runProcess: no shell, failures are one line naming the program", async () => {

@@ -195,6 +195,47 @@ test("LiteralResolver: store path base names, from the store or a cache", async 
   run("nix-store", ["--check-validity", victim.path]);
 });
 
+test("missingPackages, packageNames and architectures answer from the index alone, substituting nothing", async () => {
+  const absent = `/nix/store/${"0".repeat(32)}-absent`;
+  const file = join(work, "names.json");
+  writeIndex(file, {
+    revision: "r1",
+    packages: { amd64: { hello: fx.hello, absent }, "aarch64-linux": { busybox: fx.busybox } },
+  });
+  const r = new PackageIndexResolver({ indexFile: file, store, substituters: [] });
+  const at = (arch: string) => ({ revision: "r1", arch });
+  assert.deepEqual(await r.missingPackages(["nope", "absent", "hello", "busybox"], at("amd64")), [
+    "busybox",
+    "nope",
+  ]);
+  assert.deepEqual(await r.missingPackages(["hello", "busybox"], at("arm64")), ["hello"]);
+  assert.deepEqual(await r.missingPackages(["hello"], at("riscv64")), ["hello"]);
+  assert.equal(await store.queryPathInfo(absent), undefined);
+  assert.deepEqual(await r.packageNames(at("amd64")), ["absent", "hello"]);
+  assert.deepEqual(await r.packageNames(at("riscv64")), []);
+  assert.deepEqual(await r.architectures(), ["amd64", "arm64"]);
+  await assert.rejects(
+    r.missingPackages(["hello"], { revision: "r0", arch: "amd64" }),
+    RevisionUnavailableError,
+  );
+});
+
+test("LiteralResolver: missingPackages asks the store and the caches, substituting nothing; no names, any architecture", async () => {
+  const victim = makeVictim("literal-missing");
+  const base = (p: string) => p.slice("/nix/store/".length);
+  const names = [base(fx.hello), "hello", base(victim.path)];
+  const opts = { revision: "store", arch: "amd64" };
+  assert.deepEqual(
+    await new LiteralResolver({ store }).missingPackages(names, opts),
+    [base(victim.path), "hello"].sort(),
+  );
+  const cached = new LiteralResolver({ store, substituters: [await openCache(victim.url)] });
+  assert.deepEqual(await cached.missingPackages(names, opts), ["hello"]);
+  assert.equal(await store.queryPathInfo(victim.path), undefined);
+  assert.equal(await cached.packageNames(opts), undefined);
+  assert.equal(await cached.architectures(), undefined);
+});
+
 test("createResolver picks one source and refuses two", async () => {
   await assert.rejects(
     createResolver({ store, nixFile: "a.nix", indexFile: "i.json" }),

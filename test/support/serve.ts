@@ -42,19 +42,24 @@ export interface ServeProcess {
 
 /**
  * `nixoci serve --listen 127.0.0.1:PORT --storage STORAGE ARGS...` on a free port (`detached`: in a process
- * group of its own); resolves once it logs "listening" (30 s), else SIGKILLs it and throws with its log.
+ * group of its own; `env`: variables added to this process's); resolves once it logs "listening" (30 s; as JSON or
+ * text), else SIGKILLs it and throws with its log.
  */
 export async function startNixociServe(
   storage: string,
   args: string[] = [],
-  opts: { detached?: boolean } = {},
+  opts: { detached?: boolean; env?: NodeJS.ProcessEnv } = {},
 ): Promise<ServeProcess> {
   const host = `127.0.0.1:${await freePort()}`;
   let log = "";
   const proc = spawn(
     process.execPath,
     [join(ROOT, "bin/nixoci.js"), "serve", "--listen", host, "--storage", storage, ...args],
-    { stdio: ["ignore", "ignore", "pipe"], detached: opts.detached ?? false },
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+      detached: opts.detached ?? false,
+      env: { ...process.env, ...opts.env },
+    },
   );
   proc.stderr!.on("data", (d) => (log += d));
   const exited = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
@@ -64,7 +69,8 @@ export async function startNixociServe(
       30_000,
       () => {
         if (proc.exitCode !== null) throw new GiveUp(`exited with ${proc.exitCode}`);
-        assert.ok(log.includes('"msg":"listening"'), "not listening yet");
+        // A JSON "listening" record, or its text line (--log-format text).
+        assert.ok(log.includes('"msg":"listening"') || / INFO {2}listening /.test(log), "not listening yet");
       },
       50,
     );

@@ -23,7 +23,7 @@ export class Distribution {
     readonly storage: RegistryStorage,
     readonly source?: ManifestSource,
   ) {
-    this.catalogs = new CatalogHandlers(storage);
+    this.catalogs = new CatalogHandlers(storage, source);
     this.manifests = new ManifestHandlers(storage, source);
     this.blobs = new BlobHandlers(storage);
     this.uploads = new UploadHandlers(storage);

@@ -9,11 +9,14 @@
 //   - the FIRST component may name the architecture: amd64 or x86_64, arm64 or aarch64 (also the Nix systems
 //     x86_64-linux, aarch64-linux): `HOST/arm64/git` is git for arm64. Only with at least one package after
 //     it; anywhere else, or alone, it is a package name. Without it the image is for the server's default
-//     architecture (the host's);
-//   - meta-packages expand to several packages: by default `shell` = bashInteractive + coreutils (a usable
-//     interactive shell). They are configurable (serve's metaPackages); an expansion may name packages that
-//     cannot be written in a repository name (upper case, like bashInteractive), so meta-packages double as
-//     aliases: { "python-requests": ["python3Packages.requests"] };
+//     architecture (the host's). An architecture the resolver gives no packages for (Nix cannot build for it)
+//     is a 404 (nix-images.ts), and the page at / offers only the others;
+//   - meta-packages expand to several packages: the built-in `shell` is a usable interactive shell, a shell and
+//     the core utilities: bashInteractive + coreutils where the package set has them, else the alternatives in
+//     BUILTIN_META_PACKAGES (meta-packages.ts settles them against the set when the server starts). They are
+//     configurable (serve's metaPackages); an expansion may name packages that cannot be written in a
+//     repository name (upper case, like bashInteractive), so meta-packages double as aliases:
+//     { "python-requests": ["python3Packages.requests"] };
 //   - names follow the distribution spec (lower case letters, digits, and . _ __ - between them); a dotted
 //     component such as `python3packages.requests` is an attribute path for the Nix resolvers.
 //
@@ -32,10 +35,25 @@
 import { isValidTag, NAME_COMPONENT_RE } from "../../oci/reference.js";
 import { registryError, type RegistryError } from "./errors.js";
 
-/** Meta-packages when none are configured. */
-export const DEFAULT_META_PACKAGES: Readonly<Record<string, readonly string[]>> = Object.freeze({
-  shell: Object.freeze(["bashInteractive", "coreutils"]),
+/**
+ * The built-in meta-packages, each a list of parts, each part the packages that can play it in order of
+ * preference: `shell` is a shell (nixpkgs' bashInteractive, else a plain bash, else busybox's) and the core
+ * utilities (coreutils, else busybox's), so package sets without nixpkgs' names (a small Nix file, an index)
+ * still get one.
+ */
+export const BUILTIN_META_PACKAGES: Readonly<Record<string, readonly (readonly string[])[]>> = Object.freeze({
+  shell: Object.freeze([
+    Object.freeze(["bashInteractive", "bash", "busybox"]),
+    Object.freeze(["coreutils", "busybox"]),
+  ]),
 });
+
+/** Meta-packages when none are configured: the built-in ones with their first choices (nixpkgs' names). */
+export const DEFAULT_META_PACKAGES: Readonly<Record<string, readonly string[]>> = Object.freeze(
+  Object.fromEntries(
+    Object.entries(BUILTIN_META_PACKAGES).map(([name, parts]) => [name, parts.map((p) => p[0])]),
+  ),
+);
 
 /** Architecture prefixes (first repository component) and the OCI architecture they mean. */
 export const ARCH_PREFIXES: Readonly<Record<string, string>> = Object.freeze({
@@ -46,6 +64,14 @@ export const ARCH_PREFIXES: Readonly<Record<string, string>> = Object.freeze({
   aarch64: "arm64",
   "aarch64-linux": "arm64",
 });
+
+/**
+ * The architectures among `architectures` that a name can ask for with a prefix (amd64, arm64), sorted; an
+ * architecture the server cannot build for is no prefix worth showing.
+ */
+export function prefixArchitectures(architectures: readonly string[]): string[] {
+  return [...new Set(Object.values(ARCH_PREFIXES))].filter((a) => architectures.includes(a)).sort();
+}
 
 /** A package name an expansion may give (attribute paths, store path base names, index keys). */
 const PACKAGE_RE = /^[A-Za-z0-9_][A-Za-z0-9._+'?=-]*$/;

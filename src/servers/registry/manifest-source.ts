@@ -23,4 +23,11 @@ export interface ManifestSource {
     reference: string,
     ctx: { method: "GET" | "HEAD"; accept: string[]; signal: AbortSignal },
   ): Promise<StoredManifest | undefined>;
+  /**
+   * The tags that pull `repo` from the source (without building anything), for its tags list next to the
+   * repository's pushed tags; undefined = not a name the source serves (the repository's own tags, or 404
+   * NAME_UNKNOWN when it has none); throw RegistryError for errors (an unknown package: NAME_UNKNOWN as a pull
+   * gets it).
+   */
+  tags?(repo: string, ctx: { signal: AbortSignal }): Promise<string[] | undefined>;
 }

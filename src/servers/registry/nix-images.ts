@@ -20,27 +20,38 @@
 //   - limits: a build taking longer than buildTimeoutMs (10 min) fails with 504 UNKNOWN ("timed out"); its nix
 //     processes are killed and its slot freed. Work already done (nix builds, substituted paths, layers) is
 //     kept, so a retry continues from there. Failures are not cached.
-//   - errors: unknown packages -> 404 NAME_UNKNOWN naming all of them; a pinned revision the resolver cannot
-//     serve -> 404 MANIFEST_UNKNOWN naming it; a name that is not a package list -> 400 NAME_INVALID; a failed
-//     evaluation or build -> 500 UNKNOWN with a one-line cause. A repository with pushed content (tags) that
-//     is asked for a tag it lacks gets the server's usual 404 instead of the first two (undefined is returned).
+//   - errors: unknown packages -> 404 NAME_UNKNOWN naming all of them, each with a "did you mean" among the
+//     set's names that a repository name can spell (`unknown package "helo" (did you mean hello?)`); an
+//     architecture the resolver gives no packages for (Nix cannot build for it) -> 404 NAME_UNKNOWN naming it; a
+//     pinned revision the resolver cannot serve -> 404 MANIFEST_UNKNOWN naming it; a name that is not a package
+//     list -> 400 NAME_INVALID; a failed evaluation or build -> 500 UNKNOWN with a one-line cause. A repository
+//     with pushed content (tags) that is asked for a tag it lacks gets the server's usual 404 instead of the
+//     404s above (undefined is returned).
+//   - tags lists: a name that would resolve lists `latest`, the current revision, and the other revisions it
+//     was built for that still pull (the resolver serves them and the image is cached), found without building:
+//     the resolver only checks that the set has the packages. A name that would not resolve gets the pull's
+//     404.
 // The image: the packages' closure in store layers plus the customisation layer (a symlink farm of the
 // packages at /, /tmp, /etc/passwd...), PATH reaching /bin, labels dev.nixoci.packages and dev.nixoci.revision,
 // no entrypoint, and Cmd ["/bin/sh"] when one of the packages has bin/sh (otherwise no Cmd: `docker run IMAGE
 // CMD` names the program). Created is the epoch (reproducible): the same key gives the same digest anywhere.
 import { createHash } from "node:crypto";
 import { statSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { buildImage } from "../../image/build.js";
 import { defaultArch, emptySpec, type ImageSpec } from "../../image/spec.js";
 import type { LayeringStrategy } from "../../image/types.js";
 import { isDigest, type Digest } from "../../oci/digest.js";
 import type { LayerCompression } from "../../oci/media-types.js";
+import { compareTags, NAME_COMPONENT_RE } from "../../oci/reference.js";
 import {
+  describeUnknownPackages,
   RevisionUnavailableError,
+  suggestPackages,
   UnknownPackageError,
   type PackageResolver,
+  type ResolveOptions,
 } from "../../resolve/resolver.js";
 import type { LocalStore } from "../../store/local-store.js";
 import { oneLine } from "../../util/errors.js";
@@ -137,6 +148,8 @@ export class NixImageSource implements ManifestSource {
   private readonly flights = new Map<string, Flight>();
   private running = 0;
   private readonly waiting: Array<() => void> = [];
+  /** arch \0 packages -> revisions with a cache record under this source's settings (loaded on first need). */
+  private built?: Promise<Map<string, Set<string>>>;
 
   constructor(private readonly opts: NixImageSourceOptions) {
     this.storage = opts.storage;
@@ -166,6 +179,12 @@ export class NixImageSource implements ManifestSource {
     // A digest the storage does not have for this repository was never served from it: nothing to build.
     if (ref.kind === "digest") return undefined;
     const request = parseImageName(repo, { metaPackages: this.metaPackages, defaultArch: this.defaultArch });
+    try {
+      await this.checkArchitecture(request.arch);
+    } catch (err) {
+      if (await this.isPushed(repo)) return undefined;
+      throw err;
+    }
 
     let revision: string;
     try {
@@ -217,6 +236,97 @@ export class NixImageSource implements ManifestSource {
         return undefined;
       throw err;
     }
+  }
+
+  async tags(repo: string, ctx: { signal: AbortSignal }): Promise<string[] | undefined> {
+    try {
+      const request = parseImageName(repo, {
+        metaPackages: this.metaPackages,
+        defaultArch: this.defaultArch,
+      });
+      await this.checkArchitecture(request.arch);
+      const revision = await this.resolver.currentRevision();
+      const opts: ResolveOptions = { revision, arch: request.arch, signal: ctx.signal };
+      const missing = await this.resolver.missingPackages(request.packages, opts);
+      if (missing.length) throw await this.unknownPackages(missing, opts);
+      const tags = new Set(["latest", revision]);
+      for (const r of (await this.builtRevisions()).get(builtKey(request)) ?? []) {
+        if (tags.has(r) || !(await this.resolver.servesRevision(r))) continue;
+        const id = createHash("sha256").update(this.keyOf(request, r)).digest("hex");
+        if (await this.lookup(id)) tags.add(r);
+      }
+      return [...tags].sort(compareTags);
+    } catch (err) {
+      const e = this.registryError(err, repo, "listing the tags of");
+      // A pushed repository's own tags are listed whatever this source makes of its name.
+      if (e.status < 500 && (await this.isPushed(repo))) return undefined;
+      throw e;
+    }
+  }
+
+  /** 404 NAME_UNKNOWN for an architecture the resolver gives no packages for (Nix cannot build for it). */
+  private async checkArchitecture(arch: string): Promise<void> {
+    const architectures = await this.resolver.architectures();
+    if (!architectures || architectures.includes(arch)) return;
+    throw registryError("NAME_UNKNOWN", {
+      message: `this server builds no images for ${arch} (it builds for ${architectures.join(", ") || "no architecture"})`,
+      detail: { architecture: arch, architectures },
+    });
+  }
+
+  /**
+   * The 404 for packages the set does not have, each with the set's name it is a near miss of, among the names
+   * a repository name can spell (meta-packages included).
+   */
+  private async unknownPackages(packages: string[], opts: ResolveOptions): Promise<RegistryError> {
+    let names: string[] | undefined;
+    try {
+      names = await this.resolver.packageNames(opts);
+    } catch {
+      // the suggestions are a help, the error stands without them
+    }
+    const spellable = names && [
+      ...names.filter((n) => NAME_COMPONENT_RE.test(n)),
+      ...Object.keys(this.metaPackages),
+    ];
+    return this.unknownPackagesError(packages, suggestPackages(packages, spellable));
+  }
+
+  private unknownPackagesError(packages: string[], suggestions: Record<string, string>): RegistryError {
+    const sorted = [...new Set(packages)].sort();
+    return registryError("NAME_UNKNOWN", {
+      message: describeUnknownPackages(sorted, suggestions),
+      detail: {
+        packages: sorted,
+        ...(Object.keys(suggestions).length ? { suggestions } : {}),
+        source: redactServerPaths(this.resolver.description),
+      },
+    });
+  }
+
+  /** Revisions recorded in the image cache per package list and architecture, for this source's settings. */
+  private builtRevisions(): Promise<Map<string, Set<string>>> {
+    this.built ??= (async () => {
+      const map = new Map<string, Set<string>>();
+      let files: string[];
+      try {
+        files = (await readdir(this.cacheDir)).filter((n) => n.endsWith(".json"));
+      } catch {
+        return map;
+      }
+      for (const file of files) {
+        try {
+          const r = JSON.parse(await readFile(join(this.cacheDir, file), "utf8")) as NixImageRecord;
+          if (r.layering !== this.layering || r.maxLayers !== this.maxLayers) continue;
+          if (r.compression !== this.compression) continue;
+          addBuilt(map, r);
+        } catch {
+          // a record being written, or not one: the tag it would add is found by its next build
+        }
+      }
+      return map;
+    })();
+    return this.built;
   }
 
   /**
@@ -327,7 +437,14 @@ export class NixImageSource implements ManifestSource {
     revision: string,
     signal: AbortSignal,
   ): Promise<StoredManifest> {
-    const roots = await this.resolver.resolve(request.packages, { revision, arch: request.arch, signal });
+    const opts: ResolveOptions = { revision, arch: request.arch, signal };
+    let roots: string[];
+    try {
+      roots = await this.resolver.resolve(request.packages, opts);
+    } catch (err) {
+      if (err instanceof UnknownPackageError) throw await this.unknownPackages(err.packages, opts);
+      throw err;
+    }
     signal.throwIfAborted();
     const { store } = this.opts;
     const hasShell = roots.some((r) => {
@@ -371,19 +488,14 @@ export class NixImageSource implements ManifestSource {
     await makeDirs(this.cacheDir);
     await writeFileAtomic(this.recordFile(id), JSON.stringify(record, null, 2) + "\n");
     this.remember(id, { record, bytes: manifest.bytes });
+    if (this.built) addBuilt(await this.built, record);
     return { digest: manifest.digest, mediaType: manifest.mediaType, bytes: manifest.bytes };
   }
 
-  /** The registry's answer for a failure while resolving or building `repo`. */
-  private registryError(err: unknown, repo: string): RegistryError {
+  /** The registry's answer for a failure while resolving or building `repo` (or `doing` something else to it). */
+  private registryError(err: unknown, repo: string, doing = "building the image"): RegistryError {
     if (err instanceof RegistryError) return err;
-    if (err instanceof UnknownPackageError) {
-      const s = err.packages.length === 1 ? "" : "s";
-      return registryError("NAME_UNKNOWN", {
-        message: `unknown package${s}: ${err.packages.join(", ")}`,
-        detail: { packages: err.packages, source: redactServerPaths(this.resolver.description) },
-      });
-    }
+    if (err instanceof UnknownPackageError) return this.unknownPackagesError(err.packages, {});
     if (err instanceof RevisionUnavailableError)
       return registryError("MANIFEST_UNKNOWN", {
         message: `${oneLine(err.message)}`,
@@ -393,7 +505,7 @@ export class NixImageSource implements ManifestSource {
       0,
       1000,
     );
-    return registryError("UNKNOWN", { message: `building the image ${repo} failed: ${message}` });
+    return registryError("UNKNOWN", { message: `${doing} ${repo} failed: ${message}` });
   }
 
   private emit(e: NixImageEvent): void {
@@ -403,6 +515,19 @@ export class NixImageSource implements ManifestSource {
       // an event listener's failure is not the request's
     }
   }
+}
+
+/** The key of builtRevisions: an image's architecture and packages. */
+function builtKey(r: { arch: string; packages: readonly string[] }): string {
+  return `${r.arch}\0${r.packages.join(" ")}`;
+}
+
+function addBuilt(map: Map<string, Set<string>>, r: NixImageRecord): void {
+  if (typeof r.revision !== "string" || !Array.isArray(r.packages) || typeof r.arch !== "string") return;
+  const key = builtKey(r);
+  const set = map.get(key) ?? new Set<string>();
+  set.add(r.revision);
+  map.set(key, set);
 }
 
 /** The shared promise, or a rejection when this caller's client goes away (the shared work goes on). */

@@ -2,7 +2,8 @@
 //   GET /healthz   200 {"status":"ok"} or 503 {"status":"unavailable"} (plus "details" when given)
 //   GET /metrics   Prometheus text format 0.0.4
 //   GET /          a small self-contained HTML page: how to pull images, how images are named, how to use
-//                  the binary cache, and the images built recently
+//                  the binary cache, and the images built recently. It offers only names that work on this
+//                  server: `shell/` when that meta-package is on, architecture prefixes it can build for.
 // Who may ask for these is decided by the server with every other route (access.ts): /healthz is always open,
 // /metrics and the page need credentials with --auth-pull.
 // Everything shown on the page that did not come from this file is HTML-escaped (image names, tags, the host
@@ -41,6 +42,18 @@ export interface OpsRoutesOptions {
   maxRecent?: number;
   /** Pulls and the binary cache need credentials (--auth-pull): the page says how to give them. */
   credentials?: boolean;
+  /** What names can say on this server; without it the page offers neither meta-packages nor prefixes. */
+  naming?: PageNaming;
+}
+
+/** The parts of image names that work on this server, as the page offers them. */
+export interface PageNaming {
+  /** The meta-packages in force: name -> packages. */
+  metaPackages: Readonly<Record<string, readonly string[]>>;
+  /** The architectures a name prefix can ask for that the server builds for (amd64, arm64). */
+  prefixArchitectures: readonly string[];
+  /** The architecture of names without a prefix. */
+  defaultArch: string;
 }
 
 export type OpsHandler = (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -102,10 +115,14 @@ export function renderIndexPage(opts: {
   binaryCache: boolean;
   scheme: "http" | "https";
   credentials?: boolean;
+  naming?: PageNaming;
 }): string {
   const { host, title } = opts;
   const plain = opts.scheme === "http";
   const base = `${opts.scheme}://${host}`;
+  const meta = opts.naming?.metaPackages ?? {};
+  const shell = Object.hasOwn(meta, "shell") ? meta.shell : undefined;
+  const example = `${shell ? "shell/" : ""}hello`;
   const parts: string[] = [];
   parts.push(
     `<!DOCTYPE html>`,
@@ -127,11 +144,11 @@ export function renderIndexPage(opts: {
     `<h2 id="pull">Pulling images</h2>`,
     `<p>Name the packages in the image's repository path; the first pull builds the image, later pulls are served from the cache.</p>`,
     pre([
-      `docker pull ${host}/shell/hello`,
-      `docker run --rm -it ${host}/shell/hello hello`,
-      `podman pull${plain ? " --tls-verify=false" : ""} ${host}/shell/hello`,
-      `skopeo copy${plain ? " --src-tls-verify=false" : ""} docker://${host}/shell/hello oci:hello:latest`,
-      `ctr images pull${plain ? " --plain-http" : ""} ${host}/shell/hello:latest`,
+      `docker pull ${host}/${example}`,
+      `docker run --rm -it ${host}/${example} hello`,
+      `podman pull${plain ? " --tls-verify=false" : ""} ${host}/${example}`,
+      `skopeo copy${plain ? " --src-tls-verify=false" : ""} docker://${host}/${example} oci:hello:latest`,
+      `ctr images pull${plain ? " --plain-http" : ""} ${host}/${example}:latest`,
     ]),
   );
   if (opts.credentials) {
@@ -140,8 +157,8 @@ export function renderIndexPage(opts: {
       pre([
         `docker login ${host}`,
         `podman login${plain ? " --tls-verify=false" : ""} ${host}`,
-        `skopeo inspect --creds USER:PASSWORD${plain ? " --tls-verify=false" : ""} docker://${host}/shell/hello`,
-        `ctr images pull${plain ? " --plain-http" : ""} --user USER:PASSWORD ${host}/shell/hello:latest`,
+        `skopeo inspect --creds USER:PASSWORD${plain ? " --tls-verify=false" : ""} docker://${host}/${example}`,
+        `ctr images pull${plain ? " --plain-http" : ""} --user USER:PASSWORD ${host}/${example}:latest`,
       ]),
     );
   }
@@ -152,12 +169,32 @@ export function renderIndexPage(opts: {
     );
   }
 
+  const h = escapeHtml(host);
+  const code = (s: string): string => `<code>${escapeHtml(s)}</code>`;
+  const naming: string[] = [
+    `<li><code>${h}/PKG1/PKG2/…</code>: one image with all the named packages and their dependencies, each package's <code>bin</code> on <code>PATH</code>.</li>`,
+  ];
+  if (shell)
+    naming.push(
+      `<li><code>shell</code> first (<code>${h}/shell/PKG</code>) is a meta-package: a shell and the core utilities (here ${shell.map(code).join(", ")}), so the image can be entered interactively.</li>`,
+    );
+  const others = Object.entries(meta).filter(([name]) => name !== "shell");
+  if (others.length)
+    naming.push(
+      `<li>Meta-packages stand for several packages: ${others.map(([name, pkgs]) => `${code(name)} (${pkgs.map(code).join(", ")})`).join("; ")}.</li>`,
+    );
+  const arches = opts.naming?.prefixArchitectures ?? [];
+  const own = opts.naming?.defaultArch;
+  const other = arches.find((a) => a !== own);
+  if (other)
+    naming.push(
+      `<li>An architecture prefix builds for another platform: <code>${h}/${escapeHtml(other)}/${escapeHtml(example)}</code> (${arches.map(code).join(", ")}); without one, the server's own${own ? ` (${code(own)})` : ""}.</li>`,
+    );
+  else if (own) naming.push(`<li>Images are built for ${code(own)}.</li>`);
   parts.push(
     `<h2 id="naming">Naming</h2>`,
     `<ul>`,
-    `<li><code>${escapeHtml(host)}/PKG1/PKG2/…</code>: one image with all the named packages and their dependencies, each package's <code>bin</code> on <code>PATH</code>.</li>`,
-    `<li><code>shell</code> first (<code>${escapeHtml(host)}/shell/PKG</code>) is a meta-package: a shell and the core utilities, so the image can be entered interactively.</li>`,
-    `<li>An architecture prefix builds for another platform: <code>${escapeHtml(host)}/arm64/shell/PKG</code> (<code>amd64</code>, <code>arm64</code>); without one, the server's own.</li>`,
+    ...naming,
     `<li>The tag selects the package set (<code>latest</code> by default); an image can always be pulled by its digest (<code>@sha256:…</code>), which names exactly the same bytes forever.</li>`,
     `<li>The same packages in a different order name the same image; layers of common dependencies are shared between images.</li>`,
     `</ul>`,
@@ -270,6 +307,7 @@ export function opsRoutes(opts: OpsRoutesOptions): OpsHandler {
       binaryCache: opts.binaryCache ?? true,
       scheme: opts.scheme ?? "http",
       credentials: opts.credentials,
+      naming: opts.naming,
     });
     send(
       req,

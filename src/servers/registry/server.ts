@@ -12,6 +12,7 @@
 // a request silent that long), idle keep-alive connections after 5 s.
 import * as http from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { oneLine } from "../../util/errors.js";
 import { decideAccess, decideRepoAccess, type AccessPolicy, type Decision } from "./access.js";
@@ -32,6 +33,10 @@ export interface RequestInfo {
   repo?: string;
   /** A one-line cause (the server reports strings; other reporters may pass an Error). */
   error?: unknown;
+  /** The client's address (the connection's: X-Forwarded-For is not trusted). */
+  client?: string;
+  /** The client's User-Agent header. */
+  userAgent?: string;
 }
 
 export interface RegistryServerOptions {
@@ -111,6 +116,17 @@ function isStorageFull(err: unknown): boolean {
   return code === "ENOSPC" || code === "EDQUOT";
 }
 
+/** The connection's peer address; an IPv4 client of a dual-stack listener as plain IPv4. */
+function clientAddress(socket: Duplex): string | undefined {
+  const a = (socket as Partial<Socket>).remoteAddress;
+  return a?.startsWith("::ffff:") && a.includes(".") ? a.slice(7) : a;
+}
+
+/** A TLS record of type handshake (a ClientHello) where an HTTP request line should be. */
+function isTlsHandshake(err: NodeJS.ErrnoException & { rawPacket?: Buffer }): boolean {
+  return err.rawPacket?.[0] === 0x16;
+}
+
 function errorMessage(err: unknown): string {
   return oneLine(err instanceof Error ? err.message : String(err));
 }
@@ -165,6 +181,9 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
     const q = url.indexOf("?");
     const path = q < 0 ? url : url.slice(0, q);
     const info: { route: string; repo?: string; error?: string } = { route: "other" };
+    // Read now: the socket forgets its peer once it is closed (an aborted request is reported after that).
+    const client = clientAddress(req.socket);
+    const userAgent = req.headers["user-agent"];
 
     // Bytes of response body sent, for onRequest.
     let bytes = 0;
@@ -197,6 +216,8 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
           durationMs: performance.now() - started,
           ...(info.repo !== undefined ? { repo: info.repo } : {}),
           ...(info.error !== undefined ? { error: info.error } : {}),
+          ...(client !== undefined ? { client } : {}),
+          ...(userAgent !== undefined ? { userAgent } : {}),
         });
       } catch {
         // a failing observer must not break the server
@@ -273,8 +294,13 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
   );
   server.setTimeout(600_000, (socket) => socket.destroy());
 
-  server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => {
+  // A request Node's parser refused: answered here, reported as route "client-error" with the parser's code, or as
+  // route "tls-probe" when the client spoke TLS (docker tries https first): not the client misbehaving, a client
+  // that has not been told this registry is plain HTTP. It still gets the 400, which TLS clients report as "server
+  // gave HTTP response to HTTPS client".
+  server.on("clientError", (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) => {
     const code = err.code ?? "";
+    const client = clientAddress(socket);
     let status = 400;
     if (code === "HPE_HEADER_OVERFLOW") status = 431;
     else if (code === "ERR_HTTP_REQUEST_TIMEOUT") status = 408;
@@ -289,11 +315,12 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       opts.onRequest?.({
         method: "",
         path: "",
-        route: "client-error",
+        route: isTlsHandshake(err) ? "tls-probe" : "client-error",
         status,
         bytes: 0,
         durationMs: 0,
         error: code,
+        ...(client !== undefined ? { client } : {}),
       });
     } catch {
       // ignore

@@ -129,6 +129,7 @@ class FakeResolver implements PackageResolver {
   calls: string[][] = [];
   gate?: Promise<void>;
   fail?: Error;
+  arches = ["amd64", "arm64"];
 
   async currentRevision(): Promise<string> {
     return this.revision;
@@ -146,6 +147,18 @@ class FakeResolver implements PackageResolver {
     const unknown = packages.filter((p) => !Object.hasOwn(fx, p));
     if (unknown.length) throw new UnknownPackageError(unknown);
     return packages.map((p) => fx[p as keyof Fx]);
+  }
+
+  async missingPackages(packages: string[]): Promise<string[]> {
+    return packages.filter((p) => !Object.hasOwn(fx, p)).sort();
+  }
+
+  async packageNames(): Promise<string[]> {
+    return Object.keys(fx).sort();
+  }
+
+  async architectures(): Promise<string[]> {
+    return this.arches;
   }
 }
 
@@ -430,14 +443,39 @@ test("errors: unknown packages 404 NAME_UNKNOWN, bad names 400, failing builds 5
     source.resolve("hello/nope/zzz", "latest", ctx()),
     404,
     "NAME_UNKNOWN",
-    /^unknown packages: nope, zzz$/,
+    /^unknown packages "nope", "zzz"$/,
   );
   await expectRegistryError(
     source.resolve("nope", "latest", ctx()),
     404,
     "NAME_UNKNOWN",
-    /^unknown package: nope$/,
+    /^unknown package "nope"$/,
   );
+  // A near miss of a name the set has, among those a repository name can spell (and the meta-packages).
+  await assert.rejects(source.resolve("helo/grenting/shel", "latest", ctx()), (e: unknown) => {
+    assert.ok(e instanceof RegistryError);
+    assert.equal(e.code, "NAME_UNKNOWN");
+    assert.equal(
+      e.message,
+      'unknown packages "grenting" (did you mean greeting?), "helo" (did you mean hello?), "shel" (did you mean shell?)',
+    );
+    assert.deepEqual(e.detail, {
+      packages: ["grenting", "helo", "shel"],
+      suggestions: { grenting: "greeting", helo: "hello", shel: "shell" },
+      source: "test fixtures",
+    });
+    return true;
+  });
+  // An architecture the resolver gives no packages for: 404 naming it, before anything is resolved.
+  resolver.arches = ["amd64"];
+  const calls = resolver.calls.length;
+  await expectRegistryError(
+    source.resolve("arm64/hello", "latest", ctx()),
+    404,
+    "NAME_UNKNOWN",
+    /^this server builds no images for arm64 \(it builds for amd64\)$/,
+  );
+  assert.equal(resolver.calls.length, calls);
   await expectRegistryError(source.resolve("Hello", "latest", ctx()), 400, "NAME_INVALID");
   resolver.fail = new NixociError("/x/packages.nix", "build failed (exit 1): error: builder for 'x'\nfailed");
   await expectRegistryError(
@@ -458,6 +496,62 @@ test("errors: unknown packages 404 NAME_UNKNOWN, bad names 400, failing builds 5
   assert.equal(await source.resolve("myapp", "v2", ctx()), undefined);
   await storage.adoptManifest("hello", m);
   await expectRegistryError(source.resolve("hello", "v2", ctx()), 404, "MANIFEST_UNKNOWN", /revision v2/);
+});
+
+test("tags lists: the tags a name pulls by, without resolving it; pushed tags too; 404 as its pull", async () => {
+  const { storage, resolver, source } = setup();
+  const server = createRegistryServer({ storage, manifestSource: source });
+  await new Promise<void>((res) => server.listen(0, "127.0.0.1", res));
+  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const get = async (path: string) => {
+    const res = await fetch(`http://${host}${path}`);
+    return { status: res.status, link: res.headers.get("link"), json: (await res.json()) as unknown };
+  };
+  try {
+    assert.deepEqual(await get("/v2/hello/busybox/tags/list"), {
+      status: 200,
+      link: null,
+      json: { name: "hello/busybox", tags: ["latest", "rev1"] },
+    });
+    assert.deepEqual(resolver.calls, []);
+    // A package name pushed to: its pushed tags and the ones it pulls by.
+    const m = await source.resolve("hello", "latest", ctx());
+    await storage.putManifest("hello", "v1", m!.bytes, m!.mediaType);
+    assert.deepEqual((await get("/v2/hello/tags/list")).json, {
+      name: "hello",
+      tags: ["latest", "rev1", "v1"],
+    });
+    assert.deepEqual(await get("/v2/hello/tags/list?n=1"), {
+      status: 200,
+      link: '</v2/hello/tags/list?n=1&last=latest>; rel="next"',
+      json: { name: "hello", tags: ["latest"] },
+    });
+    // A pushed repository that is no package: its own tags.
+    await storage.putManifest("myapp", "v1", m!.bytes, m!.mediaType);
+    assert.deepEqual((await get("/v2/myapp/tags/list")).json, { name: "myapp", tags: ["v1"] });
+    // A name that would not resolve: the 404 its pull gets.
+    const unknown = await get("/v2/helo/tags/list");
+    assert.equal(unknown.status, 404);
+    assert.deepEqual(unknown.json, (await get("/v2/helo/manifests/latest")).json);
+    assert.deepEqual(unknown.json, {
+      errors: [
+        {
+          code: "NAME_UNKNOWN",
+          message: 'unknown package "helo" (did you mean hello?)',
+          detail: { packages: ["helo"], suggestions: { helo: "hello" }, source: "test fixtures" },
+        },
+      ],
+    });
+    // A new revision: rev1 no longer pulls (this resolver serves only its current one), so it is no tag.
+    resolver.revision = "rev2";
+    assert.deepEqual((await get("/v2/hello/tags/list")).json, {
+      name: "hello",
+      tags: ["latest", "rev2", "v1"],
+    });
+  } finally {
+    server.closeAllConnections();
+    await new Promise((res) => server.close(res));
+  }
 });
 
 test("end to end with the real nix resolver on packages.nix", async () => {
@@ -500,7 +594,7 @@ test("end to end with the real nix resolver on packages.nix", async () => {
     source.resolve("hello/no-such-package/nor-this", "latest", ctx()),
     404,
     "NAME_UNKNOWN",
-    /unknown packages: no-such-package, nor-this/,
+    /^unknown packages "no-such-package", "nor-this"$/,
   );
   assert.ok(existsSync(join(root, "nix-images")));
 });
@@ -546,7 +640,7 @@ test("over HTTP: skopeo pulls a package image from the registry server, and sees
     assert.equal(count(events, "build-start"), 1);
     const unknown = await skopeo(["inspect", "--tls-verify=false", `docker://${host}/hello/no-such-thing`]);
     assert.notEqual(unknown.code, 0);
-    assert.match(unknown.stderr, /unknown package: no-such-thing/);
+    assert.match(unknown.stderr, /name unknown: unknown package \\"no-such-thing\\""\n$/);
   } finally {
     server.closeAllConnections();
     await new Promise((res) => server.close(res));

@@ -311,6 +311,52 @@ test("logs are one JSON object per line with time, level and msg first", () => {
   assert.ok((long.path as string).length < 600);
 });
 
+test("request lines in text: method, path, status, duration, client, user agent (clipped, quoted, escaped)", () => {
+  const lines: string[] = [];
+  const now = () => new Date(2024, 4, 6, 7, 8, 9);
+  const log = createLogger({
+    level: "debug",
+    format: "text",
+    stream: { write: (s: string) => lines.push(s) },
+    now,
+  });
+  const ua = `evil\u009b2J ${"x".repeat(300)}`;
+  logRequest(log, {
+    method: "GET",
+    path: "/v2/x/blobs/sha256:ab",
+    route: "blob",
+    status: 200,
+    bytes: 5,
+    durationMs: 1234.5,
+    client: "::1",
+    userAgent: ua,
+  });
+  logRequest(log, {
+    method: "",
+    path: "",
+    route: "client-error",
+    status: 400,
+    bytes: 0,
+    durationMs: 0,
+    error: "HPE_INVALID_METHOD",
+  });
+  logRequest(log, {
+    method: "",
+    path: "",
+    route: "tls-probe",
+    status: 400,
+    bytes: 0,
+    durationMs: 0,
+    error: "HPE_INVALID_METHOD",
+    client: "10.1.2.3",
+  });
+  assert.deepEqual(lines, [
+    `07:08:09 INFO  GET /v2/x/blobs/sha256:ab 200 1235ms ::1 "evil\\u009b2J ${"x".repeat(248)}…"\n`,
+    "07:08:09 INFO  - - 400 0.0ms - - error=HPE_INVALID_METHOD\n",
+    "07:08:09 DEBUG client 10.1.2.3 spoke TLS to a plain-HTTP listener (docker's first try; clients need insecure-registries or --tls-verify=false)\n",
+  ]);
+});
+
 // --- The routes, on a real HTTP server. ---
 
 const servers: http.Server[] = [];
@@ -473,6 +519,11 @@ test("the index page explains pulling and the binary cache, lists images, and es
     title: `nixoci & <friends>`,
     packagesHelp: `Packages come from nixpkgs <unstable> & "friends".\n\nSecond paragraph.`,
     publicKey: "cache.example-1:AAAA+/BBBB=",
+    naming: {
+      metaPackages: { shell: ["bash", "coreutils"], py: ["python3Packages.requests", evil] },
+      prefixArchitectures: ["amd64", "arm64"],
+      defaultArch: "amd64",
+    },
   });
   const r = await get(`${base}/`, { headers: { Host: "registry.example:5000" } });
   assert.equal(r.status, 200);
@@ -496,6 +547,9 @@ test("the index page explains pulling and the binary cache, lists images, and es
     "registry.example:5000/shell/hello:latest",
     "hello bash",
     "sha256:abababababab",
+    "is a meta-package: a shell and the core utilities (here <code>bash</code>, <code>coreutils</code>)",
+    `<li>Meta-packages stand for several packages: <code>py</code> (<code>python3Packages.requests</code>, <code>${escapeHtml(evil)}</code>).</li>`,
+    "<li>An architecture prefix builds for another platform: <code>registry.example:5000/arm64/shell/hello</code> (<code>amd64</code>, <code>arm64</code>); without one, the server's own (<code>amd64</code>).</li>",
   ]) {
     assert.ok(html.includes(needle), `page mentions ${needle}`);
   }
@@ -517,7 +571,10 @@ test("the index page explains pulling and the binary cache, lists images, and es
   const f = await get(`${fixed}/`);
   assert.equal(f.status, 200);
   checkHtml(f.text);
-  assert.ok(f.text.includes("docker pull nix.example/shell/hello"));
+  // Told nothing about the names that work there, the page offers no meta-package and no prefix.
+  assert.ok(f.text.includes("docker pull nix.example/hello\n"));
+  assert.ok(!f.text.includes("shell"));
+  assert.ok(!f.text.includes("architecture prefix"));
   assert.ok(!f.text.includes("--plain-http"), "no plain-HTTP advice for an https registry");
   assert.ok(!f.text.includes("nix-command copy"), "no binary cache section when it is not served");
   assert.ok(f.text.includes("None yet."));
