@@ -13,7 +13,7 @@
 //   that layer, and its Commit then finds the socket closed.
 import { test, describe, before } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync } from "node:fs";
 import { basename } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
@@ -30,6 +30,7 @@ import {
   untilSnapshotterEmpty,
 } from "../../support/cri.js";
 import { until } from "../../support/poll.js";
+import { freeze } from "../../support/drill.js";
 import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../../support/fixtures.js";
 import { exited, tail } from "../../support/snapshotter.js";
@@ -95,23 +96,6 @@ describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
     console.log(`killed the snapshotter (${what}); the pull ${result}`);
     assert.match(result, /^failed: /, "the pull fails once the snapshotter is gone");
     await until("the killed snapshotter to exit", 10_000, () => assert.ok(exited(s.sn.child)), 50);
-  }
-
-  /**
-   * Stops a process with SIGSTOP and waits until /proc says every thread of it is stopped (a thread finishes the
-   * system call it is in first: libuv's pool threads do the file system work, renames included).
-   */
-  async function freeze(pid: number): Promise<void> {
-    process.kill(pid, "SIGSTOP");
-    await until(
-      `process ${pid} to stop`,
-      10_000,
-      () => {
-        for (const tid of readdirSync(`/proc/${pid}/task`))
-          assert.match(readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8"), /^\d+ \(.*\) [Tt] /s);
-      },
-      1,
-    );
   }
 
   /**
