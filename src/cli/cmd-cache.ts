@@ -9,6 +9,7 @@ import { parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { helpHint, intOption, needPositionals, parse, printHelp, UsageError } from "./args.js";
 import { CACHE, CACHE_GC, CACHE_PUSH } from "./help-texts.js";
+import { removeTemporariesOnSignals } from "./interrupt.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, readSecretKeyFile, resolveStorePathArg, trustOptions } from "./stores.js";
 
@@ -32,6 +33,8 @@ export async function cacheCommand(argv: string[]): Promise<number> {
   const signKey = values["sign-key"] ? readSecretKeyFile(values["sign-key"]) : undefined;
   const store = await openStore(values.store, trustOptions([], true));
   const progress = new Progress(values.quiet);
+  // Ctrl-C or SIGTERM from here on leaves no half-written NAR or narinfo in the cache (their temporaries go).
+  const uninstall = removeTemporariesOnSignals(() => progress.done());
   try {
     const roots = positionals.map((p) => resolveStorePathArg(p, store));
     const closure = await computeClosure(store, roots);
@@ -57,6 +60,7 @@ export async function cacheCommand(argv: string[]): Promise<number> {
     );
     return 0;
   } finally {
+    uninstall();
     progress.done();
     store.close();
   }

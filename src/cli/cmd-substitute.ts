@@ -8,6 +8,7 @@ import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { helpHint, intOption, needPositionals, parse, printHelp, UsageError } from "./args.js";
 import { SUBSTITUTE } from "./help-texts.js";
+import { removeTemporariesOnSignals } from "./interrupt.js";
 import { formatBytes, Progress } from "./progress.js";
 import { openStore, trustOptions } from "./stores.js";
 
@@ -24,6 +25,8 @@ export async function substituteCommand(argv: string[]): Promise<number> {
   const sources: Store[] = [];
   for (const url of values.from) sources.push(await openStore(url, trust));
   const progress = new Progress(values.quiet);
+  // Ctrl-C or SIGTERM from here on leaves no path half-restored in the target (its temporary goes).
+  const uninstall = removeTemporariesOnSignals(() => progress.done());
   try {
     // What killed runs left in the target (paths restored under temporary names); a live writer's stay.
     await target.sweepTemporaries();
@@ -55,6 +58,7 @@ export async function substituteCommand(argv: string[]): Promise<number> {
     process.stdout.write(paths.map((p) => p + "\n").join(""));
     return 0;
   } finally {
+    uninstall();
     progress.done();
     target.close();
     sources.forEach((s) => s.close());

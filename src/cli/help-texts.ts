@@ -236,7 +236,8 @@ export const CACHE_PUSH = {
   usage: ["nixoci cache push --to file:///DIR [OPTIONS] PATH..."],
   description: [
     "Writes `nix-cache-info`, `nar/<FileHash>.nar.<ext>` and a `<hash>.narinfo` (signed with `--sign-key`) per " +
-      "path of the closure; paths the cache has already are skipped.",
+      "path of the closure; paths the cache has already are skipped. SIGINT, SIGTERM or SIGHUP remove what was " +
+      "being written and exit 128+N.",
   ],
   flags: {
     to: { type: "string", value: "file:///DIR", help: "the binary cache to write (required)" },
@@ -311,7 +312,8 @@ export const SUBSTITUTE = {
       "store directories such as /nix/store) by priority: local stores first, then nix-cache-info's order. Paths " +
       "already valid are kept; NARs are decompressed and verified while streaming, each path added only after " +
       "its references, atomically. Into /nix/store paths are registered in Nix's database, so nix-store sees " +
-      "them valid. Prints the requested paths.",
+      "them valid. Prints the requested paths. SIGINT, SIGTERM or SIGHUP remove the path being restored and " +
+      "exit 128+N.",
   ],
   flags: {
     from: { type: "string", multiple: true, value: "URL", help: "a store to substitute from (required)" },

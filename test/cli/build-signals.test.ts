@@ -5,19 +5,17 @@
 // stopped) that is seen holding the temporary, so it is the removal that is tested, not a race.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import type { ChildProcess } from "node:child_process";
 import { createCipheriv } from "node:crypto";
 import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { makeTempDir } from "../support/fixtures.js";
 import { nixociOk } from "../support/cli.js";
 import {
   assertNoTemporaries,
   entries,
   finish,
-  freeze,
+  interruptWhile,
   pidTemporaries,
   privateTmpdir,
   spawnNixoci,
@@ -35,35 +33,6 @@ before(() => {
   writeFileSync(join(tree, "data.bin"), cipher.update(Buffer.alloc(32 << 20)));
   big = runText("nix-store", ["--add", tree]);
 });
-
-/**
- * Polls `holds` (the build is seen holding a temporary) until it does while the build is frozen, then sends
- * `signal` and lets it go on; resolves with how it ended. A build that ends first fails the test.
- */
-async function interruptWhile(
-  child: ChildProcess,
-  ended: Promise<Finished>,
-  holds: () => boolean,
-  signal: NodeJS.Signals,
-  what: string,
-): Promise<Finished> {
-  let done = false;
-  void ended.then(() => (done = true));
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    assert.ok(Date.now() < deadline, `the build did not get to ${what} within 60 s`);
-    if (done) assert.fail(`the build ended before it was seen at ${what}: ${JSON.stringify(await ended)}`);
-    if (holds()) {
-      await freeze(child.pid!);
-      if (holds()) break;
-      child.kill("SIGCONT");
-    }
-    await sleep(1);
-  }
-  child.kill(signal);
-  child.kill("SIGCONT");
-  return ended;
-}
 
 function assertSignalExit(r: Finished, signal: NodeJS.Signals): void {
   assert.deepEqual(

@@ -26,6 +26,7 @@ import {
   statSync,
 } from "node:fs";
 import * as http from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { ROOT } from "./cli.js";
 import { freePort } from "./daemons.js";
@@ -625,4 +626,33 @@ export const MANIFEST_ACCEPT = [
 /** A drill test's timeout: 5 minutes plus `perTrialMs` for each of its trials (a liveness bound, not a speed check). */
 export function drillTimeout(perTrialMs: number): number {
   return 300_000 + perTrialMs * (DRILL_TRIALS + FIXED_EARLY_MS.length);
+}
+
+/**
+ * Polls `holds` (the command is seen holding a temporary) until it does while the command is frozen, then sends
+ * `signal` and lets it go on; resolves with how it ended. A command that ends first fails the test.
+ */
+export async function interruptWhile(
+  child: ChildProcess,
+  ended: Promise<Finished>,
+  holds: () => boolean,
+  signal: NodeJS.Signals,
+  what: string,
+): Promise<Finished> {
+  let done = false;
+  void ended.then(() => (done = true));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    assert.ok(Date.now() < deadline, `the command did not get to ${what} within 60 s`);
+    if (done) assert.fail(`the command ended before it was seen at ${what}: ${JSON.stringify(await ended)}`);
+    if (holds()) {
+      await freeze(child.pid!);
+      if (holds()) break;
+      child.kill("SIGCONT");
+    }
+    await sleep(1);
+  }
+  child.kill(signal);
+  child.kill("SIGCONT");
+  return ended;
 }
