@@ -1,5 +1,5 @@
 // Fault drills for the node daemons, each in a CRI stack of its own (docker-registry, `nixoci snapshotter`,
-// containerd 1.6 with its CRI plugin; test/support/cri.ts), as test/servers/cri/cri-restart.test.ts does for two fixed
+// containerd with its CRI plugin, NIXOCI_CONTAINERD; test/support/cri.ts), as test/servers/cri/cri-restart.test.ts does for two fixed
 // points:
 // - the snapshotter SIGKILLed at random and early points of a CRI pull of a nixoci image whose store layers it
 //   substitutes into an empty store from a signed file:// cache (Prepare substituting and committing nix

@@ -1,4 +1,4 @@
-// Pushed and archived images in a real containerd 1.6 (ctr pull/import, ctr run with runc).
+// Pushed and archived images in a real containerd (NIXOCI_CONTAINERD: 1.6 by default; ctr pull/import, ctr run with runc).
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";

@@ -1,4 +1,4 @@
-// The snapshotter SIGKILLed in the middle of a CRI pull (real containerd 1.6 CRI plugin; registry, snapshotter
+// The snapshotter SIGKILLed in the middle of a CRI pull (real containerd CRI plugin, NIXOCI_CONTAINERD; registry, snapshotter
 // and containerd as child processes): the pull fails with an error within a bound (no hang on the closed
 // socket); the snapshotter restarted on the same --root and socket serves a new pull of the same image, which
 // runs; nothing stays mounted; containerd's snapshots all exist in the snapshotter, every snapshot's parent
