@@ -34,11 +34,12 @@ import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../../support/fixtures.js";
 import { exited, tail } from "../../support/snapshotter.js";
 import { makeImage } from "../../support/make-image.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 /** How long a pull whose snapshotter died may take to fail (a liveness bound: the failure is a hang). */
 const FAIL_BOUND_MS = 60_000;
 
-describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
+describe(`the snapshotter SIGKILLed during a CRI pull of containerd ${containerdUnderTest().series}, then restarted`, () => {
   let fx: Record<FixtureAttr, string>;
 
   before(

@@ -25,10 +25,11 @@ import {
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../../support/fixtures.js";
 import { nixCmd } from "../../support/run.js";
 import { runAsync, tail } from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const NIX = ["--extra-experimental-features", "nix-command"];
 
-describe("CRI PullImage substitutes a path missing from the snapshotter's store", () => {
+describe(`CRI PullImage (containerd ${containerdUnderTest().series}) substitutes a path missing from the snapshotter's store`, () => {
   let fx: Record<FixtureAttr, string>;
   let stack: CriStack | undefined;
   let image: PushedImage;
