@@ -194,8 +194,13 @@ run_inside() {
     old=${old#"$root"}
     cd "$root"
     pivot_root . ".$old"
+    # The containerd matrix settings (scripts/run-tests.mjs), when set, reach the test command as they are.
+    pass=()
+    for v in NIXOCI_CONTAINERD NIXOCI_CONTAINERD_MATRIX; do
+      if [ -n "${!v+set}" ]; then pass+=("$v=${!v}"); fi
+    done
     exec chroot . /bin/bash -c "umount -l \"\$1\" && rmdir \"\$1\" && shift && exec \"\$@\"" - "$old" \
-      /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
+      /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" "${pass[@]}" \
       PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin MAIN_JOB="$MAIN_JOB" TESTS="$TESTS" "$@"
   ' fresh-root "$root" "$@"
 }
