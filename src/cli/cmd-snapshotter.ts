@@ -22,6 +22,7 @@ import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon
 import { trustOptions } from "./stores.js";
 import {
   containerdConfigSnippet,
+  DEFAULT_SNAPSHOTTER_ROOT,
   DEFAULT_SNAPSHOTTER_SOCKET,
   detectContainerdVersion,
   parseContainerdVersion,
@@ -87,11 +88,12 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
   if (values["print-containerd-config"])
     return {
       ...NOTHING,
-      // Only the socket matters here: it is where containerd finds the snapshotter.
+      // Where containerd finds the snapshotter, and the directory its CRI reports as the image filesystem.
       address:
         values.address === undefined
           ? DEFAULT_SNAPSHOTTER_SOCKET
           : socketPathOption("address", values.address, SNAPSHOTTER),
+      root: resolve(values.root ?? DEFAULT_SNAPSHOTTER_ROOT),
       printContainerdConfig: {
         version: versionFlag === undefined ? undefined : containerdVersionOption(versionFlag),
       },
@@ -140,7 +142,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     const v = opts.printContainerdConfig.version ?? detectContainerdVersion();
     const why = unsupportedContainerdVersion(v);
     if (why) throw new NixociError("containerd --version", why);
-    process.stdout.write(containerdConfigSnippet(v, opts.address));
+    process.stdout.write(containerdConfigSnippet(v, { address: opts.address, root: opts.root }));
     return 0;
   }
   const log = createLogger({ level: opts.logLevel, format: opts.logFormat });

@@ -458,7 +458,7 @@ export const SNAPSHOTTER = {
     "a containerd proxy snapshotter that composes Nix layers from the store instead of downloading them",
   usage: [
     "nixoci snapshotter --address SOCK --root DIR [OPTIONS]",
-    "nixoci snapshotter --print-containerd-config [--containerd-version 1.6|1.7|2.x] [--address SOCK]",
+    "nixoci snapshotter --print-containerd-config [--containerd-version 1.6|1.7|2.x] [--address SOCK] [--root DIR]",
   ],
   description: [
     "A containerd proxy snapshotter (snapshots v1 over gRPC on a unix socket; containerd's config: " +
@@ -476,8 +476,9 @@ export const SNAPSHOTTER = {
       "/nix/var/nix/gcroots/nixoci/ for /nix/store (else ROOT/gcroots/), made before its layer is committed and " +
       "removed with the image's last layer. SIGTERM or SIGINT: stop accepting calls, finish running ones, exit 0.",
     "--print-containerd-config prints what containerd's config.toml needs for the snapshotter, in the schema of " +
-      "the node's containerd (`containerd --version`, or --containerd-version): the proxy plugin on --address, " +
-      "CRI pulls unpacking into it and snapshot annotations on. containerd 1.6 and 1.7 read config version 2 " +
+      "the node's containerd (`containerd --version`, or --containerd-version): the proxy plugin on --address " +
+      "(default /run/nixoci/snapshotter.sock) with --root (default /var/lib/nixoci/snapshotter) as the image " +
+      "filesystem CRI reports (1.7 and later), CRI pulls unpacking into it and snapshot annotations on. containerd 1.6 and 1.7 read config version 2 " +
       '(`[plugins."io.containerd.grpc.v1.cri".containerd]`), 2.x version 3 (`[plugins."io.containerd.cri.v1.images"]`).',
   ],
   flags: {

@@ -3,12 +3,14 @@
 // the `containerd` first on PATH (each release's own directory put first) or named with --containerd-version,
 // the snippet is exactly the documented one for that version's config schema, and — appended to that
 // containerd's own config (a node's root, state, sockets, CNI dirs and registry hosts; nothing else about the
-// snapshotter) — it makes a CRI PullImage go through the snapshotter: the store layers are committed from the
+// snapshotter) — it makes a CRI PullImage go through the snapshotter, and CRI reports the snapshotter's root as
+// the image filesystem (1.7 and later): the store layers are committed from the
 // store (never fetched from the registry), CRI's snapshot annotations reach it (one GC root for the image), and
 // the image runs.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
+import { join } from "node:path";
 import { gcRootsDir } from "../../src/servers/snapshotter/gcroots.js";
 import { buildFixtures } from "../support/fixtures.js";
 import { nixoci, nixociOk } from "../support/cli.js";
@@ -32,35 +34,45 @@ import {
   type PushedImage,
 } from "../support/cri.js";
 
-/** The snippet each release line gets, for the snapshotter on `address`. */
-function expectedSnippet(series: ContainerdSeries, address: string): string {
-  if (series.startsWith("1."))
-    return `# nixoci snapshotter, containerd ${series}: add to containerd's config.toml (config version 2).
-# Where the file already has [plugins."io.containerd.grpc.v1.cri".containerd],
-# set the two keys there instead. Then run nixoci snapshotter --address ${address} --root DIR
+/** The snippet each release line gets, for the snapshotter on `address` with its --root `root`. */
+function expectedSnippet(series: ContainerdSeries, address: string, root: string): string {
+  const header = (
+    configVersion: string,
+  ): string => `# nixoci snapshotter, containerd ${series}: add to containerd's config.toml (config version ${configVersion}
+`;
+  const run = `# set the two keys there instead. Then run
+#   nixoci snapshotter --address ${address} --root ${root}
 # and restart containerd.
 [proxy_plugins.nixoci]
   type = "snapshot"
   address = "${address}"
-
+`;
+  const exportsRoot = `  # The image filesystem CRI reports (ImageFsInfo: what kubelet's image garbage collection measures).
+  [proxy_plugins.nixoci.exports]
+    root = "${root}"
+`;
+  const annotations = `
 # CRI pulls unpack into nixoci. Snapshot annotations (off by default) give the snapshotter each image's
 # reference and manifest digest: one GC root per image instead of one per layer.
-[plugins."io.containerd.grpc.v1.cri".containerd]
+`;
+  if (series === "1.6")
+    return `${header("2).")}# Where the file already has [plugins."io.containerd.grpc.v1.cri".containerd],
+${run}# containerd 1.6 reports its own ROOT/io.containerd.snapshotter.v1.nixoci as the image filesystem
+# (CRI ImageFsInfo: what kubelet's image garbage collection measures), whatever the snapshotter's --root:
+# give the snapshotter that directory as --root, or create it on the filesystem of --root.
+${annotations}[plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "nixoci"
   disable_snapshot_annotations = false
 `;
-  return `# nixoci snapshotter, containerd ${series}: add to containerd's config.toml (config version 3;
-# containerd 2.x reads these tables from a version 2 file too).
+  if (series === "1.7")
+    return `${header("2).")}# Where the file already has [plugins."io.containerd.grpc.v1.cri".containerd],
+${run}${exportsRoot}${annotations}[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "nixoci"
+  disable_snapshot_annotations = false
+`;
+  return `${header("3;")}# containerd 2.x reads these tables from a version 2 file too).
 # Where the file already has [plugins."io.containerd.cri.v1.images"],
-# set the two keys there instead. Then run nixoci snapshotter --address ${address} --root DIR
-# and restart containerd.
-[proxy_plugins.nixoci]
-  type = "snapshot"
-  address = "${address}"
-
-# CRI pulls unpack into nixoci. Snapshot annotations (off by default) give the snapshotter each image's
-# reference and manifest digest: one GC root per image instead of one per layer.
-# From containerd 2.1 on they also make CRI pull as 2.0 did, not through the transfer service (which
+${run}${exportsRoot}${annotations}# From containerd 2.1 on they also make CRI pull as 2.0 did, not through the transfer service (which
 # does not pass them): containerd logs a warning saying so at start.
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "nixoci"
@@ -75,10 +87,13 @@ function pathFor(release: ContainerdRelease): string {
 }
 
 describe("nixoci snapshotter --print-containerd-config: usage", () => {
-  test("the default socket, and --address made absolute", () => {
+  test("the default socket and root, and --address and --root made absolute", () => {
     const r = nixociOk(["snapshotter", "--print-containerd-config", "--containerd-version", "1.7"]);
     assert.equal(r.stderr, "");
-    assert.equal(r.text, expectedSnippet("1.7", "/run/nixoci/snapshotter.sock"));
+    assert.equal(
+      r.text,
+      expectedSnippet("1.7", "/run/nixoci/snapshotter.sock", "/var/lib/nixoci/snapshotter"),
+    );
     const rel = nixociOk([
       "snapshotter",
       "--print-containerd-config",
@@ -86,8 +101,10 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
       "v2.1.9",
       "--address",
       "sn.sock",
+      "--root",
+      "sn-root",
     ]);
-    assert.equal(rel.text, expectedSnippet("2.1", `${process.cwd()}/sn.sock`));
+    assert.equal(rel.text, expectedSnippet("2.1", `${process.cwd()}/sn.sock`, `${process.cwd()}/sn-root`));
   });
 
   test("a version it has no config for, or no version at all, is a usage error naming the flag", () => {
@@ -153,10 +170,11 @@ for (const series of CONTAINERD_SERIES)
           release,
           snapshotterArgs: ["--store", "/nix/store"],
           // What a user does: the snippet for the containerd on PATH, with the snapshotter's socket.
-          snapshotterConfig: (socket) =>
-            (snippet = nixociOk(["snapshotter", "--print-containerd-config", "--address", socket], {
-              env: { PATH: pathFor(release) },
-            }).text),
+          snapshotterConfig: (sn) =>
+            (snippet = nixociOk(
+              ["snapshotter", "--print-containerd-config", "--address", sn.socket, "--root", sn.root],
+              { env: { PATH: pathFor(release) } },
+            ).text),
         });
         image = pushNixociImage(stack.registry, {
           installables: [fx.hello],
@@ -173,7 +191,7 @@ for (const series of CONTAINERD_SERIES)
     });
 
     test(`detects ${series} from containerd --version and prints its snippet`, () => {
-      assert.equal(snippet, expectedSnippet(series, stack!.sn.socket));
+      assert.equal(snippet, expectedSnippet(series, stack!.sn.socket, stack!.sn.root));
       const named = nixociOk([
         "snapshotter",
         "--print-containerd-config",
@@ -181,6 +199,8 @@ for (const series of CONTAINERD_SERIES)
         series,
         "--address",
         stack!.sn.socket,
+        "--root",
+        stack!.sn.root,
       ]);
       assert.equal(named.text, snippet);
     });
@@ -220,6 +240,14 @@ for (const series of CONTAINERD_SERIES)
             s.containerd.log(),
             /Found 'DisableSnapshotAnnotations' in CRI config which is incompatible with transfer service/,
           );
+
+        // The image filesystem CRI reports (kubelet's image GC measures it): the snapshotter's root from 1.7 on
+        // (the exported root), 1.6's own guess otherwise.
+        const fsInfo = await s.cri.imageFsInfo({});
+        assert.equal(
+          fsInfo.image_filesystems[0]?.fs_id?.mountpoint,
+          series === "1.6" ? join(s.containerd.root, "io.containerd.snapshotter.v1.nixoci") : s.sn.root,
+        );
 
         assert.equal(s.run(img.ref, `ccfg-${series.replace(".", "")}`), "Hello from nixoci!\n");
         await s.cri.removeImage({ image: { image: pulled.image_ref } });

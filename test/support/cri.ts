@@ -161,10 +161,10 @@ export interface CriStackOptions {
   /** Another containerd release than the one under test. */
   release?: ContainerdRelease;
   /**
-   * containerd's config for the snapshotter listening on `socket` (its proxy plugin and CRI's snapshotter
-   * settings), instead of the stack's own (a proxy plugin "nixoci" and criSnapshotterConfig).
+   * containerd's config for the running snapshotter `sn` (its proxy plugin and CRI's snapshotter settings),
+   * instead of the stack's own (a proxy plugin "nixoci" and criSnapshotterConfig).
    */
-  snapshotterConfig?: (socket: string) => string;
+  snapshotterConfig?: (sn: Snapshotter) => string;
 }
 
 /**
@@ -198,7 +198,7 @@ export async function startCriStack(opts: CriStackOptions): Promise<CriStack> {
       opts.snapshotterConfig
         ? {
             release: opts.release,
-            criConfig: [criNodeConfig(node), opts.snapshotterConfig(sn.socket)].join("\n"),
+            criConfig: [criNodeConfig(node), opts.snapshotterConfig(sn)].join("\n"),
           }
         : {
             release: opts.release,

@@ -6,7 +6,9 @@
 //   the snapshotter and `disable_snapshot_annotations` are keys of its `.containerd` table;
 // - 2.x reads version 3 (and migrates 2), where CRI is split: image settings are
 //   `[plugins."io.containerd.cri.v1.images"]`, runtime settings `io.containerd.cri.v1.runtime`;
-// - `[proxy_plugins.NAME] type = "snapshot"` is the same in both;
+// - `[proxy_plugins.NAME] type = "snapshot"` is the same in both; from 1.7 on its `exports` table is read, and
+//   CRI takes the exported `root` as the image filesystem it reports (ImageFsInfo), else (and always on 1.6)
+//   containerd's ROOT/io.containerd.snapshotter.v1.NAME, a directory nothing creates for a proxy plugin;
 // - `disable_snapshot_annotations` defaults to true everywhere: off, CRI does not give the snapshotter the image's
 //   reference and manifest digest (containerd.io/snapshot/cri.*), so GC roots are one per layer, not per image
 //   (gcroots.ts). The layers' own nix-store-path annotations reach Prepare either way. From 2.1 on, CRI pulls
@@ -23,8 +25,9 @@ export interface ContainerdVersion {
 
 /** The proxy plugin name nixoci's docs, image service and tests use. */
 export const PROXY_PLUGIN_NAME = "nixoci";
-/** Where the examples put the snapshotter's socket. */
+/** Where the examples put the snapshotter's socket and root. */
 export const DEFAULT_SNAPSHOTTER_SOCKET = "/run/nixoci/snapshotter.sock";
+export const DEFAULT_SNAPSHOTTER_ROOT = "/var/lib/nixoci/snapshotter";
 
 /** "1.7", "2.1", "2.x", "v2.1.9", "1.7.24~ds1": the release line, or undefined when it is not a version. */
 export function parseContainerdVersion(s: string): ContainerdVersion | undefined {
@@ -73,24 +76,41 @@ export function detectContainerdVersion(binary = "containerd"): ContainerdVersio
 
 /**
  * The config snippet for containerd `v` (supported: see unsupportedContainerdVersion) with the snapshotter on
- * `address`: TOML to add to containerd's config.toml, with comments saying what each part is for.
+ * `address`, its --root `root`: TOML to add to containerd's config.toml, with comments saying what each part is for.
  */
-export function containerdConfigSnippet(v: ContainerdVersion, address: string): string {
+export function containerdConfigSnippet(
+  v: ContainerdVersion,
+  where: { address: string; root: string },
+): string {
   const q = (s: string): string => JSON.stringify(s);
   const v3 = v.major >= 2;
   const criTable = v3
     ? `plugins."io.containerd.cri.v1.images"`
     : `plugins."io.containerd.grpc.v1.cri".containerd`;
+  // 1.6 has no proxy plugin exports: its CRI takes containerd's ROOT/io.containerd.snapshotter.v1.NAME.
+  const exportsRoot = v.major >= 2 || (v.minor ?? 0) >= 7;
   return [
     `# nixoci snapshotter, containerd ${formatContainerdVersion(v)}: add to containerd's config.toml (config version ${v3 ? 3 : 2}` +
       (v3 ? `;` : `).`),
     ...(v3 ? [`# containerd 2.x reads these tables from a version 2 file too).`] : []),
     `# Where the file already has [${criTable}],`,
-    `# set the two keys there instead. Then run nixoci snapshotter --address ${address} --root DIR`,
+    `# set the two keys there instead. Then run`,
+    `#   nixoci snapshotter --address ${where.address} --root ${where.root}`,
     `# and restart containerd.`,
     `[proxy_plugins.${PROXY_PLUGIN_NAME}]`,
     `  type = "snapshot"`,
-    `  address = ${q(address)}`,
+    `  address = ${q(where.address)}`,
+    ...(exportsRoot
+      ? [
+          `  # The image filesystem CRI reports (ImageFsInfo: what kubelet's image garbage collection measures).`,
+          `  [proxy_plugins.${PROXY_PLUGIN_NAME}.exports]`,
+          `    root = ${q(where.root)}`,
+        ]
+      : [
+          `# containerd 1.6 reports its own ROOT/io.containerd.snapshotter.v1.${PROXY_PLUGIN_NAME} as the image filesystem`,
+          `# (CRI ImageFsInfo: what kubelet's image garbage collection measures), whatever the snapshotter's --root:`,
+          `# give the snapshotter that directory as --root, or create it on the filesystem of --root.`,
+        ]),
     ``,
     `# CRI pulls unpack into nixoci. Snapshot annotations (off by default) give the snapshotter each image's`,
     `# reference and manifest digest: one GC root per image instead of one per layer.`,
