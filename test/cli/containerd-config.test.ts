@@ -3,10 +3,9 @@
 // the `containerd` first on PATH (each release's own directory put first) or named with --containerd-version,
 // the snippet is exactly the documented one for that version's config schema, and — appended to that
 // containerd's own config (a node's root, state, sockets, CNI dirs and registry hosts; nothing else about the
-// snapshotter) — it makes a CRI PullImage go through the snapshotter, and CRI reports the snapshotter's root as
-// the image filesystem (1.7 and later): the store layers are committed from the
-// store (never fetched from the registry), CRI's snapshot annotations reach it (one GC root for the image), and
-// the image runs.
+// snapshotter) — it makes a CRI PullImage go through the snapshotter: the store layers are committed from the
+// store (never fetched from the registry), CRI's snapshot annotations reach it (one GC root for the image), CRI
+// reports the snapshotter's root as the image filesystem (1.7 and later), and the image runs.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
