@@ -422,11 +422,11 @@ function criPlugins(release: ContainerdRelease): string[] {
 }
 
 /**
- * Starts the containerd under test (containerdUnderTest(): NIXOCI_CONTAINERD, unless `release`) with root, state and sockets in a
- * temp dir, in its release's config schema (`version = 2` for 1.x, 3 for 2.x). The CRI plugin is disabled unless
- * `criConfig` is given (TOML appended verbatim to the config, in the release's schema: see cri.ts criConfig);
- * `proxyPlugins` become `[proxy_plugins.NAME]` sections (type "snapshot", address = its socket). NRI (on by
- * default in 2.x) is off: its socket is system-wide, /var/run/nri/nri.sock.
+ * Starts the containerd under test (containerdUnderTest(): NIXOCI_CONTAINERD, unless `release`) with root, state
+ * and sockets in a temp dir, in its release's config schema (`version = 2` for 1.x, 3 for 2.x). The CRI plugin is
+ * disabled unless `criConfig` is given (TOML appended verbatim to the config, in the release's schema: see cri.ts
+ * criConfig); `proxyPlugins` become `[proxy_plugins.NAME]` sections (type "snapshot", address = its socket). NRI
+ * (on by default in 2.x) is off: its socket is system-wide, /var/run/nri/nri.sock.
  */
 export async function startContainerd(
   opts: {
