@@ -1,5 +1,5 @@
-// CRI benchmark: the time from a CRI PullImage to the container's first output, through containerd 1.6.20's CRI
-// plugin with the nixoci snapshotter (store present: nix layers are committed from /nix/store, not downloaded)
+// CRI benchmark: the time from a CRI PullImage to the container's first output, through containerd's CRI plugin
+// (the release NIXOCI_CONTAINERD selects: 1.6.20 by default, 1.7 or 2.1; test/support/containerd-release.ts) with the nixoci snapshotter (store present: nix layers are committed from /nix/store, not downloaded)
 // side by side with containerd's own overlayfs snapshotter (every layer pulled from the registry and unpacked).
 //
 // Daemons (all child processes on loopback / unix sockets with private temp dirs, stopped by pid at the end,
@@ -250,7 +250,7 @@ function runToFirstLine(
   return new Promise((resolveFirst, rejectFirst) => {
     const args = ["-a", side.containerd.address, "-n", NS, "run", "--rm"];
     args.push("--snapshotter", side.snapshotter, image.ref, id);
-    const child = spawn("ctr", args, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(side.containerd.release.ctr, args, { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     let err = "";
     let first = false;
