@@ -1,6 +1,7 @@
 // CRI benchmark: the time from a CRI PullImage to the container's first output, through containerd's CRI plugin
-// (the release NIXOCI_CONTAINERD selects: 1.6.20 by default, 1.7 or 2.1; test/support/containerd-release.ts) with the nixoci snapshotter (store present: nix layers are committed from /nix/store, not downloaded)
-// side by side with containerd's own overlayfs snapshotter (every layer pulled from the registry and unpacked).
+// (the release NIXOCI_CONTAINERD selects: 1.6.20 by default, 1.7 or 2.1; test/support/containerd-release.ts) with
+// the nixoci snapshotter (store present: nix layers are committed from /nix/store, not downloaded) side by side
+// with containerd's own overlayfs snapshotter (every layer pulled from the registry and unpacked).
 //
 // Daemons (all child processes on loopback / unix sockets with private temp dirs, stopped by pid at the end,
 // also on error; test/support/daemons.ts and snapshotter.ts):
