@@ -10,7 +10,7 @@
 //   - `nixoci snapshotter --store /nix/store --log-level warn` (link mode: store and temp dir share a filesystem);
 //   - containerd A: CRI `snapshotter = "nixoci"` (the proxy plugin), `disable_snapshot_annotations = false`;
 //   - containerd B: CRI `snapshotter = "overlayfs"` (containerd's built-in one);
-//   both with a registry mirror `http://HOST` for the registry.
+//   both reaching the registry over plain HTTP through a hosts directory (`registry.config_path`).
 //
 // One timed run, on either side: CRI PullImage (src/proto/cri.ts against containerd's socket), then
 // `ctr -n k8s.io run --rm --snapshotter X REF ID` until its first output line ("Hello from nixoci!", checked;
