@@ -71,8 +71,9 @@ ${run}${exportsRoot}${annotations}[plugins."io.containerd.grpc.v1.cri".container
 `;
   return `${header("3;")}# containerd 2.x reads these tables from a version 2 file too).
 # Where the file already has [plugins."io.containerd.cri.v1.images"],
-${run}${exportsRoot}${annotations}# From containerd 2.1 on they also make CRI pull as 2.0 did, not through the transfer service (which
-# does not pass them): containerd logs a warning saying so at start.
+${run}${exportsRoot}${annotations}# From containerd 2.1 on the key also makes CRI pull as 2.0 did (containerd logs a warning saying so at
+# start), not through the transfer service, which passes no annotations and unpacks only into the
+# snapshotters its unpack_config lists: without the key, CRI PullImage fails ("no unpack platforms defined").
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "nixoci"
   disable_snapshot_annotations = false
@@ -261,3 +262,50 @@ for (const series of CONTAINERD_SERIES)
       },
     );
   });
+
+describe("containerd 2.1 without disable_snapshot_annotations = false", () => {
+  test(
+    "CRI pulls through the transfer service, which has no unpacker for nixoci: PullImage fails, nothing fetched",
+    { timeout: 240_000 },
+    async () => {
+      const fx = buildFixtures();
+      const release = containerdRelease({ ...process.env, NIXOCI_CONTAINERD: "2.1" });
+      const key = "  disable_snapshot_annotations = false\n";
+      let s: CriStack | undefined;
+      try {
+        s = await startCriStack({
+          prefix: "ccfg21x",
+          release,
+          snapshotterArgs: ["--store", "/nix/store"],
+          snapshotterConfig: (sn) => {
+            const printed = nixociOk([
+              "snapshotter",
+              "--print-containerd-config",
+              "--containerd-version",
+              "2.1",
+              "--address",
+              sn.socket,
+              "--root",
+              sn.root,
+            ]).text;
+            assert.ok(printed.endsWith(key));
+            return printed.slice(0, -key.length);
+          },
+        });
+        const img = pushNixociImage(s.registry, {
+          installables: [fx.hello],
+          entrypoint: "/bin/hello",
+          repo: "nixoci/hello",
+          workDir: s.dir,
+        });
+        const logFrom = registryLogLines(s.registry);
+        await assert.rejects(s.cri.pullImage({ image: { image: img.ref } }, { timeoutMs: 120_000 }), {
+          details: `failed to pull and unpack image "${img.ref}": unable to initialize unpacker: no unpack platforms defined: invalid argument`,
+        });
+        assert.deepEqual(blobGets(s.registry, logFrom), []);
+      } finally {
+        await s?.stop();
+      }
+    },
+  );
+});

@@ -12,8 +12,13 @@
 // - `disable_snapshot_annotations` defaults to true everywhere: off, CRI does not give the snapshotter the image's
 //   reference and manifest digest (containerd.io/snapshot/cri.*), so GC roots are one per layer, not per image
 //   (gcroots.ts). The layers' own nix-store-path annotations reach Prepare either way. From 2.1 on, CRI pulls
-//   through the transfer service by default, which does not add those labels; `disable_snapshot_annotations =
-//   false` makes it fall back to the client pull of 1.x and 2.0 (containerd logs a warning naming the key).
+//   through the transfer service by default, which does not add those labels and unpacks only into the
+//   snapshotters of its `unpack_config` (by default overlayfs alone: a pull for nixoci then fails, "no unpack
+//   platforms defined"); `disable_snapshot_annotations = false` makes CRI fall back to the client pull of 1.x and
+//   2.0 (containerd logs a warning naming the key). (The transfer service works too, with nixoci in its
+//   unpack_config and `[proxy_plugins.nixoci.exports] enable_remote_snapshot_annotations = "true"`: checked by
+//   hand on 2.1.9, no store layer fetched; not what the snippet sets, as listing any unpack_config replaces the
+//   default one.)
 import { spawnSync } from "node:child_process";
 import { NixociError, quote } from "../../util/errors.js";
 
@@ -116,8 +121,9 @@ export function containerdConfigSnippet(
     `# reference and manifest digest: one GC root per image instead of one per layer.`,
     ...(v3 && v.minor !== 0
       ? [
-          `# From containerd 2.1 on they also make CRI pull as 2.0 did, not through the transfer service (which`,
-          `# does not pass them): containerd logs a warning saying so at start.`,
+          `# From containerd 2.1 on the key also makes CRI pull as 2.0 did (containerd logs a warning saying so at`,
+          `# start), not through the transfer service, which passes no annotations and unpacks only into the`,
+          `# snapshotters its unpack_config lists: without the key, CRI PullImage fails ("no unpack platforms defined").`,
         ]
       : []),
     `[${criTable}]`,
