@@ -1,6 +1,7 @@
-// CRI benchmark: the time from a CRI PullImage to the container's first output, through containerd 1.6.20's CRI
-// plugin with the nixoci snapshotter (store present: nix layers are committed from /nix/store, not downloaded)
-// side by side with containerd's own overlayfs snapshotter (every layer pulled from the registry and unpacked).
+// CRI benchmark: the time from a CRI PullImage to the container's first output, through containerd's CRI plugin
+// (the release NIXOCI_CONTAINERD selects: 1.6.20 by default, 1.7 or 2.1; test/support/containerd-release.ts) with
+// the nixoci snapshotter (store present: nix layers are committed from /nix/store, not downloaded) side by side
+// with containerd's own overlayfs snapshotter (every layer pulled from the registry and unpacked).
 //
 // Daemons (all child processes on loopback / unix sockets with private temp dirs, stopped by pid at the end,
 // also on error; test/support/daemons.ts and snapshotter.ts):
@@ -9,7 +10,7 @@
 //   - `nixoci snapshotter --store /nix/store --log-level warn` (link mode: store and temp dir share a filesystem);
 //   - containerd A: CRI `snapshotter = "nixoci"` (the proxy plugin), `disable_snapshot_annotations = false`;
 //   - containerd B: CRI `snapshotter = "overlayfs"` (containerd's built-in one);
-//   both with a registry mirror `http://HOST` for the registry.
+//   both reaching the registry over plain HTTP through a hosts directory (`registry.config_path`).
 //
 // One timed run, on either side: CRI PullImage (src/proto/cri.ts against containerd's socket), then
 // `ctr -n k8s.io run --rm --snapshotter X REF ID` until its first output line ("Hello from nixoci!", checked;
@@ -250,7 +251,7 @@ function runToFirstLine(
   return new Promise((resolveFirst, rejectFirst) => {
     const args = ["-a", side.containerd.address, "-n", NS, "run", "--rm"];
     args.push("--snapshotter", side.snapshotter, image.ref, id);
-    const child = spawn("ctr", args, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(side.containerd.release.ctr, args, { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     let err = "";
     let first = false;

@@ -34,14 +34,8 @@ while (($#)); do
 done
 [ "$(id -u)" = 0 ] || { echo "fresh-root: must run as root (debootstrap, chroot, mounts)" >&2 && exit 2; }
 
-# The Debian mirror this machine's apt uses: deb822 sources first, then one-line sources.
-mirror=$(
-  {
-    awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
-    awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
-  } | head -n1
-)
-[ -n "$mirror" ] || { echo "fresh-root: no bookworm mirror in /etc/apt/sources.list{,.d}" >&2 && exit 1; }
+# The Debian mirror this machine's apt uses.
+mirror=$(debian_mirror) || { echo "fresh-root: no bookworm mirror in /etc/apt/sources.list{,.d}" >&2 && exit 1; }
 
 apt_ensure debootstrap git
 cache=${FRESH_ROOT_CACHE:-/var/cache/nixoci/fresh-root}
@@ -200,8 +194,13 @@ run_inside() {
     old=${old#"$root"}
     cd "$root"
     pivot_root . ".$old"
+    # The containerd matrix settings (scripts/run-tests.mjs), when set, reach the test command as they are.
+    pass=()
+    for v in NIXOCI_CONTAINERD NIXOCI_CONTAINERD_MATRIX; do
+      if [ -n "${!v+set}" ]; then pass+=("$v=${!v}"); fi
+    done
     exec chroot . /bin/bash -c "umount -l \"\$1\" && rmdir \"\$1\" && shift && exec \"\$@\"" - "$old" \
-      /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
+      /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" "${pass[@]}" \
       PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin MAIN_JOB="$MAIN_JOB" TESTS="$TESTS" "$@"
   ' fresh-root "$root" "$@"
 }

@@ -10,6 +10,9 @@ bash "$here/install-runtime-deps.sh"
 # apache2-utils: htpasswd for registry authentication tests; git: --nix-file sources in git repositories;
 # procps: pgrep, to find processes a test expects gone.
 apt_ensure containerd runc docker.io docker-registry skopeo umoci pigz python3 apache2-utils git procps
+# containerd 1.7 (trixie) and 2.1 (sid) beside bookworm's 1.6, unpacked into a cache: the containerd matrix
+# (NIXOCI_CONTAINERD selects one for the tests; see the script).
+bash "$here/install-containerd-matrix.sh"
 
 # The tests compare against Nix's own behaviour, so pin the options they depend on.
 conf=/etc/nix/nix.conf

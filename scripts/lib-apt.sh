@@ -22,3 +22,16 @@ apt_ensure() {
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   ) 9>/run/lock/nixoci-apt.lock
 }
+
+# The URI of the Debian mirror this machine's apt uses for bookworm (deb822 sources first, then one-line sources),
+# with no trailing slash; fails when there is none. Other releases (trixie, sid) are fetched from the same mirror.
+debian_mirror() {
+  local m
+  m=$(
+    {
+      awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+      awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
+    } | head -n1
+  )
+  [ -n "$m" ] && echo "${m%/}"
+}

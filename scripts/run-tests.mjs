@@ -1,11 +1,31 @@
 #!/usr/bin/env node
 // The test command: installs the real components the tests use, then runs every compiled test file with
 // Node's test runner (whose closing "# pass / # fail" summary CI reads). Build first: `npm test` does.
+//
+// The containerd matrix: every file runs against the containerd NIXOCI_CONTAINERD selects (default 1.6, bookworm's;
+// see test/support/containerd-release.ts), and the suites whose outcome depends on containerd's release
+// (CONTAINERD_SUITES) run again against each release of NIXOCI_CONTAINERD_MATRIX (space- or comma-separated;
+// default "1.7 2.1"; empty for none), all in the one run of the test runner, so there is one summary and one
+// exit status. Each extra run of a suite is a small wrapper module that sets NIXOCI_CONTAINERD before importing
+// it; its tests' names say which release they ran against.
 import { spawnSync } from "node:child_process";
-import { readdirSync, statSync } from "node:fs";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname, relative } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { nodeTestArgs } from "./node-test-args.mjs";
+
+/**
+ * The compiled suites that run images through containerd with nixoci's snapshotter or image service, or write to
+ * it with ctr. (The snapshotter's other suites, gcroots, mounts and nix-image, never start containerd.)
+ */
+const CONTAINERD_SUITES = [
+  "dist/test/servers/snapshotter/overlay.test.js",
+  "dist/test/servers/snapshotter/nix-layers.test.js",
+  "dist/test/servers/cri/",
+  "dist/test/outputs/containerd.test.js",
+  "dist/test/drill/cri.test.js",
+];
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const install = spawnSync("bash", [join(root, "scripts/install-test-deps.sh")], { stdio: "inherit" });
@@ -28,9 +48,27 @@ if (!files.length) {
   console.error("run-tests: no test files found under dist/test (did the build run?)");
   process.exit(1);
 }
+const matrix = (process.env.NIXOCI_CONTAINERD_MATRIX ?? "1.7 2.1").split(/[\s,]+/).filter(Boolean);
+const base = process.env.NIXOCI_CONTAINERD || "1.6";
+const wrappers = mkdtempSync(join(tmpdir(), "nixoci-containerd-matrix-"));
+const suites = files.filter((f) => CONTAINERD_SUITES.some((s) => relative(root, f).startsWith(s)));
+for (const release of matrix.filter((r) => r !== base))
+  for (const f of suites) {
+    const name = relative(join(root, "dist/test"), f)
+      .replace(/\.test\.js$/, "")
+      .replace(/\//g, "-");
+    const wrapper = join(wrappers, `containerd-${release}-${name}.test.mjs`);
+    writeFileSync(
+      wrapper,
+      `process.env.NIXOCI_CONTAINERD = ${JSON.stringify(release)};\n` +
+        `await import(${JSON.stringify(pathToFileURL(f).href)});\n`,
+    );
+    files.push(wrapper);
+  }
 // Each test file runs in its own process with test/support/harness.ts loaded: late uncaught errors fail it.
 const run = spawnSync(process.execPath, nodeTestArgs(root, files), {
   stdio: "inherit",
   cwd: root,
 });
+rmSync(wrappers, { recursive: true, force: true });
 process.exit(run.status ?? 1);

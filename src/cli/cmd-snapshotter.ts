@@ -6,7 +6,8 @@
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
 // or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
 // Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
-// stop accepting calls, finish running ones (bounded), exit 0.
+// stop accepting calls, finish running ones (bounded), exit 0. --print-containerd-config prints the config a
+// node's containerd needs for it (snapshotter/containerd-config.ts) and exits.
 import { resolve } from "node:path";
 import { createLogger, type LogFormat, type LogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../servers/snapshotter/server.js";
@@ -19,6 +20,16 @@ import { logFormatOption, logLevelOption } from "./shared-options.js";
 import { SNAPSHOTTER } from "./help-texts.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { trustOptions } from "./stores.js";
+import {
+  containerdConfigSnippet,
+  DEFAULT_SNAPSHOTTER_ROOT,
+  DEFAULT_SNAPSHOTTER_SOCKET,
+  detectContainerdVersion,
+  parseContainerdVersion,
+  unsupportedContainerdVersion,
+  type ContainerdVersion,
+} from "../servers/snapshotter/containerd-config.js";
+import { NixociError } from "../util/errors.js";
 
 export interface SnapshotterOptions {
   address: string;
@@ -32,6 +43,11 @@ export interface SnapshotterOptions {
   nixLayers: NixLayerMode;
   /** HOST:PORT for /healthz and /metrics. */
   metricsAddress?: string;
+  /**
+   * --print-containerd-config: print containerd's config for this snapshotter and exit, for the containerd
+   * named by --containerd-version (undefined: ask `containerd --version`).
+   */
+  printContainerdConfig?: { version: ContainerdVersion | undefined };
 }
 
 const NIX_LAYER_MODES: readonly string[] = ["auto", "link", "metacopy", "bind"] satisfies NixLayerMode[];
@@ -40,24 +56,48 @@ function isNixLayerMode(s: string): s is NixLayerMode {
   return NIX_LAYER_MODES.includes(s);
 }
 
-export function parseSnapshotterArgs(
-  argv: string[],
-): SnapshotterOptions & { help: boolean; logLevel: LogLevel | "silent"; logFormat: LogFormat } {
+type ParsedSnapshotterArgs = SnapshotterOptions & {
+  help: boolean;
+  logLevel: LogLevel | "silent";
+  logFormat: LogFormat;
+};
+
+/** What nothing was asked of: --help, and the fields --print-containerd-config does not use. */
+const NOTHING: ParsedSnapshotterArgs = {
+  help: false,
+  address: "",
+  root: "",
+  substituters: [],
+  trustedPublicKeys: [],
+  allowUnsigned: false,
+  nixLayers: "auto",
+  logLevel: "info",
+  logFormat: "json",
+};
+
+export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
   const { values, positionals } = parse(argv, SNAPSHOTTER);
-  if (values.help)
-    return {
-      help: true,
-      address: "",
-      root: "",
-      substituters: [],
-      trustedPublicKeys: [],
-      allowUnsigned: false,
-      nixLayers: "auto",
-      logLevel: "info",
-      logFormat: "json",
-    };
+  if (values.help) return { ...NOTHING, help: true };
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(SNAPSHOTTER)}`);
+  const versionFlag = values["containerd-version"];
+  if (versionFlag !== undefined && !values["print-containerd-config"])
+    throw new UsageError(
+      `--containerd-version goes with --print-containerd-config; ${helpHint(SNAPSHOTTER)}`,
+    );
+  if (values["print-containerd-config"])
+    return {
+      ...NOTHING,
+      // Where containerd finds the snapshotter, and the directory its CRI reports as the image filesystem.
+      address:
+        values.address === undefined
+          ? DEFAULT_SNAPSHOTTER_SOCKET
+          : socketPathOption("address", values.address, SNAPSHOTTER),
+      root: resolve(values.root ?? DEFAULT_SNAPSHOTTER_ROOT),
+      printContainerdConfig: {
+        version: versionFlag === undefined ? undefined : containerdVersionOption(versionFlag),
+      },
+    };
   const address = socketPathOption("address", values.address, SNAPSHOTTER);
   if (!values.root) throw new UsageError(`--root is required; ${helpHint(SNAPSHOTTER)}`);
   const nixLayers = values["nix-layers"] ?? "auto";
@@ -83,9 +123,28 @@ export function parseSnapshotterArgs(
   };
 }
 
+/** --containerd-version: a release line nixoci has a config for (a usage error otherwise). */
+function containerdVersionOption(value: string): ContainerdVersion {
+  const v = parseContainerdVersion(value);
+  if (!v)
+    throw new UsageError(
+      `--containerd-version: expected 1.6, 1.7 or 2.x (or a version such as 2.1 or v2.1.9), not ${JSON.stringify(value)}`,
+    );
+  const why = unsupportedContainerdVersion(v);
+  if (why) throw new UsageError(`--containerd-version ${value}: ${why}`);
+  return v;
+}
+
 export async function snapshotterCommand(argv: string[]): Promise<number> {
   const opts = parseSnapshotterArgs(argv);
   if (opts.help) return printHelp(SNAPSHOTTER);
+  if (opts.printContainerdConfig) {
+    const v = opts.printContainerdConfig.version ?? detectContainerdVersion();
+    const why = unsupportedContainerdVersion(v);
+    if (why) throw new NixociError("containerd --version", why);
+    process.stdout.write(containerdConfigSnippet(v, { address: opts.address, root: opts.root }));
+    return 0;
+  }
   const log = createLogger({ level: opts.logLevel, format: opts.logFormat });
   const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});

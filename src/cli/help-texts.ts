@@ -458,7 +458,10 @@ export const SNAPSHOTTER = {
   name: "snapshotter",
   summary:
     "a containerd proxy snapshotter that composes Nix layers from the store instead of downloading them",
-  usage: ["nixoci snapshotter --address SOCK --root DIR [OPTIONS]"],
+  usage: [
+    "nixoci snapshotter --address SOCK --root DIR [OPTIONS]",
+    "nixoci snapshotter --print-containerd-config [--containerd-version 1.6|1.7|2.x] [--address SOCK] [--root DIR]",
+  ],
   description: [
     "A containerd proxy snapshotter (snapshots v1 over gRPC on a unix socket; containerd's config: " +
       '`[proxy_plugins.nixoci] type = "snapshot"`). Ordinary layers behave as with containerd\'s overlay ' +
@@ -474,6 +477,11 @@ export const SNAPSHOTTER = {
     "GC roots: one per image, a directory of links into the store, under " +
       "/nix/var/nix/gcroots/nixoci/ for /nix/store (else ROOT/gcroots/), made before its layer is committed and " +
       "removed with the image's last layer. SIGTERM or SIGINT: stop accepting calls, finish running ones, exit 0.",
+    "--print-containerd-config prints what containerd's config.toml needs for the snapshotter, in the schema of " +
+      "the node's containerd (`containerd --version`, or --containerd-version): the proxy plugin on --address " +
+      "(default /run/nixoci/snapshotter.sock) with --root (default /var/lib/nixoci/snapshotter) as the image " +
+      "filesystem CRI reports (1.7 and later), CRI pulls unpacking into it and snapshot annotations on. containerd 1.6 and 1.7 read config version 2 " +
+      '(`[plugins."io.containerd.grpc.v1.cri".containerd]`), 2.x version 3 (`[plugins."io.containerd.cri.v1.images"]`).',
   ],
   flags: {
     address: { type: "string", value: "SOCK", help: "the unix socket to serve on (required)" },
@@ -487,6 +495,17 @@ export const SNAPSHOTTER = {
       byDefault: "auto",
     },
     ...DAEMON_FLAGS,
+    "print-containerd-config": {
+      type: "boolean",
+      help: "print the containerd config snippet a node needs for the snapshotter, and exit",
+      section: "node setup",
+    },
+    "containerd-version": {
+      type: "string",
+      value: "1.6|1.7|2.x",
+      help: "the containerd --print-containerd-config is for",
+      byDefault: "what containerd --version says",
+    },
   },
   examples: [
     [
@@ -496,6 +515,10 @@ export const SNAPSHOTTER = {
     [
       "nixoci snapshotter --address /run/nixoci/sn.sock --root /var/lib/nixoci/sn --substituter https://cache.nixos.org",
       "store paths missing on the node come from a binary cache",
+    ],
+    [
+      "nixoci snapshotter --print-containerd-config --address /run/nixoci/snapshotter.sock >> /etc/containerd/config.toml",
+      "configure this node's containerd for it (then restart containerd)",
     ],
   ],
 } as const satisfies CommandHelp;

@@ -1,5 +1,5 @@
 // Fault drills for the node daemons, each in a CRI stack of its own (docker-registry, `nixoci snapshotter`,
-// containerd 1.6 with its CRI plugin; test/support/cri.ts), as test/servers/cri/cri-restart.test.ts does for two fixed
+// containerd with its CRI plugin, NIXOCI_CONTAINERD; test/support/cri.ts), as test/servers/cri/cri-restart.test.ts does for two fixed
 // points:
 // - the snapshotter SIGKILLed at random and early points of a CRI pull of a nixoci image whose store layers it
 //   substitutes into an empty store from a signed file:// cache (Prepare substituting and committing nix
@@ -45,6 +45,7 @@ import {
   runNixociOk,
   runTrials,
 } from "../support/drill.js";
+import { containerdUnderTest } from "../support/containerd-release.js";
 
 /** How long a pull whose daemon died may take to end (a liveness bound: the failure is a hang). */
 const END_BOUND_MS = 120_000;
@@ -115,7 +116,7 @@ async function removeEverything(s: CriStack): Promise<void> {
   assert.deepEqual(mountsUnder(s.containerd.root), [], "nothing mounted under containerd's root");
 }
 
-describe("drill: the snapshotter SIGKILLed during a CRI pull (Prepare/Commit, substituting nix layers)", () => {
+describe(`drill: the snapshotter SIGKILLed during a CRI pull of containerd ${containerdUnderTest().series} (Prepare/Commit, substituting nix layers)`, () => {
   test(
     "the pull ends; restarted, it pulls and runs; store paths complete; nothing left",
     { timeout: drillTimeout(90_000) },
@@ -263,7 +264,7 @@ async function startImageService(
   return { child, client, logFile, stop };
 }
 
-describe("drill: nixoci image-service SIGKILLed during a nix:0 pull", () => {
+describe(`drill: nixoci image-service SIGKILLed during a nix:0 pull into containerd ${containerdUnderTest().series}`, () => {
   test(
     "containerd has the image whole or not at all; restarted, it pulls and runs",
     { timeout: drillTimeout(90_000) },

@@ -1,4 +1,4 @@
-// Pushed and archived images in a real containerd 1.6 (ctr pull/import, ctr run with runc).
+// Pushed and archived images in a real containerd (NIXOCI_CONTAINERD: 1.6 by default; ctr pull/import, ctr run with runc).
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -15,10 +15,11 @@ import {
 } from "../support/daemons.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { makeImage } from "../support/make-image.js";
+import { containerdUnderTest } from "../support/containerd-release.js";
 
 process.env.XDG_CACHE_HOME = makeTempDir("oci-xdg");
 
-describe("containerd", () => {
+describe(`containerd ${containerdUnderTest().series}`, () => {
   let containerd: Containerd;
   let registry: Registry;
   let image: BuiltImage;
@@ -66,12 +67,16 @@ describe("containerd", () => {
   });
 });
 
-test("stopping containerd leaves no process, mount or directory", { timeout: 120_000 }, async () => {
-  const c = await startContainerd();
-  const dir = dirname(c.root);
-  assert.ok(processesUnder(dir).length >= 1);
-  await c.stop();
-  assert.deepEqual(processesUnder(dir), []);
-  assert.deepEqual(mountsUnder(dir), []);
-  assert.equal(existsSync(dir), false);
-});
+test(
+  `stopping containerd ${containerdUnderTest().series} leaves no process, mount or directory`,
+  { timeout: 120_000 },
+  async () => {
+    const c = await startContainerd();
+    const dir = dirname(c.root);
+    assert.ok(processesUnder(dir).length >= 1);
+    await c.stop();
+    assert.deepEqual(processesUnder(dir), []);
+    assert.deepEqual(mountsUnder(dir), []);
+    assert.equal(existsSync(dir), false);
+  },
+);

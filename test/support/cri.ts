@@ -1,6 +1,8 @@
-// Shared pieces for tests that drive containerd 1.6's CRI plugin with nixoci's proxy snapshotter.
+// Shared pieces for tests that drive containerd's CRI plugin (the release under test: NIXOCI_CONTAINERD, see
+// containerd-release.ts) with nixoci's proxy snapshotter.
 //
-// - criConfig: the CRI section (snapshotter = nixoci, snapshot annotations on, plain-HTTP mirror, private CNI dirs).
+// - criConfig: the CRI sections in the release's schema (criNodeConfig: plain-HTTP registry hosts, private CNI
+//   dirs; criSnapshotterConfig: snapshotter = nixoci, snapshot annotations on).
 // - startCriStack: a docker-registry, a `nixoci snapshotter` and containerd with the CRI plugin, all child
 //   processes on loopback / unix sockets under one short temp dir, plus a CRI ImageService client; `stop()`
 //   ends everything by pid and removes the dir (and the snapshotter's GC roots under /nix/var for /nix/store).
@@ -14,7 +16,7 @@
 // Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { criImageClient, type CriImageClient } from "../../src/proto/cri.js";
 import { BlobStore } from "../../src/oci/blob-store.js";
@@ -24,6 +26,7 @@ import { pushImage } from "../../src/outputs/push.js";
 import { snapshotsClient } from "../../src/proto/containerd.js";
 import { nixociOk } from "./cli.js";
 import { until } from "./poll.js";
+import { containerdUnderTest, type ContainerdRelease } from "./containerd-release.js";
 import { mountsUnder, startContainerd, startRegistry, type Containerd, type Registry } from "./daemons.js";
 import { makeSignedNixCache } from "./fixtures.js";
 import { removeSnapshotterDir, startSnapshotter, stopSnapshotter, type Snapshotter } from "./snapshotter.js";
@@ -34,33 +37,90 @@ export const CRI_NAMESPACE = "k8s.io";
 export const SNAPSHOTTER_NAME = "nixoci";
 
 /**
- * The CRI section for containerd 1.6.20 (appended by startContainerd, which then leaves the CRI plugin enabled).
- * Found by trying: the plugin starts with no settings at all (a missing CNI config is only logged as an error,
- * and only matters for pod networking; the streaming server defaults to 127.0.0.1 on a random port; the
- * sandbox image is only used by RunPodSandbox). What matters here:
- * - `.containerd` `snapshotter`: the proxy plugin's name; CRI pulls unpack into it.
- * - `.containerd` `disable_snapshot_annotations = false` (1.6's default is true): then the CRI plugin adds the
- *   `containerd.io/snapshot/cri.*` labels (layer digest, image ref, manifest digest, remaining layers). At the
- *   `[plugins."io.containerd.grpc.v1.cri"]` level the key has no effect. The layer descriptors' own
- *   `containerd.io/snapshot/...` annotations (nix-store-path.<i>) reach Prepare either way.
- * - A registry mirror with an `http://` endpoint: plain HTTP for the registry. (For 127.0.0.1 and localhost
- *   1.6's CRI already defaults to http, so loopback pulls work without it; other hosts need it.)
- * - CNI directories in the temp dir (`DIR/cni-bin`, `DIR/cni-conf`), so nothing system-wide is read.
+ * The CRI sections for the containerd under test (appended by startContainerd, which then leaves the CRI plugin
+ * enabled): criNodeConfig's node settings plus criSnapshotterConfig's snapshotter settings.
  */
-export function criConfig(opts: { dir: string; registryHost: string; snapshotter: string }): string {
+export function criConfig(opts: {
+  dir: string;
+  registryHost: string;
+  snapshotter: string;
+  release?: ContainerdRelease;
+}): string {
+  return [criNodeConfig(opts), criSnapshotterConfig(opts)].join("\n");
+}
+
+/**
+ * What a test node needs besides the snapshotter, in the release's schema (1.x: one `io.containerd.grpc.v1.cri`
+ * table; 2.x: split into `io.containerd.grpc.v1.cri` for the server, `io.containerd.cri.v1.runtime` and
+ * `io.containerd.cri.v1.images`). Found by trying: the plugin starts with no settings at all (a missing CNI config
+ * is only logged as an error, and only matters for pod networking; the sandbox image is only used by
+ * RunPodSandbox). What is set:
+ * - the streaming server on 127.0.0.1, a random port (1.6's default; said so for every release);
+ * - CNI directories in the temp dir (`DIR/cni-bin`, `DIR/cni-conf`, made here), so nothing system-wide is read;
+ * - the registry as plain HTTP through a hosts directory (`registry.config_path` = DIR/certs.d, with
+ *   `certs.d/HOST/hosts.toml` written here), the one registry setting all three releases read: 1.7 deprecates
+ *   `registry.mirrors`, and 2.1 also takes it as a reason to leave the transfer service. (For 127.0.0.1 and
+ *   localhost every release already defaults to http; other hosts need it.)
+ */
+export function criNodeConfig(opts: {
+  dir: string;
+  registryHost: string;
+  release?: ContainerdRelease;
+}): string {
+  const release = opts.release ?? containerdUnderTest();
   const q = (s: string): string => JSON.stringify(s);
-  return [
+  const hostsDir = join(opts.dir, "certs.d");
+  mkdirSync(join(hostsDir, opts.registryHost), { recursive: true });
+  const url = `http://${opts.registryHost}`;
+  writeFileSync(
+    join(hostsDir, opts.registryHost, "hosts.toml"),
+    [`server = ${q(url)}`, `[host.${q(url)}]`, `  capabilities = ["pull", "resolve", "push"]`, ""].join("\n"),
+  );
+  for (const d of ["cni-bin", "cni-conf"]) mkdirSync(join(opts.dir, d), { recursive: true });
+  const server = [
     `[plugins."io.containerd.grpc.v1.cri"]`,
     `  stream_server_address = "127.0.0.1"`,
     `  stream_server_port = "0"`,
-    `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
-    `    snapshotter = ${q(opts.snapshotter)}`,
-    `    disable_snapshot_annotations = false`,
-    `  [plugins."io.containerd.grpc.v1.cri".cni]`,
-    `    bin_dir = ${q(join(opts.dir, "cni-bin"))}`,
-    `    conf_dir = ${q(join(opts.dir, "cni-conf"))}`,
-    `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${q(opts.registryHost)}]`,
-    `    endpoint = [${q(`http://${opts.registryHost}`)}]`,
+  ];
+  if (release.configVersion === 2)
+    return [
+      ...server,
+      `  [plugins."io.containerd.grpc.v1.cri".cni]`,
+      `    bin_dir = ${q(join(opts.dir, "cni-bin"))}`,
+      `    conf_dir = ${q(join(opts.dir, "cni-conf"))}`,
+      `  [plugins."io.containerd.grpc.v1.cri".registry]`,
+      `    config_path = ${q(hostsDir)}`,
+    ].join("\n");
+  return [
+    ...server,
+    `[plugins."io.containerd.cri.v1.runtime".cni]`,
+    `  bin_dirs = [${q(join(opts.dir, "cni-bin"))}]`,
+    `  conf_dir = ${q(join(opts.dir, "cni-conf"))}`,
+    `[plugins."io.containerd.cri.v1.images".registry]`,
+    `  config_path = ${q(hostsDir)}`,
+  ].join("\n");
+}
+
+/**
+ * The CRI image settings that send pulls through `snapshotter`, in the release's schema:
+ * - `snapshotter`: the proxy plugin's name (1.x: under `[plugins."io.containerd.grpc.v1.cri".containerd]`; 2.x:
+ *   `[plugins."io.containerd.cri.v1.images"]`); CRI pulls unpack into it.
+ * - `disable_snapshot_annotations = false` beside it (every release defaults to true): then the CRI plugin adds
+ *   the `containerd.io/snapshot/cri.*` labels (layer digest, image ref, manifest digest, remaining layers). At the
+ *   `[plugins."io.containerd.grpc.v1.cri"]` level of 1.x the key has no effect. On 2.1 the setting also makes CRI
+ *   pull as 1.x and 2.0 do (client pull) instead of through the transfer service, which adds no such labels. The
+ *   layer descriptors' own `containerd.io/snapshot/...` annotations (nix-store-path.<i>) reach Prepare either way.
+ */
+export function criSnapshotterConfig(opts: { snapshotter: string; release?: ContainerdRelease }): string {
+  const release = opts.release ?? containerdUnderTest();
+  const table =
+    release.configVersion === 2
+      ? `[plugins."io.containerd.grpc.v1.cri".containerd]`
+      : `[plugins."io.containerd.cri.v1.images"]`;
+  return [
+    table,
+    `  snapshotter = ${JSON.stringify(opts.snapshotter)}`,
+    `  disable_snapshot_annotations = false`,
   ].join("\n");
 }
 
@@ -98,6 +158,13 @@ export interface CriStackOptions {
   snapshotterArgs: string[] | ((dir: string) => string[] | Promise<string[]>);
   /** Temp dir name prefix (default "cri"): /tmp/nixoci-PREFIX-XXXXXX. */
   prefix?: string;
+  /** Another containerd release than the one under test. */
+  release?: ContainerdRelease;
+  /**
+   * containerd's config for the running snapshotter `sn` (its proxy plugin and CRI's snapshotter settings),
+   * instead of the stack's own (a proxy plugin "nixoci" and criSnapshotterConfig).
+   */
+  snapshotterConfig?: (sn: Snapshotter) => string;
 }
 
 /**
@@ -126,12 +193,19 @@ export async function startCriStack(opts: CriStackOptions): Promise<CriStack> {
       typeof opts.snapshotterArgs === "function" ? await opts.snapshotterArgs(dir) : opts.snapshotterArgs;
     registry = await startRegistry();
     sn = await startSnapshotter(dir, snapshotterArgs);
-    mkdirSync(join(dir, "cni-bin"));
-    mkdirSync(join(dir, "cni-conf"));
-    containerd = await startContainerd({
-      proxyPlugins: { [SNAPSHOTTER_NAME]: { type: "snapshot", address: sn.socket } },
-      criConfig: criConfig({ dir, registryHost: registry.host, snapshotter: SNAPSHOTTER_NAME }),
-    });
+    const node = { dir, registryHost: registry.host, release: opts.release };
+    containerd = await startContainerd(
+      opts.snapshotterConfig
+        ? {
+            release: opts.release,
+            criConfig: [criNodeConfig(node), opts.snapshotterConfig(sn)].join("\n"),
+          }
+        : {
+            release: opts.release,
+            proxyPlugins: { [SNAPSHOTTER_NAME]: { type: "snapshot", address: sn.socket } },
+            criConfig: criConfig({ ...node, snapshotter: SNAPSHOTTER_NAME }),
+          },
+    );
     cri = criImageClient(containerd.address);
     // The CRI plugin registers its services with containerd's gRPC server at start; ImageFsInfo answers once
     // the plugin's snapshot syncer has run.

@@ -22,6 +22,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { containerdUnderTest, type ContainerdRelease } from "./containerd-release.js";
 
 // ---- process bookkeeping ----
 
@@ -405,30 +406,47 @@ export interface Containerd {
   /** The gRPC socket. */
   address: string;
   root: string;
+  /** The containerd release running (NIXOCI_CONTAINERD, see containerd-release.ts). */
+  release: ContainerdRelease;
   stop(): Promise<void>;
-  /** Runs `ctr -a ADDRESS ARGS...` and returns its stdout; throws with stderr on failure. */
+  /** Runs the release's `ctr -a ADDRESS ARGS...` and returns its stdout; throws with stderr on failure. */
   ctr(args: string[], opts?: { input?: Buffer }): Buffer;
   log(): string;
 }
 
+/** The CRI plugins of a release: disabled together when a test wants no CRI (2.x split the one 1.x plugin). */
+function criPlugins(release: ContainerdRelease): string[] {
+  return release.major >= 2
+    ? ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
+    : ["io.containerd.grpc.v1.cri"];
+}
+
 /**
- * Starts containerd with root, state and sockets in a temp dir. The CRI plugin is disabled unless `criConfig`
- * is given (TOML appended verbatim to the config, e.g. `[plugins."io.containerd.grpc.v1.cri".containerd]`);
- * `proxyPlugins` become `[proxy_plugins.NAME]` sections (type "snapshot", address = its socket).
+ * Starts the containerd under test (containerdUnderTest(): NIXOCI_CONTAINERD, unless `release`) with root, state
+ * and sockets in a temp dir, in its release's config schema (`version = 2` for 1.x, 3 for 2.x). The CRI plugin is
+ * disabled unless `criConfig` is given (TOML appended verbatim to the config, in the release's schema: see cri.ts
+ * criConfig); `proxyPlugins` become `[proxy_plugins.NAME]` sections (type "snapshot", address = its socket). NRI
+ * (on by default in 2.x) is off: its socket is system-wide, /var/run/nri/nri.sock.
  */
 export async function startContainerd(
-  opts: { proxyPlugins?: Record<string, { type: string; address: string }>; criConfig?: string } = {},
+  opts: {
+    proxyPlugins?: Record<string, { type: string; address: string }>;
+    criConfig?: string;
+    /** Another release than the one under test (a test that covers every release itself). */
+    release?: ContainerdRelease;
+  } = {},
 ): Promise<Containerd> {
+  const release = opts.release ?? containerdUnderTest();
   const dir = daemonDir("containerd");
   const root = join(dir, "root");
   const address = join(dir, "containerd.sock");
   const logFile = join(dir, "containerd.log");
   const toml = (s: string): string => JSON.stringify(s);
   const lines = [
-    "version = 2",
+    `version = ${release.configVersion}`,
     `root = ${toml(root)}`,
     `state = ${toml(join(dir, "state"))}`,
-    opts.criConfig === undefined ? `disabled_plugins = ["io.containerd.grpc.v1.cri"]` : "",
+    opts.criConfig === undefined ? `disabled_plugins = [${criPlugins(release).map(toml).join(", ")}]` : "",
     "[grpc]",
     `  address = ${toml(address)}`,
     "[ttrpc]",
@@ -437,21 +455,37 @@ export async function startContainerd(
     `  address = ${toml(join(dir, "debug.sock"))}`,
     `[plugins."io.containerd.internal.v1.opt"]`,
     `  path = ${toml(join(dir, "opt"))}`,
+    `[plugins."io.containerd.nri.v1.nri"]`,
+    `  disable = true`,
   ];
   for (const [name, p] of Object.entries(opts.proxyPlugins ?? {})) {
     lines.push(`[proxy_plugins.${toml(name)}]`, `  type = ${toml(p.type)}`, `  address = ${toml(p.address)}`);
   }
+  // 2.x's ctr imports and pulls through the transfer service, which unpacks only into the snapshotters its
+  // unpack_config lists (by default overlayfs alone; a list replaces that default, so overlayfs stays in it).
+  const snapshotters = Object.entries(opts.proxyPlugins ?? {}).filter(([, p]) => p.type === "snapshot");
+  if (release.major >= 2 && snapshotters.length) {
+    const platform = `linux/${process.arch === "x64" ? "amd64" : process.arch}`;
+    for (const name of ["overlayfs", ...snapshotters.map(([n]) => n)])
+      lines.push(
+        `[[plugins."io.containerd.transfer.v1.local".unpack_config]]`,
+        `  platform = ${toml(platform)}`,
+        `  snapshotter = ${toml(name)}`,
+      );
+  }
   if (opts.criConfig !== undefined) lines.push(opts.criConfig);
   const config = join(dir, "config.toml");
   writeFileSync(config, lines.join("\n") + "\n");
-  const child = spawnDaemon("containerd", ["--config", config], logFile);
+  // The release's own shims: containerd looks for containerd-shim-runc-v2 on its PATH first.
+  const env = release.binDir ? { PATH: `${release.binDir}:${process.env.PATH ?? ""}` } : undefined;
+  const child = spawnDaemon(release.containerd, ["--config", config], logFile, env);
   const ctr = (args: string[], o: { input?: Buffer } = {}): Buffer =>
-    runTool("ctr", ["-a", address, ...args], o.input);
+    runTool(release.ctr, ["-a", address, ...args], o.input);
   try {
-    await waitReady("containerd", child, logFile, 20_000, async () => {
+    await waitReady(`containerd ${release.series}`, child, logFile, 20_000, async () => {
       if (!existsSync(address)) return false;
       await new Promise<void>((resolve, reject) =>
-        execFile("ctr", ["-a", address, "version"], { timeout: 5000 }, (err) =>
+        execFile(release.ctr, ["-a", address, "version"], { timeout: 5000 }, (err) =>
           err ? reject(err) : resolve(),
         ),
       );
@@ -466,7 +500,7 @@ export async function startContainerd(
     await stopChild(child, 10_000);
     await cleanupDir(dir);
   });
-  return { address, root, stop, ctr, log: () => tailOf(logFile, 100000) };
+  return { address, root, release, stop, ctr, log: () => tailOf(logFile, 100000) };
 }
 
 // ---- dockerd ----

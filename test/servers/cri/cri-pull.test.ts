@@ -1,4 +1,4 @@
-// The lazy-pull path the snapshotter relies on, with the real containerd 1.6 CRI plugin: a nixoci image pushed to
+// The lazy-pull path the snapshotter relies on, with the real containerd CRI plugin (NIXOCI_CONTAINERD): a nixoci image pushed to
 // a docker-registry is pulled the way a kubelet pulls it (CRI PullImage over containerd's main gRPC socket) with
 // the CRI plugin's snapshotter set to nixoci's proxy snapshotter and snapshot annotations enabled. The test checks
 // that Prepare receives the layer descriptors' `containerd.io/snapshot/nix-store-path.<i>` annotations as labels
@@ -23,11 +23,12 @@ import {
   type CriStack,
 } from "../../support/cri.js";
 import type { Snapshotter } from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const NS = CRI_NAMESPACE;
 
 for (const withStore of [false, true])
-  describe(`CRI PullImage through containerd 1.6 with the nixoci snapshotter (${withStore ? "store present" : "empty store"})`, () => {
+  describe(`CRI PullImage through containerd ${containerdUnderTest().series} with the nixoci snapshotter (${withStore ? "store present" : "empty store"})`, () => {
     let stack: CriStack | undefined;
     let registry: Registry | undefined;
     let sn: Snapshotter | undefined;

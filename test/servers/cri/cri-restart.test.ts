@@ -1,4 +1,4 @@
-// The snapshotter SIGKILLed in the middle of a CRI pull (real containerd 1.6 CRI plugin; registry, snapshotter
+// The snapshotter SIGKILLed in the middle of a CRI pull (real containerd CRI plugin, NIXOCI_CONTAINERD; registry, snapshotter
 // and containerd as child processes): the pull fails with an error within a bound (no hang on the closed
 // socket); the snapshotter restarted on the same --root and socket serves a new pull of the same image, which
 // runs; nothing stays mounted; containerd's snapshots all exist in the snapshotter, every snapshot's parent
@@ -35,11 +35,12 @@ import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../../support/fixtures.js";
 import { exited, tail } from "../../support/snapshotter.js";
 import { makeImage } from "../../support/make-image.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 /** How long a pull whose snapshotter died may take to fail (a liveness bound: the failure is a hang). */
 const FAIL_BOUND_MS = 60_000;
 
-describe("the snapshotter SIGKILLed during a CRI pull, then restarted", () => {
+describe(`the snapshotter SIGKILLed during a CRI pull of containerd ${containerdUnderTest().series}, then restarted`, () => {
   let fx: Record<FixtureAttr, string>;
 
   before(

@@ -1,4 +1,4 @@
-// Issue 5's scenarios with the real containerd 1.6 CRI plugin and nixoci's snapshotter over the fixtures' store
+// Issue 5's scenarios with the real containerd CRI plugin (NIXOCI_CONTAINERD) and nixoci's snapshotter over the fixtures' store
 // (/nix/store), one stack (registry, snapshotter, containerd) shared by the tests of this file, which run in
 // order and each leave no image behind (they remove theirs and wait for containerd's GC):
 // - RemoveImage through CRI, then containerd's GC: the image's snapshots are removed from the snapshotter and its
@@ -36,10 +36,11 @@ import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../../support/fixtures.js";
 import { tail } from "../../support/snapshotter.js";
 import { makeImage } from "../../support/make-image.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const HELLO = "Hello from nixoci!\n";
 
-describe("CRI scenarios through containerd 1.6 with the nixoci snapshotter over /nix/store", () => {
+describe(`CRI scenarios through containerd ${containerdUnderTest().series} with the nixoci snapshotter over /nix/store`, () => {
   let fx: Record<FixtureAttr, string>;
   let stack: CriStack | undefined;
   let hello: PushedImage;

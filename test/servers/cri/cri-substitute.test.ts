@@ -1,5 +1,5 @@
 // A store path missing from the snapshotter's store is substituted from a signed binary cache during a CRI pull
-// (real containerd 1.6 CRI plugin, registry and snapshotter as child processes). The snapshotter's --store is a
+// (real containerd CRI plugin of NIXOCI_CONTAINERD, registry and snapshotter as child processes). The snapshotter's --store is a
 // chroot-style store (DIR/chroot/nix/store with its own Nix database, made by `nix copy --to local?root=...`)
 // holding every path of the image but `hello`; the file:// cache (`nix copy --to file://...`, signed) has it.
 // The pull then fetches no store layer's blob from the registry, `hello` is valid in the store afterwards (Nix
@@ -25,10 +25,11 @@ import {
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../../support/fixtures.js";
 import { nixCmd } from "../../support/run.js";
 import { runAsync, tail } from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const NIX = ["--extra-experimental-features", "nix-command"];
 
-describe("CRI PullImage substitutes a path missing from the snapshotter's store", () => {
+describe(`CRI PullImage (containerd ${containerdUnderTest().series}) substitutes a path missing from the snapshotter's store`, () => {
   let fx: Record<FixtureAttr, string>;
   let stack: CriStack | undefined;
   let image: PushedImage;

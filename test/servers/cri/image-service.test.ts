@@ -1,4 +1,4 @@
-// `nixoci image-service` with the real containerd 1.6 CRI plugin and nixoci's snapshotter: a nixoci image written
+// `nixoci image-service` with the real containerd CRI plugin (NIXOCI_CONTAINERD) and nixoci's snapshotter: a nixoci image written
 // into the Nix store as a description (`nixoci build --output nix:NAME`) is pulled through the image service as
 // `nix:0/nix/store/<hash>-NAME` with no registry involved, its store layers are committed by the snapshotter from
 // the store (none unpacked), CRI ImageStatus / ListImages / RemoveImage answer for it, and `ctr -n k8s.io run`
@@ -29,6 +29,7 @@ import { runText } from "../../support/run.js";
 import { freePort, mountsUnder } from "../../support/daemons.js";
 import { CRI_NAMESPACE, pushNixociImage, startCriStack, type CriStack } from "../../support/cri.js";
 import { exited, tail, waitExit } from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 interface ImageService {
   child: ChildProcess;
@@ -86,7 +87,7 @@ function grpcCode(p: Promise<unknown>): Promise<{ code: number; details: string 
   );
 }
 
-describe("nixoci image-service: nix:0 references from the store through containerd 1.6's CRI", () => {
+describe(`nixoci image-service: nix:0 references from the store through containerd ${containerdUnderTest().series}'s CRI`, () => {
   let stack: CriStack;
   let svc: ImageService;
   let fx: ReturnType<typeof buildFixtures>;

@@ -48,6 +48,7 @@ import {
   type Snapshotter,
   killAndCheckNoMounts,
 } from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const REF = REF_LABEL;
 const SP = STORE_PATH_LABEL;
@@ -666,7 +667,7 @@ describe("snapshotter nix layers: metacopy mode, --root on another filesystem", 
   );
 });
 
-describe("snapshotter nix layers: auto picks metacopy across filesystems, under containerd 1.6 (CRI)", () => {
+describe(`snapshotter nix layers: auto picks metacopy across filesystems, under containerd ${containerdUnderTest().series} (CRI)`, () => {
   let fx: Record<FixtureAttr, string>;
   let stack: CriStack | undefined;
   let image: PushedImage;

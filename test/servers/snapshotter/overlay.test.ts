@@ -1,5 +1,6 @@
 // `nixoci snapshotter` as containerd's overlay snapshotter would behave: the gRPC API directly (error codes,
-// mounts, durability across SIGKILL, Cleanup), then through a real containerd 1.6 + runc as a proxy plugin.
+// mounts, durability across SIGKILL, Cleanup), then through a real containerd (the release
+// under test: NIXOCI_CONTAINERD) + runc as a proxy plugin.
 // The snapshotter always runs as a child process: `ctr` calls are synchronous and containerd calls back into
 // the snapshotter, so an in-process server would deadlock.
 import { test, describe, before, after } from "node:test";
@@ -25,6 +26,7 @@ import {
   type Reply,
   type Snapshotter,
 } from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
 
 /** One unary call with a 10 s deadline; errors come back as {err: code, details}. */
 const rpc = (client: Client, method: string, req: object): Promise<Reply> =>
@@ -252,7 +254,7 @@ describe("snapshotter gRPC API", () => {
   );
 });
 
-describe("snapshotter under containerd 1.6", () => {
+describe(`snapshotter under containerd ${containerdUnderTest().series}`, () => {
   let dir: string;
   let sn: Snapshotter | undefined;
   let containerd: Containerd | undefined;
