@@ -1,0 +1,181 @@
+// Zero-copy nix layers (--nix-layers target) through a real containerd's CRI pull and ctr, on the release under
+// test (NIXOCI_CONTAINERD). From 1.7 on, auto picks target mode (the snapshotter is told the node's release
+// with --containerd-version): a nix layer holds only empty mountpoints, and containers get the overlay plus one
+// read-only bind per store path with Mount.target, which containerd mounts itself. The container then reads the
+// store's own files (same device and inode, read-only); `ctr run`'s temporary mounts and `ctr snapshots mounts`
+// work; a container keeps running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays
+// mounted once containers are removed. Under 1.6, which ignores Mount.target, auto keeps link mode.
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { lstatSync, readFileSync, statSync } from "node:fs";
+import { dirname } from "node:path";
+import {
+  chainIds,
+  layerStorePaths,
+  pushNixociImage,
+  SNAPSHOTTER_NAME,
+  startCriStack,
+  stopStackLeavingNoMounts,
+  type CriStack,
+  type PushedImage,
+} from "../../support/cri.js";
+import { until } from "../../support/poll.js";
+import { mountsUnder } from "../../support/daemons.js";
+import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
+import { tail, type Snapshotter } from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
+
+const release = containerdUnderTest();
+/** Whether this containerd mounts Mount.target (1.7 and later). */
+const mountsTargets = release.series !== "1.6";
+
+/** The snapshotter log's JSON lines whose msg is `msg`. */
+function logRecords(sn: Snapshotter, msg: string): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  for (const line of readFileSync(sn.logFile, "utf8").split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const r = JSON.parse(line) as Record<string, unknown>;
+    if (r.msg === msg) out.push(r);
+  }
+  return out;
+}
+
+describe(`snapshotter nix layers: auto's mode under containerd ${release.series} (CRI, ctr)`, () => {
+  let fx: Record<FixtureAttr, string>;
+  let stack: CriStack | undefined;
+  let image: PushedImage;
+  /** containerd's own directory (root, state: where its shims mount rootfs). */
+  let containerdDir: string;
+
+  before(
+    async () => {
+      fx = buildFixtures();
+      stack = await startCriStack({
+        prefix: "sntarget",
+        snapshotterArgs: [
+          "--store",
+          "/nix/store",
+          "--nix-layers",
+          "auto",
+          "--containerd-version",
+          release.series,
+        ],
+      });
+      containerdDir = dirname(stack.containerd.root);
+      image = pushNixociImage(stack.registry, {
+        installables: [fx.hello, fx.busybox, fx["single-file"]],
+        repo: "nixoci/target",
+        entrypoint: "/bin/hello",
+        workDir: stack.dir,
+      });
+    },
+    { timeout: 240_000 },
+  );
+  after(() => stopStackLeavingNoMounts(stack));
+
+  test(
+    mountsTargets
+      ? "a CRI pull commits the store layers as mountpoints only; ctr run sees the store's files, read-only"
+      : "a CRI pull commits the store layers as hard links (1.6 ignores Mount.target); ctr run works",
+    { timeout: 240_000 },
+    async () => {
+      const s = stack!;
+      const storeLayers = image.layers.filter((l) => layerStorePaths(l).length);
+      assert.ok(storeLayers.length >= 1);
+      const pulled = await s.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: 120_000 });
+      assert.match(pulled.image_ref, /^sha256:/);
+
+      const version = logRecords(s.sn, "containerd version");
+      assert.deepEqual(
+        version.map((r) => [r.version, r.mountTargets]),
+        [[release.series, mountsTargets]],
+        tail(s.sn.logFile),
+      );
+      const committed = logRecords(s.sn, "nix layer: committed from the store");
+      assert.equal(committed.length, storeLayers.length, "every store layer came from the store");
+      for (const r of committed) {
+        assert.equal(r.mode, mountsTargets ? "target" : "link");
+        if (mountsTargets) assert.equal(r.files, 0, "no per-file work");
+      }
+
+      assert.equal(s.run(image.ref, "nixoci-target-1"), "Hello from nixoci!\n");
+      const bb = `${fx.busybox}/bin/busybox`;
+      const hello = `${fx.hello}/bin/hello`;
+      const st = statSync(hello);
+      const seen = s.run(image.ref, "nixoci-target-2", [bb, "stat", "-L", "-c", "%d %i", hello]);
+      if (mountsTargets) assert.equal(seen, `${st.dev} ${st.ino}\n`, "the store's own file");
+      else assert.match(seen, new RegExp(`^\\d+ ${st.ino}\\n$`), "a hard link to the store's file");
+      assert.equal(
+        s.run(image.ref, "nixoci-target-3", [bb, "cat", fx["single-file"]]),
+        readFileSync(fx["single-file"], "utf8"),
+      );
+      if (mountsTargets) {
+        const touched = s.run(image.ref, "nixoci-target-4", [
+          bb,
+          "sh",
+          "-c",
+          `${bb} touch ${fx.hello}/new 2>&1; echo status=$?`,
+        ]);
+        assert.equal(touched, `touch: ${fx.hello}/new: Read-only file system\nstatus=1\n`);
+      }
+      assert.deepEqual(mountsUnder(s.dir), [], "the snapshotter mounts nothing");
+      assert.deepEqual(mountsUnder(containerdDir), [], "ctr run --rm unmounted what containerd mounted");
+    },
+  );
+
+  if (mountsTargets)
+    test("ctr snapshots mounts prints the overlay and a read-only bind per store path", async () => {
+      const s = stack!;
+      const top = chainIds(image.diffIds).at(-1)!;
+      s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "prepare", "nixoci-target-view", top]);
+      try {
+        const lines = s
+          .ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "mounts", "/mnt", "nixoci-target-view"])
+          .trim()
+          .split("\n");
+        assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
+        const binds = lines.slice(1).sort();
+        // Every store path of the image but a symlink (its layer holds the symlink itself).
+        const want = [...new Set(image.layers.flatMap(layerStorePaths))]
+          .filter((p) => !lstatSync(p).isSymbolicLink())
+          .map((p) => `mount -t bind ${p} /mnt${p} -o ro,rbind`)
+          .sort();
+        assert.deepEqual(binds, want);
+      } finally {
+        s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", "nixoci-target-view"]);
+      }
+    });
+
+  if (mountsTargets)
+    test(
+      "a running container outlives a SIGKILLed snapshotter and containerd; removed, it leaves no mount",
+      { timeout: 240_000 },
+      async () => {
+        const s = stack!;
+        const bb = `${fx.busybox}/bin/busybox`;
+        const id = "nixoci-target-long";
+        s.ctr(["run", "-d", "--snapshotter", SNAPSHOTTER_NAME, image.ref, id, bb, "sleep", "600"]);
+        const exec = (n: number): string =>
+          s.ctr(["task", "exec", "--exec-id", `e${n}`, id, bb, "cat", fx["single-file"]]);
+        const want = readFileSync(fx["single-file"], "utf8");
+        assert.equal(exec(1), want);
+        assert.ok(mountsUnder(containerdDir).length > 1, "the rootfs and its binds are mounted");
+
+        await s.restartSnapshotter("SIGKILL");
+        assert.equal(exec(2), want);
+        await s.containerd.restart("SIGKILL");
+        let n = 3;
+        assert.equal(
+          await until("task exec after containerd's restart", 30_000, async () => exec(n++)),
+          want,
+        );
+
+        s.ctr(["task", "kill", "-s", "SIGKILL", id]);
+        await until("the task stopped", 30_000, () => assert.match(s.ctr(["task", "ls"]), /\bSTOPPED\b/));
+        s.ctr(["task", "delete", id]);
+        s.ctr(["containers", "delete", id]);
+        assert.deepEqual(mountsUnder(containerdDir), [], "nothing stays mounted");
+        assert.deepEqual(mountsUnder(s.dir), []);
+      },
+    );
+});
