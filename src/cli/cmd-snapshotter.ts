@@ -4,7 +4,9 @@
 // --substituter caches (signatures checked against --trusted-public-key plus nix.conf's keys), then held as
 // hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
-// or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
+// composed with bind mounts (bind), or as empty mountpoints with a read-only bind per store path that containerd
+// >= 1.7 mounts itself (target; auto when --containerd-version or `containerd --version` says 1.7 or later); see
+// snapshotter/nix-layers.ts.
 // Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
 // stop accepting calls, finish running ones (bounded), exit 0. --print-containerd-config prints the config a
 // node's containerd needs for it (snapshotter/containerd-config.ts) and exits.

@@ -4,11 +4,13 @@
 // read-only bind per store path with Mount.target, which containerd mounts itself. The container then reads the
 // store's own files (same device and inode, read-only); `ctr run`'s temporary mounts and `ctr snapshots mounts`
 // work; a container keeps running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays
-// mounted once containers are removed. Under 1.6, which ignores Mount.target, auto keeps link mode.
+// mounted once containers are removed; removing the image through CRI releases its snapshots and GC root. Under
+// 1.6, which ignores Mount.target, auto keeps link mode.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { lstatSync, readFileSync, statSync } from "node:fs";
-import { dirname } from "node:path";
+import { existsSync, lstatSync, readFileSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { gcRootsDir } from "../../../src/servers/snapshotter/gcroots.js";
 import {
   chainIds,
   layerStorePaths,
@@ -18,6 +20,7 @@ import {
   stopStackLeavingNoMounts,
   type CriStack,
   type PushedImage,
+  untilSnapshotterEmpty,
 } from "../../support/cri.js";
 import { until } from "../../support/poll.js";
 import { mountsUnder } from "../../support/daemons.js";
@@ -178,4 +181,21 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
         assert.deepEqual(mountsUnder(s.dir), []);
       },
     );
+
+  test(
+    "CRI RemoveImage: containerd's GC leaves the snapshotter empty and drops the image's GC root",
+    { timeout: 120_000 },
+    async () => {
+      const s = stack!;
+      const root = join(
+        gcRootsDir(s.sn.root, { realDir: "/nix/store", storeDir: "/nix/store" }),
+        `manifest-${image.manifestDigest.slice("sha256:".length)}`,
+      );
+      assert.ok(existsSync(root), `GC root ${root} while the image is there`);
+      await s.cri.removeImage({ image: { image: image.ref } });
+      await untilSnapshotterEmpty(s.sn, () => assert.equal(existsSync(root), false, `${root} is gone`));
+      assert.deepEqual(mountsUnder(containerdDir), []);
+      assert.deepEqual(mountsUnder(s.dir), []);
+    },
+  );
 });
