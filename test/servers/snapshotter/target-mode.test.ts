@@ -2,13 +2,14 @@
 // test (NIXOCI_CONTAINERD). From 1.7 on, auto picks target mode (the snapshotter is told the node's release
 // with --containerd-version): a nix layer holds only empty mountpoints, and containers get the overlay plus one
 // read-only bind per store path with Mount.target, which containerd mounts itself. The container then reads the
-// store's own files (same device and inode, read-only); `ctr run`'s temporary mounts and `ctr snapshots mounts`
-// work; a container keeps running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays
-// mounted once containers are removed; removing the image through CRI releases its snapshots and GC root. Under
-// 1.6, which ignores Mount.target, auto keeps link mode.
+// store's own files (same device and inode, read-only), whether run by `ctr run` (its temporary mounts too) or
+// in a pod through CRI's RuntimeService as a kubelet runs it; `ctr snapshots mounts` works; a container keeps
+// running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays mounted once containers are
+// removed; removing the images through CRI releases their snapshots and GC roots. Under 1.6, which ignores
+// Mount.target, auto keeps link mode (and the same checks hold, but for the store's device).
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, lstatSync, readFileSync, statSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { gcRootsDir } from "../../../src/servers/snapshotter/gcroots.js";
 import {
@@ -23,6 +24,7 @@ import {
   untilSnapshotterEmpty,
 } from "../../support/cri.js";
 import { until } from "../../support/poll.js";
+import { criRuntimeClient, runInPod } from "../../support/cri-runtime.js";
 import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
 import { tail, type Snapshotter } from "../../support/snapshotter.js";
@@ -63,8 +65,16 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
           "--containerd-version",
           release.series,
         ],
+        sandboxImage: "nixoci/pause:v1",
       });
       containerdDir = dirname(stack.containerd.root);
+      // The pods' sandbox image: a nix image too, whose process sleeps.
+      pushNixociImage(stack.registry, {
+        installables: [fx.busybox],
+        repo: "nixoci/pause",
+        entrypoint: `${fx.busybox}/bin/busybox sleep 100000`,
+        workDir: stack.dir,
+      });
       image = pushNixociImage(stack.registry, {
         installables: [fx.hello, fx.busybox, fx["single-file"]],
         repo: "nixoci/target",
@@ -183,7 +193,33 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
     );
 
   test(
-    "CRI RemoveImage: containerd's GC leaves the snapshotter empty and drops the image's GC root",
+    "a container in a pod (CRI RuntimeService, as a kubelet runs it) reads the store's files; removed, it leaves no mount",
+    { timeout: 240_000 },
+    async () => {
+      const s = stack!;
+      const rt = criRuntimeClient(s.containerd.address);
+      try {
+        const logDir = join(s.dir, "pod-logs");
+        mkdirSync(logDir);
+        const hello = `${fx.hello}/bin/hello`;
+        const st = statSync(hello);
+        const run = (name: string, command?: string[]) =>
+          runInPod(rt, { name, image: image.ref, command, logDir });
+        assert.deepEqual(await run("hello"), { stdout: "Hello from nixoci!\n", exitCode: 0 });
+        const stat = await run("stat", [`${fx.busybox}/bin/busybox`, "stat", "-L", "-c", "%d %i", hello]);
+        assert.equal(stat.exitCode, 0);
+        if (mountsTargets) assert.equal(stat.stdout, `${st.dev} ${st.ino}\n`, "the store's own file");
+        else assert.match(stat.stdout, new RegExp(`^\\d+ ${st.ino}\\n$`), "a hard link to the store's file");
+        assert.deepEqual(mountsUnder(containerdDir), [], "nothing stays mounted");
+        assert.deepEqual(mountsUnder(s.dir), []);
+      } finally {
+        rt.close();
+      }
+    },
+  );
+
+  test(
+    "CRI RemoveImage (the image and the pods' sandbox image): containerd's GC leaves the snapshotter empty and drops the image's GC root",
     { timeout: 120_000 },
     async () => {
       const s = stack!;
@@ -193,6 +229,7 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
       );
       assert.ok(existsSync(root), `GC root ${root} while the image is there`);
       await s.cri.removeImage({ image: { image: image.ref } });
+      await s.cri.removeImage({ image: { image: `${s.registry.host}/nixoci/pause:v1` } });
       await untilSnapshotterEmpty(s.sn, () => assert.equal(existsSync(root), false, `${root} is gone`));
       assert.deepEqual(mountsUnder(containerdDir), []);
       assert.deepEqual(mountsUnder(s.dir), []);
