@@ -2,8 +2,9 @@
 // metacopy.ts, bind.ts, target.ts; what each means for containers is told in nix-layers.ts), what the overlays of
 // snapshots above such a layer add, and how containers above it get the paths. auto.ts chooses one.
 import { lstatSync, mkdirSync, readlinkSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import type { NixLayerKind } from "../metadata.js";
-import { diskUsage, type DataLayer, type Usage } from "../overlay.js";
+import type { DataLayer, Usage } from "../overlay.js";
 import { buildTrees, type TreeJob, type TreeResult } from "../layer-tree.js";
 
 /** One store path of a new layer: where it really is, and where the layer's fs/nix/store/<baseName> goes. */
@@ -43,16 +44,32 @@ export interface LayerMode {
 
 /**
  * Makes the layer's fs hold an empty mountpoint per path (a directory, or an empty file for a file store path;
- * a symlink store path is copied, since a bind mount would follow it): directories only, no per-file work.
+ * a symlink store path is copied, since a bind mount would follow it): directories only, no per-file work. Its
+ * usage is counted as it is made, as diskUsage would count it (one sample stat for the empty directories, which
+ * all take the same blocks), instead of walking the new tree again (a walk took about 170 ms for 2,000 paths).
  */
-export async function buildMountpointLayer(layer: NewLayer): Promise<BuiltLayer> {
+export function buildMountpointLayer(layer: NewLayer): Promise<BuiltLayer> {
+  let size = 0;
+  let emptyDir: number | undefined;
   for (const p of layer.paths) {
     const st = lstatSync(p.real);
-    if (st.isDirectory()) mkdirSync(p.target, { mode: 0o555 });
-    else if (st.isSymbolicLink()) symlinkSync(readlinkSync(p.real), p.target);
-    else writeFileSync(p.target, "", { mode: 0o444 });
+    if (st.isDirectory()) {
+      mkdirSync(p.target, { mode: 0o555 });
+      emptyDir ??= lstatSync(p.target).blocks * 512;
+      size += emptyDir;
+    } else if (st.isSymbolicLink()) {
+      symlinkSync(readlinkSync(p.real), p.target);
+      size += lstatSync(p.target).blocks * 512;
+    } else writeFileSync(p.target, "", { mode: 0o444 }); // an empty file has no blocks
   }
-  return { files: 0, usage: await diskUsage(layer.fs) };
+  // fs itself and the store directory's ancestors in it (fs/nix, fs/nix/store), the last holding the entries.
+  let inodes = layer.paths.length;
+  for (let d = join(layer.fs, layer.storeDir); ; d = dirname(d)) {
+    size += lstatSync(d).blocks * 512;
+    inodes++;
+    if (d === layer.fs || d === dirname(d)) break;
+  }
+  return Promise.resolve({ files: 0, usage: { size, inodes } });
 }
 
 /**
