@@ -27,7 +27,14 @@ import { until } from "../../support/poll.js";
 import { criRuntimeClient, runInPod } from "../../support/cri-runtime.js";
 import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
-import { tail, type Snapshotter } from "../../support/snapshotter.js";
+import {
+  removeSnapshotterDir,
+  shortTempDir,
+  startSnapshotter,
+  stopSnapshotter,
+  tail,
+  type Snapshotter,
+} from "../../support/snapshotter.js";
 import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const release = containerdUnderTest();
@@ -235,4 +242,46 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
       assert.deepEqual(mountsUnder(s.dir), []);
     },
   );
+});
+
+// Without --containerd-version, auto asks the node's `containerd --version` (the first on PATH: here the release
+// under test's); a node where no containerd answers gets the modes that work everywhere, and a warning saying so.
+describe(`snapshotter auto mode: the version from containerd --version (${release.series} first on PATH)`, () => {
+  const startWithPath = async (path: string): Promise<Record<string, unknown>[]> => {
+    const dir = shortTempDir("snver");
+    try {
+      const sn = await startSnapshotter(dir, ["--store", "/nix/store"], { ...process.env, PATH: path });
+      await stopSnapshotter(sn);
+      return readFileSync(sn.logFile, "utf8")
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((r) => r.msg === "containerd version" || /containerd's version unknown/.test(String(r.msg)));
+    } finally {
+      await removeSnapshotterDir(dir);
+    }
+  };
+
+  test("containerd --version on PATH decides", { timeout: 60_000 }, async () => {
+    const path = release.binDir ? `${release.binDir}:${process.env.PATH ?? ""}` : (process.env.PATH ?? "");
+    const records = await startWithPath(path);
+    assert.deepEqual(
+      records.map((r) => [r.level, r.msg, r.version, r.mountTargets]),
+      [["info", "containerd version", release.series, mountsTargets]],
+    );
+  });
+
+  test("no containerd on PATH: a warning, and no target mode", { timeout: 60_000 }, async () => {
+    const records = await startWithPath("/nonexistent");
+    assert.deepEqual(
+      records.map((r) => [r.level, r.msg, r.error]),
+      [
+        [
+          "warn",
+          "containerd's version unknown; nix layers are not mounted by target (containerd >= 1.7)",
+          "containerd --version: not found on PATH; name the version with --containerd-version 1.6|1.7|2.x",
+        ],
+      ],
+    );
+  });
 });
