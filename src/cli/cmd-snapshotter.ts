@@ -28,6 +28,7 @@ import {
   DEFAULT_SNAPSHOTTER_SOCKET,
   detectContainerdVersion,
   formatContainerdVersion,
+  mountsTargets,
   parseContainerdVersion,
   unsupportedContainerdVersion,
   type ContainerdVersion,
@@ -112,6 +113,12 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     throw new UsageError(
       `--nix-layers: expected auto, link, metacopy, bind or target, not ${JSON.stringify(nixLayers)}`,
     );
+  const containerdVersion = versionFlag === undefined ? undefined : containerdVersionOption(versionFlag);
+  if (nixLayers === "target" && containerdVersion && !mountsTargets(containerdVersion))
+    throw new UsageError(
+      `--nix-layers target: containerd ${formatContainerdVersion(containerdVersion)} does not mount a mount's target ` +
+        `(from 1.7 on it does); use --nix-layers auto, link or metacopy`,
+    );
   const metricsAddress = metricsAddressOption(values["metrics-address"]);
   const logLevel = logLevelOption(values["log-level"]);
   const logFormat = logFormatOption(values["log-format"]);
@@ -124,7 +131,7 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     trustedPublicKeys: values["trusted-public-key"] ?? [],
     allowUnsigned: values["no-check-sigs"] ?? false,
     nixLayers,
-    containerdVersion: versionFlag === undefined ? undefined : containerdVersionOption(versionFlag),
+    containerdVersion,
     metricsAddress,
     logLevel,
     logFormat,
@@ -159,7 +166,7 @@ function nodeMountsTargets(flag: ContainerdVersion | undefined, log: Logger): bo
       });
       return false;
     }
-  const targets = v.major >= 2 || (v.major === 1 && (v.minor ?? 0) >= 7);
+  const targets = mountsTargets(v);
   log.info("containerd version", { version: formatContainerdVersion(v), mountTargets: targets });
   return targets;
 }

@@ -143,6 +143,23 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
       r.stderr,
       "nixoci: --containerd-version 1.5: containerd 1.5 is older than 1.6, the oldest nixoci's snapshotter is tested with\n",
     );
+    // --nix-layers target needs containerd >= 1.7, which mounts a Mount's target inside the rootfs.
+    const t = nixoci([
+      "snapshotter",
+      "--nix-layers",
+      "target",
+      "--containerd-version",
+      "1.6",
+      "--address",
+      "/run/x.sock",
+      "--root",
+      "/tmp",
+    ]);
+    assert.equal(t.status, 2);
+    assert.equal(
+      t.stderr,
+      "nixoci: --nix-layers target: containerd 1.6 does not mount a mount's target (from 1.7 on it does); use --nix-layers auto, link or metacopy\n",
+    );
   });
 
   test("no containerd on PATH and no --containerd-version: exit 1, saying which flag names it", () => {
