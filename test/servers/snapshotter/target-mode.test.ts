@@ -10,6 +10,7 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, lstatSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { gcRootsDir } from "../../../src/servers/snapshotter/gcroots.js";
 import {
@@ -50,6 +51,17 @@ function logRecords(sn: Snapshotter, msg: string): Array<Record<string, unknown>
     if (r.msg === msg) out.push(r);
   }
   return out;
+}
+
+/**
+ * Store-path binds left in containerd's temporary mounts (containerd-mount* in $XDG_RUNTIME_DIR, else $TMPDIR,
+ * where `ctr run` and CRI mount a rootfs to read its /etc/group or /etc/passwd): only target mode's binds can be
+ * there.
+ */
+function tempMountLeftovers(): string[] {
+  return mountsUnder(process.env.XDG_RUNTIME_DIR || tmpdir()).filter((mp) =>
+    /\/containerd-mount[^/]*\/nix\/store\//.test(mp),
+  );
 }
 
 describe(`snapshotter nix layers: auto's mode under containerd ${release.series} (CRI, ctr)`, () => {
@@ -140,6 +152,7 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
       }
       assert.deepEqual(mountsUnder(s.dir), [], "the snapshotter mounts nothing");
       assert.deepEqual(mountsUnder(containerdDir), [], "ctr run --rm unmounted what containerd mounted");
+      assert.deepEqual(tempMountLeftovers(), [], "nor is a temporary mount left");
     },
   );
 
@@ -219,6 +232,7 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
         else assert.match(stat.stdout, new RegExp(`^\\d+ ${st.ino}\\n$`), "a hard link to the store's file");
         assert.deepEqual(mountsUnder(containerdDir), [], "nothing stays mounted");
         assert.deepEqual(mountsUnder(s.dir), []);
+        assert.deepEqual(tempMountLeftovers(), []);
       } finally {
         rt.close();
       }
