@@ -7,8 +7,11 @@
 // also on error; test/support/daemons.ts and snapshotter.ts):
 //   - docker-registry 2.8 holding the images, pushed by `node bin/nixoci.js build ... -o docker://HOST/NAME:v1`
 //     (a private --cache-dir); its access log says which blobs each pull fetched;
-//   - `nixoci snapshotter --store /nix/store --log-level warn` (link mode: store and temp dir share a filesystem);
+//   - `nixoci snapshotter --store /nix/store --log-level warn --containerd-version RELEASE` (auto: target mode
+//     from 1.7 on, link mode under 1.6, where the store and temp dir share a filesystem);
 //   - containerd A: CRI `snapshotter = "nixoci"` (the proxy plugin), `disable_snapshot_annotations = false`;
+//   - from 1.7 on, a second snapshotter with `--nix-layers link` and its containerd A' (CRI `snapshotter =
+//     "nixoci"`): side "nixoci/link", the per-file mode target mode replaces, for comparison;
 //   - containerd B: CRI `snapshotter = "overlayfs"` (containerd's built-in one);
 //   both reaching the registry over plain HTTP through a hosts directory (`registry.config_path`).
 //
@@ -49,6 +52,7 @@ import {
 import { median, nixBuild } from "./common.js";
 import { criConfig, NIX_STORE_PATH_ANNOTATION } from "../test/support/cri.js";
 import { until } from "../test/support/poll.js";
+import { containerdUnderTest } from "../test/support/containerd-release.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
 const CLOSURE_NIX = fileURLToPath(new URL("../../bench/fixtures/closure.nix", import.meta.url));
@@ -408,6 +412,7 @@ export async function benchCri(): Promise<void> {
   const dir = fs.mkdtempSync(join("/tmp", "nixoci-bench-cri-"));
   let registry: Registry | undefined;
   let sn: Snapshotter | undefined;
+  let snLink: Snapshotter | undefined;
   const sides: Side[] = [];
   try {
     registry = await startRegistry();
@@ -419,17 +424,25 @@ export async function benchCri(): Promise<void> {
     const setupMs = performance.now() - t0;
     if (big.narSize < 200e6) throw new Error(`the big image has only ${mb(big.narSize)} of store paths`);
 
-    sn = await startSnapshotter(dir, [
+    const release = containerdUnderTest();
+    const snapshotterArgs = (nixLayers: string | undefined): string[] => [
       "--store",
       "/nix/store",
       "--log-level",
       process.env.NIXOCI_BENCH_CRI_LOG ?? "warn",
-      ...(process.env.NIXOCI_BENCH_CRI_NIX_LAYERS
-        ? ["--nix-layers", process.env.NIXOCI_BENCH_CRI_NIX_LAYERS]
-        : []),
-    ]);
+      "--containerd-version",
+      release.series,
+      ...(nixLayers ? ["--nix-layers", nixLayers] : []),
+    ];
+    sn = await startSnapshotter(dir, snapshotterArgs(process.env.NIXOCI_BENCH_CRI_NIX_LAYERS));
     const nixSide = await startSide(dir, "nixoci", "nixoci", registry, sn);
     sides.push(nixSide);
+    if (release.series !== "1.6" && !process.env.NIXOCI_BENCH_CRI_NIX_LAYERS) {
+      const linkDir = join(dir, "link");
+      fs.mkdirSync(linkDir);
+      snLink = await startSnapshotter(linkDir, snapshotterArgs("link"));
+      sides.push(await startSide(linkDir, "nixoci/link", "nixoci", registry, snLink));
+    }
     const overlaySide = await startSide(dir, "overlayfs", "overlayfs", registry);
     sides.push(overlaySide);
 
@@ -504,6 +517,7 @@ export async function benchCri(): Promise<void> {
       await side.containerd.stop();
     }
     await stopSnapshotter(sn);
+    await stopSnapshotter(snLink);
     await registry?.stop();
     await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
     if (process.env.NIXOCI_KEEP_TMP) console.log(`kept ${dir}`);

@@ -22,6 +22,7 @@ import { nodeTestArgs } from "./node-test-args.mjs";
 const CONTAINERD_SUITES = [
   "dist/test/servers/snapshotter/overlay.test.js",
   "dist/test/servers/snapshotter/nix-layers.test.js",
+  "dist/test/servers/snapshotter/target-mode.test.js",
   "dist/test/servers/cri/",
   "dist/test/outputs/containerd.test.js",
   "dist/test/drill/cri.test.js",

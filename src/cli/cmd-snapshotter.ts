@@ -4,12 +4,14 @@
 // --substituter caches (signatures checked against --trusted-public-key plus nix.conf's keys), then held as
 // hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
-// or composed with bind mounts (bind); see snapshotter/nix-layers.ts.
+// composed with bind mounts (bind), or as empty mountpoints with a read-only bind per store path that containerd
+// >= 1.7 mounts itself (target; auto when --containerd-version or `containerd --version` says 1.7 or later); see
+// snapshotter/nix-layers.ts.
 // Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
 // stop accepting calls, finish running ones (bounded), exit 0. --print-containerd-config prints the config a
 // node's containerd needs for it (snapshotter/containerd-config.ts) and exits.
 import { resolve } from "node:path";
-import { createLogger, type LogFormat, type LogLevel } from "../util/logger.js";
+import { createLogger, type LogFormat, type Logger, type LogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../servers/snapshotter/server.js";
 import { SnapshotterMetrics } from "../servers/snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
@@ -25,6 +27,8 @@ import {
   DEFAULT_SNAPSHOTTER_ROOT,
   DEFAULT_SNAPSHOTTER_SOCKET,
   detectContainerdVersion,
+  formatContainerdVersion,
+  mountsTargets,
   parseContainerdVersion,
   unsupportedContainerdVersion,
   type ContainerdVersion,
@@ -48,9 +52,17 @@ export interface SnapshotterOptions {
    * named by --containerd-version (undefined: ask `containerd --version`).
    */
   printContainerdConfig?: { version: ContainerdVersion | undefined };
+  /** --containerd-version when serving: the node's containerd (undefined: ask `containerd --version`). */
+  containerdVersion?: ContainerdVersion;
 }
 
-const NIX_LAYER_MODES: readonly string[] = ["auto", "link", "metacopy", "bind"] satisfies NixLayerMode[];
+const NIX_LAYER_MODES: readonly string[] = [
+  "auto",
+  "link",
+  "metacopy",
+  "bind",
+  "target",
+] satisfies NixLayerMode[];
 
 function isNixLayerMode(s: string): s is NixLayerMode {
   return NIX_LAYER_MODES.includes(s);
@@ -81,10 +93,6 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(SNAPSHOTTER)}`);
   const versionFlag = values["containerd-version"];
-  if (versionFlag !== undefined && !values["print-containerd-config"])
-    throw new UsageError(
-      `--containerd-version goes with --print-containerd-config; ${helpHint(SNAPSHOTTER)}`,
-    );
   if (values["print-containerd-config"])
     return {
       ...NOTHING,
@@ -103,7 +111,13 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
   const nixLayers = values["nix-layers"] ?? "auto";
   if (!isNixLayerMode(nixLayers))
     throw new UsageError(
-      `--nix-layers: expected auto, link, metacopy or bind, not ${JSON.stringify(nixLayers)}`,
+      `--nix-layers: expected auto, link, metacopy, bind or target, not ${JSON.stringify(nixLayers)}`,
+    );
+  const containerdVersion = versionFlag === undefined ? undefined : containerdVersionOption(versionFlag);
+  if (nixLayers === "target" && containerdVersion && !mountsTargets(containerdVersion))
+    throw new UsageError(
+      `--nix-layers target: containerd ${formatContainerdVersion(containerdVersion)} does not mount a mount's target ` +
+        `(from 1.7 on it does); use --nix-layers auto, link or metacopy`,
     );
   const metricsAddress = metricsAddressOption(values["metrics-address"]);
   const logLevel = logLevelOption(values["log-level"]);
@@ -117,6 +131,7 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     trustedPublicKeys: values["trusted-public-key"] ?? [],
     allowUnsigned: values["no-check-sigs"] ?? false,
     nixLayers,
+    containerdVersion,
     metricsAddress,
     logLevel,
     logFormat,
@@ -135,6 +150,27 @@ function containerdVersionOption(value: string): ContainerdVersion {
   return v;
 }
 
+/**
+ * Whether the node's containerd (--containerd-version, else `containerd --version`) mounts a Mount's target
+ * inside the rootfs, which 1.7 and later do and 1.6 does not: auto's target mode needs it. A containerd that
+ * cannot be asked counts as 1.6 (the modes that work everywhere), and the log says so.
+ */
+function nodeMountsTargets(flag: ContainerdVersion | undefined, log: Logger): boolean {
+  let v = flag;
+  if (!v)
+    try {
+      v = detectContainerdVersion();
+    } catch (err) {
+      log.warn("containerd's version unknown; nix layers are not mounted by target (containerd >= 1.7)", {
+        error: (err as Error).message,
+      });
+      return false;
+    }
+  const targets = mountsTargets(v);
+  log.info("containerd version", { version: formatContainerdVersion(v), mountTargets: targets });
+  return targets;
+}
+
 export async function snapshotterCommand(argv: string[]): Promise<number> {
   const opts = parseSnapshotterArgs(argv);
   if (opts.help) return printHelp(SNAPSHOTTER);
@@ -149,6 +185,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
   const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
   const metrics = new SnapshotterMetrics();
+  const mountTargets = opts.nixLayers === "auto" && nodeMountsTargets(opts.containerdVersion, log);
   const sn = new NixSnapshotter({
     metrics,
     root: opts.root,
@@ -157,6 +194,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     trust,
     log,
     nixLayers: opts.nixLayers,
+    mountTargets,
   });
   let running;
   let ops: OpsServer | undefined;

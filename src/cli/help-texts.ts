@@ -473,7 +473,11 @@ export const SNAPSHOTTER = {
       "--root share a filesystem); `metacopy` holds each store file as an overlay metacopy stub and gives " +
       "containers one overlay mount with the store as a data-only lower layer (auto's choice across filesystems, " +
       "e.g. a store on a SAN or NFS share, when the kernel supports it: Linux >= 6.5; otherwise auto downloads); " +
-      "`bind` composes each container's root from the overlay plus a read-only bind mount per store path.",
+      "`bind` composes each container's root from the overlay plus a read-only bind mount per store path; " +
+      "`target` holds only empty mountpoints and gives containers the overlay plus a read-only bind mount per " +
+      "store path at its place in the rootfs (Mount.target), which containerd >= 1.7 mounts itself: no per-file " +
+      "work, any filesystem; auto's choice when the node's containerd (--containerd-version, else " +
+      "`containerd --version`) is 1.7 or later.",
     "GC roots: one per image, a directory of links into the store, under " +
       "/nix/var/nix/gcroots/nixoci/ for /nix/store (else ROOT/gcroots/), made before its layer is committed and " +
       "removed with the image's last layer. SIGTERM or SIGINT: stop accepting calls, finish running ones, exit 0.",
@@ -490,7 +494,7 @@ export const SNAPSHOTTER = {
     ...SUBSTITUTER_FLAGS,
     "nix-layers": {
       type: "string",
-      value: "auto|link|metacopy|bind",
+      value: "auto|link|metacopy|bind|target",
       help: "how nix layers hold their store paths",
       byDefault: "auto",
     },
@@ -503,7 +507,7 @@ export const SNAPSHOTTER = {
     "containerd-version": {
       type: "string",
       value: "1.6|1.7|2.x",
-      help: "the containerd --print-containerd-config is for",
+      help: "the node's containerd: for --print-containerd-config, and auto's target mode (1.7 and later)",
       byDefault: "what containerd --version says",
     },
   },

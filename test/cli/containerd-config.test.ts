@@ -128,10 +128,11 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
       assert.equal(r.text, "");
       assert.equal(r.stderr, stderr);
     }
+    // Serving, it names the node's containerd (auto's target mode): the same checks.
     const r = nixoci([
       "snapshotter",
       "--containerd-version",
-      "1.7",
+      "1.5",
       "--address",
       "/run/x.sock",
       "--root",
@@ -140,7 +141,24 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
     assert.equal(r.status, 2);
     assert.equal(
       r.stderr,
-      "nixoci: --containerd-version goes with --print-containerd-config; run 'nixoci snapshotter --help' for its options\n",
+      "nixoci: --containerd-version 1.5: containerd 1.5 is older than 1.6, the oldest nixoci's snapshotter is tested with\n",
+    );
+    // --nix-layers target needs containerd >= 1.7, which mounts a Mount's target inside the rootfs.
+    const t = nixoci([
+      "snapshotter",
+      "--nix-layers",
+      "target",
+      "--containerd-version",
+      "1.6",
+      "--address",
+      "/run/x.sock",
+      "--root",
+      "/tmp",
+    ]);
+    assert.equal(t.status, 2);
+    assert.equal(
+      t.stderr,
+      "nixoci: --nix-layers target: containerd 1.6 does not mount a mount's target (from 1.7 on it does); use --nix-layers auto, link or metacopy\n",
     );
   });
 

@@ -45,6 +45,7 @@ export function criConfig(opts: {
   registryHost: string;
   snapshotter: string;
   release?: ContainerdRelease;
+  sandboxImage?: string;
 }): string {
   return [criNodeConfig(opts), criSnapshotterConfig(opts)].join("\n");
 }
@@ -66,6 +67,12 @@ export function criNodeConfig(opts: {
   dir: string;
   registryHost: string;
   release?: ContainerdRelease;
+  /**
+   * The pod sandbox ("pause") image RunPodSandbox runs (1.x: sandbox_image; 2.x: pinned_images.sandbox). With it,
+   * restrict_oom_score_adj = true: CRI gives sandboxes oom_score_adj -998, and these machines refuse lowering it
+   * (runc's init then dies: "can't get final child's PID from pipe: EOF"); restricted, CRI keeps containerd's own.
+   */
+  sandboxImage?: string;
 }): string {
   const release = opts.release ?? containerdUnderTest();
   const q = (s: string): string => JSON.stringify(s);
@@ -81,6 +88,9 @@ export function criNodeConfig(opts: {
     `[plugins."io.containerd.grpc.v1.cri"]`,
     `  stream_server_address = "127.0.0.1"`,
     `  stream_server_port = "0"`,
+    ...(opts.sandboxImage && release.configVersion === 2
+      ? [`  sandbox_image = ${q(opts.sandboxImage)}`, `  restrict_oom_score_adj = true`]
+      : []),
   ];
   if (release.configVersion === 2)
     return [
@@ -93,11 +103,17 @@ export function criNodeConfig(opts: {
     ].join("\n");
   return [
     ...server,
+    ...(opts.sandboxImage
+      ? [`[plugins."io.containerd.cri.v1.runtime"]`, `  restrict_oom_score_adj = true`]
+      : []),
     `[plugins."io.containerd.cri.v1.runtime".cni]`,
     `  bin_dirs = [${q(join(opts.dir, "cni-bin"))}]`,
     `  conf_dir = ${q(join(opts.dir, "cni-conf"))}`,
     `[plugins."io.containerd.cri.v1.images".registry]`,
     `  config_path = ${q(hostsDir)}`,
+    ...(opts.sandboxImage
+      ? [`[plugins."io.containerd.cri.v1.images".pinned_images]`, `  sandbox = ${q(opts.sandboxImage)}`]
+      : []),
   ].join("\n");
 }
 
@@ -165,6 +181,8 @@ export interface CriStackOptions {
    * instead of the stack's own (a proxy plugin "nixoci" and criSnapshotterConfig).
    */
   snapshotterConfig?: (sn: Snapshotter) => string;
+  /** The pod sandbox image as REPO:TAG in the stack's registry (pushed by the test before RunPodSandbox). */
+  sandboxImage?: string;
 }
 
 /**
@@ -193,7 +211,12 @@ export async function startCriStack(opts: CriStackOptions): Promise<CriStack> {
       typeof opts.snapshotterArgs === "function" ? await opts.snapshotterArgs(dir) : opts.snapshotterArgs;
     registry = await startRegistry();
     sn = await startSnapshotter(dir, snapshotterArgs);
-    const node = { dir, registryHost: registry.host, release: opts.release };
+    const node = {
+      dir,
+      registryHost: registry.host,
+      release: opts.release,
+      sandboxImage: opts.sandboxImage && `${registry.host}/${opts.sandboxImage}`,
+    };
     containerd = await startContainerd(
       opts.snapshotterConfig
         ? {

@@ -409,6 +409,11 @@ export interface Containerd {
   /** The containerd release running (NIXOCI_CONTAINERD, see containerd-release.ts). */
   release: ContainerdRelease;
   stop(): Promise<void>;
+  /**
+   * Stops containerd with `signal` (SIGKILL: no cleanup; its shims and their containers live on) and starts it
+   * again with the same config, root and state, as a node's service manager would.
+   */
+  restart(signal?: NodeJS.Signals): Promise<void>;
   /** Runs the release's `ctr -a ADDRESS ARGS...` and returns its stdout; throws with stderr on failure. */
   ctr(args: string[], opts?: { input?: Buffer }): Buffer;
   log(): string;
@@ -478,29 +483,47 @@ export async function startContainerd(
   writeFileSync(config, lines.join("\n") + "\n");
   // The release's own shims: containerd looks for containerd-shim-runc-v2 on its PATH first.
   const env = release.binDir ? { PATH: `${release.binDir}:${process.env.PATH ?? ""}` } : undefined;
-  const child = spawnDaemon(release.containerd, ["--config", config], logFile, env);
   const ctr = (args: string[], o: { input?: Buffer } = {}): Buffer =>
     runTool(release.ctr, ["-a", address, ...args], o.input);
+  const start = async (): Promise<ChildProcess> => {
+    const c = spawnDaemon(release.containerd, ["--config", config], logFile, env);
+    try {
+      await waitReady(`containerd ${release.series}`, c, logFile, 20_000, async () => {
+        if (!existsSync(address)) return false;
+        await new Promise<void>((resolve, reject) =>
+          execFile(release.ctr, ["-a", address, "version"], { timeout: 5000 }, (err) =>
+            err ? reject(err) : resolve(),
+          ),
+        );
+        return true;
+      });
+    } catch (err) {
+      await stopChild(c, 3000);
+      throw err;
+    }
+    return c;
+  };
+  let child: ChildProcess | undefined;
   try {
-    await waitReady(`containerd ${release.series}`, child, logFile, 20_000, async () => {
-      if (!existsSync(address)) return false;
-      await new Promise<void>((resolve, reject) =>
-        execFile(release.ctr, ["-a", address, "version"], { timeout: 5000 }, (err) =>
-          err ? reject(err) : resolve(),
-        ),
-      );
-      return true;
-    });
+    child = await start();
   } catch (err) {
-    await stopChild(child, 3000);
     await cleanupDir(dir);
     throw err;
   }
   const stop = once(async () => {
-    await stopChild(child, 10_000);
+    if (child) await stopChild(child, 10_000);
     await cleanupDir(dir);
   });
-  return { address, root, release, stop, ctr, log: () => tailOf(logFile, 100000) };
+  const restart = async (signal: NodeJS.Signals = "SIGKILL"): Promise<void> => {
+    const c = child!;
+    child = undefined;
+    if (!exited(c)) {
+      c.kill(signal);
+      if (!(await waitExit(c, 10_000))) throw new Error(`containerd did not exit on ${signal}`);
+    }
+    child = await start();
+  };
+  return { address, root, release, stop, restart, ctr, log: () => tailOf(logFile, 100000) };
 }
 
 // ---- dockerd ----

@@ -56,6 +56,14 @@ export function unsupportedContainerdVersion(v: ContainerdVersion): string | und
 }
 
 /**
+ * Whether containerd `v` mounts a Mount's `target` inside the rootfs (1.7 and later; 1.6 ignores the field, so
+ * binds given one would stack on the rootfs itself): what --nix-layers target needs.
+ */
+export function mountsTargets(v: ContainerdVersion): boolean {
+  return v.major >= 2 || (v.major === 1 && (v.minor ?? 0) >= 7);
+}
+
+/**
  * The version `containerd --version` reports ("containerd github.com/containerd/containerd 1.6.20~ds1 ...",
  * "containerd github.com/containerd/containerd/v2 v2.1.0 ..."): the first word after the module path.
  */

@@ -28,7 +28,10 @@ export interface SnapshotRecord {
 }
 
 /** How a nix layer's fs holds its store paths (see nix-layers.ts, nix-layer-modes/). */
-export type NixLayerKind = "link" | "bind" | "metacopy";
+export type NixLayerKind = "link" | "bind" | "metacopy" | "target";
+
+/** The kinds as the SQL list nix_layers.mode is checked against. */
+const NIX_LAYER_KINDS_SQL = "('link', 'bind', 'metacopy', 'target')";
 
 export type SnapshotErrorCode = "not-found" | "already-exists" | "failed-precondition" | "invalid-argument";
 
@@ -117,7 +120,7 @@ export class MetadataStore {
       id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
       paths TEXT NOT NULL,
       linked INTEGER NOT NULL DEFAULT 0,
-      mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy'))
+      mode TEXT CHECK (mode IN ${NIX_LAYER_KINDS_SQL})
     );
     CREATE TABLE IF NOT EXISTS gc_roots (
       name TEXT NOT NULL,
@@ -136,6 +139,24 @@ export class MetadataStore {
         this.db
           .exec(`ALTER TABLE nix_layers ADD COLUMN mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy'));
           UPDATE nix_layers SET mode = CASE linked WHEN 1 THEN 'link' ELSE 'bind' END;`);
+      });
+    // A CHECK constraint cannot be altered: a table whose constraint predates 'target' is copied into a new one.
+    const sql = (
+      this.db.prepare(`SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nix_layers'`).get() as {
+        sql: string;
+      }
+    ).sql;
+    if (!sql.includes("'target'"))
+      this.transaction(() => {
+        this.db.exec(`CREATE TABLE nix_layers_new (
+            id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
+            paths TEXT NOT NULL,
+            linked INTEGER NOT NULL DEFAULT 0,
+            mode TEXT CHECK (mode IN ${NIX_LAYER_KINDS_SQL})
+          );
+          INSERT INTO nix_layers_new (id, paths, linked, mode) SELECT id, paths, linked, mode FROM nix_layers;
+          DROP TABLE nix_layers;
+          ALTER TABLE nix_layers_new RENAME TO nix_layers;`);
       });
   }
 

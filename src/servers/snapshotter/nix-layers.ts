@@ -36,6 +36,11 @@
 //   makes with plain umount(2), which fails (EBUSY) on the nested binds, so `ctr run` (its temporary mount for
 //   /etc/group) fails and leaks a mount; hence auto mode never picks bind and, with the store on another
 //   filesystem and no metacopy support, lets containerd download the layer.
+// - target (nix-layer-modes/target.ts; auto's choice when the node's containerd is 1.7 or later, which mounts a
+//   Mount's target inside the rootfs): the same mountpoint layer as bind, and the mounts of an active snapshot or
+//   view above it are the chain's overlay followed by a read-only bind per store path with its target, which
+//   containerd mounts and unmounts itself (the snapshotter mounts nothing). No per-file work, any filesystem,
+//   the container reads the store's own files; like metacopy, it loses them if their path is garbage-collected.
 //
 // Prepares made by containerd's unpacker (they carry containerd.io/snapshot.ref, or an extract- key) keep the
 // plain overlay mounts (plus the data-only store layer above a metacopy layer), as the diff applier wants.
@@ -63,6 +68,7 @@ import { ModeChooser } from "./nix-layer-modes/auto.js";
 import { BindCompositions } from "./nix-layer-modes/bind.js";
 import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
+import { targetBinds } from "./nix-layer-modes/target.js";
 import { OverlaySnapshotter, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
 import { makeDirsSync } from "../../util/fs.js";
 
@@ -83,10 +89,14 @@ export interface NixSnapshotterOptions extends OverlayOptions {
    * How a nix layer holds its store paths: "link" (a tree of hard links to the store's files: containers get
    * plain overlay mounts, which containerd 1.6 mounts and unmounts itself), "metacopy" (overlay metacopy stubs
    * redirecting into the store as a data-only lower layer: one plain overlay mount too, across filesystems),
-   * "bind" (mountpoints, composed with read-only bind mounts), or "auto" (default: link when the store and ROOT
-   * share a filesystem, else metacopy when the kernel supports it, else the layer is downloaded).
+   * "bind" (mountpoints, composed with read-only bind mounts), "target" (mountpoints, and a read-only bind mount
+   * per path with Mount.target that containerd >= 1.7 makes), or "auto" (default: target when `mountTargets`,
+   * else link when the store and ROOT share a filesystem, else metacopy when the kernel supports it, else the
+   * layer is downloaded).
    */
   nixLayers?: NixLayerMode;
+  /** Whether the node's containerd mounts a Mount's target inside the rootfs (>= 1.7): auto then picks target. */
+  mountTargets?: boolean;
 }
 
 /**
@@ -115,7 +125,13 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.trust = opts.trust ?? { trustedKeys: [] };
     this.log = opts.log;
     this.metrics = opts.metrics;
-    this.modes = new ModeChooser(opts.nixLayers ?? "auto", this.store, this.snapshotsDir, this.log);
+    this.modes = new ModeChooser(
+      opts.nixLayers ?? "auto",
+      this.store,
+      this.snapshotsDir,
+      this.log,
+      opts.mountTargets ?? false,
+    );
     this.compositions = new BindCompositions({
       snapshotsDir: this.snapshotsDir,
       metadata: this.metadata,
@@ -409,20 +425,27 @@ export class NixSnapshotter extends OverlaySnapshotter {
     });
   }
 
-  /** The store paths of the ancestors of `rec` in a composing mode (bind), deduplicated, nearest first. */
-  private composedPathsOf(rec: SnapshotRecord): string[] {
+  /**
+   * The store paths of the ancestors of `rec` whose mode gives containers the paths as `rootfs` (bind's
+   * "composed", target's "targets"), deduplicated, nearest first.
+   */
+  private pathsOf(rec: SnapshotRecord, rootfs: LayerMode["rootfs"]): string[] {
     const out = new Set<string>();
     for (const a of this.metadata.ancestors(rec)) {
       const layer = this.metadata.nixLayer(a.id);
-      if (layer && layerMode(layer.mode).composed) for (const p of layer.paths) out.add(p);
+      if (layer && layerMode(layer.mode).rootfs === rootfs) for (const p of layer.paths) out.add(p);
     }
     return [...out];
   }
 
+  /** A container's or view's mounts: `plain`, or the composed root, then the binds of target-mode paths. */
   private async composedMounts(rec: SnapshotRecord, plain: Mount[]): Promise<Mount[]> {
     if (rec.kind === "committed") return plain;
-    const paths = this.composedPathsOf(rec);
-    if (!paths.length) return plain;
-    return this.compositions.mounts(rec, this.mountsOf(rec, true)[0], paths);
+    const composed = this.pathsOf(rec, "composed");
+    const base = composed.length
+      ? await this.compositions.mounts(rec, this.mountsOf(rec, true)[0], composed)
+      : plain;
+    const targets = this.pathsOf(rec, "targets").filter((p) => !composed.includes(p));
+    return targets.length ? [...base, ...targetBinds(this.store, targets)] : base;
   }
 }

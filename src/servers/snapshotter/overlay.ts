@@ -31,6 +31,8 @@ import { makeDirsSync } from "../../util/fs.js";
 export interface Mount {
   type: string;
   source: string;
+  /** Where inside the rootfs containerd >= 1.7 mounts it (unset: the rootfs itself). */
+  target?: string;
   options: string[];
 }
 

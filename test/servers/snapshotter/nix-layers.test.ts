@@ -775,3 +775,39 @@ test("metadata: nix_layers.linked from an older database becomes the mode", () =
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+// A database whose nix_layers.mode check predates target mode (link, bind, metacopy) opens with its rows kept
+// and takes target layers.
+test("metadata: a nix_layers table from before target mode takes target layers", () => {
+  const root = mkdtempSync(join("/tmp", "nixoci-snmig-"));
+  try {
+    const db = new Database(join(root, "metadata.db"));
+    db.exec(`CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')), parent_id INTEGER REFERENCES snapshots(id),
+        labels TEXT NOT NULL DEFAULT '{}', created INTEGER NOT NULL, updated INTEGER NOT NULL, size INTEGER, inodes INTEGER);
+      CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
+        linked INTEGER NOT NULL DEFAULT 0, mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy')));
+      INSERT INTO snapshots (key, kind, created, updated) VALUES ('a', 'committed', 1, 1), ('b', 'committed', 1, 1);
+      INSERT INTO nix_layers (id, paths, linked, mode) VALUES (1, '["/nix/store/x"]', 1, 'link'),
+        (2, '["/nix/store/y"]', 0, 'metacopy');`);
+    db.close();
+    for (let i = 0; i < 2; i++) {
+      const md = new MetadataStore(root); // twice: the migration is idempotent
+      try {
+        assert.deepEqual(md.nixLayer(1), { paths: ["/nix/store/x"], mode: "link" });
+        assert.deepEqual(md.nixLayer(2), { paths: ["/nix/store/y"], mode: "metacopy" });
+        if (i === 0)
+          md.transaction(() => {
+            const r = md.create("active", "c", undefined, {});
+            md.commit("c", "cc", {}, { size: 0, inodes: 0 });
+            md.setNixLayer(r.id, ["/nix/store/z"], "target");
+          });
+        assert.deepEqual(md.nixLayer(md.mustGet("cc").id), { paths: ["/nix/store/z"], mode: "target" });
+      } finally {
+        md.close();
+      }
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

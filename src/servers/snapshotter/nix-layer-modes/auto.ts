@@ -1,5 +1,6 @@
-// Which mode a new nix layer is held in: the --nix-layers setting, or for auto (the default) link when the store
-// and ROOT share a filesystem, else metacopy when the kernel supports it (probed once, on first need, and
+// Which mode a new nix layer is held in: the --nix-layers setting, or for auto (the default) target when
+// containerd mounts Mount.target (1.7 and later: no per-file work, wherever the store is), else link when the
+// store and ROOT share a filesystem, else metacopy when the kernel supports it (probed once, on first need, and
 // logged), else none: the layer is downloaded, since bind compositions trip containerd 1.6's own non-recursive
 // unmounts of the rootfs it mounts (e.g. `ctr run`'s temporary mount).
 import { statSync } from "node:fs";
@@ -19,6 +20,8 @@ export class ModeChooser {
     /** Where the layers go (the probe's mount too). */
     private readonly snapshotsDir: string,
     private readonly log?: Logger,
+    /** Whether the node's containerd mounts a Mount's target inside the rootfs (>= 1.7). */
+    private readonly mountTargets = false,
   ) {}
 
   /** The mode for a new nix layer, or undefined when it cannot be one. */
@@ -27,6 +30,7 @@ export class ModeChooser {
     try {
       // A store directory that does not exist yet (an empty chroot store) is made, as substitution would.
       makeDirsSync(this.store.realDir);
+      if (this.mountTargets) return layerMode("target");
       if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return layerMode("link");
     } catch {
       return undefined;

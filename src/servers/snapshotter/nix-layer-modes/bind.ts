@@ -5,30 +5,23 @@
 // store path onto rootfs/nix/store/<basename> (mounts.ts bindReadOnly); the answer is one
 // {bind, rootfs, [rbind, rw|ro]} mount. A composition is complete when ROOT/snapshots/<id>/composed exists
 // (written last): Mounts reuses it, Remove unmounts it before deleting, startup and Cleanup unmount incomplete or
-// orphaned ones. Why auto never picks it: see nix-layers.ts.
-import { existsSync, lstatSync, mkdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+// orphaned ones. Why auto never picks it: see nix-layers.ts (target.ts is the same layer for containerd >= 1.7,
+// which mounts the binds itself).
+import { existsSync, lstatSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseStorePath } from "../../../nix/store-path.js";
 import type { LocalStore } from "../../../store/local-store.js";
 import type { Logger } from "../../../util/logger.js";
 import { SnapshotError, type MetadataStore, type SnapshotRecord } from "../metadata.js";
 import { bindReadOnly, mount, mountPointsUnder, unmountAll } from "../mounts.js";
-import { diskUsage, Lock, type Mount } from "../overlay.js";
-import type { LayerMode } from "./layer-mode.js";
+import { Lock, type Mount } from "../overlay.js";
+import { buildMountpointLayer, type LayerMode } from "./layer-mode.js";
 import { makeDirsSync } from "../../../util/fs.js";
 
 export const bindMode: LayerMode = {
   kind: "bind",
-  composed: true,
-  async build(layer) {
-    for (const p of layer.paths) {
-      const st = lstatSync(p.real);
-      if (st.isDirectory()) mkdirSync(p.target, { mode: 0o555 });
-      else if (st.isSymbolicLink()) symlinkSync(readlinkSync(p.real), p.target);
-      else writeFileSync(p.target, "", { mode: 0o444 });
-    }
-    return { files: 0, usage: await diskUsage(layer.fs) };
-  },
+  rootfs: "composed",
+  build: buildMountpointLayer,
   dataLayer: () => undefined,
 };
 

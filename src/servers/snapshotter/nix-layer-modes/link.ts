@@ -5,7 +5,7 @@ import { buildTreeLayer, type LayerMode } from "./layer-mode.js";
 
 export const linkMode: LayerMode = {
   kind: "link",
-  composed: false,
+  rootfs: "overlay",
   build: (layer) =>
     buildTreeLayer(
       layer,

@@ -98,7 +98,7 @@ export async function probeMetacopy(parent: string): Promise<string | undefined>
 
 export const metacopyMode: LayerMode = {
   kind: "metacopy",
-  composed: false,
+  rootfs: "overlay",
   build: (layer) =>
     buildTreeLayer(
       layer,

@@ -4,11 +4,17 @@ import { bindMode } from "./bind.js";
 import type { LayerMode } from "./layer-mode.js";
 import { linkMode } from "./link.js";
 import { metacopyMode } from "./metacopy.js";
+import { targetMode } from "./target.js";
 
 /** --nix-layers: one mode for every new nix layer, or auto (auto.ts chooses). */
 export type NixLayerMode = "auto" | NixLayerKind;
 
-const MODES: Record<NixLayerKind, LayerMode> = { link: linkMode, metacopy: metacopyMode, bind: bindMode };
+const MODES: Record<NixLayerKind, LayerMode> = {
+  link: linkMode,
+  metacopy: metacopyMode,
+  bind: bindMode,
+  target: targetMode,
+};
 
 /** The mode a nix layer recorded as `kind` is held in. */
 export function layerMode(kind: NixLayerKind): LayerMode {

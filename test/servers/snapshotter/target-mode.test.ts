@@ -1,0 +1,301 @@
+// Zero-copy nix layers (--nix-layers target) through a real containerd's CRI pull and ctr, on the release under
+// test (NIXOCI_CONTAINERD). From 1.7 on, auto picks target mode (the snapshotter is told the node's release
+// with --containerd-version): a nix layer holds only empty mountpoints, and containers get the overlay plus one
+// read-only bind per store path with Mount.target, which containerd mounts itself. The container then reads the
+// store's own files (same device and inode, read-only), whether run by `ctr run` (its temporary mounts too) or
+// in a pod through CRI's RuntimeService as a kubelet runs it; `ctr snapshots mounts` works; a container keeps
+// running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays mounted once containers are
+// removed; removing the images through CRI releases their snapshots and GC roots. Under 1.6, which ignores
+// Mount.target, auto keeps link mode (and the same checks hold, but for the store's device).
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, lstatSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { gcRootsDir } from "../../../src/servers/snapshotter/gcroots.js";
+import {
+  chainIds,
+  layerStorePaths,
+  pushNixociImage,
+  SNAPSHOTTER_NAME,
+  startCriStack,
+  stopStackLeavingNoMounts,
+  type CriStack,
+  type PushedImage,
+  untilSnapshotterEmpty,
+} from "../../support/cri.js";
+import { until } from "../../support/poll.js";
+import { criRuntimeClient, runInPod } from "../../support/cri-runtime.js";
+import { mountsUnder } from "../../support/daemons.js";
+import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
+import {
+  removeSnapshotterDir,
+  shortTempDir,
+  startSnapshotter,
+  stopSnapshotter,
+  tail,
+  type Snapshotter,
+} from "../../support/snapshotter.js";
+import { containerdUnderTest } from "../../support/containerd-release.js";
+
+const release = containerdUnderTest();
+/** Whether this containerd mounts Mount.target (1.7 and later). */
+const mountsTargets = release.series !== "1.6";
+
+/** The snapshotter log's JSON lines whose msg is `msg`. */
+function logRecords(sn: Snapshotter, msg: string): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  for (const line of readFileSync(sn.logFile, "utf8").split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const r = JSON.parse(line) as Record<string, unknown>;
+    if (r.msg === msg) out.push(r);
+  }
+  return out;
+}
+
+/**
+ * Store-path binds left in containerd's temporary mounts (containerd-mount* in $XDG_RUNTIME_DIR, else $TMPDIR,
+ * where `ctr run` and CRI mount a rootfs to read its /etc/group or /etc/passwd): only target mode's binds can be
+ * there.
+ */
+function tempMountLeftovers(): string[] {
+  return mountsUnder(process.env.XDG_RUNTIME_DIR || tmpdir()).filter((mp) =>
+    /\/containerd-mount[^/]*\/nix\/store\//.test(mp),
+  );
+}
+
+describe(`snapshotter nix layers: auto's mode under containerd ${release.series} (CRI, ctr)`, () => {
+  let fx: Record<FixtureAttr, string>;
+  let stack: CriStack | undefined;
+  let image: PushedImage;
+  /** containerd's own directory (root, state: where its shims mount rootfs). */
+  let containerdDir: string;
+
+  before(
+    async () => {
+      fx = buildFixtures();
+      stack = await startCriStack({
+        prefix: "sntarget",
+        snapshotterArgs: [
+          "--store",
+          "/nix/store",
+          "--nix-layers",
+          "auto",
+          "--containerd-version",
+          release.series,
+        ],
+        sandboxImage: "nixoci/pause:v1",
+      });
+      containerdDir = dirname(stack.containerd.root);
+      // The pods' sandbox image: a nix image too, whose process sleeps.
+      pushNixociImage(stack.registry, {
+        installables: [fx.busybox],
+        repo: "nixoci/pause",
+        entrypoint: `${fx.busybox}/bin/busybox sleep 100000`,
+        workDir: stack.dir,
+      });
+      image = pushNixociImage(stack.registry, {
+        installables: [fx.hello, fx.busybox, fx["single-file"]],
+        repo: "nixoci/target",
+        entrypoint: "/bin/hello",
+        workDir: stack.dir,
+      });
+    },
+    { timeout: 240_000 },
+  );
+  after(() => stopStackLeavingNoMounts(stack));
+
+  test(
+    mountsTargets
+      ? "a CRI pull commits the store layers as mountpoints only; ctr run sees the store's files, read-only"
+      : "a CRI pull commits the store layers as hard links (1.6 ignores Mount.target); ctr run works",
+    { timeout: 240_000 },
+    async () => {
+      const s = stack!;
+      const storeLayers = image.layers.filter((l) => layerStorePaths(l).length);
+      assert.ok(storeLayers.length >= 1);
+      const pulled = await s.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: 120_000 });
+      assert.match(pulled.image_ref, /^sha256:/);
+
+      const version = logRecords(s.sn, "containerd version");
+      assert.deepEqual(
+        version.map((r) => [r.version, r.mountTargets]),
+        [[release.series, mountsTargets]],
+        tail(s.sn.logFile),
+      );
+      const committed = logRecords(s.sn, "nix layer: committed from the store");
+      assert.equal(committed.length, storeLayers.length, "every store layer came from the store");
+      for (const r of committed) {
+        assert.equal(r.mode, mountsTargets ? "target" : "link");
+        if (mountsTargets) assert.equal(r.files, 0, "no per-file work");
+      }
+
+      assert.equal(s.run(image.ref, "nixoci-target-1"), "Hello from nixoci!\n");
+      const bb = `${fx.busybox}/bin/busybox`;
+      const hello = `${fx.hello}/bin/hello`;
+      const st = statSync(hello);
+      const seen = s.run(image.ref, "nixoci-target-2", [bb, "stat", "-L", "-c", "%d %i", hello]);
+      if (mountsTargets) assert.equal(seen, `${st.dev} ${st.ino}\n`, "the store's own file");
+      else assert.match(seen, new RegExp(`^\\d+ ${st.ino}\\n$`), "a hard link to the store's file");
+      assert.equal(
+        s.run(image.ref, "nixoci-target-3", [bb, "cat", fx["single-file"]]),
+        readFileSync(fx["single-file"], "utf8"),
+      );
+      if (mountsTargets) {
+        const touched = s.run(image.ref, "nixoci-target-4", [
+          bb,
+          "sh",
+          "-c",
+          `${bb} touch ${fx.hello}/new 2>&1; echo status=$?`,
+        ]);
+        assert.equal(touched, `touch: ${fx.hello}/new: Read-only file system\nstatus=1\n`);
+      }
+      assert.deepEqual(mountsUnder(s.dir), [], "the snapshotter mounts nothing");
+      assert.deepEqual(mountsUnder(containerdDir), [], "ctr run --rm unmounted what containerd mounted");
+      assert.deepEqual(tempMountLeftovers(), [], "nor is a temporary mount left");
+    },
+  );
+
+  if (mountsTargets)
+    test("ctr snapshots mounts prints the overlay and a read-only bind per store path", async () => {
+      const s = stack!;
+      const top = chainIds(image.diffIds).at(-1)!;
+      s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "prepare", "nixoci-target-view", top]);
+      try {
+        const lines = s
+          .ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "mounts", "/mnt", "nixoci-target-view"])
+          .trim()
+          .split("\n");
+        assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
+        const binds = lines.slice(1).sort();
+        // Every store path of the image but a symlink (its layer holds the symlink itself).
+        const want = [...new Set(image.layers.flatMap(layerStorePaths))]
+          .filter((p) => !lstatSync(p).isSymbolicLink())
+          .map((p) => `mount -t bind ${p} /mnt${p} -o ro,rbind`)
+          .sort();
+        assert.deepEqual(binds, want);
+      } finally {
+        s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", "nixoci-target-view"]);
+      }
+    });
+
+  if (mountsTargets)
+    test(
+      "a running container outlives a SIGKILLed snapshotter and containerd; removed, it leaves no mount",
+      { timeout: 240_000 },
+      async () => {
+        const s = stack!;
+        const bb = `${fx.busybox}/bin/busybox`;
+        const id = "nixoci-target-long";
+        s.ctr(["run", "-d", "--snapshotter", SNAPSHOTTER_NAME, image.ref, id, bb, "sleep", "600"]);
+        const exec = (n: number): string =>
+          s.ctr(["task", "exec", "--exec-id", `e${n}`, id, bb, "cat", fx["single-file"]]);
+        const want = readFileSync(fx["single-file"], "utf8");
+        assert.equal(exec(1), want);
+        assert.ok(mountsUnder(containerdDir).length > 1, "the rootfs and its binds are mounted");
+
+        await s.restartSnapshotter("SIGKILL");
+        assert.equal(exec(2), want);
+        await s.containerd.restart("SIGKILL");
+        let n = 3;
+        assert.equal(
+          await until("task exec after containerd's restart", 30_000, async () => exec(n++)),
+          want,
+        );
+
+        s.ctr(["task", "kill", "-s", "SIGKILL", id]);
+        await until("the task stopped", 30_000, () => assert.match(s.ctr(["task", "ls"]), /\bSTOPPED\b/));
+        s.ctr(["task", "delete", id]);
+        s.ctr(["containers", "delete", id]);
+        assert.deepEqual(mountsUnder(containerdDir), [], "nothing stays mounted");
+        assert.deepEqual(mountsUnder(s.dir), []);
+      },
+    );
+
+  test(
+    "a container in a pod (CRI RuntimeService, as a kubelet runs it) reads the store's files; removed, it leaves no mount",
+    { timeout: 240_000 },
+    async () => {
+      const s = stack!;
+      const rt = criRuntimeClient(s.containerd.address);
+      try {
+        const logDir = join(s.dir, "pod-logs");
+        mkdirSync(logDir);
+        const hello = `${fx.hello}/bin/hello`;
+        const st = statSync(hello);
+        const run = (name: string, command?: string[]) =>
+          runInPod(rt, { name, image: image.ref, command, logDir });
+        assert.deepEqual(await run("hello"), { stdout: "Hello from nixoci!\n", exitCode: 0 });
+        const stat = await run("stat", [`${fx.busybox}/bin/busybox`, "stat", "-L", "-c", "%d %i", hello]);
+        assert.equal(stat.exitCode, 0);
+        if (mountsTargets) assert.equal(stat.stdout, `${st.dev} ${st.ino}\n`, "the store's own file");
+        else assert.match(stat.stdout, new RegExp(`^\\d+ ${st.ino}\\n$`), "a hard link to the store's file");
+        assert.deepEqual(mountsUnder(containerdDir), [], "nothing stays mounted");
+        assert.deepEqual(mountsUnder(s.dir), []);
+        assert.deepEqual(tempMountLeftovers(), []);
+      } finally {
+        rt.close();
+      }
+    },
+  );
+
+  test(
+    "CRI RemoveImage (the image and the pods' sandbox image): containerd's GC leaves the snapshotter empty and drops the image's GC root",
+    { timeout: 120_000 },
+    async () => {
+      const s = stack!;
+      const root = join(
+        gcRootsDir(s.sn.root, { realDir: "/nix/store", storeDir: "/nix/store" }),
+        `manifest-${image.manifestDigest.slice("sha256:".length)}`,
+      );
+      assert.ok(existsSync(root), `GC root ${root} while the image is there`);
+      await s.cri.removeImage({ image: { image: image.ref } });
+      await s.cri.removeImage({ image: { image: `${s.registry.host}/nixoci/pause:v1` } });
+      await untilSnapshotterEmpty(s.sn, () => assert.equal(existsSync(root), false, `${root} is gone`));
+      assert.deepEqual(mountsUnder(containerdDir), []);
+      assert.deepEqual(mountsUnder(s.dir), []);
+    },
+  );
+});
+
+// Without --containerd-version, auto asks the node's `containerd --version` (the first on PATH: here the release
+// under test's); a node where no containerd answers gets the modes that work everywhere, and a warning saying so.
+describe(`snapshotter auto mode: the version from containerd --version (${release.series} first on PATH)`, () => {
+  const startWithPath = async (path: string): Promise<Record<string, unknown>[]> => {
+    const dir = shortTempDir("snver");
+    try {
+      const sn = await startSnapshotter(dir, ["--store", "/nix/store"], { ...process.env, PATH: path });
+      await stopSnapshotter(sn);
+      return readFileSync(sn.logFile, "utf8")
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((r) => r.msg === "containerd version" || /containerd's version unknown/.test(String(r.msg)));
+    } finally {
+      await removeSnapshotterDir(dir);
+    }
+  };
+
+  test("containerd --version on PATH decides", { timeout: 60_000 }, async () => {
+    const path = release.binDir ? `${release.binDir}:${process.env.PATH ?? ""}` : (process.env.PATH ?? "");
+    const records = await startWithPath(path);
+    assert.deepEqual(
+      records.map((r) => [r.level, r.msg, r.version, r.mountTargets]),
+      [["info", "containerd version", release.series, mountsTargets]],
+    );
+  });
+
+  test("no containerd on PATH: a warning, and no target mode", { timeout: 60_000 }, async () => {
+    const records = await startWithPath("/nonexistent");
+    assert.deepEqual(
+      records.map((r) => [r.level, r.msg, r.error]),
+      [
+        [
+          "warn",
+          "containerd's version unknown; nix layers are not mounted by target (containerd >= 1.7)",
+          "containerd --version: not found on PATH; name the version with --containerd-version 1.6|1.7|2.x",
+        ],
+      ],
+    );
+  });
+});
