@@ -167,7 +167,7 @@ function nodeMountsTargets(flag: ContainerdVersion | undefined, log: Logger): bo
       return false;
     }
   const targets = mountsTargets(v);
-  log.info("containerd version", { version: formatContainerdVersion(v), mountTargets: targets });
+  log.debug("containerd version", { version: formatContainerdVersion(v), mountTargets: targets });
   return targets;
 }
 

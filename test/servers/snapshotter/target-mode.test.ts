@@ -281,7 +281,7 @@ describe(`snapshotter auto mode: the version from containerd --version (${releas
     const records = await startWithPath(path);
     assert.deepEqual(
       records.map((r) => [r.level, r.msg, r.version, r.mountTargets]),
-      [["info", "containerd version", release.series, mountsTargets]],
+      [["debug", "containerd version", release.series, mountsTargets]],
     );
   });
 
