@@ -41,6 +41,17 @@ export async function waitExit(c: ChildProcess, ms: number): Promise<boolean> {
 }
 
 /** The last lines of a log file, for failure messages. */
+/** The snapshotter log's JSON lines whose msg is `msg`. */
+export function logRecords(sn: { logFile: string }, msg: string): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  for (const line of readFileSync(sn.logFile, "utf8").split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const r = JSON.parse(line) as Record<string, unknown>;
+    if (r.msg === msg) out.push(r);
+  }
+  return out;
+}
+
 export function tail(file: string, n = 30): string {
   try {
     return readFileSync(file, "utf8").split("\n").slice(-n).join("\n");

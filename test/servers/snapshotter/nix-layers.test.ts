@@ -39,6 +39,7 @@ import {
   removeSnapshotterDir,
   rpc,
   runAsync,
+  logRecords,
   startSnapshotter,
   STORE_PATH_LABEL,
   stopSnapshotter,
@@ -443,17 +444,6 @@ describe("snapshotter nix layers: link mode", () => {
     },
   );
 });
-
-/** The snapshotter log's JSON lines whose msg is `msg`. */
-function logRecords(sn: Snapshotter, msg: string): Array<Record<string, unknown>> {
-  const out: Array<Record<string, unknown>> = [];
-  for (const line of readFileSync(sn.logFile, "utf8").split("\n")) {
-    if (!line.startsWith("{")) continue;
-    const r = JSON.parse(line) as Record<string, unknown>;
-    if (r.msg === msg) out.push(r);
-  }
-  return out;
-}
 
 /** Mounts a tmpfs at `dir` (created): a filesystem other than the store's, for --root. */
 async function mountTmpfs(dir: string): Promise<void> {

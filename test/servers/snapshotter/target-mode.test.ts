@@ -30,28 +30,17 @@ import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
 import {
   removeSnapshotterDir,
+  logRecords,
   shortTempDir,
   startSnapshotter,
   stopSnapshotter,
   tail,
-  type Snapshotter,
 } from "../../support/snapshotter.js";
 import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const release = containerdUnderTest();
 /** Whether this containerd mounts Mount.target (1.7 and later). */
 const mountsTargets = release.series !== "1.6";
-
-/** The snapshotter log's JSON lines whose msg is `msg`. */
-function logRecords(sn: Snapshotter, msg: string): Array<Record<string, unknown>> {
-  const out: Array<Record<string, unknown>> = [];
-  for (const line of readFileSync(sn.logFile, "utf8").split("\n")) {
-    if (!line.startsWith("{")) continue;
-    const r = JSON.parse(line) as Record<string, unknown>;
-    if (r.msg === msg) out.push(r);
-  }
-  return out;
-}
 
 /**
  * Store-path binds left in containerd's temporary mounts (containerd-mount* in $XDG_RUNTIME_DIR, else $TMPDIR,
