@@ -63,10 +63,10 @@ import type { Store } from "../../store/store.js";
 import { Substituter } from "../../store/substituter.js";
 import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
 import type { SnapshotterMetrics } from "./metrics.js";
-import { SnapshotError, type SnapshotRecord } from "./metadata.js";
+import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
 import { ModeChooser } from "./nix-layer-modes/auto.js";
 import { BindCompositions } from "./nix-layer-modes/bind.js";
-import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
+import { makeMountpoints, type BuiltLayer, type LayerMode } from "./nix-layer-modes/layer-mode.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
 import { targetBinds } from "./nix-layer-modes/target.js";
 import { OverlaySnapshotter, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
@@ -115,6 +115,10 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly modes: ModeChooser;
   private readonly compositions: BindCompositions;
   private sources?: Promise<Store[]>;
+  /** nix_layers rows by snapshot id (null: an ordinary snapshot); a committed layer's row never changes. */
+  private readonly nixLayerRows = new Map<number, { paths: string[]; mode: NixLayerKind } | null>();
+  /** The target-mode part of each committed chain a container or view was mounted above, by its top's id. */
+  private readonly chainTargets = new Map<number, ChainTargets | null>();
   readonly gcRoots: GcRoots;
   readonly metrics?: SnapshotterMetrics;
 
@@ -162,9 +166,20 @@ export class NixSnapshotter extends OverlaySnapshotter {
     });
   }
 
+  /** The nix layer row of snapshot `id` (cached), or undefined for an ordinary snapshot. */
+  private nixLayer(id: number): { paths: string[]; mode: NixLayerKind } | undefined {
+    let row = this.nixLayerRows.get(id);
+    if (row === undefined) {
+      // A row is written in the transaction that creates its snapshot and never changed: kept until removal.
+      row = this.metadata.nixLayer(id) ?? null;
+      this.nixLayerRows.set(id, row);
+    }
+    return row ?? undefined;
+  }
+
   /** Makes the committed nix layer `rec` hold the root its `labels` name (under this.lock). */
   private holdRoot(rec: SnapshotRecord, labels: Record<string, string>): void {
-    const layer = this.metadata.nixLayer(rec.id);
+    const layer = this.nixLayer(rec.id);
     if (!layer) return;
     const name = gcRootName(labels, rec.key);
     if (this.metadata.gcRootsOf(rec.id).includes(name)) return;
@@ -176,7 +191,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   /** The store as a data-only lower layer when a nix layer among `parents` takes one (metacopy). */
   protected override dataLayer(_rec: SnapshotRecord, parents: SnapshotRecord[]): DataLayer | undefined {
     for (const p of parents) {
-      const kind = this.metadata.nixLayer(p.id)?.mode;
+      const kind = this.nixLayer(p.id)?.mode;
       const data = kind && layerMode(kind).dataLayer(this.store.realDir);
       if (data) return data;
     }
@@ -225,6 +240,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
       await this.compositions.release(rec);
       const roots = this.metadata.gcRootsOf(rec.id);
       await super.remove(key);
+      this.nixLayerRows.delete(rec.id);
+      this.chainTargets.delete(rec.id);
       if (roots.length)
         await this.lock.run(() => {
           for (const name of roots) {
@@ -339,7 +356,6 @@ export class NixSnapshotter extends OverlaySnapshotter {
    */
   private async buildLayerFs(fs: string, paths: string[], mode: LayerMode): Promise<BuiltLayer> {
     const storeDir = join(fs, this.store.storeDir.replace(/^\/+/, ""));
-    makeDirsSync(storeDir, 0o755);
     return mode.build({
       fs,
       storeDir: this.store.storeDir,
@@ -427,15 +443,91 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
   /**
    * The store paths of the ancestors of `rec` whose mode gives containers the paths as `rootfs` (bind's
-   * "composed", target's "targets"), deduplicated, nearest first.
+   * "composed"), deduplicated, nearest first.
    */
   private pathsOf(rec: SnapshotRecord, rootfs: LayerMode["rootfs"]): string[] {
     const out = new Set<string>();
     for (const a of this.metadata.ancestors(rec)) {
-      const layer = this.metadata.nixLayer(a.id);
+      const layer = this.nixLayer(a.id);
       if (layer && layerMode(layer.mode).rootfs === rootfs) for (const p of layer.paths) out.add(p);
     }
     return [...out];
+  }
+
+  /**
+   * The target-mode part of the chain whose top is `parents[0]` (null: it has none), worked out once per chain
+   * and kept: which ancestors are target-mode layers, the chain's mountpoints directory (made on first need) and
+   * the binds of their paths.
+   */
+  private targetsOf(parents: SnapshotRecord[], withMountpoints: boolean): ChainTargets | null {
+    const top = parents[0];
+    let chain = this.chainTargets.get(top.id);
+    if (chain === undefined) {
+      const layerIds = new Set<number>();
+      const paths = new Set<string>();
+      for (const p of parents) {
+        const layer = this.nixLayer(p.id);
+        if (!layer || layerMode(layer.mode).rootfs !== "targets") continue;
+        layerIds.add(p.id);
+        for (const path of layer.paths) paths.add(path);
+      }
+      chain = layerIds.size
+        ? { layerIds, paths: [...paths], binds: targetBinds(this.store, [...paths]), mountpoints: undefined }
+        : null;
+      this.chainTargets.set(top.id, chain);
+    }
+    if (chain && withMountpoints && !chain.mountpoints)
+      chain.mountpoints = this.makeMountpoints(top.id, chain.paths);
+    return chain;
+  }
+
+  /**
+   * ROOT/snapshots/<top>/mountpoints: an empty mountpoint per store path of the chain's target-mode layers
+   * (nix-layer-modes/target.ts), made once (in a temporary directory, then renamed: concurrent callers and a
+   * crash leave it whole or absent) and shared by every container and view above the chain, as the top of
+   * their overlay's lower directories. It goes with the top snapshot's directory.
+   */
+  private makeMountpoints(topId: number, paths: string[]): string {
+    const dir = join(this.snapshotsDir, String(topId), "mountpoints");
+    if (existsSync(dir)) return dir;
+    const tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
+    try {
+      const storeDir = join(tmp, this.store.storeDir.replace(/^\/+/, ""));
+      makeDirsSync(storeDir, 0o755);
+      makeMountpoints(
+        paths.map((p) => {
+          const baseName = parseStorePath(p, this.store.storeDir).baseName;
+          return { real: this.store.realPath(p), target: join(storeDir, baseName), baseName };
+        }),
+      );
+      try {
+        renameSync(tmp, dir);
+      } catch (err) {
+        if (!existsSync(dir)) throw err; // else another caller made it first
+      }
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    return dir;
+  }
+
+  /**
+   * Lower directories without the chain's target-mode layers (their fs is empty), topped by the chain's
+   * mountpoints directory; the unpacker's snapshots need no mountpoints (the top layer's empty fs stands in
+   * when nothing else is left).
+   */
+  protected override lowerDirs(rec: SnapshotRecord, parents: SnapshotRecord[], relative: boolean): string[] {
+    const unpack = isUnpack(rec);
+    const chain = this.targetsOf(parents, !unpack);
+    if (!chain) return super.lowerDirs(rec, parents, relative);
+    const rel = (dir: string): string => (relative ? dir.slice(this.snapshotsDir.length + 1) : dir);
+    const rest = super.lowerDirs(
+      rec,
+      parents.filter((p) => !chain.layerIds.has(p.id)),
+      relative,
+    );
+    if (unpack) return rest.length ? rest : super.lowerDirs(rec, parents.slice(0, 1), relative);
+    return [rel(chain.mountpoints!), ...rest];
   }
 
   /** A container's or view's mounts: `plain`, or the composed root, then the binds of target-mode paths. */
@@ -445,7 +537,24 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const base = composed.length
       ? await this.compositions.mounts(rec, this.mountsOf(rec, true)[0], composed)
       : plain;
-    const targets = this.pathsOf(rec, "targets").filter((p) => !composed.includes(p));
-    return targets.length ? [...base, ...targetBinds(this.store, targets)] : base;
+    const parents = rec.parentId === undefined ? [] : this.metadata.ancestors(rec);
+    const chain = parents.length ? this.targetsOf(parents, true) : null;
+    if (!chain) return base;
+    const binds = composed.length
+      ? chain.binds.filter((b) => !composed.some((p) => b.source === this.store.realPath(p)))
+      : chain.binds;
+    return binds.length ? [...base, ...binds] : base;
   }
+}
+
+/** The target-mode part of a committed chain (see NixSnapshotter.targetsOf). */
+interface ChainTargets {
+  /** The ids of the chain's target-mode nix layers. */
+  layerIds: Set<number>;
+  /** Their store paths, deduplicated, nearest layer first. */
+  paths: string[];
+  /** A read-only bind per path at its place in the rootfs (target.ts). */
+  binds: Mount[];
+  /** The chain's mountpoints directory, once made. */
+  mountpoints?: string;
 }

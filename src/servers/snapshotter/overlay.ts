@@ -24,6 +24,7 @@ import {
 } from "node:fs";
 import { lstat, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { REF_LABEL } from "../../image/annotations.js";
 import { MetadataStore, SnapshotError, type SnapshotKind, type SnapshotRecord } from "./metadata.js";
 import { mountPointsUnder } from "./mounts.js";
 import { makeDirsSync } from "../../util/fs.js";
@@ -172,6 +173,14 @@ export class OverlaySnapshotter {
     return undefined;
   }
 
+  /**
+   * The overlay's lower directories for `rec` (whose ancestors are `parents`), nearest first; with `relative`,
+   * relative to the snapshots directory. By default each ancestor's fs.
+   */
+  protected lowerDirs(_rec: SnapshotRecord, parents: SnapshotRecord[], relative: boolean): string[] {
+    return parents.map((p) => (relative ? `${p.id}/fs` : this.fsPath(p.id)));
+  }
+
   /** `rec`'s mounts; with `relative`, their paths are relative to the snapshots directory. */
   protected mountsOf(rec: SnapshotRecord, relative = false): Mount[] {
     const fs = (id: number): string => (relative ? `${id}/fs` : this.fsPath(id));
@@ -180,15 +189,17 @@ export class OverlaySnapshotter {
       return [{ type: "bind", source: fs(rec.id), options: [rec.kind === "view" ? "ro" : "rw", "rbind"] }];
     }
     const data = this.dataLayer(rec, parents);
+    const lowers = this.lowerDirs(rec, parents, relative);
     const options: string[] = [];
     if (this.indexOff) options.push("index=off");
     if (rec.kind === "active") {
       const work = relative ? `${rec.id}/work` : this.workPath(rec.id);
       options.push(`workdir=${work}`, `upperdir=${fs(rec.id)}`);
-    } else if (parents.length === 1 && !data) {
-      return [{ type: "bind", source: fs(parents[0].id), options: ["ro", "rbind"] }];
+    } else if (lowers.length === 1 && !data) {
+      // A read-only overlay needs two lower directories: one is bound read-only instead.
+      return [{ type: "bind", source: lowers[0], options: ["ro", "rbind"] }];
     }
-    const lower = parents.map((p) => fs(p.id)).join(":");
+    const lower = lowers.join(":");
     options.push(`lowerdir=${data ? `${lower}::${data.dir}` : lower}`, ...(data?.options ?? []));
     return [{ type: "overlay", source: "overlay", options }];
   }
@@ -275,8 +286,24 @@ export class OverlaySnapshotter {
 
   list(filters: string[] = []): SnapshotInfo[] {
     const preds = filters.filter((f) => f.trim()).map(parseFilter);
-    const all = this.metadata.list().map(toInfo);
-    return preds.length ? all.filter((i) => preds.some((p) => p(i))) : all;
+    if (!preds.length) return this.metadata.list().map(toInfo);
+    // When every filter pins the name or the ref label, only those rows are read: containerd lists by the ref
+    // label after each ALREADY_EXISTS of a pull, and a full scan (every row's labels parsed) per layer made a
+    // pull's cost grow with the square of its layers.
+    const rows = preds.every((p) => p.pinned)
+      ? [...new Map(preds.flatMap((p) => this.pinnedRows(p.pinned!)).map((r) => [r.id, r])).values()].sort(
+          (a, b) => a.id - b.id,
+        )
+      : this.metadata.list();
+    return rows.map(toInfo).filter((i) => preds.some((p) => p(i)));
+  }
+
+  private pinnedRows(pin: Pin): SnapshotRecord[] {
+    if (pin.field === "name") {
+      const rec = this.metadata.get(pin.value);
+      return rec ? [rec] : [];
+    }
+    return this.metadata.withRefLabel(pin.value);
   }
 
   /** Removes directories under ROOT/snapshots that no snapshot owns. Returns the names removed. */
@@ -312,6 +339,15 @@ function toInfo(rec: SnapshotRecord): SnapshotInfo {
 
 type Pred = (i: SnapshotInfo) => boolean;
 
+/** A field a filter requires to equal a value, which the metadata can look up directly. */
+interface Pin {
+  field: "name" | "ref";
+  value: string;
+}
+
+/** A parsed filter, and what it pins, if anything (an == selector on the name or the ref label). */
+export type Filter = Pred & { pinned?: Pin };
+
 function fieldValue(info: SnapshotInfo, path: string[]): string | undefined {
   switch (path[0]) {
     case "name":
@@ -329,7 +365,7 @@ function fieldValue(info: SnapshotInfo, path: string[]): string | undefined {
   }
 }
 
-export function parseFilter(src: string): Pred {
+export function parseFilter(src: string): Filter {
   let i = 0;
   const bad = (why: string): never => {
     throw new SnapshotError("invalid-argument", `filter ${JSON.stringify(src)}: ${why} at ${i}`);
@@ -366,6 +402,7 @@ export function parseFilter(src: string): Pred {
     return m[0];
   };
   const selectors: Pred[] = [];
+  let pinned: Pin | undefined;
   for (;;) {
     const path = [component()];
     while (src[i] === ".") {
@@ -377,8 +414,12 @@ export function parseFilter(src: string): Pred {
     if (op) {
       i += 2;
       const v = value();
-      if (op === "==") selectors.push((x) => fieldValue(x, path) === v);
-      else if (op === "!=") selectors.push((x) => fieldValue(x, path) !== v);
+      if (op === "==") {
+        selectors.push((x) => fieldValue(x, path) === v);
+        if (path.length === 1 && path[0] === "name") pinned ??= { field: "name", value: v };
+        if (path[0] === "labels" && path.slice(1).join(".") === REF_LABEL)
+          pinned ??= { field: "ref", value: v };
+      } else if (op === "!=") selectors.push((x) => fieldValue(x, path) !== v);
       else {
         let re: RegExp;
         try {
@@ -397,5 +438,7 @@ export function parseFilter(src: string): Pred {
     if (src[i] !== ",") bad("expected ','");
     i++;
   }
-  return (x) => selectors.every((s) => s(x));
+  const filter: Filter = (x) => selectors.every((s) => s(x));
+  if (pinned) filter.pinned = pinned;
+  return filter;
 }

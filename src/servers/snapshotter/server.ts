@@ -137,7 +137,12 @@ export function snapshotsHandlers(
         const infos = sn.list(filters).map(infoMessage);
         for (let i = 0; i < infos.length; i += LIST_BATCH)
           call.write({ info: infos.slice(i, i + LIST_BATCH) });
-        log.debug("rpc", { method: "List", count: infos.length, ms: Math.round(performance.now() - start) });
+        log.debug("rpc", {
+          method: "List",
+          filters,
+          count: infos.length,
+          ms: Math.round(performance.now() - start),
+        });
         metrics?.observe("List", grpc.status.OK, start);
         call.end();
       } catch (err) {

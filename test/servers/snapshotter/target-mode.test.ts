@@ -1,7 +1,8 @@
 // Zero-copy nix layers (--nix-layers target) through a real containerd's CRI pull and ctr, on the release under
 // test (NIXOCI_CONTAINERD). From 1.7 on, auto picks target mode (the snapshotter is told the node's release
-// with --containerd-version): a nix layer holds only empty mountpoints, and containers get the overlay plus one
-// read-only bind per store path with Mount.target, which containerd mounts itself. The container then reads the
+// with --containerd-version): a nix layer's fs is empty, and containers get an overlay of the other layers
+// topped by the chain's mountpoints directory (one per chain, shared), plus one read-only bind per store path
+// with Mount.target, which containerd mounts itself. The container then reads the
 // store's own files (same device and inode, read-only), whether run by `ctr run` (its temporary mounts too) or
 // in a pod through CRI's RuntimeService as a kubelet runs it; `ctr snapshots mounts` works; a container keeps
 // running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays mounted once containers are
@@ -9,9 +10,9 @@
 // Mount.target, auto keeps link mode (and the same checks hold, but for the store's device).
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, lstatSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { gcRootsDir } from "../../../src/servers/snapshotter/gcroots.js";
 import {
   chainIds,
@@ -118,6 +119,12 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
         assert.equal(r.mode, mountsTargets ? "target" : "link");
         if (mountsTargets) assert.equal(r.files, 0, "no per-file work");
       }
+      if (mountsTargets) {
+        // A target layer's fs is empty (its mountpoints are made per chain): only the ordinary layers hold files.
+        const snapshots = join(s.sn.root, "snapshots");
+        const filled = readdirSync(snapshots).filter((id) => readdirSync(join(snapshots, id, "fs")).length);
+        assert.equal(filled.length, image.layers.length - storeLayers.length, filled.join(" "));
+      }
 
       assert.equal(s.run(image.ref, "nixoci-target-1"), "Hello from nixoci!\n");
       const bb = `${fx.busybox}/bin/busybox`;
@@ -156,6 +163,13 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
           .trim()
           .split("\n");
         assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
+        // The overlay's lower directories: the chain's mountpoints directory (shared by the chain's containers),
+        // then the ordinary layers only.
+        const lower = /lowerdir=([^,]+)/.exec(lines[0])![1].split(":");
+        const storeLayers = image.layers.filter((l) => layerStorePaths(l).length).length;
+        assert.equal(lower.length, 1 + image.layers.length - storeLayers, lines[0]);
+        assert.match(lower[0], /\/snapshots\/\d+\/mountpoints$/);
+        const mountpoints = readdirSync(join(lower[0], "nix/store")).sort();
         const binds = lines.slice(1).sort();
         // Every store path of the image but a symlink (its layer holds the symlink itself).
         const want = [...new Set(image.layers.flatMap(layerStorePaths))]
@@ -163,6 +177,9 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
           .map((p) => `mount -t bind ${p} /mnt${p} -o ro,rbind`)
           .sort();
         assert.deepEqual(binds, want);
+        // One mountpoint (or symlink) per store path of the image.
+        const paths = [...new Set(image.layers.flatMap(layerStorePaths))].map((p) => basename(p)).sort();
+        assert.deepEqual(mountpoints, paths);
       } finally {
         s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", "nixoci-target-view"]);
       }

@@ -1,8 +1,9 @@
-// Target mode (--nix-layers target; auto's choice under containerd >= 1.7, see auto.ts): the layer's
-// fs/nix/store/<basename> is an empty mountpoint, as in bind mode (directories and empty files only: no per-file
-// work whatever the path holds), and the mounts of an active snapshot or view above such layers are the chain's
-// ordinary overlay followed by one {bind, STORE/<basename>, target /nix/store/<basename>, [ro, rbind]} per
-// store path. containerd >= 1.7 mounts each at its target inside the rootfs (the runc shim, and its temporary
+// Target mode (--nix-layers target; auto's choice under containerd >= 1.7, see auto.ts): the layer's fs is
+// empty, and the mounts of an active snapshot or view above such layers are an overlay of the chain's other
+// layers topped by the chain's mountpoints directory (an empty mountpoint per store path of its target layers,
+// made once per chain and shared by its containers: nix-layers.ts makeMountpoints; directories and empty files
+// only, no per-file work whatever the paths hold), followed by one {bind, STORE/<basename>, target
+// /nix/store/<basename>, [ro, rbind]} per store path. containerd >= 1.7 mounts each at its target inside the rootfs (the runc shim, and its temporary
 // mounts for `ctr run` and CRI) and unmounts them with the rootfs, so the snapshotter mounts nothing and a
 // restart of either leaves nothing behind; the container reads the store's own files. containerd 1.6 ignores
 // Mount.target (the binds would stack on the rootfs), so this is for 1.7 and later only.
@@ -11,12 +12,12 @@ import { join } from "node:path";
 import { parseStorePath } from "../../../nix/store-path.js";
 import type { LocalStore } from "../../../store/local-store.js";
 import type { Mount } from "../overlay.js";
-import { buildMountpointLayer, type LayerMode } from "./layer-mode.js";
+import { buildEmptyLayer, type LayerMode } from "./layer-mode.js";
 
 export const targetMode: LayerMode = {
   kind: "target",
   rootfs: "targets",
-  build: buildMountpointLayer,
+  build: buildEmptyLayer,
   dataLayer: () => undefined,
 };
 
