@@ -89,9 +89,15 @@ export class GcRoots {
       const link = join(dir, basename(p));
       const target = this.linkTarget(p);
       try {
+        symlinkSync(target, link); // the common case: a new link, one call
+        continue;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      }
+      try {
         if (readlinkSync(link) === target) continue;
       } catch {
-        // absent (or not a link): made below
+        // not a link: replaced below
       }
       const tmp = join(dir, `.tmp-${process.pid}-${basename(p)}`);
       rmSync(tmp, { force: true });
@@ -108,10 +114,22 @@ export class GcRoots {
       this.removeIfEmpty();
       return;
     }
-    this.add(name, paths);
-    const want = new Set([...paths].map((p) => basename(p)));
-    for (const entry of readdirSync(dir))
+    const want = new Map([...paths].map((p) => [basename(p), p]));
+    let present: string[] = [];
+    try {
+      present = readdirSync(dir);
+    } catch {
+      // absent: made by add
+    }
+    for (const entry of present)
       if (!want.has(entry)) rmSync(join(dir, entry), { recursive: true, force: true });
+    // A link's name says its target (links are made whole: symlink, or a temporary renamed into place), so only
+    // missing ones are made: a removal costs one readdir, not a look at every link the root keeps.
+    const have = new Set(present);
+    this.add(
+      name,
+      [...want].filter(([base]) => !have.has(base)).map(([, p]) => p),
+    );
   }
 
   /**

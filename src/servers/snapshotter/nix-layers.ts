@@ -376,6 +376,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     // The layer's tree, built before taking the lock (it needs no metadata).
     const start = performance.now();
     const tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
+    let committed = false; // then tmp is the snapshot's directory
     try {
       const fs = join(tmp, "fs");
       const { files, usage } = await this.buildLayerFs(fs, paths, mode);
@@ -397,6 +398,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
           this.gcRoots.sync(rootName, this.metadata.gcRootPaths(rootName)); // only what others hold
           throw err;
         }
+        committed = true;
         this.metrics?.nixLayers.inc({ mode: mode.kind });
         this.log?.info("nix layer: committed from the store", {
           ref,
@@ -409,7 +411,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
         return true;
       });
     } finally {
-      await rm(tmp, { recursive: true, force: true });
+      if (!committed) await rm(tmp, { recursive: true, force: true });
     }
   }
 
