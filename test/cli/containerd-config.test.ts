@@ -8,10 +8,10 @@
 // reports the snapshotter's root as the image filesystem (1.7 and later), and the image runs.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { gcRootsDir } from "../../src/servers/snapshotter/gcroots.js";
-import { buildFixtures, makeTempDir } from "../support/fixtures.js";
+import { buildFixtures, findRoot, makeTempDir } from "../support/fixtures.js";
 import { nixoci, nixociOk } from "../support/cli.js";
 import {
   CONTAINERD_SERIES,
@@ -152,6 +152,20 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
       "nixoci: --containerd-version k3s: only with --print-containerd-config (serving, name k3s's containerd " +
         "release, or let the snapshotter ask it: --containerd-address /run/k3s/containerd/containerd.sock)\n",
     );
+  });
+
+  test("the README's Node setup shows what --containerd-version 1.7 prints", () => {
+    const readme = readFileSync(join(findRoot(), "README.md"), "utf8");
+    const marker = readme.indexOf("<!-- readme-check: test/cli/containerd-config.test.ts");
+    assert.ok(marker > 0, "the README's marker");
+    const block = /```toml\n([\s\S]*?)\n *```/.exec(readme.slice(marker));
+    assert.ok(block, "a toml block after the marker");
+    const shown = block[1]
+      .split("\n")
+      .map((l) => l.replace(/^ {3}/, ""))
+      .join("\n");
+    const r = nixociOk(["snapshotter", "--print-containerd-config", "--containerd-version", "1.7"]);
+    assert.equal(`${shown}\n`, r.text);
   });
 
   test("the default socket and root, and --address and --root made absolute", () => {
