@@ -14,7 +14,14 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const outDir = process.argv[2] ?? join(root, "src/proto/generated");
 const bin = join(root, "node_modules/.bin/proto-loader-gen-types");
 const APIS = {
-  containerd: ["snapshots.proto", "content.proto", "images.proto", "diff.proto", "leases.proto"],
+  containerd: [
+    "snapshots.proto",
+    "content.proto",
+    "images.proto",
+    "diff.proto",
+    "leases.proto",
+    "version.proto",
+  ],
   cri: ["api.proto"],
 };
 

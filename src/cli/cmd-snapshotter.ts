@@ -5,8 +5,9 @@
 // hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
 // composed with bind mounts (bind), or as empty mountpoints with a read-only bind per store path that containerd
-// >= 1.7 mounts itself (target; auto when --containerd-version or `containerd --version` says 1.7 or later); see
-// snapshotter/nix-layers.ts.
+// >= 1.7 mounts itself (target; auto when the node's containerd is 1.7 or later: --containerd-version, else the
+// running containerd's Version API at --containerd-address, else `containerd --version`, asked on the first nix
+// layer; snapshotter/containerd-version.ts); see snapshotter/nix-layers.ts.
 // Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
 // stop accepting calls, finish running ones (bounded), exit 0. --print-containerd-config prints the config a
 // node's containerd needs for it (snapshotter/containerd-config.ts) and exits.
@@ -26,13 +27,18 @@ import {
   containerdConfigSnippet,
   DEFAULT_SNAPSHOTTER_ROOT,
   DEFAULT_SNAPSHOTTER_SOCKET,
-  detectContainerdVersion,
   formatContainerdVersion,
+  k3sConfigTemplate,
   mountsTargets,
   parseContainerdVersion,
   unsupportedContainerdVersion,
   type ContainerdVersion,
 } from "../servers/snapshotter/containerd-config.js";
+import {
+  DEFAULT_CONTAINERD_ADDRESS,
+  nodeContainerdVersion,
+} from "../servers/snapshotter/containerd-version.js";
+import type { MountTargets } from "../servers/snapshotter/nix-layer-modes/auto.js";
 import { NixociError } from "../util/errors.js";
 
 export interface SnapshotterOptions {
@@ -49,11 +55,17 @@ export interface SnapshotterOptions {
   metricsAddress?: string;
   /**
    * --print-containerd-config: print containerd's config for this snapshotter and exit, for the containerd
-   * named by --containerd-version (undefined: ask `containerd --version`).
+   * named by --containerd-version ("k3s": k3s's config template; undefined: ask the containerd at
+   * containerdAddress, else `containerd --version`).
    */
-  printContainerdConfig?: { version: ContainerdVersion | undefined };
-  /** --containerd-version when serving: the node's containerd (undefined: ask `containerd --version`). */
+  printContainerdConfig?: { version: ContainerdVersion | "k3s" | undefined };
+  /**
+   * --containerd-version when serving: the node's containerd (undefined: ask the containerd at containerdAddress,
+   * else `containerd --version`).
+   */
   containerdVersion?: ContainerdVersion;
+  /** --containerd-address: the running containerd's socket, asked for its version. */
+  containerdAddress: string;
 }
 
 const NIX_LAYER_MODES: readonly string[] = [
@@ -83,6 +95,7 @@ const NOTHING: ParsedSnapshotterArgs = {
   trustedPublicKeys: [],
   allowUnsigned: false,
   nixLayers: "auto",
+  containerdAddress: DEFAULT_CONTAINERD_ADDRESS,
   logLevel: "info",
   logFormat: "json",
 };
@@ -93,9 +106,14 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(SNAPSHOTTER)}`);
   const versionFlag = values["containerd-version"];
+  const containerdAddress =
+    values["containerd-address"] === undefined
+      ? DEFAULT_CONTAINERD_ADDRESS
+      : socketPathOption("containerd-address", values["containerd-address"], SNAPSHOTTER);
   if (values["print-containerd-config"])
     return {
       ...NOTHING,
+      containerdAddress,
       // Where containerd finds the snapshotter, and the directory its CRI reports as the image filesystem.
       address:
         values.address === undefined
@@ -103,7 +121,12 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
           : socketPathOption("address", values.address, SNAPSHOTTER),
       root: resolve(values.root ?? DEFAULT_SNAPSHOTTER_ROOT),
       printContainerdConfig: {
-        version: versionFlag === undefined ? undefined : containerdVersionOption(versionFlag),
+        version:
+          versionFlag === undefined
+            ? undefined
+            : versionFlag === "k3s"
+              ? "k3s"
+              : containerdVersionOption(versionFlag),
       },
     };
   const address = socketPathOption("address", values.address, SNAPSHOTTER);
@@ -112,6 +135,11 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
   if (!isNixLayerMode(nixLayers))
     throw new UsageError(
       `--nix-layers: expected auto, link, metacopy, bind or target, not ${JSON.stringify(nixLayers)}`,
+    );
+  if (versionFlag === "k3s")
+    throw new UsageError(
+      `--containerd-version k3s: only with --print-containerd-config (serving, name k3s's containerd release, ` +
+        `or let the snapshotter ask it: --containerd-address /run/k3s/containerd/containerd.sock)`,
     );
   const containerdVersion = versionFlag === undefined ? undefined : containerdVersionOption(versionFlag);
   if (nixLayers === "target" && containerdVersion && !mountsTargets(containerdVersion))
@@ -132,6 +160,7 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     allowUnsigned: values["no-check-sigs"] ?? false,
     nixLayers,
     containerdVersion,
+    containerdAddress,
     metricsAddress,
     logLevel,
     logFormat,
@@ -150,42 +179,73 @@ function containerdVersionOption(value: string): ContainerdVersion {
   return v;
 }
 
+/** How long the Version API may take: containerd is up when it calls the snapshotter; a CLI should not hang. */
+const VERSION_API_TIMEOUT_MS = { serving: 5000, print: 2000 };
+
 /**
- * Whether the node's containerd (--containerd-version, else `containerd --version`) mounts a Mount's target
- * inside the rootfs, which 1.7 and later do and 1.6 does not: auto's target mode needs it. A containerd that
- * cannot be asked counts as 1.6 (the modes that work everywhere), and the log says so.
+ * Whether the node's containerd mounts a Mount's target inside the rootfs, which 1.7 and later do and 1.6 does
+ * not: auto's target mode needs it. Asked on the first nix layer (containerd calls the snapshotter, so it is up
+ * by then): --containerd-version, else the Version API at --containerd-address, else `containerd --version`; the
+ * debug log says which decided. A containerd that cannot be asked counts as 1.6 (the modes that work
+ * everywhere), and the log says so.
  */
-function nodeMountsTargets(flag: ContainerdVersion | undefined, log: Logger): boolean {
-  let v = flag;
-  if (!v)
+function nodeMountsTargets(flag: ContainerdVersion | undefined, address: string, log: Logger): MountTargets {
+  return async () => {
     try {
-      v = detectContainerdVersion();
+      const node = await nodeContainerdVersion({
+        flag,
+        address,
+        timeoutMs: VERSION_API_TIMEOUT_MS.serving,
+      });
+      const targets = mountsTargets(node.version);
+      log.debug("containerd version", {
+        version: formatContainerdVersion(node.version),
+        mountTargets: targets,
+        source: node.source,
+        address: node.source === "version API" ? address : undefined,
+        reported: node.reported,
+      });
+      return targets;
     } catch (err) {
       log.warn("containerd's version unknown; nix layers are not mounted by target (containerd >= 1.7)", {
         error: (err as Error).message,
+        versionApi: (err as { apiError?: string }).apiError,
       });
       return false;
     }
-  const targets = mountsTargets(v);
-  log.debug("containerd version", { version: formatContainerdVersion(v), mountTargets: targets });
-  return targets;
+  };
 }
 
 export async function snapshotterCommand(argv: string[]): Promise<number> {
   const opts = parseSnapshotterArgs(argv);
   if (opts.help) return printHelp(SNAPSHOTTER);
   if (opts.printContainerdConfig) {
-    const v = opts.printContainerdConfig.version ?? detectContainerdVersion();
-    const why = unsupportedContainerdVersion(v);
-    if (why) throw new NixociError("containerd --version", why);
-    process.stdout.write(containerdConfigSnippet(v, { address: opts.address, root: opts.root }));
+    const where = { address: opts.address, root: opts.root };
+    const named = opts.printContainerdConfig.version;
+    if (named === "k3s") {
+      process.stdout.write(k3sConfigTemplate(where));
+      return 0;
+    }
+    const node = await nodeContainerdVersion({
+      flag: named,
+      address: opts.containerdAddress,
+      timeoutMs: VERSION_API_TIMEOUT_MS.print,
+    });
+    const why = unsupportedContainerdVersion(node.version);
+    if (why)
+      throw new NixociError(
+        node.source === "version API" ? `containerd's Version API at ${opts.containerdAddress}` : node.source,
+        why,
+      );
+    process.stdout.write(containerdConfigSnippet(node.version, where));
     return 0;
   }
   const log = createLogger({ level: opts.logLevel, format: opts.logFormat });
   const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
   const metrics = new SnapshotterMetrics();
-  const mountTargets = opts.nixLayers === "auto" && nodeMountsTargets(opts.containerdVersion, log);
+  const mountTargets =
+    opts.nixLayers === "auto" && nodeMountsTargets(opts.containerdVersion, opts.containerdAddress, log);
   const sn = new NixSnapshotter({
     metrics,
     root: opts.root,

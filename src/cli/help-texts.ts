@@ -460,7 +460,7 @@ export const SNAPSHOTTER = {
     "a containerd proxy snapshotter that composes Nix layers from the store instead of downloading them",
   usage: [
     "nixoci snapshotter --address SOCK --root DIR [OPTIONS]",
-    "nixoci snapshotter --print-containerd-config [--containerd-version 1.6|1.7|2.x] [--address SOCK] [--root DIR]",
+    "nixoci snapshotter --print-containerd-config [--containerd-version 1.6|1.7|2.x|k3s] [--address SOCK] [--root DIR]",
   ],
   description: [
     "A containerd proxy snapshotter (snapshots v1 over gRPC on a unix socket; containerd's config: " +
@@ -476,16 +476,21 @@ export const SNAPSHOTTER = {
       "`bind` composes each container's root from the overlay plus a read-only bind mount per store path; " +
       "`target` holds only empty mountpoints and gives containers the overlay plus a read-only bind mount per " +
       "store path at its place in the rootfs (Mount.target), which containerd >= 1.7 mounts itself: no per-file " +
-      "work, any filesystem; auto's choice when the node's containerd (--containerd-version, else " +
-      "`containerd --version`) is 1.7 or later.",
+      "work, any filesystem; auto's choice when the node's containerd is 1.7 or later: --containerd-version, else " +
+      "what the running containerd's Version API at --containerd-address answers, else `containerd --version` " +
+      '(asked on the first nix layer; the debug line "containerd version" says which decided; none answering: ' +
+      "a warning, and no target mode).",
     "GC roots: one per image, a directory of links into the store, under " +
       "/nix/var/nix/gcroots/nixoci/ for /nix/store (else ROOT/gcroots/), made before its layer is committed and " +
       "removed with the image's last layer. SIGTERM or SIGINT: stop accepting calls, finish running ones, exit 0.",
     "--print-containerd-config prints what containerd's config.toml needs for the snapshotter, in the schema of " +
-      "the node's containerd (`containerd --version`, or --containerd-version): the proxy plugin on --address " +
+      "the node's containerd (--containerd-version, else the Version API at --containerd-address, else " +
+      "`containerd --version`): the proxy plugin on --address " +
       "(default /run/nixoci/snapshotter.sock) with --root (default /var/lib/nixoci/snapshotter) as the image " +
       "filesystem CRI reports (1.7 and later), CRI pulls unpacking into it and snapshot annotations on. containerd 1.6 and 1.7 read config version 2 " +
-      '(`[plugins."io.containerd.grpc.v1.cri".containerd]`), 2.x version 3 (`[plugins."io.containerd.cri.v1.images"]`).',
+      '(`[plugins."io.containerd.grpc.v1.cri".containerd]`), 2.x version 3 (`[plugins."io.containerd.cri.v1.images"]`). ' +
+      '`--containerd-version k3s` prints a k3s containerd config template instead: `{{ template "base" . }}` (k3s\'s ' +
+      "own config) plus the proxy plugin, for k3s started with --snapshotter nixoci.",
   ],
   flags: {
     address: { type: "string", value: "SOCK", help: "the unix socket to serve on (required)" },
@@ -506,9 +511,15 @@ export const SNAPSHOTTER = {
     },
     "containerd-version": {
       type: "string",
-      value: "1.6|1.7|2.x",
-      help: "the node's containerd: for --print-containerd-config, and auto's target mode (1.7 and later)",
-      byDefault: "what containerd --version says",
+      value: "1.6|1.7|2.x|k3s",
+      help: "the node's containerd, for --print-containerd-config (k3s: its template) and auto's target mode (>= 1.7)",
+      byDefault: "asked of --containerd-address, else containerd --version",
+    },
+    "containerd-address": {
+      type: "string",
+      value: "SOCK",
+      help: "the running containerd's socket, asked for its version (k3s: /run/k3s/containerd/containerd.sock)",
+      byDefault: "/run/containerd/containerd.sock",
     },
   },
   examples: [
@@ -523,6 +534,10 @@ export const SNAPSHOTTER = {
     [
       "nixoci snapshotter --print-containerd-config --address /run/nixoci/snapshotter.sock >> /etc/containerd/config.toml",
       "configure this node's containerd for it (then restart containerd)",
+    ],
+    [
+      "nixoci snapshotter --print-containerd-config --containerd-version k3s > /var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl",
+      "the same on a k3s node (containerd 2.x; then restart k3s with --snapshotter nixoci)",
     ],
   ],
 } as const satisfies CommandHelp;

@@ -8,6 +8,7 @@ import type { Image__Output } from "./generated/containerd/containerd/services/i
 import type { Descriptor__Output } from "./generated/containerd/containerd/types/Descriptor.js";
 import type { Mount__Output } from "./generated/containerd/containerd/types/Mount.js";
 import type { Timestamp__Output } from "./generated/containerd/google/protobuf/Timestamp.js";
+import type { VersionResponse__Output } from "./generated/containerd/containerd/services/version/v1/VersionResponse.js";
 import { loadGrpcPackage } from "./load.js";
 
 // Message types generated from the .proto files (scripts/gen-proto-types.mjs), under the names the code uses.
@@ -23,6 +24,8 @@ export type DescriptorMessage = Omit<Descriptor__Output, "annotations"> &
 export type ContentInfo = Pick<ContentInfo__Output, "digest" | "size" | "labels">;
 /** An image record of the images service (the fields the client writes and reads). */
 export type ImageRecord = Pick<Image__Output, "name" | "labels"> & { target: DescriptorMessage | null };
+/** What containerd's Version API answers ("1.7.24~ds1", "v2.1.9", and the commit). */
+export type VersionMessage = VersionResponse__Output;
 
 let cached: grpc.GrpcObject | undefined;
 
@@ -48,6 +51,17 @@ export function snapshotsClient(socketPath: string): grpc.Client & Record<string
   const Ctor = snapshotsService();
   return new Ctor(`unix:${socketPath}`, grpc.credentials.createInsecure()) as grpc.Client &
     Record<string, unknown>;
+}
+
+let versionPkg: grpc.GrpcObject | undefined;
+
+/** containerd.services.version.v1.Version: the running daemon's version (a client constructor). */
+export function versionService(): ServiceCtor {
+  versionPkg ??= loadGrpcPackage("containerd", ["version.proto"]);
+  const pkg = versionPkg as unknown as {
+    containerd: { services: { version: { v1: { Version: ServiceCtor } } } };
+  };
+  return pkg.containerd.services.version.v1.Version;
 }
 
 /** A Date as a google.protobuf.Timestamp. */

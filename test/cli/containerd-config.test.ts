@@ -8,10 +8,10 @@
 // reports the snapshotter's root as the image filesystem (1.7 and later), and the image runs.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { gcRootsDir } from "../../src/servers/snapshotter/gcroots.js";
-import { buildFixtures } from "../support/fixtures.js";
+import { buildFixtures, findRoot, makeTempDir } from "../support/fixtures.js";
 import { nixoci, nixociOk } from "../support/cli.js";
 import {
   CONTAINERD_SERIES,
@@ -80,6 +80,43 @@ ${run}${exportsRoot}${annotations}# From containerd 2.1 on the key also makes CR
 `;
 }
 
+/** The k3s template, for the snapshotter on `address` with its --root `root`. */
+function expectedK3sTemplate(address: string, root: string): string {
+  return `{{ template "base" . }}
+
+# nixoci snapshotter, k3s: a containerd config template. The line above is k3s's own config. Save as
+# /var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl for k3s on containerd 2.x (v1.31.6+k3s1,
+# v1.32.2+k3s1 and later), config.toml.tmpl in the same directory for earlier k3s. Start k3s (server or
+# agent) with --snapshotter nixoci: its base config then makes nixoci CRI's snapshotter. Run
+#   nixoci snapshotter --address ${address} --root ${root} --containerd-address /run/k3s/containerd/containerd.sock
+# and restart k3s.
+[proxy_plugins.nixoci]
+  type = "snapshot"
+  address = "${address}"
+  # The image filesystem CRI reports (ImageFsInfo: what kubelet's image garbage collection measures).
+  [proxy_plugins.nixoci.exports]
+    root = "${root}"
+`;
+}
+
+/**
+ * What k3s's base config (`{{ template "base" . }}`, k3s's pkg/agent/templates) sets of CRI's image settings for
+ * `k3s --snapshotter nixoci`: the snapshotter, snapshot annotations off, and on containerd 2.x the local pull.
+ * The rest of the base (CNI, registries, sandbox image) is what the test node's own config has.
+ */
+function k3sBaseStandIn(release: ContainerdRelease): string {
+  return release.major >= 2
+    ? `[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "nixoci"
+  disable_snapshot_annotations = true
+  use_local_image_pull = true
+`
+    : `[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "nixoci"
+  disable_snapshot_annotations = true
+`;
+}
+
 /** PATH with the release's own binaries first (1.6: the system's, as it is). */
 function pathFor(release: ContainerdRelease): string {
   const path = process.env.PATH ?? "/usr/bin:/bin";
@@ -87,6 +124,50 @@ function pathFor(release: ContainerdRelease): string {
 }
 
 describe("nixoci snapshotter --print-containerd-config: usage", () => {
+  test("--containerd-version k3s: k3s's config template, its base config first, and only there", () => {
+    const r = nixociOk([
+      "snapshotter",
+      "--print-containerd-config",
+      "--containerd-version",
+      "k3s",
+      "--address",
+      "/run/nixoci/sn.sock",
+      "--root",
+      "/var/lib/nixoci/sn",
+    ]);
+    assert.equal(r.stderr, "");
+    assert.equal(r.text, expectedK3sTemplate("/run/nixoci/sn.sock", "/var/lib/nixoci/sn"));
+    const serving = nixoci([
+      "snapshotter",
+      "--containerd-version",
+      "k3s",
+      "--address",
+      "/run/x.sock",
+      "--root",
+      "/tmp",
+    ]);
+    assert.equal(serving.status, 2);
+    assert.equal(
+      serving.stderr,
+      "nixoci: --containerd-version k3s: only with --print-containerd-config (serving, name k3s's containerd " +
+        "release, or let the snapshotter ask it: --containerd-address /run/k3s/containerd/containerd.sock)\n",
+    );
+  });
+
+  test("the README's Node setup shows what --containerd-version 1.7 prints", () => {
+    const readme = readFileSync(join(findRoot(), "README.md"), "utf8");
+    const marker = readme.indexOf("<!-- readme-check: test/cli/containerd-config.test.ts");
+    assert.ok(marker > 0, "the README's marker");
+    const block = /```toml\n([\s\S]*?)\n *```/.exec(readme.slice(marker));
+    assert.ok(block, "a toml block after the marker");
+    const shown = block[1]
+      .split("\n")
+      .map((l) => l.replace(/^ {3}/, ""))
+      .join("\n");
+    const r = nixociOk(["snapshotter", "--print-containerd-config", "--containerd-version", "1.7"]);
+    assert.equal(`${shown}\n`, r.text);
+  });
+
   test("the default socket and root, and --address and --root made absolute", () => {
     const r = nixociOk(["snapshotter", "--print-containerd-config", "--containerd-version", "1.7"]);
     assert.equal(r.stderr, "");
@@ -162,8 +243,11 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
     );
   });
 
-  test("no containerd on PATH and no --containerd-version: exit 1, saying which flag names it", () => {
-    const r = nixoci(["snapshotter", "--print-containerd-config"], { env: { PATH: "/nonexistent" } });
+  test("no containerd at --containerd-address nor on PATH, no --containerd-version: exit 1, saying which flag names it", () => {
+    const absent = join(makeTempDir("ccfg-none"), "containerd.sock");
+    const r = nixoci(["snapshotter", "--print-containerd-config", "--containerd-address", absent], {
+      env: { PATH: "/nonexistent" },
+    });
     assert.equal(r.status, 1);
     assert.equal(r.text, "");
     assert.equal(
@@ -188,9 +272,19 @@ for (const series of CONTAINERD_SERIES)
           release,
           snapshotterArgs: ["--store", "/nix/store"],
           // What a user does: the snippet for the containerd on PATH, with the snapshotter's socket.
+          // (No containerd answers at --containerd-address yet: PATH decides.)
           snapshotterConfig: (sn) =>
             (snippet = nixociOk(
-              ["snapshotter", "--print-containerd-config", "--address", sn.socket, "--root", sn.root],
+              [
+                "snapshotter",
+                "--print-containerd-config",
+                "--address",
+                sn.socket,
+                "--root",
+                sn.root,
+                "--containerd-address",
+                join(sn.root, "..", "no-containerd.sock"),
+              ],
               { env: { PATH: pathFor(release) } },
             ).text),
         });
@@ -221,6 +315,24 @@ for (const series of CONTAINERD_SERIES)
         stack!.sn.root,
       ]);
       assert.equal(named.text, snippet);
+    });
+
+    test(`no containerd on PATH: the running ${series}'s Version API at --containerd-address decides`, () => {
+      const asked = nixociOk(
+        [
+          "snapshotter",
+          "--print-containerd-config",
+          "--containerd-address",
+          stack!.containerd.address,
+          "--address",
+          stack!.sn.socket,
+          "--root",
+          stack!.sn.root,
+        ],
+        { env: { PATH: "/nonexistent" } },
+      );
+      assert.equal(asked.stderr, "");
+      assert.equal(asked.text, snippet);
     });
 
     test(
@@ -327,3 +439,62 @@ describe("containerd 2.1 without disable_snapshot_annotations = false", () => {
     },
   );
 });
+
+for (const series of ["1.7", "2.1"] as const)
+  describe(`--containerd-version k3s, rendered as k3s does on containerd ${series}`, () => {
+    test(
+      "k3s's base config with --snapshotter nixoci plus the template: CRI pulls through the snapshotter, store layers not fetched, runs",
+      { timeout: 240_000 },
+      async () => {
+        const fx = buildFixtures();
+        const release = containerdRelease({ ...process.env, NIXOCI_CONTAINERD: series });
+        let s: CriStack | undefined;
+        try {
+          s = await startCriStack({
+            prefix: `ccfgk3s${series.replace(".", "")}`,
+            release,
+            snapshotterArgs: ["--store", "/nix/store"],
+            snapshotterConfig: (sn) => {
+              const template = nixociOk([
+                "snapshotter",
+                "--print-containerd-config",
+                "--containerd-version",
+                "k3s",
+                "--address",
+                sn.socket,
+                "--root",
+                sn.root,
+              ]).text;
+              const rendered = template.replace('{{ template "base" . }}', k3sBaseStandIn(release));
+              assert.doesNotMatch(rendered, /\{\{/, "nothing else for k3s to render");
+              return rendered;
+            },
+          });
+          const img = pushNixociImage(s.registry, {
+            installables: [fx.hello],
+            entrypoint: "/bin/hello",
+            repo: "nixoci/hello",
+            workDir: s.dir,
+          });
+          const storeLayers = img.layers.filter((l) => layerStorePaths(l).length > 0);
+          assert.ok(storeLayers.length >= 1, "the image has store layers");
+          const logFrom = registryLogLines(s.registry);
+          const pulled = await s.cri.pullImage({ image: { image: img.ref } }, { timeoutMs: 120_000 });
+          assert.match(pulled.image_ref, /^sha256:[0-9a-f]{64}$/);
+          const fetched = blobGets(s.registry, logFrom);
+          for (const l of storeLayers)
+            assert.ok(!fetched.includes(l.digest), `store layer ${l.digest} not fetched`);
+          // Snapshot annotations off (k3s's base): one GC root per store layer, none per image.
+          const roots = readdirSync(gcRootsDir(s.sn.root, { realDir: "/nix/store", storeDir: "/nix/store" }));
+          assert.equal(roots.length, storeLayers.length, roots.join(" "));
+          for (const r of roots) assert.match(r, /^layer-[0-9a-f]{64}$/);
+          // The exported root is the image filesystem CRI reports.
+          const fsInfo = await s.cri.imageFsInfo({});
+          assert.equal(fsInfo.image_filesystems[0]?.fs_id?.mountpoint, s.sn.root);
+          assert.equal(s.run(img.ref, `ccfgk3s-${series.replace(".", "")}`), "Hello from nixoci!\n");
+        } finally {
+          await s?.stop();
+        }
+      },
+    );
+  });

@@ -19,8 +19,7 @@
 //   unpack_config and `[proxy_plugins.nixoci.exports] enable_remote_snapshot_annotations = "true"`: checked by
 //   hand on 2.1.9, no store layer fetched; not what the snippet sets, as listing any unpack_config replaces the
 //   default one.)
-import { spawnSync } from "node:child_process";
-import { NixociError, quote } from "../../util/errors.js";
+// - k3s embeds containerd and renders its config from a template (k3sConfigTemplate).
 
 /** A containerd release line: 1.6, 1.7, 2.1, or 2.x (minor undefined: any 2.x). */
 export interface ContainerdVersion {
@@ -61,30 +60,6 @@ export function unsupportedContainerdVersion(v: ContainerdVersion): string | und
  */
 export function mountsTargets(v: ContainerdVersion): boolean {
   return v.major >= 2 || (v.major === 1 && (v.minor ?? 0) >= 7);
-}
-
-/**
- * The version `containerd --version` reports ("containerd github.com/containerd/containerd 1.6.20~ds1 ...",
- * "containerd github.com/containerd/containerd/v2 v2.1.0 ..."): the first word after the module path.
- */
-export function versionFromContainerdOutput(out: string): ContainerdVersion | undefined {
-  const words = out.trim().split(/\s+/);
-  return words[0] === "containerd" && words[2] ? parseContainerdVersion(words[2]) : undefined;
-}
-
-/** Runs `binary --version`; throws a NixociError naming the fix (--containerd-version) when that says nothing. */
-export function detectContainerdVersion(binary = "containerd"): ContainerdVersion {
-  const input = `${binary} --version`;
-  const hint = "name the version with --containerd-version 1.6|1.7|2.x";
-  const r = spawnSync(binary, ["--version"], { encoding: "utf8", timeout: 10_000 });
-  if (r.error) {
-    const code = (r.error as NodeJS.ErrnoException).code;
-    throw new NixociError(input, `${code === "ENOENT" ? "not found on PATH" : r.error.message}; ${hint}`);
-  }
-  if (r.status !== 0) throw new NixociError(input, `exited with status ${r.status}; ${hint}`);
-  const v = versionFromContainerdOutput(r.stdout);
-  if (!v) throw new NixociError(input, `no version in its output ${quote(r.stdout.trim())}; ${hint}`);
-  return v;
 }
 
 /**
@@ -137,6 +112,40 @@ export function containerdConfigSnippet(
     `[${criTable}]`,
     `  snapshotter = ${q(PROXY_PLUGIN_NAME)}`,
     `  disable_snapshot_annotations = false`,
+    ``,
+  ].join("\n");
+}
+
+/** Where k3s's embedded containerd listens (what the snapshotter's --containerd-address names on a k3s node). */
+export const K3S_CONTAINERD_ADDRESS = "/run/k3s/containerd/containerd.sock";
+
+/**
+ * The containerd config template for a k3s node (`--containerd-version k3s`). k3s renders its containerd's config
+ * from a Go template when one is next to the generated config.toml, and `{{ template "base" . }}` is k3s's own
+ * config: extending it keeps what k3s sets per node and per release (CNI, sandbox image, registries). The base
+ * already has CRI's image table (snapshotter = k3s's --snapshotter, disable_snapshot_annotations = true, and for
+ * containerd 2.x use_local_image_pull = true, which makes CRI pull with its own client as 2.0 did), and a TOML
+ * table cannot be given twice: so only the proxy plugin is added, k3s's --snapshotter names it, and snapshot
+ * annotations stay off (GC roots one per layer, not per image: gcroots.ts). The proxy plugin's table is the same
+ * in config versions 2 and 3, so one template serves k3s on containerd 1.7 and 2.x.
+ */
+export function k3sConfigTemplate(where: { address: string; root: string }): string {
+  const q = (s: string): string => JSON.stringify(s);
+  return [
+    `{{ template "base" . }}`,
+    ``,
+    `# nixoci snapshotter, k3s: a containerd config template. The line above is k3s's own config. Save as`,
+    `# /var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl for k3s on containerd 2.x (v1.31.6+k3s1,`,
+    `# v1.32.2+k3s1 and later), config.toml.tmpl in the same directory for earlier k3s. Start k3s (server or`,
+    `# agent) with --snapshotter ${PROXY_PLUGIN_NAME}: its base config then makes ${PROXY_PLUGIN_NAME} CRI's snapshotter. Run`,
+    `#   nixoci snapshotter --address ${where.address} --root ${where.root} --containerd-address ${K3S_CONTAINERD_ADDRESS}`,
+    `# and restart k3s.`,
+    `[proxy_plugins.${PROXY_PLUGIN_NAME}]`,
+    `  type = "snapshot"`,
+    `  address = ${q(where.address)}`,
+    `  # The image filesystem CRI reports (ImageFsInfo: what kubelet's image garbage collection measures).`,
+    `  [proxy_plugins.${PROXY_PLUGIN_NAME}.exports]`,
+    `    root = ${q(where.root)}`,
     ``,
   ].join("\n");
 }

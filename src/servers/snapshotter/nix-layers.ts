@@ -64,7 +64,7 @@ import { Substituter } from "../../store/substituter.js";
 import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
 import type { SnapshotterMetrics } from "./metrics.js";
 import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
-import { ModeChooser } from "./nix-layer-modes/auto.js";
+import { ModeChooser, type MountTargets } from "./nix-layer-modes/auto.js";
 import { BindCompositions } from "./nix-layer-modes/bind.js";
 import { makeMountpoints, type BuiltLayer, type LayerMode } from "./nix-layer-modes/layer-mode.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
@@ -95,8 +95,11 @@ export interface NixSnapshotterOptions extends OverlayOptions {
    * layer is downloaded).
    */
   nixLayers?: NixLayerMode;
-  /** Whether the node's containerd mounts a Mount's target inside the rootfs (>= 1.7): auto then picks target. */
-  mountTargets?: boolean;
+  /**
+   * Whether the node's containerd mounts a Mount's target inside the rootfs (>= 1.7): auto then picks target. A
+   * function is asked on the first nix layer auto holds.
+   */
+  mountTargets?: MountTargets;
 }
 
 /**

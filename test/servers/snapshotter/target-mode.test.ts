@@ -7,7 +7,8 @@
 // in a pod through CRI's RuntimeService as a kubelet runs it; `ctr snapshots mounts` works; a container keeps
 // running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays mounted once containers are
 // removed; removing the images through CRI releases their snapshots and GC roots. Under 1.6, which ignores
-// Mount.target, auto keeps link mode (and the same checks hold, but for the store's device).
+// Mount.target, auto keeps link mode (and the same checks hold, but for the store's device). Without
+// --containerd-version, the running containerd's Version API or `containerd --version` decides.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
@@ -27,16 +28,20 @@ import {
 } from "../../support/cri.js";
 import { until } from "../../support/poll.js";
 import { criRuntimeClient, runInPod } from "../../support/cri-runtime.js";
-import { mountsUnder } from "../../support/daemons.js";
+import { mountsUnder, startContainerd, type Containerd } from "../../support/daemons.js";
 import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
 import {
   removeSnapshotterDir,
   logRecords,
+  REF_LABEL,
+  rpc,
   shortTempDir,
   startSnapshotter,
+  STORE_PATH_LABEL,
   stopSnapshotter,
   tail,
 } from "../../support/snapshotter.js";
+import { snapshotsClient } from "../../../src/proto/containerd.js";
 import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const release = containerdUnderTest();
@@ -264,44 +269,101 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
   );
 });
 
-// Without --containerd-version, auto asks the node's `containerd --version` (the first on PATH: here the release
-// under test's); a node where no containerd answers gets the modes that work everywhere, and a warning saying so.
-describe(`snapshotter auto mode: the version from containerd --version (${release.series} first on PATH)`, () => {
-  const startWithPath = async (path: string): Promise<Record<string, unknown>[]> => {
+// Without --containerd-version, auto asks the node's containerd on the first nix layer: the running containerd's
+// Version API at --containerd-address (here the test's containerd of the release under test), else
+// `containerd --version` (the first on PATH: here the release under test's); a node where no containerd answers
+// gets the modes that work everywhere, and a warning saying so.
+describe(`snapshotter auto mode: the node's containerd version (${release.series})`, () => {
+  let fx: Record<FixtureAttr, string>;
+  let containerd: Containerd | undefined;
+
+  before(
+    async () => {
+      fx = buildFixtures();
+      containerd = await startContainerd();
+    },
+    { timeout: 120_000 },
+  );
+  after(() => containerd?.stop());
+
+  /**
+   * Starts a snapshotter with `args` and PATH `path`, makes one nix layer (the decision's first need), and returns
+   * the log's version records and the committed layer's mode.
+   */
+  const decide = async (
+    path: string,
+    args: (dir: string) => string[],
+  ): Promise<{ records: Record<string, unknown>[]; mode: unknown }> => {
     const dir = shortTempDir("snver");
     try {
-      const sn = await startSnapshotter(dir, ["--store", "/nix/store"], { ...process.env, PATH: path });
-      await stopSnapshotter(sn);
-      return readFileSync(sn.logFile, "utf8")
-        .split("\n")
-        .filter((l) => l.startsWith("{"))
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
-        .filter((r) => r.msg === "containerd version" || /containerd's version unknown/.test(String(r.msg)));
+      const sn = await startSnapshotter(dir, ["--store", "/nix/store", ...args(dir)], {
+        ...process.env,
+        PATH: path,
+      });
+      const client = snapshotsClient(sn.socket);
+      try {
+        const labels = { [REF_LABEL]: "nixoci-version-layer", [`${STORE_PATH_LABEL}0`]: fx["single-file"] };
+        const r = await rpc(client, "Prepare", { key: "extract-version", parent: "", labels });
+        assert.equal(r.err, 6, `ALREADY_EXISTS: committed from the store\n${tail(sn.logFile)}`);
+      } finally {
+        client.close();
+        await stopSnapshotter(sn);
+      }
+      const committed = logRecords(sn, "nix layer: committed from the store");
+      assert.equal(committed.length, 1, tail(sn.logFile));
+      return {
+        records: [...logRecords(sn, "containerd version"), ...logRecords(sn, UNKNOWN)],
+        mode: committed[0].mode,
+      };
     } finally {
       await removeSnapshotterDir(dir);
     }
   };
+  const UNKNOWN = "containerd's version unknown; nix layers are not mounted by target (containerd >= 1.7)";
+  const absentSocket = (dir: string): string[] => ["--containerd-address", join(dir, "no-containerd.sock")];
+
+  test(
+    "no containerd on PATH, --containerd-address names the running containerd: its Version API decides",
+    { timeout: 60_000 },
+    async () => {
+      const address = containerd!.address;
+      const { records, mode } = await decide("/nonexistent", () => ["--containerd-address", address]);
+      assert.deepEqual(
+        records.map((r) => [r.level, r.msg, r.version, r.mountTargets, r.source, r.address]),
+        [["debug", "containerd version", release.series, mountsTargets, "version API", address]],
+      );
+      assert.match(String(records[0].reported), new RegExp(`^v?${release.series.replace(".", "\\.")}\\.`));
+      assert.equal(mode, mountsTargets ? "target" : "link");
+    },
+  );
 
   test("containerd --version on PATH decides", { timeout: 60_000 }, async () => {
     const path = release.binDir ? `${release.binDir}:${process.env.PATH ?? ""}` : (process.env.PATH ?? "");
-    const records = await startWithPath(path);
+    const { records, mode } = await decide(path, absentSocket);
     assert.deepEqual(
-      records.map((r) => [r.level, r.msg, r.version, r.mountTargets]),
-      [["debug", "containerd version", release.series, mountsTargets]],
+      records.map((r) => [r.level, r.msg, r.version, r.mountTargets, r.source]),
+      [["debug", "containerd version", release.series, mountsTargets, "containerd --version"]],
     );
+    assert.equal(mode, mountsTargets ? "target" : "link");
   });
 
   test("no containerd on PATH: a warning, and no target mode", { timeout: 60_000 }, async () => {
-    const records = await startWithPath("/nonexistent");
+    let socket = "";
+    const { records, mode } = await decide("/nonexistent", (dir) => {
+      socket = join(dir, "no-containerd.sock");
+      return absentSocket(dir);
+    });
     assert.deepEqual(
-      records.map((r) => [r.level, r.msg, r.error]),
+      records.map((r) => [r.level, r.msg, r.error, r.versionApi]),
       [
         [
           "warn",
-          "containerd's version unknown; nix layers are not mounted by target (containerd >= 1.7)",
+          UNKNOWN,
           "containerd --version: not found on PATH; name the version with --containerd-version 1.6|1.7|2.x",
+          `containerd's Version API at ${socket}: no such socket`,
         ],
       ],
     );
+    assert.equal(mode, "link");
   });
 });

@@ -1,5 +1,6 @@
 // Which mode a new nix layer is held in: the --nix-layers setting, or for auto (the default) target when
-// containerd mounts Mount.target (1.7 and later: no per-file work, wherever the store is), else link when the
+// containerd mounts Mount.target (1.7 and later: no per-file work, wherever the store is; asked on the first nix
+// layer, when the containerd calling the snapshotter is surely up, and kept), else link when the
 // store and ROOT share a filesystem, else metacopy when the kernel supports it (probed once, on first need, and
 // logged), else none: the layer is downloaded, since bind compositions trip containerd 1.6's own non-recursive
 // unmounts of the rootfs it mounts (e.g. `ctr run`'s temporary mount).
@@ -11,8 +12,15 @@ import { probeMetacopy } from "./metacopy.js";
 import { layerMode, type NixLayerMode } from "./modes.js";
 import { makeDirsSync } from "../../../util/fs.js";
 
+/**
+ * Whether the node's containerd mounts a Mount's target inside the rootfs (>= 1.7): known, or asked once, on the
+ * first need (the answer is kept). The question never rejects: a containerd it cannot tell counts as no.
+ */
+export type MountTargets = boolean | (() => Promise<boolean>);
+
 export class ModeChooser {
   private metacopyProbe?: Promise<boolean>;
+  private mountsTargetsAnswer?: Promise<boolean>;
 
   constructor(
     private readonly setting: NixLayerMode,
@@ -21,7 +29,7 @@ export class ModeChooser {
     private readonly snapshotsDir: string,
     private readonly log?: Logger,
     /** Whether the node's containerd mounts a Mount's target inside the rootfs (>= 1.7). */
-    private readonly mountTargets = false,
+    private readonly mountTargets: MountTargets = false,
   ) {}
 
   /** The mode for a new nix layer, or undefined when it cannot be one. */
@@ -30,12 +38,18 @@ export class ModeChooser {
     try {
       // A store directory that does not exist yet (an empty chroot store) is made, as substitution would.
       makeDirsSync(this.store.realDir);
-      if (this.mountTargets) return layerMode("target");
+      if (await this.containerdMountsTargets()) return layerMode("target");
       if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return layerMode("link");
     } catch {
       return undefined;
     }
     return (await this.metacopySupported()) ? layerMode("metacopy") : undefined;
+  }
+
+  private containerdMountsTargets(): Promise<boolean> {
+    const m = this.mountTargets;
+    this.mountsTargetsAnswer ??= typeof m === "boolean" ? Promise.resolve(m) : m();
+    return this.mountsTargetsAnswer;
   }
 
   /** Whether overlay metacopy with data-only layers works here: probed once, on first need, and logged. */
