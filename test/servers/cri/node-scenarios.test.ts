@@ -515,8 +515,8 @@ describe(`node scenarios through containerd ${release.series}: nixoci's image se
           new RegExp(`${absent}.*not found in any of: file://${liveCache}`),
         );
         // The unpacker's Prepares (keyed "NS/N/extract-... CHAIN"; an ALREADY_EXISTS is logged without its
-        // labels): the first two store layers answered
-        // ALREADY_EXISTS (from the store), the partial one is an ordinary Prepare, committed once unpacked.
+        // labels): the first two store layers answered ALREADY_EXISTS (from the store), the partial one is an
+        // ordinary Prepare, committed once unpacked.
         const rpcs = rpcLines(s.sn, logFrom);
         const answers = (chain: string): string[] => [
           ...new Set(
@@ -530,6 +530,13 @@ describe(`node scenarios through containerd ${release.series}: nixoci's image se
           chains.slice(0, 3).map(answers),
           [["ALREADY_EXISTS"], ["ALREADY_EXISTS"], ["OK"]],
           JSON.stringify(rpcs.filter((r) => r.method === "Prepare")),
+        );
+        const partialKey = rpcs.find(
+          (r) => r.method === "Prepare" && (r.key ?? "").endsWith(` ${partialChain}`),
+        )!.key;
+        assert.ok(
+          rpcs.some((r) => r.method === "Commit" && r.key === partialKey && r.code === undefined),
+          `the partial layer's snapshot ${partialKey} is committed`,
         );
         assert.equal(existsSync(absent), false, "the layer was unpacked, not the store completed");
         assert.deepEqual(
