@@ -345,12 +345,20 @@ function describeLayout(
 }
 
 /**
- * `nixoci build [--entrypoint E] INSTALLABLES... -o docker://REGISTRY/REPO:TAG -o oci:WORKDIR/oci-REPO:TAG`
- * (a separate process), then what the manifest and config say.
+ * `nixoci build [--entrypoint E] [BUILDARGS...] INSTALLABLES... -o docker://REGISTRY/REPO:TAG
+ * -o oci:WORKDIR/oci-REPO:TAG` (a separate process), then what the manifest and config say.
  */
 export function pushNixociImage(
   registry: Registry,
-  opts: { installables: string[]; repo: string; tag?: string; entrypoint?: string; workDir: string },
+  opts: {
+    installables: string[];
+    repo: string;
+    tag?: string;
+    entrypoint?: string;
+    workDir: string;
+    /** More `nixoci build` options (e.g. layering: `--max-layers N`). */
+    buildArgs?: string[];
+  },
 ): PushedImage {
   const tag = opts.tag ?? "v1";
   const repository = `${registry.host}/${opts.repo}`;
@@ -359,6 +367,7 @@ export function pushNixociImage(
   const manifestDigest = nixociOk([
     "build",
     ...(opts.entrypoint ? ["--entrypoint", opts.entrypoint] : []),
+    ...(opts.buildArgs ?? []),
     ...opts.installables,
     "-o",
     `docker://${ref}`,

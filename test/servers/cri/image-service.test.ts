@@ -8,77 +8,18 @@
 // the config's diff_ids.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { parse as parseYaml } from "yaml";
-import { criImageClient, type CriImageClient } from "../../../src/proto/cri.js";
 import { criImageName } from "../../../src/servers/cri/image-service.js";
 import { buildFixtures, generateCacheKey } from "../../support/fixtures.js";
-import { nixoci, nixociOk, ROOT } from "../../support/cli.js";
+import { nixoci, nixociOk } from "../../support/cli.js";
 import { runText } from "../../support/run.js";
 import { freePort, mountsUnder } from "../../support/daemons.js";
 import { CRI_NAMESPACE, pushNixociImage, startCriStack, type CriStack } from "../../support/cri.js";
-import { exited, tail, waitExit } from "../../support/snapshotter.js";
+import { tail } from "../../support/snapshotter.js";
+import { buildDescription, startImageService, type ImageService } from "../../support/image-service.js";
 import { containerdUnderTest } from "../../support/containerd-release.js";
-
-interface ImageService {
-  child: ChildProcess;
-  socket: string;
-  logFile: string;
-  client: CriImageClient;
-  stop(): Promise<void>;
-}
-
-/** `nixoci image-service` as a child process; ready when ImageFsInfo answers through it (bounded). */
-async function startImageService(dir: string, name: string, args: string[]): Promise<ImageService> {
-  const socket = join(dir, `${name}.sock`);
-  const logFile = join(dir, `${name}.log`);
-  const fd = openSync(logFile, "a");
-  const child = spawn(
-    process.execPath,
-    [join(ROOT, "bin/nixoci.js"), "image-service", "--address", socket, "--log-level", "debug", ...args],
-    { stdio: ["ignore", fd, fd] },
-  );
-  closeSync(fd);
-  const client = criImageClient(socket);
-  const stop = async (): Promise<void> => {
-    client.close();
-    if (exited(child)) return;
-    child.kill("SIGTERM");
-    if (!(await waitExit(child, 10_000))) {
-      child.kill("SIGKILL");
-      await waitExit(child, 5000);
-    }
-  };
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (exited(child)) throw new Error(`image service exited early:\n${tail(logFile)}`);
-    if (existsSync(socket)) return { child, socket, logFile, client, stop };
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`image service not ready after 20 s:\n${tail(logFile)}`);
-    }
-    await sleep(100);
-  }
-}
-
-/** `nixoci build ARGS -o nix:NAME`: the description's store path (the last line it prints). */
-function buildDescription(name: string, args: string[]): string {
-  return nixociOk(["build", "-q", ...args, "-o", `nix:${name}`])
-    .text.trim()
-    .split("\n")
-    .pop()!;
-}
 
 function grpcCode(p: Promise<unknown>): Promise<{ code: number; details: string }> {
   return p.then(
