@@ -41,11 +41,13 @@ interface FileState {
   ino: number;
   size: number;
   mtimeMs: number;
+  /** Any write or utimes sets it (a new filesystem may reuse the device number and give the file the same inode). */
+  ctimeMs: number;
 }
 
 const fileState = (file: string): FileState | undefined => {
   const st = statSync(file, { throwIfNoEntry: false });
-  return st && { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+  return st && { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
 };
 
 const sameState = (a: FileState | undefined, b: FileState | undefined): boolean =>
@@ -54,11 +56,12 @@ const sameState = (a: FileState | undefined, b: FileState | undefined): boolean 
   a.dev === b.dev &&
   a.ino === b.ino &&
   a.size === b.size &&
-  a.mtimeMs === b.mtimeMs;
+  a.mtimeMs === b.mtimeMs &&
+  a.ctimeMs === b.ctimeMs;
 
 /**
  * How long after the file's last change a copy of it stays suspect: some filesystems keep whole seconds (sshfs:
- * SFTP's times), so a write later in the same second may leave size and mtime as they were. Within this window
+ * SFTP's times, ctime = mtime), so a write later in the same second may leave the state above as it was. Within this window
  * the copy is taken again on the next query (the "racy" case, as git handles its index).
  */
 const COARSE_MTIME_MS = 2000;
