@@ -8,8 +8,10 @@ bash "$here/install-runtime-deps.sh"
 # containerd, runc, docker.io, docker-registry, skopeo, umoci: the runtimes, registry and clients images are
 # checked with; pigz and python3: benchmark baselines and a static web server for HTTP caches;
 # apache2-utils: htpasswd for registry authentication tests; git: --nix-file sources in git repositories;
-# procps: pgrep, to find processes a test expects gone.
-apt_ensure containerd runc docker.io docker-registry skopeo umoci pigz python3 apache2-utils git procps
+# procps: pgrep, to find processes a test expects gone; e2fsprogs (mkfs.ext4 -d), sshfs and openssh-server: a
+# Nix store on shared storage (a loop-attached filesystem image, and sshfs over loopback to a private sshd).
+apt_ensure containerd runc docker.io docker-registry skopeo umoci pigz python3 apache2-utils git procps \
+  e2fsprogs sshfs openssh-server
 # containerd 1.7 (trixie) and 2.1 (sid) beside bookworm's 1.6, unpacked into a cache: the containerd matrix
 # (NIXOCI_CONTAINERD selects one for the tests; see the script).
 bash "$here/install-containerd-matrix.sh"

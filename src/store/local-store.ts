@@ -1,14 +1,15 @@
 // A store directory on this machine: /nix/store with Nix's database, a chroot-style ROOT/nix/store with
 // ROOT/nix/var/nix/db, or any directory nixoci substitutes into (metadata in its .nixoci sidecar).
 // Store paths keep their logical store directory (/nix/store) while the bytes live under `realDir`.
-import { existsSync, lstatSync } from "node:fs";
-import { lutimes, readdir, rename } from "node:fs/promises";
+import { constants, existsSync, lstatSync } from "node:fs";
+import { access, lutimes, readdir, rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { dumpPath } from "../nix/nar-writer.js";
 import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
 import { isAbandonedTemp, makeDirs, removeTree, tempSibling } from "../util/fs.js";
 import { fsError } from "../util/fs-errors.js";
+import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
 import { NarVerifier, restoreVerifiedNar } from "./nar-verify.js";
 import { NixDb } from "./nix-db.js";
@@ -91,10 +92,20 @@ export class LocalStore implements Store {
     let wanted: boolean;
     try {
       wanted = !(await this.queryPathInfo(info.path));
-      if (wanted)
+      if (wanted) {
         await makeDirs(this.realDir).catch((err) => {
           throw fsError(this.realDir, err, "cannot create the store directory");
         });
+        // A store on shared storage that this node mounts read-only: said plainly, before any byte is read (other
+        // failures are named by the restore below, as they always were).
+        await access(this.realDir, constants.W_OK).catch((err: unknown) => {
+          if ((err as NodeJS.ErrnoException).code === "EROFS")
+            throw new NixociError(
+              this.realDir,
+              `cannot add ${info.path}: the store is on a read-only file system`,
+            );
+        });
+      }
     } catch (err) {
       nar.destroy();
       throw err;

@@ -1,6 +1,7 @@
 // Nix's store database (db.sqlite, schema 10), through better-sqlite3. Reads use a read-only handle: SQLite's
 // WAL gives consistent snapshots without Nix's locks. (A user who may not write beside the database reads a copy
-// of it in memory while no Nix process has it open: such a handle cannot create the WAL's index.) Registering
+// of it in memory while no Nix process has it open: such a handle cannot create the WAL's index; so does anyone
+// reading a store on a read-only filesystem, e.g. shared storage several nodes mount read-only.) Registering
 // substituted paths (so Nix itself sees them as valid) opens a second, writable handle only when needed and writes
 // rows the way Nix does.
 import Database from "better-sqlite3";
@@ -30,21 +31,40 @@ interface Reader {
   closureOf: Database.Statement<[string], { path: string }>;
   /** For a copy in memory (see snapshot): the database file as it was copied, to notice a change. */
   copied?: FileState;
+  /** When the copy was taken (Date.now()). */
+  copiedAt?: number;
 }
 
 interface FileState {
+  /** The filesystem too: a store on shared storage that was unmounted and mounted again (another image). */
+  dev: number;
   ino: number;
   size: number;
   mtimeMs: number;
+  /** Any write or utimes sets it (a new filesystem may reuse the device number and give the file the same inode). */
+  ctimeMs: number;
 }
 
 const fileState = (file: string): FileState | undefined => {
   const st = statSync(file, { throwIfNoEntry: false });
-  return st && { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+  return st && { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
 };
 
 const sameState = (a: FileState | undefined, b: FileState | undefined): boolean =>
-  a !== undefined && b !== undefined && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs;
+  a !== undefined &&
+  b !== undefined &&
+  a.dev === b.dev &&
+  a.ino === b.ino &&
+  a.size === b.size &&
+  a.mtimeMs === b.mtimeMs &&
+  a.ctimeMs === b.ctimeMs;
+
+/**
+ * How long after the file's last change a copy of it stays suspect: some filesystems keep whole seconds (sshfs:
+ * SFTP's times, ctime = mtime), so a write later in the same second may leave the state above as it was. Within this window
+ * the copy is taken again on the next query (the "racy" case, as git handles its index).
+ */
+const COARSE_MTIME_MS = 2000;
 
 /**
  * SQLite's answers when a read-only handle cannot create the WAL's index (db.sqlite-shm) because the directory is
@@ -92,7 +112,7 @@ export class NixDb {
       const bytes = readFileSync(this.file);
       if (!sameState(before, fileState(this.file)) || existsSync(`${this.file}-wal`)) continue;
       if (bytes.length >= 20 && bytes[18] === 2 && bytes[19] === 2) bytes[18] = bytes[19] = 1;
-      return { ...prepare(new Database(bytes, { readonly: true })), copied: before };
+      return { ...prepare(new Database(bytes, { readonly: true })), copied: before, copiedAt: Date.now() };
     }
     throw new NixociError(
       this.file,
@@ -102,11 +122,16 @@ export class NixDb {
     );
   }
 
-  /** The current read handle: a copy in memory is replaced when the file changed or a read handle works again. */
+  /**
+   * The current read handle: a copy in memory is replaced when the file changed (or may have: see
+   * COARSE_MTIME_MS) or a read handle works again. A copy holds no descriptor on the file, so the filesystem of a
+   * read-only store can be unmounted and mounted again under a running reader.
+   */
   private current(): Reader {
     const r = this.reader;
     if (!r.copied) return r;
-    if (!existsSync(`${this.file}-wal`) && sameState(r.copied, fileState(this.file))) return r;
+    const settled = (r.copiedAt ?? 0) - r.copied.mtimeMs >= COARSE_MTIME_MS;
+    if (settled && !existsSync(`${this.file}-wal`) && sameState(r.copied, fileState(this.file))) return r;
     const next = this.open();
     r.db.close();
     this.reader = next;

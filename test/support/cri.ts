@@ -6,6 +6,7 @@
 // - startCriStack: a docker-registry, a `nixoci snapshotter` and containerd with the CRI plugin, all child
 //   processes on loopback / unix sockets under one short temp dir, plus a CRI ImageService client; `stop()`
 //   ends everything by pid and removes the dir (and the snapshotter's GC roots under /nix/var for /nix/store).
+//   Several stacks (nodes) may share one registry the test starts (the `registry` option).
 // - startSubstitutingStack / substituterArgs: a stack whose snapshotter substitutes from a signed file:// cache.
 // - pushNixociImage: `nixoci build ... -o docker://REGISTRY/REPO:TAG -o oci:LAYOUT` and what the manifest says.
 // - pushModifiedImage / layoutImage: push a variant of a built image (e.g. with changed layer annotations).
@@ -183,6 +184,11 @@ export interface CriStackOptions {
   snapshotterConfig?: (sn: Snapshotter) => string;
   /** The pod sandbox image as REPO:TAG in the stack's registry (pushed by the test before RunPodSandbox). */
   sandboxImage?: string;
+  /**
+   * A registry several stacks (nodes) share, started and stopped by the test; by default the stack starts its own
+   * and stops it with the rest.
+   */
+  registry?: Registry;
 }
 
 /**
@@ -203,13 +209,13 @@ export async function startCriStack(opts: CriStackOptions): Promise<CriStack> {
       cri?.close();
       await containerd?.stop();
       await stopSnapshotter(sn);
-      await registry?.stop();
+      if (!opts.registry) await registry?.stop();
       await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
     })());
   try {
     const snapshotterArgs =
       typeof opts.snapshotterArgs === "function" ? await opts.snapshotterArgs(dir) : opts.snapshotterArgs;
-    registry = await startRegistry();
+    registry = opts.registry ?? (await startRegistry());
     sn = await startSnapshotter(dir, snapshotterArgs);
     const node = {
       dir,
