@@ -52,7 +52,11 @@ import {
 import { median, nixBuild } from "./common.js";
 import { criConfig, NIX_STORE_PATH_ANNOTATION } from "../test/support/cri.js";
 import { until } from "../test/support/poll.js";
-import { containerdUnderTest } from "../test/support/containerd-release.js";
+import {
+  CONTAINERD_SERIES,
+  containerdRelease,
+  type ContainerdRelease,
+} from "../test/support/containerd-release.js";
 
 const NIXOCI = fileURLToPath(new URL("../../bin/nixoci.js", import.meta.url));
 const CLOSURE_NIX = fileURLToPath(new URL("../../bench/fixtures/closure.nix", import.meta.url));
@@ -68,8 +72,9 @@ const PATH_RUNS = RUNS_OVERRIDE ?? 3;
 const FEW_PATHS = 96;
 const MANY_PATHS = 2096;
 
-/** Goal from the issue. */
+/** Goals from the issue (containerd 2.1). */
 const GOAL_VS_OVERLAYFS = 0.1;
+const GOAL_MS_PER_K_PATHS = 50;
 
 const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 const ratio = (x: number) => `${x.toFixed(2)}x`;
@@ -188,6 +193,7 @@ interface Side {
 }
 
 async function startSide(
+  release: ContainerdRelease,
   dir: string,
   name: string,
   snapshotter: string,
@@ -198,8 +204,9 @@ async function startSide(
   fs.mkdirSync(join(cniDir, "cni-bin"), { recursive: true });
   fs.mkdirSync(join(cniDir, "cni-conf"), { recursive: true });
   const containerd = await startContainerd({
+    release,
     proxyPlugins: proxy ? { [snapshotter]: { type: "snapshot", address: proxy.socket } } : undefined,
-    criConfig: criConfig({ dir: cniDir, registryHost: registry.host, snapshotter }),
+    criConfig: criConfig({ dir: cniDir, registryHost: registry.host, snapshotter, release }),
   });
   const cri = criImageClient(containerd.address);
   try {
@@ -391,6 +398,32 @@ function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side, 
   }
 }
 
+/** What one release's runs came to, for the summary. */
+interface ReleaseResult {
+  release: ContainerdRelease;
+  /** The nixoci side's nix-layer mode. */
+  mode: string;
+  nixociMs: number;
+  overlayMs: number;
+  /** Extra ms per 1,000 store paths, nixoci side and overlayfs side. */
+  perKNixoci: number;
+  perKOverlay: number;
+}
+
+/** The releases to run (NIXOCI_BENCH_CRI_RELEASES, space- or comma-separated; default every one installed). */
+function releases(): ContainerdRelease[] {
+  const names = (process.env.NIXOCI_BENCH_CRI_RELEASES ?? CONTAINERD_SERIES.join(" "))
+    .split(/[\s,]+/)
+    .filter(Boolean);
+  return names.map((series) => containerdRelease({ ...process.env, NIXOCI_CONTAINERD: series }));
+}
+
+/** The version `containerd --version` prints for a release, e.g. "1.7.24". */
+function versionOf(release: ContainerdRelease): string {
+  const out = execFileSync(release.containerd, ["--version"]).toString();
+  return /\bv?(\d+\.\d+\.\d+)/.exec(out)?.[1] ?? release.series;
+}
+
 export async function benchCri(): Promise<void> {
   const started = performance.now();
   const rootsDir = "/tmp/nixoci-bench-closure"; // shared with bench/build.ts
@@ -407,13 +440,12 @@ export async function benchCri(): Promise<void> {
     "count",
     String(MANY_PATHS),
   ]);
+  const wanted = releases();
 
   // Unix socket paths are limited to 107 bytes: a short temp dir.
   const dir = fs.mkdtempSync(join("/tmp", "nixoci-bench-cri-"));
   let registry: Registry | undefined;
-  let sn: Snapshotter | undefined;
-  let snLink: Snapshotter | undefined;
-  const sides: Side[] = [];
+  const results: ReleaseResult[] = [];
   try {
     registry = await startRegistry();
     const t0 = performance.now();
@@ -423,8 +455,38 @@ export async function benchCri(): Promise<void> {
     const large = buildImage(registry, cache, "paths-many", [many, fx.hello]);
     const setupMs = performance.now() - t0;
     if (big.narSize < 200e6) throw new Error(`the big image has only ${mb(big.narSize)} of store paths`);
+    console.log(
+      `\nCRI benchmark images (building and pushing them took ${sec(setupMs)}): big: ${describeImage(big)} ` +
+        `(bench/fixtures/closure.nix); paths-few / paths-many: ${small.paths} / ${large.paths} store paths ` +
+        `(bench/fixtures/many-paths.nix)`,
+    );
+    for (const release of wanted) {
+      const releaseDir = join(dir, release.series);
+      fs.mkdirSync(releaseDir);
+      results.push(await benchRelease(release, releaseDir, registry, { big, small, large }));
+    }
+    printSummary(results);
+    console.log(`\nCRI benchmark: ${sec(performance.now() - started)} in all`);
+  } finally {
+    await registry?.stop();
+    await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
+    if (process.env.NIXOCI_KEEP_TMP) console.log(`kept ${dir}`);
+  }
+}
 
-    const release = containerdUnderTest();
+/** Sections 1-3 (see the top) through one containerd release; its daemons are stopped before it returns. */
+async function benchRelease(
+  release: ContainerdRelease,
+  dir: string,
+  registry: Registry,
+  images: { big: Image; small: Image; large: Image },
+): Promise<ReleaseResult> {
+  const { big, small, large } = images;
+  const version = versionOf(release);
+  let sn: Snapshotter | undefined;
+  let snLink: Snapshotter | undefined;
+  const sides: Side[] = [];
+  try {
     const snapshotterArgs = (nixLayers: string | undefined): string[] => [
       "--store",
       "/nix/store",
@@ -434,25 +496,27 @@ export async function benchCri(): Promise<void> {
       release.series,
       ...(nixLayers ? ["--nix-layers", nixLayers] : []),
     ];
-    sn = await startSnapshotter(dir, snapshotterArgs(process.env.NIXOCI_BENCH_CRI_NIX_LAYERS));
-    const nixSide = await startSide(dir, "nixoci", "nixoci", registry, sn);
+    const nixLayers = process.env.NIXOCI_BENCH_CRI_NIX_LAYERS;
+    sn = await startSnapshotter(dir, snapshotterArgs(nixLayers));
+    const nixSide = await startSide(release, dir, "nixoci", "nixoci", registry, sn);
     sides.push(nixSide);
-    if (release.series !== "1.6" && !process.env.NIXOCI_BENCH_CRI_NIX_LAYERS) {
+    if (release.series !== "1.6" && !nixLayers) {
       const linkDir = join(dir, "link");
       fs.mkdirSync(linkDir);
       snLink = await startSnapshotter(linkDir, snapshotterArgs("link"));
-      sides.push(await startSide(linkDir, "nixoci/link", "nixoci", registry, snLink));
+      sides.push(await startSide(release, linkDir, "nixoci/link", "nixoci", registry, snLink));
     }
-    const overlaySide = await startSide(dir, "overlayfs", "overlayfs", registry);
+    const overlaySide = await startSide(release, dir, "overlayfs", "overlayfs", registry);
     sides.push(overlaySide);
+    const mode = nixLayers ?? (release.series === "1.6" ? "link" : "target");
+    console.log(`\n==== containerd ${version} (the nixoci side: auto's mode, ${mode})`);
 
     // 1. the big image
     for (const side of sides) await pullAndRun(side, registry, big); // warm-up, untimed
     const bigSamples = await series(sides, registry, big, RUNS);
     console.log(
-      `\n1. CRI PullImage -> first output line of \`ctr -n ${NS} run --rm --snapshotter X\`: an image of ` +
-        `${describeImage(big)} (bench/fixtures/closure.nix; building and pushing the 3 images took ` +
-        `${sec(setupMs)}); fresh state per run, after one warm-up run each; median of ${RUNS}, interleaved`,
+      `\n1. CRI PullImage -> first output line of \`ctr -n ${NS} run --rm --snapshotter X\`, containerd ${version}: ` +
+        `the big image; fresh state per run, after one warm-up run each; median of ${RUNS}, interleaved`,
     );
     printTable(big, bigSamples, overlaySide);
 
@@ -468,7 +532,7 @@ export async function benchCri(): Promise<void> {
     }
     const deltaK = (large.paths - small.paths) / 1000;
     console.log(
-      `\n2. extra cost per 1,000 store paths (bench/fixtures/many-paths.nix): ${small.paths} vs ` +
+      `\n2. extra cost per 1,000 store paths, containerd ${version}: ${small.paths} vs ` +
         `${large.paths} store paths (${small.layers.length} and ${large.layers.length} layers; ` +
         `${mb(small.narSize)} and ${mb(large.narSize)} of NAR); pull -> first output, median of ${PATH_RUNS}`,
     );
@@ -479,11 +543,13 @@ export async function benchCri(): Promise<void> {
         "per 1,000 paths".padStart(17) +
         "  blobs GET (layers), few / many",
     );
+    const perK = new Map<Side, number>();
     for (const side of sides) {
       const s = smallSamples.get(side)!;
       const l = largeSamples.get(side)!;
       const ts = median(s.map((x) => x.totalMs));
       const tl = median(l.map((x) => x.totalMs));
+      perK.set(side, (tl - ts) / deltaK);
       const g = (xs: Sample[]) => `${xs[xs.length - 1].blobGets} (${xs[xs.length - 1].layerGets})`;
       console.log(
         side.name.padEnd(12) +
@@ -495,13 +561,13 @@ export async function benchCri(): Promise<void> {
     }
 
     // 3. the fallback when the labels point nowhere
-    const bad = await pushWithBadLabels(registry, big, "bad-labels");
+    const bad = await pushWithBadLabels(registry, big, `bad-labels-${release.series}`);
     const badSide: Side = { ...nixSide, name: "nixoci/bad" };
     await pullAndRun(badSide, registry, bad); // warm-up, untimed
     const badSamples = await series([badSide], registry, bad, RUNS);
     console.log(
       `\n3. the image of 1. with every nix-store-path label naming a missing store path (nixoci/bad: the ` +
-        `snapshotter falls back to containerd downloading every layer); median of ${RUNS}`,
+        `snapshotter falls back to containerd ${version} downloading every layer); median of ${RUNS}`,
     );
     printTable(
       bad,
@@ -509,8 +575,14 @@ export async function benchCri(): Promise<void> {
       overlaySide,
       false,
     );
-
-    console.log(`\nCRI benchmark: ${sec(performance.now() - started)} in all`);
+    return {
+      release,
+      mode,
+      nixociMs: median(bigSamples.get(nixSide)!.map((x) => x.totalMs)),
+      overlayMs: median(bigSamples.get(overlaySide)!.map((x) => x.totalMs)),
+      perKNixoci: perK.get(nixSide)!,
+      perKOverlay: perK.get(overlaySide)!,
+    };
   } finally {
     for (const side of sides) {
       side.cri.close();
@@ -518,9 +590,40 @@ export async function benchCri(): Promise<void> {
     }
     await stopSnapshotter(sn);
     await stopSnapshotter(snLink);
-    await registry?.stop();
-    await removeSnapshotterDir(dir, Boolean(process.env.NIXOCI_KEEP_TMP));
-    if (process.env.NIXOCI_KEEP_TMP) console.log(`kept ${dir}`);
+  }
+}
+
+/** Every release side by side: the big image's pull -> first output, and the cost per 1,000 store paths. */
+function printSummary(results: ReleaseResult[]): void {
+  console.log(
+    `\nCRI pull -> first output, every containerd release side by side (medians; goals: <= ${GOAL_VS_OVERLAYFS}x ` +
+      `overlayfs on 2.1, <= ${GOAL_MS_PER_K_PATHS} ms per 1,000 extra store paths)`,
+  );
+  console.log(
+    "containerd".padEnd(12) +
+      "mode".padEnd(8) +
+      "nixoci".padStart(9) +
+      "overlayfs".padStart(11) +
+      "ratio".padStart(8) +
+      "  per 1,000 paths: nixoci / overlayfs".padEnd(40) +
+      "goals",
+  );
+  for (const r of results) {
+    const ratioNow = r.nixociMs / r.overlayMs;
+    const goals =
+      r.release.series === "2.1"
+        ? `<= ${GOAL_VS_OVERLAYFS}x: ${verdict(ratioNow <= GOAL_VS_OVERLAYFS)}; ` +
+          `<= ${GOAL_MS_PER_K_PATHS} ms/1,000 paths: ${verdict(r.perKNixoci <= GOAL_MS_PER_K_PATHS)}`
+        : "(reported)";
+    console.log(
+      versionOf(r.release).padEnd(12) +
+        r.mode.padEnd(8) +
+        sec(r.nixociMs).padStart(9) +
+        sec(r.overlayMs).padStart(11) +
+        ratio(ratioNow).padStart(8) +
+        `  ${Math.round(r.perKNixoci)} ms / ${Math.round(r.perKOverlay)} ms`.padEnd(40) +
+        goals,
+    );
   }
 }
 

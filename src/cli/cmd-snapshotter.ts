@@ -51,6 +51,8 @@ export interface SnapshotterOptions {
   allowUnsigned: boolean;
   /** How nix layers hold their store paths (see NixSnapshotterOptions.nixLayers). */
   nixLayers: NixLayerMode;
+  /** --mountpoints-dir (undefined: the snapshotter's default). */
+  mountpointsDir?: string;
   /** HOST:PORT for /healthz and /metrics. */
   metricsAddress?: string;
   /**
@@ -159,6 +161,7 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     trustedPublicKeys: values["trusted-public-key"] ?? [],
     allowUnsigned: values["no-check-sigs"] ?? false,
     nixLayers,
+    mountpointsDir: values["mountpoints-dir"] ? resolve(values["mountpoints-dir"]) : undefined,
     containerdVersion,
     containerdAddress,
     metricsAddress,
@@ -254,6 +257,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     trust,
     log,
     nixLayers: opts.nixLayers,
+    mountpointsDir: opts.mountpointsDir,
     mountTargets,
   });
   let running;
@@ -267,6 +271,8 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     await sn.unmountStale();
     // GC roots as the metadata says (a predecessor killed mid-change, snapshots removed meanwhile).
     await sn.syncGcRoots();
+    // Mountpoints directories of chains that are gone.
+    await sn.sweepMountpoints();
     running = await serveSnapshots(sn, opts.address, log, metrics);
     if (opts.metricsAddress)
       ops = await serveOps(opts.metricsAddress, {

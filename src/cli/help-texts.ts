@@ -503,6 +503,12 @@ export const SNAPSHOTTER = {
       help: "how nix layers hold their store paths",
       byDefault: "auto",
     },
+    "mountpoints-dir": {
+      type: "string",
+      value: "DIR",
+      help: "target mode's mountpoints directories (derived, remade on need: best on a tmpfs)",
+      byDefault: "/dev/shm/nixoci-sn-<id of --root>, else ROOT/mountpoints",
+    },
     ...DAEMON_FLAGS,
     "print-containerd-config": {
       type: "boolean",

@@ -52,7 +52,7 @@ test("snapshotter --log-format text: its calls as text lines, a key with control
   // error message quotes the key as JSON already, and its backslash is escaped once more as a quoted value.
   assert.deepEqual(textLines(sn.logFile), [
     `T INFO  listening address=${sn.socket} root=${sn.root} pid=${pid}`,
-    'T DEBUG rpc method=Stat key="\\u0000probe" code=NOT_FOUND error="snapshot \\"\\\\u0000probe\\" does not exist"',
+    'T DEBUG rpc method=Stat key="\\u0000probe" code=NOT_FOUND error="snapshot \\"\\\\u0000probe\\" does not exist" ms=N',
     'T INFO  rpc method=Prepare key="layer \\u001b[31m1" ms=N',
     'T INFO  rpc method=Remove key="layer \\u001b[31m1" ms=N',
     "T INFO  stopping signal=SIGTERM",

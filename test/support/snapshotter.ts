@@ -6,6 +6,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } fr
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type * as grpc from "@grpc/grpc-js";
+import { defaultMountpointsDir } from "../../src/servers/snapshotter/mountpoints.js";
 import { gcRootsDir } from "../../src/servers/snapshotter/gcroots.js";
 import { snapshotsClient } from "../../src/proto/containerd.js";
 import { mountsUnder } from "./daemons.js";
@@ -148,6 +149,7 @@ export async function removeSnapshotterDir(dir: string, keepFiles = false): Prom
     recursive: true,
     force: true,
   });
+  rmSync(defaultMountpointsDir(join(dir, "root")), { recursive: true, force: true });
   for (const mp of mountsUnder(dir)) await runAsync("umount", ["-l", mp]).catch(() => undefined);
   if (!keepFiles && !mountsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
 }

@@ -9,7 +9,8 @@
 // Where: for the store at /nix/store, DIR = /nix/var/nix/gcroots/nixoci/<instance>, where <instance> is
 // "sn-" + the first 24 hex digits of sha256(the snapshotter's resolved --root) (several snapshotters may share
 // one store; each one's Cleanup touches only its own directory). For any other --store, Nix does not read our
-// roots anyway: DIR = ROOT/gcroots (the same layout, for the record and for tools that look there).
+// roots anyway, and for a read-only /nix nobody here can collect garbage: DIR = ROOT/gcroots (the same layout,
+// for the record and for tools that look there).
 //
 // Root names: "manifest-<hex>" for the image whose manifest digest is the nix layer's
 // `containerd.io/snapshot/cri.manifest-digest` label (containerd's CRI plugin sets it on every layer of a pull),
@@ -22,6 +23,8 @@
 // container hold their roots as long as the container's snapshot exists.
 import { createHash } from "node:crypto";
 import {
+  accessSync,
+  constants,
   existsSync,
   lstatSync,
   readdirSync,
@@ -31,7 +34,7 @@ import {
   rmSync,
   symlinkSync,
 } from "node:fs";
-import { basename, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 
 import { MANIFEST_DIGEST_LABEL } from "../../image/annotations.js";
 import { makeDirsSync } from "../../util/fs.js";
@@ -44,13 +47,38 @@ const NIX_GCROOTS = "/nix/var/nix/gcroots";
 const hexOf = (value: string): string =>
   /^sha256:[0-9a-f]{64}$/.test(value) ? value.slice(7) : createHash("sha256").update(value).digest("hex");
 
-/** The directory that holds a snapshotter's roots (see above). */
-export function gcRootsDir(snapshotterRoot: string, store: { realDir: string; storeDir: string }): string {
-  if (store.realDir === NIX_STORE && store.storeDir === NIX_STORE) {
-    const instance = createHash("sha256").update(resolve(snapshotterRoot)).digest("hex").slice(0, 24);
-    return join(NIX_GCROOTS, "nixoci", `sn-${instance}`);
-  }
+/** "sn-" + 24 hex digits of sha256(the snapshotter's resolved root): names its directories shared with others. */
+export function snapshotterInstance(snapshotterRoot: string): string {
+  return `sn-${createHash("sha256").update(resolve(snapshotterRoot)).digest("hex").slice(0, 24)}`;
+}
+
+/**
+ * The directory that holds a snapshotter's roots (see above). A read-only /nix (a store a node mounts from
+ * shared storage, whose owner keeps its paths alive) cannot take them: then ROOT/gcroots too, for the record.
+ * `nixGcRoots` is Nix's gcroots directory (a parameter for tests).
+ */
+export function gcRootsDir(
+  snapshotterRoot: string,
+  store: { realDir: string; storeDir: string },
+  nixGcRoots = NIX_GCROOTS,
+): string {
+  if (store.realDir === NIX_STORE && store.storeDir === NIX_STORE && !readOnly(nixGcRoots))
+    return join(nixGcRoots, "nixoci", snapshotterInstance(snapshotterRoot));
   return join(snapshotterRoot, "gcroots");
+}
+
+/** Whether `dir`, or its nearest existing ancestor, is on a read-only filesystem. */
+function readOnly(dir: string): boolean {
+  for (let d = dir; ; d = dirname(d)) {
+    try {
+      accessSync(d, constants.W_OK);
+      return false;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "EROFS") return true;
+      if (code !== "ENOENT" || d === dirname(d)) return false; // not ours to judge: adding a root will say
+    }
+  }
 }
 
 /** The root a nix layer committed as `layerName` with `labels` holds: its image's, else its own. */

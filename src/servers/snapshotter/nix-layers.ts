@@ -66,11 +66,11 @@ import type { SnapshotterMetrics } from "./metrics.js";
 import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
 import { ModeChooser, type MountTargets } from "./nix-layer-modes/auto.js";
 import { BindCompositions } from "./nix-layer-modes/bind.js";
-import { makeMountpoints, type BuiltLayer, type LayerMode } from "./nix-layer-modes/layer-mode.js";
+import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
+import { defaultMountpointsDir, MountpointDirs } from "./mountpoints.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
 import { targetBinds } from "./nix-layer-modes/target.js";
 import { OverlaySnapshotter, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
-import { makeDirsSync } from "../../util/fs.js";
 
 export { REF_LABEL } from "../../image/annotations.js";
 export type { NixLayerMode } from "./nix-layer-modes/modes.js";
@@ -100,6 +100,8 @@ export interface NixSnapshotterOptions extends OverlayOptions {
    * function is asked on the first nix layer auto holds.
    */
   mountTargets?: MountTargets;
+  /** Where target mode's mountpoints directories go (default: mountpoints.ts defaultMountpointsDir). */
+  mountpointsDir?: string;
 }
 
 /**
@@ -123,6 +125,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   /** The target-mode part of each committed chain a container or view was mounted above, by its top's id. */
   private readonly chainTargets = new Map<number, ChainTargets | null>();
   readonly gcRoots: GcRoots;
+  readonly mountpoints: MountpointDirs;
   readonly metrics?: SnapshotterMetrics;
 
   constructor(opts: NixSnapshotterOptions) {
@@ -147,6 +150,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       log: this.log,
     });
     this.gcRoots = new GcRoots(gcRootsDir(this.root, this.store), this.store.storeDir);
+    this.mountpoints = new MountpointDirs(opts.mountpointsDir ?? defaultMountpointsDir(this.root));
   }
 
   /**
@@ -209,6 +213,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   override async cleanup(): Promise<string[]> {
     await this.unmountStale();
     const removed = await super.cleanup();
+    for (const name of await this.sweepMountpoints()) removed.push(`mountpoints/${name}`);
     for (const name of await this.syncGcRoots()) removed.push(`gcroots/${name}`);
     return removed;
   }
@@ -245,6 +250,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       await super.remove(key);
       this.nixLayerRows.delete(rec.id);
       this.chainTargets.delete(rec.id);
+      this.mountpoints.remove(rec.id);
       if (roots.length)
         await this.lock.run(() => {
           for (const name of roots) {
@@ -486,34 +492,21 @@ export class NixSnapshotter extends OverlaySnapshotter {
     return chain;
   }
 
-  /**
-   * ROOT/snapshots/<top>/mountpoints: an empty mountpoint per store path of the chain's target-mode layers
-   * (nix-layer-modes/target.ts), made once (in a temporary directory, then renamed: concurrent callers and a
-   * crash leave it whole or absent) and shared by every container and view above the chain, as the top of
-   * their overlay's lower directories. It goes with the top snapshot's directory.
-   */
+  /** The chain's mountpoints directory (mountpoints.ts), made if it is not there. */
   private makeMountpoints(topId: number, paths: string[]): string {
-    const dir = join(this.snapshotsDir, String(topId), "mountpoints");
-    if (existsSync(dir)) return dir;
-    const tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
-    try {
-      const storeDir = join(tmp, this.store.storeDir.replace(/^\/+/, ""));
-      makeDirsSync(storeDir, 0o755);
-      makeMountpoints(
-        paths.map((p) => {
-          const baseName = parseStorePath(p, this.store.storeDir).baseName;
-          return { real: this.store.realPath(p), target: join(storeDir, baseName), baseName };
-        }),
-      );
-      try {
-        renameSync(tmp, dir);
-      } catch (err) {
-        if (!existsSync(dir)) throw err; // else another caller made it first
-      }
-    } finally {
-      rmSync(tmp, { recursive: true, force: true });
-    }
-    return dir;
+    return this.mountpoints.make(
+      topId,
+      this.store.storeDir,
+      paths.map((p) => ({
+        real: this.store.realPath(p),
+        baseName: parseStorePath(p, this.store.storeDir).baseName,
+      })),
+    );
+  }
+
+  /** Removes mountpoints directories whose chain top is gone (startup, Cleanup). Returns the names removed. */
+  sweepMountpoints(): Promise<string[]> {
+    return this.lock.run(() => this.mountpoints.sweep(this.metadata.ids()));
   }
 
   /**
@@ -525,7 +518,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const unpack = isUnpack(rec);
     const chain = this.targetsOf(parents, !unpack);
     if (!chain) return super.lowerDirs(rec, parents, relative);
-    const rel = (dir: string): string => (relative ? dir.slice(this.snapshotsDir.length + 1) : dir);
+    const rel = (dir: string): string =>
+      relative && dir.startsWith(`${this.snapshotsDir}/`) ? dir.slice(this.snapshotsDir.length + 1) : dir;
     const rest = super.lowerDirs(
       rec,
       parents.filter((p) => !chain.layerIds.has(p.id)),

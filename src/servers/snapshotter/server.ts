@@ -93,6 +93,7 @@ export function snapshotsHandlers(
               key: req.key || undefined,
               code: grpc.status[status.code ?? 13],
               error: status.details,
+              ms: Math.round(performance.now() - start),
             };
             if (status.code === grpc.status.INTERNAL) log.error("rpc", fields);
             else if (QUIET.has(method)) log.debug("rpc", fields);

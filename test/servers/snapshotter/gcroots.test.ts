@@ -203,3 +203,23 @@ test("gcRootsDir: per snapshotter under /nix/var/nix/gcroots for /nix/store, els
     "/var/lib/a/gcroots",
   );
 });
+
+// A node mounting /nix read-only from shared storage: Nix's gcroots directory cannot take roots (the store's
+// owner keeps its paths), so they go under the snapshotter's root, and a pull does not fail on them.
+test("gcRootsDir: Nix's gcroots directory on a read-only filesystem gives ROOT/gcroots", () => {
+  const dir = mkdtempSync(join("/tmp", "nixoci-rogcroots-"));
+  const gcroots = join(dir, "gcroots");
+  mkdirSync(gcroots);
+  execFileSync("mount", ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", gcroots]);
+  try {
+    const store = { realDir: "/nix/store", storeDir: "/nix/store" };
+    assert.equal(gcRootsDir("/var/lib/a", store, gcroots), "/var/lib/a/gcroots");
+    // Not there yet, below a read-only directory: the same.
+    assert.equal(gcRootsDir("/var/lib/a", store, join(gcroots, "missing/deeper")), "/var/lib/a/gcroots");
+    // Writable: Nix's own.
+    assert.match(gcRootsDir("/var/lib/a", store, join(dir, "rw")), /\/rw\/nixoci\/sn-[0-9a-f]{24}$/);
+  } finally {
+    execFileSync("umount", [gcroots]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
