@@ -15,11 +15,21 @@ export const MANIFEST_DIGEST_LABEL = "containerd.io/snapshot/cri.manifest-digest
 export const NIX_STORE_PATH_ANNOTATION = "containerd.io/snapshot/nix-store-path";
 
 /**
+ * Annotation key naming the image's roots on each of its store layers, `<prefix>.<i>` = path: the layer's paths
+ * are all in their closure, so a node holding the roots keeps the layer's paths (one GC root link per image
+ * root instead of one per store path; gcroots.ts).
+ */
+export const NIX_CLOSURE_ROOT_ANNOTATION = "containerd.io/snapshot/nix-closure-root";
+
+/**
  * The store paths `<NIX_STORE_PATH_ANNOTATION>.<i>` keys name (layer annotations, or the snapshot labels
  * containerd copies from them), in index order, deduplicated; a non-numeric index sorts last.
  */
-export function storePathsFromAnnotations(annotations: Readonly<Record<string, string>>): string[] {
-  const prefix = `${NIX_STORE_PATH_ANNOTATION}.`;
+export function storePathsFromAnnotations(
+  annotations: Readonly<Record<string, string>>,
+  key = NIX_STORE_PATH_ANNOTATION,
+): string[] {
+  const prefix = `${key}.`;
   const indexed: Array<[number, string]> = [];
   for (const [k, v] of Object.entries(annotations)) {
     if (!k.startsWith(prefix)) continue;

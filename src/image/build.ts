@@ -21,7 +21,7 @@ import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
 import type { ImageSpec } from "./spec.js";
-import { NIX_STORE_PATH_ANNOTATION } from "./annotations.js";
+import { NIX_CLOSURE_ROOT_ANNOTATION, NIX_STORE_PATH_ANNOTATION } from "./annotations.js";
 import type { LayeringStrategy, PlannedLayer } from "./types.js";
 
 export interface BuildOptions {
@@ -219,7 +219,10 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     const descriptors: Descriptor[] = layers.map((l) => {
       const d: Descriptor = { mediaType: l.mediaType, digest: l.digest, size: l.size };
       if (l.paths.length)
-        d.annotations = Object.fromEntries(l.paths.map((p, i) => [`${NIX_STORE_PATH_ANNOTATION}.${i}`, p]));
+        d.annotations = Object.fromEntries([
+          ...l.paths.map((p, i) => [`${NIX_STORE_PATH_ANNOTATION}.${i}`, p]),
+          ...opts.roots.map((p, i) => [`${NIX_CLOSURE_ROOT_ANNOTATION}.${i}`, p]),
+        ]);
       return d;
     });
     const diffIds = layers.map((l) => l.diffId);

@@ -3,6 +3,7 @@
 // and incremental (only changed layers are built), and bad input leaves no partial output.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { NIX_CLOSURE_ROOT_ANNOTATION, storePathsFromAnnotations } from "../../src/image/annotations.js";
 import {
   existsSync,
   mkdirSync,
@@ -99,12 +100,14 @@ test("an OCI layout of hello: skopeo and umoci read it; the rootfs is exactly th
   assert.ok(binHello.startsWith(fx.hello), `/bin/hello -> ${binHello}`);
   assert.equal((lstatSync(join(rootfs, "tmp")).mode & 0o7777).toString(8), "1777");
   assert.match(readFileSync(join(rootfs, "etc/passwd"), "utf8"), /^root:x:0:0:/);
-  // Every store layer names its paths in annotations, as nix-snapshotter reads them.
+  // Every store layer names its paths in annotations, as nix-snapshotter reads them, and the image's roots
+  // (whose closure holds them: a node's GC root links those).
   const manifest = JSON.parse(readFileSync(join(layout, "blobs/sha256", s.manifestDigest.slice(7)), "utf8"));
-  const annotated = manifest.layers.flatMap((l: { annotations?: Record<string, string> }) =>
-    Object.values(l.annotations ?? {}),
-  );
+  const layers = manifest.layers as { annotations?: Record<string, string> }[];
+  const annotated = layers.flatMap((l) => storePathsFromAnnotations(l.annotations ?? {}));
   assert.deepEqual(annotated.sort(), closure);
+  for (const l of layers.filter((x) => x.annotations))
+    assert.deepEqual(storePathsFromAnnotations(l.annotations!, NIX_CLOSURE_ROOT_ANNOTATION), [fx.hello]);
 });
 
 test("runs under containerd + runc (oci-archive import) and dockerd (docker-archive on stdout)", () => {

@@ -15,6 +15,7 @@
 //   `until` is in poll.ts), untilSnapshotterEmpty and checkSnapshotsConsistent (after removals and restarts).
 //
 // Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
+import { NIX_CLOSURE_ROOT_ANNOTATION, storePathsFromAnnotations } from "../../src/image/annotations.js";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -326,6 +327,11 @@ export interface PushedImage {
 export const NIX_STORE_PATH_ANNOTATION = "containerd.io/snapshot/nix-store-path.";
 
 /** The store paths a layer's annotations name (empty for an ordinary layer). */
+/** The image roots a layer descriptor names (its nix-closure-root.<i> annotations). */
+export function layerClosureRoots(layer: LayerDescriptor): string[] {
+  return storePathsFromAnnotations(layer.annotations ?? {}, NIX_CLOSURE_ROOT_ANNOTATION);
+}
+
 export function layerStorePaths(layer: LayerDescriptor): string[] {
   return Object.entries(layer.annotations ?? {})
     .filter(([k]) => k.startsWith(NIX_STORE_PATH_ANNOTATION))

@@ -131,6 +131,7 @@ export class MetadataStore {
     CREATE TABLE IF NOT EXISTS gc_roots (
       name TEXT NOT NULL,
       id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+      paths TEXT,
       PRIMARY KEY (name, id)
     );
     CREATE INDEX IF NOT EXISTS gc_roots_id ON gc_roots(id);
@@ -140,6 +141,9 @@ export class MetadataStore {
 
   /** Brings a database made by an older nixoci up to this schema (idempotent). */
   private migrate(): void {
+    // gc_roots.paths (the links a row needs when not its layer's paths) came later: NULL means the layer's paths.
+    const rootCols = this.db.prepare(`PRAGMA table_info(gc_roots)`).all() as { name: string }[];
+    if (!rootCols.some((c) => c.name === "paths")) this.db.exec(`ALTER TABLE gc_roots ADD COLUMN paths TEXT`);
     const cols = this.db.prepare(`PRAGMA table_info(nix_layers)`).all() as { name: string }[];
     if (!cols.some((c) => c.name === "mode"))
       this.transaction(() => {
@@ -327,11 +331,16 @@ export class MetadataStore {
   }
 
   /**
-   * Records that the nix layer `id` needs the GC root `name` (see gcroots.ts); the row goes with the snapshot.
+   * Records that the nix layer `id` needs the GC root `name` (see gcroots.ts), linking `paths` (roots whose
+   * closure holds the layer's paths) or, without them, the layer's own paths; the row goes with the snapshot.
    * Call inside a transaction.
    */
-  addGcRoot(name: string, id: number): void {
-    this.sql(`INSERT OR IGNORE INTO gc_roots (name, id) VALUES (?, ?)`).run(name, id);
+  addGcRoot(name: string, id: number, paths?: string[]): void {
+    this.sql(`INSERT OR IGNORE INTO gc_roots (name, id, paths) VALUES (?, ?, ?)`).run(
+      name,
+      id,
+      paths ? JSON.stringify(paths) : null,
+    );
   }
 
   /** The GC roots the snapshot `id` holds. */
@@ -341,10 +350,10 @@ export class MetadataStore {
     ).map((r) => r.name);
   }
 
-  /** Every GC root some snapshot holds, with the union of its nix layers' store paths. */
+  /** Every GC root some snapshot holds, with the union of the paths its rows link (their layers' by default). */
   gcRoots(): Map<string, Set<string>> {
     const rows = this.sql(
-      `SELECT g.name, n.paths FROM gc_roots g JOIN nix_layers n ON n.id = g.id ORDER BY g.name`,
+      `SELECT g.name, COALESCE(g.paths, n.paths) AS paths FROM gc_roots g JOIN nix_layers n ON n.id = g.id ORDER BY g.name`,
     ).all() as { name: string; paths: string }[];
     const out = new Map<string, Set<string>>();
     for (const r of rows) {
@@ -355,10 +364,10 @@ export class MetadataStore {
     return out;
   }
 
-  /** The union of the store paths of the nix layers that hold GC root `name` (empty: nobody holds it). */
+  /** The union of the paths the rows of GC root `name` link (empty: nobody holds it). */
   gcRootPaths(name: string): Set<string> {
     const rows = this.sql(
-      `SELECT n.paths FROM gc_roots g JOIN nix_layers n ON n.id = g.id WHERE g.name = ?`,
+      `SELECT COALESCE(g.paths, n.paths) AS paths FROM gc_roots g JOIN nix_layers n ON n.id = g.id WHERE g.name = ?`,
     ).all(name) as { paths: string }[];
     const out = new Set<string>();
     for (const r of rows) for (const p of JSON.parse(r.paths) as string[]) out.add(p);

@@ -6,7 +6,16 @@
 // 2,000 paths). So by default they go on a tmpfs: /dev/shm/nixoci-sn-<instance> (the instance as for GC roots:
 // from the snapshotter's root), a directory this user owns with mode 0700 (anything else there is refused, so
 // another user cannot point it elsewhere); where /dev/shm is no tmpfs, ROOT/mountpoints.
-import { lstatSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statfsSync } from "node:fs";
+import {
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  statfsSync,
+} from "node:fs";
 import { join } from "node:path";
 import { makeDirsSync } from "../../util/fs.js";
 import { snapshotterInstance } from "./gcroots.js";
@@ -89,6 +98,15 @@ export class MountpointDirs {
   /** Removes the chain's directory (its top snapshot is gone). */
   remove(id: number): void {
     rmSync(this.path(id), { recursive: true, force: true });
+  }
+
+  /** Removes the directory itself when it holds no chain's (the snapshotter stops). */
+  removeIfEmpty(): void {
+    try {
+      rmdirSync(this.dir);
+    } catch {
+      // not empty, or gone
+    }
   }
 
   /** Removes every directory but those of `keep` (startup, Cleanup). Returns the names removed. */

@@ -54,7 +54,11 @@
 import { chownSync, existsSync, mkdtempSync, renameSync, rmSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { REF_LABEL, storePathsFromAnnotations } from "../../image/annotations.js";
+import {
+  NIX_CLOSURE_ROOT_ANNOTATION,
+  REF_LABEL,
+  storePathsFromAnnotations,
+} from "../../image/annotations.js";
 import { parseStorePath } from "../../nix/store-path.js";
 import type { Logger } from "../../util/logger.js";
 import { BinaryCacheStore, type TrustOptions } from "../../store/binary-cache.js";
@@ -124,6 +128,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly nixLayerRows = new Map<number, { paths: string[]; mode: NixLayerKind } | null>();
   /** The target-mode part of each committed chain a container or view was mounted above, by its top's id. */
   private readonly chainTargets = new Map<number, ChainTargets | null>();
+  /** The closures of the latest images' roots (coveringRoots), by the roots. */
+  private readonly rootClosures = new Map<string, Set<string>>();
   readonly gcRoots: GcRoots;
   readonly mountpoints: MountpointDirs;
   readonly metrics?: SnapshotterMetrics;
@@ -190,8 +196,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
     if (!layer) return;
     const name = gcRootName(labels, rec.key);
     if (this.metadata.gcRootsOf(rec.id).includes(name)) return;
-    this.gcRoots.add(name, layer.paths);
-    this.metadata.transaction(() => this.metadata.addGcRoot(name, rec.id));
+    const links = this.coveringRoots(labels, layer.paths);
+    this.gcRoots.add(name, links ?? layer.paths);
+    this.metadata.transaction(() => this.metadata.addGcRoot(name, rec.id, links));
     this.log?.info("gc root held", { root: name, snapshot: rec.key, paths: layer.paths.length });
   }
 
@@ -208,6 +215,11 @@ export class NixSnapshotter extends OverlaySnapshotter {
   /** Unmounts compositions that are incomplete or belong to no active snapshot or view (startup, Cleanup). */
   unmountStale(): Promise<string[]> {
     return this.compositions.unmountStale();
+  }
+
+  override close(): void {
+    super.close();
+    this.mountpoints.removeIfEmpty(); // nothing of this snapshotter's left on the tmpfs
   }
 
   override async cleanup(): Promise<string[]> {
@@ -260,6 +272,34 @@ export class NixSnapshotter extends OverlaySnapshotter {
           }
         });
     });
+  }
+
+  /**
+   * The image roots a layer's labels name (nix-closure-root.<i>, written by nixoci build) when they are valid
+   * here and their closure holds all of `paths`: the GC root then links them, not every path (a link costs a
+   * journal update on a disk filesystem, ~0.2 ms: 0.4 s for an image of 2,000 paths). Undefined otherwise (no
+   * such labels, a root missing, no database to walk the closure in): the paths are linked themselves.
+   */
+  private coveringRoots(labels: Record<string, string>, paths: string[]): string[] | undefined {
+    const roots = storePathsFromAnnotations(labels, NIX_CLOSURE_ROOT_ANNOTATION);
+    if (!roots.length || !this.checkPaths(roots)) return undefined;
+    const key = roots.join("\n");
+    let closure = this.rootClosures.get(key);
+    if (!closure) {
+      const union = new Set<string>();
+      for (const r of roots) {
+        const c = this.store.closureFast(r); // undefined: r not valid, or no database
+        if (!c) break;
+        for (const p of c) union.add(p);
+      }
+      if (!union.size || !roots.every((r) => union.has(r))) return undefined; // asked again next time: paths come
+      // A valid path's closure never changes: kept for the next layers of the same image (the latest few images).
+      if (this.rootClosures.size >= 8) this.rootClosures.delete(this.rootClosures.keys().next().value!);
+      this.rootClosures.set(key, (closure = union));
+    }
+    // A root gone since (collected by someone's GC) would protect nothing: looked at each time.
+    if (!roots.every((r) => existsSync(this.store.realPath(r)))) return undefined;
+    return paths.every((p) => closure.has(p)) ? roots : undefined;
   }
 
   /** Valid store paths only, each parsed against the store's logical directory. */
@@ -399,10 +439,22 @@ export class NixSnapshotter extends OverlaySnapshotter {
         // The paths are rooted before the layer that needs them is recorded (a crash in between leaves links
         // that startup or Cleanup removes).
         const rootName = gcRootName(labels, ref);
-        this.gcRoots.add(rootName, paths);
+        const links = this.coveringRoots(labels, paths);
+        this.gcRoots.add(rootName, links ?? paths);
         const tmpKey = `\u0000nix-layer ${ref}`;
         try {
-          this.commitNixLayer(tmpKey, ref, parent, labels, usage, paths, mode, rootName, tmp, fs);
+          this.commitNixLayer(
+            tmpKey,
+            ref,
+            parent,
+            labels,
+            usage,
+            paths,
+            mode,
+            { name: rootName, links },
+            tmp,
+            fs,
+          );
         } catch (err) {
           this.gcRoots.sync(rootName, this.metadata.gcRootPaths(rootName)); // only what others hold
           throw err;
@@ -433,7 +485,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     usage: { size: number; inodes: number },
     paths: string[],
     mode: LayerMode,
-    rootName: string,
+    root: { name: string; links?: string[] },
     tmp: string,
     fs: string,
   ): void {
@@ -445,7 +497,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       }
       const committed = this.metadata.commit(tmpKey, ref, labels, usage);
       this.metadata.setNixLayer(committed.id, paths, mode.kind);
-      this.metadata.addGcRoot(rootName, committed.id);
+      this.metadata.addGcRoot(root.name, committed.id, root.links);
       const dest = join(this.snapshotsDir, String(rec.id));
       if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
       renameSync(tmp, dest);

@@ -9,6 +9,7 @@
 // - images imported from an oci-archive and a docker-archive written by `nixoci build` run through it.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
 import { gcRootsDir } from "../../../src/servers/snapshotter/gcroots.js";
@@ -17,6 +18,7 @@ import {
   blobGets,
   chainIds,
   isChainSnapshot,
+  layerClosureRoots,
   layerStorePaths,
   listSnapshots,
   logSize,
@@ -111,9 +113,13 @@ describe(`CRI scenarios through containerd ${containerdUnderTest().series} with 
       // The root: a directory of links to every store path of the image's nix layers.
       const dir = rootDir(hello.manifestDigest);
       assert.ok(existsSync(dir), `GC root ${dir} after the pull\n${tail(s.sn.logFile)}`);
-      const want = storeLayers.flatMap(layerStorePaths).sort();
+      // One link: the image's root (nix-closure-root), whose closure holds every store layer's paths.
       const links = readdirSync(dir).sort();
-      assert.deepEqual(links, want.map((p) => basename(p)).sort());
+      assert.deepEqual(links, [basename(fx.hello)]);
+      assert.deepEqual(layerClosureRoots(storeLayers[0]), [fx.hello]);
+      const closure = execFileSync("nix-store", ["-qR", fx.hello], { encoding: "utf8" }).split("\n");
+      for (const p of storeLayers.flatMap(layerStorePaths))
+        assert.ok(closure.includes(p), `${p} in hello's closure`);
       for (const l of links) assert.equal(readlinkSync(join(dir, l)), `/nix/store/${l}`);
 
       const chains = chainIds(hello.diffIds);

@@ -3,6 +3,7 @@
 // registry errors for unknown packages, revisions and failures. One end-to-end run with the real nix resolver.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { storePathsFromAnnotations } from "../../../src/image/annotations.js";
 import { execFile } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import type { AddressInfo } from "node:net";
@@ -220,7 +221,7 @@ test("the first request builds into the registry's blob store; the next ones are
   };
   for (const d of [m.digest, manifest.config.digest, ...manifest.layers.map((l) => l.digest)])
     assert.ok(await storage.blobs.has(d), d);
-  const storePaths = manifest.layers.flatMap((l) => Object.values(l.annotations ?? {}));
+  const storePaths = manifest.layers.flatMap((l) => storePathsFromAnnotations(l.annotations ?? {}));
   assert.ok(
     storePaths.includes(fx.hello) && storePaths.includes(fx.busybox) && storePaths.includes(fx.greeting),
   );
@@ -571,7 +572,7 @@ test("end to end with the real nix resolver on packages.nix", async () => {
   assert.ok(m);
   const manifest = JSON.parse(m.bytes.toString());
   const paths = manifest.layers.flatMap((l: { annotations?: Record<string, string> }) =>
-    Object.values(l.annotations ?? {}),
+    storePathsFromAnnotations(l.annotations ?? {}),
   );
   assert.deepEqual(paths.sort(), [fx.busybox, fx.greeting, fx.hello].sort());
   const config = JSON.parse(readFileSync(storage.blobs.path(manifest.config.digest), "utf8"));

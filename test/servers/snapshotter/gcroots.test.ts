@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, 
 import { basename, join } from "node:path";
 import { createHash, randomBytes } from "node:crypto";
 import { gcRootsDir, MANIFEST_DIGEST_LABEL } from "../../../src/servers/snapshotter/gcroots.js";
+import { NIX_CLOSURE_ROOT_ANNOTATION } from "../../../src/image/annotations.js";
 import { snapshotsClient } from "../../../src/proto/containerd.js";
 import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
@@ -184,6 +185,77 @@ describe("snapshotter GC roots", () => {
       del = nixDelete(victim);
       assert.equal(del.status, 0, del.output);
       assert.equal(existsSync(victim), false);
+    },
+  );
+
+  test(
+    "nix-closure-root labels: the root links the image roots that hold the layer's paths, else the paths",
+    { timeout: 180_000 },
+    async () => {
+      // A throwaway path (`leaf`) and one referring to it (`top`), which nothing else roots.
+      const nonce = randomBytes(8).toString("hex");
+      const expr = `let leaf = derivation { name = "gcroot-leaf"; nonce = "${nonce}"; system = builtins.currentSystem;
+          builder = "/bin/sh"; args = ["-c" "echo ${nonce} > $out"]; };
+        in derivation { name = "gcroot-top"; system = builtins.currentSystem; builder = "/bin/sh";
+          args = ["-c" "echo \${leaf} > $out"]; }`;
+      const top = execFileSync("nix-build", ["--no-out-link", "-E", expr], { encoding: "utf8" }).trim();
+      const refs = execFileSync("nix-store", ["-q", "--references", top], { encoding: "utf8" })
+        .trim()
+        .split("\n");
+      const leaf = refs.find((r) => r !== top)!;
+      assert.match(leaf, /-gcroot-leaf$/);
+      const withRoots = (ref: string, paths: string[], roots: string[], m: string) => {
+        const labels = nixLabels(ref, paths, m);
+        roots.forEach((r, i) => (labels[`${NIX_CLOSURE_ROOT_ANNOTATION}.${i}`] = r));
+        return labels;
+      };
+      try {
+        const m = digest();
+        const r = `manifest-${hex(m)}`;
+        // Covered: the layer holds leaf, the label names top: one link, to top, and Nix keeps leaf.
+        let p = await rpc(client!, "Prepare", {
+          key: "extract c1",
+          labels: withRoots("c1", [leaf], [top], m),
+        });
+        assert.equal(p.err, 6, `ALREADY_EXISTS: ${p.details}\n${tail(sn!.logFile)}`);
+        assert.deepEqual(links(rootsDir, r), expected([top]));
+        const del = nixDelete(leaf);
+        assert.notEqual(del.status, 0, del.output);
+        assert.match(del.output, /still alive/);
+        // Not covered (busybox is not in top's closure): the layer's own paths.
+        p = await rpc(client!, "Prepare", {
+          key: "extract c2",
+          parent: "c1",
+          labels: withRoots("c2", [fx.busybox], [top], m),
+        });
+        assert.equal(p.err, 6, p.details);
+        assert.deepEqual(links(rootsDir, r), expected([top, fx.busybox]));
+        // A root that is not in the store: the paths.
+        const m2 = digest();
+        const missing = `/nix/store/${"0".repeat(32)}-not-here`;
+        p = await rpc(client!, "Prepare", {
+          key: "extract c1 again",
+          labels: withRoots("c1", [leaf], [missing], m2),
+        });
+        assert.equal(p.err, 6, p.details);
+        assert.deepEqual(links(rootsDir, `manifest-${hex(m2)}`), expected([leaf]));
+        // Startup makes the directory match (links made per row, as recorded).
+        const before = { [r]: links(rootsDir, r) };
+        rmSync(join(rootsDir, r), { recursive: true });
+        client!.close();
+        await killSnapshotter(sn);
+        sn = await startSnapshotter(dir, args);
+        client = snapshotsClient(sn.socket);
+        assert.deepEqual({ [r]: links(rootsDir, r) }, before);
+        // Removal: c2 goes, busybox's link with it; c1 keeps top.
+        assert.equal((await rpc(client!, "Remove", { key: "c2" })).err, undefined);
+        assert.deepEqual(links(rootsDir, r), expected([top]));
+        assert.equal((await rpc(client!, "Remove", { key: "c1" })).err, undefined);
+        assert.equal(existsSync(rootsDir), false, "no root left");
+      } finally {
+        nixDelete(top);
+        nixDelete(leaf);
+      }
     },
   );
 });
