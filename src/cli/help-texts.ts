@@ -474,15 +474,17 @@ export const SNAPSHOTTER = {
       "containers one overlay mount with the store as a data-only lower layer (auto's choice across filesystems, " +
       "e.g. a store on a SAN or NFS share, when the kernel supports it: Linux >= 6.5; otherwise auto downloads); " +
       "`bind` composes each container's root from the overlay plus a read-only bind mount per store path; " +
-      "`target` holds only empty mountpoints and gives containers the overlay plus a read-only bind mount per " +
+      "`target` layers are empty: containers get an overlay of the other layers topped by the image's " +
+      "mountpoints directory (made once per image, on a tmpfs: --mountpoints-dir) plus a read-only bind mount per " +
       "store path at its place in the rootfs (Mount.target), which containerd >= 1.7 mounts itself: no per-file " +
       "work, any filesystem; auto's choice when the node's containerd is 1.7 or later: --containerd-version, else " +
       "what the running containerd's Version API at --containerd-address answers, else `containerd --version` " +
       '(asked on the first nix layer; the debug line "containerd version" says which decided; none answering: ' +
       "a warning, and no target mode).",
-    "GC roots: one per image, a directory of links into the store, under " +
-      "/nix/var/nix/gcroots/nixoci/ for /nix/store (else ROOT/gcroots/), made before its layer is committed and " +
-      "removed with the image's last layer. SIGTERM or SIGINT: stop accepting calls, finish running ones, exit 0.",
+    "GC roots: one per image, a directory of links into the store (to the image's roots its layers name, " +
+      "nix-closure-root.<i>, when their closure holds the layer's paths, else to each path), under " +
+      "/nix/var/nix/gcroots/nixoci/ for a writable /nix/store (else ROOT/gcroots/), made before its layer is " +
+      "committed and removed with the image's last layer. SIGTERM or SIGINT: stop accepting calls, finish running ones, exit 0.",
     "--print-containerd-config prints what containerd's config.toml needs for the snapshotter, in the schema of " +
       "the node's containerd (--containerd-version, else the Version API at --containerd-address, else " +
       "`containerd --version`): the proxy plugin on --address " +
