@@ -51,7 +51,7 @@
 // one per layer) before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
 // another image's manifest digest makes that image's root hold it too. Remove drops the links of roots no
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
-import { chownSync, existsSync, mkdtempSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, renameSync, rmSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import {
@@ -74,7 +74,7 @@ import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
 import { defaultMountpointsDir, MountpointDirs } from "./mountpoints.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
 import { targetBinds } from "./nix-layer-modes/target.js";
-import { OverlaySnapshotter, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
+import { OverlaySnapshotter, takeOwner, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
 
 export { REF_LABEL } from "../../image/annotations.js";
 export type { NixLayerMode } from "./nix-layer-modes/modes.js";
@@ -491,10 +491,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   ): void {
     this.metadata.transaction(() => {
       const rec = this.metadata.create("active", tmpKey, parent || undefined, {});
-      if (rec.parentId !== undefined) {
-        const pst = statSync(this.fsPath(rec.parentId));
-        chownSync(fs, pst.uid, pst.gid);
-      }
+      if (rec.parentId !== undefined) takeOwner(fs, this.fsPath(rec.parentId));
       const committed = this.metadata.commit(tmpKey, ref, labels, usage);
       this.metadata.setNixLayer(committed.id, paths, mode.kind);
       this.metadata.addGcRoot(root.name, committed.id, root.links);

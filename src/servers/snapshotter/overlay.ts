@@ -73,6 +73,13 @@ export class Lock {
   }
 }
 
+/** Gives `dir` the owner of `from` (a chown only when it differs: on a disk filesystem each is a journal update). */
+export function takeOwner(dir: string, from: string): void {
+  const want = statSync(from);
+  const have = statSync(dir);
+  if (have.uid !== want.uid || have.gid !== want.gid) chownSync(dir, want.uid, want.gid);
+}
+
 /** Disk usage like containerd's fs.DiskUsage: 512-byte blocks and inodes of each distinct inode under dir. */
 export async function diskUsage(dir: string): Promise<Usage> {
   const seen = new Set<string>();
@@ -142,11 +149,8 @@ export class OverlaySnapshotter {
           tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
           mkdirSync(join(tmp, "fs"), { mode: 0o755 });
           if (kind === "active") mkdirSync(join(tmp, "work"), { mode: 0o711 });
-          if (r.parentId !== undefined) {
-            // Like containerd: the new upper dir takes the owner of the parent's root.
-            const st = statSync(this.fsPath(r.parentId));
-            chownSync(join(tmp, "fs"), st.uid, st.gid);
-          }
+          // Like containerd: the new upper dir takes the owner of the parent's root.
+          if (r.parentId !== undefined) takeOwner(join(tmp, "fs"), this.fsPath(r.parentId));
           const dest = join(this.snapshotsDir, String(r.id));
           // A directory left by a crash before its row was committed carries no data anyone needs.
           if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });

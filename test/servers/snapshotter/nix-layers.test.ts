@@ -801,3 +801,44 @@ test("metadata: a nix_layers table from before target mode takes target layers",
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test("metadata: a gc_roots table from before image-root links keeps its rows' layer paths", () => {
+  const root = mkdtempSync(join("/tmp", "nixoci-snmig-"));
+  try {
+    const db = new Database(join(root, "metadata.db"));
+    db.exec(`CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')), parent_id INTEGER REFERENCES snapshots(id),
+        labels TEXT NOT NULL DEFAULT '{}', created INTEGER NOT NULL, updated INTEGER NOT NULL, size INTEGER, inodes INTEGER);
+      CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
+        linked INTEGER NOT NULL DEFAULT 0, mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy', 'target')));
+      CREATE TABLE gc_roots (name TEXT NOT NULL, id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+        PRIMARY KEY (name, id));
+      INSERT INTO snapshots (key, kind, created, updated) VALUES ('a', 'committed', 1, 1);
+      INSERT INTO nix_layers (id, paths, linked, mode) VALUES (1, '["/nix/store/x","/nix/store/y"]', 0, 'target');
+      INSERT INTO gc_roots (name, id) VALUES ('r', 1);`);
+    db.close();
+    for (let i = 0; i < 2; i++) {
+      const md = new MetadataStore(root); // twice: the migration is idempotent
+      try {
+        assert.deepEqual(
+          [...md.gcRootPaths("r")],
+          ["/nix/store/x", "/nix/store/y"],
+          "an old row links its paths",
+        );
+        if (i === 0) md.transaction(() => md.addGcRoot("s", 1, ["/nix/store/top"]));
+        assert.deepEqual([...md.gcRootPaths("s")], ["/nix/store/top"], "a new row its image roots");
+        assert.deepEqual(
+          [...md.gcRoots()].map(([n, p]) => [n, [...p]]),
+          [
+            ["r", ["/nix/store/x", "/nix/store/y"]],
+            ["s", ["/nix/store/top"]],
+          ],
+        );
+      } finally {
+        md.close();
+      }
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
