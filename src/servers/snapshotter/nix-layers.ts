@@ -37,10 +37,13 @@
 //   /etc/group) fails and leaks a mount; hence auto mode never picks bind and, with the store on another
 //   filesystem and no metacopy support, lets containerd download the layer.
 // - target (nix-layer-modes/target.ts; auto's choice when the node's containerd is 1.7 or later, which mounts a
-//   Mount's target inside the rootfs): the same mountpoint layer as bind, and the mounts of an active snapshot or
-//   view above it are the chain's overlay followed by a read-only bind per store path with its target, which
-//   containerd mounts and unmounts itself (the snapshotter mounts nothing). No per-file work, any filesystem,
-//   the container reads the store's own files; like metacopy, it loses them if their path is garbage-collected.
+//   Mount's target inside the rootfs): the layer's fs is empty, and the mounts of an active snapshot or view
+//   above it are an overlay of the chain's other layers topped by the chain's mountpoints directory (made once
+//   per chain on a tmpfs and shared: mountpoints.ts, targetsOf), followed by a read-only bind per store path with
+//   its target, which containerd mounts and unmounts itself (the snapshotter mounts nothing). No per-file work,
+//   any filesystem, the container reads the store's own files; like metacopy, it loses them if their path is
+//   garbage-collected. (One bind per path, not one recursive bind of a composed store: containerd's temporary
+//   mounts cannot unmount nested mounts.)
 //
 // Prepares made by containerd's unpacker (they carry containerd.io/snapshot.ref, or an extract- key) keep the
 // plain overlay mounts (plus the data-only store layer above a metacopy layer), as the diff applier wants.
@@ -48,7 +51,8 @@
 // Layer trees are built in a worker thread (layer-tree.ts), so the server answers other calls meanwhile.
 //
 // GC roots (gcroots.ts): a nix layer's paths are linked into its image's root (one per manifest digest, else
-// one per layer) before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
+// one per layer; the image roots its labels name instead when their closure holds the paths: coveringRoots)
+// before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
 // another image's manifest digest makes that image's root hold it too. Remove drops the links of roots no
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
 import { existsSync, mkdtempSync, renameSync, rmSync } from "node:fs";
