@@ -480,7 +480,8 @@ export const SNAPSHOTTER = {
       "work, any filesystem; auto's choice when the node's containerd is 1.7 or later: --containerd-version, else " +
       "what the running containerd's Version API at --containerd-address answers, else `containerd --version` " +
       '(asked on the first nix layer; the debug line "containerd version" says which decided; none answering: ' +
-      "a warning, and no target mode).",
+      "a warning, and no target mode). Under auto, a container above target layers on a containerd older than 1.7 " +
+      "(a downgrade) is refused with FAILED_PRECONDITION: remove the image and pull it again.",
     "GC roots: one per image, a directory of links into the store (to the image's roots its layers name, " +
       "nix-closure-root.<i>, when their closure holds the layer's paths, else to each path), under " +
       "/nix/var/nix/gcroots/nixoci/ for a writable /nix/store (else ROOT/gcroots/), made before its layer is " +

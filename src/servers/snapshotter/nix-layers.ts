@@ -241,6 +241,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
       if (await this.tryNixLayer(ref, parent, labels, paths))
         throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(ref)} already exists`);
     }
+    const unpack = Object.hasOwn(labels, REF_LABEL) || /(^|\/)extract-/.test(key);
+    if (!unpack) await this.checkTargetsMountable(key, parent);
     const mounts = await super.prepare(key, parent, labels);
     // The unpacker applies a layer's diff to the plain overlay; containers get the composed root.
     const rec = this.metadata.mustGet(key);
@@ -248,6 +250,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   override async view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    await this.checkTargetsMountable(key, parent);
     const mounts = await super.view(key, parent, labels);
     return this.composedMounts(this.metadata.mustGet(key), mounts);
   }
@@ -304,6 +307,23 @@ export class NixSnapshotter extends OverlaySnapshotter {
     // A root gone since (collected by someone's GC) would protect nothing: looked at each time.
     if (!roots.every((r) => existsSync(this.store.realPath(r)))) return undefined;
     return paths.every((p) => closure.has(p)) ? roots : undefined;
+  }
+
+  /**
+   * Refuses a container or view above target-mode layers when the node's containerd cannot mount them (auto
+   * mode, containerd older than 1.7: a downgrade, or a root moved to another node): 1.6 would stack the binds on
+   * the rootfs itself. Checked before the snapshot is made, so a refusal leaves nothing behind.
+   */
+  private async checkTargetsMountable(key: string, parent: string): Promise<void> {
+    const top = parent ? this.metadata.get(parent) : undefined;
+    if (!top || top.kind !== "committed") return; // the Prepare itself says what is wrong
+    if (!this.targetsOf([top, ...this.metadata.ancestors(top)], false)) return;
+    if (await this.modes.targetLayersMountable()) return;
+    throw new SnapshotError(
+      "failed-precondition",
+      `snapshot ${JSON.stringify(key)}: its image's store layers are target-mode (bind mounts containerd >= 1.7 ` +
+        `makes), and this node's containerd does not mount a mount's target; remove the image and pull it again`,
+    );
   }
 
   /** Valid store paths only, each parsed against the store's logical directory. */

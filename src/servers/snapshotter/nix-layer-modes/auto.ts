@@ -46,6 +46,15 @@ export class ModeChooser {
     return (await this.metacopySupported()) ? layerMode("metacopy") : undefined;
   }
 
+  /**
+   * False when target-mode layers made earlier cannot serve containers any more: auto mode, and the node's
+   * containerd does not mount a mount's target (a downgrade to 1.6, or a node moved to an older containerd).
+   * A forced --nix-layers target is taken at its word.
+   */
+  async targetLayersMountable(): Promise<boolean> {
+    return this.setting !== "auto" || (await this.containerdMountsTargets());
+  }
+
   private containerdMountsTargets(): Promise<boolean> {
     const m = this.mountTargets;
     this.mountsTargetsAnswer ??= typeof m === "boolean" ? Promise.resolve(m) : m();
