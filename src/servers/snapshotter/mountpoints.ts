@@ -7,6 +7,7 @@
 // from the snapshotter's root), a directory this user owns with mode 0700 (anything else there is refused, so
 // another user cannot point it elsewhere); where /dev/shm is no tmpfs, ROOT/mountpoints.
 import {
+  existsSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -35,6 +36,16 @@ export function defaultMountpointsDir(snapshotterRoot: string): string {
   return join(snapshotterRoot, "mountpoints");
 }
 
+/** Whether something (a symlink too, even a dangling one) is at `path`. */
+function lstatExists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Makes `dir` (its parent must exist) or checks that it is a directory of this user's with mode 0700. */
 function privateDir(dir: string): void {
   try {
@@ -53,9 +64,18 @@ function privateDir(dir: string): void {
 }
 
 export class MountpointDirs {
+  private made = false;
+
+  /** Checks a directory already at `dir` at once (fail fast on a planted one); makes it on first need. */
   constructor(readonly dir: string) {
-    if (dir.startsWith(`${SHM}/`)) privateDir(dir);
-    else makeDirsSync(dir, 0o700);
+    if (lstatExists(dir)) this.ensure();
+  }
+
+  private ensure(): void {
+    if (this.made) return;
+    if (this.dir.startsWith(`${SHM}/`)) privateDir(this.dir);
+    else makeDirsSync(this.dir, 0o700);
+    this.made = true;
   }
 
   /** The mountpoints directory of the chain whose top is snapshot `id`. */
@@ -75,6 +95,7 @@ export class MountpointDirs {
     } catch {
       // made below
     }
+    this.ensure();
     const tmp = mkdtempSync(join(this.dir, "new-"));
     try {
       const store = join(tmp, storeDir);
@@ -104,6 +125,7 @@ export class MountpointDirs {
   removeIfEmpty(): void {
     try {
       rmdirSync(this.dir);
+      this.made = false;
     } catch {
       // not empty, or gone
     }
@@ -112,6 +134,7 @@ export class MountpointDirs {
   /** Removes every directory but those of `keep` (startup, Cleanup). Returns the names removed. */
   sweep(keep: Set<number>): string[] {
     const removed: string[] = [];
+    if (!existsSync(this.dir)) return removed;
     for (const name of readdirSync(this.dir)) {
       if (/^\d+$/.test(name) && keep.has(Number(name))) continue;
       rmSync(join(this.dir, name), { recursive: true, force: true });

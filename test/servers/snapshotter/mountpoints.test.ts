@@ -6,6 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   chmodSync,
+  existsSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -57,13 +58,14 @@ test("a chain's directory: a mountpoint per path, made once; swept with its chai
   const root = mkdtempSync(join("/tmp", "nixoci-mp-root-"));
   const dirs = new MountpointDirs(defaultMountpointsDir(root));
   try {
-    assert.equal(lstatSync(dirs.dir).mode & 0o777, 0o700);
+    assert.equal(existsSync(dirs.dir), false, "made on first need only");
     const paths = [fx.hello, fx["single-file"], fx["symlink-path"]].map((p) => ({
       real: p,
       baseName: basename(p),
     }));
     const made = dirs.make(7, "nix/store", paths);
     assert.equal(made, join(dirs.dir, "7"));
+    assert.equal(lstatSync(dirs.dir).mode & 0o777, 0o700);
     const store = join(made, "nix/store");
     assert.deepEqual(readdirSync(store).sort(), paths.map((p) => p.baseName).sort());
     assert.deepEqual(readdirSync(join(store, basename(fx.hello))), []);
