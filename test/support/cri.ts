@@ -332,6 +332,20 @@ export function layerClosureRoots(layer: LayerDescriptor): string[] {
   return storePathsFromAnnotations(layer.annotations ?? {}, NIX_CLOSURE_ROOT_ANNOTATION);
 }
 
+let gcKicks = 0;
+
+/**
+ * Makes containerd's garbage collector run soon: a lease made and deleted is a deletion, which schedules a
+ * collection. Needed where a test waits for the GC to remove something: containerd's GC scheduler drops a
+ * deletion that happened while a collection was running (its event is older than the collection's end), so
+ * what it deleted stays until the next deletion.
+ */
+export function kickContainerdGc(stack: { ctr(args: string[]): string }): void {
+  const id = `nixoci-gc-kick-${process.pid}-${gcKicks++}`;
+  stack.ctr(["leases", "create", "--id", id]);
+  stack.ctr(["leases", "delete", id]);
+}
+
 export function layerStorePaths(layer: LayerDescriptor): string[] {
   return Object.entries(layer.annotations ?? {})
     .filter(([k]) => k.startsWith(NIX_STORE_PATH_ANNOTATION))
