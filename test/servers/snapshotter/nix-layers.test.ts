@@ -731,32 +731,25 @@ describe(`snapshotter nix layers: auto picks metacopy across filesystems, under 
   );
 });
 
-// A database written before nix_layers had a mode column (only `linked`) opens with each layer's mode derived
-// from it, and keeps working for new layers.
-test("metadata: nix_layers.linked from an older database becomes the mode", () => {
+/** The snapshots table as every older nixoci made it. */
+const OLDER_SNAPSHOTS_TABLE = `CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+  kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')), parent_id INTEGER REFERENCES snapshots(id),
+  labels TEXT NOT NULL DEFAULT '{}', created INTEGER NOT NULL, updated INTEGER NOT NULL, size INTEGER, inodes INTEGER);`;
+
+/**
+ * A metadata database an older nixoci wrote (its snapshots table, then `sql`), opened twice, as its migration
+ * must be idempotent: `check` runs on each opening (`first` on the first).
+ */
+function withOlderMetadata(sql: string, check: (md: MetadataStore, first: boolean) => void): void {
   const root = mkdtempSync(join("/tmp", "nixoci-snmig-"));
   try {
     const db = new Database(join(root, "metadata.db"));
-    db.exec(`CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')), parent_id INTEGER REFERENCES snapshots(id),
-        labels TEXT NOT NULL DEFAULT '{}', created INTEGER NOT NULL, updated INTEGER NOT NULL, size INTEGER, inodes INTEGER);
-      CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
-        linked INTEGER NOT NULL DEFAULT 0);
-      INSERT INTO snapshots (key, kind, created, updated) VALUES ('a', 'committed', 1, 1), ('b', 'committed', 1, 1);
-      INSERT INTO nix_layers (id, paths, linked) VALUES (1, '["/nix/store/x"]', 1), (2, '["/nix/store/y"]', 0);`);
+    db.exec(`${OLDER_SNAPSHOTS_TABLE}\n${sql}`);
     db.close();
     for (let i = 0; i < 2; i++) {
-      const md = new MetadataStore(root); // twice: the migration is idempotent
+      const md = new MetadataStore(root);
       try {
-        assert.deepEqual(md.nixLayer(1), { paths: ["/nix/store/x"], mode: "link" });
-        assert.deepEqual(md.nixLayer(2), { paths: ["/nix/store/y"], mode: "bind" });
-        if (i === 0)
-          md.transaction(() => {
-            const r = md.create("active", "c", undefined, {});
-            md.commit("c", "cc", {}, { size: 0, inodes: 0 });
-            md.setNixLayer(r.id, ["/nix/store/z"], "metacopy");
-          });
-        assert.equal(md.nixLayer(md.mustGet("cc").id)?.mode, "metacopy");
+        check(md, i === 0);
       } finally {
         md.close();
       }
@@ -764,81 +757,78 @@ test("metadata: nix_layers.linked from an older database becomes the mode", () =
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
+}
+
+// A database written before nix_layers had a mode column (only `linked`) opens with each layer's mode derived
+// from it, and keeps working for new layers.
+test("metadata: nix_layers.linked from an older database becomes the mode", () => {
+  withOlderMetadata(
+    `CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
+        linked INTEGER NOT NULL DEFAULT 0);
+      INSERT INTO snapshots (key, kind, created, updated) VALUES ('a', 'committed', 1, 1), ('b', 'committed', 1, 1);
+      INSERT INTO nix_layers (id, paths, linked) VALUES (1, '["/nix/store/x"]', 1), (2, '["/nix/store/y"]', 0);`,
+    (md, first) => {
+      assert.deepEqual(md.nixLayer(1), { paths: ["/nix/store/x"], mode: "link" });
+      assert.deepEqual(md.nixLayer(2), { paths: ["/nix/store/y"], mode: "bind" });
+      if (first)
+        md.transaction(() => {
+          const r = md.create("active", "c", undefined, {});
+          md.commit("c", "cc", {}, { size: 0, inodes: 0 });
+          md.setNixLayer(r.id, ["/nix/store/z"], "metacopy");
+        });
+      assert.equal(md.nixLayer(md.mustGet("cc").id)?.mode, "metacopy");
+    },
+  );
 });
 
 // A database whose nix_layers.mode check predates target mode (link, bind, metacopy) opens with its rows kept
 // and takes target layers.
 test("metadata: a nix_layers table from before target mode takes target layers", () => {
-  const root = mkdtempSync(join("/tmp", "nixoci-snmig-"));
-  try {
-    const db = new Database(join(root, "metadata.db"));
-    db.exec(`CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')), parent_id INTEGER REFERENCES snapshots(id),
-        labels TEXT NOT NULL DEFAULT '{}', created INTEGER NOT NULL, updated INTEGER NOT NULL, size INTEGER, inodes INTEGER);
-      CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
+  withOlderMetadata(
+    `CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
         linked INTEGER NOT NULL DEFAULT 0, mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy')));
       INSERT INTO snapshots (key, kind, created, updated) VALUES ('a', 'committed', 1, 1), ('b', 'committed', 1, 1);
       INSERT INTO nix_layers (id, paths, linked, mode) VALUES (1, '["/nix/store/x"]', 1, 'link'),
-        (2, '["/nix/store/y"]', 0, 'metacopy');`);
-    db.close();
-    for (let i = 0; i < 2; i++) {
-      const md = new MetadataStore(root); // twice: the migration is idempotent
-      try {
-        assert.deepEqual(md.nixLayer(1), { paths: ["/nix/store/x"], mode: "link" });
-        assert.deepEqual(md.nixLayer(2), { paths: ["/nix/store/y"], mode: "metacopy" });
-        if (i === 0)
-          md.transaction(() => {
-            const r = md.create("active", "c", undefined, {});
-            md.commit("c", "cc", {}, { size: 0, inodes: 0 });
-            md.setNixLayer(r.id, ["/nix/store/z"], "target");
-          });
-        assert.deepEqual(md.nixLayer(md.mustGet("cc").id), { paths: ["/nix/store/z"], mode: "target" });
-      } finally {
-        md.close();
-      }
-    }
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+        (2, '["/nix/store/y"]', 0, 'metacopy');`,
+    (md, first) => {
+      assert.deepEqual(md.nixLayer(1), { paths: ["/nix/store/x"], mode: "link" });
+      assert.deepEqual(md.nixLayer(2), { paths: ["/nix/store/y"], mode: "metacopy" });
+      if (first)
+        md.transaction(() => {
+          const r = md.create("active", "c", undefined, {});
+          md.commit("c", "cc", {}, { size: 0, inodes: 0 });
+          md.setNixLayer(r.id, ["/nix/store/z"], "target");
+        });
+      assert.deepEqual(md.nixLayer(md.mustGet("cc").id), { paths: ["/nix/store/z"], mode: "target" });
+    },
+  );
 });
 
+// A gc_roots table from before its rows recorded their links: each old row links its layer's paths.
 test("metadata: a gc_roots table from before image-root links keeps its rows' layer paths", () => {
-  const root = mkdtempSync(join("/tmp", "nixoci-snmig-"));
-  try {
-    const db = new Database(join(root, "metadata.db"));
-    db.exec(`CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')), parent_id INTEGER REFERENCES snapshots(id),
-        labels TEXT NOT NULL DEFAULT '{}', created INTEGER NOT NULL, updated INTEGER NOT NULL, size INTEGER, inodes INTEGER);
-      CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
+  withOlderMetadata(
+    `CREATE TABLE nix_layers (id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE, paths TEXT NOT NULL,
         linked INTEGER NOT NULL DEFAULT 0, mode TEXT CHECK (mode IN ('link', 'bind', 'metacopy', 'target')));
       CREATE TABLE gc_roots (name TEXT NOT NULL, id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
         PRIMARY KEY (name, id));
       INSERT INTO snapshots (key, kind, created, updated) VALUES ('a', 'committed', 1, 1);
       INSERT INTO nix_layers (id, paths, linked, mode) VALUES (1, '["/nix/store/x","/nix/store/y"]', 0, 'target');
-      INSERT INTO gc_roots (name, id) VALUES ('r', 1);`);
-    db.close();
-    for (let i = 0; i < 2; i++) {
-      const md = new MetadataStore(root); // twice: the migration is idempotent
-      try {
-        assert.deepEqual(
-          [...md.gcRootPaths("r")],
-          ["/nix/store/x", "/nix/store/y"],
-          "an old row links its paths",
-        );
-        if (i === 0) md.transaction(() => md.addGcRoot("s", 1, ["/nix/store/top"]));
-        assert.deepEqual([...md.gcRootPaths("s")], ["/nix/store/top"], "a new row its image roots");
-        assert.deepEqual(
-          [...md.gcRoots()].map(([n, p]) => [n, [...p]]),
-          [
-            ["r", ["/nix/store/x", "/nix/store/y"]],
-            ["s", ["/nix/store/top"]],
-          ],
-        );
-      } finally {
-        md.close();
-      }
-    }
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+      INSERT INTO gc_roots (name, id) VALUES ('r', 1);`,
+    (md, first) => {
+      assert.deepEqual(
+        [...md.gcRootPaths("r")],
+        ["/nix/store/x", "/nix/store/y"],
+        "an old row links its paths",
+      );
+      if (first) md.transaction(() => md.addGcRoot("s", 1, ["/nix/store/top"]));
+      assert.deepEqual([...md.gcRootPaths("s")], ["/nix/store/top"], "a new row its image roots");
+      assert.deepEqual(
+        [...md.gcRoots()].map(([n, p]) => [n, [...p]]),
+        [
+          ["r", ["/nix/store/x", "/nix/store/y"]],
+          ["s", ["/nix/store/top"]],
+        ],
+      );
+    },
+  );
 });
