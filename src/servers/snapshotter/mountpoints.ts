@@ -89,12 +89,7 @@ export class MountpointDirs {
    */
   make(id: number, storeDir: string, paths: Omit<LayerPath, "target">[]): string {
     const dest = this.path(id);
-    try {
-      lstatSync(dest);
-      return dest;
-    } catch {
-      // made below
-    }
+    if (lstatExists(dest)) return dest;
     this.ensure();
     const tmp = mkdtempSync(join(this.dir, "new-"));
     try {

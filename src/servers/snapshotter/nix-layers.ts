@@ -117,7 +117,12 @@ export interface NixSnapshotterOptions extends OverlayOptions {
  * apply path) its key is "extract-..." under the metadata layer's "NS/ID/" prefix.
  */
 function isUnpack(rec: SnapshotRecord): boolean {
-  return rec.kind === "active" && (Object.hasOwn(rec.labels, REF_LABEL) || /(^|\/)extract-/.test(rec.key));
+  return rec.kind === "active" && isUnpackKey(rec.key, rec.labels);
+}
+
+/** Whether a Prepare of `key` with `labels` comes from containerd's unpacker (see isUnpack). */
+function isUnpackKey(key: string, labels: Record<string, string>): boolean {
+  return Object.hasOwn(labels, REF_LABEL) || /(^|\/)extract-/.test(key);
 }
 
 export class NixSnapshotter extends OverlaySnapshotter {
@@ -241,8 +246,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       if (await this.tryNixLayer(ref, parent, labels, paths))
         throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(ref)} already exists`);
     }
-    const unpack = Object.hasOwn(labels, REF_LABEL) || /(^|\/)extract-/.test(key);
-    if (!unpack) await this.checkTargetsMountable(key, parent);
+    if (!isUnpackKey(key, labels)) await this.checkTargetsMountable(key, parent);
     const mounts = await super.prepare(key, parent, labels);
     // The unpacker applies a layer's diff to the plain overlay; containers get the composed root.
     const rec = this.metadata.mustGet(key);
@@ -317,7 +321,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private async checkTargetsMountable(key: string, parent: string): Promise<void> {
     const top = parent ? this.metadata.get(parent) : undefined;
     if (!top || top.kind !== "committed") return; // the Prepare itself says what is wrong
-    if (!this.targetsOf([top, ...this.metadata.ancestors(top)], false)) return;
+    if (!this.targetsOf(top, () => [top, ...this.metadata.ancestors(top)], false)) return;
     if (await this.modes.targetLayersMountable()) return;
     throw new SnapshotError(
       "failed-precondition",
@@ -433,10 +437,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
       fs,
       storeDir: this.store.storeDir,
       paths: paths.map((p) => {
-        const baseName = parseStorePath(p, this.store.storeDir).baseName;
-        return { real: this.store.realPath(p), target: join(storeDir, baseName), baseName };
+        const entry = this.storeEntry(p);
+        return { ...entry, target: join(storeDir, entry.baseName) };
       }),
     });
+  }
+
+  /** Where store path `p` really is, and its name in the store directory. */
+  private storeEntry(p: string): { real: string; baseName: string } {
+    return { real: this.store.realPath(p), baseName: parseStorePath(p, this.store.storeDir).baseName };
   }
 
   private async createNixLayer(
@@ -526,12 +535,12 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * The store paths of the ancestors of `rec` whose mode gives containers the paths as `rootfs` (bind's
+   * The store paths of the layers of `parents` whose mode gives containers the paths as `rootfs` (bind's
    * "composed"), deduplicated, nearest first.
    */
-  private pathsOf(rec: SnapshotRecord, rootfs: LayerMode["rootfs"]): string[] {
+  private pathsOf(parents: SnapshotRecord[], rootfs: LayerMode["rootfs"]): string[] {
     const out = new Set<string>();
-    for (const a of this.metadata.ancestors(rec)) {
+    for (const a of parents) {
       const layer = this.nixLayer(a.id);
       if (layer && layerMode(layer.mode).rootfs === rootfs) for (const p of layer.paths) out.add(p);
     }
@@ -539,17 +548,20 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * The target-mode part of the chain whose top is `parents[0]` (null: it has none), worked out once per chain
-   * and kept: which ancestors are target-mode layers, the chain's mountpoints directory (made on first need) and
-   * the binds of their paths.
+   * The target-mode part of the chain whose top is `top` (null: it has none), worked out once per chain from its
+   * snapshots (`chainOf()`: top first, asked only then) and kept: which of them are target-mode layers, the
+   * chain's mountpoints directory (made on first need) and the binds of their paths.
    */
-  private targetsOf(parents: SnapshotRecord[], withMountpoints: boolean): ChainTargets | null {
-    const top = parents[0];
+  private targetsOf(
+    top: SnapshotRecord,
+    chainOf: () => SnapshotRecord[],
+    withMountpoints: boolean,
+  ): ChainTargets | null {
     let chain = this.chainTargets.get(top.id);
     if (chain === undefined) {
       const layerIds = new Set<number>();
       const paths = new Set<string>();
-      for (const p of parents) {
+      for (const p of chainOf()) {
         const layer = this.nixLayer(p.id);
         if (!layer || layerMode(layer.mode).rootfs !== "targets") continue;
         layerIds.add(p.id);
@@ -570,10 +582,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     return this.mountpoints.make(
       topId,
       this.store.storeDir,
-      paths.map((p) => ({
-        real: this.store.realPath(p),
-        baseName: parseStorePath(p, this.store.storeDir).baseName,
-      })),
+      paths.map((p) => this.storeEntry(p)),
     );
   }
 
@@ -589,7 +598,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
    */
   protected override lowerDirs(rec: SnapshotRecord, parents: SnapshotRecord[], relative: boolean): string[] {
     const unpack = isUnpack(rec);
-    const chain = this.targetsOf(parents, !unpack);
+    const chain = this.targetsOf(parents[0], () => parents, !unpack);
     if (!chain) return super.lowerDirs(rec, parents, relative);
     const rel = (dir: string): string =>
       relative && dir.startsWith(`${this.snapshotsDir}/`) ? dir.slice(this.snapshotsDir.length + 1) : dir;
@@ -605,16 +614,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
   /** A container's or view's mounts: `plain`, or the composed root, then the binds of target-mode paths. */
   private async composedMounts(rec: SnapshotRecord, plain: Mount[]): Promise<Mount[]> {
     if (rec.kind === "committed") return plain;
-    const composed = this.pathsOf(rec, "composed");
+    const parents = this.metadata.ancestors(rec);
+    const composed = this.pathsOf(parents, "composed");
     const base = composed.length
       ? await this.compositions.mounts(rec, this.mountsOf(rec, true)[0], composed)
       : plain;
-    const parents = rec.parentId === undefined ? [] : this.metadata.ancestors(rec);
-    const chain = parents.length ? this.targetsOf(parents, true) : null;
+    const chain = parents.length ? this.targetsOf(parents[0], () => parents, true) : null;
     if (!chain) return base;
-    const binds = composed.length
-      ? chain.binds.filter((b) => !composed.some((p) => b.source === this.store.realPath(p)))
-      : chain.binds;
+    const composedReal = new Set(composed.map((p) => this.store.realPath(p)));
+    const binds = composed.length ? chain.binds.filter((b) => !composedReal.has(b.source)) : chain.binds;
     return binds.length ? [...base, ...binds] : base;
   }
 }
