@@ -117,6 +117,24 @@ function k3sBaseStandIn(release: ContainerdRelease): string {
 `;
 }
 
+/**
+ * Pulls `img` through the stack's CRI (as a kubelet does) and checks no store layer's blob was fetched from the
+ * registry: the snapshotter committed them from the store. Returns the image's store layers and CRI's image ref.
+ */
+async function pullWithoutStoreBlobs(
+  s: CriStack,
+  img: PushedImage,
+): Promise<{ storeLayers: PushedImage["layers"]; imageRef: string }> {
+  const storeLayers = img.layers.filter((l) => layerStorePaths(l).length > 0);
+  assert.ok(storeLayers.length >= 1, "the image has store layers");
+  const logFrom = registryLogLines(s.registry);
+  const pulled = await s.cri.pullImage({ image: { image: img.ref } }, { timeoutMs: 120_000 });
+  assert.match(pulled.image_ref, /^sha256:[0-9a-f]{64}$/);
+  const fetched = blobGets(s.registry, logFrom);
+  for (const l of storeLayers) assert.ok(!fetched.includes(l.digest), `store layer ${l.digest} not fetched`);
+  return { storeLayers, imageRef: pulled.image_ref };
+}
+
 /** PATH with the release's own binaries first (1.6: the system's, as it is). */
 function pathFor(release: ContainerdRelease): string {
   const path = process.env.PATH ?? "/usr/bin:/bin";
@@ -341,15 +359,7 @@ for (const series of CONTAINERD_SERIES)
       async () => {
         const s = stack!;
         const img = image!;
-        const storeLayers = img.layers.filter((l) => layerStorePaths(l).length > 0);
-        assert.ok(storeLayers.length >= 1, "the image has store layers");
-        const logFrom = registryLogLines(s.registry);
-        const pulled = await s.cri.pullImage({ image: { image: img.ref } }, { timeoutMs: 120_000 });
-        assert.match(pulled.image_ref, /^sha256:[0-9a-f]{64}$/);
-
-        const fetched = blobGets(s.registry, logFrom);
-        for (const l of storeLayers)
-          assert.ok(!fetched.includes(l.digest), `store layer ${l.digest} not fetched`);
+        const { storeLayers, imageRef } = await pullWithoutStoreBlobs(s, img);
 
         // Snapshot annotations are on: the store layers' GC root is the image's (named after the manifest digest
         // CRI passes), not one per layer.
@@ -380,7 +390,7 @@ for (const series of CONTAINERD_SERIES)
         );
 
         assert.equal(s.run(img.ref, `ccfg-${series.replace(".", "")}`), "Hello from nixoci!\n");
-        await s.cri.removeImage({ image: { image: pulled.image_ref } });
+        await s.cri.removeImage({ image: { image: imageRef } });
         assert.deepEqual(
           s
             .ctr(["images", "ls", "-q"])
@@ -476,14 +486,7 @@ for (const series of ["1.7", "2.1"] as const)
             repo: "nixoci/hello",
             workDir: s.dir,
           });
-          const storeLayers = img.layers.filter((l) => layerStorePaths(l).length > 0);
-          assert.ok(storeLayers.length >= 1, "the image has store layers");
-          const logFrom = registryLogLines(s.registry);
-          const pulled = await s.cri.pullImage({ image: { image: img.ref } }, { timeoutMs: 120_000 });
-          assert.match(pulled.image_ref, /^sha256:[0-9a-f]{64}$/);
-          const fetched = blobGets(s.registry, logFrom);
-          for (const l of storeLayers)
-            assert.ok(!fetched.includes(l.digest), `store layer ${l.digest} not fetched`);
+          const { storeLayers } = await pullWithoutStoreBlobs(s, img);
           // Snapshot annotations off (k3s's base): one GC root per store layer, none per image.
           const roots = readdirSync(gcRootsDir(s.sn.root, { realDir: "/nix/store", storeDir: "/nix/store" }));
           assert.equal(roots.length, storeLayers.length, roots.join(" "));
