@@ -12,6 +12,7 @@ import { createLogger } from "../util/logger.js";
 import { registryMetrics } from "../servers/registry/metrics.js";
 import { NixImageSource, type NixImageEvent, type NixImageRecord } from "../servers/registry/nix-images.js";
 import { opsRoutes, requestObserver, type RecentImage } from "../servers/registry/ops.js";
+import { TrustedProxies } from "../servers/registry/client-address.js";
 import { createRegistryServer } from "../servers/registry/server.js";
 import { RegistryStorage } from "../servers/registry/storage.js";
 import { createResolver } from "../resolve/create-resolver.js";
@@ -116,6 +117,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const signKey = values["sign-key"] ? readSecretKeyFile(values["sign-key"]) : undefined;
   // --auth-pull alone would leave everything open while looking closed.
   if (values["auth-pull"] && !values.auth) throw new UsageError("--auth-pull needs --auth");
+  let trustedProxies: TrustedProxies;
+  try {
+    trustedProxies = new TrustedProxies(values["trusted-proxy"] ?? []);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 
   const storageDir = values.storage ?? defaultStorage();
   await checkWritableDir(storageDir, "--storage");
@@ -243,6 +250,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     auth: values.auth ? parseAuthSpec(values.auth, { requirePull: Boolean(values["auth-pull"]) }) : undefined,
     routes,
     onRequest: requestObserver({ metrics, logger }),
+    trustedProxies,
   });
 
   await new Promise<void>((resolve, reject) => {

@@ -435,6 +435,12 @@ export const SERVE = {
       section: "access and logs",
     },
     "auth-pull": { type: "boolean", help: "every read needs credentials too (only /healthz stays open)" },
+    "trusted-proxy": {
+      type: "string",
+      multiple: true,
+      value: "ADDR[/BITS]",
+      help: "a reverse proxy whose X-Forwarded-For names the client (failure limit, logs)",
+    },
     "log-level": DAEMON_FLAGS["log-level"],
     "log-format": DAEMON_FLAGS["log-format"],
   },

@@ -73,6 +73,15 @@ test("an --arch Nix does not build for: one line naming it and what it builds fo
   });
 });
 
+test("a --trusted-proxy that is not an address or network: one line naming it, exit 2", () => {
+  const dir = makeTempDir("serve-fail-fast-proxy");
+  const r = serveExits(["--storage", join(dir, "storage"), "--trusted-proxy", "10.0.0.0/99"]);
+  assert.deepEqual(r, {
+    status: 2,
+    stderr: `nixoci: --trusted-proxy: not an IP address or ADDRESS/BITS network: "10.0.0.0/99"\n`,
+  });
+});
+
 test("a --storage that cannot be written: one line naming it, exit 1", () => {
   const r = serveExits(["--storage", "/proc/nixoci-nope"]);
   assert.equal(r.status, 1);

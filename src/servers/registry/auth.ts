@@ -55,9 +55,9 @@ export interface RegistryAuth {
    * Checks the request's credentials: throws RegistryError 401 (with its WWW-Authenticate challenge), 403 DENIED
    * (pull-only credentials for a push) or 429 TOOMANYREQUESTS (too many failures from this client).
    */
-  verify(req: IncomingMessage, check: CredentialCheck): Promise<void>;
+  verify(req: IncomingMessage, check: CredentialCheck, client?: string): Promise<void>;
   /** GET /v2/token (the token endpoint), when this auth offers one. */
-  handleTokenRequest?(req: IncomingMessage, res: ServerResponse): Promise<void>;
+  handleTokenRequest?(req: IncomingMessage, res: ServerResponse, client?: string): Promise<void>;
 }
 
 export interface AuthOptions {
@@ -259,7 +259,7 @@ class SpecAuth implements RegistryAuth {
   private readonly compare: (password: string, hash: string) => Promise<boolean>;
   private dummy: string;
   readonly requirePull: boolean;
-  readonly handleTokenRequest?: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+  readonly handleTokenRequest?: (req: IncomingMessage, res: ServerResponse, client?: string) => Promise<void>;
 
   constructor(
     private readonly htpasswd: WatchedFile<Map<string, string>> | undefined,
@@ -276,7 +276,7 @@ class SpecAuth implements RegistryAuth {
         this.verified.clear();
         this.dummy = dummyHash(dummyCost(users));
       };
-    if (tokens) this.handleTokenRequest = (req, res) => this.tokenEndpoint(req, res);
+    if (tokens) this.handleTokenRequest = (req, res, client) => this.tokenEndpoint(req, res, client);
   }
 
   // ---- credentials ----
@@ -353,12 +353,13 @@ class SpecAuth implements RegistryAuth {
 
   /**
    * Who sent the request. Credentials from a client with too many recent failures are refused unchecked (429),
-   * and every failure counts against the client.
+   * and every failure counts against the client: `client` when the server knows it (a trusted proxy's
+   * X-Forwarded-For), else the connection's peer.
    */
-  private async identify(req: IncomingMessage): Promise<Identity> {
+  private async identify(req: IncomingMessage, clientAddress?: string): Promise<Identity> {
     const h = req.headers.authorization;
     if (!h || /^basic\s+(?:Og==)?\s*$/i.test(h)) return { kind: "anonymous" }; // none, or Basic ":"
-    const client = clientKey(req.socket.remoteAddress);
+    const client = clientKey(clientAddress ?? req.socket.remoteAddress);
     const wait = this.limit.blocked(client);
     if (wait !== undefined) throw tooMany(wait);
     const who = await this.credentials(h, client);
@@ -410,9 +411,9 @@ class SpecAuth implements RegistryAuth {
     return `Bearer ${parts.join(",")}`;
   }
 
-  async verify(req: IncomingMessage, check: CredentialCheck): Promise<void> {
+  async verify(req: IncomingMessage, check: CredentialCheck, client?: string): Promise<void> {
     const { action, repo } = check;
-    const who = await this.identify(req);
+    const who = await this.identify(req, client);
     if (who.kind === "user") {
       if (action === "push" && who.access !== "push")
         throw registryError("DENIED", {
@@ -440,13 +441,13 @@ class SpecAuth implements RegistryAuth {
 
   // ---- the token endpoint ----
 
-  private async tokenEndpoint(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async tokenEndpoint(req: IncomingMessage, res: ServerResponse, client?: string): Promise<void> {
     const query = new URLSearchParams((req.url ?? "").split("?")[1] ?? "");
     const scopes = query.getAll("scope").flatMap((s) => s.split(" ").filter(Boolean));
     // Push is granted only when asked for (a scope with push or *), and only to credentials that have it.
     const wantsPush =
       scopes.length === 0 || scopes.some((s) => /:(?:[^:]*,)?(?:push|\*)(?:,[^:]*)?$/.test(s));
-    const who = await this.identify(req);
+    const who = await this.identify(req, client);
     let sub: string;
     let access: Access;
     if (who.kind === "user") {

@@ -5,7 +5,8 @@
 // affected. Memory is bounded: at most `maxClients` addresses are tracked; beyond, expired ones are dropped,
 // then the oldest idle ones.
 //
-// The address is the connection's peer (X-Forwarded-For is not trusted: anyone can send it). IPv4-mapped IPv6
+// The address is the request's client (client-address.ts: the connection's peer, or what a --trusted-proxy
+// forwarded; anyone else's X-Forwarded-For is ignored, since anyone can send it). IPv4-mapped IPv6
 // addresses count as IPv4; IPv6 addresses count by their /64, since one host commonly has a whole /64.
 import { isIPv6 } from "node:net";
 

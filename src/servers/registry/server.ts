@@ -18,6 +18,7 @@ import { oneLine } from "../../util/errors.js";
 import { decideAccess, decideRepoAccess, type AccessPolicy, type Decision } from "./access.js";
 import type { RegistryAuth } from "./auth.js";
 import { Distribution } from "./distribution.js";
+import { NO_TRUSTED_PROXIES, plainAddress, type TrustedProxies } from "./client-address.js";
 import { RegistryError, registryError } from "./errors.js";
 import type { ManifestSource } from "./manifest-source.js";
 import { checkMethod, parseRoute, routeName, type Route } from "./routes.js";
@@ -33,7 +34,7 @@ export interface RequestInfo {
   repo?: string;
   /** A one-line cause (the server reports strings; other reporters may pass an Error). */
   error?: unknown;
-  /** The client's address (the connection's: X-Forwarded-For is not trusted). */
+  /** The client's address: the connection's peer, or what a trusted proxy forwarded (client-address.ts). */
   client?: string;
   /** The client's User-Agent header. */
   userAgent?: string;
@@ -59,6 +60,8 @@ export interface RegistryServerOptions {
   bodyProgress?: { windowMs: number; minBytes: number };
   /** Time allowed for a request's head (default 30 s). */
   headersTimeoutMs?: number;
+  /** Reverse proxies whose X-Forwarded-For names the client (default none: the peer is the client). */
+  trustedProxies?: TrustedProxies;
 }
 
 export const DEFAULT_MAX_HEADER_SIZE = 16 << 10;
@@ -118,8 +121,7 @@ function isStorageFull(err: unknown): boolean {
 
 /** The connection's peer address; an IPv4 client of a dual-stack listener as plain IPv4. */
 function clientAddress(socket: Duplex): string | undefined {
-  const a = (socket as Partial<Socket>).remoteAddress;
-  return a?.startsWith("::ffff:") && a.includes(".") ? a.slice(7) : a;
+  return plainAddress((socket as Partial<Socket>).remoteAddress);
 }
 
 /** A TLS record of type handshake (a ClientHello) where an HTTP request line should be. */
@@ -173,6 +175,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
   const auth = opts.auth;
   const policy: AccessPolicy = { auth: auth !== undefined, requirePull: auth?.requirePull ?? false };
   const bodyProgress = opts.bodyProgress ?? BODY_PROGRESS;
+  const proxies = opts.trustedProxies ?? NO_TRUSTED_PROXIES;
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const started = performance.now();
@@ -182,7 +185,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
     const path = q < 0 ? url : url.slice(0, q);
     const info: { route: string; repo?: string; error?: string } = { route: "other" };
     // Read now: the socket forgets its peer once it is closed (an aborted request is reported after that).
-    const client = clientAddress(req.socket);
+    const client = proxies.clientOf(req.socket.remoteAddress, req.headers["x-forwarded-for"]);
     const userAgent = req.headers["user-agent"];
 
     // Bytes of response body sent, for onRequest.
@@ -229,7 +232,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
 
     let route: Route | undefined;
     const verify = async (d: Decision): Promise<void> => {
-      if (!d.open && auth) await auth.verify(req, d);
+      if (!d.open && auth) await auth.verify(req, d, client);
     };
     try {
       if (path !== "/v2" && !path.startsWith("/v2/")) {
@@ -258,7 +261,7 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       if (route.kind === "token") {
         if (!auth?.handleTokenRequest)
           throw registryError("NOT_FOUND", { message: "this registry has no token endpoint" });
-        await auth.handleTokenRequest(req, res);
+        await auth.handleTokenRequest(req, res, client);
         return;
       }
       const query = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));

@@ -19,6 +19,7 @@ import {
 } from "../../../src/servers/registry/auth.js";
 import { BcryptBusy, BcryptPool, bcryptCompare } from "../../../src/servers/registry/bcrypt-pool.js";
 import { clientKey, FailureLimit } from "../../../src/servers/registry/failure-limit.js";
+import { TrustedProxies } from "../../../src/servers/registry/client-address.js";
 import { pushImage } from "../../../src/outputs/push.js";
 import { makeTempDir } from "../../support/fixtures.js";
 import { until } from "../../support/poll.js";
@@ -253,6 +254,83 @@ describe("failed checks are limited per client", () => {
     assert.equal((await requestFrom("127.0.0.1", srv.host, "GET", "/v2/_catalog")).status, 200);
     // Without credentials it is a 401 as usual (a challenge, not a guess).
     assert.equal((await push("127.0.0.1")).status, 401);
+  });
+});
+
+test("trusted proxies: X-Forwarded-For is read right to left, only from a trusted peer, up to the first untrusted hop", () => {
+  const proxies = new TrustedProxies(["127.0.0.1", "10.0.0.0/8", "fd00::/8"]);
+  assert.equal(proxies.size, 3);
+  assert.ok(proxies.trusts("::ffff:127.0.0.1"), "IPv4-mapped peer");
+  assert.ok(proxies.trusts("10.1.2.3") && proxies.trusts("fd12::1"));
+  assert.ok(!proxies.trusts("127.0.0.2") && !proxies.trusts("fe80::1") && !proxies.trusts(undefined));
+  // An untrusted peer: its header is ignored.
+  assert.equal(proxies.clientOf("192.0.2.9", "203.0.113.5"), "192.0.2.9");
+  assert.equal(proxies.clientOf("::ffff:192.0.2.9", undefined), "192.0.2.9");
+  // A trusted peer: the rightmost hop it does not trust (a client cannot push itself left of that).
+  assert.equal(proxies.clientOf("127.0.0.1", "203.0.113.5"), "203.0.113.5");
+  assert.equal(proxies.clientOf("127.0.0.1", "1.1.1.1, 203.0.113.5, 10.0.0.7"), "203.0.113.5");
+  assert.equal(proxies.clientOf("127.0.0.1", ["1.1.1.1", "203.0.113.5,10.0.0.7"]), "203.0.113.5");
+  assert.equal(proxies.clientOf("127.0.0.1", "[2001:db8::1]"), "2001:db8::1");
+  // Every hop trusted: the leftmost; a malformed hop stops the walk at the last trusted one.
+  assert.equal(proxies.clientOf("127.0.0.1", "10.0.0.1, 10.0.0.2"), "10.0.0.1");
+  assert.equal(proxies.clientOf("127.0.0.1", "203.0.113.5, not-an-ip, 10.0.0.2"), "10.0.0.2");
+  assert.equal(proxies.clientOf("127.0.0.1", ""), "127.0.0.1");
+  // No proxies: the peer, whatever the header.
+  assert.equal(new TrustedProxies([]).clientOf("127.0.0.1", "203.0.113.5"), "127.0.0.1");
+  for (const bad of ["localhost", "10.0.0.0/33", "10.0.0.0/x", "::1/129", "1.2.3.4/8/8", ""])
+    assert.throws(
+      () => new TrustedProxies([bad]),
+      (err: Error) =>
+        err.message === `--trusted-proxy: not an IP address or ADDRESS/BITS network: ${JSON.stringify(bad)}`,
+      bad,
+    );
+});
+
+describe("behind a trusted proxy, failures count against the forwarded client", () => {
+  let srv: TestServer;
+  before(async () => {
+    const htpasswd = join(makeTempDir("registry-auth-proxy"), "htpasswd");
+    writeFileSync(htpasswd, `alice:${bcrypt.hashSync("alice-pw", 4)}\n`);
+    srv = await startServer({
+      auth: parseAuthSpec(`htpasswd:${htpasswd}`, {
+        requirePull: false,
+        compare: countingCompare().compare,
+        maxFailures: 3,
+        failureWindowMs: 60_000,
+      }),
+      trustedProxies: new TrustedProxies(["127.0.0.1"]),
+    });
+  });
+  after(async () => {
+    await srv?.stop();
+  });
+
+  test("clients behind 127.0.0.1 are told apart by X-Forwarded-For; others' headers are ignored", async () => {
+    const push = (from: string, forwardedFor: string, password: string) =>
+      requestFrom(from, srv.host, "POST", "/v2/prox/img/blobs/uploads/", {
+        Authorization: basic("alice", password),
+        "X-Forwarded-For": forwardedFor,
+      });
+    for (let i = 0; i < 3; i++)
+      assert.equal((await push("127.0.0.1", "203.0.113.5", `guess-${i}`)).status, 401);
+    assert.equal((await push("127.0.0.1", "203.0.113.5", "alice-pw")).status, 429, "the guessing client");
+    // Another client through the same proxy is not limited; nor can the guesser escape by prepending an address.
+    assert.equal((await push("127.0.0.1", "203.0.113.6", "alice-pw")).status, 202);
+    assert.equal((await push("127.0.0.1", "198.51.100.1, 203.0.113.5", "alice-pw")).status, 429);
+    // A peer that is not a trusted proxy is its own client: its X-Forwarded-For does not spend another's budget.
+    for (let i = 0; i < 3; i++)
+      assert.equal((await push("127.0.0.2", "203.0.113.6", `guess-${i}`)).status, 401);
+    assert.equal(
+      (await push("127.0.0.2", "203.0.113.7", "alice-pw")).status,
+      429,
+      "127.0.0.2 itself is limited",
+    );
+    assert.equal((await push("127.0.0.1", "203.0.113.6", "alice-pw")).status, 202, "203.0.113.6 is not");
+    // The request log names the forwarded client, or the untrusted peer.
+    await until("the request records", 10_000, () => assert.ok(srv.requests.length >= 11));
+    const clients = srv.requests.map((r) => r.client);
+    assert.equal(clients[0], "203.0.113.5");
+    assert.ok(clients.includes("127.0.0.2") && !clients.includes("203.0.113.7"), clients.join(" "));
   });
 });
 
