@@ -1,7 +1,7 @@
 // nixoci frontend: the BuildKit gateway frontend (no arguments: BuildKit runs it with the gateway API on
 // stdin/stdout, see buildkit/frontend.ts), and the steps it runs inside BuildKit's ExecOps:
 //   nixoci frontend plan --out FILE [--layering L] [--max-layers N] --from URL... [--trusted-public-key K]... PATH...
-//   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH...
+//   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH... | DIR=PATH,PATH...
 //   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
 import { readFile, writeFile } from "node:fs/promises";
 import { buildWithGateway, frontendOpts, stdioStream } from "../servers/buildkit/frontend.js";
@@ -10,6 +10,7 @@ import {
   copyStep,
   customStep,
   fetchStep,
+  parseStepLayers,
   openCaches,
   planStep,
   type Plan,
@@ -77,14 +78,14 @@ export async function frontendCommand(argv: string[]): Promise<number> {
     case "fetch": {
       const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
       try {
-        await fetchStep(positionals, caches, need(values.out, "out"));
+        await fetchStep(parseStepLayers(positionals), caches, need(values.out, "out"));
       } finally {
         caches.close();
       }
       return 0;
     }
     case "copy": {
-      await copyStep(positionals, need(values.from?.[0], "from"), need(values.out, "out"));
+      await copyStep(parseStepLayers(positionals), need(values.from?.[0], "from"), need(values.out, "out"));
       return 0;
     }
     case "custom": {

@@ -634,15 +634,15 @@ export const FRONTEND = {
   usage: [
     "nixoci frontend                       (run by BuildKit: the gateway API on stdin/stdout)",
     "nixoci frontend plan --out FILE --from URL... [--layering L] [--max-layers N] PATH...",
-    "nixoci frontend fetch --out DIR --from URL... PATH...",
+    "nixoci frontend fetch --out DIR --from URL... PATH... | LAYERDIR=PATH,PATH...",
     "nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]",
-    "nixoci frontend copy --from DIR --out DIR PATH...",
+    "nixoci frontend copy --from DIR --out DIR PATH... | LAYERDIR=PATH,PATH...",
   ],
   description: [
     "With no step, speaks BuildKit's gateway API on stdin/stdout: put `# syntax=IMAGE` (the frontend image, made " +
       "by scripts/frontend-image.mjs) on the first line of a nixoci.yaml spec or a Nix file and build it with " +
       "docker build. The steps run inside the build: plan computes the closure and the layer plan from the " +
-      "caches; fetch fetches store paths into a layer; custom writes the customisation layer; copy copies store " +
+      "caches; fetch fetches store paths into a layer (or several layers, each under DIR/LAYERDIR); custom writes the customisation layer; copy copies store " +
       "paths out of a store directory.",
   ],
   flags: {

@@ -4,13 +4,21 @@
 //
 //   context  <- http://build-context-... (dockerd's tar body; unpacked by a FileOp copy) or local://context
 //   plan     =  ExecOp `nixoci frontend plan` (this same image): closure from the caches' narinfos + layer plan
-//   layer i  =  ExecOp `nixoci frontend fetch PATHS_i` -> a tree of exactly layer i's store paths, then a FileOp
-//               copy of it onto layer i-1: one snapshot, so one image layer, per planned layer, bottom first;
-//               a fetch step is cached by its paths alone, so a rebuild after one package changed fetches only
-//               the changed layers again
+//   fetch    =  a few ExecOps `nixoci frontend fetch DIR=PATHS ...`, each writing a batch of layers, layer i's
+//               store paths under /<layerDir(paths_i)>; a layer's batch is chosen by that name, so an unchanged
+//               layer stays in the same step from build to build, and a step is cached by its layers alone:
+//               after one package changed, only the batches holding changed layers run again (one container
+//               start per batch, not per layer: starting containers was most of a cold build)
+//   layer i  =  a FileOp copy of /<layerDir(paths_i)>/ out of its batch: one snapshot, so one image layer, per
+//               planned layer; BuildKit keys a copy by the content it copies, so when a batch ran again the
+//               copies of its unchanged layers are still cache hits (same snapshot, same layer blob).
+//               With MergeOp (LLB cap "mergeop": BuildKit v0.10+, not dockerd's classic image store) each layer
+//               is copied onto scratch and the layers are merged: a changed layer leaves every other one alone.
+//               Without it each copy goes onto the layer below, so layers above a changed one are copied again
 //   custom   =  ExecOp `nixoci frontend custom` over the fetched layers (the symlink farm, /etc/passwd, ...),
-//               copied on top
-//   result   =  the last copy, with `containerimage.config` from the spec (dockerd fills in rootfs and history).
+//               copied on top (merged last)
+//   result   =  the merge or the last copy, with `containerimage.config` from the spec (BuildKit fills in rootfs
+//               and history).
 //
 // Errors (a malformed spec, an unreachable cache, a missing path) are returned to BuildKit through the gateway,
 // so `docker build` prints them; the process then exits 0, as BuildKit expects after a Return.
@@ -19,8 +27,18 @@ import { parse as parseYaml } from "yaml";
 import { runtimeConfig } from "../../image/config.js";
 import { emptySpec, specFromObject, validateSpec, type ImageSpec } from "../../image/spec.js";
 import { Gateway } from "./gateway.js";
-import { copy, exec, fromDefinition, mkfile, source, type NetMode, type Output, type State } from "./llb.js";
-import { closureFromNixJson, planOfClosure, type Plan } from "./steps.js";
+import {
+  copy,
+  exec,
+  fromDefinition,
+  merge,
+  mkfile,
+  source,
+  type NetMode,
+  type Output,
+  type State,
+} from "./llb.js";
+import { closureFromNixJson, layerDir, planOfClosure, type Plan, type StepLayer } from "./steps.js";
 import type { LayeringStrategy } from "../../image/types.js";
 import { DEFAULT_STORE_DIR } from "../../nix/store-path.js";
 
@@ -67,6 +85,11 @@ function sessionAttrs(sessionId: string | undefined): Record<string, string> {
   return sessionId ? { "local.session": sessionId } : {};
 }
 
+/** A fetch or copy step's arguments for a batch of layers: DIR=PATH,PATH,... each. */
+function stepArgs(layers: StepLayer[]): string[] {
+  return layers.map((l) => `${l.dir}=${l.paths.join(",")}`);
+}
+
 /** The environment of the frontend's steps: its image's symlink farm has the compressors in /bin. */
 const STEP_ENV = ["PATH=/bin:/usr/bin"];
 
@@ -83,12 +106,35 @@ export interface FrontendRun {
   log: (msg: string) => void;
 }
 
-/** The store layers to make, and how each one's tree is produced (an ExecOp output holding OUT/nix/store/...). */
+/** The store layers to make, and how a batch of them is produced (an ExecOp output holding DIR/nix/store/...). */
 interface LayerSource {
   plan: Plan;
   /** The plan as a file at plan.json (mounted into the customisation step). */
   planState: Output;
-  fetch(paths: string[], name: string): Output;
+  fetch(layers: StepLayer[], name: string): Output;
+}
+
+/** Batches of fetch steps at most (build-arg fetch-batches): fewer container starts against smaller re-runs. */
+export const DEFAULT_FETCH_BATCHES = 12;
+
+/**
+ * Which batch fetches each layer, by the layer's directory name (a hash of its paths), so that a layer that did
+ * not change stays in the batch it was in, whatever else changed (while there are more layers than batches).
+ * Returns each batch's layer indices, ordered by name; empty batches left out.
+ */
+export function fetchBatches(dirs: readonly string[], maxBatches: number): number[][] {
+  // No more layers than batches: a step each (a change re-runs the least).
+  if (dirs.length <= maxBatches) return dirs.map((_, i) => [i]);
+  const n = Math.max(1, maxBatches);
+  const batches: number[][] = Array.from({ length: n }, () => []);
+  dirs.forEach((dir, i) => batches[parseInt(dir.slice(0, 8), 16) % n].push(i));
+  // In the order of their names, not the plan's: a batch's step stays the same when the plan moves layers.
+  return batches.filter((b) => b.length > 0).map((b) => b.sort((x, y) => (dirs[x] < dirs[y] ? -1 : 1)));
+}
+
+/** What the solver's LLB caps say it can do. */
+export function llbCan(caps: ReadonlyArray<{ ID: string; Enabled: boolean }>, id: string): boolean {
+  return caps.some((c) => c.ID === id && c.Enabled);
 }
 
 const NIX_CACHE_ID = "nixoci-nix-store";
@@ -134,9 +180,9 @@ async function specLayers(
   return {
     plan,
     planState: planned,
-    fetch: (paths, name) =>
+    fetch: (layers, name) =>
       exec({
-        args: [...selfCommand(), "fetch", "--out", "/out", ...cacheArgs, ...paths],
+        args: [...selfCommand(), "fetch", "--out", "/out", ...cacheArgs, ...stepArgs(layers)],
         env: STEP_ENV,
         mounts: [
           { dest: "/", state: image, readonly: true },
@@ -237,9 +283,9 @@ async function nixLayers(
       0o644,
       "nixoci: layer plan",
     ),
-    fetch: (paths, name) =>
+    fetch: (layers, name) =>
       exec({
-        args: [...selfCommand(), "copy", "--from", "/cache/store", "--out", "/out", ...paths],
+        args: [...selfCommand(), "copy", "--from", "/cache/store", "--out", "/out", ...stepArgs(layers)],
         env: STEP_ENV,
         mounts: [
           { dest: "/", state: image, readonly: true },
@@ -284,7 +330,7 @@ export function buildFileKind(filename: string, text: string): "nix" | "spec" {
 
 export async function buildWithGateway(run: FrontendRun): Promise<void> {
   const { opts, gateway, log } = run;
-  await gateway.ping();
+  const pong = await gateway.ping();
   const filename = opts.get("filename") ?? DEFAULT_FILENAME;
   const self = opts.get("source") ?? opts.get("cmdline");
   if (!self) throw new Error("BuildKit did not say which image this frontend runs from (opt source)");
@@ -349,17 +395,45 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   const layers = isNix
     ? await nixLayers(run, filename, context, image, network, spec)
     : await specLayers(run, spec, image, network);
-
-  let chain: State;
-  const fetched: Output[] = [];
   const { plan } = layers;
-  for (const [i, layer] of plan.layers.entries()) {
-    const names = layer.paths.map((p) => p.slice(p.indexOf("-") + 1));
-    const label = `${names.slice(0, 3).join(" ")}${names.length > 3 ? ` +${names.length - 3}` : ""}`;
-    const out = layers.fetch(layer.paths, `nixoci: fetch layer ${i + 1}/${plan.layers.length + 1}: ${label}`);
-    fetched.push(out);
-    chain = copy(out, "/", chain, "/", { contents: true }, `nixoci: layer ${i + 1}: ${label}`);
+  const merging = llbCan(pong.LLBCaps ?? [], "mergeop") && opts.get("build-arg:merge") !== "false";
+  const batchLimit = opts.has("build-arg:fetch-batches")
+    ? Number(opts.get("build-arg:fetch-batches"))
+    : DEFAULT_FETCH_BATCHES;
+  if (!Number.isInteger(batchLimit) || batchLimit < 1)
+    throw new Error(
+      `build-arg fetch-batches: expected a whole number >= 1, got ${opts.get("build-arg:fetch-batches")}`,
+    );
+  const dirs = plan.layers.map((l) => layerDir(l.paths));
+  const labelOf = (paths: string[]): string => {
+    const names = paths.map((p) => p.slice(p.indexOf("-") + 1));
+    return `${names.slice(0, 3).join(" ")}${names.length > 3 ? ` +${names.length - 3}` : ""}`;
+  };
+  const fetchedBy = new Map<number, Output>();
+  for (const batch of fetchBatches(dirs, batchLimit)) {
+    const paths = batch.flatMap((i) => plan.layers[i].paths);
+    const which = batch.map((i) => i + 1).join(",");
+    const out = layers.fetch(
+      batch.map((i) => ({ dir: dirs[i], paths: plan.layers[i].paths })),
+      `nixoci: fetch layer${batch.length > 1 ? "s" : ""} ${which}: ${labelOf(paths)}`,
+    );
+    for (const i of batch) fetchedBy.set(i, out);
   }
+  log(
+    `nixoci frontend: ${plan.layers.length} store layers in ${new Set(fetchedBy.values()).size} fetch steps, ` +
+      (merging ? "merged" : "each copied onto the one below (no MergeOp here)"),
+  );
+
+  // A layer: its tree copied out of its batch, onto scratch to be merged, or onto the layer below.
+  let chain: State;
+  const stack: State[] = [];
+  const place = (from: Output, src: string, name: string): void => {
+    const layer = copy(from, src, merging ? undefined : chain, "/", { contents: true }, name);
+    if (merging) stack.push(layer);
+    else chain = layer;
+  };
+  for (const [i, layer] of plan.layers.entries())
+    place(fetchedBy.get(i)!, `/${dirs[i]}/`, `nixoci: layer ${i + 1}: ${labelOf(layer.paths)}`);
   const custom = exec({
     args: [
       ...selfCommand(),
@@ -378,21 +452,20 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     mounts: [
       { dest: "/", state: image, readonly: true },
       { dest: "/plan", state: layers.planState, readonly: true },
-      ...fetched.map((f, i) => ({ dest: `/layers/${i}`, state: f, readonly: true })),
+      ...plan.layers.map((_, i) => ({
+        dest: `/layers/${i}`,
+        state: fetchedBy.get(i)!,
+        selector: `/${dirs[i]}`,
+        readonly: true,
+      })),
       { dest: "/out", state: undefined },
       { dest: "/meta", state: undefined },
     ],
     network: "none",
     name: "nixoci: customisation layer",
   });
-  chain = copy(
-    custom["/out"],
-    "/",
-    chain,
-    "/",
-    { contents: true },
-    `nixoci: layer ${plan.layers.length + 1}: customisation`,
-  );
+  place(custom["/out"], "/", `nixoci: layer ${plan.layers.length + 1}: customisation`);
+  if (merging) chain = merge(stack, `nixoci: merge ${stack.length} layers`);
   const metaRef = await gateway.solve(custom["/meta"]);
   const meta = JSON.parse((await gateway.readFile(metaRef, "custom.json")).toString("utf8")) as {
     env: string[];

@@ -202,6 +202,27 @@ export function mkfile(onto: State, path: string, data: Buffer, mode = 0o644, na
 }
 
 /**
+ * A MergeOp: the layers of `states` stacked in order, as if each one's changes were applied onto the one before
+ * (later ones win), without copying: each input stays its own layer chain, so a changed input leaves the others'
+ * cache and layers alone. Scratch inputs are dropped; one input is returned as it is (as BuildKit's client does).
+ * Only where the LLB cap "mergeop" is enabled.
+ */
+export function merge(states: State[], name?: string): State {
+  const given = states.filter((s): s is Output => s !== undefined);
+  if (given.length === 0) return undefined;
+  if (given.length === 1) return given[0];
+  const inputs: Output[] = [];
+  const indexOf = (s: Output): number => {
+    const i = inputs.findIndex((x) => x.vertex.digest === s.vertex.digest && x.index === s.index);
+    if (i >= 0) return i;
+    inputs.push(s);
+    return inputs.length - 1;
+  };
+  const refs = given.map((s) => ({ input: indexOf(s) }));
+  return { vertex: vertex(inputs, { merge: { inputs: refs } }, { name }), index: 0 };
+}
+
+/**
  * A state from a marshalled definition someone else made (a frontend input): its ops, unchanged, become
  * vertices of this graph; the state is what its terminal op points at.
  */

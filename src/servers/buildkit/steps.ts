@@ -5,8 +5,10 @@
 //   plan:   the spec's closure from the binary caches' narinfos (no NAR downloaded) and the layer plan -> JSON;
 //   fetch:  exactly the given store paths (not their references) from the caches, signatures checked, NARs
 //           restored as canonical trees under OUT/nix/store (mtime 1, Nix's modes, no hard links), with OUT/nix
-//           and OUT/nix/store at 0755, mtime 1 -- the same entries nixoci's layer tar writes;
+//           and OUT/nix/store at 0755, mtime 1 -- the same entries nixoci's layer tar writes; or several layers
+//           at once, each under OUT/<its directory> (a batch: one container start for many layers);
 //   custom: the customisation layer (symlink farm, /etc/passwd, ...) from the fetched layers, written as a tree.
+import { createHash } from "node:crypto";
 import { chmod, lstat, lutimes, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseHash } from "../../nix/hash.js";
@@ -125,9 +127,68 @@ async function restorePaths(
   }
 }
 
-/** Fetches exactly `paths` from the caches into OUT/<store dir>, each verified against its narinfo. */
-export function fetchStep(paths: string[], caches: CacheChain, out: string): Promise<void> {
-  return restorePaths(paths, caches.storeDir, out, async (sp) => {
+/**
+ * What one fetch or copy step writes: store paths straight under OUT (one layer), or several layers each under
+ * OUT/<dir> (a batch of layers fetched by one step: one container start instead of one per layer).
+ */
+export interface StepLayer {
+  /** The layer's directory under OUT ("" for OUT itself). */
+  dir: string;
+  paths: string[];
+}
+
+const LAYER_DIR = /^[0-9a-f]{1,64}$/;
+
+/**
+ * A step's positional arguments as layers: `DIR=PATH,PATH,...` is a layer under OUT/DIR (DIR in lowercase hex:
+ * layerDir's names); plain PATHs, one layer under OUT itself. The two forms do not mix.
+ */
+export function parseStepLayers(args: string[]): StepLayer[] {
+  // A store path is absolute (and may hold "="); a layer argument starts with its directory's name.
+  const grouped = args.filter((a) => !a.startsWith("/"));
+  if (grouped.length === 0) return args.length ? [{ dir: "", paths: args }] : [];
+  if (grouped.length !== args.length)
+    throw new NixociError(
+      args.find((a) => a.startsWith("/"))!,
+      "mixes plain store paths with DIR=PATH,... layers",
+    );
+  return grouped.map((a) => {
+    const eq = a.indexOf("=");
+    const dir = eq < 0 ? a : a.slice(0, eq);
+    const paths =
+      eq < 0
+        ? []
+        : a
+            .slice(eq + 1)
+            .split(",")
+            .filter(Boolean);
+    if (!LAYER_DIR.test(dir)) throw new NixociError(a, "a layer's directory must be lowercase hex");
+    if (!paths.length) throw new NixociError(a, "a layer with no store paths");
+    return { dir, paths };
+  });
+}
+
+/** A planned layer's directory in a batch step's output: named by its store paths alone, so stable across builds. */
+export function layerDir(paths: readonly string[]): string {
+  return createHash("sha256")
+    .update([...paths].sort().join("\n"))
+    .digest("hex")
+    .slice(0, 20);
+}
+
+/** The layers of a step, each restored under its directory (four NARs at a time within a layer). */
+async function restoreLayers(
+  layers: StepLayer[],
+  storeDir: string,
+  out: string,
+  nar: (path: StorePath) => Promise<Readable>,
+): Promise<void> {
+  await mapLimit(layers, 2, (l) => restorePaths(l.paths, storeDir, l.dir ? join(out, l.dir) : out, nar));
+}
+
+/** Fetches exactly the layers' paths from the caches, each verified against its narinfo. */
+export function fetchStep(layers: StepLayer[], caches: CacheChain, out: string): Promise<void> {
+  return restoreLayers(layers, caches.storeDir, out, async (sp) => {
     const info = await caches.queryPathInfo(sp.path);
     if (!info) throw new NixociError(sp.path, `not in ${caches.url}`);
     return caches.narFromPath(info);
@@ -135,11 +196,16 @@ export function fetchStep(paths: string[], caches: CacheChain, out: string): Pro
 }
 
 /**
- * Copies exactly `paths` from a store directory mounted at `from` (the build's Nix cache mount, whose store is
- * /nix/store) into OUT/nix/store (a NAR dump and restore).
+ * Copies exactly the layers' paths from a store directory mounted at `from` (the build's Nix cache mount, whose
+ * store is /nix/store), a NAR dump and restore each.
  */
-export function copyStep(paths: string[], from: string, out: string, storeDir = "/nix/store"): Promise<void> {
-  return restorePaths(paths, storeDir, out, async (sp) => dumpPath(join(from, sp.baseName)));
+export function copyStep(
+  layers: StepLayer[],
+  from: string,
+  out: string,
+  storeDir = "/nix/store",
+): Promise<void> {
+  return restoreLayers(layers, storeDir, out, async (sp) => dumpPath(join(from, sp.baseName)));
 }
 
 /** `nix path-info --json -r` output as the closure map the layer planner takes. */

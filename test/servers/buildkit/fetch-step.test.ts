@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fetchStep, openCaches } from "../../../src/servers/buildkit/steps.js";
+import { fetchStep, layerDir, openCaches, parseStepLayers } from "../../../src/servers/buildkit/steps.js";
 import { parsePublicKey } from "../../../src/nix/signature.js";
 import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir } from "../../support/fixtures.js";
 import { run } from "../../support/run.js";
@@ -38,7 +38,7 @@ test("fetchStep refuses a NAR whose bytes do not match its signed NarHash and le
   const caches = await openCaches([url], { trustedKeys: [parsePublicKey(publicKey)] }, "/nix/store");
   const out = makeTempDir("fetch-step-out");
   try {
-    await assert.rejects(fetchStep([fx.greeting], caches, out), /NAR hash mismatch/);
+    await assert.rejects(fetchStep([{ dir: "", paths: [fx.greeting] }], caches, out), /NAR hash mismatch/);
   } finally {
     caches.close();
   }
@@ -46,24 +46,57 @@ test("fetchStep refuses a NAR whose bytes do not match its signed NarHash and le
   assert.deepEqual(existsSync(storeDir) ? readdirSync(storeDir) : [], []);
 });
 
-test("fetchStep realises an untampered path, equal to the store's", async () => {
+test("fetchStep realises untampered paths, equal to the store's, one layer or a batch of layers each in its directory", async () => {
   const dir = makeTempDir("fetch-step-good");
   const key = generateCacheKey("fetch-step", join(dir, "key"));
   const url = makeNixCache({
-    paths: [fx.greeting],
+    paths: [fx.greeting, fx.hello],
     dir: join(dir, "cache"),
     compression: "xz",
     secretKeyFile: key.secretKeyFile,
   });
   const caches = await openCaches([url], { trustedKeys: [parsePublicKey(key.publicKey)] }, "/nix/store");
   const out = join(dir, "out");
+  const batch = join(dir, "batch");
+  const [a, b] = [layerDir([fx.greeting]), layerDir([fx.hello])];
   try {
-    await fetchStep([fx.greeting], caches, out);
+    await fetchStep(parseStepLayers([fx.greeting]), caches, out);
+    await fetchStep(parseStepLayers([`${a}=${fx.greeting}`, `${b}=${fx.hello}`]), caches, batch);
   } finally {
     caches.close();
   }
-  assert.deepEqual(
-    run("nix-store", ["--dump", join(out, fx.greeting)]),
-    run("nix-store", ["--dump", fx.greeting]),
-  );
+  for (const [tree, path] of [
+    [join(out, fx.greeting), fx.greeting],
+    [join(batch, a, fx.greeting), fx.greeting],
+    [join(batch, b, fx.hello), fx.hello],
+  ])
+    assert.deepEqual(run("nix-store", ["--dump", tree]), run("nix-store", ["--dump", path]));
+  assert.deepEqual(readdirSync(batch).sort(), [a, b].sort(), "nothing but the layers' directories");
+  assert.deepEqual(readdirSync(join(batch, a, "nix/store")), [fx.greeting.slice("/nix/store/".length)]);
+});
+
+test("step arguments: DIR=PATH,... layers or plain paths; malformed ones named", () => {
+  const p = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x=y";
+  assert.deepEqual(parseStepLayers([p]), [{ dir: "", paths: [p] }]);
+  assert.deepEqual(parseStepLayers([`0a=${p},${p}2`]), [{ dir: "0a", paths: [p, `${p}2`] }]);
+  assert.deepEqual(parseStepLayers([]), []);
+  const bad: Array<[string[], string]> = [
+    [[`0a=${p}`, p], `${p}: mixes plain store paths with DIR=PATH,... layers`],
+    [[`../x=${p}`], `../x=${p}: a layer's directory must be lowercase hex`],
+    [[`=${p}`], `=${p}: a layer's directory must be lowercase hex`],
+    [["0A=" + p], `0A=${p}: a layer's directory must be lowercase hex`],
+    [["0a="], "0a=: a layer with no store paths"],
+    [["0a"], "0a: a layer with no store paths"],
+    [["0a=,"], "0a=,: a layer with no store paths"],
+  ];
+  for (const [args, message] of bad)
+    assert.throws(
+      () => parseStepLayers(args),
+      (err: Error) => err.message === message,
+      args.join(" "),
+    );
+  // A layer's directory depends on its set of paths only.
+  assert.equal(layerDir([fx.hello, fx.greeting]), layerDir([fx.greeting, fx.hello]));
+  assert.notEqual(layerDir([fx.hello]), layerDir([fx.greeting]));
+  assert.match(layerDir([fx.hello]), /^[0-9a-f]{20}$/);
 });

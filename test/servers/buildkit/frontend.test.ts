@@ -165,6 +165,76 @@ describe("nixoci frontend through dockerd 20.10's BuildKit", () => {
     assert.match(out, /Changed by the frontend test/);
   });
 
+  test("layers fetched in batches (fetch-batches=1): one fetch step, the same layers; after a change, unchanged layers' copies are cache hits", async () => {
+    const imageLayers = (tag: string): string[] =>
+      (
+        JSON.parse(d.docker(["image", "inspect", tag]).toString()) as Array<{
+          RootFS: { Layers: string[] };
+        }>
+      )[0].RootFS.Layers;
+    const ctx = context("batched", helloSpec());
+    const params = {
+      dockerfile: "nixoci.yaml",
+      networkmode: "host",
+      buildargs: JSON.stringify({ "fetch-batches": "1" }),
+    };
+    const r = await dockerBuild(d, ctx, { ...params, t: "nixtest:batched" });
+    assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+    const fetches = [...r.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+    assert.equal(fetches.length, 1, fetches.map((v) => v.name).join(", "));
+    const layers = imageLayers("nixtest:batched");
+    assert.ok(layers.length >= 3, `${layers.length} layers`);
+    assert.deepEqual(layers, imageLayers("nixtest:1"), "the same layers as with a fetch step per layer");
+    assert.match(
+      d.docker(["run", "--rm", "--network", "none", "nixtest:batched"]).toString(),
+      /Hello from nixoci!/,
+    );
+
+    // Another greeting: the one batch runs again, but BuildKit keys a layer's copy by what it copies, so the
+    // copy of a layer that did not change is a cache hit (and its layer the same) -- every such layer where the
+    // layers are merged, the ones below the lowest changed layer where each is copied onto the one below.
+    const changed = execFileSync("nix-build", [
+      PACKAGES_NIX,
+      "-A",
+      "hello",
+      "--argstr",
+      "greetingText",
+      "Changed in a batch",
+      "--out-link",
+      join(GC_ROOTS_DIR, "frontend-batched-hello"),
+    ])
+      .toString()
+      .trim();
+    const ctx2 = context("batched-changed", helloSpec().split(fx.hello).join(changed));
+    const again = await dockerBuild(d, ctx2, { ...params, t: "nixtest:batched-changed" });
+    assert.equal(again.error, undefined, `${again.error}\n${again.log.slice(-3000)}`);
+    const refetched = [...again.vertices.values()].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+    assert.ok(refetched.length === 1 && !refetched[0].cached, "the batch ran again");
+    const after = imageLayers("nixtest:batched-changed");
+    assert.equal(after.length, layers.length);
+    const merged = [...again.vertices.values()].some((v) => v.name.startsWith("nixoci: merge"));
+    const copies = [...again.vertices.values()]
+      .map((v) => ({ v, i: Number(/^nixoci: layer (\d+): /.exec(v.name)?.[1]) - 1 }))
+      .filter((c) => c.i >= 0);
+    const lowestChanged = after.findIndex((l, i) => l !== layers[i]);
+    assert.ok(lowestChanged >= 0, "a layer changed");
+    const same = [...after.keys()].filter((i) => after[i] === layers[i] && (merged || i < lowestChanged));
+    for (const i of same)
+      assert.ok(
+        copies.find((c) => c.i === i)?.v.cached,
+        `layer ${i + 1} did not change, yet its copy ran: ${copies.map((c) => `${c.v.name} ${c.v.cached}`).join(", ")}`,
+      );
+    // busybox's layer is the same, wherever it is.
+    assert.ok(
+      after.filter((l) => layers.includes(l)).length >= 1,
+      "at least one layer (busybox's) did not change",
+    );
+    assert.match(
+      d.docker(["run", "--rm", "--network", "none", "nixtest:batched-changed"]).toString(),
+      /Changed in a batch/,
+    );
+  });
+
   describe("Nix files, built with nix inside BuildKit", () => {
     const TOOLCHAIN = "nixoci-nix:test";
     const nixFile = (body: string): string =>

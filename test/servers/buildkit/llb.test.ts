@@ -3,9 +3,18 @@
 // definition taken in as a state round-trips unchanged.
 import { test, describe } from "node:test";
 import assert from "node:assert/strict";
-import { copy, definition, exec, fromDefinition, mkfile, source } from "../../../src/servers/buildkit/llb.js";
+import {
+  copy,
+  definition,
+  exec,
+  fromDefinition,
+  merge,
+  mkfile,
+  source,
+} from "../../../src/servers/buildkit/llb.js";
 import { decode } from "../../../src/proto/buildkit.js";
-import { buildFileKind } from "../../../src/servers/buildkit/frontend.js";
+import { buildFileKind, fetchBatches, llbCan } from "../../../src/servers/buildkit/frontend.js";
+import { layerDir } from "../../../src/servers/buildkit/steps.js";
 
 describe("build files", () => {
   test("the kind comes from the name, else from the content", () => {
@@ -73,5 +82,62 @@ describe("LLB", () => {
   test("a foreign definition referring to an unknown op is rejected", () => {
     const def = definition(copy(source("http://x"), "/a", undefined, "/"));
     assert.throws(() => fromDefinition({ def: def.def.slice(1) }), /unknown op/);
+  });
+});
+
+describe("merged layers", () => {
+  test("a MergeOp lists its inputs in order; scratch is dropped, one input is itself", () => {
+    const a = mkfile(undefined, "/a", Buffer.from("a"));
+    const b = mkfile(undefined, "/b", Buffer.from("b"));
+    const m = merge([a, undefined, b], "both")!;
+    const op = decode<{ inputs: Array<{ digest: string }>; merge: { inputs: Array<{ input: number }> } }>(
+      "pb.Op",
+      m.vertex.bytes,
+    );
+    assert.deepEqual(
+      op.inputs.map((i) => i.digest),
+      [a.vertex.digest, b.vertex.digest],
+    );
+    assert.deepEqual(
+      op.merge.inputs.map((i) => Number(i.input)),
+      [0, 1],
+    );
+    assert.equal(merge([undefined, a]), a);
+    assert.equal(merge([]), undefined);
+    // Same inputs, same bytes; another order, another op.
+    assert.equal(merge([a, b])!.vertex.digest, m.vertex.digest);
+    assert.notEqual(merge([b, a])!.vertex.digest, m.vertex.digest);
+  });
+
+  test("the solver's caps: merge only where mergeop is enabled", () => {
+    assert.ok(llbCan([{ ID: "mergeop", Enabled: true }], "mergeop"));
+    assert.ok(!llbCan([{ ID: "mergeop", Enabled: false }], "mergeop"), "dockerd's classic store");
+    assert.ok(!llbCan([{ ID: "file.base", Enabled: true }], "mergeop"), "BuildKit v0.8");
+  });
+
+  test("fetch batches: every layer once; an unchanged layer keeps its batch and its batch's order", () => {
+    const paths = Array.from({ length: 40 }, (_, i) => [`/nix/store/${String(i).padStart(32, "0")}-p${i}`]);
+    const dirs = paths.map(layerDir);
+    const batches = fetchBatches(dirs, 12);
+    assert.equal(batches.length <= 12, true);
+    assert.deepEqual(
+      batches.flat().sort((x, y) => x - y),
+      dirs.map((_, i) => i),
+    );
+    for (const b of batches)
+      assert.deepEqual(
+        b.map((i) => dirs[i]),
+        b.map((i) => dirs[i]).sort(),
+      );
+    // Layer 5 changed (new paths), the plan reordered: every other batch holds the same layers in the same order.
+    const changed = [...dirs];
+    changed[5] = layerDir(["/nix/store/" + "9".repeat(32) + "-new"]);
+    const reordered = [...changed].reverse();
+    const before = new Set(batches.filter((b) => !b.includes(5)).map((b) => b.map((i) => dirs[i]).join()));
+    const after = fetchBatches(reordered, 12).map((b) => b.map((i) => reordered[i]).join());
+    const kept = after.filter((b) => before.has(b));
+    assert.ok(kept.length >= before.size - 1, `${kept.length} of ${before.size} batches unchanged`);
+    // Fewer layers than batches: one layer each.
+    assert.deepEqual(fetchBatches(dirs.slice(0, 3), 12).length, 3);
   });
 });
