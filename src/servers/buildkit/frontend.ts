@@ -314,6 +314,23 @@ export function specFromBuildArgs(opts: Map<string, string>): ImageSpec {
 export const DEFAULT_TOOLCHAIN = "nixos/nix";
 
 /**
+ * `--platform` (opt "platform": a comma-separated list): an image of store paths is for the one platform its
+ * paths were built for, so any other platform, or several, is refused with what this build makes.
+ */
+export function checkPlatforms(requested: string | undefined, spec: ImageSpec): void {
+  const own = `${spec.os}/${spec.arch}`;
+  const asked = (requested ?? "")
+    .split(",")
+    .map((p) => p.trim())
+    .filter(Boolean);
+  if (asked.every((p) => p.replace(/\/$/, "") === own)) return;
+  throw new Error(
+    `--platform ${asked.join(",")}: this build makes ${own} images only (store paths are built for one ` +
+      `platform; a spec's arch names it); build with --platform ${own} or without --platform`,
+  );
+}
+
+/**
  * Which kind of build file this is: by name (*.nix is a Nix file; *.json, *.yaml, *.yml a spec), else by
  * content (what `docker build` names Dockerfile): a spec is a JSON or YAML mapping, anything else Nix.
  */
@@ -390,6 +407,7 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
 
   const isNix = buildFileKind(filename, text) === "nix";
   const spec = isNix ? specFromBuildArgs(opts) : parseSpecText(text.replace(/^# syntax=.*\n/, ""), filename);
+  checkPlatforms(opts.get("platform"), spec);
   if (!isNix)
     log(`nixoci frontend: ${filename}: ${spec.packages.length} packages, ${spec.substituters.length} caches`);
   const layers = isNix

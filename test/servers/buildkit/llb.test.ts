@@ -13,7 +13,13 @@ import {
   source,
 } from "../../../src/servers/buildkit/llb.js";
 import { decode } from "../../../src/proto/buildkit.js";
-import { buildFileKind, fetchBatches, llbCan } from "../../../src/servers/buildkit/frontend.js";
+import {
+  buildFileKind,
+  checkPlatforms,
+  fetchBatches,
+  llbCan,
+} from "../../../src/servers/buildkit/frontend.js";
+import { emptySpec } from "../../../src/image/spec.js";
 import { layerDir } from "../../../src/servers/buildkit/steps.js";
 
 describe("build files", () => {
@@ -140,4 +146,22 @@ describe("merged layers", () => {
     // Fewer layers than batches: one layer each.
     assert.deepEqual(fetchBatches(dirs.slice(0, 3), 12).length, 3);
   });
+});
+
+test("--platform: the build's own platform (or none) is taken; another, or several, refused in one line", () => {
+  const spec = { ...emptySpec(), arch: "amd64" };
+  for (const ok of [undefined, "", "linux/amd64", "linux/amd64,linux/amd64"])
+    assert.doesNotThrow(() => checkPlatforms(ok, spec), String(ok));
+  assert.throws(
+    () => checkPlatforms("linux/arm64", spec),
+    (err: Error) =>
+      err.message ===
+      "--platform linux/arm64: this build makes linux/amd64 images only (store paths are built for one platform; " +
+        "a spec's arch names it); build with --platform linux/amd64 or without --platform",
+  );
+  assert.throws(
+    () => checkPlatforms("linux/amd64,linux/arm64", spec),
+    /^Error: --platform linux\/amd64,linux\/arm64: /,
+  );
+  assert.doesNotThrow(() => checkPlatforms("linux/arm64", { ...spec, arch: "arm64" }));
 });
