@@ -194,9 +194,9 @@ run_inside() {
     old=${old#"$root"}
     cd "$root"
     pivot_root . ".$old"
-    # The containerd matrix settings (scripts/run-tests.mjs), when set, reach the test command as they are.
+    # The containerd and Docker matrix settings (scripts/run-tests.mjs), when set, reach the test command as they are.
     pass=()
-    for v in NIXOCI_CONTAINERD NIXOCI_CONTAINERD_MATRIX; do
+    for v in NIXOCI_CONTAINERD NIXOCI_CONTAINERD_MATRIX NIXOCI_DOCKER NIXOCI_DOCKER_MATRIX; do
       if [ -n "${!v+set}" ]; then pass+=("$v=${!v}"); fi
     done
     exec chroot . /bin/bash -c "umount -l \"\$1\" && rmdir \"\$1\" && shift && exec \"\$@\"" - "$old" \

@@ -2,9 +2,8 @@
 # Installs (idempotently) the newer containerd releases the version-dependent tests also run against, beside
 # bookworm's 1.6 (the `containerd` package, installed by install-test-deps.sh): 1.7 from Debian 13 "trixie" and
 # 2.1 from Debian unstable "sid". Each is the release's `containerd` .deb from the mirror apt already uses, checked
-# down from the release's signature (InRelease, by gpgv against debian-archive-keyring, whose bookworm version
-# already holds trixie's keys) to Packages.xz (its SHA256 in InRelease) to the .deb (its SHA256 in Packages), then
-# unpacked with `dpkg-deb -x` — never installed over bookworm's — into
+# down from the release's signature (lib-debian-release.sh: InRelease -> Packages.xz -> .deb, each by gpgv or
+# SHA256), then unpacked with `dpkg-deb -x` — never installed over bookworm's — into
 #
 #   $NIXOCI_CONTAINERD_CACHE/<upstream version>/usr/bin/{containerd,ctr,containerd-shim-runc-v2}
 #   $NIXOCI_CONTAINERD_CACHE/<series> -> <upstream version>      (what NIXOCI_CONTAINERD=<series> selects)
@@ -16,15 +15,12 @@
 # Once a series is installed and its binaries run, nothing is fetched again.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-source "$here/lib-apt.sh"
+die() { echo "install-containerd-matrix: $*" >&2 && exit 1; }
+source "$here/lib-debian-release.sh"
 
 cache=${NIXOCI_CONTAINERD_CACHE:-/var/cache/nixoci/containerd}
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-arch=$(dpkg --print-architecture)
 # series release: the containerd each Debian release packages.
 matrix=("1.7 trixie" "2.1 sid")
-
-die() { echo "install-containerd-matrix: $*" >&2 && exit 1; }
 
 # Whether DIR holds a containerd of SERIES whose three binaries run here.
 works() {
@@ -35,42 +31,21 @@ works() {
   "$dir/usr/bin/ctr" --version >/dev/null 2>&1 && "$dir/usr/bin/containerd-shim-runc-v2" -v >/dev/null 2>&1
 }
 
-# Downloads URL to FILE through apt's own transport (its proxy and auth configuration), checking SHA256 if given.
-fetch() {
-  local url=$1 file=$2 sha=${3:-}
-  /usr/lib/apt/apt-helper -o APT::Sandbox::User=root download-file "$url" "$file" ${sha:+"SHA256:$sha"} >/dev/null ||
-    die "could not download $url${sha:+ with SHA256 $sha} (is the release on this machine's Debian mirror?)"
-}
-
-# The SHA256 a signed InRelease gives for PATH (e.g. main/binary-amd64/Packages.xz).
-release_sha256() {
-  awk -v p="$2" '/^SHA256:/ {s = 1; next} /^[^ ]/ {s = 0} s && $3 == p {print $1; exit}' "$1"
-}
-
 install_series() {
-  local series=$1 release=$2 mirror=$3 work stanza version filename sha upstream dir
+  local series=$1 release=$2 mirror=$3 work stanza version upstream dir
   work=$(mktemp -d "$cache/.fetch.XXXXXX")
   # shellcheck disable=SC2064 # expand now (runs in a subshell of its own: see below)
   trap "rm -rf '$work'" EXIT
-  fetch "$mirror/dists/$release/InRelease" "$work/InRelease"
-  # Only what the signature covers (gpgv's --output) is read from here on.
-  gpgv --quiet --keyring "$keyring" --output "$work/Release" "$work/InRelease" 2>"$work/gpgv.err" ||
-    die "$mirror/dists/$release/InRelease: bad signature ($(tail -n1 "$work/gpgv.err")); update debian-archive-keyring"
-  sha=$(release_sha256 "$work/Release" "main/binary-$arch/Packages.xz")
-  [ -n "$sha" ] || die "$release's Release lists no main/binary-$arch/Packages.xz"
-  fetch "$mirror/dists/$release/main/binary-$arch/Packages.xz" "$work/Packages.xz" "$sha"
-  stanza=$(xz -dc "$work/Packages.xz" | awk -v RS= '!found && /(^|\n)Package: containerd\n/ {print; found = 1}')
-  version=$(sed -n 's/^Version: //p' <<<"$stanza")
-  filename=$(sed -n 's/^Filename: //p' <<<"$stanza")
-  sha=$(sed -n 's/^SHA256: //p' <<<"$stanza")
-  [ -n "$version" ] && [ -n "$filename" ] && [ -n "$sha" ] || die "$release has no containerd package for $arch"
-  upstream=${version#*:}
-  upstream=${upstream%%[~+-]*}
+  debian_release_index "$mirror" "$release" "$work"
+  stanza=$(debian_release_stanza "$work" containerd)
+  version=$(debian_release_field "$stanza" Version)
+  [ -n "$version" ] || die "$release has no containerd package for $debian_release_arch"
+  upstream=$(debian_upstream_version "$version")
   [[ $upstream == "$series".* ]] ||
     die "$release's containerd is $version now, not $series.x: change the matrix in $0 (and the tests' NIXOCI_CONTAINERD values)"
   dir=$cache/$upstream
   echo "install-containerd-matrix: containerd $version ($release) into $dir" >&2
-  fetch "$mirror/$filename" "$work/containerd.deb" "$sha"
+  debian_release_deb "$mirror" "$stanza" "$work/containerd.deb"
   mkdir "$work/root"
   dpkg-deb -x "$work/containerd.deb" "$work/root"
   echo "$version" >"$work/root/.deb-version"
@@ -86,10 +61,7 @@ mirror=""
 for entry in "${matrix[@]}"; do
   read -r series release <<<"$entry"
   works "$cache/$series" "$series" && continue
-  if [ -z "$mirror" ]; then
-    apt_ensure xz-utils gpgv debian-archive-keyring
-    mirror=$(debian_mirror) || die "no Debian mirror for bookworm in /etc/apt/sources.list{,.d}"
-  fi
+  [ -n "$mirror" ] || mirror=$(debian_release_mirror)
   # A subshell: its EXIT trap removes the download directory whatever happens.
   (install_series "$series" "$release" "$mirror")
 done

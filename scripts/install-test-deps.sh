@@ -15,6 +15,10 @@ apt_ensure containerd runc docker.io docker-registry skopeo umoci pigz python3 a
 # containerd 1.7 (trixie) and 2.1 (sid) beside bookworm's 1.6, unpacked into a cache: the containerd matrix
 # (NIXOCI_CONTAINERD selects one for the tests; see the script).
 bash "$here/install-containerd-matrix.sh"
+# Docker 28.5 (sid) and 26.1 (trixie) with their buildx beside bookworm's 20.10, unpacked into a cache: the Docker
+# matrix of the BuildKit frontend's tests (NIXOCI_DOCKER selects one; see the script). After the containerd matrix:
+# each newer dockerd runs its own release's containerd from there.
+bash "$here/install-docker-matrix.sh"
 
 # The tests compare against Nix's own behaviour, so pin the options they depend on.
 conf=/etc/nix/nix.conf

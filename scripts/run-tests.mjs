@@ -8,6 +8,10 @@
 // default "1.7 2.1"; empty for none), all in the one run of the test runner, so there is one summary and one
 // exit status. Each extra run of a suite is a small wrapper module that sets NIXOCI_CONTAINERD before importing
 // it; its tests' names say which release they ran against.
+//
+// The Docker matrix, likewise: every file runs against the Docker NIXOCI_DOCKER selects (default 20.10, bookworm's;
+// see test/support/docker-release.ts), and the BuildKit suites (DOCKER_SUITES) run again against each release of
+// NIXOCI_DOCKER_MATRIX (default "28.5 26.1"; empty for none), through wrappers that set NIXOCI_DOCKER.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,6 +30,12 @@ const CONTAINERD_SUITES = [
   "dist/test/servers/cri/",
   "dist/test/outputs/containerd.test.js",
   "dist/test/drill/cri.test.js",
+];
+
+/** The compiled suites that build through dockerd's BuildKit, whose outcome depends on Docker's release. */
+const DOCKER_SUITES = [
+  "dist/test/servers/buildkit/frontend.test.js",
+  "dist/test/servers/buildkit/docker-releases.test.js",
 ];
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -49,23 +59,31 @@ if (!files.length) {
   console.error("run-tests: no test files found under dist/test (did the build run?)");
   process.exit(1);
 }
-const matrix = (process.env.NIXOCI_CONTAINERD_MATRIX ?? "1.7 2.1").split(/[\s,]+/).filter(Boolean);
-const base = process.env.NIXOCI_CONTAINERD || "1.6";
-const wrappers = mkdtempSync(join(tmpdir(), "nixoci-containerd-matrix-"));
-const suites = files.filter((f) => CONTAINERD_SUITES.some((s) => relative(root, f).startsWith(s)));
-for (const release of matrix.filter((r) => r !== base))
-  for (const f of suites) {
-    const name = relative(join(root, "dist/test"), f)
-      .replace(/\.test\.js$/, "")
-      .replace(/\//g, "-");
-    const wrapper = join(wrappers, `containerd-${release}-${name}.test.mjs`);
-    writeFileSync(
-      wrapper,
-      `process.env.NIXOCI_CONTAINERD = ${JSON.stringify(release)};\n` +
-        `await import(${JSON.stringify(pathToFileURL(f).href)});\n`,
-    );
-    files.push(wrapper);
-  }
+const wrappers = mkdtempSync(join(tmpdir(), "nixoci-test-matrix-"));
+/**
+ * Adds, for each release of `matrixVar` (other than the one `baseVar` already selects for every file), a wrapper
+ * per suite of `suites` found in `files` that sets `baseVar` to that release before importing the suite.
+ */
+function addMatrix(component, suites, baseVar, baseDefault, matrixVar, matrixDefault) {
+  const matrix = (process.env[matrixVar] ?? matrixDefault).split(/[\s,]+/).filter(Boolean);
+  const base = process.env[baseVar] || baseDefault;
+  const selected = files.filter((f) => suites.some((s) => relative(root, f).startsWith(s)));
+  for (const release of matrix.filter((r) => r !== base))
+    for (const f of selected) {
+      const name = relative(join(root, "dist/test"), f)
+        .replace(/\.test\.js$/, "")
+        .replace(/\//g, "-");
+      const wrapper = join(wrappers, `${component}-${release}-${name}.test.mjs`);
+      writeFileSync(
+        wrapper,
+        `process.env.${baseVar} = ${JSON.stringify(release)};\n` +
+          `await import(${JSON.stringify(pathToFileURL(f).href)});\n`,
+      );
+      files.push(wrapper);
+    }
+}
+addMatrix("containerd", CONTAINERD_SUITES, "NIXOCI_CONTAINERD", "1.6", "NIXOCI_CONTAINERD_MATRIX", "1.7 2.1");
+addMatrix("docker", DOCKER_SUITES, "NIXOCI_DOCKER", "20.10", "NIXOCI_DOCKER_MATRIX", "28.5 26.1");
 // Each test file runs in its own process with test/support/harness.ts loaded: late uncaught errors fail it.
 const run = spawnSync(process.execPath, nodeTestArgs(root, files), {
   stdio: "inherit",

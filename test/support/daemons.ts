@@ -23,6 +23,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { containerdUnderTest, type ContainerdRelease } from "./containerd-release.js";
+import { dockerRelease, dockerUnderTest, type DockerRelease } from "./docker-release.js";
 
 // ---- process bookkeeping ----
 
@@ -531,25 +532,61 @@ export async function startContainerd(
 export interface Dockerd {
   /** The API's unix socket path. */
   host: string;
+  /** The Docker release running (NIXOCI_DOCKER, see docker-release.ts). */
+  release: DockerRelease;
+  /** Whether this daemon keeps images in containerd's image store (startDockerd's containerdStore). */
+  containerdStore: boolean;
   stop(): Promise<void>;
-  /** Runs the docker CLI (the 20.10 client when installed) against this daemon. */
+  /** Runs the release's docker CLI against this daemon and returns its stdout; throws with stderr on failure. */
   docker(args: string[], opts?: { input?: Buffer }): Buffer;
+  /**
+   * Runs `docker buildx ARGS...` with the release's buildx plugin against this daemon (its default builder, the
+   * daemon's own BuildKit) and returns stdout and stderr (where the build progress goes); throws on failure.
+   * 20.10 has no buildx: it throws.
+   */
+  buildx(args: string[], opts?: { input?: Buffer; cwd?: string }): { stdout: Buffer; stderr: string };
   log(): string;
 }
 
-/** The docker.io package's CLI (matching the 20.10 daemon) rather than another docker earlier on PATH. */
-export const DOCKER_CLI = existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
+/**
+ * Debian 12's docker CLI (20.10) rather than another docker earlier on PATH. It speaks every daemon of the Docker
+ * matrix (its API 1.41 is within 26.1's and 28.5's 1.24 to 1.45/1.51) and builds with its own BuildKit session
+ * client when DOCKER_BUILDKIT=1, where newer CLIs insist on the buildx plugin.
+ */
+export const DOCKER_CLI = dockerRelease({ NIXOCI_DOCKER: "20.10" }).docker;
 
-export async function startDockerd(): Promise<Dockerd> {
+/**
+ * Starts the dockerd under test (dockerUnderTest(): NIXOCI_DOCKER) with data, exec root, socket and CLI config in a
+ * temp dir, no bridge and no iptables rules. A 26.1 or 28.5 daemon runs its own release's containerd (first on its
+ * PATH, for this child only) as its managed containerd, under the exec root. `containerdStore` turns on the
+ * containerd image store (26.1 and 28.5 only): images and build results live in containerd's content store and
+ * overlayfs snapshotter instead of the classic graph driver (whose BuildKit has no MergeOp).
+ */
+export async function startDockerd(opts: { containerdStore?: boolean } = {}): Promise<Dockerd> {
+  const release = dockerUnderTest();
+  const containerdStore = opts.containerdStore ?? false;
+  if (containerdStore && !release.containerdStore)
+    throw new Error(`startDockerd: Docker ${release.series} has no containerd image store (26.1 and later)`);
   const dir = daemonDir("dockerd");
   const sock = join(dir, "docker.sock");
   const logFile = join(dir, "dockerd.log");
   const daemonJson = join(dir, "daemon.json");
-  writeFileSync(daemonJson, "{}\n");
+  writeFileSync(
+    daemonJson,
+    JSON.stringify(containerdStore ? { features: { "containerd-snapshotter": true } } : {}) + "\n",
+  );
+  // The CLI's config (never the user's ~/.docker): the release's buildx plugin is found through it, and buildx
+  // keeps its builder state in it.
   const cliConfig = join(dir, "cli");
   mkdirSync(cliConfig);
+  if (release.buildxPluginDir)
+    writeFileSync(
+      join(cliConfig, "config.json"),
+      JSON.stringify({ cliPluginsExtraDirs: [release.buildxPluginDir] }) + "\n",
+    );
+  const env = release.path ? { PATH: [...release.path, process.env.PATH ?? ""].join(":") } : undefined;
   const child = spawnDaemon(
-    "dockerd",
+    release.dockerd,
     [
       "--config-file",
       daemonJson,
@@ -566,11 +603,29 @@ export async function startDockerd(): Promise<Dockerd> {
       "--bridge=none",
     ],
     logFile,
+    env,
   );
   const docker = (args: string[], o: { input?: Buffer } = {}): Buffer =>
-    runTool(DOCKER_CLI, ["-H", `unix://${sock}`, ...args], o.input, { DOCKER_CONFIG: cliConfig });
+    runTool(release.docker, ["-H", `unix://${sock}`, ...args], o.input, { DOCKER_CONFIG: cliConfig });
+  const buildx = (args: string[], o: { input?: Buffer; cwd?: string } = {}) => {
+    if (!release.buildxPluginDir) throw new Error(`Docker ${release.series} has no buildx`);
+    // The daemon by DOCKER_HOST, which also outranks any DOCKER_CONTEXT in the environment.
+    const r = spawnSync(release.docker, ["buildx", ...args], {
+      input: o.input ?? Buffer.alloc(0),
+      cwd: o.cwd,
+      env: { ...process.env, DOCKER_CONFIG: cliConfig, DOCKER_HOST: `unix://${sock}` },
+      maxBuffer: 1 << 30,
+      timeout: 300_000,
+    });
+    const stderr = r.stderr?.toString() ?? "";
+    if (r.error || r.status !== 0)
+      throw new Error(
+        `docker buildx ${args.join(" ")}: ${r.error?.message ?? (r.signal ? `killed by ${r.signal}` : `exited with status ${r.status}`)}\n${stderr.trim()}`,
+      );
+    return { stdout: r.stdout, stderr };
+  };
   try {
-    await waitReady("dockerd", child, logFile, 60_000, async () => {
+    await waitReady(`dockerd ${release.series}`, child, logFile, 60_000, async () => {
       if (!existsSync(sock)) return false;
       return (await httpStatus({ socketPath: sock, path: "/_ping", method: "GET" })) === 200;
     });
@@ -583,5 +638,13 @@ export async function startDockerd(): Promise<Dockerd> {
     await stopChild(child, 20_000);
     await cleanupDir(dir);
   });
-  return { host: sock, stop, docker, log: () => tailOf(logFile, 100000) };
+  return {
+    host: sock,
+    release,
+    containerdStore,
+    stop,
+    docker,
+    buildx,
+    log: () => tailOf(logFile, 100000),
+  };
 }
