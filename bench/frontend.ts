@@ -1,5 +1,7 @@
-// BuildKit frontend benchmark: the same closure made into an image in one private dockerd 20.10 (embedded
-// BuildKit v0.8) three ways, side by side, cold and after one package changed:
+// BuildKit frontend benchmark: the same closure made into an image in one private dockerd three ways, side by
+// side, cold and after one package changed, for each Docker of NIXOCI_BENCH_FRONTEND_DOCKER (default
+// "20.10 28.5 28.5/containerd": bookworm's 20.10 with BuildKit v0.8, and 28.5 with its classic and its containerd
+// image store, where layers are merged):
 //
 //   frontend    POST /v1.41/build?version=2 of a tar context holding nixoci.yaml (`# syntax=nixoci-frontend:bench`,
 //               packages = the closure's top, substituters = a signed `nixoci serve` binary cache on loopback,
@@ -21,7 +23,8 @@
 // Executed / cached steps: the BuildKit vertices of the progress stream (for the frontend, its `nixoci: fetch`
 // and `nixoci: layer` copy steps and all vertices; for the Dockerfile, every vertex); layers: `docker image
 // inspect`'s RootFS.Layers. Nothing about time is asserted; a failed build throws (a BuildKit flightcontrol/runc
-// error is retried once, and reported). Knobs: NIXOCI_BENCH_FRONTEND_RUNS=N (default 3).
+// error is retried once, and reported). Knobs: NIXOCI_BENCH_FRONTEND_RUNS=N (default 3),
+// NIXOCI_BENCH_FRONTEND_DOCKER (above).
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import { join, resolve } from "node:path";
@@ -34,6 +37,7 @@ import {
   type BuildVertex,
 } from "../test/support/buildkit.js";
 import { startDockerd, type Dockerd } from "../test/support/daemons.js";
+import { dockerRelease, type DockerRelease } from "../test/support/docker-release.js";
 import { median, nixBuild } from "./common.js";
 
 const RUNS = Number(process.env.NIXOCI_BENCH_FRONTEND_RUNS ?? 3);
@@ -155,7 +159,35 @@ function dockerfileContext(dir: string, paths: string[]): string {
   return dir;
 }
 
+/** A Docker to benchmark on: a release of the Docker matrix, with the classic or the containerd image store. */
+interface DockerTarget {
+  release: DockerRelease;
+  containerdStore: boolean;
+  label: string;
+}
+
+/** NIXOCI_BENCH_FRONTEND_DOCKER: "SERIES[/containerd] ..." (default: 20.10, 28.5 and 28.5 with containerd). */
+function dockerTargets(): DockerTarget[] {
+  const spec = process.env.NIXOCI_BENCH_FRONTEND_DOCKER ?? "20.10 28.5 28.5/containerd";
+  return spec
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .map((t) => {
+      const [series, store] = t.split("/");
+      const release = dockerRelease({ NIXOCI_DOCKER: series });
+      return {
+        release,
+        containerdStore: store === "containerd",
+        label: `dockerd ${release.series}${store === "containerd" ? " (containerd image store)" : ""}`,
+      };
+    });
+}
+
 export async function benchFrontend(): Promise<void> {
+  for (const target of dockerTargets()) await benchFrontendOn(target);
+}
+
+async function benchFrontendOn(target: DockerTarget): Promise<void> {
   const started = performance.now();
   const rootsDir = "/tmp/nixoci-bench-closure"; // shared with bench/build.ts and bench/cri.ts
   fs.mkdirSync(rootsDir, { recursive: true });
@@ -171,7 +203,7 @@ export async function benchFrontend(): Promise<void> {
   let cache: BinaryCacheServer | undefined;
   try {
     const t0 = performance.now();
-    d = await startDockerd();
+    d = await startDockerd({ release: target.release, containerdStore: target.containerdStore });
     const dk = d;
     loadFrontendImage(dk, FRONTEND, dir);
     cache = await startBinaryCacheServer(dir, "frontend-bench");
@@ -302,7 +334,7 @@ export async function benchFrontend(): Promise<void> {
     console.log(
       `\nBuildKit frontend: bench/fixtures/closure.nix, ${basePaths.length} store paths, ` +
         `${mb(narSize(basePaths))} NAR; changed variant: ${differing.length} store paths differ ` +
-        `(${mb(narSize(differing))} NAR); dockerd 20.10 (BuildKit v0.8), one daemon; median of ${RUNS}, ` +
+        `(${mb(narSize(differing))} NAR); ${target.label}, one daemon; median of ${RUNS}, ` +
         `interleaved (setup: frontend image, binary cache warmed: ${sec(setupMs)}; staging the Dockerfile ` +
         `contexts with cp -a, untimed: ${sec(stageMs / (2 * RUNS))} each)`,
     );

@@ -562,8 +562,10 @@ export const DOCKER_CLI = dockerRelease({ NIXOCI_DOCKER: "20.10" }).docker;
  * containerd image store (26.1 and 28.5 only): images and build results live in containerd's content store and
  * overlayfs snapshotter instead of the classic graph driver (whose BuildKit has no MergeOp).
  */
-export async function startDockerd(opts: { containerdStore?: boolean } = {}): Promise<Dockerd> {
-  const release = dockerUnderTest();
+export async function startDockerd(
+  opts: { containerdStore?: boolean; release?: DockerRelease } = {},
+): Promise<Dockerd> {
+  const release = opts.release ?? dockerUnderTest();
   const containerdStore = opts.containerdStore ?? false;
   if (containerdStore && !release.containerdStore)
     throw new Error(`startDockerd: Docker ${release.series} has no containerd image store (26.1 and later)`);
