@@ -8,6 +8,7 @@ import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../servers/registry/auth.js";
 import { binaryCacheRoutes } from "../servers/registry/binary-cache-endpoint.js";
+import { NarFileCache } from "../servers/registry/nar-file-cache.js";
 import { createLogger } from "../util/logger.js";
 import { registryMetrics } from "../servers/registry/metrics.js";
 import { NixImageSource, type NixImageEvent, type NixImageRecord } from "../servers/registry/nix-images.js";
@@ -220,6 +221,10 @@ export async function serveCommand(argv: string[]): Promise<number> {
         store,
         signKey,
         compression: cacheCompression,
+        narCache: new NarFileCache(
+          join(storageDir, "nar-cache"),
+          intOption(values["nar-cache-mib"], "nar-cache-mib", 2048, 0) * 1024 * 1024,
+        ),
         maxNarStreams: values["max-nar-streams"]
           ? intOption(values["max-nar-streams"], "max-nar-streams", 4)
           : undefined,

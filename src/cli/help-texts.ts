@@ -421,6 +421,12 @@ export const SERVE = {
       help: "sign the binary cache's narinfos with this secret key",
       section: "binary cache",
     },
+    "nar-cache-mib": {
+      type: "string",
+      value: "MIB",
+      help: "compressed NARs kept under --storage, so each is compressed once (least recently served go first; 0: none)",
+      byDefault: "2048",
+    },
     "cache-compression": {
       type: "string",
       value: "zstd|xz|none",

@@ -69,6 +69,11 @@ const LEVELS: Record<Exclude<Compression, "none">, { min: number; max: number; d
   gzip: { min: 0, max: 9, def: 6 },
 };
 
+/** The level compressStream uses for `c` when none is given (the tools' own defaults). */
+export function defaultLevel(c: Exclude<Compression, "none">): number {
+  return LEVELS[c].def;
+}
+
 const CHUNK = 128 * 1024;
 const HIGH_WATER = 1024 * 1024;
 

@@ -20,6 +20,7 @@
 // valid. Every NAR is checked against NarHash/NarSize while it streams, and its last bytes are held back
 // until the check passed: a path that changed on disk ends in an aborted response, never in a complete one.
 import Database from "better-sqlite3";
+import { createReadStream } from "node:fs";
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { availableParallelism } from "node:os";
@@ -34,9 +35,10 @@ import { parseStorePath } from "../../nix/store-path.js";
 import { nixDbFor, type LocalStore } from "../../store/local-store.js";
 import type { PathInfo } from "../../store/path-info.js";
 import { SidecarDb } from "../../store/sidecar-db.js";
-import { compressStream, compressionExtension } from "../../util/compression.js";
+import { compressStream, compressionExtension, defaultLevel } from "../../util/compression.js";
 import { Limiter } from "../../util/concurrency.js";
 import { requestedRange } from "./http-range.js";
+import { NarFileCache } from "./nar-file-cache.js";
 
 /** The compressions the endpoint produces on the fly. */
 export type ServedCompression = "none" | "zstd" | "xz";
@@ -64,6 +66,8 @@ export interface BinaryCacheRoutesOptions {
   maxNarStreams?: number;
   /** Requests that may wait for a NAR stream (default 256); beyond, 503 with Retry-After, which Nix retries. */
   maxQueuedNarStreams?: number;
+  /** Compressed NARs kept once made (nar-file-cache.ts); without it every download compresses again. */
+  narCache?: NarFileCache;
   /** Called once per response body with the bytes written (all of them, or as many as got out). */
   onServed?: (bytes: number) => void;
   /** Called with unexpected errors (answered 500, or an aborted response once the body had started). */
@@ -217,6 +221,26 @@ async function writeBody(
   if (res.destroyed) throw clientGone();
 }
 
+/**
+ * Passes `source` on, writing each chunk to `file` too (waiting while the file is behind). A file that fails (a
+ * full disk) is left behind: the client still gets every byte, and the cache's commit then finds the failure.
+ */
+async function* copyTo(source: AsyncIterable<Buffer>, file: NodeJS.WritableStream & { destroyed: boolean }) {
+  for await (const chunk of source) {
+    if (!file.destroyed && !file.write(chunk))
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          file.off("drain", done);
+          file.off("close", done);
+          resolve();
+        };
+        file.on("drain", done);
+        file.on("close", done);
+      });
+    yield chunk;
+  }
+}
+
 function clientGone(): Error {
   return Object.assign(new Error("client closed the connection"), { code: "ERR_STREAM_PREMATURE_CLOSE" });
 }
@@ -346,6 +370,35 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
         headers["Content-Length"] = String(info.narSize);
       }
     }
+    // A compressed NAR made before is a file: no store dump, no compressor.
+    const cacheKey =
+      kind !== "none" && opts.narCache
+        ? NarFileCache.key(
+            info.narHash.toString("nix32").slice("sha256:".length),
+            kind,
+            opts.compressionLevel ?? defaultLevel(kind),
+          )
+        : undefined;
+    const cached = cacheKey ? await opts.narCache!.get(cacheKey) : undefined;
+    if (cached) {
+      res.writeHead(200, { ...headers, "Content-Length": String(cached.size) });
+      if (req.method === "HEAD") {
+        res.end();
+        return;
+      }
+      let sent = 0;
+      try {
+        await writeBody(
+          res,
+          createReadStream(cached.path, { highWaterMark: 256 * 1024 }),
+          (n) => (sent += n),
+        );
+      } finally {
+        served(sent);
+      }
+      res.end();
+      return;
+    }
     if (req.method === "HEAD") {
       res.writeHead(range ? 206 : 200, headers);
       res.end();
@@ -360,12 +413,17 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     res.statusCode = range ? 206 : 200;
     for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
     let bytes = 0;
+    const keep = cacheKey ? await opts.narCache!.writer(cacheKey) : undefined;
     try {
       // Written by hand rather than piped, so that a failure before the first byte (the verifier holds the
       // last chunk back: a small NAR fails before anything is sent) still gets a proper 500.
       await pipeline(nar, slice, new HoldBack(), compressor, (source: AsyncIterable<Buffer>) =>
-        writeBody(res, source, (n) => (bytes += n)),
+        writeBody(res, keep ? copyTo(source, keep.stream) : source, (n) => (bytes += n)),
       );
+      await keep?.commit();
+    } catch (err) {
+      await keep?.abort();
+      throw err;
     } finally {
       served(bytes);
     }

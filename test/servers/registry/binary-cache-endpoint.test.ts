@@ -16,6 +16,7 @@ import {
   binaryCacheRoutes,
   type BinaryCacheRoutesOptions,
 } from "../../../src/servers/registry/binary-cache-endpoint.js";
+import { NarFileCache } from "../../../src/servers/registry/nar-file-cache.js";
 import { parseNarInfo } from "../../../src/nix/narinfo.js";
 import { parsePublicKey, parseSecretKey } from "../../../src/nix/signature.js";
 import { BinaryCacheStore } from "../../../src/store/binary-cache.js";
@@ -569,3 +570,75 @@ test("NAR bodies are bounded: one producing, one waiting, a third gets 503 with 
   assert.ok(served.body.equals(run("nix-store", ["--dump", src])), "the waiting request got the whole NAR");
   assert.deepEqual(s.errors, []);
 });
+
+test("compressed NARs are kept once made: served from the file, bounded in size, nothing kept from an aborted download", async () => {
+  const dir = join(makeTempDir("nar-file-cache"), "nar-cache");
+  const [a, b] = [fx.tree, fx.hello];
+  const sizes = await Promise.all([a, b].map(async (p) => (await systemStore.queryPathInfo(p))!.narSize));
+  const s = await serve({ compression: "zstd", narCache: new NarFileCache(dir, 10 * 1024 * 1024) });
+  const narUrl = async (p: string): Promise<string> =>
+    parseNarInfo((await request(`${s.url}/${hashPart(p)}.narinfo`)).body.toString(), {
+      input: "test",
+      expectedHashPart: hashPart(p),
+    }).url;
+  const kept = (): string[] => readdirSync(dir).filter((n) => !n.startsWith("."));
+
+  // First download: compressed on the fly and kept under the NAR's hash, compression and level.
+  const url = await narUrl(a);
+  const first = await request(`${s.url}/${url}`);
+  assert.equal(first.status, 200);
+  assert.ok((await decompressBuffer("zstd", first.body, "zst")).equals(await dumpBuffer(a)));
+  const info = (await systemStore.queryPathInfo(a))!;
+  const name = `${info.narHash.toString("nix32").slice("sha256:".length)}.zstd-3`;
+  await until("the compressed NAR to be kept", 10_000, () => assert.deepEqual(kept(), [name]));
+  assert.ok(readFileSync(join(dir, name)).equals(first.body));
+
+  // Later downloads are the file (with its length), not a new compression: planted bytes show it.
+  const planted = Buffer.concat([first.body.subarray(0, 4), Buffer.from("planted")]);
+  writeFileSync(join(dir, name), planted);
+  const again = await request(`${s.url}/${url}`);
+  assert.equal(again.headers["content-length"], String(planted.length));
+  assert.ok(again.body.equals(planted));
+  const head = await request(`${s.url}/${url}`, { method: "HEAD" });
+  assert.equal(head.headers["content-length"], String(planted.length));
+  assert.equal(head.body.length, 0);
+  writeFileSync(join(dir, name), first.body);
+
+  // Another level is another file; xz another one too.
+  const xz = await request(`${s.url}/${url.replace(/\.zst$/, ".xz")}`);
+  assert.ok((await decompressBuffer("xz", xz.body, "xz")).equals(await dumpBuffer(a)));
+  await until("the xz NAR to be kept", 10_000, () => assert.equal(kept().length, 2));
+
+  // Bounded: a cache smaller than two files keeps the one served last.
+  const small = join(makeTempDir("nar-file-cache-small"), "nar-cache");
+  const s2 = await serve({ compression: "zstd", narCache: new NarFileCache(small, first.body.length + 16) });
+  await request(`${s2.url}/${url}`);
+  await request(`${s2.url}/${await narUrl(b)}`);
+  const left = readdirSync(small).filter((n) => !n.startsWith("."));
+  assert.equal(left.length, 1, left.join(" "));
+  assert.ok(left[0].startsWith((await systemStore.queryPathInfo(b))!.narHash.toString("nix32").slice(7)));
+  assert.ok(sizes.every((n) => n > 0));
+
+  // A client that leaves in the middle leaves nothing kept, not even a temporary, once the server is done.
+  const big = join(makeTempDir("nar-file-cache-abort"), "nar-cache");
+  const s3 = await serve({ compression: "zstd", narCache: new NarFileCache(big, 10 * 1024 * 1024) });
+  const bigUrl = await narUrl(fx.big);
+  await new Promise<void>((resolve) => {
+    const req = http.get(`${s3.url}/${bigUrl}`, (res) => {
+      res.once("data", () => {
+        req.destroy();
+        resolve();
+      });
+    });
+    req.on("error", () => resolve());
+  });
+  await until("the aborted download to end", 10_000, () => assert.equal(s3.pending(), 0));
+  assert.deepEqual(readdirSync(big), []);
+  assert.deepEqual([...s.errors, ...s2.errors], []);
+});
+
+async function dumpBuffer(p: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of dumpPath(p)) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
