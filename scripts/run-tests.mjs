@@ -36,6 +36,7 @@ const CONTAINERD_SUITES = [
 const DOCKER_SUITES = [
   "dist/test/servers/buildkit/frontend.test.js",
   "dist/test/servers/buildkit/docker-releases.test.js",
+  "dist/test/servers/buildkit/buildx.test.js",
 ];
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");

@@ -26,7 +26,7 @@ import { Duplex } from "node:stream";
 import { parse as parseYaml } from "yaml";
 import { runtimeConfig } from "../../image/config.js";
 import { emptySpec, specFromObject, validateSpec, type ImageSpec } from "../../image/spec.js";
-import { Gateway } from "./gateway.js";
+import { cacheImportsOf, Gateway } from "./gateway.js";
 import {
   copy,
   exec,
@@ -348,6 +348,7 @@ export function buildFileKind(filename: string, text: string): "nix" | "spec" {
 export async function buildWithGateway(run: FrontendRun): Promise<void> {
   const { opts, gateway, log } = run;
   const pong = await gateway.ping();
+  gateway.cacheImports = cacheImportsOf(opts);
   const filename = opts.get("filename") ?? DEFAULT_FILENAME;
   const self = opts.get("source") ?? opts.get("cmdline");
   if (!self) throw new Error("BuildKit did not say which image this frontend runs from (opt source)");

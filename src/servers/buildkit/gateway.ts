@@ -15,8 +15,39 @@ export interface Pong {
   Workers: Array<{ ID: string; platforms: Array<{ Architecture: string; OS: string }> }>;
 }
 
+/** A cache to import (`--cache-from`): its type ("registry", "local", ...) and attributes (ref, ...). */
+export interface CacheImport {
+  Type: string;
+  Attrs: Record<string, string>;
+}
+
+/**
+ * The caches the client asked to import, from the frontend's options: "cache-imports" (JSON, BuildKit v0.9+: what
+ * buildx's --cache-from gives), else the older "cache-from" (comma-separated registry references).
+ */
+export function cacheImportsOf(opts: ReadonlyMap<string, string>): CacheImport[] {
+  const json = opts.get("cache-imports");
+  if (json) {
+    const parsed = JSON.parse(json) as unknown;
+    if (!Array.isArray(parsed)) throw new Error(`frontend option cache-imports: not a JSON array: ${json}`);
+    return parsed.map((e: { Type?: unknown; Attrs?: unknown }) => ({
+      Type: String(e.Type ?? ""),
+      Attrs: Object.fromEntries(
+        Object.entries((e.Attrs ?? {}) as Record<string, unknown>).map(([k, v]) => [k, String(v)]),
+      ),
+    }));
+  }
+  return (opts.get("cache-from") ?? "")
+    .split(",")
+    .map((r) => r.trim())
+    .filter(Boolean)
+    .map((ref) => ({ Type: "registry", Attrs: { ref } }));
+}
+
 export class Gateway {
   private readonly rpc: StdioGrpcClient;
+  /** Given with every Solve: BuildKit imports a cache only for the solves that ask for it. */
+  cacheImports: CacheImport[] = [];
 
   constructor(
     stream: Duplex,
@@ -60,6 +91,7 @@ export class Gateway {
       result: { ref?: { id: string }; refDeprecated?: string } | null;
     }>("Solve", "moby.buildkit.v1.frontend.SolveRequest", "moby.buildkit.v1.frontend.SolveResponse", {
       Definition: definition(state),
+      CacheImports: this.cacheImports,
       allowResultReturn: true,
       allowResultArrayRef: true,
       Evaluate: Boolean(opts.evaluate),

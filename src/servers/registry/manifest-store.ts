@@ -93,7 +93,8 @@ export class ManifestStore {
    * Stores a manifest pushed under a tag or its digest. Checks that it is JSON of a supported type whose
    * mediaType (when present) is `mediaType`, that every blob it names (config, layers) is in the blob store with
    * the size it says, and that an index's manifests are manifests of the repository (400 MANIFEST_BLOB_UNKNOWN
-   * otherwise, as docker-registry answers), with the sizes it says; then records it,
+   * otherwise, as docker-registry answers), with the sizes it says (an index's other children, as BuildKit's
+   * registry cache has, are checked as blobs); then records it,
    * links its blobs to the repository and points the tag at it (atomically, last).
    */
   async putManifest(repo: string, reference: string, bytes: Buffer, mediaType: string): Promise<Digest> {

@@ -37,9 +37,9 @@ export interface ParsedDescriptor {
 
 export interface ParsedManifest {
   kind: "image" | "index";
-  /** Blobs named (image manifests: config first, then layers). */
+  /** Blobs named (image manifests: config first, then layers; indexes: children that are not manifests). */
   blobs: ParsedDescriptor[];
-  /** Manifests named (indexes). */
+  /** Manifests named (indexes: the children whose media type is a manifest's). */
   manifests: ParsedDescriptor[];
   subject?: Digest;
   artifactType?: string;
@@ -130,7 +130,12 @@ export function parseManifest(bytes: Buffer, mediaType: string): ParsedManifest 
   if (mediaType === OCI_INDEX || mediaType === DOCKER_MANIFEST_LIST) {
     out.kind = "index";
     if (!Array.isArray(json.manifests)) throw invalid("manifests must be an array");
-    out.manifests = json.manifests.map((d, i) => descriptor(d, `manifests[${i}]`));
+    // Children that are manifests must be manifests of the repository; other content an index may list
+    // (BuildKit's registry cache lists its layers and its cache config so) is checked as blobs, and is never
+    // served as a manifest.
+    const children = json.manifests.map((d, i) => descriptor(d, `manifests[${i}]`));
+    out.manifests = children.filter((c) => MANIFEST_MEDIA_TYPES.has(c.mediaType));
+    out.blobs = children.filter((c) => !MANIFEST_MEDIA_TYPES.has(c.mediaType));
   } else {
     if (json.manifests !== undefined) throw invalid("an image manifest has no manifests");
     const config = descriptor(json.config, "config");

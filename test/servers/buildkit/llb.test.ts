@@ -21,6 +21,7 @@ import {
 } from "../../../src/servers/buildkit/frontend.js";
 import { emptySpec } from "../../../src/image/spec.js";
 import { layerDir } from "../../../src/servers/buildkit/steps.js";
+import { cacheImportsOf } from "../../../src/servers/buildkit/gateway.js";
 
 describe("build files", () => {
   test("the kind comes from the name, else from the content", () => {
@@ -164,4 +165,19 @@ test("--platform: the build's own platform (or none) is taken; another, or sever
     /^Error: --platform linux\/amd64,linux\/arm64: /,
   );
   assert.doesNotThrow(() => checkPlatforms("linux/arm64", { ...spec, arch: "arm64" }));
+});
+
+test("cache imports: buildx's cache-imports JSON, else the older cache-from references", () => {
+  const json = JSON.stringify([
+    { Type: "registry", Attrs: { ref: "h:5000/c:1", "registry.insecure": "true" } },
+  ]);
+  assert.deepEqual(cacheImportsOf(new Map([["cache-imports", json]])), [
+    { Type: "registry", Attrs: { ref: "h:5000/c:1", "registry.insecure": "true" } },
+  ]);
+  assert.deepEqual(cacheImportsOf(new Map([["cache-from", "a:1, b:2"]])), [
+    { Type: "registry", Attrs: { ref: "a:1" } },
+    { Type: "registry", Attrs: { ref: "b:2" } },
+  ]);
+  assert.deepEqual(cacheImportsOf(new Map([["cache-from", ""]])), [], "dockerd 20.10 passes it empty");
+  assert.throws(() => cacheImportsOf(new Map([["cache-imports", "{}"]])), /cache-imports: not a JSON array/);
 });

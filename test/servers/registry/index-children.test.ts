@@ -135,3 +135,37 @@ test("a blob recorded as a manifest before children were checked is not served a
   const res = await put("idx/c", "multi", index(img.config), OCI_INDEX);
   assert.equal(res.code, "MANIFEST_BLOB_UNKNOWN");
 });
+
+test("an index may list other content (BuildKit's registry cache: its layers and cache config) when the repository has those blobs; they are never served as manifests", async () => {
+  const img = await pushImage("idx/cache", "v1");
+  const cacheConfig = json({ layers: [], records: [] });
+  const configDigest = await postBlob("idx/cache", cacheConfig);
+  const cacheIndex = (extra: Array<{ mediaType: string; digest: string; size: number }>) =>
+    json({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: [
+        {
+          mediaType: "application/vnd.buildkit.cacheconfig.v0",
+          digest: configDigest,
+          size: cacheConfig.length,
+        },
+        ...extra,
+      ],
+    });
+  const layer = { mediaType: OCI_LAYER, digest: img.config.digest, size: img.config.size };
+  const ok = await put("idx/cache", "cache", cacheIndex([layer]), OCI_INDEX);
+  assert.equal(ok.status, 201, ok.body.toString());
+  for (const digest of [configDigest, img.config.digest])
+    assert.equal((await request(srv.host, "GET", `/v2/idx/cache/manifests/${digest}`)).status, 404);
+  // Blobs the repository does not have, or with another size, are refused as in an image manifest.
+  const missing = await put(
+    "idx/cache",
+    "cache2",
+    cacheIndex([{ mediaType: OCI_LAYER, digest: `sha256:${"2".repeat(64)}`, size: 3 }]),
+    OCI_INDEX,
+  );
+  assert.equal(missing.code, "MANIFEST_BLOB_UNKNOWN");
+  const size = await put("idx/cache", "cache3", cacheIndex([{ ...layer, size: layer.size + 1 }]), OCI_INDEX);
+  assert.equal(size.code, "MANIFEST_INVALID");
+});
