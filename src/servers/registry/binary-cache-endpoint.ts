@@ -206,19 +206,22 @@ async function writeBody(
   for await (const chunk of source) {
     if (res.destroyed) throw clientGone();
     onBytes(chunk.length);
-    if (!res.write(chunk)) {
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          res.off("drain", done);
-          res.off("close", done);
-          resolve();
-        };
-        res.on("drain", done);
-        res.on("close", done);
-      });
-    }
+    if (!res.write(chunk)) await drainedOrClosed(res);
   }
   if (res.destroyed) throw clientGone();
+}
+
+/** Resolves when `w` can take more, or will never again (closed). */
+function drainedOrClosed(w: NodeJS.EventEmitter): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      w.off("drain", done);
+      w.off("close", done);
+      resolve();
+    };
+    w.on("drain", done);
+    w.on("close", done);
+  });
 }
 
 /**
@@ -227,16 +230,7 @@ async function writeBody(
  */
 async function* copyTo(source: AsyncIterable<Buffer>, file: NodeJS.WritableStream & { destroyed: boolean }) {
   for await (const chunk of source) {
-    if (!file.destroyed && !file.write(chunk))
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          file.off("drain", done);
-          file.off("close", done);
-          resolve();
-        };
-        file.on("drain", done);
-        file.on("close", done);
-      });
+    if (!file.destroyed && !file.write(chunk)) await drainedOrClosed(file);
     yield chunk;
   }
 }

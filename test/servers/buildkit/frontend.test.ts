@@ -26,6 +26,22 @@ import { dockerUnderTest } from "../../support/docker-release.js";
 
 const FRONTEND = "nixoci-frontend:test";
 
+/** The fixtures' hello with another greeting (greeting and hello change, busybox does not), rooted as `link`. */
+function helloGreeting(text: string, link: string): string {
+  return execFileSync("nix-build", [
+    PACKAGES_NIX,
+    "-A",
+    "hello",
+    "--argstr",
+    "greetingText",
+    text,
+    "--out-link",
+    join(GC_ROOTS_DIR, link),
+  ])
+    .toString()
+    .trim();
+}
+
 /**
  * What each layer of an image archive (`docker save`, or nixoci's docker-archive:) holds, whatever its tar
  * headers' style: its `tar -tv` listing with numeric owners and full times, and a hash of all its file contents
@@ -179,18 +195,7 @@ for (const store of STORES)
 
     test("after one package changed, only the fetch steps of the changed layers run again", async () => {
       // The same packages with another greeting: greeting and hello change, busybox does not.
-      const changed = execFileSync("nix-build", [
-        PACKAGES_NIX,
-        "-A",
-        "hello",
-        "--argstr",
-        "greetingText",
-        "Changed by the frontend test",
-        "--out-link",
-        join(GC_ROOTS_DIR, "frontend-changed-hello"),
-      ])
-        .toString()
-        .trim();
+      const changed = helloGreeting("Changed by the frontend test", "frontend-changed-hello");
       const ctx = context("changed", helloSpec().split(fx.hello).join(changed));
       const r = await dockerBuild(d, ctx, {
         dockerfile: "nixoci.yaml",
@@ -243,18 +248,7 @@ for (const store of STORES)
       // Another greeting: the one batch runs again, but BuildKit keys a layer's copy by what it copies, so the
       // copy of a layer that did not change is a cache hit (and its layer the same) -- every such layer where the
       // layers are merged, the ones below the lowest changed layer where each is copied onto the one below.
-      const changed = execFileSync("nix-build", [
-        PACKAGES_NIX,
-        "-A",
-        "hello",
-        "--argstr",
-        "greetingText",
-        "Changed in a batch",
-        "--out-link",
-        join(GC_ROOTS_DIR, "frontend-batched-hello"),
-      ])
-        .toString()
-        .trim();
+      const changed = helloGreeting("Changed in a batch", "frontend-batched-hello");
       const ctx2 = context("batched-changed", helloSpec().split(fx.hello).join(changed));
       const again = await dockerBuild(d, ctx2, { ...params, t: "nixtest:batched-changed" });
       assert.equal(again.error, undefined, `${again.error}\n${again.log.slice(-3000)}`);
