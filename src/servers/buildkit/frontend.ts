@@ -415,11 +415,7 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     ? await nixLayers(run, filename, context, image, network, spec)
     : await specLayers(run, spec, image, network);
   const { plan } = layers;
-  const mergeCap = (pong.LLBCaps ?? []).find((c) => c.ID === "mergeop");
   const merging = llbCan(pong.LLBCaps ?? [], "mergeop") && opts.get("build-arg:merge") !== "false";
-  log(
-    `nixoci frontend: LLB cap mergeop ${mergeCap ? (mergeCap.Enabled ? "enabled" : "disabled") : "absent"}; ${(pong.LLBCaps ?? []).length} caps`,
-  );
   const batchLimit = opts.has("build-arg:fetch-batches")
     ? Number(opts.get("build-arg:fetch-batches"))
     : DEFAULT_FETCH_BATCHES;

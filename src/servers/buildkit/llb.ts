@@ -78,6 +78,14 @@ export function source(identifier: string, attrs: Record<string, string> = {}, n
   };
 }
 
+/** The index of `s` among an op's `inputs`, added at the end the first time (an op lists each input once). */
+function indexIn(inputs: Output[], s: Output): number {
+  const i = inputs.findIndex((x) => x.vertex.digest === s.vertex.digest && x.index === s.index);
+  if (i >= 0) return i;
+  inputs.push(s);
+  return inputs.length - 1;
+}
+
 export interface ExecMount {
   dest: string;
   /** What is mounted (scratch when undefined, for an output-only mount). */
@@ -110,13 +118,7 @@ export interface ExecOptions {
  */
 export function exec(o: ExecOptions): Record<string, Output> {
   const inputs: Output[] = [];
-  const inputIndex = (s: State): number => {
-    if (!s) return -1;
-    const i = inputs.findIndex((x) => x.vertex.digest === s.vertex.digest && x.index === s.index);
-    if (i >= 0) return i;
-    inputs.push(s);
-    return inputs.length - 1;
-  };
+  const inputIndex = (s: State): number => (s ? indexIn(inputs, s) : -1);
   let outputs = 0;
   const outputOf: string[] = [];
   const mounts = o.mounts.map((m) => {
@@ -212,13 +214,7 @@ export function merge(states: State[], name?: string): State {
   if (given.length === 0) return undefined;
   if (given.length === 1) return given[0];
   const inputs: Output[] = [];
-  const indexOf = (s: Output): number => {
-    const i = inputs.findIndex((x) => x.vertex.digest === s.vertex.digest && x.index === s.index);
-    if (i >= 0) return i;
-    inputs.push(s);
-    return inputs.length - 1;
-  };
-  const refs = given.map((s) => ({ input: indexOf(s) }));
+  const refs = given.map((s) => ({ input: indexIn(inputs, s) }));
   return { vertex: vertex(inputs, { merge: { inputs: refs } }, { name }), index: 0 };
 }
 

@@ -20,7 +20,6 @@
 // valid. Every NAR is checked against NarHash/NarSize while it streams, and its last bytes are held back
 // until the check passed: a path that changed on disk ends in an aborted response, never in a complete one.
 import Database from "better-sqlite3";
-import { createReadStream } from "node:fs";
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { availableParallelism } from "node:os";
@@ -377,17 +376,16 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     if (cached) {
       res.writeHead(200, { ...headers, "Content-Length": String(cached.size) });
       if (req.method === "HEAD") {
+        await cached.file.close();
         res.end();
         return;
       }
       let sent = 0;
+      const body = cached.file.createReadStream({ highWaterMark: 256 * 1024 });
       try {
-        await writeBody(
-          res,
-          createReadStream(cached.path, { highWaterMark: 256 * 1024 }),
-          (n) => (sent += n),
-        );
+        await writeBody(res, body, (n) => (sent += n));
       } finally {
+        body.destroy(); // closes the file, also when the client left early
         served(sent);
       }
       res.end();

@@ -8,7 +8,7 @@ import { NixociError } from "../../util/errors.js";
 
 /** An IPv4 address in IPv6's mapped form (a dual-stack listener's view of an IPv4 client) as plain IPv4. */
 export function plainAddress(address: string | undefined): string | undefined {
-  return address?.startsWith("::ffff:") && isIPv4(address.slice(7)) ? address.slice(7) : address;
+  return address && /^::ffff:/i.test(address) && isIPv4(address.slice(7)) ? address.slice(7) : address;
 }
 
 /** The reverse proxies whose X-Forwarded-For is believed: addresses and ADDRESS/BITS networks. */

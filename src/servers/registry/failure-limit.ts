@@ -9,6 +9,7 @@
 // forwarded; anyone else's X-Forwarded-For is ignored, since anyone can send it). IPv4-mapped IPv6
 // addresses count as IPv4; IPv6 addresses count by their /64, since one host commonly has a whole /64.
 import { isIPv6 } from "node:net";
+import { plainAddress } from "./client-address.js";
 
 export interface FailureLimitOptions {
   /** Failed checks allowed per window (default 10). */
@@ -30,9 +31,8 @@ interface Entry {
 
 /** The key an address is counted under: IPv4 as is, IPv6 by its first 64 bits. */
 export function clientKey(address: string | undefined): string {
+  address = plainAddress(address);
   if (!address) return "unknown";
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return mapped[1];
   if (!isIPv6(address)) return address;
   const zoneless = address.replace(/%.*$/, "");
   const [head, tail = ""] = zoneless.split("::");

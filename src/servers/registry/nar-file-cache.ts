@@ -8,7 +8,7 @@
 // through (the endpoint verifies the NAR against its NarHash before its last bytes); a client that leaves early
 // leaves nothing. The total size is bounded (least recently served files go first); a size of 0 keeps nothing.
 import { createWriteStream, type WriteStream } from "node:fs";
-import { open, readdir, rename, rm, stat, utimes } from "node:fs/promises";
+import { open, readdir, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
 import { makeDirs, sweepAbandonedTemps, tempSibling } from "../../util/fs.js";
@@ -16,9 +16,12 @@ import { holdErrors } from "../../util/streams.js";
 
 const KEY = /^[0123456789abcdfghijklmnpqrsvwxyz]{52}\.[a-z]+-\d{1,2}$/;
 
-/** A cached NAR file, opened: read it with `createReadStream` from its fd. */
+/**
+ * A cached NAR file, opened (so evicting it meanwhile cannot cut a download short): read it with
+ * `file.createReadStream()`, which closes it, or close it.
+ */
 export interface CachedNar {
-  path: string;
+  file: FileHandle;
   size: number;
 }
 
@@ -58,19 +61,24 @@ export class NarFileCache {
     await this.evict();
   }
 
-  /** The cached file for `key`, marked as just served; undefined when there is none. */
+  /** The cached file for `key`, opened and marked as just served; undefined when there is none. */
   async get(key: string): Promise<CachedNar | undefined> {
     if (this.maxBytes <= 0) return undefined;
     await this.ready;
-    const path = join(this.dir, key);
+    let file: FileHandle;
     try {
-      const fh = await open(path, "r");
-      const { size } = await fh.stat().finally(() => fh.close());
-      const now = new Date();
-      await utimes(path, now, now).catch(() => undefined); // recency for eviction; a race with it is harmless
-      return { path, size };
+      file = await open(join(this.dir, key), "r");
     } catch {
       return undefined;
+    }
+    try {
+      const { size } = await file.stat();
+      const now = new Date();
+      await file.utimes(now, now); // recency, for eviction
+      return { file, size };
+    } catch {
+      await file.close();
+      return undefined; // unreadable as a cached file: made again
     }
   }
 
