@@ -1,17 +1,19 @@
 // nixoci frontend: the BuildKit gateway frontend (no arguments: BuildKit runs it with the gateway API on
 // stdin/stdout, see buildkit/frontend.ts), and the steps it runs inside BuildKit's ExecOps:
-//   nixoci frontend plan --out FILE [--layering L] [--max-layers N] --from URL... [--trusted-public-key K]... PATH...
+//   nixoci frontend plan --out FILE [--layering L] [--max-layers N] [--batches DIR --batch-scope S] [--max-batches N]
+//                        (--from URL... [--trusted-public-key K]... PATH... | --closure FILE --roots FILE)
 //   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH... | DIR=PATH,PATH...
 //   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
 import { readFile, writeFile } from "node:fs/promises";
-import { buildWithGateway, frontendOpts, stdioStream } from "../servers/buildkit/frontend.js";
-import { Gateway } from "../servers/buildkit/gateway.js";
+import { DEFAULT_FETCH_BATCHES } from "../servers/buildkit/fetch-batches.js";
 import {
+  closureFromNixJson,
   copyStep,
   customStep,
   fetchStep,
   parseStepLayers,
   openCaches,
+  planOfClosure,
   planStep,
   type Plan,
 } from "../servers/buildkit/steps.js";
@@ -24,6 +26,9 @@ import { trustOptions } from "./stores.js";
 const LAYERINGS = ["size", "popularity", "nixery"];
 
 async function gatewayMode(): Promise<number> {
+  // Loaded here, not above: the steps (one process each, many per build) need neither gRPC nor the LLB code.
+  const { buildWithGateway, frontendOpts, stdioStream } = await import("../servers/buildkit/frontend.js");
+  const { Gateway } = await import("../servers/buildkit/gateway.js");
   const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
   const gateway = new Gateway(stdioStream(), log);
   try {
@@ -60,28 +65,63 @@ export async function frontendCommand(argv: string[]): Promise<number> {
     case "plan": {
       const layering = values.layering ?? "size";
       if (!LAYERINGS.includes(layering)) throw new UsageError(`--layering: expected ${LAYERINGS.join(", ")}`);
-      const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
-      try {
-        const plan = await planStep({
-          roots: positionals,
-          caches,
-          layering: layering as LayeringStrategy,
-          maxLayers: intOption(values["max-layers"], "max-layers", 100, 2),
-        });
-        await writeFile(need(values.out, "out"), JSON.stringify(plan));
-        process.stderr.write(`planned ${plan.layers.length} store layers\n`);
-      } finally {
-        caches.close();
+      const maxLayers = intOption(values["max-layers"], "max-layers", 100, 2);
+      const batching = {
+        ledger: values.batches,
+        scope: values["batch-scope"] ?? "",
+        maxNew: intOption(values["max-batches"], "max-batches", DEFAULT_FETCH_BATCHES, 1),
+      };
+      const out = need(values.out, "out");
+      let plan: Plan;
+      if (values.closure) {
+        // A Nix file's closure, as nix path-info --json -r printed it, and its roots.
+        const closure = closureFromNixJson(
+          JSON.parse(await readFile(values.closure, "utf8")),
+          DEFAULT_STORE_DIR,
+        );
+        const roots = (await readFile(need(values.roots, "roots"), "utf8")).split("\n").filter(Boolean);
+        plan = await planOfClosure(
+          roots,
+          closure,
+          layering as LayeringStrategy,
+          maxLayers,
+          DEFAULT_STORE_DIR,
+          batching,
+        );
+      } else {
+        const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
+        try {
+          plan = await planStep({
+            roots: positionals,
+            caches,
+            layering: layering as LayeringStrategy,
+            maxLayers,
+            batching,
+          });
+        } finally {
+          caches.close();
+        }
       }
+      await writeFile(out, JSON.stringify(plan));
+      process.stderr.write(
+        `planned ${plan.layers.length} store layers in ${plan.batches.length} fetch steps\n`,
+      );
       return 0;
     }
     case "fetch": {
+      const started = performance.now();
+      const layers = parseStepLayers(positionals);
       const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
       try {
-        await fetchStep(parseStepLayers(positionals), caches, need(values.out, "out"));
+        await fetchStep(layers, caches, need(values.out, "out"));
       } finally {
         caches.close();
       }
+      // What the step's time went to: starting up (node, modules) against fetching.
+      process.stderr.write(
+        `fetched ${layers.length} layers, ${layers.reduce((n, l) => n + l.paths.length, 0)} paths in ` +
+          `${((performance.now() - started) / 1000).toFixed(2)} s (started after ${(started / 1000).toFixed(2)} s)\n`,
+      );
       return 0;
     }
     case "copy": {

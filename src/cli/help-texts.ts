@@ -639,7 +639,8 @@ export const FRONTEND = {
   summary: "the BuildKit frontend (run by BuildKit; `# syntax=` its image) and its build steps",
   usage: [
     "nixoci frontend                       (run by BuildKit: the gateway API on stdin/stdout)",
-    "nixoci frontend plan --out FILE --from URL... [--layering L] [--max-layers N] PATH...",
+    "nixoci frontend plan --out FILE --from URL... [--layering L] [--max-layers N] [--batches DIR] PATH...",
+    "nixoci frontend plan --out FILE --closure FILE --roots FILE [--layering L] [--max-layers N] [--batches DIR]",
     "nixoci frontend fetch --out DIR --from URL... PATH... | LAYERDIR=PATH,PATH...",
     "nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]",
     "nixoci frontend copy --from DIR --out DIR PATH... | LAYERDIR=PATH,PATH...",
@@ -662,6 +663,32 @@ export const FRONTEND = {
     ...TRUST_FLAGS,
     layering: LAYER_FLAGS.layering,
     "max-layers": LAYER_FLAGS["max-layers"],
+    closure: {
+      type: "string",
+      value: "FILE",
+      help: "a closure as `nix path-info --json -r` prints it (plan)",
+    },
+    roots: {
+      type: "string",
+      value: "FILE",
+      help: "the closure's roots, one per line (plan, with --closure)",
+    },
+    batches: {
+      type: "string",
+      value: "DIR",
+      help: "the fetch batches earlier builds ran, reused and recorded there (plan)",
+    },
+    "batch-scope": {
+      type: "string",
+      value: "S",
+      help: "which recorded batches apply: the steps' image and sources (plan)",
+    },
+    "max-batches": {
+      type: "string",
+      value: "N",
+      help: "new fetch steps at most, for the layers no recorded batch has (plan)",
+      byDefault: "4",
+    },
     plan: { type: "string", value: "FILE", help: "the plan a plan step wrote (custom)" },
     layers: { type: "string", value: "DIR", help: "the fetched layers (custom)" },
     meta: { type: "string", value: "FILE", help: "the image configuration (custom)" },

@@ -94,7 +94,7 @@ export class BinaryCacheStore implements Store {
     const raw = await this.transport.getStream(url);
     if (!raw) throw new NixociError(input, "NAR file is missing from the cache");
     const verifier = new NarVerifier(info.narHash, info.narSize, input);
-    const decompress = decompressStream(codec, input);
+    const decompress = decompressStream(codec, input, info.narSize);
     raw.on("error", (err: Error) => decompress.destroy(err));
     decompress.on("error", (err) => verifier.destroy(err));
     verifier.on("close", () => {

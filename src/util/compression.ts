@@ -19,6 +19,7 @@ import { Duplex, PassThrough, type Readable, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
 import { NixociError } from "./errors.js";
+import { ZstdDecoder } from "./zstd-decoder.js";
 
 export type Compression = "none" | "xz" | "zstd" | "bzip2" | "br" | "gzip";
 
@@ -84,14 +85,21 @@ export interface CompressOptions {
   input?: string;
 }
 
-/** A stream that decompresses `c` data; `input` names the data in errors ("nar/abc.nar.xz: corrupt ..."). */
-export function decompressStream(c: Compression, input: string): Duplex {
+/** zstd data that decodes to at most this many bytes is decoded in this process (zstd-decoder.ts). */
+export const IN_PROCESS_ZSTD_MAX = 2 * 1024 * 1024;
+
+/**
+ * A stream that decompresses `c` data; `input` names the data in errors ("nar/abc.nar.xz: corrupt ..."). With
+ * `size`, the number of bytes the data must decode to (a NAR's NarSize), small zstd data is decoded in-process.
+ */
+export function decompressStream(c: Compression, input: string, size?: number): Duplex {
   switch (c) {
     case "none":
       return new PassThrough({ highWaterMark: HIGH_WATER });
     case "xz":
       return new ToolStream("xz", ["--decompress", "--stdout", "-T0"], "xz", input, true);
     case "zstd":
+      if (size !== undefined && size <= IN_PROCESS_ZSTD_MAX) return new ZstdDecoder(size, input);
       // --long=31 lifts the decoder's window limit (default 128 MiB) so any valid frame decodes.
       return new ToolStream("zstd", ["--decompress", "--stdout", "--long=31"], "zstd", input, true);
     case "bzip2":

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { Readable, Writable } from "node:stream";
+import { Readable, Writable, type Duplex } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
@@ -13,10 +13,12 @@ import {
   compressionExtension,
   decompressBuffer,
   decompressStream,
+  IN_PROCESS_ZSTD_MAX,
   parseCompression,
   type Compression,
 } from "../../src/util/compression.js";
 import { NixociError } from "../../src/util/errors.js";
+import { ZstdDecoder } from "../../src/util/zstd-decoder.js";
 import { buildFixtures, makeNixCache, makeTempDir, nixNarExtension } from "../support/fixtures.js";
 import { until } from "../support/poll.js";
 import { run } from "../support/run.js";
@@ -373,3 +375,75 @@ describe("processes", () => {
     }
   });
 });
+
+describe("zstd decoded in this process (data of a known, small size)", () => {
+  const name = "nar/small.nar.zst";
+  const data = Buffer.concat([text.subarray(0, 300_000), random.subarray(0, 200_000)]);
+  const decode = (packed: Buffer, size: number) =>
+    collectStream(
+      Readable.from([packed.subarray(0, 1000), packed.subarray(1000)]),
+      decompressStream("zstd", name, size),
+    );
+
+  test("small sizes decode in-process, equal to the tool's output; large sizes go to the tool", async () => {
+    assert.ok(decompressStream("zstd", name, data.length) instanceof ZstdDecoder);
+    for (const size of [IN_PROCESS_ZSTD_MAX + 1, undefined]) {
+      const tool = decompressStream("zstd", name, size);
+      assert.ok(!(tool instanceof ZstdDecoder), `size ${size}`);
+      tool.destroy();
+    }
+    await assertNoChildren();
+    // Written from a pipe (no content size in the frame), from a file (with it), at a high level, and two frames.
+    const forms = [
+      run("zstd", ["-c", "-3"], { input: data }),
+      run("zstd", ["-c", "-19", "--stream-size=" + data.length], { input: data }),
+      Buffer.concat([
+        run("zstd", ["-c"], { input: data.subarray(0, 1000) }),
+        run("zstd", ["-c"], { input: data.subarray(1000) }),
+      ]),
+      await compressBuffer("zstd", data),
+    ];
+    for (const packed of forms) assert.ok((await decode(packed, data.length)).equals(data));
+    assert.deepEqual(children(), [], "no tool was started");
+  });
+
+  test("bad input: truncated, corrupt, random, empty, or more bytes than expected -- one line naming the NAR", async () => {
+    const packed = run("zstd", ["-c", "-3"], { input: data });
+    // fzstd checks no frame checksum: damaged data may decode to other bytes without an error (the NarHash
+    // downstream catches that), but never to the original.
+    const corrupt = Buffer.from(packed);
+    randomBytes(2048).copy(corrupt, Math.floor(packed.length / 2));
+    const damaged = await decode(corrupt, data.length).catch((e: unknown) =>
+      assertOneLineError(e, name, /corrupt or truncated zstd data/),
+    );
+    if (damaged !== true) assert.ok(!damaged.equals(data));
+    const header = Buffer.from(packed);
+    header.fill(0x55, 0, 8);
+    for (const [i, bad] of [
+      packed.subarray(0, packed.length / 2),
+      packed.subarray(0, 3),
+      header,
+      randomBytes(50_000),
+      Buffer.alloc(0),
+    ].entries())
+      await assert.rejects(
+        decode(bad, data.length),
+        (e) => assertOneLineError(e, name, /corrupt or truncated zstd data: \S/),
+        `bad input ${i}`,
+      );
+    // A bomb: a small frame of zeros that decodes to far more than the NAR it claims to be; stopped at the limit.
+    const bomb = run("zstd", ["-c", "-19"], { input: Buffer.alloc(64 * MB) });
+    assert.ok(bomb.length < 64 * 1024, `${bomb.length} bytes`);
+    await assert.rejects(decode(bomb, 100_000), (e) =>
+      assertOneLineError(e, name, /decompresses to more than the 100000 bytes expected/),
+    );
+  });
+});
+
+async function collectStream(source: Readable, filter: Duplex): Promise<Buffer> {
+  const out: Buffer[] = [];
+  await pipeline(source, filter, async (s: AsyncIterable<Buffer>) => {
+    for await (const c of s) out.push(c);
+  });
+  return Buffer.concat(out);
+}

@@ -3,20 +3,20 @@
 // gateway API on stdin/stdout. For a nixoci spec (nixoci.json / .yaml: the fields of `nixoci build --spec`):
 //
 //   context  <- http://build-context-... (dockerd's tar body; unpacked by a FileOp copy) or local://context
-//   plan     =  ExecOp `nixoci frontend plan` (this same image): closure from the caches' narinfos + layer plan
-//   fetch    =  a few ExecOps `nixoci frontend fetch DIR=PATHS ...`, each writing a batch of layers, layer i's
-//               store paths under /<layerDir(paths_i)>; a layer's batch is chosen by that name, so an unchanged
-//               layer stays in the same step from build to build, and a step is cached by its layers alone:
-//               after one package changed, only the batches holding changed layers run again (one container
-//               start per batch, not per layer: starting containers was most of a cold build)
-//   layer i  =  a FileOp copy of /<layerDir(paths_i)>/ out of its batch: one snapshot, so one image layer, per
-//               planned layer; BuildKit keys a copy by the content it copies, so when a batch ran again the
-//               copies of its unchanged layers are still cache hits (same snapshot, same layer blob).
-//               With MergeOp (LLB cap "mergeop": BuildKit v0.10+, not dockerd's classic image store) each layer
-//               is copied onto scratch and the layers are merged: a changed layer leaves every other one alone.
-//               Without it each copy goes onto the layer below, so layers above a changed one are copied again
+//   plan     =  ExecOp `nixoci frontend plan` (this same image): closure from the caches' narinfos (or, for a
+//               Nix file, from the closure nix printed), the layer plan, and the fetch batches: which step makes
+//               each layer (fetch-batches.ts: batches earlier builds ran are repeated verbatim from a ledger in a
+//               cache mount, so they are cache hits; the new layers go into at most `fetch-batches` new steps)
+//   fetch    =  an ExecOp per batch, `nixoci frontend fetch DIR=PATHS ...` (a Nix file: `copy` out of the Nix
+//               cache mount), each layer written into its own output mount /out/DIR: one snapshot, so one image
+//               layer, per planned layer, with no copy. After one package changed exactly the steps of the
+//               changed layers run; a cold build starts a few containers, not one per layer
+//   layer i  =  with MergeOp (LLB cap "mergeop": BuildKit v0.10+, not dockerd's classic image store) the
+//               layers' snapshots are merged as they are: a changed layer leaves every other one alone. Without
+//               it each layer's tree is copied onto the layer below (FileOp), so layers above a changed one are
+//               copied again
 //   custom   =  ExecOp `nixoci frontend custom` over the fetched layers (the symlink farm, /etc/passwd, ...),
-//               copied on top (merged last)
+//               on top (merged last)
 //   result   =  the merge or the last copy, with `containerimage.config` from the spec (BuildKit fills in rootfs
 //               and history).
 //
@@ -32,15 +32,14 @@ import {
   exec,
   fromDefinition,
   merge,
-  mkfile,
   source,
+  type ExecMount,
   type NetMode,
   type Output,
   type State,
 } from "./llb.js";
-import { closureFromNixJson, layerDir, planOfClosure, type Plan, type StepLayer } from "./steps.js";
-import type { LayeringStrategy } from "../../image/types.js";
-import { DEFAULT_STORE_DIR } from "../../nix/store-path.js";
+import { DEFAULT_FETCH_BATCHES } from "./fetch-batches.js";
+import { layerDir, type Plan, type StepLayer } from "./steps.js";
 
 export const DEFAULT_FILENAME = "nixoci.yaml";
 
@@ -106,30 +105,13 @@ export interface FrontendRun {
   log: (msg: string) => void;
 }
 
-/** The store layers to make, and how a batch of them is produced (an ExecOp output holding DIR/nix/store/...). */
+/** The store layers to make, and how a batch of them is made. */
 interface LayerSource {
   plan: Plan;
   /** The plan as a file at plan.json (mounted into the customisation step). */
   planState: Output;
-  fetch(layers: StepLayer[], name: string): Output;
-}
-
-/** Batches of fetch steps at most (build-arg fetch-batches): fewer container starts against smaller re-runs. */
-export const DEFAULT_FETCH_BATCHES = 12;
-
-/**
- * Which batch fetches each layer, by the layer's directory name (a hash of its paths), so that a layer that did
- * not change stays in the batch it was in, whatever else changed (while there are more layers than batches).
- * Returns each batch's layer indices, ordered by name; empty batches left out.
- */
-export function fetchBatches(dirs: readonly string[], maxBatches: number): number[][] {
-  // No more layers than batches: a step each (a change re-runs the least).
-  if (dirs.length <= maxBatches) return dirs.map((_, i) => [i]);
-  const n = Math.max(1, maxBatches);
-  const batches: number[][] = Array.from({ length: n }, () => []);
-  dirs.forEach((dir, i) => batches[parseInt(dir.slice(0, 8), 16) % n].push(i));
-  // In the order of their names, not the plan's: a batch's step stays the same when the plan moves layers.
-  return batches.filter((b) => b.length > 0).map((b) => b.sort((x, y) => (dirs[x] < dirs[y] ? -1 : 1)));
+  /** A batch's step: one output (its own snapshot, so its own image layer) per layer, by directory name. */
+  fetch(layers: StepLayer[], name: string): Map<string, Output>;
 }
 
 /** What the solver's LLB caps say it can do. */
@@ -137,17 +119,54 @@ export function llbCan(caps: ReadonlyArray<{ ID: string; Enabled: boolean }>, id
   return caps.some((c) => c.ID === id && c.Enabled);
 }
 
+/** How a plan step chooses fetch batches: the ledger's cache mount, its scope, new steps at most. */
+interface BatchOptions {
+  scope: string;
+  maxNew: number;
+}
+
+/** The plan step's options for batches (fetch-batches.ts), with the ledger mounted at /batches. */
+function batchArgs(b: BatchOptions): string[] {
+  return ["--batches", "/batches", "--batch-scope", b.scope, "--max-batches", String(b.maxNew)];
+}
+
+/** The ledger of fetch batches: one for every build of this BuildKit, locked while a plan step reads and writes it. */
+const LEDGER_MOUNT = { dest: "/batches", state: undefined, cacheId: "nixoci-fetch-batches" };
+
+/**
+ * A batch step's mounts: the frontend image, and each layer's own output mount at /out/DIR, where the step
+ * writes DIR's store paths (`--out /out` with DIR=PATH,... arguments).
+ */
+function batchStep(
+  args: string[],
+  layers: StepLayer[],
+  mounts: ExecMount[],
+  network: NetMode,
+  name: string,
+): Map<string, Output> {
+  const outs = exec({
+    args: [...args, "--out", "/out", ...stepArgs(layers)],
+    env: STEP_ENV,
+    mounts: [...mounts, ...layers.map((l) => ({ dest: `/out/${l.dir}`, state: undefined }))],
+    network,
+    name,
+  });
+  return new Map(layers.map((l) => [l.dir, outs[`/out/${l.dir}`]]));
+}
+
 const NIX_CACHE_ID = "nixoci-nix-store";
 
 /**
- * A build file of store paths from binary caches (a nixoci spec): the closure and layer plan come from an
- * ExecOp of this frontend (narinfos only), each layer from a fetch ExecOp keyed by its paths and caches.
+ * A build file of store paths from binary caches (a nixoci spec): the closure, layer plan and fetch batches come
+ * from an ExecOp of this frontend (narinfos only), each batch of layers from a fetch ExecOp keyed by its paths
+ * and caches.
  */
 async function specLayers(
   run: FrontendRun,
   spec: ImageSpec,
   image: Output,
   network: NetMode,
+  batching: BatchOptions,
 ): Promise<LayerSource> {
   const cacheArgs = [
     ...spec.substituters.flatMap((u) => ["--from", u]),
@@ -164,14 +183,12 @@ async function specLayers(
       spec.layering ?? "size",
       "--max-layers",
       String(spec.maxLayers ?? 100),
+      ...batchArgs({ ...batching, scope: JSON.stringify([batching.scope, "fetch", ...cacheArgs]) }),
       ...cacheArgs,
       ...spec.packages,
     ],
     env: STEP_ENV,
-    mounts: [
-      { dest: "/", state: image, readonly: true },
-      { dest: "/out", state: undefined },
-    ],
+    mounts: [{ dest: "/", state: image, readonly: true }, LEDGER_MOUNT, { dest: "/out", state: undefined }],
     network,
     name: `nixoci: plan the layers of ${spec.packages.length} packages`,
   })["/out"];
@@ -181,16 +198,13 @@ async function specLayers(
     plan,
     planState: planned,
     fetch: (layers, name) =>
-      exec({
-        args: [...selfCommand(), "fetch", "--out", "/out", ...cacheArgs, ...stepArgs(layers)],
-        env: STEP_ENV,
-        mounts: [
-          { dest: "/", state: image, readonly: true },
-          { dest: "/out", state: undefined },
-        ],
+      batchStep(
+        [...selfCommand(), "fetch", ...cacheArgs],
+        layers,
+        [{ dest: "/", state: image, readonly: true }],
         network,
         name,
-      })["/out"],
+      ),
   };
 }
 
@@ -223,6 +237,7 @@ async function nixLayers(
   image: Output,
   network: NetMode,
   spec: ImageSpec,
+  batching: BatchOptions,
 ): Promise<LayerSource> {
   const toolchainRef = run.opts.get("build-arg:toolchain") ?? DEFAULT_TOOLCHAIN;
   const toolchain = source(
@@ -257,44 +272,54 @@ async function nixLayers(
     network,
     name: `nix-build ${filename}${attr ? ` -A ${attr}` : ""}`,
   })["/out"];
-  const ref = await run.gateway.solve(built);
-  const roots = (await run.gateway.readFile(ref, "roots")).toString("utf8").split("\n").filter(Boolean);
-  const closure = closureFromNixJson(
-    JSON.parse((await run.gateway.readFile(ref, "closure.json")).toString("utf8")),
-    DEFAULT_STORE_DIR,
-  );
-  const plan = planOfClosure(
-    roots,
-    closure,
-    (spec.layering ?? "size") as LayeringStrategy,
-    spec.maxLayers ?? 100,
-    DEFAULT_STORE_DIR,
-  );
-  const layers = plan.layers;
+  // The layer plan and batches, from the closure nix printed (read-only, so keyed by its content: a Nix file
+  // edited without changing its closure plans nothing again).
+  const planned = exec({
+    args: [
+      ...selfCommand(),
+      "plan",
+      "--out",
+      "/out/plan.json",
+      "--closure",
+      "/in/closure.json",
+      "--roots",
+      "/in/roots",
+      "--layering",
+      spec.layering ?? "size",
+      "--max-layers",
+      String(spec.maxLayers ?? 100),
+      ...batchArgs({ ...batching, scope: JSON.stringify([batching.scope, "copy", NIX_CACHE_ID]) }),
+    ],
+    env: STEP_ENV,
+    mounts: [
+      { dest: "/", state: image, readonly: true },
+      { dest: "/in", state: built, readonly: true },
+      LEDGER_MOUNT,
+      { dest: "/out", state: undefined },
+    ],
+    network: "none",
+    name: `nixoci: plan the layers of ${filename}`,
+  })["/out"];
+  const planRef = await run.gateway.solve(planned);
+  const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
   run.log(
-    `nixoci frontend: ${filename}: ${roots.length} roots, ${closure.size} paths, ${layers.length} store layers`,
+    `nixoci frontend: ${filename}: ${plan.roots.length} roots, ` +
+      `${plan.layers.reduce((n, l) => n + l.paths.length, 0)} paths, ${plan.layers.length} store layers`,
   );
   return {
     plan,
-    planState: mkfile(
-      undefined,
-      "/plan.json",
-      Buffer.from(JSON.stringify(plan)),
-      0o644,
-      "nixoci: layer plan",
-    ),
+    planState: planned,
     fetch: (layers, name) =>
-      exec({
-        args: [...selfCommand(), "copy", "--from", "/cache/store", "--out", "/out", ...stepArgs(layers)],
-        env: STEP_ENV,
-        mounts: [
+      batchStep(
+        [...selfCommand(), "copy", "--from", "/cache/store"],
+        layers,
+        [
           { dest: "/", state: image, readonly: true },
           { dest: "/cache", state: undefined, cacheId: NIX_CACHE_ID },
-          { dest: "/out", state: undefined },
         ],
-        network: "none",
+        "none",
         name,
-      })["/out"],
+      ),
   };
 }
 
@@ -411,11 +436,6 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   checkPlatforms(opts.get("platform"), spec);
   if (!isNix)
     log(`nixoci frontend: ${filename}: ${spec.packages.length} packages, ${spec.substituters.length} caches`);
-  const layers = isNix
-    ? await nixLayers(run, filename, context, image, network, spec)
-    : await specLayers(run, spec, image, network);
-  const { plan } = layers;
-  const merging = llbCan(pong.LLBCaps ?? [], "mergeop") && opts.get("build-arg:merge") !== "false";
   const batchLimit = opts.has("build-arg:fetch-batches")
     ? Number(opts.get("build-arg:fetch-batches"))
     : DEFAULT_FETCH_BATCHES;
@@ -423,36 +443,51 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     throw new Error(
       `build-arg fetch-batches: expected a whole number >= 1, got ${opts.get("build-arg:fetch-batches")}`,
     );
+  // Recorded batches apply to steps of this very frontend image (its steps' root filesystem).
+  const selfDigest = await gateway
+    .resolveImageConfig(normalizeImageRef(self))
+    .then((r) => r.digest)
+    .catch(() => self);
+  const batching = { scope: selfDigest, maxNew: batchLimit };
+  const layers = isNix
+    ? await nixLayers(run, filename, context, image, network, spec, batching)
+    : await specLayers(run, spec, image, network, batching);
+  const { plan } = layers;
+  const merging = llbCan(pong.LLBCaps ?? [], "mergeop") && opts.get("build-arg:merge") !== "false";
   const dirs = plan.layers.map((l) => layerDir(l.paths));
   const labelOf = (paths: string[]): string => {
     const names = paths.map((p) => p.slice(p.indexOf("-") + 1));
     return `${names.slice(0, 3).join(" ")}${names.length > 3 ? ` +${names.length - 3}` : ""}`;
   };
-  const fetchedBy = new Map<number, Output>();
-  for (const batch of fetchBatches(dirs, batchLimit)) {
-    const paths = batch.flatMap((i) => plan.layers[i].paths);
-    const which = batch.map((i) => i + 1).join(",");
-    const out = layers.fetch(
-      batch.map((i) => ({ dir: dirs[i], paths: plan.layers[i].paths })),
-      `nixoci: fetch layer${batch.length > 1 ? "s" : ""} ${which}: ${labelOf(paths)}`,
-    );
-    for (const i of batch) fetchedBy.set(i, out);
+  // Each layer's snapshot, made by the one batch of the plan holding it.
+  const made = new Map<string, Output>();
+  for (const batch of plan.batches) {
+    const mine = batch.filter((l) => dirs.includes(l.dir));
+    const which = mine.map((l) => dirs.indexOf(l.dir) + 1).sort((a, b) => a - b);
+    const name =
+      `nixoci: fetch layer${which.length > 1 ? "s" : ""} ${which.join(",")}: ` +
+      labelOf(mine.flatMap((l) => l.paths)) +
+      (batch.length > mine.length
+        ? ` (a step of an earlier build, with ${batch.length - mine.length} more)`
+        : "");
+    for (const [dir, out] of layers.fetch(batch, name)) made.set(dir, out);
   }
+  const missing = dirs.findIndex((d) => !made.has(d));
+  if (missing >= 0) throw new Error(`the plan's batches do not make layer ${missing + 1}`);
   log(
-    `nixoci frontend: ${plan.layers.length} store layers in ${new Set(fetchedBy.values()).size} fetch steps, ` +
+    `nixoci frontend: ${plan.layers.length} store layers in ${plan.batches.length} fetch steps, ` +
       (merging ? "merged" : "each copied onto the one below (no MergeOp here)"),
   );
 
-  // A layer: its tree copied out of its batch, onto scratch to be merged, or onto the layer below.
+  // A layer: its snapshot as made, merged; or, without MergeOp, its tree copied onto the layer below.
   let chain: State;
   const stack: State[] = [];
-  const place = (from: Output, src: string, name: string): void => {
-    const layer = copy(from, src, merging ? undefined : chain, "/", { contents: true }, name);
-    if (merging) stack.push(layer);
-    else chain = layer;
+  const place = (from: Output, name: string): void => {
+    if (merging) stack.push(from);
+    else chain = copy(from, "/", chain, "/", { contents: true }, name);
   };
   for (const [i, layer] of plan.layers.entries())
-    place(fetchedBy.get(i)!, `/${dirs[i]}/`, `nixoci: layer ${i + 1}: ${labelOf(layer.paths)}`);
+    place(made.get(dirs[i])!, `nixoci: layer ${i + 1}: ${labelOf(layer.paths)}`);
   const custom = exec({
     args: [
       ...selfCommand(),
@@ -471,19 +506,14 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     mounts: [
       { dest: "/", state: image, readonly: true },
       { dest: "/plan", state: layers.planState, readonly: true },
-      ...plan.layers.map((_, i) => ({
-        dest: `/layers/${i}`,
-        state: fetchedBy.get(i)!,
-        selector: `/${dirs[i]}`,
-        readonly: true,
-      })),
+      ...plan.layers.map((_, i) => ({ dest: `/layers/${i}`, state: made.get(dirs[i])!, readonly: true })),
       { dest: "/out", state: undefined },
       { dest: "/meta", state: undefined },
     ],
     network: "none",
     name: "nixoci: customisation layer",
   });
-  place(custom["/out"], "/", `nixoci: layer ${plan.layers.length + 1}: customisation`);
+  place(custom["/out"], `nixoci: layer ${plan.layers.length + 1}: customisation`);
   if (merging) chain = merge(stack, `nixoci: merge ${stack.length} layers`);
   const metaRef = await gateway.solve(custom["/meta"]);
   const meta = JSON.parse((await gateway.readFile(metaRef, "custom.json")).toString("utf8")) as {

@@ -27,8 +27,11 @@ import type { Store } from "../../store/store.js";
 import { mapLimit } from "../../util/concurrency.js";
 import { NixociError } from "../../util/errors.js";
 import { makeDirs } from "../../util/fs.js";
+import { chooseBatches, readLedger, recordBatches, type StepLayer } from "./fetch-batches.js";
 
-export const PLAN_VERSION = 1;
+export type { StepLayer };
+
+export const PLAN_VERSION = 2;
 
 export interface Plan {
   version: number;
@@ -37,6 +40,23 @@ export interface Plan {
   /** Store layers, bottom first. */
   layers: Array<{ paths: string[]; narSize: number }>;
   storeDir: string;
+  /**
+   * The fetch steps, each its exact layers in order (fetch-batches.ts): every planned layer is in one of them,
+   * under layerDir(paths); a batch repeated from an earlier build may hold layers this plan does not have.
+   */
+  batches: StepLayer[][];
+}
+
+/** How a plan step chooses its fetch batches (fetch-batches.ts). */
+export interface Batching {
+  /** The ledger directory (a cache mount); none: new batches only. */
+  ledger?: string;
+  /** Records are matched within one scope: the steps' kind, image and sources. */
+  scope: string;
+  /** New batches at most. */
+  maxNew: number;
+  /** Whether a recorded batch's layers that this plan lacks can still be made (e.g. the caches still have them). */
+  canMake?: (layers: StepLayer[]) => Promise<boolean>;
 }
 
 /** The first of `stores` that has each path (in order); a store path none has is an error naming the caches. */
@@ -78,25 +98,53 @@ export async function planStep(opts: {
   caches: CacheChain;
   layering: LayeringStrategy;
   maxLayers: number;
+  batching: Batching;
 }): Promise<Plan> {
   if (!opts.roots.length) throw new NixociError("packages", "the spec lists no packages");
   const closure = await computeClosure(opts.caches, opts.roots);
-  return planOfClosure(opts.roots, closure, opts.layering, opts.maxLayers, opts.caches.storeDir);
+  const caches = opts.caches;
+  // A recorded batch is repeated only while the caches still have its other layers' paths: were its step pruned
+  // from BuildKit's cache, it would fetch them again.
+  const canMake = async (layers: StepLayer[]): Promise<boolean> => {
+    for (const p of layers.flatMap((l) => l.paths))
+      if (!closure.has(p) && !(await caches.queryPathInfo(p).catch(() => undefined))) return false;
+    return true;
+  };
+  return planOfClosure(opts.roots, closure, opts.layering, opts.maxLayers, caches.storeDir, {
+    canMake,
+    ...opts.batching,
+  });
 }
 
-/** The plan of a known closure: nixoci build's layer planning, each layer with its NAR size. */
-export function planOfClosure(
+/** The plan of a known closure: nixoci build's layer planning, each layer with its NAR size, and the batches. */
+export async function planOfClosure(
   roots: string[],
   closure: ReadonlyMap<string, PathInfo>,
   layering: LayeringStrategy,
   maxLayers: number,
   storeDir: string,
-): Plan {
+  batching: Batching,
+): Promise<Plan> {
   const layers = planStoreLayers(layering, roots, closure, maxLayers - 1).map((l) => ({
     paths: l.paths,
     narSize: l.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0),
   }));
-  return { version: PLAN_VERSION, roots, layers, storeDir };
+  const planned = layers.map((l) => ({ dir: layerDir(l.paths), ...l }));
+  let known = batching.ledger ? readLedger(batching.ledger, batching.scope) : [];
+  if (batching.canMake) {
+    const wanted = new Set(planned.map((l) => l.dir));
+    const ok: typeof known = [];
+    for (const r of known)
+      if (
+        r.layers.some((l) => wanted.has(l.dir)) &&
+        (await batching.canMake(r.layers.filter((l) => !wanted.has(l.dir))))
+      )
+        ok.push(r);
+    known = ok;
+  }
+  const chosen = chooseBatches(planned, known, batching.maxNew);
+  if (batching.ledger) recordBatches(batching.ledger, batching.scope, chosen);
+  return { version: PLAN_VERSION, roots, layers, storeDir, batches: chosen.map((b) => b.layers) };
 }
 
 const MTIME = 1;
@@ -125,16 +173,6 @@ async function restorePaths(
     await chmod(d, 0o755);
     await utimes(d, MTIME, MTIME);
   }
-}
-
-/**
- * What one fetch or copy step writes: store paths straight under OUT (one layer), or several layers each under
- * OUT/<dir> (a batch of layers fetched by one step: one container start instead of one per layer).
- */
-export interface StepLayer {
-  /** The layer's directory under OUT ("" for OUT itself). */
-  dir: string;
-  paths: string[];
 }
 
 const LAYER_DIR = /^[0-9a-f]{1,64}$/;

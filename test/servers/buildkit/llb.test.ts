@@ -13,14 +13,8 @@ import {
   source,
 } from "../../../src/servers/buildkit/llb.js";
 import { decode } from "../../../src/proto/buildkit.js";
-import {
-  buildFileKind,
-  checkPlatforms,
-  fetchBatches,
-  llbCan,
-} from "../../../src/servers/buildkit/frontend.js";
+import { buildFileKind, checkPlatforms, llbCan } from "../../../src/servers/buildkit/frontend.js";
 import { emptySpec } from "../../../src/image/spec.js";
-import { layerDir } from "../../../src/servers/buildkit/steps.js";
 import { cacheImportsOf } from "../../../src/servers/buildkit/gateway.js";
 
 describe("build files", () => {
@@ -120,32 +114,6 @@ describe("merged layers", () => {
     assert.ok(llbCan([{ ID: "mergeop", Enabled: true }], "mergeop"));
     assert.ok(!llbCan([{ ID: "mergeop", Enabled: false }], "mergeop"), "dockerd's classic store");
     assert.ok(!llbCan([{ ID: "file.base", Enabled: true }], "mergeop"), "BuildKit v0.8");
-  });
-
-  test("fetch batches: every layer once; an unchanged layer keeps its batch and its batch's order", () => {
-    const paths = Array.from({ length: 40 }, (_, i) => [`/nix/store/${String(i).padStart(32, "0")}-p${i}`]);
-    const dirs = paths.map(layerDir);
-    const batches = fetchBatches(dirs, 12);
-    assert.equal(batches.length <= 12, true);
-    assert.deepEqual(
-      batches.flat().sort((x, y) => x - y),
-      dirs.map((_, i) => i),
-    );
-    for (const b of batches)
-      assert.deepEqual(
-        b.map((i) => dirs[i]),
-        b.map((i) => dirs[i]).sort(),
-      );
-    // Layer 5 changed (new paths), the plan reordered: every other batch holds the same layers in the same order.
-    const changed = [...dirs];
-    changed[5] = layerDir(["/nix/store/" + "9".repeat(32) + "-new"]);
-    const reordered = [...changed].reverse();
-    const before = new Set(batches.filter((b) => !b.includes(5)).map((b) => b.map((i) => dirs[i]).join()));
-    const after = fetchBatches(reordered, 12).map((b) => b.map((i) => reordered[i]).join());
-    const kept = after.filter((b) => before.has(b));
-    assert.ok(kept.length >= before.size - 1, `${kept.length} of ${before.size} batches unchanged`);
-    // Fewer layers than batches: one layer each.
-    assert.deepEqual(fetchBatches(dirs.slice(0, 3), 12).length, 3);
   });
 });
 
