@@ -81,6 +81,9 @@ mkdir -p "$cache"
 # One installer at a time (a second shell running the README's command waits, then finds the root in place).
 exec 8>"$cache/.lock"
 flock 8
+# What an interrupted run left (killed before its EXIT trap ran): never a root in use, since we hold the lock, and
+# never a mount point, since nothing was mounted outside a private mount namespace.
+rm -rf "$cache"/.build.*
 mirror=""
 for entry in "${toolchains[@]}"; do
   read -r series release <<<"$entry"
