@@ -19,6 +19,9 @@ bash "$here/install-containerd-matrix.sh"
 # matrix of the BuildKit frontend's tests (NIXOCI_DOCKER selects one; see the script). After the containerd matrix:
 # each newer dockerd runs its own release's containerd from there.
 bash "$here/install-docker-matrix.sh"
+# Debian 13's nix-bin 2.26 in a debootstrapped trixie root of its own, beside bookworm's 2.8: the toolchain image
+# of the BuildKit frontend's Nix-file tests with the Nix most users run (scripts/nix-toolchain-image.mjs --nix 2.26).
+bash "$here/install-nix-toolchains.sh"
 
 # The tests compare against Nix's own behaviour, so pin the options they depend on.
 conf=/etc/nix/nix.conf

@@ -246,21 +246,38 @@ export function copyStep(
   return restoreLayers(layers, storeDir, out, async (sp) => dumpPath(join(from, sp.baseName)));
 }
 
-/** `nix path-info --json -r` output as the closure map the layer planner takes. */
+/**
+ * `nix path-info --json -r` output as the closure map the layer planner takes. Nix up to 2.18 prints an array of
+ * objects each naming its `path` (`"valid": false` for a path that is not valid); 2.19 and later print an object
+ * keyed by store path (null for a path that is not valid). Both are read. Both 2.8 and 2.26 spell narHash in SRI
+ * form ("sha256-<base64>"); any spelling parseHash takes ("sha256:<nix32>" of older tools too) is accepted, as
+ * long as it is sha256. A path without valid information is an error naming it, never a layer with a made-up hash.
+ */
 export function closureFromNixJson(json: unknown, storeDir: string): Map<string, PathInfo> {
-  if (!Array.isArray(json)) throw new NixociError("nix path-info", "expected a JSON array");
+  const what = "nix path-info";
+  let entries: Array<[unknown, unknown]>;
+  if (Array.isArray(json)) entries = json.map((e) => [(e as { path?: unknown } | null)?.path, e]);
+  else if (json !== null && typeof json === "object") entries = Object.entries(json);
+  else throw new NixociError(what, "expected a JSON array (Nix < 2.19) or object (Nix >= 2.19)");
   const out = new Map<string, PathInfo>();
-  for (const e of json as Array<{
-    path?: unknown;
-    narHash?: unknown;
-    narSize?: unknown;
-    references?: unknown;
-  }>) {
-    const path = parseStorePath(String(e.path), storeDir).path;
+  for (const [key, value] of entries) {
+    if (typeof key !== "string") throw new NixociError(what, "an entry without a store path");
+    const path = parseStorePath(key, storeDir).path;
+    const e = value as {
+      valid?: unknown;
+      narHash?: unknown;
+      narSize?: unknown;
+      references?: unknown;
+    } | null;
+    if (e === null || typeof e !== "object" || e.valid === false || e.narHash === undefined)
+      throw new NixociError(what, `${path} is not a valid path in the store`);
+    const narSize = Number(e.narSize);
+    if (!Number.isSafeInteger(narSize) || narSize < 0)
+      throw new NixociError(what, `${path}: bad narSize ${JSON.stringify(e.narSize)}`);
     out.set(path, {
       path,
-      narHash: parseHash(String(e.narHash), path),
-      narSize: Number(e.narSize),
+      narHash: parseHash(String(e.narHash), path, "sha256"),
+      narSize,
       references: Array.isArray(e.references) ? e.references.map(String) : [],
       sigs: [],
     });

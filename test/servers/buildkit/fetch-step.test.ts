@@ -1,10 +1,17 @@
 // The frontend's fetch step realises store paths from binary caches: a NAR whose bytes differ from its signed
 // NarHash must be refused even though the restorer has everything it needs before the stream ends.
-import { test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fetchStep, layerDir, openCaches, parseStepLayers } from "../../../src/servers/buildkit/steps.js";
+import {
+  closureFromNixJson,
+  fetchStep,
+  layerDir,
+  openCaches,
+  parseStepLayers,
+} from "../../../src/servers/buildkit/steps.js";
+import { parseHash } from "../../../src/nix/hash.js";
 import { parsePublicKey } from "../../../src/nix/signature.js";
 import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir } from "../../support/fixtures.js";
 import { run } from "../../support/run.js";
@@ -99,4 +106,121 @@ test("step arguments: DIR=PATH,... layers or plain paths; malformed ones named",
   assert.equal(layerDir([fx.hello, fx.greeting]), layerDir([fx.greeting, fx.hello]));
   assert.notEqual(layerDir([fx.hello]), layerDir([fx.greeting]));
   assert.match(layerDir([fx.hello]), /^[0-9a-f]{20}$/);
+});
+
+describe("closureFromNixJson: `nix path-info --json -r` of Nix before and after 2.19", () => {
+  /** This machine's Nix (2.8) on the fixtures' hello: an array of objects, each naming its path. */
+  const arrayForm = (): Array<Record<string, unknown>> =>
+    JSON.parse(
+      run("nix", [
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        "-r",
+        fx.hello,
+      ]).toString(),
+    ) as Array<Record<string, unknown>>;
+  /** The same information as Nix 2.19 and later print it: an object keyed by store path, without `path`. */
+  const objectForm = (arr: Array<Record<string, unknown>>): Record<string, unknown> =>
+    Object.fromEntries(
+      arr.map(({ path, ...rest }) => [path as string, { ...rest, ca: null, signatures: [] }]),
+    );
+  /** What the store itself says: path -> [NarHash, NarSize, references], from nix-store. */
+  const storeView = (): Map<string, [string, number, string[]]> => {
+    const paths = run("nix-store", ["-qR", fx.hello]).toString().trim().split("\n");
+    return new Map(
+      paths.map((p) => [
+        p,
+        [
+          run("nix-store", ["-q", "--hash", p]).toString().trim(),
+          Number(run("nix-store", ["-q", "--size", p]).toString().trim()),
+          run("nix-store", ["-q", "--references", p]).toString().trim().split("\n").filter(Boolean).sort(),
+        ],
+      ]),
+    );
+  };
+  const view = (m: ReturnType<typeof closureFromNixJson>): Map<string, [string, number, string[]]> =>
+    new Map(
+      [...m].map(([p, info]) => [
+        p,
+        [info.narHash.toString("base16"), info.narSize, [...info.references].sort()],
+      ]),
+    );
+  const storeBase16 = (): Map<string, [string, number, string[]]> =>
+    new Map(
+      [...storeView()].map(([p, [h, size, refs]]) => [p, [parseHash(h).toString("base16"), size, refs]]),
+    );
+
+  test("the array form (Nix 2.8 here) gives the store's closure with its hashes, sizes and references", () => {
+    const arr = arrayForm();
+    assert.ok(arr.length >= 2, "hello has dependencies");
+    assert.deepEqual(view(closureFromNixJson(arr, "/nix/store")), storeBase16());
+  });
+
+  test("the object form (Nix 2.19+) and every NarHash spelling give the same closure", () => {
+    const arr = arrayForm();
+    const expected = storeBase16();
+    assert.deepEqual(view(closureFromNixJson(objectForm(arr), "/nix/store")), expected);
+    // SRI (what 2.8 and 2.26 print), "sha256:<nix32>" and "sha256:<base16>" of older tools: one hash.
+    for (const format of ["sri", "nix32", "base16"] as const) {
+      const respelled = arr.map((e) => ({ ...e, narHash: parseHash(String(e.narHash)).toString(format) }));
+      assert.deepEqual(view(closureFromNixJson(respelled, "/nix/store")), expected, `array, ${format}`);
+      assert.deepEqual(
+        view(closureFromNixJson(objectForm(respelled), "/nix/store")),
+        expected,
+        `object, ${format}`,
+      );
+    }
+  });
+
+  test("Nix 2.26's output as printed (two paths, one referring to the other)", () => {
+    const a = "/nix/store/wdba4qdd2rr83k3rdrbwg8vawkicncfn-a";
+    const b = "/nix/store/in6qisa7g1f94cy7fy1v3hsmnivzlpc9-b";
+    const printed = JSON.stringify({
+      [b]: {
+        ca: null,
+        deriver: "/nix/store/2apkcqjsnvq8qqjd0h8gkhq8pq8bbvy6-b.drv",
+        narHash: "sha256-BxrUqe6ioiYw7qtwp54/EctEVPGAFQnZrb5rtYZAirs=",
+        narSize: 328,
+        references: [a],
+        registrationTime: 1796449710,
+        signatures: [],
+        ultimate: true,
+      },
+      [a]: {
+        ca: null,
+        deriver: "/nix/store/zya37ag6vxd810rcn2fj0g6x2mh6yzgw-a.drv",
+        narHash: "sha256-2VD35R+ze2oS2wod5MbPe9ckn9zHIiCLCb/QdhzXR94=",
+        narSize: 288,
+        references: [],
+        registrationTime: 1796449710,
+        signatures: [],
+        ultimate: true,
+      },
+    });
+    const m = closureFromNixJson(JSON.parse(printed), "/nix/store");
+    assert.deepEqual([...m.keys()].sort(), [b, a].sort());
+    assert.deepEqual(m.get(b)!.references, [a]);
+    assert.equal(m.get(b)!.narSize, 328);
+    assert.equal(m.get(b)!.narHash.toString("sri"), "sha256-BxrUqe6ioiYw7qtwp54/EctEVPGAFQnZrb5rtYZAirs=");
+    assert.deepEqual(m.get(a)!.references, []);
+  });
+
+  test("a path that is not valid, a hash of another algorithm or a shape of neither form is refused", () => {
+    const missing = `/nix/store/${"0".repeat(32)}-gone`;
+    const arr = arrayForm();
+    const refused: Array<[unknown, RegExp]> = [
+      [{ [missing]: null }, new RegExp(`${missing} is not a valid path`)],
+      [[{ path: missing, valid: false }], new RegExp(`${missing} is not a valid path`)],
+      [[{ ...arr[0], narHash: "sha1-" + Buffer.alloc(20).toString("base64") }], /expected a sha256 hash/],
+      [[{ ...arr[0], narSize: "big" }], /bad narSize/],
+      [[{ narHash: arr[0].narHash }], /an entry without a store path/],
+      [{ "/etc/passwd": arr[0] }, /passwd/],
+      ["[]", /expected a JSON array .* or object/],
+      [null, /expected a JSON array .* or object/],
+    ];
+    for (const [json, message] of refused)
+      assert.throws(() => closureFromNixJson(json, "/nix/store"), message, JSON.stringify(json));
+  });
 });
