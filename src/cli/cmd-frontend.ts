@@ -5,7 +5,7 @@
 //   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH... | DIR=PATH,PATH...
 //   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
 import { readFile, writeFile } from "node:fs/promises";
-import { DEFAULT_FETCH_BATCHES } from "../servers/buildkit/fetch-batches.js";
+import { defaultFetchBatches } from "../servers/buildkit/fetch-batches.js";
 import {
   closureFromNixJson,
   copyStep,
@@ -18,6 +18,8 @@ import {
   type Plan,
 } from "../servers/buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
+import { NixociError } from "../util/errors.js";
+import { readJsonFile, writeFileAtomic } from "../util/fs.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { FRONTEND } from "./help-texts.js";
@@ -69,16 +71,15 @@ export async function frontendCommand(argv: string[]): Promise<number> {
       const batching = {
         ledger: values.batches,
         scope: values["batch-scope"] ?? "",
-        maxNew: intOption(values["max-batches"], "max-batches", DEFAULT_FETCH_BATCHES, 1),
+        maxNew: intOption(values["max-batches"], "max-batches", defaultFetchBatches(), 1),
       };
       const out = need(values.out, "out");
       let plan: Plan;
       if (values.closure) {
         // A Nix file's closure, as nix path-info --json -r printed it, and its roots.
-        const closure = closureFromNixJson(
-          JSON.parse(await readFile(values.closure, "utf8")),
-          DEFAULT_STORE_DIR,
-        );
+        const json = await readJsonFile(values.closure);
+        if (json === undefined) throw new NixociError(values.closure, "no such file");
+        const closure = closureFromNixJson(json, DEFAULT_STORE_DIR);
         const roots = (await readFile(need(values.roots, "roots"), "utf8")).split("\n").filter(Boolean);
         plan = await planOfClosure(
           roots,
@@ -102,7 +103,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
           caches.close();
         }
       }
-      await writeFile(out, JSON.stringify(plan));
+      await writeFileAtomic(out, JSON.stringify(plan));
       process.stderr.write(
         `planned ${plan.layers.length} store layers in ${plan.batches.length} fetch steps\n`,
       );

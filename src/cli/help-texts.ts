@@ -687,7 +687,7 @@ export const FRONTEND = {
       type: "string",
       value: "N",
       help: "new fetch steps at most, for the layers no recorded batch has (plan)",
-      byDefault: "4",
+      byDefault: "the cores, at least 2",
     },
     plan: { type: "string", value: "FILE", help: "the plan a plan step wrote (custom)" },
     layers: { type: "string", value: "DIR", help: "the fetched layers (custom)" },

@@ -83,6 +83,11 @@ export interface CompressOptions {
   level?: number;
   /** Names what is being compressed, for error messages (default "<codec> compressor"). */
   input?: string;
+  /**
+   * The exact number of bytes that will be compressed, when known (a NAR's NarSize): zstd writes it into the
+   * frame, whose window is then no larger than the data (a decoder allocates less for a small NAR).
+   */
+  size?: number;
 }
 
 /** zstd data that decodes to at most this many bytes is decoded in this process (zstd-decoder.ts). */
@@ -133,6 +138,7 @@ export function compressStream(c: Compression, opts: CompressOptions = {}): Dupl
     }
     case "zstd": {
       const args = ["--compress", "--stdout", "-q", `-${level}`, "-T0"];
+      if (opts.size !== undefined) args.push(`--stream-size=${opts.size}`);
       if (level > 19) args.push("--ultra");
       return new ToolStream("zstd", args, "zstd", input, false);
     }

@@ -33,6 +33,18 @@ export interface BuildResult {
   ms: number;
 }
 
+/** The frontend's fetch steps among a build's vertices ("nixoci: fetch layer(s) 1,3: NAMES ..."). */
+export function fetchSteps<V extends { name: string }>(vertices: Iterable<V>): V[] {
+  return [...vertices].filter((v) => v.name.startsWith("nixoci: fetch layer"));
+}
+
+/** The layer numbers fetch steps say they make, sorted (each planned layer must appear exactly once). */
+export function fetchedLayerNumbers(vertices: Iterable<{ name: string }>): number[] {
+  return fetchSteps(vertices)
+    .flatMap((v) => /^nixoci: fetch layers? ([\d,]+):/.exec(v.name)![1].split(",").map(Number))
+    .sort((a, b) => a - b);
+}
+
 /** POST /v1.41/build?version=2 with `context` (a directory) as a streamed tar; never rejects for a failed build. */
 export function dockerBuild(
   d: Dockerd,

@@ -24,6 +24,7 @@ import {
   utimesSync,
   writeFileSync,
 } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { tempSuffix } from "../../util/fs.js";
 
@@ -59,8 +60,14 @@ export interface ChosenBatch {
   reused?: string;
 }
 
-/** New fetch steps at most per build (build-arg fetch-batches): about two per core of a small builder. */
-export const DEFAULT_FETCH_BATCHES = 4;
+/**
+ * New fetch steps at most per build (build-arg fetch-batches), by default: one per core of the builder (the plan
+ * step runs there), at least two. Each step is one process doing its layers' work on one core, and every step
+ * costs a container start and its snapshots' mounts, so more steps than cores only add that cost.
+ */
+export function defaultFetchBatches(): number {
+  return Math.max(2, availableParallelism());
+}
 
 /** Records unused this long are dropped. */
 export const RETAIN_MS = 30 * 24 * 3600 * 1000;

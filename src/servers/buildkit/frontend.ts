@@ -38,7 +38,6 @@ import {
   type Output,
   type State,
 } from "./llb.js";
-import { DEFAULT_FETCH_BATCHES } from "./fetch-batches.js";
 import { layerDir, type Plan, type StepLayer } from "./steps.js";
 
 export const DEFAULT_FILENAME = "nixoci.yaml";
@@ -122,12 +121,18 @@ export function llbCan(caps: ReadonlyArray<{ ID: string; Enabled: boolean }>, id
 /** How a plan step chooses fetch batches: the ledger's cache mount, its scope, new steps at most. */
 interface BatchOptions {
   scope: string;
-  maxNew: number;
+  maxNew?: number;
 }
 
 /** The plan step's options for batches (fetch-batches.ts), with the ledger mounted at /batches. */
 function batchArgs(b: BatchOptions): string[] {
-  return ["--batches", "/batches", "--batch-scope", b.scope, "--max-batches", String(b.maxNew)];
+  return [
+    "--batches",
+    "/batches",
+    "--batch-scope",
+    b.scope,
+    ...(b.maxNew === undefined ? [] : ["--max-batches", String(b.maxNew)]),
+  ];
 }
 
 /** The ledger of fetch batches: one for every build of this BuildKit, locked while a plan step reads and writes it. */
@@ -436,13 +441,11 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   checkPlatforms(opts.get("platform"), spec);
   if (!isNix)
     log(`nixoci frontend: ${filename}: ${spec.packages.length} packages, ${spec.substituters.length} caches`);
-  const batchLimit = opts.has("build-arg:fetch-batches")
-    ? Number(opts.get("build-arg:fetch-batches"))
-    : DEFAULT_FETCH_BATCHES;
-  if (!Number.isInteger(batchLimit) || batchLimit < 1)
-    throw new Error(
-      `build-arg fetch-batches: expected a whole number >= 1, got ${opts.get("build-arg:fetch-batches")}`,
-    );
+  // New fetch steps at most: build-arg fetch-batches, else the plan step's default (the builder's cores).
+  const batchArg = opts.get("build-arg:fetch-batches");
+  const batchLimit = batchArg === undefined ? undefined : Number(batchArg);
+  if (batchLimit !== undefined && (!Number.isInteger(batchLimit) || batchLimit < 1))
+    throw new Error(`build-arg fetch-batches: expected a whole number >= 1, got ${batchArg}`);
   // Recorded batches apply to steps of this very frontend image (its steps' root filesystem).
   const selfDigest = await gateway
     .resolveImageConfig(normalizeImageRef(self))

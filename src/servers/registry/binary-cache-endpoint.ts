@@ -401,7 +401,11 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     const compressor =
       kind === "none"
         ? new PassThrough()
-        : compressStream(kind, { level: opts.compressionLevel, input: `${info.path} (${kind})` });
+        : compressStream(kind, {
+            level: opts.compressionLevel,
+            input: `${info.path} (${kind})`,
+            size: range ? range.end - range.start + 1 : info.narSize,
+          });
     res.statusCode = range ? 206 : 200;
     for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
     let bytes = 0;

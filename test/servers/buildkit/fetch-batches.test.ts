@@ -2,7 +2,8 @@
 // few new, size-balanced steps, and the ledger in BuildKit's cache mount keeps what it should.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   chooseBatches,
@@ -13,8 +14,9 @@ import {
   type BatchRecord,
   type PlannedLayer,
 } from "../../../src/servers/buildkit/fetch-batches.js";
-import { layerDir } from "../../../src/servers/buildkit/steps.js";
-import { makeTempDir } from "../../support/fixtures.js";
+import { layerDir, type Plan } from "../../../src/servers/buildkit/steps.js";
+import { nixoci, nixociOk } from "../../support/cli.js";
+import { buildFixtures, makeTempDir } from "../../support/fixtures.js";
 
 const layer = (name: string, narSize = 1000): PlannedLayer => {
   const paths = [`/nix/store/${name.padStart(32, "a").slice(-32)}-${name}`];
@@ -125,5 +127,77 @@ describe("fetch batches", () => {
       "the five least recently used went",
     );
     assert.ok(existsSync(many));
+  });
+});
+
+describe("nixoci frontend plan --closure (a Nix file's plan step)", () => {
+  const fx = buildFixtures();
+  const dir = makeTempDir("plan-step");
+  const planOf = (name: string, roots: string[], extra: string[] = []): Plan => {
+    const closure = join(dir, `${name}.json`);
+    writeFileSync(
+      closure,
+      execFileSync("nix", [
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        "-r",
+        ...roots,
+      ]),
+    );
+    writeFileSync(join(dir, `${name}.roots`), roots.join("\n") + "\n");
+    const out = join(dir, `${name}.plan.json`);
+    nixociOk([
+      "frontend",
+      "plan",
+      "--out",
+      out,
+      "--closure",
+      closure,
+      "--roots",
+      join(dir, `${name}.roots`),
+      "--batches",
+      join(dir, "ledger"),
+      "--batch-scope",
+      "test",
+      ...extra,
+    ]);
+    return JSON.parse(readFileSync(out, "utf8")) as Plan;
+  };
+
+  test("the first plan records its one step; a plan with more paths repeats it and adds one for the new layers only", () => {
+    const first = planOf("first", [fx.hello], ["--max-batches", "1"]);
+    assert.equal(first.batches.length, 1);
+    assert.deepEqual(
+      first.batches[0].map((l) => l.dir).sort(),
+      first.layers.map((l) => layerDir(l.paths)).sort(),
+    );
+    const second = planOf("second", [fx.hello, fx.tree], ["--max-batches", "1"]);
+    assert.equal(second.batches.length, 2);
+    assert.deepEqual(second.batches[0], first.batches[0], "the recorded step, verbatim");
+    const old = new Set(first.layers.map((l) => layerDir(l.paths)));
+    const fresh = second.layers.map((l) => layerDir(l.paths)).filter((d) => !old.has(d));
+    assert.ok(fresh.length >= 1);
+    assert.deepEqual(
+      second.batches[1].map((l) => l.dir).sort(),
+      fresh.sort(),
+      "the new step: new layers only",
+    );
+  });
+
+  test("a malformed closure file or a missing roots file: one line naming it, exit non-zero, no plan written", () => {
+    const bad = join(dir, "bad.json");
+    writeFileSync(bad, "{ not json");
+    writeFileSync(join(dir, "r"), `${fx.hello}\n`);
+    const out = join(dir, "bad.plan.json");
+    const r = nixoci(["frontend", "plan", "--out", out, "--closure", bad, "--roots", join(dir, "r")]);
+    assert.notEqual(r.status, 0);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /bad\.json/);
+    const noRoots = nixoci(["frontend", "plan", "--out", out, "--closure", join(dir, "first.json")]);
+    assert.notEqual(noRoots.status, 0);
+    assert.match(noRoots.stderr, /--roots is required/);
+    assert.ok(!existsSync(out));
   });
 });
