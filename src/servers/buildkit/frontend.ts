@@ -8,9 +8,10 @@
 //               each layer (fetch-batches.ts: batches earlier builds ran are repeated verbatim from a ledger in a
 //               cache mount, so they are cache hits; the new layers go into at most `fetch-batches` new steps)
 //   fetch    =  an ExecOp per batch, `nixoci frontend fetch DIR=PATHS ...` (a Nix file: `copy` out of the Nix
-//               cache mount), each layer written into its own output mount /out/DIR: one snapshot, so one image
-//               layer, per planned layer, with no copy. After one package changed exactly the steps of the
-//               changed layers run; a cold build starts a few containers, not one per layer
+//               cache mount), each layer written into its own output mount /out/DIR where layers are merged:
+//               one snapshot, so one image layer, per planned layer, with no copy (without MergeOp, into
+//               /out/DIR of one output). After one package changed exactly the steps of the changed layers run;
+//               a cold build starts a few containers, not one per layer
 //   layer i  =  with MergeOp (LLB cap "mergeop": BuildKit v0.10+, not dockerd's classic image store) the
 //               layers' snapshots are merged as they are: a changed layer leaves every other one alone. Without
 //               it each layer's tree is copied onto the layer below (FileOp), so layers above a changed one are
@@ -109,8 +110,14 @@ interface LayerSource {
   plan: Plan;
   /** The plan as a file at plan.json (mounted into the customisation step). */
   planState: Output;
-  /** A batch's step: one output (its own snapshot, so its own image layer) per layer, by directory name. */
-  fetch(layers: StepLayer[], name: string): Map<string, Output>;
+  /** A batch's step: where each of its layers' trees is, by directory name (see batchStep). */
+  fetch(layers: StepLayer[], name: string, split: boolean): Map<string, LayerTree>;
+}
+
+/** A layer's tree: an output of its step, or a directory of it. */
+interface LayerTree {
+  state: Output;
+  selector?: string;
 }
 
 /** What the solver's LLB caps say it can do. */
@@ -139,8 +146,10 @@ function batchArgs(b: BatchOptions): string[] {
 const LEDGER_MOUNT = { dest: "/batches", state: undefined, cacheId: "nixoci-fetch-batches" };
 
 /**
- * A batch step's mounts: the frontend image, and each layer's own output mount at /out/DIR, where the step
- * writes DIR's store paths (`--out /out` with DIR=PATH,... arguments).
+ * A batch step: the frontend image and `mounts`, and where its layers go. Split: each layer its own output mount
+ * at /out/DIR, so its own snapshot (merged as it is). Otherwise (no MergeOp: each layer is copied onto the one
+ * below anyway) one output with a directory per layer: BuildKit v0.8 fails builds whose steps consume many
+ * outputs of one ExecOp ("flightcontrol: exceeded retry timeout"), and the copies take a directory as well.
  */
 function batchStep(
   args: string[],
@@ -148,15 +157,26 @@ function batchStep(
   mounts: ExecMount[],
   network: NetMode,
   name: string,
-): Map<string, Output> {
+  split: boolean,
+): Map<string, LayerTree> {
   const outs = exec({
     args: [...args, "--out", "/out", ...stepArgs(layers)],
     env: STEP_ENV,
-    mounts: [...mounts, ...layers.map((l) => ({ dest: `/out/${l.dir}`, state: undefined }))],
+    mounts: [
+      ...mounts,
+      ...(split
+        ? layers.map((l) => ({ dest: `/out/${l.dir}`, state: undefined }))
+        : [{ dest: "/out", state: undefined }]),
+    ],
     network,
     name,
   });
-  return new Map(layers.map((l) => [l.dir, outs[`/out/${l.dir}`]]));
+  return new Map(
+    layers.map((l) => [
+      l.dir,
+      split ? { state: outs[`/out/${l.dir}`] } : { state: outs["/out"], selector: `/${l.dir}` },
+    ]),
+  );
 }
 
 const NIX_CACHE_ID = "nixoci-nix-store";
@@ -202,13 +222,14 @@ async function specLayers(
   return {
     plan,
     planState: planned,
-    fetch: (layers, name) =>
+    fetch: (layers, name, split) =>
       batchStep(
         [...selfCommand(), "fetch", ...cacheArgs],
         layers,
         [{ dest: "/", state: image, readonly: true }],
         network,
         name,
+        split,
       ),
   };
 }
@@ -314,7 +335,7 @@ async function nixLayers(
   return {
     plan,
     planState: planned,
-    fetch: (layers, name) =>
+    fetch: (layers, name, split) =>
       batchStep(
         [...selfCommand(), "copy", "--from", "/cache/store"],
         layers,
@@ -324,6 +345,7 @@ async function nixLayers(
         ],
         "none",
         name,
+        split,
       ),
   };
 }
@@ -463,7 +485,7 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     return `${names.slice(0, 3).join(" ")}${names.length > 3 ? ` +${names.length - 3}` : ""}`;
   };
   // Each layer's snapshot, made by the one batch of the plan holding it.
-  const made = new Map<string, Output>();
+  const made = new Map<string, LayerTree>();
   for (const batch of plan.batches) {
     const mine = batch.filter((l) => dirs.includes(l.dir));
     const which = mine.map((l) => dirs.indexOf(l.dir) + 1).sort((a, b) => a - b);
@@ -473,7 +495,7 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
       (batch.length > mine.length
         ? ` (a step of an earlier build, with ${batch.length - mine.length} more)`
         : "");
-    for (const [dir, out] of layers.fetch(batch, name)) made.set(dir, out);
+    for (const [dir, tree] of layers.fetch(batch, name, merging)) made.set(dir, tree);
   }
   const missing = dirs.findIndex((d) => !made.has(d));
   if (missing >= 0) throw new Error(`the plan's batches do not make layer ${missing + 1}`);
@@ -485,9 +507,9 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   // A layer: its snapshot as made, merged; or, without MergeOp, its tree copied onto the layer below.
   let chain: State;
   const stack: State[] = [];
-  const place = (from: Output, name: string): void => {
-    if (merging) stack.push(from);
-    else chain = copy(from, "/", chain, "/", { contents: true }, name);
+  const place = (from: LayerTree, name: string): void => {
+    if (merging) stack.push(from.state);
+    else chain = copy(from.state, `${from.selector ?? ""}/`, chain, "/", { contents: true }, name);
   };
   for (const [i, layer] of plan.layers.entries())
     place(made.get(dirs[i])!, `nixoci: layer ${i + 1}: ${labelOf(layer.paths)}`);
@@ -509,14 +531,14 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     mounts: [
       { dest: "/", state: image, readonly: true },
       { dest: "/plan", state: layers.planState, readonly: true },
-      ...plan.layers.map((_, i) => ({ dest: `/layers/${i}`, state: made.get(dirs[i])!, readonly: true })),
+      ...plan.layers.map((_, i) => ({ dest: `/layers/${i}`, ...made.get(dirs[i])!, readonly: true })),
       { dest: "/out", state: undefined },
       { dest: "/meta", state: undefined },
     ],
     network: "none",
     name: "nixoci: customisation layer",
   });
-  place(custom["/out"], `nixoci: layer ${plan.layers.length + 1}: customisation`);
+  place({ state: custom["/out"] }, `nixoci: layer ${plan.layers.length + 1}: customisation`);
   if (merging) chain = merge(stack, `nixoci: merge ${stack.length} layers`);
   const metaRef = await gateway.solve(custom["/meta"]);
   const meta = JSON.parse((await gateway.readFile(metaRef, "custom.json")).toString("utf8")) as {

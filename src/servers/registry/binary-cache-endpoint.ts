@@ -404,7 +404,7 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
         : compressStream(kind, {
             level: opts.compressionLevel,
             input: `${info.path} (${kind})`,
-            size: range ? range.end - range.start + 1 : info.narSize,
+            size: info.narSize, // ranges are served uncompressed only
           });
     res.statusCode = range ? 206 : 200;
     for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
