@@ -111,6 +111,22 @@ export function dockerBuild(
   });
 }
 
+/**
+ * A Nix file for the frontend `frontend` (its `# syntax=` line): `sh` derivations run the image's busybox as
+ * builder (no nixpkgs offline); `busybox` copies it into the store so the built image can run a shell script.
+ * `body` goes after them in the `let`.
+ */
+export function nixFileFor(frontend: string, body: string): string {
+  return [
+    `# syntax=${frontend}`,
+    "let",
+    '  sh = args: derivation { name = args.name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" args.script ]; };',
+    '  busybox = sh { name = "busybox"; script = "mkdir -p $out/bin && cp /bin/busybox $out/bin/busybox && ln -s busybox $out/bin/sh"; };',
+    body,
+    "",
+  ].join("\n");
+}
+
 /** nixoci's frontend image (scripts/frontend-image.mjs), built and loaded into `d` as `tag`. */
 export function loadFrontendImage(d: Dockerd, tag: string, workDir: string): void {
   const archive = join(workDir, "frontend.tar");

@@ -182,6 +182,49 @@ function batchStep(
 const NIX_CACHE_ID = "nixoci-nix-store";
 
 /**
+ * The plan step: `nixoci frontend plan` in this frontend's image, with the fetch-batch ledger mounted, writing
+ * plan.json; solved here because the rest of the graph is made from it. The layering options are nixoci
+ * build's defaults unless the spec says otherwise, so both make the same layers.
+ */
+async function planStep(
+  run: FrontendRun,
+  step: {
+    args: string[];
+    spec: ImageSpec;
+    image: Output;
+    mounts: ExecMount[];
+    network: NetMode;
+    name: string;
+  },
+): Promise<{ plan: Plan; planned: Output }> {
+  const planned = exec({
+    args: [
+      ...selfCommand(),
+      "plan",
+      "--out",
+      "/out/plan.json",
+      "--layering",
+      step.spec.layering ?? "size",
+      "--max-layers",
+      String(step.spec.maxLayers ?? 100),
+      ...step.args,
+    ],
+    env: STEP_ENV,
+    mounts: [
+      { dest: "/", state: step.image, readonly: true },
+      ...step.mounts,
+      LEDGER_MOUNT,
+      { dest: "/out", state: undefined },
+    ],
+    network: step.network,
+    name: step.name,
+  })["/out"];
+  const planRef = await run.gateway.solve(planned);
+  const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
+  return { plan, planned };
+}
+
+/**
  * A build file of store paths from binary caches (a nixoci spec): the closure, layer plan and fetch batches come
  * from an ExecOp of this frontend (narinfos only), each batch of layers from a fetch ExecOp keyed by its paths
  * and caches.
@@ -198,27 +241,18 @@ async function specLayers(
     ...spec.trustedPublicKeys.flatMap((k) => ["--trusted-public-key", k]),
   ];
   // nixoci build's defaults, so both make the same layers (and diff_ids) from the same spec.
-  const planned = exec({
+  const { plan, planned } = await planStep(run, {
     args: [
-      ...selfCommand(),
-      "plan",
-      "--out",
-      "/out/plan.json",
-      "--layering",
-      spec.layering ?? "size",
-      "--max-layers",
-      String(spec.maxLayers ?? 100),
       ...batchArgs({ ...batching, scope: JSON.stringify([batching.scope, "fetch", ...cacheArgs]) }),
       ...cacheArgs,
       ...spec.packages,
     ],
-    env: STEP_ENV,
-    mounts: [{ dest: "/", state: image, readonly: true }, LEDGER_MOUNT, { dest: "/out", state: undefined }],
+    spec,
+    image,
+    mounts: [],
     network,
     name: `nixoci: plan the layers of ${spec.packages.length} packages`,
-  })["/out"];
-  const planRef = await run.gateway.solve(planned);
-  const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
+  });
   return {
     plan,
     planState: planned,
@@ -300,34 +334,20 @@ async function nixLayers(
   })["/out"];
   // The layer plan and batches, from the closure nix printed (read-only, so keyed by its content: a Nix file
   // edited without changing its closure plans nothing again).
-  const planned = exec({
+  const { plan, planned } = await planStep(run, {
     args: [
-      ...selfCommand(),
-      "plan",
-      "--out",
-      "/out/plan.json",
       "--closure",
       "/in/closure.json",
       "--roots",
       "/in/roots",
-      "--layering",
-      spec.layering ?? "size",
-      "--max-layers",
-      String(spec.maxLayers ?? 100),
       ...batchArgs({ ...batching, scope: JSON.stringify([batching.scope, "copy", NIX_CACHE_ID]) }),
     ],
-    env: STEP_ENV,
-    mounts: [
-      { dest: "/", state: image, readonly: true },
-      { dest: "/in", state: built, readonly: true },
-      LEDGER_MOUNT,
-      { dest: "/out", state: undefined },
-    ],
+    spec,
+    image,
+    mounts: [{ dest: "/in", state: built, readonly: true }],
     network: "none",
     name: `nixoci: plan the layers of ${filename}`,
-  })["/out"];
-  const planRef = await run.gateway.solve(planned);
-  const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
+  });
   run.log(
     `nixoci frontend: ${filename}: ${plan.roots.length} roots, ` +
       `${plan.layers.reduce((n, l) => n + l.paths.length, 0)} paths, ${plan.layers.length} store layers`,

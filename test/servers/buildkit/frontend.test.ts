@@ -20,6 +20,7 @@ import {
   loadFrontendImage,
   startBinaryCacheServer,
   type BinaryCacheServer,
+  nixFileFor,
 } from "../../support/buildkit.js";
 import { buildFixtures, GC_ROOTS_DIR, PACKAGES_NIX } from "../../support/fixtures.js";
 import { nixociOk, ROOT } from "../../support/cli.js";
@@ -278,15 +279,7 @@ for (const store of STORES)
 
     describe("Nix files, built with nix inside BuildKit", () => {
       const TOOLCHAIN = "nixoci-nix:test";
-      const nixFile = (body: string): string =>
-        [
-          `# syntax=${FRONTEND}`,
-          "let",
-          '  sh = args: derivation { name = args.name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" args.script ]; };',
-          '  busybox = sh { name = "busybox"; script = "mkdir -p $out/bin && cp /bin/busybox $out/bin/busybox && ln -s busybox $out/bin/sh"; };',
-          body,
-          "",
-        ].join("\n");
+      const nixFile = (body: string): string => nixFileFor(FRONTEND, body);
       const helloNix = nixFile(
         [
           `  hello = sh { name = "hello-nix"; script = "mkdir -p $out/bin && printf '#!\${busybox}/bin/sh\\necho Hello from a Nix file\\n' > $out/bin/hello && chmod +x $out/bin/hello"; };`,

@@ -20,6 +20,7 @@ import {
   fetchedLayerNumbers,
   loadFrontendImage,
   type BuildResult,
+  nixFileFor,
 } from "../../support/buildkit.js";
 import { ROOT } from "../../support/cli.js";
 import { startDockerd, type Dockerd } from "../../support/daemons.js";
@@ -38,19 +39,7 @@ const DOCKERS = [
   { series: "20.10", containerdStore: false },
 ] as const;
 
-/**
- * A Nix file for the frontend: `sh` derivations run the image's busybox as builder (no nixpkgs offline); `busybox`
- * copies it into the store so the built image can run a shell script. `body` goes after them in the `let`.
- */
-const nixFile = (body: string): string =>
-  [
-    `# syntax=${FRONTEND}`,
-    "let",
-    '  sh = args: derivation { name = args.name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" args.script ]; };',
-    '  busybox = sh { name = "busybox"; script = "mkdir -p $out/bin && cp /bin/busybox $out/bin/busybox && ln -s busybox $out/bin/sh"; };',
-    body,
-    "",
-  ].join("\n");
+const nixFile = (body: string): string => nixFileFor(FRONTEND, body);
 
 /** A package `name` whose /bin/hello prints `greeting`, followed by the Nix version that evaluated the file. */
 const helloPackage = (name: string, greeting: string): string =>
