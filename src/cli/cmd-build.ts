@@ -2,6 +2,7 @@
 import { availableParallelism } from "node:os";
 import { buildImage, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
+import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
@@ -59,6 +60,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
   if (values.env) spec.env = [...spec.env, ...values.env];
   if (values.workdir !== undefined) spec.workdir = values.workdir;
   if (values.user !== undefined) spec.user = values.user;
+  if (values.perm) spec.perms = [...(spec.perms ?? []), ...values.perm.map((r) => parsePermRule(r).source)];
+  if (values.uid !== undefined) spec.uid = parseOwnerId(values.uid, "uid");
+  if (values.gid !== undefined) spec.gid = parseOwnerId(values.gid, "gid");
   if (values.expose) spec.expose = [...spec.expose, ...values.expose];
   if (values.label) spec.labels = { ...spec.labels, ...keyValues(values.label, "--label") };
   if (values.arch) spec.arch = values.arch;

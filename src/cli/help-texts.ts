@@ -106,7 +106,21 @@ export const BUILD = {
     },
     env: { type: "string", short: "e", multiple: true, value: "K=V", help: "an environment variable" },
     workdir: { type: "string", value: "DIR", help: "the working directory" },
-    user: { type: "string", value: "U", help: "the user: NAME[:GROUP] or UID[:GID] (added to /etc/passwd)" },
+    user: {
+      type: "string",
+      value: "U",
+      help: "the user: NAME[:GROUP] or UID[:GID] (added to /etc/passwd, with a home /home/NAME it owns)",
+    },
+    perm: {
+      type: "string",
+      multiple: true,
+      value: "REGEX=MODE[:UID[:GID]]",
+      help:
+        "give the entries whose absolute path matches REGEX this mode (octal) and owner; later rules win " +
+        "(e.g. '^/home/app(/|$)=0700:1000:1000')",
+    },
+    uid: { type: "string", value: "N", help: "owner of every file of the store paths", byDefault: "0" },
+    gid: { type: "string", value: "N", help: "group of every file of the store paths", byDefault: "0" },
     expose: { type: "string", multiple: true, value: "PORT[/PROTO]", help: "a port the image listens on" },
     label: { type: "string", multiple: true, value: "K=V", help: "an image label" },
     arch: {

@@ -20,6 +20,7 @@ import { buildLayerBlob, DEFAULT_GZIP_LEVEL } from "./layer-builder.js";
 import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
+import { HeaderRewriter, ownershipIdentity, parsePermRule, type Ownership } from "./permissions.js";
 import type { ImageSpec } from "./spec.js";
 import { NIX_CLOSURE_ROOT_ANNOTATION, NIX_STORE_PATH_ANNOTATION } from "./annotations.js";
 import type { LayeringStrategy, PlannedLayer } from "./types.js";
@@ -51,6 +52,8 @@ export interface LayerReport {
   mediaType: string;
   paths: string[];
   status: LayerStatus;
+  /** Ownership rules changed some of its headers: not the store's own tar of its paths. */
+  rewritten?: boolean;
 }
 
 // Layer events carry the layer's index in the image (the customisation layer is the last); builds run in
@@ -157,25 +160,32 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         });
       }
     });
+  const ownership: Ownership | undefined =
+    spec.perms?.length || spec.uid !== undefined || spec.gid !== undefined
+      ? { uid: spec.uid, gid: spec.gid, rules: (spec.perms ?? []).map((r) => parsePermRule(r, "perms")) }
+      : undefined;
+  const owners = ownershipIdentity(ownership);
   const cachedOrBuilt = async (
     index: number,
     identity: string,
     paths: string[],
     narSize: number,
-    makeTar: () => import("node:stream").Readable,
+    makeTar: (rewriter: HeaderRewriter | undefined) => import("node:stream").Readable,
+    storeDir?: string,
   ): Promise<LayerReport> => {
     const hit = await cache.lookup(identity);
     const report: LayerReport = hit
       ? { ...hit, paths, status: "reused" }
       : await scheduleBuild(narSize, async () => {
           emit({ type: "layer-start", index, paths, narSize });
-          const blob = await buildLayerBlob(makeTar(), {
+          const rewriter = ownership && new HeaderRewriter(ownership, storeDir);
+          const blob = await buildLayerBlob(makeTar(rewriter), {
             compression: opts.compression,
             level,
             blobs: cache.blobs,
             onTarBytes: (bytes) => emit({ type: "layer-progress", index, bytes }),
           });
-          const record: CachedLayer = { ...blob, paths };
+          const record: CachedLayer = { ...blob, paths, ...(rewriter?.rewritten ? { rewritten: true } : {}) };
           await cache.record(identity, record);
           return { ...record, status: "built" as const };
         });
@@ -191,10 +201,20 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         compression: opts.compression,
         level: level ?? null,
         paths: layer.paths.map((p) => [p, closure.get(p)!.narHash.toString("nix32")]),
+        ...(owners !== undefined ? { owners } : {}),
       });
       const narSize = layer.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0);
-      return cachedOrBuilt(index, identity, layer.paths, narSize, () =>
-        storePathsTar(layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) }))),
+      return cachedOrBuilt(
+        index,
+        identity,
+        layer.paths,
+        narSize,
+        (rewriter) =>
+          storePathsTar(
+            layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
+            rewriter,
+          ),
+        store.storeDir,
       );
     });
 
@@ -212,13 +232,18 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       entries: custom.entries.map((e) =>
         "content" in e ? { ...e, content: e.content.toString("base64") } : e,
       ),
+      ...(owners !== undefined ? { owners } : {}),
     });
-    const customLayer = cachedOrBuilt(plan.length, customIdentity, [], 0, () => treeTar(custom.entries));
+    const customLayer = cachedOrBuilt(plan.length, customIdentity, [], 0, (rewriter) =>
+      treeTar(custom.entries, rewriter),
+    );
 
     const layers = await allSettledOrThrow([...storeLayers, customLayer]);
     const descriptors: Descriptor[] = layers.map((l) => {
       const d: Descriptor = { mediaType: l.mediaType, digest: l.digest, size: l.size };
-      if (l.paths.length)
+      // A layer whose headers the ownership rules changed is not the store's tar of its paths: without the
+      // annotations, the snapshotter and nix: descriptions take it as an ordinary layer.
+      if (l.paths.length && !l.rewritten)
         d.annotations = Object.fromEntries([
           ...l.paths.map((p, i) => [`${NIX_STORE_PATH_ANNOTATION}.${i}`, p]),
           ...opts.roots.map((p, i) => [`${NIX_CLOSURE_ROOT_ANNOTATION}.${i}`, p]),

@@ -2,7 +2,7 @@
 // - a symlink farm at / of the requested packages' top-level directories, merged like Nix's buildEnv
 //   (a directory only one package has is one symlink; shared ones become real directories of links);
 // - /tmp (1777), /usr/bin/env when the closure has an env, /etc/passwd and /etc/group with root and the
-//   configured user; and SSL_CERT_FILE when the closure has a CA bundle.
+//   configured user, whose home /home/NAME (0755) it owns; and SSL_CERT_FILE when the closure has a CA bundle.
 import { lstatSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { TreeEntry } from "./layer-tar.js";
@@ -17,6 +17,8 @@ interface DirNode {
   kind: "dir";
   mode: number;
   children: Map<string, Node>;
+  uid?: number;
+  gid?: number;
 }
 interface FileNode {
   kind: "file";
@@ -136,7 +138,19 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   }
 
   const etc = ensureDir(["etc"]);
-  const { passwd, group } = accounts(input.user);
+  const { passwd, group, home } = accounts(input.user);
+  if (home) {
+    const homes = ensureDir(["home"]);
+    if (homes.children.has(home.name))
+      warnings.push(`/home/${home.name} from a package is replaced by the user's home`);
+    homes.children.set(home.name, {
+      kind: "dir",
+      mode: 0o755,
+      children: new Map(),
+      uid: home.uid,
+      gid: home.gid,
+    });
+  }
   etc.children.set("passwd", { kind: "file", mode: 0o644, content: Buffer.from(passwd) });
   etc.children.set("group", { kind: "file", mode: 0o644, content: Buffer.from(group) });
 
@@ -146,7 +160,13 @@ export function customisationLayer(input: CustomisationInput): Customisation {
       const node = dir.children.get(name)!;
       const path = prefix ? `${prefix}/${name}` : name;
       if (node.kind === "dir") {
-        entries.push({ path, type: "directory", mode: node.mode });
+        entries.push({
+          path,
+          type: "directory",
+          mode: node.mode,
+          ...(node.uid ? { uid: node.uid } : {}),
+          ...(node.gid ? { gid: node.gid } : {}),
+        });
         emit(node, path);
       } else if (node.kind === "file")
         entries.push({ path, type: "file", mode: node.mode, content: node.content });
@@ -157,8 +177,15 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   return { entries, env, warnings };
 }
 
-/** /etc/passwd and /etc/group: root, plus the configured user (NAME or UID, optionally :GROUP or :GID). */
-function accounts(user?: string): { passwd: string; group: string } {
+/**
+ * /etc/passwd and /etc/group: root, plus the configured user (NAME or UID, optionally :GROUP or :GID), whose
+ * home is /home/NAME.
+ */
+function accounts(user?: string): {
+  passwd: string;
+  group: string;
+  home?: { name: string; uid: number; gid: number };
+} {
   let passwd = "root:x:0:0:root:/root:/bin/sh\n";
   let group = "root:x:0:\n";
   if (!user) return { passwd, group };
@@ -169,7 +196,7 @@ function accounts(user?: string): { passwd: string; group: string } {
   const name = numeric(u) ? `user${uid}` : u;
   const gid = g === undefined ? uid : numeric(g) ? Number(g) : uid;
   const groupName = g === undefined || numeric(g) ? name : g;
-  passwd += `${name}:x:${uid}:${gid}:${name}:/tmp:/bin/sh\n`;
+  passwd += `${name}:x:${uid}:${gid}:${name}:/home/${name}:/bin/sh\n`;
   if (gid !== 0) group += `${groupName}:x:${gid}:\n`;
-  return { passwd, group };
+  return { passwd, group, home: { name, uid, gid } };
 }

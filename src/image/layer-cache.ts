@@ -25,6 +25,8 @@ export function layerIdentity(inputs: Record<string, unknown>): string {
 
 export interface CachedLayer extends LayerBlob {
   paths: string[];
+  /** Ownership rules changed some of its headers (permissions.ts): its bytes are not the store's tar. */
+  rewritten?: boolean;
 }
 
 export class LayerCache {

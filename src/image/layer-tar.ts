@@ -28,6 +28,7 @@ import { Readable } from "node:stream";
 import { posix } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
 import { errnoWords } from "../util/fs-errors.js";
+import type { HeaderRewriter } from "./permissions.js";
 import {
   encodeTarHeader,
   TAR_BLOCK as BLOCK,
@@ -60,9 +61,9 @@ export interface StorePathSource {
  * each path (sorted bytewise) with its own entries, walked depth-first with each directory's entries sorted
  * bytewise by name (NAR order). All store paths must be in the same store directory.
  */
-export function storePathsTar(paths: StorePathSource[]): Readable {
+export function storePathsTar(paths: StorePathSource[], rewriter?: HeaderRewriter): Readable {
   const sorted = checkStorePaths(paths);
-  return new TarStream(async (out) => {
+  return new TarStream(rewriter, async (out) => {
     const storeDir = sorted.length ? posix.dirname(sorted[0].storePath) : "/nix/store";
     const parts = storeDir.split("/").filter((s) => s !== "");
     for (let i = 1; i <= parts.length; i++) {
@@ -75,8 +76,11 @@ export function storePathsTar(paths: StorePathSource[]): Readable {
   });
 }
 
-/** A tar of explicit entries (a customisation layer), in bytewise order of their normalised paths. */
-export function treeTar(entries: TreeEntry[]): Readable {
+/**
+ * A tar of explicit entries (a customisation layer), in bytewise order of their normalised paths. A rewriter
+ * (permissions.ts) changes modes and owners of the headers as they are written, for both kinds of tar.
+ */
+export function treeTar(entries: TreeEntry[], rewriter?: HeaderRewriter): Readable {
   const items = entries.map((e) => ({ e, name: normaliseTreePath(e.path) }));
   items.sort((a, b) => Buffer.compare(a.name, b.name));
   for (let i = 1; i < items.length; i++) {
@@ -85,7 +89,7 @@ export function treeTar(entries: TreeEntry[]): Readable {
     }
   }
   const headers = items.map(({ e, name }) => treeHeader(e, name));
-  return new TarStream(async (out) => {
+  return new TarStream(rewriter, async (out) => {
     for (let i = 0; i < items.length; i++) {
       const e = items[i].e;
       await out.entry(headers[i]);
@@ -308,15 +312,17 @@ function readAsync(fd: number, buf: Buffer, off: number, len: number, pos: numbe
  */
 class TarStream extends Readable implements TarOut {
   readonly #produce: (out: TarOut) => Promise<void>;
+  readonly #rewriter: HeaderRewriter | undefined;
   #buf = Buffer.allocUnsafe(CHUNK);
   #pos = 0;
   #started = false;
   #wake: (() => void) | undefined;
   readonly #scratch = Buffer.alloc(1);
 
-  constructor(produce: (out: TarOut) => Promise<void>) {
+  constructor(rewriter: HeaderRewriter | undefined, produce: (out: TarOut) => Promise<void>) {
     super({ highWaterMark: CHUNK });
     this.#produce = produce;
+    this.#rewriter = rewriter;
   }
 
   override _read(): void {
@@ -376,7 +382,7 @@ class TarStream extends Readable implements TarOut {
   }
 
   async entry(h: TarHeader): Promise<void> {
-    const bytes = encodeTarHeader(h, TAR_FORMAT_GO_PAX);
+    const bytes = encodeTarHeader(this.#rewriter ? this.#rewriter.apply(h) : h, TAR_FORMAT_GO_PAX);
     await this.#room(bytes.length);
     this.#pos += bytes.copy(this.#buf, this.#pos);
   }

@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { parseTaggedName } from "../oci/reference.js";
+import { parseOwnerId, parsePermRule } from "./permissions.js";
 import { didYouMean } from "../util/did-you-mean.js";
 import { NixociError, quote } from "../util/errors.js";
 import { errnoWords } from "../util/fs-errors.js";
@@ -27,6 +28,11 @@ export interface ImageSpec {
   maxLayers?: number;
   compression?: string;
   compressionLevel?: number;
+  /** Ownership and mode rules, `REGEX=MODE[:UID[:GID]]` (permissions.ts). */
+  perms?: string[];
+  /** Owner of every store path entry. */
+  uid?: number;
+  gid?: number;
 }
 
 /** The YAML parser, loaded only when a YAML spec is read (it is a noticeable share of the CLI's start-up). */
@@ -110,6 +116,9 @@ const KEYS = new Set([
   "compression",
   "compressionLevel",
   "compression-level",
+  "perms",
+  "uid",
+  "gid",
 ]);
 
 /** Reads a spec file: JSON when it parses as JSON, YAML otherwise (YAML is a superset anyway). */
@@ -196,7 +205,34 @@ export function specFromObject(doc: unknown, input: string): Partial<ImageSpec> 
   if (o.compression !== undefined) spec.compression = str("compression", o.compression);
   const level = pick("compressionLevel", "compression-level");
   if (level !== undefined) spec.compressionLevel = int("compressionLevel", level);
+  if (o.perms !== undefined) spec.perms = permList(o.perms, input);
+  for (const k of ["uid", "gid"] as const)
+    if (o[k] !== undefined) spec[k] = parseOwnerId(String(int(k, o[k])), k, input);
   return spec;
+}
+
+/**
+ * `perms:` entries: `REGEX=MODE[:UID[:GID]]` strings, or mappings `{path: REGEX, mode: "0700", uid: 1000,
+ * gid: 1000}` (a YAML mode written 0700 arrives as the number 448, so numbers are taken as written in octal only
+ * when quoted: an unquoted mode is refused rather than misread).
+ */
+function permList(v: unknown, input: string): string[] {
+  if (!Array.isArray(v)) throw new NixociError(input, "perms must be a list of REGEX=MODE[:UID[:GID]] rules");
+  return v.map((item, i) => {
+    if (typeof item === "string") return item;
+    if (typeof item !== "object" || item === null || Array.isArray(item))
+      throw new NixociError(input, `perms[${i}] must be a REGEX=MODE[:UID[:GID]] string or a mapping`);
+    const r = item as Record<string, unknown>;
+    for (const k of Object.keys(r))
+      if (!["path", "mode", "uid", "gid"].includes(k))
+        throw new NixociError(input, `perms[${i}]: unknown key ${quote(k)} (path, mode, uid, gid)`);
+    if (typeof r.path !== "string" || r.path === "")
+      throw new NixociError(input, `perms[${i}]: path must be a regular expression string`);
+    if (typeof r.mode !== "string")
+      throw new NixociError(input, `perms[${i}]: mode must be an octal string such as "0755" (quote it)`);
+    const owner = [r.uid, r.gid].map((x) => (x === undefined ? "" : String(x)));
+    return `${r.path}=${r.mode}${owner[0] || owner[1] ? `:${owner[0]}${owner[1] ? `:${owner[1]}` : ""}` : ""}`;
+  });
 }
 
 /** Checks values whose syntax the image config fixes: env entries, ports, the creation time. */
@@ -227,5 +263,6 @@ export function validateSpec(spec: ImageSpec, input = "spec"): ImageSpec {
   if (spec.user !== undefined && !/^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$/.test(spec.user)) {
     throw new NixociError(input, `user ${quote(spec.user)} is not NAME[:GROUP] or UID[:GID]`);
   }
+  for (const r of spec.perms ?? []) parsePermRule(r, input);
   return spec;
 }

@@ -13,7 +13,12 @@ import {
   source,
 } from "../../../src/servers/buildkit/llb.js";
 import { decode } from "../../../src/proto/buildkit.js";
-import { buildFileKind, checkPlatforms, llbCan } from "../../../src/servers/buildkit/frontend.js";
+import {
+  buildFileKind,
+  checkPlatforms,
+  llbCan,
+  parseSpecText,
+} from "../../../src/servers/buildkit/frontend.js";
 import { emptySpec } from "../../../src/image/spec.js";
 import { cacheImportsOf } from "../../../src/servers/buildkit/gateway.js";
 
@@ -148,4 +153,15 @@ test("cache imports: buildx's cache-imports JSON, else the older cache-from refe
   ]);
   assert.deepEqual(cacheImportsOf(new Map([["cache-from", ""]])), [], "dockerd 20.10 passes it empty");
   assert.throws(() => cacheImportsOf(new Map([["cache-imports", "{}"]])), /cache-imports: not a JSON array/);
+});
+
+test("a spec asking for ownership rules is refused by the frontend (its store layers are BuildKit's files)", () => {
+  assert.equal(parseSpecText("packages: [/nix/store/x-a]\nuser: app\n", "nixoci.yaml").user, "app");
+  for (const line of ["perms: ['^/home=0700']", "uid: 1000", "gid: 1000"])
+    assert.throws(
+      () => parseSpecText(`packages: [/nix/store/x-a]\n${line}\n`, "nixoci.yaml"),
+      new RegExp(
+        `^Error: nixoci.yaml: ${line.split(":")[0]} is not supported by the BuildKit frontend; build with nixoci build$`,
+      ),
+    );
 });
