@@ -22,6 +22,9 @@ bash "$here/install-docker-matrix.sh"
 # Debian 13's nix-bin 2.26 in a debootstrapped trixie root of its own, beside bookworm's 2.8: the toolchain image
 # of the BuildKit frontend's Nix-file tests with the Nix most users run (scripts/nix-toolchain-image.mjs --nix 2.26).
 bash "$here/install-nix-toolchains.sh"
+# qemu-user-static registered for aarch64 binaries (binfmt_misc) and bookworm's arm64 busybox-static: arm64 images
+# made from arm64 store paths (test/fixtures/arm64.nix) run on this amd64 machine.
+bash "$here/install-arm64-emulation.sh"
 
 # The tests compare against Nix's own behaviour, so pin the options they depend on.
 conf=/etc/nix/nix.conf

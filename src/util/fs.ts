@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { NixociError } from "./errors.js";
 import { fsError } from "./fs-errors.js";
 import { noteTemporary, tempSuffix } from "./temporaries.js";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 
 export { tempSuffix } from "./temporaries.js";
 
@@ -76,8 +76,7 @@ export async function makeTempWorkDir(prefix: string): Promise<string> {
  * names `file` (a FileSystemError, with the errno code), never the temporary.
  */
 export async function writeFileAtomic(file: string, data: string | Buffer): Promise<void> {
-  const slash = file.lastIndexOf("/");
-  const tmp = tempSibling(file.slice(0, slash) || "/", file.slice(slash + 1));
+  const tmp = tempSibling(dirname(file), basename(file));
   try {
     await writeFile(tmp, data, { flag: "wx" });
     await rename(tmp, file);

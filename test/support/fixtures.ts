@@ -68,6 +68,38 @@ export function buildFixtures(): Record<FixtureAttr, string> {
   return built;
 }
 
+/** bookworm's arm64 busybox-static, unpacked by scripts/install-arm64-emulation.sh (which also registers qemu). */
+export const ARM64_BUSYBOX = join(process.env.NIXOCI_ARM64_CACHE ?? "/var/cache/nixoci/arm64", "busybox");
+
+let builtArm64: { busybox: string; hello: string } | undefined;
+
+/**
+ * The arm64 fixtures of test/fixtures/arm64.nix: `hello` prints "Hello from <uname -m>" with an arm64 busybox.
+ * Fails (never skips) when the install step has not run.
+ */
+export function buildArm64Fixtures(): { busybox: string; hello: string } {
+  if (builtArm64) return builtArm64;
+  if (!existsSync(ARM64_BUSYBOX))
+    throw new Error(
+      `${ARM64_BUSYBOX} is missing: run scripts/install-arm64-emulation.sh (npm test's install step)`,
+    );
+  mkdirSync(GC_ROOTS_DIR, { recursive: true });
+  const file = join(findRoot(), "test/fixtures/arm64.nix");
+  const build = (attr: string) =>
+    runText("nix-build", [
+      file,
+      "--arg",
+      "busybox",
+      ARM64_BUSYBOX,
+      "-A",
+      attr,
+      "--out-link",
+      join(GC_ROOTS_DIR, `arm64-${attr}`),
+    ]);
+  builtArm64 = { busybox: build("busyboxArm64"), hello: build("hello") };
+  return builtArm64;
+}
+
 const tempDirs: string[] = [];
 let exitHookInstalled = false;
 

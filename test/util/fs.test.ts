@@ -3,9 +3,9 @@
 // directory under /proc (where Node's own recursive mkdir never returns) fails with ENOENT naming it.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { statSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { makeDirs, makeDirsSync } from "../../src/util/fs.js";
+import { makeDirs, makeDirsSync, writeFileAtomic } from "../../src/util/fs.js";
 import { makeTempDir } from "../support/fixtures.js";
 
 test("makeDirs: siblings made at once under a missing parent all exist afterwards", async () => {
@@ -49,4 +49,18 @@ test("under /proc: ENOENT naming the directory that cannot be made, at once", as
     await assert.rejects(makeDirs(dir), { code: "ENOENT", path: "/proc/nixoci-makedirs" });
     assert.throws(() => makeDirsSync(dir), { code: "ENOENT", path: "/proc/nixoci-makedirs" });
   }
+});
+
+test("writeFileAtomic: a bare file name is written in the working directory, under a temporary name first", async () => {
+  const dir = makeTempDir("fs-atomic");
+  const cwd = process.cwd();
+  process.chdir(dir);
+  try {
+    await writeFileAtomic("out.json", "{}\n");
+    await writeFileAtomic("./b", "b");
+  } finally {
+    process.chdir(cwd);
+  }
+  assert.equal(readFileSync(join(dir, "out.json"), "utf8"), "{}\n");
+  assert.deepEqual(readdirSync(dir).sort(), ["b", "out.json"]);
 });
