@@ -43,6 +43,11 @@ test("every format is byte-identical run after run; -o writes exactly what stdou
     const env = { SOURCE_DATE_EPOCH: "1704164645" };
     assert.ok(nixociOk(["sbom", "--format", format, fx.hello, fx.tree], { env }).stdout.equals(a));
   }
+  // A bare file name is relative to the working directory (and its temporary is written beside it).
+  nixociOk(["sbom", ...CREATED, "-o", "relative.json", fx.hello], { cwd: work });
+  assert.ok(
+    readFileSync(join(work, "relative.json")).equals(nixociOk(["sbom", ...CREATED, fx.hello]).stdout),
+  );
   assert.deepEqual(
     readdirSync(work).filter((n) => n.startsWith(".")),
     [],
