@@ -224,6 +224,50 @@ export const CLOSURE = {
   ],
 } as const satisfies CommandHelp;
 
+export const SBOM = {
+  name: "sbom",
+  summary: "an SBOM (CycloneDX, SPDX) or SLSA provenance of the closure of store paths",
+  usage: ["nixoci sbom [OPTIONS] PATH..."],
+  description: [
+    "One entry per store path of the closure: name and version split as builtins.parseDrvName does, a " +
+      "`pkg:nix/NAME@VERSION` purl, the NAR hash (SHA-256), NAR size, deriver and the references as " +
+      "dependencies. The roots are applications, the rest libraries. provenance is an in-toto Statement with an " +
+      "SLSA Provenance v1 predicate: the roots by NAR hash as subject, every store path (and the binary cache " +
+      "read) as resolved dependencies. With the same --created the output is byte for byte the same.",
+  ],
+  flags: {
+    format: {
+      type: "string",
+      value: "cyclonedx|spdx|provenance",
+      help: "the document: CycloneDX 1.6 JSON, SPDX 2.3 JSON, or in-toto SLSA provenance",
+      byDefault: "cyclonedx",
+    },
+    output: {
+      type: "string",
+      short: "o",
+      value: "FILE",
+      help: "write the document here (atomically)",
+      byDefault: "stdout",
+    },
+    created: {
+      type: "string",
+      value: "TIME",
+      help: "the document time (RFC 3339)",
+      byDefault: "SOURCE_DATE_EPOCH if set, else now",
+    },
+    ...STORE_URL,
+    ...TRUST_FLAGS,
+  },
+  examples: [
+    ["nixoci sbom ./result > sbom.cdx.json", "CycloneDX of everything ./result needs"],
+    ["nixoci sbom --format spdx -o sbom.spdx.json ./result", "SPDX into a file"],
+    [
+      "nixoci sbom --format provenance --store file:///srv/cache /nix/store/…-hello",
+      "provenance from a binary cache",
+    ],
+  ],
+} as const satisfies CommandHelp;
+
 export const NAR = {
   name: "nar",
   summary: "dump, restore and list NAR archives",
@@ -721,6 +765,7 @@ export const REFERENCE: readonly CommandHelp[] = [
   BUILD,
   PATH_INFO,
   CLOSURE,
+  SBOM,
   NAR,
   CACHE_PUSH,
   CACHE_GC,
