@@ -79,7 +79,12 @@ export async function diffCommand(argv: string[]): Promise<number> {
     throw new UsageError(
       `${positionals.length < 2 ? "missing IMAGE" : `unexpected argument ${JSON.stringify(positionals[2])}`}: give two images; ${helpHint(DIFF)}`,
     );
-  const platform = values.platform !== undefined ? parsePlatform(values.platform) : undefined;
+  let platform;
+  try {
+    platform = values.platform !== undefined ? parsePlatform(values.platform) : undefined;
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}; ${helpHint(DIFF)}`);
+  }
   const opts = { platform, insecure: values.insecure, creds: values.creds, storeDir: DEFAULT_STORE_DIR };
   const images: ImageSource[] = [];
   try {

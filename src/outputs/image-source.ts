@@ -608,6 +608,19 @@ async function openNix(ref: string, storePath: string, storeDir: string): Promis
 
 /** Opens an image reference for reading. Errors are NixociErrors naming the reference and what is wrong. */
 export async function openImage(ref: string, opts: OpenImageOptions = {}): Promise<ImageSource> {
+  const img = await openAny(ref, opts);
+  // A platform asked for explicitly must be what the image is, index or not.
+  if (opts.platform && !platformMatches(img.platform, opts.platform)) {
+    await img.close();
+    throw new NixociError(
+      ref,
+      `the image is ${formatPlatform(img.platform)}, not ${formatPlatform(opts.platform)} (and not an index to choose from)`,
+    );
+  }
+  return img;
+}
+
+async function openAny(ref: string, opts: OpenImageOptions): Promise<ImageSource> {
   const storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
   const o = { ...opts, storeDir, platform: opts.platform ?? hostPlatform() };
   if (ref === "")
