@@ -761,8 +761,57 @@ export const FRONTEND = {
 } as const satisfies CommandHelp;
 
 /** The README's CLI reference, in order. */
+export const DIFF = {
+  name: "diff",
+  summary: "what changed between two images: store paths, layers, config",
+  usage: ["nixoci diff [OPTIONS] IMAGE IMAGE"],
+  description: [
+    "Compares two images at the level of store paths: paths added and removed, paths changed (paired by package " +
+      "name as Nix's parseDrvName splits it: `git-2.44.0` → `git-2.45.1` is `git: 2.44.0 → 2.45.1`; the same " +
+      "name and version with another hash is `rebuilt`), layers added and removed (by digest, with their store " +
+      "paths), and the config fields a user sets (entrypoint, cmd, env, user, workdir, labels, exposed ports, " +
+      "platform). Store paths come from nixoci's layer annotations, else from the layers' tars (their top-level " +
+      "`nix/store/<hash>-<name>` entries, whiteouts applied), so any image compares. Every blob read is verified " +
+      "against its digest.",
+    "Exits 0 whatever the difference (1 with `--exit-code` when the images differ), 1 when an image cannot be " +
+      "read, 2 on a usage error. `--json` prints an object described in the README (Comparing images).",
+  ],
+  args: [
+    [
+      "IMAGE",
+      "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker://HOST/NAME[:TAG|@DIGEST], " +
+        "or nix:/nix/store/<hash>-NAME (an image description)",
+    ],
+  ],
+  flags: {
+    json: { type: "boolean", help: "print the difference as JSON" },
+    "exit-code": { type: "boolean", help: "exit 1 when the images differ (as git diff --exit-code)" },
+    platform: {
+      type: "string",
+      value: "OS/ARCH[/VARIANT]",
+      help: "the image a multi-platform index resolves to",
+      byDefault: "this machine's",
+    },
+    creds: {
+      type: "string",
+      value: "USER:PASS",
+      help: "registry credentials for docker:// images",
+      byDefault: "~/.docker/config.json",
+    },
+    insecure: { type: "boolean", help: "plain HTTP to a registry that is not on loopback" },
+  },
+  examples: [
+    ["nixoci diff oci:./image:1.0 oci:./image:1.1", "what a release changed"],
+    [
+      "nixoci diff --json docker://localhost:5000/app:1.0 docker://localhost:5000/app:1.1",
+      "the same for two tags in a registry, as JSON",
+    ],
+  ],
+} as const satisfies CommandHelp;
+
 export const REFERENCE: readonly CommandHelp[] = [
   BUILD,
+  DIFF,
   PATH_INFO,
   CLOSURE,
   SBOM,

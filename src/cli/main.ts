@@ -2,6 +2,7 @@
 import { didYouMean, UsageError } from "./args.js";
 import {
   BUILD,
+  DIFF,
   CACHE,
   CLOSURE,
   FRONTEND,
@@ -23,6 +24,7 @@ type Command = (argv: string[]) => Promise<number>;
 // Loaded on demand: a command pays only for its own modules (start-up time matters for `nar dump` in scripts).
 const COMMANDS: Record<string, () => Promise<Command>> = {
   build: async () => (await import("./cmd-build.js")).buildCommand,
+  diff: async () => (await import("./cmd-diff.js")).diffCommand,
   "path-info": async () => (await import("./cmd-path-info.js")).pathInfoCommand,
   closure: async () => (await import("./cmd-closure.js")).closureCommand,
   sbom: async () => (await import("./cmd-sbom.js")).sbomCommand,
@@ -39,6 +41,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
 /** The commands with their one-line summaries, in the order the help lists them. */
 const SUMMARIES: Array<[string, string]> = [
   BUILD,
+  DIFF,
   PATH_INFO,
   CLOSURE,
   SBOM,

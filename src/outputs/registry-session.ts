@@ -7,12 +7,14 @@ import { createReadStream } from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
 import type { Readable } from "node:stream";
+import { collectBounded } from "../util/streams.js";
 import { NixociError, quote } from "../util/errors.js";
 import { RegistryAuth, resolveCredentials } from "./registry-auth.js";
 import {
   describeError,
   errnoMessage,
   header,
+  httpGetStream,
   httpRequest,
   registryBaseUrl,
   type HttpResponse,
@@ -262,6 +264,47 @@ export class RegistryClient {
         `manifest push: the registry stored the manifest as ${quote(got)}, not ${expected} (did it rewrite it?)`,
       );
     return got ?? expected;
+  }
+
+  /**
+   * GETs a blob as a stream, following a redirect to the registry's storage (sent there without our
+   * Authorization). A HEAD first settles the authorization (a 401 is answered there), so the GET that streams
+   * goes out authorized and is never retried. The caller verifies the bytes against the digest.
+   */
+  async openBlob(digest: string): Promise<Readable> {
+    const scopes = [`repository:${this.repository}:pull`];
+    const what = `blob fetch of ${digest}`;
+    let url = this.url(`/v2/${this.repository}/blobs/${digest}`);
+    const head = await this.request(url, { method: "HEAD" }, what, scopes);
+    if (head.status === 404)
+      throw new NixociError(this.input, `${what} failed: the registry has no such blob`);
+    const auth = await this.getAuth();
+    for (let hops = 0; hops <= 5; hops++) {
+      const sameOrigin = url.origin === new URL(this.base).origin;
+      const authz = sameOrigin ? auth.header(scopes) : undefined;
+      let res: http.IncomingMessage;
+      try {
+        res = await httpGetStream(
+          url,
+          authz ? { Authorization: authz } : {},
+          sameOrigin ? this.agent : undefined,
+          this.opts.timeoutMs,
+        );
+      } catch (err) {
+        throw new NixociError(this.input, `${what} failed: ${errnoMessage(err)}`, { cause: err });
+      }
+      const status = res.statusCode ?? 0;
+      if (status === 200) return res;
+      const loc = header(res.headers, "location");
+      if (status >= 301 && status <= 308 && status !== 304 && loc) {
+        res.resume();
+        url = new URL(loc, url);
+        continue;
+      }
+      const body = await collectBounded(res, 64 << 10).catch(() => Buffer.alloc(0));
+      this.fail(what, { status, headers: res.headers, body });
+    }
+    throw new NixociError(this.input, `${what} failed: too many redirects`);
   }
 
   /** GETs a manifest's exact bytes (for checks and tools). */

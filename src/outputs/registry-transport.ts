@@ -129,6 +129,31 @@ export function httpRequest(
   });
 }
 
+/**
+ * One GET whose response body is left to the caller as a stream (a layer blob is never collected): resolves with
+ * the response once its headers are in. The idle timeout keeps running while the caller reads.
+ */
+export function httpGetStream(
+  url: URL,
+  headers: Record<string, string>,
+  agent?: http.Agent,
+  timeoutMs = 120_000,
+): Promise<http.IncomingMessage> {
+  const mod = url.protocol === "https:" ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = mod.request(
+      url,
+      { method: "GET", headers: { "User-Agent": "nixoci", ...headers }, agent },
+      (res) => resolve(res),
+    );
+    req.setTimeout(timeoutMs, () =>
+      req.destroy(new Error(`no answer for ${Math.round(timeoutMs / 1000)} s`)),
+    );
+    req.on("error", reject);
+    req.end();
+  });
+}
+
 /** A network failure in one line ("aborted" for an aborted request). */
 export function errnoMessage(err: unknown): string {
   const e = err as NodeJS.ErrnoException;

@@ -41,3 +41,22 @@ export function detachedBody(req: Readable): Readable {
   });
   return holdErrors(body);
 }
+
+/**
+ * All of a stream that must be small (a manifest, a config, an error body), refusing it past `max` bytes so a
+ * peer cannot make the process hold an arbitrary amount. The stream is destroyed when refused.
+ */
+export async function collectBounded(stream: Readable, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of stream) {
+    const chunk = typeof c === "string" ? Buffer.from(c) : (c as Buffer);
+    size += chunk.length;
+    if (size > max) {
+      stream.destroy();
+      throw new Error(`more than ${max} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}

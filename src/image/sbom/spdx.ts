@@ -9,7 +9,8 @@ import {
   sbomPaths,
   type SbomInput,
 } from "./closure-model.js";
-import { nixPurl, parseDrvName } from "./nix-names.js";
+import { parseDrvName } from "../../nix/drv-name.js";
+import { nixPurl } from "./nix-names.js";
 
 export const SPDX_MEDIA_TYPE = "application/spdx+json";
 
