@@ -227,13 +227,18 @@ export const CLOSURE = {
 export const SBOM = {
   name: "sbom",
   summary: "an SBOM (CycloneDX, SPDX) or SLSA provenance of the closure of store paths",
-  usage: ["nixoci sbom [OPTIONS] PATH..."],
+  usage: ["nixoci sbom [OPTIONS] PATH...", "nixoci sbom [OPTIONS] IMAGE"],
   description: [
     "One entry per store path of the closure: name and version split as builtins.parseDrvName does, a " +
       "`pkg:nix/NAME@VERSION` purl, the NAR hash (SHA-256), NAR size, deriver and the references as " +
       "dependencies. The roots are applications, the rest libraries. provenance is an in-toto Statement with an " +
       "SLSA Provenance v1 predicate: the roots by NAR hash as subject, every store path (and the binary cache " +
       "read) as resolved dependencies. With the same --created the output is byte for byte the same.",
+    "Of an `IMAGE` (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE`, `docker://HOST/NAME[:TAG]`, " +
+      "`nix:` — as `nixoci diff` reads them): the closure of the store paths its layers hold (nixoci's " +
+      "annotations, else a scan of the layers), with their infos from the store (`--store`); the image (its " +
+      "manifest digest) is the subject, its roots the packages it was built from, and its creation time the " +
+      "document's unless --created or SOURCE_DATE_EPOCH say otherwise.",
   ],
   flags: {
     format: {
@@ -255,11 +260,25 @@ export const SBOM = {
       help: "the document time (RFC 3339)",
       byDefault: "SOURCE_DATE_EPOCH if set, else now",
     },
+    platform: {
+      type: "string",
+      value: "OS/ARCH[/VARIANT]",
+      help: "the image a multi-platform index resolves to",
+      byDefault: "this machine's",
+    },
+    creds: {
+      type: "string",
+      value: "USER:PASS",
+      help: "registry credentials for a docker:// image",
+      byDefault: "~/.docker/config.json",
+    },
+    insecure: { type: "boolean", help: "plain HTTP to a registry that is not on loopback" },
     ...STORE_URL,
     ...TRUST_FLAGS,
   },
   examples: [
     ["nixoci sbom ./result > sbom.cdx.json", "CycloneDX of everything ./result needs"],
+    ["nixoci sbom --format spdx oci:./image:1.0", "SPDX of what an image holds"],
     ["nixoci sbom --format spdx -o sbom.spdx.json ./result", "SPDX into a file"],
     [
       "nixoci sbom --format provenance --store file:///srv/cache /nix/store/…-hello",
