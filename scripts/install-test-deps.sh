@@ -22,6 +22,9 @@ bash "$here/install-docker-matrix.sh"
 # Debian 13's nix-bin 2.26 in a debootstrapped trixie root of its own, beside bookworm's 2.8: the toolchain image
 # of the BuildKit frontend's Nix-file tests with the Nix most users run (scripts/nix-toolchain-image.mjs --nix 2.26).
 bash "$here/install-nix-toolchains.sh"
+# A pristine Debian 12 root without Nix, with a non-root user and only what nixoci needs besides Node.js: the machine
+# test/cli/no-nix.test.ts builds and serves images on from binary caches (see the script).
+bash "$here/install-no-nix-root.sh"
 
 # The tests compare against Nix's own behaviour, so pin the options they depend on.
 conf=/etc/nix/nix.conf
