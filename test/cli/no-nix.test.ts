@@ -7,7 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chownSync, copyFileSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildFixtures, makeSignedNixCache, makeTempDir } from "../support/fixtures.js";
 import {
@@ -20,7 +20,7 @@ import {
 } from "../support/daemons.js";
 import { BUILDER, NO_NIX_ROOT, openNoNixRoot, type NoNixRoot } from "../support/no-nix-root.js";
 import { GiveUp, until } from "../support/poll.js";
-import { run, runText } from "../support/run.js";
+import { nixCopyRequiringSigs, run, runText } from "../support/run.js";
 
 const GREETING = "Hello from nixoci!";
 const fx = buildFixtures();
@@ -212,6 +212,61 @@ test("nixoci serve --index, as the user, builds images from the cache on demand:
     assert.equal(code, 0, `nixoci serve stopped cleanly:\n${log}`);
   }
   assert.ok(!existsSync(join(root.upper, "nix")), "no /nix was made in the root");
+});
+
+test("closure, path-info, substitute, nar, cache push and build -o nix: need no nix; -f and serve --nix-file say they do", () => {
+  const sh = (script: string): string => root.sh(script, [cacheUrl, cache.key.publicKey, fx.hello]).trim();
+  const trusted = `--store "$1" --trusted-public-key "$2"`;
+  assert.deepEqual(sh(`nixoci closure ${trusted} "$3"`).split("\n"), closure);
+  const [info] = JSON.parse(sh(`nixoci path-info --json ${trusted} "$3"`)) as {
+    narSize: number;
+    references: string[];
+  }[];
+  assert.equal(info.narSize, Number(runText("nix-store", ["-q", "--size", fx.hello])));
+  assert.deepEqual(
+    info.references.sort(),
+    runText("nix-store", ["-q", "--references", fx.hello]).split("\n").sort(),
+  );
+  assert.equal(
+    sh(`nixoci substitute -q --from "$1" --trusted-public-key "$2" --store-dir "$HOME/subst" "$3"`),
+    fx.hello,
+  );
+  for (const p of closure) {
+    const substituted = join(root.upper, BUILDER.home, "subst", p.slice("/nix/store/".length));
+    assert.ok(
+      run("nix-store", ["--dump", substituted]).equals(run("nix-store", ["--dump", p])),
+      `${p} substituted`,
+    );
+  }
+  // nar dump is nix-store --dump, byte for byte.
+  sh(`nixoci nar dump "$HOME/subst/$(basename "$3")" > /exchange/hello.nar`);
+  assert.ok(readFileSync(join(root.exchange, "hello.nar")).equals(run("nix-store", ["--dump", fx.hello])));
+  // A signed cache of the user's store, which the host's Nix copies requiring signatures by the key.
+  copyFileSync(cache.key.secretKeyFile, join(root.exchange, "key.sec"));
+  chownSync(join(root.exchange, "key.sec"), BUILDER.uid, BUILDER.uid);
+  sh(
+    `nixoci cache push -q --store "$HOME/subst" --sign-key /exchange/key.sec --to file:///exchange/pushed "$3"`,
+  );
+  const nixRoot = join(work, "nix-copy");
+  nixCopyRequiringSigs(`file://${join(root.exchange, "pushed")}`, nixRoot, cache.key.publicKey, [fx.hello]);
+  for (const p of closure)
+    assert.ok(
+      run("nix-store", ["--dump", join(nixRoot, p)]).equals(run("nix-store", ["--dump", p])),
+      `${p} via nix copy`,
+    );
+  assert.match(
+    sh(`nixoci build -q --store "$HOME/subst" --entrypoint /bin/hello "$3" -o nix:hello`),
+    /\/nix\/store\/\S+-hello$/m,
+  );
+  writeFileSync(join(root.exchange, "packages.nix"), "{ }\n");
+  assert.throws(
+    () => sh(`nixoci build -q --store "$HOME/subst" -f /exchange/packages.nix -A hello -o oci:/tmp/never`),
+    /nix-build is not installed \(-f needs the nix binary\)/,
+  );
+  assert.throws(
+    () => sh(`nixoci serve --nix-file /exchange/packages.nix --store "$HOME/subst" --storage "$HOME/never"`),
+    /nix-instantiate is not installed/,
+  );
 });
 
 test("nothing is left: no mount under the test's directory or of the cached root, the server's process gone", () => {
