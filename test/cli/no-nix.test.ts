@@ -3,7 +3,9 @@
 // store paths substituted from a signed binary cache on loopback, writes them to `oci:` and pushes them to a real
 // docker-registry, and serves them on demand from a package index (`serve --index`). The host side checks the
 // results with its own tools: skopeo and umoci read them, the store paths in them dump identical to the host's
-// (built by the host's nix), and containerd pulls them and runs them.
+// (built by the host's nix), and containerd pulls them and runs them. The store commands (substitute, closure,
+// path-info, nar, cache push) work there too; what does need nix (-f, serve --nix-file) says so, and a missing
+// run-time package (xz-utils) is named.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";

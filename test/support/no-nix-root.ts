@@ -10,7 +10,7 @@
 // mount belongs to the namespace, which ends with the command: nothing can be left mounted. The network namespace
 // is the host's, so servers the test runs on loopback are reachable from inside, and the reverse.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "./cli.js";
 import { run } from "./run.js";
@@ -124,9 +124,4 @@ function nodeLibraries(): string[] {
     .map((l) => /(\/\S+) \(0x/.exec(l)?.[1])
     .filter((p): p is string => p !== undefined);
   return libs;
-}
-
-/** The marker's line: what the root was made with (packages, user). */
-export function noNixRootSpec(): string {
-  return readFileSync(join(NO_NIX_ROOT, ".installed"), "utf8").trim();
 }
