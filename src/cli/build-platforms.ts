@@ -22,6 +22,8 @@ export interface PlatformArgs {
   /** INSTALLABLE arguments, -f, --arch and --os as given. */
   installables: string[];
   file?: string;
+  /** -A was given. */
+  attrs?: boolean;
   arch?: string;
   os?: string;
   outputs: OutputRef[];
@@ -50,9 +52,9 @@ export function buildPlatforms(a: PlatformArgs): PlatformBuild[] | undefined {
       `${where} names each platform's packages; INSTALLABLE arguments (${a.installables[0]}) would go into ` +
         "every platform's image: give them after OS/ARCH= instead",
     );
-  if (a.file !== undefined)
+  if (a.file !== undefined || a.attrs)
     throw new UsageError(
-      `${where} names each platform's packages as store paths; -f FILE.nix cannot go with it`,
+      `${where} names each platform's packages as store paths; -f FILE.nix -A ATTR cannot go with it`,
     );
   for (const [flag, value] of [
     ["--arch", a.arch],

@@ -116,6 +116,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
     specInput: values.spec ?? "build",
     installables,
     file: values.file,
+    attrs: Boolean(values.attr?.length),
     arch: values.arch,
     os: values.os,
     outputs,

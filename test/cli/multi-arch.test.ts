@@ -45,7 +45,13 @@ const COMMON = ["-q", "--cache-dir", cache, "--entrypoint", "/bin/hello"];
 
 interface Index {
   mediaType: string;
-  manifests: Array<{ mediaType: string; digest: string; size: number; platform: Record<string, string> }>;
+  manifests: Array<{
+    mediaType: string;
+    digest: string;
+    size: number;
+    platform: Record<string, string>;
+    annotations?: Record<string, string>;
+  }>;
 }
 
 let built: { digest: string; layout: string; archive: string; ref: string } | undefined;
@@ -274,6 +280,46 @@ test("a spec's platforms: mapping builds the same index", () => {
   assert.equal(out.text.trim(), digest);
 });
 
+test("added to a layout that holds other images, the index is one more tag; a variant reaches the index and config", async () => {
+  const layout = join(work, "shared-layout");
+  nixociOk(["build", ...COMMON, amd.hello, "-o", `oci:${layout}:single`]);
+  const digest = nixociOk([
+    "build",
+    ...COMMON,
+    "--platform",
+    `linux/arm64/v8=${arm.hello}`,
+    "--platform",
+    AMD64,
+    "-o",
+    `oci:${layout}:multi`,
+  ]).text.trim();
+  const top = JSON.parse(readFileSync(join(layout, "index.json"), "utf8")) as Index;
+  assert.deepEqual(
+    top.manifests.map((m) => [m.annotations?.["org.opencontainers.image.ref.name"], m.mediaType]),
+    [
+      ["single", "application/vnd.oci.image.manifest.v1+json"],
+      ["multi", OCI_INDEX],
+    ],
+  );
+  const index = JSON.parse(skopeo(["inspect", "--raw", `oci:${layout}:multi`])) as Index;
+  assert.equal(`sha256:${sha256(JSON.stringify(index))}`, digest);
+  assert.deepEqual(index.manifests[1].platform, { architecture: "arm64", os: "linux", variant: "v8" });
+  const img = await openImage(`oci:${layout}:multi`, {
+    platform: { os: "linux", architecture: "arm64", variant: "v8" },
+  });
+  try {
+    assert.equal(img.config.json.variant, "v8");
+  } finally {
+    await img.close();
+  }
+  const single = await openImage(`oci:${layout}:single`);
+  try {
+    assert.equal(single.config.json.architecture, "amd64");
+  } finally {
+    await single.close();
+  }
+});
+
 test("bad input: one line, exit 2, nothing written", () => {
   const target = join(work, "bad");
   const cases: Array<[string[], RegExp]> = [
@@ -306,6 +352,12 @@ test("bad input: one line, exit 2, nothing written", () => {
     ],
     [["--platform", ARM64, "--arch", "arm64", "-o", `oci:${target}`], /--arch and --platform contradict/],
   ];
+  const spec = join(work, "conflicting.yaml");
+  writeFileSync(spec, `packages: [${amd.hello}]\nplatforms:\n  linux/arm64: [${arm.hello}]\n`);
+  cases.push(
+    [["--spec", spec, "-o", `oci:${target}`], /conflicting.yaml: packages and platforms cannot go together/],
+    [["--platform", ARM64, "-A", "hello", "-o", `oci:${target}`], /-f FILE.nix -A ATTR cannot go with it/],
+  );
   for (const [args, message] of cases) {
     const r = nixoci(["build", "--cache-dir", join(work, "bad-cache"), ...args]);
     assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
