@@ -85,12 +85,15 @@ export function buildPlatforms(a: PlatformArgs): PlatformBuild[] | undefined {
   );
   if (!builds.length) throw new UsageError(`${where} lists no platform`);
   if (builds.length > 1)
-    for (const o of a.outputs)
-      if (!holdsIndex(o))
-        throw new UsageError(
-          `${o.kind === "docker-archive" && o.file === "-" ? "- (a docker-archive on stdout)" : formatOutputRef(o)}: holds one platform's image, not the ${builds.length} platforms built ` +
-            `(${builds.map((b) => formatPlatform(b.platform)).join(", ")}); write them to oci:, oci-archive: ` +
-            "or docker://, or build one platform for it",
-        );
+    for (const o of a.outputs) {
+      if (holdsIndex(o)) continue;
+      const output =
+        o.kind === "docker-archive" && o.file === "-" ? "- (a docker-archive on stdout)" : formatOutputRef(o);
+      const names = builds.map((b) => formatPlatform(b.platform)).join(", ");
+      throw new UsageError(
+        `${output}: holds one platform's image, not the ${builds.length} platforms built (${names}); write them ` +
+          "to oci:, oci-archive: or docker://, or build one platform for it",
+      );
+    }
   return builds;
 }
