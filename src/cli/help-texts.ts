@@ -53,6 +53,7 @@ export const BUILD = {
     "nixoci build [OPTIONS] INSTALLABLE... -o DEST [-o DEST]...",
     "nixoci build [OPTIONS] -f FILE.nix -A ATTR... -o DEST",
     "nixoci build [OPTIONS] --spec FILE -o DEST",
+    "nixoci build [OPTIONS] --platform OS/ARCH=INSTALLABLE[,...] --platform OS/ARCH=... -o DEST",
   ],
   description: [
     "Builds a layered OCI image of the installables' closure and writes it to every `DEST`. Layers are planned " +
@@ -64,6 +65,11 @@ export const BUILD = {
       "was reused, built, uploaded; per output its report). With `-o -` stdout carries the archive and the " +
       "digest is in the summary line on stderr. With no `-o` it refuses before any work (exit 2), as " +
       "`docker save` refuses a terminal; `--json` alone builds into the layer cache and prints the report.",
+    "With `--platform` (or a spec's `platforms:`) given for two or more platforms, it builds one image per " +
+      "platform (every other flag applies to each) and an OCI image index listing them; the index digest is " +
+      "printed, and `--json` reports it with each platform's report. Only `oci:`, `oci-archive:` and `docker://` " +
+      "hold an index: `docker-archive:`, `-` and `nix:` are refused before any work. One `--platform` builds a " +
+      "plain image, the same as `--arch`.",
   ],
   args: [
     [
@@ -130,6 +136,14 @@ export const BUILD = {
       byDefault: "this machine's",
     },
     os: { type: "string", value: "OS", help: "the image's operating system", byDefault: "linux" },
+    platform: {
+      type: "string",
+      multiple: true,
+      value: "OS/ARCH[/VARIANT]=INSTALLABLE[,…]",
+      help:
+        "a platform of a multi-platform image and its installables (repeat per platform; instead of INSTALLABLE " +
+        "arguments, -f/-A, --arch and --os)",
+    },
     created: {
       type: "string",
       value: "TIME",

@@ -264,7 +264,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       config: { ...config, bytes: configBytes, mediaType: OCI_CONFIG },
       layers: descriptors,
       diffIds,
-      platform: { architecture: spec.arch, os: spec.os },
+      platform: { architecture: spec.arch, os: spec.os, ...(spec.variant ? { variant: spec.variant } : {}) },
     };
     return {
       image,
