@@ -2,7 +2,8 @@
 // Opens both images (image-source.ts), finds their store paths (image-store-paths.ts), compares them
 // (image-diff.ts) and prints the result: a summary a human reads (like `git diff --stat`), or the JSON object.
 import { diffImages, pathName, type ImageDiff } from "../outputs/image-diff.js";
-import { openImage, parsePlatform, type ImageSource } from "../outputs/image-source.js";
+import { parsePlatform } from "../image/platforms.js";
+import { openImage, type ImageSource } from "../outputs/image-source.js";
 import { layerPathsOf } from "../outputs/image-store-paths.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import { helpHint, parse, printHelp, UsageError } from "./args.js";
@@ -81,7 +82,7 @@ export async function diffCommand(argv: string[]): Promise<number> {
     );
   let platform;
   try {
-    platform = values.platform !== undefined ? parsePlatform(values.platform) : undefined;
+    platform = values.platform !== undefined ? parsePlatform(values.platform, "--platform") : undefined;
   } catch (err) {
     throw new UsageError(`${(err as Error).message}; ${helpHint(DIFF)}`);
   }

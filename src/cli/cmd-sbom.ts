@@ -3,7 +3,8 @@
 // image's store paths come from its layers (annotations, else a scan: image-store-paths.ts), its roots from
 // nixoci's closure-root annotations (else the paths nothing else in the image refers to).
 import { NIX_CLOSURE_ROOT_ANNOTATION, storePathsFromAnnotations } from "../image/annotations.js";
-import { openImage, parsePlatform, type ImageSource } from "../outputs/image-source.js";
+import { parsePlatform } from "../image/platforms.js";
+import { openImage, type ImageSource } from "../outputs/image-source.js";
 import { imageStorePaths, layerPathsOf } from "../outputs/image-store-paths.js";
 import type { PathInfo } from "../store/path-info.js";
 import { isSbomFormat, renderSbom, SBOM_FORMATS } from "../image/sbom/formats.js";
@@ -36,7 +37,7 @@ export async function sbomCommand(argv: string[]): Promise<number> {
     throw new UsageError("--platform, --creds and --insecure are for an IMAGE argument");
   let platform;
   try {
-    platform = values.platform !== undefined ? parsePlatform(values.platform) : undefined;
+    platform = values.platform !== undefined ? parsePlatform(values.platform, "--platform") : undefined;
   } catch (err) {
     throw new UsageError((err as Error).message);
   }

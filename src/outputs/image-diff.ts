@@ -4,7 +4,8 @@
 // cmd, env, user, workdir, labels, exposed ports, platform). The result is the JSON `nixoci diff --json` prints;
 // its shape is documented in the README ("Comparing images") and kept stable.
 import { parseDrvName } from "../nix/drv-name.js";
-import { formatPlatform, type ImageSource } from "./image-source.js";
+import { formatPlatform } from "../image/platforms.js";
+import type { ImageSource } from "./image-source.js";
 import { imageStorePaths, type LayerPaths } from "./image-store-paths.js";
 
 export interface ImageSide {

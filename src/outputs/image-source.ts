@@ -10,6 +10,7 @@
 // and layer streams verified as they are read (a stream that does not match its descriptor fails at its end,
 // before its consumer can take its result for good). Meant for any reader of images: `nixoci diff`, base images.
 import { createReadStream } from "node:fs";
+import { formatPlatform, type Platform } from "../image/platforms.js";
 import { open, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable, Transform, type TransformCallback } from "node:stream";
@@ -40,26 +41,6 @@ import { RegistryClient } from "./registry-session.js";
 export const MAX_JSON_BYTES = 4 << 20;
 /** More layers or index entries than this is not an image anyone built. */
 const MAX_ENTRIES = 4096;
-
-export interface Platform {
-  os: string;
-  architecture: string;
-  variant?: string;
-}
-
-export function formatPlatform(p: Platform): string {
-  return `${p.os}/${p.architecture}${p.variant ? `/${p.variant}` : ""}`;
-}
-
-/** `os/arch[/variant]` (--platform). */
-export function parsePlatform(s: string, input = "--platform"): Platform {
-  const parts = s.split("/");
-  if (parts.length < 2 || parts.length > 3 || !parts.every((p) => /^[a-z0-9_.-]+$/i.test(p)))
-    throw new NixociError(input, `${quote(s)} is not OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm64/v8)`);
-  return parts[2]
-    ? { os: parts[0], architecture: parts[1], variant: parts[2] }
-    : { os: parts[0], architecture: parts[1] };
-}
 
 /** The platform this machine runs. */
 export function hostPlatform(): Platform {
