@@ -11,9 +11,10 @@
 // before its consumer can take its result for good). Meant for any reader of images: `nixoci diff`, base images.
 import { createReadStream } from "node:fs";
 import { formatPlatform, type Platform } from "../image/platforms.js";
+import { CheckedStream } from "../util/checked-stream.js";
 import { open, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable, Transform, type TransformCallback } from "node:stream";
+import { Readable } from "node:stream";
 import { createHash } from "node:crypto";
 import { NixociError, quote } from "../util/errors.js";
 import { collectBounded } from "../util/streams.js";
@@ -136,39 +137,16 @@ async function readVerified(access: BlobAccess, d: LayerDescriptor, what: string
 }
 
 /** Counts and hashes a blob as it flows; fails at the end (or as soon as it is too long) when it does not match. */
-class VerifyingStream extends Transform {
-  private readonly hash = createHash("sha256");
-  private size = 0;
-  constructor(
-    private readonly d: LayerDescriptor,
-    private readonly input: string,
-  ) {
-    super();
-  }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.size += chunk.length;
-    if (this.size > this.d.size)
-      return cb(
-        new NixociError(
-          this.input,
-          `blob ${this.d.digest} is longer than its descriptor's ${this.d.size} bytes`,
-        ),
-      );
-    this.hash.update(chunk);
-    cb(null, chunk);
-  }
-  override _flush(cb: TransformCallback): void {
-    if (this.size !== this.d.size)
-      return cb(
-        new NixociError(
-          this.input,
-          `blob ${this.d.digest} has ${this.size} bytes, its descriptor says ${this.d.size}`,
-        ),
-      );
-    if (`sha256:${this.hash.digest("hex")}` !== this.d.digest)
-      return cb(new NixociError(this.input, `blob ${this.d.digest} does not match its digest`));
-    cb();
-  }
+function verifyingStream(d: LayerDescriptor, input: string): CheckedStream {
+  return new CheckedStream(
+    { algo: "sha256", digest: Buffer.from(d.digest.slice("sha256:".length), "hex"), size: d.size },
+    input,
+    {
+      tooLong: (size) => `blob ${d.digest} is longer than its descriptor's ${size} bytes`,
+      wrongSize: (size, got) => `blob ${d.digest} has ${got} bytes, its descriptor says ${size}`,
+      wrongDigest: () => `blob ${d.digest} does not match its digest`,
+    },
+  );
 }
 
 function isIndexType(mediaType: string): boolean {
@@ -275,7 +253,7 @@ async function buildSource(
     async openLayer(i: number): Promise<Readable> {
       const d = layers[i].descriptor;
       const raw = await access.stream(d);
-      const out = new VerifyingStream(d, ref);
+      const out = verifyingStream(d, ref);
       raw.on("error", (err) => out.destroy(err));
       out.on("close", () => raw.destroy());
       return raw.pipe(out);
