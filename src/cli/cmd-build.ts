@@ -5,6 +5,8 @@ import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
+import { openBaseImage, type OpenedBase } from "../outputs/base-image.js";
+import { parsePlatform } from "../outputs/image-source.js";
 import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
 import { checkCacheDir, checkOutput, layerCacheError } from "../outputs/preflight.js";
 import type { LayerCompression } from "../oci/media-types.js";
@@ -65,6 +67,13 @@ export async function buildCommand(argv: string[]): Promise<number> {
   if (values.gid !== undefined) spec.gid = parseOwnerId(values.gid, "gid");
   if (values.expose) spec.expose = [...spec.expose, ...values.expose];
   if (values.label) spec.labels = { ...spec.labels, ...keyValues(values.label, "--label") };
+  if (values.from !== undefined) spec.from = values.from;
+  // --platform picks the base's image from an index and is the image's platform unless --arch/--os say so.
+  const platform = values.platform !== undefined ? parsePlatform(values.platform) : undefined;
+  if (platform && values.from === undefined && spec.from === undefined)
+    throw new UsageError("--platform selects the --from base image's platform: give --from, or --arch/--os");
+  if (platform && !values.arch && fromFile.arch === undefined) spec.arch = platform.architecture;
+  if (platform && !values.os && fromFile.os === undefined) spec.os = platform.os;
   if (values.arch) spec.arch = values.arch;
   if (values.os) spec.os = values.os;
   if (values.created) spec.created = values.created;
@@ -116,11 +125,20 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
   // Ctrl-C or SIGTERM from here on leaves no half-written layer, archive, layout or store path behind.
   const uninstall = removeTemporariesOnSignals(() => progress.done());
+  let base: OpenedBase | undefined;
   try {
     // Every destination and the layer cache are checked before any work: a registry that is down or an archive
     // directory that does not exist is reported in a second, not after every layer was built.
     for (const o of outputs) await checkOutput(o, { creds: values.creds, insecure: values.insecure, store });
     if (cacheDir) await checkCacheDir(cacheDir);
+    // The base is resolved and checked (manifest, config, platform) before any layer is built.
+    if (spec.from !== undefined)
+      base = await openBaseImage(spec.from, {
+        platform: platform ?? { os: spec.os, architecture: spec.arch },
+        creds: values.creds,
+        insecure: values.insecure,
+        storeDir: store.storeDir,
+      });
     for (const url of spec.substituters) substituters.push(await openStore(url, trust));
     const roots: string[] = [];
     if (values.file) roots.push(...(await buildNixAttrs(values.file, values.attr ?? [])));
@@ -144,6 +162,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
       compressionLevel: level,
       cacheDir,
       parallelism: intOption(values.jobs, "jobs", availableParallelism()),
+      base: base?.base,
       onEvent: (e) => report.onBuildEvent(e),
     }).catch((err) => {
       // A layer cache that refuses writes or is full: say so, with the flags that avoid it.
@@ -182,6 +201,21 @@ export async function buildCommand(argv: string[]): Promise<number> {
       const summary = {
         manifestDigest: result.image.manifest.digest,
         configDigest: result.image.config.digest,
+        ...(result.base
+          ? {
+              base: {
+                ref: result.base.ref,
+                manifestDigest: result.base.manifestDigest,
+                layers: result.base.layers.map((d) => ({
+                  digest: d.digest,
+                  size: d.size,
+                  mediaType: d.mediaType,
+                  fetched: result.base!.fetched.includes(d.digest as `sha256:${string}`),
+                  uploaded: uploaded.has(d.digest),
+                })),
+              },
+            }
+          : {}),
         layers: result.layers.map((l: LayerReport) => ({
           digest: l.digest,
           diffId: l.diffId,
@@ -204,6 +238,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
     }
   } finally {
     progress.done();
+    await base?.close();
     store.close();
     substituters.forEach((s) => s.close());
     uninstall();

@@ -93,6 +93,20 @@ export const BUILD = {
       value: "FILE",
       help: "the image in JSON or YAML (packages, entrypoint, env, tags, layering, …); flags override it",
     },
+    from: {
+      type: "string",
+      value: "IMAGE",
+      help:
+        "build on this base image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG] or " +
+        "docker://HOST/NAME[:TAG|@DIGEST]; its layers go under the Nix layers as they are, its config is merged " +
+        "with the spec's (README: Building on a base image)",
+    },
+    platform: {
+      type: "string",
+      value: "OS/ARCH[/VARIANT]",
+      help: "the image a multi-platform --from index resolves to; also the image's os and architecture",
+      byDefault: "--os/--arch",
+    },
     entrypoint: {
       type: "string",
       value: "CMD",
@@ -166,7 +180,7 @@ export const BUILD = {
     creds: {
       type: "string",
       value: "USER:PASS",
-      help: "registry credentials for docker:// outputs",
+      help: "registry credentials for docker:// outputs and --from",
       byDefault: "~/.docker/config.json",
       section: "registries and reporting",
     },
