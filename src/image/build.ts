@@ -115,6 +115,26 @@ export function planStoreLayers(
   return [...plan, { paths: [...small].sort() }];
 }
 
+/**
+ * The closure without the store paths the base image already has (its tree has /nix/store/HASH-NAME: store
+ * paths are immutable, so it is the same content), references to them dropped, for the layer plan.
+ */
+function withoutBasePaths(closure: Map<string, PathInfo>, base: BaseTree): Map<string, PathInfo> {
+  const inBase = (p: string): boolean => base.entries.has(p.replace(/^\/+/, ""));
+  const out = new Map<string, PathInfo>();
+  for (const [p, info] of closure)
+    if (!inBase(p)) out.set(p, { ...info, references: info.references.filter((r) => !inBase(r)) });
+  return out;
+}
+
+/** The roots to plan from: the requested ones left, or (all in the base) the layered paths nothing refers to. */
+function layeredRoots(roots: string[], layered: Map<string, PathInfo>): string[] {
+  const left = roots.filter((r) => layered.has(r));
+  if (left.length) return left;
+  const referred = new Set([...layered.values()].flatMap((i) => i.references.filter((r) => r !== i.path)));
+  return [...layered.keys()].filter((p) => !referred.has(p)).sort();
+}
+
 /** The bin directories ("/bin", "/usr/bin", ...) the customisation layer has: a base's PATH must reach them. */
 function farmBinDirs(entries: { path: string }[]): Set<string> {
   return new Set(entries.map((e) => `/${e.path}`).filter((p) => /^\/(usr\/)?(local\/)?s?bin$/.test(p)));
@@ -145,17 +165,35 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           `${err.message.replace(/^[^:]*: /, "")} (no --substituter given to fetch it)`,
         );
   });
-  const plan = planStoreLayers(opts.layering, opts.roots, closure, opts.maxLayers - 1);
-  emit({
-    type: "planned",
-    layers: plan.length + 1,
-    paths: closure.size,
-    narSize: [...closure.values()].reduce((n, i) => n + i.narSize, 0),
-  });
-
   // Named after this process, so a later build removes it should this one be killed.
   const tempCache = opts.cacheDir ? undefined : await makeTempWorkDir("nixoci-nocache");
   const cache = new LayerCache(opts.cacheDir ?? tempCache!);
+
+  // The base's blobs go into the cache by digest (a second build with the same base downloads nothing), so
+  // every output takes them from there like nixoci's own layers; its tree is read for the farm and accounts,
+  // and store paths it already has are not layered again.
+  let baseTree: BaseTree | undefined;
+  let fetched: Digest[] = [];
+  if (opts.base) {
+    try {
+      fetched = await opts.base.fetchInto(cache.blobs);
+      emit({ type: "base", ref: opts.base.ref, layers: opts.base.layers.length, fetched: fetched.length });
+      baseTree = await readBaseTree(cache.blobs, opts.base.layers);
+    } catch (err) {
+      if (tempCache) await removeTree(tempCache);
+      throw err;
+    }
+  }
+  const layered = baseTree ? withoutBasePaths(closure, baseTree) : closure;
+  const plan = layered.size
+    ? planStoreLayers(opts.layering, layeredRoots(opts.roots, layered), layered, opts.maxLayers - 1)
+    : [];
+  emit({
+    type: "planned",
+    layers: plan.length + 1,
+    paths: layered.size,
+    narSize: [...layered.values()].reduce((n, i) => n + i.narSize, 0),
+  });
   const level = compressionLevel(opts);
   const limiter = new Limiter(opts.parallelism ?? Math.max(1, availableParallelism()));
 
@@ -209,25 +247,16 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   };
 
   try {
-    // The base's blobs go into the cache by digest (a second build with the same base downloads nothing), so
-    // every output takes them from there like nixoci's own layers; its tree is read for the farm and accounts.
-    let baseTree: BaseTree | undefined;
-    let fetched: Digest[] = [];
-    if (opts.base) {
-      fetched = await opts.base.fetchInto(cache.blobs);
-      emit({ type: "base", ref: opts.base.ref, layers: opts.base.layers.length, fetched: fetched.length });
-      baseTree = await readBaseTree(cache.blobs, opts.base.layers);
-    }
     const storeLayers = plan.map(async (layer, index) => {
       const identity = layerIdentity({
         kind: "store-paths",
         tar: TAR_FORMAT_VERSION,
         compression: opts.compression,
         level: level ?? null,
-        paths: layer.paths.map((p) => [p, closure.get(p)!.narHash.toString("nix32")]),
+        paths: layer.paths.map((p) => [p, layered.get(p)!.narHash.toString("nix32")]),
         ...(owners !== undefined ? { owners } : {}),
       });
-      const narSize = layer.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0);
+      const narSize = layer.paths.reduce((n, p) => n + layered.get(p)!.narSize, 0);
       return cachedOrBuilt(
         index,
         identity,

@@ -29,6 +29,7 @@ interface Report {
   manifestDigest: string;
   configDigest: string;
   base: { ref: string; manifestDigest: string; layers: (Descriptor & { fetched: boolean })[] };
+  layers: (Descriptor & { paths: string[] })[];
 }
 
 /** The manifest and config of the image an OCI layout's index names. */
@@ -122,7 +123,13 @@ describe("from an OCI layout", () => {
     const r = buildOn(`oci:${BASE_LAYOUT}:v1`, join(work, "cache-layout"), "on-layout");
     const n = base.manifest.layers.length;
     assert.deepEqual(r.manifest.layers.slice(0, n).map(strip), base.manifest.layers.map(strip));
-    assert.ok(r.manifest.layers.length > n);
+    // hello's closure is hello, greeting and busybox; the base (busybox, tree and its greeting) has the other
+    // two, so only hello is layered again.
+    assert.deepEqual(
+      r.report.layers.flatMap((l) => l.paths),
+      [fx.hello],
+    );
+    assert.deepEqual(r.manifest.layers.slice(n).map(strip), r.report.layers.map(strip));
     assert.deepEqual(r.config.rootfs.diff_ids.slice(0, n), base.config.rootfs.diff_ids);
     assert.deepEqual(r.config.history.slice(0, n), base.config.history);
     assert.equal(r.config.history.length, r.manifest.layers.length);
