@@ -96,15 +96,12 @@ export const BUILD = {
     from: {
       type: "string",
       value: "IMAGE",
-      help:
-        "build on this base image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG] or " +
-        "docker://HOST/NAME[:TAG|@DIGEST]; its layers go under the Nix layers as they are, its config is merged " +
-        "with the spec's (README: Building on a base image)",
+      help: "a base image to build on (oci:, oci-archive:, docker-archive:, docker://); its layers go under the Nix layers",
     },
     platform: {
       type: "string",
       value: "OS/ARCH[/VARIANT]",
-      help: "the image a multi-platform --from index resolves to; also the image's os and architecture",
+      help: "the image a --from index resolves to; also the image's os and architecture",
       byDefault: "--os/--arch",
     },
     entrypoint: {
