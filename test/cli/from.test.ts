@@ -4,7 +4,7 @@
 // result as the base has them; a second build with the same base downloads nothing; bad bases fail first.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { OCI_LAYER } from "../../src/oci/media-types.js";
@@ -181,6 +181,73 @@ describe("from an OCI layout", () => {
       "root",
       "app",
     ]);
+  });
+});
+
+describe("from an index, and from a spec file", () => {
+  test("--platform picks the base from a multi-platform index and is the image's platform; by default --arch's", () => {
+    const arm = join(work, "index-arm");
+    nixociOk([
+      "build",
+      "-q",
+      "--cache-dir",
+      join(work, "base-cache"),
+      "--arch",
+      "arm64",
+      fx.busybox,
+      "-o",
+      `oci:${arm}`,
+    ]);
+    // An index of the amd64 base and the arm64 one: both layouts' blobs, one index.json listing both platforms.
+    const multi = join(work, "index-multi");
+    cpSync(join(BASE_LAYOUT, "blobs"), join(multi, "blobs"), { recursive: true });
+    cpSync(join(arm, "blobs"), join(multi, "blobs"), { recursive: true });
+    cpSync(join(arm, "oci-layout"), join(multi, "oci-layout"));
+    const entries = [BASE_LAYOUT, arm].map((dir) => {
+      const e = (JSON.parse(readFileSync(join(dir, "index.json"), "utf8")) as { manifests: Descriptor[] })
+        .manifests[0];
+      return {
+        mediaType: e.mediaType,
+        digest: e.digest,
+        size: e.size,
+        platform: (e as { platform?: unknown }).platform,
+      };
+    });
+    writeFileSync(join(multi, "index.json"), JSON.stringify({ schemaVersion: 2, manifests: entries }));
+    const onArm = buildOn(`oci:${multi}`, join(work, "cache-index"), "on-index-arm", [
+      "--platform",
+      "linux/arm64",
+    ]);
+    assert.equal(onArm.report.base.manifestDigest, entries[1].digest);
+    assert.equal(onArm.config.architecture, "arm64");
+    const onAmd = buildOn(`oci:${multi}`, join(work, "cache-index"), "on-index-amd");
+    assert.equal(onAmd.report.base.manifestDigest, entries[0].digest);
+    assert.equal(onAmd.config.architecture, "amd64");
+  });
+
+  test("spec from: is --from", () => {
+    const spec = join(work, "spec.json");
+    writeFileSync(
+      spec,
+      JSON.stringify({
+        from: `oci:${BASE_LAYOUT}:v1`,
+        packages: [fx.hello],
+        env: ["APPVAR=nix"],
+        labels: { app: "hello" },
+      }),
+    );
+    const out = join(work, "on-spec");
+    nixociOk([
+      "build",
+      "-q",
+      "--cache-dir",
+      join(work, "cache-layout"),
+      "--spec",
+      spec,
+      "-o",
+      `oci:${out}:x`,
+    ]);
+    assert.equal(readLayout(out).digest, readLayout(join(work, "on-layout")).digest);
   });
 });
 
