@@ -61,7 +61,8 @@ export const BUILD = {
       "layer cache are checked before any work.",
     "Prints the manifest digest on stdout, then the store path of each `nix:` output, one per line; with " +
       "`--json`, a report instead (manifest digest; per layer digest, diff_id, size, store paths and whether it " +
-      "was reused, built, uploaded; per output its report). With `-o -` stdout carries the archive and the " +
+      "was reused, built, uploaded; per output its report; with `--from`, the base's layers and whether each was " +
+      "fetched). With `-o -` stdout carries the archive and the " +
       "digest is in the summary line on stderr. With no `-o` it refuses before any work (exit 2), as " +
       "`docker save` refuses a terminal; `--json` alone builds into the layer cache and prints the report.",
   ],
