@@ -25,6 +25,9 @@ bash "$here/install-nix-toolchains.sh"
 # qemu-user-static registered for aarch64 binaries (binfmt_misc) and bookworm's arm64 busybox-static: arm64 images
 # made from arm64 store paths (test/fixtures/arm64.nix) run on this amd64 machine.
 bash "$here/install-arm64-emulation.sh"
+# A pristine Debian 12 root without Nix, with a non-root user and only what nixoci needs besides Node.js: the machine
+# test/cli/no-nix.test.ts builds and serves images on from binary caches (see the script).
+bash "$here/install-no-nix-root.sh"
 
 # The tests compare against Nix's own behaviour, so pin the options they depend on.
 conf=/etc/nix/nix.conf

@@ -102,10 +102,27 @@ export class BuildProgress {
     this.progress.refresh();
   }
 
-  /** An output starts being written. */
-  writing(label: string, result: BuildResult, push: boolean): void {
-    result.layers.forEach((l, index) => this.layerPaths.set(l.digest, { index, paths: l.paths }));
-    const total = result.layers.reduce((n, l) => n + l.size, result.image.config.size);
+  /**
+   * A multi-platform build starts one platform's image: its layers are counted (and listed) from the start, as
+   * for a single image; the elapsed time keeps running.
+   */
+  platform(name: string): void {
+    this.layers = this.closureBytes = this.ready = this.readyBytes = this.nextListed = 0;
+    this.building.clear();
+    this.unlisted.clear();
+    this.lastReady = this.work = undefined;
+    this.progress.line(`building the ${name} image`);
+    this.progress.refresh();
+  }
+
+  /** An output starts being written (one image, or every platform's image of a multi-platform one). */
+  writing(label: string, results: BuildResult | BuildResult[], push: boolean): void {
+    const all = Array.isArray(results) ? results : [results];
+    let total = 0;
+    for (const result of all) {
+      result.layers.forEach((l, index) => this.layerPaths.set(l.digest, { index, paths: l.paths }));
+      total += result.layers.reduce((n, l) => n + l.size, result.image.config.size);
+    }
     this.output = { label, push, total, done: 0, sending: new Map() };
     this.work = push ? { since: performance.now(), bytes: 0 } : undefined;
     this.show();

@@ -1,12 +1,13 @@
 // nixoci build: Nix closures to layered, reproducible OCI images, written to every output asked for.
 import { availableParallelism } from "node:os";
-import { buildImage, type LayerReport } from "../image/build.js";
+import { buildImage, type BuildResult, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
+import { formatPlatform } from "../image/platforms.js";
+import { buildIndex, isIndex, type BuiltTarget } from "../oci/index.js";
 import { openBaseImage, type OpenedBase } from "../outputs/base-image.js";
-import { parsePlatform } from "../outputs/image-source.js";
 import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
 import { checkCacheDir, checkOutput, layerCacheError } from "../outputs/preflight.js";
 import type { LayerCompression } from "../oci/media-types.js";
@@ -17,6 +18,7 @@ import { NixociError, quote } from "../util/errors.js";
 import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { BUILD } from "./help-texts.js";
 import { BuildProgress } from "./build-progress.js";
+import { buildPlatforms } from "./build-platforms.js";
 import { removeTemporariesOnSignals } from "./interrupt.js";
 import { Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
@@ -68,12 +70,6 @@ export async function buildCommand(argv: string[]): Promise<number> {
   if (values.expose) spec.expose = [...spec.expose, ...values.expose];
   if (values.label) spec.labels = { ...spec.labels, ...keyValues(values.label, "--label") };
   if (values.from !== undefined) spec.from = values.from;
-  // --platform picks the base's image from an index and is the image's platform unless --arch/--os say so.
-  const platform = values.platform !== undefined ? parsePlatform(values.platform) : undefined;
-  if (platform && values.from === undefined && spec.from === undefined)
-    throw new UsageError("--platform selects the --from base image's platform: give --from, or --arch/--os");
-  if (platform && !values.arch && fromFile.arch === undefined) spec.arch = platform.architecture;
-  if (platform && !values.os && fromFile.os === undefined) spec.os = platform.os;
   if (values.arch) spec.arch = values.arch;
   if (values.os) spec.os = values.os;
   if (values.created) spec.created = values.created;
@@ -116,6 +112,17 @@ export async function buildCommand(argv: string[]): Promise<number> {
   if (values["no-cache"] && values["cache-dir"] !== undefined)
     throw new UsageError("--no-cache and --cache-dir contradict each other: give one");
   const installables = positionals.filter((p) => p !== "-");
+  const platforms = buildPlatforms({
+    flags: values.platform ?? [],
+    fromFile,
+    specInput: values.spec ?? "build",
+    installables,
+    file: values.file,
+    attrs: Boolean(values.attr?.length),
+    arch: values.arch,
+    os: values.os,
+    outputs,
+  });
 
   const trust = trustOptions(spec.trustedPublicKeys, values["no-check-sigs"]);
   const store = new LocalStore(values.store ? { dir: values.store } : {});
@@ -125,7 +132,10 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const cacheDir = values["no-cache"] ? undefined : (values["cache-dir"] ?? defaultCacheDir());
   // Ctrl-C or SIGTERM from here on leaves no half-written layer, archive, layout or store path behind.
   const uninstall = removeTemporariesOnSignals(() => progress.done());
-  let base: OpenedBase | undefined;
+  /** The first package: the image's name when --tag gives none. */
+  let firstRoot = "";
+  /** --from's base, opened for each platform built (the same index resolves to each platform's image). */
+  const bases: OpenedBase[] = [];
   try {
     // Every destination and the layer cache are checked before any work: a registry that is down or an archive
     // directory that does not exist is reported in a second, not after every layer was built.
@@ -133,115 +143,154 @@ export async function buildCommand(argv: string[]): Promise<number> {
     if (cacheDir) await checkCacheDir(cacheDir);
     // The base is resolved and checked (manifest, config, platform) before any layer is built.
     if (spec.from !== undefined)
-      base = await openBaseImage(spec.from, {
-        platform: platform ?? { os: spec.os, architecture: spec.arch },
-        creds: values.creds,
-        insecure: values.insecure,
-        storeDir: store.storeDir,
-      });
+      for (const platform of platforms?.map((p) => p.platform) ?? [
+        { os: spec.os, architecture: spec.arch, ...(spec.variant ? { variant: spec.variant } : {}) },
+      ])
+        bases.push(
+          await openBaseImage(spec.from, {
+            platform,
+            creds: values.creds,
+            insecure: values.insecure,
+            storeDir: store.storeDir,
+          }),
+        );
     for (const url of spec.substituters) substituters.push(await openStore(url, trust));
-    const roots: string[] = [];
-    if (values.file) roots.push(...(await buildNixAttrs(values.file, values.attr ?? [])));
-    else if (values.attr?.length) throw new UsageError("-A needs -f FILE.nix");
-    for (const p of [...spec.packages, ...installables]) roots.push(resolveStorePathArg(p, store));
-    const uniqueRoots = [...new Set(roots)];
+    // One build per platform (a plain build is one with the spec's platform), into the same layer cache.
+    const builds = platforms?.map((p) => ({
+      ...p,
+      roots: p.packages.map((pkg) => resolveStorePathArg(pkg, store)),
+    })) ?? [{ platform: undefined, roots: await plainRoots() }];
+    firstRoot = builds[0].roots[0];
 
     // What killed builds left: half-written layers in the cache, and (for nix: outputs) descriptions cut short
     // in the store directory. Only temporaries whose writer is gone go.
     if (cacheDir) await new LayerCache(cacheDir).sweepTemporaries();
     if (outputs.some((o) => o.kind === "nix")) await store.sweepTemporaries();
 
-    const result = await buildImage({
-      roots: uniqueRoots,
-      spec,
-      store,
-      substituters,
-      layering,
-      maxLayers,
-      compression,
-      compressionLevel: level,
-      cacheDir,
-      parallelism: intOption(values.jobs, "jobs", availableParallelism()),
-      base: base?.base,
-      onEvent: (e) => report.onBuildEvent(e),
-    }).catch((err) => {
-      // A layer cache that refuses writes or is full: say so, with the flags that avoid it.
-      throw layerCacheError(cacheDir, err);
-    });
+    const results: BuildResult[] = [];
     try {
-      // --tag NAME[:TAG] names the image where an output does not: the tag for oci layouts and registries,
-      // NAME:TAG for docker-archive's RepoTags (so `docker load` tags it).
-      const [defaultName, defaultTag] = splitImageName(spec.tags[0] ?? repositoryName(uniqueRoots[0]));
-      const uploaded = new Set<string>();
-      const pushed = outputs.some((o) => o.kind === "docker");
-      const outputReports: Record<string, unknown>[] = [];
-      const storePaths: string[] = [];
-      for (const [i, ref] of outputs.entries()) {
-        const label = (values.output ?? [])[i] ?? "-";
-        const named =
-          ref.kind === "docker-archive" && ref.name === undefined ? { ...ref, name: defaultName } : ref;
-        report.writing(label, result, ref.kind === "docker");
-        const r = await writeOutput(result.image, named, {
-          creds: values.creds,
-          insecure: values.insecure,
-          defaultTag,
-          store,
-          onEvent: (e) => report.onPushEvent(e),
-        });
-        r.uploaded?.forEach((d) => uploaded.add(d));
-        outputReports.push({ output: label, ...r });
-        if (r.storePath) storePaths.push(r.storePath);
-        report.wrote(label, r);
+      for (const [i, b] of builds.entries()) {
+        if (b.platform && builds.length > 1) report.platform(formatPlatform(b.platform));
+        const platformSpec = b.platform
+          ? { ...spec, os: b.platform.os, arch: b.platform.architecture, variant: b.platform.variant }
+          : spec;
+        const uniqueRoots = [...new Set(b.roots)];
+        results.push(
+          await buildImage({
+            roots: uniqueRoots,
+            spec: platformSpec,
+            store,
+            substituters,
+            layering,
+            maxLayers,
+            compression,
+            compressionLevel: level,
+            cacheDir,
+            parallelism: intOption(values.jobs, "jobs", availableParallelism()),
+            base: bases[i]?.base,
+            onEvent: (e) => report.onBuildEvent(e),
+          }).catch((err) => {
+            // A layer cache that refuses writes or is full: say so, with the flags that avoid it.
+            throw layerCacheError(cacheDir, err);
+          }),
+        );
       }
-      progress.done();
-      // The digest reaches stderr when stdout carries the archive: in the summary, or alone under -q.
-      const digest = result.image.manifest.digest;
-      progress.line(report.summary(digest, result.layers, pushed ? uploaded : undefined));
-      if (stdoutTaken && values.quiet && !values.json) process.stderr.write(`${digest}\n`);
-      const summary = {
-        manifestDigest: result.image.manifest.digest,
-        configDigest: result.image.config.digest,
-        ...(result.base
-          ? {
-              base: {
-                ref: result.base.ref,
-                manifestDigest: result.base.manifestDigest,
-                layers: result.base.layers.map((d) => ({
-                  digest: d.digest,
-                  size: d.size,
-                  mediaType: d.mediaType,
-                  fetched: result.base!.fetched.includes(d.digest as `sha256:${string}`),
-                  uploaded: uploaded.has(d.digest),
-                })),
-              },
-            }
-          : {}),
-        layers: result.layers.map((l: LayerReport) => ({
-          digest: l.digest,
-          diffId: l.diffId,
-          size: l.size,
-          mediaType: l.mediaType,
-          paths: l.paths,
-          status: l.status,
-          uploaded: uploaded.has(l.digest),
-        })),
-        outputs: outputReports,
-      };
-      if (values.json)
-        (stdoutTaken ? process.stderr : process.stdout).write(JSON.stringify(summary, null, 2) + "\n");
-      else if (!stdoutTaken)
-        // The digest, then the store path of each nix: output (what `nixoci k8s pod` and pod specs take).
-        process.stdout.write([result.image.manifest.digest, ...storePaths].join("\n") + "\n");
-      return 0;
+      return await writeOutputs(results);
     } finally {
-      await result.cleanup();
+      for (const r of results) await r.cleanup();
     }
   } finally {
     progress.done();
-    await base?.close();
+    for (const b of bases) await b.close();
     store.close();
     substituters.forEach((s) => s.close());
     uninstall();
+  }
+
+  async function plainRoots(): Promise<string[]> {
+    const roots: string[] = [];
+    if (values.file) roots.push(...(await buildNixAttrs(values.file, values.attr ?? [])));
+    else if (values.attr?.length) throw new UsageError("-A needs -f FILE.nix");
+    for (const p of [...spec.packages, ...installables]) roots.push(resolveStorePathArg(p, store));
+    return roots;
+  }
+
+  /** Writes every output; prints the digest (the index's, for several platforms) or the report. */
+  async function writeOutputs(results: BuildResult[]): Promise<number> {
+    const multi = results.length > 1;
+    const target: BuiltTarget = multi ? buildIndex(results.map((r) => r.image)) : results[0].image;
+    // --tag NAME[:TAG] names the image where an output does not: the tag for oci layouts and registries,
+    // NAME:TAG for docker-archive's RepoTags (so `docker load` tags it).
+    const [defaultName, defaultTag] = splitImageName(spec.tags[0] ?? repositoryName(firstRoot));
+    const uploaded = new Set<string>();
+    const pushed = outputs.some((o) => o.kind === "docker");
+    const outputReports: Record<string, unknown>[] = [];
+    const storePaths: string[] = [];
+    for (const [i, ref] of outputs.entries()) {
+      const label = (values.output ?? [])[i] ?? "-";
+      const named =
+        ref.kind === "docker-archive" && ref.name === undefined ? { ...ref, name: defaultName } : ref;
+      report.writing(label, results, ref.kind === "docker");
+      const r = await writeOutput(target, named, {
+        creds: values.creds,
+        insecure: values.insecure,
+        defaultTag,
+        store,
+        onEvent: (e) => report.onPushEvent(e),
+      });
+      r.uploaded?.forEach((d) => uploaded.add(d));
+      outputReports.push({ output: label, ...r });
+      if (r.storePath) storePaths.push(r.storePath);
+      report.wrote(label, r);
+    }
+    progress.done();
+    // The digest reaches stderr when stdout carries the archive: in the summary, or alone under -q.
+    const digest = isIndex(target) ? target.index.digest : target.manifest.digest;
+    const allLayers = results.flatMap((r) => r.layers);
+    progress.line(report.summary(digest, allLayers, pushed ? uploaded : undefined));
+    if (stdoutTaken && values.quiet && !values.json) process.stderr.write(`${digest}\n`);
+    const imageReport = (result: BuildResult) => ({
+      manifestDigest: result.image.manifest.digest,
+      configDigest: result.image.config.digest,
+      ...(result.base
+        ? {
+            base: {
+              ref: result.base.ref,
+              manifestDigest: result.base.manifestDigest,
+              layers: result.base.layers.map((d) => ({
+                digest: d.digest,
+                size: d.size,
+                mediaType: d.mediaType,
+                fetched: result.base!.fetched.some((f) => f === d.digest),
+                uploaded: uploaded.has(d.digest),
+              })),
+            },
+          }
+        : {}),
+      layers: result.layers.map((l: LayerReport) => ({
+        digest: l.digest,
+        diffId: l.diffId,
+        size: l.size,
+        mediaType: l.mediaType,
+        paths: l.paths,
+        status: l.status,
+        uploaded: uploaded.has(l.digest),
+      })),
+    });
+    // Several platforms: the index digest, then each platform's report as a single build gives it.
+    const summary = multi
+      ? {
+          indexDigest: digest,
+          platforms: results.map((r) => ({ platform: formatPlatform(r.image.platform), ...imageReport(r) })),
+          outputs: outputReports,
+        }
+      : { ...imageReport(results[0]), outputs: outputReports };
+    if (values.json)
+      (stdoutTaken ? process.stderr : process.stdout).write(JSON.stringify(summary, null, 2) + "\n");
+    else if (!stdoutTaken)
+      // The digest, then the store path of each nix: output (what `nixoci k8s pod` and pod specs take).
+      process.stdout.write([digest, ...storePaths].join("\n") + "\n");
+    return 0;
   }
 }
 

@@ -53,6 +53,7 @@ export const BUILD = {
     "nixoci build [OPTIONS] INSTALLABLE... -o DEST [-o DEST]...",
     "nixoci build [OPTIONS] -f FILE.nix -A ATTR... -o DEST",
     "nixoci build [OPTIONS] --spec FILE -o DEST",
+    "nixoci build [OPTIONS] --platform OS/ARCH=INSTALLABLE[,...] --platform OS/ARCH=... -o DEST",
   ],
   description: [
     "Builds a layered OCI image of the installables' closure and writes it to every `DEST`. Layers are planned " +
@@ -65,6 +66,11 @@ export const BUILD = {
       "fetched). With `-o -` stdout carries the archive and the " +
       "digest is in the summary line on stderr. With no `-o` it refuses before any work (exit 2), as " +
       "`docker save` refuses a terminal; `--json` alone builds into the layer cache and prints the report.",
+    "With `--platform` (or a spec's `platforms:`) given for two or more platforms, it builds one image per " +
+      "platform (every other flag applies to each) and an OCI image index listing them; the index digest is " +
+      "printed, and `--json` reports it with each platform's report. Only `oci:`, `oci-archive:` and `docker://` " +
+      "hold an index: `docker-archive:`, `-` and `nix:` are refused before any work. One `--platform` builds a " +
+      "plain image, the same as `--arch`.",
   ],
   args: [
     [
@@ -97,13 +103,7 @@ export const BUILD = {
     from: {
       type: "string",
       value: "IMAGE",
-      help: "a base image to build on (oci:, oci-archive:, docker-archive:, docker://); its layers go under the Nix layers",
-    },
-    platform: {
-      type: "string",
-      value: "OS/ARCH[/VARIANT]",
-      help: "the image a --from index resolves to; also the image's os and architecture",
-      byDefault: "--os/--arch",
+      help: "a base image to build on (oci:, oci-archive:, docker-archive:, docker://; an index gives each platform's)",
     },
     entrypoint: {
       type: "string",
@@ -142,6 +142,14 @@ export const BUILD = {
       byDefault: "this machine's",
     },
     os: { type: "string", value: "OS", help: "the image's operating system", byDefault: "linux" },
+    platform: {
+      type: "string",
+      multiple: true,
+      value: "OS/ARCH[/VARIANT]=INSTALLABLE[,…]",
+      help:
+        "a platform of a multi-platform image and its installables (repeat per platform; instead of INSTALLABLE " +
+        "arguments, -f/-A, --arch and --os)",
+    },
     created: {
       type: "string",
       value: "TIME",
@@ -239,13 +247,18 @@ export const CLOSURE = {
 export const SBOM = {
   name: "sbom",
   summary: "an SBOM (CycloneDX, SPDX) or SLSA provenance of the closure of store paths",
-  usage: ["nixoci sbom [OPTIONS] PATH..."],
+  usage: ["nixoci sbom [OPTIONS] PATH...", "nixoci sbom [OPTIONS] IMAGE"],
   description: [
     "One entry per store path of the closure: name and version split as builtins.parseDrvName does, a " +
       "`pkg:nix/NAME@VERSION` purl, the NAR hash (SHA-256), NAR size, deriver and the references as " +
       "dependencies. The roots are applications, the rest libraries. provenance is an in-toto Statement with an " +
       "SLSA Provenance v1 predicate: the roots by NAR hash as subject, every store path (and the binary cache " +
       "read) as resolved dependencies. With the same --created the output is byte for byte the same.",
+    "Of an `IMAGE` (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE`, `docker://HOST/NAME[:TAG]`, " +
+      "`nix:` — as `nixoci diff` reads them): the closure of the store paths its layers hold (nixoci's " +
+      "annotations, else a scan of the layers), with their infos from the store (`--store`); the image (its " +
+      "manifest digest) is the subject, its roots the packages it was built from, and its creation time the " +
+      "document's unless --created or SOURCE_DATE_EPOCH say otherwise.",
   ],
   flags: {
     format: {
@@ -267,11 +280,25 @@ export const SBOM = {
       help: "the document time (RFC 3339)",
       byDefault: "SOURCE_DATE_EPOCH if set, else now",
     },
+    platform: {
+      type: "string",
+      value: "OS/ARCH[/VARIANT]",
+      help: "the image a multi-platform index resolves to",
+      byDefault: "this machine's",
+    },
+    creds: {
+      type: "string",
+      value: "USER:PASS",
+      help: "registry credentials for a docker:// image",
+      byDefault: "~/.docker/config.json",
+    },
+    insecure: { type: "boolean", help: "plain HTTP to a registry that is not on loopback" },
     ...STORE_URL,
     ...TRUST_FLAGS,
   },
   examples: [
     ["nixoci sbom ./result > sbom.cdx.json", "CycloneDX of everything ./result needs"],
+    ["nixoci sbom --format spdx oci:./image:1.0", "SPDX of what an image holds"],
     ["nixoci sbom --format spdx -o sbom.spdx.json ./result", "SPDX into a file"],
     [
       "nixoci sbom --format provenance --store file:///srv/cache /nix/store/…-hello",

@@ -126,7 +126,8 @@ export function baseImageConfigJson(
     architecture: spec.arch,
     os: spec.os,
   };
-  if (typeof base.config.variant === "string") config.variant = base.config.variant;
+  const variant = spec.variant ?? (typeof base.config.variant === "string" ? base.config.variant : undefined);
+  if (variant !== undefined) config.variant = variant;
   config.config = mergedRuntimeConfig(spec, stringMap(base.config.config), extraEnv, farmDirs);
   config.rootfs = { type: "layers", diff_ids: [...base.layers.map((l) => l.diffId), ...ownDiffIds] };
   config.history = history(spec, base, ownDiffIds.length);

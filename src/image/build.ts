@@ -326,7 +326,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       config: { ...config, bytes: configBytes, mediaType: OCI_CONFIG },
       layers: [...baseDescriptors, ...descriptors],
       diffIds,
-      platform: { architecture: spec.arch, os: spec.os },
+      platform: { architecture: spec.arch, os: spec.os, ...(spec.variant ? { variant: spec.variant } : {}) },
     };
     return {
       image,

@@ -33,6 +33,7 @@ export function imageConfigJson(spec: ImageSpec, diffIds: Digest[], extraEnv: st
   const config = {
     created: spec.created,
     architecture: spec.arch,
+    ...(spec.variant ? { variant: spec.variant } : {}),
     os: spec.os,
     config: runtimeConfig(spec, extraEnv),
     rootfs: { type: "layers", diff_ids: diffIds },

@@ -21,6 +21,8 @@ export interface ImageSpec {
   expose: string[];
   labels: Record<string, string>;
   arch: string;
+  /** The CPU variant (arm64's v8, arm's v7, …), when the platform names one (`--platform linux/arm/v7`). */
+  variant?: string;
   os: string;
   created: string;
   tags: string[];
@@ -35,6 +37,11 @@ export interface ImageSpec {
   /** Owner of every store path entry. */
   uid?: number;
   gid?: number;
+  /**
+   * A multi-platform image: `OS/ARCH[/VARIANT]` -> that platform's packages (platforms.ts checks the keys). Every
+   * other setting applies to each platform's image.
+   */
+  platforms?: Record<string, string[]>;
 }
 
 /** The YAML parser, loaded only when a YAML spec is read (it is a noticeable share of the CLI's start-up). */
@@ -122,6 +129,7 @@ const KEYS = new Set([
   "perms",
   "uid",
   "gid",
+  "platforms",
 ]);
 
 /** Reads a spec file: JSON when it parses as JSON, YAML otherwise (YAML is a superset anyway). */
@@ -212,6 +220,16 @@ export function specFromObject(doc: unknown, input: string): Partial<ImageSpec> 
   if (o.perms !== undefined) spec.perms = permList(o.perms, input);
   for (const k of ["uid", "gid"] as const)
     if (o[k] !== undefined) spec[k] = parseOwnerId(String(int(k, o[k])), k, input);
+  if (o.platforms !== undefined) {
+    if (typeof o.platforms !== "object" || o.platforms === null || Array.isArray(o.platforms))
+      throw new NixociError(input, "platforms must be a mapping of OS/ARCH[/VARIANT] to lists of packages");
+    spec.platforms = Object.fromEntries(
+      Object.entries(o.platforms as Record<string, unknown>).map(([k, v]) => [
+        k,
+        strList(`platforms.${k}`, v),
+      ]),
+    );
+  }
   return spec;
 }
 

@@ -14,5 +14,5 @@ export interface BuiltImage {
   /** sha256 of each layer's uncompressed tar, in the same order. */
   diffIds: Digest[];
   /** Platform of the image, for indexes. */
-  platform: { architecture: string; os: string };
+  platform: { architecture: string; os: string; variant?: string };
 }

@@ -23,7 +23,8 @@ import {
   tarPadding,
 } from "../image/tar-header.js";
 import type { BuiltImage } from "../oci/image.js";
-import { imageBlobs, indexEntry, OCI_LAYOUT_FILE, storeBlobPath } from "./layout.js";
+import type { BuiltTarget } from "../oci/index.js";
+import { indexEntry, OCI_LAYOUT_FILE, storeBlobPath, targetBlobs, targetDigest } from "./layout.js";
 import { OCI_INDEX, OCI_LAYER, OCI_LAYER_ZSTD } from "../oci/media-types.js";
 import { isValidTag } from "../oci/reference.js";
 
@@ -159,18 +160,23 @@ async function writeTarFile(file: string, entries: TarEntry[]): Promise<void> {
   }
 }
 
-/** The members of an OCI layout holding just this image (sorted). */
-export async function ociArchiveEntries(image: BuiltImage, tag?: string): Promise<TarEntry[]> {
+/** The members of an OCI layout holding just this image, or this index and its images (sorted). */
+export async function ociArchiveEntries(image: BuiltTarget, tag?: string): Promise<TarEntry[]> {
   const entries: TarEntry[] = [
     { name: "blobs", type: "dir" },
     { name: "blobs/sha256", type: "dir" },
     { name: "oci-layout", type: "file", bytes: Buffer.from(OCI_LAYOUT_FILE), size: OCI_LAYOUT_FILE.length },
   ];
-  for (const b of imageBlobs(image)) {
+  for (const b of targetBlobs(image)) {
     const name = `blobs/sha256/${digestHex(b.digest)}`;
     if (b.bytes) entries.push({ name, type: "file", bytes: b.bytes, size: b.size });
     else
-      entries.push({ name, type: "file", path: await storeBlobPath(image, b.digest, b.size), size: b.size });
+      entries.push({
+        name,
+        type: "file",
+        path: await storeBlobPath(b.image, b.digest, b.size),
+        size: b.size,
+      });
   }
   const index = Buffer.from(
     JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [indexEntry(image, tag)] }),
@@ -179,11 +185,11 @@ export async function ociArchiveEntries(image: BuiltImage, tag?: string): Promis
   return sortEntries(entries);
 }
 
-/** Writes an oci-archive (tar of an OCI image layout) to `file`. */
-export async function writeOciArchive(image: BuiltImage, file: string, tag?: string): Promise<string> {
+/** Writes an oci-archive (tar of an OCI image layout) of an image or a multi-platform index to `file`. */
+export async function writeOciArchive(image: BuiltTarget, file: string, tag?: string): Promise<string> {
   if (tag !== undefined && !isValidTag(tag)) throw new NixociError(file, `invalid tag ${quote(tag)}`);
   await writeTarFile(file, await ociArchiveEntries(image, tag));
-  return image.manifest.digest;
+  return targetDigest(image);
 }
 
 function layerExtension(mediaType: string): string {

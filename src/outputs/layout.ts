@@ -16,6 +16,7 @@ import { fsError } from "../util/fs-errors.js";
 import type { Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, type Digest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
+import { isIndex, type BuiltTarget } from "../oci/index.js";
 import { OCI_INDEX } from "../oci/media-types.js";
 import { isValidTag } from "../oci/reference.js";
 
@@ -30,16 +31,25 @@ export interface OciIndex {
   [key: string]: unknown;
 }
 
-/** The index.json entry for an image (tagged through the ref.name annotation when a tag is given). */
-export function indexEntry(image: BuiltImage, tag?: string): Descriptor {
-  const d: Descriptor = {
-    mediaType: image.manifest.mediaType,
-    digest: image.manifest.digest,
-    size: image.manifest.size,
-  };
+/**
+ * The index.json entry for an image, or for a multi-platform image's index (tagged through the ref.name
+ * annotation when a tag is given). An index is one entry pointing to the index blob, as BuildKit writes it and
+ * skopeo, containerd and umoci read it: the tag names the whole image, the index picks the platform.
+ */
+export function indexEntry(target: BuiltTarget, tag?: string): Descriptor {
+  const top = isIndex(target) ? target.index : target.manifest;
+  const d: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.size };
   if (tag !== undefined) d.annotations = { [REF_NAME_ANNOTATION]: tag };
-  d.platform = { architecture: image.platform.architecture, os: image.platform.os };
+  if (!isIndex(target)) {
+    const { architecture, os, variant } = target.platform;
+    d.platform = variant ? { architecture, os, variant } : { architecture, os };
+  }
   return d;
+}
+
+/** The digest outputs report: the manifest's, or a multi-platform image's index's. */
+export function targetDigest(target: BuiltTarget): string {
+  return isIndex(target) ? target.index.digest : target.manifest.digest;
 }
 
 /** Every blob an image consists of: config, layers (each once) and the manifest. */
@@ -55,6 +65,36 @@ export function imageBlobs(image: BuiltImage): Array<{ digest: Digest; size: num
   add(image.config.digest, image.config.size, image.config.bytes);
   for (const l of image.layers) add(l.digest, l.size);
   add(image.manifest.digest, image.manifest.size, image.manifest.bytes);
+  return out;
+}
+
+export interface TargetBlob {
+  digest: Digest;
+  size: number;
+  /** The exact bytes, for blobs the image's store may lack (config, manifest, index). */
+  bytes?: Buffer;
+  /** The image whose blob store holds it (each platform's build may have its own store under --no-cache). */
+  image: BuiltImage;
+}
+
+/** Every blob of an image or of an index's images (each once), the index last. */
+export function targetBlobs(target: BuiltTarget): TargetBlob[] {
+  const images = isIndex(target) ? target.images : [target];
+  const seen = new Set<string>();
+  const out: TargetBlob[] = [];
+  for (const image of images)
+    for (const b of imageBlobs(image))
+      if (!seen.has(b.digest)) {
+        seen.add(b.digest);
+        out.push({ ...b, image });
+      }
+  if (isIndex(target))
+    out.push({
+      digest: target.index.digest,
+      size: target.index.size,
+      bytes: target.index.bytes,
+      image: images[0],
+    });
   return out;
 }
 
@@ -203,11 +243,12 @@ async function isNewLayout(dir: string): Promise<boolean> {
 }
 
 /**
- * Writes (or adds) the image to the OCI layout `dir`, tagged `tag` when given. Returns the manifest digest.
+ * Writes (or adds) the image (or multi-platform index) to the OCI layout `dir`, tagged `tag` when given. Returns
+ * the manifest (or index) digest.
  * A new layout (no directory, or an empty one) is written whole under a temporary sibling name and renamed into
  * place, so it appears complete or not at all; an existing one gets its blobs first and its index.json last.
  */
-export async function writeOciLayout(image: BuiltImage, dir: string, tag?: string): Promise<string> {
+export async function writeOciLayout(image: BuiltTarget, dir: string, tag?: string): Promise<string> {
   if (tag !== undefined && !isValidTag(tag)) throw new NixociError(dir, `invalid tag ${quote(tag)}`);
   try {
     const parent = dirname(resolve(dir));
@@ -222,7 +263,7 @@ export async function writeOciLayout(image: BuiltImage, dir: string, tag?: strin
         await writeIntoLayout(image, tmp, tag);
         await rename(tmp, dir); // replaces an empty directory
         await fsyncPath(parent, true);
-        return image.manifest.digest;
+        return targetDigest(image);
       } catch (err) {
         await removeTree(tmp);
         const code = (err as NodeJS.ErrnoException).code;
@@ -238,7 +279,7 @@ export async function writeOciLayout(image: BuiltImage, dir: string, tag?: strin
 }
 
 /** Adds the image to the layout `dir` (a new, empty directory or an existing layout) in place. */
-async function writeIntoLayout(image: BuiltImage, dir: string, tag?: string): Promise<string> {
+async function writeIntoLayout(image: BuiltTarget, dir: string, tag?: string): Promise<string> {
   await prepareLayoutDir(dir);
   const existing = await readIndex(dir);
   const blobDir = join(dir, "blobs", "sha256");
@@ -246,7 +287,7 @@ async function writeIntoLayout(image: BuiltImage, dir: string, tag?: string): Pr
   await sweepAbandonedTemps(dir);
   await sweepAbandonedTemps(blobDir);
   await makeDirs(blobDir);
-  await mapLimit(imageBlobs(image), 8, (b) => placeBlob(image, blobDir, b));
+  await mapLimit(targetBlobs(image), 8, (b) => placeBlob(b.image, blobDir, b));
   await fsyncPath(blobDir, true);
   if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))
     await writeDurable(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
@@ -266,5 +307,5 @@ async function writeIntoLayout(image: BuiltImage, dir: string, tag?: string): Pr
   };
   await writeDurable(join(dir, "index.json"), JSON.stringify(index));
   await fsyncPath(dir, true);
-  return image.manifest.digest;
+  return targetDigest(image);
 }

@@ -14,12 +14,12 @@ import { errnoWords, FileSystemError, isInside, PERMISSION } from "../util/fs-er
 import { ownerName } from "../util/fs.js";
 import { writeDockerArchive, writeOciArchive } from "./archive.js";
 import { isDigest } from "../oci/digest.js";
-import type { BuiltImage } from "../oci/image.js";
+import { isIndex, type BuiltTarget } from "../oci/index.js";
 import { writeOciLayout } from "./layout.js";
 import { checkNixImageName, nixImageRef, storeNotWritable, writeNixImage } from "./nix-image.js";
 import type { LocalStore } from "../store/local-store.js";
 import { MAX_NAME_LENGTH, NAME_RE, TAG_RE } from "../oci/reference.js";
-import { pushImage, type PushEvent } from "./push.js";
+import { pushImage, pushIndex, type PushEvent } from "./push.js";
 
 export type { PushEvent } from "./push.js";
 
@@ -217,8 +217,14 @@ export interface OutputOptions {
   store?: LocalStore;
 }
 
+/** Outputs that hold one image and no index: a multi-platform image cannot be written to them. */
+export function holdsIndex(ref: OutputRef): boolean {
+  return ref.kind === "oci" || ref.kind === "oci-archive" || ref.kind === "docker";
+}
+
+/** Writes an image, or a multi-platform image (an index) to an output that can hold one (holdsIndex). */
 export async function writeOutput(
-  image: BuiltImage,
+  image: BuiltTarget,
   ref: OutputRef,
   opts: OutputOptions = {},
 ): Promise<{
@@ -230,16 +236,23 @@ export async function writeOutput(
   reference?: string;
 }> {
   if (opts.defaultTag !== undefined) checkTag("default tag", opts.defaultTag);
+  if (isIndex(image) && !holdsIndex(ref))
+    throw new NixociError(
+      formatOutputRef(ref),
+      "holds one platform's image, not a multi-platform index (write it to oci:, oci-archive: or docker://)",
+    );
   switch (ref.kind) {
     case "oci":
       return { manifestDigest: await writeOciLayout(image, ref.dir, ref.tag ?? opts.defaultTag) };
     case "oci-archive":
       return { manifestDigest: await writeOciArchive(image, ref.file, ref.tag ?? opts.defaultTag) };
     case "docker-archive": {
+      if (isIndex(image)) throw new Error("unreachable: docker-archive of an index");
       const tags = ref.name !== undefined ? [`${ref.name}:${ref.tag ?? opts.defaultTag ?? "latest"}`] : [];
       return { manifestDigest: await writeDockerArchive(image, ref.file, tags) };
     }
     case "nix": {
+      if (isIndex(image)) throw new Error("unreachable: nix: of an index");
       const store = opts.store;
       if (!store) throw new NixociError("nix:", "no local store to write the image description into");
       const storePath = await writeNixImage(image, store, ref.name, opts.defaultTag).catch(async (err) => {
@@ -256,16 +269,21 @@ export async function writeOutput(
       return { manifestDigest: image.manifest.digest, storePath, reference: nixImageRef(storePath) };
     }
     case "docker": {
-      const r = await pushImage(
-        image,
-        {
-          registry: ref.registry,
-          repository: ref.repository,
-          tag: ref.digest ? undefined : (ref.tag ?? opts.defaultTag ?? "latest"),
-          digest: ref.digest,
-        },
-        { creds: opts.creds, insecure: opts.insecure, onEvent: opts.onEvent, mountFrom: opts.mountFrom },
-      );
+      const target = {
+        registry: ref.registry,
+        repository: ref.repository,
+        tag: ref.digest ? undefined : (ref.tag ?? opts.defaultTag ?? "latest"),
+        digest: ref.digest,
+      };
+      const pushOpts = {
+        creds: opts.creds,
+        insecure: opts.insecure,
+        onEvent: opts.onEvent,
+        mountFrom: opts.mountFrom,
+      };
+      const r = isIndex(image)
+        ? await pushIndex(image, target, pushOpts)
+        : await pushImage(image, target, pushOpts);
       return {
         manifestDigest: r.manifestDigest,
         uploaded: r.uploaded,

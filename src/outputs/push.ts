@@ -8,6 +8,7 @@
 import { NixociError, quote } from "../util/errors.js";
 import { isDigest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
+import type { BuiltIndex } from "../oci/index.js";
 import { defaultPushRecordPath, readPushRecord, updatePushRecord } from "./push-record.js";
 import { RegistryClient, type RegistryClientOptions } from "./registry-session.js";
 
@@ -188,6 +189,52 @@ export async function pushImage(
     } catch {
       // Hints only: an unwritable cache directory must not fail a push that worked.
     }
+  }
+  return result;
+}
+
+/**
+ * Pushes a multi-platform image: each platform's image (blobs, then its manifest by digest, so no tag ever names
+ * a single platform), then the index under the tag (or by its digest). A registry serves the index only once
+ * every manifest it lists is there, so this order is the one that works.
+ */
+export async function pushIndex(
+  built: BuiltIndex,
+  target: PushTarget,
+  opts: PushOptions = {},
+): Promise<PushResult> {
+  const input = `${target.registry}/${target.repository}`;
+  if (target.digest !== undefined && target.digest !== built.index.digest)
+    throw new NixociError(
+      `${input}@${target.digest}`,
+      `the image's index digest is ${built.index.digest}, not the requested digest`,
+    );
+  const result: PushResult = { manifestDigest: built.index.digest, uploaded: [], mounted: [], skipped: [] };
+  for (const image of built.images) {
+    const r = await pushImage(
+      image,
+      { registry: target.registry, repository: target.repository, digest: image.manifest.digest },
+      opts,
+    );
+    // Platforms may share blobs: the second push finds them there, and they count once, as uploaded.
+    const counted = new Set([...result.uploaded, ...result.mounted, ...result.skipped]);
+    result.uploaded.push(...r.uploaded.filter((d) => !counted.has(d)));
+    result.mounted.push(...r.mounted.filter((d) => !counted.has(d)));
+    result.skipped.push(...r.skipped.filter((d) => !counted.has(d)));
+  }
+  const reference = target.digest ?? target.tag ?? "latest";
+  const client = new RegistryClient(target.registry, target.repository, opts);
+  try {
+    const digest = await client.putManifest(
+      reference,
+      built.index.bytes,
+      built.index.mediaType,
+      built.index.digest,
+    );
+    result.manifestDigest = digest;
+    opts.onEvent?.({ type: "manifest-pushed", digest, reference });
+  } finally {
+    client.close();
   }
   return result;
 }

@@ -49,7 +49,7 @@ function readLayout(dir: string) {
 const strip = (d: Descriptor): Descriptor => ({ mediaType: d.mediaType, digest: d.digest, size: d.size });
 
 /** `nixoci build --from BASE hello` into a layout, with its --json report. */
-function buildOn(base: string, cache: string, name: string, extra: string[] = []) {
+function buildOn(base: string, cache: string, name: string, extra: string[] = [], packages = [fx.hello]) {
   const out = join(work, name);
   const report = JSON.parse(
     nixociOk([
@@ -64,7 +64,7 @@ function buildOn(base: string, cache: string, name: string, extra: string[] = []
       "--label",
       "app=hello",
       ...extra,
-      fx.hello,
+      ...packages,
       "-o",
       `oci:${out}:x`,
     ]).text,
@@ -185,7 +185,7 @@ describe("from an OCI layout", () => {
 });
 
 describe("from an index, and from a spec file", () => {
-  test("--platform picks the base from a multi-platform index and is the image's platform; by default --arch's", () => {
+  test("an index base resolves to the image's platform (--arch), and to each platform's of a multi-platform build", () => {
     const arm = join(work, "index-arm");
     nixociOk([
       "build",
@@ -214,15 +214,40 @@ describe("from an index, and from a spec file", () => {
       };
     });
     writeFileSync(join(multi, "index.json"), JSON.stringify({ schemaVersion: 2, manifests: entries }));
-    const onArm = buildOn(`oci:${multi}`, join(work, "cache-index"), "on-index-arm", [
-      "--platform",
-      "linux/arm64",
-    ]);
+    const onArm = buildOn(`oci:${multi}`, join(work, "cache-index"), "on-index-arm", ["--arch", "arm64"]);
     assert.equal(onArm.report.base.manifestDigest, entries[1].digest);
     assert.equal(onArm.config.architecture, "arm64");
     const onAmd = buildOn(`oci:${multi}`, join(work, "cache-index"), "on-index-amd");
     assert.equal(onAmd.report.base.manifestDigest, entries[0].digest);
     assert.equal(onAmd.config.architecture, "amd64");
+    // A multi-platform build: each platform's image on that platform's base from the same index.
+    const both = JSON.parse(
+      nixociOk([
+        "build",
+        "--json",
+        "--cache-dir",
+        join(work, "cache-index"),
+        "--from",
+        `oci:${multi}`,
+        "--env",
+        "APPVAR=nix",
+        "--label",
+        "app=hello",
+        "--platform",
+        `linux/amd64=${fx.hello}`,
+        "--platform",
+        `linux/arm64=${fx.hello}`,
+        "-o",
+        `oci:${join(work, "on-index-both")}:x`,
+      ]).text,
+    ) as { platforms: (Report & { platform: string })[] };
+    assert.deepEqual(
+      both.platforms.map((p) => [p.platform, p.base.manifestDigest, p.manifestDigest]),
+      [
+        ["linux/amd64", entries[0].digest, onAmd.digest],
+        ["linux/arm64", entries[1].digest, onArm.digest],
+      ],
+    );
   });
 
   test("spec from: is --from", () => {

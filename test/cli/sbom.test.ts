@@ -119,3 +119,42 @@ test("bad input: one line, exit 1 for what is wrong with the world, 2 for usage,
   assert.equal(r.status, 1);
   assert.match(r.stderr, /^nixoci: SOURCE_DATE_EPOCH: "soon" is not a number of seconds\n$/);
 });
+
+test("of an image: its store paths (annotations, or a scan of a docker-archive) with the image as subject", () => {
+  const layout = join(work, "image-layout");
+  const digest = nixociOk(["build", "-q", "--no-cache", fx.hello, "-o", `oci:${layout}:v1`]).text.trim();
+  interface ImageBom {
+    metadata: { timestamp: string; component: { "bom-ref": string; type: string } };
+    components: Array<{ "bom-ref": string; type: string }>;
+  }
+  const bom = JSON.parse(nixociOk(["sbom", `oci:${layout}:v1`]).text) as ImageBom;
+  assert.equal(bom.metadata.component["bom-ref"], digest);
+  assert.equal(bom.metadata.component.type, "container");
+  // The image's creation time (nixoci build's default), not now.
+  assert.equal(new Date(bom.metadata.timestamp).toISOString(), "1970-01-01T00:00:01.000Z");
+  assert.deepEqual(bom.components.map((c) => c["bom-ref"]).sort(), helloClosure);
+  const apps = bom.components.filter((c) => c.type === "application").map((c) => c["bom-ref"]);
+  assert.deepEqual(apps, [fx.hello], "the roots the build named");
+  // A docker-archive keeps no annotations: its layers are scanned and the roots are what nothing refers to.
+  const archive = join(work, "image.docker.tar");
+  nixociOk(["build", "-q", "--no-cache", fx.hello, "-o", `docker-archive:${archive}`]);
+  const scanned = JSON.parse(nixociOk(["sbom", `docker-archive:${archive}`]).text) as ImageBom;
+  assert.deepEqual(scanned.components.map((c) => c["bom-ref"]).sort(), helloClosure);
+  assert.deepEqual(
+    scanned.components.filter((c) => c.type === "application").map((c) => c["bom-ref"]),
+    [fx.hello],
+  );
+  for (const [args, message] of [
+    [[`oci:${layout}:v1`, fx.hello], /give one image, or store paths, not both/],
+    [["--platform", "linux/arm64", fx.hello], /--platform, --creds and --insecure are for an IMAGE argument/],
+    [["--platform", "linux", `oci:${layout}:v1`], /--platform/],
+  ] as const) {
+    const r = nixoci(["sbom", ...args]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, message);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+  const missing = nixoci(["sbom", `oci:${join(work, "no-such-layout")}:v1`]);
+  assert.equal(missing.status, 1, missing.stderr);
+  assert.match(missing.stderr, /^nixoci: .*no-such-layout/);
+});

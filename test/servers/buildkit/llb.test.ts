@@ -170,3 +170,10 @@ test("a spec asking for ownership rules or a base image is refused by the fronte
       ),
     );
 });
+
+test("a multi-platform spec (platforms:) is refused by the frontend: a frontend build makes one platform", () => {
+  assert.throws(
+    () => parseSpecText("platforms:\n  linux/arm64: [/nix/store/x-a]\n", "nixoci.yaml"),
+    /^Error: nixoci.yaml: platforms is not supported by the BuildKit frontend; build with nixoci build$/,
+  );
+});
