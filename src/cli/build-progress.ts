@@ -59,6 +59,11 @@ export class BuildProgress {
       case "warning":
         this.progress.line(`warning: ${e.message}`);
         break;
+      case "base":
+        this.progress.line(
+          `base ${e.ref}: ${plural(e.layers, "layer")} (${e.fetched} fetched, ${e.layers - e.fetched} in the cache)`,
+        );
+        break;
       case "planned":
         this.layers = e.layers;
         this.closureBytes = e.narSize;

@@ -7,6 +7,7 @@ import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/
 import type { LayeringStrategy } from "../image/types.js";
 import { formatPlatform } from "../image/platforms.js";
 import { buildIndex, isIndex, type BuiltTarget } from "../oci/index.js";
+import { openBaseImage, type OpenedBase } from "../outputs/base-image.js";
 import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
 import { checkCacheDir, checkOutput, layerCacheError } from "../outputs/preflight.js";
 import type { LayerCompression } from "../oci/media-types.js";
@@ -68,6 +69,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
   if (values.gid !== undefined) spec.gid = parseOwnerId(values.gid, "gid");
   if (values.expose) spec.expose = [...spec.expose, ...values.expose];
   if (values.label) spec.labels = { ...spec.labels, ...keyValues(values.label, "--label") };
+  if (values.from !== undefined) spec.from = values.from;
   if (values.arch) spec.arch = values.arch;
   if (values.os) spec.os = values.os;
   if (values.created) spec.created = values.created;
@@ -132,11 +134,26 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const uninstall = removeTemporariesOnSignals(() => progress.done());
   /** The first package: the image's name when --tag gives none. */
   let firstRoot = "";
+  /** --from's base, opened for each platform built (the same index resolves to each platform's image). */
+  const bases: OpenedBase[] = [];
   try {
     // Every destination and the layer cache are checked before any work: a registry that is down or an archive
     // directory that does not exist is reported in a second, not after every layer was built.
     for (const o of outputs) await checkOutput(o, { creds: values.creds, insecure: values.insecure, store });
     if (cacheDir) await checkCacheDir(cacheDir);
+    // The base is resolved and checked (manifest, config, platform) before any layer is built.
+    if (spec.from !== undefined)
+      for (const platform of platforms?.map((p) => p.platform) ?? [
+        { os: spec.os, architecture: spec.arch, ...(spec.variant ? { variant: spec.variant } : {}) },
+      ])
+        bases.push(
+          await openBaseImage(spec.from, {
+            platform,
+            creds: values.creds,
+            insecure: values.insecure,
+            storeDir: store.storeDir,
+          }),
+        );
     for (const url of spec.substituters) substituters.push(await openStore(url, trust));
     // One build per platform (a plain build is one with the spec's platform), into the same layer cache.
     const builds = platforms?.map((p) => ({
@@ -152,7 +169,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
 
     const results: BuildResult[] = [];
     try {
-      for (const b of builds) {
+      for (const [i, b] of builds.entries()) {
         if (b.platform && builds.length > 1) report.platform(formatPlatform(b.platform));
         const platformSpec = b.platform
           ? { ...spec, os: b.platform.os, arch: b.platform.architecture, variant: b.platform.variant }
@@ -170,6 +187,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
             compressionLevel: level,
             cacheDir,
             parallelism: intOption(values.jobs, "jobs", availableParallelism()),
+            base: bases[i]?.base,
             onEvent: (e) => report.onBuildEvent(e),
           }).catch((err) => {
             // A layer cache that refuses writes or is full: say so, with the flags that avoid it.
@@ -183,6 +201,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
     }
   } finally {
     progress.done();
+    for (const b of bases) await b.close();
     store.close();
     substituters.forEach((s) => s.close());
     uninstall();
@@ -233,6 +252,21 @@ export async function buildCommand(argv: string[]): Promise<number> {
     const imageReport = (result: BuildResult) => ({
       manifestDigest: result.image.manifest.digest,
       configDigest: result.image.config.digest,
+      ...(result.base
+        ? {
+            base: {
+              ref: result.base.ref,
+              manifestDigest: result.base.manifestDigest,
+              layers: result.base.layers.map((d) => ({
+                digest: d.digest,
+                size: d.size,
+                mediaType: d.mediaType,
+                fetched: result.base!.fetched.some((f) => f === d.digest),
+                uploaded: uploaded.has(d.digest),
+              })),
+            },
+          }
+        : {}),
       layers: result.layers.map((l: LayerReport) => ({
         digest: l.digest,
         diffId: l.diffId,

@@ -62,7 +62,8 @@ export const BUILD = {
       "layer cache are checked before any work.",
     "Prints the manifest digest on stdout, then the store path of each `nix:` output, one per line; with " +
       "`--json`, a report instead (manifest digest; per layer digest, diff_id, size, store paths and whether it " +
-      "was reused, built, uploaded; per output its report). With `-o -` stdout carries the archive and the " +
+      "was reused, built, uploaded; per output its report; with `--from`, the base's layers and whether each was " +
+      "fetched). With `-o -` stdout carries the archive and the " +
       "digest is in the summary line on stderr. With no `-o` it refuses before any work (exit 2), as " +
       "`docker save` refuses a terminal; `--json` alone builds into the layer cache and prints the report.",
     "With `--platform` (or a spec's `platforms:`) given for two or more platforms, it builds one image per " +
@@ -98,6 +99,11 @@ export const BUILD = {
       type: "string",
       value: "FILE",
       help: "the image in JSON or YAML (packages, entrypoint, env, tags, layering, …); flags override it",
+    },
+    from: {
+      type: "string",
+      value: "IMAGE",
+      help: "a base image to build on (oci:, oci-archive:, docker-archive:, docker://; an index gives each platform's)",
     },
     entrypoint: {
       type: "string",
@@ -180,7 +186,7 @@ export const BUILD = {
     creds: {
       type: "string",
       value: "USER:PASS",
-      help: "registry credentials for docker:// outputs",
+      help: "registry credentials for docker:// outputs and --from",
       byDefault: "~/.docker/config.json",
       section: "registries and reporting",
     },

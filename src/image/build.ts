@@ -14,6 +14,9 @@ import { Substituter, type SubstituteEvent } from "../store/substituter.js";
 import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
 import { makeTempWorkDir, removeTree } from "../util/fs.js";
+import { baseImageConfigJson, checkBasePlatform } from "./base-config.js";
+import type { BaseImage } from "./base-image.js";
+import { readBaseTree, type BaseTree } from "./base-tree.js";
 import { imageConfigJson, manifestJson } from "./config.js";
 import { customisationLayer } from "./customisation.js";
 import { buildLayerBlob, DEFAULT_GZIP_LEVEL } from "./layer-builder.js";
@@ -40,6 +43,8 @@ export interface BuildOptions {
   /** The layer cache directory; undefined means a throw-away cache (--no-cache). */
   cacheDir?: string;
   parallelism?: number;
+  /** The image to build on (`--from`): its layers go first, its config is merged with the spec's. */
+  base?: BaseImage;
   onEvent?: (e: BuildEvent) => void;
 }
 
@@ -68,12 +73,16 @@ export type BuildEvent =
   | { type: "layer-progress"; index: number; bytes: number }
   /** A layer is ready: reused from the cache or built. */
   | { type: "layer"; index: number; report: LayerReport; narSize: number }
-  | { type: "warning"; message: string };
+  | { type: "warning"; message: string }
+  /** The base image's layer blobs are in the cache: `fetched` of them had to be downloaded. */
+  | { type: "base"; ref: string; layers: number; fetched: number };
 
 export interface BuildResult {
   image: BuiltImage;
   layers: LayerReport[];
   closure: Map<string, PathInfo>;
+  /** The base image's layers (under nixoci's) and which of them this build downloaded. */
+  base?: { ref: string; manifestDigest: Digest; layers: Descriptor[]; fetched: Digest[] };
   /** Removes the throw-away cache of a --no-cache build, once the outputs are written. */
   cleanup(): Promise<void>;
 }
@@ -106,6 +115,31 @@ export function planStoreLayers(
   return [...plan, { paths: [...small].sort() }];
 }
 
+/**
+ * The closure without the store paths the base image already has (its tree has /nix/store/HASH-NAME: store
+ * paths are immutable, so it is the same content), references to them dropped, for the layer plan.
+ */
+function withoutBasePaths(closure: Map<string, PathInfo>, base: BaseTree): Map<string, PathInfo> {
+  const inBase = (p: string): boolean => base.entries.has(p.replace(/^\/+/, ""));
+  const out = new Map<string, PathInfo>();
+  for (const [p, info] of closure)
+    if (!inBase(p)) out.set(p, { ...info, references: info.references.filter((r) => !inBase(r)) });
+  return out;
+}
+
+/** The roots to plan from: the requested ones left, or (all in the base) the layered paths nothing refers to. */
+function layeredRoots(roots: string[], layered: Map<string, PathInfo>): string[] {
+  const left = roots.filter((r) => layered.has(r));
+  if (left.length) return left;
+  const referred = new Set([...layered.values()].flatMap((i) => i.references.filter((r) => r !== i.path)));
+  return [...layered.keys()].filter((p) => !referred.has(p)).sort();
+}
+
+/** The bin directories ("/bin", "/usr/bin", ...) the customisation layer has: a base's PATH must reach them. */
+function farmBinDirs(entries: { path: string }[]): Set<string> {
+  return new Set(entries.map((e) => `/${e.path}`).filter((p) => /^\/(usr\/)?(local\/)?s?bin$/.test(p)));
+}
+
 export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   const { store, spec } = opts;
   if (opts.maxLayers < 2)
@@ -116,6 +150,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       "nothing to put in the image: give store paths, -f FILE -A ATTR, or packages in the spec",
     );
   const emit = (e: BuildEvent) => opts.onEvent?.(e);
+  if (opts.base) checkBasePlatform(opts.base, spec);
 
   if (opts.substituters?.length) {
     await new Substituter(store, opts.substituters, {
@@ -130,17 +165,35 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           `${err.message.replace(/^[^:]*: /, "")} (no --substituter given to fetch it)`,
         );
   });
-  const plan = planStoreLayers(opts.layering, opts.roots, closure, opts.maxLayers - 1);
-  emit({
-    type: "planned",
-    layers: plan.length + 1,
-    paths: closure.size,
-    narSize: [...closure.values()].reduce((n, i) => n + i.narSize, 0),
-  });
-
   // Named after this process, so a later build removes it should this one be killed.
   const tempCache = opts.cacheDir ? undefined : await makeTempWorkDir("nixoci-nocache");
   const cache = new LayerCache(opts.cacheDir ?? tempCache!);
+
+  // The base's blobs go into the cache by digest (a second build with the same base downloads nothing), so
+  // every output takes them from there like nixoci's own layers; its tree is read for the farm and accounts,
+  // and store paths it already has are not layered again.
+  let baseTree: BaseTree | undefined;
+  let fetched: Digest[] = [];
+  if (opts.base) {
+    try {
+      fetched = await opts.base.fetchInto(cache.blobs);
+      emit({ type: "base", ref: opts.base.ref, layers: opts.base.layers.length, fetched: fetched.length });
+      baseTree = await readBaseTree(cache.blobs, opts.base.layers);
+    } catch (err) {
+      if (tempCache) await removeTree(tempCache);
+      throw err;
+    }
+  }
+  const layered = baseTree ? withoutBasePaths(closure, baseTree) : closure;
+  const plan = layered.size
+    ? planStoreLayers(opts.layering, layeredRoots(opts.roots, layered), layered, opts.maxLayers - 1)
+    : [];
+  emit({
+    type: "planned",
+    layers: plan.length + 1,
+    paths: layered.size,
+    narSize: [...layered.values()].reduce((n, i) => n + i.narSize, 0),
+  });
   const level = compressionLevel(opts);
   const limiter = new Limiter(opts.parallelism ?? Math.max(1, availableParallelism()));
 
@@ -200,10 +253,10 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         tar: TAR_FORMAT_VERSION,
         compression: opts.compression,
         level: level ?? null,
-        paths: layer.paths.map((p) => [p, closure.get(p)!.narHash.toString("nix32")]),
+        paths: layer.paths.map((p) => [p, layered.get(p)!.narHash.toString("nix32")]),
         ...(owners !== undefined ? { owners } : {}),
       });
-      const narSize = layer.paths.reduce((n, p) => n + closure.get(p)!.narSize, 0);
+      const narSize = layer.paths.reduce((n, p) => n + layered.get(p)!.narSize, 0);
       return cachedOrBuilt(
         index,
         identity,
@@ -222,6 +275,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       packages: opts.roots.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
       closure: [...closure.keys()].map((p) => ({ storePath: p, realPath: store.realPath(p) })),
       user: spec.user,
+      base: baseTree,
     });
     for (const message of custom.warnings) emit({ type: "warning", message });
     const customIdentity = layerIdentity({
@@ -250,19 +304,27 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         ]);
       return d;
     });
-    const diffIds = layers.map((l) => l.diffId);
-    const configBytes = imageConfigJson(spec, diffIds, custom.env);
+    const ownDiffIds = layers.map((l) => l.diffId);
+    const baseDescriptors: Descriptor[] = (opts.base?.layers ?? []).map((l) => ({ ...l.descriptor }));
+    const configBytes = opts.base
+      ? baseImageConfigJson(spec, opts.base, ownDiffIds, custom.env, farmBinDirs(custom.entries))
+      : imageConfigJson(spec, ownDiffIds, custom.env);
     const config = await cache.blobs.putBytes(configBytes);
-    const manifestBytes = manifestJson(config, descriptors);
+    const manifestBytes = manifestJson(config, [...baseDescriptors, ...descriptors]);
     const manifest = await cache.blobs.putBytes(manifestBytes);
     if (opts.cacheDir)
-      await cache.recordImage(manifest.digest, [config.digest, ...layers.map((l) => l.digest)]);
+      await cache.recordImage(manifest.digest, [
+        config.digest,
+        ...baseDescriptors.map((d) => d.digest as Digest),
+        ...layers.map((l) => l.digest),
+      ]);
+    const diffIds = [...(opts.base?.layers.map((l) => l.diffId) ?? []), ...ownDiffIds];
 
     const image: BuiltImage = {
       blobs: cache.blobs,
       manifest: { ...manifest, bytes: manifestBytes, mediaType: OCI_MANIFEST },
       config: { ...config, bytes: configBytes, mediaType: OCI_CONFIG },
-      layers: descriptors,
+      layers: [...baseDescriptors, ...descriptors],
       diffIds,
       platform: { architecture: spec.arch, os: spec.os, ...(spec.variant ? { variant: spec.variant } : {}) },
     };
@@ -270,6 +332,16 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       image,
       layers,
       closure,
+      ...(opts.base
+        ? {
+            base: {
+              ref: opts.base.ref,
+              manifestDigest: opts.base.manifestDigest,
+              layers: baseDescriptors,
+              fetched,
+            },
+          }
+        : {}),
       cleanup: async () => {
         if (tempCache) await removeTree(tempCache);
       },

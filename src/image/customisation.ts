@@ -4,7 +4,8 @@
 // - /tmp (1777), /usr/bin/env when the closure has an env, /etc/passwd and /etc/group with root and the
 //   configured user, whose home /home/NAME (0755) it owns; and SSL_CERT_FILE when the closure has a CA bundle.
 import { lstatSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { join, posix } from "node:path";
+import type { BaseTree } from "./base-tree.js";
 import type { TreeEntry } from "./layer-tar.js";
 
 interface LinkNode {
@@ -36,6 +37,8 @@ export interface CustomisationInput {
   /** Every closure path with where it is on this machine, to find env and CA bundles. */
   closure: { storePath: string; realPath: string }[];
   user?: string;
+  /** The base image under this layer (`--from`): its directories merge with the farm's, its accounts are kept. */
+  base?: BaseTree;
 }
 
 export interface Customisation {
@@ -138,7 +141,12 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   }
 
   const etc = ensureDir(["etc"]);
-  const { passwd, group, home } = accounts(input.user);
+  const own = accounts(input.user);
+  const passwd = input.base?.passwd ? appendAccounts(input.base.passwd, own.passwd) : own.passwd;
+  const group = input.base?.group ? appendAccounts(input.base.group, own.group) : own.group;
+  // A user the base already has keeps its own uid and home: the made-up one would not match it.
+  const home =
+    input.base?.passwd && accountNames(input.base.passwd).has(own.home?.name ?? "") ? undefined : own.home;
   if (home) {
     const homes = ensureDir(["home"]);
     if (homes.children.has(home.name))
@@ -153,6 +161,8 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   }
   etc.children.set("passwd", { kind: "file", mode: 0o644, content: Buffer.from(passwd) });
   etc.children.set("group", { kind: "file", mode: 0o644, content: Buffer.from(group) });
+
+  if (input.base) mergeWithBase(root, input.base);
 
   const entries: TreeEntry[] = [];
   const emit = (dir: DirNode, prefix: string): void => {
@@ -175,6 +185,85 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   };
   emit(root, "");
   return { entries, env, warnings };
+}
+
+/** The account names of a passwd or group file (its lines' first fields). */
+function accountNames(file: Buffer): Set<string> {
+  return new Set(
+    file
+      .toString("utf8")
+      .split("\n")
+      .map((l) => l.split(":")[0])
+      .filter(Boolean),
+  );
+}
+
+/** The base's passwd or group file, with the lines of ours whose account it lacks appended. */
+function appendAccounts(base: Buffer, ours: string): string {
+  const have = accountNames(base);
+  const text = base.toString("utf8");
+  const added = ours.split("\n").filter((l) => l && !have.has(l.split(":")[0]));
+  return added.length ? `${text}${text && !text.endsWith("\n") ? "\n" : ""}${added.join("\n")}\n` : text;
+}
+
+/**
+ * Makes the farm merge with the base's filesystem instead of hiding it. A layer's symlink or directory at a
+ * path replaces a lower layer's symlink there, so:
+ * - a farm symlink to a package's directory where the base has a directory becomes a directory of links
+ *   (the runtime then merges it with the base's: /share over the base's /share);
+ * - a farm directory where the base has a symlink to a directory (merged-usr /bin -> usr/bin, or an image
+ *   nixoci built, whose /bin links into the store) also gets links to the entries of the base's directory,
+ *   so /bin/sh of the base stays beside the packages' /bin/hello.
+ * Packages win where both have a name, as the upper layer does.
+ */
+function mergeWithBase(root: DirNode, base: BaseTree): void {
+  const resolve = (path: string): string | undefined => {
+    for (let hops = 0; hops < 16; hops++) {
+      const e = base.entries.get(path);
+      if (e?.type === "dir") return path;
+      if (e?.type !== "link" || e.target === undefined) return undefined;
+      const target = e.target.startsWith("/") ? e.target : posix.join(posix.dirname(path), e.target);
+      path = posix.normalize(`/${target}`).slice(1);
+    }
+    return undefined;
+  };
+  const expand = (link: LinkNode): DirNode => {
+    const dir: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
+    for (const name of readdirSync(link.realPath).sort()) {
+      const real = join(link.realPath, name);
+      let isDir = false;
+      try {
+        isDir = statSync(real).isDirectory();
+      } catch {
+        /* a dangling link is a link */
+      }
+      dir.children.set(name, { kind: "link", target: `${link.target}/${name}`, realPath: real, isDir });
+    }
+    return dir;
+  };
+  const visit = (dir: DirNode, farmPath: string): void => {
+    for (const [name, node] of [...dir.children]) {
+      const path = farmPath ? `${farmPath}/${name}` : name;
+      const entry = base.entries.get(path);
+      if (!entry || (node.kind === "link" && !node.isDir) || node.kind === "file") continue;
+      const baseDir = resolve(path);
+      if (baseDir === undefined) continue;
+      const merged = node.kind === "dir" ? node : expand(node);
+      dir.children.set(name, merged);
+      if (entry.type === "link") {
+        // The base's directory is elsewhere: link its entries in, since this directory hides the link.
+        const prefix = `${baseDir}/`;
+        for (const k of base.entries.keys())
+          if (k.startsWith(prefix) && !k.slice(prefix.length).includes("/")) {
+            const child = k.slice(prefix.length);
+            if (!merged.children.has(child))
+              merged.children.set(child, { kind: "link", target: `/${k}`, realPath: "", isDir: false });
+          }
+      }
+      visit(merged, baseDir);
+    }
+  };
+  visit(root, "");
 }
 
 /**

@@ -11,6 +11,8 @@ import { errnoWords } from "../util/fs-errors.js";
 
 export interface ImageSpec {
   packages: string[];
+  /** The base image reference (`--from`): its layers go under the Nix layers. */
+  from?: string;
   entrypoint?: string[];
   cmd?: string[];
   env: string[];
@@ -99,6 +101,7 @@ export function emptySpec(): ImageSpec {
 
 const KEYS = new Set([
   "packages",
+  "from",
   "entrypoint",
   "cmd",
   "env",
@@ -178,6 +181,7 @@ export function specFromObject(doc: unknown, input: string): Partial<ImageSpec> 
   const spec: Partial<ImageSpec> = {};
   const pick = (...names: string[]): unknown => names.map((n) => o[n]).find((v) => v !== undefined);
   if (o.packages !== undefined) spec.packages = strList("packages", o.packages);
+  if (o.from !== undefined) spec.from = str("from", o.from);
   if (o.entrypoint !== undefined) spec.entrypoint = strList("entrypoint", o.entrypoint);
   if (o.cmd !== undefined) spec.cmd = strList("cmd", o.cmd);
   if (o.env !== undefined) {

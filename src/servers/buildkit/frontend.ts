@@ -79,8 +79,8 @@ export function parseSpecText(text: string, filename: string): ImageSpec {
   const spec = { ...emptySpec(), ...specFromObject(doc, filename) };
   // BuildKit makes the store layers from the files the fetch steps write, with the store's modes and root as
   // owner; rewriting them is not done there (yet), so a spec asking for it fails rather than build otherwise.
-  // A frontend build makes one platform's image: a multi-platform spec is nixoci build's.
-  for (const k of ["perms", "uid", "gid", "platforms"] as const)
+  // A frontend build makes one platform's image: a multi-platform spec is nixoci build's; so is a base image.
+  for (const k of ["perms", "uid", "gid", "platforms", "from"] as const)
     if (spec[k] !== undefined)
       throw new Error(`${filename}: ${k} is not supported by the BuildKit frontend; build with nixoci build`);
   return validateSpec(spec, filename);

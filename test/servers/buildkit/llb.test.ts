@@ -155,9 +155,14 @@ test("cache imports: buildx's cache-imports JSON, else the older cache-from refe
   assert.throws(() => cacheImportsOf(new Map([["cache-imports", "{}"]])), /cache-imports: not a JSON array/);
 });
 
-test("a spec asking for ownership rules is refused by the frontend (its store layers are BuildKit's files)", () => {
+test("a spec asking for ownership rules or a base image is refused by the frontend (its store layers are BuildKit's files)", () => {
   assert.equal(parseSpecText("packages: [/nix/store/x-a]\nuser: app\n", "nixoci.yaml").user, "app");
-  for (const line of ["perms: ['^/home=0700']", "uid: 1000", "gid: 1000"])
+  for (const line of [
+    "perms: ['^/home=0700']",
+    "uid: 1000",
+    "gid: 1000",
+    "from: docker://127.0.0.1:5000/base",
+  ])
     assert.throws(
       () => parseSpecText(`packages: [/nix/store/x-a]\n${line}\n`, "nixoci.yaml"),
       new RegExp(
