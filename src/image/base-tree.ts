@@ -5,7 +5,7 @@
 import type { Readable } from "node:stream";
 import type { BlobStore } from "../oci/blob-store.js";
 import { OCI_LAYER_ZSTD } from "../oci/media-types.js";
-import { decompressStream, type Compression } from "../util/compression.js";
+import { decompressStream, sniffLayerCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { collectBounded } from "../util/streams.js";
 import type { BaseLayer } from "./base-image.js";
@@ -28,19 +28,14 @@ export interface BaseTree {
 const MAX_ACCOUNTS_FILE = 1 << 20;
 const ACCOUNT_FILES = ["etc/passwd", "etc/group"] as const;
 
-function compressionOf(mediaType: string, first: Buffer | undefined): Compression {
-  if (first && first.length >= 2 && first[0] === 0x1f && first[1] === 0x8b) return "gzip";
-  if (mediaType === OCI_LAYER_ZSTD || (first && first.length >= 4 && first.readUInt32LE(0) === 0xfd2fb528))
-    return "zstd";
-  return "none";
-}
-
 /** A layer's tar, decompressed (by its magic bytes: Docker's media types do not always say). */
 async function layerTar(blobs: BlobStore, layer: BaseLayer): Promise<Readable> {
   const head = await collectBounded(blobs.open(layer.descriptor.digest, { start: 0, end: 3 }), 4).catch(() =>
     Buffer.alloc(0),
   );
-  const c = compressionOf(layer.descriptor.mediaType, head);
+  // A zstd layer too short to show its magic is still zstd by its media type.
+  const sniffed = sniffLayerCompression(head);
+  const c = sniffed === "none" && layer.descriptor.mediaType === OCI_LAYER_ZSTD ? "zstd" : sniffed;
   const raw = blobs.open(layer.descriptor.digest);
   const out = decompressStream(c, `base layer ${layer.descriptor.digest}`);
   raw.on("error", (err) => out.destroy(err));

@@ -6,7 +6,7 @@
 // `<store dir>/.wh..wh..opq` removes all of them.
 import { pipeline, Readable } from "node:stream";
 import { NixociError } from "../util/errors.js";
-import { decompressStream, type Compression } from "../util/compression.js";
+import { decompressStream, sniffLayerCompression } from "../util/compression.js";
 import { isStorePath } from "../nix/store-path.js";
 import { readTarMembers } from "../image/tar-reader.js";
 import type { ImageSource, LayerDescriptor } from "./image-source.js";
@@ -26,12 +26,6 @@ export interface LayerPaths {
 const WHITEOUT = ".wh.";
 const OPAQUE = ".wh..wh..opq";
 
-function sniff(head: Buffer): Compression {
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip";
-  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return "zstd";
-  return "none";
-}
-
 /** The uncompressed tar of a layer blob stream, its compression told by its first bytes. */
 async function uncompressed(blob: Readable, input: string): Promise<Readable> {
   const it = blob[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
@@ -49,7 +43,7 @@ async function uncompressed(blob: Readable, input: string): Promise<Readable> {
     })(),
     { objectMode: false },
   );
-  const c = sniff(head);
+  const c = sniffLayerCompression(head);
   if (c === "none") return rest;
   return pipeline(rest, decompressStream(c, input), () => undefined);
 }

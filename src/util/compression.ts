@@ -41,6 +41,16 @@ export function parseCompression(s: string, input = "compression"): Compression 
 }
 
 /**
+ * What a layer blob is compressed with, told by its first bytes (gzip's 1f 8b, zstd's frame magic) rather than by
+ * a media type, which Docker's and other tools' images do not always get right; anything else is taken as plain.
+ */
+export function sniffLayerCompression(head: Buffer): "gzip" | "zstd" | "none" {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip";
+  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return "zstd";
+  return "none";
+}
+
+/**
  * The suffix of NAR file names after ".nar": "", ".xz", ".zst", ".bz2", ".br", ".gz".
  * (Nix 2.8 itself names gzip-compressed NARs plain ".nar"; readers must follow the narinfo's Compression.)
  */
