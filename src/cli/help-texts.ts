@@ -246,7 +246,7 @@ export const CLOSURE = {
 
 export const SBOM = {
   name: "sbom",
-  summary: "an SBOM (CycloneDX, SPDX) or SLSA provenance of the closure of store paths",
+  summary: "an SBOM (CycloneDX, SPDX) or SLSA provenance of store paths' closure or of an image",
   usage: ["nixoci sbom [OPTIONS] PATH...", "nixoci sbom [OPTIONS] IMAGE"],
   description: [
     "One entry per store path of the closure: name and version split as builtins.parseDrvName does, a " +
