@@ -8,8 +8,10 @@ import { nixoci, ROOT } from "../support/cli.js";
 
 const COMMANDS = [
   "build",
+  "diff",
   "path-info",
   "closure",
+  "sbom",
   "nar",
   "cache",
   "substitute",
