@@ -12,6 +12,23 @@ const STORE_URL = {
   },
 } as const satisfies FlagTable;
 
+/** How commands that read an image (diff, sbom) pick it from an index and reach its registry. */
+const IMAGE_READ_FLAGS = {
+  platform: {
+    type: "string",
+    value: "OS/ARCH[/VARIANT]",
+    help: "the image a multi-platform index resolves to",
+    byDefault: "this machine's",
+  },
+  creds: {
+    type: "string",
+    value: "USER:PASS",
+    help: "registry credentials for docker:// images",
+    byDefault: "~/.docker/config.json",
+  },
+  insecure: { type: "boolean", help: "plain HTTP to a registry that is not on loopback" },
+} as const satisfies FlagTable;
+
 const LOCAL_STORE = {
   store: {
     type: "string",
@@ -280,19 +297,7 @@ export const SBOM = {
       help: "the document time (RFC 3339)",
       byDefault: "SOURCE_DATE_EPOCH if set, else now",
     },
-    platform: {
-      type: "string",
-      value: "OS/ARCH[/VARIANT]",
-      help: "the image a multi-platform index resolves to",
-      byDefault: "this machine's",
-    },
-    creds: {
-      type: "string",
-      value: "USER:PASS",
-      help: "registry credentials for a docker:// image",
-      byDefault: "~/.docker/config.json",
-    },
-    insecure: { type: "boolean", help: "plain HTTP to a registry that is not on loopback" },
+    ...IMAGE_READ_FLAGS,
     ...STORE_URL,
     ...TRUST_FLAGS,
   },
@@ -825,19 +830,7 @@ export const DIFF = {
   flags: {
     json: { type: "boolean", help: "print the difference as JSON" },
     "exit-code": { type: "boolean", help: "exit 1 when the images differ (as git diff --exit-code)" },
-    platform: {
-      type: "string",
-      value: "OS/ARCH[/VARIANT]",
-      help: "the image a multi-platform index resolves to",
-      byDefault: "this machine's",
-    },
-    creds: {
-      type: "string",
-      value: "USER:PASS",
-      help: "registry credentials for docker:// images",
-      byDefault: "~/.docker/config.json",
-    },
-    insecure: { type: "boolean", help: "plain HTTP to a registry that is not on loopback" },
+    ...IMAGE_READ_FLAGS,
   },
   examples: [
     ["nixoci diff oci:./image:1.0 oci:./image:1.1", "what a release changed"],
