@@ -446,7 +446,7 @@ export const SERVE = {
   description: [
     "An OCI registry (pull, push, tags, catalog, delete) whose image names are package names: " +
       "`docker pull HOST/git/htop` builds an image of git and htop from the package source, layered like " +
-      "`nixoci build` and cached; a first component `amd64/` or `arm64/` picks the architecture. It also serves " +
+      "`nixoci build` and cached; a first component `amd64/` or `arm64/` picks the architecture (without one: a multi-platform index when the packages exist for several). It also serves " +
       "the local store as a Nix binary cache (`nix copy --from http://HOST`). Without a package source, names " +
       "are literal store path base names (HOST/<hash>-hello).",
   ],

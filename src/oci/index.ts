@@ -32,9 +32,18 @@ export function comparePlatforms(
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
-/** The index of the images (sorted by platform; two images of one platform are a caller's mistake). */
-export function buildIndex(images: BuiltImage[]): BuiltIndex {
-  const sorted = [...images].sort((a, b) => comparePlatforms(a.platform, b.platform));
+/** An index entry: a manifest and the platform it is for. */
+export interface IndexEntry {
+  manifest: { mediaType: string; digest: Digest; size: number };
+  platform: { architecture: string; os: string; variant?: string };
+}
+
+/**
+ * The index of the entries (sorted by platform; two entries of one platform are a caller's mistake): its exact
+ * bytes, and the entries in its order.
+ */
+export function indexOf<T extends IndexEntry>(entries: T[]): { index: BuiltIndex["index"]; entries: T[] } {
+  const sorted = [...entries].sort((a, b) => comparePlatforms(a.platform, b.platform));
   for (let i = 1; i < sorted.length; i++)
     if (platformKey(sorted[i].platform) === platformKey(sorted[i - 1].platform))
       throw new Error(`two images for ${platformKey(sorted[i].platform)} in one index`);
@@ -42,20 +51,26 @@ export function buildIndex(images: BuiltImage[]): BuiltIndex {
     JSON.stringify({
       schemaVersion: 2,
       mediaType: OCI_INDEX,
-      manifests: sorted.map((img) => ({
-        mediaType: img.manifest.mediaType,
-        digest: img.manifest.digest,
-        size: img.manifest.size,
+      manifests: sorted.map((e) => ({
+        mediaType: e.manifest.mediaType,
+        digest: e.manifest.digest,
+        size: e.manifest.size,
         platform: {
-          architecture: img.platform.architecture,
-          os: img.platform.os,
-          ...(img.platform.variant ? { variant: img.platform.variant } : {}),
+          architecture: e.platform.architecture,
+          os: e.platform.os,
+          ...(e.platform.variant ? { variant: e.platform.variant } : {}),
         },
       })),
     }),
   );
   return {
     index: { digest: sha256Digest(bytes), size: bytes.length, bytes, mediaType: OCI_INDEX },
-    images: sorted,
+    entries: sorted,
   };
+}
+
+/** The index of the images (sorted by platform; two images of one platform are a caller's mistake). */
+export function buildIndex(images: BuiltImage[]): BuiltIndex {
+  const { index, entries } = indexOf(images);
+  return { index, images: entries };
 }

@@ -150,7 +150,7 @@ test("an architecture Nix builds for (extra-platforms) is offered on the page an
   const arches = [own, other].sort();
   assert.ok(
     page.body.includes(
-      `<li>An architecture prefix builds for another platform: <code>${s.host}/${other}/shell/hello</code> (${arches.map((a) => `<code>${a}</code>`).join(", ")}); without one, the server's own (<code>${own}</code>).</li>`,
+      `<li>An architecture prefix builds for another platform: <code>${s.host}/${other}/shell/hello</code> (${arches.map((a) => `<code>${a}</code>`).join(", ")}); without one, a multi-platform index of the architectures that have all the packages, from which clients pick their own (a client that takes a single manifest only gets the server's own, <code>${own}</code>).</li>`,
     ),
     page.body,
   );

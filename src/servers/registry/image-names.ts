@@ -9,8 +9,10 @@
 //   - the FIRST component may name the architecture: amd64 or x86_64, arm64 or aarch64 (also the Nix systems
 //     x86_64-linux, aarch64-linux): `HOST/arm64/git` is git for arm64. Only with at least one package after
 //     it; anywhere else, or alone, it is a package name. Without it the image is for the server's default
-//     architecture (the host's). An architecture the resolver gives no packages for (Nix cannot build for it)
-//     is a 404 (nix-images.ts), and the page at / offers only the others;
+//     architecture (the host's) — or, for a client that accepts an index, an index of the images for every
+//     architecture that has all the packages, when two or more do (nix-images.ts). An architecture the resolver
+//     gives no packages for (Nix cannot build for it) is a 404 (nix-images.ts), and the page at / offers only the
+//     others;
 //   - meta-packages expand to several packages: the built-in `shell` is a usable interactive shell, a shell and
 //     the core utilities: bashInteractive + coreutils where the package set has them, else the alternatives in
 //     BUILTIN_META_PACKAGES (meta-packages.ts settles them against the set when the server starts). They are
@@ -103,7 +105,7 @@ export function parseImageName(
     if (!NAME_COMPONENT_RE.test(c)) throw invalid(repo, `${JSON.stringify(c)} is not a valid name component`);
   }
   let arch = opts.defaultArch;
-  if (components.length > 1 && Object.hasOwn(ARCH_PREFIXES, components[0])) {
+  if (namesArchitecture(repo)) {
     arch = ARCH_PREFIXES[components[0]];
     components.shift();
   }
@@ -122,6 +124,12 @@ export function parseImageName(
   }
   if (!packages.size) throw invalid(repo, "names no packages");
   return { arch, packages: [...packages].sort() };
+}
+
+/** Whether the repository name begins with an architecture prefix (the rule parseImageName applies). */
+export function namesArchitecture(repo: string): boolean {
+  const components = repo.split("/");
+  return components.length > 1 && Object.hasOwn(ARCH_PREFIXES, components[0]);
 }
 
 export type ImageReference =

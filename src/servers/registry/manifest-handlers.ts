@@ -73,6 +73,7 @@ export class ManifestHandlers {
       throw new Error(
         `manifest source answered ${name}:${reference} with bytes of digest ${digest} (said ${m.digest})`,
       );
+    for (const child of m.children ?? []) await this.storage.adoptManifest(name, child);
     await this.storage.adoptManifest(name, m);
     return m;
   }

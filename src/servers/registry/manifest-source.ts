@@ -6,6 +6,8 @@ export interface StoredManifest {
   digest: Digest;
   mediaType: string;
   bytes: Buffer;
+  /** An index's manifests, recorded in the repository before it (a source's index names nothing pushed). */
+  children?: StoredManifest[];
 }
 
 /** A source of manifests the storage does not have yet (nixoci's Nix package images). */

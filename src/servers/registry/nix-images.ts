@@ -35,6 +35,13 @@
 // packages at /, /tmp, /etc/passwd...), PATH reaching /bin, labels dev.nixoci.packages and dev.nixoci.revision,
 // no entrypoint, and Cmd ["/bin/sh"] when one of the packages has bin/sh (otherwise no Cmd: `docker run IMAGE
 // CMD` names the program). Created is the epoch (reproducible): the same key gives the same digest anywhere.
+// Multi-platform: a name without an architecture prefix whose packages the resolver has for two or more
+// architectures (an index's per-system entries, a Nix file taking `system`, Nix with extra platforms) is an OCI
+// image index of one image per architecture, for a client that accepts an index (Docker, containerd, skopeo all
+// do; the platform's image is then pulled by digest). Each image is the one its prefixed name gives
+// (`arm64/NAME`): built, cached and coalesced the same way; the index itself is made from their digests, cheap
+// and deterministic, so it needs no cache of its own. A client that accepts image manifests only gets the
+// image for the server's own architecture, as it did before; a prefixed name is always the plain manifest.
 import { createHash } from "node:crypto";
 import { statSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
@@ -43,7 +50,8 @@ import { buildImage } from "../../image/build.js";
 import { defaultArch, emptySpec, type ImageSpec } from "../../image/spec.js";
 import type { LayeringStrategy } from "../../image/types.js";
 import { isDigest, type Digest } from "../../oci/digest.js";
-import type { LayerCompression } from "../../oci/media-types.js";
+import { indexOf } from "../../oci/index.js";
+import { DOCKER_MANIFEST_LIST, OCI_INDEX, type LayerCompression } from "../../oci/media-types.js";
 import { compareTags, NAME_COMPONENT_RE } from "../../oci/reference.js";
 import {
   describeUnknownPackages,
@@ -59,7 +67,9 @@ import { makeDirs, writeFileAtomic } from "../../util/fs.js";
 import { RegistryError, registryError } from "./errors.js";
 import {
   DEFAULT_META_PACKAGES,
+  namesArchitecture,
   parseImageName,
+  prefixArchitectures,
   parseImageReference,
   type ImageRequest,
 } from "./image-names.js";
@@ -67,7 +77,15 @@ import type { ManifestSource, StoredManifest } from "./manifest-source.js";
 import type { RegistryStorage } from "./storage.js";
 
 export type NixImageEventType =
-  "cache-hit" | "cache-miss" | "build-start" | "build-done" | "build-failed" | "coalesced" | "rejected";
+  | "cache-hit"
+  | "cache-miss"
+  | "build-start"
+  | "build-done"
+  | "build-failed"
+  | "coalesced"
+  | "rejected"
+  /** A multi-platform index was answered; arch lists its architectures (comma-separated). */
+  | "index";
 
 export interface NixImageEvent {
   type: NixImageEventType;
@@ -199,6 +217,79 @@ export class NixImageSource implements ManifestSource {
       throw this.registryError(err, repo);
     }
 
+    if (!namesArchitecture(repo) && acceptsIndex(ctx.accept)) {
+      const architectures = await this.indexArchitectures(request, revision, repo, ctx.signal);
+      if (architectures.length >= 2) return this.index(repo, request, architectures, revision, ctx.signal);
+    }
+    return this.image(repo, request, revision, ctx.signal);
+  }
+
+  /**
+   * The architectures an index of `request` lists: those with a name prefix (amd64, arm64) the resolver gives
+   * every package for (none when it serves fewer than two).
+   */
+  private async indexArchitectures(
+    request: ImageRequest,
+    revision: string,
+    repo: string,
+    signal: AbortSignal,
+  ): Promise<string[]> {
+    // Only architectures a name can also ask for by prefix: Nix's implicit extra platforms (i686-linux on
+    // x86_64) would otherwise double every build for a platform nobody pulls.
+    const all = prefixArchitectures((await this.resolver.architectures()) ?? []);
+    if (all.length < 2) return [];
+    const complete: string[] = [];
+    try {
+      for (const arch of all) {
+        const missing = await this.resolver.missingPackages(request.packages, { revision, arch, signal });
+        if (!missing.length) complete.push(arch);
+      }
+    } catch (err) {
+      throw this.registryError(err, repo, "finding the platforms of");
+    }
+    return complete;
+  }
+
+  /** The index of the images of `request` for each of `architectures` (built as their prefixed names are). */
+  private async index(
+    repo: string,
+    request: ImageRequest,
+    architectures: string[],
+    revision: string,
+    signal: AbortSignal,
+  ): Promise<StoredManifest | undefined> {
+    const images = await Promise.all(
+      architectures.map((arch) => this.image(repo, { ...request, arch }, revision, signal)),
+    );
+    const children: StoredManifest[] = [];
+    for (const image of images) {
+      if (!image) return undefined; // a pushed repository's own 404
+      children.push(image);
+    }
+    const { index } = indexOf(
+      children.map((m, i) => ({
+        manifest: { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length },
+        platform: { architecture: architectures[i], os: "linux" },
+      })),
+    );
+    this.emit({
+      type: "index",
+      key: index.digest.slice(7),
+      repo,
+      packages: request.packages,
+      revision,
+      arch: architectures.join(","),
+    });
+    return { digest: index.digest, mediaType: index.mediaType, bytes: index.bytes, children };
+  }
+
+  /** The image of `request` for its one architecture: from the cache, a build already running, or a new build. */
+  private async image(
+    repo: string,
+    request: ImageRequest,
+    revision: string,
+    signal: AbortSignal,
+  ): Promise<StoredManifest | undefined> {
     const key = this.keyOf(request, revision);
     const id = createHash("sha256").update(key).digest("hex");
     const base = { key: id, repo, packages: request.packages, revision, arch: request.arch };
@@ -230,7 +321,7 @@ export class NixImageSource implements ManifestSource {
       promise.then(done, done);
     }
     try {
-      return await waitFor(flight.promise, ctx.signal);
+      return await waitFor(flight.promise, signal);
     } catch (err) {
       if (err instanceof RegistryError && err.code === "NAME_UNKNOWN" && (await this.isPushed(repo)))
         return undefined;
@@ -528,6 +619,14 @@ function addBuilt(map: Map<string, Set<string>>, r: NixImageRecord): void {
   const set = map.get(key) ?? new Set<string>();
   set.add(r.revision);
   map.set(key, set);
+}
+
+/** Whether a client's Accept list takes an index (none, a wildcard, or an index type). */
+function acceptsIndex(accept: readonly string[]): boolean {
+  return (
+    accept.length === 0 ||
+    accept.some((t) => t === "*/*" || t === "application/*" || t === OCI_INDEX || t === DOCKER_MANIFEST_LIST)
+  );
 }
 
 /** The shared promise, or a rejection when this caller's client goes away (the shared work goes on). */

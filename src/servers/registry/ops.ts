@@ -188,7 +188,7 @@ export function renderIndexPage(opts: {
   const other = arches.find((a) => a !== own);
   if (other)
     naming.push(
-      `<li>An architecture prefix builds for another platform: <code>${h}/${escapeHtml(other)}/${escapeHtml(example)}</code> (${arches.map(code).join(", ")}); without one, the server's own${own ? ` (${code(own)})` : ""}.</li>`,
+      `<li>An architecture prefix builds for another platform: <code>${h}/${escapeHtml(other)}/${escapeHtml(example)}</code> (${arches.map(code).join(", ")}); without one, a multi-platform index of the architectures that have all the packages, from which clients pick their own (a client that takes a single manifest only gets the server's own${own ? `, ${code(own)}` : ""}).</li>`,
     );
   else if (own) naming.push(`<li>Images are built for ${code(own)}.</li>`);
   parts.push(

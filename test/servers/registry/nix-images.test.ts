@@ -8,7 +8,7 @@ import { execFile } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { OCI_MANIFEST } from "../../../src/oci/media-types.js";
+import { DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../../src/oci/media-types.js";
 import { RegistryError } from "../../../src/servers/registry/errors.js";
 import {
   DEFAULT_META_PACKAGES,
@@ -131,6 +131,8 @@ class FakeResolver implements PackageResolver {
   gate?: Promise<void>;
   fail?: Error;
   arches = ["amd64", "arm64"];
+  /** Architecture -> packages the set lacks there (the others it has everywhere). */
+  lacking: Record<string, string[]> = {};
 
   async currentRevision(): Promise<string> {
     return this.revision;
@@ -150,8 +152,9 @@ class FakeResolver implements PackageResolver {
     return packages.map((p) => fx[p as keyof Fx]);
   }
 
-  async missingPackages(packages: string[]): Promise<string[]> {
-    return packages.filter((p) => !Object.hasOwn(fx, p)).sort();
+  async missingPackages(packages: string[], opts: ResolveOptions): Promise<string[]> {
+    const lacking = this.lacking[opts.arch] ?? [];
+    return packages.filter((p) => !Object.hasOwn(fx, p) || lacking.includes(p)).sort();
   }
 
   async packageNames(): Promise<string[]> {
@@ -297,6 +300,61 @@ test("no Cmd without a shell; a new revision is a new image; old pins are 404", 
   await source.resolve("arm64/greeting", "latest", ctx());
   assert.equal(count(events, "build-start"), 3);
   assert.deepEqual(resolver.calls.at(-1), ["greeting"]);
+});
+
+test("multi-platform: an unprefixed name is an index of each architecture's image for clients that take one", async () => {
+  const { resolver, events, source } = setup();
+  const withAccept = (accept: string[]) => ({ ...ctx(), accept });
+  const index = await source.resolve("greeting", "latest", withAccept([OCI_INDEX, OCI_MANIFEST]));
+  assert.equal(index!.mediaType, OCI_INDEX);
+  const json = JSON.parse(index!.bytes.toString()) as {
+    mediaType: string;
+    manifests: Array<{ mediaType: string; digest: string; size: number; platform: object }>;
+  };
+  assert.equal(json.mediaType, OCI_INDEX);
+  // Each entry is the image of the prefixed name, built once (the prefixed pulls below are cache hits).
+  const amd = await source.resolve("amd64/greeting", "latest", ctx());
+  const arm = await source.resolve("arm64/greeting", "latest", ctx());
+  assert.deepEqual(json.manifests, [
+    {
+      mediaType: OCI_MANIFEST,
+      digest: amd!.digest,
+      size: amd!.bytes.length,
+      platform: { architecture: "amd64", os: "linux" },
+    },
+    {
+      mediaType: OCI_MANIFEST,
+      digest: arm!.digest,
+      size: arm!.bytes.length,
+      platform: { architecture: "arm64", os: "linux" },
+    },
+  ]);
+  assert.deepEqual(
+    index!.children!.map((c) => c.digest),
+    [amd!.digest, arm!.digest],
+  );
+  assert.equal(count(events, "build-start"), 2);
+  assert.deepEqual(
+    events.filter((e) => e.type === "index").map((e) => [e.repo, e.arch]),
+    [["greeting", "amd64,arm64"]],
+  );
+  // No Accept, a wildcard or Docker's list type: the same index (the server converts it for Docker-only clients).
+  for (const accept of [[], ["*/*"], [DOCKER_MANIFEST_LIST]])
+    assert.equal((await source.resolve("greeting", "latest", withAccept(accept)))!.digest, index!.digest);
+  // A client that takes image manifests only: the server's own architecture's.
+  assert.equal((await source.resolve("greeting", "latest", ctx()))!.digest, amd!.digest);
+  assert.equal(count(events, "build-start"), 2);
+
+  // Packages that one architecture lacks: a plain manifest of the server's own.
+  resolver.lacking = { arm64: ["tree"] };
+  const partial = await source.resolve("greeting/tree", "latest", withAccept([OCI_INDEX, OCI_MANIFEST]));
+  assert.equal(partial!.mediaType, OCI_MANIFEST);
+  assert.equal(partial!.children, undefined);
+  assert.equal(partial!.digest, (await source.resolve("amd64/greeting/tree", "latest", ctx()))!.digest);
+  // A server of one architecture: plain manifests.
+  resolver.arches = ["amd64"];
+  const single = await source.resolve("hello", "latest", withAccept([OCI_INDEX, OCI_MANIFEST]));
+  assert.equal(single!.mediaType, OCI_MANIFEST);
 });
 
 test("a garbage-collected manifest blob is rebuilt", async () => {

@@ -549,7 +549,7 @@ test("the index page explains pulling and the binary cache, lists images, and es
     "sha256:abababababab",
     "is a meta-package: a shell and the core utilities (here <code>bash</code>, <code>coreutils</code>)",
     `<li>Meta-packages stand for several packages: <code>py</code> (<code>python3Packages.requests</code>, <code>${escapeHtml(evil)}</code>).</li>`,
-    "<li>An architecture prefix builds for another platform: <code>registry.example:5000/arm64/shell/hello</code> (<code>amd64</code>, <code>arm64</code>); without one, the server's own (<code>amd64</code>).</li>",
+    "<li>An architecture prefix builds for another platform: <code>registry.example:5000/arm64/shell/hello</code> (<code>amd64</code>, <code>arm64</code>); without one, a multi-platform index of the architectures that have all the packages, from which clients pick their own (a client that takes a single manifest only gets the server's own, <code>amd64</code>).</li>",
   ]) {
     assert.ok(html.includes(needle), `page mentions ${needle}`);
   }
