@@ -9,9 +9,16 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { ROOT } from "../support/cli.js";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../src/oci/media-types.js";
 import { startContainerd, startDockerd, type Containerd, type Dockerd } from "../support/daemons.js";
-import { buildArm64Fixtures, buildFixtures, makeTempDir } from "../support/fixtures.js";
+import {
+  ARM64_BUSYBOX,
+  buildArm64Fixtures,
+  buildFixtures,
+  makeTempDir,
+  PACKAGES_NIX,
+} from "../support/fixtures.js";
 import { until } from "../support/poll.js";
 import { runText } from "../support/run.js";
 import { startNixociServe, type ServeProcess } from "../support/serve.js";
@@ -195,4 +202,38 @@ test("containerd pulls the arm64 image of the index and runs it", () => {
   containerd.ctr(["images", "pull", "--plain-http", "--platform", "linux/arm64", ref]);
   const out = containerd.ctr(["run", "--rm", "--platform", "linux/arm64", ref, "serve-arm64", "hello"]);
   assert.equal(out.toString().trim(), "Hello from aarch64");
+});
+
+test("--nix-file taking { system }, with Nix building for aarch64 too (extra-platforms): the same index", async () => {
+  // The file picks each system's packages itself (the arm64 set's derivations run on this machine's /bin/sh, as
+  // packages.nix's do; their contents are arm64 binaries).
+  const file = join(work, "systems.nix");
+  writeFileSync(
+    file,
+    `{ system }:
+    if system == "aarch64-linux"
+    then { inherit (import ${join(ROOT, "test/fixtures/arm64.nix")} { busybox = ${ARM64_BUSYBOX}; }) hello; }
+    else { inherit (import ${PACKAGES_NIX} { }) hello greeting; }
+    `,
+  );
+  const nixServer = await startNixociServe(join(work, "nix-storage"), ["--nix-file", file], {
+    env: { NIX_CONFIG: "extra-platforms = aarch64-linux\nbuilders =" },
+  });
+  try {
+    const get = (name: string) =>
+      runText("skopeo", ["inspect", "--tls-verify=false", "--raw", `docker://${nixServer.host}/${name}`]);
+    const index = JSON.parse(get("hello")) as Index;
+    assert.equal(index.mediaType, OCI_INDEX);
+    assert.deepEqual(
+      index.manifests.map((m) => m.platform.architecture),
+      ["amd64", "arm64"],
+    );
+    // Each platform's image holds that system's hello (its layers' store-path annotations name it).
+    for (const [i, path] of [amd.hello, arm.hello].entries())
+      assert.ok(get(`hello@${index.manifests[i].digest}`).includes(path), path);
+    assert.equal((JSON.parse(get("greeting")) as { mediaType: string }).mediaType, OCI_MANIFEST);
+  } finally {
+    nixServer.proc.kill("SIGTERM");
+    await nixServer.exited;
+  }
 });
