@@ -329,15 +329,18 @@ export async function buildCommand(argv: string[]): Promise<number> {
   }
 }
 
-/** `--sbom` values: formats, repeated or separated by commas (each once, in the order first given). */
+/**
+ * `--sbom` values: formats, repeated or separated by commas. Each once, in SBOM_FORMATS' order whatever order they
+ * were given in, so the outputs list the referrers the same way for the same set.
+ */
 function sbomOption(values: readonly string[] | undefined): SbomFormat[] {
-  const out: SbomFormat[] = [];
+  const chosen = new Set<string>();
   for (const name of (values ?? []).flatMap((v) => v.split(",")).map((v) => v.trim())) {
     if (!isSbomFormat(name))
       throw new UsageError(`--sbom: unknown format ${JSON.stringify(name)} (${SBOM_FORMATS.join(", ")})`);
-    if (!out.includes(name)) out.push(name);
+    chosen.add(name);
   }
-  return out;
+  return SBOM_FORMATS.filter((f) => chosen.has(f));
 }
 
 /** An image name from a store path's name ("hello-2.12" -> "hello-2.12"), lowercased into the registry's alphabet. */
