@@ -92,7 +92,8 @@ export const BUILD = {
       "built of) as an OCI referrer: an artifact manifest whose `subject` is the image's manifest (each platform's " +
       "for a multi-platform image). `oci:` and `oci-archive:` list it untagged in index.json; `docker://` pushes " +
       "it by digest and, where the registry has no referrers API, lists it under the tag `sha256-<hex>` of the " +
-      "subject (the tag-schema fallback). Other outputs cannot carry it: with only those, `--sbom` is refused.",
+      "subject (the tag-schema fallback). Other outputs cannot carry it: with only those, `--sbom` is refused. " +
+      "`--json` lists each output's referrer digests (`referrers`) and the fallback tags it wrote (`referrersTags`).",
   ],
   args: [
     [
