@@ -25,7 +25,8 @@ export async function pushReferrers(
   if (!referrers.length) return result;
   const client = new RegistryClient(target.registry, target.repository, opts);
   try {
-    // Small blobs (documents, the empty config), so one at a time and in one PUT each.
+    // Small blobs (documents, the empty config), so one at a time and in one PUT each (no size is over the
+    // monolithic limit, so the chunk size is never used).
     const seen = new Set<string>();
     for (const b of referrers.flatMap((r) => r.blobs)) {
       if (seen.has(b.digest)) continue;
@@ -34,7 +35,7 @@ export async function pushReferrers(
       const session = await client.startUpload();
       await client.uploadBlob(session, b.bytes, b.digest, b.size, {
         monolithicLimit: Infinity,
-        chunkSize: b.size || 1,
+        chunkSize: 1,
       });
     }
     /** Referrers the registry did not take as such, by subject. */
