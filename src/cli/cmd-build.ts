@@ -8,7 +8,13 @@ import type { LayeringStrategy } from "../image/types.js";
 import { formatPlatform } from "../image/platforms.js";
 import { buildIndex, isIndex, type BuiltTarget } from "../oci/index.js";
 import { openBaseImage, type OpenedBase } from "../outputs/base-image.js";
-import { parseOutputRef, writeOutput, type OutputRef } from "../outputs/outputs.js";
+import {
+  formatOutputRef,
+  holdsReferrers,
+  parseOutputRef,
+  writeOutput,
+  type OutputRef,
+} from "../outputs/outputs.js";
 import { checkCacheDir, checkOutput, layerCacheError } from "../outputs/preflight.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { buildNixAttrs } from "../resolve/installables.js";
@@ -19,6 +25,10 @@ import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { BUILD } from "./help-texts.js";
 import { BuildProgress } from "./build-progress.js";
 import { buildPlatforms } from "./build-platforms.js";
+import { imageSbomReferrers } from "../image/sbom/image-referrers.js";
+import { isSbomFormat, SBOM_FORMATS, type SbomFormat } from "../image/sbom/formats.js";
+import type { BuiltReferrer } from "../oci/referrer.js";
+import { packageVersion } from "./shared-options.js";
 import { removeTemporariesOnSignals } from "./interrupt.js";
 import { Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
@@ -109,6 +119,15 @@ export async function buildCommand(argv: string[]): Promise<number> {
       "refusing to write a docker-archive to a terminal: redirect stdout (> image.tar, | docker load) or give " +
         "-o docker-archive:FILE",
     );
+  const sbomFormats = sbomOption(values.sbom);
+  // Refused before any work, like an index for an output that cannot hold one: a build whose SBOM would go
+  // nowhere is a mistake, not something to find out afterwards.
+  if (sbomFormats.length && !outputs.some(holdsReferrers))
+    throw new UsageError(
+      `--sbom: only oci:, oci-archive: and docker:// outputs carry referrers${
+        outputs.length ? `, not ${outputs.map(formatOutputRef).join(", ")}` : ": add -o DEST"
+      }`,
+    );
   if (values["no-cache"] && values["cache-dir"] !== undefined)
     throw new UsageError("--no-cache and --cache-dir contradict each other: give one");
   const installables = positionals.filter((p) => p !== "-");
@@ -195,7 +214,20 @@ export async function buildCommand(argv: string[]): Promise<number> {
           }),
         );
       }
-      return await writeOutputs(results);
+      // One document per format about each platform's manifest (not the index: the closures differ).
+      const referrers = sbomFormats.length
+        ? results.flatMap((r, i) =>
+            imageSbomReferrers(r.image, {
+              formats: sbomFormats,
+              closure: r.closure,
+              roots: [...new Set(builds[i].roots)],
+              toolVersion: packageVersion(),
+              name: spec.tags[0] ?? repositoryName(firstRoot),
+              caches: spec.substituters,
+            }),
+          )
+        : [];
+      return await writeOutputs(results, referrers);
     } finally {
       for (const r of results) await r.cleanup();
     }
@@ -216,7 +248,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
   }
 
   /** Writes every output; prints the digest (the index's, for several platforms) or the report. */
-  async function writeOutputs(results: BuildResult[]): Promise<number> {
+  async function writeOutputs(results: BuildResult[], referrers: BuiltReferrer[]): Promise<number> {
     const multi = results.length > 1;
     const target: BuiltTarget = multi ? buildIndex(results.map((r) => r.image)) : results[0].image;
     // --tag NAME[:TAG] names the image where an output does not: the tag for oci layouts and registries,
@@ -231,12 +263,15 @@ export async function buildCommand(argv: string[]): Promise<number> {
       const named =
         ref.kind === "docker-archive" && ref.name === undefined ? { ...ref, name: defaultName } : ref;
       report.writing(label, results, ref.kind === "docker");
+      if (referrers.length && !holdsReferrers(ref))
+        progress.line(`note: ${label} cannot carry referrers: the SBOM goes to the other outputs only`);
       const r = await writeOutput(target, named, {
         creds: values.creds,
         insecure: values.insecure,
         defaultTag,
         store,
         onEvent: (e) => report.onPushEvent(e),
+        referrers,
       });
       r.uploaded?.forEach((d) => uploaded.add(d));
       outputReports.push({ output: label, ...r });
@@ -292,6 +327,20 @@ export async function buildCommand(argv: string[]): Promise<number> {
       process.stdout.write([digest, ...storePaths].join("\n") + "\n");
     return 0;
   }
+}
+
+/**
+ * `--sbom` values: formats, repeated or separated by commas. Each once, in SBOM_FORMATS' order whatever order they
+ * were given in, so the outputs list the referrers the same way for the same set.
+ */
+function sbomOption(values: readonly string[] | undefined): SbomFormat[] {
+  const chosen = new Set<string>();
+  for (const name of (values ?? []).flatMap((v) => v.split(",")).map((v) => v.trim())) {
+    if (!isSbomFormat(name))
+      throw new UsageError(`--sbom: unknown format ${JSON.stringify(name)} (${SBOM_FORMATS.join(", ")})`);
+    chosen.add(name);
+  }
+  return SBOM_FORMATS.filter((f) => chosen.has(f));
 }
 
 /** An image name from a store path's name ("hello-2.12" -> "hello-2.12"), lowercased into the registry's alphabet. */

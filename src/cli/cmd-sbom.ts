@@ -6,9 +6,8 @@ import { NIX_CLOSURE_ROOT_ANNOTATION, storePathsFromAnnotations } from "../image
 import { parsePlatform } from "../image/platforms.js";
 import { openImage, type ImageSource } from "../outputs/image-source.js";
 import { imageStorePaths, layerPathsOf } from "../outputs/image-store-paths.js";
-import type { PathInfo } from "../store/path-info.js";
 import { isSbomFormat, renderSbom, SBOM_FORMATS } from "../image/sbom/formats.js";
-import { documentTime } from "../image/sbom/closure-model.js";
+import { closureSbomInput, documentTime } from "../image/sbom/closure-model.js";
 import { BinaryCacheStore } from "../store/binary-cache.js";
 import { computeClosure } from "../store/closure.js";
 import { NixociError } from "../util/errors.js";
@@ -66,15 +65,19 @@ export async function sbomCommand(argv: string[]): Promise<number> {
       paths = roots;
     }
     const closure = await computeClosure(store, paths);
-    if (!roots.length) roots = unreferenced(closure, paths);
-    text = renderSbom(format, {
-      infos: [...closure.values()],
-      roots,
-      toolVersion: packageVersion(),
-      created: createdOption(values.created, imageCreated(image)),
-      caches: store instanceof BinaryCacheStore ? [store.url] : [],
-      ...(image ? { image: { name: imageRef, manifestDigest: image.manifest.digest } } : {}),
-    }).text;
+    text = renderSbom(
+      format,
+      closureSbomInput(
+        closure,
+        { roots, paths },
+        {
+          toolVersion: packageVersion(),
+          created: createdOption(values.created, imageCreated(image)),
+          caches: store instanceof BinaryCacheStore ? [store.url] : [],
+          ...(image ? { image: { name: imageRef, manifestDigest: image.manifest.digest } } : {}),
+        },
+      ),
+    ).text;
   } finally {
     store.close();
     await image?.close();
@@ -88,13 +91,6 @@ export async function sbomCommand(argv: string[]): Promise<number> {
 /** An image reference (the transports `nixoci diff` and build's outputs name), not a store path or a link to one. */
 function isImageRef(arg: string): boolean {
   return /^(oci|oci-archive|docker-archive|nix):|^docker:\/\//.test(arg);
-}
-
-/** The image's paths that no other path of the image refers to: what it was made of, when it does not say. */
-function unreferenced(closure: Map<string, PathInfo>, paths: string[]): string[] {
-  const referenced = new Set<string>();
-  for (const p of paths) for (const r of closure.get(p)?.references ?? []) if (r !== p) referenced.add(r);
-  return paths.filter((p) => !referenced.has(p));
 }
 
 /** The image config's `created`, the default time of its document. */

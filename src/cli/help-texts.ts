@@ -88,6 +88,12 @@ export const BUILD = {
       "printed, and `--json` reports it with each platform's report. Only `oci:`, `oci-archive:` and `docker://` " +
       "hold an index: `docker-archive:`, `-` and `nix:` are refused before any work. One `--platform` builds a " +
       "plain image, the same as `--arch`.",
+    "With `--sbom FORMAT`, each image manifest gets a document per format (`nixoci sbom`'s, of the closure it was " +
+      "built of) as an OCI referrer: an artifact manifest whose `subject` is the image's manifest (each platform's " +
+      "for a multi-platform image). `oci:` and `oci-archive:` list it untagged in index.json; `docker://` pushes " +
+      "it by digest and, where the registry has no referrers API, lists it under the tag `sha256-<hex>` of the " +
+      "subject (the tag-schema fallback). Other outputs cannot carry it: with only those, `--sbom` is refused. " +
+      "`--json` lists each output's referrer digests (`referrers`) and the fallback tags it wrote (`referrersTags`).",
   ],
   args: [
     [
@@ -180,6 +186,14 @@ export const BUILD = {
       value: "NAME[:TAG]",
       help: "names the image for outputs that do not (oci: tags, registries, docker archives' RepoTags)",
       byDefault: "the first package's name, latest",
+    },
+    sbom: {
+      type: "string",
+      multiple: true,
+      value: "FORMAT[,FORMAT…]",
+      help:
+        "attach the closure's SBOM in each FORMAT (cyclonedx, spdx, provenance) as an OCI referrer of the image " +
+        "(of each platform's image) to oci:, oci-archive: and docker:// outputs",
     },
     ...LAYER_FLAGS,
     layering: { ...LAYER_FLAGS.layering, byDefault: "size", section: "layers" },

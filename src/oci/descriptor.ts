@@ -3,6 +3,8 @@ export interface Descriptor {
   mediaType: string;
   digest: string;
   size: number;
+  /** What an artifact manifest holds (image spec 1.1), copied into the descriptors that point at it. */
+  artifactType?: string;
   annotations?: Record<string, string>;
   platform?: { architecture: string; os: string; variant?: string };
 }

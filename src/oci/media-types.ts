@@ -2,6 +2,8 @@
 export const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 export const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
 export const OCI_CONFIG = "application/vnd.oci.image.config.v1+json";
+/** The empty JSON blob `{}`: the config of an artifact manifest that has no config of its own (image spec 1.1). */
+export const OCI_EMPTY = "application/vnd.oci.empty.v1+json";
 export const OCI_LAYER = "application/vnd.oci.image.layer.v1.tar";
 export const OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip";
 export const OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd";

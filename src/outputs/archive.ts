@@ -24,9 +24,10 @@ import {
 } from "../image/tar-header.js";
 import type { BuiltImage } from "../oci/image.js";
 import type { BuiltTarget } from "../oci/index.js";
-import { indexEntry, OCI_LAYOUT_FILE, storeBlobPath, targetBlobs, targetDigest } from "./layout.js";
+import { indexEntry, layoutBlobs, OCI_LAYOUT_FILE, storeBlobPath, targetDigest } from "./layout.js";
 import { OCI_INDEX, OCI_LAYER, OCI_LAYER_ZSTD } from "../oci/media-types.js";
 import { isValidTag } from "../oci/reference.js";
+import { referrerDescriptor, type BuiltReferrer } from "../oci/referrer.js";
 
 /** One archive member: a directory, or a file from bytes or from a file on disk. */
 export interface TarEntry {
@@ -160,14 +161,21 @@ async function writeTarFile(file: string, entries: TarEntry[]): Promise<void> {
   }
 }
 
-/** The members of an OCI layout holding just this image, or this index and its images (sorted). */
-export async function ociArchiveEntries(image: BuiltTarget, tag?: string): Promise<TarEntry[]> {
+/**
+ * The members of an OCI layout holding just this image, or this index and its images, and the referrers about
+ * them as untagged entries (sorted).
+ */
+export async function ociArchiveEntries(
+  image: BuiltTarget,
+  tag?: string,
+  referrers: readonly BuiltReferrer[] = [],
+): Promise<TarEntry[]> {
   const entries: TarEntry[] = [
     { name: "blobs", type: "dir" },
     { name: "blobs/sha256", type: "dir" },
     { name: "oci-layout", type: "file", bytes: Buffer.from(OCI_LAYOUT_FILE), size: OCI_LAYOUT_FILE.length },
   ];
-  for (const b of targetBlobs(image)) {
+  for (const b of layoutBlobs(image, referrers)) {
     const name = `blobs/sha256/${digestHex(b.digest)}`;
     if (b.bytes) entries.push({ name, type: "file", bytes: b.bytes, size: b.size });
     else
@@ -179,16 +187,28 @@ export async function ociArchiveEntries(image: BuiltTarget, tag?: string): Promi
       });
   }
   const index = Buffer.from(
-    JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [indexEntry(image, tag)] }),
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: [indexEntry(image, tag), ...referrers.map(referrerDescriptor)],
+    }),
   );
   entries.push({ name: "index.json", type: "file", bytes: index, size: index.length });
   return sortEntries(entries);
 }
 
-/** Writes an oci-archive (tar of an OCI image layout) of an image or a multi-platform index to `file`. */
-export async function writeOciArchive(image: BuiltTarget, file: string, tag?: string): Promise<string> {
+/**
+ * Writes an oci-archive (tar of an OCI image layout) of an image or a multi-platform index to `file`, with the
+ * referrers about its manifests.
+ */
+export async function writeOciArchive(
+  image: BuiltTarget,
+  file: string,
+  tag?: string,
+  referrers: readonly BuiltReferrer[] = [],
+): Promise<string> {
   if (tag !== undefined && !isValidTag(tag)) throw new NixociError(file, `invalid tag ${quote(tag)}`);
-  await writeTarFile(file, await ociArchiveEntries(image, tag));
+  await writeTarFile(file, await ociArchiveEntries(image, tag, referrers));
   return targetDigest(image);
 }
 

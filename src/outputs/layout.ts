@@ -19,6 +19,7 @@ import type { BuiltImage } from "../oci/image.js";
 import { isIndex, type BuiltTarget } from "../oci/index.js";
 import { OCI_INDEX } from "../oci/media-types.js";
 import { isValidTag } from "../oci/reference.js";
+import { referrerDescriptor, type BuiltReferrer } from "../oci/referrer.js";
 
 export const REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name";
 export const OCI_LAYOUT_FILE = '{"imageLayoutVersion":"1.0.0"}';
@@ -96,6 +97,32 @@ export function targetBlobs(target: BuiltTarget): TargetBlob[] {
       image: images[0],
     });
   return out;
+}
+
+/**
+ * The blobs of referrers not already among `seen` (added to it), kept in memory: every one has its bytes. The
+ * image they are written beside stands in as the store they might already be linked from.
+ */
+export function referrerBlobs(
+  referrers: readonly BuiltReferrer[],
+  image: BuiltImage,
+  seen: Set<string>,
+): TargetBlob[] {
+  const out: TargetBlob[] = [];
+  for (const r of referrers)
+    for (const b of [...r.blobs, r.manifest])
+      if (!seen.has(b.digest)) {
+        seen.add(b.digest);
+        out.push({ digest: b.digest, size: b.size, bytes: b.bytes, image });
+      }
+  return out;
+}
+
+/** The image's blobs, then its referrers' (each blob once). */
+export function layoutBlobs(target: BuiltTarget, referrers: readonly BuiltReferrer[]): TargetBlob[] {
+  const blobs = targetBlobs(target);
+  const first = isIndex(target) ? target.images[0] : target;
+  return [...blobs, ...referrerBlobs(referrers, first, new Set(blobs.map((b) => b.digest)))];
 }
 
 /** Checks a blob of the image's store exists with its descriptor's size; returns its path. */
@@ -243,12 +270,18 @@ async function isNewLayout(dir: string): Promise<boolean> {
 }
 
 /**
- * Writes (or adds) the image (or multi-platform index) to the OCI layout `dir`, tagged `tag` when given. Returns
- * the manifest (or index) digest.
+ * Writes (or adds) the image (or multi-platform index) to the OCI layout `dir`, tagged `tag` when given, with
+ * `referrers` (documents about its manifests) as untagged index.json entries, where layout readers (skopeo, oras,
+ * regctl) find a manifest's referrers. Returns the manifest (or index) digest.
  * A new layout (no directory, or an empty one) is written whole under a temporary sibling name and renamed into
  * place, so it appears complete or not at all; an existing one gets its blobs first and its index.json last.
  */
-export async function writeOciLayout(image: BuiltTarget, dir: string, tag?: string): Promise<string> {
+export async function writeOciLayout(
+  image: BuiltTarget,
+  dir: string,
+  tag?: string,
+  referrers: readonly BuiltReferrer[] = [],
+): Promise<string> {
   if (tag !== undefined && !isValidTag(tag)) throw new NixociError(dir, `invalid tag ${quote(tag)}`);
   try {
     const parent = dirname(resolve(dir));
@@ -260,7 +293,7 @@ export async function writeOciLayout(image: BuiltTarget, dir: string, tag?: stri
       const tmp = tempSibling(parent, base);
       try {
         await mkdir(tmp);
-        await writeIntoLayout(image, tmp, tag);
+        await writeIntoLayout(image, tmp, tag, referrers);
         await rename(tmp, dir); // replaces an empty directory
         await fsyncPath(parent, true);
         return targetDigest(image);
@@ -271,7 +304,7 @@ export async function writeOciLayout(image: BuiltTarget, dir: string, tag?: stri
         if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
       }
     }
-    return await writeIntoLayout(image, dir, tag);
+    return await writeIntoLayout(image, dir, tag, referrers);
   } catch (err) {
     // Named after the layout: the temporaries (a new layout's tree, blobs, index.json) mean nothing to a user.
     throw fsError(dir, err, "cannot write the OCI layout");
@@ -279,7 +312,12 @@ export async function writeOciLayout(image: BuiltTarget, dir: string, tag?: stri
 }
 
 /** Adds the image to the layout `dir` (a new, empty directory or an existing layout) in place. */
-async function writeIntoLayout(image: BuiltTarget, dir: string, tag?: string): Promise<string> {
+async function writeIntoLayout(
+  image: BuiltTarget,
+  dir: string,
+  tag: string | undefined,
+  referrers: readonly BuiltReferrer[],
+): Promise<string> {
   await prepareLayoutDir(dir);
   const existing = await readIndex(dir);
   const blobDir = join(dir, "blobs", "sha256");
@@ -287,23 +325,29 @@ async function writeIntoLayout(image: BuiltTarget, dir: string, tag?: string): P
   await sweepAbandonedTemps(dir);
   await sweepAbandonedTemps(blobDir);
   await makeDirs(blobDir);
-  await mapLimit(targetBlobs(image), 8, (b) => placeBlob(b.image, blobDir, b));
+  await mapLimit(layoutBlobs(image, referrers), 8, (b) => placeBlob(b.image, blobDir, b));
   await fsyncPath(blobDir, true);
   if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))
     await writeDurable(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
 
   const entry = indexEntry(image, tag);
+  const referrerEntries = referrers.map(referrerDescriptor);
+  // Untagged: only the image's tag names anything, and a referrer is found through its subject.
+  const untagged = new Set([
+    ...(tag === undefined ? [entry.digest] : []),
+    ...referrerEntries.map((d) => d.digest),
+  ]);
   const kept = (existing?.manifests ?? []).filter((m) => {
     const name = m.annotations?.[REF_NAME_ANNOTATION];
-    if (tag !== undefined) return name !== tag;
+    if (tag !== undefined && name === tag) return false;
     // An untagged write replaces an untagged entry for the same manifest instead of duplicating it.
-    return !(name === undefined && m.digest === entry.digest);
+    return !(name === undefined && untagged.has(m.digest));
   });
   const index: OciIndex = {
     ...(existing ?? {}),
     schemaVersion: 2,
     mediaType: OCI_INDEX,
-    manifests: [...kept, entry],
+    manifests: [...kept, entry, ...referrerEntries],
   };
   await writeDurable(join(dir, "index.json"), JSON.stringify(index));
   await fsyncPath(dir, true);

@@ -20,6 +20,8 @@ import { checkNixImageName, nixImageRef, storeNotWritable, writeNixImage } from 
 import type { LocalStore } from "../store/local-store.js";
 import { MAX_NAME_LENGTH, NAME_RE, TAG_RE } from "../oci/reference.js";
 import { pushImage, pushIndex, type PushEvent } from "./push.js";
+import { pushReferrers } from "./push-referrers.js";
+import { referrerDescriptor, type BuiltReferrer } from "../oci/referrer.js";
 
 export type { PushEvent } from "./push.js";
 
@@ -215,10 +217,20 @@ export interface OutputOptions {
   mountFrom?: string[];
   /** The local store nix: outputs are written into. */
   store?: LocalStore;
+  /**
+   * Documents about the image's manifests (SBOMs), written beside it where the output can hold referrers
+   * (holdsReferrers); other outputs leave them out.
+   */
+  referrers?: readonly BuiltReferrer[];
 }
 
 /** Outputs that hold one image and no index: a multi-platform image cannot be written to them. */
 export function holdsIndex(ref: OutputRef): boolean {
+  return ref.kind === "oci" || ref.kind === "oci-archive" || ref.kind === "docker";
+}
+
+/** Outputs that can carry referrers (OCI 1.1 artifacts about an image): layouts, their archives and registries. */
+export function holdsReferrers(ref: OutputRef): boolean {
   return ref.kind === "oci" || ref.kind === "oci-archive" || ref.kind === "docker";
 }
 
@@ -234,6 +246,10 @@ export async function writeOutput(
   mounted?: string[];
   storePath?: string;
   reference?: string;
+  /** The referrer manifests written, by digest. */
+  referrers?: string[];
+  /** Tag-schema fallback tags a registry without the referrers API got. */
+  referrersTags?: string[];
 }> {
   if (opts.defaultTag !== undefined) checkTag("default tag", opts.defaultTag);
   if (isIndex(image) && !holdsIndex(ref))
@@ -241,11 +257,19 @@ export async function writeOutput(
       formatOutputRef(ref),
       "holds one platform's image, not a multi-platform index (write it to oci:, oci-archive: or docker://)",
     );
+  const referrers = holdsReferrers(ref) ? (opts.referrers ?? []) : [];
+  const written = referrers.length ? { referrers: referrers.map((r) => referrerDescriptor(r).digest) } : {};
   switch (ref.kind) {
     case "oci":
-      return { manifestDigest: await writeOciLayout(image, ref.dir, ref.tag ?? opts.defaultTag) };
+      return {
+        manifestDigest: await writeOciLayout(image, ref.dir, ref.tag ?? opts.defaultTag, referrers),
+        ...written,
+      };
     case "oci-archive":
-      return { manifestDigest: await writeOciArchive(image, ref.file, ref.tag ?? opts.defaultTag) };
+      return {
+        manifestDigest: await writeOciArchive(image, ref.file, ref.tag ?? opts.defaultTag, referrers),
+        ...written,
+      };
     case "docker-archive": {
       if (isIndex(image)) throw new Error("unreachable: docker-archive of an index");
       const tags = ref.name !== undefined ? [`${ref.name}:${ref.tag ?? opts.defaultTag ?? "latest"}`] : [];
@@ -284,11 +308,16 @@ export async function writeOutput(
       const r = isIndex(image)
         ? await pushIndex(image, target, pushOpts)
         : await pushImage(image, target, pushOpts);
+      // After the image: a registry that checks subjects finds them, and a reader never sees a referrer
+      // about a manifest that is not there yet.
+      const pushed = await pushReferrers(referrers, target, { creds: opts.creds, insecure: opts.insecure });
       return {
         manifestDigest: r.manifestDigest,
         uploaded: r.uploaded,
         skipped: r.skipped,
         mounted: r.mounted,
+        ...(referrers.length ? { referrers: pushed.referrers } : {}),
+        ...(pushed.fallbackTags.length ? { referrersTags: pushed.fallbackTags } : {}),
       };
     }
   }

@@ -251,6 +251,19 @@ export class RegistryClient {
 
   /** PUTs manifest bytes under a tag or digest; returns the registry's digest for them. */
   async putManifest(reference: string, bytes: Buffer, mediaType: string, expected: string): Promise<string> {
+    return (await this.sendManifest(reference, bytes, mediaType, expected)).digest;
+  }
+
+  /**
+   * PUTs manifest bytes as putManifest does; also returns the registry's OCI-Subject header, which a registry
+   * with the referrers API sends for a manifest with a subject (its absence means the tag-schema fallback).
+   */
+  async sendManifest(
+    reference: string,
+    bytes: Buffer,
+    mediaType: string,
+    expected: string,
+  ): Promise<{ digest: string; subject?: string }> {
     const res = await this.request(
       this.url(`/v2/${this.repository}/manifests/${reference}`),
       { method: "PUT", headers: { "Content-Type": mediaType }, body: bytes },
@@ -263,7 +276,8 @@ export class RegistryClient {
         this.input,
         `manifest push: the registry stored the manifest as ${quote(got)}, not ${expected} (did it rewrite it?)`,
       );
-    return got ?? expected;
+    const subject = header(res.headers, "oci-subject");
+    return { digest: got ?? expected, ...(subject ? { subject } : {}) };
   }
 
   /**
@@ -312,12 +326,29 @@ export class RegistryClient {
     reference: string,
     accept: string[],
   ): Promise<{ bytes: Buffer; mediaType: string; digest?: string }> {
+    return (await this.fetchManifest(reference, accept, false))!;
+  }
+
+  /** GETs a manifest's exact bytes; undefined when the registry has none under `reference` (404). */
+  findManifest(
+    reference: string,
+    accept: string[],
+  ): Promise<{ bytes: Buffer; mediaType: string; digest?: string } | undefined> {
+    return this.fetchManifest(reference, accept, true);
+  }
+
+  private async fetchManifest(
+    reference: string,
+    accept: string[],
+    missingOk: boolean,
+  ): Promise<{ bytes: Buffer; mediaType: string; digest?: string } | undefined> {
     const res = await this.request(
       this.url(`/v2/${this.repository}/manifests/${reference}`),
       { method: "GET", headers: { Accept: accept.join(", ") } },
       "manifest fetch",
       [`repository:${this.repository}:pull`],
     );
+    if (res.status === 404 && missingOk) return undefined;
     if (res.status !== 200) this.fail("manifest fetch", res);
     return {
       bytes: res.body,

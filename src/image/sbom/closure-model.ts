@@ -21,6 +21,32 @@ export interface SbomInput {
   caches?: readonly string[];
 }
 
+/** What a document says about the run, beside the closure: SbomInput without the paths. */
+export type SbomFacts = Omit<SbomInput, "infos" | "roots">;
+
+/**
+ * The input of every document about a closure, for `nixoci sbom` and `nixoci build --sbom` alike: the closure's
+ * path infos, and its roots, which are `roots` when known, else the `paths` nothing else of the closure refers to
+ * (what an image was made of, when it does not say).
+ */
+export function closureSbomInput(
+  closure: ReadonlyMap<string, PathInfo>,
+  { roots, paths }: { roots: readonly string[]; paths: readonly string[] },
+  facts: SbomFacts,
+): SbomInput {
+  return {
+    infos: [...closure.values()],
+    roots: roots.length ? [...roots] : unreferenced(closure, paths),
+    ...facts,
+  };
+}
+
+function unreferenced(closure: ReadonlyMap<string, PathInfo>, paths: readonly string[]): string[] {
+  const referenced = new Set<string>();
+  for (const p of paths) for (const r of closure.get(p)?.references ?? []) if (r !== p) referenced.add(r);
+  return paths.filter((p) => !referenced.has(p));
+}
+
 /** One store path as the documents describe it. */
 export interface SbomPath {
   info: PathInfo;

@@ -11,14 +11,27 @@ export function isSbomFormat(s: string): s is SbomFormat {
   return (SBOM_FORMATS as readonly string[]).includes(s);
 }
 
-const RENDER: Record<SbomFormat, { mediaType: string; render: (input: SbomInput) => string }> = {
-  cyclonedx: { mediaType: CYCLONEDX_MEDIA_TYPE, render: cyclonedxJson },
-  spdx: { mediaType: SPDX_MEDIA_TYPE, render: spdxJson },
-  provenance: { mediaType: PROVENANCE_MEDIA_TYPE, render: provenanceJson },
+const RENDER: Record<
+  SbomFormat,
+  { mediaType: string; fileName: string; render: (input: SbomInput) => string }
+> = {
+  cyclonedx: { mediaType: CYCLONEDX_MEDIA_TYPE, fileName: "sbom.cyclonedx.json", render: cyclonedxJson },
+  spdx: { mediaType: SPDX_MEDIA_TYPE, fileName: "sbom.spdx.json", render: spdxJson },
+  provenance: {
+    mediaType: PROVENANCE_MEDIA_TYPE,
+    fileName: "provenance.intoto.json",
+    render: provenanceJson,
+  },
 };
 
-/** The document's text and its media type (also the artifactType of an OCI referrer carrying it). */
-export function renderSbom(format: SbomFormat, input: SbomInput): { text: string; mediaType: string } {
-  const { mediaType, render } = RENDER[format];
-  return { text: render(input), mediaType };
+/**
+ * The document's text, its media type (also the artifactType of an OCI referrer carrying it) and the file name
+ * it goes by where it is stored as a file (a referrer's title).
+ */
+export function renderSbom(
+  format: SbomFormat,
+  input: SbomInput,
+): { text: string; mediaType: string; fileName: string } {
+  const { mediaType, fileName, render } = RENDER[format];
+  return { text: render(input), mediaType, fileName };
 }
