@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs (idempotently, from Debian packages) what nixoci itself uses at run time on a fresh Debian 12
-# machine: the NAR compressors, nix + busybox-static for the example package set, and attr (setfattr) for the
-# snapshotter's metacopy nix layers; then makes Nix able to build as root. Safe to run again.
+# machine: the NAR compressors, ISA-L's igzip (isal: fast gzip for large layers; without it nixoci uses zlib),
+# nix + busybox-static for the example package set, and attr (setfattr) for the snapshotter's metacopy nix
+# layers; then makes Nix able to build as root. Safe to run again.
 set -euo pipefail
 here=$(dirname "$0")
 source "$here/lib-apt.sh"
-apt_ensure nix-bin busybox-static xz-utils zstd bzip2 attr
+apt_ensure nix-bin busybox-static xz-utils zstd bzip2 attr isal
 
 mkdir -p /etc/nix /nix/store /nix/var/nix/gcroots /nix/var/nix/profiles /nix/var/nix/temproots
 touch /etc/nix/nix.conf

@@ -2,6 +2,7 @@
 import { availableParallelism } from "node:os";
 import { buildImage, type BuildResult, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
+import { GZIP_ENCODERS, isGzipEncoderSetting } from "../image/layer-encoder.js";
 import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -96,10 +97,18 @@ export async function buildCommand(argv: string[]): Promise<number> {
   if (!COMPRESSIONS.includes(compression))
     throw new UsageError(`--compression must be one of ${COMPRESSIONS.join(", ")}`);
   const maxLayers = intOption(values["max-layers"], "max-layers", spec.maxLayers ?? 100, 2);
+  const gzipEncoder = values["gzip-encoder"] ?? "auto";
+  if (!isGzipEncoderSetting(gzipEncoder))
+    throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
   const level =
     values["compression-level"] !== undefined
       ? intOption(values["compression-level"], "compression-level", 0, 0)
       : spec.compressionLevel;
+  if (compression === "gzip" && level !== undefined) {
+    const [what, max] = gzipEncoder === "isal" ? ["ISA-L gzip", 3] : ["gzip", 9];
+    if (level > max)
+      throw new UsageError(`--compression-level: ${level} is out of range for ${what} (0..${max})`);
+  }
 
   const outputs: OutputRef[] = [...(values.output ?? []), ...positionals.filter((p) => p === "-")].map((o) =>
     parseOutputRef(o),
@@ -204,6 +213,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
             maxLayers,
             compression,
             compressionLevel: level,
+            gzipEncoder,
             cacheDir,
             parallelism: intOption(values.jobs, "jobs", availableParallelism()),
             base: bases[i]?.base,

@@ -4,6 +4,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
+import { GZIP_ENCODERS, isGzipEncoderSetting } from "../image/layer-encoder.js";
 import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../servers/registry/auth.js";
@@ -112,6 +113,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
       `--arch ${JSON.stringify(values.arch)} is not one of ${ARCHITECTURES.join(", ")}${guess ? ` (did you mean ${guess}?)` : ""}`,
     );
   }
+  const gzipEncoder = values["gzip-encoder"] ?? "auto";
+  if (!isGzipEncoderSetting(gzipEncoder))
+    throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
     throw new UsageError("--cache-compression must be zstd, xz or none");
@@ -206,6 +210,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     compressionLevel: values["compression-level"]
       ? intOption(values["compression-level"], "compression-level", 0, 0)
       : undefined,
+    gzipEncoder,
     buildTimeoutMs: values["build-timeout"]
       ? intOption(values["build-timeout"], "build-timeout", 600) * 1000
       : undefined,

@@ -19,7 +19,8 @@ import type { BaseImage } from "./base-image.js";
 import { readBaseTree, type BaseTree } from "./base-tree.js";
 import { imageConfigJson, manifestJson } from "./config.js";
 import { customisationLayer } from "./customisation.js";
-import { buildLayerBlob, DEFAULT_GZIP_LEVEL } from "./layer-builder.js";
+import { buildLayerBlob } from "./layer-builder.js";
+import { layerEncoders, type GzipEncoderSetting, type LayerEncoder } from "./layer-encoder.js";
 import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
@@ -40,6 +41,8 @@ export interface BuildOptions {
   maxLayers: number;
   compression: LayerCompression;
   compressionLevel?: number;
+  /** gzip's encoder (layer-encoder.ts); default auto: ISA-L for large layers where installed. */
+  gzipEncoder?: GzipEncoderSetting;
   /** The layer cache directory; undefined means a throw-away cache (--no-cache). */
   cacheDir?: string;
   parallelism?: number;
@@ -87,9 +90,9 @@ export interface BuildResult {
   cleanup(): Promise<void>;
 }
 
-function compressionLevel(opts: BuildOptions): number | undefined {
-  if (opts.compressionLevel !== undefined) return opts.compressionLevel;
-  return opts.compression === "gzip" ? DEFAULT_GZIP_LEVEL : undefined;
+/** What of a layer's encoder its identity holds: the codec, the encoder with its version, the level. */
+function encoderIdentity(e: LayerEncoder): Record<string, unknown> {
+  return { compression: e.compression, encoder: e.name, level: e.level ?? null };
 }
 
 /** Requested packages below this NAR size count as "small roots" (see planStoreLayers). */
@@ -194,7 +197,12 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     paths: layered.size,
     narSize: [...layered.values()].reduce((n, i) => n + i.narSize, 0),
   });
-  const level = compressionLevel(opts);
+  const encoderFor = await layerEncoders({
+    compression: opts.compression,
+    level: opts.compressionLevel,
+    gzipEncoder: opts.gzipEncoder,
+    cacheDir: opts.cacheDir,
+  });
   const limiter = new Limiter(opts.parallelism ?? Math.max(1, availableParallelism()));
 
   // Cache lookups run freely; only builds take one of the limiter's slots. Builds are queued biggest first
@@ -224,6 +232,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     paths: string[],
     narSize: number,
     makeTar: (rewriter: HeaderRewriter | undefined) => import("node:stream").Readable,
+    encoder: LayerEncoder,
     storeDir?: string,
   ): Promise<LayerReport> => {
     const hit = await cache.lookup(identity);
@@ -233,8 +242,9 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           emit({ type: "layer-start", index, paths, narSize });
           const rewriter = ownership && new HeaderRewriter(ownership, storeDir);
           const blob = await buildLayerBlob(makeTar(rewriter), {
-            compression: opts.compression,
-            level,
+            compression: encoder.compression,
+            level: encoder.level,
+            igzip: encoder.igzip,
             blobs: cache.blobs,
             onTarBytes: (bytes) => emit({ type: "layer-progress", index, bytes }),
           });
@@ -248,15 +258,15 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
 
   try {
     const storeLayers = plan.map(async (layer, index) => {
+      const narSize = layer.paths.reduce((n, p) => n + layered.get(p)!.narSize, 0);
+      const encoder = encoderFor(narSize);
       const identity = layerIdentity({
         kind: "store-paths",
         tar: TAR_FORMAT_VERSION,
-        compression: opts.compression,
-        level: level ?? null,
+        ...encoderIdentity(encoder),
         paths: layer.paths.map((p) => [p, layered.get(p)!.narHash.toString("nix32")]),
         ...(owners !== undefined ? { owners } : {}),
       });
-      const narSize = layer.paths.reduce((n, p) => n + layered.get(p)!.narSize, 0);
       return cachedOrBuilt(
         index,
         identity,
@@ -267,6 +277,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
             layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
             rewriter,
           ),
+        encoder,
         store.storeDir,
       );
     });
@@ -278,18 +289,23 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       base: baseTree,
     });
     for (const message of custom.warnings) emit({ type: "warning", message });
+    const customEncoder = encoderFor(0);
     const customIdentity = layerIdentity({
       kind: "customisation",
       tar: TAR_FORMAT_VERSION,
-      compression: opts.compression,
-      level: level ?? null,
+      ...encoderIdentity(customEncoder),
       entries: custom.entries.map((e) =>
         "content" in e ? { ...e, content: e.content.toString("base64") } : e,
       ),
       ...(owners !== undefined ? { owners } : {}),
     });
-    const customLayer = cachedOrBuilt(plan.length, customIdentity, [], 0, (rewriter) =>
-      treeTar(custom.entries, rewriter),
+    const customLayer = cachedOrBuilt(
+      plan.length,
+      customIdentity,
+      [],
+      0,
+      (rewriter) => treeTar(custom.entries, rewriter),
+      customEncoder,
     );
 
     const layers = await allSettledOrThrow([...storeLayers, customLayer]);

@@ -3,18 +3,21 @@
 // the file to its digest at the end. Memory stays bounded by the streams' buffers.
 //
 // gzip runs in-process on zlib (libuv's thread pool, so several layers compress on several cores) with the
-// gzip header's mtime 0, no file name and the OS byte fixed to 3 (Unix) whatever platform zlib was built for.
-// zstd runs the zstd tool (multi-threaded mode, whose output does not depend on the thread count).
+// gzip header's mtime 0, no file name and the OS byte fixed to 3 (Unix) whatever platform zlib was built for;
+// or through ISA-L's igzip when the caller gives its path (layer-encoder.ts chooses), with -n: mtime 0, no
+// name, OS byte 3. zstd runs the zstd tool (multi-threaded mode, whose output does not depend on the thread
+// count).
 import { Transform, type Duplex, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
 import type { BlobStore, BlobWriter } from "../oci/blob-store.js";
 import type { Digest } from "../oci/digest.js";
 import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
-import { compressStream } from "../util/compression.js";
+import { compressStream, isalGzipStream } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { HashingStream } from "../util/hashing-stream.js";
 import { holdErrors } from "../util/streams.js";
+import { DEFAULT_GZIP_LEVEL } from "./layer-encoder.js";
 
 export interface LayerBlob {
   /** sha256 of the blob as stored (compressed). */
@@ -30,22 +33,21 @@ export interface LayerBlob {
 
 export interface BuildLayerOptions {
   compression: LayerCompression;
-  /** gzip 0-9 (default 6), zstd 1-22 (default 3); ignored for "none". */
+  /** gzip 0-9 (default 6; igzip 0-3, default 3), zstd 1-22 (default 3); ignored for "none". */
   level?: number;
+  /** gzip through ISA-L: the igzip executable (layer-encoder.ts). */
+  igzip?: string;
   blobs: BlobStore;
   /** Told the running count of tar bytes read, as they flow: progress for whoever watches the build. */
   onTarBytes?: (total: number) => void;
 }
-
-/** Default gzip level: zlib's (and docker's, GNU gzip's) default. */
-export const DEFAULT_GZIP_LEVEL = 6;
 
 /** Writes one layer into the blob store and returns its descriptors. The tar stream is consumed (or destroyed). */
 export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise<LayerBlob> {
   let compressor: Duplex[] = [];
   let writer: BlobWriter;
   try {
-    compressor = compressorStages(opts.compression, opts.level);
+    compressor = compressorStages(opts.compression, opts.level, opts.igzip);
     // Read only once the writer is ready: a compressor that cannot start (zstd not installed) or a tar that
     // fails early keeps its error for the pipeline below instead of throwing it as an uncaught exception.
     for (const s of [tar, ...compressor]) holdErrors(s);
@@ -76,13 +78,18 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
 }
 
 /** The compressor as a chain of streams (empty for "none"); validates the level. */
-function compressorStages(compression: LayerCompression, level: number | undefined): Duplex[] {
+function compressorStages(
+  compression: LayerCompression,
+  level: number | undefined,
+  igzip: string | undefined,
+): Duplex[] {
   switch (compression) {
     case "none":
       return [];
     case "zstd":
-      return [compressStream("zstd", { level, input: "layer zstd compressor" })];
+      return [compressStream("zstd", { level, input: "layer zstd compressor", launched: true })];
     case "gzip": {
+      if (igzip) return [isalGzipStream(igzip, { level, input: "layer gzip compressor (igzip)" })];
       const l = level ?? DEFAULT_GZIP_LEVEL;
       if (!Number.isInteger(l) || l < 0 || l > 9) {
         throw new NixociError("compression level", `${l} is out of range for gzip (0..9)`);

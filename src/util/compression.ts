@@ -13,12 +13,15 @@
 //   number of workers (unlike --single-thread). We use -T0.
 // - bzip2, gzip (zlib; no name, mtime 0) and brotli have no threads and are deterministic.
 // Tool options from the environment (XZ_OPT, XZ_DEFAULTS, ZSTD_CLEVEL, ZSTD_NBTHREADS, BZIP2, BZIP) are removed.
-import { spawn, type ChildProcessByStdio } from "node:child_process";
+import { spawn } from "node:child_process";
 import { availableParallelism } from "node:os";
-import { Duplex, PassThrough, type Readable, type Writable } from "node:stream";
+import { basename } from "node:path";
+import { Duplex, PassThrough } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
 import { NixociError } from "./errors.js";
+import { toolEnv } from "./tool-env.js";
+import { launchTool, type FilterProcess } from "./tool-launcher.js";
 import { ZstdDecoder } from "./zstd-decoder.js";
 
 export type Compression = "none" | "xz" | "zstd" | "bzip2" | "br" | "gzip";
@@ -98,6 +101,11 @@ export interface CompressOptions {
    * frame, whose window is then no larger than the data (a decoder allocates less for a small NAR).
    */
   size?: number;
+  /**
+   * Start the tool through the tool launcher (tool-launcher.ts) instead of forking this process: for processes
+   * with a large, busy heap (a build), where each fork costs more than the tool's work on a small input.
+   */
+  launched?: boolean;
 }
 
 /** zstd data that decodes to at most this many bytes is decoded in this process (zstd-decoder.ts). */
@@ -150,7 +158,7 @@ export function compressStream(c: Compression, opts: CompressOptions = {}): Dupl
       const args = ["--compress", "--stdout", "-q", `-${level}`, "-T0"];
       if (opts.size !== undefined) args.push(`--stream-size=${opts.size}`);
       if (level > 19) args.push("--ultra");
-      return new ToolStream("zstd", args, "zstd", input, false);
+      return new ToolStream("zstd", args, "zstd", input, false, opts.launched);
     }
     case "bzip2":
       return new ToolStream("bzip2", ["--compress", "--stdout", `-${level}`], "bzip2", input, false);
@@ -167,6 +175,24 @@ export function compressStream(c: Compression, opts: CompressOptions = {}): Dupl
     case "gzip":
       return new ZlibStream(zlib.createGzip({ chunkSize: CHUNK, level }), "gzip", input, false);
   }
+}
+
+/**
+ * gzip through ISA-L's igzip (`path`), level 0-3 (default 3): `-n` writes neither a name nor a time, so the
+ * output depends only on the input, the level and igzip's version.
+ */
+export function isalGzipStream(path: string, opts: { level?: number; input?: string } = {}): Duplex {
+  const level = opts.level ?? 3;
+  if (!Number.isInteger(level) || level < 0 || level > 3)
+    throw new NixociError("compression level", `${level} is out of range for ISA-L gzip (0..3)`);
+  return new ToolStream(
+    path,
+    ["-c", "-n", `-${level}`],
+    "gzip",
+    opts.input ?? "igzip compressor",
+    false,
+    true,
+  );
 }
 
 /** Decompresses a whole buffer. */
@@ -221,14 +247,6 @@ function firstLine(stderr: string): string {
   return "";
 }
 
-const ENV_OPTIONS = ["XZ_OPT", "XZ_DEFAULTS", "ZSTD_CLEVEL", "ZSTD_NBTHREADS", "BZIP2", "BZIP"];
-
-function toolEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, LC_ALL: "C" };
-  for (const k of ENV_OPTIONS) delete env[k];
-  return env;
-}
-
 const STDERR_LIMIT = 16 * 1024;
 
 /**
@@ -237,7 +255,7 @@ const STDERR_LIMIT = 16 * 1024;
  * the stream kills the program; 'close' is emitted only after it has exited.
  */
 class ToolStream extends Duplex {
-  readonly #child: ChildProcessByStdio<Writable, Readable, Readable>;
+  readonly #child: FilterProcess;
   readonly #tool: string;
   readonly #codec: string;
   readonly #input: string;
@@ -250,24 +268,35 @@ class ToolStream extends Duplex {
   #stdinEpipe = false;
   #pendingWrite: ((err?: Error | null) => void) | undefined;
 
-  constructor(tool: string, args: string[], codec: string, input: string, decompress: boolean) {
+  /** `launched`: started by the tool launcher (tool-launcher.ts) rather than forked from this process. */
+  constructor(
+    tool: string,
+    args: string[],
+    codec: string,
+    input: string,
+    decompress: boolean,
+    launched = false,
+  ) {
     super({ readableHighWaterMark: HIGH_WATER, writableHighWaterMark: HIGH_WATER });
     this.#tool = tool;
     this.#codec = codec;
     this.#input = input;
     this.#decompress = decompress;
-    const child = spawn(tool, args, { stdio: ["pipe", "pipe", "pipe"], env: toolEnv() });
+    const child: FilterProcess = launched
+      ? launchTool(tool, args)
+      : spawn(tool, args, { stdio: ["pipe", "pipe", "pipe"], env: toolEnv() });
     this.#child = child;
 
     child.on("error", (err: NodeJS.ErrnoException) => {
       // Spawning failed (ENOENT...): there is no process to wait for.
       this.#exited = true;
       this.#failed = true;
-      const pkg = tool === "xz" ? "xz-utils" : tool;
+      const name = basename(tool);
+      const pkg = name === "xz" ? "xz-utils" : name === "igzip" ? "isal" : name;
       const hint = err.code === "ENOENT" ? ` (is Debian's ${pkg} package installed?)` : "";
       this.destroy(new NixociError(input, `cannot run ${tool}${hint}: ${err.message}`, { cause: err }));
     });
-    child.on("exit", (code) => {
+    child.on("exit", (code: number | null) => {
       this.#exited = true;
       if (code !== 0) {
         // Failed: drop whatever output remains so stdout reaches EOF and 'close' (with all of stderr) follows.
@@ -275,7 +304,7 @@ class ToolStream extends Duplex {
         child.stdout.resume();
       }
     });
-    child.on("close", (code, signal) => this.#onClose(code, signal));
+    child.on("close", (code: number | null, signal: NodeJS.Signals | null) => this.#onClose(code, signal));
 
     child.stdin.on("error", (err: NodeJS.ErrnoException) => {
       if (err.code === "EPIPE") this.#stdinEpipe = true;

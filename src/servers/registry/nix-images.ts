@@ -47,6 +47,7 @@ import { statSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { buildImage } from "../../image/build.js";
+import { encodersIdentity, type GzipEncoderSetting } from "../../image/layer-encoder.js";
 import { defaultArch, emptySpec, type ImageSpec } from "../../image/spec.js";
 import type { LayeringStrategy } from "../../image/types.js";
 import { isDigest, type Digest } from "../../oci/digest.js";
@@ -117,6 +118,8 @@ export interface NixImageSourceOptions {
   /** Default gzip. */
   compression?: LayerCompression;
   compressionLevel?: number;
+  /** gzip's encoder (layer-encoder.ts); default auto. */
+  gzipEncoder?: GzipEncoderSetting;
   /** Default 10 minutes. */
   buildTimeoutMs?: number;
   /** Default 2. */
@@ -166,6 +169,8 @@ export class NixImageSource implements ManifestSource {
   private readonly flights = new Map<string, Flight>();
   private running = 0;
   private readonly waiting: Array<() => void> = [];
+  /** The encoders' identity (which gzip encoder, its version), part of every image key; found once. */
+  private encoders?: Promise<string>;
   /** arch \0 packages -> revisions with a cache record under this source's settings (loaded on first need). */
   private built?: Promise<Map<string, Set<string>>>;
 
@@ -290,7 +295,7 @@ export class NixImageSource implements ManifestSource {
     revision: string,
     signal: AbortSignal,
   ): Promise<StoredManifest | undefined> {
-    const key = this.keyOf(request, revision);
+    const key = await this.keyOf(request, revision);
     const id = createHash("sha256").update(key).digest("hex");
     const base = { key: id, repo, packages: request.packages, revision, arch: request.arch };
 
@@ -343,7 +348,9 @@ export class NixImageSource implements ManifestSource {
       const tags = new Set(["latest", revision]);
       for (const r of (await this.builtRevisions()).get(builtKey(request)) ?? []) {
         if (tags.has(r) || !(await this.resolver.servesRevision(r))) continue;
-        const id = createHash("sha256").update(this.keyOf(request, r)).digest("hex");
+        const id = createHash("sha256")
+          .update(await this.keyOf(request, r))
+          .digest("hex");
         if (await this.lookup(id)) tags.add(r);
       }
       return [...tags].sort(compareTags);
@@ -429,7 +436,13 @@ export class NixImageSource implements ManifestSource {
   }
 
   /** The image key: everything that decides the image's bytes. */
-  private keyOf(request: ImageRequest, revision: string): string {
+  private async keyOf(request: ImageRequest, revision: string): Promise<string> {
+    this.encoders ??= encodersIdentity({
+      compression: this.compression,
+      level: this.opts.compressionLevel,
+      gzipEncoder: this.opts.gzipEncoder,
+      cacheDir: this.storage.root,
+    });
     return JSON.stringify({
       v: 1,
       packages: request.packages,
@@ -439,6 +452,7 @@ export class NixImageSource implements ManifestSource {
       maxLayers: this.maxLayers,
       compression: this.compression,
       compressionLevel: this.opts.compressionLevel ?? null,
+      encoders: await this.encoders,
     });
   }
 
@@ -559,6 +573,7 @@ export class NixImageSource implements ManifestSource {
       maxLayers: this.maxLayers,
       compression: this.compression,
       compressionLevel: this.opts.compressionLevel,
+      gzipEncoder: this.opts.gzipEncoder,
       cacheDir: this.storage.root,
       parallelism: this.opts.parallelism,
     });

@@ -1,0 +1,264 @@
+// Filter programs (igzip, zstd) started by a small launcher process (tool-launcher-child.ts) instead of by this
+// one, for processes whose heap is large and busy: a fork() of such a process makes every later write to its heap
+// fault page by page (copy-on-write), which cost a layer build more system time than the tool's own work. The
+// launcher is one Node process forked once (lazily, on first use) and kept until this process exits; each tool's
+// stdin and stdout are one UNIX socket to this process, its exit status and stderr come over the IPC channel.
+//
+// launchTool() gives an object shaped like the ChildProcess of spawn(tool, args, {stdio: "pipe"}) as far as
+// compression.ts's ToolStream uses one: stdin/stdout/stderr streams, 'error' (could not start: err.code as
+// spawn's, ENOENT...), 'exit' and 'close' (code, signal), and kill().
+import { fork, type ChildProcess } from "node:child_process";
+import { EventEmitter } from "node:events";
+import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PassThrough, Readable, Writable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { LAUNCHER_ACK, LAUNCHER_SOCKET } from "./tool-env.js";
+
+const HIGH_WATER = 1024 * 1024;
+
+type Status =
+  | { id: number; error: { code?: string; message: string } }
+  | { id: number; code: number | null; signal: NodeJS.Signals | null; stderr: string };
+
+class Launcher {
+  private nextId = 1;
+  private readonly tools = new Map<number, LaunchedTool>();
+
+  constructor(
+    readonly child: ChildProcess,
+    readonly dir: string,
+    readonly socket: string,
+  ) {
+    child.on("message", (m: Status) => this.tools.get(m.id)?.onStatus(m));
+    child.on("exit", () => {
+      launcher = undefined;
+      for (const tool of this.tools.values()) tool.onLauncherGone();
+      this.tools.clear();
+    });
+    this.idle();
+  }
+
+  register(tool: LaunchedTool): number {
+    const id = this.nextId++;
+    this.tools.set(id, tool);
+    // While a tool runs, its status must arrive even if nothing else keeps this process's event loop going.
+    this.child.channel?.ref();
+    return id;
+  }
+
+  done(id: number): void {
+    this.tools.delete(id);
+    if (!this.tools.size) this.idle();
+  }
+
+  kill(id: number): void {
+    if (this.child.connected) this.child.send({ kill: id });
+  }
+
+  /** Nothing running: the launcher must not keep this process alive. */
+  private idle(): void {
+    this.child.channel?.unref();
+    this.child.unref();
+  }
+}
+
+let launcher: Promise<Launcher> | undefined;
+
+function startLauncher(): Promise<Launcher> {
+  launcher ??= new Promise<Launcher>((resolve, reject) => {
+    const dir = mkdtempSync(join(tmpdir(), "nixoci-launcher-"));
+    const script = fileURLToPath(new URL("./tool-launcher-child.js", import.meta.url));
+    const child = fork(script, [dir], {
+      stdio: ["ignore", "ignore", "inherit", "ipc"],
+      execArgv: [],
+      serialization: "json",
+    });
+    const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
+    process.once("exit", removeDir);
+    child.once("exit", removeDir);
+    child.once("error", (err) => {
+      launcher = undefined;
+      reject(err);
+    });
+    child.once("message", (m: { ready?: boolean }) => {
+      if (m?.ready) resolve(new Launcher(child, dir, join(dir, LAUNCHER_SOCKET)));
+    });
+  });
+  return launcher;
+}
+
+/** The running launcher's process id and socket directory (for diagnostics and tests); undefined before use. */
+export async function launcherInfo(): Promise<{ pid: number; dir: string } | undefined> {
+  const l = await launcher?.catch(() => undefined);
+  return l && l.child.pid !== undefined ? { pid: l.child.pid, dir: l.dir } : undefined;
+}
+
+/** What compression.ts's ToolStream needs of a child process. */
+export interface FilterProcess extends EventEmitter {
+  readonly stdin: Writable;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  readonly pid?: number;
+  kill(signal?: NodeJS.Signals): boolean;
+}
+
+/** `tool args...` started by the launcher, as a FilterProcess. */
+export function launchTool(tool: string, args: string[]): FilterProcess {
+  return new LaunchedTool(tool, args);
+}
+
+class LaunchedTool extends EventEmitter implements FilterProcess {
+  readonly stdin: Writable;
+  readonly stdout: Readable;
+  readonly stderr = new PassThrough();
+  /** Not a process id (the tool is the launcher's child): set once the tool was asked for, for ToolStream's checks. */
+  pid: number | undefined = 0;
+  private socket?: net.Socket;
+  private launcher?: Launcher;
+  private id = 0;
+  private acked = false;
+  private readonly waiting: Array<() => void> = [];
+  private status?: { code: number | null; signal: NodeJS.Signals | null };
+  private outputEnded = false;
+  private finished = false;
+  private killed = false;
+
+  constructor(tool: string, args: string[]) {
+    super();
+    this.stdin = new Writable({
+      highWaterMark: HIGH_WATER,
+      write: (chunk: Buffer, _enc, cb) => this.whenAcked(() => this.socket!.write(chunk, cb), cb),
+      final: (cb) =>
+        this.whenAcked(() => {
+          this.socket!.end();
+          cb();
+        }, cb),
+      destroy: (err, cb) => {
+        // A finished input is destroyed right after (autoDestroy): the tool's output is still coming.
+        if (err || !this.stdin.writableFinished) this.socket?.destroy();
+        cb(err);
+      },
+    });
+    this.stdout = new Readable({
+      highWaterMark: HIGH_WATER,
+      read: () => this.socket?.resume(),
+      destroy: (err, cb) => {
+        this.socket?.destroy();
+        cb(err);
+      },
+    });
+    this.stdout.once("end", () => this.outputDone());
+    this.stdout.once("close", () => this.outputDone());
+    startLauncher().then(
+      (l) => this.connect(l, tool, args),
+      (err: Error) => this.fail(err),
+    );
+  }
+
+  private connect(launcher: Launcher, tool: string, args: string[]): void {
+    this.launcher = launcher;
+    this.id = launcher.register(this);
+    if (this.killed) {
+      this.onStatus({ id: this.id, code: null, signal: "SIGKILL", stderr: "" });
+      return;
+    }
+    const socket = net.connect({ path: launcher.socket, allowHalfOpen: true });
+    this.socket = socket;
+    socket.write(JSON.stringify({ id: this.id, tool, args }) + "\n");
+    socket.on("data", (chunk: Buffer) => {
+      if (!this.acked) {
+        if (chunk[0] !== LAUNCHER_ACK) {
+          socket.destroy(new Error("the tool launcher did not acknowledge"));
+          return;
+        }
+        this.acked = true;
+        for (const go of this.waiting.splice(0)) go();
+        chunk = chunk.subarray(1);
+        if (!chunk.length) return;
+      }
+      if (!this.stdout.push(chunk)) socket.pause();
+    });
+    socket.on("end", () => this.endOutput());
+    socket.on("close", () => {
+      // A connection that ended before its ACK: the tool never got it (the status says why).
+      for (const go of this.waiting.splice(0)) go();
+      this.endOutput();
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) => {
+      // Writing after the tool stopped reading is the input's error, as with a pipe, where it is EPIPE (a
+      // socket says ECONNRESET when the tool exited with input unread); the status decides how the stream ends.
+      const epipe =
+        err.code === "ECONNRESET"
+          ? Object.assign(new Error(`${err.message} (the tool stopped reading its input)`), { code: "EPIPE" })
+          : err;
+      this.stdin.destroy(epipe);
+    });
+  }
+
+  /** Runs `go` once the launcher acknowledged; `cb` (with an error) when there will be no connection. */
+  private whenAcked(go: () => void, cb: (err?: Error | null) => void): void {
+    if (this.acked) go();
+    else if (this.socket?.destroyed || this.finished) cb(new Error("the tool is not running"));
+    else this.waiting.push(() => (this.acked && !this.socket!.destroyed ? go() : cb()));
+  }
+
+  /** The connection ended: no more output (the stream ends once its reader has taken what is buffered). */
+  private endOutput(): void {
+    if (!this.stdout.readableEnded && !this.stdout.destroyed) this.stdout.push(null);
+  }
+
+  /** As a child process's: 'close' comes after its output was read to the end (or dropped). */
+  private outputDone(): void {
+    if (this.outputEnded) return;
+    this.outputEnded = true;
+    this.maybeClose();
+  }
+
+  onStatus(status: Status): void {
+    if (this.status || this.finished) return;
+    if ("error" in status) {
+      this.finish();
+      const err = Object.assign(new Error(`spawn ${status.error.message}`), { code: status.error.code });
+      err.message = status.error.message;
+      this.emit("error", err);
+      return;
+    }
+    this.status = { code: status.code, signal: status.signal };
+    this.stderr.end(status.stderr);
+    this.emit("exit", status.code, status.signal);
+    this.maybeClose();
+  }
+
+  onLauncherGone(): void {
+    if (this.finished) return;
+    this.socket?.destroy();
+    this.endOutput();
+    this.onStatus({ id: this.id, code: null, signal: "SIGKILL", stderr: "the tool launcher exited" });
+  }
+
+  private maybeClose(): void {
+    if (!this.status || !this.outputEnded || this.finished) return;
+    this.finish();
+    this.emit("close", this.status.code, this.status.signal);
+  }
+
+  private finish(): void {
+    this.finished = true;
+    this.pid = undefined;
+    this.launcher?.done(this.id);
+  }
+
+  private fail(err: Error): void {
+    this.finish();
+    this.emit("error", err);
+  }
+
+  kill(): boolean {
+    this.killed = true;
+    if (this.launcher && !this.finished) this.launcher.kill(this.id);
+    return true;
+  }
+}

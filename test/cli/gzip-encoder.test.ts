@@ -1,0 +1,155 @@
+// gzip layers through ISA-L (issue 17, deliverables 1 and 6): under the default `--gzip-encoder auto`, a layer
+// of at least 2 MiB of NAR is igzip's bytes (level 3), smaller ones zlib -6's; the same inputs give the same
+// digests whatever the cache directory and -j; the encoder is part of a layer's identity (a zlib layer is never
+// reused for an ISA-L build or the other way round); and the images run in dockerd 20.10 and unpack with umoci.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { gunzipSync, gzipSync } from "node:zlib";
+import { nixociOk } from "../support/cli.js";
+import { startDockerd, type Dockerd } from "../support/daemons.js";
+import { buildFixtures, makeTempDir } from "../support/fixtures.js";
+import { runText } from "../support/run.js";
+import { findOnPath } from "../../src/util/isal.js";
+
+const fx = buildFixtures();
+const work = makeTempDir("gzip-encoder");
+let dockerd: Dockerd;
+
+before(async () => {
+  dockerd = await startDockerd();
+});
+after(async () => {
+  await dockerd?.stop();
+});
+
+interface Report {
+  manifestDigest: string;
+  layers: Array<{ digest: string; diffId: string; paths: string[]; status: "built" | "reused" }>;
+}
+
+/** busybox (to run something) and big (3 MiB of NAR: an igzip layer) in one layer each. */
+function build(name: string, cache: string, extra: string[] = []): Report {
+  const out = nixociOk([
+    "build",
+    "--json",
+    "--cache-dir",
+    cache,
+    "--layering",
+    "size",
+    "--entrypoint",
+    `${fx.busybox}/bin/busybox`,
+    ...extra,
+    fx.big,
+    fx.busybox,
+    "-o",
+    `oci:${join(work, name)}:t`,
+  ]);
+  return JSON.parse(out.text) as Report;
+}
+
+function blob(layout: string, digest: string): Buffer {
+  return readFileSync(join(work, layout, "blobs/sha256", digest.slice(7)));
+}
+
+const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+
+function igzip(args: string[], input: Buffer): Buffer {
+  const igz = findOnPath("igzip");
+  assert.ok(igz, "igzip is not installed: run scripts/install-runtime-deps.sh (the isal package)");
+  const r = spawnSync(igz, args, { input, maxBuffer: 1 << 30 });
+  assert.equal(r.status, 0, r.stderr?.toString());
+  return r.stdout;
+}
+
+let auto: Report | undefined;
+function autoBuild(): Report {
+  auto ??= build("auto", join(work, "cache-a"), ["-j", "1"]);
+  return auto;
+}
+
+test("auto: the big layer is igzip -3's bytes, the small ones zlib -6's; digests do not depend on cache or -j", () => {
+  const a = autoBuild();
+  const b = build("auto-b", join(work, "cache-b"), ["-j", "4"]);
+  assert.equal(b.manifestDigest, a.manifestDigest);
+  const big = a.layers.find((l) => l.paths.includes(fx.big))!;
+  const tar = gunzipSync(blob("auto", big.digest));
+  assert.equal(sha256(tar), big.diffId);
+  assert.ok(igzip(["-c", "-n", "-3"], tar).equals(blob("auto", big.digest)), "ISA-L's bytes");
+  for (const layer of a.layers.filter((l) => l !== big)) {
+    const bytes = blob("auto", layer.digest);
+    const zlib = gzipSync(gunzipSync(bytes), { level: 6 });
+    zlib[9] = 3; // OS: Unix
+    assert.ok(zlib.equals(bytes), `${layer.paths.join(" ") || "customisation"}: zlib -6's bytes`);
+  }
+});
+
+test("the encoder is part of the layer's identity: zlib and ISA-L layers never stand in for each other", () => {
+  const a = autoBuild();
+  const cache = join(work, "cache-a");
+  const zlib = build("zlib", cache, ["--gzip-encoder", "zlib"]);
+  const bigA = a.layers.find((l) => l.paths.includes(fx.big))!;
+  const bigZ = zlib.layers.find((l) => l.paths.includes(fx.big))!;
+  assert.equal(bigZ.status, "built", "not the ISA-L layer of the same paths");
+  assert.notEqual(bigZ.digest, bigA.digest);
+  assert.equal(bigZ.diffId, bigA.diffId, "the same tar");
+  // The small layers were zlib's in both: reused.
+  assert.ok(zlib.layers.filter((l) => l !== bigZ).every((l) => l.status === "reused"));
+  const again = build("auto-again", cache);
+  assert.equal(again.manifestDigest, a.manifestDigest);
+  assert.ok(again.layers.every((l) => l.status === "reused"));
+  // An explicit level is zlib's scale: zlib everywhere.
+  const level = build("level", cache, ["--compression-level", "6"]);
+  assert.equal(level.manifestDigest, zlib.manifestDigest);
+  // --gzip-encoder isal: every layer, at --compression-level 0-3.
+  const isal = build("isal", join(work, "cache-isal"), [
+    "--gzip-encoder",
+    "isal",
+    "--compression-level",
+    "1",
+  ]);
+  for (const layer of isal.layers) {
+    const bytes = blob("isal", layer.digest);
+    assert.ok(igzip(["-c", "-n", "-1"], gunzipSync(bytes)).equals(bytes));
+  }
+});
+
+test("the ISA-L image runs in dockerd 20.10 and unpacks with umoci, files intact", () => {
+  autoBuild();
+  const want = createHash("sha256")
+    .update(readFileSync(join(fx.big, "random.bin")))
+    .digest("hex");
+  const archive = join(work, "auto.tar");
+  runText("skopeo", ["copy", `oci:${join(work, "auto")}:t`, `docker-archive:${archive}:nixoci/isal:t`]);
+  dockerd.docker(["load", "-i", archive]);
+  const out = dockerd
+    .docker(["run", "--rm", "--network", "none", "nixoci/isal:t", "sha256sum", `${fx.big}/random.bin`])
+    .toString();
+  assert.equal(out.split(" ")[0], want);
+  const bundle = join(work, "bundle");
+  runText("umoci", ["unpack", "--rootless", "--image", `${join(work, "auto")}:t`, bundle]);
+  const unpacked = readFileSync(join(bundle, "rootfs", fx.big, "random.bin"));
+  assert.equal(createHash("sha256").update(unpacked).digest("hex"), want);
+});
+
+test("--gzip-encoder: an unknown encoder and an ISA-L level out of range are usage errors", () => {
+  for (const [args, message] of [
+    [["--gzip-encoder", "pigz"], "--gzip-encoder must be one of auto, isal, zlib"],
+    [
+      ["--gzip-encoder", "isal", "--compression-level", "6"],
+      "--compression-level: 6 is out of range for ISA-L gzip (0..3)",
+    ],
+  ] as const) {
+    const r = spawnSync(
+      process.execPath,
+      [join(process.cwd(), "bin/nixoci.js"), "build", ...args, fx.big, "-o", `oci:${join(work, "bad")}`],
+      { encoding: "utf8" },
+    );
+    assert.notEqual(r.status, 0);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.ok(r.stderr.includes(message), r.stderr);
+  }
+});

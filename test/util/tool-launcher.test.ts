@@ -1,0 +1,167 @@
+// Filter programs started by the tool launcher (src/util/tool-launcher.ts): the bytes are the tool's own, in
+// order, for many streams at once; a tool that cannot start, fails, stops reading early or is killed is told as a
+// child process would tell it; and the launcher never keeps a finished process alive.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { gunzipSync } from "node:zlib";
+import { isalGzipStream } from "../../src/util/compression.js";
+import { findOnPath } from "../../src/util/isal.js";
+import { launchTool, type FilterProcess } from "../../src/util/tool-launcher.js";
+import { ROOT } from "../support/cli.js";
+import { until } from "../support/poll.js";
+
+const IGZIP = findOnPath("igzip");
+
+function igzip(): string {
+  assert.ok(IGZIP, "igzip is not installed: run scripts/install-runtime-deps.sh (the isal package)");
+  return IGZIP;
+}
+
+/** Compressible but not trivial input: text with random runs. */
+function sample(size: number, seed: number): Buffer {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for (let i = 0; n < size; i++) {
+    const b = i % 3 === 0 ? randomBytes(512) : Buffer.from(`line ${seed}.${i} of the sample\n`.repeat(20));
+    parts.push(b);
+    n += b.length;
+  }
+  return Buffer.concat(parts).subarray(0, size);
+}
+
+async function compress(data: Buffer, level = 3): Promise<Buffer> {
+  const out: Buffer[] = [];
+  await pipeline(
+    Readable.from([data.subarray(0, data.length >> 1), data.subarray(data.length >> 1)]),
+    isalGzipStream(igzip(), { level }),
+    async (source: AsyncIterable<Buffer>) => {
+      for await (const chunk of source) out.push(chunk);
+    },
+  );
+  return Buffer.concat(out);
+}
+
+/** Everything a launched tool tells: its output, stdin's error, exit and close. */
+function run(p: FilterProcess, input?: Buffer) {
+  const out: Buffer[] = [];
+  let stderr = "";
+  let stdinError: NodeJS.ErrnoException | undefined;
+  p.stdout.on("data", (c: Buffer) => out.push(c));
+  p.stderr.setEncoding("utf8");
+  p.stderr.on("data", (s: string) => (stderr += s));
+  p.stdin.on("error", (e: NodeJS.ErrnoException) => (stdinError = e));
+  if (input) p.stdin.end(input);
+  return new Promise<{
+    code: number | null;
+    signal: string | null;
+    out: Buffer;
+    stderr: string;
+    stdinError?: NodeJS.ErrnoException;
+    error?: NodeJS.ErrnoException;
+  }>((resolve) => {
+    p.once("error", (error: NodeJS.ErrnoException) =>
+      resolve({ code: null, signal: null, out: Buffer.concat(out), stderr, error }),
+    );
+    p.once("close", (code: number | null, signal: string | null) =>
+      resolve({ code, signal, out: Buffer.concat(out), stderr, stdinError }),
+    );
+  });
+}
+
+test("igzip through the launcher gives igzip's own bytes, for many streams at once", async () => {
+  const inputs = Array.from({ length: 8 }, (_, i) => sample(1_000_000 + i * 700_000, i));
+  const outputs = await Promise.all(inputs.map((d) => compress(d)));
+  for (const [i, data] of inputs.entries()) {
+    const direct = spawnSync(igzip(), ["-c", "-n", "-3"], { input: data, maxBuffer: 1 << 30 });
+    assert.equal(direct.status, 0);
+    assert.ok(outputs[i].equals(direct.stdout), `stream ${i}: the launched igzip's bytes are igzip's`);
+    assert.ok(gunzipSync(outputs[i]).equals(data), `stream ${i} round trip`);
+    // -n: no name, no time; OS byte 3 (Unix).
+    assert.deepEqual([...outputs[i].subarray(3, 10)], [0, 0, 0, 0, 0, 0, 3]);
+  }
+  // An empty input is a valid empty gzip member.
+  assert.equal(gunzipSync(await compress(Buffer.alloc(0))).length, 0);
+  await assert.rejects(compress(Buffer.from("x"), 4), /4 is out of range for ISA-L gzip \(0\.\.3\)/);
+});
+
+test("a tool that cannot start is an 'error' with spawn's code; through ToolStream a one-line message", async () => {
+  const r = await run(launchTool("/nonexistent/igzip", ["-c"]), Buffer.from("data"));
+  assert.equal(r.error?.code, "ENOENT");
+  await assert.rejects(
+    pipeline(Readable.from([Buffer.from("data")]), isalGzipStream("/nonexistent/igzip"), async (s) => {
+      for await (const _ of s);
+    }),
+    /^NixociError: igzip compressor: cannot run \/nonexistent\/igzip \(is Debian's isal package installed\?\): .*ENOENT$/,
+  );
+});
+
+test("a failing tool: its status and stderr; one that stops reading early: EPIPE on its input", async () => {
+  const failed = await run(launchTool(igzip(), ["-d", "-c"]), Buffer.from("not gzip data at all\n"));
+  assert.notEqual(failed.code, 0);
+  assert.match(failed.stderr, /\S/);
+
+  const early = await run(launchTool("head", ["-c", "10"]), sample(20_000_000, 7));
+  assert.equal(early.code, 0);
+  assert.equal(early.out.length, 10);
+  assert.equal(early.stdinError?.code, "EPIPE");
+});
+
+test("kill() stops the tool: 'exit' with SIGKILL", async () => {
+  const p = launchTool("sleep", ["60"]);
+  const exited = new Promise<[number | null, string | null]>((ok) =>
+    p.once("exit", (code: number | null, signal: string | null) => ok([code, signal])),
+  );
+  p.stdout.resume();
+  // The tool runs once the launcher acknowledged it; kill() before that stops it as soon as it could start.
+  setImmediate(() => p.kill("SIGKILL"));
+  assert.deepEqual(await exited, [null, "SIGKILL"]);
+
+  // And once it runs: cat has echoed its input, then is killed with its input still open.
+  const cat = launchTool("cat", []);
+  const echoed = new Promise<string>((ok) => cat.stdout.once("data", (d: Buffer) => ok(d.toString())));
+  cat.stdin.write("ping\n");
+  assert.equal(await echoed, "ping\n");
+  const catExit = new Promise<[number | null, string | null]>((ok) =>
+    cat.once("exit", (code: number | null, signal: string | null) => ok([code, signal])),
+  );
+  cat.stdout.resume();
+  cat.kill("SIGKILL");
+  assert.deepEqual(await catExit, [null, "SIGKILL"]);
+});
+
+test("a process that used the launcher exits by itself, and its launcher (with its socket directory) goes too", async () => {
+  const script = `
+    import { isalGzipStream } from ${JSON.stringify(join(ROOT, "dist/src/util/compression.js"))};
+    import { launcherInfo } from ${JSON.stringify(join(ROOT, "dist/src/util/tool-launcher.js"))};
+    import { Readable } from "node:stream";
+    import { pipeline } from "node:stream/promises";
+    let n = 0;
+    await pipeline(Readable.from([Buffer.from("hello ".repeat(1000))]), isalGzipStream(${JSON.stringify(igzip())}), async (s) => {
+      for await (const c of s) n += c.length;
+    });
+    console.log(JSON.stringify({ n, launcher: await launcherInfo() }));
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (err += d));
+  // No timer, no deadline: the test runner's own timeout is the bound, a hang is the failure.
+  const code = await new Promise<number | null>((ok) => child.once("exit", ok));
+  assert.equal(code, 0, err);
+  const report = JSON.parse(out) as { n: number; launcher?: { pid: number; dir: string } };
+  assert.ok(report.n > 0);
+  assert.ok(report.launcher, "the launcher ran");
+  await until("the launcher to exit and remove its directory", 10_000, () => {
+    assert.throws(() => process.kill(report.launcher!.pid, 0), { code: "ESRCH" });
+    assert.equal(existsSync(report.launcher!.dir), false);
+  });
+});
