@@ -8,7 +8,7 @@ import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/
 import type { LayeringStrategy } from "../image/types.js";
 import { formatPlatform } from "../image/platforms.js";
 import { buildIndex, isIndex, type BuiltTarget } from "../oci/index.js";
-import { openBaseImage, type OpenedBase } from "../outputs/base-image.js";
+import type { OpenedBase } from "../outputs/base-image.js";
 import {
   formatOutputRef,
   holdsReferrers,
@@ -175,7 +175,10 @@ export async function buildCommand(argv: string[]): Promise<number> {
         { os: spec.os, architecture: spec.arch, ...(spec.variant ? { variant: spec.variant } : {}) },
       ])
         bases.push(
-          await openBaseImage(spec.from, {
+          // Loaded with --from only: image reading and registry clients are not a plain build's.
+          await (
+            await import("../outputs/base-image.js")
+          ).openBaseImage(spec.from, {
             platform,
             creds: values.creds,
             insecure: values.insecure,
@@ -226,16 +229,20 @@ export async function buildCommand(argv: string[]): Promise<number> {
       }
       // One document per format about each platform's manifest (not the index: the closures differ).
       const referrers = sbomFormats.length
-        ? results.flatMap((r, i) =>
-            imageSbomReferrers(r.image, {
-              formats: sbomFormats,
-              closure: r.closure,
-              roots: [...new Set(builds[i].roots)],
-              toolVersion: packageVersion(),
-              name: spec.tags[0] ?? repositoryName(firstRoot),
-              caches: spec.substituters,
-            }),
-          )
+        ? (
+            await Promise.all(
+              results.map((r, i) =>
+                imageSbomReferrers(r.image, {
+                  formats: sbomFormats,
+                  closure: r.closure,
+                  roots: [...new Set(builds[i].roots)],
+                  toolVersion: packageVersion(),
+                  name: spec.tags[0] ?? repositoryName(firstRoot),
+                  caches: spec.substituters,
+                }),
+              ),
+            )
+          ).flat()
         : [];
       return await writeOutputs(results, referrers);
     } finally {

@@ -65,18 +65,20 @@ export async function sbomCommand(argv: string[]): Promise<number> {
       paths = roots;
     }
     const closure = await computeClosure(store, paths);
-    text = renderSbom(
-      format,
-      closureSbomInput(
-        closure,
-        { roots, paths },
-        {
-          toolVersion: packageVersion(),
-          created: createdOption(values.created, imageCreated(image)),
-          caches: store instanceof BinaryCacheStore ? [store.url] : [],
-          ...(image ? { image: { name: imageRef, manifestDigest: image.manifest.digest } } : {}),
-        },
-      ),
+    text = (
+      await renderSbom(
+        format,
+        closureSbomInput(
+          closure,
+          { roots, paths },
+          {
+            toolVersion: packageVersion(),
+            created: createdOption(values.created, imageCreated(image)),
+            caches: store instanceof BinaryCacheStore ? [store.url] : [],
+            ...(image ? { image: { name: imageRef, manifestDigest: image.manifest.digest } } : {}),
+          },
+        ),
+      )
     ).text;
   } finally {
     store.close();

@@ -5,7 +5,7 @@ import { lstatSync, readFileSync, readlinkSync, realpathSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "../nix/signature.js";
 import { DEFAULT_STORE_DIR, parseStorePath, toStorePathPrefix } from "../nix/store-path.js";
-import { BinaryCacheStore, type TrustOptions } from "../store/binary-cache.js";
+import type { TrustOptions } from "../store/binary-cache.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
@@ -17,7 +17,9 @@ export function isCacheUrl(url: string): boolean {
 
 /** `--store`: a binary cache URL, or a local store directory (default /nix/store with Nix's database). */
 export async function openStore(url: string | undefined, trust: TrustOptions): Promise<Store> {
-  if (url && isCacheUrl(url)) return BinaryCacheStore.open(url, trust);
+  // Loaded only for a cache (its HTTP and decompression code is not a local build's).
+  if (url && isCacheUrl(url))
+    return (await import("../store/binary-cache.js")).BinaryCacheStore.open(url, trust);
   if (url === undefined || url === "" || url === "local" || url === "auto") return new LocalStore();
   if (url.startsWith("local?root="))
     return new LocalStore({ dir: join(url.slice("local?root=".length), "nix/store") });

@@ -9,18 +9,18 @@
 //   nix:[NAME]                    an image description in the local Nix store (oci/nix-image.ts), named NAME
 //                                 (default nixoci-image); pods use it as nix:0/nix/store/<hash>-NAME
 // Repository names and tags are checked with the OCI distribution grammar.
+// Output writers are imported when an output of their kind is written: registry pushes and archives load
+// modules (HTTP clients, tar writers) a build to an OCI layout never needs (issue 17: fixed costs).
 import { NixociError, quote } from "../util/errors.js";
 import { errnoWords, FileSystemError, isInside, PERMISSION } from "../util/fs-errors.js";
 import { ownerName } from "../util/fs.js";
-import { writeDockerArchive, writeOciArchive } from "./archive.js";
 import { isDigest } from "../oci/digest.js";
 import { isIndex, type BuiltTarget } from "../oci/index.js";
 import { writeOciLayout } from "./layout.js";
 import { checkNixImageName, nixImageRef, storeNotWritable, writeNixImage } from "./nix-image.js";
 import type { LocalStore } from "../store/local-store.js";
 import { MAX_NAME_LENGTH, NAME_RE, TAG_RE } from "../oci/reference.js";
-import { pushImage, pushIndex, type PushEvent } from "./push.js";
-import { pushReferrers } from "./push-referrers.js";
+import type { PushEvent } from "./push.js";
 import { referrerDescriptor, type BuiltReferrer } from "../oci/referrer.js";
 
 export type { PushEvent } from "./push.js";
@@ -267,13 +267,17 @@ export async function writeOutput(
       };
     case "oci-archive":
       return {
-        manifestDigest: await writeOciArchive(image, ref.file, ref.tag ?? opts.defaultTag, referrers),
+        manifestDigest: await (
+          await import("./archive.js")
+        ).writeOciArchive(image, ref.file, ref.tag ?? opts.defaultTag, referrers),
         ...written,
       };
     case "docker-archive": {
       if (isIndex(image)) throw new Error("unreachable: docker-archive of an index");
       const tags = ref.name !== undefined ? [`${ref.name}:${ref.tag ?? opts.defaultTag ?? "latest"}`] : [];
-      return { manifestDigest: await writeDockerArchive(image, ref.file, tags) };
+      return {
+        manifestDigest: await (await import("./archive.js")).writeDockerArchive(image, ref.file, tags),
+      };
     }
     case "nix": {
       if (isIndex(image)) throw new Error("unreachable: nix: of an index");
@@ -306,10 +310,11 @@ export async function writeOutput(
         mountFrom: opts.mountFrom,
       };
       const r = isIndex(image)
-        ? await pushIndex(image, target, pushOpts)
-        : await pushImage(image, target, pushOpts);
+        ? await (await import("./push.js")).pushIndex(image, target, pushOpts)
+        : await (await import("./push.js")).pushImage(image, target, pushOpts);
       // After the image: a registry that checks subjects finds them, and a reader never sees a referrer
       // about a manifest that is not there yet.
+      const { pushReferrers } = await import("./push-referrers.js");
       const pushed = await pushReferrers(referrers, target, { creds: opts.creds, insecure: opts.insecure });
       return {
         manifestDigest: r.manifestDigest,

@@ -11,7 +11,6 @@ import { ownerName, proveWritableDir } from "../util/fs.js";
 import { errnoCode, errnoWords, FileSystemError, isInside, NO_SPACE, PERMISSION } from "../util/fs-errors.js";
 import { storeNotWritable } from "./nix-image.js";
 import { formatOutputRef, type OutputRef } from "./outputs.js";
-import { RegistryClient } from "./registry-session.js";
 
 export interface PreflightOptions {
   creds?: string;
@@ -75,6 +74,8 @@ export async function checkOutput(ref: OutputRef, opts: PreflightOptions = {}): 
     }
     case "docker": {
       // The API answers and takes the credentials (the same request the push begins with).
+      // The registry client is loaded for registry outputs only (issue 17: fixed costs).
+      const { RegistryClient } = await import("./registry-session.js");
       const client = new RegistryClient(ref.registry, ref.repository, {
         creds: opts.creds,
         insecure: opts.insecure,

@@ -12,8 +12,6 @@ import {
 import { parseDrvName } from "../../nix/drv-name.js";
 import { nixPurl } from "./nix-names.js";
 
-export const CYCLONEDX_MEDIA_TYPE = "application/vnd.cyclonedx+json";
-
 export function cyclonedxJson(input: SbomInput): string {
   const paths = sbomPaths(input);
   const time = documentTime(input.created);

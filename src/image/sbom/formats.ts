@@ -1,8 +1,6 @@
 // The document formats `nixoci sbom` and `nixoci build --sbom` offer, by name.
 import type { SbomInput } from "./closure-model.js";
-import { CYCLONEDX_MEDIA_TYPE, cyclonedxJson } from "./cyclonedx.js";
-import { PROVENANCE_MEDIA_TYPE, provenanceJson } from "./provenance.js";
-import { SPDX_MEDIA_TYPE, spdxJson } from "./spdx.js";
+import { CYCLONEDX_MEDIA_TYPE, PROVENANCE_MEDIA_TYPE, SPDX_MEDIA_TYPE } from "./media-types.js";
 
 export const SBOM_FORMATS = ["cyclonedx", "spdx", "provenance"] as const;
 export type SbomFormat = (typeof SBOM_FORMATS)[number];
@@ -11,16 +9,25 @@ export function isSbomFormat(s: string): s is SbomFormat {
   return (SBOM_FORMATS as readonly string[]).includes(s);
 }
 
+// Renderers are imported when a document is made: a build without --sbom does not load them.
 const RENDER: Record<
   SbomFormat,
-  { mediaType: string; fileName: string; render: (input: SbomInput) => string }
+  { mediaType: string; fileName: string; load: () => Promise<(input: SbomInput) => string> }
 > = {
-  cyclonedx: { mediaType: CYCLONEDX_MEDIA_TYPE, fileName: "sbom.cyclonedx.json", render: cyclonedxJson },
-  spdx: { mediaType: SPDX_MEDIA_TYPE, fileName: "sbom.spdx.json", render: spdxJson },
+  cyclonedx: {
+    mediaType: CYCLONEDX_MEDIA_TYPE,
+    fileName: "sbom.cyclonedx.json",
+    load: async () => (await import("./cyclonedx.js")).cyclonedxJson,
+  },
+  spdx: {
+    mediaType: SPDX_MEDIA_TYPE,
+    fileName: "sbom.spdx.json",
+    load: async () => (await import("./spdx.js")).spdxJson,
+  },
   provenance: {
     mediaType: PROVENANCE_MEDIA_TYPE,
     fileName: "provenance.intoto.json",
-    render: provenanceJson,
+    load: async () => (await import("./provenance.js")).provenanceJson,
   },
 };
 
@@ -28,10 +35,10 @@ const RENDER: Record<
  * The document's text, its media type (also the artifactType of an OCI referrer carrying it) and the file name
  * it goes by where it is stored as a file (a referrer's title).
  */
-export function renderSbom(
+export async function renderSbom(
   format: SbomFormat,
   input: SbomInput,
-): { text: string; mediaType: string; fileName: string } {
-  const { mediaType, fileName, render } = RENDER[format];
-  return { text: render(input), mediaType, fileName };
+): Promise<{ text: string; mediaType: string; fileName: string }> {
+  const { mediaType, fileName, load } = RENDER[format];
+  return { text: (await load())(input), mediaType, fileName };
 }

@@ -19,7 +19,10 @@ export interface ImageSbomOptions {
   caches?: SbomFacts["caches"];
 }
 
-export function imageSbomReferrers(image: BuiltImage, opts: ImageSbomOptions): BuiltReferrer[] {
+export async function imageSbomReferrers(
+  image: BuiltImage,
+  opts: ImageSbomOptions,
+): Promise<BuiltReferrer[]> {
   const created = imageCreated(image);
   const input = closureSbomInput(
     opts.closure,
@@ -31,8 +34,9 @@ export function imageSbomReferrers(image: BuiltImage, opts: ImageSbomOptions): B
       image: { ...(opts.name ? { name: opts.name } : {}), manifestDigest: image.manifest.digest },
     },
   );
-  return [...new Set(opts.formats)].map((format) => {
-    const doc = renderSbom(format, input);
+  const formats = [...new Set(opts.formats)];
+  const docs = await Promise.all(formats.map((format) => renderSbom(format, input)));
+  return docs.map((doc) => {
     return buildReferrer({
       subject: {
         mediaType: image.manifest.mediaType,

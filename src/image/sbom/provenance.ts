@@ -3,8 +3,6 @@
 // resolved dependencies are every store path of the closure (by NAR hash) and the binary caches read.
 import { documentTime, sbomPaths, type SbomInput } from "./closure-model.js";
 
-export const PROVENANCE_MEDIA_TYPE = "application/vnd.in-toto+json";
-
 /** What kind of build this was (a TypeURI; nixoci packs existing store paths, it does not run builders). */
 export const BUILD_TYPE = "urn:nixoci:build-type:closure:v1";
 export const BUILDER_ID = "pkg:generic/nixoci";

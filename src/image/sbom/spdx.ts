@@ -12,8 +12,6 @@ import {
 import { parseDrvName } from "../../nix/drv-name.js";
 import { nixPurl } from "./nix-names.js";
 
-export const SPDX_MEDIA_TYPE = "application/spdx+json";
-
 /** An SPDX identifier from the hash part (nix32: lowercase letters and digits, which SPDX ids allow). */
 function spdxId(hashPart: string): string {
   return `SPDXRef-nix-${hashPart}`;
