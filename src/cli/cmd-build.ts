@@ -10,6 +10,7 @@ import { formatPlatform } from "../image/platforms.js";
 import { buildIndex, isIndex, type BuiltTarget } from "../oci/index.js";
 import type { OpenedBase } from "../outputs/base-image.js";
 import {
+  compressionForReaders,
   formatOutputRef,
   holdsReferrers,
   parseOutputRef,
@@ -93,9 +94,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const layering = (values.layering ?? spec.layering ?? "size") as LayeringStrategy;
   if (!LAYERINGS.includes(layering))
     throw new UsageError(`--layering must be one of ${LAYERINGS.join(", ")}`);
-  const compression = (values.compression ?? spec.compression ?? "gzip") as LayerCompression;
-  if (!COMPRESSIONS.includes(compression))
-    throw new UsageError(`--compression must be one of ${COMPRESSIONS.join(", ")}`);
+  const requested = values.compression ?? spec.compression ?? "gzip";
+  if (requested !== "auto" && !COMPRESSIONS.includes(requested as LayerCompression))
+    throw new UsageError(`--compression must be one of ${COMPRESSIONS.join(", ")}, auto`);
   const maxLayers = intOption(values["max-layers"], "max-layers", spec.maxLayers ?? 100, 2);
   const gzipEncoder = values["gzip-encoder"] ?? "auto";
   if (!isGzipEncoderSetting(gzipEncoder))
@@ -104,15 +105,17 @@ export async function buildCommand(argv: string[]): Promise<number> {
     values["compression-level"] !== undefined
       ? intOption(values["compression-level"], "compression-level", 0, 0)
       : spec.compressionLevel;
+  const outputs: OutputRef[] = [...(values.output ?? []), ...positionals.filter((p) => p === "-")].map((o) =>
+    parseOutputRef(o),
+  );
+  // auto: what every reader of the outputs takes (zstd for nix: descriptions only).
+  const compression = requested === "auto" ? compressionForReaders(outputs) : (requested as LayerCompression);
   if (compression === "gzip" && level !== undefined) {
     const [what, max] = gzipEncoder === "isal" ? ["ISA-L gzip", 3] : ["gzip", 9];
     if (level > max)
       throw new UsageError(`--compression-level: ${level} is out of range for ${what} (0..${max})`);
   }
 
-  const outputs: OutputRef[] = [...(values.output ?? []), ...positionals.filter((p) => p === "-")].map((o) =>
-    parseOutputRef(o),
-  );
   // No destination: like `docker save` refusing a terminal, say what the choices are before any work, rather than
   // build into the layer cache alone and exit 0 with an image nobody can use. --json alone is the explicit way to
   // build into the cache and get the report.

@@ -203,6 +203,11 @@ export const BUILD = {
     },
     ...LAYER_FLAGS,
     layering: { ...LAYER_FLAGS.layering, byDefault: "size", section: "layers" },
+    compression: {
+      ...LAYER_FLAGS.compression,
+      value: "gzip|zstd|none|auto",
+      help: "layer compression; auto: zstd when every output is a nix: description (containerd reads it), else gzip",
+    },
     jobs: {
       type: "string",
       short: "j",

@@ -104,6 +104,16 @@ function parseDockerReference(
   return { host, repository: rest, tag, digest };
 }
 
+/**
+ * `--compression auto`: the layer compression every reader of these outputs takes. zstd when every output is a
+ * `nix:` description (read by nixoci's CRI image service and snapshotter through containerd, which reads zstd
+ * since 1.5; nixoci's node setup needs 1.6); gzip otherwise: `docker load` of Docker 20.10 and umoci 0.4.7 read
+ * no zstd, and a registry's or a layout's readers are not known.
+ */
+export function compressionForReaders(outputs: readonly OutputRef[]): "gzip" | "zstd" {
+  return outputs.length > 0 && outputs.every((o) => o.kind === "nix") ? "zstd" : "gzip";
+}
+
 /** PATH[:TAG] for oci: and oci-archive: (the path ends at the first ':', as in skopeo). */
 function splitPathTag(ref: string, body: string): { path: string; tag?: string } {
   const i = body.indexOf(":");

@@ -1,7 +1,9 @@
-// gzip layers through ISA-L (issue 17, deliverables 1 and 6): under the default `--gzip-encoder auto`, a layer
-// of at least 2 MiB of NAR is igzip's bytes (level 3), smaller ones zlib -6's; the same inputs give the same
+// Layer compression choices (issue 17, deliverables 1, 3 and 6). gzip through ISA-L: under the default
+// `--gzip-encoder auto`, a layer of at least 2 MiB of NAR is igzip's bytes (level 3), smaller ones zlib -6's; the same inputs give the same
 // digests whatever the cache directory and -j; the encoder is part of a layer's identity (a zlib layer is never
-// reused for an ISA-L build or the other way round); and the images run in dockerd 20.10 and unpack with umoci.
+// reused for an ISA-L build or the other way round); the images run in dockerd 20.10 and unpack with umoci; and
+// `--compression auto` picks zstd only where every reader takes it (nix: descriptions; run by containerd in
+// test/servers/cri/image-service.test.ts).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -152,4 +154,30 @@ test("--gzip-encoder: an unknown encoder and an ISA-L level out of range are usa
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     assert.ok(r.stderr.includes(message), r.stderr);
   }
+});
+
+test("--compression auto: zstd when every output is a nix: description, gzip for anything else", () => {
+  const mediaTypes = (args: string[]) =>
+    (
+      JSON.parse(
+        nixociOk(["build", "-q", "--json", "--no-cache", "--compression", "auto", fx.greeting, ...args]).text,
+      ) as { layers: Array<{ mediaType: string }> }
+    ).layers.map((l) => l.mediaType);
+  const ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd";
+  const GZIP = "application/vnd.oci.image.layer.v1.tar+gzip";
+  assert.deepEqual(new Set(mediaTypes(["-o", "nix:nixoci-auto-compression"])), new Set([ZSTD]));
+  for (const args of [
+    ["-o", `oci:${join(work, "auto-oci")}`],
+    ["-o", `oci-archive:${join(work, "auto.oci.tar")}`],
+    ["-o", "nix:nixoci-auto-compression", "-o", `oci:${join(work, "auto-mixed")}`],
+    [],
+  ])
+    assert.deepEqual(new Set(mediaTypes(args)), new Set([GZIP]), args.join(" ") || "--json only");
+  const bad = spawnSync(
+    process.execPath,
+    [join(process.cwd(), "bin/nixoci.js"), "build", "--compression", "brotli", fx.greeting, "--json"],
+    { encoding: "utf8" },
+  );
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--compression must be one of gzip, zstd, none, auto/);
 });

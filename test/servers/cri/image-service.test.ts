@@ -104,6 +104,26 @@ describe(`nixoci image-service: nix:0 references from the store through containe
     assert.match(out, /Hello from nixoci!/);
   });
 
+  test("a --compression auto description (zstd: its only reader is containerd) loads and runs too", async () => {
+    const desc = buildDescription("nixoci-test-hello-zstd", [
+      "--compression",
+      "auto",
+      "--entrypoint",
+      `${fx.hello}/bin/hello`,
+      fx.hello,
+    ]);
+    const blob = (digest: string) => readFileSync(join(desc, "blobs/sha256", digest.slice(7)), "utf8");
+    const index = JSON.parse(readFileSync(join(desc, "index.json"), "utf8")) as {
+      manifests: Array<{ digest: string }>;
+    };
+    const manifest = JSON.parse(blob(index.manifests[0].digest)) as { layers: Array<{ mediaType: string }> };
+    assert.ok(manifest.layers.length >= 2);
+    for (const l of manifest.layers) assert.equal(l.mediaType, "application/vnd.oci.image.layer.v1.tar+zstd");
+    const pulled = await svc.client.pullImage({ image: { image: `nix:0${desc}` } }, { timeoutMs: 120_000 });
+    assert.match(pulled.image_ref, /^sha256:[0-9a-f]{64}$/);
+    assert.match(stack.run(criImageName(desc), "imgsvc-hello-zstd"), /Hello from nixoci!/);
+  });
+
   test("an ordinary registry reference is proxied to containerd's CRI", async () => {
     const img = pushNixociImage(stack.registry, {
       installables: [fx.greeting],
