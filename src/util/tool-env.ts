@@ -8,6 +8,5 @@ export function toolEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-/** The tool launcher's protocol (tool-launcher.ts): the byte acknowledging a request, the socket's file name. */
+/** The tool launcher's protocol (tool-launcher.ts): the byte acknowledging a request. */
 export const LAUNCHER_ACK = 0x06;
-export const LAUNCHER_SOCKET = "launcher.sock";

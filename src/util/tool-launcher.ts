@@ -7,15 +7,13 @@
 // launchTool() gives an object shaped like the ChildProcess of spawn(tool, args, {stdio: "pipe"}) as far as
 // compression.ts's ToolStream uses one: stdin/stdout/stderr streams, 'error' (could not start: err.code as
 // spawn's, ENOENT...), 'exit' and 'close' (code, signal), and kill().
-import { fork, type ChildProcess } from "node:child_process";
+import { fork, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { PassThrough, Readable, Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
-import { LAUNCHER_ACK, LAUNCHER_SOCKET } from "./tool-env.js";
+import { LAUNCHER_ACK, toolEnv } from "./tool-env.js";
 
 const HIGH_WATER = 1024 * 1024;
 
@@ -29,8 +27,8 @@ class Launcher {
 
   constructor(
     readonly child: ChildProcess,
-    readonly dir: string,
     readonly socket: string,
+    readonly token: string,
   ) {
     child.on("message", (m: Status) => this.tools.get(m.id)?.onStatus(m));
     child.on("exit", () => {
@@ -66,34 +64,46 @@ class Launcher {
 }
 
 let launcher: Promise<Launcher> | undefined;
+/** The launcher could not start once: spawn directly from then on. */
+let launcherBroken = process.platform !== "linux";
 
 function startLauncher(): Promise<Launcher> {
   launcher ??= new Promise<Launcher>((resolve, reject) => {
-    const dir = mkdtempSync(join(tmpdir(), "nixoci-launcher-"));
     const script = fileURLToPath(new URL("./tool-launcher-child.js", import.meta.url));
-    const child = fork(script, [dir], {
-      stdio: ["ignore", "ignore", "inherit", "ipc"],
+    const child = fork(script, [], {
+      stdio: ["ignore", "ignore", "ignore", "ipc"],
       execArgv: [],
       serialization: "json",
     });
-    const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
-    process.once("exit", removeDir);
-    child.once("exit", removeDir);
-    child.once("error", (err) => {
+    const socket = `\0nixoci-launcher-${process.pid}-${randomBytes(8).toString("hex")}`;
+    const token = randomBytes(32).toString("hex");
+    const fail = (why: string): void => {
       launcher = undefined;
-      reject(err);
+      launcherBroken = true;
+      child.kill("SIGKILL");
+      reject(new Error(`the tool launcher could not start: ${why}`));
+    };
+    child.once("error", (err) => fail(err.message));
+    child.once("exit", (code, signal) => fail(`it exited (${signal ?? code})`));
+    child.on("message", function onReady(m: { ready?: boolean; failed?: string }) {
+      if (m?.failed) fail(m.failed);
+      if (!m?.ready) return;
+      child.off("message", onReady);
+      child.removeAllListeners("exit");
+      resolve(new Launcher(child, socket, token));
     });
-    child.once("message", (m: { ready?: boolean }) => {
-      if (m?.ready) resolve(new Launcher(child, dir, join(dir, LAUNCHER_SOCKET)));
-    });
+    child.send({ socket, token });
   });
   return launcher;
 }
 
-/** The running launcher's process id and socket directory (for diagnostics and tests); undefined before use. */
-export async function launcherInfo(): Promise<{ pid: number; dir: string } | undefined> {
+/**
+ * The running launcher's process id and socket name (for diagnostics and tests; the name is no secret, Linux lists
+ * abstract sockets in /proc/net/unix); undefined before use.
+ */
+export async function launcherInfo(): Promise<{ pid: number; socket: string } | undefined> {
   const l = await launcher?.catch(() => undefined);
-  return l && l.child.pid !== undefined ? { pid: l.child.pid, dir: l.dir } : undefined;
+  return l && l.child.pid !== undefined ? { pid: l.child.pid, socket: l.socket } : undefined;
 }
 
 /** What compression.ts's ToolStream needs of a child process. */
@@ -105,8 +115,9 @@ export interface FilterProcess extends EventEmitter {
   kill(signal?: NodeJS.Signals): boolean;
 }
 
-/** `tool args...` started by the launcher, as a FilterProcess. */
+/** `tool args...` started by the launcher, as a FilterProcess (spawned from here where there is none). */
 export function launchTool(tool: string, args: string[]): FilterProcess {
+  if (launcherBroken) return spawn(tool, args, { stdio: ["pipe", "pipe", "pipe"], env: toolEnv() });
   return new LaunchedTool(tool, args);
 }
 
@@ -167,7 +178,7 @@ class LaunchedTool extends EventEmitter implements FilterProcess {
     }
     const socket = net.connect({ path: launcher.socket, allowHalfOpen: true });
     this.socket = socket;
-    socket.write(JSON.stringify({ id: this.id, tool, args }) + "\n");
+    socket.write(JSON.stringify({ token: launcher.token, id: this.id, tool, args }) + "\n");
     socket.on("data", (chunk: Buffer) => {
       if (!this.acked) {
         if (chunk[0] !== LAUNCHER_ACK) {
