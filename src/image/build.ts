@@ -245,6 +245,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
             compression: encoder.compression,
             level: encoder.level,
             igzip: encoder.igzip,
+            memberSize: encoder.memberSize,
             blobs: cache.blobs,
             onTarBytes: (bytes) => emit({ type: "layer-progress", index, bytes }),
           });

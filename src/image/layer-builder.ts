@@ -5,8 +5,9 @@
 // gzip runs in-process on zlib (libuv's thread pool, so several layers compress on several cores) with the
 // gzip header's mtime 0, no file name and the OS byte fixed to 3 (Unix) whatever platform zlib was built for;
 // or through ISA-L's igzip when the caller gives its path (layer-encoder.ts chooses), with -n: mtime 0, no
-// name, OS byte 3. zstd runs the zstd tool (multi-threaded mode, whose output does not depend on the thread
-// count).
+// name, OS byte 3 — for a large layer as gzip members compressed on all cores (util/gzip-members.ts). zstd
+// runs the zstd tool (multi-threaded mode, whose output does not depend on the thread count).
+import { availableParallelism } from "node:os";
 import { Transform, type Duplex, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
@@ -14,6 +15,7 @@ import type { BlobStore, BlobWriter } from "../oci/blob-store.js";
 import type { Digest } from "../oci/digest.js";
 import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
 import { compressStream, isalGzipStream } from "../util/compression.js";
+import { GzipMembers } from "../util/gzip-members.js";
 import { NixociError } from "../util/errors.js";
 import { HashingStream } from "../util/hashing-stream.js";
 import { holdErrors } from "../util/streams.js";
@@ -37,6 +39,8 @@ export interface BuildLayerOptions {
   level?: number;
   /** gzip through ISA-L: the igzip executable (layer-encoder.ts). */
   igzip?: string;
+  /** With igzip: gzip members of this many input bytes, compressed on all cores (util/gzip-members.ts). */
+  memberSize?: number;
   blobs: BlobStore;
   /** Told the running count of tar bytes read, as they flow: progress for whoever watches the build. */
   onTarBytes?: (total: number) => void;
@@ -47,7 +51,7 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
   let compressor: Duplex[] = [];
   let writer: BlobWriter;
   try {
-    compressor = compressorStages(opts.compression, opts.level, opts.igzip);
+    compressor = compressorStages(opts);
     // Read only once the writer is ready: a compressor that cannot start (zstd not installed) or a tar that
     // fails early keeps its error for the pipeline below instead of throwing it as an uncaught exception.
     for (const s of [tar, ...compressor]) holdErrors(s);
@@ -78,18 +82,17 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
 }
 
 /** The compressor as a chain of streams (empty for "none"); validates the level. */
-function compressorStages(
-  compression: LayerCompression,
-  level: number | undefined,
-  igzip: string | undefined,
-): Duplex[] {
+function compressorStages({ compression, level, igzip, memberSize }: BuildLayerOptions): Duplex[] {
   switch (compression) {
     case "none":
       return [];
     case "zstd":
       return [compressStream("zstd", { level, input: "layer zstd compressor", launched: true })];
     case "gzip": {
-      if (igzip) return [isalGzipStream(igzip, { level, input: "layer gzip compressor (igzip)" })];
+      const input = "layer gzip compressor (igzip)";
+      if (igzip && memberSize)
+        return [new GzipMembers({ igzip, level, memberSize, parallel: availableParallelism(), input })];
+      if (igzip) return [isalGzipStream(igzip, { level, input })];
       const l = level ?? DEFAULT_GZIP_LEVEL;
       if (!Number.isInteger(l) || l < 0 || l > 9) {
         throw new NixociError("compression level", `${l} is out of range for gzip (0..9)`);

@@ -6,7 +6,8 @@
 //   - zlib: every layer through zlib at --compression-level (default 6): the bytes nixoci always wrote;
 //   - isal: every layer through igzip at --compression-level (0-3, default 3); an error when it is missing;
 //   - auto (default): igzip at level 3 for layers of at least ISAL_MIN_NAR_SIZE of NAR when it is installed
-//     and no --compression-level was given, zlib -6 otherwise. Starting a process costs ~10-30 ms, which zlib
+//     and no --compression-level was given, zlib -6 otherwise. Layers of at least ISAL_MEMBERS_MIN_NAR_SIZE
+//     (under auto and isal) are gzip members of GZIP_MEMBER_SIZE compressed on all cores at once. Starting a process costs ~10-30 ms, which zlib
 //     spends on about 1 MiB, so small layers (most of a closure's count, few of its bytes) stay in-process.
 // The choice depends only on the layer's inputs (NAR sizes are part of each path's identity) and the installed
 // encoder, so the same inputs with the same nixoci and encoder versions give the same bytes. The identity names
@@ -25,6 +26,13 @@ export function isGzipEncoderSetting(s: string): s is GzipEncoderSetting {
 
 /** Layers with at least this much NAR go through igzip under `auto`. */
 export const ISAL_MIN_NAR_SIZE = 2 * 1024 * 1024;
+/**
+ * Layers with at least this much NAR are cut into gzip members of GZIP_MEMBER_SIZE bytes of tar, compressed on
+ * all cores at once (util/gzip-members.ts): one igzip does ~300 MB/s, so below this a layer takes well under a
+ * second on one core and its neighbours keep the other cores busy.
+ */
+export const ISAL_MEMBERS_MIN_NAR_SIZE = 64 * 1024 * 1024;
+export const GZIP_MEMBER_SIZE = 16 * 1024 * 1024;
 
 /** zlib's default level, docker's and GNU gzip's. */
 export const DEFAULT_GZIP_LEVEL = 6;
@@ -38,6 +46,8 @@ export interface LayerEncoder {
   level?: number;
   /** gzip through ISA-L: the igzip executable. */
   igzip?: string;
+  /** gzip through ISA-L in members of this many input bytes, compressed in parallel (large layers). */
+  memberSize?: number;
   /** The encoder and its version, for the layer's identity ("zlib-1.3.0.1-motley", "isal-2.30.0", "zstd"). */
   name: string;
 }
@@ -83,8 +93,15 @@ export async function layerEncoders(opts: EncoderOptions): Promise<(narSize: num
     name: `isal-${tool.version}`,
   };
   checkLevel(isal.level!, 3, "ISA-L gzip");
-  if (setting === "isal") return () => isal;
-  return (narSize) => (narSize >= ISAL_MIN_NAR_SIZE ? isal : zlib);
+  // The member size is part of the bytes, so of the name: `isal-2.30.0/members-16MiB`.
+  const members: LayerEncoder = {
+    ...isal,
+    memberSize: GZIP_MEMBER_SIZE,
+    name: `${isal.name}/members-${GZIP_MEMBER_SIZE >> 20}MiB`,
+  };
+  const large = (narSize: number) => (narSize >= ISAL_MEMBERS_MIN_NAR_SIZE ? members : isal);
+  if (setting === "isal") return large;
+  return (narSize) => (narSize >= ISAL_MIN_NAR_SIZE ? large(narSize) : zlib);
 }
 
 function checkLevel(level: number, max: number, what: string): void {
@@ -98,8 +115,14 @@ function checkLevel(level: number, max: number, what: string): void {
  */
 export async function encodersIdentity(opts: EncoderOptions): Promise<string> {
   const encoderFor = await layerEncoders(opts);
-  const small = encoderFor(0);
-  const large = encoderFor(Number.MAX_SAFE_INTEGER);
   const name = (e: LayerEncoder) => `${e.name}:${e.level ?? "default"}`;
-  return small === large ? name(small) : `${name(small)}<${ISAL_MIN_NAR_SIZE}<=${name(large)}`;
+  // The encoder from each size on where the choice can change, once each.
+  const steps = [0, ISAL_MIN_NAR_SIZE, ISAL_MEMBERS_MIN_NAR_SIZE].map((size) => ({
+    size,
+    name: name(encoderFor(size)),
+  }));
+  return steps
+    .filter((s, i) => i === 0 || s.name !== steps[i - 1].name)
+    .map((s) => (s.size ? `>=${s.size}:${s.name}` : s.name))
+    .join(" ");
 }

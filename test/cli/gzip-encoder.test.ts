@@ -7,8 +7,8 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { createCipheriv, createHash } from "node:crypto";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { nixociOk } from "../support/cli.js";
@@ -180,4 +180,52 @@ test("--compression auto: zstd when every output is a nix: description, gzip for
   );
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /--compression must be one of gzip, zstd, none, auto/);
+});
+
+test("a layer of 64 MiB or more is gzip members of 16 MiB compressed on all cores: igzip's bytes per piece; docker reads it", () => {
+  // 80 MiB of pseudo-random bytes (AES-CTR of zeros: the same store path every run).
+  const tree = join(work, "nixoci-members-big");
+  mkdirSync(tree);
+  const cipher = createCipheriv("aes-256-ctr", Buffer.alloc(32), Buffer.alloc(16));
+  writeFileSync(join(tree, "data.bin"), cipher.update(Buffer.alloc(80 << 20)));
+  const bigPath = runText("nix-store", ["--add", tree]).trim();
+  const out = nixociOk([
+    "build",
+    "--json",
+    "--cache-dir",
+    join(work, "cache-members"),
+    "--layering",
+    "size",
+    "--entrypoint",
+    `${fx.busybox}/bin/busybox`,
+    bigPath,
+    fx.busybox,
+    "-o",
+    `oci:${join(work, "members")}:t`,
+  ]);
+  const report = JSON.parse(out.text) as Report;
+  const layer = report.layers.find((l) => l.paths.includes(bigPath))!;
+  const bytes = blob("members", layer.digest);
+  const tar = gunzipSync(bytes);
+  assert.equal(sha256(tar), layer.diffId);
+  const size = 16 << 20;
+  const pieces: Buffer[] = [];
+  for (let i = 0; i < tar.length; i += size)
+    pieces.push(igzip(["-c", "-n", "-3"], tar.subarray(i, i + size)));
+  assert.equal(pieces.length, Math.ceil(tar.length / size));
+  assert.ok(pieces.length >= 5);
+  assert.ok(Buffer.concat(pieces).equals(bytes), "the members, in order");
+  const archive = join(work, "members.tar");
+  runText("skopeo", ["copy", `oci:${join(work, "members")}:t`, `docker-archive:${archive}:nixoci/members:t`]);
+  dockerd.docker(["load", "-i", archive]);
+  const sum = dockerd
+    .docker(["run", "--rm", "--network", "none", "nixoci/members:t", "sha256sum", `${bigPath}/data.bin`])
+    .toString()
+    .split(" ")[0];
+  assert.equal(
+    sum,
+    createHash("sha256")
+      .update(readFileSync(join(bigPath, "data.bin")))
+      .digest("hex"),
+  );
 });

@@ -6,7 +6,13 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { encodersIdentity, ISAL_MIN_NAR_SIZE, layerEncoders } from "../../src/image/layer-encoder.js";
+import {
+  encodersIdentity,
+  GZIP_MEMBER_SIZE,
+  ISAL_MEMBERS_MIN_NAR_SIZE,
+  ISAL_MIN_NAR_SIZE,
+  layerEncoders,
+} from "../../src/image/layer-encoder.js";
 import { findIsal, findOnPath } from "../../src/util/isal.js";
 import { makeTempDir } from "../support/fixtures.js";
 
@@ -47,6 +53,11 @@ test("auto: igzip at level 3 for layers of at least 2 MiB, zlib -6 below; names 
   );
   assert.equal(large.igzip, findOnPath("igzip"));
   assert.deepEqual(encoderFor(ISAL_MIN_NAR_SIZE - 1), { compression: "gzip", level: 6, name: ZLIB });
+  // From 64 MiB: gzip members of 16 MiB, compressed on all cores; the member size is in the name.
+  const huge = encoderFor(ISAL_MEMBERS_MIN_NAR_SIZE);
+  assert.equal(huge.name, `isal-${version}/members-16MiB`);
+  assert.equal(huge.memberSize, GZIP_MEMBER_SIZE);
+  assert.equal(encoderFor(ISAL_MEMBERS_MIN_NAR_SIZE - 1).memberSize, undefined);
   assert.deepEqual(encoderFor(0), { compression: "gzip", level: 6, name: ZLIB });
   // The version is memoized in the cache directory, keyed by the binary (a rebuild pays a stat, not a process).
   const memo = JSON.parse(readFileSync(join(cacheDir, "tools/igzip.json"), "utf8")) as { version: string };
@@ -54,7 +65,7 @@ test("auto: igzip at level 3 for layers of at least 2 MiB, zlib -6 below; names 
   assert.equal((await findIsal(cacheDir))?.version, version);
   assert.equal(
     await encodersIdentity({ compression: "gzip", cacheDir }),
-    `${ZLIB}:6<${ISAL_MIN_NAR_SIZE}<=isal-${version}:3`,
+    `${ZLIB}:6 >=${ISAL_MIN_NAR_SIZE}:isal-${version}:3 >=${ISAL_MEMBERS_MIN_NAR_SIZE}:isal-${version}/members-16MiB:3`,
   );
 });
 
