@@ -194,9 +194,15 @@ class LaunchedTool extends EventEmitter implements FilterProcess {
     });
     socket.on("end", () => this.endOutput());
     socket.on("close", () => {
-      // A connection that ended before its ACK: the tool never got it (the status says why).
       for (const go of this.waiting.splice(0)) go();
       this.endOutput();
+      // Closed before the ACK: the launcher did not take the request. A tool killed before it started gets its
+      // SIGKILL status over IPC; anything else would wait forever for a status that never comes.
+      if (!this.acked && !this.killed)
+        this.onStatus({
+          id: this.id,
+          error: { message: "the tool launcher closed the connection before starting the tool" },
+        });
     });
     socket.on("error", (err: NodeJS.ErrnoException) => {
       // Writing after the tool stopped reading is the input's error, as with a pipe, where it is EPIPE (a
