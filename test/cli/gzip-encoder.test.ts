@@ -15,7 +15,7 @@ import { nixociOk } from "../support/cli.js";
 import { startDockerd, type Dockerd } from "../support/daemons.js";
 import { buildFixtures, makeTempDir } from "../support/fixtures.js";
 import { runText } from "../support/run.js";
-import { findOnPath } from "../../src/util/isal.js";
+import { runIgzip } from "../support/isal.js";
 
 const fx = buildFixtures();
 const work = makeTempDir("gzip-encoder");
@@ -59,14 +59,6 @@ function blob(layout: string, digest: string): Buffer {
 
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
-function igzip(args: string[], input: Buffer): Buffer {
-  const igz = findOnPath("igzip");
-  assert.ok(igz, "igzip is not installed: run scripts/install-runtime-deps.sh (the isal package)");
-  const r = spawnSync(igz, args, { input, maxBuffer: 1 << 30 });
-  assert.equal(r.status, 0, r.stderr?.toString());
-  return r.stdout;
-}
-
 let auto: Report | undefined;
 function autoBuild(): Report {
   auto ??= build("auto", join(work, "cache-a"), ["-j", "1"]);
@@ -80,7 +72,7 @@ test("auto: the big layer is igzip -3's bytes, the small ones zlib -6's; digests
   const big = a.layers.find((l) => l.paths.includes(fx.big))!;
   const tar = gunzipSync(blob("auto", big.digest));
   assert.equal(sha256(tar), big.diffId);
-  assert.ok(igzip(["-c", "-n", "-3"], tar).equals(blob("auto", big.digest)), "ISA-L's bytes");
+  assert.ok(runIgzip(["-c", "-n", "-3"], tar).equals(blob("auto", big.digest)), "ISA-L's bytes");
   for (const layer of a.layers.filter((l) => l !== big)) {
     const bytes = blob("auto", layer.digest);
     const zlib = gzipSync(gunzipSync(bytes), { level: 6 });
@@ -115,7 +107,7 @@ test("the encoder is part of the layer's identity: zlib and ISA-L layers never s
   ]);
   for (const layer of isal.layers) {
     const bytes = blob("isal", layer.digest);
-    assert.ok(igzip(["-c", "-n", "-1"], gunzipSync(bytes)).equals(bytes));
+    assert.ok(runIgzip(["-c", "-n", "-1"], gunzipSync(bytes)).equals(bytes));
   }
 });
 
@@ -211,7 +203,7 @@ test("a layer of 64 MiB or more is gzip members of 16 MiB compressed on all core
   const size = 16 << 20;
   const pieces: Buffer[] = [];
   for (let i = 0; i < tar.length; i += size)
-    pieces.push(igzip(["-c", "-n", "-3"], tar.subarray(i, i + size)));
+    pieces.push(runIgzip(["-c", "-n", "-3"], tar.subarray(i, i + size)));
   assert.equal(pieces.length, Math.ceil(tar.length / size));
   assert.ok(pieces.length >= 5);
   assert.ok(Buffer.concat(pieces).equals(bytes), "the members, in order");

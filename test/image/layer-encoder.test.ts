@@ -13,16 +13,15 @@ import {
   ISAL_MIN_NAR_SIZE,
   layerEncoders,
 } from "../../src/image/layer-encoder.js";
-import { findIsal, findOnPath } from "../../src/util/isal.js";
+import { findIsal } from "../../src/util/isal.js";
 import { makeTempDir } from "../support/fixtures.js";
+import { igzipPath } from "../support/isal.js";
 
 const work = makeTempDir("layer-encoder");
 const ZLIB = `zlib-${process.versions.zlib}`;
 
 function igzipVersion(): string {
-  const igzip = findOnPath("igzip");
-  assert.ok(igzip, "igzip is not installed: run scripts/install-runtime-deps.sh (the isal package)");
-  const out = spawnSync(igzip, ["--version"], { encoding: "utf8" }).stdout;
+  const out = spawnSync(igzipPath(), ["--version"], { encoding: "utf8" }).stdout;
   return /(\d+(?:\.\d+)+)/.exec(out)![1];
 }
 
@@ -51,7 +50,7 @@ test("auto: igzip at level 3 for layers of at least 2 MiB, zlib -6 below; names 
       name: `isal-${version}`,
     },
   );
-  assert.equal(large.igzip, findOnPath("igzip"));
+  assert.equal(large.igzip, igzipPath());
   assert.deepEqual(encoderFor(ISAL_MIN_NAR_SIZE - 1), { compression: "gzip", level: 6, name: ZLIB });
   // From 64 MiB: gzip members of 16 MiB, compressed on all cores; the member size is in the name.
   const huge = encoderFor(ISAL_MEMBERS_MIN_NAR_SIZE);

@@ -3,19 +3,12 @@
 // the whole decompresses to the input with zlib (multistream, as Go's reader does); errors end the stream.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { createCipheriv } from "node:crypto";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { gunzipSync } from "node:zlib";
 import { GzipMembers } from "../../src/util/gzip-members.js";
-import { findOnPath } from "../../src/util/isal.js";
-
-function igzip(): string {
-  const p = findOnPath("igzip");
-  assert.ok(p, "igzip is not installed: run scripts/install-runtime-deps.sh (the isal package)");
-  return p;
-}
+import { igzipPath, runIgzip } from "../support/isal.js";
 
 /** Half pseudo-random (AES-CTR of zeros), half text: compressible, and the same every run. */
 function sample(size: number): Buffer {
@@ -35,7 +28,7 @@ async function members(data: Buffer, memberSize: number, parallel: number, chunk
   for (let i = 0; i < data.length; i += chunk) pieces.push(data.subarray(i, i + chunk));
   await pipeline(
     Readable.from(pieces),
-    new GzipMembers({ igzip: igzip(), memberSize, parallel }),
+    new GzipMembers({ igzip: igzipPath(), memberSize, parallel }),
     async (s) => {
       for await (const b of s as AsyncIterable<Buffer>) out.push(b);
     },
@@ -44,9 +37,7 @@ async function members(data: Buffer, memberSize: number, parallel: number, chunk
 }
 
 function igzipOf(data: Buffer): Buffer {
-  const r = spawnSync(igzip(), ["-c", "-n", "-3"], { input: data, maxBuffer: 1 << 30 });
-  assert.equal(r.status, 0);
-  return r.stdout;
+  return runIgzip(["-c", "-n", "-3"], data);
 }
 
 test("members: igzip's bytes per piece, in order; the same for any parallelism; decompresses to the input", async () => {
