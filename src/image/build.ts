@@ -20,7 +20,13 @@ import { readBaseTree, type BaseTree } from "./base-tree.js";
 import { imageConfigJson, manifestJson } from "./config.js";
 import { customisationLayer } from "./customisation.js";
 import { buildLayerBlob } from "./layer-builder.js";
-import { layerEncoders, type GzipEncoderSetting, type LayerEncoder } from "./layer-encoder.js";
+import {
+  DEFAULT_ISAL_LEVEL,
+  layerEncoders,
+  type GzipEncoderSetting,
+  type LayerEncoder,
+} from "./layer-encoder.js";
+import { IgzipBatch } from "../util/igzip-batch.js";
 import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
@@ -203,7 +209,27 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     gzipEncoder: opts.gzipEncoder,
     cacheDir: opts.cacheDir,
   });
-  const limiter = new Limiter(opts.parallelism ?? Math.max(1, availableParallelism()));
+  const parallelism = opts.parallelism ?? Math.max(1, availableParallelism());
+  const limiter = new Limiter(parallelism);
+  // igzip layers (not cut into members) go through long-lived igzip processes, one per build slot, made on the
+  // first layer that needs them: a process per small layer cost more than compressing it.
+  const batches = new Map<string, IgzipBatch>();
+  const batchFor = (e: LayerEncoder): IgzipBatch | undefined => {
+    if (!e.igzip || e.memberSize) return undefined;
+    const key = `${e.igzip}\0${e.level}`;
+    let batch = batches.get(key);
+    if (!batch) {
+      batch = new IgzipBatch({
+        igzip: e.igzip,
+        level: e.level ?? DEFAULT_ISAL_LEVEL,
+        parentDir: cache.blobs.blobDir,
+        lanes: parallelism,
+        input: "layer gzip compressor (igzip)",
+      });
+      batches.set(key, batch);
+    }
+    return batch;
+  };
 
   // Cache lookups run freely; only builds take one of the limiter's slots. Builds are queued biggest first
   // (by NAR size) so a large changed layer does not start last and leave a core idle at the end.
@@ -246,6 +272,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
             level: encoder.level,
             igzip: encoder.igzip,
             memberSize: encoder.memberSize,
+            batch: batchFor(encoder),
             blobs: cache.blobs,
             onTarBytes: (bytes) => emit({ type: "layer-progress", index, bytes }),
           });
@@ -309,7 +336,9 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       customEncoder,
     );
 
-    const layers = await allSettledOrThrow([...storeLayers, customLayer]);
+    const layers = await allSettledOrThrow([...storeLayers, customLayer]).finally(() =>
+      Promise.all([...batches.values()].map((b) => b.close())),
+    );
     const descriptors: Descriptor[] = layers.map((l) => {
       const d: Descriptor = { mediaType: l.mediaType, digest: l.digest, size: l.size };
       // A layer whose headers the ownership rules changed is not the store's tar of its paths: without the

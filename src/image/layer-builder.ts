@@ -16,6 +16,7 @@ import type { Digest } from "../oci/digest.js";
 import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
 import { compressStream, isalGzipStream } from "../util/compression.js";
 import { GzipMembers } from "../util/gzip-members.js";
+import type { IgzipBatch } from "../util/igzip-batch.js";
 import { NixociError } from "../util/errors.js";
 import { HashingStream } from "../util/hashing-stream.js";
 import { holdErrors } from "../util/streams.js";
@@ -42,12 +43,19 @@ export interface BuildLayerOptions {
   /** With igzip: gzip members of this many input bytes, compressed on all cores (util/gzip-members.ts). */
   memberSize?: number;
   blobs: BlobStore;
+  /**
+   * With igzip (no memberSize): compress through this batch of long-lived igzip processes instead of one process
+   * for this layer (util/igzip-batch.ts; the same bytes). Its directory must be inside the blob store's.
+   */
+  batch?: IgzipBatch;
   /** Told the running count of tar bytes read, as they flow: progress for whoever watches the build. */
   onTarBytes?: (total: number) => void;
 }
 
 /** Writes one layer into the blob store and returns its descriptors. The tar stream is consumed (or destroyed). */
 export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise<LayerBlob> {
+  if (opts.batch && opts.compression === "gzip" && opts.igzip && !opts.memberSize)
+    return batchedLayerBlob(tar, opts);
   let compressor: Duplex[] = [];
   let writer: BlobWriter;
   try {
@@ -79,6 +87,34 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
     await writer.abort();
     throw err;
   }
+}
+
+/** A gzip layer through the batch: its output file is renamed into the blob store. */
+async function batchedLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise<LayerBlob> {
+  let job;
+  try {
+    holdErrors(tar);
+    job = await opts.batch!.job();
+  } catch (err) {
+    tar.destroy();
+    throw err;
+  }
+  const tap = new HashingStream();
+  const counter = opts.onTarBytes ? [countingStage(opts.onTarBytes)] : [];
+  const written = pipeline([tar, ...counter, tap, job.stream]);
+  // done() settles after the stream did (it rejects when the stream failed): the pipeline's error comes first.
+  const [out] = await Promise.all([written.then(() => job.done()), written]).catch(async (err: unknown) => {
+    await job.done().catch(() => {});
+    throw err;
+  });
+  const ref = await opts.blobs.adopt(out.path, out.sha256, out.size);
+  return {
+    digest: ref.digest,
+    diffId: `sha256:${tap.hasher.digest("hex")}`,
+    size: ref.size,
+    mediaType: layerMediaType("gzip"),
+    uncompressedSize: tap.size,
+  };
 }
 
 /** The compressor as a chain of streams (empty for "none"); validates the level. */

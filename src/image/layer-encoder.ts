@@ -1,14 +1,16 @@
 // Which encoder compresses a layer, and how that is named in the layer's cache identity.
 //
 // gzip has two encoders: zlib (in-process, Node's own; level 6 is what docker and GNU gzip write) and ISA-L's
-// igzip (a spawned tool, Debian's `isal`), 5-8x faster per core for output ~4-5% larger than zlib -6 at its
-// level 3. `--gzip-encoder`:
+// igzip (a tool, Debian's `isal`), 5-10x faster per core for output ~4% larger than zlib -6 at its level 1.
+// `--gzip-encoder`:
 //   - zlib: every layer through zlib at --compression-level (default 6): the bytes nixoci always wrote;
-//   - isal: every layer through igzip at --compression-level (0-3, default 3); an error when it is missing;
-//   - auto (default): igzip at level 3 for layers of at least ISAL_MIN_NAR_SIZE of NAR when it is installed
-//     and no --compression-level was given, zlib -6 otherwise. Layers of at least ISAL_MEMBERS_MIN_NAR_SIZE
-//     (under auto and isal) are gzip members of GZIP_MEMBER_SIZE compressed on all cores at once. Starting a process costs ~10-30 ms, which zlib
-//     spends on about 1 MiB, so small layers (most of a closure's count, few of its bytes) stay in-process.
+//   - isal: every layer through igzip at --compression-level (0-3, default DEFAULT_ISAL_LEVEL); an error when
+//     it is missing;
+//   - auto (default): igzip for layers of at least ISAL_MIN_NAR_SIZE of NAR when it is installed and no
+//     --compression-level was given, zlib -6 otherwise (a few KiB through zlib cost less than the round trip to
+//     igzip). Layers of at least ISAL_MEMBERS_MIN_NAR_SIZE (under auto and isal) are gzip members of
+//     GZIP_MEMBER_SIZE compressed on all cores at once; the others go through long-lived igzip processes that
+//     compress one layer after the other (util/igzip-batch.ts), the same bytes as an igzip per layer.
 // The choice depends only on the layer's inputs (NAR sizes are part of each path's identity) and the installed
 // encoder, so the same inputs with the same nixoci and encoder versions give the same bytes. The identity names
 // the encoder with its version (zlib's from Node, igzip's from the tool): blobs of different encoders never mix
@@ -25,7 +27,7 @@ export function isGzipEncoderSetting(s: string): s is GzipEncoderSetting {
 }
 
 /** Layers with at least this much NAR go through igzip under `auto`. */
-export const ISAL_MIN_NAR_SIZE = 2 * 1024 * 1024;
+export const ISAL_MIN_NAR_SIZE = 256 * 1024;
 /**
  * Layers with at least this much NAR are cut into gzip members of GZIP_MEMBER_SIZE bytes of tar, compressed on
  * all cores at once (util/gzip-members.ts): one igzip does ~300 MB/s, so below this a layer takes well under a
@@ -36,8 +38,11 @@ export const GZIP_MEMBER_SIZE = 16 * 1024 * 1024;
 
 /** zlib's default level, docker's and GNU gzip's. */
 export const DEFAULT_GZIP_LEVEL = 6;
-/** igzip's highest level: output within ~5% of zlib -6. */
-export const DEFAULT_ISAL_LEVEL = 3;
+/**
+ * igzip's default level here: on the benchmark closure its output is 4% larger than zlib -6's and 0.15% larger
+ * than igzip -3's, for half of -3's time.
+ */
+export const DEFAULT_ISAL_LEVEL = 1;
 
 /** How one layer is compressed. */
 export interface LayerEncoder {

@@ -75,6 +75,19 @@ export class BlobStore {
     return { digest, size };
   }
 
+  /**
+   * Moves a complete file whose sha256 the caller computed from its bytes into the store (a rename: it must be on
+   * the blob directory's filesystem, e.g. in a temporary directory inside it).
+   */
+  async adopt(file: string, sha256Hex: string, size: number): Promise<BlobRef> {
+    const digest: Digest = `sha256:${sha256Hex}`;
+    await rename(file, this.path(digest)).catch(async (err) => {
+      await rm(file, { force: true });
+      throw fsError(this.blobDir, err, CANNOT_WRITE);
+    });
+    return { digest, size };
+  }
+
   async writer(): Promise<BlobWriter> {
     const blobDir = this.blobDir;
     await makeDirs(blobDir).catch((err) => {

@@ -1,0 +1,361 @@
+// Many streams gzipped by few igzip processes. Starting a process costs more than compressing a small layer (on
+// these machines ~5 ms and ~500 page faults per igzip, and the compressed bytes' trip back through this process),
+// and a closure has a hundred layers, most of them small. igzip compresses the files named on its command line one
+// after the other, each to "<name>.gz" — the same bytes `igzip -c -n` writes for each alone — and it opens each
+// input only once the previous output is written and closed. Named pipes as those files make one process
+// compress any number of streams handed to it in turn:
+//
+//   lane   one igzip process with `slots` named pipes (slot-0 ... slot-N) in a private directory;
+//   job    one stream: the lane's next pipe is opened for writing (possible once igzip opened it for reading,
+//          which it does when the previous job's output is closed), the stream written and closed; igzip then
+//          finishes "slot-k.gz". The job is complete when igzip opens the next pipe (or exits after the last): its
+//          output is hashed (sha256) and its gzip trailer checked against the input's CRC-32 and size, so a
+//          truncated or foreign file is never taken for the stream's compression.
+//
+// A lane serves one job at a time; there are as many lanes as streams compressed at once. A lane whose slots are
+// used up is replaced by a new process. Pipes are opened non-blocking (ENXIO until igzip is there, retried on a
+// short timer) so that no thread-pool thread ever waits on a pipe whose reader died. A lane's process is spawned
+// directly (a handful per build: the tool launcher's start would cost more) under `setpriv --pdeathsig KILL`, so
+// it dies with this process; the directory is a temporary (util/temporaries.ts) in the caller's directory of
+// choice — the blob store's, so outputs are renamed into place.
+import { spawn, type ChildProcess } from "node:child_process";
+import { constants, openSync, closeSync, statfsSync } from "node:fs";
+import { mkdir, open, rm, unlink } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import net from "node:net";
+import { join } from "node:path";
+import { setImmediate as yieldToLoop, setTimeout as delay } from "node:timers/promises";
+import { Writable } from "node:stream";
+import zlib from "node:zlib";
+import { NixociError } from "./errors.js";
+import { fsError, withoutTemporaries } from "./fs-errors.js";
+import { tempSibling } from "./fs.js";
+import { toolEnv } from "./tool-env.js";
+
+/** Named pipes per igzip process. */
+const DEFAULT_SLOTS = 64;
+const READ_CHUNK = 1024 * 1024;
+const STDERR_LIMIT = 4096;
+/** A filesystem with less free space than this, after igzip failed to write, is taken as full. */
+const FULL_BELOW = 1024 * 1024;
+/** sh -c SCRIPT sh IGZIP -LEVEL PIPE...: makes the pipes, then runs igzip on them. */
+const LANE_SCRIPT = 'igzip=$1 level=$2; shift 2; mkfifo -m 600 -- "$@" && exec "$igzip" -n "$level" -- "$@"';
+/** zlib.crc32 came with Node 20.15; without it only the trailer's size is checked. */
+const crc32 = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
+
+export interface IgzipBatchOptions {
+  igzip: string;
+  /** igzip level, 0-3. */
+  level: number;
+  /** Where the private work directory is made (its outputs are renamed from there: the same filesystem). */
+  parentDir: string;
+  /** Streams compressed at once (one igzip process each). */
+  lanes: number;
+  /** Named pipes per process (default 64). */
+  slots?: number;
+  /** Names the data in errors. */
+  input?: string;
+}
+
+/** A stream's compressed output, a file in the batch's directory: rename it into place, or it goes at close(). */
+export interface BatchOutput {
+  path: string;
+  size: number;
+  /** sha256 of the file, hex. */
+  sha256: string;
+}
+
+/** One stream to compress: write it to `stream` (end it), then await `done()`. */
+export interface BatchJob {
+  readonly stream: Writable;
+  /** The output once igzip finished it; rejects when the stream or igzip failed. Call it exactly once. */
+  done(): Promise<BatchOutput>;
+}
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+}
+
+class Lane {
+  private proc?: ChildProcess;
+  private exit?: Exit;
+  private exited?: Promise<Exit>;
+  private slots: string[] = [];
+  private next = 0;
+  private generation = 0;
+  /** The next slot, already open for writing (igzip has opened it: the job before is complete). */
+  private ready?: number;
+  broken = false;
+
+  constructor(
+    private readonly batch: IgzipBatch,
+    private readonly id: number,
+  ) {}
+
+  /** Starts igzip with fresh slots when there is none running or its slots are used up. */
+  private async ensureProcess(): Promise<void> {
+    if (this.proc && !this.broken && this.next < this.slots.length) return;
+    await this.stop();
+    const { dir, opts } = this.batch;
+    const gen = this.generation++;
+    this.slots = Array.from({ length: opts.slots ?? DEFAULT_SLOTS }, (_, i) =>
+      join(dir, `${this.id}-${gen}-${i}`),
+    );
+    this.next = 0;
+    this.broken = false;
+    // One process makes the lane's pipes, then becomes igzip; setpriv has the kernel kill it when this process
+    // dies, whatever kills it (an igzip waiting for its next pipe would otherwise wait forever). The script is a
+    // constant: the level and the paths are its arguments.
+    const proc = spawn(
+      "setpriv",
+      [
+        "--pdeathsig",
+        "KILL",
+        "--",
+        "sh",
+        "-c",
+        LANE_SCRIPT,
+        "sh",
+        opts.igzip,
+        `-${opts.level}`,
+        ...this.slots,
+      ],
+      { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() },
+    );
+    this.proc = proc;
+    this.exit = undefined;
+    let stderr = "";
+    proc.stderr.setEncoding("utf8");
+    proc.stderr.on("data", (s: string) => {
+      if (stderr.length < STDERR_LIMIT) stderr += s;
+    });
+    this.exited = new Promise<Exit>((resolve) => {
+      proc.once("error", (err: Error) => resolve({ code: null, signal: null, stderr: err.message }));
+      proc.once("close", (code: number | null, signal: NodeJS.Signals | null) =>
+        resolve({ code, signal, stderr }),
+      );
+    }).then((exit) => (this.exit = exit));
+  }
+
+  /** Kills the process (it may wait on its next pipe) and forgets it. */
+  async stop(): Promise<void> {
+    if (this.ready !== undefined) {
+      closeSync(this.ready);
+      this.ready = undefined;
+    }
+    const proc = this.proc;
+    this.proc = undefined;
+    if (!proc) return;
+    if (!this.exit) proc.kill("SIGKILL");
+    await this.exited;
+  }
+
+  /** Opens `slot` for writing once igzip has it open for reading; fails if igzip exits first. */
+  private async openSlot(slot: string): Promise<number> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return openSync(slot, constants.O_WRONLY | constants.O_NONBLOCK);
+      } catch (err) {
+        // ENOENT: the pipes are still being made; ENXIO: igzip is not reading this one yet.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== "ENXIO" && code !== "ENOENT") throw err;
+      }
+      if (this.exit) throw this.failure(this.exit);
+      await (attempt < 4 ? yieldToLoop() : delay(1));
+    }
+  }
+
+  private failure(exit: Exit): Error {
+    const { opts } = this.batch;
+    // igzip says only that it could not write its output ("Error encountered while writing to file ..."): a full
+    // disk is the usual reason, said in the words every other write says it.
+    if (/writ/i.test(exit.stderr) && freeBytes(opts.parentDir) < FULL_BELOW)
+      return fsError(
+        opts.parentDir,
+        Object.assign(new Error("ENOSPC"), { code: "ENOSPC" }),
+        "cannot write a blob",
+      );
+    const how = exit.signal
+      ? `was killed by ${exit.signal}`
+      : exit.code === null
+        ? "could not start"
+        : `exited with status ${exit.code}`;
+    const hint = exit.code === 127 ? " (is Debian's isal package installed?)" : "";
+    const said = exit.stderr.trim().split("\n")[0] + hint;
+    return new NixociError(
+      opts.input ?? "igzip batch",
+      `${opts.igzip} ${how} before it finished its input${said ? `: ${said.replace(/\/\S*/g, (p) => withoutTemporaries(p))}` : ""}`,
+    );
+  }
+
+  async job(): Promise<BatchJob> {
+    await this.ensureProcess();
+    const slot = this.slots[this.next++];
+    const fd = this.ready ?? (await this.openSlot(slot));
+    this.ready = undefined;
+    const sink = new net.Socket({ fd, readable: false, writable: true });
+    let crc = 0;
+    let size = 0;
+    const stream = new Writable({
+      highWaterMark: READ_CHUNK,
+      write(chunk: Buffer, _enc, cb) {
+        if (crc32) crc = crc32(chunk, crc);
+        size += chunk.length;
+        sink.write(chunk, cb);
+      },
+      final(cb) {
+        sink.end(cb);
+      },
+      destroy(err, cb) {
+        sink.destroy();
+        cb(err);
+      },
+    });
+    sink.on("error", (err) => stream.destroy(err));
+    return {
+      stream,
+      done: async () => {
+        try {
+          if (!stream.writableFinished) throw new Error("the stream was not written to its end");
+          await this.finished();
+          return await checkedGzipOutput(`${slot}.gz`, crc, size, this.batch.opts.input ?? "igzip batch");
+        } catch (err) {
+          // The process may hold half of this stream: it is of no further use.
+          this.broken = true;
+          await this.stop();
+          throw err;
+        } finally {
+          await unlink(slot).catch(() => {});
+        }
+      },
+    };
+  }
+
+  /** Waits until igzip is done with the slot just written: it opened the next one, or it exited (after the last). */
+  private async finished(): Promise<void> {
+    if (this.next < this.slots.length) {
+      this.ready = await this.openSlot(this.slots[this.next]);
+      return;
+    }
+    const exit = await this.exited!;
+    if (exit.code !== 0) throw this.failure(exit);
+    this.proc = undefined;
+  }
+}
+
+function freeBytes(dir: string): number {
+  try {
+    const st = statfsSync(dir);
+    return st.bavail * st.bsize;
+  } catch {
+    return Infinity;
+  }
+}
+
+/** Hashes the output and checks its gzip trailer (CRC-32 and size of the input, little-endian). */
+export async function checkedGzipOutput(
+  path: string,
+  crc: number,
+  size: number,
+  input: string,
+): Promise<BatchOutput> {
+  const file = await open(path, "r");
+  try {
+    const hash = createHash("sha256");
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    const tail = Buffer.alloc(8);
+    let total = 0;
+    for (;;) {
+      const { bytesRead } = await file.read(buf, 0, buf.length, null);
+      if (!bytesRead) break;
+      const chunk = buf.subarray(0, bytesRead);
+      hash.update(chunk);
+      total += bytesRead;
+      // The last 8 bytes, wherever the chunks end.
+      if (bytesRead >= 8) chunk.copy(tail, 0, bytesRead - 8);
+      else {
+        tail.copy(tail, 0, bytesRead);
+        chunk.copy(tail, 8 - bytesRead);
+      }
+    }
+    const ok =
+      total >= 18 &&
+      tail.readUInt32LE(4) === size % 2 ** 32 &&
+      (crc32 === undefined || tail.readUInt32LE(0) === crc >>> 0);
+    if (!ok)
+      throw new NixociError(input, `igzip's output is not the gzip of the stream given (${total} bytes)`);
+    return { path, size: total, sha256: hash.digest("hex") };
+  } finally {
+    await file.close();
+  }
+}
+
+export class IgzipBatch {
+  readonly dir: string;
+  private readonly lanes: Lane[] = [];
+  private readonly idle: Lane[] = [];
+  private readonly waiting: Array<(lane: Lane) => void> = [];
+  private made?: Promise<void>;
+  private closed = false;
+
+  constructor(readonly opts: IgzipBatchOptions) {
+    if (!Number.isInteger(opts.level) || opts.level < 0 || opts.level > 3)
+      throw new NixociError("compression level", `${opts.level} is out of range for ISA-L gzip (0..3)`);
+    this.dir = tempSibling(opts.parentDir, "igzip-batch");
+    for (let i = 0; i < Math.max(1, opts.lanes); i++) {
+      const lane = new Lane(this, i);
+      this.lanes.push(lane);
+      this.idle.push(lane);
+    }
+  }
+
+  /**
+   * Compresses one stream: waits for a free lane, gives the job. The lane is busy until `done()` settled, so
+   * write the stream and await done() (or destroy the stream and still await done(), which then rejects).
+   */
+  async job(): Promise<BatchJob> {
+    if (this.closed) throw new Error("the igzip batch is closed");
+    this.made ??= mkdir(this.opts.parentDir, { recursive: true })
+      .then(() => mkdir(this.dir, { mode: 0o700 }))
+      .then(() => undefined);
+    await this.made;
+    const lane = this.idle.pop() ?? (await new Promise<Lane>((resolve) => this.waiting.push(resolve)));
+    let job: BatchJob;
+    try {
+      job = await lane.job();
+    } catch (err) {
+      lane.broken = true;
+      await lane.stop().catch(() => {});
+      this.release(lane);
+      throw err;
+    }
+    let settled = false;
+    return {
+      stream: job.stream,
+      done: async () => {
+        if (settled) throw new Error("done() was called twice");
+        settled = true;
+        try {
+          return await job.done();
+        } finally {
+          this.release(lane);
+        }
+      },
+    };
+  }
+
+  private release(lane: Lane): void {
+    const next = this.waiting.shift();
+    if (next) next(lane);
+    else this.idle.push(lane);
+  }
+
+  /** Stops every process and removes the directory with what was not renamed out of it. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.lanes.map((l) => l.stop().catch(() => {})));
+    if (this.made) await rm(this.dir, { recursive: true, force: true });
+  }
+}

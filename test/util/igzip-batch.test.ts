@@ -1,0 +1,217 @@
+// Many streams through few igzip processes (src/util/igzip-batch.ts): each stream's output is exactly igzip's own
+// for it alone, with more streams than a process has pipes (processes replaced), several lanes at once; a stream
+// that fails, an igzip killed mid-stream or missing fail their job with one line and the next job works; close()
+// leaves neither process nor directory, and a SIGKILLed owner takes its igzip processes with it; an output whose
+// gzip trailer does not match the stream is refused.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createCipheriv, createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { setTimeout as delay } from "node:timers/promises";
+import { gzipSync } from "node:zlib";
+import { checkedGzipOutput, IgzipBatch } from "../../src/util/igzip-batch.js";
+import { igzipPath, runIgzip } from "../support/isal.js";
+import { makeTempDir } from "../support/fixtures.js";
+
+const work = makeTempDir("igzip-batch");
+
+/** Pseudo-random (AES-CTR of zeros, seeded by `seed`) and text halves: compressible, the same every run. */
+function sample(size: number, seed: number): Buffer {
+  const key = Buffer.alloc(16);
+  key.writeUInt32LE(seed);
+  const random = createCipheriv("aes-128-ctr", key, Buffer.alloc(16)).update(Buffer.alloc(size >> 1));
+  const text = Buffer.from(Array.from({ length: size }, (_, i) => `${seed}:${i}\n`).join("")).subarray(
+    0,
+    size - random.length,
+  );
+  return Buffer.concat([random, text]);
+}
+
+function chunks(data: Buffer, size = 100_000): Readable {
+  const pieces: Buffer[] = [];
+  for (let i = 0; i < data.length; i += size) pieces.push(data.subarray(i, i + size));
+  return Readable.from(pieces);
+}
+
+async function compress(batch: IgzipBatch, data: Buffer): Promise<Buffer> {
+  const job = await batch.job();
+  await pipeline(chunks(data), job.stream);
+  const out = await job.done();
+  const bytes = readFileSync(out.path);
+  assert.equal(out.size, bytes.length);
+  assert.equal(out.sha256, createHash("sha256").update(bytes).digest("hex"));
+  return bytes;
+}
+
+/** igzip processes whose command line names `dir` (the batch's pipes live there). */
+function igzipsIn(dir: string): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, "utf8");
+      if (cmd.includes(dir) && cmd.split("\0").some((a) => a.endsWith("igzip"))) pids.push(Number(name));
+    } catch {
+      // exited
+    }
+  }
+  return pids;
+}
+
+async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting until ${what}`);
+    await delay(20);
+  }
+}
+
+test("each stream's output is igzip's own, across lanes and replaced processes; close leaves nothing", async () => {
+  const parent = join(work, "bytes");
+  mkdirSync(parent);
+  const batch = new IgzipBatch({ igzip: igzipPath(), level: 1, parentDir: parent, lanes: 2, slots: 3 });
+  const inputs = [0, 1, 2, 3, 4, 5, 6, 7].map((i) => sample([0, 1, 70_000, 1 << 20, 3_000_001][i % 5], i));
+  const outputs = await Promise.all(inputs.map((data) => compress(batch, data)));
+  for (let i = 0; i < inputs.length; i++)
+    assert.ok(outputs[i].equals(runIgzip(["-c", "-n", "-1"], inputs[i])), `stream ${i}: igzip's bytes`);
+  assert.ok(existsSync(batch.dir));
+  await batch.close();
+  assert.ok(!existsSync(batch.dir), "the directory is removed");
+  assert.deepEqual(igzipsIn(batch.dir), []);
+  await assert.rejects(batch.job(), /closed/);
+});
+
+test("levels 0-3 give igzip's bytes; a level out of range is refused", async () => {
+  const parent = join(work, "levels");
+  mkdirSync(parent);
+  const data = sample(500_000, 9);
+  for (const level of [0, 2, 3]) {
+    const batch = new IgzipBatch({ igzip: igzipPath(), level, parentDir: parent, lanes: 1 });
+    try {
+      assert.ok((await compress(batch, data)).equals(runIgzip(["-c", "-n", `-${level}`], data)));
+    } finally {
+      await batch.close();
+    }
+  }
+  assert.throws(
+    () => new IgzipBatch({ igzip: igzipPath(), level: 4, parentDir: parent, lanes: 1 }),
+    /4 is out of range for ISA-L gzip \(0\.\.3\)/,
+  );
+});
+
+test("a stream that fails fails its job; the lane's next job works", async () => {
+  const parent = join(work, "failing");
+  mkdirSync(parent);
+  const batch = new IgzipBatch({ igzip: igzipPath(), level: 1, parentDir: parent, lanes: 1 });
+  try {
+    const job = await batch.job();
+    const failing = new Readable({
+      read() {
+        this.push(Buffer.alloc(300_000, 1));
+        this.destroy(new Error("the source broke"));
+      },
+    });
+    await assert.rejects(pipeline(failing, job.stream), /the source broke/);
+    await assert.rejects(job.done(), /not written to its end/);
+    const data = sample(200_000, 3);
+    assert.ok((await compress(batch, data)).equals(runIgzip(["-c", "-n", "-1"], data)));
+  } finally {
+    await batch.close();
+  }
+});
+
+test("igzip killed mid-stream fails the job in one line; a missing igzip fails its job; the batch goes on", async () => {
+  const parent = join(work, "killed");
+  mkdirSync(parent);
+  const batch = new IgzipBatch({ igzip: igzipPath(), level: 1, parentDir: parent, lanes: 1 });
+  try {
+    const job = await batch.job();
+    const [pid] = igzipsIn(batch.dir);
+    assert.ok(pid, "the lane's igzip runs");
+    const endless = new Readable({
+      read() {
+        this.push(Buffer.alloc(64 * 1024, 7));
+      },
+    });
+    const written = pipeline(endless, job.stream);
+    process.kill(pid, "SIGKILL");
+    await assert.rejects(written);
+    await assert.rejects(job.done(), (err: Error) => {
+      assert.ok(!err.message.includes("\n"), err.message);
+      return true;
+    });
+    const data = sample(100_000, 4);
+    assert.ok((await compress(batch, data)).equals(runIgzip(["-c", "-n", "-1"], data)), "a new process");
+  } finally {
+    await batch.close();
+  }
+  const missing = new IgzipBatch({
+    igzip: join(work, "no-such-igzip"),
+    level: 1,
+    parentDir: parent,
+    lanes: 1,
+  });
+  try {
+    await assert.rejects(
+      missing.job(),
+      /no-such-igzip exited with status 127 before it finished its input: .*not found/,
+    );
+  } finally {
+    await missing.close();
+  }
+});
+
+test("an output whose gzip trailer does not match the stream is refused", async () => {
+  const dir = join(work, "trailers");
+  mkdirSync(dir);
+  const data = Buffer.from("some layer bytes\n".repeat(1000));
+  const good = join(dir, "good.gz");
+  writeFileSync(good, gzipSync(data));
+  const { crc32 } = (await import("node:zlib")) as unknown as { crc32: (b: Buffer) => number };
+  const ok = await checkedGzipOutput(good, crc32(data), data.length, "test");
+  assert.equal(ok.size, gzipSync(data).length);
+  const cases: Array<[string, Buffer, number, number]> = [
+    ["truncated", gzipSync(data).subarray(0, 30), crc32(data), data.length],
+    ["empty", Buffer.alloc(0), crc32(data), data.length],
+    ["another stream", gzipSync(Buffer.from("other")), crc32(data), data.length],
+    ["wrong size", gzipSync(data), crc32(data), data.length + 1],
+  ];
+  for (const [name, bytes, crc, size] of cases) {
+    const file = join(dir, `${name}.gz`);
+    writeFileSync(file, bytes);
+    await assert.rejects(
+      checkedGzipOutput(file, crc, size, "layer x"),
+      /^NixociError: layer x: igzip's output is not the gzip of the stream given/,
+      name,
+    );
+  }
+});
+
+test("an owner killed with SIGKILL takes its igzip processes with it", async () => {
+  const parent = join(work, "orphans");
+  mkdirSync(parent);
+  const script = join(work, "owner.mjs");
+  const module = new URL("../../src/util/igzip-batch.js", import.meta.url).href;
+  writeFileSync(
+    script,
+    `import { IgzipBatch } from ${JSON.stringify(module)};
+const batch = new IgzipBatch({ igzip: ${JSON.stringify(igzipPath())}, level: 1, parentDir: ${JSON.stringify(parent)}, lanes: 2 });
+const jobs = await Promise.all([batch.job(), batch.job()]);
+jobs[0].stream.write(Buffer.alloc(1000));
+console.log(batch.dir);
+setInterval(() => {}, 1000);
+`,
+  );
+  const owner = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "inherit"] });
+  let dir = "";
+  owner.stdout.on("data", (d: Buffer) => (dir += d.toString()));
+  await until("the owner started its lanes", () => dir.endsWith("\n"));
+  dir = dir.trim();
+  await until("both lanes' igzip run", () => igzipsIn(dir).length === 2);
+  owner.kill("SIGKILL");
+  await until("no igzip of the dead owner is left", () => igzipsIn(dir).length === 0);
+});
