@@ -215,7 +215,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   // first layer that needs them: a process per small layer cost more than compressing it.
   const batches = new Map<string, IgzipBatch>();
   const batchFor = (e: LayerEncoder): IgzipBatch | undefined => {
-    if (!e.igzip || e.memberSize) return undefined;
+    if (!e.igzip || e.memberSize || !IgzipBatch.available()) return undefined;
     const key = `${e.igzip}\0${e.level}`;
     let batch = batches.get(key);
     if (!batch) {

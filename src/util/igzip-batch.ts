@@ -30,11 +30,13 @@ import zlib from "node:zlib";
 import { NixociError } from "./errors.js";
 import { fsError, withoutTemporaries } from "./fs-errors.js";
 import { tempSibling } from "./fs.js";
+import { findOnPath } from "./isal.js";
 import { toolEnv } from "./tool-env.js";
 
 /** Named pipes per igzip process. */
 const DEFAULT_SLOTS = 64;
 const READ_CHUNK = 1024 * 1024;
+const SINK_BUFFER = 4 * 1024 * 1024;
 const STDERR_LIMIT = 4096;
 /** A filesystem with less free space than this, after igzip failed to write, is taken as full. */
 const FULL_BELOW = 1024 * 1024;
@@ -195,7 +197,14 @@ class Lane {
     const slot = this.slots[this.next++];
     const fd = this.ready ?? (await this.openSlot(slot));
     this.ready = undefined;
-    const sink = new net.Socket({ fd, readable: false, writable: true });
+    // Up to SINK_BUFFER bytes wait in this process for igzip (whose pipe holds 64 KiB): the tar of the next
+    // megabytes is made while igzip compresses the last ones, instead of each side waiting for the other.
+    const sink = new net.Socket({
+      fd,
+      readable: false,
+      writable: true,
+      writableHighWaterMark: SINK_BUFFER,
+    } as net.SocketConstructorOpts);
     let crc = 0;
     let size = 0;
     const stream = new Writable({
@@ -203,7 +212,8 @@ class Lane {
       write(chunk: Buffer, _enc, cb) {
         if (crc32) crc = crc32(chunk, crc);
         size += chunk.length;
-        sink.write(chunk, cb);
+        if (sink.write(chunk)) cb();
+        else sink.once("drain", () => cb());
       },
       final(cb) {
         sink.end(cb);
@@ -293,6 +303,11 @@ export async function checkedGzipOutput(
 }
 
 export class IgzipBatch {
+  /** Whether batches can run here: they need util-linux's setpriv (any Debian has it); else one igzip per stream. */
+  static available(): boolean {
+    return findOnPath("setpriv") !== undefined;
+  }
+
   readonly dir: string;
   private readonly lanes: Lane[] = [];
   private readonly idle: Lane[] = [];
