@@ -26,7 +26,8 @@ import {
   type GzipEncoderSetting,
   type LayerEncoder,
 } from "./layer-encoder.js";
-import { IgzipBatch } from "../util/igzip-batch.js";
+import { CompressorBatch } from "../util/compressor-batch.js";
+import { defaultLevel } from "../util/compression.js";
 import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
@@ -211,20 +212,24 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   });
   const parallelism = opts.parallelism ?? Math.max(1, availableParallelism());
   const limiter = new Limiter(parallelism);
-  // igzip layers (not cut into members) go through long-lived igzip processes, one per build slot, made on the
-  // first layer that needs them: a process per small layer cost more than compressing it.
-  const batches = new Map<string, IgzipBatch>();
-  const batchFor = (e: LayerEncoder): IgzipBatch | undefined => {
-    if (!e.igzip || e.memberSize || !IgzipBatch.available()) return undefined;
-    const key = `${e.igzip}\0${e.level}`;
+  // igzip layers (not cut into members) and zstd layers go through long-lived processes of the tool, one per
+  // build slot, made on the first layer that needs them: a process per small layer cost more than compressing it.
+  const batches = new Map<string, CompressorBatch>();
+  const batchFor = (e: LayerEncoder): CompressorBatch | undefined => {
+    const codec = e.compression === "zstd" ? "zstd" : e.igzip && !e.memberSize ? "gzip" : undefined;
+    if (!codec || !CompressorBatch.available()) return undefined;
+    const level = e.level ?? (codec === "zstd" ? defaultLevel("zstd") : DEFAULT_ISAL_LEVEL);
+    const tool = codec === "zstd" ? "zstd" : e.igzip!;
+    const key = `${codec}\0${tool}\0${level}`;
     let batch = batches.get(key);
     if (!batch) {
-      batch = new IgzipBatch({
-        igzip: e.igzip,
-        level: e.level ?? DEFAULT_ISAL_LEVEL,
+      batch = new CompressorBatch({
+        codec,
+        tool,
+        level,
         parentDir: cache.blobs.blobDir,
         lanes: parallelism,
-        input: "layer gzip compressor (igzip)",
+        input: codec === "zstd" ? "layer zstd compressor" : "layer gzip compressor (igzip)",
       });
       batches.set(key, batch);
     }

@@ -16,7 +16,7 @@ import type { Digest } from "../oci/digest.js";
 import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
 import { compressStream, isalGzipStream } from "../util/compression.js";
 import { GzipMembers } from "../util/gzip-members.js";
-import type { IgzipBatch } from "../util/igzip-batch.js";
+import type { CompressorBatch } from "../util/compressor-batch.js";
 import { NixociError } from "../util/errors.js";
 import { HashingStream } from "../util/hashing-stream.js";
 import { holdErrors } from "../util/streams.js";
@@ -44,18 +44,18 @@ export interface BuildLayerOptions {
   memberSize?: number;
   blobs: BlobStore;
   /**
-   * With igzip (no memberSize): compress through this batch of long-lived igzip processes instead of one process
-   * for this layer (util/igzip-batch.ts; the same bytes). Its directory must be inside the blob store's.
+   * gzip through igzip (no memberSize), or zstd: compress through this batch of long-lived processes of the tool
+   * instead of one process for this layer (util/compressor-batch.ts; the same bytes). Its codec must be the
+   * layer's and its directory inside the blob store's.
    */
-  batch?: IgzipBatch;
+  batch?: CompressorBatch;
   /** Told the running count of tar bytes read, as they flow: progress for whoever watches the build. */
   onTarBytes?: (total: number) => void;
 }
 
 /** Writes one layer into the blob store and returns its descriptors. The tar stream is consumed (or destroyed). */
 export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise<LayerBlob> {
-  if (opts.batch && opts.compression === "gzip" && opts.igzip && !opts.memberSize)
-    return batchedLayerBlob(tar, opts);
+  if (opts.batch) return batchedLayerBlob(tar, opts);
   let compressor: Duplex[] = [];
   let writer: BlobWriter;
   try {
@@ -89,7 +89,7 @@ export async function buildLayerBlob(tar: Readable, opts: BuildLayerOptions): Pr
   }
 }
 
-/** A gzip layer through the batch: its output file is renamed into the blob store. */
+/** A layer through the batch: its output file is renamed into the blob store. */
 async function batchedLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise<LayerBlob> {
   let job;
   try {
@@ -112,7 +112,7 @@ async function batchedLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise
     digest: ref.digest,
     diffId: `sha256:${tap.hasher.digest("hex")}`,
     size: ref.size,
-    mediaType: layerMediaType("gzip"),
+    mediaType: layerMediaType(opts.compression),
     uncompressedSize: tap.size,
   };
 }

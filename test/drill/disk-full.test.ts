@@ -110,36 +110,46 @@ describe("drill: disk full (an 8 MiB tmpfs)", () => {
     }
   });
 
-  test("build with its layer cache on it: igzip's output does not fit", { timeout: 300_000 }, async () => {
-    const cache = join(mnt, "cache");
-    const out = makeTempDir("drill-full-cache-out");
-    const filler = fill("filler-cache", 1536 << 10);
-    try {
-      // fx.big (3 MiB of NAR, 2.4 MB of gzip) goes through the igzip batch, which fails to write it.
-      for (const jobs of ["1", "2"]) {
-        const r = await runNixoci([
-          "build",
-          "-q",
-          "-j",
-          jobs,
-          "--cache-dir",
-          cache,
-          fx.big,
-          "-o",
-          `oci:${out}/l${jobs}:t`,
-        ]);
-        assertEnospc(
-          r,
-          `build with a full cache (-j ${jobs})`,
-          /^nixoci: .*\/cache: cannot write the layer cache \(no space left on device\); free space/,
-        );
-        assertNoTemporaries([cache, out], "after ENOSPC in the cache");
+  test(
+    "build with its layer cache on it: igzip's and zstd's outputs do not fit",
+    { timeout: 300_000 },
+    async () => {
+      const cache = join(mnt, "cache");
+      const out = makeTempDir("drill-full-cache-out");
+      const filler = fill("filler-cache", 1536 << 10);
+      try {
+        // fx.big (3 MiB of NAR, 2.4 MB of gzip or zstd) goes through the igzip or zstd batch, which fails to write it.
+        for (const [jobs, compression] of [
+          ["1", "gzip"],
+          ["2", "gzip"],
+          ["1", "zstd"],
+        ]) {
+          const r = await runNixoci([
+            "build",
+            "-q",
+            "-j",
+            jobs,
+            "--compression",
+            compression,
+            "--cache-dir",
+            cache,
+            fx.big,
+            "-o",
+            `oci:${out}/l${jobs}${compression}:t`,
+          ]);
+          assertEnospc(
+            r,
+            `build with a full cache (-j ${jobs}, ${compression})`,
+            /^nixoci: .*\/cache: cannot write the layer cache \(no space left on device\); free space/,
+          );
+          assertNoTemporaries([cache, out], "after ENOSPC in the cache");
+        }
+      } finally {
+        rmSync(filler);
+        rmSync(cache, { recursive: true, force: true });
       }
-    } finally {
-      rmSync(filler);
-      rmSync(cache, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 
   test("build -o oci-archive: replacing an older archive", { timeout: 300_000 }, async () => {
     const dir = join(mnt, "archive");

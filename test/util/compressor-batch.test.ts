@@ -1,23 +1,28 @@
-// Many streams through few igzip processes (src/util/igzip-batch.ts): each stream's output is exactly igzip's own
-// for it alone, with more streams than a process has pipes (processes replaced), several lanes at once; a stream
-// that fails, an igzip killed mid-stream or missing fail their job with one line and the next job works; close()
-// leaves neither process nor directory, and a SIGKILLed owner takes its igzip processes with it; an output whose
-// gzip trailer does not match the stream is refused.
+// Many streams through few igzip or zstd processes (src/util/compressor-batch.ts): each stream's output is exactly
+// the tool's own for it alone (on stdin), with more streams than a process has pipes (processes replaced), several
+// lanes at once; a stream that fails, a tool killed mid-stream or missing fail their job with one line and the next
+// job works; close() leaves neither process nor directory, and a SIGKILLed owner takes its processes with it; an
+// output whose gzip trailer does not match the stream, or that is not whole zstd frames, is refused.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as delay } from "node:timers/promises";
 import { gzipSync } from "node:zlib";
-import { checkedGzipOutput, IgzipBatch } from "../../src/util/igzip-batch.js";
+import {
+  checkedGzipOutput,
+  checkedZstdOutput,
+  CompressorBatch,
+  type CompressorBatchOptions,
+} from "../../src/util/compressor-batch.js";
 import { igzipPath, runIgzip } from "../support/isal.js";
 import { makeTempDir } from "../support/fixtures.js";
 
-const work = makeTempDir("igzip-batch");
+const work = makeTempDir("compressor-batch");
 
 /** Pseudo-random (AES-CTR of zeros, seeded by `seed`) and text halves: compressible, the same every run. */
 function sample(size: number, seed: number): Buffer {
@@ -37,7 +42,7 @@ function chunks(data: Buffer, size = 100_000): Readable {
   return Readable.from(pieces);
 }
 
-async function compress(batch: IgzipBatch, data: Buffer): Promise<Buffer> {
+async function compress(batch: CompressorBatch, data: Buffer): Promise<Buffer> {
   const job = await batch.job();
   await pipeline(chunks(data), job.stream);
   const out = await job.done();
@@ -47,14 +52,26 @@ async function compress(batch: IgzipBatch, data: Buffer): Promise<Buffer> {
   return bytes;
 }
 
-/** igzip processes whose command line names `dir` (the batch's pipes live there). */
-function igzipsIn(dir: string): number[] {
+function gzipBatch(parentDir: string, rest: Partial<CompressorBatchOptions> = {}): CompressorBatch {
+  return new CompressorBatch({ codec: "gzip", tool: igzipPath(), level: 1, parentDir, lanes: 1, ...rest });
+}
+
+/** zstd's own output for `data` on stdin, with the layer compressor's arguments. */
+function zstdOf(data: Buffer, level = 3): Buffer {
+  const args = ["--compress", "--stdout", "-q", `-${level}`, "-T0", ...(level > 19 ? ["--ultra"] : [])];
+  const r = spawnSync("zstd", args, { input: data, maxBuffer: 1 << 30 });
+  assert.equal(r.status, 0, r.stderr?.toString());
+  return r.stdout;
+}
+
+/** Tool processes (igzip or zstd) whose working directory is `dir` (the batch's pipes live there). */
+function toolsIn(dir: string, tool = "igzip"): number[] {
   const pids: number[] = [];
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      const cmd = readFileSync(`/proc/${name}/cmdline`, "utf8");
-      if (cmd.includes(dir) && cmd.split("\0").some((a) => a.endsWith("igzip"))) pids.push(Number(name));
+      const argv0 = readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0")[0];
+      if (argv0.endsWith(tool) && readlinkSync(`/proc/${name}/cwd`) === dir) pids.push(Number(name));
     } catch {
       // exited
     }
@@ -73,7 +90,7 @@ async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void
 test("each stream's output is igzip's own, across lanes and replaced processes; close leaves nothing", async () => {
   const parent = join(work, "bytes");
   mkdirSync(parent);
-  const batch = new IgzipBatch({ igzip: igzipPath(), level: 1, parentDir: parent, lanes: 2, slots: 3 });
+  const batch = gzipBatch(parent, { lanes: 2, slots: 3 });
   const inputs = [0, 1, 2, 3, 4, 5, 6, 7].map((i) => sample([0, 1, 70_000, 1 << 20, 3_000_001][i % 5], i));
   const outputs = await Promise.all(inputs.map((data) => compress(batch, data)));
   for (let i = 0; i < inputs.length; i++)
@@ -81,7 +98,7 @@ test("each stream's output is igzip's own, across lanes and replaced processes; 
   assert.ok(existsSync(batch.dir));
   await batch.close();
   assert.ok(!existsSync(batch.dir), "the directory is removed");
-  assert.deepEqual(igzipsIn(batch.dir), []);
+  assert.deepEqual(toolsIn(batch.dir), []);
   await assert.rejects(batch.job(), /closed/);
 });
 
@@ -90,23 +107,20 @@ test("levels 0-3 give igzip's bytes; a level out of range is refused", async () 
   mkdirSync(parent);
   const data = sample(500_000, 9);
   for (const level of [0, 2, 3]) {
-    const batch = new IgzipBatch({ igzip: igzipPath(), level, parentDir: parent, lanes: 1 });
+    const batch = gzipBatch(parent, { level });
     try {
       assert.ok((await compress(batch, data)).equals(runIgzip(["-c", "-n", `-${level}`], data)));
     } finally {
       await batch.close();
     }
   }
-  assert.throws(
-    () => new IgzipBatch({ igzip: igzipPath(), level: 4, parentDir: parent, lanes: 1 }),
-    /4 is out of range for ISA-L gzip \(0\.\.3\)/,
-  );
+  assert.throws(() => gzipBatch(parent, { level: 4 }), /4 is out of range for ISA-L gzip \(0\.\.3\)/);
 });
 
 test("a stream that fails fails its job; the lane's next job works", async () => {
   const parent = join(work, "failing");
   mkdirSync(parent);
-  const batch = new IgzipBatch({ igzip: igzipPath(), level: 1, parentDir: parent, lanes: 1 });
+  const batch = gzipBatch(parent);
   try {
     const job = await batch.job();
     const failing = new Readable({
@@ -127,10 +141,10 @@ test("a stream that fails fails its job; the lane's next job works", async () =>
 test("igzip killed mid-stream fails the job in one line; a missing igzip fails its job; the batch goes on", async () => {
   const parent = join(work, "killed");
   mkdirSync(parent);
-  const batch = new IgzipBatch({ igzip: igzipPath(), level: 1, parentDir: parent, lanes: 1 });
+  const batch = gzipBatch(parent);
   try {
     const job = await batch.job();
-    const [pid] = igzipsIn(batch.dir);
+    const [pid] = toolsIn(batch.dir);
     assert.ok(pid, "the lane's igzip runs");
     const endless = new Readable({
       read() {
@@ -149,12 +163,7 @@ test("igzip killed mid-stream fails the job in one line; a missing igzip fails i
   } finally {
     await batch.close();
   }
-  const missing = new IgzipBatch({
-    igzip: join(work, "no-such-igzip"),
-    level: 1,
-    parentDir: parent,
-    lanes: 1,
-  });
+  const missing = gzipBatch(parent, { tool: join(work, "no-such-igzip") });
   try {
     await assert.rejects(
       missing.job(),
@@ -163,6 +172,79 @@ test("igzip killed mid-stream fails the job in one line; a missing igzip fails i
   } finally {
     await missing.close();
   }
+});
+
+test("zstd: each stream's output is zstd's own on stdin (-T0), across lanes and replaced processes", async () => {
+  const parent = join(work, "zstd");
+  mkdirSync(parent);
+  const batch = new CompressorBatch({
+    codec: "zstd",
+    tool: "zstd",
+    level: 3,
+    parentDir: parent,
+    lanes: 2,
+    slots: 2,
+  });
+  try {
+    const inputs = [0, 1, 2, 3, 4].map((i) => sample([0, 1, 300_000, 5_000_000, 1 << 20][i], 20 + i));
+    const outputs = await Promise.all(inputs.map((data) => compress(batch, data)));
+    for (let i = 0; i < inputs.length; i++)
+      assert.ok(outputs[i].equals(zstdOf(inputs[i])), `stream ${i}: zstd's bytes`);
+    const big = sample(600_000, 30);
+    const ultra = new CompressorBatch({
+      codec: "zstd",
+      tool: "zstd",
+      level: 20,
+      parentDir: parent,
+      lanes: 1,
+    });
+    try {
+      assert.ok((await compress(ultra, big)).equals(zstdOf(big, 20)), "level 20 (--ultra)");
+    } finally {
+      await ultra.close();
+    }
+  } finally {
+    await batch.close();
+  }
+  assert.deepEqual(toolsIn(batch.dir, "zstd"), []);
+  assert.throws(
+    () => new CompressorBatch({ codec: "zstd", tool: "zstd", level: 23, parentDir: parent, lanes: 1 }),
+    /23 is out of range for zstd \(1\.\.22\)/,
+  );
+});
+
+test("zstd outputs that are not whole frames are refused", async () => {
+  const dir = join(work, "frames");
+  mkdirSync(dir);
+  const data = sample(700_000, 40);
+  const good = zstdOf(data);
+  const file = (name: string, bytes: Buffer) => {
+    const path = join(dir, name);
+    writeFileSync(path, bytes);
+    return path;
+  };
+  const ok = await checkedZstdOutput(file("good.zst", good), "t");
+  assert.equal(ok.size, good.length);
+  // Two frames one after the other are whole frames too; so is the frame of an empty input.
+  await checkedZstdOutput(file("two.zst", Buffer.concat([good, zstdOf(Buffer.from("x"))])), "t");
+  await checkedZstdOutput(file("empty-input.zst", zstdOf(Buffer.alloc(0))), "t");
+  const bad: Array<[string, Buffer, RegExp]> = [
+    ["empty", Buffer.alloc(0), /no zstd frame/],
+    ["truncated", good.subarray(0, good.length - 1), /cut short/],
+    ["half", good.subarray(0, good.length >> 1), /cut short/],
+    ["header only", good.subarray(0, 6), /cut short/],
+    ["garbage after", Buffer.concat([good, Buffer.from("junk")]), /bad magic number/],
+    ["gzip", gzipSync(data), /bad magic number/],
+    ["reserved bit", Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x08, 0, 0, 0]), /reserved bit/],
+  ];
+  for (const [name, bytes, why] of bad)
+    await assert.rejects(
+      checkedZstdOutput(file(`${name}.zst`, bytes), "layer y"),
+      (err: Error) =>
+        /^layer y: zstd's output is not whole zstd frames: /.test(err.message) && why.test(err.message),
+      name,
+    );
+  await assert.rejects(checkedZstdOutput(join(dir, "missing.zst"), "layer y"), /left no output \(ENOENT\)/);
 });
 
 test("an output whose gzip trailer does not match the stream is refused", async () => {
@@ -195,11 +277,11 @@ test("an owner killed with SIGKILL takes its igzip processes with it", async () 
   const parent = join(work, "orphans");
   mkdirSync(parent);
   const script = join(work, "owner.mjs");
-  const module = new URL("../../src/util/igzip-batch.js", import.meta.url).href;
+  const module = new URL("../../src/util/compressor-batch.js", import.meta.url).href;
   writeFileSync(
     script,
-    `import { IgzipBatch } from ${JSON.stringify(module)};
-const batch = new IgzipBatch({ igzip: ${JSON.stringify(igzipPath())}, level: 1, parentDir: ${JSON.stringify(parent)}, lanes: 2 });
+    `import { CompressorBatch } from ${JSON.stringify(module)};
+const batch = new CompressorBatch({ codec: "gzip", tool: ${JSON.stringify(igzipPath())}, level: 1, parentDir: ${JSON.stringify(parent)}, lanes: 2 });
 const jobs = await Promise.all([batch.job(), batch.job()]);
 jobs[0].stream.write(Buffer.alloc(1000));
 console.log(batch.dir);
@@ -211,7 +293,7 @@ setInterval(() => {}, 1000);
   owner.stdout.on("data", (d: Buffer) => (dir += d.toString()));
   await until("the owner started its lanes", () => dir.endsWith("\n"));
   dir = dir.trim();
-  await until("both lanes' igzip run", () => igzipsIn(dir).length === 2);
+  await until("both lanes' igzip run", () => toolsIn(dir).length === 2);
   owner.kill("SIGKILL");
-  await until("no igzip of the dead owner is left", () => igzipsIn(dir).length === 0);
+  await until("no igzip of the dead owner is left", () => toolsIn(dir).length === 0);
 });

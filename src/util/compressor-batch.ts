@@ -1,19 +1,19 @@
-// Many streams gzipped by few igzip processes. Starting a process costs more than compressing a small layer (on
-// these machines ~5 ms and ~500 page faults per igzip, and the compressed bytes' trip back through this process),
-// and a closure has a hundred layers, most of them small. igzip compresses the files named on its command line one
-// after the other, each to "<name>.gz" — the same bytes `igzip -c -n` writes for each alone — and it opens each
-// input only once the previous output is written and closed. Named pipes as those files make one process
-// compress any number of streams handed to it in turn:
+// Many streams compressed by few processes of igzip (gzip) or zstd. Starting a process costs more than
+// compressing a small layer (on these machines ~5 ms and ~500 page faults per process, and the compressed bytes'
+// trip back through this process), and a closure has a hundred layers, most of them small. Both tools compress the
+// files named on their command line one after the other, each to "<name>.gz" / "<name>.zst" — the same bytes they
+// write for that input alone on stdin — and open each input only once the previous output is written and closed.
+// Named pipes as those files make one process compress any number of streams handed to it in turn:
 //
-//   lane   one igzip process with `slots` named pipes (slot-0 ... slot-N) in a private directory;
-//   job    one stream: the lane's next pipe is opened for writing (possible once igzip opened it for reading,
-//          which it does when the previous job's output is closed), the stream written and closed; igzip then
-//          finishes "slot-k.gz". The job is complete when igzip opens the next pipe (or exits after the last): its
-//          output is hashed (sha256) and its gzip trailer checked against the input's CRC-32 and size, so a
-//          truncated or foreign file is never taken for the stream's compression.
+//   lane   one tool process with `slots` named pipes (slot-0 ... slot-N) in a private directory;
+//   job    one stream: the lane's next pipe is opened for writing (possible once the tool opened it for reading,
+//          which it does when the previous job's output is closed), the stream written and closed; the tool then
+//          finishes its output. The job is complete when the tool opens the next pipe (or exits after the last):
+//          the output is hashed (sha256) and checked — gzip: its trailer against the input's CRC-32 and size;
+//          zstd: whole frames (zstd-frames.ts) — so a truncated or foreign file is never taken for the stream's.
 //
 // A lane serves one job at a time; there are as many lanes as streams compressed at once. A lane whose slots are
-// used up is replaced by a new process. Pipes are opened non-blocking (ENXIO until igzip is there, retried on a
+// used up is replaced by a new process. Pipes are opened non-blocking (ENXIO until the tool is there, retried on a
 // short timer) so that no thread-pool thread ever waits on a pipe whose reader died. A lane's process is spawned
 // directly (a handful per build: the tool launcher's start would cost more) under `setpriv --pdeathsig KILL`, so
 // it dies with this process; the directory is a temporary (util/temporaries.ts) in the caller's directory of
@@ -32,26 +32,56 @@ import { fsError, withoutTemporaries } from "./fs-errors.js";
 import { tempSibling } from "./fs.js";
 import { findOnPath } from "./isal.js";
 import { toolEnv } from "./tool-env.js";
+import { ZstdFrameCheck } from "./zstd-frames.js";
 
-/** Named pipes per igzip process. */
+/** Named pipes per tool process. */
 const DEFAULT_SLOTS = 64;
 const READ_CHUNK = 1024 * 1024;
 const SINK_BUFFER = 4 * 1024 * 1024;
 const STDERR_LIMIT = 4096;
-/** A filesystem with less free space than this, after igzip failed to write, is taken as full. */
+/** A filesystem with less free space than this, after the tool failed to write, is taken as full. */
 const FULL_BELOW = 1024 * 1024;
-/** sh -c SCRIPT sh IGZIP -LEVEL PIPE...: makes the pipes, then runs igzip on them. */
-const LANE_SCRIPT = 'igzip=$1 level=$2; shift 2; mkfifo -m 600 -- "$@" && exec "$igzip" -n "$level" -- "$@"';
+/**
+ * sh -c SCRIPT sh "SLOT SLOT..." TOOL ARGS... (in the batch's directory): makes the pipes, then becomes the tool
+ * with the pipes as its last arguments. The slots' names are ours ("<lane>-<generation>-<i>": digits and dashes),
+ * so the one argument that lists them splits on spaces safely.
+ */
+const LANE_SCRIPT = 'slots=$1; shift; mkfifo -m 600 -- $slots && exec "$@" -- $slots';
+
+export type BatchCodec = "gzip" | "zstd";
+
+interface Codec {
+  suffix: string;
+  levels: [number, number];
+  args(level: number): string[];
+  /** The Debian package of the tool, for the hint when it is missing. */
+  pkg: string;
+}
+
+const CODECS: Record<BatchCodec, Codec> = {
+  // igzip -n: no name, no time: the output depends only on the input, the level and igzip's version.
+  gzip: { suffix: ".gz", levels: [0, 3], args: (level) => ["-n", `-${level}`], pkg: "isal" },
+  // The arguments of compression.ts's zstd layers: -T0 is zstd's multi-threaded mode, whose output does not depend
+  // on the number of workers.
+  zstd: {
+    suffix: ".zst",
+    levels: [1, 22],
+    args: (level) => ["--compress", "-q", `-${level}`, "-T0", ...(level > 19 ? ["--ultra"] : [])],
+    pkg: "zstd",
+  },
+};
 /** zlib.crc32 came with Node 20.15; without it only the trailer's size is checked. */
 const crc32 = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
 
-export interface IgzipBatchOptions {
-  igzip: string;
-  /** igzip level, 0-3. */
+export interface CompressorBatchOptions {
+  codec: BatchCodec;
+  /** The tool: igzip for gzip, zstd for zstd (a path, or a name looked up on PATH). */
+  tool: string;
+  /** The tool's level: igzip 0-3, zstd 1-22. */
   level: number;
   /** Where the private work directory is made (its outputs are renamed from there: the same filesystem). */
   parentDir: string;
-  /** Streams compressed at once (one igzip process each). */
+  /** Streams compressed at once (one tool process each). */
   lanes: number;
   /** Named pipes per process (default 64). */
   slots?: number;
@@ -70,7 +100,7 @@ export interface BatchOutput {
 /** One stream to compress: write it to `stream` (end it), then await `done()`. */
 export interface BatchJob {
   readonly stream: Writable;
-  /** The output once igzip finished it; rejects when the stream or igzip failed. Call it exactly once. */
+  /** The output once the tool finished it; rejects when the stream or the tool failed. Call it exactly once. */
   done(): Promise<BatchOutput>;
 }
 
@@ -87,29 +117,29 @@ class Lane {
   private slots: string[] = [];
   private next = 0;
   private generation = 0;
-  /** The next slot, already open for writing (igzip has opened it: the job before is complete). */
+  /** The next slot, already open for writing (the tool has opened it: the job before is complete). */
   private ready?: number;
   broken = false;
 
   constructor(
-    private readonly batch: IgzipBatch,
+    private readonly batch: CompressorBatch,
     private readonly id: number,
   ) {}
 
-  /** Starts igzip with fresh slots when there is none running or its slots are used up. */
+  /** Starts the tool with fresh slots when there is none running or its slots are used up. */
   private async ensureProcess(): Promise<void> {
     if (this.proc && !this.broken && this.next < this.slots.length) return;
     await this.stop();
     const { dir, opts } = this.batch;
     const gen = this.generation++;
-    this.slots = Array.from({ length: opts.slots ?? DEFAULT_SLOTS }, (_, i) =>
-      join(dir, `${this.id}-${gen}-${i}`),
-    );
+    const names = Array.from({ length: opts.slots ?? DEFAULT_SLOTS }, (_, i) => `${this.id}-${gen}-${i}`);
+    this.slots = names.map((n) => join(dir, n));
     this.next = 0;
     this.broken = false;
-    // One process makes the lane's pipes, then becomes igzip; setpriv has the kernel kill it when this process
-    // dies, whatever kills it (an igzip waiting for its next pipe would otherwise wait forever). The script is a
-    // constant: the level and the paths are its arguments.
+    // One process makes the lane's pipes, then becomes the tool; setpriv has the kernel kill it when this process
+    // dies, whatever kills it (a tool waiting for its next pipe would otherwise wait forever). The script is a
+    // constant; the names and the tool's arguments are arguments.
+    const codec = CODECS[opts.codec];
     const proc = spawn(
       "setpriv",
       [
@@ -120,11 +150,11 @@ class Lane {
         "-c",
         LANE_SCRIPT,
         "sh",
-        opts.igzip,
-        `-${opts.level}`,
-        ...this.slots,
+        names.join(" "),
+        opts.tool,
+        ...codec.args(opts.level),
       ],
-      { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() },
+      { stdio: ["ignore", "ignore", "pipe"], env: toolEnv(), cwd: dir },
     );
     this.proc = proc;
     this.exit = undefined;
@@ -154,13 +184,13 @@ class Lane {
     await this.exited;
   }
 
-  /** Opens `slot` for writing once igzip has it open for reading; fails if igzip exits first. */
+  /** Opens `slot` for writing once the tool has it open for reading; fails if the tool exits first. */
   private async openSlot(slot: string): Promise<number> {
     for (let attempt = 0; ; attempt++) {
       try {
         return openSync(slot, constants.O_WRONLY | constants.O_NONBLOCK);
       } catch (err) {
-        // ENOENT: the pipes are still being made; ENXIO: igzip is not reading this one yet.
+        // ENOENT: the pipes are still being made; ENXIO: the tool is not reading this one yet.
         const code = (err as NodeJS.ErrnoException).code;
         if (code !== "ENXIO" && code !== "ENOENT") throw err;
       }
@@ -171,25 +201,25 @@ class Lane {
 
   private failure(exit: Exit): Error {
     const { opts } = this.batch;
-    // igzip says only that it could not write its output ("Error encountered while writing to file ..."): a full
-    // disk is the usual reason, said in the words every other write says it.
-    if (/writ/i.test(exit.stderr) && freeBytes(opts.parentDir) < FULL_BELOW)
-      return fsError(
-        opts.parentDir,
-        Object.assign(new Error("ENOSPC"), { code: "ENOSPC" }),
-        "cannot write a blob",
-      );
+    // igzip says only that it could not write its output ("Error encountered while writing to file ..."), zstd
+    // that it could not (its words vary): a full disk is the usual reason, said as every other write says it.
+    if (/writ/i.test(exit.stderr) && freeBytes(opts.parentDir) < FULL_BELOW) return this.noSpace();
     const how = exit.signal
       ? `was killed by ${exit.signal}`
       : exit.code === null
         ? "could not start"
         : `exited with status ${exit.code}`;
-    const hint = exit.code === 127 ? " (is Debian's isal package installed?)" : "";
+    const hint = exit.code === 127 ? ` (is Debian's ${CODECS[opts.codec].pkg} package installed?)` : "";
     const said = exit.stderr.trim().split("\n")[0] + hint;
     return new NixociError(
-      opts.input ?? "igzip batch",
-      `${opts.igzip} ${how} before it finished its input${said ? `: ${said.replace(/\/\S*/g, (p) => withoutTemporaries(p))}` : ""}`,
+      opts.input ?? `${opts.codec} batch`,
+      `${opts.tool} ${how} before it finished its input${said ? `: ${said.replace(/\/\S*/g, (p) => withoutTemporaries(p))}` : ""}`,
     );
+  }
+
+  private noSpace(): Error {
+    const err = Object.assign(new Error("ENOSPC"), { code: "ENOSPC" });
+    return fsError(this.batch.opts.parentDir, err, "cannot write a blob");
   }
 
   async job(): Promise<BatchJob> {
@@ -197,20 +227,22 @@ class Lane {
     const slot = this.slots[this.next++];
     const fd = this.ready ?? (await this.openSlot(slot));
     this.ready = undefined;
-    // Up to SINK_BUFFER bytes wait in this process for igzip (whose pipe holds 64 KiB): the tar of the next
-    // megabytes is made while igzip compresses the last ones, instead of each side waiting for the other.
+    // Up to SINK_BUFFER bytes wait in this process for the tool (whose pipe holds 64 KiB): the tar of the next
+    // megabytes is made while the tool compresses the last ones, instead of each side waiting for the other.
     const sink = new net.Socket({
       fd,
       readable: false,
       writable: true,
       writableHighWaterMark: SINK_BUFFER,
     } as net.SocketConstructorOpts);
+    const codec = this.batch.opts.codec;
+    const withCrc = codec === "gzip" && crc32 !== undefined;
     let crc = 0;
     let size = 0;
     const stream = new Writable({
       highWaterMark: READ_CHUNK,
       write(chunk: Buffer, _enc, cb) {
-        if (crc32) crc = crc32(chunk, crc);
+        if (withCrc) crc = crc32!(chunk, crc);
         size += chunk.length;
         if (sink.write(chunk)) cb();
         else sink.once("drain", () => cb());
@@ -230,7 +262,16 @@ class Lane {
         try {
           if (!stream.writableFinished) throw new Error("the stream was not written to its end");
           await this.finished();
-          return await checkedGzipOutput(`${slot}.gz`, crc, size, this.batch.opts.input ?? "igzip batch");
+          const input = this.batch.opts.input ?? `${codec} batch`;
+          const output = `${slot}${CODECS[codec].suffix}`;
+          try {
+            return codec === "gzip"
+              ? await checkedGzipOutput(output, crc, size, input)
+              : await checkedZstdOutput(output, input);
+          } catch (err) {
+            // zstd goes on to its next input after a failed write (and removes that output): a full disk again.
+            throw freeBytes(this.batch.opts.parentDir) < FULL_BELOW ? this.noSpace() : err;
+          }
         } catch (err) {
           // The process may hold half of this stream: it is of no further use.
           this.broken = true;
@@ -243,7 +284,7 @@ class Lane {
     };
   }
 
-  /** Waits until igzip is done with the slot just written: it opened the next one, or it exited (after the last). */
+  /** Waits until the tool is done with the slot just written: it opened the next one, or it exited (after the last). */
   private async finished(): Promise<void> {
     if (this.next < this.slots.length) {
       this.ready = await this.openSlot(this.slots[this.next]);
@@ -264,46 +305,66 @@ function freeBytes(dir: string): number {
   }
 }
 
-/** Hashes the output and checks its gzip trailer (CRC-32 and size of the input, little-endian). */
-export async function checkedGzipOutput(
-  path: string,
-  crc: number,
-  size: number,
-  input: string,
-): Promise<BatchOutput> {
-  const file = await open(path, "r");
+/** Reads a finished output once: its sha256 and size, each chunk also shown to `see`. */
+async function hashOutput(path: string, input: string, see: (chunk: Buffer) => void): Promise<BatchOutput> {
+  const file = await open(path, "r").catch((err: NodeJS.ErrnoException) => {
+    throw new NixociError(input, `the compressor left no output (${err.code ?? err.message})`);
+  });
   try {
     const hash = createHash("sha256");
     const buf = Buffer.allocUnsafe(READ_CHUNK);
-    const tail = Buffer.alloc(8);
     let total = 0;
     for (;;) {
       const { bytesRead } = await file.read(buf, 0, buf.length, null);
       if (!bytesRead) break;
       const chunk = buf.subarray(0, bytesRead);
       hash.update(chunk);
+      see(chunk);
       total += bytesRead;
-      // The last 8 bytes, wherever the chunks end.
-      if (bytesRead >= 8) chunk.copy(tail, 0, bytesRead - 8);
-      else {
-        tail.copy(tail, 0, bytesRead);
-        chunk.copy(tail, 8 - bytesRead);
-      }
     }
-    const ok =
-      total >= 18 &&
-      tail.readUInt32LE(4) === size % 2 ** 32 &&
-      (crc32 === undefined || tail.readUInt32LE(0) === crc >>> 0);
-    if (!ok)
-      throw new NixociError(input, `igzip's output is not the gzip of the stream given (${total} bytes)`);
     return { path, size: total, sha256: hash.digest("hex") };
   } finally {
     await file.close();
   }
 }
 
-export class IgzipBatch {
-  /** Whether batches can run here: they need util-linux's setpriv (any Debian has it); else one igzip per stream. */
+/** Hashes a gzip output and checks its trailer (CRC-32 and size of the input, little-endian). */
+export async function checkedGzipOutput(
+  path: string,
+  crc: number,
+  size: number,
+  input: string,
+): Promise<BatchOutput> {
+  const tail = Buffer.alloc(8);
+  const out = await hashOutput(path, input, (chunk) => {
+    // The last 8 bytes, wherever the chunks end.
+    if (chunk.length >= 8) chunk.copy(tail, 0, chunk.length - 8);
+    else {
+      tail.copy(tail, 0, chunk.length);
+      chunk.copy(tail, 8 - chunk.length);
+    }
+  });
+  const ok =
+    out.size >= 18 &&
+    tail.readUInt32LE(4) === size % 2 ** 32 &&
+    (crc32 === undefined || tail.readUInt32LE(0) === crc >>> 0);
+  if (!ok)
+    throw new NixociError(input, `igzip's output is not the gzip of the stream given (${out.size} bytes)`);
+  return out;
+}
+
+/** Hashes a zstd output and checks that it is whole zstd frames. */
+export async function checkedZstdOutput(path: string, input: string): Promise<BatchOutput> {
+  const frames = new ZstdFrameCheck();
+  const out = await hashOutput(path, input, (chunk) => frames.update(chunk));
+  const wrong = frames.result();
+  if (wrong)
+    throw new NixociError(input, `zstd's output is not whole zstd frames: ${wrong} (${out.size} bytes)`);
+  return out;
+}
+
+export class CompressorBatch {
+  /** Whether batches can run here: they need util-linux's setpriv (any Debian has it); else a process per stream. */
   static available(): boolean {
     return findOnPath("setpriv") !== undefined;
   }
@@ -315,10 +376,15 @@ export class IgzipBatch {
   private made?: Promise<void>;
   private closed = false;
 
-  constructor(readonly opts: IgzipBatchOptions) {
-    if (!Number.isInteger(opts.level) || opts.level < 0 || opts.level > 3)
-      throw new NixociError("compression level", `${opts.level} is out of range for ISA-L gzip (0..3)`);
-    this.dir = tempSibling(opts.parentDir, "igzip-batch");
+  constructor(readonly opts: CompressorBatchOptions) {
+    const [min, max] = CODECS[opts.codec].levels;
+    const name = opts.codec === "gzip" ? "ISA-L gzip" : "zstd";
+    if (!Number.isInteger(opts.level) || opts.level < min || opts.level > max)
+      throw new NixociError(
+        "compression level",
+        `${opts.level} is out of range for ${name} (${min}..${max})`,
+      );
+    this.dir = tempSibling(opts.parentDir, `${opts.codec}-batch`);
     for (let i = 0; i < Math.max(1, opts.lanes); i++) {
       const lane = new Lane(this, i);
       this.lanes.push(lane);
@@ -331,7 +397,7 @@ export class IgzipBatch {
    * write the stream and await done() (or destroy the stream and still await done(), which then rejects).
    */
   async job(): Promise<BatchJob> {
-    if (this.closed) throw new Error("the igzip batch is closed");
+    if (this.closed) throw new Error("the compressor batch is closed");
     this.made ??= mkdir(this.opts.parentDir, { recursive: true })
       .then(() => mkdir(this.dir, { mode: 0o700 }))
       .then(() => undefined);
