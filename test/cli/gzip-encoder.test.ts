@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { nixociOk } from "../support/cli.js";
 import { startDockerd, type Dockerd } from "../support/daemons.js";
+import { dockerRelease } from "../support/docker-release.js";
 import { buildFixtures, makeTempDir } from "../support/fixtures.js";
 import { runText } from "../support/run.js";
 import { runIgzip } from "../support/isal.js";
@@ -239,4 +240,42 @@ test("a layer of 64 MiB or more is gzip members of 16 MiB compressed on all core
       .update(readFileSync(join(bigPath, "data.bin")))
       .digest("hex"),
   );
+});
+
+test("zstd layers (compressed through the batch) load and run in Docker 28.5", async () => {
+  const docker28 = await startDockerd({ release: dockerRelease({ ...process.env, NIXOCI_DOCKER: "28.5" }) });
+  try {
+    const archive = join(work, "zstd-28.tar");
+    const out = nixociOk([
+      "build",
+      "--json",
+      "--cache-dir",
+      join(work, "cache-zstd"),
+      "--compression",
+      "zstd",
+      "--layering",
+      "size",
+      "--entrypoint",
+      `${fx.busybox}/bin/busybox`,
+      fx.big,
+      fx.busybox,
+      "-o",
+      `docker-archive:${archive}:nixoci/zstd:t`,
+    ]);
+    const report = JSON.parse(out.text) as { layers: Array<{ mediaType: string }> };
+    assert.ok(report.layers.every((l) => l.mediaType.endsWith("+zstd")));
+    // docker load takes the zstd layers as they are (Docker 23+ reads zstd; 20.10 does not).
+    docker28.docker(["load", "-i", archive]);
+    const image = "nixoci/zstd:t";
+    const want = createHash("sha256")
+      .update(readFileSync(join(fx.big, "random.bin")))
+      .digest("hex");
+    const sum = docker28
+      .docker(["run", "--rm", "--network", "none", image, "sha256sum", `${fx.big}/random.bin`])
+      .toString()
+      .split(" ")[0];
+    assert.equal(sum, want);
+  } finally {
+    await docker28.stop();
+  }
 });
