@@ -10,7 +10,7 @@
 //     --compression-level was given, zlib -6 otherwise (a few KiB through zlib cost less than the round trip to
 //     igzip). Layers of at least ISAL_MEMBERS_MIN_NAR_SIZE (under auto and isal) are gzip members of
 //     GZIP_MEMBER_SIZE compressed on all cores at once; the others go through long-lived igzip processes that
-//     compress one layer after the other (util/igzip-batch.ts), the same bytes as an igzip per layer.
+//     compress one layer after the other (util/compressor-batch.ts), the same bytes as an igzip per layer.
 // The choice depends only on the layer's inputs (NAR sizes are part of each path's identity) and the installed
 // encoder, so the same inputs with the same nixoci and encoder versions give the same bytes. The identity names
 // the encoder with its version (zlib's from Node, igzip's from the tool): blobs of different encoders never mix

@@ -1,6 +1,6 @@
 // Layer compression choices (issue 17, deliverables 1, 3 and 6). gzip through ISA-L: under the default
 // `--gzip-encoder auto`, a layer of at least 256 KiB of NAR is igzip's bytes (level 1; several layers through one
-// igzip process, util/igzip-batch.ts), smaller ones zlib -6's; the same inputs give the same
+// igzip process, util/compressor-batch.ts), smaller ones zlib -6's; the same inputs give the same
 // digests whatever the cache directory and -j; the encoder is part of a layer's identity (a zlib layer is never
 // reused for an ISA-L build or the other way round); the images run in dockerd 20.10 and unpack with umoci; and
 // `--compression auto` picks zstd only where every reader takes it (nix: descriptions; run by containerd in
