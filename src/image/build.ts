@@ -219,7 +219,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     const codec = e.compression === "zstd" ? "zstd" : e.igzip && !e.memberSize ? "gzip" : undefined;
     if (!codec || !CompressorBatch.available()) return undefined;
     const level = e.level ?? (codec === "zstd" ? defaultLevel("zstd") : DEFAULT_ISAL_LEVEL);
-    const tool = codec === "zstd" ? "zstd" : e.igzip!;
+    const tool = codec === "zstd" ? (e.zstd ?? "zstd") : e.igzip!;
     const key = `${codec}\0${tool}\0${level}`;
     let batch = batches.get(key);
     if (!batch) {

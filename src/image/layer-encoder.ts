@@ -17,7 +17,7 @@
 // in a cache.
 import type { LayerCompression } from "../oci/media-types.js";
 import { NixociError } from "../util/errors.js";
-import { findIsal } from "../util/isal.js";
+import { findIsal, findZstd } from "../util/tool-versions.js";
 
 export const GZIP_ENCODERS = ["auto", "isal", "zlib"] as const;
 export type GzipEncoderSetting = (typeof GZIP_ENCODERS)[number];
@@ -51,9 +51,11 @@ export interface LayerEncoder {
   level?: number;
   /** gzip through ISA-L: the igzip executable. */
   igzip?: string;
+  /** zstd: the zstd executable. */
+  zstd?: string;
   /** gzip through ISA-L in members of this many input bytes, compressed in parallel (large layers). */
   memberSize?: number;
-  /** The encoder and its version, for the layer's identity ("zlib-1.3.0.1-motley", "isal-2.30.0", "zstd"). */
+  /** The encoder and its version, for the layer's identity ("zlib-1.3.0.1-motley", "isal-2.30.0", "zstd-1.5.4"). */
   name: string;
 }
 
@@ -70,6 +72,18 @@ export interface EncoderOptions {
 /** The encoder for a layer of `narSize` bytes of NAR, decided once per build for its settings. */
 export async function layerEncoders(opts: EncoderOptions): Promise<(narSize: number) => LayerEncoder> {
   const { compression, level } = opts;
+  if (compression === "zstd") {
+    // zstd's bytes depend on its version as much as igzip's do. Without zstd, the name stays bare: the build
+    // then fails at its first layer with the package named.
+    const tool = await findZstd(opts.cacheDir);
+    const encoder: LayerEncoder = {
+      compression,
+      level,
+      name: tool ? `zstd-${tool.version}` : "zstd",
+      ...(tool ? { zstd: tool.path } : {}),
+    };
+    return () => encoder;
+  }
   if (compression !== "gzip") {
     const encoder: LayerEncoder = { compression, level, name: compression };
     return () => encoder;

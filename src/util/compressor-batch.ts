@@ -30,7 +30,7 @@ import zlib from "node:zlib";
 import { NixociError } from "./errors.js";
 import { fsError, withoutTemporaries } from "./fs-errors.js";
 import { tempSibling } from "./fs.js";
-import { findOnPath } from "./isal.js";
+import { findOnPath } from "./tool-versions.js";
 import { toolEnv } from "./tool-env.js";
 import { ZstdFrameCheck } from "./zstd-frames.js";
 

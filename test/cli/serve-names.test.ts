@@ -82,18 +82,21 @@ after(async () => {
   await dockerd?.stop();
 });
 
-test("started on the example set without --meta: shell/hello pulls, the built-in shell being bash and coreutils (logged)", () => {
+test("started on the example set without --meta: shell/hello pulls, the built-in shell being bash and coreutils (logged)", async () => {
   const image = inspect(server.host, "shell/hello");
   assert.equal(image.Labels["dev.nixoci.packages"], "bash coreutils hello");
-  assert.deepEqual(
-    logged(server, "meta-package shell falls back to packages the set has").map(
-      ({ level, packages, lacking }) => ({
-        level,
-        packages,
-        lacking,
-      }),
+  // The lines after "listening" may still be in the pipe: this process reads it only while its event loop runs.
+  await until("the fallback to be logged", 10_000, () =>
+    assert.deepEqual(
+      logged(server, "meta-package shell falls back to packages the set has").map(
+        ({ level, packages, lacking }) => ({
+          level,
+          packages,
+          lacking,
+        }),
+      ),
+      [{ level: "info", packages: ["bash", "coreutils"], lacking: ["bashInteractive"] }],
     ),
-    [{ level: "info", packages: ["bash", "coreutils"], lacking: ["bashInteractive"] }],
   );
   dockerd.docker(["pull", "-q", `${server.host}/shell/hello`]);
   assert.equal(
@@ -249,21 +252,23 @@ test("a set with no shell at all: the built-in shell is off (a warning), the pag
     }\n`,
   );
   const s = await serve(["--nix-file", nixFile]);
-  assert.deepEqual(
-    logged(s, "meta-package shell is off: the set has none of its packages").map(
-      ({ level, lacking, fix }) => ({
-        level,
-        lacking,
-        fix,
-      }),
+  await until("the meta-package to be logged off", 10_000, () =>
+    assert.deepEqual(
+      logged(s, "meta-package shell is off: the set has none of its packages").map(
+        ({ level, lacking, fix }) => ({
+          level,
+          lacking,
+          fix,
+        }),
+      ),
+      [
+        {
+          level: "warn",
+          lacking: ["bashInteractive", "bash", "busybox", "coreutils"],
+          fix: "--meta shell=PKG,...",
+        },
+      ],
     ),
-    [
-      {
-        level: "warn",
-        lacking: ["bashInteractive", "bash", "busybox", "coreutils"],
-        fix: "--meta shell=PKG,...",
-      },
-    ],
   );
   const page = await get(s.host, "/");
   assert.ok(page.body.includes(`docker pull ${s.host}/hello\n`), page.body);

@@ -150,7 +150,17 @@ test("kill -9 in the middle of an on-demand build: the next start removes its ha
   const pid = first.proc.pid!;
   const pull = request(first.host, "GET", "/v2/noise/manifests/latest").catch((err: unknown) => err);
   const blobDir = join(storage, "blobs/sha256");
-  // A layer being written (a temporary that has grown past 1 MB: the big layer, not a small one about to be renamed).
+  // A layer being written (a temporary that has grown past 1 MB: the big layer, not a small one about to be renamed):
+  // a blob written by this process, or the directory where igzip writes the layers of a compressor batch.
+  const written = (path: string): number => {
+    const st = fs.statSync(path, { throwIfNoEntry: false });
+    if (!st?.isDirectory()) return st?.size ?? 0;
+    const names = fs.readdirSync(path);
+    return names.reduce(
+      (n, name) => n + (fs.statSync(join(path, name), { throwIfNoEntry: false })?.size ?? 0),
+      0,
+    );
+  };
   const tmp = await until(
     "the build to write its big layer",
     300_000,
@@ -159,8 +169,8 @@ test("kill -9 in the middle of an on-demand build: the next start removes its ha
       const names = fs.existsSync(blobDir) ? fs.readdirSync(blobDir) : [];
       const t = names.find(
         (n) =>
-          n.startsWith(`.upload.tmp-${pid}-`) &&
-          (fs.statSync(join(blobDir, n), { throwIfNoEntry: false })?.size ?? 0) > 1 << 20,
+          (n.startsWith(`.upload.tmp-${pid}-`) || n.startsWith(`.gzip-batch.tmp-${pid}-`)) &&
+          written(join(blobDir, n)) > 1 << 20,
       );
       assert.ok(t, "no big layer being written yet");
       return t;

@@ -13,7 +13,8 @@ import {
   ISAL_MIN_NAR_SIZE,
   layerEncoders,
 } from "../../src/image/layer-encoder.js";
-import { findIsal } from "../../src/util/isal.js";
+import { findIsal, findOnPath } from "../../src/util/tool-versions.js";
+import { runText } from "../support/run.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { igzipPath } from "../support/isal.js";
 
@@ -68,7 +69,7 @@ test("auto: igzip at level 1 for layers of at least 256 KiB, zlib -6 below; name
   );
 });
 
-test("zlib when asked, when a level is given, and for zstd/none the codec alone", async () => {
+test("zlib when asked or when a level is given; zstd named with its version, none with the codec alone", async () => {
   for (const opts of [
     { gzipEncoder: "zlib" as const },
     { level: 6 },
@@ -80,10 +81,24 @@ test("zlib when asked, when a level is given, and for zstd/none the codec alone"
   const isal = await layerEncoders({ compression: "gzip", gzipEncoder: "isal", level: 1 });
   assert.equal(isal(0).name, `isal-${igzipVersion()}`);
   assert.equal(isal(0).level, 1);
-  assert.deepEqual((await layerEncoders({ compression: "zstd" }))(1 << 30), {
+  // zstd: named with its version (memoized like igzip's), and its path for the layer builds.
+  const zstdVersion = /v(\d+(?:\.\d+)+)/.exec(runText("zstd", ["--version"]))![1];
+  const cacheDir = join(work, "zstd");
+  assert.deepEqual((await layerEncoders({ compression: "zstd", cacheDir }))(1 << 30), {
     compression: "zstd",
     level: undefined,
-    name: "zstd",
+    name: `zstd-${zstdVersion}`,
+    zstd: findOnPath("zstd"),
+  });
+  const memo = JSON.parse(readFileSync(join(cacheDir, "tools/zstd.json"), "utf8")) as { version: string };
+  assert.equal(memo.version, zstdVersion);
+  assert.equal(
+    await encodersIdentity({ compression: "zstd", level: 10 }),
+    `zstd-${zstdVersion}:10`,
+    "serve's image keys name zstd's version too",
+  );
+  await withPath("/nonexistent", async () => {
+    assert.equal((await layerEncoders({ compression: "zstd" }))(0).name, "zstd");
   });
   assert.equal(await encodersIdentity({ compression: "gzip", gzipEncoder: "zlib" }), `${ZLIB}:6`);
 });

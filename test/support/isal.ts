@@ -2,7 +2,7 @@
 // its own output for some bytes, the reference the layers' bytes are compared with.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { findOnPath } from "../../src/util/isal.js";
+import { findOnPath } from "../../src/util/tool-versions.js";
 
 export function igzipPath(): string {
   const p = findOnPath("igzip");
