@@ -2,7 +2,7 @@
 import { availableParallelism } from "node:os";
 import { buildImage, type BuildResult, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
-import { GZIP_ENCODERS, isGzipEncoderSetting } from "../image/layer-encoder.js";
+import { GZIP_ENCODERS, gzipLevelProblem, isGzipEncoderSetting } from "../image/layer-encoder.js";
 import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -110,11 +110,8 @@ export async function buildCommand(argv: string[]): Promise<number> {
   );
   // auto: what every reader of the outputs takes (zstd for nix: descriptions only).
   const compression = requested === "auto" ? compressionForReaders(outputs) : (requested as LayerCompression);
-  if (compression === "gzip" && level !== undefined) {
-    const [what, max] = gzipEncoder === "isal" ? ["ISA-L gzip", 3] : ["gzip", 9];
-    if (level > max)
-      throw new UsageError(`--compression-level: ${level} is out of range for ${what} (0..${max})`);
-  }
+  const levelProblem = compression === "gzip" && level !== undefined && gzipLevelProblem(level, gzipEncoder);
+  if (levelProblem) throw new UsageError(`--compression-level: ${levelProblem}`);
 
   // No destination: like `docker save` refusing a terminal, say what the choices are before any work, rather than
   // build into the layer cache alone and exit 0 with an image nobody can use. --json alone is the explicit way to

@@ -124,8 +124,25 @@ export async function layerEncoders(opts: EncoderOptions): Promise<(narSize: num
 }
 
 function checkLevel(level: number, max: number, what: string): void {
-  if (!Number.isInteger(level) || level < 0 || level > max)
-    throw new NixociError("compression level", `${level} is out of range for ${what} (0..${max})`);
+  const wrong = levelProblem(level, max, what);
+  if (wrong) throw new NixociError("compression level", wrong);
+}
+
+function levelProblem(level: number, max: number, what: string): string | undefined {
+  return Number.isInteger(level) && level >= 0 && level <= max
+    ? undefined
+    : `${level} is out of range for ${what} (0..${max})`;
+}
+
+/**
+ * What is wrong with an explicit gzip level for these settings (for a usage error before any work), or undefined:
+ * the ranges layerEncoders enforces (an explicit level under auto is zlib's scale; isal's is 0-3).
+ */
+export function gzipLevelProblem(
+  level: number,
+  gzipEncoder: GzipEncoderSetting = "auto",
+): string | undefined {
+  return gzipEncoder === "isal" ? levelProblem(level, 3, "ISA-L gzip") : levelProblem(level, 9, "gzip");
 }
 
 /**
