@@ -54,6 +54,9 @@ if [ ! -f "$base/.mirror" ] || [ "$(cat "$base/.mirror")" != "$mirror" ]; then
   echo "$mirror" >"$tmp/.mirror"
   rm -rf "$base" && mv "$tmp" "$base"
 fi
+# A root's / is 0755, as on any machine; mktemp made this one 0700, and then Nix's build users cannot reach
+# /bin/sh ("executing '/bin/sh': Permission denied"). Also mends a base cached before this line existed.
+chmod 755 "$base"
 
 # Runs killed before their cleanup leave their copies: remove those whose run (the pid in the name) is gone.
 for old in /var/tmp/nixoci-fresh-root.*; do
