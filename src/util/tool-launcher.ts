@@ -64,17 +64,10 @@ class Launcher {
 }
 
 let launcher: Promise<Launcher> | undefined;
-/** The launcher's process while it starts. */
-let starting: ChildProcess | undefined;
 /** The launcher could not start once: spawn directly from then on. */
 let launcherBroken = process.platform !== "linux";
 
-/** Starts the launcher if it is not running; `waited`: a tool waits for it (keep this process alive meanwhile). */
-function startLauncher(waited = true): Promise<Launcher> {
-  if (waited && starting) {
-    starting.ref();
-    starting.channel?.ref();
-  }
+function startLauncher(): Promise<Launcher> {
   launcher ??= new Promise<Launcher>((resolve, reject) => {
     const script = fileURLToPath(new URL("./tool-launcher-child.js", import.meta.url));
     const child = fork(script, [], {
@@ -82,17 +75,10 @@ function startLauncher(waited = true): Promise<Launcher> {
       execArgv: [],
       serialization: "json",
     });
-    starting = child;
-    if (!waited) {
-      // Only prestarted: this process may end before it is ready.
-      child.unref();
-      child.channel?.unref();
-    }
     const socket = `\0nixoci-launcher-${process.pid}-${randomBytes(8).toString("hex")}`;
     const token = randomBytes(32).toString("hex");
     const fail = (why: string): void => {
       launcher = undefined;
-      starting = undefined;
       launcherBroken = true;
       child.kill("SIGKILL");
       reject(new Error(`the tool launcher could not start: ${why}`));
@@ -104,21 +90,11 @@ function startLauncher(waited = true): Promise<Launcher> {
       if (!m?.ready) return;
       child.off("message", onReady);
       child.removeAllListeners("exit");
-      starting = undefined;
       resolve(new Launcher(child, socket, token));
     });
     child.send({ socket, token });
   });
   return launcher;
-}
-
-/**
- * Starts the launcher now, when tools will probably be needed soon: a Node process takes ~100 ms to start, which
- * then overlaps the caller's own work instead of delaying the first tool. Harmless when no tool comes (it idles,
- * keeps nothing alive, and exits with this process).
- */
-export function prestartLauncher(): void {
-  if (!launcherBroken) startLauncher(false).catch(() => {});
 }
 
 /**
