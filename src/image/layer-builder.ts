@@ -101,12 +101,14 @@ async function batchedLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise
   }
   const tap = new HashingStream();
   const counter = opts.onTarBytes ? [countingStage(opts.onTarBytes)] : [];
-  const written = pipeline([tar, ...counter, tap, job.stream]);
-  // done() settles after the stream did (it rejects when the stream failed): the pipeline's error comes first.
-  const [out] = await Promise.all([written.then(() => job.done()), written]).catch(async (err: unknown) => {
+  try {
+    await pipeline([tar, ...counter, tap, job.stream]);
+  } catch (err) {
+    // The pipeline's error is the one to tell; done() releases the lane (and rejects: the stream is unfinished).
     await job.done().catch(() => {});
     throw err;
-  });
+  }
+  const out = await job.done();
   const ref = await opts.blobs.adopt(out.path, out.sha256, out.size);
   return {
     digest: ref.digest,

@@ -155,9 +155,8 @@ export function compressStream(c: Compression, opts: CompressOptions = {}): Dupl
       );
     }
     case "zstd": {
-      const args = ["--compress", "--stdout", "-q", `-${level}`, "-T0"];
+      const args = ["--stdout", ...zstdArgs(level)];
       if (opts.size !== undefined) args.push(`--stream-size=${opts.size}`);
-      if (level > 19) args.push("--ultra");
       return new ToolStream("zstd", args, "zstd", input, false, opts.launched);
     }
     case "bzip2":
@@ -178,16 +177,35 @@ export function compressStream(c: Compression, opts: CompressOptions = {}): Dupl
 }
 
 /**
+ * igzip's arguments for a level 0-3 (default 3; anything else throws) besides where the output goes: `-n` writes
+ * neither a name nor a time. Every igzip run that makes layers uses them, so they all make the same bytes.
+ */
+export function igzipArgs(level = 3): string[] {
+  if (!Number.isInteger(level) || level < 0 || level > 3)
+    throw new NixociError("compression level", `${level} is out of range for ISA-L gzip (0..3)`);
+  return ["-n", `-${level}`];
+}
+
+/**
+ * zstd's compression arguments for a level (default 3; out of 1-22 throws) besides where the output goes: -T0 is
+ * its multi-threaded mode, whose output does not depend on the number of workers. Every zstd run that makes layers
+ * uses them, so they all make the same bytes.
+ */
+export function zstdArgs(level = LEVELS.zstd.def): string[] {
+  const { min, max } = LEVELS.zstd;
+  if (!Number.isInteger(level) || level < min || level > max)
+    throw new NixociError("compression level", `${level} is out of range for zstd (${min}..${max})`);
+  return ["--compress", "-q", `-${level}`, "-T0", ...(level > 19 ? ["--ultra"] : [])];
+}
+
+/**
  * gzip through ISA-L's igzip (`path`), level 0-3 (default 3): `-n` writes neither a name nor a time, so the
  * output depends only on the input, the level and igzip's version.
  */
 export function isalGzipStream(path: string, opts: { level?: number; input?: string } = {}): Duplex {
-  const level = opts.level ?? 3;
-  if (!Number.isInteger(level) || level < 0 || level > 3)
-    throw new NixociError("compression level", `${level} is out of range for ISA-L gzip (0..3)`);
   return new ToolStream(
     path,
-    ["-c", "-n", `-${level}`],
+    ["-c", ...igzipArgs(opts.level)],
     "gzip",
     opts.input ?? "igzip compressor",
     false,

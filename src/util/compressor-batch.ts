@@ -27,8 +27,9 @@ import { join } from "node:path";
 import { setImmediate as yieldToLoop, setTimeout as delay } from "node:timers/promises";
 import { Writable } from "node:stream";
 import zlib from "node:zlib";
+import { igzipArgs, zstdArgs } from "./compression.js";
 import { NixociError } from "./errors.js";
-import { fsError, withoutTemporaries } from "./fs-errors.js";
+import { fsError, withoutTemporariesIn } from "./fs-errors.js";
 import { tempSibling } from "./fs.js";
 import { findOnPath } from "./tool-versions.js";
 import { toolEnv } from "./tool-env.js";
@@ -52,23 +53,16 @@ export type BatchCodec = "gzip" | "zstd";
 
 interface Codec {
   suffix: string;
-  levels: [number, number];
+  /** The tool's arguments for a level (which they validate), the pipes then following. */
   args(level: number): string[];
   /** The Debian package of the tool, for the hint when it is missing. */
   pkg: string;
 }
 
+// The arguments of every other igzip and zstd run that makes layers (compression.ts): the same bytes.
 const CODECS: Record<BatchCodec, Codec> = {
-  // igzip -n: no name, no time: the output depends only on the input, the level and igzip's version.
-  gzip: { suffix: ".gz", levels: [0, 3], args: (level) => ["-n", `-${level}`], pkg: "isal" },
-  // The arguments of compression.ts's zstd layers: -T0 is zstd's multi-threaded mode, whose output does not depend
-  // on the number of workers.
-  zstd: {
-    suffix: ".zst",
-    levels: [1, 22],
-    args: (level) => ["--compress", "-q", `-${level}`, "-T0", ...(level > 19 ? ["--ultra"] : [])],
-    pkg: "zstd",
-  },
+  gzip: { suffix: ".gz", args: igzipArgs, pkg: "isal" },
+  zstd: { suffix: ".zst", args: zstdArgs, pkg: "zstd" },
 };
 /** zlib.crc32 came with Node 20.15; without it only the trailer's size is checked. */
 const crc32 = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
@@ -139,7 +133,6 @@ class Lane {
     // One process makes the lane's pipes, then becomes the tool; setpriv has the kernel kill it when this process
     // dies, whatever kills it (a tool waiting for its next pipe would otherwise wait forever). The script is a
     // constant; the names and the tool's arguments are arguments.
-    const codec = CODECS[opts.codec];
     const proc = spawn(
       "setpriv",
       [
@@ -152,7 +145,7 @@ class Lane {
         "sh",
         names.join(" "),
         opts.tool,
-        ...codec.args(opts.level),
+        ...this.batch.args,
       ],
       { stdio: ["ignore", "ignore", "pipe"], env: toolEnv(), cwd: dir },
     );
@@ -210,10 +203,10 @@ class Lane {
         ? "could not start"
         : `exited with status ${exit.code}`;
     const hint = exit.code === 127 ? ` (is Debian's ${CODECS[opts.codec].pkg} package installed?)` : "";
-    const said = exit.stderr.trim().split("\n")[0] + hint;
+    const said = withoutTemporariesIn(exit.stderr.trim().split("\n")[0] + hint);
     return new NixociError(
-      opts.input ?? `${opts.codec} batch`,
-      `${opts.tool} ${how} before it finished its input${said ? `: ${said.replace(/\/\S*/g, (p) => withoutTemporaries(p))}` : ""}`,
+      this.batch.input,
+      `${opts.tool} ${how} before it finished its input${said ? `: ${said}` : ""}`,
     );
   }
 
@@ -262,7 +255,7 @@ class Lane {
         try {
           if (!stream.writableFinished) throw new Error("the stream was not written to its end");
           await this.finished();
-          const input = this.batch.opts.input ?? `${codec} batch`;
+          const input = this.batch.input;
           const output = `${slot}${CODECS[codec].suffix}`;
           try {
             return codec === "gzip"
@@ -370,6 +363,10 @@ export class CompressorBatch {
   }
 
   readonly dir: string;
+  /** The tool's arguments (before the pipes). */
+  readonly args: string[];
+  /** Names the data in errors. */
+  readonly input: string;
   private readonly lanes: Lane[] = [];
   private readonly idle: Lane[] = [];
   private readonly waiting: Array<(lane: Lane) => void> = [];
@@ -377,13 +374,8 @@ export class CompressorBatch {
   private closed = false;
 
   constructor(readonly opts: CompressorBatchOptions) {
-    const [min, max] = CODECS[opts.codec].levels;
-    const name = opts.codec === "gzip" ? "ISA-L gzip" : "zstd";
-    if (!Number.isInteger(opts.level) || opts.level < min || opts.level > max)
-      throw new NixociError(
-        "compression level",
-        `${opts.level} is out of range for ${name} (${min}..${max})`,
-      );
+    this.args = CODECS[opts.codec].args(opts.level);
+    this.input = opts.input ?? `${opts.codec} batch`;
     this.dir = tempSibling(opts.parentDir, `${opts.codec}-batch`);
     for (let i = 0; i < Math.max(1, opts.lanes); i++) {
       const lane = new Lane(this, i);

@@ -90,6 +90,11 @@ export class FileSystemError extends NixociError {
   }
 }
 
+/** `text` with each path in it (from a "/" to the next space) shown as withoutTemporaries shows it. */
+export function withoutTemporariesIn(text: string): string {
+  return text.replace(/\/\S*/g, (p) => withoutTemporaries(p));
+}
+
 /**
  * `err` as an error naming `path` (shown without temporaries): "PATH: DOING: PROBLEM", a FileSystemError for a
  * failed system call. A NixociError (already worded) passes through unchanged; any other error keeps its message,
@@ -101,7 +106,7 @@ export function fsError(path: string, err: unknown, doing: string): Error {
   const code = errnoCode(err);
   if (!code) {
     const message = (err as Error | undefined)?.message ?? String(err);
-    return new NixociError(shown, `${doing}: ${message.replace(/\/\S*/g, (p) => withoutTemporaries(p))}`, {
+    return new NixociError(shown, `${doing}: ${withoutTemporariesIn(message)}`, {
       cause: err,
     });
   }

@@ -18,9 +18,6 @@ export interface VersionedTool {
   version: string;
 }
 
-/** Kept for the ISA-L callers' names. */
-export type IsalTool = VersionedTool;
-
 /** How each tool tells its version. */
 const TOOLS = {
   // "igzip command line interface 2.30.0"
