@@ -11,7 +11,6 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFi
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { setTimeout as delay } from "node:timers/promises";
 import { gzipSync } from "node:zlib";
 import {
   checkedGzipOutput,
@@ -21,6 +20,7 @@ import {
 } from "../../src/util/compressor-batch.js";
 import { igzipPath, runIgzip } from "../support/isal.js";
 import { makeTempDir } from "../support/fixtures.js";
+import { until } from "../support/poll.js";
 
 const work = makeTempDir("compressor-batch");
 
@@ -77,14 +77,6 @@ function toolsIn(dir: string, tool = "igzip"): number[] {
     }
   }
   return pids;
-}
-
-async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting until ${what}`);
-    await delay(20);
-  }
 }
 
 test("each stream's output is igzip's own, across lanes and replaced processes; close leaves nothing", async () => {
@@ -291,9 +283,9 @@ setInterval(() => {}, 1000);
   const owner = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "inherit"] });
   let dir = "";
   owner.stdout.on("data", (d: Buffer) => (dir += d.toString()));
-  await until("the owner started its lanes", () => dir.endsWith("\n"));
+  await until("the owner started its lanes", 10_000, () => assert.ok(dir.endsWith("\n")), 20);
   dir = dir.trim();
-  await until("both lanes' igzip run", () => toolsIn(dir).length === 2);
+  await until("both lanes' igzip run", 10_000, () => assert.equal(toolsIn(dir).length, 2), 20);
   owner.kill("SIGKILL");
-  await until("no igzip of the dead owner is left", () => toolsIn(dir).length === 0);
+  await until("no igzip of the dead owner is left", 10_000, () => assert.deepEqual(toolsIn(dir), []), 20);
 });
