@@ -26,10 +26,11 @@ import {
   type GzipEncoderSetting,
   type LayerEncoder,
 } from "./layer-encoder.js";
+import { BufferPool } from "../util/buffer-pool.js";
 import { CompressorBatch } from "../util/compressor-batch.js";
 import { defaultLevel } from "../util/compression.js";
 import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
-import { storePathsTar, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
+import { storePathsTar, TAR_CHUNK, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
 import { HeaderRewriter, ownershipIdentity, parsePermRule, type Ownership } from "./permissions.js";
 import type { ImageSpec } from "./spec.js";
@@ -215,6 +216,9 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   // igzip layers (not cut into members) and zstd layers go through long-lived processes of the tool, one per
   // build slot, made on the first layer that needs them: a process per small layer cost more than compressing it.
   const batches = new Map<string, CompressorBatch>();
+  // The store layers' tar chunks, given back by the batches once in their tools' pipes: a build reuses a few
+  // megabytes instead of faulting in fresh memory for every megabyte of tar.
+  const chunkPool = new BufferPool(TAR_CHUNK, 4 * parallelism + 4);
   const batchFor = (e: LayerEncoder): CompressorBatch | undefined => {
     const codec = e.compression === "zstd" ? "zstd" : e.igzip && !e.memberSize ? "gzip" : undefined;
     if (!codec || !CompressorBatch.available()) return undefined;
@@ -229,6 +233,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         level,
         parentDir: cache.blobs.blobDir,
         lanes: parallelism,
+        pool: chunkPool,
         input: codec === "zstd" ? "layer zstd compressor" : "layer gzip compressor (igzip)",
       });
       batches.set(key, batch);
@@ -309,6 +314,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           storePathsTar(
             layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
             rewriter,
+            chunkPool,
           ),
         encoder,
         store.storeDir,

@@ -27,6 +27,7 @@ import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { Readable } from "node:stream";
 import { posix } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
+import type { BufferPool } from "../util/buffer-pool.js";
 import { errnoWords } from "../util/fs-errors.js";
 import type { HeaderRewriter } from "./permissions.js";
 import {
@@ -60,10 +61,17 @@ export interface StorePathSource {
  * A tar stream of store paths: the store directory's ancestors ("nix/", "nix/store/", mode 0755) first, then
  * each path (sorted bytewise) with its own entries, walked depth-first with each directory's entries sorted
  * bytewise by name (NAR order). All store paths must be in the same store directory.
+ *
+ * With a pool (of TAR_CHUNK-byte buffers), the stream's chunks are views of the pool's buffers: the consumer gives
+ * each back once done with it (a compressor batch does, util/compressor-batch.ts) or leaves it to the collector.
  */
-export function storePathsTar(paths: StorePathSource[], rewriter?: HeaderRewriter): Readable {
+export function storePathsTar(
+  paths: StorePathSource[],
+  rewriter?: HeaderRewriter,
+  pool?: BufferPool,
+): Readable {
   const sorted = checkStorePaths(paths);
-  return new TarStream(rewriter, async (out) => {
+  return new TarStream(rewriter, pool, async (out) => {
     const storeDir = sorted.length ? posix.dirname(sorted[0].storePath) : "/nix/store";
     const parts = storeDir.split("/").filter((s) => s !== "");
     for (let i = 1; i <= parts.length; i++) {
@@ -89,7 +97,7 @@ export function treeTar(entries: TreeEntry[], rewriter?: HeaderRewriter): Readab
     }
   }
   const headers = items.map(({ e, name }) => treeHeader(e, name));
-  return new TarStream(rewriter, async (out) => {
+  return new TarStream(rewriter, undefined, async (out) => {
     for (let i = 0; i < items.length; i++) {
       const e = items[i].e;
       await out.entry(headers[i]);
@@ -289,6 +297,8 @@ function treeHeader(e: TreeEntry, name: Buffer): TarHeader {
 // The stream
 
 const CHUNK = 1 << 20;
+/** The size of a tar stream's chunks (but the last), and of the buffers of a pool it is given. */
+export const TAR_CHUNK = CHUNK;
 
 /** Thrown inside the producer when the consumer destroyed the stream; ends it quietly. */
 class Stopped extends Error {}
@@ -313,16 +323,29 @@ function readAsync(fd: number, buf: Buffer, off: number, len: number, pos: numbe
 class TarStream extends Readable implements TarOut {
   readonly #produce: (out: TarOut) => Promise<void>;
   readonly #rewriter: HeaderRewriter | undefined;
-  #buf = Buffer.allocUnsafe(CHUNK);
+  readonly #pool: BufferPool | undefined;
+  #buf: Buffer;
   #pos = 0;
   #started = false;
   #wake: (() => void) | undefined;
   readonly #scratch = Buffer.alloc(1);
 
-  constructor(rewriter: HeaderRewriter | undefined, produce: (out: TarOut) => Promise<void>) {
+  constructor(
+    rewriter: HeaderRewriter | undefined,
+    pool: BufferPool | undefined,
+    produce: (out: TarOut) => Promise<void>,
+  ) {
     super({ highWaterMark: CHUNK });
+    if (pool && pool.size !== CHUNK) throw new Error(`a tar stream's pool must hold ${CHUNK}-byte buffers`);
     this.#produce = produce;
     this.#rewriter = rewriter;
+    this.#pool = pool;
+    this.#buf = this.#chunk(CHUNK);
+  }
+
+  /** A buffer for the next chunk: the pool's when it is big enough. */
+  #chunk(min: number): Buffer {
+    return this.#pool && min <= CHUNK ? this.#pool.take() : Buffer.allocUnsafe(Math.max(CHUNK, min));
   }
 
   override _read(): void {
@@ -361,13 +384,14 @@ class TarStream extends Readable implements TarOut {
     if (this.destroyed) throw new Stopped();
     if (this.#pos > 0) {
       const chunk = this.#buf.subarray(0, this.#pos);
-      this.#buf = Buffer.allocUnsafe(Math.max(CHUNK, min));
+      this.#buf = this.#chunk(min);
       this.#pos = 0;
       if (!this.push(chunk)) await new Promise<void>((resolve) => (this.#wake = resolve));
       else await yieldToLoop();
       if (this.destroyed) throw new Stopped();
     } else if (this.#buf.length < min) {
-      this.#buf = Buffer.allocUnsafe(min);
+      this.#pool?.give(this.#buf);
+      this.#buf = this.#chunk(min);
     }
   }
 

@@ -13,20 +13,21 @@
 //          zstd: whole frames (zstd-frames.ts) — so a truncated or foreign file is never taken for the stream's.
 //
 // A lane serves one job at a time; there are as many lanes as streams compressed at once. A lane whose slots are
-// used up is replaced by a new process. Pipes are opened non-blocking (ENXIO until the tool is there, retried on a
-// short timer) so that no thread-pool thread ever waits on a pipe whose reader died. A lane's process is spawned
+// used up is replaced by a new process. A pipe is first opened non-blocking (ENXIO until the tool is there, retried
+// on a short timer), then again blocking for the job's writes, which run in the thread pool (see writer()): at
+// most one thread per lane waits on its tool, and never on a tool that died. A lane's process is spawned
 // directly (a handful per build: the tool launcher's start would cost more) under `setpriv --pdeathsig KILL`, so
 // it dies with this process; the directory is a temporary (util/temporaries.ts) in the caller's directory of
 // choice — the blob store's, so outputs are renamed into place.
 import { spawn, type ChildProcess } from "node:child_process";
-import { constants, openSync, closeSync, statfsSync } from "node:fs";
+import { constants, createWriteStream, open as openCb, openSync, closeSync, statfsSync } from "node:fs";
 import { mkdir, open, rm, unlink } from "node:fs/promises";
 import { createHash } from "node:crypto";
-import net from "node:net";
 import { join } from "node:path";
 import { setImmediate as yieldToLoop, setTimeout as delay } from "node:timers/promises";
 import { Writable } from "node:stream";
 import zlib from "node:zlib";
+import type { BufferPool } from "./buffer-pool.js";
 import { igzipArgs, zstdArgs } from "./compression.js";
 import { NixociError } from "./errors.js";
 import { fsError, withoutTemporariesIn } from "./fs-errors.js";
@@ -81,6 +82,11 @@ export interface CompressorBatchOptions {
   slots?: number;
   /** Names the data in errors. */
   input?: string;
+  /**
+   * Chunks written to a job's stream are given back to this pool once in the tool's pipe (so give it only
+   * chunks nothing else holds), and outputs are read back through its buffers.
+   */
+  pool?: BufferPool;
 }
 
 /** A stream's compressed output, a file in the batch's directory: rename it into place, or it goes at close(). */
@@ -215,20 +221,43 @@ class Lane {
     return fsError(this.batch.opts.parentDir, err, "cannot write a blob");
   }
 
+  /**
+   * The slot opened again for the job's writes, blocking: they run in the thread pool, where a thread waits in
+   * write() while the tool works through the pipe's 64 KiB, and feeds it the next bytes the moment it has room.
+   * (Written from the event loop, non-blocking, the pipe ran dry whenever this thread was busy making the tar:
+   * the tool was left waiting for a third of a cold build.) `probe`, the non-blocking open that found the tool
+   * reading the slot, is closed. Should the tool die in between, the open would wait for a reader: it is one's
+   * thread-pool thread that waits, and the tool's exit releases it by opening the slot for reading.
+   */
+  private async writer(slot: string, probe: number): Promise<number> {
+    try {
+      const opening = new Promise<number>((resolve, reject) =>
+        openCb(slot, constants.O_WRONLY, (err, fd) => (err ? reject(err) : resolve(fd))),
+      );
+      const fd = await Promise.race([opening, this.exited!.then(() => undefined)]);
+      if (fd !== undefined) return fd;
+      const release = openSync(slot, constants.O_RDONLY | constants.O_NONBLOCK);
+      try {
+        closeSync(await opening);
+      } finally {
+        closeSync(release);
+      }
+      throw this.failure(this.exit!);
+    } finally {
+      closeSync(probe);
+    }
+  }
+
   async job(): Promise<BatchJob> {
     await this.ensureProcess();
     const slot = this.slots[this.next++];
-    const fd = this.ready ?? (await this.openSlot(slot));
+    const probe = this.ready ?? (await this.openSlot(slot));
     this.ready = undefined;
-    // Up to SINK_BUFFER bytes wait in this process for the tool (whose pipe holds 64 KiB): the tar of the next
-    // megabytes is made while the tool compresses the last ones, instead of each side waiting for the other.
-    const sink = new net.Socket({
-      fd,
-      readable: false,
-      writable: true,
-      writableHighWaterMark: SINK_BUFFER,
-    } as net.SocketConstructorOpts);
-    const codec = this.batch.opts.codec;
+    const fd = await this.writer(slot, probe);
+    // Up to SINK_BUFFER bytes wait in this process for the tool, written by one writev() when the last write
+    // returns: the tar of the next megabytes is made while the tool compresses the last ones.
+    const sink = createWriteStream("", { fd, highWaterMark: SINK_BUFFER });
+    const { codec, pool } = this.batch.opts;
     const withCrc = codec === "gzip" && crc32 !== undefined;
     let crc = 0;
     let size = 0;
@@ -237,11 +266,13 @@ class Lane {
       write(chunk: Buffer, _enc, cb) {
         if (withCrc) crc = crc32!(chunk, crc);
         size += chunk.length;
-        if (sink.write(chunk)) cb();
+        if (sink.write(chunk, pool && (() => pool.give(chunk)))) cb();
         else sink.once("drain", () => cb());
       },
       final(cb) {
-        sink.end(cb);
+        // The tool sees the end of its input once the descriptor is closed.
+        sink.once("close", () => cb(sink.errored ?? undefined));
+        sink.end();
       },
       destroy(err, cb) {
         sink.destroy();
@@ -259,8 +290,8 @@ class Lane {
           const output = `${slot}${CODECS[codec].suffix}`;
           try {
             return codec === "gzip"
-              ? await checkedGzipOutput(output, crc, size, input)
-              : await checkedZstdOutput(output, input);
+              ? await checkedGzipOutput(output, crc, size, input, pool)
+              : await checkedZstdOutput(output, input, pool);
           } catch (err) {
             // zstd goes on to its next input after a failed write (and removes that output): a full disk again.
             throw freeBytes(this.batch.opts.parentDir) < FULL_BELOW ? this.noSpace() : err;
@@ -299,13 +330,18 @@ function freeBytes(dir: string): number {
 }
 
 /** Reads a finished output once: its sha256 and size, each chunk also shown to `see`. */
-async function hashOutput(path: string, input: string, see: (chunk: Buffer) => void): Promise<BatchOutput> {
+async function hashOutput(
+  path: string,
+  input: string,
+  see: (chunk: Buffer) => void,
+  pool?: BufferPool,
+): Promise<BatchOutput> {
   const file = await open(path, "r").catch((err: NodeJS.ErrnoException) => {
     throw new NixociError(input, `the compressor left no output (${err.code ?? err.message})`);
   });
+  const buf = pool ? pool.take() : Buffer.allocUnsafe(READ_CHUNK);
   try {
     const hash = createHash("sha256");
-    const buf = Buffer.allocUnsafe(READ_CHUNK);
     let total = 0;
     for (;;) {
       const { bytesRead } = await file.read(buf, 0, buf.length, null);
@@ -317,6 +353,7 @@ async function hashOutput(path: string, input: string, see: (chunk: Buffer) => v
     }
     return { path, size: total, sha256: hash.digest("hex") };
   } finally {
+    pool?.give(buf);
     await file.close();
   }
 }
@@ -327,16 +364,22 @@ export async function checkedGzipOutput(
   crc: number,
   size: number,
   input: string,
+  pool?: BufferPool,
 ): Promise<BatchOutput> {
   const tail = Buffer.alloc(8);
-  const out = await hashOutput(path, input, (chunk) => {
-    // The last 8 bytes, wherever the chunks end.
-    if (chunk.length >= 8) chunk.copy(tail, 0, chunk.length - 8);
-    else {
-      tail.copy(tail, 0, chunk.length);
-      chunk.copy(tail, 8 - chunk.length);
-    }
-  });
+  const out = await hashOutput(
+    path,
+    input,
+    (chunk) => {
+      // The last 8 bytes, wherever the chunks end.
+      if (chunk.length >= 8) chunk.copy(tail, 0, chunk.length - 8);
+      else {
+        tail.copy(tail, 0, chunk.length);
+        chunk.copy(tail, 8 - chunk.length);
+      }
+    },
+    pool,
+  );
   const ok =
     out.size >= 18 &&
     tail.readUInt32LE(4) === size % 2 ** 32 &&
@@ -347,9 +390,13 @@ export async function checkedGzipOutput(
 }
 
 /** Hashes a zstd output and checks that it is whole zstd frames. */
-export async function checkedZstdOutput(path: string, input: string): Promise<BatchOutput> {
+export async function checkedZstdOutput(
+  path: string,
+  input: string,
+  pool?: BufferPool,
+): Promise<BatchOutput> {
   const frames = new ZstdFrameCheck();
-  const out = await hashOutput(path, input, (chunk) => frames.update(chunk));
+  const out = await hashOutput(path, input, (chunk) => frames.update(chunk), pool);
   const wrong = frames.result();
   if (wrong)
     throw new NixociError(input, `zstd's output is not whole zstd frames: ${wrong} (${out.size} bytes)`);

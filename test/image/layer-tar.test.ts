@@ -6,7 +6,14 @@ import * as fs from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { storePathsTar, treeTar, TAR_FORMAT_VERSION, type TreeEntry } from "../../src/image/layer-tar.js";
+import {
+  storePathsTar,
+  treeTar,
+  TAR_CHUNK,
+  TAR_FORMAT_VERSION,
+  type TreeEntry,
+} from "../../src/image/layer-tar.js";
+import { BufferPool } from "../../src/util/buffer-pool.js";
 import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { until } from "../support/poll.js";
@@ -172,6 +179,28 @@ describe("storePathsTar", () => {
     ]);
     assert.ok(a.equals(b));
     assert.ok(a.equals(c));
+  });
+
+  test("with a pool: the same bytes, in views of the pool's buffers, reused once given back", async () => {
+    const paths = closure(fx.all);
+    const plain = await collect(storePathsTar(inStore(paths)));
+    const pool = new BufferPool(TAR_CHUNK);
+    const parts: Buffer[] = [];
+    const seen = new Set<ArrayBufferLike>();
+    for await (const chunk of storePathsTar(inStore(paths), undefined, pool)) {
+      const c = chunk as Buffer;
+      seen.add(c.buffer);
+      assert.equal(c.buffer.byteLength, TAR_CHUNK, "a view of a pool buffer");
+      parts.push(Buffer.from(c));
+      pool.give(c);
+    }
+    assert.ok(Buffer.concat(parts).equals(plain));
+    assert.ok(parts.length > 4, `${parts.length} chunks`);
+    assert.ok(seen.size <= 3, `${seen.size} buffers for ${parts.length} chunks`);
+    assert.throws(
+      () => storePathsTar(inStore(paths), undefined, new BufferPool(4096)),
+      /1048576-byte buffers/,
+    );
   });
 
   test("independent of readdir order and of the modes a tree has on disk (realPath vs storePath)", async () => {

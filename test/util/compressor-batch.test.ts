@@ -1,7 +1,8 @@
 // Many streams through few igzip or zstd processes (src/util/compressor-batch.ts): each stream's output is exactly
 // the tool's own for it alone (on stdin), with more streams than a process has pipes (processes replaced), several
-// lanes at once; a stream that fails, a tool killed mid-stream or missing fail their job with one line and the next
-// job works; close() leaves neither process nor directory, and a SIGKILLed owner takes its processes with it; an
+// lanes at once, and with chunks from a pool that come back and are reused while others wait to be written; a
+// stream that fails, a tool killed mid-stream or missing, or one that exits just after opening its first pipe fail
+// their job (with one line; never a hang) and the next job works; close() leaves neither process nor directory, and a SIGKILLed owner takes its processes with it; an
 // output whose gzip trailer does not match the stream, or that is not whole zstd frames, is refused.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -18,6 +19,7 @@ import {
   CompressorBatch,
   type CompressorBatchOptions,
 } from "../../src/util/compressor-batch.js";
+import { BufferPool } from "../../src/util/buffer-pool.js";
 import { igzipPath, runIgzip } from "../support/isal.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { until } from "../support/poll.js";
@@ -92,6 +94,74 @@ test("each stream's output is igzip's own, across lanes and replaced processes; 
   assert.ok(!existsSync(batch.dir), "the directory is removed");
   assert.deepEqual(toolsIn(batch.dir), []);
   await assert.rejects(batch.job(), /closed/);
+});
+
+test("with a pool, chunks come back once in the pipe and are reused: the outputs are still igzip's", async () => {
+  const parent = join(work, "pool");
+  mkdirSync(parent);
+  const pool = new BufferPool(1 << 20, 64);
+  const batch = gzipBatch(parent, { lanes: 2, pool });
+  const made = new Set<ArrayBufferLike>();
+  // Every chunk is a pool buffer, taken while the chunks before it may still wait to be written: one given back
+  // too early would be overwritten by a later chunk, and the output would not be igzip's for the data.
+  const viaPool = (data: Buffer): Readable => {
+    let off = 0;
+    return new Readable({
+      read() {
+        if (off >= data.length) return void this.push(null);
+        const buf = pool.take();
+        made.add(buf.buffer);
+        const n = data.copy(buf, 0, off);
+        off += n;
+        this.push(buf.subarray(0, n));
+      },
+    });
+  };
+  try {
+    const inputs = [0, 1, 2, 3].map((i) => sample(10_000_000 + i * 77_777, 50 + i));
+    const outputs = await Promise.all(
+      inputs.map(async (data) => {
+        const job = await batch.job();
+        await pipeline(viaPool(data), job.stream);
+        return readFileSync((await job.done()).path);
+      }),
+    );
+    for (let i = 0; i < inputs.length; i++)
+      assert.ok(outputs[i].equals(runIgzip(["-c", "-n", "-1"], inputs[i])), `stream ${i}: igzip's bytes`);
+    // In flight at most, per lane: the writes' 4 MiB, the one being written, one in each stream's buffer.
+    const chunksWritten = inputs.reduce((n, d) => n + Math.ceil(d.length / (1 << 20)), 0);
+    assert.ok(made.size <= 2 * 8, `${made.size} buffers made for ${chunksWritten} chunks`);
+    assert.ok(made.has(pool.take().buffer), "the pool holds buffers given back");
+  } finally {
+    await batch.close();
+  }
+});
+
+test("a tool that exits right after opening its first pipe fails its job, and never hangs", async () => {
+  const parent = join(work, "quitter");
+  mkdirSync(parent);
+  // Opens its first pipe for reading (so the batch finds it reading), then exits at once: the batch's second,
+  // blocking open of the pipe comes before or after the exit, and either way the job fails.
+  const quitter = join(work, "quitter.sh");
+  writeFileSync(quitter, '#!/bin/sh\nwhile [ "$1" != -- ]; do shift; done\nexec 3<"$2"\n', { mode: 0o755 });
+  for (let trial = 0; trial < 10; trial++) {
+    const batch = gzipBatch(parent, { tool: quitter });
+    try {
+      const failed = (async () => {
+        const job = await batch.job();
+        try {
+          await pipeline(chunks(sample(2_000_000, trial)), job.stream);
+        } catch (err) {
+          await job.done().catch(() => {});
+          throw err;
+        }
+        await job.done();
+      })();
+      await assert.rejects(failed, /quitter\.sh exited with status 0 before it finished its input|EPIPE/);
+    } finally {
+      await batch.close();
+    }
+  }
 });
 
 test("levels 0-3 give igzip's bytes; a level out of range is refused", async () => {
