@@ -4,6 +4,7 @@
 // once and looked up forever after. Images built from the cache are recorded so `cache gc` can keep what
 // recent images use.
 import { createHash } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
 import { readdir, readFile, rm, stat, utimes } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -53,14 +54,16 @@ export class LayerCache {
 
   /** The cached layer for an identity, if its blob is still there with the recorded size. */
   async lookup(identity: string): Promise<CachedLayer | undefined> {
+    // Synchronous: a record is a few hundred bytes, and a rebuild looks up a hundred of them before anything else
+    // can start; five thread-pool round trips each cost more than the reads themselves.
     let entry: CachedLayer;
     try {
-      entry = JSON.parse(await readFile(this.indexFile(identity), "utf8")) as CachedLayer;
+      entry = JSON.parse(readFileSync(this.indexFile(identity), "utf8")) as CachedLayer;
     } catch {
       return undefined;
     }
     if (!isDigest(entry.digest) || !isDigest(entry.diffId)) return undefined;
-    const size = await this.blobs.size(entry.digest);
+    const size = statSync(this.blobs.path(entry.digest), { throwIfNoEntry: false })?.size;
     return size === entry.size ? entry : undefined;
   }
 

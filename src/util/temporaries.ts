@@ -12,8 +12,15 @@ import { basename, dirname, join } from "node:path";
  * leftovers of a killed process from another live process's work (see isAbandonedTemp).
  */
 export function tempSuffix(): string {
-  return `.tmp-${process.pid}-${randomBytes(6).toString("hex")}`;
+  // A random start per process, then counting: unique within the process, unguessable across processes, and one
+  // call to the random source instead of one per name (a build names a few hundred temporaries).
+  nextTemp ??= randomBytes(6).readUIntBE(0, 6);
+  const n = nextTemp;
+  nextTemp = (nextTemp + 1) % 2 ** 48;
+  return `.tmp-${process.pid}-${n.toString(16).padStart(12, "0")}`;
 }
+
+let nextTemp: number | undefined;
 
 // Only commands that remove their temporaries on a signal track them (a server hands out names without end).
 let tracked: Set<string> | undefined;
