@@ -214,7 +214,8 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   const parallelism = opts.parallelism ?? Math.max(1, availableParallelism());
   const limiter = new Limiter(parallelism);
   // igzip layers (not cut into members) and zstd layers go through long-lived processes of the tool, one per
-  // build slot, made on the first layer that needs them: a process per small layer cost more than compressing it.
+  // build slot (up to three: compressor-batch.ts), made on the first layer that needs them: a process per small
+  // layer cost more than compressing it.
   const batches = new Map<string, CompressorBatch>();
   // The store layers' tar chunks, given back by the batches once in their tools' pipes: a build reuses a few
   // megabytes instead of faulting in fresh memory for every megabyte of tar.

@@ -76,7 +76,7 @@ export interface CompressorBatchOptions {
   level: number;
   /** Where the private work directory is made (its outputs are renamed from there: the same filesystem). */
   parentDir: string;
-  /** Streams compressed at once (one tool process each). */
+  /** Streams compressed at once (one tool process each); at most one less than the thread pool's threads. */
   lanes: number;
   /** Named pipes per process (default 64). */
   slots?: number;
@@ -320,6 +320,16 @@ class Lane {
   }
 }
 
+/**
+ * Lanes at most: each lane's writes hold a thread of libuv's pool while its tool works through them, and a thread
+ * must stay free for everything else that runs there (file reads of the tars being made, renames). Four threads
+ * unless UV_THREADPOOL_SIZE said otherwise when the process started; more lanes would only wait for threads.
+ */
+function maxLanes(): number {
+  const threads = Number(process.env.UV_THREADPOOL_SIZE);
+  return Math.max(1, (Number.isInteger(threads) && threads > 0 ? Math.min(threads, 1024) : 4) - 1);
+}
+
 function freeBytes(dir: string): number {
   try {
     const st = statfsSync(dir);
@@ -424,7 +434,7 @@ export class CompressorBatch {
     this.args = CODECS[opts.codec].args(opts.level);
     this.input = opts.input ?? `${opts.codec} batch`;
     this.dir = tempSibling(opts.parentDir, `${opts.codec}-batch`);
-    for (let i = 0; i < Math.max(1, opts.lanes); i++) {
+    for (let i = 0; i < Math.max(1, Math.min(opts.lanes, maxLanes())); i++) {
       const lane = new Lane(this, i);
       this.lanes.push(lane);
       this.idle.push(lane);

@@ -135,6 +135,16 @@ test("with a pool, chunks come back once in the pipe and are reused: the outputs
   } finally {
     await batch.close();
   }
+  // Each lane's writes hold a thread of the pool (4 threads here): 8 lanes asked for are 3 processes.
+  const wide = gzipBatch(parent, { lanes: 8 });
+  try {
+    const data = sample(100_000, 60);
+    const outputs = await Promise.all(Array.from({ length: 8 }, () => compress(wide, data)));
+    assert.ok(outputs.every((o) => o.equals(runIgzip(["-c", "-n", "-1"], data))));
+    assert.equal(toolsIn(wide.dir).length, 3);
+  } finally {
+    await wide.close();
+  }
 });
 
 test("a tool that exits right after opening its first pipe fails its job, and never hangs", async () => {
