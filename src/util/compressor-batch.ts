@@ -413,10 +413,15 @@ export async function checkedZstdOutput(
   return out;
 }
 
+let setprivFor: { path: string; found: boolean } | undefined;
+
 export class CompressorBatch {
   /** Whether batches can run here: they need util-linux's setpriv (any Debian has it); else a process per stream. */
   static available(): boolean {
-    return findOnPath("setpriv") !== undefined;
+    // Asked for every layer: one look along PATH per PATH (a hundred looks were a thousand failed stat calls).
+    const path = process.env.PATH ?? "";
+    if (setprivFor?.path !== path) setprivFor = { path, found: findOnPath("setpriv", path) !== undefined };
+    return setprivFor.found;
   }
 
   readonly dir: string;
