@@ -16,6 +16,7 @@
 // the encoder with its version (zlib's from Node, igzip's from the tool): blobs of different encoders never mix
 // in a cache.
 import type { LayerCompression } from "../oci/media-types.js";
+import { checkLevel, levelProblem } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { findIsal, findZstd } from "../util/tool-versions.js";
 
@@ -94,7 +95,7 @@ export async function layerEncoders(opts: EncoderOptions): Promise<(narSize: num
     level: level ?? DEFAULT_GZIP_LEVEL,
     name: `zlib-${process.versions.zlib}`,
   };
-  checkLevel(zlib.level!, 9, "gzip");
+  checkLevel("gzip", zlib.level!);
   if (setting === "zlib" || (setting === "auto" && level !== undefined)) return () => zlib;
   const tool = await findIsal(opts.cacheDir);
   if (!tool) {
@@ -111,7 +112,7 @@ export async function layerEncoders(opts: EncoderOptions): Promise<(narSize: num
     igzip: tool.path,
     name: `isal-${tool.version}`,
   };
-  checkLevel(isal.level!, 3, "ISA-L gzip");
+  checkLevel("isal", isal.level!);
   // The member size is part of the bytes, so of the name: `isal-2.30.0/members-16MiB`.
   const members: LayerEncoder = {
     ...isal,
@@ -123,17 +124,6 @@ export async function layerEncoders(opts: EncoderOptions): Promise<(narSize: num
   return (narSize) => (narSize >= ISAL_MIN_NAR_SIZE ? large(narSize) : zlib);
 }
 
-function checkLevel(level: number, max: number, what: string): void {
-  const wrong = levelProblem(level, max, what);
-  if (wrong) throw new NixociError("compression level", wrong);
-}
-
-function levelProblem(level: number, max: number, what: string): string | undefined {
-  return Number.isInteger(level) && level >= 0 && level <= max
-    ? undefined
-    : `${level} is out of range for ${what} (0..${max})`;
-}
-
 /**
  * What is wrong with an explicit gzip level for these settings (for a usage error before any work), or undefined:
  * the ranges layerEncoders enforces (an explicit level under auto is zlib's scale; isal's is 0-3).
@@ -142,7 +132,7 @@ export function gzipLevelProblem(
   level: number,
   gzipEncoder: GzipEncoderSetting = "auto",
 ): string | undefined {
-  return gzipEncoder === "isal" ? levelProblem(level, 3, "ISA-L gzip") : levelProblem(level, 9, "gzip");
+  return levelProblem(gzipEncoder === "isal" ? "isal" : "gzip", level);
 }
 
 /**

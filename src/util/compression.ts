@@ -74,14 +74,31 @@ export function compressionExtension(c: Compression): string {
   }
 }
 
+/** A scale of levels: each compression's, and "isal", gzip through ISA-L's igzip (0-3). */
+export type LevelScale = Exclude<Compression, "none"> | "isal";
+
 /** Default and allowed levels. br's default 11 is brotli's (and Nix's) own default: strong but slow. */
-const LEVELS: Record<Exclude<Compression, "none">, { min: number; max: number; def: number }> = {
+const LEVELS: Record<LevelScale, { min: number; max: number; def: number }> = {
   xz: { min: 0, max: 9, def: 6 },
   zstd: { min: 1, max: 22, def: 3 },
   bzip2: { min: 1, max: 9, def: 9 },
   br: { min: 0, max: 11, def: 11 },
   gzip: { min: 0, max: 9, def: 6 },
+  isal: { min: 0, max: 3, def: 3 },
 };
+
+/** What is wrong with `level` on `scale` ("7 is out of range for ISA-L gzip (0..3)"), or undefined. */
+export function levelProblem(scale: LevelScale, level: number): string | undefined {
+  const { min, max } = LEVELS[scale];
+  if (Number.isInteger(level) && level >= min && level <= max) return undefined;
+  return `${level} is out of range for ${scale === "isal" ? "ISA-L gzip" : scale} (${min}..${max})`;
+}
+
+/** Throws levelProblem's error for a level off its scale. */
+export function checkLevel(scale: LevelScale, level: number): void {
+  const problem = levelProblem(scale, level);
+  if (problem) throw new NixociError("compression level", problem);
+}
 
 /** The level compressStream uses for `c` when none is given (the tools' own defaults). */
 export function defaultLevel(c: Exclude<Compression, "none">): number {
@@ -137,11 +154,8 @@ export function decompressStream(c: Compression, input: string, size?: number): 
 /** A stream that compresses with `c`. */
 export function compressStream(c: Compression, opts: CompressOptions = {}): Duplex {
   if (c === "none") return new PassThrough({ highWaterMark: HIGH_WATER });
-  const { min, max, def } = LEVELS[c];
-  const level = opts.level ?? def;
-  if (!Number.isInteger(level) || level < min || level > max) {
-    throw new NixociError("compression level", `${level} is out of range for ${c} (${min}..${max})`);
-  }
+  const level = opts.level ?? LEVELS[c].def;
+  checkLevel(c, level);
   const input = opts.input ?? `${c} compressor`;
   switch (c) {
     case "xz": {
@@ -180,9 +194,8 @@ export function compressStream(c: Compression, opts: CompressOptions = {}): Dupl
  * igzip's arguments for a level 0-3 (default 3; anything else throws) besides where the output goes: `-n` writes
  * neither a name nor a time. Every igzip run that makes layers uses them, so they all make the same bytes.
  */
-export function igzipArgs(level = 3): string[] {
-  if (!Number.isInteger(level) || level < 0 || level > 3)
-    throw new NixociError("compression level", `${level} is out of range for ISA-L gzip (0..3)`);
+export function igzipArgs(level = LEVELS.isal.def): string[] {
+  checkLevel("isal", level);
   return ["-n", `-${level}`];
 }
 
@@ -192,9 +205,7 @@ export function igzipArgs(level = 3): string[] {
  * uses them, so they all make the same bytes.
  */
 export function zstdArgs(level = LEVELS.zstd.def): string[] {
-  const { min, max } = LEVELS.zstd;
-  if (!Number.isInteger(level) || level < min || level > max)
-    throw new NixociError("compression level", `${level} is out of range for zstd (${min}..${max})`);
+  checkLevel("zstd", level);
   return ["--compress", "-q", `-${level}`, "-T0", ...(level > 19 ? ["--ultra"] : [])];
 }
 
