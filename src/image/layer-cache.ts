@@ -4,7 +4,7 @@
 // once and looked up forever after. Images built from the cache are recorded so `cache gc` can keep what
 // recent images use.
 import { createHash } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { readdir, readFile, rm, stat, utimes } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -63,7 +63,7 @@ export class LayerCache {
       return undefined;
     }
     if (!isDigest(entry.digest) || !isDigest(entry.diffId)) return undefined;
-    const size = statSync(this.blobs.path(entry.digest), { throwIfNoEntry: false })?.size;
+    const size = this.blobs.sizeSync(entry.digest);
     return size === entry.size ? entry : undefined;
   }
 
