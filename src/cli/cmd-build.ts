@@ -27,7 +27,6 @@ import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { BUILD } from "./help-texts.js";
 import { BuildProgress } from "./build-progress.js";
 import { buildPlatforms } from "./build-platforms.js";
-import { imageSbomReferrers } from "../image/sbom/image-referrers.js";
 import { isSbomFormat, SBOM_FORMATS, type SbomFormat } from "../image/sbom/formats.js";
 import type { BuiltReferrer } from "../oci/referrer.js";
 import { packageVersion } from "./shared-options.js";
@@ -228,11 +227,13 @@ export async function buildCommand(argv: string[]): Promise<number> {
         );
       }
       // One document per format about each platform's manifest (not the index: the closures differ).
-      const referrers = sbomFormats.length
+      // (The SBOM writers are loaded only for --sbom.)
+      const sbom = sbomFormats.length ? await import("../image/sbom/image-referrers.js") : undefined;
+      const referrers = sbom
         ? (
             await Promise.all(
               results.map((r, i) =>
-                imageSbomReferrers(r.image, {
+                sbom.imageSbomReferrers(r.image, {
                   formats: sbomFormats,
                   closure: r.closure,
                   roots: [...new Set(builds[i].roots)],

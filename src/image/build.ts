@@ -10,29 +10,21 @@ import { computeClosure } from "../store/closure.js";
 import type { LocalStore } from "../store/local-store.js";
 import type { PathInfo } from "../store/path-info.js";
 import type { Store } from "../store/store.js";
-import { Substituter, type SubstituteEvent } from "../store/substituter.js";
+import type { SubstituteEvent } from "../store/substituter.js";
 import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
 import { makeTempWorkDir, removeTree } from "../util/fs.js";
-import { baseImageConfigJson, checkBasePlatform } from "./base-config.js";
+
 import type { BaseImage } from "./base-image.js";
-import { readBaseTree, type BaseTree } from "./base-tree.js";
+import type { BaseTree } from "./base-tree.js";
 import { imageConfigJson, manifestJson } from "./config.js";
 import { customisationLayer } from "./customisation.js";
-import { buildLayerBlob } from "./layer-builder.js";
-import {
-  DEFAULT_ISAL_LEVEL,
-  layerEncoders,
-  type GzipEncoderSetting,
-  type LayerEncoder,
-} from "./layer-encoder.js";
-import { BufferPool } from "../util/buffer-pool.js";
-import { CompressorBatch } from "../util/compressor-batch.js";
-import { defaultLevel } from "../util/compression.js";
+import type { LayerFactory, LayerSource } from "./layer-factory.js";
+import { layerEncoders, type GzipEncoderSetting, type LayerEncoder } from "./layer-encoder.js";
 import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
-import { storePathsTar, TAR_CHUNK, TAR_FORMAT_VERSION, treeTar } from "./layer-tar.js";
+import { TAR_FORMAT_VERSION } from "./layer-tar.js";
 import { planLayers } from "./layering.js";
-import { HeaderRewriter, ownershipIdentity, parsePermRule, type Ownership } from "./permissions.js";
+import { ownershipIdentity, parsePermRule, type Ownership } from "./permissions.js";
 import type { ImageSpec } from "./spec.js";
 import { NIX_CLOSURE_ROOT_ANNOTATION, NIX_STORE_PATH_ANNOTATION } from "./annotations.js";
 import type { LayeringStrategy, PlannedLayer } from "./types.js";
@@ -161,9 +153,12 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       "nothing to put in the image: give store paths, -f FILE -A ATTR, or packages in the spec",
     );
   const emit = (e: BuildEvent) => opts.onEvent?.(e);
-  if (opts.base) checkBasePlatform(opts.base, spec);
+  // Substitution and base images load their code only when asked for (start-up is most of a cached rebuild).
+  const baseConfig = opts.base && (await import("./base-config.js"));
+  if (opts.base) baseConfig!.checkBasePlatform(opts.base, spec);
 
   if (opts.substituters?.length) {
+    const { Substituter } = await import("../store/substituter.js");
     await new Substituter(store, opts.substituters, {
       onEvent: (event) => emit({ type: "substitute", event }),
     }).realise(opts.roots);
@@ -189,7 +184,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     try {
       fetched = await opts.base.fetchInto(cache.blobs);
       emit({ type: "base", ref: opts.base.ref, layers: opts.base.layers.length, fetched: fetched.length });
-      baseTree = await readBaseTree(cache.blobs, opts.base.layers);
+      baseTree = await (await import("./base-tree.js")).readBaseTree(cache.blobs, opts.base.layers);
     } catch (err) {
       if (tempCache) await removeTree(tempCache);
       throw err;
@@ -213,34 +208,10 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   });
   const parallelism = opts.parallelism ?? Math.max(1, availableParallelism());
   const limiter = new Limiter(parallelism);
-  // igzip layers (not cut into members) and zstd layers go through long-lived processes of the tool, one per
-  // build slot (up to three: compressor-batch.ts), made on the first layer that needs them: a process per small
-  // layer cost more than compressing it.
-  const batches = new Map<string, CompressorBatch>();
-  // The store layers' tar chunks, given back by the batches once in their tools' pipes: a build reuses a few
-  // megabytes instead of faulting in fresh memory for every megabyte of tar.
-  const chunkPool = new BufferPool(TAR_CHUNK, 4 * parallelism + 4);
-  const batchFor = (e: LayerEncoder): CompressorBatch | undefined => {
-    const codec = e.compression === "zstd" ? "zstd" : e.igzip && !e.memberSize ? "gzip" : undefined;
-    if (!codec || !CompressorBatch.available()) return undefined;
-    const level = e.level ?? (codec === "zstd" ? defaultLevel("zstd") : DEFAULT_ISAL_LEVEL);
-    const tool = codec === "zstd" ? (e.zstd ?? "zstd") : e.igzip!;
-    const key = `${codec}\0${tool}\0${level}`;
-    let batch = batches.get(key);
-    if (!batch) {
-      batch = new CompressorBatch({
-        codec,
-        tool,
-        level,
-        parentDir: cache.blobs.blobDir,
-        lanes: parallelism,
-        pool: chunkPool,
-        input: codec === "zstd" ? "layer zstd compressor" : "layer gzip compressor (igzip)",
-      });
-      batches.set(key, batch);
-    }
-    return batch;
-  };
+  // Made on the first cache miss: a build whose layers are all cached never loads the tar writers and encoders.
+  let factory: Promise<LayerFactory> | undefined;
+  const layerFactory = () =>
+    (factory ??= import("./layer-factory.js").then((m) => new m.LayerFactory(cache.blobs, parallelism)));
 
   // Cache lookups run freely; only builds take one of the limiter's slots. Builds are queued biggest first
   // (by NAR size) so a large changed layer does not start last and leave a core idle at the end.
@@ -268,26 +239,18 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     identity: string,
     paths: string[],
     narSize: number,
-    makeTar: (rewriter: HeaderRewriter | undefined) => import("node:stream").Readable,
+    source: LayerSource,
     encoder: LayerEncoder,
-    storeDir?: string,
   ): Promise<LayerReport> => {
     const hit = await cache.lookup(identity);
     const report: LayerReport = hit
       ? { ...hit, paths, status: "reused" }
       : await scheduleBuild(narSize, async () => {
           emit({ type: "layer-start", index, paths, narSize });
-          const rewriter = ownership && new HeaderRewriter(ownership, storeDir);
-          const blob = await buildLayerBlob(makeTar(rewriter), {
-            compression: encoder.compression,
-            level: encoder.level,
-            igzip: encoder.igzip,
-            memberSize: encoder.memberSize,
-            batch: batchFor(encoder),
-            blobs: cache.blobs,
-            onTarBytes: (bytes) => emit({ type: "layer-progress", index, bytes }),
-          });
-          const record: CachedLayer = { ...blob, paths, ...(rewriter?.rewritten ? { rewritten: true } : {}) };
+          const { rewritten, ...blob } = await (
+            await layerFactory()
+          ).make(source, encoder, ownership, (bytes) => emit({ type: "layer-progress", index, bytes }));
+          const record: CachedLayer = { ...blob, paths, ...(rewritten ? { rewritten: true } : {}) };
           await cache.record(identity, record);
           return { ...record, status: "built" as const };
         });
@@ -311,14 +274,12 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         identity,
         layer.paths,
         narSize,
-        (rewriter) =>
-          storePathsTar(
-            layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
-            rewriter,
-            chunkPool,
-          ),
+        {
+          kind: "store-paths",
+          paths: layer.paths.map((p) => ({ storePath: p, realPath: store.realPath(p) })),
+          storeDir: store.storeDir,
+        },
         encoder,
-        store.storeDir,
       );
     });
 
@@ -344,12 +305,15 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       customIdentity,
       [],
       0,
-      (rewriter) => treeTar(custom.entries, rewriter),
+      { kind: "tree", entries: custom.entries },
       customEncoder,
     );
 
     const layers = await allSettledOrThrow([...storeLayers, customLayer]).finally(() =>
-      Promise.all([...batches.values()].map((b) => b.close())),
+      factory?.then(
+        (f) => f.close(),
+        () => {},
+      ),
     );
     const descriptors: Descriptor[] = layers.map((l) => {
       const d: Descriptor = { mediaType: l.mediaType, digest: l.digest, size: l.size };
@@ -365,7 +329,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     const ownDiffIds = layers.map((l) => l.diffId);
     const baseDescriptors: Descriptor[] = (opts.base?.layers ?? []).map((l) => ({ ...l.descriptor }));
     const configBytes = opts.base
-      ? baseImageConfigJson(spec, opts.base, ownDiffIds, custom.env, farmBinDirs(custom.entries))
+      ? baseConfig!.baseImageConfigJson(spec, opts.base, ownDiffIds, custom.env, farmBinDirs(custom.entries))
       : imageConfigJson(spec, ownDiffIds, custom.env);
     const config = await cache.blobs.putBytes(configBytes);
     const manifestBytes = manifestJson(config, [...baseDescriptors, ...descriptors]);

@@ -16,7 +16,7 @@
 // the encoder with its version (zlib's from Node, igzip's from the tool): blobs of different encoders never mix
 // in a cache.
 import type { LayerCompression } from "../oci/media-types.js";
-import { checkLevel, levelProblem } from "../util/compression.js";
+import { checkLevel, levelProblem } from "../util/compression-formats.js";
 import { NixociError } from "../util/errors.js";
 import { findIsal, findZstd } from "../util/tool-versions.js";
 

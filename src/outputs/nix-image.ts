@@ -15,7 +15,6 @@ import { readFile, stat, writeFile, copyFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Hash } from "../nix/hash.js";
-import { narHashOfPath, dumpPath } from "../nix/nar-writer.js";
 import { makeContentAddressedPath, parseStorePath, validateStorePathName } from "../nix/store-path.js";
 import { storePathsFromAnnotations } from "../image/annotations.js";
 import type { LocalStore } from "../store/local-store.js";
@@ -71,6 +70,8 @@ export async function writeNixImage(
     const references = new Set<string>();
     for (const layer of image.layers)
       for (const p of layerStorePaths(layer)) references.add(parseStorePath(p, store.storeDir).path);
+    // The NAR writer is loaded here, not with the module: outputs.ts imports this one for every build.
+    const { narHashOfPath, dumpPath } = await import("../nix/nar-writer.js");
     const { narHash, narSize } = await narHashOfPath(dir);
 
     const hash = new Hash("sha256", narHash);

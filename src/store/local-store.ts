@@ -5,13 +5,11 @@ import { constants, existsSync, lstatSync } from "node:fs";
 import { access, lutimes, readdir, rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
-import { dumpPath } from "../nix/nar-writer.js";
 import { DEFAULT_STORE_DIR, parseStorePath } from "../nix/store-path.js";
 import { isAbandonedTemp, makeDirs, removeTree, tempSibling } from "../util/fs.js";
 import { fsError } from "../util/fs-errors.js";
 import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
-import { NarVerifier, restoreVerifiedNar } from "./nar-verify.js";
 import { NixDb } from "./nix-db.js";
 import type { PathInfo } from "./path-info.js";
 import { SidecarDb } from "./sidecar-db.js";
@@ -72,7 +70,13 @@ export class LocalStore implements Store {
     return paths.length ? paths : undefined;
   }
 
+  // The NAR writer and verifier are loaded by the methods that use them: a build that finds its layers cached
+  // opens the store for path infos only, and loading them is a measurable part of its start-up.
   async narFromPath(info: PathInfo): Promise<Readable> {
+    const [{ NarVerifier }, { dumpPath }] = await Promise.all([
+      import("./nar-verify.js"),
+      import("../nix/nar-writer.js"),
+    ]);
     const verifier = new NarVerifier(info.narHash, info.narSize, info.path);
     const source = dumpPath(this.realPath(info.path));
     source.on("error", (err) => verifier.destroy(err));
@@ -90,7 +94,9 @@ export class LocalStore implements Store {
     // valid compressed data fails as soon as it ends) waits in the stream for the restore to report it.
     holdErrors(nar);
     let wanted: boolean;
+    let restoreVerifiedNar: typeof import("./nar-verify.js").restoreVerifiedNar;
     try {
+      ({ restoreVerifiedNar } = await import("./nar-verify.js"));
       wanted = !(await this.queryPathInfo(info.path));
       if (wanted) {
         await makeDirs(this.realDir).catch((err) => {

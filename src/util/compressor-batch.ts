@@ -28,7 +28,7 @@ import { setImmediate as yieldToLoop, setTimeout as delay } from "node:timers/pr
 import { Writable } from "node:stream";
 import zlib from "node:zlib";
 import type { BufferPool } from "./buffer-pool.js";
-import { igzipArgs, zstdArgs } from "./compression.js";
+import { igzipArgs, zstdArgs } from "./compression-formats.js";
 import { NixociError } from "./errors.js";
 import { fsError, withoutTemporariesIn } from "./fs-errors.js";
 import { tempSibling } from "./fs.js";
