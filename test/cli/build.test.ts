@@ -66,8 +66,10 @@ interface Summary {
   outputs: { output: string; uploaded?: string[]; skipped?: string[] }[];
 }
 
-function build(args: string[], opts: { cache?: string } = {}): Summary {
-  const r = nixociOk(["build", "--json", "-q", "--cache-dir", opts.cache ?? cacheDir, ...args]);
+function build(args: string[], opts: { cache?: string; env?: NodeJS.ProcessEnv } = {}): Summary {
+  const r = nixociOk(["build", "--json", "-q", "--cache-dir", opts.cache ?? cacheDir, ...args], {
+    env: opts.env,
+  });
   return JSON.parse(r.text) as Summary;
 }
 
@@ -150,6 +152,38 @@ test("push to docker-registry; ctr pulls it back and runs it; skopeo copies it; 
   assert.equal(second.manifestDigest, first.manifestDigest);
   assert.deepEqual(second.outputs[0].uploaded, []);
   assert.ok(second.layers.every((l) => l.status === "reused"));
+});
+
+test("a rebuild that finds every layer cached loads no code that makes layers, substitutes or writes NARs", () => {
+  // The modules each build loaded, recorded by a module hook (test/support/module-trace.ts).
+  const traced = (name: string): string[] => {
+    const trace = join(work, `modules-${name}.txt`);
+    const s = build([...helloArgs, "-o", `oci:${join(work, `lazy-${name}`)}:x`], {
+      cache: join(work, "cache-lazy"),
+      env: {
+        NODE_OPTIONS: `--import=${join(ROOT, "dist/test/support/module-trace.js")}`,
+        NIXOCI_TEST_MODULE_TRACE: trace,
+      },
+    });
+    assert.equal(s.layers.some((l) => l.status === "built"), name === "cold");
+    return readFileSync(trace, "utf8")
+      .split("\n")
+      .filter((u) => u.includes("/dist/src/"))
+      .map((u) => u.replace(/^.*\/dist\/src\//, ""));
+  };
+  const layerMaking = [
+    "image/layer-factory.js",
+    "image/layer-builder.js",
+    "util/compressor-batch.js",
+    "util/compression.js",
+    "util/tool-launcher.js",
+  ];
+  const cold = traced("cold");
+  for (const m of [...layerMaking, "image/build.js"]) assert.ok(cold.includes(m), `a cold build loads ${m}`);
+  const cached = traced("cached");
+  assert.ok(cached.includes("image/build.js"), "the trace holds the build's modules");
+  for (const m of [...layerMaking, "store/substituter.js", "nix/nar-writer.js", "store/nar-verify.js"])
+    assert.ok(!cached.includes(m), `a cached rebuild does not load ${m}`);
 });
 
 test("deterministic: other cache dirs, parallelism and layering runs give identical digests", () => {
