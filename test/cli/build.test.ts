@@ -165,7 +165,10 @@ test("a rebuild that finds every layer cached loads no code that makes layers, s
         NIXOCI_TEST_MODULE_TRACE: trace,
       },
     });
-    assert.equal(s.layers.some((l) => l.status === "built"), name === "cold");
+    assert.equal(
+      s.layers.some((l) => l.status === "built"),
+      name === "cold",
+    );
     return readFileSync(trace, "utf8")
       .split("\n")
       .filter((u) => u.includes("/dist/src/"))
