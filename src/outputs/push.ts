@@ -167,14 +167,7 @@ export async function pushImage(
     await Promise.all(Array.from({ length: n }, worker));
     if (firstError !== undefined) throw firstError;
 
-    const digest = await client.putManifest(
-      reference,
-      image.manifest.bytes,
-      image.manifest.mediaType,
-      image.manifest.digest,
-    );
-    result.manifestDigest = digest;
-    emit({ type: "manifest-pushed", digest, reference });
+    result.manifestDigest = await putManifest(client, reference, image.manifest, opts);
   } finally {
     client.close();
   }
@@ -225,16 +218,21 @@ export async function pushIndex(
   const reference = target.digest ?? target.tag ?? "latest";
   const client = new RegistryClient(target.registry, target.repository, opts);
   try {
-    const digest = await client.putManifest(
-      reference,
-      built.index.bytes,
-      built.index.mediaType,
-      built.index.digest,
-    );
-    result.manifestDigest = digest;
-    opts.onEvent?.({ type: "manifest-pushed", digest, reference });
+    result.manifestDigest = await putManifest(client, reference, built.index, opts);
   } finally {
     client.close();
   }
   return result;
+}
+
+/** Puts an image manifest or an index under `reference` (tag or digest), tells the watcher, returns its digest. */
+async function putManifest(
+  client: RegistryClient,
+  reference: string,
+  manifest: { bytes: Buffer; mediaType: string; digest: string },
+  opts: PushOptions,
+): Promise<string> {
+  const digest = await client.putManifest(reference, manifest.bytes, manifest.mediaType, manifest.digest);
+  opts.onEvent?.({ type: "manifest-pushed", digest, reference });
+  return digest;
 }

@@ -184,20 +184,25 @@ describe("from an OCI layout", () => {
   });
 });
 
+/** An arm64 busybox image, a base for another architecture than the default's, written to `output`. */
+function buildArmBase(output: string): void {
+  nixociOk([
+    "build",
+    "-q",
+    "--cache-dir",
+    join(work, "base-cache"),
+    "--arch",
+    "arm64",
+    fx.busybox,
+    "-o",
+    output,
+  ]);
+}
+
 describe("from an index, and from a spec file", () => {
   test("an index base resolves to the image's platform (--arch), and to each platform's of a multi-platform build", () => {
     const arm = join(work, "index-arm");
-    nixociOk([
-      "build",
-      "-q",
-      "--cache-dir",
-      join(work, "base-cache"),
-      "--arch",
-      "arm64",
-      fx.busybox,
-      "-o",
-      `oci:${arm}`,
-    ]);
+    buildArmBase(`oci:${arm}`);
     // An index of the amd64 base and the arm64 one: both layouts' blobs, one index.json listing both platforms.
     const multi = join(work, "index-multi");
     cpSync(join(BASE_LAYOUT, "blobs"), join(multi, "blobs"), { recursive: true });
@@ -411,17 +416,7 @@ describe("bad bases fail first, in one line, writing nothing", () => {
   };
   test("a base for another architecture", () => {
     const arm = join(work, "arm-base");
-    nixociOk([
-      "build",
-      "-q",
-      "--cache-dir",
-      join(work, "base-cache"),
-      "--arch",
-      "arm64",
-      fx.busybox,
-      "-o",
-      `oci:${arm}:v1`,
-    ]);
+    buildArmBase(`oci:${arm}:v1`);
     const r = fails(`oci:${arm}:v1`);
     assert.equal(r.status, 1);
     assert.match(
