@@ -16,22 +16,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "install-nix-toolchains: $*" >&2 && exit 1; }
-source "$here/lib-apt.sh"
+source "$here/lib-debootstrap.sh"
 
 cache=${NIXOCI_NIX_CACHE:-/var/cache/nixoci/nix}
 # series release: the release's nix-bin decides the series.
 toolchains=("2.26 trixie")
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-
-# Runs COMMAND... chrooted into ROOT with /proc and /dev mounted in a mount namespace of its own (nix reads
-# /proc/self/exe, apt's maintainer scripts and nix's builders want /dev/null and a pty).
-in_root() {
-  local root=$1
-  shift
-  unshare --mount --propagation private -- sh -c \
-    'root=$1; shift; mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" && exec chroot "$root" "$@"' \
-    sh "$root" "$@"
-}
 
 # Whether DIR is a complete root whose nix runs and is of SERIES.
 works() {
@@ -41,14 +30,6 @@ works() {
   [[ $v =~ ^nix\ \(Nix\)\ ${series//./\\.}\. ]]
 }
 
-# Host apt settings the root's apt-get must share to read the same mirror: a snapshot mirror's Release files are
-# past their Valid-Until, which this machine's apt may be told to ignore (debootstrap itself does not check it).
-apt_opts=()
-for key in Acquire::Check-Valid-Until Acquire::Check-Date; do
-  value=$(apt-config dump --no-empty "$key" 2>/dev/null | sed -n "s|^$key \"\(.*\)\";\$|\1|p" | head -n1)
-  if [ -n "$value" ]; then apt_opts+=(-o "$key=$value"); fi
-done
-
 install_series() {
   local series=$1 release=$2 mirror=$3 work root v
   work=$(mktemp -d "$cache/.build.XXXXXX")
@@ -56,19 +37,9 @@ install_series() {
   trap "rm -rf '$work'" EXIT
   root=$work/root
   echo "install-nix-toolchains: debootstrap $release into $cache/$series (about a minute)" >&2
-  # In a mount namespace of its own too: the /proc and /sys debootstrap mounts in the root go with it, even when it
-  # fails half-way (and rm -rf of the build directory must never walk into a mounted /proc).
-  unshare --mount --propagation private -- debootstrap --variant=minbase --keyring="$keyring" "$release" "$root" \
-    "$mirror" >"$work/debootstrap.log" 2>&1 ||
-    die "debootstrap $release from $mirror failed: $(tail -n3 "$work/debootstrap.log")"
-  # The root's apt-get reaches the mirror by name.
-  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  debootstrap_root "$release" "$root" "$mirror" "$work"
   echo "install-nix-toolchains: nix-bin ($release) into $cache/$series" >&2
-  in_root "$root" env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" update -qq >"$work/apt.log" 2>&1 ||
-    die "apt-get update in the $release root failed: $(tail -n3 "$work/apt.log")"
-  in_root "$root" env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends \
-    nix-bin >>"$work/apt.log" 2>&1 || die "apt-get install nix-bin in the $release root failed: $(tail -n3 "$work/apt.log")"
-  in_root "$root" apt-get clean
+  root_install "$root" "$work" nix-bin
   v=$(in_root "$root" /usr/bin/nix --version 2>&1) || die "nix from $release does not run here: $v"
   [[ $v =~ ^nix\ \(Nix\)\ ${series//./\\.}\. ]] ||
     die "$release's nix-bin is '$v' now, not $series.x: change the toolchains in $0 (and nix-toolchain-image.mjs --nix)"
@@ -88,11 +59,7 @@ mirror=""
 for entry in "${toolchains[@]}"; do
   read -r series release <<<"$entry"
   works "$cache/$series" "$series" && continue
-  if [ -z "$mirror" ]; then
-    # debootstrap verifies the release's signature with gpgv against the keyring.
-    apt_ensure debootstrap gpgv debian-archive-keyring >&2
-    mirror=$(debian_mirror) || die "no Debian mirror for bookworm in /etc/apt/sources.list{,.d}"
-  fi
+  [ -n "$mirror" ] || mirror=$(debootstrap_mirror)
   # A subshell: its EXIT trap removes the build directory whatever happens.
   (install_series "$series" "$release" "$mirror")
 done
