@@ -21,7 +21,8 @@ import type { LocalStore } from "../store/local-store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { makeDirs, makeTempWorkDir, removeTree } from "../util/fs.js";
 import { fsError } from "../util/fs-errors.js";
-import type { Descriptor } from "../oci/descriptor.js";
+import { parseJsonObject } from "../util/json.js";
+import { checkDescriptor, type Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, type Digest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
 import { indexEntry, OCI_LAYOUT_FILE, REF_NAME_ANNOTATION } from "./layout.js";
@@ -162,31 +163,6 @@ async function readVerifiedBlob(file: string, digest: Digest, size: number, what
   return bytes;
 }
 
-function parseJson(bytes: Buffer, what: string): Record<string, unknown> {
-  try {
-    const v = JSON.parse(bytes.toString("utf8")) as unknown;
-    if (typeof v === "object" && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // fall through
-  }
-  throw new Error(`${what} is not a JSON object`);
-}
-
-function checkDescriptor(d: unknown, what: string): Descriptor & { digest: Digest } {
-  const x = d as Descriptor | null;
-  if (
-    typeof x !== "object" ||
-    x === null ||
-    typeof x.mediaType !== "string" ||
-    typeof x.digest !== "string" ||
-    !isDigest(x.digest) ||
-    !Number.isSafeInteger(x.size) ||
-    x.size < 0
-  )
-    throw new Error(`${what} is not a valid descriptor (mediaType, sha256 digest, size)`);
-  return x as Descriptor & { digest: Digest };
-}
-
 /**
  * Reads and checks the description at `storePath` (its real location: `realPath`): layout, index, manifest and
  * config (digests verified), layer store paths (parsed against `storeDir`), blob layers present with their
@@ -200,14 +176,14 @@ export async function readNixImage(storePath: string, realPath: string, storeDir
     const layout = await readFile(join(realPath, "oci-layout"), "utf8").catch(() => undefined);
     if (layout === undefined) throw new Error("has no oci-layout file (not a nixoci image description)");
     if (
-      (parseJson(Buffer.from(layout), "oci-layout") as { imageLayoutVersion?: unknown })
+      (parseJsonObject(Buffer.from(layout), "oci-layout") as { imageLayoutVersion?: unknown })
         .imageLayoutVersion !== "1.0.0"
     )
       throw new Error("oci-layout: unsupported imageLayoutVersion");
     const indexBytes = await readFile(join(realPath, "index.json")).catch(() => undefined);
     if (!indexBytes) throw new Error("has no index.json");
     if (indexBytes.length > MAX_JSON_BYTES) throw new Error("index.json is too large");
-    const index = parseJson(indexBytes, "index.json") as { manifests?: unknown };
+    const index = parseJsonObject(indexBytes, "index.json") as { manifests?: unknown };
     if (!Array.isArray(index.manifests) || index.manifests.length === 0)
       throw new Error("index.json lists no manifest");
     const entry = checkDescriptor(index.manifests[0], "index.json manifests[0]");
@@ -218,7 +194,7 @@ export async function readNixImage(storePath: string, realPath: string, storeDir
       entry.size,
       "manifest",
     );
-    const manifest = parseJson(manifestBytes, "manifest") as { config?: unknown; layers?: unknown };
+    const manifest = parseJsonObject(manifestBytes, "manifest") as { config?: unknown; layers?: unknown };
     const configDesc = checkDescriptor(manifest.config, "manifest config");
     if (!Array.isArray(manifest.layers)) throw new Error("manifest has no layers array");
     const configBytes = await readVerifiedBlob(
@@ -227,7 +203,7 @@ export async function readNixImage(storePath: string, realPath: string, storeDir
       configDesc.size,
       "config",
     );
-    const config = parseJson(configBytes, "config") as {
+    const config = parseJsonObject(configBytes, "config") as {
       architecture?: unknown;
       os?: unknown;
       rootfs?: { diff_ids?: unknown };

@@ -7,17 +7,16 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import type { Platform } from "../../image/platforms.js";
 import { readTarMembers } from "../../image/tar-reader.js";
-import type { Descriptor } from "../../oci/descriptor.js";
+import { checkDescriptor, type Descriptor } from "../../oci/descriptor.js";
 import { digestHex } from "../../oci/digest.js";
 import { quote } from "../../util/errors.js";
+import { parseJsonObject } from "../../util/json.js";
 import { collectBounded } from "../../util/streams.js";
 import { REF_NAME_ANNOTATION } from "../layout.js";
 import {
   buildSource,
-  checkDescriptor,
   MAX_ENTRIES,
   MAX_JSON_BYTES,
-  parseJsonObject,
   platformOf,
   readVerified,
   resolveManifest,

@@ -6,11 +6,12 @@ import type { Readable } from "node:stream";
 import { formatPlatform, type Platform } from "../../image/platforms.js";
 import { defaultArch } from "../../image/spec.js";
 import { parseStorePath } from "../../nix/store-path.js";
-import type { Descriptor } from "../../oci/descriptor.js";
+import { checkDescriptor, type Descriptor } from "../../oci/descriptor.js";
 import { isDigest, sha256Digest, type Digest } from "../../oci/digest.js";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../oci/media-types.js";
 import { CheckedStream } from "../../util/checked-stream.js";
 import { quote } from "../../util/errors.js";
+import { parseJsonObject } from "../../util/json.js";
 import { layerStorePaths } from "../nix-image.js";
 
 /** Manifests, indexes, configs and manifest.json are JSON of at most this size. */
@@ -67,36 +68,6 @@ export interface BlobAccess {
 }
 
 // ---- checks of what a source says ----
-
-export function parseJsonObject(bytes: Buffer, what: string): Record<string, unknown> {
-  try {
-    const v = JSON.parse(bytes.toString("utf8")) as unknown;
-    if (typeof v === "object" && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // below
-  }
-  throw new Error(`${what} is not a JSON object`);
-}
-
-export function checkDescriptor(x: unknown, what: string): LayerDescriptor {
-  const d = x as Descriptor | null;
-  if (
-    typeof d !== "object" ||
-    d === null ||
-    typeof d.mediaType !== "string" ||
-    typeof d.digest !== "string" ||
-    !isDigest(d.digest) ||
-    !Number.isSafeInteger(d.size) ||
-    d.size < 0
-  )
-    throw new Error(`${what} is not a valid descriptor (mediaType, sha256 digest, size)`);
-  if (d.annotations !== undefined) {
-    const a = d.annotations as unknown;
-    if (typeof a !== "object" || a === null || Object.values(a).some((v) => typeof v !== "string"))
-      throw new Error(`${what} has malformed annotations`);
-  }
-  return d as LayerDescriptor;
-}
 
 export function verify(bytes: Buffer, d: LayerDescriptor, what: string): Buffer {
   if (bytes.length !== d.size)
