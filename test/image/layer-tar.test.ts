@@ -5,7 +5,6 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
 import {
   storePathsTar,
   treeTar,
@@ -18,17 +17,12 @@ import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
 import { until } from "../support/poll.js";
 import { run, runText } from "../support/run.js";
+import { collect } from "../support/streams.js";
 
 let fx: Record<FixtureAttr, string>;
 before(() => {
   fx = buildFixtures();
 });
-
-async function collect(s: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of s) parts.push(chunk as Buffer);
-  return Buffer.concat(parts);
-}
 
 function closure(path: string): string[] {
   return runText("nix-store", ["-qR", path]).split("\n").sort();

@@ -1,7 +1,6 @@
 // Ownership and mode rules (permissions.ts): parsing, and the headers they rewrite, checked with GNU tar.
 import { before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import type { Readable } from "node:stream";
 import { storePathsTar, treeTar } from "../../src/image/layer-tar.js";
 import {
   HeaderRewriter,
@@ -14,17 +13,12 @@ import { specFromObject, validateSpec, emptySpec } from "../../src/image/spec.js
 import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, type FixtureAttr } from "../support/fixtures.js";
 import { runText } from "../support/run.js";
+import { collect } from "../support/streams.js";
 
 let fx: Record<FixtureAttr, string>;
 before(() => {
   fx = buildFixtures();
 });
-
-async function collect(s: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of s) parts.push(chunk as Buffer);
-  return Buffer.concat(parts);
-}
 
 /** `tar -tv` lines with numeric owners, without times and column padding: "MODE UID/GID NAME". */
 function listing(tar: Buffer): string[] {

@@ -371,12 +371,6 @@ export function nixListing(storePath: string, cacheDir: string): string {
   return fs.readFileSync(join(cacheDir, `${hashPart}.ls`), "utf8");
 }
 
-export async function collect(source: AsyncIterable<Buffer>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of source) parts.push(c);
-  return Buffer.concat(parts);
-}
-
 /** Entries of a directory, recursively, with their types (for "nothing was left behind" checks). */
 export function snapshot(dirPath: string): string[] {
   const out: string[] = [];

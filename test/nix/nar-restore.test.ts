@@ -9,12 +9,12 @@ import { Readable } from "node:stream";
 import { restoreNar } from "../../src/nix/nar-restore.js";
 import { dumpPath } from "../../src/nix/nar-writer.js";
 import { until } from "../support/poll.js";
+import { collect } from "../support/streams.js";
 import { NixociError } from "../../src/util/errors.js";
 import {
   badNars,
   buildStorePath,
   chunked,
-  collect,
   dir,
   file,
   MAGIC,

@@ -13,7 +13,8 @@ import { dumpPath, dumpPathTo, narHashOfPath } from "../../src/nix/nar-writer.js
 import { nix32Encode } from "../../src/nix/nix32.js";
 import { NixociError } from "../../src/util/errors.js";
 import { until } from "../support/poll.js";
-import { buildStorePath, collect, makeTree, nixDump } from "./nar-fixtures.js";
+import { buildStorePath, makeTree, nixDump } from "./nar-fixtures.js";
+import { collect } from "../support/streams.js";
 
 let work: string;
 before(() => {
