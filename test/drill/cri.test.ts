@@ -109,7 +109,7 @@ async function removeEverything(s: CriStack): Promise<void> {
     await s.cri.removeImage({ image: { image: img.id } }, { timeoutMs: 60_000 });
   for (const id of s.ctr(["leases", "ls", "-q"]).split("\n").filter(Boolean)) s.ctr(["leases", "rm", id]);
   // A deletion schedules containerd's GC, and the snapshotter's Cleanup after it: poll.
-  await untilSnapshotterEmpty(s.sn, () =>
+  await untilSnapshotterEmpty(s, () =>
     assert.deepEqual(entries(join(s.sn.root, "snapshots")), [], "no snapshot directory left"),
   );
   assert.deepEqual(mountsUnder(s.dir), [], "nothing mounted under the stack's dir");

@@ -583,15 +583,26 @@ export function listSnapshots(socket: string, timeoutMs = 15_000): Promise<Snaps
 
 /**
  * Polls (60 s) until the snapshotter lists no snapshot and `also` passes: after an image's removal containerd's
- * GC, and the snapshotter's Cleanup after it, run in the background.
+ * GC, and the snapshotter's Cleanup after it, run in the background. While snapshots are left, the GC is kicked
+ * every 2 s (a deletion its scheduler dropped would otherwise wait for the next one: see kickContainerdGc).
  */
-export function untilSnapshotterEmpty(sn: Snapshotter, also?: () => void): Promise<void> {
+export function untilSnapshotterEmpty(
+  stack: { sn: Snapshotter; ctr(args: string[]): string },
+  also?: () => void,
+): Promise<void> {
+  let lastKick = Date.now();
   return until(
     "the snapshotter holds no snapshot",
     60_000,
     async () => {
-      const left = await listSnapshots(sn.socket);
-      if (left.length) throw new Error(left.map((i) => `${i.kind} ${i.name}`).join(", "));
+      const left = await listSnapshots(stack.sn.socket);
+      if (left.length) {
+        if (Date.now() - lastKick >= 2_000) {
+          kickContainerdGc(stack);
+          lastKick = Date.now();
+        }
+        throw new Error(left.map((i) => `${i.kind} ${i.name}`).join(", "));
+      }
       also?.();
     },
     250,

@@ -132,7 +132,7 @@ describe(`the snapshotter SIGKILLed during a CRI pull of containerd ${containerd
     const ids = new Set([pulled, ...(await s.cri.listImages({})).images.map((i) => i.id)]);
     for (const id of ids) await s.cri.removeImage({ image: { image: id } }, { timeoutMs: 60_000 });
     // A deletion schedules containerd's GC; the snapshotter cleanup runs in the background: poll.
-    await untilSnapshotterEmpty(s.sn);
+    await untilSnapshotterEmpty(s);
     assert.deepEqual(mountsUnder(s.dir), []);
   }
 

@@ -212,7 +212,7 @@ describe(`node scenarios through containerd ${release.series}: nixoci's image se
       await svc!.client.removeImage({ image: { image } }, { timeoutMs: 60_000 });
     for (const image of [...images, pauseRef])
       assert.equal((await svc!.client.imageStatus({ image: { image } })).image, null, `${image} is gone`);
-    await untilSnapshotterEmpty(stack!.sn, () => assert.deepEqual(gcRoots(), [], "no GC root is left"));
+    await untilSnapshotterEmpty(stack!, () => assert.deepEqual(gcRoots(), [], "no GC root is left"));
     assertNoMounts();
   }
 

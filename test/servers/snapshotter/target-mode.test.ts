@@ -262,7 +262,7 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
       assert.ok(existsSync(root), `GC root ${root} while the image is there`);
       await s.cri.removeImage({ image: { image: image.ref } });
       await s.cri.removeImage({ image: { image: `${s.registry.host}/nixoci/pause:v1` } });
-      await untilSnapshotterEmpty(s.sn, () => assert.equal(existsSync(root), false, `${root} is gone`));
+      await untilSnapshotterEmpty(s, () => assert.equal(existsSync(root), false, `${root} is gone`));
       assert.deepEqual(mountsUnder(containerdDir), []);
       assert.deepEqual(mountsUnder(s.dir), []);
     },
