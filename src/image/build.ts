@@ -14,7 +14,6 @@ import type { SubstituteEvent } from "../store/substituter.js";
 import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
 import { makeTempWorkDir, removeTree } from "../util/fs.js";
-
 import type { BaseImage } from "./base-image.js";
 import type { BaseTree } from "./base-tree.js";
 import { imageConfigJson, manifestJson } from "./config.js";
@@ -155,7 +154,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   const emit = (e: BuildEvent) => opts.onEvent?.(e);
   // Substitution and base images load their code only when asked for (start-up is most of a cached rebuild).
   const baseConfig = opts.base && (await import("./base-config.js"));
-  if (opts.base) baseConfig!.checkBasePlatform(opts.base, spec);
+  if (opts.base && baseConfig) baseConfig.checkBasePlatform(opts.base, spec);
 
   if (opts.substituters?.length) {
     const { Substituter } = await import("../store/substituter.js");
@@ -209,9 +208,11 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   const parallelism = opts.parallelism ?? Math.max(1, availableParallelism());
   const limiter = new Limiter(parallelism);
   // Made on the first cache miss: a build whose layers are all cached never loads the tar writers and encoders.
-  let factory: Promise<LayerFactory> | undefined;
+  let factoryLoading: Promise<LayerFactory> | undefined;
   const layerFactory = () =>
-    (factory ??= import("./layer-factory.js").then((m) => new m.LayerFactory(cache.blobs, parallelism)));
+    (factoryLoading ??= import("./layer-factory.js").then(
+      (m) => new m.LayerFactory(cache.blobs, parallelism),
+    ));
 
   // Cache lookups run freely; only builds take one of the limiter's slots. Builds are queued biggest first
   // (by NAR size) so a large changed layer does not start last and leave a core idle at the end.
@@ -247,9 +248,10 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       ? { ...hit, paths, status: "reused" }
       : await scheduleBuild(narSize, async () => {
           emit({ type: "layer-start", index, paths, narSize });
-          const { rewritten, ...blob } = await (
-            await layerFactory()
-          ).make(source, encoder, ownership, (bytes) => emit({ type: "layer-progress", index, bytes }));
+          const factory = await layerFactory();
+          const { rewritten, ...blob } = await factory.make(source, encoder, ownership, (bytes) =>
+            emit({ type: "layer-progress", index, bytes }),
+          );
           const record: CachedLayer = { ...blob, paths, ...(rewritten ? { rewritten: true } : {}) };
           await cache.record(identity, record);
           return { ...record, status: "built" as const };
@@ -310,7 +312,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     );
 
     const layers = await allSettledOrThrow([...storeLayers, customLayer]).finally(() =>
-      factory?.then(
+      factoryLoading?.then(
         (f) => f.close(),
         () => {},
       ),
@@ -328,9 +330,10 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     });
     const ownDiffIds = layers.map((l) => l.diffId);
     const baseDescriptors: Descriptor[] = (opts.base?.layers ?? []).map((l) => ({ ...l.descriptor }));
-    const configBytes = opts.base
-      ? baseConfig!.baseImageConfigJson(spec, opts.base, ownDiffIds, custom.env, farmBinDirs(custom.entries))
-      : imageConfigJson(spec, ownDiffIds, custom.env);
+    const configBytes =
+      opts.base && baseConfig
+        ? baseConfig.baseImageConfigJson(spec, opts.base, ownDiffIds, custom.env, farmBinDirs(custom.entries))
+        : imageConfigJson(spec, ownDiffIds, custom.env);
     const config = await cache.blobs.putBytes(configBytes);
     const manifestBytes = manifestJson(config, [...baseDescriptors, ...descriptors]);
     const manifest = await cache.blobs.putBytes(manifestBytes);
