@@ -1,6 +1,6 @@
+// An OCI content descriptor: what a manifest or index says about a blob it points to.
 import { isDigest, type Digest } from "./digest.js";
 
-// An OCI content descriptor: what a manifest or index says about a blob it points to.
 export interface Descriptor {
   mediaType: string;
   digest: string;

@@ -21,7 +21,7 @@ import type { LocalStore } from "../store/local-store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { makeDirs, makeTempWorkDir, removeTree } from "../util/fs.js";
 import { fsError } from "../util/fs-errors.js";
-import { parseJsonObject } from "../util/json.js";
+import { MAX_JSON_BYTES, parseJsonObject } from "../util/json.js";
 import { checkDescriptor, type Descriptor } from "../oci/descriptor.js";
 import { digestHex, isDigest, type Digest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
@@ -145,8 +145,6 @@ export interface NixImage {
   layers: NixImageLayer[];
   platform: { architecture: string; os: string };
 }
-
-const MAX_JSON_BYTES = 4 << 20;
 
 async function readVerifiedBlob(file: string, digest: Digest, size: number, what: string): Promise<Buffer> {
   if (size > MAX_JSON_BYTES) throw new Error(`${what} is ${size} bytes (limit ${MAX_JSON_BYTES})`);

@@ -12,12 +12,12 @@ import {
 } from "../../oci/media-types.js";
 import { sniffLayerCompression } from "../../util/compression-formats.js";
 import { quote } from "../../util/errors.js";
+import { MAX_JSON_BYTES } from "../../util/json.js";
 import { collectBounded } from "../../util/streams.js";
 import { archiveFiles, readFileBounded, type LayoutFiles } from "./layout.js";
 import {
   buildSource,
   MAX_ENTRIES,
-  MAX_JSON_BYTES,
   type BlobAccess,
   type ImageSource,
   type LayerDescriptor,

@@ -10,13 +10,12 @@ import { readTarMembers } from "../../image/tar-reader.js";
 import { checkDescriptor, type Descriptor } from "../../oci/descriptor.js";
 import { digestHex } from "../../oci/digest.js";
 import { quote } from "../../util/errors.js";
-import { parseJsonObject } from "../../util/json.js";
+import { MAX_JSON_BYTES, parseJsonObject } from "../../util/json.js";
 import { collectBounded } from "../../util/streams.js";
 import { REF_NAME_ANNOTATION } from "../layout.js";
 import {
   buildSource,
   MAX_ENTRIES,
-  MAX_JSON_BYTES,
   platformOf,
   readVerified,
   resolveManifest,

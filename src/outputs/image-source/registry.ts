@@ -4,11 +4,11 @@
 import type { Platform } from "../../image/platforms.js";
 import { isDigest, sha256Digest, type Digest } from "../../oci/digest.js";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../oci/media-types.js";
+import { MAX_JSON_BYTES } from "../../util/json.js";
 import { collectBounded } from "../../util/streams.js";
 import { RegistryClient } from "../registry-session.js";
 import {
   buildSource,
-  MAX_JSON_BYTES,
   resolveManifest,
   verify,
   type BlobAccess,

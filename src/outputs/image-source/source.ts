@@ -11,11 +11,9 @@ import { isDigest, sha256Digest, type Digest } from "../../oci/digest.js";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../../oci/media-types.js";
 import { CheckedStream } from "../../util/checked-stream.js";
 import { quote } from "../../util/errors.js";
-import { parseJsonObject } from "../../util/json.js";
+import { MAX_JSON_BYTES, parseJsonObject } from "../../util/json.js";
 import { layerStorePaths } from "../nix-image.js";
 
-/** Manifests, indexes, configs and manifest.json are JSON of at most this size. */
-export const MAX_JSON_BYTES = 4 << 20;
 /** More layers or index entries than this is not an image anyone built. */
 export const MAX_ENTRIES = 4096;
 
