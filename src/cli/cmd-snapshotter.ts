@@ -4,10 +4,12 @@
 // --substituter caches (signatures checked against --trusted-public-key plus nix.conf's keys), then held as
 // hard links to the store (--nix-layers link; auto with the store on ROOT's filesystem), as overlay metacopy
 // stubs over the store as a data-only layer (metacopy; auto across filesystems when the kernel supports it),
-// composed with bind mounts (bind), or as empty mountpoints with a read-only bind per store path that containerd
-// >= 1.7 mounts itself (target; auto when the node's containerd is 1.7 or later: --containerd-version, else the
-// running containerd's Version API at --containerd-address, else `containerd --version`, asked on the first nix
-// layer; snapshotter/containerd-version.ts); see snapshotter/nix-layers.ts.
+// composed with bind mounts (bind), or as empty layers whose paths containers get through one store view per
+// image (an overlay redirecting into the store, --target-mounts view, the default where it works) or a read-only
+// bind per store path that containerd >= 1.7 mounts itself (--target-mounts binds) (target; auto when the node's
+// containerd is 1.7 or later: --containerd-version, else the running containerd's Version API at
+// --containerd-address, else `containerd --version`, asked on the first nix layer;
+// snapshotter/containerd-version.ts); see snapshotter/nix-layers.ts.
 // Logs go to stderr (util/logger.ts: text on a terminal, else JSON lines; --log-format). SIGTERM or SIGINT:
 // stop accepting calls, finish running ones (bounded), exit 0. --print-containerd-config prints the config a
 // node's containerd needs for it (snapshotter/containerd-config.ts) and exits.
@@ -38,7 +40,7 @@ import {
   DEFAULT_CONTAINERD_ADDRESS,
   nodeContainerdVersion,
 } from "../servers/snapshotter/containerd-version.js";
-import type { MountTargets } from "../servers/snapshotter/nix-layer-modes/auto.js";
+import type { MountTargets, TargetMounts } from "../servers/snapshotter/nix-layer-modes/auto.js";
 import { NixociError } from "../util/errors.js";
 
 export interface SnapshotterOptions {
@@ -53,6 +55,8 @@ export interface SnapshotterOptions {
   nixLayers: NixLayerMode;
   /** --mountpoints-dir (undefined: the snapshotter's default). */
   mountpointsDir?: string;
+  /** --target-mounts: how containers above target-mode layers get their store paths. */
+  targetMounts: TargetMounts;
   /** HOST:PORT for /healthz and /metrics. */
   metricsAddress?: string;
   /**
@@ -82,6 +86,12 @@ function isNixLayerMode(s: string): s is NixLayerMode {
   return NIX_LAYER_MODES.includes(s);
 }
 
+const TARGET_MOUNTS: readonly string[] = ["auto", "view", "binds"] satisfies TargetMounts[];
+
+function isTargetMounts(s: string): s is TargetMounts {
+  return TARGET_MOUNTS.includes(s);
+}
+
 type ParsedSnapshotterArgs = SnapshotterOptions & {
   help: boolean;
   logLevel: LogLevel | "silent";
@@ -97,6 +107,7 @@ const NOTHING: ParsedSnapshotterArgs = {
   trustedPublicKeys: [],
   allowUnsigned: false,
   nixLayers: "auto",
+  targetMounts: "auto",
   containerdAddress: DEFAULT_CONTAINERD_ADDRESS,
   logLevel: "info",
   logFormat: "json",
@@ -138,16 +149,19 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     throw new UsageError(
       `--nix-layers: expected auto, link, metacopy, bind or target, not ${JSON.stringify(nixLayers)}`,
     );
+  const targetMounts = values["target-mounts"] ?? "auto";
+  if (!isTargetMounts(targetMounts))
+    throw new UsageError(`--target-mounts: expected auto, view or binds, not ${JSON.stringify(targetMounts)}`);
   if (versionFlag === "k3s")
     throw new UsageError(
       `--containerd-version k3s: only with --print-containerd-config (serving, name k3s's containerd release, ` +
         `or let the snapshotter ask it: --containerd-address /run/k3s/containerd/containerd.sock)`,
     );
   const containerdVersion = versionFlag === undefined ? undefined : containerdVersionOption(versionFlag);
-  if (nixLayers === "target" && containerdVersion && !mountsTargets(containerdVersion))
+  if (nixLayers === "target" && targetMounts === "binds" && containerdVersion && !mountsTargets(containerdVersion))
     throw new UsageError(
-      `--nix-layers target: containerd ${formatContainerdVersion(containerdVersion)} does not mount a mount's target ` +
-        `(from 1.7 on it does); use --nix-layers auto, link or metacopy`,
+      `--nix-layers target --target-mounts binds: containerd ${formatContainerdVersion(containerdVersion)} does not ` +
+        `mount a mount's target (from 1.7 on it does); use --target-mounts view, or --nix-layers auto, link or metacopy`,
     );
   const metricsAddress = metricsAddressOption(values["metrics-address"]);
   const logLevel = logLevelOption(values["log-level"]);
@@ -162,6 +176,7 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     allowUnsigned: values["no-check-sigs"] ?? false,
     nixLayers,
     mountpointsDir: values["mountpoints-dir"] ? resolve(values["mountpoints-dir"]) : undefined,
+    targetMounts,
     containerdVersion,
     containerdAddress,
     metricsAddress,
@@ -259,6 +274,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     nixLayers: opts.nixLayers,
     mountpointsDir: opts.mountpointsDir,
     mountTargets,
+    targetMounts: opts.targetMounts,
   });
   let running;
   let ops: OpsServer | undefined;

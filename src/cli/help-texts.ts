@@ -613,14 +613,18 @@ export const SNAPSHOTTER = {
       "containers one overlay mount with the store as a data-only lower layer (auto's choice across filesystems, " +
       "e.g. a store on a SAN or NFS share, when the kernel supports it: Linux >= 6.5; otherwise auto downloads); " +
       "`bind` composes each container's root from the overlay plus a read-only bind mount per store path; " +
-      "`target` layers are empty: containers get an overlay of the other layers topped by the image's " +
-      "mountpoints directory (made once per image, on a tmpfs: --mountpoints-dir) plus a read-only bind mount per " +
-      "store path at its place in the rootfs (Mount.target), which containerd >= 1.7 mounts itself: no per-file " +
+      "`target` layers are empty: containers get an overlay of the other layers topped by the image's store view " +
+      "(--target-mounts view, the default where a probe shows it works: one read-only overlay per image, mounted " +
+      "by the snapshotter on a tmpfs (--mountpoints-dir), whose directories redirect into the store, so the " +
+      "container sees exactly the image's store paths; containers start in the same time whatever their number) " +
+      "or, with --target-mounts binds, by its mountpoints directory plus a read-only bind mount per store path at " +
+      "its place in the rootfs (Mount.target), which containerd >= 1.7 mounts itself: no per-file " +
       "work, any filesystem; auto's choice when the node's containerd is 1.7 or later: --containerd-version, else " +
       "what the running containerd's Version API at --containerd-address answers, else `containerd --version` " +
       '(asked on the first nix layer; the debug line "containerd version" says which decided; none answering: ' +
-      "a warning, and no target mode). Under auto, a container above target layers on a containerd older than 1.7 " +
-      "(a downgrade) is refused with FAILED_PRECONDITION: remove the image and pull it again.",
+      "a warning, and no target mode). Under auto, with binds, a container above target layers on a containerd " +
+      "older than 1.7 (a downgrade) is refused with FAILED_PRECONDITION: remove the image and pull it again; views " +
+      "serve any containerd.",
     "GC roots: one per image, a directory of links into the store (to the image's roots its layers name, " +
       "nix-closure-root.<i>, when their closure holds the layer's paths, else to each path), under " +
       "/nix/var/nix/gcroots/nixoci/ for a writable /nix/store (else ROOT/gcroots/), made before its layer is " +
@@ -645,10 +649,16 @@ export const SNAPSHOTTER = {
       help: "how nix layers hold their store paths",
       byDefault: "auto",
     },
+    "target-mounts": {
+      type: "string",
+      value: "auto|view|binds",
+      help: "how containers above target-mode layers get their store paths (auto: view where it works)",
+      byDefault: "auto",
+    },
     "mountpoints-dir": {
       type: "string",
       value: "DIR",
-      help: "target mode's mountpoints directories (derived, remade on need: best on a tmpfs)",
+      help: "target mode's store views and mountpoints directories (derived, remade on need: best on a tmpfs)",
       byDefault: "/dev/shm/nixoci-sn-<id of --root>, else ROOT/mountpoints",
     },
     ...DAEMON_FLAGS,

@@ -149,8 +149,10 @@ export async function removeSnapshotterDir(dir: string, keepFiles = false): Prom
     recursive: true,
     force: true,
   });
-  rmSync(defaultMountpointsDir(join(dir, "root")), { recursive: true, force: true });
-  for (const mp of mountsUnder(dir)) await runAsync("umount", ["-l", mp]).catch(() => undefined);
+  const views = defaultMountpointsDir(join(dir, "root")); // store views stay mounted while their images are there
+  for (const mp of [...mountsUnder(views), ...mountsUnder(dir)])
+    await runAsync("umount", ["-l", mp]).catch(() => undefined);
+  if (!mountsUnder(views).length) rmSync(views, { recursive: true, force: true });
   if (!keepFiles && !mountsUnder(dir).length) rmSync(dir, { recursive: true, force: true });
 }
 

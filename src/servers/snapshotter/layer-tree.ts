@@ -30,10 +30,14 @@ import {
 import { join, relative } from "node:path";
 import { Worker } from "node:worker_threads";
 
-/** A stub's overlay xattrs: its path relative to the layer's fs and the redirect into the data-only layer. */
+/**
+ * A stub's overlay xattrs: its path relative to the layer's fs and the redirect into the data-only layer;
+ * `metacopy: false` for a directory, which takes the redirect alone.
+ */
 export interface StubEntry {
   path: string;
   redirect: string;
+  metacopy?: boolean;
 }
 
 export interface TreeCounts {

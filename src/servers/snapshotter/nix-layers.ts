@@ -38,12 +38,14 @@
 //   filesystem and no metacopy support, lets containerd download the layer.
 // - target (nix-layer-modes/target.ts; auto's choice when the node's containerd is 1.7 or later, which mounts a
 //   Mount's target inside the rootfs): the layer's fs is empty, and the mounts of an active snapshot or view
-//   above it are an overlay of the chain's other layers topped by the chain's mountpoints directory (made once
-//   per chain on a tmpfs and shared: mountpoints.ts, targetsOf), followed by a read-only bind per store path with
-//   its target, which containerd mounts and unmounts itself (the snapshotter mounts nothing). No per-file work,
-//   any filesystem, the container reads the store's own files; like metacopy, it loses them if their path is
-//   garbage-collected. (One bind per path, not one recursive bind of a composed store: containerd's temporary
-//   mounts cannot unmount nested mounts.)
+//   above it are an overlay of the chain's other layers topped by the chain's store view (--target-mounts view,
+//   the default where the probe passes: one read-only overlay per image, redirecting into the store, mounted by
+//   the snapshotter on a tmpfs and shared by the image's containers: store-view.ts, mountpoints.ts, readyTargets;
+//   it needs no Mount.target, so any containerd mounts the result), or with --target-mounts binds by the chain's
+//   mountpoints directory followed by a read-only bind per store path with its target, which containerd >= 1.7
+//   mounts and unmounts itself. No per-file work, any filesystem, the container reads the store's own files;
+//   like metacopy, it loses them if their path is garbage-collected. (Not one recursive bind of a composed
+//   store: containerd's temporary mounts cannot unmount nested mounts.)
 //
 // Prepares made by containerd's unpacker (they carry containerd.io/snapshot.ref, or an extract- key) keep the
 // plain overlay mounts (plus the data-only store layer above a metacopy layer), as the diff applier wants.
@@ -72,7 +74,7 @@ import { Substituter } from "../../store/substituter.js";
 import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
 import type { SnapshotterMetrics } from "./metrics.js";
 import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
-import { ModeChooser, type MountTargets } from "./nix-layer-modes/auto.js";
+import { ModeChooser, type MountTargets, type TargetMounts } from "./nix-layer-modes/auto.js";
 import { BindCompositions } from "./nix-layer-modes/bind.js";
 import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
 import { defaultMountpointsDir, MountpointDirs } from "./mountpoints.js";
@@ -108,8 +110,10 @@ export interface NixSnapshotterOptions extends OverlayOptions {
    * function is asked on the first nix layer auto holds.
    */
   mountTargets?: MountTargets;
-  /** Where target mode's mountpoints directories go (default: mountpoints.ts defaultMountpointsDir). */
+  /** Where target mode's mountpoints directories and store views go (default: mountpoints.ts defaultMountpointsDir). */
   mountpointsDir?: string;
+  /** How containers above target-mode layers get their store paths (auto.ts TargetMounts; default auto). */
+  targetMounts?: TargetMounts;
 }
 
 /**
@@ -156,6 +160,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
       this.snapshotsDir,
       this.log,
       opts.mountTargets ?? false,
+      opts.targetMounts ?? "auto",
+      () => this.mountpoints.probeViews(this.snapshotsDir),
     );
     this.compositions = new BindCompositions({
       snapshotsDir: this.snapshotsDir,
@@ -246,7 +252,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       if (await this.tryNixLayer(ref, parent, labels, paths))
         throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(ref)} already exists`);
     }
-    if (!isUnpackKey(key, labels)) await this.checkTargetsMountable(key, parent);
+    if (!isUnpackKey(key, labels)) await this.readyTargets(key, parent);
     const mounts = await super.prepare(key, parent, labels);
     // The unpacker applies a layer's diff to the plain overlay; containers get the composed root.
     const rec = this.metadata.mustGet(key);
@@ -254,15 +260,16 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   override async view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
-    await this.checkTargetsMountable(key, parent);
+    await this.readyTargets(key, parent);
     const mounts = await super.view(key, parent, labels);
     return this.composedMounts(this.metadata.mustGet(key), mounts);
   }
 
   override async mounts(key: string): Promise<Mount[]> {
     const rec = this.metadata.mustGet(key);
-    const plain = this.mountsOf(rec);
-    return isUnpack(rec) ? plain : this.composedMounts(rec, plain);
+    if (isUnpack(rec)) return this.mountsOf(rec);
+    if (rec.parentId !== undefined) await this.readyTargets(key, this.metadata.getById(rec.parentId)?.key ?? "");
+    return this.composedMounts(rec, this.mountsOf(rec));
   }
 
   override async remove(key: string): Promise<void> {
@@ -273,7 +280,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
       await super.remove(key);
       this.nixLayerRows.delete(rec.id);
       this.chainTargets.delete(rec.id);
-      this.mountpoints.remove(rec.id);
+      await this.mountpoints.remove(rec.id).catch((err: Error) =>
+        this.log?.warn("store view left mounted", { snapshot: key, error: err.message }),
+      );
       if (roots.length)
         await this.lock.run(() => {
           for (const name of roots) {
@@ -314,20 +323,39 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * Refuses a container or view above target-mode layers when the node's containerd cannot mount them (auto
-   * mode, containerd older than 1.7: a downgrade, or a root moved to another node): 1.6 would stack the binds on
-   * the rootfs itself. Checked before the snapshot is made, so a refusal leaves nothing behind.
+   * Readies the target-mode part of the chain a container or view of `key` goes on (`parent`, its top): the
+   * chain's store view mounted, or its mountpoints directory made and its binds listed (--target-mounts binds).
+   * Refuses first when the node's containerd cannot mount binds and no view serves (auto mode, containerd older
+   * than 1.7: a downgrade, or a root moved to another node; 1.6 would stack the binds on the rootfs itself), so
+   * a refusal leaves nothing behind.
    */
-  private async checkTargetsMountable(key: string, parent: string): Promise<void> {
+  private async readyTargets(key: string, parent: string): Promise<void> {
     const top = parent ? this.metadata.get(parent) : undefined;
     if (!top || top.kind !== "committed") return; // the Prepare itself says what is wrong
-    if (!this.targetsOf(top, () => [top, ...this.metadata.ancestors(top)], false)) return;
-    if (await this.modes.targetLayersMountable()) return;
-    throw new SnapshotError(
-      "failed-precondition",
-      `snapshot ${JSON.stringify(key)}: its image's store layers are target-mode (bind mounts containerd >= 1.7 ` +
-        `makes), and this node's containerd does not mount a mount's target; remove the image and pull it again`,
-    );
+    const chain = this.targetsOf(top, () => [top, ...this.metadata.ancestors(top)]);
+    if (!chain || chain.lowerTop) return;
+    if (!(await this.modes.targetLayersMountable()))
+      throw new SnapshotError(
+        "failed-precondition",
+        `snapshot ${JSON.stringify(key)}: its image's store layers are target-mode (bind mounts containerd >= 1.7 ` +
+          `makes), and this node's containerd does not mount a mount's target; remove the image and pull it again`,
+      );
+    const start = performance.now();
+    const entries = chain.paths.map((p) => this.storeEntry(p));
+    if ((await this.modes.targetMounts()) === "view") {
+      const lowerTop = await this.mountpoints.makeView(top.id, this.store.storeDir, this.store.realDir, entries);
+      chain.binds = [];
+      chain.lowerTop = lowerTop;
+    } else {
+      chain.binds = targetBinds(this.store, chain.paths);
+      chain.lowerTop = this.mountpoints.make(top.id, this.store.storeDir, entries);
+    }
+    this.log?.debug("chain's store paths ready", {
+      top: top.key,
+      paths: chain.paths.length,
+      view: !chain.binds.length,
+      ms: Math.round(performance.now() - start),
+    });
   }
 
   /** Valid store paths only, each parsed against the store's logical directory. */
@@ -549,14 +577,10 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
   /**
    * The target-mode part of the chain whose top is `top` (null: it has none), worked out once per chain from its
-   * snapshots (`chainOf()`: top first, asked only then) and kept: which of them are target-mode layers, the
-   * chain's mountpoints directory (made on first need) and the binds of their paths.
+   * snapshots (`chainOf()`: top first, asked only then) and kept: which of them are target-mode layers and their
+   * paths (readyTargets adds how containers get them).
    */
-  private targetsOf(
-    top: SnapshotRecord,
-    chainOf: () => SnapshotRecord[],
-    withMountpoints: boolean,
-  ): ChainTargets | null {
+  private targetsOf(top: SnapshotRecord, chainOf: () => SnapshotRecord[]): ChainTargets | null {
     let chain = this.chainTargets.get(top.id);
     if (chain === undefined) {
       const layerIds = new Set<number>();
@@ -567,23 +591,10 @@ export class NixSnapshotter extends OverlaySnapshotter {
         layerIds.add(p.id);
         for (const path of layer.paths) paths.add(path);
       }
-      chain = layerIds.size
-        ? { layerIds, paths: [...paths], binds: targetBinds(this.store, [...paths]), mountpoints: undefined }
-        : null;
+      chain = layerIds.size ? { layerIds, paths: [...paths], binds: [] } : null;
       this.chainTargets.set(top.id, chain);
     }
-    if (chain && withMountpoints && !chain.mountpoints)
-      chain.mountpoints = this.makeMountpoints(top.id, chain.paths);
     return chain;
-  }
-
-  /** The chain's mountpoints directory (mountpoints.ts), made if it is not there. */
-  private makeMountpoints(topId: number, paths: string[]): string {
-    return this.mountpoints.make(
-      topId,
-      this.store.storeDir,
-      paths.map((p) => this.storeEntry(p)),
-    );
   }
 
   /** Removes mountpoints directories whose chain top is gone (startup, Cleanup). Returns the names removed. */
@@ -592,13 +603,13 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * Lower directories without the chain's target-mode layers (their fs is empty), topped by the chain's
-   * mountpoints directory; the unpacker's snapshots need no mountpoints (the top layer's empty fs stands in
-   * when nothing else is left).
+   * Lower directories without the chain's target-mode layers (their fs is empty), topped by the chain's store
+   * view or mountpoints directory (readied before: readyTargets); the unpacker's snapshots need neither (the top
+   * layer's empty fs stands in when nothing else is left).
    */
   protected override lowerDirs(rec: SnapshotRecord, parents: SnapshotRecord[], relative: boolean): string[] {
     const unpack = isUnpack(rec);
-    const chain = this.targetsOf(parents[0], () => parents, !unpack);
+    const chain = this.targetsOf(parents[0], () => parents);
     if (!chain) return super.lowerDirs(rec, parents, relative);
     const rel = (dir: string): string =>
       relative && dir.startsWith(`${this.snapshotsDir}/`) ? dir.slice(this.snapshotsDir.length + 1) : dir;
@@ -608,7 +619,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
       relative,
     );
     if (unpack) return rest.length ? rest : super.lowerDirs(rec, parents.slice(0, 1), relative);
-    return [rel(chain.mountpoints!), ...rest];
+    if (!chain.lowerTop) throw new Error(`snapshot ${JSON.stringify(rec.key)}: its chain's store paths are not ready`);
+    return [rel(chain.lowerTop), ...rest];
   }
 
   /** A container's or view's mounts: `plain`, or the composed root, then the binds of target-mode paths. */
@@ -619,7 +631,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const base = composed.length
       ? await this.compositions.mounts(rec, this.mountsOf(rec, true)[0], composed)
       : plain;
-    const chain = parents.length ? this.targetsOf(parents[0], () => parents, true) : null;
+    const chain = parents.length ? this.targetsOf(parents[0], () => parents) : null;
     if (!chain) return base;
     const composedReal = new Set(composed.map((p) => this.store.realPath(p)));
     const binds = composed.length ? chain.binds.filter((b) => !composedReal.has(b.source)) : chain.binds;
@@ -633,8 +645,8 @@ interface ChainTargets {
   layerIds: Set<number>;
   /** Their store paths, deduplicated, nearest layer first. */
   paths: string[];
-  /** A read-only bind per path at its place in the rootfs (target.ts). */
+  /** With --target-mounts binds, a read-only bind per path at its place in the rootfs (target.ts); else none. */
   binds: Mount[];
-  /** The chain's mountpoints directory, once made. */
-  mountpoints?: string;
+  /** The top lower directory of the chain's containers, once ready: its store view's root, or mountpoints. */
+  lowerTop?: string;
 }

@@ -1,7 +1,9 @@
 // Target mode's mountpoints directories (src/servers/snapshotter/mountpoints.ts): on /dev/shm by default, in a
 // directory only this user may use (a symlink or a shared directory planted there is refused with one line
 // naming it); a chain's directory holds an empty mountpoint per store path, is made once, and is swept when its
-// chain is gone.
+// chain is gone. A chain's store view (store-view.ts) shows exactly its store paths with the store's own files,
+// metadata and inode numbers, and nothing else of the store; it is mounted once, unmounted and removed with its
+// chain or by a sweep.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -11,12 +13,16 @@ import {
   mkdirSync,
   mkdtempSync,
   readdirSync,
+  readFileSync,
   readlinkSync,
   rmSync,
   symlinkSync,
+  writeFileSync,
 } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { basename, join } from "node:path";
 import { defaultMountpointsDir, MountpointDirs } from "../../../src/servers/snapshotter/mountpoints.js";
+import { mountPointsUnder } from "../../../src/servers/snapshotter/mounts.js";
 import { snapshotterInstance } from "../../../src/servers/snapshotter/gcroots.js";
 import { buildFixtures } from "../../support/fixtures.js";
 
@@ -53,7 +59,7 @@ test("a planted symlink or a shared directory at the place is refused", () => {
   }
 });
 
-test("a chain's directory: a mountpoint per path, made once; swept with its chain", () => {
+test("a chain's directory: a mountpoint per path, made once; swept with its chain", async () => {
   const fx = buildFixtures();
   const root = mkdtempSync(join("/tmp", "nixoci-mp-root-"));
   const dirs = new MountpointDirs(defaultMountpointsDir(root));
@@ -77,11 +83,63 @@ test("a chain's directory: a mountpoint per path, made once; swept with its chai
     assert.equal(lstatSync(made).ino, ino);
     dirs.make(8, "nix/store", paths.slice(0, 1));
     mkdirSync(join(dirs.dir, "new-leftover"));
-    assert.deepEqual(dirs.sweep(new Set([8])).sort(), ["7", "new-leftover"]);
+    assert.deepEqual((await dirs.sweep(new Set([8]))).sort(), ["7", "new-leftover"]);
     assert.deepEqual(readdirSync(dirs.dir), ["8"]);
-    dirs.remove(8);
+    await dirs.remove(8);
     assert.deepEqual(readdirSync(dirs.dir), []);
   } finally {
+    rmSync(dirs.dir, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("a chain's store view: its paths only, the store's files and metadata; unmounted with its chain or a sweep", async () => {
+  const fx = buildFixtures();
+  const root = mkdtempSync(join("/tmp", "nixoci-mp-root-"));
+  const dirs = new MountpointDirs(defaultMountpointsDir(root));
+  try {
+    assert.equal(await dirs.probeViews(root), undefined, "views work here");
+    assert.deepEqual(readdirSync(dirs.dir), [], "the probe leaves nothing");
+    assert.deepEqual(readdirSync(root), []);
+    const picked = [fx.hello, fx["single-file"], fx["single-executable"], fx["symlink-path"]];
+    const paths = picked.map((p) => ({ real: p, baseName: basename(p) }));
+    const lower = await dirs.makeView(7, "nix/store", "/nix/store", paths);
+    assert.equal(lower, join(dirs.dir, "v7/view/root"));
+    assert.ok(mountPointsUnder(dirs.dir).includes(join(dirs.dir, "v7/view")), "mounted");
+    const store = join(lower, "nix/store");
+    assert.deepEqual(readdirSync(store).sort(), paths.map((p) => p.baseName).sort(), "its paths, no others");
+    for (const p of picked) {
+      const seen = join(store, basename(p));
+      const [a, b] = [lstatSync(seen), lstatSync(p)];
+      assert.deepEqual(
+        [a.mode, a.uid, a.gid, a.mtimeMs, a.isFile() ? a.size : undefined],
+        [b.mode, b.uid, b.gid, b.mtimeMs, b.isFile() ? b.size : undefined],
+        p,
+      );
+    }
+    const hello = join(store, basename(fx.hello), "bin/hello");
+    assert.equal(lstatSync(hello).ino, lstatSync(join(fx.hello, "bin/hello")).ino, "the store's own file");
+    assert.ok(readFileSync(hello).equals(readFileSync(join(fx.hello, "bin/hello"))));
+    assert.equal(readFileSync(join(store, basename(fx["single-file"])), "utf8"), readFileSync(fx["single-file"], "utf8"));
+    assert.equal(readlinkSync(join(store, basename(fx["symlink-path"]))), readlinkSync(fx["symlink-path"]));
+    assert.throws(() => writeFileSync(join(store, basename(fx.hello), "new"), "x"), { code: "EROFS" });
+    // Made once: a second call finds it mounted; a snapshotter restarted finds it too.
+    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
+    assert.equal(await new MountpointDirs(dirs.dir).makeView(7, "nix/store", "/nix/store", paths), lower);
+    assert.equal(mountPointsUnder(dirs.dir).length, 1);
+    // Unmounted (say, by a reboot): mounted again from its tree.
+    await dirs.sweep(new Set([7])); // kept
+    execFileSync("umount", [join(dirs.dir, "v7/view")]);
+    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
+    assert.equal(readdirSync(store).length, paths.length);
+    await dirs.makeView(8, "nix/store", "/nix/store", paths.slice(0, 1));
+    assert.deepEqual((await dirs.sweep(new Set([8]))).sort(), ["v7"]);
+    assert.deepEqual(mountPointsUnder(dirs.dir), [join(dirs.dir, "v8/view")]);
+    await dirs.remove(8);
+    assert.deepEqual(readdirSync(dirs.dir), []);
+    assert.deepEqual(mountPointsUnder(dirs.dir), []);
+  } finally {
+    for (const mp of mountPointsUnder(dirs.dir).reverse()) execFileSync("umount", ["-l", mp]);
     rmSync(dirs.dir, { recursive: true, force: true });
     rmSync(root, { recursive: true, force: true });
   }

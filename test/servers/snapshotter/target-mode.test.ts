@@ -1,20 +1,24 @@
 // Zero-copy nix layers (--nix-layers target) through a real containerd's CRI pull and ctr, on the release under
 // test (NIXOCI_CONTAINERD). From 1.7 on, auto picks target mode (the snapshotter is told the node's release
 // with --containerd-version): a nix layer's fs is empty, and containers get an overlay of the other layers
-// topped by the chain's mountpoints directory (one per chain, shared), plus one read-only bind per store path
-// with Mount.target, which containerd mounts itself. The container then reads the
-// store's own files (same device and inode, read-only), whether run by `ctr run` (its temporary mounts too) or
-// in a pod through CRI's RuntimeService as a kubelet runs it; `ctr snapshots mounts` works; a container keeps
-// running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays mounted once containers are
-// removed; removing the images through CRI releases their snapshots and GC roots. Under 1.6, which ignores
-// Mount.target, auto keeps link mode (and the same checks hold, but for the store's device). Without
-// --containerd-version, the running containerd's Version API or `containerd --version` decides.
+// topped by the chain's store view (one overlay per chain, mounted by the snapshotter on a tmpfs, shared,
+// showing exactly the image's store paths). The container then reads the store's own files (same inode;
+// the store is never written: a container's change goes to its own layer), whether run by `ctr run` (its
+// temporary mounts too) or in a pod through CRI's RuntimeService as a kubelet runs it; `ctr snapshots mounts`
+// works; a container keeps running across a SIGKILLed snapshotter and a SIGKILLed containerd; nothing stays
+// mounted once containers are removed but the image's view, which goes with the image: removing the images
+// through CRI releases their snapshots, views and GC roots. Under 1.6 auto keeps link mode (and the same checks
+// hold). With --target-mounts binds, containers get the chain's mountpoints directory and one read-only bind per
+// store path with Mount.target, which containerd >= 1.7 mounts itself: the store's own files, same device and
+// inode, read-only. Without --containerd-version, the running containerd's Version API or `containerd --version`
+// decides.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { gcRootsDir } from "../../../src/servers/snapshotter/gcroots.js";
+import { defaultMountpointsDir } from "../../../src/servers/snapshotter/mountpoints.js";
 import {
   chainIds,
   layerStorePaths,
@@ -99,11 +103,13 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
     { timeout: 240_000 },
   );
   after(() => stopStackLeavingNoMounts(stack));
+  /** Where the snapshotter mounts its store views. */
+  const viewsDir = (): string => defaultMountpointsDir(stack!.sn.root);
 
   test(
     mountsTargets
       ? "a CRI pull commits the store layers as mountpoints only; ctr run sees the store's files, read-only"
-      : "a CRI pull commits the store layers as hard links (1.6 ignores Mount.target); ctr run works",
+      : "a CRI pull commits the store layers as hard links (auto's choice under 1.6); ctr run works",
     { timeout: 240_000 },
     async () => {
       const s = stack!;
@@ -136,29 +142,35 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
       const hello = `${fx.hello}/bin/hello`;
       const st = statSync(hello);
       const seen = s.run(image.ref, "nixoci-target-2", [bb, "stat", "-L", "-c", "%d %i", hello]);
-      if (mountsTargets) assert.equal(seen, `${st.dev} ${st.ino}\n`, "the store's own file");
-      else assert.match(seen, new RegExp(`^\\d+ ${st.ino}\\n$`), "a hard link to the store's file");
+      // The store's own file (a view, an overlay, shows its own device) or a hard link to it (link mode).
+      assert.match(seen, new RegExp(`^\\d+ ${st.ino}\\n$`));
       assert.equal(
         s.run(image.ref, "nixoci-target-3", [bb, "cat", fx["single-file"]]),
         readFileSync(fx["single-file"], "utf8"),
       );
-      if (mountsTargets) {
-        const touched = s.run(image.ref, "nixoci-target-4", [
-          bb,
-          "sh",
-          "-c",
-          `${bb} touch ${fx.hello}/new 2>&1; echo status=$?`,
-        ]);
-        assert.equal(touched, `touch: ${fx.hello}/new: Read-only file system\nstatus=1\n`);
-      }
-      assert.deepEqual(mountsUnder(s.dir), [], "the snapshotter mounts nothing");
+      // A container's change to a store path goes to its own writable layer, never to the store.
+      const touched = s.run(image.ref, "nixoci-target-4", [
+        bb,
+        "sh",
+        "-c",
+        `echo changed > ${fx.hello}/new && ${bb} cat ${fx.hello}/new`,
+      ]);
+      assert.equal(touched, "changed\n");
+      assert.equal(existsSync(`${fx.hello}/new`), false, "the store is unchanged");
+      assert.deepEqual(mountsUnder(s.dir), [], "the snapshotter mounts nothing under its root");
+      if (mountsTargets)
+        assert.deepEqual(
+          mountsUnder(viewsDir()).map((mp) => mp.replace(/\/v\d+\//, "/vID/")),
+          [join(viewsDir(), "vID/view")],
+          "one store view, the image's",
+        );
       assert.deepEqual(mountsUnder(containerdDir), [], "ctr run --rm unmounted what containerd mounted");
       assert.deepEqual(tempMountLeftovers(), [], "nor is a temporary mount left");
     },
   );
 
   if (mountsTargets)
-    test("ctr snapshots mounts prints the overlay and a read-only bind per store path", async () => {
+    test("ctr snapshots mounts prints one overlay topped by the image's store view", async () => {
       const s = stack!;
       const top = chainIds(image.diffIds).at(-1)!;
       s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "prepare", "nixoci-target-view", top]);
@@ -167,24 +179,19 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
           .ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "mounts", "/mnt", "nixoci-target-view"])
           .trim()
           .split("\n");
+        assert.equal(lines.length, 1, lines.join("\n"));
         assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
-        // The overlay's lower directories: the chain's mountpoints directory (shared by the chain's containers),
-        // then the ordinary layers only.
+        // The overlay's lower directories: the chain's store view (shared by the chain's containers), then the
+        // ordinary layers only.
         const lower = /lowerdir=([^,]+)/.exec(lines[0])![1].split(":");
         const storeLayers = image.layers.filter((l) => layerStorePaths(l).length).length;
         assert.equal(lower.length, 1 + image.layers.length - storeLayers, lines[0]);
-        assert.match(lower[0], /^\/dev\/shm\/nixoci-sn-[0-9a-f]{24}\/\d+$/, "on a tmpfs");
-        const mountpoints = readdirSync(join(lower[0], "nix/store")).sort();
-        const binds = lines.slice(1).sort();
-        // Every store path of the image but a symlink (its layer holds the symlink itself).
-        const want = [...new Set(image.layers.flatMap(layerStorePaths))]
-          .filter((p) => !lstatSync(p).isSymbolicLink())
-          .map((p) => `mount -t bind ${p} /mnt${p} -o ro,rbind`)
-          .sort();
-        assert.deepEqual(binds, want);
-        // One mountpoint (or symlink) per store path of the image.
-        const paths = [...new Set(image.layers.flatMap(layerStorePaths))].map((p) => basename(p)).sort();
-        assert.deepEqual(mountpoints, paths);
+        assert.match(lower[0], /^\/dev\/shm\/nixoci-sn-[0-9a-f]{24}\/v\d+\/view\/root$/, "on a tmpfs");
+        // Exactly the image's store paths, each the store's own (a directory: its files' inodes).
+        const paths = [...new Set(image.layers.flatMap(layerStorePaths))];
+        assert.deepEqual(readdirSync(join(lower[0], "nix/store")).sort(), paths.map((p) => basename(p)).sort());
+        const hello = join(lower[0], fx.hello, "bin/hello");
+        assert.equal(statSync(hello).ino, statSync(`${fx.hello}/bin/hello`).ino);
       } finally {
         s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", "nixoci-target-view"]);
       }
@@ -203,7 +210,7 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
           s.ctr(["task", "exec", "--exec-id", `e${n}`, id, bb, "cat", fx["single-file"]]);
         const want = readFileSync(fx["single-file"], "utf8");
         assert.equal(exec(1), want);
-        assert.ok(mountsUnder(containerdDir).length > 1, "the rootfs and its binds are mounted");
+        assert.equal(mountsUnder(containerdDir).length, 1, "the rootfs is mounted");
 
         await s.restartSnapshotter("SIGKILL");
         assert.equal(exec(2), want);
@@ -239,8 +246,7 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
         assert.deepEqual(await run("hello"), { stdout: "Hello from nixoci!\n", exitCode: 0 });
         const stat = await run("stat", [`${fx.busybox}/bin/busybox`, "stat", "-L", "-c", "%d %i", hello]);
         assert.equal(stat.exitCode, 0);
-        if (mountsTargets) assert.equal(stat.stdout, `${st.dev} ${st.ino}\n`, "the store's own file");
-        else assert.match(stat.stdout, new RegExp(`^\\d+ ${st.ino}\\n$`), "a hard link to the store's file");
+        assert.match(stat.stdout, new RegExp(`^\\d+ ${st.ino}\\n$`), "the store's own file, or a link to it");
         assert.deepEqual(mountsUnder(containerdDir), [], "nothing stays mounted");
         assert.deepEqual(mountsUnder(s.dir), []);
         assert.deepEqual(tempMountLeftovers(), []);
@@ -265,9 +271,92 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
       await untilSnapshotterEmpty(s, () => assert.equal(existsSync(root), false, `${root} is gone`));
       assert.deepEqual(mountsUnder(containerdDir), []);
       assert.deepEqual(mountsUnder(s.dir), []);
+      assert.deepEqual(mountsUnder(viewsDir()), [], "the images' store views went with them");
     },
   );
 });
+
+// --target-mounts binds: the mountpoints directory and one read-only bind per store path with Mount.target.
+if (mountsTargets)
+  describe(`snapshotter target mode with --target-mounts binds under containerd ${release.series}`, () => {
+    let fx: Record<FixtureAttr, string>;
+    let stack: CriStack | undefined;
+    let image: PushedImage;
+    let containerdDir: string;
+
+    before(
+      async () => {
+        fx = buildFixtures();
+        stack = await startCriStack({
+          prefix: "snbinds",
+          snapshotterArgs: ["--store", "/nix/store", "--nix-layers", "target", "--target-mounts", "binds"],
+        });
+        containerdDir = dirname(stack.containerd.root);
+        image = pushNixociImage(stack.registry, {
+          installables: [fx.hello, fx.busybox, fx["single-file"], fx["symlink-path"]],
+          repo: "nixoci/binds",
+          entrypoint: "/bin/hello",
+          workDir: stack.dir,
+        });
+      },
+      { timeout: 240_000 },
+    );
+    after(() => stopStackLeavingNoMounts(stack));
+
+    test("ctr run reads the store's own files, read-only; nothing stays mounted", { timeout: 120_000 }, async () => {
+      const s = stack!;
+      await s.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: 120_000 });
+      assert.equal(s.run(image.ref, "nixoci-binds-1"), "Hello from nixoci!\n");
+      const bb = `${fx.busybox}/bin/busybox`;
+      const hello = `${fx.hello}/bin/hello`;
+      const st = statSync(hello);
+      const seen = s.run(image.ref, "nixoci-binds-2", [bb, "stat", "-L", "-c", "%d %i", hello]);
+      assert.equal(seen, `${st.dev} ${st.ino}\n`, "the store's own file");
+      const touched = s.run(image.ref, "nixoci-binds-3", [
+        bb,
+        "sh",
+        "-c",
+        `${bb} touch ${fx.hello}/new 2>&1; echo status=$?`,
+      ]);
+      assert.equal(touched, `touch: ${fx.hello}/new: Read-only file system\nstatus=1\n`);
+      assert.deepEqual(mountsUnder(s.dir), [], "the snapshotter mounts nothing");
+      assert.deepEqual(mountsUnder(defaultMountpointsDir(s.sn.root)), []);
+      assert.deepEqual(mountsUnder(containerdDir), [], "ctr run --rm unmounted what containerd mounted");
+      assert.deepEqual(tempMountLeftovers(), [], "nor is a temporary mount left");
+    });
+
+    test("ctr snapshots mounts prints the overlay and a read-only bind per store path", async () => {
+      const s = stack!;
+      const top = chainIds(image.diffIds).at(-1)!;
+      s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "prepare", "nixoci-binds-view", top]);
+      try {
+        const lines = s
+          .ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "mounts", "/mnt", "nixoci-binds-view"])
+          .trim()
+          .split("\n");
+        assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
+        // The overlay's lower directories: the chain's mountpoints directory (shared by the chain's containers),
+        // then the ordinary layers only.
+        const lower = /lowerdir=([^,]+)/.exec(lines[0])![1].split(":");
+        const storeLayers = image.layers.filter((l) => layerStorePaths(l).length).length;
+        assert.equal(lower.length, 1 + image.layers.length - storeLayers, lines[0]);
+        assert.match(lower[0], /^\/dev\/shm\/nixoci-sn-[0-9a-f]{24}\/\d+$/, "on a tmpfs");
+        const mountpoints = readdirSync(join(lower[0], "nix/store")).sort();
+        const binds = lines.slice(1).sort();
+        // Every store path of the image but a symlink (its layer holds the symlink itself).
+        const want = [...new Set(image.layers.flatMap(layerStorePaths))]
+          .filter((p) => !lstatSync(p).isSymbolicLink())
+          .map((p) => `mount -t bind ${p} /mnt${p} -o ro,rbind`)
+          .sort();
+        assert.deepEqual(binds, want);
+        // One mountpoint (or symlink) per store path of the image.
+        const paths = [...new Set(image.layers.flatMap(layerStorePaths))].map((p) => basename(p)).sort();
+        assert.deepEqual(mountpoints, paths);
+      } finally {
+        s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", "nixoci-binds-view"]);
+      }
+    });
+  });
 
 // Without --containerd-version, auto asks the node's containerd on the first nix layer: the running containerd's
 // Version API at --containerd-address (here the test's containerd of the release under test), else

@@ -18,9 +18,17 @@ import { makeDirsSync } from "../../../util/fs.js";
  */
 export type MountTargets = boolean | (() => Promise<boolean>);
 
+/**
+ * --target-mounts: how containers above target-mode layers get their store paths: one store view per image
+ * (store-view.ts, any containerd), a read-only bind per path that containerd >= 1.7 mounts, or auto: views
+ * when they work here (probed once, on first need, and logged), else binds.
+ */
+export type TargetMounts = "auto" | "view" | "binds";
+
 export class ModeChooser {
   private metacopyProbe?: Promise<boolean>;
   private mountsTargetsAnswer?: Promise<boolean>;
+  private targetMountsAnswer?: Promise<"view" | "binds">;
 
   constructor(
     private readonly setting: NixLayerMode,
@@ -30,7 +38,24 @@ export class ModeChooser {
     private readonly log?: Logger,
     /** Whether the node's containerd mounts a Mount's target inside the rootfs (>= 1.7). */
     private readonly mountTargets: MountTargets = false,
+    private readonly targetMountsSetting: TargetMounts = "binds",
+    /** Whether store views work here: undefined when they do, else why not (asked once, under auto). */
+    private readonly probeViews: () => Promise<string | undefined> = () => Promise.resolve("not probed"),
   ) {}
+
+  /** How containers above target-mode layers get their paths (see TargetMounts). */
+  targetMounts(): Promise<"view" | "binds"> {
+    const setting = this.targetMountsSetting;
+    this.targetMountsAnswer ??=
+      setting !== "auto"
+        ? Promise.resolve(setting)
+        : this.probeViews().then((error) => {
+            if (error) this.log?.warn("store views unusable; target-mode paths are bind-mounted", { error });
+            else this.log?.info("store views usable: one overlay per image gives containers its store paths");
+            return error ? "binds" : "view";
+          });
+    return this.targetMountsAnswer;
+  }
 
   /** The mode for a new nix layer, or undefined when it cannot be one. */
   async choose(): Promise<LayerMode | undefined> {
@@ -47,12 +72,13 @@ export class ModeChooser {
   }
 
   /**
-   * False when target-mode layers made earlier cannot serve containers any more: auto mode, and the node's
-   * containerd does not mount a mount's target (a downgrade to 1.6, or a node moved to an older containerd).
-   * A forced --nix-layers target is taken at its word.
+   * False when target-mode layers made earlier cannot serve containers any more: auto mode, their paths are to be
+   * bind-mounted (no store views), and the node's containerd does not mount a mount's target (a downgrade to 1.6,
+   * or a node moved to an older containerd). A forced --nix-layers target is taken at its word.
    */
   async targetLayersMountable(): Promise<boolean> {
-    return this.setting !== "auto" || (await this.containerdMountsTargets());
+    if (this.setting !== "auto" || (await this.targetMounts()) === "view") return true;
+    return this.containerdMountsTargets();
   }
 
   private containerdMountsTargets(): Promise<boolean> {

@@ -34,14 +34,15 @@ export function escapeDumpPath(p: string): string {
   return out;
 }
 
-/** The setfattr dump giving each stub its two overlay xattrs. */
+/** The setfattr dump giving each stub its overlay xattrs (a directory's: the redirect alone). */
 export function stubXattrDump(stubs: StubEntry[]): Buffer {
   const parts: string[] = [];
   for (const s of stubs) {
     const redirect = Buffer.from(s.redirect, "utf8").toString("base64");
     // The empty metacopy value as a bare name: attr 2.5.1 drops a "NAME=0s" (empty base64) line in the dump's
     // first entry.
-    parts.push(`# file: ${escapeDumpPath(s.path)}\n${METACOPY_XATTR}\n${REDIRECT_XATTR}=0s${redirect}\n\n`);
+    const metacopy = s.metacopy === false ? "" : `${METACOPY_XATTR}\n`;
+    parts.push(`# file: ${escapeDumpPath(s.path)}\n${metacopy}${REDIRECT_XATTR}=0s${redirect}\n\n`);
   }
   return Buffer.from(parts.join(""), "utf8");
 }
