@@ -8,10 +8,11 @@
 //   - docker-registry 2.8 holding the images, pushed by `node bin/nixoci.js build ... -o docker://HOST/NAME:v1`
 //     (a private --cache-dir); its access log says which blobs each pull fetched;
 //   - `nixoci snapshotter --store /nix/store --log-level warn --containerd-version RELEASE` (auto: target mode
-//     from 1.7 on, link mode under 1.6, where the store and temp dir share a filesystem);
+//     with store views from 1.7 on, link mode under 1.6, where the store and temp dir share a filesystem);
 //   - containerd A: CRI `snapshotter = "nixoci"` (the proxy plugin), `disable_snapshot_annotations = false`;
-//   - from 1.7 on, a second snapshotter with `--nix-layers link` and its containerd A' (CRI `snapshotter =
-//     "nixoci"`): side "nixoci/link", the per-file mode target mode replaces, for comparison;
+//   - from 1.7 on, a second snapshotter and its containerd A' (CRI `snapshotter = "nixoci"`) for comparison:
+//     side "nixoci/binds" (`--nix-layers target --target-mounts binds`: a bind per store path, which views
+//     replace), or with NIXOCI_BENCH_CRI_COMPARE=link side "nixoci/link" (`--nix-layers link`: per-file links);
 //   - containerd B: CRI `snapshotter = "overlayfs"` (containerd's built-in one);
 //   both reaching the registry over plain HTTP through a hosts directory (`registry.config_path`).
 //
@@ -484,10 +485,10 @@ async function benchRelease(
   const { big, small, large } = images;
   const version = versionOf(release);
   let sn: Snapshotter | undefined;
-  let snLink: Snapshotter | undefined;
+  let snCompare: Snapshotter | undefined;
   const sides: Side[] = [];
   try {
-    const snapshotterArgs = (nixLayers: string | undefined): string[] => [
+    const snapshotterArgs = (nixLayers: string | undefined, more: string[] = []): string[] => [
       "--store",
       "/nix/store",
       "--log-level",
@@ -495,20 +496,27 @@ async function benchRelease(
       "--containerd-version",
       release.series,
       ...(nixLayers ? ["--nix-layers", nixLayers] : []),
+      ...more,
     ];
     const nixLayers = process.env.NIXOCI_BENCH_CRI_NIX_LAYERS;
     sn = await startSnapshotter(dir, snapshotterArgs(nixLayers));
     const nixSide = await startSide(release, dir, "nixoci", "nixoci", registry, sn);
     sides.push(nixSide);
     if (release.series !== "1.6" && !nixLayers) {
-      const linkDir = join(dir, "link");
-      fs.mkdirSync(linkDir);
-      snLink = await startSnapshotter(linkDir, snapshotterArgs("link"));
-      sides.push(await startSide(release, linkDir, "nixoci/link", "nixoci", registry, snLink));
+      const compare = process.env.NIXOCI_BENCH_CRI_COMPARE === "link" ? "link" : "binds";
+      const compareDir = join(dir, compare);
+      fs.mkdirSync(compareDir);
+      snCompare = await startSnapshotter(
+        compareDir,
+        compare === "link"
+          ? snapshotterArgs("link")
+          : snapshotterArgs("target", ["--target-mounts", "binds"]),
+      );
+      sides.push(await startSide(release, compareDir, `nixoci/${compare}`, "nixoci", registry, snCompare));
     }
     const overlaySide = await startSide(release, dir, "overlayfs", "overlayfs", registry);
     sides.push(overlaySide);
-    const mode = nixLayers ?? (release.series === "1.6" ? "link" : "target");
+    const mode = nixLayers ?? (release.series === "1.6" ? "link" : "target, views");
     console.log(`\n==== containerd ${version} (the nixoci side: auto's mode, ${mode})`);
 
     // 1. the big image
@@ -589,7 +597,7 @@ async function benchRelease(
       await side.containerd.stop();
     }
     await stopSnapshotter(sn);
-    await stopSnapshotter(snLink);
+    await stopSnapshotter(snCompare);
   }
 }
 

@@ -151,14 +151,21 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     );
   const targetMounts = values["target-mounts"] ?? "auto";
   if (!isTargetMounts(targetMounts))
-    throw new UsageError(`--target-mounts: expected auto, view or binds, not ${JSON.stringify(targetMounts)}`);
+    throw new UsageError(
+      `--target-mounts: expected auto, view or binds, not ${JSON.stringify(targetMounts)}`,
+    );
   if (versionFlag === "k3s")
     throw new UsageError(
       `--containerd-version k3s: only with --print-containerd-config (serving, name k3s's containerd release, ` +
         `or let the snapshotter ask it: --containerd-address /run/k3s/containerd/containerd.sock)`,
     );
   const containerdVersion = versionFlag === undefined ? undefined : containerdVersionOption(versionFlag);
-  if (nixLayers === "target" && targetMounts === "binds" && containerdVersion && !mountsTargets(containerdVersion))
+  if (
+    nixLayers === "target" &&
+    targetMounts === "binds" &&
+    containerdVersion &&
+    !mountsTargets(containerdVersion)
+  )
     throw new UsageError(
       `--nix-layers target --target-mounts binds: containerd ${formatContainerdVersion(containerdVersion)} does not ` +
         `mount a mount's target (from 1.7 on it does); use --target-mounts view, or --nix-layers auto, link or metacopy`,
@@ -287,8 +294,8 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     await sn.unmountStale();
     // GC roots as the metadata says (a predecessor killed mid-change, snapshots removed meanwhile).
     await sn.syncGcRoots();
-    // Mountpoints directories of chains that are gone.
-    await sn.sweepMountpoints();
+    // Mountpoints directories and store views of chains that are gone; views no container uses unmounted.
+    await sn.sweepMountpoints(true);
     running = await serveSnapshots(sn, opts.address, log, metrics);
     if (opts.metricsAddress)
       ops = await serveOps(opts.metricsAddress, {

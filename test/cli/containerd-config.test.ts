@@ -242,11 +242,13 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
       r.stderr,
       "nixoci: --containerd-version 1.5: containerd 1.5 is older than 1.6, the oldest nixoci's snapshotter is tested with\n",
     );
-    // --nix-layers target needs containerd >= 1.7, which mounts a Mount's target inside the rootfs.
+    // Target mode's binds need containerd >= 1.7, which mounts a Mount's target inside the rootfs.
     const t = nixoci([
       "snapshotter",
       "--nix-layers",
       "target",
+      "--target-mounts",
+      "binds",
       "--containerd-version",
       "1.6",
       "--address",
@@ -257,8 +259,11 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
     assert.equal(t.status, 2);
     assert.equal(
       t.stderr,
-      "nixoci: --nix-layers target: containerd 1.6 does not mount a mount's target (from 1.7 on it does); use --nix-layers auto, link or metacopy\n",
+      "nixoci: --nix-layers target --target-mounts binds: containerd 1.6 does not mount a mount's target (from 1.7 on it does); use --target-mounts view, or --nix-layers auto, link or metacopy\n",
     );
+    const m = nixoci(["snapshotter", "--target-mounts", "all", "--address", "/run/x.sock", "--root", "/tmp"]);
+    assert.equal(m.status, 2);
+    assert.equal(m.stderr, 'nixoci: --target-mounts: expected auto, view or binds, not "all"\n');
   });
 
   test("no containerd at --containerd-address nor on PATH, no --containerd-version: exit 1, saying which flag names it", () => {

@@ -239,6 +239,22 @@ export class MetadataStore {
     return new Set((this.sql(`SELECT id FROM snapshots`).all() as { id: number }[]).map((r) => r.id));
   }
 
+  /** Whether snapshot `id` has an active or view child (a container's root, a view). */
+  hasOpenChild(id: number): boolean {
+    return (
+      this.sql(`SELECT 1 FROM snapshots WHERE parent_id = ? AND kind != 'committed' LIMIT 1`).get(id) !==
+      undefined
+    );
+  }
+
+  /** The ids of the snapshots that have an active or view child. */
+  withOpenChildren(): Set<number> {
+    const rows = this.sql(
+      `SELECT DISTINCT parent_id AS id FROM snapshots WHERE kind != 'committed' AND parent_id IS NOT NULL`,
+    ).all() as { id: number }[];
+    return new Set(rows.map((r) => r.id));
+  }
+
   /** Adds an active or view snapshot; the parent, if any, must be committed. Call inside a transaction. */
   create(
     kind: "active" | "view",

@@ -1,8 +1,10 @@
 // Where target mode's mountpoints directories and store views live (nix-layer-modes/target.ts, store-view.ts,
 // nix-layers.ts): one per committed chain that containers or views were mounted above, the top lower directory
 // of their overlays: with --target-mounts binds, <id>/ holds an empty mountpoint per store path of the chain's
-// target-mode layers; with views, v<id>/ holds the view's tree and its mount point, view/, where the view stays
-// mounted until the chain's top snapshot is removed (or a sweep finds it gone). They are derived data, remade on first
+// target-mode layers; with views, v<id>/ holds the view's tree and its mount point, view/, where the view is
+// mounted while the chain has containers or views (it holds the store's filesystem, which an admin may want to
+// unmount and attach again, as a shared store is refreshed), and the tree stays until the chain's top snapshot
+// is removed (or a sweep finds it gone). They are derived data, remade on first
 // need (after a reboot too), and made of nothing but directory entries, which on a disk filesystem cost a journal
 // update each (about 0.2 ms a mkdir on the machines measured, 6 us on tmpfs: 0.4 s against 12 ms for an image of
 // 2,000 paths). So by default they go on a tmpfs: /dev/shm/nixoci-sn-<instance> (the instance as for GC roots:
@@ -161,6 +163,15 @@ export class MountpointDirs {
     return probeStoreViews(this.dir, upperParent);
   }
 
+  /**
+   * Unmounts the chain's view, keeping its tree (the chain has no container left). Queued behind any view being
+   * made, and ahead of any asked for after this call.
+   */
+  unmountView(id: number): Promise<void> {
+    const at = join(this.viewDir(id), "view");
+    return this.viewLock.run(() => unmountAll(at));
+  }
+
   /** Removes the chain's directory and view (its top snapshot is gone); a view that will not unmount stays. */
   async remove(id: number): Promise<void> {
     rmSync(this.path(id), { recursive: true, force: true });
@@ -185,13 +196,19 @@ export class MountpointDirs {
     }
   }
 
-  /** Removes every directory and view but those of `keep` (startup, Cleanup). Returns the names removed. */
-  async sweep(keep: Set<number>): Promise<string[]> {
+  /**
+   * Removes every directory and view but those of `keep` (startup, Cleanup), and unmounts the views of those not
+   * in `open` (chains with no container left; all kept mounted when it is not given). Returns the names removed.
+   */
+  async sweep(keep: Set<number>, open?: Set<number>): Promise<string[]> {
     const removed: string[] = [];
     if (!existsSync(this.dir)) return removed;
     for (const name of readdirSync(this.dir)) {
       const id = /^v?(\d+)$/.exec(name)?.[1];
-      if (id !== undefined && keep.has(Number(id))) continue;
+      if (id !== undefined && keep.has(Number(id))) {
+        if (open && name.startsWith("v") && !open.has(Number(id))) await this.unmountView(Number(id));
+        continue;
+      }
       await this.removeView(join(this.dir, name)); // anything here may hold a mount (a view, a probe's)
       removed.push(name);
     }

@@ -252,23 +252,34 @@ export class NixSnapshotter extends OverlaySnapshotter {
       if (await this.tryNixLayer(ref, parent, labels, paths))
         throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(ref)} already exists`);
     }
-    if (!isUnpackKey(key, labels)) await this.readyTargets(key, parent);
-    const mounts = await super.prepare(key, parent, labels);
+    const done = isUnpackKey(key, labels) ? undefined : await this.readyTargets(key, parent);
+    let mounts: Mount[];
+    try {
+      mounts = await super.prepare(key, parent, labels);
+    } finally {
+      done?.();
+    }
     // The unpacker applies a layer's diff to the plain overlay; containers get the composed root.
     const rec = this.metadata.mustGet(key);
     return isUnpack(rec) ? mounts : this.composedMounts(rec, mounts);
   }
 
   override async view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
-    await this.readyTargets(key, parent);
-    const mounts = await super.view(key, parent, labels);
+    const done = await this.readyTargets(key, parent);
+    let mounts: Mount[];
+    try {
+      mounts = await super.view(key, parent, labels);
+    } finally {
+      done?.();
+    }
     return this.composedMounts(this.metadata.mustGet(key), mounts);
   }
 
   override async mounts(key: string): Promise<Mount[]> {
     const rec = this.metadata.mustGet(key);
     if (isUnpack(rec)) return this.mountsOf(rec);
-    if (rec.parentId !== undefined) await this.readyTargets(key, this.metadata.getById(rec.parentId)?.key ?? "");
+    if (rec.parentId !== undefined)
+      (await this.readyTargets(key, this.metadata.getById(rec.parentId)?.key ?? ""))?.();
     return this.composedMounts(rec, this.mountsOf(rec));
   }
 
@@ -278,11 +289,14 @@ export class NixSnapshotter extends OverlaySnapshotter {
       await this.compositions.release(rec);
       const roots = this.metadata.gcRootsOf(rec.id);
       await super.remove(key);
+      if (rec.kind !== "committed" && rec.parentId !== undefined) await this.releaseView(rec.parentId, key);
       this.nixLayerRows.delete(rec.id);
       this.chainTargets.delete(rec.id);
-      await this.mountpoints.remove(rec.id).catch((err: Error) =>
-        this.log?.warn("store view left mounted", { snapshot: key, error: err.message }),
-      );
+      await this.mountpoints
+        .remove(rec.id)
+        .catch((err: Error) =>
+          this.log?.warn("store view left mounted", { snapshot: key, error: err.message }),
+        );
       if (roots.length)
         await this.lock.run(() => {
           for (const name of roots) {
@@ -329,11 +343,24 @@ export class NixSnapshotter extends OverlaySnapshotter {
    * than 1.7: a downgrade, or a root moved to another node; 1.6 would stack the binds on the rootfs itself), so
    * a refusal leaves nothing behind.
    */
-  private async readyTargets(key: string, parent: string): Promise<void> {
+  private async readyTargets(key: string, parent: string): Promise<(() => void) | undefined> {
     const top = parent ? this.metadata.get(parent) : undefined;
-    if (!top || top.kind !== "committed") return; // the Prepare itself says what is wrong
+    if (!top || top.kind !== "committed") return undefined; // the Prepare itself says what is wrong
     const chain = this.targetsOf(top, () => [top, ...this.metadata.ancestors(top)]);
-    if (!chain || chain.lowerTop) return;
+    if (!chain) return undefined;
+    // Until the caller's snapshot is recorded (done), releaseView must not take the chain's view away.
+    chain.pending++;
+    const done = (): void => void chain.pending--;
+    try {
+      if (!chain.lowerTop) await this.readyChain(key, top, chain);
+    } catch (err) {
+      done();
+      throw err;
+    }
+    return done;
+  }
+
+  private async readyChain(key: string, top: SnapshotRecord, chain: ChainTargets): Promise<void> {
     if (!(await this.modes.targetLayersMountable()))
       throw new SnapshotError(
         "failed-precondition",
@@ -343,8 +370,14 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const start = performance.now();
     const entries = chain.paths.map((p) => this.storeEntry(p));
     if ((await this.modes.targetMounts()) === "view") {
-      const lowerTop = await this.mountpoints.makeView(top.id, this.store.storeDir, this.store.realDir, entries);
+      const lowerTop = await this.mountpoints.makeView(
+        top.id,
+        this.store.storeDir,
+        this.store.realDir,
+        entries,
+      );
       chain.binds = [];
+      chain.view = true;
       chain.lowerTop = lowerTop;
     } else {
       chain.binds = targetBinds(this.store, chain.paths);
@@ -356,6 +389,22 @@ export class NixSnapshotter extends OverlaySnapshotter {
       view: !chain.binds.length,
       ms: Math.round(performance.now() - start),
     });
+  }
+
+  /**
+   * Unmounts the store view of the chain whose top is `topId` when its last container or view (`key`, just
+   * removed) is gone: a view holds the store's filesystem, so with no container a node's admin can unmount the
+   * store (a shared store attached again). Its tree stays; the next container mounts it again.
+   */
+  private async releaseView(topId: number, key: string): Promise<void> {
+    const chain = this.chainTargets.get(topId);
+    if (!chain?.view || !chain.lowerTop || chain.pending || this.metadata.hasOpenChild(topId)) return;
+    chain.lowerTop = undefined; // before any await: a container readied from now on mounts it again
+    await this.mountpoints
+      .unmountView(topId)
+      .catch((err: Error) =>
+        this.log?.warn("store view left mounted", { snapshot: key, error: err.message }),
+      );
   }
 
   /** Valid store paths only, each parsed against the store's logical directory. */
@@ -591,15 +640,21 @@ export class NixSnapshotter extends OverlaySnapshotter {
         layerIds.add(p.id);
         for (const path of layer.paths) paths.add(path);
       }
-      chain = layerIds.size ? { layerIds, paths: [...paths], binds: [] } : null;
+      chain = layerIds.size ? { layerIds, paths: [...paths], binds: [], view: false, pending: 0 } : null;
       this.chainTargets.set(top.id, chain);
     }
     return chain;
   }
 
-  /** Removes mountpoints directories whose chain top is gone (startup, Cleanup). Returns the names removed. */
-  sweepMountpoints(): Promise<string[]> {
-    return this.lock.run(() => this.mountpoints.sweep(this.metadata.ids()));
+  /**
+   * Removes mountpoints directories and store views whose chain top is gone (startup, Cleanup); at startup
+   * (`unmountIdle`, before serving: no call is under way) also unmounts the views of chains with no container
+   * left (a predecessor killed before it could). Returns the names removed.
+   */
+  sweepMountpoints(unmountIdle = false): Promise<string[]> {
+    return this.lock.run(() =>
+      this.mountpoints.sweep(this.metadata.ids(), unmountIdle ? this.metadata.withOpenChildren() : undefined),
+    );
   }
 
   /**
@@ -619,7 +674,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
       relative,
     );
     if (unpack) return rest.length ? rest : super.lowerDirs(rec, parents.slice(0, 1), relative);
-    if (!chain.lowerTop) throw new Error(`snapshot ${JSON.stringify(rec.key)}: its chain's store paths are not ready`);
+    if (!chain.lowerTop)
+      throw new Error(`snapshot ${JSON.stringify(rec.key)}: its chain's store paths are not ready`);
     return [rel(chain.lowerTop), ...rest];
   }
 
@@ -649,4 +705,8 @@ interface ChainTargets {
   binds: Mount[];
   /** The top lower directory of the chain's containers, once ready: its store view's root, or mountpoints. */
   lowerTop?: string;
+  /** Whether containers get the paths through the chain's store view (else binds). */
+  view: boolean;
+  /** Containers and views being made above the chain (readyTargets to their record). */
+  pending: number;
 }

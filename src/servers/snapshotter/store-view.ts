@@ -70,7 +70,8 @@ export async function buildViewTree(tree: string, storeDir: string, paths: ViewE
       truncateSync(target, st.size); // sparse: the size stat shows; the data is the store's
     } else throw new Error(`${p.real}: not a directory, a file or a symlink`);
     // The entry's metadata is what the view shows (a redirected directory's own stays in the tree).
-    if (uid !== undefined && (st.uid !== uid || st.gid !== process.getgid?.())) lchownSync(target, st.uid, st.gid);
+    if (uid !== undefined && (st.uid !== uid || st.gid !== process.getgid?.()))
+      lchownSync(target, st.uid, st.gid);
     utimesSync(target, st.atime, st.mtime);
     stubs.push({ path: join(rel, p.baseName), redirect: `/${p.baseName}`, metacopy: !st.isDirectory() });
   }
@@ -81,7 +82,9 @@ export async function buildViewTree(tree: string, storeDir: string, paths: ViewE
 export function viewMountOptions(tree: string, storeRealDir: string): string {
   for (const dir of [tree, storeRealDir])
     if (/[,:\\\s]/.test(dir))
-      throw new Error(`${dir}: an overlay lower directory cannot have a comma, colon, backslash or space in it`);
+      throw new Error(
+        `${dir}: an overlay lower directory cannot have a comma, colon, backslash or space in it`,
+      );
   return ["ro", `lowerdir=${tree}:${storeRealDir}`, ...METACOPY_OPTIONS].join(",");
 }
 
@@ -121,7 +124,8 @@ export async function probeStoreViews(viewsDir: string, upperParent: string): Pr
     const options = [`lowerdir=${join(at, VIEW_ROOT)}`, `upperdir=${upper}/fs`, `workdir=${upper}/work`];
     await mount(["-t", "overlay", "overlay", "-o", options.join(","), join(upper, "mnt")]);
     const read = (p: string): string => readFileSync(join(upper, "mnt/nix/store", p), "utf8");
-    if (read("d/f") !== content || read("s") !== content) return "a store file read back wrong through a view";
+    if (read("d/f") !== content || read("s") !== content)
+      return "a store file read back wrong through a view";
     return undefined;
   } catch (err) {
     return (err as Error).message;

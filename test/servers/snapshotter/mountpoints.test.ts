@@ -2,8 +2,8 @@
 // directory only this user may use (a symlink or a shared directory planted there is refused with one line
 // naming it); a chain's directory holds an empty mountpoint per store path, is made once, and is swept when its
 // chain is gone. A chain's store view (store-view.ts) shows exactly its store paths with the store's own files,
-// metadata and inode numbers, and nothing else of the store; it is mounted once, unmounted and removed with its
-// chain or by a sweep.
+// metadata and inode numbers, and nothing else of the store; it is mounted once, unmounted when its chain has no
+// container (its tree kept, mounted again from it), and removed with its chain or by a sweep.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -120,16 +120,25 @@ test("a chain's store view: its paths only, the store's files and metadata; unmo
     const hello = join(store, basename(fx.hello), "bin/hello");
     assert.equal(lstatSync(hello).ino, lstatSync(join(fx.hello, "bin/hello")).ino, "the store's own file");
     assert.ok(readFileSync(hello).equals(readFileSync(join(fx.hello, "bin/hello"))));
-    assert.equal(readFileSync(join(store, basename(fx["single-file"])), "utf8"), readFileSync(fx["single-file"], "utf8"));
+    assert.equal(
+      readFileSync(join(store, basename(fx["single-file"])), "utf8"),
+      readFileSync(fx["single-file"], "utf8"),
+    );
     assert.equal(readlinkSync(join(store, basename(fx["symlink-path"]))), readlinkSync(fx["symlink-path"]));
     assert.throws(() => writeFileSync(join(store, basename(fx.hello), "new"), "x"), { code: "EROFS" });
     // Made once: a second call finds it mounted; a snapshotter restarted finds it too.
     assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
     assert.equal(await new MountpointDirs(dirs.dir).makeView(7, "nix/store", "/nix/store", paths), lower);
     assert.equal(mountPointsUnder(dirs.dir).length, 1);
-    // Unmounted (say, by a reboot): mounted again from its tree.
-    await dirs.sweep(new Set([7])); // kept
-    execFileSync("umount", [join(dirs.dir, "v7/view")]);
+    // A chain with no container left: unmounted, its tree kept; mounted again from it.
+    await dirs.sweep(new Set([7]), new Set([7])); // kept, mounted
+    assert.equal(mountPointsUnder(dirs.dir).length, 1);
+    await dirs.sweep(new Set([7]), new Set());
+    assert.deepEqual(mountPointsUnder(dirs.dir), []);
+    assert.ok(existsSync(join(dirs.dir, "v7/tree")));
+    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
+    await dirs.unmountView(7);
+    assert.deepEqual(mountPointsUnder(dirs.dir), []);
     assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
     assert.equal(readdirSync(store).length, paths.length);
     await dirs.makeView(8, "nix/store", "/nix/store", paths.slice(0, 1));

@@ -1,9 +1,11 @@
 // Target-mode layers on a node whose containerd no longer mounts a mount's target (auto mode: a downgrade to 1.6,
-// or a snapshotter root moved to such a node): containerd 1.6 would stack the store paths' binds on the rootfs
-// itself, so a container or view above such layers is refused with FAILED_PRECONDITION and one line saying what
-// to do, and nothing is left behind; the unpacker's Prepares above them still work (images keep unpacking), and
-// with the node back on 1.7+ the same chain serves containers again. The snapshotter is told the release with
-// --containerd-version (what it would learn from containerd's Version API); gRPC calls as containerd makes them.
+// or a snapshotter root moved to such a node). With --target-mounts binds, containerd 1.6 would stack the store
+// paths' binds on the rootfs itself, so a container or view above such layers is refused with
+// FAILED_PRECONDITION and one line saying what to do, and nothing is left behind; the unpacker's Prepares above
+// them still work (images keep unpacking), and with the node back on 1.7+ the same chain serves containers again.
+// With store views (the default) 1.6 serves them: one overlay, no Mount.target. The snapshotter is told the
+// release with --containerd-version (what it would learn from containerd's Version API); gRPC calls as
+// containerd makes them.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -23,15 +25,22 @@ import {
 } from "../../support/snapshotter.js";
 import { mountsUnder } from "../../support/daemons.js";
 
-test("after a downgrade to containerd 1.6, containers above target layers are refused; 1.7 again serves them", async () => {
+test("after a downgrade to containerd 1.6, containers above target layers are refused with binds, served with views; 1.7 again serves them", async () => {
   const fx = buildFixtures();
   const dir = shortTempDir("sndown");
   let sn: Snapshotter | undefined;
   let client: Client | undefined;
-  const start = async (release: string): Promise<void> => {
+  const start = async (release: string, targetMounts = "binds"): Promise<void> => {
     client?.close();
     await stopSnapshotter(sn);
-    sn = await startSnapshotter(dir, ["--store", "/nix/store", "--containerd-version", release]);
+    sn = await startSnapshotter(dir, [
+      "--store",
+      "/nix/store",
+      "--containerd-version",
+      release,
+      "--target-mounts",
+      targetMounts,
+    ]);
     client = snapshotsClient(sn.socket) as Client;
   };
   try {
@@ -71,6 +80,21 @@ test("after a downgrade to containerd 1.6, containers above target layers are re
     });
     assert.equal(up.err, undefined, up.details);
     assert.equal((await rpc(client!, "Remove", { key: "extract-1 l2" })).err, undefined);
+
+    await start("1.6", "auto");
+    const c4 = await rpc(client!, "Prepare", { key: "c4", parent: "l1" });
+    assert.equal(c4.err, undefined, c4.details);
+    const viewMounts = c4.mounts as { type: string; target?: string; options: string[] }[];
+    assert.deepEqual(
+      viewMounts.map((m) => [m.type, m.target ?? ""]),
+      [["overlay", ""]],
+      "views: one overlay, nothing for Mount.target",
+    );
+    assert.match(
+      viewMounts[0].options.join(","),
+      /lowerdir=\/dev\/shm\/nixoci-sn-[0-9a-f]+\/v\d+\/view\/root(?:[:,]|$)/,
+    );
+    assert.equal((await rpc(client!, "Remove", { key: "c4" })).err, undefined);
 
     await start("1.7");
     const c3 = await rpc(client!, "Prepare", { key: "c3", parent: "l1" });
