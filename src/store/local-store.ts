@@ -57,6 +57,16 @@ export class LocalStore implements Store {
     }
   }
 
+  /**
+   * Whether `path` is valid here (registered, and on disk), as queryPathInfo would answer, without reading its
+   * path info: the snapshotter asks it of every store path of every layer it is offered.
+   */
+  isValidPath(path: string): boolean {
+    parseStorePath(path, this.storeDir);
+    const registered = this.nixDb?.isValid(path) || this.sidecar.queryPathInfo(path) !== undefined;
+    return registered && this.exists(path);
+  }
+
   async queryPathInfo(path: string): Promise<PathInfo | undefined> {
     parseStorePath(path, this.storeDir);
     const info = this.nixDb?.queryPathInfo(path) ?? this.sidecar.queryPathInfo(path);

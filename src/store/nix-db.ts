@@ -27,6 +27,7 @@ interface ValidPathRow {
 interface Reader {
   db: Database.Database;
   byPath: Database.Statement<[string], ValidPathRow>;
+  valid: Database.Statement<[string], { id: number }>;
   refs: Database.Statement<[number], { path: string }>;
   closureOf: Database.Statement<[string], { path: string }>;
   /** For a copy in memory (see snapshot): the database file as it was copied, to notice a change. */
@@ -138,6 +139,11 @@ export class NixDb {
     return next;
   }
 
+  /** Whether `path` is registered valid: one indexed look-up, no path info read. */
+  isValid(path: string): boolean {
+    return this.current().valid.get(path) !== undefined;
+  }
+
   queryPathInfo(path: string): PathInfo | undefined {
     const reader = this.current();
     const row = reader.byPath.get(path);
@@ -222,6 +228,7 @@ function prepare(db: Database.Database): Reader {
   return {
     db,
     byPath: db.prepare("select * from ValidPaths where path = ?"),
+    valid: db.prepare("select id from ValidPaths where path = ?"),
     refs: db.prepare(
       "select v.path as path from Refs r join ValidPaths v on r.reference = v.id where r.referrer = ?",
     ),

@@ -141,20 +141,28 @@ export class MountpointDirs {
     const at = join(dest, "view");
     return this.viewLock.run(async () => {
       if (viewMounted(at)) return join(at, VIEW_ROOT);
-      if (!lstatExists(dest)) {
-        this.ensure();
-        const tmp = mkdtempSync(join(this.dir, "new-"));
-        try {
-          await buildViewTree(join(tmp, "tree"), storeDir, paths);
-          mkdirSync(join(tmp, "view"));
-          renameSync(tmp, dest);
-        } finally {
-          rmSync(tmp, { recursive: true, force: true });
-        }
-      }
+      await this.buildView(dest, storeDir, paths);
       await mountView(join(dest, "tree"), storeRealDir, at);
       return join(at, VIEW_ROOT);
     });
+  }
+
+  /** Builds the chain's view (its tree) unless it is there, without mounting it: ahead of its first container. */
+  prebuildView(id: number, storeDir: string, paths: ViewEntry[]): Promise<void> {
+    return this.viewLock.run(() => this.buildView(this.viewDir(id), storeDir, paths));
+  }
+
+  private async buildView(dest: string, storeDir: string, paths: ViewEntry[]): Promise<void> {
+    if (lstatExists(dest)) return;
+    this.ensure();
+    const tmp = mkdtempSync(join(this.dir, "new-"));
+    try {
+      await buildViewTree(join(tmp, "tree"), storeDir, paths);
+      mkdirSync(join(tmp, "view"));
+      renameSync(tmp, dest);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   }
 
   /** Whether views work here (store-view.ts probeStoreViews; `upperParent`: where upper directories go). */

@@ -33,9 +33,8 @@ import {
 } from "node:fs";
 import { join, relative } from "node:path";
 import { makeDirsSync } from "../../util/fs.js";
-import type { StubEntry } from "./layer-tree.js";
 import { mount, mountPointsUnder, unmountAll } from "./mounts.js";
-import { METACOPY_OPTIONS, setStubXattrs } from "./nix-layer-modes/metacopy.js";
+import { METACOPY_OPTIONS, StubXattrWriter } from "./nix-layer-modes/metacopy.js";
 
 /** The directory inside a mounted view that containers take as their top lower directory. */
 export const VIEW_ROOT = "root";
@@ -55,27 +54,41 @@ export async function buildViewTree(tree: string, storeDir: string, paths: ViewE
   makeDirsSync(store, 0o755);
   const rel = relative(tree, store);
   const uid = process.getuid?.();
-  const stubs: StubEntry[] = [];
-  for (const p of paths) {
-    const st = lstatSync(p.real);
-    const target = join(store, p.baseName);
-    if (st.isSymbolicLink()) {
-      symlinkSync(readlinkSync(p.real), target);
-      lutimesSync(target, st.atime, st.mtime);
-      continue;
-    }
-    if (st.isDirectory()) mkdirSync(target, { mode: st.mode & 0o7777 });
-    else if (st.isFile()) {
-      writeFileSync(target, "", { mode: st.mode & 0o7777 });
-      truncateSync(target, st.size); // sparse: the size stat shows; the data is the store's
-    } else throw new Error(`${p.real}: not a directory, a file or a symlink`);
-    // The entry's metadata is what the view shows (a redirected directory's own stays in the tree).
-    if (uid !== undefined && (st.uid !== uid || st.gid !== process.getgid?.()))
-      lchownSync(target, st.uid, st.gid);
-    utimesSync(target, st.atime, st.mtime);
-    stubs.push({ path: join(rel, p.baseName), redirect: `/${p.baseName}`, metacopy: !st.isDirectory() });
+  const xattrs = new StubXattrWriter(tree); // works while the entries are made
+  try {
+    for (const p of paths) addViewEntry(p, store, rel, uid, xattrs);
+  } catch (err) {
+    await xattrs.end().catch(() => undefined); // the entry's failure is the one reported
+    throw err;
   }
-  await setStubXattrs(tree, stubs);
+  await xattrs.end();
+}
+
+/** Makes the tree's entry for `p` in `store` (see buildViewTree) and hands its xattrs to `xattrs`. */
+function addViewEntry(
+  p: ViewEntry,
+  store: string,
+  rel: string,
+  uid: number | undefined,
+  xattrs: StubXattrWriter,
+): void {
+  const st = lstatSync(p.real);
+  const target = join(store, p.baseName);
+  if (st.isSymbolicLink()) {
+    symlinkSync(readlinkSync(p.real), target);
+    lutimesSync(target, st.atime, st.mtime);
+    return;
+  }
+  if (st.isDirectory()) mkdirSync(target, { mode: st.mode & 0o7777 });
+  else if (st.isFile()) {
+    writeFileSync(target, "", { mode: st.mode & 0o7777 });
+    truncateSync(target, st.size); // sparse: the size stat shows; the data is the store's
+  } else throw new Error(`${p.real}: not a directory, a file or a symlink`);
+  // The entry's metadata is what the view shows (a redirected directory's own stays in the tree).
+  if (uid !== undefined && (st.uid !== uid || st.gid !== process.getgid?.()))
+    lchownSync(target, st.uid, st.gid);
+  utimesSync(target, st.atime, st.mtime);
+  xattrs.add({ path: join(rel, p.baseName), redirect: `/${p.baseName}`, metacopy: !st.isDirectory() });
 }
 
 /** The options of a view's overlay: the tree above the store, read-only, redirects and metacopy followed. */

@@ -63,7 +63,12 @@ export class ModeChooser {
     try {
       // A store directory that does not exist yet (an empty chroot store) is made, as substitution would.
       makeDirsSync(this.store.realDir);
-      if (await this.containerdMountsTargets()) return layerMode("target");
+      if (await this.containerdMountsTargets()) {
+        // How containers will get the paths: probed now, in the background, so that the image's first container
+        // finds the answer (the probe mounts twice: a few hundred ms).
+        void this.targetMounts();
+        return layerMode("target");
+      }
       if (statSync(this.store.realDir).dev === statSync(this.snapshotsDir).dev) return layerMode("link");
     } catch {
       return undefined;

@@ -26,6 +26,7 @@ export const METACOPY_OPTIONS = ["metacopy=on", "redirect_dir=on"];
 
 /** `p` as setfattr reads it back from a `# file:` line. */
 export function escapeDumpPath(p: string): string {
+  if (/^[\x21-\x5b\x5d-\x7e]*$/.test(p)) return p; // printable ASCII but the backslash: as it is (store paths)
   let out = "";
   for (const b of Buffer.from(p, "utf8")) {
     out +=
@@ -34,33 +35,72 @@ export function escapeDumpPath(p: string): string {
   return out;
 }
 
+/** One stub's entry in setfattr's dump. */
+function stubDumpEntry(s: StubEntry): string {
+  const redirect = Buffer.from(s.redirect, "utf8").toString("base64");
+  // The empty metacopy value as a bare name: attr 2.5.1 drops a "NAME=0s" (empty base64) line in the dump's
+  // first entry.
+  const metacopy = s.metacopy === false ? "" : `${METACOPY_XATTR}\n`;
+  return `# file: ${escapeDumpPath(s.path)}\n${metacopy}${REDIRECT_XATTR}=0s${redirect}\n\n`;
+}
+
 /** The setfattr dump giving each stub its overlay xattrs (a directory's: the redirect alone). */
 export function stubXattrDump(stubs: StubEntry[]): Buffer {
-  const parts: string[] = [];
-  for (const s of stubs) {
-    const redirect = Buffer.from(s.redirect, "utf8").toString("base64");
-    // The empty metacopy value as a bare name: attr 2.5.1 drops a "NAME=0s" (empty base64) line in the dump's
-    // first entry.
-    const metacopy = s.metacopy === false ? "" : `${METACOPY_XATTR}\n`;
-    parts.push(`# file: ${escapeDumpPath(s.path)}\n${metacopy}${REDIRECT_XATTR}=0s${redirect}\n\n`);
+  return Buffer.from(stubs.map(stubDumpEntry).join(""), "utf8");
+}
+
+/**
+ * One setfattr process setting stubs' xattrs as they are added (paths relative to `cwd`), started at once so
+ * that it works on the other core while the caller makes the next stubs: add() a stub once it exists, then
+ * end() (rejects with setfattr's message if it failed).
+ */
+export class StubXattrWriter {
+  private readonly exited: Promise<void>;
+  private readonly child: ReturnType<typeof execFile>;
+  private pending: string[] = [];
+  private count = 0;
+
+  constructor(cwd: string) {
+    let child!: ReturnType<typeof execFile>;
+    this.exited = new Promise((resolve, reject) => {
+      child = execFile(
+        "setfattr",
+        ["--restore=-"],
+        { cwd, timeout: 300_000, maxBuffer: 16 << 20 },
+        (err, _o, stderr) =>
+          err ? reject(new Error(`setfattr --restore: ${String(stderr).trim() || err.message}`)) : resolve(),
+      );
+    });
+    this.exited.catch(() => undefined); // reported by end()
+    this.child = child;
+    this.child.stdin?.on("error", () => undefined); // an early exit is reported by end()
   }
-  return Buffer.from(parts.join(""), "utf8");
+
+  add(stub: StubEntry): void {
+    this.pending.push(stubDumpEntry(stub));
+    this.count++;
+    if (this.pending.length >= 64) this.flush();
+  }
+
+  private flush(): void {
+    if (this.pending.length) this.child.stdin?.write(this.pending.join(""));
+    this.pending = [];
+  }
+
+  /** Ends the dump and waits for setfattr (nothing added: it exits at once). */
+  end(): Promise<void> {
+    this.flush();
+    this.child.stdin?.end();
+    return this.exited;
+  }
 }
 
 /** Sets the stubs' xattrs in one setfattr process; stub paths are relative to `cwd`. */
 export function setStubXattrs(cwd: string, stubs: StubEntry[]): Promise<void> {
   if (!stubs.length) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      "setfattr",
-      ["--restore=-"],
-      { cwd, timeout: 300_000, maxBuffer: 16 << 20 },
-      (err, _o, stderr) =>
-        err ? reject(new Error(`setfattr --restore: ${String(stderr).trim() || err.message}`)) : resolve(),
-    );
-    child.stdin?.on("error", () => undefined); // an early exit is reported by the callback
-    child.stdin?.end(stubXattrDump(stubs));
-  });
+  const writer = new StubXattrWriter(cwd);
+  for (const s of stubs) writer.add(s);
+  return writer.end();
 }
 
 /**
