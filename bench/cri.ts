@@ -68,7 +68,7 @@ const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 
 const RUNS_OVERRIDE = Number(process.env.NIXOCI_BENCH_CRI_RUNS) || undefined;
 const RUNS = RUNS_OVERRIDE ?? 5;
-const PATH_RUNS = RUNS_OVERRIDE ?? 3;
+const PATH_RUNS = RUNS_OVERRIDE ?? 5;
 /** Small store paths in the two many-paths images (their closures add `top`, and hello's 3 paths). */
 const FEW_PATHS = 96;
 const MANY_PATHS = 2096;

@@ -58,13 +58,14 @@ export class LocalStore implements Store {
   }
 
   /**
-   * Whether `path` is valid here (registered, and on disk), as queryPathInfo would answer, without reading its
-   * path info: the snapshotter asks it of every store path of every layer it is offered.
+   * Which of `paths` are valid here (registered, and on disk), as queryPathInfo would answer, without reading
+   * their path infos: the snapshotter asks it of every store path of every layer it is offered.
    */
-  isValidPath(path: string): boolean {
-    parseStorePath(path, this.storeDir);
-    const registered = this.nixDb?.isValid(path) || this.sidecar.queryPathInfo(path) !== undefined;
-    return registered && this.exists(path);
+  validPaths(paths: string[]): Set<string> {
+    for (const p of paths) parseStorePath(p, this.storeDir);
+    const inDb = this.nixDb?.validOf(paths) ?? new Set<string>();
+    const registered = (p: string): boolean => inDb.has(p) || this.sidecar.queryPathInfo(p) !== undefined;
+    return new Set(paths.filter((p) => registered(p) && this.exists(p)));
   }
 
   async queryPathInfo(path: string): Promise<PathInfo | undefined> {

@@ -251,11 +251,10 @@ export class NixSnapshotter extends OverlaySnapshotter {
   override async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
     const ref = labels[REF_LABEL];
     const paths = storePathsFromAnnotations(labels);
+    if (isUnpackKey(key, labels)) clearTimeout(this.prebuildTimer); // another layer: the chain grows
     if (ref && paths.length) {
-      if (await this.tryNixLayer(ref, parent, labels, paths)) {
-        this.prebuildSoon(ref);
+      if (await this.tryNixLayer(ref, parent, labels, paths))
         throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(ref)} already exists`);
-      }
     }
     const done = isUnpackKey(key, labels) ? undefined : await this.readyTargets(key, parent);
     let mounts: Mount[];
@@ -294,11 +293,12 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * Builds the store view's tree of the chain whose top is `name` (just committed) ahead of its first container,
-   * unless another layer comes on top within PREBUILD_DELAY_MS: a pull commits its layers one after the other, so
-   * what is built is the image's whole chain, while containerd finishes the pull and the runtime asks for a
-   * container (the tree of 2,000 paths: about 50 ms). Mounting waits for that container. Best effort: failures
-   * are logged at debug; the container's Prepare builds what is missing.
+   * Builds the store view's tree of the chain whose top is `name` (an ordinary layer just committed: typically
+   * the image's last, its customisation layer, above its nix layers) ahead of its first container, unless
+   * another layer is prepared within PREBUILD_DELAY_MS: so it is built while containerd finishes the pull and the
+   * runtime asks for a container (the tree of 2,000 paths: about 50 ms), once. (Not after nix layers: they come
+   * one after the other, at uneven pace, and a tree built for a chain that grows is wasted.) Mounting waits for
+   * that container. Best effort: failures are logged at debug; the container's Prepare builds what is missing.
    */
   private prebuildSoon(name: string): void {
     clearTimeout(this.prebuildTimer);
@@ -461,7 +461,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   private missing(paths: string[]): string[] {
-    return paths.filter((p) => !this.store.isValidPath(p));
+    const valid = this.store.validPaths(paths);
+    return paths.filter((p) => !valid.has(p));
   }
 
   private openSources(): Promise<Store[]> {
