@@ -142,7 +142,7 @@ export class MountpointDirs {
     return this.viewLock.run(async () => {
       if (viewMounted(at)) return join(at, VIEW_ROOT);
       await this.buildView(dest, storeDir, paths);
-      await mountView(join(dest, "tree"), storeRealDir, at);
+      await mountView(join(dest, "tree"), at, storeRealDir);
       return join(at, VIEW_ROOT);
     });
   }
@@ -165,10 +165,13 @@ export class MountpointDirs {
     }
   }
 
-  /** Whether views work here (store-view.ts probeStoreViews; `upperParent`: where upper directories go). */
-  probeViews(upperParent: string): Promise<string | undefined> {
+  /**
+   * Whether views work here (store-view.ts probeStoreViews; `upperParent`: where upper directories go,
+   * `storeRealDir`: the store's real directory).
+   */
+  probeViews(upperParent: string, storeRealDir: string): Promise<string | undefined> {
     this.ensure();
-    return probeStoreViews(this.dir, upperParent);
+    return probeStoreViews(this.dir, upperParent, storeRealDir);
   }
 
   /**

@@ -163,7 +163,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       this.log,
       opts.mountTargets ?? false,
       opts.targetMounts ?? "auto",
-      () => this.mountpoints.probeViews(this.snapshotsDir),
+      () => this.mountpoints.probeViews(this.snapshotsDir, this.store.realDir),
     );
     this.compositions = new BindCompositions({
       snapshotsDir: this.snapshotsDir,

@@ -91,19 +91,22 @@ function addViewEntry(
   xattrs.add({ path: join(rel, p.baseName), redirect: `/${p.baseName}`, metacopy: !st.isDirectory() });
 }
 
-/** The options of a view's overlay: the tree above the store, read-only, redirects and metacopy followed. */
-export function viewMountOptions(tree: string, storeRealDir: string): string {
-  for (const dir of [tree, storeRealDir])
+/**
+ * The options of a view's overlay: the tree above the store (`below`: the store's real directory, and before it
+ * the probe's stand-in), read-only, redirects and metacopy followed.
+ */
+export function viewMountOptions(tree: string, ...below: string[]): string {
+  for (const dir of [tree, ...below])
     if (/[,:\\\s]/.test(dir))
       throw new Error(
         `${dir}: an overlay lower directory cannot have a comma, colon, backslash or space in it`,
       );
-  return ["ro", `lowerdir=${tree}:${storeRealDir}`, ...METACOPY_OPTIONS].join(",");
+  return ["ro", `lowerdir=${[tree, ...below].join(":")}`, ...METACOPY_OPTIONS].join(",");
 }
 
-/** Mounts the view of `tree` over `storeRealDir` at `at` (an empty directory). */
-export function mountView(tree: string, storeRealDir: string, at: string): Promise<void> {
-  return mount(["-t", "overlay", "overlay", "-o", viewMountOptions(tree, storeRealDir), at]);
+/** Mounts the view of `tree` over `below` (the store's real directory) at `at` (an empty directory). */
+export function mountView(tree: string, at: string, ...below: string[]): Promise<void> {
+  return mount(["-t", "overlay", "overlay", "-o", viewMountOptions(tree, ...below), at]);
 }
 
 /** Whether a view is mounted at `at`. */
@@ -112,12 +115,18 @@ export function viewMounted(at: string): boolean {
 }
 
 /**
- * Whether views work here, as containers use them: a tiny view (a directory and a file store path, in a
- * temporary directory under `viewsDir`) and a writable overlay on top of it with its upper directory under
- * `upperParent` (where containers' upper directories go: a ROOT on overlayfs fails here, one level too deep),
- * read back through both. Resolves to undefined when they work, else to why not. Leaves nothing behind.
+ * Whether views work here, as containers use them: a tiny view (a directory and a file store path of a stand-in
+ * store in a temporary directory under `viewsDir`, above the real store `storeRealDir` as the bottom layer, so the
+ * view stacks as deep as a real one) and a writable overlay on top of it with its upper directory under
+ * `upperParent` (where containers' upper directories go), read back through both. Overlayfs stacks two levels
+ * at most: a store on overlayfs (a node in a container) fails here. Resolves to undefined when views work, else
+ * to why not. Leaves nothing behind.
  */
-export async function probeStoreViews(viewsDir: string, upperParent: string): Promise<string | undefined> {
+export async function probeStoreViews(
+  viewsDir: string,
+  upperParent: string,
+  storeRealDir: string,
+): Promise<string | undefined> {
   const dir = mkdtempSync(join(viewsDir, "view-probe-"));
   const upper = mkdtempSync(join(upperParent, "view-probe-"));
   const content = "nixoci view probe\n";
@@ -132,7 +141,7 @@ export async function probeStoreViews(viewsDir: string, upperParent: string): Pr
     ]);
     const at = join(dir, "view");
     mkdirSync(at);
-    await mountView(join(dir, "tree"), store, at);
+    await mountView(join(dir, "tree"), at, store, storeRealDir);
     for (const d of ["fs", "work", "mnt"]) mkdirSync(join(upper, d));
     const options = [`lowerdir=${join(at, VIEW_ROOT)}`, `upperdir=${upper}/fs`, `workdir=${upper}/work`];
     await mount(["-t", "overlay", "overlay", "-o", options.join(","), join(upper, "mnt")]);

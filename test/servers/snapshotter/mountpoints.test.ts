@@ -23,6 +23,10 @@ import { execFileSync } from "node:child_process";
 import { basename, join } from "node:path";
 import { defaultMountpointsDir, MountpointDirs } from "../../../src/servers/snapshotter/mountpoints.js";
 import { mountPointsUnder } from "../../../src/servers/snapshotter/mounts.js";
+import { viewMountOptions } from "../../../src/servers/snapshotter/store-view.js";
+import { ModeChooser } from "../../../src/servers/snapshotter/nix-layer-modes/auto.js";
+import { LocalStore } from "../../../src/store/local-store.js";
+import type { Logger } from "../../../src/util/logger.js";
 import { snapshotterInstance } from "../../../src/servers/snapshotter/gcroots.js";
 import { buildFixtures } from "../../support/fixtures.js";
 
@@ -98,7 +102,7 @@ test("a chain's store view: its paths only, the store's files and metadata; unmo
   const root = mkdtempSync(join("/tmp", "nixoci-mp-root-"));
   const dirs = new MountpointDirs(defaultMountpointsDir(root));
   try {
-    assert.equal(await dirs.probeViews(root), undefined, "views work here");
+    assert.equal(await dirs.probeViews(root, "/nix/store"), undefined, "views work here");
     assert.deepEqual(readdirSync(dirs.dir), [], "the probe leaves nothing");
     assert.deepEqual(readdirSync(root), []);
     const picked = [fx.hello, fx["single-file"], fx["single-executable"], fx["symlink-path"]];
@@ -151,5 +155,65 @@ test("a chain's store view: its paths only, the store's files and metadata; unmo
     for (const mp of mountPointsUnder(dirs.dir).reverse()) execFileSync("umount", ["-l", mp]);
     rmSync(dirs.dir, { recursive: true, force: true });
     rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("a store or views directory an overlay option cannot hold is refused in one line, before anything is mounted", () => {
+  for (const [tree, store, bad] of [
+    ["/dev/shm/a,b/tree", "/nix/store", "/dev/shm/a,b/tree"],
+    ["/dev/shm/x/tree", "/srv/nix:store", "/srv/nix:store"],
+    ["/dev/shm/x/tree", "/srv/nix store", "/srv/nix store"],
+  ])
+    assert.throws(
+      () => viewMountOptions(tree, store),
+      new Error(`${bad}: an overlay lower directory cannot have a comma, colon, backslash or space in it`),
+    );
+  assert.equal(
+    viewMountOptions("/dev/shm/x/v1/tree", "/nix/store"),
+    "ro,lowerdir=/dev/shm/x/v1/tree:/nix/store,metacopy=on,redirect_dir=on",
+  );
+});
+
+test("the probe fails with a store on overlayfs (a view over it is one level too deep for containers); auto then binds", async () => {
+  const work = mkdtempSync(join("/tmp", "nixoci-mp-ovl-"));
+  const dirs = new MountpointDirs(defaultMountpointsDir(work));
+  try {
+    for (const d of ["lower", "upper", "work", "root"]) mkdirSync(join(work, d));
+    execFileSync("mount", [
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${work}/lower,upperdir=${work}/upper,workdir=${work}/work`,
+      join(work, "root"),
+    ]);
+    const why = await dirs.probeViews(work, join(work, "root"));
+    // The view mounts; the container's overlay on it is refused (a third level).
+    assert.match(String(why), /view-probe-\w+\/mnt: /, "views do not work there");
+    assert.deepEqual(mountPointsUnder(dirs.dir), [], "the probe leaves no mount");
+    assert.deepEqual(readdirSync(work).sort(), ["lower", "root", "upper", "work"], "nor a directory");
+    const warnings: unknown[] = [];
+    const log = { warn: (msg: string, f: unknown) => warnings.push([msg, f]), info: () => undefined };
+    const modes = new ModeChooser(
+      "auto",
+      new LocalStore({}),
+      join(work, "root"),
+      log as unknown as Logger,
+      true,
+      "auto",
+      () => dirs.probeViews(work, join(work, "root")),
+    );
+    assert.equal(await modes.targetMounts(), "binds");
+    assert.equal(warnings.length, 1);
+    const [msg, fields] = warnings[0] as [string, { error: string }];
+    assert.equal(msg, "store views unusable; target-mode paths are bind-mounted");
+    assert.match(
+      fields.error,
+      /^mount -t overlay overlay -o lowerdir=\S+\/view-probe-\w+\/view\/root,upperdir=/,
+    );
+  } finally {
+    for (const mp of mountPointsUnder(work).reverse()) execFileSync("umount", ["-l", mp]);
+    rmSync(dirs.dir, { recursive: true, force: true });
+    rmSync(work, { recursive: true, force: true });
   }
 });
