@@ -256,35 +256,37 @@ export class NixSnapshotter extends OverlaySnapshotter {
       if (await this.tryNixLayer(ref, parent, labels, paths))
         throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(ref)} already exists`);
     }
-    const done = isUnpackKey(key, labels) ? undefined : await this.readyTargets(key, parent);
-    let mounts: Mount[];
-    try {
-      mounts = await super.prepare(key, parent, labels);
-    } finally {
-      done?.();
-    }
+    const mounts = isUnpackKey(key, labels)
+      ? await super.prepare(key, parent, labels)
+      : await this.aboveTargets(key, parent, () => super.prepare(key, parent, labels));
     // The unpacker applies a layer's diff to the plain overlay; containers get the composed root.
     const rec = this.metadata.mustGet(key);
     return isUnpack(rec) ? mounts : this.composedMounts(rec, mounts);
   }
 
   override async view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
-    const done = await this.readyTargets(key, parent);
-    let mounts: Mount[];
-    try {
-      mounts = await super.view(key, parent, labels);
-    } finally {
-      done?.();
-    }
+    const mounts = await this.aboveTargets(key, parent, () => super.view(key, parent, labels));
     return this.composedMounts(this.metadata.mustGet(key), mounts);
   }
 
   override async mounts(key: string): Promise<Mount[]> {
     const rec = this.metadata.mustGet(key);
     if (isUnpack(rec)) return this.mountsOf(rec);
-    if (rec.parentId !== undefined)
-      (await this.readyTargets(key, this.metadata.getById(rec.parentId)?.key ?? ""))?.();
+    if (rec.parentId !== undefined) (await this.readyTargets(key, this.metadata.getById(rec.parentId)))?.();
     return this.composedMounts(rec, this.mountsOf(rec));
+  }
+
+  /**
+   * Makes the container or view `key` above `parent` with `make` once the chain's target-mode paths are ready
+   * (readyTargets), its view kept until the new snapshot is recorded.
+   */
+  private async aboveTargets(key: string, parent: string, make: () => Promise<Mount[]>): Promise<Mount[]> {
+    const done = await this.readyTargets(key, parent ? this.metadata.get(parent) : undefined);
+    try {
+      return await make();
+    } finally {
+      done?.();
+    }
   }
 
   override async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
@@ -314,7 +316,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private async prebuild(name: string): Promise<void> {
     const top = this.metadata.get(name);
     if (!top || top.kind !== "committed") return;
-    const chain = this.targetsOf(top, () => [top, ...this.metadata.ancestors(top)]);
+    const chain = this.targetsAbove(top);
     if (!chain || chain.lowerTop || (await this.modes.targetMounts()) !== "view") return;
     const start = performance.now();
     const entries = chain.paths.map((p) => this.storeEntry(p));
@@ -380,16 +382,18 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   /**
-   * Readies the target-mode part of the chain a container or view of `key` goes on (`parent`, its top): the
+   * Readies the target-mode part of the chain a container or view of `key` goes on (`top`, its parent): the
    * chain's store view mounted, or its mountpoints directory made and its binds listed (--target-mounts binds).
    * Refuses first when the node's containerd cannot mount binds and no view serves (auto mode, containerd older
    * than 1.7: a downgrade, or a root moved to another node; 1.6 would stack the binds on the rootfs itself), so
    * a refusal leaves nothing behind.
    */
-  private async readyTargets(key: string, parent: string): Promise<(() => void) | undefined> {
-    const top = parent ? this.metadata.get(parent) : undefined;
+  private async readyTargets(
+    key: string,
+    top: SnapshotRecord | undefined,
+  ): Promise<(() => void) | undefined> {
     if (!top || top.kind !== "committed") return undefined; // the Prepare itself says what is wrong
-    const chain = this.targetsOf(top, () => [top, ...this.metadata.ancestors(top)]);
+    const chain = this.targetsAbove(top);
     if (!chain) return undefined;
     // Until the caller's snapshot is recorded (done), releaseView must not take the chain's view away.
     chain.pending++;
@@ -429,7 +433,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.log?.debug("chain's store paths ready", {
       top: top.key,
       paths: chain.paths.length,
-      view: !chain.binds.length,
+      view: chain.view,
       ms: Math.round(performance.now() - start),
     });
   }
@@ -687,6 +691,11 @@ export class NixSnapshotter extends OverlaySnapshotter {
       this.chainTargets.set(top.id, chain);
     }
     return chain;
+  }
+
+  /** The target-mode part of the chain whose top is the committed snapshot `top` (targetsOf). */
+  private targetsAbove(top: SnapshotRecord): ChainTargets | null {
+    return this.targetsOf(top, () => [top, ...this.metadata.ancestors(top)]);
   }
 
   /**

@@ -13,8 +13,8 @@
 // paths took 0.85 s to start instead of 0.3 s. A view costs a directory, an xattr and a stat per path once
 // per image (on a tmpfs) and one mount(8); containers then start in the same time whatever the path count,
 // under any containerd (there is no Mount.target to honour), and share the store's page cache.
-// Costs: the container's overlay stacks on the view (overlayfs allows two levels, so a snapshotter whose ROOT is
-// itself on overlayfs cannot use views: the probe below then fails and binds are used); files read through it
+// Costs: the container's overlay stacks on the view (overlayfs allows two levels, so a store that is itself on
+// overlayfs cannot use views: the probe below then fails and binds are used); files read through it
 // keep the store's inode numbers but not its device number; and a container may change a store path in its
 // own writable layer (copy-up), as with link mode, where binds are read-only. The store is never written.
 import {

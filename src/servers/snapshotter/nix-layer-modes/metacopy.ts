@@ -58,7 +58,6 @@ export class StubXattrWriter {
   private readonly exited: Promise<void>;
   private readonly child: ReturnType<typeof execFile>;
   private pending: string[] = [];
-  private count = 0;
 
   constructor(cwd: string) {
     let child!: ReturnType<typeof execFile>;
@@ -78,7 +77,6 @@ export class StubXattrWriter {
 
   add(stub: StubEntry): void {
     this.pending.push(stubDumpEntry(stub));
-    this.count++;
     if (this.pending.length >= 64) this.flush();
   }
 
