@@ -64,6 +64,34 @@ function tempMountLeftovers(): string[] {
   );
 }
 
+/**
+ * `ctr snapshots mounts` of a view `name` prepared above `image`'s top (removed after), checked as in either
+ * mode: the first line is an overlay whose lower directories are the one giving the chain's store paths (shared
+ * by its containers), then the ordinary layers only; `check` gets the lines and that first lower directory.
+ */
+function checkCtrMounts(
+  s: CriStack,
+  image: PushedImage,
+  name: string,
+  check: (lines: string[], storeLower: string) => void,
+): void {
+  const top = chainIds(image.diffIds).at(-1)!;
+  s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "prepare", name, top]);
+  try {
+    const lines = s
+      .ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "mounts", "/mnt", name])
+      .trim()
+      .split("\n");
+    assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
+    const lower = /lowerdir=([^,]+)/.exec(lines[0])![1].split(":");
+    const storeLayers = image.layers.filter((l) => layerStorePaths(l).length).length;
+    assert.equal(lower.length, 1 + image.layers.length - storeLayers, lines[0]);
+    check(lines, lower[0]);
+  } finally {
+    s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", name]);
+  }
+}
+
 describe(`snapshotter nix layers: auto's mode under containerd ${release.series} (CRI, ctr)`, () => {
   let fx: Record<FixtureAttr, string>;
   let stack: CriStack | undefined;
@@ -171,35 +199,19 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
   );
 
   if (mountsTargets)
-    test("ctr snapshots mounts prints one overlay topped by the image's store view", async () => {
-      const s = stack!;
-      const top = chainIds(image.diffIds).at(-1)!;
-      s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "prepare", "nixoci-target-view", top]);
-      try {
-        const lines = s
-          .ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "mounts", "/mnt", "nixoci-target-view"])
-          .trim()
-          .split("\n");
+    test("ctr snapshots mounts prints one overlay topped by the image's store view", () =>
+      checkCtrMounts(stack!, image, "nixoci-target-view", (lines, storeLower) => {
         assert.equal(lines.length, 1, lines.join("\n"));
-        assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
-        // The overlay's lower directories: the chain's store view (shared by the chain's containers), then the
-        // ordinary layers only.
-        const lower = /lowerdir=([^,]+)/.exec(lines[0])![1].split(":");
-        const storeLayers = image.layers.filter((l) => layerStorePaths(l).length).length;
-        assert.equal(lower.length, 1 + image.layers.length - storeLayers, lines[0]);
-        assert.match(lower[0], /^\/dev\/shm\/nixoci-sn-[0-9a-f]{24}\/v\d+\/view\/root$/, "on a tmpfs");
+        assert.match(storeLower, /^\/dev\/shm\/nixoci-sn-[0-9a-f]{24}\/v\d+\/view\/root$/, "on a tmpfs");
         // Exactly the image's store paths, each the store's own (a directory: its files' inodes).
         const paths = [...new Set(image.layers.flatMap(layerStorePaths))];
         assert.deepEqual(
-          readdirSync(join(lower[0], "nix/store")).sort(),
+          readdirSync(join(storeLower, "nix/store")).sort(),
           paths.map((p) => basename(p)).sort(),
         );
-        const hello = join(lower[0], fx.hello, "bin/hello");
+        const hello = join(storeLower, fx.hello, "bin/hello");
         assert.equal(statSync(hello).ino, statSync(`${fx.hello}/bin/hello`).ino);
-      } finally {
-        s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", "nixoci-target-view"]);
-      }
-    });
+      }));
 
   if (mountsTargets)
     test(
@@ -333,23 +345,10 @@ if (mountsTargets)
       },
     );
 
-    test("ctr snapshots mounts prints the overlay and a read-only bind per store path", async () => {
-      const s = stack!;
-      const top = chainIds(image.diffIds).at(-1)!;
-      s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "prepare", "nixoci-binds-view", top]);
-      try {
-        const lines = s
-          .ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "mounts", "/mnt", "nixoci-binds-view"])
-          .trim()
-          .split("\n");
-        assert.match(lines[0], /^mount -t overlay overlay \/mnt -o /);
-        // The overlay's lower directories: the chain's mountpoints directory (shared by the chain's containers),
-        // then the ordinary layers only.
-        const lower = /lowerdir=([^,]+)/.exec(lines[0])![1].split(":");
-        const storeLayers = image.layers.filter((l) => layerStorePaths(l).length).length;
-        assert.equal(lower.length, 1 + image.layers.length - storeLayers, lines[0]);
-        assert.match(lower[0], /^\/dev\/shm\/nixoci-sn-[0-9a-f]{24}\/\d+$/, "on a tmpfs");
-        const mountpoints = readdirSync(join(lower[0], "nix/store")).sort();
+    test("ctr snapshots mounts prints the overlay and a read-only bind per store path", () =>
+      checkCtrMounts(stack!, image, "nixoci-binds-view", (lines, storeLower) => {
+        assert.match(storeLower, /^\/dev\/shm\/nixoci-sn-[0-9a-f]{24}\/\d+$/, "on a tmpfs");
+        const mountpoints = readdirSync(join(storeLower, "nix/store")).sort();
         const binds = lines.slice(1).sort();
         // Every store path of the image but a symlink (its layer holds the symlink itself).
         const want = [...new Set(image.layers.flatMap(layerStorePaths))]
@@ -360,10 +359,7 @@ if (mountsTargets)
         // One mountpoint (or symlink) per store path of the image.
         const paths = [...new Set(image.layers.flatMap(layerStorePaths))].map((p) => basename(p)).sort();
         assert.deepEqual(mountpoints, paths);
-      } finally {
-        s.ctr(["snapshots", "--snapshotter", SNAPSHOTTER_NAME, "rm", "nixoci-binds-view"]);
-      }
-    });
+      }));
   });
 
 // Without --containerd-version, auto asks the node's containerd on the first nix layer: the running containerd's
