@@ -1,7 +1,7 @@
 // A store directory on this machine: /nix/store with Nix's database, a chroot-style ROOT/nix/store with
 // ROOT/nix/var/nix/db, or any directory nixoci substitutes into (metadata in its .nixoci sidecar).
 // Store paths keep their logical store directory (/nix/store) while the bytes live under `realDir`.
-import { constants, existsSync, lstatSync } from "node:fs";
+import { constants, existsSync, lstatSync, type Stats } from "node:fs";
 import { access, lutimes, readdir, rename } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
@@ -49,11 +49,15 @@ export class LocalStore implements Store {
   }
 
   private exists(path: string): boolean {
+    return this.lstatOf(path) !== undefined;
+  }
+
+  /** The lstat of a store path's bytes on disk; undefined when they cannot be looked at (missing, no access). */
+  private lstatOf(path: string): Stats | undefined {
     try {
-      lstatSync(this.realPath(path));
-      return true;
+      return lstatSync(this.realPath(path));
     } catch {
-      return false;
+      return undefined;
     }
   }
 
@@ -62,10 +66,23 @@ export class LocalStore implements Store {
    * their path infos: the snapshotter asks it of every store path of every layer it is offered.
    */
   validPaths(paths: string[]): Set<string> {
+    return new Set(this.validPathStats(paths).keys());
+  }
+
+  /**
+   * The valid ones of `paths` (as validPaths) with the lstat of each on disk: a store path never changes once
+   * valid, so a caller may keep them (the snapshotter's store views show each path's mode, owner and times).
+   */
+  validPathStats(paths: string[]): Map<string, Stats> {
     for (const p of paths) parseStorePath(p, this.storeDir);
     const inDb = this.nixDb?.validOf(paths) ?? new Set<string>();
-    const registered = (p: string): boolean => inDb.has(p) || this.sidecar.queryPathInfo(p) !== undefined;
-    return new Set(paths.filter((p) => registered(p) && this.exists(p)));
+    const out = new Map<string, Stats>();
+    for (const p of paths) {
+      if (!inDb.has(p) && this.sidecar.queryPathInfo(p) === undefined) continue;
+      const st = this.lstatOf(p);
+      if (st) out.set(p, st);
+    }
+    return out;
   }
 
   async queryPathInfo(path: string): Promise<PathInfo | undefined> {

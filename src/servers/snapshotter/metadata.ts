@@ -52,7 +52,7 @@ interface Row {
   kind: string;
   parent_id: number | null;
   parent_key: string | null;
-  labels: string;
+  labels: string | null;
   created: number;
   updated: number;
   size: number | null;
@@ -61,19 +61,32 @@ interface Row {
 
 const SELECT = `SELECT s.id, s.key, s.kind, s.parent_id, p.key AS parent_key, s.labels, s.created, s.updated,
   s.size, s.inodes FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id`;
+/** SELECT without the labels (lookups of parents and ancestors: reading a nix layer's takes ~1 ms). */
+const SELECT_NO_LABELS = SELECT.replace("s.labels,", "NULL AS labels,");
 
 /** The snapshot's containerd.io/snapshot.ref label, as SQL (indexed: containerd lists by it during pulls). */
 const REF_LABEL_SQL = `json_extract(labels, '$."${REF_LABEL}"')`;
 
-function toRecord(r: Row): SnapshotRecord {
-  const rec: SnapshotRecord = {
+/**
+ * The record of row `r`. A row read without its labels (SELECT_NO_LABELS) gets them from `readLabels` when they
+ * are first read: what the database holds then ("{}" once the row is gone).
+ */
+function toRecord(r: Row, readLabels?: () => string): SnapshotRecord {
+  const rec = {
     id: r.id,
     key: r.key,
     kind: r.kind as SnapshotKind,
-    labels: JSON.parse(r.labels) as Record<string, string>,
     created: r.created,
     updated: r.updated,
-  };
+  } as SnapshotRecord;
+  // Parsed when first read: a nix layer's labels name each of its store paths (2,000 labels for an image of
+  // 2,000 paths), and most look-ups (a parent, the ancestors of a chain) never read them.
+  let labels: Record<string, string> | undefined;
+  Object.defineProperty(rec, "labels", {
+    enumerable: true,
+    get: () => (labels ??= JSON.parse(r.labels ?? readLabels?.() ?? "{}") as Record<string, string>),
+    set: (v: Record<string, string>) => void (labels = v),
+  });
   if (r.parent_id !== null) {
     rec.parentId = r.parent_id;
     rec.parent = r.parent_key ?? undefined;
@@ -202,6 +215,23 @@ export class MetadataStore {
     return row && toRecord(row);
   }
 
+  /** As get, the labels read only if asked for (see toRecord). */
+  private getNoLabels(key: string): SnapshotRecord | undefined {
+    const row = this.sql(`${SELECT_NO_LABELS} WHERE s.key = ?`).get(key) as Row | undefined;
+    return row && toRecord(row, () => this.labelsOf(row.id));
+  }
+
+  /** As getById, the labels read only if asked for (see toRecord). */
+  private getByIdNoLabels(id: number): SnapshotRecord | undefined {
+    const row = this.sql(`${SELECT_NO_LABELS} WHERE s.id = ?`).get(id) as Row | undefined;
+    return row && toRecord(row, () => this.labelsOf(id));
+  }
+
+  private labelsOf(id: number): string {
+    const row = this.sql(`SELECT labels FROM snapshots WHERE id = ?`).get(id) as { labels: string } | undefined;
+    return row?.labels ?? "{}";
+  }
+
   mustGet(key: string): SnapshotRecord {
     const rec = this.get(key);
     if (!rec) throw new SnapshotError("not-found", `snapshot ${JSON.stringify(key)} does not exist`);
@@ -213,7 +243,7 @@ export class MetadataStore {
     const out: SnapshotRecord[] = [];
     let next = rec.parentId;
     while (next !== undefined) {
-      const p = this.getById(next);
+      const p = this.getByIdNoLabels(next);
       if (!p) throw new Error(`metadata: snapshot ${rec.key}: ancestor id ${next} is missing`);
       out.push(p);
       next = p.parentId;
@@ -228,11 +258,11 @@ export class MetadataStore {
       this.sql(`${SELECT} WHERE ${REF_LABEL_SQL.replace("labels", "s.labels")} = ? ORDER BY s.id`).all(
         ref,
       ) as Row[]
-    ).map(toRecord);
+    ).map((r) => toRecord(r));
   }
 
   list(): SnapshotRecord[] {
-    return (this.sql(`${SELECT} ORDER BY s.id`).all() as Row[]).map(toRecord);
+    return (this.sql(`${SELECT} ORDER BY s.id`).all() as Row[]).map((r) => toRecord(r));
   }
 
   ids(): Set<number> {
@@ -264,11 +294,11 @@ export class MetadataStore {
   ): SnapshotRecord {
     if (!key) throw new SnapshotError("invalid-argument", "snapshot key must not be empty");
     checkLabels(labels);
-    if (this.get(key))
+    if (this.getNoLabels(key))
       throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(key)} already exists`);
     let parentId: number | null = null;
     if (parent) {
-      const p = this.get(parent);
+      const p = this.getNoLabels(parent);
       if (!p)
         throw new SnapshotError("not-found", `parent snapshot ${JSON.stringify(parent)} does not exist`);
       if (p.kind !== "committed")
@@ -282,7 +312,7 @@ export class MetadataStore {
     const info = this.sql(
       `INSERT INTO snapshots (key, kind, parent_id, labels, created, updated) VALUES (?, ?, ?, ?, ?, ?)`,
     ).run(key, kind, parentId, JSON.stringify(labels), now, now);
-    return this.getById(Number(info.lastInsertRowid))!;
+    return this.getByIdNoLabels(Number(info.lastInsertRowid))!;
   }
 
   /**
@@ -300,14 +330,14 @@ export class MetadataStore {
     const rec = this.mustGet(key);
     if (rec.kind !== "active")
       throw new SnapshotError("failed-precondition", `snapshot ${JSON.stringify(key)} is not active`);
-    if (this.get(name))
+    if (this.getNoLabels(name))
       throw new SnapshotError("already-exists", `snapshot ${JSON.stringify(name)} already exists`);
     const now = Date.now();
     this.sql(
       `UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?, updated = ?, size = ?, inodes = ?
          WHERE id = ?`,
     ).run(name, JSON.stringify(labels), now, now, usage.size, usage.inodes, rec.id);
-    return this.getById(rec.id)!;
+    return this.getByIdNoLabels(rec.id)!;
   }
 
   /** Deletes `key`; fails when other snapshots name it as parent. Call inside a transaction. */

@@ -57,7 +57,7 @@
 // before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
 // another image's manifest digest makes that image's root hold it too. Remove drops the links of roots no
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
-import { existsSync, mkdtempSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, renameSync, rmSync, type Stats } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import {
@@ -76,8 +76,9 @@ import type { SnapshotterMetrics } from "./metrics.js";
 import { SnapshotError, type NixLayerKind, type SnapshotRecord } from "./metadata.js";
 import { ModeChooser, type MountTargets, type TargetMounts } from "./nix-layer-modes/auto.js";
 import { BindCompositions } from "./nix-layer-modes/bind.js";
-import type { BuiltLayer, LayerMode } from "./nix-layer-modes/layer-mode.js";
+import type { BuiltLayer, LayerMode, LayerPath } from "./nix-layer-modes/layer-mode.js";
 import { defaultMountpointsDir, MountpointDirs } from "./mountpoints.js";
+import type { ViewEntry } from "./store-view.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
 import { targetBinds } from "./nix-layer-modes/target.js";
 import { OverlaySnapshotter, takeOwner, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
@@ -143,6 +144,11 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly chainTargets = new Map<number, ChainTargets | null>();
   /** The closures of the latest images' roots (coveringRoots), by the roots. */
   private readonly rootClosures = new Map<string, Set<string>>();
+  /**
+   * The lstat of store paths found valid for a layer (a valid path never changes), so its chain's store view
+   * is built without looking at each path again; the latest PATH_STATS_KEPT.
+   */
+  private readonly pathStats = new Map<string, Stats>();
   readonly gcRoots: GcRoots;
   readonly mountpoints: MountpointDirs;
   /** The latest committed snapshot whose chain's store view is to be built ahead (see prebuildSoon). */
@@ -319,7 +325,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     const chain = this.targetsAbove(top);
     if (!chain || chain.lowerTop || (await this.modes.targetMounts()) !== "view") return;
     const start = performance.now();
-    const entries = chain.paths.map((p) => this.storeEntry(p));
+    const entries = chain.paths.map((p) => this.viewEntry(p));
     await this.mountpoints.prebuildView(top.id, this.store.storeDir, entries);
     this.log?.debug("store view built ahead", {
       top: name,
@@ -415,7 +421,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
           `makes), and this node's containerd does not mount a mount's target; remove the image and pull it again`,
       );
     const start = performance.now();
-    const entries = chain.paths.map((p) => this.storeEntry(p));
+    const entries = chain.paths.map((p) => this.viewEntry(p));
     if ((await this.modes.targetMounts()) === "view") {
       const lowerTop = await this.mountpoints.makeView(
         top.id,
@@ -465,7 +471,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 
   private missing(paths: string[]): string[] {
-    const valid = this.store.validPaths(paths);
+    const valid = this.store.validPathStats(paths);
+    for (const [p, st] of valid) {
+      this.pathStats.delete(p); // re-inserted as the newest
+      this.pathStats.set(p, st);
+    }
+    for (const p of this.pathStats.keys()) {
+      if (this.pathStats.size <= PATH_STATS_KEPT) break;
+      this.pathStats.delete(p);
+    }
     return paths.filter((p) => !valid.has(p));
   }
 
@@ -557,14 +571,25 @@ export class NixSnapshotter extends OverlaySnapshotter {
    */
   private async buildLayerFs(fs: string, paths: string[], mode: LayerMode): Promise<BuiltLayer> {
     const storeDir = join(fs, this.store.storeDir.replace(/^\/+/, ""));
+    const entries = (): LayerPath[] =>
+      paths.map((p) => {
+        const entry = this.storeEntry(p);
+        return { ...entry, target: join(storeDir, entry.baseName) };
+      });
+    let mapped: LayerPath[] | undefined;
+    // Mapped when a mode reads them: target mode's layer is an empty directory (~4 us a path saved).
     return mode.build({
       fs,
       storeDir: this.store.storeDir,
-      paths: paths.map((p) => {
-        const entry = this.storeEntry(p);
-        return { ...entry, target: join(storeDir, entry.baseName) };
-      }),
+      get paths() {
+        return (mapped ??= entries());
+      },
     });
+  }
+
+  /** Store path `p` as a store view shows it: storeEntry, with its lstat when a layer's check kept it. */
+  private viewEntry(p: string): ViewEntry {
+    return { ...this.storeEntry(p), stat: this.pathStats.get(p) };
   }
 
   /** Where store path `p` really is, and its name in the store directory. */
@@ -749,6 +774,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
 /** How long after a commit with no other on top the chain's store view is built ahead (prebuildSoon). */
 const PREBUILD_DELAY_MS = 15;
+/** Store paths whose lstat is kept for store views (pathStats): ~200 bytes each. */
+const PATH_STATS_KEPT = 50_000;
 
 /** The target-mode part of a committed chain (see NixSnapshotter.targetsOf). */
 interface ChainTargets {

@@ -26,6 +26,7 @@ import {
   readFileSync,
   readlinkSync,
   rmSync,
+  type Stats,
   symlinkSync,
   truncateSync,
   utimesSync,
@@ -39,24 +40,26 @@ import { METACOPY_OPTIONS, StubXattrWriter } from "./nix-layer-modes/metacopy.js
 /** The directory inside a mounted view that containers take as their top lower directory. */
 export const VIEW_ROOT = "root";
 
-/** A store path of a view: where it really is, and its name in the store directory. */
+/** A store path of a view: where it really is, its name in the store directory, and its lstat if known. */
 export interface ViewEntry {
   real: string;
   baseName: string;
+  /** Taken when the path was found valid (it never changes after); looked up now when absent. */
+  stat?: Stats;
 }
 
 /**
  * Builds a view's tree at `tree` (which must not exist): tree/root/<storeDir>/<baseName> per path, redirecting
- * into the store (see above). One stat, one entry, one utimes per path and one setfattr process in all.
+ * into the store (see above). One stat (none when the entry brings it), one entry, one utimes per path and one setfattr process in all.
  */
 export async function buildViewTree(tree: string, storeDir: string, paths: ViewEntry[]): Promise<void> {
   const store = join(tree, VIEW_ROOT, storeDir);
   makeDirsSync(store, 0o755);
   const rel = relative(tree, store);
-  const uid = process.getuid?.();
+  const owner = { uid: process.getuid?.(), gid: process.getgid?.() };
   const xattrs = new StubXattrWriter(tree); // works while the entries are made
   try {
-    for (const p of paths) addViewEntry(p, store, rel, uid, xattrs);
+    for (const p of paths) addViewEntry(p, store, rel, owner, xattrs);
   } catch (err) {
     await xattrs.end().catch(() => undefined); // the entry's failure is the one reported
     throw err;
@@ -69,10 +72,10 @@ function addViewEntry(
   p: ViewEntry,
   store: string,
   rel: string,
-  uid: number | undefined,
+  owner: { uid?: number; gid?: number },
   xattrs: StubXattrWriter,
 ): void {
-  const st = lstatSync(p.real);
+  const st = p.stat ?? lstatSync(p.real);
   const target = join(store, p.baseName);
   if (st.isSymbolicLink()) {
     symlinkSync(readlinkSync(p.real), target);
@@ -85,7 +88,7 @@ function addViewEntry(
     truncateSync(target, st.size); // sparse: the size stat shows; the data is the store's
   } else throw new Error(`${p.real}: not a directory, a file or a symlink`);
   // The entry's metadata is what the view shows (a redirected directory's own stays in the tree).
-  if (uid !== undefined && (st.uid !== uid || st.gid !== process.getgid?.()))
+  if (owner.uid !== undefined && (st.uid !== owner.uid || st.gid !== owner.gid))
     lchownSync(target, st.uid, st.gid);
   utimesSync(target, st.atime, st.mtime);
   xattrs.add({ path: join(rel, p.baseName), redirect: `/${p.baseName}`, metacopy: !st.isDirectory() });
