@@ -228,7 +228,8 @@ export class MetadataStore {
   }
 
   private labelsOf(id: number): string {
-    const row = this.sql(`SELECT labels FROM snapshots WHERE id = ?`).get(id) as { labels: string } | undefined;
+    const row = this.sql(`SELECT labels FROM snapshots WHERE id = ?`).get(id) as
+      { labels: string } | undefined;
     return row?.labels ?? "{}";
   }
 
