@@ -63,15 +63,9 @@ export class LocalStore implements Store {
 
   /**
    * Which of `paths` are valid here (registered, and on disk), as queryPathInfo would answer, without reading
-   * their path infos: the snapshotter asks it of every store path of every layer it is offered.
-   */
-  validPaths(paths: string[]): Set<string> {
-    return new Set(this.validPathStats(paths).keys());
-  }
-
-  /**
-   * The valid ones of `paths` (as validPaths) with the lstat of each on disk: a store path never changes once
-   * valid, so a caller may keep them (the snapshotter's store views show each path's mode, owner and times).
+   * their path infos (the snapshotter asks it of every store path of every layer it is offered), each with its
+   * lstat: a store path never changes once valid, so a caller may keep them (the snapshotter's store views show
+   * each path's mode, owner and times).
    */
   validPathStats(paths: string[]): Map<string, Stats> {
     for (const p of paths) parseStorePath(p, this.storeDir);

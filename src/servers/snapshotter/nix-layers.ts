@@ -470,9 +470,16 @@ export class NixSnapshotter extends OverlaySnapshotter {
     }
   }
 
+  /** The ones of `paths` not valid here; the valid ones' lstats are kept for store views (keepStats). */
   private missing(paths: string[]): string[] {
     const valid = this.store.validPathStats(paths);
-    for (const [p, st] of valid) {
+    this.keepStats(valid);
+    return paths.filter((p) => !valid.has(p));
+  }
+
+  /** Adds `stats` to pathStats as its newest entries, dropping the oldest beyond PATH_STATS_KEPT. */
+  private keepStats(stats: Map<string, Stats>): void {
+    for (const [p, st] of stats) {
       this.pathStats.delete(p); // re-inserted as the newest
       this.pathStats.set(p, st);
     }
@@ -480,7 +487,6 @@ export class NixSnapshotter extends OverlaySnapshotter {
       if (this.pathStats.size <= PATH_STATS_KEPT) break;
       this.pathStats.delete(p);
     }
-    return paths.filter((p) => !valid.has(p));
   }
 
   private openSources(): Promise<Store[]> {

@@ -50,7 +50,8 @@ export interface ViewEntry {
 
 /**
  * Builds a view's tree at `tree` (which must not exist): tree/root/<storeDir>/<baseName> per path, redirecting
- * into the store (see above). One stat (none when the entry brings it), one entry, one utimes per path and one setfattr process in all.
+ * into the store (see above). One stat (none when the entry brings it), one entry, one utimes per path and one
+ * setfattr process in all.
  */
 export async function buildViewTree(tree: string, storeDir: string, paths: ViewEntry[]): Promise<void> {
   const store = join(tree, VIEW_ROOT, storeDir);
