@@ -6,10 +6,21 @@
 // image's symlink farm puts them at /lib64 and /lib/x86_64-linux-gnu, where the unmodified executable looks for
 // them), and nixoci (bin/, dist/src, proto/, package.json and the production node_modules). The image's
 // entrypoint runs `nixoci frontend`; its labels tell BuildKit to give it no network (it needs none: its steps
-// run as ExecOps). Prints the four store paths, then what `nixoci build` prints. Run `npm run build` first.
+// run as ExecOps). Its top layer repeats the customisation below it, and a label names the layers under it: the
+// steps' own image (see step 4). Prints the four store paths, then what `nixoci build` prints. Run `npm run
+// build` first.
 // A nixpkgs user builds the same closure from pkgs.nodejs and a nixoci package instead (see the README).
 import { execFileSync } from "node:child_process";
-import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -67,30 +78,41 @@ try {
   const nixoci = add(pkgDir);
   process.stdout.write(`${libs}\n${nodePath}\n${toolsPath}\n${nixoci}\n`);
 
-  // 4. the image, built by nixoci.
-  const out = run(
-    process.execPath,
-    [
-      join(root, "bin/nixoci.js"),
-      "build",
-      "-q",
-      libs,
-      nodePath,
-      toolsPath,
-      nixoci,
-      "--entrypoint",
-      JSON.stringify([`${nodePath}/bin/node`, `${nixoci}/bin/nixoci.js`, "frontend"]),
-      "--label",
-      "moby.buildkit.frontend.network.none=true",
-      // It takes the build context as a frontend input when its caller offers one (newer Dockerfile frontends).
-      "--label",
-      "moby.buildkit.frontend.caps=moby.buildkit.frontend.inputs",
-      "--label",
-      "org.opencontainers.image.title=nixoci BuildKit frontend",
-      ...args,
-    ],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  );
+  // 4. the image, built by nixoci, twice: first the steps' image (what the frontend's ExecOps run in), then the
+  // frontend's image on top of it, adding one layer that repeats the customisation below and a label saying how
+  // many layers the steps' image has. The frontend runs its steps on those lower layers alone (a layer limit),
+  // which BuildKit sees as another image than the one it runs the frontend from: with the same image, BuildKit
+  // before v0.32 hands the steps no cache keys to import a registry cache with (see stepImage in frontend.ts).
+  const packages = [libs, nodePath, toolsPath, nixoci];
+  const config = [
+    "--entrypoint",
+    JSON.stringify([`${nodePath}/bin/node`, `${nixoci}/bin/nixoci.js`, "frontend"]),
+    "--label",
+    "moby.buildkit.frontend.network.none=true",
+    // It takes the build context as a frontend input when its caller offers one (newer Dockerfile frontends).
+    "--label",
+    "moby.buildkit.frontend.caps=moby.buildkit.frontend.inputs",
+    "--label",
+    "org.opencontainers.image.title=nixoci BuildKit frontend",
+  ];
+  const nixociBuild = (argv) =>
+    run(process.execPath, [join(root, "bin/nixoci.js"), "build", "-q", ...argv], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+  const steps = join(work, "steps-image");
+  nixociBuild([...packages, ...config, "-o", `oci:${steps}`]);
+  const index = JSON.parse(readFileSync(join(steps, "index.json"), "utf8"));
+  const blob = (digest) => readFileSync(join(steps, "blobs", ...digest.split(":")), "utf8");
+  const stepLayers = JSON.parse(blob(index.manifests[0].digest)).layers.length;
+  const out = nixociBuild([
+    ...packages,
+    "--from",
+    `oci:${steps}`,
+    ...config,
+    "--label",
+    `org.nixoci.frontend.step-layers=${stepLayers}`,
+    ...args,
+  ]);
   process.stdout.write(out);
 } finally {
   rmSync(work, { recursive: true, force: true });

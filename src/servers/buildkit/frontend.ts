@@ -430,7 +430,6 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   const filename = opts.get("filename") ?? DEFAULT_FILENAME;
   const self = opts.get("source") ?? opts.get("cmdline");
   if (!self) throw new Error("BuildKit did not say which image this frontend runs from (opt source)");
-  const image = source(`docker-image://${normalizeImageRef(self)}`, {}, `nixoci frontend ${self}`);
   const network: NetMode = (opts.get("force-network-mode") as NetMode | undefined) ?? "default";
 
   // The build context: dockerd hands the request's tar body over as an http source, which can be fetched only
@@ -495,10 +494,9 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   if (batchLimit !== undefined && (!Number.isInteger(batchLimit) || batchLimit < 1))
     throw new Error(`build-arg fetch-batches: expected a whole number >= 1, got ${batchArg}`);
   // Recorded batches apply to steps of this very frontend image (its steps' root filesystem).
-  const selfDigest = await gateway
-    .resolveImageConfig(normalizeImageRef(self))
-    .then((r) => r.digest)
-    .catch(() => self);
+  const resolved = await gateway.resolveImageConfig(normalizeImageRef(self)).catch(() => undefined);
+  const selfDigest = resolved?.digest ?? self;
+  const image = stepImage(self, resolved?.config, pong.LLBCaps ?? []);
   const batching = { scope: selfDigest, maxNew: batchLimit };
   const layers = isNix
     ? await nixLayers(run, filename, context, image, network, spec, batching)
@@ -581,6 +579,44 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
     ref: resultRef,
     metadata: { "containerimage.config": Buffer.from(JSON.stringify(config)) },
   });
+}
+
+/** The label of a frontend image whose lower layers are a whole image of their own (scripts/frontend-image.mjs). */
+export const STEP_LAYERS_LABEL = "org.nixoci.frontend.step-layers";
+
+/**
+ * The root filesystem of the frontend's steps. BuildKit runs this frontend from its image and keeps that image's
+ * edge alive, complete, for the whole build; a source op with the same cache key is merged into it, and BuildKit
+ * before v0.32 (moby/buildkit 12d4b6375) gives an executed edge's later consumers no cache keys, so every step on
+ * it misses the cache it could import (Docker 28's --cache-from ran every fetch step again). An image that
+ * labels its lower layers as the steps' own image (its top layer only repeats the one below) is used through a
+ * layer limit where BuildKit has one: another image to the solver, with its own keys, the same files for a step.
+ */
+export function stepImage(
+  self: string,
+  config: Buffer | undefined,
+  caps: ReadonlyArray<{ ID: string; Enabled: boolean }>,
+): Output {
+  const attrs: Record<string, string> = {};
+  const limit = config ? stepLayerLimit(config) : undefined;
+  if (limit !== undefined && llbCan(caps, "source.image.layerlimit"))
+    attrs["image.layerlimit"] = String(limit);
+  return source(`docker-image://${normalizeImageRef(self)}`, attrs, `nixoci frontend ${self}`);
+}
+
+/** The layer count the step-layers label gives, when it names fewer layers than the image has; else undefined. */
+export function stepLayerLimit(config: Buffer): number | undefined {
+  let doc: { config?: { Labels?: Record<string, string> | null }; rootfs?: { diff_ids?: unknown[] } };
+  try {
+    doc = JSON.parse(config.toString("utf8")) as typeof doc;
+  } catch {
+    return undefined;
+  }
+  const label = doc.config?.Labels?.[STEP_LAYERS_LABEL];
+  const layers = doc.rootfs?.diff_ids?.length ?? 0;
+  if (label === undefined || !/^[1-9][0-9]*$/.test(label)) return undefined;
+  const n = Number(label);
+  return n < layers ? n : undefined;
 }
 
 /** stdin/stdout as the one Duplex the HTTP/2 client needs. */

@@ -18,6 +18,9 @@ import {
   checkPlatforms,
   llbCan,
   parseSpecText,
+  STEP_LAYERS_LABEL,
+  stepImage,
+  stepLayerLimit,
 } from "../../../src/servers/buildkit/frontend.js";
 import { emptySpec } from "../../../src/image/spec.js";
 import { cacheImportsOf } from "../../../src/servers/buildkit/gateway.js";
@@ -176,4 +179,60 @@ test("a multi-platform spec (platforms:) is refused by the frontend: a frontend 
     () => parseSpecText("platforms:\n  linux/arm64: [/nix/store/x-a]\n", "nixoci.yaml"),
     /^Error: nixoci.yaml: platforms is not supported by the BuildKit frontend; build with nixoci build$/,
   );
+});
+
+describe("the steps' image (the frontend image's lower layers, where its label names them)", () => {
+  const config = (labels: Record<string, string> | null, layers: number): Buffer =>
+    Buffer.from(
+      JSON.stringify({
+        config: { Labels: labels },
+        rootfs: { type: "layers", diff_ids: Array.from({ length: layers }, (_, i) => `sha256:${i}`) },
+      }),
+    );
+  const layerCap = [{ ID: "source.image.layerlimit", Enabled: true }];
+  /** The attributes of the image SourceOp the steps get. */
+  const attrsOf = (state: ReturnType<typeof stepImage>): Record<string, string> => {
+    const op = decode<{ source: { identifier: string; attrs?: Record<string, string> } }>(
+      "pb.Op",
+      state.vertex.bytes,
+    );
+    assert.equal(op.source.identifier, "docker-image://docker.io/library/nixoci-frontend:test");
+    return op.source.attrs ?? {};
+  };
+
+  test("the label's count of layers, when it is fewer than the image has", () => {
+    assert.equal(stepLayerLimit(config({ [STEP_LAYERS_LABEL]: "5" }, 6)), 5);
+    assert.equal(stepLayerLimit(config({ [STEP_LAYERS_LABEL]: "6" }, 6)), undefined, "the whole image");
+    assert.equal(stepLayerLimit(config({ [STEP_LAYERS_LABEL]: "7" }, 6)), undefined, "more than it has");
+    for (const bad of ["0", "-1", "5x", " 5", "5.0", ""])
+      assert.equal(stepLayerLimit(config({ [STEP_LAYERS_LABEL]: bad }, 6)), undefined, JSON.stringify(bad));
+    assert.equal(stepLayerLimit(config({ other: "1" }, 6)), undefined, "no label: an image built otherwise");
+    assert.equal(stepLayerLimit(config(null, 6)), undefined);
+    assert.equal(stepLayerLimit(Buffer.from("not json")), undefined);
+    assert.equal(stepLayerLimit(Buffer.from("[]")), undefined);
+  });
+
+  test("a layer limit on the image source only where BuildKit has the cap and the image has the label", () => {
+    const labelled = config({ [STEP_LAYERS_LABEL]: "5" }, 6);
+    assert.deepEqual(attrsOf(stepImage("nixoci-frontend:test", labelled, layerCap)), {
+      "image.layerlimit": "5",
+    });
+    assert.deepEqual(
+      attrsOf(stepImage("nixoci-frontend:test", labelled, [])),
+      {},
+      "BuildKit v0.8 (dockerd 20.10)",
+    );
+    assert.deepEqual(
+      attrsOf(
+        stepImage("nixoci-frontend:test", labelled, [{ ID: "source.image.layerlimit", Enabled: false }]),
+      ),
+      {},
+    );
+    assert.deepEqual(attrsOf(stepImage("nixoci-frontend:test", config({}, 6), layerCap)), {});
+    assert.deepEqual(
+      attrsOf(stepImage("nixoci-frontend:test", undefined, layerCap)),
+      {},
+      "config not resolved",
+    );
+  });
 });
