@@ -3,7 +3,8 @@
 // registry caches only there), a spec whose first line is `# syntax=nixoci-frontend:test`:
 //   --load (type=docker), --output type=oci,dest=FILE, --output type=image,push=true to `nixoci serve` and to
 //   docker-registry 2.8, --cache-to/--cache-from type=registry through `nixoci serve` and docker-registry (after
-//   the daemon's build cache is emptied, the plan and every fetch step come from the registry cache), --platform (the build's own is taken,
+//   the daemon's build cache is emptied, the plan and every fetch step come from the registry cache), a Nix file
+//   (--load, and the registry cache round trip: neither nix nor a copy step runs again), --platform (the build's own is taken,
 //   another refused in one line), and a plain Dockerfile whose FROM is the frontend's image.
 // Dockerd 20.10 has no buildx: on that release this file defines no test (frontend.test.ts covers its Engine API
 // and `DOCKER_BUILDKIT=1 docker build` paths).
@@ -16,9 +17,11 @@ import { join } from "node:path";
 import {
   fetchSteps,
   loadFrontendImage,
+  nixFileFor,
   startBinaryCacheServer,
   type BinaryCacheServer,
 } from "../../support/buildkit.js";
+import { ROOT } from "../../support/cli.js";
 import { buildFixtures } from "../../support/fixtures.js";
 import { startDockerd, startRegistry, type Dockerd, type Registry } from "../../support/daemons.js";
 import { dockerUnderTest } from "../../support/docker-release.js";
@@ -206,6 +209,77 @@ if (release.buildxPluginDir)
         );
         assert.match(runImage("buildx:cached"), /Hello from nixoci!/);
       });
+
+    test("a Nix file: --load runs it; through a --cache-to/--cache-from registry cache an emptied builder runs neither nix nor a copy step", () => {
+      const toolchain = "nixoci-nix:buildx";
+      execFileSync(
+        process.execPath,
+        [
+          join(ROOT, "scripts/nix-toolchain-image.mjs"),
+          "--tag",
+          toolchain,
+          "--docker-host",
+          `unix://${d.host}`,
+        ],
+        { stdio: ["ignore", "ignore", "inherit"] },
+      );
+      const nixCtx = join(dir, "nix");
+      mkdirSync(nixCtx);
+      writeFileSync(
+        join(nixCtx, "default.nix"),
+        nixFileFor(
+          FRONTEND,
+          [
+            `  hello = sh { name = "hello-buildx"; script = "mkdir -p $out/bin && printf '#!\${busybox}/bin/sh\\necho Hello from buildx and Nix\\n' > $out/bin/hello && chmod +x $out/bin/hello"; };`,
+            "in { inherit hello busybox; }",
+          ].join("\n"),
+        ),
+      );
+      const nixBuild = (args: string[]) =>
+        d.buildx([
+          "build",
+          "--progress=rawjson",
+          "--network",
+          "host",
+          "-f",
+          join(nixCtx, "default.nix"),
+          "--build-arg",
+          `toolchain=${toolchain}`,
+          "--build-arg",
+          "attr=hello",
+          "--build-arg",
+          'entrypoint=["/bin/hello"]',
+          ...args,
+          nixCtx,
+        ]);
+      const cacheRef = `${serve.host}/buildx/cache:nix`;
+      nixBuild([
+        "--cache-to",
+        `type=registry,ref=${cacheRef},mode=max,registry.insecure=true`,
+        "--load",
+        "-t",
+        "buildx:nix",
+      ]);
+      assert.match(runImage("buildx:nix"), /Hello from buildx and Nix/);
+      d.docker(["builder", "prune", "-af"]);
+      const r = nixBuild([
+        "--cache-from",
+        `type=registry,ref=${cacheRef},registry.insecure=true`,
+        "--load",
+        "-t",
+        "buildx:nix-cached",
+      ]);
+      const vertices = rawVertices(r.stderr);
+      const steps = vertices.filter((v) => /^(nix-build|nixoci: (plan|fetch))/.test(v.name));
+      const listing = vertices.map((v) => `${v.name}${v.cached ? " (cached)" : ""}`).join(", ");
+      // 26.1's BuildKit finds the whole result in the cache and lists no step; 28.5's lists each one cached.
+      assert.deepEqual(
+        steps.filter((v) => !v.cached).map((v) => v.name),
+        [],
+        `ran again: ${listing}`,
+      );
+      assert.match(runImage("buildx:nix-cached"), /Hello from buildx and Nix/);
+    });
 
     test("--platform: the build's own is taken; another fails in one line naming what the build makes", () => {
       const arch = process.arch === "x64" ? "amd64" : process.arch;
