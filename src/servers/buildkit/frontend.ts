@@ -606,17 +606,22 @@ export function stepImage(
 
 /** The layer count the step-layers label gives, when it names fewer layers than the image has; else undefined. */
 export function stepLayerLimit(config: Buffer): number | undefined {
-  let doc: { config?: { Labels?: Record<string, string> | null }; rootfs?: { diff_ids?: unknown[] } };
+  let doc: unknown;
   try {
-    doc = JSON.parse(config.toString("utf8")) as typeof doc;
+    doc = JSON.parse(config.toString("utf8"));
   } catch {
     return undefined;
   }
-  const label = doc.config?.Labels?.[STEP_LAYERS_LABEL];
-  const layers = doc.rootfs?.diff_ids?.length ?? 0;
-  if (label === undefined || !/^[1-9][0-9]*$/.test(label)) return undefined;
+  const image = doc as {
+    config?: { Labels?: Record<string, unknown> | null };
+    rootfs?: { diff_ids?: unknown };
+  };
+  if (typeof doc !== "object" || doc === null) return undefined;
+  const label = image.config?.Labels?.[STEP_LAYERS_LABEL];
+  const diffIds = image.rootfs?.diff_ids;
+  if (typeof label !== "string" || !/^[1-9][0-9]*$/.test(label) || !Array.isArray(diffIds)) return undefined;
   const n = Number(label);
-  return n < layers ? n : undefined;
+  return n < diffIds.length ? n : undefined;
 }
 
 /** stdin/stdout as the one Duplex the HTTP/2 client needs. */

@@ -209,7 +209,16 @@ describe("the steps' image (the frontend image's lower layers, where its label n
     assert.equal(stepLayerLimit(config({ other: "1" }, 6)), undefined, "no label: an image built otherwise");
     assert.equal(stepLayerLimit(config(null, 6)), undefined);
     assert.equal(stepLayerLimit(Buffer.from("not json")), undefined);
-    assert.equal(stepLayerLimit(Buffer.from("[]")), undefined);
+    for (const odd of [
+      "[]",
+      "null",
+      "5",
+      '"x"',
+      '{"config":null}',
+      '{"config":{"Labels":{"' + STEP_LAYERS_LABEL + '":5}},"rootfs":{"diff_ids":[1,2,3,4,5,6]}}',
+      '{"config":{"Labels":{"' + STEP_LAYERS_LABEL + '":"5"}},"rootfs":{"diff_ids":"sha256:123456"}}',
+    ])
+      assert.equal(stepLayerLimit(Buffer.from(odd)), undefined, odd);
   });
 
   test("a layer limit on the image source only where BuildKit has the cap and the image has the label", () => {
