@@ -141,6 +141,22 @@ export function loadFrontendImage(d: Dockerd, tag: string, workDir: string): voi
   rmSync(archive, { force: true });
 }
 
+/** A Nix toolchain image (scripts/nix-toolchain-image.mjs; `nix`: its --nix, default this machine's), put into `d`. */
+export function loadNixToolchainImage(d: Dockerd, tag: string, nix?: string): void {
+  execFileSync(
+    process.execPath,
+    [
+      join(ROOT, "scripts/nix-toolchain-image.mjs"),
+      ...(nix ? ["--nix", nix] : []),
+      "--tag",
+      tag,
+      "--docker-host",
+      `unix://${d.host}`,
+    ],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+}
+
 export interface BinaryCacheServer {
   url: string;
   publicKey: string;

@@ -17,11 +17,11 @@ import { join } from "node:path";
 import {
   fetchSteps,
   loadFrontendImage,
+  loadNixToolchainImage,
   nixFileFor,
   startBinaryCacheServer,
   type BinaryCacheServer,
 } from "../../support/buildkit.js";
-import { ROOT } from "../../support/cli.js";
 import { buildFixtures } from "../../support/fixtures.js";
 import { startDockerd, startRegistry, type Dockerd, type Registry } from "../../support/daemons.js";
 import { dockerUnderTest } from "../../support/docker-release.js";
@@ -93,19 +93,32 @@ if (release.buildxPluginDir)
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
 
-    /** `docker buildx build --network host -f nixoci.yaml ARGS ctx` with raw progress. */
-    const build = (args: string[]) =>
-      d.buildx([
-        "build",
-        "--progress=rawjson",
-        "--network",
-        "host",
-        "-f",
-        join(ctx, "nixoci.yaml"),
-        ...args,
-        ctx,
-      ]);
+    /** `docker buildx build --network host -f FILE ARGS CONTEXT` with raw progress. */
+    const buildx = (file: string, context: string, args: string[]) =>
+      d.buildx(["build", "--progress=rawjson", "--network", "host", "-f", file, ...args, context]);
+    /** The spec's build. */
+    const build = (args: string[]) => buildx(join(ctx, "nixoci.yaml"), ctx, args);
     const runImage = (ref: string): string => d.docker(["run", "--rm", "--network", "none", ref]).toString();
+    /**
+     * Empties the daemon's build cache (cache mounts too), then builds again `--cache-from` the registry cache
+     * `cacheRef` into `tag`: the build's vertices, and a listing of them for messages.
+     */
+    const buildFromEmptiedBuilder = (
+      run: (args: string[]) => { stderr: string },
+      cacheRef: string,
+      tag: string,
+    ) => {
+      d.docker(["builder", "prune", "-af"]);
+      const r = run([
+        "--cache-from",
+        `type=registry,ref=${cacheRef},registry.insecure=true`,
+        "--load",
+        "-t",
+        tag,
+      ]);
+      const vertices = rawVertices(r.stderr);
+      return { vertices, listing: vertices.map((v) => `${v.name}${v.cached ? " (cached)" : ""}`).join(", ") };
+    };
 
     test("--load (type=docker): the image runs", () => {
       build(["--load", "-t", "buildx:load"]);
@@ -173,19 +186,10 @@ if (release.buildxPluginDir)
           JSON.stringify(raw),
         );
         assert.ok(parts.length >= 4, `${parts.length} parts`);
-        d.docker(["builder", "prune", "-af"]);
-        const r = build([
-          "--cache-from",
-          `type=registry,ref=${cacheRef},registry.insecure=true`,
-          "--load",
-          "-t",
-          "buildx:cached",
-        ]);
         // The plan step, with its choice of fetch steps, and every fetch step come from the registry cache
         // (26.1's BuildKit finds the whole result there and lists no step at all; 28.5's lists them cached: its
         // steps run on the frontend image's lower layers, see stepImage in frontend.ts).
-        const vertices = rawVertices(r.stderr);
-        const listing = vertices.map((v) => `${v.name}${v.cached ? " (cached)" : ""}`).join(", ");
+        const { vertices, listing } = buildFromEmptiedBuilder(build, cacheRef, "buildx:cached");
         const plan = vertices.filter((v) => v.name.startsWith("nixoci: plan"));
         assert.ok(
           plan.every((v) => v.cached),
@@ -212,17 +216,7 @@ if (release.buildxPluginDir)
 
     test("a Nix file: --load runs it; through a --cache-to/--cache-from registry cache an emptied builder runs neither nix nor a copy step", () => {
       const toolchain = "nixoci-nix:buildx";
-      execFileSync(
-        process.execPath,
-        [
-          join(ROOT, "scripts/nix-toolchain-image.mjs"),
-          "--tag",
-          toolchain,
-          "--docker-host",
-          `unix://${d.host}`,
-        ],
-        { stdio: ["ignore", "ignore", "inherit"] },
-      );
+      loadNixToolchainImage(d, toolchain);
       const nixCtx = join(dir, "nix");
       mkdirSync(nixCtx);
       writeFileSync(
@@ -236,13 +230,7 @@ if (release.buildxPluginDir)
         ),
       );
       const nixBuild = (args: string[]) =>
-        d.buildx([
-          "build",
-          "--progress=rawjson",
-          "--network",
-          "host",
-          "-f",
-          join(nixCtx, "default.nix"),
+        buildx(join(nixCtx, "default.nix"), nixCtx, [
           "--build-arg",
           `toolchain=${toolchain}`,
           "--build-arg",
@@ -250,7 +238,6 @@ if (release.buildxPluginDir)
           "--build-arg",
           'entrypoint=["/bin/hello"]',
           ...args,
-          nixCtx,
         ]);
       const cacheRef = `${serve.host}/buildx/cache:nix`;
       nixBuild([
@@ -261,17 +248,8 @@ if (release.buildxPluginDir)
         "buildx:nix",
       ]);
       assert.match(runImage("buildx:nix"), /Hello from buildx and Nix/);
-      d.docker(["builder", "prune", "-af"]);
-      const r = nixBuild([
-        "--cache-from",
-        `type=registry,ref=${cacheRef},registry.insecure=true`,
-        "--load",
-        "-t",
-        "buildx:nix-cached",
-      ]);
-      const vertices = rawVertices(r.stderr);
+      const { vertices, listing } = buildFromEmptiedBuilder(nixBuild, cacheRef, "buildx:nix-cached");
       const steps = vertices.filter((v) => /^(nix-build|nixoci: (plan|fetch))/.test(v.name));
-      const listing = vertices.map((v) => `${v.name}${v.cached ? " (cached)" : ""}`).join(", ");
       // 26.1's BuildKit finds the whole result in the cache and lists no step; 28.5's lists each one cached.
       assert.deepEqual(
         steps.filter((v) => !v.cached).map((v) => v.name),

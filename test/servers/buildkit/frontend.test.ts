@@ -18,6 +18,7 @@ import {
   fetchedLayerNumbers,
   fetchSteps,
   loadFrontendImage,
+  loadNixToolchainImage,
   startBinaryCacheServer,
   type BinaryCacheServer,
   nixFileFor,
@@ -299,17 +300,7 @@ for (const store of STORES)
       };
 
       before(() => {
-        execFileSync(
-          process.execPath,
-          [
-            join(ROOT, "scripts/nix-toolchain-image.mjs"),
-            "--tag",
-            TOOLCHAIN,
-            "--docker-host",
-            `unix://${d.host}`,
-          ],
-          { stdio: ["ignore", "ignore", "inherit"] },
-        );
+        loadNixToolchainImage(d, TOOLCHAIN);
       });
 
       test("a Nix file builds an image that runs; a rebuild runs nothing again", async () => {

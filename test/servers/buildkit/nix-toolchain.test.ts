@@ -11,7 +11,6 @@
 // runs once and is not in run-tests.mjs's DOCKER_SUITES.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,10 +18,10 @@ import {
   dockerBuild,
   fetchedLayerNumbers,
   loadFrontendImage,
+  loadNixToolchainImage,
   type BuildResult,
   nixFileFor,
 } from "../../support/buildkit.js";
-import { ROOT } from "../../support/cli.js";
 import { startDockerd, type Dockerd } from "../../support/daemons.js";
 import { dockerRelease } from "../../support/docker-release.js";
 
@@ -57,20 +56,7 @@ for (const { series, containerdStore } of DOCKERS)
       dir = mkdtempSync(join(tmpdir(), "nixoci-nix-toolchain-test-"));
       d = await startDockerd({ release: dockerRelease({ NIXOCI_DOCKER: series }), containerdStore });
       loadFrontendImage(d, FRONTEND, dir);
-      for (const nix of ["2.26", "2.8"])
-        execFileSync(
-          process.execPath,
-          [
-            join(ROOT, "scripts/nix-toolchain-image.mjs"),
-            "--nix",
-            nix,
-            "--tag",
-            toolchain(nix),
-            "--docker-host",
-            `unix://${d.host}`,
-          ],
-          { stdio: ["ignore", "ignore", "inherit"] },
-        );
+      for (const nix of ["2.26", "2.8"]) loadNixToolchainImage(d, toolchain(nix), nix);
     });
 
     after(async () => {
