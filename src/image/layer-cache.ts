@@ -42,12 +42,13 @@ export class LayerCache {
   }
 
   /**
-   * Removes what killed writers left in the cache (half-written blobs, index entries and image records under
-   * their temporary names; a live writer's stay). Returns the paths removed, relative to the cache directory.
+   * Removes what killed writers left in the cache (half-written blobs, index entries, image records and the
+   * encoders' memoized versions (tools/, util/tool-versions.ts) under their temporary names; a live writer's
+   * stay). Returns the paths removed, relative to the cache directory.
    */
   async sweepTemporaries(): Promise<string[]> {
     const removed: string[] = [];
-    for (const sub of ["blobs/sha256", "layers", "images"])
+    for (const sub of ["blobs/sha256", "layers", "images", "tools"])
       for (const name of await sweepAbandonedTemps(join(this.dir, sub))) removed.push(`${sub}/${name}`);
     return removed;
   }
