@@ -45,12 +45,31 @@ export function fetchedLayerNumbers(vertices: Iterable<{ name: string }>): numbe
     .sort((a, b) => a - b);
 }
 
+/**
+ * An intermittent race of the containerd image store's unpack at export (moby/buildkit#6521, Docker 28/29), not of
+ * the build: the build is run once more, and a vertex counts as executed if either run executed it.
+ */
+const UNPACK_RACE = /failed to prepare extraction snapshot .* parent snapshot .* does not exist/;
+
 /** POST /v1.41/build?version=2 with `context` (a directory) as a streamed tar; never rejects for a failed build. */
-export function dockerBuild(
+export async function dockerBuild(
   d: Dockerd,
   context: string,
   params: Record<string, string>,
   timeoutMs = 900_000,
+): Promise<BuildResult> {
+  const first = await dockerBuildOnce(d, context, params, timeoutMs);
+  if (!first.error || !UNPACK_RACE.test(first.error)) return first;
+  const again = await dockerBuildOnce(d, context, params, timeoutMs);
+  for (const [digest, v] of first.vertices) if (!v.cached) again.vertices.set(digest, v);
+  return { ...again, log: `${first.log}\n(retried: ${first.error})\n${again.log}` };
+}
+
+function dockerBuildOnce(
+  d: Dockerd,
+  context: string,
+  params: Record<string, string>,
+  timeoutMs: number,
 ): Promise<BuildResult> {
   const qs = new URLSearchParams({ version: "2", ...params }).toString();
   const t0 = performance.now();
