@@ -11,16 +11,7 @@
 // build` first.
 // A nixpkgs user builds the same closure from pkgs.nodejs and a nixoci package instead (see the README).
 import { execFileSync } from "node:child_process";
-import {
-  chmodSync,
-  copyFileSync,
-  cpSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  realpathSync,
-  rmSync,
-} from "node:fs";
+import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -100,10 +91,8 @@ try {
       stdio: ["ignore", "pipe", "inherit"],
     });
   const steps = join(work, "steps-image");
-  nixociBuild([...packages, ...config, "-o", `oci:${steps}`]);
-  const index = JSON.parse(readFileSync(join(steps, "index.json"), "utf8"));
-  const blob = (digest) => readFileSync(join(steps, "blobs", ...digest.split(":")), "utf8");
-  const stepLayers = JSON.parse(blob(index.manifests[0].digest)).layers.length;
+  const stepLayers = JSON.parse(nixociBuild([...packages, ...config, "--json", "-o", `oci:${steps}`])).layers
+    .length;
   const out = nixociBuild([
     ...packages,
     "--from",

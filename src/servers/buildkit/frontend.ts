@@ -27,6 +27,7 @@ import { Duplex } from "node:stream";
 import { parse as parseYaml } from "yaml";
 import { runtimeConfig } from "../../image/config.js";
 import { emptySpec, specFromObject, validateSpec, type ImageSpec } from "../../image/spec.js";
+import { parseJsonObject } from "../../util/json.js";
 import { cacheImportsOf, Gateway } from "./gateway.js";
 import {
   copy,
@@ -606,17 +607,12 @@ export function stepImage(
 
 /** The layer count the step-layers label gives, when it names fewer layers than the image has; else undefined. */
 export function stepLayerLimit(config: Buffer): number | undefined {
-  let doc: unknown;
+  let image: { config?: { Labels?: Record<string, unknown> | null }; rootfs?: { diff_ids?: unknown } };
   try {
-    doc = JSON.parse(config.toString("utf8"));
+    image = parseJsonObject(config, "the frontend image's config");
   } catch {
     return undefined;
   }
-  const image = doc as {
-    config?: { Labels?: Record<string, unknown> | null };
-    rootfs?: { diff_ids?: unknown };
-  };
-  if (typeof doc !== "object" || doc === null) return undefined;
   const label = image.config?.Labels?.[STEP_LAYERS_LABEL];
   const diffIds = image.rootfs?.diff_ids;
   if (typeof label !== "string" || !/^[1-9][0-9]*$/.test(label) || !Array.isArray(diffIds)) return undefined;
