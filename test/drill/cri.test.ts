@@ -13,12 +13,10 @@
 //   service stays up (answers the next call).
 import { test, describe, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import type { CriImageClient } from "../../src/proto/cri.js";
 import { setTimeout as sleep } from "node:timers/promises";
-import { criImageClient, type CriImageClient } from "../../src/proto/cri.js";
-import { ROOT } from "../support/cli.js";
 import {
   checkSnapshotsConsistent,
   logSize,
@@ -32,9 +30,10 @@ import {
 } from "../support/cri.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
-import { GiveUp, until } from "../support/poll.js";
+import { startImageService } from "../support/image-service.js";
+import { until } from "../support/poll.js";
 import { run } from "../support/run.js";
-import { exited, startSnapshotter, stopSnapshotter, tail, waitExit } from "../support/snapshotter.js";
+import { exited, startSnapshotter, stopSnapshotter, tail } from "../support/snapshotter.js";
 import {
   drillTimeout,
   entries,
@@ -214,56 +213,6 @@ describe(`drill: the snapshotter SIGKILLed during a CRI pull of containerd ${con
   );
 });
 
-interface ImageService {
-  child: ChildProcess;
-  client: CriImageClient;
-  logFile: string;
-  stop(signal?: NodeJS.Signals): Promise<void>;
-}
-
-/** `nixoci image-service` as a child process; ready once its socket exists (bounded). */
-async function startImageService(
-  dir: string,
-  args: string[],
-  env?: NodeJS.ProcessEnv,
-): Promise<ImageService> {
-  const socket = join(dir, "is.sock");
-  const logFile = join(dir, "is.log");
-  rmSync(socket, { force: true }); // a SIGKILLed predecessor's
-  const fd = openSync(logFile, "a");
-  const child = spawn(
-    process.execPath,
-    [join(ROOT, "bin/nixoci.js"), "image-service", "--address", socket, "--log-level", "debug", ...args],
-    { stdio: ["ignore", fd, fd], env: { ...process.env, ...env } },
-  );
-  closeSync(fd);
-  const client = criImageClient(socket);
-  const stop = async (signal: NodeJS.Signals = "SIGTERM"): Promise<void> => {
-    client.close();
-    if (exited(child)) return;
-    child.kill(signal);
-    if (!(await waitExit(child, 10_000))) {
-      child.kill("SIGKILL");
-      await waitExit(child, 5000);
-    }
-  };
-  try {
-    await until(
-      "the image service to listen",
-      20_000,
-      () => {
-        if (exited(child)) throw new GiveUp(`exited:\n${tail(logFile)}`);
-        assert.ok(existsSync(socket) && /"listening"/.test(tail(logFile, 200)), "not listening yet");
-      },
-      50,
-    );
-  } catch (err) {
-    await stop("SIGKILL");
-    throw err;
-  }
-  return { child, client, logFile, stop };
-}
-
 describe(`drill: nixoci image-service SIGKILLed during a nix:0 pull into containerd ${containerdUnderTest().series}`, () => {
   test(
     "containerd has the image whole or not at all; restarted, it pulls and runs",
@@ -273,7 +222,7 @@ describe(`drill: nixoci image-service SIGKILLed during a nix:0 pull into contain
       const s = await startCriStack({ prefix: "drill-is", snapshotterArgs: [] });
       const tmp = privateTmpdir("image-service");
       const args = ["--containerd", s.containerd.address, "--snapshotter", "nixoci"];
-      let svc = await startImageService(s.dir, args, { TMPDIR: tmp });
+      let svc = await startImageService(s.dir, "is", args, { TMPDIR: tmp });
       let runs = 0;
       try {
         const t0 = performance.now();
@@ -302,8 +251,19 @@ describe(`drill: nixoci image-service SIGKILLed during a nix:0 pull into contain
                 GREETING,
                 "the image the killed pull left runs",
               );
-            svc = await startImageService(s.dir, args, { TMPDIR: tmp });
-            const pulled = await svc.client.pullImage({ image: { image: ref } }, { timeoutMs: 120_000 });
+            svc = await startImageService(s.dir, "is", args, { TMPDIR: tmp });
+            const restarted = svc;
+            const pulled = await restarted.client
+              .pullImage({ image: { image: ref } }, { timeoutMs: 120_000 })
+              .catch((err: Error) => {
+                const state = exited(restarted.child) ? "exited" : "runs";
+                throw new Error(
+                  `the pull after the restart: ${err.message} (the service ${state}); its log:\n${tail(restarted.logFile)}`,
+                  {
+                    cause: err,
+                  },
+                );
+              });
             assert.match(pulled.image_ref, /^sha256:/);
             assert.equal(s.run(`${ref}:latest`, `drill-is-${runs++}`), GREETING);
             await checkSnapshotsConsistent(s);
@@ -326,7 +286,7 @@ describe(`drill: nixoci image-service SIGKILLed during a nix:0 pull into contain
     async () => {
       const ref = await buildNixImage();
       const s = await startCriStack({ prefix: "drill-ctrd", snapshotterArgs: [] });
-      const svc = await startImageService(s.dir, [
+      const svc = await startImageService(s.dir, "is", [
         "--containerd",
         s.containerd.address,
         "--snapshotter",
