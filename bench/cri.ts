@@ -52,7 +52,7 @@ import {
   stopSnapshotter,
   type Snapshotter,
 } from "../test/support/snapshotter.js";
-import { median, nixBuild } from "./common.js";
+import { cpuMs, median, nixBuild } from "./common.js";
 import { criConfig, NIX_STORE_PATH_ANNOTATION } from "../test/support/cri.js";
 import { until } from "../test/support/poll.js";
 import {
@@ -193,6 +193,8 @@ interface Side {
   cri: CriImageClient;
   /** Directories that must be empty after an image is removed (the snapshotter's own snapshots). */
   snapshotDir: string;
+  /** The proxy snapshotter's pid (none for containerd's own overlayfs). */
+  snapshotterPid?: number;
 }
 
 async function startSide(
@@ -222,7 +224,7 @@ async function startSide(
   const snapshotDir = proxy
     ? join(proxy.root, "snapshots")
     : join(containerd.root, "io.containerd.snapshotter.v1.overlayfs", "snapshots");
-  return { name, snapshotter, containerd, cri, snapshotDir };
+  return { name, snapshotter, containerd, cri, snapshotDir, snapshotterPid: proxy?.child.pid };
 }
 
 // ---- one run ----
@@ -234,6 +236,8 @@ interface Sample {
   blobGets: number;
   layerGets: number;
   bytes: number;
+  /** CPU time containerd and the proxy snapshotter used during the pull (where a pull's time goes). */
+  pullCpuMs: { containerd: number; snapshotter: number };
 }
 
 /** Blob GETs in docker-registry's access log from byte `from` on: count, bytes, and how many were layers. */
@@ -324,9 +328,14 @@ async function pullAndRun(side: Side, registry: Registry, image: Image): Promise
     100,
   );
   const logFrom = fs.statSync(join(registry.dir, "registry.log")).size;
+  const cpu0 = { containerd: cpuMs(side.containerd.pid()), snapshotter: cpuMs(side.snapshotterPid) };
   const t0 = performance.now();
   const pulled = await side.cri.pullImage({ image: { image: image.ref } }, { timeoutMs: 300_000 });
   const t1 = performance.now();
+  const pullCpuMs = {
+    containerd: cpuMs(side.containerd.pid()) - cpu0.containerd,
+    snapshotter: cpuMs(side.snapshotterPid) - cpu0.snapshotter,
+  };
   const id = `nixoci-bench-${process.pid}-${runId++}`;
   const { firstLineAt, done } = await runToFirstLine(side, image, id);
   await done;
@@ -334,6 +343,7 @@ async function pullAndRun(side: Side, registry: Registry, image: Image): Promise
   await side.cri.removeImage({ image: { image: pulled.image_ref } }, { timeoutMs: 120_000 });
   return {
     pullMs: t1 - t0,
+    pullCpuMs,
     runMs: firstLineAt - t1,
     totalMs: firstLineAt - t0,
     blobGets: gets.n,
@@ -378,6 +388,7 @@ function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side, 
       "vs overlayfs".padStart(14) +
       "  blobs GET (layers) / MB".padEnd(27) +
       "  totals of each run".padEnd(40) +
+      "  pull CPU: containerd / snapshotter".padEnd(38) +
       "goal",
   );
   for (const [side, xs] of samples) {
@@ -394,6 +405,9 @@ function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side, 
           27,
         ) +
         `  ${xs.map((s) => (s.totalMs / 1000).toFixed(2)).join(" ")}`.padEnd(40) +
+        `  ${sec(median(xs.map((s) => s.pullCpuMs.containerd)))} / ${
+          side.snapshotterPid ? sec(median(xs.map((s) => s.pullCpuMs.snapshotter))) : "-"
+        }`.padEnd(38) +
         (isBase || !goal
           ? ""
           : `<= ${GOAL_VS_OVERLAYFS}x overlayfs: ${verdict(total / b <= GOAL_VS_OVERLAYFS)}`),

@@ -409,6 +409,8 @@ export interface Containerd {
   root: string;
   /** The containerd release running (NIXOCI_CONTAINERD, see containerd-release.ts). */
   release: ContainerdRelease;
+  /** The running containerd's pid (changes on restart). */
+  pid(): number | undefined;
   stop(): Promise<void>;
   /**
    * Stops containerd with `signal` (SIGKILL: no cleanup; its shims and their containers live on) and starts it
@@ -524,7 +526,8 @@ export async function startContainerd(
     }
     child = await start();
   };
-  return { address, root, release, stop, restart, ctr, log: () => tailOf(logFile, 100000) };
+  const pid = (): number | undefined => child?.pid;
+  return { address, root, release, pid, stop, restart, ctr, log: () => tailOf(logFile, 100000) };
 }
 
 // ---- dockerd ----

@@ -23,7 +23,7 @@ import { execFileSync } from "node:child_process";
 import { basename, join } from "node:path";
 import { defaultMountpointsDir, MountpointDirs } from "../../../src/servers/snapshotter/mountpoints.js";
 import { mountPointsUnder } from "../../../src/servers/snapshotter/mounts.js";
-import { viewMountOptions } from "../../../src/servers/snapshotter/store-view.js";
+import { buildViewTree, viewMountOptions } from "../../../src/servers/snapshotter/store-view.js";
 import { ModeChooser } from "../../../src/servers/snapshotter/nix-layer-modes/auto.js";
 import { LocalStore } from "../../../src/store/local-store.js";
 import type { Logger } from "../../../src/util/logger.js";
@@ -155,6 +155,23 @@ test("a chain's store view: its paths only, the store's files and metadata; unmo
     for (const mp of mountPointsUnder(dirs.dir).reverse()) execFileSync("umount", ["-l", mp]);
     rmSync(dirs.dir, { recursive: true, force: true });
     rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("a big view's tree is built a slice at a time, so the snapshotter answers calls meanwhile", async () => {
+  const dir = mkdtempSync(join("/dev/shm", "nixoci-view-slices-"));
+  try {
+    writeFileSync(join(dir, "file"), "x");
+    const paths = Array.from({ length: 1000 }, (_, i) => ({ real: join(dir, "file"), baseName: `p${i}` }));
+    const store = join(dir, "tree/root/nix/store");
+    const built = buildViewTree(join(dir, "tree"), "nix/store", paths);
+    // The call returned at its first yield: part of the tree is there, not all of it.
+    const atFirstTurn = readdirSync(store).length;
+    assert.ok(atFirstTurn > 0 && atFirstTurn < paths.length, `${atFirstTurn} of ${paths.length} entries`);
+    await built;
+    assert.equal(readdirSync(store).length, paths.length);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
