@@ -36,7 +36,8 @@
 //      layer from the store and containerd downloads and unpacks them all through it; RUNS runs on the nixoci
 //      side, against the overlayfs medians of 1.
 // Nothing about time is asserted; failures (a pull error, no output, a wrong line) throw.
-// Knobs for looking into it: NIXOCI_BENCH_CRI_RUNS=N (runs per series), NIXOCI_BENCH_CRI_LOG=info|debug (the
+// Knobs for looking into it: NIXOCI_BENCH_CRI_RUNS=N (runs per series), NIXOCI_BENCH_CRI_SECTIONS=2 (or "1 3":
+// only those sections; the summary then shows what ran), NIXOCI_BENCH_CRI_LOG=info|debug (the
 // snapshotter's log level; default warn), NIXOCI_BENCH_CRI_NIX_LAYERS=MODE (its --nix-layers; default: its own
 // default, auto), NIXOCI_KEEP_TMP=1 (keep the temp dir with the daemons' logs).
 import { execFileSync, spawn } from "node:child_process";
@@ -69,6 +70,8 @@ const EXPECTED_LINE = "Hello from nixoci!";
 const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 
 const RUNS_OVERRIDE = Number(process.env.NIXOCI_BENCH_CRI_RUNS) || undefined;
+/** The sections to run (NIXOCI_BENCH_CRI_SECTIONS, e.g. "2" or "1,3"; default all three). */
+const SECTIONS = new Set((process.env.NIXOCI_BENCH_CRI_SECTIONS ?? "1 2 3").split(/[\s,]+/).map(Number));
 const RUNS = RUNS_OVERRIDE ?? 5;
 const PATH_RUNS = RUNS_OVERRIDE ?? 5;
 /** Small store paths in the two many-paths images (their closures add `top`, and hello's 3 paths). */
@@ -536,76 +539,88 @@ async function benchRelease(
     console.log(`\n==== containerd ${version} (the nixoci side: auto's mode, ${mode})`);
 
     // 1. the big image
-    for (const side of sides) await pullAndRun(side, registry, big); // warm-up, untimed
-    const bigSamples = await series(sides, registry, big, RUNS);
-    console.log(
-      `\n1. CRI PullImage -> first output line of \`ctr -n ${NS} run --rm --snapshotter X\`, containerd ${version}: ` +
-        `the big image; fresh state per run, after one warm-up run each; median of ${RUNS}, interleaved`,
-    );
-    printTable(big, bigSamples, overlaySide);
+    let bigSamples: Map<Side, Sample[]> | undefined;
+    if (SECTIONS.has(1)) {
+      for (const side of sides) await pullAndRun(side, registry, big); // warm-up, untimed
+      bigSamples = await series(sides, registry, big, RUNS);
+      console.log(
+        `\n1. CRI PullImage -> first output line of \`ctr -n ${NS} run --rm --snapshotter X\`, containerd ${version}: ` +
+          `the big image; fresh state per run, after one warm-up run each; median of ${RUNS}, interleaved`,
+      );
+      printTable(big, bigSamples, overlaySide);
+    }
 
     // 2. per 1,000 store paths
-    const smallSamples = new Map<Side, Sample[]>(sides.map((s) => [s, []]));
-    const largeSamples = new Map<Side, Sample[]>(sides.map((s) => [s, []]));
-    for (let run = 0; run < PATH_RUNS; run++) {
-      const order = run % 2 === 0 ? sides : [...sides].reverse();
-      for (const side of order) {
-        smallSamples.get(side)!.push(await pullAndRun(side, registry, small));
-        largeSamples.get(side)!.push(await pullAndRun(side, registry, large));
-      }
-    }
-    const deltaK = (large.paths - small.paths) / 1000;
-    console.log(
-      `\n2. extra cost per 1,000 store paths, containerd ${version}: ${small.paths} vs ` +
-        `${large.paths} store paths (${small.layers.length} and ${large.layers.length} layers; ` +
-        `${mb(small.narSize)} and ${mb(large.narSize)} of NAR); pull -> first output, median of ${PATH_RUNS}`,
-    );
-    console.log(
-      "snapshotter".padEnd(12) +
-        `${small.paths} paths`.padStart(12) +
-        `${large.paths} paths`.padStart(13) +
-        "per 1,000 paths".padStart(17) +
-        "  blobs GET (layers), few / many",
-    );
     const perK = new Map<Side, number>();
-    for (const side of sides) {
-      const s = smallSamples.get(side)!;
-      const l = largeSamples.get(side)!;
-      const ts = median(s.map((x) => x.totalMs));
-      const tl = median(l.map((x) => x.totalMs));
-      perK.set(side, (tl - ts) / deltaK);
-      const g = (xs: Sample[]) => `${xs[xs.length - 1].blobGets} (${xs[xs.length - 1].layerGets})`;
+    if (SECTIONS.has(2)) {
+      const smallSamples = new Map<Side, Sample[]>(sides.map((s) => [s, []]));
+      const largeSamples = new Map<Side, Sample[]>(sides.map((s) => [s, []]));
+      for (let run = 0; run < PATH_RUNS; run++) {
+        const order = run % 2 === 0 ? sides : [...sides].reverse();
+        for (const side of order) {
+          smallSamples.get(side)!.push(await pullAndRun(side, registry, small));
+          largeSamples.get(side)!.push(await pullAndRun(side, registry, large));
+        }
+      }
+      const deltaK = (large.paths - small.paths) / 1000;
       console.log(
-        side.name.padEnd(12) +
-          sec(ts).padStart(12) +
-          sec(tl).padStart(13) +
-          sec((tl - ts) / deltaK).padStart(17) +
-          `  ${g(s)} / ${g(l)}`,
+        `\n2. extra cost per 1,000 store paths, containerd ${version}: ${small.paths} vs ` +
+          `${large.paths} store paths (${small.layers.length} and ${large.layers.length} layers; ` +
+          `${mb(small.narSize)} and ${mb(large.narSize)} of NAR); pull -> first output, median of ${PATH_RUNS}`,
       );
+      console.log(
+        "snapshotter".padEnd(12) +
+          `${small.paths} paths`.padStart(12) +
+          `${large.paths} paths`.padStart(13) +
+          "per 1,000 paths".padStart(17) +
+          "  blobs GET (layers), few / many".padEnd(34) +
+          "  pull CPU few / many: containerd, snapshotter",
+      );
+      for (const side of sides) {
+        const s = smallSamples.get(side)!;
+        const l = largeSamples.get(side)!;
+        const ts = median(s.map((x) => x.totalMs));
+        const tl = median(l.map((x) => x.totalMs));
+        perK.set(side, (tl - ts) / deltaK);
+        const g = (xs: Sample[]) => `${xs[xs.length - 1].blobGets} (${xs[xs.length - 1].layerGets})`;
+        const cpu = (xs: Sample[]) =>
+          `${sec(median(xs.map((x) => x.pullCpuMs.containerd)))}` +
+          (side.snapshotterPid ? `, ${sec(median(xs.map((x) => x.pullCpuMs.snapshotter)))}` : "");
+        console.log(
+          side.name.padEnd(12) +
+            sec(ts).padStart(12) +
+            sec(tl).padStart(13) +
+            sec((tl - ts) / deltaK).padStart(17) +
+            `  ${g(s)} / ${g(l)}`.padEnd(34) +
+            `  ${cpu(s)} / ${cpu(l)}`,
+        );
+      }
     }
 
     // 3. the fallback when the labels point nowhere
-    const bad = await pushWithBadLabels(registry, big, `bad-labels-${release.series}`);
-    const badSide: Side = { ...nixSide, name: "nixoci/bad" };
-    await pullAndRun(badSide, registry, bad); // warm-up, untimed
-    const badSamples = await series([badSide], registry, bad, RUNS);
-    console.log(
-      `\n3. the image of 1. with every nix-store-path label naming a missing store path (nixoci/bad: the ` +
-        `snapshotter falls back to containerd ${version} downloading every layer); median of ${RUNS}`,
-    );
-    printTable(
-      bad,
-      new Map([...badSamples, [overlaySide, bigSamples.get(overlaySide)!]]),
-      overlaySide,
-      false,
-    );
+    if (SECTIONS.has(3)) {
+      const bad = await pushWithBadLabels(registry, big, `bad-labels-${release.series}`);
+      const badSide: Side = { ...nixSide, name: "nixoci/bad" };
+      await pullAndRun(badSide, registry, bad); // warm-up, untimed
+      const badSamples = await series([badSide], registry, bad, RUNS);
+      console.log(
+        `\n3. the image of 1. with every nix-store-path label naming a missing store path (nixoci/bad: the ` +
+          `snapshotter falls back to containerd ${version} downloading every layer); median of ${RUNS}`,
+      );
+      // Against the overlayfs side's runs of 1. (this section's own when 1 did not run).
+      const overlayRuns =
+        bigSamples?.get(overlaySide) ?? (await series([overlaySide], registry, big, RUNS)).get(overlaySide)!;
+      printTable(bad, new Map([...badSamples, [overlaySide, overlayRuns]]), overlaySide, false);
+    }
+    const medianOf = (side: Side) =>
+      bigSamples ? median(bigSamples.get(side)!.map((x) => x.totalMs)) : Number.NaN;
     return {
       release,
       mode,
-      nixociMs: median(bigSamples.get(nixSide)!.map((x) => x.totalMs)),
-      overlayMs: median(bigSamples.get(overlaySide)!.map((x) => x.totalMs)),
-      perKNixoci: perK.get(nixSide)!,
-      perKOverlay: perK.get(overlaySide)!,
+      nixociMs: medianOf(nixSide),
+      overlayMs: medianOf(overlaySide),
+      perKNixoci: perK.get(nixSide) ?? Number.NaN,
+      perKOverlay: perK.get(overlaySide) ?? Number.NaN,
     };
   } finally {
     for (const side of sides) {
@@ -634,10 +649,12 @@ function printSummary(results: ReleaseResult[]): void {
   );
   for (const r of results) {
     const ratioNow = r.nixociMs / r.overlayMs;
+    // NaN: the section did not run (NIXOCI_BENCH_CRI_SECTIONS).
+    const judge = (x: number, ok: boolean) => (Number.isNaN(x) ? "not run" : verdict(ok));
     const goals =
       r.release.series === "2.1"
-        ? `<= ${GOAL_VS_OVERLAYFS}x: ${verdict(ratioNow <= GOAL_VS_OVERLAYFS)}; ` +
-          `<= ${GOAL_MS_PER_K_PATHS} ms/1,000 paths: ${verdict(r.perKNixoci <= GOAL_MS_PER_K_PATHS)}`
+        ? `<= ${GOAL_VS_OVERLAYFS}x: ${judge(ratioNow, ratioNow <= GOAL_VS_OVERLAYFS)}; ` +
+          `<= ${GOAL_MS_PER_K_PATHS} ms/1,000 paths: ${judge(r.perKNixoci, r.perKNixoci <= GOAL_MS_PER_K_PATHS)}`
         : "(reported)";
     console.log(
       versionOf(r.release).padEnd(12) +

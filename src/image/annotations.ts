@@ -21,6 +21,11 @@ export const NIX_STORE_PATH_ANNOTATION = "containerd.io/snapshot/nix-store-path"
  */
 export const NIX_CLOSURE_ROOT_ANNOTATION = "containerd.io/snapshot/nix-closure-root";
 
+/** Whether `key` is one of the per-path annotations (or labels) above: `<NIX_STORE_PATH_ANNOTATION>.<i>` etc. */
+export function isStorePathLabel(key: string): boolean {
+  return key.startsWith(`${NIX_STORE_PATH_ANNOTATION}.`) || key.startsWith(`${NIX_CLOSURE_ROOT_ANNOTATION}.`);
+}
+
 /**
  * The store paths `<NIX_STORE_PATH_ANNOTATION>.<i>` keys name (layer annotations, or the snapshot labels
  * containerd copies from them), in index order, deduplicated; a non-numeric index sorts last.

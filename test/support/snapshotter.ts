@@ -75,6 +75,19 @@ export function rpc(client: Client, method: string, req: object, timeoutMs = 30_
   );
 }
 
+/** The snapshots List streams for `filters` (containerd's filter syntax), every batch joined. */
+export async function list(client: Client, filters: string[] = []): Promise<Reply[]> {
+  const fn = client.List as (req: object, opts: object) => grpc.ClientReadableStream<{ info: Reply[] }>;
+  const stream = fn.call(client, { filters }, { deadline: Date.now() + 10_000 });
+  const out: Reply[] = [];
+  await new Promise<void>((resolve, reject) => {
+    stream.on("data", (d: { info: Reply[] }) => out.push(...d.info));
+    stream.on("end", resolve);
+    stream.on("error", reject);
+  });
+  return out;
+}
+
 /** Starts the snapshotter (debug logs, plus `extra` arguments) and waits at most 15 s for its socket to answer. */
 export async function startSnapshotter(
   dir: string,

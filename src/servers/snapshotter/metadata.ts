@@ -3,11 +3,15 @@
 // view snapshot's key, a committed snapshot's name), kind, parent (a committed snapshot), labels, created and
 // updated times, and for committed snapshots the disk usage measured at commit. Every change is one
 // transaction, so a killed snapshotter restarts with exactly the snapshots it had acknowledged.
+// The labels kept are those given but a layer's store-path labels (nix-store-path.<i>, nix-closure-root.<i>): a
+// nix layer's paths are its nix_layers row, containerd keeps every label it passed in its own metadata and shows
+// the union with ours, and an image of 6,000 paths otherwise made each Stat or List of its big layer carry 6,000
+// labels both ways (~10 ms of encoding here, more in containerd, per call).
 // Schema changes are additive migrations run at open (e.g. nix_layers.mode, which superseded the `linked`
 // flag: older rows get 'link' or 'bind' from it), so a database written by an older nixoci keeps working.
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { REF_LABEL } from "../../image/annotations.js";
+import { isStorePathLabel, REF_LABEL } from "../../image/annotations.js";
 import { makeDirsSync } from "../../util/fs.js";
 
 export type SnapshotKind = "active" | "view" | "committed";
@@ -79,8 +83,8 @@ function toRecord(r: Row, readLabels?: () => string): SnapshotRecord {
     created: r.created,
     updated: r.updated,
   } as SnapshotRecord;
-  // Parsed when first read: a nix layer's labels name each of its store paths (2,000 labels for an image of
-  // 2,000 paths), and most look-ups (a parent, the ancestors of a chain) never read them.
+  // Parsed when first read: most look-ups (a parent, the ancestors of a chain) never read them, and a database
+  // written before store-path labels were dropped (see the top) may hold thousands for one layer.
   let labels: Record<string, string> | undefined;
   Object.defineProperty(rec, "labels", {
     enumerable: true,
@@ -105,6 +109,13 @@ function checkLabels(labels: Record<string, string>): void {
         `label ${JSON.stringify(k.slice(0, 64))}: key and value exceed 4096 bytes`,
       );
   }
+}
+
+/** The JSON of `labels` as a snapshot keeps them: without store-path labels (see the top). */
+function storedLabels(labels: Record<string, string>): string {
+  const kept: Record<string, string> = {};
+  for (const [k, v] of Object.entries(labels)) if (!isStorePathLabel(k)) kept[k] = v;
+  return JSON.stringify(kept);
 }
 
 export class MetadataStore {
@@ -312,7 +323,7 @@ export class MetadataStore {
     const now = Date.now();
     const info = this.sql(
       `INSERT INTO snapshots (key, kind, parent_id, labels, created, updated) VALUES (?, ?, ?, ?, ?, ?)`,
-    ).run(key, kind, parentId, JSON.stringify(labels), now, now);
+    ).run(key, kind, parentId, storedLabels(labels), now, now);
     return this.getByIdNoLabels(Number(info.lastInsertRowid))!;
   }
 
@@ -337,7 +348,7 @@ export class MetadataStore {
     this.sql(
       `UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?, updated = ?, size = ?, inodes = ?
          WHERE id = ?`,
-    ).run(name, JSON.stringify(labels), now, now, usage.size, usage.inodes, rec.id);
+    ).run(name, storedLabels(labels), now, now, usage.size, usage.inodes, rec.id);
     return this.getByIdNoLabels(rec.id)!;
   }
 

@@ -48,6 +48,7 @@ import {
   type Reply,
   type Snapshotter,
   killAndCheckNoMounts,
+  list,
 } from "../../support/snapshotter.js";
 import { containerdUnderTest } from "../../support/containerd-release.js";
 
@@ -135,6 +136,13 @@ describe("snapshotter nix layers", () => {
       const st = (await rpc(client, "Stat", { key: "nix1" })).info as Reply;
       assert.equal(st.kind, "COMMITTED");
       assert.equal(st.parent, "base");
+      // Its labels are kept but the store-path ones (its paths are its nix-layer record; containerd keeps its own
+      // copy of every label and shows the union): an image of 6,000 paths would otherwise send them on each call.
+      assert.deepEqual(st.labels, { [REF]: "nix1" });
+      assert.deepEqual(
+        (await list(client, [`labels."${REF}"==nix1`])).map((i) => i.labels),
+        [{ [REF]: "nix1" }],
+      );
       assert.equal(
         (await rpc(client, "Stat", { key: "extract nix1" })).err,
         5,

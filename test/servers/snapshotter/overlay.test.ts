@@ -15,6 +15,7 @@ import { makeTempDir } from "../../support/fixtures.js";
 import { until } from "../../support/poll.js";
 import { makeImage } from "../../support/make-image.js";
 import {
+  list,
   removeSnapshotterDir,
   rpc as rpcCall,
   runAsync,
@@ -34,18 +35,6 @@ const rpc = (client: Client, method: string, req: object): Promise<Reply> =>
 
 const startOverlaySnapshotter = (dir: string): Promise<Snapshotter> =>
   startSnapshotter(dir, ["--store", "/nix/store", "--substituter", "file:///nonexistent"]);
-
-async function list(client: Client, filters: string[] = []): Promise<Reply[]> {
-  const fn = client.List as (req: object, opts: object) => grpc.ClientReadableStream<{ info: Reply[] }>;
-  const stream = fn.call(client, { filters }, { deadline: Date.now() + 10_000 });
-  const out: Reply[] = [];
-  await new Promise<void>((resolve, reject) => {
-    stream.on("data", (d: { info: Reply[] }) => out.push(...d.info));
-    stream.on("end", resolve);
-    stream.on("error", reject);
-  });
-  return out;
-}
 
 const run = runAsync;
 const removeDir = removeSnapshotterDir;
