@@ -134,9 +134,10 @@ export class MountpointDirs {
   /**
    * The chain's store view mounted (store-view.ts), made first if it is not there (built under a temporary
    * name and renamed, as make does): returns the directory its containers take as their top lower directory.
-   * `storeDir` is the store's logical directory, `storeRealDir` where it really is.
+   * `storeDir` is the store's logical directory, `storeRealDir` where it really is. `paths` is called only when
+   * the tree is built (a view built ahead is just mounted: listing 6,000 entries took ~30 ms).
    */
-  makeView(id: number, storeDir: string, storeRealDir: string, paths: ViewEntry[]): Promise<string> {
+  makeView(id: number, storeDir: string, storeRealDir: string, paths: () => ViewEntry[]): Promise<string> {
     const dest = this.viewDir(id);
     const at = join(dest, "view");
     return this.viewLock.run(async () => {
@@ -148,16 +149,16 @@ export class MountpointDirs {
   }
 
   /** Builds the chain's view (its tree) unless it is there, without mounting it: ahead of its first container. */
-  prebuildView(id: number, storeDir: string, paths: ViewEntry[]): Promise<void> {
+  prebuildView(id: number, storeDir: string, paths: () => ViewEntry[]): Promise<void> {
     return this.viewLock.run(() => this.buildView(this.viewDir(id), storeDir, paths));
   }
 
-  private async buildView(dest: string, storeDir: string, paths: ViewEntry[]): Promise<void> {
+  private async buildView(dest: string, storeDir: string, paths: () => ViewEntry[]): Promise<void> {
     if (lstatExists(dest)) return;
     this.ensure();
     const tmp = mkdtempSync(join(this.dir, "new-"));
     try {
-      await buildViewTree(join(tmp, "tree"), storeDir, paths);
+      await buildViewTree(join(tmp, "tree"), storeDir, paths());
       mkdirSync(join(tmp, "view"));
       renameSync(tmp, dest);
     } finally {

@@ -107,7 +107,7 @@ test("a chain's store view: its paths only, the store's files and metadata; unmo
     assert.deepEqual(readdirSync(root), []);
     const picked = [fx.hello, fx["single-file"], fx["single-executable"], fx["symlink-path"]];
     const paths = picked.map((p) => ({ real: p, baseName: basename(p) }));
-    const lower = await dirs.makeView(7, "nix/store", "/nix/store", paths);
+    const lower = await dirs.makeView(7, "nix/store", "/nix/store", () => paths);
     assert.equal(lower, join(dirs.dir, "v7/view/root"));
     assert.ok(mountPointsUnder(dirs.dir).includes(join(dirs.dir, "v7/view")), "mounted");
     const store = join(lower, "nix/store");
@@ -131,8 +131,11 @@ test("a chain's store view: its paths only, the store's files and metadata; unmo
     assert.equal(readlinkSync(join(store, basename(fx["symlink-path"]))), readlinkSync(fx["symlink-path"]));
     assert.throws(() => writeFileSync(join(store, basename(fx.hello), "new"), "x"), { code: "EROFS" });
     // Made once: a second call finds it mounted; a snapshotter restarted finds it too.
-    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
-    assert.equal(await new MountpointDirs(dirs.dir).makeView(7, "nix/store", "/nix/store", paths), lower);
+    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", () => paths), lower);
+    assert.equal(
+      await new MountpointDirs(dirs.dir).makeView(7, "nix/store", "/nix/store", () => paths),
+      lower,
+    );
     assert.equal(mountPointsUnder(dirs.dir).length, 1);
     // A chain with no container left: unmounted, its tree kept; mounted again from it.
     await dirs.sweep(new Set([7]), new Set([7])); // kept, mounted
@@ -140,12 +143,12 @@ test("a chain's store view: its paths only, the store's files and metadata; unmo
     await dirs.sweep(new Set([7]), new Set());
     assert.deepEqual(mountPointsUnder(dirs.dir), []);
     assert.ok(existsSync(join(dirs.dir, "v7/tree")));
-    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
+    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", () => paths), lower);
     await dirs.unmountView(7);
     assert.deepEqual(mountPointsUnder(dirs.dir), []);
-    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", paths), lower);
+    assert.equal(await dirs.makeView(7, "nix/store", "/nix/store", () => paths), lower);
     assert.equal(readdirSync(store).length, paths.length);
-    await dirs.makeView(8, "nix/store", "/nix/store", paths.slice(0, 1));
+    await dirs.makeView(8, "nix/store", "/nix/store", () => paths.slice(0, 1));
     assert.deepEqual((await dirs.sweep(new Set([8]))).sort(), ["v7"]);
     assert.deepEqual(mountPointsUnder(dirs.dir), [join(dirs.dir, "v8/view")]);
     await dirs.remove(8);
