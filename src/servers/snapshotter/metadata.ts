@@ -1,8 +1,8 @@
-// Durable snapshot metadata for `nixoci snapshotter`: one SQLite database (WAL, synchronous=FULL) under the
-// snapshotter's root. A snapshot is a row: numeric id (names its directory, never reused), key (an active or
-// view snapshot's key, a committed snapshot's name), kind, parent (a committed snapshot), labels, created and
-// updated times, and for committed snapshots the disk usage measured at commit. Every change is one
-// transaction, so a killed snapshotter restarts with exactly the snapshots it had acknowledged.
+// Durable snapshot metadata for `nixoci snapshotter`: one SQLite database (WAL, synchronous=NORMAL: see the
+// constructor) under the snapshotter's root. A snapshot is a row: numeric id (names its directory, never reused),
+// key (an active or view snapshot's key, a committed snapshot's name), kind, parent (a committed snapshot),
+// labels, created and updated times, and for committed snapshots the disk usage measured at commit. Every change
+// is one transaction, so a killed snapshotter restarts with exactly the snapshots it had acknowledged.
 // The labels kept are those given but a layer's store-path labels (nix-store-path.<i>, nix-closure-root.<i>): a
 // nix layer's paths are its nix_layers row, containerd keeps every label it passed in its own metadata and shows
 // the union with ours, and an image of 6,000 paths otherwise made each Stat or List of its big layer carry 6,000
