@@ -150,8 +150,8 @@ for (const store of STORES)
       // `nixoci build` of the same spec makes the same layers: the same entries (names, types, permissions,
       // owners, sizes, times, link targets) and contents, in the same order. Byte for byte (the same diff_ids)
       // where the exporter writes Go 1.8-style headers as nixoci does (file-type bits in the mode, owner names):
-      // BuildKit v0.8 in dockerd 20.10; newer BuildKit writes some layers with containerd's headers instead
-      // (permission bits only, no owner names).
+      // BuildKit v0.8 in dockerd 20.10. Docker 28.5 writes every layer with permission bits only and no owner
+      // names, on both image stores (the same diff_ids on both, and nixoci's with those fields rewritten).
       const archive = join(dir, "nixoci-archive.tar");
       const summary = JSON.parse(
         nixociOk([
