@@ -6,7 +6,9 @@
 //
 // launchTool() gives an object shaped like the ChildProcess of spawn(tool, args, {stdio: "pipe"}) as far as
 // compression.ts's ToolStream uses one: stdin/stdout/stderr streams, 'error' (could not start: err.code as
-// spawn's, ENOENT...), 'exit' and 'close' (code, signal), and kill().
+// spawn's, ENOENT...), 'exit' and 'close' (code, signal), and kill(). One difference: a tool that exits without
+// reading all its input may lose output it wrote last, since the write that fails (EPIPE) takes the one socket
+// with it; the tools run this way read their whole input.
 import { fork, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
