@@ -381,6 +381,12 @@ function describeImage(image: Image): string {
   );
 }
 
+/** Median CPU time containerd and the snapshotter used during the pulls of `xs` ("-": a side without one). */
+function pullCpu(side: Side, xs: Sample[]): string {
+  const snapshotter = side.snapshotterPid ? sec(median(xs.map((x) => x.pullCpuMs.snapshotter))) : "-";
+  return `${sec(median(xs.map((x) => x.pullCpuMs.containerd)))} / ${snapshotter}`;
+}
+
 function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side, goal = true): void {
   const b = median(samples.get(baseline)!.map((s) => s.totalMs));
   console.log(
@@ -408,9 +414,7 @@ function printTable(image: Image, samples: Map<Side, Sample[]>, baseline: Side, 
           27,
         ) +
         `  ${xs.map((s) => (s.totalMs / 1000).toFixed(2)).join(" ")}`.padEnd(40) +
-        `  ${sec(median(xs.map((s) => s.pullCpuMs.containerd)))} / ${
-          side.snapshotterPid ? sec(median(xs.map((s) => s.pullCpuMs.snapshotter))) : "-"
-        }`.padEnd(38) +
+        `  ${pullCpu(side, xs)}`.padEnd(38) +
         (isBase || !goal
           ? ""
           : `<= ${GOAL_VS_OVERLAYFS}x overlayfs: ${verdict(total / b <= GOAL_VS_OVERLAYFS)}`),
@@ -574,7 +578,7 @@ async function benchRelease(
           `${large.paths} paths`.padStart(13) +
           "per 1,000 paths".padStart(17) +
           "  blobs GET (layers), few / many".padEnd(34) +
-          "  pull CPU few / many: containerd, snapshotter",
+          "  pull CPU, containerd / snapshotter: few | many",
       );
       for (const side of sides) {
         const s = smallSamples.get(side)!;
@@ -583,16 +587,13 @@ async function benchRelease(
         const tl = median(l.map((x) => x.totalMs));
         perK.set(side, (tl - ts) / deltaK);
         const g = (xs: Sample[]) => `${xs[xs.length - 1].blobGets} (${xs[xs.length - 1].layerGets})`;
-        const cpu = (xs: Sample[]) =>
-          `${sec(median(xs.map((x) => x.pullCpuMs.containerd)))}` +
-          (side.snapshotterPid ? `, ${sec(median(xs.map((x) => x.pullCpuMs.snapshotter)))}` : "");
         console.log(
           side.name.padEnd(12) +
             sec(ts).padStart(12) +
             sec(tl).padStart(13) +
             sec((tl - ts) / deltaK).padStart(17) +
             `  ${g(s)} / ${g(l)}`.padEnd(34) +
-            `  ${cpu(s)} / ${cpu(l)}`,
+            `  ${pullCpu(side, s)} | ${pullCpu(side, l)}`,
         );
       }
     }

@@ -59,7 +59,7 @@
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
 import { existsSync, mkdtempSync, renameSync, rmSync, type Stats } from "node:fs";
 import { rm } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import {
   NIX_CLOSURE_ROOT_ANNOTATION,
   REF_LABEL,
@@ -593,10 +593,9 @@ export class NixSnapshotter extends OverlaySnapshotter {
     return paths.map((p) => ({ ...this.storeEntry(p), stat: this.pathStats.get(p) }));
   }
 
-  /** Where store path `p` really is, and its name in the store directory (parsed once: ~5 us a path). */
+  /** Where store path `p` really is (the store parses it), and its name in the store directory. */
   private storeEntry(p: string): { real: string; baseName: string } {
-    const { baseName } = parseStorePath(p, this.store.storeDir);
-    return { real: join(this.store.realDir, baseName), baseName };
+    return { real: this.store.realPath(p), baseName: basename(p) };
   }
 
   private async createNixLayer(
