@@ -3,6 +3,7 @@ import { availableParallelism } from "node:os";
 import { buildImage, type BuildResult, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { GZIP_ENCODERS, gzipLevelProblem, isGzipEncoderSetting } from "../image/layer-encoder.js";
+import { isLayerTarFormatName, LAYER_TAR_FORMATS } from "../image/tar-header.js";
 import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -100,6 +101,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const gzipEncoder = values["gzip-encoder"] ?? "auto";
   if (!isGzipEncoderSetting(gzipEncoder))
     throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
+  const tarFormat = values["tar-format"] ?? spec.tarFormat ?? "standard";
+  if (!isLayerTarFormatName(tarFormat))
+    throw new UsageError(`--tar-format must be one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`);
   const level =
     values["compression-level"] !== undefined
       ? intOption(values["compression-level"], "compression-level", 0, 0)
@@ -216,6 +220,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
             compression,
             compressionLevel: level,
             gzipEncoder,
+            tarFormat,
             cacheDir,
             parallelism: intOption(values.jobs, "jobs", availableParallelism()),
             base: bases[i]?.base,

@@ -5,6 +5,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { GZIP_ENCODERS, isGzipEncoderSetting } from "../image/layer-encoder.js";
+import { isLayerTarFormatName, LAYER_TAR_FORMATS } from "../image/tar-header.js";
 import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../servers/registry/auth.js";
@@ -116,6 +117,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const gzipEncoder = values["gzip-encoder"] ?? "auto";
   if (!isGzipEncoderSetting(gzipEncoder))
     throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
+  const tarFormat = values["tar-format"] ?? "standard";
+  if (!isLayerTarFormatName(tarFormat))
+    throw new UsageError(`--tar-format must be one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`);
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
     throw new UsageError("--cache-compression must be zstd, xz or none");
@@ -211,6 +215,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       ? intOption(values["compression-level"], "compression-level", 0, 0)
       : undefined,
     gzipEncoder,
+    tarFormat,
     buildTimeoutMs: values["build-timeout"]
       ? intOption(values["build-timeout"], "build-timeout", 600) * 1000
       : undefined,

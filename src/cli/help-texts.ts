@@ -63,6 +63,12 @@ const LAYER_FLAGS = {
     help: "gzip's encoder: ISA-L's igzip (Debian's isal; 5-10x faster, output ~4% larger than zlib -6) or zlib; auto = igzip for layers of 256 KiB or more when installed and no level is given",
     byDefault: "auto",
   },
+  "tar-format": {
+    type: "string",
+    value: "standard|docker20",
+    help: "layer tar headers: standard = permission bits only, no owner names (as containerd, BuildKit and Docker 23+ write layers: the same diff_ids as their builds of the same files); docker20 = file-type bits in the mode and owner names root (dockerd 20.10 and its BuildKit)",
+    byDefault: "standard",
+  },
 } as const satisfies FlagTable;
 
 const OUTPUT_KINDS =

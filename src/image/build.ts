@@ -22,6 +22,7 @@ import type { LayerFactory, LayerSource } from "./layer-factory.js";
 import { layerEncoders, type GzipEncoderSetting, type LayerEncoder } from "./layer-encoder.js";
 import { LayerCache, layerIdentity, type CachedLayer } from "./layer-cache.js";
 import { TAR_FORMAT_VERSION } from "./layer-tar.js";
+import { LAYER_TAR_FORMATS, type LayerTarFormatName } from "./tar-header.js";
 import { planLayers } from "./layering.js";
 import { ownershipIdentity, parsePermRule, type Ownership } from "./permissions.js";
 import type { ImageSpec } from "./spec.js";
@@ -42,6 +43,8 @@ export interface BuildOptions {
   compressionLevel?: number;
   /** gzip's encoder (layer-encoder.ts); default auto: ISA-L for large layers where installed. */
   gzipEncoder?: GzipEncoderSetting;
+  /** The layers' tar headers (tar-header.ts); default "standard", containerd's and Docker >= 23's. */
+  tarFormat?: LayerTarFormatName;
   /** The layer cache directory; undefined means a throw-away cache (--no-cache). */
   cacheDir?: string;
   parallelism?: number;
@@ -207,11 +210,14 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   });
   const parallelism = opts.parallelism ?? Math.max(1, availableParallelism());
   const limiter = new Limiter(parallelism);
+  // A layer's identity holds its tar's version and (when not the default) its header format.
+  const tarFormat = opts.tarFormat ?? "standard";
+  const tarIdentity = tarFormat === "standard" ? TAR_FORMAT_VERSION : `${TAR_FORMAT_VERSION}-${tarFormat}`;
   // Made on the first cache miss: a build whose layers are all cached never loads the tar writers and encoders.
   let factoryLoading: Promise<LayerFactory> | undefined;
   const layerFactory = () =>
     (factoryLoading ??= import("./layer-factory.js").then(
-      (m) => new m.LayerFactory(cache.blobs, parallelism),
+      (m) => new m.LayerFactory(cache.blobs, parallelism, LAYER_TAR_FORMATS[tarFormat]),
     ));
 
   // Cache lookups run freely; only builds take one of the limiter's slots. Builds are queued biggest first
@@ -266,7 +272,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       const encoder = encoderFor(narSize);
       const identity = layerIdentity({
         kind: "store-paths",
-        tar: TAR_FORMAT_VERSION,
+        tar: tarIdentity,
         ...encoderIdentity(encoder),
         paths: layer.paths.map((p) => [p, layered.get(p)!.narHash.toString("nix32")]),
         ...(owners !== undefined ? { owners } : {}),
@@ -295,7 +301,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     const customEncoder = encoderFor(0);
     const customIdentity = layerIdentity({
       kind: "customisation",
-      tar: TAR_FORMAT_VERSION,
+      tar: tarIdentity,
       ...encoderIdentity(customEncoder),
       entries: custom.entries.map((e) =>
         "content" in e ? { ...e, content: e.content.toString("base64") } : e,

@@ -10,6 +10,7 @@ import { buildLayerBlob, type LayerBlob } from "./layer-builder.js";
 import { DEFAULT_ISAL_LEVEL, type LayerEncoder } from "./layer-encoder.js";
 import { storePathsTar, TAR_CHUNK, treeTar, type StorePathSource, type TreeEntry } from "./layer-tar.js";
 import { HeaderRewriter, type Ownership } from "./permissions.js";
+import type { TarFormat } from "./tar-header.js";
 import type { BlobStore } from "../oci/blob-store.js";
 
 /** A layer's contents: store paths (under their store directory), or the customisation layer's tree. */
@@ -32,10 +33,12 @@ export class LayerFactory {
   // The store layers' tar chunks, given back by the batches once in their tools' pipes: a build reuses a few
   // megabytes instead of faulting in fresh memory for every megabyte of tar.
   readonly #chunkPool: BufferPool;
+  readonly #tarFormat: TarFormat;
 
-  constructor(blobs: BlobStore, parallelism: number) {
+  constructor(blobs: BlobStore, parallelism: number, tarFormat: TarFormat) {
     this.#blobs = blobs;
     this.#parallelism = parallelism;
+    this.#tarFormat = tarFormat;
     this.#chunkPool = new BufferPool(TAR_CHUNK, 4 * parallelism + 4);
   }
 
@@ -50,8 +53,8 @@ export class LayerFactory {
       ownership && new HeaderRewriter(ownership, source.kind === "store-paths" ? source.storeDir : undefined);
     const tar: Readable =
       source.kind === "store-paths"
-        ? storePathsTar(source.paths, rewriter, this.#chunkPool)
-        : treeTar(source.entries, rewriter);
+        ? storePathsTar(source.paths, { rewriter, pool: this.#chunkPool, format: this.#tarFormat })
+        : treeTar(source.entries, { rewriter, format: this.#tarFormat });
     const blob = await buildLayerBlob(tar, {
       compression: encoder.compression,
       level: encoder.level,

@@ -1,14 +1,15 @@
 // Deterministic layer tars: the same store paths (or tree entries) give the same bytes on any machine, whatever
 // the readdir order, the file system's modes, timestamps and owners, or the Node version.
 //
-// Format (version 2): byte for byte what Go's archive/tar writes for the same entries when docker's and
-// containerd's archive packages export a layer (Format PAX, file-type bits in the mode field, times truncated to
-// seconds), so a layer BuildKit in dockerd exports for the same files (nixoci's frontend) has the same diff_id.
-// POSIX ustar headers, with a PAX extended header in front of an entry only when it does not fit ustar (a long
-// or non-ASCII name or link target, a size of 8 GiB or more): tar-header.ts encodes them (TAR_FORMAT_GO_PAX).
+// Format (version 3): byte for byte what Go's archive/tar writes for the same entries when containerd's archive
+// package (and Docker >= 23's) exports a layer (Format PAX, permission bits only in the mode field, no owner
+// names, times truncated to seconds), so a layer BuildKit exports for the same files (nixoci's frontend) has the
+// same diff_id. POSIX ustar headers, with a PAX extended header in front of an entry only when it does not fit
+// ustar (a long or non-ASCII name or link target, a size of 8 GiB or more): tar-header.ts encodes them
+// (TAR_FORMAT_LAYER). TAR_FORMAT_LAYER_DOCKER20 instead writes what dockerd 20.10 does: the mode with its S_IF*
+// type bits (040555 for a store directory) and uname/gname "root".
 //
-// Every header: mtime 1 (1970-01-01T00:00:01Z), uid/gid 0, uname/gname "root", devmajor/devminor 0, and the mode
-// with its S_IF* type bits (040555 for a store directory).
+// Every header: mtime 1 (1970-01-01T00:00:01Z), uid/gid 0, devmajor/devminor 0.
 // Names are relative ("nix/store/<hash>-foo/bin/sh"), directories end in "/": the form `docker save`, BuildKit
 // and GNU tar write and every reader (Go's archive/tar in docker/containerd, umoci, GNU tar) extracts under the
 // root without a warning. (nixpkgs' streamLayeredImage writes absolute names, which readers strip.)
@@ -35,14 +36,25 @@ import {
   TAR_BLOCK as BLOCK,
   TAR_DIR as DIR,
   TAR_FILE as FILE,
-  TAR_FORMAT_GO_PAX,
+  TAR_FORMAT_LAYER,
   TAR_SYMLINK as SYMLINK,
   tarPadding,
+  type TarFormat,
   type TarHeader,
 } from "./tar-header.js";
 
 /** Bump when the bytes produced for the same input change (it is part of a layer's cache identity). */
-export const TAR_FORMAT_VERSION = 2;
+export const TAR_FORMAT_VERSION = 3;
+
+/** How a layer tar is written, besides its entries. */
+export interface LayerTarOptions {
+  /** Changes modes and owners of the headers as they are written (permissions.ts). */
+  rewriter?: HeaderRewriter;
+  /** Buffers of TAR_CHUNK bytes for the stream's chunks (store path tars only). */
+  pool?: BufferPool;
+  /** The headers' format: TAR_FORMAT_LAYER unless given. */
+  format?: TarFormat;
+}
 
 /** An entry of a customisation layer. `path` is relative to the image root ("etc/passwd", "/tmp" and "./tmp" alike). */
 export type TreeEntry =
@@ -65,13 +77,9 @@ export interface StorePathSource {
  * With a pool (of TAR_CHUNK-byte buffers), the stream's chunks are views of the pool's buffers: the consumer gives
  * each back once done with it (a compressor batch does, util/compressor-batch.ts) or leaves it to the collector.
  */
-export function storePathsTar(
-  paths: StorePathSource[],
-  rewriter?: HeaderRewriter,
-  pool?: BufferPool,
-): Readable {
+export function storePathsTar(paths: StorePathSource[], opts: LayerTarOptions = {}): Readable {
   const sorted = checkStorePaths(paths);
-  return new TarStream(rewriter, pool, async (out) => {
+  return new TarStream(opts, async (out) => {
     const storeDir = sorted.length ? posix.dirname(sorted[0].storePath) : "/nix/store";
     const parts = storeDir.split("/").filter((s) => s !== "");
     for (let i = 1; i <= parts.length; i++) {
@@ -88,7 +96,7 @@ export function storePathsTar(
  * A tar of explicit entries (a customisation layer), in bytewise order of their normalised paths. A rewriter
  * (permissions.ts) changes modes and owners of the headers as they are written, for both kinds of tar.
  */
-export function treeTar(entries: TreeEntry[], rewriter?: HeaderRewriter): Readable {
+export function treeTar(entries: TreeEntry[], opts: Omit<LayerTarOptions, "pool"> = {}): Readable {
   const items = entries.map((e) => ({ e, name: normaliseTreePath(e.path) }));
   items.sort((a, b) => Buffer.compare(a.name, b.name));
   for (let i = 1; i < items.length; i++) {
@@ -97,7 +105,7 @@ export function treeTar(entries: TreeEntry[], rewriter?: HeaderRewriter): Readab
     }
   }
   const headers = items.map(({ e, name }) => treeHeader(e, name));
-  return new TarStream(rewriter, undefined, async (out) => {
+  return new TarStream(opts, async (out) => {
     for (let i = 0; i < items.length; i++) {
       const e = items[i].e;
       await out.entry(headers[i]);
@@ -324,22 +332,20 @@ class TarStream extends Readable implements TarOut {
   readonly #produce: (out: TarOut) => Promise<void>;
   readonly #rewriter: HeaderRewriter | undefined;
   readonly #pool: BufferPool | undefined;
+  readonly #format: TarFormat;
   #buf: Buffer;
   #pos = 0;
   #started = false;
   #wake: (() => void) | undefined;
   readonly #scratch = Buffer.alloc(1);
 
-  constructor(
-    rewriter: HeaderRewriter | undefined,
-    pool: BufferPool | undefined,
-    produce: (out: TarOut) => Promise<void>,
-  ) {
+  constructor({ rewriter, pool, format }: LayerTarOptions, produce: (out: TarOut) => Promise<void>) {
     super({ highWaterMark: CHUNK });
     if (pool && pool.size !== CHUNK) throw new Error(`a tar stream's pool must hold ${CHUNK}-byte buffers`);
     this.#produce = produce;
     this.#rewriter = rewriter;
     this.#pool = pool;
+    this.#format = format ?? TAR_FORMAT_LAYER;
     this.#buf = this.#chunk(CHUNK);
   }
 
@@ -406,7 +412,7 @@ class TarStream extends Readable implements TarOut {
   }
 
   async entry(h: TarHeader): Promise<void> {
-    const bytes = encodeTarHeader(this.#rewriter ? this.#rewriter.apply(h) : h, TAR_FORMAT_GO_PAX);
+    const bytes = encodeTarHeader(this.#rewriter ? this.#rewriter.apply(h) : h, this.#format);
     await this.#room(bytes.length);
     this.#pos += bytes.copy(this.#buf, this.#pos);
   }

@@ -32,6 +32,8 @@ export interface ImageSpec {
   maxLayers?: number;
   compression?: string;
   compressionLevel?: number;
+  /** The layers' tar headers: "standard" or "docker20" (tar-header.ts). */
+  tarFormat?: string;
   /** Ownership and mode rules, `REGEX=MODE[:UID[:GID]]` (permissions.ts). */
   perms?: string[];
   /** Owner of every store path entry. */
@@ -126,6 +128,8 @@ const KEYS = new Set([
   "compression",
   "compressionLevel",
   "compression-level",
+  "tarFormat",
+  "tar-format",
   "perms",
   "uid",
   "gid",
@@ -217,6 +221,8 @@ export function specFromObject(doc: unknown, input: string): Partial<ImageSpec> 
   if (o.compression !== undefined) spec.compression = str("compression", o.compression);
   const level = pick("compressionLevel", "compression-level");
   if (level !== undefined) spec.compressionLevel = int("compressionLevel", level);
+  const tarFormat = pick("tarFormat", "tar-format");
+  if (tarFormat !== undefined) spec.tarFormat = str("tarFormat", tarFormat);
   if (o.perms !== undefined) spec.perms = permList(o.perms, input);
   for (const k of ["uid", "gid"] as const)
     if (o[k] !== undefined) spec[k] = parseOwnerId(String(int(k, o[k])), k, input);

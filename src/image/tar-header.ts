@@ -3,13 +3,18 @@
 // mtime 1, uid/gid 0 and devmajor/devminor 0; they differ only where their readers' expectations do, which is
 // what a TarFormat names:
 //
-// - TAR_FORMAT_GO_PAX (layers): byte for byte what Go's archive/tar writes when docker's and containerd's archive
-//   packages export a layer (Format PAX): the S_IF* file-type bits in the mode field, uname/gname "root" for id 0,
-//   a name over 100 bytes split into prefix (155) + name (100) at a "/", and a PAX extended header ('x', named
-//   "<dir>/PaxHeaders.0/<base>", records path, linkpath and size only, never times) in front of an entry only
-//   when it still does not fit ustar: such a name that cannot be split, a link target over 100 bytes, a name or
-//   target that is not ASCII, a size of 8 GiB or more. A layer's bytes are its diff_id, so any change here is a
-//   change of layer-tar.ts's TAR_FORMAT_VERSION.
+// - TAR_FORMAT_LAYER (layers, `--tar-format standard`): byte for byte what Go's archive/tar writes when
+//   containerd's archive package exports a layer (Format PAX): permission bits only in the mode field, no owner
+//   names, a name over 100 bytes split into prefix (155) + name (100) at a "/", and a PAX extended header ('x',
+//   named "<dir>/PaxHeaders.0/<base>", records path, linkpath and size only, never times) in front of an entry
+//   only when it still does not fit ustar: such a name that cannot be split, a link target over 100 bytes, a name
+//   or target that is not ASCII, a size of 8 GiB or more. containerd's differ (BuildKit, nerdctl, Docker's
+//   containerd image store) and Docker >= 23's own (moby/moby#44083 dropped the file-type bits) write this, so
+//   their layers of the same files have the same diff_ids (checked on Docker 28.5, both image stores).
+// - TAR_FORMAT_LAYER_DOCKER20 (`--tar-format docker20`): the same with the S_IF* file-type bits in the mode field
+//   (Go 1.8's FileInfoHeader, kept by dockerd up to 22) and uname/gname "root" for id 0: the diff_ids of dockerd
+//   20.10 and its BuildKit v0.8. A layer's bytes are its diff_id, so any change to either format is a change of
+//   layer-tar.ts's TAR_FORMAT_VERSION.
 // - TAR_FORMAT_USTAR (archives): plain ustar as `docker save`-style readers (docker/podman load, skopeo) take it:
 //   permission bits only in the mode field, no owner names, names and link targets written as they are and
 //   refused over 100 bytes (archive member names are short and fixed), sizes from 8 GiB in the base-256 form GNU
@@ -56,8 +61,22 @@ export interface TarFormat {
   overflow: "pax" | "ustar";
 }
 
-/** Layers: Go's archive/tar, Format PAX, as docker and containerd export them. */
-export const TAR_FORMAT_GO_PAX: TarFormat = { modeTypeBits: true, rootName: OWNER_NAME, overflow: "pax" };
+/** Layers: Go's archive/tar, Format PAX, as containerd and Docker >= 23 export them. */
+export const TAR_FORMAT_LAYER: TarFormat = { modeTypeBits: false, rootName: "", overflow: "pax" };
+/** Layers as dockerd 20.10 (and up to 22) exports them: file-type bits in the mode, owner names "root". */
+export const TAR_FORMAT_LAYER_DOCKER20: TarFormat = {
+  modeTypeBits: true,
+  rootName: OWNER_NAME,
+  overflow: "pax",
+};
+
+/** The layer formats by their `--tar-format` names. */
+export const LAYER_TAR_FORMATS = { standard: TAR_FORMAT_LAYER, docker20: TAR_FORMAT_LAYER_DOCKER20 } as const;
+export type LayerTarFormatName = keyof typeof LAYER_TAR_FORMATS;
+
+export function isLayerTarFormatName(name: string): name is LayerTarFormatName {
+  return Object.hasOwn(LAYER_TAR_FORMATS, name);
+}
 /** Image archives: plain ustar. */
 export const TAR_FORMAT_USTAR: TarFormat = { modeTypeBits: false, rootName: "", overflow: "ustar" };
 
@@ -67,7 +86,7 @@ export function tarPadding(size: number): number {
 }
 
 /**
- * The bytes of an entry's header (a multiple of 512). For TAR_FORMAT_GO_PAX exactly as Go's archive/tar encodes
+ * The bytes of an entry's header (a multiple of 512). For the layer formats exactly as Go's archive/tar encodes
  * it: a plain ustar header (name split into prefix + name when longer than 100) whenever the entry fits one;
  * otherwise a PAX header with the records ustar cannot hold, sorted by key (path for a name over 100 bytes or not
  * ASCII, linkpath likewise, size from 8 GiB), then a ustar header with the name and link target in ASCII cut to

@@ -231,6 +231,26 @@ test("after one package changes, only the layers holding changed paths are built
   );
 });
 
+test("--tar-format: each header format has its own layers in the cache, each reused by its own rebuild", () => {
+  const cache = join(work, "tar-format-cache");
+  const standard = build(helloArgs, { cache });
+  const docker20 = build(["--tar-format", "docker20", ...helloArgs], { cache });
+  assert.ok(docker20.layers.every((l) => l.status === "built"));
+  assert.equal(docker20.layers.length, standard.layers.length);
+  for (const [i, l] of docker20.layers.entries()) {
+    assert.notEqual(l.diffId, standard.layers[i].diffId);
+    assert.deepEqual(l.paths, standard.layers[i].paths);
+  }
+  for (const [args, first] of [
+    [helloArgs, standard],
+    [["--tar-format", "docker20", ...helloArgs], docker20],
+  ] as const) {
+    const again = build([...args], { cache });
+    assert.ok(again.layers.every((l) => l.status === "reused"));
+    assert.equal(again.manifestDigest, first.manifestDigest);
+  }
+});
+
 test("bad input: clear errors, non-zero exit, no partial output", () => {
   const out = join(work, "bad-out");
   mkdirSync(out, { recursive: true });
@@ -257,6 +277,10 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
     [[fx.hello, "-o", `docker://127.0.0.1:1/nixoci/hello:x`], /127\.0\.0\.1:1/],
     [[fx.hello, "--compression", "lzma", "-o", `oci:${out}/g`], /compression/],
     [[fx.hello, "--max-layers", "1", "-o", `oci:${out}/h`], /max-layers/],
+    [
+      [fx.hello, "--tar-format", "gnu", "-o", `oci:${out}/h`],
+      /--tar-format must be one of standard, docker20/,
+    ],
     [
       [fx.hello, "--tag", "Bad Name", "-o", `oci:${out}/i`],
       /tag "Bad Name" is not \[HOST\[:PORT\]\/\]NAME\[:TAG\]/,

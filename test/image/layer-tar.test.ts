@@ -12,6 +12,7 @@ import {
   TAR_FORMAT_VERSION,
   type TreeEntry,
 } from "../../src/image/layer-tar.js";
+import { TAR_FORMAT_LAYER_DOCKER20 } from "../../src/image/tar-header.js";
 import { BufferPool } from "../../src/util/buffer-pool.js";
 import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, makeTempDir, type FixtureAttr } from "../support/fixtures.js";
@@ -43,6 +44,10 @@ interface RawHeader {
   type: string;
   name: string;
   size: number;
+  /** The mode field as written (octal), file-type bits included when there are any. */
+  mode: number;
+  uname: string;
+  gname: string;
 }
 
 /** The raw headers of a tar (PAX headers included), checked for valid checksums and an end of two zero blocks. */
@@ -59,7 +64,14 @@ function rawHeaders(tar: Buffer): RawHeader[] {
     const size = parseInt(h.toString("latin1", 124, 135), 8);
     const field = (a: number, b: number) => h.toString("utf8", a, b).replace(/\0.*$/s, "");
     const prefix = field(345, 500);
-    out.push({ type: String.fromCharCode(h[156]), name: (prefix ? prefix + "/" : "") + field(0, 100), size });
+    out.push({
+      type: String.fromCharCode(h[156]),
+      name: (prefix ? prefix + "/" : "") + field(0, 100),
+      size,
+      mode: parseInt(field(100, 108), 8),
+      uname: field(265, 297),
+      gname: field(297, 329),
+    });
     off += 512 + Math.ceil(size / 512) * 512;
   }
   assert.equal(tar.length, off + 1024, "the archive ends with exactly two zero blocks");
@@ -69,7 +81,7 @@ function rawHeaders(tar: Buffer): RawHeader[] {
 
 describe("storePathsTar", () => {
   test("the hello closure lists as expected in GNU tar: order, modes, owners, mtime 1, symlinks", async () => {
-    assert.equal(TAR_FORMAT_VERSION, 2);
+    assert.equal(TAR_FORMAT_VERSION, 3);
     const paths = closure(fx.hello);
     assert.deepEqual(paths, [fx.busybox, fx.greeting, fx.hello].sort());
     const tar = await collect(storePathsTar(inStore(paths)));
@@ -101,10 +113,22 @@ describe("storePathsTar", () => {
       ...paths.flatMap((p) => entries[p]),
     ];
     assert.deepEqual(listing(tar), expected);
-    // uname/gname "root" in every header; no PAX headers are needed here.
-    const names = runText("tar", ["--full-time", "-tvf", "-"], { input: tar }).split("\n");
-    assert.ok(names.every((l) => l.includes(" root/root ")));
-    assert.ok(rawHeaders(tar).every((h) => h.type !== "x"));
+    // As containerd and Docker >= 23 write: the mode field holds permission bits only, no owner names; no PAX
+    // headers are needed here.
+    const raw = rawHeaders(tar);
+    assert.ok(raw.every((h) => h.type !== "x"));
+    assert.ok(raw.every((h) => h.mode <= 0o7777 && h.uname === "" && h.gname === ""));
+    assert.ok(raw.some((h) => h.type === "5" && h.mode === 0o555));
+
+    // dockerd 20.10's format: the same entries and contents; file-type bits in the mode, owner names "root".
+    const docker20 = await collect(storePathsTar(inStore(paths), { format: TAR_FORMAT_LAYER_DOCKER20 }));
+    assert.deepEqual(listing(docker20), expected);
+    const typeBits: Record<string, number> = { "0": 0o100000, "2": 0o120000, "5": 0o040000 };
+    assert.deepEqual(
+      rawHeaders(docker20),
+      raw.map((h) => ({ ...h, mode: h.mode | typeBits[h.type], uname: "root", gname: "root" })),
+    );
+    assert.equal(docker20.length, tar.length);
   });
 
   for (const attr of ["hello", "all"] as const) {
@@ -181,7 +205,7 @@ describe("storePathsTar", () => {
     const pool = new BufferPool(TAR_CHUNK);
     const parts: Buffer[] = [];
     const seen = new Set<ArrayBufferLike>();
-    for await (const chunk of storePathsTar(inStore(paths), undefined, pool)) {
+    for await (const chunk of storePathsTar(inStore(paths), { pool })) {
       const c = chunk as Buffer;
       seen.add(c.buffer);
       assert.equal(c.buffer.byteLength, TAR_CHUNK, "a view of a pool buffer");
@@ -192,7 +216,7 @@ describe("storePathsTar", () => {
     assert.ok(parts.length > 4, `${parts.length} chunks`);
     assert.ok(seen.size <= 3, `${seen.size} buffers for ${parts.length} chunks`);
     assert.throws(
-      () => storePathsTar(inStore(paths), undefined, new BufferPool(4096)),
+      () => storePathsTar(inStore(paths), { pool: new BufferPool(4096) }),
       /1048576-byte buffers/,
     );
   });
@@ -391,9 +415,13 @@ describe("treeTar", () => {
       `drwxr-xr-x 0/0 0 ${T} usr/bin/`,
       `lrwxrwxrwx 0/0 0 ${T} usr/bin/env -> /nix/store/abc-coreutils/bin/env`,
     ]);
-    // The sticky bit is in the header's mode field itself.
-    const tmpHeader = tar.subarray(tar.indexOf("tmp/\0"), tar.indexOf("tmp/\0") + 512);
-    assert.equal(tmpHeader.toString("latin1", 100, 107), "0041777");
+    // The sticky bit is in the header's mode field itself (with the directory's type bit in dockerd 20.10's).
+    const tmpMode = (t: Buffer) => t.toString("latin1", t.indexOf("tmp/\0") + 100, t.indexOf("tmp/\0") + 107);
+    assert.equal(tmpMode(tar), "0001777");
+    assert.equal(
+      tmpMode(await collect(treeTar(customisation, { format: TAR_FORMAT_LAYER_DOCKER20 }))),
+      "0041777",
+    );
     const out = run("tar", ["-xOf", "-", "etc/passwd"], { input: tar });
     assert.equal(out.toString(), "root:x:0:0::/root:/bin/sh\n");
     // Entry order is not input order.

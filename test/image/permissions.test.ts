@@ -126,7 +126,7 @@ describe("rewritten headers", () => {
       { uid: 1000, gid: 100, rules: [parsePermRule("/deep\\.txt$=0640:0:7")] },
       "/nix/store",
     );
-    const tar = await collect(storePathsTar([{ storePath: fx.tree, realPath: fx.tree }], rw));
+    const tar = await collect(storePathsTar([{ storePath: fx.tree, realPath: fx.tree }], { rewriter: rw }));
     const lines = listing(tar);
     const base = fx.tree.slice(1);
     assert.equal(lines[0], "drwxr-xr-x 0/0 nix/");
@@ -149,16 +149,18 @@ describe("rewritten headers", () => {
       },
     ];
     const rw = new HeaderRewriter(rules("^/home/app(/|$)=0700:1000:1000"), undefined);
-    assert.deepEqual(listing(await collect(treeTar(entries, rw))), [
+    assert.deepEqual(listing(await collect(treeTar(entries, { rewriter: rw }))), [
       "-rw-r--r-- 0/0 etc/passwd",
       "drwx------ 1000/1000 home/app/",
       "lrwxrwxrwx 1000/1000 home/app/link -> /nix/store/x",
     ]);
     const untouched = new HeaderRewriter(rules("^/srv/=0700"), undefined);
-    assert.ok((await collect(treeTar(entries, untouched))).equals(await collect(treeTar(entries))));
+    assert.ok(
+      (await collect(treeTar(entries, { rewriter: untouched }))).equals(await collect(treeTar(entries))),
+    );
     assert.equal(untouched.rewritten, false);
     const storeTar = (rw?: HeaderRewriter) =>
-      collect(storePathsTar([{ storePath: fx.hello, realPath: fx.hello }], rw));
+      collect(storePathsTar([{ storePath: fx.hello, realPath: fx.hello }], { rewriter: rw }));
     assert.ok(
       (await storeTar(new HeaderRewriter(rules("^/srv/=0700"), "/nix/store"))).equals(await storeTar()),
     );

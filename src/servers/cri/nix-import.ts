@@ -18,6 +18,7 @@ import type { ContainerdClient, DescriptorMessage } from "../../outputs/containe
 import { ALREADY_EXISTS, grpcCode } from "../../outputs/containerd-client.js";
 import { MANIFEST_DIGEST_LABEL, REF_LABEL, SNAPSHOT_LABEL_PREFIX } from "../../image/annotations.js";
 import { storePathsTar } from "../../image/layer-tar.js";
+import { LAYER_TAR_FORMATS } from "../../image/tar-header.js";
 import { OCI_LAYER } from "../../oci/media-types.js";
 import type { NixImage, NixImageLayer } from "../../outputs/nix-image.js";
 import type { Logger } from "../../util/logger.js";
@@ -183,9 +184,20 @@ async function writeGeneratedLayer(layer: NixImageLayer, opts: ImportOptions): P
       );
     sources.push({ storePath: p, realPath: opts.store.realPath(p) });
   }
-  // The tar is deterministic: its digest is the diff_id when this nixoci's tar format is the one that built the
-  // image. It is written under that digest (size unchecked: 0), so containerd rejects the commit if it differs.
-  await opts.containerd.writeContent(layer.diffId, 0, storePathsTar(sources));
+  // The tar is deterministic: its digest is the diff_id when this nixoci's tar format, with the header format
+  // the image was built with, is the one that built the image. It is written under that digest (size unchecked:
+  // 0), so containerd rejects the commit if it differs; then the next header format is tried.
+  let firstError: unknown;
+  for (const format of Object.values(LAYER_TAR_FORMATS)) {
+    try {
+      await opts.containerd.writeContent(layer.diffId, 0, storePathsTar(sources, { format }));
+      firstError = undefined;
+      break;
+    } catch (err) {
+      firstError ??= err;
+    }
+  }
+  if (firstError) throw firstError;
   const info = await opts.containerd.contentInfo(layer.diffId);
   return { media_type: OCI_LAYER, digest: layer.diffId, size: info?.size ?? 0, annotations: {} };
 }

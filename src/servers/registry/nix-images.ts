@@ -48,7 +48,9 @@ import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { buildImage } from "../../image/build.js";
 import { encodersIdentity, type GzipEncoderSetting } from "../../image/layer-encoder.js";
+import { TAR_FORMAT_VERSION } from "../../image/layer-tar.js";
 import { defaultArch, emptySpec, type ImageSpec } from "../../image/spec.js";
+import type { LayerTarFormatName } from "../../image/tar-header.js";
 import type { LayeringStrategy } from "../../image/types.js";
 import { isDigest, type Digest } from "../../oci/digest.js";
 import { indexOf } from "../../oci/index.js";
@@ -120,6 +122,8 @@ export interface NixImageSourceOptions {
   compressionLevel?: number;
   /** gzip's encoder (layer-encoder.ts); default auto. */
   gzipEncoder?: GzipEncoderSetting;
+  /** The layers' tar headers (tar-header.ts); default "standard". */
+  tarFormat?: LayerTarFormatName;
   /** Default 10 minutes. */
   buildTimeoutMs?: number;
   /** Default 2. */
@@ -453,6 +457,7 @@ export class NixImageSource implements ManifestSource {
       compression: this.compression,
       compressionLevel: this.opts.compressionLevel ?? null,
       encoders: await this.encoders,
+      tar: [TAR_FORMAT_VERSION, this.opts.tarFormat ?? "standard"],
     });
   }
 
@@ -574,6 +579,7 @@ export class NixImageSource implements ManifestSource {
       compression: this.compression,
       compressionLevel: this.opts.compressionLevel,
       gzipEncoder: this.opts.gzipEncoder,
+      tarFormat: this.opts.tarFormat,
       cacheDir: this.storage.root,
       parallelism: this.opts.parallelism,
     });

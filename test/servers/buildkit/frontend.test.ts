@@ -148,16 +148,17 @@ for (const store of STORES)
           : /nixoci frontend: \d+ store layers in \d+ fetch steps, each copied onto the one below/,
       );
       // `nixoci build` of the same spec makes the same layers: the same entries (names, types, permissions,
-      // owners, sizes, times, link targets) and contents, in the same order. Byte for byte (the same diff_ids)
-      // where the exporter writes Go 1.8-style headers as nixoci does (file-type bits in the mode, owner names):
-      // BuildKit v0.8 in dockerd 20.10. Docker 28.5 writes every layer with permission bits only and no owner
-      // names, on both image stores (the same diff_ids on both, and nixoci's with those fields rewritten).
+      // owners, sizes, times, link targets) and contents, in the same order, byte for byte (the same diff_ids).
+      // Docker 23+ writes every layer as containerd does, with permission bits only and no owner names, on both
+      // image stores: nixoci's default. dockerd 20.10's BuildKit v0.8 writes Go 1.8-style headers (file-type
+      // bits in the mode, owner names root): `--tar-format docker20`.
       const archive = join(dir, "nixoci-archive.tar");
       const summary = JSON.parse(
         nixociOk([
           "build",
           "--spec",
           join(ctx, "nixoci.yaml"),
+          ...(RELEASE.series === "20.10" ? ["--tar-format", "docker20"] : []),
           "-q",
           "--json",
           "-o",
@@ -169,11 +170,10 @@ for (const store of STORES)
         layerContents(join(dir, "frontend-archive.tar"), join(dir, "unpacked-frontend")),
         layerContents(archive, join(dir, "unpacked-nixoci")),
       );
-      if (RELEASE.series === "20.10")
-        assert.deepEqual(
-          inspect[0].RootFS.Layers,
-          summary.layers.map((l) => l.diffId),
-        );
+      assert.deepEqual(
+        inspect[0].RootFS.Layers,
+        summary.layers.map((l) => l.diffId),
+      );
 
       const again = await dockerBuild(d, ctx, {
         dockerfile: "nixoci.yaml",

@@ -250,32 +250,42 @@ describe(`nixoci image-service: nix:0 references from the store through containe
       "--snapshotter",
       "overlayfs",
     ]);
+    // Also an image built with dockerd 20.10's tar headers: its layers are generated in that format.
+    const docker20 = buildDescription("nixoci-test-hello-docker20", [
+      "--tar-format",
+      "docker20",
+      "--entrypoint",
+      `${fx.hello}/bin/hello`,
+      fx.hello,
+    ]);
     try {
+      for (const [desc, name] of [
+        [description, "imgsvc-ovl"],
+        [docker20, "imgsvc-ovl-docker20"],
+      ])
+        await pullAndRun(desc, name);
+    } finally {
+      await other.stop();
+    }
+
+    async function pullAndRun(desc: string, name: string): Promise<void> {
       // CRI's configured snapshotter is nixoci, so CRI's view is not checked here: the import itself is.
       const e = await other.client
-        .pullImage({ image: { image: ref } }, { timeoutMs: 120_000 })
+        .pullImage({ image: { image: `nix:0${desc}` } }, { timeoutMs: 120_000 })
         .catch((err) => err);
       const log = readFileSync(other.logFile, "utf8");
-      const loaded = log.split("\n").find((l) => l.includes('"nix image loaded"'));
+      const loaded = log
+        .split("\n")
+        .filter((l) => l.includes('"nix image loaded"'))
+        .find((l) => (JSON.parse(l) as { image: string }).image === criImageName(desc));
       assert.ok(loaded, `no import logged: ${String((e as Error)?.message ?? "")}\n${tail(other.logFile)}`);
       const counts = JSON.parse(loaded) as { generated: number; fromStore: number };
       assert.equal(counts.fromStore, 0);
       assert.ok(counts.generated >= 1, loaded);
       const out = stack.containerd
-        .ctr([
-          "-n",
-          CRI_NAMESPACE,
-          "run",
-          "--snapshotter",
-          "overlayfs",
-          "--rm",
-          criImageName(description),
-          "imgsvc-ovl",
-        ])
+        .ctr(["-n", CRI_NAMESPACE, "run", "--snapshotter", "overlayfs", "--rm", criImageName(desc), name])
         .toString();
       assert.match(out, /Hello from nixoci!/);
-    } finally {
-      await other.stop();
     }
   });
 
