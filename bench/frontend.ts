@@ -22,7 +22,8 @@
 // pay for `nixoci serve` compressing NARs on first request. Series interleaved, RUNS runs each (medians).
 // Executed / cached steps: the BuildKit vertices of the progress stream (for the frontend, its `nixoci: fetch`
 // and `nixoci: layer` copy steps (without MergeOp only) and all vertices; for the Dockerfile, every vertex); layers: `docker image
-// inspect`'s RootFS.Layers. Nothing about time is asserted; a failed build throws (a BuildKit flightcontrol/runc
+// inspect`'s RootFS.Layers, whose diff_ids (the last cold run's) are compared layer by layer between the
+// frontend's image and nixoci build's (`--tar-format docker20` on 20.10). Nothing about time is asserted; a failed build throws (a BuildKit flightcontrol/runc
 // error is retried once, and reported). Knobs: NIXOCI_BENCH_FRONTEND_RUNS=N (default 3),
 // NIXOCI_BENCH_FRONTEND_DOCKER (above).
 import { execFileSync } from "node:child_process";
@@ -86,11 +87,15 @@ function narSize(paths: string[]): number {
     .reduce((n, s) => n + Number(s), 0);
 }
 
-function layersOf(d: Dockerd, ref: string): number {
+function diffIdsOf(d: Dockerd, ref: string): string[] {
   const inspect = JSON.parse(d.docker(["image", "inspect", ref]).toString()) as Array<{
     RootFS: { Layers: string[] };
   }>;
-  return inspect[0].RootFS.Layers.length;
+  return inspect[0].RootFS.Layers;
+}
+
+function layersOf(d: Dockerd, ref: string): number {
+  return diffIdsOf(d, ref).length;
 }
 
 /** "executed / cached" of the vertices `pick` selects. */
@@ -244,13 +249,18 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
       dockerfileChanged: [] as Sample[],
     };
     let stageMs = 0;
+    // dockerd 20.10 (BuildKit v0.8) writes Go 1.8-style tar headers: nixoci build's are those with docker20.
+    const tarFormat = target.release.series === "20.10" ? ["--tar-format", "docker20"] : [];
+    // The last cold run's diff_ids of both: the frontend's layers must be nixoci build's, byte for byte.
+    const diffIds = { frontend: [] as string[], nixoci: [] as string[] };
 
     const frontendPair = async (run: number) => {
       makeCold(dk);
       const c = await fe(specBase, `bench-frontend:cold-${run}`, true);
+      diffIds.frontend = diffIdsOf(dk, `bench-frontend:cold-${run}`);
       series.frontendCold.push({
         ms: c.ms,
-        layers: layersOf(dk, `bench-frontend:cold-${run}`),
+        layers: diffIds.frontend.length,
         steps: `${steps(c.vertices, isFetch)} fetch steps (copy steps: ${steps(c.vertices, isCopy)}; all vertices: ${steps(c.vertices, () => true)})`,
       });
       const w = await fe(specChanged, `bench-frontend:changed-${run}`, false);
@@ -276,6 +286,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
           cache,
           "--spec",
           join(ctx, "nixoci.yaml"),
+          ...tarFormat,
           "-o",
           `docker-archive:${file}:${tag}`,
         ]);
@@ -293,6 +304,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         };
       };
       series.nixociCold.push(one(specBase, `bench-nixoci:cold-${run}`, `cold-${run}`));
+      diffIds.nixoci = diffIdsOf(dk, `bench-nixoci:cold-${run}`);
       series.nixociChanged.push(one(specChanged, `bench-nixoci:changed-${run}`, `changed-${run}`));
       fs.rmSync(cache, { recursive: true, force: true });
     };
@@ -375,7 +387,10 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
     const feChanged = median(series.frontendChanged.map((s) => s.ms));
     console.log(
       `\ngoals: frontend cold / (nixoci build + docker load) cold = ${ratio(feCold / nxCold)} (issue 15: <= 1.5x); ` +
-        `frontend after the change / frontend cold = ${ratio(feChanged / feCold)} (<= 0.1x)`,
+        `frontend after the change / frontend cold = ${ratio(feChanged / feCold)} (<= 0.1x); ` +
+        `diff_ids equal to nixoci build${tarFormat.length ? " --tar-format docker20" : ""}'s: ` +
+        `${diffIds.frontend.filter((d, i) => d === diffIds.nixoci[i]).length} of ${diffIds.nixoci.length} ` +
+        `layers (the frontend's image has ${diffIds.frontend.length})`,
     );
     if (retries.length) console.log(`\nbuilds run again after a BuildKit error: ${retries.join(", ")}`);
     console.log(`\nfrontend benchmark: ${sec(performance.now() - started)} in all`);
