@@ -102,8 +102,12 @@ export async function buildCommand(argv: string[]): Promise<number> {
   if (!isGzipEncoderSetting(gzipEncoder))
     throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
   const tarFormat = values["tar-format"] ?? spec.tarFormat ?? "standard";
-  if (!isLayerTarFormatName(tarFormat))
-    throw new UsageError(`--tar-format must be one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`);
+  if (!isLayerTarFormatName(tarFormat)) {
+    const where = values["tar-format"] === undefined ? `${values.spec}: tarFormat` : "--tar-format";
+    throw new UsageError(
+      `${where} ${JSON.stringify(tarFormat)} is not one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`,
+    );
+  }
   const level =
     values["compression-level"] !== undefined
       ? intOption(values["compression-level"], "compression-level", 0, 0)

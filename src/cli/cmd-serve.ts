@@ -119,7 +119,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
     throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
   const tarFormat = values["tar-format"] ?? "standard";
   if (!isLayerTarFormatName(tarFormat))
-    throw new UsageError(`--tar-format must be one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`);
+    throw new UsageError(
+      `--tar-format ${JSON.stringify(tarFormat)} is not one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`,
+    );
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
     throw new UsageError("--cache-compression must be zstd, xz or none");

@@ -249,6 +249,14 @@ test("--tar-format: each header format has its own layers in the cache, each reu
     assert.ok(again.layers.every((l) => l.status === "reused"));
     assert.equal(again.manifestDigest, first.manifestDigest);
   }
+  // A spec's tarFormat is the flag's.
+  const spec = join(work, "tar-format.json");
+  writeFileSync(spec, JSON.stringify({ tarFormat: "docker20", entrypoint: ["/bin/hello"] }));
+  assert.equal(build(["--spec", spec, fx.hello], { cache }).manifestDigest, docker20.manifestDigest);
+  writeFileSync(spec, JSON.stringify({ tarFormat: "pax" }));
+  const r = nixoci(["build", "--spec", spec, fx.hello, "--json"]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /tar-format\.json: tarFormat "pax" is not one of standard, docker20\n/);
 });
 
 test("bad input: clear errors, non-zero exit, no partial output", () => {
@@ -279,7 +287,7 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
     [[fx.hello, "--max-layers", "1", "-o", `oci:${out}/h`], /max-layers/],
     [
       [fx.hello, "--tar-format", "gnu", "-o", `oci:${out}/h`],
-      /--tar-format must be one of standard, docker20/,
+      /--tar-format "gnu" is not one of standard, docker20/,
     ],
     [
       [fx.hello, "--tag", "Bad Name", "-o", `oci:${out}/i`],
