@@ -49,7 +49,7 @@ export interface CompressOptions {
 }
 
 /** zstd data that decodes to at most this many bytes is decoded in this process (zstd-decoder.ts). */
-export const IN_PROCESS_ZSTD_MAX = 2 * 1024 * 1024;
+export const IN_PROCESS_ZSTD_MAX = 128 * 1024;
 
 /**
  * A stream that decompresses `c` data; `input` names the data in errors ("nar/abc.nar.xz: corrupt ..."). With
@@ -63,8 +63,9 @@ export function decompressStream(c: Compression, input: string, size?: number): 
       return new ToolStream("xz", ["--decompress", "--stdout", "-T0"], "xz", input, true);
     case "zstd":
       if (size !== undefined && size <= IN_PROCESS_ZSTD_MAX) return new ZstdDecoder(size, input);
-      // --long=31 lifts the decoder's window limit (default 128 MiB) so any valid frame decodes.
-      return new ToolStream("zstd", ["--decompress", "--stdout", "--long=31"], "zstd", input, true);
+      // --long=31 lifts the decoder's window limit (default 128 MiB) so any valid frame decodes. Started by the
+      // tool launcher: a fork of this process costs its main thread ~13 ms (a fetch meets dozens of such NARs).
+      return new ToolStream("zstd", ["--decompress", "--stdout", "--long=31"], "zstd", input, true, true);
     case "bzip2":
       return new ToolStream("bzip2", ["--decompress", "--stdout"], "bzip2", input, true);
     case "br":

@@ -1,7 +1,9 @@
-// zstd decompression inside this process, for small NARs: spawning the zstd tool costs more than decoding a
-// small NAR (a fork of this process, ~15 ms of the main thread, where a 100 KB NAR decodes in ~1 ms), and a fetch
-// of a closure meets hundreds of them. fzstd is a pure-JS decoder (~100 MB/s here, the tool ~1 GB/s on another
-// core), so large NARs still go to the tool (compression.ts decides).
+// zstd decompression inside this process, for small NARs (compression.ts: up to IN_PROCESS_ZSTD_MAX, 128 KiB):
+// starting the zstd tool, even through the tool launcher, costs more than decoding such a NAR here, and a fetch of
+// a closure meets hundreds of them. fzstd is a pure-JS decoder (~100 MB/s here, the tool ~1 GB/s on another core),
+// so larger NARs go to the tool. Measured on a fetch of the bench closure (131 NARs, 101 of them 0.1-2 MiB):
+// decoding NARs up to 2 MiB here and forking the tool from this process for the rest took 10.6 s of CPU and 8.1 s;
+// this threshold with the tool launcher 6.0 s and 7.2 s.
 //
 // Bounds, since the data comes from the network: the caller says how many bytes the data must decode to (a
 // NAR's NarSize from its signed narinfo) and decoding stops with an error as soon as more come out, so a
