@@ -1,7 +1,7 @@
 import { test, describe, before } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync, readdirSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Readable, Writable, type Duplex } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -17,11 +17,11 @@ import {
   parseCompression,
   type Compression,
 } from "../../src/util/compression.js";
-import { launcherInfo } from "../../src/util/tool-launcher.js";
 import { NixociError } from "../../src/util/errors.js";
 import { ZstdDecoder } from "../../src/util/zstd-decoder.js";
 import { buildFixtures, makeNixCache, makeTempDir, nixNarExtension } from "../support/fixtures.js";
 import { until } from "../support/poll.js";
+import { toolProcesses } from "../support/processes.js";
 import { run } from "../support/run.js";
 
 const MB = 1024 * 1024;
@@ -42,41 +42,12 @@ const TOOLS: Partial<Record<Compression, string>> = { xz: "xz", zstd: "zstd", bz
 
 const sha256 = (b: Buffer): string => createHash("sha256").update(b).digest("hex");
 
-/** Processes whose parent is `parent` (zombies included), as "pid comm state". */
-function children(parent = process.pid): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${name}/stat`, "utf8");
-    } catch {
-      continue;
-    }
-    const close = stat.lastIndexOf(")");
-    const comm = stat.slice(stat.indexOf("(") + 1, close);
-    const [state, ppid] = stat.slice(close + 2).split(" ");
-    if (Number(ppid) === parent) out.push(`${name} ${comm} ${state}`);
-  }
-  return out;
-}
-
-/**
- * The tool processes of this process: its children but the tool launcher (tool-launcher.ts: started once, kept
- * until exit), and the launcher's children (the tools it started).
- */
-async function tools(): Promise<string[]> {
-  const launcher = (await launcherInfo())?.pid;
-  const own = children().filter((c) => Number(c.split(" ")[0]) !== launcher);
-  return launcher === undefined ? own : [...own, ...children(launcher)];
-}
-
 /** Waits (bounded) until no tool process is left; fails naming the leftovers. */
 async function assertNoChildren(): Promise<void> {
   await until(
     "the child processes to end",
     10_000,
-    async () => assert.deepEqual(await tools(), [], "leftover children"),
+    async () => assert.deepEqual(await toolProcesses(), [], "leftover children"),
     20,
   );
 }
@@ -304,12 +275,17 @@ describe("processes", () => {
       const s = decompressStream(c, "early");
       s.write((await compressBuffer(c, random, { level: 1 })).subarray(0, 100_000));
       // The decompressor waits for more input: one child, running.
-      await until("the decompressor child", 10_000, async () => assert.equal((await tools()).length, 1), 20);
+      await until(
+        "the decompressor child",
+        10_000,
+        async () => assert.equal((await toolProcesses()).length, 1),
+        20,
+      );
       const closed = new Promise((resolve) => s.on("close", resolve));
       s.on("error", () => {});
       s.destroy();
       await closed;
-      assert.deepEqual(await tools(), [], "child gone by 'close'");
+      assert.deepEqual(await toolProcesses(), [], "child gone by 'close'");
     });
 
     test(`${c}: a source failing midway ends the child`, async () => {
@@ -348,7 +324,7 @@ describe("processes", () => {
       const closed = new Promise((resolve) => s.on("close", resolve));
       s.destroy();
       await closed;
-      assert.deepEqual(await tools(), []);
+      assert.deepEqual(await toolProcesses(), []);
     });
   }
 
@@ -415,7 +391,7 @@ describe("zstd decoded in this process (data of a known, small size)", () => {
       await compressBuffer("zstd", data),
     ];
     for (const packed of forms) assert.ok((await decode(packed, data.length)).equals(data));
-    assert.deepEqual(await tools(), [], "no tool was started");
+    assert.deepEqual(await toolProcesses(), [], "no tool was started");
   });
 
   test("bad input: truncated, corrupt, random, empty, or more bytes than expected -- one line naming the NAR", async () => {

@@ -24,6 +24,7 @@ import { LocalStore } from "../../../src/store/local-store.js";
 import { decompressBuffer } from "../../../src/util/compression.js";
 import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir } from "../../support/fixtures.js";
 import { until } from "../../support/poll.js";
+import { toolProcesses } from "../../support/processes.js";
 import { nixCmd, run, runText } from "../../support/run.js";
 
 const fx = buildFixtures();
@@ -167,20 +168,6 @@ function rawStatus(port: number, target: string, method = "GET"): Promise<number
 }
 
 /** Names of this process's child processes (compressors it spawned and did not reap). */
-function childCommands(): string[] {
-  const out: string[] = [];
-  for (const pid of readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(stat);
-      if (m && Number(m[2]) === process.pid) out.push(m[1]);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
-
 function dumpOf(realStoreDir: string, path: string): Buffer {
   return run("nix-store", ["--dump", join(realStoreDir, path.slice("/nix/store/".length))]);
 }
@@ -468,9 +455,9 @@ test("a store without Nix's database (nixoci's sidecar) is served; unregistered 
   await until(
     "the server to finish the abandoned requests and their compressors to end",
     15_000,
-    () => {
+    async () => {
       assert.equal(s.pending(), 0, "requests still being handled");
-      assert.deepEqual(childCommands(), [], "no compressor left running");
+      assert.deepEqual(await toolProcesses(), [], "no compressor left running");
     },
     20,
   );
