@@ -3,7 +3,6 @@ import { availableParallelism } from "node:os";
 import { buildImage, type BuildResult, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
 import { GZIP_ENCODERS, gzipLevelProblem, isGzipEncoderSetting } from "../image/layer-encoder.js";
-import { isLayerTarFormatName, LAYER_TAR_FORMATS } from "../image/tar-header.js";
 import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -30,7 +29,7 @@ import { BuildProgress } from "./build-progress.js";
 import { buildPlatforms } from "./build-platforms.js";
 import { isSbomFormat, SBOM_FORMATS, type SbomFormat } from "../image/sbom/formats.js";
 import type { BuiltReferrer } from "../oci/referrer.js";
-import { packageVersion } from "./shared-options.js";
+import { packageVersion, tarFormatOption } from "./shared-options.js";
 import { removeTemporariesOnSignals } from "./interrupt.js";
 import { Progress } from "./progress.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
@@ -101,13 +100,10 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const gzipEncoder = values["gzip-encoder"] ?? "auto";
   if (!isGzipEncoderSetting(gzipEncoder))
     throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
-  const tarFormat = values["tar-format"] ?? spec.tarFormat ?? "standard";
-  if (!isLayerTarFormatName(tarFormat)) {
-    const where = values["tar-format"] === undefined ? `${values.spec}: tarFormat` : "--tar-format";
-    throw new UsageError(
-      `${where} ${JSON.stringify(tarFormat)} is not one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`,
-    );
-  }
+  const tarFormat =
+    values["tar-format"] !== undefined
+      ? tarFormatOption(values["tar-format"])
+      : tarFormatOption(spec.tarFormat, `${values.spec}: tarFormat`);
   const level =
     values["compression-level"] !== undefined
       ? intOption(values["compression-level"], "compression-level", 0, 0)

@@ -5,7 +5,6 @@ import { readdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { GZIP_ENCODERS, isGzipEncoderSetting } from "../image/layer-encoder.js";
-import { isLayerTarFormatName, LAYER_TAR_FORMATS } from "../image/tar-header.js";
 import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../servers/registry/auth.js";
@@ -29,7 +28,7 @@ import { errnoWords } from "../util/fs-errors.js";
 import { proveWritableDir } from "../util/fs.js";
 import { didYouMean, intOption, parse, printHelp, UsageError } from "./args.js";
 import { ARCHITECTURES, defaultArch } from "../image/spec.js";
-import { logFormatOption, logLevelOption, packageVersion } from "./shared-options.js";
+import { logFormatOption, logLevelOption, packageVersion, tarFormatOption } from "./shared-options.js";
 import { SERVE } from "./help-texts.js";
 import { serveBanner } from "./serve-banner.js";
 import { openStore, readSecretKeyFile, trustOptions } from "./stores.js";
@@ -117,11 +116,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const gzipEncoder = values["gzip-encoder"] ?? "auto";
   if (!isGzipEncoderSetting(gzipEncoder))
     throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
-  const tarFormat = values["tar-format"] ?? "standard";
-  if (!isLayerTarFormatName(tarFormat))
-    throw new UsageError(
-      `--tar-format ${JSON.stringify(tarFormat)} is not one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`,
-    );
+  const tarFormat = tarFormatOption(values["tar-format"]);
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
     throw new UsageError("--cache-compression must be zstd, xz or none");

@@ -8,6 +8,7 @@ import {
   type LogFormat,
   type LogLevel,
 } from "../util/logger.js";
+import { isLayerTarFormatName, LAYER_TAR_FORMATS, type LayerTarFormatName } from "../image/tar-header.js";
 import { UsageError } from "./args.js";
 import type { FlagTable } from "./help-format.js";
 
@@ -73,6 +74,19 @@ export function logFormatOption(value: string | undefined): LogFormat {
   const format = parseLogFormat(value);
   if (!format) throw new UsageError(`--log-format: unknown format ${JSON.stringify(value)} (text or json)`);
   return format;
+}
+
+/**
+ * A layer tar format's name (default standard); a usage error naming `where` (the flag, or the spec file and key
+ * it came from) when it is not one.
+ */
+export function tarFormatOption(value: string | undefined, where = "--tar-format"): LayerTarFormatName {
+  const name = value ?? "standard";
+  if (!isLayerTarFormatName(name))
+    throw new UsageError(
+      `${where} ${JSON.stringify(name)} is not one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`,
+    );
+  return name;
 }
 
 /** The version in the package's package.json (two directories above dist/src/cli, and above src/cli). */
