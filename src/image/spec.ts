@@ -101,6 +101,7 @@ export function emptySpec(): ImageSpec {
   };
 }
 
+// Each documented key before its alias: "did you mean" picks the first of equally close keys (tagz -> tags).
 const KEYS = new Set([
   "packages",
   "from",
@@ -117,8 +118,8 @@ const KEYS = new Set([
   "architecture",
   "os",
   "created",
-  "tag",
   "tags",
+  "tag",
   "substituters",
   "trustedPublicKeys",
   "trusted-public-keys",
