@@ -17,5 +17,8 @@ test("an unknown key suggests the documented spelling, not an alias", () => {
         e instanceof NixociError && e.message === `s.yaml: unknown key "${key}" (did you mean ${want}?)`,
       key,
     );
-  assert.throws(() => specFromObject({ zzzzzz: 1 }, "s.yaml"), /^NixociError: s\.yaml: unknown key "zzzzzz"$/);
+  assert.throws(
+    () => specFromObject({ zzzzzz: 1 }, "s.yaml"),
+    /^NixociError: s\.yaml: unknown key "zzzzzz"$/,
+  );
 });
