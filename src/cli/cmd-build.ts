@@ -23,6 +23,7 @@ import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
+import { levelProblem as compressionLevelProblem } from "../util/compression-formats.js";
 import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { BUILD } from "./help-texts.js";
 import { BuildProgress } from "./build-progress.js";
@@ -113,7 +114,14 @@ export async function buildCommand(argv: string[]): Promise<number> {
   );
   // auto: what every reader of the outputs takes (zstd for nix: descriptions only).
   const compression = requested === "auto" ? compressionForReaders(outputs) : (requested as LayerCompression);
-  const levelProblem = compression === "gzip" && level !== undefined && gzipLevelProblem(level, gzipEncoder);
+  const levelProblem =
+    level === undefined
+      ? undefined
+      : compression === "gzip"
+        ? gzipLevelProblem(level, gzipEncoder)
+        : compression === "zstd"
+          ? compressionLevelProblem("zstd", level)
+          : undefined;
   if (levelProblem) throw new UsageError(`--compression-level: ${levelProblem}`);
 
   // No destination: like `docker save` refusing a terminal, say what the choices are before any work, rather than

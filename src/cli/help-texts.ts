@@ -54,7 +54,7 @@ const LAYER_FLAGS = {
   "compression-level": {
     type: "string",
     value: "N",
-    help: "compression level (gzip 0-9, or 0-3 through ISA-L; zstd 1-19); a level makes --gzip-encoder auto zlib's",
+    help: "compression level (gzip 0-9, or 0-3 through ISA-L; zstd 1-22); a level makes --gzip-encoder auto zlib's",
     byDefault: "gzip 6 (ISA-L 1), zstd 3",
   },
   "gzip-encoder": {
@@ -614,6 +614,14 @@ export const SNAPSHOTTER = {
       "paths (`containerd.io/snapshot/nix-store-path.<i>`) is committed straight from --store when its paths are " +
       "valid there, after substituting missing ones from the --substituter caches; Prepare then answers " +
       "ALREADY_EXISTS, so containerd neither downloads nor unpacks it.",
+    "A layer with paths still missing is unpacked as an ordinary one. containerd downloads every layer from the " +
+      "first one it has to unpack on, store layers the node holds included; so when a layer above it in the " +
+      "image's manifest is one the store holds, the snapshotter downloads the layer itself from the registry the " +
+      "pull is from (CRI's snapshot annotations `cri.image-ref`, `cri.layer-digest` and `cri.manifest-digest` " +
+      "say which: the printed containerd configs turn them on; credentials from Docker's config.json; the blob " +
+      "checked against its digest, the tar against the snapshot's chain ID, only directories, files and links " +
+      "under the store directory written) and still answers ALREADY_EXISTS. Without those labels (`ctr pull`, " +
+      "k3s with annotations off) or when that download fails, containerd unpacks the layer as before.",
     "--nix-layers: `link` holds the paths as hard links to the store's files (what auto picks when the store and " +
       "--root share a filesystem); `metacopy` holds each store file as an overlay metacopy stub and gives " +
       "containers one overlay mount with the store as a data-only lower layer (auto's choice across filesystems, " +

@@ -4,9 +4,9 @@
 // its tar's top-level `<store dir>/<hash>-<name>` entries collected. Whiteouts count as the overlay filesystem
 // applies them: `<store dir>/.wh.<hash>-<name>` removes that path from the layers below, an opaque
 // `<store dir>/.wh..wh..opq` removes all of them.
-import { pipeline, Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { NixociError } from "../util/errors.js";
-import { decompressStream, sniffLayerCompression } from "../util/compression.js";
+import { uncompressedLayer } from "../util/compression.js";
 import { isStorePath } from "../nix/store-path.js";
 import { readTarMembers } from "../image/tar-reader.js";
 import type { ImageSource, LayerDescriptor } from "./image-source.js";
@@ -26,28 +26,6 @@ export interface LayerPaths {
 const WHITEOUT = ".wh.";
 const OPAQUE = ".wh..wh..opq";
 
-/** The uncompressed tar of a layer blob stream, its compression told by its first bytes. */
-async function uncompressed(blob: Readable, input: string): Promise<Readable> {
-  const it = blob[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  let head = Buffer.alloc(0);
-  let done = false;
-  while (head.length < 4 && !done) {
-    const r = await it.next();
-    if (r.done) done = true;
-    else head = Buffer.concat([head, r.value]);
-  }
-  const rest = Readable.from(
-    (async function* () {
-      if (head.length) yield head;
-      for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
-    })(),
-    { objectMode: false },
-  );
-  const c = sniffLayerCompression(head);
-  if (c === "none") return rest;
-  return pipeline(rest, decompressStream(c, input), () => undefined);
-}
-
 /** Scans one layer's tar for top-level store path entries and whiteouts. */
 async function scanLayer(
   img: ImageSource,
@@ -62,7 +40,7 @@ async function scanLayer(
   const blob = await img.openLayer(i);
   let tar: Readable | undefined;
   try {
-    tar = await uncompressed(blob, input);
+    tar = await uncompressedLayer(blob, input);
     for await (const m of readTarMembers(tar, input)) {
       const name = m.name.replace(/^(\.\/)+/, "").replace(/^\/+/, "");
       if (!name.startsWith(dir)) continue;

@@ -16,14 +16,21 @@
 import { spawn } from "node:child_process";
 import { availableParallelism } from "node:os";
 import { basename } from "node:path";
-import { Duplex, PassThrough } from "node:stream";
+import { Duplex, PassThrough, pipeline as pipe, Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
 import { NixociError } from "./errors.js";
 import { toolEnv } from "./tool-env.js";
 import { launchTool, type FilterProcess } from "./tool-launcher.js";
 import { ZstdDecoder } from "./zstd-decoder.js";
-import { checkLevel, defaultLevel, igzipArgs, zstdArgs, type Compression } from "./compression-formats.js";
+import {
+  checkLevel,
+  defaultLevel,
+  igzipArgs,
+  sniffLayerCompression,
+  zstdArgs,
+  type Compression,
+} from "./compression-formats.js";
 
 // The names, levels and tools' arguments, without the streams' code (what a cached rebuild needs).
 export * from "./compression-formats.js";
@@ -73,6 +80,31 @@ export function decompressStream(c: Compression, input: string, size?: number): 
     case "gzip":
       return new ZlibStream(zlib.createGunzip({ chunkSize: CHUNK }), "gzip", input, true);
   }
+}
+
+/**
+ * The uncompressed tar of a layer blob stream, its compression (gzip, zstd or none) told by its first bytes rather
+ * than by a media type, which Docker's and other tools' images do not always get right.
+ */
+export async function uncompressedLayer(blob: Readable, input: string): Promise<Readable> {
+  const it = blob[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let head = Buffer.alloc(0);
+  let done = false;
+  while (head.length < 4 && !done) {
+    const r = await it.next();
+    if (r.done) done = true;
+    else head = Buffer.concat([head, r.value]);
+  }
+  const rest = Readable.from(
+    (async function* () {
+      if (head.length) yield head;
+      for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+    })(),
+    { objectMode: false },
+  );
+  const c = sniffLayerCompression(head);
+  if (c === "none") return rest;
+  return pipe(rest, decompressStream(c, input), () => undefined);
 }
 
 /** A stream that compresses with `c`. */

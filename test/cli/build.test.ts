@@ -306,6 +306,22 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
   assert.deepEqual(readdirSync(out), [], "no partial outputs");
 });
 
+test("a compression level off its compression's scale is a usage error before any work", () => {
+  const cache = makeTempDir("build-bad-level");
+  const out = makeTempDir("build-bad-level-out");
+  for (const [args, message] of [
+    [["--compression", "zstd", "--compression-level", "23"], "23 is out of range for zstd (1..22)"],
+    [["--compression", "zstd", "--compression-level", "0"], "0 is out of range for zstd (1..22)"],
+    [["--compression-level", "10"], "10 is out of range for gzip (0..9)"],
+  ] as const) {
+    const r = nixoci(["build", "--cache-dir", cache, ...args, fx.hello, "-o", `oci:${out}/x`]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr, `nixoci: --compression-level: ${message}\n`);
+  }
+  assert.deepEqual(readdirSync(cache), [], "no layer was built");
+  assert.deepEqual(readdirSync(out), [], "no output");
+});
+
 test("no -o and no --json: a usage error naming the choices, before any work, nothing on stdout", () => {
   const cache = makeTempDir("build-no-output");
   const r = nixoci(["build", "--cache-dir", cache, fx.hello]);

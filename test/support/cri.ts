@@ -9,7 +9,8 @@
 //   Several stacks (nodes) may share one registry the test starts (the `registry` option).
 // - startSubstitutingStack / substituterArgs: a stack whose snapshotter substitutes from a signed file:// cache.
 // - pushNixociImage: `nixoci build ... -o docker://REGISTRY/REPO:TAG -o oci:LAYOUT` and what the manifest says.
-// - pushModifiedImage / layoutImage: push a variant of a built image (e.g. with changed layer annotations).
+// - pushModifiedImage / pushReorderedImage / layoutImage: push a variant of a built image (e.g. with changed layer
+//   annotations, or its layers in another order).
 // - log readers (rpcLines for the snapshotter's rpc log, registryRequests / blobGets for the registry's access
 //   log), listSnapshots (the snapshotter's own List), and chainIds / isChainSnapshot (the bounded poller
 //   `until` is in poll.ts), untilSnapshotterEmpty and checkSnapshotsConsistent (after removals and restarts).
@@ -473,6 +474,42 @@ export async function pushModifiedImage(
   };
   const r = await pushBuilt(registry, variant, repo);
   return { ...r, layers: manifest.layers };
+}
+
+/**
+ * Pushes a variant of `image` whose layers come in the order `order` (indexes into its layers, bottom first; the
+ * config's diff_ids follow). The blobs are the same: each of nixoci's layers holds its own paths with their parent
+ * directories, so any order unpacks to the same tree.
+ */
+export async function pushReorderedImage(
+  registry: Registry,
+  image: PushedImage,
+  repo: string,
+  order: number[],
+): Promise<{ ref: string; manifestDigest: string; layers: LayerDescriptor[]; diffIds: string[] }> {
+  const built = layoutImage(image);
+  const config = JSON.parse(built.config.bytes.toString()) as { rootfs: { diff_ids: Digest[] } };
+  const diffIds = order.map((i) => built.diffIds[i]);
+  config.rootfs.diff_ids = diffIds;
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const configDigest = `sha256:${createHash("sha256").update(configBytes).digest("hex")}` as Digest;
+  const manifest = JSON.parse(built.manifest.bytes.toString()) as {
+    config: { digest: string; size: number };
+    layers: LayerDescriptor[];
+  };
+  manifest.config = { ...manifest.config, digest: configDigest, size: configBytes.length };
+  manifest.layers = order.map((i) => manifest.layers[i]);
+  const bytes = Buffer.from(JSON.stringify(manifest));
+  const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
+  const variant: BuiltImage = {
+    ...built,
+    manifest: { ...built.manifest, bytes, size: bytes.length, digest },
+    config: { ...built.config, bytes: configBytes, size: configBytes.length, digest: configDigest },
+    layers: manifest.layers as BuiltImage["layers"],
+    diffIds,
+  };
+  const r = await pushBuilt(registry, variant, repo);
+  return { ...r, layers: manifest.layers, diffIds };
 }
 
 /**

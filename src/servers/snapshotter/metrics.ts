@@ -22,6 +22,10 @@ export class SnapshotterMetrics extends Metrics {
     "Layers naming store paths that were unpacked instead, by reason.",
     ["reason"],
   );
+  readonly fetchedLayers = this.counter(
+    "nixoci_snapshotter_fetched_layers_total",
+    "Layers naming store paths missing from the store that the snapshotter fetched from the registry itself.",
+  );
   readonly substitutedPaths = this.counter(
     "nixoci_snapshotter_substituted_paths_total",
     "Store paths substituted from binary caches for nix layers.",

@@ -57,10 +57,11 @@
 // before its row is committed, and a later ALREADY_EXISTS answer for the same layer under
 // another image's manifest digest makes that image's root hold it too. Remove drops the links of roots no
 // snapshot holds any more; startup (syncGcRoots) and Cleanup make the roots directory match the metadata.
-import { existsSync, mkdtempSync, renameSync, rmSync, type Stats } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, type Stats } from "node:fs";
 import { rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import {
+  MANIFEST_DIGEST_LABEL,
   NIX_CLOSURE_ROOT_ANNOTATION,
   REF_LABEL,
   storePathsFromAnnotations,
@@ -81,7 +82,15 @@ import { defaultMountpointsDir, MountpointDirs } from "./mountpoints.js";
 import type { ViewEntry } from "./store-view.js";
 import { layerMode, type NixLayerMode } from "./nix-layer-modes/modes.js";
 import { targetBinds } from "./nix-layer-modes/target.js";
-import { OverlaySnapshotter, takeOwner, type DataLayer, type Mount, type OverlayOptions } from "./overlay.js";
+import {
+  diskUsage,
+  OverlaySnapshotter,
+  takeOwner,
+  type DataLayer,
+  type Mount,
+  type OverlayOptions,
+} from "./overlay.js";
+import { fetchLayerTree, layerSource, manifestLayers, type ManifestLayer } from "./layer-fetch.js";
 
 export { REF_LABEL } from "../../image/annotations.js";
 export type { NixLayerMode } from "./nix-layer-modes/modes.js";
@@ -149,6 +158,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
    * is built without looking at each path again; the latest PATH_STATS_KEPT.
    */
   private readonly pathStats = new Map<string, Stats>();
+  /** The layers of image manifests, by digest (savesDownloads). */
+  private readonly manifests = new Map<string, Promise<ManifestLayer[]>>();
   readonly gcRoots: GcRoots;
   readonly mountpoints: MountpointDirs;
   /** The latest committed snapshot whose chain's store view is to be built ahead (see prebuildSoon). */
@@ -555,6 +566,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       missing = this.missing(missing);
     }
     if (missing.length) {
+      if (await this.fetchLayer(ref, parent, labels, missing)) return true;
       this.log?.info("nix layer: paths missing from the store; unpacking the layer", {
         ref,
         missing: missing.length,
@@ -564,6 +576,107 @@ export class NixSnapshotter extends OverlaySnapshotter {
       return false;
     }
     return this.createNixLayer(ref, parent, labels, paths, mode);
+  }
+
+  /**
+   * Makes `ref` an ordinary committed snapshot of the layer's own tree, fetched from the registry the pull is from
+   * (layer-fetch.ts: why, and what it checks), when CRI's labels say where; true once `ref` exists committed.
+   * False (after a warning) when it cannot: containerd then unpacks the layer itself.
+   */
+  private async fetchLayer(
+    ref: string,
+    parent: string,
+    labels: Record<string, string>,
+    missing: string[],
+  ): Promise<boolean> {
+    const source = layerSource(labels);
+    if (!source || !(await this.savesDownloads(labels, source))) return false;
+    const start = performance.now();
+    const tmp = mkdtempSync(join(this.snapshotsDir, "new-"));
+    let committed = false; // then tmp is the snapshot's directory
+    try {
+      const fs = join(tmp, "fs");
+      mkdirSync(fs);
+      const { bytes } = await fetchLayerTree({
+        ...source,
+        parent,
+        chainId: ref,
+        storeDir: this.store.storeDir,
+        dir: fs,
+      });
+      const usage = await diskUsage(fs);
+      return await this.lock.run(() => {
+        const existing = this.metadata.get(ref);
+        if (existing) return existing.kind === "committed";
+        const tmpKey = `\u0000fetched ${ref}`;
+        this.metadata.transaction(() => {
+          const rec = this.metadata.create("active", tmpKey, parent || undefined, {});
+          if (rec.parentId !== undefined) takeOwner(fs, this.fsPath(rec.parentId));
+          this.metadata.commit(tmpKey, ref, labels, usage);
+          const dest = join(this.snapshotsDir, String(rec.id));
+          if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
+          renameSync(tmp, dest);
+        });
+        committed = true;
+        this.metrics?.fetchedLayers.inc();
+        this.log?.info("nix layer: paths missing from the store; fetched the layer from the registry", {
+          ref,
+          missing: missing.length,
+          first: missing[0],
+          digest: source.digest,
+          bytes,
+          ms: Math.round(performance.now() - start),
+        });
+        return true;
+      });
+    } catch (err) {
+      this.log?.warn("nix layer: fetching the layer from the registry failed; containerd unpacks it", {
+        ref,
+        image: source.imageRef,
+        error: (err as Error).message,
+      });
+      return false;
+    } finally {
+      if (!committed) await rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Whether fetching the layer `source` here spares containerd downloads: a layer above it in its image's manifest
+   * names store paths that are all valid here (containerd would download it all the same). Otherwise containerd
+   * downloads this layer and those above in parallel, which is faster than one layer at a time here.
+   */
+  private async savesDownloads(
+    labels: Record<string, string>,
+    source: { imageRef: string; digest: string },
+  ): Promise<boolean> {
+    const manifest = labels[MANIFEST_DIGEST_LABEL];
+    if (!manifest) return false;
+    let layers = this.manifests.get(manifest);
+    if (!layers) {
+      layers = manifestLayers(source.imageRef, manifest);
+      this.manifests.set(manifest, layers);
+      layers.catch(() => this.manifests.delete(manifest)); // asked again by the next layer
+      for (const k of this.manifests.keys())
+        if (this.manifests.size > MANIFESTS_KEPT) this.manifests.delete(k);
+    }
+    try {
+      const all = await layers;
+      const i = all.findIndex((l) => l.digest === source.digest);
+      return (
+        i >= 0 &&
+        all
+          .slice(i + 1)
+          .some((l) => l.paths.length > 0 && this.checkPaths(l.paths) && !this.missing(l.paths).length)
+      );
+    } catch (err) {
+      this.log?.warn("nix layer: the image's manifest is unavailable; containerd unpacks the layer", {
+        image: source.imageRef,
+        manifest,
+        error: (err as Error).message,
+      });
+      return false;
+    }
   }
 
   /**
@@ -773,6 +886,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
   }
 }
 
+/** Image manifests whose layers are kept (savesDownloads): one per image being pulled, a few at most. */
+const MANIFESTS_KEPT = 16;
 /** How long after a commit with no other on top the chain's store view is built ahead (prebuildSoon). */
 const PREBUILD_DELAY_MS = 15;
 /** Store paths whose lstat is kept for store views (pathStats): ~200 bytes each. */

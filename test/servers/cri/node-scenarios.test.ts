@@ -11,7 +11,9 @@
 //    store itself; link mode hard-links it), each has its own writable layer, one outlives the other's removal,
 //    and the image's snapshots stay until the image itself is removed;
 // 3. a layer whose store paths are partly missing from the store, with a substituter that lacks the missing one:
-//    the pull downloads that layer (only that one) as an ordinary layer and the image runs; once the substituter
+//    the pull downloads that layer (only that one) as an ordinary layer and the image runs; with that layer at the
+//    bottom of the image, the snapshotter downloads it itself, so containerd downloads none of the store layers
+//    above it; once the substituter
 //    has the path, the same layer comes from the store plus the substituter, not from the registry.
 import { test, describe, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
@@ -37,6 +39,7 @@ import {
   logSize,
   pushBuilt,
   pushNixociImage,
+  pushReorderedImage,
   registryLogLines,
   rpcLines,
   startCriStack,
@@ -536,6 +539,51 @@ describe(`node scenarios through containerd ${release.series}: nixoci's image se
           expected,
         );
         await removeAll([id]);
+
+        // 1b. The same layers with the partial one at the bottom: containerd's unpacker would download every layer
+        //     from the first one it has to unpack on, the store layers above it too. The snapshotter sees in the
+        //     image's manifest that the layers above are in the store, downloads the partial layer itself (from
+        //     the registry CRI's labels name) and answers ALREADY_EXISTS: containerd downloads only the
+        //     customisation layer, the store layers above come from the store.
+        const low = await pushReorderedImage(s.registry, image, "nixoci/partly-missing-low", [2, 0, 1, 3]);
+        const lowChains = chainIds(low.diffIds);
+        regFrom = registryLogLines(s.registry);
+        logFrom = logSize(s.sn);
+        const lowId = await pull(low.ref);
+        assert.deepEqual(
+          blobGets(s.registry, regFrom)
+            .filter((d) => layerDigests.has(d))
+            .sort(),
+          [partial.digest, custom.digest].sort(),
+          tail(s.sn.logFile),
+        );
+        const lowRpcs = rpcLines(s.sn, logFrom);
+        assert.deepEqual(
+          lowChains
+            .slice(0, 3)
+            .map((chain) => [
+              ...new Set(
+                lowRpcs
+                  .filter((r) => r.method === "Prepare" && (r.key ?? "").endsWith(` ${chain}`))
+                  .map((r) => r.code ?? "OK"),
+              ),
+            ]),
+          [["ALREADY_EXISTS"], ["ALREADY_EXISTS"], ["ALREADY_EXISTS"]],
+          JSON.stringify(lowRpcs.filter((r) => r.method === "Prepare")),
+        );
+        assert.deepEqual(
+          logRecords(s.sn, "nix layer: paths missing from the store; fetched the layer from the registry")
+            .filter((r) => r.ref === lowChains[0])
+            .map((r) => [r.digest, r.missing, r.first]),
+          [[partial.digest, 1, absent]],
+          tail(s.sn.logFile),
+        );
+        assert.equal(existsSync(absent), false, "the layer was unpacked, not the store completed");
+        assert.deepEqual(
+          await runInPod(rt!, { name: "partly-missing-low", image: low.ref, logDir }),
+          expected,
+        );
+        await removeAll([lowId]);
 
         // 2. Once the substituter has the path (published from the staging cache), the same layer is completed
         //    from the store plus the substituter: only the customisation layer is downloaded.

@@ -228,8 +228,8 @@ describe(`a Nix store on shared storage, mounted read-only by two nodes (contain
 
   /**
    * Before the admin adds hello2: pulling image2 on `node` finds its new paths missing (node a's substitution into
-   * the read-only store fails with one clear line), downloads those layers as ordinary ones (then the check for
-   * copies of store files does find them), and removing the image releases them.
+   * the read-only store fails with one clear line), downloads those layers as ordinary ones (the snapshotter, from
+   * the registry: CRI's labels say where; then the check for copies of store files does find them), and removing the image releases them.
    */
   async function pullBeforeTheAdmin(node: Node): Promise<void> {
     const s = node.stack;
@@ -262,7 +262,7 @@ describe(`a Nix store on shared storage, mounted read-only by two nodes (contain
           /: cannot substitute: \S+\/nix\/store: cannot add \/nix\/store\/\S+: the store is on a read-only file system$/,
         );
       console.log(`node a: ${JSON.stringify(failed[0])}`);
-    } else assert.match(log, /paths missing from the store; unpacking the layer/);
+    } else assert.match(log, /paths missing from the store; fetched the layer from the registry/);
     await s.cri.removeImage({ image: { image: pulled.image_ref } }, { timeoutMs: 60_000 });
     const gone = new Set(chainIds(image2.diffIds).filter((c) => !chainIds(image1.diffIds).includes(c)));
     await until(`node ${node.name}: image2's own snapshots are removed`, 60_000, async () => {

@@ -1,0 +1,188 @@
+// A nix layer whose store paths are not all in the store (and no substituter has them), fetched by the
+// snapshotter itself from the registry the image is pulled from, so that its Prepare can still answer
+// ALREADY_EXISTS. Why: containerd's unpacker, at the first layer whose Prepare it has to unpack, starts fetching
+// that layer and every layer above it (core/unpack/unpacker.go: `u.fetch(ctx, h, layers[i:], ...)`), store layers
+// the node holds included; one changed package low in an image would cost a node the download of nearly all of it.
+//
+// It needs CRI's snapshot annotations (containerd.io/snapshot/cri.image-ref and cri.layer-digest; the configs
+// `nixoci snapshotter --print-containerd-config` prints turn them on). Credentials are Docker's config.json's, else
+// none; plain HTTP for loopback registries only (as `nixoci build -o docker://`). Checked before the layer is
+// used: the blob against its digest, the tar against the snapshot's chain ID (sha256 of "PARENT DIFF_ID"), and
+// every member: directories, files, symlinks and hard links under the store directory only (a whiteout, a
+// device, a path elsewhere or a link out of the tree refuses the layer). Any failure is the caller's cue to let
+// containerd unpack the layer, as without this.
+import { createHash } from "node:crypto";
+import { once } from "node:events";
+import type { Stats } from "node:fs";
+import { chmod } from "node:fs/promises";
+import { join } from "node:path";
+import { x as extractTar, type ReadEntry } from "tar";
+import { NixociError } from "../../util/errors.js";
+import { uncompressedLayer } from "../../util/compression.js";
+import { HashingStream } from "../../util/hashing-stream.js";
+import { isStorePath } from "../../nix/store-path.js";
+import { SNAPSHOT_LABEL_PREFIX, storePathsFromAnnotations } from "../../image/annotations.js";
+import { DOCKER_MANIFEST, OCI_MANIFEST } from "../../oci/media-types.js";
+import { MAX_JSON_BYTES, parseJsonObject } from "../../util/json.js";
+import { parseOutputRef } from "../../outputs/outputs.js";
+import { RegistryClient } from "../../outputs/registry-session.js";
+
+/** The labels containerd's CRI plugin puts on each layer's Prepare when snapshot annotations are on. */
+export const IMAGE_REF_LABEL = `${SNAPSHOT_LABEL_PREFIX}cri.image-ref`;
+export const LAYER_DIGEST_LABEL = `${SNAPSHOT_LABEL_PREFIX}cri.layer-digest`;
+
+/** Where a layer can be fetched from, when the labels say (undefined: they do not). */
+export function layerSource(
+  labels: Record<string, string>,
+): { imageRef: string; digest: string } | undefined {
+  const imageRef = labels[IMAGE_REF_LABEL];
+  const digest = labels[LAYER_DIGEST_LABEL];
+  return imageRef && digest ? { imageRef, digest } : undefined;
+}
+
+/** The chain ID of a layer with diff ID `diffId` above the chain `parent` (none: the bottom layer). */
+export function chainIdOf(parent: string, diffId: string): string {
+  return parent ? `sha256:${createHash("sha256").update(`${parent} ${diffId}`).digest("hex")}` : diffId;
+}
+
+/** A layer of an image's manifest: its blob's digest and the store paths its annotations name (maybe none). */
+export interface ManifestLayer {
+  digest: string;
+  paths: string[];
+}
+
+/**
+ * The layers of the manifest `manifestDigest` of `imageRef` (fetched by digest and checked against it), to tell
+ * whether fetching a layer here saves downloads: only when a layer above it is one the store holds (else
+ * containerd downloads them all anyway, and does so in parallel).
+ */
+export async function manifestLayers(imageRef: string, manifestDigest: string): Promise<ManifestLayer[]> {
+  const input = `${imageRef} manifest ${manifestDigest}`;
+  if (!/^sha256:[0-9a-f]{64}$/.test(manifestDigest)) throw new NixociError(input, "not a sha256 digest");
+  const ref = parseOutputRef(`docker://${imageRef}`);
+  if (ref.kind !== "docker") throw new NixociError(input, "not a registry image reference");
+  const client = new RegistryClient(ref.registry, ref.repository, {
+    concurrency: 1,
+    timeoutMs: FETCH_IDLE_MS,
+  });
+  try {
+    const { bytes } = await client.getManifest(manifestDigest, [OCI_MANIFEST, DOCKER_MANIFEST]);
+    if (bytes.length > MAX_JSON_BYTES) throw new NixociError(input, "the manifest is too large");
+    if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== manifestDigest)
+      throw new NixociError(input, "the registry sent a manifest of another digest");
+    const layers = (parseJsonObject(bytes, input) as { layers?: unknown }).layers;
+    if (!Array.isArray(layers)) throw new NixociError(input, "the manifest has no layers");
+    return layers.map((l: { digest?: unknown; annotations?: Record<string, string> }) => ({
+      digest: String(l.digest),
+      paths:
+        l.annotations && typeof l.annotations === "object" ? storePathsFromAnnotations(l.annotations) : [],
+    }));
+  } finally {
+    client.close();
+  }
+}
+
+/** A socket idle this long fails the fetch (containerd then fetches the layer itself). */
+const FETCH_IDLE_MS = 15_000;
+
+/**
+ * Fetches the layer `digest` of `imageRef` and writes its tree into `dir` (an empty directory: the snapshot's fs),
+ * checked against `chainId` above `parent`. Returns the blob's size; throws on anything amiss.
+ */
+export async function fetchLayerTree(opts: {
+  imageRef: string;
+  digest: string;
+  parent: string;
+  chainId: string;
+  storeDir: string;
+  dir: string;
+}): Promise<{ bytes: number }> {
+  const input = `${opts.imageRef} layer ${opts.digest}`;
+  if (!/^sha256:[0-9a-f]{64}$/.test(opts.digest)) throw new NixociError(input, "not a sha256 layer digest");
+  const ref = parseOutputRef(`docker://${opts.imageRef}`);
+  if (ref.kind !== "docker") throw new NixociError(input, "not a registry image reference");
+  const client = new RegistryClient(ref.registry, ref.repository, {
+    concurrency: 1,
+    timeoutMs: FETCH_IDLE_MS,
+  });
+  try {
+    const packed = new HashingStream();
+    const blob = await client.openBlob(opts.digest);
+    blob.on("error", (err) => packed.destroy(err));
+    const tar = await uncompressedLayer(blob.pipe(packed), input);
+    const tarHash = new HashingStream();
+    tar.on("error", (err) => tarHash.destroy(err));
+    const refused = await extractInto(tar.pipe(tarHash), opts.dir, opts.storeDir, input);
+    if (refused) throw new NixociError(input, refused);
+    const got = `sha256:${packed.hasher.digest("hex")}`;
+    if (got !== opts.digest) throw new NixociError(input, `the registry sent a blob whose digest is ${got}`);
+    const diffId = `sha256:${tarHash.hasher.digest("hex")}`;
+    if (chainIdOf(opts.parent, diffId) !== opts.chainId)
+      throw new NixociError(input, `its tar (diff ID ${diffId}) does not make the snapshot ${opts.chainId}`);
+    return { bytes: packed.size };
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * Writes the tar `source` into `dir` with the members' modes, owners and times. Returns why the tar was refused
+ * (a member not allowed in a store layer), else undefined; throws on a corrupt tar or a failed write.
+ */
+async function extractInto(
+  source: AsyncIterable<Buffer>,
+  dir: string,
+  storeDir: string,
+  input: string,
+): Promise<string | undefined> {
+  const store = storeDir.replace(/^\/+/, "").replace(/\/+$/, "");
+  const ancestors = new Set(store.split("/").map((_, i, parts) => parts.slice(0, i + 1).join("/")));
+  let refused: string | undefined;
+  // node-tar makes every directory it writes owner-writable (u+rwx); the store's are not: set again at the end.
+  const dirModes = new Map<string, number>();
+  const allowed = (name: string, e: Stats | ReadEntry): boolean => {
+    if (!("header" in e)) return refuse(`${name}: not a tar member`); // (only when creating archives)
+    const entry = e;
+    const path = name.replace(/^(\.\/)+/, "").replace(/\/+$/, "");
+    if (ancestors.has(path)) return entry.type === "Directory" || refuse(`${name} is not a directory`);
+    if (!path.startsWith(`${store}/`)) return refuse(`${name} is outside ${storeDir}`);
+    const rest = path.slice(store.length + 1).split("/");
+    if (!isStorePath(`/${store}/${rest[0]}`, `/${store}`)) return refuse(`${name} is not in a store path`);
+    if (rest.some((c) => c === ".." || c.startsWith(".wh."))) return refuse(`${name}: a whiteout or ".."`);
+    if (!["Directory", "File", "OldFile", "ContiguousFile", "SymbolicLink", "Link"].includes(entry.type))
+      return refuse(`${name} is a ${entry.type}`);
+    if (entry.type === "Directory") dirModes.set(path, (entry.mode ?? 0o755) & 0o7777);
+    return true;
+  };
+  const refuse = (why: string): false => {
+    refused ??= why;
+    return false;
+  };
+  const unpack = extractTar({
+    cwd: dir,
+    strict: true,
+    preserveOwner: true,
+    chmod: true,
+    processUmask: 0,
+    filter: allowed,
+  });
+  let failed: Error | undefined;
+  const finished = new Promise<void>((resolve, reject) => {
+    unpack.on("close", () => resolve());
+    unpack.on("error", (err: Error) => {
+      failed ??= err;
+      reject(new NixociError(input, err.message, { cause: err }));
+    });
+  });
+  finished.catch(() => undefined); // observed below
+  // A refused or failed layer is not read further (the source is destroyed; the caller lets containerd fetch it).
+  for await (const chunk of source) {
+    if (refused || failed) break;
+    if (!unpack.write(chunk)) await Promise.race([once(unpack, "drain"), finished]);
+  }
+  unpack.end();
+  // Once refused, the cut-off tar fails; it is waited for all the same, so no write lands after the caller's rm.
+  await (refused ? finished.catch(() => undefined) : finished);
+  if (!refused) for (const [path, mode] of dirModes) await chmod(join(dir, path), mode);
+  return refused;
+}
