@@ -296,6 +296,8 @@ export async function buildCommand(argv: string[]): Promise<number> {
       report.writing(label, results, ref.kind === "docker");
       if (referrers.length && !holdsReferrers(ref))
         progress.line(`note: ${label} cannot carry referrers: the SBOM goes to the other outputs only`);
+      if (ref.kind === "docker-archive" && compression === "zstd")
+        progress.line(`note: ${label} has zstd layers: docker load before Docker 23 cannot read them`);
       const r = await writeOutput(target, named, {
         creds: values.creds,
         insecure: values.insecure,

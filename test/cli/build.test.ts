@@ -322,6 +322,30 @@ test("a compression level off its compression's scale is a usage error before an
   assert.deepEqual(readdirSync(out), [], "no output");
 });
 
+test("a docker-archive of zstd layers says that Docker before 23 cannot load it; of gzip layers nothing", () => {
+  const cache = makeTempDir("build-zstd-archive");
+  const out = makeTempDir("build-zstd-archive-out");
+  const note = (compression: string): string[] => {
+    const file = join(out, `${compression}.tar`);
+    const r = nixoci([
+      "build",
+      "--cache-dir",
+      cache,
+      "--compression",
+      compression,
+      fx.hello,
+      "-o",
+      `docker-archive:${file}`,
+    ]);
+    assert.equal(r.status, 0, r.stderr);
+    return r.stderr.split("\n").filter((l) => l.startsWith("note:"));
+  };
+  assert.deepEqual(note("zstd"), [
+    `note: docker-archive:${join(out, "zstd.tar")} has zstd layers: docker load before Docker 23 cannot read them`,
+  ]);
+  assert.deepEqual(note("gzip"), []);
+});
+
 test("no -o and no --json: a usage error naming the choices, before any work, nothing on stdout", () => {
   const cache = makeTempDir("build-no-output");
   const r = nixoci(["build", "--cache-dir", cache, fx.hello]);
