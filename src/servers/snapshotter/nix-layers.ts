@@ -656,7 +656,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
     if (!layers) {
       layers = manifestLayers(source.imageRef, manifest);
       this.manifests.set(manifest, layers);
-      layers.catch(() => this.manifests.delete(manifest)); // asked again by the next layer
+      // A failure is kept a minute (the pull's other layers would meet it again), then asked anew.
+      layers.catch(() => setTimeout(() => this.manifests.delete(manifest), MANIFEST_RETRY_MS).unref());
       for (const k of this.manifests.keys())
         if (this.manifests.size > MANIFESTS_KEPT) this.manifests.delete(k);
     }
@@ -888,6 +889,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
 /** Image manifests whose layers are kept (savesDownloads): one per image being pulled, a few at most. */
 const MANIFESTS_KEPT = 16;
+/** How long a manifest that could not be fetched is not asked for again. */
+const MANIFEST_RETRY_MS = 60_000;
 /** How long after a commit with no other on top the chain's store view is built ahead (prebuildSoon). */
 const PREBUILD_DELAY_MS = 15;
 /** Store paths whose lstat is kept for store views (pathStats): ~200 bytes each. */
