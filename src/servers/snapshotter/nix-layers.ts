@@ -6,9 +6,10 @@
 // substituting the missing ones from the configured caches, in parallel, when there are any), a committed
 // snapshot named after the ref is created (same parent) and Prepare answers ALREADY_EXISTS, so containerd
 // skips fetching and unpacking that layer. Otherwise the Prepare is an ordinary one and containerd unpacks the
-// layer's real bytes (nixoci images carry them). The layer's store paths are recorded in the metadata
-// (table nix_layers) with how its fs holds them (--nix-layers; one module each under nix-layer-modes/, behind
-// layer-mode.ts's interface, auto's choice in auto.ts):
+// layer's real bytes (nixoci images carry them), except where that would make containerd download store layers
+// the node holds (those above it): then the snapshotter downloads that layer itself (layer-fetch.ts). A nix
+// layer's store paths are recorded in the metadata (table nix_layers) with how its fs holds them (--nix-layers;
+// one module each under nix-layer-modes/, behind layer-mode.ts's interface, auto's choice in auto.ts):
 //
 // - link (auto's choice when the store and ROOT share a filesystem): fs/nix/store/<basename> is a tree of hard
 //   links to the store's files (directories recreated, symlinks copied). Containers get containerd's ordinary
