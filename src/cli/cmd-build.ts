@@ -302,6 +302,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
         creds: values.creds,
         insecure: values.insecure,
         defaultTag,
+        // Only a name the user gave (--tag, a spec's tags) is recorded in full for importers: without one, ctr's
+        // --base-name still names an imported archive.
+        defaultName: spec.tags.length ? defaultName : undefined,
         store,
         onEvent: (e) => report.onPushEvent(e),
         referrers,

@@ -67,3 +67,17 @@ export function compareTags(a: string, b: string): number {
   if (la !== lb) return la < lb ? -1 : 1;
   return a < b ? -1 : a > b ? 1 : 0;
 }
+
+/**
+ * A Docker reference in full, as BuildKit's docker-image source and containerd's image names want it
+ * (NAME -> docker.io/library/NAME:latest, USER/NAME -> docker.io/USER/NAME:latest, HOST/NAME:TAG as it is).
+ */
+export function normalizeImageRef(ref: string): string {
+  let name = ref;
+  const first = name.split("/")[0];
+  if (!name.includes("/")) name = `docker.io/library/${name}`;
+  else if (!(first.includes(".") || first.includes(":") || first === "localhost")) name = `docker.io/${name}`;
+  const last = name.slice(name.lastIndexOf("/") + 1);
+  if (!last.includes(":") && !name.includes("@")) name += ":latest";
+  return name;
+}

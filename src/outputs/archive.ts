@@ -169,6 +169,7 @@ export async function ociArchiveEntries(
   image: BuiltTarget,
   tag?: string,
   referrers: readonly BuiltReferrer[] = [],
+  name?: string,
 ): Promise<TarEntry[]> {
   const entries: TarEntry[] = [
     { name: "blobs", type: "dir" },
@@ -190,7 +191,7 @@ export async function ociArchiveEntries(
     JSON.stringify({
       schemaVersion: 2,
       mediaType: OCI_INDEX,
-      manifests: [indexEntry(image, tag), ...referrers.map(referrerDescriptor)],
+      manifests: [indexEntry(image, tag, name), ...referrers.map(referrerDescriptor)],
     }),
   );
   entries.push({ name: "index.json", type: "file", bytes: index, size: index.length });
@@ -206,9 +207,10 @@ export async function writeOciArchive(
   file: string,
   tag?: string,
   referrers: readonly BuiltReferrer[] = [],
+  name?: string,
 ): Promise<string> {
   if (tag !== undefined && !isValidTag(tag)) throw new NixociError(file, `invalid tag ${quote(tag)}`);
-  await writeTarFile(file, await ociArchiveEntries(image, tag, referrers));
+  await writeTarFile(file, await ociArchiveEntries(image, tag, referrers, name));
   return targetDigest(image);
 }
 

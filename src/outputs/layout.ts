@@ -22,6 +22,11 @@ import { isValidTag } from "../oci/reference.js";
 import { referrerDescriptor, type BuiltReferrer } from "../oci/referrer.js";
 
 export const REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name";
+/**
+ * The full image name an archive's importer gives the image (containerd's `ctr images import`, Docker's
+ * containerd-store `docker load`; BuildKit's OCI exporter writes it too): ref.name alone is just a tag.
+ */
+export const CONTAINERD_IMAGE_NAME_ANNOTATION = "io.containerd.image.name";
 export const OCI_LAYOUT_FILE = '{"imageLayoutVersion":"1.0.0"}';
 
 export interface OciIndex {
@@ -37,10 +42,14 @@ export interface OciIndex {
  * annotation when a tag is given). An index is one entry pointing to the index blob, as BuildKit writes it and
  * skopeo, containerd and umoci read it: the tag names the whole image, the index picks the platform.
  */
-export function indexEntry(target: BuiltTarget, tag?: string): Descriptor {
+export function indexEntry(target: BuiltTarget, tag?: string, name?: string): Descriptor {
   const top = isIndex(target) ? target.index : target.manifest;
   const d: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.size };
-  if (tag !== undefined) d.annotations = { [REF_NAME_ANNOTATION]: tag };
+  if (tag !== undefined || name !== undefined)
+    d.annotations = {
+      ...(name !== undefined ? { [CONTAINERD_IMAGE_NAME_ANNOTATION]: name } : {}),
+      ...(tag !== undefined ? { [REF_NAME_ANNOTATION]: tag } : {}),
+    };
   if (!isIndex(target)) {
     const { architecture, os, variant } = target.platform;
     d.platform = variant ? { architecture, os, variant } : { architecture, os };

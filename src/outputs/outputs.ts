@@ -19,7 +19,7 @@ import { isIndex, type BuiltTarget } from "../oci/index.js";
 import { writeOciLayout } from "./layout.js";
 import { checkNixImageName, nixImageRef, storeNotWritable, writeNixImage } from "./nix-image.js";
 import type { LocalStore } from "../store/local-store.js";
-import { MAX_NAME_LENGTH, NAME_RE, TAG_RE } from "../oci/reference.js";
+import { MAX_NAME_LENGTH, NAME_RE, normalizeImageRef, TAG_RE } from "../oci/reference.js";
 import type { PushEvent } from "./push.js";
 import { referrerDescriptor, type BuiltReferrer } from "../oci/referrer.js";
 
@@ -222,6 +222,8 @@ export interface OutputOptions {
   insecure?: boolean;
   /** The tag used when the reference has none (registries: else "latest"; layouts: else untagged). */
   defaultTag?: string;
+  /** The image's name (NAME of --tag NAME[:TAG]): an oci-archive records it in full for importers. */
+  defaultName?: string;
   onEvent?: (e: PushEvent) => void;
   /** Repositories of the same registry that may already hold the blobs (tried as cross-repository mounts). */
   mountFrom?: string[];
@@ -279,7 +281,15 @@ export async function writeOutput(
       return {
         manifestDigest: await (
           await import("./archive.js")
-        ).writeOciArchive(image, ref.file, ref.tag ?? opts.defaultTag, referrers),
+        ).writeOciArchive(
+          image,
+          ref.file,
+          ref.tag ?? opts.defaultTag,
+          referrers,
+          opts.defaultName === undefined
+            ? undefined
+            : normalizeImageRef(`${opts.defaultName}:${ref.tag ?? opts.defaultTag ?? "latest"}`),
+        ),
         ...written,
       };
     case "docker-archive": {

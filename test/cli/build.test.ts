@@ -139,6 +139,28 @@ test("runs under containerd + runc (oci-archive import) and dockerd (docker-arch
   );
 });
 
+test("an oci-archive of an image named with --tag carries its full name: ctr import names it so", () => {
+  const archive = join(work, "named.oci.tar");
+  build([...helloArgs, "--tag", "nixoci/named-archive:v7", "-o", `oci-archive:${archive}`]);
+  const index = JSON.parse(runText("tar", ["-xOf", archive, "index.json"])) as {
+    manifests: Array<{ annotations?: Record<string, string> }>;
+  };
+  assert.deepEqual(index.manifests[0].annotations, {
+    "io.containerd.image.name": "docker.io/nixoci/named-archive:v7",
+    "org.opencontainers.image.ref.name": "v7",
+  });
+  containerd.ctr(["images", "import", archive]);
+  assert.equal(
+    containerd.ctr(["run", "--rm", "docker.io/nixoci/named-archive:v7", "hello-named"]).toString().trim(),
+    GREETING,
+  );
+  // Without --tag only the tag is recorded (ctr import --base-name names it, as before).
+  const plain = join(work, "plain.oci.tar");
+  build([...helloArgs, "-o", `oci-archive:${plain}:v8`]);
+  const plainIndex = JSON.parse(runText("tar", ["-xOf", plain, "index.json"])) as typeof index;
+  assert.deepEqual(plainIndex.manifests[0].annotations, { "org.opencontainers.image.ref.name": "v8" });
+});
+
 test("push to docker-registry; ctr pulls it back and runs it; skopeo copies it; a second push uploads nothing", () => {
   const ref = `${registry.host}/nixoci/hello:v1`;
   const first = build([...helloArgs, "-o", `docker://${ref}`]);

@@ -41,6 +41,7 @@ import {
   type State,
 } from "./llb.js";
 import { layerDir, type Plan, type StepLayer } from "./steps.js";
+import { normalizeImageRef } from "../../oci/reference.js";
 
 export const DEFAULT_FILENAME = "nixoci.yaml";
 
@@ -53,17 +54,6 @@ export function frontendOpts(env: NodeJS.ProcessEnv): Map<string, string> {
     if (eq > 0) out.set(v.slice(0, eq), v.slice(eq + 1));
   }
   return out;
-}
-
-/** A Docker reference as BuildKit's docker-image source wants it (docker.io/library/NAME:latest). */
-export function normalizeImageRef(ref: string): string {
-  let name = ref;
-  const first = name.split("/")[0];
-  if (!name.includes("/")) name = `docker.io/library/${name}`;
-  else if (!(first.includes(".") || first.includes(":") || first === "localhost")) name = `docker.io/${name}`;
-  const last = name.slice(name.lastIndexOf("/") + 1);
-  if (!last.includes(":") && !name.includes("@")) name += ":latest";
-  return name;
 }
 
 /** A spec file's text as an ImageSpec; errors name the file (and the line, for YAML). */

@@ -26,6 +26,7 @@ import { buildFixtures } from "../../support/fixtures.js";
 import { startDockerd, startRegistry, type Dockerd, type Registry } from "../../support/daemons.js";
 import { dockerUnderTest } from "../../support/docker-release.js";
 import { startNixociServe, type ServeProcess } from "../../support/serve.js";
+import { nixociOk } from "../../support/cli.js";
 
 const FRONTEND = "nixoci-frontend:test";
 const release = dockerUnderTest();
@@ -123,6 +124,23 @@ if (release.buildxPluginDir)
     test("--load (type=docker): the image runs", () => {
       build(["--load", "-t", "buildx:load"]);
       assert.match(runImage("buildx:load"), /Hello from nixoci!/);
+    });
+
+    test("docker load of `nixoci build --tag NAME:TAG -o oci-archive:` names the image by it (io.containerd.image.name)", () => {
+      const archive = join(dir, "named.oci.tar");
+      nixociOk([
+        "build",
+        "-q",
+        "--entrypoint",
+        "/bin/hello",
+        "--tag",
+        "nixoci/loaded-archive:v2",
+        fx.hello,
+        "-o",
+        `oci-archive:${archive}`,
+      ]);
+      assert.match(d.docker(["load", "-i", archive]).toString(), /Loaded image: nixoci\/loaded-archive:v2/);
+      assert.equal(runImage("nixoci/loaded-archive:v2").trim(), "Hello from nixoci!");
     });
 
     test("--output type=oci,dest=FILE: an OCI archive skopeo reads, with a layer per planned layer", () => {
