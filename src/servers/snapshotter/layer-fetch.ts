@@ -3,13 +3,15 @@
 // ALREADY_EXISTS. Why: containerd's unpacker, at the first layer whose Prepare it has to unpack, starts fetching
 // that layer and every layer above it (core/unpack/unpacker.go: `u.fetch(ctx, h, layers[i:], ...)`), store layers
 // the node holds included; one changed package low in an image would cost a node the download of nearly all of it.
+// So the snapshotter fetches such a layer only when a layer above it in the image's manifest is one the store holds
+// (nix-layers.ts savesDownloads); otherwise containerd's own downloads, in parallel, are the faster way.
 //
 // It needs CRI's snapshot annotations (containerd.io/snapshot/cri.image-ref and cri.layer-digest; the configs
 // `nixoci snapshotter --print-containerd-config` prints turn them on). Credentials are Docker's config.json's, else
 // none; plain HTTP for loopback registries only (as `nixoci build -o docker://`). Checked before the layer is
 // used: the blob against its digest, the tar against the snapshot's chain ID (sha256 of "PARENT DIFF_ID"), and
 // every member: directories, files, symlinks and hard links under the store directory only (a whiteout, a
-// device, a path elsewhere or a link out of the tree refuses the layer). Any failure is the caller's cue to let
+// device, a path elsewhere or a hard link out of the tree refuses the layer). Any failure is the caller's cue to let
 // containerd unpack the layer, as without this.
 import { createHash } from "node:crypto";
 import { once } from "node:events";
