@@ -115,13 +115,11 @@ export async function buildCommand(argv: string[]): Promise<number> {
   // auto: what every reader of the outputs takes (zstd for nix: descriptions only).
   const compression = requested === "auto" ? compressionForReaders(outputs) : (requested as LayerCompression);
   const levelProblem =
-    level === undefined
+    level === undefined || compression === "none"
       ? undefined
       : compression === "gzip"
         ? gzipLevelProblem(level, gzipEncoder)
-        : compression === "zstd"
-          ? compressionLevelProblem("zstd", level)
-          : undefined;
+        : compressionLevelProblem(compression, level);
   if (levelProblem) throw new UsageError(`--compression-level: ${levelProblem}`);
 
   // No destination: like `docker save` refusing a terminal, say what the choices are before any work, rather than

@@ -25,3 +25,9 @@ export function sha256Digest(data: Buffer | string): Digest {
 export function digestHex(d: Digest): string {
   return d.slice("sha256:".length);
 }
+
+/** containerd's chain ID of a layer with diff ID `diffId` above the chain `parent` ("": the bottom layer's is its
+ * diff ID): sha256 of "PARENT DIFF_ID". */
+export function chainIdOf(parent: string, diffId: string): string {
+  return parent ? sha256Digest(`${parent} ${diffId}`) : diffId;
+}

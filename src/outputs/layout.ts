@@ -45,11 +45,10 @@ export interface OciIndex {
 export function indexEntry(target: BuiltTarget, tag?: string, name?: string): Descriptor {
   const top = isIndex(target) ? target.index : target.manifest;
   const d: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.size };
-  if (tag !== undefined || name !== undefined)
-    d.annotations = {
-      ...(name !== undefined ? { [CONTAINERD_IMAGE_NAME_ANNOTATION]: name } : {}),
-      ...(tag !== undefined ? { [REF_NAME_ANNOTATION]: tag } : {}),
-    };
+  const annotations: Record<string, string> = {};
+  if (name !== undefined) annotations[CONTAINERD_IMAGE_NAME_ANNOTATION] = name;
+  if (tag !== undefined) annotations[REF_NAME_ANNOTATION] = tag;
+  if (name !== undefined || tag !== undefined) d.annotations = annotations;
   if (!isIndex(target)) {
     const { architecture, os, variant } = target.platform;
     d.platform = variant ? { architecture, os, variant } : { architecture, os };

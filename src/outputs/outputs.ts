@@ -277,21 +277,19 @@ export async function writeOutput(
         manifestDigest: await writeOciLayout(image, ref.dir, ref.tag ?? opts.defaultTag, referrers),
         ...written,
       };
-    case "oci-archive":
+    case "oci-archive": {
+      const tag = ref.tag ?? opts.defaultTag;
+      const name =
+        opts.defaultName === undefined
+          ? undefined
+          : normalizeImageRef(`${opts.defaultName}:${tag ?? "latest"}`);
       return {
         manifestDigest: await (
           await import("./archive.js")
-        ).writeOciArchive(
-          image,
-          ref.file,
-          ref.tag ?? opts.defaultTag,
-          referrers,
-          opts.defaultName === undefined
-            ? undefined
-            : normalizeImageRef(`${opts.defaultName}:${ref.tag ?? opts.defaultTag ?? "latest"}`),
-        ),
+        ).writeOciArchive(image, ref.file, tag, referrers, name),
         ...written,
       };
+    }
     case "docker-archive": {
       if (isIndex(image)) throw new Error("unreachable: docker-archive of an index");
       const tags = ref.name !== undefined ? [`${ref.name}:${ref.tag ?? opts.defaultTag ?? "latest"}`] : [];

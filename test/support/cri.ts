@@ -18,12 +18,11 @@
 // Every wait here is bounded; nothing runs a server in the test process, so synchronous `ctr` calls are safe.
 import { NIX_CLOSURE_ROOT_ANNOTATION, storePathsFromAnnotations } from "../../src/image/annotations.js";
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { criImageClient, type CriImageClient } from "../../src/proto/cri.js";
 import { BlobStore } from "../../src/oci/blob-store.js";
-import type { Digest } from "../../src/oci/digest.js";
+import { sha256Digest, type Digest } from "../../src/oci/digest.js";
 import type { BuiltImage } from "../../src/oci/image.js";
 import { pushImage } from "../../src/outputs/push.js";
 import { snapshotsClient } from "../../src/proto/containerd.js";
@@ -449,31 +448,59 @@ export async function pushBuilt(
 }
 
 /**
+ * Pushes a variant of `image` with the same blobs: its manifest's layers as `layers` makes them and, with `diffIds`,
+ * its config's diff_ids so (the config then differs too). Returns the new ref and digest, layers and diff_ids.
+ */
+async function pushVariant(
+  registry: Registry,
+  image: PushedImage,
+  repo: string,
+  layers: (old: LayerDescriptor[]) => LayerDescriptor[],
+  diffIds?: (old: Digest[]) => Digest[],
+): Promise<{ ref: string; manifestDigest: string; layers: LayerDescriptor[]; diffIds: string[] }> {
+  const built = layoutImage(image);
+  const manifest = JSON.parse(built.manifest.bytes.toString()) as {
+    config: { digest: string; size: number };
+    layers: LayerDescriptor[];
+  };
+  let { config } = built;
+  if (diffIds) {
+    const doc = JSON.parse(config.bytes.toString()) as { rootfs: { diff_ids: Digest[] } };
+    doc.rootfs.diff_ids = diffIds(built.diffIds);
+    const bytes = Buffer.from(JSON.stringify(doc));
+    config = { ...config, bytes, size: bytes.length, digest: sha256Digest(bytes) };
+    manifest.config = { ...manifest.config, digest: config.digest, size: config.size };
+  }
+  manifest.layers = layers(manifest.layers);
+  const bytes = Buffer.from(JSON.stringify(manifest));
+  const variant: BuiltImage = {
+    ...built,
+    manifest: { ...built.manifest, bytes, size: bytes.length, digest: sha256Digest(bytes) },
+    config,
+    layers: manifest.layers as BuiltImage["layers"],
+    diffIds: diffIds ? diffIds(built.diffIds) : built.diffIds,
+  };
+  const r = await pushBuilt(registry, variant, repo);
+  return { ...r, layers: manifest.layers, diffIds: variant.diffIds };
+}
+
+/**
  * Pushes a variant of `image` whose layer i's annotations are replaced by `annotations(i, old)` (undefined keeps
  * them); the blobs are the same, so only the manifest (and its digest) differ. Returns the new ref and digest.
  */
-export async function pushModifiedImage(
+export function pushModifiedImage(
   registry: Registry,
   image: PushedImage,
   repo: string,
   annotations: (index: number, old: Record<string, string> | undefined) => Record<string, string> | undefined,
 ): Promise<{ ref: string; manifestDigest: string; layers: LayerDescriptor[] }> {
-  const built = layoutImage(image);
-  const manifest = JSON.parse(built.manifest.bytes.toString()) as { layers: LayerDescriptor[] };
-  manifest.layers = manifest.layers.map((l, i) => {
-    const a = annotations(i, l.annotations);
-    const { annotations: _old, ...rest } = l;
-    return a && Object.keys(a).length ? { ...rest, annotations: a } : { ...rest };
-  });
-  const bytes = Buffer.from(JSON.stringify(manifest));
-  const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
-  const variant: BuiltImage = {
-    ...built,
-    manifest: { ...built.manifest, bytes, size: bytes.length, digest },
-    layers: manifest.layers as BuiltImage["layers"],
-  };
-  const r = await pushBuilt(registry, variant, repo);
-  return { ...r, layers: manifest.layers };
+  return pushVariant(registry, image, repo, (layers) =>
+    layers.map((l, i) => {
+      const a = annotations(i, l.annotations);
+      const { annotations: _old, ...rest } = l;
+      return a && Object.keys(a).length ? { ...rest, annotations: a } : { ...rest };
+    }),
+  );
 }
 
 /**
@@ -481,35 +508,19 @@ export async function pushModifiedImage(
  * config's diff_ids follow). The blobs are the same: each of nixoci's layers holds its own paths with their parent
  * directories, so any order unpacks to the same tree.
  */
-export async function pushReorderedImage(
+export function pushReorderedImage(
   registry: Registry,
   image: PushedImage,
   repo: string,
   order: number[],
 ): Promise<{ ref: string; manifestDigest: string; layers: LayerDescriptor[]; diffIds: string[] }> {
-  const built = layoutImage(image);
-  const config = JSON.parse(built.config.bytes.toString()) as { rootfs: { diff_ids: Digest[] } };
-  const diffIds = order.map((i) => built.diffIds[i]);
-  config.rootfs.diff_ids = diffIds;
-  const configBytes = Buffer.from(JSON.stringify(config));
-  const configDigest = `sha256:${createHash("sha256").update(configBytes).digest("hex")}` as Digest;
-  const manifest = JSON.parse(built.manifest.bytes.toString()) as {
-    config: { digest: string; size: number };
-    layers: LayerDescriptor[];
-  };
-  manifest.config = { ...manifest.config, digest: configDigest, size: configBytes.length };
-  manifest.layers = order.map((i) => manifest.layers[i]);
-  const bytes = Buffer.from(JSON.stringify(manifest));
-  const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Digest;
-  const variant: BuiltImage = {
-    ...built,
-    manifest: { ...built.manifest, bytes, size: bytes.length, digest },
-    config: { ...built.config, bytes: configBytes, size: configBytes.length, digest: configDigest },
-    layers: manifest.layers as BuiltImage["layers"],
-    diffIds,
-  };
-  const r = await pushBuilt(registry, variant, repo);
-  return { ...r, layers: manifest.layers, diffIds };
+  return pushVariant(
+    registry,
+    image,
+    repo,
+    (layers) => order.map((i) => layers[i]),
+    (ids) => order.map((i) => ids[i]),
+  );
 }
 
 /**
@@ -522,14 +533,7 @@ export function isChainSnapshot(name: string, chain: string): boolean {
 }
 
 /** The chain IDs of a stack of diff IDs (what containerd names committed snapshots after), bottom first. */
-export function chainIds(diffIds: string[]): string[] {
-  const out: string[] = [];
-  for (const d of diffIds) {
-    const prev = out[out.length - 1];
-    out.push(prev ? `sha256:${createHash("sha256").update(`${prev} ${d}`).digest("hex")}` : d);
-  }
-  return out;
-}
+export { chainIds } from "../../src/servers/cri/nix-import.js";
 
 // ---- logs ----
 

@@ -12,7 +12,7 @@
 // 3. the garbage-collection labels containerd's importer sets (manifest -> config and blobs, config -> top
 //    snapshot) and the image record named `name`, labelled as a CRI-managed image, so containerd's CRI plugin
 //    lists it (it watches image events in its namespace).
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import type { ContainerdClient, DescriptorMessage } from "../../outputs/containerd-client.js";
 import { ALREADY_EXISTS, grpcCode } from "../../outputs/containerd-client.js";
@@ -20,6 +20,7 @@ import { MANIFEST_DIGEST_LABEL, REF_LABEL, SNAPSHOT_LABEL_PREFIX } from "../../i
 import { storePathsTar } from "../../image/layer-tar.js";
 import { LAYER_TAR_FORMATS } from "../../image/tar-header.js";
 import { OCI_LAYER } from "../../oci/media-types.js";
+import { chainIdOf } from "../../oci/digest.js";
 import type { NixImage, NixImageLayer } from "../../outputs/nix-image.js";
 import type { Logger } from "../../util/logger.js";
 import type { LocalStore } from "../../store/local-store.js";
@@ -45,10 +46,7 @@ export interface ImportResult {
 /** containerd's chain IDs: chain[0] = diff[0]; chain[i] = sha256(chain[i-1] + " " + diff[i]). */
 export function chainIds(diffIds: string[]): string[] {
   const out: string[] = [];
-  for (const d of diffIds) {
-    const prev = out[out.length - 1];
-    out.push(prev === undefined ? d : `sha256:${createHash("sha256").update(`${prev} ${d}`).digest("hex")}`);
-  }
+  for (const d of diffIds) out.push(chainIdOf(out[out.length - 1] ?? "", d));
   return out;
 }
 

@@ -13,7 +13,6 @@
 // every member: directories, files, symlinks and hard links under the store directory only (a whiteout, a
 // device, a path elsewhere or a hard link out of the tree refuses the layer). Any failure is the caller's cue to let
 // containerd unpack the layer, as without this.
-import { createHash } from "node:crypto";
 import { once } from "node:events";
 import type { Stats } from "node:fs";
 import { chmod } from "node:fs/promises";
@@ -24,6 +23,7 @@ import { uncompressedLayer } from "../../util/compression.js";
 import { HashingStream } from "../../util/hashing-stream.js";
 import { isStorePath } from "../../nix/store-path.js";
 import { SNAPSHOT_LABEL_PREFIX, storePathsFromAnnotations } from "../../image/annotations.js";
+import { chainIdOf, isDigest, sha256Digest } from "../../oci/digest.js";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../../oci/media-types.js";
 import { MAX_JSON_BYTES, parseJsonObject } from "../../util/json.js";
 import { parseOutputRef } from "../../outputs/outputs.js";
@@ -42,9 +42,14 @@ export function layerSource(
   return imageRef && digest ? { imageRef, digest } : undefined;
 }
 
-/** The chain ID of a layer with diff ID `diffId` above the chain `parent` (none: the bottom layer). */
-export function chainIdOf(parent: string, diffId: string): string {
-  return parent ? `sha256:${createHash("sha256").update(`${parent} ${diffId}`).digest("hex")}` : diffId;
+/** A socket idle this long fails the fetch (containerd then fetches the layer itself). */
+const FETCH_IDLE_MS = 15_000;
+
+/** A client of the repository of `imageRef` (`input` names what it fetches, in errors). */
+function clientFor(imageRef: string, input: string): RegistryClient {
+  const ref = parseOutputRef(`docker://${imageRef}`);
+  if (ref.kind !== "docker") throw new NixociError(input, "not a registry image reference");
+  return new RegistryClient(ref.registry, ref.repository, { concurrency: 1, timeoutMs: FETCH_IDLE_MS });
 }
 
 /** A layer of an image's manifest: its blob's digest and the store paths its annotations name (maybe none). */
@@ -60,17 +65,12 @@ export interface ManifestLayer {
  */
 export async function manifestLayers(imageRef: string, manifestDigest: string): Promise<ManifestLayer[]> {
   const input = `${imageRef} manifest ${manifestDigest}`;
-  if (!/^sha256:[0-9a-f]{64}$/.test(manifestDigest)) throw new NixociError(input, "not a sha256 digest");
-  const ref = parseOutputRef(`docker://${imageRef}`);
-  if (ref.kind !== "docker") throw new NixociError(input, "not a registry image reference");
-  const client = new RegistryClient(ref.registry, ref.repository, {
-    concurrency: 1,
-    timeoutMs: FETCH_IDLE_MS,
-  });
+  if (!isDigest(manifestDigest)) throw new NixociError(input, "not a sha256 digest");
+  const client = clientFor(imageRef, input);
   try {
     const { bytes } = await client.getManifest(manifestDigest, [OCI_MANIFEST, DOCKER_MANIFEST]);
     if (bytes.length > MAX_JSON_BYTES) throw new NixociError(input, "the manifest is too large");
-    if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== manifestDigest)
+    if (sha256Digest(bytes) !== manifestDigest)
       throw new NixociError(input, "the registry sent a manifest of another digest");
     const layers = (parseJsonObject(bytes, input) as { layers?: unknown }).layers;
     if (!Array.isArray(layers)) throw new NixociError(input, "the manifest has no layers");
@@ -83,9 +83,6 @@ export async function manifestLayers(imageRef: string, manifestDigest: string): 
     client.close();
   }
 }
-
-/** A socket idle this long fails the fetch (containerd then fetches the layer itself). */
-const FETCH_IDLE_MS = 15_000;
 
 /**
  * Fetches the layer `digest` of `imageRef` and writes its tree into `dir` (an empty directory: the snapshot's fs),
@@ -100,13 +97,8 @@ export async function fetchLayerTree(opts: {
   dir: string;
 }): Promise<{ bytes: number }> {
   const input = `${opts.imageRef} layer ${opts.digest}`;
-  if (!/^sha256:[0-9a-f]{64}$/.test(opts.digest)) throw new NixociError(input, "not a sha256 layer digest");
-  const ref = parseOutputRef(`docker://${opts.imageRef}`);
-  if (ref.kind !== "docker") throw new NixociError(input, "not a registry image reference");
-  const client = new RegistryClient(ref.registry, ref.repository, {
-    concurrency: 1,
-    timeoutMs: FETCH_IDLE_MS,
-  });
+  if (!isDigest(opts.digest)) throw new NixociError(input, "not a sha256 layer digest");
+  const client = clientFor(opts.imageRef, input);
   try {
     const packed = new HashingStream();
     const blob = await client.openBlob(opts.digest);

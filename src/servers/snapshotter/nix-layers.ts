@@ -609,15 +609,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
       return await this.lock.run(() => {
         const existing = this.metadata.get(ref);
         if (existing) return existing.kind === "committed";
-        const tmpKey = `\u0000fetched ${ref}`;
-        this.metadata.transaction(() => {
-          const rec = this.metadata.create("active", tmpKey, parent || undefined, {});
-          if (rec.parentId !== undefined) takeOwner(fs, this.fsPath(rec.parentId));
-          this.metadata.commit(tmpKey, ref, labels, usage);
-          const dest = join(this.snapshotsDir, String(rec.id));
-          if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
-          renameSync(tmp, dest);
-        });
+        this.commitBuilt(`\u0000fetched ${ref}`, ref, parent, labels, usage, tmp, fs);
         committed = true;
         this.metrics?.fetchedLayers.inc();
         this.log?.info("nix layer: paths missing from the store; fetched the layer from the registry", {
@@ -787,12 +779,31 @@ export class NixSnapshotter extends OverlaySnapshotter {
     tmp: string,
     fs: string,
   ): void {
+    this.commitBuilt(tmpKey, ref, parent, labels, usage, tmp, fs, (id) => {
+      this.metadata.setNixLayer(id, paths, mode.kind);
+      this.metadata.addGcRoot(root.name, id, root.links);
+    });
+  }
+
+  /**
+   * Records `ref` as a committed snapshot above `parent` whose directory was built at `tmp` (its fs at `fs`), with
+   * what `also` records of it, and moves the directory into place: one transaction.
+   */
+  private commitBuilt(
+    tmpKey: string,
+    ref: string,
+    parent: string,
+    labels: Record<string, string>,
+    usage: { size: number; inodes: number },
+    tmp: string,
+    fs: string,
+    also?: (id: number) => void,
+  ): void {
     this.metadata.transaction(() => {
       const rec = this.metadata.create("active", tmpKey, parent || undefined, {});
       if (rec.parentId !== undefined) takeOwner(fs, this.fsPath(rec.parentId));
       const committed = this.metadata.commit(tmpKey, ref, labels, usage);
-      this.metadata.setNixLayer(committed.id, paths, mode.kind);
-      this.metadata.addGcRoot(root.name, committed.id, root.links);
+      also?.(committed.id);
       const dest = join(this.snapshotsDir, String(rec.id));
       if (existsSync(dest)) rmSync(dest, { recursive: true, force: true });
       renameSync(tmp, dest);
