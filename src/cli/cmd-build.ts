@@ -24,6 +24,7 @@ import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
 import { levelProblem as compressionLevelProblem } from "../util/compression-formats.js";
+import { stdoutCarriesProduct } from "./stdout-product.js";
 import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { BUILD } from "./help-texts.js";
 import { BuildProgress } from "./build-progress.js";
@@ -114,6 +115,10 @@ export async function buildCommand(argv: string[]): Promise<number> {
   );
   // auto: what every reader of the outputs takes (zstd for nix: descriptions only).
   const compression = requested === "auto" ? compressionForReaders(outputs) : (requested as LayerCompression);
+  // A level given on the command line for uncompressed layers is a mistake worth naming (a spec's level is not: the
+  // command line's --compression none overrides the spec's compression, and its level with it).
+  if (compression === "none" && values["compression-level"] !== undefined)
+    throw new UsageError("--compression-level: uncompressed layers (--compression none) take no level");
   const levelProblem =
     level === undefined || compression === "none"
       ? undefined
@@ -137,6 +142,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
       "refusing to write a docker-archive to a terminal: redirect stdout (> image.tar, | docker load) or give " +
         "-o docker-archive:FILE",
     );
+  if (stdoutTaken) stdoutCarriesProduct();
   const sbomFormats = sbomOption(values.sbom);
   // Refused before any work, like an index for an output that cannot hold one: a build whose SBOM would go
   // nowhere is a mistake, not something to find out afterwards.

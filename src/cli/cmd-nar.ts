@@ -7,8 +7,10 @@ import { restoreNar, sweepRestoreTemporaries } from "../nix/nar-restore.js";
 import { dumpPathTo } from "../nix/nar-writer.js";
 import { decompressStream, type Compression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
+import { fsError } from "../util/fs-errors.js";
 import { helpHint, needPositionals, parse, printHelp, UsageError } from "./args.js";
 import { NAR } from "./help-texts.js";
+import { stdoutCarriesProduct } from "./stdout-product.js";
 
 export async function narCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -21,7 +23,14 @@ export async function narCommand(argv: string[]): Promise<number> {
   const arg = positionals[0];
   switch (sub) {
     case "dump":
-      await dumpPathTo(arg, process.stdout);
+      stdoutCarriesProduct();
+      try {
+        await dumpPathTo(arg, process.stdout);
+      } catch (err) {
+        throw (err as NodeJS.ErrnoException).code === "EPIPE"
+          ? fsError("stdout", err, "cannot write the NAR")
+          : err;
+      }
       return 0;
     case "restore":
       return restoreCommand(arg);

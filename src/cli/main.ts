@@ -16,6 +16,7 @@ import {
   SUBSTITUTE,
 } from "./help-texts.js";
 import { packageVersion } from "./shared-options.js";
+import { closedStdoutIsQuiet } from "./stdout-product.js";
 import { NixociError } from "../util/errors.js";
 import { describeSystemError } from "../util/fs-errors.js";
 
@@ -93,10 +94,15 @@ export async function main(argv: string[]): Promise<number> {
     );
     return 2;
   }
-  // A closed stdout (e.g. `nixoci closure ... | head`) is not an error worth a message.
+  // A closed stdout (e.g. `nixoci closure ... | head`) is not an error worth a message — unless stdout carries the
+  // product: then the write that failed rejects and the command reports it (the handler only keeps the error from
+  // being unhandled).
   process.stdout.on("error", (err: NodeJS.ErrnoException) => {
-    if (err.code === "EPIPE") process.exit(0);
+    if (err.code === "EPIPE" && closedStdoutIsQuiet()) process.exit(0);
   });
+  // Progress and logs on a closed stderr (`nixoci build ... 2>&1 | head`) must not stop the work: there is nowhere
+  // left to report the failure to, and the product does not depend on it.
+  process.stderr.on("error", () => {});
   try {
     const run = await load();
     return await run(rest);

@@ -24,6 +24,7 @@ const WORDS: Record<string, string> = {
   ENOTDIR: "not a directory",
   ENOTEMPTY: "directory not empty",
   EPERM: "operation not permitted",
+  EPIPE: "the reader closed the pipe",
   EROFS: "read-only file system",
   ETXTBSY: "text file busy",
   EXDEV: "cross-device link",

@@ -335,6 +335,10 @@ test("a compression level off its compression's scale is a usage error before an
     [["--compression", "zstd", "--compression-level", "23"], "23 is out of range for zstd (1..22)"],
     [["--compression", "zstd", "--compression-level", "0"], "0 is out of range for zstd (1..22)"],
     [["--compression-level", "10"], "10 is out of range for gzip (0..9)"],
+    [
+      ["--compression", "none", "--compression-level", "5"],
+      "uncompressed layers (--compression none) take no level",
+    ],
   ] as const) {
     const r = nixoci(["build", "--cache-dir", cache, ...args, fx.hello, "-o", `oci:${out}/x`]);
     assert.equal(r.status, 2, r.stderr);
