@@ -31,6 +31,7 @@ async function gatewayMode(): Promise<number> {
   // Loaded here, not above: the steps (one process each, many per build) need neither gRPC nor the LLB code.
   const { buildWithGateway, frontendOpts, stdioStream } = await import("../servers/buildkit/frontend.js");
   const { Gateway } = await import("../servers/buildkit/gateway.js");
+  const { buildErrorLine } = await import("../servers/buildkit/step-errors.js");
   const log = (msg: string): void => void process.stderr.write(`${msg}\n`);
   const gateway = new Gateway(stdioStream(), log);
   try {
@@ -45,7 +46,7 @@ async function gatewayMode(): Promise<number> {
     log(`nixoci frontend: ${message}`);
     // The error goes back through the gateway, so the build fails with it; the process still exits 0.
     await gateway
-      .return({ error: message })
+      .return({ error: buildErrorLine(message) })
       .catch((e: Error) => log(`nixoci frontend: Return: ${e.message}`));
   }
   // Exit without closing the connection first: BuildKit treats the gateway connection closing while the

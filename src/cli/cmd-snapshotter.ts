@@ -16,6 +16,7 @@
 import { resolve } from "node:path";
 import { createLogger, type LogFormat, type Logger, type LogLevel } from "../util/logger.js";
 import { serveSnapshots } from "../servers/snapshotter/server.js";
+import { lockDirectory } from "../util/dir-lock.js";
 import { SnapshotterMetrics } from "../servers/snapshotter/metrics.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { NixSnapshotter, type NixLayerMode } from "../servers/snapshotter/nix-layers.js";
@@ -64,7 +65,11 @@ export interface SnapshotterOptions {
    * named by --containerd-version ("k3s": k3s's config template; undefined: ask the containerd at
    * containerdAddress, else `containerd --version`).
    */
-  printContainerdConfig?: { version: ContainerdVersion | "k3s" | undefined };
+  printContainerdConfig?: {
+    version: ContainerdVersion | "k3s" | undefined;
+    /** The serving options given with it (--store, --substituter...), for the printed command line. */
+    runOptions: string[];
+  };
   /**
    * --containerd-version when serving: the node's containerd (undefined: ask the containerd at containerdAddress,
    * else `containerd --version`).
@@ -140,6 +145,7 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
             : versionFlag === "k3s"
               ? "k3s"
               : containerdVersionOption(versionFlag),
+        runOptions: servingOptionsGiven(values),
       },
     };
   const address = socketPathOption("address", values.address, SNAPSHOTTER);
@@ -190,6 +196,31 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     logLevel,
     logFormat,
   };
+}
+
+/**
+ * The options given with --print-containerd-config that serving takes (the printed "Then run" line repeats them, so
+ * a node set up with `--store /mnt/san/nix/store` is told to run the snapshotter with it). Paths made absolute.
+ */
+function servingOptionsGiven(values: ReturnType<typeof parse>["values"]): string[] {
+  const out: string[] = [];
+  const one = (flag: string, v: unknown, path = false): void => {
+    if (typeof v === "string") out.push(`--${flag}`, path ? resolve(v) : v);
+  };
+  const many = (flag: string, v: unknown): void => {
+    if (Array.isArray(v)) for (const x of v) one(flag, x);
+  };
+  one("store", values.store, true);
+  many("substituter", values.substituter);
+  many("trusted-public-key", values["trusted-public-key"]);
+  if (values["no-check-sigs"] === true) out.push("--no-check-sigs");
+  one("nix-layers", values["nix-layers"]);
+  one("target-mounts", values["target-mounts"]);
+  one("mountpoints-dir", values["mountpoints-dir"], true);
+  one("metrics-address", values["metrics-address"]);
+  one("log-level", values["log-level"]);
+  one("log-format", values["log-format"]);
+  return out;
 }
 
 /** --containerd-version: a release line nixoci has a config for (a usage error otherwise). */
@@ -245,7 +276,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
   const opts = parseSnapshotterArgs(argv);
   if (opts.help) return printHelp(SNAPSHOTTER);
   if (opts.printContainerdConfig) {
-    const where = { address: opts.address, root: opts.root };
+    const where = { address: opts.address, root: opts.root, options: opts.printContainerdConfig.runOptions };
     const named = opts.printContainerdConfig.version;
     if (named === "k3s") {
       process.stdout.write(k3sConfigTemplate(where));
@@ -265,6 +296,8 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     process.stdout.write(containerdConfigSnippet(node.version, where));
     return 0;
   }
+  // Before anything touches the root (the start-up sweeps below unmount and remove what they take as stale).
+  const lock = lockDirectory(opts.root, "a nixoci snapshotter", "stop it first or give another --root");
   const log = createLogger({ level: opts.logLevel, format: opts.logFormat });
   const trust = trustOptions(opts.trustedPublicKeys, opts.allowUnsigned);
   const store = new LocalStore(opts.store ? { dir: opts.store } : {});
@@ -313,6 +346,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     await running?.stop(0);
     sn.close();
     store.close();
+    lock.release();
     throw err;
   }
   log.info("listening", {
@@ -330,6 +364,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     () => {
       sn.close();
       store.close();
+      lock.release();
     },
   );
 }

@@ -74,11 +74,38 @@ const COARSE_MTIME_MS = 2000;
  */
 const NO_WAL_INDEX = new Set(["SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN", "SQLITE_READONLY_CANTINIT"]);
 
+/**
+ * How long a read handle stays open after its last query. A handle holds descriptors on the database (and its WAL
+ * files, when a Nix that did not close cleanly left them), which keep the filesystem busy: a node could not unmount
+ * a shared store to pick up a writer's new paths while its snapshotter runs. Reopening costs about a millisecond.
+ */
+const IDLE_CLOSE_MS = 2000;
+
 export class NixDb {
-  private reader: Reader;
+  /** The read handle; undefined once closed for being idle (reopened by the next query). */
+  private reader: Reader | undefined;
+  private idle?: NodeJS.Timeout;
 
   constructor(readonly file: string) {
+    // Opened now so that a database that cannot be read fails here, where the store is given.
     this.reader = this.open();
+    this.closeWhenIdle();
+  }
+
+  /** Closes a read handle IDLE_CLOSE_MS after the last query (the timer never keeps the process alive). */
+  private closeWhenIdle(): void {
+    if (this.idle) {
+      this.idle.refresh();
+      return;
+    }
+    this.idle = setTimeout(() => {
+      this.idle = undefined;
+      // A copy in memory holds no descriptor, and taking it again would read the whole file: it is kept.
+      if (!this.reader || this.reader.copied) return;
+      this.reader.db.close();
+      this.reader = undefined;
+    }, IDLE_CLOSE_MS);
+    this.idle.unref();
   }
 
   /**
@@ -129,7 +156,8 @@ export class NixDb {
    * read-only store can be unmounted and mounted again under a running reader.
    */
   private current(): Reader {
-    const r = this.reader;
+    this.closeWhenIdle();
+    const r = (this.reader ??= this.open());
     if (!r.copied) return r;
     const settled = (r.copiedAt ?? 0) - r.copied.mtimeMs >= COARSE_MTIME_MS;
     if (settled && !existsSync(`${this.file}-wal`) && sameState(r.copied, fileState(this.file))) return r;
@@ -225,7 +253,10 @@ export class NixDb {
   }
 
   close(): void {
-    this.reader.db.close();
+    clearTimeout(this.idle);
+    this.idle = undefined;
+    this.reader?.db.close();
+    this.reader = undefined;
     this.writable?.close();
   }
 }

@@ -1,8 +1,12 @@
 // A gRPC server on a unix socket, as nixoci's daemons (snapshotter, CRI image service) run one: a stale socket
-// file left by a killed predecessor is replaced (anything else at the path is an error), and stopping waits a
-// bounded time for running calls, then removes the socket.
+// file left by a killed predecessor is replaced, but a socket another process still answers on is refused (taking
+// it over would cut that daemon off from containerd, and its socket would be removed when either stopped); anything
+// else at the path is an error. Stopping waits a bounded time for running calls, then removes the socket if it is
+// still the one this server made.
 import { existsSync, lstatSync, unlinkSync } from "node:fs";
+import { connect } from "node:net";
 import * as grpc from "@grpc/grpc-js";
+import { NixociError } from "./errors.js";
 
 export interface RunningServer {
   server: grpc.Server;
@@ -16,7 +20,12 @@ export async function serveOnUnixSocket(
   addServices: (server: grpc.Server) => void,
 ): Promise<RunningServer> {
   if (existsSync(address)) {
-    if (!lstatSync(address).isSocket()) throw new Error(`${address}: exists and is not a socket`);
+    if (!lstatSync(address).isSocket()) throw new NixociError(address, "exists and is not a socket");
+    if (await answers(address))
+      throw new NixociError(
+        address,
+        "another process is serving on this socket; stop it first or give another --address",
+      );
     unlinkSync(address);
   }
   const server = new grpc.Server({ "grpc.max_receive_message_length": 16 << 20 });
@@ -26,6 +35,7 @@ export async function serveOnUnixSocket(
       err ? reject(err) : resolve(),
     ),
   );
+  const ours = lstatSync(address).ino;
   let stopped: Promise<void> | undefined;
   const stop = (graceMs = 5000): Promise<void> =>
     (stopped ??= new Promise<void>((resolve) => {
@@ -39,10 +49,22 @@ export async function serveOnUnixSocket(
       });
     }).then(() => {
       try {
-        unlinkSync(address);
+        if (lstatSync(address).ino === ours) unlinkSync(address);
       } catch {
         // already gone
       }
     }));
   return { server, address, stop };
+}
+
+/** Whether a process accepts connections on the socket at `address` (a stale file refuses them). */
+function answers(address: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(address);
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
 }

@@ -206,6 +206,43 @@ describe("nixoci snapshotter --print-containerd-config: usage", () => {
     assert.equal(rel.text, expectedSnippet("2.1", `${process.cwd()}/sn.sock`, `${process.cwd()}/sn-root`));
   });
 
+  test("the command line it says to run carries the serving options given with it (a shared store's --store)", () => {
+    const r = nixociOk([
+      "snapshotter",
+      "--print-containerd-config",
+      "--containerd-version",
+      "2.1",
+      "--address",
+      "/run/sn.sock",
+      "--root",
+      "/var/lib/sn",
+      "--store",
+      "/mnt/san/nix/store",
+      "--substituter",
+      "http://cache.example/a b",
+      "--nix-layers",
+      "target",
+      "--log-format",
+      "text",
+    ]);
+    assert.match(
+      r.text,
+      /^# {3}nixoci snapshotter --address \/run\/sn\.sock --root \/var\/lib\/sn --store \/mnt\/san\/nix\/store --substituter 'http:\/\/cache\.example\/a b' --nix-layers target --log-format text$/m,
+    );
+    const k3s = nixociOk([
+      "snapshotter",
+      "--print-containerd-config",
+      "--containerd-version",
+      "k3s",
+      "--store",
+      "/mnt/s",
+    ]);
+    assert.match(
+      k3s.text,
+      /^# {3}nixoci snapshotter .* --store \/mnt\/s --containerd-address \/run\/k3s\/containerd\/containerd\.sock$/m,
+    );
+  });
+
   test("a version it has no config for, or no version at all, is a usage error naming the flag", () => {
     const cases: [string[], string][] = [
       [

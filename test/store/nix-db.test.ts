@@ -21,6 +21,9 @@ import { NixDb } from "../../src/store/nix-db.js";
 import { mountsUnder } from "../support/daemons.js";
 import { buildFixtures, GC_ROOTS_DIR, makeTempDir, PACKAGES_NIX } from "../support/fixtures.js";
 import { nixCmd, run, runText } from "../support/run.js";
+import { until } from "../support/poll.js";
+import { ROOT } from "../support/cli.js";
+import { spawnSync } from "node:child_process";
 
 const DB = "nix/var/nix/db/db.sqlite";
 
@@ -104,6 +107,36 @@ describe("NixDb on a read-only filesystem (a store on shared storage)", () => {
     mountReadOnly(after2, 1_600_000_000);
     assert.equal(db.queryPathInfo(hello2)?.path, hello2);
     assert.equal(db.closure(hello2).length, 3);
+    run("umount", [mnt]);
+  });
+
+  test("with the WAL files a Nix killed mid-write leaves, the read handle is let go when idle: the filesystem unmounts", async () => {
+    // A writer killed with its database open leaves db.sqlite-wal and -shm: SQLite then opens a real read handle
+    // even on a read-only filesystem, and a handle holds descriptors on all three files.
+    const crashed = join(dir, "crashed");
+    mkdirSync(crashed, { recursive: true });
+    copyFileSync(before1, join(crashed, "db.sqlite"));
+    const writer = spawnSync(process.execPath, [
+      "-e",
+      `const D = require(${JSON.stringify(join(ROOT, "node_modules/better-sqlite3"))});` +
+        `new D(${JSON.stringify(join(crashed, "db.sqlite"))}).exec("CREATE TABLE nixoci_test (x)");` +
+        `process.kill(process.pid, "SIGKILL")`,
+    ]);
+    assert.equal(writer.signal, "SIGKILL");
+    assert.deepEqual(readdirSync(crashed).sort(), ["db.sqlite", "db.sqlite-shm", "db.sqlite-wal"]);
+    mkdirSync(mnt, { recursive: true });
+    run("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt]);
+    for (const f of readdirSync(crashed)) copyFileSync(join(crashed, f), join(mnt, f));
+    run("mount", ["-o", "remount,ro", mnt]);
+    const db = new NixDb(join(mnt, "db.sqlite"));
+    dbs.push(db);
+    assert.equal(db.closure(hello).length, 3);
+    assert.ok(descriptorsUnder(mnt).length > 0, "a real read handle (the premise)");
+    await until("the idle read handle is closed", 10_000, () => assert.deepEqual(descriptorsUnder(mnt), []));
+    run("umount", [mnt]); // a plain umount: it fails when anything holds the filesystem
+    // The next query opens the database mounted now.
+    mountReadOnly(after2, 1_600_000_000);
+    assert.equal(db.queryPathInfo(hello2)?.path, hello2);
     run("umount", [mnt]);
   });
 

@@ -63,7 +63,8 @@ export function parseSpecText(text: string, filename: string): ImageSpec {
     doc = filename.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
   } catch (err) {
     throw new Error(
-      `${filename}: not valid ${filename.endsWith(".json") ? "JSON" : "YAML"}: ${(err as Error).message}`,
+      // The parser's first line says what and where ("... at line 2, column 1:"); the rest is a snippet.
+      `${filename}: not valid ${filename.endsWith(".json") ? "JSON" : "YAML"}: ${(err as Error).message.split("\n")[0]}`,
       { cause: err },
     );
   }
@@ -316,9 +317,10 @@ async function nixLayers(
     );
   }
   const attr = run.opts.get("build-arg:attr") ?? "";
+  const nixConfig = nixConfigFromBuildArgs(run.opts);
   const built = exec({
     args: ["/bin/sh", "-c", NIX_BUILD_SCRIPT, "sh", `/ctx/${filename}`, attr],
-    env: [...env, "HOME=/tmp", "TMPDIR=/tmp"],
+    env: [...env, "HOME=/tmp", "TMPDIR=/tmp", ...(nixConfig ? [`NIX_CONFIG=${nixConfig}`] : [])],
     mounts: [
       { dest: "/", state: toolchain },
       { dest: "/toolchain", state: toolchain, readonly: true },
@@ -381,6 +383,29 @@ export function specFromBuildArgs(opts: Map<string, string>): ImageSpec {
 }
 
 export const DEFAULT_TOOLCHAIN = "nixos/nix";
+
+/** The Nix settings a Nix file's build takes from build args, by the args' (and Nix's) names. */
+const NIX_SETTING_ARGS = ["substituters", "trusted-public-keys"] as const;
+
+/**
+ * NIX_CONFIG for a Nix file's nix-build step (Nix reads it as lines appended to nix.conf, from 2.4 on): the
+ * `substituters` and `trusted-public-keys` build args, space-separated as in nix.conf, so the toolchain's nix takes
+ * paths from binary caches instead of building them (a toolchain image's own nix.conf may name none). A value
+ * with a line break would smuggle in other settings: refused.
+ */
+export function nixConfigFromBuildArgs(opts: Map<string, string>): string | undefined {
+  const lines: string[] = [];
+  for (const name of NIX_SETTING_ARGS) {
+    const value = opts.get(`build-arg:${name}`);
+    if (value === undefined) continue;
+    if ([...value].some((c) => c < " " || c === "\x7f"))
+      throw new Error(
+        `build arg ${name}: control characters (a line break?) are not allowed; separate values by spaces`,
+      );
+    lines.push(`${name} = ${value.trim()}`);
+  }
+  return lines.length ? lines.join("\n") : undefined;
+}
 
 /**
  * `--platform` (opt "platform": a comma-separated list): an image of store paths is for the one platform its

@@ -62,14 +62,25 @@ export function mountsTargets(v: ContainerdVersion): boolean {
   return v.major >= 2 || (v.major === 1 && (v.minor ?? 0) >= 7);
 }
 
+/** Where the snapshotter listens and keeps its state, and the other serving options the user gave. */
+export interface SnapshotterPlace {
+  address: string;
+  root: string;
+  options?: string[];
+}
+
+/** The command line that runs the snapshotter for `where`, words quoted for a POSIX shell where they need it. */
+function runLine(where: SnapshotterPlace, more: string[] = []): string {
+  const words = ["--address", where.address, "--root", where.root, ...(where.options ?? []), ...more];
+  const quote = (w: string): string => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replaceAll("'", `'\\''`)}'`);
+  return ["nixoci snapshotter", ...words.map(quote)].join(" ");
+}
+
 /**
  * The config snippet for containerd `v` (supported: see unsupportedContainerdVersion) with the snapshotter on
  * `address`, its --root `root`: TOML to add to containerd's config.toml, with comments saying what each part is for.
  */
-export function containerdConfigSnippet(
-  v: ContainerdVersion,
-  where: { address: string; root: string },
-): string {
+export function containerdConfigSnippet(v: ContainerdVersion, where: SnapshotterPlace): string {
   const q = (s: string): string => JSON.stringify(s);
   const v3 = v.major >= 2;
   const criTable = v3
@@ -83,7 +94,7 @@ export function containerdConfigSnippet(
     ...(v3 ? [`# containerd 2.x reads these tables from a version 2 file too).`] : []),
     `# Where the file already has [${criTable}],`,
     `# set the two keys there instead. Then run`,
-    `#   nixoci snapshotter --address ${where.address} --root ${where.root}`,
+    `#   ${runLine(where)}`,
     `# and restart containerd.`,
     `[proxy_plugins.${PROXY_PLUGIN_NAME}]`,
     `  type = "snapshot"`,
@@ -129,7 +140,7 @@ export const K3S_CONTAINERD_ADDRESS = "/run/k3s/containerd/containerd.sock";
  * annotations stay off (GC roots one per layer, not per image: gcroots.ts). The proxy plugin's table is the same
  * in config versions 2 and 3, so one template serves k3s on containerd 1.7 and 2.x.
  */
-export function k3sConfigTemplate(where: { address: string; root: string }): string {
+export function k3sConfigTemplate(where: SnapshotterPlace): string {
   const q = (s: string): string => JSON.stringify(s);
   return [
     `{{ template "base" . }}`,
@@ -138,7 +149,7 @@ export function k3sConfigTemplate(where: { address: string; root: string }): str
     `# /var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl for k3s on containerd 2.x (v1.31.6+k3s1,`,
     `# v1.32.2+k3s1 and later), config.toml.tmpl in the same directory for earlier k3s. Start k3s (server or`,
     `# agent) with --snapshotter ${PROXY_PLUGIN_NAME}: its base config then makes ${PROXY_PLUGIN_NAME} CRI's snapshotter. Run`,
-    `#   nixoci snapshotter --address ${where.address} --root ${where.root} --containerd-address ${K3S_CONTAINERD_ADDRESS}`,
+    `#   ${runLine(where, ["--containerd-address", K3S_CONTAINERD_ADDRESS])}`,
     `# and restart k3s.`,
     `[proxy_plugins.${PROXY_PLUGIN_NAME}]`,
     `  type = "snapshot"`,

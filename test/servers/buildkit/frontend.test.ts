@@ -10,7 +10,7 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -394,10 +394,58 @@ for (const store of STORES)
         assert.match(out, /Hello from a flake/);
       });
 
+      test("build args substituters and trusted-public-keys: nix takes a path from the cache instead of building it", async () => {
+        // A derivation only this machine can build (its builder needs a file the toolchain image lacks; busybox
+        // as the builder, as on this machine's Nix, which gives builds no PATH): built here, the binary cache (of
+        // this store) has it; in BuildKit, nix gets it only by substituting.
+        // Where Nix's build users (nixbld*, not root) can see it.
+        const markerDir = mkdtempSync(join(tmpdir(), "nixoci-built-here-"));
+        chmodSync(markerDir, 0o755);
+        const marker = join(markerDir, "built-here-only");
+        writeFileSync(marker, "");
+        const text = nixFile(
+          [
+            `  cached = derivation { name = "cached-only"; system = "x86_64-linux"; builder = "/bin/busybox"; args = [ "sh" "-c" "test -e ${marker} && /bin/busybox mkdir -p $out/bin && /bin/busybox cp /bin/busybox $out/bin/busybox" ]; };`,
+            "in { inherit cached; }",
+          ].join("\n"),
+        );
+        const file = join(dir, "substituted.nix");
+        writeFileSync(file, text);
+        execFileSync(
+          "nix-build",
+          [file, "-A", "cached", "--out-link", join(GC_ROOTS_DIR, "frontend-substituted")],
+          {
+            stdio: ["ignore", "ignore", "inherit"],
+          },
+        );
+        const built = await nixBuild("substituted", text, { attr: "cached" });
+        assert.ok(built.error, "without a substituter the toolchain's nix builds it, and its builder fails");
+        const r = await nixBuild("substituted", text, {
+          attr: "cached",
+          entrypoint: '["/bin/busybox", "echo", "Hello from the cache"]',
+          substituters: cacheUrl,
+          "trusted-public-keys": publicKey,
+        });
+        assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+        assert.match(r.log, /copying path '\/nix\/store\/[0-9a-z]{32}-cached-only' from 'http:/);
+        const out = d.docker(["run", "--rm", "--network", "none", "nixfile:substituted"]).toString();
+        assert.match(out, /Hello from the cache/);
+        const smuggled = await nixBuild("substituted", text, {
+          attr: "cached",
+          substituters: `${cacheUrl}\nsandbox = false`,
+        });
+        assert.match(
+          smuggled.error ?? "",
+          /build arg substituters: control characters \(a line break\?\) are not allowed/,
+        );
+        rmSync(markerDir, { recursive: true, force: true });
+      });
+
       test("an unknown attribute and an evaluation error fail the build with nix's message", async () => {
         const unknown = await nixBuild("unknown", helloNix, { attr: "nope" });
         assert.ok(unknown.error, "the build failed");
         assert.match(unknown.error + unknown.log, /attribute 'nope'/);
+        assert.match(unknown.error, /the nix-build step failed with exit code 1; its output above says why$/);
         const broken = await nixBuild("broken", nixFile("  x = ;\nin { }"), {});
         assert.ok(broken.error, "the build failed");
         assert.match(broken.error + broken.log, /default\.nix:\d+/);
@@ -450,7 +498,17 @@ for (const store of STORES)
         networkmode: "host",
       });
       assert.ok(r.error, "the build failed");
-      assert.match(r.error + r.log, new RegExp(missing.replace(/[/.]/g, "\\$&")));
+      assert.match(
+        r.log,
+        new RegExp(missing.replace(/[/.]/g, "\\$&")),
+        "the plan step's output names the path",
+      );
+      // The build's last line names the step, not its command line of every path and cache option.
+      assert.match(
+        r.error,
+        /the plan step \(nixoci frontend plan\) failed with exit code 1; its output above says why$/,
+      );
+      assert.doesNotMatch(r.error, /did not complete successfully|executor failed running|LLBBridge/);
     });
 
     test("a malformed spec fails the build with the file named", async () => {

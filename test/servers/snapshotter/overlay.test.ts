@@ -28,6 +28,7 @@ import {
   type Snapshotter,
 } from "../../support/snapshotter.js";
 import { containerdUnderTest } from "../../support/containerd-release.js";
+import { nixoci } from "../../support/cli.js";
 
 /** One unary call with a 10 s deadline; errors come back as {err: code, details}. */
 const rpc = (client: Client, method: string, req: object): Promise<Reply> =>
@@ -60,6 +61,50 @@ describe("snapshotter --metrics-address", () => {
     } finally {
       client.close();
       await stopSnapshotter(sn);
+      await removeDir(dir);
+    }
+  });
+});
+
+describe("one snapshotter per root and per socket", () => {
+  test("a second one on the same --root or --address is refused in one line; the first keeps serving", async () => {
+    const dir = shortTempDir("sn-twice");
+    const first = await startSnapshotter(dir);
+    let again: Snapshotter | undefined;
+    try {
+      const otherSocket = join(dir, "other.sock");
+      const sameRoot = nixoci(["snapshotter", "--address", otherSocket, "--root", first.root], {
+        timeoutMs: 30_000,
+      });
+      assert.equal(sameRoot.status, 1, sameRoot.stderr);
+      assert.equal(
+        sameRoot.stderr,
+        `nixoci: ${first.root}: a nixoci snapshotter (pid ${first.child.pid}) is already using this directory; ` +
+          "stop it first or give another --root\n",
+      );
+      assert.ok(!existsSync(otherSocket), "the refused one made no socket");
+      const sameSocket = nixoci(["snapshotter", "--address", first.socket, "--root", join(dir, "root2")], {
+        timeoutMs: 30_000,
+      });
+      assert.equal(sameSocket.status, 1, sameSocket.stderr);
+      assert.equal(
+        sameSocket.stderr,
+        `nixoci: ${first.socket}: another process is serving on this socket; stop it first or give another --address\n`,
+      );
+      // The first still answers on its socket (the refused ones neither took it over nor removed it).
+      const client = snapshotsClient(first.socket);
+      try {
+        assert.equal((await rpc(client, "Stat", { key: "absent" })).err, 5);
+      } finally {
+        client.close();
+      }
+      // Killed, it leaves a stale socket and no lock: a new one takes both.
+      await stopSnapshotter(first, "SIGKILL");
+      assert.ok(existsSync(first.socket), "a SIGKILLed snapshotter leaves its socket file");
+      again = await startSnapshotter(dir);
+    } finally {
+      await stopSnapshotter(first, "SIGKILL");
+      if (again) await stopSnapshotter(again);
       await removeDir(dir);
     }
   });
