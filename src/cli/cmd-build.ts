@@ -117,14 +117,23 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const compression = requested === "auto" ? compressionForReaders(outputs) : (requested as LayerCompression);
   // A level given on the command line for uncompressed layers is a mistake worth naming (a spec's level is not: the
   // command line's --compression none overrides the spec's compression, and its level with it).
-  if (compression === "none" && values["compression-level"] !== undefined)
+  const levelFromSpec = values["compression-level"] === undefined;
+  if (compression === "none" && !levelFromSpec)
     throw new UsageError("--compression-level: uncompressed layers (--compression none) take no level");
+  // A spec giving both itself is as wrong, and names the spec's keys.
+  if (compression === "none" && level !== undefined && values.compression === undefined)
+    throw new NixociError(
+      `${values.spec}`,
+      "compressionLevel: uncompressed layers (compression: none) take no level",
+    );
   const levelProblem =
     level === undefined || compression === "none"
       ? undefined
       : compression === "gzip"
         ? gzipLevelProblem(level, gzipEncoder)
         : compressionLevelProblem(compression, level);
+  if (levelProblem && levelFromSpec)
+    throw new NixociError(`${values.spec}`, `compressionLevel: ${levelProblem}`);
   if (levelProblem) throw new UsageError(`--compression-level: ${levelProblem}`);
 
   // No destination: like `docker save` refusing a terminal, say what the choices are before any work, rather than
@@ -136,7 +145,13 @@ export async function buildCommand(argv: string[]): Promise<number> {
         "docker://HOST/NAME[:TAG], nix:[NAME], or - for a docker-archive on stdout), or --json to build into the " +
         `layer cache and print the report; ${helpHint(BUILD)}`,
     );
-  const stdoutTaken = outputs.some((o) => o.kind === "docker-archive" && o.file === "-");
+  const toStdout = outputs.filter((o) => o.kind === "docker-archive" && o.file === "-").length;
+  // Two archives one after the other on stdout are no archive any reader takes.
+  if (toStdout > 1) throw new UsageError("standard output (-o -) is given more than once");
+  const given = [...(values.output ?? []), ...positionals.filter((p) => p === "-")];
+  const twice = given.find((o, i) => o !== "-" && given.indexOf(o) !== i);
+  if (twice !== undefined) throw new UsageError(`-o ${twice} is given more than once`);
+  const stdoutTaken = toStdout > 0;
   if (stdoutTaken && process.stdout.isTTY)
     throw new UsageError(
       "refusing to write a docker-archive to a terminal: redirect stdout (> image.tar, | docker load) or give " +

@@ -71,10 +71,15 @@ async function gcCommand(argv: string[]): Promise<number> {
   const { values } = parse(argv, CACHE_GC);
   if (values.help) return printHelp(CACHE_GC);
   const dir = values["cache-dir"] ?? defaultCacheDir();
-  // A registry's storage shares this layout but also holds pushed blobs no built image records: never gc it.
-  if (existsSync(join(dir, "repositories"))) {
+  // gc removes every blob no built image records: anything but a layer cache would lose its blobs. A registry's
+  // storage and an OCI layout share the blobs/sha256 layout, so they are told apart before anything is removed.
+  if (!existsSync(dir)) throw new NixociError(dir, "no such layer cache directory");
+  if (existsSync(join(dir, "repositories")))
     throw new NixociError(dir, "is a registry storage directory (nixoci serve --storage), not a layer cache");
-  }
+  if (existsSync(join(dir, "oci-layout")) || existsSync(join(dir, "index.json")))
+    throw new NixociError(dir, "is an OCI image layout, not a layer cache");
+  if (!existsSync(join(dir, "layers")) && !existsSync(join(dir, "images")))
+    throw new NixociError(dir, "is not a layer cache (it has no layers/ or images/ directory)");
   const cache = new LayerCache(dir);
   const r = await cache.gc({
     keepImages: intOption(values["keep-images"], "keep-images", 20, 0),

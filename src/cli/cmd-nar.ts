@@ -27,7 +27,9 @@ export async function narCommand(argv: string[]): Promise<number> {
       try {
         await dumpPathTo(arg, process.stdout);
       } catch (err) {
-        throw (err as NodeJS.ErrnoException).code === "EPIPE"
+        // A failed write names stdout (a closed pipe, a full disk), not the path being dumped.
+        const e = err as NodeJS.ErrnoException;
+        throw e.code === "EPIPE" || e.syscall === "write"
           ? fsError("stdout", err, "cannot write the NAR")
           : err;
       }

@@ -117,7 +117,10 @@ function createdOption(flag: string | undefined, imageTime?: string): string {
   if (epoch !== undefined && epoch !== "") {
     if (!/^\d+$/.test(epoch))
       throw new NixociError("SOURCE_DATE_EPOCH", `${JSON.stringify(epoch)} is not a number of seconds`);
-    return documentTime(new Date(Number(epoch) * 1000).toISOString());
+    const time = new Date(Number(epoch) * 1000);
+    if (Number.isNaN(time.getTime()))
+      throw new NixociError("SOURCE_DATE_EPOCH", `${epoch} seconds is beyond the dates a time can hold`);
+    return documentTime(time.toISOString());
   }
   return documentTime(imageTime ?? new Date().toISOString());
 }

@@ -4,7 +4,8 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { GZIP_ENCODERS, isGzipEncoderSetting } from "../image/layer-encoder.js";
+import { GZIP_ENCODERS, gzipLevelProblem, isGzipEncoderSetting } from "../image/layer-encoder.js";
+import { levelProblem as compressionLevelProblem } from "../util/compression-formats.js";
 import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../servers/registry/auth.js";
@@ -116,6 +117,30 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const gzipEncoder = values["gzip-encoder"] ?? "auto";
   if (!isGzipEncoderSetting(gzipEncoder))
     throw new UsageError(`--gzip-encoder must be one of ${GZIP_ENCODERS.join(", ")}`);
+  // Every number checked before the storage is touched or anything listens: a level the layers cannot be made
+  // with would otherwise fail every pull with a 500.
+  const compressionLevel = values["compression-level"]
+    ? intOption(values["compression-level"], "compression-level", 0, 0)
+    : undefined;
+  if (compressionLevel !== undefined) {
+    const problem =
+      compression === "none"
+        ? "uncompressed layers (--compression none) take no level"
+        : compression === "zstd"
+          ? compressionLevelProblem("zstd", compressionLevel)
+          : gzipLevelProblem(compressionLevel, gzipEncoder);
+    if (problem) throw new UsageError(`--compression-level: ${problem}`);
+  }
+  const maxLayers = values["max-layers"] ? intOption(values["max-layers"], "max-layers", 100, 2) : undefined;
+  const buildTimeoutMs = values["build-timeout"]
+    ? intOption(values["build-timeout"], "build-timeout", 600) * 1000
+    : undefined;
+  const maxConcurrentBuilds = values["max-builds"]
+    ? intOption(values["max-builds"], "max-builds", 2)
+    : undefined;
+  const maxQueuedBuilds = values["max-queue"]
+    ? intOption(values["max-queue"], "max-queue", 32, 0)
+    : undefined;
   const tarFormat = tarFormatOption(values["tar-format"]);
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
@@ -206,18 +231,14 @@ export async function serveCommand(argv: string[]): Promise<number> {
     metaPackages: settled.metaPackages,
     defaultArch: arch,
     layering,
-    maxLayers: values["max-layers"] ? intOption(values["max-layers"], "max-layers", 100, 2) : undefined,
+    maxLayers,
     compression,
-    compressionLevel: values["compression-level"]
-      ? intOption(values["compression-level"], "compression-level", 0, 0)
-      : undefined,
+    compressionLevel,
     gzipEncoder,
     tarFormat,
-    buildTimeoutMs: values["build-timeout"]
-      ? intOption(values["build-timeout"], "build-timeout", 600) * 1000
-      : undefined,
-    maxConcurrentBuilds: values["max-builds"] ? intOption(values["max-builds"], "max-builds", 2) : undefined,
-    maxQueuedBuilds: values["max-queue"] ? intOption(values["max-queue"], "max-queue", 32, 0) : undefined,
+    buildTimeoutMs,
+    maxConcurrentBuilds,
+    maxQueuedBuilds,
     onEvent: onImageEvent,
   });
 

@@ -18,7 +18,7 @@ import {
 import { packageVersion } from "./shared-options.js";
 import { closedStdoutIsQuiet } from "./stdout-product.js";
 import { NixociError } from "../util/errors.js";
-import { describeSystemError } from "../util/fs-errors.js";
+import { describeSystemError, fsError } from "../util/fs-errors.js";
 
 type Command = (argv: string[]) => Promise<number>;
 
@@ -97,15 +97,25 @@ export async function main(argv: string[]): Promise<number> {
   // A closed stdout (e.g. `nixoci closure ... | head`) is not an error worth a message — unless stdout carries the
   // product: then the write that failed rejects and the command reports it (the handler only keeps the error from
   // being unhandled).
+  let stdoutFailed: NodeJS.ErrnoException | undefined;
   process.stdout.on("error", (err: NodeJS.ErrnoException) => {
     if (err.code === "EPIPE" && closedStdoutIsQuiet()) process.exit(0);
+    stdoutFailed ??= err;
   });
   // Progress and logs on a closed stderr (`nixoci build ... 2>&1 | head`) must not stop the work: there is nowhere
   // left to report the failure to, and the product does not depend on it.
   process.stderr.on("error", () => {});
   try {
     const run = await load();
-    return await run(rest);
+    const status = await run(rest);
+    // A write to stdout that failed (a full disk, `> /dev/full`) is reported as the stream's 'error' event, a
+    // turn later: the command's output is incomplete, so it fails, whatever it returned.
+    await new Promise((resolve) => setImmediate(resolve));
+    if (stdoutFailed && status === 0) {
+      process.stderr.write(`nixoci: ${describe(fsError("stdout", stdoutFailed, "cannot write"))}\n`);
+      return 1;
+    }
+    return status;
   } catch (err) {
     process.stderr.write(`nixoci: ${describe(err)}\n`);
     return err instanceof UsageError ? 2 : 1;

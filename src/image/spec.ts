@@ -1,6 +1,7 @@
 // The image specification: what `nixoci build` flags and `--spec FILE` (JSON or YAML) say about the image.
 // Both are parsed into one validated value; flags override the file. Unknown keys in a spec file are errors,
 // so a typo does not silently build a different image.
+import { isRfc3339Time } from "../oci/timestamp.js";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { parseTaggedName } from "../oci/reference.js";
@@ -191,7 +192,16 @@ export function specFromObject(doc: unknown, input: string): Partial<ImageSpec> 
   if (o.cmd !== undefined) spec.cmd = strList("cmd", o.cmd);
   if (o.env !== undefined) {
     if (typeof o.env === "object" && o.env !== null && !Array.isArray(o.env)) {
-      spec.env = Object.entries(o.env as Record<string, unknown>).map(([k, v]) => `${k}=${String(v)}`);
+      // A YAML mapping's numbers and booleans are written as YAML spelled them (as docker compose does); null, a
+      // list or a mapping has no one spelling ("null", "[object Object]"), so it is refused.
+      spec.env = Object.entries(o.env as Record<string, unknown>).map(([k, v]) => {
+        if (typeof v !== "string" && typeof v !== "number" && typeof v !== "boolean")
+          throw new NixociError(
+            input,
+            `env ${quote(k)}: expected a string, number or boolean, got ${v === null ? "null" : Array.isArray(v) ? "a list" : typeof v}`,
+          );
+        return `${k}=${String(v)}`;
+      });
     } else spec.env = strList("env", o.env);
   }
   const workdir = pick("workdir", "workingDir");
@@ -274,7 +284,7 @@ export function validateSpec(spec: ImageSpec, input = "spec"): ImageSpec {
       throw new NixociError(input, `exposed port ${quote(p)} is not PORT[/tcp|udp|sctp]`);
     }
   }
-  if (Number.isNaN(Date.parse(spec.created)) || !/^\d{4}-\d{2}-\d{2}T/.test(spec.created)) {
+  if (!isRfc3339Time(spec.created)) {
     throw new NixociError(input, `created ${quote(spec.created)} is not an RFC 3339 time`);
   }
   if (!ARCHITECTURES.includes(spec.arch))

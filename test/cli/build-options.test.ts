@@ -215,4 +215,22 @@ test("cache gc keeps what recent images use and drops the rest", () => {
   const r = nixoci(["cache", "gc", "--cache-dir", storage]);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /registry storage/);
+  // So is an OCI layout (gc would remove every blob of it), any other directory and a missing one; nothing removed.
+  const layout = join(work, "gc-layout");
+  nixociOk(["build", "--cache-dir", cache, "--entrypoint", "/bin/hello", fx.hello, "-o", `oci:${layout}`]);
+  const layoutBlobs = readdirSync(join(layout, "blobs/sha256")).sort();
+  const other = join(work, "gc-other");
+  mkdirSync(join(other, "blobs/sha256"), { recursive: true });
+  writeFileSync(join(other, "blobs/sha256", "0".repeat(64)), "x");
+  for (const [dir, message] of [
+    [layout, "is an OCI image layout, not a layer cache"],
+    [other, "is not a layer cache (it has no layers/ or images/ directory)"],
+    [join(work, "gc-missing"), "no such layer cache directory"],
+  ]) {
+    const refused = nixoci(["cache", "gc", "--cache-dir", dir, "--keep-images", "0"]);
+    assert.equal(refused.status, 1, refused.stderr);
+    assert.equal(refused.stderr, `nixoci: ${dir}: ${message}\n`);
+  }
+  assert.deepEqual(readdirSync(join(layout, "blobs/sha256")).sort(), layoutBlobs, "the layout's blobs all kept");
+  assert.deepEqual(readdirSync(join(other, "blobs/sha256")), ["0".repeat(64)]);
 });

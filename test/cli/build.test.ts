@@ -318,6 +318,11 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
     [[fx.hello, "--tag", "ok/name:bad tag", "-o", `oci:${out}/i`], /tag "ok\/name:bad tag"/],
     [[fx.hello, "--arch", "foo", "-o", `oci:${out}/j`], /architecture "foo" is not one of amd64, arm64/],
     [["--no-cache", fx.hello, "-o", `oci:${out}/k`], /--no-cache and --cache-dir contradict each other/],
+    [[fx.hello, "-o", "-", "-o", "-"], /^nixoci: standard output \(-o -\) is given more than once\n$/],
+    [
+      [fx.hello, "-o", `oci:${out}/l`, "-o", `oci:${out}/l`],
+      /^nixoci: -o oci:\S+\/l is given more than once\n$/,
+    ],
   ];
   for (const [args, pattern] of cases) {
     const r = nixoci(["build", "--cache-dir", cacheDir, ...args]);
@@ -346,6 +351,33 @@ test("a compression level off its compression's scale is a usage error before an
   }
   assert.deepEqual(readdirSync(cache), [], "no layer was built");
   assert.deepEqual(readdirSync(out), [], "no output");
+});
+
+test("a spec's compressionLevel off its scale or with compression none is named as the spec's key, before any work", () => {
+  const cache = makeTempDir("build-bad-spec-level");
+  const out = makeTempDir("build-bad-spec-level-out");
+  for (const [spec, message] of [
+    [
+      { compression: "none", compressionLevel: 5 },
+      "compressionLevel: uncompressed layers (compression: none) take no level",
+    ],
+    [{ compression: "zstd", compressionLevel: 50 }, "compressionLevel: 50 is out of range for zstd (1..22)"],
+  ] as const) {
+    const file = join(out, "spec.json");
+    writeFileSync(file, JSON.stringify({ packages: [fx.hello], ...spec }));
+    const r = nixoci(["build", "--cache-dir", cache, "--spec", file, "-o", `oci:${out}/x`]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.stderr, `nixoci: ${file}: ${message}\n`);
+  }
+  // The command line's compression overrides the spec's, and its level with it.
+  const file = join(out, "spec.json");
+  writeFileSync(file, JSON.stringify({ packages: [fx.hello], compression: "zstd", compressionLevel: 19 }));
+  assert.equal(
+    nixoci(["build", "--cache-dir", cache, "--spec", file, "--compression", "none", "-o", `oci:${out}/y`])
+      .status,
+    0,
+  );
+  assert.deepEqual(readdirSync(out).sort(), ["spec.json", "y"]);
 });
 
 test("a docker-archive of zstd layers says that Docker before 23 cannot load it; of gzip layers nothing", () => {

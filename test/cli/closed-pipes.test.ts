@@ -3,8 +3,8 @@
 // nothing changes: the work goes on and its product is complete.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { closeSync, existsSync, openSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { buildFixtures, makeTempDir } from "../support/fixtures.js";
 import { ROOT } from "../support/cli.js";
@@ -86,4 +86,29 @@ test("a build whose stderr reader closes early completes its output", async () =
     "no temporary beside the layout",
   );
   assert.ok(existsSync(join(out, "oci-layout")));
+});
+
+test("output to a full device fails with one line naming stdout, whatever the command", async () => {
+  const cache = makeTempDir("full-stdout-cache");
+  const layout = join(makeTempDir("full-stdout-out"), "layout");
+  for (const [args, line] of [
+    [["closure", fx.all], "nixoci: stdout: cannot write: no space left on device\n"],
+    [["path-info", "-r", fx.all], "nixoci: stdout: cannot write: no space left on device\n"],
+    [["sbom", fx.hello], "nixoci: stdout: cannot write: no space left on device\n"],
+    [["nar", "dump", fx.big], "nixoci: stdout: cannot write the NAR: no space left on device\n"],
+    // The layout is written; the digest it prints is what is lost.
+    [
+      ["build", "-q", "--cache-dir", cache, fx.hello, "-o", `oci:${layout}`],
+      "nixoci: stdout: cannot write: no space left on device\n",
+    ],
+  ] as const) {
+    const full = openSync("/dev/full", "w");
+    try {
+      const r = spawnSync(process.execPath, [BIN, ...args], { stdio: ["ignore", full, "pipe"] });
+      assert.equal(r.status, 1, `${args.join(" ")}: ${r.stderr}`);
+      assert.equal(r.stderr.toString(), line, args.join(" "));
+    } finally {
+      closeSync(full);
+    }
+  }
 });

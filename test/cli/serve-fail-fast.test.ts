@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { defaultArch } from "../../src/image/spec.js";
 import { ROOT } from "../support/cli.js";
@@ -80,6 +80,33 @@ test("a --trusted-proxy that is not an address or network: one line naming it, e
     status: 2,
     stderr: `nixoci: --trusted-proxy: not an IP address or ADDRESS/BITS network: "10.0.0.0/99"\n`,
   });
+});
+
+test("a compression level the layers cannot be made with, or a limit out of range: exit 2 before the storage is made", () => {
+  const dir = makeTempDir("serve-fail-fast-levels");
+  const storage = join(dir, "storage");
+  for (const [args, message] of [
+    [
+      ["--compression", "zstd", "--compression-level", "30"],
+      "--compression-level: 30 is out of range for zstd (1..22)",
+    ],
+    [["--compression-level", "10"], "--compression-level: 10 is out of range for gzip (0..9)"],
+    [
+      ["--gzip-encoder", "isal", "--compression-level", "5"],
+      "--compression-level: 5 is out of range for ISA-L gzip (0..3)",
+    ],
+    [
+      ["--compression", "none", "--compression-level", "3"],
+      "--compression-level: uncompressed layers (--compression none) take no level",
+    ],
+    [["--max-builds", "0"], "--max-builds"],
+  ] as const) {
+    const r = serveExits(["--storage", storage, ...args]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr.split("\n").length, 2, `one line: ${r.stderr}`);
+    assert.ok(r.stderr.startsWith(`nixoci: ${message}`), r.stderr);
+  }
+  assert.ok(!existsSync(storage), "nothing made before the refusal");
 });
 
 test("a --storage that cannot be written: one line naming it, exit 1", () => {

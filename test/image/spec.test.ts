@@ -22,3 +22,22 @@ test("an unknown key suggests the documented spelling, not an alias", () => {
     /^NixociError: s\.yaml: unknown key "zzzzzz"$/,
   );
 });
+
+test("env as a mapping: strings, numbers and booleans as spelled; null, lists and mappings refused by name", () => {
+  assert.deepEqual(specFromObject({ env: { A: "x", B: 1, C: true } }, "s.yaml").env, [
+    "A=x",
+    "B=1",
+    "C=true",
+  ]);
+  for (const [value, got] of [
+    [null, "null"],
+    [[1], "a list"],
+    [{ x: 1 }, "object"],
+  ] as const)
+    assert.throws(
+      () => specFromObject({ env: { D: value } }, "s.yaml"),
+      (e: unknown) =>
+        e instanceof NixociError &&
+        e.message === `s.yaml: env "D": expected a string, number or boolean, got ${got}`,
+    );
+});

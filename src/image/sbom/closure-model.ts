@@ -1,6 +1,7 @@
 // What every SBOM format is built from: a closure's path infos, its roots, and facts about the run (nixoci's
 // version, the document time, the image). The formats only render this; nothing here does I/O, so the same
 // inputs always give the same documents.
+import { isRfc3339Time } from "../../oci/timestamp.js";
 import { createHash } from "node:crypto";
 import { parseStorePath } from "../../nix/store-path.js";
 import type { PathInfo } from "../../store/path-info.js";
@@ -106,8 +107,7 @@ export function isApplication(p: SbomPath): boolean {
 /** `created` as RFC 3339 UTC to the second (SPDX allows no fractions), or an error naming the value. */
 export function documentTime(created: string): string {
   const ms = Date.parse(created);
-  if (Number.isNaN(ms) || !/^\d{4}-\d{2}-\d{2}T/.test(created))
-    throw new NixociError(created, "is not an RFC 3339 time");
+  if (Number.isNaN(ms) || !isRfc3339Time(created)) throw new NixociError(created, "is not an RFC 3339 time");
   return new Date(Math.floor(ms / 1000) * 1000).toISOString().replace(".000Z", "Z");
 }
 
