@@ -231,6 +231,10 @@ test("cache gc keeps what recent images use and drops the rest", () => {
     assert.equal(refused.status, 1, refused.stderr);
     assert.equal(refused.stderr, `nixoci: ${dir}: ${message}\n`);
   }
-  assert.deepEqual(readdirSync(join(layout, "blobs/sha256")).sort(), layoutBlobs, "the layout's blobs all kept");
+  assert.deepEqual(
+    readdirSync(join(layout, "blobs/sha256")).sort(),
+    layoutBlobs,
+    "the layout's blobs all kept",
+  );
   assert.deepEqual(readdirSync(join(other, "blobs/sha256")), ["0".repeat(64)]);
 });
