@@ -5,6 +5,7 @@
 // after every blob it names is durable, so an interrupted write never leaves an index pointing to missing blobs.
 // A new layout is written whole under a temporary sibling name and renamed into place. The temporaries of a
 // killed writer (their names carry its pid) go with the next write to the layout.
+import { withPathLock } from "../util/path-lock.js";
 import { constants, createReadStream, createWriteStream } from "node:fs";
 import { copyFile, link, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
@@ -327,7 +328,8 @@ async function writeIntoLayout(
   referrers: readonly BuiltReferrer[],
 ): Promise<string> {
   await prepareLayoutDir(dir);
-  const existing = await readIndex(dir);
+  // Not a layout (another file called index.json): refused before any blob is placed.
+  await readIndex(dir);
   const blobDir = join(dir, "blobs", "sha256");
   // What killed writers of this layout left: blobs, index.json and oci-layout under temporary names.
   await sweepAbandonedTemps(dir);
@@ -338,6 +340,18 @@ async function writeIntoLayout(
   if (!(await stat(join(dir, "oci-layout")).catch(() => undefined)))
     await writeDurable(join(dir, "oci-layout"), OCI_LAYOUT_FILE);
 
+  // Read, add, write: concurrent builds into one layout take turns, or all but one tag would be lost.
+  return withPathLock(join(dir, ".index.json.lock"), dir, () => addToIndex(image, dir, tag, referrers));
+}
+
+/** index.json with the image's entry (replacing the tag's previous one) and its referrers' entries. */
+async function addToIndex(
+  image: BuiltTarget,
+  dir: string,
+  tag: string | undefined,
+  referrers: readonly BuiltReferrer[],
+): Promise<string> {
+  const existing = await readIndex(dir);
   const entry = indexEntry(image, tag);
   const referrerEntries = referrers.map(referrerDescriptor);
   // Untagged: only the image's tag names anything, and a referrer is found through its subject.

@@ -36,6 +36,11 @@ export function noteTemporary(path: string): string {
   return path;
 }
 
+/** Forgets a noted path (a lock given back: it may be another process's by the time a signal comes). */
+export function forgetTemporary(path: string): void {
+  tracked?.delete(path);
+}
+
 /** Removes a tree, making its directories writable first (store paths are read-only, 0555, once complete). */
 function removeTreeSync(path: string): void {
   try {

@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildFixtures, PACKAGES_NIX } from "../support/fixtures.js";
 import { run, runText } from "../support/run.js";
-import { nixoci, nixociOk } from "../support/cli.js";
+import { nixoci, nixociAsync, nixociOk } from "../support/cli.js";
 import { startContainerd, type Containerd } from "../support/daemons.js";
 
 const fx = buildFixtures();
@@ -237,4 +237,39 @@ test("cache gc keeps what recent images use and drops the rest", () => {
     "the layout's blobs all kept",
   );
   assert.deepEqual(readdirSync(join(other, "blobs/sha256")), ["0".repeat(64)]);
+});
+
+test("builds into one OCI layout at once all keep their tags (index.json written in turn)", async () => {
+  const layout = join(work, "concurrent-layout");
+  // A warm cache: the builds spend their time on the layout, where they meet.
+  nixociOk(["build", "--cache-dir", cacheDir, fx.hello, "-o", `oci:${join(work, "concurrent-warm")}`]);
+  for (let round = 0; round < 2; round++) {
+    const tags = Array.from({ length: 6 }, (_, i) => `r${round}t${i}`);
+    const results = await Promise.all(
+      tags.map((t, i) =>
+        nixociAsync([
+          "build",
+          "--cache-dir",
+          cacheDir,
+          "--env",
+          `I=${round}-${i}`,
+          fx.hello,
+          "-o",
+          `oci:${layout}:${t}`,
+        ]),
+      ),
+    );
+    for (const r of results) assert.equal(r.status, 0, r.stderr);
+    const index = JSON.parse(readFileSync(join(layout, "index.json"), "utf8")) as {
+      manifests: Array<{ annotations?: Record<string, string> }>;
+    };
+    const names = index.manifests.map((m) => m.annotations?.["org.opencontainers.image.ref.name"]);
+    for (const t of tags) assert.ok(names.includes(t), `tag ${t} kept: ${names.join(", ")}`);
+  }
+  assert.deepEqual(
+    readdirSync(layout).sort(),
+    ["blobs", "index.json", "oci-layout"],
+    "no lock or temporary left in the layout",
+  );
+  run("skopeo", ["inspect", `oci:${layout}:r1t5`]);
 });
