@@ -19,8 +19,13 @@ export async function narCommand(argv: string[]): Promise<number> {
     printHelp(NAR);
     return sub === undefined ? 2 : 0;
   }
+  if (!["dump", "restore", "ls"].includes(sub))
+    throw new UsageError(`unknown nar command ${JSON.stringify(sub)}; ${helpHint(NAR)}`);
   needPositionals(positionals, 1, NAR, sub === "restore" ? "DEST" : sub === "ls" ? "FILE" : "PATH");
+  if (positionals.length > 1)
+    throw new UsageError(`nar ${sub} takes one argument, got ${positionals.length}; ${helpHint(NAR)}`);
   const arg = positionals[0];
+  if (arg === "") throw new UsageError(`nar ${sub}: the argument is empty; ${helpHint(NAR)}`);
   switch (sub) {
     case "dump":
       stdoutCarriesProduct();

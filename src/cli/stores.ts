@@ -9,6 +9,7 @@ import type { TrustOptions } from "../store/binary-cache.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
+import { UsageError } from "./args.js";
 import { errnoCode, errnoWords } from "../util/fs-errors.js";
 
 export function isCacheUrl(url: string): boolean {
@@ -20,7 +21,19 @@ export async function openStore(url: string | undefined, trust: TrustOptions): P
   // Loaded only for a cache (its HTTP and decompression code is not a local build's).
   if (url && isCacheUrl(url))
     return (await import("../store/binary-cache.js")).BinaryCacheStore.open(url, trust);
-  if (url === undefined || url === "" || url === "local" || url === "auto") return new LocalStore();
+  if (url === "") throw new UsageError("--store: empty (give a store directory or a binary cache URL)");
+  // Another scheme (ftp://, s3://, ssh://...) would otherwise be taken as a relative directory of that name.
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url ?? "")?.[1];
+  if (scheme && !isCacheUrl(url!)) {
+    const known = ["file", "http", "https"].includes(scheme.toLowerCase());
+    throw new UsageError(
+      `--store ${JSON.stringify(url)}: ` +
+        (known
+          ? "a binary cache URL is file:///DIR, http://HOST[/PATH] or https://HOST[/PATH]"
+          : `${scheme}: stores are not supported (a directory, local?root=DIR, file:///DIR, http:// or https://)`),
+    );
+  }
+  if (url === undefined || url === "local" || url === "auto") return new LocalStore();
   if (url.startsWith("local?root="))
     return new LocalStore({ dir: join(url.slice("local?root=".length), "nix/store") });
   return new LocalStore({ dir: url });

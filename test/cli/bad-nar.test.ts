@@ -13,7 +13,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { basename, join, resolve, sep } from "node:path";
 import { COMPRESSIONS } from "../../src/util/compression.js";
-import { nixociAsync, ROOT } from "../support/cli.js";
+import { nixoci, nixociAsync, ROOT } from "../support/cli.js";
 import { freePort } from "../support/daemons.js";
 import { buildFixtures, generateCacheKey, makeNixCache, makeTempDir } from "../support/fixtures.js";
 import { GiveUp, until } from "../support/poll.js";
@@ -133,4 +133,16 @@ test("serve: a pull of a path no cache can deliver is a 500, and the registry ke
     proc.kill("SIGTERM");
   }
   assert.equal(await exited, 0, `serve exits cleanly on SIGTERM: ${log}`);
+});
+
+test("nar: an unknown subcommand, extra arguments or an empty one are usage errors (exit 2), not a missing PATH", () => {
+  for (const [args, message] of [
+    [["frob", "x"], 'unknown nar command "frob"'],
+    [["dump", "/nix/store/a", "/nix/store/b"], "nar dump takes one argument, got 2"],
+    [["restore", ""], "nar restore: the argument is empty"],
+  ] as const) {
+    const r = nixoci(["nar", ...args]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr, `nixoci: ${message}; run 'nixoci nar --help' for its options\n`);
+  }
 });

@@ -136,3 +136,21 @@ test("bad arguments: one-line errors, non-zero exits", () => {
     assert.ok(!/\n\s+at /.test(r.stderr), `no stack trace for nixoci ${args.join(" ")}: ${r.stderr}`);
   }
 });
+
+test("--store that is empty or of a scheme nixoci does not read: a usage error naming it, not a directory of that name", () => {
+  for (const [store, message] of [
+    ["", "--store: empty (give a store directory or a binary cache URL)"],
+    [
+      "ftp://host/cache",
+      '--store "ftp://host/cache": ftp: stores are not supported (a directory, local?root=DIR, file:///DIR, http:// or https://)',
+    ],
+    [
+      "file:",
+      '--store "file:": a binary cache URL is file:///DIR, http://HOST[/PATH] or https://HOST[/PATH]',
+    ],
+  ]) {
+    const r = nixoci(["path-info", "--store", store, fx.hello]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr, `nixoci: ${message}\n`);
+  }
+});
