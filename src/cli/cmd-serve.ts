@@ -141,6 +141,15 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const maxQueuedBuilds = values["max-queue"]
     ? intOption(values["max-queue"], "max-queue", 32, 0)
     : undefined;
+  // Read before the storage is made: a missing or malformed password file is refused first.
+  const auth = values.auth
+    ? parseAuthSpec(values.auth, { requirePull: Boolean(values["auth-pull"]) })
+    : undefined;
+  const sources = (["nix-file", "nixpkgs", "flake", "index"] as const).filter((k) => values[k] !== undefined);
+  if (sources.length > 1)
+    throw new UsageError(
+      `give one package source: ${sources.map((k) => `--${k}`).join(" and ")} were both given`,
+    );
   const tarFormat = tarFormatOption(values["tar-format"]);
   const cacheCompression = (values["cache-compression"] ?? "zstd") as "zstd" | "xz" | "none";
   if (!["zstd", "xz", "none"].includes(cacheCompression))
@@ -280,7 +289,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const server = createRegistryServer({
     storage,
     manifestSource: source,
-    auth: values.auth ? parseAuthSpec(values.auth, { requirePull: Boolean(values["auth-pull"]) }) : undefined,
+    auth,
     routes,
     onRequest: requestObserver({ metrics, logger }),
     trustedProxies,

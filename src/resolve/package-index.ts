@@ -22,6 +22,7 @@ import type { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { Substituter } from "../store/substituter.js";
 import { NixociError, quote } from "../util/errors.js";
+import { errnoWords } from "../util/fs-errors.js";
 import {
   archForName,
   RevisionUnavailableError,
@@ -94,10 +95,7 @@ export class PackageIndexResolver implements PackageResolver {
     try {
       st = await stat(this.indexFile);
     } catch (err) {
-      throw new NixociError(
-        this.indexFile,
-        `cannot read the package index: ${(err as NodeJS.ErrnoException).code}`,
-      );
+      throw new NixociError(this.indexFile, `cannot read the package index (${errnoWords(err)})`);
     }
     const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
     if (this.loaded?.stamp === stamp) return this.loaded.index;

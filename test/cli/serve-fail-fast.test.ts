@@ -109,6 +109,28 @@ test("a compression level the layers cannot be made with, or a limit out of rang
   assert.ok(!existsSync(storage), "nothing made before the refusal");
 });
 
+test("two package sources, or a password file or package index that cannot be read: one line, before storage is made", () => {
+  const dir = makeTempDir("serve-fail-fast-sources");
+  const storage = join(dir, "storage");
+  const missing = join(dir, "missing");
+  for (const [args, status, line] of [
+    [
+      ["--nix-file", missing, "--index", missing],
+      2,
+      "nixoci: give one package source: --nix-file and --index were both given\n",
+    ],
+    [["--auth", `htpasswd:${missing}`], 1, `nixoci: ${missing}: cannot read (no such file or directory)\n`],
+    [
+      ["--index", missing],
+      1,
+      `nixoci: ${missing}: cannot read the package index (no such file or directory)\n`,
+    ],
+  ] as const) {
+    const r = serveExits(["--storage", storage, ...args]);
+    assert.deepEqual(r, { status, stderr: line });
+  }
+});
+
 test("a --storage that cannot be written: one line naming it, exit 1", () => {
   const r = serveExits(["--storage", "/proc/nixoci-nope"]);
   assert.equal(r.status, 1);

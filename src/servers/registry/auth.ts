@@ -35,6 +35,7 @@ import { readFileSync, statSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import bcrypt from "bcryptjs";
 import { NixociError, quote } from "../../util/errors.js";
+import { errnoWords } from "../../util/fs-errors.js";
 import { BcryptBusy, bcryptCompare } from "./bcrypt-pool.js";
 import { registryError, type RegistryError } from "./errors.js";
 import { clientKey, FailureLimit } from "./failure-limit.js";
@@ -106,7 +107,7 @@ class WatchedFile<T> {
     try {
       text = readFileSync(path, "utf8");
     } catch (err) {
-      throw new NixociError(path, `cannot read: ${(err as Error).message}`);
+      throw new NixociError(path, `cannot read (${errnoWords(err)})`);
     }
     this.value = parse(text, path);
   }
