@@ -97,6 +97,9 @@ function parseDockerReference(
     host = rest.slice(0, slash);
     rest = rest.slice(slash + 1);
     if (!DOMAIN_RE.test(host)) throw new NixociError(ref, `invalid registry host ${quote(host)}`);
+    const port = /:(\d+)$/.exec(host)?.[1];
+    if (port !== undefined && (Number(port) < 1 || Number(port) > 65535))
+      throw new NixociError(ref, `registry port ${port} is out of range (1..65535)`);
   }
   checkRepository(ref, rest);
   if ((host ? host.length + 1 : 0) + rest.length > MAX_NAME_LENGTH)
@@ -168,6 +171,12 @@ export function parseOutputRef(s: string): OutputRef {
       const rest = body.slice(2);
       const slash = rest.indexOf("/");
       const first = slash < 0 ? rest : rest.slice(0, slash);
+      // docker://USER:PASSWORD@HOST/... would otherwise read as NAME@DIGEST.
+      if (first.includes("@"))
+        throw new NixociError(
+          s.replace(/^(docker:\/\/[^/@:]*):[^/@]*@/, "$1:***@"),
+          "credentials in the reference are not taken (they would end up in logs): use --creds USER:PASSWORD or `docker login`",
+        );
       if (slash < 0 && /^(?:localhost|[^:@]*\.[^:@]*|\[[^\]]*\]|[^:@]+:\d+)(?::\d+)?$/.test(first))
         throw new NixociError(s, "no repository name after the registry host (docker://HOST/NAME[:TAG])");
       if (slash < 0 || !looksLikeHost(first))

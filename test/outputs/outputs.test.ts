@@ -91,6 +91,12 @@ const BAD: Array<[string, RegExp]> = [
   [`docker://localhost:5000/app:v1@${D}`, /both a tag and a digest/],
   ["docker://bad_host.com/app", /invalid registry host/],
   ["docker://-bad.com/app", /invalid registry host/],
+  ["docker://127.0.0.1:99999/app", /registry port 99999 is out of range \(1\.\.65535\)/],
+  ["docker://localhost:0/app", /registry port 0 is out of range/],
+  [
+    "docker://user:pw@127.0.0.1:5000/hc/x",
+    /credentials in the reference are not taken .* use --creds USER:PASSWORD/,
+  ],
   [`docker://localhost:5000/${"a".repeat(250)}`, /longer than 255/],
   ["oci:/tmp/x\n:v1", /control characters/],
 ];
@@ -103,7 +109,10 @@ test("bad references: NixociError naming the reference and the problem", () => {
         assert.ok(err instanceof NixociError, `${JSON.stringify(s)}: ${String(err)}`);
         assert.match(err.message, problem, JSON.stringify(s));
         assert.doesNotMatch(err.message, /\n/);
-        if (s !== "" && !/[\n]/.test(s)) assert.ok(err.message.startsWith(`${s}: `), err.message);
+        // A password in the reference is not repeated.
+        const shown = s.replace("user:pw@", "user:***@");
+        if (s !== "" && !/[\n]/.test(s)) assert.ok(err.message.startsWith(`${shown}: `), err.message);
+        assert.doesNotMatch(err.message, /:pw@/);
         return true;
       },
     );
