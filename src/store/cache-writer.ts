@@ -16,7 +16,7 @@ import { parseStorePath } from "../nix/store-path.js";
 import { compressStream, compressionExtension, type Compression } from "../util/compression.js";
 import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
-import { makeDirs, tempSibling, writeFileAtomic } from "../util/fs.js";
+import { makeDirs, sweepAbandonedTemps, tempSibling, writeFileAtomic } from "../util/fs.js";
 import { HashingStream } from "../util/hashing-stream.js";
 import { referencesFirst } from "./closure.js";
 import type { PathInfo } from "./path-info.js";
@@ -47,6 +47,9 @@ export class BinaryCacheWriter {
 
   private async init(): Promise<void> {
     await makeDirs(join(this.dir, "nar"));
+    // What killed pushes left: NARs and narinfos under temporary names (their writers' pids are gone).
+    await sweepAbandonedTemps(join(this.dir, "nar"));
+    await sweepAbandonedTemps(this.dir);
     const infoFile = join(this.dir, "nix-cache-info");
     if (!(await exists(infoFile))) {
       await writeFileAtomic(

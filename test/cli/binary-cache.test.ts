@@ -3,7 +3,7 @@
 // checking on; substitution into a store directory reproduces the exact NARs.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -253,4 +253,24 @@ test("substitutes into the real Nix store and registers the paths so Nix sees th
   run("nix-store", ["--verify-path", victim]);
   assert.equal(readFileSync(victim, "utf8"), `${fx.busybox}/bin/sh\n`);
   run("nix-store", ["--delete", victim]);
+});
+
+test("cache push removes what killed pushes left (temporaries of dead pids), and nothing of a live one", () => {
+  const dir = mkdtempSync(join(tmpdir(), "nixoci-push-leftovers-"));
+  try {
+    pushSigned(dir, [fx.hello]);
+    // A pid that no longer runs, and this test's own (alive).
+    const dead = spawnSync(process.execPath, ["-e", "0"]).pid!;
+    const leftovers = [
+      join(dir, "nar", `.upload.tmp-${dead}-0123456789ab`),
+      join(dir, `.x.narinfo.tmp-${dead}-0123456789ab`),
+    ];
+    const live = join(dir, "nar", `.upload.tmp-${process.pid}-0123456789ab`);
+    for (const f of [...leftovers, live]) writeFileSync(f, "partial");
+    pushSigned(dir, [fx.hello]);
+    for (const f of leftovers) assert.ok(!existsSync(f), `${f} removed`);
+    assert.ok(existsSync(live), "a live writer's temporary kept");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
