@@ -65,6 +65,21 @@ function keyValues(values: string[] | undefined, flag: string): Record<string, s
   return out;
 }
 
+/** Runs `parse` (flag values into spec fields), turning a bad value's error (naming its flag) into a usage error. */
+function asUsageError(parse: () => void): void {
+  try {
+    parse();
+  } catch (err) {
+    if (err instanceof NixociError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+/** One flag's values checked on their own as the spec field they set: a bad one is a usage error naming the flag. */
+function checkFlag(flag: string, fields: Partial<ImageSpec>): void {
+  asUsageError(() => validateSpec({ ...emptySpec(), ...fields }, `--${flag}`));
+}
+
 export async function buildCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, BUILD);
   if (values.help) return printHelp(BUILD);
@@ -72,24 +87,33 @@ export async function buildCommand(argv: string[]): Promise<number> {
   // The spec file first, then flags on top of it.
   const fromFile = values.spec ? readSpecFile(values.spec) : {};
   const spec: ImageSpec = { ...emptySpec(), ...fromFile };
-  if (values.entrypoint !== undefined) spec.entrypoint = commandList(values.entrypoint, "--entrypoint");
-  if (values.cmd !== undefined) spec.cmd = commandList(values.cmd, "--cmd");
-  if (values.env) spec.env = [...spec.env, ...values.env];
-  if (values.workdir !== undefined) spec.workdir = values.workdir;
-  if (values.user !== undefined) spec.user = values.user;
-  if (values.perm) spec.perms = [...(spec.perms ?? []), ...values.perm.map((r) => parsePermRule(r).source)];
-  if (values.uid !== undefined) spec.uid = parseOwnerId(values.uid, "uid");
-  if (values.gid !== undefined) spec.gid = parseOwnerId(values.gid, "gid");
-  if (values.expose) spec.expose = [...spec.expose, ...values.expose];
-  if (values.label) spec.labels = { ...spec.labels, ...keyValues(values.label, "--label") };
-  if (values.from !== undefined) spec.from = values.from;
-  if (values.arch) spec.arch = values.arch;
-  if (values.os) spec.os = values.os;
-  if (values.created) spec.created = values.created;
-  if (values.tag) spec.tags = [...spec.tags, ...values.tag];
-  if (values.substituter) spec.substituters = [...spec.substituters, ...values.substituter];
-  if (values["trusted-public-key"])
-    spec.trustedPublicKeys = [...spec.trustedPublicKeys, ...values["trusted-public-key"]];
+  // A malformed flag value is a usage error (exit 2) naming the flag, checked on its own before it is merged.
+  if (values.env) checkFlag("env", { env: values.env });
+  if (values.expose) checkFlag("expose", { expose: values.expose });
+  if (values.created) checkFlag("created", { created: values.created });
+  if (values.arch) checkFlag("arch", { arch: values.arch });
+  if (values.tag) checkFlag("tag", { tags: values.tag });
+  if (values.user !== undefined) checkFlag("user", { user: values.user });
+  asUsageError(() => {
+    if (values.entrypoint !== undefined) spec.entrypoint = commandList(values.entrypoint, "--entrypoint");
+    if (values.cmd !== undefined) spec.cmd = commandList(values.cmd, "--cmd");
+    if (values.env) spec.env = [...spec.env, ...values.env];
+    if (values.workdir !== undefined) spec.workdir = values.workdir;
+    if (values.user !== undefined) spec.user = values.user;
+    if (values.perm) spec.perms = [...(spec.perms ?? []), ...values.perm.map((r) => parsePermRule(r).source)];
+    if (values.uid !== undefined) spec.uid = parseOwnerId(values.uid, "uid");
+    if (values.gid !== undefined) spec.gid = parseOwnerId(values.gid, "gid");
+    if (values.expose) spec.expose = [...spec.expose, ...values.expose];
+    if (values.label) spec.labels = { ...spec.labels, ...keyValues(values.label, "--label") };
+    if (values.from !== undefined) spec.from = values.from;
+    if (values.arch) spec.arch = values.arch;
+    if (values.os) spec.os = values.os;
+    if (values.created) spec.created = values.created;
+    if (values.tag) spec.tags = [...spec.tags, ...values.tag];
+    if (values.substituter) spec.substituters = [...spec.substituters, ...values.substituter];
+    if (values["trusted-public-key"])
+      spec.trustedPublicKeys = [...spec.trustedPublicKeys, ...values["trusted-public-key"]];
+  });
   validateSpec(spec, values.spec ?? "build");
 
   const layering = (values.layering ?? spec.layering ?? "size") as LayeringStrategy;

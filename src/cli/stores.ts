@@ -47,9 +47,18 @@ const NIX_DEFAULT_KEYS = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFG
  * nix.conf, or Nix's default (cache.nixos.org) when nix.conf does not set it.
  */
 export function trustOptions(flags: string[] | undefined, allowUnsigned: boolean | undefined): TrustOptions {
-  const texts = [...(flags ?? []), ...(nixConfKeys() ?? NIX_DEFAULT_KEYS)];
   const trustedKeys: PublicKey[] = [];
-  for (const t of texts) trustedKeys.push(parsePublicKey(t, "--trusted-public-key"));
+  for (const t of flags ?? []) {
+    try {
+      trustedKeys.push(parsePublicKey(t, "--trusted-public-key"));
+    } catch (err) {
+      // A malformed flag value: a usage error (exit 2), as for any other flag.
+      if (err instanceof NixociError) throw new UsageError(err.message);
+      throw err;
+    }
+  }
+  for (const t of nixConfKeys() ?? NIX_DEFAULT_KEYS)
+    trustedKeys.push(parsePublicKey(t, "--trusted-public-key"));
   return { trustedKeys, allowUnsigned: Boolean(allowUnsigned) };
 }
 

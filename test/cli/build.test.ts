@@ -333,6 +333,29 @@ test("bad input: clear errors, non-zero exit, no partial output", () => {
   assert.deepEqual(readdirSync(out), [], "no partial outputs");
 });
 
+test("a malformed flag value is a usage error (exit 2) naming the flag, before any work", () => {
+  const cache = makeTempDir("build-bad-flag-values");
+  const out = makeTempDir("build-bad-flag-values-out");
+  for (const [args, line] of [
+    [
+      ["--created", "2024-02-30T00:00:00Z"],
+      '--created: created "2024-02-30T00:00:00Z" is not an RFC 3339 time',
+    ],
+    [["--env", "NOEQUALS"], '--env: env entry "NOEQUALS" is not NAME=VALUE'],
+    [["--expose", "99999"], '--expose: exposed port "99999" is not PORT[/tcp|udp|sctp]'],
+    [["--label", "=v"], '--label: "=v" is not KEY=VALUE'],
+    [["--user", "a:b:c"], '--user: user "a:b:c" is not NAME[:GROUP] or UID[:GID]'],
+    [["--entrypoint", '["x'], '--entrypoint: malformed JSON array "[\\"x"'],
+    [["--trusted-public-key", "garbage"], '--trusted-public-key: public key is not "<name>:<base64>"'],
+  ] as const) {
+    const r = nixoci(["build", "--cache-dir", cache, ...args, fx.hello, "-o", `oci:${out}/x`]);
+    assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr, `nixoci: ${line}\n`);
+  }
+  assert.deepEqual(readdirSync(cache), [], "no layer was built");
+  assert.deepEqual(readdirSync(out), [], "no output");
+});
+
 test("a compression level off its compression's scale is a usage error before any work", () => {
   const cache = makeTempDir("build-bad-level");
   const out = makeTempDir("build-bad-level-out");

@@ -126,7 +126,7 @@ test("reproducible: the same rules give the same digest from other caches and -j
     }
 });
 
-test("bad rules and ids: one line, exit 1, before any work", () => {
+test("bad rules and ids: one line, exit 2 (a usage error), before any work", () => {
   for (const [args, message] of [
     [["--perm", "no-equals"], /^nixoci: --perm: "no-equals" is not REGEX=MODE\[:UID\[:GID\]\]/],
     [["--perm", "x=rwx"], /^nixoci: --perm: "x=rwx" is not REGEX=MODE.*the mode is octal/],
@@ -135,7 +135,7 @@ test("bad rules and ids: one line, exit 1, before any work", () => {
     [["--gid", "4000000"], /^nixoci: --gid: gid "4000000" is not a number from 0 to 2097151/],
   ] as const) {
     const r = nixoci(["build", "-q", "--no-cache", ...args, fx.hello, "-o", `oci:${join(work, "bad")}`]);
-    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, message);
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
   }
