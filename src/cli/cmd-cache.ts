@@ -68,9 +68,16 @@ export async function cacheCommand(argv: string[]): Promise<number> {
 
 /** Drops layer-cache blobs that no recently built image uses. */
 async function gcCommand(argv: string[]): Promise<number> {
-  const { values } = parse(argv, CACHE_GC);
+  const { values, positionals } = parse(argv, CACHE_GC);
   if (values.help) return printHelp(CACHE_GC);
+  if (positionals.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}; ${helpHint(CACHE_GC)}`);
   const dir = values["cache-dir"] ?? defaultCacheDir();
+  // The default cache before any build: nothing to collect.
+  if (values["cache-dir"] === undefined && !existsSync(dir)) {
+    process.stdout.write("kept 0 images, forgot 0; removed 0 blobs (0 B)\n");
+    return 0;
+  }
   // gc removes every blob no built image records: anything but a layer cache would lose its blobs. A registry's
   // storage and an OCI layout share the blobs/sha256 layout, so they are told apart before anything is removed.
   if (!existsSync(dir)) throw new NixociError(dir, "no such layer cache directory");

@@ -237,6 +237,9 @@ test("cache gc keeps what recent images use and drops the rest", () => {
     "the layout's blobs all kept",
   );
   assert.deepEqual(readdirSync(join(other, "blobs/sha256")), ["0".repeat(64)]);
+  const extra = nixoci(["cache", "gc", "--cache-dir", cache, "stray"]);
+  assert.equal(extra.status, 2, extra.stderr);
+  assert.match(extra.stderr, /^nixoci: unexpected argument "stray"; /);
 });
 
 test("builds into one OCI layout at once all keep their tags (index.json written in turn)", async () => {

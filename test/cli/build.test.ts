@@ -347,6 +347,9 @@ test("a malformed flag value is a usage error (exit 2) naming the flag, before a
     [["--user", "a:b:c"], '--user: user "a:b:c" is not NAME[:GROUP] or UID[:GID]'],
     [["--entrypoint", '["x'], '--entrypoint: malformed JSON array "[\\"x"'],
     [["--trusted-public-key", "garbage"], '--trusted-public-key: public key is not "<name>:<base64>"'],
+    // Numbers are digits: Number() would take these.
+    [["--compression-level", "1e1"], '--compression-level must be an integer >= 0, got "1e1"'],
+    [["--max-layers", "0x10"], '--max-layers must be an integer >= 2, got "0x10"'],
   ] as const) {
     const r = nixoci(["build", "--cache-dir", cache, ...args, fx.hello, "-o", `oci:${out}/x`]);
     assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
