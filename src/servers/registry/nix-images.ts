@@ -610,7 +610,8 @@ export class NixImageSource implements ManifestSource {
     if (err instanceof UnknownPackageError) return this.unknownPackagesError(err.packages, {});
     if (err instanceof RevisionUnavailableError)
       return registryError("MANIFEST_UNKNOWN", {
-        message: `${oneLine(err.message)}`,
+        // The package source's description names the server's file ("nix file /srv/pkgs.nix"): redacted too.
+        message: redactServerPaths(oneLine(err.message)),
         detail: { revision: err.revision },
       });
     const message = redactServerPaths(oneLine(err instanceof Error ? err.message : String(err))).slice(

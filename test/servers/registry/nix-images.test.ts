@@ -643,11 +643,12 @@ test("end to end with the real nix resolver on packages.nix", async () => {
     (await source.resolve("hello/shell", await resolver.currentRevision(), ctx()))?.digest,
     m.digest,
   );
+  // The message says where revisions come from without the server's own path to its Nix file.
   await expectRegistryError(
     source.resolve("hello", "not-a-revision", ctx()),
     404,
     "MANIFEST_UNKNOWN",
-    /not-a-revision/,
+    /^revision not-a-revision: is not available from nix file <server path>$/,
   );
   await expectRegistryError(
     source.resolve("hello/no-such-package/nor-this", "latest", ctx()),
