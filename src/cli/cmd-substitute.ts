@@ -10,7 +10,7 @@ import { helpHint, intOption, needPositionals, parse, printHelp, UsageError } fr
 import { SUBSTITUTE } from "./help-texts.js";
 import { removeTemporariesOnSignals } from "./interrupt.js";
 import { formatBytes, Progress } from "./progress.js";
-import { openStore, trustOptions } from "./stores.js";
+import { openStore, storePathOfLink, trustOptions } from "./stores.js";
 
 export async function substituteCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, SUBSTITUTE);
@@ -33,7 +33,8 @@ export async function substituteCommand(argv: string[]): Promise<number> {
     const paths = positionals.map((p) =>
       p.startsWith(target.storeDir + "/")
         ? toStorePathPrefix(p, target.storeDir, p).path
-        : parseStorePath(p, target.storeDir, p).path,
+        : // A `result` symlink names the path it points to, there or not yet.
+          (storePathOfLink(p, target.storeDir) ?? parseStorePath(p, target.storeDir, p).path),
     );
     let copied = 0;
     let bytes = 0;

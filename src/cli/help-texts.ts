@@ -441,7 +441,8 @@ export const SUBSTITUTE = {
   summary: "realise store paths from binary caches into a store directory",
   usage: ["nixoci substitute --from URL [--from URL]... [OPTIONS] PATH..."],
   description: [
-    "Realises the closure of PATH... into a store directory from the `--from` stores (binary caches, or local " +
+    "Realises the closure of PATH... (store paths, or `result` symlinks: the path each points to, there or " +
+      "not yet) into a store directory from the `--from` stores (binary caches, or local " +
       "store directories such as /nix/store) by priority: local stores first, then nix-cache-info's order. Paths " +
       "already valid are kept; NARs are decompressed and verified while streaming, each path added only after " +
       "its references, atomically. Into /nix/store paths are registered in Nix's database, so nix-store sees " +

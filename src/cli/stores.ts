@@ -119,6 +119,22 @@ export function resolveStorePathArg(arg: string, store: Store): string {
 }
 
 /**
+ * The store path a symlink (a `result`) points into, whether that path exists here yet or not (what a substitution
+ * realises); undefined when `arg` is no symlink into `storeDir`.
+ */
+export function storePathOfLink(arg: string, storeDir: string): string | undefined {
+  let target: string | undefined;
+  try {
+    if (!lstatSync(arg).isSymbolicLink()) return undefined;
+    target = realpathSync(arg);
+  } catch {
+    target = missingLinkTarget(arg);
+  }
+  if (target === undefined || !target.startsWith(storeDir + "/")) return undefined;
+  return toStorePathPrefix(target, storeDir, arg).path;
+}
+
+/**
  * For a chain of symlinks that ends nowhere, the target that does not exist (absolute); undefined when `arg` is
  * not such a chain (it does not exist itself, or something else is wrong with it).
  */

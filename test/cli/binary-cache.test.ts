@@ -4,7 +4,15 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildFixtures, generateCacheKey, makeNixCache } from "../support/fixtures.js";
@@ -270,6 +278,56 @@ test("cache push removes what killed pushes left (temporaries of dead pids), and
     pushSigned(dir, [fx.hello]);
     for (const f of leftovers) assert.ok(!existsSync(f), `${f} removed`);
     assert.ok(existsSync(live), "a live writer's temporary kept");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("substitute takes a result symlink for the path it points to, whether it exists here or not", () => {
+  const dir = mkdtempSync(join(tmpdir(), "nixoci-subst-link-"));
+  try {
+    const cache = join(dir, "cache");
+    pushSigned(cache, [fx.hello]);
+    // A link to a path this machine has, and one whose target is gone here (as on a machine that never built it).
+    symlinkSync(fx.hello, join(dir, "result"));
+    const gone = fx.hello.replace(/-[^/]*$/, "-gone-here");
+    symlinkSync(gone, join(dir, "result-gone"));
+    const storeDir = join(dir, "store");
+    const r = nixociOk(
+      [
+        "substitute",
+        "-q",
+        "--from",
+        `file://${cache}`,
+        "--trusted-public-key",
+        key.publicKey,
+        "--store-dir",
+        storeDir,
+        "./result",
+      ],
+      { cwd: dir },
+    );
+    assert.equal(r.text, `${fx.hello}\n`);
+    const missing = nixoci(
+      [
+        "substitute",
+        "-q",
+        "--from",
+        `file://${cache}`,
+        "--trusted-public-key",
+        key.publicKey,
+        "--store-dir",
+        storeDir,
+        "./result-gone",
+      ],
+      { cwd: dir },
+    );
+    assert.equal(missing.status, 1);
+    assert.match(
+      missing.stderr,
+      new RegExp(`${gone.replace(/[/.]/g, "\\$&")}`),
+      "the link's target is what was looked for",
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
