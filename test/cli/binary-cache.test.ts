@@ -293,35 +293,25 @@ test("substitute takes a result symlink for the path it points to, whether it ex
     const gone = fx.hello.replace(/-[^/]*$/, "-gone-here");
     symlinkSync(gone, join(dir, "result-gone"));
     const storeDir = join(dir, "store");
-    const r = nixociOk(
-      [
-        "substitute",
-        "-q",
-        "--from",
-        `file://${cache}`,
-        "--trusted-public-key",
-        key.publicKey,
-        "--store-dir",
-        storeDir,
-        "./result",
-      ],
-      { cwd: dir },
-    );
+    const substitute = (link: string) =>
+      nixoci(
+        [
+          "substitute",
+          "-q",
+          "--from",
+          `file://${cache}`,
+          "--trusted-public-key",
+          key.publicKey,
+          "--store-dir",
+          storeDir,
+          link,
+        ],
+        { cwd: dir },
+      );
+    const r = substitute("./result");
+    assert.equal(r.status, 0, r.stderr);
     assert.equal(r.text, `${fx.hello}\n`);
-    const missing = nixoci(
-      [
-        "substitute",
-        "-q",
-        "--from",
-        `file://${cache}`,
-        "--trusted-public-key",
-        key.publicKey,
-        "--store-dir",
-        storeDir,
-        "./result-gone",
-      ],
-      { cwd: dir },
-    );
+    const missing = substitute("./result-gone");
     assert.equal(missing.status, 1);
     assert.match(
       missing.stderr,
