@@ -398,7 +398,9 @@ export const CACHE_GC = {
   summary: "remove layer-cache blobs that no recently built image uses",
   usage: ["nixoci cache gc [--cache-dir DIR] [--keep-images N] [--keep-days N]"],
   description: [
-    "Keeps the blobs of the N most recent images and of every image built in the last D days; removes the rest.",
+    "Keeps the blobs of the N most recent images and of every image built in the last D days; removes the rest. " +
+      "A directory that is not a layer cache (an OCI layout, a registry's --storage, anything without layers/ or " +
+      "images/) is refused: its blobs are recorded by no built image.",
   ],
   flags: {
     "cache-dir": {
