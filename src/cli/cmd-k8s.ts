@@ -3,8 +3,14 @@
 // a node's kubelet with `--image-service-endpoint` set to `nixoci image-service` loads it from the store.
 import { realpathSync } from "node:fs";
 import { stringify } from "yaml";
-import { NIX_IMAGE_REF_PREFIX, nixImageRef, parseNixImageRef, readNixImage } from "../outputs/nix-image.js";
+import {
+  NIX_IMAGE_REF_PREFIX,
+  nixImageRef,
+  parseNixImageRefParts,
+  readNixImage,
+} from "../outputs/nix-image.js";
 import { LocalStore } from "../store/local-store.js";
+import { NixociError } from "../util/errors.js";
 import { helpHint, parse, printHelp, UsageError } from "./args.js";
 import { K8S_POD } from "./help-texts.js";
 import { resolveStorePathArg } from "./stores.js";
@@ -54,17 +60,30 @@ export async function k8sCommand(argv: string[]): Promise<number> {
   const store = new LocalStore(values.store ? { dir: values.store } : {});
   try {
     const arg = positionals[0];
-    const storePath = arg.startsWith(`${NIX_IMAGE_REF_PREFIX}/`)
-      ? parseNixImageRef(arg, store.storeDir)
-      : resolveStorePathArg(arg.startsWith(store.storeDir) ? arg : realpathSync(arg), store);
+    const ask: { storePath: string; tag?: string; digest?: string } = arg.startsWith(
+      `${NIX_IMAGE_REF_PREFIX}/`,
+    )
+      ? parseNixImageRefParts(arg, store.storeDir)
+      : { storePath: resolveStorePathArg(arg.startsWith(store.storeDir) ? arg : realpathSync(arg), store) };
+    const { storePath } = ask;
     if (!(await store.queryPathInfo(storePath)))
       throw new UsageError(`${storePath}: not a valid path in the store ${store.storeDir}`);
     // Fails with the description's own error when it is not one.
     const image = await readNixImage(storePath, store.realPath(storePath), store.storeDir);
+    // The tag or digest asked for must be the description's (as the image service checks at the pull).
+    if (ask.digest !== undefined && ask.digest !== image.manifest.digest)
+      throw new NixociError(arg, `the description's manifest is ${image.manifest.digest}, not ${ask.digest}`);
+    if (ask.tag !== undefined && ask.tag !== "latest" && ask.tag !== image.tag)
+      throw new NixociError(
+        arg,
+        `the description has no tag ${JSON.stringify(ask.tag)} (its tag is ${JSON.stringify(image.tag ?? "latest")})`,
+      );
     const name = checkLabel("name", values.name ?? podNameFor(storePath));
     const container: Record<string, unknown> = {
       name: checkLabel("container", values.container ?? name),
-      image: nixImageRef(storePath),
+      image:
+        nixImageRef(storePath) +
+        (ask.digest !== undefined ? `@${ask.digest}` : ask.tag !== undefined ? `:${ask.tag}` : ""),
       imagePullPolicy:
         oneOf("image-pull-policy", values["image-pull-policy"], ["IfNotPresent", "Always", "Never"]) ??
         "IfNotPresent",

@@ -27,6 +27,7 @@ import { digestHex, isDigest, type Digest } from "../oci/digest.js";
 import type { BuiltImage } from "../oci/image.js";
 import { indexEntry, OCI_LAYOUT_FILE, REF_NAME_ANNOTATION } from "./layout.js";
 import { OCI_INDEX } from "../oci/media-types.js";
+import { isValidTag } from "../oci/reference.js";
 
 export const NIX_IMAGE_REF_PREFIX = "nix:0";
 export const DEFAULT_NIX_IMAGE_NAME = "nixoci-image";
@@ -252,15 +253,38 @@ export async function readNixImage(storePath: string, realPath: string, storeDir
 
 /** `nix:0/nix/store/<hash>-<name>[:tag]` -> the store path; anything else is not a nix image reference. */
 export function parseNixImageRef(ref: string, storeDir: string): string {
+  return parseNixImageRefParts(ref, storeDir).storePath;
+}
+
+/** A `nix:0` reference's parts: the description's store path, and the tag or digest it asks for. */
+export function parseNixImageRefParts(
+  ref: string,
+  storeDir: string,
+): { storePath: string; tag?: string; digest?: string } {
   if (!ref.startsWith(`${NIX_IMAGE_REF_PREFIX}/`))
     throw new NixociError(ref, `not a ${NIX_IMAGE_REF_PREFIX}/ reference`);
   let path = ref.slice(NIX_IMAGE_REF_PREFIX.length);
+  let digest: string | undefined;
   const at = path.indexOf("@");
-  if (at >= 0) path = path.slice(0, at);
+  if (at >= 0) {
+    digest = path.slice(at + 1);
+    path = path.slice(0, at);
+    if (!isDigest(digest))
+      throw new NixociError(ref, `invalid digest ${JSON.stringify(digest)} (expected sha256:<64 hex>)`);
+  }
+  let tag: string | undefined;
   const lastSlash = path.lastIndexOf("/");
   const colon = path.indexOf(":", lastSlash);
-  if (colon >= 0) path = path.slice(0, colon);
-  return parseStorePath(path, storeDir, ref).path;
+  if (colon >= 0) {
+    tag = path.slice(colon + 1);
+    path = path.slice(0, colon);
+    if (!isValidTag(tag)) throw new NixociError(ref, `invalid tag ${JSON.stringify(tag)}`);
+  }
+  return {
+    storePath: parseStorePath(path, storeDir, ref).path,
+    ...(tag !== undefined ? { tag } : {}),
+    ...(digest !== undefined ? { digest } : {}),
+  };
 }
 
 /** The reference a pod spec uses for the description at `storePath`. */

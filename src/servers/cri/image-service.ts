@@ -2,8 +2,9 @@
 // of containerd's CRI plugin. PullImage of a `nix:0/nix/store/<hash>-<name>[:tag]` reference loads the image
 // description at that store path (substituting it, with its closure, from the configured binary caches when it
 // is missing) into containerd's namespace without any registry (cri/nix-import.ts), under the name
-// `nix:0/nix/store/<hash>-<name>:latest`, which is how containerd's CRI plugin normalises the reference, so its
-// ImageStatus, ListImages and RemoveImage answer for it. Every other call and reference is forwarded to
+// `nix:0/nix/store/<hash>-<name>:TAG` (latest by default; or `@DIGEST`), which is how containerd's CRI plugin
+// normalises the reference, so its ImageStatus, ListImages and RemoveImage answer for it. A tag or digest the
+// reference asks for must be the description's (NOT_FOUND otherwise, as from a registry). Every other call and reference is forwarded to
 // containerd's CRI as raw bytes (fields this proto does not declare pass through untouched), with the caller's
 // deadline and its status codes.
 import { execFile } from "node:child_process";
@@ -14,7 +15,7 @@ import * as grpc from "@grpc/grpc-js";
 import { ContainerdClient } from "../../outputs/containerd-client.js";
 import {
   NIX_IMAGE_REF_PREFIX,
-  parseNixImageRef,
+  parseNixImageRefParts,
   readNixImage,
   type NixImage,
 } from "../../outputs/nix-image.js";
@@ -56,9 +57,14 @@ const identity = (b: Buffer): Buffer => b;
 
 type Handler = grpc.handleUnaryCall<Buffer, Buffer>;
 
-/** The name containerd's CRI plugin looks a nix reference up by (a Docker reference, tag defaulting to latest). */
-export function criImageName(storePath: string): string {
-  return `${NIX_IMAGE_REF_PREFIX}${storePath}:latest`;
+/**
+ * The name containerd's CRI plugin looks a nix reference up by (a Docker reference: the tag asked for, latest by
+ * default; or the digest), so ImageStatus of the reference a pod names finds the pulled image.
+ */
+export function criImageName(storePath: string, ask: { tag?: string; digest?: string } = {}): string {
+  return ask.digest !== undefined
+    ? `${NIX_IMAGE_REF_PREFIX}${storePath}@${ask.digest}`
+    : `${NIX_IMAGE_REF_PREFIX}${storePath}:${ask.tag ?? "latest"}`;
 }
 
 /** What /metrics reports for the image service. */
@@ -208,21 +214,24 @@ export class NixImageService {
 
   /** Loads the description `ref` names (once at a time per store path); returns the image ID. */
   pullNix(ref: string): Promise<string> {
-    let storePath: string;
+    let ask: { storePath: string; tag?: string; digest?: string };
     try {
-      storePath = parseNixImageRef(ref, this.opts.store.storeDir);
+      ask = parseNixImageRefParts(ref, this.opts.store.storeDir);
     } catch (err) {
       return Promise.reject(new StatusError(grpc.status.INVALID_ARGUMENT, (err as Error).message));
     }
-    let p = this.inflight.get(storePath);
+    // One load at a time per reference as asked (the same description under two tags is recorded twice).
+    const key = criImageName(ask.storePath, ask);
+    let p = this.inflight.get(key);
     if (!p) {
-      p = this.load(storePath).finally(() => this.inflight.delete(storePath));
-      this.inflight.set(storePath, p);
+      p = this.load(ask).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
     }
     return p;
   }
 
-  private async load(storePath: string): Promise<string> {
+  private async load(ask: { storePath: string; tag?: string; digest?: string }): Promise<string> {
+    const { storePath } = ask;
     const { store } = this.opts;
     if (!(await store.queryPathInfo(storePath))) {
       const sources = this.opts.substituters ?? [];
@@ -253,14 +262,16 @@ export class NixImageService {
       } catch (err) {
         throw new StatusError(grpc.status.FAILED_PRECONDITION, (err as Error).message);
       }
-      return await this.importImage(storePath, image);
+      checkAsked(image, ask);
+      return await this.importImage(image, criImageName(storePath, ask));
     } finally {
       if (unpacked) await rm(unpacked, { recursive: true, force: true });
     }
   }
 
-  private async importImage(storePath: string, image: NixImage): Promise<string> {
+  private async importImage(image: NixImage, name: string): Promise<string> {
     const { store } = this.opts;
+    const { storePath } = image;
     // containerd's CRI plugin only lists images for this node's platform: say so instead of timing out.
     const arch = defaultArch();
     if (image.platform.os !== "linux" || image.platform.architecture !== arch)
@@ -268,7 +279,6 @@ export class NixImageService {
         grpc.status.FAILED_PRECONDITION,
         `${storePath}: the image is for ${image.platform.os}/${image.platform.architecture}, this node is linux/${arch}`,
       );
-    const name = criImageName(storePath);
     const result = await importNixImage(image, name, {
       containerd: this.containerd,
       snapshotter: this.opts.snapshotter,
@@ -294,6 +304,27 @@ export class NixImageService {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
+}
+
+/**
+ * The description must hold what the reference asks for: its manifest's digest for `@sha256:...` (a pinned digest is
+ * a promise about the bytes), its tag for `:TAG` (`latest`, or none, takes the description's one image whatever its
+ * tag). NOT_FOUND otherwise, as a registry answers for a tag or digest it does not have.
+ */
+function checkAsked(image: NixImage, ask: { tag?: string; digest?: string }): void {
+  if (ask.digest !== undefined && ask.digest !== image.manifest.digest)
+    throw new StatusError(
+      grpc.status.NOT_FOUND,
+      `${image.storePath}: the description's manifest is ${image.manifest.digest}, not ${ask.digest}`,
+    );
+  if (ask.tag !== undefined && ask.tag !== "latest" && ask.tag !== image.tag)
+    throw new StatusError(
+      grpc.status.NOT_FOUND,
+      `${image.storePath}: the description has no tag ${JSON.stringify(ask.tag)} (` +
+        (image.tag !== undefined
+          ? `its tag is ${JSON.stringify(image.tag)})`
+          : "it is untagged: use :latest or no tag)"),
+    );
 }
 
 /**

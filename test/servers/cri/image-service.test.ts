@@ -104,6 +104,48 @@ describe(`nixoci image-service: nix:0 references from the store through containe
     assert.match(out, /Hello from nixoci!/);
   });
 
+  test("a tag or digest in the reference must be the description's; the image is recorded under the reference asked", async () => {
+    const tagged = buildDescription("nixoci-test-hello-tagged", [
+      "--tag",
+      "hello-tagged:v3",
+      "--entrypoint",
+      `${fx.hello}/bin/hello`,
+      fx.hello,
+    ]);
+    // Its tag: ImageStatus of the same reference (what a kubelet asks before and after pulling) finds it.
+    const pulled = await svc.client.pullImage(
+      { image: { image: `nix:0${tagged}:v3` } },
+      { timeoutMs: 120_000 },
+    );
+    const st = await svc.client.imageStatus({ image: { image: `nix:0${tagged}:v3` } });
+    assert.equal(st.image?.id, pulled.image_ref);
+    // A tag or digest it does not have: NOT_FOUND, as a registry answers; nothing recorded under it.
+    const index = JSON.parse(readFileSync(join(tagged, "index.json"), "utf8")) as {
+      manifests: Array<{ digest: string }>;
+    };
+    const other = `sha256:${"1".repeat(64)}`;
+    for (const [asked, message] of [
+      [`nix:0${tagged}:v9`, /the description has no tag "v9" \(its tag is "v3"\)/],
+      [`nix:0${description}:v9`, /the description has no tag "v9" \(its tag is "latest"\)/],
+      [
+        `nix:0${tagged}@${other}`,
+        new RegExp(`the description's manifest is ${index.manifests[0].digest}, not ${other}`),
+      ],
+    ] as const) {
+      const e = await grpcCode(svc.client.pullImage({ image: { image: asked } }, { timeoutMs: 60_000 }));
+      assert.equal(e.code, 5, `${asked}: ${e.details}`);
+      assert.match(e.details, message);
+      assert.equal((await svc.client.imageStatus({ image: { image: asked } })).image ?? null, null);
+    }
+    // Its own digest: pulled, and found by it.
+    const byDigest = `nix:0${tagged}@${index.manifests[0].digest}`;
+    assert.equal(
+      (await svc.client.pullImage({ image: { image: byDigest } }, { timeoutMs: 60_000 })).image_ref,
+      pulled.image_ref,
+    );
+    assert.equal((await svc.client.imageStatus({ image: { image: byDigest } })).image?.id, pulled.image_ref);
+  });
+
   test("a --compression auto description (zstd: its only reader is containerd) loads and runs too", async () => {
     const desc = buildDescription("nixoci-test-hello-zstd", [
       "--compression",
@@ -376,6 +418,12 @@ describe(`nixoci image-service: nix:0 references from the store through containe
     const badName = nixoci(["k8s", "pod", description, "--name", "Bad_Name"]);
     assert.equal(badName.status, 2);
     assert.match(badName.stderr, /DNS-1123/);
+    // A tag is kept in the pod's image when the description has it, refused when it has not.
+    const latest = parseYaml(nixociOk(["k8s", "pod", `${ref}:latest`]).text) as typeof pod;
+    assert.equal(latest.spec.containers[0].image, `${ref}:latest`);
+    const noTag = nixoci(["k8s", "pod", `${ref}:v2`]);
+    assert.equal(noTag.status, 1);
+    assert.equal(noTag.stderr, `nixoci: ${ref}:v2: the description has no tag "v2" (its tag is "latest")\n`);
   });
 
   test("nix: output names are checked", () => {
