@@ -175,6 +175,11 @@ export class MountpointDirs {
     return probeStoreViews(this.dir, upperParent, storeRealDir);
   }
 
+  /** Whether the chain's view is mounted (by this process or a predecessor). */
+  viewIsMounted(id: number): boolean {
+    return viewMounted(join(this.viewDir(id), "view"));
+  }
+
   /**
    * Unmounts the chain's view, keeping its tree (the chain has no container left). Queued behind any view being
    * made, and ahead of any asked for after this call.

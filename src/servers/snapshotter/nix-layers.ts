@@ -458,8 +458,15 @@ export class NixSnapshotter extends OverlaySnapshotter {
    */
   private async releaseView(topId: number, key: string): Promise<void> {
     const chain = this.chainTargets.get(topId);
-    if (!chain?.view || !chain.lowerTop || chain.pending || this.metadata.hasOpenChild(topId)) return;
-    chain.lowerTop = undefined; // before any await: a container readied from now on mounts it again
+    if (chain?.pending || this.metadata.hasOpenChild(topId)) return;
+    if (chain?.view && chain.lowerTop) {
+      chain.lowerTop = undefined; // before any await: a container readied from now on mounts it again
+    } else if (chain?.lowerTop || !this.mountpoints.viewIsMounted(topId)) {
+      // Binds (no view), or no view mounted.
+      return;
+    }
+    // Otherwise a view mounted before this process started (its containers outlived a restart): no record of this
+    // process readied it, and it goes with its last container all the same.
     await this.mountpoints
       .unmountView(topId)
       .catch((err: Error) =>

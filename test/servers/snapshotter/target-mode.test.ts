@@ -243,6 +243,13 @@ describe(`snapshotter nix layers: auto's mode under containerd ${release.series}
         s.ctr(["containers", "delete", id]);
         assert.deepEqual(mountsUnder(containerdDir), [], "nothing stays mounted");
         assert.deepEqual(mountsUnder(s.dir), []);
+        // The store view the predecessor mounted goes with the last container too (the restarted snapshotter
+        // has no record of readying it).
+        let kicked = 0;
+        await until("the store view goes with its last container", 60_000, () => {
+          if (++kicked % 8 === 0) kickContainerdGc(s);
+          assert.deepEqual(mountsUnder(viewsDir()), []);
+        });
       },
     );
 
