@@ -7,13 +7,13 @@ import { resolve } from "node:path";
 import { NixImageService } from "../servers/cri/image-service.js";
 import { createLogger } from "../util/logger.js";
 import { LocalStore } from "../store/local-store.js";
-import type { Store } from "../store/store.js";
 import { serveOps, type OpsServer } from "../util/ops-http.js";
 import { helpHint, parse, printHelp, UsageError } from "./args.js";
 import { IMAGE_SERVICE } from "./help-texts.js";
 import { logFormatOption, logLevelOption } from "./shared-options.js";
 import { metricsAddressOption, runUntilSignal, socketPathOption } from "./daemon.js";
 import { openStore, trustOptions } from "./stores.js";
+import { LazySources } from "../store/lazy-sources.js";
 
 export async function imageServiceCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, IMAGE_SERVICE);
@@ -31,8 +31,12 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
   const log = createLogger({ level, format });
   const trust = trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   const store = new LocalStore(values.store ? { dir: resolve(values.store) } : {});
-  const substituters: Store[] = [];
-  for (const url of values.substituter ?? []) substituters.push(await openStore(url, trust));
+  // Opened when a pull first needs one: a cache down at start must not stop the node's image endpoint.
+  const substituters = new LazySources(
+    values.substituter ?? [],
+    (url) => openStore(url, trust),
+    (url, err) => log.warn("substituter unavailable", { url, error: err.message }),
+  );
   const service = new NixImageService({
     containerd,
     snapshotter: values.snapshotter ?? "nixoci",
@@ -73,7 +77,7 @@ export async function imageServiceCommand(argv: string[]): Promise<number> {
     () => {
       service.close();
       store.close();
-      substituters.forEach((s) => s.close());
+      substituters.close();
     },
   );
 }

@@ -21,7 +21,7 @@ import {
 } from "../../outputs/nix-image.js";
 import type { Logger } from "../../util/logger.js";
 import type { LocalStore } from "../../store/local-store.js";
-import type { Store } from "../../store/store.js";
+import type { LazySources } from "../../store/lazy-sources.js";
 import { Substituter } from "../../store/substituter.js";
 import { NixociError } from "../../util/errors.js";
 import { serveOnUnixSocket, type RunningServer } from "../../util/grpc-unix.js";
@@ -44,8 +44,8 @@ export interface ImageServiceOptions {
   /** containerd namespace of the CRI plugin. */
   namespace?: string;
   store: LocalStore;
-  /** Binary caches a missing description (and its closure) is substituted from. */
-  substituters?: Store[];
+  /** Binary caches a missing description (and its closure) is substituted from, opened when first needed. */
+  substituters?: LazySources;
   log: Logger;
   /** How long PullImage waits for the CRI plugin to list a loaded image (default 15 s). */
   visibleTimeoutMs?: number;
@@ -234,8 +234,14 @@ export class NixImageService {
     const { storePath } = ask;
     const { store } = this.opts;
     if (!(await store.queryPathInfo(storePath))) {
-      const sources = this.opts.substituters ?? [];
-      if (sources.length) {
+      const configured = this.opts.substituters?.configured ?? 0;
+      if (configured) {
+        const sources = (await this.opts.substituters?.stores()) ?? [];
+        if (!sources.length)
+          throw new StatusError(
+            grpc.status.UNAVAILABLE,
+            `${storePath}: not in the store, and no --substituter could be reached (see the service's log)`,
+          );
         try {
           await new Substituter(store, sources, { parallelism: 8 }).realise([storePath]);
         } catch (err) {
@@ -248,7 +254,7 @@ export class NixImageService {
       if (!(await store.queryPathInfo(storePath)))
         throw new StatusError(
           grpc.status.NOT_FOUND,
-          `${storePath}: not in the store${sources.length ? "" : " (and no --substituter)"}`,
+          `${storePath}: not in the store${configured ? "" : " (and no --substituter)"}`,
         );
     }
     // A description is a directory; a regular file is an OCI archive (`nixoci build -o oci-archive:`, or

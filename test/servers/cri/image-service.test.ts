@@ -357,6 +357,26 @@ describe(`nixoci image-service: nix:0 references from the store through containe
     } finally {
       await untrusted.stop();
     }
+    // A cache that is down when the service starts does not stop it: pulls that need no cache work, one that
+    // does is UNAVAILABLE, naming why.
+    const down = await startImageService(stack.dir, "down", [
+      "--containerd",
+      stack.containerd.address,
+      "--substituter",
+      `http://127.0.0.1:${await freePort()}`,
+    ]);
+    try {
+      assert.match(
+        (await down.client.pullImage({ image: { image: ref } }, { timeoutMs: 120_000 })).image_ref,
+        /^sha256:/,
+      );
+      const e = await grpcCode(down.client.pullImage({ image: { image: `nix:0${desc}` } }));
+      assert.equal(e.code, 14, e.details);
+      assert.match(e.details, /not in the store, and no --substituter could be reached/);
+      assert.match(readFileSync(down.logFile, "utf8"), /substituter unavailable/);
+    } finally {
+      await down.stop();
+    }
     const subst = await startImageService(stack.dir, "subst", [
       "--containerd",
       stack.containerd.address,
