@@ -310,6 +310,14 @@ export class NixImageSource implements ManifestSource {
         this.emit({ type: "cache-hit", ...base });
         return hit;
       }
+      // Names the set does not have are a 404 now (a typo is the usual one), not a build that waits for a slot
+      // to find out, or a 429 when the queue is full; found without building anything.
+      const opts: ResolveOptions = { revision, arch: request.arch, signal };
+      const missing = await this.resolver.missingPackages(request.packages, opts);
+      if (missing.length) {
+        if (await this.isPushed(repo)) return undefined;
+        throw await this.unknownPackages(missing, opts);
+      }
       flight = this.flights.get(id); // another request may have started it while we looked
     }
     if (flight) {

@@ -484,6 +484,13 @@ test("beyond the queue: 429 TOOMANYREQUESTS; queued builds run when a slot frees
     assert.ok(e.headers["Retry-After"]);
     return true;
   });
+  // A name the set does not have is a 404 at once, full queue or not: it waits for no slot, builds nothing.
+  await expectRegistryError(
+    source.resolve("nope", "latest", ctx()),
+    404,
+    "NAME_UNKNOWN",
+    /^unknown package "nope"$/,
+  );
   // Joining a build that is already on its way is not a new build: no 429.
   const b2 = source.resolve("tree", "latest", ctx());
   assert.equal(count(events, "rejected"), 1);
