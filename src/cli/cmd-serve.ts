@@ -357,12 +357,17 @@ export async function serveCommand(argv: string[]): Promise<number> {
       stopping = true;
       logger.info("shutting down", { signal, builds: source.activeBuilds });
       const grace = setTimeout(() => {
-        logger.warn("grace period over: abandoning requests in flight", {});
+        logger.warn("grace period over: abandoning requests in flight", {
+          builds: source.abortBuilds(), // their nix processes killed: nothing of the server outlives it
+        });
         server.closeAllConnections();
       }, 30_000);
       grace.unref();
       server.close(() => {
         clearTimeout(grace);
+        // Builds nobody waits for any more (their clients went away) stop too.
+        const orphans = source.abortBuilds();
+        if (orphans) logger.info("builds stopped", { builds: orphans });
         store.close();
         logger.info("stopped", {});
         resolve(0);

@@ -11,6 +11,7 @@ import { ROOT } from "../support/cli.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { nixociAsNobodyArgv, withCheckoutForNobody } from "../support/run.js";
 import { startNixociServe } from "../support/serve.js";
+import { until } from "../support/poll.js";
 
 /** Runs serve to its end (it must end: a serve that listens instead is killed at 30 s and fails the test). */
 function serveExits(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stderr: string } {
@@ -187,6 +188,42 @@ test("a failed build: 500 with the cause in the error body; the server's paths r
     assert.ok(!text.includes(dir), text);
   } finally {
     s.proc.kill("SIGTERM");
+    await s.exited;
+  }
+});
+
+test("SIGTERM with a build no one waits for any more: the build is stopped and the server exits, not when nix finishes", async () => {
+  const dir = makeTempDir("serve-stop-builds");
+  const nixFile = join(dir, "packages.nix");
+  writeFileSync(
+    nixFile,
+    `{
+      slow = derivation {
+        name = "slow"; system = builtins.currentSystem; builder = "/bin/busybox";
+        args = [ "sh" "-c" "/bin/busybox sleep 300; /bin/busybox mkdir $out" ];
+      };
+    }\n`,
+  );
+  const s = await startNixociServe(join(dir, "storage"), ["--nix-file", nixFile]);
+  let exited = false;
+  try {
+    const client = new AbortController();
+    const request = fetch(`http://${s.host}/v2/slow/manifests/latest`, { signal: client.signal }).catch(
+      () => undefined,
+    );
+    await until("the build started", 60_000, () => assert.match(s.log(), /"msg":"build-start"/));
+    client.abort(); // the client goes away; the build goes on for anyone else who asks
+    await request;
+    s.proc.kill("SIGTERM");
+    const code = await Promise.race([
+      s.exited,
+      new Promise((r) => setTimeout(r, 60_000, "still running").unref()),
+    ]);
+    exited = code !== "still running";
+    assert.equal(code, 0, `the server exits once its connections are closed:\n${s.log()}`);
+    assert.match(s.log(), /"msg":"builds stopped","builds":1/);
+  } finally {
+    if (!exited) s.proc.kill("SIGKILL");
     await s.exited;
   }
 });

@@ -40,8 +40,9 @@ export const ERROR_CODES = {
   PAGINATION_NUMBER_INVALID: { status: 400, message: "invalid number of results requested" },
   RANGE_INVALID: { status: 416, message: "requested range not satisfiable" },
   NOT_FOUND: { status: 404, message: "not found" },
-  /** 408 for a body too slow, 504 for a build over its time limit, 507 for a full disk. */
-  UNKNOWN: { status: 500, also: [408, 504, 507], message: "internal server error" },
+  /** 408 for a body too slow, 503 for a build stopped by the server's shutdown, 504 for a build over its time
+   * limit, 507 for a full disk. */
+  UNKNOWN: { status: 500, also: [408, 503, 504, 507], message: "internal server error" },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type RegistryErrorCode = keyof typeof ERROR_CODES;

@@ -192,6 +192,20 @@ export class NixImageSource implements ManifestSource {
     this.cacheDir = join(this.storage.root, "nix-images");
   }
 
+  /** The running builds' controllers: a server that stops aborts them (their nix processes with them). */
+  private readonly controllers = new Set<AbortController>();
+
+  /**
+   * Stops every running build (the server is shutting down and will answer no one): their nix processes are
+   * killed, work they finished is kept. Returns how many were running.
+   */
+  abortBuilds(): number {
+    const n = this.controllers.size;
+    for (const c of this.controllers)
+      c.abort(registryError("UNKNOWN", { status: 503, message: "the server is shutting down; try again" }));
+    return n;
+  }
+
   /** Builds running and waiting for a slot (for metrics). */
   get activeBuilds(): { running: number; queued: number } {
     return { running: this.running, queued: this.waiting.length };
@@ -520,6 +534,7 @@ export class NixImageSource implements ManifestSource {
     const seconds = () => (Date.now() - started) / 1000;
     this.emit({ type: "build-start", ...base });
     const controller = new AbortController();
+    this.controllers.add(controller);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
@@ -544,6 +559,7 @@ export class NixImageSource implements ManifestSource {
       throw e;
     } finally {
       clearTimeout(timer);
+      this.controllers.delete(controller);
       this.running--;
       this.waiting.shift()?.();
     }
