@@ -207,6 +207,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     throw new UsageError(
       `--meta ${bad.name}=${bad.packages.join(",")}: ${describeUnknownPackages(bad.missing, bad.suggestions)} in ${resolver.description}; give --meta ${bad.name}=PKG,... with packages it has`,
     );
+  const example = await exampleImage(resolver, settled.metaPackages, { revision, arch });
   // Leftovers of killed builds and pushes (temporaries, idle upload sessions): removed now and then regularly.
   storage.startMaintenance((r) => (r.error ? logger.warn : logger.info)("storage upkeep", { ...r }));
 
@@ -283,6 +284,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
         metaPackages: settled.metaPackages,
         prefixArchitectures: architectures ? prefixArchitectures(architectures) : [],
         defaultArch: arch,
+        example,
       },
     }),
   );
@@ -321,6 +323,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
         binaryCache: !values["no-binary-cache"],
         publicKey: signKey?.publicKey.toString(),
         auth: values.auth ? (values["auth-pull"] ? "all" : "push") : undefined,
+        example,
       }),
     );
   }
@@ -377,4 +380,22 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
+}
+
+/**
+ * The image the banner and the page suggest trying, one the set really makes: `shell/hello` where it can, else the
+ * shell or hello alone, else the set's first package a name can spell; undefined when names are store paths.
+ */
+async function exampleImage(
+  resolver: { packageNames(opts: { revision: string; arch: string }): Promise<string[] | undefined> },
+  meta: Readonly<Record<string, readonly string[]>>,
+  opts: { revision: string; arch: string },
+): Promise<string | undefined> {
+  const names = await resolver.packageNames(opts).catch(() => undefined);
+  if (!names) return undefined;
+  const shell = Object.hasOwn(meta, "shell");
+  const hello = names.includes("hello");
+  if (shell) return hello ? "shell/hello" : "shell";
+  if (hello) return "hello";
+  return [...names].sort().find((n) => /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(n));
 }

@@ -20,6 +20,8 @@ export interface ServeBannerInfo {
   publicKey?: string;
   /** --auth: who needs credentials. */
   auth?: "push" | "all";
+  /** An image the set really makes, to suggest (default `shell/hello`). */
+  example?: string;
 }
 
 /** Docker pulls over plain HTTP from these without insecure-registries (its default insecure 127.0.0.0/8, ::1). */
@@ -32,7 +34,7 @@ function loopback(host: string): boolean {
 export function serveBanner(b: ServeBannerInfo): string {
   const row = (label: string, value: string): string => `  ${label.padEnd(14)}${value}`;
   const literal = b.revision === "store";
-  const image = `${b.host}/${literal ? "HASH-NAME" : "shell/hello"}`;
+  const image = `${b.host}/${literal ? "HASH-NAME" : (b.example ?? "shell/hello")}`;
   const lines = [
     `nixoci serve ${b.version}: an on-demand registry of Nix package images`,
     row("listening", `http://${b.address} (plain HTTP)`),

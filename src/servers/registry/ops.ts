@@ -54,6 +54,8 @@ export interface PageNaming {
   prefixArchitectures: readonly string[];
   /** The architecture of names without a prefix. */
   defaultArch: string;
+  /** An image the set really makes, to suggest (`shell/hello`); without it, a placeholder. */
+  example?: string;
 }
 
 export type OpsHandler = (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -122,7 +124,8 @@ export function renderIndexPage(opts: {
   const base = `${opts.scheme}://${host}`;
   const meta = opts.naming?.metaPackages ?? {};
   const shell = Object.hasOwn(meta, "shell") ? meta.shell : undefined;
-  const example = `${shell ? "shell/" : ""}hello`;
+  const example = opts.naming?.example ?? `${shell ? "shell/" : ""}hello`;
+  const runsHello = example.split("/").includes("hello");
   const parts: string[] = [];
   parts.push(
     `<!DOCTYPE html>`,
@@ -145,7 +148,7 @@ export function renderIndexPage(opts: {
     `<p>Name the packages in the image's repository path; the first pull builds the image, later pulls are served from the cache.</p>`,
     pre([
       `docker pull ${host}/${example}`,
-      `docker run --rm -it ${host}/${example} hello`,
+      `docker run --rm -it ${host}/${example}${runsHello ? " hello" : ""}`,
       `podman pull${plain ? " --tls-verify=false" : ""} ${host}/${example}`,
       `skopeo copy${plain ? " --src-tls-verify=false" : ""} docker://${host}/${example} oci:hello:latest`,
       `ctr images pull${plain ? " --plain-http" : ""} ${host}/${example}:latest`,

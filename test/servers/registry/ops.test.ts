@@ -582,3 +582,20 @@ test("the index page explains pulling and the binary cache, lists images, and es
   assert.equal(head.status, 200);
   assert.equal(head.text, "");
 });
+
+test("the index page suggests an image the set really makes (no hello, no shell: its own package)", async () => {
+  const base = await serveOps({
+    metrics: new Metrics(),
+    health: () => ({ ok: true }),
+    recentImages: () => [],
+    naming: { metaPackages: {}, prefixArchitectures: ["amd64"], defaultArch: "amd64", example: "figlet" },
+  });
+  const html = (await get(`${base}/`, { headers: { Host: "registry.example:5000" } })).text;
+  assert.ok(html.includes("docker pull registry.example:5000/figlet"), html);
+  assert.ok(
+    html.includes("docker run --rm -it registry.example:5000/figlet\n") ||
+      html.includes("docker run --rm -it registry.example:5000/figlet<"),
+    "no hello command for an image without it",
+  );
+  assert.ok(!html.includes("/hello"), "no hello anywhere");
+});
