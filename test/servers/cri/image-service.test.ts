@@ -21,6 +21,14 @@ import { tail } from "../../support/snapshotter.js";
 import { buildDescription, startImageService, type ImageService } from "../../support/image-service.js";
 import { containerdUnderTest } from "../../support/containerd-release.js";
 
+/** The digest of the (one) manifest a description's index.json lists. */
+function manifestOf(desc: string): string {
+  const index = JSON.parse(readFileSync(join(desc, "index.json"), "utf8")) as {
+    manifests: Array<{ digest: string }>;
+  };
+  return index.manifests[0].digest;
+}
+
 function grpcCode(p: Promise<unknown>): Promise<{ code: number; details: string }> {
   return p.then(
     () => assert.fail("expected a gRPC error"),
@@ -35,6 +43,9 @@ describe(`nixoci image-service: nix:0 references from the store through containe
   let description: string;
   let ref: string;
   let metricsPort: number;
+  /** A description of the fixtures' hello (entrypoint /bin/hello), with `extra` build options. */
+  const helloDescription = (name: string, extra: string[] = []): string =>
+    buildDescription(name, [...extra, "--entrypoint", `${fx.hello}/bin/hello`, fx.hello]);
 
   before(async () => {
     fx = buildFixtures();
@@ -105,13 +116,7 @@ describe(`nixoci image-service: nix:0 references from the store through containe
   });
 
   test("a tag or digest in the reference must be the description's; the image is recorded under the reference asked", async () => {
-    const tagged = buildDescription("nixoci-test-hello-tagged", [
-      "--tag",
-      "hello-tagged:v3",
-      "--entrypoint",
-      `${fx.hello}/bin/hello`,
-      fx.hello,
-    ]);
+    const tagged = helloDescription("nixoci-test-hello-tagged", ["--tag", "hello-tagged:v3"]);
     // Its tag: ImageStatus of the same reference (what a kubelet asks before and after pulling) finds it.
     const pulled = await svc.client.pullImage(
       { image: { image: `nix:0${tagged}:v3` } },
@@ -120,17 +125,12 @@ describe(`nixoci image-service: nix:0 references from the store through containe
     const st = await svc.client.imageStatus({ image: { image: `nix:0${tagged}:v3` } });
     assert.equal(st.image?.id, pulled.image_ref);
     // A tag or digest it does not have: NOT_FOUND, as a registry answers; nothing recorded under it.
-    const index = JSON.parse(readFileSync(join(tagged, "index.json"), "utf8")) as {
-      manifests: Array<{ digest: string }>;
-    };
+    const manifest = manifestOf(tagged);
     const other = `sha256:${"1".repeat(64)}`;
     for (const [asked, message] of [
       [`nix:0${tagged}:v9`, /the description has no tag "v9" \(its tag is "v3"\)/],
       [`nix:0${description}:v9`, /the description has no tag "v9" \(its tag is "latest"\)/],
-      [
-        `nix:0${tagged}@${other}`,
-        new RegExp(`the description's manifest is ${index.manifests[0].digest}, not ${other}`),
-      ],
+      [`nix:0${tagged}@${other}`, new RegExp(`the description's manifest is ${manifest}, not ${other}`)],
     ] as const) {
       const e = await grpcCode(svc.client.pullImage({ image: { image: asked } }, { timeoutMs: 60_000 }));
       assert.equal(e.code, 5, `${asked}: ${e.details}`);
@@ -138,7 +138,7 @@ describe(`nixoci image-service: nix:0 references from the store through containe
       assert.equal((await svc.client.imageStatus({ image: { image: asked } })).image ?? null, null);
     }
     // Its own digest: pulled, and found by it.
-    const byDigest = `nix:0${tagged}@${index.manifests[0].digest}`;
+    const byDigest = `nix:0${tagged}@${manifest}`;
     assert.equal(
       (await svc.client.pullImage({ image: { image: byDigest } }, { timeoutMs: 60_000 })).image_ref,
       pulled.image_ref,
@@ -147,18 +147,9 @@ describe(`nixoci image-service: nix:0 references from the store through containe
   });
 
   test("a --compression auto description (zstd: its only reader is containerd) loads and runs too", async () => {
-    const desc = buildDescription("nixoci-test-hello-zstd", [
-      "--compression",
-      "auto",
-      "--entrypoint",
-      `${fx.hello}/bin/hello`,
-      fx.hello,
-    ]);
+    const desc = helloDescription("nixoci-test-hello-zstd", ["--compression", "auto"]);
     const blob = (digest: string) => readFileSync(join(desc, "blobs/sha256", digest.slice(7)), "utf8");
-    const index = JSON.parse(readFileSync(join(desc, "index.json"), "utf8")) as {
-      manifests: Array<{ digest: string }>;
-    };
-    const manifest = JSON.parse(blob(index.manifests[0].digest)) as { layers: Array<{ mediaType: string }> };
+    const manifest = JSON.parse(blob(manifestOf(desc))) as { layers: Array<{ mediaType: string }> };
     assert.ok(manifest.layers.length >= 2);
     for (const l of manifest.layers) assert.equal(l.mediaType, "application/vnd.oci.image.layer.v1.tar+zstd");
     const pulled = await svc.client.pullImage({ image: { image: `nix:0${desc}` } }, { timeoutMs: 120_000 });
