@@ -2,6 +2,7 @@
 // code 2: what was wrong, a "did you mean" for a near-miss flag, and where the command's help is.
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { didYouMean } from "../util/did-you-mean.js";
+import { NixociError } from "../util/errors.js";
 import { helpText, parseOptions, type CommandHelp } from "./help-format.js";
 
 export { didYouMean };
@@ -10,6 +11,19 @@ export class UsageError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "UsageError";
+  }
+}
+
+/**
+ * `parse()` (a flag's value read by code that reports bad input as NixociError, naming the flag), with such an
+ * error turned into a usage error: a malformed flag value exits 2, as an unknown flag does.
+ */
+export function asUsageError<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof NixociError) throw new UsageError(err.message);
+    throw err;
   }
 }
 

@@ -2,7 +2,7 @@
 import { availableParallelism } from "node:os";
 import { buildImage, type BuildResult, type LayerReport } from "../image/build.js";
 import { defaultCacheDir, LayerCache } from "../image/layer-cache.js";
-import { GZIP_ENCODERS, gzipLevelProblem, isGzipEncoderSetting } from "../image/layer-encoder.js";
+import { GZIP_ENCODERS, isGzipEncoderSetting, layerLevelProblem } from "../image/layer-encoder.js";
 import { parseOwnerId, parsePermRule } from "../image/permissions.js";
 import { emptySpec, readSpecFile, validateSpec, type ImageSpec } from "../image/spec.js";
 import type { LayeringStrategy } from "../image/types.js";
@@ -23,9 +23,8 @@ import { buildNixAttrs } from "../resolve/installables.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError, quote } from "../util/errors.js";
-import { levelProblem as compressionLevelProblem } from "../util/compression-formats.js";
 import { stdoutCarriesProduct } from "./stdout-product.js";
-import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
+import { asUsageError, helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { BUILD } from "./help-texts.js";
 import { BuildProgress } from "./build-progress.js";
 import { buildPlatforms } from "./build-platforms.js";
@@ -63,16 +62,6 @@ function keyValues(values: string[] | undefined, flag: string): Record<string, s
     out[v.slice(0, i)] = v.slice(i + 1);
   }
   return out;
-}
-
-/** Runs `parse` (flag values into spec fields), turning a bad value's error (naming its flag) into a usage error. */
-function asUsageError(parse: () => void): void {
-  try {
-    parse();
-  } catch (err) {
-    if (err instanceof NixociError) throw new UsageError(err.message);
-    throw err;
-  }
 }
 
 /** One flag's values checked on their own as the spec field they set: a bad one is a usage error naming the flag. */
@@ -134,9 +123,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
     values["compression-level"] !== undefined
       ? intOption(values["compression-level"], "compression-level", 0, 0)
       : spec.compressionLevel;
-  const outputs: OutputRef[] = [...(values.output ?? []), ...positionals.filter((p) => p === "-")].map((o) =>
-    parseOutputRef(o),
-  );
+  // -o DEST... and a bare "-" (stdout), as given.
+  const outputArgs = [...(values.output ?? []), ...positionals.filter((p) => p === "-")];
+  const outputs: OutputRef[] = outputArgs.map((o) => parseOutputRef(o));
   // auto: what every reader of the outputs takes (zstd for nix: descriptions only).
   const compression = requested === "auto" ? compressionForReaders(outputs) : (requested as LayerCompression);
   // A level given on the command line for uncompressed layers is a mistake worth naming (a spec's level is not: the
@@ -150,12 +139,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
       `${values.spec}`,
       "compressionLevel: uncompressed layers (compression: none) take no level",
     );
-  const levelProblem =
-    level === undefined || compression === "none"
-      ? undefined
-      : compression === "gzip"
-        ? gzipLevelProblem(level, gzipEncoder)
-        : compressionLevelProblem(compression, level);
+  const levelProblem = level === undefined ? undefined : layerLevelProblem(compression, level, gzipEncoder);
   if (levelProblem && levelFromSpec)
     throw new NixociError(`${values.spec}`, `compressionLevel: ${levelProblem}`);
   if (levelProblem) throw new UsageError(`--compression-level: ${levelProblem}`);
@@ -172,8 +156,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
   const toStdout = outputs.filter((o) => o.kind === "docker-archive" && o.file === "-").length;
   // Two archives one after the other on stdout are no archive any reader takes.
   if (toStdout > 1) throw new UsageError("standard output (-o -) is given more than once");
-  const given = [...(values.output ?? []), ...positionals.filter((p) => p === "-")];
-  const twice = given.find((o, i) => o !== "-" && given.indexOf(o) !== i);
+  const twice = outputArgs.find((o, i) => o !== "-" && outputArgs.indexOf(o) !== i);
   if (twice !== undefined) throw new UsageError(`-o ${twice} is given more than once`);
   const stdoutTaken = toStdout > 0;
   if (stdoutTaken && process.stdout.isTTY)

@@ -4,10 +4,12 @@
 import { realpathSync } from "node:fs";
 import { stringify } from "yaml";
 import {
+  askedProblem,
   NIX_IMAGE_REF_PREFIX,
   nixImageRef,
   parseNixImageRefParts,
   readNixImage,
+  type NixImageRefParts,
 } from "../outputs/nix-image.js";
 import { LocalStore } from "../store/local-store.js";
 import { NixociError } from "../util/errors.js";
@@ -60,9 +62,7 @@ export async function k8sCommand(argv: string[]): Promise<number> {
   const store = new LocalStore(values.store ? { dir: values.store } : {});
   try {
     const arg = positionals[0];
-    const ask: { storePath: string; tag?: string; digest?: string } = arg.startsWith(
-      `${NIX_IMAGE_REF_PREFIX}/`,
-    )
+    const ask: NixImageRefParts = arg.startsWith(`${NIX_IMAGE_REF_PREFIX}/`)
       ? parseNixImageRefParts(arg, store.storeDir)
       : { storePath: resolveStorePathArg(arg.startsWith(store.storeDir) ? arg : realpathSync(arg), store) };
     const { storePath } = ask;
@@ -71,13 +71,8 @@ export async function k8sCommand(argv: string[]): Promise<number> {
     // Fails with the description's own error when it is not one.
     const image = await readNixImage(storePath, store.realPath(storePath), store.storeDir);
     // The tag or digest asked for must be the description's (as the image service checks at the pull).
-    if (ask.digest !== undefined && ask.digest !== image.manifest.digest)
-      throw new NixociError(arg, `the description's manifest is ${image.manifest.digest}, not ${ask.digest}`);
-    if (ask.tag !== undefined && ask.tag !== "latest" && ask.tag !== image.tag)
-      throw new NixociError(
-        arg,
-        `the description has no tag ${JSON.stringify(ask.tag)} (its tag is ${JSON.stringify(image.tag ?? "latest")})`,
-      );
+    const problem = askedProblem(image, ask);
+    if (problem) throw new NixociError(arg, problem);
     const name = checkLabel("name", values.name ?? podNameFor(storePath));
     const container: Record<string, unknown> = {
       name: checkLabel("container", values.container ?? name),

@@ -4,8 +4,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { GZIP_ENCODERS, gzipLevelProblem, isGzipEncoderSetting } from "../image/layer-encoder.js";
-import { levelProblem as compressionLevelProblem } from "../util/compression-formats.js";
+import { GZIP_ENCODERS, isGzipEncoderSetting, layerLevelProblem } from "../image/layer-encoder.js";
 import type { LayeringStrategy } from "../image/types.js";
 import type { LayerCompression } from "../oci/media-types.js";
 import { parseAuthSpec } from "../servers/registry/auth.js";
@@ -29,6 +28,7 @@ import { errnoWords } from "../util/fs-errors.js";
 import { proveWritableDir } from "../util/fs.js";
 import { didYouMean, intOption, parse, printHelp, UsageError } from "./args.js";
 import { ARCHITECTURES, defaultArch } from "../image/spec.js";
+import { NAME_COMPONENT_RE } from "../oci/reference.js";
 import { logFormatOption, logLevelOption, packageVersion, tarFormatOption } from "./shared-options.js";
 import { SERVE } from "./help-texts.js";
 import { serveBanner } from "./serve-banner.js";
@@ -126,9 +126,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     const problem =
       compression === "none"
         ? "uncompressed layers (--compression none) take no level"
-        : compression === "zstd"
-          ? compressionLevelProblem("zstd", compressionLevel)
-          : gzipLevelProblem(compressionLevel, gzipEncoder);
+        : layerLevelProblem(compression ?? "gzip", compressionLevel, gzipEncoder);
     if (problem) throw new UsageError(`--compression-level: ${problem}`);
   }
   const maxLayers = values["max-layers"] ? intOption(values["max-layers"], "max-layers", 100, 2) : undefined;
@@ -397,5 +395,5 @@ async function exampleImage(
   const hello = names.includes("hello");
   if (shell) return hello ? "shell/hello" : "shell";
   if (hello) return "hello";
-  return [...names].sort().find((n) => /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(n));
+  return [...names].sort().find((n) => NAME_COMPONENT_RE.test(n));
 }

@@ -9,7 +9,7 @@ import type { TrustOptions } from "../store/binary-cache.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
-import { UsageError } from "./args.js";
+import { asUsageError, UsageError } from "./args.js";
 import { errnoCode, errnoWords } from "../util/fs-errors.js";
 
 export function isCacheUrl(url: string): boolean {
@@ -48,15 +48,9 @@ const NIX_DEFAULT_KEYS = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFG
  */
 export function trustOptions(flags: string[] | undefined, allowUnsigned: boolean | undefined): TrustOptions {
   const trustedKeys: PublicKey[] = [];
-  for (const t of flags ?? []) {
-    try {
-      trustedKeys.push(parsePublicKey(t, "--trusted-public-key"));
-    } catch (err) {
-      // A malformed flag value: a usage error (exit 2), as for any other flag.
-      if (err instanceof NixociError) throw new UsageError(err.message);
-      throw err;
-    }
-  }
+  // A malformed flag value: a usage error (exit 2), as for any other flag.
+  for (const t of flags ?? [])
+    trustedKeys.push(asUsageError(() => parsePublicKey(t, "--trusted-public-key")));
   for (const t of nixConfKeys() ?? NIX_DEFAULT_KEYS)
     trustedKeys.push(parsePublicKey(t, "--trusted-public-key"));
   return { trustedKeys, allowUnsigned: Boolean(allowUnsigned) };

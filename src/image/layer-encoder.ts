@@ -135,6 +135,16 @@ export function gzipLevelProblem(
   return levelProblem(gzipEncoder === "isal" ? "isal" : "gzip", level);
 }
 
+/** gzipLevelProblem or zstd's, for layers compressed with `compression` (uncompressed layers: undefined). */
+export function layerLevelProblem(
+  compression: LayerCompression,
+  level: number,
+  gzipEncoder: GzipEncoderSetting = "auto",
+): string | undefined {
+  if (compression === "gzip") return gzipLevelProblem(level, gzipEncoder);
+  return compression === "zstd" ? levelProblem("zstd", level) : undefined;
+}
+
 /**
  * What the encoders of these settings are, as one string (for keys of whole images: `nixoci serve`'s image
  * cache): a different installed igzip, or none, makes different bytes.

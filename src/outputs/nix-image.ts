@@ -257,10 +257,13 @@ export function parseNixImageRef(ref: string, storeDir: string): string {
 }
 
 /** A `nix:0` reference's parts: the description's store path, and the tag or digest it asks for. */
-export function parseNixImageRefParts(
-  ref: string,
-  storeDir: string,
-): { storePath: string; tag?: string; digest?: string } {
+export interface NixImageRefParts {
+  storePath: string;
+  tag?: string;
+  digest?: string;
+}
+
+export function parseNixImageRefParts(ref: string, storeDir: string): NixImageRefParts {
   if (!ref.startsWith(`${NIX_IMAGE_REF_PREFIX}/`))
     throw new NixociError(ref, `not a ${NIX_IMAGE_REF_PREFIX}/ reference`);
   let path = ref.slice(NIX_IMAGE_REF_PREFIX.length);
@@ -285,6 +288,24 @@ export function parseNixImageRefParts(
     ...(tag !== undefined ? { tag } : {}),
     ...(digest !== undefined ? { digest } : {}),
   };
+}
+
+/**
+ * What is wrong with asking `image` for `ask`'s tag or digest, or undefined: a digest must be its manifest's (a
+ * pinned digest is a promise about the bytes), a tag other than `latest` its own (`latest`, or none, takes the
+ * description's one image whatever its tag). The image service and `nixoci k8s pod` both hold references to it.
+ */
+export function askedProblem(image: NixImage, ask: { tag?: string; digest?: string }): string | undefined {
+  if (ask.digest !== undefined && ask.digest !== image.manifest.digest)
+    return `the description's manifest is ${image.manifest.digest}, not ${ask.digest}`;
+  if (ask.tag !== undefined && ask.tag !== "latest" && ask.tag !== image.tag)
+    return (
+      `the description has no tag ${JSON.stringify(ask.tag)} (` +
+      (image.tag !== undefined
+        ? `its tag is ${JSON.stringify(image.tag)})`
+        : "it is untagged: use :latest or no tag)")
+    );
+  return undefined;
 }
 
 /** The reference a pod spec uses for the description at `storePath`. */

@@ -2,13 +2,12 @@
 // directory does not exist should learn it in a second, not after all layers were built (issue 13). Each problem
 // is one NixociError naming the output and, where there is one, the fix. The layer cache is checked the same way.
 import { constants } from "node:fs";
-import { access, mkdir, rmdir, stat } from "node:fs/promises";
+import { access, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
+import { dirname, relative, resolve } from "node:path";
 import type { LocalStore } from "../store/local-store.js";
 import { NixociError } from "../util/errors.js";
 import { ownerName, proveWritableDir } from "../util/fs.js";
-import { noteTemporary, tempSuffix } from "../util/temporaries.js";
 import { errnoCode, errnoWords, FileSystemError, isInside, NO_SPACE, PERMISSION } from "../util/fs-errors.js";
 import { storeNotWritable } from "./nix-image.js";
 import { formatOutputRef, type OutputRef } from "./outputs.js";
@@ -25,10 +24,8 @@ async function writableDir(dir: string, output: string, fix: string): Promise<vo
     if (!(await stat(dir)).isDirectory()) throw new NixociError(output, `${dir} is not a directory`);
     await access(dir, constants.W_OK | constants.X_OK);
     // access() answers from the modes alone: root "may write" /proc or a read-only mount. An entry made and
-    // removed proves it (a directory: what the layout's writer makes first).
-    const probe = noteTemporary(join(dir, `.nixoci-probe${tempSuffix()}`));
-    await mkdir(probe);
-    await rmdir(probe);
+    // removed proves it.
+    await proveWritableDir(dir);
   } catch (err) {
     if (err instanceof NixociError) throw err;
     const gone = errnoCode(err) === "ENOENT" && !(await stat(dir).catch(() => undefined));

@@ -15,9 +15,11 @@ import * as grpc from "@grpc/grpc-js";
 import { ContainerdClient } from "../../outputs/containerd-client.js";
 import {
   NIX_IMAGE_REF_PREFIX,
+  askedProblem,
   parseNixImageRefParts,
   readNixImage,
   type NixImage,
+  type NixImageRefParts,
 } from "../../outputs/nix-image.js";
 import type { Logger } from "../../util/logger.js";
 import type { LocalStore } from "../../store/local-store.js";
@@ -214,7 +216,7 @@ export class NixImageService {
 
   /** Loads the description `ref` names (once at a time per store path); returns the image ID. */
   pullNix(ref: string): Promise<string> {
-    let ask: { storePath: string; tag?: string; digest?: string };
+    let ask: NixImageRefParts;
     try {
       ask = parseNixImageRefParts(ref, this.opts.store.storeDir);
     } catch (err) {
@@ -230,7 +232,7 @@ export class NixImageService {
     return p;
   }
 
-  private async load(ask: { storePath: string; tag?: string; digest?: string }): Promise<string> {
+  private async load(ask: NixImageRefParts): Promise<string> {
     const { storePath } = ask;
     const { store } = this.opts;
     if (!(await store.queryPathInfo(storePath))) {
@@ -268,7 +270,9 @@ export class NixImageService {
       } catch (err) {
         throw new StatusError(grpc.status.FAILED_PRECONDITION, (err as Error).message);
       }
-      checkAsked(image, ask);
+      // A tag or digest it does not hold: NOT_FOUND, as a registry answers.
+      const problem = askedProblem(image, ask);
+      if (problem) throw new StatusError(grpc.status.NOT_FOUND, `${storePath}: ${problem}`);
       return await this.importImage(image, criImageName(storePath, ask));
     } finally {
       if (unpacked) await rm(unpacked, { recursive: true, force: true });
@@ -310,27 +314,6 @@ export class NixImageService {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-}
-
-/**
- * The description must hold what the reference asks for: its manifest's digest for `@sha256:...` (a pinned digest is
- * a promise about the bytes), its tag for `:TAG` (`latest`, or none, takes the description's one image whatever its
- * tag). NOT_FOUND otherwise, as a registry answers for a tag or digest it does not have.
- */
-function checkAsked(image: NixImage, ask: { tag?: string; digest?: string }): void {
-  if (ask.digest !== undefined && ask.digest !== image.manifest.digest)
-    throw new StatusError(
-      grpc.status.NOT_FOUND,
-      `${image.storePath}: the description's manifest is ${image.manifest.digest}, not ${ask.digest}`,
-    );
-  if (ask.tag !== undefined && ask.tag !== "latest" && ask.tag !== image.tag)
-    throw new StatusError(
-      grpc.status.NOT_FOUND,
-      `${image.storePath}: the description has no tag ${JSON.stringify(ask.tag)} (` +
-        (image.tag !== undefined
-          ? `its tag is ${JSON.stringify(image.tag)})`
-          : "it is untagged: use :latest or no tag)"),
-    );
 }
 
 /**

@@ -740,18 +740,11 @@ export class NixSnapshotter extends OverlaySnapshotter {
         this.gcRoots.add(rootName, links ?? paths);
         const tmpKey = `\u0000nix-layer ${ref}`;
         try {
-          this.commitNixLayer(
-            tmpKey,
-            ref,
-            parent,
-            labels,
-            usage,
-            paths,
-            mode,
-            { name: rootName, links },
-            tmp,
-            fs,
-          );
+          // The layer's paths and the GC root it holds, recorded with it in one transaction.
+          this.commitBuilt(tmpKey, ref, parent, labels, usage, tmp, fs, (id) => {
+            this.metadata.setNixLayer(id, paths, mode.kind);
+            this.metadata.addGcRoot(rootName, id, links);
+          });
         } catch (err) {
           this.gcRoots.sync(rootName, this.metadata.gcRootPaths(rootName)); // only what others hold
           throw err;
@@ -771,25 +764,6 @@ export class NixSnapshotter extends OverlaySnapshotter {
     } finally {
       if (!committed) await rm(tmp, { recursive: true, force: true });
     }
-  }
-
-  /** Records the nix layer `ref` (its directory built at `tmp`) and the GC root it holds, in one transaction. */
-  private commitNixLayer(
-    tmpKey: string,
-    ref: string,
-    parent: string,
-    labels: Record<string, string>,
-    usage: { size: number; inodes: number },
-    paths: string[],
-    mode: LayerMode,
-    root: { name: string; links?: string[] },
-    tmp: string,
-    fs: string,
-  ): void {
-    this.commitBuilt(tmpKey, ref, parent, labels, usage, tmp, fs, (id) => {
-      this.metadata.setNixLayer(id, paths, mode.kind);
-      this.metadata.addGcRoot(root.name, id, root.links);
-    });
   }
 
   /**
