@@ -46,14 +46,14 @@ export function parseRoute(path: string): Route | undefined {
 
 const ALLOWED: Record<Route["kind"], string[]> = {
   base: ["GET", "HEAD"],
-  catalog: ["GET"],
+  catalog: ["GET", "HEAD"],
   token: ["GET"],
   manifest: ["GET", "HEAD", "PUT", "DELETE"],
   blob: ["GET", "HEAD", "DELETE"],
   "upload-start": ["POST"],
   upload: ["GET", "PATCH", "PUT", "DELETE"],
-  tags: ["GET"],
-  referrers: ["GET"],
+  tags: ["GET", "HEAD"],
+  referrers: ["GET", "HEAD"],
   unknown: [],
 };
 

@@ -627,6 +627,16 @@ describe("nixoci serve: distribution API", () => {
     const c1 = await request(srv.host, "GET", "/v2/_catalog?n=1");
     assert.deepEqual((c1.json as { repositories: string[] }).repositories, [repos[0]]);
     assert.equal(c1.headers.link, `</v2/_catalog?n=1&last=${encodeURIComponent(repos[0])}>; rel="next"`);
+
+    // HEAD answers as GET does, without the body (HTTP's rule for a GET resource; probes use it).
+    for (const path of [`/v2/${repo}/tags/list?n=2`, "/v2/_catalog?n=1"]) {
+      const get = await request(srv.host, "GET", path);
+      const head = await request(srv.host, "HEAD", path);
+      assert.equal(head.status, 200, path);
+      assert.equal(head.body.length, 0, path);
+      assert.equal(head.headers.link, get.headers.link, path);
+      assert.equal(head.headers["content-length"], get.headers["content-length"], path);
+    }
   });
 
   test("DELETE of tags, manifests and blobs", async () => {
