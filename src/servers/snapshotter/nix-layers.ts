@@ -71,7 +71,7 @@ import { parseStorePath } from "../../nix/store-path.js";
 import type { Logger } from "../../util/logger.js";
 import { BinaryCacheStore, type TrustOptions } from "../../store/binary-cache.js";
 import type { LocalStore } from "../../store/local-store.js";
-import type { Store } from "../../store/store.js";
+import { LazySources } from "../../store/lazy-sources.js";
 import { Substituter } from "../../store/substituter.js";
 import { GcRoots, gcRootName, gcRootsDir } from "./gcroots.js";
 import type { SnapshotterMetrics } from "./metrics.js";
@@ -147,7 +147,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly log?: Logger;
   private readonly modes: ModeChooser;
   private readonly compositions: BindCompositions;
-  private sources?: Promise<Store[]>;
+  /** The --substituter caches, opened on first use and tried again after a failure. */
+  private readonly sources: LazySources;
   /** nix_layers rows by snapshot id (null: an ordinary snapshot); a committed layer's row never changes. */
   private readonly nixLayerRows = new Map<number, { paths: string[]; mode: NixLayerKind } | null>();
   /** The target-mode part of each committed chain a container or view was mounted above, by its top's id. */
@@ -173,6 +174,11 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.substituterUrls = opts.substituters ?? [];
     this.trust = opts.trust ?? { trustedKeys: [] };
     this.log = opts.log;
+    this.sources = new LazySources(
+      this.substituterUrls,
+      (url) => BinaryCacheStore.open(url, this.trust, this.store.storeDir),
+      (url, err) => this.log?.warn("substituter unavailable", { url, error: err.message }),
+    );
     this.metrics = opts.metrics;
     this.modes = new ModeChooser(
       opts.nixLayers ?? "auto",
@@ -254,6 +260,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
 
   override close(): void {
     clearTimeout(this.prebuildTimer);
+    this.sources.close();
     super.close();
     this.mountpoints.removeIfEmpty(); // nothing of this snapshotter's left on the tmpfs
   }
@@ -503,21 +510,6 @@ export class NixSnapshotter extends OverlaySnapshotter {
     }
   }
 
-  private openSources(): Promise<Store[]> {
-    this.sources ??= (async () => {
-      const out: Store[] = [];
-      for (const url of this.substituterUrls) {
-        try {
-          out.push(await BinaryCacheStore.open(url, this.trust, this.store.storeDir));
-        } catch (err) {
-          this.log?.warn("substituter unavailable", { url, error: (err as Error).message });
-        }
-      }
-      return out;
-    })();
-    return this.sources;
-  }
-
   /**
    * Makes `ref` a committed nix layer when all `paths` are (or can be made) valid in the store. Returns true
    * when `ref` exists committed afterwards (made now or before), false for an ordinary Prepare.
@@ -555,8 +547,8 @@ export class NixSnapshotter extends OverlaySnapshotter {
     if (missing.length && this.substituterUrls.length) {
       const start = performance.now();
       try {
-        const sources = await this.openSources();
-        if (!sources.length) throw new Error("no substituter could be opened");
+        const sources = await this.sources.stores();
+        if (!sources.length) throw new Error("no substituter could be opened (see the warnings above)");
         await new Substituter(this.store, sources, { parallelism: 8 }).realise(missing);
         this.log?.info("nix layer: substituted", {
           ref,
