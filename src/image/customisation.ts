@@ -280,10 +280,15 @@ function accounts(user?: string): {
   if (!user) return { passwd, group };
   const [u, g] = user.split(":");
   const numeric = (s: string): boolean => /^\d+$/.test(s);
-  if (u === "root" || u === "0") return { passwd, group };
+  const rootGroup = g === "root" || g === "0";
+  if (u === "root" || u === "0") {
+    // root in another group: a named one must exist (docker and runc refuse a name they cannot find).
+    if (g !== undefined && !rootGroup && !numeric(g)) group += `${g}:x:1000:\n`;
+    return { passwd, group };
+  }
   const uid = numeric(u) ? Number(u) : 1000;
   const name = numeric(u) ? `user${uid}` : u;
-  const gid = g === undefined ? uid : numeric(g) ? Number(g) : uid;
+  const gid = rootGroup ? 0 : g !== undefined && numeric(g) ? Number(g) : uid;
   const groupName = g === undefined || numeric(g) ? name : g;
   passwd += `${name}:x:${uid}:${gid}:${name}:/home/${name}:/bin/sh\n`;
   if (gid !== 0) group += `${groupName}:x:${gid}:\n`;

@@ -87,6 +87,21 @@ test("--user app: runs as 1000 with a home it owns; a --perm rule lets it write 
   ]);
 });
 
+test("--user with a group: root in a named group and a user in group root run under docker", () => {
+  const bb = `${fx.busybox}/bin/busybox`;
+  const id = `${bb} id -u; ${bb} id -g; ${bb} id -gn`;
+  assert.deepEqual(runIn(["--user", "root:app", ...SH, fx.hello], "perms:rootgroup", id), [
+    "0",
+    "1000",
+    "app",
+  ]);
+  assert.deepEqual(runIn(["--user", "app:root", ...SH, fx.hello], "perms:grouproot", id), [
+    "1000",
+    "0",
+    "root",
+  ]);
+});
+
 test("--uid/--gid: every store file is owned by them, /nix/store itself stays root's", () => {
   const bb = `${fx.busybox}/bin/busybox`;
   const out = runIn(

@@ -238,6 +238,32 @@ describe("customisation layer on a base", () => {
     assert.equal(text(c, "etc/passwd"), passwd.toString());
     assert.equal(find(c, "home/app"), undefined);
   });
+  test("--user's group: root's named group exists, a user in group root gets gid 0, no second root", () => {
+    const accounts = (user: string) => {
+      const c = layer(undefined, user);
+      return { passwd: text(c, "etc/passwd"), group: text(c, "etc/group") };
+    };
+    const ROOT = "root:x:0:0:root:/root:/bin/sh\n";
+    // docker and runc refuse a group name /etc/group does not have.
+    assert.deepEqual(accounts("root:app"), { passwd: ROOT, group: "root:x:0:\napp:x:1000:\n" });
+    assert.deepEqual(accounts("0:app"), { passwd: ROOT, group: "root:x:0:\napp:x:1000:\n" });
+    for (const user of ["root", "root:root", "root:0", "0:0", "root:5"])
+      assert.deepEqual(accounts(user), { passwd: ROOT, group: "root:x:0:\n" }, user);
+    for (const user of ["app:root", "app:0"])
+      assert.deepEqual(
+        accounts(user),
+        { passwd: `${ROOT}app:x:1000:0:app:/home/app:/bin/sh\n`, group: "root:x:0:\n" },
+        user,
+      );
+    assert.deepEqual(accounts("app:staff"), {
+      passwd: `${ROOT}app:x:1000:1000:app:/home/app:/bin/sh\n`,
+      group: "root:x:0:\nstaff:x:1000:\n",
+    });
+    assert.deepEqual(accounts("2000:3000"), {
+      passwd: `${ROOT}user2000:x:2000:3000:user2000:/home/user2000:/bin/sh\n`,
+      group: "root:x:0:\nuser2000:x:3000:\n",
+    });
+  });
   test("a base without /etc/passwd gets nixoci's", () => {
     assert.equal(
       text(layer(tree({ bin: { type: "dir" } })), "etc/passwd"),
