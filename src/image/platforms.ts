@@ -82,9 +82,29 @@ export function specPlatforms(platforms: Record<string, string[]>, input: string
   });
 }
 
-/** arm64 without a variant is arm64/v8 (as containerd and Docker match them): one platform, not two. */
+/**
+ * One name for the ways of writing a platform that containerd and Docker take as the same one (containerd's
+ * platforms.Normalize): arm64/v8 is arm64, amd64/v1 is amd64, arm without a variant is arm/v7.
+ */
+export function canonicalPlatform(p: Platform): Platform {
+  const { architecture: arch, variant } = p;
+  if ((arch === "arm64" && variant === "v8") || (arch === "amd64" && variant === "v1"))
+    return { os: p.os, architecture: arch };
+  if (arch === "arm" && variant === undefined) return { ...p, variant: "v7" };
+  return p;
+}
+
+/** Whether an image for `have` is one for `want`; `want` without a variant takes any variant. */
+export function platformMatches(have: Platform, want: Platform): boolean {
+  return (
+    have.os === want.os &&
+    have.architecture === want.architecture &&
+    (want.variant === undefined || canonicalPlatform(have).variant === canonicalPlatform(want).variant)
+  );
+}
+
 function identity(p: Platform): string {
-  return formatPlatform(p.architecture === "arm64" && p.variant === "v8" ? { ...p, variant: undefined } : p);
+  return formatPlatform(canonicalPlatform(p));
 }
 
 /** Refuses a platform given twice; returns the builds sorted by platform (the index's order). */

@@ -12,7 +12,7 @@
 // One module per transport in image-source/; what they share (the checks, index resolution, the ImageSource made
 // from a manifest) in image-source/source.ts.
 import { stat } from "node:fs/promises";
-import { formatPlatform } from "../image/platforms.js";
+import { formatPlatform, platformMatches } from "../image/platforms.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import { NixociError } from "../util/errors.js";
 import { parseNixImageRef, NIX_IMAGE_REF_PREFIX } from "./nix-image.js";
@@ -21,12 +21,7 @@ import { openDockerArchive } from "./image-source/docker-archive.js";
 import { archiveFiles, dirFiles, openLayout } from "./image-source/layout.js";
 import { openNix } from "./image-source/nix.js";
 import { openRegistry } from "./image-source/registry.js";
-import {
-  hostPlatform,
-  platformMatches,
-  type ImageSource,
-  type OpenImageOptions,
-} from "./image-source/source.js";
+import { hostPlatform, type ImageSource, type OpenImageOptions } from "./image-source/source.js";
 
 export type { ImageSource, LayerDescriptor, OpenImageOptions } from "./image-source/source.js";
 

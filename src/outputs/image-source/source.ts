@@ -3,7 +3,7 @@
 // made from a manifest and a way to read its blobs. Every transport's module (layout.ts, docker-archive.ts,
 // registry.ts, nix.ts) ends in buildSource.
 import type { Readable } from "node:stream";
-import { formatPlatform, type Platform } from "../../image/platforms.js";
+import { formatPlatform, platformMatches, type Platform } from "../../image/platforms.js";
 import { defaultArch } from "../../image/spec.js";
 import { parseStorePath } from "../../nix/store-path.js";
 import { checkDescriptor, type Descriptor } from "../../oci/descriptor.js";
@@ -103,14 +103,6 @@ export function platformOf(d: Descriptor): Platform | undefined {
   return p.variant
     ? { os: p.os, architecture: p.architecture, variant: p.variant }
     : { os: p.os, architecture: p.architecture };
-}
-
-export function platformMatches(have: Platform, want: Platform): boolean {
-  return (
-    have.os === want.os &&
-    have.architecture === want.architecture &&
-    (want.variant === undefined || have.variant === want.variant)
-  );
 }
 
 /** The index entry for `want`; the error lists the platforms there are. */
