@@ -26,7 +26,8 @@ const hashOf = (p: string): string => p.slice(p.lastIndexOf("/") + 1, p.lastInde
 /** The human summary: one header per image, then one block per kind of change. */
 export function diffText(d: ImageDiff): string {
   const out: string[] = [];
-  const col = (what: string, rest: string): string => `  ${what.padEnd(9)}${rest}`;
+  // At least one space after the label: config fields (architecture, ExposedPorts) are longer than the column.
+  const col = (what: string, rest: string): string => `  ${what.padEnd(8)} ${rest}`;
   out.push(`--- ${d.from.ref} (${d.from.manifest}, ${d.from.platform})`);
   out.push(`+++ ${d.to.ref} (${d.to.manifest}, ${d.to.platform})`);
   const s = d.storePaths;

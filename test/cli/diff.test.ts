@@ -277,6 +277,16 @@ test("a multi-platform index resolves to --platform, else to this machine's", ()
     arm.manifestDigest,
     "linux/arm64",
   ]);
+  // arm64/v8 is arm64 (containerd's and Docker's default variant): the entry without a variant is the one.
+  assert.deepEqual(manifests(["--platform", "linux/arm64/v8", `oci:${layout}:multi`, `oci:${layout}:arm`]), [
+    arm.manifestDigest,
+    "linux/arm64",
+  ]);
+  // A config field longer than the label column keeps a space before its values.
+  assert.match(
+    nixociOk(["diff", `oci:${layout}:a`, `oci:${layout}:arm`]).text,
+    /^ {2}architecture "amd64" → "arm64"$/m,
+  );
 });
 
 test("--exit-code: 1 when the images differ, 0 when they do not; 0 without it", () => {
