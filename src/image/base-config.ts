@@ -46,9 +46,10 @@ export function mergeEnv(
     const base = env.get("PATH");
     if (base === undefined) env.set("PATH", `PATH=${DEFAULT_PATH}`);
     else {
-      const dirs = base.slice(5).split(":");
+      // An empty entry is the working directory to a shell: an empty PATH is no directory, not that one.
+      const dirs = base.slice(5).split(":").filter((d, _, all) => d !== "" || all.length > 1);
       const missing = FARM_BIN_DIRS.filter((d) => farmDirs.has(d) && !dirs.includes(d));
-      if (missing.length) env.set("PATH", [base, ...missing].join(":"));
+      if (missing.length) env.set("PATH", `PATH=${[...dirs, ...missing].join(":")}`);
     }
   }
   for (const e of extraEnv) if (!env.has(envName(e))) env.set(envName(e), e);

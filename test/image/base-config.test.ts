@@ -35,6 +35,9 @@ describe("Env", () => {
     assert.deepEqual(mergeEnv(["PATH=/opt/bin:/usr/bin"], [], [], new Set(["/bin", "/usr/bin", "/sbin"])), [
       "PATH=/opt/bin:/usr/bin:/sbin:/bin",
     ]);
+    // An empty PATH gets no empty entry (the working directory, to a shell); one written on purpose stays.
+    assert.deepEqual(mergeEnv(["PATH="], [], [], new Set(["/bin"])), ["PATH=/bin"]);
+    assert.deepEqual(mergeEnv(["PATH=:/opt/bin"], [], [], new Set(["/bin"])), ["PATH=:/opt/bin:/bin"]);
   });
   test("PATH: nixoci's default when neither sets one", () => {
     assert.deepEqual(mergeEnv(["A=1"], [], [], FARM), ["A=1", `PATH=${DEFAULT_PATH}`]);
