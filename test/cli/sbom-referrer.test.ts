@@ -9,6 +9,9 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { Spec, Validation } from "@cyclonedx/cyclonedx-library";
+import { buildReferrer } from "../../src/oci/referrer.js";
+import { pushReferrers } from "../../src/outputs/push-referrers.js";
+import { RegistryClient } from "../../src/outputs/registry-session.js";
 import { nixoci, nixociOk } from "../support/cli.js";
 import { startRegistry, type Registry } from "../support/daemons.js";
 import { buildArm64Fixtures, buildFixtures, makeTempDir } from "../support/fixtures.js";
@@ -294,6 +297,55 @@ test("docker-registry (no referrers API): the sha256-<hex> fallback index lists 
     index.manifests.map((m) => m.digest),
     "the old entries are kept as they were",
   );
+});
+
+test("docker-registry: a referrer another push's index replaced is written again (the fallback has no lock)", async () => {
+  const repo = "sbom/race";
+  const pushed = json<{ outputs: { manifestDigest: string }[] }>(
+    nixociOk(["build", ...COMMON, "--json", fx.hello, "-o", `docker://${registry.host}/${repo}:v1`]).stdout,
+  ).outputs[0];
+  const subject = {
+    mediaType: OCI_MANIFEST,
+    digest: pushed.manifestDigest,
+    size: skopeoRaw(`docker://${registry.host}/${repo}@${pushed.manifestDigest}`).length,
+  };
+  const referrer = (text: string) =>
+    buildReferrer({
+      subject,
+      mediaType: "text/plain",
+      document: text,
+      title: "note.txt",
+      created: "1970-01-01T00:00:01Z",
+    });
+  const [a, b] = [referrer("a\n"), referrer("b\n")];
+  const target = { registry: registry.host, repository: repo };
+  const tag = `sha256-${subject.digest.slice("sha256:".length)}`;
+  const listed = (): string[] =>
+    json<Index>(skopeoRaw(`docker://${registry.host}/${repo}:${tag}`))
+      .manifests.map((m) => m.digest)
+      .sort();
+  assert.deepEqual((await pushReferrers([b], target, { insecure: true, confirmDelayMs: 10 })).fallbackTags, [
+    tag,
+  ]);
+  const onlyB = skopeoRaw(`docker://${registry.host}/${repo}:${tag}`);
+  // Another push that read the index before this one wrote puts its own after: the index without a.
+  let turns = 0;
+  const result = await pushReferrers([a], target, {
+    insecure: true,
+    confirmDelayMs: 10,
+    afterFallbackWrite: async (t) => {
+      if (turns++ > 0) return;
+      const other = new RegistryClient(registry.host, repo, { insecure: true });
+      try {
+        await other.putManifest(t, onlyB, OCI_INDEX, sha256(onlyB));
+      } finally {
+        other.close();
+      }
+    },
+  });
+  assert.equal(turns, 2, "written twice: once more after the other push's index replaced it");
+  assert.deepEqual(result.fallbackTags, [tag]);
+  assert.deepEqual(listed(), [a.manifest.digest, b.manifest.digest].sort());
 });
 
 function get(
