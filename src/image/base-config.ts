@@ -47,7 +47,10 @@ export function mergeEnv(
     if (base === undefined) env.set("PATH", `PATH=${DEFAULT_PATH}`);
     else {
       // An empty entry is the working directory to a shell: an empty PATH is no directory, not that one.
-      const dirs = base.slice(5).split(":").filter((d, _, all) => d !== "" || all.length > 1);
+      const dirs = base
+        .slice(5)
+        .split(":")
+        .filter((d, _, all) => d !== "" || all.length > 1);
       const missing = FARM_BIN_DIRS.filter((d) => farmDirs.has(d) && !dirs.includes(d));
       if (missing.length) env.set("PATH", `PATH=${[...dirs, ...missing].join(":")}`);
     }
