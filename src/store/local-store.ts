@@ -11,6 +11,7 @@ import { fsError } from "../util/fs-errors.js";
 import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
 import { NixDb } from "./nix-db.js";
+import { withNixPathLock } from "./nix-path-lock.js";
 import type { PathInfo } from "./path-info.js";
 import { SidecarDb } from "./sidecar-db.js";
 import type { Store } from "./store.js";
@@ -148,7 +149,12 @@ export class LocalStore implements Store {
     const tmp = tempSibling(this.realDir, sp.hashPart);
     // Errors name the path being added, not the temporary it is restored under.
     await restoreVerifiedNar(nar, tmp, { input, canonicalize: true, shownAs: final });
-    await this.commit(tmp, final, info).catch((err) => {
+    // In a store Nix also writes, under Nix's lock on the path (nix-path-lock.ts): a directory there that is not
+    // valid may be Nix writing it, not something abandoned.
+    const commit = () => this.commit(tmp, final, info);
+    await (this.nixDb ? withNixPathLock(final, commit) : commit()).catch(async (err) => {
+      await removeTree(tmp);
+      if (err instanceof NixociError) throw err;
       throw fsError(final, err, "cannot add the path to the store");
     });
   }

@@ -9,6 +9,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -261,6 +262,97 @@ test("substitutes into the real Nix store and registers the paths so Nix sees th
   run("nix-store", ["--verify-path", victim]);
   assert.equal(readFileSync(victim, "utf8"), `${fx.busybox}/bin/sh\n`);
   run("nix-store", ["--delete", victim]);
+});
+
+/** The pids of `pid` and its descendants (from /proc). */
+function processTree(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    const tasks = `/proc/${out[i]}/task`;
+    if (!existsSync(tasks)) continue;
+    for (const t of readdirSync(tasks)) {
+      const children = readFileSync(`${tasks}/${t}/children`, "utf8").trim();
+      if (children) out.push(...children.split(/\s+/).map(Number));
+    }
+  }
+  return out;
+}
+
+/** Whether any of the processes has `file` open. */
+function holdsOpen(pids: number[], file: string): boolean {
+  return pids.some((pid) => {
+    try {
+      return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+        try {
+          return readlinkSync(`/proc/${pid}/fd/${fd}`) === file;
+        } catch {
+          return false;
+        }
+      });
+    } catch {
+      return false;
+    }
+  });
+}
+
+test("substitute into the real Nix store waits on Nix's lock on the path instead of replacing what Nix is writing", async () => {
+  const nonce = Math.random().toString(36).slice(2);
+  const expr = `derivation { name = "subst-locked"; nonce = "${nonce}"; system = builtins.currentSystem;
+    builder = "/bin/sh"; args = ["-c" "echo locked > $out"]; }`;
+  const victim = runText("nix-build", ["--no-out-link", "-E", expr]);
+  const url = makeNixCache({
+    paths: [victim],
+    dir: join(work, "locked-cache"),
+    compression: "none",
+    secretKeyFile: key.secretKeyFile,
+  });
+  run("nix-store", ["--delete", victim]);
+  // As Nix substituting it: the lock on <path>.lock held (flock(2), as Nix takes it), the path half-written.
+  const lockFile = `${victim}.lock`;
+  const nix = spawn("flock", ["--exclusive", lockFile, "sleep", "600"], { stdio: "ignore", detached: true });
+  const letGo = () => {
+    try {
+      process.kill(-nix.pid!, "SIGKILL"); // flock and its sleep, which shares the lock
+    } catch {
+      // gone already
+    }
+  };
+  try {
+    await until("the test holds the lock", 10_000, () =>
+      assert.equal(spawnSync("flock", ["--nonblock", lockFile, "true"]).status, 1),
+    );
+    writeFileSync(victim, "half");
+    const sub = spawn(process.execPath, [
+      join(import.meta.dirname ?? "", "../../../bin/nixoci.js"),
+      "substitute",
+      "-q",
+      "--from",
+      url,
+      "--trusted-public-key",
+      key.publicKey,
+      victim,
+    ]);
+    let stderr = "";
+    sub.stderr.on("data", (d) => (stderr += d));
+    const exited = new Promise<number | null>((resolve) => sub.on("close", resolve));
+    // It waits on the lock (a process of its tree has the lock file open), Nix's file untouched.
+    await until("substitute waits on Nix's lock", 30_000, () => {
+      assert.equal(sub.exitCode, null, `substitute ended without waiting: ${stderr}`);
+      assert.ok(holdsOpen(processTree(sub.pid!), lockFile));
+    });
+    assert.equal(readFileSync(victim, "utf8"), "half");
+    assert.equal(spawnSync("nix-store", ["--check-validity", victim]).status, 1);
+    // Nix gives up (removes its partial path) and lets go: substitute takes its turn and adds the path.
+    rmSync(victim);
+    letGo();
+    assert.equal(await exited, 0, stderr);
+    run("nix-store", ["--verify-path", victim]);
+    assert.equal(readFileSync(victim, "utf8"), "locked\n");
+    assert.ok(!existsSync(lockFile), "the lock file is removed, as Nix removes it");
+  } finally {
+    letGo();
+    spawnSync("nix-store", ["--delete", victim]);
+  }
 });
 
 test("cache push removes what killed pushes left (temporaries of dead pids), and nothing of a live one", () => {
