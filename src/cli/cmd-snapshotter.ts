@@ -52,6 +52,8 @@ export interface SnapshotterOptions {
   trustedPublicKeys: string[];
   /** --no-check-sigs: accept unsigned paths from the substituters. */
   allowUnsigned: boolean;
+  /** --trust-layer-labels: commit nix layers without checking their chain IDs (layer-verify.ts). */
+  trustLayerLabels: boolean;
   /** How nix layers hold their store paths (see NixSnapshotterOptions.nixLayers). */
   nixLayers: NixLayerMode;
   /** --mountpoints-dir (undefined: the snapshotter's default). */
@@ -111,6 +113,7 @@ const NOTHING: ParsedSnapshotterArgs = {
   substituters: [],
   trustedPublicKeys: [],
   allowUnsigned: false,
+  trustLayerLabels: false,
   nixLayers: "auto",
   targetMounts: "auto",
   containerdAddress: DEFAULT_CONTAINERD_ADDRESS,
@@ -187,6 +190,7 @@ export function parseSnapshotterArgs(argv: string[]): ParsedSnapshotterArgs {
     substituters: values.substituter ?? [],
     trustedPublicKeys: values["trusted-public-key"] ?? [],
     allowUnsigned: values["no-check-sigs"] ?? false,
+    trustLayerLabels: values["trust-layer-labels"] ?? false,
     nixLayers,
     mountpointsDir: values["mountpoints-dir"] ? resolve(values["mountpoints-dir"]) : undefined,
     targetMounts,
@@ -214,6 +218,7 @@ function servingOptionsGiven(values: ReturnType<typeof parse>["values"]): string
   many("substituter", values.substituter);
   many("trusted-public-key", values["trusted-public-key"]);
   if (values["no-check-sigs"] === true) out.push("--no-check-sigs");
+  if (values["trust-layer-labels"] === true) out.push("--trust-layer-labels");
   one("nix-layers", values["nix-layers"]);
   one("target-mounts", values["target-mounts"]);
   one("mountpoints-dir", values["mountpoints-dir"], true);
@@ -310,6 +315,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     store,
     substituters: opts.substituters,
     trust,
+    trustLayerLabels: opts.trustLayerLabels,
     log,
     nixLayers: opts.nixLayers,
     mountpointsDir: opts.mountpointsDir,

@@ -616,7 +616,12 @@ export const SNAPSHOTTER = {
       "snapshotter, with durable metadata under --root (SQLite). A layer whose Prepare labels name its store " +
       "paths (`containerd.io/snapshot/nix-store-path.<i>`) is committed straight from --store when its paths are " +
       "valid there, after substituting missing ones from the --substituter caches; Prepare then answers " +
-      "ALREADY_EXISTS, so containerd neither downloads nor unpacks it.",
+      "ALREADY_EXISTS, so containerd neither downloads nor unpacks it. Since containerd then checks nothing, the " +
+      "snapshotter first checks that the layer is those paths: the diff_id of nixoci's tar of them must make the " +
+      "chain ID containerd asked for (otherwise an image claiming another image's diff_id would make that " +
+      "image's layer hold its paths). That reads the paths once per node (the diff_ids are kept under --root); a " +
+      "layer that does not verify (built by another tool, e.g. nix-snapshotter's mountpoint-only layers) is " +
+      "unpacked as usual, unless --trust-layer-labels.",
     "A layer with paths still missing is unpacked as an ordinary one. containerd downloads every layer from the " +
       "first one it has to unpack on, store layers the node holds included; so when a layer above it in the " +
       "image's manifest is one the store holds, the snapshotter downloads the layer itself from the registry the " +
@@ -665,6 +670,12 @@ export const SNAPSHOTTER = {
       value: "auto|link|metacopy|bind|target",
       help: "how nix layers hold their store paths",
       byDefault: "auto",
+    },
+    "trust-layer-labels": {
+      type: "boolean",
+      help:
+        "commit nix layers without checking that their store paths make their chain ID (only where every image " +
+        "the node pulls is trusted: a pulled image could replace another's layer)",
     },
     "target-mounts": {
       type: "string",

@@ -159,8 +159,30 @@ export class MetadataStore {
       PRIMARY KEY (name, id)
     );
     CREATE INDEX IF NOT EXISTS gc_roots_id ON gc_roots(id);
+    CREATE TABLE IF NOT EXISTS layer_diff_ids (
+      paths_key TEXT PRIMARY KEY,
+      diff_ids TEXT NOT NULL
+    );
     CREATE INDEX IF NOT EXISTS snapshots_ref ON snapshots(${REF_LABEL_SQL});`);
     this.migrate();
+  }
+
+  /**
+   * The diff_ids of the tars nixoci makes of a set of store paths (one per tar format), as computed before:
+   * `pathsKey` names the set (layer-verify.ts). Store paths never change, so neither do these.
+   */
+  layerDiffIds(pathsKey: string): string[] | undefined {
+    const row = this.sql(`SELECT diff_ids FROM layer_diff_ids WHERE paths_key = ?`).get(pathsKey) as
+      | { diff_ids: string }
+      | undefined;
+    return row ? (JSON.parse(row.diff_ids) as string[]) : undefined;
+  }
+
+  saveLayerDiffIds(pathsKey: string, diffIds: string[]): void {
+    this.sql(`INSERT OR REPLACE INTO layer_diff_ids (paths_key, diff_ids) VALUES (?, ?)`).run(
+      pathsKey,
+      JSON.stringify(diffIds),
+    );
   }
 
   /** Brings a database made by an older nixoci up to this schema (idempotent). */

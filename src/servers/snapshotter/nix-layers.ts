@@ -92,6 +92,7 @@ import {
   type OverlayOptions,
 } from "./overlay.js";
 import { fetchLayerTree, layerSource, manifestLayers, type ManifestLayer } from "./layer-fetch.js";
+import { verifyNixLayerChain } from "./layer-verify.js";
 
 export { REF_LABEL } from "../../image/annotations.js";
 export type { NixLayerMode } from "./nix-layer-modes/modes.js";
@@ -101,6 +102,8 @@ export interface NixSnapshotterOptions extends OverlayOptions {
   /** Binary cache URLs to substitute missing paths from. */
   substituters?: string[];
   trust?: TrustOptions;
+  /** Commit nix layers without checking that their paths make their chain IDs (layer-verify.ts). */
+  trustLayerLabels?: boolean;
   log?: Logger;
   /** Counters for --metrics-address. */
   metrics?: SnapshotterMetrics;
@@ -147,6 +150,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
   private readonly log?: Logger;
   private readonly modes: ModeChooser;
   private readonly compositions: BindCompositions;
+  private readonly trustLayerLabels: boolean;
   /** The --substituter caches, opened on first use and tried again after a failure. */
   private readonly sources: LazySources;
   /** nix_layers rows by snapshot id (null: an ordinary snapshot); a committed layer's row never changes. */
@@ -173,6 +177,7 @@ export class NixSnapshotter extends OverlaySnapshotter {
     this.store = opts.store;
     this.substituterUrls = opts.substituters ?? [];
     this.trust = opts.trust ?? { trustedKeys: [] };
+    this.trustLayerLabels = opts.trustLayerLabels ?? false;
     this.log = opts.log;
     this.sources = new LazySources(
       this.substituterUrls,
@@ -575,7 +580,34 @@ export class NixSnapshotter extends OverlaySnapshotter {
       this.metrics?.nixLayerFallbacks.inc({ reason: substitutionFailed ? "substitution-failed" : "missing" });
       return false;
     }
+    if (!this.trustLayerLabels && !(await this.verifyChain(ref, parent, paths))) return false;
     return this.createNixLayer(ref, parent, labels, paths, mode);
+  }
+
+  /** Whether the layer's store paths make its chain ID (layer-verify.ts); a warning and a fallback when not. */
+  private async verifyChain(ref: string, parent: string, paths: string[]): Promise<boolean> {
+    const start = performance.now();
+    let format: string | undefined;
+    try {
+      format = await verifyNixLayerChain(this.metadata, this.store, paths, parent, ref);
+    } catch (err) {
+      this.log?.warn("nix layer: cannot read its store paths to check it; unpacking the layer", {
+        ref,
+        error: (err as Error).message,
+      });
+      this.metrics?.nixLayerFallbacks.inc({ reason: "unverified" });
+      return false;
+    }
+    if (!format) {
+      this.log?.warn(
+        "nix layer: its store paths do not make its chain ID (the image's diff_id is not nixoci's tar of them); unpacking the layer",
+        { ref, paths: paths.length, first: paths[0] },
+      );
+      this.metrics?.nixLayerFallbacks.inc({ reason: "unverified" });
+      return false;
+    }
+    this.log?.debug("nix layer: verified", { ref, format, ms: Math.round(performance.now() - start) });
+    return true;
   }
 
   /**

@@ -32,6 +32,7 @@ import {
   type PushedImage,
 } from "../../support/cri.js";
 import { until } from "../../support/poll.js";
+import { nixociOk } from "../../support/cli.js";
 import { mountsUnder } from "../../support/daemons.js";
 import { buildFixtures, generateCacheKey, makeNixCache, type FixtureAttr } from "../../support/fixtures.js";
 import {
@@ -40,7 +41,7 @@ import {
   rpc,
   runAsync,
   logRecords,
-  startSnapshotter,
+  startSnapshotter as startSnapshotterProcess,
   STORE_PATH_LABEL,
   stopSnapshotter,
   tail,
@@ -50,6 +51,10 @@ import {
   killAndCheckNoMounts,
   list,
 } from "../../support/snapshotter.js";
+
+/** These tests give made-up chain IDs: the check that a layer's paths make its chain ID has tests of its own. */
+const startSnapshotter = (dir: string, extra: string[] = [], env?: NodeJS.ProcessEnv) =>
+  startSnapshotterProcess(dir, ["--trust-layer-labels", ...extra], env);
 import { containerdUnderTest } from "../../support/containerd-release.js";
 
 const REF = REF_LABEL;
@@ -302,6 +307,109 @@ describe("snapshotter nix layers", () => {
       assert.deepEqual(readdirSync(snaps), []);
     },
   );
+});
+
+describe("snapshotter nix layers: a layer is committed from the store only when its paths make its chain ID", () => {
+  let dir: string;
+  let sn: Snapshotter | undefined;
+  let client: Client;
+  /** The store layers of an image `nixoci build` made: chain IDs (from the config's diff_ids) and paths. */
+  let layers: { chain: string; parent: string; paths: string[] }[];
+
+  before(async () => {
+    const fx = buildFixtures();
+    dir = mkdtempSync(join("/tmp", "nixoci-snverify-"));
+    const layout = join(dir, "layout");
+    nixociOk([
+      "build",
+      "-q",
+      "--no-cache",
+      "--max-layers",
+      "3",
+      "--compression",
+      "none",
+      fx.hello,
+      fx.busybox,
+      "-o",
+      `oci:${layout}:v`,
+    ]);
+    const blob = (d: string) => JSON.parse(readFileSync(join(layout, "blobs/sha256", d.slice(7)), "utf8"));
+    const index = JSON.parse(readFileSync(join(layout, "index.json"), "utf8"));
+    const manifest = blob(index.manifests[0].digest);
+    const diffIds = blob(manifest.config.digest).rootfs.diff_ids as string[];
+    layers = [];
+    let parent = "";
+    for (const [i, l] of (manifest.layers as { annotations?: Record<string, string> }[]).entries()) {
+      const chain = parent
+        ? `sha256:${createHash("sha256").update(`${parent} ${diffIds[i]}`).digest("hex")}`
+        : diffIds[i];
+      const paths = layerStorePaths(l as Parameters<typeof layerStorePaths>[0]);
+      if (paths.length) layers.push({ chain, parent, paths });
+      parent = chain;
+    }
+    assert.ok(layers.length >= 2, "the image has two store layers or more");
+    assert.equal(layers[0].parent, "", "the bottom layer is a store layer");
+    sn = await startSnapshotterProcess(dir, ["--store", "/nix/store", "--nix-layers", "bind"]);
+    client = snapshotsClient(sn.socket);
+  });
+  after(() => killAndCheckNoMounts(client, sn, dir));
+
+  test("another image's chain ID with these paths is unpacked as usual; the real chain IDs are committed", async () => {
+    const [bottom, second] = layers;
+    // An image whose config claims the second layer's diff_id over the bottom one, and whose layer names the
+    // bottom layer's paths: not committed (containerd would then download and check the layer itself).
+    const forged = await rpc(client, "Prepare", {
+      key: "extract forged",
+      parent: bottom.chain,
+      labels: nixLabels(second.chain, bottom.paths),
+    });
+    assert.equal(forged.err, 5, "NOT_FOUND: its parent is not there yet");
+    // The bottom layer's diff_id claimed for other paths: not committed either.
+    const g = await rpc(client, "Prepare", {
+      key: "extract g",
+      labels: nixLabels(bottom.chain, second.paths),
+    });
+    assert.equal(g.err, undefined, `an ordinary Prepare: ${g.details}`);
+    assert.equal((await rpc(client, "Stat", { key: bottom.chain })).err, 5);
+    assert.equal((await rpc(client, "Remove", { key: "extract g" })).err, undefined);
+    const b = await rpc(client, "Prepare", {
+      key: "extract b",
+      labels: nixLabels(bottom.chain, bottom.paths),
+    });
+    assert.equal(b.err, 6, `ALREADY_EXISTS: ${b.details}\n${tail(sn!.logFile)}`);
+    const f = await rpc(client, "Prepare", {
+      key: "extract forged",
+      parent: bottom.chain,
+      labels: nixLabels(second.chain, bottom.paths),
+    });
+    assert.equal(f.err, undefined, `an ordinary Prepare: ${f.details}`);
+    assert.equal(
+      (await rpc(client, "Stat", { key: second.chain })).err,
+      5,
+      "nothing committed under that name",
+    );
+    assert.match(readFileSync(sn!.logFile, "utf8"), /do not make its chain ID/);
+    assert.equal((await rpc(client, "Remove", { key: "extract forged" })).err, undefined);
+    // The real second layer, then every other one: committed from the store.
+    for (const l of layers.slice(1)) {
+      const r = await rpc(client, "Prepare", {
+        key: `extract ${l.chain}`,
+        parent: l.parent,
+        labels: nixLabels(l.chain, l.paths),
+      });
+      assert.equal(r.err, 6, `ALREADY_EXISTS: ${r.details}\n${tail(sn!.logFile)}`);
+    }
+    // Each set of paths was read once: its diff_ids are kept.
+    const db = new Database(join(sn!.root, "metadata.db"), { readonly: true });
+    try {
+      const rows = db.prepare("SELECT diff_ids FROM layer_diff_ids").all() as { diff_ids: string }[];
+      assert.equal(rows.length, layers.length);
+    } finally {
+      db.close();
+    }
+    for (const l of [...layers].reverse())
+      assert.equal((await rpc(client, "Remove", { key: l.chain })).err, undefined);
+  });
 });
 
 describe("snapshotter nix layers: substitution", () => {
