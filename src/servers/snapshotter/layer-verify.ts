@@ -27,7 +27,11 @@ export function pathsKey(paths: readonly string[]): string {
     .digest("hex");
 }
 
-async function tarDigest(store: LocalStore, paths: readonly string[], format: keyof typeof LAYER_TAR_FORMATS) {
+async function tarDigest(
+  store: LocalStore,
+  paths: readonly string[],
+  format: keyof typeof LAYER_TAR_FORMATS,
+) {
   const hash = createHash("sha256");
   const sources = paths.map((p) => ({ storePath: p, realPath: store.realPath(p) }));
   await pipeline(

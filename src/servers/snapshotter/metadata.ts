@@ -173,8 +173,7 @@ export class MetadataStore {
    */
   layerDiffIds(pathsKey: string): string[] | undefined {
     const row = this.sql(`SELECT diff_ids FROM layer_diff_ids WHERE paths_key = ?`).get(pathsKey) as
-      | { diff_ids: string }
-      | undefined;
+      { diff_ids: string } | undefined;
     return row ? (JSON.parse(row.diff_ids) as string[]) : undefined;
   }
 
