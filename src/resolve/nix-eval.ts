@@ -101,6 +101,9 @@ export class NixEvalResolver implements PackageResolver {
   private readonly revision: Cached<{ revision: string; target: EvalTarget }>;
   /** revision \0 system -> name -> is a package; a few recent revisions only. */
   private readonly known = new Map<string, Map<string, boolean>>();
+  /** Per revision and system: the names the next evaluation checks (checkNames), and the one running. */
+  private readonly nextBatch = new Map<string, { names: Set<string>; done: Promise<void> }>();
+  private readonly runningBatch = new Map<string, Promise<void>>();
   /** revision \0 system -> the package set's attribute names; a few recent revisions only. */
   private readonly names = new Map<string, Promise<string[]>>();
   private platforms?: Promise<string[] | undefined>;
@@ -243,29 +246,70 @@ export class NixEvalResolver implements PackageResolver {
 
   /** The sorted names among `names` (sorted, unique) that are no package, evaluated once per revision and system. */
   private async unknownAmong(names: string[], target: EvalTarget, opts: ResolveOptions): Promise<string[]> {
-    const system = systemForArch(opts.arch);
     const bad = names.filter((n) => !ATTR_PATH_RE.test(n));
-    const cacheKey = `${opts.revision}\0${system}`;
-    let known = this.known.get(cacheKey);
-    const unchecked = names.filter((n) => !bad.includes(n) && known?.get(n) === undefined);
-    if (unchecked.length) {
-      const stdout = await this.evaluate(target, opts, ["--argstr", "names", JSON.stringify(unchecked)]);
-      let missing: unknown;
-      try {
-        missing = JSON.parse(stdout);
-      } catch {
-        throw new NixociError(this.description, `nix-instantiate printed no JSON list: ${oneLine(stdout)}`);
-      }
-      if (!Array.isArray(missing)) throw new NixociError(this.description, "nix-instantiate printed no list");
-      if (!known) {
-        known = new Map();
-        this.known.set(cacheKey, known);
-        while (this.known.size > 8) this.known.delete(this.known.keys().next().value!);
-      }
-      if (known.size > 10_000) known.clear();
-      for (const n of unchecked) known.set(n, !missing.includes(n));
-    }
+    const cacheKey = `${opts.revision}\0${systemForArch(opts.arch)}`;
+    const unchecked = names.filter((n) => !bad.includes(n) && this.known.get(cacheKey)?.get(n) === undefined);
+    if (unchecked.length) await this.checkNames(cacheKey, target, opts, unchecked);
+    const known = this.known.get(cacheKey);
     return [...bad, ...names.filter((n) => known?.get(n) === false)].sort();
+  }
+
+  /**
+   * Checks `names` in the next evaluation for the revision and system of `cacheKey`: one nix-instantiate at a time
+   * per revision and system, each checking every name asked for while the one before ran. Requests for names
+   * nobody asked before (a client trying many) cost one process at a time, not one each. No request's signal
+   * stops a batch others wait on; the evaluation's timeout does.
+   */
+  private checkNames(cacheKey: string, target: EvalTarget, opts: ResolveOptions, names: string[]): Promise<void> {
+    let batch = this.nextBatch.get(cacheKey);
+    if (!batch) {
+      const batchNames = new Set<string>();
+      const before = this.runningBatch.get(cacheKey) ?? Promise.resolve();
+      const done = before
+        .catch(() => undefined)
+        .then(() => {
+          this.nextBatch.delete(cacheKey); // names asked for from now on wait for the one after
+          const unchecked = [...batchNames].filter((n) => this.known.get(cacheKey)?.get(n) === undefined);
+          return unchecked.length ? this.evaluateNames(cacheKey, target, opts, unchecked) : undefined;
+        });
+      const running = done.finally(() => {
+        if (this.runningBatch.get(cacheKey) === running) this.runningBatch.delete(cacheKey);
+      });
+      running.catch(() => undefined);
+      batch = { names: batchNames, done };
+      this.nextBatch.set(cacheKey, batch);
+      this.runningBatch.set(cacheKey, running);
+    }
+    for (const n of names) batch.names.add(n);
+    return batch.done;
+  }
+
+  private async evaluateNames(
+    cacheKey: string,
+    target: EvalTarget,
+    opts: ResolveOptions,
+    unchecked: string[],
+  ): Promise<void> {
+    const stdout = await this.evaluate(target, { ...opts, signal: undefined }, [
+      "--argstr",
+      "names",
+      JSON.stringify(unchecked),
+    ]);
+    let missing: unknown;
+    try {
+      missing = JSON.parse(stdout);
+    } catch {
+      throw new NixociError(this.description, `nix-instantiate printed no JSON list: ${oneLine(stdout)}`);
+    }
+    if (!Array.isArray(missing)) throw new NixociError(this.description, "nix-instantiate printed no list");
+    let known = this.known.get(cacheKey);
+    if (!known) {
+      known = new Map();
+      this.known.set(cacheKey, known);
+      while (this.known.size > 8) this.known.delete(this.known.keys().next().value!);
+    }
+    if (known.size > 10_000) known.clear();
+    for (const n of unchecked) known.set(n, !missing.includes(n));
   }
 
   /** `nix-instantiate --eval --strict --json` of EXPR for the target and system, with `args` added. */

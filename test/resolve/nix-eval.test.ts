@@ -271,6 +271,38 @@ test("missingPackages evaluates without building; packageNames lists the set's a
   await assert.rejects(r.missingPackages(["hello"], { ...opts, revision: "gone" }), RevisionUnavailableError);
 });
 
+test("many names asked at once: one nix-instantiate at a time, each checking every name asked meanwhile", async () => {
+  const dir = join(work, "batched");
+  mkdirSync(dir, { recursive: true });
+  // nix-instantiate behind a wrapper that records each run (and how many run at once) before running it.
+  const log = join(dir, "runs");
+  const wrapper = join(dir, "nix-instantiate");
+  const real = runText("sh", ["-c", "command -v nix-instantiate"]);
+  writeFileSync(
+    wrapper,
+    `#!/bin/sh\necho start >> ${log}\n"${real}" "$@"\nstatus=$?\necho end >> ${log}\nexit $status\n`,
+    { mode: 0o755 },
+  );
+  const r = new NixEvalResolver({ nixFile: PACKAGES_NIX, nixInstantiate: wrapper });
+  const opts = { revision: await r.currentRevision(), arch: "amd64" };
+  const asked = Array.from({ length: 40 }, (_, i) => [`nope${i}`, i % 2 ? "hello" : "busybox"]);
+  const answers = await Promise.all(asked.map((names) => r.missingPackages(names, opts)));
+  assert.deepEqual(
+    answers,
+    asked.map(([nope]) => [nope]),
+  );
+  const runs = readFileSync(log, "utf8").trim().split("\n");
+  assert.ok(runs.length <= 2 * 3, `${runs.length / 2} evaluations for 40 requests`);
+  let atOnce = 0;
+  for (const line of runs) {
+    atOnce += line === "start" ? 1 : -1;
+    assert.ok(atOnce <= 1, "one evaluation at a time");
+  }
+  // Known now: asked again, nothing runs.
+  assert.deepEqual(await r.missingPackages(["nope7", "hello"], opts), ["nope7"]);
+  assert.equal(readFileSync(log, "utf8").trim().split("\n").length, runs.length);
+});
+
 test("architectures: what Nix builds for, its system, extra-platforms and remote builders' systems", async () => {
   const saved = process.env.NIX_CONFIG;
   const machines = join(work, "machines");
