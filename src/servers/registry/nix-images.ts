@@ -327,7 +327,16 @@ export class NixImageSource implements ManifestSource {
       // Names the set does not have are a 404 now (a typo is the usual one), not a build that waits for a slot
       // to find out, or a 429 when the queue is full; found without building anything.
       const opts: ResolveOptions = { revision, arch: request.arch, signal };
-      const missing = await this.resolver.missingPackages(request.packages, opts);
+      let missing: string[];
+      try {
+        missing = await this.resolver.missingPackages(request.packages, opts);
+      } catch (err) {
+        // An evaluation that fails (the package set's own error): a 500 with its cause, logged as a failed build.
+        const e = this.registryError(err, repo, "checking the packages of");
+        if (!(err instanceof RevisionUnavailableError))
+          this.emit({ type: "build-failed", ...base, seconds: 0, error: e.message });
+        throw e;
+      }
       if (missing.length) {
         if (await this.isPushed(repo)) return undefined;
         throw await this.unknownPackages(missing, opts);

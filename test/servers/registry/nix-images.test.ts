@@ -130,6 +130,8 @@ class FakeResolver implements PackageResolver {
   calls: string[][] = [];
   gate?: Promise<void>;
   fail?: Error;
+  /** What the package check throws (an evaluation error of the set). */
+  failMissing?: Error;
   arches = ["amd64", "arm64"];
   /** Architecture -> packages the set lacks there (the others it has everywhere). */
   lacking: Record<string, string[]> = {};
@@ -153,6 +155,7 @@ class FakeResolver implements PackageResolver {
   }
 
   async missingPackages(packages: string[], opts: ResolveOptions): Promise<string[]> {
+    if (this.failMissing) throw this.failMissing;
     const lacking = this.lacking[opts.arch] ?? [];
     return packages.filter((p) => !Object.hasOwn(fx, p) || lacking.includes(p)).sort();
   }
@@ -464,6 +467,23 @@ test(
     assert.deepEqual(source.activeBuilds, { running: 0, queued: 0 });
   },
 );
+
+test("a package set that fails to evaluate: 500 with its cause (server paths redacted), logged as a failed build", async () => {
+  const { resolver, events, source } = setup();
+  resolver.failMissing = new NixociError(
+    "nix file /srv/secret/pkgs.nix",
+    "evaluation failed: error: attribute 'missing' missing",
+  );
+  await expectRegistryError(
+    source.resolve("hello", "latest", ctx()),
+    500,
+    "UNKNOWN",
+    /^checking the packages of hello failed: .*attribute 'missing' missing/,
+  );
+  const failed = events.filter((e) => e.type === "build-failed");
+  assert.equal(failed.length, 1);
+  assert.doesNotMatch(failed[0].error!, /\/srv\/secret/);
+});
 
 test("beyond the queue: 429 TOOMANYREQUESTS; queued builds run when a slot frees", async () => {
   const { resolver, events, source } = setup({ maxConcurrentBuilds: 1, maxQueuedBuilds: 1 });
