@@ -410,17 +410,31 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
     let bytes = 0;
     const keep = cacheKey ? await opts.narCache!.writer(cacheKey) : undefined;
+    // A client that leaves stops the dump and the compressor at once (xz may not write a byte for seconds, and
+    // each one holds a NAR slot), not when the next chunk finds the response gone.
+    const gone = new AbortController();
+    const onClose = (): void => {
+      if (!res.writableFinished) gone.abort(clientGone());
+    };
+    res.on("close", onClose);
     try {
       // Written by hand rather than piped, so that a failure before the first byte (the verifier holds the
       // last chunk back: a small NAR fails before anything is sent) still gets a proper 500.
-      await pipeline(nar, slice, new HoldBack(), compressor, (source: AsyncIterable<Buffer>) =>
-        writeBody(res, keep ? copyTo(source, keep.stream) : source, (n) => (bytes += n)),
+      await pipeline(
+        nar,
+        slice,
+        new HoldBack(),
+        compressor,
+        (source: AsyncIterable<Buffer>) =>
+          writeBody(res, keep ? copyTo(source, keep.stream) : source, (n) => (bytes += n)),
+        { signal: gone.signal },
       );
       await keep?.commit();
     } catch (err) {
       await keep?.abort();
-      throw err;
+      throw gone.signal.aborted ? clientGone() : err;
     } finally {
+      res.off("close", onClose);
       served(bytes);
     }
     res.end();

@@ -462,6 +462,27 @@ test("a store without Nix's database (nixoci's sidecar) is served; unregistered 
     20,
   );
   assert.deepEqual(s.errors, []);
+  // One that goes away before the first byte (xz writes nothing for seconds on 48 MB of random data): its
+  // compressor is stopped at once, not when its first output finds the client gone.
+  const early = http.get(`${s.url}/${bigUrl.replace(/\.zst$/, "")}.xz`);
+  early.on("error", () => undefined);
+  await until(
+    "xz to start",
+    15_000,
+    async () => assert.ok((await toolProcesses()).some((p) => / xz\b/.test(` ${p}`))),
+    20,
+  );
+  early.destroy();
+  await until(
+    "the abandoned xz to be stopped",
+    2_000,
+    async () => {
+      assert.equal(s.pending(), 0, "requests still being handled");
+      assert.deepEqual(await toolProcesses(), [], "no compressor left running");
+    },
+    20,
+  );
+  assert.deepEqual(s.errors, []);
 
   // Change a file's bytes behind the store's back: the NAR fails verification and is never sent whole. The
   // last chunk is held back until the NAR is verified: a small NAR gets a 500, a large one (whose first

@@ -396,10 +396,15 @@ describe(`snapshotter auto mode: the node's containerd version (${release.series
   ): Promise<{ records: Record<string, unknown>[]; mode: unknown }> => {
     const dir = shortTempDir("snver");
     try {
-      const sn = await startSnapshotter(dir, ["--store", "/nix/store", ...args(dir)], {
-        ...process.env,
-        PATH: path,
-      });
+      // A made-up chain ID (the layer check has tests of its own in nix-layers.test).
+      const sn = await startSnapshotter(
+        dir,
+        ["--store", "/nix/store", "--trust-layer-labels", ...args(dir)],
+        {
+          ...process.env,
+          PATH: path,
+        },
+      );
       const client = snapshotsClient(sn.socket);
       try {
         const labels = { [REF_LABEL]: "nixoci-version-layer", [`${STORE_PATH_LABEL}0`]: fx["single-file"] };
