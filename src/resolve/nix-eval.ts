@@ -260,7 +260,12 @@ export class NixEvalResolver implements PackageResolver {
    * nobody asked before (a client trying many) cost one process at a time, not one each. No request's signal
    * stops a batch others wait on; the evaluation's timeout does.
    */
-  private checkNames(cacheKey: string, target: EvalTarget, opts: ResolveOptions, names: string[]): Promise<void> {
+  private checkNames(
+    cacheKey: string,
+    target: EvalTarget,
+    opts: ResolveOptions,
+    names: string[],
+  ): Promise<void> {
     let batch = this.nextBatch.get(cacheKey);
     if (!batch) {
       const batchNames = new Set<string>();
