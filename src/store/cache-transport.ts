@@ -46,10 +46,13 @@ class FileTransport implements CacheTransport {
   }
 
   async getText(name: string): Promise<string | undefined> {
+    const file = this.file(name);
     try {
-      return await readFile(this.file(name), "utf8");
+      if ((await stat(file)).size > MAX_TEXT_BYTES) throw tooLarge(`${this.url}/${name}`);
+      return await readFile(file, "utf8");
     } catch (err) {
       if (isAbsent(err)) return undefined;
+      if (err instanceof NixociError) throw err;
       throw new NixociError(`${this.url}/${name}`, (err as Error).message);
     }
   }
@@ -68,6 +71,16 @@ class FileTransport implements CacheTransport {
     if (!(await this.has(name))) return undefined;
     return createReadStream(file, { highWaterMark: 1 << 20 });
   }
+}
+
+/**
+ * The most a text file of a cache (nix-cache-info, a narinfo) may hold: a narinfo with ten thousand references is
+ * under 1 MiB. A server that sends more (or never stops) gets an error, not all of the process's memory.
+ */
+const MAX_TEXT_BYTES = 16 << 20;
+
+function tooLarge(target: string): NixociError {
+  return new NixociError(target, `larger than ${MAX_TEXT_BYTES >> 20} MiB: not a nix-cache-info or narinfo file`);
 }
 
 function isAbsent(err: unknown): boolean {
@@ -216,7 +229,15 @@ export class HttpTransport implements CacheTransport {
     const body = await this.request(name, "GET");
     if (!body) return undefined;
     const chunks: Buffer[] = [];
-    for await (const chunk of body) chunks.push(chunk as Buffer);
+    let size = 0;
+    for await (const chunk of body) {
+      size += (chunk as Buffer).length;
+      if (size > MAX_TEXT_BYTES) {
+        body.destroy();
+        throw tooLarge(`${this.base}/${name}`);
+      }
+      chunks.push(chunk as Buffer);
+    }
     return Buffer.concat(chunks).toString("utf8");
   }
 

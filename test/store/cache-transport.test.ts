@@ -7,7 +7,10 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
-import { HttpTransport, stalledDownloadTimeoutMs } from "../../src/store/cache-transport.js";
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { HttpTransport, openTransport, stalledDownloadTimeoutMs } from "../../src/store/cache-transport.js";
 
 const servers: http.Server[] = [];
 after(() => {
@@ -116,4 +119,33 @@ test("NIXOCI_STALLED_DOWNLOAD_TIMEOUT: seconds; nonsense is refused by name", ()
       () => stalledDownloadTimeoutMs({ NIXOCI_STALLED_DOWNLOAD_TIMEOUT: bad }),
       /NIXOCI_STALLED_DOWNLOAD_TIMEOUT: not a positive number of seconds/,
     );
+});
+
+test("a narinfo that never ends (or a huge file) is refused past 16 MiB, not read into memory", async () => {
+  const chunk = Buffer.alloc(1 << 20, "a");
+  const url = await serve((_req, res) => {
+    res.writeHead(200, { "Content-Type": "text/x-nix-narinfo" });
+    const more = (): void => {
+      while (!res.destroyed && res.write(chunk));
+      if (!res.destroyed) res.once("drain", more);
+    };
+    more();
+  });
+  const t = new HttpTransport(url, { stallTimeoutMs: 30_000 });
+  assert.equal(
+    await failure(t.getText("x.narinfo")),
+    `${url}/x.narinfo: larger than 16 MiB: not a nix-cache-info or narinfo file`,
+  );
+  const dir = mkdtempSync(join(tmpdir(), "nixoci-huge-narinfo-"));
+  try {
+    const file = join(dir, "x.narinfo");
+    writeFileSync(file, "");
+    truncateSync(file, 1 << 30); // sparse: no disk used
+    assert.match(
+      await failure(openTransport(`file://${dir}`).getText("x.narinfo")),
+      /x\.narinfo: larger than 16 MiB/,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
