@@ -3,14 +3,15 @@
 // explicitly allows unsigned paths), nar/... for the compressed NAR, decompressed and verified as a stream.
 import type { Readable } from "node:stream";
 import { parseCacheInfo, type CacheInfo } from "../nix/cache-info.js";
-import { parseHash } from "../nix/hash.js";
+import { parseHash, type Hash } from "../nix/hash.js";
 import { parseNarInfo, type NarInfo } from "../nix/narinfo.js";
 import { checkSignatures, pathFingerprint, type PublicKey } from "../nix/signature.js";
-import { DEFAULT_STORE_DIR, makeFixedOutputPath, parseStorePath } from "../nix/store-path.js";
+import { DEFAULT_STORE_DIR, makeFixedOutputPath, makeTextPath, parseStorePath } from "../nix/store-path.js";
 import { decompressStream, parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
 import { openTransport, type CacheTransport } from "./cache-transport.js";
+import { FlatNarContentCheck } from "./flat-content-check.js";
 import { NarVerifier } from "./nar-verify.js";
 import type { PathInfo } from "./path-info.js";
 import type { Store } from "./store.js";
@@ -81,7 +82,7 @@ export class BinaryCacheStore implements Store {
 
   /** Why a path is not trusted, or undefined when it is (a trusted signature, or a verifiable CA claim). */
   private untrustedReason(info: PathInfo): string | undefined {
-    if (isVerifiablyContentAddressed(info, this.storeDir)) return undefined;
+    if (contentAddressCheck(info, this.storeDir)) return undefined;
     const fingerprint = pathFingerprint(info.path, info.narHash, info.narSize, info.references);
     return checkSignatures(fingerprint, info.sigs, this.trust.trustedKeys);
   }
@@ -95,15 +96,24 @@ export class BinaryCacheStore implements Store {
     if (!raw) throw new NixociError(input, "NAR file is missing from the cache");
     const verifier = new NarVerifier(info.narHash, info.narSize, input);
     const decompress = decompressStream(codec, input, info.narSize);
+    // A flat or text content address names the file's contents: checked too, whoever signed the path.
+    const ca = contentAddressCheck(info, this.storeDir);
+    const nar: Readable =
+      ca?.kind === "file" ? new FlatNarContentCheck(ca.hash, input, ca.allowExecutable) : decompress;
     raw.on("error", (err: Error) => decompress.destroy(err));
-    decompress.on("error", (err) => verifier.destroy(err));
+    if (nar !== decompress) decompress.on("error", (err) => nar.destroy(err));
+    nar.on("error", (err) => verifier.destroy(err));
     verifier.on("close", () => {
       raw.destroy();
       decompress.destroy();
+      nar.destroy();
     });
     // The bytes flow from here on, and the caller reads only after its own awaits (LocalStore.addPath: a
     // lookup and a mkdir): a NAR that is short, empty or not valid compressed data fails the verifier first.
-    return holdErrors(raw.pipe(decompress).pipe(verifier));
+    const decompressed = raw.pipe(decompress);
+    return holdErrors(
+      (nar === decompress ? decompressed : decompressed.pipe(nar as FlatNarContentCheck)).pipe(verifier),
+    );
   }
 
   close(): void {}
@@ -124,21 +134,37 @@ export function narInfoToPathInfo(n: NarInfo, storeDir: string): PathInfo {
 }
 
 /**
- * A path needs no signature when its name is provably derived from its contents. Only a recursive sha256
- * fixed-output claim is checked here: the path must follow from the claim and the claimed hash must be the
- * NarHash, which the download is verified against, so the bytes cannot differ from what the name promises.
+ * A content address an unsigned path may be trusted by (Nix's rule: the path follows from the claim), with how to
+ * check its bytes: "nar" when the claimed hash is the NAR's (recursive sha256: the download is checked against
+ * NarHash, which must be it), "file" when it is the hash of the path's one file (flat fixed-output, text: the
+ * NAR must be that file, see flat-content-check.ts). Undefined when the claim does not name the path.
  */
-function isVerifiablyContentAddressed(info: PathInfo, storeDir: string): boolean {
-  const m = /^fixed:r:(sha256:[0-9a-z]+)$/.exec(info.ca ?? "");
-  if (!m) return false;
+function contentAddressCheck(
+  info: PathInfo,
+  storeDir: string,
+): { kind: "nar" } | { kind: "file"; hash: Hash; allowExecutable: boolean } | undefined {
+  const m = /^(text|fixed:r|fixed):([a-z0-9]+:[0-9a-zA-Z+/=]+)$/.exec(info.ca ?? "");
+  if (!m) return undefined;
   try {
-    const hash = parseHash(m[1], info.path, "sha256");
-    if (!hash.equals(info.narHash)) return false;
+    const hash = parseHash(m[2], info.path);
     const name = parseStorePath(info.path, storeDir).name;
     const refs = info.references.filter((r) => r !== info.path);
-    const expected = makeFixedOutputPath({ name, recursive: true, hash, references: refs, storeDir });
-    return expected.path === info.path;
+    const selfReference = refs.length !== info.references.length;
+    if (m[1] === "fixed:r") {
+      if (hash.algo !== "sha256" || !hash.equals(info.narHash)) return undefined;
+      const expected = makeFixedOutputPath({ name, recursive: true, hash, references: refs, storeDir });
+      return expected.path === info.path ? { kind: "nar" } : undefined;
+    }
+    // A flat file cannot refer to itself; a flat fixed-output path refers to nothing.
+    if (selfReference || (m[1] === "fixed" && refs.length)) return undefined;
+    const expected =
+      m[1] === "text"
+        ? makeTextPath({ name, contentsHash: hash, references: refs, storeDir })
+        : makeFixedOutputPath({ name, recursive: false, hash, storeDir });
+    return expected.path === info.path
+      ? { kind: "file", hash, allowExecutable: m[1] === "fixed" }
+      : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }

@@ -137,6 +137,68 @@ test("a content-addressed path (fixed:r:sha256) needs no signature; its name mus
   run("nix-store", ["--delete", caPath]);
 });
 
+test("flat and text content-addressed paths need no signature either; their one file must have the claimed hash", () => {
+  const file = join(work, "flat-src.txt");
+  writeFileSync(file, `flat ${Math.random()}\n`);
+  const flat = runText("nix-store", ["--add-fixed", "sha256", file]);
+  const drv = runText("nix-instantiate", [
+    "-E",
+    `derivation { name = "text-ca-${Math.random().toString(36).slice(2)}"; system = builtins.currentSystem; builder = "/bin/sh"; }`,
+  ]);
+  const dir = join(work, "flat-cache");
+  const url = makeNixCache({ paths: [flat], dir, compression: "none" });
+  nixCmd(["copy", "--derivation", "--to", `${url}?compression=none`, drv]); // the .drv itself, not its build
+  const narinfoOf = (p: string) => join(dir, `${p.slice(11, 43)}.narinfo`);
+  assert.match(readFileSync(narinfoOf(flat), "utf8"), /^CA: fixed:sha256:/m);
+  assert.match(readFileSync(narinfoOf(drv), "utf8"), /^CA: text:sha256:/m);
+  const dest = join(work, "flat-store");
+  nixociOk([
+    "substitute",
+    "--from",
+    url,
+    "--trusted-public-key",
+    key.publicKey,
+    "--store-dir",
+    dest,
+    flat,
+    drv,
+  ]);
+  assert.ok(dumpEquals(dest, flat));
+  assert.ok(dumpEquals(dest, drv));
+
+  // Another file's NAR under the flat path's narinfo, its NarHash and sizes made to match: refused, nothing added.
+  const other = join(work, "flat-other.txt");
+  writeFileSync(other, "not the flat file\n");
+  const otherNar = run("nix-store", ["--dump", other]);
+  const narinfo = readFileSync(narinfoOf(flat), "utf8");
+  const narUrl = /^URL: (.*)$/m.exec(narinfo)![1];
+  writeFileSync(join(dir, narUrl), otherNar);
+  const narHash = `sha256:${runText("nix-hash", ["--type", "sha256", "--flat", "--base32", join(dir, narUrl)])}`;
+  writeFileSync(
+    narinfoOf(flat),
+    narinfo
+      .replace(/^NarHash: .*$/m, `NarHash: ${narHash}`)
+      .replace(/^FileHash: .*$/m, `FileHash: ${narHash}`)
+      .replace(/^NarSize: .*$/m, `NarSize: ${otherNar.length}`)
+      .replace(/^FileSize: .*$/m, `FileSize: ${otherNar.length}`),
+  );
+  const dest2 = join(work, "flat-store-2");
+  const r = nixoci([
+    "substitute",
+    "--from",
+    url,
+    "--trusted-public-key",
+    key.publicKey,
+    "--store-dir",
+    dest2,
+    flat,
+  ]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /the file's sha256 is not the one its content address names/);
+  assert.ok(!existsSync(join(dest2, flat.slice(11))));
+  run("nix-store", ["--delete", flat, drv]);
+});
+
 /** `nixoci cache push --to file://DIR --sign-key KEY ARGS...`: how these tests write a signed cache of ours. */
 function pushSigned(dir: string, args: string[]): CliResult {
   return nixociOk(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, ...args]);
