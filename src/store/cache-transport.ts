@@ -80,7 +80,10 @@ class FileTransport implements CacheTransport {
 const MAX_TEXT_BYTES = 16 << 20;
 
 function tooLarge(target: string): NixociError {
-  return new NixociError(target, `larger than ${MAX_TEXT_BYTES >> 20} MiB: not a nix-cache-info or narinfo file`);
+  return new NixociError(
+    target,
+    `larger than ${MAX_TEXT_BYTES >> 20} MiB: not a nix-cache-info or narinfo file`,
+  );
 }
 
 function isAbsent(err: unknown): boolean {
