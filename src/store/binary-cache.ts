@@ -10,7 +10,7 @@ import { DEFAULT_STORE_DIR, makeFixedOutputPath, makeTextPath, parseStorePath } 
 import { decompressStream, parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
-import { openTransport, type CacheTransport } from "./cache-transport.js";
+import { openTransport, READ_PARAMS, splitCacheUrl, type CacheTransport } from "./cache-transport.js";
 import { FlatNarContentCheck } from "./flat-content-check.js";
 import { NarVerifier } from "./nar-verify.js";
 import type { PathInfo } from "./path-info.js";
@@ -37,6 +37,8 @@ export class BinaryCacheStore implements Store {
     storeDir = DEFAULT_STORE_DIR,
   ): Promise<BinaryCacheStore> {
     const transport = openTransport(url);
+    const { base, params } = splitCacheUrl(url, READ_PARAMS);
+    url = base.replace(/\/+$/, "");
     const text = await transport.getText("nix-cache-info");
     const info =
       text === undefined
@@ -45,7 +47,20 @@ export class BinaryCacheStore implements Store {
     if (info.storeDir !== storeDir) {
       throw new NixociError(`${url}/nix-cache-info`, `cache is for store ${info.storeDir}, not ${storeDir}`);
     }
-    return new BinaryCacheStore(url.replace(/\/+$/, ""), transport, info, trust);
+    // The URL's parameters override what the cache says, as in Nix.
+    const priority = params.get("priority");
+    if (priority !== undefined) {
+      if (!/^\d{1,9}$/.test(priority))
+        throw new NixociError(url, `priority=${JSON.stringify(priority)} is not a non-negative integer`);
+      info.priority = Number(priority);
+    }
+    const massQuery = params.get("want-mass-query");
+    if (massQuery !== undefined) {
+      if (massQuery !== "true" && massQuery !== "false")
+        throw new NixociError(url, `want-mass-query=${JSON.stringify(massQuery)} is not true or false`);
+      info.wantMassQuery = massQuery === "true";
+    }
+    return new BinaryCacheStore(url, transport, info, trust);
   }
 
   get storeDir(): string {

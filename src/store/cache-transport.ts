@@ -20,9 +20,33 @@ export interface CacheTransport {
 }
 
 export function openTransport(url: string): CacheTransport {
-  if (url.startsWith("file://")) return new FileTransport(url);
-  if (url.startsWith("http://") || url.startsWith("https://")) return new HttpTransport(url);
+  const { base } = splitCacheUrl(url, READ_PARAMS);
+  if (base.startsWith("file://")) return new FileTransport(base);
+  if (base.startsWith("http://") || base.startsWith("https://")) return new HttpTransport(base);
   throw new NixociError(url, "unsupported binary cache URL (expected file://, http:// or https://)");
+}
+
+/** The store URL parameters nixoci reads from a cache it reads (Nix's, which override nix-cache-info). */
+export const READ_PARAMS = ["priority", "want-mass-query"] as const;
+
+/**
+ * A cache URL without its query (`file:///d?priority=10` is the cache at /d), and its parameters. A parameter
+ * not in `known` is refused rather than dropped: `?secret-key=` ignored would mean an unsigned cache.
+ */
+export function splitCacheUrl(
+  url: string,
+  known: readonly string[],
+  hint = `nixoci reads ${known.join(" and ")}`,
+): { base: string; params: Map<string, string> } {
+  const q = url.indexOf("?");
+  const params = new Map<string, string>();
+  if (q < 0) return { base: url, params };
+  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) {
+    if (!known.includes(k))
+      throw new NixociError(url.slice(0, q), `unknown store URL parameter ${JSON.stringify(k)} (${hint})`);
+    params.set(k, v);
+  }
+  return { base: url.slice(0, q), params };
 }
 
 class FileTransport implements CacheTransport {
@@ -31,7 +55,7 @@ class FileTransport implements CacheTransport {
   constructor(readonly url: string) {
     let dir: string;
     try {
-      dir = fileURLToPath(url.split("?")[0]);
+      dir = fileURLToPath(url);
     } catch {
       throw new NixociError(url, "malformed file:// URL");
     }

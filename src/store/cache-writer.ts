@@ -3,11 +3,11 @@
 // through the compressor into a temporary file while the compressed bytes are hashed; the file is renamed
 // to its content address and the narinfo written last, so a reader never sees a narinfo without its NAR.
 import { createWriteStream } from "node:fs";
-import { rename, rm, stat } from "node:fs/promises";
+import { readFile, rename, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
-import { serializeCacheInfo } from "../nix/cache-info.js";
+import { parseCacheInfo, serializeCacheInfo } from "../nix/cache-info.js";
 import { Hash } from "../nix/hash.js";
 import { nix32Encode } from "../nix/nix32.js";
 import { serializeNarInfo, type NarInfo } from "../nix/narinfo.js";
@@ -18,6 +18,7 @@ import { allSettledOrThrow, Limiter } from "../util/concurrency.js";
 import { NixociError } from "../util/errors.js";
 import { makeDirs, sweepAbandonedTemps, tempSibling, writeFileAtomic } from "../util/fs.js";
 import { HashingStream } from "../util/hashing-stream.js";
+import { splitCacheUrl } from "./cache-transport.js";
 import { referencesFirst } from "./closure.js";
 import type { PathInfo } from "./path-info.js";
 import type { Store } from "./store.js";
@@ -38,8 +39,10 @@ export class BinaryCacheWriter {
     private readonly opts: CacheWriterOptions,
   ) {
     if (!url.startsWith("file://")) throw new NixociError(url, "can only write to file:// binary caches");
+    // Nix's ?compression= and ?secret-key= are refused, not dropped (a dropped secret-key is an unsigned cache).
+    splitCacheUrl(url, [], "give --compression and --sign-key instead");
     try {
-      this.dir = resolve(fileURLToPath(url.split("?")[0]));
+      this.dir = resolve(fileURLToPath(url));
     } catch {
       throw new NixociError(url, "malformed file:// URL");
     }
@@ -51,7 +54,12 @@ export class BinaryCacheWriter {
     await sweepAbandonedTemps(join(this.dir, "nar"));
     await sweepAbandonedTemps(this.dir);
     const infoFile = join(this.dir, "nix-cache-info");
-    if (!(await exists(infoFile))) {
+    if (await exists(infoFile)) {
+      // A cache of another store directory (/gnu/store...): its readers would take these paths for theirs.
+      const info = parseCacheInfo(await readFile(infoFile, "utf8"), infoFile);
+      if (info.storeDir !== this.storeDir)
+        throw new NixociError(infoFile, `the cache is for store ${info.storeDir}, not ${this.storeDir}`);
+    } else {
       await writeFileAtomic(
         infoFile,
         serializeCacheInfo({ storeDir: this.storeDir, wantMassQuery: true, priority: 40 }),

@@ -204,6 +204,60 @@ function pushSigned(dir: string, args: string[]): CliResult {
   return nixociOk(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, ...args]);
 }
 
+test("cache URLs: Nix's ?priority= and ?want-mass-query= are read, other parameters refused, not dropped", () => {
+  const dir = mkdtempSync(join(tmpdir(), "nixoci-cache-params-"));
+  try {
+    pushSigned(dir, [fx.hello]);
+    // Read through a URL with parameters (the cache is the directory without them).
+    const info = JSON.parse(
+      nixociOk([
+        "path-info",
+        "--json",
+        "--store",
+        `file://${dir}?priority=10&want-mass-query=true`,
+        "--trusted-public-key",
+        key.publicKey,
+        fx.hello,
+      ]).text,
+    ) as unknown;
+    assert.ok(JSON.stringify(info).includes(fx.hello));
+    for (const [url, message] of [
+      [`file://${dir}?trusted=1`, /unknown store URL parameter "trusted"/],
+      [`file://${dir}?priority=high`, /priority="high" is not a non-negative integer/],
+    ] as const) {
+      const r = nixoci(["path-info", "--store", url, "--trusted-public-key", key.publicKey, fx.hello]);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stderr, message);
+    }
+    // Written: ?secret-key= and ?compression= are Nix's; here they are flags, and a dropped key is no signature.
+    for (const param of ["secret-key=/k.sec", "compression=zstd"]) {
+      const target = join(dir, "other");
+      const r = nixoci(["cache", "push", "--to", `file://${target}?${param}`, fx.hello]);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stderr, /unknown store URL parameter .*give --compression and --sign-key instead/);
+      assert.ok(!existsSync(target), "nothing written");
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("cache push refuses a cache of another store directory (its nix-cache-info's StoreDir)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "nixoci-cache-gnu-"));
+  try {
+    writeFileSync(join(dir, "nix-cache-info"), "StoreDir: /gnu/store\nWantMassQuery: 1\nPriority: 40\n");
+    const r = nixoci(["cache", "push", "--to", `file://${dir}`, "--sign-key", key.secretKeyFile, fx.hello]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /nix-cache-info: the cache is for store \/gnu\/store, not \/nix\/store/);
+    assert.deepEqual(
+      readdirSync(dir).filter((n) => n.endsWith(".narinfo")),
+      [],
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 /** `nix store verify -r` of fx.all's closure in the cache at DIR, trusting only `publicKey`: Nix's own check. */
 function nixVerifyAll(dir: string, publicKey: string): void {
   nixCmd([
