@@ -10,7 +10,13 @@ import { DEFAULT_STORE_DIR, makeFixedOutputPath, makeTextPath, parseStorePath } 
 import { decompressStream, parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
-import { openTransport, READ_PARAMS, splitCacheUrl, type CacheTransport } from "./cache-transport.js";
+import {
+  openTransport,
+  READ_PARAMS,
+  redactCredentials,
+  splitCacheUrl,
+  type CacheTransport,
+} from "./cache-transport.js";
 import { FlatNarContentCheck } from "./flat-content-check.js";
 import { NarVerifier } from "./nar-verify.js";
 import type { PathInfo } from "./path-info.js";
@@ -38,7 +44,7 @@ export class BinaryCacheStore implements Store {
   ): Promise<BinaryCacheStore> {
     const transport = openTransport(url);
     const { base, params } = splitCacheUrl(url, READ_PARAMS);
-    url = base.replace(/\/+$/, "");
+    url = redactCredentials(base.replace(/\/+$/, "")); // for messages: the transport keeps the credentials
     const text = await transport.getText("nix-cache-info");
     const info =
       text === undefined

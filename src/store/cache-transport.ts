@@ -23,7 +23,10 @@ export function openTransport(url: string): CacheTransport {
   const { base } = splitCacheUrl(url, READ_PARAMS);
   if (base.startsWith("file://")) return new FileTransport(base);
   if (base.startsWith("http://") || base.startsWith("https://")) return new HttpTransport(base);
-  throw new NixociError(url, "unsupported binary cache URL (expected file://, http:// or https://)");
+  throw new NixociError(
+    redactCredentials(url),
+    "unsupported binary cache URL (expected file://, http:// or https://)",
+  );
 }
 
 /** The store URL parameters nixoci reads from a cache it reads (Nix's, which override nix-cache-info). */
@@ -43,7 +46,10 @@ export function splitCacheUrl(
   if (q < 0) return { base: url, params };
   for (const [k, v] of new URLSearchParams(url.slice(q + 1))) {
     if (!known.includes(k))
-      throw new NixociError(url.slice(0, q), `unknown store URL parameter ${JSON.stringify(k)} (${hint})`);
+      throw new NixociError(
+        redactCredentials(url.slice(0, q)),
+        `unknown store URL parameter ${JSON.stringify(k)} (${hint})`,
+      );
     params.set(k, v);
   }
   return { base: url.slice(0, q), params };
@@ -153,20 +159,39 @@ function bodyFailure(err: unknown, received: number, expected: number | undefine
   return `download failed after ${got}: ${cause}`;
 }
 
+/** `url` with any user and password replaced by "***" (for messages). */
+export function redactCredentials(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, "$1***@");
+}
+
 export class HttpTransport implements CacheTransport {
   private readonly base: string;
   private readonly headTimeoutMs: number;
   private readonly stallTimeoutMs: number;
 
+  /** Basic credentials from the URL (http://USER:PASSWORD@HOST, as curl and Nix take them), sent as a header. */
+  private readonly authorization?: string;
+
   constructor(
     readonly url: string,
     opts: HttpTransportOptions = {},
   ) {
+    let parsed: URL;
     try {
-      new URL(url);
+      parsed = new URL(url);
     } catch {
-      throw new NixociError(url, "malformed URL");
+      throw new NixociError(redactCredentials(url), "malformed URL");
     }
+    if (parsed.username || parsed.password) {
+      const user = decodeURIComponent(parsed.username);
+      const password = decodeURIComponent(parsed.password);
+      this.authorization = `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+      parsed.username = "";
+      parsed.password = "";
+      url = parsed.toString();
+    }
+    // Errors name the URL without the credentials.
+    this.url = url;
     this.base = url.replace(/\/+$/, "");
     this.headTimeoutMs = opts.headTimeoutMs ?? HEAD_TIMEOUT_MS;
     this.stallTimeoutMs = opts.stallTimeoutMs ?? stalledDownloadTimeoutMs();
@@ -188,7 +213,12 @@ export class HttpTransport implements CacheTransport {
       );
       let res: Response;
       try {
-        res = await fetch(target, { method, signal: abort.signal, redirect: "follow" });
+        res = await fetch(target, {
+          method,
+          signal: abort.signal,
+          redirect: "follow",
+          ...(this.authorization ? { headers: { Authorization: this.authorization } } : {}),
+        });
       } catch (err) {
         lastError = abort.signal.aborted
           ? String((abort.signal.reason as Error).message)

@@ -149,3 +149,26 @@ test("a narinfo that never ends (or a huge file) is refused past 16 MiB, not rea
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("credentials in an http URL go as Basic auth, and no message shows them", async () => {
+  const seen: (string | undefined)[] = [];
+  const url = await serve((req, res) => {
+    seen.push(req.headers.authorization);
+    if (req.url === "/nix-cache-info") res.end("StoreDir: /nix/store\n");
+    else {
+      res.statusCode = 500;
+      res.end();
+    }
+  });
+  const withCreds = url.replace("http://", "http://ci%40example:s3cret@");
+  const t = openTransport(withCreds);
+  assert.equal(await t.getText("nix-cache-info"), "StoreDir: /nix/store\n");
+  assert.equal(seen[0], `Basic ${Buffer.from("ci@example:s3cret").toString("base64")}`);
+  const message = await failure(t.getText("x.narinfo"));
+  assert.match(message, /^http:\/\/127\.0\.0\.1:\d+\/x\.narinfo: HTTP 500/);
+  assert.doesNotMatch(message, /s3cret/);
+  assert.doesNotMatch(
+    await failure(Promise.resolve().then(() => openTransport(`${withCreds}?bad=1`))),
+    /s3cret/,
+  );
+});
