@@ -91,6 +91,17 @@ function descriptor(x: unknown, where: string): ParsedDescriptor {
     const p = x.platform;
     if (!isObject(p) || typeof p.architecture !== "string" || typeof p.os !== "string")
       throw invalid(`${where}.platform needs architecture and os`);
+    // The image spec's fields with their types, others as plain values: a platform is copied into converted
+    // manifest lists, and an arbitrary value there (100,000 nested arrays) would fail every client asking for one.
+    for (const [k, v] of Object.entries(p)) {
+      const ok =
+        k === "architecture" || k === "os" || k === "variant" || k === "os.version"
+          ? typeof v === "string"
+          : k === "os.features" || k === "features"
+            ? Array.isArray(v) && v.every((f) => typeof f === "string")
+            : v === null || ["string", "number", "boolean"].includes(typeof v);
+      if (!ok) throw invalid(`${where}.platform.${k} has a value of the wrong type`);
+    }
     d.platform = p as ParsedDescriptor["platform"];
   }
   return d;

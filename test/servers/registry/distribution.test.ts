@@ -283,6 +283,36 @@ describe("RegistryStorage API", () => {
       (e: unknown) => e instanceof RegistryError && e.code === "MANIFEST_INVALID",
     );
     assert.equal(await storage.getManifest("nix/hello", "nope"), undefined);
+
+    // An index whose platform holds anything but the spec's fields as typed, or plain values: refused.
+    const indexWith = (platform: unknown) =>
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_INDEX,
+          manifests: [{ mediaType: OCI_MANIFEST, digest, size: image.manifest.bytes.length, platform }],
+        }),
+      );
+    // 50,000 nested arrays, written out (JSON.stringify cannot go that deep; JSON.parse can).
+    const deep = Buffer.from(
+      indexWith({ architecture: "amd64", os: "linux", x: "DEEP" })
+        .toString()
+        .replace('"DEEP"', "[".repeat(50_000) + "]".repeat(50_000)),
+    );
+    await assert.rejects(
+      storage.putManifest("nix/hello", "bad", deep, OCI_INDEX),
+      (e: unknown) => e instanceof RegistryError && e.code === "MANIFEST_INVALID",
+    );
+    for (const platform of [
+      { architecture: "amd64", os: "linux", variant: 8 },
+      { architecture: "amd64", os: "linux", "os.features": [1] },
+    ])
+      await assert.rejects(
+        storage.putManifest("nix/hello", "bad", indexWith(platform), OCI_INDEX),
+        (e: unknown) => e instanceof RegistryError && e.code === "MANIFEST_INVALID",
+      );
+    const ok = { architecture: "arm", os: "linux", variant: "v7", "os.features": ["x"], "org.example": 1 };
+    assert.ok(await storage.putManifest("nix/hello", "index", indexWith(ok), OCI_INDEX));
   });
 
   test("an upload goes on in another process (the running hash is rebuilt); old sessions are purged", async () => {
