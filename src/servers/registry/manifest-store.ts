@@ -124,10 +124,13 @@ export class ManifestStore {
           detail: { digest: b.digest, size: b.size, actual: size },
         });
     }
+    const children = new Map<string, ReturnType<typeof this.readManifest>>(); // each one read once
     for (const c of m.manifests) {
       // A child must be a manifest of this repository: a blob that is not one (a config, a layer) would be
       // served as a manifest once the index named it.
-      const child = await this.readManifest(repo, c.digest);
+      let read = children.get(c.digest);
+      if (!read) children.set(c.digest, (read = this.readManifest(repo, c.digest)));
+      const child = await read;
       if (!child)
         throw registryError("MANIFEST_BLOB_UNKNOWN", {
           message: "index references a manifest unknown to the repository",

@@ -120,13 +120,19 @@ export async function ociIndexToDocker(
   const m = parseManifest(bytes, OCI_INDEX);
   if (m.json.artifactType !== undefined) throw new NotConvertible("the index is an artifact");
   const manifests = [];
+  // Each child converted once, however many entries name it (an index of thousands of entries naming one
+  // manifest cost seconds of CPU per GET).
+  const converted = new Map<string, Promise<{ digest: Digest; size: number }>>();
   for (const d of m.manifests) {
     if (!d.platform) throw new NotConvertible(`index entry ${d.digest} has no platform`);
     let child: { mediaType: string; digest: Digest; size: number };
     if (d.mediaType === DOCKER_MANIFEST)
       child = { mediaType: DOCKER_MANIFEST, digest: d.digest, size: d.size };
-    else if (d.mediaType === OCI_MANIFEST) child = { mediaType: DOCKER_MANIFEST, ...(await convertChild(d)) };
-    else throw new NotConvertible(`index entry ${d.digest} is ${d.mediaType}`);
+    else if (d.mediaType === OCI_MANIFEST) {
+      let c = converted.get(d.digest);
+      if (!c) converted.set(d.digest, (c = convertChild(d)));
+      child = { mediaType: DOCKER_MANIFEST, ...(await c) };
+    } else throw new NotConvertible(`index entry ${d.digest} is ${d.mediaType}`);
     manifests.push(withOptional(child, { platform: d.platform, annotations: d.annotations }));
   }
   return Buffer.from(
