@@ -25,6 +25,9 @@ export interface UploadStatus {
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/** Upload sessions open at once (this process's): a few per pusher, so hundreds of pushers at a time. */
+export const MAX_OPEN_UPLOADS = 1000;
+
 function uploadUnknown(uuid: string): RegistryError {
   return registryError("BLOB_UPLOAD_UNKNOWN", { detail: { uuid } });
 }
@@ -57,9 +60,18 @@ export class UploadStore {
     }
   }
 
-  /** Starts an upload session for the repository. */
+  /**
+   * Starts an upload session for the repository. At most MAX_OPEN_UPLOADS at once (each holds a directory and a
+   * running hash until it ends or is purged): beyond, 429, as a client that opens sessions and never uses them
+   * would otherwise fill the disk's inodes and the memory until --upload-ttl.
+   */
   async startUpload(repo: string): Promise<UploadStatus> {
     this.layout.repoDir(repo);
+    if (this.hashes.size >= MAX_OPEN_UPLOADS)
+      throw registryError("TOOMANYREQUESTS", {
+        message: `${MAX_OPEN_UPLOADS} uploads are in progress; finish or cancel some, or try again later`,
+        headers: { "Retry-After": "60" },
+      });
     const uuid = randomUUID();
     const dir = this.uploadDir(uuid);
     await makeDirs(dir);

@@ -31,6 +31,7 @@ import { parseRoute } from "../../../src/servers/registry/routes.js";
 import { RegistryError } from "../../../src/servers/registry/errors.js";
 import type { ManifestSource } from "../../../src/servers/registry/manifest-source.js";
 import { RegistryStorage } from "../../../src/servers/registry/storage.js";
+import { MAX_OPEN_UPLOADS } from "../../../src/servers/registry/upload-store.js";
 import {
   DOCKER_CLI,
   startContainerd,
@@ -313,6 +314,18 @@ describe("RegistryStorage API", () => {
       );
     const ok = { architecture: "arm", os: "linux", variant: "v7", "os.features": ["x"], "org.example": 1 };
     assert.ok(await storage.putManifest("nix/hello", "index", indexWith(ok), OCI_INDEX));
+  });
+
+  test("at most MAX_OPEN_UPLOADS sessions at once: then 429, and a session that ends frees its place", async () => {
+    const storage = new RegistryStorage(makeTempDir("registry-storage-many"));
+    const open = [];
+    for (let i = 0; i < MAX_OPEN_UPLOADS; i++) open.push(await storage.startUpload("x/y"));
+    await assert.rejects(
+      storage.startUpload("x/y"),
+      (e: unknown) => e instanceof RegistryError && e.status === 429 && e.code === "TOOMANYREQUESTS",
+    );
+    assert.equal(await storage.cancelUpload("x/y", open[0].uuid), true);
+    assert.ok(await storage.startUpload("x/y"));
   });
 
   test("an upload goes on in another process (the running hash is rebuilt); old sessions are purged", async () => {
