@@ -212,7 +212,15 @@ export class OverlaySnapshotter {
     const before = this.metadata.mustGet(key);
     if (before.kind !== "active")
       throw new SnapshotError("failed-precondition", `snapshot ${JSON.stringify(key)} is not active`);
-    const usage = await diskUsage(this.fsPath(before.id));
+    // Measured before taking the lock (a walk of the tree); a Remove meanwhile takes the tree away: NOT_FOUND.
+    let usage: Awaited<ReturnType<typeof diskUsage>>;
+    try {
+      usage = await diskUsage(this.fsPath(before.id));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT" && this.metadata.get(key)?.id !== before.id)
+        throw new SnapshotError("not-found", `snapshot ${JSON.stringify(key)} does not exist`);
+      throw err;
+    }
     await this.lock.run(() => {
       this.metadata.transaction(() => {
         const rec = this.metadata.get(key);

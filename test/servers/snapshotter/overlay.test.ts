@@ -126,6 +126,29 @@ describe("snapshotter gRPC API", () => {
   });
 
   test(
+    "a Commit racing a Remove of its snapshot: NOT_FOUND or done, never INTERNAL",
+    { timeout: 120_000 },
+    async () => {
+      for (let i = 0; i < 20; i++) {
+        const key = `race-${i}`;
+        const p = await rpc(client, "Prepare", { key });
+        assert.equal(p.err, undefined, p.details);
+        // Enough files that measuring the tree takes a while.
+        const fs = (p.mounts as Reply[])[0].source as string;
+        for (let f = 0; f < 300; f++) writeFileSync(join(fs, `f${f}`), "x");
+        const [c, r] = await Promise.all([
+          rpc(client, "Commit", { key, name: `race-done-${i}` }),
+          rpc(client, "Remove", { key }),
+        ]);
+        assert.ok(c.err === undefined || c.err === 5, `Commit: ${c.err} ${c.details}`);
+        assert.ok(r.err === undefined || r.err === 5, `Remove: ${r.err} ${r.details}`);
+        if (c.err === undefined)
+          assert.equal((await rpc(client, "Remove", { key: `race-done-${i}` })).err, undefined);
+      }
+    },
+  );
+
+  test(
     "prepare, commit, view, mounts and the error codes containerd expects",
     { timeout: 60_000 },
     async () => {
