@@ -651,6 +651,12 @@ export class NixImageSource implements ManifestSource {
       0,
       1000,
     );
+    // Out of space where the image's blobs go: the server's state, said as uploads say it (507).
+    if (storageFull(err))
+      return registryError("UNKNOWN", {
+        status: 507,
+        message: `the registry's storage is full: ${doing} ${repo} failed: ${message}`,
+      });
     return registryError("UNKNOWN", { message: `${doing} ${repo} failed: ${message}` });
   }
 
@@ -661,6 +667,16 @@ export class NixImageSource implements ManifestSource {
       // an event listener's failure is not the request's
     }
   }
+}
+
+/** An ENOSPC or EDQUOT, as the error or anywhere in its causes (a NixociError wrapping the write's). */
+function storageFull(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOSPC" || code === "EDQUOT") return true;
+    if (e instanceof Error && /no space left on device|disk quota exceeded/i.test(e.message)) return true;
+  }
+  return false;
 }
 
 /** The key of builtRevisions: an image's architecture and packages. */

@@ -485,6 +485,19 @@ test("a package set that fails to evaluate: 500 with its cause (server paths red
   assert.doesNotMatch(failed[0].error!, /\/srv\/secret/);
 });
 
+test("a build that finds the storage full: 507, as an upload gets", async () => {
+  const { resolver, source } = setup();
+  resolver.fail = new NixociError("/srv/registry/blobs", "cannot write a blob", {
+    cause: Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }),
+  });
+  await expectRegistryError(
+    source.resolve("hello", "latest", ctx()),
+    507,
+    "UNKNOWN",
+    /^the registry's storage is full: building the image hello failed/,
+  );
+});
+
 test("beyond the queue: 429 TOOMANYREQUESTS; queued builds run when a slot frees", async () => {
   const { resolver, events, source } = setup({ maxConcurrentBuilds: 1, maxQueuedBuilds: 1 });
   let open!: () => void;
