@@ -9,7 +9,7 @@
 // buffered unread) ends the request with 408 and closes the connection, however long the body has been
 // flowing, so a body trickled byte by byte does not hold a connection for ever, while a large upload at any
 // useful speed takes as long as it needs. Idle connections close after 10 minutes (an on-demand build may keep
-// a request silent that long), idle keep-alive connections after 5 s.
+// a request silent that long), idle keep-alive connections after 95 s (see keepAliveTimeout below).
 import * as http from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -256,8 +256,9 @@ export function createRegistryServer(opts: RegistryServerOptions): http.Server {
       res.setHeader("Docker-Distribution-API-Version", "registry/2.0");
       info.route = routeName(route, method);
       if ("name" in route) info.repo = route.name;
-      checkMethod(route, method);
+      // Credentials before anything about the route: under --auth-pull an unknown path or method says nothing.
       await verify(decideAccess(method, path, route, policy));
+      checkMethod(route, method);
       if (route.kind === "token") {
         if (!auth?.handleTokenRequest)
           throw registryError("NOT_FOUND", { message: "this registry has no token endpoint" });

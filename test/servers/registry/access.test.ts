@@ -185,6 +185,12 @@ describe("--auth-pull closes every route but /healthz", () => {
     );
     // Unknown paths: 401 too (nothing about what exists); with credentials, 404.
     assert.equal((await request(srv.host, "GET", "/no/such/thing")).status, 401);
+    assert.equal((await request(srv.host, "GET", "/v2/foo")).status, 401);
+    assert.equal((await request(srv.host, "POST", "/v2/closed/img/tags/list")).status, 401);
+    const known = await request(srv.host, "POST", "/v2/closed/img/tags/list", {
+      headers: { Authorization: basic(USER, PASSWORD) },
+    });
+    assert.equal(known.status, 405);
     assert.equal(
       (
         await request(srv.host, "GET", "/no/such/thing", {
