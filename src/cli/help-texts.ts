@@ -163,8 +163,8 @@ export const BUILD = {
       multiple: true,
       value: "REGEX=MODE[:UID[:GID]]",
       help:
-        "give the entries whose absolute path matches REGEX this mode (octal) and owner; later rules win " +
-        "(e.g. '^/home/app(/|$)=0700:1000:1000')",
+        "give the entries whose absolute path matches REGEX this mode (octal) and owner; later rules win; an " +
+        "empty UID keeps the owner (e.g. '^/home/app(/|$)=0700:1000:1000', '^/srv=0770::100' for the group only)",
     },
     uid: { type: "string", value: "N", help: "owner of every file of the store paths", byDefault: "0" },
     gid: { type: "string", value: "N", help: "group of every file of the store paths", byDefault: "0" },
