@@ -422,13 +422,34 @@ export class NixImageSource implements ManifestSource {
       ...names.filter((n) => NAME_COMPONENT_RE.test(n)),
       ...Object.keys(this.metaPackages),
     ];
-    return this.unknownPackagesError(packages, suggestPackages(packages, spellable));
+    // Packages of another architecture only (an --index entry for aarch64-linux alone): say which prefix has them.
+    let elsewhere: string | undefined;
+    try {
+      for (const arch of prefixArchitectures((await this.resolver.architectures()) ?? []))
+        if (
+          arch !== opts.arch &&
+          !(await this.resolver.missingPackages(packages, { ...opts, arch })).length
+        ) {
+          elsewhere = arch;
+          break;
+        }
+    } catch {
+      // a help too
+    }
+    return this.unknownPackagesError(packages, suggestPackages(packages, spellable), elsewhere);
   }
 
-  private unknownPackagesError(packages: string[], suggestions: Record<string, string>): RegistryError {
+  private unknownPackagesError(
+    packages: string[],
+    suggestions: Record<string, string>,
+    elsewhere?: string,
+  ): RegistryError {
     const sorted = [...new Set(packages)].sort();
     return registryError("NAME_UNKNOWN", {
-      message: describeUnknownPackages(sorted, suggestions),
+      message:
+        elsewhere === undefined
+          ? describeUnknownPackages(sorted, suggestions)
+          : `${describeUnknownPackages(sorted)} for this architecture; the set has ${sorted.length === 1 ? "it" : "them"} for ${elsewhere}: ask for ${elsewhere}/NAME`,
       detail: {
         packages: sorted,
         ...(Object.keys(suggestions).length ? { suggestions } : {}),

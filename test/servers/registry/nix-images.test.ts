@@ -354,7 +354,16 @@ test("multi-platform: an unprefixed name is an index of each architecture's imag
   assert.equal(partial!.mediaType, OCI_MANIFEST);
   assert.equal(partial!.children, undefined);
   assert.equal(partial!.digest, (await source.resolve("amd64/greeting/tree", "latest", ctx()))!.digest);
+  // Packages of the other architecture only: the 404 says which prefix has them.
+  resolver.lacking = { amd64: ["tree"] };
+  await expectRegistryError(
+    source.resolve("tree", "latest", ctx()),
+    404,
+    "NAME_UNKNOWN",
+    /^unknown package "tree" for this architecture; the set has it for arm64: ask for arm64\/NAME$/,
+  );
   // A server of one architecture: plain manifests.
+  resolver.lacking = {};
   resolver.arches = ["amd64"];
   const single = await source.resolve("hello", "latest", withAccept([OCI_INDEX, OCI_MANIFEST]));
   assert.equal(single!.mediaType, OCI_MANIFEST);
