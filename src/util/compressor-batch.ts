@@ -208,7 +208,9 @@ class Lane {
       : exit.code === null
         ? "could not start"
         : `exited with status ${exit.code}`;
-    const hint = exit.code === 127 ? ` (is Debian's ${CODECS[opts.codec].pkg} package installed?)` : "";
+    // 127: the shell found no program, the compressor or the lane's mkfifo (coreutils).
+    const missing = /mkfifo/.test(exit.stderr) ? "coreutils" : CODECS[opts.codec].pkg;
+    const hint = exit.code === 127 ? ` (is Debian's ${missing} package installed?)` : "";
     const said = withoutTemporariesIn(exit.stderr.trim().split("\n")[0] + hint);
     return new NixociError(
       this.batch.input,
