@@ -110,6 +110,10 @@ test("references that cannot be read say why", async () => {
   await assert.rejects(openImage(""), /image reference: empty/);
   await assert.rejects(openImage("-"), /^NixociError: -: images are not read from standard input/);
   await assert.rejects(openImage("nix:foo"), /nix:foo: a nix: image to read is its description's store path/);
+  for (const transport of ["oci-archive", "docker-archive"])
+    await assert.rejects(openImage(`${transport}:${work}`), {
+      message: `${transport}:${work}: a directory, not a tar archive`,
+    });
   await assert.rejects(openImage(`docker://${registry.host}/src/nothing:v1`), {
     message: new RegExp(`^docker://${registry.host}/src/nothing:v1: manifest fetch failed: 404`),
   });

@@ -47,7 +47,8 @@ export async function archiveFiles(file: string, input: string): Promise<LayoutF
   const fh = await open(file, "r").catch((err: NodeJS.ErrnoException) => {
     throw new Error(err.code === "ENOENT" ? "no such file" : err.message);
   });
-  await fh.close();
+  const isDir = (await fh.stat().finally(() => fh.close())).isDirectory();
+  if (isDir) throw new Error("a directory, not a tar archive");
   const stream = createReadStream(file, { highWaterMark: 1 << 20 });
   try {
     for await (const m of readTarMembers(stream, input)) {
