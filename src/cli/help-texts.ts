@@ -348,7 +348,8 @@ export const NAR = {
   summary: "dump, restore and list NAR archives",
   usage: ["nixoci nar dump PATH > out.nar", "nixoci nar restore DEST < in.nar", "nixoci nar ls FILE|-"],
   description: [
-    "dump writes the NAR of a file tree to stdout (bytes equal `nix-store --dump`). restore unpacks a NAR from " +
+    "dump writes the NAR of a file tree to stdout (bytes equal `nix-store --dump`; a symlink is dumped as the " +
+      "symlink, as there). restore unpacks a NAR from " +
       "stdin into DEST, which must not exist: every NAR rule is enforced and the tree is written under a " +
       "temporary name and renamed, so a bad NAR leaves nothing; SIGTERM, SIGINT or SIGHUP remove the temporary " +
       "tree and exit 128+N, and what a restore killed otherwise left beside DEST (`.DEST.tmp-PID-…`) goes with " +
@@ -357,7 +358,10 @@ export const NAR = {
   ],
   flags: {},
   examples: [
-    ["nixoci nar dump ./result > hello.nar", "the NAR of a store path"],
+    [
+      "nixoci nar dump $(readlink ./result) > hello.nar",
+      "the NAR of a store path (./result itself is a symlink)",
+    ],
     ["nixoci nar restore ./copy < hello.nar", "unpack it again"],
     ["nixoci nar ls hello.nar.xz", "its listing"],
   ],

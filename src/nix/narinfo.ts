@@ -76,8 +76,10 @@ function checkContentAddress(ca: string, input: string): void {
 }
 
 function parseSize(value: string, field: string, input: string): number {
-  if (!/^(0|[1-9][0-9]*)$/.test(value) || !Number.isSafeInteger(Number(value))) {
+  if (!/^(0|[1-9][0-9]*)$/.test(value))
     throw new NixociError(input, `${field} ${quote(value)} is not a non-negative integer`);
+  if (!Number.isSafeInteger(Number(value))) {
+    throw new NixociError(input, `${field} ${quote(value)} is larger than nixoci handles (2^53 - 1 bytes)`);
   }
   return Number(value);
 }
