@@ -11,6 +11,7 @@ import { decompressStream, parseCompression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
 import {
+  FileTransport,
   openTransport,
   READ_PARAMS,
   redactCredentials,
@@ -43,6 +44,7 @@ export class BinaryCacheStore implements Store {
     storeDir = DEFAULT_STORE_DIR,
   ): Promise<BinaryCacheStore> {
     const transport = openTransport(url);
+    if (transport instanceof FileTransport) await transport.checkRoot();
     const { base, params } = splitCacheUrl(url, READ_PARAMS);
     url = redactCredentials(base.replace(/\/+$/, "")); // for messages: the transport keeps the credentials
     const text = await transport.getText("nix-cache-info");

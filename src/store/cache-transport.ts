@@ -55,8 +55,15 @@ export function splitCacheUrl(
   return { base: url.slice(0, q), params };
 }
 
-class FileTransport implements CacheTransport {
+export class FileTransport implements CacheTransport {
   readonly root: string;
+
+  /** Fails when the cache's directory is not there (a typo in --from), rather than reading it as empty. */
+  async checkRoot(): Promise<void> {
+    const st = await stat(this.root).catch(() => undefined);
+    if (!st) throw new NixociError(this.url, "no such directory");
+    if (!st.isDirectory()) throw new NixociError(this.url, "not a directory");
+  }
 
   constructor(readonly url: string) {
     let dir: string;

@@ -222,6 +222,7 @@ test("cache URLs: Nix's ?priority= and ?want-mass-query= are read, other paramet
     ) as unknown;
     assert.ok(JSON.stringify(info).includes(fx.hello));
     for (const [url, message] of [
+      [`file://${dir}/typo`, /typo: no such directory$/m],
       [`file://${dir}?trusted=1`, /unknown store URL parameter "trusted"/],
       [`file://${dir}?priority=high`, /priority="high" is not a non-negative integer/],
     ] as const) {
