@@ -584,12 +584,23 @@ export class NixSnapshotter extends OverlaySnapshotter {
     return this.createNixLayer(ref, parent, labels, paths, mode);
   }
 
+  /**
+   * The chain ID of the snapshot `parent` names: its ref label (containerd's unpacker commits every layer with
+   * one), else the name without the "NAMESPACE/ID/" prefix containerd's metadata layer gives the snapshots it
+   * names (an ordinary layer below, e.g. a base image's); a layer this snapshotter made is named by its chain ID.
+   */
+  private parentChainId(parent: string): string {
+    if (!parent) return "";
+    const ref = this.metadata.get(parent)?.labels[REF_LABEL];
+    return ref ?? parent.replace(/^[^/]+\/\d+\//, "");
+  }
+
   /** Whether the layer's store paths make its chain ID (layer-verify.ts); a warning and a fallback when not. */
   private async verifyChain(ref: string, parent: string, paths: string[]): Promise<boolean> {
     const start = performance.now();
     let format: string | undefined;
     try {
-      format = await verifyNixLayerChain(this.metadata, this.store, paths, parent, ref);
+      format = await verifyNixLayerChain(this.metadata, this.store, paths, this.parentChainId(parent), ref);
     } catch (err) {
       this.log?.warn("nix layer: cannot read its store paths to check it; unpacking the layer", {
         ref,

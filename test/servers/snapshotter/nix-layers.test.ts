@@ -314,7 +314,7 @@ describe("snapshotter nix layers: a layer is committed from the store only when 
   let sn: Snapshotter | undefined;
   let client: Client;
   /** The store layers of an image `nixoci build` made: chain IDs (from the config's diff_ids) and paths. */
-  let layers: { chain: string; parent: string; paths: string[] }[];
+  let layers: { chain: string; parent: string; paths: string[]; diffId: string }[];
 
   before(async () => {
     const fx = buildFixtures();
@@ -344,7 +344,7 @@ describe("snapshotter nix layers: a layer is committed from the store only when 
         ? `sha256:${createHash("sha256").update(`${parent} ${diffIds[i]}`).digest("hex")}`
         : diffIds[i];
       const paths = layerStorePaths(l as Parameters<typeof layerStorePaths>[0]);
-      if (paths.length) layers.push({ chain, parent, paths });
+      if (paths.length) layers.push({ chain, parent, paths, diffId: diffIds[i] });
       parent = chain;
     }
     assert.ok(layers.length >= 2, "the image has two store layers or more");
@@ -409,6 +409,29 @@ describe("snapshotter nix layers: a layer is committed from the store only when 
     }
     for (const l of [...layers].reverse())
       assert.equal((await rpc(client, "Remove", { key: l.chain })).err, undefined);
+  });
+
+  test("above an ordinary layer (a base image's), named as containerd's metadata layer names it", async () => {
+    // containerd commits the layers it unpacks as NAMESPACE/ID/<chain ID>, with the chain ID as ref label.
+    const base = `sha256:${"ab".repeat(32)}`;
+    const p = await rpc(client, "Prepare", { key: "k8s.io/7/extract-1 base", labels: { [REF]: base } });
+    assert.equal(p.err, undefined, p.details);
+    const named = `k8s.io/8/${base}`;
+    const c = await rpc(client, "Commit", {
+      key: "k8s.io/7/extract-1 base",
+      name: named,
+      labels: { [REF]: base },
+    });
+    assert.equal(c.err, undefined, c.details);
+    const top = layers[layers.length - 1];
+    const chain = `sha256:${createHash("sha256").update(`${base} ${top.diffId}`).digest("hex")}`;
+    const r = await rpc(client, "Prepare", {
+      key: `k8s.io/9/extract-2 ${chain}`,
+      parent: named,
+      labels: nixLabels(chain, top.paths),
+    });
+    assert.equal(r.err, 6, `ALREADY_EXISTS: ${r.details}\n${tail(sn!.logFile)}`);
+    for (const key of [chain, named]) assert.equal((await rpc(client, "Remove", { key })).err, undefined);
   });
 });
 
