@@ -59,6 +59,9 @@ const identity = (b: Buffer): Buffer => b;
 
 type Handler = grpc.handleUnaryCall<Buffer, Buffer>;
 
+/** The longest nix:0 reference: "nix:0" + a store path (store dir, 32, "-", 211) + ":" tag (128) or "@" digest. */
+const MAX_REF_LENGTH = 1024;
+
 /**
  * The name containerd's CRI plugin looks a nix reference up by (a Docker reference: the tag asked for, latest by
  * default; or the digest), so ImageStatus of the reference a pod names finds the pulled image.
@@ -201,16 +204,25 @@ export class NixImageService {
       return;
     }
     const start = performance.now();
+    // No real reference is this long (a store path name is at most 211 characters, a tag 128): refused before
+    // anything reads it, and logged cut short.
+    const shown = ref.length > 300 ? `${ref.slice(0, 300)}… (${ref.length} characters)` : ref;
     try {
+      if (ref.length > MAX_REF_LENGTH)
+        throw new StatusError(
+          grpc.status.INVALID_ARGUMENT,
+          `a reference of ${ref.length} characters: longer than any nix:0 reference (${MAX_REF_LENGTH})`,
+        );
       const id = await this.pullNix(ref);
       this.metrics.nixPulls.inc({ result: "success" });
-      this.opts.log.info("pulled", { image: ref, id, ms: Math.round(performance.now() - start) });
+      this.opts.log.info("pulled", { image: shown, id, ms: Math.round(performance.now() - start) });
       cb(null, svc.responseSerialize({ image_ref: id }) as Buffer);
     } catch (err) {
       this.metrics.nixPulls.inc({ result: "failure" });
       const { code, details } = statusOf(err);
-      this.opts.log.warn("pull failed", { image: ref, code: grpc.status[code], error: details });
-      cb({ code, details });
+      const said = details.length > 1000 ? `${details.slice(0, 1000)}…` : details;
+      this.opts.log.warn("pull failed", { image: shown, code: grpc.status[code], error: said });
+      cb({ code, details: said });
     }
   }
 

@@ -181,6 +181,18 @@ describe(`nixoci image-service: nix:0 references from the store through containe
     };
     await bad("nix:0/nix/store/../etc/passwd", 3, /not directly inside|normalised|invalid/i);
     await bad("nix:0/etc/passwd", 3, /not in|store/i);
+    // 100 KB of a name: refused at once, and logged cut short.
+    await bad(
+      `nix:0/nix/store/${"0".repeat(32)}-${"a".repeat(100_000)}`,
+      3,
+      /^a reference of 100049 characters/,
+    );
+    assert.ok(
+      readFileSync(svc.logFile, "utf8")
+        .split("\n")
+        .every((l) => l.length < 5000),
+      "no log line holds the whole reference",
+    );
     await bad(`nix:0/nix/store/${"0".repeat(32)}-missing-image`, 5, /not in the store/);
     // A store path that is not a description (the package itself).
     await bad(`nix:0${fx.hello}`, 9, /corrupt image description.*oci-layout/);
