@@ -11,14 +11,23 @@
 // unlinking it) and another process may hold a new one under the same name: open it again. On release the lock
 // file is unlinked, then the byte written, then the descriptor closed.
 import { spawn } from "node:child_process";
-import { constants } from "node:fs";
+import { constants, existsSync } from "node:fs";
 import { open, unlink, type FileHandle } from "node:fs/promises";
 import { NixociError } from "../util/errors.js";
+
+/** util-linux's flock(1): where Debian and most systems install it, else whatever PATH finds (NixOS). */
+let flockProgram: string | undefined;
+function flockPath(): string {
+  flockProgram ??= ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p)) ?? "flock";
+  return flockProgram;
+}
 
 /** Takes flock(2)'s exclusive lock on the open `handle`, waiting as long as another process holds it. */
 function flockExclusive(handle: FileHandle, lockFile: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn("flock", ["--exclusive", "3"], { stdio: ["ignore", "ignore", "pipe", handle.fd] });
+    const child = spawn(flockPath(), ["--exclusive", "3"], {
+      stdio: ["ignore", "ignore", "pipe", handle.fd],
+    });
     let stderr = "";
     child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
     child.on("error", (err: NodeJS.ErrnoException) =>
