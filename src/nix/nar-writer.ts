@@ -16,6 +16,7 @@ import { finished, pipeline } from "node:stream/promises";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { NixociError } from "../util/errors.js";
 import { errnoWords } from "../util/fs-errors.js";
+import { narString, narStrings, padded } from "./nar-string.js";
 
 /** Output batch size: each chunk of the stream is up to this many bytes. */
 const BATCH_BYTES = 1 << 20;
@@ -30,33 +31,15 @@ const FRAMING_ROOM = 8192;
 /** Room kept after file contents for its padding and two closing parentheses. */
 const LEAF_TAIL = 64;
 
-/** Encodes `s` as a NAR string: u64 LE length, bytes, zero padding to a multiple of 8. */
-function narStr(s: string | Buffer): Buffer {
-  const bytes = typeof s === "string" ? Buffer.from(s, "utf8") : s;
-  const out = Buffer.alloc(8 + padded(bytes.length));
-  out.writeUInt32LE(bytes.length % 0x100000000, 0);
-  out.writeUInt32LE(Math.floor(bytes.length / 0x100000000), 4);
-  bytes.copy(out, 8);
-  return out;
-}
-
-function padded(n: number): number {
-  return n + ((8 - (n % 8)) % 8);
-}
-
-function tokens(...ss: string[]): Buffer {
-  return Buffer.concat(ss.map((s) => narStr(s)));
-}
-
-const T_MAGIC = narStr("nix-archive-1");
-const T_REGULAR = tokens("(", "type", "regular");
-const T_EXECUTABLE = tokens("executable", "");
-const T_CONTENTS = tokens("contents");
-const T_SYMLINK = tokens("(", "type", "symlink", "target");
-const T_DIRECTORY = tokens("(", "type", "directory");
-const T_ENTRY = tokens("entry", "(", "name");
-const T_NODE = tokens("node");
-const T_CLOSE = tokens(")");
+const T_MAGIC = narString("nix-archive-1");
+const T_REGULAR = narStrings("(", "type", "regular");
+const T_EXECUTABLE = narStrings("executable", "");
+const T_CONTENTS = narStrings("contents");
+const T_SYMLINK = narStrings("(", "type", "symlink", "target");
+const T_DIRECTORY = narStrings("(", "type", "directory");
+const T_ENTRY = narStrings("entry", "(", "name");
+const T_NODE = narStrings("node");
+const T_CLOSE = narStrings(")");
 const ZEROS = Buffer.alloc(8);
 const SLASH = Buffer.from("/");
 

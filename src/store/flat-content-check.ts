@@ -6,19 +6,12 @@
 import { createHash, type Hash as Hasher } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
 import type { Hash } from "../nix/hash.js";
+import { narString, narStrings } from "../nix/nar-string.js";
 import { NixociError } from "../util/errors.js";
 
-function narString(s: string): Buffer {
-  const bytes = Buffer.from(s);
-  const out = Buffer.alloc(8 + bytes.length + ((8 - (bytes.length % 8)) % 8));
-  out.writeBigUInt64LE(BigInt(bytes.length));
-  bytes.copy(out, 8);
-  return out;
-}
-
 const HEAD = ["nix-archive-1", "(", "type", "regular"];
-const PLAIN = Buffer.concat([...HEAD, "contents"].map(narString));
-const EXECUTABLE = Buffer.concat([...HEAD, "executable", "", "contents"].map(narString));
+const PLAIN = narStrings(...HEAD, "contents");
+const EXECUTABLE = narStrings(...HEAD, "executable", "", "contents");
 const TRAILER = narString(")");
 
 export class FlatNarContentCheck extends Transform {
@@ -69,18 +62,14 @@ export class FlatNarContentCheck extends Transform {
     if (this.contentLength === undefined) {
       this.head = Buffer.concat([this.head, rest]);
       for (const prefix of this.allowExecutable ? [PLAIN, EXECUTABLE] : [PLAIN]) {
-        const n = Math.min(this.head.length, prefix.length);
-        if (this.head.subarray(0, n).equals(prefix.subarray(0, n)) && this.head.length >= prefix.length + 8) {
+        if (this.headAgrees(prefix) && this.head.length >= prefix.length + 8) {
           this.contentLength = this.head.readBigUInt64LE(prefix.length);
           rest = this.head.subarray(prefix.length + 8);
           break;
         }
       }
       if (this.contentLength === undefined) {
-        const couldBe = [PLAIN, EXECUTABLE].some((p) => {
-          const n = Math.min(this.head.length, p.length);
-          return this.head.subarray(0, n).equals(p.subarray(0, n));
-        });
+        const couldBe = [PLAIN, EXECUTABLE].some((p) => this.headAgrees(p));
         if (!couldBe || this.head.length > EXECUTABLE.length + 8)
           throw new NixociError(this.input, this.notAFile());
         return;
@@ -97,6 +86,12 @@ export class FlatNarContentCheck extends Transform {
       this.tailLength += rest.length - take;
       if (this.tailLength > 8 + TRAILER.length) throw new NixociError(this.input, this.notAFile());
     }
+  }
+
+  /** Whether the header bytes seen so far agree with `prefix` (as far as either goes). */
+  private headAgrees(prefix: Buffer): boolean {
+    const n = Math.min(this.head.length, prefix.length);
+    return this.head.subarray(0, n).equals(prefix.subarray(0, n));
   }
 
   private notAFile(): string {
