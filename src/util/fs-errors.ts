@@ -151,3 +151,17 @@ export function describeSystemError(err: unknown): string | undefined {
   const doing = (e.syscall && DOING[e.syscall]) ?? (e.syscall ? `${e.syscall} failed` : undefined);
   return oneLine(`${path}: ${doing ? `${doing}: ` : ""}${errnoWords(e)}`);
 }
+
+/**
+ * Out of space or quota: an ENOSPC or EDQUOT as the error or anywhere in its causes (a NixociError wrapping the
+ * write's), or said so by a program's message. The registry answers 507 for it: the request failed, the server
+ * is not broken.
+ */
+export function isStorageFull(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOSPC" || code === "EDQUOT") return true;
+    if (e instanceof Error && /no space left on device|disk quota exceeded/i.test(e.message)) return true;
+  }
+  return false;
+}

@@ -78,6 +78,7 @@ import {
 } from "./image-names.js";
 import type { ManifestSource, StoredManifest } from "./manifest-source.js";
 import type { RegistryStorage } from "./storage.js";
+import { isStorageFull } from "../../util/fs-errors.js";
 
 export type NixImageEventType =
   | "cache-hit"
@@ -673,7 +674,7 @@ export class NixImageSource implements ManifestSource {
       1000,
     );
     // Out of space where the image's blobs go: the server's state, said as uploads say it (507).
-    if (storageFull(err))
+    if (isStorageFull(err))
       return registryError("UNKNOWN", {
         status: 507,
         message: `the registry's storage is full: ${doing} ${repo} failed: ${message}`,
@@ -688,16 +689,6 @@ export class NixImageSource implements ManifestSource {
       // an event listener's failure is not the request's
     }
   }
-}
-
-/** An ENOSPC or EDQUOT, as the error or anywhere in its causes (a NixociError wrapping the write's). */
-function storageFull(err: unknown): boolean {
-  for (let e = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOSPC" || code === "EDQUOT") return true;
-    if (e instanceof Error && /no space left on device|disk quota exceeded/i.test(e.message)) return true;
-  }
-  return false;
 }
 
 /** The key of builtRevisions: an image's architecture and packages. */

@@ -23,6 +23,7 @@ import { RegistryError, registryError } from "./errors.js";
 import type { ManifestSource } from "./manifest-source.js";
 import { checkMethod, parseRoute, routeName, type Route } from "./routes.js";
 import type { RegistryStorage } from "./storage.js";
+import { isStorageFull } from "../../util/fs-errors.js";
 
 export interface RequestInfo {
   method: string;
@@ -111,12 +112,6 @@ function watchBodyProgress(
   const stop = (): void => clearInterval(timer);
   req.once("end", stop);
   req.once("close", stop);
-}
-
-/** Out of space or quota where the registry writes: the client's push failed, the server is not broken. */
-function isStorageFull(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  return code === "ENOSPC" || code === "EDQUOT";
 }
 
 /** The connection's peer address; an IPv4 client of a dual-stack listener as plain IPv4. */
