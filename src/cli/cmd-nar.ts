@@ -2,7 +2,7 @@
 import { createReadStream, fstatSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import type { Readable } from "node:stream";
-import { listNar, serializeNarListing } from "../nix/nar-listing.js";
+import { listNar, narListingBytes } from "../nix/nar-listing.js";
 import { restoreNar, sweepRestoreTemporaries } from "../nix/nar-restore.js";
 import { dumpPathTo } from "../nix/nar-writer.js";
 import { decompressStream, type Compression } from "../util/compression.js";
@@ -43,7 +43,7 @@ export async function narCommand(argv: string[]): Promise<number> {
       return restoreCommand(arg);
     case "ls": {
       const listing = await listNar(openNarFile(arg), { input: arg === "-" ? "stdin" : arg });
-      process.stdout.write(serializeNarListing(listing) + "\n");
+      process.stdout.write(Buffer.concat([narListingBytes(listing), Buffer.from("\n")]));
       return 0;
     }
     default:

@@ -3,6 +3,7 @@
 //   {"version":1,"root":{"type":"directory","entries":{"a":{"type":"regular","size":3,"narOffset":216}}}}
 // Nix writes the node keys in the order type, size, executable, narOffset (or type, entries / type, target)
 // and directory entries in NAR order (bytewise ascending names); serializeNarListing does the same.
+import { hasEscapedBytes, isEscapeAt, narNameBytes } from "./nar-name.js";
 import { parseNar, type NarSource } from "./nar-reader.js";
 
 export type NarListingNode =
@@ -59,7 +60,7 @@ export async function listNar(
 }
 
 function compareNames(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
+  return Buffer.compare(narNameBytes(a), narNameBytes(b));
 }
 
 function writeNode(node: NarListingNode, out: string[]): void {
@@ -71,19 +72,37 @@ function writeNode(node: NarListingNode, out: string[]): void {
       out.push("}");
       return;
     case "symlink":
-      out.push(`{"type":"symlink","target":${JSON.stringify(node.target)}}`);
+      out.push(`{"type":"symlink","target":${jsonName(node.target)}}`);
       return;
     case "directory": {
       out.push(`{"type":"directory","entries":{`);
       const names = Object.keys(node.entries).sort(compareNames);
       names.forEach((name, i) => {
-        out.push(i === 0 ? "" : ",", JSON.stringify(name), ":");
+        out.push(i === 0 ? "" : ",", jsonName(name), ":");
         writeNode(node.entries[name], out);
       });
       out.push("}}");
       return;
     }
   }
+}
+
+/**
+ * A name or target as a JSON string whose escaped bytes (nix/nar-name.ts) stay escapes (JSON.stringify would write
+ * them as "\udcXX" text), for narListingBytes to turn back into the name's bytes: Nix writes a name that is not
+ * UTF-8 into the listing as its bytes.
+ */
+function jsonName(name: string): string {
+  if (!hasEscapedBytes(name)) return JSON.stringify(name);
+  let out = "";
+  let run = 0;
+  for (let i = 0; i < name.length; i++) {
+    if (isEscapeAt(name, i)) {
+      out += JSON.stringify(name.slice(run, i)).slice(1, -1) + name[i];
+      run = i + 1;
+    }
+  }
+  return `"${out}${JSON.stringify(name.slice(run)).slice(1, -1)}"`;
 }
 
 /**
@@ -95,4 +114,9 @@ export function serializeNarListing(listing: NarListing): string {
   writeNode(listing.root, out);
   out.push("}");
   return out.join("");
+}
+
+/** serializeNarListing's JSON as bytes: those of names that are not UTF-8 as they are in the NAR, as Nix writes them. */
+export function narListingBytes(listing: NarListing): Buffer {
+  return narNameBytes(serializeNarListing(listing));
 }

@@ -4,10 +4,14 @@
 // Lengths read from the NAR are checked against their limits before anything is allocated or read for them.
 import type { Readable } from "node:stream";
 import { NixociError, quote } from "../util/errors.js";
+import { decodeNarName } from "./nar-name.js";
 
 /** Receives the tree in a NAR, in NAR order (a directory before its entries, entries sorted bytewise). */
 export interface NarHandler {
-  /** A directory; `path` lists the entry names from the root ([] is the root itself). */
+  /**
+   * A directory; `path` lists the entry names from the root ([] is the root itself). Names and symlink targets
+   * that are not valid UTF-8 have their other bytes escaped: nix/nar-name.ts gives the bytes back.
+   */
   directory(path: readonly string[]): void | Promise<void>;
   symlink(path: readonly string[], target: string): void | Promise<void>;
   /**
@@ -39,7 +43,6 @@ export const NAR_MAX_TARGET = 4095;
 export const NAR_MAX_TAG = 32;
 
 const EMPTY = Buffer.alloc(0);
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Where a NAR comes from: a stream or async iterable of chunks (the usual case), or, for convenience, an
@@ -388,13 +391,7 @@ class NarParser {
     const bytes = await this.str(NAR_MAX_TARGET, W_TARGET);
     if (bytes.length === 0) throw r.fail(at, "symlink target is empty");
     if (bytes.includes(0)) throw r.fail(at, `symlink target ${quote(bytes)} contains a NUL byte`);
-    let target: string;
-    try {
-      target = utf8.decode(bytes);
-    } catch {
-      throw r.fail(at, `symlink target ${quote(bytes)} is not valid UTF-8`);
-    }
-    await this.handler.symlink(path, target);
+    await this.handler.symlink(path, decodeNarName(bytes));
     await this.expect(T_CLOSE);
   }
 
@@ -438,11 +435,7 @@ class NarParser {
         throw r.fail(at, `entry name ${quote(raw)} is not after ${quote(prev)}: entries are not sorted`);
       }
     }
-    try {
-      return utf8.decode(raw);
-    } catch {
-      throw r.fail(at, `entry name ${quote(raw)} is not valid UTF-8`);
-    }
+    return decodeNarName(raw);
   }
 }
 
@@ -451,8 +444,9 @@ class NarParser {
  * took once its root node is complete (anything after it is not read). Rejects with a NixociError naming
  * `opts.input` and the byte offset of the problem for every deviation from what Nix writes: wrong magic,
  * non-zero padding, unknown or misplaced tags, entry names that are empty, ".", "..", contain "/" or NUL, are
- * longer than 255 bytes, are not valid UTF-8 or not strictly increasing bytewise; symlink targets that are
- * empty, contain NUL, are longer than 4095 bytes or are not valid UTF-8; nesting too deep; truncation.
+ * longer than 255 bytes or not strictly increasing bytewise; symlink targets that are empty, contain NUL or are
+ * longer than 4095 bytes; nesting too deep; truncation. Names and targets are bytes, as in Nix: those that are not
+ * valid UTF-8 reach the handler with their other bytes escaped (nix/nar-name.ts).
  * Errors thrown by the handler are passed on as they are. The source is closed (return()) at the end.
  */
 export async function parseNar(

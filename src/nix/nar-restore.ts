@@ -18,6 +18,7 @@ import { NixociError, quote } from "../util/errors.js";
 import { isAbandonedTemp, tempSuffix } from "../util/fs.js";
 import { errnoCode, errnoWords, FileSystemError } from "../util/fs-errors.js";
 import { noteTemporary } from "../util/temporaries.js";
+import { hasEscapedBytes, narFsPath, narNameBytes } from "./nar-name.js";
 import { parseNar, type NarHandler, type NarSource } from "./nar-reader.js";
 
 export interface RestoreNarOptions {
@@ -44,8 +45,11 @@ export interface RestoreNarOptions {
 const FILE_FLAGS =
   fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | (fs.constants.O_NOFOLLOW ?? 0);
 
-/** Removes a tree we created, making its directories writable first (they may already be read-only). */
-function forceRemove(path: string): void {
+/**
+ * Removes a tree we created, making its directories writable first (they may already be read-only). Names are
+ * read as bytes: a NAR's names need not be UTF-8.
+ */
+function forceRemove(path: string | Buffer): void {
   let st: fs.Stats;
   try {
     st = fs.lstatSync(path);
@@ -58,7 +62,10 @@ function forceRemove(path: string): void {
     } catch {
       // try to remove it anyway
     }
-    for (const name of fs.readdirSync(path)) forceRemove(`${path}/${name}`);
+    const dir = typeof path === "string" ? Buffer.from(path) : path;
+    for (const name of fs.readdirSync(dir, { encoding: "buffer" })) {
+      forceRemove(Buffer.concat([dir, Buffer.from("/"), name]));
+    }
     fs.rmdirSync(path);
   } else {
     fs.unlinkSync(path);
@@ -152,25 +159,22 @@ export async function restoreNar(
   let created = false;
   let fd: number | null = null;
   // Directories not yet finalised (made read-only and given their mtime), innermost last.
-  const openDirs: { path: string; depth: number }[] = [];
+  const openDirs: { path: string | Buffer; names: readonly string[] }[] = [];
   const modeIsExact = new Map<number, boolean>();
 
-  const where = (path: readonly string[]) => (path.length === 0 ? tmp : `${tmp}/${path.join("/")}`);
+  const where = (path: readonly string[]) => narFsPath(tmp, path);
   const what = (kind: string, path: readonly string[]) =>
     path.length === 0 ? `the root ${kind}` : `${kind} ${quote(path.join("/"))}`;
 
   /** Finalises the directories that are complete once an entry at depth `depth` appears. */
   const finishDirs = (depth: number) => {
-    for (let top = openDirs.at(-1); top !== undefined && top.depth >= depth; top = openDirs.at(-1)) {
+    for (let top = openDirs.at(-1); top !== undefined && top.names.length >= depth; top = openDirs.at(-1)) {
       openDirs.pop();
       try {
         if (canonical) fs.utimesSync(top.path, 1, 1);
         fs.chmodSync(top.path, canonical ? 0o555 : 0o755);
       } catch (e) {
-        throw fail(
-          `cannot set the mode of directory ${quote(top.path.slice(tmp.length + 1))} (${errnoWords(e)})`,
-          e,
-        );
+        throw fail(`cannot set the mode of directory ${quote(top.names.join("/"))} (${errnoWords(e)})`, e);
       }
     }
   };
@@ -186,7 +190,7 @@ export async function restoreNar(
         throw fail(`cannot create ${what("directory", path)} (${errnoWords(e)})`, e);
       }
       if (path.length === 0) created = true;
-      openDirs.push({ path: p, depth: path.length });
+      openDirs.push({ path: p, names: path });
     },
 
     symlink(path, target) {
@@ -194,7 +198,7 @@ export async function restoreNar(
       finishDirs(path.length);
       const p = where(path);
       try {
-        fs.symlinkSync(target, p);
+        fs.symlinkSync(hasEscapedBytes(target) ? narNameBytes(target) : target, p);
         if (path.length === 0) created = true;
         if (canonical) fs.lutimesSync(p, 1, 1);
       } catch (e) {

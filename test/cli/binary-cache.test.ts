@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import {
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -372,6 +373,45 @@ test("substitutes into the real Nix store and registers the paths so Nix sees th
   run("nix-store", ["--verify-path", victim]);
   assert.equal(readFileSync(victim, "utf8"), `${fx.busybox}/bin/sh\n`);
   run("nix-store", ["--delete", victim]);
+});
+
+test("substitutes a path whose names and symlink targets are not UTF-8, byte for byte (as Nix keeps them)", () => {
+  const src = join(work, "not-utf8-src");
+  const at = (...parts: (string | number[])[]) => Buffer.concat(parts.map((p) => Buffer.from(p)));
+  mkdirSync(src);
+  mkdirSync(at(src, "/caf", [0xe9]));
+  writeFileSync(at(src, "/caf", [0xe9], "/na", [0xef, 0x76, 0x65]), "latin-1\n");
+  writeFileSync(at(src, "/caf", [0xe9], "/", [0xff, 0xfe]), "stray bytes\n");
+  symlinkSync(at("caf", [0xe9], "/na", [0xef, 0x76, 0x65]), at(src, "/link-", [0xe9]));
+  const path = runText("nix-store", ["--add", src]);
+  const dir = join(work, "not-utf8-cache");
+  const url = makeNixCache({ paths: [path], dir, compression: "xz", secretKeyFile: key.secretKeyFile });
+  const storeDir = join(work, "not-utf8-store");
+  nixociOk([
+    "substitute",
+    "--from",
+    url,
+    "--trusted-public-key",
+    key.publicKey,
+    "--store-dir",
+    storeDir,
+    path,
+  ]);
+  assert.ok(dumpEquals(storeDir, path));
+  const restored = join(storeDir, path.slice("/nix/store/".length));
+  assert.deepEqual(
+    readlinkSync(at(restored, "/link-", [0xe9]), { encoding: "buffer" }),
+    at("caf", [0xe9], "/na", [0xef, 0x76, 0x65]),
+  );
+  // `nar ls` of the NAR lists the names as Nix's .ls does: as their bytes.
+  const narFile = join(work, "not-utf8.nar");
+  writeFileSync(narFile, run("nix-store", ["--dump", path]));
+  const listing = nixociOk(["nar", "ls", narFile]).stdout;
+  assert.ok(
+    listing.includes(at('"na', [0xef, 0x76, 0x65], '":{"type":"regular","size":8,')),
+    listing.toString("latin1"),
+  );
+  assert.ok(listing.includes(at('"target":"caf', [0xe9], "/na", [0xef, 0x76, 0x65], '"')));
 });
 
 /** The pids of `pid` and its descendants (from /proc). */

@@ -131,7 +131,6 @@ export function badNars(): BadNar[] {
   add("dotdot-name", nar(MAGIC, dir(["..", file("x")])), 'entry name ".." is not allowed', nameAt);
   add("slash-name", nar(MAGIC, dir(["a/b", file("x")])), 'entry name "a/b" contains "/"', nameAt);
   add("nul-name", nar(MAGIC, dir(["a\0b", file("x")])), "contains a NUL byte", nameAt);
-  add("non-utf8-name", nar(MAGIC, dir([Buffer.from([0x61, 0xff]), file("x")])), "not valid UTF-8", nameAt);
   {
     const b = nar(MAGIC, dir(["b", file("x")], ["a", file("y")]));
     add(
@@ -286,7 +285,15 @@ export function makeTree(root: string, opts: { nonUtf8?: boolean; big?: boolean 
   for (let i = 0; i < 600; i++) w(`many/f${i}`, pseudoRandom(i * 7, i));
   if (opts.big) w("big", pseudoRandom(5 * 1024 * 1024 + 3, 42));
   if (opts.nonUtf8) {
-    fs.writeFileSync(Buffer.concat([Buffer.from(root + "/latin1-"), Buffer.from([0xe9, 0xff])]), "x");
+    // Names and a target that are not UTF-8: a Latin-1 byte, a stray 0xff, a truncated and an overlong sequence,
+    // a CESU-8 surrogate, next to valid multi-byte characters (one outside the BMP).
+    const at = (...parts: (string | number[])[]) =>
+      Buffer.concat(parts.map((p) => (typeof p === "string" ? Buffer.from(p) : Buffer.from(p))));
+    fs.writeFileSync(at(root, "/latin1-", [0xe9, 0xff]), "x");
+    fs.mkdirSync(at(root, "/dir-", [0xe9], "t", [0xe9]));
+    fs.writeFileSync(at(root, "/dir-", [0xe9], "t", [0xe9], "/in-", [0xc3], "-", [0xc0, 0x80]), "inside\n");
+    fs.writeFileSync(at(root, "/dir-", [0xe9], "t", [0xe9], "/\u{1f600}", [0xed, 0xa0, 0x80], "\u00e9"), "y");
+    fs.symlinkSync(at("target-", [0xfe], "/caf", [0xe9]), at(root, "/link-", [0xff]));
   }
 }
 
@@ -374,13 +381,16 @@ export function nixListing(storePath: string, cacheDir: string): string {
 /** Entries of a directory, recursively, with their types (for "nothing was left behind" checks). */
 export function snapshot(dirPath: string): string[] {
   const out: string[] = [];
-  const walk = (p: string, rel: string) => {
-    for (const e of fs.readdirSync(p, { withFileTypes: true })) {
-      const r = rel ? `${rel}/${e.name}` : e.name;
+  // Names as bytes (shown as hex where they are not plain ASCII): a tree may have names that are not UTF-8.
+  const show = (b: Buffer) =>
+    /^[\x20-\x7e]*$/.test(b.toString("latin1")) ? b.toString("latin1") : `<${b.toString("hex")}>`;
+  const walk = (p: Buffer, rel: string) => {
+    for (const e of fs.readdirSync(p, { withFileTypes: true, encoding: "buffer" }) as fs.Dirent<Buffer>[]) {
+      const r = rel ? `${rel}/${show(e.name)}` : show(e.name);
       out.push(`${r}:${e.isDirectory() ? "d" : e.isSymbolicLink() ? "l" : "f"}`);
-      if (e.isDirectory()) walk(join(p, e.name), r);
+      if (e.isDirectory()) walk(Buffer.concat([p, Buffer.from("/"), e.name]), r);
     }
   };
-  walk(dirPath, "");
+  walk(Buffer.from(dirPath), "");
   return out.sort();
 }

@@ -5,7 +5,7 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { listNar, serializeNarListing, type NarListing } from "../../src/nix/nar-listing.js";
+import { listNar, narListingBytes, serializeNarListing, type NarListing } from "../../src/nix/nar-listing.js";
 import { NixociError } from "../../src/util/errors.js";
 import {
   buildStoreFile,
@@ -14,6 +14,7 @@ import {
   dir,
   file,
   MAGIC,
+  makeTree,
   nar,
   nixDump,
   nixListing,
@@ -27,6 +28,17 @@ before(() => {
 after(() => {
   execFileSync("chmod", ["-R", "u+w", work]);
   fs.rmSync(work, { recursive: true, force: true });
+});
+
+test("a path whose names and targets are not UTF-8: the listing's bytes equal Nix's .ls", async () => {
+  const src = join(work, "not-utf8");
+  makeTree(src, { nonUtf8: true });
+  const storePath = execFileSync("nix-store", ["--add", src]).toString().trim();
+  const cache = fs.mkdtempSync(join(work, "cache-"));
+  nixListing(storePath, cache);
+  const expected = fs.readFileSync(join(cache, `${storePath.split("/").pop()!.slice(0, 32)}.ls`));
+  const listing = await listNar(chunked(nixDump(storePath), 1000), { input: storePath });
+  assert.ok(narListingBytes(listing).equals(expected), narListingBytes(listing).toString("latin1"));
 });
 
 test("listing of a store path equals Nix's .ls, byte for byte", async () => {

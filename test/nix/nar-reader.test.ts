@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Readable } from "node:stream";
+import { narNameBytes } from "../../src/nix/nar-name.js";
 import { parseNar, type NarHandler } from "../../src/nix/nar-reader.js";
 import { NixociError } from "../../src/util/errors.js";
 import { badNars, chunked, dir, file, MAGIC, nar, symlink } from "./nar-fixtures.js";
@@ -199,6 +200,21 @@ test("names are compared bytewise and may be any UTF-8", async () => {
     events.filter((e) => e[0] === "file").map((e) => e[1]),
     ["10", "9", "B", "a", "Ä", "ä"],
   );
+});
+
+test("names and targets that are not UTF-8 are accepted, as Nix does, their bytes kept (nar-name.ts)", async () => {
+  const events: Event[] = [];
+  const latin1 = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "café" in Latin-1
+  await parseNar(
+    [nar(MAGIC, dir(["a", file("")], ["caf\u00e9", file("")], [latin1, symlink(Buffer.from([0x2f, 0xff]))]))],
+    recorder(events),
+    { input: "latin1" },
+  );
+  const names = events.filter((e) => e[0] !== "dir").map((e) => e[1]);
+  assert.deepEqual(names, ["a", "café", "caf\udce9"]);
+  assert.deepEqual(narNameBytes("caf\udce9"), latin1);
+  const link = events.find((e) => e[0] === "symlink")!;
+  assert.deepEqual(narNameBytes(link[2] as string), Buffer.from([0x2f, 0xff]));
 });
 
 test("limits are inclusive: 255-byte names and 4095-byte targets are accepted", async () => {

@@ -27,7 +27,7 @@ import { join } from "node:path";
 import { PassThrough, Transform, type Readable, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { serializeCacheInfo } from "../../nix/cache-info.js";
-import { listNar, serializeNarListing } from "../../nix/nar-listing.js";
+import { listNar, narListingBytes } from "../../nix/nar-listing.js";
 import { serializeNarInfo, type NarInfo } from "../../nix/narinfo.js";
 import { pathFingerprint, signFingerprint, type SecretKey } from "../../nix/signature.js";
 import { parseStorePath } from "../../nix/store-path.js";
@@ -276,10 +276,10 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     res: ServerResponse,
     status: number,
     type: string,
-    body: string,
+    body: string | Buffer,
     headers: Record<string, string> = {},
   ): void => {
-    const data = Buffer.from(body, "utf8");
+    const data = typeof body === "string" ? Buffer.from(body, "utf8") : body;
     res.writeHead(status, { "Content-Type": type, "Content-Length": String(data.length), ...headers });
     if (req.method === "HEAD") {
       res.end();
@@ -453,7 +453,7 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     } finally {
       nar.destroy();
     }
-    send(req, res, 200, "application/json", serializeNarListing(listing), { "Cache-Control": IMMUTABLE });
+    send(req, res, 200, "application/json", narListingBytes(listing), { "Cache-Control": IMMUTABLE });
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse, path: string): Promise<void> => {
