@@ -3,10 +3,11 @@
 //   (a directory only one package has is one symlink; shared ones become real directories of links);
 // - /tmp (1777), /usr/bin/env when the closure has an env, /etc/passwd and /etc/group with root and the
 //   configured user, whose home /home/NAME (0755) it owns; and SSL_CERT_FILE when the closure has a CA bundle.
-import { lstatSync, readdirSync, statSync } from "node:fs";
+import { lstatSync, statSync } from "node:fs";
 import { join, posix } from "node:path";
 import type { BaseTree } from "./base-tree.js";
 import type { TreeEntry } from "./layer-tar.js";
+import { fsPath, readdirNames } from "../util/file-names.js";
 
 interface LinkNode {
   kind: "link";
@@ -59,14 +60,15 @@ export function customisationLayer(input: CustomisationInput): Customisation {
 
   const isDirectory = (real: string): boolean => {
     try {
-      return statSync(real).isDirectory(); // follows links: a linked directory merges like a directory
+      return statSync(fsPath(real)).isDirectory(); // follows links: a linked directory merges like a directory
     } catch {
       return false;
     }
   };
 
   const merge = (dir: DirNode, target: string, real: string, top: boolean): void => {
-    for (const name of readdirSync(real).sort()) {
+    // Names as bytes (util/file-names.ts): a package's file whose name is not UTF-8 gets a link of that name.
+    for (const name of readdirNames(real).sort()) {
       if (top && RESERVED.has(name)) continue;
       const childTarget = `${target}/${name}`;
       const childReal = join(real, name);
@@ -229,11 +231,11 @@ function mergeWithBase(root: DirNode, base: BaseTree): void {
   };
   const expand = (link: LinkNode): DirNode => {
     const dir: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
-    for (const name of readdirSync(link.realPath).sort()) {
+    for (const name of readdirNames(link.realPath).sort()) {
       const real = join(link.realPath, name);
       let isDir = false;
       try {
-        isDir = statSync(real).isDirectory();
+        isDir = statSync(fsPath(real)).isDirectory();
       } catch {
         /* a dangling link is a link */
       }

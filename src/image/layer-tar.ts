@@ -27,6 +27,7 @@ import * as fs from "node:fs";
 import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { Readable } from "node:stream";
 import { posix } from "node:path";
+import { fileNameBytes } from "../util/file-names.js";
 import { NixociError, quote } from "../util/errors.js";
 import type { BufferPool } from "../util/buffer-pool.js";
 import { errnoWords } from "../util/fs-errors.js";
@@ -273,7 +274,7 @@ function normaliseTreePath(p: string): Buffer {
   if (s === "" || s.includes("\0") || parts.some((c) => c === "" || c === "." || c === "..")) {
     throw new NixociError("layer tree", `invalid path ${quote(p)}`);
   }
-  return Buffer.from(s);
+  return fileNameBytes(s);
 }
 
 function checkId(e: TreeEntry, id: number | undefined, what: string): number {
@@ -291,7 +292,7 @@ function treeHeader(e: TreeEntry, name: Buffer): TarHeader {
     if (e.target === "" || e.target.includes("\0")) {
       throw new NixociError("layer tree", `${quote(e.path)}: invalid symlink target ${quote(e.target)}`);
     }
-    return { name, type: SYMLINK, mode: 0o777, linkname: Buffer.from(e.target), uid, gid };
+    return { name, type: SYMLINK, mode: 0o777, linkname: fileNameBytes(e.target), uid, gid };
   }
   if (!Number.isInteger(e.mode) || e.mode < 0 || e.mode > 0o7777) {
     throw new NixociError("layer tree", `${quote(e.path)}: invalid mode ${e.mode}`);

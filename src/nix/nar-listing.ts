@@ -3,7 +3,7 @@
 //   {"version":1,"root":{"type":"directory","entries":{"a":{"type":"regular","size":3,"narOffset":216}}}}
 // Nix writes the node keys in the order type, size, executable, narOffset (or type, entries / type, target)
 // and directory entries in NAR order (bytewise ascending names); serializeNarListing does the same.
-import { hasEscapedBytes, isEscapeAt, narNameBytes } from "./nar-name.js";
+import { hasEscapedBytes, isEscapeAt, fileNameBytes } from "../util/file-names.js";
 import { parseNar, type NarSource } from "./nar-reader.js";
 
 export type NarListingNode =
@@ -60,7 +60,7 @@ export async function listNar(
 }
 
 function compareNames(a: string, b: string): number {
-  return Buffer.compare(narNameBytes(a), narNameBytes(b));
+  return Buffer.compare(fileNameBytes(a), fileNameBytes(b));
 }
 
 function writeNode(node: NarListingNode, out: string[]): void {
@@ -88,7 +88,7 @@ function writeNode(node: NarListingNode, out: string[]): void {
 }
 
 /**
- * A name or target as a JSON string whose escaped bytes (nix/nar-name.ts) stay escapes (JSON.stringify would write
+ * A name or target as a JSON string whose escaped bytes (util/file-names.ts) stay escapes (JSON.stringify would write
  * them as "\udcXX" text), for narListingBytes to turn back into the name's bytes: Nix writes a name that is not
  * UTF-8 into the listing as its bytes.
  */
@@ -118,5 +118,5 @@ export function serializeNarListing(listing: NarListing): string {
 
 /** serializeNarListing's JSON as bytes: those of names that are not UTF-8 as they are in the NAR, as Nix writes them. */
 export function narListingBytes(listing: NarListing): Buffer {
-  return narNameBytes(serializeNarListing(listing));
+  return fileNameBytes(serializeNarListing(listing));
 }

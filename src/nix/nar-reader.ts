@@ -4,13 +4,13 @@
 // Lengths read from the NAR are checked against their limits before anything is allocated or read for them.
 import type { Readable } from "node:stream";
 import { NixociError, quote } from "../util/errors.js";
-import { decodeNarName } from "./nar-name.js";
+import { decodeFileName } from "../util/file-names.js";
 
 /** Receives the tree in a NAR, in NAR order (a directory before its entries, entries sorted bytewise). */
 export interface NarHandler {
   /**
    * A directory; `path` lists the entry names from the root ([] is the root itself). Names and symlink targets
-   * that are not valid UTF-8 have their other bytes escaped: nix/nar-name.ts gives the bytes back.
+   * that are not valid UTF-8 have their other bytes escaped: util/file-names.ts gives the bytes back.
    */
   directory(path: readonly string[]): void | Promise<void>;
   symlink(path: readonly string[], target: string): void | Promise<void>;
@@ -391,7 +391,7 @@ class NarParser {
     const bytes = await this.str(NAR_MAX_TARGET, W_TARGET);
     if (bytes.length === 0) throw r.fail(at, "symlink target is empty");
     if (bytes.includes(0)) throw r.fail(at, `symlink target ${quote(bytes)} contains a NUL byte`);
-    await this.handler.symlink(path, decodeNarName(bytes));
+    await this.handler.symlink(path, decodeFileName(bytes));
     await this.expect(T_CLOSE);
   }
 
@@ -435,7 +435,7 @@ class NarParser {
         throw r.fail(at, `entry name ${quote(raw)} is not after ${quote(prev)}: entries are not sorted`);
       }
     }
-    return decodeNarName(raw);
+    return decodeFileName(raw);
   }
 }
 
@@ -446,7 +446,7 @@ class NarParser {
  * non-zero padding, unknown or misplaced tags, entry names that are empty, ".", "..", contain "/" or NUL, are
  * longer than 255 bytes or not strictly increasing bytewise; symlink targets that are empty, contain NUL or are
  * longer than 4095 bytes; nesting too deep; truncation. Names and targets are bytes, as in Nix: those that are not
- * valid UTF-8 reach the handler with their other bytes escaped (nix/nar-name.ts).
+ * valid UTF-8 reach the handler with their other bytes escaped (util/file-names.ts).
  * Errors thrown by the handler are passed on as they are. The source is closed (return()) at the end.
  */
 export async function parseNar(

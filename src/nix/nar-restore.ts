@@ -18,7 +18,7 @@ import { NixociError, quote } from "../util/errors.js";
 import { isAbandonedTemp, tempSuffix } from "../util/fs.js";
 import { errnoCode, errnoWords, FileSystemError } from "../util/fs-errors.js";
 import { noteTemporary } from "../util/temporaries.js";
-import { hasEscapedBytes, narFsPath, narNameBytes } from "./nar-name.js";
+import { hasEscapedBytes, joinFilePath, fileNameBytes } from "../util/file-names.js";
 import { parseNar, type NarHandler, type NarSource } from "./nar-reader.js";
 
 export interface RestoreNarOptions {
@@ -162,7 +162,7 @@ export async function restoreNar(
   const openDirs: { path: string | Buffer; names: readonly string[] }[] = [];
   const modeIsExact = new Map<number, boolean>();
 
-  const where = (path: readonly string[]) => narFsPath(tmp, path);
+  const where = (path: readonly string[]) => joinFilePath(tmp, path);
   const what = (kind: string, path: readonly string[]) =>
     path.length === 0 ? `the root ${kind}` : `${kind} ${quote(path.join("/"))}`;
 
@@ -198,7 +198,7 @@ export async function restoreNar(
       finishDirs(path.length);
       const p = where(path);
       try {
-        fs.symlinkSync(hasEscapedBytes(target) ? narNameBytes(target) : target, p);
+        fs.symlinkSync(hasEscapedBytes(target) ? fileNameBytes(target) : target, p);
         if (path.length === 0) created = true;
         if (canonical) fs.lutimesSync(p, 1, 1);
       } catch (e) {

@@ -375,7 +375,7 @@ test("substitutes into the real Nix store and registers the paths so Nix sees th
   run("nix-store", ["--delete", victim]);
 });
 
-test("substitutes a path whose names and symlink targets are not UTF-8, byte for byte (as Nix keeps them)", () => {
+test("a path whose names and symlink targets are not UTF-8: substituted byte for byte, listed, imaged (as Nix keeps them)", () => {
   const src = join(work, "not-utf8-src");
   const at = (...parts: (string | number[])[]) => Buffer.concat(parts.map((p) => Buffer.from(p)));
   mkdirSync(src);
@@ -412,6 +412,24 @@ test("substitutes a path whose names and symlink targets are not UTF-8, byte for
     listing.toString("latin1"),
   );
   assert.ok(listing.includes(at('"target":"caf', [0xe9], "/na", [0xef, 0x76, 0x65], '"')));
+  // An image of the path: its top-level names get links of the same bytes (umoci unpacks them so).
+  const layout = join(work, "not-utf8-layout");
+  nixociOk(["build", "-q", "--cache-dir", join(work, "not-utf8-layers"), path, "-o", `oci:${layout}:x`]);
+  const bundle = join(work, "not-utf8-bundle");
+  run("umoci", ["unpack", "--rootless", "--image", `${layout}:x`, bundle]);
+  const rootfs = join(bundle, "rootfs");
+  assert.deepEqual(
+    readlinkSync(at(rootfs, "/caf", [0xe9]), { encoding: "buffer" }),
+    at(path, "/caf", [0xe9]),
+  );
+  assert.equal(
+    readFileSync(at(rootfs, path, "/caf", [0xe9], "/na", [0xef, 0x76, 0x65]), "utf8"),
+    "latin-1\n",
+  );
+  assert.deepEqual(
+    readlinkSync(at(rootfs, "/link-", [0xe9]), { encoding: "buffer" }),
+    at(path, "/link-", [0xe9]),
+  );
 });
 
 /** The pids of `pid` and its descendants (from /proc). */

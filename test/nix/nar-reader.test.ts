@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Readable } from "node:stream";
-import { narNameBytes } from "../../src/nix/nar-name.js";
+import { fileNameBytes } from "../../src/util/file-names.js";
 import { parseNar, type NarHandler } from "../../src/nix/nar-reader.js";
 import { NixociError } from "../../src/util/errors.js";
 import { badNars, chunked, dir, file, MAGIC, nar, symlink } from "./nar-fixtures.js";
@@ -202,7 +202,7 @@ test("names are compared bytewise and may be any UTF-8", async () => {
   );
 });
 
-test("names and targets that are not UTF-8 are accepted, as Nix does, their bytes kept (nar-name.ts)", async () => {
+test("names and targets that are not UTF-8 are accepted, as Nix does, their bytes kept (util/file-names.ts)", async () => {
   const events: Event[] = [];
   const latin1 = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "café" in Latin-1
   await parseNar(
@@ -212,9 +212,9 @@ test("names and targets that are not UTF-8 are accepted, as Nix does, their byte
   );
   const names = events.filter((e) => e[0] !== "dir").map((e) => e[1]);
   assert.deepEqual(names, ["a", "café", "caf\udce9"]);
-  assert.deepEqual(narNameBytes("caf\udce9"), latin1);
+  assert.deepEqual(fileNameBytes("caf\udce9"), latin1);
   const link = events.find((e) => e[0] === "symlink")!;
-  assert.deepEqual(narNameBytes(link[2] as string), Buffer.from([0x2f, 0xff]));
+  assert.deepEqual(fileNameBytes(link[2] as string), Buffer.from([0x2f, 0xff]));
 });
 
 test("limits are inclusive: 255-byte names and 4095-byte targets are accepted", async () => {

@@ -1,16 +1,16 @@
 // Names and symlink targets that are not UTF-8: decoded to strings that keep every byte, and back.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeNarName, hasEscapedBytes, narFsPath, narNameBytes } from "../../src/nix/nar-name.js";
+import { decodeFileName, hasEscapedBytes, joinFilePath, fileNameBytes } from "../../src/util/file-names.js";
 
 const b = (...bytes: number[]) => Buffer.from(bytes);
 
 test("valid UTF-8 decodes as UTF-8, with no escapes", () => {
   for (const s of ["plain", "café", "Ä/ü", "\u{1f600} emoji", "a\u{10080}b"]) {
     const bytes = Buffer.from(s, "utf8");
-    assert.equal(decodeNarName(bytes), s);
-    assert.equal(hasEscapedBytes(decodeNarName(bytes)), false);
-    assert.deepEqual(narNameBytes(s), bytes);
+    assert.equal(decodeFileName(bytes), s);
+    assert.equal(hasEscapedBytes(decodeFileName(bytes)), false);
+    assert.deepEqual(fileNameBytes(s), bytes);
   }
 });
 
@@ -27,10 +27,10 @@ test("bytes outside valid UTF-8 become escapes, one per byte, and come back exac
     [b(0xf0, 0x90, 0x82, 0x80, 0x80), "\u{10080}\udc80"], // a pair whose low half is U+DC80, then an escape
   ];
   for (const [bytes, expected] of cases) {
-    const s = decodeNarName(bytes);
+    const s = decodeFileName(bytes);
     assert.equal(s, expected, bytes.toString("hex"));
     assert.ok(hasEscapedBytes(s));
-    assert.deepEqual(narNameBytes(s), bytes, bytes.toString("hex"));
+    assert.deepEqual(fileNameBytes(s), bytes, bytes.toString("hex"));
   }
   assert.equal(hasEscapedBytes("\u{10080}"), false, "a pair's low half is not an escape");
 });
@@ -44,8 +44,8 @@ test("every byte string round-trips, and different byte strings decode different
     // Bytes weighted towards the interesting ranges: ASCII, continuation bytes and lead bytes.
     const pick = [() => 0x41, () => 0x80 + Math.floor(rand() * 64), () => 0xc0 + Math.floor(rand() * 64)];
     const bytes = Buffer.from(Array.from({ length: len }, () => pick[Math.floor(rand() * 3)]()));
-    const s = decodeNarName(bytes);
-    assert.deepEqual(narNameBytes(s), bytes, bytes.toString("hex"));
+    const s = decodeFileName(bytes);
+    assert.deepEqual(fileNameBytes(s), bytes, bytes.toString("hex"));
     const other = seen.get(s);
     assert.ok(
       other === undefined || other === bytes.toString("hex"),
@@ -55,11 +55,11 @@ test("every byte string round-trips, and different byte strings decode different
   }
 });
 
-test("narFsPath is a string for plain names and the exact bytes otherwise", () => {
-  assert.equal(narFsPath("/tmp/x", []), "/tmp/x");
-  assert.equal(narFsPath("/tmp/x", ["a", "café"]), "/tmp/x/a/café");
+test("joinFilePath is a string for plain names and the exact bytes otherwise", () => {
+  assert.equal(joinFilePath("/tmp/x", []), "/tmp/x");
+  assert.equal(joinFilePath("/tmp/x", ["a", "café"]), "/tmp/x/a/café");
   assert.deepEqual(
-    narFsPath("/tmp/x", ["a", decodeNarName(b(0x62, 0xe9))]),
+    joinFilePath("/tmp/x", ["a", decodeFileName(b(0x62, 0xe9))]),
     Buffer.from([...Buffer.from("/tmp/x/a/b"), 0xe9]),
   );
 });

@@ -1,16 +1,18 @@
-// Entry names and symlink targets read from a NAR, as JavaScript strings that keep every byte. Nix treats them as
-// bytes: a store path may hold a file whose name is not valid UTF-8 (Latin-1 test data, for one), and
-// `nix-store --dump` writes it as it is. A NAR's names are decoded as UTF-8; each byte that is not part of a valid
-// UTF-8 sequence becomes the lone surrogate U+DC80 + (byte - 0x80), as Python's "surrogateescape" does. Valid
-// UTF-8 never decodes to a lone surrogate, so the mapping is one-to-one and narNameBytes gives the bytes back
-// exactly; names that are valid UTF-8 (all but a few) are plain strings, as before.
+// File names and symlink targets as JavaScript strings that keep every byte. Nix treats them as bytes: a store path
+// may hold a file whose name is not valid UTF-8 (Latin-1 test data, for one), `nix-store --dump` writes it as it
+// is, and an image's links to it must name it exactly. Names are decoded as UTF-8; each byte that is not part of a
+// valid UTF-8 sequence becomes the lone surrogate U+DC80 + (byte - 0x80), as Python's "surrogateescape" does.
+// Valid UTF-8 never decodes to a lone surrogate, so the mapping is one-to-one and fileNameBytes gives the bytes
+// back exactly; names that are valid UTF-8 (all but a few) are plain strings, as before. Node's fs writes a string
+// path as UTF-8 (an escape would become U+FFFD): fsPath gives the bytes for such a path.
+import { readdirSync } from "node:fs";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 /** A lone escape: U+DC80-U+DCFF not after a high surrogate (a pair's low half is a character's, not a byte's). */
 const ESCAPE = /(?<![\ud800-\udbff])[\udc80-\udcff]/;
 
 /** The bytes of a name or target as a string: UTF-8, other bytes escaped (see above). */
-export function decodeNarName(bytes: Uint8Array): string {
+export function decodeFileName(bytes: Uint8Array): string {
   try {
     return utf8.decode(bytes);
   } catch {
@@ -18,13 +20,13 @@ export function decodeNarName(bytes: Uint8Array): string {
   }
 }
 
-/** Whether `s` has escaped bytes (so only its bytes, from narNameBytes, name the file). */
+/** Whether `s` has escaped bytes (so only its bytes, from fileNameBytes, name the file). */
 export function hasEscapedBytes(s: string): boolean {
   return ESCAPE.test(s);
 }
 
-/** The bytes that decodeNarName made `s` of. */
-export function narNameBytes(s: string): Buffer {
+/** The bytes that decodeFileName made `s` of. */
+export function fileNameBytes(s: string): Buffer {
   if (!hasEscapedBytes(s)) return Buffer.from(s, "utf8");
   const parts: Buffer[] = [];
   let run = 0; // start of the current run of characters without escapes
@@ -39,13 +41,19 @@ export function narNameBytes(s: string): Buffer {
   return Buffer.concat(parts);
 }
 
-/**
- * A filesystem path for `base` joined with `names`: a string when every name is plain text, the bytes otherwise
- * (Node's fs takes both; a string would be written as UTF-8 with each escape replaced).
- */
-export function narFsPath(base: string, names: readonly string[]): string | Buffer {
-  const joined = names.length === 0 ? base : `${base}/${names.join("/")}`;
-  return hasEscapedBytes(joined) ? narNameBytes(joined) : joined;
+/** A path for Node's fs: `path` itself when it is plain text, its bytes when it has escapes. */
+export function fsPath(path: string): string | Buffer {
+  return hasEscapedBytes(path) ? fileNameBytes(path) : path;
+}
+
+/** fsPath of `base` joined with `names`. */
+export function joinFilePath(base: string, names: readonly string[]): string | Buffer {
+  return fsPath(names.length === 0 ? base : `${base}/${names.join("/")}`);
+}
+
+/** The names in directory `dir` (a path as fsPath takes it), each byte kept (decodeFileName). */
+export function readdirNames(dir: string): string[] {
+  return readdirSync(fsPath(dir), { encoding: "buffer" }).map(decodeFileName);
 }
 
 /** Whether s[i] is an escaped byte (see above). */
