@@ -4,6 +4,7 @@ import { mkdirSync, statSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { NixociError } from "./errors.js";
+import { decodeFileName, fsPath } from "./file-names.js";
 import { fsError } from "./fs-errors.js";
 import { noteTemporary, tempSuffix } from "./temporaries.js";
 import { basename, dirname, join } from "node:path";
@@ -93,16 +94,18 @@ export async function writeFileAtomic(file: string, data: string | Buffer): Prom
 export async function removeTree(path: string): Promise<void> {
   let st;
   try {
-    st = await lstat(path);
+    st = await lstat(fsPath(path));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
     throw err;
   }
   if (st.isDirectory()) {
-    await chmod(path, 0o755).catch(() => undefined);
-    for (const name of await readdir(path)) await removeTree(join(path, name));
+    await chmod(fsPath(path), 0o755).catch(() => undefined);
+    // Names as bytes (util/file-names.ts): a store path's file names need not be UTF-8.
+    const names = (await readdir(fsPath(path), { encoding: "buffer" })).map(decodeFileName);
+    for (const name of names) await removeTree(join(path, name));
   }
-  await rm(path, { recursive: true, force: true });
+  await rm(fsPath(path), { recursive: true, force: true });
 }
 
 /** A JSON file's parsed value, or undefined when the file does not exist; other failures name the file. */

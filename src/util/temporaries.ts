@@ -4,8 +4,9 @@
 // removes what is still there, so a Ctrl-C leaves nothing half-written; what a SIGKILL leaves carries the dead
 // writer's pid and goes with the next sweep of that directory (util/fs.ts isAbandonedTemp).
 import { randomBytes } from "node:crypto";
-import { chmodSync, lstatSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, lstatSync, renameSync, rmSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { fsPath, readdirNames } from "./file-names.js";
 
 /**
  * The suffix of names for work in progress: ".tmp-<pid>-<random>". The writer's pid lets a later sweep tell the
@@ -44,14 +45,15 @@ export function forgetTemporary(path: string): void {
 /** Removes a tree, making its directories writable first (store paths are read-only, 0555, once complete). */
 function removeTreeSync(path: string): void {
   try {
-    if (lstatSync(path).isDirectory()) {
-      chmodSync(path, 0o700);
-      for (const name of readdirSync(path)) removeTreeSync(join(path, name));
+    if (lstatSync(fsPath(path)).isDirectory()) {
+      chmodSync(fsPath(path), 0o700);
+      // Names as bytes (util/file-names.ts): a store path's file names need not be UTF-8.
+      for (const name of readdirNames(path)) removeTreeSync(join(path, name));
     }
   } catch {
     // gone already, or not ours to change: rmSync reports what matters
   }
-  rmSync(path, { recursive: true, force: true });
+  rmSync(fsPath(path), { recursive: true, force: true });
 }
 
 /**

@@ -6,7 +6,6 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import {
   existsSync,
-  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -17,7 +16,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildFixtures, generateCacheKey, makeNixCache } from "../support/fixtures.js";
+import { addNotUtf8Path, buildFixtures, bytes, generateCacheKey, makeNixCache } from "../support/fixtures.js";
 import { run, runText, nixCmd, nixCopyRequiringSigs } from "../support/run.js";
 import { nixoci, nixociOk, type CliResult } from "../support/cli.js";
 import { freePort } from "../support/daemons.js";
@@ -376,14 +375,8 @@ test("substitutes into the real Nix store and registers the paths so Nix sees th
 });
 
 test("a path whose names and symlink targets are not UTF-8: substituted byte for byte, listed, imaged (as Nix keeps them)", () => {
-  const src = join(work, "not-utf8-src");
-  const at = (...parts: (string | number[])[]) => Buffer.concat(parts.map((p) => Buffer.from(p)));
-  mkdirSync(src);
-  mkdirSync(at(src, "/caf", [0xe9]));
-  writeFileSync(at(src, "/caf", [0xe9], "/na", [0xef, 0x76, 0x65]), "latin-1\n");
-  writeFileSync(at(src, "/caf", [0xe9], "/", [0xff, 0xfe]), "stray bytes\n");
-  symlinkSync(at("caf", [0xe9], "/na", [0xef, 0x76, 0x65]), at(src, "/link-", [0xe9]));
-  const path = runText("nix-store", ["--add", src]);
+  const at = bytes;
+  const path = addNotUtf8Path(work);
   const dir = join(work, "not-utf8-cache");
   const url = makeNixCache({ paths: [path], dir, compression: "xz", secretKeyFile: key.secretKeyFile });
   const storeDir = join(work, "not-utf8-store");

@@ -2,7 +2,15 @@
 //
 // test/fixtures/packages.nix is an attribute set of small deterministic derivations (see the comments there);
 // `all` references every other attribute, so the closure of `all` is the whole set.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -66,6 +74,26 @@ export function buildFixtures(): Record<FixtureAttr, string> {
   }
   built = map as Record<FixtureAttr, string>;
   return built;
+}
+
+/**
+ * A store path (added with `nix-store --add` from a tree made under `workDir`) whose names and a symlink target are
+ * not UTF-8, as Nix keeps them: a directory "caf\xe9" with "na\xefve" ("latin-1\n") and "\xff\xfe", and a symlink
+ * "link-\xe9" to "caf\xe9/na\xefve". `bytes` joins strings and byte arrays into a path.
+ */
+export function addNotUtf8Path(workDir: string): string {
+  const src = join(workDir, "not-utf8-src");
+  mkdirSync(src);
+  mkdirSync(bytes(src, "/caf", [0xe9]));
+  writeFileSync(bytes(src, "/caf", [0xe9], "/na", [0xef, 0x76, 0x65]), "latin-1\n");
+  writeFileSync(bytes(src, "/caf", [0xe9], "/", [0xff, 0xfe]), "stray bytes\n");
+  symlinkSync(bytes("caf", [0xe9], "/na", [0xef, 0x76, 0x65]), bytes(src, "/link-", [0xe9]));
+  return runText("nix-store", ["--add", src]);
+}
+
+/** Strings (as UTF-8) and byte arrays joined into one buffer: a path with bytes that are not UTF-8. */
+export function bytes(...parts: (string | number[])[]): Buffer {
+  return Buffer.concat(parts.map((p) => Buffer.from(p)));
 }
 
 /** bookworm's arm64 busybox-static, unpacked by scripts/install-arm64-emulation.sh (which also registers qemu). */

@@ -21,7 +21,6 @@ import {
   lstatSync,
   mkdirSync,
   openSync,
-  readdirSync,
   readlinkSync,
   symlinkSync,
   utimesSync,
@@ -29,6 +28,7 @@ import {
 } from "node:fs";
 import { join, relative } from "node:path";
 import { Worker } from "node:worker_threads";
+import { fsPath, readdirNames } from "../../util/file-names.js";
 
 /**
  * A stub's overlay xattrs: its path relative to the layer's fs and the redirect into the data-only layer;
@@ -84,7 +84,7 @@ export function buildTreesSync(fsRoot: string, jobs: TreeJob[]): TreeResult {
   const otherOwner = (st: Stats): boolean => st.uid !== uid || st.gid !== gid;
 
   const stub = (dst: string, st: Stats, redirect: string): void => {
-    const fd = openSync(dst, "wx", st.mode & 0o777);
+    const fd = openSync(fsPath(dst), "wx", st.mode & 0o777);
     try {
       if (st.size) ftruncateSync(fd, st.size);
       if (otherOwner(st)) fchownSync(fd, st.uid, st.gid);
@@ -97,25 +97,28 @@ export function buildTreesSync(fsRoot: string, jobs: TreeJob[]): TreeResult {
   };
 
   const copy = (kind: TreeJob["kind"], src: string, dst: string, redirect: string): void => {
-    const st = lstatSync(src);
+    // Names are kept byte for byte (util/file-names.ts): a store file's name need not be UTF-8.
+    const from = fsPath(src);
+    const to = fsPath(dst);
+    const st = lstatSync(from);
     if (st.isSymbolicLink()) {
       out.counts.symlinks++;
       account(0);
-      symlinkSync(readlinkSync(src), dst);
-      if (otherOwner(st)) lchownSync(dst, st.uid, st.gid);
+      symlinkSync(readlinkSync(from, { encoding: "buffer" }), to);
+      if (otherOwner(st)) lchownSync(to, st.uid, st.gid);
     } else if (st.isDirectory()) {
       out.counts.dirs++;
       account(st.blocks);
-      mkdirSync(dst);
-      for (const name of readdirSync(src))
+      mkdirSync(to);
+      for (const name of readdirNames(src))
         copy(kind, join(src, name), join(dst, name), `${redirect}/${name}`);
-      if (otherOwner(st)) lchownSync(dst, st.uid, st.gid);
-      chmodSync(dst, st.mode & 0o7777);
-      utimesSync(dst, st.atime, st.mtime);
+      if (otherOwner(st)) lchownSync(to, st.uid, st.gid);
+      chmodSync(to, st.mode & 0o7777);
+      utimesSync(to, st.atime, st.mtime);
     } else {
       out.counts.files++;
       if (kind === "link") {
-        linkSync(src, dst);
+        linkSync(from, to);
         account(st.blocks, `${st.dev}:${st.ino}`);
       } else {
         stub(dst, st, redirect);

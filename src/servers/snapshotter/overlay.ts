@@ -27,6 +27,7 @@ import { join } from "node:path";
 import { REF_LABEL } from "../../image/annotations.js";
 import { MetadataStore, SnapshotError, type SnapshotKind, type SnapshotRecord } from "./metadata.js";
 import { mountPointsUnder } from "./mounts.js";
+import { decodeFileName, fsPath } from "../../util/file-names.js";
 import { makeDirsSync } from "../../util/fs.js";
 
 export interface Mount {
@@ -85,14 +86,16 @@ export async function diskUsage(dir: string): Promise<Usage> {
   const seen = new Set<string>();
   let size = 0;
   const visit = async (p: string): Promise<void> => {
-    const st = await lstat(p);
+    const st = await lstat(fsPath(p));
     const id = `${st.dev}:${st.ino}`;
     if (!seen.has(id)) {
       seen.add(id);
       size += st.blocks * 512;
     }
     if (st.isDirectory()) {
-      for (const name of await readdir(p)) await visit(join(p, name));
+      // Names as bytes (util/file-names.ts): an unpacked layer's file names need not be UTF-8.
+      for (const name of (await readdir(fsPath(p), { encoding: "buffer" })).map(decodeFileName))
+        await visit(join(p, name));
     }
   };
   await visit(dir);

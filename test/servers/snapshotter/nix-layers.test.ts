@@ -34,7 +34,13 @@ import {
 import { until } from "../../support/poll.js";
 import { nixociOk } from "../../support/cli.js";
 import { mountsUnder } from "../../support/daemons.js";
-import { buildFixtures, generateCacheKey, makeNixCache, type FixtureAttr } from "../../support/fixtures.js";
+import {
+  addNotUtf8Path,
+  buildFixtures,
+  generateCacheKey,
+  makeNixCache,
+  type FixtureAttr,
+} from "../../support/fixtures.js";
 import {
   REF_LABEL,
   removeSnapshotterDir,
@@ -546,7 +552,8 @@ describe("snapshotter nix layers: link mode", () => {
     "the layer holds hard links to the store; containers get a plain overlay",
     { timeout: 60_000 },
     async () => {
-      const paths = [fx.hello, fx.busybox, fx.greeting, fx["single-file"], fx["symlink-path"]];
+      const notUtf8 = addNotUtf8Path(dir);
+      const paths = [fx.hello, fx.busybox, fx.greeting, fx["single-file"], fx["symlink-path"], notUtf8];
       const p = await rpc(client, "Prepare", { key: "extract n", labels: nixLabels("n", paths) });
       assert.equal(p.err, 6, p.details);
       const c = await rpc(client, "Prepare", { key: "ctr", parent: "n" });
@@ -567,7 +574,7 @@ describe("snapshotter nix layers: link mode", () => {
         (m.options as string[]).join(","),
       ]);
       try {
-        for (const path of [fx.hello, fx.busybox, fx.greeting, fx["single-file"]])
+        for (const path of [fx.hello, fx.busybox, fx.greeting, fx["single-file"], notUtf8])
           assert.ok(dump(join(target, path)).equals(dump(path)), path);
         assert.equal(readlinkSync(join(target, fx["symlink-path"])), readlinkSync(fx["symlink-path"]));
         assert.equal(
@@ -636,6 +643,7 @@ describe("snapshotter nix layers: metacopy mode, --root on another filesystem", 
         fx["empty-file"],
         fx["empty-dir"],
         fx.big,
+        addNotUtf8Path(dir),
       ];
       const p = await rpc(client, "Prepare", {
         key: "extract m1",

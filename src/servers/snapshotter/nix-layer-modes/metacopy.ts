@@ -17,6 +17,7 @@ import { join } from "node:path";
 import type { StubEntry } from "../layer-tree.js";
 import { mount, mountPointsUnder, umount } from "../mounts.js";
 import { buildTreeLayer, type LayerMode } from "./layer-mode.js";
+import { fileNameBytes } from "../../../util/file-names.js";
 import { makeDirsSync } from "../../../util/fs.js";
 
 export const METACOPY_XATTR = "trusted.overlay.metacopy";
@@ -28,7 +29,7 @@ export const METACOPY_OPTIONS = ["metacopy=on", "redirect_dir=on"];
 export function escapeDumpPath(p: string): string {
   if (/^[\x21-\x5b\x5d-\x7e]*$/.test(p)) return p; // printable ASCII but the backslash: as it is (store paths)
   let out = "";
-  for (const b of Buffer.from(p, "utf8")) {
+  for (const b of fileNameBytes(p)) {
     out +=
       b <= 0x20 || b >= 0x7f || b === 0x5c ? `\\${b.toString(8).padStart(3, "0")}` : String.fromCharCode(b);
   }
@@ -37,7 +38,7 @@ export function escapeDumpPath(p: string): string {
 
 /** One stub's entry in setfattr's dump. */
 function stubDumpEntry(s: StubEntry): string {
-  const redirect = Buffer.from(s.redirect, "utf8").toString("base64");
+  const redirect = fileNameBytes(s.redirect).toString("base64");
   // The empty metacopy value as a bare name: attr 2.5.1 drops a "NAME=0s" (empty base64) line in the dump's
   // first entry.
   const metacopy = s.metacopy === false ? "" : `${METACOPY_XATTR}\n`;
