@@ -88,7 +88,7 @@ function addViewEntry(
   const st = p.stat ?? lstatSync(p.real);
   const target = join(store, p.baseName);
   if (st.isSymbolicLink()) {
-    symlinkSync(readlinkSync(p.real), target);
+    symlinkSync(readlinkSync(p.real, { encoding: "buffer" }), target); // a target as its bytes: it need not be UTF-8
     lutimesSync(target, st.atime, st.mtime);
     return;
   }

@@ -18,6 +18,7 @@ import {
   readlinkSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -37,6 +38,7 @@ import { mountsUnder } from "../../support/daemons.js";
 import {
   addNotUtf8Path,
   buildFixtures,
+  bytes,
   generateCacheKey,
   makeNixCache,
   type FixtureAttr,
@@ -553,7 +555,21 @@ describe("snapshotter nix layers: link mode", () => {
     { timeout: 60_000 },
     async () => {
       const notUtf8 = addNotUtf8Path(dir);
-      const paths = [fx.hello, fx.busybox, fx.greeting, fx["single-file"], fx["symlink-path"], notUtf8];
+      // A store path that is a symlink whose target is not UTF-8.
+      const linkTarget = bytes("/nowhere/caf", [0xe9]);
+      symlinkSync(linkTarget, join(dir, "not-utf8-link"));
+      const notUtf8Link = execFileSync("nix-store", ["--add", join(dir, "not-utf8-link")])
+        .toString()
+        .trim();
+      const paths = [
+        fx.hello,
+        fx.busybox,
+        fx.greeting,
+        fx["single-file"],
+        fx["symlink-path"],
+        notUtf8,
+        notUtf8Link,
+      ];
       const p = await rpc(client, "Prepare", { key: "extract n", labels: nixLabels("n", paths) });
       assert.equal(p.err, 6, p.details);
       const c = await rpc(client, "Prepare", { key: "ctr", parent: "n" });
@@ -577,6 +593,7 @@ describe("snapshotter nix layers: link mode", () => {
         for (const path of [fx.hello, fx.busybox, fx.greeting, fx["single-file"], notUtf8])
           assert.ok(dump(join(target, path)).equals(dump(path)), path);
         assert.equal(readlinkSync(join(target, fx["symlink-path"])), readlinkSync(fx["symlink-path"]));
+        assert.deepEqual(readlinkSync(join(target, notUtf8Link), { encoding: "buffer" }), linkTarget);
         assert.equal(
           lstatSync(join(target, fx.hello, "bin/hello")).ino,
           lstatSync(`${fx.hello}/bin/hello`).ino,
