@@ -91,6 +91,16 @@ export function addNotUtf8Path(workDir: string): string {
   return runText("nix-store", ["--add", src]);
 }
 
+/** The target of addNotUtf8Link's store path: "/nowhere/caf\xe9". */
+export const NOT_UTF8_LINK_TARGET = bytes("/nowhere/caf", [0xe9]);
+
+/** A store path that is a symlink to NOT_UTF8_LINK_TARGET (added with `nix-store --add`). */
+export function addNotUtf8Link(workDir: string): string {
+  const link = join(workDir, "not-utf8-link");
+  symlinkSync(NOT_UTF8_LINK_TARGET, link);
+  return runText("nix-store", ["--add", link]);
+}
+
 /** Strings (as UTF-8) and byte arrays joined into one buffer: a path with bytes that are not UTF-8. */
 export function bytes(...parts: (string | number[])[]): Buffer {
   return Buffer.concat(parts.map((p) => Buffer.from(p)));

@@ -88,7 +88,8 @@ function addViewEntry(
   const st = p.stat ?? lstatSync(p.real);
   const target = join(store, p.baseName);
   if (st.isSymbolicLink()) {
-    symlinkSync(readlinkSync(p.real, { encoding: "buffer" }), target); // a target as its bytes: it need not be UTF-8
+    // The target as its bytes: it need not be UTF-8.
+    symlinkSync(readlinkSync(p.real, { encoding: "buffer" }), target);
     lutimesSync(target, st.atime, st.mtime);
     return;
   }

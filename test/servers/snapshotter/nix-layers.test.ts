@@ -18,7 +18,6 @@ import {
   readlinkSync,
   rmSync,
   statSync,
-  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -36,9 +35,10 @@ import { until } from "../../support/poll.js";
 import { nixociOk } from "../../support/cli.js";
 import { mountsUnder } from "../../support/daemons.js";
 import {
+  addNotUtf8Link,
   addNotUtf8Path,
   buildFixtures,
-  bytes,
+  NOT_UTF8_LINK_TARGET,
   generateCacheKey,
   makeNixCache,
   type FixtureAttr,
@@ -139,7 +139,8 @@ describe("snapshotter nix layers", () => {
     },
     async () => {
       await ordinaryLayer(client, "base");
-      const paths = [fx.hello, fx.busybox, fx.greeting, fx["single-file"], fx["symlink-path"]];
+      const notUtf8Link = addNotUtf8Link(dir); // a symlink store path whose target is not UTF-8
+      const paths = [fx.hello, fx.busybox, fx.greeting, fx["single-file"], fx["symlink-path"], notUtf8Link];
       const p = await rpc(client, "Prepare", {
         key: "extract nix1",
         parent: "base",
@@ -191,6 +192,7 @@ describe("snapshotter nix layers", () => {
       for (const p of [fx.hello, fx.busybox, fx.greeting, fx["single-file"]])
         assert.ok(dump(inRoot(p)).equals(dump(p)), p);
       assert.equal(readlinkSync(inRoot(fx["symlink-path"])), readlinkSync(fx["symlink-path"]));
+      assert.deepEqual(readlinkSync(inRoot(notUtf8Link), { encoding: "buffer" }), NOT_UTF8_LINK_TARGET);
       assert.equal(readFileSync(inRoot("etc/ordinary.txt"), "utf8"), "from an ordinary layer\n");
 
       // Writes go to the upper dir; the store is read-only.
@@ -555,12 +557,7 @@ describe("snapshotter nix layers: link mode", () => {
     { timeout: 60_000 },
     async () => {
       const notUtf8 = addNotUtf8Path(dir);
-      // A store path that is a symlink whose target is not UTF-8.
-      const linkTarget = bytes("/nowhere/caf", [0xe9]);
-      symlinkSync(linkTarget, join(dir, "not-utf8-link"));
-      const notUtf8Link = execFileSync("nix-store", ["--add", join(dir, "not-utf8-link")])
-        .toString()
-        .trim();
+      const notUtf8Link = addNotUtf8Link(dir); // a symlink store path whose target is not UTF-8
       const paths = [
         fx.hello,
         fx.busybox,
@@ -593,7 +590,10 @@ describe("snapshotter nix layers: link mode", () => {
         for (const path of [fx.hello, fx.busybox, fx.greeting, fx["single-file"], notUtf8])
           assert.ok(dump(join(target, path)).equals(dump(path)), path);
         assert.equal(readlinkSync(join(target, fx["symlink-path"])), readlinkSync(fx["symlink-path"]));
-        assert.deepEqual(readlinkSync(join(target, notUtf8Link), { encoding: "buffer" }), linkTarget);
+        assert.deepEqual(
+          readlinkSync(join(target, notUtf8Link), { encoding: "buffer" }),
+          NOT_UTF8_LINK_TARGET,
+        );
         assert.equal(
           lstatSync(join(target, fx.hello, "bin/hello")).ino,
           lstatSync(`${fx.hello}/bin/hello`).ino,

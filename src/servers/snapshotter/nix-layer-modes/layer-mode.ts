@@ -59,7 +59,8 @@ export function makeMountpoints(paths: LayerPath[]): number {
       emptyDir ??= lstatSync(p.target).blocks * 512;
       size += emptyDir;
     } else if (st.isSymbolicLink()) {
-      symlinkSync(readlinkSync(p.real, { encoding: "buffer" }), p.target); // a target as its bytes: it need not be UTF-8
+      // The target as its bytes: it need not be UTF-8.
+      symlinkSync(readlinkSync(p.real, { encoding: "buffer" }), p.target);
       size += lstatSync(p.target).blocks * 512;
     } else writeFileSync(p.target, "", { mode: 0o444 }); // an empty file has no blocks
   }
