@@ -5,9 +5,8 @@
 // gzip runs in-process on zlib (libuv's thread pool, so several layers compress on several cores) with the
 // gzip header's mtime 0, no file name and the OS byte fixed to 3 (Unix) whatever platform zlib was built for;
 // or through ISA-L's igzip when the caller gives its path (layer-encoder.ts chooses), with -n: mtime 0, no
-// name, OS byte 3 — for a large layer as gzip members compressed on all cores (util/gzip-members.ts). zstd
-// runs the zstd tool (multi-threaded mode, whose output does not depend on the thread count).
-import { availableParallelism } from "node:os";
+// name, OS byte 3. zstd runs the zstd tool (multi-threaded mode, whose output does not depend on the thread
+// count).
 import { Transform, type Duplex, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
@@ -15,7 +14,6 @@ import type { BlobStore, BlobWriter } from "../oci/blob-store.js";
 import type { Digest } from "../oci/digest.js";
 import { layerMediaType, type LayerCompression } from "../oci/media-types.js";
 import { compressStream, isalGzipStream } from "../util/compression.js";
-import { GzipMembers } from "../util/gzip-members.js";
 import type { CompressorBatch } from "../util/compressor-batch.js";
 import { NixociError } from "../util/errors.js";
 import { HashingStream } from "../util/hashing-stream.js";
@@ -40,11 +38,9 @@ export interface BuildLayerOptions {
   level?: number;
   /** gzip through ISA-L: the igzip executable (layer-encoder.ts). */
   igzip?: string;
-  /** With igzip: gzip members of this many input bytes, compressed on all cores (util/gzip-members.ts). */
-  memberSize?: number;
   blobs: BlobStore;
   /**
-   * gzip through igzip (no memberSize), or zstd: compress through this batch of long-lived processes of the tool
+   * gzip through igzip, or zstd: compress through this batch of long-lived processes of the tool
    * instead of one process for this layer (util/compressor-batch.ts; the same bytes). Its codec must be the
    * layer's and its directory inside the blob store's.
    */
@@ -120,17 +116,14 @@ async function batchedLayerBlob(tar: Readable, opts: BuildLayerOptions): Promise
 }
 
 /** The compressor as a chain of streams (empty for "none"); validates the level. */
-function compressorStages({ compression, level, igzip, memberSize }: BuildLayerOptions): Duplex[] {
+function compressorStages({ compression, level, igzip }: BuildLayerOptions): Duplex[] {
   switch (compression) {
     case "none":
       return [];
     case "zstd":
       return [compressStream("zstd", { level, input: "layer zstd compressor", launched: true })];
     case "gzip": {
-      const input = "layer gzip compressor (igzip)";
-      if (igzip && memberSize)
-        return [new GzipMembers({ igzip, level, memberSize, parallel: availableParallelism(), input })];
-      if (igzip) return [isalGzipStream(igzip, { level, input })];
+      if (igzip) return [isalGzipStream(igzip, { level, input: "layer gzip compressor (igzip)" })];
       const l = level ?? DEFAULT_GZIP_LEVEL;
       if (!Number.isInteger(l) || l < 0 || l > 9) {
         throw new NixociError("compression level", `${l} is out of range for gzip (0..9)`);

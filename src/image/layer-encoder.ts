@@ -8,9 +8,13 @@
 //     it is missing;
 //   - auto (default): igzip for layers of at least ISAL_MIN_NAR_SIZE of NAR when it is installed and no
 //     --compression-level was given, zlib -6 otherwise (a few KiB through zlib cost less than the round trip to
-//     igzip). Layers of at least ISAL_MEMBERS_MIN_NAR_SIZE (under auto and isal) are gzip members of
-//     GZIP_MEMBER_SIZE compressed on all cores at once; the others go through long-lived igzip processes that
-//     compress one layer after the other (util/compressor-batch.ts), the same bytes as an igzip per layer.
+//     igzip). igzip layers go through long-lived igzip processes that compress one layer after the other
+//     (util/compressor-batch.ts), the same bytes as an igzip per layer. A large layer is one igzip too: igzip -1
+//     compresses 680 MB/s on one core (the benchmark closure's tar; -3: 275 MB/s), faster than the build makes
+//     and hashes a layer's tar (~300 MB/s), so the tar is the bottleneck and the compressor runs beside it on the
+//     other core. Cutting a large layer into gzip members compressed by several igzips at once (as nixoci did up
+//     to this version) was slower — 200 MB of random data: 2.1 s and 230 MB peak RSS against 0.9 s and 70 MB;
+//     at -3 2.5 s against 1.3 s — because every member's output then went through this process.
 // The choice depends only on the layer's inputs (NAR sizes are part of each path's identity) and the installed
 // encoder, so the same inputs with the same nixoci and encoder versions give the same bytes. The identity names
 // the encoder with its version (zlib's from Node, igzip's from the tool): blobs of different encoders never mix
@@ -29,14 +33,6 @@ export function isGzipEncoderSetting(s: string): s is GzipEncoderSetting {
 
 /** Layers with at least this much NAR go through igzip under `auto`. */
 export const ISAL_MIN_NAR_SIZE = 256 * 1024;
-/**
- * Layers with at least this much NAR are cut into gzip members of GZIP_MEMBER_SIZE bytes of tar, compressed on
- * all cores at once (util/gzip-members.ts): one igzip does ~300 MB/s, so below this a layer takes well under a
- * second on one core and its neighbours keep the other cores busy.
- */
-export const ISAL_MEMBERS_MIN_NAR_SIZE = 64 * 1024 * 1024;
-export const GZIP_MEMBER_SIZE = 16 * 1024 * 1024;
-
 /** zlib's default level, docker's and GNU gzip's. */
 export const DEFAULT_GZIP_LEVEL = 6;
 /**
@@ -54,8 +50,6 @@ export interface LayerEncoder {
   igzip?: string;
   /** zstd: the zstd executable. */
   zstd?: string;
-  /** gzip through ISA-L in members of this many input bytes, compressed in parallel (large layers). */
-  memberSize?: number;
   /** The encoder and its version, for the layer's identity ("zlib-1.3.0.1-motley", "isal-2.30.0", "zstd-1.5.4"). */
   name: string;
 }
@@ -113,15 +107,8 @@ export async function layerEncoders(opts: EncoderOptions): Promise<(narSize: num
     name: `isal-${tool.version}`,
   };
   checkLevel("isal", isal.level!);
-  // The member size is part of the bytes, so of the name: `isal-2.30.0/members-16MiB`.
-  const members: LayerEncoder = {
-    ...isal,
-    memberSize: GZIP_MEMBER_SIZE,
-    name: `${isal.name}/members-${GZIP_MEMBER_SIZE >> 20}MiB`,
-  };
-  const large = (narSize: number) => (narSize >= ISAL_MEMBERS_MIN_NAR_SIZE ? members : isal);
-  if (setting === "isal") return large;
-  return (narSize) => (narSize >= ISAL_MIN_NAR_SIZE ? large(narSize) : zlib);
+  if (setting === "isal") return () => isal;
+  return (narSize) => (narSize >= ISAL_MIN_NAR_SIZE ? isal : zlib);
 }
 
 /**
@@ -153,7 +140,7 @@ export async function encodersIdentity(opts: EncoderOptions): Promise<string> {
   const encoderFor = await layerEncoders(opts);
   const name = (e: LayerEncoder) => `${e.name}:${e.level ?? "default"}`;
   // The encoder from each size on where the choice can change, once each.
-  const steps = [0, ISAL_MIN_NAR_SIZE, ISAL_MEMBERS_MIN_NAR_SIZE].map((size) => ({
+  const steps = [0, ISAL_MIN_NAR_SIZE].map((size) => ({
     size,
     name: name(encoderFor(size)),
   }));

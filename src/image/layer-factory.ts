@@ -59,7 +59,6 @@ export class LayerFactory {
       compression: encoder.compression,
       level: encoder.level,
       igzip: encoder.igzip,
-      memberSize: encoder.memberSize,
       batch: this.#batchFor(encoder),
       blobs: this.#blobs,
       onTarBytes,
@@ -73,7 +72,7 @@ export class LayerFactory {
   }
 
   #batchFor(e: LayerEncoder): CompressorBatch | undefined {
-    const codec = e.compression === "zstd" ? "zstd" : e.igzip && !e.memberSize ? "gzip" : undefined;
+    const codec = e.compression === "zstd" ? "zstd" : e.igzip ? "gzip" : undefined;
     if (!codec || !CompressorBatch.available()) return undefined;
     const level = e.level ?? (codec === "zstd" ? defaultLevel("zstd") : DEFAULT_ISAL_LEVEL);
     const tool = codec === "zstd" ? (e.zstd ?? "zstd") : e.igzip!;

@@ -194,7 +194,7 @@ test("--compression auto: zstd when every output is a nix: description, gzip for
   assert.match(bad.stderr, /--compression must be one of gzip, zstd, none, auto/);
 });
 
-test("a layer of 64 MiB or more is gzip members of 16 MiB compressed on all cores: igzip's bytes per piece; docker reads it", () => {
+test("a large layer (80 MiB) is igzip -1's bytes of its tar, as a small one is; docker reads it", () => {
   // 80 MiB of pseudo-random bytes (AES-CTR of zeros: the same store path every run).
   const tree = join(work, "nixoci-members-big");
   mkdirSync(tree);
@@ -220,13 +220,7 @@ test("a layer of 64 MiB or more is gzip members of 16 MiB compressed on all core
   const bytes = blob("members", layer.digest);
   const tar = gunzipSync(bytes);
   assert.equal(sha256(tar), layer.diffId);
-  const size = 16 << 20;
-  const pieces: Buffer[] = [];
-  for (let i = 0; i < tar.length; i += size)
-    pieces.push(runIgzip(["-c", "-n", "-1"], tar.subarray(i, i + size)));
-  assert.equal(pieces.length, Math.ceil(tar.length / size));
-  assert.ok(pieces.length >= 5);
-  assert.ok(Buffer.concat(pieces).equals(bytes), "the members, in order");
+  assert.ok(runIgzip(["-c", "-n", "-1"], tar).equals(bytes), "igzip -1 -n of the layer's tar");
   const archive = join(work, "members.tar");
   runText("skopeo", ["copy", `oci:${join(work, "members")}:t`, `docker-archive:${archive}:nixoci/members:t`]);
   dockerd.docker(["load", "-i", archive]);
