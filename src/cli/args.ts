@@ -74,6 +74,9 @@ function parseErrorMessage(err: Error & { code?: string }, options: Options): st
   if (err.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
     if (/argument missing/.test(err.message)) return `option ${flag} needs a value`;
     if (/does not take an argument/.test(err.message)) return `option ${flag} takes no value`;
+    // "--level --json": the next argument is an option, so parseArgs will not take it as the value.
+    if (/is ambiguous/.test(err.message))
+      return `option ${flag} needs a value (the next argument is an option; write ${flag}=VALUE for a value starting with "-")`;
     return `option ${flag}: ${err.message.replace(/\.$/, "")}`;
   }
   if (err.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") return `unexpected argument ${quoted}`;

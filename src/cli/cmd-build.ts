@@ -139,6 +139,11 @@ export async function buildCommand(argv: string[]): Promise<number> {
       `${values.spec}`,
       "compressionLevel: uncompressed layers (compression: none) take no level",
     );
+  // An encoder of gzip for layers that are not gzip is a mistake worth naming (auto may choose gzip: accepted).
+  if (values["gzip-encoder"] !== undefined && requested !== "auto" && compression !== "gzip")
+    throw new UsageError(
+      `--gzip-encoder: ${compression === "none" ? "uncompressed" : compression} layers are not gzip`,
+    );
   const levelProblem = level === undefined ? undefined : layerLevelProblem(compression, level, gzipEncoder);
   if (levelProblem && levelFromSpec)
     throw new NixociError(`${values.spec}`, `compressionLevel: ${levelProblem}`);

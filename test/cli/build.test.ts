@@ -350,6 +350,13 @@ test("a malformed flag value is a usage error (exit 2) naming the flag, before a
     // Numbers are digits: Number() would take these.
     [["--compression-level", "1e1"], '--compression-level must be an integer >= 0, got "1e1"'],
     [["--max-layers", "0x10"], '--max-layers must be an integer >= 2, got "0x10"'],
+    // A value forgotten before the next option; an encoder of gzip for layers that are not gzip.
+    [
+      ["--compression-level", "--json"],
+      "option --compression-level needs a value (the next argument is an option; write --compression-level=VALUE for a value starting with \"-\"); run 'nixoci build --help' for its options",
+    ],
+    [["--gzip-encoder", "isal", "--compression", "zstd"], "--gzip-encoder: zstd layers are not gzip"],
+    [["--gzip-encoder", "zlib", "--compression", "none"], "--gzip-encoder: uncompressed layers are not gzip"],
   ] as const) {
     const r = nixoci(["build", "--cache-dir", cache, ...args, fx.hello, "-o", `oci:${out}/x`]);
     assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
