@@ -13,14 +13,18 @@ import { pathDigest } from "./names.js";
 import type { RegistryStorage } from "./storage.js";
 
 export class BlobHandlers {
-  constructor(readonly storage: RegistryStorage) {}
+  constructor(
+    readonly storage: RegistryStorage,
+    /** The repository reads of a name go to (ManifestHandlers.repositoryFor: one per on-demand image). */
+    readonly repositoryFor: (name: string) => Promise<string> = (name) => Promise.resolve(name),
+  ) {}
 
   async getBlob(req: IncomingMessage, res: ServerResponse, name: string, digestRaw: string): Promise<void> {
     const kind = pathDigest(digestRaw);
     const unknown = registryError("BLOB_UNKNOWN", { detail: { digest: digestRaw } });
     if (kind !== "sha256") throw unknown;
     const digest = digestRaw as Digest;
-    if (!(await this.storage.blobLinked(name, digest))) throw unknown;
+    if (!(await this.storage.blobLinked(await this.repositoryFor(name), digest))) throw unknown;
     let fh;
     try {
       fh = await open(this.storage.blobs.path(digest), "r");

@@ -25,7 +25,7 @@ export class Distribution {
   ) {
     this.catalogs = new CatalogHandlers(storage, source);
     this.manifests = new ManifestHandlers(storage, source);
-    this.blobs = new BlobHandlers(storage);
+    this.blobs = new BlobHandlers(storage, (name) => this.manifests.repositoryFor(name));
     this.uploads = new UploadHandlers(storage);
   }
 

@@ -126,6 +126,22 @@ export function parseImageName(
   return { arch, packages: [...packages].sort() };
 }
 
+/**
+ * The one spelling of an image name that the registry records its manifests and blob links under, whatever order
+ * and repetition a client used (`htop/git/git` and `git/htop` are recorded as `git/htop`; `x86_64/git` as
+ * `amd64/git`): without it, each spelling an anonymous client asks for became a repository of its own on disk.
+ * Components are sorted and deduplicated as they are written (meta-packages unexpanded), the architecture prefix
+ * named by its OCI architecture. A name whose sorted components would begin with an architecture prefix it did not
+ * have (`git/amd64`: the package amd64) keeps its spelling, which no other image's can take.
+ */
+export function recordedImageName(repo: string): string {
+  const components = repo.split("/");
+  const prefix = namesArchitecture(repo) ? [ARCH_PREFIXES[components.shift()!]] : [];
+  const rest = [...new Set(components)].sort();
+  if (!prefix.length && rest.length > 1 && Object.hasOwn(ARCH_PREFIXES, rest[0])) return repo;
+  return [...prefix, ...rest].join("/");
+}
+
 /** Whether the repository name begins with an architecture prefix (the rule parseImageName applies). */
 export function namesArchitecture(repo: string): boolean {
   const components = repo.split("/");

@@ -46,6 +46,16 @@ export class ManifestHandlers {
     return registryError("MANIFEST_UNKNOWN", { detail: { name, reference } });
   }
 
+  /**
+   * The repository that reads of `name` go to: `name` itself when the storage has it, else the one the manifest
+   * source records it under (ManifestSource.recordedUnder: one per image, whatever the spelling).
+   */
+  async repositoryFor(name: string): Promise<string> {
+    const recorded = this.source?.recordedUnder?.(name) ?? name;
+    if (recorded === name || (await this.storage.hasRepository(name))) return name;
+    return recorded;
+  }
+
   /** From the storage, else from the manifest source (then recorded by digest in the repository). */
   private async lookup(
     name: string,
@@ -54,7 +64,8 @@ export class ManifestHandlers {
     accept: string[],
     res: ServerResponse,
   ): Promise<StoredManifest | undefined> {
-    const stored = await this.storage.getManifest(name, reference);
+    const repo = await this.repositoryFor(name);
+    const stored = await this.storage.getManifest(repo, reference);
     if (stored || !this.source) return stored;
     const abort = new AbortController();
     const onClose = (): void => {
@@ -73,8 +84,8 @@ export class ManifestHandlers {
       throw new Error(
         `manifest source answered ${name}:${reference} with bytes of digest ${digest} (said ${m.digest})`,
       );
-    for (const child of m.children ?? []) await this.storage.adoptManifest(name, child);
-    await this.storage.adoptManifest(name, m);
+    for (const child of m.children ?? []) await this.storage.adoptManifest(repo, child);
+    await this.storage.adoptManifest(repo, m);
     return m;
   }
 
@@ -104,7 +115,7 @@ export class ManifestHandlers {
           return { digest: converted.digest, size: converted.bytes.length };
         });
       const converted: StoredManifest = { digest: sha256Digest(bytes), mediaType: n.to, bytes };
-      await this.storage.adoptManifest(name, converted);
+      await this.storage.adoptManifest(await this.repositoryFor(name), converted);
       return converted;
     } catch (err) {
       if (err instanceof NotConvertible) throw reject(err.message);

@@ -32,4 +32,10 @@ export interface ManifestSource {
    * gets it).
    */
   tags?(repo: string, ctx: { signal: AbortSignal }): Promise<string[] | undefined>;
+  /**
+   * The repository that the manifests resolved for `repo` are recorded in (their blobs made visible there), when
+   * not `repo` itself: one for every spelling of the same image. Reads of `repo` go there while the storage has
+   * no repository `repo` of its own (pushed to, or recorded before under that spelling).
+   */
+  recordedUnder?(repo: string): string;
 }

@@ -72,6 +72,7 @@ import {
   DEFAULT_META_PACKAGES,
   namesArchitecture,
   parseImageName,
+  recordedImageName,
   prefixArchitectures,
   parseImageReference,
   type ImageRequest,
@@ -368,6 +369,10 @@ export class NixImageSource implements ManifestSource {
         return undefined;
       throw err;
     }
+  }
+
+  recordedUnder(repo: string): string {
+    return recordedImageName(repo);
   }
 
   async tags(repo: string, ctx: { signal: AbortSignal }): Promise<string[] | undefined> {

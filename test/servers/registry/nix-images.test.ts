@@ -14,6 +14,7 @@ import {
   DEFAULT_META_PACKAGES,
   parseImageName,
   parseImageReference,
+  recordedImageName,
 } from "../../../src/servers/registry/image-names.js";
 import { NixImageSource, type NixImageEvent } from "../../../src/servers/registry/nix-images.js";
 import { createRegistryServer } from "../../../src/servers/registry/server.js";
@@ -106,6 +107,22 @@ test("parseImageName: architecture prefix, meta-packages, order and duplicates",
     () => parseImageName("x", { metaPackages: { x: [] }, defaultArch: "amd64" }),
     /names no packages/,
   );
+});
+
+test("recordedImageName: one spelling per image (sorted, deduplicated, the architecture by its OCI name)", () => {
+  for (const [repo, want] of [
+    ["hello", "hello"],
+    ["git/htop", "git/htop"],
+    ["htop/git/git", "git/htop"],
+    ["shell/git/coreutils", "coreutils/git/shell"],
+    ["x86_64/htop/git", "amd64/git/htop"],
+    ["aarch64-linux/shell", "arm64/shell"],
+    ["arm64/amd64", "arm64/amd64"],
+    // Sorted, the package arm64 would read as a prefix (git for arm64): the spelling is kept.
+    ["git/arm64", "git/arm64"],
+    ["arm64", "arm64"],
+  ] as const)
+    assert.equal(recordedImageName(repo), want, repo);
 });
 
 test("parseImageReference: latest, pinned revisions, digests", () => {
@@ -747,6 +764,17 @@ test("over HTTP: skopeo pulls a package image from the registry server, and sees
     assert.equal(again.code, 0, again.stderr);
     assert.equal(JSON.parse(again.stdout).Digest, inspect.Digest);
     assert.equal(count(events, "build-start"), 1);
+    // Every spelling of the image is recorded as one repository: a whole pull (blobs too) of a third spelling
+    // reads it, and the storage has no repository per spelling.
+    const third = await skopeo([
+      "copy",
+      "--src-tls-verify=false",
+      `docker://${host}/hello/shell/hello:latest`,
+      `oci:${join(work, "pulled-third")}:x`,
+    ]);
+    assert.equal(third.code, 0, third.stderr);
+    assert.equal(count(events, "build-start"), 1);
+    assert.deepEqual(await storage.listRepositories(), ["hello/shell"]);
     const unknown = await skopeo(["inspect", "--tls-verify=false", `docker://${host}/hello/no-such-thing`]);
     assert.notEqual(unknown.code, 0);
     assert.match(unknown.stderr, /name unknown: unknown package \\"no-such-thing\\""\n$/);
