@@ -12,8 +12,6 @@
 // A layer built otherwise (another tool's tar of the same paths, e.g. nix-snapshotter's mountpoint-only layers)
 // does not verify and is unpacked as usual, unless --trust-layer-labels says every pulled image is trusted.
 import { createHash } from "node:crypto";
-import { pipeline } from "node:stream/promises";
-import { Writable } from "node:stream";
 import { storePathsTar } from "../../image/layer-tar.js";
 import { LAYER_TAR_FORMATS } from "../../image/tar-header.js";
 import { chainIdOf } from "../../oci/digest.js";
@@ -34,16 +32,8 @@ async function tarDigest(
 ) {
   const hash = createHash("sha256");
   const sources = paths.map((p) => ({ storePath: p, realPath: store.realPath(p) }));
-  await pipeline(
-    storePathsTar(sources, { format: LAYER_TAR_FORMATS[format] }),
-    new Writable({
-      highWaterMark: 1 << 20,
-      write(chunk: Buffer, _enc, done) {
-        hash.update(chunk);
-        done();
-      },
-    }),
-  );
+  for await (const chunk of storePathsTar(sources, { format: LAYER_TAR_FORMATS[format] }))
+    hash.update(chunk as Buffer);
   return `sha256:${hash.digest("hex")}`;
 }
 
