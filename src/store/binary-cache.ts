@@ -43,9 +43,9 @@ export class BinaryCacheStore implements Store {
     trust: TrustOptions,
     storeDir = DEFAULT_STORE_DIR,
   ): Promise<BinaryCacheStore> {
-    const transport = openTransport(url);
-    if (transport instanceof FileTransport) await transport.checkRoot();
     const { base, params } = splitCacheUrl(url, READ_PARAMS);
+    const transport = openTransport(base);
+    if (transport instanceof FileTransport) await transport.checkRoot();
     url = redactCredentials(base.replace(/\/+$/, "")); // for messages: the transport keeps the credentials
     const text = await transport.getText("nix-cache-info");
     const info =
