@@ -2,9 +2,13 @@
 // where its data starts, skipping the data itself (chunk by chunk, never held). It reads what image tools write:
 // ustar (name + prefix), GNU (long names in 'L'/'K' members, base-256 sizes) and PAX extended headers (path,
 // linkpath, size). Image archives (oci-archive, docker-archive) are indexed with it, then their members are read
-// by offset; layers are scanned with it for their top-level store paths. Every header is checksummed, so a file
-// that is not a tar fails at its first block with one line, not with garbage entries.
+// by offset; layers are scanned with it for their top-level store paths, and the snapshotter extracts the store
+// layers it fetches with it, reading each member's data (TarMember.data). Every header is checksummed, so a file
+// that is not a tar fails at its first block with one line, not with garbage entries. Names and link targets keep
+// their bytes (util/file-names.ts): a store path's file names need not be UTF-8, and Go's archive/tar writes them as
+// they are.
 import { NixociError } from "../util/errors.js";
+import { decodeFileName } from "../util/file-names.js";
 import { TAR_BLOCK, tarPadding } from "./tar-header.js";
 
 export interface TarMember {
@@ -15,8 +19,18 @@ export interface TarMember {
   /** Bytes of data (0 for the types that carry none). */
   size: number;
   linkname: string;
+  /** Permission bits (with setuid, setgid, sticky), owner and modification time (seconds) from the header. */
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: number;
   /** Where the data starts in the stream (a byte offset, for reading the member out of a file later). */
   dataOffset: number;
+  /**
+   * The member's data, in the stream's chunks: to be read before the next member is asked for (what is left
+   * unread is skipped then). Once only.
+   */
+  data(): AsyncIterable<Buffer>;
 }
 
 /** Extended header records and long names are small; anything bigger is not a sane archive. */
@@ -53,6 +67,15 @@ class ByteReader {
     return out;
   }
 
+  /** Between 1 and n bytes (none only at the end of the stream): the rest of the current chunk, or the next one. */
+  async readSome(n: number): Promise<Buffer> {
+    if (this.buf.length === 0) await this.more();
+    const out = this.buf.subarray(0, Math.min(n, this.buf.length));
+    this.buf = this.buf.subarray(out.length);
+    this.offset += out.length;
+    return out;
+  }
+
   /** Discards n bytes; false when the stream ends first. */
   async skip(n: number): Promise<boolean> {
     while (n > 0) {
@@ -68,7 +91,7 @@ class ByteReader {
 
 function cString(b: Buffer): string {
   const nul = b.indexOf(0);
-  return (nul < 0 ? b : b.subarray(0, nul)).toString("utf8");
+  return decodeFileName(nul < 0 ? b : b.subarray(0, nul));
 }
 
 function octal(field: Buffer): number {
@@ -105,7 +128,7 @@ function paxRecords(b: Buffer, where: () => string): Map<string, string> {
     const len = space < 0 ? NaN : Number(b.subarray(i, space).toString("latin1"));
     if (!Number.isSafeInteger(len) || len <= space - i || i + len > b.length)
       throw new Error(`malformed PAX record ${where()}`);
-    const rec = b.subarray(space + 1, i + len - 1).toString("utf8");
+    const rec = decodeFileName(b.subarray(space + 1, i + len - 1));
     const eq = rec.indexOf("=");
     if (eq < 0) throw new Error(`malformed PAX record ${where()}`);
     out.set(rec.slice(0, eq), rec.slice(eq + 1));
@@ -184,8 +207,39 @@ export async function* readTarMembers(
     longName = longLink = undefined;
     pax = new Map();
     const dataSize = HEADER_ONLY.has(type) ? 0 : size;
-    yield { name, type, size: dataSize, linkname, dataOffset: r.offset };
-    if (!(await r.skip(dataSize + tarPadding(dataSize))))
-      return fail(`truncated tar archive: the data of ${JSON.stringify(name)} ends early`);
+    const [mode, uid, gid, mtime] = [
+      [100, 108],
+      [108, 116],
+      [116, 124],
+      [136, 148],
+    ].map(([a, b]) => numeric(h.subarray(a, b)));
+    if (![mode, uid, gid, mtime].every(Number.isSafeInteger))
+      return fail(`corrupt tar archive: bad mode, owner or time field at byte ${at}`);
+    let read = 0;
+    let reading = false;
+    const truncated = () => fail(`truncated tar archive: the data of ${JSON.stringify(name)} ends early`);
+    async function* data(): AsyncGenerator<Buffer> {
+      if (reading) throw new Error(`the data of tar member ${JSON.stringify(name)} is read twice`);
+      reading = true;
+      while (read < dataSize) {
+        const chunk = await r.readSome(dataSize - read);
+        if (!chunk.length) return truncated();
+        read += chunk.length;
+        yield chunk;
+      }
+    }
+    yield {
+      name,
+      type,
+      size: dataSize,
+      linkname,
+      mode: mode & 0o7777,
+      uid,
+      gid,
+      mtime,
+      dataOffset: r.offset,
+      data,
+    };
+    if (!(await r.skip(dataSize - read + tarPadding(dataSize)))) return truncated();
   }
 }

@@ -13,21 +13,17 @@
 // every member: directories, files, symlinks and hard links under the store directory only (a whiteout, a
 // device, a path elsewhere or a hard link out of the tree refuses the layer). Any failure is the caller's cue to let
 // containerd unpack the layer, as without this.
-import { once } from "node:events";
-import type { Stats } from "node:fs";
-import { chmod } from "node:fs/promises";
-import { join } from "node:path";
-import { x as extractTar, type ReadEntry } from "tar";
 import { NixociError } from "../../util/errors.js";
 import { uncompressedLayer } from "../../util/compression.js";
 import { HashingStream } from "../../util/hashing-stream.js";
-import { isStorePath } from "../../nix/store-path.js";
 import { SNAPSHOT_LABEL_PREFIX, storePathsFromAnnotations } from "../../image/annotations.js";
 import { chainIdOf, isDigest, sha256Digest } from "../../oci/digest.js";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../../oci/media-types.js";
 import { MAX_JSON_BYTES, parseJsonObject } from "../../util/json.js";
 import { parseOutputRef } from "../../outputs/outputs.js";
 import { RegistryClient } from "../../outputs/registry-session.js";
+import { readTarMembers } from "../../image/tar-reader.js";
+import { extractStoreLayer } from "./store-layer-extract.js";
 
 /** The labels containerd's CRI plugin puts on each layer's Prepare when snapshot annotations are on. */
 export const IMAGE_REF_LABEL = `${SNAPSHOT_LABEL_PREFIX}cri.image-ref`;
@@ -120,8 +116,9 @@ export async function fetchLayerTree(opts: {
 }
 
 /**
- * Writes the tar `source` into `dir` with the members' modes, owners and times. Returns why the tar was refused
- * (a member not allowed in a store layer), else undefined; throws on a corrupt tar or a failed write.
+ * Writes the tar `source` into `dir` (store-layer-extract.ts). Returns why the tar was refused (a member not allowed
+ * in a store layer), else undefined; throws on a corrupt tar or a failed write. The source is read to its end (its
+ * hash is the diff ID), unless the layer is refused.
  */
 async function extractInto(
   source: AsyncIterable<Buffer>,
@@ -129,54 +126,21 @@ async function extractInto(
   storeDir: string,
   input: string,
 ): Promise<string | undefined> {
-  const store = storeDir.replace(/^\/+/, "").replace(/\/+$/, "");
-  const ancestors = new Set(store.split("/").map((_, i, parts) => parts.slice(0, i + 1).join("/")));
+  const it = source[Symbol.asyncIterator]();
+  const once: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => it };
   let refused: string | undefined;
-  // node-tar makes every directory it writes owner-writable (u+rwx); the store's are not: set again at the end.
-  const dirModes = new Map<string, number>();
-  const allowed = (name: string, e: Stats | ReadEntry): boolean => {
-    if (!("header" in e)) return refuse(`${name}: not a tar member`); // (only when creating archives)
-    const entry = e;
-    const path = name.replace(/^(\.\/)+/, "").replace(/\/+$/, "");
-    if (ancestors.has(path)) return entry.type === "Directory" || refuse(`${name} is not a directory`);
-    if (!path.startsWith(`${store}/`)) return refuse(`${name} is outside ${storeDir}`);
-    const rest = path.slice(store.length + 1).split("/");
-    if (!isStorePath(`/${store}/${rest[0]}`, `/${store}`)) return refuse(`${name} is not in a store path`);
-    if (rest.some((c) => c === ".." || c.startsWith(".wh."))) return refuse(`${name}: a whiteout or ".."`);
-    if (!["Directory", "File", "OldFile", "ContiguousFile", "SymbolicLink", "Link"].includes(entry.type))
-      return refuse(`${name} is a ${entry.type}`);
-    if (entry.type === "Directory") dirModes.set(path, (entry.mode ?? 0o755) & 0o7777);
-    return true;
-  };
-  const refuse = (why: string): false => {
-    refused ??= why;
-    return false;
-  };
-  const unpack = extractTar({
-    cwd: dir,
-    strict: true,
-    preserveOwner: true,
-    chmod: true,
-    processUmask: 0,
-    filter: allowed,
-  });
-  let failed: Error | undefined;
-  const finished = new Promise<void>((resolve, reject) => {
-    unpack.on("close", () => resolve());
-    unpack.on("error", (err: Error) => {
-      failed ??= err;
-      reject(new NixociError(input, err.message, { cause: err }));
-    });
-  });
-  finished.catch(() => undefined); // observed below
-  // A refused or failed layer is not read further (the source is destroyed; the caller lets containerd fetch it).
-  for await (const chunk of source) {
-    if (refused || failed) break;
-    if (!unpack.write(chunk)) await Promise.race([once(unpack, "drain"), finished]);
+  try {
+    refused = await extractStoreLayer(readTarMembers(once, input), dir, storeDir);
+  } catch (err) {
+    await it.return?.();
+    if (err instanceof NixociError) throw err;
+    throw new NixociError(input, (err as Error).message, { cause: err });
   }
-  unpack.end();
-  // Once refused, the cut-off tar fails; it is waited for all the same, so no write lands after the caller's rm.
-  await (refused ? finished.catch(() => undefined) : finished);
-  if (!refused) for (const [path, mode] of dirModes) await chmod(join(dir, path), mode);
-  return refused;
+  if (refused) {
+    await it.return?.(); // not read further: the caller lets containerd fetch the layer
+    return refused;
+  }
+  // What follows the end-of-archive blocks (padding) is part of the tar's diff ID.
+  while (!(await it.next()).done);
+  return undefined;
 }

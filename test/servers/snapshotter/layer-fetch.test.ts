@@ -4,18 +4,20 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, lstatSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { fetchLayerTree, layerSource } from "../../../src/servers/snapshotter/layer-fetch.js";
 import { chainIdOf } from "../../../src/oci/digest.js";
 import { chainIds, layerStorePaths, pushNixociImage, type PushedImage } from "../../support/cri.js";
 import { startRegistry, type Registry } from "../../support/daemons.js";
-import { buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
+import { addNotUtf8Path, buildFixtures, type FixtureAttr } from "../../support/fixtures.js";
 
 let fx: Record<FixtureAttr, string>;
 let registry: Registry | undefined;
 let image: PushedImage;
 let work: string;
+const dump = (p: string): Buffer => execFileSync("nix-store", ["--dump", p], { maxBuffer: 1 << 28 });
 
 before(async () => {
   fx = buildFixtures();
@@ -82,6 +84,31 @@ test("a store layer's tree, as the store has it, checked against its chain ID", 
   assert.ok(want.size > 1);
   assert.deepEqual(got, want);
   assert.equal(chainIdOf("", image.diffIds[0]), chainIds(image.diffIds)[0]);
+});
+
+test("layers with absolute symlinks and names that are not UTF-8 come out as the store has them", async () => {
+  // fx.tree links to absolute paths (node-tar, used before, refused those); the other path's names are not UTF-8.
+  const notUtf8 = addNotUtf8Path(work);
+  const awkward = pushNixociImage(registry!, {
+    installables: [fx.tree, notUtf8],
+    repo: "nixoci/layer-fetch-awkward",
+    workDir: work,
+  });
+  const chains = chainIds(awkward.diffIds);
+  for (const path of [fx.tree, notUtf8]) {
+    const i = awkward.layers.findIndex((l) => layerStorePaths(l).includes(path));
+    assert.ok(i >= 0, path);
+    const dir = mkdtempSync(join(work, "fs-awkward-"));
+    await fetchLayerTree({
+      imageRef: awkward.ref,
+      digest: awkward.layers[i].digest,
+      parent: i ? chains[i - 1] : "",
+      chainId: chains[i],
+      storeDir: "/nix/store",
+      dir,
+    });
+    for (const p of layerStorePaths(awkward.layers[i])) assert.ok(dump(join(dir, p)).equals(dump(p)), p);
+  }
 });
 
 test("refused: another chain's blob, a layer outside the store, a missing blob, no registry", async () => {
