@@ -13,6 +13,7 @@ import { treeTar, type TreeEntry } from "../../src/image/layer-tar.js";
 import type { LayerCompression } from "../../src/oci/media-types.js";
 import { BlobStore } from "../../src/oci/blob-store.js";
 import { NixociError } from "../../src/util/errors.js";
+import { decodeFileName, fileNameBytes } from "../../src/util/file-names.js";
 
 const dir = mkdtempSync(join(tmpdir(), "nixoci-base-tree-test-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -69,6 +70,16 @@ test("layers apply in order: whiteouts remove, opaque directories hide the lower
   assert.deepEqual(tree.entries.get("lib"), { type: "link", target: "usr/lib" });
   assert.equal(tree.passwd?.toString(), "root:x:0:0::/root:/bin/ash\napp:x:1:1::/:/bin/sh\n");
   assert.equal(tree.group, undefined, "the whited-out /etc/group is gone");
+});
+
+test("names and link targets that are not UTF-8 keep their bytes (util/file-names.ts)", async () => {
+  const cafe = decodeFileName(Buffer.from([0x63, 0x61, 0x66, 0xe9])); // "caf\xe9", Latin-1
+  const tree = await readBaseTree(blobs, [
+    await layer([d("share"), f(`share/${cafe}`), l(`share/to-${cafe}`, `/nix/store/x/${cafe}`)], "gzip"),
+  ]);
+  assert.deepEqual([...tree.entries.keys()].sort(), ["share", `share/${cafe}`, `share/to-${cafe}`]);
+  assert.deepEqual(tree.entries.get(`share/to-${cafe}`), { type: "link", target: `/nix/store/x/${cafe}` });
+  assert.deepEqual(fileNameBytes(cafe), Buffer.from([0x63, 0x61, 0x66, 0xe9]));
 });
 
 test("a layer that is not a tar fails in one line naming it", async () => {

@@ -4,7 +4,8 @@
 // into the store, absolute ones included) and hard links to files extracted before. Never through a symlink (every
 // parent of a member is a directory this extraction made), never over a member already written, never outside the
 // directory. Names and targets keep their bytes (util/file-names.ts). Modes, times and (as root) owners are the
-// tar's; directories get theirs once their contents are written, as the store's are read-only.
+// tar's; directories get theirs once their contents are written, as the store's are read-only. (node-tar, used
+// before, decodes names as UTF-8, rewriting other bytes, and in strict mode refuses absolute symlink targets.)
 import * as fs from "node:fs";
 import type { TarMember } from "../../image/tar-reader.js";
 import { isStorePath } from "../../nix/store-path.js";
