@@ -11,6 +11,7 @@
 // is byte-identical to one built without them.
 import { NixociError, quote } from "../util/errors.js";
 import { TAR_SYMLINK, type TarHeader } from "./tar-header.js";
+import { decodeFileName } from "../util/file-names.js";
 
 export interface PermRule {
   /** The rule as written (`REGEX=MODE[:UID[:GID]]`), for messages and the cache identity. */
@@ -94,7 +95,8 @@ export class HeaderRewriter {
   }
 
   apply(h: TarHeader): TarHeader {
-    const name = h.name.toString("utf8").replace(/\/$/, "");
+    // Bytes that are not UTF-8 stay escapes (util/file-names.ts): a pattern's U+FFFD does not match them.
+    const name = decodeFileName(h.name).replace(/\/$/, "");
     let { mode, uid, gid } = h;
     if (this.storePrefix !== undefined && name.startsWith(this.storePrefix)) {
       if (this.o.uid !== undefined) uid = this.o.uid;

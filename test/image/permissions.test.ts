@@ -14,6 +14,7 @@ import { NixociError } from "../../src/util/errors.js";
 import { buildFixtures, type FixtureAttr } from "../support/fixtures.js";
 import { runText } from "../support/run.js";
 import { collect } from "../support/streams.js";
+import { decodeFileName } from "../../src/util/file-names.js";
 
 let fx: Record<FixtureAttr, string>;
 before(() => {
@@ -135,6 +136,16 @@ describe("rewritten headers", () => {
     assert.ok(lines.includes(`-rw-r----- 0/7 ${base}/nested/a/b/c/d/deep.txt`), lines.join("\n"));
     for (const l of lines.slice(2).filter((x) => !x.includes("deep.txt"))) assert.match(l, / 1000\/100 /);
     assert.ok(rw.rewritten);
+  });
+
+  test("names that are not UTF-8: a pattern's U+FFFD does not match their bytes", async () => {
+    const latin1 = decodeFileName(Buffer.from([0x63, 0x61, 0x66, 0xe9])); // "caf\xe9"
+    const entries = [
+      { path: `/srv/${latin1}`, type: "file" as const, mode: 0o644, content: Buffer.from("x") },
+    ];
+    const rw = new HeaderRewriter(rules("^/srv/caf\ufffd$=0600"), undefined);
+    assert.ok((await collect(treeTar(entries, { rewriter: rw }))).equals(await collect(treeTar(entries))));
+    assert.equal(rw.rewritten, false);
   });
 
   test("a mode rule leaves symlinks at 0777 but gives them the owner; unmatched layers are byte-identical", async () => {
