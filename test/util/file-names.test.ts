@@ -2,6 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { decodeFileName, hasEscapedBytes, joinFilePath, fileNameBytes } from "../../src/util/file-names.js";
+import { quote } from "../../src/util/errors.js";
 
 const b = (...bytes: number[]) => Buffer.from(bytes);
 
@@ -62,4 +63,9 @@ test("joinFilePath is a string for plain names and the exact bytes otherwise", (
     joinFilePath("/tmp/x", ["a", decodeFileName(b(0x62, 0xe9))]),
     Buffer.from([...Buffer.from("/tmp/x/a/b"), 0xe9]),
   );
+});
+
+test("error messages quote bytes as UTF-8, with the others as escapes (not as Latin-1)", () => {
+  assert.equal(quote(Buffer.from("café")), '"café"');
+  assert.equal(quote(b(0x63, 0x61, 0x66, 0xe9)), '"caf\\udce9"');
 });
