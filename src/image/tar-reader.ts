@@ -95,7 +95,8 @@ function cString(b: Buffer): string {
 }
 
 function octal(field: Buffer): number {
-  const s = cString(field).trim();
+  const nul = field.indexOf(0);
+  const s = (nul < 0 ? field : field.subarray(0, nul)).toString("latin1").trim(); // digits: no name decoding
   if (s === "") return 0;
   if (!/^[0-7]+$/.test(s)) return NaN;
   return parseInt(s, 8);
