@@ -17,8 +17,8 @@ import { basename, dirname, resolve } from "node:path";
 import { NixociError, quote } from "../util/errors.js";
 import { isAbandonedTemp, tempSuffix } from "../util/fs.js";
 import { errnoCode, errnoWords, FileSystemError } from "../util/fs-errors.js";
-import { noteTemporary } from "../util/temporaries.js";
-import { hasEscapedBytes, joinFilePath, fileNameBytes } from "../util/file-names.js";
+import { noteTemporary, removeTreeSync } from "../util/temporaries.js";
+import { fsPath, joinFilePath } from "../util/file-names.js";
 import { parseNar, type NarHandler, type NarSource } from "./nar-reader.js";
 
 export interface RestoreNarOptions {
@@ -44,33 +44,6 @@ export interface RestoreNarOptions {
 
 const FILE_FLAGS =
   fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | (fs.constants.O_NOFOLLOW ?? 0);
-
-/**
- * Removes a tree we created, making its directories writable first (they may already be read-only). Names are
- * read as bytes: a NAR's names need not be UTF-8.
- */
-function forceRemove(path: string | Buffer): void {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(path);
-  } catch {
-    return;
-  }
-  if (st.isDirectory()) {
-    try {
-      fs.chmodSync(path, 0o700);
-    } catch {
-      // try to remove it anyway
-    }
-    const dir = typeof path === "string" ? Buffer.from(path) : path;
-    for (const name of fs.readdirSync(dir, { encoding: "buffer" })) {
-      forceRemove(Buffer.concat([dir, Buffer.from("/"), name]));
-    }
-    fs.rmdirSync(path);
-  } else {
-    fs.unlinkSync(path);
-  }
-}
 
 /** ".<name>.tmp-<pid>-<random>", <name> shortened if needed to keep within the 255-byte limit of names. */
 function tempName(name: string): string {
@@ -104,7 +77,7 @@ export function sweepRestoreTemporaries(dest: string): string[] {
     if (m[1] !== name && !(m[1] !== "" && name.startsWith(m[1]) && Buffer.byteLength(n) > 251)) continue;
     if (!isAbandonedTemp(n)) continue;
     try {
-      forceRemove(`${dir}/${n}`);
+      removeTreeSync(`${dir}/${n}`);
       removed.push(`${dir}/${n}`);
     } catch {
       // left for another time
@@ -198,7 +171,7 @@ export async function restoreNar(
       finishDirs(path.length);
       const p = where(path);
       try {
-        fs.symlinkSync(hasEscapedBytes(target) ? fileNameBytes(target) : target, p);
+        fs.symlinkSync(fsPath(target), p);
         if (path.length === 0) created = true;
         if (canonical) fs.lutimesSync(p, 1, 1);
       } catch (e) {
@@ -282,7 +255,7 @@ export async function restoreNar(
     }
     if (created) {
       try {
-        forceRemove(tmp);
+        removeTreeSync(tmp);
       } catch {
         // Best effort: report the original error.
       }

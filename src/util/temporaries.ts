@@ -42,8 +42,11 @@ export function forgetTemporary(path: string): void {
   tracked?.delete(path);
 }
 
-/** Removes a tree, making its directories writable first (store paths are read-only, 0555, once complete). */
-function removeTreeSync(path: string): void {
+/**
+ * Removes a tree, making its directories writable first (store paths are read-only, 0555, once complete); names
+ * as bytes. Throws when what remains cannot be removed; nothing there is no error.
+ */
+export function removeTreeSync(path: string): void {
   try {
     if (lstatSync(fsPath(path)).isDirectory()) {
       chmodSync(fsPath(path), 0o700);
