@@ -3,7 +3,7 @@
 //   {"version":1,"root":{"type":"directory","entries":{"a":{"type":"regular","size":3,"narOffset":216}}}}
 // Nix writes the node keys in the order type, size, executable, narOffset (or type, entries / type, target)
 // and directory entries in NAR order (bytewise ascending names); serializeNarListing does the same.
-import { hasEscapedBytes, isEscapeAt, fileNameBytes } from "../util/file-names.js";
+import { escapeRuns, fileNameBytes, hasEscapedBytes } from "../util/file-names.js";
 import { parseNar, type NarSource } from "./nar-reader.js";
 
 export type NarListingNode =
@@ -94,15 +94,10 @@ function writeNode(node: NarListingNode, out: string[]): void {
  */
 function jsonName(name: string): string {
   if (!hasEscapedBytes(name)) return JSON.stringify(name);
-  let out = "";
-  let run = 0;
-  for (let i = 0; i < name.length; i++) {
-    if (isEscapeAt(name, i)) {
-      out += JSON.stringify(name.slice(run, i)).slice(1, -1) + name[i];
-      run = i + 1;
-    }
-  }
-  return `"${out}${JSON.stringify(name.slice(run)).slice(1, -1)}"`;
+  const parts = escapeRuns(name).map((p) =>
+    typeof p === "string" ? JSON.stringify(p).slice(1, -1) : String.fromCharCode(0xdc00 + p),
+  );
+  return `"${parts.join("")}"`;
 }
 
 /**

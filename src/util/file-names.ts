@@ -28,17 +28,23 @@ export function hasEscapedBytes(s: string): boolean {
 /** The bytes that decodeFileName made `s` of. */
 export function fileNameBytes(s: string): Buffer {
   if (!hasEscapedBytes(s)) return Buffer.from(s, "utf8");
-  const parts: Buffer[] = [];
+  return Buffer.concat(
+    escapeRuns(s).map((p) => (typeof p === "string" ? Buffer.from(p, "utf8") : Buffer.of(p))),
+  );
+}
+
+/** `s` cut into its runs of text (strings, maybe empty) and its escaped bytes (the byte's value), in order. */
+export function escapeRuns(s: string): (string | number)[] {
+  const parts: (string | number)[] = [];
   let run = 0; // start of the current run of characters without escapes
   for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
     if (isEscapeAt(s, i)) {
-      parts.push(Buffer.from(s.slice(run, i), "utf8"), Buffer.of(c - 0xdc00));
+      parts.push(s.slice(run, i), s.charCodeAt(i) - 0xdc00);
       run = i + 1;
     }
   }
-  parts.push(Buffer.from(s.slice(run), "utf8"));
-  return Buffer.concat(parts);
+  parts.push(s.slice(run));
+  return parts;
 }
 
 /** A path for Node's fs: `path` itself when it is plain text, its bytes when it has escapes. */
@@ -57,7 +63,7 @@ export function readdirNames(dir: string): string[] {
 }
 
 /** Whether s[i] is an escaped byte (see above). */
-export function isEscapeAt(s: string, i: number): boolean {
+function isEscapeAt(s: string, i: number): boolean {
   const c = s.charCodeAt(i);
   if (c < 0xdc80 || c > 0xdcff) return false;
   if (i === 0) return true;
