@@ -6,6 +6,7 @@
 // back exactly; names that are valid UTF-8 (all but a few) are plain strings, as before. Node's fs writes a string
 // path as UTF-8 (an escape would become U+FFFD): fsPath gives the bytes for such a path.
 import { readdirSync } from "node:fs";
+import { readdir } from "node:fs/promises";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 /** A lone escape: U+DC80-U+DCFF not after a high surrogate (a pair's low half is a character's, not a byte's). */
@@ -60,6 +61,11 @@ export function joinFilePath(base: string, names: readonly string[]): string | B
 /** The names in directory `dir` (a path as fsPath takes it), each byte kept (decodeFileName). */
 export function readdirNames(dir: string): string[] {
   return readdirSync(fsPath(dir), { encoding: "buffer" }).map(decodeFileName);
+}
+
+/** readdirNames through the thread pool. */
+export async function readdirNamesAsync(dir: string): Promise<string[]> {
+  return (await readdir(fsPath(dir), { encoding: "buffer" })).map(decodeFileName);
 }
 
 /** Whether s[i] is an escaped byte (see above). */

@@ -4,7 +4,7 @@ import { mkdirSync, statSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { NixociError } from "./errors.js";
-import { decodeFileName, fsPath } from "./file-names.js";
+import { fsPath, readdirNamesAsync } from "./file-names.js";
 import { fsError } from "./fs-errors.js";
 import { noteTemporary, tempSuffix } from "./temporaries.js";
 import { basename, dirname, join } from "node:path";
@@ -102,8 +102,7 @@ export async function removeTree(path: string): Promise<void> {
   if (st.isDirectory()) {
     await chmod(fsPath(path), 0o755).catch(() => undefined);
     // Names as bytes (util/file-names.ts): a store path's file names need not be UTF-8.
-    const names = (await readdir(fsPath(path), { encoding: "buffer" })).map(decodeFileName);
-    for (const name of names) await removeTree(join(path, name));
+    for (const name of await readdirNamesAsync(path)) await removeTree(join(path, name));
   }
   await rm(fsPath(path), { recursive: true, force: true });
 }

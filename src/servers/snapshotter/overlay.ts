@@ -22,12 +22,12 @@ import {
   chownSync,
   readdirSync,
 } from "node:fs";
-import { lstat, readdir, rm } from "node:fs/promises";
+import { lstat, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { REF_LABEL } from "../../image/annotations.js";
 import { MetadataStore, SnapshotError, type SnapshotKind, type SnapshotRecord } from "./metadata.js";
 import { mountPointsUnder } from "./mounts.js";
-import { decodeFileName, fsPath } from "../../util/file-names.js";
+import { fsPath, readdirNamesAsync } from "../../util/file-names.js";
 import { makeDirsSync } from "../../util/fs.js";
 
 export interface Mount {
@@ -94,8 +94,7 @@ export async function diskUsage(dir: string): Promise<Usage> {
     }
     if (st.isDirectory()) {
       // Names as bytes (util/file-names.ts): an unpacked layer's file names need not be UTF-8.
-      for (const name of (await readdir(fsPath(p), { encoding: "buffer" })).map(decodeFileName))
-        await visit(join(p, name));
+      for (const name of await readdirNamesAsync(p)) await visit(join(p, name));
     }
   };
   await visit(dir);
