@@ -35,6 +35,20 @@ after(() => {
 // What `cache push` offers; reading is also tested with br (Nix writes it, slowly).
 const COMPRESSIONS = ["xz", "zstd", "bzip2", "none"] as const;
 
+/** `nixoci substitute` of `paths` from `url` into the store directory `dest`, trusting the test cache's key. */
+function substituteTrusting(url: string, dest: string, ...paths: string[]): CliResult {
+  return nixoci([
+    "substitute",
+    "--from",
+    url,
+    "--trusted-public-key",
+    key.publicKey,
+    "--store-dir",
+    dest,
+    ...paths,
+  ]);
+}
+
 function dumpEquals(realDir: string, path: string): boolean {
   const restored = join(realDir, path.slice("/nix/store/".length));
   return run("nix-store", ["--dump", restored]).equals(run("nix-store", ["--dump", path]));
@@ -151,17 +165,7 @@ test("flat and text content-addressed paths need no signature either; their one 
   const narinfoOf = (p: string) => join(dir, `${p.slice(11, 43)}.narinfo`);
   assert.match(readFileSync(narinfoOf(flat), "utf8"), /^CA: fixed:sha256:/m);
   assert.match(readFileSync(narinfoOf(drv), "utf8"), /^CA: text:sha256:/m);
-  const substitute = (dest: string, ...paths: string[]) =>
-    nixoci([
-      "substitute",
-      "--from",
-      url,
-      "--trusted-public-key",
-      key.publicKey,
-      "--store-dir",
-      dest,
-      ...paths,
-    ]);
+  const substitute = (dest: string, ...paths: string[]) => substituteTrusting(url, dest, ...paths);
   const dest = join(work, "flat-store");
   const ok = substitute(dest, flat, drv);
   assert.equal(ok.status, 0, ok.stderr);
@@ -380,16 +384,8 @@ test("a path whose names and symlink targets are not UTF-8: substituted byte for
   const dir = join(work, "not-utf8-cache");
   const url = makeNixCache({ paths: [path], dir, compression: "xz", secretKeyFile: key.secretKeyFile });
   const storeDir = join(work, "not-utf8-store");
-  nixociOk([
-    "substitute",
-    "--from",
-    url,
-    "--trusted-public-key",
-    key.publicKey,
-    "--store-dir",
-    storeDir,
-    path,
-  ]);
+  const r = substituteTrusting(url, storeDir, path);
+  assert.equal(r.status, 0, r.stderr);
   assert.ok(dumpEquals(storeDir, path));
   const restored = join(storeDir, path.slice("/nix/store/".length));
   assert.deepEqual(
