@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Thin launcher: the CLI is compiled TypeScript under dist/ (run `npm run build` after `npm ci`).
 import { main } from "../dist/src/cli/main.js";
+import { commandLineArguments } from "../dist/src/cli/command-line.js";
 
-main(process.argv.slice(2)).then(
+main(commandLineArguments(process.argv.slice(2))).then(
   (code) => {
     process.exitCode = code;
   },

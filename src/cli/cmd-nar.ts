@@ -8,6 +8,7 @@ import { dumpPathTo } from "../nix/nar-writer.js";
 import { decompressStream, type Compression } from "../util/compression.js";
 import { NixociError } from "../util/errors.js";
 import { fsError } from "../util/fs-errors.js";
+import { fsPath } from "../util/file-names.js";
 import { helpHint, needPositionals, parse, printHelp, UsageError } from "./args.js";
 import { NAR } from "./help-texts.js";
 import { stdoutCarriesProduct } from "./stdout-product.js";
@@ -106,7 +107,7 @@ const EXTENSIONS: [string, Compression][] = [
 
 /** A NAR file (or stdin), decompressed when its name says it is compressed, as binary caches name them. */
 function openNarFile(file: string): Readable {
-  const source = file === "-" ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 });
+  const source = file === "-" ? process.stdin : createReadStream(fsPath(file), { highWaterMark: 1 << 20 });
   const found = EXTENSIONS.find(([ext]) => file.endsWith(ext));
   if (!found) return source;
   const decompress = decompressStream(found[1], file);

@@ -9,6 +9,7 @@ import type { TrustOptions } from "../store/binary-cache.js";
 import { LocalStore } from "../store/local-store.js";
 import type { Store } from "../store/store.js";
 import { NixociError } from "../util/errors.js";
+import { decodeFileName, fsPath } from "../util/file-names.js";
 import { asUsageError, UsageError } from "./args.js";
 import { errnoCode, errnoWords } from "../util/fs-errors.js";
 
@@ -85,7 +86,7 @@ export function resolveStorePathArg(arg: string, store: Store): string {
   const localDir = store instanceof LocalStore ? store.realDir : DEFAULT_STORE_DIR;
   let real: string;
   try {
-    real = realpathSync(arg);
+    real = realpathSync.native(fsPath(arg));
   } catch (err) {
     // A symlink whose target is gone: a `result` whose store path was garbage-collected is the usual one.
     const missing = missingLinkTarget(arg);
@@ -119,8 +120,8 @@ export function resolveStorePathArg(arg: string, store: Store): string {
 export function storePathOfLink(arg: string, storeDir: string): string | undefined {
   let target: string | undefined;
   try {
-    if (!lstatSync(arg).isSymbolicLink()) return undefined;
-    target = realpathSync(arg);
+    if (!lstatSync(fsPath(arg)).isSymbolicLink()) return undefined;
+    target = realpathSync.native(fsPath(arg));
   } catch {
     target = missingLinkTarget(arg);
   }
@@ -137,14 +138,14 @@ function missingLinkTarget(arg: string): string | undefined {
   for (let hops = 0; hops < 40; hops++) {
     let target: string;
     try {
-      if (!lstatSync(path).isSymbolicLink()) return undefined;
-      target = readlinkSync(path);
+      if (!lstatSync(fsPath(path)).isSymbolicLink()) return undefined;
+      target = decodeFileName(readlinkSync(fsPath(path), { encoding: "buffer" }));
     } catch {
       return undefined;
     }
     const next = resolve(dirname(path), target);
     try {
-      if (!lstatSync(next, { throwIfNoEntry: false })) return next;
+      if (!lstatSync(fsPath(next), { throwIfNoEntry: false })) return next;
     } catch {
       return undefined; // not a missing target: a directory on the way cannot be read, or is a file
     }

@@ -18,7 +18,7 @@ import { NixociError, quote } from "../util/errors.js";
 import { isAbandonedTemp, tempSuffix } from "../util/fs.js";
 import { errnoCode, errnoWords, FileSystemError } from "../util/fs-errors.js";
 import { noteTemporary, removeTreeSync } from "../util/temporaries.js";
-import { fsPath, joinFilePath } from "../util/file-names.js";
+import { fsPath, joinFilePath, readdirNames } from "../util/file-names.js";
 import { parseNar, type NarHandler, type NarSource } from "./nar-reader.js";
 
 export interface RestoreNarOptions {
@@ -64,7 +64,7 @@ export function sweepRestoreTemporaries(dest: string): string[] {
   const name = basename(destPath);
   let names: string[];
   try {
-    names = fs.readdirSync(dir);
+    names = readdirNames(dir);
   } catch {
     return [];
   }
@@ -88,7 +88,7 @@ export function sweepRestoreTemporaries(dest: string): string[] {
 
 function exists(path: string): boolean {
   try {
-    fs.lstatSync(path);
+    fs.lstatSync(fsPath(path));
     return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
@@ -239,7 +239,7 @@ export async function restoreNar(
     finishDirs(0);
     if (exists(destPath)) throw fail("appeared while the NAR was being restored; not replacing it");
     try {
-      fs.renameSync(tmp, destPath);
+      fs.renameSync(fsPath(tmp), fsPath(destPath));
     } catch (e) {
       throw fail(`cannot move the restored tree into place (${errnoWords(e)})`, e);
     }

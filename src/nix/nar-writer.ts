@@ -15,6 +15,7 @@ import { Socket } from "node:net";
 import { finished, pipeline } from "node:stream/promises";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { NixociError } from "../util/errors.js";
+import { fileNameBytes } from "../util/file-names.js";
 import { errnoWords } from "../util/fs-errors.js";
 import { narString, narStrings, padded } from "./nar-string.js";
 
@@ -152,7 +153,7 @@ export class NarProducer {
     if (!this.started) {
       this.started = true;
       this.emit(T_MAGIC);
-      this.dumpNode(Buffer.from(this.rootPath));
+      this.dumpNode(fileNameBytes(this.rootPath));
       entries++;
     }
 

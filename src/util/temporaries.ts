@@ -71,9 +71,9 @@ export function removeTemporariesSync(): string[] {
   for (const path of tracked ?? []) {
     let victim = path;
     try {
-      if (lstatSync(path).isDirectory()) {
+      if (lstatSync(fsPath(path)).isDirectory()) {
         victim = join(dirname(path), `.${basename(path).replace(/^\.+/, "").slice(0, 200)}${tempSuffix()}`);
-        renameSync(path, victim);
+        renameSync(fsPath(path), fsPath(victim));
       }
       removeTreeSync(victim);
       removed.push(path);
