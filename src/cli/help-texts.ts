@@ -354,7 +354,8 @@ export const NAR = {
       "temporary name and renamed, so a bad NAR leaves nothing; SIGTERM, SIGINT or SIGHUP remove the temporary " +
       "tree and exit 128+N, and what a restore killed otherwise left beside DEST (`.DEST.tmp-PID-…`) goes with " +
       "the next restore to DEST once process PID is gone. ls prints Nix's `.ls` listing JSON (with narOffset) of " +
-      "a NAR file (- for stdin; .xz, .zst, .bz2, .br and .gz names are decompressed).",
+      "a NAR file (- for stdin; .xz, .zst, .bz2, .br and .gz names are decompressed). File names are bytes, " +
+      "as in Nix: PATH, DEST, FILE and the names inside may be any bytes, not only UTF-8.",
   ],
   flags: {},
   examples: [
