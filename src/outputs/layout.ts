@@ -177,6 +177,9 @@ async function writeDurable(file: string, data: Buffer | string): Promise<void> 
   }
 }
 
+/** Why a hard link from the blob store can fail where a copy works (another filesystem, no links there). */
+const LINK_REFUSED = new Set(["EXDEV", "EPERM", "EMLINK", "ENOTSUP", "EACCES"]);
+
 /** Puts one blob into blobDir (link, else copy, else the given bytes), unless it is already there. */
 async function placeBlob(
   image: BuiltImage,
@@ -184,27 +187,37 @@ async function placeBlob(
   b: { digest: Digest; size: number; bytes?: Buffer },
 ): Promise<"present" | "linked" | "copied"> {
   const dest = join(blobDir, digestHex(b.digest));
+  // A blob the layout has already needs none in the store (the error is for a blob that is in neither).
+  let missing: unknown;
+  const src = b.bytes
+    ? image.blobs.path(b.digest)
+    : await storeBlobPath(image, b.digest, b.size).catch((err: unknown) => ((missing = err), ""));
+  const srcSt = b.bytes ? await stat(src).catch(() => undefined) : missing ? undefined : { size: b.size };
+  // A hard link appears whole or not at all: straight under its name, unless the name is taken.
+  if (srcSt && srcSt.size === b.size) {
+    try {
+      await link(src, dest);
+      return "linked";
+    } catch (err) {
+      if (
+        (err as NodeJS.ErrnoException).code !== "EEXIST" &&
+        !LINK_REFUSED.has((err as NodeJS.ErrnoException).code!)
+      )
+        throw err;
+    }
+  }
   const have = await stat(dest).catch(() => undefined);
   if (have?.isFile() && have.size === b.size) return "present";
+  if (missing) throw missing;
   const tmp = tempSibling(blobDir, digestHex(b.digest));
   try {
     let how: "linked" | "copied" = "copied";
-    const src = b.bytes ? image.blobs.path(b.digest) : await storeBlobPath(image, b.digest, b.size);
-    const srcSt = b.bytes ? await stat(src).catch(() => undefined) : { size: b.size };
     if (srcSt && srcSt.size === b.size) {
       try {
         await link(src, tmp);
         how = "linked";
       } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (
-          code !== "EXDEV" &&
-          code !== "EPERM" &&
-          code !== "EMLINK" &&
-          code !== "ENOTSUP" &&
-          code !== "EACCES"
-        )
-          throw err;
+        if (!LINK_REFUSED.has((err as NodeJS.ErrnoException).code!)) throw err;
         await copyFile(src, tmp, constants.COPYFILE_EXCL);
         await fsyncPath(tmp);
       }

@@ -21,7 +21,7 @@
 // choice — the blob store's, so outputs are renamed into place.
 import { spawn, type ChildProcess } from "node:child_process";
 import { constants, createWriteStream, open as openCb, openSync, closeSync, statfsSync } from "node:fs";
-import { mkdir, open, rm, unlink } from "node:fs/promises";
+import { mkdir, open, rm, unlink, type FileHandle } from "node:fs/promises";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { setImmediate as yieldToLoop, setTimeout as delay } from "node:timers/promises";
@@ -260,15 +260,24 @@ class Lane {
     // returns: the tar of the next megabytes is made while the tool compresses the last ones.
     const sink = createWriteStream("", { fd, highWaterMark: SINK_BUFFER });
     const { codec, pool } = this.batch.opts;
+    const input = this.batch.input;
     const withCrc = codec === "gzip" && crc32 !== undefined;
     let crc = 0;
     let size = 0;
+    // The output is read as the tool writes it: each time the tool has taken more input, what it made of it.
+    const trailer = codec === "gzip" ? gzipTrailerCheck(input) : undefined;
+    const frames = codec === "zstd" ? zstdFramesCheck(input) : undefined;
+    const reader = new OutputReader(`${slot}${CODECS[codec].suffix}`, input, (trailer ?? frames)!.see, pool);
     const stream = new Writable({
       highWaterMark: READ_CHUNK,
       write(chunk: Buffer, _enc, cb) {
         if (withCrc) crc = crc32!(chunk, crc);
         size += chunk.length;
-        if (sink.write(chunk, pool && (() => pool.give(chunk)))) cb();
+        const written = () => {
+          if (pool) pool.give(chunk);
+          reader.poke();
+        };
+        if (sink.write(chunk, written)) cb();
         else sink.once("drain", () => cb());
       },
       final(cb) {
@@ -288,12 +297,9 @@ class Lane {
         try {
           if (!stream.writableFinished) throw new Error("the stream was not written to its end");
           await this.finished();
-          const input = this.batch.input;
-          const output = `${slot}${CODECS[codec].suffix}`;
           try {
-            return codec === "gzip"
-              ? await checkedGzipOutput(output, crc, size, input, pool)
-              : await checkedZstdOutput(output, input, pool);
+            const out = await readOutput(reader);
+            return trailer ? trailer.check(out, crc, size) : frames!.check(out);
           } catch (err) {
             // zstd goes on to its next input after a failed write (and removes that output): a full disk again.
             throw freeBytes(this.batch.opts.parentDir) < FULL_BELOW ? this.noSpace() : err;
@@ -304,6 +310,7 @@ class Lane {
           await this.stop();
           throw err;
         } finally {
+          await reader.close().catch(() => {});
           await unlink(slot).catch(() => {});
         }
       },
@@ -341,32 +348,130 @@ function freeBytes(dir: string): number {
   }
 }
 
-/** Reads a finished output once: its sha256 and size, each chunk also shown to `see`. */
-async function hashOutput(
-  path: string,
-  input: string,
-  see: (chunk: Buffer) => void,
-  pool?: BufferPool,
-): Promise<BatchOutput> {
-  const file = await open(path, "r").catch((err: NodeJS.ErrnoException) => {
-    throw new NixociError(input, `the compressor left no output (${err.code ?? err.message})`);
-  });
-  const buf = pool ? pool.take() : Buffer.allocUnsafe(READ_CHUNK);
-  try {
-    const hash = createHash("sha256");
-    let total = 0;
-    for (;;) {
-      const { bytesRead } = await file.read(buf, 0, buf.length, null);
-      if (!bytesRead) break;
-      const chunk = buf.subarray(0, bytesRead);
-      hash.update(chunk);
-      see(chunk);
-      total += bytesRead;
+/**
+ * Reads a tool's output file as it grows, and once more after the tool closed it: its sha256 and size, each chunk
+ * also shown to `see`. Reading while the tool still compresses takes the read-back off the end of the layer (the
+ * tool only appends to the file it made; the final read after the tool moved on, or exited, reaches its end).
+ */
+class OutputReader {
+  private file?: FileHandle;
+  private buf?: Buffer;
+  private readonly hash = createHash("sha256");
+  private size = 0;
+  private reading?: Promise<void>;
+  private failed?: unknown;
+
+  constructor(
+    readonly path: string,
+    private readonly input: string,
+    private readonly see: (chunk: Buffer) => void,
+    private readonly pool?: BufferPool,
+  ) {}
+
+  /** Reads what the tool has written so far, unless a read is under way; never rejects (finish() tells). */
+  poke(): void {
+    if (this.reading || this.failed) return;
+    this.reading = this.readAvailable(false)
+      .catch((err: unknown) => {
+        this.failed = err;
+      })
+      .finally(() => (this.reading = undefined));
+  }
+
+  /** The whole output, once the tool has closed it. */
+  async finish(): Promise<BatchOutput> {
+    await this.reading;
+    if (this.failed) throw this.failed;
+    await this.readAvailable(true);
+    return { path: this.path, size: this.size, sha256: this.hash.digest("hex") };
+  }
+
+  async close(): Promise<void> {
+    await this.reading;
+    if (this.buf) this.pool?.give(this.buf);
+    this.buf = undefined;
+    await this.file?.close();
+    this.file = undefined;
+  }
+
+  private async readAvailable(final: boolean): Promise<void> {
+    if (!this.file) {
+      try {
+        this.file = await open(this.path, "r");
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        // Not made yet: the tool has not got to it.
+        if (!final && code === "ENOENT") return;
+        throw new NixociError(
+          this.input,
+          `the compressor left no output (${code ?? (err as Error).message})`,
+        );
+      }
+      this.buf = this.pool ? this.pool.take() : Buffer.allocUnsafe(READ_CHUNK);
     }
-    return { path, size: total, sha256: hash.digest("hex") };
+    for (;;) {
+      const { bytesRead } = await this.file.read(this.buf!, 0, this.buf!.length, this.size);
+      if (!bytesRead) return;
+      const chunk = this.buf!.subarray(0, bytesRead);
+      this.hash.update(chunk);
+      this.see(chunk);
+      this.size += bytesRead;
+    }
+  }
+}
+
+/** Sees a gzip output's last 8 bytes, wherever the chunks end; checks the trailer against the input's CRC-32 and size. */
+function gzipTrailerCheck(input: string): {
+  see: (chunk: Buffer) => void;
+  check: (out: BatchOutput, crc: number, size: number) => BatchOutput;
+} {
+  const tail = Buffer.alloc(8);
+  return {
+    see: (chunk) => {
+      if (chunk.length >= 8) chunk.copy(tail, 0, chunk.length - 8);
+      else {
+        tail.copy(tail, 0, chunk.length);
+        chunk.copy(tail, 8 - chunk.length);
+      }
+    },
+    check: (out, crc, size) => {
+      const ok =
+        out.size >= 18 &&
+        tail.readUInt32LE(4) === size % 2 ** 32 &&
+        (crc32 === undefined || tail.readUInt32LE(0) === crc >>> 0);
+      if (!ok)
+        throw new NixociError(
+          input,
+          `igzip's output is not the gzip of the stream given (${out.size} bytes)`,
+        );
+      return out;
+    },
+  };
+}
+
+/** Sees a zstd output's bytes; checks that they are whole zstd frames. */
+function zstdFramesCheck(input: string): {
+  see: (chunk: Buffer) => void;
+  check: (out: BatchOutput) => BatchOutput;
+} {
+  const frames = new ZstdFrameCheck();
+  return {
+    see: (chunk) => frames.update(chunk),
+    check: (out) => {
+      const wrong = frames.result();
+      if (wrong)
+        throw new NixociError(input, `zstd's output is not whole zstd frames: ${wrong} (${out.size} bytes)`);
+      return out;
+    },
+  };
+}
+
+/** A finished output read whole: through the reader used while it grows. */
+async function readOutput(reader: OutputReader): Promise<BatchOutput> {
+  try {
+    return await reader.finish();
   } finally {
-    pool?.give(buf);
-    await file.close();
+    await reader.close();
   }
 }
 
@@ -378,27 +483,8 @@ export async function checkedGzipOutput(
   input: string,
   pool?: BufferPool,
 ): Promise<BatchOutput> {
-  const tail = Buffer.alloc(8);
-  const out = await hashOutput(
-    path,
-    input,
-    (chunk) => {
-      // The last 8 bytes, wherever the chunks end.
-      if (chunk.length >= 8) chunk.copy(tail, 0, chunk.length - 8);
-      else {
-        tail.copy(tail, 0, chunk.length);
-        chunk.copy(tail, 8 - chunk.length);
-      }
-    },
-    pool,
-  );
-  const ok =
-    out.size >= 18 &&
-    tail.readUInt32LE(4) === size % 2 ** 32 &&
-    (crc32 === undefined || tail.readUInt32LE(0) === crc >>> 0);
-  if (!ok)
-    throw new NixociError(input, `igzip's output is not the gzip of the stream given (${out.size} bytes)`);
-  return out;
+  const trailer = gzipTrailerCheck(input);
+  return trailer.check(await readOutput(new OutputReader(path, input, trailer.see, pool)), crc, size);
 }
 
 /** Hashes a zstd output and checks that it is whole zstd frames. */
@@ -407,12 +493,8 @@ export async function checkedZstdOutput(
   input: string,
   pool?: BufferPool,
 ): Promise<BatchOutput> {
-  const frames = new ZstdFrameCheck();
-  const out = await hashOutput(path, input, (chunk) => frames.update(chunk), pool);
-  const wrong = frames.result();
-  if (wrong)
-    throw new NixociError(input, `zstd's output is not whole zstd frames: ${wrong} (${out.size} bytes)`);
-  return out;
+  const frames = zstdFramesCheck(input);
+  return frames.check(await readOutput(new OutputReader(path, input, frames.see, pool)));
 }
 
 let setprivFor: { path: string; found: boolean } | undefined;

@@ -3,15 +3,25 @@
 // lanes at once, and with chunks from a pool that come back and are reused while others wait to be written; a
 // stream that fails, a tool killed mid-stream or missing, or one that exits just after opening its first pipe fail
 // their job (with one line; never a hang) and the next job works; close() leaves neither process nor directory, and a SIGKILLed owner takes its processes with it; an
-// output whose gzip trailer does not match the stream, or that is not whole zstd frames, is refused.
+// output whose gzip trailer does not match the stream, or that is not whole zstd frames, is refused; an output read
+// while the tool still writes it is hashed whole.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { setTimeout as delay } from "node:timers/promises";
 import { gzipSync } from "node:zlib";
 import {
   checkedGzipOutput,
@@ -283,6 +293,51 @@ test("zstd: each stream's output is zstd's own on stdin (-T0), across lanes and 
     () => new CompressorBatch({ codec: "zstd", tool: "zstd", level: 23, parentDir: parent, lanes: 1 }),
     /23 is out of range for zstd \(1\.\.22\)/,
   );
+});
+
+test("an output read while the tool still writes it is hashed whole (gzip and zstd)", async () => {
+  const parent = join(work, "growing");
+  mkdirSync(parent);
+  for (const codec of ["gzip", "zstd"] as const) {
+    const batch =
+      codec === "gzip"
+        ? gzipBatch(parent)
+        : new CompressorBatch({ codec, tool: "zstd", level: 3, parentDir: parent, lanes: 1 });
+    try {
+      const data = sample(24 << 20, codec === "gzip" ? 40 : 41);
+      const suffix = codec === "gzip" ? ".gz" : ".zst";
+      const outputSize = (): number => {
+        const name = readdirSync(batch.dir).find((n) => n.endsWith(suffix));
+        return name ? statSync(join(batch.dir, name)).size : 0;
+      };
+      // After each megabyte the writer waits for the tool's output to grow (igzip writes as it goes; zstd once a
+      // job of several megabytes is done, so not after every one): the reader finds the file part-written.
+      let grewWhileWritten = 0;
+      const grows = async (before: number, patienceMs: number): Promise<boolean> => {
+        for (const end = Date.now() + patienceMs; Date.now() < end; await delay(5))
+          if (outputSize() > before) return true;
+        return false;
+      };
+      const slowly = async function* () {
+        for (let off = 0; off < data.length; off += 1 << 20) {
+          const before = outputSize();
+          yield data.subarray(off, off + (1 << 20));
+          if (off + (1 << 20) < data.length && (await grows(before, codec === "gzip" ? 10_000 : 300)))
+            grewWhileWritten++;
+        }
+      };
+      const job = await batch.job();
+      await pipeline(Readable.from(slowly()), job.stream);
+      const out = await job.done();
+      assert.ok(grewWhileWritten >= (codec === "gzip" ? 10 : 1), `output grew ${grewWhileWritten} times`);
+      const bytes = readFileSync(out.path);
+      assert.equal(out.size, bytes.length);
+      assert.equal(out.sha256, createHash("sha256").update(bytes).digest("hex"));
+      assert.ok(bytes.equals(codec === "gzip" ? runIgzip(["-c", "-n", "-1"], data) : zstdOf(data)));
+    } finally {
+      await batch.close();
+    }
+  }
 });
 
 test("zstd outputs that are not whole frames are refused", async () => {
