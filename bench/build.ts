@@ -7,7 +7,8 @@
 // `changed` argument alters one 45 MB package (as the issue's git) that two others use, which changes 5 store
 // paths (the package, the packages that embed its path, and the top).
 //
-// Each run of the 3 (the table shows medians) times, one after the other on the same warm page cache:
+// Each run of the 3 (the table shows medians) times, one after the other on the same warm page cache, each after
+// a sync (no contender pays for writing back another's files):
 //   tar | gzip -6         tar --sort=name --mtime=@1 --owner=0 --group=0 -cf - -C / PATHS | gzip -6 > /dev/null
 //   tar | pigz -p2 -6     the same through pigz on two threads: the anchor of the goals
 //   tar | gzip -6 of the changed package: the anchor of the one-change rebuild
@@ -121,9 +122,18 @@ function haveGnuTime(): boolean {
   return false;
 }
 
+/**
+ * Writes back what earlier runs left dirty (a cold build's blobs), so that no contender's time includes the kernel
+ * writing out another's files.
+ */
+function settle(): void {
+  spawnSync("sync", { stdio: "ignore" });
+}
+
 /** tar of the paths (names relative to /, as in nixoci's layers) piped into `compressor`, output discarded. */
 function tarPipe(paths: string[], compressor: string[]): Promise<number> {
   const relative = paths.map((p) => p.slice(1));
+  settle();
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const devNull = fs.openSync("/dev/null", "w");
@@ -157,6 +167,7 @@ function runNixoci(args: string[], gnuTime: boolean, work: string): Promise<Nixo
   const rssFile = join(work, "rss");
   const cmd = gnuTime ? GNU_TIME : process.execPath;
   const argv = gnuTime ? ["-f", "%M", "-o", rssFile, process.execPath, NIXOCI, ...args] : [NIXOCI, ...args];
+  settle();
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"] });
@@ -254,8 +265,8 @@ export async function benchBuild(): Promise<void> {
 
   const gnuTime = haveGnuTime();
   const work = fs.mkdtempSync(join(tmpdir(), "nixoci-bench-build-"));
-  // Warm the page cache, so that every contender reads the closure from memory.
-  await tarPipe(base.paths, ["cat"]);
+  // Warm the page cache, so that every contender reads the closures from memory.
+  await tarPipe([...base.paths, ...differing], ["cat"]);
 
   const startup: number[] = [];
   for (let i = 0; i < RUNS; i++) {

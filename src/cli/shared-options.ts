@@ -1,6 +1,7 @@
 // Flags that several commands take, declared once with their help (see help-format.ts): trust (which signatures
 // binary caches must carry), substituters, and the daemons' log and metrics flags.
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import {
   defaultLogFormat,
   parseLogFormat,
@@ -9,6 +10,7 @@ import {
   type LogLevel,
 } from "../util/logger.js";
 import { isLayerTarFormatName, LAYER_TAR_FORMATS, type LayerTarFormatName } from "../image/tar-header.js";
+import { packageRoot } from "../util/package-files.js";
 import { UsageError } from "./args.js";
 import type { FlagTable } from "./help-format.js";
 
@@ -89,18 +91,13 @@ export function tarFormatOption(value: string | undefined, where = "--tar-format
   return name;
 }
 
-/** The version in the package's package.json (two directories above dist/src/cli, and above src/cli). */
+/** The version in the package's package.json. */
 export function packageVersion(): string {
-  for (const rel of ["../../../package.json", "../../package.json"]) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as {
-        name?: string;
-        version?: string;
-      };
-      if (pkg.name === "nixoci" && pkg.version) return pkg.version;
-    } catch {
-      // not here: try the next candidate
-    }
+  try {
+    const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version?: string };
+    if (pkg.version) return pkg.version;
+  } catch {
+    // no package.json found: said as an unknown version
   }
   return "unknown";
 }

@@ -14,8 +14,8 @@ import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import net from "node:net";
 import { PassThrough, Readable, Writable } from "node:stream";
-import { fileURLToPath } from "node:url";
 import { LAUNCHER_ACK, toolEnv } from "./tool-env.js";
+import { distFile } from "./package-files.js";
 
 const HIGH_WATER = 1024 * 1024;
 
@@ -71,7 +71,7 @@ let launcherBroken = process.platform !== "linux";
 
 function startLauncher(): Promise<Launcher> {
   launcher ??= new Promise<Launcher>((resolve, reject) => {
-    const script = fileURLToPath(new URL("./tool-launcher-child.js", import.meta.url));
+    const script = distFile("src/util/tool-launcher-child.js");
     const child = fork(script, [], {
       stdio: ["ignore", "ignore", "ignore", "ipc"],
       execArgv: [],

@@ -7,6 +7,7 @@
 // workers are unref'd while idle, so they never keep the process alive.
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
+import { distFile } from "../../util/package-files.js";
 
 /** Thrown by compare() when the queue is full. */
 export class BcryptBusy extends Error {
@@ -34,7 +35,7 @@ class Slot {
   constructor(private readonly onIdle: (slot: Slot) => void) {}
 
   private start(): Worker {
-    const w = new Worker(new URL("./bcrypt-worker.js", import.meta.url), { execArgv: [] });
+    const w = new Worker(distFile("src/servers/registry/bcrypt-worker.js"), { execArgv: [] });
     w.on("message", (m: { ok: boolean }) => this.finish((job) => job.resolve(m.ok === true)));
     const fail = (err: Error): void => {
       if (this.worker !== w) return; // an old worker's last event (it was replaced or closed)

@@ -29,6 +29,7 @@ import {
 import { join, relative } from "node:path";
 import { Worker } from "node:worker_threads";
 import { fsPath, readdirNames } from "../../util/file-names.js";
+import { distFile } from "../../util/package-files.js";
 
 /**
  * A stub's overlay xattrs: its path relative to the layer's fs and the redirect into the data-only layer;
@@ -142,7 +143,7 @@ class TreeWorker {
   private readonly pending = new Map<number, { resolve(r: TreeResult): void; reject(e: Error): void }>();
 
   private start(): Worker {
-    const w = new Worker(new URL("./layer-tree-worker.js", import.meta.url), {
+    const w = new Worker(distFile("src/servers/snapshotter/layer-tree-worker.js"), {
       // Not the parent's flags: e.g. `node --input-type=module -e ...` (how tests start the snapshotter) would
       // make the worker refuse its file.
       execArgv: [],
