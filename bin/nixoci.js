@@ -2,7 +2,8 @@
 // Thin launcher: runs the CLI, compiled TypeScript bundled into one file (dist/nixoci.cjs; `npm run build` makes it,
 // see scripts/bundle-cli.mjs), compiled from V8's code cache beside it. A cache V8 cannot use (another Node, other
 // flags) is ignored and the bundle compiled as usual; NIXOCI_MAKE_CODE_CACHE=1 (the build's one warm-up run) writes
-// the cache of what this run compiled. NIXOCI_DEBUG=1 says whether the cache was used.
+// the cache of what this run compiled. NIXOCI_DEBUG=1 says whether the cache was used; NIXOCI_NO_BUNDLE=1 runs the
+// compiled modules instead.
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
@@ -53,11 +54,20 @@ function writeCodeCache(script) {
   }
 }
 
-const { cli, script } = load();
+// NIXOCI_NO_BUNDLE=1: the compiled modules one by one, as the bundle was made from (stack traces name their files).
+const { cli, script } =
+  process.env.NIXOCI_NO_BUNDLE === "1"
+    ? {
+        cli: {
+          ...(await import("../dist/src/cli/main.js")),
+          ...(await import("../dist/src/cli/command-line.js")),
+        },
+      }
+    : load();
 cli.main(cli.commandLineArguments(process.argv.slice(2))).then(
   (code) => {
     process.exitCode = code;
-    if (process.env.NIXOCI_MAKE_CODE_CACHE === "1") writeCodeCache(script);
+    if (script && process.env.NIXOCI_MAKE_CODE_CACHE === "1") writeCodeCache(script);
   },
   (err) => {
     process.stderr.write(`nixoci: ${err instanceof Error ? err.message : String(err)}\n`);

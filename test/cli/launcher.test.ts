@@ -1,7 +1,8 @@
 // bin/nixoci.js runs the CLI bundled into dist/nixoci.cjs (scripts/bundle-cli.mjs) through V8's code cache the
 // build made: the cache fits this Node and is used; the bundle finds the package's root from its own place (as
 // package-files.ts does for the tool launcher's child and the workers, whose places under dist/ the compiled
-// modules' tests check); a missing or foreign cache only costs compile time; a missing bundle is one line, exit 1.
+// modules' tests check); a missing or foreign cache only costs compile time; a missing bundle is one line, exit 1;
+// NIXOCI_NO_BUNDLE=1 runs the compiled modules.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -51,6 +52,13 @@ test("without a code cache, or with one V8 cannot use, the bundle is compiled an
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, `nixoci ${VERSION}\n`);
   assert.match(r.stderr, /code cache rejected/);
+});
+
+test("NIXOCI_NO_BUNDLE=1 runs the compiled modules instead", () => {
+  const r = nixoci(["--version"], { env: { NIXOCI_DEBUG: "1", NIXOCI_NO_BUNDLE: "1" } });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.toString(), `nixoci ${VERSION}\n`);
+  assert.doesNotMatch(r.stderr, /code cache/);
 });
 
 test("a missing bundle is one line naming it, exit 1", () => {
