@@ -33,8 +33,8 @@ try {
     target: "node20",
     packages: "external",
     outfile: tmp,
-    // import.meta.url is the bundle's own URL (its modules ask it only through package-files.ts and proto/load.ts,
-    // which walk up from it to the package).
+    // import.meta.url is the bundle's own URL: package-files.ts walks up from it to the package's root, and
+    // spec.ts's require of yaml resolves from dist/ as it did from dist/src/image/.
     define: { "import.meta.url": "__nixociBundleUrl" },
     banner: { js: 'const __nixociBundleUrl = require("node:url").pathToFileURL(__filename).href;' },
     logLevel: "silent",

@@ -14,7 +14,7 @@ import { NixociError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fs.js";
 import { needPositionals, parse, printHelp, UsageError } from "./args.js";
 import { SBOM } from "./help-texts.js";
-import { packageVersion } from "./shared-options.js";
+import { packageVersion } from "../util/package-files.js";
 import { openStore, resolveStorePathArg, trustOptions } from "./stores.js";
 
 export async function sbomCommand(argv: string[]): Promise<number> {

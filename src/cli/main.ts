@@ -15,7 +15,7 @@ import {
   SNAPSHOTTER,
   SUBSTITUTE,
 } from "./help-texts.js";
-import { packageVersion } from "./shared-options.js";
+import { packageVersion } from "../util/package-files.js";
 import { closedStdoutIsQuiet } from "./stdout-product.js";
 import { NixociError } from "../util/errors.js";
 import { describeSystemError, fsError } from "../util/fs-errors.js";

@@ -1,7 +1,5 @@
 // Flags that several commands take, declared once with their help (see help-format.ts): trust (which signatures
 // binary caches must carry), substituters, and the daemons' log and metrics flags.
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import {
   defaultLogFormat,
   parseLogFormat,
@@ -10,7 +8,6 @@ import {
   type LogLevel,
 } from "../util/logger.js";
 import { isLayerTarFormatName, LAYER_TAR_FORMATS, type LayerTarFormatName } from "../image/tar-header.js";
-import { packageRoot } from "../util/package-files.js";
 import { UsageError } from "./args.js";
 import type { FlagTable } from "./help-format.js";
 
@@ -89,15 +86,4 @@ export function tarFormatOption(value: string | undefined, where = "--tar-format
       `${where} ${JSON.stringify(name)} is not one of ${Object.keys(LAYER_TAR_FORMATS).join(", ")}`,
     );
   return name;
-}
-
-/** The version in the package's package.json. */
-export function packageVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version?: string };
-    if (pkg.version) return pkg.version;
-  } catch {
-    // no package.json found: said as an unknown version
-  }
-  return "unknown";
 }

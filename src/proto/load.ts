@@ -2,22 +2,20 @@
 // gRPC services are loaded from them. Google's well-known types (Empty, Timestamp, FieldMask, Any) come from
 // protobufjs's built-in definitions, so no copy of them is needed.
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { packageRoot } from "../util/package-files.js";
 
 let root: string | undefined;
 
-/** The package's proto/ directory (found by walking up from this module: src/ in a checkout, dist/src/ built). */
+/** The package's proto/ directory, at its root (package-files.ts: a checkout, dist/ built or bundled). */
 export function protoRoot(): string {
   if (root) return root;
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "proto", "containerd", "snapshots.proto"))) return (root = join(dir, "proto"));
-    dir = dirname(dir);
-  }
-  throw new Error("nixoci: the proto/ directory was not found next to the installed package");
+  const dir = join(packageRoot(), "proto");
+  if (!existsSync(join(dir, "containerd", "snapshots.proto")))
+    throw new Error("nixoci: the proto/ directory was not found next to the installed package");
+  return (root = dir);
 }
 
 /** A directory of proto/ (containerd, cri, buildkit). */
