@@ -180,6 +180,17 @@ async function writeDurable(file: string, data: Buffer | string): Promise<void> 
 /** Why a hard link from the blob store can fail where a copy works (another filesystem, no links there). */
 const LINK_REFUSED = new Set(["EXDEV", "EPERM", "EMLINK", "ENOTSUP", "EACCES"]);
 
+/** Hard-links `src` at `dest`; false where links are refused (LINK_REFUSED: copy instead), other errors thrown. */
+async function linkUnlessRefused(src: string, dest: string): Promise<boolean> {
+  try {
+    await link(src, dest);
+    return true;
+  } catch (err) {
+    if (LINK_REFUSED.has((err as NodeJS.ErrnoException).code ?? "")) return false;
+    throw err;
+  }
+}
+
 /** Puts one blob into blobDir (link, else copy, else the given bytes), unless it is already there. */
 async function placeBlob(
   image: BuiltImage,
@@ -193,17 +204,16 @@ async function placeBlob(
     ? image.blobs.path(b.digest)
     : await storeBlobPath(image, b.digest, b.size).catch((err: unknown) => ((missing = err), ""));
   const srcSt = b.bytes ? await stat(src).catch(() => undefined) : missing ? undefined : { size: b.size };
-  // A hard link appears whole or not at all: straight under its name, unless the name is taken.
-  if (srcSt && srcSt.size === b.size) {
+  const whole = srcSt !== undefined && srcSt.size === b.size;
+  // A hard link appears whole or not at all: straight under its name, unless the name is taken. Refused once,
+  // a link is not tried again below.
+  let linkable = whole;
+  if (linkable) {
     try {
-      await link(src, dest);
-      return "linked";
+      if (await linkUnlessRefused(src, dest)) return "linked";
+      linkable = false;
     } catch (err) {
-      if (
-        (err as NodeJS.ErrnoException).code !== "EEXIST" &&
-        !LINK_REFUSED.has((err as NodeJS.ErrnoException).code!)
-      )
-        throw err;
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     }
   }
   const have = await stat(dest).catch(() => undefined);
@@ -212,12 +222,9 @@ async function placeBlob(
   const tmp = tempSibling(blobDir, digestHex(b.digest));
   try {
     let how: "linked" | "copied" = "copied";
-    if (srcSt && srcSt.size === b.size) {
-      try {
-        await link(src, tmp);
-        how = "linked";
-      } catch (err) {
-        if (!LINK_REFUSED.has((err as NodeJS.ErrnoException).code!)) throw err;
+    if (whole) {
+      if (linkable && (await linkUnlessRefused(src, tmp))) how = "linked";
+      else {
         await copyFile(src, tmp, constants.COPYFILE_EXCL);
         await fsyncPath(tmp);
       }
