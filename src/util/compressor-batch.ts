@@ -265,9 +265,8 @@ class Lane {
     let crc = 0;
     let size = 0;
     // The output is read as the tool writes it: each time the tool has taken more input, what it made of it.
-    const trailer = codec === "gzip" ? gzipTrailerCheck(input) : undefined;
-    const frames = codec === "zstd" ? zstdFramesCheck(input) : undefined;
-    const reader = new OutputReader(`${slot}${CODECS[codec].suffix}`, input, (trailer ?? frames)!.see, pool);
+    const checker = outputCheck(codec, input);
+    const reader = new OutputReader(`${slot}${CODECS[codec].suffix}`, input, checker.see, pool);
     const stream = new Writable({
       highWaterMark: READ_CHUNK,
       write(chunk: Buffer, _enc, cb) {
@@ -298,8 +297,7 @@ class Lane {
           if (!stream.writableFinished) throw new Error("the stream was not written to its end");
           await this.finished();
           try {
-            const out = await readOutput(reader);
-            return trailer ? trailer.check(out, crc, size) : frames!.check(out);
+            return await checkedOutput(reader, checker, crc, size);
           } catch (err) {
             // zstd goes on to its next input after a failed write (and removes that output): a full disk again.
             throw freeBytes(this.batch.opts.parentDir) < FULL_BELOW ? this.noSpace() : err;
@@ -420,11 +418,15 @@ class OutputReader {
   }
 }
 
-/** Sees a gzip output's last 8 bytes, wherever the chunks end; checks the trailer against the input's CRC-32 and size. */
-function gzipTrailerCheck(input: string): {
-  see: (chunk: Buffer) => void;
-  check: (out: BatchOutput, crc: number, size: number) => BatchOutput;
-} {
+/** What a codec checks of a tool's output: shown each chunk as it is read, then asked about the whole. */
+interface OutputCheck {
+  see(chunk: Buffer): void;
+  /** The output, if it is the tool's for the stream of `size` bytes with CRC-32 `crc` (zstd: whole frames). */
+  check(out: BatchOutput, crc: number, size: number): BatchOutput;
+}
+
+/** gzip: the trailer (the last 8 bytes, wherever the chunks end) against the input's CRC-32 and size. */
+function gzipTrailerCheck(input: string): OutputCheck {
   const tail = Buffer.alloc(8);
   return {
     see: (chunk) => {
@@ -449,11 +451,8 @@ function gzipTrailerCheck(input: string): {
   };
 }
 
-/** Sees a zstd output's bytes; checks that they are whole zstd frames. */
-function zstdFramesCheck(input: string): {
-  see: (chunk: Buffer) => void;
-  check: (out: BatchOutput) => BatchOutput;
-} {
+/** zstd: whole zstd frames. */
+function zstdFramesCheck(input: string): OutputCheck {
   const frames = new ZstdFrameCheck();
   return {
     see: (chunk) => frames.update(chunk),
@@ -466,35 +465,39 @@ function zstdFramesCheck(input: string): {
   };
 }
 
-/** A finished output read whole: through the reader used while it grows. */
-async function readOutput(reader: OutputReader): Promise<BatchOutput> {
+const outputCheck = (codec: BatchCodec, input: string): OutputCheck =>
+  codec === "gzip" ? gzipTrailerCheck(input) : zstdFramesCheck(input);
+
+/** A finished output read whole (through the reader used while it grew) and checked. */
+async function checkedOutput(
+  reader: OutputReader,
+  checker: OutputCheck,
+  crc: number,
+  size: number,
+): Promise<BatchOutput> {
   try {
-    return await reader.finish();
+    return checker.check(await reader.finish(), crc, size);
   } finally {
     await reader.close();
   }
 }
 
 /** Hashes a gzip output and checks its trailer (CRC-32 and size of the input, little-endian). */
-export async function checkedGzipOutput(
+export function checkedGzipOutput(
   path: string,
   crc: number,
   size: number,
   input: string,
   pool?: BufferPool,
 ): Promise<BatchOutput> {
-  const trailer = gzipTrailerCheck(input);
-  return trailer.check(await readOutput(new OutputReader(path, input, trailer.see, pool)), crc, size);
+  const checker = gzipTrailerCheck(input);
+  return checkedOutput(new OutputReader(path, input, checker.see, pool), checker, crc, size);
 }
 
 /** Hashes a zstd output and checks that it is whole zstd frames. */
-export async function checkedZstdOutput(
-  path: string,
-  input: string,
-  pool?: BufferPool,
-): Promise<BatchOutput> {
-  const frames = zstdFramesCheck(input);
-  return frames.check(await readOutput(new OutputReader(path, input, frames.see, pool)));
+export function checkedZstdOutput(path: string, input: string, pool?: BufferPool): Promise<BatchOutput> {
+  const checker = zstdFramesCheck(input);
+  return checkedOutput(new OutputReader(path, input, checker.see, pool), checker, 0, 0);
 }
 
 let setprivFor: { path: string; found: boolean } | undefined;
