@@ -2,10 +2,13 @@
 // "absent" the way Nix expects (missing file; HTTP 404 or 403) and turn every other failure into an error
 // naming the URL. Relative names come from narinfo files, so the file transport confines them to its root.
 import { createReadStream } from "node:fs";
+import * as http from "node:http";
+import * as https from "node:https";
 import { readFile, stat } from "node:fs/promises";
 import { resolve, sep } from "node:path";
-import { Readable, Transform } from "node:stream";
+import { PassThrough, Readable, Transform } from "node:stream";
 import { fileURLToPath } from "node:url";
+import * as zlib from "node:zlib";
 import { NixociError } from "../util/errors.js";
 import { holdErrors } from "../util/streams.js";
 
@@ -161,7 +164,10 @@ export interface HttpTransportOptions {
 function bodyFailure(err: unknown, received: number, expected: number | undefined): string {
   const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
   const got = expected === undefined ? `${received} bytes` : `${received} of ${expected} bytes`;
-  if (/other side closed|terminated|ECONNRESET|socket/i.test(cause))
+  if (
+    (err as NodeJS.ErrnoException).code === "ECONNRESET" ||
+    /other side closed|aborted|ECONNRESET|socket/i.test(cause)
+  )
     return `the cache closed the connection after ${got} (${cause})`;
   return `download failed after ${got}: ${cause}`;
 }
@@ -169,6 +175,42 @@ function bodyFailure(err: unknown, received: number, expected: number | undefine
 /** `url` with any user and password replaced by "***" (for messages). */
 export function redactCredentials(url: string): string {
   return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, "$1***@");
+}
+
+/** HTTP statuses that redirect (fetch's and curl's set); at most MAX_REDIRECTS of them are followed per request. */
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+const MAX_REDIRECTS = 10;
+
+/**
+ * One keep-alive agent per scheme for the process: a plan or fetch step asks one cache for a hundred narinfos, each
+ * on a connection already open. Node's http client rather than fetch(): undici costs ~30 ms to load in every
+ * short-lived step and several times the CPU per request, and streams bodies through web streams.
+ */
+let agents: { http: http.Agent; https: https.Agent } | undefined;
+function agentFor(url: URL): http.Agent {
+  agents ??= {
+    http: new http.Agent({ keepAlive: true, maxSockets: 32 }),
+    https: new https.Agent({ keepAlive: true, maxSockets: 32 }),
+  };
+  return url.protocol === "https:" ? agents.https : agents.http;
+}
+
+/** A decoder for a Content-Encoding (a server may send a file stored compressed, as S3 does), or undefined for none. */
+function contentDecoder(encoding: string | undefined): Transform | undefined {
+  switch ((encoding ?? "").trim().toLowerCase()) {
+    case "":
+    case "identity":
+      return undefined;
+    case "gzip":
+    case "x-gzip":
+      return zlib.createGunzip();
+    case "deflate":
+      return zlib.createInflate();
+    case "br":
+      return zlib.createBrotliDecompress();
+    default:
+      throw new Error(`unsupported Content-Encoding ${JSON.stringify(encoding)}`);
+  }
 }
 
 export class HttpTransport implements CacheTransport {
@@ -205,6 +247,59 @@ export class HttpTransport implements CacheTransport {
   }
 
   /**
+   * The response head for `target`, redirects followed (credentials go to the first origin only, as fetch and curl
+   * send them); the whole chain must answer within headTimeoutMs. Rejects with the reason in words.
+   */
+  private head(
+    target: string,
+    method: "GET" | "HEAD",
+  ): Promise<{ res: http.IncomingMessage; req: http.ClientRequest }> {
+    return new Promise((resolve, reject) => {
+      let req: http.ClientRequest | undefined;
+      let done = false;
+      const finish = (err?: Error, res?: http.IncomingMessage): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (err) {
+          req?.destroy();
+          reject(err);
+        } else resolve({ res: res!, req: req! });
+      };
+      const timer = setTimeout(
+        () => finish(new Error(`no response within ${this.headTimeoutMs / 1000} s`)),
+        this.headTimeoutMs,
+      );
+      const send = (url: URL, authorization: string | undefined, redirects: number): void => {
+        const lib = url.protocol === "https:" ? https : http;
+        req = lib.request(url, {
+          method,
+          agent: agentFor(url),
+          headers: authorization ? { Authorization: authorization } : {},
+        });
+        req.on("error", (err) => finish(err));
+        req.on("response", (res) => {
+          const location = res.headers.location;
+          if (!REDIRECTS.has(res.statusCode ?? 0) || !location) return finish(undefined, res);
+          res.resume();
+          if (redirects >= MAX_REDIRECTS) return finish(new Error(`more than ${MAX_REDIRECTS} redirects`));
+          let next: URL;
+          try {
+            next = new URL(location, url);
+          } catch {
+            return finish(new Error(`a redirect to a malformed URL ${JSON.stringify(location)}`));
+          }
+          if (next.protocol !== "http:" && next.protocol !== "https:")
+            return finish(new Error(`a redirect to ${next.protocol} (only http and https are followed)`));
+          send(next, next.origin === url.origin ? authorization : undefined, redirects + 1);
+        });
+        req.end();
+      };
+      send(new URL(target), this.authorization, 0);
+    });
+  }
+
+  /**
    * One request with retries on network errors and 5xx (as Nix does); 404 and 403 mean absent. The head must
    * come within headTimeoutMs; the body, returned as a stream, must bring a byte at least every stallTimeoutMs.
    */
@@ -213,48 +308,41 @@ export class HttpTransport implements CacheTransport {
     let lastError = "";
     for (let attempt = 0; attempt < RETRIES; attempt++) {
       if (attempt) await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
-      const abort = new AbortController();
-      const headTimer = setTimeout(
-        () => abort.abort(new Error(`no response within ${this.headTimeoutMs / 1000} s`)),
-        this.headTimeoutMs,
-      );
-      let res: Response;
+      let got: { res: http.IncomingMessage; req: http.ClientRequest };
       try {
-        res = await fetch(target, {
-          method,
-          signal: abort.signal,
-          redirect: "follow",
-          ...(this.authorization ? { headers: { Authorization: this.authorization } } : {}),
-        });
+        got = await this.head(target, method);
       } catch (err) {
-        lastError = abort.signal.aborted
-          ? String((abort.signal.reason as Error).message)
-          : ((err as Error & { cause?: Error }).cause?.message ?? (err as Error).message);
+        lastError = (err as Error).message;
         continue;
-      } finally {
-        clearTimeout(headTimer);
       }
-      if (res.status === 404 || res.status === 403) {
-        await res.body?.cancel();
+      const { res, req } = got;
+      const status = res.statusCode ?? 0;
+      if (status === 404 || status === 403) {
+        res.resume();
         return undefined;
       }
-      if (res.ok) return this.watchedBody(res, target, abort);
-      await res.body?.cancel();
-      lastError = `HTTP ${res.status} ${res.statusText}`;
-      if (res.status < 500) break;
+      if (status >= 200 && status < 300) return this.watchedBody(res, req, target);
+      res.resume();
+      lastError = `HTTP ${status} ${res.statusMessage ?? ""}`.trimEnd();
+      if (status < 500) break;
     }
     throw new NixociError(target, lastError || "request failed");
   }
 
   /**
-   * The body of `res` as a stream that fails with an error naming `target` when the server closes early or sends
-   * nothing for stallTimeoutMs.
+   * The body of `res` (decoded if the server sent it with a Content-Encoding) as a stream that fails with an error
+   * naming `target` when the server closes early or sends nothing for stallTimeoutMs.
    */
-  private watchedBody(res: Response, target: string, abort: AbortController): Readable {
-    const length = res.headers.get("content-length");
-    const expected = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
-    const web = res.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
-    const source = Readable.fromWeb(web as import("node:stream/web").ReadableStream<Uint8Array>);
+  private watchedBody(res: http.IncomingMessage, req: http.ClientRequest, target: string): Readable {
+    const length = res.headers["content-length"];
+    const expected = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined;
+    let decoder: Transform | undefined;
+    try {
+      decoder = contentDecoder(res.headers["content-encoding"]);
+    } catch (err) {
+      req.destroy();
+      throw new NixociError(target, (err as Error).message);
+    }
     let received = 0;
     let stalled = false;
     const stallMs = this.stallTimeoutMs;
@@ -263,28 +351,42 @@ export class HttpTransport implements CacheTransport {
       clearTimeout(timer);
       timer = setTimeout(() => {
         stalled = true;
-        abort.abort();
+        req.destroy();
       }, stallMs);
     };
-    const out = new Transform({
+    const counted = new Transform({
       transform(chunk: Buffer, _enc, done) {
         received += chunk.length;
         arm();
         done(null, chunk);
       },
     });
+    const out = decoder ? new PassThrough({ highWaterMark: 1 << 20 }) : counted;
     arm();
-    source.on("error", (err) => {
+    const fail = (err: Error): void => {
       const why = stalled
         ? `stalled: no data for ${stallMs / 1000} s after ${received}${expected === undefined ? "" : ` of ${expected}`} bytes`
         : bodyFailure(err, received, expected);
       out.destroy(new NixociError(target, why));
+    };
+    res.on("error", fail);
+    // A connection that closes before the body's end: Node ends some such bodies without an error.
+    res.on("close", () => {
+      if (!res.complete) fail(Object.assign(new Error("socket closed"), { code: "ECONNRESET" }));
     });
-    source.pipe(out);
+    res.pipe(counted);
+    if (decoder) {
+      const encoding = res.headers["content-encoding"];
+      decoder.on("error", (err) =>
+        out.destroy(new NixociError(target, `bad ${encoding} data: ${err.message}`)),
+      );
+      counted.pipe(decoder).pipe(out);
+      out.once("close", () => decoder.destroy());
+    }
     // Whatever ends the stream, the timer goes with it; a reader that gives up cancels the download.
     out.once("close", () => {
       clearTimeout(timer);
-      if (!source.readableEnded) source.destroy();
+      if (!res.complete) req.destroy();
     });
     return holdErrors(out);
   }

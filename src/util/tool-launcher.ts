@@ -66,6 +66,9 @@ class Launcher {
 }
 
 let launcher: Promise<Launcher> | undefined;
+/** The launcher's process from its fork until it exits, and whether it has answered. */
+let launcherChild: ChildProcess | undefined;
+let launcherReady = false;
 /** The launcher could not start once: spawn directly from then on. */
 let launcherBroken = process.platform !== "linux";
 
@@ -76,6 +79,11 @@ function startLauncher(): Promise<Launcher> {
       stdio: ["ignore", "ignore", "ignore", "ipc"],
       execArgv: [],
       serialization: "json",
+    });
+    launcherChild = child;
+    child.once("exit", () => {
+      if (launcherChild === child) launcherChild = undefined;
+      launcherReady = false;
     });
     const socket = `\0nixoci-launcher-${process.pid}-${randomBytes(8).toString("hex")}`;
     const token = randomBytes(32).toString("hex");
@@ -92,12 +100,47 @@ function startLauncher(): Promise<Launcher> {
       if (!m?.ready) return;
       child.off("message", onReady);
       child.removeAllListeners("exit");
+      child.once("exit", () => {
+        if (launcherChild === child) launcherChild = undefined;
+        launcherReady = false;
+      });
+      launcherReady = true;
       resolve(new Launcher(child, socket, token));
     });
     child.send({ socket, token });
   });
   return launcher;
 }
+
+/** Whether the launcher's start, when nothing waits for it, may keep this process alive. */
+function holdForLauncher(hold: boolean): void {
+  if (launcherReady || !launcherChild) return;
+  if (hold) {
+    launcherChild.ref();
+    launcherChild.channel?.ref();
+  } else {
+    launcherChild.unref();
+    launcherChild.channel?.unref();
+  }
+}
+
+/**
+ * Starts the launcher now, so that the tools of this process's later, larger heap go through it (a server or a
+ * test that wants every tool launched). Resolves once it answers; rejects if it cannot start.
+ */
+export async function startToolLauncher(): Promise<void> {
+  if (launcherBroken) throw new Error("the tool launcher could not start in this process");
+  const started = startLauncher();
+  holdForLauncher(true); // someone waits for it now
+  await started;
+}
+
+/**
+ * Below this resident size a process forks cheaply (its copy-on-write faults afterwards are few), so a tool asked
+ * for before the launcher answered (a Node process's start: ~80 ms, the whole of a small fetch step's wait for its
+ * first NAR) is spawned from here while the launcher starts for the tools after it.
+ */
+const DIRECT_SPAWN_RSS = 112 << 20;
 
 /**
  * The running launcher's process id and socket name (for diagnostics and tests; the name is no secret, Linux lists
@@ -117,10 +160,22 @@ export interface FilterProcess extends EventEmitter {
   kill(signal?: NodeJS.Signals): boolean;
 }
 
-/** `tool args...` started by the launcher, as a FilterProcess (spawned from here where there is none). */
+/**
+ * `tool args...` started by the launcher, as a FilterProcess; spawned from here where there is none, and by a small
+ * process whose launcher has not answered yet (DIRECT_SPAWN_RSS).
+ */
 export function launchTool(tool: string, args: string[]): FilterProcess {
-  if (launcherBroken) return spawn(tool, args, { stdio: ["pipe", "pipe", "pipe"], env: toolEnv() });
+  if (launcherBroken) return spawnTool(tool, args);
+  if (!launcherReady && process.memoryUsage.rss() < DIRECT_SPAWN_RSS) {
+    startLauncher().catch(() => undefined);
+    holdForLauncher(false);
+    return spawnTool(tool, args);
+  }
   return new LaunchedTool(tool, args);
+}
+
+function spawnTool(tool: string, args: string[]): FilterProcess {
+  return spawn(tool, args, { stdio: ["pipe", "pipe", "pipe"], env: toolEnv() });
 }
 
 class LaunchedTool extends EventEmitter implements FilterProcess {
@@ -165,7 +220,9 @@ class LaunchedTool extends EventEmitter implements FilterProcess {
     });
     this.stdout.once("end", () => this.outputDone());
     this.stdout.once("close", () => this.outputDone());
-    startLauncher().then(
+    const started = startLauncher();
+    holdForLauncher(true);
+    started.then(
       (l) => this.connect(l, tool, args),
       (err: Error) => this.fail(err),
     );

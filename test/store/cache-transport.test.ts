@@ -1,7 +1,7 @@
 // The HTTP side of binary caches against servers that misbehave the ways real ones do: a body that trickles for
 // longer than the stall timeout (it must complete: the bound is on silence, not on the whole download), a body
 // that stops arriving (a one-line error naming the URL and "stalled", within the bound), a server that closes
-// the connection mid-body (an error naming the URL and saying the cache closed it, not undici's "terminated"),
+// the connection mid-body (an error naming the URL and saying the cache closed it, not a bare "aborted"),
 // and a response head that never comes.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
@@ -9,6 +9,7 @@ import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { brotliCompressSync, gzipSync } from "node:zlib";
 import { join } from "node:path";
 import { HttpTransport, openTransport, stalledDownloadTimeoutMs } from "../../src/store/cache-transport.js";
 
@@ -171,4 +172,65 @@ test("credentials in an http URL go as Basic auth, and no message shows them", a
     await failure(Promise.resolve().then(() => openTransport(`${withCreds}?bad=1`))),
     /s3cret/,
   );
+});
+
+test("redirects are followed; credentials go to the cache's own origin only; a loop is refused by name", async () => {
+  const seen: Array<[string, string | undefined]> = [];
+  const other = await serve((req, res) => {
+    seen.push([`other${req.url}`, req.headers.authorization]);
+    res.end("moved here\n");
+  });
+  const url = await serve((req, res) => {
+    seen.push([req.url!, req.headers.authorization]);
+    if (req.url === "/a.narinfo") res.writeHead(302, { Location: "/b.narinfo" }).end();
+    else if (req.url === "/b.narinfo") res.end("same origin\n");
+    else if (req.url === "/c.narinfo") res.writeHead(307, { Location: `${other}/c.narinfo` }).end();
+    else res.writeHead(301, { Location: req.url }).end(); // forever
+  });
+  const t = openTransport(url.replace("http://", "http://u:pw@"));
+  const auth = `Basic ${Buffer.from("u:pw").toString("base64")}`;
+  assert.equal(await t.getText("a.narinfo"), "same origin\n");
+  assert.equal(await t.getText("c.narinfo"), "moved here\n");
+  assert.deepEqual(seen, [
+    ["/a.narinfo", auth],
+    ["/b.narinfo", auth],
+    ["/c.narinfo", auth],
+    ["other/c.narinfo", undefined],
+  ]);
+  assert.equal(await failure(t.getText("loop.narinfo")), `${url}/loop.narinfo: more than 10 redirects`);
+});
+
+test("a body sent with a Content-Encoding (gzip, br: files stored compressed) is decoded; a bad one is an error", async () => {
+  const text = "StorePath: /nix/store/x\n".repeat(50);
+  const url = await serve((req, res) => {
+    if (req.url === "/gz.ls") res.writeHead(200, { "Content-Encoding": "gzip" }).end(gzipSync(text));
+    else if (req.url === "/br.ls")
+      res.writeHead(200, { "Content-Encoding": "br" }).end(brotliCompressSync(text));
+    else if (req.url === "/bad.ls") res.writeHead(200, { "Content-Encoding": "gzip" }).end("not gzip at all");
+    else res.writeHead(200, { "Content-Encoding": "zz" }).end(text);
+  });
+  const t = new HttpTransport(url, { stallTimeoutMs: 30_000 });
+  assert.equal(await t.getText("gz.ls"), text);
+  assert.equal(await t.getText("br.ls"), text);
+  assert.match(await failure(t.getText("bad.ls")), /\/bad\.ls: bad gzip data: /);
+  assert.equal(await failure(t.getText("zz.ls")), `${url}/zz.ls: unsupported Content-Encoding "zz"`);
+});
+
+test("many requests to one cache share a few kept-alive connections", async () => {
+  const sockets = new Set<unknown>();
+  const url = await serve((req, res) => {
+    sockets.add(req.socket);
+    res.end(`${req.url}\n`);
+  });
+  const t = new HttpTransport(url);
+  for (let round = 0; round < 5; round++) {
+    const names = Array.from({ length: 20 }, (_, i) => `p${round}-${i}.narinfo`);
+    const got = await Promise.all(names.map((n) => t.getText(n)));
+    assert.deepEqual(
+      got,
+      names.map((n) => `/${n}\n`),
+    );
+  }
+  assert.ok(sockets.size <= 32, `${sockets.size} connections for 100 requests`);
+  assert.ok(sockets.size < 100, "connections are reused");
 });

@@ -1,22 +1,31 @@
 // Filter programs started by the tool launcher (src/util/tool-launcher.ts): the bytes are the tool's own, in
 // order, for many streams at once; a tool that cannot start, fails, stops reading early or is killed is told as a
 // child process would tell it; and the launcher never keeps a finished process alive.
-import { test } from "node:test";
+import { before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { gunzipSync } from "node:zlib";
 import { isalGzipStream } from "../../src/util/compression.js";
-import { launcherInfo, launchTool, type FilterProcess } from "../../src/util/tool-launcher.js";
+import {
+  launcherInfo,
+  launchTool,
+  startToolLauncher,
+  type FilterProcess,
+} from "../../src/util/tool-launcher.js";
 import { ROOT } from "../support/cli.js";
 import { makeTempDir } from "../support/fixtures.js";
 import { igzipPath, runIgzip } from "../support/isal.js";
 import { until } from "../support/poll.js";
+
+// A small process spawns its first tools itself while the launcher starts (see the last test): these tests are
+// about the launcher, so it answers before any of them asks for a tool.
+before(() => startToolLauncher());
 
 /** Compressible but not trivial input: text with random runs. */
 function sample(size: number, seed: number): Buffer {
@@ -144,9 +153,10 @@ test("a process that used the launcher exits by itself, and its launcher goes to
   const tmp = makeTempDir("launcher-tmpdir");
   const script = `
     import { isalGzipStream } from ${JSON.stringify(join(ROOT, "dist/src/util/compression.js"))};
-    import { launcherInfo } from ${JSON.stringify(join(ROOT, "dist/src/util/tool-launcher.js"))};
+    import { launcherInfo, startToolLauncher } from ${JSON.stringify(join(ROOT, "dist/src/util/tool-launcher.js"))};
     import { Readable } from "node:stream";
     import { pipeline } from "node:stream/promises";
+    await startToolLauncher();
     let n = 0;
     await pipeline(Readable.from([Buffer.from("hello ".repeat(1000))]), isalGzipStream(${JSON.stringify(igzipPath())}), async (s) => {
       for await (const c of s) n += c.length;
@@ -191,4 +201,72 @@ test("a connection without the launcher's token is closed unanswered: nobody els
     assert.equal(Buffer.concat(got).length, 0, "no ACK");
   }
   assert.equal(existsSync("/tmp/nixoci-launcher-intruder"), false);
+});
+
+test("a small process's first tool does not wait for the launcher: spawned here, later ones by the launcher", async () => {
+  // Each tool prints its parent's pid: this process for a tool spawned directly, the launcher for a launched one.
+  const script = `
+    import { launcherInfo, launchTool, startToolLauncher } from ${JSON.stringify(join(ROOT, "dist/src/util/tool-launcher.js"))};
+    const parentOf = (p) => new Promise((ok, fail) => {
+      let out = "";
+      p.stdout.on("data", (d) => (out += d));
+      p.once("error", fail);
+      p.once("close", (code) => (code === 0 ? ok(Number(out)) : fail(new Error("exit " + code))));
+      p.stdin.end();
+    });
+    const ppid = ["-c", "echo $PPID"];
+    const first = await parentOf(launchTool("sh", ppid));
+    await startToolLauncher();
+    const later = await parentOf(launchTool("sh", ppid));
+    console.log(JSON.stringify({ pid: process.pid, first, later, launcher: (await launcherInfo())?.pid }));
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (err += d));
+  const code = await new Promise<number | null>((ok) => child.once("exit", ok));
+  assert.equal(code, 0, err);
+  const r = JSON.parse(out) as { pid: number; first: number; later: number; launcher?: number };
+  assert.equal(r.first, r.pid, "the first tool is this process's child");
+  assert.ok(r.launcher !== undefined && r.launcher !== r.pid);
+  assert.equal(r.later, r.launcher, "a tool after the launcher answered is the launcher's child");
+  await until("the launcher to exit with its parent", 10_000, () => {
+    assert.throws(() => process.kill(r.launcher!, 0), { code: "ESRCH" });
+  });
+});
+
+test("a process whose one tool was spawned directly exits without waiting for the launcher it started", async () => {
+  // The launcher started in the background holds nothing: the process ends when its own work does, and the
+  // launcher (if it got as far as starting) goes with it.
+  const script = `
+    import { launchTool } from ${JSON.stringify(join(ROOT, "dist/src/util/tool-launcher.js"))};
+    const p = launchTool("true", []);
+    p.stdout.resume();
+    p.stdin.end();
+    p.once("close", (code) => console.log(JSON.stringify({ code })));
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  const code = await new Promise<number | null>((ok) => child.once("exit", ok));
+  assert.equal(code, 0);
+  assert.deepEqual(JSON.parse(out), { code: 0 });
+  await until("no process left by the child", 10_000, () => {
+    const left = readdirSync("/proc").filter((n) => {
+      try {
+        return (
+          /^\d+$/.test(n) &&
+          readFileSync(`/proc/${n}/stat`, "utf8").split(") ")[1].split(" ")[1] === String(child.pid)
+        );
+      } catch {
+        return false;
+      }
+    });
+    assert.deepEqual(left, []);
+  });
 });
