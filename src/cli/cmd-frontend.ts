@@ -1,7 +1,8 @@
 // nixoci frontend: the BuildKit gateway frontend (no arguments: BuildKit runs it with the gateway API on
 // stdin/stdout, see buildkit/frontend.ts), and the steps it runs inside BuildKit's ExecOps:
 //   nixoci frontend plan --out FILE [--layering L] [--max-layers N] [--batches DIR --batch-scope S] [--max-batches N]
-//                        (--from URL... [--trusted-public-key K]... PATH... | --closure FILE --roots FILE)
+//                        (--from URL... [--trusted-public-key K]... [--custom DIR [--user U]] PATH...
+//                         | --closure FILE --roots FILE)
 //   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH... | DIR=PATH,PATH...
 //   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
 import { readFile, writeFile } from "node:fs/promises";
@@ -99,12 +100,14 @@ export async function frontendCommand(argv: string[]): Promise<number> {
             layering: layering as LayeringStrategy,
             maxLayers,
             batching,
+            ...(values.custom ? { custom: { out: values.custom, user: values.user } } : {}),
           });
         } finally {
           caches.close();
         }
       }
       await writeFileAtomic(out, JSON.stringify(plan));
+      for (const w of plan.custom?.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
       process.stderr.write(
         `planned ${plan.layers.length} store layers in ${plan.batches.length} fetch steps\n`,
       );

@@ -809,7 +809,7 @@ export const FRONTEND = {
   summary: "the BuildKit frontend (run by BuildKit; `# syntax=` its image) and its build steps",
   usage: [
     "nixoci frontend                       (run by BuildKit: the gateway API on stdin/stdout)",
-    "nixoci frontend plan --out FILE --from URL... [--layering L] [--max-layers N] [--batches DIR] PATH...",
+    "nixoci frontend plan --out FILE --from URL... [--layering L] [--max-layers N] [--batches DIR] [--custom DIR [--user U]] PATH...",
     "nixoci frontend plan --out FILE --closure FILE --roots FILE [--layering L] [--max-layers N] [--batches DIR]",
     "nixoci frontend fetch --out DIR --from URL... PATH... | LAYERDIR=PATH,PATH...",
     "nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]",
@@ -819,8 +819,9 @@ export const FRONTEND = {
     "With no step, speaks BuildKit's gateway API on stdin/stdout: put `# syntax=IMAGE` (the frontend image, made " +
       "by scripts/frontend-image.mjs) on the first line of a nixoci.yaml spec or a Nix file and build it with " +
       "docker build. The steps run inside the build: plan computes the closure and the layer plan from the " +
-      "caches; fetch fetches store paths into a layer (or several layers, each under DIR/LAYERDIR); custom writes the customisation layer; copy copies store " +
-      "paths out of a store directory.",
+      "caches (and, with --custom, the customisation layer from the caches' NAR listings when every path has " +
+      "one); fetch fetches store paths into a layer (or several layers, each under DIR/LAYERDIR); custom writes " +
+      "the customisation layer from the fetched layers; copy copies store paths out of a store directory.",
   ],
   flags: {
     out: { type: "string", value: "FILE|DIR", help: "where a step writes" },
@@ -862,7 +863,12 @@ export const FRONTEND = {
     plan: { type: "string", value: "FILE", help: "the plan a plan step wrote (custom)" },
     layers: { type: "string", value: "DIR", help: "the fetched layers (custom)" },
     meta: { type: "string", value: "FILE", help: "the image configuration (custom)" },
-    user: { type: "string", value: "U", help: "the image's user (custom)" },
+    custom: {
+      type: "string",
+      value: "DIR",
+      help: "also write the customisation layer's tree here, when the caches have every path's NAR listing (plan)",
+    },
+    user: { type: "string", value: "U", help: "the image's user (custom; plan with --custom)" },
   },
   examples: [
     [

@@ -5,6 +5,7 @@
 //   configured user, whose home /home/NAME (0755) it owns; and SSL_CERT_FILE when the closure has a CA bundle.
 import { lstatSync, statSync } from "node:fs";
 import { join, posix } from "node:path";
+import type { NarListingNode } from "../nix/nar-listing.js";
 import type { BaseTree } from "./base-tree.js";
 import type { TreeEntry } from "./layer-tar.js";
 import { fsPath, readdirNames } from "../util/file-names.js";
@@ -32,6 +33,88 @@ type Node = LinkNode | DirNode | FileNode;
 /** Top-level names a package cannot take over: they belong to the store or to this layer. */
 const RESERVED = new Set(["nix", "tmp", "proc", "sys", "dev"]);
 
+/**
+ * What the layer reads of the packages' files, by their paths on this machine (realPath): the files themselves
+ * (localFiles), or NAR listings of the store paths (listingFiles), where realPath is the store path.
+ */
+export interface PackageFiles {
+  /** The names in the directory at `real` (links followed). */
+  readdir(real: string): string[];
+  /** Whether `real` is a directory, links followed (a dangling link is not). */
+  isDirectory(real: string): boolean;
+  /** Whether anything is at `real` (the last component's link not followed, as lstat). */
+  exists(real: string): boolean;
+}
+
+export const localFiles: PackageFiles = {
+  readdir: readdirNames,
+  isDirectory(real) {
+    try {
+      return statSync(fsPath(real)).isDirectory(); // follows links: a linked directory merges like a directory
+    } catch {
+      return false;
+    }
+  },
+  exists(real) {
+    try {
+      lstatSync(fsPath(real));
+      return true;
+    } catch {
+      return false;
+    }
+  },
+};
+
+/**
+ * The files of store paths as their NAR listings tell them (`listings`: store path -> its listing's root), for a
+ * layer made where the paths are not (the BuildKit frontend's plan step). A path's realPath is the store path
+ * itself; links are followed within the listed paths (absolute targets into them, relative ones as the kernel
+ * would), so this reads what the same files on disk would give; a link out of them is dangling.
+ */
+export function listingFiles(listings: ReadonlyMap<string, NarListingNode>, storeDir: string): PackageFiles {
+  const storeParts = storeDir.split("/").filter(Boolean);
+  const own = (entries: Record<string, NarListingNode>, name: string): NarListingNode | undefined =>
+    Object.prototype.hasOwnProperty.call(entries, name) ? entries[name] : undefined;
+  /** The node at absolute `path`, links followed (the last one only when `follow`), or undefined. */
+  const lookup = (path: string, follow: boolean): NarListingNode | undefined => {
+    let parts = posix.normalize(`/${path}`).split("/").filter(Boolean);
+    let hops = 0;
+    let depth = 0; // components of `parts` walked
+    let node: NarListingNode | undefined;
+    while (depth < parts.length) {
+      const name = parts[depth];
+      if (depth < storeParts.length) {
+        if (name !== storeParts[depth]) return undefined; // outside the store: not listed
+      } else if (depth === storeParts.length) {
+        node = listings.get(`${storeDir}/${name}`);
+      } else {
+        node = node?.type === "directory" ? own(node.entries, name) : undefined;
+      }
+      depth++;
+      if (depth > storeParts.length && !node) return undefined;
+      if (node?.type === "symlink" && (depth < parts.length || follow)) {
+        if (++hops > 40) return undefined; // a loop, as ELOOP
+        const base = node.target.startsWith("/") ? "" : `/${parts.slice(0, depth - 1).join("/")}`;
+        parts = posix
+          .normalize(`${base}/${node.target}/${parts.slice(depth).join("/")}`)
+          .split("/")
+          .filter(Boolean);
+        depth = 0;
+        node = undefined;
+      }
+    }
+    return depth > storeParts.length ? node : undefined;
+  };
+  return {
+    readdir(real) {
+      const node = lookup(real, true);
+      return node?.type === "directory" ? Object.keys(node.entries) : [];
+    },
+    isDirectory: (real) => lookup(real, true)?.type === "directory",
+    exists: (real) => lookup(real, false) !== undefined,
+  };
+}
+
 export interface CustomisationInput {
   /** Requested packages, in order: earlier ones win file collisions (as in buildEnv's priority). */
   packages: { storePath: string; realPath: string }[];
@@ -40,6 +123,8 @@ export interface CustomisationInput {
   user?: string;
   /** The base image under this layer (`--from`): its directories merge with the farm's, its accounts are kept. */
   base?: BaseTree;
+  /** How the packages' files are read (default: from disk). */
+  files?: PackageFiles;
 }
 
 export interface Customisation {
@@ -57,18 +142,12 @@ const CA_BUNDLES = [
 export function customisationLayer(input: CustomisationInput): Customisation {
   const root: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
   const warnings: string[] = [];
-
-  const isDirectory = (real: string): boolean => {
-    try {
-      return statSync(fsPath(real)).isDirectory(); // follows links: a linked directory merges like a directory
-    } catch {
-      return false;
-    }
-  };
+  const files = input.files ?? localFiles;
+  const isDirectory = (real: string): boolean => files.isDirectory(real);
 
   const merge = (dir: DirNode, target: string, real: string, top: boolean): void => {
     // Names as bytes (util/file-names.ts): a package's file whose name is not UTF-8 gets a link of that name.
-    for (const name of readdirNames(real).sort()) {
+    for (const name of files.readdir(real).sort()) {
       if (top && RESERVED.has(name)) continue;
       const childTarget = `${target}/${name}`;
       const childReal = join(real, name);
@@ -118,14 +197,7 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   const env: string[] = [];
   const findInClosure = (rel: string): string | undefined => {
     const sorted = [...input.closure].sort((a, b) => (a.storePath < b.storePath ? -1 : 1));
-    for (const p of sorted) {
-      try {
-        lstatSync(join(p.realPath, rel));
-        return `${p.storePath}/${rel}`;
-      } catch {
-        /* not in this path */
-      }
-    }
+    for (const p of sorted) if (files.exists(join(p.realPath, rel))) return `${p.storePath}/${rel}`;
     return undefined;
   };
   const envBinary = findInClosure("bin/env");
@@ -164,7 +236,7 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   etc.children.set("passwd", { kind: "file", mode: 0o644, content: Buffer.from(passwd) });
   etc.children.set("group", { kind: "file", mode: 0o644, content: Buffer.from(group) });
 
-  if (input.base) mergeWithBase(root, input.base);
+  if (input.base) mergeWithBase(root, input.base, files);
 
   const entries: TreeEntry[] = [];
   const emit = (dir: DirNode, prefix: string): void => {
@@ -218,7 +290,7 @@ function appendAccounts(base: Buffer, ours: string): string {
  *   so /bin/sh of the base stays beside the packages' /bin/hello.
  * Packages win where both have a name, as the upper layer does.
  */
-function mergeWithBase(root: DirNode, base: BaseTree): void {
+function mergeWithBase(root: DirNode, base: BaseTree, files: PackageFiles): void {
   const resolve = (path: string): string | undefined => {
     for (let hops = 0; hops < 16; hops++) {
       const e = base.entries.get(path);
@@ -231,14 +303,9 @@ function mergeWithBase(root: DirNode, base: BaseTree): void {
   };
   const expand = (link: LinkNode): DirNode => {
     const dir: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
-    for (const name of readdirNames(link.realPath).sort()) {
+    for (const name of files.readdir(link.realPath).sort()) {
       const real = join(link.realPath, name);
-      let isDir = false;
-      try {
-        isDir = statSync(fsPath(real)).isDirectory();
-      } catch {
-        /* a dangling link is a link */
-      }
+      const isDir = files.isDirectory(real); // a dangling link is a link
       dir.children.set(name, { kind: "link", target: `${link.target}/${name}`, realPath: real, isDir });
     }
     return dir;

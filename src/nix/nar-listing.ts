@@ -4,6 +4,7 @@
 // Nix writes the node keys in the order type, size, executable, narOffset (or type, entries / type, target)
 // and directory entries in NAR order (bytewise ascending names); serializeNarListing does the same.
 import { escapeRuns, fileNameBytes, hasEscapedBytes } from "../util/file-names.js";
+import { NixociError } from "../util/errors.js";
 import { parseNar, type NarSource } from "./nar-reader.js";
 
 export type NarListingNode =
@@ -114,4 +115,67 @@ export function serializeNarListing(listing: NarListing): string {
 /** serializeNarListing's JSON as bytes: those of names that are not UTF-8 as they are in the NAR, as Nix writes them. */
 export function narListingBytes(listing: NarListing): Buffer {
   return fileNameBytes(serializeNarListing(listing));
+}
+
+/** How deep a listing read from a cache may nest (a NAR from Nix nests no deeper than its file system allowed). */
+const MAX_LISTING_DEPTH = 512;
+
+/**
+ * A `.ls` file's JSON (from a binary cache: untrusted) as a NarListing, checked strictly: version 1, every node a
+ * regular file (size, optional executable and narOffset), a directory or a symlink, every entry's name one path
+ * component (not empty, ".", "..", nor holding "/" or NUL), no nesting past MAX_LISTING_DEPTH. `input` names the
+ * file in errors. (A name that was not UTF-8 in the NAR reaches a JSON reader as U+FFFD: readers that need exact
+ * names check for it.)
+ */
+export function parseNarListing(text: string, input: string): NarListing {
+  const bad = (why: string): never => {
+    throw new NixociError(input, `not a NAR listing: ${why}`);
+  };
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    bad(`invalid JSON (${(err as Error).message})`);
+  }
+  const obj = (v: unknown): v is Record<string, unknown> =>
+    typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!obj(doc)) return bad("expected a JSON object");
+  if (doc.version !== 1) return bad(`version ${JSON.stringify(doc.version)} (expected 1)`);
+  const node = (v: unknown, where: string, depth: number): NarListingNode => {
+    if (depth > MAX_LISTING_DEPTH) return bad(`nested deeper than ${MAX_LISTING_DEPTH} at ${where}`);
+    if (!obj(v)) return bad(`${where}: expected an object`);
+    const count = (k: string): number => {
+      const n = v[k];
+      if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 0)
+        return bad(`${where}: ${k} must be a whole number >= 0`);
+      return n;
+    };
+    switch (v.type) {
+      case "regular": {
+        if (v.executable !== undefined && typeof v.executable !== "boolean")
+          return bad(`${where}: executable must be true or false`);
+        const out: NarListingNode = { type: "regular", size: count("size"), narOffset: 0 };
+        if (v.narOffset !== undefined) out.narOffset = count("narOffset");
+        if (v.executable === true) out.executable = true;
+        return out;
+      }
+      case "symlink":
+        if (typeof v.target !== "string" || !v.target || v.target.includes("\0"))
+          return bad(`${where}: a symlink needs a non-empty target without NUL`);
+        return { type: "symlink", target: v.target };
+      case "directory": {
+        if (!obj(v.entries)) return bad(`${where}: a directory needs an entries object`);
+        const entries: Record<string, NarListingNode> = {};
+        for (const [name, child] of Object.entries(v.entries)) {
+          if (!name || name === "." || name === ".." || name.includes("/") || name.includes("\0"))
+            return bad(`${where}: bad entry name ${JSON.stringify(name)}`);
+          setEntry(entries, name, node(child, where === "/" ? `/${name}` : `${where}/${name}`, depth + 1));
+        }
+        return { type: "directory", entries };
+      }
+      default:
+        return bad(`${where}: unknown type ${JSON.stringify(v.type)}`);
+    }
+  };
+  return { version: 1, root: node(doc.root, "/", 0) };
 }

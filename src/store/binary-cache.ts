@@ -5,6 +5,7 @@ import type { Readable } from "node:stream";
 import { parseCacheInfo, type CacheInfo } from "../nix/cache-info.js";
 import { parseHash, type Hash } from "../nix/hash.js";
 import { parseNarInfo, type NarInfo } from "../nix/narinfo.js";
+import { parseNarListing, type NarListing } from "../nix/nar-listing.js";
 import { checkSignatures, pathFingerprint, type PublicKey } from "../nix/signature.js";
 import { DEFAULT_STORE_DIR, makeFixedOutputPath, makeTextPath, parseStorePath } from "../nix/store-path.js";
 import { decompressStream, parseCompression } from "../util/compression.js";
@@ -91,6 +92,17 @@ export class BinaryCacheStore implements Store {
       throw new NixociError(input, `StorePath ${narInfo.storePath} does not match the requested ${path}`);
     }
     return narInfo;
+  }
+
+  /**
+   * The path's NAR listing (`<hashpart>.ls`, written by caches with write-nar-listing, served by `nixoci serve`),
+   * checked as untrusted JSON; undefined when the cache has none. It describes the NAR the narinfo names, but is not
+   * signed: use it for what an image's layout is made of (names, kinds, link targets), never for file contents.
+   */
+  async narListing(path: string): Promise<NarListing | undefined> {
+    const name = `${parseStorePath(path, this.storeDir).hashPart}.ls`;
+    const text = await this.transport.getText(name);
+    return text === undefined ? undefined : parseNarListing(text, `${this.url}/${name}`);
   }
 
   async queryPathInfo(path: string): Promise<PathInfo | undefined> {

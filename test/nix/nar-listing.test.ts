@@ -5,7 +5,13 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { listNar, narListingBytes, serializeNarListing, type NarListing } from "../../src/nix/nar-listing.js";
+import {
+  listNar,
+  narListingBytes,
+  parseNarListing,
+  serializeNarListing,
+  type NarListing,
+} from "../../src/nix/nar-listing.js";
 import { NixociError } from "../../src/util/errors.js";
 import {
   buildStoreFile,
@@ -108,4 +114,54 @@ test("listNar rejects malformed NARs like parseNar", async () => {
     listNar([nar(MAGIC, dir(["b", file("")], ["a", file("")]))], { input: "bad.nar" }),
     (e: unknown) => e instanceof NixociError && /^bad\.nar: NAR at byte \d+: .*not sorted/.test(e.message),
   );
+});
+
+test("parseNarListing reads Nix's own .ls files back to the listing nixoci makes", async () => {
+  for (const storePath of [buildStorePath(work), buildStoreFile(work)]) {
+    const cache = fs.mkdtempSync(join(work, "cache-"));
+    const text = nixListing(storePath, cache);
+    const listing = await listNar(chunked(nixDump(storePath), 100), { input: storePath });
+    assert.deepEqual(parseNarListing(text, "x.ls"), listing);
+  }
+  // An entry named __proto__ is an entry, not a prototype.
+  const tricky = parseNarListing(
+    '{"version":1,"root":{"type":"directory","entries":{"__proto__":{"type":"regular","size":1}}}}',
+    "t.ls",
+  );
+  assert.ok(tricky.root.type === "directory" && Object.keys(tricky.root.entries).includes("__proto__"));
+});
+
+test("parseNarListing refuses malformed listings in one line naming the file and the place", () => {
+  const dirOf = (entries: string) => `{"version":1,"root":{"type":"directory","entries":${entries}}}`;
+  const deep = `{"version":1,"root":${'{"type":"directory","entries":{"d":'.repeat(600)}{"type":"regular","size":0}${"}}".repeat(600)}}`;
+  const corpus: Array<[string, RegExp]> = [
+    ["not json", /^c\.ls: not a NAR listing: invalid JSON/],
+    ["[]", /expected a JSON object$/],
+    ['{"version":2,"root":{"type":"regular","size":1}}', /version 2 \(expected 1\)$/],
+    ['{"version":1}', /\/: expected an object$/],
+    ['{"version":1,"root":{"type":"fifo"}}', /\/: unknown type "fifo"$/],
+    ['{"version":1,"root":{"type":"regular","size":-1}}', /\/: size must be a whole number >= 0$/],
+    ['{"version":1,"root":{"type":"regular","size":"3"}}', /size must be a whole number/],
+    ['{"version":1,"root":{"type":"regular","size":1,"narOffset":1.5}}', /narOffset must be a whole number/],
+    [
+      '{"version":1,"root":{"type":"regular","size":1,"executable":"yes"}}',
+      /executable must be true or false$/,
+    ],
+    ['{"version":1,"root":{"type":"symlink","target":""}}', /a symlink needs a non-empty target/],
+    ['{"version":1,"root":{"type":"symlink","target":"a\\u0000b"}}', /without NUL$/],
+    ['{"version":1,"root":{"type":"directory"}}', /a directory needs an entries object$/],
+    [dirOf('{"..":{"type":"regular","size":0}}'), /\/: bad entry name "\.\."$/],
+    [dirOf('{".":{"type":"regular","size":0}}'), /bad entry name "\."$/],
+    [dirOf('{"":{"type":"regular","size":0}}'), /bad entry name ""$/],
+    [dirOf('{"a/b":{"type":"regular","size":0}}'), /bad entry name "a\/b"$/],
+    [dirOf('{"a\\u0000":{"type":"regular","size":0}}'), /bad entry name/],
+    [dirOf('{"bin":{"type":"directory","entries":{"x":{"type":"nope"}}}}'), /\/bin\/x: unknown type "nope"$/],
+    [deep, /nested deeper than 512 at \/d\/d/],
+  ];
+  for (const [text, want] of corpus)
+    assert.throws(
+      () => parseNarListing(text, "c.ls"),
+      (err: unknown) => err instanceof NixociError && want.test(err.message) && !err.message.includes("\n"),
+      `${text.slice(0, 80)} -> ${want}`,
+    );
 });

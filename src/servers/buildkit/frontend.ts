@@ -16,8 +16,9 @@
 //               layers' snapshots are merged as they are: a changed layer leaves every other one alone. Without
 //               it each layer's tree is copied onto the layer below (FileOp), so layers above a changed one are
 //               copied again
-//   custom   =  ExecOp `nixoci frontend custom` over the fetched layers (the symlink farm, /etc/passwd, ...),
-//               on top (merged last)
+//   custom   =  the customisation layer (the symlink farm, /etc/passwd, ...), on top (merged last): made by the
+//               plan step from the caches' NAR listings (`<hash>.ls`) when every path has one, so it waits for no
+//               fetch; else an ExecOp `nixoci frontend custom` over the fetched layers
 //   result   =  the merge or the last copy, with `containerimage.config` from the spec (BuildKit fills in rootfs
 //               and history).
 //
@@ -108,6 +109,8 @@ interface LayerSource {
   plan: Plan;
   /** The plan as a file at plan.json (mounted into the customisation step). */
   planState: Output;
+  /** The customisation layer's tree, when the plan step made it (plan.custom says so). */
+  customState?: Output;
   /** A batch's step: where each of its layers' trees is, by directory name (see batchStep). */
   fetch(layers: StepLayer[], name: string, split: boolean): Map<string, LayerTree>;
 }
@@ -193,9 +196,11 @@ async function planStep(
     mounts: ExecMount[];
     network: NetMode;
     name: string;
+    /** Let the plan step make the customisation layer too (into its /custom output) when it can. */
+    custom?: boolean;
   },
-): Promise<{ plan: Plan; planned: Output }> {
-  const planned = exec({
+): Promise<{ plan: Plan; planned: Output; custom?: Output }> {
+  const outs = exec({
     args: [
       ...selfCommand(),
       "plan",
@@ -205,6 +210,9 @@ async function planStep(
       step.spec.layering ?? "size",
       "--max-layers",
       String(step.spec.maxLayers ?? 100),
+      ...(step.custom
+        ? ["--custom", "/custom", ...(step.spec.user !== undefined ? ["--user", step.spec.user] : [])]
+        : []),
       ...step.args,
     ],
     env: STEP_ENV,
@@ -213,13 +221,15 @@ async function planStep(
       ...step.mounts,
       LEDGER_MOUNT,
       { dest: "/out", state: undefined },
+      ...(step.custom ? [{ dest: "/custom", state: undefined }] : []),
     ],
     network: step.network,
     name: step.name,
-  })["/out"];
+  });
+  const planned = outs["/out"];
   const planRef = await run.gateway.solve(planned);
   const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
-  return { plan, planned };
+  return { plan, planned, ...(plan.custom ? { custom: outs["/custom"] } : {}) };
 }
 
 /**
@@ -238,8 +248,9 @@ async function specLayers(
     ...spec.substituters.flatMap((u) => ["--from", u]),
     ...spec.trustedPublicKeys.flatMap((k) => ["--trusted-public-key", k]),
   ];
-  // nixoci build's defaults, so both make the same layers (and diff_ids) from the same spec.
-  const { plan, planned } = await planStep(run, {
+  // nixoci build's defaults, so both make the same layers (and diff_ids) from the same spec. The customisation
+  // layer is made here too when the caches have NAR listings: then it waits for no fetch step.
+  const { plan, planned, custom } = await planStep(run, {
     args: [
       ...batchArgs({ ...batching, scope: JSON.stringify([batching.scope, "fetch", ...cacheArgs]) }),
       ...cacheArgs,
@@ -250,10 +261,12 @@ async function specLayers(
     mounts: [],
     network,
     name: `nixoci: plan the layers of ${spec.packages.length} packages`,
+    custom: true,
   });
   return {
     plan,
     planState: planned,
+    customState: custom,
     fetch: (layers, name, split) =>
       batchStep(
         [...selfCommand(), "fetch", ...cacheArgs],
@@ -553,37 +566,45 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   };
   for (const [i, layer] of plan.layers.entries())
     place(made.get(dirs[i])!, `nixoci: layer ${i + 1}: ${labelOf(layer.paths)}`);
-  const custom = exec({
-    args: [
-      ...selfCommand(),
-      "custom",
-      "--plan",
-      "/plan/plan.json",
-      "--layers",
-      "/layers",
-      "--out",
-      "/out",
-      "--meta",
-      "/meta/custom.json",
-      ...(spec.user !== undefined ? ["--user", spec.user] : []),
-    ],
-    env: STEP_ENV,
-    mounts: [
-      { dest: "/", state: image, readonly: true },
-      { dest: "/plan", state: layers.planState, readonly: true },
-      ...plan.layers.map((_, i) => ({ dest: `/layers/${i}`, ...made.get(dirs[i])!, readonly: true })),
-      { dest: "/out", state: undefined },
-      { dest: "/meta", state: undefined },
-    ],
-    network: "none",
-    name: "nixoci: customisation layer",
-  });
-  place({ state: custom["/out"] }, `nixoci: layer ${plan.layers.length + 1}: customisation`);
+  // The customisation layer: the plan step's, or a step over the fetched layers (it waits for all of them).
+  let customTree = layers.customState;
+  let metaState: Output | undefined;
+  if (!customTree) {
+    const outs = exec({
+      args: [
+        ...selfCommand(),
+        "custom",
+        "--plan",
+        "/plan/plan.json",
+        "--layers",
+        "/layers",
+        "--out",
+        "/out",
+        "--meta",
+        "/meta/custom.json",
+        ...(spec.user !== undefined ? ["--user", spec.user] : []),
+      ],
+      env: STEP_ENV,
+      mounts: [
+        { dest: "/", state: image, readonly: true },
+        { dest: "/plan", state: layers.planState, readonly: true },
+        ...plan.layers.map((_, i) => ({ dest: `/layers/${i}`, ...made.get(dirs[i])!, readonly: true })),
+        { dest: "/out", state: undefined },
+        { dest: "/meta", state: undefined },
+      ],
+      network: "none",
+      name: "nixoci: customisation layer",
+    });
+    customTree = outs["/out"];
+    metaState = outs["/meta"];
+  }
+  place({ state: customTree }, `nixoci: layer ${plan.layers.length + 1}: customisation`);
   if (merging) chain = merge(stack, `nixoci: merge ${stack.length} layers`);
-  const metaRef = await gateway.solve(custom["/meta"]);
-  const meta = JSON.parse((await gateway.readFile(metaRef, "custom.json")).toString("utf8")) as {
-    env: string[];
-  };
+  const meta = metaState
+    ? (JSON.parse(
+        (await gateway.readFile(await gateway.solve(metaState), "custom.json")).toString("utf8"),
+      ) as { env: string[] })
+    : { env: plan.custom!.env };
   const resultRef = await gateway.solve(chain);
   const config = {
     architecture: spec.arch,

@@ -16,7 +16,8 @@ import { dumpPath } from "../../nix/nar-writer.js";
 import { parseStorePath, type StorePath } from "../../nix/store-path.js";
 import type { Readable } from "node:stream";
 import { planStoreLayers } from "../../image/build.js";
-import { customisationLayer } from "../../image/customisation.js";
+import { customisationLayer, listingFiles } from "../../image/customisation.js";
+import type { NarListing, NarListingNode } from "../../nix/nar-listing.js";
 import type { TreeEntry } from "../../image/layer-tar.js";
 import type { LayeringStrategy } from "../../image/types.js";
 import { BinaryCacheStore, type TrustOptions } from "../../store/binary-cache.js";
@@ -31,7 +32,7 @@ import { chooseBatches, readLedger, recordBatches, type StepLayer } from "./fetc
 
 export type { StepLayer };
 
-export const PLAN_VERSION = 2;
+export const PLAN_VERSION = 3;
 
 export interface Plan {
   version: number;
@@ -45,6 +46,11 @@ export interface Plan {
    * under layerDir(paths); a batch repeated from an earlier build may hold layers this plan does not have.
    */
   batches: StepLayer[][];
+  /**
+   * Set when the plan step made the customisation layer itself, from the caches' NAR listings (`--custom DIR`):
+   * its env and warnings (the tree is in DIR). Absent: the custom step makes it from the fetched layers.
+   */
+  custom?: { env: string[]; warnings: string[] };
 }
 
 /** How a plan step chooses its fetch batches (fetch-batches.ts). */
@@ -64,20 +70,34 @@ class CacheChain implements Store {
   readonly url: string;
   readonly priority = 0;
   constructor(
-    private readonly stores: Store[],
+    private readonly stores: BinaryCacheStore[],
     readonly storeDir: string,
   ) {
     this.url = stores.map((s) => s.url).join(", ");
   }
+  /** Which cache answered for a path (its listing and NAR come from there, without asking again). */
+  private readonly owners = new Map<string, BinaryCacheStore>();
   async queryPathInfo(path: string): Promise<PathInfo | undefined> {
     for (const s of this.stores) {
       const info = await s.queryPathInfo(path);
-      if (info) return info;
+      if (info) {
+        this.owners.set(path, s);
+        return info;
+      }
     }
     return undefined;
   }
+  private async owner(path: string): Promise<BinaryCacheStore | undefined> {
+    if (!this.owners.has(path)) await this.queryPathInfo(path);
+    return this.owners.get(path);
+  }
+  /** The NAR listing of a path from the first cache that has the path; undefined when that cache has none. */
+  async narListing(path: string): Promise<NarListing | undefined> {
+    return (await this.owner(path))?.narListing(path);
+  }
   async narFromPath(info: PathInfo) {
-    for (const s of this.stores) if (await s.queryPathInfo(info.path)) return s.narFromPath(info);
+    const s = await this.owner(info.path);
+    if (s) return s.narFromPath(info);
     throw new NixociError(info.path, `not in ${this.url}`);
   }
   close(): void {
@@ -88,7 +108,7 @@ class CacheChain implements Store {
 export async function openCaches(urls: string[], trust: TrustOptions, storeDir: string): Promise<CacheChain> {
   if (!urls.length)
     throw new NixociError("substituters", "the spec names no binary cache to take store paths from");
-  const stores: Store[] = [];
+  const stores: BinaryCacheStore[] = [];
   for (const url of urls) stores.push(await BinaryCacheStore.open(url, trust, storeDir));
   return new CacheChain(stores, storeDir);
 }
@@ -99,6 +119,8 @@ export async function planStep(opts: {
   layering: LayeringStrategy;
   maxLayers: number;
   batching: Batching;
+  /** Make the customisation layer here, into `out`, when the caches have every path's NAR listing. */
+  custom?: { out: string; user?: string };
 }): Promise<Plan> {
   if (!opts.roots.length) throw new NixociError("packages", "the spec lists no packages");
   const closure = await computeClosure(opts.caches, opts.roots);
@@ -110,10 +132,49 @@ export async function planStep(opts: {
       if (!closure.has(p) && !(await caches.queryPathInfo(p).catch(() => undefined))) return false;
     return true;
   };
-  return planOfClosure(opts.roots, closure, opts.layering, opts.maxLayers, caches.storeDir, {
+  const plan = await planOfClosure(opts.roots, closure, opts.layering, opts.maxLayers, caches.storeDir, {
     canMake,
     ...opts.batching,
   });
+  if (opts.custom) {
+    const listings = await closureListings(caches, [...closure.keys()]);
+    if (listings) {
+      const src = (p: string) => ({ storePath: p, realPath: p });
+      const custom = customisationLayer({
+        packages: opts.roots.map(src),
+        closure: [...closure.keys()].map(src),
+        user: opts.custom.user,
+        files: listingFiles(listings, caches.storeDir),
+      });
+      await makeDirs(opts.custom.out);
+      await writeTree(custom.entries, opts.custom.out);
+      plan.custom = { env: custom.env, warnings: custom.warnings };
+    }
+  }
+  return plan;
+}
+
+/**
+ * Every path's NAR listing root, or undefined when a cache lacks one (or it cannot be read, or names a file by
+ * bytes that are not UTF-8, which JSON cannot carry exactly): the customisation layer is then made from the
+ * fetched files instead. Listings are not signed: they shape the symlink farm only, as the fetched (verified)
+ * trees would; the layer's bytes are checked against nixoci build's in the tests.
+ */
+async function closureListings(
+  caches: CacheChain,
+  paths: string[],
+): Promise<Map<string, NarListingNode> | undefined> {
+  const got = await mapLimit(paths, 16, (p) => caches.narListing(p).catch(() => undefined));
+  if (got.some((l) => l === undefined || hasReplacementChars(l.root))) return undefined;
+  return new Map(paths.map((p, i) => [p, got[i]!.root]));
+}
+
+function hasReplacementChars(node: NarListingNode): boolean {
+  if (node.type === "symlink") return node.target.includes("\uFFFD");
+  if (node.type !== "directory") return false;
+  for (const [name, child] of Object.entries(node.entries))
+    if (name.includes("\uFFFD") || hasReplacementChars(child)) return true;
+  return false;
 }
 
 /** The plan of a known closure: nixoci build's layer planning, each layer with its NAR size, and the batches. */

@@ -39,6 +39,9 @@ import { Limiter } from "../../util/concurrency.js";
 import { requestedRange } from "./http-range.js";
 import { NarFileCache } from "./nar-file-cache.js";
 
+/** How many bytes of recent NAR listings the endpoint keeps in memory. */
+const LISTING_CACHE_BYTES = 32 << 20;
+
 /** The compressions the endpoint produces on the fly. */
 export type ServedCompression = "none" | "zstd" | "xz";
 
@@ -440,20 +443,41 @@ export function binaryCacheRoutes(opts: BinaryCacheRoutesOptions): BinaryCacheHa
     res.end();
   };
 
+  // Listings made lately, by path and NarHash (a path's listing never changes while its NarHash does not): a
+  // plan step asks for every path's listing on each build, and making one reads the whole NAR.
+  const listings = new Map<string, Buffer>();
+  let listingBytes = 0;
   const serveListing = async (req: IncomingMessage, res: ServerResponse, info: PathInfo): Promise<void> => {
-    const nar = await store.narFromPath(info);
-    // The parser stops at the end of the root node; keep the iterator open so the rest (nothing, for a
-    // well-formed NAR) is drained and the verifier's end-of-stream checks run before anything is sent.
-    const it = nar[Symbol.asyncIterator]();
-    const view: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => ({ next: () => it.next() }) };
-    let listing;
-    try {
-      listing = await listNar(view, { input: info.path });
-      for (let r = await it.next(); !r.done; r = await it.next());
-    } finally {
-      nar.destroy();
+    const key = `${info.path} ${info.narHash.toString("nix32")}`;
+    let body = listings.get(key);
+    if (body) {
+      listings.delete(key); // most recently used last
+      listings.set(key, body);
+    } else {
+      const nar = await store.narFromPath(info);
+      // The parser stops at the end of the root node; keep the iterator open so the rest (nothing, for a
+      // well-formed NAR) is drained and the verifier's end-of-stream checks run before anything is sent.
+      const it = nar[Symbol.asyncIterator]();
+      const view: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => ({ next: () => it.next() }) };
+      let listing;
+      try {
+        listing = await listNar(view, { input: info.path });
+        for (let r = await it.next(); !r.done; r = await it.next());
+      } finally {
+        nar.destroy();
+      }
+      body = narListingBytes(listing);
+      if (body.length <= LISTING_CACHE_BYTES / 8) {
+        listings.set(key, body);
+        listingBytes += body.length;
+        for (const [k, b] of listings) {
+          if (listingBytes <= LISTING_CACHE_BYTES) break;
+          listings.delete(k);
+          listingBytes -= b.length;
+        }
+      }
     }
-    send(req, res, 200, "application/json", narListingBytes(listing), { "Cache-Control": IMMUTABLE });
+    send(req, res, 200, "application/json", body, { "Cache-Control": IMMUTABLE });
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse, path: string): Promise<void> => {

@@ -10,7 +10,21 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { once } from "node:events";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -23,7 +37,13 @@ import {
   type BinaryCacheServer,
   nixFileFor,
 } from "../../support/buildkit.js";
-import { buildFixtures, GC_ROOTS_DIR, PACKAGES_NIX } from "../../support/fixtures.js";
+import {
+  buildFixtures,
+  GC_ROOTS_DIR,
+  generateCacheKey,
+  makeNixCache,
+  PACKAGES_NIX,
+} from "../../support/fixtures.js";
 import { nixociOk, ROOT } from "../../support/cli.js";
 import { DOCKER_CLI, freePort, startDockerd, startRegistry, type Dockerd } from "../../support/daemons.js";
 import { dockerUnderTest } from "../../support/docker-release.js";
@@ -136,6 +156,11 @@ for (const store of STORES)
       const closure = execFileSync("nix-store", ["-qR", fx.hello]).toString().trim().split("\n");
       const layers = inspect[0].RootFS.Layers.length;
       assert.ok(layers >= 2 && layers <= closure.length + 1, `${layers} layers for ${closure.length} paths`);
+      // The cache has NAR listings: the plan step made the customisation layer, no step waited for the fetches.
+      assert.ok(
+        ![...r.vertices.values()].some((v) => v.name === "nixoci: customisation layer"),
+        "no customisation step",
+      );
       // Every planned layer is made by exactly one fetch step (a few layers to a step).
       const numbers = Array.from({ length: layers - 1 }, (_, i) => i + 1);
       assert.deepEqual(fetchedLayerNumbers(r.vertices.values()), numbers);
@@ -187,6 +212,55 @@ for (const store of STORES)
         steps.every((v) => v.cached),
         `fetch steps re-ran: ${steps.filter((v) => !v.cached).map((v) => v.name)}`,
       );
+    });
+
+    test("a cache without NAR listings: the customisation layer is made by a step over the fetched layers, the same bytes", async () => {
+      // A cache as `nix copy --to file://` writes it (no .ls files), served as static files: how many caches are.
+      const key = generateCacheKey("frontend-static", join(dir, "static-keys"));
+      const closure = execFileSync("nix-store", ["-qR", fx.hello]).toString().trim().split("\n");
+      const cacheDir = join(dir, "static-cache");
+      makeNixCache({ paths: closure, dir: cacheDir, compression: "xz", secretKeyFile: key.secretKeyFile });
+      assert.ok(!readdirSync(cacheDir).some((n) => n.endsWith(".ls")), "Nix wrote no listings");
+      const server = createServer((req, res) => {
+        const name = (req.url ?? "/").slice(1);
+        const file = join(cacheDir, name);
+        if (!/^[A-Za-z0-9._/-]+$/.test(name) || name.includes("..") || !existsSync(file)) {
+          res.writeHead(404).end();
+          return;
+        }
+        res.writeHead(200, { "Content-Length": statSync(file).size });
+        createReadStream(file).pipe(res);
+      });
+      server.listen(0, "127.0.0.1");
+      await once(server, "listening");
+      try {
+        const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+        const spec = helloSpec().replace(cacheUrl, url).replace(publicKey, key.publicKey);
+        const ctx = context("no-listings", spec);
+        const r = await dockerBuild(d, ctx, {
+          dockerfile: "nixoci.yaml",
+          t: "nixtest:nols",
+          networkmode: "host",
+        });
+        assert.equal(r.error, undefined, `${r.error}\n${r.log.slice(-3000)}`);
+        const custom = [...r.vertices.values()].filter((v) => v.name === "nixoci: customisation layer");
+        assert.equal(custom.length, 1, "the customisation step ran");
+        assert.match(
+          d.docker(["run", "--rm", "--network", "none", "nixtest:nols"]).toString(),
+          /Hello from nixoci!/,
+        );
+        // Its layers are the listing-made image's (the first test's), byte for byte.
+        const layersOf = (tag: string) =>
+          (
+            JSON.parse(d.docker(["image", "inspect", tag]).toString()) as Array<{
+              RootFS: { Layers: string[] };
+            }>
+          )[0].RootFS.Layers;
+        assert.deepEqual(layersOf("nixtest:nols"), layersOf("nixtest:1"));
+      } finally {
+        server.close();
+        server.closeAllConnections();
+      }
     });
 
     test("`DOCKER_BUILDKIT=1 docker build` (the CLI's session: local context and build file) builds a spec", () => {

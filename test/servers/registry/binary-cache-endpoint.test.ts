@@ -329,6 +329,10 @@ test("nix-cache-info, narinfo fields, HEAD, ranges and NAR listings", async () =
   const ls = await request(`${s.url}/${hashPart(p)}.ls`);
   assert.equal(ls.status, 200);
   assert.equal(ls.body.toString(), readFileSync(join(nixCache, `${hashPart(p)}.ls`), "utf8"));
+  // Asked again (a plan step asks on every build): the same bytes, kept from the first time.
+  const again = await request(`${s.url}/${hashPart(p)}.ls`);
+  assert.equal(again.status, 200);
+  assert.ok(again.body.equals(ls.body));
   assert.deepEqual(s.errors, []);
 });
 
