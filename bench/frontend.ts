@@ -20,8 +20,8 @@
 // `--argstr changed 1`: 5 store paths differ) right after the cold run, with what the cold run left; for the
 // frontend, that build once more with nothing changed (every step cached: BuildKit's own cost of a build, the floor
 // of any build after a change).
-// The binary cache is warmed once (untimed: every narinfo and NAR fetched), so that the cold runs do not also
-// pay for `nixoci serve` compressing NARs on first request. Series interleaved, RUNS runs each (medians).
+// The binary cache is warmed once (untimed: every narinfo, NAR and NAR listing fetched), so that the cold runs do
+// not also pay for `nixoci serve` compressing NARs and reading them for listings on first request. Series interleaved, RUNS runs each (medians).
 // Executed / cached steps: the BuildKit vertices of the progress stream (for the frontend, its `nixoci: fetch`
 // and `nixoci: layer` copy steps (without MergeOp only) and all vertices; for the Dockerfile, every vertex); layers: `docker image
 // inspect`'s RootFS.Layers, whose diff_ids (the last cold run's) are compared layer by layer between the
@@ -109,7 +109,10 @@ function steps(vertices: BuildVertex[], pick: (v: BuildVertex) => boolean): stri
 const isFetch = (v: BuildVertex) => v.name.startsWith("nixoci: fetch");
 const isCopy = (v: BuildVertex) => v.name.startsWith("nixoci: layer ");
 
-/** Fetches every path's narinfo and NAR from the binary cache once (4 at a time), so that it has them ready. */
+/**
+ * Fetches every path's narinfo, NAR and NAR listing from the binary cache once (4 at a time), so that it has them
+ * ready, as a cache of static files would.
+ */
 async function warmCache(cacheUrl: string, paths: string[]): Promise<void> {
   const queue = [...paths];
   const worker = async () => {
@@ -122,6 +125,9 @@ async function warmCache(cacheUrl: string, paths: string[]): Promise<void> {
       const nar = await fetch(`${cacheUrl}/${url}`);
       if (!nar.ok) throw new Error(`${cacheUrl}/${url}: ${nar.status}`);
       await nar.arrayBuffer();
+      const ls = await fetch(`${cacheUrl}/${hash}.ls`);
+      if (!ls.ok) throw new Error(`${cacheUrl}/${hash}.ls: ${ls.status}`);
+      await ls.arrayBuffer();
     }
   };
   await Promise.all([worker(), worker(), worker(), worker()]);

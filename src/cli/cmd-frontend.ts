@@ -67,6 +67,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
   const trust = () => trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   switch (sub) {
     case "plan": {
+      const started = performance.now();
       const layering = values.layering ?? "size";
       if (!LAYERINGS.includes(layering)) throw new UsageError(`--layering: expected ${LAYERINGS.join(", ")}`);
       const maxLayers = intOption(values["max-layers"], "max-layers", 100, 2);
@@ -108,8 +109,11 @@ export async function frontendCommand(argv: string[]): Promise<number> {
       }
       await writeFileAtomic(out, JSON.stringify(plan));
       for (const w of plan.custom?.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
+      // What the step's time went to (starting up against planning), and whether it made the customisation layer.
       process.stderr.write(
-        `planned ${plan.layers.length} store layers in ${plan.batches.length} fetch steps\n`,
+        `planned ${plan.layers.length} store layers in ${plan.batches.length} fetch steps` +
+          (values.custom ? (plan.custom ? ", the customisation layer from NAR listings" : ", no NAR listings") : "") +
+          ` in ${((performance.now() - started) / 1000).toFixed(2)} s (started after ${(started / 1000).toFixed(2)} s)\n`,
       );
       return 0;
     }

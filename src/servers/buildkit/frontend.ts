@@ -110,7 +110,7 @@ interface LayerSource {
   /** The plan as a file at plan.json (mounted into the customisation step). */
   planState: Output;
   /** The customisation layer's tree, when the plan step made it (plan.custom says so). */
-  customState?: Output;
+  customTree?: LayerTree;
   /** A batch's step: where each of its layers' trees is, by directory name (see batchStep). */
   fetch(layers: StepLayer[], name: string, split: boolean): Map<string, LayerTree>;
 }
@@ -199,8 +199,10 @@ async function planStep(
     /** Let the plan step make the customisation layer too (into its /custom output) when it can. */
     custom?: boolean;
   },
-): Promise<{ plan: Plan; planned: Output; custom?: Output }> {
-  const outs = exec({
+): Promise<{ plan: Plan; planned: Output; custom?: LayerTree }> {
+  // One output: plan.json, and the customisation layer's tree under custom/ when the plan step made it. (A second
+  // output of the step would not come back from an imported cache on Docker 28.5: the step ran again.)
+  const planned = exec({
     args: [
       ...selfCommand(),
       "plan",
@@ -211,7 +213,7 @@ async function planStep(
       "--max-layers",
       String(step.spec.maxLayers ?? 100),
       ...(step.custom
-        ? ["--custom", "/custom", ...(step.spec.user !== undefined ? ["--user", step.spec.user] : [])]
+        ? ["--custom", "/out/custom", ...(step.spec.user !== undefined ? ["--user", step.spec.user] : [])]
         : []),
       ...step.args,
     ],
@@ -221,15 +223,13 @@ async function planStep(
       ...step.mounts,
       LEDGER_MOUNT,
       { dest: "/out", state: undefined },
-      ...(step.custom ? [{ dest: "/custom", state: undefined }] : []),
     ],
     network: step.network,
     name: step.name,
-  });
-  const planned = outs["/out"];
+  })["/out"];
   const planRef = await run.gateway.solve(planned);
   const plan = JSON.parse((await run.gateway.readFile(planRef, "plan.json")).toString("utf8")) as Plan;
-  return { plan, planned, ...(plan.custom ? { custom: outs["/custom"] } : {}) };
+  return { plan, planned, ...(plan.custom ? { custom: { state: planned, selector: "/custom" } } : {}) };
 }
 
 /**
@@ -266,7 +266,7 @@ async function specLayers(
   return {
     plan,
     planState: planned,
-    customState: custom,
+    customTree: custom,
     fetch: (layers, name, split) =>
       batchStep(
         [...selfCommand(), "fetch", ...cacheArgs],
@@ -567,8 +567,21 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
   for (const [i, layer] of plan.layers.entries())
     place(made.get(dirs[i])!, `nixoci: layer ${i + 1}: ${labelOf(layer.paths)}`);
   // The customisation layer: the plan step's, or a step over the fetched layers (it waits for all of them).
-  let customTree = layers.customState;
+  let customTree = layers.customTree;
   let metaState: Output | undefined;
+  if (customTree && merging) {
+    // Merged layers are whole snapshots: the plan output's custom/ directory copied to the root of its own.
+    customTree = {
+      state: copy(
+        customTree.state,
+        `${customTree.selector}/`,
+        undefined,
+        "/",
+        { contents: true },
+        "nixoci: customisation layer (planned)",
+      ),
+    };
+  }
   if (!customTree) {
     const outs = exec({
       args: [
@@ -595,10 +608,10 @@ export async function buildWithGateway(run: FrontendRun): Promise<void> {
       network: "none",
       name: "nixoci: customisation layer",
     });
-    customTree = outs["/out"];
+    customTree = { state: outs["/out"] };
     metaState = outs["/meta"];
   }
-  place({ state: customTree }, `nixoci: layer ${plan.layers.length + 1}: customisation`);
+  place(customTree, `nixoci: layer ${plan.layers.length + 1}: customisation`);
   if (merging) chain = merge(stack, `nixoci: merge ${stack.length} layers`);
   const meta = metaState
     ? (JSON.parse(

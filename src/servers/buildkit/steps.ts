@@ -123,8 +123,27 @@ export async function planStep(opts: {
   custom?: { out: string; user?: string };
 }): Promise<Plan> {
   if (!opts.roots.length) throw new NixociError("packages", "the spec lists no packages");
-  const closure = await computeClosure(opts.caches, opts.roots);
   const caches = opts.caches;
+  // With a customisation layer to make, each path's listing is asked for as soon as its narinfo arrived, so the
+  // listings come in while the closure is still being walked.
+  const listings = new Map<string, Promise<NarListing | undefined>>();
+  const listingOf = (p: string) => {
+    if (!listings.has(p)) listings.set(p, caches.narListing(p).catch(() => undefined));
+    return listings.get(p)!;
+  };
+  const walker: Store = {
+    storeDir: caches.storeDir,
+    url: caches.url,
+    priority: caches.priority,
+    queryPathInfo: async (p) => {
+      const info = await caches.queryPathInfo(p);
+      if (info && opts.custom) void listingOf(p);
+      return info;
+    },
+    narFromPath: (info) => caches.narFromPath(info),
+    close: () => undefined,
+  };
+  const closure = await computeClosure(walker, opts.roots);
   // A recorded batch is repeated only while the caches still have its other layers' paths: were its step pruned
   // from BuildKit's cache, it would fetch them again.
   const canMake = async (layers: StepLayer[]): Promise<boolean> => {
@@ -137,14 +156,17 @@ export async function planStep(opts: {
     ...opts.batching,
   });
   if (opts.custom) {
-    const listings = await closureListings(caches, [...closure.keys()]);
-    if (listings) {
+    const paths = [...closure.keys()];
+    const got = await Promise.all(paths.map(listingOf));
+    const usable = !got.some((l) => l === undefined || hasReplacementChars(l.root));
+    const roots = new Map(paths.map((p, i) => [p, got[i]?.root]));
+    if (usable) {
       const src = (p: string) => ({ storePath: p, realPath: p });
       const custom = customisationLayer({
         packages: opts.roots.map(src),
         closure: [...closure.keys()].map(src),
         user: opts.custom.user,
-        files: listingFiles(listings, caches.storeDir),
+        files: listingFiles(roots as Map<string, NarListingNode>, caches.storeDir),
       });
       await makeDirs(opts.custom.out);
       await writeTree(custom.entries, opts.custom.out);
@@ -155,20 +177,11 @@ export async function planStep(opts: {
 }
 
 /**
- * Every path's NAR listing root, or undefined when a cache lacks one (or it cannot be read, or names a file by
- * bytes that are not UTF-8, which JSON cannot carry exactly): the customisation layer is then made from the
- * fetched files instead. Listings are not signed: they shape the symlink farm only, as the fetched (verified)
- * trees would; the layer's bytes are checked against nixoci build's in the tests.
+ * Whether a listing names a file by bytes that were not UTF-8 (JSON cannot carry them exactly: they arrive as
+ * U+FFFD). Then, as when a cache lacks a listing, the customisation layer is made from the fetched files instead.
+ * Listings are not signed: they shape the symlink farm only, as the fetched (verified) trees would; the layer's
+ * bytes are checked against nixoci build's in the tests.
  */
-async function closureListings(
-  caches: CacheChain,
-  paths: string[],
-): Promise<Map<string, NarListingNode> | undefined> {
-  const got = await mapLimit(paths, 16, (p) => caches.narListing(p).catch(() => undefined));
-  if (got.some((l) => l === undefined || hasReplacementChars(l.root))) return undefined;
-  return new Map(paths.map((p, i) => [p, got[i]!.root]));
-}
-
 function hasReplacementChars(node: NarListingNode): boolean {
   if (node.type === "symlink") return node.target.includes("\uFFFD");
   if (node.type !== "directory") return false;

@@ -2,14 +2,16 @@
 // NarHash must be refused even though the restorer has everything it needs before the stream ends.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   closureFromNixJson,
+  customStep,
   fetchStep,
   layerDir,
   openCaches,
   parseStepLayers,
+  planStep,
 } from "../../../src/servers/buildkit/steps.js";
 import { parseHash } from "../../../src/nix/hash.js";
 import { parsePublicKey } from "../../../src/nix/signature.js";
@@ -223,4 +225,91 @@ describe("closureFromNixJson: `nix path-info --json -r` of Nix before and after 
     for (const [json, message] of refused)
       assert.throws(() => closureFromNixJson(json, "/nix/store"), message, JSON.stringify(json));
   });
+});
+
+/** Every entry under `root`: path, type, mode, mtime, and a link's target or a file's contents. */
+function treeOf(root: string): string[] {
+  const out: string[] = [];
+  const walk = (rel: string): void => {
+    const p = join(root, rel);
+    const st = lstatSync(p);
+    const what = st.isSymbolicLink()
+      ? `-> ${readlinkSync(p)}`
+      : st.isDirectory()
+        ? "dir"
+        : readFileSync(p).toString("base64");
+    out.push(`${rel} ${(st.mode & 0o7777).toString(8)} ${st.mtimeMs} ${what}`);
+    if (st.isDirectory() && !st.isSymbolicLink())
+      for (const n of readdirSync(p).sort()) walk(rel ? `${rel}/${n}` : n);
+  };
+  for (const n of readdirSync(root).sort()) walk(n);
+  return out;
+}
+
+test("the plan step makes the customisation layer from NAR listings: the custom step's tree over the fetched layers; without listings it leaves it", async () => {
+  const dir = makeTempDir("plan-custom");
+  const key = generateCacheKey("plan-custom", join(dir, "key"));
+  const closure = run("nix-store", ["-qR", fx.hello]).toString().trim().split("\n");
+  const trust = { trustedKeys: [parsePublicKey(key.publicKey)] };
+  const withListings = makeNixCache({
+    paths: closure,
+    dir: join(dir, "cache-ls"),
+    compression: "xz",
+    secretKeyFile: key.secretKeyFile,
+    writeNarListing: true,
+  });
+  const without = makeNixCache({
+    paths: closure,
+    dir: join(dir, "cache"),
+    compression: "xz",
+    secretKeyFile: key.secretKeyFile,
+  });
+  const plan = async (url: string, out: string) => {
+    const caches = await openCaches([url], trust, "/nix/store");
+    try {
+      return await planStep({
+        roots: [fx.hello],
+        caches,
+        layering: "size",
+        maxLayers: 100,
+        batching: { scope: "", maxNew: 2 },
+        custom: { out, user: "app" },
+      });
+    } finally {
+      caches.close();
+    }
+  };
+  const made = await plan(withListings, join(dir, "from-listings"));
+  assert.ok(made.custom, "the plan made the customisation layer");
+  // The custom step over the fetched layers, as BuildKit mounts them (layer i at LAYERS/i).
+  const caches = await openCaches([without], trust, "/nix/store");
+  try {
+    await fetchStep(
+      made.layers.map((l, i) => ({ dir: String(i), paths: l.paths })),
+      caches,
+      join(dir, "layers"),
+    );
+  } finally {
+    caches.close();
+  }
+  const stepped = await customStep({
+    plan: made,
+    layersDir: join(dir, "layers"),
+    out: join(dir, "from-layers"),
+    user: "app",
+  });
+  assert.deepEqual(made.custom, { env: stepped.env, warnings: stepped.warnings });
+  const tree = treeOf(join(dir, "from-listings"));
+  assert.deepEqual(tree, treeOf(join(dir, "from-layers")));
+  assert.ok(
+    tree.some((e) => e.startsWith("bin ") && e.includes(`-> ${fx.hello}/bin`)),
+    tree.join("\n"),
+  );
+  assert.ok(tree.some((e) => e.startsWith("etc/passwd ")));
+
+  // A cache without listings: no layer made here, nothing written; the plan is otherwise the same.
+  const plain = await plan(without, join(dir, "none"));
+  assert.equal(plain.custom, undefined);
+  assert.equal(existsSync(join(dir, "none")), false);
+  assert.deepEqual(plain.layers, made.layers);
 });
