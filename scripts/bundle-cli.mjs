@@ -18,6 +18,16 @@ const bundle = `${dist}nixoci.cjs`;
 const tmp = `${bundle}.tmp-${process.pid}`;
 
 rmSync(`${bundle}.cache`, { force: true });
+
+// BuildKit's messages as protobufjs JSON (src/proto/buildkit.ts reads it with protobufjs's light build: the
+// frontend, on every build's path, then neither loads the .proto parser nor parses).
+{
+  const { parseProtos } = await import("../dist/src/proto/buildkit.js");
+  const file = `${dist}proto/buildkit.json`;
+  mkdirSync(`${dist}proto`, { recursive: true });
+  writeFileSync(`${file}.tmp-${process.pid}`, JSON.stringify(parseProtos().toJSON()));
+  renameSync(`${file}.tmp-${process.pid}`, file);
+}
 try {
   const result = await build({
     stdin: {

@@ -4,7 +4,7 @@
 // On these machines the closure is made of this machine's binaries packaged as store paths (`nix-store --add`,
 // so no nix build runs): the node executable, the xz/zstd/bzip2 programs, the shared libraries they load (with the dynamic loader; the
 // image's symlink farm puts them at /lib64 and /lib/x86_64-linux-gnu, where the unmodified executable looks for
-// them), and nixoci (bin/, dist/ (the bundle, its code cache and the compiled modules), proto/, package.json and
+// them), and nixoci (bin/, dist/ (the bundle, its code cache, the compiled modules and the protos as JSON), proto/, package.json and
 // the production node_modules). The image's
 // entrypoint runs `nixoci frontend`; its labels tell BuildKit to give it no network (it needs none: its steps
 // run as ExecOps). Its top layer repeats the customisation below it, and a label names the layers under it: the
@@ -55,7 +55,15 @@ try {
 
   // 3. nixoci with its production dependencies.
   const pkgDir = join(work, "nixoci");
-  for (const p of ["bin", "dist/src", "dist/nixoci.cjs", "dist/nixoci.cjs.cache", "proto", "package.json"])
+  for (const p of [
+    "bin",
+    "dist/src",
+    "dist/nixoci.cjs",
+    "dist/nixoci.cjs.cache",
+    "dist/proto",
+    "proto",
+    "package.json",
+  ])
     cpSync(join(root, p), join(pkgDir, p), { recursive: true });
   const prod = run("npm", ["ls", "--omit=dev", "--parseable", "--all"], { cwd: root })
     .trim()

@@ -6,25 +6,13 @@
 //   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH... | DIR=PATH,PATH...
 //   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
 import { readFile, writeFile } from "node:fs/promises";
-import { defaultFetchBatches } from "../servers/buildkit/fetch-batches.js";
-import {
-  closureFromNixJson,
-  copyStep,
-  customStep,
-  fetchStep,
-  parseStepLayers,
-  openCaches,
-  planOfClosure,
-  planStep,
-  type Plan,
-} from "../servers/buildkit/steps.js";
+import type { Plan } from "../servers/buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import { NixociError } from "../util/errors.js";
 import { readJsonFile, writeFileAtomic } from "../util/fs.js";
 import type { LayeringStrategy } from "../image/types.js";
 import { helpHint, intOption, parse, printHelp, UsageError } from "./args.js";
 import { FRONTEND } from "./help-texts.js";
-import { trustOptions } from "./stores.js";
 
 const LAYERINGS = ["size", "popularity", "nixery"];
 
@@ -64,6 +52,19 @@ export async function frontendCommand(argv: string[]): Promise<number> {
     if (!v) throw new UsageError(`--${flag} is required; ${helpHint(FRONTEND)}`);
     return v;
   };
+  // Loaded here, not above: the gateway mode (on every build's path, a no-change build's too) needs none of it.
+  const {
+    closureFromNixJson,
+    copyStep,
+    customStep,
+    fetchStep,
+    parseStepLayers,
+    openCaches,
+    planOfClosure,
+    planStep,
+  } = await import("../servers/buildkit/steps.js");
+  const { defaultFetchBatches } = await import("../servers/buildkit/fetch-batches.js");
+  const { trustOptions } = await import("./stores.js");
   const trust = () => trustOptions(values["trusted-public-key"], values["no-check-sigs"]);
   switch (sub) {
     case "plan": {
@@ -112,7 +113,11 @@ export async function frontendCommand(argv: string[]): Promise<number> {
       // What the step's time went to (starting up against planning), and whether it made the customisation layer.
       process.stderr.write(
         `planned ${plan.layers.length} store layers in ${plan.batches.length} fetch steps` +
-          (values.custom ? (plan.custom ? ", the customisation layer from NAR listings" : ", no NAR listings") : "") +
+          (values.custom
+            ? plan.custom
+              ? ", the customisation layer from NAR listings"
+              : ", no NAR listings"
+            : "") +
           ` in ${((performance.now() - started) / 1000).toFixed(2)} s (started after ${(started / 1000).toFixed(2)} s)\n`,
       );
       return 0;

@@ -1,21 +1,38 @@
 // BuildKit's message types from nixoci's own minimal protos (proto/buildkit), loaded with protobufjs so the
 // frontend can encode LLB itself (a vertex's digest is the sha256 of its exact bytes) and speak the gateway API
 // over its stdio. Field names are as in the .proto files (keepCase).
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
-import protobuf from "protobufjs";
-import { protoDir } from "./load.js";
+import protobuf from "protobufjs/light.js";
+import { distFile } from "../util/package-files.js";
+import { protoDir } from "./proto-dir.js";
 
 let root: protobuf.Root | undefined;
 
+/**
+ * The messages as `npm run build` wrote them (dist/proto/buildkit.json: protobufjs's JSON of the same .proto files),
+ * read with protobufjs's light build: the frontend starts on every build's path, and the full build's parser and
+ * the parse itself cost it ~20 ms. Without that file (a checkout not built that way) the .proto files are parsed.
+ */
 function loaded(): protobuf.Root {
   if (!root) {
-    const dir = protoDir("buildkit");
-    const r = new protobuf.Root();
-    r.resolvePath = (_origin, target) => join(dir, target);
-    r.loadSync(["gateway.proto", "control.proto"], { keepCase: true });
-    root = r;
+    const json = distFile("proto/buildkit.json");
+    root = existsSync(json)
+      ? protobuf.Root.fromJSON(JSON.parse(readFileSync(json, "utf8")) as protobuf.INamespace)
+      : parseProtos();
   }
   return root;
+}
+
+/** gateway.proto and control.proto (and what they import) parsed, field names as written (keepCase). */
+export function parseProtos(): protobuf.Root {
+  const full = createRequire(import.meta.url)("protobufjs") as typeof protobuf;
+  const dir = protoDir("buildkit");
+  const r = new full.Root();
+  r.resolvePath = (_origin, target) => join(dir, target);
+  r.loadSync(["gateway.proto", "control.proto"], { keepCase: true });
+  return r;
 }
 
 export function messageType(name: string): protobuf.Type {

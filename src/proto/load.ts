@@ -1,27 +1,11 @@
-// Where nixoci's own minimal .proto files are (proto/ at the package root, next to dist/ when installed) and how
-// gRPC services are loaded from them. Google's well-known types (Empty, Timestamp, FieldMask, Any) come from
+// How gRPC services are loaded from nixoci's own minimal .proto files (found by proto-dir.ts). Google's well-known types (Empty, Timestamp, FieldMask, Any) come from
 // protobufjs's built-in definitions, so no copy of them is needed.
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { packageRoot } from "../util/package-files.js";
+import { protoDir } from "./proto-dir.js";
 
-let root: string | undefined;
-
-/** The package's proto/ directory, at its root (package-files.ts: a checkout, dist/ built or bundled). */
-export function protoRoot(): string {
-  if (root) return root;
-  const dir = join(packageRoot(), "proto");
-  if (!existsSync(join(dir, "containerd", "snapshots.proto")))
-    throw new Error("nixoci: the proto/ directory was not found next to the installed package");
-  return (root = dir);
-}
-
-/** A directory of proto/ (containerd, cri, buildkit). */
-export function protoDir(api: "containerd" | "cri" | "buildkit"): string {
-  return join(protoRoot(), api);
-}
+export { protoDir, protoRoot } from "./proto-dir.js";
 
 /**
  * How @grpc/proto-loader turns messages into plain objects: snake_case field names as in the .proto files, enums

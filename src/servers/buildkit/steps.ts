@@ -128,7 +128,11 @@ export async function planStep(opts: {
   // listings come in while the closure is still being walked.
   const listings = new Map<string, Promise<NarListing | undefined>>();
   const listingOf = (p: string) => {
-    if (!listings.has(p)) listings.set(p, caches.narListing(p).catch(() => undefined));
+    if (!listings.has(p))
+      listings.set(
+        p,
+        caches.narListing(p).catch(() => undefined),
+      );
     return listings.get(p)!;
   };
   const walker: Store = {
