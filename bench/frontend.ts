@@ -16,7 +16,9 @@
 //               to dockerd inside the timed part (as `docker build` would send it).
 //
 // Cold: before each cold run every bench image is removed and `docker builder prune -af` empties BuildKit's
-// cache (the frontend image stays). After the change: the changed closure (bench/fixtures/closure.nix with
+// cache (the frontend image stays). Before every timed run the disk settles (sync, then the data's file system's
+// free space steady: containerd deletes pruned snapshots in the background, and a run that shares the disk with
+// that, or with the write-back of the run before, measures them too). After the change: the changed closure (bench/fixtures/closure.nix with
 // `--argstr changed 1`: 5 store paths differ) right after the cold run, with what the cold run left; for the
 // frontend, that build once more with nothing changed (every step cached: BuildKit's own cost of a build, the floor
 // of any build after a change).
@@ -30,6 +32,7 @@
 // NIXOCI_BENCH_FRONTEND_DOCKER (above).
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -133,7 +136,26 @@ async function warmCache(cacheUrl: string, paths: string[]): Promise<void> {
   await Promise.all([worker(), worker(), worker(), worker()]);
 }
 
-/** Every bench image removed, BuildKit's cache emptied; the frontend image stays. */
+/**
+ * Waits (untimed) until the disk is quiet: dirty pages written back and the free space of the file system the
+ * daemons keep their data on steady for 0.6 s (at most 60 s), so that a timed run does not share the disk with
+ * what the previous run left: its write-back, the snapshots containerd deletes in the background after a prune.
+ */
+function settle(): void {
+  execFileSync("sync");
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  let last = -1n;
+  let steady = 0;
+  for (const deadline = Date.now() + 60_000; steady < 3 && Date.now() < deadline;) {
+    const free = BigInt(fs.statfsSync(tmpdir(), { bigint: true }).bfree);
+    steady = free === last ? steady + 1 : 0;
+    last = free;
+    Atomics.wait(pause, 0, 0, 200);
+  }
+  execFileSync("sync");
+}
+
+/** Every bench image removed, BuildKit's cache emptied; the frontend image stays. Then the disk settles. */
 function makeCold(d: Dockerd): void {
   const refs = d
     .docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
@@ -144,6 +166,7 @@ function makeCold(d: Dockerd): void {
   const dangling = d.docker(["image", "ls", "-q", "--filter", "dangling=true"]).toString().split("\n");
   if (dangling.some(Boolean)) d.docker(["image", "rm", "-f", ...dangling.filter(Boolean)]);
   d.docker(["builder", "prune", "-af"]);
+  settle();
 }
 
 /** A context directory holding nixoci.yaml for `top`. */
@@ -272,6 +295,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         layers: diffIds.frontend.length,
         steps: `${steps(c.vertices, isFetch)} fetch steps (copy steps: ${steps(c.vertices, isCopy)}; all vertices: ${steps(c.vertices, () => true)})`,
       });
+      settle();
       const w = await fe(specChanged, `bench-frontend:changed-${run}`, false);
       series.frontendChanged.push({
         ms: w.ms,
@@ -280,6 +304,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
       });
       // The same again, every step cached: what BuildKit spends on a build that runs nothing (solve, export,
       // image), below which no build after a change can go.
+      settle();
       const n = await fe(specChanged, `bench-frontend:same-${run}`, false);
       series.frontendSame.push({
         ms: n.ms,
@@ -322,6 +347,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
       };
       series.nixociCold.push(one(specBase, `bench-nixoci:cold-${run}`, `cold-${run}`));
       diffIds.nixoci = diffIdsOf(dk, `bench-nixoci:cold-${run}`);
+      settle();
       series.nixociChanged.push(one(specChanged, `bench-nixoci:changed-${run}`, `changed-${run}`));
       fs.rmSync(cache, { recursive: true, force: true });
     };
@@ -332,6 +358,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
       let s = performance.now();
       dockerfileContext(ctx, basePaths);
       stageMs += performance.now() - s;
+      settle();
       const c = await withRetry("Dockerfile cold", true, () =>
         build(dk, ctx, { t: `bench-dockerfile:cold-${run}` }),
       );
@@ -343,6 +370,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
       s = performance.now();
       dockerfileContext(ctx, changedPaths);
       stageMs += performance.now() - s;
+      settle();
       const w = await withRetry("Dockerfile changed", false, () =>
         build(dk, ctx, { t: `bench-dockerfile:changed-${run}` }),
       );
