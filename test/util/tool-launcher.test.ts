@@ -51,6 +51,24 @@ async function compress(data: Buffer, level = 3): Promise<Buffer> {
   return Buffer.concat(out);
 }
 
+/** Runs `script` as an ES module in a new Node process; its exit code, stdout and stderr. */
+async function runScript(
+  script: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number | null; out: string; err: string; pid: number }> {
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env,
+  });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (err += d));
+  // No timer, no deadline: the test runner's own timeout is the bound, a hang is the failure.
+  const code = await new Promise<number | null>((ok) => child.once("exit", ok));
+  return { code, out, err, pid: child.pid! };
+}
+
 /** Everything a launched tool tells: its output, stdin's error, exit and close. */
 function run(p: FilterProcess, input?: Buffer) {
   const out: Buffer[] = [];
@@ -163,16 +181,7 @@ test("a process that used the launcher exits by itself, and its launcher goes to
     });
     console.log(JSON.stringify({ n, launcher: await launcherInfo() }));
   `;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, TMPDIR: tmp },
-  });
-  let out = "";
-  let err = "";
-  child.stdout.on("data", (d) => (out += d));
-  child.stderr.on("data", (d) => (err += d));
-  // No timer, no deadline: the test runner's own timeout is the bound, a hang is the failure.
-  const code = await new Promise<number | null>((ok) => child.once("exit", ok));
+  const { code, out, err } = await runScript(script, { ...process.env, TMPDIR: tmp });
   assert.equal(code, 0, err);
   assert.equal(err, "");
   const report = JSON.parse(out) as { n: number; launcher?: { pid: number; socket: string } };
@@ -220,14 +229,7 @@ test("a small process's first tool does not wait for the launcher: spawned here,
     const later = await parentOf(launchTool("sh", ppid));
     console.log(JSON.stringify({ pid: process.pid, first, later, launcher: (await launcherInfo())?.pid }));
   `;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  child.stdout.on("data", (d) => (out += d));
-  child.stderr.on("data", (d) => (err += d));
-  const code = await new Promise<number | null>((ok) => child.once("exit", ok));
+  const { code, out, err } = await runScript(script);
   assert.equal(code, 0, err);
   const r = JSON.parse(out) as { pid: number; first: number; later: number; launcher?: number };
   assert.equal(r.first, r.pid, "the first tool is this process's child");
@@ -248,20 +250,15 @@ test("a process whose one tool was spawned directly exits without waiting for th
     p.stdin.end();
     p.once("close", (code) => console.log(JSON.stringify({ code })));
   `;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout.on("data", (d) => (out += d));
-  const code = await new Promise<number | null>((ok) => child.once("exit", ok));
-  assert.equal(code, 0);
+  const { code, out, err, pid } = await runScript(script);
+  assert.equal(code, 0, err);
   assert.deepEqual(JSON.parse(out), { code: 0 });
   await until("no process left by the child", 10_000, () => {
     const left = readdirSync("/proc").filter((n) => {
       try {
         return (
           /^\d+$/.test(n) &&
-          readFileSync(`/proc/${n}/stat`, "utf8").split(") ")[1].split(" ")[1] === String(child.pid)
+          readFileSync(`/proc/${n}/stat`, "utf8").split(") ")[1].split(" ")[1] === String(pid)
         );
       } catch {
         return false;
