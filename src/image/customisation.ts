@@ -143,7 +143,6 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   const root: DirNode = { kind: "dir", mode: 0o755, children: new Map() };
   const warnings: string[] = [];
   const files = input.files ?? localFiles;
-  const isDirectory = (real: string): boolean => files.isDirectory(real);
 
   const merge = (dir: DirNode, target: string, real: string, top: boolean): void => {
     // Names as bytes (util/file-names.ts): a package's file whose name is not UTF-8 gets a link of that name.
@@ -151,7 +150,7 @@ export function customisationLayer(input: CustomisationInput): Customisation {
       if (top && RESERVED.has(name)) continue;
       const childTarget = `${target}/${name}`;
       const childReal = join(real, name);
-      const isDir = isDirectory(childReal);
+      const isDir = files.isDirectory(childReal);
       const existing = dir.children.get(name);
       if (!existing) {
         dir.children.set(name, { kind: "link", target: childTarget, realPath: childReal, isDir });
@@ -169,7 +168,7 @@ export function customisationLayer(input: CustomisationInput): Customisation {
   };
 
   for (const pkg of input.packages) {
-    if (isDirectory(pkg.realPath)) merge(root, pkg.storePath, pkg.realPath, true);
+    if (files.isDirectory(pkg.realPath)) merge(root, pkg.storePath, pkg.realPath, true);
   }
 
   /** A directory at `path` in the farm, expanding a symlinked directory into real links when needed. */

@@ -1,11 +1,9 @@
-// How gRPC services are loaded from nixoci's own minimal .proto files (found by proto-dir.ts). Google's well-known types (Empty, Timestamp, FieldMask, Any) come from
-// protobufjs's built-in definitions, so no copy of them is needed.
+// How gRPC services are loaded from nixoci's own minimal .proto files (found by proto-dir.ts). Google's well-known
+// types (Empty, Timestamp, FieldMask, Any) come from protobufjs's built-in definitions, so no copy of them is needed.
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { protoDir } from "./proto-dir.js";
-
-export { protoDir, protoRoot } from "./proto-dir.js";
 
 /**
  * How @grpc/proto-loader turns messages into plain objects: snake_case field names as in the .proto files, enums

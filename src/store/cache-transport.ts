@@ -381,11 +381,11 @@ export class HttpTransport implements CacheTransport {
         out.destroy(new NixociError(target, `bad ${encoding} data: ${err.message}`)),
       );
       counted.pipe(decoder).pipe(out);
-      out.once("close", () => decoder.destroy());
     }
-    // Whatever ends the stream, the timer goes with it; a reader that gives up cancels the download.
+    // Whatever ends the stream, the timer (and decoder) go with it; a reader that gives up cancels the download.
     out.once("close", () => {
       clearTimeout(timer);
+      decoder?.destroy();
       if (!res.complete) req.destroy();
     });
     return holdErrors(out);

@@ -66,13 +66,19 @@ class Launcher {
 }
 
 let launcher: Promise<Launcher> | undefined;
-/** The launcher's process from its fork until it exits, and whether it has answered. */
+/** The launcher's process from its fork until it exits, whether it has answered, and whether anyone awaits that. */
 let launcherChild: ChildProcess | undefined;
 let launcherReady = false;
+let launcherAwaited = false;
 /** The launcher could not start once: spawn directly from then on. */
 let launcherBroken = process.platform !== "linux";
 
-function startLauncher(): Promise<Launcher> {
+/**
+ * The launcher, started if need be. Until it answers, its start keeps this process alive only once someone awaits
+ * it (`awaited`): a launcher started for later tools must not hold up a process whose work is done. Once it
+ * answered, the Launcher keeps the process alive only while tools run.
+ */
+function startLauncher(awaited: boolean): Promise<Launcher> {
   launcher ??= new Promise<Launcher>((resolve, reject) => {
     const script = distFile("src/util/tool-launcher-child.js");
     const child = fork(script, [], {
@@ -81,6 +87,7 @@ function startLauncher(): Promise<Launcher> {
       serialization: "json",
     });
     launcherChild = child;
+    launcherAwaited = false;
     child.once("exit", () => {
       if (launcherChild === child) launcherChild = undefined;
       launcherReady = false;
@@ -93,35 +100,31 @@ function startLauncher(): Promise<Launcher> {
       child.kill("SIGKILL");
       reject(new Error(`the tool launcher could not start: ${why}`));
     };
+    const exitedEarly = (code: number | null, signal: NodeJS.Signals | null): void =>
+      fail(`it exited (${signal ?? code})`);
     child.once("error", (err) => fail(err.message));
-    child.once("exit", (code, signal) => fail(`it exited (${signal ?? code})`));
+    child.once("exit", exitedEarly);
     child.on("message", function onReady(m: { ready?: boolean; failed?: string }) {
       if (m?.failed) fail(m.failed);
       if (!m?.ready) return;
       child.off("message", onReady);
-      child.removeAllListeners("exit");
-      child.once("exit", () => {
-        if (launcherChild === child) launcherChild = undefined;
-        launcherReady = false;
-      });
+      child.off("exit", exitedEarly);
       launcherReady = true;
       resolve(new Launcher(child, socket, token));
     });
     child.send({ socket, token });
   });
-  return launcher;
-}
-
-/** Whether the launcher's start, when nothing waits for it, may keep this process alive. */
-function holdForLauncher(hold: boolean): void {
-  if (launcherReady || !launcherChild) return;
-  if (hold) {
-    launcherChild.ref();
-    launcherChild.channel?.ref();
-  } else {
-    launcherChild.unref();
-    launcherChild.channel?.unref();
+  if (!launcherReady && launcherChild) {
+    launcherAwaited ||= awaited;
+    if (launcherAwaited) {
+      launcherChild.ref();
+      launcherChild.channel?.ref();
+    } else {
+      launcherChild.unref();
+      launcherChild.channel?.unref();
+    }
   }
+  return launcher;
 }
 
 /**
@@ -130,9 +133,7 @@ function holdForLauncher(hold: boolean): void {
  */
 export async function startToolLauncher(): Promise<void> {
   if (launcherBroken) throw new Error("the tool launcher could not start in this process");
-  const started = startLauncher();
-  holdForLauncher(true); // someone waits for it now
-  await started;
+  await startLauncher(true);
 }
 
 /**
@@ -167,8 +168,7 @@ export interface FilterProcess extends EventEmitter {
 export function launchTool(tool: string, args: string[]): FilterProcess {
   if (launcherBroken) return spawnTool(tool, args);
   if (!launcherReady && process.memoryUsage.rss() < DIRECT_SPAWN_RSS) {
-    startLauncher().catch(() => undefined);
-    holdForLauncher(false);
+    startLauncher(false).catch(() => undefined);
     return spawnTool(tool, args);
   }
   return new LaunchedTool(tool, args);
@@ -220,9 +220,7 @@ class LaunchedTool extends EventEmitter implements FilterProcess {
     });
     this.stdout.once("end", () => this.outputDone());
     this.stdout.once("close", () => this.outputDone());
-    const started = startLauncher();
-    holdForLauncher(true);
-    started.then(
+    startLauncher(true).then(
       (l) => this.connect(l, tool, args),
       (err: Error) => this.fail(err),
     );

@@ -267,3 +267,20 @@ test("a process whose one tool was spawned directly exits without waiting for th
     assert.deepEqual(left, []);
   });
 });
+
+test("a tool spawned directly while the launcher is awaited does not let the process exit before it answers", async () => {
+  // startToolLauncher waits for the launcher; a tool asked for meanwhile is spawned from here (the launcher has not
+  // answered) and ends at once. The wait must still keep the process alive until the launcher answers.
+  const script = `
+    import { launcherInfo, launchTool, startToolLauncher } from ${JSON.stringify(join(ROOT, "dist/src/util/tool-launcher.js"))};
+    const waited = startToolLauncher();
+    const p = launchTool("true", []);
+    p.stdout.resume();
+    p.stdin.end();
+    await waited;
+    console.log(JSON.stringify({ launcher: (await launcherInfo())?.pid !== undefined }));
+  `;
+  const { code, out, err } = await runScript(script);
+  assert.equal(code, 0, err);
+  assert.deepEqual(JSON.parse(out), { launcher: true });
+});

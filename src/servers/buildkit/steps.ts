@@ -127,13 +127,10 @@ export async function planStep(opts: {
   // With a customisation layer to make, each path's listing is asked for as soon as its narinfo arrived, so the
   // listings come in while the closure is still being walked.
   const listings = new Map<string, Promise<NarListing | undefined>>();
-  const listingOf = (p: string) => {
-    if (!listings.has(p))
-      listings.set(
-        p,
-        caches.narListing(p).catch(() => undefined),
-      );
-    return listings.get(p)!;
+  const listingOf = (p: string): Promise<NarListing | undefined> => {
+    let listing = listings.get(p);
+    if (!listing) listings.set(p, (listing = caches.narListing(p).catch(() => undefined)));
+    return listing;
   };
   const walker: Store = {
     storeDir: caches.storeDir,
@@ -141,13 +138,13 @@ export async function planStep(opts: {
     priority: caches.priority,
     queryPathInfo: async (p) => {
       const info = await caches.queryPathInfo(p);
-      if (info && opts.custom) void listingOf(p);
+      if (info) void listingOf(p);
       return info;
     },
     narFromPath: (info) => caches.narFromPath(info),
     close: () => undefined,
   };
-  const closure = await computeClosure(walker, opts.roots);
+  const closure = await computeClosure(opts.custom ? walker : caches, opts.roots);
   // A recorded batch is repeated only while the caches still have its other layers' paths: were its step pruned
   // from BuildKit's cache, it would fetch them again.
   const canMake = async (layers: StepLayer[]): Promise<boolean> => {
@@ -162,15 +159,13 @@ export async function planStep(opts: {
   if (opts.custom) {
     const paths = [...closure.keys()];
     const got = await Promise.all(paths.map(listingOf));
-    const usable = !got.some((l) => l === undefined || hasReplacementChars(l.root));
-    const roots = new Map(paths.map((p, i) => [p, got[i]?.root]));
-    if (usable) {
+    if (got.every((l) => l !== undefined && !hasReplacementChars(l.root))) {
       const src = (p: string) => ({ storePath: p, realPath: p });
       const custom = customisationLayer({
         packages: opts.roots.map(src),
-        closure: [...closure.keys()].map(src),
+        closure: paths.map(src),
         user: opts.custom.user,
-        files: listingFiles(roots as Map<string, NarListingNode>, caches.storeDir),
+        files: listingFiles(new Map(paths.map((p, i) => [p, got[i]!.root])), caches.storeDir),
       });
       await makeDirs(opts.custom.out);
       await writeTree(custom.entries, opts.custom.out);
