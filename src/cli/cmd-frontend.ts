@@ -1,11 +1,12 @@
 // nixoci frontend: the BuildKit gateway frontend (no arguments: BuildKit runs it with the gateway API on
 // stdin/stdout, see buildkit/frontend.ts), and the steps it runs inside BuildKit's ExecOps:
 //   nixoci frontend plan --out FILE [--layering L] [--max-layers N] [--batches DIR --batch-scope S] [--max-batches N]
+//                        [--metadata-cache DIR]
 //                        (--from URL... [--trusted-public-key K]... [--custom DIR [--user U]] PATH...
 //                         | --closure FILE --roots FILE)
 //   nixoci frontend fetch --out DIR --from URL... [--trusted-public-key K]... PATH... | DIR=PATH,PATH...
 //   nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import type { Plan } from "../servers/buildkit/steps.js";
 import { DEFAULT_STORE_DIR } from "../nix/store-path.js";
 import { NixociError } from "../util/errors.js";
@@ -94,7 +95,9 @@ export async function frontendCommand(argv: string[]): Promise<number> {
           batching,
         );
       } else {
-        const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR);
+        const metadataDir = values["metadata-cache"];
+        if (metadataDir) await mkdir(metadataDir, { recursive: true });
+        const caches = await openCaches(values.from ?? [], trust(), DEFAULT_STORE_DIR, metadataDir);
         try {
           plan = await planStep({
             roots: positionals,
@@ -104,6 +107,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
             batching,
             ...(values.custom ? { custom: { out: values.custom, user: values.user } } : {}),
           });
+          await caches.flushMetadata((msg) => void process.stderr.write(`warning: ${msg}\n`));
         } finally {
           caches.close();
         }

@@ -809,7 +809,7 @@ export const FRONTEND = {
   summary: "the BuildKit frontend (run by BuildKit; `# syntax=` its image) and its build steps",
   usage: [
     "nixoci frontend                       (run by BuildKit: the gateway API on stdin/stdout)",
-    "nixoci frontend plan --out FILE --from URL... [--layering L] [--max-layers N] [--batches DIR] [--custom DIR [--user U]] PATH...",
+    "nixoci frontend plan --out FILE --from URL... [--layering L] [--max-layers N] [--batches DIR] [--metadata-cache DIR] [--custom DIR [--user U]] PATH...",
     "nixoci frontend plan --out FILE --closure FILE --roots FILE [--layering L] [--max-layers N] [--batches DIR]",
     "nixoci frontend fetch --out DIR --from URL... PATH... | LAYERDIR=PATH,PATH...",
     "nixoci frontend custom --plan FILE --layers DIR --out DIR --meta FILE [--user U]",
@@ -859,6 +859,13 @@ export const FRONTEND = {
       value: "N",
       help: "new fetch steps at most, for the layers no recorded batch has (plan)",
       byDefault: "the cores, at least 2",
+    },
+    "metadata-cache": {
+      type: "string",
+      value: "DIR",
+      help:
+        "narinfos and NAR listings the caches sent, remembered there for 30 days and read before asking " +
+        "(signatures checked on every use) (plan)",
     },
     plan: { type: "string", value: "FILE", help: "the plan a plan step wrote (custom)" },
     layers: { type: "string", value: "DIR", help: "the fetched layers (custom)" },

@@ -20,6 +20,7 @@ import {
   type CacheTransport,
 } from "./cache-transport.js";
 import { FlatNarContentCheck } from "./flat-content-check.js";
+import type { MetadataCache } from "./metadata-cache.js";
 import { NarVerifier } from "./nar-verify.js";
 import type { PathInfo } from "./path-info.js";
 import type { Store } from "./store.js";
@@ -37,12 +38,18 @@ export class BinaryCacheStore implements Store {
     private readonly transport: CacheTransport,
     private readonly info: CacheInfo,
     private readonly trust: TrustOptions,
+    private readonly metadata: MetadataCache | undefined,
   ) {}
 
+  /**
+   * `metadata`: where narinfos and NAR listings fetched from this cache are remembered, and looked up before asking
+   * the cache (a remembered narinfo is checked like a fetched one; one that fails the checks is fetched again).
+   */
   static async open(
     url: string,
     trust: TrustOptions,
     storeDir = DEFAULT_STORE_DIR,
+    metadata?: (redactedUrl: string) => MetadataCache,
   ): Promise<BinaryCacheStore> {
     const { base, params } = splitCacheUrl(url, READ_PARAMS);
     const transport = openTransport(base);
@@ -69,7 +76,7 @@ export class BinaryCacheStore implements Store {
         throw new NixociError(url, `want-mass-query=${JSON.stringify(massQuery)} is not true or false`);
       info.wantMassQuery = massQuery === "true";
     }
-    return new BinaryCacheStore(url, transport, info, trust);
+    return new BinaryCacheStore(url, transport, info, trust, metadata?.(url));
   }
 
   get storeDir(): string {
@@ -80,18 +87,39 @@ export class BinaryCacheStore implements Store {
     return this.info.priority;
   }
 
-  /** The narinfo of a path, validated and trust-checked; undefined when the cache does not have it. */
+  /** The narinfo of a path, validated; undefined when the cache does not have it. */
   async queryNarInfo(path: string): Promise<NarInfo | undefined> {
+    return (await this.narInfoOf(path, false))?.narInfo;
+  }
+
+  /** The narinfo, from the metadata cache unless `fresh` (or not there), and whether it came from there. */
+  private async narInfoOf(
+    path: string,
+    fresh: boolean,
+  ): Promise<{ narInfo: NarInfo; remembered: boolean } | undefined> {
     const sp = parseStorePath(path, this.storeDir);
     const name = `${sp.hashPart}.narinfo`;
+    const input = `${this.url}/${name}`;
+    const parse = (text: string): NarInfo => {
+      const narInfo = parseNarInfo(text, { input, storeDir: this.storeDir, expectedHashPart: sp.hashPart });
+      if (narInfo.storePath !== path) {
+        throw new NixociError(input, `StorePath ${narInfo.storePath} does not match the requested ${path}`);
+      }
+      return narInfo;
+    };
+    const remembered = fresh ? undefined : this.metadata?.get(name);
+    if (remembered !== undefined) {
+      try {
+        return { narInfo: parse(remembered), remembered: true };
+      } catch {
+        // not what the cache says now: asked again below
+      }
+    }
     const text = await this.transport.getText(name);
     if (text === undefined) return undefined;
-    const input = `${this.url}/${name}`;
-    const narInfo = parseNarInfo(text, { input, storeDir: this.storeDir, expectedHashPart: sp.hashPart });
-    if (narInfo.storePath !== path) {
-      throw new NixociError(input, `StorePath ${narInfo.storePath} does not match the requested ${path}`);
-    }
-    return narInfo;
+    const narInfo = parse(text);
+    this.metadata?.put(name, text);
+    return { narInfo, remembered: false };
   }
 
   /**
@@ -101,17 +129,34 @@ export class BinaryCacheStore implements Store {
    */
   async narListing(path: string): Promise<NarListing | undefined> {
     const name = `${parseStorePath(path, this.storeDir).hashPart}.ls`;
+    const input = `${this.url}/${name}`;
+    const remembered = this.metadata?.get(name);
+    if (remembered !== undefined) {
+      try {
+        return parseNarListing(remembered, input);
+      } catch {
+        // asked again below
+      }
+    }
     const text = await this.transport.getText(name);
-    return text === undefined ? undefined : parseNarListing(text, `${this.url}/${name}`);
+    if (text === undefined) return undefined;
+    const listing = parseNarListing(text, input);
+    this.metadata?.put(name, text);
+    return listing;
   }
 
   async queryPathInfo(path: string): Promise<PathInfo | undefined> {
-    const narInfo = await this.queryNarInfo(path);
-    if (!narInfo) return undefined;
-    const input = `${this.url}/${parseStorePath(path, this.storeDir).hashPart}.narinfo`;
-    const info = narInfoToPathInfo(narInfo, this.storeDir);
+    let found = await this.narInfoOf(path, false);
+    let info = found && narInfoToPathInfo(found.narInfo, this.storeDir);
+    // A remembered narinfo that is not trusted (the keys changed, or the file was altered) is asked for again.
+    if (info && found?.remembered && this.untrustedReason(info)) {
+      found = await this.narInfoOf(path, true);
+      info = found && narInfoToPathInfo(found.narInfo, this.storeDir);
+    }
+    if (!info) return undefined;
     const problem = this.untrustedReason(info);
-    if (problem && !this.trust.allowUnsigned) throw new NixociError(input, problem);
+    if (problem && !this.trust.allowUnsigned)
+      throw new NixociError(`${this.url}/${parseStorePath(path, this.storeDir).hashPart}.narinfo`, problem);
     return info;
   }
 

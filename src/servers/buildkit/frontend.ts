@@ -263,6 +263,9 @@ async function specLayers(
   const { plan, planned, custom } = await planStep(run, {
     args: [
       ...batchArgs({ ...batching, scope: JSON.stringify([batching.scope, "fetch", ...cacheArgs]) }),
+      // The narinfos and listings of earlier builds, beside the ledger: after a change only new paths are asked for.
+      "--metadata-cache",
+      `${LEDGER_MOUNT.dest}/metadata`,
       ...cacheArgs,
       ...spec.packages,
     ],

@@ -21,6 +21,7 @@ import type { NarListing, NarListingNode } from "../../nix/nar-listing.js";
 import type { TreeEntry } from "../../image/layer-tar.js";
 import type { LayeringStrategy } from "../../image/types.js";
 import { BinaryCacheStore, type TrustOptions } from "../../store/binary-cache.js";
+import { MetadataLog } from "../../store/metadata-cache.js";
 import { computeClosure } from "../../store/closure.js";
 import { restoreVerifiedNar } from "../../store/nar-verify.js";
 import type { PathInfo } from "../../store/path-info.js";
@@ -103,14 +104,37 @@ class CacheChain implements Store {
   close(): void {
     this.stores.forEach((s) => s.close());
   }
+  /** Writes the narinfos and listings fetched to the metadata cache (if any); a failure is only a warning. */
+  async flushMetadata(warn: (msg: string) => void): Promise<void> {
+    for (const log of this.logs)
+      await log.flush().catch((e: Error) => warn(`${log.file}: not written (${e.message})`));
+  }
+  /** The metadata cache's logs, one per cache (none without a metadata cache). */
+  readonly logs: MetadataLog[] = [];
 }
 
-export async function openCaches(urls: string[], trust: TrustOptions, storeDir: string): Promise<CacheChain> {
+/** The binary caches at `urls`, in order; with `metadataDir`, their narinfos and listings remembered there. */
+export async function openCaches(
+  urls: string[],
+  trust: TrustOptions,
+  storeDir: string,
+  metadataDir?: string,
+): Promise<CacheChain> {
   if (!urls.length)
     throw new NixociError("substituters", "the spec names no binary cache to take store paths from");
   const stores: BinaryCacheStore[] = [];
-  for (const url of urls) stores.push(await BinaryCacheStore.open(url, trust, storeDir));
-  return new CacheChain(stores, storeDir);
+  const logs: MetadataLog[] = [];
+  const remember = metadataDir
+    ? (url: string) => {
+        const log = MetadataLog.open(metadataDir, url);
+        logs.push(log);
+        return log;
+      }
+    : undefined;
+  for (const url of urls) stores.push(await BinaryCacheStore.open(url, trust, storeDir, remember));
+  const chain = new CacheChain(stores, storeDir);
+  chain.logs.push(...logs);
+  return chain;
 }
 
 export async function planStep(opts: {
