@@ -80,6 +80,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
       };
       const out = need(values.out, "out");
       let plan: Plan;
+      let metadata: string | undefined;
       if (values.closure) {
         // A Nix file's closure, as nix path-info --json -r printed it, and its roots.
         const json = await readJsonFile(values.closure);
@@ -108,6 +109,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
             ...(values.custom ? { custom: { out: values.custom, user: values.user } } : {}),
           });
           await caches.flushMetadata((msg) => void process.stderr.write(`warning: ${msg}\n`));
+          metadata = caches.metadataStats();
         } finally {
           caches.close();
         }
@@ -122,6 +124,7 @@ export async function frontendCommand(argv: string[]): Promise<number> {
               ? ", the customisation layer from NAR listings"
               : ", no NAR listings"
             : "") +
+          (metadata ? ` (narinfos and listings: ${metadata})` : "") +
           ` in ${((performance.now() - started) / 1000).toFixed(2)} s (started after ${(started / 1000).toFixed(2)} s)\n`,
       );
       return 0;

@@ -60,8 +60,13 @@ export class MetadataLog implements MetadataCache {
     return log;
   }
 
+  /** How many get()s found the name, and how many did not (so the caller asked the cache). */
+  readonly stats = { remembered: 0, missing: 0 };
+
   get(name: string): string | undefined {
-    return this.entries.get(name)?.[2];
+    const text = this.entries.get(name)?.[2];
+    this.stats[text === undefined ? "missing" : "remembered"]++;
+    return text;
   }
 
   put(name: string, text: string): void {

@@ -109,6 +109,12 @@ class CacheChain implements Store {
     for (const log of this.logs)
       await log.flush().catch((e: Error) => warn(`${log.file}: not written (${e.message})`));
   }
+  /** What the metadata cache answered ("R remembered, A asked for"), or undefined without one. */
+  metadataStats(): string | undefined {
+    if (!this.logs.length) return undefined;
+    const sum = (k: "remembered" | "missing") => this.logs.reduce((n, l) => n + l.stats[k], 0);
+    return `${sum("remembered")} remembered, ${sum("missing")} asked for`;
+  }
   /** The metadata cache's logs, one per cache (none without a metadata cache). */
   readonly logs: MetadataLog[] = [];
 }

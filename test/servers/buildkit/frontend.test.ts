@@ -296,6 +296,11 @@ for (const store of STORES)
         executed.every((n) => /greeting|hello/.test(n)),
         `executed: ${executed.join(", ")}`,
       );
+      // The plan step remembered the closure's narinfos and listings from earlier builds: it asked the cache for
+      // the changed paths' only (a narinfo and a listing each).
+      const asked = /narinfos and listings: (\d+) remembered, (\d+) asked for/.exec(r.log);
+      assert.ok(asked, r.log.slice(-3000));
+      assert.ok(Number(asked[1]) >= 2 && Number(asked[2]) <= 4, asked[0]);
       const out = d.docker(["run", "--rm", "--network", "none", "nixtest:changed"]).toString();
       assert.match(out, /Changed by the frontend test/);
     });
