@@ -155,6 +155,24 @@ function settle(): void {
   execFileSync("sync");
 }
 
+/**
+ * What creating a file costs on this disk, in µs: 250 empty files in each of 4 fresh directories under `dir`
+ * (min–max over the directories). Every image here is thousands of files created (fetched, copied, unpacked), and
+ * on some VMs that cost swings by 30x between directories of one file system (20 µs to 0.8 ms of kernel time
+ * measured here), so the numbers are read with it.
+ */
+function fileCreateCost(dir: string): string {
+  const per: number[] = [];
+  for (let d = 0; d < 4; d++) {
+    const sub = fs.mkdtempSync(join(dir, "create-cost-"));
+    const t = performance.now();
+    for (let i = 0; i < 250; i++) fs.closeSync(fs.openSync(join(sub, String(i)), "wx"));
+    per.push(((performance.now() - t) * 1000) / 250);
+    fs.rmSync(sub, { recursive: true });
+  }
+  return `${Math.round(Math.min(...per))}–${Math.round(Math.max(...per))} µs`;
+}
+
 /** Every bench image removed, BuildKit's cache emptied; the frontend image stays. Then the disk settles. */
 function makeCold(d: Dockerd): void {
   const refs = d
@@ -393,7 +411,8 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         `${mb(narSize(basePaths))} NAR; changed variant: ${differing.length} store paths differ ` +
         `(${mb(narSize(differing))} NAR); ${target.label}, one daemon; median of ${RUNS}, ` +
         `interleaved (setup: frontend image, binary cache warmed: ${sec(setupMs)}; staging the Dockerfile ` +
-        `contexts with cp -a, untimed: ${sec(stageMs / (2 * RUNS))} each)`,
+        `contexts with cp -a, untimed: ${sec(stageMs / (2 * RUNS))} each); creating a file on this disk: ` +
+        `${fileCreateCost(dir)}`,
     );
     const dfCold = median(series.dockerfileCold.map((s) => s.ms));
     const dfChanged = median(series.dockerfileChanged.map((s) => s.ms));
