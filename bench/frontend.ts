@@ -29,7 +29,9 @@
 // inspect`'s RootFS.Layers, whose diff_ids (the last cold run's) are compared layer by layer between the
 // frontend's image and nixoci build's (`--tar-format docker20` on 20.10). Nothing about time is asserted; a failed build throws (a BuildKit flightcontrol/runc
 // error is retried once, and reported). Knobs: NIXOCI_BENCH_FRONTEND_RUNS=N (default 3),
-// NIXOCI_BENCH_FRONTEND_DOCKER (above).
+// NIXOCI_BENCH_FRONTEND_DOCKER (above), NIXOCI_BENCH_FRONTEND_DISK=loop: dockerd's data root on a fresh ext4 image,
+// loop-mounted (root only), instead of the temp dir's file system: on a VM whose disk creates files at a cost that
+// swings between directories (see fileCreateCost) it gives every run the same disk.
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
@@ -147,7 +149,7 @@ function settle(): void {
   let last = -1n;
   let steady = 0;
   for (const deadline = Date.now() + 60_000; steady < 3 && Date.now() < deadline;) {
-    const free = BigInt(fs.statfsSync(tmpdir(), { bigint: true }).bfree);
+    const free = BigInt(fs.statfsSync(dataDisk, { bigint: true }).bfree);
     steady = free === last ? steady + 1 : 0;
     last = free;
     Atomics.wait(pause, 0, 0, 200);
@@ -171,6 +173,44 @@ function fileCreateCost(dir: string): string {
     fs.rmSync(sub, { recursive: true });
   }
   return `${Math.round(Math.min(...per))}–${Math.round(Math.max(...per))} µs`;
+}
+
+/** The file system dockerd keeps its data on (settle() watches it). */
+let dataDisk = tmpdir();
+
+/**
+ * A fresh ext4 file system (a sparse 64 GiB image, loop-mounted) at `dir`/disk for dockerd's data, or undefined
+ * unless NIXOCI_BENCH_FRONTEND_DISK=loop.
+ */
+function freshDisk(dir: string): { path: string; remove(): void } | undefined {
+  const kind = process.env.NIXOCI_BENCH_FRONTEND_DISK ?? "tmp";
+  if (kind === "tmp") return undefined;
+  if (kind !== "loop") throw new Error(`NIXOCI_BENCH_FRONTEND_DISK=${kind}: expected tmp or loop`);
+  const image = join(dir, "disk.img");
+  const path = join(dir, "disk");
+  fs.mkdirSync(path);
+  execFileSync("truncate", ["-s", "64G", image]);
+  execFileSync("mkfs.ext4", ["-q", "-F", image]);
+  execFileSync("mount", ["-o", "loop", image, path]);
+  return {
+    path,
+    remove() {
+      // With what dockerd left mounted in it (-R); lazily if still busy after 10 s.
+      for (let i = 0; ; i++) {
+        try {
+          execFileSync("umount", ["-R", path], { stdio: "pipe" });
+          break;
+        } catch {
+          if (i >= 20) {
+            execFileSync("umount", ["-R", "-l", path], { stdio: "pipe" });
+            break;
+          }
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
+        }
+      }
+      fs.rmSync(image, { force: true });
+    },
+  };
 }
 
 /** Every bench image removed, BuildKit's cache emptied; the frontend image stays. Then the disk settles. */
@@ -255,9 +295,15 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
   const dir = fs.mkdtempSync(join("/tmp", "nixoci-bench-frontend-"));
   let d: Dockerd | undefined;
   let cache: BinaryCacheServer | undefined;
+  const disk = freshDisk(dir);
+  dataDisk = disk?.path ?? tmpdir();
   try {
     const t0 = performance.now();
-    d = await startDockerd({ release: target.release, containerdStore: target.containerdStore });
+    d = await startDockerd({
+      release: target.release,
+      containerdStore: target.containerdStore,
+      ...(disk ? { dataRoot: join(disk.path, "docker") } : {}),
+    });
     const dk = d;
     loadFrontendImage(dk, FRONTEND, dir);
     cache = await startBinaryCacheServer(dir, "frontend-bench");
@@ -411,8 +457,9 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         `${mb(narSize(basePaths))} NAR; changed variant: ${differing.length} store paths differ ` +
         `(${mb(narSize(differing))} NAR); ${target.label}, one daemon; median of ${RUNS}, ` +
         `interleaved (setup: frontend image, binary cache warmed: ${sec(setupMs)}; staging the Dockerfile ` +
-        `contexts with cp -a, untimed: ${sec(stageMs / (2 * RUNS))} each); creating a file on this disk: ` +
-        `${fileCreateCost(dir)}`,
+        `contexts with cp -a, untimed: ${sec(stageMs / (2 * RUNS))} each); dockerd's data on ` +
+        `${disk ? "a fresh ext4 image (loop)" : "the temp dir's file system"}, creating a file there: ` +
+        `${fileCreateCost(disk?.path ?? dir)}`,
     );
     const dfCold = median(series.dockerfileCold.map((s) => s.ms));
     const dfChanged = median(series.dockerfileChanged.map((s) => s.ms));
@@ -463,6 +510,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
   } finally {
     cache?.stop();
     await d?.stop();
+    disk?.remove();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }

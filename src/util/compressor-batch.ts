@@ -32,6 +32,7 @@ import { igzipArgs, zstdArgs } from "./compression-formats.js";
 import { NixociError } from "./errors.js";
 import { fsError, withoutTemporariesIn } from "./fs-errors.js";
 import { tempSibling } from "./fs.js";
+import { forgetTemporaryWriter, noteTemporaryWriter } from "./temporaries.js";
 import { findOnPath } from "./tool-versions.js";
 import { toolEnv } from "./tool-env.js";
 import { ZstdFrameCheck } from "./zstd-frames.js";
@@ -153,9 +154,13 @@ class Lane {
         opts.tool,
         ...this.batch.args,
       ],
-      { stdio: ["ignore", "ignore", "pipe"], env: toolEnv(), cwd: dir },
+      // Its own process group: mkfifo is the shell's child, which the kernel does not kill with it; a stop signal
+      // kills the whole group before removing the directory (util/temporaries.ts).
+      { stdio: ["ignore", "ignore", "pipe"], env: toolEnv(), cwd: dir, detached: true },
     );
     this.proc = proc;
+    const pgid = proc.pid;
+    if (pgid !== undefined) noteTemporaryWriter(pgid);
     this.exit = undefined;
     let stderr = "";
     proc.stderr.setEncoding("utf8");
@@ -167,7 +172,10 @@ class Lane {
       proc.once("close", (code: number | null, signal: NodeJS.Signals | null) =>
         resolve({ code, signal, stderr }),
       );
-    }).then((exit) => (this.exit = exit));
+    }).then((exit) => {
+      if (pgid !== undefined) forgetTemporaryWriter(pgid);
+      return (this.exit = exit);
+    });
   }
 
   /** Kills the process (it may wait on its next pipe) and forgets it. */

@@ -37,6 +37,19 @@ export function noteTemporary(path: string): string {
   return path;
 }
 
+// Process groups writing into temporaries (a compressor lane makes its pipes, and its tool its outputs, in its
+// directory): killed before the temporaries are removed, so that none adds a file to a tree being removed.
+const writerGroups = new Set<number>();
+
+/** Remembers a process group (its leader's pid) that writes into a temporary, when tracking. */
+export function noteTemporaryWriter(pgid: number): void {
+  if (tracked) writerGroups.add(pgid);
+}
+
+export function forgetTemporaryWriter(pgid: number): void {
+  writerGroups.delete(pgid);
+}
+
 /** Forgets a noted path (a lock given back: it may be another process's by the time a signal comes). */
 export function forgetTemporary(path: string): void {
   tracked?.delete(path);
@@ -67,6 +80,14 @@ export function removeTreeSync(path: string): void {
  * is unlinked, which is atomic the same way. Best effort; returns the paths removed.
  */
 export function removeTemporariesSync(): string[] {
+  for (const pgid of writerGroups) {
+    try {
+      process.kill(-pgid, "SIGKILL");
+    } catch {
+      // gone already
+    }
+  }
+  writerGroups.clear();
   const removed: string[] = [];
   for (const path of tracked ?? []) {
     let victim = path;
@@ -75,7 +96,7 @@ export function removeTemporariesSync(): string[] {
         victim = join(dirname(path), `.${basename(path).replace(/^\.+/, "").slice(0, 200)}${tempSuffix()}`);
         renameSync(fsPath(path), fsPath(victim));
       }
-      removeTreeSync(victim);
+      removeTreeWhileWritten(victim);
       removed.push(path);
     } catch {
       // already renamed into place or removed: nothing to do
@@ -83,4 +104,21 @@ export function removeTemporariesSync(): string[] {
   }
   tracked?.clear();
   return removed;
+}
+
+/**
+ * removeTreeSync, again while something still appears in the tree for up to 0.2 s: a writer killed just before may
+ * have had a file creation in flight on another core.
+ */
+function removeTreeWhileWritten(path: string): void {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      removeTreeSync(path);
+      return;
+    } catch (err) {
+      if (attempt >= 40) throw err;
+      Atomics.wait(pause, 0, 0, 5);
+    }
+  }
 }

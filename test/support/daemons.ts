@@ -566,7 +566,12 @@ export const DOCKER_CLI = dockerRelease({ NIXOCI_DOCKER: "20.10" }).docker;
  * overlayfs snapshotter instead of the classic graph driver (whose BuildKit has no MergeOp).
  */
 export async function startDockerd(
-  opts: { containerdStore?: boolean; release?: DockerRelease } = {},
+  opts: {
+    containerdStore?: boolean;
+    release?: DockerRelease;
+    /** The daemon's data root (default: in its temp dir), e.g. on a file system of the caller's choosing. */
+    dataRoot?: string;
+  } = {},
 ): Promise<Dockerd> {
   const release = opts.release ?? dockerUnderTest();
   const containerdStore = opts.containerdStore ?? false;
@@ -596,7 +601,7 @@ export async function startDockerd(
       "--config-file",
       daemonJson,
       "--data-root",
-      join(dir, "root"),
+      opts.dataRoot ?? join(dir, "root"),
       "--exec-root",
       join(dir, "exec"),
       "-H",
