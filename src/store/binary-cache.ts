@@ -32,6 +32,12 @@ export interface TrustOptions {
   allowUnsigned?: boolean;
 }
 
+/** A metadata file's parsed value, and whether it came from the metadata cache. */
+interface Remembered<T> {
+  value: T;
+  remembered: boolean;
+}
+
 export class BinaryCacheStore implements Store {
   private constructor(
     readonly url: string,
@@ -89,37 +95,21 @@ export class BinaryCacheStore implements Store {
 
   /** The narinfo of a path, validated; undefined when the cache does not have it. */
   async queryNarInfo(path: string): Promise<NarInfo | undefined> {
-    return (await this.narInfoOf(path, false))?.narInfo;
+    return (await this.narInfoOf(path, false))?.value;
   }
 
   /** The narinfo, from the metadata cache unless `fresh` (or not there), and whether it came from there. */
-  private async narInfoOf(
-    path: string,
-    fresh: boolean,
-  ): Promise<{ narInfo: NarInfo; remembered: boolean } | undefined> {
+  private narInfoOf(path: string, fresh: boolean): Promise<Remembered<NarInfo> | undefined> {
     const sp = parseStorePath(path, this.storeDir);
     const name = `${sp.hashPart}.narinfo`;
     const input = `${this.url}/${name}`;
-    const parse = (text: string): NarInfo => {
+    return this.metadataFile(name, fresh, (text) => {
       const narInfo = parseNarInfo(text, { input, storeDir: this.storeDir, expectedHashPart: sp.hashPart });
       if (narInfo.storePath !== path) {
         throw new NixociError(input, `StorePath ${narInfo.storePath} does not match the requested ${path}`);
       }
       return narInfo;
-    };
-    const remembered = fresh ? undefined : this.metadata?.get(name);
-    if (remembered !== undefined) {
-      try {
-        return { narInfo: parse(remembered), remembered: true };
-      } catch {
-        // not what the cache says now: asked again below
-      }
-    }
-    const text = await this.transport.getText(name);
-    if (text === undefined) return undefined;
-    const narInfo = parse(text);
-    this.metadata?.put(name, text);
-    return { narInfo, remembered: false };
+    });
   }
 
   /**
@@ -129,29 +119,41 @@ export class BinaryCacheStore implements Store {
    */
   async narListing(path: string): Promise<NarListing | undefined> {
     const name = `${parseStorePath(path, this.storeDir).hashPart}.ls`;
-    const input = `${this.url}/${name}`;
-    const remembered = this.metadata?.get(name);
+    return (await this.metadataFile(name, false, (text) => parseNarListing(text, `${this.url}/${name}`)))
+      ?.value;
+  }
+
+  /**
+   * A metadata file of the cache, parsed: the metadata cache's copy unless `fresh` (one that does not parse is
+   * asked for again), else the cache's, remembered once it parsed; undefined when the cache has none.
+   */
+  private async metadataFile<T>(
+    name: string,
+    fresh: boolean,
+    parse: (text: string) => T,
+  ): Promise<Remembered<T> | undefined> {
+    const remembered = fresh ? undefined : this.metadata?.get(name);
     if (remembered !== undefined) {
       try {
-        return parseNarListing(remembered, input);
+        return { value: parse(remembered), remembered: true };
       } catch {
-        // asked again below
+        // not what the cache says now: asked again below
       }
     }
     const text = await this.transport.getText(name);
     if (text === undefined) return undefined;
-    const listing = parseNarListing(text, input);
+    const value = parse(text);
     this.metadata?.put(name, text);
-    return listing;
+    return { value, remembered: false };
   }
 
   async queryPathInfo(path: string): Promise<PathInfo | undefined> {
     let found = await this.narInfoOf(path, false);
-    let info = found && narInfoToPathInfo(found.narInfo, this.storeDir);
+    let info = found && narInfoToPathInfo(found.value, this.storeDir);
     // A remembered narinfo that is not trusted (the keys changed, or the file was altered) is asked for again.
     if (info && found?.remembered && this.untrustedReason(info)) {
       found = await this.narInfoOf(path, true);
-      info = found && narInfoToPathInfo(found.narInfo, this.storeDir);
+      info = found && narInfoToPathInfo(found.value, this.storeDir);
     }
     if (!info) return undefined;
     const problem = this.untrustedReason(info);

@@ -73,6 +73,8 @@ class CacheChain implements Store {
   constructor(
     private readonly stores: BinaryCacheStore[],
     readonly storeDir: string,
+    /** The metadata cache's logs, one per cache (none without a metadata cache). */
+    private readonly logs: MetadataLog[] = [],
   ) {
     this.url = stores.map((s) => s.url).join(", ");
   }
@@ -115,8 +117,6 @@ class CacheChain implements Store {
     const sum = (k: "remembered" | "missing") => this.logs.reduce((n, l) => n + l.stats[k], 0);
     return `${sum("remembered")} remembered, ${sum("missing")} asked for`;
   }
-  /** The metadata cache's logs, one per cache (none without a metadata cache). */
-  readonly logs: MetadataLog[] = [];
 }
 
 /** The binary caches at `urls`, in order; with `metadataDir`, their narinfos and listings remembered there. */
@@ -130,6 +130,7 @@ export async function openCaches(
     throw new NixociError("substituters", "the spec names no binary cache to take store paths from");
   const stores: BinaryCacheStore[] = [];
   const logs: MetadataLog[] = [];
+  // Each cache's log is named by its URL as the store shows it (credentials redacted).
   const remember = metadataDir
     ? (url: string) => {
         const log = MetadataLog.open(metadataDir, url);
@@ -138,9 +139,7 @@ export async function openCaches(
       }
     : undefined;
   for (const url of urls) stores.push(await BinaryCacheStore.open(url, trust, storeDir, remember));
-  const chain = new CacheChain(stores, storeDir);
-  chain.logs.push(...logs);
-  return chain;
+  return new CacheChain(stores, storeDir, logs);
 }
 
 export async function planStep(opts: {
