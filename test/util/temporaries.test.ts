@@ -11,24 +11,9 @@ import {
   removeTemporariesSync,
   trackTemporaries,
 } from "../../src/util/temporaries.js";
+import { pidAlive } from "../support/drill.js";
 import { makeTempDir } from "../support/fixtures.js";
-
-/** Polls until `cond` holds (10 s at most). */
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (const deadline = Date.now() + 10_000; !cond();) {
-    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { until } from "../support/poll.js";
 
 test(
   "a temporary directory that a process group keeps writing into is removed whole: the group is killed first",
@@ -48,13 +33,13 @@ test(
     writer.unref();
     try {
       noteTemporaryWriter(pgid);
-      await until(() => readdirSync(dir).length > 10, "the writer to create files");
+      await until("the writer to create files", 10_000, () => assert.ok(readdirSync(dir).length > 10), 5);
 
       const removed = removeTemporariesSync();
       assert.deepEqual(removed, [dir]);
       assert.equal(existsSync(dir), false);
       assert.deepEqual(readdirSync(parent), [], "nothing left beside it (the renamed tree included)");
-      await until(() => !alive(pgid), "the writer's group to be gone");
+      await until("the writer's group to be gone", 10_000, () => assert.ok(!pidAlive(pgid)), 5);
     } finally {
       try {
         process.kill(-pgid, "SIGKILL"); // a failed run leaves no writer behind
