@@ -15,6 +15,18 @@
 //               POST /build?version=2 with BuildKit's default Dockerfile frontend; the context's tar is streamed
 //               to dockerd inside the timed part (as `docker build` would send it).
 //
+//   COPY --link BuildKit's own path to the same layers, for scale (Dockers with buildx: not 20.10): the frontend's
+//               planned layers (`nixoci frontend plan`, untimed) staged into one context, and `docker buildx
+//               build --load` of a Dockerfile that `COPY --link`s each from it (buildx's session sends the context,
+//               after the first build only what changed); timed from its first vertex's start to its last one's
+//               end (buildx's own wall time, which adds the CLI's start and its wait for the image, printed beside).
+//               No network, no container, no plan: what BuildKit spends on making, merging and exporting the layers.
+//
+// For the frontend's builds the time is also split by phase from the vertices' start and end times and the steps'
+// own log lines (plan step and its nixoci process, fetch steps and the longest fetch process, layer copies or
+// merge, export and of it compressing and unpacking), and "BuildKit's part" is the build less nixoci's processes:
+// after the change, that part alone is compared with the 0.1x goal.
+//
 // Cold: before each cold run every bench image is removed and `docker builder prune -af` empties BuildKit's
 // cache (the frontend image stays). Before every timed run the disk settles (sync, then the data's file system's
 // free space steady: containerd deletes pruned snapshots in the background, and a run that shares the disk with
@@ -33,6 +45,7 @@
 // loop-mounted (root only), instead of the temp dir's file system: on a VM whose disk creates files at a cost that
 // swings between directories (see fileCreateCost) it gives every run the same disk.
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -41,7 +54,9 @@ import {
   dockerBuild,
   loadFrontendImage,
   startBinaryCacheServer,
+  timestampMs,
   type BinaryCacheServer,
+  type BuildStatus,
   type BuildVertex,
 } from "../test/support/buildkit.js";
 import { startDockerd, type Dockerd } from "../test/support/daemons.js";
@@ -59,13 +74,88 @@ interface BuildResult {
   ms: number;
   imageId: string;
   vertices: BuildVertex[];
+  statuses: BuildStatus[];
+  log: string;
 }
 
 async function build(d: Dockerd, context: string, params: Record<string, string>): Promise<BuildResult> {
   const r = await dockerBuild(d, context, params);
   if (r.error || !r.imageId)
     throw new Error(`build of ${context} failed (${r.status}): ${r.error}\n${r.log.slice(-3000)}`);
-  return { ms: r.ms, imageId: r.imageId, vertices: [...r.vertices.values()] };
+  return {
+    ms: r.ms,
+    imageId: r.imageId,
+    vertices: [...r.vertices.values()],
+    statuses: [...r.statuses.values()],
+    log: r.log,
+  };
+}
+
+/**
+ * Where a frontend build's time went, in ms, from its vertices' start and end times (executed vertices only) and
+ * its steps' own log lines: the plan step (and, of it, nixoci's process: Node's start and the step's work), the
+ * fetch steps from the first start to the last end (and the longest fetch process), the layers' copies or merge,
+ * BuildKit's export (and of it, compressing the layers and unpacking them into the image store, where it does
+ * those). Whatever is left of the build's time (BuildKit reading the build file and starting the frontend,
+ * solving, gaps between steps) is the total less these.
+ */
+interface Phases {
+  plan: number;
+  planProcess: number;
+  fetch: number;
+  fetchProcess: number;
+  layers: number;
+  exporting: number;
+  compressing: number;
+  unpacking: number;
+}
+
+const PHASE_NAMES: Record<keyof Phases, string> = {
+  plan: "plan step",
+  planProcess: "  its nixoci process",
+  fetch: "fetch steps",
+  fetchProcess: "  the longest fetch process",
+  layers: "layer copies / merge (each one's time, added up)",
+  exporting: "export",
+  compressing: "  compressing layers",
+  unpacking: "  unpacking into the image store",
+};
+
+/** The time from the first start to the last end of the executed vertices (or statuses) `pick` selects, in ms. */
+function span<T extends { started: BuildVertex["started"]; completed: BuildVertex["completed"] }>(
+  xs: T[],
+  pick: (x: T) => boolean,
+): number {
+  const picked = xs.filter(pick);
+  const starts = picked.map((x) => timestampMs(x.started)).filter((t) => t !== undefined);
+  const ends = picked.map((x) => timestampMs(x.completed)).filter((t) => t !== undefined);
+  return starts.length && ends.length ? Math.max(...ends) - Math.min(...starts) : 0;
+}
+
+/** A step's own process time from its log line "... in W s (started after S s)": S + W, in ms, each such line. */
+function processTimes(log: string, verb: string): number[] {
+  return [...log.matchAll(new RegExp(`${verb} .* in ([\\d.]+) s \\(started after ([\\d.]+) s\\)`, "g"))].map(
+    (m) => (Number(m[1]) + Number(m[2])) * 1000,
+  );
+}
+
+function phasesOf(r: BuildResult): Phases {
+  const run = r.vertices.filter((v) => !v.cached);
+  const exportVertex = new Set(run.filter((v) => v.name === "exporting to image").map((v) => v.digest));
+  const exportStatus = r.statuses.filter((s) => exportVertex.has(s.vertex));
+  return {
+    plan: span(run, (v) => v.name.startsWith("nixoci: plan")),
+    planProcess: processTimes(r.log, "planned").reduce((a, b) => a + b, 0),
+    fetch: span(run, isFetch),
+    fetchProcess: Math.max(0, ...processTimes(r.log, "fetched")),
+    // Each copy or merge's own time, added up (the planned customisation layer's copy runs beside the fetches).
+    layers: run
+      .filter((v) => /^nixoci: (layer \d|merge|customisation)/.test(v.name))
+      .reduce((n, v) => n + span([v], () => true), 0),
+    exporting: span(run, (v) => exportVertex.has(v.digest)),
+    compressing: span(exportStatus, (s) => s.ID === "exporting layers"),
+    unpacking: span(exportStatus, (s) => s.ID.startsWith("unpacking")),
+  };
 }
 
 interface Sample {
@@ -74,6 +164,8 @@ interface Sample {
   parts?: [number, number];
   layers: number;
   steps: string;
+  /** For the frontend: where the time went. */
+  phases?: Phases;
 }
 
 const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
@@ -253,6 +345,90 @@ function dockerfileContext(dir: string, paths: string[]): string {
   return dir;
 }
 
+/** The layers of `top`'s image as the frontend plans them (`nixoci frontend plan` against the cache; untimed). */
+function plannedLayers(top: string, cacheUrl: string, publicKey: string, dir: string): string[][] {
+  const out = join(dir, "layers-plan.json");
+  execFileSync(
+    process.execPath,
+    [NIXOCI, "frontend", "plan", "--out", out, "--from", cacheUrl, "--trusted-public-key", publicKey, top],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  const plan = JSON.parse(fs.readFileSync(out, "utf8")) as { layers: Array<{ paths: string[] }> };
+  fs.rmSync(out);
+  return plan.layers.map((l) => l.paths);
+}
+
+/**
+ * A context for BuildKit's own Dockerfile frontend making the same store layers: each distinct layer's paths
+ * (`cp -a`, untimed) under l-HASH/nix/store, and per variant a Dockerfile.NAME that `COPY --link`s its layers in
+ * plan order, with a Dockerfile.NAME.dockerignore leaving out the other variant's layers (so a cold build sends
+ * only its own files).
+ */
+function linkContext(dir: string, variants: Record<string, string[][]>): string {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const dirOf = (paths: string[]) =>
+    `l-${createHash("sha256").update(paths.join("\n")).digest("hex").slice(0, 16)}`;
+  const all = new Map<string, string[]>();
+  for (const layers of Object.values(variants)) for (const paths of layers) all.set(dirOf(paths), paths);
+  for (const [d, paths] of all) {
+    fs.mkdirSync(join(dir, d, "nix/store"), { recursive: true });
+    execFileSync("cp", ["-a", ...paths, join(dir, d, "nix/store")]);
+  }
+  for (const [name, layers] of Object.entries(variants)) {
+    const mine = new Set(layers.map(dirOf));
+    const lines = layers.map((paths) => `COPY --link ${dirOf(paths)} /`);
+    fs.writeFileSync(join(dir, `Dockerfile.${name}`), ["FROM scratch", ...lines, ""].join("\n"));
+    const ignored = [...all.keys()].filter((d) => !mine.has(d));
+    fs.writeFileSync(
+      join(dir, `Dockerfile.${name}.dockerignore`),
+      ["Dockerfile.*", ...ignored, ""].join("\n"),
+    );
+  }
+  return dir;
+}
+
+/**
+ * `docker buildx build --load` of the context's Dockerfile.NAME (buildx's session sends the context, only what
+ * changed after the first build). Timed as BuildKit's time: from the first vertex's start to the last one's end
+ * in buildx's rawjson progress (buildx's own wall time, which adds the CLI's start and its wait for the image,
+ * is reported beside it).
+ */
+function buildxBuild(d: Dockerd, ctx: string, name: string, tag: string): Sample {
+  const t = performance.now();
+  const r = d.buildx([
+    "build",
+    "--load",
+    "--provenance=false",
+    "-f",
+    join(ctx, `Dockerfile.${name}`),
+    "-t",
+    tag,
+    "--progress",
+    "rawjson",
+    ctx,
+  ]);
+  const wall = performance.now() - t;
+  const vertices = new Map<string, { cached?: boolean; started?: string; completed?: string }>();
+  for (const line of r.stderr.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const status = JSON.parse(line) as {
+      vertexes?: Array<{ digest: string; cached?: boolean; started?: string; completed?: string }>;
+    };
+    for (const v of status.vertexes ?? []) vertices.set(v.digest, { ...vertices.get(v.digest), ...v });
+  }
+  const vs = [...vertices.values()];
+  const starts = vs.flatMap((v) => (v.started ? [Date.parse(v.started)] : []));
+  const ends = vs.flatMap((v) => (v.completed ? [Date.parse(v.completed)] : []));
+  if (!starts.length || !ends.length) throw new Error(`buildx build of Dockerfile.${name}: no progress`);
+  const cached = vs.filter((v) => v.cached).length;
+  return {
+    ms: Math.max(...ends) - Math.min(...starts),
+    layers: layersOf(d, tag),
+    steps: `${vs.length - cached} / ${cached} vertices (buildx's wall time ${sec(wall)})`,
+  };
+}
+
 /** A Docker to benchmark on: a release of the Docker matrix, with the classic or the containerd image store. */
 interface DockerTarget {
   release: DockerRelease;
@@ -343,6 +519,9 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
       nixociChanged: [] as Sample[],
       dockerfileCold: [] as Sample[],
       dockerfileChanged: [] as Sample[],
+      linkCold: [] as Sample[],
+      linkChanged: [] as Sample[],
+      linkSame: [] as Sample[],
     };
     let stageMs = 0;
     // dockerd 20.10 (BuildKit v0.8) writes Go 1.8-style tar headers: nixoci build's are those with docker20.
@@ -358,6 +537,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         ms: c.ms,
         layers: diffIds.frontend.length,
         steps: `${steps(c.vertices, isFetch)} fetch steps (copy steps: ${steps(c.vertices, isCopy)}; all vertices: ${steps(c.vertices, () => true)})`,
+        phases: phasesOf(c),
       });
       settle();
       const w = await fe(specChanged, `bench-frontend:changed-${run}`, false);
@@ -365,6 +545,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         ms: w.ms,
         layers: layersOf(dk, `bench-frontend:changed-${run}`),
         steps: `${steps(w.vertices, isFetch)} fetch steps (copy steps: ${steps(w.vertices, isCopy)}; all vertices: ${steps(w.vertices, () => true)})`,
+        phases: phasesOf(w),
       });
       // The same again, every step cached: what BuildKit spends on a build that runs nothing (solve, export,
       // image), below which no build after a change can go.
@@ -374,6 +555,7 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         ms: n.ms,
         layers: layersOf(dk, `bench-frontend:same-${run}`),
         steps: `${steps(n.vertices, isFetch)} fetch steps (all vertices: ${steps(n.vertices, () => true)})`,
+        phases: phasesOf(n),
       });
     };
 
@@ -446,7 +628,26 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
       fs.rmSync(ctx, { recursive: true, force: true });
     };
 
-    const pairs = [frontendPair, nixociPair, dockerfilePair];
+    // BuildKit's own path to the same layers, where buildx is (not 20.10): the Dockerfile frontend `COPY --link`ing
+    // each planned layer from a local context. No network, no container, no plan: what BuildKit itself spends on
+    // making, merging and exporting these layers, cold and after the same change.
+    const linkCtx = target.release.buildxPluginDir
+      ? linkContext(join(dir, "link-context"), {
+          base: plannedLayers(base, cacheUrl, keys.publicKey, dir),
+          changed: plannedLayers(changed, cacheUrl, keys.publicKey, dir),
+        })
+      : undefined;
+    const linkPair = (run: number) => {
+      if (!linkCtx) return;
+      makeCold(dk);
+      series.linkCold.push(buildxBuild(dk, linkCtx, "base", `bench-link:cold-${run}`));
+      settle();
+      series.linkChanged.push(buildxBuild(dk, linkCtx, "changed", `bench-link:changed-${run}`));
+      settle();
+      series.linkSame.push(buildxBuild(dk, linkCtx, "changed", `bench-link:same-${run}`));
+    };
+
+    const pairs = [frontendPair, nixociPair, dockerfilePair, linkPair];
     for (let run = 0; run < RUNS; run++) {
       const order = run % 2 === 0 ? pairs : [...pairs].reverse();
       for (const pair of order) await pair(run);
@@ -505,6 +706,44 @@ async function benchFrontendOn(target: DockerTarget): Promise<void> {
         `${diffIds.frontend.filter((d, i) => d === diffIds.nixoci[i]).length} of ${diffIds.nixoci.length} ` +
         `layers (the frontend's image has ${diffIds.frontend.length})`,
     );
+    // Where the frontend's time went, and what of it is BuildKit's (all but nixoci's own processes in the steps).
+    const frontendSeries: Array<[string, Sample[]]> = [
+      ["cold", series.frontendCold],
+      ["1 changed", series.frontendChanged],
+      ["nothing changed", series.frontendSame],
+    ];
+    const phaseOf = (xs: Sample[], k: keyof Phases) => median(xs.map((x) => x.phases![k]));
+    const buildkitPart = (xs: Sample[]) =>
+      median(xs.map((x) => x.ms - x.phases!.planProcess - x.phases!.fetchProcess));
+    console.log(
+      `\nwhere the frontend's time went (medians; steps from their vertices' start to end)`.padEnd(66) +
+        frontendSeries.map(([n]) => n.padStart(16)).join(""),
+    );
+    for (const k of Object.keys(PHASE_NAMES) as Array<keyof Phases>)
+      console.log(
+        PHASE_NAMES[k].padEnd(66) + frontendSeries.map(([, xs]) => sec(phaseOf(xs, k)).padStart(16)).join(""),
+      );
+    console.log(
+      "BuildKit's part: the build less nixoci's processes in its steps".padEnd(66) +
+        frontendSeries.map(([, xs]) => sec(buildkitPart(xs)).padStart(16)).join(""),
+    );
+    console.log(
+      `after the change, BuildKit's part alone is ${ratio(buildkitPart(series.frontendChanged) / feCold)} of ` +
+        `the frontend's cold build (the goal for the whole build: <= 0.1x)`,
+    );
+    if (series.linkCold.length) {
+      const lc = median(series.linkCold.map((s) => s.ms));
+      const lw = median(series.linkChanged.map((s) => s.ms));
+      const ls = median(series.linkSame.map((s) => s.ms));
+      console.log(
+        `\nBuildKit's own path to the same ${series.linkCold[0].layers} store layers (buildx, its Dockerfile ` +
+          `frontend \`COPY --link\`ing each from a local context: no network, no container, no plan; BuildKit's ` +
+          `time, first vertex start to last end): cold ${sec(lc)} (${ratio(lc / nxCold)} of nixoci build + ` +
+          `docker load), after the change ${sec(lw)} (${ratio(lw / lc)} of its cold; the change's own cost over ` +
+          `nothing changed: ${sec(lw - ls)}), nothing changed ${sec(ls)}; last runs: ` +
+          `${series.linkCold.at(-1)!.steps}; ${series.linkChanged.at(-1)!.steps}; ${series.linkSame.at(-1)!.steps}`,
+      );
+    }
     if (retries.length) console.log(`\nbuilds run again after a BuildKit error: ${retries.join(", ")}`);
     console.log(`\nfrontend benchmark: ${sec(performance.now() - started)} in all`);
   } finally {

@@ -13,12 +13,33 @@ import { ROOT } from "./cli.js";
 import { freePort, type Dockerd } from "./daemons.js";
 import { generateCacheKey } from "./fixtures.js";
 
+/** A protobuf Timestamp as decoded (unset: null). */
+export interface Timestamp {
+  seconds: number;
+  nanos: number;
+}
+
+/** A Timestamp in ms since the epoch; undefined when unset. */
+export function timestampMs(t: Timestamp | null | undefined): number | undefined {
+  return t ? t.seconds * 1000 + t.nanos / 1e6 : undefined;
+}
+
 export interface BuildVertex {
   digest: string;
   name: string;
   cached: boolean;
   error: string;
-  completed: unknown;
+  started: Timestamp | null;
+  completed: Timestamp | null;
+}
+
+/** A vertex's named piece of progress (ID "exporting layers", "unpacking to IMAGE", ...): its last state. */
+export interface BuildStatus {
+  ID: string;
+  vertex: string;
+  name: string;
+  started: Timestamp | null;
+  completed: Timestamp | null;
 }
 
 export interface BuildResult {
@@ -28,6 +49,8 @@ export interface BuildResult {
   imageId?: string;
   /** The last state of each vertex, by digest. */
   vertices: Map<string, BuildVertex>;
+  /** The last state of each vertex's pieces of progress, by vertex digest and ID. */
+  statuses: Map<string, BuildStatus>;
   /** Step output and stream lines. */
   log: string;
   ms: number;
@@ -91,6 +114,7 @@ function dockerBuildOnce(
           const out: BuildResult = {
             status: res.statusCode ?? 0,
             vertices: new Map(),
+            statuses: new Map(),
             log: "",
             ms: performance.now() - t0,
           };
@@ -108,11 +132,13 @@ function dockerBuildOnce(
             if (j.stream) out.log += j.stream;
             if (j.id === "moby.image.id") out.imageId = (j.aux as { ID: string }).ID;
             if (j.id === "moby.buildkit.trace" && typeof j.aux === "string") {
-              const st = decode<{ vertexes: BuildVertex[]; logs: Array<{ msg: Buffer }> }>(
-                "moby.buildkit.v1.StatusResponse",
-                Buffer.from(j.aux, "base64"),
-              );
+              const st = decode<{
+                vertexes: BuildVertex[];
+                statuses: BuildStatus[];
+                logs: Array<{ msg: Buffer }>;
+              }>("moby.buildkit.v1.StatusResponse", Buffer.from(j.aux, "base64"));
               for (const v of st.vertexes) out.vertices.set(v.digest, v);
+              for (const s of st.statuses) out.statuses.set(`${s.vertex} ${s.ID}`, s);
               for (const l of st.logs) out.log += l.msg.toString("utf8");
             }
           }
