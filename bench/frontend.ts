@@ -121,15 +121,25 @@ const PHASE_NAMES: Record<keyof Phases, string> = {
   unpacking: "  unpacking into the image store",
 };
 
+/** From the first of `starts` to the last of `ends` (ms since the epoch, undefined: not yet); undefined if none. */
+function firstToLast(starts: Array<number | undefined>, ends: Array<number | undefined>): number | undefined {
+  const s = starts.filter((t) => t !== undefined);
+  const e = ends.filter((t) => t !== undefined);
+  return s.length && e.length ? Math.max(...e) - Math.min(...s) : undefined;
+}
+
 /** The time from the first start to the last end of the executed vertices (or statuses) `pick` selects, in ms. */
 function span<T extends { started: BuildVertex["started"]; completed: BuildVertex["completed"] }>(
   xs: T[],
   pick: (x: T) => boolean,
 ): number {
   const picked = xs.filter(pick);
-  const starts = picked.map((x) => timestampMs(x.started)).filter((t) => t !== undefined);
-  const ends = picked.map((x) => timestampMs(x.completed)).filter((t) => t !== undefined);
-  return starts.length && ends.length ? Math.max(...ends) - Math.min(...starts) : 0;
+  return (
+    firstToLast(
+      picked.map((x) => timestampMs(x.started)),
+      picked.map((x) => timestampMs(x.completed)),
+    ) ?? 0
+  );
 }
 
 /** A step's own process time from its log line "... in W s (started after S s)": S + W, in ms, each such line. */
@@ -418,12 +428,14 @@ function buildxBuild(d: Dockerd, ctx: string, name: string, tag: string): Sample
     for (const v of status.vertexes ?? []) vertices.set(v.digest, { ...vertices.get(v.digest), ...v });
   }
   const vs = [...vertices.values()];
-  const starts = vs.flatMap((v) => (v.started ? [Date.parse(v.started)] : []));
-  const ends = vs.flatMap((v) => (v.completed ? [Date.parse(v.completed)] : []));
-  if (!starts.length || !ends.length) throw new Error(`buildx build of Dockerfile.${name}: no progress`);
+  const ms = firstToLast(
+    vs.map((v) => (v.started ? Date.parse(v.started) : undefined)),
+    vs.map((v) => (v.completed ? Date.parse(v.completed) : undefined)),
+  );
+  if (ms === undefined) throw new Error(`buildx build of Dockerfile.${name}: no progress`);
   const cached = vs.filter((v) => v.cached).length;
   return {
-    ms: Math.max(...ends) - Math.min(...starts),
+    ms,
     layers: layersOf(d, tag),
     steps: `${vs.length - cached} / ${cached} vertices (buildx's wall time ${sec(wall)})`,
   };
